@@ -1,0 +1,162 @@
+//! Map keys, values and constants shared by ghgate's eBPF programs and its userspace loader.
+//!
+//! Everything here is `#[repr(C)]`, padding-free and plain data: the kernel side reads and writes
+//! these bytes directly, so a layout change here is an ABI change for pinned maps (bump
+//! [`ABI_VERSION`]). This crate must never grow logic beyond small pure helpers.
+#![no_std]
+#![deny(unsafe_code)]
+
+/// Bumped whenever a map key or value layout changes; part of the pin directory name so a new
+/// gateway never reuses maps pinned by an incompatible one.
+pub const ABI_VERSION: u32 = 1;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Names of the maps as they appear in the object file and in the pin directory.
+pub mod map_names {
+    pub const CONFIG: &str = "GG_CONFIG";
+    pub const INTERCEPT_V4: &str = "GG_INTERCEPT4";
+    pub const INTERCEPT_V6: &str = "GG_INTERCEPT6";
+    pub const BY_COOKIE: &str = "GG_BY_COOKIE";
+    pub const BY_CLIENT: &str = "GG_BY_CLIENT";
+    pub const COUNTERS: &str = "GG_COUNTERS";
+}
+
+/// Names of the programs in the object file (kernel program names are at most 15 bytes).
+pub mod prog_names {
+    pub const CONNECT4: &str = "ghgate_connect4";
+    pub const CONNECT6: &str = "ghgate_connect6";
+    pub const GETPEERNAME4: &str = "ghgate_peer4";
+    pub const GETPEERNAME6: &str = "ghgate_peer6";
+    pub const SOCK_OPS: &str = "ghgate_sockops";
+    pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, GETPEERNAME4, GETPEERNAME6, SOCK_OPS];
+}
+
+/// Capacity of the per-connection maps. They are LRU, so a missed close can never exhaust them.
+pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
+/// Capacity of each intercept trie (prefix, port) entries.
+pub const MAX_INTERCEPT_ENTRIES: u32 = 16_384;
+
+/// What to do with a connection to a destination in the intercept set while no gateway listens.
+pub const ON_DOWN_REFUSE: u32 = 0;
+pub const ON_DOWN_BYPASS: u32 = 1;
+
+/// Value of [`CONFIG`](map_names::CONFIG)'s single entry, written by userspace before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Listener for IPv4 (and v4-mapped) destinations, network byte order.
+    pub listen_v4_addr: u32,
+    /// Listener port, network byte order in the low 16 bits (as `bpf_sock_addr.user_port`).
+    pub listen_v4_port: u32,
+    /// Listener for IPv6 destinations, network byte order words.
+    pub listen_v6_addr: [u32; 4],
+    pub listen_v6_port: u32,
+    /// Thread-group id of the gateway process: its own connections are never redirected.
+    pub gateway_tgid: u32,
+    /// [`ON_DOWN_REFUSE`] or [`ON_DOWN_BYPASS`].
+    pub on_gateway_down: u32,
+    /// Non-zero once userspace has filled this entry; until then the programs pass everything.
+    pub enabled: u32,
+}
+
+/// Key of the v4 intercept trie: destination port then address, so one prefix length covers
+/// "this port, this network". `prefix_len` = 32 (port + pad) + address prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterceptKeyV4 {
+    /// Network byte order in the low 16 bits, zero above (as the kernel's `user_port`).
+    pub port: u32,
+    /// Network byte order.
+    pub addr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterceptKeyV6 {
+    pub port: u32,
+    pub addr: [u32; 4],
+}
+
+/// Number of key bits before the address in both intercept tries.
+pub const PORT_PREFIX_BITS: u32 = 32;
+
+/// Value of an intercept trie entry: the most specific matching prefix decides.
+pub const ACTION_REDIRECT: u32 = 1;
+pub const ACTION_PASS: u32 = 0;
+
+/// What the kernel learned about a redirected connection at connect() time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnRecord {
+    /// Original destination address: for [`AF_INET`] only `orig_addr[0]` is used. Network order.
+    pub orig_addr: [u32; 4],
+    /// Original destination port, network byte order in the low 16 bits.
+    pub orig_port: u32,
+    pub family: u32,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    /// Socket cookie of the client socket, so the record can be removed when it closes.
+    pub cookie: u64,
+}
+
+/// The client end of a redirected connection as the gateway sees it on accept (its peer).
+/// v4-mapped IPv6 client addresses are stored as [`AF_INET`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u32,
+    pub family: u32,
+}
+
+/// Indexes of the per-CPU counters.
+pub mod counter {
+    /// connect() calls inspected (TCP only).
+    pub const INSPECTED: u32 = 0;
+    pub const REDIRECTED_V4: u32 = 1;
+    pub const REDIRECTED_V6: u32 = 2;
+    /// Destination in the set but no gateway listening and on_gateway_down = bypass.
+    pub const BYPASSED: u32 = 3;
+    /// Connections of the gateway itself, never redirected.
+    pub const SELF_EXCLUDED: u32 = 4;
+    /// Redirected connections whose client side reached ESTABLISHED.
+    pub const ESTABLISHED: u32 = 5;
+    /// A record could not be stored (map update failed): the connection was not redirected.
+    pub const MAP_ERRORS: u32 = 6;
+    pub const COUNT: u32 = 7;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "inspected",
+        "redirected_v4",
+        "redirected_v6",
+        "bypassed_gateway_down",
+        "self_excluded",
+        "established",
+        "map_errors",
+    ];
+}
+
+#[cfg(feature = "user")]
+#[allow(unsafe_code)]
+mod pod {
+    // SAFETY: each type is repr(C), made only of integers and integer arrays laid out without
+    // padding (checked by the size assertions below), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::GatewayConfig {}
+    unsafe impl aya::Pod for super::InterceptKeyV4 {}
+    unsafe impl aya::Pod for super::InterceptKeyV6 {}
+    unsafe impl aya::Pod for super::ConnRecord {}
+    unsafe impl aya::Pod for super::ClientKey {}
+}
+
+// No padding anywhere: the kernel compares keys byte for byte.
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 4 * 10);
+const _: () = assert!(core::mem::size_of::<InterceptKeyV4>() == 8);
+const _: () = assert!(core::mem::size_of::<InterceptKeyV6>() == 20);
+const _: () = assert!(core::mem::size_of::<ConnRecord>() == 4 * 10 + 8 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 24);

@@ -1,0 +1,103 @@
+//! The `ghgate` command line: one module per subcommand, each with its own arguments.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+mod check;
+mod detach;
+mod exec;
+mod run;
+mod status;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
+
+/// ghgate: redirect, attribute and relay the GitHub traffic of chosen processes on this host.
+#[derive(Debug, Parser)]
+#[command(name = "ghgate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway: attach the redirect programs and serve redirected connections.
+    Run(run::Args),
+    /// Validate a config and print the resolved intercept set; or check this kernel.
+    Check(check::Args),
+    /// Run a command inside the intercepted cgroup and exit with its status.
+    Exec(exec::Args),
+    /// Show what is attached: programs, cgroup, intercept set, counters.
+    Status(status::Args),
+    /// Detach every program and remove every pin ghgate made.
+    Detach(detach::Args),
+}
+
+/// `--config`, shared by every subcommand that reads one.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', env = "GHGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(&self.config)
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Exec(a) => exec::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Detach(a) => detach::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ghgate: error: {}", one_line(&e));
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// The whole context chain on one line, without repeating a cause that is already quoted.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}
+
+/// Logs go to stderr, as text or JSON lines; `RUST_LOG` overrides the level.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,hickory_proto=warn,hickory_resolver=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}

@@ -1,0 +1,119 @@
+//! `ghgate run`: bind, load, attach, serve.
+//!
+//! The order matters: listeners are bound before the new programs are attached, and the previous
+//! generation's programs (if a gateway ran before) are only unpinned after the new ones are in
+//! place, so a restart never opens a window in which connections bypass the gateway.
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use gateway_common::{GatewayConfig, ON_DOWN_BYPASS, ON_DOWN_REFUSE};
+use tracing::{error, info};
+
+use super::ConfigArg;
+use crate::{
+    config::{Config, OnGatewayDown},
+    listen,
+    redirect::{self, ClientTable, Maps, Pins, cgroup},
+    relay::Relay,
+    resolve::{self, HostSet, Resolver},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    super::init_logging(config.log.format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel's view of the gateway, from the config.
+pub fn kernel_config(config: &Config) -> GatewayConfig {
+    let v4 = match config.listen.ipv4.ip() {
+        std::net::IpAddr::V4(ip) => u32::from_ne_bytes(ip.octets()),
+        std::net::IpAddr::V6(_) => 0, // rejected by validate()
+    };
+    let v6 = match config.listen.ipv6.ip() {
+        std::net::IpAddr::V6(ip) => {
+            let o = ip.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            [w(0), w(4), w(8), w(12)]
+        }
+        std::net::IpAddr::V4(_) => [0; 4],
+    };
+    GatewayConfig {
+        listen_v4_addr: v4,
+        listen_v4_port: u32::from(config.listen.ipv4.port().to_be()),
+        listen_v6_addr: v6,
+        listen_v6_port: u32::from(config.listen.ipv6.port().to_be()),
+        gateway_tgid: std::process::id(),
+        on_gateway_down: match config.redirect.on_gateway_down {
+            OnGatewayDown::Refuse => ON_DOWN_REFUSE,
+            OnGatewayDown::Bypass => ON_DOWN_BYPASS,
+        },
+        enabled: 1,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    redirect::check_privileges("ghgate run")?;
+    let pins = Pins::new(&config.redirect.pin_dir);
+    redirect::ensure_bpffs(pins.root())?;
+    let cgroup_dir = cgroup::ensure(&config.redirect.cgroup)?;
+    let takeover = pins.attached();
+
+    let listener_v4 = listen::bind(config.listen.ipv4)?;
+    let listener_v6 = listen::bind(config.listen.ipv6)?;
+
+    let mut ebpf = redirect::load(&pins)?;
+    let mut maps = Maps::open(&pins)?;
+    maps.set_config(&kernel_config(&config))?;
+
+    let resolver = Resolver::new(&config.dns, &config.dns_servers())?;
+    let mut hosts = HostSet::new(&config.intercept, Duration::from_secs(config.dns.retry_secs));
+    hosts.refresh_due(&resolver).await;
+    let (added, removed) = resolve::apply(&hosts, &mut maps).context("cannot fill the intercept set")?;
+    let entries = maps.entries()?;
+
+    redirect::attach(&mut ebpf, &cgroup_dir, &pins)?;
+    info!(
+        cgroup = %cgroup_dir.display(),
+        listen_v4 = %config.listen.ipv4,
+        listen_v6 = %config.listen.ipv6,
+        on_gateway_down = ?config.redirect.on_gateway_down,
+        intercept_entries = entries.len(),
+        added,
+        removed,
+        took_over = takeover,
+        pid = std::process::id(),
+        "gateway ready"
+    );
+
+    let clients = Arc::new(ClientTable::open(&pins)?);
+    let relay = Arc::new(Relay {
+        connect_timeout: Duration::from_secs(config.relay.connect_timeout_secs),
+    });
+    tokio::spawn(resolve::refresh_forever(hosts, resolver, maps));
+    let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), relay.clone()));
+    let v6 = tokio::spawn(listen::serve(listener_v6, clients, relay));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = v4 => { error!(result = ?r, "IPv4 listener stopped"); }
+        r = v6 => { error!(result = ?r, "IPv6 listener stopped"); }
+    }
+    info!(
+        pin_dir = %pins.root().display(),
+        "stopping; the redirect stays attached, so intercepted connections are refused until ghgate runs again \
+         (`ghgate detach` removes it)"
+    );
+    drop(ebpf);
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `ghgate status`: what the kernel holds right now, read from the pinned maps and links.
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use super::ConfigArg;
+use crate::redirect::{self, Maps, Pins, cgroup};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    redirect::check_privileges("ghgate status")?;
+    let pins = Pins::new(&config.redirect.pin_dir);
+    let cgroup_dir = cgroup::target_dir(&config.redirect.cgroup)?;
+    let links: Vec<String> = pins
+        .links()
+        .into_iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    let attached = pins.attached();
+    let mut report = json!({
+        "pin_dir": pins.root(),
+        "cgroup": cgroup_dir,
+        "attached": attached,
+        "links": links,
+    });
+    if pins.maps_dir().exists() {
+        let maps = Maps::open(&pins)?;
+        let kcfg = maps.config()?;
+        let alive =
+            kcfg.gateway_tgid != 0 && std::path::Path::new(&format!("/proc/{}", kcfg.gateway_tgid)).exists();
+        let entries: Vec<String> = maps.entries()?.iter().map(|e| e.to_string()).collect();
+        let counters: serde_json::Map<String, serde_json::Value> = maps
+            .counters()?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        report["gateway"] = json!({
+            "tgid": kcfg.gateway_tgid,
+            "running": alive,
+            "on_gateway_down": if kcfg.on_gateway_down == gateway_common::ON_DOWN_BYPASS { "bypass" } else { "refuse" },
+        });
+        report["intercept"] = json!(entries);
+        report["counters"] = json!(counters);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("pin dir:   {}", pins.root().display());
+    println!("cgroup:    {}", cgroup_dir.display());
+    println!("attached:  {}", if attached { "yes" } else { "no" });
+    for l in &links {
+        println!("  link     {l}");
+    }
+    if let Some(g) = report.get("gateway") {
+        println!(
+            "gateway:   pid {} ({}), on_gateway_down = {}",
+            g["tgid"],
+            if g["running"] == true {
+                "running"
+            } else {
+                "not running"
+            },
+            g["on_gateway_down"].as_str().unwrap_or("?")
+        );
+        println!("intercept:");
+        for e in report["intercept"].as_array().into_iter().flatten() {
+            println!("  {}", e.as_str().unwrap_or_default());
+        }
+        println!("counters:");
+        for (k, v) in report["counters"].as_object().into_iter().flatten() {
+            println!("  {k:<24} {v}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

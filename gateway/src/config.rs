@@ -1,0 +1,479 @@
+//! The TOML configuration: its serde model, named defaults, and one `validate()`.
+//!
+//! Everything a user can get wrong is caught here, at load, with an error naming the key. This
+//! module never touches the kernel or the network.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Where `ghgate` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ghgate/ghgate.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub redirect: RedirectConfig,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// Destinations whose connections are redirected to the gateway.
+    #[serde(default)]
+    pub intercept: Vec<InterceptRule>,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub relay: RelayConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// A path relative to the cgroup2 mount (created if missing), or `host` for every process.
+    pub cgroup: CgroupTarget,
+    /// bpffs directory where programs' links and maps are pinned, so enforcement outlives us.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    #[serde(default)]
+    pub on_gateway_down: OnGatewayDown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupTarget {
+    /// Whole-host mode: attach to the root cgroup. Only for dedicated runners.
+    Host,
+    /// A cgroup below the cgroup2 mount, e.g. `ghgate.clients` or `system.slice/runner.service`.
+    Path(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for CgroupTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(if s == "host" {
+            CgroupTarget::Host
+        } else {
+            CgroupTarget::Path(PathBuf::from(s))
+        })
+    }
+}
+
+impl fmt::Display for CgroupTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CgroupTarget::Host => f.write_str("host"),
+            CgroupTarget::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnGatewayDown {
+    /// Redirected connections are refused while no gateway listens (fail-closed).
+    #[default]
+    Refuse,
+    /// Connections go straight to their destination while no gateway listens.
+    Bypass,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Listener for IPv4 and v4-mapped destinations; must be a loopback address.
+    #[serde(default = "default_listen_v4")]
+    pub ipv4: SocketAddr,
+    /// Listener for IPv6 destinations; must be `[::1]`.
+    #[serde(default = "default_listen_v6")]
+    pub ipv6: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            ipv4: default_listen_v4(),
+            ipv6: default_listen_v6(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptRule {
+    /// DNS names, resolved at start and again as their TTLs expire. No wildcards.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Address prefixes such as `140.82.112.0/20` or `::1/128`.
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+    /// Destination ports (TCP).
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `ip` or `ip:port` of the servers to ask; empty means the system's (/etc/resolv.conf).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Fixed answers (host → addresses), used instead of DNS: tests and air-gapped sites.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Vec<IpAddr>>,
+    /// Never re-resolve sooner than this, whatever the TTL says.
+    #[serde(default = "default_min_ttl")]
+    pub min_ttl_secs: u64,
+    /// Re-resolve at least this often.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl_secs: u64,
+    /// After a failed lookup, try again after this long (keeping the last good answer).
+    #[serde(default = "default_retry")]
+    pub retry_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            overrides: BTreeMap::new(),
+            min_ttl_secs: default_min_ttl(),
+            max_ttl_secs: default_max_ttl(),
+            retry_secs: default_retry(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// How long to wait for the original destination to accept.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: default_connect_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers (and the end-to-end tests).
+    Json,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/ghgate")
+}
+fn default_listen_v4() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 15443))
+}
+fn default_listen_v6() -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::LOCALHOST, 15443))
+}
+fn default_min_ttl() -> u64 {
+    5
+}
+fn default_max_ttl() -> u64 {
+    3600
+}
+fn default_retry() -> u64 {
+    5
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if let CgroupTarget::Path(p) = &self.redirect.cgroup {
+            let ok = !p.as_os_str().is_empty()
+                && p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !ok {
+                return Err(invalid(
+                    "redirect.cgroup".into(),
+                    format!(
+                        "{:?} must be a relative path below the cgroup2 mount (e.g. \"ghgate.clients\") or \"host\"",
+                        p
+                    ),
+                ));
+            }
+        }
+        if !self.redirect.pin_dir.is_absolute() {
+            return Err(invalid(
+                "redirect.pin_dir".into(),
+                "must be an absolute path in bpffs".into(),
+            ));
+        }
+        let v4 = self.listen.ipv4;
+        if !matches!(v4.ip(), IpAddr::V4(ip) if ip.is_loopback()) || v4.port() == 0 {
+            return Err(invalid(
+                "listen.ipv4".into(),
+                format!("{v4} must be a 127.0.0.0/8 address with a non-zero port"),
+            ));
+        }
+        let v6 = self.listen.ipv6;
+        if !matches!(v6.ip(), IpAddr::V6(ip) if ip.is_loopback()) || v6.port() == 0 {
+            return Err(invalid(
+                "listen.ipv6".into(),
+                format!("{v6} must be [::1] with a non-zero port"),
+            ));
+        }
+        if self.intercept.is_empty() {
+            return Err(invalid(
+                "intercept".into(),
+                "no [[intercept]] rule: nothing would be redirected".into(),
+            ));
+        }
+        for (i, rule) in self.intercept.iter().enumerate() {
+            if rule.ports.is_empty() || rule.ports.contains(&0) {
+                return Err(invalid(
+                    format!("intercept[{i}].ports"),
+                    "list one or more non-zero ports".into(),
+                ));
+            }
+            if rule.hosts.is_empty() && rule.cidrs.is_empty() {
+                return Err(invalid(
+                    format!("intercept[{i}]"),
+                    "give `hosts` or `cidrs` (or both)".into(),
+                ));
+            }
+            for (j, host) in rule.hosts.iter().enumerate() {
+                if let Err(why) = check_host_name(host) {
+                    return Err(invalid(
+                        format!("intercept[{i}].hosts[{j}]"),
+                        format!("{host:?}: {why}"),
+                    ));
+                }
+            }
+            for (j, net) in rule.cidrs.iter().enumerate() {
+                for listener in [v4, v6] {
+                    if rule.ports.contains(&listener.port()) && net.contains(&listener.ip()) {
+                        return Err(invalid(
+                            format!("intercept[{i}].cidrs[{j}]"),
+                            format!(
+                                "{net} with port {} covers the gateway's own listener {listener}",
+                                listener.port()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for (j, server) in self.dns.servers.iter().enumerate() {
+            if let Err(why) = parse_dns_server(server) {
+                return Err(invalid(format!("dns.servers[{j}]"), why));
+            }
+        }
+        for host in self.dns.overrides.keys() {
+            if let Err(why) = check_host_name(host) {
+                return Err(invalid(format!("dns.overrides.{host:?}"), why));
+            }
+        }
+        if self.dns.min_ttl_secs == 0 || self.dns.min_ttl_secs > self.dns.max_ttl_secs {
+            return Err(invalid(
+                "dns.min_ttl_secs".into(),
+                "must be at least 1 and at most dns.max_ttl_secs".into(),
+            ));
+        }
+        if self.dns.retry_secs == 0 {
+            return Err(invalid("dns.retry_secs".into(), "must be at least 1".into()));
+        }
+        if self.relay.connect_timeout_secs == 0 {
+            return Err(invalid(
+                "relay.connect_timeout_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parsed DNS servers (validated at load).
+    pub fn dns_servers(&self) -> Vec<SocketAddr> {
+        self.dns
+            .servers
+            .iter()
+            .filter_map(|s| parse_dns_server(s).ok())
+            .collect()
+    }
+}
+
+fn check_host_name(host: &str) -> Result<(), String> {
+    if host.contains('*') {
+        return Err("wildcards cannot be resolved; list each name, or use `cidrs`".into());
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Err("an address belongs in `cidrs` (as a /32 or /128)".into());
+    }
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("not a valid DNS name".into())
+    }
+}
+
+fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{s:?} is not an address or address:port"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+        [redirect]
+        cgroup = "ghgate.clients"
+        [[intercept]]
+        hosts = ["github.com"]
+        ports = [443]
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.redirect.cgroup, CgroupTarget::Path("ghgate.clients".into()));
+        assert_eq!(c.redirect.on_gateway_down, OnGatewayDown::Refuse);
+        assert_eq!(c.listen.ipv4, "127.0.0.1:15443".parse().unwrap());
+        assert_eq!(c.redirect.pin_dir, PathBuf::from("/sys/fs/bpf/ghgate"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{MINIMAL}\n[dns]\nserver = [\"1.1.1.1\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `server`"), "{err}");
+    }
+
+    #[test]
+    fn host_mode_parses() {
+        let c = parse(&MINIMAL.replace("\"ghgate.clients\"", "\"host\"")).unwrap();
+        assert_eq!(c.redirect.cgroup, CgroupTarget::Host);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (MINIMAL.replace("ghgate.clients", "../etc"), "redirect.cgroup"),
+            (
+                MINIMAL.replace("github.com", "*.github.com"),
+                "intercept[0].hosts[0]",
+            ),
+            (MINIMAL.replace("[443]", "[]"), "intercept[0].ports"),
+            (
+                format!("{MINIMAL}\n[listen]\nipv4 = \"10.0.0.1:15443\"\n"),
+                "listen.ipv4",
+            ),
+            (
+                format!("{MINIMAL}\n[dns]\nservers = [\"nope\"]\n"),
+                "dns.servers[0]",
+            ),
+            (
+                format!("{MINIMAL}\n[[intercept]]\ncidrs = [\"127.0.0.0/8\"]\nports = [15443]\n"),
+                "intercept[1].cidrs[0]",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "expected {key} in: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_cidr_is_a_parse_error_naming_the_field() {
+        let err = parse(&format!(
+            "{MINIMAL}\n[[intercept]]\ncidrs = [\"1.2.3.0/40\"]\nports = [443]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cidrs"), "{err}");
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "no example configs found in {}", dir.display());
+    }
+}

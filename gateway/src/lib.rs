@@ -1,0 +1,13 @@
+//! ghgate: a host-local gateway for the GitHub traffic of AI coding agents and CI jobs.
+//!
+//! One connection travels through these stages, in order: `redirect` (kernel programs send it
+//! here) → `listen` (accept, recover the original destination and the caller) → `identity`
+//! (who is calling) → `relay` (forward it to where it was going). `config` is validated once at
+//! load; `resolve` keeps the intercept set's names current; `cli` is the command line.
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod listen;
+pub mod redirect;
+pub mod relay;
+pub mod resolve;

@@ -1,0 +1,109 @@
+//! Accepting redirected connections: bind the listeners, recover each connection's original
+//! destination and caller, and hand it to the next stage.
+//!
+//! The original destination comes through the [`OrigDst`] seam, so the proxy core can be tested
+//! in-process without the kernel. A connection nobody redirected (someone dialling the listener
+//! directly) is closed here: it has no destination, and must never be forwarded anywhere.
+pub mod addrs;
+
+use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{debug, warn};
+
+pub use addrs::{ClientAddr, ListenAddr, OrigDstAddr};
+
+use crate::{
+    identity::Caller,
+    redirect::{ClientTable, Redirected},
+};
+
+/// Where a redirected connection was going, and who opened it.
+pub trait OrigDst: Send + Sync + 'static {
+    fn lookup(&self, client: ClientAddr) -> Option<Redirected>;
+}
+
+impl OrigDst for ClientTable {
+    fn lookup(&self, client: ClientAddr) -> Option<Redirected> {
+        let record = self.take(client.0)?;
+        match Redirected::try_from(&record) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(client = %client, error = %e, "unreadable redirect record");
+                None
+            }
+        }
+    }
+}
+
+/// One accepted, attributed connection.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub client: ClientAddr,
+    pub orig_dst: OrigDstAddr,
+    pub caller: Caller,
+    pub accepted_at: Instant,
+}
+
+/// The stage an accepted connection goes to (a TCP relay now; TLS interception next).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, conn: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// Binds a listener with SO_REUSEADDR, so a restarted gateway can bind at once.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).with_context(|| {
+        format!("cannot listen on {addr} (another ghgate running? change [listen] in the config)")
+    })?;
+    Ok(socket.listen(1024)?)
+}
+
+/// Accepts forever on `listener`, attributing and dispatching each connection on its own task.
+pub async fn serve<D: OrigDst, H: Handler>(
+    listener: TcpListener,
+    orig_dst: Arc<D>,
+    handler: Arc<H>,
+) -> io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) if is_transient(&e) => {
+                warn!(error = %e, "accept failed; continuing");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let accepted_at = Instant::now();
+        let client = ClientAddr(peer);
+        let Some(redirected) = orig_dst.lookup(client) else {
+            warn!(client = %client, "connection was not redirected by ghgate (no kernel record); closing it");
+            continue;
+        };
+        debug!(client = %client, orig_dst = %redirected.orig_dst, "accepted");
+        let caller = Caller::from_kernel(&redirected);
+        let conn = Accepted {
+            stream,
+            client,
+            orig_dst: OrigDstAddr(redirected.orig_dst),
+            caller,
+            accepted_at,
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move { handler.handle(conn).await });
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED)
+    )
+}

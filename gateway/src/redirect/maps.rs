@@ -1,0 +1,241 @@
+//! Typed access to the pinned maps, opened by path so the running gateway, `status` and tests
+//! all read the same kernel state the same way.
+//!
+//! Nothing here decides policy: it reads and writes bytes the eBPF side defines.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Mutex,
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
+use gateway_common::{
+    ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, ConnRecord, GatewayConfig, InterceptKeyV4, InterceptKeyV6,
+    counter, map_names,
+};
+use ipnet::IpNet;
+
+use super::{
+    Pins,
+    intercept::{Entry, entry_v4, entry_v6, key_v4, key_v6},
+};
+
+fn open(pins: &Pins, name: &str) -> anyhow::Result<MapData> {
+    let path = pins.map(name);
+    MapData::from_pin(&path)
+        .with_context(|| format!("cannot open pinned map {} (is ghgate attached?)", path.display()))
+}
+
+/// The configuration, intercept and counter maps.
+pub struct Maps {
+    config: Array<MapData, GatewayConfig>,
+    v4: LpmTrie<MapData, InterceptKeyV4, u32>,
+    v6: LpmTrie<MapData, InterceptKeyV6, u32>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    pub fn open(pins: &Pins) -> anyhow::Result<Self> {
+        Ok(Self {
+            config: Array::try_from(Map::Array(open(pins, map_names::CONFIG)?))?,
+            v4: LpmTrie::try_from(Map::LpmTrie(open(pins, map_names::INTERCEPT_V4)?))?,
+            v6: LpmTrie::try_from(Map::LpmTrie(open(pins, map_names::INTERCEPT_V6)?))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(pins, map_names::COUNTERS)?))?,
+        })
+    }
+
+    pub fn config(&self) -> anyhow::Result<GatewayConfig> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    pub fn set_config(&mut self, cfg: &GatewayConfig) -> anyhow::Result<()> {
+        self.config
+            .set(0, cfg, 0)
+            .context("cannot write the gateway config map")
+    }
+
+    /// The entries currently in the kernel's tries.
+    pub fn entries(&self) -> anyhow::Result<BTreeSet<Entry>> {
+        let mut out = BTreeSet::new();
+        for item in self.v4.iter() {
+            let (key, _) = item?;
+            out.extend(entry_v4(key.prefix_len(), &key.data()));
+        }
+        for item in self.v6.iter() {
+            let (key, _) = item?;
+            out.extend(entry_v6(key.prefix_len(), &key.data()));
+        }
+        Ok(out)
+    }
+
+    /// Makes the tries hold `desired`: adds what is missing first, then (if `remove_stale`)
+    /// removes what is no longer wanted. Entries are replaced one at a time, never all at once.
+    pub fn sync(&mut self, desired: &BTreeSet<Entry>, remove_stale: bool) -> anyhow::Result<(usize, usize)> {
+        let current = self.entries()?;
+        let mut added = 0;
+        for e in desired.difference(&current) {
+            match e.net {
+                IpNet::V4(n) => {
+                    let (plen, k) = key_v4(n, e.port);
+                    self.v4.insert(&Key::new(plen, k), ACTION_REDIRECT, 0)
+                }
+                IpNet::V6(n) => {
+                    let (plen, k) = key_v6(n, e.port);
+                    self.v6.insert(&Key::new(plen, k), ACTION_REDIRECT, 0)
+                }
+            }
+            .with_context(|| format!("cannot add {e} to the intercept set (more than the map holds?)"))?;
+            added += 1;
+        }
+        let mut removed = 0;
+        if remove_stale {
+            for e in current.difference(desired) {
+                match e.net {
+                    IpNet::V4(n) => {
+                        let (plen, k) = key_v4(n, e.port);
+                        self.v4.remove(&Key::new(plen, k))
+                    }
+                    IpNet::V6(n) => {
+                        let (plen, k) = key_v6(n, e.port);
+                        self.v6.remove(&Key::new(plen, k))
+                    }
+                }
+                .with_context(|| format!("cannot remove {e} from the intercept set"))?;
+                removed += 1;
+            }
+        }
+        Ok((added, removed))
+    }
+
+    /// Counter totals over all CPUs, by name.
+    pub fn counters(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        (0..counter::COUNT)
+            .map(|i| {
+                let values = self.counters.get(&i, 0)?;
+                Ok((counter::NAMES[i as usize], values.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+/// What the kernel recorded about a redirected connection, keyed by the client's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirected {
+    pub orig_dst: SocketAddr,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+impl TryFrom<&ConnRecord> for Redirected {
+    type Error = anyhow::Error;
+    fn try_from(r: &ConnRecord) -> anyhow::Result<Self> {
+        let port = u16::from_be(r.orig_port as u16);
+        let ip = match r.family {
+            f if f == u32::from(AF_INET) => IpAddr::V4(Ipv4Addr::from(r.orig_addr[0].to_ne_bytes())),
+            f if f == u32::from(AF_INET6) => IpAddr::V6(words_to_v6(&r.orig_addr)),
+            f => return Err(anyhow!("record with unknown address family {f}")),
+        };
+        let len = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+        Ok(Self {
+            orig_dst: SocketAddr::new(ip, port),
+            tgid: r.tgid,
+            pid: r.pid,
+            uid: r.uid,
+            gid: r.gid,
+            cgroup_id: r.cgroup_id,
+            comm: String::from_utf8_lossy(&r.comm[..len]).into_owned(),
+        })
+    }
+}
+
+fn words_to_v6(words: &[u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// The kernel's key for a client address seen on accept (v4-mapped peers count as IPv4).
+pub fn client_key(peer: SocketAddr) -> ClientKey {
+    let ip = match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => ClientKey {
+            addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+            port: u32::from(peer.port()),
+            family: u32::from(AF_INET),
+        },
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ClientKey {
+                addr: [w(0), w(4), w(8), w(12)],
+                port: u32::from(peer.port()),
+                family: u32::from(AF_INET6),
+            }
+        }
+    }
+}
+
+/// The client-address → record map, consumed by the listener on accept.
+pub struct ClientTable {
+    map: Mutex<HashMap<MapData, ClientKey, ConnRecord>>,
+}
+
+impl ClientTable {
+    pub fn open(pins: &Pins) -> anyhow::Result<Self> {
+        let map = HashMap::try_from(Map::LruHashMap(open(pins, map_names::BY_CLIENT)?))?;
+        Ok(Self { map: Mutex::new(map) })
+    }
+
+    /// Takes the record for a connection accepted from `peer`, removing it from the kernel map.
+    pub fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
+        let key = client_key(peer);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let record = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_decodes_v4_and_v6() {
+        let mut r = ConnRecord {
+            orig_addr: [u32::from_ne_bytes([140, 82, 112, 3]), 0, 0, 0],
+            orig_port: u32::from(443u16.to_be()),
+            family: u32::from(AF_INET),
+            tgid: 42,
+            comm: *b"git-remote-http\0",
+            ..Default::default()
+        };
+        let d = Redirected::try_from(&r).unwrap();
+        assert_eq!(d.orig_dst, "140.82.112.3:443".parse().unwrap());
+        assert_eq!(d.comm, "git-remote-http");
+        r.family = u32::from(AF_INET6);
+        r.orig_addr = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        assert_eq!(
+            Redirected::try_from(&r).unwrap().orig_dst,
+            "[::1]:443".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn mapped_peers_key_as_v4() {
+        let a = client_key("[::ffff:127.0.0.1]:5000".parse().unwrap());
+        let b = client_key("127.0.0.1:5000".parse().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a.port, 5000);
+    }
+}

@@ -1,0 +1,197 @@
+//! Keeps the intercept set's host names resolved: at start, and again as each answer's TTL runs
+//! out, updating the kernel's tries in place.
+//!
+//! A failed lookup keeps the last good answer (interception never silently shrinks because DNS
+//! hiccupped) and is retried. This module never decides what to intercept beyond the config.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use hickory_resolver::{
+    TokioResolver,
+    config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts},
+    name_server::TokioConnectionProvider,
+    proto::xfer::Protocol,
+};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::{
+    config::{DnsConfig, InterceptRule},
+    redirect::{
+        Maps,
+        intercept::{self, Resolved},
+    },
+};
+
+/// Looks names up through the configured servers (or the system's), honouring overrides.
+pub struct Resolver {
+    dns: Option<TokioResolver>,
+    overrides: BTreeMap<String, Vec<IpAddr>>,
+    min_ttl: Duration,
+    max_ttl: Duration,
+}
+
+impl Resolver {
+    pub fn new(config: &DnsConfig, servers: &[SocketAddr]) -> anyhow::Result<Self> {
+        let mut opts = ResolverOpts::default();
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        let dns = if servers.is_empty() {
+            match TokioResolver::builder_tokio() {
+                Ok(b) => Some(b.with_options(opts).build()),
+                Err(e) => {
+                    // Still useful with overrides and CIDRs only; names will fail loudly.
+                    warn!(error = %e, "cannot read the system's DNS configuration");
+                    None
+                }
+            }
+        } else {
+            let mut rc = ResolverConfig::new();
+            for &addr in servers {
+                rc.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
+                rc.add_name_server(NameServerConfig::new(addr, Protocol::Tcp));
+            }
+            Some(
+                TokioResolver::builder_with_config(rc, TokioConnectionProvider::default())
+                    .with_options(opts)
+                    .build(),
+            )
+        };
+        Ok(Self {
+            dns,
+            overrides: config.overrides.clone(),
+            min_ttl: Duration::from_secs(config.min_ttl_secs),
+            max_ttl: Duration::from_secs(config.max_ttl_secs),
+        })
+    }
+
+    /// Addresses of `host` and how long they may be used.
+    pub async fn lookup(&self, host: &str) -> Result<(Vec<IpAddr>, Duration), String> {
+        if let Some(addrs) = self.overrides.get(host) {
+            return Ok((addrs.clone(), self.max_ttl));
+        }
+        let dns = self.dns.as_ref().ok_or("no DNS configuration")?;
+        // A trailing dot makes the name absolute: no search-domain guesses.
+        let fqdn = if host.ends_with('.') {
+            host.to_owned()
+        } else {
+            format!("{host}.")
+        };
+        let answer = dns.lookup_ip(fqdn).await.map_err(|e| e.to_string())?;
+        let mut addrs: Vec<IpAddr> = answer.iter().collect();
+        addrs.sort();
+        addrs.dedup();
+        let ttl = answer
+            .valid_until()
+            .saturating_duration_since(std::time::Instant::now());
+        Ok((addrs, ttl.clamp(self.min_ttl, self.max_ttl)))
+    }
+}
+
+/// The host names of the intercept set, their current answers and when each is due again.
+pub struct HostSet {
+    rules: Vec<InterceptRule>,
+    resolved: Resolved,
+    due: BTreeMap<String, Instant>,
+    retry: Duration,
+}
+
+impl HostSet {
+    pub fn new(rules: &[InterceptRule], retry: Duration) -> Self {
+        let now = Instant::now();
+        let mut resolved = Resolved::new();
+        let mut due = BTreeMap::new();
+        for host in rules.iter().flat_map(|r| r.hosts.iter()) {
+            resolved.insert(host.clone(), None);
+            due.insert(host.clone(), now);
+        }
+        Self {
+            rules: rules.to_vec(),
+            resolved,
+            due,
+            retry,
+        }
+    }
+
+    pub fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+
+    /// True once every name has had at least one good answer.
+    pub fn complete(&self) -> bool {
+        self.resolved.values().all(Option::is_some)
+    }
+
+    pub fn desired(&self) -> std::collections::BTreeSet<intercept::Entry> {
+        intercept::desired(&self.rules, &self.resolved)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+
+    /// Resolves every name that is due, concurrently. Returns whether any answer changed.
+    pub async fn refresh_due(&mut self, resolver: &Resolver) -> bool {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(h, _)| h.clone())
+            .collect();
+        let answers = futures_util::future::join_all(due.iter().map(|h| resolver.lookup(h))).await;
+        let mut changed = false;
+        for (host, answer) in due.into_iter().zip(answers) {
+            match answer {
+                Ok((addrs, ttl)) => {
+                    let slot = self.resolved.get_mut(&host).expect("host from the set");
+                    if slot.as_ref() != Some(&addrs) {
+                        info!(host = %host, addresses = ?addrs, ttl_s = ttl.as_secs(), "resolved");
+                        *slot = Some(addrs);
+                        changed = true;
+                    }
+                    self.due.insert(host, Instant::now() + ttl);
+                }
+                Err(e) => {
+                    let keeping = self
+                        .resolved
+                        .get(&host)
+                        .and_then(|a| a.as_ref())
+                        .map(|a| a.len())
+                        .unwrap_or(0);
+                    warn!(host = %host, error = %e, retry_s = self.retry.as_secs(), kept_addresses = keeping,
+                          "cannot resolve; keeping the last good answer and retrying");
+                    self.due.insert(host, Instant::now() + self.retry);
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// Applies the current answers to the kernel: adds first; removes stale entries only once every
+/// name has resolved (so a restart with DNS down keeps the previous run's entries).
+pub fn apply(hosts: &HostSet, maps: &mut Maps) -> anyhow::Result<(usize, usize)> {
+    maps.sync(&hosts.desired(), hosts.complete())
+}
+
+/// Re-resolves names as they fall due, forever, updating `maps` in place.
+pub async fn refresh_forever(mut hosts: HostSet, resolver: Resolver, mut maps: Maps) {
+    loop {
+        let Some(next) = hosts.next_due() else {
+            return; // no names, nothing to refresh
+        };
+        tokio::time::sleep_until(next).await;
+        if hosts.refresh_due(&resolver).await || !hosts.complete() {
+            match apply(&hosts, &mut maps) {
+                Ok((0, 0)) => {}
+                Ok((added, removed)) => info!(added, removed, "intercept set updated"),
+                Err(e) => warn!(error = %format!("{e:#}"), "cannot update the intercept set"),
+            }
+        }
+    }
+}
