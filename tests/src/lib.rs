@@ -1,1 +1,500 @@
+//! The end-to-end harness: test cgroups, a gateway child process, loopback servers, and the
+//! probe client. Everything a test creates in the kernel is named `ghgate-test-<pid>-<n>` and
+//! removed on drop, even when the test fails; leftovers of dead test processes are swept first.
+//!
+//! Safety: programs are only ever attached to a cgroup this harness created, holding only
+//! processes this harness started. Servers listen on loopback only.
+pub mod dns;
+pub mod servers;
 
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::Value;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// True when this process may load and attach BPF programs. Under `CI=true` a missing
+/// capability is a failure, not a skip.
+pub fn privileged() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but the end-to-end tests are not running as root: they must run in CI");
+    }
+    if !root {
+        eprintln!("skipping: needs root (set CI=true to make this a failure)");
+    }
+    root
+}
+
+/// Paths of the binaries under test, next to this test executable's target directory.
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("GHGATE_E2E_{}", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(&var) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first (or set {var})",
+        path.display()
+    );
+    path
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            Some(PathBuf::from(left.split_whitespace().nth(4)?))
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// A unique name for this test's kernel objects.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes cgroups and pins left by test processes that no longer exist.
+pub fn sweep_leftovers() {
+    let owner =
+        |name: &str| -> Option<u32> { name.strip_prefix("ghgate-test-")?.split('-').next()?.parse().ok() };
+    if let Ok(rd) = fs::read_dir("/sys/fs/bpf") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if owner(&name).is_some_and(|pid| !pid_alive(pid)) {
+                let _ = Command::new(bin("ghgate"))
+                    .args(["detach", "--config"])
+                    .arg(write_pin_only_config(&e.path()))
+                    .output();
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(cgroup2_mount()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if owner(&name).is_some_and(|pid| !pid_alive(pid)) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+}
+
+fn write_pin_only_config(pin_dir: &Path) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("ghgate-sweep-{}.toml", std::process::id()));
+    fs::write(
+        &path,
+        format!(
+            "[redirect]\ncgroup = \"ghgate-sweep\"\npin_dir = \"{}\"\n[[intercept]]\ncidrs = [\"127.0.0.1/32\"]\nports = [1]\n",
+            pin_dir.display()
+        ),
+    )
+    .expect("write sweep config");
+    path
+}
+
+fn remove_cgroup(dir: &Path) {
+    // Kill whatever is left inside (only our own processes can be there), then remove.
+    let _ = fs::write(dir.join("cgroup.kill"), "1");
+    for _ in 0..100 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("warning: could not remove test cgroup {}", dir.display());
+}
+
+/// A cgroup of this test's own, removed on drop.
+pub struct TestCgroup {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        sweep_leftovers();
+        let name = unique("ghgate-test");
+        let dir = cgroup2_mount().join(&name);
+        fs::create_dir(&dir).expect("create test cgroup");
+        Self { name, dir }
+    }
+
+    /// A sibling cgroup for things that must not be intercepted by this test's programs.
+    pub fn child(&self, suffix: &str) -> PathBuf {
+        let dir = self.dir.join(suffix);
+        fs::create_dir_all(&dir).expect("create child cgroup");
+        dir
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    remove_cgroup(&e.path());
+                }
+            }
+        }
+        remove_cgroup(&self.dir);
+    }
+}
+
+/// A free TCP port on both 127.0.0.1 and ::1.
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().unwrap().port();
+        if TcpListener::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A loopback address of this test's own (127.x.y.z), so parallel tests never share one.
+pub fn loopback_v4() -> Ipv4Addr {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    Ipv4Addr::new(
+        127,
+        10 + (pid % 200) as u8,
+        (pid >> 8) as u8 ^ (n as u8),
+        2 + (n % 250) as u8,
+    )
+}
+
+/// What a test configures; rendered to the TOML the gateway reads.
+#[derive(Clone, Debug)]
+pub struct GatewaySpec {
+    pub intercept: Vec<(Vec<String>, Vec<String>, Vec<u16>)>,
+    pub overrides: Vec<(String, Vec<String>)>,
+    pub dns_servers: Vec<String>,
+    pub on_gateway_down: &'static str,
+    pub min_ttl_secs: u64,
+    pub retry_secs: u64,
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        Self {
+            intercept: Vec::new(),
+            overrides: Vec::new(),
+            dns_servers: Vec::new(),
+            on_gateway_down: "refuse",
+            min_ttl_secs: 1,
+            retry_secs: 1,
+        }
+    }
+}
+
+/// A `ghgate run` child process with its own config, pins and log; detached on drop.
+pub struct Gateway {
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    pub log: PathBuf,
+    pub listen_port: u16,
+    child: Option<Child>,
+    /// Cgroup the gateway process itself is started in (None: the test's own).
+    run_in: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn start(cgroup: &TestCgroup, spec: &GatewaySpec) -> Self {
+        Self::start_in(cgroup, spec, None)
+    }
+
+    /// Starts the gateway with its own process placed in `run_in` (a cgroup this test made).
+    pub fn start_in(cgroup: &TestCgroup, spec: &GatewaySpec, run_in: Option<PathBuf>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&cgroup.name);
+        let listen_port = free_port();
+        let mut toml = format!(
+            "[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n",
+            cgroup.name,
+            pin_dir.display(),
+            spec.on_gateway_down
+        );
+        for (hosts, cidrs, ports) in &spec.intercept {
+            toml += &format!(
+                "[[intercept]]\nhosts = {}\ncidrs = {}\nports = {:?}\n\n",
+                serde_json::to_string(hosts).unwrap(),
+                serde_json::to_string(cidrs).unwrap(),
+                ports
+            );
+        }
+        toml += &format!(
+            "[dns]\nservers = {}\nmin_ttl_secs = {}\nretry_secs = {}\n[dns.overrides]\n",
+            serde_json::to_string(&spec.dns_servers).unwrap(),
+            spec.min_ttl_secs,
+            spec.retry_secs
+        );
+        for (host, addrs) in &spec.overrides {
+            toml += &format!("\"{host}\" = {}\n", serde_json::to_string(addrs).unwrap());
+        }
+        let config = dir.path().join("ghgate.toml");
+        fs::write(&config, toml).expect("write config");
+        let log = dir.path().join("gateway.log");
+        let mut gw = Self {
+            config,
+            pin_dir,
+            log,
+            listen_port,
+            child: None,
+            run_in,
+            _dir: dir,
+        };
+        gw.spawn();
+        gw
+    }
+
+    /// (Re)starts the process and waits until it logs that it is ready.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = match &self.run_in {
+            None => Command::new(bin("ghgate")),
+            Some(cg) => {
+                // Enter the cgroup first, then become the gateway.
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+                    .arg(cg)
+                    .arg(bin("ghgate"));
+                c
+            }
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log);
+        let already = self
+            .logs()
+            .iter()
+            .filter(|l| l["message"] == "gateway ready")
+            .count();
+        self.child = Some(cmd.spawn().expect("spawn ghgate"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self
+                .logs()
+                .iter()
+                .filter(|l| l["message"] == "gateway ready")
+                .count()
+                > already
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "ghgate exited ({status}) before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ghgate not ready after 20 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// kill -9, and wait until the process is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every JSON log line so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Log lines of relayed connections.
+    pub fn relayed(&self) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["message"] == "connection relayed")
+            .collect()
+    }
+
+    /// Waits until `pred` holds over the log lines.
+    pub fn wait_log(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if pred(&logs) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; gateway log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `ghgate <args…> --config <this config>`.
+    pub fn ghgate(&self, args: &[&str]) -> Output {
+        Command::new(bin("ghgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run ghgate")
+    }
+
+    /// Runs the probe inside the intercepted cgroup through `ghgate exec`, one JSON per attempt.
+    pub fn probe(&self, args: &[&str]) -> Vec<Value> {
+        let out = Command::new(bin("ghgate"))
+            .arg("exec")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--")
+            .arg(bin("ghgate-probe"))
+            .args(args)
+            .output()
+            .expect("run ghgate exec");
+        parse_probe(out)
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.ghgate(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+        let out = self.ghgate(&["detach"]);
+        if !out.status.success() {
+            eprintln!("ghgate detach failed: {}", String::from_utf8_lossy(&out.stderr));
+            let _ = fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+/// The probe run directly, outside the intercepted cgroup.
+pub fn probe_outside(args: &[&str]) -> Vec<Value> {
+    parse_probe(
+        Command::new(bin("ghgate-probe"))
+            .args(args)
+            .output()
+            .expect("run probe"),
+    )
+}
+
+fn parse_probe(out: Output) -> Vec<Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "probe failed ({}): {}{}",
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("probe json"))
+        .collect()
+}
+
+/// Polls `f` until it returns Some, or fails after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads a child's stdout lines as they come (for long-running probes).
+pub fn lines_of(child: &mut Child) -> impl Iterator<Item = String> + use<> {
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .lines()
+        .map_while(Result::ok)
+}
+
+/// Checks that nothing of this test is left in the kernel (by asking the kernel, via bpftool).
+pub fn assert_cgroup_clean(dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(dir)
+        .output()
+        .context("bpftool")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let attached: Vec<&str> = text.lines().filter(|l| l.contains("ghgate")).collect();
+    if !attached.is_empty() {
+        bail!("programs still attached to {}: {attached:?}", dir.display());
+    }
+    Ok(())
+}
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().map_err(|e| anyhow!("{s}: {e}")).unwrap()
+}

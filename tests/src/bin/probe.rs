@@ -1,0 +1,117 @@
+//! A test client: connects where it is told and reports, as one JSON line per attempt, what the
+//! kernel and the server saw. Run inside the intercepted cgroup (through `ghgate exec`).
+//!
+//! The echo servers of the test harness answer a first line with `peer=<addr>`: the address
+//! the server saw. For a direct connection that is the client's own local address; through the
+//! gateway it is the gateway's upstream socket. So `proxied = server_saw != local`, decided by
+//! the kernel's facts, not by anything the gateway says.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(mode), Some(addr)) = (args.first(), args.get(1)) else {
+        usage()
+    };
+    let addr: SocketAddr = addr.parse().unwrap_or_else(|_| usage());
+    let opt = |name: &str| -> Option<u64> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    match mode.as_str() {
+        "connect" => {
+            let count = opt("--count").unwrap_or(1);
+            let interval = Duration::from_millis(opt("--interval-ms").unwrap_or(0));
+            for i in 0..count {
+                println!("{}", attempt(addr, i));
+                if i + 1 < count {
+                    std::thread::sleep(interval);
+                }
+            }
+        }
+        "udp" => {
+            let sock = UdpSocket::bind(if addr.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }).expect("bind");
+            sock.set_read_timeout(Some(Duration::from_secs(3))).ok();
+            sock.send_to(b"hello\n", addr).expect("send");
+            let mut buf = [0u8; 256];
+            let (n, from) = sock.recv_from(&mut buf).expect("recv");
+            let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+            println!(
+                "{}",
+                serde_json::json!({"pid": std::process::id(), "local": sock.local_addr().unwrap().to_string(), "from": from.to_string(), "reply": text})
+            );
+        }
+        "stream" => {
+            // Sends N bytes and reads the server's count back: a throughput client.
+            let bytes = opt("--bytes").unwrap_or(1 << 20);
+            let start = Instant::now();
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let buf = vec![0x5au8; 1 << 20];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                s.write_all(&buf[..n]).expect("write");
+                left -= n as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write).ok();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).ok();
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"bytes": bytes, "secs": secs, "reply": line.trim()})
+            );
+        }
+        _ => usage(),
+    }
+}
+
+fn attempt(addr: SocketAddr, seq: u64) -> serde_json::Value {
+    let start = Instant::now();
+    let mut out = serde_json::json!({"seq": seq, "pid": std::process::id(), "target": addr.to_string()});
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Err(e) => {
+            out["ok"] = false.into();
+            out["error"] = e.to_string().into();
+            out["errno"] = e.raw_os_error().unwrap_or(0).into();
+            out["elapsed_us"] = (start.elapsed().as_micros() as u64).into();
+        }
+        Ok(mut s) => {
+            out["elapsed_us"] = (start.elapsed().as_micros() as u64).into();
+            // A v4-mapped local address is what a v4 server sees as a plain IPv4 peer.
+            let local = s.local_addr().map(|a| match a.ip() {
+                std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::new(v4.into(), a.port()),
+                    None => a,
+                },
+                _ => a,
+            });
+            out["local"] = local.map(|a| a.to_string()).unwrap_or_default().into();
+            out["peer"] = s.peer_addr().map(|a| a.to_string()).unwrap_or_default().into();
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let _ = s.write_all(b"hello\n");
+            let mut line = String::new();
+            let read = BufReader::new(&s).read_line(&mut line);
+            let saw = line.trim().strip_prefix("peer=").unwrap_or_default().to_string();
+            out["ok"] = (read.is_ok() && !saw.is_empty()).into();
+            if let Err(e) = read {
+                out["error"] = e.to_string().into();
+            }
+            out["proxied"] = (!saw.is_empty() && saw != out["local"].as_str().unwrap_or_default()).into();
+            out["server_saw"] = saw.into();
+        }
+    }
+    out
+}

@@ -1,0 +1,68 @@
+//! Debian packages: LLVM and libclang for building bpf-linker, bpftool for the leak check,
+//! iproute2, curl, git and pkg-config for the tests.
+//!
+//! Only installs, never removes or upgrades. Without root it must not try `sudo` itself: it fails
+//! naming the exact command for the user to run.
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{host, process, workspace::Workspace};
+
+fn packages(ws: &Workspace) -> Vec<String> {
+    let llvm = &ws.pins.llvm_major;
+    let mut packages = vec![format!("llvm-{llvm}-dev"), format!("libclang-{llvm}-dev")];
+    packages.extend(["bpftool", "iproute2", "curl", "git", "pkg-config"].map(String::from));
+    packages
+}
+
+fn installed(package: &str) -> bool {
+    process::probe_stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+pub fn missing(ws: &Workspace) -> Vec<String> {
+    packages(ws)
+        .into_iter()
+        .filter(|p| !installed(p))
+        .map(|p| format!("apt package {p}"))
+        .collect()
+}
+
+pub fn ensure(ws: &Workspace) -> Result<()> {
+    let mut missing = Vec::new();
+    for package in packages(ws) {
+        if installed(&package) {
+            println!("ok: apt package {package} installed");
+        } else {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if process::probe(Command::new("dpkg-query").arg("--version")).is_none() {
+        bail!(
+            "dpkg-query not found: setup installs system packages on Debian/Ubuntu only; \
+             install these yourself: {}",
+            missing.join(" ")
+        );
+    }
+    let list = missing.join(" ");
+    if !host::is_root() {
+        bail!(
+            "missing Debian packages: {list}. Install them as root:\n  \
+             sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y \
+             --no-install-recommends {list}\nthen run `cargo xtask setup` again"
+        );
+    }
+    println!("installing: apt packages {list}");
+    process::run("apt-get update", Command::new("apt-get").arg("update"))?;
+    process::run(
+        "apt-get install",
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
