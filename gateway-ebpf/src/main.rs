@@ -243,10 +243,9 @@ fn is_self(cfg: &GatewayConfig) -> bool {
 fn listener_v4_up(ctx: &SockAddrContext, cfg: &GatewayConfig) -> bool {
     // SAFETY: an all-zero bpf_sock_tuple is a valid value of this plain C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    unsafe {
-        tuple.__bindgen_anon_1.ipv4.daddr = cfg.listen_v4_addr;
-        tuple.__bindgen_anon_1.ipv4.dport = cfg.listen_v4_port as u16;
-    }
+    // Writing union fields is safe; the port is already in network order.
+    tuple.__bindgen_anon_1.ipv4.daddr = cfg.listen_v4_addr;
+    tuple.__bindgen_anon_1.ipv4.dport = cfg.listen_v4_port as u16;
     // SAFETY: reading back the member just written.
     let len = size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv4 }) as u32;
     listener_lookup(ctx, &mut tuple, len)
@@ -256,10 +255,9 @@ fn listener_v4_up(ctx: &SockAddrContext, cfg: &GatewayConfig) -> bool {
 fn listener_v6_up(ctx: &SockAddrContext, cfg: &GatewayConfig) -> bool {
     // SAFETY: as above.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    unsafe {
-        tuple.__bindgen_anon_1.ipv6.daddr = cfg.listen_v6_addr;
-        tuple.__bindgen_anon_1.ipv6.dport = cfg.listen_v6_port as u16;
-    }
+    // Writing union fields is safe; the port is already in network order.
+    tuple.__bindgen_anon_1.ipv6.daddr = cfg.listen_v6_addr;
+    tuple.__bindgen_anon_1.ipv6.dport = cfg.listen_v6_port as u16;
     // SAFETY: reading back the member just written.
     let len = size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv6 }) as u32;
     listener_lookup(ctx, &mut tuple, len)

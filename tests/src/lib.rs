@@ -164,6 +164,12 @@ impl TestCgroup {
     }
 }
 
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         if let Ok(rd) = fs::read_dir(&self.dir) {

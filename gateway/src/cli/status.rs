@@ -49,6 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "on_gateway_down": if kcfg.on_gateway_down == gateway_common::ON_DOWN_BYPASS { "bypass" } else { "refuse" },
         });
         report["intercept"] = json!(entries);
+        let (by_cookie, by_client) = maps.tracked()?;
+        report["tracked"] = json!({ "open_redirected": by_cookie, "awaiting_accept": by_client });
         report["counters"] = json!(counters);
     }
     if args.json {
@@ -76,6 +78,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         for e in report["intercept"].as_array().into_iter().flatten() {
             println!("  {}", e.as_str().unwrap_or_default());
         }
+        println!(
+            "tracked:   {} open redirected connections, {} awaiting accept",
+            report["tracked"]["open_redirected"], report["tracked"]["awaiting_accept"]
+        );
         println!("counters:");
         for (k, v) in report["counters"].as_object().into_iter().flatten() {
             println!("  {k:<24} {v}");

@@ -29,6 +29,7 @@ fn open(pins: &Pins, name: &str) -> anyhow::Result<MapData> {
 
 /// The configuration, intercept and counter maps.
 pub struct Maps {
+    pins: Pins,
     config: Array<MapData, GatewayConfig>,
     v4: LpmTrie<MapData, InterceptKeyV4, u32>,
     v6: LpmTrie<MapData, InterceptKeyV6, u32>,
@@ -38,6 +39,7 @@ pub struct Maps {
 impl Maps {
     pub fn open(pins: &Pins) -> anyhow::Result<Self> {
         Ok(Self {
+            pins: pins.clone(),
             config: Array::try_from(Map::Array(open(pins, map_names::CONFIG)?))?,
             v4: LpmTrie::try_from(Map::LpmTrie(open(pins, map_names::INTERCEPT_V4)?))?,
             v6: LpmTrie::try_from(Map::LpmTrie(open(pins, map_names::INTERCEPT_V6)?))?,
@@ -106,6 +108,16 @@ impl Maps {
             }
         }
         Ok((added, removed))
+    }
+
+    /// Connections the kernel currently tracks: (by socket cookie, awaiting accept by client
+    /// address). Both drain to zero once connections close and are accepted.
+    pub fn tracked(&self) -> anyhow::Result<(usize, usize)> {
+        let by_cookie: HashMap<MapData, u64, ConnRecord> =
+            HashMap::try_from(Map::LruHashMap(open(&self.pins, map_names::BY_COOKIE)?))?;
+        let by_client: HashMap<MapData, ClientKey, ConnRecord> =
+            HashMap::try_from(Map::LruHashMap(open(&self.pins, map_names::BY_CLIENT)?))?;
+        Ok((by_cookie.keys().count(), by_client.keys().count()))
     }
 
     /// Counter totals over all CPUs, by name.

@@ -1,0 +1,541 @@
+//! End-to-end: the kernel redirect, the gateway's relay, fail-closed and takeover, exec, DNS.
+//! Every test runs real kernel programs on its own child cgroup and loopback servers; each
+//! needs root (under CI=true its absence fails the test).
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use ghgate_e2e::{
+    Gateway, GatewaySpec, TestCgroup, addr, bin,
+    dns::DnsServer,
+    eventually, lines_of, loopback_v4, privileged, probe_outside,
+    servers::{Kind, Server, UdpEcho},
+};
+use serde_json::Value;
+
+fn spec_for(host: &str, ip: IpAddr, port: u16) -> GatewaySpec {
+    GatewaySpec {
+        intercept: vec![(vec![host.into()], vec![], vec![port])],
+        overrides: vec![(host.into(), vec![ip.to_string()])],
+        ..Default::default()
+    }
+}
+
+fn one(mut v: Vec<Value>) -> Value {
+    assert_eq!(v.len(), 1, "expected one probe result: {v:?}");
+    v.remove(0)
+}
+
+#[test]
+fn redirects_v4_to_the_gateway_with_destination_and_caller() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let gw = Gateway::start(
+        &cg,
+        &spec_for("api.github.test", upstream.addr.ip(), upstream.addr.port()),
+    );
+
+    let r = one(gw.probe(&["connect", &upstream.addr.to_string()]));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["proxied"], true, "the upstream saw the client itself: {r}");
+    // getpeername shows the original destination, not the gateway's listener.
+    assert_eq!(r["peer"], upstream.addr.to_string(), "{r}");
+
+    let logs = gw.wait_log("the relay log line", Duration::from_secs(10), |l| {
+        l.iter().any(|l| l["message"] == "connection relayed")
+    });
+    let line = logs
+        .iter()
+        .find(|l| l["message"] == "connection relayed")
+        .unwrap();
+    assert_eq!(line["orig_dst"], upstream.addr.to_string(), "{line}");
+    assert_eq!(line["tgid"], r["pid"], "{line}");
+    assert_eq!(line["uid"], 0, "{line}");
+    assert_eq!(line["comm"], "ghgate-probe", "{line}");
+    assert_eq!(line["exe"], bin("ghgate-probe").display().to_string(), "{line}");
+    assert_eq!(line["client"], r["local"], "{line}");
+    // "hello\n" up; "peer=…\n" down.
+    assert_eq!(line["bytes_up"], 6, "{line}");
+    assert_eq!(
+        line["bytes_down"].as_u64().unwrap(),
+        6 + r["server_saw"].as_str().unwrap().len() as u64,
+        "{line}"
+    );
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[test]
+fn redirects_ipv6_and_v4_mapped_destinations() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let v4 = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let v6 = Server::start(addr("[::1]:0"), Kind::Echo);
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![
+                (vec![], vec![format!("{}/32", v4.addr.ip())], vec![v4.addr.port()]),
+                (vec![], vec!["::1/128".into()], vec![v6.addr.port()]),
+            ],
+            ..Default::default()
+        },
+    );
+
+    let r6 = one(gw.probe(&["connect", &v6.addr.to_string()]));
+    assert_eq!(
+        (r6["ok"].clone(), r6["proxied"].clone()),
+        (true.into(), true.into()),
+        "{r6}"
+    );
+    assert_eq!(r6["peer"], v6.addr.to_string());
+
+    let mapped = SocketAddr::new(
+        match v4.addr.ip() {
+            IpAddr::V4(ip) => ip.to_ipv6_mapped().into(),
+            ip => ip,
+        },
+        v4.addr.port(),
+    );
+    let rm = one(gw.probe(&["connect", &mapped.to_string()]));
+    assert_eq!(
+        (rm["ok"].clone(), rm["proxied"].clone()),
+        (true.into(), true.into()),
+        "{rm}"
+    );
+    assert_eq!(
+        rm["peer"],
+        mapped.to_string(),
+        "getpeername of a mapped destination"
+    );
+
+    let logs = gw.wait_log("two relays", Duration::from_secs(10), |l| {
+        l.iter().filter(|l| l["message"] == "connection relayed").count() == 2
+    });
+    let dsts: Vec<&str> = logs
+        .iter()
+        .filter(|l| l["message"] == "connection relayed")
+        .map(|l| l["orig_dst"].as_str().unwrap())
+        .collect();
+    assert!(dsts.contains(&v6.addr.to_string().as_str()), "{dsts:?}");
+    assert!(
+        dsts.contains(&v4.addr.to_string().as_str()),
+        "mapped is relayed to the v4 address: {dsts:?}"
+    );
+}
+
+#[test]
+fn leaves_unlisted_destinations_outside_clients_and_udp_alone() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let ip = loopback_v4();
+    let listed = Server::start(SocketAddr::new(ip.into(), 0), Kind::Echo);
+    let other_port = Server::start(SocketAddr::new(ip.into(), 0), Kind::Echo);
+    let udp = UdpEcho::start(SocketAddr::new(ip.into(), listed.addr.port()));
+    let gw = Gateway::start(&cg, &spec_for("api.github.test", ip.into(), listed.addr.port()));
+
+    let r = one(gw.probe(&["connect", &other_port.addr.to_string()]));
+    assert_eq!(
+        (r["ok"].clone(), r["proxied"].clone()),
+        (true.into(), false.into()),
+        "unlisted port: {r}"
+    );
+
+    let outside = one(probe_outside(&["connect", &listed.addr.to_string()]));
+    assert_eq!(
+        (outside["ok"].clone(), outside["proxied"].clone()),
+        (true.into(), false.into()),
+        "{outside}"
+    );
+
+    // UDP to the very address and port that TCP intercepts reaches the server directly.
+    let u = one(gw.probe(&["udp", &udp.addr.to_string()]));
+    assert_eq!(
+        u["reply"],
+        format!("peer={}", u["local"].as_str().unwrap()),
+        "{u}"
+    );
+    assert_eq!(u["from"], udp.addr.to_string());
+
+    // And one listed connection for contrast: only it is relayed.
+    let r = one(gw.probe(&["connect", &listed.addr.to_string()]));
+    assert_eq!(r["proxied"], true, "{r}");
+    gw.wait_log("one relay", Duration::from_secs(10), |l| {
+        l.iter().any(|l| l["message"] == "connection relayed")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        gw.relayed().len(),
+        1,
+        "only the listed connection is relayed:\n{}",
+        gw.log_text()
+    );
+    let counters = &gw.status()["counters"];
+    assert_eq!(counters["redirected_v4"], 1, "{counters}");
+}
+
+#[test]
+fn gateway_inside_the_cgroup_never_intercepts_itself() {
+    if !privileged() {
+        return;
+    }
+    // The gateway runs in a child of the intercepted cgroup, as in whole-host mode: only its
+    // process exclusion keeps its own upstream connections from looping back to itself.
+    let cg = TestCgroup::new();
+    let own = cg.child("gateway");
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let spec = spec_for("api.github.test", upstream.addr.ip(), upstream.addr.port());
+    let gw = Gateway::start_in(&cg, &spec, Some(own.clone()));
+    let procs = std::fs::read_to_string(own.join("cgroup.procs")).unwrap();
+    assert!(
+        procs
+            .split_whitespace()
+            .any(|p| p == gw.pid().unwrap().to_string()),
+        "gateway not in {own:?}"
+    );
+
+    let r = one(gw.probe(&["connect", &upstream.addr.to_string()]));
+    assert_eq!(
+        (r["ok"].clone(), r["proxied"].clone()),
+        (true.into(), true.into()),
+        "{r}"
+    );
+    gw.wait_log("one relay", Duration::from_secs(10), |l| {
+        l.iter().any(|l| l["message"] == "connection relayed")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        upstream.accepted(),
+        1,
+        "the upstream saw exactly the one relayed connection"
+    );
+    assert_eq!(gw.relayed().len(), 1, "no loop:\n{}", gw.log_text());
+    let counters = &gw.status()["counters"];
+    assert!(counters["self_excluded"].as_u64().unwrap() >= 1, "{counters}");
+    assert_eq!(counters["redirected_v4"], 1, "{counters}");
+}
+
+#[test]
+fn kill9_fails_closed_and_restart_resumes_without_a_bypass() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let mut gw = Gateway::start(
+        &cg,
+        &spec_for("api.github.test", upstream.addr.ip(), upstream.addr.port()),
+    );
+
+    // One client keeps connecting through the kill and the restart.
+    let mut client = Command::new(bin("ghgate"))
+        .arg("exec")
+        .arg("--config")
+        .arg(&gw.config)
+        .arg("--")
+        .arg(bin("ghgate-probe"))
+        .args([
+            "connect",
+            &upstream.addr.to_string(),
+            "--count",
+            "120",
+            "--interval-ms",
+            "25",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::thread::spawn({
+        let lines = lines_of(&mut client);
+        move || {
+            lines
+                .map(|l| serde_json::from_str::<Value>(&l).unwrap())
+                .collect::<Vec<_>>()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    gw.kill9();
+    // While it is down, the status shows programs attached but no gateway.
+    let status = gw.status();
+    assert_eq!(status["attached"], true, "{status}");
+    assert_eq!(status["gateway"]["running"], false, "{status}");
+    std::thread::sleep(Duration::from_millis(900));
+    gw.spawn();
+    assert!(client.wait().unwrap().success());
+    let results = reader.join().unwrap();
+    assert_eq!(results.len(), 120);
+
+    let proxied = results
+        .iter()
+        .filter(|r| r["ok"] == true && r["proxied"] == true)
+        .count();
+    let direct: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["ok"] == true && r["proxied"] == false)
+        .collect();
+    let refused: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["ok"] == false && r["local"].is_null())
+        .collect();
+    // Connected to the gateway in the instant it died: reset, never forwarded elsewhere.
+    let cut: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["ok"] == false && !r["local"].is_null())
+        .collect();
+    assert!(direct.is_empty(), "connections bypassed the gateway: {direct:?}");
+    assert!(
+        !refused.is_empty(),
+        "the gateway was down for ~0.9 s but no connection was refused"
+    );
+    for r in &refused {
+        assert_eq!(
+            r["errno"],
+            libc::ECONNREFUSED,
+            "refused with the wrong error: {r}"
+        );
+        assert!(
+            r["elapsed_us"].as_u64().unwrap() < 100_000,
+            "refusal was not prompt: {r}"
+        );
+    }
+    assert!(
+        cut.len() <= 2,
+        "more than the connections in flight at the kill failed: {cut:?}"
+    );
+    assert_eq!(proxied + refused.len() + cut.len(), 120);
+    // Interception resumed after the restart: the last attempts were relayed.
+    assert!(
+        results[100..].iter().all(|r| r["proxied"] == true),
+        "not resumed: {:?}",
+        &results[100..]
+    );
+    // Every connection the upstream saw came from the gateway.
+    eventually("relay logs", Duration::from_secs(10), || {
+        (gw.relayed().len() >= proxied).then_some(())
+    });
+    let seen = upstream.accepted();
+    assert!(
+        seen >= proxied && seen <= proxied + cut.len(),
+        "upstream saw {seen}, relayed {proxied}"
+    );
+    assert!(
+        gw.logs()
+            .iter()
+            .any(|l| l["message"] == "gateway ready" && l["took_over"] == true)
+    );
+}
+
+#[test]
+fn bypass_mode_lets_clients_through_after_kill9() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let mut spec = spec_for("api.github.test", upstream.addr.ip(), upstream.addr.port());
+    spec.on_gateway_down = "bypass";
+    let mut gw = Gateway::start(&cg, &spec);
+    assert_eq!(
+        one(gw.probe(&["connect", &upstream.addr.to_string()]))["proxied"],
+        true
+    );
+    gw.kill9();
+    let r = one(gw.probe(&["connect", &upstream.addr.to_string()]));
+    assert_eq!(
+        (r["ok"].clone(), r["proxied"].clone()),
+        (true.into(), false.into()),
+        "{r}"
+    );
+    assert_eq!(r["peer"], upstream.addr.to_string());
+    assert_eq!(gw.status()["counters"]["bypassed_gateway_down"], 1);
+    gw.spawn();
+    assert_eq!(
+        one(gw.probe(&["connect", &upstream.addr.to_string()]))["proxied"],
+        true,
+        "intercepted again"
+    );
+}
+
+#[test]
+fn exec_runs_real_curl_under_interception_and_returns_its_status() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let web = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Http);
+    let gw = Gateway::start(&cg, &spec_for("api.github.test", web.addr.ip(), web.addr.port()));
+    let url = format!("http://api.github.test:{}/repos/o/r", web.addr.port());
+    let resolve = format!("api.github.test:{}:{}", web.addr.port(), web.addr.ip());
+    let out = Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&gw.config)
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            "--resolve",
+            &resolve,
+            &url,
+            "-w",
+            "%{remote_ip}:%{remote_port}",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let body = lines.next().unwrap();
+    let remote = lines.next().unwrap();
+    assert_eq!(remote, web.addr.to_string(), "curl saw the original peer");
+    let logs = gw.wait_log("curl relay", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "connection relayed" && l["comm"] == "curl")
+    });
+    let relay = logs
+        .iter()
+        .find(|l| l["message"] == "connection relayed")
+        .unwrap();
+    assert_ne!(
+        body,
+        format!("peer={}", relay["client"].as_str().unwrap()),
+        "upstream saw curl itself"
+    );
+    assert!(
+        body.starts_with("peer=127.0.0.1:"),
+        "upstream saw the gateway: {body}"
+    );
+    assert_eq!(relay["exe"], "/usr/bin/curl");
+
+    let code = Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&gw.config)
+        .args(["--", "sh", "-c", "exit 7"])
+        .status()
+        .unwrap();
+    assert_eq!(
+        code.code(),
+        Some(7),
+        "exec passes the command's exit status through"
+    );
+}
+
+#[test]
+fn dns_changes_update_the_intercept_set_without_restart() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let (a, b) = (loopback_v4(), loopback_v4());
+    let first = Server::start(SocketAddr::new(a.into(), 0), Kind::Echo);
+    let port = first.addr.port();
+    let second = Server::start(SocketAddr::new(b.into(), port), Kind::Echo);
+    let dns = DnsServer::start("api.github.test", vec![a.into()], 1);
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![(vec!["api.github.test".into()], vec![], vec![port])],
+            dns_servers: vec![dns.addr.to_string()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        one(gw.probe(&["connect", &first.addr.to_string()]))["proxied"],
+        true
+    );
+    assert_eq!(
+        one(gw.probe(&["connect", &second.addr.to_string()]))["proxied"],
+        false
+    );
+
+    let pid_before = gw.pid();
+    dns.set(vec![b.into()]);
+    eventually(
+        "the new address to be intercepted",
+        Duration::from_secs(15),
+        || {
+            let entries = gw.status()["intercept"].clone();
+            entries
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e == &format!("{b}/32:{port}"))
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        one(gw.probe(&["connect", &second.addr.to_string()]))["proxied"],
+        true
+    );
+    assert_eq!(
+        one(gw.probe(&["connect", &first.addr.to_string()]))["proxied"],
+        false,
+        "old address removed"
+    );
+    assert_eq!(gw.pid(), pid_before, "no restart");
+    assert!(dns.queries() >= 2);
+    assert!(gw.logs().iter().any(|l| l["message"] == "intercept set updated"));
+}
+
+#[test]
+fn unresolvable_names_are_retried_and_do_not_stop_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let dns = DnsServer::start("other.test", vec![], 1);
+    let port = upstream.addr.port();
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![
+                (vec!["missing.github.test".into()], vec![], vec![port]),
+                (vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port]),
+            ],
+            dns_servers: vec![dns.addr.to_string()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        one(gw.probe(&["connect", &upstream.addr.to_string()]))["proxied"],
+        true
+    );
+    gw.wait_log("two resolution failures", Duration::from_secs(10), |l| {
+        l.iter()
+            .filter(|l| l["message"] == "cannot resolve; keeping the last good answer and retrying")
+            .count()
+            >= 2
+    });
+}
+
+#[test]
+fn kernel_records_are_removed_when_connections_close() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let gw = Gateway::start(
+        &cg,
+        &spec_for("api.github.test", upstream.addr.ip(), upstream.addr.port()),
+    );
+    let results = gw.probe(&["connect", &upstream.addr.to_string(), "--count", "50"]);
+    assert!(results.iter().all(|r| r["proxied"] == true));
+    let status = eventually("tracked maps to drain", Duration::from_secs(10), || {
+        let s = gw.status();
+        (s["tracked"]["open_redirected"] == 0 && s["tracked"]["awaiting_accept"] == 0).then_some(s)
+    });
+    assert_eq!(status["counters"]["established"], 50, "{status}");
+}
