@@ -215,6 +215,9 @@ pub struct GatewaySpec {
     pub on_gateway_down: &'static str,
     pub min_ttl_secs: u64,
     pub retry_secs: u64,
+    /// Whole-host mode (`cgroup = "host"`): only ever inside a QEMU guest (vm-tests), never on a
+    /// development or CI machine.
+    pub host_mode: bool,
 }
 
 impl Default for GatewaySpec {
@@ -226,6 +229,7 @@ impl Default for GatewaySpec {
             on_gateway_down: "refuse",
             min_ttl_secs: 1,
             retry_secs: 1,
+            host_mode: false,
         }
     }
 }
@@ -249,12 +253,18 @@ impl Gateway {
 
     /// Starts the gateway with its own process placed in `run_in` (a cgroup this test made).
     pub fn start_in(cgroup: &TestCgroup, spec: &GatewaySpec, run_in: Option<PathBuf>) -> Self {
+        // The safety rule: whole-host mode redirects every process of the machine, so it only
+        // ever runs inside a vm-test guest, which sets this variable from its init.
+        assert!(
+            !spec.host_mode || std::env::var_os("GHGATE_VM_GUEST").is_some(),
+            "whole-host mode is only tested inside a QEMU guest (cargo xtask vm-test)"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&cgroup.name);
         let listen_port = free_port();
         let mut toml = format!(
             "[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n",
-            cgroup.name,
+            if spec.host_mode { "host" } else { &cgroup.name },
             pin_dir.display(),
             spec.on_gateway_down
         );

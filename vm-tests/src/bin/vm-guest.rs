@@ -1,0 +1,282 @@
+//! The tests that run inside each vm-test guest, on that guest's kernel, as root.
+//!
+//! They reuse the end-to-end harness (test cgroups, gateway child, loopback servers, probe) and
+//! prove what cannot be proven on the host: every program passes this kernel's verifier, the
+//! cgroup-mode path works on this kernel, and whole-host mode — attached to the guest's root
+//! cgroup, which is safe only here — redirects every process but the gateway and detaches clean.
+//! Output ends with one `N passed, M failed` line; the exit status is 0 only if all passed.
+use std::{
+    net::{IpAddr, SocketAddr},
+    panic::{AssertUnwindSafe, catch_unwind},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use ghgate_e2e::{
+    Gateway, GatewaySpec, TestCgroup, addr, bin, lines_of, loopback_v4, probe_outside,
+    servers::{Kind, Server},
+};
+use serde_json::Value;
+
+type Test = (&'static str, fn());
+
+const TESTS: &[Test] = &[
+    ("verifier_accepts_every_program", verifier_accepts_every_program),
+    (
+        "cgroup_mode_redirects_with_destination_and_caller",
+        cgroup_mode_redirects_with_destination_and_caller,
+    ),
+    (
+        "cgroup_mode_fails_closed_and_restarts_without_bypass",
+        cgroup_mode_fails_closed_and_restarts_without_bypass,
+    ),
+    (
+        "whole_host_mode_redirects_everyone_but_the_gateway",
+        whole_host_mode_redirects_everyone_but_the_gateway,
+    ),
+];
+
+fn main() -> ExitCode {
+    let filter = std::env::args().nth(1);
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in TESTS {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        println!("vm-test {name} ...");
+        let start = Instant::now();
+        match catch_unwind(AssertUnwindSafe(test)) {
+            Ok(()) => {
+                passed += 1;
+                println!("vm-test {name} ... ok ({:.1} s)", start.elapsed().as_secs_f64());
+            }
+            Err(_) => {
+                failed += 1;
+                println!(
+                    "vm-test {name} ... FAILED ({:.1} s)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 && passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn one(mut v: Vec<Value>) -> Value {
+    assert_eq!(v.len(), 1, "expected one probe result: {v:?}");
+    v.remove(0)
+}
+
+fn spec_for(ip: IpAddr, port: u16) -> GatewaySpec {
+    GatewaySpec {
+        intercept: vec![(vec!["api.github.test".into()], vec![], vec![port])],
+        overrides: vec![("api.github.test".into(), vec![ip.to_string()])],
+        ..Default::default()
+    }
+}
+
+/// Names of loaded programs that are ours, asked of the kernel (not of our pins).
+fn ghgate_programs_loaded() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("ghgate_"))
+        .collect()
+}
+
+fn verifier_accepts_every_program() {
+    let out = Command::new(bin("ghgate"))
+        .args(["check", "--kernel", "--kernel-only"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check --kernel failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "ghgate_connect4",
+        "ghgate_connect6",
+        "ghgate_peer4",
+        "ghgate_peer6",
+        "ghgate_sockops",
+    ] {
+        assert!(
+            stdout.contains(&format!("program {name}: accepted by the verifier")),
+            "{name}: {stdout}"
+        );
+    }
+    print!("{stdout}");
+}
+
+fn cgroup_mode_redirects_with_destination_and_caller() {
+    let cg = TestCgroup::new();
+    let v4 = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let v6 = Server::start(addr("[::1]:0"), Kind::Echo);
+    let mut spec = spec_for(v4.addr.ip(), v4.addr.port());
+    spec.intercept
+        .push((vec![], vec!["::1/128".into()], vec![v6.addr.port()]));
+    let gw = Gateway::start(&cg, &spec);
+
+    let r = one(gw.probe(&["connect", &v4.addr.to_string()]));
+    assert_eq!(
+        (r["ok"].clone(), r["proxied"].clone()),
+        (true.into(), true.into()),
+        "{r}"
+    );
+    assert_eq!(
+        r["peer"],
+        v4.addr.to_string(),
+        "getpeername shows the original: {r}"
+    );
+    let r6 = one(gw.probe(&["connect", &v6.addr.to_string()]));
+    assert_eq!(
+        (r6["ok"].clone(), r6["proxied"].clone()),
+        (true.into(), true.into()),
+        "{r6}"
+    );
+    assert_eq!(r6["peer"], v6.addr.to_string());
+    let mapped = match v4.addr.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(ip.to_ipv6_mapped().into(), v4.addr.port()),
+        _ => unreachable!(),
+    };
+    let rm = one(gw.probe(&["connect", &mapped.to_string()]));
+    assert_eq!(rm["proxied"], true, "v4-mapped: {rm}");
+
+    let logs = gw.wait_log("three relays", Duration::from_secs(30), |l| {
+        l.iter().filter(|l| l["message"] == "connection relayed").count() == 3
+    });
+    let first = logs
+        .iter()
+        .find(|l| l["message"] == "connection relayed")
+        .unwrap();
+    assert_eq!(first["orig_dst"], v4.addr.to_string(), "{first}");
+    assert_eq!(first["tgid"], r["pid"], "{first}");
+    assert_eq!(first["comm"], "ghgate-probe", "{first}");
+    // Outside the cgroup nothing changes.
+    assert_eq!(
+        one(probe_outside(&["connect", &v4.addr.to_string()]))["proxied"],
+        false
+    );
+}
+
+fn cgroup_mode_fails_closed_and_restarts_without_bypass() {
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let mut gw = Gateway::start(&cg, &spec_for(upstream.addr.ip(), upstream.addr.port()));
+    let mut client = Command::new(bin("ghgate"))
+        .arg("exec")
+        .arg("--config")
+        .arg(&gw.config)
+        .arg("--")
+        .arg(bin("ghgate-probe"))
+        .args([
+            "connect",
+            &upstream.addr.to_string(),
+            "--count",
+            "60",
+            "--interval-ms",
+            "50",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut client);
+    let reader = std::thread::spawn(move || {
+        lines
+            .map(|l| serde_json::from_str::<Value>(&l).unwrap())
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    gw.kill9();
+    std::thread::sleep(Duration::from_millis(1200));
+    gw.spawn();
+    assert!(client.wait().unwrap().success());
+    let results = reader.join().unwrap();
+    assert_eq!(results.len(), 60);
+    let direct: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["ok"] == true && r["proxied"] == false)
+        .collect();
+    let refused: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["ok"] == false && r["local"].is_null())
+        .collect();
+    assert!(direct.is_empty(), "connections bypassed the gateway: {direct:?}");
+    assert!(
+        !refused.is_empty(),
+        "no connection was refused while the gateway was down"
+    );
+    assert!(
+        refused.iter().all(|r| r["errno"] == libc::ECONNREFUSED),
+        "{refused:?}"
+    );
+    assert!(
+        results.last().unwrap()["proxied"] == true,
+        "interception did not resume: {:?}",
+        results.last()
+    );
+    assert!(
+        gw.logs()
+            .iter()
+            .any(|l| l["message"] == "gateway ready" && l["took_over"] == true)
+    );
+}
+
+fn whole_host_mode_redirects_everyone_but_the_gateway() {
+    let cg = TestCgroup::new(); // names the pins; nothing attaches to it in host mode
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let mut spec = spec_for(upstream.addr.ip(), upstream.addr.port());
+    spec.host_mode = true;
+    let gw = Gateway::start(&cg, &spec);
+
+    // A client anywhere in the guest (here: the root cgroup) is redirected.
+    let r = one(probe_outside(&["connect", &upstream.addr.to_string()]));
+    assert_eq!(
+        (r["ok"].clone(), r["proxied"].clone()),
+        (true.into(), true.into()),
+        "{r}"
+    );
+    assert_eq!(r["peer"], upstream.addr.to_string());
+    gw.wait_log("the relay", Duration::from_secs(30), |l| {
+        l.iter().any(|l| l["message"] == "connection relayed")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The gateway's own upstream connection was not redirected back to itself.
+    assert_eq!(
+        upstream.accepted(),
+        1,
+        "exactly the relayed connection reached the upstream"
+    );
+    assert_eq!(gw.relayed().len(), 1, "no loop:\n{}", gw.log_text());
+    let status = gw.status();
+    assert!(
+        status["counters"]["self_excluded"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+
+    let out = gw.ghgate(&["detach"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut left = ghgate_programs_loaded();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = ghgate_programs_loaded();
+    }
+    assert!(left.is_empty(), "programs still loaded after detach: {left:?}");
+    let r = one(probe_outside(&["connect", &upstream.addr.to_string()]));
+    assert_eq!(
+        (r["ok"].clone(), r["proxied"].clone()),
+        (true.into(), false.into()),
+        "after detach: {r}"
+    );
+}
