@@ -11,3 +11,4 @@ pub mod listen;
 pub mod redirect;
 pub mod relay;
 pub mod resolve;
+pub mod tls;
