@@ -32,6 +32,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the gateway keeps its own files (the interception CA, later the session store).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     pub redirect: RedirectConfig,
     #[serde(default)]
     pub listen: ListenConfig,
@@ -44,6 +47,37 @@ pub struct Config {
     pub relay: RelayConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// SNI names terminated by the gateway: exact names or `*.suffix`. Any other name is relayed
+    /// untouched. Also the CA's name constraints.
+    #[serde(default = "default_tls_intercept")]
+    pub intercept: Vec<String>,
+    /// Names never terminated even if `intercept` matches (clients that pin certificates).
+    #[serde(default)]
+    pub passthrough: Vec<String>,
+    /// Extra PEM files of CAs trusted for upstream connections, besides the system's.
+    #[serde(default)]
+    pub upstream_extra_roots: Vec<PathBuf>,
+    /// How many leaf certificates to keep.
+    #[serde(default = "default_leaf_cache")]
+    pub leaf_cache_size: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            intercept: default_tls_intercept(),
+            passthrough: Vec::new(),
+            upstream_extra_roots: Vec::new(),
+            leaf_cache_size: default_leaf_cache(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +227,22 @@ pub enum LogFormat {
     Json,
 }
 
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ghgate")
+}
+fn default_tls_intercept() -> Vec<String> {
+    [
+        "github.com",
+        "*.github.com",
+        "*.githubusercontent.com",
+        "*.githubcopilot.com",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_leaf_cache() -> usize {
+    1024
+}
 fn default_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/ghgate")
 }
@@ -335,6 +385,25 @@ impl Config {
         if self.dns.retry_secs == 0 {
             return Err(invalid("dns.retry_secs".into(), "must be at least 1".into()));
         }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir".into(), "must be an absolute path".into()));
+        }
+        for (key, names) in [
+            ("tls.intercept", &self.tls.intercept),
+            ("tls.passthrough", &self.tls.passthrough),
+        ] {
+            for (j, name) in names.iter().enumerate() {
+                if let Err(why) = check_host_name(name.strip_prefix("*.").unwrap_or(name)) {
+                    return Err(invalid(
+                        format!("{key}[{j}]"),
+                        format!("{name:?}: {why} (use a name or *.suffix)"),
+                    ));
+                }
+            }
+        }
+        if self.tls.leaf_cache_size == 0 {
+            return Err(invalid("tls.leaf_cache_size".into(), "must be at least 1".into()));
+        }
         if self.relay.connect_timeout_secs == 0 {
             return Err(invalid(
                 "relay.connect_timeout_secs".into(),
@@ -442,6 +511,11 @@ mod tests {
                 format!("{MINIMAL}\n[dns]\nservers = [\"nope\"]\n"),
                 "dns.servers[0]",
             ),
+            (
+                format!("{MINIMAL}\n[tls]\nintercept = [\"*.*.com\"]\n"),
+                "tls.intercept[0]",
+            ),
+            (format!("state_dir = \"rel\"\n{MINIMAL}"), "state_dir"),
             (
                 format!("{MINIMAL}\n[[intercept]]\ncidrs = [\"127.0.0.0/8\"]\nports = [15443]\n"),
                 "intercept[1].cidrs[0]",

@@ -1,6 +1,7 @@
 //! The `ghgate` command line: one module per subcommand, each with its own arguments.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+mod ca;
 mod check;
 mod detach;
 mod exec;
@@ -33,6 +34,8 @@ enum Command {
     Status(status::Args),
     /// Detach every program and remove every pin ghgate made.
     Detach(detach::Args),
+    /// Manage the interception CA.
+    Ca(ca::Args),
 }
 
 /// `--config`, shared by every subcommand that reads one.
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Exec(a) => exec::run(a),
         Command::Status(a) => status::run(a),
         Command::Detach(a) => detach::run(a),
+        Command::Ca(a) => ca::run(a),
     };
     match result {
         Ok(code) => code,
