@@ -110,7 +110,7 @@ fn kernel_check(ws: &Workspace, target_dir: &Path) -> Result<()> {
         );
     }
     process::run(
-        "verifier check (ghgate check --kernel)",
-        Command::new(&ghgate).args(["check", "--kernel"]),
+        "verifier check (ghgate check --kernel --kernel-only)",
+        Command::new(&ghgate).args(["check", "--kernel", "--kernel-only"]),
     )
 }

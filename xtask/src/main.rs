@@ -13,6 +13,7 @@ mod process;
 mod run;
 mod setup;
 mod test;
+mod vm_test;
 mod workspace;
 
 use std::process::ExitCode;
@@ -36,6 +37,7 @@ enum Command {
     Run(run::Args),
     Test(test::Args),
     Bench(bench::Args),
+    VmTest(vm_test::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&ws, args),
         Command::Test(args) => test::run(&ws, args),
         Command::Bench(args) => bench::run(&ws, args),
+        Command::VmTest(args) => vm_test::run(&ws, args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

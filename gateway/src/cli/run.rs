@@ -81,6 +81,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let entries = maps.entries()?;
 
     redirect::attach(&mut ebpf, &cgroup_dir, &pins)?;
+    // The pinned links hold the programs now. Holding their fds too would keep them loaded after
+    // `ghgate detach`, so that detaching would depend on this process exiting.
+    drop(ebpf);
     info!(
         cgroup = %cgroup_dir.display(),
         listen_v4 = %config.listen.ipv4,
@@ -109,11 +112,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         r = v4 => { error!(result = ?r, "IPv4 listener stopped"); }
         r = v6 => { error!(result = ?r, "IPv6 listener stopped"); }
     }
+    let while_down = match config.redirect.on_gateway_down {
+        OnGatewayDown::Refuse => "intercepted connections are refused",
+        OnGatewayDown::Bypass => "intercepted connections go direct (bypass mode)",
+    };
     info!(
         pin_dir = %pins.root().display(),
-        "stopping; the redirect stays attached, so intercepted connections are refused until ghgate runs again \
-         (`ghgate detach` removes it)"
+        "stopping; the redirect stays attached and {while_down} until ghgate runs again (`ghgate detach` removes it)"
     );
-    drop(ebpf);
     Ok(())
 }

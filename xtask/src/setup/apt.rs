@@ -1,5 +1,6 @@
 //! Debian packages: LLVM and libclang for building bpf-linker, bpftool for the leak check,
-//! iproute2, curl, git and pkg-config for the tests.
+//! iproute2, curl, git and pkg-config for the tests, QEMU and musl-gcc for the kernel-matrix tests
+//! (vm-test).
 //!
 //! Only installs, never removes or upgrades. Without root it must not try `sudo` itself: it fails
 //! naming the exact command for the user to run.
@@ -13,6 +14,9 @@ fn packages(ws: &Workspace) -> Vec<String> {
     let llvm = &ws.pins.llvm_major;
     let mut packages = vec![format!("llvm-{llvm}-dev"), format!("libclang-{llvm}-dev")];
     packages.extend(["bpftool", "iproute2", "curl", "git", "pkg-config"].map(String::from));
+    // vm-test boots its guests with qemu-system-x86_64. Its guest binaries target musl, and C
+    // code in dependencies (ring) needs x86_64-linux-musl-gcc for that target.
+    packages.extend(["qemu-system-x86", "musl-tools"].map(String::from));
     packages
 }
 

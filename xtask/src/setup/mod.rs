@@ -9,9 +9,10 @@ mod tools;
 
 use anyhow::{Result, bail};
 
-use crate::workspace::Workspace;
+use crate::{vm_test, workspace::Workspace};
 
-/// Install the pinned toolchains, bpf-linker, cargo-nextest and the Debian packages ghgate needs.
+/// Install the pinned toolchains (with the musl target), bpf-linker, cargo-nextest and the Debian
+/// packages ghgate needs (QEMU included).
 ///
 /// Safe to run repeatedly: anything already present is reported as "ok" and left alone.
 /// Installing Debian packages needs root.
@@ -62,14 +63,17 @@ fn missing(ws: &Workspace) -> Vec<String> {
 
 fn toolchains(ws: &Workspace) -> [rustup::Toolchain<'_>; 2] {
     [
+        // The musl target: vm-test's guest binaries are static.
         rustup::Toolchain {
             name: &ws.pins.stable_toolchain,
             components: &["clippy", "rustfmt"],
+            targets: &[vm_test::GUEST_TARGET],
         },
         // rust-src: the eBPF build uses -Z build-std=core.
         rustup::Toolchain {
             name: &ws.pins.ebpf_toolchain,
             components: &["rust-src"],
+            targets: &[],
         },
     ]
 }

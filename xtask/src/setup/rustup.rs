@@ -1,4 +1,4 @@
-//! rustup toolchains and their components.
+//! rustup toolchains, their components and their extra targets.
 //!
 //! Installs exactly the pinned names; it must never change the default toolchain or install
 //! `stable`/`nightly` channels, which would move under our feet.
@@ -8,10 +8,11 @@ use anyhow::Result;
 
 use crate::process;
 
-/// A pinned toolchain and the components it needs.
+/// A pinned toolchain, the components it needs and the targets it builds for besides the host.
 pub struct Toolchain<'a> {
     pub name: &'a str,
     pub components: &'a [&'a str],
+    pub targets: &'a [&'a str],
 }
 
 /// Whether `entry` (a line of rustup's listings) names `name`, bare or followed by a host triple.
@@ -51,25 +52,53 @@ fn missing_components<'a>(toolchain: &Toolchain<'a>) -> Vec<&'a str> {
         .collect()
 }
 
+fn missing_targets<'a>(toolchain: &Toolchain<'a>) -> Vec<&'a str> {
+    let installed = process::probe_stdout(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain.name,
+    ]))
+    .unwrap_or_default();
+    toolchain
+        .targets
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect()
+}
+
 pub fn missing(toolchain: &Toolchain) -> Vec<String> {
     if !toolchain_installed(toolchain.name) {
         return vec![format!("toolchain {}", toolchain.name)];
     }
-    missing_components(toolchain)
+    let components = missing_components(toolchain)
         .into_iter()
-        .map(|c| format!("component {c} of {}", toolchain.name))
-        .collect()
+        .map(|c| format!("component {c} of {}", toolchain.name));
+    let targets = missing_targets(toolchain)
+        .into_iter()
+        .map(|t| format!("target {t} of {}", toolchain.name));
+    components.chain(targets).collect()
 }
 
 pub fn ensure(toolchain: &Toolchain) -> Result<()> {
     let name = toolchain.name;
     let wanted = toolchain.components.join(", ");
     if !toolchain_installed(name) {
-        println!("installing: toolchain {name} (minimal profile + {wanted})");
+        let targets = if toolchain.targets.is_empty() {
+            String::new()
+        } else {
+            format!(", targets {}", toolchain.targets.join(", "))
+        };
+        println!("installing: toolchain {name} (minimal profile + {wanted}{targets})");
         let mut cmd = Command::new("rustup");
         cmd.args(["toolchain", "install", name, "--profile", "minimal"]);
         for component in toolchain.components {
             cmd.args(["--component", component]);
+        }
+        for target in toolchain.targets {
+            cmd.args(["--target", target]);
         }
         return process::run(&format!("installing toolchain {name}"), &mut cmd);
     }
@@ -77,15 +106,28 @@ pub fn ensure(toolchain: &Toolchain) -> Result<()> {
     let missing = missing_components(toolchain);
     if missing.is_empty() {
         println!("ok: {name} has {wanted}");
-        return Ok(());
+    } else {
+        println!("installing: {} for {name}", missing.join(", "));
+        process::run(
+            &format!("adding components to {name}"),
+            Command::new("rustup")
+                .args(["component", "add", "--toolchain", name])
+                .args(&missing),
+        )?;
     }
-    println!("installing: {} for {name}", missing.join(", "));
-    process::run(
-        &format!("adding components to {name}"),
-        Command::new("rustup")
-            .args(["component", "add", "--toolchain", name])
-            .args(&missing),
-    )
+    let missing = missing_targets(toolchain);
+    for target in toolchain.targets {
+        if !missing.contains(target) {
+            println!("ok: {name} has target {target}");
+            continue;
+        }
+        println!("installing: target {target} for {name}");
+        process::run(
+            &format!("adding target {target} to {name}"),
+            Command::new("rustup").args(["target", "add", "--toolchain", name, target]),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,20 +1,22 @@
 //! `cargo xtask test`: the whole check suite, the same locally and in CI (`.ci/run`).
 //!
-//! Steps run in a fixed order and stop at the first failure, except that the kernel leak check
-//! always runs after nextest, because a failed test is exactly when leftovers are likely.
+//! Steps run in a fixed order and stop at the first failure, except that nextest, vm-test and the
+//! kernel leak check all run once the build is done: a failed test is exactly when leftovers are
+//! likely, and one suite's failure says nothing about the other's.
 //! This module must never skip a kernel step silently: skips are printed, and under CI they fail.
 mod leaks;
 
 use std::ffi::OsString;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{build_ebpf, cargo, host, setup, workspace::Workspace};
+use crate::{build_ebpf, cargo, host, setup, vm_test, workspace::Workspace};
 
-/// Run fmt, clippy, the build, the eBPF verifier check, all tests (nextest) and a kernel leak check.
+/// Run fmt, clippy, the build, the eBPF verifier check, all tests (nextest), the guest tests in
+/// QEMU on the CI kernels (vm-test) and a kernel leak check.
 ///
-/// The verifier check and the program part of the leak check need root; without root they are
-/// skipped with a note, except under CI=true where that is an error.
+/// The verifier check, vm-test and the program part of the leak check run only as root; without
+/// root they are skipped with a note, except under CI=true where that is an error.
 #[derive(clap::Args)]
 pub struct Args {
     /// Extra arguments for `cargo nextest run`, after `--` (for example a test filter).
@@ -22,7 +24,7 @@ pub struct Args {
     pub nextest_args: Vec<OsString>,
 }
 
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
 fn header(n: usize, name: &str) {
     println!("\n==> [{n}/{STEPS}] {name}");
@@ -81,13 +83,28 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
     nextest.extend(args.nextest_args);
     let tests = cargo::run(ws, "nextest", nextest);
 
-    header(6, "leak check");
+    header(6, "vm-test");
+    let vm_tests = vm_tests(ws);
+
+    header(7, "leak check");
     let leftovers = leaks::check();
 
     println!();
+    let mut failures = Vec::new();
     match &tests {
         Ok(()) => println!("nextest: passed"),
-        Err(err) => println!("nextest: FAILED ({err:#})"),
+        Err(err) => {
+            println!("nextest: FAILED ({err:#})");
+            failures.push("nextest failed".to_owned());
+        }
+    }
+    match &vm_tests {
+        None => println!("vm-test: skipped (not root)"),
+        Some(Ok(())) => println!("vm-test: passed"),
+        Some(Err(err)) => {
+            println!("vm-test: FAILED ({err:#})");
+            failures.push(format!("{err:#}"));
+        }
     }
     if leftovers.is_empty() {
         println!("leak check: clean");
@@ -96,14 +113,27 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
         for leftover in &leftovers {
             println!("  {leftover}");
         }
+        failures.push(format!("leak check failed: {}", leftovers.join("; ")));
     }
-    match (tests.is_ok(), leftovers.is_empty()) {
-        (true, true) => Ok(()),
-        (false, true) => bail!("nextest failed"),
-        (true, false) => bail!("leak check failed: {}", leftovers.join("; ")),
-        (false, false) => bail!(
-            "nextest failed and the leak check failed: {}",
-            leftovers.join("; ")
-        ),
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
     }
+    Ok(())
+}
+
+/// The guest tests on the CI kernels, or `None` when skipped (not root, not CI).
+fn vm_tests(ws: &Workspace) -> Option<Result<()>> {
+    if !host::is_root() {
+        if host::is_ci() {
+            return Some(Err(anyhow!(
+                "vm-test: CI must run as root to run the guest tests in QEMU"
+            )));
+        }
+        println!(
+            "note: not root, so the guest tests in QEMU are skipped; \
+             `cargo xtask vm-test` runs them on their own"
+        );
+        return None;
+    }
+    Some(vm_test::check(ws, &vm_test::Options::ci()))
 }
