@@ -283,12 +283,13 @@ fn kill9_fails_closed_and_restart_resumes_without_a_bypass() {
         .collect();
     let refused: Vec<&Value> = results
         .iter()
-        .filter(|r| r["ok"] == false && r["local"].is_null())
+        .filter(|r| r["ok"] == false && r["errno"] == libc::ECONNREFUSED)
         .collect();
-    // Connected to the gateway in the instant it died: reset, never forwarded elsewhere.
+    // Reached the gateway in the instant it died (reset at connect or on the first read): never
+    // forwarded anywhere else.
     let cut: Vec<&Value> = results
         .iter()
-        .filter(|r| r["ok"] == false && !r["local"].is_null())
+        .filter(|r| r["ok"] == false && r["errno"] != libc::ECONNREFUSED)
         .collect();
     assert!(direct.is_empty(), "connections bypassed the gateway: {direct:?}");
     assert!(
@@ -296,11 +297,6 @@ fn kill9_fails_closed_and_restart_resumes_without_a_bypass() {
         "the gateway was down for ~0.9 s but no connection was refused"
     );
     for r in &refused {
-        assert_eq!(
-            r["errno"],
-            libc::ECONNREFUSED,
-            "refused with the wrong error: {r}"
-        );
         assert!(
             r["elapsed_us"].as_u64().unwrap() < 100_000,
             "refusal was not prompt: {r}"

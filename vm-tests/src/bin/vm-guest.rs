@@ -207,7 +207,12 @@ fn cgroup_mode_fails_closed_and_restarts_without_bypass() {
         .collect();
     let refused: Vec<&Value> = results
         .iter()
-        .filter(|r| r["ok"] == false && r["local"].is_null())
+        .filter(|r| r["ok"] == false && r["errno"] == libc::ECONNREFUSED)
+        .collect();
+    // In flight at the instant of the kill: reset, never forwarded anywhere else.
+    let cut: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["ok"] == false && r["errno"] != libc::ECONNREFUSED)
         .collect();
     assert!(direct.is_empty(), "connections bypassed the gateway: {direct:?}");
     assert!(
@@ -215,8 +220,8 @@ fn cgroup_mode_fails_closed_and_restarts_without_bypass() {
         "no connection was refused while the gateway was down"
     );
     assert!(
-        refused.iter().all(|r| r["errno"] == libc::ECONNREFUSED),
-        "{refused:?}"
+        cut.len() <= 2,
+        "more failures than connections in flight at the kill: {cut:?}"
     );
     assert!(
         results.last().unwrap()["proxied"] == true,
