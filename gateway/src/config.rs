@@ -67,6 +67,10 @@ pub struct TlsConfig {
     /// How many leaf certificates to keep.
     #[serde(default = "default_leaf_cache")]
     pub leaf_cache_size: usize,
+    /// Destination ports whose connections are TLS: their ClientHello decides between
+    /// terminating and relaying. Connections to other intercepted ports are relayed as TCP.
+    #[serde(default = "default_tls_ports")]
+    pub ports: Vec<u16>,
 }
 
 impl Default for TlsConfig {
@@ -76,6 +80,7 @@ impl Default for TlsConfig {
             passthrough: Vec::new(),
             upstream_extra_roots: Vec::new(),
             leaf_cache_size: default_leaf_cache(),
+            ports: default_tls_ports(),
         }
     }
 }
@@ -240,6 +245,9 @@ fn default_tls_intercept() -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+fn default_tls_ports() -> Vec<u16> {
+    vec![443]
+}
 fn default_leaf_cache() -> usize {
     1024
 }
@@ -263,6 +271,22 @@ fn default_retry() -> u64 {
 }
 fn default_connect_timeout() -> u64 {
     10
+}
+
+impl TlsConfig {
+    /// True when `name` (lower-case) is to be terminated: it matches `intercept` (exactly, or as a
+    /// subdomain of a `*.suffix`) and no `passthrough` entry.
+    pub fn terminates(&self, name: &str) -> bool {
+        let matches = |pattern: &String| match pattern.strip_prefix("*.") {
+            Some(suffix) => {
+                name.len() > suffix.len()
+                    && name.ends_with(suffix)
+                    && name[..name.len() - suffix.len()].ends_with('.')
+            }
+            None => pattern.eq_ignore_ascii_case(name),
+        };
+        self.intercept.iter().any(matches) && !self.passthrough.iter().any(matches)
+    }
 }
 
 impl Config {
@@ -486,6 +510,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `server`"), "{err}");
+    }
+
+    #[test]
+    fn sni_decides_termination() {
+        let tls = TlsConfig {
+            passthrough: vec!["pinned.github.com".into()],
+            ..TlsConfig::default()
+        };
+        assert!(tls.terminates("github.com"));
+        assert!(tls.terminates("api.github.com"));
+        assert!(tls.terminates("a.b.githubusercontent.com"));
+        assert!(
+            !tls.terminates("githubusercontent.com"),
+            "*.x does not match x itself"
+        );
+        assert!(!tls.terminates("evilgithub.com"));
+        assert!(!tls.terminates("pinned.github.com"));
+        assert!(!tls.terminates("example.com"));
     }
 
     #[test]

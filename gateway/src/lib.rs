@@ -6,8 +6,10 @@
 //! load; `resolve` keeps the intercept set's names current; `cli` is the command line.
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod identity;
 pub mod listen;
+pub mod proxy;
 pub mod redirect;
 pub mod relay;
 pub mod resolve;

@@ -37,7 +37,7 @@ impl Handler for Relay {
 }
 
 impl Relay {
-    async fn run(&self, conn: Accepted) {
+    pub(crate) async fn run(&self, conn: Accepted) {
         let Accepted {
             stream: client,
             client: client_addr,

@@ -263,7 +263,8 @@ impl Gateway {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&cgroup.name);
         let listen_port = free_port();
         let mut toml = format!(
-            "[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n",
+            "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n",
+            dir.path().join("state").display(),
             if spec.host_mode { "host" } else { &cgroup.name },
             pin_dir.display(),
             spec.on_gateway_down

@@ -3,7 +3,7 @@
 //! The order matters: listeners are bound before the new programs are attached, and the previous
 //! generation's programs (if a gateway ran before) are only unpinned after the new ones are in
 //! place, so a restart never opens a window in which connections bypass the gateway.
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{num::NonZeroUsize, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use gateway_common::{GatewayConfig, ON_DOWN_BYPASS, ON_DOWN_REFUSE};
@@ -12,10 +12,17 @@ use tracing::{error, info};
 use super::ConfigArg;
 use crate::{
     config::{Config, OnGatewayDown},
+    http::{Limits, LogExchanges},
     listen,
+    proxy::Proxy,
     redirect::{self, ClientTable, Maps, Pins, cgroup},
     relay::Relay,
     resolve::{self, HostSet, Resolver},
+    tls::{
+        ca::{self, Ca},
+        leaf::LeafCache,
+        upstream::UpstreamTls,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -60,12 +67,39 @@ pub fn kernel_config(config: &Config) -> GatewayConfig {
     }
 }
 
+/// The interception CA, created on first start.
+fn load_or_create_ca(config: &Config) -> anyhow::Result<Ca> {
+    let dir = ca::dir(&config.state_dir);
+    if dir.join(ca::KEY_FILE).exists() {
+        return Ca::load(&dir);
+    }
+    let created = Ca::init(&dir, &config.tls.intercept, false)?;
+    info!(dir = %dir.display(), "created the interception CA; clients must trust it (`ghgate ca export`)");
+    Ok(created)
+}
+
+fn proxy(config: &Config, ca: Ca) -> anyhow::Result<Proxy<LogExchanges>> {
+    let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
+    let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
+    Ok(Proxy {
+        relay: Relay { connect_timeout },
+        tls: config.tls.clone(),
+        leaves: Arc::new(LeafCache::new(ca, capacity)),
+        upstream: UpstreamTls::new(&config.tls.upstream_extra_roots)?,
+        phases: Arc::new(LogExchanges),
+        limits: Limits::default(),
+        connect_timeout,
+    })
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     redirect::check_privileges("ghgate run")?;
     let pins = Pins::new(&config.redirect.pin_dir);
     redirect::ensure_bpffs(pins.root())?;
     let cgroup_dir = cgroup::ensure(&config.redirect.cgroup)?;
     let takeover = pins.attached();
+    // Everything that can fail on bad files fails here, before anything is attached.
+    let proxy = Arc::new(proxy(&config, load_or_create_ca(&config)?)?);
 
     let listener_v4 = listen::bind(config.listen.ipv4)?;
     let listener_v6 = listen::bind(config.listen.ipv6)?;
@@ -98,12 +132,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     let clients = Arc::new(ClientTable::open(&pins)?);
-    let relay = Arc::new(Relay {
-        connect_timeout: Duration::from_secs(config.relay.connect_timeout_secs),
-    });
     tokio::spawn(resolve::refresh_forever(hosts, resolver, maps));
-    let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), relay.clone()));
-    let v6 = tokio::spawn(listen::serve(listener_v6, clients, relay));
+    let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), proxy.clone()));
+    let v6 = tokio::spawn(listen::serve(listener_v6, clients, proxy));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -3,3 +3,4 @@
 pub mod ca;
 pub mod hello;
 pub mod leaf;
+pub mod upstream;

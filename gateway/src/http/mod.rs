@@ -1,0 +1,442 @@
+//! The HTTP phase pipeline: each request from a terminated client connection passes fixed,
+//! named hooks on its way to the upstream and back, in the spirit of pingora's `ProxyHttp`.
+//!
+//! In order: `request_filter` (may answer the client itself) → `request_body_filter` (each
+//! chunk) → `upstream_request_filter` → upstream → `response_filter` →
+//! `response_body_filter` (each chunk) → `logging` (once, when the exchange ends). Every hook is
+//! a no-op by default; identity, policy, masking and recording plug in here. Bodies stream: no
+//! hook ever sees a whole body, and nothing here buffers one.
+mod body;
+pub mod hop;
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::{body::Incoming, client::conn as client_conn, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{info, warn};
+
+use self::body::Observed;
+use crate::{
+    identity::Caller,
+    listen::{ClientAddr, OrigDstAddr},
+    tls::upstream::Proto,
+};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Facts about one terminated client connection, shared by its exchanges.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub client: ClientAddr,
+    pub orig_dst: OrigDstAddr,
+    pub caller: Caller,
+    pub sni: String,
+    pub client_proto: Proto,
+    pub upstream_proto: Option<Proto>,
+}
+
+/// One request/response exchange as the hooks see it.
+#[derive(Debug)]
+pub struct Exchange {
+    pub id: u64,
+    pub conn: Arc<ConnInfo>,
+    pub method: http::Method,
+    /// `https://authority/path?query`, as the client addressed it.
+    pub url: String,
+    pub started: Instant,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+/// How an exchange ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: u16,
+    pub duration: Duration,
+    /// Time to the response head.
+    pub ttfb: Duration,
+    pub error: Option<String>,
+    /// Who answered: "upstream", or "gateway" when a hook or the gateway answered itself.
+    pub answered_by: &'static str,
+}
+
+/// The pipeline's hooks. Implementations keep per-exchange state keyed by `Exchange::id`.
+pub trait Phases: Send + Sync + 'static {
+    /// Sees the request head first; returning a response answers the client and skips the upstream.
+    fn request_filter(&self, _ex: &Exchange, _req: &http::request::Parts) -> Option<Response<Bytes>> {
+        None
+    }
+    fn request_body_filter(&self, _ex: &Exchange, _chunk: &mut Bytes) {}
+    /// The request as it will be sent upstream (headers may be changed here).
+    fn upstream_request_filter(&self, _ex: &Exchange, _req: &mut http::request::Parts) {}
+    fn response_filter(&self, _ex: &Exchange, _resp: &mut http::response::Parts) {}
+    fn response_body_filter(&self, _ex: &Exchange, _chunk: &mut Bytes) {}
+    /// Once per exchange, when its response body has ended (or failed).
+    fn logging(&self, _ex: &Exchange, _outcome: &Outcome) {}
+}
+
+/// The default pipeline: logs each exchange.
+pub struct LogExchanges;
+
+impl Phases for LogExchanges {
+    fn logging(&self, ex: &Exchange, o: &Outcome) {
+        info!(
+            exchange = ex.id,
+            tgid = ex.conn.caller.tgid,
+            uid = ex.conn.caller.uid,
+            comm = %ex.conn.caller.comm,
+            client = %ex.conn.client,
+            orig_dst = %ex.conn.orig_dst,
+            sni = %ex.conn.sni,
+            client_alpn = ?ex.conn.client_proto,
+            upstream_alpn = ?ex.conn.upstream_proto,
+            method = %ex.method,
+            url = %ex.url,
+            status = o.status,
+            answered_by = o.answered_by,
+            bytes_up = ex.bytes_up.load(Ordering::Relaxed),
+            bytes_down = ex.bytes_down.load(Ordering::Relaxed),
+            ttfb_ms = o.ttfb.as_millis() as u64,
+            duration_ms = o.duration.as_millis() as u64,
+            error = o.error.as_deref().unwrap_or(""),
+            "exchange"
+        );
+    }
+}
+
+/// The upstream side of a terminated connection.
+pub enum Upstream {
+    Http1(tokio::sync::Mutex<client_conn::http1::SendRequest<ProxyBody>>),
+    Http2(client_conn::http2::SendRequest<ProxyBody>),
+    /// The upstream could not be reached or verified: every request is answered 502 with this.
+    Failed(String),
+}
+
+impl Upstream {
+    /// HTTP handshake over an established upstream TLS stream; the connection task is spawned.
+    pub async fn handshake<T>(io: T, proto: Proto) -> Result<Self, String>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        match proto {
+            Proto::Http1 => {
+                let (send, conn) = client_conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                });
+                Ok(Upstream::Http1(tokio::sync::Mutex::new(send)))
+            }
+            Proto::Http2 => {
+                let (send, conn) = client_conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                    }
+                });
+                Ok(Upstream::Http2(send))
+            }
+        }
+    }
+}
+
+/// Limits applied to client connections.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+struct ConnState<P> {
+    info: Arc<ConnInfo>,
+    upstream: Upstream,
+    phases: Arc<P>,
+}
+
+static NEXT_EXCHANGE: AtomicU64 = AtomicU64::new(1);
+
+/// Serves HTTP on a terminated client connection until it closes.
+pub async fn serve<T, P>(client: T, info: ConnInfo, upstream: Upstream, phases: Arc<P>, limits: &Limits)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Phases,
+{
+    let proto = info.client_proto;
+    let state = Arc::new(ConnState {
+        info: Arc::new(info),
+        upstream,
+        phases,
+    });
+    let svc = service_fn(move |req| forward(state.clone(), req));
+    let io = TokioIo::new(client);
+    let result = match proto {
+        Proto::Http1 => {
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+        }
+        Proto::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .max_header_list_size(limits.max_header_bytes as u32)
+                .serve_connection(io, svc)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+fn full(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+async fn forward<P: Phases>(
+    state: Arc<ConnState<P>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let websocket = is_websocket(&req);
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let client_version = req.version();
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| state.info.sni.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let ex = Arc::new(Exchange {
+        id: NEXT_EXCHANGE.fetch_add(1, Ordering::Relaxed),
+        conn: state.info.clone(),
+        method: parts.method.clone(),
+        url: format!("https://{authority}{path}"),
+        started,
+        bytes_up: AtomicU64::new(0),
+        bytes_down: AtomicU64::new(0),
+    });
+    let phases = state.phases.clone();
+    let gateway_answer = |status: StatusCode, text: String, error: Option<String>| {
+        phases.logging(
+            &ex,
+            &Outcome {
+                status: status.as_u16(),
+                duration: started.elapsed(),
+                ttfb: started.elapsed(),
+                error,
+                answered_by: "gateway",
+            },
+        );
+        full(status, text)
+    };
+
+    if let Some(resp) = phases.request_filter(&ex, &parts) {
+        let (rparts, bytes) = resp.into_parts();
+        let status = rparts.status;
+        let mut out = Response::from_parts(rparts, Full::new(bytes).map_err(|never| match never {}).boxed());
+        *out.status_mut() = status;
+        phases.logging(
+            &ex,
+            &Outcome {
+                status: status.as_u16(),
+                duration: started.elapsed(),
+                ttfb: started.elapsed(),
+                error: None,
+                answered_by: "gateway",
+            },
+        );
+        return Ok(out);
+    }
+
+    let upstream_proto = match &state.upstream {
+        Upstream::Failed(reason) => {
+            return Ok(gateway_answer(
+                StatusCode::BAD_GATEWAY,
+                format!("ghgate: nothing was forwarded: {reason}\n"),
+                Some(reason.clone()),
+            ));
+        }
+        Upstream::Http1(_) => Proto::Http1,
+        Upstream::Http2(_) => Proto::Http2,
+    };
+    hop::strip(&mut parts.headers, websocket && upstream_proto == Proto::Http1);
+    match upstream_proto {
+        Proto::Http1 => {
+            parts.version = Version::HTTP_11;
+            parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            if let Ok(host) = HeaderValue::from_str(&authority) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        Proto::Http2 => {
+            parts.version = Version::HTTP_2;
+            parts.uri = format!("https://{authority}{path}")
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("/"));
+            parts.headers.remove(header::HOST);
+        }
+    }
+    phases.upstream_request_filter(&ex, &mut parts);
+
+    let up_ex = ex.clone();
+    let up_phases = phases.clone();
+    let req_body: ProxyBody = Observed::new(
+        body,
+        Box::new(move |chunk: &mut Bytes| {
+            up_phases.request_body_filter(&up_ex, chunk);
+            up_ex.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }),
+        Box::new(|_| {}),
+    )
+    .boxed();
+    let upstream_req = Request::from_parts(parts, req_body);
+
+    let sent = match &state.upstream {
+        Upstream::Http1(send) => {
+            let mut send = send.lock().await;
+            match send.ready().await {
+                Ok(()) => send.send_request(upstream_req).await,
+                Err(e) => Err(e),
+            }
+        }
+        Upstream::Http2(send) => {
+            let mut send = send.clone();
+            match send.ready().await {
+                Ok(()) => send.send_request(upstream_req).await,
+                Err(e) => Err(e),
+            }
+        }
+        Upstream::Failed(_) => unreachable!("answered above"),
+    };
+    let mut resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(exchange = ex.id, url = %ex.url, error = %e, "upstream request failed");
+            return Ok(gateway_answer(
+                StatusCode::BAD_GATEWAY,
+                format!("ghgate: the upstream request failed: {e}\n"),
+                Some(e.to_string()),
+            ));
+        }
+    };
+    let ttfb = started.elapsed();
+
+    if let Some(client_upgrade) = client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let ws_ex = ex.clone();
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
+                    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        Ok((up, down)) => {
+                            ws_ex.bytes_up.fetch_add(up, Ordering::Relaxed);
+                            ws_ex.bytes_down.fetch_add(down, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
+                    }
+                }
+                Err(e) => warn!(exchange = ws_ex.id, error = %e, "protocol upgrade failed"),
+            }
+        });
+    }
+
+    let (mut rparts, rbody) = resp.into_parts();
+    let upgraded = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
+    hop::strip(&mut rparts.headers, upgraded);
+    rparts.version = client_version;
+    phases.response_filter(&ex, &mut rparts);
+    let status = rparts.status.as_u16();
+    let (down_ex, end_ex) = (ex.clone(), ex.clone());
+    let (down_phases, end_phases) = (phases.clone(), phases.clone());
+    let body: ProxyBody = Observed::new(
+        rbody,
+        Box::new(move |chunk: &mut Bytes| {
+            down_phases.response_body_filter(&down_ex, chunk);
+            down_ex
+                .bytes_down
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }),
+        Box::new(move |result| {
+            end_phases.logging(
+                &end_ex,
+                &Outcome {
+                    status,
+                    duration: started.elapsed(),
+                    ttfb,
+                    error: result.err(),
+                    answered_by: "upstream",
+                },
+            );
+        }),
+    )
+    .boxed();
+    Ok(Response::from_parts(rparts, body))
+}

@@ -1,0 +1,147 @@
+//! The stage every accepted connection enters: TLS on a TLS port is read (ClientHello), and the
+//! SNI decides — names configured for interception are terminated and go through the HTTP
+//! pipeline; every other name, and every non-TLS port, is relayed untouched.
+//!
+//! The upstream is dialled first, at the address the client dialled, so the client is offered
+//! exactly the protocol the upstream agreed to (h2 or http/1.1). A client that does not speak TLS
+//! on a TLS port is closed with a log line naming it; nothing else is affected.
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::{
+    config::TlsConfig,
+    http::{self, ConnInfo, Limits, Phases, Upstream},
+    listen::{Accepted, Handler},
+    relay::Relay,
+    tls::{
+        hello,
+        leaf::{ForName, LeafCache},
+        upstream::{Proto, UpstreamTls},
+    },
+};
+
+/// How long a client may take to send its ClientHello, and to finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Proxy<P> {
+    pub relay: Relay,
+    pub tls: TlsConfig,
+    pub leaves: Arc<LeafCache>,
+    pub upstream: UpstreamTls,
+    pub phases: Arc<P>,
+    pub limits: Limits,
+    pub connect_timeout: Duration,
+}
+
+impl<P: Phases> Handler for Proxy<P> {
+    fn handle(&self, conn: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.run(conn))
+    }
+}
+
+impl<P: Phases> Proxy<P> {
+    async fn run(&self, conn: Accepted) {
+        if !self.tls.ports.contains(&conn.orig_dst.0.port()) {
+            return self.relay.run(conn).await;
+        }
+        let hello = match hello::peek(&conn.stream, HANDSHAKE_TIMEOUT).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(client = %conn.client, orig_dst = %conn.orig_dst, tgid = conn.caller.tgid, uid = conn.caller.uid,
+                      comm = %conn.caller.comm, error = %e, "closing a connection to a TLS port that did not start TLS");
+                return;
+            }
+        };
+        let name = match hello.server_name {
+            Some(name) if self.tls.terminates(&name) => name,
+            other => {
+                info!(client = %conn.client, orig_dst = %conn.orig_dst, tgid = conn.caller.tgid, comm = %conn.caller.comm,
+                      sni = other.as_deref().unwrap_or(""), "TLS name not terminated; relaying it untouched");
+                return self.relay.run(conn).await;
+            }
+        };
+        let mut offered: Vec<Proto> = hello
+            .alpn
+            .iter()
+            .filter_map(|p| match p.as_slice() {
+                b"h2" => Some(Proto::Http2),
+                b"http/1.1" => Some(Proto::Http1),
+                _ => None,
+            })
+            .collect();
+        if offered.is_empty() {
+            offered.push(Proto::Http1);
+        }
+        let (upstream, upstream_proto) = match self
+            .upstream
+            .connect(conn.orig_dst.0, &name, &offered, self.connect_timeout)
+            .await
+        {
+            Ok((tls, proto)) => match Upstream::handshake(tls, proto).await {
+                Ok(u) => (u, Some(proto)),
+                Err(e) => (
+                    Upstream::Failed(format!("HTTP handshake with the upstream failed: {e}")),
+                    None,
+                ),
+            },
+            Err(e) => {
+                warn!(client = %conn.client, orig_dst = %conn.orig_dst, sni = %name, tgid = conn.caller.tgid,
+                          error = %e, "upstream TLS failed; the client gets 502 and nothing is forwarded");
+                (Upstream::Failed(e.to_string()), None)
+            }
+        };
+        // Offer the client what the upstream agreed to; with a failed upstream, its first choice.
+        let client_proto = upstream_proto.unwrap_or(offered[0]);
+        let mut config = match ServerConfig::builder_with_provider(self.upstream.provider())
+            .with_safe_default_protocol_versions()
+        {
+            Ok(b) => b.with_no_client_auth().with_cert_resolver(Arc::new(ForName {
+                cache: self.leaves.clone(),
+                name: name.clone(),
+            })),
+            Err(e) => {
+                warn!(error = %e, "cannot build the TLS server configuration");
+                return;
+            }
+        };
+        if !hello.alpn.is_empty() {
+            config.alpn_protocols = vec![client_proto.alpn().to_vec()];
+        }
+        let Accepted {
+            stream,
+            client,
+            orig_dst,
+            caller,
+            ..
+        } = conn;
+        let tls = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TlsAcceptor::from(Arc::new(config)).accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                warn!(client = %client, sni = %name, tgid = caller.tgid, uid = caller.uid, comm = %caller.comm, error = %e,
+                      "client TLS handshake failed (does the client trust ghgate's CA?)");
+                return;
+            }
+            Err(_) => {
+                warn!(client = %client, sni = %name, tgid = caller.tgid, comm = %caller.comm, "client TLS handshake timed out");
+                return;
+            }
+        };
+        let info = ConnInfo {
+            client,
+            orig_dst,
+            caller,
+            sni: name,
+            client_proto,
+            upstream_proto,
+        };
+        http::serve(tls, info, upstream, self.phases.clone(), &self.limits).await;
+    }
+}
