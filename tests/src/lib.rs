@@ -5,6 +5,7 @@
 //! Safety: programs are only ever attached to a cgroup this harness created, holding only
 //! processes this harness started. Servers listen on loopback only.
 pub mod dns;
+pub mod https;
 pub mod servers;
 
 use std::{
@@ -218,6 +219,10 @@ pub struct GatewaySpec {
     /// Whole-host mode (`cgroup = "host"`): only ever inside a QEMU guest (vm-tests), never on a
     /// development or CI machine.
     pub host_mode: bool,
+    /// `[tls]`: ports whose connections are TLS, names terminated, extra upstream roots.
+    pub tls_ports: Vec<u16>,
+    pub tls_intercept: Option<Vec<String>>,
+    pub upstream_extra_roots: Vec<PathBuf>,
 }
 
 impl Default for GatewaySpec {
@@ -230,6 +235,9 @@ impl Default for GatewaySpec {
             min_ttl_secs: 1,
             retry_secs: 1,
             host_mode: false,
+            tls_ports: vec![443],
+            tls_intercept: None,
+            upstream_extra_roots: Vec::new(),
         }
     }
 }
@@ -285,6 +293,14 @@ impl Gateway {
         );
         for (host, addrs) in &spec.overrides {
             toml += &format!("\"{host}\" = {}\n", serde_json::to_string(addrs).unwrap());
+        }
+        toml += &format!(
+            "[tls]\nports = {:?}\nupstream_extra_roots = {}\n",
+            spec.tls_ports,
+            serde_json::to_string(&spec.upstream_extra_roots).unwrap()
+        );
+        if let Some(names) = &spec.tls_intercept {
+            toml += &format!("intercept = {}\n", serde_json::to_string(names).unwrap());
         }
         let config = dir.path().join("ghgate.toml");
         fs::write(&config, toml).expect("write config");
@@ -429,6 +445,19 @@ impl Gateway {
             .output()
             .expect("run ghgate exec");
         parse_probe(out)
+    }
+
+    /// ghgate's CA certificate (`ghgate ca export`), written to a file for clients to trust.
+    pub fn ca_file(&self) -> PathBuf {
+        let out = self.ghgate(&["ca", "export"]);
+        assert!(
+            out.status.success(),
+            "ca export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = self.config.with_file_name("ghgate-ca.pem");
+        fs::write(&path, &out.stdout).expect("write CA");
+        path
     }
 
     pub fn status(&self) -> Value {

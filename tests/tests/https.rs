@@ -1,0 +1,288 @@
+//! End-to-end HTTPS interception through the real redirect: real curl under `ghgate exec`,
+//! trusting only ghgate's CA, against a loopback upstream impersonating GitHub with a test CA
+//! that only the gateway trusts.
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use ghgate_e2e::{
+    Gateway, GatewaySpec, TestCgroup, bin,
+    https::{TestCa, Upstream},
+    loopback_v4, privileged,
+};
+
+struct Setup {
+    _cg: TestCgroup,
+    gw: Gateway,
+    upstream: Upstream,
+    ca_file: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// A gateway terminating TLS for the upstream's port, and an upstream presenting `names`,
+/// signed by a CA the gateway trusts (or not).
+fn setup(names: &[&str], gateway_trusts_upstream: bool) -> Setup {
+    let cg = TestCgroup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, names);
+    let port = upstream.addr.port();
+    let spec = GatewaySpec {
+        intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+        tls_ports: vec![port],
+        upstream_extra_roots: if gateway_trusts_upstream {
+            vec![ca.write_pem(dir.path())]
+        } else {
+            vec![]
+        },
+        ..Default::default()
+    };
+    let gw = Gateway::start(&cg, &spec);
+    let ca_file = gw.ca_file();
+    Setup {
+        _cg: cg,
+        gw,
+        upstream,
+        ca_file,
+        dir,
+    }
+}
+
+fn curl(gw: &Gateway, ca: &Path, host: &str, upstream: SocketAddr, path: &str, extra: &[&str]) -> Output {
+    let resolve = format!("{host}:{}:{}", upstream.port(), upstream.ip());
+    let url = format!("https://{host}:{}{path}", upstream.port());
+    Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&gw.config)
+        .args(["--", "curl", "-sS", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &resolve])
+        .args(extra)
+        .args(["-w", "\n%{http_version} %{http_code}", &url])
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn curl_http1_and_http2_through_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let s = setup(&["api.github.com"], true);
+    for (flag, version, wire) in [("--http1.1", "1.1", "HTTP/1.1"), ("--http2", "2", "HTTP/2.0")] {
+        let out = curl(
+            &s.gw,
+            &s.ca_file,
+            "api.github.com",
+            s.upstream.addr,
+            "/repos/o/r?x=1",
+            &[flag],
+        );
+        let text = stdout(&out);
+        assert!(
+            out.status.success(),
+            "{flag}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.ends_with(&format!("{version} 200")), "{flag}: {text}");
+        assert!(text.contains("path=/repos/o/r"), "{text}");
+        assert!(
+            text.contains(&format!("host=api.github.com:{}", s.upstream.addr.port())),
+            "Host kept: {text}"
+        );
+        assert!(
+            text.contains(&format!("version={wire}")),
+            "upstream spoke what the client negotiated: {text}"
+        );
+    }
+    let logs = s.gw.wait_log("two exchanges", Duration::from_secs(10), |l| {
+        l.iter().filter(|l| l["message"] == "exchange").count() >= 2
+    });
+    let ex: Vec<_> = logs.iter().filter(|l| l["message"] == "exchange").collect();
+    assert_eq!(ex[0]["status"], 200);
+    assert_eq!(ex[0]["sni"], "api.github.com");
+    assert_eq!(ex[0]["comm"], "curl");
+    assert_eq!(
+        ex[0]["url"],
+        format!("https://api.github.com:{}/repos/o/r?x=1", s.upstream.addr.port())
+    );
+    assert_eq!(ex[0]["client_alpn"], "Http1");
+    assert_eq!(ex[1]["client_alpn"], "Http2");
+    assert_eq!(s.upstream.served(), 2);
+}
+
+#[test]
+fn post_bodies_stream_upstream() {
+    if !privileged() {
+        return;
+    }
+    let s = setup(&["api.github.com"], true);
+    let body = s.dir.path().join("body");
+    std::fs::write(&body, "x".repeat(300_000)).unwrap();
+    let data = format!("@{}", body.display());
+    let out = curl(
+        &s.gw,
+        &s.ca_file,
+        "api.github.com",
+        s.upstream.addr,
+        "/graphql",
+        &["--data-binary", &data],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("method=POST") && text.contains("body_bytes=300000"),
+        "{text}"
+    );
+    let logs = s.gw.wait_log("the exchange", Duration::from_secs(10), |l| {
+        l.iter().any(|l| l["message"] == "exchange")
+    });
+    let ex = logs.iter().find(|l| l["message"] == "exchange").unwrap();
+    assert_eq!(ex["bytes_up"], 300_000);
+}
+
+#[test]
+fn upstream_with_a_wrong_name_gets_502_and_nothing_is_forwarded() {
+    if !privileged() {
+        return;
+    }
+    let s = setup(&["wrong.example"], true);
+    let out = curl(&s.gw, &s.ca_file, "api.github.com", s.upstream.addr, "/user", &[]);
+    let text = stdout(&out);
+    assert!(text.ends_with(" 502"), "{text}");
+    assert!(text.contains("wrong name"), "the body says what failed: {text}");
+    assert_eq!(s.upstream.served(), 0, "no request reached the upstream");
+}
+
+#[test]
+fn upstream_from_an_unknown_issuer_gets_502() {
+    if !privileged() {
+        return;
+    }
+    let s = setup(&["api.github.com"], false);
+    let out = curl(&s.gw, &s.ca_file, "api.github.com", s.upstream.addr, "/user", &[]);
+    let text = stdout(&out);
+    assert!(text.ends_with(" 502"), "{text}");
+    assert!(text.contains("unknown issuer"), "{text}");
+    assert_eq!(s.upstream.served(), 0);
+}
+
+#[test]
+fn names_not_intercepted_are_relayed_untouched() {
+    if !privileged() {
+        return;
+    }
+    // The upstream presents its own certificate for a name ghgate does not terminate: a client
+    // trusting only the upstream's CA succeeds, which it could not if ghgate had terminated.
+    let cg = TestCgroup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &["pinned.example"]);
+    let port = upstream.addr.port();
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+            tls_ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let upstream_ca = ca.write_pem(dir.path());
+    let out = curl(&gw, &upstream_ca, "pinned.example", upstream.addr, "/", &[]);
+    assert!(
+        stdout(&out).ends_with(" 200"),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = gw.wait_log("relay", Duration::from_secs(10), |l| {
+        l.iter().any(|l| l["message"] == "connection relayed")
+    });
+    assert!(
+        logs.iter().any(|l| l["sni"] == "pinned.example"),
+        "the SNI is logged at connection level"
+    );
+    assert!(
+        !logs.iter().any(|l| l["message"] == "exchange"),
+        "no HTTP exchange: it was not terminated"
+    );
+}
+
+#[test]
+fn a_client_not_speaking_tls_is_closed_and_others_are_unaffected() {
+    if !privileged() {
+        return;
+    }
+    let s = setup(&["api.github.com"], true);
+    let url = format!("http://{}/", s.upstream.addr);
+    let plain = Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&s.gw.config)
+        .args(["--", "curl", "-sS", "--max-time", "10", &url])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "plain HTTP to a TLS port must fail");
+    let logs = s.gw.wait_log("the rejection", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "closing a connection to a TLS port that did not start TLS")
+    });
+    let line = logs
+        .iter()
+        .find(|l| l["message"] == "closing a connection to a TLS port that did not start TLS")
+        .unwrap();
+    assert_eq!(line["comm"], "curl", "the log names the caller: {line}");
+    let ok = curl(
+        &s.gw,
+        &s.ca_file,
+        "api.github.com",
+        s.upstream.addr,
+        "/after",
+        &[],
+    );
+    assert!(stdout(&ok).ends_with(" 200"), "{}", stdout(&ok));
+    assert_eq!(s.upstream.served(), 1);
+}
+
+#[test]
+fn sse_events_reach_the_client_as_they_are_sent() {
+    if !privileged() {
+        return;
+    }
+    let s = setup(&["api.githubcopilot.com"], true);
+    let resolve = format!(
+        "api.githubcopilot.com:{}:{}",
+        s.upstream.addr.port(),
+        s.upstream.addr.ip()
+    );
+    let url = format!("https://api.githubcopilot.com:{}/sse?n=4", s.upstream.addr.port());
+    let start = Instant::now();
+    let mut child = Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&s.gw.config)
+        .args(["--", "curl", "-sS", "-N", "--http2", "--cacert"])
+        .arg(&s.ca_file)
+        .args(["--resolve", &resolve, &url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let first_at = start.elapsed();
+    assert_eq!(first, "data: {\"event\":0}");
+    let rest: Vec<String> = lines.map_while(Result::ok).filter(|l| !l.is_empty()).collect();
+    let all_at = start.elapsed();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    // The upstream pauses 0.7 s between events: the first arrived long before the stream ended.
+    assert!(
+        all_at - first_at > Duration::from_millis(1500),
+        "first at {first_at:?}, all at {all_at:?}"
+    );
+}
