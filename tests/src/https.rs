@@ -74,9 +74,16 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-async fn handle(req: Request<Incoming>, served: Arc<AtomicUsize>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    served: Arc<AtomicUsize>,
+    git_root: Option<Arc<PathBuf>>,
+) -> Result<Response<Body>, Infallible> {
     served.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
+    if let Some(root) = git_root.filter(|_| path.contains(".git/")) {
+        return Ok(git_http_backend(req, &root).await);
+    }
     let query = req.uri().query().unwrap_or_default().to_owned();
     let host = req
         .headers()
@@ -128,6 +135,84 @@ fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// Runs the real `git http-backend` as a CGI program for a smart-HTTP request.
+async fn git_http_backend(req: Request<Incoming>, root: &Path) -> Response<Body> {
+    use tokio::io::AsyncWriteExt as _;
+    let (parts, body) = req.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut child = match tokio::process::Command::new("git")
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", parts.method.as_str())
+        .env("PATH_INFO", parts.uri.path())
+        .env("QUERY_STRING", parts.uri.query().unwrap_or_default())
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_USER", "test")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot run git http-backend: {e}"),
+            );
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let input = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let writer = tokio::spawn(async move {
+        let _ = stdin.write_all(&input).await;
+    });
+    let out = child.wait_with_output().await;
+    let _ = writer.await;
+    let Ok(out) = out else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "git http-backend failed".into(),
+        );
+    };
+    // CGI output: headers, a blank line, the body.
+    let split = out
+        .stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    let split = split.or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let Some((at, sep)) = split else {
+        return text(StatusCode::BAD_GATEWAY, "malformed CGI output".into());
+    };
+    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(&out.stdout[at + sep..])).boxed());
+    for line in String::from_utf8_lossy(&out.stdout[..at]).lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("status") {
+            if let Some(code) = v.split_whitespace().next().and_then(|c| c.parse().ok()) {
+                *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            }
+        } else if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(k.as_bytes()), v.parse()) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    resp
+}
+
 /// A TLS upstream on `bind`, presenting a leaf for `names` signed by `ca`.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -137,6 +222,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(bind: SocketAddr, ca: &TestCa, names: &[&str]) -> Self {
+        Self::start_with_git(bind, ca, names, None)
+    }
+
+    /// Also serves `<git_root>/<owner>/<repo>.git` over smart HTTP with `git http-backend`.
+    pub fn start_with_git(bind: SocketAddr, ca: &TestCa, names: &[&str], git_root: Option<PathBuf>) -> Self {
+        let git_root = git_root.map(Arc::new);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -161,12 +252,13 @@ impl Upstream {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (acceptor, count) = (acceptor.clone(), count.clone());
+                let (acceptor, count, git_root) = (acceptor.clone(), count.clone(), git_root.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(move |req| handle(req, count.clone()));
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(req, count.clone(), git_root.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;

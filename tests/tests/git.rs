@@ -1,0 +1,158 @@
+//! Real git over smart HTTP through the gateway: `git clone` and `git push` under `ghgate exec`
+//! against the real `git http-backend` behind the test upstream. git is configured with
+//! `http.sslCAInfo` (ghgate's CA) and `http.curloptResolve`, nothing else.
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+
+use ghgate_e2e::{
+    Gateway, GatewaySpec, TestCgroup, bin,
+    https::{TestCa, Upstream},
+    loopback_v4, privileged,
+};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn git_clone_and_push_through_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repos");
+    let bare = root.join("o/r.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    git(&bare, &["config", "http.receivepack", "true"]);
+    // Seed it with one commit, pushed locally.
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("README.md"), "hello\n").unwrap();
+    git(&seed, &["add", "."]);
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "seed",
+        ],
+    );
+    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+
+    let cg = TestCgroup::new();
+    let ca = TestCa::new();
+    let upstream = Upstream::start_with_git(
+        SocketAddr::new(loopback_v4().into(), 0),
+        &ca,
+        &["github.com"],
+        Some(root),
+    );
+    let port = upstream.addr.port();
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+            tls_ports: vec![port],
+            upstream_extra_roots: vec![ca.write_pem(tmp.path())],
+            ..Default::default()
+        },
+    );
+    let ghgate_ca = gw.ca_file();
+    let git_under_ghgate = |dir: &Path, args: &[&str]| {
+        let out = Command::new(bin("ghgate"))
+            .current_dir(dir)
+            .args(["exec", "--config"])
+            .arg(&gw.config)
+            .args(["--", "git", "-c"])
+            .arg(format!("http.sslCAInfo={}", ghgate_ca.display()))
+            .args([
+                "-c",
+                &format!("http.curloptResolve=github.com:{port}:{}", upstream.addr.ip()),
+            ])
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            // This environment points git at the system bundle; the test wants git configured only by -c.
+            .env_remove("GIT_SSL_CAINFO")
+            .env_remove("GIT_SSL_CAPATH")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?} through ghgate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let url = format!("https://github.com:{port}/o/r.git");
+    git_under_ghgate(tmp.path(), &["clone", "-q", &url, "work"]);
+    let work = tmp.path().join("work");
+    assert_eq!(
+        std::fs::read_to_string(work.join("README.md")).unwrap(),
+        "hello\n"
+    );
+
+    std::fs::write(work.join("change.txt"), "pushed through ghgate\n").unwrap();
+    git(&work, &["add", "."]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "change",
+        ],
+    );
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    git_under_ghgate(&work, &["push", "-q", "origin", "main"]);
+    assert_eq!(
+        git(&bare, &["rev-parse", "main"]),
+        head,
+        "the push reached the real repository"
+    );
+
+    let logs = gw.wait_log("the receive-pack exchange", Duration::from_secs(10), |l| {
+        l.iter().any(|l| {
+            l["message"] == "exchange"
+                && l["url"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("/git-receive-pack")
+        })
+    });
+    let urls: Vec<&str> = logs
+        .iter()
+        .filter(|l| l["message"] == "exchange")
+        .map(|l| l["url"].as_str().unwrap())
+        .collect();
+    assert!(
+        urls.iter()
+            .any(|u| u.ends_with("/info/refs?service=git-upload-pack")),
+        "{urls:?}"
+    );
+    assert!(urls.iter().any(|u| u.ends_with("/git-upload-pack")), "{urls:?}");
+    assert!(
+        logs.iter()
+            .filter(|l| l["message"] == "exchange")
+            .all(|l| l["status"] == 200),
+        "{urls:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "exchange" && l["comm"].as_str().unwrap_or_default().starts_with("git"))
+    );
+}
