@@ -95,6 +95,32 @@ async fn handle(
     let version = format!("{:?}", req.version());
     let method = req.method().to_string();
     match path.as_str() {
+        "/bytes" => {
+            // n bytes, streamed in 64 KiB chunks: never held whole.
+            let mut left: u64 = query.strip_prefix("n=").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let chunk = Bytes::from(vec![b'g'; 64 * 1024]);
+            let stream = futures_util::stream::poll_fn(move |_| {
+                if left == 0 {
+                    return std::task::Poll::Ready(None);
+                }
+                let n = left.min(chunk.len() as u64) as usize;
+                left -= n as u64;
+                std::task::Poll::Ready(Some(Ok::<_, Infallible>(Frame::data(chunk.slice(..n)))))
+            });
+            Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))))
+        }
+        "/sink" => {
+            // Counts the request body without keeping it.
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => total += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
+                    Err(e) => return Ok(text(StatusCode::BAD_REQUEST, format!("body failed: {e}\n"))),
+                }
+            }
+            Ok(text(StatusCode::OK, format!("received={total}\n")))
+        }
         "/sse" => {
             // Events one by one with a pause between them: the client must see the first
             // before the last is sent.

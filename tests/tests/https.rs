@@ -61,8 +61,9 @@ fn curl(gw: &Gateway, ca: &Path, host: &str, upstream: SocketAddr, path: &str, e
         .args(["--", "curl", "-sS", "--max-time", "20", "--cacert"])
         .arg(ca)
         .args(["--resolve", &resolve])
+        .args(["-w", "\n%{http_version} %{http_code}"])
         .args(extra)
-        .args(["-w", "\n%{http_version} %{http_code}", &url])
+        .arg(&url)
         .output()
         .unwrap()
 }
@@ -284,5 +285,98 @@ fn sse_events_reach_the_client_as_they_are_sent() {
     assert!(
         all_at - first_at > Duration::from_millis(1500),
         "first at {first_at:?}, all at {all_at:?}"
+    );
+}
+
+/// The gateway's resident set and its peak, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[test]
+fn one_gib_down_and_up_with_bounded_gateway_memory() {
+    if !privileged() {
+        return;
+    }
+    const GIB: u64 = 1 << 30;
+    let s = setup(&["objects.githubusercontent.com"], true);
+    let pid = s.gw.pid().unwrap();
+    // Warm up (first leaf, first connection), then take the baseline.
+    let warm = curl(
+        &s.gw,
+        &s.ca_file,
+        "objects.githubusercontent.com",
+        s.upstream.addr,
+        "/bytes?n=1",
+        &[],
+    );
+    assert!(stdout(&warm).ends_with(" 200"));
+    let (rss_before, _) = rss_kib(pid);
+
+    for flag in ["--http1.1", "--http2"] {
+        let path = format!("/bytes?n={GIB}");
+        let out = curl(
+            &s.gw,
+            &s.ca_file,
+            "objects.githubusercontent.com",
+            s.upstream.addr,
+            &path,
+            &[
+                flag,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}\n",
+                "--max-time",
+                "120",
+            ],
+        );
+        let text = stdout(&out);
+        assert!(text.starts_with(&format!("{GIB}\n")), "{flag}: downloaded {text}");
+    }
+    // Upload 1 GiB from a stream (curl reads stdin), counted by the upstream without keeping it.
+    let resolve = format!(
+        "objects.githubusercontent.com:{}:{}",
+        s.upstream.addr.port(),
+        s.upstream.addr.ip()
+    );
+    let url = format!(
+        "https://objects.githubusercontent.com:{}/sink",
+        s.upstream.addr.port()
+    );
+    let upload = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {GIB} /dev/zero | \"$0\" exec --config \"$1\" -- curl -sS --max-time 120 --cacert \"$2\" --resolve {resolve} -T - {url}"
+        ))
+        .arg(bin("ghgate"))
+        .arg(&s.gw.config)
+        .arg(&s.ca_file)
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&upload).contains(&format!("received={GIB}")),
+        "{}{}",
+        stdout(&upload),
+        String::from_utf8_lossy(&upload.stderr)
+    );
+    let (_, peak) = rss_kib(pid);
+    let grown_mib = (peak.saturating_sub(rss_before)) as f64 / 1024.0;
+    eprintln!(
+        "gateway RSS before {} KiB, peak {} KiB: grew {grown_mib:.1} MiB over 3 GiB moved",
+        rss_before, peak
+    );
+    assert!(
+        grown_mib < 16.0,
+        "the gateway's peak RSS grew {grown_mib:.1} MiB while streaming 3 GiB"
     );
 }
