@@ -49,6 +49,37 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// Limits on terminated client connections; each breach gets its own answer and a log line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A client must send a whole request head within this time (slowloris), or is disconnected.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Largest request head accepted; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Requests per second on one connection (burst of the same size); more gets 429.
+    #[serde(default = "default_max_rps")]
+    pub max_requests_per_second: u32,
+    /// Concurrent HTTP/2 streams per connection; more are refused (REFUSED_STREAM).
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_requests_per_second: default_max_rps(),
+            max_concurrent_streams: default_max_streams(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +263,18 @@ pub enum LogFormat {
     Json,
 }
 
+fn default_header_read_timeout() -> u64 {
+    30
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_rps() -> u32 {
+    200
+}
+fn default_max_streams() -> u32 {
+    128
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/ghgate")
 }
@@ -424,6 +467,22 @@ impl Config {
                     ));
                 }
             }
+        }
+        let h = &self.http;
+        for (key, zero) in [
+            ("http.header_read_timeout_secs", h.header_read_timeout_secs == 0),
+            ("http.max_requests_per_second", h.max_requests_per_second == 0),
+            ("http.max_concurrent_streams", h.max_concurrent_streams == 0),
+        ] {
+            if zero {
+                return Err(invalid(key.into(), "must be at least 1".into()));
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&h.max_header_bytes) {
+            return Err(invalid(
+                "http.max_header_bytes".into(),
+                "must be between 1024 and 1048576".into(),
+            ));
         }
         if self.tls.leaf_cache_size == 0 {
             return Err(invalid("tls.leaf_cache_size".into(), "must be at least 1".into()));

@@ -223,6 +223,8 @@ pub struct GatewaySpec {
     pub tls_ports: Vec<u16>,
     pub tls_intercept: Option<Vec<String>>,
     pub upstream_extra_roots: Vec<PathBuf>,
+    /// Extra TOML appended to the config (e.g. an `[http]` section).
+    pub extra_toml: String,
 }
 
 impl Default for GatewaySpec {
@@ -238,6 +240,7 @@ impl Default for GatewaySpec {
             tls_ports: vec![443],
             tls_intercept: None,
             upstream_extra_roots: Vec::new(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -302,6 +305,7 @@ impl Gateway {
         if let Some(names) = &spec.tls_intercept {
             toml += &format!("intercept = {}\n", serde_json::to_string(names).unwrap());
         }
+        toml += &spec.extra_toml;
         let config = dir.path().join("ghgate.toml");
         fs::write(&config, toml).expect("write config");
         let log = dir.path().join("gateway.log");

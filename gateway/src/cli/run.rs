@@ -87,7 +87,7 @@ fn proxy(config: &Config, ca: Ca) -> anyhow::Result<Proxy<LogExchanges>> {
         leaves: Arc::new(LeafCache::new(ca, capacity)),
         upstream: UpstreamTls::new(&config.tls.upstream_extra_roots)?,
         phases: Arc::new(LogExchanges),
-        limits: Limits::default(),
+        limits: Limits::from(&config.http),
         connect_timeout,
     })
 }

@@ -159,20 +159,51 @@ impl Upstream {
     }
 }
 
-/// Limits applied to client connections.
+/// Limits applied to client connections (from `[http]` in the config).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_concurrent_streams: u32,
+    pub max_requests_per_second: u32,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+impl From<&crate::config::HttpConfig> for Limits {
+    fn from(c: &crate::config::HttpConfig) -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(30),
-            max_header_bytes: 64 * 1024,
-            max_concurrent_streams: 128,
+            header_read_timeout: Duration::from_secs(c.header_read_timeout_secs),
+            max_header_bytes: c.max_header_bytes,
+            max_concurrent_streams: c.max_concurrent_streams,
+            max_requests_per_second: c.max_requests_per_second,
+        }
+    }
+}
+
+/// A token bucket: `rate` requests per second, bursts of up to `rate`.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -181,6 +212,8 @@ struct ConnState<P> {
     info: Arc<ConnInfo>,
     upstream: Upstream,
     phases: Arc<P>,
+    rate: std::sync::Mutex<RateLimit>,
+    max_rps: u32,
 }
 
 static NEXT_EXCHANGE: AtomicU64 = AtomicU64::new(1);
@@ -192,10 +225,13 @@ where
     P: Phases,
 {
     let proto = info.client_proto;
+    let info = Arc::new(info);
     let state = Arc::new(ConnState {
-        info: Arc::new(info),
+        info: info.clone(),
         upstream,
         phases,
+        rate: std::sync::Mutex::new(RateLimit::new(limits.max_requests_per_second)),
+        max_rps: limits.max_requests_per_second,
     });
     let svc = service_fn(move |req| forward(state.clone(), req));
     let io = TokioIo::new(client);
@@ -219,7 +255,14 @@ where
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "client connection ended with an error");
+        // Oversized heads (431), malformed requests (400) and slow heads end up here.
+        let why = if e.is_timeout() {
+            "the client did not send a request head in time".to_string()
+        } else {
+            e.to_string()
+        };
+        warn!(client = %info.client, sni = %info.sni, tgid = info.caller.tgid, uid = info.caller.uid,
+              comm = %info.caller.comm, error = %why, "client connection closed on a protocol error or limit");
     }
 }
 
@@ -296,6 +339,19 @@ async fn forward<P: Phases>(
         full(status, text)
     };
 
+    let allowed = state.rate.lock().map(|mut r| r.allow()).unwrap_or(true);
+    if !allowed {
+        warn!(exchange = ex.id, client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
+              limit = state.max_rps, "request rate limit exceeded on one connection");
+        return Ok(gateway_answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "ghgate: more than {} requests per second on one connection\n",
+                state.max_rps
+            ),
+            Some("rate limited".into()),
+        ));
+    }
     if let Some(resp) = phases.request_filter(&ex, &parts) {
         let (rparts, bytes) = resp.into_parts();
         let status = rparts.status;
@@ -439,4 +495,22 @@ async fn forward<P: Phases>(
     )
     .boxed();
     Ok(Response::from_parts(rparts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_refuses() {
+        let mut r = RateLimit::new(5);
+        assert!((0..5).all(|_| r.allow()));
+        assert!(
+            !r.allow(),
+            "the sixth request within the same instant is over the limit"
+        );
+        r.last -= Duration::from_millis(400); // two tokens' worth of time passes
+        assert!(r.allow() && r.allow());
+        assert!(!r.allow());
+    }
 }

@@ -1,0 +1,201 @@
+//! Limits on terminated connections: each breach gets the right answer and a log line, and
+//! other connections carry on. Clients are real (curl, and Python's ssl module for the
+//! misbehaving ones), inside the intercepted cgroup.
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use ghgate_e2e::{
+    Gateway, GatewaySpec, TestCgroup, bin,
+    https::{TestCa, Upstream},
+    loopback_v4, privileged,
+};
+
+struct Setup {
+    _cg: TestCgroup,
+    gw: Gateway,
+    upstream: Upstream,
+    ca_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(http: &str) -> Setup {
+    let cg = TestCgroup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &["api.github.com"]);
+    let port = upstream.addr.port();
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+            tls_ports: vec![port],
+            upstream_extra_roots: vec![ca.write_pem(dir.path())],
+            extra_toml: format!("[http]\n{http}\n"),
+            ..Default::default()
+        },
+    );
+    let ca_file = gw.ca_file();
+    Setup {
+        _cg: cg,
+        gw,
+        upstream,
+        ca_file,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    fn curl(&self, args: &[&str]) -> String {
+        let resolve = format!(
+            "api.github.com:{}:{}",
+            self.upstream.addr.port(),
+            self.upstream.addr.ip()
+        );
+        let out = Command::new(bin("ghgate"))
+            .args(["exec", "--config"])
+            .arg(&self.gw.config)
+            .args(["--", "curl", "-sS", "--http1.1", "--max-time", "20", "--cacert"])
+            .arg(&self.ca_file)
+            .args(["--resolve", &resolve, "-o", "/dev/null", "-w", "%{http_code}\n"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://api.github.com:{}{path}", self.upstream.addr.port())
+    }
+
+    /// Runs a Python TLS client under `ghgate exec`: it sends `payload` (with `pause` seconds
+    /// before the last byte) and prints the first line of the answer, or `CLOSED` / `TIMEOUT`.
+    fn raw_client(&self, payload: &str, pause: f64) -> String {
+        let script = r#"
+import socket, ssl, sys, time
+host, port, ca, payload, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].encode(), float(sys.argv[5])
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="api.github.com")
+s.settimeout(20)
+try:
+    s.sendall(payload[:-1]); time.sleep(pause); s.sendall(payload[-1:])
+    data = s.recv(4096)
+    print(data.split(b"\r\n")[0].decode() if data else "CLOSED")
+except (ConnectionError, ssl.SSLError, BrokenPipeError):
+    print("CLOSED")
+except socket.timeout:
+    print("TIMEOUT")
+"#;
+        let out = Command::new(bin("ghgate"))
+            .args(["exec", "--config"])
+            .arg(&self.gw.config)
+            .args([
+                "--",
+                "python3",
+                "-c",
+                script,
+                &self.upstream.addr.ip().to_string(),
+            ])
+            .arg(self.upstream.addr.port().to_string())
+            .arg(&self.ca_file)
+            .arg(payload)
+            .arg(pause.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn limit_logged(&self) -> serde_json::Value {
+        let logs = self
+            .gw
+            .wait_log("a limit log line", Duration::from_secs(10), |l| {
+                l.iter()
+                    .any(|l| l["message"] == "client connection closed on a protocol error or limit")
+            });
+        logs.into_iter()
+            .find(|l| l["message"] == "client connection closed on a protocol error or limit")
+            .unwrap()
+    }
+}
+
+#[test]
+fn oversized_headers_get_431_and_others_carry_on() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("max_header_bytes = 8192");
+    let big = format!("X-Big: {}", "a".repeat(20_000));
+    assert_eq!(s.curl(&["-H", &big, &s.url("/user")]).trim(), "431");
+    let line = s.limit_logged();
+    assert_eq!(line["comm"], "curl", "{line}");
+    assert_eq!(s.curl(&[&s.url("/user")]).trim(), "200");
+    assert_eq!(
+        s.upstream.served(),
+        1,
+        "the oversized request never reached the upstream"
+    );
+}
+
+#[test]
+fn malformed_http_gets_400() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("");
+    assert_eq!(s.raw_client("GARBAGE\r\n\r\n", 0.0), "HTTP/1.1 400 Bad Request");
+    s.limit_logged();
+    assert_eq!(s.curl(&[&s.url("/user")]).trim(), "200");
+}
+
+#[test]
+fn slow_request_heads_are_cut_off() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("header_read_timeout_secs = 1");
+    // The last byte of the head comes after 4 s: past the 1 s limit.
+    let start = std::time::Instant::now();
+    let answer = s.raw_client("GET /user HTTP/1.1\r\nHost: api.github.com\r\n\r\n", 4.0);
+    assert_ne!(answer, "HTTP/1.1 200 OK", "a slowloris head was served");
+    let line = s.limit_logged();
+    assert!(line["error"].as_str().unwrap().contains("in time"), "{line}");
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert_eq!(s.upstream.served(), 0);
+    assert_eq!(
+        s.curl(&[&s.url("/user")]).trim(),
+        "200",
+        "other connections are unaffected"
+    );
+}
+
+#[test]
+fn request_rate_per_connection_is_limited_with_429() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("max_requests_per_second = 5");
+    // One curl, one connection, twelve requests back to back.
+    let urls: Vec<String> = (0..12).map(|i| s.url(&format!("/r{i}"))).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for u in &urls {
+        args.push(u);
+    }
+    // `-o /dev/null` covers only the first URL; the status codes are the three-digit lines.
+    let out = s.curl(&args);
+    let codes: Vec<&str> = out
+        .lines()
+        .filter(|l| l.len() == 3 && l.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(codes.len(), 12, "{codes:?}");
+    assert!(codes[..5].iter().all(|c| *c == "200"), "{codes:?}");
+    assert!(codes.contains(&"429"), "{codes:?}");
+    let logs = s.gw.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "request rate limit exceeded on one connection")
+    );
+}
