@@ -104,35 +104,26 @@ pub async fn relay(a: &TcpStream, b: &TcpStream, a_to_b: &AtomicU64, b_to_a: &At
     tokio::try_join!(pump(a, b, a_to_b), pump(b, a, b_to_a)).map(|_| ())
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe and how many bytes it holds at most.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
     let (r, w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
     // A larger pipe means fewer syscalls per byte; the default (64 KiB) still works if refused.
     let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
-    Ok((r, w))
+    let capacity = fcntl(&w, FcntlArg::F_GETPIPE_SZ)
+        .map(|n| n as usize)
+        .unwrap_or(64 * 1024);
+    Ok((r, w, capacity))
 }
 
-/// One direction: socket → pipe → socket, then half-close the destination on EOF.
+/// One direction: socket → pipe → socket, reading and writing as each side is ready so both
+/// hops stay busy, then half-close the destination on EOF. The pipe is never filled past its
+/// capacity, so an EAGAIN always means the socket, never the pipe.
 async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result<()> {
-    let (pipe_r, pipe_w) = pipe()?;
+    let (pipe_r, pipe_w, capacity) = pipe()?;
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    let (mut in_pipe, mut eof) = (0usize, false);
     loop {
-        let mut in_pipe = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                Ok(splice(from.as_fd(), None, pipe_w.as_fd(), None, CHUNK, flags)?)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if in_pipe == 0 {
-            // Peer finished sending: pass the half-close on and let the other direction finish.
-            let _ = shutdown(to.as_raw_fd(), Shutdown::Write);
-            return Ok(());
-        }
-        while in_pipe > 0 {
-            to.writable().await?;
+        if in_pipe > 0 {
             match to.try_io(Interest::WRITABLE, || {
                 Ok(splice(pipe_r.as_fd(), None, to.as_fd(), None, in_pipe, flags)?)
             }) {
@@ -140,9 +131,40 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result
                     in_pipe -= n;
                     count.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
+        }
+        if eof && in_pipe == 0 {
+            // Peer finished sending: pass the half-close on and let the other direction finish.
+            let _ = shutdown(to.as_raw_fd(), Shutdown::Write);
+            return Ok(());
+        }
+        if !eof && in_pipe < capacity {
+            match from.try_io(Interest::READABLE, || {
+                Ok(splice(
+                    from.as_fd(),
+                    None,
+                    pipe_w.as_fd(),
+                    None,
+                    capacity - in_pipe,
+                    flags,
+                )?)
+            }) {
+                Ok(0) => eof = true,
+                Ok(n) => in_pipe += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let want_read = !eof && in_pipe < capacity;
+        let want_write = in_pipe > 0;
+        if !want_read && !want_write {
+            continue;
+        }
+        tokio::select! {
+            r = from.readable(), if want_read => r?,
+            w = to.writable(), if want_write => w?,
         }
     }
 }
