@@ -95,6 +95,7 @@ async fn handle(
     let version = format!("{:?}", req.version());
     let method = req.method().to_string();
     match path.as_str() {
+        "/ws" => Ok(websocket_echo(req)),
         "/bytes" => {
             // n bytes, streamed in 64 KiB chunks: never held whole.
             let mut left: u64 = query.strip_prefix("n=").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -159,6 +160,44 @@ async fn handle(
 /// A stream over an mpsc receiver (a few lines instead of a tokio-stream dependency).
 fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Accepts a WebSocket upgrade and echoes every text or binary message, prefixed with `echo: `.
+fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(StatusCode::BAD_REQUEST, "not a WebSocket handshake\n".into());
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                tungstenite::Message::Text(t) => tungstenite::Message::text(format!("echo: {t}")),
+                tungstenite::Message::Binary(b) => tungstenite::Message::binary(b),
+                tungstenite::Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws.close(None).await;
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert("sec-websocket-accept", accept.parse().unwrap());
+    resp
 }
 
 /// Runs the real `git http-backend` as a CGI program for a smart-HTTP request.

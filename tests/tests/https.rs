@@ -380,3 +380,38 @@ fn one_gib_down_and_up_with_bounded_gateway_memory() {
         "the gateway's peak RSS grew {grown_mib:.1} MiB while streaming 3 GiB"
     );
 }
+
+#[test]
+fn websocket_echo_through_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let s = setup(&["api.githubcopilot.com"], true);
+    let out = Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&s.gw.config)
+        .arg("--")
+        .arg(bin("ghgate-probe"))
+        .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
+        .arg(&s.ca_file)
+        .args(["first prompt", "second prompt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "HTTP/1.1 101 Switching Protocols", "{r}");
+    assert_eq!(
+        r["replies"],
+        serde_json::json!(["echo: first prompt", "echo: second prompt"]),
+        "{r}"
+    );
+    let logs =
+        s.gw.wait_log("the upgrade exchange", Duration::from_secs(10), |l| {
+            l.iter().any(|l| l["message"] == "exchange" && l["status"] == 101)
+        });
+    let ex = logs
+        .iter()
+        .find(|l| l["message"] == "exchange" && l["status"] == 101)
+        .unwrap();
+    assert!(ex["url"].as_str().unwrap().ends_with("/ws"), "{ex}");
+}

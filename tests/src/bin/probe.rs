@@ -13,7 +13,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N"
+        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE..."
     );
     std::process::exit(2)
 }
@@ -74,8 +74,72 @@ fn main() {
                 serde_json::json!({"bytes": bytes, "secs": secs, "reply": line.trim()})
             );
         }
+        "ws" => {
+            let (Some(name), Some(ca)) = (args.get(2), args.get(3)) else {
+                usage()
+            };
+            println!("{}", websocket(addr, name, ca, &args[4..]));
+        }
         _ => usage(),
     }
+}
+
+/// A WebSocket client over TLS (trusting only `ca`): the upgrade by hand, then tungstenite.
+fn websocket(addr: SocketAddr, name: &str, ca: &str, messages: &[String]) -> serde_json::Value {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("usable CA");
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        ServerName::try_from(name.to_owned()).unwrap(),
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(addr).expect("connect");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {name}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).expect("send handshake");
+    // Read the response head byte by byte so nothing after it is consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if std::io::Read::read(&mut tls, &mut byte).expect("read handshake") == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut replies = Vec::new();
+    if status.contains(" 101 ") {
+        let mut ws = tungstenite::WebSocket::from_raw_socket(tls, tungstenite::protocol::Role::Client, None);
+        for m in messages {
+            ws.send(tungstenite::Message::text(m.clone())).expect("send");
+            match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => replies.push(t.to_string()),
+                Ok(other) => replies.push(format!("{other:?}")),
+                Err(e) => {
+                    replies.push(format!("error: {e}"));
+                    break;
+                }
+            }
+        }
+        let _ = ws.close(None);
+    }
+    serde_json::json!({"status": status, "replies": replies})
 }
 
 fn attempt(addr: SocketAddr, seq: u64) -> serde_json::Value {
