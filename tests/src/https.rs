@@ -342,3 +342,74 @@ impl Upstream {
         self.served.load(Ordering::SeqCst)
     }
 }
+
+/// A gateway terminating TLS for one test upstream's port, the upstream, and ghgate's CA file.
+/// Fields drop in order: the gateway (detached) before its cgroup.
+pub struct TlsGateway {
+    pub gw: crate::Gateway,
+    pub upstream: Upstream,
+    pub ca_file: PathBuf,
+    pub cg: crate::TestCgroup,
+    pub dir: tempfile::TempDir,
+}
+
+impl TlsGateway {
+    /// `names`: what the upstream's certificate is for; `trusted`: whether the gateway trusts
+    /// the upstream's CA; `git_root`: repositories to serve; `extra_toml`: appended config.
+    pub fn start(names: &[&str], trusted: bool, git_root: Option<PathBuf>, extra_toml: &str) -> Self {
+        let cg = crate::TestCgroup::new();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let upstream = Upstream::start_with_git(
+            SocketAddr::new(crate::loopback_v4().into(), 0),
+            &ca,
+            names,
+            git_root,
+        );
+        let port = upstream.addr.port();
+        let spec = crate::GatewaySpec {
+            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+            tls_ports: vec![port],
+            upstream_extra_roots: if trusted {
+                vec![ca.write_pem(dir.path())]
+            } else {
+                vec![]
+            },
+            extra_toml: extra_toml.to_owned(),
+            ..Default::default()
+        };
+        let gw = crate::Gateway::start(&cg, &spec);
+        let ca_file = gw.ca_file();
+        Self {
+            gw,
+            upstream,
+            ca_file,
+            cg,
+            dir,
+        }
+    }
+
+    /// `https://NAME:PORT/PATH` for the upstream, and the matching `--resolve` for curl.
+    pub fn url(&self, name: &str, path: &str) -> (String, String) {
+        let port = self.upstream.addr.port();
+        (
+            format!("https://{name}:{port}{path}"),
+            format!("{name}:{port}:{}", self.upstream.addr.ip()),
+        )
+    }
+
+    /// `ghgate exec -- curl -sS --cacert <ghgate CA> --resolve … ARGS… URL` inside the cgroup.
+    pub fn curl(&self, name: &str, path: &str, args: &[&str]) -> std::process::Output {
+        let (url, resolve) = self.url(name, path);
+        std::process::Command::new(crate::bin("ghgate"))
+            .args(["exec", "--config"])
+            .arg(&self.gw.config)
+            .args(["--", "curl", "-sS", "--max-time", "120", "--cacert"])
+            .arg(&self.ca_file)
+            .args(["--resolve", &resolve])
+            .args(args)
+            .arg(&url)
+            .output()
+            .unwrap()
+    }
+}

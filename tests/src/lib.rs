@@ -548,3 +548,45 @@ pub fn assert_cgroup_clean(dir: &Path) -> anyhow::Result<()> {
 pub fn addr(s: &str) -> SocketAddr {
     s.parse().map_err(|e| anyhow!("{s}: {e}")).unwrap()
 }
+
+/// Probe attempts made across a gateway's kill and restart, by what happened to each.
+pub struct Attempts<'a> {
+    /// Relayed by the gateway.
+    pub proxied: Vec<&'a Value>,
+    /// Reached the destination without the gateway: a bypass.
+    pub direct: Vec<&'a Value>,
+    /// Refused at connect (ECONNREFUSED): the fail-closed answer.
+    pub refused: Vec<&'a Value>,
+    /// Reached the gateway in the instant it died (reset): never forwarded anywhere else.
+    pub cut: Vec<&'a Value>,
+}
+
+impl<'a> Attempts<'a> {
+    pub fn classify(results: &'a [Value]) -> Self {
+        let pick = |f: &dyn Fn(&Value) -> bool| results.iter().filter(|r| f(r)).collect::<Vec<_>>();
+        Self {
+            proxied: pick(&|r| r["ok"] == true && r["proxied"] == true),
+            direct: pick(&|r| r["ok"] == true && r["proxied"] == false),
+            refused: pick(&|r| r["ok"] == false && r["errno"] == libc::ECONNREFUSED),
+            cut: pick(&|r| r["ok"] == false && r["errno"] != libc::ECONNREFUSED),
+        }
+    }
+
+    /// Fail-closed: no bypass, some refusals, at most two connections cut by the kill.
+    pub fn assert_fail_closed(&self) {
+        assert!(
+            self.direct.is_empty(),
+            "connections bypassed the gateway: {:?}",
+            self.direct
+        );
+        assert!(
+            !self.refused.is_empty(),
+            "no connection was refused while the gateway was down"
+        );
+        assert!(
+            self.cut.len() <= 2,
+            "more failures than connections in flight at the kill: {:?}",
+            self.cut
+        );
+    }
+}

@@ -1,13 +1,9 @@
 //! Real git over smart HTTP through the gateway: `git clone` and `git push` under `ghgate exec`
 //! against the real `git http-backend` behind the test upstream. git is configured with
 //! `http.sslCAInfo` (ghgate's CA) and `http.curloptResolve`, nothing else.
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
-use ghgate_e2e::{
-    Gateway, GatewaySpec, TestCgroup, bin,
-    https::{TestCa, Upstream},
-    loopback_v4, privileged,
-};
+use ghgate_e2e::{bin, https::TlsGateway, privileged};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
@@ -17,6 +13,24 @@ fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn commit_file(repo: &Path, name: &str, content: &str) {
+    std::fs::write(repo.join(name), content).unwrap();
+    git(repo, &["add", "."]);
+    git(
+        repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            name,
+        ],
+    );
 }
 
 #[test]
@@ -34,42 +48,12 @@ fn git_clone_and_push_through_the_gateway() {
     let seed = tmp.path().join("seed");
     std::fs::create_dir_all(&seed).unwrap();
     git(&seed, &["init", "-q", "-b", "main"]);
-    std::fs::write(seed.join("README.md"), "hello\n").unwrap();
-    git(&seed, &["add", "."]);
-    git(
-        &seed,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "seed",
-        ],
-    );
+    commit_file(&seed, "README.md", "hello\n");
     git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
-    let cg = TestCgroup::new();
-    let ca = TestCa::new();
-    let upstream = Upstream::start_with_git(
-        SocketAddr::new(loopback_v4().into(), 0),
-        &ca,
-        &["github.com"],
-        Some(root),
-    );
+    let s = TlsGateway::start(&["github.com"], true, Some(root), "");
+    let (gw, upstream, ghgate_ca) = (&s.gw, &s.upstream, &s.ca_file);
     let port = upstream.addr.port();
-    let gw = Gateway::start(
-        &cg,
-        &GatewaySpec {
-            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
-            tls_ports: vec![port],
-            upstream_extra_roots: vec![ca.write_pem(tmp.path())],
-            ..Default::default()
-        },
-    );
-    let ghgate_ca = gw.ca_file();
     let git_under_ghgate = |dir: &Path, args: &[&str]| {
         let out = Command::new(bin("ghgate"))
             .current_dir(dir)
@@ -102,21 +86,7 @@ fn git_clone_and_push_through_the_gateway() {
         "hello\n"
     );
 
-    std::fs::write(work.join("change.txt"), "pushed through ghgate\n").unwrap();
-    git(&work, &["add", "."]);
-    git(
-        &work,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "change",
-        ],
-    );
+    commit_file(&work, "change.txt", "pushed through ghgate\n");
     let head = git(&work, &["rev-parse", "HEAD"]);
     git_under_ghgate(&work, &["push", "-q", "origin", "main"]);
     assert_eq!(

@@ -4,68 +4,25 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::Path,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use ghgate_e2e::{
     Gateway, GatewaySpec, TestCgroup, bin,
-    https::{TestCa, Upstream},
+    https::{TestCa, TlsGateway, Upstream},
     loopback_v4, privileged,
 };
 
-struct Setup {
-    _cg: TestCgroup,
-    gw: Gateway,
-    upstream: Upstream,
-    ca_file: std::path::PathBuf,
-    dir: tempfile::TempDir,
+fn setup(names: &[&str], gateway_trusts_upstream: bool) -> TlsGateway {
+    TlsGateway::start(names, gateway_trusts_upstream, None, "")
 }
 
-/// A gateway terminating TLS for the upstream's port, and an upstream presenting `names`,
-/// signed by a CA the gateway trusts (or not).
-fn setup(names: &[&str], gateway_trusts_upstream: bool) -> Setup {
-    let cg = TestCgroup::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, names);
-    let port = upstream.addr.port();
-    let spec = GatewaySpec {
-        intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
-        tls_ports: vec![port],
-        upstream_extra_roots: if gateway_trusts_upstream {
-            vec![ca.write_pem(dir.path())]
-        } else {
-            vec![]
-        },
-        ..Default::default()
-    };
-    let gw = Gateway::start(&cg, &spec);
-    let ca_file = gw.ca_file();
-    Setup {
-        _cg: cg,
-        gw,
-        upstream,
-        ca_file,
-        dir,
-    }
-}
-
-fn curl(gw: &Gateway, ca: &Path, host: &str, upstream: SocketAddr, path: &str, extra: &[&str]) -> Output {
-    let resolve = format!("{host}:{}:{}", upstream.port(), upstream.ip());
-    let url = format!("https://{host}:{}{path}", upstream.port());
-    Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&gw.config)
-        .args(["--", "curl", "-sS", "--max-time", "20", "--cacert"])
-        .arg(ca)
-        .args(["--resolve", &resolve])
-        .args(["-w", "\n%{http_version} %{http_code}"])
-        .args(extra)
-        .arg(&url)
-        .output()
-        .unwrap()
+/// curl through the gateway; prints `\n<http version> <status>` after the body, then `extra`.
+fn curl(s: &TlsGateway, host: &str, path: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["-w", "\n%{http_version} %{http_code}"];
+    args.extend_from_slice(extra);
+    s.curl(host, path, &args)
 }
 
 fn stdout(o: &Output) -> String {
@@ -79,14 +36,7 @@ fn curl_http1_and_http2_through_the_gateway() {
     }
     let s = setup(&["api.github.com"], true);
     for (flag, version, wire) in [("--http1.1", "1.1", "HTTP/1.1"), ("--http2", "2", "HTTP/2.0")] {
-        let out = curl(
-            &s.gw,
-            &s.ca_file,
-            "api.github.com",
-            s.upstream.addr,
-            "/repos/o/r?x=1",
-            &[flag],
-        );
+        let out = curl(&s, "api.github.com", "/repos/o/r?x=1", &[flag]);
         let text = stdout(&out);
         assert!(
             out.status.success(),
@@ -129,14 +79,7 @@ fn post_bodies_stream_upstream() {
     let body = s.dir.path().join("body");
     std::fs::write(&body, "x".repeat(300_000)).unwrap();
     let data = format!("@{}", body.display());
-    let out = curl(
-        &s.gw,
-        &s.ca_file,
-        "api.github.com",
-        s.upstream.addr,
-        "/graphql",
-        &["--data-binary", &data],
-    );
+    let out = curl(&s, "api.github.com", "/graphql", &["--data-binary", &data]);
     let text = stdout(&out);
     assert!(
         text.contains("method=POST") && text.contains("body_bytes=300000"),
@@ -155,7 +98,7 @@ fn upstream_with_a_wrong_name_gets_502_and_nothing_is_forwarded() {
         return;
     }
     let s = setup(&["wrong.example"], true);
-    let out = curl(&s.gw, &s.ca_file, "api.github.com", s.upstream.addr, "/user", &[]);
+    let out = curl(&s, "api.github.com", "/user", &[]);
     let text = stdout(&out);
     assert!(text.ends_with(" 502"), "{text}");
     assert!(text.contains("wrong name"), "the body says what failed: {text}");
@@ -168,7 +111,7 @@ fn upstream_from_an_unknown_issuer_gets_502() {
         return;
     }
     let s = setup(&["api.github.com"], false);
-    let out = curl(&s.gw, &s.ca_file, "api.github.com", s.upstream.addr, "/user", &[]);
+    let out = curl(&s, "api.github.com", "/user", &[]);
     let text = stdout(&out);
     assert!(text.ends_with(" 502"), "{text}");
     assert!(text.contains("unknown issuer"), "{text}");
@@ -196,7 +139,15 @@ fn names_not_intercepted_are_relayed_untouched() {
         },
     );
     let upstream_ca = ca.write_pem(dir.path());
-    let out = curl(&gw, &upstream_ca, "pinned.example", upstream.addr, "/", &[]);
+    let resolve = format!("pinned.example:{port}:{}", upstream.addr.ip());
+    let out = Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&gw.config)
+        .args(["--", "curl", "-sS", "-w", "\n%{http_version} %{http_code}", "--cacert"])
+        .arg(&upstream_ca)
+        .args(["--resolve", &resolve, &format!("https://pinned.example:{port}/")])
+        .output()
+        .unwrap();
     assert!(
         stdout(&out).ends_with(" 200"),
         "{}{}",
@@ -239,14 +190,7 @@ fn a_client_not_speaking_tls_is_closed_and_others_are_unaffected() {
         .find(|l| l["message"] == "closing a connection to a TLS port that did not start TLS")
         .unwrap();
     assert_eq!(line["comm"], "curl", "the log names the caller: {line}");
-    let ok = curl(
-        &s.gw,
-        &s.ca_file,
-        "api.github.com",
-        s.upstream.addr,
-        "/after",
-        &[],
-    );
+    let ok = curl(&s, "api.github.com", "/after", &[]);
     assert!(stdout(&ok).ends_with(" 200"), "{}", stdout(&ok));
     assert_eq!(s.upstream.served(), 1);
 }
@@ -311,24 +255,15 @@ fn one_gib_down_and_up_with_bounded_gateway_memory() {
     let s = setup(&["objects.githubusercontent.com"], true);
     let pid = s.gw.pid().unwrap();
     // Warm up (first leaf, first connection), then take the baseline.
-    let warm = curl(
-        &s.gw,
-        &s.ca_file,
-        "objects.githubusercontent.com",
-        s.upstream.addr,
-        "/bytes?n=1",
-        &[],
-    );
+    let warm = curl(&s, "objects.githubusercontent.com", "/bytes?n=1", &[]);
     assert!(stdout(&warm).ends_with(" 200"));
     let (rss_before, _) = rss_kib(pid);
 
     for flag in ["--http1.1", "--http2"] {
         let path = format!("/bytes?n={GIB}");
         let out = curl(
-            &s.gw,
-            &s.ca_file,
+            &s,
             "objects.githubusercontent.com",
-            s.upstream.addr,
             &path,
             &[
                 flag,

@@ -1,73 +1,28 @@
 //! Limits on terminated connections: each breach gets the right answer and a log line, and
 //! other connections carry on. Clients are real (curl, and Python's ssl module for the
 //! misbehaving ones), inside the intercepted cgroup.
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use ghgate_e2e::{
-    Gateway, GatewaySpec, TestCgroup, bin,
-    https::{TestCa, Upstream},
-    loopback_v4, privileged,
-};
+use ghgate_e2e::{bin, https::TlsGateway, privileged};
 
-struct Setup {
-    _cg: TestCgroup,
-    gw: Gateway,
-    upstream: Upstream,
-    ca_file: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+fn setup(http: &str) -> TlsGateway {
+    TlsGateway::start(&["api.github.com"], true, None, &format!("[http]\n{http}\n"))
 }
 
-fn setup(http: &str) -> Setup {
-    let cg = TestCgroup::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &["api.github.com"]);
-    let port = upstream.addr.port();
-    let gw = Gateway::start(
-        &cg,
-        &GatewaySpec {
-            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
-            tls_ports: vec![port],
-            upstream_extra_roots: vec![ca.write_pem(dir.path())],
-            extra_toml: format!("[http]\n{http}\n"),
-            ..Default::default()
-        },
-    );
-    let ca_file = gw.ca_file();
-    Setup {
-        _cg: cg,
-        gw,
-        upstream,
-        ca_file,
-        _dir: dir,
-    }
+trait Limits {
+    fn codes(&self, extra: &[&str], path: &str) -> String;
+    fn raw_client(&self, payload: &str, pause: f64) -> String;
+    fn limit_logged(&self) -> serde_json::Value;
 }
 
-impl Setup {
-    fn curl(&self, args: &[&str]) -> String {
-        let resolve = format!(
-            "api.github.com:{}:{}",
-            self.upstream.addr.port(),
-            self.upstream.addr.ip()
-        );
-        let out = Command::new(bin("ghgate"))
-            .args(["exec", "--config"])
-            .arg(&self.gw.config)
-            .args(["--", "curl", "-sS", "--http1.1", "--max-time", "20", "--cacert"])
-            .arg(&self.ca_file)
-            .args(["--resolve", &resolve, "-o", "/dev/null", "-w", "%{http_code}\n"])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+impl Limits for TlsGateway {
+    /// The status code of each request of one HTTP/1.1 curl run (`extra` may add URLs).
+    fn codes(&self, extra: &[&str], path: &str) -> String {
+        let mut args = vec!["--http1.1", "-o", "/dev/null", "-w", "%{http_code}\n"];
+        args.extend_from_slice(extra);
+        String::from_utf8_lossy(&self.curl("api.github.com", path, &args).stdout).into_owned()
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("https://api.github.com:{}{path}", self.upstream.addr.port())
-    }
-
-    /// Runs a Python TLS client under `ghgate exec`: it sends `payload` (with `pause` seconds
-    /// before the last byte) and prints the first line of the answer, or `CLOSED` / `TIMEOUT`.
     fn raw_client(&self, payload: &str, pause: f64) -> String {
         let script = r#"
 import socket, ssl, sys, time
@@ -129,10 +84,10 @@ fn oversized_headers_get_431_and_others_carry_on() {
     }
     let s = setup("max_header_bytes = 8192");
     let big = format!("X-Big: {}", "a".repeat(20_000));
-    assert_eq!(s.curl(&["-H", &big, &s.url("/user")]).trim(), "431");
+    assert_eq!(s.codes(&["-H", &big], "/user").trim(), "431");
     let line = s.limit_logged();
     assert_eq!(line["comm"], "curl", "{line}");
-    assert_eq!(s.curl(&[&s.url("/user")]).trim(), "200");
+    assert_eq!(s.codes(&[], "/user").trim(), "200");
     assert_eq!(
         s.upstream.served(),
         1,
@@ -148,7 +103,7 @@ fn malformed_http_gets_400() {
     let s = setup("");
     assert_eq!(s.raw_client("GARBAGE\r\n\r\n", 0.0), "HTTP/1.1 400 Bad Request");
     s.limit_logged();
-    assert_eq!(s.curl(&[&s.url("/user")]).trim(), "200");
+    assert_eq!(s.codes(&[], "/user").trim(), "200");
 }
 
 #[test]
@@ -166,7 +121,7 @@ fn slow_request_heads_are_cut_off() {
     assert!(start.elapsed() < Duration::from_secs(15));
     assert_eq!(s.upstream.served(), 0);
     assert_eq!(
-        s.curl(&[&s.url("/user")]).trim(),
+        s.codes(&[], "/user").trim(),
         "200",
         "other connections are unaffected"
     );
@@ -179,13 +134,12 @@ fn request_rate_per_connection_is_limited_with_429() {
     }
     let s = setup("max_requests_per_second = 5");
     // One curl, one connection, twelve requests back to back.
-    let urls: Vec<String> = (0..12).map(|i| s.url(&format!("/r{i}"))).collect();
-    let mut args: Vec<&str> = Vec::new();
-    for u in &urls {
-        args.push(u);
-    }
+    let urls: Vec<String> = (0..11)
+        .map(|i| s.url("api.github.com", &format!("/r{i}")).0)
+        .collect();
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
     // `-o /dev/null` covers only the first URL; the status codes are the three-digit lines.
-    let out = s.curl(&args);
+    let out = s.codes(&args, "/r11");
     let codes: Vec<&str> = out
         .lines()
         .filter(|l| l.len() == 3 && l.bytes().all(|b| b.is_ascii_digit()))

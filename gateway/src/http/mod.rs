@@ -325,19 +325,24 @@ async fn forward<P: Phases>(
         bytes_down: AtomicU64::new(0),
     });
     let phases = state.phases.clone();
-    let gateway_answer = |status: StatusCode, text: String, error: Option<String>| {
+    // The gateway answered itself: log the exchange now, its body is already complete.
+    let answered_here = |response: Response<ProxyBody>, error: Option<String>| {
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
         phases.logging(
             &ex,
             &Outcome {
-                status: status.as_u16(),
-                duration: started.elapsed(),
-                ttfb: started.elapsed(),
+                status,
+                duration: elapsed,
+                ttfb: elapsed,
                 error,
                 answered_by: "gateway",
             },
         );
-        full(status, text)
+        response
     };
+    let gateway_answer =
+        |status: StatusCode, text: String, error: Option<String>| answered_here(full(status, text), error);
 
     let allowed = state.rate.lock().map(|mut r| r.allow()).unwrap_or(true);
     if !allowed {
@@ -354,20 +359,8 @@ async fn forward<P: Phases>(
     }
     if let Some(resp) = phases.request_filter(&ex, &parts) {
         let (rparts, bytes) = resp.into_parts();
-        let status = rparts.status;
-        let mut out = Response::from_parts(rparts, Full::new(bytes).map_err(|never| match never {}).boxed());
-        *out.status_mut() = status;
-        phases.logging(
-            &ex,
-            &Outcome {
-                status: status.as_u16(),
-                duration: started.elapsed(),
-                ttfb: started.elapsed(),
-                error: None,
-                answered_by: "gateway",
-            },
-        );
-        return Ok(out);
+        let out = Response::from_parts(rparts, Full::new(bytes).map_err(|never| match never {}).boxed());
+        return Ok(answered_here(out, None));
     }
 
     let upstream_proto = match &state.upstream {

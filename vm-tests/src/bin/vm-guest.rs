@@ -13,7 +13,7 @@ use std::{
 };
 
 use ghgate_e2e::{
-    Gateway, GatewaySpec, TestCgroup, addr, bin, lines_of, loopback_v4, probe_outside,
+    Attempts, Gateway, GatewaySpec, TestCgroup, addr, bin, lines_of, loopback_v4, probe_outside,
     servers::{Kind, Server},
 };
 use serde_json::Value;
@@ -201,28 +201,7 @@ fn cgroup_mode_fails_closed_and_restarts_without_bypass() {
     assert!(client.wait().unwrap().success());
     let results = reader.join().unwrap();
     assert_eq!(results.len(), 60);
-    let direct: Vec<&Value> = results
-        .iter()
-        .filter(|r| r["ok"] == true && r["proxied"] == false)
-        .collect();
-    let refused: Vec<&Value> = results
-        .iter()
-        .filter(|r| r["ok"] == false && r["errno"] == libc::ECONNREFUSED)
-        .collect();
-    // In flight at the instant of the kill: reset, never forwarded anywhere else.
-    let cut: Vec<&Value> = results
-        .iter()
-        .filter(|r| r["ok"] == false && r["errno"] != libc::ECONNREFUSED)
-        .collect();
-    assert!(direct.is_empty(), "connections bypassed the gateway: {direct:?}");
-    assert!(
-        !refused.is_empty(),
-        "no connection was refused while the gateway was down"
-    );
-    assert!(
-        cut.len() <= 2,
-        "more failures than connections in flight at the kill: {cut:?}"
-    );
+    Attempts::classify(&results).assert_fail_closed();
     assert!(
         results.last().unwrap()["proxied"] == true,
         "interception did not resume: {:?}",
