@@ -13,13 +13,16 @@ use tracing::{info, warn};
 
 use crate::{
     config::TlsConfig,
-    http::{self, ConnInfo, Limits, Phases, Upstream},
+    http::{
+        self, ConnInfo, Limits, Phases, UpstreamRoute,
+        pool::{Key, Pool, Sender},
+    },
     listen::{Accepted, Handler},
     relay::Relay,
     tls::{
         hello,
         leaf::{ForName, LeafCache},
-        upstream::{Proto, UpstreamTls},
+        upstream::Proto,
     },
 };
 
@@ -30,10 +33,9 @@ pub struct Proxy<P> {
     pub relay: Relay,
     pub tls: TlsConfig,
     pub leaves: Arc<LeafCache>,
-    pub upstream: UpstreamTls,
+    pub pool: Arc<Pool>,
     pub phases: Arc<P>,
     pub limits: Limits,
-    pub connect_timeout: Duration,
 }
 
 impl<P: Phases> Handler for Proxy<P> {
@@ -75,27 +77,32 @@ impl<P: Phases> Proxy<P> {
         if offered.is_empty() {
             offered.push(Proto::Http1);
         }
-        let (upstream, upstream_proto) = match self
-            .upstream
-            .connect(conn.orig_dst.0, &name, &offered, self.connect_timeout)
-            .await
-        {
-            Ok((tls, proto)) => match Upstream::handshake(tls, proto).await {
-                Ok(u) => (u, Some(proto)),
-                Err(e) => (
-                    Upstream::Failed(format!("HTTP handshake with the upstream failed: {e}")),
-                    None,
-                ),
-            },
+        // Reach the upstream first (or find it in the pool) to learn its protocol.
+        let key = Key {
+            name: name.clone(),
+            addr: conn.orig_dst.0,
+        };
+        let (upstream_proto, failed) = match self.pool.get(&key).await {
+            Ok(sender) => {
+                let proto = sender.proto();
+                if let Sender::Http1(send) = sender {
+                    self.pool.put_back(&key, send);
+                }
+                (Some(proto), None)
+            }
             Err(e) => {
                 warn!(client = %conn.client, orig_dst = %conn.orig_dst, sni = %name, tgid = conn.caller.tgid,
-                          error = %e, "upstream TLS failed; the client gets 502 and nothing is forwarded");
-                (Upstream::Failed(e.to_string()), None)
+                      error = %e, "upstream TLS failed; the client gets 502 and nothing is forwarded");
+                (None, Some(e.to_string()))
             }
         };
         // Offer the client what the upstream agreed to; with a failed upstream, its first choice.
-        let client_proto = upstream_proto.unwrap_or(offered[0]);
-        let mut config = match ServerConfig::builder_with_provider(self.upstream.provider())
+        // (A pooled upstream may speak a protocol this client did not offer: then the client gets
+        // its first choice and the pipeline translates between HTTP/1.1 and HTTP/2.)
+        let client_proto = upstream_proto
+            .filter(|p| offered.contains(p))
+            .unwrap_or(offered[0]);
+        let mut config = match ServerConfig::builder_with_provider(self.pool.tls().provider())
             .with_safe_default_protocol_versions()
         {
             Ok(b) => b.with_no_client_auth().with_cert_resolver(Arc::new(ForName {
@@ -142,6 +149,11 @@ impl<P: Phases> Proxy<P> {
             client_proto,
             upstream_proto,
         };
-        http::serve(tls, info, upstream, self.phases.clone(), &self.limits).await;
+        let route = UpstreamRoute {
+            pool: self.pool.clone(),
+            key,
+            failed,
+        };
+        http::serve(tls, info, route, self.phases.clone(), &self.limits).await;
     }
 }

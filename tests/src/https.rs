@@ -282,6 +282,7 @@ async fn git_http_backend(req: Request<Incoming>, root: &Path) -> Response<Body>
 pub struct Upstream {
     pub addr: SocketAddr,
     served: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -311,17 +312,20 @@ impl Upstream {
         let listener = runtime.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(AtomicUsize::new(0));
-        let count = served.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (count, conns) = (served.clone(), connections.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let (acceptor, count, git_root) = (acceptor.clone(), count.clone(), git_root.clone());
+                let conns = conns.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    conns.fetch_add(1, Ordering::SeqCst);
                     let svc =
                         hyper::service::service_fn(move |req| handle(req, count.clone(), git_root.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -333,8 +337,14 @@ impl Upstream {
         Self {
             addr,
             served,
+            connections,
             _runtime: runtime,
         }
+    }
+
+    /// TLS connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Requests served so far.

@@ -12,7 +12,7 @@ use tracing::{error, info};
 use super::ConfigArg;
 use crate::{
     config::{Config, OnGatewayDown},
-    http::{Limits, LogExchanges},
+    http::{Limits, LogExchanges, pool::Pool},
     listen,
     proxy::Proxy,
     redirect::{self, ClientTable, Maps, Pins, cgroup},
@@ -85,10 +85,12 @@ fn proxy(config: &Config, ca: Ca) -> anyhow::Result<Proxy<LogExchanges>> {
         relay: Relay { connect_timeout },
         tls: config.tls.clone(),
         leaves: Arc::new(LeafCache::new(ca, capacity)),
-        upstream: UpstreamTls::new(&config.tls.upstream_extra_roots)?,
+        pool: Arc::new(Pool::new(
+            UpstreamTls::new(&config.tls.upstream_extra_roots)?,
+            connect_timeout,
+        )),
         phases: Arc::new(LogExchanges),
         limits: Limits::from(&config.http),
-        connect_timeout,
     })
 }
 

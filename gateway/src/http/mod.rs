@@ -8,6 +8,7 @@
 //! hook ever sees a whole body, and nothing here buffers one.
 mod body;
 pub mod hop;
+pub mod pool;
 
 use std::{
     convert::Infallible,
@@ -21,12 +22,15 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
-use hyper::{body::Incoming, client::conn as client_conn, service::service_fn};
+use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use self::body::Observed;
+use self::{
+    body::Observed,
+    pool::{Key, Pool, Sender},
+};
 use crate::{
     identity::Caller,
     listen::{ClientAddr, OrigDstAddr},
@@ -115,50 +119,6 @@ impl Phases for LogExchanges {
     }
 }
 
-/// The upstream side of a terminated connection.
-pub enum Upstream {
-    Http1(tokio::sync::Mutex<client_conn::http1::SendRequest<ProxyBody>>),
-    Http2(client_conn::http2::SendRequest<ProxyBody>),
-    /// The upstream could not be reached or verified: every request is answered 502 with this.
-    Failed(String),
-}
-
-impl Upstream {
-    /// HTTP handshake over an established upstream TLS stream; the connection task is spawned.
-    pub async fn handshake<T>(io: T, proto: Proto) -> Result<Self, String>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let io = TokioIo::new(io);
-        match proto {
-            Proto::Http1 => {
-                let (send, conn) = client_conn::http1::handshake(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-                    }
-                });
-                Ok(Upstream::Http1(tokio::sync::Mutex::new(send)))
-            }
-            Proto::Http2 => {
-                let (send, conn) = client_conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                    }
-                });
-                Ok(Upstream::Http2(send))
-            }
-        }
-    }
-}
-
 /// Limits applied to client connections (from `[http]` in the config).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -208,9 +168,17 @@ impl RateLimit {
     }
 }
 
+/// Where a terminated connection's requests go.
+pub struct UpstreamRoute {
+    pub pool: Arc<Pool>,
+    pub key: Key,
+    /// Set when the upstream could not be reached or verified: every request gets 502 with this.
+    pub failed: Option<String>,
+}
+
 struct ConnState<P> {
     info: Arc<ConnInfo>,
-    upstream: Upstream,
+    route: UpstreamRoute,
     phases: Arc<P>,
     rate: std::sync::Mutex<RateLimit>,
     max_rps: u32,
@@ -219,7 +187,7 @@ struct ConnState<P> {
 static NEXT_EXCHANGE: AtomicU64 = AtomicU64::new(1);
 
 /// Serves HTTP on a terminated client connection until it closes.
-pub async fn serve<T, P>(client: T, info: ConnInfo, upstream: Upstream, phases: Arc<P>, limits: &Limits)
+pub async fn serve<T, P>(client: T, info: ConnInfo, route: UpstreamRoute, phases: Arc<P>, limits: &Limits)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: Phases,
@@ -228,7 +196,7 @@ where
     let info = Arc::new(info);
     let state = Arc::new(ConnState {
         info: info.clone(),
-        upstream,
+        route,
         phases,
         rate: std::sync::Mutex::new(RateLimit::new(limits.max_requests_per_second)),
         max_rps: limits.max_requests_per_second,
@@ -363,17 +331,32 @@ async fn forward<P: Phases>(
         return Ok(answered_here(out, None));
     }
 
-    let upstream_proto = match &state.upstream {
-        Upstream::Failed(reason) => {
+    if let Some(reason) = &state.route.failed {
+        return Ok(gateway_answer(
+            StatusCode::BAD_GATEWAY,
+            format!("ghgate: nothing was forwarded: {reason}\n"),
+            Some(reason.clone()),
+        ));
+    }
+    let route = &state.route;
+    // A WebSocket handshake needs HTTP/1.1 upstream; everything else takes what the pool has.
+    let got = if websocket {
+        route.pool.get_http1(&route.key).await
+    } else {
+        route.pool.get(&route.key).await
+    };
+    let sender = match got {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(exchange = ex.id, url = %ex.url, error = %e, "upstream unavailable");
             return Ok(gateway_answer(
                 StatusCode::BAD_GATEWAY,
-                format!("ghgate: nothing was forwarded: {reason}\n"),
-                Some(reason.clone()),
+                format!("ghgate: nothing was forwarded: {e}\n"),
+                Some(e.to_string()),
             ));
         }
-        Upstream::Http1(_) => Proto::Http1,
-        Upstream::Http2(_) => Proto::Http2,
     };
+    let upstream_proto = sender.proto();
     hop::strip(&mut parts.headers, websocket && upstream_proto == Proto::Http1);
     match upstream_proto {
         Proto::Http1 => {
@@ -406,22 +389,19 @@ async fn forward<P: Phases>(
     .boxed();
     let upstream_req = Request::from_parts(parts, req_body);
 
-    let sent = match &state.upstream {
-        Upstream::Http1(send) => {
-            let mut send = send.lock().await;
-            match send.ready().await {
-                Ok(()) => send.send_request(upstream_req).await,
-                Err(e) => Err(e),
+    // An HTTP/1.1 connection goes back to the pool once its response has ended cleanly.
+    let (sent, h1_back) = match sender {
+        Sender::Http1(mut send) => match send.ready().await {
+            Ok(()) => {
+                let r = send.send_request(upstream_req).await;
+                (r, Some(send))
             }
-        }
-        Upstream::Http2(send) => {
-            let mut send = send.clone();
-            match send.ready().await {
-                Ok(()) => send.send_request(upstream_req).await,
-                Err(e) => Err(e),
-            }
-        }
-        Upstream::Failed(_) => unreachable!("answered above"),
+            Err(e) => (Err(e), None),
+        },
+        Sender::Http2(mut send) => match send.ready().await {
+            Ok(()) => (send.send_request(upstream_req).await, None),
+            Err(e) => (Err(e), None),
+        },
     };
     let mut resp = match sent {
         Ok(r) => r,
@@ -465,6 +445,8 @@ async fn forward<P: Phases>(
     let status = rparts.status.as_u16();
     let (down_ex, end_ex) = (ex.clone(), ex.clone());
     let (down_phases, end_phases) = (phases.clone(), phases.clone());
+    let (pool, key) = (route.pool.clone(), route.key.clone());
+    let h1_back = h1_back.filter(|_| !upgraded);
     let body: ProxyBody = Observed::new(
         rbody,
         Box::new(move |chunk: &mut Bytes| {
@@ -474,6 +456,9 @@ async fn forward<P: Phases>(
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }),
         Box::new(move |result| {
+            if let (Ok(()), Some(send)) = (&result, h1_back) {
+                pool.put_back(&key, send);
+            }
             end_phases.logging(
                 &end_ex,
                 &Outcome {

@@ -1,0 +1,188 @@
+//! Upstream connections, kept per (server name, address) and shared by client connections:
+//! one multiplexed HTTP/2 connection, or idle HTTP/1.1 keep-alive connections, each key.
+//!
+//! Bounded (keys, idle connections per key) and aged (idle HTTP/1.1 connections expire). A
+//! connection is only ever reused for the exact name and address it was verified for; this
+//! module never dials a different address than the one it is given.
+use std::{
+    net::SocketAddr,
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lru::LruCache;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::ProxyBody;
+use crate::tls::upstream::{Proto, UpstreamError, UpstreamTls};
+
+/// Which upstream a connection goes to: the verified name at the dialled address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// A sender for one request.
+pub enum Sender {
+    Http1(http1::SendRequest<ProxyBody>),
+    Http2(http2::SendRequest<ProxyBody>),
+}
+
+impl Sender {
+    pub fn proto(&self) -> Proto {
+        match self {
+            Sender::Http1(_) => Proto::Http1,
+            Sender::Http2(_) => Proto::Http2,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    h2: Option<http2::SendRequest<ProxyBody>>,
+    h1_idle: Vec<(http1::SendRequest<ProxyBody>, Instant)>,
+}
+
+pub struct Pool {
+    tls: UpstreamTls,
+    entries: Mutex<LruCache<Key, Entry>>,
+    connect_timeout: Duration,
+    max_idle_per_key: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(tls: UpstreamTls, connect_timeout: Duration) -> Self {
+        Self {
+            tls,
+            entries: Mutex::new(LruCache::new(NonZeroUsize::new(1024).expect("non-zero"))),
+            connect_timeout,
+            max_idle_per_key: 8,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+
+    pub fn tls(&self) -> &UpstreamTls {
+        &self.tls
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Key, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pooled sender for `key`, if one is alive (only HTTP/1.1 when `http1_only`).
+    fn pooled(&self, key: &Key, http1_only: bool) -> Option<Sender> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(key)?;
+        if let Some(h2) = entry.h2.as_ref().filter(|_| !http1_only) {
+            if !h2.is_closed() {
+                return Some(Sender::Http2(h2.clone()));
+            }
+            entry.h2 = None;
+        }
+        while let Some((h1, since)) = entry.h1_idle.pop() {
+            if !h1.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(Sender::Http1(h1));
+            }
+        }
+        None
+    }
+
+    /// A sender for `key`: a shared HTTP/2 connection, an idle HTTP/1.1 one, or a new connection.
+    /// A new connection offers both protocols, so the pool learns what the upstream prefers
+    /// whatever the client that happened to ask first; the pipeline translates between them.
+    pub async fn get(&self, key: &Key) -> Result<Sender, UpstreamError> {
+        self.get_with(key, false).await
+    }
+
+    /// An HTTP/1.1 sender for `key`: for a WebSocket handshake, which HTTP/2 cannot carry here.
+    pub async fn get_http1(&self, key: &Key) -> Result<Sender, UpstreamError> {
+        self.get_with(key, true).await
+    }
+
+    async fn get_with(&self, key: &Key, http1_only: bool) -> Result<Sender, UpstreamError> {
+        if let Some(sender) = self.pooled(key, http1_only) {
+            return Ok(sender);
+        }
+        let offer: &[Proto] = if http1_only {
+            &[Proto::Http1]
+        } else {
+            &[Proto::Http2, Proto::Http1]
+        };
+        let (tls, proto) = self
+            .tls
+            .connect(key.addr, &key.name, offer, self.connect_timeout)
+            .await?;
+        let sender = handshake(tls, proto)
+            .await
+            .map_err(|reason| UpstreamError::Handshake {
+                name: key.name.clone(),
+                addr: key.addr,
+                reason: format!("HTTP handshake failed: {reason}"),
+            })?;
+        let mut entries = self.lock();
+        if let Sender::Http2(h2) = &sender {
+            entries.get_or_insert_mut(key.clone(), Entry::default).h2 = Some(h2.clone());
+        }
+        Ok(sender)
+    }
+
+    /// Returns an HTTP/1.1 connection whose exchange ended cleanly, for reuse.
+    pub fn put_back(&self, key: &Key, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut entries = self.lock();
+        let entry = entries.get_or_insert_mut(key.clone(), Entry::default);
+        if entry.h1_idle.len() < self.max_idle_per_key {
+            entry.h1_idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// Connections currently kept: (HTTP/2, idle HTTP/1.1).
+    pub fn kept(&self) -> (usize, usize) {
+        let entries = self.lock();
+        entries.iter().fold((0, 0), |(h2, h1), (_, e)| {
+            (h2 + usize::from(e.h2.is_some()), h1 + e.h1_idle.len())
+        })
+    }
+}
+
+/// HTTP handshake over an established upstream TLS stream; the connection task is spawned.
+async fn handshake<T>(io: T, proto: Proto) -> Result<Sender, String>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    match proto {
+        Proto::Http1 => {
+            let (send, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(Sender::Http1(send))
+        }
+        Proto::Http2 => {
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            Ok(Sender::Http2(send))
+        }
+    }
+}
+
+/// Shared by every client connection of the gateway.
+pub type SharedPool = Arc<Pool>;
