@@ -19,6 +19,7 @@ use crate::{
     },
     listen::{Accepted, Handler},
     relay::Relay,
+    resolve::HostMap,
     tls::{
         hello,
         leaf::{ForName, LeafCache},
@@ -36,6 +37,8 @@ pub struct Proxy<P> {
     pub pool: Arc<Pool>,
     pub phases: Arc<P>,
     pub limits: Limits,
+    /// Names for connections without SNI, from the intercept set's resolved addresses.
+    pub hosts: HostMap,
 }
 
 impl<P: Phases> Handler for Proxy<P> {
@@ -57,14 +60,22 @@ impl<P: Phases> Proxy<P> {
                 return;
             }
         };
-        let name = match hello.server_name {
+        // No SNI: name the connection after the configured host its address resolved from.
+        let (name, named_by) = match hello.server_name {
+            Some(name) => (Some(name), "sni"),
+            None => (self.hosts.name_of(conn.orig_dst.0.ip()), "host map"),
+        };
+        let name = match name {
             Some(name) if self.tls.terminates(&name) => name,
             other => {
                 info!(client = %conn.client, orig_dst = %conn.orig_dst, tgid = conn.caller.tgid, comm = %conn.caller.comm,
-                      sni = other.as_deref().unwrap_or(""), "TLS name not terminated; relaying it untouched");
+                      sni = other.as_deref().unwrap_or(""), named_by, "TLS name not terminated; relaying it untouched");
                 return self.relay.run(conn).await;
             }
         };
+        if named_by == "host map" {
+            info!(client = %conn.client, orig_dst = %conn.orig_dst, name = %name, "no SNI; named after the host its address resolved from");
+        }
         let mut offered: Vec<Proto> = hello
             .alpn
             .iter()

@@ -180,18 +180,47 @@ pub fn apply(hosts: &HostSet, maps: &mut Maps) -> anyhow::Result<(usize, usize)>
 }
 
 /// Re-resolves names as they fall due, forever, updating `maps` in place.
-pub async fn refresh_forever(mut hosts: HostSet, resolver: Resolver, mut maps: Maps) {
+pub async fn refresh_forever(mut hosts: HostSet, resolver: Resolver, mut maps: Maps, names: HostMap) {
+    names.update(&hosts);
     loop {
         let Some(next) = hosts.next_due() else {
             return; // no names, nothing to refresh
         };
         tokio::time::sleep_until(next).await;
         if hosts.refresh_due(&resolver).await || !hosts.complete() {
+            names.update(&hosts);
             match apply(&hosts, &mut maps) {
                 Ok((0, 0)) => {}
                 Ok((added, removed)) => info!(added, removed, "intercept set updated"),
                 Err(e) => warn!(error = %format!("{e:#}"), "cannot update the intercept set"),
             }
         }
+    }
+}
+
+/// Which configured host name each resolved address belongs to: how a connection without SNI is
+/// named. Shared between the resolver task and the connection handlers.
+#[derive(Clone, Default)]
+pub struct HostMap(std::sync::Arc<std::sync::RwLock<std::collections::HashMap<IpAddr, String>>>);
+
+impl HostMap {
+    fn update(&self, hosts: &HostSet) {
+        let mut map = std::collections::HashMap::new();
+        for (name, addrs) in hosts.resolved() {
+            for ip in addrs.iter().flatten() {
+                // The first name (in order) wins when several resolve to the same address.
+                map.entry(*ip).or_insert_with(|| name.clone());
+            }
+        }
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    /// The configured name that resolved to `ip`, if any (v4-mapped addresses count as IPv4).
+    pub fn name_of(&self, ip: IpAddr) -> Option<String> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(&ip).cloned()
     }
 }

@@ -367,3 +367,69 @@ fn websocket_echo_through_the_gateway() {
         .unwrap();
     assert!(ex["url"].as_str().unwrap().ends_with("/ws"), "{ex}");
 }
+
+#[test]
+fn a_client_without_sni_is_named_from_the_intercept_set() {
+    if !privileged() {
+        return;
+    }
+    // The intercept set names api.github.com (resolved to the upstream by an override); a client
+    // dialling the bare address sends no SNI, and the gateway names it api.github.com.
+    let cg = TestCgroup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &["api.github.com"]);
+    let port = upstream.addr.port();
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![(vec!["api.github.com".into()], vec![], vec![port])],
+            overrides: vec![("api.github.com".into(), vec![upstream.addr.ip().to_string()])],
+            tls_ports: vec![port],
+            upstream_extra_roots: vec![ca.write_pem(dir.path())],
+            ..Default::default()
+        },
+    );
+    let ghgate_ca = gw.ca_file();
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ctx.check_hostname = False  # no name to check: the point is that no SNI is sent
+s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))), server_hostname=None)
+s.sendall(b"GET /no-sni HTTP/1.1\r\nHost: api.github.com\r\nConnection: close\r\n\r\n")
+data = b""
+while chunk := s.recv(4096):
+    data += chunk
+print(data.decode(errors="replace"))
+"#;
+    let out = Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&gw.config)
+        .args([
+            "--",
+            "python3",
+            "-c",
+            script,
+            &upstream.addr.ip().to_string(),
+            &port.to_string(),
+        ])
+        .arg(&ghgate_ca)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("path=/no-sni"), "{text}");
+    let logs = gw.wait_log("the exchange", Duration::from_secs(10), |l| {
+        l.iter().any(|l| l["message"] == "exchange")
+    });
+    let ex = logs.iter().find(|l| l["message"] == "exchange").unwrap();
+    assert_eq!(ex["sni"], "api.github.com", "{ex}");
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "no SNI; named after the host its address resolved from")
+    );
+}

@@ -17,7 +17,7 @@ use crate::{
     proxy::Proxy,
     redirect::{self, ClientTable, Maps, Pins, cgroup},
     relay::Relay,
-    resolve::{self, HostSet, Resolver},
+    resolve::{self, HostMap, HostSet, Resolver},
     tls::{
         ca::{self, Ca},
         leaf::LeafCache,
@@ -91,6 +91,7 @@ fn proxy(config: &Config, ca: Ca) -> anyhow::Result<Proxy<LogExchanges>> {
         )),
         phases: Arc::new(LogExchanges),
         limits: Limits::from(&config.http),
+        hosts: HostMap::default(),
     })
 }
 
@@ -134,7 +135,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     let clients = Arc::new(ClientTable::open(&pins)?);
-    tokio::spawn(resolve::refresh_forever(hosts, resolver, maps));
+    tokio::spawn(resolve::refresh_forever(
+        hosts,
+        resolver,
+        maps,
+        proxy.hosts.clone(),
+    ));
     let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), proxy.clone()));
     let v6 = tokio::spawn(listen::serve(listener_v6, clients, proxy));
 
