@@ -366,6 +366,43 @@ fn websocket_echo_through_the_gateway() {
         .find(|l| l["message"] == "exchange" && l["status"] == 101)
         .unwrap();
     assert!(ex["url"].as_str().unwrap().ends_with("/ws"), "{ex}");
+    // The pipeline saw each message, both ways: two prompts up, two echoes down.
+    let logs =
+        s.gw.wait_log("the websocket messages", Duration::from_secs(10), |l| {
+            l.iter()
+                .filter(|l| l["message"] == "websocket message" && l["kind"] == "text")
+                .count()
+                == 4
+        });
+    let texts: Vec<(String, u64)> = logs
+        .iter()
+        .filter(|l| l["message"] == "websocket message" && l["kind"] == "text")
+        .map(|l| {
+            (
+                l["direction"].as_str().unwrap().to_owned(),
+                l["len"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let ups: Vec<u64> = texts.iter().filter(|(d, _)| d == "Up").map(|(_, n)| *n).collect();
+    let downs: Vec<u64> = texts
+        .iter()
+        .filter(|(d, _)| d == "Down")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        ups,
+        ["first prompt".len() as u64, "second prompt".len() as u64],
+        "{texts:?}"
+    );
+    assert_eq!(
+        downs,
+        [
+            "echo: first prompt".len() as u64,
+            "echo: second prompt".len() as u64
+        ],
+        "{texts:?}"
+    );
 }
 
 #[test]

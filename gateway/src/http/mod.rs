@@ -9,6 +9,7 @@
 mod body;
 pub mod hop;
 pub mod pool;
+pub mod websocket;
 
 use std::{
     convert::Infallible,
@@ -86,6 +87,8 @@ pub trait Phases: Send + Sync + 'static {
     fn upstream_request_filter(&self, _ex: &Exchange, _req: &mut http::request::Parts) {}
     fn response_filter(&self, _ex: &Exchange, _resp: &mut http::response::Parts) {}
     fn response_body_filter(&self, _ex: &Exchange, _chunk: &mut Bytes) {}
+    /// Each WebSocket message of an upgraded exchange, in either direction, as it passes.
+    fn websocket_message(&self, _ex: &Exchange, _dir: websocket::Direction, _msg: &websocket::Message) {}
     /// Once per exchange, when its response body has ended (or failed).
     fn logging(&self, _ex: &Exchange, _outcome: &Outcome) {}
 }
@@ -94,6 +97,10 @@ pub trait Phases: Send + Sync + 'static {
 pub struct LogExchanges;
 
 impl Phases for LogExchanges {
+    fn websocket_message(&self, ex: &Exchange, dir: websocket::Direction, msg: &websocket::Message) {
+        info!(exchange = ex.id, direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
+    }
+
     fn logging(&self, ex: &Exchange, o: &Outcome) {
         info!(
             exchange = ex.id,
@@ -185,6 +192,9 @@ struct ConnState<P> {
 }
 
 static NEXT_EXCHANGE: AtomicU64 = AtomicU64::new(1);
+
+/// How much of each WebSocket message the pipeline is shown (its length is always counted).
+const WS_PAYLOAD_CAP: usize = 1 << 20;
 
 /// Serves HTTP on a terminated client connection until it closes.
 pub async fn serve<T, P>(client: T, info: ConnInfo, route: UpstreamRoute, phases: Arc<P>, limits: &Limits)
@@ -419,12 +429,15 @@ async fn forward<P: Phases>(
     if let Some(client_upgrade) = client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let ws_ex = ex.clone();
+        let (ws_ex, ws_phases) = (ex.clone(), phases.clone());
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
-                    let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
-                    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    let seen = |dir, msg: &websocket::Message| ws_phases.websocket_message(&ws_ex, dir, msg);
+                    let relayed =
+                        websocket::relay(TokioIo::new(client), TokioIo::new(upstream), WS_PAYLOAD_CAP, seen)
+                            .await;
+                    match relayed {
                         Ok((up, down)) => {
                             ws_ex.bytes_up.fetch_add(up, Ordering::Relaxed);
                             ws_ex.bytes_down.fetch_add(down, Ordering::Relaxed);
