@@ -170,14 +170,12 @@ impl Parser {
                     payload: buf.freeze(),
                 });
             }
-        } else if fin {
-            if let Some((opcode, len, buf)) = self.data.take() {
-                out.push(Message {
-                    opcode,
-                    len,
-                    payload: buf.freeze(),
-                });
-            }
+        } else if fin && let Some((opcode, len, buf)) = self.data.take() {
+            out.push(Message {
+                opcode,
+                len,
+                payload: buf.freeze(),
+            });
         }
     }
 }
@@ -193,6 +191,55 @@ fn header_len(h: &[u8]) -> Option<usize> {
         _ => 0,
     };
     Some(2 + ext + if h[1] & 0x80 != 0 { 4 } else { 0 })
+}
+
+/// Relays an upgraded connection both ways, showing each direction's messages to `seen`.
+pub async fn relay<A, B>(
+    client: A,
+    upstream: B,
+    cap: usize,
+    seen: impl Fn(Direction, &Message) + Send + Sync,
+) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let up = pump(&mut cr, &mut uw, Direction::Up, cap, &seen);
+    let down = pump(&mut ur, &mut cw, Direction::Down, cap, &seen);
+    tokio::try_join!(up, down)
+}
+
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    dir: Direction,
+    cap: usize,
+    seen: &(impl Fn(Direction, &Message) + Send + Sync),
+) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut parser = Parser::new(cap);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut messages = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
+        parser.push(&buf[..n], &mut messages);
+        for m in messages.drain(..) {
+            seen(dir, &m);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -262,54 +309,5 @@ mod tests {
         // A continuation with nothing to continue is not WebSocket: parsing stops quietly.
         let got = parse_in_chunks(&[0x80, 0x00, 0x81, 0x01, b'x'], 1, 1024);
         assert!(got.is_empty());
-    }
-}
-
-/// Relays an upgraded connection both ways, showing each direction's messages to `seen`.
-pub async fn relay<A, B>(
-    client: A,
-    upstream: B,
-    cap: usize,
-    seen: impl Fn(Direction, &Message) + Send + Sync,
-) -> std::io::Result<(u64, u64)>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
-    let up = pump(&mut cr, &mut uw, Direction::Up, cap, &seen);
-    let down = pump(&mut ur, &mut cw, Direction::Down, cap, &seen);
-    tokio::try_join!(up, down)
-}
-
-async fn pump<R, W>(
-    from: &mut R,
-    to: &mut W,
-    dir: Direction,
-    cap: usize,
-    seen: &(impl Fn(Direction, &Message) + Send + Sync),
-) -> std::io::Result<u64>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut parser = Parser::new(cap);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut messages = Vec::new();
-    let mut total = 0u64;
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            to.shutdown().await?;
-            return Ok(total);
-        }
-        to.write_all(&buf[..n]).await?;
-        total += n as u64;
-        parser.push(&buf[..n], &mut messages);
-        for m in messages.drain(..) {
-            seen(dir, &m);
-        }
     }
 }
