@@ -76,18 +76,6 @@ impl<P: Phases> Proxy<P> {
         if named_by == "host map" {
             info!(client = %conn.client, orig_dst = %conn.orig_dst, name = %name, "no SNI; named after the host its address resolved from");
         }
-        let mut offered: Vec<Proto> = hello
-            .alpn
-            .iter()
-            .filter_map(|p| match p.as_slice() {
-                b"h2" => Some(Proto::Http2),
-                b"http/1.1" => Some(Proto::Http1),
-                _ => None,
-            })
-            .collect();
-        if offered.is_empty() {
-            offered.push(Proto::Http1);
-        }
         // Reach the upstream first (or find it in the pool) to learn its protocol.
         let key = Key {
             name: name.clone(),
@@ -107,12 +95,7 @@ impl<P: Phases> Proxy<P> {
                 (None, Some(e.to_string()))
             }
         };
-        // Offer the client what the upstream agreed to; with a failed upstream, its first choice.
-        // (A pooled upstream may speak a protocol this client did not offer: then the client gets
-        // its first choice and the pipeline translates between HTTP/1.1 and HTTP/2.)
-        let client_proto = upstream_proto
-            .filter(|p| offered.contains(p))
-            .unwrap_or(offered[0]);
+        let (client_proto, client_alpn) = choose_client_protocol(&hello.alpn, upstream_proto);
         let mut config = match ServerConfig::builder_with_provider(self.pool.tls().provider())
             .with_safe_default_protocol_versions()
         {
@@ -125,9 +108,7 @@ impl<P: Phases> Proxy<P> {
                 return;
             }
         };
-        if !hello.alpn.is_empty() {
-            config.alpn_protocols = vec![client_proto.alpn().to_vec()];
-        }
+        config.alpn_protocols = client_alpn.into_iter().collect();
         let Accepted {
             stream,
             client,
@@ -166,5 +147,74 @@ impl<P: Phases> Proxy<P> {
             failed,
         };
         http::serve(tls, info, route, self.phases.clone(), &self.limits).await;
+    }
+}
+
+/// Which HTTP version to speak with a client, and which ALPN value (if any) to select for it.
+///
+/// The upstream's protocol when the client offered it (no translation needed); otherwise the
+/// client's first choice among h2 and http/1.1, and the pipeline translates. A client that
+/// offered neither (or no ALPN at all) gets HTTP/1.1 without an ALPN selection.
+pub fn choose_client_protocol(client_alpn: &[Vec<u8>], upstream: Option<Proto>) -> (Proto, Option<Vec<u8>>) {
+    let offered: Vec<Proto> = client_alpn
+        .iter()
+        .filter_map(|p| match p.as_slice() {
+            b"h2" => Some(Proto::Http2),
+            b"http/1.1" => Some(Proto::Http1),
+            _ => None,
+        })
+        .collect();
+    match upstream
+        .filter(|p| offered.contains(p))
+        .or_else(|| offered.first().copied())
+    {
+        Some(p) => (p, Some(p.alpn().to_vec())),
+        None => (Proto::Http1, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alpn(list: &[&str]) -> Vec<Vec<u8>> {
+        list.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn the_upstream_protocol_wins_when_the_client_offered_it() {
+        let both = alpn(&["h2", "http/1.1"]);
+        assert_eq!(
+            choose_client_protocol(&both, Some(Proto::Http1)),
+            (Proto::Http1, Some(b"http/1.1".to_vec()))
+        );
+        assert_eq!(
+            choose_client_protocol(&both, Some(Proto::Http2)),
+            (Proto::Http2, Some(b"h2".to_vec()))
+        );
+    }
+
+    #[test]
+    fn otherwise_the_clients_first_choice_and_the_pipeline_translates() {
+        assert_eq!(
+            choose_client_protocol(&alpn(&["http/1.1"]), Some(Proto::Http2)).0,
+            Proto::Http1
+        );
+        assert_eq!(
+            choose_client_protocol(&alpn(&["h2", "http/1.1"]), None).0,
+            Proto::Http2
+        );
+    }
+
+    #[test]
+    fn no_usable_alpn_means_http1_without_selecting_one() {
+        assert_eq!(
+            choose_client_protocol(&[], Some(Proto::Http2)),
+            (Proto::Http1, None)
+        );
+        assert_eq!(
+            choose_client_protocol(&alpn(&["spdy/3"]), Some(Proto::Http2)),
+            (Proto::Http1, None)
+        );
     }
 }
