@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
+    path::Path,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -469,4 +470,86 @@ print(data.decode(errors="replace"))
         logs.iter()
             .any(|l| l["message"] == "no SNI; named after the host its address resolved from")
     );
+}
+
+#[test]
+fn an_intercept_set_of_every_address_is_decided_by_sni_and_cannot_be_escaped_by_dns() {
+    if !privileged() {
+        return;
+    }
+    // 0.0.0.0/0 on the test port: every destination is redirected, and only the SNI decides. The
+    // client reaches api.github.com at an address the gateway never resolved (DNS drift) and is
+    // still terminated; a name ghgate does not terminate goes through untouched.
+    let cg = TestCgroup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let github = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &["api.github.com"]);
+    let port = github.addr.port();
+    let other = Upstream::start(SocketAddr::new(loopback_v4().into(), port), &ca, &["example.org"]);
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![(vec![], vec!["0.0.0.0/0".into()], vec![port])],
+            tls_ports: vec![port],
+            upstream_extra_roots: vec![ca.write_pem(dir.path())],
+            ..Default::default()
+        },
+    );
+    let ghgate_ca = gw.ca_file();
+    let upstream_ca = ca.write_pem(dir.path());
+    let run_curl = |name: &str, addr: SocketAddr, trust: &Path| {
+        let out = Command::new(bin("ghgate"))
+            .args(["exec", "--config"])
+            .arg(&gw.config)
+            .args([
+                "--",
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(trust)
+            .args([
+                "--resolve",
+                &format!("{name}:{port}:{}", addr.ip()),
+                &format!("https://{name}:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        (stdout(&out), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(run_curl("api.github.com", github.addr, &ghgate_ca).0, "200");
+    assert_eq!(
+        run_curl("example.org", other.addr, &upstream_ca).0,
+        "200",
+        "not terminated: the upstream's own certificate"
+    );
+    // A client that does not trust ghgate's CA aborts the handshake: logged with its name.
+    let (code, _) = run_curl("api.github.com", github.addr, &upstream_ca);
+    assert_eq!(code, "000");
+    let logs = gw.wait_log("the aborted handshake", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "client TLS handshake failed (does the client trust ghgate's CA?)")
+    });
+    let aborted = logs
+        .iter()
+        .find(|l| l["message"] == "client TLS handshake failed (does the client trust ghgate's CA?)")
+        .unwrap();
+    assert_eq!(aborted["comm"], "curl", "{aborted}");
+    let exchanges: Vec<&str> = logs
+        .iter()
+        .filter(|l| l["message"] == "exchange")
+        .map(|l| l["sni"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        exchanges,
+        ["api.github.com"],
+        "only the terminated name produced an exchange"
+    );
+    assert!(logs.iter().any(
+        |l| l["message"] == "TLS name not terminated; relaying it untouched" && l["sni"] == "example.org"
+    ));
 }
