@@ -116,6 +116,8 @@ impl<P: Phases> Proxy<P> {
             caller,
             ..
         } = conn;
+        // Small responses (API calls, SSE events) must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
         let tls = match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             TlsAcceptor::from(Arc::new(config)).accept(stream),
