@@ -358,7 +358,10 @@ impl Upstream {
 pub struct TlsGateway {
     pub gw: crate::Gateway,
     pub upstream: Upstream,
+    /// ghgate's CA, for clients.
     pub ca_file: PathBuf,
+    /// The upstream's own CA (trusted by the gateway only when `trusted`).
+    pub upstream_ca: PathBuf,
     pub cg: crate::TestCgroup,
     pub dir: tempfile::TempDir,
 }
@@ -377,11 +380,12 @@ impl TlsGateway {
             git_root,
         );
         let port = upstream.addr.port();
+        let upstream_ca = ca.write_pem(dir.path());
         let spec = crate::GatewaySpec {
             intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
             tls_ports: vec![port],
             upstream_extra_roots: if trusted {
-                vec![ca.write_pem(dir.path())]
+                vec![upstream_ca.clone()]
             } else {
                 vec![]
             },
@@ -394,6 +398,7 @@ impl TlsGateway {
             gw,
             upstream,
             ca_file,
+            upstream_ca,
             cg,
             dir,
         }

@@ -590,3 +590,40 @@ impl<'a> Attempts<'a> {
         );
     }
 }
+
+impl Gateway {
+    /// Starts the probe in the intercepted cgroup in the background; join the handle for its
+    /// results (one JSON value per attempt) once the child has exited.
+    pub fn probe_in_background(&self, args: &[&str]) -> (Child, std::thread::JoinHandle<Vec<Value>>) {
+        let mut child = Command::new(bin("ghgate"))
+            .arg("exec")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--")
+            .arg(bin("ghgate-probe"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the probe under ghgate exec");
+        let lines = lines_of(&mut child);
+        let reader = std::thread::spawn(move || {
+            lines
+                .map(|l| serde_json::from_str::<Value>(&l).expect("probe json"))
+                .collect::<Vec<_>>()
+        });
+        (child, reader)
+    }
+}
+
+/// A process's resident set and its peak, in KiB (0 when unknown).
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

@@ -12,7 +12,7 @@ use std::{
 use ghgate_e2e::{
     Gateway, GatewaySpec, TestCgroup, bin,
     https::{TestCa, TlsGateway, Upstream},
-    loopback_v4, privileged,
+    loopback_v4, privileged, rss_kib,
 };
 
 fn setup(names: &[&str], gateway_trusts_upstream: bool) -> TlsGateway {
@@ -136,24 +136,11 @@ fn names_not_intercepted_are_relayed_untouched() {
     }
     // The upstream presents its own certificate for a name ghgate does not terminate: a client
     // trusting only the upstream's CA succeeds, which it could not if ghgate had terminated.
-    let cg = TestCgroup::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &["pinned.example"]);
-    let port = upstream.addr.port();
-    let gw = Gateway::start(
-        &cg,
-        &GatewaySpec {
-            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
-            tls_ports: vec![port],
-            ..Default::default()
-        },
-    );
-    let upstream_ca = ca.write_pem(dir.path());
-    let resolve = format!("pinned.example:{port}:{}", upstream.addr.ip());
+    let s = TlsGateway::start(&["pinned.example"], false, None, "");
+    let (url, resolve) = s.url("pinned.example", "/");
     let out = Command::new(bin("ghgate"))
         .args(["exec", "--config"])
-        .arg(&gw.config)
+        .arg(&s.gw.config)
         .args([
             "--",
             "curl",
@@ -162,8 +149,8 @@ fn names_not_intercepted_are_relayed_untouched() {
             "\n%{http_version} %{http_code}",
             "--cacert",
         ])
-        .arg(&upstream_ca)
-        .args(["--resolve", &resolve, &format!("https://pinned.example:{port}/")])
+        .arg(&s.upstream_ca)
+        .args(["--resolve", &resolve, &url])
         .output()
         .unwrap();
     assert!(
@@ -172,6 +159,7 @@ fn names_not_intercepted_are_relayed_untouched() {
         stdout(&out),
         String::from_utf8_lossy(&out.stderr)
     );
+    let gw = &s.gw;
     let logs = gw.wait_log("relay", Duration::from_secs(10), |l| {
         l.iter().any(|l| l["message"] == "connection relayed")
     });
@@ -248,20 +236,6 @@ fn sse_events_reach_the_client_as_they_are_sent() {
         all_at - first_at > Duration::from_millis(1500),
         "first at {first_at:?}, all at {all_at:?}"
     );
-}
-
-/// The gateway's resident set and its peak, in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 #[test]

@@ -3,14 +3,14 @@
 //! needs root (under CI=true its absence fails the test).
 use std::{
     net::{IpAddr, SocketAddr},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use ghgate_e2e::{
     Attempts, Gateway, GatewaySpec, TestCgroup, addr, bin,
     dns::DnsServer,
-    eventually, lines_of, loopback_v4, privileged, probe_outside,
+    eventually, loopback_v4, privileged, probe_outside,
     servers::{Kind, Server, UdpEcho},
 };
 use serde_json::Value;
@@ -236,31 +236,14 @@ fn kill9_fails_closed_and_restart_resumes_without_a_bypass() {
     );
 
     // One client keeps connecting through the kill and the restart.
-    let mut client = Command::new(bin("ghgate"))
-        .arg("exec")
-        .arg("--config")
-        .arg(&gw.config)
-        .arg("--")
-        .arg(bin("ghgate-probe"))
-        .args([
-            "connect",
-            &upstream.addr.to_string(),
-            "--count",
-            "120",
-            "--interval-ms",
-            "25",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let reader = std::thread::spawn({
-        let lines = lines_of(&mut client);
-        move || {
-            lines
-                .map(|l| serde_json::from_str::<Value>(&l).unwrap())
-                .collect::<Vec<_>>()
-        }
-    });
+    let (mut client, reader) = gw.probe_in_background(&[
+        "connect",
+        &upstream.addr.to_string(),
+        "--count",
+        "120",
+        "--interval-ms",
+        "25",
+    ]);
     std::thread::sleep(Duration::from_millis(600));
     gw.kill9();
     // While it is down, the status shows programs attached but no gateway.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use ghgate_e2e::{
     Gateway, GatewaySpec, TestCgroup, bin,
     https::{TestCa, Upstream},
-    loopback_v4,
+    loopback_v4, rss_kib,
 };
 use http_body_util::{BodyExt as _, Empty};
 use hyper::client::conn::http1;
@@ -324,17 +324,6 @@ fn pct(ns: &[u64], p: f64) -> f64 {
         return f64::NAN;
     }
     v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
-}
-
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-    };
-    (field("VmRSS:").unwrap_or(0), field("VmHWM:").unwrap_or(0))
 }
 
 pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {

@@ -8,12 +8,12 @@
 use std::{
     net::{IpAddr, SocketAddr},
     panic::{AssertUnwindSafe, catch_unwind},
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
     time::{Duration, Instant},
 };
 
 use ghgate_e2e::{
-    Attempts, Gateway, GatewaySpec, TestCgroup, addr, bin, lines_of, loopback_v4, probe_outside,
+    Attempts, Gateway, GatewaySpec, TestCgroup, addr, bin, loopback_v4, probe_outside,
     servers::{Kind, Server},
 };
 use serde_json::Value;
@@ -171,29 +171,14 @@ fn cgroup_mode_fails_closed_and_restarts_without_bypass() {
     let cg = TestCgroup::new();
     let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
     let mut gw = Gateway::start(&cg, &spec_for(upstream.addr.ip(), upstream.addr.port()));
-    let mut client = Command::new(bin("ghgate"))
-        .arg("exec")
-        .arg("--config")
-        .arg(&gw.config)
-        .arg("--")
-        .arg(bin("ghgate-probe"))
-        .args([
-            "connect",
-            &upstream.addr.to_string(),
-            "--count",
-            "60",
-            "--interval-ms",
-            "50",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut client);
-    let reader = std::thread::spawn(move || {
-        lines
-            .map(|l| serde_json::from_str::<Value>(&l).unwrap())
-            .collect::<Vec<_>>()
-    });
+    let (mut client, reader) = gw.probe_in_background(&[
+        "connect",
+        &upstream.addr.to_string(),
+        "--count",
+        "60",
+        "--interval-ms",
+        "50",
+    ]);
     std::thread::sleep(Duration::from_millis(800));
     gw.kill9();
     std::thread::sleep(Duration::from_millis(1200));
