@@ -81,7 +81,13 @@ impl<P: Phases> Proxy<P> {
             name: name.clone(),
             addr: conn.orig_dst.0,
         };
-        let (upstream_proto, failed) = match self.pool.get(&key).await {
+        // Each client is served in its own protocol where the upstream speaks it (an HTTP/1.1
+        // client gets pooled HTTP/1.1 connections, not a share of one HTTP/2 connection).
+        let reached = match choose_client_protocol(&hello.alpn, None).0 {
+            Proto::Http2 => self.pool.get(&key).await,
+            Proto::Http1 => self.pool.get_http1(&key).await,
+        };
+        let (upstream_proto, failed) = match reached {
             Ok(sender) => {
                 let proto = sender.proto();
                 if let Sender::Http1(send) = sender {

@@ -293,6 +293,21 @@ impl Upstream {
 
     /// Also serves `<git_root>/<owner>/<repo>.git` over smart HTTP with `git http-backend`.
     pub fn start_with_git(bind: SocketAddr, ca: &TestCa, names: &[&str], git_root: Option<PathBuf>) -> Self {
+        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"])
+    }
+
+    /// An upstream that speaks only the ALPN protocols given (e.g. only `http/1.1`).
+    pub fn start_with_alpn(bind: SocketAddr, ca: &TestCa, names: &[&str], alpn: &[&[u8]]) -> Self {
+        Self::start_full(bind, ca, names, None, alpn)
+    }
+
+    fn start_full(
+        bind: SocketAddr,
+        ca: &TestCa,
+        names: &[&str],
+        git_root: Option<PathBuf>,
+        alpn: &[&[u8]],
+    ) -> Self {
         let git_root = git_root.map(Arc::new);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -307,7 +322,7 @@ impl Upstream {
                 .with_no_client_auth()
                 .with_single_cert(chain, key)
                 .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = runtime.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
         let addr = listener.local_addr().unwrap();

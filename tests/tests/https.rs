@@ -35,10 +35,15 @@ fn curl_http1_and_http2_through_the_gateway() {
     if !privileged() {
         return;
     }
+    // The upstream speaks both: each client is served in its own protocol, end to end, and the
+    // second run of each reuses the pooled upstream connection.
     let s = setup(&["api.github.com"], true);
-    // The upstream prefers HTTP/2: the HTTP/1.1 client is translated, and both client
-    // connections share one pooled upstream connection.
-    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+    for (flag, version, wire) in [
+        ("--http1.1", "1.1", "HTTP/1.1"),
+        ("--http2", "2", "HTTP/2.0"),
+        ("--http1.1", "1.1", "HTTP/1.1"),
+        ("--http2", "2", "HTTP/2.0"),
+    ] {
         let out = curl(&s, "api.github.com", "/repos/o/r?x=1", &[flag]);
         let text = stdout(&out);
         assert!(
@@ -53,12 +58,12 @@ fn curl_http1_and_http2_through_the_gateway() {
             "Host kept: {text}"
         );
         assert!(
-            text.contains("version=HTTP/2.0"),
-            "the upstream was reached over HTTP/2: {text}"
+            text.contains(&format!("version={wire}")),
+            "upstream reached over {wire}: {text}"
         );
     }
-    let logs = s.gw.wait_log("two exchanges", Duration::from_secs(10), |l| {
-        l.iter().filter(|l| l["message"] == "exchange").count() >= 2
+    let logs = s.gw.wait_log("four exchanges", Duration::from_secs(10), |l| {
+        l.iter().filter(|l| l["message"] == "exchange").count() >= 4
     });
     let ex: Vec<_> = logs.iter().filter(|l| l["message"] == "exchange").collect();
     assert_eq!(ex[0]["status"], 200);
@@ -70,14 +75,78 @@ fn curl_http1_and_http2_through_the_gateway() {
     );
     assert_eq!(
         (ex[0]["client_alpn"].as_str(), ex[0]["upstream_alpn"].as_str()),
-        (Some("Http1"), Some("Some(Http2)"))
+        (Some("Http1"), Some("Some(Http1)"))
     );
-    assert_eq!(ex[1]["client_alpn"], "Http2");
-    assert_eq!(s.upstream.served(), 2);
+    assert_eq!(
+        (ex[1]["client_alpn"].as_str(), ex[1]["upstream_alpn"].as_str()),
+        (Some("Http2"), Some("Some(Http2)"))
+    );
+    assert_eq!(s.upstream.served(), 4);
     assert_eq!(
         s.upstream.connections(),
+        2,
+        "one HTTP/1.1 and one HTTP/2 upstream connection, each reused"
+    );
+}
+
+#[test]
+fn http2_clients_are_translated_to_an_http1_only_upstream() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let upstream = Upstream::start_with_alpn(
+        SocketAddr::new(loopback_v4().into(), 0),
+        &ca,
+        &["api.github.com"],
+        &[b"http/1.1"],
+    );
+    let port = upstream.addr.port();
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+            tls_ports: vec![port],
+            upstream_extra_roots: vec![ca.write_pem(dir.path())],
+            ..Default::default()
+        },
+    );
+    let ghgate_ca = gw.ca_file();
+    // A client offering h2 alone, twice: translated to HTTP/1.1 upstream, then pooled.
+    for _ in 0..2 {
+        let out = Command::new(bin("ghgate"))
+            .args(["exec", "--config"])
+            .arg(&gw.config)
+            .arg("--")
+            .arg(bin("ghgate-probe"))
+            .args(["h2post", &upstream.addr.to_string(), "api.github.com"])
+            .arg(&ghgate_ca)
+            .args(["/t", "--bytes", "50000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (r["alpn"].as_str(), r["status"].as_u64()),
+            (Some("h2"), Some(200)),
+            "{r}"
+        );
+        let body = r["body"].as_str().unwrap();
+        assert!(
+            body.contains("version=HTTP/1.1") && body.contains("body_bytes=50000"),
+            "translated: {r}"
+        );
+        assert!(
+            body.contains(&format!("host=api.github.com:{port}")),
+            ":authority became Host: {r}"
+        );
+    }
+    assert_eq!(
+        upstream.connections(),
         1,
-        "the second client reused the pooled upstream connection"
+        "the idle HTTP/1.1 upstream connection was reused"
     );
 }
 

@@ -349,8 +349,9 @@ async fn forward<P: Phases>(
         ));
     }
     let route = &state.route;
-    // A WebSocket handshake needs HTTP/1.1 upstream; everything else takes what the pool has.
-    let got = if websocket {
+    // HTTP/1.1 clients and WebSocket handshakes use HTTP/1.1 upstream connections; HTTP/2 clients
+    // share the pooled HTTP/2 connection (or HTTP/1.1 ones, translated, when that is all there is).
+    let got = if websocket || state.info.client_proto == Proto::Http1 {
         route.pool.get_http1(&route.key).await
     } else {
         route.pool.get(&route.key).await

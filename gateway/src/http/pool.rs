@@ -45,6 +45,9 @@ impl Sender {
 struct Entry {
     h2: Option<http2::SendRequest<ProxyBody>>,
     h1_idle: Vec<(http1::SendRequest<ProxyBody>, Instant)>,
+    /// Learned when a connection offering both protocols was made: false for an upstream that
+    /// chose HTTP/1.1, so HTTP/2 clients reuse its idle HTTP/1.1 connections instead of dialling.
+    speaks_h2: Option<bool>,
 }
 
 pub struct Pool {
@@ -84,6 +87,9 @@ impl Pool {
             }
             entry.h2 = None;
         }
+        if !http1_only && entry.speaks_h2 != Some(false) {
+            return None; // worth a new connection that may be HTTP/2
+        }
         while let Some((h1, since)) = entry.h1_idle.pop() {
             if !h1.is_closed() && since.elapsed() < self.idle_timeout {
                 return Some(Sender::Http1(h1));
@@ -92,14 +98,14 @@ impl Pool {
         None
     }
 
-    /// A sender for `key`: a shared HTTP/2 connection, an idle HTTP/1.1 one, or a new connection.
-    /// A new connection offers both protocols, so the pool learns what the upstream prefers
-    /// whatever the client that happened to ask first; the pipeline translates between them.
+    /// A sender for `key`: a shared HTTP/2 connection, an idle HTTP/1.1 one, or a new connection
+    /// offering both (the upstream chooses; the pipeline translates if the client speaks the other).
     pub async fn get(&self, key: &Key) -> Result<Sender, UpstreamError> {
         self.get_with(key, false).await
     }
 
-    /// An HTTP/1.1 sender for `key`: for a WebSocket handshake, which HTTP/2 cannot carry here.
+    /// An HTTP/1.1 sender for `key`: for HTTP/1.1 clients (one upstream connection per request in
+    /// flight, as the client itself does) and WebSocket handshakes, which HTTP/2 cannot carry here.
     pub async fn get_http1(&self, key: &Key) -> Result<Sender, UpstreamError> {
         self.get_with(key, true).await
     }
@@ -125,8 +131,12 @@ impl Pool {
                 reason: format!("HTTP handshake failed: {reason}"),
             })?;
         let mut entries = self.lock();
+        let entry = entries.get_or_insert_mut(key.clone(), Entry::default);
+        if !http1_only {
+            entry.speaks_h2 = Some(proto == Proto::Http2);
+        }
         if let Sender::Http2(h2) = &sender {
-            entries.get_or_insert_mut(key.clone(), Entry::default).h2 = Some(h2.clone());
+            entry.h2 = Some(h2.clone());
         }
         Ok(sender)
     }

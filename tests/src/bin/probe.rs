@@ -13,7 +13,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE..."
+        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N"
     );
     std::process::exit(2)
 }
@@ -73,6 +73,13 @@ fn main() {
                 "{}",
                 serde_json::json!({"bytes": bytes, "secs": secs, "reply": line.trim()})
             );
+        }
+        "h2post" => {
+            // An HTTP/2-only client (ALPN offers h2 alone): POST --bytes to PATH over TLS.
+            let (Some(name), Some(ca), Some(path)) = (args.get(2), args.get(3), args.get(4)) else {
+                usage()
+            };
+            println!("{}", h2_post(addr, name, ca, path, opt("--bytes").unwrap_or(0)));
         }
         "ws" => {
             let (Some(name), Some(ca)) = (args.get(2), args.get(3)) else {
@@ -178,4 +185,44 @@ fn attempt(addr: SocketAddr, seq: u64) -> serde_json::Value {
         }
     }
     out
+}
+
+/// One POST over an HTTP/2-only TLS connection; reports the negotiated ALPN, status and body.
+fn h2_post(addr: SocketAddr, name: &str, ca: &str, path: &str, bytes: u64) -> serde_json::Value {
+    use http_body_util::{BodyExt as _, Full};
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+            roots.add(cert.expect("CA certificate")).expect("usable CA");
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+            .await
+            .expect("TLS");
+        let alpn = tls.get_ref().1.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned());
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let body = Full::new(bytes::Bytes::from(vec![b'p'; bytes as usize]));
+        let req = http::Request::post(format!("https://{name}:{}{path}", addr.port())).body(body).unwrap();
+        let resp = send.send_request(req).await.expect("request");
+        let status = resp.status().as_u16();
+        let version = format!("{:?}", resp.version());
+        let text = resp.into_body().collect().await.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned());
+        serde_json::json!({"alpn": alpn, "status": status, "version": version, "body": text.unwrap_or_default()})
+    })
 }
