@@ -153,3 +153,43 @@ fn request_rate_per_connection_is_limited_with_429() {
             .any(|l| l["message"] == "request rate limit exceeded on one connection")
     );
 }
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("header_read_timeout_secs = 1");
+    // One request, then silence: the gateway closes the idle connection, as it would a slow head.
+    let script = r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))), server_hostname="api.github.com")
+s.sendall(b"GET /first HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
+s.settimeout(10)
+first = s.recv(4096)
+start = time.monotonic()
+try:
+    rest = s.recv(4096)
+    print(f"{first.split(b' ')[1].decode()} closed={not rest} after={time.monotonic() - start:.1f}")
+except socket.timeout:
+    print(f"{first.split(b' ')[1].decode()} still open after 10 s")
+"#;
+    let out = Command::new(bin("ghgate"))
+        .args(["exec", "--config"])
+        .arg(&s.gw.config)
+        .args(["--", "python3", "-c", script, &s.upstream.addr.ip().to_string()])
+        .arg(s.upstream.addr.port().to_string())
+        .arg(&s.ca_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        text.starts_with("200 closed=True"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: f64 = text.rsplit('=').next().unwrap().parse().unwrap();
+    assert!(after < 5.0, "closed only after {after} s: {text}");
+}
