@@ -160,6 +160,7 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result
         let want_read = !eof && in_pipe < capacity;
         let want_write = in_pipe > 0;
         if !want_read && !want_write {
+            // EOF was read just now with the pipe empty: loop round to pass the half-close on.
             continue;
         }
         tokio::select! {

@@ -431,10 +431,9 @@ impl TlsGateway {
     /// `ghgate exec -- curl -sS --cacert <ghgate CA> --resolve … ARGS… URL` inside the cgroup.
     pub fn curl(&self, name: &str, path: &str, args: &[&str]) -> std::process::Output {
         let (url, resolve) = self.url(name, path);
-        std::process::Command::new(crate::bin("ghgate"))
-            .args(["exec", "--config"])
-            .arg(&self.gw.config)
-            .args(["--", "curl", "-sS", "--max-time", "120", "--cacert"])
+        self.gw
+            .exec("curl")
+            .args(["-sS", "--max-time", "120", "--cacert"])
             .arg(&self.ca_file)
             .args(["--resolve", &resolve])
             .args(args)

@@ -410,6 +410,21 @@ impl Gateway {
             .collect()
     }
 
+    /// Waits for the first relayed connection, lets a moment pass for any further (looping or
+    /// unexpected) ones, then asserts there was exactly one.
+    pub fn assert_exactly_one_relay(&self, timeout: Duration) {
+        self.wait_log("a relay", timeout, |l| {
+            l.iter().any(|l| l["message"] == "connection relayed")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            self.relayed().len(),
+            1,
+            "expected exactly one relayed connection:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Waits until `pred` holds over the log lines.
     pub fn wait_log(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
@@ -437,14 +452,22 @@ impl Gateway {
             .expect("run ghgate")
     }
 
-    /// Runs the probe inside the intercepted cgroup through `ghgate exec`, one JSON per attempt.
-    pub fn probe(&self, args: &[&str]) -> Vec<Value> {
-        let out = Command::new(bin("ghgate"))
-            .arg("exec")
+    /// `ghgate exec --config <this config> -- PROGRAM`: a command for PROGRAM inside the
+    /// intercepted cgroup; add its arguments with `.args(…)`.
+    pub fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(bin("ghgate"));
+        cmd.arg("exec")
             .arg("--config")
             .arg(&self.config)
             .arg("--")
-            .arg(bin("ghgate-probe"))
+            .arg(program);
+        cmd
+    }
+
+    /// Runs the probe inside the intercepted cgroup through `ghgate exec`, one JSON per attempt.
+    pub fn probe(&self, args: &[&str]) -> Vec<Value> {
+        let out = self
+            .exec(bin("ghgate-probe"))
             .args(args)
             .output()
             .expect("run ghgate exec");
@@ -595,12 +618,8 @@ impl Gateway {
     /// Starts the probe in the intercepted cgroup in the background; join the handle for its
     /// results (one JSON value per attempt) once the child has exited.
     pub fn probe_in_background(&self, args: &[&str]) -> (Child, std::thread::JoinHandle<Vec<Value>>) {
-        let mut child = Command::new(bin("ghgate"))
-            .arg("exec")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--")
-            .arg(bin("ghgate-probe"))
+        let mut child = self
+            .exec(bin("ghgate-probe"))
             .args(args)
             .stdout(Stdio::piped())
             .spawn()

@@ -3,7 +3,7 @@
 //! `http.sslCAInfo` (ghgate's CA) and `http.curloptResolve`, nothing else.
 use std::{path::Path, process::Command, time::Duration};
 
-use ghgate_e2e::{bin, https::TlsGateway, privileged};
+use ghgate_e2e::{https::TlsGateway, privileged};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
@@ -55,11 +55,10 @@ fn git_clone_and_push_through_the_gateway() {
     let (gw, upstream, ghgate_ca) = (&s.gw, &s.upstream, &s.ca_file);
     let port = upstream.addr.port();
     let git_under_ghgate = |dir: &Path, args: &[&str]| {
-        let out = Command::new(bin("ghgate"))
+        let out = gw
+            .exec("git")
             .current_dir(dir)
-            .args(["exec", "--config"])
-            .arg(&gw.config)
-            .args(["--", "git", "-c"])
+            .arg("-c")
             .arg(format!("http.sslCAInfo={}", ghgate_ca.display()))
             .args([
                 "-c",

@@ -116,11 +116,8 @@ fn http2_clients_are_translated_to_an_http1_only_upstream() {
     let ghgate_ca = gw.ca_file();
     // A client offering h2 alone, twice: translated to HTTP/1.1 upstream, then pooled.
     for _ in 0..2 {
-        let out = Command::new(bin("ghgate"))
-            .args(["exec", "--config"])
-            .arg(&gw.config)
-            .arg("--")
-            .arg(bin("ghgate-probe"))
+        let out = gw
+            .exec(bin("ghgate-probe"))
             .args(["h2post", &upstream.addr.to_string(), "api.github.com"])
             .arg(&ghgate_ca)
             .args(["/t", "--bytes", "50000"])
@@ -207,21 +204,13 @@ fn names_not_intercepted_are_relayed_untouched() {
     // trusting only the upstream's CA succeeds, which it could not if ghgate had terminated.
     let s = TlsGateway::start(&["pinned.example"], false, None, "");
     let (url, resolve) = s.url("pinned.example", "/");
-    let out = Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&s.gw.config)
-        .args([
-            "--",
-            "curl",
-            "-sS",
-            "-w",
-            "\n%{http_version} %{http_code}",
-            "--cacert",
-        ])
-        .arg(&s.upstream_ca)
-        .args(["--resolve", &resolve, &url])
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec("curl")
+            .args(["-sS", "-w", "\n%{http_version} %{http_code}", "--cacert"])
+            .arg(&s.upstream_ca)
+            .args(["--resolve", &resolve, &url])
+            .output()
+            .unwrap();
     assert!(
         stdout(&out).ends_with(" 200"),
         "{}{}",
@@ -249,12 +238,11 @@ fn a_client_not_speaking_tls_is_closed_and_others_are_unaffected() {
     }
     let s = setup(&["api.github.com"], true);
     let url = format!("http://{}/", s.upstream.addr);
-    let plain = Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&s.gw.config)
-        .args(["--", "curl", "-sS", "--max-time", "10", &url])
-        .output()
-        .unwrap();
+    let plain =
+        s.gw.exec("curl")
+            .args(["-sS", "--max-time", "10", &url])
+            .output()
+            .unwrap();
     assert!(!plain.status.success(), "plain HTTP to a TLS port must fail");
     let logs = s.gw.wait_log("the rejection", Duration::from_secs(10), |l| {
         l.iter()
@@ -283,15 +271,14 @@ fn sse_events_reach_the_client_as_they_are_sent() {
     );
     let url = format!("https://api.githubcopilot.com:{}/sse?n=4", s.upstream.addr.port());
     let start = Instant::now();
-    let mut child = Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&s.gw.config)
-        .args(["--", "curl", "-sS", "-N", "--http2", "--cacert"])
-        .arg(&s.ca_file)
-        .args(["--resolve", &resolve, &url])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        s.gw.exec("curl")
+            .args(["-sS", "-N", "--http2", "--cacert"])
+            .arg(&s.ca_file)
+            .args(["--resolve", &resolve, &url])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let first_at = start.elapsed();
@@ -383,16 +370,13 @@ fn websocket_echo_through_the_gateway() {
         return;
     }
     let s = setup(&["api.githubcopilot.com"], true);
-    let out = Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&s.gw.config)
-        .arg("--")
-        .arg(bin("ghgate-probe"))
-        .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
-        .arg(&s.ca_file)
-        .args(["first prompt", "second prompt"])
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec(bin("ghgate-probe"))
+            .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
+            .arg(&s.ca_file)
+            .args(["first prompt", "second prompt"])
+            .output()
+            .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["status"], "HTTP/1.1 101 Switching Protocols", "{r}");
@@ -483,17 +467,9 @@ while chunk := s.recv(4096):
     data += chunk
 print(data.decode(errors="replace"))
 "#;
-    let out = Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&gw.config)
-        .args([
-            "--",
-            "python3",
-            "-c",
-            script,
-            &upstream.addr.ip().to_string(),
-            &port.to_string(),
-        ])
+    let out = gw
+        .exec("python3")
+        .args(["-c", script, &upstream.addr.ip().to_string(), &port.to_string()])
         .arg(&ghgate_ca)
         .output()
         .unwrap();
@@ -541,19 +517,9 @@ fn an_intercept_set_of_every_address_is_decided_by_sni_and_cannot_be_escaped_by_
     let ghgate_ca = gw.ca_file();
     let upstream_ca = ca.write_pem(dir.path());
     let run_curl = |name: &str, addr: SocketAddr, trust: &Path| {
-        let out = Command::new(bin("ghgate"))
-            .args(["exec", "--config"])
-            .arg(&gw.config)
-            .args([
-                "--",
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--cacert",
-            ])
+        let out = gw
+            .exec("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
             .arg(trust)
             .args([
                 "--resolve",

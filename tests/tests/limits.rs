@@ -1,9 +1,9 @@
 //! Limits on terminated connections: each breach gets the right answer and a log line, and
 //! other connections carry on. Clients are real (curl, and Python's ssl module for the
 //! misbehaving ones), inside the intercepted cgroup.
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use ghgate_e2e::{bin, https::TlsGateway, privileged};
+use ghgate_e2e::{https::TlsGateway, privileged};
 
 fn setup(http: &str) -> TlsGateway {
     TlsGateway::start(&["api.github.com"], true, None, &format!("[http]\n{http}\n"))
@@ -40,16 +40,10 @@ except (ConnectionError, ssl.SSLError, BrokenPipeError):
 except socket.timeout:
     print("TIMEOUT")
 "#;
-        let out = Command::new(bin("ghgate"))
-            .args(["exec", "--config"])
-            .arg(&self.gw.config)
-            .args([
-                "--",
-                "python3",
-                "-c",
-                script,
-                &self.upstream.addr.ip().to_string(),
-            ])
+        let out = self
+            .gw
+            .exec("python3")
+            .args(["-c", script, &self.upstream.addr.ip().to_string()])
             .arg(self.upstream.addr.port().to_string())
             .arg(&self.ca_file)
             .arg(payload)
@@ -176,14 +170,13 @@ try:
 except socket.timeout:
     print(f"{first.split(b' ')[1].decode()} still open after 10 s")
 "#;
-    let out = Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&s.gw.config)
-        .args(["--", "python3", "-c", script, &s.upstream.addr.ip().to_string()])
-        .arg(s.upstream.addr.port().to_string())
-        .arg(&s.ca_file)
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec("python3")
+            .args(["-c", script, &s.upstream.addr.ip().to_string()])
+            .arg(s.upstream.addr.port().to_string())
+            .arg(&s.ca_file)
+            .output()
+            .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(
         text.starts_with("200 closed=True"),

@@ -3,7 +3,6 @@
 //! needs root (under CI=true its absence fails the test).
 use std::{
     net::{IpAddr, SocketAddr},
-    process::Command,
     time::Duration,
 };
 
@@ -168,16 +167,7 @@ fn leaves_unlisted_destinations_outside_clients_and_udp_alone() {
     // And one listed connection for contrast: only it is relayed.
     let r = one(gw.probe(&["connect", &listed.addr.to_string()]));
     assert_eq!(r["proxied"], true, "{r}");
-    gw.wait_log("one relay", Duration::from_secs(10), |l| {
-        l.iter().any(|l| l["message"] == "connection relayed")
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        gw.relayed().len(),
-        1,
-        "only the listed connection is relayed:\n{}",
-        gw.log_text()
-    );
+    gw.assert_exactly_one_relay(Duration::from_secs(10));
     let counters = &gw.status()["counters"];
     assert_eq!(counters["redirected_v4"], 1, "{counters}");
 }
@@ -208,16 +198,12 @@ fn gateway_inside_the_cgroup_never_intercepts_itself() {
         (true.into(), true.into()),
         "{r}"
     );
-    gw.wait_log("one relay", Duration::from_secs(10), |l| {
-        l.iter().any(|l| l["message"] == "connection relayed")
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    gw.assert_exactly_one_relay(Duration::from_secs(10));
     assert_eq!(
         upstream.accepted(),
         1,
         "the upstream saw exactly the one relayed connection"
     );
-    assert_eq!(gw.relayed().len(), 1, "no loop:\n{}", gw.log_text());
     let counters = &gw.status()["counters"];
     assert!(counters["self_excluded"].as_u64().unwrap() >= 1, "{counters}");
     assert_eq!(counters["redirected_v4"], 1, "{counters}");
@@ -329,12 +315,9 @@ fn exec_runs_real_curl_under_interception_and_returns_its_status() {
     let gw = Gateway::start(&cg, &spec_for("api.github.test", web.addr.ip(), web.addr.port()));
     let url = format!("http://api.github.test:{}/repos/o/r", web.addr.port());
     let resolve = format!("api.github.test:{}:{}", web.addr.port(), web.addr.ip());
-    let out = Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&gw.config)
+    let out = gw
+        .exec("curl")
         .args([
-            "--",
-            "curl",
             "-sS",
             "--resolve",
             &resolve,
@@ -373,12 +356,7 @@ fn exec_runs_real_curl_under_interception_and_returns_its_status() {
     );
     assert_eq!(relay["exe"], "/usr/bin/curl");
 
-    let code = Command::new(bin("ghgate"))
-        .args(["exec", "--config"])
-        .arg(&gw.config)
-        .args(["--", "sh", "-c", "exit 7"])
-        .status()
-        .unwrap();
+    let code = gw.exec("sh").args(["-c", "exit 7"]).status().unwrap();
     assert_eq!(
         code.code(),
         Some(7),

@@ -2,7 +2,6 @@
 //! `--kernel`, load every program into this kernel (verifier included) without attaching.
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::bail;
 use gateway_common::prog_names;
 
 use super::ConfigArg;
@@ -79,8 +78,5 @@ fn check_kernel() -> anyhow::Result<()> {
     }
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned());
     println!("kernel {}: ok", release.unwrap_or_else(|_| "?".into()));
-    if prog_names::ALL.is_empty() {
-        bail!("no programs");
-    }
     Ok(())
 }

@@ -280,14 +280,7 @@ fn start_mitm(target_dir: &Path, upstream_ca: &Path, dir: &Path) -> anyhow::Resu
 
 fn run_client(via_gateway: Option<&Gateway>, a: &HttpClientArgs) -> anyhow::Result<Report> {
     let mut cmd = match via_gateway {
-        Some(gw) => {
-            let mut c = Command::new(bin("ghgate"));
-            c.args(["exec", "--config"])
-                .arg(&gw.config)
-                .arg("--")
-                .arg(std::env::current_exe()?);
-            c
-        }
+        Some(gw) => gw.exec(std::env::current_exe()?),
         None => Command::new(std::env::current_exe()?),
     };
     cmd.args(["client-http", &a.mode, &a.target.to_string(), "--ca"])

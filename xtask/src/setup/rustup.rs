@@ -35,38 +35,36 @@ fn toolchain_installed(name: &str) -> bool {
         .is_some_and(|out| out.lines().any(|l| names(l, name)))
 }
 
-fn missing_components<'a>(toolchain: &Toolchain<'a>) -> Vec<&'a str> {
+/// Items of `wanted` that `rustup <kind> list --installed` does not show for the toolchain.
+fn not_installed<'a>(
+    kind: &str,
+    toolchain: &str,
+    wanted: &[&'a str],
+    is: fn(&str, &str) -> bool,
+) -> Vec<&'a str> {
     let installed = process::probe_stdout(Command::new("rustup").args([
-        "component",
+        kind,
         "list",
         "--installed",
         "--toolchain",
-        toolchain.name,
+        toolchain,
     ]))
     .unwrap_or_default();
-    toolchain
-        .components
+    wanted
         .iter()
         .copied()
-        .filter(|c| !installed.lines().any(|l| names(l, c)))
+        .filter(|w| !installed.lines().any(|l| is(l, w)))
         .collect()
 }
 
+fn missing_components<'a>(toolchain: &Toolchain<'a>) -> Vec<&'a str> {
+    not_installed("component", toolchain.name, toolchain.components, names)
+}
+
 fn missing_targets<'a>(toolchain: &Toolchain<'a>) -> Vec<&'a str> {
-    let installed = process::probe_stdout(Command::new("rustup").args([
-        "target",
-        "list",
-        "--installed",
-        "--toolchain",
-        toolchain.name,
-    ]))
-    .unwrap_or_default();
-    toolchain
-        .targets
-        .iter()
-        .copied()
-        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
-        .collect()
+    not_installed("target", toolchain.name, toolchain.targets, |line, target| {
+        line.trim() == target
+    })
 }
 
 pub fn missing(toolchain: &Toolchain) -> Vec<String> {
