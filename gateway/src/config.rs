@@ -51,6 +51,104 @@ pub struct Config {
     pub tls: TlsConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub record: RecordConfig,
+}
+
+/// The session recorder (`ghgate sessions …` reads what it writes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// Record every intercepted exchange. Off only for benchmarks and trials.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where the store lives; default `<state_dir>/record`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Bytes of each request and response body stored; beyond, only length and SHA-256.
+    #[serde(default = "default_body_cap")]
+    pub body_cap_bytes: u64,
+    /// `interval` (fdatasync every `fsync_interval_ms`; survives kill -9 of the gateway, since
+    /// every record is written before its exchange completes) or `exchange` (fdatasync before each
+    /// exchange completes; also survives power loss).
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval_ms: u64,
+    /// `refuse` (default): while the store cannot write, new requests get 503 naming the cause.
+    /// `allow`: they pass, and what passed unrecorded is counted, logged and recorded later.
+    #[serde(default)]
+    pub on_record_failure: OnRecordFailure,
+    /// Records queued for the disk before new requests wait (backpressure, never dropping).
+    #[serde(default = "default_max_pending")]
+    pub max_pending_bytes: u64,
+    /// A segment is sealed and a new one begun past this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Whole segments older than this are pruned at start and daily (0 keeps everything).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    #[default]
+    Interval,
+    Exchange,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRecordFailure {
+    #[default]
+    Refuse,
+    Allow,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            body_cap_bytes: default_body_cap(),
+            fsync: FsyncPolicy::default(),
+            fsync_interval_ms: default_fsync_interval(),
+            on_record_failure: OnRecordFailure::default(),
+            max_pending_bytes: default_max_pending(),
+            segment_bytes: default_segment_bytes(),
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_body_cap() -> u64 {
+    16 << 20
+}
+fn default_fsync_interval() -> u64 {
+    1000
+}
+fn default_max_pending() -> u64 {
+    64 << 20
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_retention_days() -> u64 {
+    90
+}
+
+impl Config {
+    /// The record store's directory.
+    pub fn record_dir(&self) -> PathBuf {
+        self.record
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("record"))
+    }
 }
 
 /// Limits on terminated client connections; each breach gets its own answer and a log line.
@@ -320,15 +418,24 @@ impl TlsConfig {
     /// True when `name` (lower-case) is to be terminated: it matches `intercept` (exactly, or as a
     /// subdomain of a `*.suffix`) and no `passthrough` entry.
     pub fn terminates(&self, name: &str) -> bool {
-        let matches = |pattern: &String| match pattern.strip_prefix("*.") {
-            Some(suffix) => {
-                name.len() > suffix.len()
-                    && name.ends_with(suffix)
-                    && name[..name.len() - suffix.len()].ends_with('.')
-            }
-            None => pattern.eq_ignore_ascii_case(name),
-        };
-        self.intercept.iter().any(matches) && !self.passthrough.iter().any(matches)
+        self.intercept.iter().any(|p| name_matches(p, name)) && !self.passthrough_listed(name)
+    }
+
+    /// Is `name` on the passthrough list?
+    pub fn passthrough_listed(&self, name: &str) -> bool {
+        self.passthrough.iter().any(|p| name_matches(p, name))
+    }
+}
+
+/// `pattern` is a name or `*.suffix`.
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            name.len() > suffix.len()
+                && name.ends_with(suffix)
+                && name[..name.len() - suffix.len()].ends_with('.')
+        }
+        None => pattern.eq_ignore_ascii_case(name),
     }
 }
 
@@ -486,6 +593,22 @@ impl Config {
         }
         if self.tls.leaf_cache_size == 0 {
             return Err(invalid("tls.leaf_cache_size".into(), "must be at least 1".into()));
+        }
+        let r = &self.record;
+        if r.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(invalid("record.dir".into(), "must be an absolute path".into()));
+        }
+        for (key, zero) in [
+            ("record.fsync_interval_ms", r.fsync_interval_ms == 0),
+            ("record.max_pending_bytes", r.max_pending_bytes < 1 << 20),
+            ("record.segment_bytes", r.segment_bytes < 1 << 20),
+        ] {
+            if zero {
+                return Err(invalid(
+                    key.into(),
+                    "is too small (at least 1 ms, or 1 MiB for sizes)".into(),
+                ));
+            }
         }
         if self.relay.connect_timeout_secs == 0 {
             return Err(invalid(

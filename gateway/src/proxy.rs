@@ -50,7 +50,7 @@ impl<P: Phases> Handler for Proxy<P> {
 impl<P: Phases> Proxy<P> {
     async fn run(&self, conn: Accepted) {
         if !self.tls.ports.contains(&conn.orig_dst.0.port()) {
-            return self.relay.run(conn).await;
+            return self.relay.run(conn, None, "not a TLS port").await;
         }
         let hello = match hello::peek(&conn.stream, HANDSHAKE_TIMEOUT).await {
             Ok(h) => h,
@@ -70,7 +70,12 @@ impl<P: Phases> Proxy<P> {
             other => {
                 info!(client = %conn.client, orig_dst = %conn.orig_dst, tgid = conn.caller.tgid, comm = %conn.caller.comm,
                       sni = other.as_deref().unwrap_or(""), named_by, "TLS name not terminated; relaying it untouched");
-                return self.relay.run(conn).await;
+                let reason = match &other {
+                    Some(n) if self.tls.passthrough_listed(n) => "on the passthrough list",
+                    Some(_) => "name not intercepted",
+                    None => "no SNI and no known name",
+                };
+                return self.relay.run(conn, other, reason).await;
             }
         };
         if named_by == "host map" {
@@ -141,13 +146,22 @@ impl<P: Phases> Proxy<P> {
                 return;
             }
         };
+        let client_tls = tls
+            .get_ref()
+            .1
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         let info = ConnInfo {
+            id: http::next_connection_id(),
+            session: caller.session_id(),
             client,
             orig_dst,
             caller,
             sni: name,
             client_proto,
             upstream_proto,
+            client_tls,
         };
         let route = UpstreamRoute {
             pool: self.pool.clone(),

@@ -8,7 +8,10 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd, OwnedFd},
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,7 +23,10 @@ use nix::{
 use tokio::{io::Interest, net::TcpStream};
 use tracing::{info, warn};
 
-use crate::listen::{Accepted, Handler};
+use crate::{
+    listen::{Accepted, Handler},
+    record::{Recorder, model},
+};
 
 /// Bytes moved per splice call; also the pipe's capacity.
 const CHUNK: usize = 1 << 20;
@@ -28,16 +34,19 @@ const CHUNK: usize = 1 << 20;
 /// Relays each connection to where it was going.
 pub struct Relay {
     pub connect_timeout: Duration,
+    /// Where the facts of each relayed connection are recorded, when recording.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 impl Handler for Relay {
     fn handle(&self, conn: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(self.run(conn))
+        Box::pin(self.run(conn, None, "not a TLS port"))
     }
 }
 
 impl Relay {
-    pub(crate) async fn run(&self, conn: Accepted) {
+    /// Relays `conn`; `sni` and `reason` say what was seen of it and why it was not terminated.
+    pub(crate) async fn run(&self, conn: Accepted, sni: Option<String>, reason: &'static str) {
         let Accepted {
             stream: client,
             client: client_addr,
@@ -85,6 +94,22 @@ impl Relay {
             outcome = %outcome,
             "connection relayed"
         );
+        if let Some(recorder) = &self.recorder {
+            recorder.passthrough(
+                &caller,
+                model::Passthrough {
+                    session: caller.session_id(),
+                    at: model::now_micros().saturating_sub(accepted_at.elapsed().as_micros() as u64),
+                    client: client_addr.to_string(),
+                    orig_dst: orig_dst.to_string(),
+                    sni,
+                    reason: reason.into(),
+                    bytes_up: up.load(Ordering::Relaxed),
+                    bytes_down: down.load(Ordering::Relaxed),
+                    duration_us: accepted_at.elapsed().as_micros() as u64,
+                },
+            );
+        }
     }
 }
 

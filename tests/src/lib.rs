@@ -4,6 +4,7 @@
 //!
 //! Safety: programs are only ever attached to a cgroup this harness created, holding only
 //! processes this harness started. Servers listen on loopback only.
+pub mod chromium;
 pub mod dns;
 pub mod https;
 pub mod servers;
@@ -248,6 +249,8 @@ impl Default for GatewaySpec {
 /// A `ghgate run` child process with its own config, pins and log; detached on drop.
 pub struct Gateway {
     pub config: PathBuf,
+    /// The gateway's `state_dir` (its CA, and by default its session store under `record/`).
+    pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub log: PathBuf,
     pub listen_port: u16,
@@ -311,6 +314,7 @@ impl Gateway {
         let log = dir.path().join("gateway.log");
         let mut gw = Self {
             config,
+            state_dir: dir.path().join("state"),
             pin_dir,
             log,
             listen_port,
@@ -380,6 +384,38 @@ impl Gateway {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM (an orderly stop: queued records are written and the segment sealed), and wait
+    /// until the process is gone.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("ghgate did not stop within 15 s of SIGTERM:\n{}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// `ghgate ARGS… --config <this config>`, asserting success; its standard output.
+    pub fn ghgate_ok(&self, args: &[&str]) -> String {
+        let out = self.ghgate(args);
+        assert!(
+            out.status.success(),
+            "ghgate {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// kill -9, and wait until the process is gone.

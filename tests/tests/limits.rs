@@ -162,7 +162,14 @@ ctx.set_alpn_protocols(["http/1.1"])
 s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))), server_hostname="api.github.com")
 s.sendall(b"GET /first HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
 s.settimeout(10)
-first = s.recv(4096)
+first = b""
+# The whole response (head and body may arrive in separate reads), then only the close.
+while b"\r\n\r\n" not in first:
+    first += s.recv(4096)
+head, _, body = first.partition(b"\r\n\r\n")
+length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0])
+while len(body) < length:
+    body += s.recv(4096)
 start = time.monotonic()
 try:
     rest = s.recv(4096)

@@ -6,6 +6,7 @@ mod check;
 mod detach;
 mod exec;
 mod run;
+mod sessions;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -36,6 +37,10 @@ enum Command {
     Detach(detach::Args),
     /// Manage the interception CA.
     Ca(ca::Args),
+    /// Recorded sessions: list, show, replay, export, verify, prune.
+    Sessions(sessions::Args),
+    /// The recorder's signing key.
+    Record(sessions::RecordArgs),
 }
 
 /// `--config`, shared by every subcommand that reads one.
@@ -62,6 +67,8 @@ pub fn main() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::Detach(a) => detach::run(a),
         Command::Ca(a) => ca::run(a),
+        Command::Sessions(a) => sessions::run(a),
+        Command::Record(a) => sessions::run_record(a),
     };
     match result {
         Ok(code) => code,

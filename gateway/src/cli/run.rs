@@ -7,14 +7,16 @@ use std::{num::NonZeroUsize, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use gateway_common::{GatewayConfig, ON_DOWN_BYPASS, ON_DOWN_REFUSE};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::ConfigArg;
 use crate::{
     config::{Config, OnGatewayDown},
-    http::{Limits, LogExchanges, pool::Pool},
+    http::{Limits, pool::Pool},
     listen,
+    pipeline::Pipeline,
     proxy::Proxy,
+    record::Recorder,
     redirect::{self, ClientTable, Maps, Pins, cgroup},
     relay::Relay,
     resolve::{self, HostMap, HostSet, Resolver},
@@ -78,18 +80,21 @@ fn load_or_create_ca(config: &Config) -> anyhow::Result<Ca> {
     Ok(created)
 }
 
-fn proxy(config: &Config, ca: Ca) -> anyhow::Result<Proxy<LogExchanges>> {
+fn proxy(config: &Config, ca: Ca, recorder: Option<Arc<Recorder>>) -> anyhow::Result<Proxy<Pipeline>> {
     let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
     let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
     Ok(Proxy {
-        relay: Relay { connect_timeout },
+        relay: Relay {
+            connect_timeout,
+            recorder: recorder.clone(),
+        },
         tls: config.tls.clone(),
         leaves: Arc::new(LeafCache::new(ca, capacity)),
         pool: Arc::new(Pool::new(
             UpstreamTls::new(&config.tls.upstream_extra_roots)?,
             connect_timeout,
         )),
-        phases: Arc::new(LogExchanges),
+        phases: Arc::new(Pipeline { recorder }),
         limits: Limits::from(&config.http),
         hosts: HostMap::default(),
     })
@@ -102,7 +107,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let cgroup_dir = cgroup::ensure(&config.redirect.cgroup)?;
     let takeover = pins.attached();
     // Everything that can fail on bad files fails here, before anything is attached.
-    let proxy = Arc::new(proxy(&config, load_or_create_ca(&config)?)?);
+    let recorder = if config.record.enabled {
+        Some(Recorder::start(&config)?)
+    } else {
+        warn!("[record] enabled = false: exchanges are NOT recorded");
+        None
+    };
+    let proxy = Arc::new(proxy(&config, load_or_create_ca(&config)?, recorder.clone())?);
 
     let listener_v4 = listen::bind(config.listen.ipv4)?;
     let listener_v6 = listen::bind(config.listen.ipv6)?;
@@ -155,6 +166,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         OnGatewayDown::Refuse => "intercepted connections are refused",
         OnGatewayDown::Bypass => "intercepted connections go direct (bypass mode)",
     };
+    if let Some(r) = &recorder {
+        if let Err(e) = r.flush().await {
+            warn!(error = %e, "could not write every queued record before stopping");
+        }
+        r.stop();
+    }
     info!(
         pin_dir = %pins.root().display(),
         "stopping; the redirect stays attached and {while_down} until ghgate runs again (`ghgate detach` removes it)"

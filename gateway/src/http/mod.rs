@@ -13,6 +13,7 @@ pub mod websocket;
 
 use std::{
     convert::Infallible,
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -38,17 +39,25 @@ use crate::{
     tls::upstream::Proto,
 };
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub use self::body::{BoxError, EndFuture};
+
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Facts about one terminated client connection, shared by its exchanges.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// Unique within this gateway run.
+    pub id: u64,
+    /// The caller's session (see `Caller::session_id`).
+    pub session: String,
     pub client: ClientAddr,
     pub orig_dst: OrigDstAddr,
     pub caller: Caller,
     pub sni: String,
     pub client_proto: Proto,
     pub upstream_proto: Option<Proto>,
+    /// The TLS version the client negotiated ("TLSv1.3").
+    pub client_tls: Option<String>,
 }
 
 /// One request/response exchange as the hooks see it.
@@ -76,54 +85,114 @@ pub struct Outcome {
     pub answered_by: &'static str,
 }
 
-/// The pipeline's hooks. Implementations keep per-exchange state keyed by `Exchange::id`.
+/// The pipeline's hooks. `Ctx` is per-exchange state, made by `new_ctx` before any hook runs and
+/// shared by the request and response sides (which may run at the same time, so it is `Sync`).
 pub trait Phases: Send + Sync + 'static {
-    /// Sees the request head first; returning a response answers the client and skips the upstream.
-    fn request_filter(&self, _ex: &Exchange, _req: &http::request::Parts) -> Option<Response<Bytes>> {
+    type Ctx: Send + Sync + 'static;
+
+    fn new_ctx(&self, ex: &Exchange) -> Self::Ctx;
+    /// A client connection was terminated and will be served; before any of its exchanges.
+    fn connection(&self, _conn: &ConnInfo) {}
+    /// Sees the request head first; returning a response answers the client and skips the
+    /// upstream. May wait (for an approver, or for the recorder to catch up).
+    fn request_filter(
+        &self,
+        _ex: &Exchange,
+        _ctx: &Self::Ctx,
+        _req: &http::request::Parts,
+    ) -> impl Future<Output = Option<Response<Bytes>>> + Send {
+        async { None }
+    }
+    /// Each request body chunk on its way up; `Err` stops the body (the upstream sees it fail);
+    /// a returned future holds the chunk back until it completes.
+    fn request_body_filter(
+        &self,
+        _ex: &Exchange,
+        _ctx: &Self::Ctx,
+        _chunk: &mut Bytes,
+    ) -> Result<Option<EndFuture>, String> {
+        Ok(None)
+    }
+    /// The request as it will be sent upstream (headers may be changed here).
+    fn upstream_request_filter(&self, _ex: &Exchange, _ctx: &Self::Ctx, _req: &mut http::request::Parts) {}
+    fn response_filter(&self, _ex: &Exchange, _ctx: &Self::Ctx, _resp: &mut http::response::Parts) {}
+    /// Each response body chunk on its way down; `Err` stops the body (the client sees it fail);
+    /// a returned future holds the chunk back until it completes.
+    fn response_body_filter(
+        &self,
+        _ex: &Exchange,
+        _ctx: &Self::Ctx,
+        _chunk: &mut Bytes,
+    ) -> Result<Option<EndFuture>, String> {
+        Ok(None)
+    }
+    /// Each WebSocket message of an upgraded exchange, in either direction, as it passes.
+    fn websocket_message(
+        &self,
+        _ex: &Exchange,
+        _ctx: &Self::Ctx,
+        _dir: websocket::Direction,
+        _msg: &websocket::Message,
+    ) {
+    }
+    /// Once per exchange, when its response body has ended (or failed). A returned future must
+    /// complete before the client sees the end of the response; if it fails, the response fails.
+    fn logging(&self, _ex: &Exchange, _ctx: &Self::Ctx, _outcome: &Outcome) -> Option<EndFuture> {
         None
     }
-    fn request_body_filter(&self, _ex: &Exchange, _chunk: &mut Bytes) {}
-    /// The request as it will be sent upstream (headers may be changed here).
-    fn upstream_request_filter(&self, _ex: &Exchange, _req: &mut http::request::Parts) {}
-    fn response_filter(&self, _ex: &Exchange, _resp: &mut http::response::Parts) {}
-    fn response_body_filter(&self, _ex: &Exchange, _chunk: &mut Bytes) {}
-    /// Each WebSocket message of an upgraded exchange, in either direction, as it passes.
-    fn websocket_message(&self, _ex: &Exchange, _dir: websocket::Direction, _msg: &websocket::Message) {}
-    /// Once per exchange, when its response body has ended (or failed).
-    fn logging(&self, _ex: &Exchange, _outcome: &Outcome) {}
 }
 
 /// The default pipeline: logs each exchange.
 pub struct LogExchanges;
 
 impl Phases for LogExchanges {
-    fn websocket_message(&self, ex: &Exchange, dir: websocket::Direction, msg: &websocket::Message) {
-        info!(exchange = ex.id, direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
+    type Ctx = ();
+
+    fn new_ctx(&self, _ex: &Exchange) {}
+
+    fn websocket_message(
+        &self,
+        ex: &Exchange,
+        _ctx: &(),
+        dir: websocket::Direction,
+        msg: &websocket::Message,
+    ) {
+        log_websocket_message(ex, dir, msg);
     }
 
-    fn logging(&self, ex: &Exchange, o: &Outcome) {
-        info!(
-            exchange = ex.id,
-            tgid = ex.conn.caller.tgid,
-            uid = ex.conn.caller.uid,
-            comm = %ex.conn.caller.comm,
-            client = %ex.conn.client,
-            orig_dst = %ex.conn.orig_dst,
-            sni = %ex.conn.sni,
-            client_alpn = ?ex.conn.client_proto,
-            upstream_alpn = ?ex.conn.upstream_proto,
-            method = %ex.method,
-            url = %ex.url,
-            status = o.status,
-            answered_by = o.answered_by,
-            bytes_up = ex.bytes_up.load(Ordering::Relaxed),
-            bytes_down = ex.bytes_down.load(Ordering::Relaxed),
-            ttfb_ms = o.ttfb.as_millis() as u64,
-            duration_ms = o.duration.as_millis() as u64,
-            error = o.error.as_deref().unwrap_or(""),
-            "exchange"
-        );
+    fn logging(&self, ex: &Exchange, _ctx: &(), o: &Outcome) -> Option<EndFuture> {
+        log_exchange(ex, o);
+        None
     }
+}
+
+pub fn log_websocket_message(ex: &Exchange, dir: websocket::Direction, msg: &websocket::Message) {
+    info!(exchange = ex.id, direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
+}
+
+/// The one log line of an exchange.
+pub fn log_exchange(ex: &Exchange, o: &Outcome) {
+    info!(
+        exchange = ex.id,
+        tgid = ex.conn.caller.tgid,
+        uid = ex.conn.caller.uid,
+        comm = %ex.conn.caller.comm,
+        client = %ex.conn.client,
+        orig_dst = %ex.conn.orig_dst,
+        sni = %ex.conn.sni,
+        client_alpn = ?ex.conn.client_proto,
+        upstream_alpn = ?ex.conn.upstream_proto,
+        method = %ex.method,
+        url = %ex.url,
+        status = o.status,
+        answered_by = o.answered_by,
+        bytes_up = ex.bytes_up.load(Ordering::Relaxed),
+        bytes_down = ex.bytes_down.load(Ordering::Relaxed),
+        ttfb_ms = o.ttfb.as_millis() as u64,
+        duration_ms = o.duration.as_millis() as u64,
+        error = o.error.as_deref().unwrap_or(""),
+        "exchange"
+    );
 }
 
 /// Limits applied to client connections (from `[http]` in the config).
@@ -191,7 +260,24 @@ struct ConnState<P> {
     max_rps: u32,
 }
 
-static NEXT_EXCHANGE: AtomicU64 = AtomicU64::new(1);
+/// Exchange and connection ids start from the clock, so they stay unique across gateway
+/// restarts (a session, and so its records, can span several runs).
+static NEXT_EXCHANGE: std::sync::LazyLock<AtomicU64> =
+    std::sync::LazyLock::new(|| AtomicU64::new(clock_micros()));
+static NEXT_CONNECTION: std::sync::LazyLock<AtomicU64> =
+    std::sync::LazyLock::new(|| AtomicU64::new(clock_micros()));
+
+fn clock_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
+/// A new connection id, unique within this gateway run.
+pub fn next_connection_id() -> u64 {
+    NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed)
+}
 
 /// How much of each WebSocket message the pipeline is shown (its length is always counted).
 const WS_PAYLOAD_CAP: usize = 1 << 20;
@@ -204,6 +290,7 @@ where
 {
     let proto = info.client_proto;
     let info = Arc::new(info);
+    phases.connection(&info);
     let state = Arc::new(ConnState {
         info: info.clone(),
         route,
@@ -303,12 +390,15 @@ async fn forward<P: Phases>(
         bytes_down: AtomicU64::new(0),
     });
     let phases = state.phases.clone();
-    // The gateway answered itself: log the exchange now, its body is already complete.
-    let answered_here = |response: Response<ProxyBody>, error: Option<String>| {
+    let ctx = Arc::new(phases.new_ctx(&ex));
+    // The gateway answered itself: log the exchange now (waiting for its record), its body is
+    // already complete.
+    let answered_here = async |response: Response<ProxyBody>, error: Option<String>| {
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
-        phases.logging(
+        let wait = phases.logging(
             &ex,
+            &ctx,
             &Outcome {
                 status,
                 duration: elapsed,
@@ -317,10 +407,16 @@ async fn forward<P: Phases>(
                 answered_by: "gateway",
             },
         );
+        if let Some(wait) = wait
+            && let Err(why) = wait.await
+        {
+            warn!(exchange = ex.id, error = %why, "the gateway's own answer could not be recorded");
+        }
         response
     };
-    let gateway_answer =
-        |status: StatusCode, text: String, error: Option<String>| answered_here(full(status, text), error);
+    let gateway_answer = async |status: StatusCode, text: String, error: Option<String>| {
+        answered_here(full(status, text), error).await
+    };
 
     let allowed = state.rate.lock().map(|mut r| r.allow()).unwrap_or(true);
     if !allowed {
@@ -333,12 +429,13 @@ async fn forward<P: Phases>(
                 state.max_rps
             ),
             Some("rate limited".into()),
-        ));
+        )
+        .await);
     }
-    if let Some(resp) = phases.request_filter(&ex, &parts) {
+    if let Some(resp) = phases.request_filter(&ex, &ctx, &parts).await {
         let (rparts, bytes) = resp.into_parts();
         let out = Response::from_parts(rparts, Full::new(bytes).map_err(|never| match never {}).boxed());
-        return Ok(answered_here(out, None));
+        return Ok(answered_here(out, None).await);
     }
 
     if let Some(reason) = &state.route.failed {
@@ -346,7 +443,8 @@ async fn forward<P: Phases>(
             StatusCode::BAD_GATEWAY,
             format!("ghgate: nothing was forwarded: {reason}\n"),
             Some(reason.clone()),
-        ));
+        )
+        .await);
     }
     let route = &state.route;
     // HTTP/1.1 clients and WebSocket handshakes use HTTP/1.1 upstream connections; HTTP/2 clients
@@ -364,7 +462,8 @@ async fn forward<P: Phases>(
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: nothing was forwarded: {e}\n"),
                 Some(e.to_string()),
-            ));
+            )
+            .await);
         }
     };
     let upstream_proto = sender.proto();
@@ -385,17 +484,19 @@ async fn forward<P: Phases>(
             parts.headers.remove(header::HOST);
         }
     }
-    phases.upstream_request_filter(&ex, &mut parts);
+    phases.upstream_request_filter(&ex, &ctx, &mut parts);
 
     let up_ex = ex.clone();
     let up_phases = phases.clone();
+    let up_ctx = ctx.clone();
     let req_body: ProxyBody = Observed::new(
         body,
         Box::new(move |chunk: &mut Bytes| {
-            up_phases.request_body_filter(&up_ex, chunk);
+            let wait = up_phases.request_body_filter(&up_ex, &up_ctx, chunk)?;
             up_ex.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok(wait)
         }),
-        Box::new(|_| {}),
+        Box::new(|_| None),
     )
     .boxed();
     let upstream_req = Request::from_parts(parts, req_body);
@@ -422,7 +523,8 @@ async fn forward<P: Phases>(
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: the upstream request failed: {e}\n"),
                 Some(e.to_string()),
-            ));
+            )
+            .await);
         }
     };
     let ttfb = started.elapsed();
@@ -430,11 +532,13 @@ async fn forward<P: Phases>(
     if let Some(client_upgrade) = client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let (ws_ex, ws_phases) = (ex.clone(), phases.clone());
+        let (ws_ex, ws_phases, ws_ctx) = (ex.clone(), phases.clone(), ctx.clone());
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
-                    let seen = |dir, msg: &websocket::Message| ws_phases.websocket_message(&ws_ex, dir, msg);
+                    let seen = |dir, msg: &websocket::Message| {
+                        ws_phases.websocket_message(&ws_ex, &ws_ctx, dir, msg)
+                    };
                     let relayed =
                         websocket::relay(TokioIo::new(client), TokioIo::new(upstream), WS_PAYLOAD_CAP, seen)
                             .await;
@@ -455,19 +559,21 @@ async fn forward<P: Phases>(
     let upgraded = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     hop::strip(&mut rparts.headers, upgraded);
     rparts.version = client_version;
-    phases.response_filter(&ex, &mut rparts);
+    phases.response_filter(&ex, &ctx, &mut rparts);
     let status = rparts.status.as_u16();
     let (down_ex, end_ex) = (ex.clone(), ex.clone());
     let (down_phases, end_phases) = (phases.clone(), phases.clone());
+    let (down_ctx, end_ctx) = (ctx.clone(), ctx);
     let (pool, key) = (route.pool.clone(), route.key.clone());
     let h1_back = h1_back.filter(|_| !upgraded);
     let body: ProxyBody = Observed::new(
         rbody,
         Box::new(move |chunk: &mut Bytes| {
-            down_phases.response_body_filter(&down_ex, chunk);
+            let wait = down_phases.response_body_filter(&down_ex, &down_ctx, chunk)?;
             down_ex
                 .bytes_down
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok(wait)
         }),
         Box::new(move |result| {
             if let (Ok(()), Some(send)) = (&result, h1_back) {
@@ -475,6 +581,7 @@ async fn forward<P: Phases>(
             }
             end_phases.logging(
                 &end_ex,
+                &end_ctx,
                 &Outcome {
                     status,
                     duration: started.elapsed(),
@@ -482,7 +589,7 @@ async fn forward<P: Phases>(
                     error: result.err(),
                     answered_by: "upstream",
                 },
-            );
+            )
         }),
     )
     .boxed();

@@ -17,12 +17,16 @@ pub struct Caller {
     pub comm: String,
     /// From /proc/<tgid>/exe at accept; `None` when the process was already gone (or hidden).
     pub exe: Option<PathBuf>,
+    /// The process's start time (clock ticks after boot, /proc/<tgid>/stat), which tells two
+    /// processes that had the same tgid apart; `None` when the process was already gone.
+    pub start_ticks: Option<u64>,
 }
 
 impl Caller {
     /// The kernel's facts, completed from /proc where the process still exists.
     pub fn from_kernel(r: &Redirected) -> Self {
         let exe = std::fs::read_link(format!("/proc/{}/exe", r.tgid)).ok();
+        let start_ticks = start_ticks(r.tgid);
         Self {
             tgid: r.tgid,
             pid: r.pid,
@@ -31,12 +35,110 @@ impl Caller {
             cgroup_id: r.cgroup_id,
             comm: r.comm.clone(),
             exe,
+            start_ticks,
         }
     }
+
+    /// The session this caller belongs to: one run of one process on this boot. The same
+    /// process keeps its session across gateway restarts.
+    pub fn session_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(boot_id().as_bytes());
+        h.update(self.tgid.to_le_bytes());
+        // A process already gone when accepted: its kernel facts still make a stable id.
+        match self.start_ticks {
+            Some(t) => h.update(t.to_le_bytes()),
+            None => h.update(format!("{}:{}:{}", self.comm, self.uid, self.cgroup_id).as_bytes()),
+        }
+        hex::encode(&h.finalize()[..8])
+    }
+
+    /// The command line, from /proc while the process exists.
+    pub fn cmdline(&self) -> Vec<String> {
+        std::fs::read(format!("/proc/{}/cmdline", self.tgid))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The kernel's id of this boot (tgids and start times repeat across boots).
+fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// Field 22 of /proc/<tgid>/stat; the command name (field 2) may hold spaces and parentheses,
+/// so fields are counted after its closing parenthesis.
+fn start_ticks(tgid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The user name of a uid, from /etc/passwd (no NSS: the gateway must not block on a directory
+/// service while serving).
+pub fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// The cgroup v2 path of a live process ("/ghgate.clients"), from /proc/<tgid>/cgroup.
+pub fn cgroup_path(tgid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }
 
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}[{}] uid={}", self.comm, self.tgid, self.uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_a_start_time_and_a_stable_session() {
+        let me = std::process::id();
+        assert!(start_ticks(me).is_some());
+        let caller = Caller {
+            tgid: me,
+            pid: me,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 1,
+            comm: "t".into(),
+            exe: None,
+            start_ticks: start_ticks(me),
+        };
+        assert_eq!(caller.session_id(), caller.session_id());
+        assert_eq!(caller.session_id().len(), 16);
+        let other = Caller {
+            start_ticks: caller.start_ticks.map(|t| t + 1),
+            ..caller.clone()
+        };
+        assert_ne!(
+            caller.session_id(),
+            other.session_id(),
+            "a reused tgid is another session"
+        );
+        assert_eq!(user_name(0).as_deref(), Some("root"));
     }
 }

@@ -28,7 +28,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-const NAME: &str = "api.github.com";
+pub const NAME: &str = "api.github.com";
 
 #[derive(clap::Args)]
 pub struct ProxyArgs {
@@ -278,7 +278,7 @@ fn start_mitm(target_dir: &Path, upstream_ca: &Path, dir: &Path) -> anyhow::Resu
 // ---------------------------------------------------------------------------------------------
 // The benchmark.
 
-fn run_client(via_gateway: Option<&Gateway>, a: &HttpClientArgs) -> anyhow::Result<Report> {
+pub fn run_client(via_gateway: Option<&Gateway>, a: &HttpClientArgs) -> anyhow::Result<Report> {
     let mut cmd = match via_gateway {
         Some(gw) => gw.exec(std::env::current_exe()?),
         None => Command::new(std::env::current_exe()?),
@@ -310,7 +310,7 @@ fn run_client(via_gateway: Option<&Gateway>, a: &HttpClientArgs) -> anyhow::Resu
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn pct(ns: &[u64], p: f64) -> f64 {
+pub fn pct(ns: &[u64], p: f64) -> f64 {
     let mut v = ns.to_vec();
     v.sort_unstable();
     if v.is_empty() {
@@ -332,7 +332,8 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
             tls_ports: vec![port],
             upstream_extra_roots: vec![upstream_ca.clone()],
-            extra_toml: "[http]\nmax_requests_per_second = 1000000\n".into(),
+            // The proxy alone: recording has its own benchmark (`record`).
+            extra_toml: "[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = false\n".into(),
             ..Default::default()
         },
     );

@@ -73,6 +73,10 @@ enum Bench {
     /// through mitmproxy, plus the gateway's RSS. Targets: p50 ≤ 100 µs added, requests/s ≥ 0.5×
     /// direct, download ≥ 0.8× direct.
     Proxy(proxy::ProxyArgs),
+    /// What recording costs: the same workload through two gateways, recording off and on
+    /// (keep-alive GET latency, requests/s, a 1 GiB download), exchanges recorded per second and
+    /// bytes on disk per exchange. Targets: ≤ 10 % of download throughput, ≤ 50 µs p50 added.
+    Record(record::RecordArgs),
     /// Internal: the HTTPS client of `proxy`, run in the place under test.
     #[command(hide = true)]
     ClientHttp(proxy::HttpClientArgs),
@@ -112,6 +116,8 @@ struct ClientArgs {
 
 #[path = "../bench/proxy.rs"]
 mod proxy;
+#[path = "../bench/record.rs"]
+mod record;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
         Bench::Redirect(args) => redirect(&args),
         Bench::ClientConnect(args) => client_connect(&args),
         Bench::Proxy(args) => proxy::run(&args),
+        Bench::Record(args) => record::run(&args),
         Bench::ClientHttp(args) => proxy::client(&args),
     };
     // Errors are reported here, after every guard inside the benchmark has been dropped.
@@ -318,6 +325,9 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
     catch_interrupts()?;
     let me = std::env::current_exe().context("cannot find this executable")?;
     let mut header = Header::now();
+    // The kernel counts each program's run time while this descriptor is open (and only then).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("cannot enable the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")?;
 
     // Declared first, dropped last; the gateway (detach) goes before the cgroups it is attached to.
     let plain = TestCgroup::new();
@@ -359,6 +369,8 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
     let mut overflow_total = [0u64; 3];
     // Indexed by `Case as usize`.
     let mut series: [Vec<ConnectStats>; 3] = Default::default();
+    // Kernel-measured run time of ghgate's programs, and connects, per case.
+    let mut prog_time = [(Duration::ZERO, 0u64); 3];
     for round in 0..args.rounds as usize {
         // Rotate the order, so no case always follows the redirected one (whose relays the gateway
         // may still be closing).
@@ -374,6 +386,7 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
             let expected = args.warmup + count;
             let (before, upstream_before, overflows_before) =
                 (counters(&gw), upstream.accepted(), listen_overflows());
+            let run_time_before = programs_run_time()?;
             let mut cmd = place.command(&me);
             cmd.arg("client-connect")
                 .arg(target.to_string())
@@ -408,6 +421,10 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
             if case == Case::Redirected {
                 settle(&upstream, upstream_before + expected)?;
             }
+            // After settling, so the close-time callbacks of this case's connections are counted.
+            let spent = programs_run_time()?.saturating_sub(run_time_before);
+            prog_time[case as usize].0 += spent;
+            prog_time[case as usize].1 += expected;
             eprintln!(
                 "round {}/{}  {:<44} p50 {:>7.2} µs  p99 {:>7.2} µs  mean {:>7.2} µs  max {:>9.1} µs  \
                  (listen overflows {overflows})",
@@ -467,8 +484,20 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
     }
 
     header.load_at_end = load_average();
-    report(&header, args, &series, &overflow_total, &relay);
+    report(&header, args, &series, &overflow_total, &prog_time, &relay);
     Ok(())
+}
+
+/// Total run time the kernel has counted for ghgate's programs (all loaded instances) so far.
+fn programs_run_time() -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("cannot read a loaded BPF program's info")?;
+        if info.name_as_str().is_some_and(|n| n.starts_with("ghgate_")) {
+            total += info.run_time();
+        }
+    }
+    Ok(total)
 }
 
 /// The host's count of connections dropped because a listener's accept queue was full (each
@@ -566,6 +595,7 @@ fn report(
     args: &RedirectArgs,
     series: &[Vec<ConnectStats>; 3],
     overflows: &[u64; 3],
+    prog_time: &[(Duration, u64); 3],
     relay: &[Vec<f64>; 2],
 ) {
     let med = |case: Case, f: fn(&ConnectStats) -> f64| -> f64 {
@@ -662,6 +692,27 @@ fn report(
         spread(|s| s.p99_us)
     );
     println!("       differences of that order are within this host's noise");
+    println!();
+    println!(
+        "{:<44} {:>9}   target",
+        "ghgate's programs' own run time per connect", "ns"
+    );
+    for (case, limit) in [
+        (Case::NotIntercepted, NON_INTERCEPTED_TARGET_US),
+        (Case::Redirected, REDIRECTED_TARGET_US),
+    ] {
+        let (spent, connects) = prog_time[case as usize];
+        let ns = spent.as_nanos() as f64 / connects.max(1) as f64;
+        println!(
+            "{:<44} {:>9.0} {}   ≤ {limit} µs",
+            case.label(),
+            ns,
+            verdict(ns <= limit * 1000.0)
+        );
+    }
+    println!("(from the kernel's BPF statistics: every run of connect4/6, sock_ops and getpeername during");
+    println!("the case, including the close-time callbacks, divided by the case's connects; this is the");
+    println!("work the programs add to connect(), free of the scheduling noise of the wall-clock rows)");
     println!();
     let fmt_runs = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" ");
     let (direct, relayed) = (median(relay[0].clone()), median(relay[1].clone()));

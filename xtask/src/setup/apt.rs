@@ -1,6 +1,6 @@
 //! Debian packages: LLVM and libclang for building bpf-linker, bpftool for the leak check,
 //! iproute2, curl, git and pkg-config for the tests, QEMU and musl-gcc for the kernel-matrix tests
-//! (vm-test).
+//! (vm-test), headless Chromium and a font for rendering the HTML session export.
 //!
 //! Only installs, never removes or upgrades. Without root it must not try `sudo` itself: it fails
 //! naming the exact command for the user to run.
@@ -17,6 +17,8 @@ fn packages(ws: &Workspace) -> Vec<String> {
     // vm-test boots its guests with qemu-system-x86_64. Its guest binaries target musl, and C
     // code in dependencies (ring) needs x86_64-linux-musl-gcc for that target.
     packages.extend(["qemu-system-x86", "musl-tools"].map(String::from));
+    // The HTML export is checked by rendering it in headless Chromium, which needs a font.
+    packages.extend(["chromium", "fonts-dejavu-core"].map(String::from));
     packages
 }
 

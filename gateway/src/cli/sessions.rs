@@ -1,0 +1,440 @@
+//! `ghgate sessions list|show|replay|export|verify|prune|reindex` and `ghgate record key export`:
+//! what the recorder stored, for auditors. Reads the store and its index; never writes a record
+//! (prune writes a signed tombstone file and deletes whole sealed segments, nothing else).
+use std::{
+    io::{IsTerminal, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Subcommand, ValueEnum};
+
+use super::ConfigArg;
+use crate::record::{
+    export,
+    index::{Index, SessionFilter},
+    model::{self, Micros},
+    recorder::{index_path, key_path},
+    session::{self, SessionView},
+    store,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List recorded sessions, newest last.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only sessions active at or after this time: RFC 3339 ("2026-11-21T10:00:00Z") or an
+        /// age ("2h", "7d").
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions that started at or before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only sessions that talked to this host (or a subdomain of it).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only sessions whose executable path contains this text.
+        #[arg(long)]
+        exe: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a session's timeline: exchanges, stream events, git ref updates.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Session id (a unique prefix is enough).
+        id: String,
+    },
+    /// Re-render a session in order, with its original pacing.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+        /// Play N times faster (0 = no pauses).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
+    /// Export a session as HAR 1.2, JSON lines or a self-contained HTML page.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Write here instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Check the store: framing, hash chain, signatures, and the index against the segments.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also check that this session's records are all present and intact.
+        id: Option<String>,
+        /// Verify the whole store (the default when no id is given).
+        #[arg(long)]
+        all: bool,
+        /// The recorder's public key (from `ghgate record key export`); default: derived from
+        /// the key in the store's directory.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Delete whole sealed segments older than an age, leaving a signed tombstone.
+    Prune {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// "90d", "12h", …; default: `record.retention_days` from the config.
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+    /// Rebuild the index from the segments.
+    Reindex {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Har,
+    Jsonl,
+    Html,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::List {
+            config,
+            since,
+            until,
+            host,
+            uid,
+            exe,
+            json,
+        } => {
+            let dir = record_dir(&config)?;
+            let index = Index::open_read_only(&index_path(&dir))?;
+            let filter = SessionFilter {
+                since: since.as_deref().map(parse_when).transpose()?,
+                until: until.as_deref().map(parse_when).transpose()?,
+                host,
+                uid,
+                exe,
+            };
+            let rows = index.sessions(&filter)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                for row in &rows {
+                    writeln!(out, "{}", serde_json::to_string(row)?)?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "{:<16}  {:<20}  {:<10}  {:>9}  {:<28}  HOSTS",
+                    "SESSION", "STARTED (UTC)", "USER", "EXCHANGES", "EXE"
+                )?;
+                for row in &rows {
+                    writeln!(
+                        out,
+                        "{:<16}  {:<20}  {:<10}  {:>9}  {:<28}  {}",
+                        row.id,
+                        format_time(row.started_at.unwrap_or(row.first_activity)),
+                        row.user
+                            .clone()
+                            .or_else(|| row.uid.map(|u| u.to_string()))
+                            .unwrap_or_else(|| "?".into()),
+                        row.exchanges,
+                        row.exe.clone().or_else(|| row.comm.clone()).unwrap_or_default(),
+                        row.hosts.join(",")
+                    )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { config, id } => {
+            let (_, view) = load(&config, &id)?;
+            print!("{}", session::render_text(&view));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { config, id, speed } => {
+            if !(speed >= 0.0 && speed.is_finite()) {
+                bail!("--speed must be a number ≥ 0 (0 plays without pauses)");
+            }
+            let (_, view) = load(&config, &id)?;
+            replay(&view, speed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            config,
+            id,
+            format,
+            output,
+        } => {
+            let (dir, view) = load(&config, &id)?;
+            let text = match format {
+                Format::Har => serde_json::to_string_pretty(&export::to_har(&view))?,
+                Format::Html => export::to_html(&view),
+                Format::Jsonl => {
+                    let index = Index::open_read_only(&index_path(&dir))?;
+                    let mut lines = String::new();
+                    for (segment, offset) in index.session_records(&view.start.session)? {
+                        let (_, record) = store::read_at(&dir, segment, offset)?;
+                        lines.push_str(&serde_json::to_string(&record)?);
+                        lines.push('\n');
+                    }
+                    lines
+                }
+            };
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => std::io::stdout().lock().write_all(text.as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            config,
+            id,
+            all: _,
+            pubkey,
+        } => verify(&config, id.as_deref(), pubkey.as_deref()),
+        Command::Prune { config, older_than } => {
+            let dir = record_dir(&config)?;
+            let older_than = match older_than {
+                Some(o) => o,
+                None => match config.load()?.record.retention_days {
+                    0 => bail!("record.retention_days is 0 (keep everything): give --older-than"),
+                    d => format!("{d}d"),
+                },
+            };
+            let age = parse_age(&older_than)?;
+            let key = store::load_or_create_key(&key_path(&dir))?;
+            let cutoff = model::now_micros().saturating_sub(age.as_micros() as u64);
+            let report = store::prune(&dir, &key, cutoff, &format!("older than {older_than}"))?;
+            if let Some((first, last)) = report.pruned {
+                let mut index = Index::open(&index_path(&dir))?;
+                index.forget_segments(first, last)?;
+            }
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reindex { config } => {
+            let dir = record_dir(&config)?;
+            let n = Index::rebuild(&index_path(&dir), &dir)?;
+            println!("indexed {n} records");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn record_dir(config: &ConfigArg) -> anyhow::Result<PathBuf> {
+    let config = config.load()?;
+    let dir = config.record_dir();
+    if !dir.join("segments").is_dir() {
+        bail!(
+            "no session store in {} (has `ghgate run` recorded anything with this config?)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn load(config: &ConfigArg, id: &str) -> anyhow::Result<(PathBuf, SessionView)> {
+    let dir = record_dir(config)?;
+    let index = Index::open_read_only(&index_path(&dir))?;
+    let view = SessionView::load(&dir, &index, id)?;
+    Ok((dir, view))
+}
+
+fn verify(config: &ConfigArg, id: Option<&str>, pubkey: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let dir = record_dir(config)?;
+    let key = match pubkey {
+        Some(p) => store::load_public_key(p)?,
+        None => store::load_or_create_key(&key_path(&dir))?.verifying_key(),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut last_shown = 0u64;
+    let mut progress = |p: store::VerifyProgress| {
+        let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
+        if pct >= last_shown + 10 || (tty && pct != last_shown) {
+            last_shown = pct;
+            if tty {
+                eprint!(
+                    "\rverifying: {pct:>3}% ({} of {} bytes)",
+                    p.bytes_done, p.bytes_total
+                );
+            } else {
+                eprintln!("verifying: {pct}% ({} of {} bytes)", p.bytes_done, p.bytes_total);
+            }
+        }
+    };
+    let report = store::verify(&dir, &key, &mut progress);
+    if tty {
+        eprintln!();
+    }
+    let report = match report {
+        Ok(r) => r,
+        Err(failure) => {
+            println!("FAILED: {failure}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let index = Index::open_read_only(&index_path(&dir))?;
+    if let Err(mismatch) = index.check(&dir) {
+        println!("FAILED: {mismatch}");
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(id) = id {
+        let view = SessionView::load(&dir, &index, id)?;
+        println!(
+            "session {}: {} exchanges, every record present and in the verified chain",
+            view.start.session,
+            view.exchanges.len()
+        );
+    }
+    println!("OK: {report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each fact of the session when it happened, relative to the session's start.
+fn replay(view: &SessionView, speed: f64) -> anyhow::Result<()> {
+    let items = view.timeline();
+    let Some(first) = items.first().map(|i| i.at) else {
+        return Ok(());
+    };
+    let mut out = std::io::stdout().lock();
+    let mut previous = first;
+    for item in &items {
+        if speed > 0.0 && item.at > previous {
+            let pause = Duration::from_micros(((item.at - previous) as f64 / speed) as u64);
+            // Long idle stretches are shortened, so a day-long session still replays.
+            std::thread::sleep(pause.min(Duration::from_secs(10)));
+        }
+        previous = item.at.max(previous);
+        writeln!(
+            out,
+            "{:>10.3}s  {}",
+            (item.at.saturating_sub(first)) as f64 / 1e6,
+            item.text
+        )?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// RFC 3339, or an age before now ("90m", "2h", "7d").
+fn parse_when(text: &str) -> anyhow::Result<Micros> {
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1000).max(0) as u64);
+    }
+    let age = parse_age(text).with_context(|| format!("{text:?} is neither an RFC 3339 time nor an age"))?;
+    Ok(model::now_micros().saturating_sub(age.as_micros() as u64))
+}
+
+fn parse_age(text: &str) -> anyhow::Result<Duration> {
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("{text:?}: expected a number and a unit, like 90d or 12h"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => bail!("{text:?}: the unit must be s, m, h, d or w"),
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+pub fn format_time(micros: Micros) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| micros.to_string())
+}
+
+/// `ghgate record key export`.
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    #[command(subcommand)]
+    command: RecordCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordCommand {
+    /// The recorder's signing key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Print the public key (PEM) that `ghgate sessions verify --pubkey` checks signatures with.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        RecordCommand::Key {
+            command: KeyCommand::Export { config },
+        } => {
+            let config = config.load()?;
+            let path = key_path(&config.record_dir());
+            if !path.exists() {
+                bail!(
+                    "no recorder key at {} (it is created by the first `ghgate run`)",
+                    path.display()
+                );
+            }
+            let key = store::load_or_create_key(&path)?;
+            print!("{}", store::public_key_pem(&key));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_times_parse() {
+        assert_eq!(parse_age("90d").unwrap(), Duration::from_secs(90 * 86400));
+        assert_eq!(parse_age("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert!(parse_age("12").is_err());
+        assert!(parse_age("d").is_err());
+        assert!(parse_age("5y").is_err());
+        assert_eq!(parse_when("2026-01-01T00:00:00Z").unwrap(), 1_767_225_600_000_000);
+        let recent = parse_when("1h").unwrap();
+        assert!(model::now_micros() - recent >= 3_600_000_000);
+        assert_eq!(format_time(1_767_225_600_000_000), "2026-01-01 00:00:00");
+    }
+}

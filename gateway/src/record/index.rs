@@ -1,0 +1,1514 @@
+//! The session index: a SQLite database (WAL mode) derived from the store, so that listing
+//! sessions and finding one session's records does not mean reading every segment.
+//!
+//! The gateway writes it while recording; CLI commands read it at the same time through a
+//! read-only connection. It is never the source of truth: everything in it can be rebuilt from the
+//! segments (`Index::rebuild`), and `Index::check` proves that it agrees with them. It must never
+//! hold a fact the records do not, and a record it points to is always read back from the store
+//! (and the store's hash chain) before anything is shown from it.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params, types::Value};
+
+use super::{
+    model::{Micros, Record},
+    store::{self, Position},
+};
+
+/// Bumped whenever the tables change; an index with another version is rebuilt, never migrated
+/// in place (it is derived data).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How long a reader or writer waits for the other side's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Records indexed per transaction when catching up with the store.
+const CATCH_UP_BATCH: usize = 2048;
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    started_at INTEGER,
+    ended_at INTEGER,
+    end_reason TEXT,
+    tgid INTEGER,
+    uid INTEGER,
+    user TEXT,
+    exe TEXT,
+    comm TEXT,
+    cgroup TEXT,
+    first_activity INTEGER,
+    last_activity INTEGER,
+    exchanges INTEGER NOT NULL DEFAULT 0,
+    hosts TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE connections (
+    session TEXT NOT NULL,
+    conn INTEGER NOT NULL,
+    sni TEXT NOT NULL,
+    PRIMARY KEY (session, conn)
+);
+CREATE TABLE exchanges (
+    session TEXT NOT NULL,
+    exchange INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    url TEXT NOT NULL,
+    host TEXT NOT NULL,
+    -- NULL while the exchange has not finished
+    status INTEGER,
+    PRIMARY KEY (session, exchange)
+);
+CREATE INDEX exchanges_host ON exchanges (host);
+CREATE TABLE records (
+    seq INTEGER PRIMARY KEY,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    session TEXT,
+    exchange INTEGER
+);
+CREATE INDEX records_session ON records (session, seq);
+CREATE INDEX records_segment ON records (segment);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot open the session index {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot create the directory {dir} for the session index: {cause}")]
+    CreateDir { dir: PathBuf, cause: std::io::Error },
+    #[error(
+        "no session index at {path}: nothing has been recorded yet, or it was removed; \
+         run `ghgate sessions reindex` to build it from the store"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "the session index {path} has schema version {found}, this ghgate uses {expected}: \
+         run `ghgate sessions reindex`"
+    )]
+    Schema {
+        path: PathBuf,
+        found: String,
+        expected: u32,
+    },
+    #[error("session index database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("reading the record store for the session index: {0}")]
+    Store(String),
+    #[error("no session has the id or id prefix {0:?}; `ghgate sessions list` shows the recorded sessions")]
+    UnknownSession(String),
+    #[error("the session id prefix {prefix:?} matches several sessions ({}): give more characters", candidates.join(", "))]
+    AmbiguousSession { prefix: String, candidates: Vec<String> },
+    #[error(transparent)]
+    Mismatch(#[from] IndexMismatch),
+}
+
+/// The first place where the index and the store disagree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexMismatch {
+    #[error(
+        "index row seq {seq} says segment {segment} offset {offset}, but {problem} — the index was \
+         edited or is stale; run `ghgate sessions reindex`"
+    )]
+    Row {
+        seq: u64,
+        segment: u64,
+        offset: u64,
+        problem: String,
+    },
+    #[error(
+        "the store holds record seq {seq} at segment {segment} offset {offset}, but the index has no \
+         row for it — the index was edited or is stale; run `ghgate sessions reindex`"
+    )]
+    Unindexed { seq: u64, segment: u64, offset: u64 },
+}
+
+/// What `Index::check` found when the index agrees with the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Index rows verified against the record they point to.
+    pub verified: u64,
+    /// Records at the end of the store beyond the last indexed one. Not a failure: the gateway
+    /// indexes shortly after it writes, so a running gateway always has a small tail, and one that
+    /// was killed leaves one until its next start catches up.
+    pub unindexed_tail: u64,
+}
+
+/// Where the index reads records from: the store (`StoreDir`), or records in memory.
+pub trait RecordSource {
+    /// Every record, in store order.
+    #[allow(clippy::type_complexity)]
+    fn records(&self) -> Result<Box<dyn Iterator<Item = Result<(Position, Record), String>> + '_>, String>;
+    /// The record at this place.
+    fn read_at(&self, segment: u64, offset: u64) -> Result<(Position, Record), String>;
+}
+
+/// The store's segments in this directory.
+pub struct StoreDir<'a>(pub &'a Path);
+
+impl RecordSource for StoreDir<'_> {
+    fn records(&self) -> Result<Box<dyn Iterator<Item = Result<(Position, Record), String>> + '_>, String> {
+        let it = store::read_records(self.0).map_err(|e| e.to_string())?;
+        Ok(Box::new(it.map(|item| item.map_err(|e| e.to_string()))))
+    }
+
+    fn read_at(&self, segment: u64, offset: u64) -> Result<(Position, Record), String> {
+        store::read_at(self.0, segment, offset).map_err(|e| e.to_string())
+    }
+}
+
+impl RecordSource for Vec<(Position, Record)> {
+    fn records(&self) -> Result<Box<dyn Iterator<Item = Result<(Position, Record), String>> + '_>, String> {
+        Ok(Box::new(self.iter().map(|(p, r)| Ok((copy(p), r.clone())))))
+    }
+
+    fn read_at(&self, segment: u64, offset: u64) -> Result<(Position, Record), String> {
+        self.iter()
+            .find(|(p, _)| p.segment == segment && p.offset == offset)
+            .map(|(p, r)| (copy(p), r.clone()))
+            .ok_or_else(|| format!("no record starts at segment {segment} offset {offset}"))
+    }
+}
+
+fn copy(p: &Position) -> Position {
+    Position {
+        segment: p.segment,
+        offset: p.offset,
+        seq: p.seq,
+        hash: p.hash,
+    }
+}
+
+/// Which sessions `Index::sessions` lists; every field set narrows the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Sessions active at some time within [since, until] (microseconds since the epoch).
+    pub since: Option<Micros>,
+    pub until: Option<Micros>,
+    /// Sessions with an exchange to this host or one of its subdomains ("github.com" matches
+    /// "api.github.com" too).
+    pub host: Option<String>,
+    pub uid: Option<u32>,
+    /// Sessions whose executable path contains this text.
+    pub exe: Option<String>,
+}
+
+/// One session as the index knows it. Process facts are `None` when the session's first record
+/// was pruned (or has not been indexed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub started_at: Option<Micros>,
+    pub ended_at: Option<Micros>,
+    pub end_reason: Option<String>,
+    pub tgid: Option<u32>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub exe: Option<String>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+    pub first_activity: Micros,
+    pub last_activity: Micros,
+    /// Exchanges begun (finished or not).
+    pub exchanges: u64,
+    /// Hosts of those exchanges, sorted.
+    pub hosts: Vec<String>,
+}
+
+impl SessionRow {
+    /// "alice (uid 1000)", "uid 1000", or "unknown" when the session's first record was pruned.
+    pub fn who(&self) -> String {
+        match (&self.user, self.uid) {
+            (Some(user), Some(uid)) => format!("{user} (uid {uid})"),
+            (None, Some(uid)) => format!("uid {uid}"),
+            _ => "unknown".into(),
+        }
+    }
+
+    /// The executable, else the command name, else "unknown".
+    pub fn program(&self) -> &str {
+        self.exe.as_deref().or(self.comm.as_deref()).unwrap_or("unknown")
+    }
+}
+
+#[derive(Debug)]
+pub struct Index {
+    conn: Connection,
+    /// The store this index was last caught up with: where `add_batch` refills a hole from.
+    store_dir: Option<PathBuf>,
+    /// A batch failed to be indexed: the next one first catches up from `store_dir`.
+    behind: bool,
+}
+
+impl Index {
+    /// Opens the index for writing, creating it (and its directory) when absent. An index of
+    /// another schema version is emptied, and a file that is not a database replaced, to be
+    /// refilled by `catch_up` (it is derived data: the store is the evidence).
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
+        match Index::open_inner(path) {
+            Err(e) if is_not_a_database(&e) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(p));
+                }
+                Index::open_inner(path)
+            }
+            result => result,
+        }
+    }
+
+    fn open_inner(path: &Path) -> Result<Index, IndexError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|cause| IndexError::CreateDir {
+                dir: dir.to_owned(),
+                cause,
+            })?;
+        }
+        let open = |path: &Path| -> rusqlite::Result<Connection> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            // The index is derived data: losing its last transactions to a power cut costs a
+            // catch-up, not a fact, so it does not fsync on every commit.
+            conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+            conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+            Ok(conn)
+        };
+        let conn = open(path).map_err(|source| IndexError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut index = Index {
+            conn,
+            store_dir: None,
+            behind: false,
+        };
+        match index.schema_version()? {
+            None => index.create_schema()?,
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) if v.parse::<u32>().is_ok_and(|v| v > SCHEMA_VERSION) => {
+                return Err(IndexError::Schema {
+                    path: path.to_owned(),
+                    found: v,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {
+                index.drop_all()?;
+                index.create_schema()?;
+            }
+        }
+        Ok(index)
+    }
+
+    /// Opens an existing index for reading only, while the gateway may be writing it.
+    pub fn open_read_only(path: &Path) -> Result<Index, IndexError> {
+        if !path.exists() {
+            return Err(IndexError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| conn.busy_timeout(BUSY_TIMEOUT).map(|()| conn))
+        .map_err(|source| IndexError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let index = Index {
+            conn,
+            store_dir: None,
+            behind: false,
+        };
+        match index.schema_version()? {
+            Some(v) if v == SCHEMA_VERSION.to_string() => Ok(index),
+            found => Err(IndexError::Schema {
+                path: path.to_owned(),
+                found: found.unwrap_or_else(|| "none".into()),
+                expected: SCHEMA_VERSION,
+            }),
+        }
+    }
+
+    /// Builds the index at `path` afresh from every record in the store, in one transaction
+    /// (readers keep seeing the old contents until it commits). An index file that is not a
+    /// database at all is replaced. Returns the number of records indexed.
+    pub fn rebuild(path: &Path, store_dir: &Path) -> Result<u64, IndexError> {
+        Index::rebuild_from(path, &StoreDir(store_dir)).map(|(_, n)| n)
+    }
+
+    /// `rebuild`, from any source of records; returns the index too.
+    pub fn rebuild_from(path: &Path, source: &dyn RecordSource) -> Result<(Index, u64), IndexError> {
+        let mut index = Index::open(path)?;
+        let n = index.index_source(source, true)?;
+        Ok((index, n))
+    }
+
+    /// The sequence number of the last record indexed, if any.
+    pub fn last_seq(&self) -> Result<Option<u64>, IndexError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// Indexes records in store order (seqs increasing; the store's seqs also count frames that
+    /// are not records, so they have holes), in one transaction. Records at or below `last_seq`
+    /// are skipped, so a batch may be offered twice. After a batch failed, the next call first
+    /// catches up from the store this index was caught up with (`catch_up`, `rebuild`), so one
+    /// failure (a lock held too long by a reindex) leaves no hole behind.
+    pub fn add_batch(&mut self, items: &[(Position, Record)]) -> Result<(), IndexError> {
+        let result = match (&self.store_dir, self.behind) {
+            (Some(dir), true) => {
+                let dir = dir.clone();
+                self.catch_up(&dir).and_then(|_| self.add_now(items))
+            }
+            _ => self.add_now(items),
+        };
+        self.behind = result.is_err();
+        result
+    }
+
+    fn add_now(&mut self, items: &[(Position, Record)]) -> Result<(), IndexError> {
+        let tx = self.conn.transaction()?;
+        add_in(&tx, items)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Indexes what the store holds beyond the last indexed record; returns how many records
+    /// that was. Used at gateway start: after a crash the index may lag the store, or even be
+    /// ahead of it (records indexed before a power cut tore them off the store's tail) — in that
+    /// case, or when the store was replaced, the index is rebuilt from scratch.
+    pub fn catch_up(&mut self, store_dir: &Path) -> Result<u64, IndexError> {
+        let n = self.catch_up_from(&StoreDir(store_dir))?;
+        self.store_dir = Some(store_dir.to_owned());
+        Ok(n)
+    }
+
+    /// `catch_up`, from any source of records.
+    pub fn catch_up_from(&mut self, source: &dyn RecordSource) -> Result<u64, IndexError> {
+        let diverged = match self.last_row()? {
+            Some((seq, segment, offset, hash)) => match source.read_at(segment, offset) {
+                Ok((pos, _)) => pos.seq != seq || hex::encode(pos.hash) != hash,
+                Err(_) => true,
+            },
+            // Nothing indexed (or everything pruned): index whatever the store holds.
+            None => true,
+        };
+        self.index_source(source, diverged)
+    }
+
+    /// Removes every row pointing into segments `first..=last`, which retention has deleted, and
+    /// the sessions and exchanges that no longer have records. Returns the record rows removed.
+    pub fn forget_segments(&mut self, first: u64, last: u64) -> Result<u64, IndexError> {
+        let tx = self.conn.transaction()?;
+        let affected: Vec<String> = {
+            let mut st = tx.prepare(
+                "SELECT DISTINCT session FROM records WHERE segment BETWEEN ?1 AND ?2 AND session IS NOT NULL",
+            )?;
+            st.query_map(params![first, last], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        let removed = tx.execute(
+            "DELETE FROM records WHERE segment BETWEEN ?1 AND ?2",
+            params![first, last],
+        )?;
+        for session in &affected {
+            let left: u64 = tx.query_row(
+                "SELECT count(*) FROM records WHERE session = ?1",
+                [session],
+                |r| r.get(0),
+            )?;
+            if left == 0 {
+                for table in [
+                    "DELETE FROM sessions WHERE id = ?1",
+                    "DELETE FROM exchanges WHERE session = ?1",
+                ] {
+                    tx.execute(table, [session])?;
+                }
+                tx.execute("DELETE FROM connections WHERE session = ?1", [session])?;
+                continue;
+            }
+            tx.execute(
+                "DELETE FROM exchanges WHERE session = ?1 AND NOT EXISTS (SELECT 1 FROM records r \
+                 WHERE r.session = exchanges.session AND r.exchange = exchanges.exchange \
+                 AND r.kind IN ('request', 'exchange'))",
+                [session],
+            )?;
+            // An exchange whose final record was pruned (its request kept) is unfinished again.
+            tx.execute(
+                "UPDATE exchanges SET status = NULL WHERE session = ?1 AND NOT EXISTS (SELECT 1 FROM records r \
+                 WHERE r.session = exchanges.session AND r.exchange = exchanges.exchange AND r.kind = 'exchange')",
+                [session],
+            )?;
+            // What remains must be exactly what a rebuild from the remaining segments would give.
+            tx.execute(
+                "UPDATE sessions SET
+                    first_activity = (SELECT min(at) FROM records WHERE session = ?1),
+                    last_activity = (SELECT max(at) FROM records WHERE session = ?1)
+                 WHERE id = ?1",
+                [session],
+            )?;
+            tx.execute(
+                "UPDATE sessions SET started_at = NULL, tgid = NULL, uid = NULL, user = NULL, exe = NULL,
+                    comm = NULL, cgroup = NULL
+                 WHERE id = ?1 AND NOT EXISTS
+                    (SELECT 1 FROM records WHERE session = ?1 AND kind = 'session_start')",
+                [session],
+            )?;
+            tx.execute(
+                "UPDATE sessions SET ended_at = NULL, end_reason = NULL WHERE id = ?1 AND NOT EXISTS
+                    (SELECT 1 FROM records WHERE session = ?1 AND kind = 'session_end')",
+                [session],
+            )?;
+            refresh_counts(&tx, session)?;
+        }
+        tx.commit()?;
+        Ok(removed as u64)
+    }
+
+    /// Sessions matching `filter`, oldest first.
+    pub fn sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRow>, IndexError> {
+        let mut sql = String::from(
+            "SELECT id, started_at, ended_at, end_reason, tgid, uid, user, exe, comm, cgroup,
+                    first_activity, last_activity, exchanges, hosts
+             FROM sessions s WHERE 1",
+        );
+        let mut args: Vec<Value> = Vec::new();
+        let mut arg = |v: Value, args_sql: &mut String, clause: &str| {
+            args.push(v);
+            args_sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(since) = filter.since {
+            arg(
+                Value::Integer(to_i64(since)),
+                &mut sql,
+                " AND s.last_activity >= ?",
+            );
+        }
+        if let Some(until) = filter.until {
+            arg(
+                Value::Integer(to_i64(until)),
+                &mut sql,
+                " AND s.first_activity <= ?",
+            );
+        }
+        if let Some(uid) = filter.uid {
+            arg(Value::Integer(uid.into()), &mut sql, " AND s.uid = ?");
+        }
+        if let Some(exe) = &filter.exe {
+            arg(Value::Text(exe.clone()), &mut sql, " AND instr(s.exe, ?) > 0");
+        }
+        if let Some(host) = &filter.host {
+            let host = host.trim().trim_matches('.').to_ascii_lowercase();
+            arg(
+                Value::Text(host),
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM exchanges e WHERE e.session = s.id AND (e.host = ? OR \
+                 substr(e.host, -length(?) - 1) = '.' || ?))",
+            );
+        }
+        sql.push_str(" ORDER BY s.first_activity, s.id");
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(SessionRow {
+                id: r.get(0)?,
+                started_at: r.get(1)?,
+                ended_at: r.get(2)?,
+                end_reason: r.get(3)?,
+                tgid: r.get(4)?,
+                uid: r.get(5)?,
+                user: r.get(6)?,
+                exe: r.get(7)?,
+                comm: r.get(8)?,
+                cgroup: r.get(9)?,
+                first_activity: r.get::<_, Option<u64>>(10)?.unwrap_or(0),
+                last_activity: r.get::<_, Option<u64>>(11)?.unwrap_or(0),
+                exchanges: r.get(12)?,
+                hosts: r
+                    .get::<_, String>(13)?
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The full id of the one session whose id is `prefix` or starts with it.
+    pub fn resolve(&self, prefix: &str) -> Result<String, IndexError> {
+        if prefix.is_empty() {
+            return Err(IndexError::UnknownSession(prefix.into()));
+        }
+        if let Some(id) = self
+            .conn
+            .query_row("SELECT id FROM sessions WHERE id = ?1", [prefix], |r| r.get(0))
+            .optional()?
+        {
+            return Ok(id);
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM sessions WHERE substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT 6")?;
+        let mut ids: Vec<String> = st.query_map([prefix], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        match ids.len() {
+            0 => Err(IndexError::UnknownSession(prefix.into())),
+            1 => Ok(ids.remove(0)),
+            _ => {
+                if ids.len() > 5 {
+                    ids.truncate(5);
+                    ids.push("…".into());
+                }
+                Err(IndexError::AmbiguousSession {
+                    prefix: prefix.into(),
+                    candidates: ids,
+                })
+            }
+        }
+    }
+
+    /// Where the records of the session `id` (or unique id prefix) are, in store order.
+    pub fn session_records(&self, id: &str) -> Result<Vec<(u64, u64)>, IndexError> {
+        let id = self.resolve(id)?;
+        let mut st = self
+            .conn
+            .prepare("SELECT segment, offset FROM records WHERE session = ?1 ORDER BY seq")?;
+        let rows = st.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Proves the index agrees with the store: every row names a record that is at its segment
+    /// and offset with its seq and hash, and every record in the store has a row — except
+    /// records beyond the last indexed one, counted in `CheckReport::unindexed_tail`.
+    pub fn check(&self, store_dir: &Path) -> Result<CheckReport, IndexError> {
+        self.check_against(&StoreDir(store_dir))
+    }
+
+    /// `check`, against any source of records.
+    pub fn check_against(&self, source: &dyn RecordSource) -> Result<CheckReport, IndexError> {
+        // One snapshot of the index, while the gateway may be adding to it.
+        let snapshot = self.conn.unchecked_transaction()?;
+        let last_seq = last_seq_in(&snapshot)?;
+        let mut st = snapshot.prepare("SELECT seq, segment, offset, hash FROM records ORDER BY seq")?;
+        let mut rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, u64>(0)?,
+                    r.get::<_, u64>(1)?,
+                    r.get::<_, u64>(2)?,
+                    r.get(3)?,
+                ))
+            })?
+            .peekable();
+        let mut report = CheckReport::default();
+        for item in source.records().map_err(IndexError::Store)? {
+            let (pos, _) = item.map_err(IndexError::Store)?;
+            // Rows whose seq the store skipped over point at records that are not there.
+            if let Some(row) = rows.next_if(|row| row.as_ref().is_ok_and(|row| row.0 < pos.seq)) {
+                let (seq, segment, offset, _): (u64, u64, u64, String) = row?;
+                return Err(absent(source, seq, segment, offset).into());
+            }
+            match rows.next_if(|row| row.as_ref().is_ok_and(|row| row.0 == pos.seq)) {
+                Some(row) => {
+                    let (seq, segment, offset, hash) = row?;
+                    let problem = if (segment, offset) != (pos.segment, pos.offset) {
+                        Some(format!(
+                            "the store has that record at segment {} offset {}",
+                            pos.segment, pos.offset
+                        ))
+                    } else if hash != hex::encode(pos.hash) {
+                        Some("that record's hash differs".to_owned())
+                    } else {
+                        None
+                    };
+                    if let Some(problem) = problem {
+                        return Err(IndexMismatch::Row {
+                            seq,
+                            segment,
+                            offset,
+                            problem,
+                        }
+                        .into());
+                    }
+                    report.verified += 1;
+                }
+                None => {
+                    if let Some(Err(_)) = rows.peek() {
+                        rows.next().transpose()?;
+                    }
+                    if last_seq.is_some_and(|last| pos.seq <= last) {
+                        return Err(IndexMismatch::Unindexed {
+                            seq: pos.seq,
+                            segment: pos.segment,
+                            offset: pos.offset,
+                        }
+                        .into());
+                    }
+                    report.unindexed_tail += 1;
+                }
+            }
+        }
+        if let Some(row) = rows.next() {
+            let (seq, segment, offset, _) = row?;
+            return Err(absent(source, seq, segment, offset).into());
+        }
+        Ok(report)
+    }
+
+    fn last_row(&self) -> Result<Option<(u64, u64, u64, String)>, IndexError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq, segment, offset, hash FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?)
+    }
+
+    /// Indexes the store's records beyond `last_seq` (all of them when `from_scratch`), in one
+    /// transaction so readers never see a half-built index.
+    fn index_source(&mut self, source: &dyn RecordSource, from_scratch: bool) -> Result<u64, IndexError> {
+        let tx = self.conn.transaction()?;
+        if from_scratch {
+            clear(&tx)?;
+        }
+        let last = last_seq_in(&tx)?;
+        let mut batch = Vec::with_capacity(CATCH_UP_BATCH);
+        let mut n = 0u64;
+        for item in source.records().map_err(IndexError::Store)? {
+            let (pos, record) = item.map_err(IndexError::Store)?;
+            if last.is_some_and(|last| pos.seq <= last) {
+                continue;
+            }
+            batch.push((pos, record));
+            if batch.len() == CATCH_UP_BATCH {
+                n += add_in(&tx, &batch)?;
+                batch.clear();
+            }
+        }
+        n += add_in(&tx, &batch)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn schema_version(&self) -> Result<Option<String>, IndexError> {
+        let has_meta: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_meta {
+            let tables: u64 = self
+                .conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            return Ok((tables > 0).then(|| "unknown".to_owned()));
+        }
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    fn create_schema(&mut self) -> Result<(), IndexError> {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+            [SCHEMA_VERSION.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn drop_all(&mut self) -> Result<(), IndexError> {
+        let tx = self.conn.transaction()?;
+        let objects: Vec<(String, String)> = {
+            let mut st =
+                tx.prepare("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'")?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        for (kind, name) in objects {
+            tx.execute_batch(&format!(
+                "DROP {} IF EXISTS \"{}\"",
+                kind.to_uppercase(),
+                name.replace('"', "\"\"")
+            ))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The mismatch for an index row whose seq the store does not hold.
+fn absent(source: &dyn RecordSource, seq: u64, segment: u64, offset: u64) -> IndexMismatch {
+    let problem = match source.read_at(segment, offset) {
+        Ok((pos, _)) => format!("the record there has seq {}", pos.seq),
+        Err(e) => format!("the store has no record with that seq ({e})"),
+    };
+    IndexMismatch::Row {
+        seq,
+        segment,
+        offset,
+        problem,
+    }
+}
+
+fn is_not_a_database(e: &IndexError) -> bool {
+    let (IndexError::Open { source, .. } | IndexError::Sqlite(source)) = e else {
+        return false;
+    };
+    matches!(
+        source.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn last_seq_in(tx: &Transaction<'_>) -> Result<Option<u64>, IndexError> {
+    Ok(tx
+        .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .and_then(|v| v.parse().ok()))
+}
+
+fn clear(tx: &Transaction<'_>) -> Result<(), IndexError> {
+    tx.execute_batch(
+        "DELETE FROM records; DELETE FROM exchanges; DELETE FROM connections; DELETE FROM sessions;
+         DELETE FROM meta WHERE key = 'last_seq';",
+    )?;
+    Ok(())
+}
+
+/// Indexes `items` inside `tx`; returns how many were new.
+fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, IndexError> {
+    let mut last = last_seq_in(tx)?;
+    let mut touched = BTreeSet::new();
+    let mut n = 0;
+    let mut insert_record = tx.prepare_cached(
+        "INSERT INTO records (seq, segment, offset, hash, kind, at, session, exchange)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut ensure_session = tx.prepare_cached(
+        "INSERT INTO sessions (id, first_activity, last_activity) VALUES (?1, ?2, ?2)
+         ON CONFLICT (id) DO UPDATE SET
+            first_activity = min(coalesce(first_activity, excluded.first_activity), excluded.first_activity),
+            last_activity = max(coalesce(last_activity, excluded.last_activity), excluded.last_activity)",
+    )?;
+    for (pos, record) in items {
+        if last.is_some_and(|l| pos.seq <= l) {
+            continue;
+        }
+        let session = record.session();
+        insert_record.execute(params![
+            pos.seq,
+            pos.segment,
+            pos.offset,
+            hex::encode(pos.hash),
+            kind_name(record),
+            record.at(),
+            session,
+            exchange_of(record),
+        ])?;
+        if let Some(session) = session {
+            ensure_session.execute(params![session, record.at()])?;
+            touched.insert(session.to_owned());
+        }
+        match record {
+            Record::SessionStart(s) => {
+                tx.execute(
+                    "UPDATE sessions SET started_at = ?2, tgid = ?3, uid = ?4, user = ?5, exe = ?6, comm = ?7,
+                        cgroup = ?8 WHERE id = ?1",
+                    params![s.session, s.at, s.tgid, s.uid, s.user, s.exe, s.comm, s.cgroup],
+                )?;
+            }
+            Record::SessionEnd(e) => {
+                tx.execute(
+                    "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
+                    params![e.session, e.at, e.reason],
+                )?;
+            }
+            Record::Connection(c) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO connections (session, conn, sni) VALUES (?1, ?2, ?3)",
+                    params![c.session, c.conn, c.sni.to_ascii_lowercase()],
+                )?;
+            }
+            Record::Request(r) => {
+                let host = exchange_host(tx, &r.session, r.conn, &r.url)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                    params![r.session, r.exchange, r.at, r.method, r.url, host],
+                )?;
+            }
+            Record::Exchange(x) => {
+                let host = exchange_host(tx, &x.session, x.conn, &x.url)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO exchanges (session, exchange, started_at, method, url, host, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![x.session, x.exchange, x.started_at, x.method, x.url, host, x.status],
+                )?;
+            }
+            _ => {}
+        }
+        last = Some(pos.seq);
+        n += 1;
+    }
+    for session in &touched {
+        refresh_counts(tx, session)?;
+    }
+    if let Some(last) = last {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [last.to_string()],
+        )?;
+    }
+    Ok(n)
+}
+
+/// The host an exchange went to: from its URL, or, for a request line in origin form (no host),
+/// the SNI of its connection.
+fn exchange_host(tx: &Transaction<'_>, session: &str, conn: u64, url: &str) -> Result<String, IndexError> {
+    if let Some(h) = host_of(url) {
+        return Ok(h);
+    }
+    Ok(tx
+        .query_row(
+            "SELECT sni FROM connections WHERE session = ?1 AND conn = ?2",
+            params![session, conn],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+fn refresh_counts(tx: &Transaction<'_>, session: &str) -> Result<(), IndexError> {
+    tx.execute(
+        "UPDATE sessions SET
+            exchanges = (SELECT count(*) FROM exchanges WHERE session = ?1),
+            hosts = coalesce((SELECT group_concat(host, ' ') FROM
+                (SELECT DISTINCT host FROM exchanges WHERE session = ?1 AND host != '' ORDER BY host)), '')
+         WHERE id = ?1",
+        [session],
+    )?;
+    Ok(())
+}
+
+/// The serde tag of a record's variant.
+pub fn kind_name(record: &Record) -> &'static str {
+    match record {
+        Record::SessionStart(_) => "session_start",
+        Record::SessionEnd(_) => "session_end",
+        Record::Connection(_) => "connection",
+        Record::Request(_) => "request",
+        Record::Exchange(_) => "exchange",
+        Record::BodyChunk(_) => "body_chunk",
+        Record::StreamEvent(_) => "stream_event",
+        Record::Git(_) => "git",
+        Record::Passthrough(_) => "passthrough",
+        Record::Recovery(_) => "recovery",
+        Record::Tombstone(_) => "tombstone",
+        Record::Unrecorded(_) => "unrecorded",
+    }
+}
+
+fn exchange_of(record: &Record) -> Option<u64> {
+    match record {
+        Record::Request(r) => Some(r.exchange),
+        Record::Exchange(r) => Some(r.exchange),
+        Record::BodyChunk(r) => Some(r.exchange),
+        Record::StreamEvent(r) => Some(r.exchange),
+        Record::Git(r) => Some(r.exchange),
+        _ => None,
+    }
+}
+
+/// The host of an absolute URL, lowercase, without port or user info.
+pub fn host_of(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::model::*;
+
+    pub(crate) fn pos(seq: u64) -> Position {
+        Position {
+            segment: seq / 10,
+            offset: (seq % 10) * 100,
+            seq,
+            hash: [seq as u8; 32],
+        }
+    }
+
+    fn start(session: &str, at: Micros, uid: u32, exe: &str) -> Record {
+        Record::SessionStart(SessionStart {
+            session: session.into(),
+            at,
+            tgid: 42,
+            uid,
+            user: Some(format!("user{uid}")),
+            gid: uid,
+            comm: "agent".into(),
+            exe: Some(exe.into()),
+            cmdline: vec![exe.into()],
+            cgroup_id: 7,
+            cgroup: Some("/ci".into()),
+            ci: vec![],
+        })
+    }
+
+    fn exchange(session: &str, id: u64, at: Micros, url: &str) -> Record {
+        Record::Exchange(Exchange {
+            session: session.into(),
+            conn: 1,
+            exchange: id,
+            started_at: at,
+            method: "GET".into(),
+            url: url.into(),
+            http_version: "HTTP/1.1".into(),
+            status: 200,
+            request_headers: vec![],
+            response_headers: vec![],
+            request_body: BodySummary::default(),
+            response_body: BodySummary::default(),
+            ttfb_us: 1,
+            duration_us: 2,
+            answered_by: "upstream".into(),
+            error: None,
+        })
+    }
+
+    fn end(session: &str, at: Micros) -> Record {
+        Record::SessionEnd(SessionEnd {
+            session: session.into(),
+            at,
+            reason: "exited".into(),
+        })
+    }
+
+    /// Three sessions: two by uid 1000 (one to GitHub, one to an LLM API), one by uid 0.
+    fn sample() -> Vec<(Position, Record)> {
+        let recs = vec![
+            start("aaaa1111", 1_000, 1000, "/usr/bin/git"),
+            start("aaaa2222", 2_000, 1000, "/usr/lib/node/claude"),
+            exchange("aaaa1111", 1, 1_500, "https://api.github.com/repos/x/y"),
+            exchange("aaaa2222", 1, 2_500, "https://api.anthropic.com:443/v1/messages"),
+            end("aaaa1111", 3_000),
+            start("bbbb0000", 10_000, 0, "/usr/bin/curl"),
+            exchange("bbbb0000", 1, 10_500, "https://github.com/x/y.git/info/refs"),
+            exchange("bbbb0000", 2, 10_600, "https://notgithub.com/"),
+            end("bbbb0000", 11_000),
+            Record::Tombstone(Tombstone {
+                at: 12_000,
+                first_segment: 0,
+                last_segment: 0,
+                last_seq: 0,
+                last_hash: String::new(),
+                reason: "test".into(),
+            }),
+        ];
+        recs.into_iter()
+            .enumerate()
+            .map(|(i, r)| (pos(i as u64 + 1), r))
+            .collect()
+    }
+
+    fn ids(rows: &[SessionRow]) -> Vec<&str> {
+        rows.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    fn indexed() -> (tempfile::TempDir, Index) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        index.add_batch(&sample()).unwrap();
+        (dir, index)
+    }
+
+    #[test]
+    fn sessions_are_listed_with_their_facts() {
+        let (_dir, index) = indexed();
+        let all = index.sessions(&SessionFilter::default()).unwrap();
+        assert_eq!(ids(&all), ["aaaa1111", "aaaa2222", "bbbb0000"]);
+        let git = &all[0];
+        assert_eq!(git.started_at, Some(1_000));
+        assert_eq!(git.ended_at, Some(3_000));
+        assert_eq!(git.end_reason.as_deref(), Some("exited"));
+        assert_eq!(git.uid, Some(1000));
+        assert_eq!(git.user.as_deref(), Some("user1000"));
+        assert_eq!((git.first_activity, git.last_activity), (1_000, 3_000));
+        assert_eq!(git.exchanges, 1);
+        assert_eq!(git.hosts, ["api.github.com"]);
+        assert_eq!(all[2].hosts, ["github.com", "notgithub.com"]);
+        assert_eq!(all[1].ended_at, None);
+        assert_eq!(index.last_seq().unwrap(), Some(10));
+    }
+
+    #[test]
+    fn each_filter_narrows_the_list() {
+        let (_dir, index) = indexed();
+        let q = |f: SessionFilter| {
+            ids(&index.sessions(&f).unwrap())
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            q(SessionFilter {
+                since: Some(2_500),
+                ..Default::default()
+            }),
+            ["aaaa1111", "aaaa2222", "bbbb0000"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                since: Some(2_501),
+                ..Default::default()
+            }),
+            ["aaaa1111", "bbbb0000"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                since: Some(3_001),
+                ..Default::default()
+            }),
+            ["bbbb0000"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                until: Some(1_999),
+                ..Default::default()
+            }),
+            ["aaaa1111"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                since: Some(2_000),
+                until: Some(9_999),
+                ..Default::default()
+            }),
+            ["aaaa1111", "aaaa2222"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                uid: Some(0),
+                ..Default::default()
+            }),
+            ["bbbb0000"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                exe: Some("node".into()),
+                ..Default::default()
+            }),
+            ["aaaa2222"]
+        );
+        // A domain matches itself and its subdomains, never a name that merely ends the same way.
+        assert_eq!(
+            q(SessionFilter {
+                host: Some("github.com".into()),
+                ..Default::default()
+            }),
+            ["aaaa1111", "bbbb0000"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                host: Some("api.github.com".into()),
+                ..Default::default()
+            }),
+            ["aaaa1111"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                host: Some("Anthropic.COM".into()),
+                ..Default::default()
+            }),
+            ["aaaa2222"]
+        );
+        assert_eq!(
+            q(SessionFilter {
+                host: Some("hub.com".into()),
+                ..Default::default()
+            }),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            q(SessionFilter {
+                uid: Some(1000),
+                host: Some("github.com".into()),
+                ..Default::default()
+            }),
+            ["aaaa1111"]
+        );
+    }
+
+    #[test]
+    fn session_ids_resolve_from_unique_prefixes() {
+        let (_dir, index) = indexed();
+        assert_eq!(index.resolve("b").unwrap(), "bbbb0000");
+        assert_eq!(index.resolve("aaaa2").unwrap(), "aaaa2222");
+        assert_eq!(index.resolve("aaaa1111").unwrap(), "aaaa1111");
+        let err = index.resolve("aaaa").unwrap_err();
+        assert!(matches!(err, IndexError::AmbiguousSession { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("aaaa1111") && msg.contains("aaaa2222"), "{msg}");
+        assert!(matches!(
+            index.resolve("c").unwrap_err(),
+            IndexError::UnknownSession(_)
+        ));
+        assert!(matches!(
+            index.resolve("").unwrap_err(),
+            IndexError::UnknownSession(_)
+        ));
+        // Records of a session, in store order, by prefix.
+        assert_eq!(
+            index.session_records("bbbb").unwrap(),
+            [(0, 600), (0, 700), (0, 800), (0, 900)]
+        );
+    }
+
+    #[test]
+    fn batches_offered_twice_are_indexed_once() {
+        let (_dir, mut index) = indexed();
+        index.add_batch(&sample()).unwrap();
+        assert_eq!(index.sessions(&SessionFilter::default()).unwrap()[0].exchanges, 1);
+        assert_eq!(index.session_records("aaaa1").unwrap().len(), 3);
+        index.add_batch(&[(pos(14), end("aaaa2222", 20_000))]).unwrap();
+        assert_eq!(index.last_seq().unwrap(), Some(14));
+        assert_eq!(
+            index.sessions(&SessionFilter::default()).unwrap()[1].ended_at,
+            Some(20_000)
+        );
+    }
+
+    #[test]
+    fn a_relative_url_takes_its_host_from_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        let conn = Record::Connection(crate::record::model::Connection {
+            session: "s".into(),
+            conn: 1,
+            at: 1,
+            client: "127.0.0.1:5".into(),
+            orig_dst: "140.82.112.6:443".into(),
+            sni: "GitHub.com".into(),
+            client_alpn: "h2".into(),
+            upstream_alpn: None,
+            client_tls: None,
+            upstream_tls: None,
+        });
+        index
+            .add_batch(&[
+                (pos(1), start("s", 0, 1, "/x")),
+                (pos(2), conn),
+                (pos(3), exchange("s", 1, 2, "/x/y.git")),
+            ])
+            .unwrap();
+        assert_eq!(
+            index.sessions(&SessionFilter::default()).unwrap()[0].hosts,
+            ["github.com"]
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_the_index_and_a_reader_sees_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let mut writer = Index::open(&path).unwrap();
+        writer.add_batch(&sample()[..5]).unwrap();
+        let reader = Index::open_read_only(&path).unwrap();
+        assert_eq!(reader.sessions(&SessionFilter::default()).unwrap().len(), 2);
+        writer.add_batch(&sample()[5..]).unwrap();
+        assert_eq!(reader.sessions(&SessionFilter::default()).unwrap().len(), 3);
+        drop(writer);
+        assert_eq!(Index::open(&path).unwrap().last_seq().unwrap(), Some(10));
+        let missing = Index::open_read_only(&dir.path().join("nope.sqlite")).unwrap_err();
+        assert!(
+            missing.to_string().contains("ghgate sessions reindex"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn an_index_of_another_schema_version_is_emptied_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        Index::open(&path).unwrap().add_batch(&sample()).unwrap();
+        let set = |v: &str| {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [v])
+                .unwrap()
+        };
+        set("0");
+        assert!(matches!(
+            Index::open_read_only(&path),
+            Err(IndexError::Schema { .. })
+        ));
+        let index = Index::open(&path).unwrap();
+        assert_eq!(index.last_seq().unwrap(), None);
+        assert!(index.sessions(&SessionFilter::default()).unwrap().is_empty());
+        drop(index);
+        set("99");
+        assert!(matches!(Index::open(&path), Err(IndexError::Schema { .. })));
+    }
+
+    #[test]
+    fn forgetting_pruned_segments_matches_a_rebuild_of_what_is_left() {
+        let mut items = sample();
+        // Put the first session's start and its exchange in segment 0, the rest later.
+        for (i, (p, _)) in items.iter_mut().enumerate() {
+            p.segment = if i < 3 { 0 } else { 1 };
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("a.sqlite")).unwrap();
+        index.add_batch(&items).unwrap();
+        assert_eq!(index.forget_segments(0, 0).unwrap(), 3);
+        let mut fresh = Index::open(&dir.path().join("b.sqlite")).unwrap();
+        fresh.add_batch(&items[3..]).unwrap();
+        let (a, b) = (
+            index.sessions(&Default::default()).unwrap(),
+            fresh.sessions(&Default::default()).unwrap(),
+        );
+        assert_eq!(a, b);
+        // aaaa1111 kept only its end, so its activity now starts there.
+        assert_eq!(ids(&a), ["aaaa2222", "aaaa1111", "bbbb0000"]);
+        assert_eq!(a[1].started_at, None);
+        assert_eq!(a[1].uid, None);
+        assert_eq!(a[1].who(), "unknown");
+        assert_eq!(a[1].exchanges, 0);
+        assert_eq!(a[1].ended_at, Some(3_000));
+        assert_eq!(a[0].exchanges, 1);
+        assert_eq!(a[0].first_activity, 2_500);
+        assert_eq!(index.session_records("aaaa1111").unwrap(), [(1, 500)]);
+        // All of a session gone: so is the session.
+        index.forget_segments(1, 1).unwrap();
+        assert!(index.sessions(&Default::default()).unwrap().is_empty());
+        assert_eq!(index.last_seq().unwrap(), Some(10));
+    }
+
+    /// The sample as a store would hold it: seqs with holes (headers, checkpoints and seals are
+    /// frames too), positions spread over two segments.
+    fn store() -> Vec<(Position, Record)> {
+        sample()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, r))| {
+                let seq = 2 + 3 * i as u64;
+                let pos = Position {
+                    segment: 1 + i as u64 / 6,
+                    offset: 8 + 1000 * (i as u64 % 6),
+                    seq,
+                    hash: [i as u8; 32],
+                };
+                (pos, r)
+            })
+            .collect()
+    }
+
+    fn open_with(items: &[(Position, Record)]) -> (tempfile::TempDir, PathBuf, Index) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let mut index = Index::open(&path).unwrap();
+        index.add_batch(items).unwrap();
+        (dir, path, index)
+    }
+
+    #[test]
+    fn catch_up_indexes_only_what_the_store_holds_beyond_the_index() {
+        let store = store();
+        let (_dir, _path, mut index) = open_with(&store[..4]);
+        assert_eq!(index.catch_up_from(&store).unwrap(), 6);
+        assert_eq!(index.catch_up_from(&store).unwrap(), 0);
+        assert_eq!(index.last_seq().unwrap(), Some(store[9].0.seq));
+        assert_eq!(
+            index.check_against(&store).unwrap(),
+            CheckReport {
+                verified: 10,
+                unindexed_tail: 0
+            }
+        );
+        let (_d, _p, rebuilt) = open_with(&store);
+        assert_eq!(
+            index.sessions(&Default::default()).unwrap(),
+            rebuilt.sessions(&Default::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn catch_up_starts_over_when_the_index_is_ahead_of_the_store() {
+        // Indexed, then a power cut tore the last three records off the store, which wrote a
+        // recovery record where they had been.
+        let store = store();
+        let (_dir, _path, mut index) = open_with(&store);
+        let mut torn = store[..7].to_vec();
+        let (p, _) = &store[7];
+        torn.push((
+            Position {
+                hash: [0xee; 32],
+                ..*p
+            },
+            Record::Recovery(Recovery {
+                at: 1,
+                segment: p.segment,
+                kept: p.offset,
+                truncated: 100,
+                records: 2,
+            }),
+        ));
+        assert!(index.check_against(&torn).is_err());
+        assert_eq!(index.catch_up_from(&torn).unwrap(), 8);
+        assert_eq!(index.check_against(&torn).unwrap().verified, 8);
+        // bbbb0000's exchanges and end were torn off.
+        let rows = index.sessions(&Default::default()).unwrap();
+        assert_eq!(rows[2].id, "bbbb0000");
+        assert_eq!((rows[2].exchanges, rows[2].ended_at), (1, None));
+    }
+
+    #[test]
+    fn check_reports_an_unindexed_tail_as_a_note() {
+        let store = store();
+        let (_dir, _path, index) = open_with(&store[..8]);
+        assert_eq!(
+            index.check_against(&store).unwrap(),
+            CheckReport {
+                verified: 8,
+                unindexed_tail: 2
+            }
+        );
+    }
+
+    fn edited(sql: &str) -> IndexMismatch {
+        let store = store();
+        let (_dir, path, index) = open_with(&store);
+        let changed = rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(sql, [])
+            .unwrap();
+        assert_eq!(changed, 1, "{sql}");
+        match index.check_against(&store) {
+            Err(IndexError::Mismatch(m)) => m,
+            other => panic!("{sql}: expected a mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn check_finds_an_edited_hash() {
+        let m = edited("UPDATE records SET hash = '00' || substr(hash, 3) WHERE seq = 11");
+        assert_eq!(
+            m.to_string(),
+            "index row seq 11 says segment 1 offset 3008, but that record's hash differs — the index was \
+             edited or is stale; run `ghgate sessions reindex`"
+        );
+    }
+
+    #[test]
+    fn check_finds_a_deleted_row() {
+        let m = edited("DELETE FROM records WHERE seq = 17");
+        assert_eq!(
+            m,
+            IndexMismatch::Unindexed {
+                seq: 17,
+                segment: 1,
+                offset: 5008
+            }
+        );
+        assert!(m.to_string().contains("has no row for it"), "{m}");
+        // The last row too: the index said it had indexed that far.
+        let m = edited("DELETE FROM records WHERE seq = 29");
+        assert_eq!(
+            m,
+            IndexMismatch::Unindexed {
+                seq: 29,
+                segment: 2,
+                offset: 3008
+            }
+        );
+    }
+
+    #[test]
+    fn check_finds_a_moved_row() {
+        let m = edited("UPDATE records SET offset = 4008 WHERE seq = 11");
+        let IndexMismatch::Row {
+            seq: 11,
+            segment: 1,
+            offset: 4008,
+            problem,
+        } = &m
+        else {
+            panic!("{m:?}")
+        };
+        assert_eq!(problem, "the store has that record at segment 1 offset 3008");
+        let m = edited("UPDATE records SET seq = 12 WHERE seq = 11");
+        assert!(
+            matches!(
+                m,
+                IndexMismatch::Row { seq: 12, .. } | IndexMismatch::Unindexed { seq: 11, .. }
+            ),
+            "{m:?}"
+        );
+        let m = edited(
+            "INSERT INTO records (seq, segment, offset, hash, kind, at) VALUES (40, 7, 8, 'ab', 'git', 0)",
+        );
+        assert!(
+            m.to_string()
+                .starts_with("index row seq 40 says segment 7 offset 8, but the store has no record"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_index_file_is_replaced_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        let (index, n) = Index::rebuild_from(&path, &store()).unwrap();
+        assert_eq!(n, 10);
+        assert_eq!(index.sessions(&Default::default()).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn hosts_come_from_absolute_urls() {
+        assert_eq!(
+            host_of("https://API.github.com:443/x?y#z").as_deref(),
+            Some("api.github.com")
+        );
+        assert_eq!(host_of("https://u:p@github.com/").as_deref(), Some("github.com"));
+        assert_eq!(host_of("http://[::1]:8080/").as_deref(), Some("::1"));
+        assert_eq!(host_of("https://github.com?x").as_deref(), Some("github.com"));
+        assert_eq!(host_of("/relative"), None);
+    }
+}

@@ -1,0 +1,479 @@
+//! What the recorder stores: one typed record per fact, in the order the gateway saw them.
+//!
+//! Records are the unit of the store (framed, checksummed, hash-chained; see `store`). Sessions,
+//! exchanges and streams are rebuilt from them by reading in order. Nothing here may ever hold a
+//! credential in clear: headers pass through `mask_headers` before they become a record, and
+//! bodies are recorded after the masking stage.
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch are too coarse for token-by-token replay: times are
+/// microseconds since the epoch.
+pub type Micros = u64;
+
+pub fn now_micros() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// One record. Serialized as JSON inside a store frame; `type` names the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    SessionStart(SessionStart),
+    SessionEnd(SessionEnd),
+    Connection(Connection),
+    /// A request about to be forwarded: written (and acknowledged) before anything is sent
+    /// upstream, so nothing is forwarded that the store does not hold.
+    Request(RequestStart),
+    Exchange(Exchange),
+    /// Part of a request or response body, in order, up to the configured cap.
+    BodyChunk(BodyChunk),
+    /// One SSE event or WebSocket message, timestamped as it passed.
+    StreamEvent(StreamEvent),
+    /// A git smart-HTTP operation seen in an exchange's bodies.
+    Git(GitOp),
+    /// A connection relayed as raw bytes (not terminated): only its facts and byte counts.
+    Passthrough(Passthrough),
+    /// Written by the store itself at start when the previous run left a torn tail.
+    Recovery(Recovery),
+    /// Written by the store when whole segments were pruned by retention.
+    Tombstone(Tombstone),
+    /// Exchanges the gateway let through while the store could not write (`on_record_failure = "allow"`).
+    Unrecorded(Unrecorded),
+}
+
+impl Record {
+    /// The session a record belongs to, when it belongs to one.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Record::SessionStart(r) => Some(&r.session),
+            Record::SessionEnd(r) => Some(&r.session),
+            Record::Connection(r) => Some(&r.session),
+            Record::Request(r) => Some(&r.session),
+            Record::Exchange(r) => Some(&r.session),
+            Record::BodyChunk(r) => Some(&r.session),
+            Record::StreamEvent(r) => Some(&r.session),
+            Record::Git(r) => Some(&r.session),
+            Record::Passthrough(r) => Some(&r.session),
+            Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => None,
+        }
+    }
+
+    /// When the fact happened, in microseconds since the epoch.
+    pub fn at(&self) -> Micros {
+        match self {
+            Record::SessionStart(r) => r.at,
+            Record::SessionEnd(r) => r.at,
+            Record::Connection(r) => r.at,
+            Record::Request(r) => r.at,
+            Record::Exchange(r) => r.started_at,
+            Record::BodyChunk(r) => r.at,
+            Record::StreamEvent(r) => r.at,
+            Record::Git(r) => r.at,
+            Record::Passthrough(r) => r.at,
+            Record::Recovery(r) => r.at,
+            Record::Tombstone(r) => r.at,
+            Record::Unrecorded(r) => r.at,
+        }
+    }
+}
+
+/// The first record of a session: one run of one client process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStart {
+    /// Stable id: derived from the boot id, the tgid and the process start time.
+    pub session: String,
+    pub at: Micros,
+    pub tgid: u32,
+    pub uid: u32,
+    /// From the password database when the uid has an entry.
+    pub user: Option<String>,
+    pub gid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// Command line, arguments masked.
+    pub cmdline: Vec<String>,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    /// CI job facts, added by the identity stage (empty outside CI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ci: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEnd {
+    pub session: String,
+    pub at: Micros,
+    /// "exited" when the process was seen to exit, "gateway stopped" at shutdown.
+    pub reason: String,
+}
+
+/// One terminated client connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub session: String,
+    pub conn: u64,
+    pub at: Micros,
+    pub client: String,
+    pub orig_dst: String,
+    pub sni: String,
+    /// ALPN on the client side and toward the upstream ("h2", "http/1.1").
+    pub client_alpn: String,
+    pub upstream_alpn: Option<String>,
+    pub client_tls: Option<String>,
+    pub upstream_tls: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestStart {
+    pub session: String,
+    pub conn: u64,
+    pub exchange: u64,
+    pub at: Micros,
+    pub method: String,
+    pub url: String,
+}
+
+/// One request/response exchange, written when it has ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exchange {
+    pub session: String,
+    pub conn: u64,
+    pub exchange: u64,
+    pub started_at: Micros,
+    pub method: String,
+    pub url: String,
+    /// HTTP version the client spoke ("HTTP/1.1", "HTTP/2").
+    pub http_version: String,
+    pub status: u16,
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    pub request_body: BodySummary,
+    pub response_body: BodySummary,
+    /// Microseconds from start to the response head, and to the end of the response body.
+    pub ttfb_us: u64,
+    pub duration_us: u64,
+    /// "upstream", or "gateway" when the gateway answered itself.
+    pub answered_by: String,
+    pub error: Option<String>,
+}
+
+/// A whole body's facts, whether or not all of it was stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BodySummary {
+    /// Length of the whole body as it passed (after masking).
+    pub len: u64,
+    /// SHA-256 of the whole body as it passed, lowercase hex.
+    pub sha256: String,
+    /// How many of its first bytes are stored in `BodyChunk` records.
+    pub stored: u64,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Client to upstream.
+    Request,
+    /// Upstream to client.
+    Response,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BodyChunk {
+    pub session: String,
+    pub exchange: u64,
+    pub dir: Direction,
+    pub at: Micros,
+    /// Offset of this chunk in the body.
+    pub offset: u64,
+    /// Base64 (standard alphabet) of the bytes.
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    Sse,
+    WebSocket,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamEvent {
+    pub session: String,
+    pub exchange: u64,
+    pub kind: StreamKind,
+    pub dir: Direction,
+    pub at: Micros,
+    /// Position of this event in its exchange's stream, from 0.
+    pub index: u64,
+    /// SSE: the event's `event:` field; WebSocket: "text", "binary", "ping", "pong" or "close".
+    pub name: Option<String>,
+    /// SSE: the joined `data:` lines; WebSocket text: the text; binary: base64.
+    pub data: String,
+    /// Length of the whole message when `data` holds only its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated_from: Option<u64>,
+}
+
+/// A git smart-HTTP operation, parsed from the streaming bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitOp {
+    pub session: String,
+    pub exchange: u64,
+    pub at: Micros,
+    /// "git-receive-pack" (push) or "git-upload-pack" (fetch/clone).
+    pub service: String,
+    /// Push: the ref updates the client asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<RefUpdate>,
+    /// Push: size and SHA-256 of the pack the client sent.
+    pub pack_len: Option<u64>,
+    pub pack_sha256: Option<String>,
+    /// Fetch: object ids the client wanted, with the ref names the server advertised for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wants: Vec<Want>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefUpdate {
+    pub old: String,
+    pub new: String,
+    pub name: String,
+    pub op: RefOp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefOp {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Want {
+    pub oid: String,
+    /// Ref names advertised for this id in the same session, if any were seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Passthrough {
+    pub session: String,
+    pub at: Micros,
+    pub client: String,
+    pub orig_dst: String,
+    /// The SNI the client sent, when it sent one.
+    pub sni: Option<String>,
+    /// Why it was not terminated ("passthrough list", "not intercepted", "not TLS").
+    pub reason: String,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    pub at: Micros,
+    /// The segment whose tail was torn.
+    pub segment: u64,
+    /// Bytes of the segment kept, and bytes cut off.
+    pub kept: u64,
+    pub truncated: u64,
+    /// Whole records kept in that segment.
+    pub records: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub at: Micros,
+    /// First and last pruned segment numbers.
+    pub first_segment: u64,
+    pub last_segment: u64,
+    /// Sequence number and hash (hex) of the last pruned record, where the chain continues.
+    pub last_seq: u64,
+    pub last_hash: String,
+    /// Why: "older than 90d", etc.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unrecorded {
+    pub at: Micros,
+    /// How many exchanges passed unrecorded since the store failed, and why it failed.
+    pub exchanges: u64,
+    pub cause: String,
+}
+
+/// Header names whose values are credentials: always masked in records.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-github-token",
+    "x-api-key",
+    "api-key",
+    "openai-api-key",
+    "x-hub-signature",
+    "x-hub-signature-256",
+];
+
+/// Headers as they may be stored: credential values replaced, keeping the auth scheme
+/// ("Bearer", "token", "Basic") so an auditor can still see what kind of credential was used.
+pub fn mask_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = name.as_str().to_owned();
+            let value = if CREDENTIAL_HEADERS.contains(&name.as_str()) {
+                let text = value.to_str().unwrap_or("");
+                match text.split_once(' ') {
+                    Some((scheme, _)) if !scheme.is_empty() && scheme.len() <= 16 => {
+                        format!("{scheme} [MASKED]")
+                    }
+                    _ => "[MASKED]".to_owned(),
+                }
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// Token prefixes that mark a command-line argument as carrying a credential. The masking stage
+/// recognises far more; this keeps the obvious ones out of session records meanwhile.
+const TOKEN_PREFIXES: &[&str] = &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"];
+
+/// A process's command line as it may be stored: credential headers, tokens and URL passwords
+/// replaced by `[MASKED]`.
+pub fn mask_cmdline(args: &[String]) -> Vec<String> {
+    args.iter()
+        .map(|arg| {
+            let lower = arg.to_ascii_lowercase();
+            if let Some((name, _)) = arg.split_once(':')
+                && CREDENTIAL_HEADERS.contains(&name.trim().to_ascii_lowercase().as_str())
+            {
+                return format!("{name}: [MASKED]");
+            }
+            if TOKEN_PREFIXES.iter().any(|p| lower.contains(p)) {
+                return mask_tokens(arg);
+            }
+            mask_url_password(arg)
+        })
+        .collect()
+}
+
+fn mask_tokens(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some((at, prefix)) = TOKEN_PREFIXES
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, *p)))
+        .min_by_key(|(i, _)| *i)
+    {
+        out.push_str(&rest[..at]);
+        let token_end = rest[at + prefix.len()..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(rest.len(), |e| at + prefix.len() + e);
+        out.push_str("[MASKED]");
+        rest = &rest[token_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `scheme://user:password@host…` → `scheme://user:[MASKED]@host…`.
+fn mask_url_password(arg: &str) -> String {
+    let Some(scheme_end) = arg.find("://") else {
+        return arg.to_owned();
+    };
+    let auth_start = scheme_end + 3;
+    let authority_end = arg[auth_start..].find('/').map_or(arg.len(), |e| auth_start + e);
+    match arg[auth_start..authority_end].rfind('@') {
+        Some(at) => match arg[auth_start..auth_start + at].find(':') {
+            Some(colon) => format!(
+                "{}[MASKED]{}",
+                &arg[..auth_start + colon + 1],
+                &arg[auth_start + at..]
+            ),
+            None => arg.to_owned(),
+        },
+        None => arg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_lose_their_credentials() {
+        let args: Vec<String> = [
+            "curl",
+            "-H",
+            "Authorization: Bearer ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            "--token=ghs_0123456789abcdef0123456789abcdef0123",
+            "https://bob:hunter2@github.com/o/r.git",
+            "https://github.com/o/r.git",
+        ]
+        .map(String::from)
+        .to_vec();
+        let masked = mask_cmdline(&args);
+        assert_eq!(
+            masked,
+            [
+                "curl",
+                "-H",
+                "Authorization: [MASKED]",
+                "--token=[MASKED]",
+                "https://bob:[MASKED]@github.com/o/r.git",
+                "https://github.com/o/r.git"
+            ]
+        );
+    }
+
+    #[test]
+    fn credential_headers_keep_the_scheme_only() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            "Bearer ghp_abcdefghijklmnopqrstuvwxyz0123456789".parse().unwrap(),
+        );
+        h.insert("cookie", "session=abc".parse().unwrap());
+        h.insert("accept", "application/json".parse().unwrap());
+        let m = mask_headers(&h);
+        let get = |n: &str| m.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("authorization"), Some("Bearer [MASKED]"));
+        assert_eq!(get("cookie"), Some("[MASKED]"));
+        assert_eq!(get("accept"), Some("application/json"));
+        assert!(!format!("{m:?}").contains("ghp_"));
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let r = Record::Git(GitOp {
+            session: "s1".into(),
+            exchange: 7,
+            at: 1,
+            service: "git-receive-pack".into(),
+            updates: vec![RefUpdate {
+                old: "0".repeat(40),
+                new: "a".repeat(40),
+                name: "refs/heads/main".into(),
+                op: RefOp::Create,
+            }],
+            pack_len: Some(10),
+            pack_sha256: Some("00".into()),
+            wants: vec![],
+        });
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"type\":\"git\""), "{json}");
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), r);
+    }
+}

@@ -1,0 +1,964 @@
+//! The recorder: turns what the pipeline sees into records and hands them to one writer thread,
+//! which owns the store and the index.
+//!
+//! The proxy never waits on the disk per chunk: chunks are queued. It waits in two places only:
+//! before admitting a new request while more than `max_pending_bytes` are queued (backpressure,
+//! never dropping), and at the end of each exchange until its record has been written (so a
+//! client never sees the end of a response that a kill -9 could lose). While the store cannot
+//! write, new requests are refused with 503 (or, opted in, counted as unrecorded).
+use std::{
+    collections::HashMap,
+    os::fd::{FromRawFd, OwnedFd},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, oneshot};
+use tracing::{error, info, warn};
+
+use super::{
+    git,
+    index::Index,
+    model::{self, BodySummary, Direction, Record, StreamKind},
+    sse,
+    store::{self, Store, StoreOptions},
+};
+use crate::{
+    config::{Config, FsyncPolicy, OnRecordFailure},
+    http::{ConnInfo, EndFuture, Exchange, Outcome, websocket},
+    identity::{self, Caller},
+};
+
+/// What the writer thread is asked to do.
+enum Msg {
+    Records {
+        records: Vec<Record>,
+        bytes: u64,
+        ack: Option<oneshot::Sender<Result<(), String>>>,
+    },
+}
+
+struct Shared {
+    /// Bytes queued for the writer and not yet written.
+    pending: AtomicU64,
+    space: Notify,
+    /// Why the store cannot write, while it cannot.
+    failed: Mutex<Option<String>>,
+    /// Exchanges let through unrecorded (`on_record_failure = "allow"`) since the failure.
+    unrecorded: AtomicU64,
+}
+
+pub struct Recorder {
+    tx: Mutex<mpsc::Sender<Msg>>,
+    shared: Arc<Shared>,
+    body_cap: u64,
+    max_pending: u64,
+    on_failure: OnRecordFailure,
+    /// Sessions seen by this gateway run, with what later exchanges of the session need.
+    sessions: Mutex<HashMap<String, SessionState>>,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// Refs the server advertised in this session, for naming the ids a fetch wants.
+    advertised: Vec<(String, String)>,
+}
+
+/// Settings the writer thread needs.
+struct WriterSettings {
+    fsync: FsyncPolicy,
+    fsync_interval: Duration,
+}
+
+impl Recorder {
+    /// Opens the store (recovering a torn tail) and the index, and starts the writer thread.
+    pub fn start(config: &Config) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context as _;
+        let dir = config.record_dir();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the record directory {}", dir.display()))?;
+        let key = store::load_or_create_key(&key_path(&dir))?;
+        let prune_key = key.clone();
+        let (store, recovery) = Store::open(
+            &dir,
+            key,
+            StoreOptions {
+                segment_bytes: config.record.segment_bytes,
+            },
+        )
+        .with_context(|| format!("cannot open the record store in {}", dir.display()))?;
+        if let Some(r) = &recovery {
+            warn!(
+                segment = r.segment,
+                kept_bytes = r.kept,
+                truncated_bytes = r.truncated,
+                records = r.records,
+                "the record store had a torn tail (the gateway stopped mid-write); it was cut off and a signed recovery record written"
+            );
+        }
+        let mut index = Index::open(&index_path(&dir))
+            .with_context(|| format!("cannot open the record index in {}", dir.display()))?;
+        let caught_up = index
+            .catch_up(&dir)
+            .context("cannot bring the record index up to date with the store")?;
+        if caught_up > 0 {
+            info!(
+                records = caught_up,
+                "indexed records the previous run had not indexed"
+            );
+        }
+        let shared = Arc::new(Shared {
+            pending: AtomicU64::new(0),
+            space: Notify::new(),
+            failed: Mutex::new(None),
+            unrecorded: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel();
+        let settings = WriterSettings {
+            fsync: config.record.fsync,
+            fsync_interval: Duration::from_millis(config.record.fsync_interval_ms),
+        };
+        let writer_shared = shared.clone();
+        let writer = thread::Builder::new()
+            .name("ghgate-recorder".into())
+            .spawn(move || write_forever(store, index, rx, writer_shared, settings))
+            .context("cannot start the recorder thread")?;
+        info!(dir = %dir.display(), "recording sessions");
+        let retention_days = config.record.retention_days;
+        let recorder = Arc::new(Self {
+            tx: Mutex::new(tx),
+            shared,
+            body_cap: config.record.body_cap_bytes,
+            max_pending: config.record.max_pending_bytes,
+            on_failure: config.record.on_record_failure,
+            sessions: Mutex::new(HashMap::new()),
+            writer: Mutex::new(Some(writer)),
+        });
+        if retention_days > 0 {
+            let weak = Arc::downgrade(&recorder);
+            thread::Builder::new()
+                .name("ghgate-retention".into())
+                .spawn(move || retain_forever(dir, prune_key, retention_days, weak))
+                .context("cannot start the retention thread")?;
+        }
+        Ok(recorder)
+    }
+
+    /// Queues records; the returned receiver reports when they are written (or why not).
+    fn submit(&self, records: Vec<Record>, want_ack: bool) -> Option<oneshot::Receiver<Result<(), String>>> {
+        if records.is_empty() && !want_ack {
+            return None;
+        }
+        let bytes: u64 = records.iter().map(approx_size).sum();
+        let (ack, rx) = if want_ack {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        self.shared.pending.fetch_add(bytes, Ordering::Relaxed);
+        let sent = self
+            .tx
+            .lock()
+            .map(|tx| tx.send(Msg::Records { records, bytes, ack }).is_ok());
+        if !matches!(sent, Ok(true)) {
+            self.shared.pending.fetch_sub(bytes, Ordering::Relaxed);
+            error!("the recorder thread is gone; records are not being written");
+        }
+        rx
+    }
+
+    /// Waits until the store has written everything queued so far (used at shutdown).
+    pub async fn flush(&self) -> Result<(), String> {
+        match self.submit(Vec::new(), true) {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the writer after it has written everything queued, and seals the segment.
+    pub fn stop(&self) {
+        // Replacing the sender disconnects the channel once queued messages are drained.
+        if let Ok(mut tx) = self.tx.lock() {
+            *tx = mpsc::channel().0;
+        }
+        if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = h.join();
+        }
+    }
+
+    /// Why the store cannot write right now, if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// A terminated client connection: its session's first record (once per gateway run) and
+    /// the connection's facts.
+    pub fn connection(self: &Arc<Self>, conn: &ConnInfo) {
+        let mut records = Vec::with_capacity(2);
+        self.ensure_session(&conn.session, &conn.caller, &mut records);
+        records.push(Record::Connection(model::Connection {
+            session: conn.session.clone(),
+            conn: conn.id,
+            at: model::now_micros(),
+            client: conn.client.to_string(),
+            orig_dst: conn.orig_dst.to_string(),
+            sni: conn.sni.clone(),
+            client_alpn: alpn(conn.client_proto).into(),
+            upstream_alpn: conn.upstream_proto.map(|p| alpn(p).into()),
+            client_tls: conn.client_tls.clone(),
+            upstream_tls: None,
+        }));
+        self.submit(records, false);
+    }
+
+    /// A connection relayed untouched (not terminated): its facts, once it has ended.
+    pub fn passthrough(self: &Arc<Self>, caller: &Caller, facts: model::Passthrough) {
+        let mut records = Vec::with_capacity(2);
+        self.ensure_session(&facts.session, caller, &mut records);
+        records.push(Record::Passthrough(facts));
+        self.submit(records, false);
+    }
+
+    fn ensure_session(self: &Arc<Self>, session: &str, caller: &Caller, records: &mut Vec<Record>) {
+        let new = match self.sessions.lock() {
+            Ok(mut s) => {
+                if s.contains_key(session) {
+                    false
+                } else {
+                    s.insert(session.to_owned(), SessionState::default());
+                    true
+                }
+            }
+            Err(_) => false,
+        };
+        if !new {
+            return;
+        }
+        records.push(Record::SessionStart(model::SessionStart {
+            session: session.to_owned(),
+            at: model::now_micros(),
+            tgid: caller.tgid,
+            uid: caller.uid,
+            user: identity::user_name(caller.uid),
+            gid: caller.gid,
+            comm: caller.comm.clone(),
+            exe: caller.exe.as_ref().map(|p| p.display().to_string()),
+            cmdline: model::mask_cmdline(&caller.cmdline()),
+            cgroup_id: caller.cgroup_id,
+            cgroup: identity::cgroup_path(caller.tgid),
+            ci: Vec::new(),
+        }));
+        self.watch_exit(session.to_owned(), caller);
+    }
+
+    /// Records the session's end when its process exits (pidfd readability).
+    fn watch_exit(self: &Arc<Self>, session: String, caller: &Caller) {
+        let Some(pidfd) = pidfd_open(caller.tgid) else {
+            return;
+        };
+        // The tgid may have been reused since accept: only watch the same process.
+        if caller.start_ticks.is_none() || identity_start(caller.tgid) != caller.start_ticks {
+            return;
+        }
+        // SAFETY: the AsyncFd owns the pidfd, so it stays open for as long as it is registered.
+        let Ok(fd) = (unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        }) else {
+            return;
+        };
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let _ = fd.readable().await;
+            let Some(me) = me.upgrade() else { return };
+            if let Ok(mut s) = me.sessions.lock() {
+                s.remove(&session);
+            }
+            me.submit(
+                vec![Record::SessionEnd(model::SessionEnd {
+                    session,
+                    at: model::now_micros(),
+                    reason: "exited".into(),
+                })],
+                false,
+            );
+        });
+    }
+
+    /// Admission of a new request: refused while the store cannot write (unless allowed), and
+    /// held while the writer is too far behind.
+    pub async fn admit(&self, ex: &Exchange) -> Option<Response<Bytes>> {
+        // With failures allowed, the request goes on: its head's record fails, and is counted.
+        if self.on_failure == OnRecordFailure::Refuse
+            && let Some(cause) = self.failure()
+        {
+            return Some(refusal(ex, &cause));
+        }
+        let mut waited = None;
+        while self.shared.pending.load(Ordering::Relaxed) > self.max_pending {
+            let since = *waited.get_or_insert_with(Instant::now);
+            // Re-check on a timer too: a wake-up between the load and the wait is not lost.
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.shared.space.notified()).await;
+            if since.elapsed() > Duration::from_secs(5) && since.elapsed().as_millis() % 5000 < 50 {
+                warn!(
+                    pending = self.shared.pending.load(Ordering::Relaxed),
+                    "requests wait for the recorder to catch up"
+                );
+            }
+        }
+        None
+    }
+
+    /// Per-exchange recording state.
+    pub fn exchange(self: &Arc<Self>, ex: &Exchange) -> ExchangeRecording {
+        let path = ex.url.splitn(4, '/').nth(3).unwrap_or("");
+        let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
+        let git = if ex.method == http::Method::POST && path_only.ends_with("/git-receive-pack") {
+            GitKind::Push
+        } else if ex.method == http::Method::POST && path_only.ends_with("/git-upload-pack") {
+            GitKind::Fetch
+        } else if ex.method == http::Method::GET
+            && path_only.ends_with("/info/refs")
+            && query.contains("service=git-")
+        {
+            GitKind::Advertisement
+        } else {
+            GitKind::None
+        };
+        ExchangeRecording {
+            recorder: self.clone(),
+            session: ex.conn.session.clone(),
+            id: ex.id,
+            started_at: model::now_micros(),
+            git,
+            heads: Mutex::new(Heads::default()),
+            request: Mutex::new(BodyRecording::new(Direction::Request, self.body_cap)),
+            response: Mutex::new(BodyRecording::new(Direction::Response, self.body_cap)),
+            ws_index: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The answer to a request the store cannot record: 503, naming the cause.
+fn refusal(ex: &Exchange, cause: &str) -> Response<Bytes> {
+    warn!(exchange = ex.id, url = %ex.url, cause = %cause, "request refused: the session recorder cannot write");
+    let mut resp = Response::new(Bytes::from(format!(
+        "ghgate: this request was not forwarded because the session recorder cannot write: {cause}\n"
+    )));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+    resp
+}
+
+pub fn key_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("recorder.key")
+}
+
+pub fn index_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("index.sqlite")
+}
+
+fn alpn(p: crate::tls::upstream::Proto) -> &'static str {
+    match p {
+        crate::tls::upstream::Proto::Http1 => "http/1.1",
+        crate::tls::upstream::Proto::Http2 => "h2",
+    }
+}
+
+fn identity_start(tgid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn pidfd_open(tgid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, libc::O_NONBLOCK) };
+    // SAFETY: a non-negative return is a descriptor this process now owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Roughly what a record costs in the queue (for backpressure, not for accounting).
+fn approx_size(r: &Record) -> u64 {
+    match r {
+        Record::BodyChunk(c) => c.data.len() as u64 + 128,
+        Record::StreamEvent(e) => e.data.len() as u64 + 128,
+        _ => 512,
+    }
+}
+
+/// The writer thread: batches what is queued into one write, indexes it, syncs per policy,
+/// and acknowledges.
+fn write_forever(
+    mut store: Store,
+    mut index: Index,
+    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
+    settings: WriterSettings,
+) {
+    // Indexing runs on its own thread, off the path of the acknowledgements.
+    let (to_index, indexed) = mpsc::channel::<Vec<(store::Position, Record)>>();
+    let indexer = thread::Builder::new()
+        .name("ghgate-indexer".into())
+        .spawn(move || {
+            while let Ok(mut items) = indexed.recv() {
+                // Whatever has queued up meanwhile goes in the same transaction.
+                while let Ok(more) = indexed.try_recv() {
+                    items.extend(more);
+                }
+                if let Err(e) = index.add_batch(&items) {
+                    // Derived data: the next batch catches it up; `ghgate sessions reindex` rebuilds it.
+                    warn!(error = %e, "cannot index recorded records; they are in the store");
+                }
+            }
+        })
+        .expect("spawn the indexer thread");
+    let mut dirty = false;
+    let mut last_sync = Instant::now();
+    let mut batch = Vec::new();
+    let mut acks = Vec::new();
+    loop {
+        let failed = shared.failed.lock().map(|f| f.is_some()).unwrap_or(false);
+        let wait = if failed {
+            Duration::from_secs(1)
+        } else {
+            settings.fsync_interval
+        };
+        let first = match rx.recv_timeout(wait) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut bytes = 0;
+        if let Some(first) = first {
+            let mut next = Some(first);
+            while let Some(Msg::Records {
+                records,
+                bytes: b,
+                ack,
+            }) = next
+            {
+                batch.extend(records);
+                bytes += b;
+                acks.extend(ack);
+                // Bounded, so one write's buffer stays small however far behind the queue is.
+                if batch.len() >= 4096 || bytes >= 4 << 20 {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+        }
+        if failed && batch.is_empty() {
+            // Probe: once a signed checkpoint can be written again, the store is back.
+            if store.checkpoint().is_ok() {
+                recovered(&mut store, &shared);
+            }
+            continue;
+        }
+        let mut written = Vec::new();
+        if !batch.is_empty() {
+            match store.append_batch(&batch) {
+                Ok(positions) => {
+                    if failed {
+                        recovered(&mut store, &shared);
+                    }
+                    written = positions.into_iter().zip(batch.drain(..)).collect();
+                    dirty = true;
+                }
+                Err(e) => {
+                    let cause = e.to_string();
+                    if !failed {
+                        error!(cause = %cause, "the session recorder cannot write; new requests are refused until it can");
+                    }
+                    if let Ok(mut f) = shared.failed.lock() {
+                        *f = Some(cause.clone());
+                    }
+                    batch.clear();
+                    for ack in acks.drain(..) {
+                        let _ = ack.send(Err(format!("the session recorder cannot write: {cause}")));
+                    }
+                }
+            }
+        }
+        let due = match settings.fsync {
+            FsyncPolicy::Exchange => !acks.is_empty(),
+            FsyncPolicy::Interval => last_sync.elapsed() >= settings.fsync_interval,
+        };
+        if dirty && due {
+            if let Err(e) = store.sync() {
+                warn!(error = %e, "cannot sync the record store");
+            }
+            dirty = false;
+            last_sync = Instant::now();
+        }
+        // Written (and synced, where the policy says so): the exchanges may complete. Indexing
+        // comes after, off their path.
+        for ack in acks.drain(..) {
+            let _ = ack.send(Ok(()));
+        }
+        shared.pending.fetch_sub(bytes, Ordering::Relaxed);
+        shared.space.notify_waiters();
+        if !written.is_empty() {
+            let _ = to_index.send(written);
+        }
+    }
+    drop(to_index);
+    let _ = indexer.join();
+    if let Err(e) = store.close() {
+        warn!(error = %e, "cannot seal the record store at shutdown");
+    }
+}
+
+/// Retention: at start and daily, whole sealed segments older than `days` are pruned; the signed
+/// tombstone is also recorded in the chain, and the index forgets the segments.
+fn retain_forever(
+    dir: PathBuf,
+    key: ed25519_dalek::SigningKey,
+    days: u64,
+    recorder: std::sync::Weak<Recorder>,
+) {
+    loop {
+        let Some(me) = recorder.upgrade() else { return };
+        let cutoff = model::now_micros().saturating_sub(days * 86_400_000_000);
+        match store::prune(&dir, &key, cutoff, &format!("retention: older than {days}d")) {
+            Ok(report) => {
+                if let (Some((first, last)), Some(tombstone)) = (report.pruned, report.tombstone) {
+                    info!(
+                        first_segment = first,
+                        last_segment = last,
+                        "pruned sessions past retention"
+                    );
+                    me.submit(vec![Record::Tombstone(tombstone)], false);
+                    match Index::open(&index_path(&dir)) {
+                        Ok(mut index) => {
+                            if let Err(e) = index.forget_segments(first, last) {
+                                warn!(error = %e, "cannot drop pruned segments from the index (run `ghgate sessions reindex`)");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "cannot open the index to drop pruned segments"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "retention pruning failed; will retry"),
+        }
+        drop(me);
+        thread::sleep(Duration::from_secs(86_400));
+    }
+}
+
+fn recovered(store: &mut Store, shared: &Shared) {
+    let cause = shared.failed.lock().ok().and_then(|mut f| f.take());
+    let passed = shared.unrecorded.swap(0, Ordering::Relaxed);
+    info!(unrecorded = passed, "the session recorder can write again");
+    if passed > 0 {
+        let _ = store.append(&Record::Unrecorded(model::Unrecorded {
+            at: model::now_micros(),
+            exchanges: passed,
+            cause: cause.unwrap_or_default(),
+        }));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GitKind {
+    None,
+    Push,
+    Fetch,
+    Advertisement,
+}
+
+#[derive(Default)]
+struct Heads {
+    request_headers: Vec<(String, String)>,
+    response_headers: Vec<(String, String)>,
+    http_version: String,
+}
+
+/// One direction of one exchange.
+struct BodyRecording {
+    dir: Direction,
+    cap: u64,
+    len: u64,
+    hash: Sha256,
+    content_type: Option<String>,
+    sse: Option<sse::SseParser>,
+    sse_index: u64,
+    push: Option<git::Decoded<git::ReceivePackRequest>>,
+    fetch: Option<git::Decoded<git::UploadPackRequest>>,
+    advertisement: Option<git::Decoded<git::Advertisement>>,
+}
+
+impl BodyRecording {
+    fn new(dir: Direction, cap: u64) -> Self {
+        Self {
+            dir,
+            cap,
+            len: 0,
+            hash: Sha256::new(),
+            content_type: None,
+            sse: None,
+            sse_index: 0,
+            push: None,
+            fetch: None,
+            advertisement: None,
+        }
+    }
+
+    fn summary(&mut self) -> BodySummary {
+        BodySummary {
+            len: self.len,
+            sha256: hex::encode(std::mem::take(&mut self.hash).finalize()),
+            stored: self.len.min(self.cap),
+            content_type: self.content_type.clone(),
+        }
+    }
+}
+
+/// What the recorder keeps for one exchange while it passes.
+pub struct ExchangeRecording {
+    recorder: Arc<Recorder>,
+    session: String,
+    id: u64,
+    started_at: model::Micros,
+    git: GitKind,
+    heads: Mutex<Heads>,
+    request: Mutex<BodyRecording>,
+    response: Mutex<BodyRecording>,
+    ws_index: AtomicU64,
+}
+
+fn header(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+impl ExchangeRecording {
+    /// Records the request head and waits until it is written: `Some` answers the client
+    /// instead (503) when it cannot be.
+    pub async fn request_head(&self, ex: &Exchange, req: &http::request::Parts) -> Option<Response<Bytes>> {
+        self.note_request_head(req);
+        let ack = self.recorder.submit(
+            vec![Record::Request(model::RequestStart {
+                session: self.session.clone(),
+                conn: ex.conn.id,
+                exchange: self.id,
+                at: self.started_at,
+                method: ex.method.to_string(),
+                url: ex.url.clone(),
+            })],
+            true,
+        );
+        let written = match ack {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
+            None => Err("the recorder is not running".into()),
+        };
+        match written {
+            Ok(()) => None,
+            Err(cause) => match self.recorder.on_failure {
+                OnRecordFailure::Refuse => Some(refusal(ex, &cause)),
+                OnRecordFailure::Allow => {
+                    let n = self.recorder.shared.unrecorded.fetch_add(1, Ordering::Relaxed) + 1;
+                    warn!(exchange = ex.id, url = %ex.url, cause = %cause, unrecorded = n,
+                          "request passes UNRECORDED: the session recorder cannot write (on_record_failure = \"allow\")");
+                    None
+                }
+            },
+        }
+    }
+
+    fn note_request_head(&self, req: &http::request::Parts) {
+        if let Ok(mut h) = self.heads.lock() {
+            h.request_headers = model::mask_headers(&req.headers);
+            h.http_version = format!("{:?}", req.version);
+        }
+        let encoding = header(&req.headers, http::header::CONTENT_ENCODING);
+        if let Ok(mut b) = self.request.lock() {
+            b.content_type = header(&req.headers, http::header::CONTENT_TYPE);
+            match self.git {
+                GitKind::Push => {
+                    b.push = Some(git::Decoded::new(
+                        git::ReceivePackRequest::new(),
+                        encoding.as_deref(),
+                    ))
+                }
+                GitKind::Fetch => {
+                    b.fetch = Some(git::Decoded::new(
+                        git::UploadPackRequest::new(),
+                        encoding.as_deref(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn response_head(&self, resp: &http::response::Parts) {
+        if let Ok(mut h) = self.heads.lock() {
+            h.response_headers = model::mask_headers(&resp.headers);
+        }
+        let content_type = header(&resp.headers, http::header::CONTENT_TYPE);
+        let encoding = header(&resp.headers, http::header::CONTENT_ENCODING);
+        let ls_refs = self.git == GitKind::Fetch
+            && self
+                .request
+                .lock()
+                .ok()
+                .and_then(|mut b| b.fetch.as_mut().map(|f| f.inner().command() == "ls-refs"))
+                .unwrap_or(false);
+        if let Ok(mut b) = self.response.lock() {
+            if content_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with("text/event-stream"))
+            {
+                b.sse = Some(sse::SseParser::new());
+            }
+            if self.git == GitKind::Advertisement || ls_refs {
+                b.advertisement = Some(git::Decoded::new(git::Advertisement::new(), encoding.as_deref()));
+            }
+            b.content_type = content_type;
+        }
+    }
+
+    /// One chunk of a body, as it passes (after masking). `Err` while the store cannot write
+    /// (and failures are not allowed): the body stops rather than pass unrecorded. When the chunk
+    /// made records (stored body bytes, SSE events), the returned future completes once they
+    /// are written: the peer never receives bytes the record does not hold.
+    pub fn chunk(&self, dir: Direction, chunk: &Bytes) -> Result<Option<EndFuture>, String> {
+        if self.recorder.on_failure == OnRecordFailure::Refuse
+            && let Some(cause) = self.recorder.failure()
+        {
+            return Err(format!("stopped: the session recorder cannot write: {cause}"));
+        }
+        let side = match dir {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        };
+        let Ok(mut b) = side.lock() else {
+            return Ok(None);
+        };
+        let offset = b.len;
+        b.hash.update(chunk);
+        b.len += chunk.len() as u64;
+        let mut records = Vec::new();
+        if offset < b.cap {
+            let keep = (b.cap - offset).min(chunk.len() as u64) as usize;
+            records.push(Record::BodyChunk(model::BodyChunk {
+                session: self.session.clone(),
+                exchange: self.id,
+                dir: b.dir,
+                at: model::now_micros(),
+                offset,
+                data: B64.encode(&chunk[..keep]),
+            }));
+        }
+        if let Some(p) = b.push.as_mut() {
+            p.feed(chunk);
+        }
+        if let Some(p) = b.fetch.as_mut() {
+            p.feed(chunk);
+        }
+        if let Some(p) = b.advertisement.as_mut() {
+            p.feed(chunk);
+        }
+        let mut index = b.sse_index;
+        if let Some(parser) = b.sse.as_mut() {
+            for event in parser.feed(chunk) {
+                records.push(Record::StreamEvent(model::StreamEvent {
+                    session: self.session.clone(),
+                    exchange: self.id,
+                    kind: StreamKind::Sse,
+                    dir,
+                    at: model::now_micros(),
+                    index,
+                    name: event.event,
+                    data: event.data,
+                    truncated_from: event.truncated_from,
+                }));
+                index += 1;
+            }
+        }
+        b.sse_index = index;
+        drop(b);
+        if records.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.recorder.submit(records, true).map(|rx| self.written(rx)))
+    }
+
+    /// Waits for an acknowledgement; with failures allowed, a failed write lets the bytes pass.
+    fn written(&self, rx: oneshot::Receiver<Result<(), String>>) -> EndFuture {
+        let allow = self.recorder.on_failure == OnRecordFailure::Allow;
+        Box::pin(async move {
+            match rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())) {
+                Err(why) if allow => {
+                    warn!(cause = %why, "body bytes passed UNRECORDED (on_record_failure = \"allow\")");
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+    }
+
+    pub fn websocket_message(&self, dir: websocket::Direction, msg: &websocket::Message) {
+        let text = msg.opcode == 1;
+        let data = if text {
+            String::from_utf8_lossy(&msg.payload).into_owned()
+        } else {
+            B64.encode(&msg.payload)
+        };
+        let record = Record::StreamEvent(model::StreamEvent {
+            session: self.session.clone(),
+            exchange: self.id,
+            kind: StreamKind::WebSocket,
+            dir: match dir {
+                websocket::Direction::Up => Direction::Request,
+                websocket::Direction::Down => Direction::Response,
+            },
+            at: model::now_micros(),
+            index: self.ws_index.fetch_add(1, Ordering::Relaxed),
+            name: Some(msg.kind().into()),
+            data,
+            truncated_from: ((msg.payload.len() as u64) < msg.len).then_some(msg.len),
+        });
+        self.recorder.submit(vec![record], false);
+    }
+
+    /// The exchange has ended: its record (and any git operation), acknowledged once written.
+    pub fn finish(&self, ex: &Exchange, outcome: &Outcome) -> EndFuture {
+        let mut records = Vec::with_capacity(2);
+        let (request_body, push, fetch) = match self.request.lock() {
+            Ok(mut b) => (b.summary(), b.push.take(), b.fetch.take()),
+            Err(_) => (BodySummary::default(), None, None),
+        };
+        let (response_body, advertisement) = match self.response.lock() {
+            Ok(mut b) => {
+                let index = b.sse_index;
+                if let Some(p) = b.sse.as_mut()
+                    && let Some(event) = p.finish()
+                {
+                    records.push(Record::StreamEvent(model::StreamEvent {
+                        session: self.session.clone(),
+                        exchange: self.id,
+                        kind: StreamKind::Sse,
+                        dir: Direction::Response,
+                        at: model::now_micros(),
+                        index,
+                        name: event.event,
+                        data: event.data,
+                        truncated_from: event.truncated_from,
+                    }));
+                }
+                (b.summary(), b.advertisement.take())
+            }
+            Err(_) => (BodySummary::default(), None),
+        };
+        let at = model::now_micros();
+        if let Some(adv) = advertisement {
+            let refs = adv.finish().into_refs();
+            if let Ok(mut s) = self.recorder.sessions.lock()
+                && let Some(state) = s.get_mut(&self.session)
+            {
+                state.advertised = refs;
+            }
+        }
+        if let Some(push) = push {
+            let p = push.finish();
+            records.push(Record::Git(model::GitOp {
+                session: self.session.clone(),
+                exchange: self.id,
+                at,
+                service: "git-receive-pack".into(),
+                updates: p.updates,
+                pack_len: p.pack_len,
+                pack_sha256: p.pack_sha256,
+                wants: Vec::new(),
+            }));
+        }
+        if let Some(fetch) = fetch {
+            let f = fetch.finish();
+            if !f.wants.is_empty() {
+                let advertised = self
+                    .recorder
+                    .sessions
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.get(&self.session).map(|st| st.advertised.clone()))
+                    .unwrap_or_default();
+                records.push(Record::Git(model::GitOp {
+                    session: self.session.clone(),
+                    exchange: self.id,
+                    at,
+                    service: "git-upload-pack".into(),
+                    updates: Vec::new(),
+                    pack_len: None,
+                    pack_sha256: None,
+                    wants: git::wants_with_refs(&f.wants, &advertised),
+                }));
+            }
+        }
+        let heads = self
+            .heads
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default();
+        records.push(Record::Exchange(model::Exchange {
+            session: self.session.clone(),
+            conn: ex.conn.id,
+            exchange: self.id,
+            started_at: self.started_at,
+            method: ex.method.to_string(),
+            url: ex.url.clone(),
+            http_version: heads.http_version,
+            status: outcome.status,
+            request_headers: heads.request_headers,
+            response_headers: heads.response_headers,
+            request_body,
+            response_body,
+            ttfb_us: outcome.ttfb.as_micros() as u64,
+            duration_us: outcome.duration.as_micros() as u64,
+            answered_by: outcome.answered_by.into(),
+            error: outcome.error.clone(),
+        }));
+        let ack = self.recorder.submit(records, true);
+        let allow = self.recorder.on_failure == OnRecordFailure::Allow;
+        let shared = self.recorder.shared.clone();
+        let (id, url) = (self.id, ex.url.clone());
+        Box::pin(async move {
+            let written = match ack {
+                Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
+                None => Err("the recorder is not running".into()),
+            };
+            match written {
+                Err(why) if allow => {
+                    // Counted once, when its request passed (or here, if the store failed since).
+                    let n = shared.unrecorded.load(Ordering::Relaxed);
+                    warn!(exchange = id, url = %url, cause = %why, unrecorded = n,
+                          "exchange completed UNRECORDED (on_record_failure = \"allow\")");
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+    }
+}

@@ -1,0 +1,1212 @@
+//! One session rebuilt from its records: the exchanges with their reassembled bodies, stream
+//! events and git operations, the connections and passthrough relays, and a timeline of all of it.
+//! `ghgate sessions show`, `replay` and the exports all start from a `SessionView`.
+//!
+//! It only reads what was recorded; it never invents a fact the records do not hold (an exchange
+//! that never finished stays visibly unfinished), and text rendered for a terminal never carries
+//! the recorded bytes' control characters through.
+use std::{collections::HashMap, fmt::Write as _, path::Path};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+
+use super::{
+    index::{Index, IndexError, RecordSource, StoreDir},
+    model::{
+        Connection, Direction, Exchange, GitOp, Micros, Passthrough, Record, RefOp, RequestStart, SessionEnd,
+        SessionStart, StreamEvent, StreamKind,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no records were given for the session")]
+    Empty,
+    #[error("records of two sessions were mixed: {first:?} and {other:?}")]
+    Mixed { first: String, other: String },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("cannot read record at segment {segment} offset {offset} of session {session}: {cause}")]
+    Store {
+        session: String,
+        segment: u64,
+        offset: u64,
+        cause: String,
+    },
+    #[error(
+        "the index says segment {segment} offset {offset} holds a record of session {session}, but the \
+         record there belongs to {found}; the index is stale: run `ghgate sessions reindex`"
+    )]
+    Stale {
+        session: String,
+        segment: u64,
+        offset: u64,
+        found: String,
+    },
+}
+
+/// A session as its records tell it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub start: SessionStart,
+    /// False when the session's first record is not among its records (pruned by retention):
+    /// `start` then holds only the id and the first time seen.
+    pub start_recorded: bool,
+    pub end: Option<SessionEnd>,
+    pub connections: Vec<Connection>,
+    /// In the order their first record was written.
+    pub exchanges: Vec<ExchangeView>,
+    pub passthrough: Vec<Passthrough>,
+}
+
+/// One exchange: its final record when it finished, and whatever was recorded while it ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeView {
+    pub id: u64,
+    /// Written before the request was forwarded (None in stores older than that record).
+    pub request: Option<RequestStart>,
+    /// None when the exchange never finished (the gateway was stopped mid-stream): its request,
+    /// chunks, events and git operations are still here, its status and timings are not.
+    pub exchange: Option<Exchange>,
+    /// The stored part of each body, reassembled by offset up to the first missing chunk.
+    pub request_body: Vec<u8>,
+    pub response_body: Vec<u8>,
+    /// In stream order.
+    pub events: Vec<StreamEvent>,
+    pub git: Vec<GitOp>,
+    /// When its first record says it began.
+    pub first_at: Micros,
+    /// What did not add up while reassembling (missing or conflicting chunks).
+    pub notes: Vec<String>,
+}
+
+/// Text of a streamed completion, reassembled from its SSE events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// Which part of the answer: "choice 0", "content block 1", "thinking (block 0)", …
+    pub part: String,
+    pub text: String,
+}
+
+/// One fact of a session at the time it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineItem<'a> {
+    pub at: Micros,
+    pub fact: Fact<'a>,
+    /// The fact on one line, safe for a terminal (what `replay` prints).
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fact<'a> {
+    SessionStart(&'a SessionStart),
+    Connection(&'a Connection),
+    /// The exchange began (its first record, or its start time once finished).
+    Request(&'a ExchangeView),
+    /// The response head reached the client (finished exchanges only).
+    ResponseHead(&'a ExchangeView),
+    Event(&'a ExchangeView, &'a StreamEvent),
+    Git(&'a ExchangeView, &'a GitOp),
+    /// The response body ended (finished exchanges only).
+    ExchangeEnd(&'a ExchangeView),
+    Passthrough(&'a Passthrough),
+    SessionEnd(&'a SessionEnd),
+}
+
+#[derive(Default)]
+struct Body {
+    chunks: Vec<(u64, Vec<u8>)>,
+    bad: Vec<String>,
+}
+
+impl SessionView {
+    /// Rebuilds a session from its records, in store order. Records that belong to no session
+    /// (recovery, tombstones) are ignored; records of another session are an error.
+    pub fn from_records(records: impl IntoIterator<Item = Record>) -> Result<SessionView, SessionError> {
+        let mut id: Option<String> = None;
+        let mut first_at = None;
+        let mut start = None;
+        let mut end = None;
+        let mut connections = Vec::new();
+        let mut passthrough = Vec::new();
+        let mut order: Vec<u64> = Vec::new();
+        let mut exchanges: HashMap<u64, Parts> = HashMap::new();
+        for record in records {
+            let Some(session) = record.session() else { continue };
+            match &id {
+                None => id = Some(session.to_owned()),
+                Some(first) if first != session => {
+                    return Err(SessionError::Mixed {
+                        first: first.clone(),
+                        other: session.to_owned(),
+                    });
+                }
+                Some(_) => {}
+            }
+            first_at.get_or_insert(record.at());
+            match record {
+                Record::SessionStart(s) => {
+                    start.get_or_insert(s);
+                }
+                Record::SessionEnd(e) => end = Some(e),
+                Record::Connection(c) => connections.push(c),
+                Record::Passthrough(p) => passthrough.push(p),
+                Record::Request(r) => {
+                    let (view, _, _) = exchange_entry(&mut exchanges, &mut order, r.exchange, r.at);
+                    view.first_at = view.first_at.min(r.at);
+                    view.request = Some(r);
+                }
+                Record::Exchange(x) => {
+                    let (view, _, _) = exchange_entry(&mut exchanges, &mut order, x.exchange, x.started_at);
+                    view.first_at = view.first_at.min(x.started_at);
+                    view.exchange = Some(x);
+                }
+                Record::BodyChunk(c) => {
+                    let (_, req, resp) = exchange_entry(&mut exchanges, &mut order, c.exchange, c.at);
+                    let body = match c.dir {
+                        Direction::Request => req,
+                        Direction::Response => resp,
+                    };
+                    match B64.decode(c.data.as_bytes()) {
+                        Ok(bytes) => body.chunks.push((c.offset, bytes)),
+                        Err(e) => body
+                            .bad
+                            .push(format!("a chunk at offset {} is not base64 ({e})", c.offset)),
+                    }
+                }
+                Record::StreamEvent(e) => exchange_entry(&mut exchanges, &mut order, e.exchange, e.at)
+                    .0
+                    .events
+                    .push(e),
+                Record::Git(g) => exchange_entry(&mut exchanges, &mut order, g.exchange, g.at)
+                    .0
+                    .git
+                    .push(g),
+                Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => {}
+            }
+        }
+        let id = id.ok_or(SessionError::Empty)?;
+        let start_recorded = start.is_some();
+        let start = start.unwrap_or_else(|| SessionStart {
+            session: id.clone(),
+            at: first_at.unwrap_or(0),
+            tgid: 0,
+            uid: 0,
+            user: None,
+            gid: 0,
+            comm: String::new(),
+            exe: None,
+            cmdline: Vec::new(),
+            cgroup_id: 0,
+            cgroup: None,
+            ci: Vec::new(),
+        });
+        let exchanges = order
+            .into_iter()
+            .filter_map(|ex| exchanges.remove(&ex))
+            .map(|(mut view, req, resp)| {
+                view.request_body = assemble(req, "request", &mut view.notes);
+                view.response_body = assemble(resp, "response", &mut view.notes);
+                // Each stream numbers its events (a WebSocket's two directions share one counter).
+                view.events.sort_by_key(|e| e.index);
+                view
+            })
+            .collect();
+        Ok(SessionView {
+            start,
+            start_recorded,
+            end,
+            connections,
+            exchanges,
+            passthrough,
+        })
+    }
+
+    /// Reads the session `id` (or a unique id prefix) through the index from the store.
+    pub fn load(store_dir: &Path, index: &Index, id: &str) -> Result<SessionView, SessionError> {
+        SessionView::load_from(&StoreDir(store_dir), index, id)
+    }
+
+    /// `load`, from any source of records.
+    pub fn load_from(
+        source: &dyn RecordSource,
+        index: &Index,
+        id: &str,
+    ) -> Result<SessionView, SessionError> {
+        let session = index.resolve(id)?;
+        let mut records = Vec::new();
+        for (segment, offset) in index.session_records(&session)? {
+            let (_, record) = source
+                .read_at(segment, offset)
+                .map_err(|cause| SessionError::Store {
+                    session: session.clone(),
+                    segment,
+                    offset,
+                    cause,
+                })?;
+            if record.session() != Some(session.as_str()) {
+                return Err(SessionError::Stale {
+                    session,
+                    segment,
+                    offset,
+                    found: record.session().unwrap_or("no session").to_owned(),
+                });
+            }
+            records.push(record);
+        }
+        SessionView::from_records(records)
+    }
+
+    /// Every fact in time order; facts at the same time keep the order the session produced them.
+    pub fn timeline(&self) -> Vec<TimelineItem<'_>> {
+        let mut items = Vec::new();
+        let mut push = |at, fact| {
+            items.push(TimelineItem {
+                at,
+                fact,
+                text: describe(&fact),
+            })
+        };
+        if self.start_recorded {
+            push(self.start.at, Fact::SessionStart(&self.start));
+        }
+        for c in &self.connections {
+            push(c.at, Fact::Connection(c));
+        }
+        for x in &self.exchanges {
+            push(x.first_at, Fact::Request(x));
+            if let Some(e) = &x.exchange {
+                push(e.started_at + e.ttfb_us, Fact::ResponseHead(x));
+            }
+            for ev in &x.events {
+                push(ev.at, Fact::Event(x, ev));
+            }
+            for g in &x.git {
+                push(g.at, Fact::Git(x, g));
+            }
+            if let Some(e) = &x.exchange {
+                push(e.started_at + e.duration_us, Fact::ExchangeEnd(x));
+            }
+        }
+        for p in &self.passthrough {
+            push(p.at, Fact::Passthrough(p));
+        }
+        if let Some(e) = &self.end {
+            push(e.at, Fact::SessionEnd(e));
+        }
+        items.sort_by_key(|i| i.at);
+        items
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &str {
+        &self.start.session
+    }
+}
+
+impl ExchangeView {
+    /// Where the exchange started: its recorded start, or its first record when unfinished.
+    pub fn started_at(&self) -> Micros {
+        match (&self.exchange, &self.request) {
+            (Some(e), _) => e.started_at,
+            (None, Some(r)) => r.at,
+            (None, None) => self.first_at,
+        }
+    }
+
+    /// The request method, when its request or final record was kept.
+    pub fn method(&self) -> Option<&str> {
+        self.exchange
+            .as_ref()
+            .map(|e| e.method.as_str())
+            .or(self.request.as_ref().map(|r| r.method.as_str()))
+    }
+
+    /// The request URL, when its request or final record was kept.
+    pub fn url(&self) -> Option<&str> {
+        self.exchange
+            .as_ref()
+            .map(|e| e.url.as_str())
+            .or(self.request.as_ref().map(|r| r.url.as_str()))
+    }
+
+    /// The text streamed back in SSE events, per choice or content block, for the common LLM
+    /// streaming formats: OpenAI chat and completions (`choices[].delta.content`,
+    /// `choices[].text`), the OpenAI Responses API (`response.output_text.delta`) and Anthropic
+    /// messages (`content_block_delta`).
+    pub fn completions(&self) -> Vec<Completion> {
+        let mut parts: Vec<Completion> = Vec::new();
+        let mut add = |part: String, text: &str| {
+            if text.is_empty() {
+                return;
+            }
+            match parts.iter_mut().find(|c| c.part == part) {
+                Some(c) => c.text.push_str(text),
+                None => parts.push(Completion {
+                    part,
+                    text: text.to_owned(),
+                }),
+            }
+        };
+        for e in &self.events {
+            if e.kind != StreamKind::Sse || e.dir != Direction::Response {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(e.data.trim()) else {
+                continue;
+            };
+            let str_at = |v: &serde_json::Value, path: &[&str]| {
+                path.iter()
+                    .try_fold(v, |v, k| v.get(k))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            match v.get("type").and_then(|t| t.as_str()) {
+                Some("content_block_delta") => {
+                    let block = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
+                    if let Some(t) = str_at(&v, &["delta", "text"]) {
+                        add(format!("content block {block}"), &t);
+                    } else if let Some(t) = str_at(&v, &["delta", "thinking"]) {
+                        add(format!("thinking (block {block})"), &t);
+                    } else if let Some(t) = str_at(&v, &["delta", "partial_json"]) {
+                        add(format!("tool input (block {block})"), &t);
+                    }
+                    continue;
+                }
+                Some("response.output_text.delta") => {
+                    let out = v.get("output_index").and_then(|i| i.as_u64()).unwrap_or(0);
+                    if let Some(t) = str_at(&v, &["delta"]) {
+                        add(format!("output {out}"), &t);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
+                for (n, choice) in choices.iter().enumerate() {
+                    let i = choice.get("index").and_then(|i| i.as_u64()).unwrap_or(n as u64);
+                    if let Some(t) =
+                        str_at(choice, &["delta", "content"]).or_else(|| str_at(choice, &["text"]))
+                    {
+                        add(format!("choice {i}"), &t);
+                    }
+                }
+            }
+        }
+        parts
+    }
+}
+
+type Parts = (ExchangeView, Body, Body);
+
+fn exchange_entry<'m>(
+    exchanges: &'m mut HashMap<u64, Parts>,
+    order: &mut Vec<u64>,
+    ex: u64,
+    at: Micros,
+) -> &'m mut Parts {
+    exchanges.entry(ex).or_insert_with(|| {
+        order.push(ex);
+        let view = ExchangeView {
+            id: ex,
+            request: None,
+            exchange: None,
+            request_body: Vec::new(),
+            response_body: Vec::new(),
+            events: Vec::new(),
+            git: Vec::new(),
+            first_at: at,
+            notes: Vec::new(),
+        };
+        (view, Body::default(), Body::default())
+    })
+}
+
+/// One line for a fact, as `replay` prints it.
+fn describe(fact: &Fact<'_>) -> String {
+    let request = |x: &ExchangeView| {
+        format!(
+            "{} {}",
+            one_line(x.method().unwrap_or("?"), 20),
+            one_line(x.url().unwrap_or("(URL not recorded)"), 300)
+        )
+    };
+    match *fact {
+        Fact::SessionStart(s) => format!(
+            "session started: {} (pid {}, uid {}) {}",
+            one_line(&s.comm, 40),
+            s.tgid,
+            s.uid,
+            one_line(&s.cmdline.join(" "), 200)
+        ),
+        Fact::SessionEnd(e) => format!("session ended ({})", one_line(&e.reason, 80)),
+        Fact::Connection(c) => format!(
+            "connection {} → {} sni {} alpn {}",
+            one_line(&c.client, 80),
+            one_line(&c.orig_dst, 80),
+            one_line(&c.sni, 200),
+            one_line(&c.client_alpn, 20)
+        ),
+        Fact::Request(x) => format!("→ {}", request(x)),
+        Fact::ResponseHead(x) => {
+            let e = x.exchange.as_ref();
+            format!("← {} {}", e.map_or(0, |e| e.status), request(x))
+        }
+        Fact::Event(_, ev) => {
+            let dir = match (&ev.kind, ev.dir) {
+                (StreamKind::Sse, _) => "event",
+                (StreamKind::WebSocket, Direction::Request) => "ws →",
+                (StreamKind::WebSocket, Direction::Response) => "ws ←",
+            };
+            format!(
+                "  {dir} {}  {}",
+                one_line(ev.name.as_deref().unwrap_or("message"), 60),
+                one_line(&ev.data, 120)
+            )
+        }
+        Fact::Git(_, g) => {
+            let mut parts: Vec<String> = g
+                .updates
+                .iter()
+                .map(|u| {
+                    format!(
+                        "push {} {} {} → {}",
+                        one_line(&u.name, 200),
+                        ref_op(u.op),
+                        one_line(short_oid(&u.old), 7),
+                        one_line(short_oid(&u.new), 7)
+                    )
+                })
+                .collect();
+            if !g.wants.is_empty() {
+                parts.push(format!("fetch {} objects", g.wants.len()));
+            }
+            if parts.is_empty() {
+                parts.push(one_line(&g.service, 40));
+            }
+            format!("  git {}", parts.join("; "))
+        }
+        Fact::ExchangeEnd(x) => {
+            let e = x.exchange.as_ref();
+            format!(
+                "✓ {} {}  ↓{} in {}",
+                e.map_or(0, |e| e.status),
+                request(x),
+                size(e.map_or(0, |e| e.response_body.len)),
+                duration(e.map_or(0, |e| e.duration_us))
+            )
+        }
+        Fact::Passthrough(p) => format!(
+            "passthrough {} → {} ({})  ↑{} ↓{}",
+            one_line(&p.client, 80),
+            one_line(&p.orig_dst, 80),
+            one_line(&p.reason, 80),
+            size(p.bytes_up),
+            size(p.bytes_down)
+        ),
+    }
+}
+
+fn assemble(mut body: Body, what: &str, notes: &mut Vec<String>) -> Vec<u8> {
+    notes.extend(body.bad.drain(..).map(|b| format!("{what} body: {b}")));
+    body.chunks.sort_by_key(|(offset, _)| *offset);
+    let mut out: Vec<u8> = Vec::new();
+    for (offset, bytes) in body.chunks {
+        let offset = offset as usize;
+        if offset > out.len() {
+            notes.push(format!(
+                "{what} body: bytes {}..{offset} were not recorded; what follows them is left out",
+                out.len()
+            ));
+            break;
+        }
+        let overlap = (out.len() - offset).min(bytes.len());
+        if out[offset..offset + overlap] != bytes[..overlap] {
+            notes.push(format!(
+                "{what} body: two chunks disagree about the bytes at offset {offset}"
+            ));
+        }
+        out.extend_from_slice(&bytes[overlap..]);
+    }
+    out
+}
+
+/// "2026-05-20T10:00:00.123+00:00": ISO 8601 with milliseconds, in UTC.
+pub fn iso8601(at: Micros) -> String {
+    let t = utc(at);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}+00:00",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// "2026-05-20 10:00:00.123456 UTC"
+pub fn datetime(at: Micros) -> String {
+    let t = utc(at);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06} UTC",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// "10:00:00.123"
+pub fn clock(at: Micros) -> String {
+    let t = utc(at);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+fn utc(at: Micros) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// "340 ms", "1.25 s", "850 µs".
+pub fn duration(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..10_000_000 if us < 1_000_000 => format!("{} ms", us / 1_000),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+/// "512 B", "1.2 KiB", "3.4 MiB".
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// The first seven characters of an object id.
+pub fn short_oid(oid: &str) -> &str {
+    oid.get(..7).unwrap_or(oid)
+}
+
+pub fn ref_op(op: RefOp) -> &'static str {
+    match op {
+        RefOp::Create => "create",
+        RefOp::Update => "update",
+        RefOp::Delete => "delete",
+    }
+}
+
+/// Recorded text made safe for one terminal line: control characters (escape sequences
+/// included) are shown as escapes, and at most `max` characters are kept.
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The session as plain text, for `ghgate sessions show`.
+pub fn render_text(view: &SessionView) -> String {
+    let s = &view.start;
+    let mut out = String::new();
+    let line = |out: &mut String, label: &str, value: &str| {
+        let _ = writeln!(out, "  {label:<10}{}", one_line(value, 400));
+    };
+    let _ = writeln!(out, "session {}", one_line(view.id(), 200));
+    if view.start_recorded {
+        let user = s
+            .user
+            .as_deref()
+            .map_or_else(|| format!("uid {}", s.uid), |u| format!("{u} (uid {})", s.uid));
+        line(&mut out, "user", &format!("{user}, gid {}", s.gid));
+        let exe = s.exe.as_deref().unwrap_or("(executable unknown)");
+        line(&mut out, "process", &format!("{} (pid {}) {exe}", s.comm, s.tgid));
+        if !s.cmdline.is_empty() {
+            line(&mut out, "cmdline", &s.cmdline.join(" "));
+        }
+        let cgroup = s.cgroup.as_deref().unwrap_or("(path unknown)");
+        line(&mut out, "cgroup", &format!("{cgroup} (id {})", s.cgroup_id));
+        for (k, v) in &s.ci {
+            line(&mut out, "CI", &format!("{k}={v}"));
+        }
+        line(&mut out, "started", &datetime(s.at));
+    } else {
+        line(
+            &mut out,
+            "started",
+            &format!(
+                "before {} (the session's first record was pruned: who and what are unknown)",
+                datetime(s.at)
+            ),
+        );
+    }
+    match &view.end {
+        Some(e) => line(&mut out, "ended", &format!("{} ({})", datetime(e.at), e.reason)),
+        None => line(
+            &mut out,
+            "ended",
+            "not recorded (still running, or the gateway stopped abruptly)",
+        ),
+    }
+    let _ = writeln!(out);
+    for item in view.timeline() {
+        let at = clock(item.at);
+        match item.fact {
+            Fact::Connection(c) => {
+                let _ = writeln!(
+                    out,
+                    "{at}  connection {} → {}  sni {}  alpn {}{}",
+                    one_line(&c.client, 80),
+                    one_line(&c.orig_dst, 80),
+                    one_line(&c.sni, 200),
+                    one_line(&c.client_alpn, 20),
+                    c.client_tls
+                        .as_deref()
+                        .map(|t| format!("  {}", one_line(t, 40)))
+                        .unwrap_or_default()
+                );
+            }
+            Fact::Request(x) => render_exchange(&mut out, &at, x),
+            Fact::Passthrough(p) => {
+                let _ = writeln!(
+                    out,
+                    "{at}  passthrough {} → {}{}  ({})  ↑{} ↓{}  {}",
+                    one_line(&p.client, 80),
+                    one_line(&p.orig_dst, 80),
+                    p.sni
+                        .as_deref()
+                        .map(|s| format!("  sni {}", one_line(s, 200)))
+                        .unwrap_or_default(),
+                    one_line(&p.reason, 80),
+                    size(p.bytes_up),
+                    size(p.bytes_down),
+                    duration(p.duration_us)
+                );
+            }
+            Fact::SessionStart(_) | Fact::SessionEnd(_) | Fact::ResponseHead(_) | Fact::ExchangeEnd(_) => {}
+            Fact::Event(..) | Fact::Git(..) => {}
+        }
+    }
+    out
+}
+
+fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
+    let pad = " ".repeat(at.chars().count() + 2);
+    match &x.exchange {
+        Some(e) => {
+            let _ = writeln!(
+                out,
+                "{at}  {} {}  {}  ↑{} ↓{}  ttfb {}  total {}{}",
+                one_line(&e.method, 20),
+                one_line(&e.url, 300),
+                e.status,
+                size(e.request_body.len),
+                size(e.response_body.len),
+                duration(e.ttfb_us),
+                duration(e.duration_us),
+                if e.answered_by == "upstream" {
+                    String::new()
+                } else {
+                    format!("  (answered by {})", one_line(&e.answered_by, 40))
+                }
+            );
+            if let Some(err) = &e.error {
+                let _ = writeln!(out, "{pad}error: {}", one_line(err, 300));
+            }
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "{at}  {} {}  unfinished: the gateway stopped before it ended  ↑{} ↓{} stored",
+                one_line(x.method().unwrap_or("?"), 20),
+                one_line(x.url().unwrap_or("(URL not recorded)"), 300),
+                size(x.request_body.len() as u64),
+                size(x.response_body.len() as u64)
+            );
+        }
+    }
+    for note in &x.notes {
+        let _ = writeln!(out, "{pad}note: {}", one_line(note, 300));
+    }
+    let t0 = x.started_at();
+    for e in &x.events {
+        let dir = match (&e.kind, e.dir) {
+            (StreamKind::Sse, _) => "",
+            (StreamKind::WebSocket, Direction::Request) => "→ ",
+            (StreamKind::WebSocket, Direction::Response) => "← ",
+        };
+        let _ = writeln!(
+            out,
+            "{pad}  +{:.3}s  {dir}{}  {}{}",
+            e.at.saturating_sub(t0) as f64 / 1e6,
+            one_line(e.name.as_deref().unwrap_or("message"), 60),
+            one_line(&e.data, 120),
+            e.truncated_from
+                .map(|n| format!("  (of {})", size(n)))
+                .unwrap_or_default()
+        );
+    }
+    for g in &x.git {
+        for u in &g.updates {
+            let _ = writeln!(
+                out,
+                "{pad}push {}  {} {} → {}",
+                one_line(&u.name, 200),
+                ref_op(u.op),
+                one_line(short_oid(&u.old), 7),
+                one_line(short_oid(&u.new), 7)
+            );
+        }
+        if let Some(len) = g.pack_len {
+            let _ = writeln!(out, "{pad}pack {}", size(len));
+        }
+        for w in &g.wants {
+            let refs = if w.refs.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", w.refs.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "{pad}want {}{}",
+                one_line(short_oid(&w.oid), 7),
+                one_line(&refs, 200)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::record::model::*;
+
+    pub(crate) const T0: Micros = 1_779_271_200_000_000; // 2026-05-20T10:00:00Z
+
+    pub(crate) fn start(session: &str) -> Record {
+        Record::SessionStart(SessionStart {
+            session: session.into(),
+            at: T0,
+            tgid: 4242,
+            uid: 1000,
+            user: Some("alice".into()),
+            gid: 1000,
+            comm: "claude".into(),
+            exe: Some("/usr/bin/node".into()),
+            cmdline: vec!["node".into(), "/usr/lib/claude".into(), "--print".into()],
+            cgroup_id: 99,
+            cgroup: Some("/ghgate/agents".into()),
+            ci: vec![("GITHUB_RUN_ID".into(), "123".into())],
+        })
+    }
+
+    pub(crate) fn chunk(ex: u64, dir: Direction, at: Micros, offset: u64, data: &[u8]) -> Record {
+        Record::BodyChunk(BodyChunk {
+            session: "s1".into(),
+            exchange: ex,
+            dir,
+            at,
+            offset,
+            data: B64.encode(data),
+        })
+    }
+
+    pub(crate) fn sse(ex: u64, at: Micros, index: u64, name: Option<&str>, data: &str) -> Record {
+        Record::StreamEvent(StreamEvent {
+            session: "s1".into(),
+            exchange: ex,
+            kind: StreamKind::Sse,
+            dir: Direction::Response,
+            at,
+            index,
+            name: name.map(String::from),
+            data: data.into(),
+            truncated_from: None,
+        })
+    }
+
+    pub(crate) fn exchange(ex: u64, at: Micros, method: &str, url: &str, req: &[u8], resp: &[u8]) -> Record {
+        let summary = |b: &[u8], ct: &str| BodySummary {
+            len: b.len() as u64,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b)),
+            stored: b.len() as u64,
+            content_type: Some(ct.into()),
+        };
+        Record::Exchange(Exchange {
+            session: "s1".into(),
+            conn: 1,
+            exchange: ex,
+            started_at: at,
+            method: method.into(),
+            url: url.into(),
+            http_version: "HTTP/2".into(),
+            status: 200,
+            request_headers: vec![("content-type".into(), "application/json".into())],
+            response_headers: vec![("content-type".into(), "text/event-stream".into())],
+            request_body: summary(req, "application/json"),
+            response_body: summary(resp, "text/event-stream"),
+            ttfb_us: 120_000,
+            duration_us: 900_000,
+            answered_by: "upstream".into(),
+            error: None,
+        })
+    }
+
+    pub(crate) fn request(ex: u64, at: Micros, method: &str, url: &str) -> Record {
+        Record::Request(RequestStart {
+            session: "s1".into(),
+            conn: 1,
+            exchange: ex,
+            at,
+            method: method.into(),
+            url: url.into(),
+        })
+    }
+
+    pub(crate) fn push(ex: u64, at: Micros) -> Record {
+        Record::Git(GitOp {
+            session: "s1".into(),
+            exchange: ex,
+            at,
+            service: "git-receive-pack".into(),
+            updates: vec![RefUpdate {
+                old: "0".repeat(40),
+                new: format!("a1b2c3d{}", "e".repeat(33)),
+                name: "refs/heads/main".into(),
+                op: RefOp::Create,
+            }],
+            pack_len: Some(12_600),
+            pack_sha256: Some("ab".repeat(32)),
+            wants: vec![],
+        })
+    }
+
+    /// An LLM call streamed over SSE, a git push, a passthrough, and an exchange cut off mid-stream.
+    pub(crate) fn sample_records() -> Vec<Record> {
+        let prompt = br#"{"model":"claude-x","messages":[{"role":"user","content":"Say hi"}],"stream":true}"#;
+        let sse1 = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}"#;
+        let sse2 = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"lo!"}}"#;
+        let resp = format!(
+            "event: content_block_delta\ndata: {sse1}\n\nevent: content_block_delta\ndata: {sse2}\n\n"
+        );
+        vec![
+            start("s1"),
+            Record::Connection(Connection {
+                session: "s1".into(),
+                conn: 1,
+                at: T0 + 1_000,
+                client: "127.0.0.1:40000".into(),
+                orig_dst: "160.79.104.10:443".into(),
+                sni: "api.anthropic.com".into(),
+                client_alpn: "h2".into(),
+                upstream_alpn: Some("h2".into()),
+                client_tls: Some("TLSv1.3".into()),
+                upstream_tls: Some("TLSv1.3".into()),
+            }),
+            request(1, T0 + 2_000, "POST", "https://api.anthropic.com/v1/messages"),
+            chunk(1, Direction::Request, T0 + 2_000, 0, &prompt[..10]),
+            chunk(1, Direction::Request, T0 + 2_100, 10, &prompt[10..]),
+            sse(1, T0 + 130_000, 0, Some("content_block_delta"), sse1),
+            chunk(1, Direction::Response, T0 + 130_000, 0, &resp.as_bytes()[..40]),
+            sse(1, T0 + 250_000, 1, Some("content_block_delta"), sse2),
+            chunk(1, Direction::Response, T0 + 250_000, 40, &resp.as_bytes()[40..]),
+            exchange(
+                1,
+                T0 + 2_000,
+                "POST",
+                "https://api.anthropic.com/v1/messages",
+                prompt,
+                resp.as_bytes(),
+            ),
+            push(2, T0 + 1_500_000),
+            exchange(
+                2,
+                T0 + 1_400_000,
+                "POST",
+                "https://github.com/o/r.git/git-receive-pack",
+                b"",
+                b"",
+            ),
+            Record::Passthrough(Passthrough {
+                session: "s1".into(),
+                at: T0 + 1_000_000,
+                client: "127.0.0.1:40002".into(),
+                orig_dst: "140.82.112.4:443".into(),
+                sni: Some("objects.githubusercontent.com".into()),
+                reason: "passthrough list".into(),
+                bytes_up: 800,
+                bytes_down: 2_000_000,
+                duration_us: 2_500_000,
+            }),
+            request(3, T0 + 3_000_000, "POST", "https://api.openai.com/v1/completions"),
+            chunk(3, Direction::Request, T0 + 3_000_000, 0, b"{\"prompt\":\"cut\"}"),
+            sse(
+                3,
+                T0 + 3_100_000,
+                0,
+                None,
+                r#"{"choices":[{"index":0,"delta":{"content":"par"}}]}"#,
+            ),
+            Record::SessionEnd(SessionEnd {
+                session: "s1".into(),
+                at: T0 + 4_000_000,
+                reason: "exited".into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn a_session_is_rebuilt_from_its_records() {
+        let view = SessionView::from_records(sample_records()).unwrap();
+        assert!(view.start_recorded);
+        assert_eq!(view.id(), "s1");
+        assert_eq!(view.connections.len(), 1);
+        assert_eq!(view.passthrough.len(), 1);
+        assert_eq!(view.end.as_ref().unwrap().reason, "exited");
+        let ids: Vec<u64> = view.exchanges.iter().map(|x| x.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        let llm = &view.exchanges[0];
+        assert!(llm.request_body.starts_with(b"{\"model\":\"claude-x\""));
+        assert!(llm.request_body.ends_with(b"\"stream\":true}"));
+        assert_eq!(
+            llm.response_body.len() as u64,
+            llm.exchange.as_ref().unwrap().response_body.len
+        );
+        assert_eq!(llm.events.len(), 2);
+        assert_eq!(llm.first_at, T0 + 2_000);
+        assert_eq!(
+            llm.completions(),
+            [Completion {
+                part: "content block 0".into(),
+                text: "Hello!".into()
+            }]
+        );
+        assert_eq!(view.exchanges[1].git.len(), 1);
+        assert_eq!(view.exchanges[1].first_at, T0 + 1_400_000);
+        // Killed mid-stream: no exchange record, but what was recorded is there.
+        let cut = &view.exchanges[2];
+        assert!(cut.exchange.is_none());
+        assert_eq!(cut.url(), Some("https://api.openai.com/v1/completions"));
+        assert_eq!(cut.started_at(), T0 + 3_000_000);
+        assert_eq!(cut.request_body, b"{\"prompt\":\"cut\"}");
+        assert_eq!(cut.completions()[0].text, "par");
+    }
+
+    #[test]
+    fn bodies_are_reassembled_by_offset_and_holes_are_noted() {
+        let recs = vec![
+            start("s1"),
+            chunk(1, Direction::Response, T0, 5, b"world"),
+            chunk(1, Direction::Response, T0, 0, b"hello"),
+            chunk(1, Direction::Response, T0, 2, b"lXo"), // overlaps, and disagrees: the first kept
+            chunk(1, Direction::Request, T0, 0, b"abc"),
+            chunk(1, Direction::Request, T0, 10, b"lost"),
+        ];
+        let view = SessionView::from_records(recs).unwrap();
+        let x = &view.exchanges[0];
+        assert_eq!(x.response_body, b"helloworld");
+        assert_eq!(x.request_body, b"abc");
+        assert!(x.notes.iter().any(|n| n.contains("disagree")), "{:?}", x.notes);
+        assert!(x.notes.iter().any(|n| n.contains("bytes 3..10")), "{:?}", x.notes);
+    }
+
+    #[test]
+    fn records_of_two_sessions_or_none_are_refused() {
+        let mut other = start("s2");
+        if let Record::SessionStart(s) = &mut other {
+            s.at += 1;
+        }
+        let err = SessionView::from_records(vec![start("s1"), other]).unwrap_err();
+        assert!(matches!(err, SessionError::Mixed { .. }), "{err}");
+        assert!(matches!(
+            SessionView::from_records(vec![]),
+            Err(SessionError::Empty)
+        ));
+    }
+
+    #[test]
+    fn a_session_whose_start_was_pruned_still_shows() {
+        let recs: Vec<Record> = sample_records().into_iter().skip(1).collect();
+        let view = SessionView::from_records(recs).unwrap();
+        assert!(!view.start_recorded);
+        assert_eq!(view.id(), "s1");
+        assert!(render_text(&view).contains("first record was pruned"));
+    }
+
+    #[test]
+    fn the_timeline_is_in_time_order() {
+        let view = SessionView::from_records(sample_records()).unwrap();
+        let t = view.timeline();
+        let text: Vec<&str> = t.iter().map(|i| i.text.as_str()).collect();
+        assert!(
+            text.contains(&"→ POST https://api.anthropic.com/v1/messages"),
+            "{text:#?}"
+        );
+        assert!(
+            text.contains(&"  git push refs/heads/main create 0000000 → a1b2c3d"),
+            "{text:#?}"
+        );
+        assert!(
+            text.contains(&"→ POST https://api.openai.com/v1/completions"),
+            "{text:#?}"
+        );
+        assert!(t.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(matches!(t[0].fact, Fact::SessionStart(_)));
+        assert!(matches!(t.last().unwrap().fact, Fact::SessionEnd(_)));
+        let kinds: Vec<&str> = t
+            .iter()
+            .map(|i| match i.fact {
+                Fact::SessionStart(_) => "start",
+                Fact::Connection(_) => "conn",
+                Fact::Request(_) => "req",
+                Fact::ResponseHead(_) => "head",
+                Fact::Event(..) => "event",
+                Fact::Git(..) => "git",
+                Fact::ExchangeEnd(_) => "end-x",
+                Fact::Passthrough(_) => "pass",
+                Fact::SessionEnd(_) => "end",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "start", "conn", "req", "head", "event", "event", "end-x", "pass", "req", "git", "head",
+                "end-x", "req", "event", "end"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_text_view_shows_the_facts_an_auditor_needs() {
+        let view = SessionView::from_records(sample_records()).unwrap();
+        let text = render_text(&view);
+        for want in [
+            "session s1",
+            "alice (uid 1000)",
+            "/usr/bin/node",
+            "node /usr/lib/claude --print",
+            "/ghgate/agents",
+            "GITHUB_RUN_ID=123",
+            "2026-05-20 10:00:00.000000 UTC",
+            "(exited)",
+            "10:00:00.002  POST https://api.anthropic.com/v1/messages  200",
+            "ttfb 120 ms  total 900 ms",
+            "+0.128s  content_block_delta  {\"type\":\"content_block_delta\"",
+            "push refs/heads/main  create 0000000 → a1b2c3d",
+            "pack 12.3 KiB",
+            "passthrough 127.0.0.1:40002 → 140.82.112.4:443  sni objects.githubusercontent.com",
+            "10:00:03.000  POST https://api.openai.com/v1/completions  unfinished",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn recorded_control_characters_never_reach_the_terminal() {
+        let mut recs = sample_records();
+        recs.push(sse(
+            1,
+            T0 + 260_000,
+            2,
+            Some("x\u{1b}]0;pwned\u{7}"),
+            "a\u{1b}[2Jb\r\nc\u{202e}d",
+        ));
+        let text = render_text(&SessionView::from_records(recs).unwrap());
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains("a\\u{1b}[2Jb\\r\\nc\\u{202e}d"), "{text}");
+    }
+
+    #[test]
+    fn long_event_data_is_cut_to_one_line() {
+        let long = "x".repeat(500);
+        assert_eq!(one_line(&long, 120).chars().count(), 121);
+        assert_eq!(one_line("é".repeat(3).as_str(), 2), "éé…");
+    }
+
+    /// Through the real store: written in small segments (so seqs have holes and positions span
+    /// segments), indexed as the recorder does, checked, and loaded back by id prefix.
+    #[test]
+    fn a_session_loads_back_from_the_store_through_the_index() {
+        use crate::record::store::{Store, StoreOptions, load_or_create_key};
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_or_create_key(&dir.path().join("key.pem")).unwrap();
+        let (mut store, _) = Store::open(dir.path(), key, StoreOptions { segment_bytes: 1024 }).unwrap();
+        let mut index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let records = sample_records();
+        let (first, rest) = records.split_at(6);
+        for part in [first, rest] {
+            let positions = store.append_batch(part).unwrap();
+            let items: Vec<_> = positions.into_iter().zip(part.iter().cloned()).collect();
+            index.add_batch(&items).unwrap();
+        }
+        store.close().unwrap();
+        let report = index.check(dir.path()).unwrap();
+        assert_eq!(report.verified, records.len() as u64);
+        assert_eq!(report.unindexed_tail, 0);
+        let loaded = SessionView::load(dir.path(), &index, "s").unwrap();
+        assert_eq!(loaded, SessionView::from_records(records).unwrap());
+        let segments: std::collections::BTreeSet<u64> = index
+            .session_records("s1")
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(
+            segments.len() > 1,
+            "the records should span segments: {segments:?}"
+        );
+        // A fresh index built from the store agrees.
+        let n = Index::rebuild(&dir.path().join("rebuilt.sqlite"), dir.path()).unwrap();
+        assert_eq!(n, sample_records().len() as u64);
+        let mut again = Index::open(&dir.path().join("rebuilt.sqlite")).unwrap();
+        assert_eq!(again.catch_up(dir.path()).unwrap(), 0);
+        assert_eq!(
+            again.sessions(&Default::default()).unwrap(),
+            index.sessions(&Default::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(iso8601(T0 + 123_456), "2026-05-20T10:00:00.123+00:00");
+        assert_eq!(duration(850), "850 µs");
+        assert_eq!(duration(340_000), "340 ms");
+        assert_eq!(duration(1_250_000), "1.25 s");
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(3 * 1024 * 1024), "3.0 MiB");
+    }
+}

@@ -1,0 +1,169 @@
+//! `ghgate-bench record`: what session recording costs. One upstream, two gateways on two test
+//! cgroups — identical but for `[record] enabled` — and the same clients through each, the cases
+//! interleaved. Benchmarks report; they never assert.
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::Context as _;
+use ghgate_e2e::{
+    Gateway, GatewaySpec, TestCgroup,
+    https::{TestCa, Upstream},
+    loopback_v4,
+};
+
+use crate::proxy::{HttpClientArgs, NAME, Report, pct, run_client};
+
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    /// Sequential keep-alive GETs timed per case and round.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: u64,
+    /// Connections in parallel for the requests/s figure.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u64,
+    /// Seconds of each requests/s run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Bytes of each download run.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub bytes: u64,
+    /// Rounds; each reported figure is the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new();
+    let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &[NAME]);
+    let upstream_ca = ca.write_pem(dir.path());
+    let port = upstream.addr.port();
+    let spec = |record: bool| GatewaySpec {
+        intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+        tls_ports: vec![port],
+        upstream_extra_roots: vec![upstream_ca.clone()],
+        extra_toml: format!("[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = {record}\n"),
+        ..Default::default()
+    };
+    let (cg_off, cg_on) = (TestCgroup::new(), TestCgroup::new());
+    let off = Gateway::start(&cg_off, &spec(false));
+    let on = Gateway::start(&cg_on, &spec(true));
+    let record_dir = on.state_dir.join("record");
+    let base = HttpClientArgs {
+        mode: String::new(),
+        target: upstream.addr,
+        ca: upstream_ca.clone(),
+        proxy: None,
+        count: args.requests,
+        concurrency: args.concurrency,
+        seconds: args.seconds,
+        bytes: args.bytes,
+    };
+    // [off, on] × rounds
+    let (mut p50, mut rps, mut mbs) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
+    let mut recorded_exchanges = 0u64;
+    let mut recorded_secs = 0.0;
+    let mut disk_for_rps = 0u64;
+    for round in 0..args.rounds {
+        for k in 0..2 {
+            let which = (round as usize + k) % 2;
+            let gw = if which == 1 { &on } else { &off };
+            let mk = |mode: &str| HttpClientArgs {
+                mode: mode.into(),
+                ca: gw.ca_file(),
+                ..base.clone()
+            };
+            eprintln!(
+                "round {}/{}: recording {}: latency, requests/s, download…",
+                round + 1,
+                args.rounds,
+                if which == 1 { "on" } else { "off" }
+            );
+            let lat: Report = run_client(Some(gw), &mk("latency"))?;
+            p50[which].push(pct(&lat.ns, 0.5));
+            let disk_before = dir_bytes(&record_dir);
+            let r = run_client(Some(gw), &mk("rps"))?;
+            if which == 1 {
+                recorded_exchanges += (r.requests_per_s * args.seconds as f64) as u64;
+                recorded_secs += args.seconds as f64;
+                disk_for_rps += dir_bytes(&record_dir).saturating_sub(disk_before);
+            }
+            rps[which].push(r.requests_per_s);
+            let dl = run_client(Some(gw), &mk("download"))?;
+            mbs[which].push(dl.mb_per_s);
+        }
+    }
+    let segments = record_dir.join("segments");
+    let total_disk = dir_bytes(&record_dir);
+    anyhow::ensure!(segments.is_dir(), "the recording gateway wrote no segments");
+    let verify = on.ghgate(&["sessions", "verify", "--all"]);
+    let verified = String::from_utf8_lossy(&verify.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned();
+
+    let (p_off, p_on) = (median(p50[0].clone()), median(p50[1].clone()));
+    let (r_off, r_on) = (median(rps[0].clone()), median(rps[1].clone()));
+    let (m_off, m_on) = (median(mbs[0].clone()), median(mbs[1].clone()));
+    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+    println!(
+        "\nghgate-bench record (loopback, HTTP/1.1 keep-alive GETs of ~80-byte bodies; {} B download; {} rounds, medians)",
+        args.bytes, args.rounds
+    );
+    println!(
+        "{:<16} {:>12} {:>14} {:>14}",
+        "", "GET p50 µs", "requests/s", "download MB/s"
+    );
+    println!(
+        "{:<16} {p_off:>12.1} {r_off:>14.0} {m_off:>14.0}",
+        "recording off"
+    );
+    println!("{:<16} {p_on:>12.1} {r_on:>14.0} {m_on:>14.0}", "recording on");
+    println!("\nrecording on vs off, measured in this run:");
+    println!(
+        "added GET p50 {:+.1} µs {} target ≤ 50 µs",
+        p_on - p_off,
+        verdict(p_on - p_off <= 50.0)
+    );
+    let loss = 1.0 - m_on / m_off;
+    println!(
+        "download throughput {:.2}× ({:.1} % lost) {} target ≤ 10 %",
+        m_on / m_off,
+        loss * 100.0,
+        verdict(loss <= 0.10)
+    );
+    println!("requests/s {:.2}×", r_on / r_off);
+    println!(
+        "exchanges recorded per second (requests/s runs): {:.0}",
+        recorded_exchanges as f64 / recorded_secs.max(1.0)
+    );
+    println!(
+        "bytes on disk per small exchange (segments + index, requests/s runs): {:.0}",
+        disk_for_rps as f64 / recorded_exchanges.max(1) as f64
+    );
+    println!("store size at the end: {total_disk} B; `sessions verify --all`: {verified}");
+    let _ = on.pid().context("gateway pid")?;
+    Ok(())
+}

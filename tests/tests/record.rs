@@ -1,0 +1,654 @@
+//! Session recording end to end: real curl and git through the real redirect and proxy, then the
+//! record read back with `ghgate sessions …` — what an auditor would run.
+use std::{path::Path, process::Command, time::Duration};
+
+use ghgate_e2e::{eventually, https::TlsGateway, privileged};
+use serde_json::Value;
+
+const TOKEN: &str = "ghp_R3c0rdM3N0tAnyw4yAtAll0123456789abcd";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn commit(repo: &Path, name: &str) -> String {
+    std::fs::write(repo.join(name), name).unwrap();
+    git(repo, &["add", "."]);
+    git(
+        repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            name,
+        ],
+    );
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// A bare repository `o/r.git` with one commit on main, served by the test upstream.
+fn repo_root(tmp: &Path) -> (std::path::PathBuf, String) {
+    let root = tmp.join("repos");
+    let bare = root.join("o/r.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    git(&bare, &["config", "http.receivepack", "true"]);
+    let seed = tmp.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    let first = commit(&seed, "README.md");
+    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    (root, first)
+}
+
+fn sessions(s: &TlsGateway) -> Vec<Value> {
+    s.gw.ghgate_ok(&["sessions", "list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("sessions list --json prints JSON lines"))
+        .collect()
+}
+
+#[test]
+fn curl_sse_and_git_are_recorded_and_shown() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, first) = repo_root(tmp.path());
+    let s = TlsGateway::start(&["github.com", "api.github.com"], true, Some(root), "");
+
+    // curl: one HTTP/2 POST carrying a prompt and a credential, one SSE stream.
+    let out = s.curl(
+        "api.github.com",
+        "/chat/completions",
+        &[
+            "--http2",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            "-H",
+            "content-type: application/json",
+            "--data",
+            r#"{"messages":[{"role":"user","content":"write a hello world"}]}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = s.curl("api.github.com", "/sse?n=3", &["-N"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // git: clone, then push an update of main and a new branch.
+    let port = s.upstream.addr.port();
+    let git_under_ghgate = |dir: &Path, args: &[&str]| {
+        let out =
+            s.gw.exec("git")
+                .current_dir(dir)
+                .arg("-c")
+                .arg(format!("http.sslCAInfo={}", s.ca_file.display()))
+                .arg("-c")
+                .arg(format!(
+                    "http.curloptResolve=github.com:{port}:{}",
+                    s.upstream.addr.ip()
+                ))
+                .args(args)
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .env_remove("GIT_SSL_CAINFO")
+                .env_remove("GIT_SSL_CAPATH")
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let url = format!("https://github.com:{port}/o/r.git");
+    git_under_ghgate(tmp.path(), &["clone", "-q", &url, "work"]);
+    let work = tmp.path().join("work");
+    let second = commit(&work, "second.txt");
+    git_under_ghgate(
+        &work,
+        &["push", "-q", "origin", "main", "main:refs/heads/feature"],
+    );
+
+    // One session per process: two curls, two gits (clone and push).
+    let curls: Vec<_> = sessions(&s)
+        .into_iter()
+        .filter(|r| r["exe"].as_str().is_some_and(|e| e.ends_with("/curl")))
+        .collect();
+    assert_eq!(curls.len(), 2, "each curl run is its own session: {curls:?}");
+    for c in &curls {
+        assert_eq!(c["uid"], 0);
+        assert_eq!(c["user"], "root");
+    }
+
+    // The SSE session: caller, URL, status and the events in order.
+    let sse = curls
+        .iter()
+        .find(|c| {
+            let shown = s.gw.ghgate_ok(&["sessions", "show", c["id"].as_str().unwrap()]);
+            shown.contains("/sse?n=3")
+        })
+        .expect("a curl session with the SSE exchange");
+    let shown = s.gw.ghgate_ok(&["sessions", "show", sse["id"].as_str().unwrap()]);
+    assert!(shown.contains("curl"), "{shown}");
+    assert!(shown.contains("https://api.github.com"), "{shown}");
+    assert!(shown.contains("200"), "{shown}");
+    let positions: Vec<_> = (0..3)
+        .map(|i| {
+            shown
+                .find(&format!("{{\"event\":{i}}}"))
+                .unwrap_or_else(|| panic!("event {i} missing from:\n{shown}"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "events out of order:\n{shown}"
+    );
+
+    // The git push: ref updates with the right ids and operations.
+    // git's HTTP transport runs in git-remote-https: the clone and the push are two processes.
+    let all = sessions(&s);
+    let gits = all
+        .iter()
+        .filter(|r| {
+            r["exe"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("/git-remote-https"))
+        })
+        .count();
+    assert_eq!(gits, 2, "clone and push are a session each: {all:?}");
+    let pushed = all
+        .iter()
+        .map(|r| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]))
+        .find(|text| text.contains("refs/heads/feature"))
+        .expect("a session shows the push of refs/heads/feature");
+    assert!(pushed.contains("refs/heads/main"), "{pushed}");
+    assert!(
+        pushed.contains(&first[..7]) && pushed.contains(&second[..7]),
+        "{pushed}"
+    );
+    assert!(pushed.contains("create") && pushed.contains("update"), "{pushed}");
+
+    // Nothing in the store holds the credential in clear; the header is recorded masked.
+    let record_dir = s.gw.state_dir.join("record");
+    for entry in walk(&record_dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "{} holds the bearer token in clear",
+            entry.display()
+        );
+    }
+    let prompt_session = curls.iter().find(|c| c["id"] != sse["id"]).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let har: Value =
+        serde_json::from_str(
+            &s.gw
+                .ghgate_ok(&["sessions", "export", &prompt_session, "--format", "har"]),
+        )
+        .unwrap();
+    let entry = &har["log"]["entries"][0];
+    assert_eq!(har["log"]["version"], "1.2");
+    assert_eq!(entry["request"]["method"], "POST");
+    assert_eq!(entry["response"]["status"], 200);
+    let auth = entry["request"]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| {
+            h["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case("authorization"))
+        })
+        .expect("the authorization header is recorded (masked)");
+    assert_eq!(auth["value"], "Bearer [MASKED]");
+    assert!(
+        entry["request"]["postData"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("write a hello world")),
+        "the prompt is in the record: {entry}"
+    );
+
+    // The HTML export, opened in a real browser, shows the prompt and the streamed events.
+    let page = tmp.path().join("sse.html");
+    let out_dir = tmp.path().join("chromium");
+    for (id, want) in [
+        (
+            &prompt_session,
+            vec!["/chat/completions", "write a hello world", "POST"],
+        ),
+        (
+            &sse["id"].as_str().unwrap().to_owned(),
+            vec!["/sse?n=3", "{\"event\":0}", "{\"event\":2}"],
+        ),
+    ] {
+        s.gw.ghgate_ok(&[
+            "sessions",
+            "export",
+            id,
+            "--format",
+            "html",
+            "-o",
+            page.to_str().unwrap(),
+        ]);
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert!(
+            !html.contains("<script src") && !html.contains("<link"),
+            "the page fetches nothing"
+        );
+        let rendered = match ghgate_e2e::chromium::render(&page, &out_dir) {
+            Ok(r) => r,
+            Err(e)
+                if ghgate_e2e::chromium::is_missing(&e) && std::env::var("CI").as_deref() != Ok("true") =>
+            {
+                eprintln!("skipping the browser check: {e}");
+                continue;
+            }
+            Err(e) => panic!("rendering the HTML export in chromium: {e:#}"),
+        };
+        for text in want {
+            assert!(
+                rendered.dom_text.contains(text),
+                "the rendered page lacks {text:?}:\n{}",
+                rendered.dom_text
+            );
+        }
+        let png = std::fs::read(&rendered.screenshot).unwrap();
+        assert!(
+            png.len() > 1000 && png.starts_with(b"\x89PNG"),
+            "a screenshot was taken"
+        );
+    }
+
+    // The whole store verifies.
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    assert!(verified.starts_with("OK"), "{verified}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The last segment file of a store.
+fn last_segment(record_dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(record_dir.join("segments"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
+#[test]
+fn kill_9_mid_stream_loses_no_completed_exchange_and_the_torn_tail_is_reported() {
+    if !privileged() {
+        return;
+    }
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, "");
+    let done = s.curl("api.github.com", "/before-the-kill", &[]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+
+    // A long SSE stream (an event every 0.7 s), killed in the middle.
+    let (url, resolve) = s.url("api.github.com", "/sse?n=30");
+    let mut streaming =
+        s.gw.exec("curl")
+            .args(["-sSN", "--max-time", "60", "--cacert"])
+            .arg(&s.ca_file)
+            .args(["--resolve", &resolve, &url])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut lines = ghgate_e2e::lines_of(&mut streaming);
+    for want in ["{\"event\":0}", "{\"event\":1}"] {
+        let got = lines.find(|l| l.contains(want));
+        assert!(got.is_some(), "the stream did not deliver {want}");
+    }
+    s.gw.kill9();
+    let _ = streaming.wait();
+
+    // A write torn by the kill: the start of a frame that never finished.
+    let record_dir = s.gw.state_dir.join("record");
+    let seg = last_segment(&record_dir);
+    let mut torn = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut torn, &[0x00, 0x10, 0x00, 0x00, 0xde, 0xad]).unwrap();
+    drop(torn);
+
+    s.gw.spawn();
+    let logs = s.gw.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("torn tail"))),
+        "the restart reports the torn tail:\n{}",
+        s.gw.log_text()
+    );
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    assert!(verified.starts_with("OK"), "{verified}");
+
+    // Both curl runs are there: the completed exchange whole, the streamed one up to the kill.
+    let all = sessions(&s);
+    let shown: Vec<String> = all
+        .iter()
+        .map(|r| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]))
+        .collect();
+    let before = shown
+        .iter()
+        .find(|t| t.contains("/before-the-kill"))
+        .unwrap_or_else(|| panic!("the exchange completed before the kill is missing: {shown:?}"));
+    assert!(before.contains("200"), "{before}");
+    let cut = shown
+        .iter()
+        .find(|t| t.contains("/sse?n=30"))
+        .unwrap_or_else(|| panic!("the interrupted stream is missing: {shown:?}"));
+    assert!(
+        cut.contains("{\"event\":1}"),
+        "events delivered before the kill are recorded:\n{cut}"
+    );
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(parent: &Path, size: &str) -> Self {
+        let dir = parent.join("small-disk");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "ghgate-test",
+                dir.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    /// Fills the filesystem with a file, leaving nothing free; returns the file.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.dir.join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"])
+            .output()
+            .unwrap();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(tmp.path(), "8m");
+    let record_dir = disk.dir.join("record");
+    let s = TlsGateway::start(
+        &["api.github.com"],
+        true,
+        None,
+        &format!("\n[record]\ndir = \"{}\"\n", record_dir.display()),
+    );
+    let ok = s.curl(
+        "api.github.com",
+        "/first",
+        &["-w", "%{http_code}", "-o", "/dev/null"],
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "200");
+
+    let filler = disk.fill();
+    // The segment's last, partly used page may still take a record or two: ask until the store
+    // runs out, checking that every request is either recorded and answered, or refused and
+    // never forwarded.
+    let mut refused = None;
+    for i in 0..200 {
+        let served_before = s.upstream.served();
+        let path = format!("/while-full-{i}");
+        let out = s.curl(
+            "api.github.com",
+            &path,
+            &["-w", "\n%{http_code}", "--data", &"x".repeat(2048)],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.ends_with("503") {
+            assert_eq!(
+                s.upstream.served(),
+                served_before,
+                "a refused request was forwarded: {text}"
+            );
+            refused = Some(text);
+            break;
+        }
+        assert!(text.ends_with("200"), "{path}: {text}");
+    }
+    let text = refused.expect("requests are refused once the store's disk is full");
+    assert!(
+        text.contains("recorder cannot write") && text.contains("No space left on device"),
+        "the answer names the cause: {text}"
+    );
+    let served_before = s.upstream.served();
+    let again = s.curl(
+        "api.github.com",
+        "/still-full",
+        &["-w", "%{http_code}", "-o", "/dev/null"],
+    );
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "503");
+    assert_eq!(
+        s.upstream.served(),
+        served_before,
+        "nothing was forwarded unrecorded"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let code = eventually(
+        "the recorder to recover once space returns",
+        Duration::from_secs(10),
+        || {
+            let out = s.curl(
+                "api.github.com",
+                "/after",
+                &["-w", "%{http_code}", "-o", "/dev/null"],
+            );
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            (code == "200").then_some(code)
+        },
+    );
+    assert_eq!(code, "200");
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    assert!(verified.starts_with("OK"), "{verified}");
+    let all = sessions(&s);
+    let shown: String = all
+        .iter()
+        .map(|r| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]))
+        .collect();
+    assert!(shown.contains("/first") && shown.contains("/after"), "{shown}");
+}
+
+#[test]
+fn tampering_with_a_real_store_is_detected_and_named() {
+    if !privileged() {
+        return;
+    }
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, "");
+    for path in ["/one", "/two", "/three"] {
+        let out = s.curl("api.github.com", path, &[]);
+        assert!(out.status.success());
+    }
+    s.gw.terminate();
+    let record_dir = s.gw.state_dir.join("record");
+    let verify = |dir: &Path| {
+        let config = std::fs::read_to_string(&s.gw.config).unwrap()
+            + &format!("\n[record]\ndir = \"{}\"\n", dir.display());
+        let cfg = dir
+            .parent()
+            .unwrap()
+            .join(format!("{}.toml", dir.file_name().unwrap().to_string_lossy()));
+        std::fs::write(&cfg, config).unwrap();
+        Command::new(ghgate_e2e::bin("ghgate"))
+            .args(["sessions", "verify", "--all", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let untouched = verify(&record_dir);
+    assert!(
+        untouched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&untouched.stdout)
+    );
+
+    // One byte flipped in the middle of the first segment.
+    let copy = tempfile::tempdir().unwrap();
+    let flipped = copy.path().join("flipped");
+    copy_dir(&record_dir, &flipped);
+    let seg = first_segment(&flipped);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&seg, bytes).unwrap();
+    let out = verify(&flipped);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a flipped byte must fail verify: {text}");
+    assert!(
+        text.contains("FAILED") && text.contains("offset"),
+        "the failure names the place: {text}"
+    );
+
+    // The index edited: a record's hash changed.
+    let edited = copy.path().join("edited");
+    copy_dir(&record_dir, &edited);
+    edit_index(&edited.join("index.sqlite"));
+    let out = verify(&edited);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "an edited index must fail verify: {text}");
+    assert!(text.contains("index"), "{text}");
+}
+
+fn first_segment(record_dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(record_dir.join("segments"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    segs.sort();
+    segs.remove(0)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Changes one indexed record's hash, as someone covering their tracks might.
+fn edit_index(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE records SET hash = (CASE WHEN substr(hash, 1, 2) = '00' THEN 'ff' ELSE '00' END) || substr(hash, 3) \
+             WHERE seq = (SELECT min(seq) FROM records)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "one index row edited");
+}
+
+#[test]
+fn replay_paces_the_stream_and_prune_leaves_a_verifiable_tombstone() {
+    if !privileged() {
+        return;
+    }
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, "");
+    let out = s.curl("api.github.com", "/sse?n=3", &["-N"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = eventually("the SSE session", Duration::from_secs(10), || {
+        sessions(&s)
+            .into_iter()
+            .find(|r| r["exchanges"].as_u64() >= Some(1))
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+    });
+
+    // The events came 0.7 s apart: at double speed the replay still takes about 0.7 s, with the
+    // events in their order.
+    let started = std::time::Instant::now();
+    let replayed = s.gw.ghgate_ok(&["sessions", "replay", &id, "--speed", "2"]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(600),
+        "replay did not keep the pacing: {took:?}\n{replayed}"
+    );
+    let at = |i: usize| {
+        replayed
+            .find(&format!("{{\"event\":{i}}}"))
+            .unwrap_or_else(|| panic!("{replayed}"))
+    };
+    assert!(at(0) < at(1) && at(1) < at(2), "{replayed}");
+    let instant = std::time::Instant::now();
+    s.gw.ghgate_ok(&["sessions", "replay", &id, "--speed", "0"]);
+    assert!(instant.elapsed() < took, "--speed 0 plays without pauses");
+
+    // A restart seals the first segment; pruning everything sealed removes it, leaves a signed
+    // tombstone, and the store still verifies, saying what was pruned.
+    s.gw.terminate();
+    s.gw.spawn();
+    let pruned = s.gw.ghgate_ok(&["sessions", "prune", "--older-than", "0s"]);
+    assert!(
+        pruned.contains("000000000001") || pruned.contains("segment"),
+        "{pruned}"
+    );
+    let tombstones = s.gw.state_dir.join("record/tombstones");
+    assert_eq!(
+        std::fs::read_dir(&tombstones).unwrap().count(),
+        1,
+        "one tombstone"
+    );
+    assert!(!s.gw.state_dir.join("record/segments/000000000001.seg").exists());
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    assert!(
+        verified.starts_with("OK") && verified.contains("prun"),
+        "{verified}"
+    );
+
+    // Without its tombstone, the gap is a failure.
+    for t in std::fs::read_dir(&tombstones).unwrap().flatten() {
+        std::fs::remove_file(t.path()).unwrap();
+    }
+    let out = s.gw.ghgate(&["sessions", "verify", "--all"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
