@@ -53,6 +53,87 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub record: RecordConfig,
+    #[serde(default)]
+    pub mask: MaskConfig,
+}
+
+/// Secret masking. Records, logs and credential headers are always masked; `responses` says
+/// what clients receive.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// What happens to secrets in responses to clients, unless a `[[mask.route]]` says otherwise.
+    #[serde(default)]
+    pub responses: ResponseMasking,
+    /// Built-in rules to turn off, by id (`ghgate mask --list-rules` lists them).
+    #[serde(default)]
+    pub disable: Vec<String>,
+    /// Per host and path: first match wins.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<MaskRoute>,
+    /// Rules of your own, after the built-in ones.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<CustomRule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseMasking {
+    /// Clients receive the masked body.
+    #[default]
+    Mask,
+    /// Clients receive the body as sent; each secret is recorded as an alert.
+    Alert,
+    /// Clients receive the body as sent; the record is still masked.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRoute {
+    /// Exact host name or `*.suffix`; `*` alone for any.
+    #[serde(default = "default_any")]
+    pub host: String,
+    /// Path glob (`*` matches any run of characters, `/` included); the query is not matched.
+    #[serde(default = "default_any")]
+    pub path: String,
+    pub responses: ResponseMasking,
+}
+
+fn default_any() -> String {
+    "*".into()
+}
+
+/// Where a custom rule applies.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskPlace {
+    /// Response bodies to clients.
+    Responses,
+    /// Bodies, headers and URLs in session records.
+    Records,
+    /// The gateway's own log lines.
+    Logs,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomRule {
+    /// Short name, shown in replacements: letters, digits, `-`, `_`.
+    pub id: String,
+    /// Byte-oriented regex; a group named `secret` marks what is masked (default: the match).
+    pub regex: String,
+    /// Literal starts of a match (ASCII case-insensitive): every match must begin with one.
+    pub keywords: Vec<String>,
+    /// Minimum Shannon entropy of the secret, bits per byte (0 = no check).
+    #[serde(default)]
+    pub min_entropy: f64,
+    #[serde(default = "default_places")]
+    pub places: Vec<MaskPlace>,
+}
+
+fn default_places() -> Vec<MaskPlace> {
+    vec![MaskPlace::Responses, MaskPlace::Records, MaskPlace::Logs]
 }
 
 /// The session recorder (`ghgate sessions …` reads what it writes).
@@ -428,7 +509,7 @@ impl TlsConfig {
 }
 
 /// `pattern` is a name or `*.suffix`.
-fn name_matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(suffix) => {
             name.len() > suffix.len()
@@ -549,6 +630,9 @@ impl Config {
             if let Err(why) = check_host_name(host) {
                 return Err(invalid(format!("dns.overrides.{host:?}"), why));
             }
+        }
+        if let Err((key, message)) = crate::mask::policy::check(&self.mask) {
+            return Err(invalid(key, message));
         }
         if self.dns.min_ttl_secs == 0 || self.dns.min_ttl_secs > self.dns.max_ttl_secs {
             return Err(invalid(

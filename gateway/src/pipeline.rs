@@ -1,26 +1,170 @@
 //! The order in which the gateway's concerns see each exchange, in one place.
 //!
-//! For every request: recording admission (refuse while the store cannot write, wait while it
-//! is behind) → the request is recorded as it streams up → the response is recorded as it
-//! streams down → the exchange's record is written before the client sees its end → one log
-//! line. Identity, policy, masking and credentials slot in here, in that order, as they arrive.
-use std::sync::Arc;
+//! For every request: the caller's own credentials join the exchange's maskers → recording
+//! admission (refuse while the store cannot write, wait while it is behind) → the request is
+//! masked and recorded as it streams up → the response is masked (for the client where
+//! `[mask] responses` says so, always for the record) and recorded as it streams down → the
+//! exchange's record is written before the client sees its end → one log line, masked.
+//! Identity, policy and credentials slot in here, in that order, as they arrive.
+use std::sync::{Arc, Mutex, OnceLock};
 
-use ::http::Response;
+use ::http::{Response, header};
 use bytes::Bytes;
 
 use crate::{
+    config::ResponseMasking,
     http::{self, ConnInfo, EndFuture, Exchange, Outcome, Phases, websocket},
-    record::{Recorder, model::Direction, recorder::ExchangeRecording},
+    mask::{
+        Finding, Masker, SseMasker, StreamMasker,
+        encoding::{Coding, Decoder},
+        policy::{self, MaskSet},
+    },
+    record::{
+        Recorder,
+        model::Direction,
+        recorder::{ExchangeRecording, Place},
+    },
 };
 
 pub struct Pipeline {
     /// `None` when `[record] enabled = false`.
     pub recorder: Option<Arc<Recorder>>,
+    pub mask: Arc<MaskSet>,
+}
+
+/// A body's masker: SSE-aware for event streams.
+enum BodyMasker {
+    Plain(StreamMasker),
+    Sse(SseMasker),
+}
+
+impl BodyMasker {
+    fn new(masker: &Masker, sse: bool) -> Self {
+        if sse {
+            BodyMasker::Sse(masker.sse_stream())
+        } else {
+            BodyMasker::Plain(masker.stream())
+        }
+    }
+
+    fn push(&mut self, data: &[u8], end: bool, out: &mut Vec<u8>) -> Vec<Finding> {
+        let (mut found, more) = match self {
+            BodyMasker::Plain(s) => (s.push(data, out), end.then(|| s.finish(out))),
+            BodyMasker::Sse(s) => (s.push(data, out), end.then(|| s.finish(out))),
+        };
+        found.extend(more.into_iter().flatten());
+        found
+    }
+}
+
+/// How one body is masked.
+#[derive(Default)]
+struct BodyMask {
+    /// Decodes a compressed body so it can be scanned.
+    decoder: Option<Decoder>,
+    masker: Option<BodyMasker>,
+    /// The client receives the masked body (responses with `responses = "mask"`).
+    for_client: bool,
+    /// Set when the body could not be decoded: nothing more of it is stored.
+    broken: Option<String>,
 }
 
 pub struct Ctx {
     record: Option<ExchangeRecording>,
+    /// The exchange's maskers, with the caller's own credentials, once its request head is known.
+    maskers: OnceLock<(Masker, Masker)>,
+    request: Mutex<BodyMask>,
+    response: Mutex<BodyMask>,
+}
+
+impl Pipeline {
+    /// The (responses, records) maskers of an exchange.
+    fn maskers(&self, ctx: &Ctx) -> (Masker, Masker) {
+        ctx.maskers
+            .get()
+            .cloned()
+            .unwrap_or_else(|| (self.mask.responses.clone(), self.mask.records.clone()))
+    }
+
+    /// Masks (and records) one chunk of a body.
+    fn body_chunk(&self, ctx: &Ctx, dir: Direction, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, String> {
+        if let Some(rec) = &ctx.record {
+            rec.observe_raw(dir, chunk);
+        }
+        let side = match dir {
+            Direction::Request => &ctx.request,
+            Direction::Response => &ctx.response,
+        };
+        let mut b = side.lock().map_err(|_| "the masking stage failed earlier".to_owned())?;
+        let Some(masker) = b.masker.as_mut() else {
+            // Not masked (recording off and nothing for the client): passes as it is.
+            drop(b);
+            return match &ctx.record {
+                Some(rec) => rec.chunk(dir, chunk, Vec::new()),
+                None => Ok(None),
+            };
+        };
+        let _ = masker;
+        if b.broken.is_some() {
+            return Ok(None);
+        }
+        let mut decoded = Vec::new();
+        let plain: &[u8] = match b.decoder.as_mut() {
+            Some(d) => {
+                let pushed = d.push(chunk, &mut decoded).and_then(|()| if end { d.finish(&mut decoded) } else { Ok(()) });
+                if let Err(e) = pushed {
+                    let why = format!("cannot mask the {}: {e}", place(dir).as_str());
+                    if b.for_client {
+                        // The client was promised an identity-encoded, masked body.
+                        return Err(why);
+                    }
+                    tracing::warn!(error = %why, "the rest of this body is not recorded");
+                    b.broken = Some(why);
+                    return Ok(None);
+                }
+                &decoded
+            }
+            None => chunk,
+        };
+        let mut out = Vec::with_capacity(plain.len());
+        let found = b.masker.as_mut().expect("checked").push(plain, end, &mut out);
+        let for_client = b.for_client;
+        drop(b);
+        let masked = Bytes::from(out);
+        if for_client {
+            *chunk = masked.clone();
+        }
+        match &ctx.record {
+            Some(rec) => {
+                let records = rec.masked_records(&found, place(dir), for_client);
+                rec.chunk(dir, &masked, records)
+            }
+            None => {
+                crate::mask::metrics::count(&found, place(dir).as_str());
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn place(dir: Direction) -> Place {
+    match dir {
+        Direction::Request => Place::RequestBody,
+        Direction::Response => Place::ResponseBody,
+    }
+}
+
+fn content_type(headers: &::http::HeaderMap) -> Option<&str> {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+}
+
+/// The decoder for a body's Content-Encoding: `Err` when it is one ghgate cannot decode.
+fn decoder(headers: &::http::HeaderMap) -> Result<Option<Decoder>, String> {
+    let value = headers.get(header::CONTENT_ENCODING).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match Coding::parse(value.as_deref()) {
+        Ok(coding) => Ok(coding.map(Decoder::new)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl Phases for Pipeline {
@@ -28,7 +172,10 @@ impl Phases for Pipeline {
 
     fn new_ctx(&self, ex: &Exchange) -> Ctx {
         Ctx {
-            record: self.recorder.as_ref().map(|r| r.exchange(ex)),
+            record: self.recorder.as_ref().map(|r| r.exchange(ex, self.mask.records.clone())),
+            maskers: OnceLock::new(),
+            request: Mutex::new(BodyMask::default()),
+            response: Mutex::new(BodyMask::default()),
         }
     }
 
@@ -44,9 +191,28 @@ impl Phases for Pipeline {
         ctx: &Ctx,
         req: &::http::request::Parts,
     ) -> Option<Response<Bytes>> {
+        // The caller's own credential is masked wherever it shows up, whatever its format.
+        let creds = policy::caller_credentials(&req.headers);
+        let maskers = if creds.is_empty() {
+            (self.mask.responses.clone(), self.mask.records.clone())
+        } else {
+            (self.mask.responses.with_exact(&creds), self.mask.records.with_exact(&creds))
+        };
+        let _ = ctx.maskers.set(maskers.clone());
         let (Some(recorder), Some(rec)) = (&self.recorder, &ctx.record) else {
             return None;
         };
+        rec.use_masker(maskers.1.clone());
+        if let Ok(mut b) = ctx.request.lock() {
+            // Requests reach the upstream as sent; only their record is masked.
+            match decoder(&req.headers) {
+                Ok(d) => {
+                    b.decoder = d;
+                    b.masker = Some(BodyMasker::Plain(maskers.1.stream()));
+                }
+                Err(why) => b.broken = Some(why),
+            }
+        }
         if let Some(refused) = recorder.admit(ex).await {
             return Some(refused);
         }
@@ -59,14 +225,45 @@ impl Phases for Pipeline {
         _ex: &Exchange,
         ctx: &Ctx,
         chunk: &mut Bytes,
+        end: bool,
     ) -> Result<Option<EndFuture>, String> {
-        match &ctx.record {
-            Some(rec) => rec.chunk(Direction::Request, chunk),
-            None => Ok(None),
-        }
+        self.body_chunk(ctx, Direction::Request, chunk, end)
     }
 
-    fn response_filter(&self, _ex: &Exchange, ctx: &Ctx, resp: &mut ::http::response::Parts) {
+    fn response_filter(&self, ex: &Exchange, ctx: &Ctx, resp: &mut ::http::response::Parts) {
+        let (for_clients, for_records) = self.maskers(ctx);
+        let (host, path) = host_and_path(&ex.url);
+        let mode = self.mask.responses(host, path);
+        let ct = content_type(&resp.headers);
+        let sse = ct.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        let has_body = !(ex.method == ::http::Method::HEAD
+            || resp.status.is_informational()
+            || resp.status == ::http::StatusCode::NO_CONTENT
+            || resp.status == ::http::StatusCode::NOT_MODIFIED);
+        let decoded = decoder(&resp.headers);
+        let for_client = mode == ResponseMasking::Mask && has_body && policy::is_text(ct) && decoded.is_ok();
+        if let Ok(mut b) = ctx.response.lock() {
+            if for_client {
+                b.masker = Some(BodyMasker::new(&for_clients, sse));
+                b.for_client = true;
+                // The body's length changes with masking, and it goes out decoded.
+                resp.headers.remove(header::CONTENT_LENGTH);
+                if matches!(decoded, Ok(Some(_))) {
+                    resp.headers.remove(header::CONTENT_ENCODING);
+                }
+            } else if ctx.record.is_some() && has_body {
+                b.masker = Some(BodyMasker::new(&for_records, sse));
+            }
+            match decoded {
+                Ok(d) => b.decoder = d,
+                Err(why) if b.masker.is_some() => {
+                    tracing::warn!(url = %self.mask.logs.mask_str(&ex.url).0, error = %why,
+                                   "a response body in an encoding ghgate cannot decode is not recorded");
+                    b.broken = Some(why);
+                }
+                Err(_) => {}
+            }
+        }
         if let Some(rec) = &ctx.record {
             rec.response_head(resp);
         }
@@ -77,11 +274,9 @@ impl Phases for Pipeline {
         _ex: &Exchange,
         ctx: &Ctx,
         chunk: &mut Bytes,
+        end: bool,
     ) -> Result<Option<EndFuture>, String> {
-        match &ctx.record {
-            Some(rec) => rec.chunk(Direction::Response, chunk),
-            None => Ok(None),
-        }
+        self.body_chunk(ctx, Direction::Response, chunk, end)
     }
 
     fn websocket_message(
@@ -98,7 +293,18 @@ impl Phases for Pipeline {
     }
 
     fn logging(&self, ex: &Exchange, ctx: &Ctx, outcome: &Outcome) -> Option<EndFuture> {
-        http::log_exchange(ex, outcome);
+        http::log_exchange(ex, outcome, &self.mask.logs);
         ctx.record.as_ref().map(|rec| rec.finish(ex, outcome))
     }
+}
+
+/// The host and path of an exchange's `https://authority/path?query` URL.
+fn host_and_path(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    (host, path)
 }

@@ -94,8 +94,23 @@ async fn handle(
         .unwrap_or_default();
     let version = format!("{:?}", req.version());
     let method = req.method().to_string();
+    if path.ends_with("/completion") {
+        return Ok(completion(&query));
+    }
     match path.as_str() {
         "/ws" => Ok(websocket_echo(req)),
+        "/gzip-json" => {
+            // {"text": TEXT}, gzip-encoded, with its Content-Length: a compressed API answer.
+            let text = query_text(&query);
+            let json = serde_json::json!({ "text": text }).to_string();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut gz, json.as_bytes()).unwrap();
+            let body = gz.finish().unwrap();
+            let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+            Ok(r)
+        }
         "/bytes" => {
             // n bytes, streamed in 64 KiB chunks: never held whole.
             let mut left: u64 = query.strip_prefix("n=").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -155,6 +170,55 @@ async fn handle(
             ))
         }
     }
+}
+
+/// The `text` query parameter, hex-encoded (so any text survives a URL).
+fn query_text(query: &str) -> String {
+    let hex = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("text="))
+        .unwrap_or_default();
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// An OpenAI-style streamed chat completion whose text (`text`, hex) arrives in `pieces` events,
+/// 50 ms apart, then a finishing event and `[DONE]`: what Copilot's completions look like.
+fn completion(query: &str) -> Response<Body> {
+    let text = query_text(query);
+    let pieces: usize = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("pieces="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let chars: Vec<char> = text.chars().collect();
+    let per = chars.len().div_ceil(pieces).max(1);
+    let mut events = vec![serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]})];
+    for piece in chars.chunks(per) {
+        let piece: String = piece.iter().collect();
+        events.push(serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}));
+    }
+    events.push(serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        let mut lines: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        lines.push("data: [DONE]\n\n".into());
+        for line in lines {
+            if tx.send(Ok(Frame::data(Bytes::from(line)))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
+    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    r
 }
 
 /// A stream over an mpsc receiver (a few lines instead of a tokio-stream dependency).
@@ -426,6 +490,32 @@ impl TlsGateway {
             format!("https://{name}:{port}{path}"),
             format!("{name}:{port}:{}", self.upstream.addr.ip()),
         )
+    }
+
+    /// `git ARGS…` in `dir` inside the cgroup, configured only with `http.sslCAInfo` (ghgate's CA)
+    /// and `http.curloptResolve` (github.com → the upstream); panics with git's stderr on failure.
+    pub fn git(&self, dir: &std::path::Path, args: &[&str]) {
+        let port = self.upstream.addr.port();
+        let out = self
+            .gw
+            .exec("git")
+            .current_dir(dir)
+            .arg("-c")
+            .arg(format!("http.sslCAInfo={}", self.ca_file.display()))
+            .arg("-c")
+            .arg(format!("http.curloptResolve=github.com:{port}:{}", self.upstream.addr.ip()))
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            // This environment points git at the system bundle; the tests configure git only by -c.
+            .env_remove("GIT_SSL_CAINFO")
+            .env_remove("GIT_SSL_CAPATH")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?} through ghgate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `ghgate exec -- curl -sS --cacert <ghgate CA> --resolve … ARGS… URL` inside the cgroup.

@@ -52,33 +52,9 @@ fn git_clone_and_push_through_the_gateway() {
     git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
     let s = TlsGateway::start(&["github.com"], true, Some(root), "");
-    let (gw, upstream, ghgate_ca) = (&s.gw, &s.upstream, &s.ca_file);
-    let port = upstream.addr.port();
-    let git_under_ghgate = |dir: &Path, args: &[&str]| {
-        let out = gw
-            .exec("git")
-            .current_dir(dir)
-            .arg("-c")
-            .arg(format!("http.sslCAInfo={}", ghgate_ca.display()))
-            .args([
-                "-c",
-                &format!("http.curloptResolve=github.com:{port}:{}", upstream.addr.ip()),
-            ])
-            .args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            // This environment points git at the system bundle; the test wants git configured only by -c.
-            .env_remove("GIT_SSL_CAINFO")
-            .env_remove("GIT_SSL_CAPATH")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?} through ghgate: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let (gw, port) = (&s.gw, s.upstream.addr.port());
     let url = format!("https://github.com:{port}/o/r.git");
-    git_under_ghgate(tmp.path(), &["clone", "-q", &url, "work"]);
+    s.git(tmp.path(), &["clone", "-q", &url, "work"]);
     let work = tmp.path().join("work");
     assert_eq!(
         std::fs::read_to_string(work.join("README.md")).unwrap(),
@@ -87,7 +63,7 @@ fn git_clone_and_push_through_the_gateway() {
 
     commit_file(&work, "change.txt", "pushed through ghgate\n");
     let head = git(&work, &["rev-parse", "HEAD"]);
-    git_under_ghgate(&work, &["push", "-q", "origin", "main"]);
+    s.git(&work, &["push", "-q", "origin", "main"]);
     assert_eq!(
         git(&bare, &["rev-parse", "main"]),
         head,

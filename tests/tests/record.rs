@@ -87,35 +87,11 @@ fn curl_sse_and_git_are_recorded_and_shown() {
 
     // git: clone, then push an update of main and a new branch.
     let port = s.upstream.addr.port();
-    let git_under_ghgate = |dir: &Path, args: &[&str]| {
-        let out =
-            s.gw.exec("git")
-                .current_dir(dir)
-                .arg("-c")
-                .arg(format!("http.sslCAInfo={}", s.ca_file.display()))
-                .arg("-c")
-                .arg(format!(
-                    "http.curloptResolve=github.com:{port}:{}",
-                    s.upstream.addr.ip()
-                ))
-                .args(args)
-                .env("GIT_TERMINAL_PROMPT", "0")
-                .env_remove("GIT_SSL_CAINFO")
-                .env_remove("GIT_SSL_CAPATH")
-                .output()
-                .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let url = format!("https://github.com:{port}/o/r.git");
-    git_under_ghgate(tmp.path(), &["clone", "-q", &url, "work"]);
+    s.git(tmp.path(), &["clone", "-q", &url, "work"]);
     let work = tmp.path().join("work");
     let second = commit(&work, "second.txt");
-    git_under_ghgate(
-        &work,
+    s.git(&work,
         &["push", "-q", "origin", "main", "main:refs/heads/feature"],
     );
 
@@ -212,7 +188,11 @@ fn curl_sse_and_git_are_recorded_and_shown() {
                 .is_some_and(|n| n.eq_ignore_ascii_case("authorization"))
         })
         .expect("the authorization header is recorded (masked)");
-    assert_eq!(auth["value"], "Bearer [MASKED]");
+    let value = auth["value"].as_str().unwrap();
+    assert!(
+        value.starts_with("Bearer [MASKED:credential:") && !value.contains(TOKEN),
+        "the credential is masked, with its fingerprint: {value}"
+    );
     assert!(
         entry["request"]["postData"]["text"]
             .as_str()
@@ -651,4 +631,48 @@ fn replay_paces_the_stream_and_prune_leaves_a_verifiable_tombstone() {
     }
     let out = s.gw.ghgate(&["sessions", "verify", "--all"]);
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn websocket_messages_and_relayed_connections_are_recorded() {
+    if !privileged() {
+        return;
+    }
+    let s = TlsGateway::start(&["api.githubcopilot.com", "pinned.example"], true, None, "");
+    let out = s
+        .gw
+        .exec(ghgate_e2e::bin("ghgate-probe"))
+        .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
+        .arg(&s.ca_file)
+        .args(["first prompt", "second prompt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A name ghgate does not terminate: relayed untouched, recorded as a connection.
+    let (url, resolve) = s.url("pinned.example", "/");
+    let out = s
+        .gw
+        .exec("curl")
+        .args(["-sS", "-o", "/dev/null", "--cacert"])
+        .arg(&s.upstream_ca)
+        .args(["--resolve", &resolve, &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let shown = eventually("both sessions recorded", Duration::from_secs(10), || {
+        let text: String = sessions(&s)
+            .iter()
+            .map(|r| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]))
+            .collect();
+        (text.contains("echo: second prompt") && text.contains("pinned.example")).then_some(text)
+    });
+    let at = |t: &str| shown.find(t).unwrap_or_else(|| panic!("{t:?} missing:\n{shown}"));
+    assert!(
+        at("first prompt") < at("echo: first prompt") && at("echo: first prompt") < at("echo: second prompt"),
+        "WebSocket messages are recorded in order, both ways:\n{shown}"
+    );
+    let relayed = shown.lines().find(|l| l.contains("pinned.example")).unwrap();
+    assert!(relayed.contains(&s.upstream.addr.to_string()), "the relayed connection's destination: {relayed}");
 }

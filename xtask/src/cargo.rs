@@ -1,4 +1,5 @@
-//! The one way xtask invokes cargo: `cargo +<stable-toolchain> …` from the workspace root.
+//! The one way xtask invokes cargo: `cargo +<stable-toolchain> …` from the workspace root, or
+//! `cargo +<ebpf-toolchain> …` for the one tool that needs a nightly (cargo-fuzz).
 //!
 //! `RUSTUP_TOOLCHAIN` is removed from the child so the `+toolchain` pin always wins. Nothing else
 //! in xtask may build a `cargo` command by hand.
@@ -15,8 +16,26 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    with_toolchain(ws, &ws.pins.stable_toolchain, args)
+}
+
+/// A `cargo +<ebpf-toolchain>` command, for cargo-fuzz: its sanitizer-coverage flags are
+/// nightly-only, and reusing the eBPF pin keeps the machine at one nightly. Not yet started.
+pub fn nightly_command<I, S>(ws: &Workspace, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    with_toolchain(ws, &ws.pins.ebpf_toolchain, args)
+}
+
+fn with_toolchain<I, S>(ws: &Workspace, toolchain: &str, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = Command::new("cargo");
-    cmd.arg(format!("+{}", ws.pins.stable_toolchain))
+    cmd.arg(format!("+{toolchain}"))
         .args(args)
         .current_dir(&ws.root)
         .env_remove("RUSTUP_TOOLCHAIN");

@@ -20,9 +20,9 @@ pub struct Workspace {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Pins {
-    /// Userspace toolchain for every cargo invocation xtask makes.
+    /// Userspace toolchain for every cargo invocation xtask makes, but cargo-fuzz's.
     pub stable_toolchain: String,
-    /// Nightly used by gateway/build.rs to build the eBPF programs.
+    /// Nightly used by gateway/build.rs to build the eBPF programs, and by cargo-fuzz.
     pub ebpf_toolchain: String,
     /// Exact bpf-linker version.
     pub bpf_linker: String,

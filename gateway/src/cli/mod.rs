@@ -5,6 +5,7 @@ mod ca;
 mod check;
 mod detach;
 mod exec;
+mod mask;
 mod run;
 mod sessions;
 mod status;
@@ -41,6 +42,8 @@ enum Command {
     Sessions(sessions::Args),
     /// The recorder's signing key.
     Record(sessions::RecordArgs),
+    /// Mask secrets in files or standard input (to standard output), as the gateway would.
+    Mask(mask::Args),
 }
 
 /// `--config`, shared by every subcommand that reads one.
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Ca(a) => ca::run(a),
         Command::Sessions(a) => sessions::run(a),
         Command::Record(a) => sessions::run_record(a),
+        Command::Mask(a) => mask::run(a),
     };
     match result {
         Ok(code) => code,

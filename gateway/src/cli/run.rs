@@ -14,6 +14,7 @@ use crate::{
     config::{Config, OnGatewayDown},
     http::{Limits, pool::Pool},
     listen,
+    mask::{self, policy::MaskSet},
     pipeline::Pipeline,
     proxy::Proxy,
     record::Recorder,
@@ -80,7 +81,12 @@ fn load_or_create_ca(config: &Config) -> anyhow::Result<Ca> {
     Ok(created)
 }
 
-fn proxy(config: &Config, ca: Ca, recorder: Option<Arc<Recorder>>) -> anyhow::Result<Proxy<Pipeline>> {
+fn proxy(
+    config: &Config,
+    ca: Ca,
+    recorder: Option<Arc<Recorder>>,
+    mask: Arc<MaskSet>,
+) -> anyhow::Result<Proxy<Pipeline>> {
     let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
     let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
     Ok(Proxy {
@@ -94,7 +100,7 @@ fn proxy(config: &Config, ca: Ca, recorder: Option<Arc<Recorder>>) -> anyhow::Re
             UpstreamTls::new(&config.tls.upstream_extra_roots)?,
             connect_timeout,
         )),
-        phases: Arc::new(Pipeline { recorder }),
+        phases: Arc::new(Pipeline { recorder, mask }),
         limits: Limits::from(&config.http),
         hosts: HostMap::default(),
     })
@@ -113,7 +119,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         warn!("[record] enabled = false: exchanges are NOT recorded");
         None
     };
-    let proxy = Arc::new(proxy(&config, load_or_create_ca(&config)?, recorder.clone())?);
+    let key = mask::key::load_or_create(&config.state_dir)?;
+    let mask = Arc::new(MaskSet::new(&config.mask, key).context("cannot compile the [mask] rules")?);
+    let proxy = Arc::new(proxy(&config, load_or_create_ca(&config)?, recorder.clone(), mask)?);
 
     let listener_v4 = listen::bind(config.listen.ipv4)?;
     let listener_v6 = listen::bind(config.listen.ipv6)?;
@@ -152,6 +160,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         maps,
         proxy.hosts.clone(),
     ));
+    tokio::spawn(write_metrics_forever(config.state_dir.join(METRICS_FILE)));
     let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), proxy.clone()));
     let v6 = tokio::spawn(listen::serve(listener_v6, clients, proxy));
 
@@ -166,6 +175,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         OnGatewayDown::Refuse => "intercepted connections are refused",
         OnGatewayDown::Bypass => "intercepted connections go direct (bypass mode)",
     };
+    write_metrics(&config.state_dir.join(METRICS_FILE));
     if let Some(r) = &recorder {
         if let Err(e) = r.flush().await {
             warn!(error = %e, "could not write every queued record before stopping");
@@ -177,4 +187,32 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "stopping; the redirect stays attached and {while_down} until ghgate runs again (`ghgate detach` removes it)"
     );
     Ok(())
+}
+
+/// Where the running gateway's counters are written (`ghgate status` reads them).
+pub const METRICS_FILE: &str = "metrics.json";
+
+/// The counters as `ghgate status` shows them.
+fn metrics_json() -> serde_json::Value {
+    let masked: Vec<serde_json::Value> = mask::metrics::counts()
+        .into_iter()
+        .map(|(rule, place, count)| serde_json::json!({ "rule": rule, "place": place, "count": count }))
+        .collect();
+    serde_json::json!({ "pid": std::process::id(), "masked": masked })
+}
+
+fn write_metrics(path: &std::path::Path) {
+    let tmp = path.with_extension("json.tmp");
+    let text = metrics_json().to_string();
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
+        warn!(path = %path.display(), error = %e, "cannot write the metrics file");
+    }
+}
+
+async fn write_metrics_forever(path: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        write_metrics(&path);
+    }
 }

@@ -53,6 +53,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         report["tracked"] = json!({ "open_redirected": by_cookie, "awaiting_accept": by_client });
         report["counters"] = json!(counters);
     }
+    // The running gateway's own counters (what it masked), as it last wrote them.
+    let metrics = std::fs::read_to_string(config.state_dir.join(super::run::METRICS_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    if let Some(m) = &metrics {
+        report["masked"] = m["masked"].clone();
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -85,6 +92,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("counters:");
         for (k, v) in report["counters"].as_object().into_iter().flatten() {
             println!("  {k:<24} {v}");
+        }
+    }
+    if let Some(masked) = report.get("masked").and_then(|m| m.as_array()) {
+        println!("masked since the gateway started:");
+        for m in masked {
+            println!(
+                "  {:<28} {:<20} {}",
+                m["rule"].as_str().unwrap_or("?"),
+                m["place"].as_str().unwrap_or("?"),
+                m["count"]
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

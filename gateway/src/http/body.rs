@@ -14,29 +14,40 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Sees each chunk; `Err` stops the body there (the peer sees it fail) and names why. A returned
-/// future holds the chunk back until it completes (the recorder has written what it took from it).
-pub type ChunkHook = Box<dyn FnMut(&mut Bytes) -> Result<Option<EndFuture>, String> + Send + Sync>;
+/// Sees each chunk, with whether it is the body's last; `Err` stops the body there (the peer
+/// sees it fail) and names why. A returned future holds the chunk back until it completes (the
+/// recorder has written what it took from it). When the body ends without a last data chunk
+/// (trailers, or a bare end), the hook is called once more with an empty chunk marked last, so a
+/// stage that holds bytes back (the masker) can release them; what it puts there is sent.
+pub type ChunkHook = Box<dyn FnMut(&mut Bytes, bool) -> Result<Option<EndFuture>, String> + Send + Sync>;
 /// What must complete before a body may end; `Err` names why it could not.
 pub type EndFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + Sync>>;
 /// Called once, when the body ends (`Ok`) or fails or is dropped early (`Err`).
 pub type EndHook = Box<dyn FnOnce(Result<(), String>) -> Option<EndFuture> + Send + Sync>;
 
-enum State {
-    Streaming,
-    /// A chunk waits for its hook's future before it is passed on.
-    HoldingChunk(Option<Frame<Bytes>>, EndFuture),
-    /// The inner body has ended; its last frame (if any) waits for the end hook's future.
-    Holding(Option<Frame<Bytes>>, EndFuture),
+enum End {
+    /// The end hook has not run.
+    Pending,
+    /// The end hook's future must complete before the body ends.
+    Waiting(EndFuture),
     /// The end hook has run and its future (if any) completed.
-    Ended,
+    Done,
 }
 
 pub struct Observed<B> {
     inner: B,
     on_chunk: ChunkHook,
     on_end: Option<EndHook>,
-    state: State,
+    /// A frame (or nothing) waiting for its chunk hook's future.
+    held: Option<(Option<Frame<Bytes>>, EndFuture)>,
+    /// Trailers, sent after the last chunk and the end hook.
+    trailers: Option<Frame<Bytes>>,
+    inner_done: bool,
+    /// The chunk hook has seen the last chunk.
+    flushed: bool,
+    end: End,
+    /// Whether the inner body's size is still the size of this one (no hook changes lengths).
+    same_size: bool,
 }
 
 impl<B> Observed<B> {
@@ -45,25 +56,48 @@ impl<B> Observed<B> {
             inner,
             on_chunk,
             on_end: Some(on_end),
-            state: State::Streaming,
+            held: None,
+            trailers: None,
+            inner_done: false,
+            flushed: false,
+            end: End::Pending,
+            same_size: true,
         }
     }
 
-    fn end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
+    /// The chunk hook changes lengths (masking): the inner body's size says nothing of this one's.
+    pub fn resized(mut self) -> Self {
+        self.same_size = false;
+        self
+    }
+
+    fn run_end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
         self.on_end.take().and_then(|f| f(result))
     }
 
-    /// The inner body ended cleanly with `last` as its final frame (or none).
-    fn finish(&mut self, last: Option<Frame<Bytes>>) -> Option<Frame<Bytes>> {
-        match self.end(Ok(())) {
+    /// The body fails with `why`: the end hook hears of it, and nothing more is sent.
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let _ = self.run_end(Err(why.clone()));
+        self.end = End::Done;
+        self.held = None;
+        self.trailers = None;
+        Poll::Ready(Some(Err(Box::new(EndFailed(why)))))
+    }
+
+    /// Runs the chunk hook on `data`; `Ready(Some)` is a frame to send now, `Ready(None)` means
+    /// nothing to send (an empty chunk, or one now held).
+    fn chunk(&mut self, mut data: Bytes, last: bool) -> Result<Option<Frame<Bytes>>, String> {
+        if last {
+            self.flushed = true;
+        }
+        let wait = (self.on_chunk)(&mut data, last)?;
+        let frame = (!data.is_empty()).then(|| Frame::data(data));
+        match wait {
             Some(wait) => {
-                self.state = State::Holding(last, wait);
-                None
+                self.held = Some((frame, wait));
+                Ok(None)
             }
-            None => {
-                self.state = State::Ended;
-                last
-            }
+            None => Ok(frame),
         }
     }
 }
@@ -86,77 +120,66 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            match &mut this.state {
-                State::HoldingChunk(chunk, wait) => {
-                    let result = ready!(wait.as_mut().poll(cx));
-                    let chunk = chunk.take();
-                    match result {
-                        Ok(()) => {
-                            this.state = State::Streaming;
-                            let Some(frame) = chunk else { continue };
-                            if !this.inner.is_end_stream() {
-                                return Poll::Ready(Some(Ok(frame)));
-                            }
-                            match this.finish(Some(frame)) {
-                                Some(frame) => return Poll::Ready(Some(Ok(frame))),
-                                None => continue,
-                            }
-                        }
-                        Err(why) => {
-                            let _ = this.end(Err(why.clone()));
-                            this.state = State::Ended;
-                            return Poll::Ready(Some(Err(Box::new(EndFailed(why)))));
-                        }
-                    }
-                }
-                State::Holding(last, wait) => {
-                    let result = ready!(wait.as_mut().poll(cx));
-                    let last = last.take();
-                    this.state = State::Ended;
-                    return Poll::Ready(match result {
-                        Ok(()) => last.map(Ok),
-                        Err(why) => Some(Err(Box::new(EndFailed(why)))),
-                    });
-                }
-                State::Ended => return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into),
-                State::Streaming => {}
-            }
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    let frame = match frame.into_data() {
-                        Ok(mut data) => match (this.on_chunk)(&mut data) {
-                            Ok(None) => Frame::data(data),
-                            Ok(Some(wait)) => {
-                                this.state = State::HoldingChunk(Some(Frame::data(data)), wait);
-                                continue;
-                            }
-                            Err(why) => {
-                                let _ = this.end(Err(why.clone()));
-                                this.state = State::Ended;
-                                return Poll::Ready(Some(Err(Box::new(EndFailed(why)))));
-                            }
-                        },
-                        Err(other) => other,
-                    };
-                    if !this.inner.is_end_stream() {
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                    match this.finish(Some(frame)) {
+            if let Some((_, wait)) = &mut this.held {
+                let result = ready!(wait.as_mut().poll(cx));
+                let (frame, _) = this.held.take().expect("held");
+                match result {
+                    Ok(()) => match frame {
                         Some(frame) => return Poll::Ready(Some(Ok(frame))),
                         None => continue,
+                    },
+                    Err(why) => return this.fail(why),
+                }
+            }
+            match &mut this.end {
+                End::Waiting(wait) => {
+                    let result = ready!(wait.as_mut().poll(cx));
+                    this.end = End::Done;
+                    if let Err(why) = result {
+                        return Poll::Ready(Some(Err(Box::new(EndFailed(why)))));
+                    }
+                    continue;
+                }
+                End::Done => return Poll::Ready(this.trailers.take().map(Ok)),
+                End::Pending => {}
+            }
+            if this.inner_done {
+                if !this.flushed {
+                    match this.chunk(Bytes::new(), true) {
+                        Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                        Ok(None) => continue,
+                        Err(why) => return this.fail(why),
                     }
                 }
+                this.end = match this.run_end(Ok(())) {
+                    Some(wait) => End::Waiting(wait),
+                    None => End::Done,
+                };
+                continue;
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let last = this.inner.is_end_stream();
+                        this.inner_done = last;
+                        match this.chunk(data, last) {
+                            Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                            Ok(None) => continue,
+                            Err(why) => return this.fail(why),
+                        }
+                    }
+                    Err(trailers) => {
+                        this.trailers = Some(trailers);
+                        this.inner_done = true;
+                    }
+                },
                 Some(Err(e)) => {
                     // Nothing to wait for: the body failed, so the exchange is not acknowledged.
-                    let _ = this.end(Err(e.to_string()));
-                    this.state = State::Ended;
+                    let _ = this.run_end(Err(e.to_string()));
+                    this.end = End::Done;
                     return Poll::Ready(Some(Err(e.into())));
                 }
-                None => match this.finish(None) {
-                    Some(_) => unreachable!("finish(None) never returns a frame"),
-                    None if matches!(this.state, State::Holding(..)) => continue,
-                    None => return Poll::Ready(None),
-                },
+                None => this.inner_done = true,
             }
         }
     }
@@ -164,18 +187,22 @@ where
     fn is_end_stream(&self) -> bool {
         // Until the end hook has run, the body is never reported finished: the server would
         // otherwise stop polling and the hook would never see the end.
-        matches!(self.state, State::Ended) && self.inner.is_end_stream()
+        matches!(self.end, End::Done) && self.held.is_none() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.same_size {
+            self.inner.size_hint()
+        } else {
+            SizeHint::default()
+        }
     }
 }
 
 impl<B> Drop for Observed<B> {
     fn drop(&mut self) {
         // Dropped before the end: the peer went away mid-body.
-        let _ = self.end(Err("body not finished: the connection closed".into()));
+        let _ = self.run_end(Err("body not finished: the connection closed".into()));
     }
 }
 
@@ -205,7 +232,7 @@ mod tests {
         let (s, e) = (seen.clone(), ended.clone());
         let body = Observed::new(
             chunks(&["ab", "cd"]),
-            Box::new(move |c: &mut Bytes| {
+            Box::new(move |c: &mut Bytes, _| {
                 s.lock().unwrap().push(c.clone());
                 Ok(None)
             }),
@@ -226,7 +253,7 @@ mod tests {
         let released = Arc::new(AtomicBool::new(false));
         let body = Observed::new(
             Full::new(Bytes::from_static(b"last")).map_err(|n| match n {}),
-            Box::new(|_| Ok(None)),
+            Box::new(|_, _| Ok(None)),
             Box::new(move |_| {
                 Some(Box::pin(async move { rx.await.unwrap_or(Err("dropped".into())) }) as EndFuture)
             }),
@@ -252,7 +279,7 @@ mod tests {
         let mut rx = Some(rx);
         let body = Observed::new(
             chunks(&["held", "next"]),
-            Box::new(move |_| {
+            Box::new(move |_, _| {
                 Ok(rx.take().map(|rx| {
                     Box::pin(async move { rx.await.unwrap_or(Err("dropped".into())) }) as EndFuture
                 }))
@@ -271,7 +298,7 @@ mod tests {
     async fn a_failing_chunk_hook_stops_the_body() {
         let body = Observed::new(
             chunks(&["ok", "refused", "never"]),
-            Box::new(|c: &mut Bytes| {
+            Box::new(|c: &mut Bytes, _| {
                 if &c[..] == b"refused" {
                     Err("store failed".into())
                 } else {
@@ -288,7 +315,7 @@ mod tests {
     async fn a_failed_end_future_fails_the_body() {
         let body = Observed::new(
             Full::new(Bytes::from_static(b"x")).map_err(|n| match n {}),
-            Box::new(|_| Ok(None)),
+            Box::new(|_, _| Ok(None)),
             Box::new(|_| Some(Box::pin(async { Err("disk full".to_string()) }) as EndFuture)),
         );
         let err = body.collect().await.expect_err("the body must fail");
@@ -301,7 +328,7 @@ mod tests {
         let e = ended.clone();
         let body = Observed::new(
             Full::new(Bytes::new()).map_err(|n| match n {}),
-            Box::new(|_| Ok(None)),
+            Box::new(|_, _| Ok(None)),
             Box::new(move |r| {
                 assert!(r.is_ok());
                 e.store(true, Ordering::SeqCst);

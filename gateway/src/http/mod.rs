@@ -103,26 +103,31 @@ pub trait Phases: Send + Sync + 'static {
     ) -> impl Future<Output = Option<Response<Bytes>>> + Send {
         async { None }
     }
-    /// Each request body chunk on its way up; `Err` stops the body (the upstream sees it fail);
-    /// a returned future holds the chunk back until it completes.
+    /// Each request body chunk on its way up, `end_of_stream` on the last (which may be an
+    /// empty chunk the hook can fill); `Err` stops the body (the upstream sees it fail); a
+    /// returned future holds the chunk back until it completes.
     fn request_body_filter(
         &self,
         _ex: &Exchange,
         _ctx: &Self::Ctx,
         _chunk: &mut Bytes,
+        _end_of_stream: bool,
     ) -> Result<Option<EndFuture>, String> {
         Ok(None)
     }
     /// The request as it will be sent upstream (headers may be changed here).
     fn upstream_request_filter(&self, _ex: &Exchange, _ctx: &Self::Ctx, _req: &mut http::request::Parts) {}
     fn response_filter(&self, _ex: &Exchange, _ctx: &Self::Ctx, _resp: &mut http::response::Parts) {}
-    /// Each response body chunk on its way down; `Err` stops the body (the client sees it fail);
-    /// a returned future holds the chunk back until it completes.
+    /// Each response body chunk on its way down, `end_of_stream` on the last (which may be an
+    /// empty chunk the hook can fill: a stage that held bytes back releases them there); `Err`
+    /// stops the body (the client sees it fail); a returned future holds the chunk back until it
+    /// completes.
     fn response_body_filter(
         &self,
         _ex: &Exchange,
         _ctx: &Self::Ctx,
         _chunk: &mut Bytes,
+        _end_of_stream: bool,
     ) -> Result<Option<EndFuture>, String> {
         Ok(None)
     }
@@ -142,36 +147,14 @@ pub trait Phases: Send + Sync + 'static {
     }
 }
 
-/// The default pipeline: logs each exchange.
-pub struct LogExchanges;
-
-impl Phases for LogExchanges {
-    type Ctx = ();
-
-    fn new_ctx(&self, _ex: &Exchange) {}
-
-    fn websocket_message(
-        &self,
-        ex: &Exchange,
-        _ctx: &(),
-        dir: websocket::Direction,
-        msg: &websocket::Message,
-    ) {
-        log_websocket_message(ex, dir, msg);
-    }
-
-    fn logging(&self, ex: &Exchange, _ctx: &(), o: &Outcome) -> Option<EndFuture> {
-        log_exchange(ex, o);
-        None
-    }
-}
-
 pub fn log_websocket_message(ex: &Exchange, dir: websocket::Direction, msg: &websocket::Message) {
     info!(exchange = ex.id, direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
 }
 
-/// The one log line of an exchange.
-pub fn log_exchange(ex: &Exchange, o: &Outcome) {
+/// The one log line of an exchange; its URL and error pass through `masker` first.
+pub fn log_exchange(ex: &Exchange, o: &Outcome, masker: &crate::mask::Masker) {
+    let url = masker.mask_str(&ex.url).0;
+    let error = o.error.as_deref().map(|e| masker.mask_str(e).0).unwrap_or_default();
     info!(
         exchange = ex.id,
         tgid = ex.conn.caller.tgid,
@@ -183,14 +166,14 @@ pub fn log_exchange(ex: &Exchange, o: &Outcome) {
         client_alpn = ?ex.conn.client_proto,
         upstream_alpn = ?ex.conn.upstream_proto,
         method = %ex.method,
-        url = %ex.url,
+        url = %url,
         status = o.status,
         answered_by = o.answered_by,
         bytes_up = ex.bytes_up.load(Ordering::Relaxed),
         bytes_down = ex.bytes_down.load(Ordering::Relaxed),
         ttfb_ms = o.ttfb.as_millis() as u64,
         duration_ms = o.duration.as_millis() as u64,
-        error = o.error.as_deref().unwrap_or(""),
+        error = %error,
         "exchange"
     );
 }
@@ -491,8 +474,8 @@ async fn forward<P: Phases>(
     let up_ctx = ctx.clone();
     let req_body: ProxyBody = Observed::new(
         body,
-        Box::new(move |chunk: &mut Bytes| {
-            let wait = up_phases.request_body_filter(&up_ex, &up_ctx, chunk)?;
+        Box::new(move |chunk: &mut Bytes, end| {
+            let wait = up_phases.request_body_filter(&up_ex, &up_ctx, chunk, end)?;
             up_ex.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok(wait)
         }),
@@ -559,17 +542,20 @@ async fn forward<P: Phases>(
     let upgraded = rparts.status == StatusCode::SWITCHING_PROTOCOLS;
     hop::strip(&mut rparts.headers, upgraded);
     rparts.version = client_version;
+    let had_length = rparts.headers.contains_key(header::CONTENT_LENGTH);
     phases.response_filter(&ex, &ctx, &mut rparts);
+    // A filter that drops the length will change the body's (masking does).
+    let resized = had_length && !rparts.headers.contains_key(header::CONTENT_LENGTH);
     let status = rparts.status.as_u16();
     let (down_ex, end_ex) = (ex.clone(), ex.clone());
     let (down_phases, end_phases) = (phases.clone(), phases.clone());
     let (down_ctx, end_ctx) = (ctx.clone(), ctx);
     let (pool, key) = (route.pool.clone(), route.key.clone());
     let h1_back = h1_back.filter(|_| !upgraded);
-    let body: ProxyBody = Observed::new(
+    let observed = Observed::new(
         rbody,
-        Box::new(move |chunk: &mut Bytes| {
-            let wait = down_phases.response_body_filter(&down_ex, &down_ctx, chunk)?;
+        Box::new(move |chunk: &mut Bytes, end| {
+            let wait = down_phases.response_body_filter(&down_ex, &down_ctx, chunk, end)?;
             down_ex
                 .bytes_down
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -592,7 +578,8 @@ async fn forward<P: Phases>(
             )
         }),
     )
-    .boxed();
+    ;
+    let body: ProxyBody = if resized { observed.resized().boxed() } else { observed.boxed() };
     Ok(Response::from_parts(rparts, body))
 }
 

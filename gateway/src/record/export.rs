@@ -506,7 +506,7 @@ pub fn to_html(view: &SessionView) -> String {
                 );
             }
             Fact::Request(x) => exchange_html(&mut h, x, &when, t0, t1),
-            Fact::ResponseHead(_) | Fact::Event(..) | Fact::Git(..) | Fact::ExchangeEnd(_) => {}
+            Fact::ResponseHead(_) | Fact::Event(..) | Fact::Git(..) | Fact::Masked(..) | Fact::ExchangeEnd(_) => {}
         }
     }
     h.push_str("</ol>\n</main>\n");

@@ -9,7 +9,11 @@ use std::io::Write;
 
 use sha2::{Digest, Sha256};
 
-use super::model::{RefOp, RefUpdate, Want};
+use super::{
+    model::{RefOp, RefUpdate, Want},
+    pack,
+};
+use crate::mask::{Finding, Masker, Piece, StreamMasker};
 
 /// How many items (ref updates, wants, advertised refs, capabilities) one body may add to a
 /// result; further items are counted in `omitted` instead of kept.
@@ -146,6 +150,62 @@ pub struct ReceivePack {
     /// Ref updates parsed beyond `MAX_ITEMS` and not kept.
     pub omitted: u64,
     pub error: Option<String>,
+    /// Secrets found in the pack's objects (one per rule and fingerprint), when scanned.
+    pub secrets: Vec<Finding>,
+    /// Why the pack's objects could not all be scanned.
+    pub scan_error: Option<String>,
+}
+
+/// The most distinct secrets one pack reports.
+const MAX_PACK_SECRETS: usize = 1000;
+
+/// Inflates a pushed pack's objects and runs the masker over each, keeping only what it found:
+/// the pack itself is compressed, so a secret in a pushed file is invisible in its bytes.
+struct PackSecrets {
+    scanner: pack::PackScanner,
+    masker: Masker,
+    object: Option<StreamMasker>,
+    found: Vec<Finding>,
+}
+
+impl std::fmt::Debug for PackSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackSecrets").field("found", &self.found.len()).finish_non_exhaustive()
+    }
+}
+
+impl PackSecrets {
+    fn feed(&mut self, chunk: &[u8]) {
+        let (masker, object, found) = (&self.masker, &mut self.object, &mut self.found);
+        let mut keep = |f: &Finding| {
+            if found.len() < MAX_PACK_SECRETS
+                && !found.iter().any(|k| k.rule == f.rule && k.fingerprint == f.fingerprint)
+            {
+                found.push(f.clone());
+            }
+        };
+        self.scanner.feed(chunk, &mut |event| match event {
+            pack::PackEvent::Object { .. } => *object = Some(masker.stream()),
+            pack::PackEvent::Data(data) => {
+                if let Some(s) = object.as_mut() {
+                    s.push_pieces(data, &mut |p| {
+                        if let Piece::Masked { finding, .. } = p {
+                            keep(finding);
+                        }
+                    });
+                }
+            }
+            pack::PackEvent::ObjectEnd => {
+                if let Some(mut s) = object.take() {
+                    s.finish_pieces(&mut |p| {
+                        if let Piece::Masked { finding, .. } = p {
+                            keep(finding);
+                        }
+                    });
+                }
+            }
+        });
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +237,7 @@ pub struct ReceivePackRequest {
     pack_len: u64,
     pack_hash: Sha256,
     error: Option<String>,
+    secrets: Option<Box<PackSecrets>>,
 }
 
 impl Default for ReceivePackRequest {
@@ -198,7 +259,19 @@ impl ReceivePackRequest {
             pack_len: 0,
             pack_hash: Sha256::new(),
             error: None,
+            secrets: None,
         }
+    }
+
+    /// Also inflate the pack's objects and look for secrets in them with `masker`.
+    pub fn scanning_secrets(mut self, masker: Masker) -> Self {
+        self.secrets = Some(Box::new(PackSecrets {
+            scanner: pack::PackScanner::new(pack::Limits::default()),
+            masker,
+            object: None,
+            found: Vec::new(),
+        }));
+        self
     }
 
     pub fn feed(&mut self, mut chunk: &[u8]) {
@@ -234,6 +307,9 @@ impl ReceivePackRequest {
         let before = self.pack_len;
         self.pack_len += chunk.len() as u64;
         self.pack_hash.update(chunk);
+        if let Some(s) = self.secrets.as_mut() {
+            s.feed(chunk);
+        }
         if before < 4 {
             let start = before as usize;
             let n = (4 - start).min(chunk.len());
@@ -277,12 +353,21 @@ impl ReceivePackRequest {
             }
         }
         let pack = self.error.is_none() && self.pack_len > 0;
+        let (secrets, scan_error) = match self.secrets {
+            Some(s) => {
+                let summary = s.scanner.finish();
+                (s.found, summary.error)
+            }
+            None => (Vec::new(), None),
+        };
         ReceivePack {
             updates: self.updates,
             pack_len: pack.then_some(self.pack_len),
             pack_sha256: pack.then(|| hex::encode(self.pack_hash.finalize())),
             omitted: self.omitted,
             error: self.error,
+            secrets,
+            scan_error,
         }
     }
 }

@@ -929,6 +929,7 @@ pub fn kind_name(record: &Record) -> &'static str {
         Record::BodyChunk(_) => "body_chunk",
         Record::StreamEvent(_) => "stream_event",
         Record::Git(_) => "git",
+        Record::Masked(_) => "masked",
         Record::Passthrough(_) => "passthrough",
         Record::Recovery(_) => "recovery",
         Record::Tombstone(_) => "tombstone",
@@ -943,6 +944,7 @@ fn exchange_of(record: &Record) -> Option<u64> {
         Record::BodyChunk(r) => Some(r.exchange),
         Record::StreamEvent(r) => Some(r.exchange),
         Record::Git(r) => Some(r.exchange),
+        Record::Masked(r) => Some(r.exchange),
         _ => None,
     }
 }

@@ -4,7 +4,10 @@
 //! exchanges and streams are rebuilt from them by reading in order. Nothing here may ever hold a
 //! credential in clear: headers pass through `mask_headers` before they become a record, and
 //! bodies are recorded after the masking stage.
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+use crate::mask::{Finding, Masker};
 
 /// Milliseconds since the Unix epoch are too coarse for token-by-token replay: times are
 /// microseconds since the epoch.
@@ -34,6 +37,8 @@ pub enum Record {
     StreamEvent(StreamEvent),
     /// A git smart-HTTP operation seen in an exchange's bodies.
     Git(GitOp),
+    /// A secret the masking stage found (and replaced) in an exchange.
+    Masked(Masked),
     /// A connection relayed as raw bytes (not terminated): only its facts and byte counts.
     Passthrough(Passthrough),
     /// Written by the store itself at start when the previous run left a torn tail.
@@ -56,6 +61,7 @@ impl Record {
             Record::BodyChunk(r) => Some(&r.session),
             Record::StreamEvent(r) => Some(&r.session),
             Record::Git(r) => Some(&r.session),
+            Record::Masked(r) => Some(&r.session),
             Record::Passthrough(r) => Some(&r.session),
             Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => None,
         }
@@ -72,6 +78,7 @@ impl Record {
             Record::BodyChunk(r) => r.at,
             Record::StreamEvent(r) => r.at,
             Record::Git(r) => r.at,
+            Record::Masked(r) => r.at,
             Record::Passthrough(r) => r.at,
             Record::Recovery(r) => r.at,
             Record::Tombstone(r) => r.at,
@@ -218,6 +225,23 @@ pub struct StreamEvent {
     pub truncated_from: Option<u64>,
 }
 
+/// One secret found in an exchange: which rule, its fingerprint (the same secret has the same
+/// fingerprint everywhere this gateway saw it), and where. Never the secret itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Masked {
+    pub session: String,
+    pub exchange: u64,
+    pub at: Micros,
+    pub rule: String,
+    pub fingerprint: String,
+    /// Where it was: "request body", "response body", "request header", "url",
+    /// "websocket message", "git push pack".
+    pub place: String,
+    /// Whether the client received it masked (`false`: `responses = "alert"` or `"off"`, or a
+    /// request the client sent).
+    pub client_masked: bool,
+}
+
 /// A git smart-HTTP operation, parsed from the streaming bodies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GitOp {
@@ -323,27 +347,41 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "x-hub-signature-256",
 ];
 
-/// Headers as they may be stored: credential values replaced, keeping the auth scheme
-/// ("Bearer", "token", "Basic") so an auditor can still see what kind of credential was used.
-pub fn mask_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers
+/// Headers as they may be stored: credential values replaced by `[MASKED:credential:<fp>]`,
+/// keeping the auth scheme ("Bearer", "token", "Basic") so an auditor can still see what kind of
+/// credential was used; every other value passes through `masker`. For basic auth the
+/// fingerprint is the password's, so a token sent as a git password has the fingerprint it has
+/// anywhere else. Returns what `masker` found besides.
+pub fn mask_headers(headers: &http::HeaderMap, masker: &Masker) -> (Vec<(String, String)>, Vec<Finding>) {
+    let mut found = Vec::new();
+    let masked = headers
         .iter()
         .map(|(name, value)| {
             let name = name.as_str().to_owned();
             let value = if CREDENTIAL_HEADERS.contains(&name.as_str()) {
-                let text = value.to_str().unwrap_or("");
-                match text.split_once(' ') {
-                    Some((scheme, _)) if !scheme.is_empty() && scheme.len() <= 16 => {
-                        format!("{scheme} [MASKED]")
-                    }
-                    _ => "[MASKED]".to_owned(),
+                let raw = value.as_bytes();
+                let (scheme, secret) = match raw.iter().position(|&b| b == b' ') {
+                    Some(i) if (1..=16).contains(&i) => (Some(&raw[..i]), raw[i + 1..].trim_ascii()),
+                    _ => (None, raw.trim_ascii()),
+                };
+                let basic_password = scheme
+                    .filter(|s| s.eq_ignore_ascii_case(b"basic"))
+                    .and_then(|_| base64::engine::general_purpose::STANDARD.decode(secret).ok())
+                    .and_then(|d| d.iter().position(|&b| b == b':').map(|c| d[c + 1..].to_vec()));
+                let fp = masker.fingerprint(basic_password.as_deref().unwrap_or(secret));
+                match scheme {
+                    Some(s) => format!("{} [MASKED:credential:{fp}]", String::from_utf8_lossy(s)),
+                    None => format!("[MASKED:credential:{fp}]"),
                 }
             } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
+                let (text, f) = masker.mask_str(&String::from_utf8_lossy(value.as_bytes()));
+                found.extend(f);
+                text
             };
             (name, value)
         })
-        .collect()
+        .collect();
+    (masked, found)
 }
 
 /// Token prefixes that mark a command-line argument as carrying a credential. The masking stage
@@ -447,12 +485,20 @@ mod tests {
         );
         h.insert("cookie", "session=abc".parse().unwrap());
         h.insert("accept", "application/json".parse().unwrap());
-        let m = mask_headers(&h);
+        let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [3; 32]);
+        let (m, _) = mask_headers(&h, &masker);
         let get = |n: &str| m.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-        assert_eq!(get("authorization"), Some("Bearer [MASKED]"));
-        assert_eq!(get("cookie"), Some("[MASKED]"));
+        let fp = masker.fingerprint(b"ghp_abcdefghijklmnopqrstuvwxyz0123456789");
+        assert_eq!(get("authorization"), Some(format!("Bearer [MASKED:credential:{fp}]").as_str()));
+        assert_eq!(get("cookie"), Some(format!("[MASKED:credential:{}]", masker.fingerprint(b"session=abc")).as_str()));
         assert_eq!(get("accept"), Some("application/json"));
         assert!(!format!("{m:?}").contains("ghp_"));
+        // A token sent as a git password has the fingerprint it has anywhere else.
+        let mut h = http::HeaderMap::new();
+        let basic = base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_abcdefghijklmnopqrstuvwxyz0123456789");
+        h.insert("authorization", format!("Basic {basic}").parse().unwrap());
+        let (m, _) = mask_headers(&h, &masker);
+        assert_eq!(m[0].1, format!("Basic [MASKED:credential:{fp}]"));
     }
 
     #[test]

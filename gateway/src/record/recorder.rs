@@ -35,6 +35,7 @@ use super::{
 };
 use crate::{
     config::{Config, FsyncPolicy, OnRecordFailure},
+    mask::{Finding, Masker},
     http::{ConnInfo, EndFuture, Exchange, Outcome, websocket},
     identity::{self, Caller},
 };
@@ -321,7 +322,9 @@ impl Recorder {
     }
 
     /// Per-exchange recording state.
-    pub fn exchange(self: &Arc<Self>, ex: &Exchange) -> ExchangeRecording {
+    /// Starts recording an exchange; `masker` masks what is recorded of it (bodies are handed
+    /// over already masked).
+    pub fn exchange(self: &Arc<Self>, ex: &Exchange, masker: Masker) -> ExchangeRecording {
         let path = ex.url.splitn(4, '/').nth(3).unwrap_or("");
         let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
         let git = if ex.method == http::Method::POST && path_only.ends_with("/git-receive-pack") {
@@ -343,9 +346,19 @@ impl Recorder {
             started_at: model::now_micros(),
             git,
             heads: Mutex::new(Heads::default()),
-            request: Mutex::new(BodyRecording::new(Direction::Request, self.body_cap)),
-            response: Mutex::new(BodyRecording::new(Direction::Response, self.body_cap)),
+            // A pack is compressed, so masking cannot reach into its bytes: packs are recorded
+            // by length and hash only, and a pushed pack's objects are scanned for secrets.
+            request: Mutex::new(BodyRecording::new(
+                Direction::Request,
+                if git == GitKind::Push { 0 } else { self.body_cap },
+            )),
+            response: Mutex::new(BodyRecording::new(
+                Direction::Response,
+                if git == GitKind::Fetch { 0 } else { self.body_cap },
+            )),
             ws_index: AtomicU64::new(0),
+            url: Mutex::new(masker.mask_str(&ex.url).0),
+            masker: Mutex::new(masker),
         }
     }
 }
@@ -647,6 +660,36 @@ pub struct ExchangeRecording {
     request: Mutex<BodyRecording>,
     response: Mutex<BodyRecording>,
     ws_index: AtomicU64,
+    /// Masks headers, the URL, WebSocket messages and pushed packs (bodies arrive masked).
+    masker: Mutex<Masker>,
+    /// The URL as recorded (masked).
+    url: Mutex<String>,
+}
+
+/// Where a masked secret was, as records say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    RequestBody,
+    ResponseBody,
+    RequestHeader,
+    ResponseHeader,
+    Url,
+    WebSocket,
+    GitPushPack,
+}
+
+impl Place {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Place::RequestBody => "request body",
+            Place::ResponseBody => "response body",
+            Place::RequestHeader => "request headers",
+            Place::ResponseHeader => "response headers",
+            Place::Url => "url",
+            Place::WebSocket => "websocket messages",
+            Place::GitPushPack => "git push pack",
+        }
+    }
 }
 
 fn header(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
@@ -654,21 +697,42 @@ fn header(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<S
 }
 
 impl ExchangeRecording {
+    /// From now on, mask with `masker` (the pipeline adds the caller's own credentials to it
+    /// once it has seen the request head).
+    pub fn use_masker(&self, masker: Masker) {
+        if let Ok(mut m) = self.masker.lock() {
+            *m = masker;
+        }
+    }
+
+    fn masker(&self) -> Masker {
+        match self.masker.lock() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// Records the request head and waits until it is written: `Some` answers the client
     /// instead (503) when it cannot be.
     pub async fn request_head(&self, ex: &Exchange, req: &http::request::Parts) -> Option<Response<Bytes>> {
-        self.note_request_head(req);
-        let ack = self.recorder.submit(
-            vec![Record::Request(model::RequestStart {
+        let mut records = self.note_request_head(req);
+        let (url, found) = self.masker().mask_str(&ex.url);
+        records.extend(self.masked_records(&found, Place::Url, false));
+        if let Ok(mut u) = self.url.lock() {
+            u.clone_from(&url);
+        }
+        records.insert(
+            0,
+            Record::Request(model::RequestStart {
                 session: self.session.clone(),
                 conn: ex.conn.id,
                 exchange: self.id,
                 at: self.started_at,
                 method: ex.method.to_string(),
-                url: ex.url.clone(),
-            })],
-            true,
+                url,
+            }),
         );
+        let ack = self.recorder.submit(records, true);
         let written = match ack {
             Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
             None => Err("the recorder is not running".into()),
@@ -687,9 +751,11 @@ impl ExchangeRecording {
         }
     }
 
-    fn note_request_head(&self, req: &http::request::Parts) {
+    /// Notes the request head; returns the records of secrets found in its headers.
+    fn note_request_head(&self, req: &http::request::Parts) -> Vec<Record> {
+        let (headers, found) = model::mask_headers(&req.headers, &self.masker());
         if let Ok(mut h) = self.heads.lock() {
-            h.request_headers = model::mask_headers(&req.headers);
+            h.request_headers = headers;
             h.http_version = format!("{:?}", req.version);
         }
         let encoding = header(&req.headers, http::header::CONTENT_ENCODING);
@@ -698,7 +764,7 @@ impl ExchangeRecording {
             match self.git {
                 GitKind::Push => {
                     b.push = Some(git::Decoded::new(
-                        git::ReceivePackRequest::new(),
+                        git::ReceivePackRequest::new().scanning_secrets(self.masker()),
                         encoding.as_deref(),
                     ))
                 }
@@ -711,11 +777,18 @@ impl ExchangeRecording {
                 _ => {}
             }
         }
+        self.masked_records(&found, Place::RequestHeader, false)
     }
 
+    /// Notes the response head. Secrets in its headers are recorded with the exchange.
     pub fn response_head(&self, resp: &http::response::Parts) {
+        let (headers, found) = model::mask_headers(&resp.headers, &self.masker());
         if let Ok(mut h) = self.heads.lock() {
-            h.response_headers = model::mask_headers(&resp.headers);
+            h.response_headers = headers;
+        }
+        let found = self.masked_records(&found, Place::ResponseHeader, false);
+        if !found.is_empty() {
+            self.recorder.submit(found, false);
         }
         let content_type = header(&resp.headers, http::header::CONTENT_TYPE);
         let encoding = header(&resp.headers, http::header::CONTENT_ENCODING);
@@ -740,11 +813,50 @@ impl ExchangeRecording {
         }
     }
 
-    /// One chunk of a body, as it passes (after masking). `Err` while the store cannot write
-    /// (and failures are not allowed): the body stops rather than pass unrecorded. When the chunk
-    /// made records (stored body bytes, SSE events), the returned future completes once they
-    /// are written: the peer never receives bytes the record does not hold.
-    pub fn chunk(&self, dir: Direction, chunk: &Bytes) -> Result<Option<EndFuture>, String> {
+    /// One chunk of a body as it came off the wire, before masking: git's framing is parsed
+    /// from it (and a pushed pack's objects scanned). Nothing of it is stored.
+    pub fn observe_raw(&self, dir: Direction, raw: &[u8]) {
+        let side = match dir {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        };
+        let Ok(mut b) = side.lock() else { return };
+        if let Some(p) = b.push.as_mut() {
+            p.feed(raw);
+        }
+        if let Some(p) = b.fetch.as_mut() {
+            p.feed(raw);
+        }
+        if let Some(p) = b.advertisement.as_mut() {
+            p.feed(raw);
+        }
+    }
+
+    /// The records of secrets the masking stage found.
+    pub fn masked_records(&self, found: &[Finding], place: Place, client_masked: bool) -> Vec<Record> {
+        crate::mask::metrics::count(found, place.as_str());
+        found
+            .iter()
+            .map(|f| {
+                Record::Masked(model::Masked {
+                    session: self.session.clone(),
+                    exchange: self.id,
+                    at: model::now_micros(),
+                    rule: f.rule.clone(),
+                    fingerprint: f.fingerprint.clone(),
+                    place: place.as_str().into(),
+                    client_masked,
+                })
+            })
+            .collect()
+    }
+
+    /// One chunk of a body as it is to be stored: masked (`masked` are the records of what was
+    /// masked in it). `Err` while the store cannot write (and failures are not allowed): the body
+    /// stops rather than pass unrecorded. When the chunk made records (stored body bytes, SSE
+    /// events, masking), the returned future completes once they are written: the peer never
+    /// receives bytes the record does not hold.
+    pub fn chunk(&self, dir: Direction, chunk: &Bytes, masked: Vec<Record>) -> Result<Option<EndFuture>, String> {
         if self.recorder.on_failure == OnRecordFailure::Refuse
             && let Some(cause) = self.recorder.failure()
         {
@@ -760,7 +872,7 @@ impl ExchangeRecording {
         let offset = b.len;
         b.hash.update(chunk);
         b.len += chunk.len() as u64;
-        let mut records = Vec::new();
+        let mut records = masked;
         if offset < b.cap {
             let keep = (b.cap - offset).min(chunk.len() as u64) as usize;
             records.push(Record::BodyChunk(model::BodyChunk {
@@ -771,15 +883,6 @@ impl ExchangeRecording {
                 offset,
                 data: B64.encode(&chunk[..keep]),
             }));
-        }
-        if let Some(p) = b.push.as_mut() {
-            p.feed(chunk);
-        }
-        if let Some(p) = b.fetch.as_mut() {
-            p.feed(chunk);
-        }
-        if let Some(p) = b.advertisement.as_mut() {
-            p.feed(chunk);
         }
         let mut index = b.sse_index;
         if let Some(parser) = b.sse.as_mut() {
@@ -822,11 +925,13 @@ impl ExchangeRecording {
 
     pub fn websocket_message(&self, dir: websocket::Direction, msg: &websocket::Message) {
         let text = msg.opcode == 1;
+        let (payload, found) = self.masker().mask_all(&msg.payload);
         let data = if text {
-            String::from_utf8_lossy(&msg.payload).into_owned()
+            String::from_utf8_lossy(&payload).into_owned()
         } else {
-            B64.encode(&msg.payload)
+            B64.encode(&payload)
         };
+        let mut records = self.masked_records(&found, Place::WebSocket, false);
         let record = Record::StreamEvent(model::StreamEvent {
             session: self.session.clone(),
             exchange: self.id,
@@ -841,7 +946,8 @@ impl ExchangeRecording {
             data,
             truncated_from: ((msg.payload.len() as u64) < msg.len).then_some(msg.len),
         });
-        self.recorder.submit(vec![record], false);
+        records.insert(0, record);
+        self.recorder.submit(records, false);
     }
 
     /// The exchange has ended: its record (and any git operation), acknowledged once written.
@@ -884,6 +990,10 @@ impl ExchangeRecording {
         }
         if let Some(push) = push {
             let p = push.finish();
+            records.extend(self.masked_records(&p.secrets, Place::GitPushPack, false));
+            if let Some(why) = &p.scan_error {
+                warn!(exchange = self.id, error = %why, "a pushed pack could not be scanned for secrets whole");
+            }
             records.push(Record::Git(model::GitOp {
                 session: self.session.clone(),
                 exchange: self.id,
@@ -928,7 +1038,7 @@ impl ExchangeRecording {
             exchange: self.id,
             started_at: self.started_at,
             method: ex.method.to_string(),
-            url: ex.url.clone(),
+            url: self.url.lock().map(|u| u.clone()).unwrap_or_default(),
             http_version: heads.http_version,
             status: outcome.status,
             request_headers: heads.request_headers,

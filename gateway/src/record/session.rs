@@ -12,7 +12,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use super::{
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
-        Connection, Direction, Exchange, GitOp, Micros, Passthrough, Record, RefOp, RequestStart, SessionEnd,
+        Connection, Direction, Exchange, GitOp, Masked, Micros, Passthrough, Record, RefOp, RequestStart, SessionEnd,
         SessionStart, StreamEvent, StreamKind,
     },
 };
@@ -73,6 +73,8 @@ pub struct ExchangeView {
     /// In stream order.
     pub events: Vec<StreamEvent>,
     pub git: Vec<GitOp>,
+    /// Secrets the masking stage found in it.
+    pub masked: Vec<Masked>,
     /// When its first record says it began.
     pub first_at: Micros,
     /// What did not add up while reassembling (missing or conflicting chunks).
@@ -106,6 +108,7 @@ pub enum Fact<'a> {
     ResponseHead(&'a ExchangeView),
     Event(&'a ExchangeView, &'a StreamEvent),
     Git(&'a ExchangeView, &'a GitOp),
+    Masked(&'a ExchangeView, &'a Masked),
     /// The response body ended (finished exchanges only).
     ExchangeEnd(&'a ExchangeView),
     Passthrough(&'a Passthrough),
@@ -181,6 +184,10 @@ impl SessionView {
                     .0
                     .git
                     .push(g),
+                Record::Masked(m) => exchange_entry(&mut exchanges, &mut order, m.exchange, m.at)
+                    .0
+                    .masked
+                    .push(m),
                 Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => {}
             }
         }
@@ -282,6 +289,9 @@ impl SessionView {
             }
             for g in &x.git {
                 push(g.at, Fact::Git(x, g));
+            }
+            for m in &x.masked {
+                push(m.at, Fact::Masked(x, m));
             }
             if let Some(e) = &x.exchange {
                 push(e.started_at + e.duration_us, Fact::ExchangeEnd(x));
@@ -414,6 +424,7 @@ fn exchange_entry<'m>(
             response_body: Vec::new(),
             events: Vec::new(),
             git: Vec::new(),
+            masked: Vec::new(),
             first_at: at,
             notes: Vec::new(),
         };
@@ -485,6 +496,13 @@ fn describe(fact: &Fact<'_>) -> String {
             }
             format!("  git {}", parts.join("; "))
         }
+        Fact::Masked(_, m) => format!(
+            "  masked {} [{}] in the {}{}",
+            one_line(&m.rule, 60),
+            one_line(&m.fingerprint, 24),
+            one_line(&m.place, 40),
+            if m.client_masked { "" } else { " (the client received it unmasked)" }
+        ),
         Fact::ExchangeEnd(x) => {
             let e = x.exchange.as_ref();
             format!(
@@ -717,7 +735,7 @@ pub fn render_text(view: &SessionView) -> String {
                 );
             }
             Fact::SessionStart(_) | Fact::SessionEnd(_) | Fact::ResponseHead(_) | Fact::ExchangeEnd(_) => {}
-            Fact::Event(..) | Fact::Git(..) => {}
+            Fact::Event(..) | Fact::Git(..) | Fact::Masked(..) => {}
         }
     }
     out
@@ -806,6 +824,16 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
                 one_line(&refs, 200)
             );
         }
+    }
+    for m in &x.masked {
+        let _ = writeln!(
+            out,
+            "{pad}masked {} [{}] in the {}{}",
+            one_line(&m.rule, 60),
+            one_line(&m.fingerprint, 24),
+            one_line(&m.place, 40),
+            if m.client_masked { "" } else { "  (the client received it unmasked)" }
+        );
     }
 }
 
@@ -1095,6 +1123,7 @@ pub(crate) mod tests {
                 Fact::ResponseHead(_) => "head",
                 Fact::Event(..) => "event",
                 Fact::Git(..) => "git",
+                Fact::Masked(..) => "masked",
                 Fact::ExchangeEnd(_) => "end-x",
                 Fact::Passthrough(_) => "pass",
                 Fact::SessionEnd(_) => "end",

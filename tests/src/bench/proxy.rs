@@ -71,6 +71,22 @@ pub struct HttpClientArgs {
     pub bytes: u64,
 }
 
+impl HttpClientArgs {
+    /// The settings every case of a run shares; each case fills in `mode` (and `ca`, `proxy`).
+    pub fn base(target: SocketAddr, ca: &Path, count: u64, concurrency: u64, seconds: u64, bytes: u64) -> Self {
+        Self {
+            mode: String::new(),
+            target,
+            ca: ca.to_path_buf(),
+            proxy: None,
+            count,
+            concurrency,
+            seconds,
+            bytes,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Default, Debug)]
 pub struct Report {
     pub ns: Vec<u64>,
@@ -349,16 +365,14 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         Some(start_mitm(&target_dir, &upstream_ca, dir.path())?)
     };
 
-    let base = HttpClientArgs {
-        mode: String::new(),
-        target: upstream.addr,
-        ca: upstream_ca.clone(),
-        proxy: None,
-        count: args.requests,
-        concurrency: args.concurrency,
-        seconds: args.seconds,
-        bytes: args.bytes,
-    };
+    let base = HttpClientArgs::base(
+        upstream.addr,
+        &upstream_ca,
+        args.requests,
+        args.concurrency,
+        args.seconds,
+        args.bytes,
+    );
     let cases: Vec<(&str, Option<&Gateway>, PathBuf, Option<SocketAddr>)> = {
         let mut v = vec![
             ("direct", None, upstream_ca.clone(), None),

@@ -70,16 +70,14 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let off = Gateway::start(&cg_off, &spec(false));
     let on = Gateway::start(&cg_on, &spec(true));
     let record_dir = on.state_dir.join("record");
-    let base = HttpClientArgs {
-        mode: String::new(),
-        target: upstream.addr,
-        ca: upstream_ca.clone(),
-        proxy: None,
-        count: args.requests,
-        concurrency: args.concurrency,
-        seconds: args.seconds,
-        bytes: args.bytes,
-    };
+    let base = HttpClientArgs::base(
+        upstream.addr,
+        &upstream_ca,
+        args.requests,
+        args.concurrency,
+        args.seconds,
+        args.bytes,
+    );
     // [off, on] × rounds
     let (mut p50, mut rps, mut mbs) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
     let mut recorded_exchanges = 0u64;

@@ -1,6 +1,7 @@
 //! Debian packages: LLVM and libclang for building bpf-linker, bpftool for the leak check,
 //! iproute2, curl, git and pkg-config for the tests, QEMU and musl-gcc for the kernel-matrix tests
-//! (vm-test), headless Chromium and a font for rendering the HTML session export.
+//! (vm-test), headless Chromium and a font for rendering the HTML session export, g++ for the
+//! libFuzzer runtime of the fuzz targets.
 //!
 //! Only installs, never removes or upgrades. Without root it must not try `sudo` itself: it fails
 //! naming the exact command for the user to run.
@@ -19,6 +20,8 @@ fn packages(ws: &Workspace) -> Vec<String> {
     packages.extend(["qemu-system-x86", "musl-tools"].map(String::from));
     // The HTML export is checked by rendering it in headless Chromium, which needs a font.
     packages.extend(["chromium", "fonts-dejavu-core"].map(String::from));
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    packages.push("g++".to_owned());
     packages
 }
 

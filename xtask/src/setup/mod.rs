@@ -11,8 +11,8 @@ use anyhow::{Result, bail};
 
 use crate::{vm_test, workspace::Workspace};
 
-/// Install the pinned toolchains (with the musl target), bpf-linker, cargo-nextest and the Debian
-/// packages ghgate needs (QEMU included).
+/// Install the pinned toolchains (with the musl target), bpf-linker, cargo-nextest, cargo-fuzz and
+/// the Debian packages ghgate needs (QEMU included).
 ///
 /// Safe to run repeatedly: anything already present is reported as "ok" and left alone.
 /// Installing Debian packages needs root.
@@ -43,6 +43,7 @@ fn setup(ws: &Workspace) -> Result<()> {
     }
     tools::ensure_bpf_linker(ws)?;
     tools::ensure_nextest(ws)?;
+    tools::ensure_cargo_fuzz(ws)?;
 
     let missing = missing(ws);
     if !missing.is_empty() {

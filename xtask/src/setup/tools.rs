@@ -1,5 +1,5 @@
-//! Tools installed with `cargo install`: bpf-linker (pinned, built against the pinned LLVM) and
-//! cargo-nextest.
+//! Tools installed with `cargo install`: bpf-linker (pinned, built against the pinned LLVM),
+//! cargo-nextest and cargo-fuzz.
 //!
 //! Must never replace a bpf-linker that already reports the pinned version.
 use std::process::Command;
@@ -24,6 +24,13 @@ fn nextest_version(ws: &Workspace) -> Option<String> {
         .and_then(|out| out.lines().next().map(|l| l.trim().to_owned()))
 }
 
+/// The first line of `cargo fuzz --version`, if it runs. cargo-fuzz runs under any toolchain;
+/// only the targets it builds need the nightly pin.
+fn cargo_fuzz_version(ws: &Workspace) -> Option<String> {
+    process::probe_stdout(&mut cargo::command(ws, ["fuzz", "--version"]))
+        .and_then(|out| out.lines().next().map(|l| l.trim().to_owned()))
+}
+
 pub fn missing(ws: &Workspace) -> Vec<String> {
     let mut missing = Vec::new();
     if !bpf_linker_ok(ws) {
@@ -31,6 +38,9 @@ pub fn missing(ws: &Workspace) -> Vec<String> {
     }
     if nextest_version(ws).is_none() {
         missing.push("cargo-nextest".to_owned());
+    }
+    if cargo_fuzz_version(ws).is_none() {
+        missing.push("cargo-fuzz".to_owned());
     }
     missing
 }
@@ -80,4 +90,13 @@ pub fn ensure_nextest(ws: &Workspace) -> Result<()> {
         "installing cargo-nextest",
         ["install", "cargo-nextest", "--locked"],
     )
+}
+
+pub fn ensure_cargo_fuzz(ws: &Workspace) -> Result<()> {
+    if let Some(version) = cargo_fuzz_version(ws) {
+        println!("ok: {version} present");
+        return Ok(());
+    }
+    println!("installing: cargo-fuzz");
+    cargo::run(ws, "installing cargo-fuzz", ["install", "cargo-fuzz", "--locked"])
 }

@@ -1,0 +1,481 @@
+//! The detection engine and the streaming scan every masker shares.
+//!
+//! A keyword prefilter (aho-corasick, ASCII case-insensitive) finds the only places where a
+//! secret can begin: every rule's match begins with one of its keywords. At such a place, a lazy
+//! DFA of all rules, anchored there, says whether a match begins there and — the point of using
+//! it — whether the bytes seen so far *decide* that: once the DFA is dead (or the stream has
+//! ended) no later byte can change the answer. Only then does the meta regex run, anchored, for
+//! the rule and its `secret` group. Bytes before an undecided place are released; the place and
+//! what follows are held until more bytes (or the end) decide it. So the output never depends on
+//! how the stream was chunked, and what is held is bounded by the longest possible secret.
+//!
+//! Must never: hold bytes that no keyword makes undecided, emit a byte of a secret it found,
+//! or panic on any input.
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored as AcAnchored, Input as AcInput, MatchKind};
+use regex_automata::{
+    Anchored, Input,
+    hybrid::{self, LazyStateID},
+    meta,
+    util::{captures::Captures, syntax},
+};
+
+use super::rules::{Extend, PEM_MAX, Rule, Rules, Validator, entropy};
+
+/// A rule set that failed to compile.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("rule {rule:?}: invalid regex: {error}")]
+    Regex { rule: String, error: String },
+    #[error("rule {rule:?}: {why}")]
+    Rule { rule: String, why: String },
+    #[error("the rules do not compile together: {0}")]
+    Set(String),
+}
+
+/// What the engine needs of each rule at match time.
+struct RuleMeta {
+    id: Arc<str>,
+    validator: Validator,
+    min_entropy: f64,
+    extend: Extend,
+}
+
+/// The rules, compiled once and shared by every masker.
+pub(crate) struct Compiled {
+    rules: Vec<RuleMeta>,
+    keywords: Option<AhoCorasick>,
+    /// Longest keyword, in bytes: a keyword may be cut by the end of what has arrived.
+    max_keyword: usize,
+    regex: Option<meta::Regex>,
+    dfa: Option<hybrid::dfa::DFA>,
+}
+
+fn syntax_config() -> syntax::Config {
+    syntax::Config::new().unicode(false).utf8(false)
+}
+
+impl Compiled {
+    pub(crate) fn new(rules: &Rules) -> Result<Compiled, CompileError> {
+        for r in rules.iter() {
+            check_rule(r)?;
+        }
+        let patterns: Vec<&str> = rules.iter().map(|r| r.regex.as_str()).collect();
+        let keywords: Vec<&str> = rules.iter().flat_map(|r| r.keywords.iter().map(String::as_str)).collect();
+        let max_keyword = keywords.iter().map(|k| k.len()).max().unwrap_or(0);
+        let (keywords, regex, dfa) = if patterns.is_empty() {
+            (None, None, None)
+        } else {
+            let ac = AhoCorasickBuilder::new()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(&keywords)
+                .map_err(|e| CompileError::Set(e.to_string()))?;
+            let regex = meta::Regex::builder()
+                .syntax(syntax_config())
+                .configure(meta::Config::new().utf8_empty(false))
+                .build_many(&patterns)
+                .map_err(|e| CompileError::Set(e.to_string()))?;
+            let dfa = hybrid::dfa::Builder::new()
+                .syntax(syntax_config())
+                .thompson(regex_automata::nfa::thompson::Config::new().utf8(false))
+                .configure(hybrid::dfa::Config::new().cache_capacity(8 << 20))
+                .build_many(&patterns)
+                .map_err(|e| CompileError::Set(e.to_string()))?;
+            (Some(ac), Some(regex), Some(dfa))
+        };
+        Ok(Compiled {
+            rules: rules
+                .iter()
+                .map(|r| RuleMeta {
+                    id: Arc::from(r.id.as_str()),
+                    validator: r.validator,
+                    min_entropy: r.min_entropy,
+                    extend: r.extend,
+                })
+                .collect(),
+            keywords,
+            max_keyword,
+            regex,
+            dfa,
+        })
+    }
+
+    pub(crate) fn rule_ids(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| &*r.id)
+    }
+}
+
+/// A rule's own checks: its regex compiles, its id and keywords are usable, and its keywords
+/// cover where its matches can begin.
+fn check_rule(r: &Rule) -> Result<(), CompileError> {
+    let fail = |why: String| CompileError::Rule {
+        rule: r.id.clone(),
+        why,
+    };
+    if r.id.is_empty() || !r.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(fail("the id must be letters, digits, '-' or '_'".into()));
+    }
+    if r.keywords.is_empty() {
+        return Err(fail("at least one keyword is needed: every match must begin with one".into()));
+    }
+    if let Some(k) = r.keywords.iter().find(|k| k.len() < 2) {
+        return Err(fail(format!("keyword {k:?} is too short (2 bytes at least)")));
+    }
+    let hir = syntax::parse_with(&r.regex, &syntax_config()).map_err(|e| CompileError::Regex {
+        rule: r.id.clone(),
+        error: e.to_string(),
+    })?;
+    if hir.properties().minimum_len() == Some(0) {
+        return Err(fail("the regex can match the empty string".into()));
+    }
+    // Every match must begin with a keyword: check the regex's literal prefixes against them.
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    // Generous limits: case-insensitive keywords expand to every casing.
+    let prefixes = Extractor::new()
+        .kind(ExtractKind::Prefix)
+        .limit_total(8192)
+        .limit_class(64)
+        .extract(&hir);
+    let lower: Vec<Vec<u8>> = r.keywords.iter().map(|k| k.to_ascii_lowercase().into_bytes()).collect();
+    let Some(literals) = prefixes.literals() else {
+        return Err(fail(
+            "the regex must begin with one of the rule's keywords (it can begin with anything)".into(),
+        ));
+    };
+    for lit in literals {
+        let l = lit.as_bytes().to_ascii_lowercase();
+        // An exact literal must start with a keyword; an inexact one (the extractor gave up
+        // expanding) must at least be the start of one.
+        let covered = lower
+            .iter()
+            .any(|k| l.starts_with(k) || (!lit.is_exact() && !l.is_empty() && k.starts_with(&l)));
+        if !covered {
+            return Err(fail(format!(
+                "the regex can begin with {:?}, which starts with none of the keywords {:?}",
+                String::from_utf8_lossy(lit.as_bytes()),
+                r.keywords
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Exact values masked wherever they appear (brokered tokens, the caller's own credential).
+pub(crate) struct Exact {
+    ac: AhoCorasick,
+    values: Vec<Vec<u8>>,
+    labels: Vec<Arc<str>>,
+    max_len: usize,
+}
+
+/// Exact values shorter than this are not masked: they would mangle ordinary text.
+pub const MIN_EXACT_LEN: usize = 8;
+
+impl Exact {
+    pub(crate) fn new(values: &[(String, Vec<u8>)]) -> Option<Exact> {
+        let kept: Vec<&(String, Vec<u8>)> = values.iter().filter(|(_, v)| v.len() >= MIN_EXACT_LEN).collect();
+        if kept.is_empty() {
+            return None;
+        }
+        let ac = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostLongest)
+            .start_kind(aho_corasick::StartKind::Both)
+            .build(kept.iter().map(|(_, v)| v.as_slice()))
+            .ok()?;
+        Some(Exact {
+            ac,
+            max_len: kept.iter().map(|(_, v)| v.len()).max().unwrap_or(0),
+            values: kept.iter().map(|(_, v)| v.clone()).collect(),
+            labels: kept.iter().map(|(l, _)| Arc::from(l.as_str())).collect(),
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The (label, value) pairs, to build a larger set from.
+    pub(crate) fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        self.labels.iter().map(|l| l.to_string()).zip(self.values.iter().cloned()).collect()
+    }
+}
+
+/// A secret the engine decided to mask: its place in the buffer and the rule that found it.
+pub(crate) struct Hit {
+    pub start: usize,
+    pub end: usize,
+    pub rule: Arc<str>,
+}
+
+/// What the bytes so far say about a place where a keyword begins.
+enum Decision {
+    /// More bytes are needed to know.
+    Undecided,
+    NoSecret,
+    Secret(Hit),
+}
+
+/// A lazy-DFA run anchored at one place, kept so the next push continues it instead of
+/// starting over.
+struct Run {
+    at: u64,
+    sid: LazyStateID,
+    fed_to: u64,
+    matched: bool,
+    clears: usize,
+}
+
+/// Per-stream scratch: the DFA cache, captures, a resumable run.
+pub(crate) struct Scratch {
+    cache: Option<hybrid::dfa::Cache>,
+    caps: Option<Captures>,
+    run: Option<Run>,
+}
+
+impl Scratch {
+    pub(crate) fn new() -> Scratch {
+        Scratch {
+            cache: None,
+            caps: None,
+            run: None,
+        }
+    }
+}
+
+/// The scanner over a buffer whose first byte is at stream offset `base`.
+pub(crate) struct Scan<'a> {
+    pub compiled: &'a Compiled,
+    pub exact: Option<&'a Exact>,
+    pub scratch: &'a mut Scratch,
+    pub base: u64,
+    pub final_: bool,
+}
+
+/// What one step of the scan found, from position `pos` on.
+pub(crate) enum Step {
+    /// Nothing undecided or secret up to `safe`: release the bytes before it.
+    Release(usize),
+    /// The bytes before `at` are clean; from `at` on, wait for more.
+    Hold(usize),
+    /// A secret: the bytes before `hit.start` are clean.
+    Secret(Hit),
+}
+
+impl Scan<'_> {
+    /// The first place at or after `pos` where a keyword (or an exact value) begins.
+    fn next_keyword(&self, buf: &[u8], pos: usize) -> Option<usize> {
+        let rules = self
+            .compiled
+            .keywords
+            .as_ref()
+            .and_then(|ac| ac.find(AcInput::new(buf).range(pos..)).map(|m| m.start()));
+        let exact = self
+            .exact
+            .and_then(|e| e.ac.find(AcInput::new(buf).range(pos..)).map(|m| m.start()));
+        match (rules, exact) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next step from `pos`.
+    pub(crate) fn step(&mut self, buf: &[u8], pos: usize) -> Step {
+        let mut from = pos;
+        loop {
+            let Some(k) = self.next_keyword(buf, from) else {
+                let hold_for = self
+                    .compiled
+                    .max_keyword
+                    .max(self.exact.map_or(0, |e| e.max_len))
+                    .saturating_sub(1);
+                let safe = if self.final_ { buf.len() } else { buf.len().saturating_sub(hold_for).max(from) };
+                return Step::Release(safe);
+            };
+            match self.decide(buf, k) {
+                Decision::Undecided => return Step::Hold(k),
+                Decision::NoSecret => from = k + 1,
+                Decision::Secret(hit) => return Step::Secret(hit),
+            }
+        }
+    }
+
+    fn decide(&mut self, buf: &[u8], t: usize) -> Decision {
+        if let Some(exact) = self.exact {
+            match self.decide_exact(exact, buf, t) {
+                Decision::NoSecret => {}
+                other => return other,
+            }
+        }
+        self.decide_rules(buf, t)
+    }
+
+    fn decide_exact(&self, exact: &Exact, buf: &[u8], t: usize) -> Decision {
+        let rest = &buf[t..];
+        let found = exact.ac.find(AcInput::new(buf).range(t..).anchored(AcAnchored::Yes));
+        let longer_possible = |than: usize| {
+            !self.final_
+                && exact
+                    .values
+                    .iter()
+                    .any(|v| v.len() > than && v.len() > rest.len() && v.starts_with(rest))
+        };
+        match found {
+            Some(m) if !longer_possible(m.len()) => Decision::Secret(Hit {
+                start: m.start(),
+                end: m.end(),
+                rule: exact.labels[m.pattern().as_usize()].clone(),
+            }),
+            Some(_) => Decision::Undecided,
+            None if longer_possible(0) => Decision::Undecided,
+            None => Decision::NoSecret,
+        }
+    }
+
+    fn decide_rules(&mut self, buf: &[u8], t: usize) -> Decision {
+        let (Some(dfa), Some(regex)) = (&self.compiled.dfa, &self.compiled.regex) else {
+            return Decision::NoSecret;
+        };
+        let cache = self.scratch.cache.get_or_insert_with(|| dfa.create_cache());
+        let at = self.base + t as u64;
+        let resumed = self
+            .scratch
+            .run
+            .take()
+            .filter(|r| r.at == at && r.clears == cache.clear_count() && r.fed_to >= at);
+        let (mut sid, mut i, mut matched) = match resumed {
+            Some(r) => (r.sid, (r.fed_to - self.base) as usize, r.matched),
+            None => {
+                let input = Input::new(buf).range(t..).anchored(Anchored::Yes);
+                match dfa.start_state_forward(cache, &input) {
+                    Ok(sid) => (sid, t, false),
+                    Err(_) => return self.decide_by_regex(regex, buf, t),
+                }
+            }
+        };
+        let mut decided = false;
+        while i < buf.len() {
+            sid = match dfa.next_state(cache, sid, buf[i]) {
+                Ok(s) => s,
+                Err(_) => return self.decide_by_regex(regex, buf, t),
+            };
+            i += 1;
+            if sid.is_match() {
+                matched = true;
+            }
+            if sid.is_dead() || sid.is_quit() {
+                decided = true;
+                break;
+            }
+        }
+        if !decided {
+            if !self.final_ {
+                self.scratch.run = Some(Run {
+                    at,
+                    sid,
+                    fed_to: self.base + i as u64,
+                    matched,
+                    clears: cache.clear_count(),
+                });
+                return Decision::Undecided;
+            }
+            match dfa.next_eoi_state(cache, sid) {
+                Ok(s) if s.is_match() => matched = true,
+                Ok(_) => {}
+                Err(_) => return self.decide_by_regex(regex, buf, t),
+            }
+        }
+        if !matched {
+            return Decision::NoSecret;
+        }
+        self.decide_by_regex(regex, buf, t)
+    }
+
+    /// The rule and secret of the match anchored at `t`, extended and validated. Only called
+    /// once the DFA has decided (or could not run: then the regex decides, in the final pass).
+    fn decide_by_regex(&mut self, regex: &meta::Regex, buf: &[u8], t: usize) -> Decision {
+        let caps = self.scratch.caps.get_or_insert_with(|| regex.create_captures());
+        let input = Input::new(buf).range(t..).anchored(Anchored::Yes);
+        regex.search_captures(&input, caps);
+        let Some(m) = caps.get_match() else {
+            return Decision::NoSecret;
+        };
+        let rule = &self.compiled.rules[m.pattern().as_usize()];
+        let secret = ["secret", "secret2", "secret3"]
+            .iter()
+            .find_map(|name| caps.get_group_by_name(name))
+            .unwrap_or(m.span());
+        let (start, mut end) = (secret.start, secret.end);
+        if rule.extend == Extend::PemBody {
+            match pem_end(buf, t, m.end(), self.final_) {
+                Some(e) => end = e,
+                None => return Decision::Undecided,
+            }
+        }
+        let bytes = &buf[start..end];
+        if !rule.validator.check(bytes) || (rule.min_entropy > 0.0 && entropy(bytes) < rule.min_entropy) {
+            return Decision::NoSecret;
+        }
+        let mut id = rule.id.clone();
+        if rule.validator == Validator::Generic
+            && let Some(specific) = self.specific_rule(regex, buf, start, end)
+        {
+            // `TOKEN=ghp_…`: the value is a GitHub token, and its record should say so.
+            id = specific;
+        }
+        Decision::Secret(Hit { start, end, rule: id })
+    }
+
+    /// A rule other than the generic ones whose secret is exactly `buf[start..end]`.
+    fn specific_rule(&mut self, regex: &meta::Regex, buf: &[u8], start: usize, end: usize) -> Option<Arc<str>> {
+        let caps = self.scratch.caps.get_or_insert_with(|| regex.create_captures());
+        regex.search_captures(&Input::new(buf).range(start..).anchored(Anchored::Yes), caps);
+        let m = caps.get_match()?;
+        let rule = &self.compiled.rules[m.pattern().as_usize()];
+        let secret = ["secret", "secret2", "secret3"]
+            .iter()
+            .find_map(|name| caps.get_group_by_name(name))
+            .unwrap_or(m.span());
+        let specific = rule.validator != Validator::Generic
+            && rule.extend == Extend::None
+            && (secret.start, secret.end) == (start, end)
+            && rule.validator.check(&buf[start..end]);
+        specific.then(|| rule.id.clone())
+    }
+}
+
+/// Where a PEM private key whose header starts at `start` (and ends at `header_end`) ends:
+/// after its `-----END … PRIVATE KEY…-----` line, or else after the base64 body that follows
+/// the header. `None` while the bytes so far do not decide it.
+fn pem_end(buf: &[u8], start: usize, header_end: usize, final_: bool) -> Option<usize> {
+    let limit = (start + PEM_MAX).min(buf.len());
+    let complete = final_ || buf.len() >= start + PEM_MAX;
+    let window = &buf[header_end..limit];
+    if let Some(p) = memchr::memmem::find(window, b"-----END") {
+        let footer_from = header_end + p + 8;
+        let footer_window = &buf[footer_from..(footer_from + 40).min(buf.len())];
+        match memchr::memmem::find(footer_window, b"-----") {
+            Some(q) => {
+                let footer = &footer_window[..q];
+                if memchr::memmem::find(footer, b"PRIVATE KEY").is_some() {
+                    return Some(footer_from + q + 5);
+                }
+            }
+            None if !final_ && footer_from + 40 > buf.len() => return None,
+            None => {}
+        }
+    }
+    // No footer: the key body is the run of base64 (and line breaks, escaped or not).
+    let run = window
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\r' | b'\n' | b'\\')));
+    let end = match run {
+        Some(n) => header_end + n,
+        None if complete => limit,
+        None => return None,
+    };
+    // Never end on half of an escape (`\"` in JSON): the quote would lose its backslash.
+    let backslashes = buf[header_end..end].iter().rev().take_while(|&&b| b == b'\\').count();
+    Some(end - backslashes % 2)
+}

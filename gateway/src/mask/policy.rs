@@ -1,0 +1,278 @@
+//! Which masker applies where: the rule sets for responses, records and logs (built-in rules
+//! less `disable`, plus custom rules by their `places`), and per host and path what clients
+//! receive. Built once at start from `[mask]`; pure, no I/O.
+use base64::Engine as _;
+
+use super::{FingerprintKey, Masker, Rule, Rules, Validator, rules::Extend};
+use crate::config::{MaskConfig, MaskPlace, ResponseMasking, name_matches};
+
+/// The maskers of a running gateway, and what they have masked so far.
+#[derive(Debug, Clone)]
+pub struct MaskSet {
+    pub responses: Masker,
+    pub records: Masker,
+    pub logs: Masker,
+    default: ResponseMasking,
+    routes: Vec<(String, String, ResponseMasking)>,
+}
+
+fn custom(r: &crate::config::CustomRule) -> Rule {
+    Rule {
+        id: r.id.clone(),
+        keywords: r.keywords.clone(),
+        regex: r.regex.clone(),
+        validator: Validator::None,
+        min_entropy: r.min_entropy,
+        extend: Extend::None,
+    }
+}
+
+fn rules_for(cfg: &MaskConfig, place: MaskPlace) -> Rules {
+    let mut rules = Rules::builtin();
+    rules.retain(|r| !cfg.disable.contains(&r.id));
+    for r in cfg.rules.iter().filter(|r| r.places.contains(&place)) {
+        rules.push(custom(r));
+    }
+    rules
+}
+
+/// Validates `[mask]`: `Err((key, message))` names the offending key.
+pub fn check(cfg: &MaskConfig) -> Result<(), (String, String)> {
+    let builtin: Vec<String> = Rules::builtin().iter().map(|r| r.id.clone()).collect();
+    for (i, id) in cfg.disable.iter().enumerate() {
+        if !builtin.contains(id) {
+            return Err((
+                format!("mask.disable[{i}]"),
+                format!("{id:?} is not a built-in rule; they are: {}", builtin.join(", ")),
+            ));
+        }
+    }
+    for (i, route) in cfg.routes.iter().enumerate() {
+        let host = route.host.strip_prefix("*.").unwrap_or(&route.host);
+        if route.host != "*" && (host.is_empty() || host.contains('*')) {
+            return Err((
+                format!("mask.route[{i}].host"),
+                format!("{:?} must be a host name, `*.suffix` or `*`", route.host),
+            ));
+        }
+        if !route.path.starts_with('/') && route.path != "*" {
+            return Err((
+                format!("mask.route[{i}].path"),
+                format!("{:?} must start with '/' (or be `*`)", route.path),
+            ));
+        }
+    }
+    let mut seen = builtin.clone();
+    for (i, r) in cfg.rules.iter().enumerate() {
+        if seen.contains(&r.id) {
+            return Err((format!("mask.rule[{i}].id"), format!("{:?} is already a rule's id", r.id)));
+        }
+        seen.push(r.id.clone());
+        if r.places.is_empty() {
+            return Err((format!("mask.rule[{i}].places"), "name at least one place".into()));
+        }
+        if !(0.0..=8.0).contains(&r.min_entropy) {
+            return Err((format!("mask.rule[{i}].min_entropy"), "must be between 0 and 8 bits per byte".into()));
+        }
+        let mut one = Rules::empty();
+        one.push(custom(r));
+        if let Err(e) = Masker::try_new(one, FingerprintKey::new([0; 32])) {
+            return Err((format!("mask.rule[{i}]"), e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+impl MaskSet {
+    /// Builds the maskers; the config was checked at load.
+    pub fn new(cfg: &MaskConfig, key: FingerprintKey) -> Result<MaskSet, super::CompileError> {
+        let make = |place| Masker::try_new(rules_for(cfg, place), key.clone());
+        let responses = make(MaskPlace::Responses)?;
+        // Records and logs share a masker when no custom rule tells them apart.
+        let same = cfg
+            .rules
+            .iter()
+            .all(|r| r.places.contains(&MaskPlace::Records) == r.places.contains(&MaskPlace::Logs));
+        let records = make(MaskPlace::Records)?;
+        let logs = if same { records.clone() } else { make(MaskPlace::Logs)? };
+        Ok(MaskSet {
+            responses,
+            records,
+            logs,
+            default: cfg.responses,
+            routes: cfg
+                .routes
+                .iter()
+                .map(|r| (r.host.clone(), r.path.clone(), r.responses))
+                .collect(),
+        })
+    }
+
+    /// What clients receive from `host` at `path` (the query is ignored).
+    pub fn responses(&self, host: &str, path: &str) -> ResponseMasking {
+        let path = path.split('?').next().unwrap_or(path);
+        self.routes
+            .iter()
+            .find(|(h, p, _)| (h == "*" || name_matches(h, host)) && glob(p, path))
+            .map_or(self.default, |r| r.2)
+    }
+}
+
+/// `*` matches any run of characters (`/` included); everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether a body of this content type is text worth masking for clients. Binary bodies (git
+/// packs, archives, images) pass untouched to clients; records mask every body.
+pub fn is_text(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return true };
+    let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    ct.starts_with("text/")
+        || ct.ends_with("+json")
+        || ct.ends_with("+xml")
+        || matches!(
+            ct.as_str(),
+            "application/json"
+                | "application/x-ndjson"
+                | "application/jsonl"
+                | "application/javascript"
+                | "application/xml"
+                | "application/x-www-form-urlencoded"
+                | "application/graphql"
+                | "application/yaml"
+                | "application/x-yaml"
+                | ""
+        )
+}
+
+/// The caller's own credentials in a request head, to be masked by exact value wherever they
+/// appear: bearer/token values, and the password of basic auth (and the base64 form itself).
+pub fn caller_credentials(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for name in [http::header::AUTHORIZATION, http::header::PROXY_AUTHORIZATION] {
+        for value in headers.get_all(&name) {
+            let v = value.as_bytes();
+            let (scheme, rest) = match v.iter().position(|&b| b == b' ') {
+                Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
+                None => (&b""[..], v.trim_ascii()),
+            };
+            out.push(("credential".to_owned(), rest.to_vec()));
+            if scheme.eq_ignore_ascii_case(b"basic")
+                && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest)
+                && let Some(colon) = decoded.iter().position(|&b| b == b':')
+            {
+                out.push(("credential".to_owned(), decoded[colon + 1..].to_vec()));
+            }
+        }
+    }
+    for name in ["x-github-token", "x-api-key", "api-key", "private-token"] {
+        for value in headers.get_all(name) {
+            out.push(("credential".to_owned(), value.as_bytes().trim_ascii().to_vec()));
+        }
+    }
+    out.retain(|(_, v)| v.len() >= super::MIN_EXACT_LEN);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "/anything"));
+        assert!(glob("/chat/*", "/chat/completions"));
+        assert!(!glob("/chat/*", "/v1/chat/completions"));
+        assert!(glob("*/completions", "/v1/chat/completions"));
+        assert!(glob("/a*b*c", "/axxbyyc"));
+        assert!(!glob("/a*b*c", "/axxc"));
+        assert!(glob("/exact", "/exact"));
+    }
+
+    #[test]
+    fn routes_pick_the_first_match() {
+        let cfg: MaskConfig = toml::from_str(
+            r#"
+            responses = "mask"
+            [[route]]
+            host = "*.githubcopilot.com"
+            path = "/chat/*"
+            responses = "alert"
+            [[route]]
+            host = "api.github.com"
+            responses = "off"
+            "#,
+        )
+        .unwrap();
+        check(&cfg).unwrap();
+        let set = MaskSet::new(&cfg, FingerprintKey::new([1; 32])).unwrap();
+        assert_eq!(set.responses("api.githubcopilot.com", "/chat/completions?x=1"), ResponseMasking::Alert);
+        assert_eq!(set.responses("api.githubcopilot.com", "/models"), ResponseMasking::Mask);
+        assert_eq!(set.responses("api.github.com", "/repos/o/r"), ResponseMasking::Off);
+        assert_eq!(set.responses("github.com", "/"), ResponseMasking::Mask);
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let bad = |text: &str| check(&toml::from_str::<MaskConfig>(text).unwrap()).unwrap_err();
+        assert_eq!(bad(r#"disable = ["nope"]"#).0, "mask.disable[0]");
+        let (key, msg) = bad(
+            r#"[[rule]]
+            id = "acme"
+            regex = '[a-z]+_acme'
+            keywords = ["acme"]"#,
+        );
+        assert_eq!(key, "mask.rule[0]");
+        assert!(msg.contains("keywords"), "{msg}");
+        let (key, _) = bad(
+            r#"[[rule]]
+            id = "acme"
+            regex = 'acme_('
+            keywords = ["acme_"]"#,
+        );
+        assert_eq!(key, "mask.rule[0]");
+        assert_eq!(bad("[[route]]\nhost = \"a*b\"\nresponses = \"off\"").0, "mask.route[0].host");
+    }
+
+    #[test]
+    fn custom_rules_apply_to_their_places() {
+        let cfg: MaskConfig = toml::from_str(
+            r#"[[rule]]
+            id = "acme-key"
+            regex = 'acme_[a-z0-9]{12}'
+            keywords = ["acme_"]
+            places = ["records"]"#,
+        )
+        .unwrap();
+        check(&cfg).unwrap();
+        let set = MaskSet::new(&cfg, FingerprintKey::new([1; 32])).unwrap();
+        let text = "k=acme_0a1b2c3d4e5f;";
+        assert!(set.records.mask_str(text).0.contains("[MASKED:acme-key:"));
+        assert_eq!(set.responses.mask_str(text).0, text);
+        assert_eq!(set.logs.mask_str(text).0, text);
+    }
+
+    #[test]
+    fn caller_credentials_from_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Basic eC1hY2Nlc3MtdG9rZW46c2VjcmV0dmFsdWUxMjM=".parse().unwrap());
+        let creds = caller_credentials(&h);
+        assert!(creds.iter().any(|(_, v)| v == b"secretvalue123"), "{creds:?}");
+    }
+}

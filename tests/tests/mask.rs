@@ -1,0 +1,211 @@
+//! Secret masking end to end, through the real redirect and proxy with real curl and git: a
+//! streamed completion carrying a token reaches the client masked and valid, event by event; a
+//! gzip-compressed answer arrives decoded and masked; `alert` routes pass the secret but record
+//! it masked; the same token later pushed in a file gets the same fingerprint in the record; and
+//! no export or store file holds the token.
+use std::{path::Path, process::Command, time::Duration};
+
+use ghgate_e2e::{eventually, https::TlsGateway, privileged};
+use serde_json::Value;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A classic GitHub token with a valid checksum, made at run time so no source file holds one.
+fn github_token(random: &str) -> String {
+    let mut crc = crc32fast::hash(random.as_bytes());
+    let mut check = [b'0'; 6];
+    for d in check.iter_mut().rev() {
+        *d = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    format!("{}_{random}{}", "ghp", std::str::from_utf8(&check).unwrap())
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The events of an SSE stream, strictly: every line a field, a comment or blank.
+fn sse_events(stream: &str) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut data: Option<String> = None;
+    for line in stream.split('\n') {
+        if line.is_empty() {
+            events.extend(data.take());
+            continue;
+        }
+        let value = line.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {line:?}"));
+        match &mut data {
+            Some(d) => {
+                d.push('\n');
+                d.push_str(value);
+            }
+            None => data = Some(value.to_owned()),
+        }
+    }
+    assert!(data.is_none(), "the stream ends inside an event");
+    events
+}
+
+/// The completion text reassembled from a chat-completion stream's events.
+fn completion_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| {
+            let v: Value = serde_json::from_str(e).unwrap_or_else(|err| panic!("event is not JSON ({err}): {e}"));
+            v["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_owned()
+        })
+        .collect()
+}
+
+/// The fingerprint in the first `[MASKED:<rule>:<fp>]` of `text`.
+fn fingerprint(text: &str, rule: &str) -> String {
+    let tag = format!("[MASKED:{rule}:");
+    let at = text.find(&tag).unwrap_or_else(|| panic!("no {tag} in {text}")) + tag.len();
+    text[at..].split(']').next().unwrap().to_owned()
+}
+
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repos");
+    let bare = root.join("o/r.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    git(&bare, &["config", "http.receivepack", "true"]);
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("README.md"), "hello\n").unwrap();
+    git(&seed, &["add", "."]);
+    git(&seed, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first"]);
+    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+
+    let s = TlsGateway::start(
+        &["api.githubcopilot.com", "github.com"],
+        true,
+        Some(root),
+        "[mask]\nresponses = \"mask\"\n[[mask.route]]\npath = \"/alert/*\"\nresponses = \"alert\"\n",
+    );
+    let token = github_token("Zq8m2Kx4TnR7vB1cW9pL3sJ6hD0fGy");
+    let text = format!("Sure. Set it like this:\nexport GITHUB_TOKEN={token}\nand run the script again.");
+
+    // A completion whose token arrives split over ten events: masked, still SSE and JSON.
+    let path = format!("/v1/completion?pieces=10&text={}", hex(&text));
+    let out = s.curl("api.githubcopilot.com", &path, &["-N", "-X", "POST", "--data", "{}"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = String::from_utf8(out.stdout).unwrap();
+    assert!(!body.contains(&token), "the token reached the client: {body}");
+    let events = sse_events(&body);
+    assert_eq!(events.len(), 13, "role, 10 pieces, finish and [DONE]: one event each, as sent: {body}");
+    let got = completion_text(&events);
+    let fp = fingerprint(&got, "github-pat");
+    assert_eq!(
+        got,
+        text.replace(&token, &format!("[MASKED:github-pat:{fp}]")),
+        "only the token changed"
+    );
+
+    // A gzip-compressed JSON answer: decoded, masked, sent identity-encoded.
+    let out = s.curl(
+        "api.githubcopilot.com",
+        &format!("/gzip-json?text={}", hex(&text)),
+        &["-D", "-"],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.gw.log_text()
+    );
+    let answer = String::from_utf8(out.stdout).unwrap();
+    let (head, json) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(!head.to_ascii_lowercase().contains("content-encoding"), "{head}");
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    assert_eq!(v["text"].as_str().unwrap(), got, "the same text, masked the same way");
+
+    // An `alert` route: the client gets the token; the record does not.
+    let out = s.curl("api.githubcopilot.com", &format!("/alert/completion?pieces=3&text={}", hex(&text)), &["-N"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let passed = completion_text(&sse_events(&String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(passed, text, "alert mode passes the response as sent");
+
+    // The token, pushed in a file: the pushed pack's objects are scanned.
+    let port = s.upstream.addr.port();
+    s.git(tmp.path(), &["clone", "-q", &format!("https://github.com:{port}/o/r.git"), "work"]);
+    let work = tmp.path().join("work");
+    std::fs::write(work.join("deploy.sh"), format!("#!/bin/sh\nGITHUB_TOKEN={token} ./deploy\n")).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "deploy"]);
+    s.git(&work, &["push", "-q", "origin", "main"]);
+
+    // The record: every session shown, masked lines with the one fingerprint.
+    let shown = eventually("the push's record", Duration::from_secs(10), || {
+        let text: String = s
+            .gw
+            .ghgate_ok(&["sessions", "list", "--json"])
+            .lines()
+            .map(|l| {
+                let r: Value = serde_json::from_str(l).unwrap();
+                s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
+            })
+            .collect();
+        text.contains("git push pack").then_some(text)
+    });
+    assert!(!shown.contains(&token), "sessions show prints the token:\n{shown}");
+    for place in ["response body", "git push pack"] {
+        let line = format!("masked github-pat [{fp}] in the {place}");
+        assert!(shown.contains(&line), "{line:?} missing:\n{shown}");
+    }
+    assert!(
+        shown.contains(&format!("masked github-pat [{fp}] in the response body  (the client received it unmasked)")),
+        "the alert is recorded as such:\n{shown}"
+    );
+
+    // No export and no file of the store holds the token.
+    for line in s.gw.ghgate_ok(&["sessions", "list", "--json"]).lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let id = r["id"].as_str().unwrap();
+        for format in ["har", "jsonl", "html"] {
+            let exported = s.gw.ghgate_ok(&["sessions", "export", id, "--format", format]);
+            assert!(!exported.contains(&token), "the {format} export of {id} holds the token");
+        }
+    }
+    for file in files(&s.gw.state_dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{} holds the token in clear",
+            file.display()
+        );
+    }
+    assert!(!s.gw.log_text().contains(&token), "the gateway's log holds the token");
+    // And the gateway's counters say what it masked.
+    let metrics = eventually("the metrics file", Duration::from_secs(10), || {
+        std::fs::read_to_string(s.gw.state_dir.join("metrics.json")).ok().filter(|m| m.contains("git push pack"))
+    });
+    assert!(metrics.contains("\"rule\":\"github-pat\""), "{metrics}");
+}
