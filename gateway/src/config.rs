@@ -849,13 +849,15 @@ mod tests {
     fn shipped_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                seen += 1;
+        for sub in [dir.clone(), dir.join("examples")] {
+            for entry in std::fs::read_dir(&sub).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    seen += 1;
+                }
             }
         }
-        assert!(seen >= 1, "no example configs found in {}", dir.display());
+        assert!(seen >= 2, "no example configs found in {}", dir.display());
     }
 }

@@ -257,7 +257,7 @@ impl Phases for Pipeline {
             match decoded {
                 Ok(d) => b.decoder = d,
                 Err(why) if b.masker.is_some() => {
-                    tracing::warn!(url = %self.mask.logs.mask_str(&ex.url).0, error = %why,
+                    tracing::warn!(url = %crate::mask::for_logs(&ex.url), error = %why,
                                    "a response body in an encoding ghgate cannot decode is not recorded");
                     b.broken = Some(why);
                 }
@@ -293,7 +293,7 @@ impl Phases for Pipeline {
     }
 
     fn logging(&self, ex: &Exchange, ctx: &Ctx, outcome: &Outcome) -> Option<EndFuture> {
-        http::log_exchange(ex, outcome, &self.mask.logs);
+        http::log_exchange(ex, outcome);
         ctx.record.as_ref().map(|rec| rec.finish(ex, outcome))
     }
 }

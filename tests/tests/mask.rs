@@ -185,15 +185,23 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
         "the alert is recorded as such:\n{shown}"
     );
 
-    // No export and no file of the store holds the token.
+    // No export and no file of the store holds the token; the HTML page lists what was masked.
+    let mut pages = String::new();
     for line in s.gw.ghgate_ok(&["sessions", "list", "--json"]).lines() {
         let r: Value = serde_json::from_str(line).unwrap();
         let id = r["id"].as_str().unwrap();
         for format in ["har", "jsonl", "html"] {
             let exported = s.gw.ghgate_ok(&["sessions", "export", id, "--format", format]);
             assert!(!exported.contains(&token), "the {format} export of {id} holds the token");
+            if format == "html" {
+                pages.push_str(&exported);
+            }
         }
     }
+    assert!(
+        pages.contains("Secrets masked") && pages.contains(&format!("fingerprint <span class=\"mono\">{fp}</span> in the git push pack")),
+        "the HTML export lists the masked secrets"
+    );
     for file in files(&s.gw.state_dir) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(

@@ -121,6 +121,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let key = mask::key::load_or_create(&config.state_dir)?;
     let mask = Arc::new(MaskSet::new(&config.mask, key).context("cannot compile the [mask] rules")?);
+    mask::set_log_masker(mask.logs.clone());
+    if let Some(r) = &recorder {
+        r.set_masker(mask.records.clone());
+    }
     let proxy = Arc::new(proxy(&config, load_or_create_ca(&config)?, recorder.clone(), mask)?);
 
     let listener_v4 = listen::bind(config.listen.ipv4)?;

@@ -151,10 +151,10 @@ pub fn log_websocket_message(ex: &Exchange, dir: websocket::Direction, msg: &web
     info!(exchange = ex.id, direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
 }
 
-/// The one log line of an exchange; its URL and error pass through `masker` first.
-pub fn log_exchange(ex: &Exchange, o: &Outcome, masker: &crate::mask::Masker) {
-    let url = masker.mask_str(&ex.url).0;
-    let error = o.error.as_deref().map(|e| masker.mask_str(e).0).unwrap_or_default();
+/// The one log line of an exchange; its URL and error are masked first.
+pub fn log_exchange(ex: &Exchange, o: &Outcome) {
+    let url = crate::mask::for_logs(&ex.url);
+    let error = o.error.as_deref().map(crate::mask::for_logs).unwrap_or_default();
     info!(
         exchange = ex.id,
         tgid = ex.conn.caller.tgid,
@@ -440,7 +440,7 @@ async fn forward<P: Phases>(
     let sender = match got {
         Ok(s) => s,
         Err(e) => {
-            warn!(exchange = ex.id, url = %ex.url, error = %e, "upstream unavailable");
+            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream unavailable");
             return Ok(gateway_answer(
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: nothing was forwarded: {e}\n"),
@@ -501,7 +501,7 @@ async fn forward<P: Phases>(
     let mut resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            warn!(exchange = ex.id, url = %ex.url, error = %e, "upstream request failed");
+            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream request failed");
             return Ok(gateway_answer(
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: the upstream request failed: {e}\n"),

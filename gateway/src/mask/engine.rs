@@ -48,6 +48,8 @@ pub(crate) struct Compiled {
     keywords: Option<AhoCorasick>,
     /// Longest keyword, in bytes: a keyword may be cut by the end of what has arrived.
     max_keyword: usize,
+    /// Every keyword, lowercased, to tell whether the end of what has arrived could begin one.
+    keyword_list: Vec<Vec<u8>>,
     regex: Option<meta::Regex>,
     dfa: Option<hybrid::dfa::DFA>,
 }
@@ -94,6 +96,10 @@ impl Compiled {
                     min_entropy: r.min_entropy,
                     extend: r.extend,
                 })
+                .collect(),
+            keyword_list: rules
+                .iter()
+                .flat_map(|r| r.keywords.iter().map(|k| k.to_ascii_lowercase().into_bytes()))
                 .collect(),
             keywords,
             max_keyword,
@@ -214,7 +220,8 @@ enum Decision {
     /// More bytes are needed to know.
     Undecided,
     NoSecret,
-    Secret(Hit),
+    /// One or more secrets, in order (exact values inside a rule's match come before it).
+    Secret(Vec<Hit>),
 }
 
 /// A lazy-DFA run anchored at one place, kept so the next push continues it instead of
@@ -259,8 +266,8 @@ pub(crate) enum Step {
     Release(usize),
     /// The bytes before `at` are clean; from `at` on, wait for more.
     Hold(usize),
-    /// A secret: the bytes before `hit.start` are clean.
-    Secret(Hit),
+    /// Secrets, in order: the bytes before the first one's start, and between them, are clean.
+    Secret(Vec<Hit>),
 }
 
 impl Scan<'_> {
@@ -284,21 +291,44 @@ impl Scan<'_> {
     pub(crate) fn step(&mut self, buf: &[u8], pos: usize) -> Step {
         let mut from = pos;
         loop {
+            // A keyword (or exact value) cut by the end of what has arrived may begin before the
+            // next whole one: nothing from there on is decided.
+            let partial = if self.final_ { buf.len() } else { self.partial_keyword(buf, from) };
             let Some(k) = self.next_keyword(buf, from) else {
-                let hold_for = self
-                    .compiled
-                    .max_keyword
-                    .max(self.exact.map_or(0, |e| e.max_len))
-                    .saturating_sub(1);
-                let safe = if self.final_ { buf.len() } else { buf.len().saturating_sub(hold_for).max(from) };
-                return Step::Release(safe);
+                return Step::Release(partial);
             };
+            if partial < k {
+                return Step::Hold(partial);
+            }
             match self.decide(buf, k) {
                 Decision::Undecided => return Step::Hold(k),
                 Decision::NoSecret => from = k + 1,
                 Decision::Secret(hit) => return Step::Secret(hit),
             }
         }
+    }
+
+    /// Where the end of `buf` (from `from` on) begins what could be the start of a keyword or
+    /// an exact value that has not fully arrived; `buf.len()` when it cannot.
+    fn partial_keyword(&self, buf: &[u8], from: usize) -> usize {
+        let longest = self
+            .compiled
+            .max_keyword
+            .max(self.exact.map_or(0, |e| e.max_len))
+            .saturating_sub(1);
+        let first = buf.len().saturating_sub(longest).max(from);
+        (first..buf.len())
+            .find(|&i| {
+                let tail = &buf[i..];
+                self.compiled
+                    .keyword_list
+                    .iter()
+                    .any(|k| k.len() > tail.len() && k[..tail.len()].eq_ignore_ascii_case(tail))
+                    || self
+                        .exact
+                        .is_some_and(|e| e.values.iter().any(|v| v.len() > tail.len() && v.starts_with(tail)))
+            })
+            .unwrap_or(buf.len())
     }
 
     fn decide(&mut self, buf: &[u8], t: usize) -> Decision {
@@ -322,11 +352,11 @@ impl Scan<'_> {
                     .any(|v| v.len() > than && v.len() > rest.len() && v.starts_with(rest))
         };
         match found {
-            Some(m) if !longer_possible(m.len()) => Decision::Secret(Hit {
+            Some(m) if !longer_possible(m.len()) => Decision::Secret(vec![Hit {
                 start: m.start(),
                 end: m.end(),
                 rule: exact.labels[m.pattern().as_usize()].clone(),
-            }),
+            }]),
             Some(_) => Decision::Undecided,
             None if longer_possible(0) => Decision::Undecided,
             None => Decision::NoSecret,
@@ -424,7 +454,26 @@ impl Scan<'_> {
             // `TOKEN=ghp_…`: the value is a GitHub token, and its record should say so.
             id = specific;
         }
-        Decision::Secret(Hit { start, end, rule: id })
+        // Exact values (the caller's own credential) are masked wherever they are, also in the
+        // part of a rule's match before its secret (`token_<value> = "…"`).
+        let mut hits = Vec::new();
+        let mut start = start;
+        if let Some(exact) = self.exact {
+            for m in exact.ac.find_iter(AcInput::new(&buf[..end]).range(t..start.max(t))) {
+                if m.end() > start {
+                    // It runs into the secret: one span covers both.
+                    start = m.start();
+                    break;
+                }
+                hits.push(Hit {
+                    start: m.start(),
+                    end: m.end(),
+                    rule: exact.labels[m.pattern().as_usize()].clone(),
+                });
+            }
+        }
+        hits.push(Hit { start, end, rule: id });
+        Decision::Secret(hits)
     }
 
     /// A rule other than the generic ones whose secret is exactly `buf[start..end]`.
@@ -450,31 +499,29 @@ impl Scan<'_> {
 /// the header. `None` while the bytes so far do not decide it.
 fn pem_end(buf: &[u8], start: usize, header_end: usize, final_: bool) -> Option<usize> {
     let limit = (start + PEM_MAX).min(buf.len());
+    // Until PEM_MAX bytes (or the end) have arrived, a footer may still come.
     let complete = final_ || buf.len() >= start + PEM_MAX;
     let window = &buf[header_end..limit];
     if let Some(p) = memchr::memmem::find(window, b"-----END") {
         let footer_from = header_end + p + 8;
         let footer_window = &buf[footer_from..(footer_from + 40).min(buf.len())];
         match memchr::memmem::find(footer_window, b"-----") {
-            Some(q) => {
-                let footer = &footer_window[..q];
-                if memchr::memmem::find(footer, b"PRIVATE KEY").is_some() {
-                    return Some(footer_from + q + 5);
-                }
+            Some(q) if memchr::memmem::find(&footer_window[..q], b"PRIVATE KEY").is_some() => {
+                return Some(footer_from + q + 5);
             }
+            Some(_) => {}
             None if !final_ && footer_from + 40 > buf.len() => return None,
             None => {}
         }
+    }
+    if !complete {
+        return None;
     }
     // No footer: the key body is the run of base64 (and line breaks, escaped or not).
     let run = window
         .iter()
         .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\r' | b'\n' | b'\\')));
-    let end = match run {
-        Some(n) => header_end + n,
-        None if complete => limit,
-        None => return None,
-    };
+    let end = header_end + run.unwrap_or(window.len());
     // Never end on half of an escape (`\"` in JSON): the quote would lose its backslash.
     let backslashes = buf[header_end..end].iter().rev().take_while(|&&b| b == b'\\').count();
     Some(end - backslashes % 2)

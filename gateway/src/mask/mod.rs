@@ -26,6 +26,26 @@ pub use self::{
     stream::{Piece, StreamMasker},
 };
 
+/// The masker for the gateway's own log lines, set once at start (`ghgate run`); until then,
+/// and in tools that never set it, the built-in rules under a one-off key.
+static LOG_MASKER: std::sync::OnceLock<Masker> = std::sync::OnceLock::new();
+
+/// Makes `masker` the one log lines go through. Only the first call counts.
+pub fn set_log_masker(masker: Masker) {
+    let _ = LOG_MASKER.set(masker);
+}
+
+/// `text` as it may appear in a log line: secrets masked. For anything a client controls that
+/// a log line names (URLs, upstream errors).
+pub fn for_logs(text: &str) -> String {
+    let masker = LOG_MASKER.get_or_init(|| {
+        let mut key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+        Masker::new(Rules::builtin(), key)
+    });
+    masker.mask_str(text).0
+}
+
 /// One masked secret: which rule found it, its fingerprint, and where it was in the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {

@@ -76,6 +76,14 @@ fn rule(id: &str, keywords: &[&str], regex: &str, validator: Validator) -> Rule 
     }
 }
 
+/// The end of a token whose alphabet is base64url (`-` included, so `\b` would not do): the
+/// next byte is outside it, or there is none.
+macro_rules! end_urlsafe {
+    () => {
+        r"(?:[^A-Za-z0-9_-]|$)"
+    };
+}
+
 /// A word boundary in ASCII terms, usable by the lazy DFA.
 macro_rules! b {
     () => {
@@ -141,7 +149,7 @@ impl Rules {
             rule(
                 "gcp-api-key",
                 &["AIza"],
-                concat!(b!(), r"AIza[0-9A-Za-z_-]{35}", b!()),
+                concat!(b!(), r"(?P<secret>AIza[0-9A-Za-z_-]{35})", end_urlsafe!()),
                 None,
             ),
             // Azure: storage account keys in connection strings, SAS signatures.
@@ -161,7 +169,7 @@ impl Rules {
             rule(
                 "slack-token",
                 &["xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xoxe"],
-                concat!(b!(), r"xox(?:[bpars]|e(?:\.xox[bp])?-\d)-[0-9A-Za-z-]{10,250}", b!()),
+                concat!(b!(), r"(?P<secret>xox(?:[bpars]|e(?:\.xox[bp])?-\d)-[0-9A-Za-z-]{10,250})", end_urlsafe!()),
                 None,
             ),
             rule(
@@ -181,7 +189,7 @@ impl Rules {
             rule(
                 "anthropic-key",
                 &["sk-ant-"],
-                concat!(b!(), r"sk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{80,100}", b!()),
+                concat!(b!(), r"(?P<secret>sk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{80,100})", end_urlsafe!()),
                 None,
             ),
             rule(
@@ -189,9 +197,9 @@ impl Rules {
                 &["sk-"],
                 concat!(
                     b!(),
-                    r"sk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,200}T3BlbkFJ[A-Za-z0-9_-]{20,200}",
-                    r"|[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20})",
-                    b!()
+                    r"(?P<secret>sk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,200}T3BlbkFJ[A-Za-z0-9_-]{20,200}",
+                    r"|[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}))",
+                    end_urlsafe!()
                 ),
                 None,
             ),
@@ -210,8 +218,8 @@ impl Rules {
                 &["eyJ"],
                 concat!(
                     b!(),
-                    r"eyJ[A-Za-z0-9_-]{8,4000}\.eyJ[A-Za-z0-9_-]{8,8000}\.[A-Za-z0-9_-]{16,1000}",
-                    b!()
+                    r"(?P<secret>eyJ[A-Za-z0-9_-]{8,4000}\.eyJ[A-Za-z0-9_-]{8,8000}\.[A-Za-z0-9_-]{16,1000})",
+                    end_urlsafe!()
                 ),
                 Jwt,
             ),

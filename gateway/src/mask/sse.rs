@@ -23,18 +23,25 @@ enum Field {
     ChatContent(usize),
     /// `choices[j].text`
     CompletionText(usize),
+    /// `choices[j].delta.tool_calls[k].function.arguments`
+    ToolArguments(usize, usize),
     /// `delta.text` of a `content_block_delta`
     BlockText,
     /// `delta.partial_json` of a `content_block_delta`
     BlockJson,
+    /// `delta.thinking` of a `content_block_delta`
+    BlockThinking,
 }
 
 /// Which text stream a piece belongs to: the choice (or content block) index and its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum ChoiceKey {
     OpenAi(u64),
+    /// A tool call's arguments: (choice index, tool call index).
+    OpenAiTool(u64, u64),
     AnthropicText(u64),
     AnthropicJson(u64),
+    AnthropicThinking(u64),
 }
 
 struct Slot {
@@ -250,7 +257,10 @@ impl SseMasker {
         }
         match end {
             Some(End::All) => self.finish_choices(|_| true),
-            Some(End::Choices(keys)) => self.finish_choices(|k| keys.contains(k)),
+            Some(End::Choice(keys)) => self.finish_choices(|k| {
+                keys.contains(k)
+                    || matches!(k, ChoiceKey::OpenAiTool(c, _) if keys.contains(&ChoiceKey::OpenAi(*c)))
+            }),
             None => {}
         }
     }
@@ -445,6 +455,18 @@ fn texts(v: &Value) -> Vec<(Field, ChoiceKey, String)> {
             } else if let Some(t) = c.get("text").and_then(Value::as_str) {
                 out.push((Field::CompletionText(j), ChoiceKey::OpenAi(index), t.to_owned()));
             }
+            for (k, call) in c
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let tool = call.get("index").and_then(Value::as_u64).unwrap_or(k as u64);
+                if let Some(t) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                    out.push((Field::ToolArguments(j, k), ChoiceKey::OpenAiTool(index, tool), t.to_owned()));
+                }
+            }
         }
     } else if v.get("type").and_then(Value::as_str) == Some("content_block_delta") {
         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -452,6 +474,8 @@ fn texts(v: &Value) -> Vec<(Field, ChoiceKey, String)> {
             out.push((Field::BlockText, ChoiceKey::AnthropicText(index), t.to_owned()));
         } else if let Some(t) = v.pointer("/delta/partial_json").and_then(Value::as_str) {
             out.push((Field::BlockJson, ChoiceKey::AnthropicJson(index), t.to_owned()));
+        } else if let Some(t) = v.pointer("/delta/thinking").and_then(Value::as_str) {
+            out.push((Field::BlockThinking, ChoiceKey::AnthropicThinking(index), t.to_owned()));
         }
     }
     out
@@ -459,7 +483,8 @@ fn texts(v: &Value) -> Vec<(Field, ChoiceKey, String)> {
 
 enum End {
     All,
-    Choices(Vec<ChoiceKey>),
+    /// These text streams (and, for OpenAI choices, their tool calls' arguments) are over.
+    Choice(Vec<ChoiceKey>),
 }
 
 /// Which text streams an event ends.
@@ -469,16 +494,23 @@ fn ends(v: &Value) -> Option<End> {
             .iter()
             .enumerate()
             .filter(|(_, c)| c.get("finish_reason").is_some_and(|r| !r.is_null()))
-            .map(|(j, c)| ChoiceKey::OpenAi(c.get("index").and_then(Value::as_u64).unwrap_or(j as u64)))
+            .map(|(j, c)| c.get("index").and_then(Value::as_u64).unwrap_or(j as u64))
+            .collect::<Vec<u64>>()
+            .into_iter()
+            .map(ChoiceKey::OpenAi)
             .collect();
-        return (!done.is_empty()).then_some(End::Choices(done));
+        if done.is_empty() {
+            return None;
+        }
+        return Some(End::Choice(done));
     }
     match v.get("type").and_then(Value::as_str) {
         Some("content_block_stop") => {
             let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
-            Some(End::Choices(vec![
+            Some(End::Choice(vec![
                 ChoiceKey::AnthropicText(index),
                 ChoiceKey::AnthropicJson(index),
+                ChoiceKey::AnthropicThinking(index),
             ]))
         }
         Some("message_stop") => Some(End::All),
@@ -490,8 +522,10 @@ fn set_text(v: &mut Value, field: Field, text: &str) {
     let target = match field {
         Field::ChatContent(j) => v.pointer_mut(&format!("/choices/{j}/delta/content")),
         Field::CompletionText(j) => v.pointer_mut(&format!("/choices/{j}/text")),
+        Field::ToolArguments(j, k) => v.pointer_mut(&format!("/choices/{j}/delta/tool_calls/{k}/function/arguments")),
         Field::BlockText => v.pointer_mut("/delta/text"),
         Field::BlockJson => v.pointer_mut("/delta/partial_json"),
+        Field::BlockThinking => v.pointer_mut("/delta/thinking"),
     };
     if let Some(t) = target {
         *t = Value::String(text.to_owned());

@@ -107,23 +107,25 @@ impl StreamMasker {
                     self.pos = at;
                     break;
                 }
-                Step::Secret(hit) => {
-                    self.plain(self.pos, hit.start, sink);
-                    let secret = &self.buf[hit.start..hit.end];
-                    let finding = Finding {
-                        rule: hit.rule.to_string(),
-                        fingerprint: self.masker.fingerprint(secret),
-                        offset: self.base + hit.start as u64,
-                        len: secret.len(),
-                    };
-                    let replacement = finding.replacement();
-                    sink(Piece::Masked {
-                        offset: finding.offset,
-                        len: finding.len,
-                        replacement: &replacement,
-                        finding: &finding,
-                    });
-                    self.pos = hit.end;
+                Step::Secret(hits) => {
+                    for hit in hits {
+                        self.plain(self.pos, hit.start, sink);
+                        let secret = &self.buf[hit.start..hit.end];
+                        let finding = Finding {
+                            rule: hit.rule.to_string(),
+                            fingerprint: self.masker.fingerprint(secret),
+                            offset: self.base + hit.start as u64,
+                            len: secret.len(),
+                        };
+                        let replacement = finding.replacement();
+                        sink(Piece::Masked {
+                            offset: finding.offset,
+                            len: finding.len,
+                            replacement: &replacement,
+                            finding: &finding,
+                        });
+                        self.pos = hit.end;
+                    }
                 }
             }
         }

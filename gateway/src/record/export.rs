@@ -176,6 +176,7 @@ fn har_entry(view: &SessionView, x: &ExchangeView, e: &Exchange, page_id: &str) 
             "response_body": body_json(&e.response_body),
             "stream_events": events_json(&x.events, e.started_at),
             "git": x.git,
+            "masked": x.masked,
             "notes": x.notes,
         },
     });
@@ -742,6 +743,21 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
     }
     for note in &x.notes {
         let _ = writeln!(h, "<p class=\"warn\">{}</p>", e(note));
+    }
+    // Secrets masked in this exchange: an auditor follows one secret by its fingerprint.
+    if !x.masked.is_empty() {
+        h.push_str("<h3>Secrets masked</h3><ul class=\"masked\">");
+        for m in &x.masked {
+            let _ = write!(
+                h,
+                "<li><span class=\"mono\">{}</span> fingerprint <span class=\"mono\">{}</span> in the {}{}</li>",
+                e(&m.rule),
+                e(&m.fingerprint),
+                e(&m.place),
+                if m.client_masked { "" } else { " <span class=\"warn\">(the client received it unmasked)</span>" }
+            );
+        }
+        h.push_str("</ul>\n");
     }
     let summary = x.exchange.as_ref();
     // The request: a prompt shown as messages, else the body itself.

@@ -68,6 +68,8 @@ pub struct Recorder {
     /// Sessions seen by this gateway run, with what later exchanges of the session need.
     sessions: Mutex<HashMap<String, SessionState>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Masks what the recorder stores of callers (command lines), once the gateway has set it.
+    masker: std::sync::OnceLock<Masker>,
 }
 
 #[derive(Default)]
@@ -145,6 +147,7 @@ impl Recorder {
             on_failure: config.record.on_record_failure,
             sessions: Mutex::new(HashMap::new()),
             writer: Mutex::new(Some(writer)),
+            masker: std::sync::OnceLock::new(),
         });
         if retention_days > 0 {
             let weak = Arc::downgrade(&recorder);
@@ -204,6 +207,11 @@ impl Recorder {
         self.shared.failed.lock().ok().and_then(|f| f.clone())
     }
 
+    /// The masker for what the recorder stores of callers (set once, at start).
+    pub fn set_masker(&self, masker: Masker) {
+        let _ = self.masker.set(masker);
+    }
+
     /// A terminated client connection: its session's first record (once per gateway run) and
     /// the connection's facts.
     pub fn connection(self: &Arc<Self>, conn: &ConnInfo) {
@@ -256,7 +264,13 @@ impl Recorder {
             gid: caller.gid,
             comm: caller.comm.clone(),
             exe: caller.exe.as_ref().map(|p| p.display().to_string()),
-            cmdline: model::mask_cmdline(&caller.cmdline()),
+            cmdline: model::mask_cmdline(&caller.cmdline())
+                .into_iter()
+                .map(|arg| match self.masker.get() {
+                    Some(m) => m.mask_str(&arg).0,
+                    None => arg,
+                })
+                .collect(),
             cgroup_id: caller.cgroup_id,
             cgroup: identity::cgroup_path(caller.tgid),
             ci: Vec::new(),
@@ -371,7 +385,7 @@ impl Drop for Recorder {
 
 /// The answer to a request the store cannot record: 503, naming the cause.
 fn refusal(ex: &Exchange, cause: &str) -> Response<Bytes> {
-    warn!(exchange = ex.id, url = %ex.url, cause = %cause, "request refused: the session recorder cannot write");
+    warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), cause = %cause, "request refused: the session recorder cannot write");
     let mut resp = Response::new(Bytes::from(format!(
         "ghgate: this request was not forwarded because the session recorder cannot write: {cause}\n"
     )));
@@ -743,7 +757,7 @@ impl ExchangeRecording {
                 OnRecordFailure::Refuse => Some(refusal(ex, &cause)),
                 OnRecordFailure::Allow => {
                     let n = self.recorder.shared.unrecorded.fetch_add(1, Ordering::Relaxed) + 1;
-                    warn!(exchange = ex.id, url = %ex.url, cause = %cause, unrecorded = n,
+                    warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), cause = %cause, unrecorded = n,
                           "request passes UNRECORDED: the session recorder cannot write (on_record_failure = \"allow\")");
                     None
                 }
@@ -1053,7 +1067,7 @@ impl ExchangeRecording {
         let ack = self.recorder.submit(records, true);
         let allow = self.recorder.on_failure == OnRecordFailure::Allow;
         let shared = self.recorder.shared.clone();
-        let (id, url) = (self.id, ex.url.clone());
+        let (id, url) = (self.id, crate::mask::for_logs(&ex.url));
         Box::pin(async move {
             let written = match ack {
                 Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),

@@ -230,32 +230,8 @@ impl Drop for Mitm {
     }
 }
 
-fn mitmdump(target_dir: &Path) -> anyhow::Result<PathBuf> {
-    let venv = target_dir.join("bench/mitmproxy-venv");
-    let exe = venv.join("bin/mitmdump");
-    if exe.exists() {
-        return Ok(exe);
-    }
-    eprintln!("installing mitmproxy from PyPI into {} (once)", venv.display());
-    let ok = Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv)
-        .status()?
-        .success()
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "mitmproxy"])
-            .status()?
-            .success();
-    anyhow::ensure!(
-        ok && exe.exists(),
-        "could not install mitmproxy (python3 -m venv, pip install mitmproxy)"
-    );
-    Ok(exe)
-}
-
 fn start_mitm(target_dir: &Path, upstream_ca: &Path, dir: &Path) -> anyhow::Result<Mitm> {
-    let exe = mitmdump(target_dir)?;
+    let exe = crate::pypi::tool(target_dir, "mitmproxy-venv", "mitmproxy", "mitmdump")?;
     let port = ghgate_e2e::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let confdir = dir.join("mitmproxy");

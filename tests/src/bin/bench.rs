@@ -38,7 +38,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Benchmarks of ghgate on the real kernel (loopback only; must run as root).
+/// Benchmarks of ghgate on the real kernel (loopback only; all but `mask` must run as root).
 ///
 /// Usually run as `cargo xtask bench <NAME> [-- ARGS]`, which builds the workspace in release
 /// mode first.
@@ -77,6 +77,16 @@ enum Bench {
     /// (keep-alive GET latency, requests/s, a 1 GiB download), exchanges recorded per second and
     /// bytes on disk per exchange. Targets: ≤ 10 % of download throughput, ≤ 50 µs p50 added.
     Record(record::RecordArgs),
+    /// How fast secret masking is, per core: MB/s of the built-in rules through the streaming
+    /// API (16 KiB chunks, one thread) on (a) ~100 MB of real source code from the local cargo
+    /// registry, (b) the same with a secret planted every 10 KB (found vs planted is printed),
+    /// (c) ~50 MB of SSE chat-completion streams through `sse_stream()`, secrets split across
+    /// events; beside detect-secrets (PyPI, installed into target/bench/detect-secrets on first
+    /// use) scanning a 10 MB sample of (a) and of (b), which ghgate scans too. Targets: ≥ 1 GB/s
+    /// per core on (a), ≥ 50× detect-secrets. Needs no root.
+    ///
+    /// Run as `cargo xtask bench mask [-- --mb N --sample-mb N --runs N --no-detect-secrets]`.
+    Mask(mask::MaskArgs),
     /// Internal: the HTTPS client of `proxy`, run in the place under test.
     #[command(hide = true)]
     ClientHttp(proxy::HttpClientArgs),
@@ -114,8 +124,12 @@ struct ClientArgs {
     cpu: Option<usize>,
 }
 
+#[path = "../bench/mask.rs"]
+mod mask;
 #[path = "../bench/proxy.rs"]
 mod proxy;
+#[path = "../bench/pypi.rs"]
+mod pypi;
 #[path = "../bench/record.rs"]
 mod record;
 
@@ -126,6 +140,7 @@ fn main() -> ExitCode {
         Bench::ClientConnect(args) => client_connect(&args),
         Bench::Proxy(args) => proxy::run(&args),
         Bench::Record(args) => record::run(&args),
+        Bench::Mask(args) => mask::run(&args),
         Bench::ClientHttp(args) => proxy::client(&args),
     };
     // Errors are reported here, after every guard inside the benchmark has been dropped.

@@ -95,7 +95,11 @@ fn the_fingerprint_is_a_truncated_hmac_and_reveals_nothing_of_the_secret() {
             // No 8-byte run of the secret is in the fingerprint, nor the secret in the output.
             for w in p.as_bytes().windows(8) {
                 let w = std::str::from_utf8(w).unwrap();
-                assert!(!f.fingerprint.contains(w), "{} contains {w:?} of {p:?}", f.fingerprint);
+                assert!(
+                    !f.fingerprint.contains(w),
+                    "{} contains {w:?} of {p:?}",
+                    f.fingerprint
+                );
             }
             assert!(!out.contains(p.as_str()));
         }

@@ -145,19 +145,79 @@ fn a_json_escaped_private_key_in_a_service_account_file() {
     // The key as a JSON string holds it: its line breaks are the two characters `\n`.
     let key = pem(&mut rng, "", 1218).replace('\n', "\\n");
     let key_id = hex::encode(rng.bytes(20));
-    let out = assert_masked(
-        &m,
-        &[
-            plain(
-                "{\n  \"type\": \"service_account\",\n  \"project_id\": \"demo\",\n  \"private_key_id\": \"",
-            ),
-            secret("gcp-service-account-key-id", key_id),
-            plain("\",\n  \"private_key\": \""),
-            secret("private-key", key),
-            plain("\\n\",\n  \"client_email\": \"svc@demo.iam.gserviceaccount.com\"\n}\n"),
-        ],
-    );
+    let out = assert_masked(&m, &service_account(key_id, key));
     serde_json::from_str::<serde_json::Value>(&out).expect("still valid JSON");
+}
+
+/// A GCP service-account key file, with its key id and its JSON-escaped private key.
+fn service_account(key_id: String, key: String) -> Vec<Part> {
+    vec![
+        plain("{\n  \"type\": \"service_account\",\n  \"project_id\": \"demo\",\n  \"private_key_id\": \""),
+        secret("gcp-service-account-key-id", key_id),
+        plain("\",\n  \"private_key\": \""),
+        secret("private-key", key),
+        plain("\\n\",\n  \"client_email\": \"svc@demo.iam.gserviceaccount.com\"\n}\n"),
+    ]
+}
+
+/// A chunk ending inside `-----END` must not end the key before its END line (it did: the
+/// END line came out after the replacement, under the fingerprint of fewer bytes).
+#[test]
+fn a_private_key_cut_inside_its_end_line_is_masked_to_the_end_line() {
+    let m = masker();
+    let mut rng = Rng::new(191);
+    let key = pem(&mut rng, "RSA ", 300);
+    let text = format!("key:\n{key}\nnext\n");
+    let footer = text.find(&format!("{DASHES}END")).unwrap();
+    let whole = m.mask_all(text.as_bytes());
+    let want = format!(
+        "key:\n[MASKED:private-key:{}]\nnext\n",
+        m.fingerprint(key.as_bytes())
+    );
+    assert_eq!(lossy_of(&whole.0), want);
+    for cut in footer + 1..footer + 8 {
+        let streamed = stream_cuts(&m, text.as_bytes(), &[cut]);
+        assert_eq!(
+            lossy_of(&streamed.0),
+            want,
+            "one cut {} bytes into the END line",
+            cut - footer
+        );
+    }
+    for kind in ["RSA ", "EC ", "OPENSSH ", "", "ENCRYPTED "] {
+        let key = pem(&mut rng, kind, 200);
+        assert_masked(
+            &m,
+            &[
+                plain("key file:\n"),
+                secret("private-key", key),
+                plain("\nnext: line\n"),
+            ],
+        );
+    }
+    let key = pem(&mut rng, "", 1218).replace('\n', "\\n");
+    assert_masked(&m, &service_account(hex::encode(rng.bytes(20)), key));
+}
+
+/// A legacy encrypted PEM carries `Proc-Type`/`DEK-Info` headers before its body. Masked
+/// whole, all of it goes (the END line is found); streamed, the key is decided at the `:` of
+/// `Proc-Type:` before the END line has arrived, and the encrypted body comes out in clear.
+#[test]
+#[ignore = "BUG: private-key: streamed, a key with a non-base64 line before its END line is cut there and its body leaks"]
+fn a_legacy_encrypted_private_key_is_masked_whole_when_streamed() {
+    let m = masker();
+    let mut rng = Rng::new(192);
+    let body = b64(&rng.bytes(600));
+    let key = format!(
+        "{DASHES}BEGIN RSA PRIVATE KEY{DASHES}\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,{}\n\n{body}\n\
+         {DASHES}END RSA PRIVATE KEY{DASHES}",
+        hex::encode_upper(rng.bytes(16))
+    );
+    assert_masked(&m, &[plain("id_rsa:\n"), secret("private-key", key), plain("\n")]);
+}
+
+fn lossy_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
@@ -344,6 +404,35 @@ fn gcp_service_account_key_ids_and_api_keys() {
         ],
     );
     assert_clean(&m, &format!("{} {}", &key[..38], "end"));
+}
+
+/// The keyword `"private_key_id"` holds the generic keyword `private_key`: a chunk ending
+/// inside it must not let `private_key` claim the id (it did, as `generic-secret`).
+#[test]
+fn a_gcp_key_id_is_named_for_gcp_at_any_chunking() {
+    let m = masker();
+    let mut rng = Rng::new(211);
+    let before = "{\"private_key_id\": \"";
+    let id = hex::encode(rng.bytes(20));
+    let text = format!("{before}{id}\"}}");
+    for cut in 1..before.len() {
+        let (out, f) = stream_cuts(&m, text.as_bytes(), &[cut]);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].rule,
+            "gcp-service-account-key-id",
+            "one cut at {cut}: {}",
+            lossy_of(&out)
+        );
+    }
+    assert_masked(
+        &m,
+        &[
+            plain(before),
+            secret("gcp-service-account-key-id", id),
+            plain("\"}"),
+        ],
+    );
 }
 
 /// Google API keys are 39 characters of `[0-9A-Za-z_-]` after `AIza`; the last can be `-`.

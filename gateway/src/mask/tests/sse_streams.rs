@@ -13,10 +13,11 @@ use super::*;
 #[derive(Debug, Clone, PartialEq)]
 struct Event {
     name: Option<String>,
+    id: Option<String>,
     data: String,
 }
 
-/// Reads what these tests write: `event: ` and `data: ` fields only, every line ending in `eol`
+/// Reads what these tests write: `event: `, `id: ` and `data: ` fields only, every line ending in `eol`
 /// (and no other line break), every event ending with a blank line, nothing after the last.
 #[track_caller]
 fn parse_sse(bytes: &[u8], eol: &str) -> Vec<Event> {
@@ -28,7 +29,7 @@ fn parse_sse(bytes: &[u8], eol: &str) -> Vec<Event> {
         "the stream does not end with a line ending: {text:?}"
     );
     let mut events = Vec::new();
-    let (mut name, mut data): (Option<String>, Option<String>) = (None, None);
+    let (mut name, mut id, mut data): (Option<String>, Option<String>, Option<String>) = (None, None, None);
     let mut open = false;
     for line in lines {
         assert!(!line.contains(['\r', '\n']), "a stray line break in {line:?}");
@@ -36,6 +37,7 @@ fn parse_sse(bytes: &[u8], eol: &str) -> Vec<Event> {
             assert!(open, "an empty event in {text:?}");
             events.push(Event {
                 name: name.take(),
+                id: id.take(),
                 data: data.take().expect("every event has data"),
             });
             open = false;
@@ -50,6 +52,7 @@ fn parse_sse(bytes: &[u8], eol: &str) -> Vec<Event> {
                 name.replace(value.to_owned()).is_none(),
                 "two event names: {line:?}"
             ),
+            "id" => assert!(id.replace(value.to_owned()).is_none(), "two ids: {line:?}"),
             "data" => match &mut data {
                 Some(d) => {
                     d.push('\n');
@@ -303,6 +306,7 @@ fn assert_sse_masked(m: &Masker, input: &str, eol: &str, secrets: &[&str]) -> Ve
     assert_eq!(ins.len(), outs.len(), "event count");
     for (i, (a, b)) in ins.iter().zip(&outs).enumerate() {
         assert_eq!(a.name, b.name, "event {i}'s name");
+        assert_eq!(a.id, b.id, "event {i}'s id");
         match serde_json::from_str::<Value>(&a.data) {
             Ok(va) => {
                 let vb: Value = serde_json::from_str(&b.data)
@@ -494,7 +498,6 @@ fn a_secret_in_tool_call_arguments_is_masked_and_the_json_stays_valid() {
 
 /// OpenAI streams a tool call's arguments a few characters per event, like content.
 #[test]
-#[ignore = "BUG: a secret split across OpenAI tool_calls[].function.arguments deltas is not reassembled, and leaks"]
 fn a_secret_split_across_tool_call_argument_deltas() {
     let m = masker();
     let mut rng = Rng::new(75);
@@ -613,4 +616,144 @@ fn a_private_key_in_a_non_text_field_of_a_text_event() {
             assert!(!lossy(&out).contains(line));
         }
     }
+}
+
+#[test]
+fn both_choices_in_every_event() {
+    let m = masker();
+    let mut rng = Rng::new(78);
+    let (t0, t1) = (classic(&mut rng, "gho"), classic(&mut rng, "ghu"));
+    let p0 = split(&sentence(&t0), &t0, 4);
+    let p1 = split(&format!("Second: {t1}. Done."), &t1, 4);
+    let mut input = String::new();
+    for i in 0..p0.len().max(p1.len()) {
+        let mut choices = Vec::new();
+        for (c, pieces) in [(0, &p0), (1, &p1)] {
+            if let Some(p) = pieces.get(i) {
+                choices.push(
+                    json!({"index": c, "delta": {"content": p}, "logprobs": null, "finish_reason": null}),
+                );
+            }
+        }
+        let chunk = json!({"id": "chatcmpl-9", "object": "chat.completion.chunk", "choices": choices});
+        input += &event(None, &chunk, "\n");
+    }
+    input += "data: [DONE]\n\n";
+    let outs = assert_sse_masked(&m, &input, "\n", &[&t0, &t1]);
+    let texts = texts_by_choice(&outs);
+    assert!(texts["choice 0"].contains("[MASKED:github-oauth:"));
+    assert!(texts["choice 1"].contains("[MASKED:github-user-token:"));
+}
+
+#[test]
+fn an_exact_value_split_across_events() {
+    let mut rng = Rng::new(79);
+    let value = format!("{} {} {}", rng.alnum(6), rng.alnum(6), rng.alnum(6));
+    let m = masker().with_exact(&[("caller".to_owned(), value.clone().into_bytes())]);
+    for shape in [Shape::Chat, Shape::Anthropic] {
+        let text = format!("Your credential is {value}, keep it.");
+        let pieces: Vec<(u64, String)> = split(&text, &value, 3).into_iter().map(|p| (0, p)).collect();
+        let outs = assert_sse_masked(&m, &stream_of(shape, &pieces, "\n"), "\n", &[&value]);
+        let text_out = texts_by_choice(&outs).into_values().next().unwrap();
+        assert_eq!(
+            text_out,
+            format!(
+                "Your credential is [MASKED:caller:{}], keep it.",
+                m.fingerprint(value.as_bytes())
+            )
+        );
+    }
+}
+
+#[test]
+fn event_ids_and_comments_are_kept_on_changed_events() {
+    let m = masker();
+    let mut rng = Rng::new(80);
+    let tok = classic(&mut rng, "ghp");
+    let mut input = String::new();
+    for (i, p) in split(&sentence(&tok), &tok, 3).iter().enumerate() {
+        input += &format!(
+            "id: {i}\n{}",
+            event(None, &chat_chunk(json!({"content": p}), 0, None), "\n")
+        );
+    }
+    input += "id: end\ndata: [DONE]\n\n";
+    let outs = assert_sse_masked(&m, &input, "\n", &[&tok]);
+    assert_eq!(outs.last().unwrap().id.as_deref(), Some("end"));
+    // A comment line inside a changed event stays where it was.
+    let with_comment = input.replacen("id: 1\n", "id: 1\n: a comment\n", 1);
+    let (out, _) = sse_output(&m, &with_comment);
+    let out = lossy(&out);
+    assert!(out.contains("id: 1\n: a comment\ndata: "), "{out}");
+    assert!(!out.contains(&tok));
+}
+
+#[test]
+fn events_are_held_only_while_their_text_is_undecided() {
+    let m = masker();
+    let mut rng = Rng::new(81);
+    let bound = Rules::builtin()
+        .iter()
+        .flat_map(|r| r.keywords.iter())
+        .map(String::len)
+        .max()
+        .unwrap();
+    let mut s = m.sse_stream();
+    let mut out = Vec::new();
+    let mut pushed_text = 0;
+    let mut ends: Vec<usize> = Vec::new();
+    for k in 0..60 {
+        let n = 4 + rng.below(6);
+        let word = format!("{} ", rng.pick(b"abdefghijlmnoqruvxyz", n));
+        pushed_text += word.len();
+        ends.push(pushed_text);
+        s.push(
+            event(None, &chat_chunk(json!({"content": word}), 0, None), "\n").as_bytes(),
+            &mut out,
+        );
+        // Every event whose text ends a keyword's length before the text so far is out.
+        let due = ends.iter().filter(|&&e| e + bound <= pushed_text).count();
+        let emitted = parse_sse(&out, "\n").len();
+        assert!(emitted >= due, "after event {k}: {emitted} out, {due} due");
+        assert!(emitted <= k + 1);
+    }
+    s.push(b"data: [DONE]\n\n", &mut out);
+    assert_eq!(parse_sse(&out, "\n").len(), 61, "[DONE] releases everything");
+    assert!(s.finish(&mut out).is_empty());
+}
+
+/// Extended thinking streams the model's reasoning as `thinking_delta`s of a
+/// `content_block_delta`, a few tokens per event, like text.
+#[test]
+#[ignore = "BUG: a secret split across Anthropic thinking_delta events (delta.thinking) is not reassembled, and leaks"]
+fn a_secret_split_across_anthropic_thinking_deltas() {
+    let m = masker();
+    let mut rng = Rng::new(82);
+    let tok = classic(&mut rng, "ghp");
+    let mut input = String::new();
+    let block = json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}});
+    input += &event(Some("content_block_start"), &block, "\n");
+    for p in split(&format!("The user pasted {tok} earlier, so"), &tok, 3) {
+        let d = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": p}});
+        input += &event(Some("content_block_delta"), &d, "\n");
+    }
+    input += &event(
+        Some("content_block_stop"),
+        &json!({"type": "content_block_stop", "index": 0}),
+        "\n",
+    );
+    input += &event(Some("message_stop"), &json!({"type": "message_stop"}), "\n");
+    let (out, _) = sse_output(&m, &input);
+    let mut thinking = String::new();
+    for e in parse_sse(&out, "\n") {
+        let v: Value = serde_json::from_str(&e.data).unwrap();
+        if let Some(t) = v.pointer("/delta/thinking").and_then(Value::as_str) {
+            thinking += t;
+        }
+    }
+    assert!(
+        !thinking.contains(&tok[4..20]),
+        "the token's characters are in the thinking: {thinking}"
+    );
+    assert!(thinking.contains("[MASKED:github-pat:"), "{thinking}");
 }
