@@ -114,8 +114,14 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     let text = format!("Sure. Set it like this:\nexport GITHUB_TOKEN={token}\nand run the script again.");
 
     // A completion whose token arrives split over ten events: masked, still SSE and JSON.
+    // The prompt carries the token too: it goes upstream as sent, and is recorded masked.
+    let prompt = serde_json::json!({"messages": [{"role": "user", "content": format!("my token is {token}, fix the script")}]}).to_string();
     let path = format!("/v1/completion?pieces=10&text={}", hex(&text));
-    let out = s.curl("api.githubcopilot.com", &path, &["-N", "-X", "POST", "--data", "{}"]);
+    let out = s.curl(
+        "api.githubcopilot.com",
+        &path,
+        &["-N", "-H", "content-type: application/json", "--data", &prompt],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let body = String::from_utf8(out.stdout).unwrap();
     assert!(!body.contains(&token), "the token reached the client: {body}");
@@ -153,6 +159,17 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     let passed = completion_text(&sse_events(&String::from_utf8_lossy(&out.stdout)));
     assert_eq!(passed, text, "alert mode passes the response as sent");
 
+    // A WebSocket message carrying the token (and its echo): recorded masked.
+    let out = s
+        .gw
+        .exec(ghgate_e2e::bin("ghgate-probe"))
+        .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
+        .arg(&s.ca_file)
+        .arg(format!("deploy with {token} please"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     // The token, pushed in a file: the pushed pack's objects are scanned.
     let port = s.upstream.addr.port();
     s.git(tmp.path(), &["clone", "-q", &format!("https://github.com:{port}/o/r.git"), "work"]);
@@ -176,7 +193,7 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
         text.contains("git push pack").then_some(text)
     });
     assert!(!shown.contains(&token), "sessions show prints the token:\n{shown}");
-    for place in ["response body", "git push pack"] {
+    for place in ["request body", "response body", "websocket messages", "git push pack"] {
         let line = format!("masked github-pat [{fp}] in the {place}");
         assert!(shown.contains(&line), "{line:?} missing:\n{shown}");
     }
@@ -198,6 +215,10 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
             }
         }
     }
+    assert!(
+        pages.contains(&format!("my token is [MASKED:github-pat:{fp}], fix the script")),
+        "the prompt is recorded masked"
+    );
     assert!(
         pages.contains("Secrets masked") && pages.contains(&format!("fingerprint <span class=\"mono\">{fp}</span> in the git push pack")),
         "the HTML export lists the masked secrets"

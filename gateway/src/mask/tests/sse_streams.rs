@@ -725,7 +725,6 @@ fn events_are_held_only_while_their_text_is_undecided() {
 /// Extended thinking streams the model's reasoning as `thinking_delta`s of a
 /// `content_block_delta`, a few tokens per event, like text.
 #[test]
-#[ignore = "BUG: a secret split across Anthropic thinking_delta events (delta.thinking) is not reassembled, and leaks"]
 fn a_secret_split_across_anthropic_thinking_deltas() {
     let m = masker();
     let mut rng = Rng::new(82);
