@@ -34,16 +34,16 @@ pub struct Pipeline {
 
 /// A body's masker: SSE-aware for event streams.
 enum BodyMasker {
-    Plain(StreamMasker),
-    Sse(SseMasker),
+    Plain(Box<StreamMasker>),
+    Sse(Box<SseMasker>),
 }
 
 impl BodyMasker {
     fn new(masker: &Masker, sse: bool) -> Self {
         if sse {
-            BodyMasker::Sse(masker.sse_stream())
+            BodyMasker::Sse(Box::new(masker.sse_stream()))
         } else {
-            BodyMasker::Plain(masker.stream())
+            BodyMasker::Plain(Box::new(masker.stream()))
         }
     }
 
@@ -96,17 +96,18 @@ impl Pipeline {
             Direction::Response => &ctx.response,
         };
         let mut b = side.lock().map_err(|_| "the masking stage failed earlier".to_owned())?;
-        let Some(masker) = b.masker.as_mut() else {
-            // Not masked (recording off and nothing for the client): passes as it is.
+        if b.broken.is_some() {
+            // Nothing more of this body is stored: it could not be decoded, so not masked.
+            return Ok(None);
+        }
+        if b.masker.is_none() {
+            // Nothing is masked for the client, and the record keeps at most the length and
+            // hash of this body (a git pack), or recording is off: it passes as it is.
             drop(b);
             return match &ctx.record {
                 Some(rec) => rec.chunk(dir, chunk, Vec::new()),
                 None => Ok(None),
             };
-        };
-        let _ = masker;
-        if b.broken.is_some() {
-            return Ok(None);
         }
         let mut decoded = Vec::new();
         let plain: &[u8] = match b.decoder.as_mut() {
@@ -206,9 +207,10 @@ impl Phases for Pipeline {
         if let Ok(mut b) = ctx.request.lock() {
             // Requests reach the upstream as sent; only their record is masked.
             match decoder(&req.headers) {
+                Ok(_) if !rec.stores_body(Direction::Request) => {}
                 Ok(d) => {
                     b.decoder = d;
-                    b.masker = Some(BodyMasker::Plain(maskers.1.stream()));
+                    b.masker = Some(BodyMasker::Plain(Box::new(maskers.1.stream())));
                 }
                 Err(why) => b.broken = Some(why),
             }
@@ -251,7 +253,12 @@ impl Phases for Pipeline {
                 if matches!(decoded, Ok(Some(_))) {
                     resp.headers.remove(header::CONTENT_ENCODING);
                 }
-            } else if ctx.record.is_some() && has_body {
+            } else if ctx
+                .record
+                .as_ref()
+                .is_some_and(|r| sse || r.stores_body(Direction::Response))
+            {
+                // SSE events are recorded one by one, whatever the body cap.
                 b.masker = Some(BodyMasker::new(&for_records, sse));
             }
             match decoded {

@@ -459,3 +459,34 @@ fn each_sample_is_masked_alone_and_between_newlines() {
         assert_masked(&m, &framed(&sample));
     }
 }
+
+#[test]
+fn secrets_back_to_back_are_each_masked() {
+    let m = masker();
+    let samples = samples(&mut Rng::new(3));
+    for sep in ["\n", "\r\n", "\n\n"] {
+        let mut parts = Vec::new();
+        for sample in &samples {
+            parts.extend(sample.iter().cloned());
+            parts.push(plain(sep));
+        }
+        assert_masked(&m, &parts);
+    }
+}
+
+#[test]
+fn masked_output_masks_to_itself() {
+    let m = masker();
+    let mut parts = vec![plain("start\n")];
+    for sample in samples(&mut Rng::new(4)) {
+        parts.extend(sample);
+        parts.push(plain("\n"));
+    }
+    let once = assert_masked(&m, &parts);
+    let (twice, findings) = m.mask_str(&once);
+    assert!(
+        findings.is_empty(),
+        "a replacement was taken for a secret: {findings:?}"
+    );
+    assert_eq!(twice, once);
+}

@@ -827,6 +827,16 @@ impl ExchangeRecording {
         }
     }
 
+    /// Whether any bytes of this body are stored as body chunks (git packs are kept by length
+    /// and hash only, and so is everything when `record.body_cap_bytes = 0`).
+    pub fn stores_body(&self, dir: Direction) -> bool {
+        let side = match dir {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        };
+        side.lock().map(|b| b.cap > 0).unwrap_or(true)
+    }
+
     /// One chunk of a body as it came off the wire, before masking: git's framing is parsed
     /// from it (and a pushed pack's objects scanned). Nothing of it is stored.
     pub fn observe_raw(&self, dir: Direction, raw: &[u8]) {

@@ -128,6 +128,21 @@ fn private_keys_of_every_kind_are_masked_header_to_footer() {
 }
 
 #[test]
+fn a_private_key_with_crlf_line_endings() {
+    let m = masker();
+    let mut rng = Rng::new(141);
+    let key = pem(&mut rng, "EC ", 121).replace('\n', "\r\n");
+    assert_masked(
+        &m,
+        &[
+            plain("key:\r\n"),
+            secret("private-key", key),
+            plain("\r\nnext\r\n"),
+        ],
+    );
+}
+
+#[test]
 fn a_pgp_private_key_block_is_masked() {
     let m = masker();
     let mut rng = Rng::new(15);

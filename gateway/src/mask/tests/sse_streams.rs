@@ -123,6 +123,10 @@ fn stream_of(shape: Shape, pieces: &[(u64, String)], eol: &str) -> String {
             for &c in &choices {
                 s += &event(None, &chat_chunk(json!({}), c, Some("stop")), eol);
             }
+            // With `stream_options.include_usage`: a last chunk with no choices.
+            let usage = json!({"id": "chatcmpl-9", "object": "chat.completion.chunk", "choices": [],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}});
+            s += &event(None, &usage, eol);
             s += &format!("data: [DONE]{eol}{eol}");
         }
         Shape::Completions => {
@@ -755,4 +759,30 @@ fn a_secret_split_across_anthropic_thinking_deltas() {
         "the token's characters are in the thinking: {thinking}"
     );
     assert!(thinking.contains("[MASKED:github-pat:"), "{thinking}");
+}
+
+#[test]
+fn pings_between_the_pieces_of_a_secret_keep_their_place() {
+    let m = masker();
+    let mut rng = Rng::new(83);
+    let tok = classic(&mut rng, "ghr");
+    let mut input = String::new();
+    for p in split(&sentence(&tok), &tok, 4) {
+        input += &event(Some("content_block_delta"), &anthropic_delta(0, &p), "\n");
+        input += &event(Some("ping"), &json!({"type": "ping"}), "\n");
+    }
+    input += &event(
+        Some("content_block_stop"),
+        &json!({"type": "content_block_stop", "index": 0}),
+        "\n",
+    );
+    input += &event(Some("message_stop"), &json!({"type": "message_stop"}), "\n");
+    let outs = assert_sse_masked(&m, &input, "\n", &[&tok]);
+    // The pings stay between the pieces: each went out after the piece before it.
+    let names: Vec<Option<String>> = outs.into_iter().map(|e| e.name).collect();
+    let want: Vec<Option<String>> = parse_sse(input.as_bytes(), "\n")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, want);
 }
