@@ -1,4 +1,5 @@
-//! `cargo xtask`: the developer entry point for building, running, testing and benchmarking ghgate.
+//! `cargo xtask`: the developer entry point for building, running, testing, fuzzing and
+//! benchmarking ghgate.
 //!
 //! Each subcommand lives in its own module with its own args struct; this file only parses the
 //! command line and dispatches. It must never contain task logic, and nothing in xtask may pick a
@@ -8,6 +9,7 @@
 mod bench;
 mod build_ebpf;
 mod cargo;
+mod fuzz;
 mod host;
 mod process;
 mod run;
@@ -37,6 +39,7 @@ enum Command {
     Run(run::Args),
     Test(test::Args),
     Bench(bench::Args),
+    Fuzz(fuzz::Args),
     VmTest(vm_test::Args),
 }
 
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&ws, args),
         Command::Test(args) => test::run(&ws, args),
         Command::Bench(args) => bench::run(&ws, args),
+        Command::Fuzz(args) => fuzz::run(&ws, args),
         Command::VmTest(args) => vm_test::run(&ws, args),
     });
     match result {

@@ -242,7 +242,7 @@ impl Rules {
                     concat!(
                         r"(?i)(?:secret|token|passwd|password|pwd|api[_-]?key|access[_-]key|auth_key",
                         r"|private_key|credential)[A-Za-z0-9_.-]{0,30}",
-                        r#"["']?\s{0,4}(?::|=|:=|=>|\|\|=)\s{0,4}"#,
+                        r#"["']?\]?\s{0,4}(?::|=|:=|=>|\|\|=)\s{0,4}"#,
                         r#"(?:"(?P<secret>[^"\s\\]{8,200})"|'(?P<secret2>[^'\s\\]{8,200})'"#,
                         r"|(?P<secret3>[A-Za-z0-9/+_.~-]{16,200})(?:[\s,;]|$))"
                     ),

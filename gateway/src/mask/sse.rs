@@ -2,9 +2,10 @@
 //! events and masked as one stream, so a secret a model emits a few tokens at a time is still
 //! found; every event goes out in order, still valid SSE and valid JSON, changed only in its text.
 //!
-//! Shapes understood: OpenAI chat (`choices[].delta.content`), OpenAI completions
-//! (`choices[].text`) and Anthropic messages (`content_block_delta` with `delta.text` or
-//! `delta.partial_json`). Other events are masked on their own. A secret split over events is
+//! Shapes understood: OpenAI chat (`choices[].delta.content`, tool-call arguments), OpenAI
+//! completions (`choices[].text`), the OpenAI Responses API (`response.*.delta` events, as
+//! Copilot's `/responses` streams them) and Anthropic messages (`content_block_delta` with
+//! `delta.text`, `delta.thinking` or `delta.partial_json`). Other events are masked on their own. A secret split over events is
 //! replaced in the event where it began; the events after it lose their part of it. An event is
 //! held only while text it carries is undecided, and events never overtake one another.
 //!
@@ -31,6 +32,8 @@ enum Field {
     BlockJson,
     /// `delta.thinking` of a `content_block_delta`
     BlockThinking,
+    /// `delta` of an OpenAI Responses API `response.*.delta` event
+    ResponsesDelta,
 }
 
 /// Which text stream a piece belongs to: the choice (or content block) index and its kind.
@@ -42,6 +45,25 @@ enum ChoiceKey {
     AnthropicText(u64),
     AnthropicJson(u64),
     AnthropicThinking(u64),
+    /// A Responses API stream: (event kind, output index, content index).
+    Responses(u64, u64, u64),
+}
+
+/// A Responses API event kind as a number, so keys stay `Copy`: the part of `type` before
+/// `.delta` / `.done` (`response.output_text`, `response.function_call_arguments`, …).
+fn responses_kind(kind: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    kind.hash(&mut h);
+    h.finish()
+}
+
+fn responses_key(v: &Value, kind: &str) -> ChoiceKey {
+    ChoiceKey::Responses(
+        responses_kind(kind),
+        v.get("output_index").and_then(Value::as_u64).unwrap_or(0),
+        v.get("content_index").and_then(Value::as_u64).unwrap_or(0),
+    )
 }
 
 struct Slot {
@@ -468,6 +490,13 @@ fn texts(v: &Value) -> Vec<(Field, ChoiceKey, String)> {
                 }
             }
         }
+    } else if let Some(kind) = v
+        .get("type")
+        .and_then(Value::as_str)
+        .and_then(|t| t.strip_prefix("response.").and(t.strip_suffix(".delta")))
+        && let Some(t) = v.get("delta").and_then(Value::as_str)
+    {
+        out.push((Field::ResponsesDelta, responses_key(v, kind), t.to_owned()));
     } else if v.get("type").and_then(Value::as_str) == Some("content_block_delta") {
         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
@@ -513,7 +542,10 @@ fn ends(v: &Value) -> Option<End> {
                 ChoiceKey::AnthropicThinking(index),
             ]))
         }
-        Some("message_stop") => Some(End::All),
+        Some("message_stop" | "response.completed" | "response.failed" | "response.incomplete") => Some(End::All),
+        Some(t) if t.starts_with("response.") && t.ends_with(".done") => {
+            Some(End::Choice(vec![responses_key(v, t.strip_suffix(".done").unwrap_or(t))]))
+        }
         _ => None,
     }
 }
@@ -526,6 +558,7 @@ fn set_text(v: &mut Value, field: Field, text: &str) {
         Field::BlockText => v.pointer_mut("/delta/text"),
         Field::BlockJson => v.pointer_mut("/delta/partial_json"),
         Field::BlockThinking => v.pointer_mut("/delta/thinking"),
+        Field::ResponsesDelta => v.pointer_mut("/delta"),
     };
     if let Some(t) = target {
         *t = Value::String(text.to_owned());

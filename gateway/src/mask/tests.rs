@@ -490,3 +490,21 @@ fn masked_output_masks_to_itself() {
     );
     assert_eq!(twice, once);
 }
+
+/// The rule that no secret is written literally here, checked by the rules themselves.
+#[test]
+fn these_tests_hold_no_literal_secret() {
+    let m = masker();
+    for (file, source) in [
+        ("tests.rs", include_str!("tests.rs")),
+        ("tests/exact.rs", include_str!("tests/exact.rs")),
+        ("tests/fingerprints.rs", include_str!("tests/fingerprints.rs")),
+        ("tests/held.rs", include_str!("tests/held.rs")),
+        ("tests/per_rule.rs", include_str!("tests/per_rule.rs")),
+        ("tests/props.rs", include_str!("tests/props.rs")),
+        ("tests/sse_streams.rs", include_str!("tests/sse_streams.rs")),
+    ] {
+        let (_, findings) = m.mask_str(source);
+        assert!(findings.is_empty(), "{file}: {findings:?}");
+    }
+}

@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the whole check suite, the same locally and in CI (`.ci/run`).
 //!
-//! Steps run in a fixed order and stop at the first failure, except that nextest, vm-test and the
-//! kernel leak check all run once the build is done: a failed test is exactly when leftovers are
-//! likely, and one suite's failure says nothing about the other's.
+//! Steps run in a fixed order and stop at the first failure, except that nextest, the fuzz run,
+//! vm-test and the kernel leak check all run once the build is done: a failed test is exactly when
+//! leftovers are likely, and one suite's failure says nothing about the others'.
 //! This module must never skip a kernel step silently: skips are printed, and under CI they fail.
 mod leaks;
 
@@ -10,10 +10,10 @@ use std::ffi::OsString;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{build_ebpf, cargo, host, setup, vm_test, workspace::Workspace};
+use crate::{build_ebpf, cargo, fuzz, host, setup, vm_test, workspace::Workspace};
 
-/// Run fmt, clippy, the build, the eBPF verifier check, all tests (nextest), the guest tests in
-/// QEMU on the CI kernels (vm-test) and a kernel leak check.
+/// Run fmt, clippy, the build, the eBPF verifier check, all tests (nextest), every fuzz target
+/// for 45 s, the guest tests in QEMU on the CI kernels (vm-test) and a kernel leak check.
 ///
 /// The verifier check, vm-test and the program part of the leak check run only as root; without
 /// root they are skipped with a note, except under CI=true where that is an error.
@@ -24,7 +24,11 @@ pub struct Args {
     pub nextest_args: Vec<OsString>,
 }
 
-const STEPS: usize = 7;
+const STEPS: usize = 8;
+
+/// How long the fuzz step runs each target: long enough to get past the seeds' neighbourhood,
+/// short enough that the step costs about as much as its build. `cargo xtask fuzz` runs longer.
+const FUZZ_SECONDS: u32 = 45;
 
 fn header(n: usize, name: &str) {
     println!("\n==> [{n}/{STEPS}] {name}");
@@ -83,10 +87,14 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
     nextest.extend(args.nextest_args);
     let tests = cargo::run(ws, "nextest", nextest);
 
-    header(6, "vm-test");
+    // Needs no privileges, so it runs the same as root or not.
+    header(6, "fuzz");
+    let fuzzing = fuzz::check(ws, FUZZ_SECONDS);
+
+    header(7, "vm-test");
     let vm_tests = vm_tests(ws);
 
-    header(7, "leak check");
+    header(8, "leak check");
     let leftovers = leaks::check();
 
     println!();
@@ -96,6 +104,13 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
         Err(err) => {
             println!("nextest: FAILED ({err:#})");
             failures.push("nextest failed".to_owned());
+        }
+    }
+    match &fuzzing {
+        Ok(()) => println!("fuzz: passed ({FUZZ_SECONDS} s per target)"),
+        Err(err) => {
+            println!("fuzz: FAILED ({err:#})");
+            failures.push(format!("fuzz: {err:#}"));
         }
     }
     match &vm_tests {

@@ -20,7 +20,7 @@ fn one_secret_has_one_fingerprint_across_maskers_rules_and_contexts() {
         (format!("GITHUB_TOKEN={tok}\n"), "github-pat"),
         (format!("{{\"token\": \"{tok}\"}}"), "github-pat"),
         (
-            format!("git clone https://x-access-token:{tok}@github.com/o/r"),
+            ["git clone https://x-access-token:", &tok, "@github.com/o/r"].concat(),
             "url-credentials",
         ),
     ];

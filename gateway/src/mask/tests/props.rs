@@ -38,58 +38,19 @@ fn byte_filler() -> BoxedStrategy<Vec<u8>> {
 /// Filler made of the keywords, operators and shapes the rules look for, so that places where
 /// a secret could begin are everywhere and are decided at every kind of chunk boundary.
 fn keyword_filler() -> BoxedStrategy<Vec<u8>> {
-    let fragments: Vec<String> = [
-        "token",
-        "password",
-        "secret",
-        "api_key",
-        " = ",
-        ": ",
-        "=",
-        ":=",
-        "\"",
-        "'",
-        "ghp_",
-        "gho_",
-        "github_pat_",
-        "https://",
-        "postgres://",
-        "user:",
-        "@",
-        "sig=",
-        "%2B",
-        "%3D",
-        "AccountKey=",
-        "AKIA",
-        "aws_secret_access_key",
-        "eyJ",
-        ".",
-        "xoxb-",
-        "sk-",
-        "sk-proj-",
-        "T3BlbkFJ",
-        "sk_live_",
-        "npm_",
-        "cio",
-        "pypi-AgE",
-        "hooks.slack.com/services/",
-        "\"private_key_id\"",
-        "AIza",
-        "\\n",
-        "\n",
-        " ",
-        ";",
-        ",",
-        "\r\n",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .chain([
+    // `|`-separated: some fragments are spaces and operators.
+    let words = concat!(
+        "token|password|secret|api_key| = |: |=|:=|\"|'|;|,| |\n|\r\n|\\n|.|@|",
+        "ghp_|gho_|github_pat_|https://|postgres://|user:|sig=|%2B|%3D|AccountKey=|AKIA|",
+        "aws_secret_access_key|eyJ|xoxb-|sk-|sk-proj-|T3BlbkFJ|sk_live_|npm_|cio|pypi-AgE|",
+        "hooks.slack.com/services/|\"private_key_id\"|AIza",
+    );
+    let armour = [
         format!("{DASHES}BEGIN RSA PRIVATE KEY{DASHES}"),
         format!("{DASHES}END RSA PRIVATE KEY{DASHES}"),
         format!("{DASHES}BEGIN PRIVATE KEY{DASHES}\\n"),
-    ])
-    .collect();
+    ];
+    let fragments: Vec<String> = words.split('|').map(str::to_owned).chain(armour).collect();
     vec(
         prop_oneof![
             2 => prop::sample::select(fragments),

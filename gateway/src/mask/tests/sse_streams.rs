@@ -786,3 +786,39 @@ fn pings_between_the_pieces_of_a_secret_keep_their_place() {
         .collect();
     assert_eq!(names, want);
 }
+
+#[test]
+fn a_secret_split_across_responses_api_deltas() {
+    // Copilot's `/responses` streams OpenAI Responses API events: text and function-call
+    // arguments arrive as `response.*.delta` events, one stream per output and content index.
+    let m = masker();
+    let mut rng = Rng::new(84);
+    let tok = classic(&mut rng, "ghp");
+    let mut input = String::new();
+    for (i, p) in split(&sentence(&tok), &tok, 5).into_iter().enumerate() {
+        let text = json!({"type": "response.output_text.delta", "item_id": "msg_1",
+            "output_index": 0, "content_index": 0, "delta": p});
+        input += &event(Some("response.output_text.delta"), &text, "\n");
+        // Interleaved: a function call's arguments in another output.
+        let args = json!({"type": "response.function_call_arguments.delta", "item_id": "fc_1",
+            "output_index": 1, "delta": format!("{{\"n\":{i}}}")});
+        input += &event(Some("response.function_call_arguments.delta"), &args, "\n");
+    }
+    let done = json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0});
+    input += &event(Some("response.output_text.done"), &done, "\n");
+    input += &event(Some("response.completed"), &json!({"type": "response.completed"}), "\n");
+    let (out, _) = sse_output(&m, &input);
+    let events = parse_sse(&out, "\n");
+    assert_eq!(events.len(), parse_sse(input.as_bytes(), "\n").len(), "one event out per event in");
+    let mut text = String::new();
+    for e in &events {
+        let v: Value = serde_json::from_str(&e.data).unwrap();
+        if v["type"] == "response.output_text.delta" {
+            text += v["delta"].as_str().unwrap();
+        }
+    }
+    assert!(!text.contains(&tok[4..20]), "the token's characters are in the text: {text}");
+    let at = text.find("[MASKED:github-pat:").expect("the token is masked");
+    let replacement = &text[at..=at + text[at..].find(']').unwrap()];
+    assert_eq!(text, sentence(&tok).replace(&tok, replacement), "only the token changed");
+}
