@@ -198,17 +198,17 @@ fn mask(masker: &Masker, input: &[u8], sizes: &[usize]) -> Vec<u8> {
     out
 }
 
-fn check_structured(masker: &Masker, u: &mut Unstructured) {
+fn check_structured(masker: &Masker, mut u: Unstructured) {
     let style = [Style::Chat, Style::Completion, Style::Anthropic][u.choose_index(3).unwrap_or(0)];
     let choices = 1 + u.choose_index(3).unwrap_or(0);
     let eol = if u.arbitrary().unwrap_or(false) { "\r\n" } else { "\n" };
-    let plants = Plants::arbitrary(u);
+    let plants = Plants::arbitrary(&mut u);
     let n = u.int_in_range(1..=8).unwrap_or(1);
     let mut event_sizes: Vec<usize> = (0..n).map(|_| u.int_in_range(0..=48).unwrap_or(1)).collect();
     if event_sizes.iter().all(|&s| s == 0) {
         event_sizes.push(1);
     }
-    let sizes = chunk_sizes(u);
+    let sizes = chunk_sizes(&mut u);
     let filler = String::from_utf8_lossy(u.take_rest()).into_owned();
     let text = String::from_utf8(plants.plant(filler.as_bytes(), Some(&filler))).expect("planted at char boundaries");
     let input = stream(style, choices, &text, &event_sizes, eol);
@@ -239,8 +239,8 @@ fn check_structured(masker: &Masker, u: &mut Unstructured) {
     }
 }
 
-fn check_raw(masker: &Masker, u: &mut Unstructured) {
-    let sizes = chunk_sizes(u);
+fn check_raw(masker: &Masker, mut u: Unstructured) {
+    let sizes = chunk_sizes(&mut u);
     let input = u.take_rest();
     let out = mask(masker, input, &sizes);
     let whole = mask(masker, input, &[input.len().max(1)]);
@@ -251,9 +251,9 @@ fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     MASKER.with(|masker| {
         if u.ratio(1, 8).unwrap_or(false) {
-            check_raw(masker, &mut u);
+            check_raw(masker, u);
         } else {
-            check_structured(masker, &mut u);
+            check_structured(masker, u);
         }
     });
 });

@@ -55,6 +55,130 @@ pub struct Config {
     pub record: RecordConfig,
     #[serde(default)]
     pub mask: MaskConfig,
+    #[serde(default)]
+    pub oidc: OidcConfig,
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+}
+
+/// OIDC issuers whose ID tokens callers may present instead of a GitHub credential.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<OidcIssuer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuer {
+    /// The `iss` claim, exactly (e.g. "https://token.actions.githubusercontent.com").
+    pub issuer: String,
+    /// Accepted `aud` values: a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Where the signing keys are; default: `jwks_uri` of `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// How long fetched keys are trusted before they are fetched again (an unknown `kid` also
+    /// refetches, at most once per `min_refetch_secs`).
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_ttl_secs: u64,
+    #[serde(default = "default_min_refetch")]
+    pub min_refetch_secs: u64,
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+fn default_jwks_ttl() -> u64 {
+    3600
+}
+fn default_min_refetch() -> u64 {
+    10
+}
+
+/// Which credential each caller's requests carry upstream.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// A caller no rule gives a profile: its own credential passes (recorded masked), or 403.
+    #[serde(default)]
+    pub default: NoProfile,
+    /// Credential profiles by name.
+    #[serde(default, rename = "profile")]
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    /// First match wins.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<CredentialRule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NoProfile {
+    #[default]
+    Pass,
+    Refuse,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// A token in a file (refused if group or others may read it).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// A token in an environment variable of the gateway.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A GitHub App installation: tokens minted per request's repository.
+    #[serde(default)]
+    pub github_app: Option<GithubAppConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubAppConfig {
+    pub app_id: u64,
+    pub installation_id: u64,
+    /// The app's RSA private key (PEM), refused if group or others may read it.
+    pub private_key_file: PathBuf,
+    /// Permissions of minted tokens (`contents = "write"`, …).
+    #[serde(default)]
+    pub permissions: BTreeMap<String, String>,
+    /// For requests whose repository cannot be told from the URL: mint with these permissions
+    /// for all the installation's repositories; absent: refuse such requests.
+    #[serde(default)]
+    pub fallback_permissions: Option<BTreeMap<String, String>>,
+    /// The REST API the tokens are minted from.
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+/// Who gets a profile: every given condition must hold; lists match any of their entries;
+/// strings are globs (`*` any run).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRule {
+    pub profile: String,
+    #[serde(default)]
+    pub uid: Vec<u32>,
+    #[serde(default)]
+    pub exe: Vec<String>,
+    /// cgroup path as /proc shows it (`/system.slice/actions.runner.service/*`).
+    #[serde(default)]
+    pub cgroup: Vec<String>,
+    /// `GITHUB_REPOSITORY` of the caller's CI job.
+    #[serde(default)]
+    pub ci_repository: Vec<String>,
+    /// Claims of a validated OIDC token: claim name → glob (string claims) or member (arrays).
+    #[serde(default)]
+    pub oidc: BTreeMap<String, String>,
 }
 
 /// Secret masking. Records, logs and credential headers are always masked; `responses` says
@@ -633,6 +757,55 @@ impl Config {
         }
         if let Err((key, message)) = crate::mask::policy::check(&self.mask) {
             return Err(invalid(key, message));
+        }
+        for (name, p) in &self.credentials.profiles {
+            let sources = [p.token_file.is_some(), p.token_env.is_some(), p.github_app.is_some()];
+            if sources.iter().filter(|&&s| s).count() != 1 {
+                return Err(invalid(
+                    format!("credentials.profile.{name}"),
+                    "give exactly one of token_file, token_env or github_app".into(),
+                ));
+            }
+            if let Some(app) = &p.github_app
+                && !(app.api_url.starts_with("https://") || app.api_url.starts_with("http://127.") || app.api_url.starts_with("http://[::1]"))
+            {
+                return Err(invalid(
+                    format!("credentials.profile.{name}.github_app.api_url"),
+                    format!("{:?} must be an https:// URL", app.api_url),
+                ));
+            }
+        }
+        for (i, rule) in self.credentials.rules.iter().enumerate() {
+            if !self.credentials.profiles.contains_key(&rule.profile) {
+                return Err(invalid(
+                    format!("credentials.rule[{i}].profile"),
+                    format!(
+                        "{:?} is not a profile; the profiles are: {}",
+                        rule.profile,
+                        self.credentials.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            if !rule.oidc.is_empty() && self.oidc.issuers.is_empty() {
+                return Err(invalid(
+                    format!("credentials.rule[{i}].oidc"),
+                    "matches OIDC claims, but no [[oidc.issuer]] is configured".into(),
+                ));
+            }
+        }
+        for (i, iss) in self.oidc.issuers.iter().enumerate() {
+            if !iss.issuer.starts_with("https://") && !iss.issuer.starts_with("http://127.") {
+                return Err(invalid(
+                    format!("oidc.issuer[{i}].issuer"),
+                    format!("{:?} must be an https:// URL", iss.issuer),
+                ));
+            }
+            if iss.audiences.is_empty() {
+                return Err(invalid(
+                    format!("oidc.issuer[{i}].audiences"),
+                    "list the audiences ghgate accepts (tokens for other audiences are refused)".into(),
+                ));
+            }
         }
         if self.dns.min_ttl_secs == 0 || self.dns.min_ttl_secs > self.dns.max_ttl_secs {
             return Err(invalid(

@@ -6,11 +6,14 @@
 //! load; `resolve` keeps the intercept set's names current; `cli` is the command line.
 pub mod cli;
 pub mod config;
+pub mod credentials;
+pub mod glob;
 pub mod http;
 pub mod identity;
 pub mod keyfile;
 pub mod listen;
 pub mod mask;
+pub mod outbound;
 pub mod pipeline;
 pub mod proxy;
 pub mod record;

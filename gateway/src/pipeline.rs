@@ -1,6 +1,9 @@
 //! The order in which the gateway's concerns see each exchange, in one place.
 //!
-//! For every request: the caller's own credentials join the exchange's maskers → recording
+//! For every request: identity (an OIDC token the caller presents is validated; 401 if it is
+//! not good) → credentials (the first `[[credentials.rule]]` the caller matches gives a profile
+//! whose token replaces whatever the caller sent; 403 when none does and the default refuses) →
+//! the caller's own credential and the brokered token join the exchange's maskers → recording
 //! admission (refuse while the store cannot write, wait while it is behind) → the request is
 //! masked and recorded as it streams up → the response is masked (for the client where
 //! `[mask] responses` says so, always for the record) and recorded as it streams down → the
@@ -8,11 +11,15 @@
 //! Identity, policy and credentials slot in here, in that order, as they arrive.
 use std::sync::{Arc, Mutex, OnceLock};
 
+use ::http::StatusCode;
+
 use ::http::{Response, header};
 use bytes::Bytes;
 
 use crate::{
-    config::ResponseMasking,
+    config::{NoProfile, ResponseMasking},
+    credentials::{self, Broker, Secret, Who},
+    identity::oidc::OidcValidator,
     http::{self, ConnInfo, EndFuture, Exchange, Outcome, Phases, websocket},
     mask::{
         Finding, Masker, SseMasker, StreamMasker,
@@ -21,7 +28,7 @@ use crate::{
     },
     record::{
         Recorder,
-        model::Direction,
+        model::{self, Direction},
         recorder::{ExchangeRecording, Place},
     },
 };
@@ -30,6 +37,9 @@ pub struct Pipeline {
     /// `None` when `[record] enabled = false`.
     pub recorder: Option<Arc<Recorder>>,
     pub mask: Arc<MaskSet>,
+    pub broker: Arc<Broker>,
+    /// `None` when no `[[oidc.issuer]]` is configured.
+    pub oidc: Option<Arc<OidcValidator>>,
 }
 
 /// A body's masker: SSE-aware for event streams.
@@ -75,9 +85,125 @@ pub struct Ctx {
     maskers: OnceLock<(Masker, Masker)>,
     request: Mutex<BodyMask>,
     response: Mutex<BodyMask>,
+    /// The brokered token that replaces the caller's credential upstream.
+    inject: OnceLock<Secret>,
+}
+
+/// A refusal the gateway answers itself.
+fn refuse(status: StatusCode, text: String) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// What identity and credentials decided for one request.
+struct Decision {
+    identity: model::Identity,
+    inject: Option<Secret>,
+    refusal: Option<Response<Bytes>>,
 }
 
 impl Pipeline {
+    /// Identity and credentials: who is calling, and what goes upstream for them.
+    async fn decide(&self, ex: &Exchange, presented: Option<&Secret>) -> Decision {
+        let mut identity = model::Identity {
+            session: String::new(),
+            exchange: 0,
+            at: model::now_micros(),
+            oidc_issuer: None,
+            oidc_subject: None,
+            oidc_claims: None,
+            profile: None,
+            credential: if presented.is_some() { "passed" } else { "none" }.into(),
+            refused: None,
+        };
+        let refused = |mut identity: model::Identity, status: StatusCode, why: String| {
+            identity.credential = "refused".into();
+            identity.refused = Some(why.clone());
+            Decision {
+                identity,
+                inject: None,
+                refusal: Some(refuse(status, format!("ghgate: {why}\n"))),
+            }
+        };
+        // An OIDC token stands for an identity, not for a credential GitHub would take.
+        let mut claims = None;
+        if let (Some(oidc), Some(token)) = (&self.oidc, presented)
+            && oidc.is_candidate(token.expose())
+        {
+            match oidc.validate(token.expose()).await {
+                Ok(c) => {
+                    identity.oidc_issuer = Some(c.issuer.clone());
+                    identity.oidc_subject = Some(c.subject.clone());
+                    let shown: serde_json::Map<String, serde_json::Value> = c
+                        .all
+                        .iter()
+                        .filter(|(k, _)| !matches!(k.as_str(), "iss" | "sub" | "aud" | "exp" | "nbf" | "iat" | "jti"))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    identity.oidc_claims = Some(serde_json::Value::Object(shown).to_string());
+                    claims = Some(c.all);
+                }
+                Err(e) => {
+                    return refused(identity, StatusCode::UNAUTHORIZED, format!("the OIDC token was refused: {e}"));
+                }
+            }
+        }
+        if !self.broker.is_active() && claims.is_none() {
+            return Decision { identity, inject: None, refusal: None };
+        }
+        let who = Who {
+            caller: &ex.conn.caller,
+            oidc: claims.as_ref(),
+        };
+        let (_, path) = host_and_path(&ex.url);
+        match self.broker.profile_for(&who) {
+            Some(profile) => {
+                identity.profile = Some(profile.name.clone());
+                let repo = credentials::repository(path);
+                match profile.token(repo.as_ref()).await {
+                    Ok(token) => {
+                        identity.credential = "brokered".into();
+                        Decision {
+                            identity,
+                            inject: Some(token),
+                            refusal: None,
+                        }
+                    }
+                    Err(e @ credentials::CredentialError::NoRepository) => {
+                        refused(identity, StatusCode::FORBIDDEN, format!("credential profile {:?}: {e}", profile.name))
+                    }
+                    Err(e) => refused(identity, StatusCode::BAD_GATEWAY, format!("nothing was forwarded: {e}")),
+                }
+            }
+            None if claims.is_some() => refused(
+                identity.clone(),
+                StatusCode::FORBIDDEN,
+                format!(
+                    "no credential profile matches this OIDC identity ({}); add a [[credentials.rule]] with oidc claims for it",
+                    identity.oidc_subject.as_deref().unwrap_or("?")
+                ),
+            ),
+            None if self.broker.default() == NoProfile::Refuse => {
+                let c = &ex.conn.caller;
+                refused(
+                    identity,
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "no credential profile matches this caller (uid {}, exe {}); add a [[credentials.rule]] for it",
+                        c.uid,
+                        c.exe.as_ref().map_or("unknown".into(), |e| e.display().to_string())
+                    ),
+                )
+            }
+            None => Decision { identity, inject: None, refusal: None },
+        }
+    }
+
     /// The (responses, records) maskers of an exchange.
     fn maskers(&self, ctx: &Ctx) -> (Masker, Masker) {
         ctx.maskers
@@ -177,6 +303,7 @@ impl Phases for Pipeline {
             maskers: OnceLock::new(),
             request: Mutex::new(BodyMask::default()),
             response: Mutex::new(BodyMask::default()),
+            inject: OnceLock::new(),
         }
     }
 
@@ -192,18 +319,36 @@ impl Phases for Pipeline {
         ctx: &Ctx,
         req: &::http::request::Parts,
     ) -> Option<Response<Bytes>> {
-        // The caller's own credential is masked wherever it shows up, whatever its format.
-        let creds = policy::caller_credentials(&req.headers);
+        let presented = credentials::presented(&req.headers);
+        let decision = self.decide(ex, presented.as_ref()).await;
+        // The caller's own credential and the brokered token are masked wherever they show up,
+        // whatever their format.
+        let mut creds = policy::caller_credentials(&req.headers);
+        if let Some(t) = &decision.inject {
+            creds.push(("brokered".to_owned(), t.expose().as_bytes().to_vec()));
+        }
+        for t in self.broker.static_tokens() {
+            creds.push(("brokered".to_owned(), t.expose().as_bytes().to_vec()));
+        }
         let maskers = if creds.is_empty() {
             (self.mask.responses.clone(), self.mask.records.clone())
         } else {
             (self.mask.responses.with_exact(&creds), self.mask.records.with_exact(&creds))
         };
         let _ = ctx.maskers.set(maskers.clone());
+        if let Some(rec) = &ctx.record {
+            rec.use_masker(maskers.1.clone());
+            rec.note_identity(decision.identity);
+        }
+        if let Some(refusal) = decision.refusal {
+            return Some(refusal);
+        }
+        if let Some(t) = decision.inject {
+            let _ = ctx.inject.set(t);
+        }
         let (Some(recorder), Some(rec)) = (&self.recorder, &ctx.record) else {
             return None;
         };
-        rec.use_masker(maskers.1.clone());
         if let Ok(mut b) = ctx.request.lock() {
             // Requests reach the upstream as sent; only their record is masked.
             match decoder(&req.headers) {
@@ -220,6 +365,12 @@ impl Phases for Pipeline {
         }
         // Nothing goes upstream before the store holds the request.
         rec.request_head(ex, req).await
+    }
+
+    fn upstream_request_filter(&self, _ex: &Exchange, ctx: &Ctx, req: &mut ::http::request::Parts) {
+        if let Some(token) = ctx.inject.get() {
+            credentials::inject(&mut req.headers, req.uri.path(), token);
+        }
     }
 
     fn request_body_filter(

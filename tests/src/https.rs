@@ -74,13 +74,130 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
+/// GitHub's side of credential brokering, as the test upstream plays it: the GitHub App
+/// installation-token endpoint (checking the app JWT with the app's public key) and, for every
+/// other request, only tokens it minted (or was told to accept) get through.
+pub struct Auth {
+    pub app_id: u64,
+    pub installation_id: u64,
+    /// The app's public key (PEM), to check the app JWTs the gateway signs.
+    pub app_public_pem: String,
+    /// Tokens accepted besides the minted ones (a static profile's).
+    pub accepted: Vec<String>,
+    /// Every token minted: (token, repositories asked for, permissions asked for).
+    pub minted: std::sync::Mutex<Vec<(String, serde_json::Value, serde_json::Value)>>,
+    /// Every Authorization header refused, for the no-leak checks.
+    pub refused: AtomicUsize,
+}
+
+impl Auth {
+    pub fn new(app_id: u64, installation_id: u64, app_public_pem: String, accepted: Vec<String>) -> Arc<Self> {
+        Arc::new(Self {
+            app_id,
+            installation_id,
+            app_public_pem,
+            accepted,
+            minted: std::sync::Mutex::new(Vec::new()),
+            refused: AtomicUsize::new(0),
+        })
+    }
+
+    /// The tokens minted so far.
+    pub fn tokens(&self) -> Vec<String> {
+        self.minted.lock().unwrap().iter().map(|m| m.0.clone()).collect()
+    }
+
+    /// The credential of an Authorization header: a bearer/token value or a basic password.
+    fn credential(value: &str) -> Option<String> {
+        use base64::Engine as _;
+        let (scheme, rest) = value.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("basic") {
+            let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            return text.split_once(':').map(|(_, p)| p.to_owned());
+        }
+        Some(rest.trim().to_owned())
+    }
+
+    fn allows(&self, req: &Request<Incoming>) -> bool {
+        let Some(cred) = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::credential)
+        else {
+            return false;
+        };
+        self.accepted.contains(&cred) || self.minted.lock().unwrap().iter().any(|m| m.0 == cred)
+    }
+
+    /// `POST /app/installations/<id>/access_tokens`, as GitHub answers it.
+    async fn mint(&self, req: Request<Incoming>) -> Response<Body> {
+        let jwt = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let Some(jwt) = jwt else {
+            return text(StatusCode::UNAUTHORIZED, "{\"message\":\"A JSON web token could not be decoded\"}".into());
+        };
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(self.app_public_pem.as_bytes()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.required_spec_claims = ["exp", "iat", "iss"].iter().map(|s| s.to_string()).collect();
+        validation.validate_aud = false;
+        let claims = match jsonwebtoken::decode::<serde_json::Value>(&jwt, &key, &validation) {
+            Ok(d) => d.claims,
+            Err(e) => return text(StatusCode::UNAUTHORIZED, format!("{{\"message\":\"bad app JWT: {e}\"}}")),
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let (iat, exp) = (claims["iat"].as_u64().unwrap_or(0), claims["exp"].as_u64().unwrap_or(0));
+        if claims["iss"] != serde_json::json!(self.app_id.to_string()) || iat > now + 60 || exp > iat + 660 || exp < now {
+            return text(StatusCode::UNAUTHORIZED, format!("{{\"message\":\"app JWT claims refused: {claims}\"}}"));
+        }
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let token = format!("ghs_{:032x}{:04}", rand_u128(), self.minted.lock().unwrap().len());
+        self.minted
+            .lock()
+            .unwrap()
+            .push((token.clone(), asked["repositories"].clone(), asked["permissions"].clone()));
+        let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let expires = expires.format(&time::format_description::well_known::Rfc3339).unwrap();
+        let mut r = text(
+            StatusCode::CREATED,
+            serde_json::json!({"token": token, "expires_at": expires, "permissions": asked["permissions"]}).to_string(),
+        );
+        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        r
+    }
+}
+
+/// 128 bits from the OS, for minted tokens.
+fn rand_u128() -> u128 {
+    let mut b = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
+    u128::from_le_bytes(b)
+}
+
 async fn handle(
     req: Request<Incoming>,
     served: Arc<AtomicUsize>,
     git_root: Option<Arc<PathBuf>>,
+    auth: Option<Arc<Auth>>,
 ) -> Result<Response<Body>, Infallible> {
     served.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
+    if let Some(auth) = &auth {
+        let mint_path = format!("/app/installations/{}/access_tokens", auth.installation_id);
+        if path == mint_path && req.method() == http::Method::POST {
+            return Ok(auth.mint(req).await);
+        }
+        if !auth.allows(&req) {
+            auth.refused.fetch_add(1, Ordering::SeqCst);
+            return Ok(text(StatusCode::UNAUTHORIZED, "Bad credentials\n".into()));
+        }
+    }
     if let Some(root) = git_root.filter(|_| path.contains(".git/")) {
         return Ok(git_http_backend(req, &root).await);
     }
@@ -357,12 +474,23 @@ impl Upstream {
 
     /// Also serves `<git_root>/<owner>/<repo>.git` over smart HTTP with `git http-backend`.
     pub fn start_with_git(bind: SocketAddr, ca: &TestCa, names: &[&str], git_root: Option<PathBuf>) -> Self {
-        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"])
+        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], None)
+    }
+
+    /// Also plays GitHub's side of credential brokering (see [`Auth`]).
+    pub fn start_with_auth(
+        bind: SocketAddr,
+        ca: &TestCa,
+        names: &[&str],
+        git_root: Option<PathBuf>,
+        auth: Arc<Auth>,
+    ) -> Self {
+        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], Some(auth))
     }
 
     /// An upstream that speaks only the ALPN protocols given (e.g. only `http/1.1`).
     pub fn start_with_alpn(bind: SocketAddr, ca: &TestCa, names: &[&str], alpn: &[&[u8]]) -> Self {
-        Self::start_full(bind, ca, names, None, alpn)
+        Self::start_full(bind, ca, names, None, alpn, None)
     }
 
     fn start_full(
@@ -371,6 +499,7 @@ impl Upstream {
         names: &[&str],
         git_root: Option<PathBuf>,
         alpn: &[&[u8]],
+        auth: Option<Arc<Auth>>,
     ) -> Self {
         let git_root = git_root.map(Arc::new);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -398,7 +527,7 @@ impl Upstream {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (acceptor, count, git_root) = (acceptor.clone(), count.clone(), git_root.clone());
+                let (acceptor, count, git_root, auth) = (acceptor.clone(), count.clone(), git_root.clone(), auth.clone());
                 let conns = conns.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -406,7 +535,7 @@ impl Upstream {
                     };
                     conns.fetch_add(1, Ordering::SeqCst);
                     let svc =
-                        hyper::service::service_fn(move |req| handle(req, count.clone(), git_root.clone()));
+                        hyper::service::service_fn(move |req| handle(req, count.clone(), git_root.clone(), auth.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
@@ -449,26 +578,42 @@ impl TlsGateway {
     /// `names`: what the upstream's certificate is for; `trusted`: whether the gateway trusts
     /// the upstream's CA; `git_root`: repositories to serve; `extra_toml`: appended config.
     pub fn start(names: &[&str], trusted: bool, git_root: Option<PathBuf>, extra_toml: &str) -> Self {
+        Self::start_with(names, trusted, git_root, None, &|_| extra_toml.to_owned())
+    }
+
+    /// As `start`, with the upstream playing GitHub's side of credential brokering (`auth`),
+    /// the config's extra TOML made once the upstream's address is known, and every name in
+    /// `names` resolved to the upstream for the gateway's own requests (`[dns] overrides`).
+    pub fn start_with(
+        names: &[&str],
+        trusted: bool,
+        git_root: Option<PathBuf>,
+        auth: Option<Arc<Auth>>,
+        extra_toml: &dyn Fn(SocketAddr) -> String,
+    ) -> Self {
         let cg = crate::TestCgroup::new();
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
-        let upstream = Upstream::start_with_git(
-            SocketAddr::new(crate::loopback_v4().into(), 0),
-            &ca,
-            names,
-            git_root,
-        );
+        let bind = SocketAddr::new(crate::loopback_v4().into(), 0);
+        let upstream = match auth {
+            Some(auth) => Upstream::start_with_auth(bind, &ca, names, git_root, auth),
+            None => Upstream::start_with_git(bind, &ca, names, git_root),
+        };
         let port = upstream.addr.port();
         let upstream_ca = ca.write_pem(dir.path());
         let spec = crate::GatewaySpec {
             intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+            overrides: names
+                .iter()
+                .map(|n| (n.to_string(), vec![upstream.addr.ip().to_string()]))
+                .collect(),
             tls_ports: vec![port],
             upstream_extra_roots: if trusted {
                 vec![upstream_ca.clone()]
             } else {
                 vec![]
             },
-            extra_toml: extra_toml.to_owned(),
+            extra_toml: extra_toml(upstream.addr),
             ..Default::default()
         };
         let gw = crate::Gateway::start(&cg, &spec);

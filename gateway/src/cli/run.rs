@@ -12,6 +12,9 @@ use tracing::{error, info, warn};
 use super::ConfigArg;
 use crate::{
     config::{Config, OnGatewayDown},
+    credentials::Broker,
+    identity::oidc::OidcValidator,
+    outbound::Outbound,
     http::{Limits, pool::Pool},
     listen,
     mask::{self, policy::MaskSet},
@@ -81,12 +84,26 @@ fn load_or_create_ca(config: &Config) -> anyhow::Result<Ca> {
     Ok(created)
 }
 
+/// The gateway's own HTTPS client (JWKS, GitHub App tokens), its names resolved like the
+/// intercept set's (`[dns]`, overrides included).
+fn outbound(config: &Config) -> anyhow::Result<Outbound> {
+    let resolver = Arc::new(Resolver::new(&config.dns, &config.dns_servers())?);
+    Ok(Outbound::new(
+        UpstreamTls::new(&config.tls.upstream_extra_roots)?,
+        resolver,
+        Duration::from_secs(config.relay.connect_timeout_secs),
+    ))
+}
+
 fn proxy(
     config: &Config,
     ca: Ca,
     recorder: Option<Arc<Recorder>>,
     mask: Arc<MaskSet>,
 ) -> anyhow::Result<Proxy<Pipeline>> {
+    let outbound = outbound(config)?;
+    let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
+    let oidc = (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
     let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
     let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
     Ok(Proxy {
@@ -100,7 +117,12 @@ fn proxy(
             UpstreamTls::new(&config.tls.upstream_extra_roots)?,
             connect_timeout,
         )),
-        phases: Arc::new(Pipeline { recorder, mask }),
+        phases: Arc::new(Pipeline {
+            recorder,
+            mask,
+            broker,
+            oidc,
+        }),
         limits: Limits::from(&config.http),
         hosts: HostMap::default(),
     })

@@ -3,6 +3,9 @@
 //! The kernel-sourced facts (captured at connect() time by the eBPF side) are authoritative;
 //! /proc adds detail when the process is still there. This module never trusts anything the
 //! client sends over the connection.
+pub mod ci;
+pub mod oidc;
+
 use std::{fmt, path::PathBuf};
 
 use crate::redirect::Redirected;
@@ -20,6 +23,10 @@ pub struct Caller {
     /// The process's start time (clock ticks after boot, /proc/<tgid>/stat), which tells two
     /// processes that had the same tgid apart; `None` when the process was already gone.
     pub start_ticks: Option<u64>,
+    /// The cgroup v2 path at accept ("/system.slice/actions.runner.service").
+    pub cgroup: Option<String>,
+    /// CI job facts (`ci::ALLOWED` variables only), empty outside CI.
+    pub ci: Vec<(String, String)>,
 }
 
 impl Caller {
@@ -28,6 +35,8 @@ impl Caller {
         let exe = std::fs::read_link(format!("/proc/{}/exe", r.tgid)).ok();
         let start_ticks = start_ticks(r.tgid);
         Self {
+            cgroup: cgroup_path(r.tgid),
+            ci: ci::facts(r.tgid),
             tgid: r.tgid,
             pid: r.pid,
             uid: r.uid,
@@ -127,6 +136,8 @@ mod tests {
             comm: "t".into(),
             exe: None,
             start_ticks: start_ticks(me),
+            cgroup: None,
+            ci: Vec::new(),
         };
         assert_eq!(caller.session_id(), caller.session_id());
         assert_eq!(caller.session_id().len(), 16);

@@ -177,6 +177,7 @@ fn har_entry(view: &SessionView, x: &ExchangeView, e: &Exchange, page_id: &str) 
             "stream_events": events_json(&x.events, e.started_at),
             "git": x.git,
             "masked": x.masked,
+            "identity": x.identity,
             "notes": x.notes,
         },
     });
@@ -743,6 +744,9 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
     }
     for note in &x.notes {
         let _ = writeln!(h, "<p class=\"warn\">{}</p>", e(note));
+    }
+    if let Some(i) = &x.identity {
+        let _ = writeln!(h, "<p class=\"identity\">Identity: {}</p>", e(&super::session::identity_line(i)));
     }
     // Secrets masked in this exchange: an auditor follows one secret by its fingerprint.
     if !x.masked.is_empty() {

@@ -930,6 +930,7 @@ pub fn kind_name(record: &Record) -> &'static str {
         Record::StreamEvent(_) => "stream_event",
         Record::Git(_) => "git",
         Record::Masked(_) => "masked",
+        Record::Identity(_) => "identity",
         Record::Passthrough(_) => "passthrough",
         Record::Recovery(_) => "recovery",
         Record::Tombstone(_) => "tombstone",
@@ -945,6 +946,7 @@ fn exchange_of(record: &Record) -> Option<u64> {
         Record::StreamEvent(r) => Some(r.exchange),
         Record::Git(r) => Some(r.exchange),
         Record::Masked(r) => Some(r.exchange),
+        Record::Identity(r) => Some(r.exchange),
         _ => None,
     }
 }

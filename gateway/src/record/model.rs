@@ -39,6 +39,8 @@ pub enum Record {
     Git(GitOp),
     /// A secret the masking stage found (and replaced) in an exchange.
     Masked(Masked),
+    /// Who the gateway took the caller of an exchange to be, and which credential went upstream.
+    Identity(Identity),
     /// A connection relayed as raw bytes (not terminated): only its facts and byte counts.
     Passthrough(Passthrough),
     /// Written by the store itself at start when the previous run left a torn tail.
@@ -62,6 +64,7 @@ impl Record {
             Record::StreamEvent(r) => Some(&r.session),
             Record::Git(r) => Some(&r.session),
             Record::Masked(r) => Some(&r.session),
+            Record::Identity(r) => Some(&r.session),
             Record::Passthrough(r) => Some(&r.session),
             Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => None,
         }
@@ -79,6 +82,7 @@ impl Record {
             Record::StreamEvent(r) => r.at,
             Record::Git(r) => r.at,
             Record::Masked(r) => r.at,
+            Record::Identity(r) => r.at,
             Record::Passthrough(r) => r.at,
             Record::Recovery(r) => r.at,
             Record::Tombstone(r) => r.at,
@@ -240,6 +244,31 @@ pub struct Masked {
     /// Whether the client received it masked (`false`: `responses = "alert"` or `"off"`, or a
     /// request the client sent).
     pub client_masked: bool,
+}
+
+/// The identity stage's view of one exchange: the OIDC identity the caller proved (if any) and
+/// what credential the request carried upstream. Never a token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub session: String,
+    pub exchange: u64,
+    pub at: Micros,
+    /// `iss` and `sub` of a validated OIDC token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_subject: Option<String>,
+    /// The token's other claims (repository, workflow, groups, …), as JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_claims: Option<String>,
+    /// The credential profile whose token went upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// "brokered" (the profile's token), "passed" (the caller's own), "none", or "refused".
+    pub credential: String,
+    /// Why the request was refused, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A git smart-HTTP operation, parsed from the streaming bodies.

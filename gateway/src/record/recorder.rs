@@ -272,8 +272,8 @@ impl Recorder {
                 })
                 .collect(),
             cgroup_id: caller.cgroup_id,
-            cgroup: identity::cgroup_path(caller.tgid),
-            ci: Vec::new(),
+            cgroup: caller.cgroup.clone().or_else(|| identity::cgroup_path(caller.tgid)),
+            ci: caller.ci.clone(),
         }));
         self.watch_exit(session.to_owned(), caller);
     }
@@ -373,6 +373,7 @@ impl Recorder {
             ws_index: AtomicU64::new(0),
             url: Mutex::new(masker.mask_str(&ex.url).0),
             masker: Mutex::new(masker),
+            identity: Mutex::new(None),
         }
     }
 }
@@ -678,6 +679,8 @@ pub struct ExchangeRecording {
     masker: Mutex<Masker>,
     /// The URL as recorded (masked).
     url: Mutex<String>,
+    /// The identity stage's record, written with the request (or at the end, if refused).
+    identity: Mutex<Option<model::Identity>>,
 }
 
 /// Where a masked secret was, as records say it.
@@ -719,6 +722,19 @@ impl ExchangeRecording {
         }
     }
 
+    /// Notes who the caller was taken to be and what credential goes upstream.
+    pub fn note_identity(&self, mut identity: model::Identity) {
+        identity.session.clone_from(&self.session);
+        identity.exchange = self.id;
+        if let Ok(mut i) = self.identity.lock() {
+            *i = Some(identity);
+        }
+    }
+
+    fn take_identity(&self) -> Option<Record> {
+        self.identity.lock().ok().and_then(|mut i| i.take()).map(Record::Identity)
+    }
+
     fn masker(&self) -> Masker {
         match self.masker.lock() {
             Ok(m) => m.clone(),
@@ -746,6 +762,7 @@ impl ExchangeRecording {
                 url,
             }),
         );
+        records.extend(self.take_identity());
         let ack = self.recorder.submit(records, true);
         let written = match ack {
             Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
@@ -977,6 +994,7 @@ impl ExchangeRecording {
     /// The exchange has ended: its record (and any git operation), acknowledged once written.
     pub fn finish(&self, ex: &Exchange, outcome: &Outcome) -> EndFuture {
         let mut records = Vec::with_capacity(2);
+        records.extend(self.take_identity());
         let (request_body, push, fetch) = match self.request.lock() {
             Ok(mut b) => (b.summary(), b.push.take(), b.fetch.take()),
             Err(_) => (BodySummary::default(), None, None),

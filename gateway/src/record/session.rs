@@ -12,7 +12,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use super::{
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
-        Connection, Direction, Exchange, GitOp, Masked, Micros, Passthrough, Record, RefOp, RequestStart, SessionEnd,
+        Connection, Direction, Exchange, GitOp, Identity, Masked, Micros, Passthrough, Record, RefOp, RequestStart, SessionEnd,
         SessionStart, StreamEvent, StreamKind,
     },
 };
@@ -75,6 +75,8 @@ pub struct ExchangeView {
     pub git: Vec<GitOp>,
     /// Secrets the masking stage found in it.
     pub masked: Vec<Masked>,
+    /// Who the caller was taken to be, and which credential went upstream.
+    pub identity: Option<Identity>,
     /// When its first record says it began.
     pub first_at: Micros,
     /// What did not add up while reassembling (missing or conflicting chunks).
@@ -188,6 +190,10 @@ impl SessionView {
                     .0
                     .masked
                     .push(m),
+                Record::Identity(i) => {
+                    let (ex, at) = (i.exchange, i.at);
+                    exchange_entry(&mut exchanges, &mut order, ex, at).0.identity = Some(i);
+                }
                 Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => {}
             }
         }
@@ -425,6 +431,7 @@ fn exchange_entry<'m>(
             events: Vec::new(),
             git: Vec::new(),
             masked: Vec::new(),
+            identity: None,
             first_at: at,
             notes: Vec::new(),
         };
@@ -741,6 +748,25 @@ pub fn render_text(view: &SessionView) -> String {
     out
 }
 
+/// One line on who the caller was taken to be and what went upstream.
+pub fn identity_line(i: &Identity) -> String {
+    let mut parts = Vec::new();
+    if let (Some(iss), Some(sub)) = (&i.oidc_issuer, &i.oidc_subject) {
+        parts.push(format!("oidc {sub} ({iss})"));
+    }
+    if let Some(claims) = &i.oidc_claims {
+        parts.push(claims.clone());
+    }
+    match (&i.profile, i.credential.as_str()) {
+        (Some(p), c) => parts.push(format!("credential {c} from profile {p}")),
+        (None, c) => parts.push(format!("credential {c}")),
+    }
+    if let Some(why) = &i.refused {
+        parts.push(format!("refused: {why}"));
+    }
+    parts.join("; ")
+}
+
 fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
     let pad = " ".repeat(at.chars().count() + 2);
     match &x.exchange {
@@ -824,6 +850,9 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
                 one_line(&refs, 200)
             );
         }
+    }
+    if let Some(i) = &x.identity {
+        let _ = writeln!(out, "{pad}identity {}", one_line(&identity_line(i), 300));
     }
     for m in &x.masked {
         let _ = writeln!(

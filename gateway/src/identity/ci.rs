@@ -1,0 +1,108 @@
+//! CI job facts: for a process under a GitHub Actions runner, which repository, run, job and
+//! actor it works for — read from the environment of the process (or of the nearest ancestor
+//! that has them: the runner's job process).
+//!
+//! Only the variables in [`ALLOWED`] are ever kept; the environment is scanned in place and no
+//! other value (`GITHUB_TOKEN`, `ACTIONS_RUNTIME_TOKEN`, …) is copied, logged or stored.
+
+/// The variables kept, in the order they are reported.
+pub const ALLOWED: &[&str] = &[
+    "GITHUB_REPOSITORY",
+    "GITHUB_RUN_ID",
+    "GITHUB_RUN_ATTEMPT",
+    "GITHUB_WORKFLOW",
+    "GITHUB_JOB",
+    "GITHUB_ACTOR",
+    "GITHUB_REF",
+];
+
+/// How many ancestors are looked at before giving up.
+const MAX_ANCESTORS: usize = 16;
+
+/// The allowed variables of `environ` (NUL-separated `NAME=value`), in [`ALLOWED`] order.
+pub fn from_environ(environ: &[u8]) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    for entry in environ.split(|&b| b == 0) {
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
+        let name = &entry[..eq];
+        if let Some(&allowed) = ALLOWED.iter().find(|a| a.as_bytes() == name) {
+            found.push((allowed.to_owned(), String::from_utf8_lossy(&entry[eq + 1..]).into_owned()));
+        }
+    }
+    found.sort_by_key(|(n, _)| ALLOWED.iter().position(|a| a == n));
+    found.dedup_by(|a, b| a.0 == b.0);
+    found
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&p| p > 1)
+}
+
+/// The CI job facts of process `tgid`: its own, or those of its nearest ancestor that has a
+/// `GITHUB_REPOSITORY` (a step's process may have cleared its environment). Empty outside CI.
+pub fn facts(tgid: u32) -> Vec<(String, String)> {
+    let mut pid = Some(tgid);
+    for _ in 0..MAX_ANCESTORS {
+        let Some(p) = pid else { break };
+        if let Ok(environ) = std::fs::read(format!("/proc/{p}/environ")) {
+            let found = from_environ(&environ);
+            if found.iter().any(|(n, _)| n == "GITHUB_REPOSITORY") {
+                return found;
+            }
+        }
+        pid = parent(p);
+    }
+    Vec::new()
+}
+
+/// The value of one fact.
+pub fn get<'a>(facts: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    facts.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allowed_variables_are_kept() {
+        let env = b"PATH=/bin\0GITHUB_TOKEN=not-this\0GITHUB_REPOSITORY=o/r\0GITHUB_RUN_ID=42\0ACTIONS_RUNTIME_TOKEN=nor-this\0GITHUB_ACTOR=alice\0";
+        let got = from_environ(env);
+        assert_eq!(
+            got,
+            vec![
+                ("GITHUB_REPOSITORY".to_owned(), "o/r".to_owned()),
+                ("GITHUB_RUN_ID".to_owned(), "42".to_owned()),
+                ("GITHUB_ACTOR".to_owned(), "alice".to_owned()),
+            ]
+        );
+        assert!(!format!("{got:?}").contains("not-this"));
+    }
+
+    #[test]
+    fn a_child_inherits_facts_from_its_job_process() {
+        use std::process::Command;
+        // The child's own environment is cleared; its parent (a shell) has the job's.
+        let out = Command::new("sh")
+            .args(["-c", "env -i sleep 5 & echo $!; wait"])
+            .env("GITHUB_REPOSITORY", "o/ci-test")
+            .env("GITHUB_RUN_ID", "7")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = out;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out.stdout.as_mut().unwrap()), &mut line).unwrap();
+        let child: u32 = line.trim().parse().unwrap();
+        let got = facts(child);
+        let _ = Command::new("kill").arg(child.to_string()).status();
+        let _ = out.wait();
+        assert_eq!(get(&got, "GITHUB_REPOSITORY"), Some("o/ci-test"), "{got:?}");
+        assert_eq!(get(&got, "GITHUB_RUN_ID"), Some("7"));
+    }
+}

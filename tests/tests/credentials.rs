@@ -1,0 +1,186 @@
+//! Credential brokering end to end: real git and curl under `ghgate exec` with no credential of
+//! their own (or a placeholder) reach a test upstream that accepts only the installation tokens
+//! it minted for ghgate's GitHub App; a caller no rule covers is refused with the documented
+//! message; and no token or key shows up in any log, record, export or error body.
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
+
+use ghgate_e2e::{
+    eventually,
+    https::{Auth, TlsGateway},
+    privileged,
+};
+use serde_json::Value;
+
+const APP_ID: u64 = 4242;
+const INSTALLATION: u64 = 77;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git").current_dir(dir).args(args))
+}
+
+/// An RSA key pair made by openssl: (private key file, mode 0600; public key PEM).
+fn app_key(dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("app.pem");
+    run(Command::new("openssl").args(["genrsa", "-out"]).arg(&key).arg("2048"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let public = run(Command::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&key));
+    (key, public + "\n")
+}
+
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_file, public) = app_key(tmp.path());
+    let auth = Auth::new(APP_ID, INSTALLATION, public, Vec::new());
+
+    let root = tmp.path().join("repos");
+    let bare = root.join("o/r.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    git(&bare, &["config", "http.receivepack", "true"]);
+    let seed = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("README.md"), "hello\n").unwrap();
+    git(&seed, &["add", "."]);
+    git(&seed, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first"]);
+    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+
+    let key = key_file.display().to_string();
+    let s = TlsGateway::start_with(
+        &["github.com", "api.github.com"],
+        true,
+        Some(root),
+        Some(auth.clone()),
+        &|addr| {
+            format!(
+                "[credentials]\ndefault = \"refuse\"\n\
+                 [credentials.profile.ci]\ngithub_app = {{ app_id = {APP_ID}, installation_id = {INSTALLATION}, \
+                 private_key_file = \"{key}\", permissions = {{ contents = \"write\" }}, \
+                 api_url = \"https://api.github.com:{}\" }}\n\
+                 [[credentials.rule]]\nprofile = \"ci\"\nuid = [0]\n",
+                addr.port()
+            )
+        },
+    );
+
+    // git with no credential at all: clone, commit, push.
+    let port = s.upstream.addr.port();
+    s.git(tmp.path(), &["clone", "-q", &format!("https://github.com:{port}/o/r.git"), "work"]);
+    let work = tmp.path().join("work");
+    std::fs::write(work.join("change.txt"), "brokered\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "change"]);
+    s.git(&work, &["push", "-q", "origin", "main"]);
+    assert_eq!(git(&bare, &["rev-parse", "main"]), git(&work, &["rev-parse", "HEAD"]));
+
+    // One token, minted once for o/r with the profile's permissions, reused by every request.
+    let minted = auth.minted.lock().unwrap().clone();
+    assert_eq!(minted.len(), 1, "one mint for the clone and the push: {minted:?}");
+    assert_eq!(minted[0].1, serde_json::json!(["r"]));
+    assert_eq!(minted[0].2, serde_json::json!({"contents": "write"}));
+
+    // curl with a placeholder token: replaced upstream.
+    let out = s.curl(
+        "api.github.com",
+        "/repos/o/r",
+        &["-H", "Authorization: Bearer placeholder-not-a-token", "-w", "%{http_code}"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("200") && text.contains("path=/repos/o/r"), "{text}");
+
+    // A request whose repository cannot be told, for a profile without fallback permissions.
+    let out = s.curl("api.github.com", "/user", &["-w", "%{http_code}"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("403") && text.contains("cannot be told from its URL"), "{text}");
+
+    // A caller no rule covers (uid nobody): refused with the documented message, nothing forwarded.
+    let ca = std::env::temp_dir().join(format!("ghgate-ca-{}.pem", std::process::id()));
+    std::fs::copy(&s.ca_file, &ca).unwrap();
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (url, resolve) = s.url("api.github.com", "/repos/o/r");
+    let served = s.upstream.served();
+    let out = s
+        .gw
+        .exec("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &resolve, &url])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&ca);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("403") && text.contains("no credential profile matches this caller (uid 65534"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.upstream.served(), served, "a refused request is not forwarded");
+
+    // The record says who got what: brokered from the profile, or refused.
+    let shown = eventually("the sessions' records", Duration::from_secs(10), || {
+        let text: String = s
+            .gw
+            .ghgate_ok(&["sessions", "list", "--json"])
+            .lines()
+            .map(|l| {
+                let r: Value = serde_json::from_str(l).unwrap();
+                s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
+            })
+            .collect();
+        text.contains("refused: no credential profile").then_some(text)
+    });
+    assert!(shown.contains("identity credential brokered from profile ci"), "{shown}");
+
+    // No leak: not the minted tokens, not the app key, not the placeholder — anywhere.
+    let key_body: String = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .take(3)
+        .collect();
+    let mut secrets = auth.tokens();
+    secrets.push(key_body);
+    let mut haystacks = vec![("the gateway log".to_owned(), s.gw.log_text())];
+    for file in files(&s.gw.state_dir) {
+        if file.ends_with("fingerprint.key") || file.extension().is_some_and(|e| e == "pem" || e == "key") {
+            continue;
+        }
+        haystacks.push((file.display().to_string(), String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned()));
+    }
+    for line in s.gw.ghgate_ok(&["sessions", "list", "--json"]).lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let id = r["id"].as_str().unwrap();
+        for format in ["har", "jsonl", "html"] {
+            haystacks.push((format!("{format} export"), s.gw.ghgate_ok(&["sessions", "export", id, "--format", format])));
+        }
+    }
+    haystacks.push(("status".into(), s.gw.ghgate_ok(&["status", "--json"])));
+    for (place, text) in &haystacks {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "{place} holds a brokered token or the app key");
+        }
+    }
+}
