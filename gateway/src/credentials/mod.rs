@@ -207,12 +207,15 @@ pub fn presented(headers: &HeaderMap) -> Option<Secret> {
 }
 
 /// Replaces whatever credential the client sent with `token`: basic auth as
-/// `x-access-token:<token>` for git, `Bearer <token>` for the API.
+/// `x-access-token:<token>` for git, `token <token>` for Copilot's token exchange (as its
+/// clients send it), `Bearer <token>` for the rest of the API.
 pub fn inject(headers: &mut HeaderMap, path: &str, token: &Secret) {
     headers.remove(header::AUTHORIZATION);
     let value = if is_git(path) {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{}", token.expose()));
         format!("Basic {basic}")
+    } else if path.starts_with("/copilot_internal/") {
+        format!("token {}", token.expose())
     } else {
         format!("Bearer {}", token.expose())
     };
@@ -249,6 +252,8 @@ mod tests {
         assert_eq!(decoded, b"x-access-token:minted-token-123");
         inject(&mut h, "/repos/o/r", &t);
         assert_eq!(h.get(header::AUTHORIZATION).unwrap(), "Bearer minted-token-123");
+        inject(&mut h, "/copilot_internal/v2/token", &t);
+        assert_eq!(h.get(header::AUTHORIZATION).unwrap(), "token minted-token-123");
         assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
     }
 

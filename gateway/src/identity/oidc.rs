@@ -14,7 +14,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use http::{HeaderName, Method, StatusCode, header};
+use http::{Method, StatusCode, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use serde_json::{Map, Value};
 use tracing::{info, warn};
@@ -97,7 +97,7 @@ pub enum OidcError {
 
 fn refused_alg(alg: &str) -> String {
     if alg.eq_ignore_ascii_case("none") {
-        "`alg: none` tokens are refused: an OIDC token must be signed by its issuer".into()
+        format!("`alg: {alg}` tokens are refused: an OIDC token must be signed by its issuer")
     } else if alg.starts_with("HS") {
         format!(
             "`alg: {alg}` tokens are refused: an OIDC issuer's keys are public, so only asymmetric \
@@ -383,7 +383,7 @@ impl OidcValidator {
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
-        let accept = [(HeaderName::from(header::ACCEPT), "application/json".to_owned())];
+        let accept = [(header::ACCEPT, "application/json".to_owned())];
         let response = self
             .outbound
             .request(Method::GET, url, &accept, None)
@@ -719,6 +719,13 @@ mod tests {
         }
     }
 
+    /// Shared across connection tasks: must stay `Send + Sync`.
+    const _: fn() = || {
+        fn shared<T: Send + Sync + 'static>() {}
+        shared::<OidcValidator>();
+        shared::<Outbound>();
+    };
+
     fn validator(config: OidcIssuer) -> OidcValidator {
         OidcValidator::new(
             &OidcConfig {
@@ -998,6 +1005,12 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("HTTP 500"), "{err}");
+        // The failure is remembered: an immediate retry does not hammer the issuer.
+        let v = issuer.validator();
+        v.validate(&token).await.unwrap_err();
+        let fetched = issuer.fetches();
+        assert!(matches!(v.validate(&token).await, Err(OidcError::Jwks { .. })));
+        assert_eq!(issuer.fetches(), fetched);
 
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1018,8 +1031,6 @@ mod tests {
             msg.contains(&configured) && msg.contains("cannot connect"),
             "{msg}"
         );
-        // The failure is remembered: an immediate retry does not hammer the issuer.
-        assert_eq!(v.validate(&token).await.unwrap_err(), err);
 
         // Discovery itself unreachable: its URL is named.
         let v = validator(OidcIssuer {
