@@ -1,7 +1,7 @@
 //! Attribution end to end: two callers under different uids, one of them a step of a GitHub
 //! Actions-like job, are recorded with the right identity — uid and user, executable, cgroup and
 //! the job's facts — and the token variables of their environments are never read.
-use std::{os::unix::fs::PermissionsExt, process::Command, time::Duration};
+use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use ghgate_e2e::{eventually, https::TlsGateway, privileged};
 use serde_json::Value;
