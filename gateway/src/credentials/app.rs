@@ -161,3 +161,132 @@ impl AppMinter {
         Ok((Secret::new(minted.token), expires))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+
+    /// An RSA key in PEM, made by openssl.
+    fn rsa_pem() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.pem");
+        let ok = std::process::Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&path)
+            .arg("2048")
+            .output()
+            .unwrap();
+        assert!(ok.status.success());
+        std::fs::read(&path).unwrap()
+    }
+
+    /// A loopback mint: counts requests, answers with `lifetime` seconds of validity (or 401
+    /// when `fail`), after a pause so concurrent callers overlap.
+    async fn mint_server(mints: Arc<AtomicUsize>, lifetime: i64, fail: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let mints = mints.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let mints = mints.clone();
+                        async move {
+                            let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned());
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            let n = mints.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let (status, answer) = if fail || auth.is_none() {
+                                (401, serde_json::json!({"message": "A JSON web token could not be decoded"}))
+                            } else {
+                                let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(lifetime);
+                                let expires = expires.format(&time::format_description::well_known::Rfc3339).unwrap();
+                                (201, serde_json::json!({"token": format!("tok-{n}-{}", asked["repositories"]), "expires_at": expires}))
+                            };
+                            let mut r = http::Response::new(Full::new(Bytes::from(answer.to_string())));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        url
+    }
+
+    fn minter(url: &str, fallback: bool) -> AppMinter {
+        let cfg = GithubAppConfig {
+            app_id: 1,
+            installation_id: 2,
+            private_key_file: "app.pem".into(),
+            permissions: [("contents".to_owned(), "read".to_owned())].into(),
+            fallback_permissions: fallback.then(|| [("metadata".to_owned(), "read".to_owned())].into()),
+            api_url: url.to_owned(),
+        };
+        let outbound = crate::outbound::tests::outbound(None, Duration::from_secs(5));
+        AppMinter::new(&cfg, &rsa_pem(), outbound).unwrap()
+    }
+
+    fn repo(name: &str) -> Repo {
+        Repo {
+            owner: "o".into(),
+            name: name.into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_mint_per_repository_under_concurrency_then_cached() {
+        let mints = Arc::new(AtomicUsize::new(0));
+        let url = mint_server(mints.clone(), 3600, false).await;
+        let m = Arc::new(minter(&url, false));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move { m.token(Some(&repo("a"))).await.unwrap() })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap().expose().to_owned());
+        }
+        assert_eq!(mints.load(Ordering::SeqCst), 1, "16 callers, one mint");
+        assert!(got.iter().all(|t| t == &got[0]) && got[0].contains("[\"a\"]"), "{got:?}");
+        m.token(Some(&repo("a"))).await.unwrap();
+        assert_eq!(mints.load(Ordering::SeqCst), 1, "cached");
+        m.token(Some(&repo("b"))).await.unwrap();
+        assert_eq!(mints.load(Ordering::SeqCst), 2, "another repository, another token");
+        assert!(matches!(m.token(None).await, Err(CredentialError::NoRepository)));
+    }
+
+    #[tokio::test]
+    async fn tokens_about_to_expire_are_minted_again() {
+        let mints = Arc::new(AtomicUsize::new(0));
+        // Valid for 2 minutes: inside the 5-minute refresh margin, so never reused.
+        let url = mint_server(mints.clone(), 120, false).await;
+        let m = minter(&url, true);
+        m.token(None).await.unwrap();
+        m.token(None).await.unwrap();
+        assert_eq!(mints.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_mint_says_why_and_shows_no_jwt() {
+        let mints = Arc::new(AtomicUsize::new(0));
+        let url = mint_server(mints, 3600, true).await;
+        let m = minter(&url, false);
+        let err = m.token(Some(&repo("a"))).await.unwrap_err().to_string();
+        assert!(err.contains("401") && err.contains("could not be decoded") && err.contains("repository a"), "{err}");
+        assert!(!err.contains("eyJ"), "the app JWT is never shown: {err}");
+    }
+}

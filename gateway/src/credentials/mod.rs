@@ -172,7 +172,9 @@ pub struct Repo {
 pub fn repository(path: &str) -> Option<Repo> {
     let path = path.split('?').next().unwrap_or(path);
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let ok = |s: &str| {
+        !matches!(s, "" | "." | "..") && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
     let repo = |owner: &str, name: &str| {
         let name = name.strip_suffix(".git").unwrap_or(name);
         (ok(owner) && ok(name)).then(|| Repo {
