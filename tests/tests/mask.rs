@@ -237,4 +237,9 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
         std::fs::read_to_string(s.gw.state_dir.join("metrics.json")).ok().filter(|m| m.contains("git push pack"))
     });
     assert!(metrics.contains("\"rule\":\"github-pat\""), "{metrics}");
+    let status = s.gw.ghgate_ok(&["status"]);
+    assert!(
+        status.contains("masked since the gateway started") && status.contains("github-pat") && status.contains("git push pack"),
+        "{status}"
+    );
 }

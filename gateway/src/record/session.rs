@@ -677,7 +677,7 @@ pub fn render_text(view: &SessionView) -> String {
             .as_deref()
             .map_or_else(|| format!("uid {}", s.uid), |u| format!("{u} (uid {})", s.uid));
         line(&mut out, "user", &format!("{user}, gid {}", s.gid));
-        let exe = s.exe.as_deref().unwrap_or("(executable unknown)");
+        let exe = s.exe.as_deref().unwrap_or("(executable unknown: the process was gone before the gateway looked; the kernel's facts above stand)");
         line(&mut out, "process", &format!("{} (pid {}) {exe}", s.comm, s.tgid));
         if !s.cmdline.is_empty() {
             line(&mut out, "cmdline", &s.cmdline.join(" "));

@@ -640,6 +640,20 @@ pub fn run(args: &MaskArgs) -> anyhow::Result<()> {
     eprintln!("(b) with planted secrets…");
     let (b, found_b) = measure(args.runs, planted.len(), || mask_stream(&masker, &planted))?;
     let (right, other) = planted_found(&plants, &found_b);
+    if std::env::var_os("DBG").is_some() {
+        let at: std::collections::BTreeSet<u64> = found_b.iter().map(|f| f.offset).collect();
+        for p in &plants {
+            if !at.contains(&(p.offset as u64)) {
+                let cover = found_b.iter().find(|f| f.offset <= p.offset as u64 && f.offset + f.len as u64 > p.offset as u64);
+                eprintln!("MISSED {} at {} covered by {:?}: {:?}", p.kind.rule(), p.offset, cover.map(|f| (&f.rule, f.offset, f.len)),
+                    String::from_utf8_lossy(&planted[p.line.0.saturating_sub(300)..(p.line.1 + 100).min(planted.len())]));
+            }
+        }
+        for f in &found_a {
+            let (s, e) = (f.offset as usize, f.offset as usize + f.len);
+            eprintln!("A {} len {}: {:?}", f.rule, f.len, String::from_utf8_lossy(&source.bytes[s.saturating_sub(40)..(e + 40).min(source.bytes.len())]));
+        }
+    }
     eprintln!("(c) SSE completion streams…");
     let (c, found_c) = measure(args.runs, sse_bytes, || mask_sse(&masker, &completions))?;
     let sse_found = completions
