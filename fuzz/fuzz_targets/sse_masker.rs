@@ -43,7 +43,9 @@ fn parse_sse(stream: &str) -> Result<Vec<Event>, String> {
     let (mut event, mut data, mut in_event) = (None, String::new(), false);
     let mut rest = stream;
     while !rest.is_empty() {
-        let end = rest.find(['\r', '\n']).ok_or("the last line has no line ending")?;
+        let end = rest
+            .find(['\r', '\n'])
+            .ok_or("the last line has no line ending")?;
         let line = &rest[..end];
         let eol = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
         rest = &rest[end + eol..];
@@ -201,7 +203,11 @@ fn mask(masker: &Masker, input: &[u8], sizes: &[usize]) -> Vec<u8> {
 fn check_structured(masker: &Masker, mut u: Unstructured) {
     let style = [Style::Chat, Style::Completion, Style::Anthropic][u.choose_index(3).unwrap_or(0)];
     let choices = 1 + u.choose_index(3).unwrap_or(0);
-    let eol = if u.arbitrary().unwrap_or(false) { "\r\n" } else { "\n" };
+    let eol = if u.arbitrary().unwrap_or(false) {
+        "\r\n"
+    } else {
+        "\n"
+    };
     let plants = Plants::arbitrary(&mut u);
     let n = u.int_in_range(1..=8).unwrap_or(1);
     let mut event_sizes: Vec<usize> = (0..n).map(|_| u.int_in_range(0..=48).unwrap_or(1)).collect();
@@ -210,7 +216,8 @@ fn check_structured(masker: &Masker, mut u: Unstructured) {
     }
     let sizes = chunk_sizes(&mut u);
     let filler = String::from_utf8_lossy(u.take_rest()).into_owned();
-    let text = String::from_utf8(plants.plant(filler.as_bytes(), Some(&filler))).expect("planted at char boundaries");
+    let text = String::from_utf8(plants.plant(filler.as_bytes(), Some(&filler)))
+        .expect("planted at char boundaries");
     let input = stream(style, choices, &text, &event_sizes, eol);
 
     let out = mask(masker, input.as_bytes(), &sizes);
@@ -220,7 +227,11 @@ fn check_structured(masker: &Masker, mut u: Unstructured) {
     let out = std::str::from_utf8(&out).expect("the SSE output is not UTF-8");
     let got = parse_sse(out).unwrap_or_else(|e| panic!("the output is not valid SSE ({style:?}): {e}"));
     let want = parse_sse(&input).expect("the harness builds valid SSE");
-    assert_eq!(got.len(), want.len(), "the output has a different number of events ({style:?})");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "the output has a different number of events ({style:?})"
+    );
     let mut texts = BTreeMap::new();
     for (n, (got, want)) in got.iter().zip(&want).enumerate() {
         assert_eq!(got.event, want.event, "event {n}: its type changed");
@@ -232,10 +243,18 @@ fn check_structured(masker: &Masker, mut u: Unstructured) {
             .unwrap_or_else(|e| panic!("event {n}: data is not JSON ({e}): {:?}", got.data));
         collect_text(&value, &mut texts);
         let original: Value = serde_json::from_str(&want.data).expect("the harness builds JSON");
-        assert_eq!(without_text(value), without_text(original), "event {n}: more than its text changed");
+        assert_eq!(
+            without_text(value),
+            without_text(original),
+            "event {n}: more than its text changed"
+        );
     }
     for (choice, text) in &texts {
-        plants.assert_masked(text.as_bytes(), filler.as_bytes(), &format!("choice {choice}'s text"));
+        plants.assert_masked(
+            text.as_bytes(),
+            filler.as_bytes(),
+            &format!("choice {choice}'s text"),
+        );
     }
 }
 

@@ -36,8 +36,10 @@ fuzz_target!(|data: &[u8]| {
 
         plants.assert_masked(&out, filler, "streamed output");
         assert_same_output(&out, &whole, "StreamMasker vs mask_all");
-        let (got, want): (Vec<_>, Vec<_>) =
-            (findings.iter().map(key).collect(), whole_findings.iter().map(key).collect());
+        let (got, want): (Vec<_>, Vec<_>) = (
+            findings.iter().map(key).collect(),
+            whole_findings.iter().map(key).collect(),
+        );
         assert_eq!(got, want, "StreamMasker and mask_all report different findings");
     });
 });

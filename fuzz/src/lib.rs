@@ -29,7 +29,11 @@ pub struct Secret {
 /// A classic-format GitHub token: `<prefix>_`, 30 base62 characters, then the CRC32 of those 30
 /// as 6 base62 digits (most significant first, zero-padded).
 pub fn github_classic(prefix: &str, random: &str) -> String {
-    assert_eq!(random.len(), 30, "a classic GitHub token has 30 random characters");
+    assert_eq!(
+        random.len(),
+        30,
+        "a classic GitHub token has 30 random characters"
+    );
     let mut crc = crc32fast::hash(random.as_bytes());
     let mut check = [b'0'; 6];
     for digit in check.iter_mut().rev() {
@@ -55,7 +59,9 @@ fn pem_ec_key() -> String {
     };
     let mut der = vec![0x30, 0x77, 0x02, 0x01, 0x01, 0x04, 0x20];
     der.extend(random(32));
-    der.extend([0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]);
+    der.extend([
+        0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ]);
     der.extend([0xa1, 0x44, 0x03, 0x42, 0x00, 0x04]);
     der.extend(random(64));
     let body = base64(&der);
@@ -65,14 +71,20 @@ fn pem_ec_key() -> String {
         .map(|l| std::str::from_utf8(l).expect("base64 is ASCII"))
         .collect();
     let label = ["EC", "PRIVATE", "KEY"].join(" ");
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----", lines.join("\n"))
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----",
+        lines.join("\n")
+    )
 }
 
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for group in bytes.chunks(3) {
-        let n = group.iter().enumerate().fold(0u32, |n, (i, b)| n | ((*b as u32) << (16 - 8 * i)));
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | ((*b as u32) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= group.len() {
                 out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -175,7 +187,10 @@ impl Plants {
     pub fn assert_masked(&self, out: &[u8], filler: &[u8], place: &str) {
         for &(secret, _) in &self.0 {
             let secret = &SECRETS[secret];
-            let (left, allowed) = (count(out, secret.text.as_bytes()), count(filler, secret.text.as_bytes()));
+            let (left, allowed) = (
+                count(out, secret.text.as_bytes()),
+                count(filler, secret.text.as_bytes()),
+            );
             assert!(
                 left <= allowed,
                 "a planted {} passed unmasked in {place} ({left} copies out, {allowed} in the filler)",
@@ -192,7 +207,11 @@ pub fn chunk_sizes(u: &mut Unstructured) -> Vec<usize> {
     let mut sizes: Vec<usize> = (0..n)
         .map(|_| {
             let v = u.arbitrary::<u16>().unwrap_or(1);
-            if v & 0x8000 == 0 { (v % 300) as usize } else { (v & 0x7fff) as usize }
+            if v & 0x8000 == 0 {
+                (v % 300) as usize
+            } else {
+                (v & 0x7fff) as usize
+            }
         })
         .collect();
     if sizes.iter().all(|&s| s == 0) {
@@ -236,7 +255,8 @@ pub fn assert_same_output(got: &[u8], want: &[u8], what: &str) {
         return;
     }
     let at = got.iter().zip(want).take_while(|(a, b)| a == b).count();
-    let around = |s: &[u8]| String::from_utf8_lossy(&s[at.saturating_sub(40)..(at + 40).min(s.len())]).into_owned();
+    let around =
+        |s: &[u8]| String::from_utf8_lossy(&s[at.saturating_sub(40)..(at + 40).min(s.len())]).into_owned();
     panic!(
         "{what}: outputs differ at byte {at} (lengths {} and {}):\n  got:  {:?}\n  want: {:?}",
         got.len(),

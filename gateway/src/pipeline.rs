@@ -437,6 +437,11 @@ impl Phases for Pipeline {
         self.body_chunk(ctx, Direction::Response, chunk, end)
     }
 
+    fn websocket_masker(&self, ex: &Exchange, ctx: &Ctx) -> Option<Masker> {
+        let (host, path) = host_and_path(&ex.url);
+        (self.mask.responses(host, path) == ResponseMasking::Mask).then(|| self.maskers(ctx).0)
+    }
+
     fn websocket_message(
         &self,
         ex: &Exchange,

@@ -169,6 +169,11 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replies = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !replies.contains(&token) && replies.contains(&format!("echo: deploy with [MASKED:github-pat:{fp}] please")),
+        "the server's text message reaches the client masked: {replies}"
+    );
 
     // The token, pushed in a file: the pushed pack's objects are scanned.
     let port = s.upstream.addr.port();

@@ -673,6 +673,9 @@ fn websocket_messages_and_relayed_connections_are_recorded() {
         at("first prompt") < at("echo: first prompt") && at("echo: first prompt") < at("echo: second prompt"),
         "WebSocket messages are recorded in order, both ways:\n{shown}"
     );
-    let relayed = shown.lines().find(|l| l.contains("pinned.example")).unwrap();
+    let relayed = shown
+        .lines()
+        .find(|l| l.contains("passthrough") && l.contains("pinned.example"))
+        .unwrap_or_else(|| panic!("no passthrough line:\n{shown}"));
     assert!(relayed.contains(&s.upstream.addr.to_string()), "the relayed connection's destination: {relayed}");
 }

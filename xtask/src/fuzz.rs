@@ -20,15 +20,19 @@ use crate::{
     workspace::Workspace,
 };
 
-/// libFuzzer's memory cap: generous for a masker, and the box-wide default of CI runners is 7 GiB.
+/// libFuzzer's memory cap: the targets stay near 500 MB (ASan's quarantine included), so more
+/// means a leak or a masker that buffers without bound.
 const RSS_LIMIT_MB: u32 = 2048;
-/// Largest input libFuzzer generates: well past the masker's carry-over window and the PEM limit.
+/// Largest input libFuzzer generates: several times the longest match a rule holds bytes back for
+/// (a PEM block, `rules::PEM_MAX`), so held bytes cross many chunk boundaries.
 const MAX_LEN: u32 = 65536;
-/// Seconds one input may take before libFuzzer reports a hang; keeps a run bounded by its budget.
+/// Seconds one input may take before libFuzzer saves it as a hang (its default is 20 minutes,
+/// which would let one slow input blow the step's time budget).
 const TIMEOUT_SECONDS: u32 = 30;
 
 /// Run the fuzz targets (fuzz/) with the pinned nightly, each for a fixed time, from a scratch
-/// copy of its seeds. Fails, naming the target and the crash input, when a target crashes.
+/// copy of its seeds. Fails, naming the target and the saved input, when a target crashes, hangs,
+/// leaks or runs out of memory.
 ///
 /// The corpus of a run is left in target/fuzz-corpus/<target>, crash inputs in
 /// target/fuzz-artifacts/<target>/; reproduce one with
@@ -100,8 +104,7 @@ struct Bin {
 /// The fuzz targets: the `[[bin]]`s of fuzz/Cargo.toml, the one list of them.
 fn targets(ws: &Workspace) -> Result<Vec<String>> {
     let manifest = ws.root.join("fuzz/Cargo.toml");
-    let text =
-        fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let text = fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let parsed: FuzzManifest =
         toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
     if parsed.bin.is_empty() {
@@ -156,8 +159,7 @@ impl<'a> Fuzz<'a> {
             self.ws.display(&corpus)
         );
         let artifacts = self.artifacts.join(target);
-        fs::create_dir_all(&artifacts)
-            .with_context(|| format!("creating {}", artifacts.display()))?;
+        fs::create_dir_all(&artifacts).with_context(|| format!("creating {}", artifacts.display()))?;
         let started = SystemTime::now();
 
         let mut cmd = self.cargo_fuzz("run");
@@ -174,8 +176,9 @@ impl<'a> Fuzz<'a> {
         if let Some(first) = saved.first() {
             let saved: Vec<String> = saved.iter().map(|p| self.ws.display(p)).collect();
             bail!(
-                "fuzz target {target} crashed; input saved to {} (reproduce: `cargo +{} fuzz run \
-                 --fuzz-dir fuzz --target-dir {} {target} {}`)",
+                "fuzz target {target} failed on an input saved to {} (crash-, timeout-, oom- or \
+                 leak- says how; reproduce: `cargo +{} fuzz run --fuzz-dir fuzz --target-dir {} \
+                 {target} {}`)",
                 saved.join(", "),
                 self.ws.pins.ebpf_toolchain,
                 self.ws.display(&self.target_dir),
@@ -195,17 +198,16 @@ impl<'a> Fuzz<'a> {
             fs::remove_dir_all(corpus).with_context(|| format!("emptying {}", corpus.display()))?;
         }
         fs::create_dir_all(corpus).with_context(|| format!("creating {}", corpus.display()))?;
-        let entries =
-            fs::read_dir(&seeds).with_context(|| format!("fuzz target {target} has no seeds in {}", seeds.display()))?;
+        let entries = fs::read_dir(&seeds)
+            .with_context(|| format!("fuzz target {target} has no seeds in {}", seeds.display()))?;
         let mut copied = 0;
         for entry in entries {
             let entry = entry.with_context(|| format!("listing {}", seeds.display()))?;
             if !entry.file_type()?.is_file() {
                 continue;
             }
-            fs::copy(entry.path(), corpus.join(entry.file_name())).with_context(|| {
-                format!("copying {} into {}", entry.path().display(), corpus.display())
-            })?;
+            fs::copy(entry.path(), corpus.join(entry.file_name()))
+                .with_context(|| format!("copying {} into {}", entry.path().display(), corpus.display()))?;
             copied += 1;
         }
         if copied == 0 {

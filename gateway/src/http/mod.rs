@@ -131,6 +131,11 @@ pub trait Phases: Send + Sync + 'static {
     ) -> Result<Option<EndFuture>, String> {
         Ok(None)
     }
+    /// For an upgraded exchange: the masker the server's WebSocket text messages go through on
+    /// their way to the client, if any.
+    fn websocket_masker(&self, _ex: &Exchange, _ctx: &Self::Ctx) -> Option<crate::mask::Masker> {
+        None
+    }
     /// Each WebSocket message of an upgraded exchange, in either direction, as it passes.
     fn websocket_message(
         &self,
@@ -516,6 +521,7 @@ async fn forward<P: Phases>(
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (ws_ex, ws_phases, ws_ctx) = (ex.clone(), phases.clone(), ctx.clone());
+        let mask_down = phases.websocket_masker(&ex, &ctx);
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
@@ -523,7 +529,7 @@ async fn forward<P: Phases>(
                         ws_phases.websocket_message(&ws_ex, &ws_ctx, dir, msg)
                     };
                     let relayed =
-                        websocket::relay(TokioIo::new(client), TokioIo::new(upstream), WS_PAYLOAD_CAP, seen)
+                        websocket::relay(TokioIo::new(client), TokioIo::new(upstream), WS_PAYLOAD_CAP, seen, mask_down)
                             .await;
                     match relayed {
                         Ok((up, down)) => {

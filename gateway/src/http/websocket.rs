@@ -193,12 +193,186 @@ fn header_len(h: &[u8]) -> Option<usize> {
     Some(2 + ext + if h[1] & 0x80 != 0 { 4 } else { 0 })
 }
 
-/// Relays an upgraded connection both ways, showing each direction's messages to `seen`.
+/// Rewrites a server's frames so that its text messages reach the client masked: each text
+/// message's payload goes through one streaming masker and out again as frames of the same
+/// message (an intermediary may refragment, RFC 6455 §5.4). Binary messages, control frames and
+/// compressed (RSV1) messages pass byte for byte; so does everything after something that is not
+/// WebSocket. Holds at most one frame's masked output, or 64 KiB of it.
+pub struct TextMasker {
+    masker: crate::mask::Masker,
+    header: BytesMut,
+    state: Rewrite,
+    /// The text message being masked, and whether its first frame has gone out.
+    text: Option<(crate::mask::StreamMasker, bool)>,
+    /// A message passed through untouched (binary, compressed) continues in later frames.
+    passing: bool,
+    out: Vec<u8>,
+    found: Vec<crate::mask::Finding>,
+}
+
+enum Rewrite {
+    Header,
+    /// Copy this many payload bytes as they are.
+    Copy(u64),
+    /// Mask this many payload bytes of a text message; `fin` ends the message.
+    Text { remaining: u64, fin: bool },
+    Broken,
+}
+
+/// Masked output of a text message is sent as a fragment once this much has gathered.
+const FLUSH_AT: usize = 64 * 1024;
+
+fn frame_header(fin: bool, opcode: u8, len: usize, out: &mut Vec<u8>) {
+    out.push(if fin { 0x80 } else { 0 } | opcode);
+    match len {
+        n if n < 126 => out.push(n as u8),
+        n if n < 65536 => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+}
+
+impl TextMasker {
+    pub fn new(masker: crate::mask::Masker) -> Self {
+        Self {
+            masker,
+            header: BytesMut::new(),
+            state: Rewrite::Header,
+            text: None,
+            passing: false,
+            out: Vec::new(),
+            found: Vec::new(),
+        }
+    }
+
+    /// Sends what the text message has decided so far as a frame of it.
+    fn emit(&mut self, output: &mut Vec<u8>, fin: bool) {
+        let Some((_, started)) = self.text.as_mut() else { return };
+        let opcode = if *started { 0 } else { 1 };
+        *started = true;
+        frame_header(fin, opcode, self.out.len(), output);
+        output.append(&mut self.out);
+    }
+
+    /// Takes relayed bytes from the server; appends what the client is to receive to `output`.
+    /// Returns what was masked.
+    pub fn push(&mut self, mut input: &[u8], output: &mut Vec<u8>) -> Vec<crate::mask::Finding> {
+        while !input.is_empty() {
+            match &mut self.state {
+                Rewrite::Broken => {
+                    output.extend_from_slice(input);
+                    break;
+                }
+                Rewrite::Copy(remaining) => {
+                    let n = (*remaining).min(input.len() as u64) as usize;
+                    output.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    *remaining -= n as u64;
+                    if *remaining == 0 {
+                        self.state = Rewrite::Header;
+                    }
+                }
+                Rewrite::Text { remaining, fin } => {
+                    let n = (*remaining).min(input.len() as u64) as usize;
+                    *remaining -= n as u64;
+                    let (done, fin) = (*remaining == 0, *fin);
+                    if let Some((s, _)) = self.text.as_mut() {
+                        self.found.extend(s.push(&input[..n], &mut self.out));
+                    }
+                    input = &input[n..];
+                    if done {
+                        self.state = Rewrite::Header;
+                        self.end_text_frame(fin, output);
+                    } else if self.out.len() >= FLUSH_AT {
+                        self.emit(output, false);
+                    }
+                }
+                Rewrite::Header => {
+                    let need = header_len(&self.header).unwrap_or(2);
+                    let take = need.saturating_sub(self.header.len()).min(input.len());
+                    self.header.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    match header_len(&self.header) {
+                        Some(full) if self.header.len() >= full => self.start(output),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        std::mem::take(&mut self.found)
+    }
+
+    fn end_text_frame(&mut self, fin: bool, output: &mut Vec<u8>) {
+        if fin {
+            if let Some((s, _)) = self.text.as_mut() {
+                self.found.extend(s.finish(&mut self.out));
+            }
+            self.emit(output, true);
+            self.text = None;
+        } else if !self.out.is_empty() {
+            self.emit(output, false);
+        }
+    }
+
+    fn start(&mut self, output: &mut Vec<u8>) {
+        let h = std::mem::take(&mut self.header);
+        let fin = h[0] & 0x80 != 0;
+        let rsv = h[0] & 0x70;
+        let opcode = h[0] & 0x0f;
+        let masked = h[1] & 0x80 != 0;
+        let len = match h[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+            127 => u64::from_be_bytes(h[2..10].try_into().expect("8 bytes")),
+            n => u64::from(n),
+        };
+        let text_frame = !masked
+            && rsv == 0
+            && ((opcode == 1 && self.text.is_none() && !self.passing) || (opcode == 0 && self.text.is_some()));
+        if !text_frame {
+            match opcode {
+                // A continuation of a message ghgate is not masking, or a control frame.
+                0 if self.text.is_none() => {}
+                1 | 2 => self.passing = !fin,
+                0 => {}
+                8..=10 => {}
+                _ => {
+                    // Not WebSocket as ghgate knows it: relay the rest untouched.
+                    output.extend_from_slice(&h);
+                    self.state = Rewrite::Broken;
+                    return;
+                }
+            }
+            if opcode == 0 && fin {
+                self.passing = false;
+            }
+            output.extend_from_slice(&h);
+            self.state = if len == 0 { Rewrite::Header } else { Rewrite::Copy(len) };
+            return;
+        }
+        if opcode == 1 {
+            self.text = Some((self.masker.stream(), false));
+        }
+        self.state = Rewrite::Text { remaining: len, fin };
+        if len == 0 {
+            self.state = Rewrite::Header;
+            self.end_text_frame(fin, output);
+        }
+    }
+}
+
+/// Relays an upgraded connection both ways, showing each direction's messages to `seen`; with
+/// `mask_down`, the server's text messages reach the client masked.
 pub async fn relay<A, B>(
     client: A,
     upstream: B,
     cap: usize,
     seen: impl Fn(Direction, &Message) + Send + Sync,
+    mask_down: Option<crate::mask::Masker>,
 ) -> std::io::Result<(u64, u64)>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -206,8 +380,8 @@ where
 {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
-    let up = pump(&mut cr, &mut uw, Direction::Up, cap, &seen);
-    let down = pump(&mut ur, &mut cw, Direction::Down, cap, &seen);
+    let up = pump(&mut cr, &mut uw, Direction::Up, cap, &seen, None);
+    let down = pump(&mut ur, &mut cw, Direction::Down, cap, &seen, mask_down.map(TextMasker::new));
     tokio::try_join!(up, down)
 }
 
@@ -217,6 +391,7 @@ async fn pump<R, W>(
     dir: Direction,
     cap: usize,
     seen: &(impl Fn(Direction, &Message) + Send + Sync),
+    mut rewrite: Option<TextMasker>,
 ) -> std::io::Result<u64>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -226,6 +401,7 @@ where
     let mut parser = Parser::new(cap);
     let mut buf = vec![0u8; 64 * 1024];
     let mut messages = Vec::new();
+    let mut rewritten = Vec::new();
     let mut total = 0u64;
     loop {
         let n = from.read(&mut buf).await?;
@@ -233,7 +409,15 @@ where
             to.shutdown().await?;
             return Ok(total);
         }
-        to.write_all(&buf[..n]).await?;
+        match rewrite.as_mut() {
+            Some(r) => {
+                rewritten.clear();
+                let found = r.push(&buf[..n], &mut rewritten);
+                crate::mask::metrics::count(&found, "websocket messages");
+                to.write_all(&rewritten).await?;
+            }
+            None => to.write_all(&buf[..n]).await?,
+        }
         total += n as u64;
         parser.push(&buf[..n], &mut messages);
         for m in messages.drain(..) {
@@ -268,6 +452,56 @@ mod tests {
             None => f.extend_from_slice(payload),
         }
         f
+    }
+
+    /// A classic GitHub token with a valid checksum, made at run time.
+    fn token() -> String {
+        const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let random = "Zq8m2Kx4TnR7vB1cW9pL3sJ6hD0fGy";
+        let mut crc = crc32fast::hash(random.as_bytes());
+        let mut check = [b'0'; 6];
+        for d in check.iter_mut().rev() {
+            *d = B62[(crc % 62) as usize];
+            crc /= 62;
+        }
+        format!("{}_{random}{}", "ghp", std::str::from_utf8(&check).unwrap())
+    }
+
+    #[test]
+    fn server_text_messages_reach_the_client_masked_at_every_chunking() {
+        let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [1; 32]);
+        let tok = token();
+        let text = format!("here: {tok} done");
+        let (a, b) = text.as_bytes().split_at(12);
+        let mut stream = frame(true, 1, text.as_bytes(), None);
+        stream.extend(frame(true, 9, b"ping", None));
+        stream.extend(frame(false, 1, a, None));
+        stream.extend(frame(true, 9, b"", None));
+        stream.extend(frame(true, 0, b, None));
+        stream.extend(frame(true, 2, tok.as_bytes(), None));
+        for chunk in [1, 3, 7, 64, stream.len()] {
+            let mut r = TextMasker::new(masker.clone());
+            let mut out = Vec::new();
+            let mut found = 0;
+            for c in stream.chunks(chunk) {
+                found += r.push(c, &mut out).len();
+            }
+            let msgs = parse_in_chunks(&out, 5, 1 << 20);
+            let texts: Vec<String> = msgs
+                .iter()
+                .filter(|m| m.opcode == 1)
+                .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+                .collect();
+            assert_eq!(texts.len(), 2, "chunk {chunk}");
+            for t in &texts {
+                assert!(t.starts_with("here: [MASKED:github-pat:") && t.ends_with("] done"), "chunk {chunk}: {t}");
+            }
+            assert_eq!(found, 2);
+            let kinds: Vec<&str> = msgs.iter().map(Message::kind).collect();
+            assert_eq!(kinds, ["text", "ping", "ping", "text", "binary"], "chunk {chunk}");
+            let binary = msgs.last().unwrap();
+            assert_eq!(&binary.payload[..], tok.as_bytes(), "binary messages pass as sent");
+        }
     }
 
     fn parse_in_chunks(bytes: &[u8], chunk: usize, cap: usize) -> Vec<Message> {

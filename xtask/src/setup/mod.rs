@@ -70,7 +70,8 @@ fn toolchains(ws: &Workspace) -> [rustup::Toolchain<'_>; 2] {
             components: &["clippy", "rustfmt"],
             targets: &[vm_test::GUEST_TARGET],
         },
-        // rust-src: the eBPF build uses -Z build-std=core.
+        // rust-src: the eBPF build uses -Z build-std=core. cargo-fuzz needs nothing more: the
+        // ASan runtime ships in rust-std, and llvm-tools only serves `cargo fuzz coverage`.
         rustup::Toolchain {
             name: &ws.pins.ebpf_toolchain,
             components: &["rust-src"],
