@@ -23,6 +23,10 @@ use regex_automata::{
 
 use super::rules::{Extend, PEM_MAX, Rule, Rules, Validator, entropy};
 
+/// Fewer bytes than this between a PEM header and its end are no key (an Ed25519 key in PKCS#8
+/// is 64 base64 characters with its footer).
+const PEM_MIN_BODY: usize = 48;
+
 /// A rule set that failed to compile.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -42,10 +46,76 @@ struct RuleMeta {
     extend: Extend,
 }
 
+/// Where keywords begin. A case-insensitive search over every keyword would rule out
+/// aho-corasick's SIMD searcher (Teddy, up to 64 patterns), so the search is for a few short
+/// case-sensitive probes — each keyword's first bytes (`gh`-style families share theirs), and
+/// for a case-insensitive rule's keywords the lower, UPPER and Capitalized forms of their first
+/// three or four letters — and each probe found is confirmed against the whole keyword. (So a
+/// case-insensitive rule's keyword is found in those three casings, with camel case after them:
+/// `apiKey`, `ApiKey`; `tOkEn` is not.)
+struct Keywords {
+    probes: AhoCorasick,
+    /// Each keyword, and whether it is matched case-insensitively.
+    list: Vec<(Vec<u8>, bool)>,
+}
+
+impl Keywords {
+    fn new(rules: &Rules) -> Result<Keywords, CompileError> {
+        let mut list = Vec::new();
+        let mut probes = std::collections::BTreeSet::new();
+        for r in rules.iter() {
+            let ci = r.regex.starts_with("(?i");
+            for k in &r.keywords {
+                let k = if ci { k.to_ascii_lowercase() } else { k.clone() };
+                // Short enough that keyword families share a probe (`api_key`, `apikey`, `api-key`
+                // → `api`; `xoxb-`, `xoxp-` → `xox`), long enough that probes are rare in code.
+                let want = if ci {
+                    if k.starts_with("api") || k.len() <= 4 { 3 } else { 4 }
+                } else if k.starts_with("xox") || k.starts_with("sk_") || k.starts_with("rk_") {
+                    3
+                } else {
+                    4
+                };
+                let prefix = &k.as_bytes()[..k.len().min(want)];
+                if ci {
+                    let lower = prefix.to_ascii_lowercase();
+                    let mut capital = lower.clone();
+                    capital[0] = capital[0].to_ascii_uppercase();
+                    probes.extend([prefix.to_ascii_uppercase(), capital, lower]);
+                } else {
+                    probes.insert(prefix.to_vec());
+                }
+                list.push((k.into_bytes(), ci));
+            }
+        }
+        let probes = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(&probes)
+            .map_err(|e| CompileError::Set(e.to_string()))?;
+        Ok(Keywords { probes, list })
+    }
+
+    /// The first place at or after `from` where a whole keyword begins.
+    fn find(&self, buf: &[u8], from: usize) -> Option<usize> {
+        let mut at = from;
+        loop {
+            let p = self.probes.find(AcInput::new(buf).range(at..))?.start();
+            let rest = &buf[p..];
+            let whole = self.list.iter().any(|(k, ci)| {
+                rest.len() >= k.len() && if *ci { rest[..k.len()].eq_ignore_ascii_case(k) } else { rest[..k.len()] == k[..] }
+            });
+            if whole {
+                return Some(p);
+            }
+            at = p + 1;
+        }
+    }
+}
+
 /// The rules, compiled once and shared by every masker.
 pub(crate) struct Compiled {
     rules: Vec<RuleMeta>,
-    keywords: Option<AhoCorasick>,
+    keywords: Option<Keywords>,
     /// Longest keyword, in bytes: a keyword may be cut by the end of what has arrived.
     max_keyword: usize,
     /// Every keyword, lowercased, to tell whether the end of what has arrived could begin one.
@@ -69,11 +139,7 @@ impl Compiled {
         let (keywords, regex, dfa) = if patterns.is_empty() {
             (None, None, None)
         } else {
-            let ac = AhoCorasickBuilder::new()
-                .ascii_case_insensitive(true)
-                .match_kind(MatchKind::LeftmostFirst)
-                .build(&keywords)
-                .map_err(|e| CompileError::Set(e.to_string()))?;
+            let ac = Keywords::new(rules)?;
             let regex = meta::Regex::builder()
                 .syntax(syntax_config())
                 .configure(meta::Config::new().utf8_empty(false))
@@ -277,7 +343,7 @@ impl Scan<'_> {
             .compiled
             .keywords
             .as_ref()
-            .and_then(|ac| ac.find(AcInput::new(buf).range(pos..)).map(|m| m.start()));
+            .and_then(|k| k.find(buf, pos));
         let exact = self
             .exact
             .and_then(|e| e.ac.find(AcInput::new(buf).range(pos..)).map(|m| m.start()));
@@ -290,10 +356,14 @@ impl Scan<'_> {
     /// The next step from `pos`.
     pub(crate) fn step(&mut self, buf: &[u8], pos: usize) -> Step {
         let mut from = pos;
+        // A keyword (or exact value) cut by the end of what has arrived may begin before the
+        // next whole one: nothing from there on is decided. Computed once, again only if the
+        // scan moves past it.
+        let mut partial = if self.final_ { buf.len() } else { self.partial_keyword(buf, from) };
         loop {
-            // A keyword (or exact value) cut by the end of what has arrived may begin before the
-            // next whole one: nothing from there on is decided.
-            let partial = if self.final_ { buf.len() } else { self.partial_keyword(buf, from) };
+            if partial < from {
+                partial = self.partial_keyword(buf, from);
+            }
             let Some(k) = self.next_keyword(buf, from) else {
                 return Step::Release(partial);
             };
@@ -439,6 +509,8 @@ impl Scan<'_> {
         let (start, mut end) = (secret.start, secret.end);
         if rule.extend == Extend::PemBody {
             match pem_end(buf, t, m.end(), self.final_) {
+                // A header with no key after it (code that looks for one, documentation).
+                Some(e) if e - m.end() < PEM_MIN_BODY => return Decision::NoSecret,
                 Some(e) => end = e,
                 None => return Decision::Undecided,
             }
@@ -525,4 +597,20 @@ fn pem_end(buf: &[u8], start: usize, header_end: usize, final_: bool) -> Option<
     // Never end on half of an escape (`\"` in JSON): the quote would lose its backslash.
     let backslashes = buf[header_end..end].iter().rev().take_while(|&&b| b == b'\\').count();
     Some(end - backslashes % 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_keywords_fit_the_simd_searcher() {
+        // Teddy takes at most 64 patterns; past that, clean text scans several times slower.
+        let k = Keywords::new(&Rules::builtin()).unwrap();
+        assert!(k.probes.patterns_len() <= 64, "{} probes", k.probes.patterns_len());
+        let text = b"let apiKey = 1; let API_KEY = 2; Token x; tOkEn y; ghp_";
+        let found: Vec<usize> = std::iter::successors(k.find(text, 0), |&p| k.find(text, p + 1)).collect();
+        let at = |s: &str| text.windows(s.len()).position(|w| w == s.as_bytes()).unwrap();
+        assert_eq!(found, vec![at("apiKey"), at("API_KEY"), at("Token"), at("ghp_")]);
+    }
 }

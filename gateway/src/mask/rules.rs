@@ -414,13 +414,39 @@ fn generic_ok(value: &[u8]) -> bool {
         !part.is_empty()
             && (part.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
                 || part.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-                || (part[0].is_ascii_uppercase() && part[1..].iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())))
+                || camel_words(part))
     };
     if separated && value.split(|&b| b == b'_' || b == b'.').filter(|p| !p.is_empty()).all(word_like) {
         return false;
     }
     let _ = has_lower;
     true
+}
+
+/// `UserCredentials`, `Http2Client`: capitalised words of at least three letters (digits may
+/// follow a word). Random tokens rarely have a lowercase run that long after each capital.
+fn camel_words(part: &[u8]) -> bool {
+    let mut i = 0;
+    let mut words = 0;
+    while i < part.len() {
+        if !part[i].is_ascii_uppercase() {
+            return false;
+        }
+        let start = i + 1;
+        let mut j = start;
+        while j < part.len() && part[j].is_ascii_lowercase() {
+            j += 1;
+        }
+        if j - start < 2 {
+            return false;
+        }
+        while j < part.len() && part[j].is_ascii_digit() {
+            j += 1;
+        }
+        words += 1;
+        i = j;
+    }
+    words > 0
 }
 
 /// A URL password that is a real one, not the stock example.
@@ -474,6 +500,8 @@ mod tests {
         assert!(!generic_ok(b"x25519_generate_private_key"));
         assert!(!generic_ok(b"TLS13_CHACHA20_POLY1305_SHA256_INTERNAL"));
         assert!(generic_ok(b"k9_Xq2Lp8vZr4TnW"));
+        assert!(!generic_ok(b"MI_UserCredentials_0"));
+        assert!(generic_ok(b"Zq8mKx4_TnR7vB1cW9pL3s"));
         assert!(!url_password_ok(b"password"));
         assert!(url_password_ok(b"hunter2x"));
     }
