@@ -759,7 +759,11 @@ impl Config {
             return Err(invalid(key, message));
         }
         for (name, p) in &self.credentials.profiles {
-            let sources = [p.token_file.is_some(), p.token_env.is_some(), p.github_app.is_some()];
+            let sources = [
+                p.token_file.is_some(),
+                p.token_env.is_some(),
+                p.github_app.is_some(),
+            ];
             if sources.iter().filter(|&&s| s).count() != 1 {
                 return Err(invalid(
                     format!("credentials.profile.{name}"),
@@ -767,7 +771,9 @@ impl Config {
                 ));
             }
             if let Some(app) = &p.github_app
-                && !(app.api_url.starts_with("https://") || app.api_url.starts_with("http://127.") || app.api_url.starts_with("http://[::1]"))
+                && !(app.api_url.starts_with("https://")
+                    || app.api_url.starts_with("http://127.")
+                    || app.api_url.starts_with("http://[::1]"))
             {
                 return Err(invalid(
                     format!("credentials.profile.{name}.github_app.api_url"),
@@ -782,7 +788,12 @@ impl Config {
                     format!(
                         "{:?} is not a profile; the profiles are: {}",
                         rule.profile,
-                        self.credentials.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                        self.credentials
+                            .profiles
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }

@@ -63,7 +63,11 @@ pub fn load_or_create(path: &Path, make: impl FnOnce() -> Vec<u8>) -> Result<Vec
     // half-written key.
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&contents)?;
         f.sync_all()
     };

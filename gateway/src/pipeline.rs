@@ -19,8 +19,8 @@ use bytes::Bytes;
 use crate::{
     config::{NoProfile, ResponseMasking},
     credentials::{self, Broker, Secret, Who},
-    identity::oidc::OidcValidator,
     http::{self, ConnInfo, EndFuture, Exchange, Outcome, Phases, websocket},
+    identity::oidc::OidcValidator,
     mask::{
         Finding, Masker, SseMasker, StreamMasker,
         encoding::{Coding, Decoder},
@@ -142,19 +142,29 @@ impl Pipeline {
                     let shown: serde_json::Map<String, serde_json::Value> = c
                         .all
                         .iter()
-                        .filter(|(k, _)| !matches!(k.as_str(), "iss" | "sub" | "aud" | "exp" | "nbf" | "iat" | "jti"))
+                        .filter(|(k, _)| {
+                            !matches!(k.as_str(), "iss" | "sub" | "aud" | "exp" | "nbf" | "iat" | "jti")
+                        })
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
                     identity.oidc_claims = Some(serde_json::Value::Object(shown).to_string());
                     claims = Some(c.all);
                 }
                 Err(e) => {
-                    return refused(identity, StatusCode::UNAUTHORIZED, format!("the OIDC token was refused: {e}"));
+                    return refused(
+                        identity,
+                        StatusCode::UNAUTHORIZED,
+                        format!("the OIDC token was refused: {e}"),
+                    );
                 }
             }
         }
         if !self.broker.is_active() && claims.is_none() {
-            return Decision { identity, inject: None, refusal: None };
+            return Decision {
+                identity,
+                inject: None,
+                refusal: None,
+            };
         }
         let who = Who {
             caller: &ex.conn.caller,
@@ -174,10 +184,16 @@ impl Pipeline {
                             refusal: None,
                         }
                     }
-                    Err(e @ credentials::CredentialError::NoRepository) => {
-                        refused(identity, StatusCode::FORBIDDEN, format!("credential profile {:?}: {e}", profile.name))
-                    }
-                    Err(e) => refused(identity, StatusCode::BAD_GATEWAY, format!("nothing was forwarded: {e}")),
+                    Err(e @ credentials::CredentialError::NoRepository) => refused(
+                        identity,
+                        StatusCode::FORBIDDEN,
+                        format!("credential profile {:?}: {e}", profile.name),
+                    ),
+                    Err(e) => refused(
+                        identity,
+                        StatusCode::BAD_GATEWAY,
+                        format!("nothing was forwarded: {e}"),
+                    ),
                 }
             }
             None if claims.is_some() => refused(
@@ -196,11 +212,17 @@ impl Pipeline {
                     format!(
                         "no credential profile matches this caller (uid {}, exe {}); add a [[credentials.rule]] for it",
                         c.uid,
-                        c.exe.as_ref().map_or("unknown".into(), |e| e.display().to_string())
+                        c.exe
+                            .as_ref()
+                            .map_or("unknown".into(), |e| e.display().to_string())
                     ),
                 )
             }
-            None => Decision { identity, inject: None, refusal: None },
+            None => Decision {
+                identity,
+                inject: None,
+                refusal: None,
+            },
         }
     }
 
@@ -213,7 +235,13 @@ impl Pipeline {
     }
 
     /// Masks (and records) one chunk of a body.
-    fn body_chunk(&self, ctx: &Ctx, dir: Direction, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, String> {
+    fn body_chunk(
+        &self,
+        ctx: &Ctx,
+        dir: Direction,
+        chunk: &mut Bytes,
+        end: bool,
+    ) -> Result<Option<EndFuture>, String> {
         if let Some(rec) = &ctx.record {
             rec.observe_raw(dir, chunk);
         }
@@ -221,7 +249,9 @@ impl Pipeline {
             Direction::Request => &ctx.request,
             Direction::Response => &ctx.response,
         };
-        let mut b = side.lock().map_err(|_| "the masking stage failed earlier".to_owned())?;
+        let mut b = side
+            .lock()
+            .map_err(|_| "the masking stage failed earlier".to_owned())?;
         if b.broken.is_some() {
             // Nothing more of this body is stored: it could not be decoded, so not masked.
             return Ok(None);
@@ -238,7 +268,9 @@ impl Pipeline {
         let mut decoded = Vec::new();
         let plain: &[u8] = match b.decoder.as_mut() {
             Some(d) => {
-                let pushed = d.push(chunk, &mut decoded).and_then(|()| if end { d.finish(&mut decoded) } else { Ok(()) });
+                let pushed = d
+                    .push(chunk, &mut decoded)
+                    .and_then(|()| if end { d.finish(&mut decoded) } else { Ok(()) });
                 if let Err(e) = pushed {
                     let why = format!("cannot mask the {}: {e}", place(dir).as_str());
                     if b.for_client {
@@ -287,7 +319,9 @@ fn content_type(headers: &::http::HeaderMap) -> Option<&str> {
 
 /// The decoder for a body's Content-Encoding: `Err` when it is one ghgate cannot decode.
 fn decoder(headers: &::http::HeaderMap) -> Result<Option<Decoder>, String> {
-    let value = headers.get(header::CONTENT_ENCODING).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let value = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match Coding::parse(value.as_deref()) {
         Ok(coding) => Ok(coding.map(Decoder::new)),
         Err(e) => Err(e.to_string()),
@@ -299,7 +333,10 @@ impl Phases for Pipeline {
 
     fn new_ctx(&self, ex: &Exchange) -> Ctx {
         Ctx {
-            record: self.recorder.as_ref().map(|r| r.exchange(ex, self.mask.records.clone())),
+            record: self
+                .recorder
+                .as_ref()
+                .map(|r| r.exchange(ex, self.mask.records.clone())),
             maskers: OnceLock::new(),
             request: Mutex::new(BodyMask::default()),
             response: Mutex::new(BodyMask::default()),
@@ -333,7 +370,10 @@ impl Phases for Pipeline {
         let maskers = if creds.is_empty() {
             (self.mask.responses.clone(), self.mask.records.clone())
         } else {
-            (self.mask.responses.with_exact(&creds), self.mask.records.with_exact(&creds))
+            (
+                self.mask.responses.with_exact(&creds),
+                self.mask.records.with_exact(&creds),
+            )
         };
         let _ = ctx.maskers.set(maskers.clone());
         if let Some(rec) = &ctx.record {
@@ -388,7 +428,11 @@ impl Phases for Pipeline {
         let (host, path) = host_and_path(&ex.url);
         let mode = self.mask.responses(host, path);
         let ct = content_type(&resp.headers);
-        let sse = ct.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        let sse = ct.is_some_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
         let has_body = !(ex.method == ::http::Method::HEAD
             || resp.status.is_informational()
             || resp.status == ::http::StatusCode::NO_CONTENT

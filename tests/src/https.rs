@@ -91,7 +91,12 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(app_id: u64, installation_id: u64, app_public_pem: String, accepted: Vec<String>) -> Arc<Self> {
+    pub fn new(
+        app_id: u64,
+        installation_id: u64,
+        app_public_pem: String,
+        accepted: Vec<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             app_id,
             installation_id,
@@ -112,7 +117,9 @@ impl Auth {
         use base64::Engine as _;
         let (scheme, rest) = value.split_once(' ')?;
         if scheme.eq_ignore_ascii_case("basic") {
-            let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
             let text = String::from_utf8(raw).ok()?;
             return text.split_once(':').map(|(_, p)| p.to_owned());
         }
@@ -140,7 +147,10 @@ impl Auth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
         let Some(jwt) = jwt else {
-            return text(StatusCode::UNAUTHORIZED, "{\"message\":\"A JSON web token could not be decoded\"}".into());
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "{\"message\":\"A JSON web token could not be decoded\"}".into(),
+            );
         };
         let key = jsonwebtoken::DecodingKey::from_rsa_pem(self.app_public_pem.as_bytes()).unwrap();
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
@@ -148,27 +158,55 @@ impl Auth {
         validation.validate_aud = false;
         let claims = match jsonwebtoken::decode::<serde_json::Value>(&jwt, &key, &validation) {
             Ok(d) => d.claims,
-            Err(e) => return text(StatusCode::UNAUTHORIZED, format!("{{\"message\":\"bad app JWT: {e}\"}}")),
+            Err(e) => {
+                return text(
+                    StatusCode::UNAUTHORIZED,
+                    format!("{{\"message\":\"bad app JWT: {e}\"}}"),
+                );
+            }
         };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let (iat, exp) = (claims["iat"].as_u64().unwrap_or(0), claims["exp"].as_u64().unwrap_or(0));
-        if claims["iss"] != serde_json::json!(self.app_id.to_string()) || iat > now + 60 || exp > iat + 660 || exp < now {
-            return text(StatusCode::UNAUTHORIZED, format!("{{\"message\":\"app JWT claims refused: {claims}\"}}"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (iat, exp) = (
+            claims["iat"].as_u64().unwrap_or(0),
+            claims["exp"].as_u64().unwrap_or(0),
+        );
+        if claims["iss"] != serde_json::json!(self.app_id.to_string())
+            || iat > now + 60
+            || exp > iat + 660
+            || exp < now
+        {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                format!("{{\"message\":\"app JWT claims refused: {claims}\"}}"),
+            );
         }
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let token = format!("ghs_{:032x}{:04}", rand_u128(), self.minted.lock().unwrap().len());
-        self.minted
-            .lock()
-            .unwrap()
-            .push((token.clone(), asked["repositories"].clone(), asked["permissions"].clone()));
+        self.minted.lock().unwrap().push((
+            token.clone(),
+            asked["repositories"].clone(),
+            asked["permissions"].clone(),
+        ));
         let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-        let expires = expires.format(&time::format_description::well_known::Rfc3339).unwrap();
+        let expires = expires
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
         let mut r = text(
             StatusCode::CREATED,
-            serde_json::json!({"token": token, "expires_at": expires, "permissions": asked["permissions"]}).to_string(),
+            serde_json::json!({"token": token, "expires_at": expires, "permissions": asked["permissions"]})
+                .to_string(),
         );
-        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
         r
     }
 }
@@ -224,8 +262,10 @@ async fn handle(
             std::io::Write::write_all(&mut gz, json.as_bytes()).unwrap();
             let body = gz.finish().unwrap();
             let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
-            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
-            r.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
             Ok(r)
         }
         "/bytes" => {
@@ -313,15 +353,21 @@ fn completion(query: &str) -> Response<Body> {
         .max(1);
     let chars: Vec<char> = text.chars().collect();
     let per = chars.len().div_ceil(pieces).max(1);
-    let mut events = vec![serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]})];
+    let mut events = vec![
+        serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]}),
+    ];
     for piece in chars.chunks(per) {
         let piece: String = piece.iter().collect();
-        events.push(serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}));
+        events.push(
+            serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
+        );
     }
-    events.push(serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
+    events.push(
+        serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     tokio::spawn(async move {
         let mut lines: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
@@ -334,7 +380,8 @@ fn completion(query: &str) -> Response<Body> {
         }
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
-    r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
     r
 }
 
@@ -527,15 +574,17 @@ impl Upstream {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (acceptor, count, git_root, auth) = (acceptor.clone(), count.clone(), git_root.clone(), auth.clone());
+                let (acceptor, count, git_root, auth) =
+                    (acceptor.clone(), count.clone(), git_root.clone(), auth.clone());
                 let conns = conns.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     conns.fetch_add(1, Ordering::SeqCst);
-                    let svc =
-                        hyper::service::service_fn(move |req| handle(req, count.clone(), git_root.clone(), auth.clone()));
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(req, count.clone(), git_root.clone(), auth.clone())
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
@@ -648,7 +697,10 @@ impl TlsGateway {
             .arg("-c")
             .arg(format!("http.sslCAInfo={}", self.ca_file.display()))
             .arg("-c")
-            .arg(format!("http.curloptResolve=github.com:{port}:{}", self.upstream.addr.ip()))
+            .arg(format!(
+                "http.curloptResolve=github.com:{port}:{}",
+                self.upstream.addr.ip()
+            ))
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0")
             // This environment points git at the system bundle; the tests configure git only by -c.

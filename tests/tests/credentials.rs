@@ -16,7 +16,11 @@ const INSTALLATION: u64 = 77;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -27,7 +31,10 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// An RSA key pair made by openssl: (private key file, mode 0600; public key PEM).
 fn app_key(dir: &Path) -> (std::path::PathBuf, String) {
     let key = dir.join("app.pem");
-    run(Command::new("openssl").args(["genrsa", "-out"]).arg(&key).arg("2048"));
+    run(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048"));
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let public = run(Command::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&key));
     (key, public + "\n")
@@ -65,7 +72,19 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     git(&seed, &["init", "-q", "-b", "main"]);
     std::fs::write(seed.join("README.md"), "hello\n").unwrap();
     git(&seed, &["add", "."]);
-    git(&seed, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first"]);
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "first",
+        ],
+    );
     git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
     let key = key_file.display().to_string();
@@ -88,13 +107,36 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
 
     // git with no credential at all: clone, commit, push.
     let port = s.upstream.addr.port();
-    s.git(tmp.path(), &["clone", "-q", &format!("https://github.com:{port}/o/r.git"), "work"]);
+    s.git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("https://github.com:{port}/o/r.git"),
+            "work",
+        ],
+    );
     let work = tmp.path().join("work");
     std::fs::write(work.join("change.txt"), "brokered\n").unwrap();
     git(&work, &["add", "."]);
-    git(&work, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "change"]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "change",
+        ],
+    );
     s.git(&work, &["push", "-q", "origin", "main"]);
-    assert_eq!(git(&bare, &["rev-parse", "main"]), git(&work, &["rev-parse", "HEAD"]));
+    assert_eq!(
+        git(&bare, &["rev-parse", "main"]),
+        git(&work, &["rev-parse", "HEAD"])
+    );
 
     // One token, minted once for o/r with the profile's permissions, reused by every request.
     let minted = auth.minted.lock().unwrap().clone();
@@ -106,15 +148,26 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     let out = s.curl(
         "api.github.com",
         "/repos/o/r",
-        &["-H", "Authorization: Bearer placeholder-not-a-token", "-w", "%{http_code}"],
+        &[
+            "-H",
+            "Authorization: Bearer placeholder-not-a-token",
+            "-w",
+            "%{http_code}",
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("200") && text.contains("path=/repos/o/r"), "{text}");
+    assert!(
+        text.ends_with("200") && text.contains("path=/repos/o/r"),
+        "{text}"
+    );
 
     // A request whose repository cannot be told, for a profile without fallback permissions.
     let out = s.curl("api.github.com", "/user", &["-w", "%{http_code}"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("403") && text.contains("cannot be told from its URL"), "{text}");
+    assert!(
+        text.ends_with("403") && text.contains("cannot be told from its URL"),
+        "{text}"
+    );
 
     // A caller no rule covers (uid nobody): refused with the documented message, nothing forwarded.
     let ca = std::env::temp_dir().join(format!("ghgate-ca-{}.pem", std::process::id()));
@@ -122,14 +175,22 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (url, resolve) = s.url("api.github.com", "/repos/o/r");
     let served = s.upstream.served();
-    let out = s
-        .gw
-        .exec("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS", "-w", "%{http_code}", "--cacert"])
-        .arg(&ca)
-        .args(["--resolve", &resolve, &url])
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "curl",
+                "-sS",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .args(["--resolve", &resolve, &url])
+            .output()
+            .unwrap();
     let _ = std::fs::remove_file(&ca);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -141,18 +202,20 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
 
     // The record says who got what: brokered from the profile, or refused.
     let shown = eventually("the sessions' records", Duration::from_secs(10), || {
-        let text: String = s
-            .gw
-            .ghgate_ok(&["sessions", "list", "--json"])
-            .lines()
-            .map(|l| {
-                let r: Value = serde_json::from_str(l).unwrap();
-                s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-            })
-            .collect();
+        let text: String =
+            s.gw.ghgate_ok(&["sessions", "list", "--json"])
+                .lines()
+                .map(|l| {
+                    let r: Value = serde_json::from_str(l).unwrap();
+                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
+                })
+                .collect();
         text.contains("refused: no credential profile").then_some(text)
     });
-    assert!(shown.contains("identity credential brokered from profile ci"), "{shown}");
+    assert!(
+        shown.contains("identity credential brokered from profile ci"),
+        "{shown}"
+    );
 
     // No leak: not the minted tokens, not the app key, not the placeholder — anywhere.
     let key_body: String = std::fs::read_to_string(&key_file)
@@ -168,19 +231,28 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
         if file.ends_with("fingerprint.key") || file.extension().is_some_and(|e| e == "pem" || e == "key") {
             continue;
         }
-        haystacks.push((file.display().to_string(), String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned()));
+        haystacks.push((
+            file.display().to_string(),
+            String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned(),
+        ));
     }
     for line in s.gw.ghgate_ok(&["sessions", "list", "--json"]).lines() {
         let r: Value = serde_json::from_str(line).unwrap();
         let id = r["id"].as_str().unwrap();
         for format in ["har", "jsonl", "html"] {
-            haystacks.push((format!("{format} export"), s.gw.ghgate_ok(&["sessions", "export", id, "--format", format])));
+            haystacks.push((
+                format!("{format} export"),
+                s.gw.ghgate_ok(&["sessions", "export", id, "--format", format]),
+            ));
         }
     }
     haystacks.push(("status".into(), s.gw.ghgate_ok(&["status", "--json"])));
     for (place, text) in &haystacks {
         for secret in &secrets {
-            assert!(!text.contains(secret.as_str()), "{place} holds a brokered token or the app key");
+            assert!(
+                !text.contains(secret.as_str()),
+                "{place} holds a brokered token or the app key"
+            );
         }
     }
 }

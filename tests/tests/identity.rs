@@ -38,43 +38,49 @@ fn callers_are_recorded_with_uid_executable_cgroup_and_ci_job() {
         "env -i /usr/bin/curl -sS -o /dev/null --cacert {} --resolve {resolve} {url}",
         ca.display()
     );
-    let out = s
-        .gw
-        .exec("sh")
-        .args(["-c", &script])
-        .env("GITHUB_REPOSITORY", "octo/app")
-        .env("GITHUB_RUN_ID", "9001")
-        .env("GITHUB_RUN_ATTEMPT", "2")
-        .env("GITHUB_WORKFLOW", "release")
-        .env("GITHUB_JOB", "publish")
-        .env("GITHUB_ACTOR", "mona")
-        .env("GITHUB_REF", "refs/heads/main")
-        .env("GITHUB_TOKEN", &job_token)
-        .env("ACTIONS_RUNTIME_TOKEN", &job_token)
-        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", &job_token)
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec("sh")
+            .args(["-c", &script])
+            .env("GITHUB_REPOSITORY", "octo/app")
+            .env("GITHUB_RUN_ID", "9001")
+            .env("GITHUB_RUN_ATTEMPT", "2")
+            .env("GITHUB_WORKFLOW", "release")
+            .env("GITHUB_JOB", "publish")
+            .env("GITHUB_ACTOR", "mona")
+            .env("GITHUB_REF", "refs/heads/main")
+            .env("GITHUB_TOKEN", &job_token)
+            .env("ACTIONS_RUNTIME_TOKEN", &job_token)
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", &job_token)
+            .output()
+            .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Another user, no CI.
-    let out = s
-        .gw
-        .exec("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS", "-o", "/dev/null", "--cacert"])
-        .arg(&ca)
-        .args(["--resolve", &resolve, &url])
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .args(["--resolve", &resolve, &url])
+            .output()
+            .unwrap();
     let _ = std::fs::remove_file(&ca);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let list: Vec<Value> = eventually("both sessions", Duration::from_secs(10), || {
-        let l: Vec<Value> = s
-            .gw
-            .ghgate_ok(&["sessions", "list", "--json"])
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let l: Vec<Value> =
+            s.gw.ghgate_ok(&["sessions", "list", "--json"])
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
         (l.len() >= 2).then_some(l)
     });
     let by_uid = |uid: u64| {
@@ -96,22 +102,40 @@ fn callers_are_recorded_with_uid_executable_cgroup_and_ci_job() {
     ] {
         assert!(ci.contains(fact), "{fact} missing:\n{ci}");
     }
-    assert!(ci.contains("/usr/bin/curl") && ci.contains("root (uid 0)"), "{ci}");
+    assert!(
+        ci.contains("/usr/bin/curl") && ci.contains("root (uid 0)"),
+        "{ci}"
+    );
     assert!(ci.contains(&s.cg.name), "the caller's cgroup is recorded:\n{ci}");
     let nobody = by_uid(65534);
-    assert!(nobody.contains("uid 65534") && !nobody.contains("GITHUB_"), "{nobody}");
+    assert!(
+        nobody.contains("uid 65534") && !nobody.contains("GITHUB_"),
+        "{nobody}"
+    );
 
     // The token variables were never read: not in any record, export or log.
     let mut places = vec![("the gateway log".to_owned(), s.gw.log_text())];
     for f in files(&s.gw.state_dir) {
-        places.push((f.display().to_string(), String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned()));
+        places.push((
+            f.display().to_string(),
+            String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned(),
+        ));
     }
     for r in &list {
         let id = r["id"].as_str().unwrap();
-        places.push(("the JSONL export".into(), s.gw.ghgate_ok(&["sessions", "export", id, "--format", "jsonl"])));
+        places.push((
+            "the JSONL export".into(),
+            s.gw.ghgate_ok(&["sessions", "export", id, "--format", "jsonl"]),
+        ));
     }
     for (place, text) in places {
-        assert!(!text.contains(&job_token), "{place} holds a token variable's value");
-        assert!(!text.contains("GITHUB_TOKEN") && !text.contains("ACTIONS_RUNTIME_TOKEN"), "{place} names a token variable");
+        assert!(
+            !text.contains(&job_token),
+            "{place} holds a token variable's value"
+        );
+        assert!(
+            !text.contains("GITHUB_TOKEN") && !text.contains("ACTIONS_RUNTIME_TOKEN"),
+            "{place} names a token variable"
+        );
     }
 }

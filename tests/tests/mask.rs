@@ -27,7 +27,11 @@ fn hex(text: &str) -> String {
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -40,7 +44,9 @@ fn sse_events(stream: &str) -> Vec<String> {
             events.extend(data.take());
             continue;
         }
-        let value = line.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {line:?}"));
+        let value = line
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not an SSE data line: {line:?}"));
         match &mut data {
             Some(d) => {
                 d.push('\n');
@@ -59,8 +65,12 @@ fn completion_text(events: &[String]) -> String {
         .iter()
         .filter(|e| *e != "[DONE]")
         .map(|e| {
-            let v: Value = serde_json::from_str(e).unwrap_or_else(|err| panic!("event is not JSON ({err}): {e}"));
-            v["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_owned()
+            let v: Value =
+                serde_json::from_str(e).unwrap_or_else(|err| panic!("event is not JSON ({err}): {e}"));
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
         })
         .collect()
 }
@@ -101,7 +111,19 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     git(&seed, &["init", "-q", "-b", "main"]);
     std::fs::write(seed.join("README.md"), "hello\n").unwrap();
     git(&seed, &["add", "."]);
-    git(&seed, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first"]);
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "first",
+        ],
+    );
     git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
     let s = TlsGateway::start(
@@ -126,7 +148,11 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     let body = String::from_utf8(out.stdout).unwrap();
     assert!(!body.contains(&token), "the token reached the client: {body}");
     let events = sse_events(&body);
-    assert_eq!(events.len(), 13, "role, 10 pieces, finish and [DONE]: one event each, as sent: {body}");
+    assert_eq!(
+        events.len(),
+        13,
+        "role, 10 pieces, finish and [DONE]: one event each, as sent: {body}"
+    );
     let got = completion_text(&events);
     let fp = fingerprint(&got, "github-pat");
     assert_eq!(
@@ -151,59 +177,100 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     let (head, json) = answer.split_once("\r\n\r\n").unwrap();
     assert!(!head.to_ascii_lowercase().contains("content-encoding"), "{head}");
     let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
-    assert_eq!(v["text"].as_str().unwrap(), got, "the same text, masked the same way");
+    assert_eq!(
+        v["text"].as_str().unwrap(),
+        got,
+        "the same text, masked the same way"
+    );
 
     // An `alert` route: the client gets the token; the record does not.
-    let out = s.curl("api.githubcopilot.com", &format!("/alert/completion?pieces=3&text={}", hex(&text)), &["-N"]);
+    let out = s.curl(
+        "api.githubcopilot.com",
+        &format!("/alert/completion?pieces=3&text={}", hex(&text)),
+        &["-N"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let passed = completion_text(&sse_events(&String::from_utf8_lossy(&out.stdout)));
     assert_eq!(passed, text, "alert mode passes the response as sent");
 
     // A WebSocket message carrying the token (and its echo): recorded masked.
-    let out = s
-        .gw
-        .exec(ghgate_e2e::bin("ghgate-probe"))
-        .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
-        .arg(&s.ca_file)
-        .arg(format!("deploy with {token} please"))
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec(ghgate_e2e::bin("ghgate-probe"))
+            .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
+            .arg(&s.ca_file)
+            .arg(format!("deploy with {token} please"))
+            .output()
+            .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let replies = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !replies.contains(&token) && replies.contains(&format!("echo: deploy with [MASKED:github-pat:{fp}] please")),
+        !replies.contains(&token)
+            && replies.contains(&format!("echo: deploy with [MASKED:github-pat:{fp}] please")),
         "the server's text message reaches the client masked: {replies}"
     );
 
     // The token, pushed in a file: the pushed pack's objects are scanned.
     let port = s.upstream.addr.port();
-    s.git(tmp.path(), &["clone", "-q", &format!("https://github.com:{port}/o/r.git"), "work"]);
+    s.git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("https://github.com:{port}/o/r.git"),
+            "work",
+        ],
+    );
     let work = tmp.path().join("work");
-    std::fs::write(work.join("deploy.sh"), format!("#!/bin/sh\nGITHUB_TOKEN={token} ./deploy\n")).unwrap();
+    std::fs::write(
+        work.join("deploy.sh"),
+        format!("#!/bin/sh\nGITHUB_TOKEN={token} ./deploy\n"),
+    )
+    .unwrap();
     git(&work, &["add", "."]);
-    git(&work, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "deploy"]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "deploy",
+        ],
+    );
     s.git(&work, &["push", "-q", "origin", "main"]);
 
     // The record: every session shown, masked lines with the one fingerprint.
     let shown = eventually("the push's record", Duration::from_secs(10), || {
-        let text: String = s
-            .gw
-            .ghgate_ok(&["sessions", "list", "--json"])
-            .lines()
-            .map(|l| {
-                let r: Value = serde_json::from_str(l).unwrap();
-                s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-            })
-            .collect();
+        let text: String =
+            s.gw.ghgate_ok(&["sessions", "list", "--json"])
+                .lines()
+                .map(|l| {
+                    let r: Value = serde_json::from_str(l).unwrap();
+                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
+                })
+                .collect();
         text.contains("git push pack").then_some(text)
     });
-    assert!(!shown.contains(&token), "sessions show prints the token:\n{shown}");
-    for place in ["request body", "response body", "websocket messages", "git push pack"] {
+    assert!(
+        !shown.contains(&token),
+        "sessions show prints the token:\n{shown}"
+    );
+    for place in [
+        "request body",
+        "response body",
+        "websocket messages",
+        "git push pack",
+    ] {
         let line = format!("masked github-pat [{fp}] in the {place}");
         assert!(shown.contains(&line), "{line:?} missing:\n{shown}");
     }
     assert!(
-        shown.contains(&format!("masked github-pat [{fp}] in the response body  (the client received it unmasked)")),
+        shown.contains(&format!(
+            "masked github-pat [{fp}] in the response body  (the client received it unmasked)"
+        )),
         "the alert is recorded as such:\n{shown}"
     );
 
@@ -214,7 +281,10 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
         let id = r["id"].as_str().unwrap();
         for format in ["har", "jsonl", "html"] {
             let exported = s.gw.ghgate_ok(&["sessions", "export", id, "--format", format]);
-            assert!(!exported.contains(&token), "the {format} export of {id} holds the token");
+            assert!(
+                !exported.contains(&token),
+                "the {format} export of {id} holds the token"
+            );
             if format == "html" {
                 pages.push_str(&exported);
             }
@@ -225,7 +295,10 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
         "the prompt is recorded masked"
     );
     assert!(
-        pages.contains("Secrets masked") && pages.contains(&format!("fingerprint <span class=\"mono\">{fp}</span> in the git push pack")),
+        pages.contains("Secrets masked")
+            && pages.contains(&format!(
+                "fingerprint <span class=\"mono\">{fp}</span> in the git push pack"
+            )),
         "the HTML export lists the masked secrets"
     );
     for file in files(&s.gw.state_dir) {
@@ -236,15 +309,22 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
             file.display()
         );
     }
-    assert!(!s.gw.log_text().contains(&token), "the gateway's log holds the token");
+    assert!(
+        !s.gw.log_text().contains(&token),
+        "the gateway's log holds the token"
+    );
     // And the gateway's counters say what it masked.
     let metrics = eventually("the metrics file", Duration::from_secs(10), || {
-        std::fs::read_to_string(s.gw.state_dir.join("metrics.json")).ok().filter(|m| m.contains("git push pack"))
+        std::fs::read_to_string(s.gw.state_dir.join("metrics.json"))
+            .ok()
+            .filter(|m| m.contains("git push pack"))
     });
     assert!(metrics.contains("\"rule\":\"github-pat\""), "{metrics}");
     let status = s.gw.ghgate_ok(&["status"]);
     assert!(
-        status.contains("masked since the gateway started") && status.contains("github-pat") && status.contains("git push pack"),
+        status.contains("masked since the gateway started")
+            && status.contains("github-pat")
+            && status.contains("git push pack"),
         "{status}"
     );
 }

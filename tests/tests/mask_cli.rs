@@ -51,12 +51,18 @@ fn masks_standard_input_and_files_with_a_summary() {
     assert!(!out.contains(&token), "{out}");
     let masked: Vec<&str> = out.lines().collect();
     assert_eq!(masked.len(), 3, "{out}");
-    assert!(masked[0].starts_with("2026-11-29 deploy: using [MASKED:github-pat:"), "{out}");
+    assert!(
+        masked[0].starts_with("2026-11-29 deploy: using [MASKED:github-pat:"),
+        "{out}"
+    );
     assert_eq!(masked[1], "ok");
     // One secret, one fingerprint.
     let fp = |l: &str| l.split("[MASKED:github-pat:").nth(1).unwrap()[..12].to_owned();
     assert_eq!(fp(masked[0]), fp(masked[2]));
-    assert!(err.contains("2 secret(s) masked") && err.contains("github-pat: 2 (1 distinct)"), "{err}");
+    assert!(
+        err.contains("2 secret(s) masked") && err.contains("github-pat: 2 (1 distinct)"),
+        "{err}"
+    );
 
     // Files, in order, and `-` for standard input between them.
     let dir = tempfile::tempdir().unwrap();
@@ -81,15 +87,27 @@ fn sse_mode_reassembles_a_token_split_over_events() {
             serde_json::json!({"choices": [{"index": 0, "delta": {"content": t}}]})
         )
     };
-    let stream = format!("{}{}{}data: [DONE]\n\n", event("token: "), event(head), event(tail));
+    let stream = format!(
+        "{}{}{}data: [DONE]\n\n",
+        event("token: "),
+        event(head),
+        event(tail)
+    );
     // Line by line, the halves do not look like a token.
     let (_, plain, _) = mask(&[], &stream);
     assert!(plain.contains(head) && plain.contains(tail), "{plain}");
     let (code, out, err) = mask(&["--sse"], &stream);
     assert_eq!(code, 0, "{err}");
-    assert!(!out.contains(head) && !out.contains(tail), "neither half is left: {out}");
+    assert!(
+        !out.contains(head) && !out.contains(tail),
+        "neither half is left: {out}"
+    );
     assert!(out.contains("[MASKED:github-pat:"), "{out}");
-    assert_eq!(out.matches("data: ").count(), 4, "one event in, one event out: {out}");
+    assert_eq!(
+        out.matches("data: ").count(),
+        4,
+        "one event in, one event out: {out}"
+    );
 }
 
 #[test]
@@ -106,10 +124,16 @@ fn configured_rules_apply_and_bad_ones_are_configuration_errors() {
     )
     .unwrap();
     let token = github_token("Zq8m2Kx4TnR7vB1cW9pL3sJ6hD0fGy");
-    let (code, out, err) = mask(&["--config", config.to_str().unwrap()], &format!("acme_0a1b2c3d4e5f {token}\n"));
+    let (code, out, err) = mask(
+        &["--config", config.to_str().unwrap()],
+        &format!("acme_0a1b2c3d4e5f {token}\n"),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("[MASKED:acme:"), "{out}");
-    assert!(out.contains(&token), "github-pat is disabled by the config: {out}");
+    assert!(
+        out.contains(&token),
+        "github-pat is disabled by the config: {out}"
+    );
     let (code, out, _) = mask(&["--config", config.to_str().unwrap(), "--list-rules"], "");
     assert_eq!(code, 0);
     assert!(out.lines().any(|l| l.starts_with("acme\t")), "{out}");

@@ -27,21 +27,31 @@ use serde_json::{Value, json};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// An RSA key made by openssl: its PEM and its JWK (with `kid`).
 fn rsa_key(dir: &Path, kid: &str) -> (Vec<u8>, Value) {
     let path = dir.join(format!("{kid}.pem"));
-    run(Command::new("openssl").args(["genrsa", "-out"]).arg(&path).arg("2048"));
-    let modulus = run(Command::new("openssl").args(["rsa", "-noout", "-modulus", "-in"]).arg(&path));
+    run(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&path)
+        .arg("2048"));
+    let modulus = run(Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&path));
     let hex = modulus.trim_start_matches("Modulus=");
     let n: Vec<u8> = (0..hex.len() / 2)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
         .collect();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let jwk = json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64.encode(n), "e": "AQAB"});
+    let jwk =
+        json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64.encode(n), "e": "AQAB"});
     (std::fs::read(&path).unwrap(), jwk)
 }
 
@@ -54,28 +64,44 @@ struct Issuer {
 
 impl Issuer {
     fn start(keys: Vec<Value>) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(SocketAddr::new(ghgate_e2e::loopback_v4().into(), 0)))
+            .block_on(tokio::net::TcpListener::bind(SocketAddr::new(
+                ghgate_e2e::loopback_v4().into(),
+                0,
+            )))
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let jwks = Arc::new(Mutex::new(keys));
         let (issuer, keys) = (url.clone(), jwks.clone());
         runtime.spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (issuer, keys) = (issuer.clone(), keys.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let body = match req.uri().path() {
-                            "/.well-known/openid-configuration" => {
-                                json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")})
+                    let svc =
+                        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let body = match req.uri().path() {
+                                "/.well-known/openid-configuration" => {
+                                    json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")})
+                                }
+                                _ => json!({"keys": *keys.lock().unwrap()}),
+                            };
+                            async move {
+                                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                                    body.to_string(),
+                                ))))
                             }
-                            _ => json!({"keys": *keys.lock().unwrap()}),
-                        };
-                        async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body.to_string())))) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
                 });
             }
         });
@@ -129,7 +155,11 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
         c
     };
     let call = |auth_args: &[&str]| {
-        let out = s.curl("api.github.com", "/repos/octo/app", &[auth_args, &["-w", "\n%{http_code}"]].concat());
+        let out = s.curl(
+            "api.github.com",
+            "/repos/octo/app",
+            &[auth_args, &["-w", "\n%{http_code}"]].concat(),
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let bearer = |t: &str| call(&["-H", &format!("Authorization: Bearer {t}")]);
@@ -137,7 +167,10 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
     // A valid token: the upstream sees the profile's token, the record the claims.
     let good = token(&k1, "k1", &claims(json!({})));
     let answer = bearer(&good);
-    assert!(answer.ends_with("200") && answer.contains("path=/repos/octo/app"), "{answer}");
+    assert!(
+        answer.ends_with("200") && answer.contains("path=/repos/octo/app"),
+        "{answer}"
+    );
     // As git sends it: the password of basic auth.
     let answer = call(&["-u", &format!("x-oidc:{good}")]);
     assert!(answer.ends_with("200"), "{answer}");
@@ -145,8 +178,18 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
     // Each bad token refused with its reason, and nothing forwarded.
     let served = s.upstream.served();
     let refused = [
-        (token(&k1, "k1", &claims(json!({"exp": now() - 3600, "iat": now() - 7200}))), "expired"),
-        (token(&k1, "k1", &claims(json!({"aud": "someone-else"}))), "audience"),
+        (
+            token(
+                &k1,
+                "k1",
+                &claims(json!({"exp": now() - 3600, "iat": now() - 7200})),
+            ),
+            "expired",
+        ),
+        (
+            token(&k1, "k1", &claims(json!({"aud": "someone-else"}))),
+            "audience",
+        ),
         (token(&k2, "k1", &claims(json!({}))), "signature does not verify"),
         (token(&k2, "k9", &claims(json!({}))), "no key with kid \"k9\""),
         (
@@ -163,48 +206,71 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
     ];
     for (t, reason) in &refused {
         let answer = bearer(t);
-        assert!(answer.ends_with("401") && answer.contains(reason), "{reason}: {answer}");
+        assert!(
+            answer.ends_with("401") && answer.contains(reason),
+            "{reason}: {answer}"
+        );
     }
     // A token of an issuer ghgate does not know is not an OIDC token to it: it passes as the
     // caller's own credential, which the upstream refuses.
     let other = token(&k1, "k1", &claims(json!({"iss": "https://elsewhere.example"})));
     assert!(bearer(&other).ends_with("401"));
-    assert_eq!(s.upstream.served(), served + 1, "refused OIDC tokens are not forwarded");
+    assert_eq!(
+        s.upstream.served(),
+        served + 1,
+        "refused OIDC tokens are not forwarded"
+    );
 
     // Valid, but the claims match no rule.
-    let answer = bearer(&token(&k1, "k1", &claims(json!({"repository": "other/x", "sub": "repo:other/x"}))));
-    assert!(answer.ends_with("403") && answer.contains("no credential profile matches this OIDC identity"), "{answer}");
+    let answer = bearer(&token(
+        &k1,
+        "k1",
+        &claims(json!({"repository": "other/x", "sub": "repo:other/x"})),
+    ));
+    assert!(
+        answer.ends_with("403") && answer.contains("no credential profile matches this OIDC identity"),
+        "{answer}"
+    );
 
     // Key rotation: the issuer now signs with k2 only; after the refetch interval it validates.
     *issuer.jwks.lock().unwrap() = vec![jwk2];
     std::thread::sleep(Duration::from_millis(1100));
     let rotated = token(&k2, "k2", &claims(json!({})));
-    assert!(bearer(&rotated).ends_with("200"), "a token signed with the rotated key is accepted");
+    assert!(
+        bearer(&rotated).ends_with("200"),
+        "a token signed with the rotated key is accepted"
+    );
 
     // The record: the OIDC identity and its claims, the profile; the reasons of the refusals.
     let shown = eventually("the record", Duration::from_secs(10), || {
-        let text: String = s
-            .gw
-            .ghgate_ok(&["sessions", "list", "--json"])
-            .lines()
-            .map(|l| {
-                let r: Value = serde_json::from_str(l).unwrap();
-                s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-            })
-            .collect();
+        let text: String =
+            s.gw.ghgate_ok(&["sessions", "list", "--json"])
+                .lines()
+                .map(|l| {
+                    let r: Value = serde_json::from_str(l).unwrap();
+                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
+                })
+                .collect();
         text.contains("alg: none").then_some(text)
     });
     assert!(
-        shown.contains(&format!("identity oidc repo:octo/app:ref:refs/heads/main ({iss})"))
-            && shown.contains("\"workflow\":\"release\"")
+        shown.contains(&format!(
+            "identity oidc repo:octo/app:ref:refs/heads/main ({iss})"
+        )) && shown.contains("\"workflow\":\"release\"")
             && shown.contains("credential brokered from profile octo"),
         "{shown}"
     );
-    assert!(shown.contains("refused: the OIDC token was refused: the OIDC token expired"), "{shown}");
+    assert!(
+        shown.contains("refused: the OIDC token was refused: the OIDC token expired"),
+        "{shown}"
+    );
 
     // No token (ID tokens or the static one) in the log or the store.
     let mut texts = vec![s.gw.log_text(), shown];
-    for f in std::fs::read_dir(s.gw.state_dir.join("record")).unwrap().flatten() {
+    for f in std::fs::read_dir(s.gw.state_dir.join("record"))
+        .unwrap()
+        .flatten()
+    {
         if f.path().is_file() {
             texts.push(String::from_utf8_lossy(&std::fs::read(f.path()).unwrap()).into_owned());
         }

@@ -91,7 +91,8 @@ fn curl_sse_and_git_are_recorded_and_shown() {
     s.git(tmp.path(), &["clone", "-q", &url, "work"]);
     let work = tmp.path().join("work");
     let second = commit(&work, "second.txt");
-    s.git(&work,
+    s.git(
+        &work,
         &["push", "-q", "origin", "main", "main:refs/heads/feature"],
     );
 
@@ -639,26 +640,24 @@ fn websocket_messages_and_relayed_connections_are_recorded() {
         return;
     }
     let s = TlsGateway::start(&["api.githubcopilot.com", "pinned.example"], true, None, "");
-    let out = s
-        .gw
-        .exec(ghgate_e2e::bin("ghgate-probe"))
-        .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
-        .arg(&s.ca_file)
-        .args(["first prompt", "second prompt"])
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec(ghgate_e2e::bin("ghgate-probe"))
+            .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
+            .arg(&s.ca_file)
+            .args(["first prompt", "second prompt"])
+            .output()
+            .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A name ghgate does not terminate: relayed untouched, recorded as a connection.
     let (url, resolve) = s.url("pinned.example", "/");
-    let out = s
-        .gw
-        .exec("curl")
-        .args(["-sS", "-o", "/dev/null", "--cacert"])
-        .arg(&s.upstream_ca)
-        .args(["--resolve", &resolve, &url])
-        .output()
-        .unwrap();
+    let out =
+        s.gw.exec("curl")
+            .args(["-sS", "-o", "/dev/null", "--cacert"])
+            .arg(&s.upstream_ca)
+            .args(["--resolve", &resolve, &url])
+            .output()
+            .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let shown = eventually("both sessions recorded", Duration::from_secs(10), || {
@@ -677,5 +676,8 @@ fn websocket_messages_and_relayed_connections_are_recorded() {
         .lines()
         .find(|l| l.contains("passthrough") && l.contains("pinned.example"))
         .unwrap_or_else(|| panic!("no passthrough line:\n{shown}"));
-    assert!(relayed.contains(&s.upstream.addr.to_string()), "the relayed connection's destination: {relayed}");
+    assert!(
+        relayed.contains(&s.upstream.addr.to_string()),
+        "the relayed connection's destination: {relayed}"
+    );
 }

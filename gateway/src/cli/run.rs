@@ -13,11 +13,11 @@ use super::ConfigArg;
 use crate::{
     config::{Config, OnGatewayDown},
     credentials::Broker,
-    identity::oidc::OidcValidator,
-    outbound::Outbound,
     http::{Limits, pool::Pool},
+    identity::oidc::OidcValidator,
     listen,
     mask::{self, policy::MaskSet},
+    outbound::Outbound,
     pipeline::Pipeline,
     proxy::Proxy,
     record::Recorder,
@@ -103,7 +103,8 @@ fn proxy(
 ) -> anyhow::Result<Proxy<Pipeline>> {
     let outbound = outbound(config)?;
     let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
-    let oidc = (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
+    let oidc =
+        (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
     let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
     let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
     Ok(Proxy {
@@ -147,7 +148,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(r) = &recorder {
         r.set_masker(mask.records.clone());
     }
-    let proxy = Arc::new(proxy(&config, load_or_create_ca(&config)?, recorder.clone(), mask)?);
+    let proxy = Arc::new(proxy(
+        &config,
+        load_or_create_ca(&config)?,
+        recorder.clone(),
+        mask,
+    )?);
 
     let listener_v4 = listen::bind(config.listen.ipv4)?;
     let listener_v6 = listen::bind(config.listen.ipv6)?;

@@ -58,15 +58,19 @@ impl std::fmt::Debug for AppMinter {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl AppMinter {
     pub fn new(cfg: &GithubAppConfig, key_pem: &[u8], outbound: Outbound) -> Result<Self, CredentialError> {
-        let key = EncodingKey::from_rsa_pem(key_pem).map_err(|e| CredentialError::Config(format!(
-            "the GitHub App private key {} is not an RSA private key in PEM ({e})",
-            cfg.private_key_file.display()
-        )))?;
+        let key = EncodingKey::from_rsa_pem(key_pem).map_err(|e| {
+            CredentialError::Config(format!(
+                "the GitHub App private key {} is not an RSA private key in PEM ({e})",
+                cfg.private_key_file.display()
+            ))
+        })?;
         Ok(Self {
             app_id: cfg.app_id,
             installation_id: cfg.installation_id,
@@ -103,7 +107,10 @@ impl AppMinter {
             },
         };
         let slot = {
-            let mut cache = self.cache.lock().map_err(|_| CredentialError::Mint("the token cache failed earlier".into()))?;
+            let mut cache = self
+                .cache
+                .lock()
+                .map_err(|_| CredentialError::Mint("the token cache failed earlier".into()))?;
             cache.entry(name.clone()).or_default().clone()
         };
         // Single flight: whoever holds the slot mints; the others wait and reuse.
@@ -118,8 +125,15 @@ impl AppMinter {
         Ok(token)
     }
 
-    async fn mint(&self, repo: Option<&str>, permissions: &BTreeMap<String, String>) -> Result<(Secret, SystemTime), CredentialError> {
-        let url = format!("{}/app/installations/{}/access_tokens", self.api_url, self.installation_id);
+    async fn mint(
+        &self,
+        repo: Option<&str>,
+        permissions: &BTreeMap<String, String>,
+    ) -> Result<(Secret, SystemTime), CredentialError> {
+        let url = format!(
+            "{}/app/installations/{}/access_tokens",
+            self.api_url, self.installation_id
+        );
         let mut body = serde_json::json!({ "permissions": permissions });
         if let Some(r) = repo {
             body["repositories"] = serde_json::json!([r]);
@@ -129,8 +143,14 @@ impl AppMinter {
             (header::AUTHORIZATION, format!("Bearer {}", jwt.expose())),
             (header::ACCEPT, "application/vnd.github+json".to_owned()),
             (header::CONTENT_TYPE, "application/json".to_owned()),
-            (header::USER_AGENT, concat!("ghgate/", env!("CARGO_PKG_VERSION")).to_owned()),
-            (HeaderName::from_static("x-github-api-version"), "2022-11-28".to_owned()),
+            (
+                header::USER_AGENT,
+                concat!("ghgate/", env!("CARGO_PKG_VERSION")).to_owned(),
+            ),
+            (
+                HeaderName::from_static("x-github-api-version"),
+                "2022-11-28".to_owned(),
+            ),
         ];
         let resp = self
             .outbound
@@ -153,11 +173,17 @@ impl AppMinter {
                 crate::mask::for_logs(&message)
             )));
         }
-        let minted: Minted = serde_json::from_slice(&resp.body)
-            .map_err(|e| CredentialError::Mint(format!("the installation token answer is not what GitHub sends ({e})")))?;
-        let expires = time::OffsetDateTime::parse(&minted.expires_at, &time::format_description::well_known::Rfc3339)
-            .map(SystemTime::from)
-            .map_err(|e| CredentialError::Mint(format!("the installation token's expires_at is not a time ({e})")))?;
+        let minted: Minted = serde_json::from_slice(&resp.body).map_err(|e| {
+            CredentialError::Mint(format!(
+                "the installation token answer is not what GitHub sends ({e})"
+            ))
+        })?;
+        let expires =
+            time::OffsetDateTime::parse(&minted.expires_at, &time::format_description::well_known::Rfc3339)
+                .map(SystemTime::from)
+                .map_err(|e| {
+                    CredentialError::Mint(format!("the installation token's expires_at is not a time ({e})"))
+                })?;
         Ok((Secret::new(minted.token), expires))
     }
 }
@@ -195,30 +221,46 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let mints = mints.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let mints = mints.clone();
                         async move {
-                            let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_owned());
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .map(|v| v.to_str().unwrap().to_owned());
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
                             let n = mints.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             let (status, answer) = if fail || auth.is_none() {
-                                (401, serde_json::json!({"message": "A JSON web token could not be decoded"}))
+                                (
+                                    401,
+                                    serde_json::json!({"message": "A JSON web token could not be decoded"}),
+                                )
                             } else {
-                                let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(lifetime);
-                                let expires = expires.format(&time::format_description::well_known::Rfc3339).unwrap();
-                                (201, serde_json::json!({"token": format!("tok-{n}-{}", asked["repositories"]), "expires_at": expires}))
+                                let expires =
+                                    time::OffsetDateTime::now_utc() + time::Duration::seconds(lifetime);
+                                let expires = expires
+                                    .format(&time::format_description::well_known::Rfc3339)
+                                    .unwrap();
+                                (
+                                    201,
+                                    serde_json::json!({"token": format!("tok-{n}-{}", asked["repositories"]), "expires_at": expires}),
+                                )
                             };
                             let mut r = http::Response::new(Full::new(Bytes::from(answer.to_string())));
                             *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
                             Ok::<_, Infallible>(r)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
                 });
             }
         });
@@ -261,11 +303,18 @@ mod tests {
             got.push(t.await.unwrap().expose().to_owned());
         }
         assert_eq!(mints.load(Ordering::SeqCst), 1, "16 callers, one mint");
-        assert!(got.iter().all(|t| t == &got[0]) && got[0].contains("[\"a\"]"), "{got:?}");
+        assert!(
+            got.iter().all(|t| t == &got[0]) && got[0].contains("[\"a\"]"),
+            "{got:?}"
+        );
         m.token(Some(&repo("a"))).await.unwrap();
         assert_eq!(mints.load(Ordering::SeqCst), 1, "cached");
         m.token(Some(&repo("b"))).await.unwrap();
-        assert_eq!(mints.load(Ordering::SeqCst), 2, "another repository, another token");
+        assert_eq!(
+            mints.load(Ordering::SeqCst),
+            2,
+            "another repository, another token"
+        );
         assert!(matches!(m.token(None).await, Err(CredentialError::NoRepository)));
     }
 
@@ -286,7 +335,10 @@ mod tests {
         let url = mint_server(mints, 3600, true).await;
         let m = minter(&url, false);
         let err = m.token(Some(&repo("a"))).await.unwrap_err().to_string();
-        assert!(err.contains("401") && err.contains("could not be decoded") && err.contains("repository a"), "{err}");
+        assert!(
+            err.contains("401") && err.contains("could not be decoded") && err.contains("repository a"),
+            "{err}"
+        );
         assert!(!err.contains("eyJ"), "the app JWT is never shown: {err}");
     }
 }

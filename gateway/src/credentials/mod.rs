@@ -27,7 +27,9 @@ pub enum CredentialError {
     Config(String),
     #[error("cannot mint a GitHub App installation token: {0}")]
     Mint(String),
-    #[error("the repository of this request cannot be told from its URL, and the profile has no fallback_permissions")]
+    #[error(
+        "the repository of this request cannot be told from its URL, and the profile has no fallback_permissions"
+    )]
     NoRepository,
 }
 
@@ -78,11 +80,12 @@ pub struct Who<'a> {
     pub oidc: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
-
 fn claim_matches(value: Option<&serde_json::Value>, pattern: &str) -> bool {
     match value {
         Some(serde_json::Value::String(s)) => glob(pattern, s),
-        Some(serde_json::Value::Array(items)) => items.iter().any(|i| i.as_str().is_some_and(|s| glob(pattern, s))),
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().any(|i| i.as_str().is_some_and(|s| glob(pattern, s)))
+        }
         Some(serde_json::Value::Number(n)) => glob(pattern, &n.to_string()),
         Some(serde_json::Value::Bool(b)) => glob(pattern, &b.to_string()),
         _ => false,
@@ -94,12 +97,21 @@ fn rule_matches(rule: &CredentialRule, who: &Who<'_>) -> bool {
     let c = who.caller;
     let exe = c.exe.as_ref().map(|p| p.display().to_string());
     (rule.uid.is_empty() || rule.uid.contains(&c.uid))
-        && (rule.exe.is_empty() || exe.as_deref().is_some_and(|e| rule.exe.iter().any(|p| glob(p, e))))
-        && (rule.cgroup.is_empty() || c.cgroup.as_deref().is_some_and(|g| rule.cgroup.iter().any(|p| glob(p, g))))
+        && (rule.exe.is_empty()
+            || exe
+                .as_deref()
+                .is_some_and(|e| rule.exe.iter().any(|p| glob(p, e))))
+        && (rule.cgroup.is_empty()
+            || c.cgroup
+                .as_deref()
+                .is_some_and(|g| rule.cgroup.iter().any(|p| glob(p, g))))
         && (rule.ci_repository.is_empty()
-            || ci::get(&c.ci, "GITHUB_REPOSITORY").is_some_and(|r| rule.ci_repository.iter().any(|p| glob(p, r))))
+            || ci::get(&c.ci, "GITHUB_REPOSITORY")
+                .is_some_and(|r| rule.ci_repository.iter().any(|p| glob(p, r))))
         && (rule.oidc.is_empty()
-            || who.oidc.is_some_and(|claims| rule.oidc.iter().all(|(k, p)| claim_matches(claims.get(k), p))))
+            || who
+                .oidc
+                .is_some_and(|claims| rule.oidc.iter().all(|(k, p)| claim_matches(claims.get(k), p))))
 }
 
 impl Broker {
@@ -111,7 +123,8 @@ impl Broker {
             let what = |e: String| CredentialError::Config(format!("credentials.profile.{name}: {e}"));
             let source = if let Some(path) = &p.token_file {
                 let bytes = crate::keyfile::read_private(path).map_err(|e| what(e.to_string()))?;
-                let token = String::from_utf8(bytes).map_err(|_| what(format!("{} is not text", path.display())))?;
+                let token =
+                    String::from_utf8(bytes).map_err(|_| what(format!("{} is not text", path.display())))?;
                 let token = token.trim();
                 if token.is_empty() {
                     return Err(what(format!("{} is empty", path.display())));
@@ -123,12 +136,21 @@ impl Broker {
                     _ => return Err(what(format!("the gateway's environment has no {var}"))),
                 }
             } else if let Some(a) = &p.github_app {
-                let key = crate::keyfile::read_private(&a.private_key_file).map_err(|e| what(e.to_string()))?;
-                Source::App(Box::new(app::AppMinter::new(a, &key, outbound.clone()).map_err(|e| what(e.to_string()))?))
+                let key =
+                    crate::keyfile::read_private(&a.private_key_file).map_err(|e| what(e.to_string()))?;
+                Source::App(Box::new(
+                    app::AppMinter::new(a, &key, outbound.clone()).map_err(|e| what(e.to_string()))?,
+                ))
             } else {
                 return Err(what("give token_file, token_env or github_app".into()));
             };
-            profiles.insert(name.clone(), Arc::new(Profile { name: name.clone(), source }));
+            profiles.insert(
+                name.clone(),
+                Arc::new(Profile {
+                    name: name.clone(),
+                    source,
+                }),
+            );
         }
         Ok(Broker {
             profiles,
@@ -156,7 +178,10 @@ impl Broker {
 
     /// Every static token, to be masked by exact value wherever it shows up.
     pub fn static_tokens(&self) -> Vec<Secret> {
-        self.profiles.values().filter_map(|p| p.static_token().cloned()).collect()
+        self.profiles
+            .values()
+            .filter_map(|p| p.static_token().cloned())
+            .collect()
     }
 }
 
@@ -173,7 +198,9 @@ pub fn repository(path: &str) -> Option<Repo> {
     let path = path.split('?').next().unwrap_or(path);
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let ok = |s: &str| {
-        !matches!(s, "" | "." | "..") && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        !matches!(s, "" | "." | "..")
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     };
     let repo = |owner: &str, name: &str| {
         let name = name.strip_suffix(".git").unwrap_or(name);
@@ -184,7 +211,9 @@ pub fn repository(path: &str) -> Option<Repo> {
     };
     match parts.as_slice() {
         ["repos", owner, name, ..] => repo(owner, name),
-        [owner, name, "info", "refs"] | [owner, name, "git-upload-pack" | "git-receive-pack"] => repo(owner, name),
+        [owner, name, "info", "refs"] | [owner, name, "git-upload-pack" | "git-receive-pack"] => {
+            repo(owner, name)
+        }
         _ => None,
     }
 }
@@ -214,7 +243,8 @@ pub fn presented(headers: &HeaderMap) -> Option<Secret> {
 pub fn inject(headers: &mut HeaderMap, path: &str, token: &Secret) {
     headers.remove(header::AUTHORIZATION);
     let value = if is_git(path) {
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{}", token.expose()));
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{}", token.expose()));
         format!("Basic {basic}")
     } else if path.starts_with("/copilot_internal/") {
         format!("token {}", token.expose())
@@ -233,8 +263,16 @@ mod tests {
 
     #[test]
     fn repositories_from_urls() {
-        let r = |o: &str, n: &str| Some(Repo { owner: o.into(), name: n.into() });
-        assert_eq!(repository("/o/r.git/info/refs?service=git-upload-pack"), r("o", "r"));
+        let r = |o: &str, n: &str| {
+            Some(Repo {
+                owner: o.into(),
+                name: n.into(),
+            })
+        };
+        assert_eq!(
+            repository("/o/r.git/info/refs?service=git-upload-pack"),
+            r("o", "r")
+        );
         assert_eq!(repository("/o/r/git-receive-pack"), r("o", "r"));
         assert_eq!(repository("/repos/o/r/pulls/1"), r("o", "r"));
         assert_eq!(repository("/graphql"), None);
@@ -284,16 +322,40 @@ mod tests {
             ci: vec![("GITHUB_REPOSITORY".into(), "org/app".into())],
         };
         let rule = |toml: &str| toml::from_str::<CredentialRule>(toml).unwrap();
-        let who = Who { caller: &caller, oidc: None };
-        assert!(rule_matches(&rule("profile = \"p\"\nuid = [1000]\nexe = [\"/usr/bin/*\"]"), &who));
+        let who = Who {
+            caller: &caller,
+            oidc: None,
+        };
+        assert!(rule_matches(
+            &rule("profile = \"p\"\nuid = [1000]\nexe = [\"/usr/bin/*\"]"),
+            &who
+        ));
         assert!(!rule_matches(&rule("profile = \"p\"\nuid = [0]"), &who));
-        assert!(rule_matches(&rule("profile = \"p\"\nci_repository = [\"org/*\"]"), &who));
-        assert!(rule_matches(&rule("profile = \"p\"\ncgroup = [\"/system.slice/actions.runner.service\"]"), &who));
-        assert!(!rule_matches(&rule("profile = \"p\"\noidc = { sub = \"*\" }"), &who), "no token, no OIDC match");
+        assert!(rule_matches(
+            &rule("profile = \"p\"\nci_repository = [\"org/*\"]"),
+            &who
+        ));
+        assert!(rule_matches(
+            &rule("profile = \"p\"\ncgroup = [\"/system.slice/actions.runner.service\"]"),
+            &who
+        ));
+        assert!(
+            !rule_matches(&rule("profile = \"p\"\noidc = { sub = \"*\" }"), &who),
+            "no token, no OIDC match"
+        );
         let claims: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(r#"{"repository": "org/app", "groups": ["dev", "ops"]}"#).unwrap();
-        let who = Who { caller: &caller, oidc: Some(&claims) };
-        assert!(rule_matches(&rule("profile = \"p\"\noidc = { repository = \"org/*\", groups = \"ops\" }"), &who));
-        assert!(!rule_matches(&rule("profile = \"p\"\noidc = { groups = \"admins\" }"), &who));
+        let who = Who {
+            caller: &caller,
+            oidc: Some(&claims),
+        };
+        assert!(rule_matches(
+            &rule("profile = \"p\"\noidc = { repository = \"org/*\", groups = \"ops\" }"),
+            &who
+        ));
+        assert!(!rule_matches(
+            &rule("profile = \"p\"\noidc = { groups = \"admins\" }"),
+            &who
+        ));
     }
 }

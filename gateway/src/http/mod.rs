@@ -528,9 +528,14 @@ async fn forward<P: Phases>(
                     let seen = |dir, msg: &websocket::Message| {
                         ws_phases.websocket_message(&ws_ex, &ws_ctx, dir, msg)
                     };
-                    let relayed =
-                        websocket::relay(TokioIo::new(client), TokioIo::new(upstream), WS_PAYLOAD_CAP, seen, mask_down)
-                            .await;
+                    let relayed = websocket::relay(
+                        TokioIo::new(client),
+                        TokioIo::new(upstream),
+                        WS_PAYLOAD_CAP,
+                        seen,
+                        mask_down,
+                    )
+                    .await;
                     match relayed {
                         Ok((up, down)) => {
                             ws_ex.bytes_up.fetch_add(up, Ordering::Relaxed);
@@ -583,9 +588,12 @@ async fn forward<P: Phases>(
                 },
             )
         }),
-    )
-    ;
-    let body: ProxyBody = if resized { observed.resized().boxed() } else { observed.boxed() };
+    );
+    let body: ProxyBody = if resized {
+        observed.resized().boxed()
+    } else {
+        observed.boxed()
+    };
     Ok(Response::from_parts(rparts, body))
 }
 

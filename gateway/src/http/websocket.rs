@@ -215,7 +215,10 @@ enum Rewrite {
     /// Copy this many payload bytes as they are.
     Copy(u64),
     /// Mask this many payload bytes of a text message; `fin` ends the message.
-    Text { remaining: u64, fin: bool },
+    Text {
+        remaining: u64,
+        fin: bool,
+    },
     Broken,
 }
 
@@ -252,7 +255,9 @@ impl TextMasker {
 
     /// Sends what the text message has decided so far as a frame of it.
     fn emit(&mut self, output: &mut Vec<u8>, fin: bool) {
-        let Some((_, started)) = self.text.as_mut() else { return };
+        let Some((_, started)) = self.text.as_mut() else {
+            return;
+        };
         let opcode = if *started { 0 } else { 1 };
         *started = true;
         frame_header(fin, opcode, self.out.len(), output);
@@ -332,7 +337,8 @@ impl TextMasker {
         };
         let text_frame = !masked
             && rsv == 0
-            && ((opcode == 1 && self.text.is_none() && !self.passing) || (opcode == 0 && self.text.is_some()));
+            && ((opcode == 1 && self.text.is_none() && !self.passing)
+                || (opcode == 0 && self.text.is_some()));
         if !text_frame {
             match opcode {
                 // A continuation of a message ghgate is not masking, or a control frame.
@@ -351,7 +357,11 @@ impl TextMasker {
                 self.passing = false;
             }
             output.extend_from_slice(&h);
-            self.state = if len == 0 { Rewrite::Header } else { Rewrite::Copy(len) };
+            self.state = if len == 0 {
+                Rewrite::Header
+            } else {
+                Rewrite::Copy(len)
+            };
             return;
         }
         if opcode == 1 {
@@ -381,7 +391,14 @@ where
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let up = pump(&mut cr, &mut uw, Direction::Up, cap, &seen, None);
-    let down = pump(&mut ur, &mut cw, Direction::Down, cap, &seen, mask_down.map(TextMasker::new));
+    let down = pump(
+        &mut ur,
+        &mut cw,
+        Direction::Down,
+        cap,
+        &seen,
+        mask_down.map(TextMasker::new),
+    );
     tokio::try_join!(up, down)
 }
 
@@ -494,13 +511,20 @@ mod tests {
                 .collect();
             assert_eq!(texts.len(), 2, "chunk {chunk}");
             for t in &texts {
-                assert!(t.starts_with("here: [MASKED:github-pat:") && t.ends_with("] done"), "chunk {chunk}: {t}");
+                assert!(
+                    t.starts_with("here: [MASKED:github-pat:") && t.ends_with("] done"),
+                    "chunk {chunk}: {t}"
+                );
             }
             assert_eq!(found, 2);
             let kinds: Vec<&str> = msgs.iter().map(Message::kind).collect();
             assert_eq!(kinds, ["text", "ping", "ping", "text", "binary"], "chunk {chunk}");
             let binary = msgs.last().unwrap();
-            assert_eq!(&binary.payload[..], tok.as_bytes(), "binary messages pass as sent");
+            assert_eq!(
+                &binary.payload[..],
+                tok.as_bytes(),
+                "binary messages pass as sent"
+            );
         }
     }
 

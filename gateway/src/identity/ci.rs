@@ -23,10 +23,15 @@ const MAX_ANCESTORS: usize = 16;
 pub fn from_environ(environ: &[u8]) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = Vec::new();
     for entry in environ.split(|&b| b == 0) {
-        let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+            continue;
+        };
         let name = &entry[..eq];
         if let Some(&allowed) = ALLOWED.iter().find(|a| a.as_bytes() == name) {
-            found.push((allowed.to_owned(), String::from_utf8_lossy(&entry[eq + 1..]).into_owned()));
+            found.push((
+                allowed.to_owned(),
+                String::from_utf8_lossy(&entry[eq + 1..]).into_owned(),
+            ));
         }
     }
     found.sort_by_key(|(n, _)| ALLOWED.iter().position(|a| a == n));
@@ -97,7 +102,11 @@ mod tests {
             .unwrap();
         let mut out = out;
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out.stdout.as_mut().unwrap()), &mut line).unwrap();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(out.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
         let child: u32 = line.trim().parse().unwrap();
         let got = facts(child);
         let _ = Command::new("kill").arg(child.to_string()).status();

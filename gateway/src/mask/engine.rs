@@ -70,7 +70,11 @@ impl Keywords {
                 // Short enough that keyword families share a probe (`api_key`, `apikey`, `api-key`
                 // → `api`; `xoxb-`, `xoxp-` → `xox`), long enough that probes are rare in code.
                 let want = if ci {
-                    if k.starts_with("api") || k.len() <= 4 { 3 } else { 4 }
+                    if k.starts_with("api") || k.len() <= 4 {
+                        3
+                    } else {
+                        4
+                    }
                 } else if k.starts_with("xox") || k.starts_with("sk_") || k.starts_with("rk_") {
                     3
                 } else {
@@ -102,7 +106,12 @@ impl Keywords {
             let p = self.probes.find(AcInput::new(buf).range(at..))?.start();
             let rest = &buf[p..];
             let whole = self.list.iter().any(|(k, ci)| {
-                rest.len() >= k.len() && if *ci { rest[..k.len()].eq_ignore_ascii_case(k) } else { rest[..k.len()] == k[..] }
+                rest.len() >= k.len()
+                    && if *ci {
+                        rest[..k.len()].eq_ignore_ascii_case(k)
+                    } else {
+                        rest[..k.len()] == k[..]
+                    }
             });
             if whole {
                 return Some(p);
@@ -134,7 +143,10 @@ impl Compiled {
             check_rule(r)?;
         }
         let patterns: Vec<&str> = rules.iter().map(|r| r.regex.as_str()).collect();
-        let keywords: Vec<&str> = rules.iter().flat_map(|r| r.keywords.iter().map(String::as_str)).collect();
+        let keywords: Vec<&str> = rules
+            .iter()
+            .flat_map(|r| r.keywords.iter().map(String::as_str))
+            .collect();
         let max_keyword = keywords.iter().map(|k| k.len()).max().unwrap_or(0);
         let (keywords, regex, dfa) = if patterns.is_empty() {
             (None, None, None)
@@ -186,11 +198,18 @@ fn check_rule(r: &Rule) -> Result<(), CompileError> {
         rule: r.id.clone(),
         why,
     };
-    if r.id.is_empty() || !r.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if r.id.is_empty()
+        || !r
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(fail("the id must be letters, digits, '-' or '_'".into()));
     }
     if r.keywords.is_empty() {
-        return Err(fail("at least one keyword is needed: every match must begin with one".into()));
+        return Err(fail(
+            "at least one keyword is needed: every match must begin with one".into(),
+        ));
     }
     if let Some(k) = r.keywords.iter().find(|k| k.len() < 2) {
         return Err(fail(format!("keyword {k:?} is too short (2 bytes at least)")));
@@ -210,7 +229,11 @@ fn check_rule(r: &Rule) -> Result<(), CompileError> {
         .limit_total(8192)
         .limit_class(64)
         .extract(&hir);
-    let lower: Vec<Vec<u8>> = r.keywords.iter().map(|k| k.to_ascii_lowercase().into_bytes()).collect();
+    let lower: Vec<Vec<u8>> = r
+        .keywords
+        .iter()
+        .map(|k| k.to_ascii_lowercase().into_bytes())
+        .collect();
     let Some(literals) = prefixes.literals() else {
         return Err(fail(
             "the regex must begin with one of the rule's keywords (it can begin with anything)".into(),
@@ -270,7 +293,11 @@ impl Exact {
 
     /// The (label, value) pairs, to build a larger set from.
     pub(crate) fn entries(&self) -> Vec<(String, Vec<u8>)> {
-        self.labels.iter().map(|l| l.to_string()).zip(self.values.iter().cloned()).collect()
+        self.labels
+            .iter()
+            .map(|l| l.to_string())
+            .zip(self.values.iter().cloned())
+            .collect()
     }
 }
 
@@ -339,11 +366,7 @@ pub(crate) enum Step {
 impl Scan<'_> {
     /// The first place at or after `pos` where a keyword (or an exact value) begins.
     fn next_keyword(&self, buf: &[u8], pos: usize) -> Option<usize> {
-        let rules = self
-            .compiled
-            .keywords
-            .as_ref()
-            .and_then(|k| k.find(buf, pos));
+        let rules = self.compiled.keywords.as_ref().and_then(|k| k.find(buf, pos));
         let exact = self
             .exact
             .and_then(|e| e.ac.find(AcInput::new(buf).range(pos..)).map(|m| m.start()));
@@ -359,7 +382,11 @@ impl Scan<'_> {
         // A keyword (or exact value) cut by the end of what has arrived may begin before the
         // next whole one: nothing from there on is decided. Computed once, again only if the
         // scan moves past it.
-        let mut partial = if self.final_ { buf.len() } else { self.partial_keyword(buf, from) };
+        let mut partial = if self.final_ {
+            buf.len()
+        } else {
+            self.partial_keyword(buf, from)
+        };
         loop {
             if partial < from {
                 partial = self.partial_keyword(buf, from);
@@ -394,9 +421,11 @@ impl Scan<'_> {
                     .keyword_list
                     .iter()
                     .any(|k| k.len() > tail.len() && k[..tail.len()].eq_ignore_ascii_case(tail))
-                    || self
-                        .exact
-                        .is_some_and(|e| e.values.iter().any(|v| v.len() > tail.len() && v.starts_with(tail)))
+                    || self.exact.is_some_and(|e| {
+                        e.values
+                            .iter()
+                            .any(|v| v.len() > tail.len() && v.starts_with(tail))
+                    })
             })
             .unwrap_or(buf.len())
     }
@@ -413,7 +442,9 @@ impl Scan<'_> {
 
     fn decide_exact(&self, exact: &Exact, buf: &[u8], t: usize) -> Decision {
         let rest = &buf[t..];
-        let found = exact.ac.find(AcInput::new(buf).range(t..).anchored(AcAnchored::Yes));
+        let found = exact
+            .ac
+            .find(AcInput::new(buf).range(t..).anchored(AcAnchored::Yes));
         let longer_possible = |than: usize| {
             !self.final_
                 && exact
@@ -531,7 +562,10 @@ impl Scan<'_> {
         let mut hits = Vec::new();
         let mut start = start;
         if let Some(exact) = self.exact {
-            for m in exact.ac.find_iter(AcInput::new(&buf[..end]).range(t..start.max(t))) {
+            for m in exact
+                .ac
+                .find_iter(AcInput::new(&buf[..end]).range(t..start.max(t)))
+            {
                 if m.end() > start {
                     // It runs into the secret: one span covers both.
                     start = m.start();
@@ -549,7 +583,13 @@ impl Scan<'_> {
     }
 
     /// A rule other than the generic ones whose secret is exactly `buf[start..end]`.
-    fn specific_rule(&mut self, regex: &meta::Regex, buf: &[u8], start: usize, end: usize) -> Option<Arc<str>> {
+    fn specific_rule(
+        &mut self,
+        regex: &meta::Regex,
+        buf: &[u8],
+        start: usize,
+        end: usize,
+    ) -> Option<Arc<str>> {
         let caps = self.scratch.caps.get_or_insert_with(|| regex.create_captures());
         regex.search_captures(&Input::new(buf).range(start..).anchored(Anchored::Yes), caps);
         let m = caps.get_match()?;
@@ -590,12 +630,16 @@ fn pem_end(buf: &[u8], start: usize, header_end: usize, final_: bool) -> Option<
         return None;
     }
     // No footer: the key body is the run of base64 (and line breaks, escaped or not).
-    let run = window
-        .iter()
-        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\r' | b'\n' | b'\\')));
+    let run = window.iter().position(|&b| {
+        !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\r' | b'\n' | b'\\'))
+    });
     let end = header_end + run.unwrap_or(window.len());
     // Never end on half of an escape (`\"` in JSON): the quote would lose its backslash.
-    let backslashes = buf[header_end..end].iter().rev().take_while(|&&b| b == b'\\').count();
+    let backslashes = buf[header_end..end]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b'\\')
+        .count();
     Some(end - backslashes % 2)
 }
 
@@ -607,7 +651,11 @@ mod tests {
     fn the_builtin_keywords_fit_the_simd_searcher() {
         // Teddy takes at most 64 patterns; past that, clean text scans several times slower.
         let k = Keywords::new(&Rules::builtin()).unwrap();
-        assert!(k.probes.patterns_len() <= 64, "{} probes", k.probes.patterns_len());
+        assert!(
+            k.probes.patterns_len() <= 64,
+            "{} probes",
+            k.probes.patterns_len()
+        );
         let text = b"let apiKey = 1; let API_KEY = 2; Token x; tOkEn y; ghp_";
         let found: Vec<usize> = std::iter::successors(k.find(text, 0), |&p| k.find(text, p + 1)).collect();
         let at = |s: &str| text.windows(s.len()).position(|w| w == s.as_bytes()).unwrap();

@@ -68,14 +68,20 @@ pub fn check(cfg: &MaskConfig) -> Result<(), (String, String)> {
     let mut seen = builtin.clone();
     for (i, r) in cfg.rules.iter().enumerate() {
         if seen.contains(&r.id) {
-            return Err((format!("mask.rule[{i}].id"), format!("{:?} is already a rule's id", r.id)));
+            return Err((
+                format!("mask.rule[{i}].id"),
+                format!("{:?} is already a rule's id", r.id),
+            ));
         }
         seen.push(r.id.clone());
         if r.places.is_empty() {
             return Err((format!("mask.rule[{i}].places"), "name at least one place".into()));
         }
         if !(0.0..=8.0).contains(&r.min_entropy) {
-            return Err((format!("mask.rule[{i}].min_entropy"), "must be between 0 and 8 bits per byte".into()));
+            return Err((
+                format!("mask.rule[{i}].min_entropy"),
+                "must be between 0 and 8 bits per byte".into(),
+            ));
         }
         let mut one = Rules::empty();
         one.push(custom(r));
@@ -97,7 +103,11 @@ impl MaskSet {
             .iter()
             .all(|r| r.places.contains(&MaskPlace::Records) == r.places.contains(&MaskPlace::Logs));
         let records = make(MaskPlace::Records)?;
-        let logs = if same { records.clone() } else { make(MaskPlace::Logs)? };
+        let logs = if same {
+            records.clone()
+        } else {
+            make(MaskPlace::Logs)?
+        };
         Ok(MaskSet {
             responses,
             records,
@@ -120,7 +130,6 @@ impl MaskSet {
             .map_or(self.default, |r| r.2)
     }
 }
-
 
 /// Whether a body of this content type is text worth masking for clients. Binary bodies (git
 /// packs, archives, images) pass untouched to clients; records mask every body.
@@ -178,7 +187,6 @@ pub fn caller_credentials(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
 mod tests {
     use super::*;
 
-
     #[test]
     fn routes_pick_the_first_match() {
         let cfg: MaskConfig = toml::from_str(
@@ -196,9 +204,18 @@ mod tests {
         .unwrap();
         check(&cfg).unwrap();
         let set = MaskSet::new(&cfg, FingerprintKey::new([1; 32])).unwrap();
-        assert_eq!(set.responses("api.githubcopilot.com", "/chat/completions?x=1"), ResponseMasking::Alert);
-        assert_eq!(set.responses("api.githubcopilot.com", "/models"), ResponseMasking::Mask);
-        assert_eq!(set.responses("api.github.com", "/repos/o/r"), ResponseMasking::Off);
+        assert_eq!(
+            set.responses("api.githubcopilot.com", "/chat/completions?x=1"),
+            ResponseMasking::Alert
+        );
+        assert_eq!(
+            set.responses("api.githubcopilot.com", "/models"),
+            ResponseMasking::Mask
+        );
+        assert_eq!(
+            set.responses("api.github.com", "/repos/o/r"),
+            ResponseMasking::Off
+        );
         assert_eq!(set.responses("github.com", "/"), ResponseMasking::Mask);
     }
 
@@ -206,22 +223,21 @@ mod tests {
     fn bad_config_names_the_key() {
         let bad = |text: &str| check(&toml::from_str::<MaskConfig>(text).unwrap()).unwrap_err();
         assert_eq!(bad(r#"disable = ["nope"]"#).0, "mask.disable[0]");
-        let (key, msg) = bad(
-            r#"[[rule]]
+        let (key, msg) = bad(r#"[[rule]]
             id = "acme"
             regex = '[a-z]+_acme'
-            keywords = ["acme"]"#,
-        );
+            keywords = ["acme"]"#);
         assert_eq!(key, "mask.rule[0]");
         assert!(msg.contains("keywords"), "{msg}");
-        let (key, _) = bad(
-            r#"[[rule]]
+        let (key, _) = bad(r#"[[rule]]
             id = "acme"
             regex = 'acme_('
-            keywords = ["acme_"]"#,
-        );
+            keywords = ["acme_"]"#);
         assert_eq!(key, "mask.rule[0]");
-        assert_eq!(bad("[[route]]\nhost = \"a*b\"\nresponses = \"off\"").0, "mask.route[0].host");
+        assert_eq!(
+            bad("[[route]]\nhost = \"a*b\"\nresponses = \"off\"").0,
+            "mask.route[0].host"
+        );
     }
 
     #[test]
@@ -245,7 +261,10 @@ mod tests {
     #[test]
     fn caller_credentials_from_headers() {
         let mut h = http::HeaderMap::new();
-        h.insert("authorization", "Basic eC1hY2Nlc3MtdG9rZW46c2VjcmV0dmFsdWUxMjM=".parse().unwrap());
+        h.insert(
+            "authorization",
+            "Basic eC1hY2Nlc3MtdG9rZW46c2VjcmV0dmFsdWUxMjM=".parse().unwrap(),
+        );
         let creds = caller_credentials(&h);
         assert!(creds.iter().any(|(_, v)| v == b"secretvalue123"), "{creds:?}");
     }

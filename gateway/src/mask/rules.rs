@@ -55,7 +55,9 @@ pub struct Rule {
 
 impl fmt::Debug for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rule").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Rule")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,11 +99,36 @@ impl Rules {
         use Validator::*;
         let mut rules = vec![
             // GitHub: classic formats carry a CRC32 checksum, which cuts false positives to ~0.
-            rule("github-pat", &["ghp_"], concat!(b!(), r"ghp_[A-Za-z0-9]{36}", b!()), GithubChecksum),
-            rule("github-oauth", &["gho_"], concat!(b!(), r"gho_[A-Za-z0-9]{36}", b!()), GithubChecksum),
-            rule("github-user-token", &["ghu_"], concat!(b!(), r"ghu_[A-Za-z0-9]{36}", b!()), GithubChecksum),
-            rule("github-app-token", &["ghs_"], concat!(b!(), r"ghs_[A-Za-z0-9]{36}", b!()), GithubChecksum),
-            rule("github-refresh-token", &["ghr_"], concat!(b!(), r"ghr_[A-Za-z0-9]{36}", b!()), GithubChecksum),
+            rule(
+                "github-pat",
+                &["ghp_"],
+                concat!(b!(), r"ghp_[A-Za-z0-9]{36}", b!()),
+                GithubChecksum,
+            ),
+            rule(
+                "github-oauth",
+                &["gho_"],
+                concat!(b!(), r"gho_[A-Za-z0-9]{36}", b!()),
+                GithubChecksum,
+            ),
+            rule(
+                "github-user-token",
+                &["ghu_"],
+                concat!(b!(), r"ghu_[A-Za-z0-9]{36}", b!()),
+                GithubChecksum,
+            ),
+            rule(
+                "github-app-token",
+                &["ghs_"],
+                concat!(b!(), r"ghs_[A-Za-z0-9]{36}", b!()),
+                GithubChecksum,
+            ),
+            rule(
+                "github-refresh-token",
+                &["ghr_"],
+                concat!(b!(), r"ghr_[A-Za-z0-9]{36}", b!()),
+                GithubChecksum,
+            ),
             rule(
                 "github-fine-grained-pat",
                 &["github_pat_"],
@@ -169,7 +196,11 @@ impl Rules {
             rule(
                 "slack-token",
                 &["xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xoxe"],
-                concat!(b!(), r"(?P<secret>xox(?:[bpars]|e(?:\.xox[bp])?-\d)-[0-9A-Za-z-]{10,250})", end_urlsafe!()),
+                concat!(
+                    b!(),
+                    r"(?P<secret>xox(?:[bpars]|e(?:\.xox[bp])?-\d)-[0-9A-Za-z-]{10,250})",
+                    end_urlsafe!()
+                ),
                 None,
             ),
             rule(
@@ -189,7 +220,11 @@ impl Rules {
             rule(
                 "anthropic-key",
                 &["sk-ant-"],
-                concat!(b!(), r"(?P<secret>sk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{80,100})", end_urlsafe!()),
+                concat!(
+                    b!(),
+                    r"(?P<secret>sk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{80,100})",
+                    end_urlsafe!()
+                ),
                 None,
             ),
             rule(
@@ -204,14 +239,24 @@ impl Rules {
                 None,
             ),
             // Package registries.
-            rule("npm-token", &["npm_"], concat!(b!(), r"npm_[A-Za-z0-9]{36}", b!()), None),
+            rule(
+                "npm-token",
+                &["npm_"],
+                concat!(b!(), r"npm_[A-Za-z0-9]{36}", b!()),
+                None,
+            ),
             rule(
                 "pypi-token",
                 &["pypi-AgE"],
                 concat!(b!(), r"pypi-AgE[A-Za-z0-9_-]{50,300}"),
                 None,
             ),
-            rule("crates-io-token", &["cio"], concat!(b!(), r"cio[A-Za-z0-9]{32}", b!()), None),
+            rule(
+                "crates-io-token",
+                &["cio"],
+                concat!(b!(), r"cio[A-Za-z0-9]{32}", b!()),
+                None,
+            ),
             // JWTs: header and payload are base64url JSON objects (`eyJ` is `{"`).
             rule(
                 "jwt",
@@ -236,8 +281,19 @@ impl Rules {
                 ..rule(
                     "generic-secret",
                     &[
-                        "secret", "token", "passwd", "password", "pwd", "api_key", "apikey", "api-key",
-                        "access_key", "access-key", "auth_key", "private_key", "credential",
+                        "secret",
+                        "token",
+                        "passwd",
+                        "password",
+                        "pwd",
+                        "api_key",
+                        "apikey",
+                        "api-key",
+                        "access_key",
+                        "access-key",
+                        "auth_key",
+                        "private_key",
+                        "credential",
                     ],
                     concat!(
                         r"(?i)(?:secret|token|passwd|password|pwd|api[_-]?key|access[_-]key|auth_key",
@@ -374,17 +430,54 @@ fn generic_ok(value: &[u8]) -> bool {
     };
     let lower = text.to_ascii_lowercase();
     const PLACEHOLDERS: &[&str] = &[
-        "xxxx", "****", "....", "example", "changeme", "change_me", "password", "passwd", "secret",
-        "token", "dummy", "placeholder", "redacted", "your_", "your-", "yourtoken", "masked", "sample",
-        "test1234", "abcdef", "123456", "qwerty", "${", "{{", "<", ">", "%s", "env.", "process.",
-        "os.environ", "getenv", "config.", "settings.", "self.", "this.", "none", "null", "undefined",
+        "xxxx",
+        "****",
+        "....",
+        "example",
+        "changeme",
+        "change_me",
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "dummy",
+        "placeholder",
+        "redacted",
+        "your_",
+        "your-",
+        "yourtoken",
+        "masked",
+        "sample",
+        "test1234",
+        "abcdef",
+        "123456",
+        "qwerty",
+        "${",
+        "{{",
+        "<",
+        ">",
+        "%s",
+        "env.",
+        "process.",
+        "os.environ",
+        "getenv",
+        "config.",
+        "settings.",
+        "self.",
+        "this.",
+        "none",
+        "null",
+        "undefined",
     ];
     if PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
         return false;
     }
     let distinct = {
         let mut seen = [false; 256];
-        value.iter().filter(|&&b| !std::mem::replace(&mut seen[b as usize], true)).count()
+        value
+            .iter()
+            .filter(|&&b| !std::mem::replace(&mut seen[b as usize], true))
+            .count()
     };
     if distinct < 6 {
         return false;
@@ -395,7 +488,9 @@ fn generic_ok(value: &[u8]) -> bool {
     let has_alpha = value.iter().any(u8::is_ascii_alphabetic);
     let has_upper = value.iter().any(u8::is_ascii_uppercase);
     let has_lower = value.iter().any(u8::is_ascii_lowercase);
-    let has_symbol = value.iter().any(|b| !b.is_ascii_alphanumeric() && !matches!(b, b'_' | b'.' | b'-' | b'/'));
+    let has_symbol = value
+        .iter()
+        .any(|b| !b.is_ascii_alphanumeric() && !matches!(b, b'_' | b'.' | b'-' | b'/'));
     if !has_digit && !has_symbol {
         return false;
     }
@@ -416,7 +511,12 @@ fn generic_ok(value: &[u8]) -> bool {
                 || part.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
                 || camel_words(part))
     };
-    if separated && value.split(|&b| b == b'_' || b == b'.').filter(|p| !p.is_empty()).all(word_like) {
+    if separated
+        && value
+            .split(|&b| b == b'_' || b == b'.')
+            .filter(|p| !p.is_empty())
+            .all(word_like)
+    {
         return false;
     }
     let _ = has_lower;
@@ -453,8 +553,23 @@ fn camel_words(part: &[u8]) -> bool {
 fn url_password_ok(value: &[u8]) -> bool {
     let lower = value.to_ascii_lowercase();
     const PLACEHOLDERS: &[&[u8]] = &[
-        b"password", b"pass", b"passwd", b"pwd", b"secret", b"pw", b"xxx", b"xxxx", b"***", b"****", b"changeme",
-        b"token", b"example", b"foo", b"bar", b"baz", b"test",
+        b"password",
+        b"pass",
+        b"passwd",
+        b"pwd",
+        b"secret",
+        b"pw",
+        b"xxx",
+        b"xxxx",
+        b"***",
+        b"****",
+        b"changeme",
+        b"token",
+        b"example",
+        b"foo",
+        b"bar",
+        b"baz",
+        b"test",
     ];
     value.len() >= 3
         && !PLACEHOLDERS.contains(&lower.as_slice())

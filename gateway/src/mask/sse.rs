@@ -194,7 +194,10 @@ impl SseMasker {
             return;
         }
         let (name, value) = match memchr::memchr(b':', line) {
-            Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
+            Some(i) => (
+                &line[..i],
+                line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..]),
+            ),
             None => (line, &b""[..]),
         };
         let value = String::from_utf8_lossy(value).into_owned();
@@ -301,7 +304,12 @@ impl SseMasker {
                 len,
                 replacement,
                 finding,
-            } => pieces.push((offset, replacement.as_bytes().to_vec(), len, Some(finding.clone()))),
+            } => pieces.push((
+                offset,
+                replacement.as_bytes().to_vec(),
+                len,
+                Some(finding.clone()),
+            )),
         };
         match text {
             Some(t) => choice.masker.push_pieces(t, &mut sink),
@@ -486,7 +494,11 @@ fn texts(v: &Value) -> Vec<(Field, ChoiceKey, String)> {
             {
                 let tool = call.get("index").and_then(Value::as_u64).unwrap_or(k as u64);
                 if let Some(t) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                    out.push((Field::ToolArguments(j, k), ChoiceKey::OpenAiTool(index, tool), t.to_owned()));
+                    out.push((
+                        Field::ToolArguments(j, k),
+                        ChoiceKey::OpenAiTool(index, tool),
+                        t.to_owned(),
+                    ));
                 }
             }
         }
@@ -504,7 +516,11 @@ fn texts(v: &Value) -> Vec<(Field, ChoiceKey, String)> {
         } else if let Some(t) = v.pointer("/delta/partial_json").and_then(Value::as_str) {
             out.push((Field::BlockJson, ChoiceKey::AnthropicJson(index), t.to_owned()));
         } else if let Some(t) = v.pointer("/delta/thinking").and_then(Value::as_str) {
-            out.push((Field::BlockThinking, ChoiceKey::AnthropicThinking(index), t.to_owned()));
+            out.push((
+                Field::BlockThinking,
+                ChoiceKey::AnthropicThinking(index),
+                t.to_owned(),
+            ));
         }
     }
     out
@@ -542,9 +558,14 @@ fn ends(v: &Value) -> Option<End> {
                 ChoiceKey::AnthropicThinking(index),
             ]))
         }
-        Some("message_stop" | "response.completed" | "response.failed" | "response.incomplete") => Some(End::All),
+        Some("message_stop" | "response.completed" | "response.failed" | "response.incomplete") => {
+            Some(End::All)
+        }
         Some(t) if t.starts_with("response.") && t.ends_with(".done") => {
-            Some(End::Choice(vec![responses_key(v, t.strip_suffix(".done").unwrap_or(t))]))
+            Some(End::Choice(vec![responses_key(
+                v,
+                t.strip_suffix(".done").unwrap_or(t),
+            )]))
         }
         _ => None,
     }
@@ -554,7 +575,9 @@ fn set_text(v: &mut Value, field: Field, text: &str) {
     let target = match field {
         Field::ChatContent(j) => v.pointer_mut(&format!("/choices/{j}/delta/content")),
         Field::CompletionText(j) => v.pointer_mut(&format!("/choices/{j}/text")),
-        Field::ToolArguments(j, k) => v.pointer_mut(&format!("/choices/{j}/delta/tool_calls/{k}/function/arguments")),
+        Field::ToolArguments(j, k) => {
+            v.pointer_mut(&format!("/choices/{j}/delta/tool_calls/{k}/function/arguments"))
+        }
         Field::BlockText => v.pointer_mut("/delta/text"),
         Field::BlockJson => v.pointer_mut("/delta/partial_json"),
         Field::BlockThinking => v.pointer_mut("/delta/thinking"),

@@ -14,7 +14,12 @@ pub enum Piece<'a> {
     /// Input bytes passed through unchanged, starting at input offset `offset`.
     Plain { offset: u64, bytes: &'a [u8] },
     /// A secret of `len` input bytes at `offset`, replaced.
-    Masked { offset: u64, len: usize, replacement: &'a str, finding: &'a Finding },
+    Masked {
+        offset: u64,
+        len: usize,
+        replacement: &'a str,
+        finding: &'a Finding,
+    },
 }
 
 /// Bytes kept before the scan position so a rule's leading `\b` sees the byte before it.
@@ -154,7 +159,9 @@ impl StreamMasker {
 fn collect(p: Piece<'_>, out: &mut Vec<u8>, findings: &mut Vec<Finding>) {
     match p {
         Piece::Plain { bytes, .. } => out.extend_from_slice(bytes),
-        Piece::Masked { replacement, finding, .. } => {
+        Piece::Masked {
+            replacement, finding, ..
+        } => {
             out.extend_from_slice(replacement.as_bytes());
             findings.push(finding.clone());
         }
@@ -180,8 +187,8 @@ impl Masker {
     /// secrets end at ASCII delimiters, so the result is still UTF-8.
     pub fn mask_str(&self, text: &str) -> (String, Vec<Finding>) {
         let (out, findings) = self.mask_all(text.as_bytes());
-        let out = String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        let out =
+            String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         (out, findings)
     }
 }
-

@@ -508,7 +508,11 @@ pub fn to_html(view: &SessionView) -> String {
                 );
             }
             Fact::Request(x) => exchange_html(&mut h, x, &when, t0, t1),
-            Fact::ResponseHead(_) | Fact::Event(..) | Fact::Git(..) | Fact::Masked(..) | Fact::ExchangeEnd(_) => {}
+            Fact::ResponseHead(_)
+            | Fact::Event(..)
+            | Fact::Git(..)
+            | Fact::Masked(..)
+            | Fact::ExchangeEnd(_) => {}
         }
     }
     h.push_str("</ol>\n</main>\n");
@@ -746,7 +750,11 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
         let _ = writeln!(h, "<p class=\"warn\">{}</p>", e(note));
     }
     if let Some(i) = &x.identity {
-        let _ = writeln!(h, "<p class=\"identity\">Identity: {}</p>", e(&super::session::identity_line(i)));
+        let _ = writeln!(
+            h,
+            "<p class=\"identity\">Identity: {}</p>",
+            e(&super::session::identity_line(i))
+        );
     }
     // Secrets masked in this exchange: an auditor follows one secret by its fingerprint.
     if !x.masked.is_empty() {
@@ -758,7 +766,11 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                 e(&m.rule),
                 e(&m.fingerprint),
                 e(&m.place),
-                if m.client_masked { "" } else { " <span class=\"warn\">(the client received it unmasked)</span>" }
+                if m.client_masked {
+                    ""
+                } else {
+                    " <span class=\"warn\">(the client received it unmasked)</span>"
+                }
             );
         }
         h.push_str("</ul>\n");

@@ -170,7 +170,9 @@ struct PackSecrets {
 
 impl std::fmt::Debug for PackSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackSecrets").field("found", &self.found.len()).finish_non_exhaustive()
+        f.debug_struct("PackSecrets")
+            .field("found", &self.found.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,7 +181,9 @@ impl PackSecrets {
         let (masker, object, found) = (&self.masker, &mut self.object, &mut self.found);
         let mut keep = |f: &Finding| {
             if found.len() < MAX_PACK_SECRETS
-                && !found.iter().any(|k| k.rule == f.rule && k.fingerprint == f.fingerprint)
+                && !found
+                    .iter()
+                    .any(|k| k.rule == f.rule && k.fingerprint == f.fingerprint)
             {
                 found.push(f.clone());
             }

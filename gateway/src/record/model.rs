@@ -518,13 +518,20 @@ mod tests {
         let (m, _) = mask_headers(&h, &masker);
         let get = |n: &str| m.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         let fp = masker.fingerprint(b"ghp_abcdefghijklmnopqrstuvwxyz0123456789");
-        assert_eq!(get("authorization"), Some(format!("Bearer [MASKED:credential:{fp}]").as_str()));
-        assert_eq!(get("cookie"), Some(format!("[MASKED:credential:{}]", masker.fingerprint(b"session=abc")).as_str()));
+        assert_eq!(
+            get("authorization"),
+            Some(format!("Bearer [MASKED:credential:{fp}]").as_str())
+        );
+        assert_eq!(
+            get("cookie"),
+            Some(format!("[MASKED:credential:{}]", masker.fingerprint(b"session=abc")).as_str())
+        );
         assert_eq!(get("accept"), Some("application/json"));
         assert!(!format!("{m:?}").contains("ghp_"));
         // A token sent as a git password has the fingerprint it has anywhere else.
         let mut h = http::HeaderMap::new();
-        let basic = base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_abcdefghijklmnopqrstuvwxyz0123456789");
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode("x-access-token:ghp_abcdefghijklmnopqrstuvwxyz0123456789");
         h.insert("authorization", format!("Basic {basic}").parse().unwrap());
         let (m, _) = mask_headers(&h, &masker);
         assert_eq!(m[0].1, format!("Basic [MASKED:credential:{fp}]"));

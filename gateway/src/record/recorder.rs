@@ -35,9 +35,9 @@ use super::{
 };
 use crate::{
     config::{Config, FsyncPolicy, OnRecordFailure},
-    mask::{Finding, Masker},
     http::{ConnInfo, EndFuture, Exchange, Outcome, websocket},
     identity::{self, Caller},
+    mask::{Finding, Masker},
 };
 
 /// What the writer thread is asked to do.
@@ -272,7 +272,10 @@ impl Recorder {
                 })
                 .collect(),
             cgroup_id: caller.cgroup_id,
-            cgroup: caller.cgroup.clone().or_else(|| identity::cgroup_path(caller.tgid)),
+            cgroup: caller
+                .cgroup
+                .clone()
+                .or_else(|| identity::cgroup_path(caller.tgid)),
             ci: caller.ci.clone(),
         }));
         self.watch_exit(session.to_owned(), caller);
@@ -732,7 +735,11 @@ impl ExchangeRecording {
     }
 
     fn take_identity(&self) -> Option<Record> {
-        self.identity.lock().ok().and_then(|mut i| i.take()).map(Record::Identity)
+        self.identity
+            .lock()
+            .ok()
+            .and_then(|mut i| i.take())
+            .map(Record::Identity)
     }
 
     fn masker(&self) -> Masker {
@@ -897,7 +904,12 @@ impl ExchangeRecording {
     /// stops rather than pass unrecorded. When the chunk made records (stored body bytes, SSE
     /// events, masking), the returned future completes once they are written: the peer never
     /// receives bytes the record does not hold.
-    pub fn chunk(&self, dir: Direction, chunk: &Bytes, masked: Vec<Record>) -> Result<Option<EndFuture>, String> {
+    pub fn chunk(
+        &self,
+        dir: Direction,
+        chunk: &Bytes,
+        masked: Vec<Record>,
+    ) -> Result<Option<EndFuture>, String> {
         if self.recorder.on_failure == OnRecordFailure::Refuse
             && let Some(cause) = self.recorder.failure()
         {

@@ -12,8 +12,8 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use super::{
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
-        Connection, Direction, Exchange, GitOp, Identity, Masked, Micros, Passthrough, Record, RefOp, RequestStart, SessionEnd,
-        SessionStart, StreamEvent, StreamKind,
+        Connection, Direction, Exchange, GitOp, Identity, Masked, Micros, Passthrough, Record, RefOp,
+        RequestStart, SessionEnd, SessionStart, StreamEvent, StreamKind,
     },
 };
 
@@ -508,7 +508,11 @@ fn describe(fact: &Fact<'_>) -> String {
             one_line(&m.rule, 60),
             one_line(&m.fingerprint, 24),
             one_line(&m.place, 40),
-            if m.client_masked { "" } else { " (the client received it unmasked)" }
+            if m.client_masked {
+                ""
+            } else {
+                " (the client received it unmasked)"
+            }
         ),
         Fact::ExchangeEnd(x) => {
             let e = x.exchange.as_ref();
@@ -861,7 +865,11 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
             one_line(&m.rule, 60),
             one_line(&m.fingerprint, 24),
             one_line(&m.place, 40),
-            if m.client_masked { "" } else { "  (the client received it unmasked)" }
+            if m.client_masked {
+                ""
+            } else {
+                "  (the client received it unmasked)"
+            }
         );
     }
 }

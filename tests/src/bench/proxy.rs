@@ -73,7 +73,14 @@ pub struct HttpClientArgs {
 
 impl HttpClientArgs {
     /// The settings every case of a run shares; each case fills in `mode` (and `ca`, `proxy`).
-    pub fn base(target: SocketAddr, ca: &Path, count: u64, concurrency: u64, seconds: u64, bytes: u64) -> Self {
+    pub fn base(
+        target: SocketAddr,
+        ca: &Path,
+        count: u64,
+        concurrency: u64,
+        seconds: u64,
+        bytes: u64,
+    ) -> Self {
         Self {
             mode: String::new(),
             target,

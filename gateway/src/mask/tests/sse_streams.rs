@@ -806,10 +806,18 @@ fn a_secret_split_across_responses_api_deltas() {
     }
     let done = json!({"type": "response.output_text.done", "output_index": 0, "content_index": 0});
     input += &event(Some("response.output_text.done"), &done, "\n");
-    input += &event(Some("response.completed"), &json!({"type": "response.completed"}), "\n");
+    input += &event(
+        Some("response.completed"),
+        &json!({"type": "response.completed"}),
+        "\n",
+    );
     let (out, _) = sse_output(&m, &input);
     let events = parse_sse(&out, "\n");
-    assert_eq!(events.len(), parse_sse(input.as_bytes(), "\n").len(), "one event out per event in");
+    assert_eq!(
+        events.len(),
+        parse_sse(input.as_bytes(), "\n").len(),
+        "one event out per event in"
+    );
     let mut text = String::new();
     for e in &events {
         let v: Value = serde_json::from_str(&e.data).unwrap();
@@ -817,8 +825,15 @@ fn a_secret_split_across_responses_api_deltas() {
             text += v["delta"].as_str().unwrap();
         }
     }
-    assert!(!text.contains(&tok[4..20]), "the token's characters are in the text: {text}");
+    assert!(
+        !text.contains(&tok[4..20]),
+        "the token's characters are in the text: {text}"
+    );
     let at = text.find("[MASKED:github-pat:").expect("the token is masked");
     let replacement = &text[at..=at + text[at..].find(']').unwrap()];
-    assert_eq!(text, sentence(&tok).replace(&tok, replacement), "only the token changed");
+    assert_eq!(
+        text,
+        sentence(&tok).replace(&tok, replacement),
+        "only the token changed"
+    );
 }
