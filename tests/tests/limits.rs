@@ -167,9 +167,14 @@ first = b""
 while b"\r\n\r\n" not in first:
     first += s.recv(4096)
 head, _, body = first.partition(b"\r\n\r\n")
-length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0])
-while len(body) < length:
-    body += s.recv(4096)
+lengths = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+if lengths:
+    while len(body) < lengths[0]:
+        body += s.recv(4096)
+else:
+    # Masked text bodies go out chunked (masking may change their length).
+    while not body.endswith(b"0\r\n\r\n"):
+        body += s.recv(4096)
 start = time.monotonic()
 try:
     rest = s.recv(4096)

@@ -232,8 +232,8 @@ mod tests {
         let (s, e) = (seen.clone(), ended.clone());
         let body = Observed::new(
             chunks(&["ab", "cd"]),
-            Box::new(move |c: &mut Bytes, _| {
-                s.lock().unwrap().push(c.clone());
+            Box::new(move |c: &mut Bytes, last| {
+                s.lock().unwrap().push((c.clone(), last));
                 Ok(None)
             }),
             Box::new(move |r| {
@@ -243,8 +243,34 @@ mod tests {
         );
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"abcd");
-        assert_eq!(seen.lock().unwrap().len(), 2);
+        // The stream could not say "last" with its last chunk: the hook hears it once more,
+        // with an empty chunk it may fill.
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                (Bytes::from_static(b"ab"), false),
+                (Bytes::from_static(b"cd"), false),
+                (Bytes::new(), true)
+            ]
+        );
         assert_eq!(*ended.lock().unwrap(), vec![Ok(())]);
+    }
+
+    #[tokio::test]
+    async fn what_the_last_call_adds_is_sent_before_the_end() {
+        let body = Observed::new(
+            chunks(&["held "]),
+            Box::new(|c: &mut Bytes, last| {
+                if last {
+                    *c = Bytes::from_static(b"released");
+                }
+                Ok(None)
+            }),
+            Box::new(|_| None),
+        );
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], b"held released");
     }
 
     #[tokio::test]
