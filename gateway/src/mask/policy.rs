@@ -27,6 +27,7 @@ fn custom(r: &crate::config::CustomRule) -> Rule {
         validator: Validator::None,
         min_entropy: r.min_entropy,
         extend: Extend::None,
+        builtin: false,
     }
 }
 
@@ -96,17 +97,24 @@ impl MaskSet {
     /// Builds the maskers; the config was checked at load.
     pub fn new(cfg: &MaskConfig, key: FingerprintKey) -> Result<MaskSet, super::CompileError> {
         let make = |place| Masker::try_new(rules_for(cfg, place), key.clone());
+        // Places share one compiled rule set unless a custom rule tells them apart: compiling
+        // is most of what a (re)start costs.
+        let everywhere = |r: &crate::config::CustomRule| {
+            [MaskPlace::Responses, MaskPlace::Records, MaskPlace::Logs]
+                .iter()
+                .all(|p| r.places.contains(p))
+        };
         let responses = make(MaskPlace::Responses)?;
-        // Records and logs share a masker when no custom rule tells them apart.
-        let same = cfg
-            .rules
-            .iter()
-            .all(|r| r.places.contains(&MaskPlace::Records) == r.places.contains(&MaskPlace::Logs));
-        let records = make(MaskPlace::Records)?;
-        let logs = if same {
-            records.clone()
+        let (records, logs) = if cfg.rules.iter().all(everywhere) {
+            (responses.clone(), responses.clone())
         } else {
-            make(MaskPlace::Logs)?
+            let records = make(MaskPlace::Records)?;
+            let same = cfg
+                .rules
+                .iter()
+                .all(|r| r.places.contains(&MaskPlace::Records) == r.places.contains(&MaskPlace::Logs));
+            let logs = if same { records.clone() } else { make(MaskPlace::Logs)? };
+            (records, logs)
         };
         Ok(MaskSet {
             responses,

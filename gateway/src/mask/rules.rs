@@ -51,6 +51,8 @@ pub struct Rule {
     /// Minimum Shannon entropy (bits per byte) of the secret; 0 disables the check.
     pub min_entropy: f64,
     pub extend: Extend,
+    /// One of ghgate's own rules (checked by its tests, not again at every start).
+    pub builtin: bool,
 }
 
 impl fmt::Debug for Rule {
@@ -75,6 +77,7 @@ fn rule(id: &str, keywords: &[&str], regex: &str, validator: Validator) -> Rule 
         validator,
         min_entropy: 0.0,
         extend: Extend::None,
+        builtin: true,
     }
 }
 
