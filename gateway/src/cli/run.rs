@@ -86,10 +86,12 @@ fn load_or_create_ca(config: &Config) -> anyhow::Result<Ca> {
 
 /// The gateway's own HTTPS client (JWKS, GitHub App tokens), its names resolved like the
 /// intercept set's (`[dns]`, overrides included).
-fn outbound(config: &Config) -> anyhow::Result<Outbound> {
+/// Shares the upstream pool's root store: loading the system's roots again would slow every
+/// (re)start, and a restart must be quick (connections are refused meanwhile).
+fn outbound(config: &Config, tls: UpstreamTls) -> anyhow::Result<Outbound> {
     let resolver = Arc::new(Resolver::new(&config.dns, &config.dns_servers())?);
     Ok(Outbound::new(
-        UpstreamTls::new(&config.tls.upstream_extra_roots)?,
+        tls,
         resolver,
         Duration::from_secs(config.relay.connect_timeout_secs),
     ))
@@ -101,7 +103,8 @@ fn proxy(
     recorder: Option<Arc<Recorder>>,
     mask: Arc<MaskSet>,
 ) -> anyhow::Result<Proxy<Pipeline>> {
-    let outbound = outbound(config)?;
+    let upstream_tls = UpstreamTls::new(&config.tls.upstream_extra_roots)?;
+    let outbound = outbound(config, upstream_tls.clone())?;
     let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
     let oidc =
         (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
@@ -114,10 +117,7 @@ fn proxy(
         },
         tls: config.tls.clone(),
         leaves: Arc::new(LeafCache::new(ca, capacity)),
-        pool: Arc::new(Pool::new(
-            UpstreamTls::new(&config.tls.upstream_extra_roots)?,
-            connect_timeout,
-        )),
+        pool: Arc::new(Pool::new(upstream_tls, connect_timeout)),
         phases: Arc::new(Pipeline {
             recorder,
             mask,

@@ -53,6 +53,8 @@ pub enum UpstreamError {
     },
 }
 
+/// Cheap to clone: the root store is loaded once and shared.
+#[derive(Clone)]
 pub struct UpstreamTls {
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
