@@ -113,7 +113,11 @@ impl MaskSet {
                 .rules
                 .iter()
                 .all(|r| r.places.contains(&MaskPlace::Records) == r.places.contains(&MaskPlace::Logs));
-            let logs = if same { records.clone() } else { make(MaskPlace::Logs)? };
+            let logs = if same {
+                records.clone()
+            } else {
+                make(MaskPlace::Logs)?
+            };
             (records, logs)
         };
         Ok(MaskSet {
