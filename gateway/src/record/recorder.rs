@@ -910,6 +910,10 @@ impl ExchangeRecording {
         chunk: &Bytes,
         masked: Vec<Record>,
     ) -> Result<Option<EndFuture>, String> {
+        if chunk.is_empty() && masked.is_empty() {
+            // Nothing to record (the end-of-body call of an empty body): nothing to refuse either.
+            return Ok(None);
+        }
         if self.recorder.on_failure == OnRecordFailure::Refuse
             && let Some(cause) = self.recorder.failure()
         {
