@@ -6,6 +6,7 @@
 //! processes this harness started. Servers listen on loopback only.
 pub mod chromium;
 pub mod dns;
+pub mod fixtures;
 pub mod https;
 pub mod servers;
 

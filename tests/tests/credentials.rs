@@ -6,6 +6,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Dura
 
 use ghgate_e2e::{
     eventually,
+    fixtures::{files_under, git, served_repo},
     https::{Auth, TlsGateway},
     privileged,
 };
@@ -24,10 +25,6 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    run(Command::new("git").current_dir(dir).args(args))
-}
-
 /// An RSA key pair made by openssl: (private key file, mode 0600; public key PEM).
 fn app_key(dir: &Path) -> (std::path::PathBuf, String) {
     let key = dir.join("app.pem");
@@ -40,19 +37,6 @@ fn app_key(dir: &Path) -> (std::path::PathBuf, String) {
     (key, public + "\n")
 }
 
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     if !privileged() {
@@ -62,30 +46,7 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     let (key_file, public) = app_key(tmp.path());
     let auth = Auth::new(APP_ID, INSTALLATION, public, Vec::new());
 
-    let root = tmp.path().join("repos");
-    let bare = root.join("o/r.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
-    git(&bare, &["config", "http.receivepack", "true"]);
-    let seed = tmp.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    std::fs::write(seed.join("README.md"), "hello\n").unwrap();
-    git(&seed, &["add", "."]);
-    git(
-        &seed,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "first",
-        ],
-    );
-    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let (root, bare, _) = served_repo(tmp.path());
 
     let key = key_file.display().to_string();
     let s = TlsGateway::start_with(
@@ -227,7 +188,7 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     let mut secrets = auth.tokens();
     secrets.push(key_body);
     let mut haystacks = vec![("the gateway log".to_owned(), s.gw.log_text())];
-    for file in files(&s.gw.state_dir) {
+    for file in files_under(&s.gw.state_dir) {
         if file.ends_with("fingerprint.key") || file.extension().is_some_and(|e| e == "pem" || e == "key") {
             continue;
         }

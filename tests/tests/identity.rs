@@ -3,21 +3,8 @@
 //! the job's facts — and the token variables of their environments are never read.
 use std::{os::unix::fs::PermissionsExt, time::Duration};
 
-use ghgate_e2e::{eventually, https::TlsGateway, privileged};
+use ghgate_e2e::{eventually, fixtures::files_under, https::TlsGateway, privileged};
 use serde_json::Value;
-
-fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
 
 #[test]
 fn callers_are_recorded_with_uid_executable_cgroup_and_ci_job() {
@@ -115,7 +102,7 @@ fn callers_are_recorded_with_uid_executable_cgroup_and_ci_job() {
 
     // The token variables were never read: not in any record, export or log.
     let mut places = vec![("the gateway log".to_owned(), s.gw.log_text())];
-    for f in files(&s.gw.state_dir) {
+    for f in files_under(&s.gw.state_dir) {
         places.push((
             f.display().to_string(),
             String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned(),

@@ -3,36 +3,18 @@
 //! gzip-compressed answer arrives decoded and masked; `alert` routes pass the secret but record
 //! it masked; the same token later pushed in a file gets the same fingerprint in the record; and
 //! no export or store file holds the token.
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
-use ghgate_e2e::{eventually, https::TlsGateway, privileged};
+use ghgate_e2e::{
+    eventually,
+    fixtures::{files_under, git, github_token, served_repo},
+    https::TlsGateway,
+    privileged,
+};
 use serde_json::Value;
-
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// A classic GitHub token with a valid checksum, made at run time so no source file holds one.
-fn github_token(random: &str) -> String {
-    let mut crc = crc32fast::hash(random.as_bytes());
-    let mut check = [b'0'; 6];
-    for d in check.iter_mut().rev() {
-        *d = BASE62[(crc % 62) as usize];
-        crc /= 62;
-    }
-    format!("{}_{random}{}", "ghp", std::str::from_utf8(&check).unwrap())
-}
 
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// The events of an SSE stream, strictly: every line a field, a comment or blank.
@@ -82,49 +64,13 @@ fn fingerprint(text: &str, rule: &str) -> String {
     text[at..].split(']').next().unwrap().to_owned()
 }
 
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     if !privileged() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("repos");
-    let bare = root.join("o/r.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
-    git(&bare, &["config", "http.receivepack", "true"]);
-    let seed = tmp.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    std::fs::write(seed.join("README.md"), "hello\n").unwrap();
-    git(&seed, &["add", "."]);
-    git(
-        &seed,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "first",
-        ],
-    );
-    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let (root, _, _) = served_repo(tmp.path());
 
     let s = TlsGateway::start(
         &["api.githubcopilot.com", "github.com"],
@@ -301,7 +247,7 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
             )),
         "the HTML export lists the masked secrets"
     );
-    for file in files(&s.gw.state_dir) {
+    for file in files_under(&s.gw.state_dir) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(
             !bytes.windows(token.len()).any(|w| w == token.as_bytes()),

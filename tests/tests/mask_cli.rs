@@ -7,20 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use ghgate_e2e::bin;
-
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// A classic GitHub token with a valid checksum, made at run time.
-fn github_token(random: &str) -> String {
-    let mut crc = crc32fast::hash(random.as_bytes());
-    let mut check = [b'0'; 6];
-    for d in check.iter_mut().rev() {
-        *d = BASE62[(crc % 62) as usize];
-        crc /= 62;
-    }
-    format!("{}_{random}{}", "ghp", std::str::from_utf8(&check).unwrap())
-}
+use ghgate_e2e::{bin, fixtures::github_token};
 
 /// `ghgate mask ARGS…` with `stdin`; (exit code, stdout, stderr).
 fn mask(args: &[&str], stdin: &str) -> (i32, String, String) {

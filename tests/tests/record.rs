@@ -2,54 +2,15 @@
 //! record read back with `ghgate sessions …` — what an auditor would run.
 use std::{path::Path, process::Command, time::Duration};
 
-use ghgate_e2e::{eventually, https::TlsGateway, privileged};
+use ghgate_e2e::{
+    eventually,
+    fixtures::{commit, files_under, served_repo},
+    https::TlsGateway,
+    privileged,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "ghp_R3c0rdM3N0tAnyw4yAtAll0123456789abcd";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn commit(repo: &Path, name: &str) -> String {
-    std::fs::write(repo.join(name), name).unwrap();
-    git(repo, &["add", "."]);
-    git(
-        repo,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            name,
-        ],
-    );
-    git(repo, &["rev-parse", "HEAD"])
-}
-
-/// A bare repository `o/r.git` with one commit on main, served by the test upstream.
-fn repo_root(tmp: &Path) -> (std::path::PathBuf, String) {
-    let root = tmp.join("repos");
-    let bare = root.join("o/r.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
-    git(&bare, &["config", "http.receivepack", "true"]);
-    let seed = tmp.join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    let first = commit(&seed, "README.md");
-    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
-    (root, first)
-}
 
 fn sessions(s: &TlsGateway) -> Vec<Value> {
     s.gw.ghgate_ok(&["sessions", "list", "--json"])
@@ -64,7 +25,7 @@ fn curl_sse_and_git_are_recorded_and_shown() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (root, first) = repo_root(tmp.path());
+    let (root, _, first) = served_repo(tmp.path());
     let s = TlsGateway::start(&["github.com", "api.github.com"], true, Some(root), "");
 
     // curl: one HTTP/2 POST carrying a prompt and a credential, one SSE stream.
@@ -157,7 +118,7 @@ fn curl_sse_and_git_are_recorded_and_shown() {
 
     // Nothing in the store holds the credential in clear; the header is recorded masked.
     let record_dir = s.gw.state_dir.join("record");
-    for entry in walk(&record_dir) {
+    for entry in files_under(&record_dir) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(
             !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
@@ -255,19 +216,6 @@ fn curl_sse_and_git_are_recorded_and_shown() {
     // The whole store verifies.
     let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
     assert!(verified.starts_with("OK"), "{verified}");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// The last segment file of a store.

@@ -471,23 +471,10 @@ mod tests {
         f
     }
 
-    /// A classic GitHub token with a valid checksum, made at run time.
-    fn token() -> String {
-        const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let random = "Zq8m2Kx4TnR7vB1cW9pL3sJ6hD0fGy";
-        let mut crc = crc32fast::hash(random.as_bytes());
-        let mut check = [b'0'; 6];
-        for d in check.iter_mut().rev() {
-            *d = B62[(crc % 62) as usize];
-            crc /= 62;
-        }
-        format!("{}_{random}{}", "ghp", std::str::from_utf8(&check).unwrap())
-    }
-
     #[test]
     fn server_text_messages_reach_the_client_masked_at_every_chunking() {
         let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [1; 32]);
-        let tok = token();
+        let tok = crate::mask::tests::github_token("ghp", "Zq8m2Kx4TnR7vB1cW9pL3sJ6hD0fGy");
         let text = format!("here: {tok} done");
         let (a, b) = text.as_bytes().split_at(12);
         let mut stream = frame(true, 1, text.as_bytes(), None);

@@ -143,4 +143,4 @@ impl Masker {
     }
 }
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

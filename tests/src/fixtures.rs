@@ -1,0 +1,81 @@
+//! What several end-to-end tests set up the same way: git repositories served by the test
+//! upstream, planted secrets made at run time, and the files a store left behind.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// `git ARGS…` in `dir`; its trimmed standard output. Panics with git's stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Writes `name` (its content is its name), commits it in `repo`, returns the new commit id.
+pub fn commit(repo: &Path, name: &str) -> String {
+    std::fs::write(repo.join(name), name).unwrap();
+    git(repo, &["add", "."]);
+    git(
+        repo,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            name,
+        ],
+    );
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// A bare repository `<tmp>/repos/o/r.git` accepting pushes, with one commit (`README.md`) on
+/// main: the git root to give the test upstream, the bare repository, and that commit's id.
+pub fn served_repo(tmp: &Path) -> (PathBuf, PathBuf, String) {
+    let root = tmp.join("repos");
+    let bare = root.join("o/r.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    git(&bare, &["config", "http.receivepack", "true"]);
+    let seed = tmp.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    let first = commit(&seed, "README.md");
+    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    (root, bare, first)
+}
+
+/// Every file below `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A classic GitHub token (`ghp_` + 30 characters + their base62 CRC32) with a valid checksum,
+/// made at run time so that no source file holds one.
+pub fn github_token(random: &str) -> String {
+    const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    assert_eq!(random.len(), 30, "a classic token has 30 random characters");
+    let mut crc = crc32fast::hash(random.as_bytes());
+    let mut check = [b'0'; 6];
+    for d in check.iter_mut().rev() {
+        *d = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    format!("{}_{random}{}", "ghp", std::str::from_utf8(&check).unwrap())
+}
