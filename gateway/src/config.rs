@@ -59,6 +59,71 @@ pub struct Config {
     pub oidc: OidcConfig,
     #[serde(default)]
     pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub approvals: crate::approval::config::ApprovalsConfig,
+}
+
+/// What callers may do: the policy file, and how pushes are inspected for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file (`ghgate policy check FILE` validates one); reloaded when it changes.
+    /// Without one, everything is allowed (and still recorded).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// How often the policy file is checked for changes.
+    #[serde(default = "default_reload_ms")]
+    pub reload_ms: u64,
+    /// GitHub's REST API, asked (with the brokered credential) whether a push is a fast-forward
+    /// and for the trees a pushed commit changes.
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    /// The largest pushed pack read to find the paths it changes; a larger push counts as
+    /// touching every path a rule names.
+    #[serde(default = "default_max_pack_bytes")]
+    pub max_pack_bytes: u64,
+    /// How long deciding one push (reading its pack, asking the API) may take; past it, what is
+    /// still undecided counts as the riskier kind.
+    #[serde(default = "default_inspect_timeout")]
+    pub inspect_timeout_ms: u64,
+    /// The most API calls deciding one push may make.
+    #[serde(default = "default_max_api_calls")]
+    pub max_api_calls: usize,
+    /// The largest API request body held for an approval (its hash binds the approval).
+    #[serde(default = "default_approval_body_cap")]
+    pub approval_body_cap_bytes: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            reload_ms: default_reload_ms(),
+            api_url: default_github_api(),
+            max_pack_bytes: default_max_pack_bytes(),
+            inspect_timeout_ms: default_inspect_timeout(),
+            max_api_calls: default_max_api_calls(),
+            approval_body_cap_bytes: default_approval_body_cap(),
+        }
+    }
+}
+
+fn default_reload_ms() -> u64 {
+    1000
+}
+fn default_max_pack_bytes() -> u64 {
+    64 << 20
+}
+fn default_inspect_timeout() -> u64 {
+    10_000
+}
+fn default_max_api_calls() -> usize {
+    200
+}
+fn default_approval_body_cap() -> usize {
+    1 << 20
 }
 
 /// OIDC issuers whose ID tokens callers may present instead of a GitHub credential.
@@ -154,6 +219,11 @@ pub struct GithubAppConfig {
     /// The REST API the tokens are minted from.
     #[serde(default = "default_github_api")]
     pub api_url: String,
+}
+
+/// An API the gateway calls with a credential: https, or plain http to loopback (tests).
+fn api_url_ok(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://127.") || url.starts_with("http://[::1]")
 }
 
 fn default_github_api() -> String {
@@ -771,15 +841,25 @@ impl Config {
                 ));
             }
             if let Some(app) = &p.github_app
-                && !(app.api_url.starts_with("https://")
-                    || app.api_url.starts_with("http://127.")
-                    || app.api_url.starts_with("http://[::1]"))
+                && !api_url_ok(&app.api_url)
             {
                 return Err(invalid(
                     format!("credentials.profile.{name}.github_app.api_url"),
                     format!("{:?} must be an https:// URL", app.api_url),
                 ));
             }
+        }
+        if !api_url_ok(&self.policy.api_url) {
+            return Err(invalid(
+                "policy.api_url".into(),
+                format!("{:?} must be an https:// URL", self.policy.api_url),
+            ));
+        }
+        if self.policy.reload_ms == 0 {
+            return Err(invalid("policy.reload_ms".into(), "must be more than 0".into()));
+        }
+        if let Err((key, message)) = self.approvals.validate() {
+            return Err(invalid(key, message));
         }
         for (i, rule) in self.credentials.rules.iter().enumerate() {
             if !self.credentials.profiles.contains_key(&rule.profile) {

@@ -4,9 +4,11 @@
 //! here) → `listen` (accept, recover the original destination and the caller) → `identity`
 //! (who is calling) → `relay` (forward it to where it was going). `config` is validated once at
 //! load; `resolve` keeps the intercept set's names current; `cli` is the command line.
+pub mod approval;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod enforce;
 pub mod glob;
 pub mod http;
 pub mod identity;
@@ -15,6 +17,7 @@ pub mod listen;
 pub mod mask;
 pub mod outbound;
 pub mod pipeline;
+pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod redirect;

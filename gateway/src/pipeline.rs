@@ -15,17 +15,20 @@ use ::http::StatusCode;
 
 use ::http::{Response, header};
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
 
 use crate::{
     config::{NoProfile, ResponseMasking},
     credentials::{self, Broker, Secret, Who},
-    http::{self, ConnInfo, EndFuture, Exchange, Outcome, Phases, websocket},
+    enforce::{self, Enforcer, Head, host_and_path, push::PushGate, push::PushReply},
+    http::{self, ConnInfo, EndFuture, Exchange, Gate, Outcome, Phases, ProxyBody, websocket},
     identity::oidc::OidcValidator,
     mask::{
         Finding, Masker, SseMasker, StreamMasker,
         encoding::{Coding, Decoder},
         policy::{self, MaskSet},
     },
+    policy::{Subject, Verdict, gitwire},
     record::{
         Recorder,
         model::{self, Direction},
@@ -40,7 +43,26 @@ pub struct Pipeline {
     pub broker: Arc<Broker>,
     /// `None` when no `[[oidc.issuer]]` is configured.
     pub oidc: Option<Arc<OidcValidator>>,
+    /// `None` when no `[policy] file` is configured: everything passes (and is recorded).
+    pub enforcer: Option<Arc<Enforcer>>,
 }
+
+/// What the policy stage still has to decide from a request's body.
+enum Plan {
+    Push(Subject),
+    Approval(Subject, Verdict),
+}
+
+/// The answer to a push sent up without some of its refs, gathered to add their `ng` lines.
+struct PushAnswer {
+    reply: PushReply,
+    buf: Vec<u8>,
+    /// Past its bound: passed on unchanged.
+    given_up: bool,
+}
+
+/// The most of a push's answer held to add the refs held back (a report-status is small).
+const MAX_PUSH_ANSWER: usize = 1 << 20;
 
 /// A body's masker: SSE-aware for event streams.
 enum BodyMasker {
@@ -87,6 +109,10 @@ pub struct Ctx {
     response: Mutex<BodyMask>,
     /// The brokered token that replaces the caller's credential upstream.
     inject: OnceLock<Secret>,
+    plan: Mutex<Option<Plan>>,
+    push_answer: Mutex<Option<PushAnswer>>,
+    /// Adds `no-thin` to a push advertisement.
+    no_thin: Mutex<Option<gitwire::NoThin>>,
 }
 
 /// A refusal the gateway answers itself.
@@ -105,6 +131,8 @@ struct Decision {
     identity: model::Identity,
     inject: Option<Secret>,
     refusal: Option<Response<Bytes>>,
+    /// The claims of the OIDC token the caller proved, for the policy.
+    claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Pipeline {
@@ -128,6 +156,7 @@ impl Pipeline {
                 identity,
                 inject: None,
                 refusal: Some(refuse(status, format!("ghgate: {why}\n"))),
+                claims: None,
             }
         };
         // An OIDC token stands for an identity, not for a credential GitHub would take.
@@ -164,6 +193,7 @@ impl Pipeline {
                 identity,
                 inject: None,
                 refusal: None,
+                claims,
             };
         }
         let who = Who {
@@ -182,6 +212,7 @@ impl Pipeline {
                             identity,
                             inject: Some(token),
                             refusal: None,
+                            claims,
                         }
                     }
                     Err(e @ credentials::CredentialError::NoRepository) => refused(
@@ -222,8 +253,41 @@ impl Pipeline {
                 identity,
                 inject: None,
                 refusal: None,
+                claims,
             },
         }
+    }
+
+    /// Applies what the policy decided from the request head: a refusal answers now; a push
+    /// or a held API call is decided from its body (`request_gate`).
+    async fn policy_head(
+        &self,
+        ex: &Exchange,
+        ctx: &Ctx,
+        head: Option<(Head, Subject)>,
+    ) -> Option<Response<Bytes>> {
+        let (head, subject) = head?;
+        if enforce::is_push_advertisement(ex)
+            && let Ok(mut n) = ctx.no_thin.lock()
+        {
+            *n = Some(gitwire::NoThin::default());
+        }
+        let (decision, answer) = match head {
+            Head::Pass(d) => (d, None),
+            Head::Refuse(resp, d) => (d, Some(resp)),
+            Head::Push => {
+                *ctx.plan.lock().ok()? = Some(Plan::Push(subject));
+                return None;
+            }
+            Head::Approval(v) => {
+                *ctx.plan.lock().ok()? = Some(Plan::Approval(subject, v));
+                return None;
+            }
+        };
+        if let Some(refused) = record_decisions(ex, ctx, vec![decision]).await {
+            return Some(refused);
+        }
+        answer
     }
 
     /// The (responses, records) maskers of an exchange.
@@ -306,6 +370,59 @@ impl Pipeline {
     }
 }
 
+/// Gathers the answer to a push sent up in part, and at its end adds an `ng` line for each ref
+/// held back (passing the answer on unchanged if it is not what git's report-status looks like).
+fn add_held_refs(a: &mut PushAnswer, chunk: &mut Bytes, end: bool) {
+    if a.given_up {
+        return;
+    }
+    a.buf.extend_from_slice(chunk);
+    if a.buf.len() > MAX_PUSH_ANSWER {
+        tracing::warn!(
+            "a push's answer is too large to add the refs the policy held back; passed on as it is"
+        );
+        a.given_up = true;
+        *chunk = Bytes::from(std::mem::take(&mut a.buf));
+        return;
+    }
+    if !end {
+        *chunk = Bytes::new();
+        return;
+    }
+    let upstream = std::mem::take(&mut a.buf);
+    *chunk = match gitwire::merge_report(a.reply.style, &upstream, &a.reply.held, &a.reply.notes) {
+        Ok(merged) => Bytes::from(merged),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not add the held refs to a push's answer; passed on as it is");
+            Bytes::from(upstream)
+        }
+    };
+}
+
+/// Records the policy's decisions for an exchange before it goes on: `Some` answers the client
+/// instead (503) when they cannot be written, since nothing passes unrecorded.
+async fn record_decisions(
+    ex: &Exchange,
+    ctx: &Ctx,
+    decisions: Vec<model::Decision>,
+) -> Option<Response<Bytes>> {
+    for d in &decisions {
+        tracing::info!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
+                       outcome = %d.outcome, r#ref = d.ref_update.as_ref().map(|r| crate::mask::for_logs(&r.name)),
+                       approval = d.approval.as_deref(), "policy decision");
+    }
+    let rec = ctx.record.as_ref()?;
+    match rec.decisions(decisions).await {
+        Ok(()) => None,
+        Err(why) => Some(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "ghgate: this request was not forwarded because its policy decision could not be recorded: {why}\n"
+            ),
+        )),
+    }
+}
+
 fn place(dir: Direction) -> Place {
     match dir {
         Direction::Request => Place::RequestBody,
@@ -341,6 +458,9 @@ impl Phases for Pipeline {
             request: Mutex::new(BodyMask::default()),
             response: Mutex::new(BodyMask::default()),
             inject: OnceLock::new(),
+            plan: Mutex::new(None),
+            push_answer: Mutex::new(None),
+            no_thin: Mutex::new(None),
         }
     }
 
@@ -386,9 +506,17 @@ impl Phases for Pipeline {
         if let Some(t) = decision.inject {
             let _ = ctx.inject.set(t);
         }
-        let (Some(recorder), Some(rec)) = (&self.recorder, &ctx.record) else {
-            return None;
+        let head = self.enforcer.as_ref().map(|enforcer| {
+            let subject = enforce::subject(&ex.conn.caller, decision.claims.as_ref());
+            (enforcer.head(ex, &subject), subject)
+        });
+        let Some(rec) = &ctx.record else {
+            return self.policy_head(ex, ctx, head).await;
         };
+        let recorder = self
+            .recorder
+            .as_ref()
+            .expect("an exchange is recorded only with a recorder");
         if let Ok(mut b) = ctx.request.lock() {
             // Requests reach the upstream as sent; only their record is masked.
             match decoder(&req.headers) {
@@ -404,12 +532,98 @@ impl Phases for Pipeline {
             return Some(refused);
         }
         // Nothing goes upstream before the store holds the request.
-        rec.request_head(ex, req).await
+        if let Some(refused) = rec.request_head(ex, req).await {
+            return Some(refused);
+        }
+        self.policy_head(ex, ctx, head).await
+    }
+
+    async fn request_gate(
+        &self,
+        ex: &Exchange,
+        ctx: &Ctx,
+        req: &mut ::http::request::Parts,
+        body: ProxyBody,
+    ) -> Gate {
+        let plan = ctx.plan.lock().ok().and_then(|mut p| p.take());
+        let (Some(plan), Some(enforcer)) = (plan, &self.enforcer) else {
+            return Gate::Forward(body);
+        };
+        let caller = &ex.conn.caller;
+        // The API is asked with what goes upstream: the brokered token, else the caller's own.
+        let token = ctx
+            .inject
+            .get()
+            .cloned()
+            .or_else(|| credentials::presented(&req.headers));
+        match plan {
+            Plan::Push(subject) => {
+                let (gate, decisions) = enforcer
+                    .push(ex, caller, &subject, token.as_ref(), req, body)
+                    .await;
+                if let Some(refused) = record_decisions(ex, ctx, decisions).await {
+                    return Gate::Answer(refused);
+                }
+                match gate {
+                    PushGate::Answer(resp) => Gate::Answer(resp),
+                    PushGate::Forward {
+                        body,
+                        length,
+                        rewritten,
+                        reply,
+                    } => {
+                        if rewritten {
+                            match length {
+                                Some(n) => {
+                                    req.headers.insert(header::CONTENT_LENGTH, n.into());
+                                }
+                                None => {
+                                    req.headers.remove(header::CONTENT_LENGTH);
+                                }
+                            }
+                        }
+                        if let (Some(reply), Ok(mut a)) = (reply, ctx.push_answer.lock()) {
+                            *a = Some(PushAnswer {
+                                reply,
+                                buf: Vec::new(),
+                                given_up: false,
+                            });
+                        }
+                        Gate::Forward(body)
+                    }
+                }
+            }
+            Plan::Approval(subject, verdict) => {
+                let (result, decision) =
+                    match enforcer.api_approval(ex, caller, &subject, &verdict, body).await {
+                        Ok((bytes, d)) => (Ok(bytes), d),
+                        Err((resp, d)) => (Err(resp), d),
+                    };
+                if let Some(refused) = record_decisions(ex, ctx, vec![decision]).await {
+                    return Gate::Answer(refused);
+                }
+                match result {
+                    Ok(bytes) => Gate::Forward(
+                        http_body_util::Full::new(bytes)
+                            .map_err(|never| match never {})
+                            .boxed(),
+                    ),
+                    Err(resp) => Gate::Answer(resp),
+                }
+            }
+        }
     }
 
     fn upstream_request_filter(&self, _ex: &Exchange, ctx: &Ctx, req: &mut ::http::request::Parts) {
         if let Some(token) = ctx.inject.get() {
             credentials::inject(&mut req.headers, req.uri.path(), token);
+        }
+        // Answers the gateway rewrites (a push advertisement, a push's report) must come back
+        // uncompressed.
+        let rewrites = ctx.no_thin.lock().is_ok_and(|n| n.is_some())
+            || ctx.push_answer.lock().is_ok_and(|a| a.is_some());
+        if rewrites {
+            req.headers.remove(header::ACCEPT_ENCODING);
         }
     }
 
@@ -424,6 +638,24 @@ impl Phases for Pipeline {
     }
 
     fn response_filter(&self, ex: &Exchange, ctx: &Ctx, resp: &mut ::http::response::Parts) {
+        // A push advertisement gains `no-thin`; a push's report gains the refs held back.
+        let ok = resp.status == StatusCode::OK && !resp.headers.contains_key(header::CONTENT_ENCODING);
+        let mut rewriting = false;
+        if let Ok(mut n) = ctx.no_thin.lock() {
+            if !ok {
+                *n = None;
+            }
+            rewriting |= n.is_some();
+        }
+        if let Ok(mut a) = ctx.push_answer.lock() {
+            if !ok {
+                *a = None;
+            }
+            rewriting |= a.is_some();
+        }
+        if rewriting {
+            resp.headers.remove(header::CONTENT_LENGTH);
+        }
         let (for_clients, for_records) = self.maskers(ctx);
         let (host, path) = host_and_path(&ex.url);
         let mode = self.mask.responses(host, path);
@@ -478,6 +710,16 @@ impl Phases for Pipeline {
         chunk: &mut Bytes,
         end: bool,
     ) -> Result<Option<EndFuture>, String> {
+        if let Ok(mut n) = ctx.no_thin.lock()
+            && let Some(n) = n.as_mut()
+        {
+            *chunk = Bytes::from(n.push(chunk, end));
+        }
+        if let Ok(mut a) = ctx.push_answer.lock()
+            && let Some(a) = a.as_mut()
+        {
+            add_held_refs(a, chunk, end);
+        }
         self.body_chunk(ctx, Direction::Response, chunk, end)
     }
 
@@ -503,15 +745,4 @@ impl Phases for Pipeline {
         http::log_exchange(ex, outcome);
         ctx.record.as_ref().map(|rec| rec.finish(ex, outcome))
     }
-}
-
-/// The host and path of an exchange's `https://authority/path?query` URL.
-fn host_and_path(url: &str) -> (&str, &str) {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    let host = match authority.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
-    };
-    (host, path)
 }

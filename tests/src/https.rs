@@ -236,8 +236,13 @@ async fn handle(
             return Ok(text(StatusCode::UNAUTHORIZED, "Bad credentials\n".into()));
         }
     }
-    if let Some(root) = git_root.filter(|_| path.contains(".git/")) {
-        return Ok(git_http_backend(req, &root).await);
+    if let Some(root) = git_root.as_ref().filter(|_| path.contains(".git/")) {
+        return Ok(git_http_backend(req, root).await);
+    }
+    if let Some(root) = git_root.as_ref()
+        && let Some(resp) = git_api(&path, root).await
+    {
+        return Ok(resp);
     }
     let query = req.uri().query().unwrap_or_default().to_owned();
     let host = req
@@ -426,6 +431,92 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
     h.insert("upgrade", "websocket".parse().unwrap());
     h.insert("sec-websocket-accept", accept.parse().unwrap());
     resp
+}
+
+/// The parts of GitHub's REST API that read a repository's objects, answered from the served
+/// repositories by real git: `GET /repos/{o}/{r}/compare/{base}...{head}`,
+/// `/repos/{o}/{r}/git/commits/{sha}` and `/repos/{o}/{r}/git/trees/{sha}`; `None` for other paths.
+async fn git_api(path: &str, root: &Path) -> Option<Response<Body>> {
+    let rest = path.strip_prefix("/repos/")?;
+    let mut parts = rest.splitn(4, '/');
+    let (owner, name, kind, arg) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let repo = root.join(owner).join(format!("{name}.git"));
+    if !repo.is_dir() {
+        return Some(not_found());
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let json = |v: serde_json::Value| {
+        let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+        r.headers_mut()
+            .insert("content-type", "application/json; charset=utf-8".parse().unwrap());
+        r
+    };
+    let exists = |sha: &str, kind: &str| git(&["cat-file", "-t", sha]).is_some_and(|t| t == kind);
+    let resp = match kind {
+        "compare" => {
+            let (base, head) = arg.split_once("...")?;
+            if !exists(base, "commit") || !exists(head, "commit") {
+                return Some(not_found());
+            }
+            let counts = git(&["rev-list", "--left-right", "--count", &format!("{base}...{head}")])?;
+            let mut n = counts.split_whitespace().map(|c| c.parse::<u64>().unwrap_or(0));
+            let (behind, ahead) = (n.next()?, n.next()?);
+            let status = match (ahead, behind) {
+                (0, 0) => "identical",
+                (_, 0) => "ahead",
+                (0, _) => "behind",
+                _ => "diverged",
+            };
+            json(serde_json::json!({ "status": status, "ahead_by": ahead, "behind_by": behind }))
+        }
+        "git" => {
+            let (what, sha) = arg.split_once('/')?;
+            match what {
+                "commits" if exists(sha, "commit") => {
+                    let tree = git(&["rev-parse", &format!("{sha}^{{tree}}")])?;
+                    let parents = git(&["rev-parse", &format!("{sha}^@")]).unwrap_or_default();
+                    let parents: Vec<_> = parents
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(|p| serde_json::json!({ "sha": p }))
+                        .collect();
+                    json(serde_json::json!({ "sha": sha, "tree": { "sha": tree }, "parents": parents }))
+                }
+                "trees" if exists(sha, "tree") => {
+                    // GitHub writes a subtree's mode as 040000.
+                    let entries: Vec<_> = git(&["ls-tree", sha])?
+                        .lines()
+                        .filter_map(|l| {
+                            let (meta, path) = l.split_once('\t')?;
+                            let mut m = meta.split(' ');
+                            let (mode, kind, sha) = (m.next()?, m.next()?, m.next()?);
+                            let mode = if mode == "40000" { "040000" } else { mode };
+                            Some(serde_json::json!({ "path": path, "mode": mode, "type": kind, "sha": sha }))
+                        })
+                        .collect();
+                    json(serde_json::json!({ "sha": sha, "tree": entries, "truncated": false }))
+                }
+                _ => not_found(),
+            }
+        }
+        _ => return None,
+    };
+    Some(resp)
+}
+
+fn not_found() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(br#"{"message":"Not Found"}"#)).boxed());
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
 }
 
 /// Runs the real `git http-backend` as a CGI program for a smart-HTTP request.
@@ -689,9 +780,18 @@ impl TlsGateway {
     /// `git ARGS…` in `dir` inside the cgroup, configured only with `http.sslCAInfo` (ghgate's CA)
     /// and `http.curloptResolve` (github.com → the upstream); panics with git's stderr on failure.
     pub fn git(&self, dir: &std::path::Path, args: &[&str]) {
+        let out = self.git_output(dir, args);
+        assert!(
+            out.status.success(),
+            "git {args:?} through ghgate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// As [`TlsGateway::git`], for a command that may fail: its output.
+    pub fn git_output(&self, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         let port = self.upstream.addr.port();
-        let out = self
-            .gw
+        self.gw
             .exec("git")
             .current_dir(dir)
             .arg("-c")
@@ -707,12 +807,7 @@ impl TlsGateway {
             .env_remove("GIT_SSL_CAINFO")
             .env_remove("GIT_SSL_CAPATH")
             .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?} through ghgate: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap()
     }
 
     /// `ghgate exec -- curl -sS --cacert <ghgate CA> --resolve … ARGS… URL` inside the cgroup.

@@ -1,11 +1,13 @@
 //! The `ghgate` command line: one module per subcommand, each with its own arguments.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+mod approvals;
 mod ca;
 mod check;
 mod detach;
 mod exec;
 mod mask;
+pub mod policy;
 mod run;
 mod sessions;
 mod status;
@@ -44,6 +46,21 @@ enum Command {
     Record(sessions::RecordArgs),
     /// Mask secrets in files or standard input (to standard output), as the gateway would.
     Mask(mask::Args),
+    /// Validate a policy file, or explain which rule decides a request (no traffic).
+    Policy(policy::Args),
+    /// Operations held for approval: list, show, approve, deny (over the control socket).
+    Approvals(ApprovalsArgs),
+}
+
+/// `ghgate approvals`: the control socket comes from `--socket`, else the config's
+/// `[approvals] socket` (when the config can be read), else `/run/ghgate/control.sock`.
+#[derive(Debug, clap::Args)]
+struct ApprovalsArgs {
+    /// Configuration file (TOML), read only for `[approvals] socket`.
+    #[arg(long, short = 'c', env = "GHGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(flatten)]
+    inner: approvals::Args,
 }
 
 /// `--config`, shared by every subcommand that reads one.
@@ -73,12 +90,22 @@ pub fn main() -> ExitCode {
         Command::Sessions(a) => sessions::run(a),
         Command::Record(a) => sessions::run_record(a),
         Command::Mask(a) => mask::run(a),
+        Command::Policy(a) => policy::run(a),
+        Command::Approvals(a) => {
+            let socket = Config::load(&a.config)
+                .map(|c| c.approvals.socket)
+                .unwrap_or_else(|_| crate::approval::config::default_socket());
+            approvals::run(a.inner, socket)
+        }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ghgate: error: {}", one_line(&e));
-            if e.downcast_ref::<ConfigError>().is_some() {
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<policy::Invalid>().is_some()
+                || e.downcast_ref::<crate::policy::PolicyError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -13,6 +13,7 @@ use super::ConfigArg;
 use crate::{
     config::{Config, OnGatewayDown},
     credentials::Broker,
+    enforce::Enforcer,
     http::{Limits, pool::Pool},
     identity::oidc::OidcValidator,
     listen,
@@ -106,6 +107,7 @@ fn proxy(
     let upstream_tls = UpstreamTls::new(&config.tls.upstream_extra_roots)?;
     let outbound = outbound(config, upstream_tls.clone())?;
     let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
+    let enforcer = Enforcer::start(config, outbound.clone(), recorder.clone())?;
     let oidc =
         (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
     let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
@@ -123,6 +125,7 @@ fn proxy(
             mask,
             broker,
             oidc,
+            enforcer,
         }),
         limits: Limits::from(&config.http),
         hosts: HostMap::default(),
@@ -154,6 +157,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         recorder.clone(),
         mask,
     )?);
+
+    if let Some(e) = &proxy.phases.enforcer {
+        e.serve(&config).await?;
+    }
 
     let listener_v4 = listen::bind(config.listen.ipv4)?;
     let listener_v6 = listen::bind(config.listen.ipv6)?;

@@ -73,6 +73,14 @@ pub struct Exchange {
     pub bytes_down: AtomicU64,
 }
 
+/// What `Phases::request_gate` decided.
+pub enum Gate {
+    /// Send this body upstream.
+    Forward(ProxyBody),
+    /// Answer the client with this; nothing goes upstream.
+    Answer(Response<Bytes>),
+}
+
 /// How an exchange ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -114,6 +122,20 @@ pub trait Phases: Send + Sync + 'static {
         _end_of_stream: bool,
     ) -> Result<Option<EndFuture>, String> {
         Ok(None)
+    }
+    /// After `request_filter` let a request on, before anything of it goes upstream: a stage that
+    /// must see (part of) the body before deciding (a git push's commands, an API call held for
+    /// approval) reads it here and either hands back the body to forward (what it read, then
+    /// the rest, possibly rewritten; it fixes `Content-Length` if the length changes) or
+    /// answers the client itself. Bodies pass through untouched by default.
+    fn request_gate(
+        &self,
+        _ex: &Exchange,
+        _ctx: &Self::Ctx,
+        _req: &mut http::request::Parts,
+        body: ProxyBody,
+    ) -> impl Future<Output = Gate> + Send {
+        async { Gate::Forward(body) }
     }
     /// The request as it will be sent upstream (headers may be changed here).
     fn upstream_request_filter(&self, _ex: &Exchange, _ctx: &Self::Ctx, _req: &mut http::request::Parts) {}
@@ -333,6 +355,12 @@ fn full(status: StatusCode, text: String) -> Response<ProxyBody> {
     resp
 }
 
+/// A response the gateway made whole, as a proxy body.
+fn boxed(resp: Response<Bytes>) -> Response<ProxyBody> {
+    let (parts, bytes) = resp.into_parts();
+    Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed())
+}
+
 fn is_websocket(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req
@@ -421,9 +449,7 @@ async fn forward<P: Phases>(
         .await);
     }
     if let Some(resp) = phases.request_filter(&ex, &ctx, &parts).await {
-        let (rparts, bytes) = resp.into_parts();
-        let out = Response::from_parts(rparts, Full::new(bytes).map_err(|never| match never {}).boxed());
-        return Ok(answered_here(out, None).await);
+        return Ok(answered_here(boxed(resp), None).await);
     }
 
     if let Some(reason) = &state.route.failed {
@@ -434,6 +460,13 @@ async fn forward<P: Phases>(
         )
         .await);
     }
+    let body = match phases
+        .request_gate(&ex, &ctx, &mut parts, body.map_err(BoxError::from).boxed())
+        .await
+    {
+        Gate::Forward(b) => b,
+        Gate::Answer(resp) => return Ok(answered_here(boxed(resp), None).await),
+    };
     let route = &state.route;
     // HTTP/1.1 clients and WebSocket handshakes use HTTP/1.1 upstream connections; HTTP/2 clients
     // share the pooled HTTP/2 connection (or HTTP/1.1 ones, translated, when that is all there is).

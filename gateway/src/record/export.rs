@@ -178,6 +178,7 @@ fn har_entry(view: &SessionView, x: &ExchangeView, e: &Exchange, page_id: &str) 
             "git": x.git,
             "masked": x.masked,
             "identity": x.identity,
+            "decisions": x.decisions,
             "notes": x.notes,
         },
     });
@@ -508,10 +509,18 @@ pub fn to_html(view: &SessionView) -> String {
                 );
             }
             Fact::Request(x) => exchange_html(&mut h, x, &when, t0, t1),
+            Fact::Approval(a) => {
+                let _ = writeln!(
+                    h,
+                    "<li class=\"note approval\">{when} {}</li>",
+                    e(&super::session::approval_line(a))
+                );
+            }
             Fact::ResponseHead(_)
             | Fact::Event(..)
             | Fact::Git(..)
             | Fact::Masked(..)
+            | Fact::Decision(..)
             | Fact::ExchangeEnd(_) => {}
         }
     }
@@ -754,6 +763,13 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
             h,
             "<p class=\"identity\">Identity: {}</p>",
             e(&super::session::identity_line(i))
+        );
+    }
+    for d in &x.decisions {
+        let _ = writeln!(
+            h,
+            "<p class=\"policy\">Policy: {}</p>",
+            e(&super::session::decision_line(d))
         );
     }
     // Secrets masked in this exchange: an auditor follows one secret by its fingerprint.

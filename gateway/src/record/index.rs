@@ -931,6 +931,8 @@ pub fn kind_name(record: &Record) -> &'static str {
         Record::Git(_) => "git",
         Record::Masked(_) => "masked",
         Record::Identity(_) => "identity",
+        Record::Decision(_) => "decision",
+        Record::Approval(_) => "approval",
         Record::Passthrough(_) => "passthrough",
         Record::Recovery(_) => "recovery",
         Record::Tombstone(_) => "tombstone",
@@ -947,6 +949,8 @@ fn exchange_of(record: &Record) -> Option<u64> {
         Record::Git(r) => Some(r.exchange),
         Record::Masked(r) => Some(r.exchange),
         Record::Identity(r) => Some(r.exchange),
+        Record::Decision(r) => Some(r.exchange),
+        Record::Approval(r) => r.exchange,
         _ => None,
     }
 }

@@ -41,6 +41,10 @@ pub enum Record {
     Masked(Masked),
     /// Who the gateway took the caller of an exchange to be, and which credential went upstream.
     Identity(Identity),
+    /// What the policy decided for an exchange (or one ref of a push), and the rule that decided.
+    Decision(Decision),
+    /// One step in the life of an approval: requested, notified, approved, denied, used, expired.
+    Approval(ApprovalStep),
     /// A connection relayed as raw bytes (not terminated): only its facts and byte counts.
     Passthrough(Passthrough),
     /// Written by the store itself at start when the previous run left a torn tail.
@@ -65,6 +69,8 @@ impl Record {
             Record::Git(r) => Some(&r.session),
             Record::Masked(r) => Some(&r.session),
             Record::Identity(r) => Some(&r.session),
+            Record::Decision(r) => Some(&r.session),
+            Record::Approval(r) => Some(&r.session),
             Record::Passthrough(r) => Some(&r.session),
             Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => None,
         }
@@ -83,6 +89,8 @@ impl Record {
             Record::Git(r) => r.at,
             Record::Masked(r) => r.at,
             Record::Identity(r) => r.at,
+            Record::Decision(r) => r.at,
+            Record::Approval(r) => r.at,
             Record::Passthrough(r) => r.at,
             Record::Recovery(r) => r.at,
             Record::Tombstone(r) => r.at,
@@ -269,6 +277,71 @@ pub struct Identity {
     /// Why the request was refused, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+}
+
+/// The policy's decision for an exchange, or for one ref update of a push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub session: String,
+    pub exchange: u64,
+    pub at: Micros,
+    /// "allow", "deny", "require_approval" or "record_only".
+    pub action: String,
+    /// The rule that decided (`rule #2 "force-push-main"`, or `the default`).
+    pub rule: String,
+    /// What the caller was told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The ref update decided, for a push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_update: Option<DecidedRef>,
+    /// The approval this decision waits on or used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// "passed", "refused", or "held" (waiting for an approver).
+    pub outcome: String,
+}
+
+/// A push's ref update as the policy saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecidedRef {
+    pub name: String,
+    pub old: String,
+    pub new: String,
+    /// create, delete, fast-forward, non-fast-forward.
+    pub kind: String,
+    /// How the kind was decided ("the pushed commits", "the compare API", or why it could not
+    /// be and the riskier kind was assumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind_from: Option<String>,
+    /// Paths the push changes, when a rule needed them (at most a few hundred are kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Why the paths could not be told (then every path rule counted as matching).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths_unknown: Option<String>,
+}
+
+/// One step of an approval, recorded in the session that asked for it (or used it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalStep {
+    pub session: String,
+    pub at: Micros,
+    /// The approval's id (`apr-…`).
+    pub id: String,
+    /// requested, notified, notify_failed, approved, denied, used, expired.
+    pub step: String,
+    /// The exchange that asked for it or used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<u64>,
+    /// The operation, on one line ("push refs/heads/main 1a2b3c4 → 5d6e7f8 to o/r").
+    pub operation: String,
+    pub rule: String,
+    /// Who approved or denied, and how ("alice via socket").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A git smart-HTTP operation, parsed from the streaming bodies.

@@ -232,6 +232,15 @@ impl Recorder {
         self.submit(records, false);
     }
 
+    /// A step of an approval, in the session it belongs to.
+    pub fn approval_step(&self, mut step: model::ApprovalStep) {
+        if let Some(m) = self.masker.get() {
+            step.operation = m.mask_str(&step.operation).0;
+            step.reason = step.reason.map(|r| m.mask_str(&r).0);
+        }
+        self.submit(vec![Record::Approval(step)], false);
+    }
+
     /// A connection relayed untouched (not terminated): its facts, once it has ended.
     pub fn passthrough(self: &Arc<Self>, caller: &Caller, facts: model::Passthrough) {
         let mut records = Vec::with_capacity(2);
@@ -731,6 +740,31 @@ impl ExchangeRecording {
         identity.exchange = self.id;
         if let Ok(mut i) = self.identity.lock() {
             *i = Some(identity);
+        }
+    }
+
+    /// Records what the policy decided for this exchange (one decision per ref of a push), and
+    /// waits until it is written: `Err` names why it could not be (the caller refuses the
+    /// request, as for its head).
+    pub async fn decisions(&self, mut decisions: Vec<model::Decision>) -> Result<(), String> {
+        let masker = self.masker();
+        for d in &mut decisions {
+            d.session.clone_from(&self.session);
+            d.exchange = self.id;
+            if let Some(m) = d.message.as_mut() {
+                *m = masker.mask_str(m).0;
+            }
+            if let Some(r) = d.ref_update.as_mut() {
+                r.name = masker.mask_str(&r.name).0;
+                for p in &mut r.paths {
+                    *p = masker.mask_str(p).0;
+                }
+            }
+        }
+        let records = decisions.into_iter().map(Record::Decision).collect();
+        match self.recorder.submit(records, true) {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
+            None => Ok(()),
         }
     }
 

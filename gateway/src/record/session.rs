@@ -12,8 +12,8 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use super::{
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
-        Connection, Direction, Exchange, GitOp, Identity, Masked, Micros, Passthrough, Record, RefOp,
-        RequestStart, SessionEnd, SessionStart, StreamEvent, StreamKind,
+        ApprovalStep, Connection, Decision, Direction, Exchange, GitOp, Identity, Masked, Micros,
+        Passthrough, Record, RefOp, RequestStart, SessionEnd, SessionStart, StreamEvent, StreamKind,
     },
 };
 
@@ -56,6 +56,8 @@ pub struct SessionView {
     /// In the order their first record was written.
     pub exchanges: Vec<ExchangeView>,
     pub passthrough: Vec<Passthrough>,
+    /// The steps of approvals this session asked for or used, in order.
+    pub approvals: Vec<ApprovalStep>,
 }
 
 /// One exchange: its final record when it finished, and whatever was recorded while it ran.
@@ -77,6 +79,8 @@ pub struct ExchangeView {
     pub masked: Vec<Masked>,
     /// Who the caller was taken to be, and which credential went upstream.
     pub identity: Option<Identity>,
+    /// What the policy decided (one per ref for a push).
+    pub decisions: Vec<Decision>,
     /// When its first record says it began.
     pub first_at: Micros,
     /// What did not add up while reassembling (missing or conflicting chunks).
@@ -111,6 +115,8 @@ pub enum Fact<'a> {
     Event(&'a ExchangeView, &'a StreamEvent),
     Git(&'a ExchangeView, &'a GitOp),
     Masked(&'a ExchangeView, &'a Masked),
+    Decision(&'a ExchangeView, &'a Decision),
+    Approval(&'a ApprovalStep),
     /// The response body ended (finished exchanges only).
     ExchangeEnd(&'a ExchangeView),
     Passthrough(&'a Passthrough),
@@ -133,6 +139,7 @@ impl SessionView {
         let mut end = None;
         let mut connections = Vec::new();
         let mut passthrough = Vec::new();
+        let mut approvals = Vec::new();
         let mut order: Vec<u64> = Vec::new();
         let mut exchanges: HashMap<u64, Parts> = HashMap::new();
         for record in records {
@@ -194,6 +201,11 @@ impl SessionView {
                     let (ex, at) = (i.exchange, i.at);
                     exchange_entry(&mut exchanges, &mut order, ex, at).0.identity = Some(i);
                 }
+                Record::Decision(d) => exchange_entry(&mut exchanges, &mut order, d.exchange, d.at)
+                    .0
+                    .decisions
+                    .push(d),
+                Record::Approval(a) => approvals.push(a),
                 Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => {}
             }
         }
@@ -231,6 +243,7 @@ impl SessionView {
             connections,
             exchanges,
             passthrough,
+            approvals,
         })
     }
 
@@ -299,12 +312,18 @@ impl SessionView {
             for m in &x.masked {
                 push(m.at, Fact::Masked(x, m));
             }
+            for d in &x.decisions {
+                push(d.at, Fact::Decision(x, d));
+            }
             if let Some(e) = &x.exchange {
                 push(e.started_at + e.duration_us, Fact::ExchangeEnd(x));
             }
         }
         for p in &self.passthrough {
             push(p.at, Fact::Passthrough(p));
+        }
+        for a in &self.approvals {
+            push(a.at, Fact::Approval(a));
         }
         if let Some(e) = &self.end {
             push(e.at, Fact::SessionEnd(e));
@@ -432,11 +451,78 @@ fn exchange_entry<'m>(
             git: Vec::new(),
             masked: Vec::new(),
             identity: None,
+            decisions: Vec::new(),
             first_at: at,
             notes: Vec::new(),
         };
         (view, Body::default(), Body::default())
     })
+}
+
+/// A policy decision on one line: what was decided, by which rule, and what came of it.
+pub fn decision_line(d: &Decision) -> String {
+    let what = match &d.ref_update {
+        Some(r) => format!(
+            "{} {} {} → {}",
+            one_line(&r.name, 200),
+            one_line(&r.kind, 40),
+            one_line(short_oid(&r.old), 7),
+            one_line(short_oid(&r.new), 7)
+        ),
+        None => "request".into(),
+    };
+    let mut line = format!(
+        "{what}: {} by {} → {}",
+        one_line(&d.action, 30),
+        one_line(&d.rule, 120),
+        one_line(&d.outcome, 20)
+    );
+    if let Some(a) = &d.approval {
+        let _ = write!(line, " (approval {})", one_line(a, 40));
+    }
+    if let Some(m) = &d.message {
+        let _ = write!(line, ": {}", one_line(m, 200));
+    }
+    if let Some(r) = &d.ref_update {
+        if let Some(from) = &r.kind_from {
+            let _ = write!(line, " [kind: {}]", one_line(from, 120));
+        }
+        if let Some(why) = &r.paths_unknown {
+            let _ = write!(line, " [paths unknown: {}]", one_line(why, 120));
+        } else if !r.paths.is_empty() {
+            let shown: Vec<String> = r.paths.iter().take(5).map(|p| one_line(p, 120)).collect();
+            let more = r.paths.len().saturating_sub(5);
+            let _ = write!(
+                line,
+                " [changes {}{}]",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    line
+}
+
+/// An approval step on one line.
+pub fn approval_line(a: &ApprovalStep) -> String {
+    let mut line = format!(
+        "approval {} {}: {} ({})",
+        one_line(&a.id, 40),
+        one_line(&a.step, 20),
+        one_line(&a.operation, 300),
+        one_line(&a.rule, 120)
+    );
+    if let Some(by) = &a.by {
+        let _ = write!(line, " by {}", one_line(by, 80));
+    }
+    if let Some(r) = &a.reason {
+        let _ = write!(line, ": {}", one_line(r, 200));
+    }
+    line
 }
 
 /// One line for a fact, as `replay` prints it.
@@ -514,6 +600,8 @@ fn describe(fact: &Fact<'_>) -> String {
                 " (the client received it unmasked)"
             }
         ),
+        Fact::Decision(_, d) => format!("  policy {}", decision_line(d)),
+        Fact::Approval(a) => approval_line(a),
         Fact::ExchangeEnd(x) => {
             let e = x.exchange.as_ref();
             format!(
@@ -745,8 +833,11 @@ pub fn render_text(view: &SessionView) -> String {
                     duration(p.duration_us)
                 );
             }
+            Fact::Approval(a) => {
+                let _ = writeln!(out, "{at}  {}", approval_line(a));
+            }
             Fact::SessionStart(_) | Fact::SessionEnd(_) | Fact::ResponseHead(_) | Fact::ExchangeEnd(_) => {}
-            Fact::Event(..) | Fact::Git(..) | Fact::Masked(..) => {}
+            Fact::Event(..) | Fact::Git(..) | Fact::Masked(..) | Fact::Decision(..) => {}
         }
     }
     out
@@ -857,6 +948,9 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
     }
     if let Some(i) = &x.identity {
         let _ = writeln!(out, "{pad}identity {}", one_line(&identity_line(i), 300));
+    }
+    for d in &x.decisions {
+        let _ = writeln!(out, "{pad}policy {}", decision_line(d));
     }
     for m in &x.masked {
         let _ = writeln!(
@@ -1161,6 +1255,8 @@ pub(crate) mod tests {
                 Fact::Event(..) => "event",
                 Fact::Git(..) => "git",
                 Fact::Masked(..) => "masked",
+                Fact::Decision(..) => "decision",
+                Fact::Approval(_) => "approval",
                 Fact::ExchangeEnd(_) => "end-x",
                 Fact::Passthrough(_) => "pass",
                 Fact::SessionEnd(_) => "end",

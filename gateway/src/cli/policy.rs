@@ -1,0 +1,515 @@
+//! `ghgate policy`: checks a policy file, and explains which rule decides a request described on
+//! the command line, and why. Never sends or receives traffic and never writes a file: what it
+//! prints is what the gateway would decide, computed by the same `Policy::explain`.
+//!
+//! Errors that should exit with 2 (an invalid policy file, facts the command line cannot be
+//! read as) are returned as `Invalid`.
+use std::{path::PathBuf, process::ExitCode};
+
+use crate::policy::{Paths, Policy, RefKind, RefUpdate, Subject, Target};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Validate a policy file and summarise it (exit 2 when it is invalid).
+    Check(CheckArgs),
+    /// Show which rule decides a request (and each pushed ref), and why. No traffic is sent.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The policy file (TOML).
+    file: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// The policy file (TOML).
+    #[arg(long, visible_alias = "config", value_name = "FILE")]
+    policy: PathBuf,
+    /// The caller, as comma-separated key=value: uid=1000 (required), user=alice,
+    /// exe=/usr/bin/git, comm=git, cgroup=/ghgate.clients, ci_repository=org/app,
+    /// ci_workflow=deploy, ci_ref=refs/heads/main, oidc.CLAIM=VALUE, oidc.groups=a|b.
+    #[arg(long = "as", value_name = "FACTS")]
+    as_: String,
+    /// The request: "METHOD URL", e.g. "POST https://github.com/org/app.git/git-receive-pack".
+    #[arg(long, value_name = "METHOD URL")]
+    request: String,
+    /// A ref the push updates: "OLD NEW REF" (object ids in hex, 0 for none), e.g.
+    /// "0 1a2b3c refs/heads/topic" creates topic. Repeat for several.
+    #[arg(long = "ref-update", value_name = "OLD NEW REF")]
+    ref_updates: Vec<String>,
+    /// The updates are fast-forwards. Without this or --non-fast-forward, an update is read
+    /// as non-fast-forward, as the gateway does when it cannot tell.
+    #[arg(long, conflicts_with = "non_fast_forward")]
+    fast_forward: bool,
+    /// The updates rewrite history.
+    #[arg(long)]
+    non_fast_forward: bool,
+    /// A file the pushed commits change. Repeat for several; none given reads as no files.
+    #[arg(long, value_name = "PATH")]
+    changes: Vec<String>,
+}
+
+/// A policy file or a command line that cannot be used: `ghgate` exits with 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Check(a) => {
+            let policy = Policy::load(&a.file).map_err(|e| Invalid(e.to_string()))?;
+            println!("{}: ok, {}", a.file.display(), policy.summary());
+        }
+        Command::Explain(a) => {
+            let policy = load_policy_or_config(&a.policy)?;
+            let ff = match (a.fast_forward, a.non_fast_forward) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            let text =
+                explain_text(&policy, &a.as_, &a.request, &a.ref_updates, ff, &a.changes).map_err(Invalid)?;
+            print!("{text}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A policy file, or a gateway configuration whose `[policy] file` is followed.
+fn load_policy_or_config(path: &std::path::Path) -> Result<Policy, Invalid> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let is_gateway_config = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("redirect"));
+    if !is_gateway_config {
+        return Policy::load(path).map_err(|e| Invalid(e.to_string()));
+    }
+    let config = crate::config::Config::parse(&text, path).map_err(|e| Invalid(e.to_string()))?;
+    let file = config.policy.file.ok_or_else(|| {
+        Invalid(format!(
+            "{} is a gateway configuration without a [policy] file: nothing to explain",
+            path.display()
+        ))
+    })?;
+    Policy::load(&file).map_err(|e| Invalid(e.to_string()))
+}
+
+/// The keys `--as` accepts (besides `oidc.CLAIM`).
+const AS_KEYS: &[&str] = &[
+    "uid",
+    "user",
+    "exe",
+    "comm",
+    "cgroup",
+    "ci_repository",
+    "ci_workflow",
+    "ci_ref",
+];
+
+/// The report `ghgate policy explain` prints: the caller and request, then one explanation per
+/// ref update (or one for the request when there is none). `ff` says whether updates are
+/// fast-forwards (`None`: unknown); `changes` are the files the push changes (none given: none).
+pub fn explain_text(
+    policy: &Policy,
+    as_: &str,
+    request: &str,
+    refs: &[String],
+    ff: Option<bool>,
+    changes: &[String],
+) -> Result<String, String> {
+    let subject = parse_subject(as_)?;
+    let target = parse_request(request)?;
+    if ff.is_some() && refs.is_empty() {
+        return Err(
+            "--fast-forward and --non-fast-forward describe ref updates; give --ref-update too".into(),
+        );
+    }
+    let mut out = format!("caller: {subject}\nrequest: {target}");
+    let derived: Vec<String> = [
+        target.repository().map(|r| format!("repository {r}")),
+        target.git_service().map(|s| format!("git {s}")),
+        target.copilot().map(|c| format!("copilot {c}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !derived.is_empty() {
+        out.push_str(&format!(" ({})", derived.join(", ")));
+    }
+    out.push('\n');
+    if refs.is_empty() {
+        out.push('\n');
+        out.push_str(&policy.explain(&subject, &target, None).to_string());
+        return Ok(out);
+    }
+    for text in refs {
+        let mut r = parse_ref_update(text)?;
+        if r.kind == RefKind::Update
+            && let Some(ff) = ff
+        {
+            r.kind = if ff {
+                RefKind::FastForward
+            } else {
+                RefKind::NonFastForward
+            };
+        }
+        out.push_str(&format!("\nref update: {r}\n"));
+        if r.paths == Paths::NotComputed {
+            if changes.is_empty() {
+                // Whether the files matter, with the update read as the explanation will read it.
+                let mut probe = r.clone();
+                if probe.kind == RefKind::Update {
+                    probe.kind = RefKind::NonFastForward;
+                }
+                if policy.needs(&subject, &target, Some(&probe)).paths {
+                    out.push_str(
+                        "changed files: none given (--changes), so the push is taken to change no files\n",
+                    );
+                }
+                r.paths = Paths::Known(Vec::new());
+            } else {
+                out.push_str(&format!("changed files: {}\n", changes.join(", ")));
+                let files = changes
+                    .iter()
+                    .map(|c| c.trim_start_matches('/').to_owned())
+                    .collect();
+                r.paths = Paths::Known(files);
+            }
+        }
+        out.push_str(&policy.explain(&subject, &target, Some(&r)).to_string());
+    }
+    Ok(out)
+}
+
+fn parse_subject(text: &str) -> Result<Subject, String> {
+    let accepted = || {
+        format!(
+            "accepted keys: {}, oidc.CLAIM (oidc.groups=a|b for a list)",
+            AS_KEYS.join(", ")
+        )
+    };
+    let mut s = Subject::default();
+    let mut uid = None;
+    let mut seen = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--as: \"{pair}\" is not key=value; {}", accepted()))?;
+        if seen.contains(&key) {
+            return Err(format!("--as: {key} is given twice"));
+        }
+        seen.push(key);
+        let value = value.to_owned();
+        match key {
+            "uid" => {
+                uid = Some(
+                    value
+                        .parse::<u32>()
+                        .map_err(|_| format!("--as: uid \"{value}\" is not a number"))?,
+                )
+            }
+            "user" => s.user = Some(value),
+            "exe" => s.exe = Some(value),
+            "comm" => s.comm = value,
+            "cgroup" => s.cgroup = Some(value),
+            "ci_repository" => s.ci_repository = Some(value),
+            "ci_workflow" => s.ci_workflow = Some(value),
+            "ci_ref" => s.ci_ref = Some(value),
+            _ => match key.strip_prefix("oidc.").filter(|c| !c.is_empty()) {
+                Some(claim) => {
+                    let v = if claim == "groups" {
+                        serde_json::Value::Array(value.split('|').map(|g| g.into()).collect())
+                    } else {
+                        value.into()
+                    };
+                    s.oidc
+                        .get_or_insert_with(Default::default)
+                        .insert(claim.to_owned(), v);
+                }
+                None => return Err(format!("--as: unknown key \"{key}\"; {}", accepted())),
+            },
+        }
+    }
+    s.uid = uid.ok_or_else(|| format!("--as needs uid=N (e.g. --as uid=1000,user=alice); {}", accepted()))?;
+    Ok(s)
+}
+
+fn parse_request(text: &str) -> Result<Target, String> {
+    let usage = || {
+        format!(
+            "--request \"{text}\": write \"METHOD URL\", e.g. \"POST https://github.com/org/app.git/git-receive-pack\""
+        )
+    };
+    let mut words = text.split_whitespace();
+    let (Some(method), Some(url), None) = (words.next(), words.next(), words.next()) else {
+        return Err(usage());
+    };
+    if !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(usage());
+    }
+    let rest = match url.find("://") {
+        Some(i) if url[..i].eq_ignore_ascii_case("https") || url[..i].eq_ignore_ascii_case("http") => {
+            &url[i + 3..]
+        }
+        Some(_) => return Err(usage()),
+        None => url,
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(usage());
+    }
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    Ok(Target::new(host, method.to_ascii_uppercase(), path))
+}
+
+fn parse_ref_update(text: &str) -> Result<RefUpdate, String> {
+    let usage = |why: &str| {
+        format!("--ref-update \"{text}\": {why}; write \"OLD NEW REF\", e.g. \"0 1a2b3c refs/heads/topic\"")
+    };
+    let mut words = text.split_whitespace();
+    let (Some(old), Some(new), Some(name), None) = (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Err(usage("three words are needed"));
+    };
+    for id in [old, new] {
+        if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(usage(&format!("\"{id}\" is not an object id in hex")));
+        }
+    }
+    if !name.starts_with("refs/") {
+        return Err(usage(&format!(
+            "\"{name}\" is not a full ref name (refs/heads/{name}?)"
+        )));
+    }
+    Ok(RefUpdate::new(
+        name,
+        old.to_ascii_lowercase(),
+        new.to_ascii_lowercase(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    const POLICY: &str = "default = \"allow\"\n\
+        [approvers.maintainers]\nusers = [\"alice\", \"bob\"]\n\
+        [[rule]]\nname = \"force-push-main\"\naction = \"require_approval\"\napprovers = \"maintainers\"\n\
+        ref = \"refs/heads/main\"\nref_op = \"non-fast-forward\"\n\
+        [[rule]]\nname = \"workflows\"\naction = \"deny\"\npaths = \".github/workflows/*\"\n\
+        [[rule]]\nname = \"ci-deploy\"\naction = \"record_only\"\noidc_groups = \"deployers\"\nci_workflow = \"deploy\"\n";
+
+    fn policy() -> Policy {
+        Policy::parse(POLICY, Path::new("policy.toml")).unwrap()
+    }
+
+    const PUSH: &str = "POST https://github.com/org/app.git/git-receive-pack";
+    const UPDATE: &str = "1111111 2222222 refs/heads/main";
+
+    fn explain(as_: &str, request: &str, refs: &[&str], ff: Option<bool>, changes: &[&str]) -> String {
+        let refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+        let changes: Vec<String> = changes.iter().map(|r| r.to_string()).collect();
+        explain_text(&policy(), as_, request, &refs, ff, &changes).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn explain_err(as_: &str, request: &str, refs: &[&str]) -> String {
+        let refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+        explain_text(&policy(), as_, request, &refs, None, &[]).unwrap_err()
+    }
+
+    #[test]
+    fn an_undecided_update_is_explained_as_non_fast_forward() {
+        let out = explain("uid=1000,user=alice,comm=git", PUSH, &[UPDATE], None, &[]);
+        assert!(
+            out.starts_with(
+                "caller: uid=1000 user=alice comm=git\n\
+                 request: POST github.com/org/app.git/git-receive-pack (repository org/app, git receive-pack)\n\n\
+                 ref update: refs/heads/main 1111111..2222222 (update)\n\
+                 note: refs/heads/main: not known whether the update is a fast-forward; read as non-fast-forward"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("rule #1 \"force-push-main\": matches\n"), "{out}");
+        assert!(out.ends_with("by rule #1 \"force-push-main\"\n"), "{out}");
+    }
+
+    #[test]
+    fn a_fast_forward_without_changes_reads_as_changing_no_files() {
+        let out = explain("uid=1000", PUSH, &[UPDATE], Some(true), &[]);
+        assert!(
+            out.contains("(fast-forward)\nchanged files: none given (--changes)"),
+            "{out}"
+        );
+        assert!(out.contains("paths: refs/heads/main changes no files"), "{out}");
+        assert!(out.ends_with("verdict: allow by the default\n"), "{out}");
+        assert!(!out.contains("note:"), "{out}");
+
+        let out = explain(
+            "uid=1000",
+            PUSH,
+            &[UPDATE],
+            Some(true),
+            &[".github/workflows/ci.yml"],
+        );
+        assert!(out.contains("changed files: .github/workflows/ci.yml\n"), "{out}");
+        assert!(out.ends_with("verdict: deny by rule #2 \"workflows\"\n"), "{out}");
+    }
+
+    #[test]
+    fn one_explanation_per_ref_update_or_one_for_the_request() {
+        let out = explain(
+            "uid=1000",
+            PUSH,
+            &[UPDATE, "0 abc refs/heads/topic", "abc 0 refs/heads/old"],
+            Some(false),
+            &[],
+        );
+        assert_eq!(out.matches("\nverdict: ").count(), 3, "{out}");
+        assert!(out.contains("refs/heads/topic 0..abc (create)"), "{out}");
+        assert!(out.contains("refs/heads/old abc..0 (delete)"), "{out}");
+        // A delete changes no files: nothing to say about --changes.
+        assert_eq!(out.matches("changed files: none given").count(), 1, "{out}");
+
+        let out = explain(
+            "uid=1000",
+            "GET https://api.github.com/repos/org/app/pulls?page=2",
+            &[],
+            None,
+            &[],
+        );
+        assert_eq!(out.matches("verdict: ").count(), 1);
+        assert!(out.contains("request: GET api.github.com/repos/org/app/pulls?page=2 (repository org/app)"));
+        assert!(out.contains("ref: not a pushed ref"), "{out}");
+    }
+
+    #[test]
+    fn caller_facts_reach_the_rules() {
+        let as_ = "uid=1001,ci_workflow=deploy,oidc.groups=ops|deployers,oidc.sub=repo:org/app";
+        let out = explain(as_, "GET api.github.com/user", &[], None, &[]);
+        assert!(out.contains("caller: uid=1001 ci_workflow=deploy oidc.groups=[\"ops\",\"deployers\"] oidc.sub=repo:org/app"), "{out}");
+        assert!(
+            out.ends_with("verdict: record_only by rule #3 \"ci-deploy\"\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn unusable_command_lines_say_what_to_write() {
+        let e = explain_err("uid=1000,pid=5", PUSH, &[]);
+        assert_eq!(
+            e,
+            "--as: unknown key \"pid\"; accepted keys: uid, user, exe, comm, cgroup, ci_repository, \
+             ci_workflow, ci_ref, oidc.CLAIM (oidc.groups=a|b for a list)"
+        );
+        assert!(explain_err("user=alice", PUSH, &[]).starts_with("--as needs uid=N"));
+        assert!(explain_err("uid=me", PUSH, &[]).contains("uid \"me\" is not a number"));
+        assert!(explain_err("uid=1,uid=2", PUSH, &[]).contains("uid is given twice"));
+        assert!(explain_err("uid=1,oidc.=x", PUSH, &[]).contains("unknown key \"oidc.\""));
+        for bad in [
+            "https://github.com/",
+            "POST",
+            "POST ftp://x/y",
+            "POST https:///path",
+            "GET a b",
+        ] {
+            assert!(
+                explain_err("uid=1", bad, &[]).contains("write \"METHOD URL\""),
+                "{bad}"
+            );
+        }
+        assert!(explain_err("uid=1", PUSH, &["1 2"]).contains("three words are needed"));
+        assert!(explain_err("uid=1", PUSH, &["xyz 2 refs/heads/a"]).contains("\"xyz\" is not an object id"));
+        assert!(explain_err("uid=1", PUSH, &["1 2 main"]).contains("(refs/heads/main?)"));
+        let e = explain_text(&policy(), "uid=1", PUSH, &[], Some(true), &[]).unwrap_err();
+        assert!(e.contains("give --ref-update too"), "{e}");
+    }
+
+    #[test]
+    fn requests_are_read_with_or_without_a_scheme() {
+        let t = parse_request("post https://user@GitHub.com:443/o/r.git/info/refs?service=git-upload-pack")
+            .unwrap();
+        assert_eq!(
+            (t.method.as_str(), t.norm_host().as_str()),
+            ("POST", "github.com")
+        );
+        assert_eq!(t.path, "/o/r.git/info/refs?service=git-upload-pack");
+        let t = parse_request("GET api.github.com").unwrap();
+        assert_eq!((t.host.as_str(), t.path.as_str()), ("api.github.com", "/"));
+        let t = parse_request("GET api.github.com?x=1").unwrap();
+        assert_eq!(t.path, "/?x=1");
+    }
+
+    #[test]
+    fn check_reports_ok_or_an_invalid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, POLICY).unwrap();
+        let cli = Cli::try_parse_from(["policy", "check", good.to_str().unwrap()]).unwrap();
+        assert_eq!(run(cli.args).unwrap(), ExitCode::SUCCESS);
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(
+            &bad,
+            POLICY.replace("approvers = \"maintainers\"", "approvers = \"admins\""),
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["policy", "check", bad.to_str().unwrap()]).unwrap();
+        let e = run(cli.args).unwrap_err();
+        let invalid = e.downcast_ref::<Invalid>().expect("an Invalid error");
+        assert!(
+            invalid
+                .0
+                .contains("rule #1 \"force-push-main\": approvers \"admins\""),
+            "{invalid}"
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let cli = Cli::try_parse_from(["policy", "check", missing.to_str().unwrap()]).unwrap();
+        assert!(run(cli.args).unwrap_err().downcast_ref::<Invalid>().is_some());
+    }
+
+    #[test]
+    fn explain_takes_config_as_an_alias_and_refuses_both_ff_flags() {
+        let args = [
+            "policy",
+            "explain",
+            "--config",
+            "p.toml",
+            "--as",
+            "uid=1",
+            "--request",
+            PUSH,
+        ];
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Explain(a) = cli.args.command else {
+            panic!("not explain")
+        };
+        assert_eq!(a.policy, PathBuf::from("p.toml"));
+        let both = [&args[..], &["--fast-forward", "--non-fast-forward"]].concat();
+        assert!(Cli::try_parse_from(both).is_err());
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,0 +1,536 @@
+//! The policy stage of the pipeline: applies the (hot-reloaded) policy to each request, holds
+//! risky operations for approvers, and inspects git pushes ref by ref.
+//!
+//! `policy/` is the pure rule model; this module is where it meets the traffic: it builds the
+//! facts (who is calling, what is asked), reads what a decision needs from the request body (a
+//! push's commands and pack, an API call's body hash), asks GitHub's API what cannot be told
+//! from the bytes (is this push a fast-forward?), and turns verdicts into answers a client
+//! understands (`ng <ref> <why>` for git, a JSON message for the API).
+//!
+//! It must never forward an operation the policy refused or held, never let a decision go
+//! unrecorded, and never guess the safer answer when it could not tell: an undecidable push is
+//! the riskier kind.
+pub mod push;
+pub mod remote;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{Response, StatusCode, header};
+use http_body_util::BodyExt as _;
+
+use crate::{
+    approval::{self, Approvals, Gate as ApprovalGate, Operation, Requester},
+    config::PolicyConfig,
+    http::{Exchange, ProxyBody},
+    identity::{self, Caller},
+    outbound::Outbound,
+    policy::{Action, RefUpdate, Subject, Target, Verdict, live::Live},
+    record::model,
+};
+
+/// The policy stage of a running gateway.
+pub struct Enforcer {
+    pub live: Arc<Live>,
+    pub approvals: Arc<Approvals>,
+    outbound: Outbound,
+    cfg: PolicyConfig,
+    /// Fast-forward answers per (repository, old, new): the same push retried asks once.
+    ff_cache: Mutex<lru::LruCache<String, bool>>,
+}
+
+/// What the stage made of a request's head.
+pub enum Head {
+    /// It passes; the decision to record with it.
+    Pass(model::Decision),
+    /// It is refused now, with this answer.
+    Refuse(Response<Bytes>, model::Decision),
+    /// A push: its commands decide, ref by ref (`Enforcer::push`).
+    Push,
+    /// An API call the policy holds for approval: its body's hash binds the approval.
+    Approval(Verdict),
+}
+
+impl Enforcer {
+    pub fn new(live: Arc<Live>, approvals: Arc<Approvals>, outbound: Outbound, cfg: PolicyConfig) -> Self {
+        Self {
+            live,
+            approvals,
+            outbound,
+            cfg,
+            ff_cache: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4096).expect("non-zero"),
+            )),
+        }
+    }
+
+    /// Decides on a request from its head alone where it can.
+    pub fn head(&self, ex: &Exchange, subject: &Subject) -> Head {
+        let target = target(ex);
+        if is_push(ex) {
+            return Head::Push;
+        }
+        let verdict = self.live.current().evaluate(subject, &target, None);
+        match &verdict.action {
+            Action::Allow | Action::RecordOnly => {
+                if verdict.action == Action::RecordOnly {
+                    tracing::warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), rule = %verdict.rule,
+                                   "record_only: a request the policy flags passed");
+                }
+                Head::Pass(decision(&verdict, None, "passed", None))
+            }
+            Action::Deny => {
+                let text = format!("denied by {}{}", verdict.rule, suffix(verdict.message.as_deref()));
+                Head::Refuse(
+                    refusal(ex, StatusCode::FORBIDDEN, &text),
+                    decision(&verdict, None, "refused", None),
+                )
+            }
+            Action::RequireApproval(_) => Head::Approval(verdict),
+        }
+    }
+
+    /// An API call held for approval: reads its body (up to the cap) to bind the approval to
+    /// it, then forwards it if an approval for exactly this call exists (using it up), or
+    /// answers with the approval's id (after holding the request open, where the rule says so).
+    pub async fn api_approval(
+        &self,
+        ex: &Exchange,
+        caller: &Caller,
+        subject: &Subject,
+        verdict: &Verdict,
+        body: ProxyBody,
+    ) -> Result<(Bytes, model::Decision), (Response<Bytes>, model::Decision)> {
+        let Action::RequireApproval(spec) = &verdict.action else {
+            unreachable!("api_approval is only called for require_approval verdicts")
+        };
+        let refused = |status, text: String, outcome: &str, approval: Option<String>| {
+            (
+                refusal(ex, status, &text),
+                decision(verdict, None, outcome, approval),
+            )
+        };
+        let cap = self.cfg.approval_body_cap_bytes;
+        let body = match read_capped(body, cap).await {
+            Ok(b) => b,
+            Err(ReadError::TooBig) => {
+                return Err(refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "this request needs an approval ({}), and its body is larger than the {cap} bytes an approval can be bound to",
+                        verdict.rule
+                    ),
+                    "refused",
+                    None,
+                ));
+            }
+            Err(ReadError::Failed(e)) => {
+                return Err(refused(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {e}"),
+                    "refused",
+                    None,
+                ));
+            }
+        };
+        let (host, path) = host_and_path(&ex.url);
+        let op = Operation::Api {
+            host: host.to_owned(),
+            method: ex.method.to_string(),
+            path: path.to_owned(),
+            body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+        };
+        let requester = requester(caller, subject, &ex.conn.session);
+        let store_failed = |e: String| refused(StatusCode::SERVICE_UNAVAILABLE, e, "refused", None);
+        let mut gate = self.check(&op, &requester, verdict).map_err(store_failed)?;
+        if let (ApprovalGate::Pending { id, .. }, Some(hold)) = (&gate, spec.hold) {
+            tracing::info!(exchange = ex.id, approval = %id, hold_secs = hold.as_secs(), "holding a request open for its approval");
+            let _ = self.approvals.wait(id, hold).await;
+            gate = self.check(&op, &requester, verdict).map_err(store_failed)?;
+        }
+        match gate {
+            ApprovalGate::Approved { id } => Ok((body, decision(verdict, None, "passed", Some(id)))),
+            ApprovalGate::Pending { id, .. } => Err(refused(
+                StatusCode::FORBIDDEN,
+                held_text(&id, verdict),
+                "held",
+                Some(id),
+            )),
+            ApprovalGate::Denied { id, by, reason } => Err(refused(
+                StatusCode::FORBIDDEN,
+                format!("approval {id} was denied by {by}{}", suffix(reason.as_deref())),
+                "refused",
+                Some(id),
+            )),
+        }
+    }
+
+    /// The approval state of an operation; `Err` when the approval store cannot be written (the
+    /// operation is then refused: an approval must never be usable twice).
+    fn check(
+        &self,
+        op: &Operation,
+        requester: &Requester,
+        verdict: &Verdict,
+    ) -> Result<ApprovalGate, String> {
+        let Action::RequireApproval(spec) = &verdict.action else {
+            unreachable!("check is only called for require_approval verdicts")
+        };
+        self.approvals
+            .check(
+                op,
+                requester,
+                &approval::ApprovalSpec {
+                    group: spec.group.clone(),
+                    approvals: spec.approvals,
+                    expires: spec.expires,
+                    hold: spec.hold,
+                },
+                &verdict.rule.to_string(),
+                verdict.message.as_deref(),
+            )
+            .map_err(|e| format!("the approval store failed: {e}"))
+    }
+
+    /// How long a push's inspection may take.
+    fn inspect_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.inspect_timeout_ms)
+    }
+
+    fn cached_ff(&self, key: &str) -> Option<bool> {
+        self.ff_cache.lock().ok()?.get(key).copied()
+    }
+
+    fn cache_ff(&self, key: String, ff: bool) {
+        if let Ok(mut c) = self.ff_cache.lock() {
+            c.put(key, ff);
+        }
+    }
+}
+
+/// The facts the policy knows a caller by.
+pub fn subject(caller: &Caller, oidc: Option<&serde_json::Map<String, serde_json::Value>>) -> Subject {
+    let ci_var = |name: &str| caller.ci.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    Subject {
+        uid: caller.uid,
+        user: identity::user_name(caller.uid),
+        exe: caller.exe.as_ref().map(|p| p.display().to_string()),
+        comm: caller.comm.clone(),
+        cgroup: caller.cgroup.clone(),
+        ci_repository: ci_var("GITHUB_REPOSITORY"),
+        ci_workflow: ci_var("GITHUB_WORKFLOW"),
+        ci_ref: ci_var("GITHUB_REF"),
+        oidc: oidc.cloned(),
+    }
+}
+
+/// Who asked for an approval: what a retry by the same caller (a new process) still matches.
+pub fn requester(caller: &Caller, subject: &Subject, session: &str) -> Requester {
+    Requester {
+        uid: caller.uid,
+        user: subject.user.clone(),
+        exe: subject.exe.clone(),
+        session: session.to_owned(),
+        oidc_subject: subject
+            .oidc
+            .as_ref()
+            .and_then(|c| c.get("sub"))
+            .and_then(|s| s.as_str())
+            .map(str::to_owned),
+        ci_repository: subject.ci_repository.clone(),
+    }
+}
+
+/// What a request asks for, as the policy sees it.
+pub fn target(ex: &Exchange) -> Target {
+    let (host, path) = host_and_path(&ex.url);
+    Target::new(host, ex.method.as_str(), path)
+}
+
+/// `POST …/git-receive-pack`.
+pub fn is_push(ex: &Exchange) -> bool {
+    let (_, path) = host_and_path(&ex.url);
+    ex.method == http::Method::POST
+        && path
+            .split('?')
+            .next()
+            .unwrap_or(path)
+            .ends_with("/git-receive-pack")
+}
+
+/// `GET …/info/refs?service=git-receive-pack`: the advertisement a push starts with.
+pub fn is_push_advertisement(ex: &Exchange) -> bool {
+    let (_, path) = host_and_path(&ex.url);
+    let (p, q) = path.split_once('?').unwrap_or((path, ""));
+    ex.method == http::Method::GET
+        && p.ends_with("/info/refs")
+        && q.split('&').any(|kv| kv == "service=git-receive-pack")
+}
+
+/// The record of a verdict.
+pub fn decision(
+    verdict: &Verdict,
+    ref_update: Option<model::DecidedRef>,
+    outcome: &str,
+    approval: Option<String>,
+) -> model::Decision {
+    model::Decision {
+        session: String::new(),
+        exchange: 0,
+        at: model::now_micros(),
+        action: verdict.action.name().to_owned(),
+        rule: verdict.rule.to_string(),
+        message: verdict.message.clone(),
+        ref_update,
+        approval,
+        outcome: outcome.to_owned(),
+    }
+}
+
+/// A ref update as recorded.
+pub fn decided_ref(r: &RefUpdate, kind_from: Option<String>) -> model::DecidedRef {
+    use crate::policy::Paths;
+    const MAX_PATHS: usize = 200;
+    let (paths, paths_unknown) = match &r.paths {
+        Paths::Known(p) => (p.iter().take(MAX_PATHS).cloned().collect(), None),
+        Paths::Unknown(why) => (Vec::new(), Some(why.clone())),
+        Paths::NotComputed => (Vec::new(), None),
+    };
+    model::DecidedRef {
+        name: r.name.clone(),
+        old: r.old.clone(),
+        new: r.new.clone(),
+        kind: r.kind.as_str().to_owned(),
+        kind_from,
+        paths,
+        paths_unknown,
+    }
+}
+
+/// What a caller is told about an operation held for approval.
+pub fn held_text(id: &str, verdict: &Verdict) -> String {
+    let group = match &verdict.action {
+        Action::RequireApproval(s) => s.group.as_str(),
+        _ => "?",
+    };
+    format!(
+        "held for approval {id} by {}{}; an approver in \"{group}\" runs `ghgate approvals approve {id}`, then retry",
+        verdict.rule,
+        suffix(verdict.message.as_deref())
+    )
+}
+
+fn suffix(message: Option<&str>) -> String {
+    message.map(|m| format!(": {m}")).unwrap_or_default()
+}
+
+/// The gateway's refusal, in the form the client reads: plain text for git (which prints it
+/// as `remote: …`), GitHub's JSON error shape for the API.
+pub fn refusal(ex: &Exchange, status: StatusCode, text: &str) -> Response<Bytes> {
+    let (_, path) = host_and_path(&ex.url);
+    let git = crate::credentials::is_git(path);
+    let (body, ctype) = if git {
+        (format!("ghgate: {text}\n"), "text/plain; charset=utf-8")
+    } else {
+        (
+            serde_json::json!({ "message": format!("ghgate: {text}") }).to_string(),
+            "application/json; charset=utf-8",
+        )
+    };
+    let mut r = Response::new(Bytes::from(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}
+
+enum ReadError {
+    TooBig,
+    Failed(String),
+}
+
+/// A whole body, if it is at most `cap` bytes.
+async fn read_capped(mut body: ProxyBody, cap: usize) -> Result<Bytes, ReadError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
+        if let Some(d) = frame.data_ref() {
+            if buf.len() + d.len() > cap {
+                return Err(ReadError::TooBig);
+            }
+            buf.extend_from_slice(d);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The host and path of an exchange's `https://authority/path?query` URL.
+pub fn host_and_path(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    (host, path)
+}
+
+/// The approver groups of the current policy (reloads apply at once).
+struct PolicyGroups(Arc<Live>);
+
+fn group_of(g: &crate::policy::ApproverGroup) -> approval::ApproverGroup {
+    approval::ApproverGroup {
+        users: g.users.clone(),
+        uids: g.uids.clone(),
+    }
+}
+
+impl approval::ApproverGroups for PolicyGroups {
+    fn group(&self, name: &str) -> Option<approval::ApproverGroup> {
+        self.0.current().group(name).map(group_of)
+    }
+
+    fn all(&self) -> Vec<(String, approval::ApproverGroup)> {
+        self.0
+            .current()
+            .groups()
+            .map(|(n, g)| (n.to_owned(), group_of(g)))
+            .collect()
+    }
+}
+
+/// Webhook deliveries through the gateway's own verified HTTPS client.
+struct OutboundPoster(Outbound);
+
+impl approval::Poster for OutboundPoster {
+    fn post<'a>(
+        &'a self,
+        url: &'a str,
+        headers: &'a [(String, String)],
+        body: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u16, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let headers = headers
+                .iter()
+                .map(|(k, v)| {
+                    http::HeaderName::from_bytes(k.as_bytes())
+                        .map(|n| (n, v.clone()))
+                        .map_err(|_| format!("{k:?} is not a header name"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.0
+                .request(http::Method::POST, url, &headers, Some(Bytes::from(body)))
+                .await
+                .map(|r| r.status.as_u16())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// An approval step, for the session store: in the session that asked for the approval.
+fn step_record(a: &approval::Approval, step: &approval::Step) -> model::ApprovalStep {
+    use approval::Step;
+    let (name, by, reason) = match step {
+        Step::Requested => ("requested", None, None),
+        Step::Notified {
+            ok: true, attempts, ..
+        } => ("notified", None, Some(format!("after {attempts} attempt(s)"))),
+        Step::Notified {
+            ok: false,
+            attempts,
+            error,
+        } => (
+            "notify_failed",
+            None,
+            Some(format!(
+                "after {attempts} attempt(s): {}",
+                error.as_deref().unwrap_or("no answer")
+            )),
+        ),
+        Step::Approved { by, reason } => ("approved", Some(by.clone()), reason.clone()),
+        Step::Denied { by, reason } => ("denied", Some(by.clone()), reason.clone()),
+        Step::Used => ("used", None, None),
+        Step::Expired => ("expired", None, None),
+    };
+    model::ApprovalStep {
+        session: a.requester.session.clone(),
+        at: model::now_micros(),
+        id: a.id.clone(),
+        step: name.to_owned(),
+        exchange: None,
+        operation: a.operation.to_string(),
+        rule: a.rule.clone(),
+        by,
+        reason,
+    }
+}
+
+impl Enforcer {
+    /// The policy stage for a configuration: `None` without a `[policy] file`. Fails (before
+    /// anything is attached) on a policy file that is not valid or an approval store that
+    /// cannot be read.
+    pub fn start(
+        config: &crate::config::Config,
+        outbound: Outbound,
+        recorder: Option<Arc<crate::record::Recorder>>,
+    ) -> anyhow::Result<Option<Arc<Enforcer>>> {
+        let Some(file) = &config.policy.file else {
+            return Ok(None);
+        };
+        let live = Live::load(file)?;
+        let on_step: approval::StepHook = Arc::new(move |a, step| {
+            let record = step_record(a, step);
+            tracing::info!(approval = %a.id, step = %record.step, operation = %crate::mask::for_logs(&record.operation),
+                           rule = %a.rule, by = record.by.as_deref(), "approval");
+            if let Some(r) = &recorder {
+                r.approval_step(record);
+            }
+        });
+        let approvals = Approvals::open(&config.state_dir, Arc::new(PolicyGroups(live.clone())), on_step)?;
+        if let Some(hook) = &config.approvals.webhook {
+            approvals.set_webhook(Some(approval::Webhook::new(
+                hook.clone(),
+                Arc::new(OutboundPoster(outbound.clone())),
+                Duration::from_millis(hook.backoff_ms),
+            )));
+        }
+        Ok(Some(Arc::new(Enforcer::new(
+            live,
+            approvals,
+            outbound,
+            config.policy.clone(),
+        ))))
+    }
+
+    /// Starts what runs beside the proxy: the policy file watcher, approval expiry, and the
+    /// control socket (and HTTPS listener, when configured) approvers decide through.
+    pub async fn serve(&self, config: &crate::config::Config) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        self.live
+            .clone()
+            .watch(Duration::from_millis(config.policy.reload_ms));
+        self.approvals.spawn_expiry(Duration::from_secs(1));
+        let socket = &config.approvals.socket;
+        if let Some(dir) = socket.parent()
+            && !dir.exists()
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+        approval::control::serve_unix(self.approvals.clone(), socket)
+            .await
+            .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
+        if let Some(http) = &config.approvals.http {
+            let (addr, _) = approval::control::serve_tls(self.approvals.clone(), http)
+                .await
+                .context("cannot serve the approvals HTTPS listener")?;
+            tracing::info!(listen = %addr, "approvals HTTPS listener ready");
+        }
+        tracing::info!(policy = %self.live.current().summary(), socket = %socket.display(), "policy active");
+        Ok(())
+    }
+}

@@ -1,0 +1,482 @@
+//! A git push through the policy, ref by ref.
+//!
+//! The push's commands are read from the start of its body before anything goes upstream. Each
+//! ref update is decided on its own; what a rule needs beyond the ids is found out only when
+//! `Policy::needs` says it could change the outcome: whether an update is a fast-forward (the
+//! pushed commits, then GitHub's compare API for the commits it already has) and which paths the
+//! pushed commits change (the pack, read whole up to `max_pack_bytes`, and the trees upstream).
+//! When that cannot be found out in bounds, the update counts as the riskier kind.
+//!
+//! Refused or held refs get `ng <ref> <why>` in the report-status git prints. The other refs go
+//! up without them, unless the client asked for an atomic push (or signed it), when nothing goes
+//! up. Never forwards a ref the policy did not pass.
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, BodyStream, Full, StreamBody};
+
+use super::{Enforcer, decided_ref, decision, held_text, refusal, remote::Api};
+use crate::{
+    approval::{Gate as ApprovalGate, Operation},
+    credentials::Secret,
+    http::{BoxError, Exchange, ProxyBody},
+    identity::Caller,
+    policy::{
+        Action, Paths, RefKind, RefUpdate, Subject,
+        gitwire::{self, Commands, ReplyStyle, Scan},
+        push::{self as pack, Budget, Limits, Oid, PackObjects},
+    },
+    record::model,
+};
+
+/// The most bytes a push's command list may take (tens of thousands of refs).
+const MAX_COMMAND_BYTES: usize = 4 << 20;
+
+/// What the upstream's answer to a push sent up in part needs added: the refs held back.
+#[derive(Debug, Clone)]
+pub struct PushReply {
+    pub style: ReplyStyle,
+    /// (ref, why) for each ref not sent up.
+    pub held: Vec<(String, String)>,
+    pub notes: Vec<String>,
+}
+
+/// What the policy made of a push.
+pub enum PushGate {
+    /// Send this body up (`length` when it is known whole); `reply` when refs were held back.
+    Forward {
+        body: ProxyBody,
+        length: Option<u64>,
+        rewritten: bool,
+        reply: Option<PushReply>,
+    },
+    Answer(Response<Bytes>),
+}
+
+/// A request body read from the front, whose unread rest can still be forwarded.
+struct Reader {
+    body: ProxyBody,
+    buf: BytesMut,
+    ended: bool,
+}
+
+impl Reader {
+    /// Reads one more frame; `false` once the body has ended.
+    async fn more(&mut self) -> Result<bool, String> {
+        if self.ended {
+            return Ok(false);
+        }
+        match self.body.frame().await {
+            None => {
+                self.ended = true;
+                Ok(false)
+            }
+            Some(Err(e)) => Err(format!("the push body failed: {e}")),
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    self.buf.extend_from_slice(d);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Reads until `len` bytes are in or the body ends; `false` if it ended first.
+    async fn fill(&mut self, len: usize) -> Result<bool, String> {
+        while self.buf.len() < len {
+            if !self.more().await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads and drops the rest (the client is answered once it has sent its body).
+    async fn drain(mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            self.buf.clear();
+            match tokio::time::timeout(Duration::from_secs(30), self.more()).await {
+                Ok(Ok(true)) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// `front` followed by whatever of the body is unread.
+    fn forward(self, front: Bytes) -> (ProxyBody, Option<u64>) {
+        if self.ended {
+            let len = front.len() as u64;
+            return (
+                Full::new(front).map_err(|never| match never {}).boxed(),
+                Some(len),
+            );
+        }
+        let head =
+            futures_util::stream::once(async move { Ok::<_, BoxError>(http_body::Frame::data(front)) });
+        let rest = BodyStream::new(self.body);
+        (
+            http_body_util::BodyExt::boxed(StreamBody::new(head.chain(rest))),
+            None,
+        )
+    }
+}
+
+/// The answer to a push, in git's own words.
+fn answer(style: ReplyStyle, refs: &[(String, Result<(), String>)], notes: &[String]) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from(gitwire::report(style, refs, notes)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-git-receive-pack-result"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+impl Enforcer {
+    /// Decides a push from its body; the decisions (one per ref) are returned for the record
+    /// in every case.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn push(
+        &self,
+        ex: &Exchange,
+        caller: &Caller,
+        subject: &Subject,
+        token: Option<&Secret>,
+        req: &http::request::Parts,
+        body: ProxyBody,
+    ) -> (PushGate, Vec<model::Decision>) {
+        let target = super::target(ex);
+        let policy = self.live.current();
+        let refuse = |status, text: String| (PushGate::Answer(refusal(ex, status, &text)), Vec::new());
+        if req
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a compressed push body cannot be inspected by the policy; nothing was forwarded".into(),
+            );
+        }
+        let mut reader = Reader {
+            body,
+            buf: BytesMut::new(),
+            ended: false,
+        };
+        let commands = loop {
+            match gitwire::scan_commands(&reader.buf) {
+                Ok(Scan::Done(c)) => break c,
+                Ok(Scan::Incomplete) if reader.buf.len() > MAX_COMMAND_BYTES => {
+                    return refuse(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the push's command list is longer than {MAX_COMMAND_BYTES} bytes"),
+                    );
+                }
+                Ok(Scan::Incomplete) => match reader.more().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return refuse(
+                            StatusCode::BAD_REQUEST,
+                            "the push body ended inside its command list; nothing was forwarded".into(),
+                        );
+                    }
+                    Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+                },
+                Err(e) => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the push's commands ({e}); nothing was forwarded"),
+                    );
+                }
+            }
+        };
+        if commands.commands.is_empty() {
+            // git's probe before a large push, or an empty push: nothing to decide.
+            let front = reader_front(&mut reader.buf);
+            let (body, length) = reader.forward(front);
+            return (
+                PushGate::Forward {
+                    body,
+                    length,
+                    rewritten: false,
+                    reply: None,
+                },
+                Vec::new(),
+            );
+        }
+
+        let deadline = Instant::now() + self.inspect_timeout();
+        let mut refs: Vec<RefUpdate> = commands
+            .commands
+            .iter()
+            .map(|c| RefUpdate::new(&c.name, &c.old, &c.new))
+            .collect();
+        let needs: Vec<_> = refs
+            .iter()
+            .map(|r| policy.needs(subject, &target, Some(r)))
+            .collect();
+        let carries_pack = refs.iter().any(|r| r.kind != RefKind::Delete);
+        // The pack, read whole when a decision needs it.
+        let mut pack_state: Result<Option<PackObjects>, String> = Ok(None);
+        if carries_pack && needs.iter().any(|n| n.fast_forward || n.paths) {
+            let limit = commands.end + self.cfg.max_pack_bytes as usize;
+            match reader.fill(limit + 1).await {
+                Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+                Ok(true) => {
+                    pack_state = Err(format!(
+                        "the pushed pack is larger than the {} bytes the gateway reads",
+                        self.cfg.max_pack_bytes
+                    ));
+                }
+                Ok(false) => {
+                    let pack_bytes = Bytes::copy_from_slice(&reader.buf[commands.end..]);
+                    let limits = Limits::with_deadline(deadline);
+                    let decoded =
+                        tokio::task::spawn_blocking(move || pack::decode(&pack_bytes, &limits)).await;
+                    pack_state = match decoded {
+                        Ok(Ok(p)) => Ok(Some(p)),
+                        Ok(Err(e)) => Err(format!("the pushed pack could not be read: {e}")),
+                        Err(e) => Err(format!("reading the pushed pack failed: {e}")),
+                    };
+                }
+            }
+        }
+        let repository = target.repository();
+        let remote = Api::new(
+            self.outbound.clone(),
+            &self.cfg.api_url,
+            repository.clone(),
+            token.cloned(),
+        );
+        let budget = Budget {
+            max_remote_calls: self.cfg.max_api_calls,
+            deadline,
+        };
+        let empty = PackObjects::default();
+        let interesting = policy.paths_of_interest();
+        let left = || deadline.saturating_duration_since(Instant::now());
+
+        let mut kind_from: Vec<Option<String>> = vec![None; refs.len()];
+        for (i, r) in refs.iter_mut().enumerate() {
+            let parse = |s: &str| s.parse::<Oid>().map_err(|e| format!("{s}: {e}"));
+            if needs[i].fast_forward && r.kind == RefKind::Update {
+                let key = format!("{} {} {}", repository.as_deref().unwrap_or("?"), r.old, r.new);
+                let found = match self.cached_ff(&key) {
+                    Some(ff) => Ok(ff),
+                    None => {
+                        let answer = match (&pack_state, parse(&r.old), parse(&r.new)) {
+                            (Err(why), _, _) => Err(why.clone()),
+                            (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+                            (Ok(p), Ok(old), Ok(new)) => {
+                                let p = p.as_ref().unwrap_or(&empty);
+                                tokio::time::timeout(
+                                    left(),
+                                    pack::fast_forward(p, &old, &new, &remote, &budget),
+                                )
+                                .await
+                                .unwrap_or_else(|_| Err("the inspection ran out of time".into()))
+                            }
+                        };
+                        if let Ok(ff) = answer {
+                            self.cache_ff(key, ff);
+                        }
+                        answer
+                    }
+                };
+                match found {
+                    Ok(true) => {
+                        r.kind = RefKind::FastForward;
+                        kind_from[i] = Some("the pushed commits and the compare API".into());
+                    }
+                    Ok(false) => {
+                        r.kind = RefKind::NonFastForward;
+                        kind_from[i] = Some("the pushed commits and the compare API".into());
+                    }
+                    Err(why) => {
+                        r.kind = RefKind::NonFastForward;
+                        kind_from[i] = Some(format!("undecided, taken as non-fast-forward: {why}"));
+                    }
+                }
+            }
+            // With its kind known, the paths may no longer matter.
+            if r.paths == Paths::NotComputed && policy.needs(subject, &target, Some(r)).paths {
+                let found = match (&pack_state, parse(&r.new)) {
+                    (Err(why), _) => Err(why.clone()),
+                    (_, Err(e)) => Err(e),
+                    (Ok(p), Ok(new)) => {
+                        let old = if r.kind == RefKind::Create {
+                            None
+                        } else {
+                            r.old.parse::<Oid>().ok()
+                        };
+                        let p = p.as_ref().unwrap_or(&empty);
+                        tokio::time::timeout(
+                            left(),
+                            pack::changed_paths(p, old.as_ref(), &new, &remote, &interesting, &budget),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err("the inspection ran out of time".into()))
+                    }
+                };
+                r.paths = match found {
+                    Ok(p) => Paths::Known(p),
+                    Err(why) => Paths::Unknown(why),
+                };
+            }
+        }
+
+        // Each ref's verdict, and what it means for the push.
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(refs.len());
+        let mut decisions = Vec::with_capacity(refs.len());
+        let mut notes = Vec::new();
+        let requester = super::requester(caller, subject, &ex.conn.session);
+        for (i, r) in refs.iter().enumerate() {
+            let verdict = policy.evaluate(subject, &target, Some(r));
+            let recorded = Some(decided_ref(r, kind_from[i].clone()));
+            let (result, outcome, approval) = match &verdict.action {
+                Action::Allow => (Ok(()), "passed", None),
+                Action::RecordOnly => {
+                    tracing::warn!(exchange = ex.id, r#ref = %r.name, rule = %verdict.rule,
+                                   "record_only: a ref update the policy flags passed");
+                    (Ok(()), "passed", None)
+                }
+                Action::Deny => {
+                    let why = format!(
+                        "denied by ghgate {}{}",
+                        verdict.rule,
+                        verdict
+                            .message
+                            .as_deref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    );
+                    notes.push(format!("ghgate: {}: {why}", r.name));
+                    (Err(why), "refused", None)
+                }
+                Action::RequireApproval(_) => {
+                    let op = Operation::GitRef {
+                        repository: repository.clone().unwrap_or_default(),
+                        ref_name: r.name.clone(),
+                        old: r.old.clone(),
+                        new: r.new.clone(),
+                    };
+                    match self.check(&op, &requester, &verdict) {
+                        Err(e) => {
+                            notes.push(format!("ghgate: {}: {e}", r.name));
+                            (Err(e), "refused", None)
+                        }
+                        Ok(ApprovalGate::Approved { id }) => (Ok(()), "passed", Some(id)),
+                        Ok(ApprovalGate::Pending { id, .. }) => {
+                            notes.push(format!("ghgate: {}: {}", r.name, held_text(&id, &verdict)));
+                            (Err(format!("held for approval {id}")), "held", Some(id))
+                        }
+                        Ok(ApprovalGate::Denied { id, by, reason }) => {
+                            let why = format!(
+                                "approval {id} was denied by {by}{}",
+                                reason.map(|m| format!(": {m}")).unwrap_or_default()
+                            );
+                            notes.push(format!("ghgate: {}: {why}", r.name));
+                            (Err(why), "refused", Some(id))
+                        }
+                    }
+                }
+            };
+            decisions.push(decision(&verdict, recorded, outcome, approval));
+            results.push(result);
+        }
+
+        let style = commands.reply_style();
+        let passing = results.iter().filter(|r| r.is_ok()).count();
+        if passing == results.len() {
+            let front = reader_front(&mut reader.buf);
+            let (body, length) = reader.forward(front);
+            return (
+                PushGate::Forward {
+                    body,
+                    length,
+                    rewritten: false,
+                    reply: None,
+                },
+                decisions,
+            );
+        }
+        let all_or_nothing = commands.atomic() || commands.certificate;
+        if passing == 0 || all_or_nothing {
+            let report: Vec<(String, Result<(), String>)> = commands
+                .commands
+                .iter()
+                .zip(&results)
+                .map(|(c, r)| {
+                    let r = match r {
+                        Ok(()) if all_or_nothing => Err("atomic push failed".to_owned()),
+                        other => other.clone(),
+                    };
+                    (c.name.clone(), r)
+                })
+                .collect();
+            for d in &mut decisions {
+                if d.outcome == "passed" && all_or_nothing {
+                    d.outcome = "refused (atomic push)".into();
+                }
+            }
+            reader.drain().await;
+            return (PushGate::Answer(answer(style, &report, &notes)), decisions);
+        }
+        // Some refs go up: the others are taken out of the command list, and put back as `ng`
+        // lines in the answer.
+        let keep: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        let (front, needs_pack) = match rewrite(&commands, &reader.buf, &keep) {
+            Ok(f) => f,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+        };
+        let held = commands
+            .commands
+            .iter()
+            .zip(&results)
+            .filter_map(|(c, r)| r.as_ref().err().map(|why| (c.name.clone(), why.clone())))
+            .collect();
+        let (body, length) = if needs_pack {
+            reader.forward(front)
+        } else {
+            reader.drain().await;
+            let len = front.len() as u64;
+            (
+                Full::new(front).map_err(|never| match never {}).boxed(),
+                Some(len),
+            )
+        };
+        (
+            PushGate::Forward {
+                body,
+                length,
+                rewritten: true,
+                reply: Some(PushReply { style, held, notes }),
+            },
+            decisions,
+        )
+    }
+}
+
+/// The command list without the held refs, then what was read of the pack. A pack no kept
+/// command needs (only deletes are left) is not sent.
+fn rewrite(commands: &Commands, buf: &[u8], keep: &[bool]) -> Result<(Bytes, bool), String> {
+    let mut out = commands.rewrite(buf, keep)?;
+    let needs_pack = commands
+        .commands
+        .iter()
+        .zip(keep)
+        .any(|(c, k)| *k && !gitwire::is_zero(&c.new));
+    if needs_pack {
+        out.extend_from_slice(&buf[commands.end..]);
+    }
+    Ok((Bytes::from(out), needs_pack))
+}
+
+/// Everything read so far, taken out of the reader.
+fn reader_front(buf: &mut BytesMut) -> Bytes {
+    std::mem::take(buf).freeze()
+}

@@ -1,0 +1,122 @@
+//! What the upstream already has, asked through GitHub's REST API with the credential the push
+//! itself carries upstream: commits and trees by id, and the compare API for ancestry.
+//!
+//! Never puts the credential in an error or a log line; an answer it cannot read is an error
+//! (the push's facts become undecidable), never a guess.
+use http::{HeaderName, Method, StatusCode, header};
+
+use crate::{
+    credentials::Secret,
+    outbound::Outbound,
+    policy::push::{Commit, Oid, Remote, TreeEntry},
+};
+
+/// The REST API of one repository.
+pub struct Api {
+    outbound: Outbound,
+    /// `https://api.github.com/repos/OWNER/NAME`, when the push's repository is known.
+    base: Option<String>,
+    token: Option<Secret>,
+}
+
+impl Api {
+    pub fn new(outbound: Outbound, api_url: &str, repository: Option<String>, token: Option<Secret>) -> Self {
+        Self {
+            outbound,
+            base: repository.map(|r| format!("{}/repos/{r}", api_url.trim_end_matches('/'))),
+            token,
+        }
+    }
+
+    /// GET `path` under the repository: `Ok(None)` for 404 (or 422: GitHub's answer for an
+    /// object id it does not have).
+    async fn get(&self, path: &str) -> Result<Option<serde_json::Value>, String> {
+        let base = self
+            .base
+            .as_ref()
+            .ok_or("the push's repository cannot be told from its URL")?;
+        let url = format!("{base}/{path}");
+        let mut headers = vec![
+            (header::ACCEPT, "application/vnd.github+json".to_owned()),
+            (header::USER_AGENT, "ghgate".to_owned()),
+            (
+                HeaderName::from_static("x-github-api-version"),
+                "2022-11-28".to_owned(),
+            ),
+        ];
+        if let Some(t) = &self.token {
+            headers.push((header::AUTHORIZATION, format!("Bearer {}", t.expose())));
+        }
+        let resp = self
+            .outbound
+            .request(Method::GET, &url, &headers, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        match resp.status {
+            StatusCode::OK => serde_json::from_slice(&resp.body)
+                .map(Some)
+                .map_err(|e| format!("{path}: the API's answer is not JSON ({e})")),
+            StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => Ok(None),
+            s => Err(format!("{path}: the API answered {s}")),
+        }
+    }
+}
+
+fn oid(v: &serde_json::Value) -> Result<Oid, String> {
+    let s = v
+        .as_str()
+        .ok_or("an object id is missing from the API's answer")?;
+    s.parse::<Oid>().map_err(|e| format!("{s}: {e}"))
+}
+
+impl Remote for Api {
+    async fn commit(&self, id: &Oid) -> Result<Option<Commit>, String> {
+        let Some(v) = self.get(&format!("git/commits/{id}")).await? else {
+            return Ok(None);
+        };
+        let tree = oid(&v["tree"]["sha"])?;
+        let parents = v["parents"]
+            .as_array()
+            .map(|ps| ps.iter().map(|p| oid(&p["sha"])).collect::<Result<Vec<_>, _>>())
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Some(Commit { tree, parents }))
+    }
+
+    async fn tree(&self, id: &Oid) -> Result<Option<Vec<TreeEntry>>, String> {
+        let Some(v) = self.get(&format!("git/trees/{id}")).await? else {
+            return Ok(None);
+        };
+        if v["truncated"].as_bool() == Some(true) {
+            return Err(format!("the API truncated tree {id}"));
+        }
+        let entries = v["tree"].as_array().ok_or("a tree without entries")?;
+        entries
+            .iter()
+            .map(|e| {
+                let mode = e["mode"]
+                    .as_str()
+                    .and_then(|m| u32::from_str_radix(m, 8).ok())
+                    .ok_or("a tree entry without a mode")?;
+                let name = e["path"].as_str().ok_or("a tree entry without a name")?;
+                Ok(TreeEntry {
+                    mode,
+                    name: name.as_bytes().to_vec(),
+                    id: oid(&e["sha"])?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(Some)
+    }
+
+    async fn is_ancestor(&self, ancestor: &Oid, descendant: &Oid) -> Result<Option<bool>, String> {
+        let Some(v) = self.get(&format!("compare/{ancestor}...{descendant}")).await? else {
+            return Ok(None);
+        };
+        match v["status"].as_str() {
+            Some("ahead" | "identical") => Ok(Some(true)),
+            Some("behind" | "diverged") => Ok(Some(false)),
+            other => Err(format!("the compare API answered status {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! Evaluation: which rule a request (or a pushed ref) matches, which undecided facts could
+//! change that, and a step-by-step explanation for people.
+//!
+//! Pure: no I/O, no clock. Undecided facts are read the riskier way by `evaluate` and
+//! `explain`: an `Update` whose ancestry is unknown counts as non-fast-forward, and changed files
+//! not computed (or not computable) count as matching every `paths` condition. `needs` tells the
+//! caller which of them to decide to get an exact answer.
+//!
+//! Hosts, methods, request paths and repositories are compared ignoring ASCII case (GitHub does);
+//! refs, file paths, executables, cgroups, CI workflow names and OIDC claims compare exactly.
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::{
+    Action, Policy, Rule, RuleRef, Verdict,
+    facts::{GitService, Paths, RefKind, RefUpdate, Subject, Target},
+};
+use crate::glob::glob;
+
+/// A `ref_op` of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefOp {
+    Create,
+    /// Either kind of update.
+    Update,
+    FastForward,
+    NonFastForward,
+    Delete,
+}
+
+impl RefOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefOp::Create => "create",
+            RefOp::Update => "update",
+            RefOp::FastForward => "fast-forward",
+            RefOp::NonFastForward => "non-fast-forward",
+            RefOp::Delete => "delete",
+        }
+    }
+}
+
+/// Conditions compared as globs against one text fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextField {
+    User,
+    Exe,
+    Comm,
+    Cgroup,
+    CiRepository,
+    CiWorkflow,
+    CiRef,
+    Host,
+    Method,
+    Path,
+    Repository,
+}
+
+impl TextField {
+    /// The key a policy file writes.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            TextField::User => "user",
+            TextField::Exe => "exe",
+            TextField::Comm => "comm",
+            TextField::Cgroup => "cgroup",
+            TextField::CiRepository => "ci_repository",
+            TextField::CiWorkflow => "ci_workflow",
+            TextField::CiRef => "ci_ref",
+            TextField::Host => "host",
+            TextField::Method => "method",
+            TextField::Path => "path",
+            TextField::Repository => "repository",
+        }
+    }
+
+    /// Patterns and values are folded alike: GitHub ignores case in these.
+    pub(crate) fn fold(self, s: &str) -> String {
+        match self {
+            TextField::Method => s.to_ascii_uppercase(),
+            TextField::Host | TextField::Path | TextField::Repository | TextField::CiRepository => {
+                s.to_ascii_lowercase()
+            }
+            _ => s.to_owned(),
+        }
+    }
+
+    /// Why the fact can be missing, for explanations.
+    fn missing(self) -> &'static str {
+        match self {
+            TextField::User => "uid has no user name",
+            TextField::Exe => "executable unknown (the process had exited)",
+            TextField::Cgroup => "cgroup unknown (the process had exited)",
+            TextField::CiRepository | TextField::CiWorkflow | TextField::CiRef => {
+                "the caller is not a CI job"
+            }
+            TextField::Repository => "the request names no repository",
+            TextField::Comm | TextField::Host | TextField::Method | TextField::Path => "empty",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Condition {
+    Uid(Vec<u32>),
+    Text {
+        field: TextField,
+        patterns: Vec<String>,
+    },
+    /// (claim, glob) pairs, all of which must hold.
+    Oidc(Vec<(String, String)>),
+    OidcGroups(Vec<String>),
+    GitService(Vec<GitService>),
+    Copilot(Vec<String>),
+    Ref(Vec<String>),
+    RefOp(Vec<RefOp>),
+    Paths(Vec<String>),
+}
+
+impl Condition {
+    pub(crate) fn needs_ref(&self) -> bool {
+        matches!(
+            self,
+            Condition::Ref(_) | Condition::RefOp(_) | Condition::Paths(_)
+        )
+    }
+}
+
+/// Which undecided facts could change the outcome, so the caller should decide them (and
+/// evaluate again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Whether an `Update` is a fast-forward.
+    pub fast_forward: bool,
+    /// Which files the pushed commits change.
+    pub paths: bool,
+}
+
+impl Needs {
+    pub fn any(&self) -> bool {
+        self.fast_forward || self.paths
+    }
+}
+
+/// One rule's part in an explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub rule: RuleRef,
+    pub outcome: StepOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// All conditions held; notes say where a fact was read the riskier way.
+    Matched { notes: Vec<String> },
+    /// The first condition that did not hold (its key) and why ("ref: refs/heads/dev matches
+    /// none of [refs/heads/main]").
+    Failed { condition: &'static str, why: String },
+}
+
+/// Why a request gets its verdict: each rule tried, up to and including the one that matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub steps: Vec<Step>,
+    pub verdict: Verdict,
+    /// Undecided facts and how they were read.
+    pub notes: Vec<String>,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for note in &self.notes {
+            writeln!(f, "note: {note}")?;
+        }
+        if self.steps.is_empty() {
+            writeln!(f, "  (no rules)")?;
+        }
+        for step in &self.steps {
+            match &step.outcome {
+                StepOutcome::Matched { notes } => {
+                    writeln!(f, "  {}: matches", step.rule)?;
+                    for n in notes {
+                        writeln!(f, "    ({n})")?;
+                    }
+                }
+                StepOutcome::Failed { why, .. } => writeln!(f, "  {}: no match: {why}", step.rule)?,
+            }
+        }
+        if self.verdict.rule.index.is_none() && !self.steps.is_empty() {
+            writeln!(f, "  no rule matches")?;
+        }
+        writeln!(f, "verdict: {}", self.verdict)?;
+        if let Some(m) = &self.verdict.message {
+            writeln!(f, "message: {m}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One condition's answer.
+enum Check {
+    Holds(Option<String>),
+    Fails(String),
+    Undecided(Needs),
+}
+
+/// One rule's answer.
+enum RuleCheck {
+    Matches(Vec<String>),
+    Fails(&'static str, String),
+    Undecided(Needs),
+}
+
+/// The request's facts, normalised once per evaluation.
+struct Facts<'a> {
+    subject: &'a Subject,
+    host: String,
+    method: String,
+    path: String,
+    repository: Option<String>,
+    git_service: Option<GitService>,
+    copilot: Option<&'static str>,
+    ref_update: Option<&'a RefUpdate>,
+}
+
+impl<'a> Facts<'a> {
+    fn new(subject: &'a Subject, target: &Target, ref_update: Option<&'a RefUpdate>) -> Self {
+        Facts {
+            subject,
+            host: TextField::Host.fold(&target.norm_host()),
+            method: TextField::Method.fold(target.method.trim()),
+            path: TextField::Path.fold(&target.norm_path()),
+            repository: target.repository().map(|r| TextField::Repository.fold(&r)),
+            git_service: target.git_service(),
+            copilot: target.copilot(),
+            ref_update,
+        }
+    }
+
+    fn text(&self, field: TextField) -> Option<String> {
+        let s = self.subject;
+        let v = match field {
+            TextField::User => s.user.clone(),
+            TextField::Exe => s.exe.clone(),
+            TextField::Comm => Some(s.comm.clone()),
+            TextField::Cgroup => s.cgroup.clone(),
+            TextField::CiRepository => s.ci_repository.clone(),
+            TextField::CiWorkflow => s.ci_workflow.clone(),
+            TextField::CiRef => s.ci_ref.clone(),
+            TextField::Host => Some(self.host.clone()),
+            TextField::Method => Some(self.method.clone()),
+            TextField::Path => Some(self.path.clone()),
+            TextField::Repository => self.repository.clone(),
+        };
+        v.map(|v| field.fold(&v))
+    }
+}
+
+fn list<T: fmt::Display>(items: &[T]) -> String {
+    let items: Vec<String> = items.iter().map(ToString::to_string).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn any_glob(patterns: &[String], value: &str) -> bool {
+    patterns.iter().any(|p| glob(p, value))
+}
+
+/// A claim as a glob sees it: strings as they are, anything else as its JSON text.
+fn claim_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Condition {
+    fn check(&self, facts: &Facts<'_>) -> Check {
+        match self {
+            Condition::Uid(uids) => {
+                let uid = facts.subject.uid;
+                if uids.contains(&uid) {
+                    Check::Holds(None)
+                } else {
+                    Check::Fails(format!("uid: {uid} is none of {}", list(uids)))
+                }
+            }
+            Condition::Text { field, patterns } => match facts.text(*field) {
+                Some(v) if any_glob(patterns, &v) => Check::Holds(None),
+                Some(v) => Check::Fails(format!("{}: {v} matches none of {}", field.key(), list(patterns))),
+                None => Check::Fails(format!("{}: {}", field.key(), field.missing())),
+            },
+            Condition::Oidc(pairs) => {
+                let Some(claims) = &facts.subject.oidc else {
+                    return Check::Fails("oidc: the caller presented no OIDC token".into());
+                };
+                for (claim, pattern) in pairs {
+                    let holds = match claims.get(claim) {
+                        None => return Check::Fails(format!("oidc.{claim}: the token has no such claim")),
+                        // An array claim holds when any member matches, as for `oidc_groups`.
+                        Some(serde_json::Value::Array(items)) => {
+                            items.iter().any(|i| glob(pattern, &claim_text(i)))
+                        }
+                        Some(v) => glob(pattern, &claim_text(v)),
+                    };
+                    if !holds {
+                        let v = &claims[claim.as_str()];
+                        return Check::Fails(format!("oidc.{claim}: {v} does not match \"{pattern}\""));
+                    }
+                }
+                Check::Holds(None)
+            }
+            Condition::OidcGroups(patterns) => {
+                let groups: Vec<String> = match facts.subject.oidc.as_ref().and_then(|c| c.get("groups")) {
+                    Some(serde_json::Value::Array(items)) => items.iter().map(claim_text).collect(),
+                    Some(serde_json::Value::String(s)) => vec![s.clone()],
+                    Some(other) => vec![other.to_string()],
+                    None if facts.subject.oidc.is_none() => {
+                        return Check::Fails("oidc_groups: the caller presented no OIDC token".into());
+                    }
+                    None => return Check::Fails("oidc_groups: the token has no groups claim".into()),
+                };
+                if groups.iter().any(|g| any_glob(patterns, g)) {
+                    Check::Holds(None)
+                } else {
+                    Check::Fails(format!(
+                        "oidc_groups: {} matches none of {}",
+                        list(&groups),
+                        list(patterns)
+                    ))
+                }
+            }
+            Condition::GitService(services) => match facts.git_service {
+                Some(s) if services.contains(&s) => Check::Holds(None),
+                Some(s) => Check::Fails(format!("git_service: {s} is none of {}", list(services))),
+                None => Check::Fails("git_service: not a git smart-HTTP request".into()),
+            },
+            Condition::Copilot(names) => match facts.copilot {
+                Some(c) if names.iter().any(|n| n == "*" || n == c) => Check::Holds(None),
+                Some(c) => Check::Fails(format!("copilot: {c} is none of {}", list(names))),
+                None => Check::Fails("copilot: not a Copilot request".into()),
+            },
+            Condition::Ref(patterns) => match facts.ref_update {
+                Some(r) if any_glob(patterns, &r.name) => Check::Holds(None),
+                Some(r) => Check::Fails(format!("ref: {} matches none of {}", r.name, list(patterns))),
+                None => Check::Fails(no_ref("ref")),
+            },
+            Condition::RefOp(ops) => {
+                let Some(r) = facts.ref_update else {
+                    return Check::Fails(no_ref("ref_op"));
+                };
+                let holds = |op: RefOp| match (op, r.kind) {
+                    (RefOp::Create, RefKind::Create) | (RefOp::Delete, RefKind::Delete) => Some(true),
+                    (RefOp::Update, RefKind::Update | RefKind::FastForward | RefKind::NonFastForward) => {
+                        Some(true)
+                    }
+                    (RefOp::FastForward, RefKind::FastForward)
+                    | (RefOp::NonFastForward, RefKind::NonFastForward) => Some(true),
+                    (RefOp::FastForward | RefOp::NonFastForward, RefKind::Update) => None,
+                    _ => Some(false),
+                };
+                let answers: Vec<Option<bool>> = ops.iter().map(|op| holds(*op)).collect();
+                let both = ops.contains(&RefOp::FastForward) && ops.contains(&RefOp::NonFastForward);
+                if answers.contains(&Some(true)) || (both && r.kind == RefKind::Update) {
+                    Check::Holds(None)
+                } else if answers.contains(&None) {
+                    Check::Undecided(Needs {
+                        fast_forward: true,
+                        paths: false,
+                    })
+                } else {
+                    let ops: Vec<&str> = ops.iter().map(|o| o.as_str()).collect();
+                    Check::Fails(format!("ref_op: {} is none of {}", r.kind, list(&ops)))
+                }
+            }
+            Condition::Paths(patterns) => {
+                let Some(r) = facts.ref_update else {
+                    return Check::Fails(no_ref("paths"));
+                };
+                match &r.paths {
+                    Paths::NotComputed => Check::Undecided(Needs {
+                        fast_forward: false,
+                        paths: true,
+                    }),
+                    Paths::Unknown(why) => Check::Holds(Some(format!(
+                        "paths: the changed files are unknown ({why}), so this counts as a match"
+                    ))),
+                    Paths::Known(files) if files.iter().any(|f| any_glob(patterns, f)) => Check::Holds(None),
+                    Paths::Known(files) if files.is_empty() => {
+                        Check::Fails(format!("paths: {} changes no files", r.name))
+                    }
+                    Paths::Known(files) => {
+                        const SHOWN: usize = 5;
+                        let mut shown = files.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+                        if files.len() > SHOWN {
+                            shown.push_str(&format!(", … {} in all", files.len()));
+                        }
+                        Check::Fails(format!(
+                            "paths: no changed file ({shown}) matches {}",
+                            list(patterns)
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    fn key(&self) -> &'static str {
+        match self {
+            Condition::Uid(_) => "uid",
+            Condition::Text { field, .. } => field.key(),
+            Condition::Oidc(_) => "oidc",
+            Condition::OidcGroups(_) => "oidc_groups",
+            Condition::GitService(_) => "git_service",
+            Condition::Copilot(_) => "copilot",
+            Condition::Ref(_) => "ref",
+            Condition::RefOp(_) => "ref_op",
+            Condition::Paths(_) => "paths",
+        }
+    }
+}
+
+fn no_ref(key: &str) -> String {
+    format!("{key}: not a pushed ref (this rule applies to ref updates of a push only)")
+}
+
+impl Rule {
+    /// All conditions must hold; one that fails decides, even when another is undecided.
+    fn check(&self, facts: &Facts<'_>) -> RuleCheck {
+        let mut notes = Vec::new();
+        let mut undecided = Needs::default();
+        for c in &self.conditions {
+            match c.check(facts) {
+                Check::Holds(note) => notes.extend(note),
+                Check::Fails(why) => return RuleCheck::Fails(c.key(), why),
+                Check::Undecided(n) => {
+                    undecided.fast_forward |= n.fast_forward;
+                    undecided.paths |= n.paths;
+                }
+            }
+        }
+        if undecided.any() {
+            RuleCheck::Undecided(undecided)
+        } else {
+            RuleCheck::Matches(notes)
+        }
+    }
+}
+
+/// The ref update as `evaluate` reads it: undecided facts the riskier way.
+fn conservative(r: &RefUpdate) -> RefUpdate {
+    let mut r = r.clone();
+    if r.kind == RefKind::Update {
+        r.kind = RefKind::NonFastForward;
+    }
+    if r.paths == Paths::NotComputed {
+        r.paths = Paths::Unknown("not computed".into());
+    }
+    r
+}
+
+impl Policy {
+    /// The verdict: the first rule that matches, else the default. Undecided facts are read the
+    /// riskier way (see the module doc); ask `needs` first to avoid that.
+    pub fn evaluate(&self, s: &Subject, t: &Target, r: Option<&RefUpdate>) -> Verdict {
+        self.explain_inner(s, t, r, false).verdict
+    }
+
+    /// Which undecided facts of `r` could change the verdict: the rules are walked in order, up
+    /// to the first that certainly matches, and every rule that might match depending on an
+    /// undecided fact asks for it.
+    pub fn needs(&self, s: &Subject, t: &Target, r: Option<&RefUpdate>) -> Needs {
+        let Some(r) = r else {
+            return Needs::default();
+        };
+        if r.kind != RefKind::Update && r.paths != Paths::NotComputed {
+            return Needs::default();
+        }
+        let facts = Facts::new(s, t, Some(r));
+        let mut needs = Needs::default();
+        for rule in &self.rules {
+            match rule.check(&facts) {
+                RuleCheck::Matches(_) => break,
+                RuleCheck::Fails(..) => {}
+                RuleCheck::Undecided(n) => {
+                    needs.fast_forward |= n.fast_forward;
+                    needs.paths |= n.paths;
+                }
+            }
+        }
+        needs
+    }
+
+    /// Each rule tried, why it did not match (its first failing condition), up to and including
+    /// the one that did, and the verdict — which is always `evaluate`'s.
+    pub fn explain(&self, s: &Subject, t: &Target, r: Option<&RefUpdate>) -> Explanation {
+        self.explain_inner(s, t, r, true)
+    }
+
+    fn explain_inner(&self, s: &Subject, t: &Target, r: Option<&RefUpdate>, steps: bool) -> Explanation {
+        let resolved = r.map(conservative);
+        let mut notes = Vec::new();
+        // Only readings that could have changed the verdict are worth a note.
+        if let Some(r) = r
+            && steps
+        {
+            let needs = self.needs(s, t, Some(r));
+            if needs.fast_forward {
+                notes.push(format!(
+                    "{}: not known whether the update is a fast-forward; read as non-fast-forward (the \
+                     riskier reading, as the gateway does when it cannot tell)",
+                    r.name
+                ));
+            }
+            if needs.paths {
+                notes.push(format!(
+                    "{}: the changed files were not computed; every paths condition counts as a match",
+                    r.name
+                ));
+            }
+        }
+        let facts = Facts::new(s, t, resolved.as_ref());
+        let mut out = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let rule_ref = self.rule_ref(i);
+            match rule.check(&facts) {
+                RuleCheck::Matches(matched) => {
+                    if steps {
+                        out.push(Step {
+                            rule: rule_ref.clone(),
+                            outcome: StepOutcome::Matched { notes: matched },
+                        });
+                    }
+                    return Explanation {
+                        steps: out,
+                        verdict: Verdict {
+                            action: rule.action.clone(),
+                            rule: rule_ref,
+                            message: shown_message(&rule.action, &rule.message),
+                        },
+                        notes,
+                    };
+                }
+                RuleCheck::Fails(condition, why) => {
+                    if steps {
+                        out.push(Step {
+                            rule: rule_ref,
+                            outcome: StepOutcome::Failed { condition, why },
+                        });
+                    }
+                }
+                RuleCheck::Undecided(_) => unreachable!("conservative facts leave nothing undecided"),
+            }
+        }
+        Explanation {
+            steps: out,
+            verdict: Verdict {
+                action: self.default.clone(),
+                rule: RuleRef::DEFAULT,
+                message: shown_message(&self.default, &self.default_message),
+            },
+            notes,
+        }
+    }
+
+    /// Whether any `paths` condition could match a file under `dir` ("", ".github",
+    /// ".github/workflows"), so that a walk over a pushed tree can skip the others.
+    pub fn paths_of_interest(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let prefixes: Vec<(String, bool)> = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .filter_map(|c| match c {
+                Condition::Paths(p) => Some(p),
+                _ => None,
+            })
+            .flatten()
+            .map(|p| match p.find('*') {
+                Some(i) => (p[..i].to_owned(), true),
+                None => (p.clone(), false),
+            })
+            .collect();
+        move |dir: &str| {
+            let dir = dir.trim_matches('/');
+            let under = if dir.is_empty() {
+                String::new()
+            } else {
+                format!("{dir}/")
+            };
+            prefixes.iter().any(|(prefix, wild)| {
+                prefix.starts_with(&under) || (*wild && under.starts_with(prefix.as_str()))
+            })
+        }
+    }
+}
+
+/// A message is for callers that are refused or held; allowing needs no message.
+fn shown_message(action: &Action, message: &Option<String>) -> Option<String> {
+    match action {
+        Action::Deny | Action::RequireApproval(_) => message.clone(),
+        Action::Allow | Action::RecordOnly => None,
+    }
+}

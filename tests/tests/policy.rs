@@ -1,0 +1,594 @@
+//! Policy and human approval, end to end with real git: pushes through the gateway are decided
+//! ref by ref (fast-forward or not from the compare API, changed paths from the pushed pack),
+//! held ones wait for an approver who decides with `ghgate approvals` over the control socket
+//! as another user, and every decision and approval step lands in the session store.
+//!
+//! The git clients run as root inside the test's cgroup; approvers run as `nobody` (in the
+//! approver group) and `daemon` (not in it) through `setpriv`.
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ghgate_e2e::{
+    bin, eventually,
+    fixtures::{self, git},
+    https::TlsGateway,
+    privileged,
+};
+use serde_json::Value;
+
+const POLICY: &str = r#"
+default = "allow"
+
+[approvers.maintainers]
+# root is the pusher in these tests (so its own approval is refused); nobody approves.
+uids = [0, 65534]
+
+[[rule]]
+name = "no-delete-protected"
+action = "deny"
+ref = ["refs/heads/main", "refs/heads/release/*"]
+ref_op = ["delete"]
+message = "protected branches cannot be deleted"
+
+[[rule]]
+name = "force-push-main"
+action = "require_approval"
+approvers = "maintainers"
+ref = ["refs/heads/main"]
+ref_op = ["non-fast-forward"]
+message = "force pushes to main need a maintainer"
+
+[[rule]]
+name = "workflows"
+action = "require_approval"
+approvers = "maintainers"
+paths = [".github/workflows/*"]
+message = "workflow changes need a maintainer"
+
+[[rule]]
+name = "short-lived"
+action = "require_approval"
+approvers = "maintainers"
+ref = ["refs/heads/expiring"]
+expires = "2s"
+
+[[rule]]
+name = "api-delete"
+action = "require_approval"
+approvers = "maintainers"
+host = ["api.github.com"]
+method = ["DELETE"]
+path = ["/repos/*"]
+"#;
+
+struct Setup {
+    s: TlsGateway,
+    tmp: tempfile::TempDir,
+    work: PathBuf,
+    bare: PathBuf,
+    policy: PathBuf,
+    socket: PathBuf,
+}
+
+impl Setup {
+    fn start(extra_toml: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        // Approvers other than root reach the control socket through this directory.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let run = tmp.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = run.join("control.sock");
+        let (root, bare, _) = fixtures::served_repo(tmp.path());
+        let policy = tmp.path().join("policy.toml");
+        std::fs::write(&policy, POLICY).unwrap();
+        let toml = |addr: std::net::SocketAddr| {
+            format!(
+                "[policy]\nfile = \"{}\"\napi_url = \"https://api.github.com:{}\"\n\n[approvals]\nsocket = \"{}\"\n{extra_toml}",
+                policy.display(),
+                addr.port(),
+                socket.display()
+            )
+        };
+        let s = TlsGateway::start_with(&["github.com", "api.github.com"], true, Some(root), None, &toml);
+        let url = format!("https://github.com:{}/o/r.git", s.upstream.addr.port());
+        s.git(tmp.path(), &["clone", "-q", &url, "work"]);
+        let work = tmp.path().join("work");
+        git(&work, &["config", "user.name", "t"]);
+        git(&work, &["config", "user.email", "t@t"]);
+        Setup {
+            s,
+            work,
+            bare,
+            policy,
+            socket,
+            tmp,
+        }
+    }
+
+    /// `git push ARGS…` through the gateway; its output (it may fail).
+    fn push(&self, args: &[&str]) -> Output {
+        let mut all = vec!["push", "origin"];
+        all.extend_from_slice(args);
+        self.s.git_output(&self.work, &all)
+    }
+
+    /// `ghgate approvals ARGS… --socket S` as `uid` (root runs it directly).
+    fn approvals(&self, uid: u32, args: &[&str]) -> Output {
+        let mut cmd = if uid == 0 {
+            Command::new(bin("ghgate"))
+        } else {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+            ])
+            .arg(bin("ghgate"));
+            c
+        };
+        cmd.arg("approvals")
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    }
+
+    /// The upstream's value of a ref, if it has it.
+    fn upstream_ref(&self, name: &str) -> Option<String> {
+        let out = Command::new("git")
+            .current_dir(&self.bare)
+            .args(["rev-parse", "--verify", "-q", name])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Every policy decision recorded so far (from the HAR export of every session).
+    fn decisions(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        for line in self.s.gw.ghgate_ok(&["sessions", "list", "--json"]).lines() {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let id = row["id"].as_str().unwrap();
+            let har: Value = serde_json::from_str(
+                &self
+                    .s
+                    .gw
+                    .ghgate_ok(&["sessions", "export", id, "--format", "har"]),
+            )
+            .unwrap();
+            for e in har["log"]["entries"].as_array().unwrap() {
+                all.extend(e["_ghgate"]["decisions"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    /// The text of `sessions show` for every session.
+    fn shown(&self) -> String {
+        let mut out = String::new();
+        for line in self.s.gw.ghgate_ok(&["sessions", "list", "--json"]).lines() {
+            let row: Value = serde_json::from_str(line).unwrap();
+            out += &self
+                .s
+                .gw
+                .ghgate_ok(&["sessions", "show", row["id"].as_str().unwrap()]);
+        }
+        out
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The approval id in git's output (`held for approval apr-…`).
+fn approval_id(text: &str) -> String {
+    let at = text
+        .find("held for approval apr-")
+        .unwrap_or_else(|| panic!("no approval id in:\n{text}"));
+    text[at + "held for approval ".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
+/// Rewrites the last commit of `work` (a different id, so pushing it is a force push).
+fn rewrite_last(work: &Path, content: &str) -> String {
+    std::fs::write(work.join("rewritten.txt"), content).unwrap();
+    git(work, &["add", "."]);
+    git(work, &["commit", "-q", "--amend", "-m", content]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn a_force_push_to_main_is_held_until_an_approver_approves_it_and_then_passes_once() {
+    if !privileged() {
+        return;
+    }
+    let t = Setup::start("");
+    // A fast-forward to main is allowed.
+    let ff = fixtures::commit(&t.work, "one.txt");
+    let out = t.push(&["main"]);
+    assert!(out.status.success(), "fast-forward refused: {}", stderr(&out));
+    assert_eq!(t.upstream_ref("refs/heads/main").as_deref(), Some(ff.as_str()));
+
+    // A rewrite of it is a force push: held, in git's words, with the approval id.
+    let forced = rewrite_last(&t.work, "forced");
+    let out = t.push(&["--force", "main"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "a held force push succeeded:\n{err}");
+    assert!(
+        err.contains("[remote rejected] main -> main (held for approval apr-"),
+        "{err}"
+    );
+    assert!(err.contains("force pushes to main need a maintainer"), "{err}");
+    let id = approval_id(&err);
+    assert_eq!(t.upstream_ref("refs/heads/main").as_deref(), Some(ff.as_str()));
+
+    // Who may approve: not the pusher, not someone outside the group.
+    let own = t.approvals(0, &["approve", &id]);
+    assert!(!own.status.success(), "self-approval was accepted");
+    assert!(
+        stderr(&own).contains("requested approval") && stderr(&own).contains("cannot decide it"),
+        "{}",
+        stderr(&own)
+    );
+    let outsider = t.approvals(1, &["approve", &id]);
+    assert!(
+        !outsider.status.success(),
+        "an approver outside the group was accepted"
+    );
+    assert!(stderr(&outsider).contains("maintainers"), "{}", stderr(&outsider));
+    let listed = t.approvals(65534, &["list"]);
+    assert!(
+        stdout(&listed).contains(&id),
+        "{}{}",
+        stdout(&listed),
+        stderr(&listed)
+    );
+    let ok = t.approvals(65534, &["approve", &id, "--reason", "release hotfix"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    // The same push now passes, once.
+    let out = t.push(&["--force", "main"]);
+    assert!(
+        out.status.success(),
+        "the approved push was refused: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        t.upstream_ref("refs/heads/main").as_deref(),
+        Some(forced.as_str())
+    );
+
+    // A different force push is held again, under a new approval.
+    rewrite_last(&t.work, "forced again");
+    let out = t.push(&["--force", "main"]);
+    assert!(!out.status.success());
+    let again = approval_id(&stderr(&out));
+    assert_ne!(again, id);
+    assert_eq!(
+        t.upstream_ref("refs/heads/main").as_deref(),
+        Some(forced.as_str())
+    );
+
+    // Every decision is recorded with its rule; the approval's steps are in the sessions.
+    let decisions = t.decisions();
+    let kinds: Vec<(&str, &str, &str)> = decisions
+        .iter()
+        .map(|d| {
+            (
+                d["ref_update"]["kind"].as_str().unwrap_or(""),
+                d["rule"].as_str().unwrap_or(""),
+                d["outcome"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("fast-forward", "the default", "passed")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("non-fast-forward", "rule #2 \"force-push-main\"", "held")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("non-fast-forward", "rule #2 \"force-push-main\"", "passed")),
+        "{kinds:?}"
+    );
+    // The kind came from the pushed commits and the compare API, not from a failure to tell.
+    for d in decisions.iter().filter(|d| !d["ref_update"].is_null()) {
+        assert_eq!(
+            d["ref_update"]["kind_from"].as_str(),
+            Some("the pushed commits and the compare API"),
+            "{d}"
+        );
+    }
+    let shown = t.shown();
+    for step in ["requested", "approved", "used"] {
+        assert!(
+            shown.contains(&format!("approval {id} {step}")),
+            "no {step} step in:\n{shown}"
+        );
+    }
+    assert!(shown.contains("release hotfix"), "{shown}");
+}
+
+#[test]
+fn deletes_workflow_changes_partial_and_atomic_pushes_follow_the_policy_per_ref() {
+    if !privileged() {
+        return;
+    }
+    let t = Setup::start("");
+    // A protected branch to delete.
+    git(&t.work, &["branch", "release/1"]);
+    let out = t.push(&["release/1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = t.push(&[":release/1"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("protected branches cannot be deleted"), "{err}");
+    assert!(
+        t.upstream_ref("refs/heads/release/1").is_some(),
+        "the denied delete went through"
+    );
+
+    // A push touching a workflow file is held; one that does not passes.
+    git(&t.work, &["checkout", "-q", "-b", "wf"]);
+    std::fs::create_dir_all(t.work.join(".github/workflows")).unwrap();
+    fixtures::commit(&t.work, ".github/workflows/ci.yml");
+    git(&t.work, &["checkout", "-q", "main"]);
+    git(&t.work, &["checkout", "-q", "-b", "feature"]);
+    let feature = fixtures::commit(&t.work, "feature.txt");
+    let out = t.push(&["wf", "feature"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("[remote rejected] wf -> wf (held for approval apr-"),
+        "{err}"
+    );
+    assert!(err.contains("workflow changes need a maintainer"), "{err}");
+    assert!(err.contains("[new branch]      feature -> feature"), "{err}");
+    assert_eq!(
+        t.upstream_ref("refs/heads/feature").as_deref(),
+        Some(feature.as_str())
+    );
+    assert!(t.upstream_ref("refs/heads/wf").is_none());
+
+    // Atomic: nothing goes up when one ref is held.
+    git(&t.work, &["checkout", "-q", "-b", "feature2"]);
+    fixtures::commit(&t.work, "feature2.txt");
+    let out = t.push(&["--atomic", "wf", "feature2"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("atomic push failed"), "{err}");
+    assert!(
+        t.upstream_ref("refs/heads/feature2").is_none(),
+        "an atomic push went up in part"
+    );
+
+    // The paths came from the pushed packs (sent whole: the gateway advertises no-thin).
+    let decisions = t.decisions();
+    let paths_of = |name: &str| -> Vec<Value> {
+        decisions
+            .iter()
+            .filter(|d| d["ref_update"]["name"] == name)
+            .inspect(|d| assert!(d["ref_update"]["paths_unknown"].is_null(), "{d}"))
+            .map(|d| d["ref_update"]["paths"].clone())
+            .collect()
+    };
+    assert!(
+        paths_of("refs/heads/wf")
+            .iter()
+            .all(|p| p == &serde_json::json!([".github/workflows/ci.yml"]))
+    );
+    assert_eq!(
+        paths_of("refs/heads/feature"),
+        [serde_json::json!(["feature.txt"])]
+    );
+
+    // `policy explain` says what the gateway did, for each ref it decided.
+    assert!(decisions.len() >= 6, "{decisions:#?}");
+    for d in &decisions {
+        let r = &d["ref_update"];
+        let Some(name) = r["name"].as_str() else { continue };
+        // `--config` (the gateway's, added by `ghgate_ok`) leads explain to the policy file.
+        let mut args = vec![
+            "policy".to_owned(),
+            "explain".into(),
+            "--as".into(),
+            "uid=0,user=root,comm=git-remote-http".into(),
+            "--request".into(),
+            format!(
+                "POST https://github.com:{}/o/r.git/git-receive-pack",
+                t.s.upstream.addr.port()
+            ),
+            "--ref-update".into(),
+            format!(
+                "{} {} {name}",
+                r["old"].as_str().unwrap(),
+                r["new"].as_str().unwrap()
+            ),
+        ];
+        match r["kind"].as_str() {
+            Some("fast-forward") => args.push("--fast-forward".into()),
+            Some("non-fast-forward") => args.push("--non-fast-forward".into()),
+            _ => {}
+        }
+        for p in r["paths"].as_array().into_iter().flatten() {
+            args.push("--changes".into());
+            args.push(p.as_str().unwrap().into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let explained = t.s.gw.ghgate_ok(&args);
+        let rule = d["rule"].as_str().unwrap();
+        assert!(
+            explained.contains(rule) && explained.contains(d["action"].as_str().unwrap()),
+            "the gateway decided {d} but `policy explain` says:\n{explained}"
+        );
+    }
+
+    // The policy file is reloaded when it changes: without its first rule, the delete passes.
+    let relaxed = POLICY.replacen("ref_op = [\"delete\"]", "ref_op = [\"create\"]", 1);
+    std::fs::write(&t.policy, relaxed).unwrap();
+    eventually("the policy reload", Duration::from_secs(10), || {
+        t.s.gw.log_text().contains("policy reloaded").then_some(())
+    });
+    let out = t.push(&[":release/1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(t.upstream_ref("refs/heads/release/1").is_none());
+}
+
+/// A loopback webhook receiver that fails its first `fail` requests.
+struct Hook {
+    port: u16,
+    bodies: Arc<Mutex<Vec<String>>>,
+    attempts: Arc<Mutex<u32>>,
+}
+
+impl Hook {
+    fn start(fail: u32) -> Hook {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(0));
+        let (b, a) = (bodies.clone(), attempts.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 8192];
+                // Headers, then Content-Length bytes of body.
+                let body = loop {
+                    let n = conn.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).into_owned();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break Some(String::from_utf8_lossy(&req[end + 4..end + 4 + len]).into_owned());
+                        }
+                    }
+                };
+                let Some(body) = body else { continue };
+                let n = {
+                    let mut a = a.lock().unwrap();
+                    *a += 1;
+                    *a
+                };
+                let status = if n <= fail {
+                    "503 Service Unavailable"
+                } else {
+                    b.lock().unwrap().push(body);
+                    "200 OK"
+                };
+                let _ = conn.write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                );
+            }
+        });
+        Hook {
+            port,
+            bodies,
+            attempts,
+        }
+    }
+}
+
+#[test]
+fn approvals_expire_and_a_failing_webhook_is_retried_without_holding_anyone_up() {
+    if !privileged() {
+        return;
+    }
+    let hook = Hook::start(2);
+    let t = Setup::start(&format!(
+        "\n[approvals.webhook]\nurl = \"http://127.0.0.1:{}/hook\"\nretries = 5\nbackoff_ms = 200\n",
+        hook.port
+    ));
+    git(&t.work, &["checkout", "-q", "-b", "expiring"]);
+    fixtures::commit(&t.work, "soon.txt");
+    let began = Instant::now();
+    let out = t.push(&["expiring"]);
+    let took = began.elapsed();
+    assert!(!out.status.success());
+    let id = approval_id(&stderr(&out));
+    assert!(
+        took < Duration::from_secs(20),
+        "the push waited for the webhook ({took:?})"
+    );
+    // The webhook gets the pending approval on its third attempt.
+    let body = eventually("the webhook delivery", Duration::from_secs(30), || {
+        hook.bodies.lock().unwrap().first().cloned()
+    });
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert!(json.to_string().contains(&id), "{json}");
+    assert!(*hook.attempts.lock().unwrap() >= 3);
+    // Past its expiry, the approval cannot be given.
+    std::thread::sleep(Duration::from_millis(2500));
+    let late = t.approvals(65534, &["approve", &id]);
+    assert!(!late.status.success(), "an expired approval was accepted");
+    assert!(stderr(&late).contains("expired"), "{}", stderr(&late));
+    let shown = eventually("the notified step", Duration::from_secs(10), || {
+        let s = t.shown();
+        s.contains(&format!("approval {id} notified")).then_some(s)
+    });
+    assert!(shown.contains(&format!("approval {id} requested")), "{shown}");
+}
+
+#[test]
+fn an_api_call_held_for_approval_passes_once_with_the_same_body() {
+    if !privileged() {
+        return;
+    }
+    let t = Setup::start("");
+    let delete = |body: &str| {
+        let out = t.s.curl(
+            "api.github.com",
+            "/repos/o/r",
+            &["-X", "DELETE", "--data", body, "-w", "\n%{http_code}"],
+        );
+        stdout(&out)
+    };
+    let first = delete("a");
+    assert!(first.ends_with("403"), "{first}");
+    let id = approval_id(&first);
+    let ok = t.approvals(65534, &["approve", &id]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    // Another body is another operation.
+    let other = delete("b");
+    assert!(other.ends_with("403"), "{other}");
+    assert_ne!(approval_id(&other), id);
+    let passed = delete("a");
+    assert!(passed.contains("method=DELETE path=/repos/o/r"), "{passed}");
+    assert!(passed.ends_with("200"), "{passed}");
+    // Used once.
+    let again = delete("a");
+    assert!(again.ends_with("403"), "{again}");
+    assert_ne!(approval_id(&again), id);
+    let _ = &t.tmp;
+}
