@@ -1117,7 +1117,16 @@ mod tests {
             for entry in std::fs::read_dir(&sub).unwrap() {
                 let path = entry.unwrap().path();
                 if path.extension().is_some_and(|e| e == "toml") {
-                    Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    // Example policy files sit beside the gateway configs.
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if toml::from_str::<toml::Table>(&text)
+                        .unwrap()
+                        .contains_key("redirect")
+                    {
+                        Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    } else {
+                        crate::policy::Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    }
                     seen += 1;
                 }
             }

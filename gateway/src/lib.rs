@@ -23,4 +23,6 @@ pub mod record;
 pub mod redirect;
 pub mod relay;
 pub mod resolve;
+#[cfg(test)]
+mod testgit;
 pub mod tls;

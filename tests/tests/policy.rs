@@ -59,6 +59,15 @@ ref = ["refs/heads/expiring"]
 expires = "2s"
 
 [[rule]]
+name = "api-hold"
+action = "require_approval"
+approvers = "maintainers"
+hold = "60s"
+host = ["api.github.com"]
+method = ["PUT"]
+path = ["/repos/*/hold"]
+
+[[rule]]
 name = "api-delete"
 action = "require_approval"
 approvers = "maintainers"
@@ -443,6 +452,31 @@ fn deletes_workflow_changes_partial_and_atomic_pushes_follow_the_policy_per_ref(
         );
     }
 
+    // A push larger than git's post buffer (a probe request first, then a chunked body) is
+    // read whole for its paths, and passes.
+    git(&t.work, &["checkout", "-q", "-b", "big"]);
+    let mut noise = vec![0u8; 3 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut noise)
+        .unwrap();
+    std::fs::write(t.work.join("big.bin"), &noise).unwrap();
+    git(&t.work, &["add", "."]);
+    git(&t.work, &["commit", "-q", "-m", "big"]);
+    let out = t.push(&["big"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let big: Vec<Value> = t
+        .decisions()
+        .into_iter()
+        .filter(|d| d["ref_update"]["name"] == "refs/heads/big")
+        .collect();
+    assert_eq!(big.len(), 1, "{big:#?}");
+    // Both of its commits are new upstream (feature2's atomic push went nowhere).
+    assert_eq!(
+        big[0]["ref_update"]["paths"],
+        serde_json::json!(["big.bin", "feature2.txt"])
+    );
+
     // The policy file is reloaded when it changes: without its first rule, the delete passes.
     let relaxed = POLICY.replacen("ref_op = [\"delete\"]", "ref_op = [\"create\"]", 1);
     std::fs::write(&t.policy, relaxed).unwrap();
@@ -590,5 +624,32 @@ fn an_api_call_held_for_approval_passes_once_with_the_same_body() {
     let again = delete("a");
     assert!(again.ends_with("403"), "{again}");
     assert_ne!(approval_id(&again), id);
+
+    // A rule with `hold` keeps the request open until an approver decides.
+    let began = Instant::now();
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| {
+            stdout(&t.s.curl(
+                "api.github.com",
+                "/repos/o/r/hold",
+                &["-X", "PUT", "--data", "x", "-w", "\n%{http_code}"],
+            ))
+        });
+        let id = eventually("the held request's approval", Duration::from_secs(20), || {
+            let out = t.approvals(65534, &["list", "--json"]);
+            stdout(&out).lines().find_map(|l| {
+                let a: Value = serde_json::from_str(l).ok()?;
+                (a["operation"]["path"] == "/repos/o/r/hold").then(|| a["id"].as_str().unwrap().to_owned())
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!held.is_finished(), "the request was not held open");
+        let ok = t.approvals(65534, &["approve", &id]);
+        assert!(ok.status.success(), "{}", stderr(&ok));
+        let answer = held.join().unwrap();
+        assert!(answer.contains("method=PUT path=/repos/o/r/hold"), "{answer}");
+        assert!(answer.ends_with("200"), "{answer}");
+    });
+    assert!(began.elapsed() < Duration::from_secs(50));
     let _ = &t.tmp;
 }

@@ -144,18 +144,8 @@ impl fmt::Display for Operation {
     }
 }
 
-/// What the policy rule asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApprovalSpec {
-    /// The approver group that decides.
-    pub group: String,
-    /// Distinct approvers needed (at least 1).
-    pub approvals: u32,
-    /// How long a request waits for a decision; once approved, how long the retry may take.
-    pub expires: Duration,
-    /// How long the gateway holds an API request waiting for a decision (see [`Approvals::wait`]).
-    pub hold: Option<Duration>,
-}
+/// What the policy rule asks for (group, approvals needed, expiry, hold).
+pub use crate::policy::ApprovalSpec;
 
 /// A group's current members, by user name or uid.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -102,16 +102,7 @@ fn load_policy_or_config(path: &std::path::Path) -> Result<Policy, Invalid> {
 }
 
 /// The keys `--as` accepts (besides `oidc.CLAIM`).
-const AS_KEYS: &[&str] = &[
-    "uid",
-    "user",
-    "exe",
-    "comm",
-    "cgroup",
-    "ci_repository",
-    "ci_workflow",
-    "ci_ref",
-];
+use crate::policy::SUBJECT_KEYS as AS_KEYS;
 
 /// The report `ghgate policy explain` prints: the caller and request, then one explanation per
 /// ref update (or one for the request when there is none). `ff` says whether updates are

@@ -183,12 +183,7 @@ impl Enforcer {
             .check(
                 op,
                 requester,
-                &approval::ApprovalSpec {
-                    group: spec.group.clone(),
-                    approvals: spec.approvals,
-                    expires: spec.expires,
-                    hold: spec.hold,
-                },
+                spec,
                 &verdict.rule.to_string(),
                 verdict.message.as_deref(),
             )

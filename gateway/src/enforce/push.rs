@@ -105,6 +105,18 @@ impl Reader {
         }
     }
 
+    /// The body as the client sent it: what was read, then the rest.
+    fn pass(mut self) -> PushGate {
+        let front = std::mem::take(&mut self.buf).freeze();
+        let (body, length) = self.forward(front);
+        PushGate::Forward {
+            body,
+            length,
+            rewritten: false,
+            reply: None,
+        }
+    }
+
     /// `front` followed by whatever of the body is unread.
     fn forward(self, front: Bytes) -> (ProxyBody, Option<u64>) {
         if self.ended {
@@ -196,17 +208,7 @@ impl Enforcer {
         };
         if commands.commands.is_empty() {
             // git's probe before a large push, or an empty push: nothing to decide.
-            let front = reader_front(&mut reader.buf);
-            let (body, length) = reader.forward(front);
-            return (
-                PushGate::Forward {
-                    body,
-                    length,
-                    rewritten: false,
-                    reply: None,
-                },
-                Vec::new(),
-            );
+            return (reader.pass(), Vec::new());
         }
 
         let deadline = Instant::now() + self.inspect_timeout();
@@ -392,17 +394,7 @@ impl Enforcer {
         let style = commands.reply_style();
         let passing = results.iter().filter(|r| r.is_ok()).count();
         if passing == results.len() {
-            let front = reader_front(&mut reader.buf);
-            let (body, length) = reader.forward(front);
-            return (
-                PushGate::Forward {
-                    body,
-                    length,
-                    rewritten: false,
-                    reply: None,
-                },
-                decisions,
-            );
+            return (reader.pass(), decisions);
         }
         let all_or_nothing = commands.atomic() || commands.certificate;
         if passing == 0 || all_or_nothing {
@@ -474,9 +466,4 @@ fn rewrite(commands: &Commands, buf: &[u8], keep: &[bool]) -> Result<(Bytes, boo
         out.extend_from_slice(&buf[commands.end..]);
     }
     Ok((Bytes::from(out), needs_pack))
-}
-
-/// Everything read so far, taken out of the reader.
-fn reader_front(buf: &mut BytesMut) -> Bytes {
-    std::mem::take(buf).freeze()
 }

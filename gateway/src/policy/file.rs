@@ -89,8 +89,8 @@ struct GroupFile {
     uids: Vec<u32>,
 }
 
-/// The keys whose value is a list; a single value is read as a list of one.
-const LIST_KEYS: &[&str] = &[
+/// The caller facts a rule can match on (also what `ghgate policy explain --as` takes).
+pub const SUBJECT_KEYS: &[&str] = &[
     "uid",
     "user",
     "exe",
@@ -99,6 +99,10 @@ const LIST_KEYS: &[&str] = &[
     "ci_repository",
     "ci_workflow",
     "ci_ref",
+];
+
+/// The keys whose value is a list (with `SUBJECT_KEYS`); a single value is read as a list of one.
+const LIST_KEYS: &[&str] = &[
     "oidc_groups",
     "host",
     "method",
@@ -315,7 +319,7 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
 }
 
 fn rule_from_table(mut table: toml::Table, groups: &BTreeMap<String, ApproverGroup>) -> Result<Rule, String> {
-    for key in LIST_KEYS {
+    for key in SUBJECT_KEYS.iter().chain(LIST_KEYS) {
         if let Some(v) = table.get_mut(*key)
             && !v.is_array()
         {

@@ -22,7 +22,7 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 pub use eval::{Explanation, Needs, RefOp, Step, StepOutcome};
 pub use facts::{COPILOT_NAMES, GitService, Paths, RefKind, RefUpdate, Subject, Target};
-pub use file::PolicyError;
+pub use file::{PolicyError, SUBJECT_KEYS};
 
 use eval::Condition;
 

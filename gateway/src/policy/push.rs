@@ -1300,38 +1300,10 @@ mod tests {
 
     use proptest::prelude::*;
 
-    fn git_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-        let mut child = Command::new("git")
-            .args(["-c", "init.defaultBranch=main", "-c", "core.quotePath=false"])
-            .args(args)
-            .current_dir(dir)
-            .env("HOME", dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_AUTHOR_NAME", "A U Thor")
-            .env("GIT_AUTHOR_EMAIL", "author@example.com")
-            .env("GIT_COMMITTER_NAME", "A U Thor")
-            .env("GIT_COMMITTER_EMAIL", "author@example.com")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run git");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
+    use crate::testgit::git;
 
-    fn git(dir: &Path, args: &[&str]) -> String {
-        String::from_utf8(git_in(dir, args, b""))
-            .unwrap()
-            .trim()
-            .to_owned()
+    fn git_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+        crate::testgit::git_in(dir, args, stdin, &[])
     }
 
     fn oid(hex: &str) -> Oid {

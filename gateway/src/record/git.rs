@@ -1609,43 +1609,7 @@ mod tests {
 
     // ---- real git ------------------------------------------------------------------------------
 
-    fn git_in(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Vec<u8> {
-        let home = dir.parent().unwrap_or(dir);
-        let mut child = Command::new("git")
-            .args(["-c", "init.defaultBranch=main", "-c", "protocol.version=0"])
-            .args(args)
-            .current_dir(dir)
-            .env("HOME", home)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_AUTHOR_NAME", "A U Thor")
-            .env("GIT_AUTHOR_EMAIL", "author@example.com")
-            .env("GIT_COMMITTER_NAME", "A U Thor")
-            .env("GIT_COMMITTER_EMAIL", "author@example.com")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env_remove("GIT_PROTOCOL")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run git");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    fn git(dir: &Path, args: &[&str]) -> String {
-        String::from_utf8(git_in(dir, args, b"", &[]))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
+    use crate::testgit::{git, git_in};
 
     /// A work repository with two commits on main, an annotated tag and a branch, and an empty
     /// bare repository; `format` is "sha1" or "sha256".

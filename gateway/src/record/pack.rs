@@ -518,10 +518,15 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
 
     use flate2::Compression;
     use flate2::write::ZlibEncoder;
+
+    use crate::testgit::git;
+
+    fn git_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+        crate::testgit::git_in(dir, args, stdin, &[])
+    }
 
     /// One object as the events showed it.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -917,40 +922,6 @@ mod tests {
     }
 
     // ---- real git -------------------------------------------------------------------------------
-
-    fn git_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-        let mut child = Command::new("git")
-            .args(["-c", "init.defaultBranch=main"])
-            .args(args)
-            .current_dir(dir)
-            .env("HOME", dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_AUTHOR_NAME", "A U Thor")
-            .env("GIT_AUTHOR_EMAIL", "author@example.com")
-            .env("GIT_COMMITTER_NAME", "A U Thor")
-            .env("GIT_COMMITTER_EMAIL", "author@example.com")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run git");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    fn git(dir: &Path, args: &[&str]) -> String {
-        String::from_utf8(git_in(dir, args, b""))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
 
     const SECRET_LINE: &str = "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
     // Nothing in common with each other, so a delta between the versions must insert each whole.
