@@ -587,9 +587,10 @@ fn approvals_expire_and_a_failing_webhook_is_retried_without_holding_anyone_up()
     let late = t.approvals(65534, &["approve", &id]);
     assert!(!late.status.success(), "an expired approval was accepted");
     assert!(stderr(&late).contains("expired"), "{}", stderr(&late));
-    let shown = eventually("the notified step", Duration::from_secs(10), || {
+    let shown = eventually("the notified and expired steps", Duration::from_secs(10), || {
         let s = t.shown();
-        s.contains(&format!("approval {id} notified")).then_some(s)
+        (s.contains(&format!("approval {id} notified")) && s.contains(&format!("approval {id} expired")))
+            .then_some(s)
     });
     assert!(shown.contains(&format!("approval {id} requested")), "{shown}");
 }
@@ -624,6 +625,19 @@ fn an_api_call_held_for_approval_passes_once_with_the_same_body() {
     let again = delete("a");
     assert!(again.ends_with("403"), "{again}");
     assert_ne!(approval_id(&again), id);
+
+    // A denied operation stays refused, with who denied it and why.
+    let denied = delete("c");
+    let denied_id = approval_id(&denied);
+    let no = t.approvals(65534, &["deny", &denied_id, "--reason", "not today"]);
+    assert!(no.status.success(), "{}", stderr(&no));
+    let retried = delete("c");
+    assert!(retried.ends_with("403"), "{retried}");
+    assert!(
+        retried.contains(&format!("approval {denied_id} was denied by nobody"))
+            && retried.contains("not today"),
+        "{retried}"
+    );
 
     // A rule with `hold` keeps the request open until an approver decides.
     let began = Instant::now();
