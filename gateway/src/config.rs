@@ -442,6 +442,14 @@ pub struct HttpConfig {
     /// Concurrent HTTP/2 streams per connection; more are refused (REFUSED_STREAM).
     #[serde(default = "default_max_streams")]
     pub max_concurrent_streams: u32,
+    /// A client connection that moves no bytes either way for this long is closed gracefully
+    /// (HTTP/2: GOAWAY, streams in flight finish; HTTP/1.1: after the response in flight).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_idle_timeout() -> u64 {
+    300
 }
 
 impl Default for HttpConfig {
@@ -451,6 +459,7 @@ impl Default for HttpConfig {
             max_header_bytes: default_max_header_bytes(),
             max_requests_per_second: default_max_rps(),
             max_concurrent_streams: default_max_streams(),
+            idle_timeout_secs: default_idle_timeout(),
         }
     }
 }
@@ -928,6 +937,7 @@ impl Config {
             ("http.header_read_timeout_secs", h.header_read_timeout_secs == 0),
             ("http.max_requests_per_second", h.max_requests_per_second == 0),
             ("http.max_concurrent_streams", h.max_concurrent_streams == 0),
+            ("http.idle_timeout_secs", h.idle_timeout_secs == 0),
         ] {
             if zero {
                 return Err(invalid(key.into(), "must be at least 1".into()));

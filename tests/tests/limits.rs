@@ -198,3 +198,44 @@ except socket.timeout:
     let after: f64 = text.rsplit('=').next().unwrap().parse().unwrap();
     assert!(after < 5.0, "closed only after {after} s: {text}");
 }
+
+#[test]
+fn http2_streams_beyond_the_limit_wait_and_an_idle_connection_is_closed() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("max_concurrent_streams = 2\nidle_timeout_secs = 2");
+    // Each /sse?n=2 stream takes about 1.4 s upstream.
+    let out =
+        s.gw.exec(ghgate_e2e::bin("ghgate-probe"))
+            .args(["h2streams", &s.upstream.addr.to_string(), "api.github.com"])
+            .arg(&s.ca_file)
+            .args(["/sse?n=2", "--streams", "4", "--wait-secs", "15"])
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["alpn"], "h2", "{r}");
+    assert_eq!(r["statuses"], serde_json::json!([200, 200, 200, 200]), "{r}");
+    // Two at a time: the last two start only when the first two have ended.
+    let last = r["done_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        last >= 2.5,
+        "4 streams over a limit of 2 ended after {last} s: {r}"
+    );
+    // Then nothing moves, and the gateway closes the connection after its idle timeout.
+    let closed = r["closed_after"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the idle connection was not closed: {r}"));
+    assert!((1.5..10.0).contains(&closed), "closed after {closed} s idle: {r}");
+    s.gw.wait_log("the idle close", Duration::from_secs(5), |lines| {
+        lines
+            .iter()
+            .any(|l| l["message"] == "idle client connection closed")
+    });
+}

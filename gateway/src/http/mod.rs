@@ -212,6 +212,7 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_concurrent_streams: u32,
     pub max_requests_per_second: u32,
+    pub idle_timeout: Duration,
 }
 
 impl From<&crate::config::HttpConfig> for Limits {
@@ -221,6 +222,7 @@ impl From<&crate::config::HttpConfig> for Limits {
             max_header_bytes: c.max_header_bytes,
             max_concurrent_streams: c.max_concurrent_streams,
             max_requests_per_second: c.max_requests_per_second,
+            idle_timeout: Duration::from_secs(c.idle_timeout_secs),
         }
     }
 }
@@ -292,6 +294,131 @@ pub fn next_connection_id() -> u64 {
 /// How much of each WebSocket message the pipeline is shown (its length is always counted).
 const WS_PAYLOAD_CAP: usize = 1 << 20;
 
+/// Runs a client connection until it ends, closing it gracefully once it has moved no bytes for
+/// `idle` (hyper's two connection types share no trait for `graceful_shutdown`).
+macro_rules! until_idle {
+    ($conn:expr, $activity:expr, $idle:expr, $info:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        let check = ($idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = tokio::time::sleep(check), if !closing => {
+                    if $activity.quiet_for() >= $idle {
+                        info!(client = %$info.client, sni = %$info.sni, tgid = $info.caller.tgid,
+                              idle_secs = $idle.as_secs(), "idle client connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }};
+}
+
+/// When a connection last moved bytes, in either direction.
+#[derive(Clone)]
+struct Activity {
+    since: Instant,
+    /// Milliseconds after `since`.
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Activity {
+    fn track<T>(&self, io: T) -> Tracked<T> {
+        Tracked {
+            io,
+            activity: self.clone(),
+        }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.since
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// A connection whose reads and writes are noted in its `Activity`.
+struct Tracked<T> {
+    io: T,
+    activity: Activity,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Serves HTTP on a terminated client connection until it closes.
 pub async fn serve<T, P>(client: T, info: ConnInfo, route: UpstreamRoute, phases: Arc<P>, limits: &Limits)
 where
@@ -309,24 +436,26 @@ where
         max_rps: limits.max_requests_per_second,
     });
     let svc = service_fn(move |req| forward(state.clone(), req));
-    let io = TokioIo::new(client);
+    let activity = Activity::default();
+    let io = TokioIo::new(activity.track(client));
+    let idle = limits.idle_timeout;
     let result = match proto {
         Proto::Http1 => {
-            hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(io, svc)
-                .with_upgrades()
-                .await
+                .with_upgrades();
+            until_idle!(conn, activity, idle, info)
         }
         Proto::Http2 => {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 .max_header_list_size(limits.max_header_bytes as u32)
-                .serve_connection(io, svc)
-                .await
+                .serve_connection(io, svc);
+            until_idle!(conn, activity, idle, info)
         }
     };
     if let Err(e) = result {

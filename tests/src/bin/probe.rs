@@ -13,7 +13,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N"
+        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N\n       ghgate-probe h2streams ADDR NAME CA_FILE PATH --streams N --wait-secs S"
     );
     std::process::exit(2)
 }
@@ -80,6 +80,16 @@ fn main() {
                 usage()
             };
             println!("{}", h2_post(addr, name, ca, path, opt("--bytes").unwrap_or(0)));
+        }
+        "h2streams" => {
+            // One HTTP/2 connection: a first GET, then --streams concurrent GETs of PATH; then it
+            // waits up to --wait-secs for the server to close the connection.
+            let (Some(name), Some(ca), Some(path)) = (args.get(2), args.get(3), args.get(4)) else {
+                usage()
+            };
+            let streams = opt("--streams").unwrap_or(1) as usize;
+            let wait = Duration::from_secs(opt("--wait-secs").unwrap_or(10));
+            println!("{}", h2_streams(addr, name, ca, path, streams, wait));
         }
         "ws" => {
             let (Some(name), Some(ca)) = (args.get(2), args.get(3)) else {
@@ -188,35 +198,122 @@ fn attempt(addr: SocketAddr, seq: u64) -> serde_json::Value {
 }
 
 /// One POST over an HTTP/2-only TLS connection; reports the negotiated ALPN, status and body.
-fn h2_post(addr: SocketAddr, name: &str, ca: &str, path: &str, bytes: u64) -> serde_json::Value {
-    use http_body_util::{BodyExt as _, Full};
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// An HTTP/2-only TLS connection (ALPN offers h2 alone, trusting only `ca`): its sender, the
+/// negotiated ALPN, and the connection's task (which ends when the connection closes).
+async fn h2_connect(
+    addr: SocketAddr,
+    name: &str,
+    ca: &str,
+) -> (H2Sender, Option<String>, tokio::task::JoinHandle<()>) {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("usable CA");
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS");
+    let alpn = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, alpn, task)
+}
+
+/// A GET on an HTTP/2 connection: its status (0 when the stream failed) once its body has ended.
+async fn h2_get(mut send: H2Sender, url: String) -> u16 {
+    use http_body_util::BodyExt as _;
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    match send.send_request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            match resp.into_body().collect().await {
+                Ok(_) => status,
+                Err(_) => 0,
+            }
+        }
+        Err(_) => 0,
+    }
+}
+
+fn h2_streams(
+    addr: SocketAddr,
+    name: &str,
+    ca: &str,
+    path: &str,
+    streams: usize,
+    wait: Duration,
+) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
-            roots.add(cert.expect("CA certificate")).expect("usable CA");
+        let (send, alpn, conn) = h2_connect(addr, name, ca).await;
+        let url = format!("https://{name}:{}{path}", addr.port());
+        // One request first, so the server's SETTINGS (its stream limit) are known.
+        let first = h2_get(send.clone(), url.clone()).await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let (send, url) = (send.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let status = h2_get(send, url).await;
+                (status, start.elapsed().as_secs_f64())
+            }));
         }
-        let mut config = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(t.await.unwrap());
+        }
+        // The sender stays alive: a client connection with no sender left closes itself.
+        let idle_from = Instant::now();
+        let closed_after = tokio::time::timeout(wait, conn)
             .await
-            .expect("TLS");
-        let alpn = tls.get_ref().1.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned());
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
-                .await
-                .expect("h2 handshake");
-        tokio::spawn(conn);
+            .ok()
+            .map(|_| idle_from.elapsed().as_secs_f64());
+        drop(send);
+        serde_json::json!({
+            "alpn": alpn,
+            "first": first,
+            "statuses": done.iter().map(|d| d.0).collect::<Vec<_>>(),
+            "done_after": done.iter().map(|d| d.1).collect::<Vec<_>>(),
+            "closed_after": closed_after,
+        })
+    })
+}
+
+fn h2_post(addr: SocketAddr, name: &str, ca: &str, path: &str, bytes: u64) -> serde_json::Value {
+    use http_body_util::{BodyExt as _, Full};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut send, alpn, _conn) = h2_connect(addr, name, ca).await;
         let body = Full::new(bytes::Bytes::from(vec![b'p'; bytes as usize]));
         let req = http::Request::post(format!("https://{name}:{}{path}", addr.port())).body(body).unwrap();
         let resp = send.send_request(req).await.expect("request");
