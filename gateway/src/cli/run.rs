@@ -119,7 +119,11 @@ fn proxy(
         },
         tls: config.tls.clone(),
         leaves: Arc::new(LeafCache::new(ca, capacity)),
-        pool: Arc::new(Pool::new(upstream_tls, connect_timeout)),
+        pool: {
+            let pool = Arc::new(Pool::new(upstream_tls, connect_timeout));
+            pool.spawn_sweeper();
+            pool
+        },
         phases: Arc::new(Pipeline {
             recorder,
             mask,

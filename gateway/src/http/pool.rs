@@ -60,12 +60,22 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(tls: UpstreamTls, connect_timeout: Duration) -> Self {
+        Self::with_limits(tls, connect_timeout, 8, Duration::from_secs(90))
+    }
+
+    /// At most `max_idle_per_key` idle HTTP/1.1 connections per key, each kept `idle_timeout`.
+    pub fn with_limits(
+        tls: UpstreamTls,
+        connect_timeout: Duration,
+        max_idle_per_key: usize,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             tls,
             entries: Mutex::new(LruCache::new(NonZeroUsize::new(1024).expect("non-zero"))),
             connect_timeout,
-            max_idle_per_key: 8,
-            idle_timeout: Duration::from_secs(90),
+            max_idle_per_key,
+            idle_timeout,
         }
     }
 
@@ -153,6 +163,42 @@ impl Pool {
         }
     }
 
+    /// Drops what is no longer worth keeping: idle HTTP/1.1 connections past the idle timeout or
+    /// closed by the upstream, closed HTTP/2 connections, and keys left with nothing. Closing
+    /// them here frees their sockets now rather than at the key's next request.
+    pub fn sweep(&self) {
+        let mut entries = self.lock();
+        let mut empty = Vec::new();
+        for (key, e) in entries.iter_mut() {
+            e.h1_idle
+                .retain(|(h1, since)| !h1.is_closed() && since.elapsed() < self.idle_timeout);
+            if e.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
+                e.h2 = None;
+            }
+            if e.h2.is_none() && e.h1_idle.is_empty() {
+                empty.push(key.clone());
+            }
+        }
+        for key in empty {
+            entries.pop(&key);
+        }
+    }
+
+    /// Sweeps the pool every few seconds for as long as it exists.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match pool.upgrade() {
+                    Some(p) => p.sweep(),
+                    None => return,
+                }
+            }
+        })
+    }
+
     /// Connections currently kept: (HTTP/2, idle HTTP/1.1).
     pub fn kept(&self) -> (usize, usize) {
         let entries = self.lock();
@@ -196,3 +242,46 @@ where
 
 /// Shared by every client connection of the gateway.
 pub type SharedPool = Arc<Pool>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/1.1 sender over an in-memory pipe (whose far end is kept in `ends`).
+    async fn sender(ends: &mut Vec<tokio::io::DuplexStream>) -> http1::SendRequest<ProxyBody> {
+        let (near, far) = tokio::io::duplex(1024);
+        ends.push(far);
+        let (send, conn) = http1::handshake(TokioIo::new(near)).await.unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_bounded_per_key_and_swept_when_old_or_closed() {
+        let tls = UpstreamTls::new(&[]).unwrap();
+        let pool = Pool::with_limits(tls, Duration::from_secs(1), 3, Duration::from_millis(300));
+        let key = |port| Key {
+            name: "api.github.com".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let mut ends = Vec::new();
+        for _ in 0..5 {
+            let s = sender(&mut ends).await;
+            pool.put_back(&key(1), s);
+        }
+        assert_eq!(pool.kept(), (0, 3), "at most 3 idle per key");
+        let s = sender(&mut ends).await;
+        pool.put_back(&key(2), s);
+        assert_eq!(pool.kept(), (0, 4));
+        // An upstream that hangs up: its idle connection goes at the next sweep.
+        ends.remove(5);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.sweep();
+        assert_eq!(pool.kept(), (0, 3));
+        // Past the idle timeout, nothing is kept.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        pool.sweep();
+        assert_eq!(pool.kept(), (0, 0));
+        assert_eq!(pool.lock().len(), 0, "keys with nothing left are dropped");
+    }
+}
