@@ -607,4 +607,36 @@ mod tests {
         let mut n = NoThin::default();
         assert_eq!(n.push(b"not a pkt stream", true), b"not a pkt stream");
     }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive, the parsers answer (or refuse) without panicking, and a
+        /// rewrite of what they accepted reads back as the commands kept.
+        #[test]
+        fn hostile_bytes_never_panic(
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            cut in 0usize..600,
+            keep_first in proptest::bool::ANY,
+        ) {
+            let style = ReplyStyle { report_status: true, sideband: Some(999) };
+            let _ = merge_report(style, &raw, &[("refs/heads/x".into(), "held".into())], &[]);
+            let mut n = NoThin::default();
+            let cut = cut.min(raw.len());
+            let mut out = n.push(&raw[..cut], false);
+            out.extend(n.push(&raw[cut..], true));
+            proptest::prop_assert!(out.len() >= raw.len(), "NoThin never drops bytes");
+            // Real command lists with hostile tails.
+            let main = format!("{A} {B} refs/heads/main");
+            let dev = format!("{Z} {B} refs/heads/dev");
+            let mut b = body(&[&main, &dev], "report-status side-band-64k", None, b"");
+            b.extend_from_slice(&raw);
+            if let Ok(Scan::Done(c)) = scan_commands(&b) {
+                let rewritten = c.rewrite(&b, &[keep_first, !keep_first]).unwrap();
+                let Ok(Scan::Done(again)) = scan_commands(&rewritten) else {
+                    panic!("a rewrite does not read back");
+                };
+                proptest::prop_assert_eq!(again.commands.len(), 1);
+            }
+            let _ = scan_commands(&raw);
+        }
+    }
 }
