@@ -52,11 +52,15 @@ struct RuleMeta {
 /// for a case-insensitive rule's keywords the lower, UPPER and Capitalized forms of their first
 /// three or four letters — and each probe found is confirmed against the whole keyword. (So a
 /// case-insensitive rule's keyword is found in those three casings, with camel case after them:
-/// `apiKey`, `ApiKey`; `tOkEn` is not.)
+/// `apiKey`, `ApiKey`; `tOkEn` is not.) The probes go to aho-corasick in the order
+/// [`super::teddy`] picks, which keeps its SIMD searcher fast on code.
 struct Keywords {
     probes: AhoCorasick,
     /// Each keyword, and whether it is matched case-insensitively.
     list: Vec<(Vec<u8>, bool)>,
+    /// For each byte, the keywords that can begin with it, in either case (indices into
+    /// `list`): a probe found is confirmed against these only.
+    by_first: Box<[Vec<usize>; 256]>,
 }
 
 impl Keywords {
@@ -94,9 +98,15 @@ impl Keywords {
         }
         let probes = AhoCorasickBuilder::new()
             .match_kind(MatchKind::LeftmostFirst)
-            .build(&probes)
+            .build(super::teddy::order(probes.into_iter().collect()))
             .map_err(|e| CompileError::Set(e.to_string()))?;
-        Ok(Keywords { probes, list })
+        let lowered: Vec<Vec<u8>> = list.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+        let by_first = index_by_first(&lowered);
+        Ok(Keywords {
+            probes,
+            list,
+            by_first,
+        })
     }
 
     /// The first place at or after `from` where a whole keyword begins.
@@ -105,7 +115,8 @@ impl Keywords {
         loop {
             let p = self.probes.find(AcInput::new(buf).range(at..))?.start();
             let rest = &buf[p..];
-            let whole = self.list.iter().any(|(k, ci)| {
+            let whole = self.by_first[usize::from(rest[0])].iter().any(|&i| {
+                let (k, ci) = &self.list[i];
                 rest.len() >= k.len()
                     && if *ci {
                         rest[..k.len()].eq_ignore_ascii_case(k)
@@ -129,8 +140,23 @@ pub(crate) struct Compiled {
     max_keyword: usize,
     /// Every keyword, lowercased, to tell whether the end of what has arrived could begin one.
     keyword_list: Vec<Vec<u8>>,
+    /// For each byte, the keywords of `keyword_list` that can begin with it (in either case).
+    keyword_first: Box<[Vec<usize>; 256]>,
     regex: Option<meta::Regex>,
     dfa: Option<hybrid::dfa::DFA>,
+}
+
+/// For each byte, the indices of the (lowercase) `keywords` that begin with it in either case.
+fn index_by_first(keywords: &[Vec<u8>]) -> Box<[Vec<usize>; 256]> {
+    let mut index: Box<[Vec<usize>; 256]> = Box::new(std::array::from_fn(|_| Vec::new()));
+    for (i, k) in keywords.iter().enumerate() {
+        let Some(&first) = k.first() else { continue };
+        index[usize::from(first)].push(i);
+        if first.to_ascii_uppercase() != first {
+            index[usize::from(first.to_ascii_uppercase())].push(i);
+        }
+    }
+    index
 }
 
 fn syntax_config() -> syntax::Config {
@@ -169,6 +195,10 @@ impl Compiled {
                 .map_err(|e| CompileError::Set(e.to_string()))?;
             (Some(ac), Some(regex), Some(dfa))
         };
+        let keyword_list: Vec<Vec<u8>> = rules
+            .iter()
+            .flat_map(|r| r.keywords.iter().map(|k| k.to_ascii_lowercase().into_bytes()))
+            .collect();
         Ok(Compiled {
             rules: rules
                 .iter()
@@ -179,10 +209,8 @@ impl Compiled {
                     extend: r.extend,
                 })
                 .collect(),
-            keyword_list: rules
-                .iter()
-                .flat_map(|r| r.keywords.iter().map(|k| k.to_ascii_lowercase().into_bytes()))
-                .collect(),
+            keyword_first: index_by_first(&keyword_list),
+            keyword_list,
             keywords,
             max_keyword,
             regex,
@@ -421,10 +449,12 @@ impl Scan<'_> {
         (first..buf.len())
             .find(|&i| {
                 let tail = &buf[i..];
-                self.compiled
-                    .keyword_list
+                self.compiled.keyword_first[usize::from(tail[0])]
                     .iter()
-                    .any(|k| k.len() > tail.len() && k[..tail.len()].eq_ignore_ascii_case(tail))
+                    .any(|&k| {
+                        let k = &self.compiled.keyword_list[k];
+                        k.len() > tail.len() && k[..tail.len()].eq_ignore_ascii_case(tail)
+                    })
                     || self.exact.is_some_and(|e| {
                         e.values
                             .iter()

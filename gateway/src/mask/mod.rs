@@ -13,6 +13,7 @@ pub mod policy;
 pub mod rules;
 pub mod sse;
 pub mod stream;
+mod teddy;
 
 use std::{fmt, sync::Arc};
 
