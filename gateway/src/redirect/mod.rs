@@ -154,7 +154,15 @@ pub fn load(pins: &Pins) -> anyhow::Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps_dir)
         .load(EBPF_OBJECT)
-        .map_err(|e| anyhow!("the kernel refused ghgate's eBPF maps: {e}"))?;
+        .map_err(|e| {
+            if caused_by_errno(&e, libc::ENOSYS) {
+                anyhow!(
+                    "this kernel has no bpf() system call (built without CONFIG_BPF_SYSCALL, or blocked by a seccomp filter): ghgate cannot run here"
+                )
+            } else {
+                anyhow!("the kernel refused ghgate's eBPF maps: {e}")
+            }
+        })?;
     for name in prog_names::ALL {
         let prog = ebpf
             .program_mut(name)
@@ -174,6 +182,21 @@ pub fn load(pins: &Pins) -> anyhow::Result<Ebpf> {
             })?;
     }
     Ok(ebpf)
+}
+
+/// Whether `errno` is somewhere in an error's chain of causes.
+fn caused_by_errno(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(errno)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn error_chain(e: &anyhow::Error) -> String {

@@ -34,6 +34,10 @@ const TESTS: &[Test] = &[
         "whole_host_mode_redirects_everyone_but_the_gateway",
         whole_host_mode_redirects_everyone_but_the_gateway,
     ),
+    (
+        "a_kernel_without_a_feature_is_refused_in_one_line",
+        a_kernel_without_a_feature_is_refused_in_one_line,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -245,4 +249,125 @@ fn whole_host_mode_redirects_everyone_but_the_gateway() {
         (true.into(), false.into()),
         "after detach: {r}"
     );
+}
+
+/// What a kernel lacking a feature looks like to ghgate, made with a seccomp filter on the
+/// gateway process alone: `bpf(BPF_PROG_LOAD)` fails as on a kernel without these program types
+/// (EINVAL), or `bpf()` is missing altogether (ENOSYS, a kernel built without
+/// CONFIG_BPF_SYSCALL). Either way ghgate must say so in one line and exit before attaching
+/// anything.
+fn a_kernel_without_a_feature_is_refused_in_one_line() {
+    for (lacking, errno, expect) in [
+        (
+            "program loading",
+            libc::EINVAL,
+            "this kernel cannot run ghgate: program ghgate_",
+        ),
+        (
+            "the bpf() system call",
+            libc::ENOSYS,
+            "this kernel has no bpf() system call",
+        ),
+    ] {
+        let cg = TestCgroup::new();
+        let dir = std::env::temp_dir().join(format!("ghgate-lacking-{}", cg.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pin_dir = format!("/sys/fs/bpf/{}", cg.name);
+        let config = dir.join("ghgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{pin_dir}\"\n\n[[intercept]]\ncidrs = [\"127.0.0.1/32\"]\nports = [443]\n",
+                dir.join("state").display(),
+                cg.name
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(bin("ghgate"));
+        cmd.args(["run", "--config"]).arg(&config);
+        seccomp::fail_bpf(&mut cmd, errno, errno == libc::EINVAL);
+        let started = Instant::now();
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{lacking}: ghgate ran: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{lacking}: slow to refuse"
+        );
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("ghgate: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{lacking}: one line says why: {stderr}");
+        assert!(errors[0].contains(expect), "{lacking}: {stderr}");
+        assert!(
+            ghgate_programs_loaded().is_empty(),
+            "{lacking}: programs were left loaded"
+        );
+        let links = std::path::Path::new(&pin_dir).join("links");
+        assert!(
+            !links.exists() || std::fs::read_dir(&links).unwrap().next().is_none(),
+            "{lacking}: links were pinned"
+        );
+        println!("{lacking} refused: {}", errors[0]);
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A seccomp filter for one child process.
+mod seccomp {
+    use std::os::unix::process::CommandExt as _;
+
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const NR_BPF: u32 = 321;
+    const BPF_PROG_LOAD: u32 = 5;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    // Classic BPF opcodes.
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+
+    fn op(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+        libc::sock_filter { code, jt, jf, k }
+    }
+
+    /// In `cmd`'s child: `bpf()` fails with `errno`, every call or (with `loads_only`) only
+    /// BPF_PROG_LOAD (maps can still be made, as on a kernel that lacks a program type).
+    pub fn fail_bpf(cmd: &mut std::process::Command, errno: i32, loads_only: bool) {
+        let fail = RET_ERRNO | errno as u32;
+        let filter = vec![
+            op(LD_W_ABS, 0, 0, 4), // arch
+            op(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+            op(RET_K, 0, 0, RET_ALLOW),
+            op(LD_W_ABS, 0, 0, 0), // syscall number
+            op(JEQ_K, 1, 0, NR_BPF),
+            op(RET_K, 0, 0, RET_ALLOW),
+            op(LD_W_ABS, 0, 0, 16), // the low word of the first argument: the command
+            op(JEQ_K, 1, 0, BPF_PROG_LOAD),
+            op(RET_K, 0, 0, if loads_only { RET_ALLOW } else { fail }),
+            op(RET_K, 0, 0, fail),
+        ];
+        // SAFETY: between fork and exec only async-signal-safe calls are made (two prctls), on
+        // a filter that outlives them (moved into the closure).
+        unsafe {
+            cmd.pre_exec(move || {
+                let prog = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER,
+                        &prog as *const libc::sock_fprog,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
 }
