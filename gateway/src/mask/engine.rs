@@ -11,7 +11,7 @@
 //!
 //! Must never: hold bytes that no keyword makes undecided, emit a byte of a secret it found,
 //! or panic on any input.
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored as AcAnchored, Input as AcInput, MatchKind};
 use regex_automata::{
@@ -144,7 +144,14 @@ pub(crate) struct Compiled {
     keyword_first: Box<[Vec<usize>; 256]>,
     regex: Option<meta::Regex>,
     dfa: Option<hybrid::dfa::DFA>,
+    /// Scratch of streams that have ended, for the next ones: a fresh DFA cache costs more to
+    /// set up (zeroed sparse sets, the start states) than masking a URL or a log field does.
+    spare: Mutex<Vec<Scratch>>,
 }
+
+/// The most spare scratches kept (about one per stream masked at once; each holds a DFA cache
+/// of at most the configured capacity, most far less).
+const MAX_SPARE: usize = 16;
 
 /// For each byte, the indices of the (lowercase) `keywords` that begin with it in either case.
 fn index_by_first(keywords: &[Vec<u8>]) -> Box<[Vec<usize>; 256]> {
@@ -215,7 +222,29 @@ impl Compiled {
             max_keyword,
             regex,
             dfa,
+            spare: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Scratch for a new stream: a spare one if there is one (its DFA cache keeps the states it
+    /// has built, which are valid for any input), else a new one.
+    pub(crate) fn take_scratch(&self) -> Scratch {
+        self.spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_else(Scratch::new)
+    }
+
+    /// A stream has ended: its scratch serves the next one.
+    pub(crate) fn give_back(&self, mut scratch: Scratch) {
+        // A run belongs to its stream's offsets: never resumed by another.
+        scratch.run = None;
+        if let Ok(mut s) = self.spare.lock()
+            && s.len() < MAX_SPARE
+        {
+            s.push(scratch);
+        }
     }
 
     pub(crate) fn rule_ids(&self) -> impl Iterator<Item = &str> {

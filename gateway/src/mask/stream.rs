@@ -39,12 +39,12 @@ pub struct StreamMasker {
 impl StreamMasker {
     pub(crate) fn new(masker: Masker) -> StreamMasker {
         StreamMasker {
-            masker,
             buf: Vec::new(),
             base: 0,
             pos: 0,
-            scratch: Scratch::new(),
+            scratch: masker.compiled.take_scratch(),
             finished: false,
+            masker,
         }
     }
 
@@ -165,6 +165,13 @@ fn collect(p: Piece<'_>, out: &mut Vec<u8>, findings: &mut Vec<Finding>) {
             out.extend_from_slice(replacement.as_bytes());
             findings.push(finding.clone());
         }
+    }
+}
+
+impl Drop for StreamMasker {
+    fn drop(&mut self) {
+        let scratch = std::mem::replace(&mut self.scratch, Scratch::new());
+        self.masker.compiled.give_back(scratch);
     }
 }
 

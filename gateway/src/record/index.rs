@@ -7,7 +7,7 @@
 //! hold a fact the records do not, and a record it points to is always read back from the store
 //! (and the store's hash chain) before anything is shown from it.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -805,7 +805,8 @@ fn clear(tx: &Transaction<'_>) -> Result<(), IndexError> {
 /// Indexes `items` inside `tx`; returns how many were new.
 fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, IndexError> {
     let mut last = last_seq_in(tx)?;
-    let mut touched = BTreeSet::new();
+    // What this batch changed of each session's exchange count and host list.
+    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
     let mut n = 0;
     let mut insert_record = tx.prepare_cached(
         "INSERT INTO records (seq, segment, offset, hash, kind, at, session, exchange)
@@ -834,7 +835,6 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
         ])?;
         if let Some(session) = session {
             ensure_session.execute(params![session, record.at()])?;
-            touched.insert(session.to_owned());
         }
         match record {
             Record::SessionStart(s) => {
@@ -858,27 +858,41 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
             }
             Record::Request(r) => {
                 let host = exchange_host(tx, &r.session, r.conn, &r.url)?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
-                    params![r.session, r.exchange, r.at, r.method, r.url, host],
-                )?;
+                let added = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                    )?
+                    .execute(params![r.session, r.exchange, r.at, r.method, r.url, host])?;
+                if added > 0 {
+                    counts.entry(r.session.clone()).or_default().add(host);
+                }
             }
             Record::Exchange(x) => {
                 let host = exchange_host(tx, &x.session, x.conn, &x.url)?;
-                tx.execute(
+                let before: Option<String> = tx
+                    .prepare_cached("SELECT host FROM exchanges WHERE session = ?1 AND exchange = ?2")?
+                    .query_row(params![x.session, x.exchange], |r| r.get(0))
+                    .optional()?;
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO exchanges (session, exchange, started_at, method, url, host, status)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![x.session, x.exchange, x.started_at, x.method, x.url, host, x.status],
-                )?;
+                )?
+                .execute(params![x.session, x.exchange, x.started_at, x.method, x.url, host, x.status])?;
+                let c = counts.entry(x.session.clone()).or_default();
+                match before {
+                    None => c.add(host),
+                    Some(old) if old != host => c.recount = true,
+                    Some(_) => {}
+                }
             }
             _ => {}
         }
         last = Some(pos.seq);
         n += 1;
     }
-    for session in &touched {
-        refresh_counts(tx, session)?;
+    for (session, c) in &counts {
+        update_counts(tx, session, c)?;
     }
     if let Some(last) = last {
         tx.execute(
@@ -904,6 +918,52 @@ fn exchange_host(tx: &Transaction<'_>, session: &str, conn: u64, url: &str) -> R
         )
         .optional()?
         .unwrap_or_default())
+}
+
+/// What one batch changed of a session's exchanges.
+#[derive(Default)]
+struct Counts {
+    /// Exchanges new to the index.
+    added: i64,
+    /// Their hosts.
+    hosts: BTreeSet<String>,
+    /// An exchange changed host: count everything again.
+    recount: bool,
+}
+
+impl Counts {
+    fn add(&mut self, host: String) {
+        self.added += 1;
+        if !host.is_empty() {
+            self.hosts.insert(host);
+        }
+    }
+}
+
+/// Brings a session's exchange count and host list up to date with what a batch added: the
+/// count grows by what was added, and the hosts are recomputed from the exchanges only when one
+/// of them is not already listed (counting a long session's exchanges for every batch would cost
+/// in proportion to its length, each time).
+fn update_counts(tx: &Transaction<'_>, session: &str, c: &Counts) -> Result<(), IndexError> {
+    if !c.recount && !c.hosts.is_empty() {
+        let listed: String = tx
+            .prepare_cached("SELECT hosts FROM sessions WHERE id = ?1")?
+            .query_row([session], |r| r.get(0))
+            .optional()?
+            .unwrap_or_default();
+        let known = c.hosts.iter().all(|h| listed.split(' ').any(|l| l == h));
+        if !known {
+            return refresh_counts(tx, session);
+        }
+    }
+    if c.recount {
+        return refresh_counts(tx, session);
+    }
+    if c.added > 0 {
+        tx.prepare_cached("UPDATE sessions SET exchanges = exchanges + ?2 WHERE id = ?1")?
+            .execute(params![session, c.added])?;
+    }
+    Ok(())
 }
 
 fn refresh_counts(tx: &Transaction<'_>, session: &str) -> Result<(), IndexError> {
