@@ -48,6 +48,32 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// CPU time (user + system, clock ticks) of a process and all its threads so far.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Waits until the gateway is idle (under 2 % of a CPU over 0.5 s): its recorder has written and
+/// indexed what the previous measurement sent, so that backlog is not billed to the next one.
+/// Returns how long that took.
+fn wait_idle(gw: &Gateway) -> anyhow::Result<std::time::Duration> {
+    let pid = gw.pid().context("gateway pid")?;
+    let start = std::time::Instant::now();
+    let mut last = cpu_ticks(pid).context("gateway CPU time")?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = cpu_ticks(pid).context("gateway CPU time")?;
+        // 100 ticks per second: 1 tick in half a second is 2 %.
+        if now - last <= 1 || start.elapsed() > std::time::Duration::from_secs(120) {
+            return Ok(start.elapsed());
+        }
+        last = now;
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
@@ -83,6 +109,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let mut recorded_exchanges = 0u64;
     let mut recorded_secs = 0.0;
     let mut disk_for_rps = 0u64;
+    let mut catch_up = Vec::new();
     for round in 0..args.rounds {
         for k in 0..2 {
             let which = (round as usize + k) % 2;
@@ -98,14 +125,18 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
                 args.rounds,
                 if which == 1 { "on" } else { "off" }
             );
+            wait_idle(gw)?;
             let lat: Report = run_client(Some(gw), &mk("latency"))?;
             p50[which].push(pct(&lat.ns, 0.5));
+            wait_idle(gw)?;
             let disk_before = dir_bytes(&record_dir);
             let r = run_client(Some(gw), &mk("rps"))?;
+            let drained = wait_idle(gw)?;
             if which == 1 {
                 recorded_exchanges += (r.requests_per_s * args.seconds as f64) as u64;
                 recorded_secs += args.seconds as f64;
                 disk_for_rps += dir_bytes(&record_dir).saturating_sub(disk_before);
+                catch_up.push(drained.as_secs_f64());
             }
             rps[which].push(r.requests_per_s);
             let dl = run_client(Some(gw), &mk("download"))?;
@@ -160,6 +191,11 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     println!(
         "bytes on disk per small exchange (segments + index, requests/s runs): {:.0}",
         disk_for_rps as f64 / recorded_exchanges.max(1) as f64
+    );
+    println!(
+        "the recorder caught up {:.1} s (median) after each {} s requests/s run; every figure is measured from an idle gateway",
+        median(catch_up),
+        args.seconds
     );
     println!("store size at the end: {total_disk} B; `sessions verify --all`: {verified}");
     let _ = on.pid().context("gateway pid")?;
