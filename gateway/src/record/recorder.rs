@@ -636,12 +636,83 @@ struct Heads {
     http_version: String,
 }
 
+/// Past this many bytes, a body is hashed on a thread of its own: the proxy's thread then only
+/// hands chunks over (reference-counted, not copied), and a large download's SHA-256 runs beside
+/// its TLS instead of after it.
+const HASH_ASIDE_AFTER: u64 = 4 << 20;
+/// Chunks queued for a hashing thread before the body waits for it (backpressure, bounded memory).
+const HASH_QUEUE: usize = 16;
+/// Hashing threads at once; past that, bodies are hashed where they pass.
+const MAX_HASH_THREADS: usize = 4;
+static HASH_THREADS: AtomicU64 = AtomicU64::new(0);
+
+/// The SHA-256 of a body as it passes: computed in place, or on a thread of its own.
+enum BodyHash {
+    Here(Sha256),
+    Aside {
+        chunks: std::sync::mpsc::SyncSender<Bytes>,
+        digest: std::thread::JoinHandle<Sha256>,
+    },
+}
+
+impl BodyHash {
+    /// Adds `chunk`; `len` is the body's length so far, this chunk included.
+    fn update(&mut self, chunk: &Bytes, len: u64) {
+        if let BodyHash::Here(h) = self
+            && len > HASH_ASIDE_AFTER
+        {
+            if HASH_THREADS.fetch_add(1, Ordering::Relaxed) < MAX_HASH_THREADS as u64 {
+                // A copy goes to the thread: if it cannot start, hashing carries on here.
+                let mut hasher = h.clone();
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(HASH_QUEUE);
+                let spawned = std::thread::Builder::new()
+                    .name("ghgate-hash".into())
+                    .spawn(move || {
+                        for c in rx {
+                            hasher.update(&c);
+                        }
+                        HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+                        hasher
+                    });
+                match spawned {
+                    Ok(digest) => *self = BodyHash::Aside { chunks: tx, digest },
+                    Err(_) => {
+                        HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            } else {
+                HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        match self {
+            BodyHash::Here(h) => h.update(chunk),
+            BodyHash::Aside { chunks, .. } => {
+                if let Err(e) = chunks.send(chunk.clone()) {
+                    // The thread is gone (only a panic could do that): say so loudly rather
+                    // than record a wrong hash quietly.
+                    error!(error = %e, "the body hashing thread stopped; this body's SHA-256 will be wrong");
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> sha2::digest::Output<Sha256> {
+        match self {
+            BodyHash::Here(h) => h.finalize(),
+            BodyHash::Aside { chunks, digest } => {
+                drop(chunks);
+                digest.join().unwrap_or_default().finalize()
+            }
+        }
+    }
+}
+
 /// One direction of one exchange.
 struct BodyRecording {
     dir: Direction,
     cap: u64,
     len: u64,
-    hash: Sha256,
+    hash: BodyHash,
     content_type: Option<String>,
     sse: Option<sse::SseParser>,
     sse_index: u64,
@@ -656,7 +727,7 @@ impl BodyRecording {
             dir,
             cap,
             len: 0,
-            hash: Sha256::new(),
+            hash: BodyHash::Here(Sha256::new()),
             content_type: None,
             sse: None,
             sse_index: 0,
@@ -669,7 +740,7 @@ impl BodyRecording {
     fn summary(&mut self) -> BodySummary {
         BodySummary {
             len: self.len,
-            sha256: hex::encode(std::mem::take(&mut self.hash).finalize()),
+            sha256: hex::encode(std::mem::replace(&mut self.hash, BodyHash::Here(Sha256::new())).finish()),
             stored: self.len.min(self.cap),
             content_type: self.content_type.clone(),
         }
@@ -961,8 +1032,9 @@ impl ExchangeRecording {
             return Ok(None);
         };
         let offset = b.len;
-        b.hash.update(chunk);
-        b.len += chunk.len() as u64;
+        let len = offset + chunk.len() as u64;
+        b.hash.update(chunk, len);
+        b.len = len;
         let mut records = masked;
         if offset < b.cap {
             let keep = (b.cap - offset).min(chunk.len() as u64) as usize;
@@ -1162,5 +1234,49 @@ impl ExchangeRecording {
                 other => other,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body past the threshold is hashed on a thread of its own from then on; the digest is
+    /// the body's, whatever the chunking, and several bodies at once (more than the thread
+    /// budget) each get their own.
+    #[test]
+    fn a_large_body_hashed_aside_gets_the_same_sha256() {
+        let body: Vec<u8> = (0..(HASH_ASIDE_AFTER as usize * 2 + 12345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let want = Sha256::digest(&body);
+        let hashes: Vec<_> = (0..MAX_HASH_THREADS + 2)
+            .map(|k| {
+                let mut h = BodyHash::Here(Sha256::new());
+                let (mut at, step) = (0usize, 1000 + k * 4099);
+                while at < body.len() {
+                    let end = (at + step).min(body.len());
+                    h.update(&Bytes::copy_from_slice(&body[at..end]), end as u64);
+                    at = end;
+                }
+                h
+            })
+            .collect();
+        let aside = hashes
+            .iter()
+            .filter(|h| matches!(h, BodyHash::Aside { .. }))
+            .count();
+        assert!(
+            aside >= 1 && aside <= MAX_HASH_THREADS,
+            "{aside} bodies hashed aside"
+        );
+        for h in hashes {
+            assert_eq!(h.finish(), want);
+        }
+        assert_eq!(
+            HASH_THREADS.load(Ordering::Relaxed),
+            0,
+            "every thread accounted for"
+        );
     }
 }
