@@ -1267,7 +1267,7 @@ mod tests {
             .filter(|h| matches!(h, BodyHash::Aside { .. }))
             .count();
         assert!(
-            aside >= 1 && aside <= MAX_HASH_THREADS,
+            (1..=MAX_HASH_THREADS).contains(&aside),
             "{aside} bodies hashed aside"
         );
         for h in hashes {
