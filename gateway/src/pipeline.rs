@@ -480,11 +480,9 @@ impl Phases for Pipeline {
         let decision = self.decide(ex, presented.as_ref()).await;
         // The caller's own credential and the brokered token are masked wherever they show up,
         // whatever their format.
+        // Static tokens are in the maskers from the start (`MaskSet::with_exact` at load).
         let mut creds = policy::caller_credentials(&req.headers);
-        if let Some(t) = &decision.inject {
-            creds.push(("brokered".to_owned(), t.expose().as_bytes().to_vec()));
-        }
-        for t in self.broker.static_tokens() {
+        if let Some(t) = decision.inject.as_ref().filter(|t| !self.broker.is_static(t)) {
             creds.push(("brokered".to_owned(), t.expose().as_bytes().to_vec()));
         }
         let maskers = if creds.is_empty() {

@@ -102,11 +102,22 @@ fn proxy(
     config: &Config,
     ca: Ca,
     recorder: Option<Arc<Recorder>>,
-    mask: Arc<MaskSet>,
+    mask: MaskSet,
 ) -> anyhow::Result<Proxy<Pipeline>> {
     let upstream_tls = UpstreamTls::new(&config.tls.upstream_extra_roots)?;
     let outbound = outbound(config, upstream_tls.clone())?;
     let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
+    // The static tokens are masked by exact value everywhere, from the start.
+    let statics: Vec<(String, Vec<u8>)> = broker
+        .static_tokens()
+        .iter()
+        .map(|t| ("brokered".to_owned(), t.expose().as_bytes().to_vec()))
+        .collect();
+    let mask = Arc::new(mask.with_exact(&statics));
+    mask::set_log_masker(mask.logs.clone());
+    if let Some(r) = &recorder {
+        r.set_masker(mask.records.clone());
+    }
     let enforcer = Enforcer::start(config, outbound.clone(), recorder.clone())?;
     let oidc =
         (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
@@ -150,11 +161,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None
     };
     let key = mask::key::load_or_create(&config.state_dir)?;
-    let mask = Arc::new(MaskSet::new(&config.mask, key).context("cannot compile the [mask] rules")?);
-    mask::set_log_masker(mask.logs.clone());
-    if let Some(r) = &recorder {
-        r.set_masker(mask.records.clone());
-    }
+    let mask = MaskSet::new(&config.mask, key).context("cannot compile the [mask] rules")?;
     let proxy = Arc::new(proxy(
         &config,
         load_or_create_ca(&config)?,

@@ -176,6 +176,13 @@ impl Broker {
         self.default
     }
 
+    /// Whether `token` is one of the static tokens (already in the maskers from the start).
+    pub fn is_static(&self, token: &Secret) -> bool {
+        self.profiles
+            .values()
+            .any(|p| p.static_token().is_some_and(|s| s.expose() == token.expose()))
+    }
+
     /// Every static token, to be masked by exact value wherever it shows up.
     pub fn static_tokens(&self) -> Vec<Secret> {
         self.profiles

@@ -94,6 +94,21 @@ pub fn check(cfg: &MaskConfig) -> Result<(), (String, String)> {
 }
 
 impl MaskSet {
+    /// The same set with `values` masked by exact value everywhere (static credentials, known
+    /// at start): folded in once, instead of per exchange.
+    pub fn with_exact(&self, values: &[(String, Vec<u8>)]) -> MaskSet {
+        if values.is_empty() {
+            return self.clone();
+        }
+        MaskSet {
+            responses: self.responses.with_exact(values),
+            records: self.records.with_exact(values),
+            logs: self.logs.with_exact(values),
+            default: self.default,
+            routes: self.routes.clone(),
+        }
+    }
+
     /// Builds the maskers; the config was checked at load.
     pub fn new(cfg: &MaskConfig, key: FingerprintKey) -> Result<MaskSet, super::CompileError> {
         let make = |place| Masker::try_new(rules_for(cfg, place), key.clone());

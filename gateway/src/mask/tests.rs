@@ -508,3 +508,26 @@ fn these_tests_hold_no_literal_secret() {
         assert!(findings.is_empty(), "{file}: {findings:?}");
     }
 }
+
+/// Static credentials are folded into every masker of the set once, at start: responses,
+/// records and logs all mask them by exact value, whatever their format.
+#[test]
+fn static_credentials_are_masked_everywhere_from_the_start() {
+    let set = policy::MaskSet::new(
+        &crate::config::MaskConfig::default(),
+        FingerprintKey::new([7; 32]),
+    )
+    .unwrap()
+    .with_exact(&[("brokered".into(), b"plain-looking-static-value-42".to_vec())]);
+    let text = "it said plain-looking-static-value-42 and left";
+    for (place, m) in [
+        ("responses", &set.responses),
+        ("records", &set.records),
+        ("logs", &set.logs),
+    ] {
+        let (out, found) = m.mask_str(text);
+        assert!(!out.contains("plain-looking-static-value-42"), "{place}: {out}");
+        assert!(out.contains("[MASKED:brokered:"), "{place}: {out}");
+        assert_eq!(found.len(), 1, "{place}");
+    }
+}
