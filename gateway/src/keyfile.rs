@@ -62,17 +62,7 @@ pub fn load_or_create(path: &Path, make: impl FnOnce() -> Vec<u8>) -> Result<Vec
     // Written whole under a temporary name, then linked into place: a crash never leaves a
     // half-written key.
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&contents)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = write_new_private(&tmp, &contents) {
         return Err(io_err("cannot write", &tmp)(e));
     }
     let linked = fs::hard_link(&tmp, path);
@@ -89,6 +79,23 @@ pub fn load_or_create(path: &Path, make: impl FnOnce() -> Vec<u8>) -> Result<Vec
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_private(path),
         Err(e) => Err(io_err("cannot create", path)(e)),
     }
+}
+
+/// Writes `contents` to a new file `tmp` readable by its owner only, synced to disk, for the
+/// caller to move into place; on failure nothing is left behind.
+pub fn write_new_private(tmp: &Path, contents: &[u8]) -> io::Result<()> {
+    let write = || -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(tmp);
+    })
 }
 
 #[cfg(test)]

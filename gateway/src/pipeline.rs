@@ -3,12 +3,14 @@
 //! For every request: identity (an OIDC token the caller presents is validated; 401 if it is
 //! not good) → credentials (the first `[[credentials.rule]]` the caller matches gives a profile
 //! whose token replaces whatever the caller sent; 403 when none does and the default refuses) →
-//! the caller's own credential and the brokered token join the exchange's maskers → recording
-//! admission (refuse while the store cannot write, wait while it is behind) → the request is
-//! masked and recorded as it streams up → the response is masked (for the client where
-//! `[mask] responses` says so, always for the record) and recorded as it streams down → the
-//! exchange's record is written before the client sees its end → one log line, masked.
-//! Identity, policy and credentials slot in here, in that order, as they arrive.
+//! the caller's own credential and the brokered token join the exchange's maskers → policy
+//! from the request head (a refusal answers now; the decision is written with the request's
+//! record) → recording admission (refuse while the store cannot write, wait while it is behind)
+//! → policy from the body where the head cannot decide (`request_gate`: a push's commands and
+//! pack, an API call held for approval), before anything goes upstream → the request is masked
+//! and recorded as it streams up → the response is masked (for the client where `[mask]
+//! responses` says so, always for the record) and recorded as it streams down → the exchange's
+//! record is written before the client sees its end → one log line, masked.
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ::http::StatusCode;
@@ -260,7 +262,7 @@ impl Pipeline {
 
     /// Applies what the policy decided from the request head: a refusal answers now; a push
     /// or a held API call is decided from its body (`request_gate`).
-    async fn policy_head(
+    fn policy_head(
         &self,
         ex: &Exchange,
         ctx: &Ctx,
@@ -284,8 +286,9 @@ impl Pipeline {
                 return None;
             }
         };
-        if let Some(refused) = record_decisions(ex, ctx, vec![decision]).await {
-            return Some(refused);
+        log_decisions(ex, std::slice::from_ref(&decision));
+        if let Some(rec) = &ctx.record {
+            rec.note_decisions(vec![decision]);
         }
         answer
     }
@@ -401,16 +404,24 @@ fn add_held_refs(a: &mut PushAnswer, chunk: &mut Bytes, end: bool) {
 
 /// Records the policy's decisions for an exchange before it goes on: `Some` answers the client
 /// instead (503) when they cannot be written, since nothing passes unrecorded.
+/// One log line per policy decision.
+fn log_decisions(ex: &Exchange, decisions: &[model::Decision]) {
+    for d in decisions {
+        tracing::info!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
+                       outcome = %d.outcome, r#ref = d.ref_update.as_ref().map(|r| crate::mask::for_logs(&r.name)),
+                       approval = d.approval.as_deref(), "policy decision");
+    }
+}
+
+/// Records the decisions the policy made from a request's body before it goes on: `Some`
+/// answers the client instead (503) when they cannot be written, since nothing passes
+/// unrecorded.
 async fn record_decisions(
     ex: &Exchange,
     ctx: &Ctx,
     decisions: Vec<model::Decision>,
 ) -> Option<Response<Bytes>> {
-    for d in &decisions {
-        tracing::info!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
-                       outcome = %d.outcome, r#ref = d.ref_update.as_ref().map(|r| crate::mask::for_logs(&r.name)),
-                       approval = d.approval.as_deref(), "policy decision");
-    }
+    log_decisions(ex, &decisions);
     let rec = ctx.record.as_ref()?;
     match rec.decisions(decisions).await {
         Ok(()) => None,
@@ -508,8 +519,13 @@ impl Phases for Pipeline {
             let subject = enforce::subject(&ex.conn.caller, decision.claims.as_ref());
             (enforcer.head(ex, &subject), subject)
         });
+        // A decision from the head is written with the request's own record (a refusal, with
+        // the exchange's end): no store round trip of its own.
+        if let Some(refused) = self.policy_head(ex, ctx, head) {
+            return Some(refused);
+        }
         let Some(rec) = &ctx.record else {
-            return self.policy_head(ex, ctx, head).await;
+            return None;
         };
         let recorder = self
             .recorder
@@ -529,11 +545,8 @@ impl Phases for Pipeline {
         if let Some(refused) = recorder.admit(ex).await {
             return Some(refused);
         }
-        // Nothing goes upstream before the store holds the request.
-        if let Some(refused) = rec.request_head(ex, req).await {
-            return Some(refused);
-        }
-        self.policy_head(ex, ctx, head).await
+        // Nothing goes upstream before the store holds the request (and its decision).
+        rec.request_head(ex, req).await
     }
 
     async fn request_gate(

@@ -18,7 +18,12 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 
 /// Writes `name` (its content is its name), commits it in `repo`, returns the new commit id.
 pub fn commit(repo: &Path, name: &str) -> String {
-    std::fs::write(repo.join(name), name).unwrap();
+    commit_file(repo, name, name)
+}
+
+/// Writes `content` to `name`, commits it in `repo` (message: the name), returns the commit id.
+pub fn commit_file(repo: &Path, name: &str, content: &str) -> String {
+    std::fs::write(repo.join(name), content).unwrap();
     git(repo, &["add", "."]);
     git(
         repo,

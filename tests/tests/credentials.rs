@@ -6,7 +6,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Dura
 
 use ghgate_e2e::{
     eventually,
-    fixtures::{files_under, git, served_repo},
+    fixtures::{commit_file, files_under, git, served_repo},
     https::{Auth, TlsGateway},
     privileged,
 };
@@ -78,21 +78,7 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
         ],
     );
     let work = tmp.path().join("work");
-    std::fs::write(work.join("change.txt"), "brokered\n").unwrap();
-    git(&work, &["add", "."]);
-    git(
-        &work,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "change",
-        ],
-    );
+    commit_file(&work, "change.txt", "brokered\n");
     s.git(&work, &["push", "-q", "origin", "main"]);
     assert_eq!(
         git(&bare, &["rev-parse", "main"]),

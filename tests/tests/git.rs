@@ -1,37 +1,13 @@
 //! Real git over smart HTTP through the gateway: `git clone` and `git push` under `ghgate exec`
 //! against the real `git http-backend` behind the test upstream. git is configured with
 //! `http.sslCAInfo` (ghgate's CA) and `http.curloptResolve`, nothing else.
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
-use ghgate_e2e::{https::TlsGateway, privileged};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn commit_file(repo: &Path, name: &str, content: &str) {
-    std::fs::write(repo.join(name), content).unwrap();
-    git(repo, &["add", "."]);
-    git(
-        repo,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            name,
-        ],
-    );
-}
+use ghgate_e2e::{
+    fixtures::{commit_file, git, served_repo},
+    https::TlsGateway,
+    privileged,
+};
 
 #[test]
 fn git_clone_and_push_through_the_gateway() {
@@ -39,17 +15,7 @@ fn git_clone_and_push_through_the_gateway() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("repos");
-    let bare = root.join("o/r.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
-    git(&bare, &["config", "http.receivepack", "true"]);
-    // Seed it with one commit, pushed locally.
-    let seed = tmp.path().join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    commit_file(&seed, "README.md", "hello\n");
-    git(&seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let (root, bare, _) = served_repo(tmp.path());
 
     let s = TlsGateway::start(&["github.com"], true, Some(root), "");
     let (gw, port) = (&s.gw, s.upstream.addr.port());
@@ -58,11 +24,11 @@ fn git_clone_and_push_through_the_gateway() {
     let work = tmp.path().join("work");
     assert_eq!(
         std::fs::read_to_string(work.join("README.md")).unwrap(),
-        "hello\n"
+        "README.md",
+        "the clone holds the served repository's file"
     );
 
-    commit_file(&work, "change.txt", "pushed through ghgate\n");
-    let head = git(&work, &["rev-parse", "HEAD"]);
+    let head = commit_file(&work, "change.txt", "pushed through ghgate\n");
     s.git(&work, &["push", "-q", "origin", "main"]);
     assert_eq!(
         git(&bare, &["rev-parse", "main"]),

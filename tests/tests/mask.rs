@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ghgate_e2e::{
     eventually,
-    fixtures::{files_under, git, github_token, served_repo},
+    fixtures::{commit_file, files_under, github_token, served_repo},
     https::TlsGateway,
     privileged,
 };
@@ -167,24 +167,10 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
         ],
     );
     let work = tmp.path().join("work");
-    std::fs::write(
-        work.join("deploy.sh"),
-        format!("#!/bin/sh\nGITHUB_TOKEN={token} ./deploy\n"),
-    )
-    .unwrap();
-    git(&work, &["add", "."]);
-    git(
+    commit_file(
         &work,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "-m",
-            "deploy",
-        ],
+        "deploy.sh",
+        &format!("#!/bin/sh\nGITHUB_TOKEN={token} ./deploy\n"),
     );
     s.git(&work, &["push", "-q", "origin", "main"]);
 

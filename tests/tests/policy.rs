@@ -59,6 +59,13 @@ ref = ["refs/heads/expiring"]
 expires = "2s"
 
 [[rule]]
+name = "no-admin"
+action = "deny"
+host = ["api.github.com"]
+path = ["/admin/*"]
+message = "no site administration through agents"
+
+[[rule]]
 name = "api-hold"
 action = "require_approval"
 approvers = "maintainers"
@@ -609,6 +616,37 @@ fn an_api_call_held_for_approval_passes_once_with_the_same_body() {
         );
         stdout(&out)
     };
+    // Decided from the head alone: a denied call never reaches the upstream; others pass.
+    let served = t.s.upstream.served();
+    let admin = stdout(&t.s.curl("api.github.com", "/admin/users", &["-w", "\n%{http_code}"]));
+    assert!(admin.ends_with("403"), "{admin}");
+    assert!(
+        admin.contains("denied by rule #5 \\\"no-admin\\\": no site administration through agents"),
+        "{admin}"
+    );
+    assert_eq!(
+        t.s.upstream.served(),
+        served,
+        "a denied call reached the upstream"
+    );
+    let get = stdout(&t.s.curl("api.github.com", "/repos/o/r", &["-w", "\n%{http_code}"]));
+    assert!(get.ends_with("200"), "{get}");
+    let decided: Vec<(String, String, String)> = t
+        .decisions()
+        .iter()
+        .map(|d| {
+            let f = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+            (f("action"), f("rule"), f("outcome"))
+        })
+        .collect();
+    for want in [
+        ("deny", "rule #5 \"no-admin\"", "refused"),
+        ("allow", "the default", "passed"),
+    ] {
+        let want = (want.0.to_owned(), want.1.to_owned(), want.2.to_owned());
+        assert!(decided.contains(&want), "{want:?} not in {decided:?}");
+    }
+
     let first = delete("a");
     assert!(first.ends_with("403"), "{first}");
     let id = approval_id(&first);

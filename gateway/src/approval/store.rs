@@ -3,12 +3,7 @@
 //!
 //! Must never leave a half-written file in place, nor start from an unreadable one as if it
 //! were empty (that would forget approvals already used).
-use std::{
-    fs::{self, OpenOptions},
-    io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
-    path::Path,
-};
+use std::{fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -70,19 +65,9 @@ pub(super) fn save(path: &Path, approvals: &[Approval]) -> Result<(), ApprovalEr
     })
     .expect("approvals serialize");
     let tmp = path.with_extension("json.tmp");
-    let write = || -> io::Result<()> {
-        // A temporary file left by a crash is simply replaced.
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
+    // A temporary file left by a crash is simply replaced.
+    let _ = fs::remove_file(&tmp);
+    if let Err(e) = crate::keyfile::write_new_private(&tmp, &body) {
         return Err(io_err("cannot write", &tmp)(e));
     }
     fs::rename(&tmp, path).map_err(io_err("cannot replace", path))?;

@@ -95,8 +95,32 @@ fn start_ticks(tgid: u32) -> Option<u64> {
 }
 
 /// The user name of a uid, from /etc/passwd (no NSS: the gateway must not block on a directory
-/// service while serving).
+/// service while serving). Answers are kept for a minute: the policy asks for every request.
 pub fn user_name(uid: u32) -> Option<String> {
+    use std::{
+        collections::HashMap,
+        sync::{LazyLock, Mutex},
+        time::{Duration, Instant},
+    };
+    type Names = HashMap<u32, (Option<String>, Instant)>;
+    static NAMES: LazyLock<Mutex<Names>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+    const FRESH: Duration = Duration::from_secs(60);
+    if let Some((name, at)) = NAMES.lock().ok()?.get(&uid)
+        && at.elapsed() < FRESH
+    {
+        return name.clone();
+    }
+    let name = read_user_name(uid);
+    if let Ok(mut names) = NAMES.lock() {
+        if names.len() > 4096 {
+            names.clear();
+        }
+        names.insert(uid, (name.clone(), Instant::now()));
+    }
+    name
+}
+
+fn read_user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let mut f = line.split(':');

@@ -386,6 +386,7 @@ impl Recorder {
             url: Mutex::new(masker.mask_str(&ex.url).0),
             masker: Mutex::new(masker),
             identity: Mutex::new(None),
+            decided: Mutex::new(Vec::new()),
         }
     }
 }
@@ -764,6 +765,8 @@ pub struct ExchangeRecording {
     url: Mutex<String>,
     /// The identity stage's record, written with the request (or at the end, if refused).
     identity: Mutex<Option<model::Identity>>,
+    /// Policy decisions made from the request head, written with it (or at the end, if refused).
+    decided: Mutex<Vec<Record>>,
 }
 
 /// Where a masked secret was, as records say it.
@@ -814,29 +817,55 @@ impl ExchangeRecording {
         }
     }
 
-    /// Records what the policy decided for this exchange (one decision per ref of a push), and
-    /// waits until it is written: `Err` names why it could not be (the caller refuses the
-    /// request, as for its head).
-    pub async fn decisions(&self, mut decisions: Vec<model::Decision>) -> Result<(), String> {
+    /// The policy's decisions as records of this exchange, masked.
+    fn decision_records(&self, decisions: Vec<model::Decision>) -> Vec<Record> {
         let masker = self.masker();
-        for d in &mut decisions {
-            d.session.clone_from(&self.session);
-            d.exchange = self.id;
-            if let Some(m) = d.message.as_mut() {
-                *m = masker.mask_str(m).0;
-            }
-            if let Some(r) = d.ref_update.as_mut() {
-                r.name = masker.mask_str(&r.name).0;
-                for p in &mut r.paths {
-                    *p = masker.mask_str(p).0;
+        decisions
+            .into_iter()
+            .map(|mut d| {
+                d.session.clone_from(&self.session);
+                d.exchange = self.id;
+                if let Some(m) = d.message.as_mut() {
+                    *m = masker.mask_str(m).0;
                 }
-            }
+                if let Some(r) = d.ref_update.as_mut() {
+                    r.name = masker.mask_str(&r.name).0;
+                    for p in &mut r.paths {
+                        *p = masker.mask_str(p).0;
+                    }
+                }
+                Record::Decision(d)
+            })
+            .collect()
+    }
+
+    /// Notes what the policy decided from the request head: written with the request's own
+    /// record (or with the exchange's end, when the request is refused before that).
+    pub fn note_decisions(&self, decisions: Vec<model::Decision>) {
+        let records = self.decision_records(decisions);
+        if let Ok(mut d) = self.decided.lock() {
+            d.extend(records);
         }
-        let records = decisions.into_iter().map(Record::Decision).collect();
+    }
+
+    /// Records what the policy decided from the request body (one decision per ref of a push),
+    /// and waits until it is written: `Err` names why it could not be (the caller refuses the
+    /// request, as for its head).
+    pub async fn decisions(&self, decisions: Vec<model::Decision>) -> Result<(), String> {
+        let records = self.decision_records(decisions);
         match self.recorder.submit(records, true) {
             Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
             None => Ok(()),
         }
+    }
+
+    /// The identity and head decisions noted and not yet written.
+    fn take_noted(&self) -> Vec<Record> {
+        let mut records: Vec<Record> = self.take_identity().into_iter().collect();
+        if let Ok(mut d) = self.decided.lock() {
+            records.append(&mut d);
+        }
+        records
     }
 
     fn take_identity(&self) -> Option<Record> {
@@ -874,7 +903,7 @@ impl ExchangeRecording {
                 url,
             }),
         );
-        records.extend(self.take_identity());
+        records.extend(self.take_noted());
         let ack = self.recorder.submit(records, true);
         let written = match ack {
             Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
@@ -1116,7 +1145,7 @@ impl ExchangeRecording {
     /// The exchange has ended: its record (and any git operation), acknowledged once written.
     pub fn finish(&self, ex: &Exchange, outcome: &Outcome) -> EndFuture {
         let mut records = Vec::with_capacity(2);
-        records.extend(self.take_identity());
+        records.extend(self.take_noted());
         let (request_body, push, fetch) = match self.request.lock() {
             Ok(mut b) => (b.summary(), b.push.take(), b.fetch.take()),
             Err(_) => (BodySummary::default(), None, None),

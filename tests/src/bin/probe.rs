@@ -101,9 +101,9 @@ fn main() {
     }
 }
 
-/// A WebSocket client over TLS (trusting only `ca`): the upgrade by hand, then tungstenite.
-fn websocket(addr: SocketAddr, name: &str, ca: &str, messages: &[String]) -> serde_json::Value {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+/// A TLS client configuration trusting only `ca`, offering `alpn` alone.
+fn tls_config(ca: &str, alpn: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
         roots.add(cert.expect("CA certificate")).expect("usable CA");
@@ -114,9 +114,15 @@ fn websocket(addr: SocketAddr, name: &str, ca: &str, messages: &[String]) -> ser
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
+    std::sync::Arc::new(config)
+}
+
+/// A WebSocket client over TLS (trusting only `ca`): the upgrade by hand, then tungstenite.
+fn websocket(addr: SocketAddr, name: &str, ca: &str, messages: &[String]) -> serde_json::Value {
+    use rustls::pki_types::ServerName;
     let conn = rustls::ClientConnection::new(
-        std::sync::Arc::new(config),
+        tls_config(ca, b"http/1.1"),
         ServerName::try_from(name.to_owned()).unwrap(),
     )
     .unwrap();
@@ -207,20 +213,9 @@ async fn h2_connect(
     name: &str,
     ca: &str,
 ) -> (H2Sender, Option<String>, tokio::task::JoinHandle<()>) {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(cert.expect("CA certificate")).expect("usable CA");
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    use rustls::pki_types::ServerName;
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(tls_config(ca, b"h2"))
         .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
         .await
         .expect("TLS");
