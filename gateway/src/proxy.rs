@@ -23,6 +23,7 @@ use crate::{
     tls::{
         hello,
         leaf::{ForName, LeafCache},
+        readahead::ReadAhead,
         upstream::Proto,
     },
 };
@@ -131,7 +132,7 @@ impl<P: Phases> Proxy<P> {
         let _ = stream.set_nodelay(true);
         let tls = match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            TlsAcceptor::from(Arc::new(config)).accept(stream),
+            TlsAcceptor::from(Arc::new(config)).accept(ReadAhead::new(stream)),
         )
         .await
         {
@@ -146,6 +147,10 @@ impl<P: Phases> Proxy<P> {
                 return;
             }
         };
+        let mut tls = tls;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(crate::tls::SEND_BUFFER_LIMIT));
         let client_tls = tls
             .get_ref()
             .1

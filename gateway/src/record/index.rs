@@ -787,9 +787,8 @@ fn to_i64(v: u64) -> i64 {
 
 fn last_seq_in(tx: &Transaction<'_>) -> Result<Option<u64>, IndexError> {
     Ok(tx
-        .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
-            r.get::<_, String>(0)
-        })
+        .prepare_cached("SELECT value FROM meta WHERE key = 'last_seq'")?
+        .query_row([], |r| r.get::<_, String>(0))
         .optional()?
         .and_then(|v| v.parse().ok()))
 }
@@ -813,11 +812,14 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut ensure_session = tx.prepare_cached(
-        "INSERT INTO sessions (id, first_activity, last_activity) VALUES (?1, ?2, ?2)
+        "INSERT INTO sessions (id, first_activity, last_activity) VALUES (?1, ?2, ?3)
          ON CONFLICT (id) DO UPDATE SET
             first_activity = min(coalesce(first_activity, excluded.first_activity), excluded.first_activity),
             last_activity = max(coalesce(last_activity, excluded.last_activity), excluded.last_activity)",
     )?;
+    // Each session's row is made when the batch first meets it (later statements update it);
+    // its activity span is widened once, at the end, by what the whole batch saw of it.
+    let mut activity: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     for (pos, record) in items {
         if last.is_some_and(|l| pos.seq <= l) {
             continue;
@@ -834,27 +836,32 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
             exchange_of(record),
         ])?;
         if let Some(session) = session {
-            ensure_session.execute(params![session, record.at()])?;
+            let at = record.at();
+            match activity.get_mut(session) {
+                Some((_, first, last)) => (*first, *last) = ((*first).min(at), (*last).max(at)),
+                None => {
+                    ensure_session.execute(params![session, at, at])?;
+                    activity.insert(session.to_owned(), (at, at, at));
+                }
+            }
         }
         match record {
             Record::SessionStart(s) => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE sessions SET started_at = ?2, tgid = ?3, uid = ?4, user = ?5, exe = ?6, comm = ?7,
                         cgroup = ?8 WHERE id = ?1",
-                    params![s.session, s.at, s.tgid, s.uid, s.user, s.exe, s.comm, s.cgroup],
-                )?;
+                )?
+                .execute(params![s.session, s.at, s.tgid, s.uid, s.user, s.exe, s.comm, s.cgroup])?;
             }
             Record::SessionEnd(e) => {
-                tx.execute(
-                    "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
-                    params![e.session, e.at, e.reason],
-                )?;
+                tx.prepare_cached("UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1")?
+                    .execute(params![e.session, e.at, e.reason])?;
             }
             Record::Connection(c) => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO connections (session, conn, sni) VALUES (?1, ?2, ?3)",
-                    params![c.session, c.conn, c.sni.to_ascii_lowercase()],
-                )?;
+                )?
+                .execute(params![c.session, c.conn, c.sni.to_ascii_lowercase()])?;
             }
             Record::Request(r) => {
                 let host = exchange_host(tx, &r.session, r.conn, &r.url)?;
@@ -891,15 +898,20 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
         last = Some(pos.seq);
         n += 1;
     }
+    for (session, (seen, first, last)) in &activity {
+        if (first, last) != (seen, seen) {
+            ensure_session.execute(params![session, first, last])?;
+        }
+    }
     for (session, c) in &counts {
         update_counts(tx, session, c)?;
     }
     if let Some(last) = last {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO meta (key, value) VALUES ('last_seq', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [last.to_string()],
-        )?;
+        )?
+        .execute([last.to_string()])?;
     }
     Ok(n)
 }
@@ -911,11 +923,8 @@ fn exchange_host(tx: &Transaction<'_>, session: &str, conn: u64, url: &str) -> R
         return Ok(h);
     }
     Ok(tx
-        .query_row(
-            "SELECT sni FROM connections WHERE session = ?1 AND conn = ?2",
-            params![session, conn],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT sni FROM connections WHERE session = ?1 AND conn = ?2")?
+        .query_row(params![session, conn], |r| r.get(0))
         .optional()?
         .unwrap_or_default())
 }

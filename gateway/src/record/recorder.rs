@@ -11,8 +11,8 @@ use std::{
     os::fd::{FromRawFd, OwnedFd},
     path::PathBuf,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread,
@@ -57,11 +57,71 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// Exchanges let through unrecorded (`on_record_failure = "allow"`) since the failure.
     unrecorded: AtomicU64,
+    /// Written since the last sync.
+    dirty: AtomicBool,
+}
+
+/// Records written, with where they were written, on their way to the index.
+type Indexed = Vec<(store::Position, Record)>;
+
+/// What waits to be indexed. Writers add to it without waking the indexer each time: the indexer
+/// is woken only from its rest (see `index_forever`), so a busy gateway pays no cross-thread
+/// wake-up per exchange.
+#[derive(Default)]
+struct IndexQueue {
+    state: Mutex<IndexState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct IndexState {
+    items: Indexed,
+    resting: bool,
+    closed: bool,
+}
+
+impl IndexQueue {
+    /// Called under the store's lock, so records arrive in store order.
+    fn push(&self, items: Indexed) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.items.extend(items);
+        if st.resting {
+            st.resting = false;
+            self.wake.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Everything queued; waits (resting) while nothing is. None once closed and drained.
+    fn take(&self) -> Option<Indexed> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if !st.items.is_empty() {
+                return Some(std::mem::take(&mut st.items));
+            }
+            if st.closed {
+                return None;
+            }
+            st.resting = true;
+            st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 pub struct Recorder {
     tx: Mutex<mpsc::Sender<Msg>>,
     shared: Arc<Shared>,
+    /// The store, shared by the writer thread and callers that write through (see `submit`);
+    /// taken by the writer thread at shutdown.
+    store: Arc<Mutex<Option<Store>>>,
+    /// Where written records go to be indexed; dropped at shutdown.
+    to_index: Arc<IndexQueue>,
+    fsync: FsyncPolicy,
     body_cap: u64,
     max_pending: u64,
     on_failure: OnRecordFailure,
@@ -126,22 +186,37 @@ impl Recorder {
             space: Notify::new(),
             failed: Mutex::new(None),
             unrecorded: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
         let settings = WriterSettings {
             fsync: config.record.fsync,
             fsync_interval: Duration::from_millis(config.record.fsync_interval_ms),
         };
+        let to_index = Arc::new(IndexQueue::default());
+        let indexed = to_index.clone();
+        let indexer = thread::Builder::new()
+            .name("ghgate-indexer".into())
+            .spawn(move || index_forever(index, &indexed))
+            .context("cannot start the indexer thread")?;
+        let store = Arc::new(Mutex::new(Some(store)));
         let writer_shared = shared.clone();
+        let (writer_store, writer_index) = (store.clone(), to_index.clone());
         let writer = thread::Builder::new()
             .name("ghgate-recorder".into())
-            .spawn(move || write_forever(store, index, rx, writer_shared, settings))
+            .spawn(move || {
+                write_forever(writer_store, rx, writer_shared, settings, writer_index);
+                let _ = indexer.join();
+            })
             .context("cannot start the recorder thread")?;
         info!(dir = %dir.display(), "recording sessions");
         let retention_days = config.record.retention_days;
         let recorder = Arc::new(Self {
             tx: Mutex::new(tx),
             shared,
+            store,
+            to_index,
+            fsync: config.record.fsync,
             body_cap: config.record.body_cap_bytes,
             max_pending: config.record.max_pending_bytes,
             on_failure: config.record.on_record_failure,
@@ -159,11 +234,28 @@ impl Recorder {
         Ok(recorder)
     }
 
-    /// Queues records; the returned receiver reports when they are written (or why not).
+    /// Writes or queues records; the returned receiver reports when they are written (or why
+    /// not).
+    ///
+    /// When nothing is queued ahead of them and the store is free, the caller writes them itself
+    /// (one write(2) into the page cache, as the writer thread would): a request then waits for
+    /// no other thread to wake up, which on a busy host costs more than the write. Otherwise,
+    /// and whenever something is wrong, they go to the writer thread, which keeps order, batches,
+    /// and owns every failure.
     fn submit(&self, records: Vec<Record>, want_ack: bool) -> Option<oneshot::Receiver<Result<(), String>>> {
         if records.is_empty() && !want_ack {
             return None;
         }
+        let records = match self.write_through(records) {
+            Ok(()) => {
+                return want_ack.then(|| {
+                    let (t, r) = oneshot::channel();
+                    let _ = t.send(Ok(()));
+                    r
+                });
+            }
+            Err(records) => records,
+        };
         let bytes: u64 = records.iter().map(approx_size).sum();
         let (ack, rx) = if want_ack {
             let (t, r) = oneshot::channel();
@@ -181,6 +273,40 @@ impl Recorder {
             error!("the recorder thread is gone; records are not being written");
         }
         rx
+    }
+
+    /// Writes `records` on the calling thread if that keeps the store's order and needs no
+    /// waiting: nothing queued or being written, the store's lock free, no failure, no sync per
+    /// exchange, no segment to seal. Gives them back otherwise (or if the write fails: the
+    /// writer thread then retries and reports).
+    fn write_through(&self, records: Vec<Record>) -> Result<(), Vec<Record>> {
+        if records.is_empty()
+            || self.fsync == FsyncPolicy::Exchange
+            || self.shared.pending.load(Ordering::Acquire) != 0
+            || self.failure().is_some()
+        {
+            return Err(records);
+        }
+        let Ok(mut guard) = self.store.try_lock() else {
+            return Err(records);
+        };
+        let estimate: u64 = records.iter().map(approx_size).sum::<u64>() * 2 + 4096;
+        // Checked again under the lock: the writer thread holds it while it writes what was
+        // queued, and only counts it written after.
+        let Some(store) = guard
+            .as_mut()
+            .filter(|s| s.has_room(estimate) && self.shared.pending.load(Ordering::Acquire) == 0)
+        else {
+            return Err(records);
+        };
+        let Ok(positions) = store.append_batch(&records) else {
+            return Err(records);
+        };
+        self.shared.dirty.store(true, Ordering::Release);
+        // Sent under the store's lock, so the indexer receives records in store order.
+        self.to_index.push(positions.into_iter().zip(records).collect());
+        drop(guard);
+        Ok(())
     }
 
     /// Waits until the store has written everything queued so far (used at shutdown).
@@ -450,33 +576,18 @@ fn approx_size(r: &Record) -> u64 {
     }
 }
 
+/// While records keep coming, the indexer takes them in one transaction this often.
+const INDEX_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The writer thread: batches what is queued into one write, indexes it, syncs per policy,
 /// and acknowledges.
 fn write_forever(
-    mut store: Store,
-    mut index: Index,
+    store: Arc<Mutex<Option<Store>>>,
     rx: mpsc::Receiver<Msg>,
     shared: Arc<Shared>,
     settings: WriterSettings,
+    to_index: Arc<IndexQueue>,
 ) {
-    // Indexing runs on its own thread, off the path of the acknowledgements.
-    let (to_index, indexed) = mpsc::channel::<Vec<(store::Position, Record)>>();
-    let indexer = thread::Builder::new()
-        .name("ghgate-indexer".into())
-        .spawn(move || {
-            while let Ok(mut items) = indexed.recv() {
-                // Whatever has queued up meanwhile goes in the same transaction.
-                while let Ok(more) = indexed.try_recv() {
-                    items.extend(more);
-                }
-                if let Err(e) = index.add_batch(&items) {
-                    // Derived data: the next batch catches it up; `ghgate sessions reindex` rebuilds it.
-                    warn!(error = %e, "cannot index recorded records; they are in the store");
-                }
-            }
-        })
-        .expect("spawn the indexer thread");
-    let mut dirty = false;
     let mut last_sync = Instant::now();
     let mut batch = Vec::new();
     let mut acks = Vec::new();
@@ -511,10 +622,12 @@ fn write_forever(
                 next = rx.try_recv().ok();
             }
         }
+        let mut guard = store.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(store) = guard.as_mut() else { break };
         if failed && batch.is_empty() {
             // Probe: once a signed checkpoint can be written again, the store is back.
             if store.checkpoint().is_ok() {
-                recovered(&mut store, &shared);
+                recovered(store, &shared);
             }
             continue;
         }
@@ -523,10 +636,10 @@ fn write_forever(
             match store.append_batch(&batch) {
                 Ok(positions) => {
                     if failed {
-                        recovered(&mut store, &shared);
+                        recovered(store, &shared);
                     }
                     written = positions.into_iter().zip(batch.drain(..)).collect();
-                    dirty = true;
+                    shared.dirty.store(true, Ordering::Release);
                 }
                 Err(e) => {
                     let cause = e.to_string();
@@ -547,28 +660,48 @@ fn write_forever(
             FsyncPolicy::Exchange => !acks.is_empty(),
             FsyncPolicy::Interval => last_sync.elapsed() >= settings.fsync_interval,
         };
-        if dirty && due {
+        if due && shared.dirty.swap(false, Ordering::AcqRel) {
             if let Err(e) = store.sync() {
                 warn!(error = %e, "cannot sync the record store");
             }
-            dirty = false;
             last_sync = Instant::now();
         }
-        // Written (and synced, where the policy says so): the exchanges may complete. Indexing
-        // comes after, off their path.
+        // Under the store's lock, so the indexer receives records in store order.
+        if !written.is_empty() {
+            to_index.push(written);
+        }
+        drop(guard);
+        // Written (and synced, where the policy says so): the exchanges may complete.
         for ack in acks.drain(..) {
             let _ = ack.send(Ok(()));
         }
-        shared.pending.fetch_sub(bytes, Ordering::Relaxed);
+        shared.pending.fetch_sub(bytes, Ordering::AcqRel);
         shared.space.notify_waiters();
-        if !written.is_empty() {
-            let _ = to_index.send(written);
-        }
     }
-    drop(to_index);
-    let _ = indexer.join();
-    if let Err(e) = store.close() {
+    to_index.close();
+    let taken = store.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(store) = taken
+        && let Err(e) = store.close()
+    {
         warn!(error = %e, "cannot seal the record store at shutdown");
+    }
+}
+
+/// The indexer thread: indexes what was written, off the path of the acknowledgements, until
+/// the queue is closed and drained.
+///
+/// Group commit: the first records after a rest are indexed at once; while more keep coming,
+/// they are taken every `INDEX_INTERVAL` in one transaction. One exchange per commit made SQLite
+/// rewrite the same B-tree pages into its WAL for every request, and one wake-up per exchange
+/// cost the proxy more than the write. The index lags the store by that interval at most (plus
+/// the commit).
+fn index_forever(mut index: Index, queue: &IndexQueue) {
+    while let Some(items) = queue.take() {
+        if let Err(e) = index.add_batch(&items) {
+            // Derived data: the next batch catches it up; `ghgate sessions reindex` rebuilds it.
+            warn!(error = %e, "cannot index recorded records; they are in the store");
+        }
+        thread::sleep(INDEX_INTERVAL);
     }
 }
 
@@ -641,8 +774,13 @@ struct Heads {
 /// hands chunks over (reference-counted, not copied), and a large download's SHA-256 runs beside
 /// its TLS instead of after it.
 const HASH_ASIDE_AFTER: u64 = 4 << 20;
-/// Chunks queued for a hashing thread before the body waits for it (backpressure, bounded memory).
-const HASH_QUEUE: usize = 16;
+/// Chunks go to a hashing thread in batches of about this many bytes: one wake-up per batch
+/// rather than per chunk (the thread, faster than the proxy, would otherwise sleep between any
+/// two chunks and be woken for each).
+const HASH_BATCH: usize = 256 << 10;
+/// Batches queued for a hashing thread before the body waits for it (backpressure, bounded
+/// memory: a body holds at most about `HASH_BATCH * (HASH_QUEUE + 1)` of chunks already sent on).
+const HASH_QUEUE: usize = 4;
 /// Hashing threads at once; past that, bodies are hashed where they pass.
 const MAX_HASH_THREADS: usize = 4;
 static HASH_THREADS: AtomicU64 = AtomicU64::new(0);
@@ -651,7 +789,9 @@ static HASH_THREADS: AtomicU64 = AtomicU64::new(0);
 enum BodyHash {
     Here(Sha256),
     Aside {
-        chunks: std::sync::mpsc::SyncSender<Bytes>,
+        batch: Vec<Bytes>,
+        batched: usize,
+        chunks: std::sync::mpsc::SyncSender<Vec<Bytes>>,
         digest: std::thread::JoinHandle<Sha256>,
     },
 }
@@ -665,18 +805,27 @@ impl BodyHash {
             if HASH_THREADS.fetch_add(1, Ordering::Relaxed) < MAX_HASH_THREADS as u64 {
                 // A copy goes to the thread: if it cannot start, hashing carries on here.
                 let mut hasher = h.clone();
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(HASH_QUEUE);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Bytes>>(HASH_QUEUE);
                 let spawned = std::thread::Builder::new()
                     .name("ghgate-hash".into())
                     .spawn(move || {
-                        for c in rx {
-                            hasher.update(&c);
+                        for batch in rx {
+                            for c in batch {
+                                hasher.update(&c);
+                            }
                         }
                         HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
                         hasher
                     });
                 match spawned {
-                    Ok(digest) => *self = BodyHash::Aside { chunks: tx, digest },
+                    Ok(digest) => {
+                        *self = BodyHash::Aside {
+                            batch: Vec::new(),
+                            batched: 0,
+                            chunks: tx,
+                            digest,
+                        }
+                    }
                     Err(_) => {
                         HASH_THREADS.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -687,11 +836,17 @@ impl BodyHash {
         }
         match self {
             BodyHash::Here(h) => h.update(chunk),
-            BodyHash::Aside { chunks, .. } => {
-                if let Err(e) = chunks.send(chunk.clone()) {
-                    // The thread is gone (only a panic could do that): say so loudly rather
-                    // than record a wrong hash quietly.
-                    error!(error = %e, "the body hashing thread stopped; this body's SHA-256 will be wrong");
+            BodyHash::Aside {
+                batch,
+                batched,
+                chunks,
+                ..
+            } => {
+                batch.push(chunk.clone());
+                *batched += chunk.len();
+                if *batched >= HASH_BATCH {
+                    *batched = 0;
+                    send_batch(chunks, std::mem::take(batch));
                 }
             }
         }
@@ -700,11 +855,27 @@ impl BodyHash {
     fn finish(self) -> sha2::digest::Output<Sha256> {
         match self {
             BodyHash::Here(h) => h.finalize(),
-            BodyHash::Aside { chunks, digest } => {
+            BodyHash::Aside {
+                batch,
+                chunks,
+                digest,
+                ..
+            } => {
+                if !batch.is_empty() {
+                    send_batch(&chunks, batch);
+                }
                 drop(chunks);
                 digest.join().unwrap_or_default().finalize()
             }
         }
+    }
+}
+
+fn send_batch(chunks: &std::sync::mpsc::SyncSender<Vec<Bytes>>, batch: Vec<Bytes>) {
+    if let Err(e) = chunks.send(batch) {
+        // The thread is gone (only a panic could do that): say so loudly rather than record a
+        // wrong hash quietly.
+        error!(error = %e, "the body hashing thread stopped; this body's SHA-256 will be wrong");
     }
 }
 
@@ -1269,6 +1440,73 @@ impl ExchangeRecording {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Callers writing through and the writer thread's queue share one store: whatever the
+    /// interleaving, every record is written once, in one chain, and indexed in store order —
+    /// the index then holds a row for each (an out-of-order batch would leave holes).
+    #[test]
+    fn writing_through_and_queueing_keep_one_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            &format!(
+                "state_dir = {:?}\n[redirect]\ncgroup = \"ghgate.clients\"\n[[intercept]]\nhosts = [\"github.com\"]\nports = [443]\n",
+                dir.path().display().to_string()
+            ),
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let recorder = Recorder::start(&config).unwrap();
+        let (threads, per_thread) = (4, 500);
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let recorder = &recorder;
+                scope.spawn(move || {
+                    for i in 0..per_thread {
+                        let record = Record::SessionEnd(model::SessionEnd {
+                            session: format!("s{t}"),
+                            at: model::now_micros(),
+                            reason: format!("{t}/{i}"),
+                        });
+                        // Half want an acknowledgement (request heads), half do not.
+                        if let Some(ack) = recorder.submit(vec![record], i % 2 == 0) {
+                            ack.blocking_recv().unwrap().unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        recorder.stop();
+        let record_dir = config.record_dir();
+        let reasons: Vec<String> = store::read_records(&record_dir)
+            .unwrap()
+            .filter_map(|r| match r.unwrap().1 {
+                Record::SessionEnd(e) => Some(e.reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons.len(), threads * per_thread, "each record written once");
+        for t in 0..threads {
+            let mine: Vec<&String> = reasons
+                .iter()
+                .filter(|r| r.starts_with(&format!("{t}/")))
+                .collect();
+            let want: Vec<String> = (0..per_thread).map(|i| format!("{t}/{i}")).collect();
+            assert!(
+                mine.iter().zip(&want).all(|(a, b)| *a == b),
+                "thread {t}'s records in its order"
+            );
+        }
+        let index = Index::open(&index_path(&record_dir)).unwrap();
+        let report = index.check(&record_dir).unwrap();
+        assert_eq!(
+            report.unindexed_tail, 0,
+            "everything indexed by the time the recorder stopped"
+        );
+        assert!(report.verified >= (threads * per_thread) as u64);
+        let key = store::load_or_create_key(&key_path(&record_dir)).unwrap();
+        let verified = store::verify(&record_dir, &key.verifying_key(), &mut |_| {});
+        assert!(verified.is_ok(), "{verified:?}");
+    }
 
     /// A body past the threshold is hashed on a thread of its own from then on; the digest is
     /// the body's, whatever the chunking, and several bodies at once (more than the thread

@@ -14,6 +14,8 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
+use super::readahead::ReadAhead;
+
 /// The HTTP version a TLS connection negotiated with ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -101,7 +103,7 @@ impl UpstreamTls {
         name: &str,
         alpn: &[Proto],
         timeout: Duration,
-    ) -> Result<(TlsStream<TcpStream>, Proto), UpstreamError> {
+    ) -> Result<(TlsStream<ReadAhead<TcpStream>>, Proto), UpstreamError> {
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .expect("ring supports the default protocol versions")
@@ -119,13 +121,14 @@ impl UpstreamTls {
                 .map_err(|source| UpstreamError::Connect { addr, source })?;
             let _ = tcp.set_nodelay(true);
             TlsConnector::from(Arc::new(config))
-                .connect(server_name, tcp)
+                .connect(server_name, ReadAhead::new(tcp))
                 .await
                 .map_err(|e| classify(e, name, addr))
         };
-        let tls = tokio::time::timeout(timeout, work)
+        let mut tls = tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| UpstreamError::Timeout { addr, timeout })??;
+        tls.get_mut().1.set_buffer_limit(Some(super::SEND_BUFFER_LIMIT));
         let proto = match tls.get_ref().1.alpn_protocol() {
             Some(b"h2") => Proto::Http2,
             _ => Proto::Http1,

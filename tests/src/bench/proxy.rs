@@ -5,6 +5,11 @@
 //! Each client runs in its own process, in the right place: outside any test cgroup for direct
 //! and mitmproxy, inside the gateway's cgroup (`ghgate exec`) for ghgate. Benchmarks report; they
 //! never assert.
+//!
+//! A fourth case, "one hop", sends the same TLS through a second ghgate that relays it untouched
+//! (the name is not one it terminates): what any process in the path costs on this host, before
+//! any TLS or HTTP work. With client, upstream and proxy sharing few CPUs, the CPU table says how
+//! busy the host was and what the proxy itself spent per request and per GiB.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -16,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::cpu::{HostCpu, process_secs};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use ghgate_e2e::{
@@ -323,17 +329,23 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     let ca = TestCa::new();
     let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &[NAME]);
     let upstream_ca = ca.write_pem(dir.path());
-    let cg = TestCgroup::new();
+    let (cg, cg_hop) = (TestCgroup::new(), TestCgroup::new());
     let port = upstream.addr.port();
-    let gw = Gateway::start(
-        &cg,
+    let spec = GatewaySpec {
+        intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+        tls_ports: vec![port],
+        upstream_extra_roots: vec![upstream_ca.clone()],
+        // The proxy alone: recording has its own benchmark (`record`).
+        extra_toml: "[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = false\n".into(),
+        ..Default::default()
+    };
+    let gw = Gateway::start(&cg, &spec);
+    // Terminates another name only, so it relays this one's TLS untouched (splice).
+    let hop = Gateway::start(
+        &cg_hop,
         &GatewaySpec {
-            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
-            tls_ports: vec![port],
-            upstream_extra_roots: vec![upstream_ca.clone()],
-            // The proxy alone: recording has its own benchmark (`record`).
-            extra_toml: "[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = false\n".into(),
-            ..Default::default()
+            tls_intercept: Some(vec!["elsewhere.invalid".into()]),
+            ..spec.clone()
         },
     );
     let gw_ca = gw.ca_file();
@@ -356,20 +368,26 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         args.seconds,
         args.bytes,
     );
-    let cases: Vec<(&str, Option<&Gateway>, PathBuf, Option<SocketAddr>)> = {
+    let pid = gw.pid().context("gateway pid")?;
+    let hop_pid = hop.pid().context("relaying gateway pid")?;
+    // label, the gateway the client is redirected to, the CA it trusts, the proxy it is told
+    // about, the pid of the process in the middle.
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(&str, Option<&Gateway>, PathBuf, Option<SocketAddr>, Option<u32>)> = {
         let mut v = vec![
-            ("direct", None, upstream_ca.clone(), None),
-            ("ghgate", Some(&gw), gw_ca.clone(), None),
+            ("direct", None, upstream_ca.clone(), None, None),
+            ("one hop", Some(&hop), upstream_ca.clone(), None, Some(hop_pid)),
+            ("ghgate", Some(&gw), gw_ca.clone(), None, Some(pid)),
         ];
         if let Some(m) = &mitm {
-            v.push(("mitmproxy", None, m.ca.clone(), Some(m.addr)));
+            v.push(("mitmproxy", None, m.ca.clone(), Some(m.addr), Some(m.child.id())));
         }
         v
     };
-    let pid = gw.pid().context("gateway pid")?;
     let (rss_start, _) = rss_kib(pid);
     let mut rows = Vec::new();
-    for (label, via, trust, proxy) in &cases {
+    let mut cpu_rows = Vec::new();
+    for (label, via, trust, proxy, middle) in &cases {
         let mk = |mode: &str, count: u64| HttpClientArgs {
             mode: mode.into(),
             ca: trust.clone(),
@@ -380,8 +398,23 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         eprintln!("{label}: keep-alive latency, new connections, requests/s, download…");
         let lat = run_client(*via, &mk("latency", args.requests))?;
         let newc = run_client(*via, &mk("newconn", args.new_connections))?;
-        let rps = run_client(*via, &mk("rps", 0))?;
-        let dl = run_client(*via, &mk("download", 0))?;
+        // Host busy fraction, and the middle process's CPU-seconds, over one client run.
+        let measured = |mode: &str| -> anyhow::Result<(Report, f64, Option<f64>)> {
+            let (host, before) = (HostCpu::now(), middle.and_then(process_secs));
+            let report = run_client(*via, &mk(mode, 0))?;
+            let spent = before.and_then(|b| Some(process_secs(middle.unwrap_or(0))? - b));
+            Ok((report, host.busy_since(), spent))
+        };
+        let (rps, rps_busy, rps_cpu) = measured("rps")?;
+        let (dl, dl_busy, dl_cpu) = measured("download")?;
+        let requests = rps.requests_per_s * args.seconds as f64;
+        cpu_rows.push((
+            *label,
+            rps_busy,
+            rps_cpu.map(|s| s / requests.max(1.0) * 1e6),
+            dl_busy,
+            dl_cpu.map(|s| s / (args.bytes as f64 / (1u64 << 30) as f64)),
+        ));
         rows.push((
             *label,
             pct(&lat.ns, 0.5),
@@ -403,6 +436,24 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     );
     for (label, p50, p99, nc, rps, mbs) in &rows {
         println!("{label:<10} {p50:>14.1} {p99:>14.1} {nc:>16.1} {rps:>14.0} {mbs:>14.0}");
+    }
+    println!(
+        "\nCPU, {} CPUs shared by client, upstream and proxy (busy: the whole host during the run):",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!(
+        "{:<10} {:>14} {:>20} {:>16} {:>18}",
+        "", "requests/s busy", "proxy CPU µs/request", "download busy", "proxy CPU s/GiB"
+    );
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    for (label, rps_busy, per_req, dl_busy, per_gib) in &cpu_rows {
+        println!(
+            "{label:<10} {:>13.0} % {:>20} {:>14.0} % {:>18}",
+            rps_busy * 100.0,
+            opt(*per_req, 1),
+            dl_busy * 100.0,
+            opt(*per_gib, 2)
+        );
     }
     let d = &rows[0];
     println!("\nagainst direct, measured in this run:");
@@ -433,6 +484,9 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             },
         );
     }
+    println!(
+        "(one hop: the same TLS relayed untouched by a second ghgate; what a process in the path costs here before any TLS or HTTP work)"
+    );
     println!(
         "gateway RSS: {} KiB at start of the cases, {} KiB at the end, peak {} KiB",
         rss_start, rss_end, peak

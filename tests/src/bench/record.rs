@@ -3,6 +3,7 @@
 //! interleaved. Benchmarks report; they never assert.
 use std::{net::SocketAddr, path::Path};
 
+use crate::cpu::{HostCpu, process_secs};
 use anyhow::Context as _;
 use ghgate_e2e::{
     Gateway, GatewaySpec, TestCgroup,
@@ -48,30 +49,35 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// CPU time (user + system, clock ticks) of a process and all its threads so far.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Waits until the gateway is idle (under 2 % of a CPU over 0.5 s): its recorder has written and
 /// indexed what the previous measurement sent, so that backlog is not billed to the next one.
 /// Returns how long that took.
 fn wait_idle(gw: &Gateway) -> anyhow::Result<std::time::Duration> {
     let pid = gw.pid().context("gateway pid")?;
     let start = std::time::Instant::now();
-    let mut last = cpu_ticks(pid).context("gateway CPU time")?;
+    let mut last = crate::cpu::process_ticks(pid).context("gateway CPU time")?;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let now = cpu_ticks(pid).context("gateway CPU time")?;
+        let now = crate::cpu::process_ticks(pid).context("gateway CPU time")?;
         // 100 ticks per second: 1 tick in half a second is 2 %.
         if now - last <= 1 || start.elapsed() > std::time::Duration::from_secs(120) {
             return Ok(start.elapsed());
         }
         last = now;
     }
+}
+
+/// CPU-seconds per GiB of SHA-256 on this machine (the same implementation the recorder uses).
+fn sha256_secs_per_gib() -> f64 {
+    use sha2::Digest as _;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut h = sha2::Sha256::new();
+    let start = std::time::Instant::now();
+    for _ in 0..256 {
+        h.update(&chunk);
+    }
+    std::hint::black_box(h.finalize());
+    start.elapsed().as_secs_f64() * 4.0
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -106,6 +112,8 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     );
     // [off, on] × rounds
     let (mut p50, mut rps, mut mbs) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
+    // Per download: the host's busy fraction and CPU-seconds, and the gateway's CPU-seconds.
+    let (mut dl_busy, mut dl_host, mut dl_gw) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
     let mut recorded_exchanges = 0u64;
     let mut recorded_secs = 0.0;
     let mut disk_for_rps = 0u64;
@@ -139,7 +147,13 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
                 catch_up.push(drained.as_secs_f64());
             }
             rps[which].push(r.requests_per_s);
+            let gw_pid = gw.pid().context("gateway pid")?;
+            let (host, gw_before) = (HostCpu::now(), process_secs(gw_pid).unwrap_or(0.0));
             let dl = run_client(Some(gw), &mk("download"))?;
+            let gib = args.bytes as f64 / (1u64 << 30) as f64;
+            dl_busy[which].push(host.busy_since());
+            dl_host[which].push(host.busy_secs_since() / gib);
+            dl_gw[which].push((process_secs(gw_pid).unwrap_or(0.0) - gw_before) / gib);
             mbs[which].push(dl.mb_per_s);
         }
     }
@@ -184,6 +198,20 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         verdict(loss <= 0.10)
     );
     println!("requests/s {:.2}×", r_on / r_off);
+    let sha = sha256_secs_per_gib();
+    let (host_off, host_on) = (median(dl_host[0].clone()), median(dl_host[1].clone()));
+    println!(
+        "download CPU (medians): host busy {:.0} % off, {:.0} % on; host CPU-s/GiB {host_off:.2} off, {host_on:.2} on; gateway CPU-s/GiB {:.2} off, {:.2} on",
+        median(dl_busy[0].clone()) * 100.0,
+        median(dl_busy[1].clone()) * 100.0,
+        median(dl_gw[0].clone()),
+        median(dl_gw[1].clone()),
+    );
+    println!(
+        "SHA-256 of a whole body (required past the body cap) costs {sha:.2} CPU-s/GiB on this CPU (one thread, measured now): with the host's CPUs already busy {:.0} % without recording, that alone bounds recording-on download at about {:.2}× of off",
+        median(dl_busy[0].clone()) * 100.0,
+        host_off / (host_off + sha)
+    );
     println!(
         "exchanges recorded per second (requests/s runs): {:.0}",
         recorded_exchanges as f64 / recorded_secs.max(1.0)

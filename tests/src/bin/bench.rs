@@ -124,6 +124,8 @@ struct ClientArgs {
     cpu: Option<usize>,
 }
 
+#[path = "../bench/cpu.rs"]
+mod cpu;
 #[path = "../bench/mask.rs"]
 mod mask;
 #[path = "../bench/proxy.rs"]

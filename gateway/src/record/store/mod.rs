@@ -466,6 +466,14 @@ impl Store {
         Ok(self.positions[0])
     }
 
+    /// Whether about `bytes` more fit in the active segment without sealing it (sealing signs
+    /// and syncs, which a caller on a latency-sensitive thread would rather leave to others).
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| !a.dirty && a.len + bytes <= self.opts.segment_bytes)
+    }
+
     /// Appends records with a single write: all of them reach the file, or none.
     pub fn append_batch(&mut self, recs: &[Record]) -> Result<Vec<Position>> {
         if recs.is_empty() {
