@@ -6,6 +6,7 @@ mod ca;
 mod check;
 mod detach;
 mod exec;
+mod logbuf;
 mod mask;
 pub mod policy;
 mod run;
@@ -137,7 +138,7 @@ pub fn init_logging(format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(logbuf::Gathering);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),

@@ -41,7 +41,13 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     super::init_logging(config.log.format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Worker threads write their log lines in bursts, when they run out of work.
+        .on_thread_unpark(super::logbuf::gather_on_this_thread)
+        .on_thread_park(super::logbuf::flush_this_thread)
+        .on_thread_stop(super::logbuf::flush_this_thread)
+        .build()?;
     runtime.block_on(serve(config))?;
     Ok(ExitCode::SUCCESS)
 }
