@@ -130,7 +130,7 @@ impl<P: Phases> Proxy<P> {
         } = conn;
         // Small responses (API calls, SSE events) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let tls = match tokio::time::timeout(
+        let mut tls = match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             TlsAcceptor::from(Arc::new(config)).accept(ReadAhead::new(stream)),
         )
@@ -147,7 +147,6 @@ impl<P: Phases> Proxy<P> {
                 return;
             }
         };
-        let mut tls = tls;
         tls.get_mut()
             .1
             .set_buffer_limit(Some(crate::tls::SEND_BUFFER_LIMIT));

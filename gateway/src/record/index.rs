@@ -1135,6 +1135,32 @@ mod tests {
         (dir, index)
     }
 
+    /// A session's activity span is the earliest and latest of its records, whatever order a
+    /// batch holds them in, and later batches widen it.
+    #[test]
+    fn activity_spans_every_record_of_a_session_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let first = vec![
+            (pos(1), exchange("cccc0000", 1, 3_000, "https://api.github.com/a")),
+            (pos(2), exchange("cccc0000", 2, 1_000, "https://api.github.com/b")),
+            (pos(3), exchange("cccc0000", 3, 2_000, "https://api.github.com/c")),
+        ];
+        index.add_batch(&first).unwrap();
+        let span = |index: &Index| {
+            let rows = index.sessions(&SessionFilter::default()).unwrap();
+            (rows[0].first_activity, rows[0].last_activity, rows[0].exchanges)
+        };
+        assert_eq!(span(&index), (1_000, 3_000, 3));
+        index
+            .add_batch(&[
+                (pos(4), exchange("cccc0000", 4, 500, "https://api.github.com/d")),
+                (pos(5), exchange("cccc0000", 5, 4_000, "https://api.github.com/e")),
+            ])
+            .unwrap();
+        assert_eq!(span(&index), (500, 4_000, 5));
+    }
+
     #[test]
     fn sessions_are_listed_with_their_facts() {
         let (_dir, index) = indexed();

@@ -299,13 +299,10 @@ impl Recorder {
         else {
             return Err(records);
         };
-        let Ok(positions) = store.append_batch(&records) else {
+        let mut records = records;
+        if append_indexed(store, &mut records, &self.shared, &self.to_index).is_err() {
             return Err(records);
-        };
-        self.shared.dirty.store(true, Ordering::Release);
-        // Sent under the store's lock, so the indexer receives records in store order.
-        self.to_index.push(positions.into_iter().zip(records).collect());
-        drop(guard);
+        }
         Ok(())
     }
 
@@ -627,19 +624,16 @@ fn write_forever(
         if failed && batch.is_empty() {
             // Probe: once a signed checkpoint can be written again, the store is back.
             if store.checkpoint().is_ok() {
-                recovered(store, &shared);
+                recovered(store, &shared, &to_index);
             }
             continue;
         }
-        let mut written = Vec::new();
         if !batch.is_empty() {
-            match store.append_batch(&batch) {
-                Ok(positions) => {
+            match append_indexed(store, &mut batch, &shared, &to_index) {
+                Ok(()) => {
                     if failed {
-                        recovered(store, &shared);
+                        recovered(store, &shared, &to_index);
                     }
-                    written = positions.into_iter().zip(batch.drain(..)).collect();
-                    shared.dirty.store(true, Ordering::Release);
                 }
                 Err(e) => {
                     let cause = e.to_string();
@@ -665,10 +659,6 @@ fn write_forever(
                 warn!(error = %e, "cannot sync the record store");
             }
             last_sync = Instant::now();
-        }
-        // Under the store's lock, so the indexer receives records in store order.
-        if !written.is_empty() {
-            to_index.push(written);
         }
         drop(guard);
         // Written (and synced, where the policy says so): the exchanges may complete.
@@ -742,16 +732,34 @@ fn retain_forever(
     }
 }
 
-fn recovered(store: &mut Store, shared: &Shared) {
+/// Appends `records` (drained once written) and hands them to the indexer, both under the
+/// store's lock that the caller holds: the indexer receives records in store order, whoever
+/// wrote them (the writer thread or a caller writing through).
+fn append_indexed(
+    store: &mut Store,
+    records: &mut Vec<Record>,
+    shared: &Shared,
+    to_index: &IndexQueue,
+) -> store::Result<()> {
+    let positions = store.append_batch(records)?;
+    shared.dirty.store(true, Ordering::Release);
+    to_index.push(positions.into_iter().zip(records.drain(..)).collect());
+    Ok(())
+}
+
+/// The store writes again: the failure is cleared, and what passed unrecorded meanwhile is
+/// recorded (and indexed, like every record, so the index has no hole where it stands).
+fn recovered(store: &mut Store, shared: &Shared, to_index: &IndexQueue) {
     let cause = shared.failed.lock().ok().and_then(|mut f| f.take());
     let passed = shared.unrecorded.swap(0, Ordering::Relaxed);
     info!(unrecorded = passed, "the session recorder can write again");
     if passed > 0 {
-        let _ = store.append(&Record::Unrecorded(model::Unrecorded {
+        let mut record = vec![Record::Unrecorded(model::Unrecorded {
             at: model::now_micros(),
             exchanges: passed,
             cause: cause.unwrap_or_default(),
-        }));
+        })];
+        let _ = append_indexed(store, &mut record, shared, to_index);
     }
 }
 
@@ -1440,6 +1448,57 @@ impl ExchangeRecording {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// When the store writes again after a failure, the count of exchanges that passed
+    /// unrecorded is recorded, and indexed like any record: the index keeps no hole where it
+    /// stands (`verify` would report one).
+    #[test]
+    fn the_unrecorded_count_after_a_failure_is_indexed_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = store::load_or_create_key(&key_path(dir.path())).unwrap();
+        let verifying = key.verifying_key();
+        let (mut store, _) = Store::open(dir.path(), key, StoreOptions::default()).unwrap();
+        let mut index = Index::open(&index_path(dir.path())).unwrap();
+        let shared = Shared {
+            pending: AtomicU64::new(0),
+            space: Notify::new(),
+            failed: Mutex::new(Some("disk full".into())),
+            unrecorded: AtomicU64::new(3),
+            dirty: AtomicBool::new(false),
+        };
+        let queue = IndexQueue::default();
+        let end = |reason: &str| {
+            vec![Record::SessionEnd(model::SessionEnd {
+                session: "s".into(),
+                at: model::now_micros(),
+                reason: reason.into(),
+            })]
+        };
+        append_indexed(&mut store, &mut end("before"), &shared, &queue).unwrap();
+        recovered(&mut store, &shared, &queue);
+        append_indexed(&mut store, &mut end("after"), &shared, &queue).unwrap();
+        assert!(shared.failed.lock().unwrap().is_none(), "the failure is cleared");
+        queue.close();
+        while let Some(items) = queue.take() {
+            index.add_batch(&items).unwrap();
+        }
+        let unrecorded: Vec<u64> = store::read_records(dir.path())
+            .unwrap()
+            .filter_map(|r| match r.unwrap().1 {
+                Record::Unrecorded(u) => Some(u.exchanges),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(unrecorded, [3]);
+        let report = index.check(dir.path()).unwrap();
+        assert_eq!(report.unindexed_tail, 0);
+        assert_eq!(
+            report.verified, 3,
+            "both records and the unrecorded count have rows"
+        );
+        store.close().unwrap();
+        assert!(store::verify(dir.path(), &verifying, &mut |_| {}).is_ok());
+    }
 
     /// Callers writing through and the writer thread's queue share one store: whatever the
     /// interleaving, every record is written once, in one chain, and indexed in store order —

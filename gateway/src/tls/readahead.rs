@@ -43,7 +43,8 @@ impl<S> ReadAhead<S> {
     }
 
     /// Bytes read from the socket and not yet handed on.
-    pub fn buffered(&self) -> usize {
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
         self.end - self.pos
     }
 

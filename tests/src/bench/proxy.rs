@@ -402,7 +402,9 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         let measured = |mode: &str| -> anyhow::Result<(Report, f64, Option<f64>)> {
             let (host, before) = (HostCpu::now(), middle.and_then(process_secs));
             let report = run_client(*via, &mk(mode, 0))?;
-            let spent = before.and_then(|b| Some(process_secs(middle.unwrap_or(0))? - b));
+            let spent = middle
+                .zip(before)
+                .and_then(|(pid, b)| Some(process_secs(pid)? - b));
             Ok((report, host.busy_since(), spent))
         };
         let (rps, rps_busy, rps_cpu) = measured("rps")?;
