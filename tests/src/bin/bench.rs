@@ -61,7 +61,9 @@ enum Bench {
     /// Each client connects, waits for the server to close, and closes; it runs on one CPU, and the
     /// server of (a) and (b) on another. The cases are interleaved over rounds; each figure is the
     /// median over rounds. Throughput is `ghgate-probe stream` to a loopback sink, (d) directly and
-    /// (e) redirected through the gateway's splice relay.
+    /// (e) redirected through the gateway's splice relay; each run also reports how busy the host
+    /// was and the CPU-seconds per GiB of the host and the gateway, and the report the ratio the
+    /// host's CPUs allow at (e)'s cost per byte.
     Redirect(RedirectArgs),
     /// Internal: N × (connect, wait for the server to close, close) to ADDR, each connect() timed
     /// in this process; prints the timings as one JSON line. Run by `redirect` in the cgroup under
@@ -458,7 +460,8 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
         }
     }
 
-    let mut relay: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut relay: [Vec<RelayRun>; 2] = [Vec::new(), Vec::new()];
+    let gw_pid = gw.pid().context("the gateway is not running")?;
     for run_no in 0..args.relay_runs as usize {
         for k in 0..2 {
             let through_gateway = (run_no + k) % 2 == 1;
@@ -474,7 +477,10 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
                 .arg(sink.addr.to_string())
                 .arg("--bytes")
                 .arg(args.bytes.to_string());
+            let (host, gw_before) = (cpu::HostCpu::now(), cpu::process_secs(gw_pid).unwrap_or(0.0));
             let out = run(cmd, label)?;
+            let (busy, host_secs) = (host.busy_since(), host.busy_secs_since());
+            let gw_secs = cpu::process_secs(gw_pid).unwrap_or(0.0) - gw_before;
             let v: serde_json::Value = serde_json::from_str(out.trim())
                 .with_context(|| format!("{label}: probe printed {out:?}"))?;
             let secs = v["secs"].as_f64().context("probe output without secs")?;
@@ -491,12 +497,19 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
                 u64::from(through_gateway)
             );
             let mbps = args.bytes as f64 / secs / 1e6;
+            let gib = args.bytes as f64 / GIB;
             eprintln!(
-                "relay run {}/{}  {label:<26} {mbps:>9.1} MB/s ({secs:.3} s)",
+                "relay run {}/{}  {label:<26} {mbps:>9.1} MB/s ({secs:.3} s, host {:.0} % busy)",
                 run_no + 1,
-                args.relay_runs
+                args.relay_runs,
+                busy * 100.0
             );
-            relay[usize::from(through_gateway)].push(mbps);
+            relay[usize::from(through_gateway)].push(RelayRun {
+                mbps,
+                busy,
+                host_cpu_per_gib: host_secs / gib,
+                gateway_cpu_per_gib: gw_secs / gib,
+            });
         }
     }
 
@@ -603,6 +616,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// One relay throughput run, with what it cost in CPU.
+struct RelayRun {
+    mbps: f64,
+    /// Fraction of all the host's CPU time that was busy during the run.
+    busy: f64,
+    /// CPU-seconds the whole host spent per GiB moved (client, sink, gateway, kernel work).
+    host_cpu_per_gib: f64,
+    /// CPU-seconds the gateway process spent per GiB moved.
+    gateway_cpu_per_gib: f64,
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
@@ -613,7 +639,7 @@ fn report(
     series: &[Vec<ConnectStats>; 3],
     overflows: &[u64; 3],
     prog_time: &[(Duration, u64); 3],
-    relay: &[Vec<f64>; 2],
+    relay: &[Vec<RelayRun>; 2],
 ) {
     let med = |case: Case, f: fn(&ConnectStats) -> f64| -> f64 {
         median(series[case as usize].iter().map(f).collect())
@@ -731,21 +757,35 @@ fn report(
     println!("the case, including the close-time callbacks, divided by the case's connects; this is the");
     println!("work the programs add to connect(), free of the scheduling noise of the wall-clock rows)");
     println!();
-    let fmt_runs = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" ");
-    let (direct, relayed) = (median(relay[0].clone()), median(relay[1].clone()));
-    println!("{:<44} {:>9}   runs", "relay throughput, MB/s", "median");
+    let fmt_runs = |v: &[RelayRun]| {
+        v.iter()
+            .map(|r| format!("{:.0}", r.mbps))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let med_of = |v: &[RelayRun], f: fn(&RelayRun) -> f64| median(v.iter().map(f).collect());
+    let (direct, relayed) = (med_of(&relay[0], |r| r.mbps), med_of(&relay[1], |r| r.mbps));
     println!(
-        "{:<44} {:>9.0}   {}",
-        "(d) direct (probe → sink)",
-        direct,
-        fmt_runs(&relay[0])
+        "{:<44} {:>9} {:>9} {:>12} {:>12}   runs",
+        "relay throughput", "MB/s", "host busy", "host CPU-s", "gateway CPU-s"
     );
     println!(
-        "{:<44} {:>9.0}   {}",
-        "(e) through the gateway (splice relay)",
-        relayed,
-        fmt_runs(&relay[1])
+        "{:<44} {:>9} {:>9} {:>12} {:>12}",
+        "", "median", "", "per GiB", "per GiB"
     );
+    for (runs, label) in [
+        (&relay[0], "(d) direct (probe → sink)"),
+        (&relay[1], "(e) through the gateway (splice relay)"),
+    ] {
+        println!(
+            "{label:<44} {:>9.0} {:>8.0}% {:>12.2} {:>12.2}   {}",
+            med_of(runs, |r| r.mbps),
+            med_of(runs, |r| r.busy) * 100.0,
+            med_of(runs, |r| r.host_cpu_per_gib),
+            med_of(runs, |r| r.gateway_cpu_per_gib),
+            fmt_runs(runs)
+        );
+    }
     let ratio = relayed / direct;
     println!();
     println!(
@@ -753,6 +793,17 @@ fn report(
         "ratio (e)/(d)",
         ratio,
         verdict(ratio >= RELAY_TARGET_RATIO)
+    );
+    // What this host's CPUs allow through the gateway, were every CPU busy all the time at (e)'s
+    // cost per byte: whatever the relay's design, it cannot beat this here.
+    let cpus = h.cpus as f64;
+    let ceiling = cpus / med_of(&relay[1], |r| r.host_cpu_per_gib) * GIB / 1e6;
+    println!(
+        "{:<44} {:>8.2}×        ({} CPUs fully busy at (e)'s host CPU-s per GiB: {:.0} MB/s)",
+        "CPU ceiling of (e)/(d) on this host",
+        ceiling / direct,
+        h.cpus,
+        ceiling
     );
 }
 
