@@ -56,14 +56,15 @@ enum Bench {
     /// gateway. Targets: ≤ 2 µs added per non-intercepted connect, ≤ 5 µs per redirected one,
     /// relay ≥ 0.9× direct.
     ///
-    /// connect() is timed inside a client process placed in the cgroup under test: (a) a test
-    /// cgroup with no programs, (b) and (c) the gateway's test cgroup, entered with `ghgate exec`.
-    /// Each client connects, waits for the server to close, and closes; it runs on one CPU, and the
-    /// server of (a) and (b) on another. The cases are interleaved over rounds; each figure is the
-    /// median over rounds. Throughput is `ghgate-probe stream` to a loopback sink, (d) directly and
+    /// connect() is timed inside a client process placed in the cgroup under test: (a) and (a′) a
+    /// test cgroup with no programs, (b) and (c) the gateway's test cgroup, entered with `ghgate
+    /// exec`. Each client connects, waits for the server to close, and closes; it runs on one CPU,
+    /// and the servers of (a), (a′) and (b) on another. (a)'s server never sleeps; (a′)'s sleeps
+    /// and is woken by each connect, as the gateway's listener is in (c). The cases are interleaved
+    /// over rounds; each figure is the median over rounds. Throughput is `ghgate-probe stream` to a loopback sink, (d) directly and
     /// (e) redirected through the gateway's splice relay; each run also reports how busy the host
-    /// was and the CPU-seconds per GiB of the host and the gateway, and the report the ratio the
-    /// host's CPUs allow at (e)'s cost per byte.
+    /// was and the CPU-seconds per GiB of the host and the gateway, and the report gives the ratio
+    /// the host's CPUs allow at (e)'s cost per byte.
     Redirect(RedirectArgs),
     /// Internal: N × (connect, wait for the server to close, close) to ADDR, each connect() timed
     /// in this process; prints the timings as one JSON line. Run by `redirect` in the cgroup under
@@ -263,16 +264,28 @@ enum Case {
     NotIntercepted,
     /// (c) programs attached; destination in the intercept set, so connect() reaches the gateway.
     Redirected,
+    /// (a′) as (a), but the server sleeps in poll() and is woken by each connection, as the
+    /// gateway's listener is: like for like with (c).
+    BaselineWoken,
 }
 
+/// How many cases there are.
+const CASES: usize = 4;
+
 impl Case {
-    const ALL: [Case; 3] = [Case::Baseline, Case::NotIntercepted, Case::Redirected];
+    const ALL: [Case; CASES] = [
+        Case::Baseline,
+        Case::BaselineWoken,
+        Case::NotIntercepted,
+        Case::Redirected,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Case::Baseline => "(a) baseline: test cgroup, no programs",
             Case::NotIntercepted => "(b) programs attached, dst not intercepted",
             Case::Redirected => "(c) programs attached, dst redirected",
+            Case::BaselineWoken => "(a′) baseline, server woken per connect",
         }
     }
 }
@@ -360,6 +373,7 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
     };
     header.pinned = server_cpu.zip(client_cpu);
     let direct = AcceptDrop::start(ip, BASELINE_SPIN, server_cpu)?;
+    let woken = AcceptDrop::start(ip, Duration::ZERO, server_cpu)?;
     let upstream = AcceptDrop::start(ip, Duration::ZERO, None)?;
     let sink = Server::start(SocketAddr::new(ip.into(), 0), Kind::Sink);
     let intercepted_cg = TestCgroup::new();
@@ -385,11 +399,11 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
         let rounds = u64::from(args.rounds);
         args.connects / rounds + u64::from(r < args.connects % rounds)
     };
-    let mut overflow_total = [0u64; 3];
+    let mut overflow_total = [0u64; CASES];
     // Indexed by `Case as usize`.
-    let mut series: [Vec<ConnectStats>; 3] = Default::default();
+    let mut series: [Vec<ConnectStats>; CASES] = Default::default();
     // Kernel-measured run time of ghgate's programs, and connects, per case.
-    let mut prog_time = [(Duration::ZERO, 0u64); 3];
+    let mut prog_time = [(Duration::ZERO, 0u64); CASES];
     for round in 0..args.rounds as usize {
         // Rotate the order, so no case always follows the redirected one (whose relays the gateway
         // may still be closing).
@@ -398,6 +412,7 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
             check_interrupted()?;
             let (place, target) = match case {
                 Case::Baseline => (Place::Plain(&plain.dir), direct.addr),
+                Case::BaselineWoken => (Place::Plain(&plain.dir), woken.addr),
                 Case::NotIntercepted => (Place::Intercepted(&gw), direct.addr),
                 Case::Redirected => (Place::Intercepted(&gw), upstream.addr),
             };
@@ -426,7 +441,7 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
                 after.redirected.saturating_sub(before.redirected),
             );
             let want = match case {
-                Case::Baseline => (0, 0),
+                Case::Baseline | Case::BaselineWoken => (0, 0),
                 Case::NotIntercepted => (expected, 0),
                 Case::Redirected => (expected, expected),
             };
@@ -636,9 +651,9 @@ fn verdict(ok: bool) -> &'static str {
 fn report(
     h: &Header,
     args: &RedirectArgs,
-    series: &[Vec<ConnectStats>; 3],
-    overflows: &[u64; 3],
-    prog_time: &[(Duration, u64); 3],
+    series: &[Vec<ConnectStats>; CASES],
+    overflows: &[u64; CASES],
+    prog_time: &[(Duration, u64); CASES],
     relay: &[Vec<RelayRun>; 2],
 ) {
     let med = |case: Case, f: fn(&ConnectStats) -> f64| -> f64 {
@@ -657,11 +672,13 @@ fn report(
     println!("           each figure is the median over rounds of that round's statistic; the client");
     println!("           connects, waits for the server to close, closes (no client TIME_WAIT);");
     println!(
-        "           the server of (a) and (b) polls accept(), so it is never woken: added cost errs high;"
+        "           the server of (a) and (b) polls accept(), so it is never woken; that of (a′) sleeps;"
     );
     match h.pinned {
         Some((server, client)) => {
-            println!("           clients run on CPU {client}, the server of (a) and (b) on CPU {server}")
+            println!(
+                "           clients run on CPU {client}, the servers of (a), (a′) and (b) on CPU {server}"
+            )
         }
         None => println!("           nothing pinned (fewer than 2 CPUs)"),
     }
@@ -698,33 +715,52 @@ fn report(
     println!();
     println!(
         "{:<44} {:>14} {:>14}   target",
-        "added connect() cost vs (a), µs", "p50", "p99"
+        "added connect() cost, µs", "p50", "p99"
     );
+    // The last field: whether the row is judged against the target, or only bounds it.
     let added = [
         (
             Case::NotIntercepted,
+            Case::Baseline,
             "(b) − (a): not intercepted",
             NON_INTERCEPTED_TARGET_US,
             "≤ 2 µs added for non-intercepted connects",
+            true,
         ),
         (
             Case::Redirected,
+            Case::Baseline,
             "(c) − (a): redirected",
             REDIRECTED_TARGET_US,
             "≤ 5 µs added for redirected connects",
+            true,
+        ),
+        (
+            Case::Redirected,
+            Case::BaselineWoken,
+            "(c) − (a′): redirected, vs a sleeping server",
+            REDIRECTED_TARGET_US,
+            "a lower bound, not judged (see below)",
+            false,
         ),
     ];
-    for (case, label, limit, target) in added {
-        let d50 = med(case, |s| s.p50_us) - med(Case::Baseline, |s| s.p50_us);
-        let d99 = med(case, |s| s.p99_us) - med(Case::Baseline, |s| s.p99_us);
+    for (case, base, label, limit, target, judged) in added {
+        let d50 = med(case, |s| s.p50_us) - med(base, |s| s.p50_us);
+        let d99 = med(case, |s| s.p99_us) - med(base, |s| s.p99_us);
+        let judge = |d: f64| if judged { verdict(d <= limit) } else { "    " };
         println!(
             "{label:<44} {:>+9.2} {} {:>+9.2} {}   {target}",
             d50,
-            verdict(d50 <= limit),
+            judge(d50),
             d99,
-            verdict(d99 <= limit)
+            judge(d99)
         );
     }
+    println!("(a)'s server polls without sleeping, so the client never pays to wake it; (a′)'s sleeps in");
+    println!("poll() and is woken by every connect, as any ordinary server is (on a VM often an IPI:");
+    println!("µs, and erratic). The gateway's listener sleeps too, but its workers are often awake");
+    println!("already. So (c) − (a) errs high and (c) − (a′) errs low; what the programs themselves add is");
+    println!("their own run time, below.");
     let spread = |f: fn(&ConnectStats) -> f64| {
         let v = series[Case::Baseline as usize].iter().map(f);
         v.clone().fold(0.0, f64::max) - v.fold(f64::INFINITY, f64::min)
