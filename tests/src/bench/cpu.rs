@@ -31,16 +31,49 @@ impl HostCpu {
         }
     }
 
-    /// The fraction of all CPUs' time that was busy since `self`.
-    pub fn busy_since(&self) -> f64 {
+    /// How busy the host was since `self`, from one reading of the counters.
+    pub fn since(&self) -> HostBusy {
         let now = Self::now();
-        (now.busy - self.busy) as f64 / (now.total - self.total).max(1) as f64
+        let fraction = (now.busy - self.busy) as f64 / (now.total - self.total).max(1) as f64;
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        HostBusy {
+            fraction,
+            cpu_secs: fraction * cpus * self.at.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The host's CPU use over an interval.
+pub struct HostBusy {
+    /// The fraction of all CPUs' time that was busy.
+    pub fraction: f64,
+    /// CPU-seconds spent by the whole host (busy fraction × CPUs × elapsed).
+    pub cpu_secs: f64,
+}
+
+/// Bytes in a GiB, for CPU-seconds per GiB.
+pub const GIB: f64 = (1u64 << 30) as f64;
+
+/// Measures one run: the host's CPU use, and one process's (when given and alive).
+pub struct Meter {
+    host: HostCpu,
+    process: Option<(u32, f64)>,
+}
+
+impl Meter {
+    pub fn start(pid: Option<u32>) -> Self {
+        Self {
+            host: HostCpu::now(),
+            process: pid.and_then(|p| Some((p, process_secs(p)?))),
+        }
     }
 
-    /// CPU-seconds spent by the whole host since `self` (busy fraction × CPUs × elapsed).
-    pub fn busy_secs_since(&self) -> f64 {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-        self.busy_since() * cpus * self.at.elapsed().as_secs_f64()
+    /// The host's use since `start`, and the CPU-seconds the process spent.
+    pub fn stop(&self) -> (HostBusy, Option<f64>) {
+        let spent = self
+            .process
+            .and_then(|(pid, before)| Some(process_secs(pid)? - before));
+        (self.host.since(), spent)
     }
 }
 

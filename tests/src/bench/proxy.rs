@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::cpu::{HostCpu, process_secs};
+use crate::cpu::{GIB, Meter};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use ghgate_e2e::{
@@ -400,12 +400,10 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         let newc = run_client(*via, &mk("newconn", args.new_connections))?;
         // Host busy fraction, and the middle process's CPU-seconds, over one client run.
         let measured = |mode: &str| -> anyhow::Result<(Report, f64, Option<f64>)> {
-            let (host, before) = (HostCpu::now(), middle.and_then(process_secs));
+            let meter = Meter::start(*middle);
             let report = run_client(*via, &mk(mode, 0))?;
-            let spent = middle
-                .zip(before)
-                .and_then(|(pid, b)| Some(process_secs(pid)? - b));
-            Ok((report, host.busy_since(), spent))
+            let (host, spent) = meter.stop();
+            Ok((report, host.fraction, spent))
         };
         let (rps, rps_busy, rps_cpu) = measured("rps")?;
         let (dl, dl_busy, dl_cpu) = measured("download")?;
@@ -415,7 +413,7 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             rps_busy,
             rps_cpu.map(|s| s / requests.max(1.0) * 1e6),
             dl_busy,
-            dl_cpu.map(|s| s / (args.bytes as f64 / (1u64 << 30) as f64)),
+            dl_cpu.map(|s| s / (args.bytes as f64 / GIB)),
         ));
         rows.push((
             *label,

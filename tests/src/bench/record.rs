@@ -3,7 +3,7 @@
 //! interleaved. Benchmarks report; they never assert.
 use std::{net::SocketAddr, path::Path};
 
-use crate::cpu::{HostCpu, process_secs};
+use crate::cpu::{GIB, Meter};
 use anyhow::Context as _;
 use ghgate_e2e::{
     Gateway, GatewaySpec, TestCgroup,
@@ -148,12 +148,13 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
             }
             rps[which].push(r.requests_per_s);
             let gw_pid = gw.pid().context("gateway pid")?;
-            let (host, gw_before) = (HostCpu::now(), process_secs(gw_pid).unwrap_or(0.0));
+            let meter = Meter::start(Some(gw_pid));
             let dl = run_client(Some(gw), &mk("download"))?;
-            let gib = args.bytes as f64 / (1u64 << 30) as f64;
-            dl_busy[which].push(host.busy_since());
-            dl_host[which].push(host.busy_secs_since() / gib);
-            dl_gw[which].push((process_secs(gw_pid).unwrap_or(0.0) - gw_before) / gib);
+            let (host, gw_secs) = meter.stop();
+            let gib = args.bytes as f64 / GIB;
+            dl_busy[which].push(host.fraction);
+            dl_host[which].push(host.cpu_secs / gib);
+            dl_gw[which].push(gw_secs.unwrap_or(0.0) / gib);
             mbs[which].push(dl.mb_per_s);
         }
     }

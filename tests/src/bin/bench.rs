@@ -61,10 +61,10 @@ enum Bench {
     /// exec`. Each client connects, waits for the server to close, and closes; it runs on one CPU,
     /// and the servers of (a), (a′) and (b) on another. (a)'s server never sleeps; (a′)'s sleeps
     /// and is woken by each connect, as the gateway's listener is in (c). The cases are interleaved
-    /// over rounds; each figure is the median over rounds. Throughput is `ghgate-probe stream` to a loopback sink, (d) directly and
-    /// (e) redirected through the gateway's splice relay; each run also reports how busy the host
-    /// was and the CPU-seconds per GiB of the host and the gateway, and the report gives the ratio
-    /// the host's CPUs allow at (e)'s cost per byte.
+    /// over rounds; each figure is the median over rounds. Throughput is `ghgate-probe stream` to a
+    /// loopback sink, (d) directly and (e) redirected through the gateway's splice relay; each run
+    /// also reports how busy the host was and the CPU-seconds per GiB of the host and the gateway,
+    /// and the report gives the ratio the host's CPUs allow at (e)'s cost per byte.
     Redirect(RedirectArgs),
     /// Internal: N × (connect, wait for the server to close, close) to ADDR, each connect() timed
     /// in this process; prints the timings as one JSON line. Run by `redirect` in the cgroup under
@@ -492,10 +492,9 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
                 .arg(sink.addr.to_string())
                 .arg("--bytes")
                 .arg(args.bytes.to_string());
-            let (host, gw_before) = (cpu::HostCpu::now(), cpu::process_secs(gw_pid).unwrap_or(0.0));
+            let meter = cpu::Meter::start(Some(gw_pid));
             let out = run(cmd, label)?;
-            let (busy, host_secs) = (host.busy_since(), host.busy_secs_since());
-            let gw_secs = cpu::process_secs(gw_pid).unwrap_or(0.0) - gw_before;
+            let (host, gw_secs) = meter.stop();
             let v: serde_json::Value = serde_json::from_str(out.trim())
                 .with_context(|| format!("{label}: probe printed {out:?}"))?;
             let secs = v["secs"].as_f64().context("probe output without secs")?;
@@ -512,18 +511,18 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
                 u64::from(through_gateway)
             );
             let mbps = args.bytes as f64 / secs / 1e6;
-            let gib = args.bytes as f64 / GIB;
+            let gib = args.bytes as f64 / cpu::GIB;
             eprintln!(
                 "relay run {}/{}  {label:<26} {mbps:>9.1} MB/s ({secs:.3} s, host {:.0} % busy)",
                 run_no + 1,
                 args.relay_runs,
-                busy * 100.0
+                host.fraction * 100.0
             );
             relay[usize::from(through_gateway)].push(RelayRun {
                 mbps,
-                busy,
-                host_cpu_per_gib: host_secs / gib,
-                gateway_cpu_per_gib: gw_secs / gib,
+                busy: host.fraction,
+                host_cpu_per_gib: host.cpu_secs / gib,
+                gateway_cpu_per_gib: gw_secs.unwrap_or(0.0) / gib,
             });
         }
     }
@@ -630,8 +629,6 @@ fn median(mut v: Vec<f64>) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
-
-const GIB: f64 = (1u64 << 30) as f64;
 
 /// One relay throughput run, with what it cost in CPU.
 struct RelayRun {
@@ -831,9 +828,9 @@ fn report(
         verdict(ratio >= RELAY_TARGET_RATIO)
     );
     // What this host's CPUs allow through the gateway, were every CPU busy all the time at (e)'s
-    // cost per byte: whatever the relay's design, it cannot beat this here.
+    // cost per byte: no tuning of this relay that keeps its cost per byte can beat it here.
     let cpus = h.cpus as f64;
-    let ceiling = cpus / med_of(&relay[1], |r| r.host_cpu_per_gib) * GIB / 1e6;
+    let ceiling = cpus / med_of(&relay[1], |r| r.host_cpu_per_gib) * cpu::GIB / 1e6;
     println!(
         "{:<44} {:>8.2}×        ({} CPUs fully busy at (e)'s host CPU-s per GiB: {:.0} MB/s)",
         "CPU ceiling of (e)/(d) on this host",
