@@ -8,39 +8,72 @@
 
 /// Bumped whenever a map key or value layout changes; part of the pin directory name so a new
 /// gateway never reuses maps pinned by an incompatible one.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+
+pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
+/// Multipath TCP: a stream socket that falls back to plain TCP when the peer does not speak it,
+/// so it is redirected like TCP.
+pub const IPPROTO_MPTCP: u32 = 262;
 
 /// Names of the maps as they appear in the object file and in the pin directory.
 pub mod map_names {
     pub const CONFIG: &str = "GG_CONFIG";
     pub const INTERCEPT_V4: &str = "GG_INTERCEPT4";
     pub const INTERCEPT_V6: &str = "GG_INTERCEPT6";
+    pub const GUARD_V4: &str = "GG_GUARD4";
+    pub const GUARD_V6: &str = "GG_GUARD6";
+    pub const EXEMPT: &str = "GG_EXEMPT";
     pub const BY_COOKIE: &str = "GG_BY_COOKIE";
     pub const BY_CLIENT: &str = "GG_BY_CLIENT";
     pub const COUNTERS: &str = "GG_COUNTERS";
+    pub const EVENTS: &str = "GG_EVENTS";
 }
 
 /// Names of the programs in the object file (kernel program names are at most 15 bytes).
 pub mod prog_names {
     pub const CONNECT4: &str = "ghgate_connect4";
     pub const CONNECT6: &str = "ghgate_connect6";
+    pub const SENDMSG4: &str = "ghgate_sendmsg4";
+    pub const SENDMSG6: &str = "ghgate_sendmsg6";
     pub const GETPEERNAME4: &str = "ghgate_peer4";
     pub const GETPEERNAME6: &str = "ghgate_peer6";
     pub const SOCK_OPS: &str = "ghgate_sockops";
-    pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, GETPEERNAME4, GETPEERNAME6, SOCK_OPS];
+    pub const ALL: [&str; 7] = [
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+        SOCK_OPS,
+    ];
 }
 
 /// Capacity of the per-connection maps. They are LRU, so a missed close can never exhaust them.
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
 /// Capacity of each intercept trie (prefix, port) entries.
 pub const MAX_INTERCEPT_ENTRIES: u32 = 16_384;
+/// Capacity of each guard trie (address prefixes).
+pub const MAX_GUARD_ENTRIES: u32 = 4_096;
+/// Sockets of the gateway itself (by cookie). LRU: a cookie is never reused within a boot, so an
+/// entry that is evicted long after its connect() costs nothing.
+pub const MAX_EXEMPT_SOCKETS: u32 = 65_536;
+/// Bytes of the refusal event ring (a power of two, a multiple of the page size). A flood of
+/// refusals past it is counted ([`counter::EVENTS_LOST`]), never blocks anything.
+pub const EVENT_RING_BYTES: u32 = 256 * 1024;
 
 /// What to do with a connection to a destination in the intercept set while no gateway listens.
 pub const ON_DOWN_REFUSE: u32 = 0;
 pub const ON_DOWN_BYPASS: u32 = 1;
+
+/// The `SO_MARK` the gateway puts on its listening sockets. The programs redirect only to a
+/// listener that carries it: setting a mark needs `CAP_NET_ADMIN`, so a process that binds the
+/// gateway's port while the gateway is away cannot pass for it.
+pub const DEFAULT_LISTENER_MARK: u32 = 0x2047;
 
 /// Value of [`CONFIG`](map_names::CONFIG)'s single entry, written by userspace before attaching.
 #[repr(C)]
@@ -53,8 +86,8 @@ pub struct GatewayConfig {
     /// Listener for IPv6 destinations, network byte order words.
     pub listen_v6_addr: [u32; 4],
     pub listen_v6_port: u32,
-    /// Thread-group id of the gateway process: its own connections are never redirected.
-    pub gateway_tgid: u32,
+    /// The mark the gateway's listening sockets carry (see [`DEFAULT_LISTENER_MARK`]).
+    pub listener_mark: u32,
     /// [`ON_DOWN_REFUSE`] or [`ON_DOWN_BYPASS`].
     pub on_gateway_down: u32,
     /// Non-zero once userspace has filled this entry; until then the programs pass everything.
@@ -84,7 +117,12 @@ pub const PORT_PREFIX_BITS: u32 = 32;
 
 /// Value of an intercept trie entry: the most specific matching prefix decides.
 pub const ACTION_REDIRECT: u32 = 1;
+/// An allowed port to a guarded address: the connection goes direct, untouched.
 pub const ACTION_PASS: u32 = 0;
+
+/// Value of a guard trie entry (keys are bare addresses, network byte order): every connection
+/// to such an address that no intercept entry redirects or passes is refused.
+pub const GUARD_REFUSE: u32 = 1;
 
 /// What the kernel learned about a redirected connection at connect() time.
 #[repr(C)]
@@ -116,9 +154,49 @@ pub struct ClientKey {
     pub family: u32,
 }
 
+/// Why the kernel refused (or flagged) a connection: the `reason` of a [`RefusalEvent`].
+pub mod reason {
+    /// A TCP port to a guarded address that is neither intercepted nor allowed.
+    pub const PORT_NOT_ALLOWED: u32 = 1;
+    /// UDP, SCTP or any other non-TCP socket to a guarded address.
+    pub const NOT_TCP: u32 = 2;
+    /// Something other than the gateway listens on the gateway's port.
+    pub const FOREIGN_LISTENER: u32 = 3;
+    /// The connection could not be remembered (map full or failing): refused, not let through.
+    pub const MAP_ERROR: u32 = 4;
+    /// No gateway listens (fail-closed): the connect fails with ECONNREFUSED.
+    pub const GATEWAY_DOWN: u32 = 5;
+}
+
+/// One refusal, written by the programs to the [`EVENTS`](map_names::EVENTS) ring and recorded
+/// by the gateway (at once, or at its next start if it was away).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefusalEvent {
+    /// `CLOCK_BOOTTIME` nanoseconds: still right after the gateway was away.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    /// One of [`reason`].
+    pub reason: u32,
+    pub family: u32,
+    /// Socket type (`SOCK_STREAM`, `SOCK_DGRAM`) and protocol as the socket was created.
+    pub sock_type: u32,
+    pub protocol: u32,
+    /// Destination as the caller wrote it (for [`AF_INET`] only `addr[0]`), network order.
+    pub addr: [u32; 4],
+    /// Network byte order in the low 16 bits.
+    pub port: u32,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
 /// Indexes of the per-CPU counters.
 pub mod counter {
-    /// connect() calls inspected (TCP only).
+    /// connect() and sendmsg() calls inspected.
     pub const INSPECTED: u32 = 0;
     pub const REDIRECTED_V4: u32 = 1;
     pub const REDIRECTED_V6: u32 = 2;
@@ -128,9 +206,21 @@ pub mod counter {
     pub const SELF_EXCLUDED: u32 = 4;
     /// Redirected connections whose client side reached ESTABLISHED.
     pub const ESTABLISHED: u32 = 5;
-    /// A record could not be stored (map update failed): the connection was not redirected.
+    /// A record could not be stored (map update failed): the connection was refused.
     pub const MAP_ERRORS: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Refused: a port to a guarded address that is neither intercepted nor allowed.
+    pub const REFUSED_PORT: u32 = 7;
+    /// Refused: a non-TCP socket to a guarded address.
+    pub const REFUSED_NOT_TCP: u32 = 8;
+    /// Refused: the gateway's port was held by a listener without the gateway's mark.
+    pub const REFUSED_FOREIGN_LISTENER: u32 = 9;
+    /// Redirected while no gateway listened (fail-closed): refused by the kernel's TCP.
+    pub const REFUSED_GATEWAY_DOWN: u32 = 10;
+    /// Refusal events that did not fit in the ring (the counters above still count them).
+    pub const EVENTS_LOST: u32 = 11;
+    /// Connections to an allowed port of a guarded address, let through.
+    pub const PASSED_ALLOWED_PORT: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const NAMES: [&str; COUNT as usize] = [
         "inspected",
         "redirected_v4",
@@ -139,6 +229,12 @@ pub mod counter {
         "self_excluded",
         "established",
         "map_errors",
+        "refused_port",
+        "refused_not_tcp",
+        "refused_foreign_listener",
+        "refused_gateway_down",
+        "events_lost",
+        "passed_allowed_port",
     ];
 }
 
@@ -152,6 +248,7 @@ mod pod {
     unsafe impl aya::Pod for super::InterceptKeyV6 {}
     unsafe impl aya::Pod for super::ConnRecord {}
     unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::RefusalEvent {}
 }
 
 // No padding anywhere: the kernel compares keys byte for byte.
@@ -160,3 +257,4 @@ const _: () = assert!(core::mem::size_of::<InterceptKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<InterceptKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<ConnRecord>() == 4 * 10 + 8 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 24);
+const _: () = assert!(core::mem::size_of::<RefusalEvent>() == 8 + 8 + 4 * 4 + 16 + 4 * 6 + 16);

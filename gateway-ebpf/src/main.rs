@@ -1,13 +1,20 @@
 //! ghgate's kernel programs, attached to one cgroup (or the root cgroup in whole-host mode).
 //!
 //! - `connect4`/`connect6`: a TCP connect() whose destination is in the intercept set is rewritten
-//!   to the gateway's listener; the original destination and the caller are stored by socket cookie.
+//!   to the gateway's listener (only if that listener carries the gateway's mark); the original
+//!   destination and the caller are stored by socket cookie. Any other connect() to a guarded
+//!   address (GitHub's published ranges: another port, UDP, SCTP…) is refused unless an intercept
+//!   entry passes that port.
+//! - `sendmsg4`/`sendmsg6`: an unconnected datagram to a guarded address is refused.
 //! - `sock_ops`: once the client side is established, the record is also filed under the client's
 //!   local address/port, which is what the gateway sees as the peer on accept.
 //! - `getpeername4`/`getpeername6`: the client sees the original destination as its peer.
 //!
+//! Every refusal is counted and written to the event ring for the gateway to record.
+//!
 //! These programs must never log per connection on the hot path, never block a connection they do
-//! not intercept, and never redirect the gateway's own connections.
+//! not intercept or guard, never redirect the gateway's own sockets (listed by cookie in
+//! `GG_EXEMPT`), and never let a guarded connection through because a map operation failed.
 #![no_std]
 #![no_main]
 
@@ -15,28 +22,35 @@ use core::{ffi::c_void, mem::size_of_val};
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, bpf_sock_tuple,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, bpf_sock,
+        bpf_sock_tuple,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns,
         generated::{bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release},
     },
     macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{SockAddrContext, SockOpsContext},
 };
 use gateway_common::{
-    ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, ConnRecord, GatewayConfig, InterceptKeyV4, InterceptKeyV6,
-    MAX_INTERCEPT_ENTRIES, MAX_TRACKED_CONNECTIONS, ON_DOWN_BYPASS, PORT_PREFIX_BITS, counter,
+    ACTION_PASS, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, ConnRecord, EVENT_RING_BYTES, GUARD_REFUSE,
+    GatewayConfig, IPPROTO_MPTCP, IPPROTO_TCP, InterceptKeyV4, InterceptKeyV6, MAX_EXEMPT_SOCKETS,
+    MAX_GUARD_ENTRIES, MAX_INTERCEPT_ENTRIES, MAX_TRACKED_CONNECTIONS, ON_DOWN_BYPASS, PORT_PREFIX_BITS,
+    RefusalEvent, counter, reason,
 };
 
-/// Kernel return codes of cgroup sock_addr programs.
+/// Kernel return codes of cgroup sock_addr programs: 0 makes the call fail with EPERM.
 const ALLOW: i32 = 1;
+const DENY: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const TCP_CLOSE: u32 = 7;
 const BPF_F_CURRENT_NETNS: u64 = u64::MAX; // (u64)-1
 /// `::ffff:0:0/96`, the v4-mapped prefix, as the third network-order word.
 const V4_MAPPED_WORD: u32 = 0x0000_ffffu32.to_be();
+/// `64:ff9b::/96`, the NAT64 well-known prefix, as the first network-order word.
+const NAT64_WORD: u32 = 0x0064_ff9bu32.to_be();
 
 #[map(name = "GG_CONFIG")]
 static CONFIG: Array<GatewayConfig> = Array::pinned(1, 0);
@@ -47,6 +61,15 @@ static INTERCEPT_V4: LpmTrie<InterceptKeyV4, u32> = LpmTrie::pinned(MAX_INTERCEP
 #[map(name = "GG_INTERCEPT6")]
 static INTERCEPT_V6: LpmTrie<InterceptKeyV6, u32> = LpmTrie::pinned(MAX_INTERCEPT_ENTRIES, 0);
 
+#[map(name = "GG_GUARD4")]
+static GUARD_V4: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_GUARD_ENTRIES, 0);
+
+#[map(name = "GG_GUARD6")]
+static GUARD_V6: LpmTrie<[u32; 4], u32> = LpmTrie::pinned(MAX_GUARD_ENTRIES, 0);
+
+#[map(name = "GG_EXEMPT")]
+static EXEMPT: LruHashMap<u64, u32> = LruHashMap::pinned(MAX_EXEMPT_SOCKETS, 0);
+
 #[map(name = "GG_BY_COOKIE")]
 static BY_COOKIE: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(MAX_TRACKED_CONNECTIONS, 0);
 
@@ -55,6 +78,9 @@ static BY_CLIENT: LruHashMap<ClientKey, ConnRecord> = LruHashMap::pinned(MAX_TRA
 
 #[map(name = "GG_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+#[map(name = "GG_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
 
 #[inline(always)]
 fn bump(index: u32) {
@@ -72,215 +98,354 @@ fn config() -> Option<&'static GatewayConfig> {
     }
 }
 
-/// Where a connection should go instead, in the socket's own address family.
-enum Redirect {
-    V4 {
-        addr: u32,
-        port: u32,
-    },
-    /// A v6 socket: `addr` may be a v4-mapped listener address.
-    V6 {
-        addr: [u32; 4],
-        port: u32,
-    },
+/// The destination of a call, as the programs reason about it.
+#[derive(Clone, Copy)]
+struct Dest {
+    /// The socket's family: how the destination is written back.
+    family: u16,
+    /// As written by the caller (v6 words, or the v4 address in `[0]`).
+    addr: [u32; 4],
+    /// The IPv4 address to look up: the v4 destination, or the one a v4-mapped or NAT64 v6
+    /// destination embeds.
+    v4: Option<u32>,
+    port: u32,
+    sock_type: u32,
+    protocol: u32,
+}
+
+impl Dest {
+    #[inline(always)]
+    fn v4(ctx: &SockAddrContext) -> Self {
+        let sa = ctx.sock_addr;
+        // SAFETY: these ctx fields are readable in connect4/sendmsg4 programs.
+        let (addr, port, sock_type, protocol) =
+            unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).type_, (*sa).protocol) };
+        Self {
+            family: AF_INET,
+            addr: [addr, 0, 0, 0],
+            v4: Some(addr),
+            port,
+            sock_type,
+            protocol,
+        }
+    }
+
+    #[inline(always)]
+    fn v6(ctx: &SockAddrContext) -> Self {
+        let sa = ctx.sock_addr;
+        // SAFETY: these ctx fields are readable in connect6/sendmsg6 programs; user_ip6 is read
+        // as 32-bit words.
+        let (addr, port, sock_type, protocol) = unsafe {
+            (
+                [
+                    (*sa).user_ip6[0],
+                    (*sa).user_ip6[1],
+                    (*sa).user_ip6[2],
+                    (*sa).user_ip6[3],
+                ],
+                (*sa).user_port,
+                (*sa).type_,
+                (*sa).protocol,
+            )
+        };
+        let mapped = addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_WORD;
+        let nat64 = addr[0] == NAT64_WORD && addr[1] == 0 && addr[2] == 0;
+        Self {
+            family: AF_INET6,
+            addr,
+            v4: if mapped || nat64 { Some(addr[3]) } else { None },
+            port,
+            sock_type,
+            protocol,
+        }
+    }
+
+    /// A TCP stream (MPTCP included: it falls back to TCP against the gateway).
+    #[inline(always)]
+    fn is_tcp(&self) -> bool {
+        self.sock_type == SOCK_STREAM && (self.protocol == IPPROTO_TCP || self.protocol == IPPROTO_MPTCP)
+    }
+
+    /// The intercept trie's verdict for this (address, port), if an entry matches.
+    #[inline(always)]
+    fn intercept(&self) -> Option<u32> {
+        let found = match self.v4 {
+            Some(addr) => INTERCEPT_V4
+                .get(Key::new(
+                    PORT_PREFIX_BITS + 32,
+                    InterceptKeyV4 {
+                        port: self.port,
+                        addr,
+                    },
+                ))
+                .copied(),
+            None => INTERCEPT_V6
+                .get(Key::new(
+                    PORT_PREFIX_BITS + 128,
+                    InterceptKeyV6 {
+                        port: self.port,
+                        addr: self.addr,
+                    },
+                ))
+                .copied(),
+        };
+        found
+    }
+
+    #[inline(always)]
+    fn guarded(&self) -> bool {
+        let found = match self.v4 {
+            Some(addr) => GUARD_V4.get(Key::new(32, addr)).copied(),
+            None => GUARD_V6.get(Key::new(128, self.addr)).copied(),
+        };
+        found == Some(GUARD_REFUSE)
+    }
+
+    /// Is this the gateway's own listener?
+    #[inline(always)]
+    fn is_listener(&self, cfg: &GatewayConfig) -> bool {
+        match (self.family, self.v4) {
+            (AF_INET, Some(addr)) => addr == cfg.listen_v4_addr && self.port == cfg.listen_v4_port,
+            (_, Some(addr)) => {
+                self.addr[2] == V4_MAPPED_WORD
+                    && addr == cfg.listen_v4_addr
+                    && self.port == cfg.listen_v4_port
+            }
+            (_, None) => self.addr == cfg.listen_v6_addr && self.port == cfg.listen_v6_port,
+        }
+    }
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn ghgate_connect4(ctx: SockAddrContext) -> i32 {
-    // Failing to inspect a connection must never break it: any error lets it through unchanged.
-    let _ = try_connect4(&ctx);
-    ALLOW
+    on_connect(&ctx, Dest::v4(&ctx))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn ghgate_connect6(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect6(&ctx);
+    on_connect(&ctx, Dest::v6(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn ghgate_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, Dest::v4(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn ghgate_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx, Dest::v6(&ctx))
+}
+
+#[inline(always)]
+fn on_connect(ctx: &SockAddrContext, dst: Dest) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    bump(counter::INSPECTED);
+    if dst.is_listener(cfg) {
+        return ALLOW;
+    }
+    let verdict = if dst.is_tcp() { dst.intercept() } else { None };
+    match verdict {
+        Some(ACTION_REDIRECT) if !exempt(ctx) => redirect(ctx, cfg, &dst),
+        Some(ACTION_PASS) if dst.guarded() => {
+            bump(counter::PASSED_ALLOWED_PORT);
+            ALLOW
+        }
+        Some(_) => ALLOW,
+        None if dst.guarded() && !exempt(ctx) => {
+            let why = if dst.is_tcp() {
+                counter::REFUSED_PORT
+            } else {
+                counter::REFUSED_NOT_TCP
+            };
+            refuse(&dst, why)
+        }
+        None => ALLOW,
+    }
+}
+
+#[inline(always)]
+fn on_sendmsg(ctx: &SockAddrContext, dst: Dest) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    bump(counter::INSPECTED);
+    if dst.guarded() && !dst.is_listener(cfg) && !exempt(ctx) {
+        return refuse(&dst, counter::REFUSED_NOT_TCP);
+    }
     ALLOW
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
-    let sa = ctx.sock_addr;
-    // SAFETY: ctx fields are readable in connect4 programs; the verifier checks each access.
-    let (sock_type, dst, port) = unsafe { ((*sa).type_, (*sa).user_ip4, (*sa).user_port) };
-    if sock_type != SOCK_STREAM {
-        return Ok(());
-    }
-    let cfg = config().ok_or(())?;
-    bump(counter::INSPECTED);
-    if !lookup_v4(dst, port) || is_self(cfg) {
-        return Ok(());
-    }
-    if dst == cfg.listen_v4_addr && port == cfg.listen_v4_port {
-        return Ok(());
-    }
-    if cfg.on_gateway_down == ON_DOWN_BYPASS && !listener_v4_up(ctx, cfg) {
-        bump(counter::BYPASSED);
-        return Ok(());
-    }
-    remember(ctx, AF_INET, [dst, 0, 0, 0], port)?;
-    // 32-bit stores: the verifier rejects narrower writes to user_ip4/user_port.
-    // SAFETY: connect4 programs may write user_ip4 and user_port.
-    unsafe {
-        (*sa).user_ip4 = cfg.listen_v4_addr;
-        (*sa).user_port = cfg.listen_v4_port;
-    }
-    bump(counter::REDIRECTED_V4);
-    apply(
-        ctx,
-        Redirect::V4 {
-            addr: cfg.listen_v4_addr,
-            port: cfg.listen_v4_port,
-        },
-    );
-    Ok(())
-}
-
-fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
-    let sa = ctx.sock_addr;
-    // SAFETY: ctx fields are readable in connect6 programs; user_ip6 is read as 32-bit words.
-    let (sock_type, port) = unsafe { ((*sa).type_, (*sa).user_port) };
-    if sock_type != SOCK_STREAM {
-        return Ok(());
-    }
-    let dst = unsafe {
-        [
-            (*sa).user_ip6[0],
-            (*sa).user_ip6[1],
-            (*sa).user_ip6[2],
-            (*sa).user_ip6[3],
-        ]
-    };
-    let cfg = config().ok_or(())?;
-    bump(counter::INSPECTED);
-    let mapped = dst[0] == 0 && dst[1] == 0 && dst[2] == V4_MAPPED_WORD;
-    let hit = if mapped {
-        lookup_v4(dst[3], port)
-    } else {
-        lookup_v6(dst, port)
-    };
-    if !hit || is_self(cfg) {
-        return Ok(());
-    }
-    let target = if mapped {
-        if dst[3] == cfg.listen_v4_addr && port == cfg.listen_v4_port {
-            return Ok(());
-        }
-        if cfg.on_gateway_down == ON_DOWN_BYPASS && !listener_v4_up(ctx, cfg) {
-            bump(counter::BYPASSED);
-            return Ok(());
-        }
-        remember(ctx, AF_INET, [dst[3], 0, 0, 0], port)?;
-        bump(counter::REDIRECTED_V4);
-        Redirect::V6 {
-            addr: [0, 0, V4_MAPPED_WORD, cfg.listen_v4_addr],
-            port: cfg.listen_v4_port,
-        }
-    } else {
-        if dst == cfg.listen_v6_addr && port == cfg.listen_v6_port {
-            return Ok(());
-        }
-        if cfg.on_gateway_down == ON_DOWN_BYPASS && !listener_v6_up(ctx, cfg) {
-            bump(counter::BYPASSED);
-            return Ok(());
-        }
-        remember(ctx, AF_INET6, dst, port)?;
-        bump(counter::REDIRECTED_V6);
-        Redirect::V6 {
-            addr: cfg.listen_v6_addr,
-            port: cfg.listen_v6_port,
-        }
-    };
-    apply(ctx, target);
-    Ok(())
-}
-
+/// Is the calling socket the gateway's own (registered by cookie before its connect)?
 #[inline(always)]
-fn apply(ctx: &SockAddrContext, target: Redirect) {
-    let sa = ctx.sock_addr;
-    // SAFETY: connect programs may write the destination; every store is 32 bits wide.
-    unsafe {
-        match target {
-            Redirect::V4 { addr, port } => {
-                (*sa).user_ip4 = addr;
-                (*sa).user_port = port;
-            }
-            Redirect::V6 { addr, port } => {
-                (*sa).user_ip6[0] = addr[0];
-                (*sa).user_ip6[1] = addr[1];
-                (*sa).user_ip6[2] = addr[2];
-                (*sa).user_ip6[3] = addr[3];
-                (*sa).user_port = port;
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn lookup_v4(addr: u32, port: u32) -> bool {
-    let key = Key::new(PORT_PREFIX_BITS + 32, InterceptKeyV4 { port, addr });
-    matches!(INTERCEPT_V4.get(&key), Some(&ACTION_REDIRECT))
-}
-
-#[inline(always)]
-fn lookup_v6(addr: [u32; 4], port: u32) -> bool {
-    let key = Key::new(PORT_PREFIX_BITS + 128, InterceptKeyV6 { port, addr });
-    matches!(INTERCEPT_V6.get(&key), Some(&ACTION_REDIRECT))
-}
-
-#[inline(always)]
-fn is_self(cfg: &GatewayConfig) -> bool {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid != 0 && tgid == cfg.gateway_tgid {
+fn exempt(ctx: &SockAddrContext) -> bool {
+    // SAFETY: plain helper call valid in cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    // SAFETY: the value is only compared, never kept.
+    if unsafe { EXEMPT.get(&cookie) }.is_some() {
         bump(counter::SELF_EXCLUDED);
         return true;
     }
     false
 }
 
-/// Is a socket listening on the gateway's v4 address? Only asked in bypass mode: a dead gateway's
-/// listening socket disappears with its process, even after kill -9.
+/// Counts a refusal, reports it, and fails the call (EPERM).
 #[inline(always)]
-fn listener_v4_up(ctx: &SockAddrContext, cfg: &GatewayConfig) -> bool {
+fn refuse(dst: &Dest, counter_index: u32) -> i32 {
+    bump(counter_index);
+    let why = match counter_index {
+        counter::REFUSED_PORT => reason::PORT_NOT_ALLOWED,
+        counter::REFUSED_NOT_TCP => reason::NOT_TCP,
+        counter::REFUSED_FOREIGN_LISTENER => reason::FOREIGN_LISTENER,
+        _ => reason::MAP_ERROR,
+    };
+    report(dst, why);
+    DENY
+}
+
+/// Writes a refusal event; a full ring only loses the event (counted), never the refusal.
+#[inline(always)]
+fn report(dst: &Dest, why: u32) {
+    let Some(mut entry) = EVENTS.reserve::<RefusalEvent>(0) else {
+        bump(counter::EVENTS_LOST);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: plain helper calls valid in cgroup sock_addr programs.
+    let (boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    entry.write(RefusalEvent {
+        boot_ns,
+        cgroup_id,
+        reason: why,
+        family: u32::from(dst.family),
+        sock_type: dst.sock_type,
+        protocol: dst.protocol,
+        addr: dst.addr,
+        port: dst.port,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+}
+
+/// Sends an intercepted TCP connect to the gateway, if the gateway is the one listening.
+#[inline(always)]
+fn redirect(ctx: &SockAddrContext, cfg: &GatewayConfig, dst: &Dest) -> i32 {
+    // A v4 or v4-mapped destination goes to the v4 listener; a NAT64 or plain v6 one to the v6
+    // listener (the gateway dials the address as written).
+    let mapped = dst.family == AF_INET6 && dst.addr[2] == V4_MAPPED_WORD;
+    let to_v4 = dst.family == AF_INET || mapped;
+    match listener(ctx, cfg, to_v4) {
+        Listener::Gateway => {}
+        Listener::Foreign => return refuse(dst, counter::REFUSED_FOREIGN_LISTENER),
+        Listener::None if cfg.on_gateway_down == ON_DOWN_BYPASS => {
+            bump(counter::BYPASSED);
+            return ALLOW;
+        }
+        // Fail-closed: the connect goes to the dead port and fails with ECONNREFUSED.
+        Listener::None => {
+            bump(counter::REFUSED_GATEWAY_DOWN);
+            report(dst, reason::GATEWAY_DOWN);
+        }
+    }
+    let (family, orig) = if to_v4 {
+        (AF_INET, [dst.v4.unwrap_or(dst.addr[0]), 0, 0, 0])
+    } else {
+        (AF_INET6, dst.addr)
+    };
+    if remember(ctx, family, orig, dst.port).is_err() {
+        // Without a record the gateway could not tell where the connection was going; letting
+        // it through would bypass the gateway: refuse it.
+        bump(counter::MAP_ERRORS);
+        report(dst, reason::MAP_ERROR);
+        return DENY;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: connect programs may write the destination; every store is 32 bits wide (the
+    // verifier rejects narrower writes to user_ip4/user_port).
+    unsafe {
+        if dst.family == AF_INET {
+            (*sa).user_ip4 = cfg.listen_v4_addr;
+            (*sa).user_port = cfg.listen_v4_port;
+            bump(counter::REDIRECTED_V4);
+        } else {
+            let addr = if mapped {
+                [0, 0, V4_MAPPED_WORD, cfg.listen_v4_addr]
+            } else {
+                cfg.listen_v6_addr
+            };
+            (*sa).user_ip6[0] = addr[0];
+            (*sa).user_ip6[1] = addr[1];
+            (*sa).user_ip6[2] = addr[2];
+            (*sa).user_ip6[3] = addr[3];
+            (*sa).user_port = if mapped {
+                cfg.listen_v4_port
+            } else {
+                cfg.listen_v6_port
+            };
+            bump(if mapped {
+                counter::REDIRECTED_V4
+            } else {
+                counter::REDIRECTED_V6
+            });
+        }
+    }
+    ALLOW
+}
+
+enum Listener {
+    /// A socket carrying the gateway's mark listens on the gateway's address.
+    Gateway,
+    /// Something else listens there: a process that bound the port while the gateway was away.
+    Foreign,
+    None,
+}
+
+/// Who listens on the gateway's address (v4 or v6)? A dead gateway's socket disappears with its
+/// process, even after kill -9.
+#[inline(always)]
+fn listener(ctx: &SockAddrContext, cfg: &GatewayConfig, v4: bool) -> Listener {
     // SAFETY: an all-zero bpf_sock_tuple is a valid value of this plain C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    // Writing union fields is safe; the port is already in network order.
-    tuple.__bindgen_anon_1.ipv4.daddr = cfg.listen_v4_addr;
-    tuple.__bindgen_anon_1.ipv4.dport = cfg.listen_v4_port as u16;
-    // SAFETY: reading back the member just written.
-    let len = size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv4 }) as u32;
-    listener_lookup(ctx, &mut tuple, len)
-}
-
-#[inline(always)]
-fn listener_v6_up(ctx: &SockAddrContext, cfg: &GatewayConfig) -> bool {
-    // SAFETY: as above.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    // Writing union fields is safe; the port is already in network order.
-    tuple.__bindgen_anon_1.ipv6.daddr = cfg.listen_v6_addr;
-    tuple.__bindgen_anon_1.ipv6.dport = cfg.listen_v6_port as u16;
-    // SAFETY: reading back the member just written.
-    let len = size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv6 }) as u32;
-    listener_lookup(ctx, &mut tuple, len)
-}
-
-#[inline(always)]
-fn listener_lookup(ctx: &SockAddrContext, tuple: &mut bpf_sock_tuple, len: u32) -> bool {
+    let len = if v4 {
+        // Writing union fields is safe; the port is already in network order.
+        tuple.__bindgen_anon_1.ipv4.daddr = cfg.listen_v4_addr;
+        tuple.__bindgen_anon_1.ipv4.dport = cfg.listen_v4_port as u16;
+        // SAFETY: reading back the member just written.
+        size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv4 }) as u32
+    } else {
+        tuple.__bindgen_anon_1.ipv6.daddr = cfg.listen_v6_addr;
+        tuple.__bindgen_anon_1.ipv6.dport = cfg.listen_v6_port as u16;
+        // SAFETY: as above.
+        size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv6 }) as u32
+    };
     // SAFETY: the tuple lives on this program's stack for the duration of the call; a socket the
-    // lookup returns is released before returning, as the verifier demands.
+    // lookup returns is read and released before returning, as the verifier demands.
     unsafe {
         let sk = bpf_sk_lookup_tcp(
             ctx.sock_addr as *mut c_void,
-            tuple as *mut bpf_sock_tuple,
+            &mut tuple as *mut bpf_sock_tuple,
             len,
             BPF_F_CURRENT_NETNS,
             0,
         );
         if sk.is_null() {
-            return false;
+            return Listener::None;
         }
+        let mark = (*(sk as *const bpf_sock)).mark;
         bpf_sk_release(sk as *mut c_void);
+        if mark == cfg.listener_mark {
+            Listener::Gateway
+        } else {
+            Listener::Foreign
+        }
     }
-    true
 }
 
 #[inline(always)]
@@ -302,13 +467,7 @@ fn remember(ctx: &SockAddrContext, family: u16, addr: [u32; 4], port: u32) -> Re
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         cookie,
     };
-    if BY_COOKIE.insert(&cookie, &record, 0).is_err() {
-        // Without a record the gateway could not tell where the connection was going: leave it
-        // alone rather than redirect it blind.
-        bump(counter::MAP_ERRORS);
-        return Err(());
-    }
-    Ok(())
+    BY_COOKIE.insert(&cookie, &record, 0).map_err(|_| ())
 }
 
 #[cgroup_sock_addr(getpeername4)]

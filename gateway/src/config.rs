@@ -41,6 +41,9 @@ pub struct Config {
     /// Destinations whose connections are redirected to the gateway.
     #[serde(default)]
     pub intercept: Vec<InterceptRule>,
+    /// GitHub's published address ranges, mediated as a whole.
+    #[serde(default)]
+    pub github: GithubConfig,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
@@ -508,6 +511,15 @@ pub struct RedirectConfig {
     pub pin_dir: PathBuf,
     #[serde(default)]
     pub on_gateway_down: OnGatewayDown,
+    /// The `SO_MARK` the gateway's listening sockets carry; the kernel redirects only to a
+    /// listener with it (setting a mark needs CAP_NET_ADMIN, so nobody else can pose as the
+    /// gateway on its port). Change it only if the host's firewall gives this mark a meaning.
+    #[serde(default = "default_listener_mark")]
+    pub listener_mark: u32,
+}
+
+fn default_listener_mark() -> u32 {
+    gateway_common::DEFAULT_LISTENER_MARK
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -579,6 +591,100 @@ pub struct InterceptRule {
     pub cidrs: Vec<IpNet>,
     /// Destination ports (TCP).
     pub ports: Vec<u16>,
+}
+
+/// GitHub's address space: the prefixes of the meta API's lists, beside the names of
+/// `[[intercept]]`. On these addresses a TLS port is intercepted and every other port (and every
+/// non-TCP socket) is refused in the kernel, unless `allow_ports` lets it through untouched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    /// `meta`: mediate the ranges (the default); `off`: only the names and CIDRs of `[[intercept]]`.
+    #[serde(default)]
+    pub ranges: RangesMode,
+    /// A file in the meta API's format to start from instead of the snapshot shipped in the
+    /// binary (air-gapped sites, tests).
+    #[serde(default)]
+    pub snapshot: Option<PathBuf>,
+    /// Where the ranges are refreshed from, through the gateway's own verified client.
+    #[serde(default = "default_meta_url")]
+    pub meta_url: String,
+    /// The meta API lists whose prefixes are mediated.
+    #[serde(default = "default_meta_lists")]
+    pub meta_lists: Vec<String>,
+    /// How often the ranges are refreshed (also once at start); 0: never.
+    #[serde(default = "default_meta_refresh")]
+    pub refresh_secs: u64,
+    /// TCP ports to GitHub's addresses let through unmediated (e.g. `[22]` for git over ssh).
+    /// Every other port that is not a TLS port is refused.
+    #[serde(default)]
+    pub allow_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RangesMode {
+    #[default]
+    Meta,
+    Off,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            ranges: RangesMode::default(),
+            snapshot: None,
+            meta_url: default_meta_url(),
+            meta_lists: default_meta_lists(),
+            refresh_secs: default_meta_refresh(),
+            allow_ports: Vec::new(),
+        }
+    }
+}
+
+impl GithubConfig {
+    pub fn enabled(&self) -> bool {
+        self.ranges == RangesMode::Meta
+    }
+
+    fn validate(&self, tls_ports: &[u16]) -> Result<(), (String, String)> {
+        if !api_url_ok(&self.meta_url) {
+            return Err((
+                "github.meta_url".into(),
+                format!("{:?} must be an https:// URL", self.meta_url),
+            ));
+        }
+        if self.enabled() && self.meta_lists.is_empty() {
+            return Err((
+                "github.meta_lists".into(),
+                "name one or more lists of the meta API (\"api\", \"git\", \"web\", \"copilot\")".into(),
+            ));
+        }
+        for (i, &port) in self.allow_ports.iter().enumerate() {
+            if port == 0 {
+                return Err((format!("github.allow_ports[{i}]"), "ports are 1-65535".into()));
+            }
+            if tls_ports.contains(&port) {
+                return Err((
+                    format!("github.allow_ports[{i}]"),
+                    format!(
+                        "{port} is a TLS port ([tls] ports): it is intercepted, it cannot also pass untouched"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_meta_url() -> String {
+    "https://api.github.com/meta".into()
+}
+fn default_meta_lists() -> Vec<String> {
+    ["api", "git", "web", "copilot"].map(String::from).to_vec()
+}
+fn default_meta_refresh() -> u64 {
+    6 * 3600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -769,6 +875,12 @@ impl Config {
                 "must be an absolute path in bpffs".into(),
             ));
         }
+        if self.redirect.listener_mark == 0 {
+            return Err(invalid(
+                "redirect.listener_mark".into(),
+                "must not be 0 (every socket has mark 0)".into(),
+            ));
+        }
         let v4 = self.listen.ipv4;
         if !matches!(v4.ip(), IpAddr::V4(ip) if ip.is_loopback()) || v4.port() == 0 {
             return Err(invalid(
@@ -833,6 +945,9 @@ impl Config {
             if let Err(why) = check_host_name(host) {
                 return Err(invalid(format!("dns.overrides.{host:?}"), why));
             }
+        }
+        if let Err((key, message)) = self.github.validate(&self.tls.ports) {
+            return Err(invalid(key, message));
         }
         if let Err((key, message)) = crate::mask::policy::check(&self.mask) {
             return Err(invalid(key, message));

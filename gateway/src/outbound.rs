@@ -16,10 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
     resolve::Resolver,
@@ -185,7 +182,7 @@ impl Outbound {
                     }
                 }
             } else {
-                match TcpStream::connect(addr).await {
+                match crate::redirect::exempt::connect(addr).await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
                         return exchange(stream, request, shown, phase).await;

@@ -1,15 +1,17 @@
-//! The stage every accepted connection enters: TLS on a TLS port is read (ClientHello), and the
-//! SNI decides — names configured for interception are terminated and go through the HTTP
-//! pipeline; every other name, and every non-TLS port, is relayed untouched.
+//! The stage every accepted connection enters: on a TLS port the ClientHello is read, and the
+//! SNI decides, failing closed — a name configured for interception is terminated and goes
+//! through the HTTP pipeline; a name on the passthrough list is recorded, then relayed untouched;
+//! anything else (a foreign name, no name, a hello that does not parse, an ECH hello whose real
+//! name is hidden, bytes that are not TLS) is refused and recorded, and no upstream is dialled.
+//! Connections to a configured non-TLS port are relayed as TCP.
 //!
 //! The upstream is dialled first, at the address the client dialled, so the client is offered
-//! exactly the protocol the upstream agreed to (h2 or http/1.1). A client that does not speak TLS
-//! on a TLS port is closed with a log line naming it; nothing else is affected.
+//! exactly the protocol the upstream agreed to (h2 or http/1.1).
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::TlsConfig,
@@ -18,10 +20,10 @@ use crate::{
         pool::{Key, Pool, Sender},
     },
     listen::{Accepted, Handler},
+    record::model::{self, RefusalLayer, RefusalReason},
     relay::Relay,
-    resolve::HostMap,
     tls::{
-        hello,
+        hello::{self, HelloError},
         leaf::{ForName, LeafCache},
         readahead::ReadAhead,
         upstream::Proto,
@@ -31,6 +33,11 @@ use crate::{
 /// How long a client may take to send its ClientHello, and to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// TLS alert descriptions sent with a refusal (RFC 8446 §6).
+const ALERT_HANDSHAKE_FAILURE: u8 = 40;
+const ALERT_DECODE_ERROR: u8 = 50;
+const ALERT_UNRECOGNIZED_NAME: u8 = 112;
+
 pub struct Proxy<P> {
     pub relay: Relay,
     pub tls: TlsConfig,
@@ -38,8 +45,6 @@ pub struct Proxy<P> {
     pub pool: Arc<Pool>,
     pub phases: Arc<P>,
     pub limits: Limits,
-    /// Names for connections without SNI, from the intercept set's resolved addresses.
-    pub hosts: HostMap,
 }
 
 impl<P: Phases> Handler for Proxy<P> {
@@ -48,40 +53,90 @@ impl<P: Phases> Handler for Proxy<P> {
     }
 }
 
+/// What the peek decided for a connection on a TLS port.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Peeked {
+    /// The name, and the ALPN protocols the client offered.
+    Terminate(String, Vec<Vec<u8>>),
+    Passthrough(String),
+    Refuse {
+        reason: RefusalReason,
+        sni: Option<String>,
+        detail: String,
+        /// The TLS alert to send, where the client spoke TLS.
+        alert: Option<u8>,
+    },
+    /// The client went away (or never spoke) before a decision: nothing to refuse or record.
+    Gone(String),
+}
+
+/// The fail-closed decision for a ClientHello (or what stood in its place).
+pub fn decide(tls: &TlsConfig, hello: Result<hello::Hello, HelloError>) -> Peeked {
+    let refuse = |reason, sni: Option<String>, detail: String, alert| Peeked::Refuse {
+        reason,
+        sni,
+        detail,
+        alert,
+    };
+    let hello = match hello {
+        Ok(h) => h,
+        Err(e @ HelloError::NotTls(_)) => return refuse(RefusalReason::NotTls, None, e.to_string(), None),
+        Err(e @ (HelloError::Malformed(_) | HelloError::TooLarge)) => {
+            return refuse(
+                RefusalReason::MalformedHello,
+                None,
+                e.to_string(),
+                Some(ALERT_DECODE_ERROR),
+            );
+        }
+        Err(e @ HelloError::Timeout(_)) => return refuse(RefusalReason::NotTls, None, e.to_string(), None),
+        Err(e @ (HelloError::Closed | HelloError::Io(_))) => return Peeked::Gone(e.to_string()),
+    };
+    match hello.server_name {
+        Some(name) if tls.passthrough_listed(&name) => Peeked::Passthrough(name),
+        Some(name) if tls.terminates(&name) => Peeked::Terminate(name, hello.alpn),
+        // An ECH hello names only its outer name; whatever it hides must not be relayed.
+        other if hello.ech => refuse(
+            RefusalReason::Ech,
+            other,
+            "Encrypted Client Hello hides the real server name".into(),
+            Some(ALERT_HANDSHAKE_FAILURE),
+        ),
+        Some(name) => refuse(
+            RefusalReason::ForeignSni,
+            Some(name),
+            "the name is neither intercepted nor on the passthrough list ([tls] intercept, passthrough)"
+                .into(),
+            Some(ALERT_UNRECOGNIZED_NAME),
+        ),
+        None => refuse(
+            RefusalReason::NoSni,
+            None,
+            "no server name (or an address or invalid name in its place)".into(),
+            Some(ALERT_UNRECOGNIZED_NAME),
+        ),
+    }
+}
+
 impl<P: Phases> Proxy<P> {
     async fn run(&self, conn: Accepted) {
         if !self.tls.ports.contains(&conn.orig_dst.0.port()) {
             return self.relay.run(conn, None, "not a TLS port").await;
         }
-        let hello = match hello::peek(&conn.stream, HANDSHAKE_TIMEOUT).await {
-            Ok(h) => h,
-            Err(e) => {
-                warn!(client = %conn.client, orig_dst = %conn.orig_dst, tgid = conn.caller.tgid, uid = conn.caller.uid,
-                      comm = %conn.caller.comm, error = %e, "closing a connection to a TLS port that did not start TLS");
+        let (name, alpn) = match decide(&self.tls, hello::peek(&conn.stream, HANDSHAKE_TIMEOUT).await) {
+            Peeked::Terminate(name, alpn) => (name, alpn),
+            Peeked::Passthrough(name) => return self.passthrough(conn, name).await,
+            Peeked::Refuse {
+                reason,
+                sni,
+                detail,
+                alert,
+            } => return self.refuse(conn, reason, sni, detail, alert).await,
+            Peeked::Gone(why) => {
+                debug!(client = %conn.client, orig_dst = %conn.orig_dst, why, "client left before its ClientHello");
                 return;
             }
         };
-        // No SNI: name the connection after the configured host its address resolved from.
-        let (name, named_by) = match hello.server_name {
-            Some(name) => (Some(name), "sni"),
-            None => (self.hosts.name_of(conn.orig_dst.0.ip()), "host map"),
-        };
-        let name = match name {
-            Some(name) if self.tls.terminates(&name) => name,
-            other => {
-                info!(client = %conn.client, orig_dst = %conn.orig_dst, tgid = conn.caller.tgid, comm = %conn.caller.comm,
-                      sni = other.as_deref().unwrap_or(""), named_by, "TLS name not terminated; relaying it untouched");
-                let reason = match &other {
-                    Some(n) if self.tls.passthrough_listed(n) => "on the passthrough list",
-                    Some(_) => "name not intercepted",
-                    None => "no SNI and no known name",
-                };
-                return self.relay.run(conn, other, reason).await;
-            }
-        };
-        if named_by == "host map" {
-            info!(client = %conn.client, orig_dst = %conn.orig_dst, name = %name, "no SNI; named after the host its address resolved from");
-        }
         // Reach the upstream first (or find it in the pool) to learn its protocol.
         let key = Key {
             name: name.clone(),
@@ -89,7 +144,7 @@ impl<P: Phases> Proxy<P> {
         };
         // Each client is served in its own protocol where the upstream speaks it (an HTTP/1.1
         // client gets pooled HTTP/1.1 connections, not a share of one HTTP/2 connection).
-        let reached = match choose_client_protocol(&hello.alpn, None).0 {
+        let reached = match choose_client_protocol(&alpn, None).0 {
             Proto::Http2 => self.pool.get(&key).await,
             Proto::Http1 => self.pool.get_http1(&key).await,
         };
@@ -107,7 +162,7 @@ impl<P: Phases> Proxy<P> {
                 (None, Some(e.to_string()))
             }
         };
-        let (client_proto, client_alpn) = choose_client_protocol(&hello.alpn, upstream_proto);
+        let (client_proto, client_alpn) = choose_client_protocol(&alpn, upstream_proto);
         let mut config = match ServerConfig::builder_with_provider(self.pool.tls().provider())
             .with_safe_default_protocol_versions()
         {
@@ -176,6 +231,89 @@ impl<P: Phases> Proxy<P> {
     }
 }
 
+impl<P: Phases> Proxy<P> {
+    /// A name on the passthrough list: recorded (and acknowledged) before the upstream is
+    /// dialled, then relayed untouched; refused while the record cannot be written.
+    async fn passthrough(&self, conn: Accepted, name: String) {
+        const REASON: &str = "passthrough list";
+        if let Some(recorder) = &self.relay.recorder {
+            let facts = model::PassthroughStart {
+                session: conn.caller.session_id(),
+                at: model::now_micros(),
+                client: conn.client.to_string(),
+                orig_dst: conn.orig_dst.to_string(),
+                sni: Some(name.clone()),
+                reason: REASON.into(),
+            };
+            if let Err(cause) = recorder.passthrough_start(&conn.caller, facts).await {
+                let detail = format!("the relay could not be recorded before it began: {cause}");
+                return self
+                    .refuse(
+                        conn,
+                        RefusalReason::StoreUnavailable,
+                        Some(name),
+                        detail,
+                        Some(ALERT_HANDSHAKE_FAILURE),
+                    )
+                    .await;
+            }
+        }
+        info!(client = %conn.client, orig_dst = %conn.orig_dst, tgid = conn.caller.tgid, comm = %conn.caller.comm,
+              sni = %name, "TLS name on the passthrough list; relaying it untouched");
+        self.relay.run(conn, Some(name), REASON).await
+    }
+
+    /// Refuses a connection at the TLS peek: an alert where the client spoke TLS, then close;
+    /// logged and recorded with its caller. Nothing is dialled.
+    async fn refuse(
+        &self,
+        conn: Accepted,
+        reason: RefusalReason,
+        sni: Option<String>,
+        detail: String,
+        alert: Option<u8>,
+    ) {
+        let caller = &conn.caller;
+        info!(layer = "gateway", reason = reason.as_str(), client = %conn.client, orig_dst = %conn.orig_dst,
+              sni = sni.as_deref().unwrap_or(""), tgid = caller.tgid, pid = caller.pid, uid = caller.uid,
+              comm = %caller.comm, detail = %detail, "connection refused");
+        if let Some(recorder) = &self.relay.recorder {
+            recorder.refusal(
+                caller,
+                model::Refusal {
+                    session: caller.session_id(),
+                    at: model::now_micros(),
+                    layer: RefusalLayer::Gateway,
+                    reason,
+                    orig_dst: conn.orig_dst.to_string(),
+                    transport: "tcp".into(),
+                    client: Some(conn.client.to_string()),
+                    sni,
+                    detail: Some(detail),
+                    count: 1,
+                    tgid: caller.tgid,
+                    uid: caller.uid,
+                    comm: caller.comm.clone(),
+                },
+            );
+        }
+        if let Some(description) = alert {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut stream = conn.stream;
+            // Consume the hello (it was only peeked): closing a socket with unread bytes sends a
+            // reset, which could overtake the alert.
+            let mut hello = vec![0u8; 64 * 1024];
+            let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut hello)).await;
+            // A fatal alert record: TLS 1.2 record version, as every TLS stack accepts.
+            let record = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description];
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&record)).await;
+            let _ = stream.shutdown().await;
+            // Give the client a moment to read the alert and close first.
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut hello)).await;
+        }
+    }
+}
+
 /// Which HTTP version to speak with a client, and which ALPN value (if any) to select for it.
 ///
 /// The upstream's protocol when the client offered it (no translation needed); otherwise the
@@ -205,6 +343,66 @@ mod tests {
 
     fn alpn(list: &[&str]) -> Vec<Vec<u8>> {
         list.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    fn hello(name: Option<&str>, ech: bool) -> Result<hello::Hello, HelloError> {
+        Ok(hello::Hello {
+            server_name: name.map(hello::normalise_name),
+            alpn: vec![b"h2".to_vec()],
+            ech,
+        })
+    }
+
+    fn reason(p: Peeked) -> Option<RefusalReason> {
+        match p {
+            Peeked::Refuse { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_peek_fails_closed() {
+        let tls = TlsConfig {
+            passthrough: vec!["*.github.io".into()],
+            ..TlsConfig::default()
+        };
+        assert_eq!(
+            decide(&tls, hello(Some("API.github.com."), false)),
+            Peeked::Terminate("api.github.com".into(), vec![b"h2".to_vec()]),
+            "case and one trailing dot do not matter"
+        );
+        assert_eq!(
+            decide(&tls, hello(Some("octo.github.io"), false)),
+            Peeked::Passthrough("octo.github.io".into())
+        );
+        // An ECH hello whose outer name is intercepted is terminated: the hidden name never
+        // reaches anything (Chromium sends GREASE ECH on every connection).
+        assert!(matches!(
+            decide(&tls, hello(Some("github.com"), true)),
+            Peeked::Terminate(..)
+        ));
+        let refused = [
+            (hello(Some("example.com"), false), RefusalReason::ForeignSni),
+            (
+                hello(Some("githubusercontent.com"), false),
+                RefusalReason::ForeignSni,
+            ),
+            (hello(Some("evil.com"), true), RefusalReason::Ech),
+            (hello(None, true), RefusalReason::Ech),
+            (hello(None, false), RefusalReason::NoSni),
+            (Err(HelloError::NotTls(b'S')), RefusalReason::NotTls),
+            (
+                Err(HelloError::Malformed("x".into())),
+                RefusalReason::MalformedHello,
+            ),
+            (Err(HelloError::TooLarge), RefusalReason::MalformedHello),
+            (Err(HelloError::Timeout(HANDSHAKE_TIMEOUT)), RefusalReason::NotTls),
+        ];
+        for (h, want) in refused {
+            let shown = format!("{h:?}");
+            assert_eq!(reason(decide(&tls, h)), Some(want), "{shown}");
+        }
+        assert!(matches!(decide(&tls, Err(HelloError::Closed)), Peeked::Gone(_)));
     }
 
     #[test]

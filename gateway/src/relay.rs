@@ -54,7 +54,11 @@ impl Relay {
             caller,
             accepted_at,
         } = conn;
-        let upstream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(orig_dst.0)).await
+        let upstream = match tokio::time::timeout(
+            self.connect_timeout,
+            crate::redirect::exempt::connect(orig_dst.0),
+        )
+        .await
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -20,10 +21,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{DnsConfig, InterceptRule},
-    redirect::{
-        Maps,
-        intercept::{self, Resolved},
-    },
+    redirect::{intercept::Resolved, live::LiveSet},
 };
 
 /// Looks names up through the configured servers (or the system's), honouring overrides.
@@ -94,7 +92,6 @@ impl Resolver {
 
 /// The host names of the intercept set, their current answers and when each is due again.
 pub struct HostSet {
-    rules: Vec<InterceptRule>,
     resolved: Resolved,
     due: BTreeMap<String, Instant>,
     retry: Duration,
@@ -109,12 +106,7 @@ impl HostSet {
             resolved.insert(host.clone(), None);
             due.insert(host.clone(), now);
         }
-        Self {
-            rules: rules.to_vec(),
-            resolved,
-            due,
-            retry,
-        }
+        Self { resolved, due, retry }
     }
 
     pub fn resolved(&self) -> &Resolved {
@@ -124,10 +116,6 @@ impl HostSet {
     /// True once every name has had at least one good answer.
     pub fn complete(&self) -> bool {
         self.resolved.values().all(Option::is_some)
-    }
-
-    pub fn desired(&self) -> std::collections::BTreeSet<intercept::Entry> {
-        intercept::desired(&self.rules, &self.resolved)
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -173,54 +161,24 @@ impl HostSet {
     }
 }
 
-/// Applies the current answers to the kernel: adds first; removes stale entries only once every
-/// name has resolved (so a restart with DNS down keeps the previous run's entries).
-pub fn apply(hosts: &HostSet, maps: &mut Maps) -> anyhow::Result<(usize, usize)> {
-    maps.sync(&hosts.desired(), hosts.complete())
-}
-
-/// Re-resolves names as they fall due, forever, updating `maps` in place.
-pub async fn refresh_forever(mut hosts: HostSet, resolver: Resolver, mut maps: Maps, names: HostMap) {
-    names.update(&hosts);
+/// Re-resolves names as they fall due, forever, handing each change to the intercept set in force.
+pub async fn refresh_forever(mut hosts: HostSet, resolver: Resolver, live: Arc<LiveSet>) {
     loop {
         let Some(next) = hosts.next_due() else {
             return; // no names, nothing to refresh
         };
         tokio::time::sleep_until(next).await;
         if hosts.refresh_due(&resolver).await || !hosts.complete() {
-            names.update(&hosts);
-            match apply(&hosts, &mut maps) {
-                Ok((0, 0)) => {}
-                Ok((added, removed)) => info!(added, removed, "intercept set updated"),
+            match live.set_names(hosts.resolved(), hosts.complete()) {
+                Ok(s) if s.is_empty() => {}
+                Ok(s) => info!(
+                    added = s.added,
+                    changed = s.changed,
+                    removed = s.removed,
+                    "intercept set updated"
+                ),
                 Err(e) => warn!(error = %format!("{e:#}"), "cannot update the intercept set"),
             }
         }
-    }
-}
-
-/// Which configured host name each resolved address belongs to: how a connection without SNI is
-/// named. Shared between the resolver task and the connection handlers.
-#[derive(Clone, Default)]
-pub struct HostMap(std::sync::Arc<std::sync::RwLock<std::collections::HashMap<IpAddr, String>>>);
-
-impl HostMap {
-    fn update(&self, hosts: &HostSet) {
-        let mut map = std::collections::HashMap::new();
-        for (name, addrs) in hosts.resolved() {
-            for ip in addrs.iter().flatten() {
-                // The first name (in order) wins when several resolve to the same address.
-                map.entry(*ip).or_insert_with(|| name.clone());
-            }
-        }
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = map;
-    }
-
-    /// The configured name that resolved to `ip`, if any (v4-mapped addresses count as IPv4).
-    pub fn name_of(&self, ip: IpAddr) -> Option<String> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(&ip).cloned()
     }
 }

@@ -227,6 +227,9 @@ pub struct GatewaySpec {
     pub upstream_extra_roots: Vec<PathBuf>,
     /// Extra TOML appended to the config (e.g. an `[http]` section).
     pub extra_toml: String,
+    /// The body of the `[github]` table (GitHub's ranges). Default: never refreshed, so no test
+    /// reaches for the real meta API.
+    pub github: String,
 }
 
 impl Default for GatewaySpec {
@@ -243,6 +246,7 @@ impl Default for GatewaySpec {
             tls_intercept: None,
             upstream_extra_roots: Vec::new(),
             extra_toml: String::new(),
+            github: "refresh_secs = 0\n".into(),
         }
     }
 }
@@ -278,11 +282,12 @@ impl Gateway {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&cgroup.name);
         let listen_port = free_port();
         let mut toml = format!(
-            "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n",
+            "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n[github]\n{}\n",
             dir.path().join("state").display(),
             if spec.host_mode { "host" } else { &cgroup.name },
             pin_dir.display(),
-            spec.on_gateway_down
+            spec.on_gateway_down,
+            spec.github
         );
         for (hosts, cidrs, ports) in &spec.intercept {
             toml += &format!(

@@ -146,16 +146,26 @@ fn exec_refuses_when_nothing_is_attached_and_detach_is_idempotent() {
         return;
     }
     let cg = TestCgroup::new();
-    let gw = Gateway::start(
+    let mut gw = Gateway::start(
         &cg,
         &GatewaySpec {
             intercept: vec![(vec![], vec!["127.0.0.9/32".into()], vec![9])],
             ..Default::default()
         },
     );
+    // A running gateway would attach its programs again at once: detach refuses.
+    let (code, _, stderr) = ghgate(&["detach"], &gw.config);
+    assert_eq!(code, 1);
+    assert_one_line_error(&stderr, "is running and would attach its programs again");
+    assert!(gw.status()["attached"] == true);
+    gw.terminate();
     let out = gw.ghgate(&["detach"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("detached 5 program links"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("detached 7 program links"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     ghgate_e2e::assert_cgroup_clean(&cg.dir).unwrap();
     let (code, _, stderr) = ghgate(&["exec", "--", "true"], &gw.config);
     assert_eq!(code, 1);

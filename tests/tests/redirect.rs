@@ -473,3 +473,166 @@ fn kernel_records_are_removed_when_connections_close() {
     });
     assert_eq!(status["counters"]["established"], 50, "{status}");
 }
+
+/// A `[github]` snapshot naming only `net` as GitHub's, written beside the test's other files.
+fn ranges_snapshot(dir: &std::path::Path, net: &str) -> String {
+    let path = dir.join("meta.json");
+    std::fs::write(
+        &path,
+        format!(r#"{{"api": ["{net}"], "git": [], "web": [], "copilot": []}}"#),
+    )
+    .unwrap();
+    format!("refresh_secs = 0\nsnapshot = {:?}\n", path.display().to_string())
+}
+
+#[test]
+fn github_ranges_refuse_every_other_port_in_the_kernel_and_record_it() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = loopback_v4();
+    let ssh = Server::start(SocketAddr::new(edge.into(), 22), Kind::Echo);
+    let https = Server::start(SocketAddr::new(edge.into(), 443), Kind::Echo);
+    let other = Server::start(SocketAddr::new(edge.into(), 0), Kind::Echo);
+    let outside_the_ranges = Server::start(SocketAddr::new(loopback_v4().into(), 22), Kind::Echo);
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            // A name elsewhere keeps the [[intercept]] table non-empty.
+            intercept: vec![(vec![], vec!["127.255.255.254/32".into()], vec![443])],
+            github: ranges_snapshot(tmp.path(), &format!("{edge}/32")),
+            ..Default::default()
+        },
+    );
+
+    for server in [&ssh, &other] {
+        let r = one(gw.probe(&["connect", &server.addr.to_string()]));
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["errno"], libc::EPERM, "refused at connect() with EPERM: {r}");
+        assert_eq!(server.accepted(), 0, "nothing reached {}", server.addr);
+    }
+    // Port 443 goes to the gateway, which refuses bytes that are not TLS.
+    let r = one(gw.probe(&["connect", &https.addr.to_string()]));
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(https.accepted(), 0, "the gateway dialled nothing");
+    // Outside the ranges nothing changes.
+    let r = one(gw.probe(&["connect", &outside_the_ranges.addr.to_string()]));
+    assert_eq!(
+        (r["ok"].clone(), r["proxied"].clone()),
+        (true.into(), false.into()),
+        "{r}"
+    );
+
+    let logs = gw.wait_log("three refusals", Duration::from_secs(10), |l| {
+        l.iter().filter(|l| l["message"] == "connection refused").count() >= 3
+    });
+    let refused: Vec<(String, String, String)> = logs
+        .iter()
+        .filter(|l| l["message"] == "connection refused")
+        .map(|l| {
+            (
+                l["layer"].as_str().unwrap().to_owned(),
+                l["reason"].as_str().unwrap().to_owned(),
+                l["orig_dst"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (layer, reason, dst) in [
+        ("kernel", "port_not_allowed", ssh.addr),
+        ("kernel", "port_not_allowed", other.addr),
+        ("gateway", "not_tls", https.addr),
+    ] {
+        assert!(
+            refused.contains(&(layer.into(), reason.into(), dst.to_string())),
+            "{layer} {reason} {dst} not in {refused:?}"
+        );
+    }
+    let counters = &gw.status()["counters"];
+    assert_eq!(counters["refused_port"], 2, "{counters}");
+
+    // The store holds them, with the caller.
+    let records = eventually("three refusal records", Duration::from_secs(10), || {
+        let out = gw.ghgate_ok(&["sessions", "refusals", "--json"]);
+        let v: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (v.len() >= 3).then_some(v)
+    });
+    for r in &records {
+        assert_eq!(r["type"], "refusal", "{r}");
+        assert_eq!(r["comm"], "ghgate-probe", "{r}");
+        assert_eq!(r["uid"], 0, "{r}");
+    }
+}
+
+#[test]
+fn an_allowed_port_to_github_passes_untouched_and_other_ports_stay_refused() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = loopback_v4();
+    let ssh = Server::start(SocketAddr::new(edge.into(), 22), Kind::Echo);
+    let git = Server::start(SocketAddr::new(edge.into(), 9418), Kind::Echo);
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            intercept: vec![(vec![], vec!["127.255.255.254/32".into()], vec![443])],
+            github: format!(
+                "{}allow_ports = [22]\n",
+                ranges_snapshot(tmp.path(), &format!("{edge}/32"))
+            ),
+            ..Default::default()
+        },
+    );
+    let r = one(gw.probe(&["connect", &ssh.addr.to_string()]));
+    assert_eq!(
+        (r["ok"].clone(), r["proxied"].clone()),
+        (true.into(), false.into()),
+        "{r}"
+    );
+    let r = one(gw.probe(&["connect", &git.addr.to_string()]));
+    assert_eq!(r["errno"], libc::EPERM, "{r}");
+    assert_eq!(git.accepted(), 0);
+    let counters = &gw.status()["counters"];
+    assert_eq!(counters["passed_allowed_port"], 1, "{counters}");
+}
+
+#[test]
+fn a_listener_that_is_not_the_gateway_gets_nothing() {
+    if !privileged() {
+        return;
+    }
+    // The gateway stops; someone else binds its port. Redirected connects must not reach it.
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let mut gw = Gateway::start(
+        &cg,
+        &spec_for("api.github.test", upstream.addr.ip(), upstream.addr.port()),
+    );
+    gw.terminate();
+    let impostor = Server::start(addr(&format!("127.0.0.1:{}", gw.listen_port)), Kind::Echo);
+    let r = one(gw.probe(&["connect", &upstream.addr.to_string()]));
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["errno"], libc::EPERM, "{r}");
+    assert_eq!(
+        impostor.accepted(),
+        0,
+        "the impostor received a redirected connection"
+    );
+    assert_eq!(upstream.accepted(), 0);
+    drop(impostor);
+    // The next start records what the kernel refused while it was away, and the gap.
+    gw.spawn();
+    let logs = gw.wait_log("the foreign-listener refusal", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "connection refused" && l["reason"] == "foreign_listener")
+    });
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "enforcement gap before this start" && l["kind"] == "GatewayStopped"),
+        "{}",
+        gw.log_text()
+    );
+}

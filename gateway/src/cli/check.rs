@@ -21,16 +21,55 @@ pub struct Args {
     /// With --kernel: skip the config check.
     #[arg(long, requires = "kernel")]
     kernel_only: bool,
+    /// Fail (exit 1) on an enforcement gap that lost mediation (programs detached, or traffic let
+    /// through in bypass mode) and ended at or after this time: RFC 3339 or an age ("24h", "7d").
+    #[arg(long, default_value = "24h")]
+    gaps_since: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut healthy = true;
     if !args.kernel_only {
         check_config(&args.config)?;
+        healthy &= check_gaps(&args.config, &args.gaps_since)?;
     }
     if args.kernel {
         check_kernel()?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Reports enforcement gaps from the gateway's state file; false when one lost mediation.
+fn check_gaps(arg: &ConfigArg, since: &str) -> anyhow::Result<bool> {
+    use crate::redirect::watch;
+    let config = arg.load()?;
+    let since = super::sessions::parse_when(since)?;
+    let Some(state) = watch::load(&config.state_dir) else {
+        println!("enforcement: no gateway has run with this state_dir yet");
+        return Ok(true);
+    };
+    let mut healthy = true;
+    for gap in state.gaps.iter().filter(|g| g.until >= since) {
+        let lost = watch::lost_mediation(gap);
+        healthy &= !lost;
+        println!(
+            "enforcement gap: {:?} from {} to {} ({}){}: {}",
+            gap.kind,
+            crate::record::model::rfc3339(gap.since),
+            crate::record::model::rfc3339(gap.until),
+            watch::span(gap),
+            if lost { ", mediation LOST" } else { "" },
+            gap.detail
+        );
+    }
+    if healthy {
+        println!("enforcement: no gap that lost mediation");
+    }
+    Ok(healthy)
 }
 
 fn check_config(arg: &ConfigArg) -> anyhow::Result<()> {
@@ -57,10 +96,45 @@ fn check_config(arg: &ConfigArg) -> anyhow::Result<()> {
             None => println!("host {host}: unresolved (the gateway would keep retrying)"),
         }
     }
-    println!("intercept set:");
-    for entry in hosts.desired() {
-        println!("  {entry}");
+    let ranges = crate::redirect::ranges::initial(&config.github, &config.state_dir)?;
+    if config.github.enabled() {
+        println!(
+            "github ranges: {} prefixes from the {}{} (refreshed from {} every {} s once running)",
+            ranges.prefixes.len(),
+            ranges.source,
+            ranges
+                .as_of
+                .as_deref()
+                .map(|d| format!(" of {d}"))
+                .unwrap_or_default(),
+            config.github.meta_url,
+            config.github.refresh_secs
+        );
+    } else {
+        println!("github ranges: off (only the names and CIDRs of [[intercept]])");
     }
+    let desired = crate::redirect::intercept::desired(
+        &config.intercept,
+        hosts.resolved(),
+        &ranges.prefixes,
+        crate::redirect::intercept::RangePorts {
+            tls: &config.tls.ports,
+            allowed: &config.github.allow_ports,
+        },
+    );
+    println!("intercept set:");
+    for (entry, action) in &desired.entries {
+        match action {
+            crate::redirect::intercept::Action::Redirect => println!("  {entry}"),
+            crate::redirect::intercept::Action::Pass => {
+                println!("  {entry} (allowed port: passes untouched)")
+            }
+        }
+    }
+    println!(
+        "guarded (every other port and protocol refused): {} prefixes",
+        desired.guard.len()
+    );
     Ok(())
 }
 

@@ -22,9 +22,15 @@ use crate::{
     pipeline::Pipeline,
     proxy::Proxy,
     record::Recorder,
-    redirect::{self, ClientTable, Maps, Pins, cgroup},
+    record::model,
+    redirect::{
+        self, ClientTable, Maps, Pins, cgroup, events, exempt,
+        live::{self, LiveSet},
+        ranges,
+        watch::{self, HeldMaps, Watch},
+    },
     relay::Relay,
-    resolve::{self, HostMap, HostSet, Resolver},
+    resolve::{self, HostSet, Resolver},
     tls::{
         ca::{self, Ca},
         leaf::LeafCache,
@@ -71,7 +77,7 @@ pub fn kernel_config(config: &Config) -> GatewayConfig {
         listen_v4_port: u32::from(config.listen.ipv4.port().to_be()),
         listen_v6_addr: v6,
         listen_v6_port: u32::from(config.listen.ipv6.port().to_be()),
-        gateway_tgid: std::process::id(),
+        listener_mark: config.redirect.listener_mark,
         on_gateway_down: match config.redirect.on_gateway_down {
             OnGatewayDown::Refuse => ON_DOWN_REFUSE,
             OnGatewayDown::Bypass => ON_DOWN_BYPASS,
@@ -109,9 +115,9 @@ fn proxy(
     ca: Ca,
     recorder: Option<Arc<Recorder>>,
     mask: MaskSet,
+    outbound: Outbound,
+    upstream_tls: UpstreamTls,
 ) -> anyhow::Result<Proxy<Pipeline>> {
-    let upstream_tls = UpstreamTls::new(&config.tls.upstream_extra_roots)?;
-    let outbound = outbound(config, upstream_tls.clone())?;
     let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
     // The static tokens are masked by exact value everywhere, from the start.
     let statics: Vec<(String, Vec<u8>)> = broker
@@ -149,7 +155,6 @@ fn proxy(
             enforcer,
         }),
         limits: Limits::from(&config.http),
-        hosts: HostMap::default(),
     })
 }
 
@@ -159,6 +164,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     redirect::ensure_bpffs(pins.root())?;
     let cgroup_dir = cgroup::ensure(&config.redirect.cgroup)?;
     let takeover = pins.attached();
+    let previous = watch::load(&config.state_dir);
     // Everything that can fail on bad files fails here, before anything is attached.
     let recorder = if config.record.enabled {
         Some(Recorder::start(&config)?)
@@ -168,61 +174,133 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let key = mask::key::load_or_create(&config.state_dir)?;
     let mask = MaskSet::new(&config.mask, key).context("cannot compile the [mask] rules")?;
+    let ranges = ranges::initial(&config.github, &config.state_dir)?;
+    let upstream_tls = UpstreamTls::new(&config.tls.upstream_extra_roots)?;
+    let outbound = outbound(&config, upstream_tls.clone())?;
     let proxy = Arc::new(proxy(
         &config,
         load_or_create_ca(&config)?,
         recorder.clone(),
         mask,
+        outbound.clone(),
+        upstream_tls,
     )?);
 
     if let Some(e) = &proxy.phases.enforcer {
         e.serve(&config).await?;
     }
 
-    let listener_v4 = listen::bind(config.listen.ipv4)?;
-    let listener_v6 = listen::bind(config.listen.ipv6)?;
+    let listener_v4 = listen::bind(config.listen.ipv4, config.redirect.listener_mark)?;
+    let listener_v6 = listen::bind(config.listen.ipv6, config.redirect.listener_mark)?;
 
     let mut ebpf = redirect::load(&pins)?;
+    // From here on the gateway's own connections are exempt from the programs.
+    exempt::install(&pins)?;
     let mut maps = Maps::open(&pins)?;
+    // What the kernel counted while no gateway ran (the maps outlive it while pinned).
+    let (refused_down, bypassed_down) = watch::down_counters(&maps);
     maps.set_config(&kernel_config(&config))?;
+    let ranges_source = ranges.source;
+    let live = Arc::new(LiveSet::new(maps, &config, ranges));
 
     let resolver = Resolver::new(&config.dns, &config.dns_servers())?;
     let mut hosts = HostSet::new(&config.intercept, Duration::from_secs(config.dns.retry_secs));
     hosts.refresh_due(&resolver).await;
-    let (added, removed) = resolve::apply(&hosts, &mut maps).context("cannot fill the intercept set")?;
-    let entries = maps.entries()?;
+    let synced = live
+        .set_names(hosts.resolved(), hosts.complete())
+        .context("cannot fill the intercept set")?;
 
     redirect::attach(&mut ebpf, &cgroup_dir, &pins)?;
     // The pinned links hold the programs now. Holding their fds too would keep them loaded after
     // `ghgate detach`, so that detaching would depend on this process exiting.
     drop(ebpf);
+
+    let now = model::now_micros();
+    let boot_id = crate::identity::boot_id().to_owned();
+    let gap = watch::gap_at_start(
+        previous.as_ref(),
+        watch::Kernel {
+            boot_id: &boot_id,
+            still_attached: takeover,
+            refused_down,
+            bypassed_down,
+        },
+        now,
+    );
+    let mut state = watch::State {
+        pid: std::process::id(),
+        boot_id,
+        started_at: now,
+        alive_at: now,
+        stopped_at: None,
+        detached_at: None,
+        on_gateway_down: match config.redirect.on_gateway_down {
+            OnGatewayDown::Refuse => "refuse".into(),
+            OnGatewayDown::Bypass => "bypass".into(),
+        },
+        refused_down,
+        bypassed_down,
+        gaps: previous.map(|p| p.gaps).unwrap_or_default(),
+    };
+    if let Some(gap) = gap {
+        warn!(kind = ?gap.kind, since = %model::rfc3339(gap.since), span = %watch::span(&gap), refused = gap.refused,
+              bypassed = gap.bypassed, detail = %gap.detail, "enforcement gap before this start");
+        if let Some(r) = &recorder {
+            r.enforcement_gap(gap.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot record the enforcement gap before this start: {e}"))?;
+        }
+        state.push_gap(gap);
+    }
+    watch::save(&config.state_dir, &state).context("cannot write the enforcement state file")?;
+    let state = Arc::new(std::sync::Mutex::new(state));
+
+    // Before "ready": a SIGTERM right after must be an orderly stop, not the default action.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     info!(
         cgroup = %cgroup_dir.display(),
         listen_v4 = %config.listen.ipv4,
         listen_v6 = %config.listen.ipv6,
         on_gateway_down = ?config.redirect.on_gateway_down,
-        intercept_entries = entries.len(),
-        added,
-        removed,
+        intercept_entries = live.entries()?,
+        github_ranges = live.ranges().prefixes.len(),
+        github_ranges_from = %ranges_source,
+        added = synced.added,
+        removed = synced.removed,
         took_over = takeover,
         pid = std::process::id(),
         "gateway ready"
     );
 
     let clients = Arc::new(ClientTable::open(&pins)?);
-    tokio::spawn(resolve::refresh_forever(
-        hosts,
-        resolver,
-        maps,
-        proxy.hosts.clone(),
+    tokio::spawn(events::record_forever(events::open(&pins)?, recorder.clone()));
+    tokio::spawn(resolve::refresh_forever(hosts, resolver, live.clone()));
+    tokio::spawn(live::refresh_forever(
+        live.clone(),
+        outbound,
+        config.github.clone(),
+        config.state_dir.clone(),
     ));
-    tokio::spawn(write_metrics_forever(config.state_dir.join(METRICS_FILE)));
+    tokio::spawn(
+        Watch {
+            pins: pins.clone(),
+            cgroup_dir: cgroup_dir.clone(),
+            state_dir: config.state_dir.clone(),
+            recorder: recorder.clone(),
+            held: HeldMaps::open(&pins)?,
+            maps: Maps::open(&pins)?,
+            state: state.clone(),
+        }
+        .run_forever(),
+    );
+    let metrics_path = config.state_dir.join(METRICS_FILE);
+    tokio::spawn(write_metrics_forever(metrics_path.clone(), live.clone()));
     let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), proxy.clone()));
     let v6 = tokio::spawn(listen::serve(listener_v6, clients, proxy));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = term.recv() => {}
         r = v4 => { error!(result = ?r, "IPv4 listener stopped"); }
         r = v6 => { error!(result = ?r, "IPv6 listener stopped"); }
@@ -231,12 +309,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         OnGatewayDown::Refuse => "intercepted connections are refused",
         OnGatewayDown::Bypass => "intercepted connections go direct (bypass mode)",
     };
-    write_metrics(&config.state_dir.join(METRICS_FILE));
+    write_metrics(&metrics_path, &live);
     if let Some(r) = &recorder {
         if let Err(e) = r.flush().await {
             warn!(error = %e, "could not write every queued record before stopping");
         }
         r.stop();
+    }
+    if let Err(e) = watch::update(&state, &config.state_dir, |s| {
+        s.stopped_at = Some(model::now_micros())
+    }) {
+        warn!(error = %e, "cannot write the enforcement state file");
     }
     info!(
         pin_dir = %pins.root().display(),
@@ -249,26 +332,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 pub const METRICS_FILE: &str = "metrics.json";
 
 /// The counters as `ghgate status` shows them.
-fn metrics_json() -> serde_json::Value {
+fn metrics_json(live: &LiveSet) -> serde_json::Value {
     let masked: Vec<serde_json::Value> = mask::metrics::counts()
         .into_iter()
         .map(|(rule, place, count)| serde_json::json!({ "rule": rule, "place": place, "count": count }))
         .collect();
-    serde_json::json!({ "pid": std::process::id(), "masked": masked })
+    serde_json::json!({ "pid": std::process::id(), "masked": masked, "github_ranges": live.summary() })
 }
 
-fn write_metrics(path: &std::path::Path) {
+fn write_metrics(path: &std::path::Path, live: &LiveSet) {
     let tmp = path.with_extension("json.tmp");
-    let text = metrics_json().to_string();
+    let text = metrics_json(live).to_string();
     if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
         warn!(path = %path.display(), error = %e, "cannot write the metrics file");
     }
 }
 
-async fn write_metrics_forever(path: std::path::PathBuf) {
+async fn write_metrics_forever(path: std::path::PathBuf, live: Arc<LiveSet>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        write_metrics(&path);
+        write_metrics(&path, &live);
     }
 }

@@ -101,6 +101,19 @@ enum Command {
         #[arg(long)]
         older_than: Option<String>,
     },
+    /// List connections refused because they would have gone around the gateway (other ports
+    /// or protocols to GitHub's addresses, foreign TLS names, …), and enforcement gaps, oldest
+    /// first.
+    Refusals {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only since this time: RFC 3339 or an age ("2h", "7d").
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the index from the segments.
     Reindex {
         #[command(flatten)]
@@ -161,6 +174,54 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         row.exe.clone().or_else(|| row.comm.clone()).unwrap_or_default(),
                         row.hosts.join(",")
                     )?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Refusals { config, since, json } => {
+            let dir = record_dir(&config)?;
+            let index = Index::open_read_only(&index_path(&dir))?;
+            let since = since.as_deref().map(parse_when).transpose()?.unwrap_or(0);
+            let mut out = std::io::stdout().lock();
+            let mut positions = index.records_of_kind("refusal", since)?;
+            positions.extend(index.records_of_kind("enforcement_gap", since)?);
+            // Store order is the order they were written in.
+            positions.sort_unstable();
+            {
+                for (segment, offset) in positions {
+                    let (_, record) = store::read_at(&dir, segment, offset)?;
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                        continue;
+                    }
+                    match record {
+                        model::Record::Refusal(r) => writeln!(
+                            out,
+                            "{}  {:<7} {:<18} {} {}{}  {} (pid {}, uid {}) ×{}{}",
+                            format_time(r.at),
+                            serde_json::to_value(r.layer)?.as_str().unwrap_or("?"),
+                            r.reason.as_str(),
+                            r.transport,
+                            r.orig_dst,
+                            r.sni.map(|s| format!(" sni {s}")).unwrap_or_default(),
+                            r.comm,
+                            r.tgid,
+                            r.uid,
+                            r.count,
+                            r.detail.map(|d| format!("  {d}")).unwrap_or_default(),
+                        )?,
+                        model::Record::EnforcementGap(g) => writeln!(
+                            out,
+                            "{}  gap     {:<18} {} → {} ({})  {}",
+                            format_time(g.at),
+                            serde_json::to_value(g.kind)?.as_str().unwrap_or("?"),
+                            format_time(g.since),
+                            format_time(g.until),
+                            crate::redirect::watch::span(&g),
+                            g.detail
+                        )?,
+                        _ => {}
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -340,7 +401,7 @@ fn replay(view: &SessionView, speed: f64) -> anyhow::Result<()> {
 }
 
 /// RFC 3339, or an age before now ("90m", "2h", "7d").
-fn parse_when(text: &str) -> anyhow::Result<Micros> {
+pub(super) fn parse_when(text: &str) -> anyhow::Result<Micros> {
     if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
         return Ok((t.unix_timestamp_nanos() / 1000).max(0) as u64);
     }

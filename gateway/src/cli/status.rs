@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::ConfigArg;
-use crate::redirect::{self, Maps, Pins, cgroup};
+use crate::redirect::{self, Maps, Pins, cgroup, intercept::Action, watch};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,23 +32,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "attached": attached,
         "links": links,
     });
+    let state = watch::load(&config.state_dir);
     if pins.maps_dir().exists() {
         let maps = Maps::open(&pins)?;
         let kcfg = maps.config()?;
-        let alive =
-            kcfg.gateway_tgid != 0 && std::path::Path::new(&format!("/proc/{}", kcfg.gateway_tgid)).exists();
-        let entries: Vec<String> = maps.entries()?.iter().map(|e| e.to_string()).collect();
+        // The gateway beats in its state file every couple of seconds while it runs.
+        let pid = state.as_ref().map(|s| s.pid).unwrap_or(0);
+        let alive = state.as_ref().is_some_and(|s| {
+            s.stopped_at.is_none()
+                && std::path::Path::new(&format!("/proc/{}", s.pid)).exists()
+                && crate::record::model::now_micros().saturating_sub(s.alive_at)
+                    < 4 * watch::BEAT.as_micros() as u64
+        });
+        let entries: Vec<String> = maps
+            .entries()?
+            .iter()
+            .map(|(e, a)| match a {
+                Action::Redirect => e.to_string(),
+                Action::Pass => format!("{e} pass"),
+            })
+            .collect();
+        let guarded: Vec<String> = maps.guards()?.iter().map(|n| n.to_string()).collect();
         let counters: serde_json::Map<String, serde_json::Value> = maps
             .counters()?
             .into_iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
         report["gateway"] = json!({
-            "tgid": kcfg.gateway_tgid,
+            "pid": pid,
             "running": alive,
             "on_gateway_down": if kcfg.on_gateway_down == gateway_common::ON_DOWN_BYPASS { "bypass" } else { "refuse" },
         });
         report["intercept"] = json!(entries);
+        report["guarded"] = json!(guarded);
         let (by_cookie, by_client) = maps.tracked()?;
         report["tracked"] = json!({ "open_redirected": by_cookie, "awaiting_accept": by_client });
         report["counters"] = json!(counters);
@@ -59,7 +75,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
     if let Some(m) = &metrics {
         report["masked"] = m["masked"].clone();
+        report["github_ranges"] = m["github_ranges"].clone();
     }
+    let gaps: Vec<&crate::record::model::EnforcementGap> = state.iter().flat_map(|s| s.gaps.iter()).collect();
+    report["enforcement_gaps"] = json!(
+        gaps.iter()
+            .map(|g| json!({
+                "kind": g.kind,
+                "since": crate::record::model::rfc3339(g.since),
+                "until": crate::record::model::rfc3339(g.until),
+                "span": watch::span(g),
+                "lost_mediation": watch::lost_mediation(g),
+                "refused": g.refused,
+                "bypassed": g.bypassed,
+                "detail": g.detail,
+            }))
+            .collect::<Vec<_>>()
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -73,13 +105,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(g) = report.get("gateway") {
         println!(
             "gateway:   pid {} ({}), on_gateway_down = {}",
-            g["tgid"],
+            g["pid"],
             if g["running"] == true {
                 "running"
             } else {
                 "not running"
             },
             g["on_gateway_down"].as_str().unwrap_or("?")
+        );
+        if let Some(r) = report.get("github_ranges").filter(|r| !r.is_null()) {
+            println!(
+                "github ranges: {} prefixes, {} of {}{}",
+                r["prefixes"],
+                r["source"].as_str().unwrap_or("?"),
+                r["as_of"].as_str().unwrap_or("unknown date"),
+                r["last_refresh_error"]
+                    .as_str()
+                    .map(|e| format!(" (last refresh failed: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+        println!(
+            "guarded:   {} prefixes (every port but the intercepted and allowed ones refused)",
+            report["guarded"].as_array().map_or(0, |g| g.len())
         );
         println!("intercept:");
         for e in report["intercept"].as_array().into_iter().flatten() {
@@ -93,6 +141,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         for (k, v) in report["counters"].as_object().into_iter().flatten() {
             println!("  {k:<24} {v}");
         }
+    }
+    for g in report["enforcement_gaps"].as_array().into_iter().flatten() {
+        println!(
+            "enforcement gap: {} from {} to {} ({}){}: {}",
+            g["kind"].as_str().unwrap_or("?"),
+            g["since"].as_str().unwrap_or("?"),
+            g["until"].as_str().unwrap_or("?"),
+            g["span"].as_str().unwrap_or("?"),
+            if g["lost_mediation"] == true {
+                ", mediation LOST"
+            } else {
+                ""
+            },
+            g["detail"].as_str().unwrap_or("")
+        );
     }
     if let Some(masked) = report.get("masked").and_then(|m| m.as_array()) {
         println!("masked since the gateway started:");

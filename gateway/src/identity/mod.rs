@@ -48,6 +48,28 @@ impl Caller {
         }
     }
 
+    /// The kernel's facts of something that happened at `at` (wall-clock micros), completed from
+    /// /proc only if the process there now is the one that was there then: a refusal recorded
+    /// after the gateway was away may name a tgid the system has since given to another process.
+    pub fn from_kernel_at(r: &Redirected, at: crate::record::model::Micros) -> Self {
+        let started = start_ticks(r.tgid).and_then(ticks_to_wall_micros);
+        if started.is_some_and(|s| s <= at.saturating_add(1_000_000)) {
+            return Self::from_kernel(r);
+        }
+        Self {
+            cgroup: None,
+            ci: Vec::new(),
+            tgid: r.tgid,
+            pid: r.pid,
+            uid: r.uid,
+            gid: r.gid,
+            cgroup_id: r.cgroup_id,
+            comm: r.comm.clone(),
+            exe: None,
+            start_ticks: None,
+        }
+    }
+
     /// The session this caller belongs to: one run of one process on this boot. The same
     /// process keeps its session across gateway restarts.
     pub fn session_id(&self) -> String {
@@ -77,13 +99,27 @@ impl Caller {
 }
 
 /// The kernel's id of this boot (tgids and start times repeat across boots).
-fn boot_id() -> &'static str {
+pub fn boot_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default()
     })
+}
+
+/// A process start time (clock ticks after boot) as wall-clock microseconds.
+fn ticks_to_wall_micros(ticks: u64) -> Option<crate::record::model::Micros> {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()?;
+    let clock = |id| {
+        nix::time::clock_gettime(id)
+            .ok()
+            .map(|t| t.tv_sec() as i128 * 1_000_000 + t.tv_nsec() as i128 / 1000)
+    };
+    let boot = clock(nix::time::ClockId::CLOCK_REALTIME)? - clock(nix::time::ClockId::CLOCK_BOOTTIME)?;
+    u64::try_from(boot + i128::from(ticks) * 1_000_000 / i128::from(hz)).ok()
 }
 
 /// Field 22 of /proc/<tgid>/stat; the command name (field 2) may hold spaces and parentheses,

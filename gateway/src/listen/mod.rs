@@ -51,14 +51,20 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, conn: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
-/// Binds a listener with SO_REUSEADDR, so a restarted gateway can bind at once.
-pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+/// Binds a listener with SO_REUSEADDR, so a restarted gateway can bind at once, and with the
+/// gateway's `mark`: the kernel programs redirect only to a listener that carries it (setting a
+/// mark needs CAP_NET_ADMIN, so a process that took the port while the gateway was away gets
+/// nothing).
+pub fn bind(addr: SocketAddr, mark: u32) -> anyhow::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket2::SockRef::from(&socket)
+        .set_mark(mark)
+        .with_context(|| format!("cannot mark the listener on {addr} (SO_MARK needs CAP_NET_ADMIN)"))?;
     socket.bind(addr).with_context(|| {
         format!("cannot listen on {addr} (another ghgate running? change [listen] in the config)")
     })?;

@@ -509,6 +509,26 @@ pub fn to_html(view: &SessionView) -> String {
                 );
             }
             Fact::Request(x) => exchange_html(&mut h, x, &when, t0, t1),
+            Fact::Refusal(r) => {
+                let _ = writeln!(
+                    h,
+                    "<li class=\"note refusal\">{when} {}</li>",
+                    e(&super::session::refusal_line(r))
+                );
+            }
+            Fact::PassthroughStart(p) => {
+                let _ = writeln!(
+                    h,
+                    "<li class=\"note\">{when} passthrough begins (recorded before the upstream was dialled): \
+                     <span class=\"mono\">{}</span> to <span class=\"mono\">{}</span>{}</li>",
+                    e(&p.client),
+                    e(&p.orig_dst),
+                    p.sni
+                        .as_deref()
+                        .map(|s| format!(", SNI <span class=\"mono\">{}</span>", e(s)))
+                        .unwrap_or_default(),
+                );
+            }
             Fact::Approval(a) => {
                 let _ = writeln!(
                     h,

@@ -591,6 +591,18 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Where the records of one kind (as [`kind_name`] names it) at or after `since` are, in
+    /// store order.
+    pub fn records_of_kind(&self, kind: &str, since: Micros) -> Result<Vec<(u64, u64)>, IndexError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT segment, offset FROM records WHERE kind = ?1 AND at >= ?2 ORDER BY seq")?;
+        let rows = st.query_map(rusqlite::params![kind, since as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Proves the index agrees with the store: every row names a record that is at its segment
     /// and offset with its seq and hash, and every record in the store has a row — except
     /// records beyond the last indexed one, counted in `CheckReport::unindexed_tail`.
@@ -1002,7 +1014,10 @@ pub fn kind_name(record: &Record) -> &'static str {
         Record::Identity(_) => "identity",
         Record::Decision(_) => "decision",
         Record::Approval(_) => "approval",
+        Record::PassthroughStart(_) => "passthrough_start",
         Record::Passthrough(_) => "passthrough",
+        Record::Refusal(_) => "refusal",
+        Record::EnforcementGap(_) => "enforcement_gap",
         Record::Recovery(_) => "recovery",
         Record::Tombstone(_) => "tombstone",
         Record::Unrecorded(_) => "unrecorded",

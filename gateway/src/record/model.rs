@@ -20,6 +20,14 @@ pub fn now_micros() -> Micros {
         .unwrap_or(0)
 }
 
+/// Microseconds since the epoch as RFC 3339 (UTC), for logs and state files.
+pub fn rfc3339(micros: Micros) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 /// One record. Serialized as JSON inside a store frame; `type` names the variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -45,8 +53,15 @@ pub enum Record {
     Decision(Decision),
     /// One step in the life of an approval: requested, notified, approved, denied, used, expired.
     Approval(ApprovalStep),
+    /// A connection about to be relayed as raw bytes (its name is on the passthrough list):
+    /// written and acknowledged before the upstream is dialled.
+    PassthroughStart(PassthroughStart),
     /// A connection relayed as raw bytes (not terminated): only its facts and byte counts.
     Passthrough(Passthrough),
+    /// A connection or datagram refused because it would have gone around the gateway.
+    Refusal(Refusal),
+    /// A span in which the gateway did not mediate as configured.
+    EnforcementGap(EnforcementGap),
     /// Written by the store itself at start when the previous run left a torn tail.
     Recovery(Recovery),
     /// Written by the store when whole segments were pruned by retention.
@@ -71,8 +86,13 @@ impl Record {
             Record::Identity(r) => Some(&r.session),
             Record::Decision(r) => Some(&r.session),
             Record::Approval(r) => Some(&r.session),
+            Record::PassthroughStart(r) => Some(&r.session),
             Record::Passthrough(r) => Some(&r.session),
-            Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => None,
+            Record::Refusal(r) => Some(&r.session),
+            Record::Recovery(_)
+            | Record::Tombstone(_)
+            | Record::Unrecorded(_)
+            | Record::EnforcementGap(_) => None,
         }
     }
 
@@ -91,7 +111,10 @@ impl Record {
             Record::Identity(r) => r.at,
             Record::Decision(r) => r.at,
             Record::Approval(r) => r.at,
+            Record::PassthroughStart(r) => r.at,
             Record::Passthrough(r) => r.at,
+            Record::Refusal(r) => r.at,
+            Record::EnforcementGap(r) => r.at,
             Record::Recovery(r) => r.at,
             Record::Tombstone(r) => r.at,
             Record::Unrecorded(r) => r.at,
@@ -403,6 +426,17 @@ pub struct Passthrough {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassthroughStart {
+    pub session: String,
+    pub at: Micros,
+    pub client: String,
+    pub orig_dst: String,
+    pub sni: Option<String>,
+    /// Why it is not terminated ("passthrough list").
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recovery {
     pub at: Micros,
     /// The segment whose tail was torn.
@@ -433,6 +467,124 @@ pub struct Unrecorded {
     /// How many exchanges passed unrecorded since the store failed, and why it failed.
     pub exchanges: u64,
     pub cause: String,
+}
+
+/// Which layer refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalLayer {
+    /// The cgroup programs: the caller's connect() or sendmsg() failed.
+    Kernel,
+    /// The gateway, after accepting a redirected connection (at the TLS peek).
+    Gateway,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// A TCP port to GitHub's addresses that is neither intercepted nor allowed (ssh on 22, …).
+    PortNotAllowed,
+    /// UDP, SCTP or another non-TCP socket to GitHub's addresses.
+    NotTcp,
+    /// Something other than the gateway held the gateway's listening port.
+    ForeignListener,
+    /// The kernel could not remember the connection, so it refused it rather than let it pass.
+    MapError,
+    /// No gateway was listening (fail-closed): the connection was refused.
+    GatewayDown,
+    /// A TLS name that is neither intercepted nor on the passthrough list.
+    ForeignSni,
+    /// A ClientHello without a server name.
+    NoSni,
+    /// A ClientHello the gateway could not parse.
+    MalformedHello,
+    /// A ClientHello offering Encrypted Client Hello: its real name is hidden from the gateway.
+    Ech,
+    /// Bytes that are not TLS on a TLS port (ssh, plain HTTP, …).
+    NotTls,
+    /// A passthrough relay that could not be recorded before it began.
+    StoreUnavailable,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::PortNotAllowed => "port_not_allowed",
+            RefusalReason::NotTcp => "not_tcp",
+            RefusalReason::ForeignListener => "foreign_listener",
+            RefusalReason::MapError => "map_error",
+            RefusalReason::GatewayDown => "gateway_down",
+            RefusalReason::ForeignSni => "foreign_sni",
+            RefusalReason::NoSni => "no_sni",
+            RefusalReason::MalformedHello => "malformed_hello",
+            RefusalReason::Ech => "ech",
+            RefusalReason::NotTls => "not_tls",
+            RefusalReason::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+/// A connection (or datagram) that never reached its destination because it would have gone
+/// around the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub session: String,
+    pub at: Micros,
+    pub layer: RefusalLayer,
+    pub reason: RefusalReason,
+    /// Where the caller was going, as it wrote it.
+    pub orig_dst: String,
+    /// "tcp", "udp", "mptcp", "sctp" or the protocol number.
+    pub transport: String,
+    /// The caller's end, for connections the gateway accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Identical refusals (same caller, destination and reason, within a second) this record
+    /// stands for.
+    pub count: u64,
+    pub tgid: u32,
+    pub uid: u32,
+    pub comm: String,
+}
+
+/// What kind of enforcement was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapKind {
+    /// The gateway stopped without an orderly stop (crash, kill -9); the programs stayed
+    /// attached, so connections were refused (or bypassed, in bypass mode) meanwhile.
+    GatewayDown,
+    /// The gateway stopped in an orderly way; the programs stayed attached meanwhile.
+    GatewayStopped,
+    /// The programs or their pins were removed: nothing was mediated until they came back.
+    Detached,
+    /// The host rebooted: the programs came back with the gateway (units order the gateway
+    /// before the runner, so nothing governed ran in between).
+    Reboot,
+}
+
+/// A span in which the gateway did not mediate as configured, written when it is noticed (at
+/// the next start, or by the watcher while running).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnforcementGap {
+    /// When the gap was noticed.
+    pub at: Micros,
+    pub kind: GapKind,
+    /// The last moment enforcement was known to be in force, and when it was in force again.
+    pub since: Micros,
+    pub until: Micros,
+    pub detail: String,
+    /// Connections the kernel refused, and let through (bypass mode), during the gap, when the
+    /// programs stayed attached to count them.
+    #[serde(default)]
+    pub refused: u64,
+    #[serde(default)]
+    pub bypassed: u64,
 }
 
 /// Header names whose values are credentials: always masked in records.

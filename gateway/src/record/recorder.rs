@@ -372,6 +372,58 @@ impl Recorder {
         self.submit(records, false);
     }
 
+    /// A relay about to begin (its name is on the passthrough list): written and acknowledged
+    /// before the upstream is dialled. `Err` says why it could not be (the relay must not begin
+    /// while `on_record_failure = "refuse"`); `Ok` also when failures are allowed (counted).
+    pub async fn passthrough_start(
+        self: &Arc<Self>,
+        caller: &Caller,
+        facts: model::PassthroughStart,
+    ) -> Result<(), String> {
+        if self.on_failure == OnRecordFailure::Refuse
+            && let Some(cause) = self.failure()
+        {
+            return Err(cause);
+        }
+        let mut records = Vec::with_capacity(2);
+        self.ensure_session(&facts.session, caller, &mut records);
+        records.push(Record::PassthroughStart(facts));
+        let written = match self.submit(records, true) {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
+            None => Err("the recorder is not running".into()),
+        };
+        match (written, self.on_failure) {
+            (Ok(()), _) => Ok(()),
+            (Err(cause), OnRecordFailure::Refuse) => Err(cause),
+            (Err(cause), OnRecordFailure::Allow) => {
+                let n = self.shared.unrecorded.fetch_add(1, Ordering::Relaxed) + 1;
+                warn!(cause = %cause, unrecorded = n,
+                      "passthrough relay begins UNRECORDED: the session recorder cannot write (on_record_failure = \"allow\")");
+                Ok(())
+            }
+        }
+    }
+
+    /// A connection or datagram refused because it would have gone around the gateway.
+    pub fn refusal(self: &Arc<Self>, caller: &Caller, mut facts: model::Refusal) {
+        if let Some(m) = self.masker.get() {
+            facts.sni = facts.sni.map(|s| m.mask_str(&s).0);
+            facts.detail = facts.detail.map(|d| m.mask_str(&d).0);
+        }
+        let mut records = Vec::with_capacity(2);
+        self.ensure_session(&facts.session, caller, &mut records);
+        records.push(Record::Refusal(facts));
+        self.submit(records, false);
+    }
+
+    /// A span in which the gateway did not mediate as configured; waits until it is written.
+    pub async fn enforcement_gap(&self, gap: model::EnforcementGap) -> Result<(), String> {
+        match self.submit(vec![Record::EnforcementGap(gap)], true) {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
+            None => Err("the recorder is not running".into()),
+        }
+    }
+
     fn ensure_session(self: &Arc<Self>, session: &str, caller: &Caller, records: &mut Vec<Record>) {
         let new = match self.sessions.lock() {
             Ok(mut s) => {

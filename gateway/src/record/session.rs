@@ -13,7 +13,8 @@ use super::{
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
         ApprovalStep, Connection, Decision, Direction, Exchange, GitOp, Identity, Masked, Micros,
-        Passthrough, Record, RefOp, RequestStart, SessionEnd, SessionStart, StreamEvent, StreamKind,
+        Passthrough, PassthroughStart, Record, RefOp, Refusal, RequestStart, SessionEnd, SessionStart,
+        StreamEvent, StreamKind,
     },
 };
 
@@ -56,6 +57,10 @@ pub struct SessionView {
     /// In the order their first record was written.
     pub exchanges: Vec<ExchangeView>,
     pub passthrough: Vec<Passthrough>,
+    /// Passthrough relays as they began (recorded before the upstream was dialled).
+    pub passthrough_started: Vec<PassthroughStart>,
+    /// Connections of this session that were refused (kernel or gateway).
+    pub refusals: Vec<Refusal>,
     /// The steps of approvals this session asked for or used, in order.
     pub approvals: Vec<ApprovalStep>,
 }
@@ -120,6 +125,8 @@ pub enum Fact<'a> {
     /// The response body ended (finished exchanges only).
     ExchangeEnd(&'a ExchangeView),
     Passthrough(&'a Passthrough),
+    PassthroughStart(&'a PassthroughStart),
+    Refusal(&'a Refusal),
     SessionEnd(&'a SessionEnd),
 }
 
@@ -139,6 +146,8 @@ impl SessionView {
         let mut end = None;
         let mut connections = Vec::new();
         let mut passthrough = Vec::new();
+        let mut passthrough_started = Vec::new();
+        let mut refusals = Vec::new();
         let mut approvals = Vec::new();
         let mut order: Vec<u64> = Vec::new();
         let mut exchanges: HashMap<u64, Parts> = HashMap::new();
@@ -162,6 +171,8 @@ impl SessionView {
                 Record::SessionEnd(e) => end = Some(e),
                 Record::Connection(c) => connections.push(c),
                 Record::Passthrough(p) => passthrough.push(p),
+                Record::PassthroughStart(p) => passthrough_started.push(p),
+                Record::Refusal(r) => refusals.push(r),
                 Record::Request(r) => {
                     let (view, _, _) = exchange_entry(&mut exchanges, &mut order, r.exchange, r.at);
                     view.first_at = view.first_at.min(r.at);
@@ -206,7 +217,10 @@ impl SessionView {
                     .decisions
                     .push(d),
                 Record::Approval(a) => approvals.push(a),
-                Record::Recovery(_) | Record::Tombstone(_) | Record::Unrecorded(_) => {}
+                Record::Recovery(_)
+                | Record::Tombstone(_)
+                | Record::Unrecorded(_)
+                | Record::EnforcementGap(_) => {}
             }
         }
         let id = id.ok_or(SessionError::Empty)?;
@@ -243,6 +257,8 @@ impl SessionView {
             connections,
             exchanges,
             passthrough,
+            passthrough_started,
+            refusals,
             approvals,
         })
     }
@@ -321,6 +337,12 @@ impl SessionView {
         }
         for p in &self.passthrough {
             push(p.at, Fact::Passthrough(p));
+        }
+        for p in &self.passthrough_started {
+            push(p.at, Fact::PassthroughStart(p));
+        }
+        for r in &self.refusals {
+            push(r.at, Fact::Refusal(r));
         }
         for a in &self.approvals {
             push(a.at, Fact::Approval(a));
@@ -620,7 +642,49 @@ fn describe(fact: &Fact<'_>) -> String {
             size(p.bytes_up),
             size(p.bytes_down)
         ),
+        Fact::PassthroughStart(p) => passthrough_start_line(p),
+        Fact::Refusal(r) => refusal_line(r),
     }
+}
+
+fn passthrough_start_line(p: &PassthroughStart) -> String {
+    format!(
+        "passthrough begins {} → {}{}  ({})",
+        one_line(&p.client, 80),
+        one_line(&p.orig_dst, 80),
+        p.sni
+            .as_deref()
+            .map(|s| format!("  sni {}", one_line(s, 200)))
+            .unwrap_or_default(),
+        one_line(&p.reason, 80)
+    )
+}
+
+/// One refusal, as `show` and `refusals` print it.
+pub fn refusal_line(r: &Refusal) -> String {
+    format!(
+        "refused by the {} ({}): {} {}{}{}{}",
+        match r.layer {
+            crate::record::model::RefusalLayer::Kernel => "kernel",
+            crate::record::model::RefusalLayer::Gateway => "gateway",
+        },
+        r.reason.as_str(),
+        one_line(&r.transport, 40),
+        one_line(&r.orig_dst, 80),
+        r.sni
+            .as_deref()
+            .map(|s| format!("  sni {}", one_line(s, 200)))
+            .unwrap_or_default(),
+        if r.count > 1 {
+            format!("  ×{}", r.count)
+        } else {
+            String::new()
+        },
+        r.detail
+            .as_deref()
+            .map(|d| format!("  ({})", one_line(d, 200)))
+            .unwrap_or_default()
+    )
 }
 
 fn assemble(mut body: Body, what: &str, notes: &mut Vec<String>) -> Vec<u8> {
@@ -835,6 +899,12 @@ pub fn render_text(view: &SessionView) -> String {
             }
             Fact::Approval(a) => {
                 let _ = writeln!(out, "{at}  {}", approval_line(a));
+            }
+            Fact::PassthroughStart(p) => {
+                let _ = writeln!(out, "{at}  {}", passthrough_start_line(p));
+            }
+            Fact::Refusal(r) => {
+                let _ = writeln!(out, "{at}  {}", refusal_line(r));
             }
             Fact::SessionStart(_) | Fact::SessionEnd(_) | Fact::ResponseHead(_) | Fact::ExchangeEnd(_) => {}
             Fact::Event(..) | Fact::Git(..) | Fact::Masked(..) | Fact::Decision(..) => {}
@@ -1259,6 +1329,8 @@ pub(crate) mod tests {
                 Fact::Approval(_) => "approval",
                 Fact::ExchangeEnd(_) => "end-x",
                 Fact::Passthrough(_) => "pass",
+                Fact::PassthroughStart(_) => "pass-start",
+                Fact::Refusal(_) => "refused",
                 Fact::SessionEnd(_) => "end",
             })
             .collect();

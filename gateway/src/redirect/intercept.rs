@@ -1,4 +1,5 @@
-//! The intercept set: from config rules and resolved names to the kernel's trie entries.
+//! The intercept set: from config rules, resolved names and GitHub's ranges to the kernel's trie
+//! entries.
 //!
 //! Pure data transformation, no I/O: what userspace wants in the tries is computed here, and
 //! `maps` applies the difference in place.
@@ -8,12 +9,12 @@ use std::{
     net::IpAddr,
 };
 
-use gateway_common::{InterceptKeyV4, InterceptKeyV6, PORT_PREFIX_BITS};
+use gateway_common::{ACTION_PASS, ACTION_REDIRECT, InterceptKeyV4, InterceptKeyV6, PORT_PREFIX_BITS};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::config::InterceptRule;
 
-/// One (prefix, port) the kernel redirects.
+/// One (prefix, port) the kernel redirects or lets pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Entry {
     pub net: IpNet,
@@ -29,12 +30,71 @@ impl fmt::Display for Entry {
     }
 }
 
+/// What the kernel does with a TCP connect that an entry matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// To the gateway.
+    Redirect,
+    /// Straight to the destination (an allowed port of a guarded address).
+    Pass,
+}
+
+impl Action {
+    pub fn value(self) -> u32 {
+        match self {
+            Action::Redirect => ACTION_REDIRECT,
+            Action::Pass => ACTION_PASS,
+        }
+    }
+
+    pub fn from_value(v: u32) -> Option<Self> {
+        match v {
+            ACTION_REDIRECT => Some(Action::Redirect),
+            ACTION_PASS => Some(Action::Pass),
+            _ => None,
+        }
+    }
+}
+
 /// Addresses each host name currently resolves to (`None`: never resolved yet).
 pub type Resolved = BTreeMap<String, Option<Vec<IpAddr>>>;
 
-/// The entries the kernel should hold for `rules`, given what the names resolved to.
-pub fn desired(rules: &[InterceptRule], resolved: &Resolved) -> BTreeSet<Entry> {
-    let mut out = BTreeSet::new();
+/// Everything the kernel should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// (prefix, port) → action, in the intercept tries.
+    pub entries: BTreeMap<Entry, Action>,
+    /// Prefixes every other connection to is refused (GitHub's ranges), in the guard tries.
+    pub guard: BTreeSet<IpNet>,
+}
+
+/// What the guarded ranges mean for ports: TLS ports are intercepted, allowed ports pass, every
+/// other port (and every non-TCP socket) is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct RangePorts<'a> {
+    pub tls: &'a [u16],
+    pub allowed: &'a [u16],
+}
+
+/// The entries the kernel should hold for `rules` (given what the names resolved to) and for
+/// GitHub's `ranges`. An explicit rule wins over an allowed port of a range.
+pub fn desired(
+    rules: &[InterceptRule],
+    resolved: &Resolved,
+    ranges: &BTreeSet<IpNet>,
+    ports: RangePorts,
+) -> Desired {
+    let mut out = Desired::default();
+    for &net in ranges {
+        let net = unmap(net).trunc();
+        out.guard.insert(net);
+        for &port in ports.tls {
+            out.entries.insert(Entry { net, port }, Action::Redirect);
+        }
+        for &port in ports.allowed {
+            out.entries.entry(Entry { net, port }).or_insert(Action::Pass);
+        }
+    }
     for rule in rules {
         let nets = rule.cidrs.iter().copied().chain(rule.hosts.iter().flat_map(|h| {
             resolved
@@ -47,7 +107,7 @@ pub fn desired(rules: &[InterceptRule], resolved: &Resolved) -> BTreeSet<Entry> 
         for net in nets {
             let net = unmap(net).trunc();
             for &port in &rule.ports {
-                out.insert(Entry { net, port });
+                out.entries.insert(Entry { net, port }, Action::Redirect);
             }
         }
     }
@@ -80,15 +140,28 @@ pub fn key_v4(net: Ipv4Net, port: u16) -> (u32, InterceptKeyV4) {
 }
 
 pub fn key_v6(net: Ipv6Net, port: u16) -> (u32, InterceptKeyV6) {
-    let o = net.addr().octets();
-    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
     (
         PORT_PREFIX_BITS + u32::from(net.prefix_len()),
         InterceptKeyV6 {
             port: u32::from(port.to_be()),
-            addr: [word(0), word(4), word(8), word(12)],
+            addr: words(net.addr()),
         },
     )
+}
+
+/// An IPv6 address as the kernel's four network-order words.
+pub fn words(addr: std::net::Ipv6Addr) -> [u32; 4] {
+    let o = addr.octets();
+    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
+fn from_words(words: &[u32; 4]) -> std::net::Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    std::net::Ipv6Addr::from(o)
 }
 
 /// Back from a kernel key to an entry (for status and for removing stale entries).
@@ -106,13 +179,8 @@ pub fn entry_v4(prefix_len: u32, key: &InterceptKeyV4) -> Option<Entry> {
 }
 
 pub fn entry_v6(prefix_len: u32, key: &InterceptKeyV6) -> Option<Entry> {
-    let mut o = [0u8; 16];
-    for (i, w) in key.addr.iter().enumerate() {
-        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    let addr = std::net::Ipv6Addr::from(o);
     let net = Ipv6Net::new(
-        addr,
+        from_words(&key.addr),
         u8::try_from(prefix_len.checked_sub(PORT_PREFIX_BITS)?).ok()?,
     )
     .ok()?;
@@ -120,6 +188,33 @@ pub fn entry_v6(prefix_len: u32, key: &InterceptKeyV6) -> Option<Entry> {
         net: IpNet::V6(net),
         port: u16::from_be(key.port as u16),
     })
+}
+
+/// The guard tries' keys: the address alone, the prefix length as is.
+pub fn guard_key_v4(net: Ipv4Net) -> (u32, u32) {
+    (
+        u32::from(net.prefix_len()),
+        u32::from_ne_bytes(net.addr().octets()),
+    )
+}
+
+pub fn guard_key_v6(net: Ipv6Net) -> (u32, [u32; 4]) {
+    (u32::from(net.prefix_len()), words(net.addr()))
+}
+
+pub fn guard_v4(prefix_len: u32, addr: u32) -> Option<IpNet> {
+    Ipv4Net::new(
+        std::net::Ipv4Addr::from(addr.to_ne_bytes()),
+        u8::try_from(prefix_len).ok()?,
+    )
+    .ok()
+    .map(IpNet::V4)
+}
+
+pub fn guard_v6(prefix_len: u32, addr: &[u32; 4]) -> Option<IpNet> {
+    Ipv6Net::new(from_words(addr), u8::try_from(prefix_len).ok()?)
+        .ok()
+        .map(IpNet::V6)
 }
 
 #[cfg(test)]
@@ -134,6 +229,15 @@ mod tests {
         }
     }
 
+    const NO_RANGES: RangePorts<'static> = RangePorts {
+        tls: &[443],
+        allowed: &[],
+    };
+
+    fn shown(d: &Desired) -> Vec<String> {
+        d.entries.iter().map(|(e, a)| format!("{e} {a:?}")).collect()
+    }
+
     #[test]
     fn hosts_and_cidrs_times_ports() {
         let mut resolved = Resolved::new();
@@ -143,25 +247,65 @@ mod tests {
         );
         resolved.insert("b.test".into(), None);
         let rules = [rule(&["a.test", "b.test"], &["10.1.2.3/16"], &[443, 80])];
-        let got: Vec<String> = desired(&rules, &resolved).iter().map(|e| e.to_string()).collect();
+        let got = desired(&rules, &resolved, &BTreeSet::new(), NO_RANGES);
         assert_eq!(
-            got,
+            shown(&got),
             [
-                "10.1.0.0/16:80",
-                "10.1.0.0/16:443",
-                "127.0.0.5/32:80",
-                "127.0.0.5/32:443",
-                "[::1/128]:80",
-                "[::1/128]:443"
+                "10.1.0.0/16:80 Redirect",
+                "10.1.0.0/16:443 Redirect",
+                "127.0.0.5/32:80 Redirect",
+                "127.0.0.5/32:443 Redirect",
+                "[::1/128]:80 Redirect",
+                "[::1/128]:443 Redirect"
             ]
         );
+        assert!(got.guard.is_empty());
+    }
+
+    #[test]
+    fn ranges_are_guarded_intercepted_on_tls_ports_and_pass_on_allowed_ones() {
+        let ranges: BTreeSet<IpNet> = [
+            "140.82.112.0/20".parse().unwrap(),
+            "2a0a:a440::/29".parse().unwrap(),
+        ]
+        .into();
+        let rules = [rule(&[], &["140.82.112.0/20"], &[22])];
+        let got = desired(
+            &rules,
+            &Resolved::new(),
+            &ranges,
+            RangePorts {
+                tls: &[443],
+                allowed: &[22, 9418],
+            },
+        );
+        assert_eq!(
+            shown(&got),
+            [
+                // The explicit rule for port 22 wins over the allowed port.
+                "140.82.112.0/20:22 Redirect",
+                "140.82.112.0/20:443 Redirect",
+                "140.82.112.0/20:9418 Pass",
+                "[2a0a:a440::/29]:22 Pass",
+                "[2a0a:a440::/29]:443 Redirect",
+                "[2a0a:a440::/29]:9418 Pass",
+            ]
+        );
+        let guards: Vec<String> = got.guard.iter().map(|n| n.to_string()).collect();
+        assert_eq!(guards, ["140.82.112.0/20", "2a0a:a440::/29"]);
     }
 
     #[test]
     fn v4_mapped_prefixes_go_to_the_v4_trie() {
         let rules = [rule(&[], &["::ffff:140.82.112.0/116"], &[443])];
-        let got = desired(&rules, &Resolved::new());
-        assert_eq!(got.iter().next().unwrap().to_string(), "140.82.112.0/20:443");
+        let got = desired(&rules, &Resolved::new(), &BTreeSet::new(), NO_RANGES);
+        assert_eq!(
+            got.entries.keys().next().unwrap().to_string(),
+            "140.82.112.0/20:443"
+        );
+        let ranges: BTreeSet<IpNet> = ["::ffff:192.30.252.0/118".parse().unwrap()].into();
+        let got = desired(&[], &Resolved::new(), &ranges, NO_RANGES);
+        assert_eq!(got.guard.iter().next().unwrap().to_string(), "192.30.252.0/22");
     }
 
     #[test]
@@ -181,5 +325,11 @@ mod tests {
             entry_v6(plen6, &key6).unwrap().to_string(),
             "[2606:50c0::/32]:8443"
         );
+
+        let (glen, gkey) = guard_key_v4(net);
+        assert_eq!((glen, gkey.to_ne_bytes()), (20, [140, 82, 112, 0]));
+        assert_eq!(guard_v4(glen, gkey), Some(IpNet::V4(net)));
+        let (glen6, gkey6) = guard_key_v6(net6);
+        assert_eq!(guard_v6(glen6, &gkey6), Some(IpNet::V6(net6)));
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Nothing here decides policy: it reads and writes bytes the eBPF side defines.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Mutex,
 };
@@ -11,29 +11,48 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use gateway_common::{
-    ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, ConnRecord, GatewayConfig, InterceptKeyV4, InterceptKeyV6,
+    AF_INET, AF_INET6, ClientKey, ConnRecord, GUARD_REFUSE, GatewayConfig, InterceptKeyV4, InterceptKeyV6,
     counter, map_names,
 };
 use ipnet::IpNet;
 
 use super::{
     Pins,
-    intercept::{Entry, entry_v4, entry_v6, key_v4, key_v6},
+    intercept::{
+        Action, Desired, Entry, entry_v4, entry_v6, guard_key_v4, guard_key_v6, guard_v4, guard_v6, key_v4,
+        key_v6,
+    },
 };
 
-fn open(pins: &Pins, name: &str) -> anyhow::Result<MapData> {
+pub(super) fn open(pins: &Pins, name: &str) -> anyhow::Result<MapData> {
     let path = pins.map(name);
     MapData::from_pin(&path)
         .with_context(|| format!("cannot open pinned map {} (is ghgate attached?)", path.display()))
 }
 
-/// The configuration, intercept and counter maps.
+/// The configuration, intercept, guard and counter maps.
 pub struct Maps {
     pins: Pins,
     config: Array<MapData, GatewayConfig>,
     v4: LpmTrie<MapData, InterceptKeyV4, u32>,
     v6: LpmTrie<MapData, InterceptKeyV6, u32>,
+    guard4: LpmTrie<MapData, u32, u32>,
+    guard6: LpmTrie<MapData, [u32; 4], u32>,
     counters: PerCpuArray<MapData, u64>,
+}
+
+/// What one [`Maps::sync`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Synced {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+impl Synced {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Maps {
@@ -43,6 +62,8 @@ impl Maps {
             config: Array::try_from(Map::Array(open(pins, map_names::CONFIG)?))?,
             v4: LpmTrie::try_from(Map::LpmTrie(open(pins, map_names::INTERCEPT_V4)?))?,
             v6: LpmTrie::try_from(Map::LpmTrie(open(pins, map_names::INTERCEPT_V6)?))?,
+            guard4: LpmTrie::try_from(Map::LpmTrie(open(pins, map_names::GUARD_V4)?))?,
+            guard6: LpmTrie::try_from(Map::LpmTrie(open(pins, map_names::GUARD_V6)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(pins, map_names::COUNTERS)?))?,
         })
     }
@@ -57,42 +78,89 @@ impl Maps {
             .context("cannot write the gateway config map")
     }
 
-    /// The entries currently in the kernel's tries.
-    pub fn entries(&self) -> anyhow::Result<BTreeSet<Entry>> {
-        let mut out = BTreeSet::new();
+    /// The entries currently in the kernel's intercept tries, with their actions.
+    pub fn entries(&self) -> anyhow::Result<BTreeMap<Entry, Action>> {
+        let mut out = BTreeMap::new();
         for item in self.v4.iter() {
-            let (key, _) = item?;
-            out.extend(entry_v4(key.prefix_len(), &key.data()));
+            let (key, value) = item?;
+            if let (Some(e), Some(a)) = (entry_v4(key.prefix_len(), &key.data()), Action::from_value(value)) {
+                out.insert(e, a);
+            }
         }
         for item in self.v6.iter() {
-            let (key, _) = item?;
-            out.extend(entry_v6(key.prefix_len(), &key.data()));
+            let (key, value) = item?;
+            if let (Some(e), Some(a)) = (entry_v6(key.prefix_len(), &key.data()), Action::from_value(value)) {
+                out.insert(e, a);
+            }
         }
         Ok(out)
     }
 
-    /// Makes the tries hold `desired`: adds what is missing first, then (if `remove_stale`)
-    /// removes what is no longer wanted. Entries are replaced one at a time, never all at once.
-    pub fn sync(&mut self, desired: &BTreeSet<Entry>, remove_stale: bool) -> anyhow::Result<(usize, usize)> {
+    /// The prefixes currently in the kernel's guard tries.
+    pub fn guards(&self) -> anyhow::Result<BTreeSet<IpNet>> {
+        let mut out = BTreeSet::new();
+        for item in self.guard4.iter() {
+            let (key, _) = item?;
+            out.extend(guard_v4(key.prefix_len(), key.data()));
+        }
+        for item in self.guard6.iter() {
+            let (key, _) = item?;
+            out.extend(guard_v6(key.prefix_len(), &key.data()));
+        }
+        Ok(out)
+    }
+
+    /// Makes the tries hold `desired`, one entry at a time, in the order that never lets a
+    /// connection through that either the old or the new set would stop: intercept entries are
+    /// added (or changed) first, then guards; stale guards are removed before stale entries. Stale
+    /// intercept entries are removed only if `remove_stale` (names not yet resolved keep the
+    /// previous run's entries); stale guards always are.
+    pub fn sync(&mut self, desired: &Desired, remove_stale: bool) -> anyhow::Result<Synced> {
         let current = self.entries()?;
-        let mut added = 0;
-        for e in desired.difference(&current) {
-            match e.net {
+        let mut done = Synced::default();
+        for (e, action) in &desired.entries {
+            let before = current.get(e);
+            if before == Some(action) {
+                continue;
+            }
+            self.put_entry(e, *action)?;
+            if before.is_some() {
+                done.changed += 1;
+            } else {
+                done.added += 1;
+            }
+        }
+        let guards = self.guards()?;
+        for net in desired.guard.difference(&guards) {
+            match *net {
                 IpNet::V4(n) => {
-                    let (plen, k) = key_v4(n, e.port);
-                    self.v4.insert(&Key::new(plen, k), ACTION_REDIRECT, 0)
+                    let (plen, k) = guard_key_v4(n);
+                    self.guard4.insert(&Key::new(plen, k), GUARD_REFUSE, 0)
                 }
                 IpNet::V6(n) => {
-                    let (plen, k) = key_v6(n, e.port);
-                    self.v6.insert(&Key::new(plen, k), ACTION_REDIRECT, 0)
+                    let (plen, k) = guard_key_v6(n);
+                    self.guard6.insert(&Key::new(plen, k), GUARD_REFUSE, 0)
                 }
             }
-            .with_context(|| format!("cannot add {e} to the intercept set (more than the map holds?)"))?;
-            added += 1;
+            .with_context(|| format!("cannot add {net} to the guarded ranges (more than the map holds?)"))?;
+            done.added += 1;
         }
-        let mut removed = 0;
+        for net in guards.difference(&desired.guard) {
+            match *net {
+                IpNet::V4(n) => {
+                    let (plen, k) = guard_key_v4(n);
+                    self.guard4.remove(&Key::new(plen, k))
+                }
+                IpNet::V6(n) => {
+                    let (plen, k) = guard_key_v6(n);
+                    self.guard6.remove(&Key::new(plen, k))
+                }
+            }
+            .with_context(|| format!("cannot remove {net} from the guarded ranges"))?;
+            done.removed += 1;
+        }
         if remove_stale {
-            for e in current.difference(desired) {
+            for e in current.keys().filter(|e| !desired.entries.contains_key(e)) {
                 match e.net {
                     IpNet::V4(n) => {
                         let (plen, k) = key_v4(n, e.port);
@@ -104,10 +172,24 @@ impl Maps {
                     }
                 }
                 .with_context(|| format!("cannot remove {e} from the intercept set"))?;
-                removed += 1;
+                done.removed += 1;
             }
         }
-        Ok((added, removed))
+        Ok(done)
+    }
+
+    fn put_entry(&mut self, e: &Entry, action: Action) -> anyhow::Result<()> {
+        match e.net {
+            IpNet::V4(n) => {
+                let (plen, k) = key_v4(n, e.port);
+                self.v4.insert(&Key::new(plen, k), action.value(), 0)
+            }
+            IpNet::V6(n) => {
+                let (plen, k) = key_v6(n, e.port);
+                self.v6.insert(&Key::new(plen, k), action.value(), 0)
+            }
+        }
+        .with_context(|| format!("cannot add {e} to the intercept set (more than the map holds?)"))
     }
 
     /// Connections the kernel currently tracks: (by socket cookie, awaiting accept by client
@@ -143,24 +225,34 @@ pub struct Redirected {
     pub comm: String,
 }
 
+/// A destination the kernel wrote (family, address words, network-order port) as a socket address.
+pub fn kernel_addr(family: u32, addr: &[u32; 4], port: u32) -> anyhow::Result<SocketAddr> {
+    let port = u16::from_be(port as u16);
+    let ip = match family {
+        f if f == u32::from(AF_INET) => IpAddr::V4(Ipv4Addr::from(addr[0].to_ne_bytes())),
+        f if f == u32::from(AF_INET6) => IpAddr::V6(words_to_v6(addr)),
+        f => return Err(anyhow!("record with unknown address family {f}")),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A kernel `comm` (NUL-padded) as text.
+pub fn comm(raw: &[u8; 16]) -> String {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..len]).into_owned()
+}
+
 impl TryFrom<&ConnRecord> for Redirected {
     type Error = anyhow::Error;
     fn try_from(r: &ConnRecord) -> anyhow::Result<Self> {
-        let port = u16::from_be(r.orig_port as u16);
-        let ip = match r.family {
-            f if f == u32::from(AF_INET) => IpAddr::V4(Ipv4Addr::from(r.orig_addr[0].to_ne_bytes())),
-            f if f == u32::from(AF_INET6) => IpAddr::V6(words_to_v6(&r.orig_addr)),
-            f => return Err(anyhow!("record with unknown address family {f}")),
-        };
-        let len = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
         Ok(Self {
-            orig_dst: SocketAddr::new(ip, port),
+            orig_dst: kernel_addr(r.family, &r.orig_addr, r.orig_port)?,
             tgid: r.tgid,
             pid: r.pid,
             uid: r.uid,
             gid: r.gid,
             cgroup_id: r.cgroup_id,
-            comm: String::from_utf8_lossy(&r.comm[..len]).into_owned(),
+            comm: comm(&r.comm),
         })
     }
 }
@@ -185,15 +277,11 @@ pub fn client_key(peer: SocketAddr) -> ClientKey {
             port: u32::from(peer.port()),
             family: u32::from(AF_INET),
         },
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            ClientKey {
-                addr: [w(0), w(4), w(8), w(12)],
-                port: u32::from(peer.port()),
-                family: u32::from(AF_INET6),
-            }
-        }
+        IpAddr::V6(v6) => ClientKey {
+            addr: super::intercept::words(v6),
+            port: u32::from(peer.port()),
+            family: u32::from(AF_INET6),
+        },
     }
 }
 

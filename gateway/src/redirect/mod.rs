@@ -9,8 +9,13 @@
 //! is the cgroup without programs. This module never attaches to a cgroup it was not given and
 //! never removes pins outside `pin_dir`.
 pub mod cgroup;
+pub mod events;
+pub mod exempt;
 pub mod intercept;
+pub mod live;
 mod maps;
+pub mod ranges;
+pub mod watch;
 
 use std::{
     fs,
@@ -28,7 +33,7 @@ use aya::{
 };
 use gateway_common::{ABI_VERSION, prog_names};
 
-pub use maps::{ClientTable, Maps, Redirected, client_key};
+pub use maps::{ClientTable, Maps, Redirected, Synced, client_key, comm, kernel_addr};
 
 /// The compiled eBPF object, built by build.rs and embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));

@@ -11,13 +11,19 @@ use tokio::net::TcpStream;
 /// The largest ClientHello we wait for: one full TLS record plus header, times four records.
 const MAX_HELLO: usize = 4 * (16 * 1024 + 5);
 
+/// TLS extension type of Encrypted Client Hello (draft-ietf-tls-esni).
+const EXT_ECH: u16 = 0xfe0d;
+
 /// What the ClientHello asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// The SNI name, lower-case, if any.
+    /// The SNI name, lower-case and without a trailing dot, if any (an IP literal or an invalid
+    /// name counts as none).
     pub server_name: Option<String>,
     /// ALPN protocols offered, in the client's order.
     pub alpn: Vec<Vec<u8>>,
+    /// The hello carries an Encrypted Client Hello extension: its SNI is only the outer name.
+    pub ech: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,16 +60,61 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Hello>, HelloError> {
         Ok(Some(accepted)) => {
             let ch = accepted.client_hello();
             Ok(Some(Hello {
-                server_name: ch.server_name().map(|s| s.to_ascii_lowercase()),
+                server_name: ch.server_name().map(normalise_name),
                 alpn: ch
                     .alpn()
                     .map(|a| a.map(<[u8]>::to_vec).collect())
                     .unwrap_or_default(),
+                ech: extension_types(bytes).is_some_and(|types| types.contains(&EXT_ECH)),
             }))
         }
         Ok(None) => Ok(None),
         Err((e, _)) => Err(HelloError::Malformed(e.to_string())),
     }
+}
+
+/// A server name as names are compared: lower-case, one trailing dot removed (`API.github.com.`
+/// is `api.github.com`).
+pub fn normalise_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// The extension types of a ClientHello that rustls has already accepted as well-formed (it
+/// does not expose them). Only walks lengths: the contents are rustls's business.
+fn extension_types(bytes: &[u8]) -> Option<Vec<u16>> {
+    // The handshake message may span several records: join their payloads.
+    let mut handshake = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 && rest[0] == 0x16 {
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        handshake.extend_from_slice(rest.get(5..5 + len)?);
+        rest = &rest[5 + len..];
+    }
+    let body_len = usize::from(*handshake.get(1)?) << 16
+        | usize::from(*handshake.get(2)?) << 8
+        | usize::from(*handshake.get(3)?);
+    let mut body = handshake.get(4..4 + body_len)?;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = (body.get(..n)?, body.get(n..)?);
+        body = tail;
+        Some(head)
+    };
+    take(2 + 32)?; // legacy_version, random
+    let sid = usize::from(take(1)?[0]);
+    take(sid)?;
+    let suites = take(2)?;
+    take(usize::from(u16::from_be_bytes([suites[0], suites[1]])))?;
+    let compression = usize::from(take(1)?[0]);
+    take(compression)?;
+    let ext_len = take(2)?;
+    let mut exts = take(usize::from(u16::from_be_bytes([ext_len[0], ext_len[1]])))?;
+    let mut types = Vec::new();
+    while exts.len() >= 4 {
+        types.push(u16::from_be_bytes([exts[0], exts[1]]));
+        let len = usize::from(u16::from_be_bytes([exts[2], exts[3]]));
+        exts = exts.get(4 + len..)?;
+    }
+    Some(types)
 }
 
 /// Peeks at `stream` until a whole ClientHello has arrived, within `timeout`.
@@ -131,6 +182,55 @@ mod tests {
         let hello = parse(&bytes).unwrap().unwrap();
         assert_eq!(hello.server_name.as_deref(), Some("api.github.com"));
         assert_eq!(hello.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn names_are_compared_without_case_or_a_trailing_dot() {
+        assert_eq!(normalise_name("API.GitHub.com."), "api.github.com");
+        assert_eq!(normalise_name("github.com"), "github.com");
+    }
+
+    #[test]
+    fn an_ech_extension_is_seen_and_its_absence_too() {
+        let plain = client_hello("github.com", &[b"h2"]);
+        assert!(!parse(&plain).unwrap().unwrap().ech);
+        // An outer ECH extension as a client sends it: type outer (0), HPKE suite
+        // (HKDF-SHA256, AES-128-GCM), config id, a 32-byte encapsulated key, a payload.
+        let mut ech = vec![0, 0, 1, 0, 1, 0x42, 0, 32];
+        ech.extend([7u8; 32]);
+        ech.extend([0, 64]);
+        ech.extend([9u8; 64]);
+        let with = add_extension(&plain, EXT_ECH, &ech);
+        let hello = parse(&with).unwrap().unwrap();
+        assert!(hello.ech);
+        assert_eq!(
+            hello.server_name.as_deref(),
+            Some("github.com"),
+            "the outer name is still read"
+        );
+    }
+
+    /// A real hello with one more extension appended, every length fixed up.
+    fn add_extension(hello: &[u8], ext_type: u16, data: &[u8]) -> Vec<u8> {
+        let mut out = hello.to_vec();
+        let added = 4 + data.len();
+        out.extend_from_slice(&ext_type.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(data);
+        let bump16 = |b: &mut [u8], at: usize| {
+            let v = u16::from_be_bytes([b[at], b[at + 1]]) as usize + added;
+            b[at..at + 2].copy_from_slice(&(v as u16).to_be_bytes());
+        };
+        bump16(&mut out, 3); // record length
+        let hs = (usize::from(out[6]) << 16 | usize::from(out[7]) << 8 | usize::from(out[8])) + added;
+        out[6..9].copy_from_slice(&[(hs >> 16) as u8, (hs >> 8) as u8, hs as u8]);
+        // The extensions' length sits right before the extensions, which end the message.
+        let mut at = 5 + 4 + 2 + 32;
+        at += 1 + usize::from(out[at]);
+        at += 2 + usize::from(u16::from_be_bytes([out[at], out[at + 1]]));
+        at += 1 + usize::from(out[at]);
+        bump16(&mut out, at);
+        out
     }
 
     #[test]

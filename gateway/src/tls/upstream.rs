@@ -116,7 +116,7 @@ impl UpstreamTls {
             reason: format!("invalid server name: {e}"),
         })?;
         let work = async {
-            let tcp = TcpStream::connect(addr)
+            let tcp = crate::redirect::exempt::connect(addr)
                 .await
                 .map_err(|source| UpstreamError::Connect { addr, source })?;
             let _ = tcp.set_nodelay(true);

@@ -1,0 +1,294 @@
+//! The kernel's refusals, as the gateway records them: read from the programs' event ring,
+//! merged per caller, destination and reason within a moment (a retrying client is one record
+//! with a count, not thousands), logged and written to the store.
+//!
+//! Events the programs wrote while the gateway was away wait in the pinned ring and are recorded
+//! at the next start. This module never decides anything: the kernel already refused.
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use aya::maps::{Map, MapData, RingBuf};
+use gateway_common::{IPPROTO_MPTCP, IPPROTO_TCP, IPPROTO_UDP, RefusalEvent, map_names, reason};
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+use super::{Pins, Redirected, comm, kernel_addr, maps};
+use crate::{
+    identity::Caller,
+    record::{
+        Recorder,
+        model::{self, Micros, RefusalLayer, RefusalReason},
+    },
+};
+
+/// How long refusals are gathered before they are written: bounds what a flood costs.
+const GATHER: Duration = Duration::from_millis(250);
+const IPPROTO_SCTP: u32 = 132;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+
+/// One refusal as the kernel reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRefusal {
+    /// Wall-clock time of the refusal.
+    pub at: Micros,
+    pub reason: RefusalReason,
+    pub transport: String,
+    pub caller: Redirected,
+}
+
+fn u32_at(raw: &[u8], offset: usize) -> u32 {
+    u32::from_ne_bytes(raw[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(raw: &[u8], offset: usize) -> u64 {
+    u64::from_ne_bytes(raw[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+/// The fields of a [`RefusalEvent`] from its bytes (the layout is `repr(C)` without padding,
+/// checked in gateway-common).
+fn parse_event(raw: &[u8]) -> Option<RefusalEvent> {
+    if raw.len() < std::mem::size_of::<RefusalEvent>() {
+        return None;
+    }
+    let mut comm = [0u8; 16];
+    comm.copy_from_slice(&raw[72..88]);
+    Some(RefusalEvent {
+        boot_ns: u64_at(raw, 0),
+        cgroup_id: u64_at(raw, 8),
+        reason: u32_at(raw, 16),
+        family: u32_at(raw, 20),
+        sock_type: u32_at(raw, 24),
+        protocol: u32_at(raw, 28),
+        addr: [u32_at(raw, 32), u32_at(raw, 36), u32_at(raw, 40), u32_at(raw, 44)],
+        port: u32_at(raw, 48),
+        tgid: u32_at(raw, 52),
+        pid: u32_at(raw, 56),
+        uid: u32_at(raw, 60),
+        gid: u32_at(raw, 64),
+        _pad: u32_at(raw, 68),
+        comm,
+    })
+}
+
+/// The transport a socket type and protocol make, as records name it.
+pub fn transport(sock_type: u32, protocol: u32) -> String {
+    match (sock_type, protocol) {
+        (_, IPPROTO_TCP) => "tcp".into(),
+        (_, IPPROTO_MPTCP) => "mptcp".into(),
+        (_, IPPROTO_UDP) => "udp".into(),
+        (_, IPPROTO_SCTP) => "sctp".into(),
+        (SOCK_STREAM, 0) => "tcp".into(),
+        (SOCK_DGRAM, 0) => "udp".into(),
+        (t, p) => format!("type {t} protocol {p}"),
+    }
+}
+
+/// Decodes one ring entry; `boot_offset_ns` turns boot-time nanoseconds into wall-clock ones.
+pub fn decode(raw: &[u8], boot_offset_ns: i128) -> Option<KernelRefusal> {
+    let ev = parse_event(raw)?;
+    let reason = match ev.reason {
+        reason::PORT_NOT_ALLOWED => RefusalReason::PortNotAllowed,
+        reason::NOT_TCP => RefusalReason::NotTcp,
+        reason::FOREIGN_LISTENER => RefusalReason::ForeignListener,
+        reason::MAP_ERROR => RefusalReason::MapError,
+        reason::GATEWAY_DOWN => RefusalReason::GatewayDown,
+        _ => return None,
+    };
+    let orig_dst = kernel_addr(ev.family, &ev.addr, ev.port).ok()?;
+    let at = ((i128::from(ev.boot_ns) + boot_offset_ns) / 1000).max(0);
+    Some(KernelRefusal {
+        at: at as Micros,
+        reason,
+        transport: transport(ev.sock_type, ev.protocol),
+        caller: Redirected {
+            orig_dst,
+            tgid: ev.tgid,
+            pid: ev.pid,
+            uid: ev.uid,
+            gid: ev.gid,
+            cgroup_id: ev.cgroup_id,
+            comm: comm(&ev.comm),
+        },
+    })
+}
+
+/// Wall-clock minus boot-time, in nanoseconds: what turns a kernel timestamp into a date.
+fn boot_offset_ns() -> i128 {
+    let now = |clock| {
+        nix::time::clock_gettime(clock)
+            .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+            .unwrap_or(0)
+    };
+    now(nix::time::ClockId::CLOCK_REALTIME) - now(nix::time::ClockId::CLOCK_BOOTTIME)
+}
+
+/// Refusals merged by caller, destination, transport and reason: (first, count) each.
+pub fn merge(refusals: Vec<KernelRefusal>) -> Vec<(KernelRefusal, u64)> {
+    let mut merged: BTreeMap<(u32, SocketAddr, String, &'static str), (KernelRefusal, u64)> = BTreeMap::new();
+    for r in refusals {
+        let key = (
+            r.caller.tgid,
+            r.caller.orig_dst,
+            r.transport.clone(),
+            r.reason.as_str(),
+        );
+        merged.entry(key).and_modify(|(_, n)| *n += 1).or_insert((r, 1));
+    }
+    let mut out: Vec<_> = merged.into_values().collect();
+    out.sort_by_key(|(r, _)| r.at);
+    out
+}
+
+/// The ring of refusal events, opened from its pin.
+pub fn open(pins: &Pins) -> anyhow::Result<RingBuf<MapData>> {
+    Ok(RingBuf::try_from(Map::RingBuf(maps::open(
+        pins,
+        map_names::EVENTS,
+    )?))?)
+}
+
+/// Reads refusals forever: logs each (merged) and records it with its caller.
+pub async fn record_forever(ring: RingBuf<MapData>, recorder: Option<Arc<Recorder>>) {
+    // SAFETY: the ring owns its map's file descriptor, which stays open and the same for as long
+    // as the AsyncFd owns the ring.
+    let registered = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the kernel's refusal events; refusals are still counted");
+            return;
+        }
+    };
+    loop {
+        let mut batch = Vec::new();
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                let offset = boot_offset_ns();
+                while let Some(item) = guard.get_inner_mut().next() {
+                    batch.extend(decode(&item, offset));
+                }
+                guard.clear_ready();
+            }
+            Err(e) => {
+                warn!(error = %e, "the kernel's refusal events cannot be read; refusals are still counted");
+                return;
+            }
+        }
+        for (refusal, count) in merge(batch) {
+            note(&refusal, count, recorder.as_ref());
+        }
+        tokio::time::sleep(GATHER).await;
+    }
+}
+
+fn note(r: &KernelRefusal, count: u64, recorder: Option<&Arc<Recorder>>) {
+    let c = &r.caller;
+    info!(layer = "kernel", reason = r.reason.as_str(), orig_dst = %c.orig_dst, transport = %r.transport,
+          tgid = c.tgid, pid = c.pid, uid = c.uid, comm = %c.comm, cgroup_id = c.cgroup_id, count,
+          "connection refused");
+    let Some(recorder) = recorder else { return };
+    let caller = Caller::from_kernel_at(c, r.at);
+    recorder.refusal(
+        &caller,
+        model::Refusal {
+            session: caller.session_id(),
+            at: r.at,
+            layer: RefusalLayer::Kernel,
+            reason: r.reason,
+            orig_dst: c.orig_dst.to_string(),
+            transport: r.transport.clone(),
+            client: None,
+            sni: None,
+            detail: None,
+            count,
+            tgid: c.tgid,
+            uid: c.uid,
+            comm: c.comm.clone(),
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(reason: u32, port: u16, tgid: u32, boot_ns: u64) -> Vec<u8> {
+        let ev = RefusalEvent {
+            boot_ns,
+            cgroup_id: 7,
+            reason,
+            family: u32::from(gateway_common::AF_INET),
+            sock_type: SOCK_STREAM,
+            protocol: IPPROTO_TCP,
+            addr: [u32::from_ne_bytes([140, 82, 112, 4]), 0, 0, 0],
+            port: u32::from(port.to_be()),
+            tgid,
+            pid: tgid + 1,
+            uid: 1000,
+            gid: 1000,
+            _pad: 0,
+            comm: *b"ssh\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        // The bytes as the kernel lays the struct out.
+        let mut raw = Vec::new();
+        raw.extend(ev.boot_ns.to_ne_bytes());
+        raw.extend(ev.cgroup_id.to_ne_bytes());
+        for w in [ev.reason, ev.family, ev.sock_type, ev.protocol] {
+            raw.extend(w.to_ne_bytes());
+        }
+        for w in ev.addr {
+            raw.extend(w.to_ne_bytes());
+        }
+        for w in [ev.port, ev.tgid, ev.pid, ev.uid, ev.gid, ev._pad] {
+            raw.extend(w.to_ne_bytes());
+        }
+        raw.extend(ev.comm);
+        assert_eq!(raw.len(), std::mem::size_of::<RefusalEvent>());
+        raw
+    }
+
+    #[test]
+    fn events_decode_with_wall_clock_times() {
+        let r = decode(
+            &event(reason::PORT_NOT_ALLOWED, 22, 42, 5_000_000_000),
+            1_700_000_000_000_000_000,
+        )
+        .unwrap();
+        assert_eq!(r.reason, RefusalReason::PortNotAllowed);
+        assert_eq!(r.caller.orig_dst, "140.82.112.4:22".parse().unwrap());
+        assert_eq!((r.caller.tgid, r.caller.pid, r.caller.uid), (42, 43, 1000));
+        assert_eq!(r.caller.comm, "ssh");
+        assert_eq!(r.transport, "tcp");
+        assert_eq!(r.at, 1_700_000_005_000_000);
+        assert_eq!(
+            decode(&event(99, 22, 42, 0), 0),
+            None,
+            "unknown reasons are dropped"
+        );
+        assert_eq!(decode(&[0u8; 10], 0), None, "short entries are dropped");
+    }
+
+    #[test]
+    fn a_retrying_caller_is_one_record_with_a_count() {
+        let mut batch = Vec::new();
+        for i in 0..5 {
+            batch.push(decode(&event(reason::PORT_NOT_ALLOWED, 22, 42, 1000 + i), 0).unwrap());
+        }
+        batch.push(decode(&event(reason::PORT_NOT_ALLOWED, 80, 42, 900), 0).unwrap());
+        batch.push(decode(&event(reason::PORT_NOT_ALLOWED, 22, 77, 2000), 0).unwrap());
+        let merged = merge(batch);
+        let counts: Vec<(u16, u32, u64)> = merged
+            .iter()
+            .map(|(r, n)| (r.caller.orig_dst.port(), r.caller.tgid, *n))
+            .collect();
+        assert_eq!(counts, [(80, 42, 1), (22, 42, 5), (22, 77, 1)], "in time order");
+    }
+
+    #[test]
+    fn transports_are_named() {
+        assert_eq!(transport(SOCK_DGRAM, IPPROTO_UDP), "udp");
+        assert_eq!(transport(SOCK_STREAM, IPPROTO_MPTCP), "mptcp");
+        assert_eq!(transport(SOCK_STREAM, IPPROTO_SCTP), "sctp");
+        assert_eq!(transport(3, 1), "type 3 protocol 1");
+    }
+}
