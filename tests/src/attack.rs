@@ -155,8 +155,9 @@ pub fn talk(addr: SocketAddr, dial: Dial, send: &[u8], wait: Duration) -> Value 
 }
 
 /// UDP (or UDP-Lite) to `addr`: sendto() on an unconnected socket, or connect() then send();
-/// any reply within a second.
-pub fn udp(addr: SocketAddr, connect: bool, lite: bool, send: &[u8]) -> Value {
+/// with a `decoy`, the socket is first connected there (an address nobody minds) and then
+/// sendto() names `addr`. Any reply within a second.
+pub fn udp(addr: SocketAddr, connect: bool, lite: bool, decoy: Option<SocketAddr>, send: &[u8]) -> Value {
     let mut out = start(addr);
     out["connect"] = connect.into();
     let proto = if lite { Protocol::UDPLITE } else { Protocol::UDP };
@@ -165,6 +166,11 @@ pub fn udp(addr: SocketAddr, connect: bool, lite: bool, send: &[u8]) -> Value {
         Err(e) => return fail(out, Failed("socket", e)),
     };
     let to = SockAddr::from(addr);
+    if let Some(decoy) = decoy
+        && let Err(e) = sock.connect(&SockAddr::from(decoy))
+    {
+        return fail(out, Failed("connect-decoy", e));
+    }
     let sent = if connect {
         if let Err(e) = sock.connect(&to) {
             return fail(out, Failed("connect", e));

@@ -64,7 +64,8 @@ impl Contact {
     }
 }
 
-type Contacts = Arc<Mutex<Vec<Contact>>>;
+/// Contacts shared between the listeners of one address (or one test's own listener).
+pub type Contacts = Arc<Mutex<Vec<Contact>>>;
 
 /// A TCP listener that keeps what each connection sent; optionally sends a banner first, or
 /// holds each connection silent for a while before reading. Stopped on drop.
@@ -148,10 +149,17 @@ fn serve(mut stream: TcpStream, behaviour: Behaviour, contacts: Contacts, index:
     }
 }
 
-/// The SNI of a ClientHello at the start of `bytes`, if there is a whole one.
+/// The SNI of a ClientHello at the start of `bytes`, if there is a whole one: the exact bytes
+/// sent (lossily as text) when the hello is one record, else as rustls reads it (lower case).
 pub fn sni_of(bytes: &[u8]) -> Option<String> {
     if bytes.first() != Some(&0x16) {
         return None;
+    }
+    if let Some(hello) = crate::hello::ClientHello::parse(bytes) {
+        return hello
+            .server_names()
+            .first()
+            .map(|n| String::from_utf8_lossy(n).into_owned());
     }
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rd = bytes;

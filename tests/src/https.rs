@@ -748,8 +748,8 @@ async fn first_bytes(tcp: &tokio::net::TcpStream) -> Vec<u8> {
     }
 }
 
-/// The edge's answer by `Host`: `api.github.com` gets JSON naming the edge address that served
-/// it; `github.com` and `codeload.github.com` fall through to the git server (when there is one,
+/// The edge's answer by `Host`: `api.github.com` (and `pinned.github.test`, the name tests put
+/// on the passthrough list) gets JSON naming the edge address that served it; `github.com` and `codeload.github.com` fall through to the git server (when there is one,
 /// else 404); any other host gets 421, as GitHub's edge answers a name it does not serve.
 fn edge_answer(req: &Request<Incoming>, served_by: SocketAddr, git: bool) -> Option<Response<Body>> {
     let host = req
@@ -765,7 +765,7 @@ fn edge_answer(req: &Request<Incoming>, served_by: SocketAddr, git: bool) -> Opt
         .to_ascii_lowercase();
     let path = req.uri().path().to_owned();
     match name.as_str() {
-        "api.github.com" => {
+        "api.github.com" | "pinned.github.test" => {
             let body = serde_json::json!({
                 "edge": served_by.to_string(),
                 "host": host,

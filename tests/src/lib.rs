@@ -227,6 +227,8 @@ pub struct GatewaySpec {
     /// `[tls]`: ports whose connections are TLS, names terminated, extra upstream roots.
     pub tls_ports: Vec<u16>,
     pub tls_intercept: Option<Vec<String>>,
+    /// `[tls] passthrough`: names relayed untouched.
+    pub tls_passthrough: Vec<String>,
     pub upstream_extra_roots: Vec<PathBuf>,
     /// The `[github]` table (GitHub's address ranges, mediated as a whole). None: the harness
     /// default, [`GithubSpec::reserved`], so that no test is affected by ranges it did not ask for.
@@ -358,6 +360,7 @@ impl Default for GatewaySpec {
             host_mode: false,
             tls_ports: vec![443],
             tls_intercept: None,
+            tls_passthrough: Vec::new(),
             upstream_extra_roots: Vec::new(),
             github: None,
             extra_toml: String::new(),
@@ -426,6 +429,12 @@ impl Gateway {
         );
         if let Some(names) = &spec.tls_intercept {
             toml += &format!("intercept = {}\n", serde_json::to_string(names).unwrap());
+        }
+        if !spec.tls_passthrough.is_empty() {
+            toml += &format!(
+                "passthrough = {}\n",
+                serde_json::to_string(&spec.tls_passthrough).unwrap()
+            );
         }
         let github = spec
             .github
@@ -698,41 +707,65 @@ impl Gateway {
     /// `want`, e.g. `{"layer": "kernel", "reason": "not_tcp", "orig_dst": "…", "tgid": 123}`,
     /// must match), and returns the log line and the record.
     pub fn expect_refusal(&self, want: &Value) -> (Value, Value) {
+        self.try_refusal(want, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}\ngateway log:\n{}", self.log_text()))
+    }
+
+    /// As [`Gateway::expect_refusal`], waiting at most `timeout` for each of the two, and saying
+    /// what is missing instead of panicking.
+    pub fn try_refusal(&self, want: &Value, timeout: Duration) -> Result<(Value, Value), String> {
         let fits = |v: &Value| {
             want.as_object()
                 .expect("want is an object")
                 .iter()
                 .all(|(k, w)| &v[k] == w)
         };
-        let logs = self.wait_log(
-            &format!("a `connection refused` log line with {want}"),
-            Duration::from_secs(10),
-            |l| l.iter().any(|l| l["message"] == "connection refused" && fits(l)),
-        );
-        let line = logs
-            .into_iter()
-            .find(|l| l["message"] == "connection refused" && fits(l))
-            .unwrap();
+        let deadline = Instant::now() + timeout;
+        let line = loop {
+            if let Some(l) = self.refusal_logs().into_iter().find(|l| fits(l)) {
+                break l;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no `connection refused` log line with {want}; those logged: {:?}",
+                    self.refusal_logs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
         for field in ["layer", "reason", "orig_dst", "tgid", "uid", "comm"] {
-            assert!(!line[field].is_null(), "the log line names its {field}: {line}");
+            if line[field].is_null() {
+                return Err(format!("the log line does not name its {field}: {line}"));
+            }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + timeout;
         let record = loop {
-            let all = self.refusals();
+            let out = self.ghgate(&["sessions", "refusals", "--json"]);
+            if !out.status.success() {
+                return Err(format!(
+                    "`ghgate sessions refusals --json` failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let all: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
             if let Some(r) = all.iter().find(|r| fits(r)) {
                 break r.clone();
             }
-            assert!(
-                Instant::now() < deadline,
-                "no refusal record with {want}; the store has:\n{}",
-                all.iter().map(|r| format!("  {r}\n")).collect::<String>()
-            );
+            if Instant::now() > deadline {
+                return Err(format!("no refusal record with {want}; the store has: {all:?}"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         for field in ["layer", "reason", "orig_dst", "tgid", "uid", "comm", "at"] {
-            assert!(!record[field].is_null(), "the record names its {field}: {record}");
+            if record[field].is_null() {
+                return Err(format!("the record does not name its {field}: {record}"));
+            }
         }
-        (line, record)
+        Ok((line, record))
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 fn usage() -> ! {
     eprintln!(
         "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N\n       ghgate-probe h2streams ADDR NAME CA_FILE PATH --streams N --wait-secs S\n\
-         attacks (one JSON line each; DIAL is connect, tfo or mptcp; TEXT takes \\r \\n \\0 \\xHH):\n       ghgate-probe talk ADDR [--dial DIAL] [--send TEXT] [--wait-ms MS] [--scope-id N]\n       ghgate-probe udp-send ADDR [--connect] [--lite] [--send TEXT]\n       ghgate-probe sctp ADDR\n       ghgate-probe raw-udp ADDR [--send TEXT]\n       ghgate-probe hello ADDR [--dial DIAL] [--sni NAME]... [--no-sni] [--ech] [--garbage] [--raw TEXT] [--fragment N] [--dribble-ms MS] [--stall-ms MS] [--then TEXT] [--wait-ms MS]\n       ghgate-probe fetch ADDR NAME [--dial DIAL] [--ca FILE|any]... [--host HOST] [--path PATH] [--dribble-ms MS]\n       ghgate-probe bind ADDR [--reuseport] [--hold-ms MS]\n       ghgate-probe flood ADDR --count N [--hold-ms MS]"
+         attacks (one JSON line each; DIAL is connect, tfo or mptcp; TEXT takes \\r \\n \\0 \\xHH):\n       ghgate-probe talk ADDR [--dial DIAL] [--send TEXT] [--wait-ms MS] [--scope-id N]\n       ghgate-probe udp-send ADDR [--connect] [--lite] [--decoy ADDR] [--send TEXT]\n       ghgate-probe sctp ADDR\n       ghgate-probe raw-udp ADDR [--send TEXT]\n       ghgate-probe hello ADDR [--dial DIAL] [--sni NAME]... [--no-sni] [--ech] [--garbage] [--raw TEXT] [--fragment N] [--dribble-ms MS] [--stall-ms MS] [--then TEXT] [--wait-ms MS]\n       ghgate-probe fetch ADDR NAME [--dial DIAL] [--ca FILE|any]... [--host HOST] [--path PATH] [--dribble-ms MS]\n       ghgate-probe bind ADDR [--reuseport] [--hold-ms MS]\n       ghgate-probe flood ADDR --count N [--hold-ms MS]"
     );
     std::process::exit(2)
 }
@@ -44,7 +44,10 @@ fn attack(mode: &str, addr: SocketAddr, args: &[String]) -> Option<()> {
     }
     let result = match mode {
         "talk" => attack::talk(addr, dial, &text("--send"), ms("--wait-ms", 1500)),
-        "udp-send" => attack::udp(addr, flag("--connect"), flag("--lite"), &text("--send")),
+        "udp-send" => {
+            let decoy = opt("--decoy").map(|d| d.parse().unwrap_or_else(|_| usage()));
+            attack::udp(addr, flag("--connect"), flag("--lite"), decoy, &text("--send"))
+        }
         "sctp" => attack::sctp(addr),
         "raw-udp" => match addr {
             SocketAddr::V4(v4) => attack::raw_udp(v4, &text("--send")),
