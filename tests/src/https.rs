@@ -736,8 +736,11 @@ impl Upstream {
 pub struct EdgeRole {
     /// Called for every accepted TCP connection, before TLS, with its peer and the first bytes
     /// it sent (peeked, so the handshake still reads them; empty when nothing came within 2 s).
-    pub on_accept: Arc<dyn Fn(SocketAddr, &[u8]) + Send + Sync>,
+    pub on_accept: OnAccept,
 }
+
+/// What an edge upstream calls for each accepted connection: its peer and its first bytes.
+pub type OnAccept = Arc<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
 
 /// The bytes a new connection sent first, without consuming them: whatever arrived within 2 s.
 async fn first_bytes(tcp: &tokio::net::TcpStream) -> Vec<u8> {

@@ -113,11 +113,14 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, kind: Kind) {
     }
 }
 
+/// A datagram received: its sender and its bytes.
+pub type Datagram = (SocketAddr, Vec<u8>);
+
 /// A UDP server replying `peer=<addr>` to every datagram, keeping what it received; stopped on
 /// drop.
 pub struct UdpEcho {
     pub addr: SocketAddr,
-    received: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    received: Arc<Mutex<Vec<Datagram>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -142,7 +145,7 @@ impl UdpEcho {
     }
 
     /// Every datagram received so far, with its sender.
-    pub fn received(&self) -> Vec<(SocketAddr, Vec<u8>)> {
+    pub fn received(&self) -> Vec<Datagram> {
         self.received.lock().unwrap().clone()
     }
 }

@@ -16,7 +16,9 @@ use std::{
 
 use ghgate_e2e::{
     AS_NOBODY, Gateway, GatewaySpec, GithubSpec, TestCgroup, bin,
-    edge::{Behaviour, Contacts, Edge, EdgeNode, Listener, MetaAnswer, MetaServer, SSH_BANNER, meta_document},
+    edge::{
+        Behaviour, Contacts, Edge, EdgeNode, Listener, MetaAnswer, MetaServer, SSH_BANNER, meta_document,
+    },
     eventually,
     fixtures::SmallDisk,
     https::TestCa,
@@ -86,7 +88,12 @@ impl Mediated {
         tweak(&mut spec);
         let gw = Gateway::start(&cg, &spec);
         let ca = gw.ca_file();
-        Self { gw, ca, edge, _cg: cg }
+        Self {
+            gw,
+            ca,
+            edge,
+            _cg: cg,
+        }
     }
 
     /// GitHub's ranges are every address of the edge.
@@ -159,7 +166,15 @@ fn the_edge_fake_and_the_probe_moves_work_outside_interception() {
     let n = edge.node(0);
     let ca = edge.ca_file.display().to_string();
 
-    let r = one(probe_outside(&["fetch", &n.at(443).to_string(), "api.github.com", "--ca", &ca, "--path", "/zen"]));
+    let r = one(probe_outside(&[
+        "fetch",
+        &n.at(443).to_string(),
+        "api.github.com",
+        "--ca",
+        &ca,
+        "--path",
+        "/zen",
+    ]));
     assert_eq!(r["status"], 200, "{r}");
     let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["edge"], n.at(443).to_string(), "{body}");
@@ -173,30 +188,94 @@ fn the_edge_fake_and_the_probe_moves_work_outside_interception() {
         "elsewhere.example",
     ]));
     assert_eq!(r["status"], 421, "an unknown host: {r}");
-    let r = one(probe_outside(&["fetch", &n.at(443).to_string(), &n.ip.to_string(), "--ca", &ca, "--host", "api.github.com"]));
+    let r = one(probe_outside(&[
+        "fetch",
+        &n.at(443).to_string(),
+        &n.ip.to_string(),
+        "--ca",
+        &ca,
+        "--host",
+        "api.github.com",
+    ]));
     assert_eq!(r["status"], 200, "no SNI: {r}");
-    let r = one(probe_outside(&["fetch", &n.at(443).to_string(), "api.github.com", "--ca", &ca, "--dribble-ms", "1"]));
+    let r = one(probe_outside(&[
+        "fetch",
+        &n.at(443).to_string(),
+        "api.github.com",
+        "--ca",
+        &ca,
+        "--dribble-ms",
+        "1",
+    ]));
     assert_eq!(r["status"], 200, "a hello in 1-byte segments: {r}");
 
-    let ssh = one(probe_outside(&["talk", &n.at(22).to_string(), "--send", r"SSH-2.0-probe\r\n"]));
+    let ssh = one(probe_outside(&[
+        "talk",
+        &n.at(22).to_string(),
+        "--send",
+        r"SSH-2.0-probe\r\n",
+    ]));
     assert_eq!(ssh["received"], SSH_BANNER, "{ssh}");
     for port in [80, 9418, n.high_port()] {
-        let r = one(probe_outside(&["talk", &n.at(port).to_string(), "--send", "hello", "--wait-ms", "300"]));
+        let r = one(probe_outside(&[
+            "talk",
+            &n.at(port).to_string(),
+            "--send",
+            "hello",
+            "--wait-ms",
+            "300",
+        ]));
         assert_eq!(r["ok"], true, "{r}");
     }
-    let tfo = one(probe_outside(&["talk", &n.at(22).to_string(), "--dial", "tfo", "--send", "tfo-bytes"]));
+    let tfo = one(probe_outside(&[
+        "talk",
+        &n.at(22).to_string(),
+        "--dial",
+        "tfo",
+        "--send",
+        "tfo-bytes",
+    ]));
     assert_eq!(tfo["received"], SSH_BANNER, "TCP Fast Open: {tfo}");
     let mptcp = one(probe_outside(&["talk", &n.at(22).to_string(), "--dial", "mptcp"]));
-    assert!(mptcp["received"] == SSH_BANNER || mptcp["unsupported"] == true, "MPTCP: {mptcp}");
+    assert!(
+        mptcp["received"] == SSH_BANNER || mptcp["unsupported"] == true,
+        "MPTCP: {mptcp}"
+    );
     let sctp = one(probe_outside(&["sctp", &n.at(22).to_string()]));
-    assert!(sctp["unsupported"] == true || sctp["errno"] != 0, "no SCTP listener: {sctp}");
-    let udp = one(probe_outside(&["udp-send", &n.at(443).to_string(), "--send", "quic"]));
+    assert!(
+        sctp["unsupported"] == true || sctp["errno"] != 0,
+        "no SCTP listener: {sctp}"
+    );
+    let udp = one(probe_outside(&[
+        "udp-send",
+        &n.at(443).to_string(),
+        "--send",
+        "quic",
+    ]));
     assert_eq!(udp["from"], n.at(443).to_string(), "{udp}");
-    let udp = one(probe_outside(&["udp-send", &mapped(n.at(443)).to_string(), "--connect", "--send", "quic-v6"]));
+    let udp = one(probe_outside(&[
+        "udp-send",
+        &mapped(n.at(443)).to_string(),
+        "--connect",
+        "--send",
+        "quic-v6",
+    ]));
     assert_eq!(udp["ok"], true, "{udp}");
-    let raw = one(probe_outside(&["raw-udp", &n.at(443).to_string(), "--send", "raw-datagram"]));
+    let raw = one(probe_outside(&[
+        "raw-udp",
+        &n.at(443).to_string(),
+        "--send",
+        "raw-datagram",
+    ]));
     assert_eq!(raw["ok"], true, "{raw}");
-    let hello = one(probe_outside(&["hello", &n.at(443).to_string(), "--sni", "API.GITHUB.COM.", "--wait-ms", "500"]));
+    let hello = one(probe_outside(&[
+        "hello",
+        &n.at(443).to_string(),
+        "--sni",
+        "API.GITHUB.COM.",
+        "--wait-ms",
+        "500",
+    ]));
     assert_eq!(hello["answer"], "handshake", "{hello}");
 
     let contacts = eventually("the edge's records", Duration::from_secs(5), || {
@@ -206,12 +285,18 @@ fn the_edge_fake_and_the_probe_moves_work_outside_interception() {
             .then_some(c)
     });
     let own = std::process::id();
-    let at = |port: u16, proto: &str| contacts.iter().filter(|c| c.addr.port() == port && c.proto == proto).count();
+    let at = |port: u16, proto: &str| {
+        contacts
+            .iter()
+            .filter(|c| c.addr.port() == port && c.proto == proto)
+            .count()
+    };
     assert!(at(443, "tcp") >= 5 && at(22, "tcp") >= 2 && at(80, "tcp") == 1 && at(9418, "tcp") == 1);
     assert!(at(443, "udp") >= 3, "{contacts:?}");
     let tcp: Vec<_> = contacts.iter().filter(|c| c.proto == "tcp").collect();
     assert!(
-        tcp.iter().all(|c| c.comm.as_deref() == Some("ghgate-probe") && c.pid != Some(own)),
+        tcp.iter()
+            .all(|c| c.comm.as_deref() == Some("ghgate-probe") && c.pid != Some(own)),
         "each connection is attributed to the probe that made it: {tcp:?}"
     );
     assert!(
@@ -227,15 +312,26 @@ fn the_edge_fake_and_the_probe_moves_work_outside_interception() {
         "nothing is the gateway's here"
     );
 
-    let meta = MetaServer::start(&edge.ca, MetaAnswer::Json(meta_document(&[("api", vec![n.cidr()])])));
-    let url = meta.url.trim_start_matches("https://").trim_end_matches("/meta").to_owned();
+    let meta = MetaServer::start(
+        &edge.ca,
+        MetaAnswer::Json(meta_document(&[("api", vec![n.cidr()])])),
+    );
+    let url = meta
+        .url
+        .trim_start_matches("https://")
+        .trim_end_matches("/meta")
+        .to_owned();
     let ip = url.rsplit_once(':').unwrap().0.to_owned();
-    let r = one(probe_outside(&["fetch", &url, &ip, "--ca", &ca, "--path", "/meta"]));
+    let r = one(probe_outside(&[
+        "fetch", &url, &ip, "--ca", &ca, "--path", "/meta",
+    ]));
     assert_eq!(r["status"], 200, "{r}");
     let doc: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
     assert_eq!(doc["api"], json!([n.cidr()]));
     meta.set(MetaAnswer::Status(500));
-    let r = one(probe_outside(&["fetch", &url, &ip, "--ca", &ca, "--path", "/meta"]));
+    let r = one(probe_outside(&[
+        "fetch", &url, &ip, "--ca", &ca, "--path", "/meta",
+    ]));
     assert_eq!(r["status"], 500, "{r}");
     assert_eq!(meta.requests(), 2);
 }
@@ -250,40 +346,55 @@ fn another_edge_address_than_the_names_resolve_to_is_intercepted_and_recorded() 
     }
     let tmp = tempfile::tempdir().unwrap();
     let (root, _, first) = ghgate_e2e::fixtures::served_repo(tmp.path());
-    let m = Mediated::with_ranges(Edge::builder().nodes(3).git_root(root).start(), GithubSpec::ranges);
+    let m = Mediated::with_ranges(
+        Edge::builder().nodes(3).git_root(root).start(),
+        GithubSpec::ranges,
+    );
     for (i, path) in [(1, "/mediation/via-b"), (2, "/mediation/via-c")] {
         let at = m.node(i).at(443);
         let r = m.fetch(at, "api.github.com", path, &[]);
         assert_eq!(r["handshake"], "ok", "the gateway terminated TLS at {at}: {r}");
         assert_eq!(r["status"], 200, "{r}");
         let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
-        assert_eq!(body["edge"], at.to_string(), "the gateway dialled where the client did: {body}");
+        assert_eq!(
+            body["edge"],
+            at.to_string(),
+            "the gateway dialled where the client did: {body}"
+        );
     }
     // A real git, told (as a DNS-over-HTTPS client could be) that github.com is at C.
     let c = m.node(2).ip;
-    let out = m
-        .gw
-        .exec("git")
-        .arg("-c")
-        .arg(format!("http.sslCAInfo={}", m.ca.display()))
-        .arg("-c")
-        .arg(format!("http.curloptResolve=github.com:443:{c}"))
-        .args(["ls-remote", "https://github.com/o/r.git"])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("GIT_SSL_CAINFO")
-        .env_remove("GIT_SSL_CAPATH")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git through C: {}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        m.gw.exec("git")
+            .arg("-c")
+            .arg(format!("http.sslCAInfo={}", m.ca.display()))
+            .arg("-c")
+            .arg(format!("http.curloptResolve=github.com:443:{c}"))
+            .args(["ls-remote", "https://github.com/o/r.git"])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env_remove("GIT_SSL_CAINFO")
+            .env_remove("GIT_SSL_CAPATH")
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "git through C: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&first));
 
     let shown = eventually("the exchanges recorded", Duration::from_secs(10), || {
         let text = m.recorded();
-        (text.contains("/mediation/via-b") && text.contains("/mediation/via-c") && text.contains("git-upload-pack"))
-            .then_some(text)
+        (text.contains("/mediation/via-b")
+            && text.contains("/mediation/via-c")
+            && text.contains("git-upload-pack"))
+        .then_some(text)
     });
     for i in [1, 2] {
-        assert!(shown.contains(&m.node(i).at(443).to_string()), "the original destination is recorded:\n{shown}");
+        assert!(
+            shown.contains(&m.node(i).at(443).to_string()),
+            "the original destination is recorded:\n{shown}"
+        );
     }
     m.assert_mediated();
 }
@@ -301,7 +412,12 @@ fn other_ports_of_githubs_addresses_are_refused_at_connect() {
         let node = m.node(i);
         for port in [22, 80, 9418, node.high_port()] {
             let started = Instant::now();
-            let r = m.probe(&["talk", &node.at(port).to_string(), "--send", r"SSH-2.0-OpenSSH_9.6\r\n"]);
+            let r = m.probe(&[
+                "talk",
+                &node.at(port).to_string(),
+                "--send",
+                r"SSH-2.0-OpenSSH_9.6\r\n",
+            ]);
             assert!(started.elapsed() < Duration::from_secs(3), "refused at once: {r}");
             m.assert_refused_by_kernel(&r, "port_not_allowed", Some(node.at(port)));
         }
@@ -323,18 +439,32 @@ fn allow_ports_lets_only_the_listed_port_through_untouched() {
     if !privileged() {
         return;
     }
-    let m = Mediated::with_ranges(Edge::builder().nodes(1).start(), |c| GithubSpec::ranges(c).allow_ports(&[22]));
-    let ssh = m.probe(&["talk", &m.node(0).at(22).to_string(), "--send", r"SSH-2.0-OpenSSH_9.6\r\n"]);
+    let m = Mediated::with_ranges(Edge::builder().nodes(1).start(), |c| {
+        GithubSpec::ranges(c).allow_ports(&[22])
+    });
+    let ssh = m.probe(&[
+        "talk",
+        &m.node(0).at(22).to_string(),
+        "--send",
+        r"SSH-2.0-OpenSSH_9.6\r\n",
+    ]);
     assert_eq!(ssh["received"], SSH_BANNER, "{ssh}");
     assert_eq!(ssh["peer"], m.node(0).at(22).to_string());
     let contacts = m.node(0).contacts();
     assert_eq!(contacts.len(), 1, "{contacts:?}");
-    assert_eq!(contacts[0].pid, ssh["pid"].as_u64().map(|p| p as u32), "direct, from the probe");
+    assert_eq!(
+        contacts[0].pid,
+        ssh["pid"].as_u64().map(|p| p as u32),
+        "direct, from the probe"
+    );
     assert_eq!(contacts[0].received_text(), "SSH-2.0-OpenSSH_9.6\r\n");
     let http = m.probe(&["talk", &m.node(0).at(80).to_string()]);
     m.assert_refused_by_kernel(&http, "port_not_allowed", Some(m.node(0).at(80)));
     assert!(
-        !m.gw.refusal_logs().iter().any(|l| l["orig_dst"] == m.node(0).at(22).to_string()),
+        !m.gw
+            .refusal_logs()
+            .iter()
+            .any(|l| l["orig_dst"] == m.node(0).at(22).to_string()),
         "an allowed port is not a refusal"
     );
 }
@@ -351,13 +481,27 @@ fn udp_and_other_protocols_to_githubs_addresses_are_refused() {
     let decoy = ghgate_e2e::servers::UdpEcho::start(SocketAddr::new(loopback_v4().into(), 0));
     let quic = n.at(443).to_string();
     let cases: Vec<Vec<String>> = vec![
-        vec!["udp-send".into(), quic.clone(), "--send".into(), "quic-initial".into()],
+        vec![
+            "udp-send".into(),
+            quic.clone(),
+            "--send".into(),
+            "quic-initial".into(),
+        ],
         vec!["udp-send".into(), quic.clone(), "--connect".into()],
         vec!["udp-send".into(), n.at(53).to_string()],
         vec!["udp-send".into(), n.at(n.high_port()).to_string()],
         vec!["udp-send".into(), mapped(n.at(443)).to_string()],
-        vec!["udp-send".into(), mapped(n.at(443)).to_string(), "--connect".into()],
-        vec!["udp-send".into(), quic.clone(), "--decoy".into(), decoy.addr.to_string()],
+        vec![
+            "udp-send".into(),
+            mapped(n.at(443)).to_string(),
+            "--connect".into(),
+        ],
+        vec![
+            "udp-send".into(),
+            quic.clone(),
+            "--decoy".into(),
+            decoy.addr.to_string(),
+        ],
         vec!["udp-send".into(), quic.clone(), "--lite".into()],
         vec!["sctp".into(), n.at(22).to_string()],
         vec!["sctp".into(), n.at(443).to_string()],
@@ -390,7 +534,14 @@ fn tcp_fast_open_and_mptcp_take_the_same_checks_as_connect() {
     }
     let m = Mediated::with_ranges(Edge::builder().nodes(2).start(), GithubSpec::ranges);
     let ssh = m.node(0).at(22);
-    let r = m.probe(&["talk", &ssh.to_string(), "--dial", "tfo", "--send", r"SSH-2.0-OpenSSH_9.6\r\n"]);
+    let r = m.probe(&[
+        "talk",
+        &ssh.to_string(),
+        "--dial",
+        "tfo",
+        "--send",
+        r"SSH-2.0-OpenSSH_9.6\r\n",
+    ]);
     m.assert_refused_by_kernel(&r, "port_not_allowed", Some(ssh));
     let r = m.probe(&["talk", &ssh.to_string(), "--dial", "mptcp"]);
     let mptcp = r["unsupported"] != true;
@@ -402,7 +553,12 @@ fn tcp_fast_open_and_mptcp_take_the_same_checks_as_connect() {
         if dial == "mptcp" && !mptcp {
             continue;
         }
-        let r = m.fetch(b, "api.github.com", &format!("/mediation/{dial}"), &["--dial", dial]);
+        let r = m.fetch(
+            b,
+            "api.github.com",
+            &format!("/mediation/{dial}"),
+            &["--dial", dial],
+        );
         assert_eq!(r["handshake"], "ok", "{dial}: {r}");
         assert_eq!(r["status"], 200, "{dial}: {r}");
     }
@@ -467,14 +623,32 @@ fn tls_peek_refuses_every_hello_it_cannot_attribute() {
     let cases = vec![
         HelloCase {
             what: "a foreign SNI carrying the real Host inside",
-            args: s(&["fetch", &at, "evil.example", "--ca", "any", "--host", "api.github.com", "--path", "/smuggled"]),
+            args: s(&[
+                "fetch",
+                &at,
+                "evil.example",
+                "--ca",
+                "any",
+                "--host",
+                "api.github.com",
+                "--path",
+                "/smuggled",
+            ]),
             reason: "foreign_sni",
             alternatives: &[],
             sni: Some("evil.example"),
         },
         HelloCase {
             what: "no SNI (an IP address as the TLS name), to the address the names resolve to",
-            args: s(&["fetch", &at, &a.ip.to_string(), "--ca", "any", "--host", "api.github.com"]),
+            args: s(&[
+                "fetch",
+                &at,
+                &a.ip.to_string(),
+                "--ca",
+                "any",
+                "--host",
+                "api.github.com",
+            ]),
             reason: "no_sni",
             alternatives: &[],
             sni: None,
@@ -551,14 +725,36 @@ fn tls_peek_refuses_every_hello_it_cannot_attribute() {
         },
         HelloCase {
             what: "plain HTTP on 443",
-            args: s(&["talk", &at, "--send", r"GET /zen HTTP/1.1\r\nHost: api.github.com\r\n\r\n"]),
+            args: s(&[
+                "talk",
+                &at,
+                "--send",
+                r"GET /zen HTTP/1.1\r\nHost: api.github.com\r\n\r\n",
+            ]),
+            reason: "not_tls",
+            alternatives: &[],
+            sni: None,
+        },
+        HelloCase {
+            what: "two trailing dots",
+            args: hello(&["--sni", "api.github.com.."]),
+            reason: "foreign_sni",
+            alternatives: &["malformed_hello"],
+            sni: None,
+        },
+        HelloCase {
+            what: "HTTP/2 with prior knowledge (the connection preface) on 443",
+            args: s(&["talk", &at, "--send", r"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]),
             reason: "not_tls",
             alternatives: &[],
             sni: None,
         },
         HelloCase {
             what: "an SSLv2-format ClientHello",
-            args: hello(&["--raw", r"\x80\x2e\x01\x03\x01\x00\x15\x00\x00\x00\x10\x07\x00\xc0\x05\x00\x80\x03\x00\x80\x01\x00\x80\x08\x00\x80\x06\x00\x40\x04\x00\x80\x02\x00\x80\x12\x34\x56\x78\x9a\xbc\xde\xf0\x12\x34\x56\x78\x9a\xbc\xde\xf0"]),
+            args: hello(&[
+                "--raw",
+                r"\x80\x2e\x01\x03\x01\x00\x15\x00\x00\x00\x10\x07\x00\xc0\x05\x00\x80\x03\x00\x80\x01\x00\x80\x08\x00\x80\x06\x00\x40\x04\x00\x80\x02\x00\x80\x12\x34\x56\x78\x9a\xbc\xde\xf0\x12\x34\x56\x78\x9a\xbc\xde\xf0",
+            ]),
             reason: "not_tls",
             alternatives: &["malformed_hello"],
             sni: None,
@@ -570,7 +766,8 @@ fn tls_peek_refuses_every_hello_it_cannot_attribute() {
         let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
         let r = m.probe(&args);
         let mut trouble = Vec::new();
-        if r["handshake"] == "ok" || r["answer"] == "handshake" || r["status"].as_u64().is_some_and(|s| s > 0) {
+        if r["handshake"] == "ok" || r["answer"] == "handshake" || r["status"].as_u64().is_some_and(|s| s > 0)
+        {
             trouble.push(format!("the client got a TLS server's answer: {r}"));
         }
         if r["received"].as_str().is_some_and(|t| !t.is_empty()) {
@@ -581,15 +778,20 @@ fn tls_peek_refuses_every_hello_it_cannot_attribute() {
         if !reached.is_empty() {
             trouble.push(format!("the edge was dialled: {reached:?}"));
         }
-        let reasons: Vec<&str> = std::iter::once(case.reason).chain(case.alternatives.iter().copied()).collect();
+        let reasons: Vec<&str> = std::iter::once(case.reason)
+            .chain(case.alternatives.iter().copied())
+            .collect();
         let logged = reasons.iter().find_map(|reason| {
             let mut want = json!({"layer": "gateway", "reason": reason, "orig_dst": at, "tgid": r["pid"]});
             if let Some(sni) = case.sni {
                 want["sni"] = sni.into();
             }
-            m.gw.try_refusal(&want, Duration::from_secs(if reason == &case.reason { 3 } else { 1 }))
-                .err()
-                .map_or(Some(Ok(())), |e| (reason == &case.reason).then_some(Err(e)))
+            m.gw.try_refusal(
+                &want,
+                Duration::from_secs(if reason == &case.reason { 3 } else { 1 }),
+            )
+            .err()
+            .map_or(Some(Ok(())), |e| (reason == &case.reason).then_some(Err(e)))
         });
         if let Some(Err(e)) = logged {
             trouble.push(e);
@@ -617,15 +819,31 @@ fn tls_names_match_as_dns_does_and_hellos_in_pieces_are_read_whole() {
     }
     let m = Mediated::start(Edge::builder().nodes(1).start(), None, |_| {});
     let at = m.node(0).at(443);
-    let r = m.fetch(at, "API.GITHUB.COM", "/mediation/upper", &["--host", "api.github.com"]);
+    let r = m.fetch(
+        at,
+        "API.GITHUB.COM",
+        "/mediation/upper",
+        &["--host", "api.github.com"],
+    );
     assert_eq!(r["status"], 200, "upper case: {r}");
-    let r = m.fetch(at, "api.github.com", "/mediation/dribbled", &["--dribble-ms", "2"]);
+    let r = m.fetch(
+        at,
+        "api.github.com",
+        "/mediation/dribbled",
+        &["--dribble-ms", "2"],
+    );
     assert_eq!(r["status"], 200, "a hello in 1-byte segments: {r}");
     let hellos: &[(&str, &[&str])] = &[
         ("a trailing dot, in upper case", &["--sni", "API.GITHUB.COM."]),
         ("a trailing dot", &["--sni", "api.github.com."]),
-        ("a hello fragmented over 32-byte records", &["--sni", "api.github.com", "--fragment", "32"]),
-        ("the record header, 3 s of silence, then the rest", &["--sni", "api.github.com", "--stall-ms", "3000"]),
+        (
+            "a hello fragmented over 32-byte records",
+            &["--sni", "api.github.com", "--fragment", "32"],
+        ),
+        (
+            "the record header, 3 s of silence, then the rest",
+            &["--sni", "api.github.com", "--stall-ms", "3000"],
+        ),
     ];
     let at_text = at.to_string();
     for (what, extra) in hellos {
@@ -643,7 +861,10 @@ fn tls_names_match_as_dns_does_and_hellos_in_pieces_are_read_whole() {
         .into_iter()
         .filter(|c| c.sni.as_deref().is_some_and(|s| s.ends_with('.')))
         .collect();
-    assert!(crafted.is_empty(), "a crafted hello reached the edge as sent: {crafted:?}");
+    assert!(
+        crafted.is_empty(),
+        "a crafted hello reached the edge as sent: {crafted:?}"
+    );
     m.assert_mediated();
 }
 
@@ -656,7 +877,16 @@ fn a_hello_that_never_finishes_is_closed_and_nothing_is_forwarded() {
     let m = Mediated::start(Edge::builder().nodes(1).start(), None, |_| {});
     let at = m.node(0).at(443).to_string();
     let started = Instant::now();
-    let r = m.probe(&["hello", &at, "--sni", "api.github.com", "--stall-ms", "20000", "--wait-ms", "5000"]);
+    let r = m.probe(&[
+        "hello",
+        &at,
+        "--sni",
+        "api.github.com",
+        "--stall-ms",
+        "20000",
+        "--wait-ms",
+        "5000",
+    ]);
     assert_ne!(r["answer"], "handshake", "{r}");
     assert!(started.elapsed() < Duration::from_secs(30), "{r}");
     assert!(m.node(0).contacts().is_empty(), "{:?}", m.node(0).contacts());
@@ -688,8 +918,19 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
     });
     let a = m.node(0).at(443);
     let edge_ca = m.edge.ca_file.display().to_string();
-    let r = m.probe(&["fetch", &a.to_string(), PASSTHROUGH, "--ca", &edge_ca, "--path", "/pinned"]);
-    assert_eq!(r["handshake"], "ok", "the edge's own certificate reached the client: {r}");
+    let r = m.probe(&[
+        "fetch",
+        &a.to_string(),
+        PASSTHROUGH,
+        "--ca",
+        &edge_ca,
+        "--path",
+        "/pinned",
+    ]);
+    assert_eq!(
+        r["handshake"], "ok",
+        "the edge's own certificate reached the client: {r}"
+    );
     assert_eq!(r["status"], 200, "{r}");
     let contacts = m.node(0).contacts();
     assert_eq!(contacts.len(), 1, "{contacts:?}");
@@ -701,9 +942,11 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
     let held_at = SocketAddr::new(holder_ip.into(), 443).to_string();
     let (client, results) =
         m.gw.probe_in_background(&["hello", &held_at, "--sni", PASSTHROUGH, "--wait-ms", "8000"]);
-    eventually("the gateway to dial the held upstream", Duration::from_secs(10), || {
-        (!held.lock().unwrap().is_empty()).then_some(())
-    });
+    eventually(
+        "the gateway to dial the held upstream",
+        Duration::from_secs(10),
+        || (!held.lock().unwrap().is_empty()).then_some(()),
+    );
     let dialled = Instant::now();
     let shown = eventually(
         "the passthrough connection to be recorded while its upstream is still held",
@@ -713,7 +956,10 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
             text.contains(&held_at).then_some(text)
         },
     );
-    assert!(dialled.elapsed() < hold, "recorded only after the hold ended:\n{shown}");
+    assert!(
+        dialled.elapsed() < hold,
+        "recorded only after the hold ended:\n{shown}"
+    );
     assert!(shown.contains(PASSTHROUGH), "{shown}");
     let mut client = client;
     client.wait().unwrap();
@@ -745,7 +991,10 @@ fn a_passthrough_name_is_refused_while_the_store_cannot_write() {
         (r, m.node(0).contacts().len() > before)
     };
     let (r, dialled) = attempt();
-    assert!(dialled && r["answer"] == "handshake", "relayed while the store writes: {r}");
+    assert!(
+        dialled && r["answer"] == "handshake",
+        "relayed while the store writes: {r}"
+    );
 
     let filler = disk.fill();
     // The segment's last, partly used page may take a record or two: try until one is refused,
@@ -754,17 +1003,23 @@ fn a_passthrough_name_is_refused_while_the_store_cannot_write() {
     for _ in 0..30 {
         let (r, dialled) = attempt();
         if !dialled {
-            assert_ne!(r["answer"], "handshake", "an upstream answered without a dial?: {r}");
+            assert_ne!(
+                r["answer"], "handshake",
+                "an upstream answered without a dial?: {r}"
+            );
             refused = Some(r);
             break;
         }
     }
     let r = refused.expect("a passthrough connection is refused once the store's disk is full");
-    let logs = m.gw.wait_log("the refusal's log line", Duration::from_secs(10), |l| {
-        l.iter().any(|l| {
-            l["message"] == "connection refused" && l["reason"] == "store_unavailable" && l["tgid"] == r["pid"]
-        })
-    });
+    let logs =
+        m.gw.wait_log("the refusal's log line", Duration::from_secs(10), |l| {
+            l.iter().any(|l| {
+                l["message"] == "connection refused"
+                    && l["reason"] == "store_unavailable"
+                    && l["tgid"] == r["pid"]
+            })
+        });
     let line = logs
         .iter()
         .find(|l| l["message"] == "connection refused" && l["reason"] == "store_unavailable")
@@ -773,10 +1028,14 @@ fn a_passthrough_name_is_refused_while_the_store_cannot_write() {
     assert_eq!(line["layer"], "gateway", "{line}");
 
     std::fs::remove_file(&filler).unwrap();
-    eventually("passthrough to resume once space returns", Duration::from_secs(10), || {
-        let (r, dialled) = attempt();
-        (dialled && r["answer"] == "handshake").then_some(())
-    });
+    eventually(
+        "passthrough to resume once space returns",
+        Duration::from_secs(10),
+        || {
+            let (r, dialled) = attempt();
+            (dialled && r["answer"] == "handshake").then_some(())
+        },
+    );
     m.assert_mediated();
 }
 
@@ -801,7 +1060,16 @@ fn dialling_the_gateways_listener_directly_forwards_nothing() {
         let r = m.probe(&["hello", target, "--sni", "api.github.com"]);
         assert_ne!(r["answer"], "handshake", "{target}: {r}");
     }
-    let r = one(m.gw.probe_as(AS_NOBODY, &["fetch", &v4, "api.github.com", "--ca", &m.ca.display().to_string()]));
+    let r = one(m.gw.probe_as(
+        AS_NOBODY,
+        &[
+            "fetch",
+            &v4,
+            "api.github.com",
+            "--ca",
+            &m.ca.display().to_string(),
+        ],
+    ));
     assert_ne!(r["handshake"], "ok", "{r}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(m.edge.contacts().is_empty(), "{:?}", m.edge.contacts());
@@ -818,22 +1086,30 @@ fn an_impostor_on_the_gateways_port_receives_nothing_while_the_gateway_is_down()
     }
     let mut m = Mediated::start(Edge::builder().nodes(1).start(), None, |_| {});
     let port = format!("127.0.0.1:{}", m.gw.listen_port);
-    let r = one(m.gw.probe_as(AS_NOBODY, &["bind", &port, "--reuseport", "--hold-ms", "0"]));
-    assert_eq!(r["errno"], libc::EADDRINUSE, "the port is not shared while the gateway holds it: {r}");
+    let r = one(m
+        .gw
+        .probe_as(AS_NOBODY, &["bind", &port, "--reuseport", "--hold-ms", "0"]));
+    assert_eq!(
+        r["errno"],
+        libc::EADDRINUSE,
+        "the port is not shared while the gateway holds it: {r}"
+    );
 
     m.gw.terminate();
-    let mut impostor = m
-        .gw
-        .exec("setpriv")
-        .args(AS_NOBODY)
-        .arg(bin("ghgate-probe"))
-        .args(["bind", &port, "--hold-ms", "4000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut impostor =
+        m.gw.exec("setpriv")
+            .args(AS_NOBODY)
+            .arg(bin("ghgate-probe"))
+            .args(["bind", &port, "--hold-ms", "4000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
     let mut lines = lines_of(&mut impostor);
     let bound: Value = serde_json::from_str(&lines.next().expect("the impostor's first line")).unwrap();
-    assert_eq!(bound["bound"], true, "an unprivileged process can bind the free port: {bound}");
+    assert_eq!(
+        bound["bound"], true,
+        "an unprivileged process can bind the free port: {bound}"
+    );
 
     let a = m.node(0).at(443).to_string();
     let r = m.probe(&["talk", &a, "--send", "meant for GitHub"]);
@@ -848,8 +1124,26 @@ fn an_impostor_on_the_gateways_port_receives_nothing_while_the_gateway_is_down()
     let got: Value = serde_json::from_str(&lines.next().expect("the impostor's report")).unwrap();
     assert_eq!(got["accepted"], 0, "the impostor received connections: {got}");
 
+    // A root impostor (the gateway's own uid) is no more the gateway than nobody is.
+    let (mut impostor, got) = m.gw.probe_in_background(&["bind", &port, "--hold-ms", "3000"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let root_try = m.probe(&["talk", &a, "--send", "meant for GitHub"]);
+    assert_eq!(root_try["errno"], libc::ECONNREFUSED, "{root_try}");
+    assert!(impostor.wait().unwrap().success());
+    let got = got.join().unwrap();
+    assert_eq!(got[0]["bound"], true, "{got:?}");
+    assert_eq!(
+        got[1]["accepted"], 0,
+        "the root impostor received connections: {got:?}"
+    );
+
     m.gw.spawn();
-    m.gw.expect_refusal(&json!({"layer": "kernel", "reason": "foreign_listener", "orig_dst": a, "tgid": r["pid"]}));
+    m.gw.expect_refusal(
+        &json!({"layer": "kernel", "reason": "foreign_listener", "orig_dst": a, "tgid": r["pid"]}),
+    );
+    m.gw.expect_refusal(
+        &json!({"layer": "kernel", "reason": "foreign_listener", "orig_dst": a, "tgid": root_try["pid"]}),
+    );
     assert!(m.edge.contacts().is_empty());
 }
 
@@ -860,25 +1154,34 @@ fn in_bypass_mode_an_impostor_listener_still_receives_nothing() {
     if !privileged() {
         return;
     }
-    let mut m = Mediated::start(Edge::builder().nodes(1).start(), None, |spec| spec.on_gateway_down = "bypass");
+    let mut m = Mediated::start(Edge::builder().nodes(1).start(), None, |spec| {
+        spec.on_gateway_down = "bypass"
+    });
     m.gw.kill9();
     let port = format!("127.0.0.1:{}", m.gw.listen_port);
-    let mut impostor = m
-        .gw
-        .exec("setpriv")
-        .args(AS_NOBODY)
-        .arg(bin("ghgate-probe"))
-        .args(["bind", &port, "--hold-ms", "3000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut impostor =
+        m.gw.exec("setpriv")
+            .args(AS_NOBODY)
+            .arg(bin("ghgate-probe"))
+            .args(["bind", &port, "--hold-ms", "3000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
     let mut lines = lines_of(&mut impostor);
     let bound: Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
     assert_eq!(bound["bound"], true, "{bound}");
-    let r = m.probe(&["talk", &m.node(0).at(443).to_string(), "--send", "meant for GitHub"]);
+    let r = m.probe(&[
+        "talk",
+        &m.node(0).at(443).to_string(),
+        "--send",
+        "meant for GitHub",
+    ]);
     assert!(impostor.wait().unwrap().success());
     let got: Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
-    assert_eq!(got["accepted"], 0, "the impostor received a connection meant for GitHub ({r}): {got}");
+    assert_eq!(
+        got["accepted"], 0,
+        "the impostor received a connection meant for GitHub ({r}): {got}"
+    );
 }
 
 /// The kernel keeps refusing while the gateway is stopped, and those refusals are recorded when
@@ -925,16 +1228,24 @@ fn a_refresh_of_githubs_ranges_takes_effect_and_a_bad_one_changes_nothing() {
     let status = m.gw.status();
     assert_eq!(status["github_ranges"]["source"], "snapshot", "{status}");
     assert_eq!(prefixes(&status), Some(1), "{status}");
-    assert!(!status["github_ranges"]["fetched_at"].is_null() || status["github_ranges"]["source"] == "snapshot");
     let r = m.probe(&["talk", &m.node(0).at(22).to_string()]);
     assert_eq!(r["errno"], libc::EPERM, "A is GitHub's: {r}");
     let r = m.probe(&["talk", &m.node(1).at(22).to_string()]);
     assert_eq!(r["ok"], true, "B is not GitHub's yet: {r}");
-    eventually("a refresh attempt", Duration::from_secs(10), || (meta.requests() >= 1).then_some(()));
-    assert_eq!(m.gw.status()["github_ranges"]["source"], "snapshot", "a 500 changed nothing");
+    eventually("a refresh attempt", Duration::from_secs(10), || {
+        (meta.requests() >= 1).then_some(())
+    });
+    assert_eq!(
+        m.gw.status()["github_ranges"]["source"],
+        "snapshot",
+        "a 500 changed nothing"
+    );
 
     let pid = m.gw.pid();
-    meta.set(MetaAnswer::Json(meta_document(&[("api", vec![a.clone()]), ("git", vec![b.clone()])])));
+    meta.set(MetaAnswer::Json(meta_document(&[
+        ("api", vec![a.clone()]),
+        ("git", vec![b.clone()]),
+    ])));
     let status = eventually("the refreshed set", Duration::from_secs(15), || {
         let s = m.gw.status();
         (s["github_ranges"]["source"] == "refreshed" && prefixes(&s) == Some(2)).then_some(s)
@@ -952,15 +1263,23 @@ fn a_refresh_of_githubs_ranges_takes_effect_and_a_bad_one_changes_nothing() {
         ("a 404", MetaAnswer::Status(404)),
         ("empty lists", MetaAnswer::Json(meta_document(&[]))),
         ("an empty object", MetaAnswer::Json("{}".into())),
-        ("an invalid prefix", MetaAnswer::Json(meta_document(&[("api", vec!["300.1.2.3/33".into()])]))),
-        ("lists of the wrong type", MetaAnswer::Json(r#"{"api": "140.82.112.0/20", "git": 7}"#.into())),
+        (
+            "an invalid prefix",
+            MetaAnswer::Json(meta_document(&[("api", vec!["300.1.2.3/33".into()])])),
+        ),
+        (
+            "lists of the wrong type",
+            MetaAnswer::Json(r#"{"api": "140.82.112.0/20", "git": 7}"#.into()),
+        ),
     ];
     for (what, answer) in bad {
         let before = meta.requests();
         meta.set(answer);
-        eventually(&format!("two refreshes answered with {what}"), Duration::from_secs(15), || {
-            (meta.requests() >= before + 2).then_some(())
-        });
+        eventually(
+            &format!("two refreshes answered with {what}"),
+            Duration::from_secs(15),
+            || (meta.requests() >= before + 2).then_some(()),
+        );
         let r = m.probe(&["talk", &m.node(1).at(22).to_string()]);
         assert_eq!(r["errno"], libc::EPERM, "after {what}, B is still GitHub's: {r}");
         let r = m.probe(&["talk", &m.node(0).at(22).to_string()]);
@@ -982,13 +1301,24 @@ fn a_meta_answer_from_an_unverified_server_is_never_believed() {
     }
     let edge = Edge::builder().nodes(2).start();
     let forger = TestCa::new();
-    let forged = MetaServer::start(&forger, MetaAnswer::Json(meta_document(&[("api", vec![edge.node(1).cidr()])])));
+    let forged = MetaServer::start(
+        &forger,
+        MetaAnswer::Json(meta_document(&[("api", vec![edge.node(1).cidr()])])),
+    );
     let a = edge.node(0).cidr();
-    let m = Mediated::start(edge, Some(GithubSpec::ranges(&[a]).refreshed_from(&forged.url, 1)), |_| {});
+    let m = Mediated::start(
+        edge,
+        Some(GithubSpec::ranges(&[a]).refreshed_from(&forged.url, 1)),
+        |_| {},
+    );
     eventually("two refresh attempts", Duration::from_secs(15), || {
         (forged.connections() >= 2).then_some(())
     });
-    assert_eq!(forged.requests(), 0, "the gateway sent a request over unverified TLS");
+    assert_eq!(
+        forged.requests(),
+        0,
+        "the gateway sent a request over unverified TLS"
+    );
     let r = m.probe(&["talk", &m.node(0).at(22).to_string()]);
     assert_eq!(r["errno"], libc::EPERM, "A is still GitHub's: {r}");
     assert_eq!(m.gw.status()["github_ranges"]["source"], "snapshot");
@@ -1002,12 +1332,18 @@ fn only_the_configured_meta_lists_are_mediated() {
         return;
     }
     let edge = Edge::builder().nodes(2).start();
-    let doc = meta_document(&[("copilot", vec![edge.node(0).cidr()]), ("actions", vec![edge.node(1).cidr()])]);
+    let doc = meta_document(&[
+        ("copilot", vec![edge.node(0).cidr()]),
+        ("actions", vec![edge.node(1).cidr()]),
+    ]);
     let m = Mediated::start(edge, Some(GithubSpec::snapshot(doc)), |_| {});
     let r = m.probe(&["talk", &m.node(0).at(22).to_string()]);
     assert_eq!(r["errno"], libc::EPERM, "copilot's addresses are GitHub's: {r}");
     let r = m.probe(&["talk", &m.node(1).at(22).to_string(), "--send", r"SSH-2.0-x\r\n"]);
-    assert_eq!(r["received"], SSH_BANNER, "actions' addresses are not mediated: {r}");
+    assert_eq!(
+        r["received"], SSH_BANNER,
+        "actions' addresses are not mediated: {r}"
+    );
 }
 
 /// Hundreds of connections at once — held open without a hello on the TLS port, refused on
@@ -1019,14 +1355,22 @@ fn a_flood_of_connections_lets_nothing_around_the_gateway() {
     }
     let m = Mediated::with_ranges(Edge::builder().nodes(2).start(), GithubSpec::ranges);
     let a = m.node(0).at(443).to_string();
-    let (mut held, results) = m.gw.probe_in_background(&["flood", &a, "--count", "600", "--hold-ms", "3000"]);
+    let (mut held, results) =
+        m.gw.probe_in_background(&["flood", &a, "--count", "600", "--hold-ms", "3000"]);
     let refused = m.probe(&["flood", &m.node(1).at(22).to_string(), "--count", "300"]);
-    assert_eq!(refused["errnos"], json!({libc::EPERM.to_string(): 300}), "{refused}");
+    assert_eq!(
+        refused["errnos"],
+        json!({libc::EPERM.to_string(): 300}),
+        "{refused}"
+    );
     let r = m.probe(&["talk", &m.node(1).at(80).to_string()]);
     assert_eq!(r["errno"], libc::EPERM, "during the flood: {r}");
     assert!(held.wait().unwrap().success());
     let flood = one(results.join().unwrap());
-    assert_eq!(flood["connected"], 600, "every held connection went to the gateway: {flood}");
+    assert_eq!(
+        flood["connected"], 600,
+        "every held connection went to the gateway: {flood}"
+    );
     let r = m.fetch(m.node(0).at(443), "api.github.com", "/mediation/after-flood", &[]);
     assert_eq!(r["status"], 200, "the gateway serves after the flood: {r}");
     m.assert_mediated();
@@ -1048,10 +1392,34 @@ fn raw_sockets_cannot_carry_datagrams_to_githubs_addresses() {
         "--inh-caps=+net_raw",
         "--ambient-caps=+net_raw",
     ];
-    let with_cap = one(m.gw.probe_as(&net_raw, &["raw-udp", &at, "--send", "raw-quic-from-nobody"]));
+    // The same move outside interception gets through: the capability is really there, so an
+    // EPERM inside is the gateway's doing.
+    let outside = std::process::Command::new("setpriv")
+        .args(net_raw)
+        .arg(bin("ghgate-probe"))
+        .args(["raw-udp", &at, "--send", "raw-quic-from-outside"])
+        .output()
+        .unwrap();
+    let outside: Value = serde_json::from_slice(&outside.stdout).expect("probe json");
+    assert_eq!(
+        outside["ok"], true,
+        "nobody with CAP_NET_RAW sends raw datagrams: {outside}"
+    );
+    eventually("the outside datagram", Duration::from_secs(5), || {
+        (m.node(0).udp.received().len() == 1).then_some(())
+    });
+    let with_cap = one(m
+        .gw
+        .probe_as(&net_raw, &["raw-udp", &at, "--send", "raw-quic-from-nobody"]));
     let as_root = m.probe(&["raw-udp", &at, "--send", "raw-quic-from-root"]);
     std::thread::sleep(Duration::from_millis(300));
-    let got = m.node(0).udp.received();
+    let got: Vec<_> = m
+        .node(0)
+        .udp
+        .received()
+        .into_iter()
+        .filter(|(_, d)| !d.ends_with(b"outside"))
+        .collect();
     assert!(
         got.is_empty(),
         "hand-built UDP reached GitHub's QUIC port (nobody+CAP_NET_RAW: {with_cap}; root: {as_root}): {got:?}"
@@ -1059,4 +1427,38 @@ fn raw_sockets_cannot_carry_datagrams_to_githubs_addresses() {
     for r in [&with_cap, &as_root] {
         assert_eq!(r["errno"], libc::EPERM, "{r}");
     }
+}
+
+/// Domain fronting through a passthrough name: GitHub's edge serves every name on the same
+/// addresses, so a client that sends a passthrough SNI and then, inside the untouched TLS, asks
+/// for `Host: api.github.com` talks to the API with its content neither recorded nor masked.
+/// The passthrough list as specified cannot stop this (the gateway never sees inside); kept as a
+/// record of the gap, to run once the defence decides what passthrough may reach.
+#[test]
+#[ignore = "design gap: a passthrough name fronts for every GitHub host on the same edge"]
+fn a_passthrough_name_cannot_front_for_the_api() {
+    if !privileged() {
+        return;
+    }
+    let edge = Edge::builder().nodes(1).start();
+    let ranges = GithubSpec::ranges(&[edge.node(0).cidr()]);
+    let m = Mediated::start(edge, Some(ranges), |spec| {
+        spec.tls_passthrough = vec![PASSTHROUGH.into()]
+    });
+    let edge_ca = m.edge.ca_file.display().to_string();
+    let r = m.probe(&[
+        "fetch",
+        &m.node(0).at(443).to_string(),
+        PASSTHROUGH,
+        "--ca",
+        &edge_ca,
+        "--host",
+        "api.github.com",
+        "--path",
+        "/user",
+    ]);
+    assert_ne!(
+        r["status"], 200,
+        "the API answered through a passthrough connection: {r}"
+    );
 }
