@@ -460,9 +460,28 @@ pub fn fetch(addr: SocketAddr, dial: Dial, fetch: &Fetch) -> Value {
         .and_then(|s| s.parse::<u16>().ok())
         .unwrap_or(0)
         .into();
-    out["body"] = body.into();
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    out["body"] = if chunked { dechunk(body) } else { body.to_owned() }.into();
     if let Err(e) = read {
         out["read_error"] = e.to_string().into();
+    }
+    out
+}
+
+/// The payload of a chunked HTTP/1.1 body (as far as it is whole).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -586,6 +605,11 @@ pub fn unescape(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dechunks_a_chunked_body() {
+        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+    }
 
     #[test]
     fn unescapes_what_the_tests_pass() {
