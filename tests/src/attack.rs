@@ -568,6 +568,58 @@ pub fn flood(addr: SocketAddr, count: usize, hold: Duration) -> Value {
     out
 }
 
+/// Renames this process (its `comm`, what the kernel reports as the caller's name).
+pub fn set_comm(name: &str) -> io::Result<()> {
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    nix::sys::prctl::set_name(&name).map_err(io::Error::from)
+}
+
+/// Forks into a child whose pid is exactly `pid` (clone3 with `set_tid`, which root may do), as
+/// a process that wants the identity of a dead one would. `Ok(true)` in the child; `Ok(false)`
+/// in the parent, once the child has exited.
+pub fn become_pid(pid: i32) -> io::Result<bool> {
+    /// `struct clone_args` (linux/sched.h), up to `cgroup`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tids = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: without CLONE_VM, clone3 duplicates this (single-threaded) process as fork() does;
+    // `args` and `tids` outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(true),
+        child => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child as i32), None);
+            Ok(false)
+        }
+    }
+}
+
 /// `\r`, `\n`, `\t`, `\0`, `\\` and `\xHH` in a command-line argument, as bytes.
 pub fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::new();

@@ -143,6 +143,30 @@ impl ClientHello {
         self.push(ECH, data)
     }
 
+    /// Puts up to `n` bytes of unknown (GREASE) extensions first and moves the SNI last, so the
+    /// name comes only after the padding (the extensions block stays within its 64 KiB limit).
+    pub fn pad_before_sni(&mut self, n: usize) -> &mut Self {
+        if let Some(at) = self.extensions.iter().position(|(k, _)| *k == SERVER_NAME) {
+            let sni = self.extensions.remove(at);
+            let end = self
+                .extensions
+                .iter()
+                .position(|(k, _)| *k == PRE_SHARED_KEY)
+                .unwrap_or(self.extensions.len());
+            self.extensions.insert(end, sni);
+        }
+        let used: usize = self.extensions.iter().map(|(_, d)| 4 + d.len()).sum();
+        let mut left = n.min(u16::MAX as usize - used);
+        let mut kind = 0x0a0a_u16;
+        while left > 4 {
+            let len = (left - 4).min(60_000);
+            self.extensions.insert(0, (kind, vec![0; len]));
+            left -= 4 + len;
+            kind = kind.wrapping_add(0x1010);
+        }
+        self
+    }
+
     /// The handshake message: type, 24-bit length, body.
     pub fn message(&self) -> Vec<u8> {
         let mut exts = Vec::new();
@@ -226,6 +250,18 @@ mod tests {
         }
         let accepted = acceptor.accept().ok().flatten().expect("a whole hello");
         assert_eq!(accepted.client_hello().server_name(), Some("github.com"));
+    }
+
+    #[test]
+    fn padding_puts_the_name_after_64_kib() {
+        let mut h = ClientHello::from_rustls("evil.example", &[]);
+        h.pad_before_sni(70_000);
+        let ext_bytes: usize = h.extensions.iter().map(|(_, d)| 4 + d.len()).sum();
+        assert!(ext_bytes <= u16::MAX as usize && ext_bytes > 65_000, "{ext_bytes}");
+        assert_eq!(h.extensions.last().map(|e| e.0), Some(SERVER_NAME), "the name comes last");
+        let bytes = h.record();
+        assert!(bytes.len() > 64 * 1024, "{}", bytes.len());
+        assert!(ClientHello::parse(&bytes).is_none(), "more than one record");
     }
 
     #[test]

@@ -71,7 +71,7 @@ struct Mediated {
     /// ghgate's CA, for clients.
     ca: PathBuf,
     edge: Edge,
-    _cg: TestCgroup,
+    cg: TestCgroup,
 }
 
 impl Mediated {
@@ -88,12 +88,7 @@ impl Mediated {
         tweak(&mut spec);
         let gw = Gateway::start(&cg, &spec);
         let ca = gw.ca_file();
-        Self {
-            gw,
-            ca,
-            edge,
-            _cg: cg,
-        }
+        Self { gw, ca, edge, cg }
     }
 
     /// GitHub's ranges are every address of the edge.
@@ -426,6 +421,18 @@ fn other_ports_of_githubs_addresses_are_refused_at_connect() {
     let r = one(m.gw.probe_as(AS_NOBODY, &["talk", &m.node(0).at(22).to_string()]));
     assert_eq!(r["uid"], 65534);
     m.assert_refused_by_kernel(&r, "port_not_allowed", Some(m.node(0).at(22)));
+    // A process in a cgroup nested below the intercepted one (as a container's would be).
+    let nested = m.cg.child("nested");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+        .arg(&nested)
+        .arg(bin("ghgate-probe"))
+        .args(["talk", &m.node(1).at(9418).to_string()])
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).expect("probe json");
+    m.assert_refused_by_kernel(&r, "port_not_allowed", Some(m.node(1).at(9418)));
     // A second connect() on a fresh socket right after a refusal is refused again.
     let again = m.probe(&["talk", &m.node(0).at(22).to_string()]);
     assert_eq!(again["errno"], libc::EPERM, "{again}");
@@ -561,6 +568,12 @@ fn tcp_fast_open_and_mptcp_take_the_same_checks_as_connect() {
         );
         assert_eq!(r["handshake"], "ok", "{dial}: {r}");
         assert_eq!(r["status"], 200, "{dial}: {r}");
+        // As for TCP, the client sees its original peer, not the gateway's listener.
+        assert_eq!(
+            r["peer"],
+            b.to_string(),
+            "{dial}: getpeername gives the gateway away: {r}"
+        );
     }
     m.assert_mediated();
 }
@@ -733,6 +746,13 @@ fn tls_peek_refuses_every_hello_it_cannot_attribute() {
             ]),
             reason: "not_tls",
             alternatives: &[],
+            sni: None,
+        },
+        HelloCase {
+            what: "a foreign SNI placed after 64 KiB of padding extensions",
+            args: hello(&["--sni", "evil.example", "--pad", "70000", "--wait-ms", "3000"]),
+            reason: "foreign_sni",
+            alternatives: &["malformed_hello", "no_sni"],
             sni: None,
         },
         HelloCase {
@@ -1124,8 +1144,10 @@ fn an_impostor_on_the_gateways_port_receives_nothing_while_the_gateway_is_down()
     let got: Value = serde_json::from_str(&lines.next().expect("the impostor's report")).unwrap();
     assert_eq!(got["accepted"], 0, "the impostor received connections: {got}");
 
-    // A root impostor (the gateway's own uid) is no more the gateway than nobody is.
-    let (mut impostor, got) = m.gw.probe_in_background(&["bind", &port, "--hold-ms", "3000"]);
+    // A root impostor (the gateway's own uid) calling itself ghgate is no more the gateway
+    // than nobody is.
+    let (mut impostor, got) =
+        m.gw.probe_in_background(&["bind", &port, "--hold-ms", "3000", "--comm", "ghgate"]);
     std::thread::sleep(Duration::from_millis(500));
     let root_try = m.probe(&["talk", &a, "--send", "meant for GitHub"]);
     assert_eq!(root_try["errno"], libc::ECONNREFUSED, "{root_try}");
@@ -1365,6 +1387,20 @@ fn a_flood_of_connections_lets_nothing_around_the_gateway() {
     );
     let r = m.probe(&["talk", &m.node(1).at(80).to_string()]);
     assert_eq!(r["errno"], libc::EPERM, "during the flood: {r}");
+    // A flood of refusals cannot hide the one that matters: every one is counted and recorded.
+    let noise = m.probe(&["flood", &m.node(1).at(22).to_string(), "--count", "5000"]);
+    assert_eq!(noise["errnos"], json!({libc::EPERM.to_string(): 5000}), "{noise}");
+    let needle = m.probe(&["talk", &m.node(1).at(9418).to_string()]);
+    m.assert_refused_by_kernel(&needle, "port_not_allowed", Some(m.node(1).at(9418)));
+    let recorded = eventually("the flood's refusals recorded", Duration::from_secs(30), || {
+        let n =
+            m.gw.refusals()
+                .iter()
+                .filter(|r| r["tgid"] == noise["pid"])
+                .count();
+        (n >= 5000).then_some(n)
+    });
+    assert_eq!(recorded, 5000);
     assert!(held.wait().unwrap().success());
     let flood = one(results.join().unwrap());
     assert_eq!(
@@ -1427,6 +1463,59 @@ fn raw_sockets_cannot_carry_datagrams_to_githubs_addresses() {
     for r in [&with_cap, &as_root] {
         assert_eq!(r["errno"], libc::EPERM, "{r}");
     }
+}
+
+/// The kernel excludes the gateway's own connections by its process id. Once the gateway is
+/// dead, a process that takes its pid (root can ask clone3 for it; anyone can fork until pids
+/// wrap) must not inherit that exclusion: its connections are refused like everyone's.
+#[test]
+fn a_process_that_takes_the_dead_gateways_pid_is_not_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let mut m = Mediated::start(Edge::builder().nodes(1).start(), None, |_| {});
+    let pid = m.gw.pid().unwrap().to_string();
+    m.gw.kill9();
+    let a = m.node(0).at(443).to_string();
+    let r = m.probe(&["talk", &a, "--send", "meant for GitHub", "--as-pid", &pid]);
+    assert_ne!(
+        r["stage"], "clone3",
+        "pid {pid} was taken by another process first; run again: {r}"
+    );
+    assert_eq!(r["pid"].to_string(), pid, "{r}");
+    assert_eq!(
+        (&r["ok"], &r["errno"]),
+        (&json!(false), &json!(libc::ECONNREFUSED)),
+        "the dead gateway's pid went around the gateway: {r}"
+    );
+    assert!(m.edge.contacts().is_empty(), "{:?}", m.edge.contacts());
+}
+
+/// The gateway is told apart by what the kernel knows, not by name: a process calling itself
+/// `ghgate` is intercepted like any other.
+#[test]
+fn a_process_named_ghgate_is_still_intercepted() {
+    if !privileged() {
+        return;
+    }
+    let m = Mediated::start(Edge::builder().nodes(1).start(), None, |_| {});
+    let r = m.fetch(
+        m.node(0).at(443),
+        "api.github.com",
+        "/mediation/named",
+        &["--comm", "ghgate"],
+    );
+    assert_eq!(r["status"], 200, "{r}");
+    m.assert_mediated();
+    let line =
+        m.gw.wait_log("the exchange's log line", Duration::from_secs(10), |l| {
+            l.iter().any(|l| l["tgid"] == r["pid"])
+        });
+    let line = line.iter().find(|l| l["tgid"] == r["pid"]).unwrap();
+    assert_eq!(
+        line["comm"], "ghgate",
+        "attributed to the caller by its own facts: {line}"
+    );
 }
 
 /// Domain fronting through a passthrough name: GitHub's edge serves every name on the same

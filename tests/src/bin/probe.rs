@@ -14,7 +14,7 @@ use std::{
 fn usage() -> ! {
     eprintln!(
         "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N\n       ghgate-probe h2streams ADDR NAME CA_FILE PATH --streams N --wait-secs S\n\
-         attacks (one JSON line each; DIAL is connect, tfo or mptcp; TEXT takes \\r \\n \\0 \\xHH):\n       ghgate-probe talk ADDR [--dial DIAL] [--send TEXT] [--wait-ms MS] [--scope-id N]\n       ghgate-probe udp-send ADDR [--connect] [--lite] [--decoy ADDR] [--send TEXT]\n       ghgate-probe sctp ADDR\n       ghgate-probe raw-udp ADDR [--send TEXT]\n       ghgate-probe hello ADDR [--dial DIAL] [--sni NAME]... [--no-sni] [--ech] [--garbage] [--raw TEXT] [--fragment N] [--dribble-ms MS] [--stall-ms MS] [--then TEXT] [--wait-ms MS]\n       ghgate-probe fetch ADDR NAME [--dial DIAL] [--ca FILE|any]... [--host HOST] [--path PATH] [--dribble-ms MS]\n       ghgate-probe bind ADDR [--reuseport] [--hold-ms MS]\n       ghgate-probe flood ADDR --count N [--hold-ms MS]"
+         attacks (one JSON line each; DIAL is connect, tfo or mptcp; TEXT takes \\r \\n \\0 \\xHH;\n         any mode takes --comm NAME (rename first) and --as-pid PID (run as a child with that pid)):\n       ghgate-probe talk ADDR [--dial DIAL] [--send TEXT] [--wait-ms MS] [--scope-id N]\n       ghgate-probe udp-send ADDR [--connect] [--lite] [--decoy ADDR] [--send TEXT]\n       ghgate-probe sctp ADDR\n       ghgate-probe raw-udp ADDR [--send TEXT]\n       ghgate-probe hello ADDR [--dial DIAL] [--sni NAME]... [--no-sni] [--ech] [--pad N] [--garbage] [--raw TEXT] [--fragment N] [--dribble-ms MS] [--stall-ms MS] [--then TEXT] [--wait-ms MS]\n       ghgate-probe fetch ADDR NAME [--dial DIAL] [--ca FILE|any]... [--host HOST] [--path PATH] [--dribble-ms MS]\n       ghgate-probe bind ADDR [--reuseport] [--hold-ms MS]\n       ghgate-probe flood ADDR --count N [--hold-ms MS]"
     );
     std::process::exit(2)
 }
@@ -69,6 +69,9 @@ fn attack(mode: &str, addr: SocketAddr, args: &[String]) -> Option<()> {
                 if flag("--ech") {
                     hello.push_ech();
                 }
+                if let Some(n) = opt("--pad") {
+                    hello.pad_before_sni(n.parse().unwrap_or_else(|_| usage()));
+                }
                 hello.records(num("--fragment", 16 * 1024) as usize)
             };
             let pace = match (opt("--dribble-ms"), opt("--stall-ms")) {
@@ -114,6 +117,25 @@ fn main() {
         usage()
     };
     let addr: SocketAddr = addr.parse().unwrap_or_else(|_| usage());
+    // Identity tricks, before any move: another name, another (dead process's) pid.
+    let global = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    if let Some(name) = global("--comm") {
+        ghgate_e2e::attack::set_comm(name).expect("rename the process");
+    }
+    if let Some(pid) = global("--as-pid") {
+        match ghgate_e2e::attack::become_pid(pid.parse().unwrap_or_else(|_| usage())) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(0);
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "stage": "clone3", "errno": errno, "error": e.to_string()})
+                );
+                return;
+            }
+        }
+    }
     if attack(mode, addr, &args).is_some() {
         return;
     }
