@@ -257,8 +257,15 @@ mod tests {
         let mut h = ClientHello::from_rustls("evil.example", &[]);
         h.pad_before_sni(70_000);
         let ext_bytes: usize = h.extensions.iter().map(|(_, d)| 4 + d.len()).sum();
-        assert!(ext_bytes <= u16::MAX as usize && ext_bytes > 65_000, "{ext_bytes}");
-        assert_eq!(h.extensions.last().map(|e| e.0), Some(SERVER_NAME), "the name comes last");
+        assert!(
+            ext_bytes <= u16::MAX as usize && ext_bytes > 65_000,
+            "{ext_bytes}"
+        );
+        assert_eq!(
+            h.extensions.last().map(|e| e.0),
+            Some(SERVER_NAME),
+            "the name comes last"
+        );
         let bytes = h.record();
         assert!(bytes.len() > 64 * 1024, "{}", bytes.len());
         assert!(ClientHello::parse(&bytes).is_none(), "more than one record");
