@@ -84,3 +84,48 @@ pub fn github_token(random: &str) -> String {
     }
     format!("{}_{random}{}", "ghp", std::str::from_utf8(&check).unwrap())
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+pub struct SmallDisk {
+    pub dir: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(parent: &Path, size: &str) -> Self {
+        let dir = parent.join("small-disk");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "ghgate-test",
+                dir.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    /// Fills the filesystem with a file, leaving nothing free; returns the file.
+    pub fn fill(&self) -> PathBuf {
+        let filler = self.dir.join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"])
+            .output()
+            .unwrap();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}

@@ -55,7 +55,7 @@ impl TestCa {
         path
     }
 
-    fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    pub(crate) fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().unwrap();
         let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -612,7 +612,7 @@ impl Upstream {
 
     /// Also serves `<git_root>/<owner>/<repo>.git` over smart HTTP with `git http-backend`.
     pub fn start_with_git(bind: SocketAddr, ca: &TestCa, names: &[&str], git_root: Option<PathBuf>) -> Self {
-        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], None)
+        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], None, None)
     }
 
     /// Also plays GitHub's side of credential brokering (see [`Auth`]).
@@ -623,12 +623,23 @@ impl Upstream {
         git_root: Option<PathBuf>,
         auth: Arc<Auth>,
     ) -> Self {
-        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], Some(auth))
+        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], Some(auth), None)
     }
 
     /// An upstream that speaks only the ALPN protocols given (e.g. only `http/1.1`).
     pub fn start_with_alpn(bind: SocketAddr, ca: &TestCa, names: &[&str], alpn: &[&[u8]]) -> Self {
-        Self::start_full(bind, ca, names, None, alpn, None)
+        Self::start_full(bind, ca, names, None, alpn, None, None)
+    }
+
+    /// An upstream playing one address of GitHub's edge (see [`EdgeRole`]).
+    pub fn start_edge(
+        bind: SocketAddr,
+        ca: &TestCa,
+        names: &[&str],
+        git_root: Option<PathBuf>,
+        role: EdgeRole,
+    ) -> Self {
+        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], None, Some(role))
     }
 
     fn start_full(
@@ -638,6 +649,7 @@ impl Upstream {
         git_root: Option<PathBuf>,
         alpn: &[&[u8]],
         auth: Option<Arc<Auth>>,
+        edge: Option<EdgeRole>,
     ) -> Self {
         let git_root = git_root.map(Arc::new);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -662,19 +674,36 @@ impl Upstream {
         let (count, conns) = (served.clone(), connections.clone());
         runtime.spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
+                let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
-                let (acceptor, count, git_root, auth) =
-                    (acceptor.clone(), count.clone(), git_root.clone(), auth.clone());
+                let (acceptor, count, git_root, auth, edge) = (
+                    acceptor.clone(),
+                    count.clone(),
+                    git_root.clone(),
+                    auth.clone(),
+                    edge.clone(),
+                );
                 let conns = conns.clone();
                 tokio::spawn(async move {
+                    if let Some(edge) = &edge {
+                        let first = first_bytes(&tcp).await;
+                        (edge.on_accept)(peer, &first);
+                    }
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     conns.fetch_add(1, Ordering::SeqCst);
                     let svc = hyper::service::service_fn(move |req| {
-                        handle(req, count.clone(), git_root.clone(), auth.clone())
+                        let (count, git_root, auth) = (count.clone(), git_root.clone(), auth.clone());
+                        let by_host = edge.is_some();
+                        async move {
+                            if by_host && let Some(resp) = edge_answer(&req, addr, git_root.is_some()) {
+                                count.fetch_add(1, Ordering::SeqCst);
+                                return Ok(resp);
+                            }
+                            handle(req, count, git_root, auth).await
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -698,6 +727,65 @@ impl Upstream {
     /// Requests served so far.
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
+    }
+}
+
+/// What an upstream does when it plays one address of GitHub's edge: it reports every TCP
+/// connection it accepts, and answers by `Host` as the edge does.
+#[derive(Clone)]
+pub struct EdgeRole {
+    /// Called for every accepted TCP connection, before TLS, with its peer and the first bytes
+    /// it sent (peeked, so the handshake still reads them; empty when nothing came within 2 s).
+    pub on_accept: OnAccept,
+}
+
+/// What an edge upstream calls for each accepted connection: its peer and its first bytes.
+pub type OnAccept = Arc<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
+
+/// The bytes a new connection sent first, without consuming them: whatever arrived within 2 s.
+async fn first_bytes(tcp: &tokio::net::TcpStream) -> Vec<u8> {
+    let mut buf = vec![0u8; 16 * 1024 + 5];
+    match tokio::time::timeout(Duration::from_secs(2), tcp.peek(&mut buf)).await {
+        Ok(Ok(n)) => buf[..n].to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// The edge's answer by `Host`: `api.github.com` (and `pinned.github.test`, the name tests put
+/// on the passthrough list) gets JSON naming the edge address that served it; `github.com` and `codeload.github.com` fall through to the git server (when there is one,
+/// else 404); any other host gets 421, as GitHub's edge answers a name it does not serve.
+fn edge_answer(req: &Request<Incoming>, served_by: SocketAddr, git: bool) -> Option<Response<Body>> {
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let name = host
+        .rsplit_once(':')
+        .map_or(host.as_str(), |(n, _)| n)
+        .to_ascii_lowercase();
+    let path = req.uri().path().to_owned();
+    match name.as_str() {
+        "api.github.com" | "pinned.github.test" => {
+            let body = serde_json::json!({
+                "edge": served_by.to_string(),
+                "host": host,
+                "path": path,
+                "current_user_url": "https://api.github.com/user",
+            });
+            let mut r = text(StatusCode::OK, body.to_string());
+            r.headers_mut()
+                .insert("content-type", "application/json; charset=utf-8".parse().unwrap());
+            Some(r)
+        }
+        "github.com" | "codeload.github.com" if git => None,
+        "github.com" | "codeload.github.com" => Some(not_found()),
+        _ => Some(text(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("edge {served_by} does not serve {host:?}\n"),
+        )),
     }
 }
 

@@ -4,9 +4,12 @@
 //!
 //! Safety: programs are only ever attached to a cgroup this harness created, holding only
 //! processes this harness started. Servers listen on loopback only.
+pub mod attack;
 pub mod chromium;
 pub mod dns;
+pub mod edge;
 pub mod fixtures;
+pub mod hello;
 pub mod https;
 pub mod servers;
 
@@ -224,12 +227,128 @@ pub struct GatewaySpec {
     /// `[tls]`: ports whose connections are TLS, names terminated, extra upstream roots.
     pub tls_ports: Vec<u16>,
     pub tls_intercept: Option<Vec<String>>,
+    /// `[tls] passthrough`: names relayed untouched.
+    pub tls_passthrough: Vec<String>,
     pub upstream_extra_roots: Vec<PathBuf>,
+    /// The `[github]` table (GitHub's address ranges, mediated as a whole). None: the harness
+    /// default, [`GithubSpec::reserved`], so that no test is affected by ranges it did not ask for.
+    pub github: Option<GithubSpec>,
     /// Extra TOML appended to the config (e.g. an `[http]` section).
     pub extra_toml: String,
     /// The body of the `[github]` table (GitHub's ranges). Default: never refreshed, so no test
     /// reaches for the real meta API.
     pub github: String,
+}
+
+/// The `[github]` table: GitHub's published address ranges, mediated as a whole (every TCP port
+/// but the TLS ones refused, UDP refused, TLS ports redirected to the gateway).
+///
+/// `GithubSpec::ranges(&cidrs).allow_ports(&[22]).refreshed_from(&url, 1)`
+#[derive(Clone, Debug)]
+pub struct GithubSpec {
+    /// `"meta"` or `"off"`.
+    pub ranges: &'static str,
+    /// The snapshot's content, in the format of GitHub's meta API; written next to the config.
+    pub snapshot: Option<String>,
+    pub meta_url: Option<String>,
+    pub meta_lists: Option<Vec<String>>,
+    /// 0: never refresh (every test's default: nothing is fetched unless a test says where from).
+    pub refresh_secs: u64,
+    pub allow_ports: Vec<u16>,
+}
+
+impl GithubSpec {
+    /// A loopback range no test uses (`loopback_v4()` never gives 127.254.x.y): the harness's
+    /// stand-in for GitHub's ranges in tests that are about something else.
+    pub const RESERVED: &'static str = "127.254.254.0/24";
+
+    pub fn reserved() -> Self {
+        Self::ranges(&[Self::RESERVED.to_owned()])
+    }
+
+    /// A snapshot listing `cidrs` as GitHub's API addresses; never refreshed.
+    pub fn ranges(cidrs: &[String]) -> Self {
+        Self::snapshot(edge::meta_document(&[("api", cidrs.to_vec())]))
+    }
+
+    /// A snapshot with this content (a meta document, or anything a test wants to feed it).
+    pub fn snapshot(doc: String) -> Self {
+        Self {
+            ranges: "meta",
+            snapshot: Some(doc),
+            meta_url: None,
+            meta_lists: None,
+            refresh_secs: 0,
+            allow_ports: Vec::new(),
+        }
+    }
+
+    pub fn off() -> Self {
+        Self {
+            ranges: "off",
+            ..Self::reserved()
+        }
+    }
+
+    /// Other TCP ports let through to GitHub's addresses unmediated.
+    pub fn allow_ports(mut self, ports: &[u16]) -> Self {
+        self.allow_ports = ports.to_vec();
+        self
+    }
+
+    /// Refreshed from `url` every `secs` seconds.
+    pub fn refreshed_from(mut self, url: &str, secs: u64) -> Self {
+        self.meta_url = Some(url.to_owned());
+        self.refresh_secs = secs;
+        self
+    }
+
+    pub fn lists(mut self, lists: &[&str]) -> Self {
+        self.meta_lists = Some(lists.iter().map(|l| l.to_string()).collect());
+        self
+    }
+
+    /// The TOML table, with the snapshot written into `dir`.
+    fn render(&self, dir: &Path) -> String {
+        let mut toml = format!(
+            "[github]\nranges = \"{}\"\nrefresh_secs = {}\nallow_ports = {:?}\n",
+            self.ranges, self.refresh_secs, self.allow_ports
+        );
+        if let Some(doc) = &self.snapshot {
+            let path = edge::write_snapshot(dir, "github-meta.json", doc);
+            toml += &format!("snapshot = {}\n", serde_json::to_string(&path).unwrap());
+        }
+        if let Some(url) = &self.meta_url {
+            toml += &format!("meta_url = {}\n", serde_json::to_string(url).unwrap());
+        }
+        if let Some(lists) = &self.meta_lists {
+            toml += &format!("meta_lists = {}\n", serde_json::to_string(lists).unwrap());
+        }
+        toml
+    }
+}
+
+/// Whether the ghgate under test knows the `[github]` table. Until it does (the defence of
+/// complete mediation is being built), tests that do not ask for ranges get no table, so they
+/// keep running; tests that ask for ranges always get it, and fail on the config if it is unknown.
+fn gateway_knows_github() -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("probe.toml");
+        fs::write(
+            &config,
+            "[redirect]\ncgroup = \"ghgate-config-probe\"\n\n[github]\nranges = \"off\"\nrefresh_secs = 0\n",
+        )
+        .expect("write config");
+        let out = Command::new(bin("ghgate"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run ghgate check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        !(err.contains("unknown field `github`") || err.contains("unknown key `github`"))
+    })
 }
 
 impl Default for GatewaySpec {
@@ -244,7 +363,9 @@ impl Default for GatewaySpec {
             host_mode: false,
             tls_ports: vec![443],
             tls_intercept: None,
+            tls_passthrough: Vec::new(),
             upstream_extra_roots: Vec::new(),
+            github: None,
             extra_toml: String::new(),
             github: "refresh_secs = 0\n".into(),
         }
@@ -313,6 +434,19 @@ impl Gateway {
         );
         if let Some(names) = &spec.tls_intercept {
             toml += &format!("intercept = {}\n", serde_json::to_string(names).unwrap());
+        }
+        if !spec.tls_passthrough.is_empty() {
+            toml += &format!(
+                "passthrough = {}\n",
+                serde_json::to_string(&spec.tls_passthrough).unwrap()
+            );
+        }
+        let github = spec
+            .github
+            .clone()
+            .or_else(|| gateway_knows_github().then(GithubSpec::reserved));
+        if let Some(github) = github {
+            toml += &github.render(dir.path());
         }
         toml += &spec.extra_toml;
         let config = dir.path().join("ghgate.toml");
@@ -537,6 +671,106 @@ impl Gateway {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("status json")
+    }
+}
+
+/// `setpriv` arguments that make the probe an unprivileged user (nobody), as most hostile
+/// processes would be.
+pub const AS_NOBODY: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
+
+impl Gateway {
+    /// The probe inside the intercepted cgroup, run through `setpriv SETPRIV…` (see
+    /// [`AS_NOBODY`]): one JSON value per attempt.
+    pub fn probe_as(&self, setpriv: &[&str], args: &[&str]) -> Vec<Value> {
+        let out = self
+            .exec("setpriv")
+            .args(setpriv)
+            .arg(bin("ghgate-probe"))
+            .args(args)
+            .output()
+            .expect("run ghgate exec setpriv");
+        parse_probe(out)
+    }
+
+    /// `ghgate sessions refusals --json`: every refusal in the store, one object each.
+    pub fn refusals(&self) -> Vec<Value> {
+        self.ghgate_ok(&["sessions", "refusals", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("sessions refusals --json prints JSON lines"))
+            .collect()
+    }
+
+    /// The gateway's `connection refused` log lines.
+    pub fn refusal_logs(&self) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["message"] == "connection refused")
+            .collect()
+    }
+
+    /// Waits for the refusal `want` describes to be both logged and recorded (each field of
+    /// `want`, e.g. `{"layer": "kernel", "reason": "not_tcp", "orig_dst": "…", "tgid": 123}`,
+    /// must match), and returns the log line and the record.
+    pub fn expect_refusal(&self, want: &Value) -> (Value, Value) {
+        self.try_refusal(want, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}\ngateway log:\n{}", self.log_text()))
+    }
+
+    /// As [`Gateway::expect_refusal`], waiting at most `timeout` for each of the two, and saying
+    /// what is missing instead of panicking.
+    pub fn try_refusal(&self, want: &Value, timeout: Duration) -> Result<(Value, Value), String> {
+        let fits = |v: &Value| {
+            want.as_object()
+                .expect("want is an object")
+                .iter()
+                .all(|(k, w)| &v[k] == w)
+        };
+        let deadline = Instant::now() + timeout;
+        let line = loop {
+            if let Some(l) = self.refusal_logs().into_iter().find(|l| fits(l)) {
+                break l;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no `connection refused` log line with {want}; those logged: {:?}",
+                    self.refusal_logs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        for field in ["layer", "reason", "orig_dst", "tgid", "uid", "comm"] {
+            if line[field].is_null() {
+                return Err(format!("the log line does not name its {field}: {line}"));
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let record = loop {
+            let out = self.ghgate(&["sessions", "refusals", "--json"]);
+            if !out.status.success() {
+                return Err(format!(
+                    "`ghgate sessions refusals --json` failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let all: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if let Some(r) = all.iter().find(|r| fits(r)) {
+                break r.clone();
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no refusal record with {want}; the store has: {all:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for field in ["layer", "reason", "orig_dst", "tgid", "uid", "comm", "at"] {
+            if record[field].is_null() {
+                return Err(format!("the record does not name its {field}: {record}"));
+            }
+        }
+        Ok((line, record))
     }
 }
 

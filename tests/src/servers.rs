@@ -4,7 +4,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
@@ -113,9 +113,14 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, kind: Kind) {
     }
 }
 
-/// A UDP server replying `peer=<addr>` to every datagram; stopped on drop.
+/// A datagram received: its sender and its bytes.
+pub type Datagram = (SocketAddr, Vec<u8>);
+
+/// A UDP server replying `peer=<addr>` to every datagram, keeping what it received; stopped on
+/// drop.
 pub struct UdpEcho {
     pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Datagram>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -125,16 +130,23 @@ impl UdpEcho {
         sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let addr = sock.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (st, kept) = (stop.clone(), received.clone());
         thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !st.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    kept.lock().unwrap().push((from, buf[..n].to_vec()));
                     let _ = sock.send_to(format!("peer={from}").as_bytes(), from);
                 }
             }
         });
-        Self { addr, stop }
+        Self { addr, received, stop }
+    }
+
+    /// Every datagram received so far, with its sender.
+    pub fn received(&self) -> Vec<Datagram> {
+        self.received.lock().unwrap().clone()
     }
 }
 

@@ -4,7 +4,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use ghgate_e2e::{
     eventually,
-    fixtures::{commit, files_under, served_repo},
+    fixtures::{SmallDisk, commit, files_under, served_repo},
     https::TlsGateway,
     privileged,
 };
@@ -294,51 +294,6 @@ fn kill_9_mid_stream_loses_no_completed_exchange_and_the_torn_tail_is_reported()
         cut.contains("{\"event\":1}"),
         "events delivered before the kill are recorded:\n{cut}"
     );
-}
-
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct SmallDisk {
-    dir: std::path::PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(parent: &Path, size: &str) -> Self {
-        let dir = parent.join("small-disk");
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "ghgate-test",
-                dir.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { dir }
-    }
-
-    /// Fills the filesystem with a file, leaving nothing free; returns the file.
-    fn fill(&self) -> std::path::PathBuf {
-        let filler = self.dir.join("filler");
-        let _ = Command::new("dd")
-            .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"])
-            .output()
-            .unwrap();
-        filler
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
 }
 
 #[test]

@@ -13,9 +13,102 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N\n       ghgate-probe h2streams ADDR NAME CA_FILE PATH --streams N --wait-secs S"
+        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N\n       ghgate-probe h2streams ADDR NAME CA_FILE PATH --streams N --wait-secs S\n\
+         attacks (one JSON line each; DIAL is connect, tfo or mptcp; TEXT takes \\r \\n \\0 \\xHH;\n         any mode takes --comm NAME (rename first) and --as-pid PID (run as a child with that pid)):\n       ghgate-probe talk ADDR [--dial DIAL] [--send TEXT] [--wait-ms MS] [--scope-id N]\n       ghgate-probe udp-send ADDR [--connect] [--lite] [--decoy ADDR] [--send TEXT]\n       ghgate-probe sctp ADDR\n       ghgate-probe raw-udp ADDR [--send TEXT]\n       ghgate-probe hello ADDR [--dial DIAL] [--sni NAME]... [--no-sni] [--ech] [--pad N] [--garbage] [--raw TEXT] [--fragment N] [--dribble-ms MS] [--stall-ms MS] [--then TEXT] [--wait-ms MS]\n       ghgate-probe fetch ADDR NAME [--dial DIAL] [--ca FILE|any]... [--host HOST] [--path PATH] [--dribble-ms MS]\n       ghgate-probe bind ADDR [--reuseport] [--hold-ms MS]\n       ghgate-probe flood ADDR --count N [--hold-ms MS]"
     );
     std::process::exit(2)
+}
+
+/// The attack modes (see `ghgate_e2e::attack`), or None for the others.
+fn attack(mode: &str, addr: SocketAddr, args: &[String]) -> Option<()> {
+    use ghgate_e2e::{
+        attack::{self, Dial, Fetch, Pace, Trust, unescape},
+        hello::{ClientHello, garbage_record},
+    };
+    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let all = |name: &str| -> Vec<&String> {
+        args.iter()
+            .enumerate()
+            .filter(|(_, a)| *a == name)
+            .filter_map(|(i, _)| args.get(i + 1))
+            .collect()
+    };
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let num = |name: &str, default: u64| opt(name).map_or(default, |v| v.parse().unwrap_or_else(|_| usage()));
+    let ms = |name: &str, default: u64| Duration::from_millis(num(name, default));
+    let text = |name: &str| opt(name).map(|t| unescape(t)).unwrap_or_default();
+    let dial = opt("--dial").map_or(Dial::Connect, |d| Dial::parse(d).unwrap_or_else(|| usage()));
+    let mut addr = addr;
+    if let (SocketAddr::V6(v6), Some(scope)) = (&mut addr, opt("--scope-id")) {
+        v6.set_scope_id(scope.parse().unwrap_or_else(|_| usage()));
+    }
+    let result = match mode {
+        "talk" => attack::talk(addr, dial, &text("--send"), ms("--wait-ms", 1500)),
+        "udp-send" => {
+            let decoy = opt("--decoy").map(|d| d.parse().unwrap_or_else(|_| usage()));
+            attack::udp(addr, flag("--connect"), flag("--lite"), decoy, &text("--send"))
+        }
+        "sctp" => attack::sctp(addr),
+        "raw-udp" => match addr {
+            SocketAddr::V4(v4) => attack::raw_udp(v4, &text("--send")),
+            SocketAddr::V6(_) => usage(),
+        },
+        "hello" => {
+            let bytes = if flag("--garbage") {
+                garbage_record()
+            } else if let Some(raw) = opt("--raw") {
+                unescape(raw)
+            } else {
+                let mut hello = ClientHello::from_rustls("api.github.com", &[b"h2", b"http/1.1"]);
+                let names: Vec<Vec<u8>> = all("--sni").iter().map(|n| unescape(n)).collect();
+                if flag("--no-sni") {
+                    hello.remove(ghgate_e2e::hello::SERVER_NAME);
+                } else if !names.is_empty() {
+                    hello.set_server_names(&names.iter().map(Vec::as_slice).collect::<Vec<_>>());
+                }
+                if flag("--ech") {
+                    hello.push_ech();
+                }
+                if let Some(n) = opt("--pad") {
+                    hello.pad_before_sni(n.parse().unwrap_or_else(|_| usage()));
+                }
+                hello.records(num("--fragment", 16 * 1024) as usize)
+            };
+            let pace = match (opt("--dribble-ms"), opt("--stall-ms")) {
+                (Some(_), _) => Pace::Dribble(ms("--dribble-ms", 1)),
+                (None, Some(_)) => Pace::StallAfter(5, ms("--stall-ms", 0)),
+                (None, None) => Pace::AtOnce,
+            };
+            attack::raw_hello(addr, dial, &bytes, pace, &text("--then"), ms("--wait-ms", 3000))
+        }
+        "fetch" => {
+            let name = args.get(2).unwrap_or_else(|| usage()).clone();
+            let cas = all("--ca");
+            let trust = if cas.iter().any(|c| *c == "any") {
+                Trust::Anything
+            } else {
+                Trust::Files(cas.iter().map(std::path::PathBuf::from).collect())
+            };
+            let fetch = Fetch {
+                host: opt("--host").cloned().unwrap_or_else(|| name.clone()),
+                path: opt("--path").cloned().unwrap_or_else(|| "/".into()),
+                dribble: opt("--dribble-ms").map(|_| ms("--dribble-ms", 1)),
+                name,
+                trust,
+            };
+            attack::fetch(addr, dial, &fetch)
+        }
+        "bind" => {
+            attack::bind(addr, flag("--reuseport"), ms("--hold-ms", 3000), &mut |v| {
+                println!("{v}")
+            });
+            return Some(());
+        }
+        "flood" => attack::flood(addr, num("--count", 100) as usize, ms("--hold-ms", 0)),
+        _ => return None,
+    };
+    println!("{result}");
+    Some(())
 }
 
 fn main() {
@@ -24,6 +117,28 @@ fn main() {
         usage()
     };
     let addr: SocketAddr = addr.parse().unwrap_or_else(|_| usage());
+    // Identity tricks, before any move: another name, another (dead process's) pid.
+    let global = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    if let Some(name) = global("--comm") {
+        ghgate_e2e::attack::set_comm(name).expect("rename the process");
+    }
+    if let Some(pid) = global("--as-pid") {
+        match ghgate_e2e::attack::become_pid(pid.parse().unwrap_or_else(|_| usage())) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(0);
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "stage": "clone3", "errno": errno, "error": e.to_string()})
+                );
+                return;
+            }
+        }
+    }
+    if attack(mode, addr, &args).is_some() {
+        return;
+    }
     let opt = |name: &str| -> Option<u64> {
         args.iter()
             .position(|a| a == name)
