@@ -42,7 +42,8 @@ pub mod prog_names {
     pub const GETPEERNAME4: &str = "ghgate_peer4";
     pub const GETPEERNAME6: &str = "ghgate_peer6";
     pub const SOCK_OPS: &str = "ghgate_sockops";
-    pub const ALL: [&str; 7] = [
+    pub const EGRESS: &str = "ghgate_egress";
+    pub const ALL: [&str; 8] = [
         CONNECT4,
         CONNECT6,
         SENDMSG4,
@@ -50,6 +51,7 @@ pub mod prog_names {
         GETPEERNAME4,
         GETPEERNAME6,
         SOCK_OPS,
+        EGRESS,
     ];
 }
 
@@ -64,7 +66,7 @@ pub const MAX_GUARD_ENTRIES: u32 = 4_096;
 pub const MAX_EXEMPT_SOCKETS: u32 = 65_536;
 /// Bytes of the refusal event ring (a power of two, a multiple of the page size). A flood of
 /// refusals past it is counted ([`counter::EVENTS_LOST`]), never blocks anything.
-pub const EVENT_RING_BYTES: u32 = 256 * 1024;
+pub const EVENT_RING_BYTES: u32 = 1024 * 1024;
 
 /// What to do with a connection to a destination in the intercept set while no gateway listens.
 pub const ON_DOWN_REFUSE: u32 = 0;
@@ -166,6 +168,9 @@ pub mod reason {
     pub const MAP_ERROR: u32 = 4;
     /// No gateway listens (fail-closed): the connect fails with ECONNREFUSED.
     pub const GATEWAY_DOWN: u32 = 5;
+    /// A packet to a guarded address that no socket hook saw (a raw socket, a connection older
+    /// than the programs): dropped at egress.
+    pub const EGRESS_DROPPED: u32 = 6;
 }
 
 /// One refusal, written by the programs to the [`EVENTS`](map_names::EVENTS) ring and recorded
@@ -220,7 +225,9 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 11;
     /// Connections to an allowed port of a guarded address, let through.
     pub const PASSED_ALLOWED_PORT: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Packets to a guarded address dropped at egress (raw sockets, pre-existing connections).
+    pub const DROPPED_EGRESS: u32 = 13;
+    pub const COUNT: u32 = 14;
     pub const NAMES: [&str; COUNT as usize] = [
         "inspected",
         "redirected_v4",
@@ -235,6 +242,7 @@ pub mod counter {
         "refused_gateway_down",
         "events_lost",
         "passed_allowed_port",
+        "dropped_egress",
     ];
 }
 

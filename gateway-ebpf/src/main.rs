@@ -9,6 +9,9 @@
 //! - `sock_ops`: once the client side is established, the record is also filed under the client's
 //!   local address/port, which is what the gateway sees as the peer on accept.
 //! - `getpeername4`/`getpeername6`: the client sees the original destination as its peer.
+//! - `cgroup_skb/egress`: the backstop. A packet still headed for a guarded address after the
+//!   socket hooks (a raw socket's hand-built datagram, a connection opened before the programs
+//!   were attached) is dropped, unless it belongs to the gateway or to an allowed port.
 //!
 //! Every refusal is counted and written to the event ring for the gateway to record.
 //!
@@ -30,9 +33,9 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns,
         generated::{bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release},
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{SockAddrContext, SockOpsContext},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 use gateway_common::{
     ACTION_PASS, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, ConnRecord, EVENT_RING_BYTES, GUARD_REFUSE,
@@ -41,9 +44,14 @@ use gateway_common::{
     RefusalEvent, counter, reason,
 };
 
-/// Kernel return codes of cgroup sock_addr programs: 0 makes the call fail with EPERM.
+/// Kernel return codes of cgroup sock_addr programs (0 makes the call fail with EPERM) and of
+/// cgroup_skb programs (0 drops the packet).
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP_U8: u8 = 6;
 const SOCK_STREAM: u32 = 1;
 const TCP_CLOSE: u32 = 7;
 const BPF_F_CURRENT_NETNS: u64 = u64::MAX; // (u64)-1
@@ -288,6 +296,77 @@ fn exempt(ctx: &SockAddrContext) -> bool {
         return true;
     }
     false
+}
+
+#[cgroup_skb]
+pub fn ghgate_egress(ctx: SkBuffContext) -> i32 {
+    // A packet the program cannot read is not one it can tell is headed for GitHub.
+    try_egress(&ctx).unwrap_or(ALLOW)
+}
+
+#[inline(always)]
+fn try_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
+    if config().is_none() {
+        return Ok(ALLOW);
+    }
+    // cgroup_skb packets begin at the network header; `protocol` is in network order.
+    let proto = u32::from(u16::from_be(ctx.skb.protocol() as u16));
+    let (dst, transport, l4) = if proto == ETH_P_IP {
+        let first: u8 = ctx.load(0)?;
+        let transport: u8 = ctx.load(9)?;
+        let addr: u32 = ctx.load(16)?;
+        (
+            Dest {
+                family: AF_INET,
+                addr: [addr, 0, 0, 0],
+                v4: Some(addr),
+                port: 0,
+                sock_type: 0,
+                protocol: u32::from(transport),
+            },
+            transport,
+            usize::from(first & 0x0f) * 4,
+        )
+    } else if proto == ETH_P_IPV6 {
+        let transport: u8 = ctx.load(6)?;
+        let addr: [u32; 4] = [ctx.load(24)?, ctx.load(28)?, ctx.load(32)?, ctx.load(36)?];
+        let nat64 = addr[0] == NAT64_WORD && addr[1] == 0 && addr[2] == 0;
+        (
+            Dest {
+                family: AF_INET6,
+                addr,
+                v4: if nat64 { Some(addr[3]) } else { None },
+                port: 0,
+                sock_type: 0,
+                protocol: u32::from(transport),
+            },
+            transport,
+            40,
+        )
+    } else {
+        return Ok(ALLOW);
+    };
+    if !dst.guarded() {
+        return Ok(ALLOW);
+    }
+    // SAFETY: plain helper call valid in cgroup_skb programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    // SAFETY: the value is only compared, never kept.
+    if unsafe { EXEMPT.get(&cookie) }.is_some() {
+        return Ok(ALLOW);
+    }
+    let mut dst = dst;
+    if transport == IPPROTO_TCP_U8 || transport == IPPROTO_UDP {
+        let port_be: u16 = ctx.load(l4 + 2)?;
+        dst.port = u32::from(port_be);
+    }
+    // A TCP connection to an allowed port of a guarded address passed connect(): its packets too.
+    if transport == IPPROTO_TCP_U8 && dst.intercept() == Some(ACTION_PASS) {
+        return Ok(ALLOW);
+    }
+    bump(counter::DROPPED_EGRESS);
+    report(&dst, reason::EGRESS_DROPPED);
+    Ok(DENY)
 }
 
 /// Counts a refusal, reports it, and fails the call (EPERM).

@@ -235,9 +235,6 @@ pub struct GatewaySpec {
     pub github: Option<GithubSpec>,
     /// Extra TOML appended to the config (e.g. an `[http]` section).
     pub extra_toml: String,
-    /// The body of the `[github]` table (GitHub's ranges). Default: never refreshed, so no test
-    /// reaches for the real meta API.
-    pub github: String,
 }
 
 /// The `[github]` table: GitHub's published address ranges, mediated as a whole (every TCP port
@@ -328,29 +325,6 @@ impl GithubSpec {
     }
 }
 
-/// Whether the ghgate under test knows the `[github]` table. Until it does (the defence of
-/// complete mediation is being built), tests that do not ask for ranges get no table, so they
-/// keep running; tests that ask for ranges always get it, and fail on the config if it is unknown.
-fn gateway_knows_github() -> bool {
-    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *KNOWS.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("probe.toml");
-        fs::write(
-            &config,
-            "[redirect]\ncgroup = \"ghgate-config-probe\"\n\n[github]\nranges = \"off\"\nrefresh_secs = 0\n",
-        )
-        .expect("write config");
-        let out = Command::new(bin("ghgate"))
-            .args(["check", "--config"])
-            .arg(&config)
-            .output()
-            .expect("run ghgate check");
-        let err = String::from_utf8_lossy(&out.stderr);
-        !(err.contains("unknown field `github`") || err.contains("unknown key `github`"))
-    })
-}
-
 impl Default for GatewaySpec {
     fn default() -> Self {
         Self {
@@ -367,7 +341,6 @@ impl Default for GatewaySpec {
             upstream_extra_roots: Vec::new(),
             github: None,
             extra_toml: String::new(),
-            github: "refresh_secs = 0\n".into(),
         }
     }
 }
@@ -403,12 +376,11 @@ impl Gateway {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&cgroup.name);
         let listen_port = free_port();
         let mut toml = format!(
-            "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n[github]\n{}\n",
+            "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n",
             dir.path().join("state").display(),
             if spec.host_mode { "host" } else { &cgroup.name },
             pin_dir.display(),
-            spec.on_gateway_down,
-            spec.github
+            spec.on_gateway_down
         );
         for (hosts, cidrs, ports) in &spec.intercept {
             toml += &format!(
@@ -441,13 +413,11 @@ impl Gateway {
                 serde_json::to_string(&spec.tls_passthrough).unwrap()
             );
         }
-        let github = spec
+        toml += &spec
             .github
             .clone()
-            .or_else(|| gateway_knows_github().then(GithubSpec::reserved));
-        if let Some(github) = github {
-            toml += &github.render(dir.path());
-        }
+            .unwrap_or_else(GithubSpec::reserved)
+            .render(dir.path());
         toml += &spec.extra_toml;
         let config = dir.path().join("ghgate.toml");
         fs::write(&config, toml).expect("write config");

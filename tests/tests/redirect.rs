@@ -7,7 +7,7 @@ use std::{
 };
 
 use ghgate_e2e::{
-    Attempts, Gateway, GatewaySpec, TestCgroup, addr, bin,
+    Attempts, Gateway, GatewaySpec, GithubSpec, TestCgroup, addr, bin,
     dns::DnsServer,
     eventually, loopback_v4, privileged, probe_outside,
     servers::{Kind, Server, UdpEcho},
@@ -474,24 +474,12 @@ fn kernel_records_are_removed_when_connections_close() {
     assert_eq!(status["counters"]["established"], 50, "{status}");
 }
 
-/// A `[github]` snapshot naming only `net` as GitHub's, written beside the test's other files.
-fn ranges_snapshot(dir: &std::path::Path, net: &str) -> String {
-    let path = dir.join("meta.json");
-    std::fs::write(
-        &path,
-        format!(r#"{{"api": ["{net}"], "git": [], "web": [], "copilot": []}}"#),
-    )
-    .unwrap();
-    format!("refresh_secs = 0\nsnapshot = {:?}\n", path.display().to_string())
-}
-
 #[test]
 fn github_ranges_refuse_every_other_port_in_the_kernel_and_record_it() {
     if !privileged() {
         return;
     }
     let cg = TestCgroup::new();
-    let tmp = tempfile::tempdir().unwrap();
     let edge = loopback_v4();
     let ssh = Server::start(SocketAddr::new(edge.into(), 22), Kind::Echo);
     let https = Server::start(SocketAddr::new(edge.into(), 443), Kind::Echo);
@@ -502,7 +490,7 @@ fn github_ranges_refuse_every_other_port_in_the_kernel_and_record_it() {
         &GatewaySpec {
             // A name elsewhere keeps the [[intercept]] table non-empty.
             intercept: vec![(vec![], vec!["127.255.255.254/32".into()], vec![443])],
-            github: ranges_snapshot(tmp.path(), &format!("{edge}/32")),
+            github: Some(GithubSpec::ranges(&[format!("{edge}/32")])),
             ..Default::default()
         },
     );
@@ -571,7 +559,6 @@ fn an_allowed_port_to_github_passes_untouched_and_other_ports_stay_refused() {
         return;
     }
     let cg = TestCgroup::new();
-    let tmp = tempfile::tempdir().unwrap();
     let edge = loopback_v4();
     let ssh = Server::start(SocketAddr::new(edge.into(), 22), Kind::Echo);
     let git = Server::start(SocketAddr::new(edge.into(), 9418), Kind::Echo);
@@ -579,10 +566,7 @@ fn an_allowed_port_to_github_passes_untouched_and_other_ports_stay_refused() {
         &cg,
         &GatewaySpec {
             intercept: vec![(vec![], vec!["127.255.255.254/32".into()], vec![443])],
-            github: format!(
-                "{}allow_ports = [22]\n",
-                ranges_snapshot(tmp.path(), &format!("{edge}/32"))
-            ),
+            github: Some(GithubSpec::ranges(&[format!("{edge}/32")]).allow_ports(&[22])),
             ..Default::default()
         },
     );

@@ -505,6 +505,9 @@ pub enum RefusalReason {
     NotTls,
     /// A passthrough relay that could not be recorded before it began.
     StoreUnavailable,
+    /// A packet to GitHub's addresses that no socket hook saw (a raw socket's hand-built
+    /// datagram, a connection older than the programs), dropped at egress.
+    EgressDropped,
 }
 
 impl RefusalReason {
@@ -521,6 +524,7 @@ impl RefusalReason {
             RefusalReason::Ech => "ech",
             RefusalReason::NotTls => "not_tls",
             RefusalReason::StoreUnavailable => "store_unavailable",
+            RefusalReason::EgressDropped => "egress_dropped",
         }
     }
 }

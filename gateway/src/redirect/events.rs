@@ -20,7 +20,8 @@ use crate::{
     },
 };
 
-/// How long refusals are gathered before they are written: bounds what a flood costs.
+/// How long refusals are gathered (and merged) before they are written: bounds what a flood
+/// costs the store. The ring itself is drained as fast as the kernel fills it.
 const GATHER: Duration = Duration::from_millis(250);
 const IPPROTO_SCTP: u32 = 132;
 const SOCK_STREAM: u32 = 1;
@@ -92,9 +93,17 @@ pub fn decode(raw: &[u8], boot_offset_ns: i128) -> Option<KernelRefusal> {
         reason::FOREIGN_LISTENER => RefusalReason::ForeignListener,
         reason::MAP_ERROR => RefusalReason::MapError,
         reason::GATEWAY_DOWN => RefusalReason::GatewayDown,
+        reason::EGRESS_DROPPED => RefusalReason::EgressDropped,
         _ => return None,
     };
-    let orig_dst = kernel_addr(ev.family, &ev.addr, ev.port).ok()?;
+    // A v4-mapped destination is the IPv4 address it spells (as redirect records store it).
+    let orig_dst = match kernel_addr(ev.family, &ev.addr, ev.port).ok()? {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => SocketAddr::V6(v6),
+        },
+        v4 => v4,
+    };
     let at = ((i128::from(ev.boot_ns) + boot_offset_ns) / 1000).max(0);
     Some(KernelRefusal {
         at: at as Micros,
@@ -159,25 +168,30 @@ pub async fn record_forever(ring: RingBuf<MapData>, recorder: Option<Arc<Recorde
             return;
         }
     };
+    let mut pending = Vec::new();
+    let mut flush = tokio::time::interval(GATHER);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut batch = Vec::new();
-        match fd.readable_mut().await {
-            Ok(mut guard) => {
-                let offset = boot_offset_ns();
-                while let Some(item) = guard.get_inner_mut().next() {
-                    batch.extend(decode(&item, offset));
+        tokio::select! {
+            ready = fd.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    let offset = boot_offset_ns();
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        pending.extend(decode(&item, offset));
+                    }
+                    guard.clear_ready();
                 }
-                guard.clear_ready();
-            }
-            Err(e) => {
-                warn!(error = %e, "the kernel's refusal events cannot be read; refusals are still counted");
-                return;
+                Err(e) => {
+                    warn!(error = %e, "the kernel's refusal events cannot be read; refusals are still counted");
+                    return;
+                }
+            },
+            _ = flush.tick(), if !pending.is_empty() => {
+                for (refusal, count) in merge(std::mem::take(&mut pending)) {
+                    note(&refusal, count, recorder.as_ref());
+                }
             }
         }
-        for (refusal, count) in merge(batch) {
-            note(&refusal, count, recorder.as_ref());
-        }
-        tokio::time::sleep(GATHER).await;
     }
 }
 

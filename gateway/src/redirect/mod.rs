@@ -27,7 +27,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -174,6 +174,7 @@ pub fn load(pins: &Pins) -> anyhow::Result<Ebpf> {
             .ok_or_else(|| anyhow!("program {name} missing from the embedded eBPF object"))?;
         let result = match name {
             prog_names::SOCK_OPS => <&mut SockOps>::try_from(prog).map(|p| p.load()),
+            prog_names::EGRESS => <&mut CgroupSkb>::try_from(prog).map(|p| p.load()),
             _ => <&mut CgroupSockAddr>::try_from(prog).map(|p| p.load()),
         };
         result
@@ -243,6 +244,13 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_dir: &Path, pins: &Pins) -> anyhow::Result
                 let p: &mut SockOps = prog.try_into()?;
                 let id = p
                     .attach(&cgroup, CgroupAttachMode::Single)
+                    .with_context(|| attach_hint(name, cgroup_dir))?;
+                p.take_link(id)?.try_into()?
+            }
+            prog_names::EGRESS => {
+                let p: &mut CgroupSkb = prog.try_into()?;
+                let id = p
+                    .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
                     .with_context(|| attach_hint(name, cgroup_dir))?;
                 p.take_link(id)?.try_into()?
             }

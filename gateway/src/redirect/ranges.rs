@@ -244,9 +244,11 @@ pub fn summary(ranges: &Ranges, last_error: Option<&str>) -> serde_json::Value {
             .entry(if p.addr().is_ipv4() { "ipv4" } else { "ipv6" })
             .or_default() += 1;
     }
+    let fetched = matches!(ranges.source, Source::Refreshed | Source::Cached);
     serde_json::json!({
         "source": ranges.source,
         "as_of": ranges.as_of,
+        "fetched_at": if fetched { ranges.as_of.clone() } else { None },
         "prefixes": ranges.prefixes.len(),
         "by_family": by_family,
         "last_refresh_error": last_error,

@@ -49,6 +49,15 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Hello>, HelloError> {
         Some(0x16) => {}
         Some(&b) => return Err(HelloError::NotTls(b)),
     }
+    // The handshake header says how long the hello is: one too large to be peeked whole is
+    // refused now, not after waiting for bytes a full receive window will never let through.
+    if let (Some(1), Some(len)) = (bytes.get(5), bytes.get(6..9)) {
+        let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
+        let records = len.div_ceil(16 * 1024).max(1);
+        if len + 4 + 5 * records > MAX_HELLO {
+            return Err(HelloError::TooLarge);
+        }
+    }
     let mut acceptor = Acceptor::default();
     let mut rd = bytes;
     while !rd.is_empty() {
@@ -239,6 +248,16 @@ mod tests {
         for cut in [1, 5, 40, bytes.len() - 1] {
             assert_eq!(parse(&bytes[..cut]), Ok(None), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_hello_longer_than_can_be_peeked_is_too_large_from_its_header() {
+        // A handshake header announcing 70 000 bytes: refused before they arrive.
+        assert_eq!(
+            parse(&[0x16, 3, 1, 0x40, 0, 1, 0x01, 0x11, 0x70]),
+            Err(HelloError::TooLarge)
+        );
+        assert_eq!(parse(&[0x16, 3, 1, 0x40, 0, 1, 0x00, 0x40, 0x00]), Ok(None));
     }
 
     #[test]
