@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::{
     config::TlsConfig,
     http::{
-        self, ConnInfo, Limits, Phases, UpstreamRoute,
+        self, ConnInfo, Phases, Settings, UpstreamRoute,
         pool::{Key, Pool, Sender},
     },
     listen::{Accepted, Handler},
@@ -37,7 +37,7 @@ pub struct Proxy<P> {
     pub leaves: Arc<LeafCache>,
     pub pool: Arc<Pool>,
     pub phases: Arc<P>,
-    pub limits: Limits,
+    pub settings: Settings,
     /// Names for connections without SNI, from the intercept set's resolved addresses.
     pub hosts: HostMap,
 }
@@ -172,7 +172,7 @@ impl<P: Phases> Proxy<P> {
             key,
             failed,
         };
-        http::serve(tls, info, route, self.phases.clone(), &self.limits).await;
+        http::serve(tls, info, route, self.phases.clone(), &self.settings).await;
     }
 }
 

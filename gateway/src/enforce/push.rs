@@ -24,7 +24,7 @@ use crate::{
     http::{BoxError, Exchange, ProxyBody},
     identity::Caller,
     policy::{
-        Action, Paths, RefKind, RefUpdate, Subject,
+        Action, Paths, RefKind, RefUpdate, Subject, Target,
         gitwire::{self, Commands, ReplyStyle, Scan},
         push::{self as pack, Budget, Limits, Oid, PackObjects},
     },
@@ -53,6 +53,11 @@ pub enum PushGate {
         reply: Option<PushReply>,
     },
     Answer(Response<Bytes>),
+    /// Answer with this, and record the exchange as refused for `why`.
+    Refused {
+        answer: Response<Bytes>,
+        why: String,
+    },
 }
 
 /// A request body read from the front, whose unread rest can still be forwarded.
@@ -148,64 +153,123 @@ fn answer(style: ReplyStyle, refs: &[(String, Result<(), String>)], notes: &[Str
     r
 }
 
+/// The command list from the front of a push body (what was read stays in `reader`), or the
+/// answer when it cannot be read.
+async fn read_commands(ex: &Exchange, reader: &mut Reader) -> Result<Commands, PushGate> {
+    let refuse = |status, text: String| PushGate::Answer(refusal(ex, status, &text));
+    if ex.req.body_coding.is_some() {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a compressed push body cannot be inspected; nothing was forwarded".into(),
+        ));
+    }
+    loop {
+        match gitwire::scan_commands(&reader.buf) {
+            Ok(Scan::Done(c)) => return Ok(c),
+            Ok(Scan::Incomplete) if reader.buf.len() > MAX_COMMAND_BYTES => {
+                return Err(refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the push's command list is longer than {MAX_COMMAND_BYTES} bytes"),
+                ));
+            }
+            Ok(Scan::Incomplete) => match reader.more().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "the push body ended inside its command list; nothing was forwarded".into(),
+                    ));
+                }
+                Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e)),
+            },
+            Err(e) => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the push's commands ({e}); nothing was forwarded"),
+                ));
+            }
+        }
+    }
+}
+
+/// What a signed push is told.
+pub const SIGNED_PUSH: &str = "push certificates are not supported through ghgate; push without --signed";
+
+/// A signed push (its commands inside a `push-cert` block, or asking for `push-cert`) is refused
+/// whole, in git's words: GitHub does not take push certificates, and the gateway, which strips
+/// `push-cert` from the advertisements it passes on, cannot rewrite a certificate's commands.
+fn refuse_signed(commands: &Commands) -> Option<PushGate> {
+    let asked = commands
+        .caps
+        .iter()
+        .any(|c| c == "push-cert" || c.starts_with("push-cert="));
+    if !(commands.certificate || asked) {
+        return None;
+    }
+    let refs: Vec<(String, Result<(), String>)> = commands
+        .commands
+        .iter()
+        .map(|c| (c.name.clone(), Err(SIGNED_PUSH.to_owned())))
+        .collect();
+    let mut style = commands.reply_style();
+    // A client that asked for no report still hears why on the side-band; one that asked for
+    // neither gets the report (git prints it as an error).
+    style.report_status |= style.sideband.is_none();
+    let notes = vec![format!("ghgate: {SIGNED_PUSH}")];
+    Some(PushGate::Refused {
+        answer: answer(style, &refs, &notes),
+        why: SIGNED_PUSH.to_owned(),
+    })
+}
+
+/// A push when no policy is configured: its command list is read only to refuse a signed push;
+/// anything else goes up as it came.
+pub async fn unsigned_only(ex: &Exchange, body: ProxyBody) -> PushGate {
+    let mut reader = Reader {
+        body,
+        buf: BytesMut::new(),
+        ended: false,
+    };
+    let commands = match read_commands(ex, &mut reader).await {
+        Ok(c) => c,
+        Err(answer) => return answer,
+    };
+    match refuse_signed(&commands) {
+        Some(answer) => {
+            reader.drain().await;
+            answer
+        }
+        None => reader.pass(),
+    }
+}
+
 impl Enforcer {
     /// Decides a push from its body; the decisions (one per ref) are returned for the record
     /// in every case.
-    #[allow(clippy::too_many_arguments)]
     pub async fn push(
         &self,
         ex: &Exchange,
         caller: &Caller,
         subject: &Subject,
         token: Option<&Secret>,
-        req: &http::request::Parts,
         body: ProxyBody,
     ) -> (PushGate, Vec<model::Decision>) {
-        let target = super::target(ex);
+        let target = Target::new(ex.req.clone());
         let policy = self.live.current();
         let refuse = |status, text: String| (PushGate::Answer(refusal(ex, status, &text)), Vec::new());
-        if req
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-        {
-            return refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "a compressed push body cannot be inspected by the policy; nothing was forwarded".into(),
-            );
-        }
         let mut reader = Reader {
             body,
             buf: BytesMut::new(),
             ended: false,
         };
-        let commands = loop {
-            match gitwire::scan_commands(&reader.buf) {
-                Ok(Scan::Done(c)) => break c,
-                Ok(Scan::Incomplete) if reader.buf.len() > MAX_COMMAND_BYTES => {
-                    return refuse(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("the push's command list is longer than {MAX_COMMAND_BYTES} bytes"),
-                    );
-                }
-                Ok(Scan::Incomplete) => match reader.more().await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return refuse(
-                            StatusCode::BAD_REQUEST,
-                            "the push body ended inside its command list; nothing was forwarded".into(),
-                        );
-                    }
-                    Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
-                },
-                Err(e) => {
-                    return refuse(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read the push's commands ({e}); nothing was forwarded"),
-                    );
-                }
-            }
+        let commands = match read_commands(ex, &mut reader).await {
+            Ok(c) => c,
+            Err(answer) => return (answer, Vec::new()),
         };
+        if let Some(answer) = refuse_signed(&commands) {
+            reader.drain().await;
+            return (answer, Vec::new());
+        }
         if commands.commands.is_empty() {
             // git's probe before a large push, or an empty push: nothing to decide.
             return (reader.pass(), Vec::new());
@@ -247,11 +311,11 @@ impl Enforcer {
                 }
             }
         }
-        let repository = target.repository();
+        let repository = ex.req.repository.as_ref();
         let remote = Api::new(
             self.outbound.clone(),
             &self.cfg.api_url,
-            repository.clone(),
+            repository,
             token.cloned(),
         );
         let budget = Budget {
@@ -266,7 +330,12 @@ impl Enforcer {
         for (i, r) in refs.iter_mut().enumerate() {
             let parse = |s: &str| s.parse::<Oid>().map_err(|e| format!("{s}: {e}"));
             if needs[i].fast_forward && r.kind == RefKind::Update {
-                let key = format!("{} {} {}", repository.as_deref().unwrap_or("?"), r.old, r.new);
+                let key = format!(
+                    "{} {} {}",
+                    repository.map_or("?".into(), |r| r.to_string()),
+                    r.old,
+                    r.new
+                );
                 let found = match self.cached_ff(&key) {
                     Some(ff) => Ok(ff),
                     None => {
@@ -361,7 +430,7 @@ impl Enforcer {
                 }
                 Action::RequireApproval(_) => {
                     let op = Operation::GitRef {
-                        repository: repository.clone().unwrap_or_default(),
+                        repository: repository.map(|r| r.to_string()).unwrap_or_default(),
                         ref_name: r.name.clone(),
                         old: r.old.clone(),
                         new: r.new.clone(),
