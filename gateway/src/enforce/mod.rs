@@ -295,10 +295,12 @@ fn suffix(message: Option<&str>) -> String {
     message.map(|m| format!(": {m}")).unwrap_or_default()
 }
 
-/// The gateway's refusal, in the form the client reads: plain text for git (which prints it
-/// as `remote: …`), GitHub's JSON error shape for the API.
+/// The gateway's refusal, in the form the client reads: plain text for git smart HTTP (which
+/// prints it as `remote: …`), GitHub's JSON error shape for the API and Git LFS.
 pub fn refusal(ex: &Exchange, status: StatusCode, text: &str) -> Response<Bytes> {
-    let (body, ctype) = if ex.req.kind == crate::classify::Kind::Git {
+    // Git LFS reads errors as JSON, like the API.
+    let git = ex.req.git.is_some_and(|g| g != crate::classify::GitEndpoint::Lfs);
+    let (body, ctype) = if git {
         (format!("ghgate: {text}\n"), "text/plain; charset=utf-8")
     } else {
         (

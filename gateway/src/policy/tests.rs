@@ -483,6 +483,29 @@ fn facts_the_caller_lacks_never_match() {
 }
 
 #[test]
+fn a_repository_known_only_by_id_counts_as_matching_a_repository_condition() {
+    let p = policy(
+        "[[rule]]\nname = \"secret\"\naction = \"deny\"\nrepository = \"org/secret\"\n\
+         [[rule]]\nname = \"public\"\naction = \"allow\"\nrepository = \"org/public\"\n",
+    );
+    // `/repositories/{id}` may be org/secret: the riskier reading, as for other undecided facts.
+    let by_id = api("PUT", "/repositories/1296269/contents/a");
+    assert_eq!(rule_of(&p, &subject(), &by_id, None), Some(1));
+    let text = p.explain(&subject(), &by_id, None).to_string();
+    assert!(
+        text.contains("the request names repository id 1296269, whose name the gateway cannot tell"),
+        "{text}"
+    );
+    // Named, it is what it is.
+    assert_eq!(
+        rule_of(&p, &subject(), &api("PUT", "/repos/org/public/contents/a"), None),
+        Some(2)
+    );
+    // No repository at all is no match.
+    assert_eq!(rule_of(&p, &subject(), &api("GET", "/user"), None), None);
+}
+
+#[test]
 fn case_and_escapes_do_not_dodge_a_rule() {
     let p =
         policy("[[rule]]\naction = \"deny\"\nrepository = \"org/secret\"\npath = \"/repos/*/contents/*\"\n");
