@@ -536,3 +536,79 @@ fn rewrite(commands: &Commands, buf: &[u8], keep: &[bool]) -> Result<(Bytes, boo
     }
     Ok((Bytes::from(out), needs_pack))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(out: &mut Vec<u8>, line: &str) {
+        out.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
+        out.extend_from_slice(line.as_bytes());
+    }
+
+    fn commands(body: &[u8]) -> Commands {
+        match gitwire::scan_commands(body).unwrap() {
+            Scan::Done(c) => c,
+            Scan::Incomplete => panic!("incomplete"),
+        }
+    }
+
+    fn refused_text(c: &Commands) -> Option<String> {
+        match refuse_signed(c)? {
+            PushGate::Refused { answer, why } => {
+                assert_eq!(why, SIGNED_PUSH);
+                Some(String::from_utf8_lossy(answer.body()).into_owned())
+            }
+            _ => panic!("a signed push is refused, not answered otherwise"),
+        }
+    }
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222";
+
+    #[test]
+    fn a_signed_push_is_refused_in_gits_words() {
+        // What `git push --signed` sends: the commands inside a push-cert block.
+        let mut body = Vec::new();
+        for line in [
+            "push-cert\0report-status side-band-64k agent=git/2.47\n".to_owned(),
+            "certificate version 0.1\n".into(),
+            "pusher t <t@t> 1700000000 +0000\n".into(),
+            "pushee https://github.com/o/r.git\n".into(),
+            "nonce 1700000000-abc\n".into(),
+            "\n".into(),
+            format!("{A} {B} refs/heads/main\n"),
+            "-----BEGIN PGP SIGNATURE-----\n".into(),
+            "iQEz\n".into(),
+            "-----END PGP SIGNATURE-----\n".into(),
+            "push-cert-end\n".into(),
+        ] {
+            pkt(&mut body, &line);
+        }
+        body.extend_from_slice(b"0000");
+        let c = commands(&body);
+        assert!(c.certificate);
+        let text = refused_text(&c).expect("refused");
+        assert!(
+            text.contains("ng refs/heads/main push certificates are not supported through ghgate"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("\u{2}ghgate: push certificates are not supported through ghgate"),
+            "the side-band carries a remote: line: {text:?}"
+        );
+
+        // Asking for the capability outside a certificate, without report-status: still told.
+        let mut body = Vec::new();
+        pkt(&mut body, &format!("{A} {B} refs/heads/main\0push-cert\n"));
+        body.extend_from_slice(b"0000");
+        let text = refused_text(&commands(&body)).expect("refused");
+        assert!(text.contains("ng refs/heads/main push certificates"), "{text:?}");
+
+        // An unsigned push is not this refusal's business.
+        let mut body = Vec::new();
+        pkt(&mut body, &format!("{A} {B} refs/heads/main\0report-status\n"));
+        body.extend_from_slice(b"0000");
+        assert!(refuse_signed(&commands(&body)).is_none());
+    }
+}
