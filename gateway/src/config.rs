@@ -79,8 +79,10 @@ pub struct PolicyConfig {
     /// How often the policy file is checked for changes.
     #[serde(default = "default_reload_ms")]
     pub reload_ms: u64,
-    /// GitHub's REST API, asked (with the brokered credential) whether a push is a fast-forward
-    /// and for the trees a pushed commit changes.
+    /// GitHub's REST API: its host is the one whose requests are the REST API and GraphQL (and
+    /// where brokered tokens go), the web host beside it (`api.github.com` → `github.com`) is
+    /// where git smart HTTP gets them; it is also asked (with the push's own credential) whether
+    /// a push is a fast-forward and for the trees a pushed commit changes.
     #[serde(default = "default_github_api")]
     pub api_url: String,
     /// The largest pushed pack read to find the paths it changes; a larger push counts as
@@ -230,7 +232,7 @@ fn api_url_ok(url: &str) -> bool {
 }
 
 fn default_github_api() -> String {
-    "https://api.github.com".into()
+    crate::classify::DEFAULT_API_URL.into()
 }
 
 /// Who gets a profile: every given condition must hold; lists match any of their entries;
@@ -830,6 +832,11 @@ pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
 }
 
 impl Config {
+    /// Where GitHub serves what (from `policy.api_url`), for the classifier and credentials.
+    pub fn github_hosts(&self) -> crate::classify::GitHub {
+        crate::classify::GitHub::from_api_url(&self.policy.api_url).unwrap_or_default()
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -978,6 +985,9 @@ impl Config {
                 "policy.api_url".into(),
                 format!("{:?} must be an https:// URL", self.policy.api_url),
             ));
+        }
+        if let Err(e) = crate::classify::GitHub::from_api_url(&self.policy.api_url) {
+            return Err(invalid("policy.api_url".into(), e));
         }
         if self.policy.reload_ms == 0 {
             return Err(invalid("policy.reload_ms".into(), "must be more than 0".into()));

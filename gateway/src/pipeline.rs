@@ -1,5 +1,9 @@
 //! The order in which the gateway's concerns see each exchange, in one place.
 //!
+//! Before any of them, the engine strips hop-by-hop headers and classifies the request once
+//! (`classify`: host checked against the SNI, canonical path, repository, git service, Copilot
+//! endpoint, body coding); every stage below reads that, never the raw head.
+//!
 //! For every request: identity (an OIDC token the caller presents is validated; 401 if it is
 //! not good) → credentials (the first `[[credentials.rule]]` the caller matches gives a profile
 //! whose token replaces whatever the caller sent; 403 when none does and the default refuses) →
@@ -20,10 +24,14 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 
 use crate::{
+    classify::GitHub,
     config::{NoProfile, ResponseMasking},
-    credentials::{self, Broker, Secret, Who},
-    enforce::{self, Enforcer, Head, host_and_path, push::PushGate, push::PushReply},
-    http::{self, ConnInfo, EndFuture, Exchange, Gate, Outcome, Phases, ProxyBody, websocket},
+    credentials::{self, Broker, Scheme, Secret, Who},
+    enforce::{
+        self, Enforcer, Head,
+        push::{PushGate, PushReply},
+    },
+    http::{self, BodyRefusal, ConnInfo, EndFuture, Exchange, Gate, Outcome, Phases, ProxyBody, websocket},
     identity::oidc::OidcValidator,
     mask::{
         Finding, Masker, SseMasker, StreamMasker,
@@ -47,6 +55,16 @@ pub struct Pipeline {
     pub oidc: Option<Arc<OidcValidator>>,
     /// `None` when no `[policy] file` is configured: everything passes (and is recorded).
     pub enforcer: Option<Arc<Enforcer>>,
+    /// Where GitHub serves what: which requests take a brokered token.
+    pub github: Arc<GitHub>,
+}
+
+/// What goes upstream as a request's credential, for a caller with a profile.
+enum Credential {
+    /// The profile's token, in the request's scheme.
+    Inject(Secret, Scheme),
+    /// Nothing: the request goes where no token belongs, and the caller's own is removed.
+    Strip,
 }
 
 /// What the policy stage still has to decide from a request's body.
@@ -109,12 +127,12 @@ pub struct Ctx {
     maskers: OnceLock<(Masker, Masker)>,
     request: Mutex<BodyMask>,
     response: Mutex<BodyMask>,
-    /// The brokered token that replaces the caller's credential upstream.
-    inject: OnceLock<Secret>,
+    /// What replaces the caller's credential upstream (for a caller with a profile).
+    credential: OnceLock<Credential>,
     plan: Mutex<Option<Plan>>,
     push_answer: Mutex<Option<PushAnswer>>,
-    /// Adds `no-thin` to a push advertisement.
-    no_thin: Mutex<Option<gitwire::NoThin>>,
+    /// Rewrites a push advertisement (no `push-cert`; `no-thin` with a policy).
+    advert: Mutex<Option<gitwire::PushAdvert>>,
 }
 
 /// A refusal the gateway answers itself.
@@ -131,7 +149,7 @@ fn refuse(status: StatusCode, text: String) -> Response<Bytes> {
 /// What identity and credentials decided for one request.
 struct Decision {
     identity: model::Identity,
-    inject: Option<Secret>,
+    credential: Option<Credential>,
     refusal: Option<Response<Bytes>>,
     /// The claims of the OIDC token the caller proved, for the policy.
     claims: Option<serde_json::Map<String, serde_json::Value>>,
@@ -156,7 +174,7 @@ impl Pipeline {
             identity.refused = Some(why.clone());
             Decision {
                 identity,
-                inject: None,
+                credential: None,
                 refusal: Some(refuse(status, format!("ghgate: {why}\n"))),
                 claims: None,
             }
@@ -193,7 +211,7 @@ impl Pipeline {
         if !self.broker.is_active() && claims.is_none() {
             return Decision {
                 identity,
-                inject: None,
+                credential: None,
                 refusal: None,
                 claims,
             };
@@ -202,17 +220,28 @@ impl Pipeline {
             caller: &ex.conn.caller,
             oidc: claims.as_ref(),
         };
-        let (_, path) = host_and_path(&ex.url);
         match self.broker.profile_for(&who) {
             Some(profile) => {
                 identity.profile = Some(profile.name.clone());
-                let repo = credentials::repository(path);
-                match profile.token(repo.as_ref()).await {
+                // No token where none belongs (user content, other hosts, WebSocket upgrades):
+                // nothing is minted, and the caller's own credential goes nowhere either.
+                let Some(scheme) = credentials::scheme(&ex.req, &self.github) else {
+                    if presented.is_some() {
+                        identity.credential = "stripped".into();
+                    }
+                    return Decision {
+                        identity,
+                        credential: Some(Credential::Strip),
+                        refusal: None,
+                        claims,
+                    };
+                };
+                match profile.token(ex.req.repository.as_ref()).await {
                     Ok(token) => {
                         identity.credential = "brokered".into();
                         Decision {
                             identity,
-                            inject: Some(token),
+                            credential: Some(Credential::Inject(token, scheme)),
                             refusal: None,
                             claims,
                         }
@@ -253,7 +282,7 @@ impl Pipeline {
             }
             None => Decision {
                 identity,
-                inject: None,
+                credential: None,
                 refusal: None,
                 claims,
             },
@@ -269,11 +298,6 @@ impl Pipeline {
         head: Option<(Head, Subject)>,
     ) -> Option<Response<Bytes>> {
         let (head, subject) = head?;
-        if enforce::is_push_advertisement(ex)
-            && let Ok(mut n) = ctx.no_thin.lock()
-        {
-            *n = Some(gitwire::NoThin::default());
-        }
         let (decision, answer) = match head {
             Head::Pass(d) => (d, None),
             Head::Refuse(resp, d) => (d, Some(resp)),
@@ -301,59 +325,84 @@ impl Pipeline {
             .unwrap_or_else(|| (self.mask.responses.clone(), self.mask.records.clone()))
     }
 
-    /// Masks (and records) one chunk of a body.
+    /// Decodes, masks and records one chunk of a body. A request body that turns out not to
+    /// decode as its Content-Encoding says is cut (415): nothing passes that the gateway could
+    /// not read.
     fn body_chunk(
         &self,
         ctx: &Ctx,
         dir: Direction,
         chunk: &mut Bytes,
         end: bool,
-    ) -> Result<Option<EndFuture>, String> {
-        if let Some(rec) = &ctx.record {
-            rec.observe_raw(dir, chunk);
-        }
+    ) -> Result<Option<EndFuture>, BodyRefusal> {
+        let failed = |cause: String| BodyRefusal {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            cause,
+        };
+        // The store could not take the body: nothing passes unrecorded.
+        let unrecorded = |cause: String| BodyRefusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            cause,
+        };
         let side = match dir {
             Direction::Request => &ctx.request,
             Direction::Response => &ctx.response,
         };
-        let mut b = side
-            .lock()
-            .map_err(|_| "the masking stage failed earlier".to_owned())?;
+        let mut b = side.lock().map_err(|_| BodyRefusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            cause: "the masking stage failed earlier".to_owned(),
+        })?;
         if b.broken.is_some() {
             // Nothing more of this body is stored: it could not be decoded, so not masked.
             return Ok(None);
         }
-        if b.masker.is_none() {
+        let mut decoded = Vec::new();
+        let mut plain: Option<&[u8]> = Some(chunk);
+        if let Some(d) = b.decoder.as_mut() {
+            let pushed = d
+                .push(chunk, &mut decoded)
+                .and_then(|()| if end { d.finish(&mut decoded) } else { Ok(()) });
+            match pushed {
+                Ok(()) => plain = Some(&decoded),
+                Err(e) => {
+                    let why = format!("cannot decode the {}: {e}", place(dir).as_str());
+                    if let Some(rec) = &ctx.record {
+                        rec.observe_failed(dir, &why);
+                    }
+                    if dir == Direction::Request {
+                        return Err(failed(format!(
+                            "{why}; the request was cut before it was complete"
+                        )));
+                    }
+                    if b.for_client {
+                        // The client was promised an identity-encoded, masked body.
+                        return Err(failed(why));
+                    }
+                    tracing::warn!(error = %why, "the rest of this body is not recorded");
+                    b.decoder = None;
+                    if b.masker.is_some() {
+                        b.broken = Some(why);
+                        return Ok(None);
+                    }
+                    plain = None;
+                }
+            }
+        }
+        if let (Some(rec), Some(plain)) = (&ctx.record, plain) {
+            rec.observe(dir, plain);
+        }
+        let Some(masker) = b.masker.as_mut() else {
             // Nothing is masked for the client, and the record keeps at most the length and
             // hash of this body (a git pack), or recording is off: it passes as it is.
             drop(b);
             return match &ctx.record {
-                Some(rec) => rec.chunk(dir, chunk, Vec::new()),
+                Some(rec) => rec.chunk(dir, chunk, Vec::new()).map_err(unrecorded),
                 None => Ok(None),
             };
-        }
-        let mut decoded = Vec::new();
-        let plain: &[u8] = match b.decoder.as_mut() {
-            Some(d) => {
-                let pushed = d
-                    .push(chunk, &mut decoded)
-                    .and_then(|()| if end { d.finish(&mut decoded) } else { Ok(()) });
-                if let Err(e) = pushed {
-                    let why = format!("cannot mask the {}: {e}", place(dir).as_str());
-                    if b.for_client {
-                        // The client was promised an identity-encoded, masked body.
-                        return Err(why);
-                    }
-                    tracing::warn!(error = %why, "the rest of this body is not recorded");
-                    b.broken = Some(why);
-                    return Ok(None);
-                }
-                &decoded
-            }
-            None => chunk,
         };
+        let plain = plain.expect("a body with a masker is decoded or broken");
         let mut out = Vec::with_capacity(plain.len());
-        let found = b.masker.as_mut().expect("checked").push(plain, end, &mut out);
+        let found = masker.push(plain, end, &mut out);
         let for_client = b.for_client;
         drop(b);
         let masked = Bytes::from(out);
@@ -363,7 +412,7 @@ impl Pipeline {
         match &ctx.record {
             Some(rec) => {
                 let records = rec.masked_records(&found, place(dir), for_client);
-                rec.chunk(dir, &masked, records)
+                rec.chunk(dir, &masked, records).map_err(unrecorded)
             }
             None => {
                 crate::mask::metrics::count(&found, place(dir).as_str());
@@ -445,7 +494,8 @@ fn content_type(headers: &::http::HeaderMap) -> Option<&str> {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
 
-/// The decoder for a body's Content-Encoding: `Err` when it is one ghgate cannot decode.
+/// The decoder for a response body's Content-Encoding: `Err` when it is one ghgate cannot
+/// decode (a request's was read by the classifier).
 fn decoder(headers: &::http::HeaderMap) -> Result<Option<Decoder>, String> {
     let value = headers
         .get(header::CONTENT_ENCODING)
@@ -468,10 +518,10 @@ impl Phases for Pipeline {
             maskers: OnceLock::new(),
             request: Mutex::new(BodyMask::default()),
             response: Mutex::new(BodyMask::default()),
-            inject: OnceLock::new(),
+            credential: OnceLock::new(),
             plan: Mutex::new(None),
             push_answer: Mutex::new(None),
-            no_thin: Mutex::new(None),
+            advert: Mutex::new(None),
         }
     }
 
@@ -493,7 +543,9 @@ impl Phases for Pipeline {
         // whatever their format.
         // Static tokens are in the maskers from the start (`MaskSet::with_exact` at load).
         let mut creds = policy::caller_credentials(&req.headers);
-        if let Some(t) = decision.inject.as_ref().filter(|t| !self.broker.is_static(t)) {
+        if let Some(Credential::Inject(t, _)) = &decision.credential
+            && !self.broker.is_static(t)
+        {
             creds.push(("brokered".to_owned(), t.expose().as_bytes().to_vec()));
         }
         let maskers = if creds.is_empty() {
@@ -512,8 +564,15 @@ impl Phases for Pipeline {
         if let Some(refusal) = decision.refusal {
             return Some(refusal);
         }
-        if let Some(t) = decision.inject {
-            let _ = ctx.inject.set(t);
+        if let Some(c) = decision.credential {
+            let _ = ctx.credential.set(c);
+        }
+        // A push advertisement never offers push certificates (and gains `no-thin` with a
+        // policy), whatever the policy says of the request.
+        if ex.req.is_push_advertisement()
+            && let Ok(mut a) = ctx.advert.lock()
+        {
+            *a = Some(gitwire::PushAdvert::new(self.enforcer.is_some()));
         }
         let head = self.enforcer.as_ref().map(|enforcer| {
             let subject = enforce::subject(&ex.conn.caller, decision.claims.as_ref());
@@ -532,14 +591,12 @@ impl Phases for Pipeline {
             .as_ref()
             .expect("an exchange is recorded only with a recorder");
         if let Ok(mut b) = ctx.request.lock() {
-            // Requests reach the upstream as sent; only their record is masked.
-            match decoder(&req.headers) {
-                Ok(_) if !rec.stores_body(Direction::Request) => {}
-                Ok(d) => {
-                    b.decoder = d;
-                    b.masker = Some(BodyMasker::Plain(Box::new(maskers.1.stream())));
-                }
-                Err(why) => b.broken = Some(why),
+            // Requests reach the upstream as sent; only their record is masked. A compressed
+            // body is decoded whether or not it is stored: git's parsers read it, and one that
+            // does not decode is cut.
+            b.decoder = ex.req.body_coding.map(Decoder::new);
+            if rec.stores_body(Direction::Request) {
+                b.masker = Some(BodyMasker::Plain(Box::new(maskers.1.stream())));
             }
         }
         if let Some(refused) = recorder.admit(ex).await {
@@ -558,25 +615,32 @@ impl Phases for Pipeline {
     ) -> Gate {
         let plan = ctx.plan.lock().ok().and_then(|mut p| p.take());
         let (Some(plan), Some(enforcer)) = (plan, &self.enforcer) else {
+            // Without a policy a push is read only as far as its commands, to refuse a signed one.
+            if ex.req.is_push() {
+                return match enforce::push::unsigned_only(ex, body).await {
+                    PushGate::Forward { body, .. } => Gate::Forward(body),
+                    PushGate::Answer(resp) => Gate::Answer(resp),
+                    PushGate::Refused { answer, why } => Gate::Refuse(answer, why),
+                };
+            }
             return Gate::Forward(body);
         };
         let caller = &ex.conn.caller;
         // The API is asked with what goes upstream: the brokered token, else the caller's own.
-        let token = ctx
-            .inject
-            .get()
-            .cloned()
-            .or_else(|| credentials::presented(&req.headers));
+        let token = match ctx.credential.get() {
+            Some(Credential::Inject(t, _)) => Some(t.clone()),
+            Some(Credential::Strip) => None,
+            None => credentials::presented(&req.headers),
+        };
         match plan {
             Plan::Push(subject) => {
-                let (gate, decisions) = enforcer
-                    .push(ex, caller, &subject, token.as_ref(), req, body)
-                    .await;
+                let (gate, decisions) = enforcer.push(ex, caller, &subject, token.as_ref(), body).await;
                 if let Some(refused) = record_decisions(ex, ctx, decisions).await {
                     return Gate::Answer(refused);
                 }
                 match gate {
                     PushGate::Answer(resp) => Gate::Answer(resp),
+                    PushGate::Refused { answer, why } => Gate::Refuse(answer, why),
                     PushGate::Forward {
                         body,
                         length,
@@ -626,13 +690,15 @@ impl Phases for Pipeline {
     }
 
     fn upstream_request_filter(&self, _ex: &Exchange, ctx: &Ctx, req: &mut ::http::request::Parts) {
-        if let Some(token) = ctx.inject.get() {
-            credentials::inject(&mut req.headers, req.uri.path(), token);
+        match ctx.credential.get() {
+            Some(Credential::Inject(token, scheme)) => credentials::inject(&mut req.headers, *scheme, token),
+            Some(Credential::Strip) => credentials::strip(&mut req.headers),
+            None => {}
         }
         // Answers the gateway rewrites (a push advertisement, a push's report) must come back
         // uncompressed.
-        let rewrites = ctx.no_thin.lock().is_ok_and(|n| n.is_some())
-            || ctx.push_answer.lock().is_ok_and(|a| a.is_some());
+        let rewrites =
+            ctx.advert.lock().is_ok_and(|n| n.is_some()) || ctx.push_answer.lock().is_ok_and(|a| a.is_some());
         if rewrites {
             req.headers.remove(header::ACCEPT_ENCODING);
         }
@@ -644,7 +710,7 @@ impl Phases for Pipeline {
         ctx: &Ctx,
         chunk: &mut Bytes,
         end: bool,
-    ) -> Result<Option<EndFuture>, String> {
+    ) -> Result<Option<EndFuture>, BodyRefusal> {
         self.body_chunk(ctx, Direction::Request, chunk, end)
     }
 
@@ -652,7 +718,7 @@ impl Phases for Pipeline {
         // A push advertisement gains `no-thin`; a push's report gains the refs held back.
         let ok = resp.status == StatusCode::OK && !resp.headers.contains_key(header::CONTENT_ENCODING);
         let mut rewriting = false;
-        if let Ok(mut n) = ctx.no_thin.lock() {
+        if let Ok(mut n) = ctx.advert.lock() {
             if !ok {
                 *n = None;
             }
@@ -668,15 +734,14 @@ impl Phases for Pipeline {
             resp.headers.remove(header::CONTENT_LENGTH);
         }
         let (for_clients, for_records) = self.maskers(ctx);
-        let (host, path) = host_and_path(&ex.url);
-        let mode = self.mask.responses(host, path);
+        let mode = self.mask.responses(&ex.req.host, &ex.req.path);
         let ct = content_type(&resp.headers);
         let sse = ct.is_some_and(|t| {
             t.trim_start()
                 .to_ascii_lowercase()
                 .starts_with("text/event-stream")
         });
-        let has_body = !(ex.method == ::http::Method::HEAD
+        let has_body = !(ex.req.method == ::http::Method::HEAD
             || resp.status.is_informational()
             || resp.status == ::http::StatusCode::NO_CONTENT
             || resp.status == ::http::StatusCode::NOT_MODIFIED);
@@ -699,8 +764,20 @@ impl Phases for Pipeline {
                 // SSE events are recorded one by one, whatever the body cap.
                 b.masker = Some(BodyMasker::new(&for_records, sse));
             }
+        }
+        if let Some(rec) = &ctx.record {
+            rec.response_head(resp);
+        }
+        // The body is decoded only for a stage that reads it: the masker, git's parsers (which
+        // the recorder set up from the head just now).
+        let parsed = ctx
+            .record
+            .as_ref()
+            .is_some_and(|r| r.parses_git(Direction::Response));
+        if let Ok(mut b) = ctx.response.lock() {
             match decoded {
-                Ok(d) => b.decoder = d,
+                Ok(d) if b.masker.is_some() || parsed => b.decoder = d,
+                Ok(_) => {}
                 Err(why) if b.masker.is_some() => {
                     tracing::warn!(url = %crate::mask::for_logs(&ex.url), error = %why,
                                    "a response body in an encoding ghgate cannot decode is not recorded");
@@ -708,9 +785,6 @@ impl Phases for Pipeline {
                 }
                 Err(_) => {}
             }
-        }
-        if let Some(rec) = &ctx.record {
-            rec.response_head(resp);
         }
     }
 
@@ -721,7 +795,7 @@ impl Phases for Pipeline {
         chunk: &mut Bytes,
         end: bool,
     ) -> Result<Option<EndFuture>, String> {
-        if let Ok(mut n) = ctx.no_thin.lock()
+        if let Ok(mut n) = ctx.advert.lock()
             && let Some(n) = n.as_mut()
         {
             *chunk = Bytes::from(n.push(chunk, end));
@@ -732,11 +806,12 @@ impl Phases for Pipeline {
             add_held_refs(a, chunk, end);
         }
         self.body_chunk(ctx, Direction::Response, chunk, end)
+            .map_err(|r| r.cause)
     }
 
     fn websocket_masker(&self, ex: &Exchange, ctx: &Ctx) -> Option<Masker> {
-        let (host, path) = host_and_path(&ex.url);
-        (self.mask.responses(host, path) == ResponseMasking::Mask).then(|| self.maskers(ctx).0)
+        (self.mask.responses(&ex.req.host, &ex.req.path) == ResponseMasking::Mask)
+            .then(|| self.maskers(ctx).0)
     }
 
     fn websocket_message(

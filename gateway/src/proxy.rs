@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::TlsConfig,
     http::{
-        self, ConnInfo, Limits, Phases, UpstreamRoute,
+        self, ConnInfo, Phases, Settings, UpstreamRoute,
         pool::{Key, Pool, Sender},
     },
     listen::{Accepted, Handler},
@@ -44,7 +44,7 @@ pub struct Proxy<P> {
     pub leaves: Arc<LeafCache>,
     pub pool: Arc<Pool>,
     pub phases: Arc<P>,
-    pub limits: Limits,
+    pub settings: Settings,
 }
 
 impl<P: Phases> Handler for Proxy<P> {
@@ -227,7 +227,7 @@ impl<P: Phases> Proxy<P> {
             key,
             failed,
         };
-        http::serve(tls, info, route, self.phases.clone(), &self.limits).await;
+        http::serve(tls, info, route, self.phases.clone(), &self.settings).await;
     }
 }
 

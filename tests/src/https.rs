@@ -236,7 +236,11 @@ async fn handle(
             return Ok(text(StatusCode::UNAUTHORIZED, "Bad credentials\n".into()));
         }
     }
-    if let Some(root) = git_root.as_ref().filter(|_| path.contains(".git/")) {
+    // Owner and repository names are read ignoring case, as GitHub reads them.
+    if let Some(root) = git_root
+        .as_ref()
+        .filter(|_| path.to_ascii_lowercase().contains(".git/"))
+    {
         return Ok(git_http_backend(req, root).await);
     }
     if let Some(root) = git_root.as_ref()
@@ -254,6 +258,14 @@ async fn handle(
         .unwrap_or_default();
     let version = format!("{:?}", req.version());
     let method = req.method().to_string();
+    // Which credential scheme arrived (never the credential itself).
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map_or("none".to_owned(), |v| {
+            v.split(' ').next().unwrap_or_default().to_owned()
+        });
     if path.ends_with("/completion") {
         return Ok(completion(&query));
     }
@@ -328,7 +340,9 @@ async fn handle(
                 .unwrap_or(0);
             Ok(text(
                 StatusCode::OK,
-                format!("method={method} path={path} host={host} version={version} body_bytes={body}\n"),
+                format!(
+                    "method={method} path={path} host={host} version={version} body_bytes={body} authorization={authorization}\n"
+                ),
             ))
         }
     }
@@ -538,7 +552,7 @@ async fn git_http_backend(req: Request<Incoming>, root: &Path) -> Response<Body>
         .env("GIT_PROJECT_ROOT", root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("REQUEST_METHOD", parts.method.as_str())
-        .env("PATH_INFO", parts.uri.path())
+        .env("PATH_INFO", parts.uri.path().to_ascii_lowercase())
         .env("QUERY_STRING", parts.uri.query().unwrap_or_default())
         .env("CONTENT_TYPE", header("content-type"))
         .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
@@ -878,10 +892,14 @@ impl TlsGateway {
 
     /// As [`TlsGateway::git`], for a command that may fail: its output.
     pub fn git_output(&self, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+        self.git_command(dir, args).output().unwrap()
+    }
+
+    /// The `git ARGS…` command [`TlsGateway::git`] runs, to add to (an environment variable).
+    pub fn git_command(&self, dir: &std::path::Path, args: &[&str]) -> std::process::Command {
         let port = self.upstream.addr.port();
-        self.gw
-            .exec("git")
-            .current_dir(dir)
+        let mut cmd = self.gw.exec("git");
+        cmd.current_dir(dir)
             .arg("-c")
             .arg(format!("http.sslCAInfo={}", self.ca_file.display()))
             .arg("-c")
@@ -893,9 +911,46 @@ impl TlsGateway {
             .env("GIT_TERMINAL_PROMPT", "0")
             // This environment points git at the system bundle; the tests configure git only by -c.
             .env_remove("GIT_SSL_CAINFO")
-            .env_remove("GIT_SSL_CAPATH")
-            .output()
-            .unwrap()
+            .env_remove("GIT_SSL_CAPATH");
+        cmd
+    }
+
+    /// Sends `request` as it is (a hand-made HTTP/1.1 head and body: two Host headers, an
+    /// absolute-form target, a pkt-line body) over TLS with `sni` to the upstream's port,
+    /// inside the cgroup, and returns the response as text.
+    pub fn raw(&self, sni: &str, request: &[u8]) -> String {
+        use std::io::Write as _;
+        let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[4])
+s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))), server_hostname=sys.argv[3])
+s.sendall(sys.stdin.buffer.read())
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+sys.stdout.write(data.decode("latin-1"))
+"#;
+        let mut child = self
+            .gw
+            .exec("python3")
+            .args(["-c", script])
+            .arg(self.upstream.addr.ip().to_string())
+            .arg(self.upstream.addr.port().to_string())
+            .arg(sni)
+            .arg(&self.ca_file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(request).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "python3 TLS client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `ghgate exec -- curl -sS --cacert <ghgate CA> --resolve … ARGS… URL` inside the cgroup.

@@ -203,3 +203,80 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
         }
     }
 }
+
+#[test]
+fn the_brokered_token_goes_only_where_it_belongs() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "brokered-static-token-0123456789\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = TlsGateway::start(
+        &[
+            "api.github.com",
+            "github.com",
+            "raw.githubusercontent.com",
+            "objects.githubusercontent.com",
+            "api.githubcopilot.com",
+        ],
+        true,
+        None,
+        &format!(
+            "[credentials.profile.ci]\ntoken_file = \"{}\"\n[[credentials.rule]]\nprofile = \"ci\"\nuid = [0]\n",
+            token.display()
+        ),
+    );
+    // The upstream echoes which Authorization scheme reached it (never the credential).
+    for (host, path, want) in [
+        ("api.github.com", "/repos/o/r", "Bearer"),
+        ("api.github.com", "/graphql", "Bearer"),
+        ("api.github.com", "/copilot_internal/v2/token", "token"),
+        (
+            "github.com",
+            "/o/r.git/info/refs?service=git-upload-pack",
+            "Basic",
+        ),
+        ("raw.githubusercontent.com", "/o/r/main/README.md", "none"),
+        (
+            "objects.githubusercontent.com",
+            "/github-production-release-asset/1",
+            "none",
+        ),
+        ("api.githubcopilot.com", "/models", "none"),
+        ("github.com", "/o/r/pulls", "none"),
+    ] {
+        let out = s.curl(
+            host,
+            path,
+            &["-H", "Authorization: Bearer the-callers-own-credential-42"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("authorization={want}\n")),
+            "{host}{path}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The record says the caller's own credential was stripped where no token belongs.
+    let shown = eventually("the sessions' records", Duration::from_secs(10), || {
+        let text: String =
+            s.gw.ghgate_ok(&["sessions", "list", "--json"])
+                .lines()
+                .map(|l| {
+                    let r: Value = serde_json::from_str(l).unwrap();
+                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
+                })
+                .collect();
+        (text.matches("credential stripped from profile ci").count() >= 4).then_some(text)
+    });
+    assert!(shown.contains("credential brokered from profile ci"), "{shown}");
+    for secret in [
+        "brokered-static-token-0123456789",
+        "the-callers-own-credential-42",
+    ] {
+        assert!(!shown.contains(secret), "a credential shows in the record");
+        assert!(!s.gw.log_text().contains(secret), "a credential shows in the log");
+    }
+}

@@ -562,3 +562,161 @@ fn an_intercept_set_of_every_address_is_decided_by_sni_and_cannot_be_escaped_by_
         |l| l["message"] == "TLS name not terminated; relaying it untouched" && l["sni"] == "example.org"
     ));
 }
+
+/// Every exchange record in the store, once at least `n` are there.
+fn exchange_records(s: &TlsGateway, n: usize) -> Vec<serde_json::Value> {
+    ghgate_e2e::eventually("the exchange records", Duration::from_secs(10), || {
+        let records: Vec<serde_json::Value> =
+            s.gw.ghgate_ok(&["sessions", "list", "--json"])
+                .lines()
+                .flat_map(|l| {
+                    let session: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let id = session["id"].as_str().unwrap().to_owned();
+                    s.gw.ghgate_ok(&["sessions", "export", &id, "--format", "jsonl"])
+                        .lines()
+                        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())
+                        .filter(|r| r["type"] == "exchange")
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        (records.len() >= n).then_some(records)
+    })
+}
+
+#[test]
+fn a_request_whose_host_or_path_could_mean_two_things_is_answered_by_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let s = setup(&["api.github.com", "github.com"], true);
+    let port = s.upstream.addr.port();
+    // Host ≠ SNI: 421, over HTTP/1.1 and HTTP/2 (curl sends its Host header as :authority).
+    for flag in ["--http1.1", "--http2"] {
+        let out = curl(
+            &s,
+            "api.github.com",
+            "/repos/o/r",
+            &[flag, "-H", "Host: github.com"],
+        );
+        let text = stdout(&out);
+        assert!(text.ends_with(" 421"), "{flag}: {text}");
+        assert!(
+            text.contains("this connection was opened for api.github.com, not for github.com"),
+            "{flag}: {text}"
+        );
+    }
+    // Hand-made heads, and spellings of a path GitHub's API could read as another.
+    let cases = [
+        (
+            "GET /repos/o/r HTTP/1.1\r\nHost: api.github.com\r\nHost: github.com\r\nConnection: close\r\n\r\n"
+                .to_owned(),
+            "400",
+            "more than one Host header",
+        ),
+        (
+            format!(
+                "GET https://github.com/repos/o/r HTTP/1.1\r\nHost: api.github.com:{port}\r\nConnection: close\r\n\r\n"
+            ),
+            "400",
+            "disagrees with the request's URI",
+        ),
+        (
+            "GET /repos/o/r HTTP/1.0\r\nConnection: close\r\n\r\n".to_owned(),
+            "400",
+            "names no host",
+        ),
+        (
+            "GET /repos/o%2Fr/contents HTTP/1.1\r\nHost: api.github.com\r\nConnection: close\r\n\r\n".to_owned(),
+            "400",
+            "an encoded slash",
+        ),
+        (
+            "GET /repos/o/r/%2e%2e/x HTTP/1.1\r\nHost: API.github.com.\r\nConnection: close\r\n\r\n".to_owned(),
+            "400",
+            "a dot segment",
+        ),
+    ];
+    for (request, status, why) in &cases {
+        let answer = s.raw("api.github.com", request.as_bytes());
+        // An HTTP/1.0 request is answered in HTTP/1.0.
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}"))
+                || answer.starts_with(&format!("HTTP/1.0 {status}")),
+            "{request:?}: {answer}"
+        );
+        assert!(answer.contains(why), "{request:?}: {answer}");
+    }
+    // A Content-Encoding the gateway cannot decode: 415 from the head.
+    let out = curl(
+        &s,
+        "api.github.com",
+        "/repos/o/r/issues",
+        &["-H", "Content-Encoding: x-unknown", "--data", "{}"],
+    );
+    let text = stdout(&out);
+    assert!(text.ends_with(" 415"), "{text}");
+    assert!(
+        text.contains("\"x-unknown\" cannot be decoded by ghgate"),
+        "{text}"
+    );
+    assert_eq!(s.upstream.served(), 0, "nothing was forwarded");
+
+    // A body that does not decode as its Content-Encoding says: cut before its end, 415.
+    let out = curl(
+        &s,
+        "api.github.com",
+        "/repos/o/r/issues",
+        &[
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            "this is not gzip at all",
+        ],
+    );
+    let text = stdout(&out);
+    assert!(text.ends_with(" 415"), "{text}");
+    assert!(text.contains("cannot decode the request body"), "{text}");
+    assert!(
+        !text.contains("method=POST"),
+        "the upstream never answered it: {text}"
+    );
+
+    // The same host spelled otherwise is the same host.
+    let out = curl(
+        &s,
+        "api.github.com",
+        "/repos/o/r",
+        &["-H", &format!("Host: API.GitHub.com.:{port}")],
+    );
+    let text = stdout(&out);
+    assert!(text.ends_with(" 200"), "{text}");
+    assert!(text.contains(&format!("host=api.github.com:{port}")), "{text}");
+
+    // Every refusal is recorded, answered by the gateway, with its status and why.
+    let records = exchange_records(&s, 10);
+    let refused: Vec<(u64, String)> = records
+        .iter()
+        .filter(|r| r["answered_by"] == "gateway")
+        .map(|r| {
+            (
+                r["status"].as_u64().unwrap(),
+                r["error"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for (status, why) in [
+        (421, "not for github.com"),
+        (400, "more than one Host header"),
+        (400, "disagrees"),
+        (400, "names no host"),
+        (400, "an encoded slash"),
+        (400, "a dot segment"),
+        (415, "x-unknown"),
+        (415, "cannot decode the request body"),
+    ] {
+        assert!(
+            refused.iter().any(|(s, e)| *s == status && e.contains(why)),
+            "no {status} record for {why}: {refused:?}"
+        );
+    }
+}

@@ -81,6 +81,14 @@ approvers = "maintainers"
 host = ["api.github.com"]
 method = ["DELETE"]
 path = ["/repos/*"]
+
+[[rule]]
+name = "frozen"
+action = "deny"
+repository = ["o/r"]
+git_service = ["receive-pack"]
+ref = ["refs/heads/frozen"]
+message = "frozen stays frozen"
 "#;
 
 struct Setup {
@@ -704,4 +712,90 @@ fn an_api_call_held_for_approval_passes_once_with_the_same_body() {
     });
     assert!(began.elapsed() < Duration::from_secs(50));
     let _ = &t.tmp;
+}
+
+#[test]
+fn a_push_spelled_otherwise_is_the_same_push_to_the_policy() {
+    if !privileged() {
+        return;
+    }
+    let t = Setup::start("");
+    let port = t.s.upstream.addr.port();
+    let head = fixtures::commit(&t.work, "frozen.txt");
+    // Real git with the repository in upper case, as GitHub (and the test upstream) take it:
+    // the rule naming o/r denies it.
+    let upper = format!("https://github.com:{port}/O/R.GIT");
+    let out =
+        t.s.git_output(&t.work, &["push", &upper, "HEAD:refs/heads/frozen"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "a denied push succeeded:\n{err}");
+    assert!(
+        err.contains(
+            "[remote rejected] HEAD -> frozen (denied by ghgate rule #8 \"frozen\": frozen stays frozen)"
+        ),
+        "{err}"
+    );
+    assert_eq!(t.upstream_ref("refs/heads/frozen"), None);
+    // The same spelling reaches the upstream for another ref: the refusal was the rule's.
+    let out =
+        t.s.git_output(&t.work, &["push", &upper, "HEAD:refs/heads/thawed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        t.upstream_ref("refs/heads/thawed").as_deref(),
+        Some(head.as_str())
+    );
+    // The recorder read it as the push it was: its ref update is in the record.
+    eventually("the recorded push", Duration::from_secs(10), || {
+        t.shown().contains("refs/heads/thawed").then_some(())
+    });
+
+    // A hand-made push whose service is spelled in upper case: a push to the policy too (the
+    // upstream, reading it as GitHub might, would take it).
+    let zero = "0".repeat(40);
+    let mut body = fixtures::pkt(format!("{zero} {head} refs/heads/frozen\0report-status\n"));
+    body.extend_from_slice(b"0000");
+    let served = t.s.upstream.served();
+    let answer = t.s.raw(
+        "github.com",
+        &fixtures::receive_pack_request(
+            &format!("github.com:{port}"),
+            "/o/%72.git/GIT-RECEIVE-PACK",
+            &body,
+        ),
+    );
+    assert!(
+        answer.contains("ng refs/heads/frozen denied by ghgate rule #8 \"frozen\""),
+        "{answer}"
+    );
+    // Spellings that would hide the push from a stage are refused from the head.
+    for path in [
+        "/o%2Fr.git/git-receive-pack",
+        "/o/r.git%2Fgit-receive-pack",
+        "/o/x/%2e%2e/r.git/git-receive-pack",
+        "/o//r.git/git-receive-pack",
+    ] {
+        let answer = t.s.raw(
+            "github.com",
+            &fixtures::receive_pack_request(&format!("github.com:{port}"), path, &body),
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    assert_eq!(t.s.upstream.served(), served, "none of them went upstream");
+    assert_eq!(t.upstream_ref("refs/heads/frozen"), None);
+
+    // The recorder saw pushes where the policy did: the denied refs are recorded as decisions.
+    let denied = eventually("the denials", Duration::from_secs(10), || {
+        let d: Vec<Value> = t
+            .decisions()
+            .into_iter()
+            .filter(|d| d["rule"] == "rule #8 \"frozen\"")
+            .collect();
+        (d.len() >= 2).then_some(d)
+    });
+    assert!(
+        denied
+            .iter()
+            .all(|d| d["outcome"] == "refused" && d["ref_update"]["name"] == "refs/heads/frozen"),
+        "{denied:?}"
+    );
 }

@@ -6,7 +6,10 @@
 //! read as) are returned as `Invalid`.
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::policy::{Paths, Policy, RefKind, RefUpdate, Subject, Target};
+use crate::{
+    classify::GitHub,
+    policy::{Paths, Policy, RefKind, RefUpdate, Subject, Target},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,36 +72,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}: ok, {}", a.file.display(), policy.summary());
         }
         Command::Explain(a) => {
-            let policy = load_policy_or_config(&a.policy)?;
+            let (policy, github) = load_policy_or_config(&a.policy)?;
             let ff = match (a.fast_forward, a.non_fast_forward) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
                 _ => None,
             };
-            let text =
-                explain_text(&policy, &a.as_, &a.request, &a.ref_updates, ff, &a.changes).map_err(Invalid)?;
+            let text = explain_text(
+                &policy,
+                &github,
+                &a.as_,
+                &a.request,
+                &a.ref_updates,
+                ff,
+                &a.changes,
+            )
+            .map_err(Invalid)?;
             print!("{text}");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// A policy file, or a gateway configuration whose `[policy] file` is followed.
-fn load_policy_or_config(path: &std::path::Path) -> Result<Policy, Invalid> {
+/// A policy file, or a gateway configuration whose `[policy] file` is followed (and whose
+/// `policy.api_url` says where GitHub's API is; GitHub's own otherwise).
+fn load_policy_or_config(path: &std::path::Path) -> Result<(Policy, GitHub), Invalid> {
     let text =
         std::fs::read_to_string(path).map_err(|e| Invalid(format!("cannot read {}: {e}", path.display())))?;
     let is_gateway_config = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("redirect"));
     if !is_gateway_config {
-        return Policy::load(path).map_err(|e| Invalid(e.to_string()));
+        let policy = Policy::load(path).map_err(|e| Invalid(e.to_string()))?;
+        return Ok((policy, GitHub::default()));
     }
     let config = crate::config::Config::parse(&text, path).map_err(|e| Invalid(e.to_string()))?;
+    let github = config.github_hosts();
     let file = config.policy.file.ok_or_else(|| {
         Invalid(format!(
             "{} is a gateway configuration without a [policy] file: nothing to explain",
             path.display()
         ))
     })?;
-    Policy::load(&file).map_err(|e| Invalid(e.to_string()))
+    let policy = Policy::load(&file).map_err(|e| Invalid(e.to_string()))?;
+    Ok((policy, github))
 }
 
 /// The keys `--as` accepts (besides `oidc.CLAIM`).
@@ -109,6 +124,7 @@ use crate::policy::SUBJECT_KEYS as AS_KEYS;
 /// fast-forwards (`None`: unknown); `changes` are the files the push changes (none given: none).
 pub fn explain_text(
     policy: &Policy,
+    github: &GitHub,
     as_: &str,
     request: &str,
     refs: &[String],
@@ -116,17 +132,28 @@ pub fn explain_text(
     changes: &[String],
 ) -> Result<String, String> {
     let subject = parse_subject(as_)?;
-    let target = parse_request(request)?;
+    let (method, url) = parse_request(request)?;
     if ff.is_some() && refs.is_empty() {
         return Err(
             "--fast-forward and --non-fast-forward describe ref updates; give --ref-update too".into(),
         );
     }
+    // Read as the gateway reads it: a request it refuses from its head never meets a rule.
+    let target = match Target::parse(&method, &url, github) {
+        Ok(t) => t,
+        Err(refusal) => {
+            return Ok(format!(
+                "caller: {subject}\nrequest: {method} {url}\n\nverdict: refused by the gateway itself with {}, before any rule: {refusal}\n",
+                refusal.status()
+            ));
+        }
+    };
     let mut out = format!("caller: {subject}\nrequest: {target}");
+    let req = &target.req;
     let derived: Vec<String> = [
-        target.repository().map(|r| format!("repository {r}")),
-        target.git_service().map(|s| format!("git {s}")),
-        target.copilot().map(|c| format!("copilot {c}")),
+        req.repository.as_ref().map(|r| r.describe()),
+        req.git_service.map(|s| format!("git {s}")),
+        req.copilot.map(|c| format!("copilot {c}")),
     ]
     .into_iter()
     .flatten()
@@ -232,7 +259,8 @@ fn parse_subject(text: &str) -> Result<Subject, String> {
     Ok(s)
 }
 
-fn parse_request(text: &str) -> Result<Target, String> {
+/// "METHOD URL" (the scheme optional, user info ignored) as a method and an https URL.
+fn parse_request(text: &str) -> Result<(String, String), String> {
     let usage = || {
         format!(
             "--request \"{text}\": write \"METHOD URL\", e.g. \"POST https://github.com/org/app.git/git-receive-pack\""
@@ -263,7 +291,7 @@ fn parse_request(text: &str) -> Result<Target, String> {
     } else {
         format!("/{path}")
     };
-    Ok(Target::new(host, method.to_ascii_uppercase(), path))
+    Ok((method.to_ascii_uppercase(), format!("https://{host}{path}")))
 }
 
 fn parse_ref_update(text: &str) -> Result<RefUpdate, String> {
@@ -323,12 +351,13 @@ mod tests {
     fn explain(as_: &str, request: &str, refs: &[&str], ff: Option<bool>, changes: &[&str]) -> String {
         let refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
         let changes: Vec<String> = changes.iter().map(|r| r.to_string()).collect();
-        explain_text(&policy(), as_, request, &refs, ff, &changes).unwrap_or_else(|e| panic!("{e}"))
+        explain_text(&policy(), &GitHub::default(), as_, request, &refs, ff, &changes)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn explain_err(as_: &str, request: &str, refs: &[&str]) -> String {
         let refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
-        explain_text(&policy(), as_, request, &refs, None, &[]).unwrap_err()
+        explain_text(&policy(), &GitHub::default(), as_, request, &refs, None, &[]).unwrap_err()
     }
 
     #[test]
@@ -434,23 +463,53 @@ mod tests {
         assert!(explain_err("uid=1", PUSH, &["1 2"]).contains("three words are needed"));
         assert!(explain_err("uid=1", PUSH, &["xyz 2 refs/heads/a"]).contains("\"xyz\" is not an object id"));
         assert!(explain_err("uid=1", PUSH, &["1 2 main"]).contains("(refs/heads/main?)"));
-        let e = explain_text(&policy(), "uid=1", PUSH, &[], Some(true), &[]).unwrap_err();
+        let e = explain_text(&policy(), &GitHub::default(), "uid=1", PUSH, &[], Some(true), &[]).unwrap_err();
         assert!(e.contains("give --ref-update too"), "{e}");
     }
 
     #[test]
     fn requests_are_read_with_or_without_a_scheme() {
-        let t = parse_request("post https://user@GitHub.com:443/o/r.git/info/refs?service=git-upload-pack")
-            .unwrap();
-        assert_eq!(
-            (t.method.as_str(), t.norm_host().as_str()),
-            ("POST", "github.com")
-        );
-        assert_eq!(t.path, "/o/r.git/info/refs?service=git-upload-pack");
-        let t = parse_request("GET api.github.com").unwrap();
+        let target = |text: &str| {
+            let (method, url) = parse_request(text).unwrap();
+            Target::parse(&method, &url, &GitHub::default()).unwrap().req
+        };
+        let t = target("post https://user@GitHub.com:443/o/r.git/info/refs?service=git-upload-pack");
+        assert_eq!((t.method.as_str(), t.host.as_str()), ("POST", "github.com"));
+        assert_eq!(t.path_and_query(), "/o/r.git/info/refs?service=git-upload-pack");
+        let t = target("GET api.github.com");
         assert_eq!((t.host.as_str(), t.path.as_str()), ("api.github.com", "/"));
-        let t = parse_request("GET api.github.com?x=1").unwrap();
-        assert_eq!(t.path, "/?x=1");
+        let t = target("GET api.github.com?x=1");
+        assert_eq!(t.path_and_query(), "/?x=1");
+    }
+
+    #[test]
+    fn a_request_the_gateway_refuses_itself_meets_no_rule() {
+        let out = explain(
+            "uid=1000",
+            "POST https://github.com/org/app.git/../x.git/git-receive-pack",
+            &[],
+            None,
+            &[],
+        );
+        assert!(
+            out.ends_with("verdict: refused by the gateway itself with 400 Bad Request, before any rule: the request's path \"/org/app.git/../x.git/git-receive-pack\" is refused: a dot segment (. or ..)\n"),
+            "{out}"
+        );
+        // The spelling is GitHub's business, not the rule's: /ORG/APP.GIT is org/app.
+        let out = explain(
+            "uid=1000",
+            "POST https://GitHub.com./ORG/%41pp.GIT/git-receive-pack",
+            &[UPDATE],
+            None,
+            &[],
+        );
+        assert!(
+            out.contains(
+                "request: POST github.com/ORG/App.GIT/git-receive-pack (repository org/app, git receive-pack)"
+            ),
+            "{out}"
+        );
+        assert!(out.ends_with("by rule #1 \"force-push-main\"\n"), "{out}");
     }
 
     #[test]

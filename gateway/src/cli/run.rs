@@ -14,7 +14,7 @@ use crate::{
     config::{Config, OnGatewayDown},
     credentials::Broker,
     enforce::Enforcer,
-    http::{Limits, pool::Pool},
+    http::{Limits, Settings, pool::Pool},
     identity::oidc::OidcValidator,
     listen,
     mask::{self, policy::MaskSet},
@@ -135,6 +135,7 @@ fn proxy(
         (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
     let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
     let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
+    let github = Arc::new(config.github_hosts());
     Ok(Proxy {
         relay: Relay {
             connect_timeout,
@@ -153,8 +154,12 @@ fn proxy(
             broker,
             oidc,
             enforcer,
+            github: github.clone(),
         }),
-        limits: Limits::from(&config.http),
+        settings: Settings {
+            limits: Limits::from(&config.http),
+            github: github.clone(),
+        },
     })
 }
 

@@ -15,7 +15,8 @@ use http::{HeaderName, Method, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use super::{CredentialError, Repo, Secret};
+use super::{CredentialError, Secret};
+use crate::classify::Repo;
 use crate::{config::GithubAppConfig, outbound::Outbound};
 
 /// Tokens are used until this long before they expire.
@@ -45,7 +46,7 @@ pub struct AppMinter {
     api_url: String,
     outbound: Outbound,
     /// One slot per repository (`None`: the fallback, all repositories).
-    cache: Mutex<HashMap<Option<String>, Slot>>,
+    cache: Mutex<HashMap<Option<Repo>, Slot>>,
 }
 
 impl std::fmt::Debug for AppMinter {
@@ -96,11 +97,11 @@ impl AppMinter {
             .map_err(|e| CredentialError::Mint(format!("cannot sign the app JWT ({e})")))
     }
 
-    /// An installation token for `repo` (or, without one, for every repository with the
-    /// fallback permissions).
+    /// An installation token for `repo` (by name, or by id for `/repositories/{id}/…`), or,
+    /// without one, for every repository with the fallback permissions.
     pub async fn token(&self, repo: Option<&Repo>) -> Result<Secret, CredentialError> {
-        let (name, permissions) = match repo {
-            Some(r) => (Some(r.name.clone()), &self.permissions),
+        let (scope, permissions) = match repo {
+            Some(r) => (Some(r.clone()), &self.permissions),
             None => match &self.fallback {
                 Some(p) => (None, p),
                 None => return Err(CredentialError::NoRepository),
@@ -111,7 +112,7 @@ impl AppMinter {
                 .cache
                 .lock()
                 .map_err(|_| CredentialError::Mint("the token cache failed earlier".into()))?;
-            cache.entry(name.clone()).or_default().clone()
+            cache.entry(scope.clone()).or_default().clone()
         };
         // Single flight: whoever holds the slot mints; the others wait and reuse.
         let mut held = slot.lock().await;
@@ -120,14 +121,14 @@ impl AppMinter {
         {
             return Ok(token.clone());
         }
-        let (token, expires) = self.mint(name.as_deref(), permissions).await?;
+        let (token, expires) = self.mint(scope.as_ref(), permissions).await?;
         *held = Some((token.clone(), expires));
         Ok(token)
     }
 
     async fn mint(
         &self,
-        repo: Option<&str>,
+        repo: Option<&Repo>,
         permissions: &BTreeMap<String, String>,
     ) -> Result<(Secret, SystemTime), CredentialError> {
         let url = format!(
@@ -135,8 +136,11 @@ impl AppMinter {
             self.api_url, self.installation_id
         );
         let mut body = serde_json::json!({ "permissions": permissions });
-        if let Some(r) = repo {
-            body["repositories"] = serde_json::json!([r]);
+        match repo {
+            // Within the installation's account, so by name alone.
+            Some(Repo::Named { name, .. }) => body["repositories"] = serde_json::json!([name]),
+            Some(Repo::Id(id)) => body["repository_ids"] = serde_json::json!([id]),
+            None => {}
         }
         let jwt = self.app_jwt()?;
         let headers = [
@@ -169,7 +173,7 @@ impl AppMinter {
                 resp.status,
                 self.app_id,
                 self.installation_id,
-                repo.map(|r| format!(" (repository {r})")).unwrap_or_default(),
+                repo.map(|r| format!(" ({})", r.describe())).unwrap_or_default(),
                 crate::mask::for_logs(&message)
             )));
         }
@@ -250,7 +254,7 @@ mod tests {
                                     .unwrap();
                                 (
                                     201,
-                                    serde_json::json!({"token": format!("tok-{n}-{}", asked["repositories"]), "expires_at": expires}),
+                                    serde_json::json!({"token": format!("tok-{n}-{}", if asked["repositories"].is_null() { &asked["repository_ids"] } else { &asked["repositories"] }), "expires_at": expires}),
                                 )
                             };
                             let mut r = http::Response::new(Full::new(Bytes::from(answer.to_string())));
@@ -281,7 +285,7 @@ mod tests {
     }
 
     fn repo(name: &str) -> Repo {
-        Repo {
+        Repo::Named {
             owner: "o".into(),
             name: name.into(),
         }
@@ -316,6 +320,10 @@ mod tests {
             "another repository, another token"
         );
         assert!(matches!(m.token(None).await, Err(CredentialError::NoRepository)));
+        // `/repositories/{id}/…`: the token is scoped by id.
+        let by_id = m.token(Some(&Repo::Id(4711))).await.unwrap();
+        assert_eq!(mints.load(Ordering::SeqCst), 3);
+        assert!(by_id.expose().ends_with("-[4711]"), "{}", by_id.expose());
     }
 
     #[tokio::test]
@@ -336,7 +344,7 @@ mod tests {
         let m = minter(&url, false);
         let err = m.token(Some(&repo("a"))).await.unwrap_err().to_string();
         assert!(
-            err.contains("401") && err.contains("could not be decoded") && err.contains("repository a"),
+            err.contains("401") && err.contains("could not be decoded") && err.contains("repository o/a"),
             "{err}"
         );
         assert!(!err.contains("eyJ"), "the app JWT is never shown: {err}");

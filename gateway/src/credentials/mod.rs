@@ -2,9 +2,11 @@
 //! gateway's environment, or a GitHub App whose installation tokens are minted per repository),
 //! the rules that give callers a profile, and how a token goes on the wire.
 //!
-//! Callers never see these tokens: whatever credential a caller sends is stripped, and the
-//! profile's token injected. Must never print a token (they are [`Secret`]s), and never hand a
-//! caller one.
+//! Callers never see these tokens: whatever credential a caller with a profile sends is
+//! stripped, and the profile's token injected only where it belongs ([`scheme`]): GitHub's REST
+//! API and GraphQL on the API host, git smart HTTP and LFS on the web host, Copilot's token
+//! exchange. Never user content, never any other host, never a WebSocket upgrade. Must never
+//! print a token (they are [`Secret`]s), and never hand a caller one.
 pub mod app;
 pub mod secret;
 
@@ -15,6 +17,7 @@ use http::{HeaderMap, HeaderValue, header};
 
 pub use self::secret::Secret;
 use crate::{
+    classify::{Classified, GitHub, Kind, Repo},
     config::{CredentialRule, CredentialsConfig, NoProfile},
     glob::glob,
     identity::{Caller, ci},
@@ -192,43 +195,30 @@ impl Broker {
     }
 }
 
-/// A repository named by a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Repo {
-    pub owner: String,
-    pub name: String,
+/// How a brokered token goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Basic auth as `x-access-token:<token>`: git smart HTTP and LFS.
+    Basic,
+    /// `token <token>`: Copilot's token exchange (as its clients send it).
+    Token,
+    /// `Bearer <token>`: the REST and GraphQL API.
+    Bearer,
 }
 
-/// The repository a request is for: git smart HTTP (`/owner/repo(.git)/info/refs`,
-/// `…/git-upload-pack`, `…/git-receive-pack`) and the REST API (`/repos/owner/repo/…`).
-pub fn repository(path: &str) -> Option<Repo> {
-    let path = path.split('?').next().unwrap_or(path);
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let ok = |s: &str| {
-        !matches!(s, "" | "." | "..")
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    };
-    let repo = |owner: &str, name: &str| {
-        let name = name.strip_suffix(".git").unwrap_or(name);
-        (ok(owner) && ok(name)).then(|| Repo {
-            owner: owner.to_owned(),
-            name: name.to_owned(),
-        })
-    };
-    match parts.as_slice() {
-        ["repos", owner, name, ..] => repo(owner, name),
-        [owner, name, "info", "refs"] | [owner, name, "git-upload-pack" | "git-receive-pack"] => {
-            repo(owner, name)
-        }
+/// Whether a request takes the brokered token, and how: the REST API and GraphQL (the API
+/// host), git smart HTTP and LFS on the web host, Copilot's token exchange. `None` for
+/// everything else: user content, Copilot's own hosts, other hosts, WebSocket upgrades.
+pub fn scheme(req: &Classified, github: &GitHub) -> Option<Scheme> {
+    if req.websocket {
+        return None;
+    }
+    match req.kind {
+        Kind::RestApi if req.copilot.is_some() => Some(Scheme::Token),
+        Kind::RestApi | Kind::GraphQl => Some(Scheme::Bearer),
+        Kind::Git if req.host == github.web_host() => Some(Scheme::Basic),
         _ => None,
     }
-}
-
-/// Whether a request is git smart HTTP (which authenticates with basic auth).
-pub fn is_git(path: &str) -> bool {
-    let path = path.split('?').next().unwrap_or(path);
-    path.ends_with("/info/refs") || path.ends_with("/git-upload-pack") || path.ends_with("/git-receive-pack")
 }
 
 /// The credential a client sent: a bearer/token value, or the password of basic auth.
@@ -244,19 +234,23 @@ pub fn presented(headers: &HeaderMap) -> Option<Secret> {
     (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")).then(|| Secret::new(rest))
 }
 
-/// Replaces whatever credential the client sent with `token`: basic auth as
-/// `x-access-token:<token>` for git, `token <token>` for Copilot's token exchange (as its
-/// clients send it), `Bearer <token>` for the rest of the API.
-pub fn inject(headers: &mut HeaderMap, path: &str, token: &Secret) {
+/// Removes the credential a client sent (for a caller with a profile: its own credential goes
+/// nowhere).
+pub fn strip(headers: &mut HeaderMap) {
     headers.remove(header::AUTHORIZATION);
-    let value = if is_git(path) {
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{}", token.expose()));
-        format!("Basic {basic}")
-    } else if path.starts_with("/copilot_internal/") {
-        format!("token {}", token.expose())
-    } else {
-        format!("Bearer {}", token.expose())
+}
+
+/// Replaces whatever credential the client sent with `token`, in the request's `scheme`.
+pub fn inject(headers: &mut HeaderMap, scheme: Scheme, token: &Secret) {
+    strip(headers);
+    let value = match scheme {
+        Scheme::Basic => {
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("x-access-token:{}", token.expose()));
+            format!("Basic {basic}")
+        }
+        Scheme::Token => format!("token {}", token.expose()),
+        Scheme::Bearer => format!("Bearer {}", token.expose()),
     };
     if let Ok(mut v) = HeaderValue::from_str(&value) {
         v.set_sensitive(true);
@@ -268,23 +262,69 @@ pub fn inject(headers: &mut HeaderMap, path: &str, token: &Secret) {
 mod tests {
     use super::*;
 
+    fn classified(method: &str, url: &str) -> Classified {
+        Classified::from_url(method, url, &GitHub::default()).unwrap()
+    }
+
     #[test]
-    fn repositories_from_urls() {
-        let r = |o: &str, n: &str| {
-            Some(Repo {
-                owner: o.into(),
-                name: n.into(),
-            })
-        };
-        assert_eq!(
-            repository("/o/r.git/info/refs?service=git-upload-pack"),
-            r("o", "r")
-        );
-        assert_eq!(repository("/o/r/git-receive-pack"), r("o", "r"));
-        assert_eq!(repository("/repos/o/r/pulls/1"), r("o", "r"));
-        assert_eq!(repository("/graphql"), None);
-        assert_eq!(repository("/user"), None);
-        assert_eq!(repository("/repos/o/../x"), None);
+    fn tokens_go_only_where_they_belong() {
+        let g = GitHub::default();
+        let cases = [
+            ("GET", "https://api.github.com/repos/o/r", Some(Scheme::Bearer)),
+            ("POST", "https://api.github.com/graphql", Some(Scheme::Bearer)),
+            (
+                "GET",
+                "https://api.github.com/copilot_internal/v2/token",
+                Some(Scheme::Token),
+            ),
+            (
+                "POST",
+                "https://uploads.github.com/repos/o/r/releases/1/assets",
+                Some(Scheme::Bearer),
+            ),
+            (
+                "GET",
+                "https://github.com/o/r.git/info/refs?service=git-upload-pack",
+                Some(Scheme::Basic),
+            ),
+            (
+                "POST",
+                "https://github.com/o/r.git/git-receive-pack",
+                Some(Scheme::Basic),
+            ),
+            (
+                "POST",
+                "https://github.com/o/r.git/info/lfs/objects/batch",
+                Some(Scheme::Basic),
+            ),
+            (
+                "GET",
+                "https://raw.githubusercontent.com/o/r/main/README.md",
+                None,
+            ),
+            (
+                "GET",
+                "https://objects.githubusercontent.com/github-production-release-asset/1",
+                None,
+            ),
+            ("GET", "https://avatars.githubusercontent.com/u/1", None),
+            ("GET", "https://o.github.io/r/", None),
+            ("POST", "https://api.githubcopilot.com/chat/completions", None),
+            ("GET", "https://codeload.github.com/o/r/tar.gz/main", None),
+            ("GET", "https://github.com/o/r/pulls", None),
+            ("GET", "https://example.com/repos/o/r", None),
+        ];
+        for (method, url, want) in cases {
+            assert_eq!(scheme(&classified(method, url), &g), want, "{method} {url}");
+        }
+        let mut ws = classified("GET", "https://api.github.com/ws");
+        ws.websocket = true;
+        assert_eq!(scheme(&ws, &g), None, "never on a WebSocket upgrade");
+        // A git path on another host the gateway terminates is still git (the policy sees a
+        // push), but no token goes there.
+        let elsewhere = classified("POST", "https://gist.github.com/o/r.git/git-receive-pack");
+        assert!(elsewhere.is_push());
+        assert_eq!(scheme(&elsewhere, &g), None);
     }
 
     #[test]
@@ -292,16 +332,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer placeholder".parse().unwrap());
         let t = Secret::new("minted-token-123");
-        inject(&mut h, "/o/r.git/git-upload-pack", &t);
+        inject(&mut h, Scheme::Basic, &t);
         let v = h.get(header::AUTHORIZATION).unwrap().to_str().unwrap().to_owned();
         let b64 = v.strip_prefix("Basic ").unwrap();
         let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
         assert_eq!(decoded, b"x-access-token:minted-token-123");
-        inject(&mut h, "/repos/o/r", &t);
+        inject(&mut h, Scheme::Bearer, &t);
         assert_eq!(h.get(header::AUTHORIZATION).unwrap(), "Bearer minted-token-123");
-        inject(&mut h, "/copilot_internal/v2/token", &t);
+        inject(&mut h, Scheme::Token, &t);
         assert_eq!(h.get(header::AUTHORIZATION).unwrap(), "token minted-token-123");
         assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
+        strip(&mut h);
+        assert!(h.get(header::AUTHORIZATION).is_none());
     }
 
     #[test]

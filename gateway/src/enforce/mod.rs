@@ -2,10 +2,11 @@
 //! risky operations for approvers, and inspects git pushes ref by ref.
 //!
 //! `policy/` is the pure rule model; this module is where it meets the traffic: it builds the
-//! facts (who is calling, what is asked), reads what a decision needs from the request body (a
-//! push's commands and pack, an API call's body hash), asks GitHub's API what cannot be told
-//! from the bytes (is this push a fast-forward?), and turns verdicts into answers a client
-//! understands (`ng <ref> <why>` for git, a JSON message for the API).
+//! facts (who is calling; what is asked is the request as `classify` read it, the reading every
+//! stage shares), reads what a decision needs from the request body (a push's commands and
+//! pack, an API call's body hash), asks GitHub's API what cannot be told from the bytes (is
+//! this push a fast-forward?), and turns verdicts into answers a client understands (`ng <ref>
+//! <why>` for git, a JSON message for the API). A signed push is refused whole, policy or not.
 //!
 //! It must never forward an operation the policy refused or held, never let a decision go
 //! unrecorded, and never guess the safer answer when it could not tell: an undecidable push is
@@ -69,10 +70,10 @@ impl Enforcer {
 
     /// Decides on a request from its head alone where it can.
     pub fn head(&self, ex: &Exchange, subject: &Subject) -> Head {
-        let target = target(ex);
-        if is_push(ex) {
+        if ex.req.is_push() {
             return Head::Push;
         }
+        let target = Target::new(ex.req.clone());
         let verdict = self.live.current().evaluate(subject, &target, None);
         match &verdict.action {
             Action::Allow | Action::RecordOnly => {
@@ -136,11 +137,10 @@ impl Enforcer {
                 ));
             }
         };
-        let (host, path) = host_and_path(&ex.url);
         let op = Operation::Api {
-            host: host.to_owned(),
-            method: ex.method.to_string(),
-            path: path.to_owned(),
+            host: ex.req.host.clone(),
+            method: ex.req.method.to_string(),
+            path: ex.req.path_and_query(),
             body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
         };
         let requester = requester(caller, subject, &ex.conn.session);
@@ -239,32 +239,6 @@ pub fn requester(caller: &Caller, subject: &Subject, session: &str) -> Requester
     }
 }
 
-/// What a request asks for, as the policy sees it.
-pub fn target(ex: &Exchange) -> Target {
-    let (host, path) = host_and_path(&ex.url);
-    Target::new(host, ex.method.as_str(), path)
-}
-
-/// `POST …/git-receive-pack`.
-pub fn is_push(ex: &Exchange) -> bool {
-    let (_, path) = host_and_path(&ex.url);
-    ex.method == http::Method::POST
-        && path
-            .split('?')
-            .next()
-            .unwrap_or(path)
-            .ends_with("/git-receive-pack")
-}
-
-/// `GET …/info/refs?service=git-receive-pack`: the advertisement a push starts with.
-pub fn is_push_advertisement(ex: &Exchange) -> bool {
-    let (_, path) = host_and_path(&ex.url);
-    let (p, q) = path.split_once('?').unwrap_or((path, ""));
-    ex.method == http::Method::GET
-        && p.ends_with("/info/refs")
-        && q.split('&').any(|kv| kv == "service=git-receive-pack")
-}
-
 /// The record of a verdict.
 pub fn decision(
     verdict: &Verdict,
@@ -322,11 +296,11 @@ fn suffix(message: Option<&str>) -> String {
     message.map(|m| format!(": {m}")).unwrap_or_default()
 }
 
-/// The gateway's refusal, in the form the client reads: plain text for git (which prints it
-/// as `remote: …`), GitHub's JSON error shape for the API.
+/// The gateway's refusal, in the form the client reads: plain text for git smart HTTP (which
+/// prints it as `remote: …`), GitHub's JSON error shape for the API and Git LFS.
 pub fn refusal(ex: &Exchange, status: StatusCode, text: &str) -> Response<Bytes> {
-    let (_, path) = host_and_path(&ex.url);
-    let git = crate::credentials::is_git(path);
+    // Git LFS reads errors as JSON, like the API.
+    let git = ex.req.git.is_some_and(|g| g != crate::classify::GitEndpoint::Lfs);
     let (body, ctype) = if git {
         (format!("ghgate: {text}\n"), "text/plain; charset=utf-8")
     } else {
@@ -360,17 +334,6 @@ async fn read_capped(mut body: ProxyBody, cap: usize) -> Result<Bytes, ReadError
         }
     }
     Ok(buf.freeze())
-}
-
-/// The host and path of an exchange's `https://authority/path?query` URL.
-pub fn host_and_path(url: &str) -> (&str, &str) {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    let host = match authority.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
-    };
-    (host, path)
 }
 
 /// The approver groups of the current policy (reloads apply at once).

@@ -24,7 +24,7 @@ use crate::{
     http::{BoxError, Exchange, ProxyBody},
     identity::Caller,
     policy::{
-        Action, Paths, RefKind, RefUpdate, Subject,
+        Action, Paths, RefKind, RefUpdate, Subject, Target,
         gitwire::{self, Commands, ReplyStyle, Scan},
         push::{self as pack, Budget, Limits, Oid, PackObjects},
     },
@@ -53,6 +53,11 @@ pub enum PushGate {
         reply: Option<PushReply>,
     },
     Answer(Response<Bytes>),
+    /// Answer with this, and record the exchange as refused for `why`.
+    Refused {
+        answer: Response<Bytes>,
+        why: String,
+    },
 }
 
 /// A request body read from the front, whose unread rest can still be forwarded.
@@ -148,64 +153,123 @@ fn answer(style: ReplyStyle, refs: &[(String, Result<(), String>)], notes: &[Str
     r
 }
 
+/// The command list from the front of a push body (what was read stays in `reader`), or the
+/// answer when it cannot be read.
+async fn read_commands(ex: &Exchange, reader: &mut Reader) -> Result<Commands, PushGate> {
+    let refuse = |status, text: String| PushGate::Answer(refusal(ex, status, &text));
+    if ex.req.body_coding.is_some() {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a compressed push body cannot be inspected; nothing was forwarded".into(),
+        ));
+    }
+    loop {
+        match gitwire::scan_commands(&reader.buf) {
+            Ok(Scan::Done(c)) => return Ok(c),
+            Ok(Scan::Incomplete) if reader.buf.len() > MAX_COMMAND_BYTES => {
+                return Err(refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the push's command list is longer than {MAX_COMMAND_BYTES} bytes"),
+                ));
+            }
+            Ok(Scan::Incomplete) => match reader.more().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "the push body ended inside its command list; nothing was forwarded".into(),
+                    ));
+                }
+                Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e)),
+            },
+            Err(e) => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the push's commands ({e}); nothing was forwarded"),
+                ));
+            }
+        }
+    }
+}
+
+/// What a signed push is told.
+pub const SIGNED_PUSH: &str = "push certificates are not supported through ghgate; push without --signed";
+
+/// A signed push (its commands inside a `push-cert` block, or asking for `push-cert`) is refused
+/// whole, in git's words: GitHub does not take push certificates, and the gateway, which strips
+/// `push-cert` from the advertisements it passes on, cannot rewrite a certificate's commands.
+fn refuse_signed(commands: &Commands) -> Option<PushGate> {
+    let asked = commands
+        .caps
+        .iter()
+        .any(|c| c == "push-cert" || c.starts_with("push-cert="));
+    if !(commands.certificate || asked) {
+        return None;
+    }
+    let refs: Vec<(String, Result<(), String>)> = commands
+        .commands
+        .iter()
+        .map(|c| (c.name.clone(), Err(SIGNED_PUSH.to_owned())))
+        .collect();
+    let mut style = commands.reply_style();
+    // A client that asked for no report still hears why on the side-band; one that asked for
+    // neither gets the report (git prints it as an error).
+    style.report_status |= style.sideband.is_none();
+    let notes = vec![format!("ghgate: {SIGNED_PUSH}")];
+    Some(PushGate::Refused {
+        answer: answer(style, &refs, &notes),
+        why: SIGNED_PUSH.to_owned(),
+    })
+}
+
+/// A push when no policy is configured: its command list is read only to refuse a signed push;
+/// anything else goes up as it came.
+pub async fn unsigned_only(ex: &Exchange, body: ProxyBody) -> PushGate {
+    let mut reader = Reader {
+        body,
+        buf: BytesMut::new(),
+        ended: false,
+    };
+    let commands = match read_commands(ex, &mut reader).await {
+        Ok(c) => c,
+        Err(answer) => return answer,
+    };
+    match refuse_signed(&commands) {
+        Some(answer) => {
+            reader.drain().await;
+            answer
+        }
+        None => reader.pass(),
+    }
+}
+
 impl Enforcer {
     /// Decides a push from its body; the decisions (one per ref) are returned for the record
     /// in every case.
-    #[allow(clippy::too_many_arguments)]
     pub async fn push(
         &self,
         ex: &Exchange,
         caller: &Caller,
         subject: &Subject,
         token: Option<&Secret>,
-        req: &http::request::Parts,
         body: ProxyBody,
     ) -> (PushGate, Vec<model::Decision>) {
-        let target = super::target(ex);
+        let target = Target::new(ex.req.clone());
         let policy = self.live.current();
         let refuse = |status, text: String| (PushGate::Answer(refusal(ex, status, &text)), Vec::new());
-        if req
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-        {
-            return refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "a compressed push body cannot be inspected by the policy; nothing was forwarded".into(),
-            );
-        }
         let mut reader = Reader {
             body,
             buf: BytesMut::new(),
             ended: false,
         };
-        let commands = loop {
-            match gitwire::scan_commands(&reader.buf) {
-                Ok(Scan::Done(c)) => break c,
-                Ok(Scan::Incomplete) if reader.buf.len() > MAX_COMMAND_BYTES => {
-                    return refuse(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("the push's command list is longer than {MAX_COMMAND_BYTES} bytes"),
-                    );
-                }
-                Ok(Scan::Incomplete) => match reader.more().await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return refuse(
-                            StatusCode::BAD_REQUEST,
-                            "the push body ended inside its command list; nothing was forwarded".into(),
-                        );
-                    }
-                    Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
-                },
-                Err(e) => {
-                    return refuse(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read the push's commands ({e}); nothing was forwarded"),
-                    );
-                }
-            }
+        let commands = match read_commands(ex, &mut reader).await {
+            Ok(c) => c,
+            Err(answer) => return (answer, Vec::new()),
         };
+        if let Some(answer) = refuse_signed(&commands) {
+            reader.drain().await;
+            return (answer, Vec::new());
+        }
         if commands.commands.is_empty() {
             // git's probe before a large push, or an empty push: nothing to decide.
             return (reader.pass(), Vec::new());
@@ -247,11 +311,11 @@ impl Enforcer {
                 }
             }
         }
-        let repository = target.repository();
+        let repository = ex.req.repository.as_ref();
         let remote = Api::new(
             self.outbound.clone(),
             &self.cfg.api_url,
-            repository.clone(),
+            repository,
             token.cloned(),
         );
         let budget = Budget {
@@ -266,7 +330,12 @@ impl Enforcer {
         for (i, r) in refs.iter_mut().enumerate() {
             let parse = |s: &str| s.parse::<Oid>().map_err(|e| format!("{s}: {e}"));
             if needs[i].fast_forward && r.kind == RefKind::Update {
-                let key = format!("{} {} {}", repository.as_deref().unwrap_or("?"), r.old, r.new);
+                let key = format!(
+                    "{} {} {}",
+                    repository.map_or("?".into(), |r| r.to_string()),
+                    r.old,
+                    r.new
+                );
                 let found = match self.cached_ff(&key) {
                     Some(ff) => Ok(ff),
                     None => {
@@ -361,7 +430,7 @@ impl Enforcer {
                 }
                 Action::RequireApproval(_) => {
                     let op = Operation::GitRef {
-                        repository: repository.clone().unwrap_or_default(),
+                        repository: repository.map(|r| r.to_string()).unwrap_or_default(),
                         ref_name: r.name.clone(),
                         old: r.old.clone(),
                         new: r.new.clone(),
@@ -466,4 +535,80 @@ fn rewrite(commands: &Commands, buf: &[u8], keep: &[bool]) -> Result<(Bytes, boo
         out.extend_from_slice(&buf[commands.end..]);
     }
     Ok((Bytes::from(out), needs_pack))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(out: &mut Vec<u8>, line: &str) {
+        out.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
+        out.extend_from_slice(line.as_bytes());
+    }
+
+    fn commands(body: &[u8]) -> Commands {
+        match gitwire::scan_commands(body).unwrap() {
+            Scan::Done(c) => c,
+            Scan::Incomplete => panic!("incomplete"),
+        }
+    }
+
+    fn refused_text(c: &Commands) -> Option<String> {
+        match refuse_signed(c)? {
+            PushGate::Refused { answer, why } => {
+                assert_eq!(why, SIGNED_PUSH);
+                Some(String::from_utf8_lossy(answer.body()).into_owned())
+            }
+            _ => panic!("a signed push is refused, not answered otherwise"),
+        }
+    }
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222";
+
+    #[test]
+    fn a_signed_push_is_refused_in_gits_words() {
+        // What `git push --signed` sends: the commands inside a push-cert block.
+        let mut body = Vec::new();
+        for line in [
+            "push-cert\0report-status side-band-64k agent=git/2.47\n".to_owned(),
+            "certificate version 0.1\n".into(),
+            "pusher t <t@t> 1700000000 +0000\n".into(),
+            "pushee https://github.com/o/r.git\n".into(),
+            "nonce 1700000000-abc\n".into(),
+            "\n".into(),
+            format!("{A} {B} refs/heads/main\n"),
+            "-----BEGIN PGP SIGNATURE-----\n".into(),
+            "iQEz\n".into(),
+            "-----END PGP SIGNATURE-----\n".into(),
+            "push-cert-end\n".into(),
+        ] {
+            pkt(&mut body, &line);
+        }
+        body.extend_from_slice(b"0000");
+        let c = commands(&body);
+        assert!(c.certificate);
+        let text = refused_text(&c).expect("refused");
+        assert!(
+            text.contains("ng refs/heads/main push certificates are not supported through ghgate"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("\u{2}ghgate: push certificates are not supported through ghgate"),
+            "the side-band carries a remote: line: {text:?}"
+        );
+
+        // Asking for the capability outside a certificate, without report-status: still told.
+        let mut body = Vec::new();
+        pkt(&mut body, &format!("{A} {B} refs/heads/main\0push-cert\n"));
+        body.extend_from_slice(b"0000");
+        let text = refused_text(&commands(&body)).expect("refused");
+        assert!(text.contains("ng refs/heads/main push certificates"), "{text:?}");
+
+        // An unsigned push is not this refusal's business.
+        let mut body = Vec::new();
+        pkt(&mut body, &format!("{A} {B} refs/heads/main\0report-status\n"));
+        body.extend_from_slice(b"0000");
+        assert!(refuse_signed(&commands(&body)).is_none());
+    }
 }

@@ -6,6 +6,7 @@
 use http::{HeaderName, Method, StatusCode, header};
 
 use crate::{
+    classify::Repo,
     credentials::Secret,
     outbound::Outbound,
     policy::push::{Commit, Oid, Remote, TreeEntry},
@@ -14,16 +15,21 @@ use crate::{
 /// The REST API of one repository.
 pub struct Api {
     outbound: Outbound,
-    /// `https://api.github.com/repos/OWNER/NAME`, when the push's repository is known.
+    /// `https://api.github.com/repos/OWNER/NAME` (or `/repositories/ID`), when the push's
+    /// repository is known.
     base: Option<String>,
     token: Option<Secret>,
 }
 
 impl Api {
-    pub fn new(outbound: Outbound, api_url: &str, repository: Option<String>, token: Option<Secret>) -> Self {
+    pub fn new(outbound: Outbound, api_url: &str, repository: Option<&Repo>, token: Option<Secret>) -> Self {
+        let api_url = api_url.trim_end_matches('/');
         Self {
             outbound,
-            base: repository.map(|r| format!("{}/repos/{r}", api_url.trim_end_matches('/'))),
+            base: repository.map(|r| match r {
+                Repo::Named { owner, name } => format!("{api_url}/repos/{owner}/{name}"),
+                Repo::Id(id) => format!("{api_url}/repositories/{id}"),
+            }),
             token,
         }
     }

@@ -34,6 +34,7 @@ use self::{
     pool::{Key, Pool, Sender},
 };
 use crate::{
+    classify::{self, Classified, GitHub},
     identity::Caller,
     listen::{ClientAddr, OrigDstAddr},
     tls::upstream::Proto,
@@ -65,12 +66,23 @@ pub struct ConnInfo {
 pub struct Exchange {
     pub id: u64,
     pub conn: Arc<ConnInfo>,
-    pub method: http::Method,
-    /// `https://authority/path?query`, as the client addressed it.
+    /// What the request is, computed once before any hook runs: every stage reads this, never
+    /// the raw head.
+    pub req: Classified,
+    /// `https://authority/path?query` of the request as it goes upstream (`Classified::url`).
     pub url: String,
     pub started: Instant,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+}
+
+/// Why a request body hook stopped the body: the status the client gets (the gateway answers
+/// it, the upstream having seen the body fail) and the cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{cause}")]
+pub struct BodyRefusal {
+    pub status: StatusCode,
+    pub cause: String,
 }
 
 /// What `Phases::request_gate` decided.
@@ -79,6 +91,9 @@ pub enum Gate {
     Forward(ProxyBody),
     /// Answer the client with this; nothing goes upstream.
     Answer(Response<Bytes>),
+    /// Answer the client with this, and record the exchange as refused for this reason; nothing
+    /// goes upstream.
+    Refuse(Response<Bytes>, String),
 }
 
 /// How an exchange ended.
@@ -112,15 +127,16 @@ pub trait Phases: Send + Sync + 'static {
         async { None }
     }
     /// Each request body chunk on its way up, `end_of_stream` on the last (which may be an
-    /// empty chunk the hook can fill); `Err` stops the body (the upstream sees it fail); a
-    /// returned future holds the chunk back until it completes.
+    /// empty chunk the hook can fill); `Err` stops the body (the upstream sees it fail, and the
+    /// client gets the refusal's status unless the upstream answered first); a returned future
+    /// holds the chunk back until it completes.
     fn request_body_filter(
         &self,
         _ex: &Exchange,
         _ctx: &Self::Ctx,
         _chunk: &mut Bytes,
         _end_of_stream: bool,
-    ) -> Result<Option<EndFuture>, String> {
+    ) -> Result<Option<EndFuture>, BodyRefusal> {
         Ok(None)
     }
     /// After `request_filter` let a request on, before anything of it goes upstream: a stage that
@@ -192,7 +208,7 @@ pub fn log_exchange(ex: &Exchange, o: &Outcome) {
         sni = %ex.conn.sni,
         client_alpn = ?ex.conn.client_proto,
         upstream_alpn = ?ex.conn.upstream_proto,
-        method = %ex.method,
+        method = %ex.req.method,
         url = %url,
         status = o.status,
         answered_by = o.answered_by,
@@ -225,6 +241,14 @@ impl From<&crate::config::HttpConfig> for Limits {
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
         }
     }
+}
+
+/// What the engine needs to serve a terminated connection besides its limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: Limits,
+    /// Where GitHub serves what, for the classifier.
+    pub github: Arc<GitHub>,
 }
 
 /// A token bucket: `rate` requests per second, bursts of up to `rate`.
@@ -268,6 +292,7 @@ struct ConnState<P> {
     info: Arc<ConnInfo>,
     route: UpstreamRoute,
     phases: Arc<P>,
+    github: Arc<GitHub>,
     rate: std::sync::Mutex<RateLimit>,
     max_rps: u32,
 }
@@ -420,11 +445,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 }
 
 /// Serves HTTP on a terminated client connection until it closes.
-pub async fn serve<T, P>(client: T, info: ConnInfo, route: UpstreamRoute, phases: Arc<P>, limits: &Limits)
+pub async fn serve<T, P>(client: T, info: ConnInfo, route: UpstreamRoute, phases: Arc<P>, settings: &Settings)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: Phases,
 {
+    let limits = &settings.limits;
     let proto = info.client_proto;
     let info = Arc::new(info);
     phases.connection(&info);
@@ -432,6 +458,7 @@ where
         info: info.clone(),
         route,
         phases,
+        github: settings.github.clone(),
         rate: std::sync::Mutex::new(RateLimit::new(limits.max_requests_per_second)),
         max_rps: limits.max_requests_per_second,
     });
@@ -490,46 +517,44 @@ fn boxed(resp: Response<Bytes>) -> Response<ProxyBody> {
     Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed())
 }
 
-fn is_websocket(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
 async fn forward<P: Phases>(
     state: Arc<ConnState<P>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let websocket = is_websocket(&req);
+    let websocket = hop::is_websocket(req.version(), req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
+    // Before any stage sees the head: what describes the client's connection goes, and what
+    // is left is classified once.
+    hop::strip(&mut parts.headers, websocket);
+    let (classified, refused) = match classify::classify(&parts, &state.info.sni, &state.github) {
+        Ok(c) => (c, None),
+        Err(r) => (Classified::unclassified(&parts, &state.info.sni), Some(r)),
+    };
+    let url = match &refused {
+        // The record of a refused request shows what it asked for.
+        Some(_) => format!(
+            "https://{}{}",
             parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| state.info.sni.clone());
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| parts
+                    .headers
+                    .get(header::HOST)
+                    .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()))
+                .unwrap_or_else(|| state.info.sni.clone()),
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        ),
+        None => classified.url(),
+    };
     let ex = Arc::new(Exchange {
         id: NEXT_EXCHANGE.fetch_add(1, Ordering::Relaxed),
         conn: state.info.clone(),
-        method: parts.method.clone(),
-        url: format!("https://{authority}{path}"),
+        req: classified,
+        url,
         started,
         bytes_up: AtomicU64::new(0),
         bytes_down: AtomicU64::new(0),
@@ -563,6 +588,17 @@ async fn forward<P: Phases>(
         answered_here(full(status, text), error).await
     };
 
+    if let Some(refusal) = refused {
+        warn!(exchange = ex.id, client = %ex.conn.client, sni = %ex.conn.sni, tgid = ex.conn.caller.tgid,
+              comm = %ex.conn.caller.comm, url = %crate::mask::for_logs(&ex.url), status = refusal.status().as_u16(),
+              error = %crate::mask::for_logs(&refusal.to_string()), "request refused from its head; nothing was forwarded");
+        return Ok(gateway_answer(
+            refusal.status(),
+            format!("ghgate: {refusal}\n"),
+            Some(refusal.to_string()),
+        )
+        .await);
+    }
     let allowed = state.rate.lock().map(|mut r| r.allow()).unwrap_or(true);
     if !allowed {
         warn!(exchange = ex.id, client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
@@ -595,6 +631,11 @@ async fn forward<P: Phases>(
     {
         Gate::Forward(b) => b,
         Gate::Answer(resp) => return Ok(answered_here(boxed(resp), None).await),
+        Gate::Refuse(resp, why) => {
+            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %crate::mask::for_logs(&why),
+                  "request refused from its body; nothing was forwarded");
+            return Ok(answered_here(boxed(resp), Some(why)).await);
+        }
     };
     let route = &state.route;
     // HTTP/1.1 clients and WebSocket handshakes use HTTP/1.1 upstream connections; HTTP/2 clients
@@ -617,7 +658,8 @@ async fn forward<P: Phases>(
         }
     };
     let upstream_proto = sender.proto();
-    hop::strip(&mut parts.headers, websocket && upstream_proto == Proto::Http1);
+    // The request goes up as it was classified: the canonical path, the normalised host.
+    let (authority, path) = (ex.req.authority(), ex.req.path_and_query());
     match upstream_proto {
         Proto::Http1 => {
             parts.version = Version::HTTP_11;
@@ -632,6 +674,10 @@ async fn forward<P: Phases>(
                 .parse()
                 .unwrap_or_else(|_| Uri::from_static("/"));
             parts.headers.remove(header::HOST);
+            // HTTP/2 allows no connection-specific headers (a WebSocket handshake relays over
+            // HTTP/1.1 only).
+            parts.headers.remove(header::CONNECTION);
+            parts.headers.remove(header::UPGRADE);
         }
     }
     phases.upstream_request_filter(&ex, &ctx, &mut parts);
@@ -639,10 +685,18 @@ async fn forward<P: Phases>(
     let up_ex = ex.clone();
     let up_phases = phases.clone();
     let up_ctx = ctx.clone();
+    let body_refused = Arc::new(std::sync::OnceLock::<BodyRefusal>::new());
+    let up_refused = body_refused.clone();
     let req_body: ProxyBody = Observed::new(
         body,
         Box::new(move |chunk: &mut Bytes, end| {
-            let wait = up_phases.request_body_filter(&up_ex, &up_ctx, chunk, end)?;
+            let wait = up_phases
+                .request_body_filter(&up_ex, &up_ctx, chunk, end)
+                .map_err(|refusal| {
+                    let cause = refusal.cause.clone();
+                    let _ = up_refused.set(refusal);
+                    cause
+                })?;
             up_ex.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok(wait)
         }),
@@ -667,6 +721,17 @@ async fn forward<P: Phases>(
     };
     let mut resp = match sent {
         Ok(r) => r,
+        Err(_) if body_refused.get().is_some() => {
+            let refusal = body_refused.get().expect("checked").clone();
+            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), status = refusal.status.as_u16(),
+                  error = %crate::mask::for_logs(&refusal.cause), "request body refused; the upstream saw it fail");
+            return Ok(gateway_answer(
+                refusal.status,
+                format!("ghgate: {}\n", refusal.cause),
+                Some(refusal.cause),
+            )
+            .await);
+        }
         Err(e) => {
             warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream request failed");
             return Ok(gateway_answer(

@@ -143,17 +143,24 @@ impl MaskSet {
             routes: cfg
                 .routes
                 .iter()
-                .map(|r| (r.host.clone(), r.path.clone(), r.responses))
+                .map(|r| {
+                    (
+                        r.host.to_ascii_lowercase(),
+                        r.path.to_ascii_lowercase(),
+                        r.responses,
+                    )
+                })
                 .collect(),
         })
     }
 
-    /// What clients receive from `host` at `path` (the query is ignored).
+    /// What clients receive from `host` at `path`: the request's classified host and canonical
+    /// path (`classify`), matched ignoring ASCII case as the policy matches them.
     pub fn responses(&self, host: &str, path: &str) -> ResponseMasking {
-        let path = path.split('?').next().unwrap_or(path);
+        let path = path.to_ascii_lowercase();
         self.routes
             .iter()
-            .find(|(h, p, _)| (h == "*" || name_matches(h, host)) && glob(p, path))
+            .find(|(h, p, _)| (h == "*" || name_matches(h, host)) && glob(p, &path))
             .map_or(self.default, |r| r.2)
     }
 }
@@ -185,20 +192,19 @@ pub fn is_text(content_type: Option<&str>) -> bool {
 /// appear: bearer/token values, and the password of basic auth (and the base64 form itself).
 pub fn caller_credentials(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for name in [http::header::AUTHORIZATION, http::header::PROXY_AUTHORIZATION] {
-        for value in headers.get_all(&name) {
-            let v = value.as_bytes();
-            let (scheme, rest) = match v.iter().position(|&b| b == b' ') {
-                Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
-                None => (&b""[..], v.trim_ascii()),
-            };
-            out.push(("credential".to_owned(), rest.to_vec()));
-            if scheme.eq_ignore_ascii_case(b"basic")
-                && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest)
-                && let Some(colon) = decoded.iter().position(|&b| b == b':')
-            {
-                out.push(("credential".to_owned(), decoded[colon + 1..].to_vec()));
-            }
+    // `Proxy-Authorization` never gets this far: it is hop-by-hop, stripped before any stage.
+    for value in headers.get_all(http::header::AUTHORIZATION) {
+        let v = value.as_bytes();
+        let (scheme, rest) = match v.iter().position(|&b| b == b' ') {
+            Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
+            None => (&b""[..], v.trim_ascii()),
+        };
+        out.push(("credential".to_owned(), rest.to_vec()));
+        if scheme.eq_ignore_ascii_case(b"basic")
+            && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest)
+            && let Some(colon) = decoded.iter().position(|&b| b == b':')
+        {
+            out.push(("credential".to_owned(), decoded[colon + 1..].to_vec()));
         }
     }
     for name in ["x-github-token", "x-api-key", "api-key", "private-token"] {
@@ -232,7 +238,12 @@ mod tests {
         check(&cfg).unwrap();
         let set = MaskSet::new(&cfg, FingerprintKey::new([1; 32])).unwrap();
         assert_eq!(
-            set.responses("api.githubcopilot.com", "/chat/completions?x=1"),
+            set.responses("api.githubcopilot.com", "/chat/completions"),
+            ResponseMasking::Alert
+        );
+        // Case is no way around a route, as it is none around a policy rule.
+        assert_eq!(
+            set.responses("api.githubcopilot.com", "/Chat/Completions"),
             ResponseMasking::Alert
         );
         assert_eq!(

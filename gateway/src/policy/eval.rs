@@ -16,7 +16,7 @@ use super::{
     Action, Policy, Rule, RuleRef, Verdict,
     facts::{GitService, Paths, RefKind, RefUpdate, Subject, Target},
 };
-use crate::glob::glob;
+use crate::{classify::Repo, glob::glob};
 
 /// A `ref_op` of a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -213,28 +213,29 @@ enum RuleCheck {
     Undecided(Needs),
 }
 
-/// The request's facts, normalised once per evaluation.
+/// The request's facts, as the classifier read them, folded for matching.
 struct Facts<'a> {
     subject: &'a Subject,
     host: String,
     method: String,
     path: String,
-    repository: Option<String>,
+    repository: Option<&'a Repo>,
     git_service: Option<GitService>,
     copilot: Option<&'static str>,
     ref_update: Option<&'a RefUpdate>,
 }
 
 impl<'a> Facts<'a> {
-    fn new(subject: &'a Subject, target: &Target, ref_update: Option<&'a RefUpdate>) -> Self {
+    fn new(subject: &'a Subject, target: &'a Target, ref_update: Option<&'a RefUpdate>) -> Self {
+        let req = &target.req;
         Facts {
             subject,
-            host: TextField::Host.fold(&target.norm_host()),
-            method: TextField::Method.fold(target.method.trim()),
-            path: TextField::Path.fold(&target.norm_path()),
-            repository: target.repository().map(|r| TextField::Repository.fold(&r)),
-            git_service: target.git_service(),
-            copilot: target.copilot(),
+            host: TextField::Host.fold(&req.host),
+            method: TextField::Method.fold(req.method.as_str()),
+            path: TextField::Path.fold(&req.path),
+            repository: req.repository.as_ref(),
+            git_service: req.git_service,
+            copilot: req.copilot.map(|c| c.as_str()),
             ref_update,
         }
     }
@@ -252,7 +253,7 @@ impl<'a> Facts<'a> {
             TextField::Host => Some(self.host.clone()),
             TextField::Method => Some(self.method.clone()),
             TextField::Path => Some(self.path.clone()),
-            TextField::Repository => self.repository.clone(),
+            TextField::Repository => self.repository.and_then(Repo::full_name),
         };
         v.map(|v| field.fold(&v))
     }
@@ -286,6 +287,13 @@ impl Condition {
                     Check::Fails(format!("uid: {uid} is none of {}", list(uids)))
                 }
             }
+            Condition::Text {
+                field: TextField::Repository,
+                ..
+            } if matches!(facts.repository, Some(Repo::Id(_))) => Check::Holds(Some(format!(
+                "repository: the request names {}, whose name the gateway cannot tell, so this counts as a match",
+                facts.repository.expect("matched").describe()
+            ))),
             Condition::Text { field, patterns } => match facts.text(*field) {
                 Some(v) if any_glob(patterns, &v) => Check::Holds(None),
                 Some(v) => Check::Fails(format!("{}: {v} matches none of {}", field.key(), list(patterns))),

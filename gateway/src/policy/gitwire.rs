@@ -7,8 +7,10 @@
 //! - [`report`] answers a push the gateway refuses entirely, in git's own words (`ng <ref> <why>`,
 //!   over the side-band when the client asked for it), and [`merge_report`] adds those lines to
 //!   the upstream's answer when only some refs were held back.
-//! - [`NoThin`] adds `no-thin` to the receive-pack advertisement, so clients send packs whose
-//!   objects are all in the pack (a policy that reads the pushed trees needs them).
+//! - [`PushAdvert`] rewrites the receive-pack advertisement's capabilities as it passes:
+//!   `push-cert` goes (GitHub does not take push certificates, and the gateway refuses them), and
+//!   with a policy `no-thin` is added, so clients send packs whose objects are all in the pack (a
+//!   policy that reads the pushed trees needs them).
 //!
 //! Everything here works on bytes the caller bounded; nothing panics on hostile input: malformed
 //! input is an `Err` naming what was wrong.
@@ -364,18 +366,28 @@ pub fn merge_report(
     Ok(out)
 }
 
-/// Adds `no-thin` to the capabilities of a receive-pack advertisement as it streams by: holds
-/// bytes only until the first ref line has passed (at most one pkt-line more than the service
-/// header), then passes everything through. Anything it does not recognise passes unchanged.
+/// Rewrites the capabilities of a receive-pack advertisement as it streams by (drops
+/// `push-cert=<nonce>`; adds `no-thin` when asked): holds bytes only until the first ref line has
+/// passed (at most one pkt-line more than the service header), then passes everything through.
+/// Anything it does not recognise passes unchanged.
 #[derive(Debug, Default)]
-pub struct NoThin {
+pub struct PushAdvert {
+    no_thin: bool,
     held: Vec<u8>,
     done: bool,
 }
 
-impl NoThin {
+impl PushAdvert {
     /// The most it holds before giving up and passing bytes on unchanged.
     const MAX_HELD: usize = 2 * 65536;
+
+    /// `no_thin`: add `no-thin` (a policy that reads pushed trees needs whole packs).
+    pub fn new(no_thin: bool) -> Self {
+        Self {
+            no_thin,
+            ..Self::default()
+        }
+    }
 
     /// The bytes to send for `chunk` (possibly fewer, held back, or more, released).
     pub fn push(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
@@ -411,16 +423,24 @@ impl NoThin {
                     let Some(nul) = d.iter().position(|&b| b == 0) else {
                         return Err("the first ref line has no capabilities".into());
                     };
-                    let caps = chomp(&d[nul + 1..]);
-                    if caps.split(|&b| b == b' ').any(|c| c == b"no-thin") {
+                    let caps: Vec<&[u8]> = chomp(&d[nul + 1..])
+                        .split(|&b| b == b' ')
+                        .filter(|c| !c.is_empty())
+                        .collect();
+                    let mut kept: Vec<&[u8]> = caps
+                        .iter()
+                        .copied()
+                        .filter(|c| !(*c == b"push-cert" || c.starts_with(b"push-cert=")))
+                        .collect();
+                    if self.no_thin && !kept.contains(&&b"no-thin"[..]) {
+                        kept.push(b"no-thin");
+                    }
+                    if kept == caps {
                         return Ok(Some(std::mem::take(&mut self.held)));
                     }
                     let mut line = d[..nul + 1].to_vec();
-                    line.extend_from_slice(caps);
-                    if !caps.is_empty() {
-                        line.push(b' ');
-                    }
-                    line.extend_from_slice(b"no-thin\n");
+                    line.extend_from_slice(&kept.join(&b' '));
+                    line.push(b'\n');
                     let mut out = buf[..at].to_vec();
                     pkt(&mut out, &line);
                     out.extend_from_slice(&buf[at + n..]);
@@ -594,18 +614,64 @@ mod tests {
         );
         pkt(&mut want, format!("{B} refs/heads/dev\n").as_bytes());
         want.extend_from_slice(b"0000");
+        assert_eq!(rewritten(&adv, true), want);
+        // Without a policy nothing needs adding: the advertisement passes as it came.
+        assert_eq!(rewritten(&adv, false), adv);
+        // Something else passes unchanged.
+        let mut n = PushAdvert::new(true);
+        assert_eq!(n.push(b"not a pkt stream", true), b"not a pkt stream");
+    }
+
+    /// An advertisement through `PushAdvert`, the same whatever the chunks.
+    fn rewritten(adv: &[u8], no_thin: bool) -> Vec<u8> {
+        let mut first = None;
         for step in [1, 3, 7, 64, adv.len()] {
-            let mut n = NoThin::default();
+            let mut n = PushAdvert::new(no_thin);
             let mut out = Vec::new();
             let chunks: Vec<&[u8]> = adv.chunks(step).collect();
             for (i, c) in chunks.iter().enumerate() {
                 out.extend(n.push(c, i + 1 == chunks.len()));
             }
-            assert_eq!(out, want, "chunks of {step}");
+            assert_eq!(first.get_or_insert_with(|| out.clone()), &out, "chunks of {step}");
         }
-        // Something else passes unchanged.
-        let mut n = NoThin::default();
-        assert_eq!(n.push(b"not a pkt stream", true), b"not a pkt stream");
+        first.unwrap()
+    }
+
+    #[test]
+    fn push_cert_is_taken_out_of_the_advertisement() {
+        let adv = |caps: &str| {
+            let mut adv = Vec::new();
+            pkt(&mut adv, b"# service=git-receive-pack\n");
+            adv.extend_from_slice(b"0000");
+            pkt(&mut adv, format!("{A} refs/heads/main\0{caps}\n").as_bytes());
+            pkt(&mut adv, format!("{B} refs/heads/dev\n").as_bytes());
+            adv.extend_from_slice(b"0000");
+            adv
+        };
+        // As git-receive-pack advertises it with receive.certNonceSeed set.
+        let signed = adv("report-status delete-refs push-cert=1700000000-5f1a2b quiet atomic ofs-delta");
+        assert_eq!(
+            rewritten(&signed, false),
+            adv("report-status delete-refs quiet atomic ofs-delta")
+        );
+        assert_eq!(
+            rewritten(&signed, true),
+            adv("report-status delete-refs quiet atomic ofs-delta no-thin")
+        );
+        // An empty repository advertises its capabilities on a placeholder line.
+        let mut empty = Vec::new();
+        pkt(
+            &mut empty,
+            format!("{Z} capabilities^{{}}\0report-status push-cert=abc\n").as_bytes(),
+        );
+        empty.extend_from_slice(b"0000");
+        let mut want = Vec::new();
+        pkt(
+            &mut want,
+            format!("{Z} capabilities^{{}}\0report-status\n").as_bytes(),
+        );
+        want.extend_from_slice(b"0000");
+        assert_eq!(rewritten(&empty, false), want);
     }
 
     proptest::proptest! {
@@ -619,11 +685,12 @@ mod tests {
         ) {
             let style = ReplyStyle { report_status: true, sideband: Some(999) };
             let _ = merge_report(style, &raw, &[("refs/heads/x".into(), "held".into())], &[]);
-            let mut n = NoThin::default();
+            let mut n = PushAdvert::new(true);
             let cut = cut.min(raw.len());
             let mut out = n.push(&raw[..cut], false);
             out.extend(n.push(&raw[cut..], true));
-            proptest::prop_assert!(out.len() >= raw.len(), "NoThin never drops bytes");
+            let cert = memchr::memmem::find(&raw, b"push-cert").is_some();
+            proptest::prop_assert!(cert || out.len() >= raw.len(), "only push-cert is ever dropped");
             // Real command lists with hostile tails.
             let main = format!("{A} {B} refs/heads/main");
             let dev = format!("{Z} {B} refs/heads/dev");

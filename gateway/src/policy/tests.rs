@@ -43,12 +43,22 @@ fn subject() -> Subject {
     }
 }
 
+/// A request to `host`, classified as the gateway would on a connection to it.
+fn request(host: &str, method: &str, path: &str) -> Target {
+    Target::parse(
+        method,
+        &format!("https://{host}{path}"),
+        &crate::classify::GitHub::default(),
+    )
+    .unwrap_or_else(|e| panic!("{method} {host}{path}: {e}"))
+}
+
 fn push() -> Target {
-    Target::new("github.com", "POST", "/org/app.git/git-receive-pack")
+    request("github.com", "POST", "/org/app.git/git-receive-pack")
 }
 
 fn api(method: &str, path: &str) -> Target {
-    Target::new("api.github.com", method, path)
+    request("api.github.com", method, path)
 }
 
 const A: &str = "1111111111111111111111111111111111111111";
@@ -103,7 +113,7 @@ fn the_example_policy_parses() {
     assert_eq!(p.evaluate(&s, &push(), Some(&wf)).rule.index, Some(3));
     let secrets = api("PUT", "/repos/org/app/actions/secrets/TOKEN");
     assert_eq!(p.evaluate(&s, &secrets, None).rule.index, Some(4));
-    let chat = Target::new("api.githubcopilot.com", "POST", "/chat/completions");
+    let chat = request("api.githubcopilot.com", "POST", "/chat/completions");
     let ci = Subject {
         ci_repository: Some("example-org/app".into()),
         ..s.clone()
@@ -438,7 +448,7 @@ fn each_condition_matches_what_it_says() {
         let got = p.evaluate(&s, &push(), Some(&push_main)).rule.index == Some(1);
         assert_eq!(got, *want, "{condition}");
     }
-    let copilot = Target::new("api.githubcopilot.com", "POST", "/chat/completions?stream=1");
+    let copilot = request("api.githubcopilot.com", "POST", "/chat/completions?stream=1");
     for (condition, want) in [
         ("copilot = \"chat\"", true),
         ("copilot = \"*\"", true),
@@ -473,6 +483,29 @@ fn facts_the_caller_lacks_never_match() {
 }
 
 #[test]
+fn a_repository_known_only_by_id_counts_as_matching_a_repository_condition() {
+    let p = policy(
+        "[[rule]]\nname = \"secret\"\naction = \"deny\"\nrepository = \"org/secret\"\n\
+         [[rule]]\nname = \"public\"\naction = \"allow\"\nrepository = \"org/public\"\n",
+    );
+    // `/repositories/{id}` may be org/secret: the riskier reading, as for other undecided facts.
+    let by_id = api("PUT", "/repositories/1296269/contents/a");
+    assert_eq!(rule_of(&p, &subject(), &by_id, None), Some(1));
+    let text = p.explain(&subject(), &by_id, None).to_string();
+    assert!(
+        text.contains("the request names repository id 1296269, whose name the gateway cannot tell"),
+        "{text}"
+    );
+    // Named, it is what it is.
+    assert_eq!(
+        rule_of(&p, &subject(), &api("PUT", "/repos/org/public/contents/a"), None),
+        Some(2)
+    );
+    // No repository at all is no match.
+    assert_eq!(rule_of(&p, &subject(), &api("GET", "/user"), None), None);
+}
+
+#[test]
 fn case_and_escapes_do_not_dodge_a_rule() {
     let p =
         policy("[[rule]]\naction = \"deny\"\nrepository = \"org/secret\"\npath = \"/repos/*/contents/*\"\n");
@@ -490,7 +523,7 @@ fn case_and_escapes_do_not_dodge_a_rule() {
     }
     let p = policy("[[rule]]\naction = \"deny\"\nhost = \"github.com\"\n");
     for host in ["github.com", "GitHub.COM", "github.com.", "github.com:443"] {
-        let t = Target::new(host, "GET", "/");
+        let t = request(host, "GET", "/");
         assert_eq!(rule_of(&p, &subject(), &t, None), Some(1), "{host}");
     }
 }

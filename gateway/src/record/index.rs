@@ -1039,17 +1039,15 @@ fn exchange_of(record: &Record) -> Option<u64> {
     }
 }
 
-/// The host of an absolute URL, lowercase, without port or user info.
+/// The host of an absolute URL as the classifier normalises a request's (lower case, no port,
+/// no trailing dot); user info, which records made before the classifier may hold, is skipped.
 pub fn host_of(url: &str) -> Option<String> {
     let (_, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        authority.split(':').next()?
-    };
-    (!host.is_empty()).then(|| host.trim_end_matches('.').to_ascii_lowercase())
+    crate::classify::host_and_port(authority)
+        .ok()
+        .map(|(host, _)| host)
 }
 
 #[cfg(test)]
@@ -1625,7 +1623,11 @@ mod tests {
             Some("api.github.com")
         );
         assert_eq!(host_of("https://u:p@github.com/").as_deref(), Some("github.com"));
-        assert_eq!(host_of("http://[::1]:8080/").as_deref(), Some("::1"));
+        assert_eq!(host_of("http://[::1]:8080/").as_deref(), Some("[::1]"));
+        assert_eq!(
+            host_of("https://GitHub.com.:8443/").as_deref(),
+            Some("github.com")
+        );
         assert_eq!(host_of("https://github.com?x").as_deref(), Some("github.com"));
         assert_eq!(host_of("/relative"), None);
     }

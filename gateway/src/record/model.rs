@@ -295,7 +295,8 @@ pub struct Identity {
     /// The credential profile whose token went upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
-    /// "brokered" (the profile's token), "passed" (the caller's own), "none", or "refused".
+    /// "brokered" (the profile's token), "passed" (the caller's own), "stripped" (a caller with
+    /// a profile, where no token belongs: its own removed, nothing sent), "none", or "refused".
     pub credential: String,
     /// Why the request was refused, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -526,20 +526,7 @@ impl Recorder {
     /// Starts recording an exchange; `masker` masks what is recorded of it (bodies are handed
     /// over already masked).
     pub fn exchange(self: &Arc<Self>, ex: &Exchange, masker: Masker) -> ExchangeRecording {
-        let path = ex.url.splitn(4, '/').nth(3).unwrap_or("");
-        let (path_only, query) = path.split_once('?').unwrap_or((path, ""));
-        let git = if ex.method == http::Method::POST && path_only.ends_with("/git-receive-pack") {
-            GitKind::Push
-        } else if ex.method == http::Method::POST && path_only.ends_with("/git-upload-pack") {
-            GitKind::Fetch
-        } else if ex.method == http::Method::GET
-            && path_only.ends_with("/info/refs")
-            && query.contains("service=git-")
-        {
-            GitKind::Advertisement
-        } else {
-            GitKind::None
-        };
+        let git = git_kind(&ex.req);
         ExchangeRecording {
             recorder: self.clone(),
             session: ex.conn.session.clone(),
@@ -815,12 +802,39 @@ fn recovered(store: &mut Store, shared: &Shared, to_index: &IndexQueue) {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum GitKind {
+/// Which git body the recorder parses for an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GitKind {
     None,
     Push,
     Fetch,
     Advertisement,
+}
+
+impl GitKind {
+    #[cfg(test)]
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GitKind::None => "none",
+            GitKind::Push => "push",
+            GitKind::Fetch => "fetch",
+            GitKind::Advertisement => "advertisement",
+        }
+    }
+}
+
+/// What the recorder parses, as the classifier read the request: what the policy takes for a
+/// push is recorded as one.
+pub(crate) fn git_kind(req: &crate::classify::Classified) -> GitKind {
+    if req.is_push() {
+        GitKind::Push
+    } else if req.is_fetch() {
+        GitKind::Fetch
+    } else if req.is_advertisement() {
+        GitKind::Advertisement
+    } else {
+        GitKind::None
+    }
 }
 
 #[derive(Default)]
@@ -948,9 +962,9 @@ struct BodyRecording {
     content_type: Option<String>,
     sse: Option<sse::SseParser>,
     sse_index: u64,
-    push: Option<git::Decoded<git::ReceivePackRequest>>,
-    fetch: Option<git::Decoded<git::UploadPackRequest>>,
-    advertisement: Option<git::Decoded<git::Advertisement>>,
+    push: Option<git::ReceivePackRequest>,
+    fetch: Option<git::UploadPackRequest>,
+    advertisement: Option<git::Advertisement>,
 }
 
 impl BodyRecording {
@@ -1130,7 +1144,7 @@ impl ExchangeRecording {
                 conn: ex.conn.id,
                 exchange: self.id,
                 at: self.started_at,
-                method: ex.method.to_string(),
+                method: ex.req.method.to_string(),
                 url,
             }),
         );
@@ -1161,22 +1175,13 @@ impl ExchangeRecording {
             h.request_headers = headers;
             h.http_version = format!("{:?}", req.version);
         }
-        let encoding = header(&req.headers, http::header::CONTENT_ENCODING);
         if let Ok(mut b) = self.request.lock() {
             b.content_type = header(&req.headers, http::header::CONTENT_TYPE);
             match self.git {
                 GitKind::Push => {
-                    b.push = Some(git::Decoded::new(
-                        git::ReceivePackRequest::new().scanning_secrets(self.masker()),
-                        encoding.as_deref(),
-                    ))
+                    b.push = Some(git::ReceivePackRequest::new().scanning_secrets(self.masker()))
                 }
-                GitKind::Fetch => {
-                    b.fetch = Some(git::Decoded::new(
-                        git::UploadPackRequest::new(),
-                        encoding.as_deref(),
-                    ))
-                }
+                GitKind::Fetch => b.fetch = Some(git::UploadPackRequest::new()),
                 _ => {}
             }
         }
@@ -1194,13 +1199,12 @@ impl ExchangeRecording {
             self.recorder.submit(found, false);
         }
         let content_type = header(&resp.headers, http::header::CONTENT_TYPE);
-        let encoding = header(&resp.headers, http::header::CONTENT_ENCODING);
         let ls_refs = self.git == GitKind::Fetch
             && self
                 .request
                 .lock()
                 .ok()
-                .and_then(|mut b| b.fetch.as_mut().map(|f| f.inner().command() == "ls-refs"))
+                .and_then(|b| b.fetch.as_ref().map(|f| f.command() == "ls-refs"))
                 .unwrap_or(false);
         if let Ok(mut b) = self.response.lock() {
             if content_type
@@ -1210,7 +1214,7 @@ impl ExchangeRecording {
                 b.sse = Some(sse::SseParser::new());
             }
             if self.git == GitKind::Advertisement || ls_refs {
-                b.advertisement = Some(git::Decoded::new(git::Advertisement::new(), encoding.as_deref()));
+                b.advertisement = Some(git::Advertisement::new());
             }
             b.content_type = content_type;
         }
@@ -1226,22 +1230,52 @@ impl ExchangeRecording {
         side.lock().map(|b| b.cap > 0).unwrap_or(true)
     }
 
-    /// One chunk of a body as it came off the wire, before masking: git's framing is parsed
-    /// from it (and a pushed pack's objects scanned). Nothing of it is stored.
-    pub fn observe_raw(&self, dir: Direction, raw: &[u8]) {
+    /// One chunk of a body as it came off the wire, decoded from its Content-Encoding and
+    /// before masking: git's framing is parsed from it (and a pushed pack's objects scanned).
+    /// Nothing of it is stored.
+    pub fn observe(&self, dir: Direction, decoded: &[u8]) {
         let side = match dir {
             Direction::Request => &self.request,
             Direction::Response => &self.response,
         };
         let Ok(mut b) = side.lock() else { return };
         if let Some(p) = b.push.as_mut() {
-            p.feed(raw);
+            p.feed(decoded);
         }
         if let Some(p) = b.fetch.as_mut() {
-            p.feed(raw);
+            p.feed(decoded);
         }
         if let Some(p) = b.advertisement.as_mut() {
-            p.feed(raw);
+            p.feed(decoded);
+        }
+    }
+
+    /// Whether git's framing is parsed from this body (it must then be decoded).
+    pub fn parses_git(&self, dir: Direction) -> bool {
+        let side = match dir {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        };
+        side.lock()
+            .map(|b| b.push.is_some() || b.fetch.is_some() || b.advertisement.is_some())
+            .unwrap_or(false)
+    }
+
+    /// The body could not be decoded: git's parsers of it stop with `why`.
+    pub fn observe_failed(&self, dir: Direction, why: &str) {
+        let side = match dir {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        };
+        let Ok(mut b) = side.lock() else { return };
+        if let Some(p) = b.push.as_mut() {
+            p.fail(why.to_owned());
+        }
+        if let Some(p) = b.fetch.as_mut() {
+            p.fail(why.to_owned());
+        }
+        if let Some(p) = b.advertisement.as_mut() {
+            p.fail(why.to_owned());
         }
     }
 
@@ -1461,7 +1495,7 @@ impl ExchangeRecording {
             conn: ex.conn.id,
             exchange: self.id,
             started_at: self.started_at,
-            method: ex.method.to_string(),
+            method: ex.req.method.to_string(),
             url: self.url.lock().map(|u| u.clone()).unwrap_or_default(),
             http_version: heads.http_version,
             status: outcome.status,
