@@ -85,6 +85,7 @@ impl Relay {
         info!(
             client = %client_addr,
             orig_dst = %orig_dst,
+            sni = sni.as_deref().unwrap_or(""),
             tgid = caller.tgid,
             pid = caller.pid,
             uid = caller.uid,

@@ -833,6 +833,19 @@ impl TlsGateway {
         auth: Option<Arc<Auth>>,
         extra_toml: &dyn Fn(SocketAddr) -> String,
     ) -> Self {
+        Self::start_tweaked(names, trusted, git_root, auth, extra_toml, &|_| {})
+    }
+
+    /// As `start_with`, with the gateway's spec adjusted by `tweak` before it starts (e.g.
+    /// `[tls] passthrough` names).
+    pub fn start_tweaked(
+        names: &[&str],
+        trusted: bool,
+        git_root: Option<PathBuf>,
+        auth: Option<Arc<Auth>>,
+        extra_toml: &dyn Fn(SocketAddr) -> String,
+        tweak: &dyn Fn(&mut crate::GatewaySpec),
+    ) -> Self {
         let cg = crate::TestCgroup::new();
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
@@ -858,6 +871,8 @@ impl TlsGateway {
             extra_toml: extra_toml(upstream.addr),
             ..Default::default()
         };
+        let mut spec = spec;
+        tweak(&mut spec);
         let gw = crate::Gateway::start(&cg, &spec);
         let ca_file = gw.ca_file();
         Self {

@@ -196,38 +196,73 @@ fn upstream_from_an_unknown_issuer_gets_502() {
 }
 
 #[test]
-fn names_not_intercepted_are_relayed_untouched() {
+fn passthrough_names_are_relayed_untouched_and_other_names_refused() {
     if !privileged() {
         return;
     }
-    // The upstream presents its own certificate for a name ghgate does not terminate: a client
-    // trusting only the upstream's CA succeeds, which it could not if ghgate had terminated.
-    let s = TlsGateway::start(&["pinned.example"], false, None, "");
-    let (url, resolve) = s.url("pinned.example", "/");
-    let out =
+    // The upstream presents its own certificate. A name on the passthrough list is relayed
+    // untouched: a client trusting only the upstream's CA succeeds, which it could not if ghgate
+    // had terminated. A name neither intercepted nor passed through is refused, never relayed.
+    let s = TlsGateway::start_tweaked(
+        &["pinned.example", "other.example"],
+        false,
+        None,
+        None,
+        &|_| String::new(),
+        &|spec| spec.tls_passthrough = vec!["pinned.example".into()],
+    );
+    let fetch = |name: &str| {
+        let (url, resolve) = s.url(name, "/");
         s.gw.exec("curl")
             .args(["-sS", "-w", "\n%{http_version} %{http_code}", "--cacert"])
             .arg(&s.upstream_ca)
             .args(["--resolve", &resolve, &url])
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let out = fetch("pinned.example");
     assert!(
         stdout(&out).ends_with(" 200"),
         "{}{}",
         stdout(&out),
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = fetch("other.example");
+    assert!(
+        !out.status.success(),
+        "a foreign name is refused: {}",
+        stdout(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unrecognized name"),
+        "curl names the TLS alert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.upstream.connections(),
+        1,
+        "only the passthrough name reached the upstream"
+    );
     let gw = &s.gw;
-    let logs = gw.wait_log("relay", Duration::from_secs(10), |l| {
+    let logs = gw.wait_log("relay and refusal", Duration::from_secs(10), |l| {
         l.iter().any(|l| l["message"] == "connection relayed")
+            && l.iter().any(|l| l["message"] == "connection refused")
     });
     assert!(
-        logs.iter().any(|l| l["sni"] == "pinned.example"),
+        logs.iter()
+            .any(|l| l["message"] == "connection relayed" && l["sni"] == "pinned.example"),
         "the SNI is logged at connection level"
     );
     assert!(
+        logs.iter().any(|l| l["message"] == "connection refused"
+            && l["reason"] == "foreign_sni"
+            && l["sni"] == "other.example"),
+        "{}",
+        gw.log_text()
+    );
+    assert!(
         !logs.iter().any(|l| l["message"] == "exchange"),
-        "no HTTP exchange: it was not terminated"
+        "no HTTP exchange: nothing was terminated"
     );
 }
 
@@ -246,11 +281,11 @@ fn a_client_not_speaking_tls_is_closed_and_others_are_unaffected() {
     assert!(!plain.status.success(), "plain HTTP to a TLS port must fail");
     let logs = s.gw.wait_log("the rejection", Duration::from_secs(10), |l| {
         l.iter()
-            .any(|l| l["message"] == "closing a connection to a TLS port that did not start TLS")
+            .any(|l| l["message"] == "connection refused" && l["reason"] == "not_tls")
     });
     let line = logs
         .iter()
-        .find(|l| l["message"] == "closing a connection to a TLS port that did not start TLS")
+        .find(|l| l["message"] == "connection refused" && l["reason"] == "not_tls")
         .unwrap();
     assert_eq!(line["comm"], "curl", "the log names the caller: {line}");
     let ok = curl(&s, "api.github.com", "/after", &[]);
@@ -434,12 +469,13 @@ fn websocket_echo_through_the_gateway() {
 }
 
 #[test]
-fn a_client_without_sni_is_named_from_the_intercept_set() {
+fn a_client_without_sni_is_refused_and_recorded() {
     if !privileged() {
         return;
     }
     // The intercept set names api.github.com (resolved to the upstream by an override); a client
-    // dialling the bare address sends no SNI, and the gateway names it api.github.com.
+    // dialling the bare address sends no SNI. The gateway cannot tell which name it means, so it
+    // refuses it (a TLS alert) instead of guessing, and records the refusal.
     let cg = TestCgroup::new();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
@@ -473,22 +509,24 @@ print(data.decode(errors="replace"))
         .arg(&ghgate_ca)
         .output()
         .unwrap();
-    let text = stdout(&out);
+    assert!(!out.status.success(), "{}", stdout(&out));
     assert!(
-        text.starts_with("HTTP/1.1 200"),
-        "{text}{}",
+        String::from_utf8_lossy(&out.stderr).contains("UNRECOGNIZED_NAME"),
+        "the client sees the alert: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("path=/no-sni"), "{text}");
-    let logs = gw.wait_log("the exchange", Duration::from_secs(10), |l| {
-        l.iter().any(|l| l["message"] == "exchange")
+    let logs = gw.wait_log("the refusal", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "connection refused" && l["reason"] == "no_sni")
     });
-    let ex = logs.iter().find(|l| l["message"] == "exchange").unwrap();
-    assert_eq!(ex["sni"], "api.github.com", "{ex}");
-    assert!(
-        logs.iter()
-            .any(|l| l["message"] == "no SNI; named after the host its address resolved from")
-    );
+    let line = logs
+        .iter()
+        .find(|l| l["message"] == "connection refused" && l["reason"] == "no_sni")
+        .unwrap();
+    assert_eq!(line["comm"], "python3", "{line}");
+    assert_eq!(upstream.served(), 0, "nothing was forwarded");
+    let refusals = gw.ghgate_ok(&["sessions", "refusals", "--json"]);
+    assert!(refusals.contains("\"no_sni\""), "{refusals}");
 }
 
 #[test]
@@ -498,7 +536,7 @@ fn an_intercept_set_of_every_address_is_decided_by_sni_and_cannot_be_escaped_by_
     }
     // 0.0.0.0/0 on the test port: every destination is redirected, and only the SNI decides. The
     // client reaches api.github.com at an address the gateway never resolved (DNS drift) and is
-    // still terminated; a name ghgate does not terminate goes through untouched.
+    // still terminated; a name on the passthrough list goes through untouched.
     let cg = TestCgroup::new();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
@@ -510,6 +548,7 @@ fn an_intercept_set_of_every_address_is_decided_by_sni_and_cannot_be_escaped_by_
         &GatewaySpec {
             intercept: vec![(vec![], vec!["0.0.0.0/0".into()], vec![port])],
             tls_ports: vec![port],
+            tls_passthrough: vec!["example.org".into()],
             upstream_extra_roots: vec![ca.write_pem(dir.path())],
             ..Default::default()
         },
@@ -559,7 +598,8 @@ fn an_intercept_set_of_every_address_is_decided_by_sni_and_cannot_be_escaped_by_
         "only the terminated name produced an exchange"
     );
     assert!(logs.iter().any(
-        |l| l["message"] == "TLS name not terminated; relaying it untouched" && l["sni"] == "example.org"
+        |l| l["message"] == "TLS name on the passthrough list; relaying it untouched"
+            && l["sni"] == "example.org"
     ));
 }
 
