@@ -620,3 +620,117 @@ fn a_listener_that_is_not_the_gateway_gets_nothing() {
         gw.log_text()
     );
 }
+
+#[test]
+fn exec_through_sudo_runs_the_command_as_the_user_who_invoked_it() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let gw = Gateway::start(
+        &cg,
+        &spec_for("api.github.test", upstream.addr.ip(), upstream.addr.port()),
+    );
+    // As sudo leaves things: root, with the invoking user in SUDO_UID/SUDO_GID.
+    let as_sudo = |cmd: &mut std::process::Command| {
+        cmd.env("SUDO_UID", "65534").env("SUDO_GID", "65534");
+    };
+    let mut id = gw.exec("sh");
+    id.args(["-c", "echo $(id -u) $(id -g) $HOME"]);
+    as_sudo(&mut id);
+    let out = id.output().unwrap();
+    let nobody = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(65534))
+        .unwrap()
+        .expect("a user with uid 65534");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("65534 65534 {}", nobody.dir.display()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The kernel attributes its connections to that user too.
+    let mut probe = gw.exec(bin("ghgate-probe"));
+    probe.args(["connect", &upstream.addr.to_string()]);
+    as_sudo(&mut probe);
+    let out = probe.output().unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).expect("probe json");
+    assert_eq!(r["proxied"], true, "{r}");
+    let logs = gw.wait_log("the relay", Duration::from_secs(10), |l| {
+        l.iter().any(|l| l["message"] == "connection relayed")
+    });
+    let line = logs
+        .iter()
+        .find(|l| l["message"] == "connection relayed")
+        .unwrap();
+    assert_eq!(line["uid"], 65534, "{line}");
+
+    // --keep-root keeps root.
+    let mut keep = std::process::Command::new(bin("ghgate"));
+    keep.args(["exec", "--config"])
+        .arg(&gw.config)
+        .args(["--keep-root", "--", "id", "-u"]);
+    as_sudo(&mut keep);
+    let out = keep.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+}
+
+#[test]
+fn pins_removed_under_a_running_gateway_are_a_recorded_gap_and_come_back() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let mut gw = Gateway::start(
+        &cg,
+        &spec_for("api.github.test", upstream.addr.ip(), upstream.addr.port()),
+    );
+    // Root removes the programs' pins: the programs are detached at once.
+    std::fs::remove_dir_all(gw.pin_dir.join("links")).unwrap();
+    let logs = gw.wait_log("the watcher's report", Duration::from_secs(15), |l| {
+        l.iter()
+            .any(|l| l["message"] == "enforcement was lost (pins removed) and is restored")
+    });
+    assert!(!logs.iter().any(|l| l["level"] == "ERROR"), "{}", gw.log_text());
+    // Mediation is back: the connection goes through the gateway.
+    let r = one(gw.probe(&["connect", &upstream.addr.to_string()]));
+    assert_eq!(r["proxied"], true, "{r}");
+    // The gap is in the store, in status, and `check` fails on it.
+    let gaps = eventually("the gap's record", Duration::from_secs(10), || {
+        let out = gw.ghgate_ok(&["sessions", "refusals", "--json"]);
+        let v: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|r: &Value| r["type"] == "enforcement_gap")
+            .collect();
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(gaps[0]["kind"], "detached", "{gaps:?}");
+    let status = gw.status();
+    assert_eq!(status["enforcement_gaps"][0]["lost_mediation"], true, "{status}");
+    let check = gw.ghgate(&["check"]);
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("mediation LOST"));
+
+    // A crash (kill -9) is a gap too, recorded at the next start; fail-closed, it lost nothing.
+    gw.kill9();
+    gw.spawn();
+    let logs = gw.wait_log("the crash's gap", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "enforcement gap before this start" && l["kind"] == "GatewayDown")
+    });
+    let line = logs
+        .iter()
+        .find(|l| l["message"] == "enforcement gap before this start")
+        .unwrap();
+    assert!(
+        line["detail"].as_str().unwrap().contains("refused meanwhile"),
+        "{line}"
+    );
+}
