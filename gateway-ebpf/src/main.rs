@@ -25,13 +25,13 @@ use core::{ffi::c_void, mem::size_of_val};
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, bpf_sock,
-        bpf_sock_tuple,
+        __sk_buff, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        bpf_sock, bpf_sock_tuple,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns,
-        generated::{bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release},
+        generated::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_sk_lookup_tcp, bpf_sk_release},
     },
     macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -365,7 +365,22 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         return Ok(ALLOW);
     }
     bump(counter::DROPPED_EGRESS);
-    report(&dst, reason::EGRESS_DROPPED);
+    // Before 6.x a cgroup_skb program cannot ask for the current task (and a packet need not be
+    // sent in its sender's context anyway): the socket's owner is what is known.
+    // SAFETY: plain helper call valid in cgroup_skb programs.
+    let uid = unsafe { bpf_get_socket_uid(ctx.skb.skb as *mut __sk_buff) };
+    write_event(
+        &dst,
+        reason::EGRESS_DROPPED,
+        Who {
+            tgid: 0,
+            pid: 0,
+            uid,
+            gid: 0,
+            cgroup_id: 0,
+            comm: [0; 16],
+        },
+    );
     Ok(DENY)
 }
 
@@ -386,29 +401,58 @@ fn refuse(dst: &Dest, counter_index: u32) -> i32 {
 /// Writes a refusal event; a full ring only loses the event (counted), never the refusal.
 #[inline(always)]
 fn report(dst: &Dest, why: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: plain helper call valid in cgroup sock_addr programs.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    write_event(
+        dst,
+        why,
+        Who {
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            cgroup_id,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        },
+    );
+}
+
+/// Who made a refused call or packet, as far as the program can tell.
+struct Who {
+    tgid: u32,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    cgroup_id: u64,
+    comm: [u8; 16],
+}
+
+/// Writes a refusal event; a full ring only loses the event (counted), never the refusal.
+#[inline(always)]
+fn write_event(dst: &Dest, why: u32, who: Who) {
     let Some(mut entry) = EVENTS.reserve::<RefusalEvent>(0) else {
         bump(counter::EVENTS_LOST);
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: plain helper calls valid in cgroup sock_addr programs.
-    let (boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    // SAFETY: plain helper call valid in every program type.
+    let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     entry.write(RefusalEvent {
         boot_ns,
-        cgroup_id,
+        cgroup_id: who.cgroup_id,
         reason: why,
         family: u32::from(dst.family),
         sock_type: dst.sock_type,
         protocol: dst.protocol,
         addr: dst.addr,
         port: dst.port,
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
+        tgid: who.tgid,
+        pid: who.pid,
+        uid: who.uid,
+        gid: who.gid,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: who.comm,
     });
     entry.submit(0);
 }

@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
 use ghgate_e2e::{
-    Gateway, GatewaySpec, TestCgroup, bin, loopback_v4,
+    Gateway, GatewaySpec, GithubSpec, TestCgroup, bin, loopback_v4,
     servers::{Kind, Server},
 };
 use nix::{
@@ -113,6 +113,30 @@ struct RedirectArgs {
     /// Runs of each relay case, interleaved; the reported MB/s is the median of the runs.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     relay_runs: u32,
+    /// Prefixes added to GitHub's shipped ranges as a list of their own (in 198.18.0.0/15, the
+    /// benchmarking range), so every connect is looked up in tries of a few hundred prefixes.
+    #[arg(long, default_value_t = 300)]
+    extra_prefixes: u32,
+}
+
+/// GitHub's shipped ranges plus `extra` prefixes in 198.18.0.0/15 (RFC 2544's benchmarking range,
+/// never dialled): the guarded set every connect of the bench is looked up in.
+fn bench_ranges(extra: u32) -> GithubSpec {
+    let shipped: serde_json::Value =
+        serde_json::from_str(include_str!("../../../gateway/data/github-meta.json"))
+            .expect("the shipped snapshot");
+    let mut doc = shipped.as_object().cloned().unwrap_or_default();
+    let synthetic: Vec<String> = (0..extra)
+        .map(|i| {
+            let (third, fourth) = ((i / 64) as u8, ((i % 64) * 4) as u8);
+            // Alternate /32s and /30s, as the meta lists mix single front ends and small blocks.
+            let len = if i % 2 == 0 { 32 } else { 30 };
+            format!("198.{}.{third}.{fourth}/{len}", 18 + (i / 16384) as u8)
+        })
+        .collect();
+    doc.insert("bench".into(), serde_json::json!(synthetic));
+    GithubSpec::snapshot(serde_json::Value::Object(doc).to_string())
+        .lists(&["api", "git", "web", "copilot", "bench"])
 }
 
 #[derive(clap::Args)]
@@ -385,9 +409,13 @@ fn redirect(args: &RedirectArgs) -> anyhow::Result<()> {
                 vec![format!("{ip}/32")],
                 vec![upstream.addr.port(), sink.addr.port()],
             )],
+            github: Some(bench_ranges(args.extra_prefixes)),
             ..Default::default()
         },
     );
+    let status = gw.status();
+    header.guarded = status["guarded"].as_array().map_or(0, Vec::len);
+    header.entries = status["intercept"].as_array().map_or(0, Vec::len);
     eprintln!(
         "gateway ready (pid {}); client cgroups {} (programs) and {} (none)",
         gw.pid().unwrap_or_default(),
@@ -595,6 +623,9 @@ struct Header {
     pinned: Option<(usize, usize)>,
     load: String,
     load_at_end: String,
+    /// Prefixes in the guard tries and entries in the intercept tries while measuring.
+    guarded: usize,
+    entries: usize,
 }
 
 impl Header {
@@ -606,6 +637,8 @@ impl Header {
             pinned: None,
             load: load_average(),
             load_at_end: String::new(),
+            guarded: 0,
+            entries: 0,
         }
     }
 }
@@ -679,6 +712,11 @@ fn report(
         }
         None => println!("           nothing pinned (fewer than 2 CPUs)"),
     }
+    println!(
+        "kernel:    {} guarded prefixes (GitHub's shipped ranges + {} in 198.18.0.0/15), {} intercept entries;",
+        h.guarded, args.extra_prefixes, h.entries
+    );
+    println!("           program run time includes the egress backstop's per-packet runs");
     println!(
         "relay:     {} bytes per run, {} runs per case interleaved; MB/s = 10^6 bytes/s, median of runs",
         args.bytes, args.relay_runs
