@@ -1,12 +1,11 @@
-//! Keeps the intercept set's host names resolved: at start, and again as each answer's TTL runs
-//! out, updating the kernel's tries in place.
+//! Resolves the intercept set's host names: at start, and again as each answer's TTL runs out
+//! (`redirect::live` applies the answers to the kernel).
 //!
 //! A failed lookup keeps the last good answer (interception never silently shrinks because DNS
 //! hiccupped) and is retried. This module never decides what to intercept beyond the config.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
     time::Duration,
 };
 
@@ -21,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{DnsConfig, InterceptRule},
-    redirect::{intercept::Resolved, live::LiveSet},
+    redirect::intercept::Resolved,
 };
 
 /// Looks names up through the configured servers (or the system's), honouring overrides.
@@ -95,6 +94,9 @@ pub struct HostSet {
     resolved: Resolved,
     due: BTreeMap<String, Instant>,
     retry: Duration,
+    /// Names whose last lookup failed: a failure is logged when it starts and when it ends, not
+    /// at every retry.
+    failing: std::collections::BTreeSet<String>,
 }
 
 impl HostSet {
@@ -106,7 +108,12 @@ impl HostSet {
             resolved.insert(host.clone(), None);
             due.insert(host.clone(), now);
         }
-        Self { resolved, due, retry }
+        Self {
+            resolved,
+            due,
+            retry,
+            failing: Default::default(),
+        }
     }
 
     pub fn resolved(&self) -> &Resolved {
@@ -118,7 +125,7 @@ impl HostSet {
         self.resolved.values().all(Option::is_some)
     }
 
-    fn next_due(&self) -> Option<Instant> {
+    pub fn next_due(&self) -> Option<Instant> {
         self.due.values().min().copied()
     }
 
@@ -136,6 +143,9 @@ impl HostSet {
         for (host, answer) in due.into_iter().zip(answers) {
             match answer {
                 Ok((addrs, ttl)) => {
+                    if self.failing.remove(&host) {
+                        info!(host = %host, "resolves again");
+                    }
                     let slot = self.resolved.get_mut(&host).expect("host from the set");
                     if slot.as_ref() != Some(&addrs) {
                         info!(host = %host, addresses = ?addrs, ttl_s = ttl.as_secs(), "resolved");
@@ -151,34 +161,14 @@ impl HostSet {
                         .and_then(|a| a.as_ref())
                         .map(|a| a.len())
                         .unwrap_or(0);
-                    warn!(host = %host, error = %e, retry_s = self.retry.as_secs(), kept_addresses = keeping,
-                          "cannot resolve; keeping the last good answer and retrying");
+                    if self.failing.insert(host.clone()) {
+                        warn!(host = %host, error = %e, retry_s = self.retry.as_secs(), kept_addresses = keeping,
+                              "cannot resolve; keeping the last good answer and retrying (logged again when it resolves)");
+                    }
                     self.due.insert(host, Instant::now() + self.retry);
                 }
             }
         }
         changed
-    }
-}
-
-/// Re-resolves names as they fall due, forever, handing each change to the intercept set in force.
-pub async fn refresh_forever(mut hosts: HostSet, resolver: Resolver, live: Arc<LiveSet>) {
-    loop {
-        let Some(next) = hosts.next_due() else {
-            return; // no names, nothing to refresh
-        };
-        tokio::time::sleep_until(next).await;
-        if hosts.refresh_due(&resolver).await || !hosts.complete() {
-            match live.set_names(hosts.resolved(), hosts.complete()) {
-                Ok(s) if s.is_empty() => {}
-                Ok(s) => info!(
-                    added = s.added,
-                    changed = s.changed,
-                    removed = s.removed,
-                    "intercept set updated"
-                ),
-                Err(e) => warn!(error = %format!("{e:#}"), "cannot update the intercept set"),
-            }
-        }
     }
 }

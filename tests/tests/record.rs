@@ -542,7 +542,14 @@ fn websocket_messages_and_relayed_connections_are_recorded() {
     if !privileged() {
         return;
     }
-    let s = TlsGateway::start(&["api.githubcopilot.com", "pinned.example"], true, None, "");
+    let s = TlsGateway::start_tweaked(
+        &["api.githubcopilot.com", "pinned.example"],
+        true,
+        None,
+        None,
+        &|_| String::new(),
+        &|spec| spec.tls_passthrough = vec!["pinned.example".into()],
+    );
     let out =
         s.gw.exec(ghgate_e2e::bin("ghgate-probe"))
             .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])

@@ -30,7 +30,7 @@ use crate::{
         watch::{self, HeldMaps, Watch},
     },
     relay::Relay,
-    resolve::{self, HostSet, Resolver},
+    resolve::{HostSet, Resolver},
     tls::{
         ca::{self, Ca},
         leaf::LeafCache,
@@ -280,7 +280,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let clients = Arc::new(ClientTable::open(&pins)?);
     tokio::spawn(events::record_forever(events::open(&pins)?, recorder.clone()));
-    tokio::spawn(resolve::refresh_forever(hosts, resolver, live.clone()));
+    tokio::spawn(live::names_forever(hosts, resolver, live.clone()));
     tokio::spawn(live::refresh_forever(
         live.clone(),
         outbound,

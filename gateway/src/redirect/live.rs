@@ -1,5 +1,6 @@
 //! The intercept set in force: one owner applies the names' answers and GitHub's ranges to the
-//! kernel, so the DNS refresher and the ranges refresher never undo each other's entries.
+//! kernel, so the DNS refresher and the ranges refresher (both here) never undo each other's
+//! entries.
 //!
 //! It also refreshes the ranges from the meta API (through the gateway's own verified client)
 //! and keeps the last good set when a refresh fails. It never decides what a connection may do
@@ -22,6 +23,7 @@ use crate::{
     config::{Config, GithubConfig, InterceptRule},
     outbound::Outbound,
     record::model,
+    resolve::{HostSet, Resolver},
 };
 
 /// After a failed refresh, try again this soon (or at the regular interval, if sooner).
@@ -123,6 +125,28 @@ impl LiveSet {
 
     fn had_failure(&self) -> bool {
         self.lock().last_refresh_error.is_some()
+    }
+}
+
+/// Re-resolves the intercept set's names as they fall due, forever, applying each change.
+pub async fn names_forever(mut hosts: HostSet, resolver: Resolver, live: Arc<LiveSet>) {
+    loop {
+        let Some(next) = hosts.next_due() else {
+            return; // no names, nothing to refresh
+        };
+        tokio::time::sleep_until(next).await;
+        if hosts.refresh_due(&resolver).await || !hosts.complete() {
+            match live.set_names(hosts.resolved(), hosts.complete()) {
+                Ok(s) if s.is_empty() => {}
+                Ok(s) => info!(
+                    added = s.added,
+                    changed = s.changed,
+                    removed = s.removed,
+                    "intercept set updated"
+                ),
+                Err(e) => warn!(error = %format!("{e:#}"), "cannot update the intercept set"),
+            }
+        }
     }
 }
 
