@@ -290,15 +290,30 @@ impl Enforcer {
         let mut pack_state: Result<Option<PackObjects>, String> = Ok(None);
         if carries_pack && needs.iter().any(|n| n.fast_forward || n.paths) {
             let limit = commands.end + self.cfg.max_pack_bytes as usize;
-            match reader.fill(limit + 1).await {
-                Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
-                Ok(true) => {
+            // A client that stops sending mid-pack must not hold the push (and a task) forever:
+            // past the inspection's deadline what is unread counts as unknown, the riskier way.
+            let filled = tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                reader.fill(limit + 1),
+            )
+            .await;
+            match filled {
+                Err(_elapsed) => {
+                    let e = format!(
+                        "the pushed pack did not arrive within the inspection time ({} bytes of it read)",
+                        reader.buf.len().saturating_sub(commands.end)
+                    );
+                    tracing::warn!(exchange = ex.id, error = %e, "push inspection timed out reading the pack");
+                    pack_state = Err(e);
+                }
+                Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, e),
+                Ok(Ok(true)) => {
                     pack_state = Err(format!(
                         "the pushed pack is larger than the {} bytes the gateway reads",
                         self.cfg.max_pack_bytes
                     ));
                 }
-                Ok(false) => {
+                Ok(Ok(false)) => {
                     let pack_bytes = Bytes::copy_from_slice(&reader.buf[commands.end..]);
                     let limits = Limits::with_deadline(deadline);
                     let decoded =

@@ -209,7 +209,7 @@ fn whole_host_mode_redirects_everyone_but_the_gateway() {
     let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
     let mut spec = spec_for(upstream.addr.ip(), upstream.addr.port());
     spec.host_mode = true;
-    let gw = Gateway::start(&cg, &spec);
+    let mut gw = Gateway::start(&cg, &spec);
 
     // A client anywhere in the guest (here: the root cgroup) is redirected.
     let r = one(probe_outside(&["connect", &upstream.addr.to_string()]));
@@ -232,6 +232,10 @@ fn whole_host_mode_redirects_everyone_but_the_gateway() {
         "{status}"
     );
 
+    // Detaching is refused while the gateway runs (it would attach its programs again).
+    let out = gw.ghgate(&["detach"]);
+    assert!(!out.status.success(), "detach while the gateway runs");
+    gw.terminate();
     let out = gw.ghgate(&["detach"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut left = ghgate_programs_loaded();
