@@ -32,19 +32,28 @@ pub struct Caller {
 impl Caller {
     /// The kernel's facts, completed from /proc where the process still exists.
     pub fn from_kernel(r: &Redirected) -> Self {
-        let exe = std::fs::read_link(format!("/proc/{}/exe", r.tgid)).ok();
-        let start_ticks = start_ticks(r.tgid);
         Self {
+            exe: std::fs::read_link(format!("/proc/{}/exe", r.tgid)).ok(),
+            start_ticks: start_ticks(r.tgid),
             cgroup: cgroup_path(r.tgid),
             ci: ci::facts(r.tgid),
+            ..Self::kernel_only(r)
+        }
+    }
+
+    /// The kernel's facts alone, nothing from /proc.
+    fn kernel_only(r: &Redirected) -> Self {
+        Self {
             tgid: r.tgid,
             pid: r.pid,
             uid: r.uid,
             gid: r.gid,
             cgroup_id: r.cgroup_id,
             comm: r.comm.clone(),
-            exe,
-            start_ticks,
+            exe: None,
+            start_ticks: None,
+            cgroup: None,
+            ci: Vec::new(),
         }
     }
 
@@ -54,19 +63,9 @@ impl Caller {
     pub fn from_kernel_at(r: &Redirected, at: crate::record::model::Micros) -> Self {
         let started = start_ticks(r.tgid).and_then(ticks_to_wall_micros);
         if started.is_some_and(|s| s <= at.saturating_add(1_000_000)) {
-            return Self::from_kernel(r);
-        }
-        Self {
-            cgroup: None,
-            ci: Vec::new(),
-            tgid: r.tgid,
-            pid: r.pid,
-            uid: r.uid,
-            gid: r.gid,
-            cgroup_id: r.cgroup_id,
-            comm: r.comm.clone(),
-            exe: None,
-            start_ticks: None,
+            Self::from_kernel(r)
+        } else {
+            Self::kernel_only(r)
         }
     }
 

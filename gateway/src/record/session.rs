@@ -647,15 +647,18 @@ fn describe(fact: &Fact<'_>) -> String {
     }
 }
 
+/// `  sni NAME`, or nothing.
+fn sni_part(sni: Option<&str>) -> String {
+    sni.map(|s| format!("  sni {}", one_line(s, 200)))
+        .unwrap_or_default()
+}
+
 fn passthrough_start_line(p: &PassthroughStart) -> String {
     format!(
         "passthrough begins {} → {}{}  ({})",
         one_line(&p.client, 80),
         one_line(&p.orig_dst, 80),
-        p.sni
-            .as_deref()
-            .map(|s| format!("  sni {}", one_line(s, 200)))
-            .unwrap_or_default(),
+        sni_part(p.sni.as_deref()),
         one_line(&p.reason, 80)
     )
 }
@@ -671,10 +674,7 @@ pub fn refusal_line(r: &Refusal) -> String {
         r.reason.as_str(),
         one_line(&r.transport, 40),
         one_line(&r.orig_dst, 80),
-        r.sni
-            .as_deref()
-            .map(|s| format!("  sni {}", one_line(s, 200)))
-            .unwrap_or_default(),
+        sni_part(r.sni.as_deref()),
         if r.count > 1 {
             format!("  ×{}", r.count)
         } else {
@@ -887,10 +887,7 @@ pub fn render_text(view: &SessionView) -> String {
                     "{at}  passthrough {} → {}{}  ({})  ↑{} ↓{}  {}",
                     one_line(&p.client, 80),
                     one_line(&p.orig_dst, 80),
-                    p.sni
-                        .as_deref()
-                        .map(|s| format!("  sni {}", one_line(s, 200)))
-                        .unwrap_or_default(),
+                    sni_part(p.sni.as_deref()),
                     one_line(&p.reason, 80),
                     size(p.bytes_up),
                     size(p.bytes_down),

@@ -824,8 +824,9 @@ fn report(
             verdict(ns <= limit * 1000.0)
         );
     }
-    println!("(from the kernel's BPF statistics: every run of connect4/6, sock_ops and getpeername during");
-    println!("the case, including the close-time callbacks, divided by the case's connects; this is the");
+    println!("(from the kernel's BPF statistics: every run of connect4/6, sendmsg4/6, sock_ops, getpeername");
+    println!("and the egress backstop during the case, including the close-time callbacks and every packet,");
+    println!("divided by the case's connects; this is the");
     println!("work the programs add to connect(), free of the scheduling noise of the wall-clock rows)");
     println!();
     let fmt_runs = |v: &[RelayRun]| {
