@@ -8,6 +8,7 @@
 //! `credentials`, `enforce`, `mask` and `record` read it. `config` is validated once at
 //! load; `resolve` keeps the intercept set's names current; `cli` is the command line.
 pub mod approval;
+pub mod assemble;
 pub mod classify;
 pub mod cli;
 pub mod config;

@@ -380,8 +380,6 @@ pub(crate) mod tests {
 
     use http_body_util::{StreamBody, combinators::BoxBody};
     use hyper::body::{Frame, Incoming};
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
     use super::*;
     use crate::config::DnsConfig;
@@ -433,46 +431,10 @@ pub(crate) mod tests {
         addr
     }
 
-    /// A CA of the test's own; its certificate goes to `UpstreamTls` as an extra root.
-    struct TestCa {
-        issuer: Issuer<'static, KeyPair>,
-        pem: String,
-    }
-
-    impl TestCa {
-        fn new() -> Self {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::default();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "ghgate outbound test CA");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let cert = params.self_signed(&key).unwrap();
-            Self {
-                pem: cert.pem(),
-                issuer: Issuer::new(params, key),
-            }
-        }
-
-        fn server_config(&self, name: &str) -> rustls::ServerConfig {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(vec![name.to_owned()])
-                .unwrap()
-                .signed_by(&key, &self.issuer)
-                .unwrap();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.der().clone()], key)
-                .unwrap()
-        }
-    }
+    use ghgate_test_support::https::TestCa;
 
     const NAME: &str = "keys.example.test";
 
-    /// An `Outbound` that trusts `ca` (if any) and resolves [`NAME`] to loopback.
     pub(crate) fn outbound(ca_pem: Option<&str>, timeout: Duration) -> Outbound {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<PathBuf> = ca_pem
@@ -531,14 +493,14 @@ pub(crate) mod tests {
 
     async fn tls_server() -> (TestCa, SocketAddr) {
         let ca = TestCa::new();
-        let addr = serve(Some(ca.server_config(NAME)), echo).await;
+        let addr = serve(Some(ca.server_config(&[NAME])), echo).await;
         (ca, addr)
     }
 
     #[tokio::test]
     async fn https_request_reads_status_headers_and_body() {
         let (ca, addr) = tls_server().await;
-        let out = outbound(Some(&ca.pem), Duration::from_secs(10));
+        let out = outbound(Some(ca.pem()), Duration::from_secs(10));
         let url = format!("https://{NAME}:{}/echo?x=1", addr.port());
         let r = out
             .request(
@@ -562,7 +524,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn body_over_the_cap_is_an_error_and_at_the_cap_is_read() {
         let (ca, addr) = tls_server().await;
-        let out = outbound(Some(&ca.pem), Duration::from_secs(30));
+        let out = outbound(Some(ca.pem()), Duration::from_secs(30));
         let base = format!("https://{NAME}:{}", addr.port());
         let exact = out
             .request(Method::GET, &format!("{base}/exact"), &[], None)

@@ -6,17 +6,16 @@
 //! processes this harness started. Servers listen on loopback only.
 pub mod attack;
 pub mod chromium;
-pub mod dns;
-pub mod edge;
-pub mod fixtures;
-pub mod hello;
 pub mod https;
-pub mod servers;
+
+// The fakes that know nothing of the gateway (TLS upstreams, git, DNS, GitHub's edge, crafted
+// ClientHellos) live in ghgate-test-support, shared with the gateway's own in-process tests.
+pub use ghgate_test_support::{dns, edge, fixtures, free_port, hello, loopback_v4, servers};
 
 use std::{
     fs,
     io::{BufRead, BufReader},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -187,29 +186,6 @@ impl Drop for TestCgroup {
         }
         remove_cgroup(&self.dir);
     }
-}
-
-/// A free TCP port on both 127.0.0.1 and ::1.
-pub fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().unwrap().port();
-        if TcpListener::bind(("::1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A loopback address of this test's own (127.x.y.z), so parallel tests never share one.
-pub fn loopback_v4() -> Ipv4Addr {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    Ipv4Addr::new(
-        127,
-        10 + (pid % 200) as u8,
-        (pid >> 8) as u8 ^ (n as u8),
-        2 + (n % 250) as u8,
-    )
 }
 
 /// What a test configures; rendered to the TOML the gateway reads.

@@ -3,7 +3,7 @@
 //! The order matters: listeners are bound before the new programs are attached, and the previous
 //! generation's programs (if a gateway ran before) are only unpinned after the new ones are in
 //! place, so a restart never opens a window in which connections bypass the gateway.
-use std::{num::NonZeroUsize, process::ExitCode, sync::Arc, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use gateway_common::{GatewayConfig, ON_DOWN_BYPASS, ON_DOWN_REFUSE};
@@ -11,17 +11,9 @@ use tracing::{error, info, warn};
 
 use super::ConfigArg;
 use crate::{
+    assemble::{self, Assembled},
     config::{Config, OnGatewayDown},
-    credentials::Broker,
-    enforce::Enforcer,
-    http::{Limits, Settings, pool::Pool},
-    identity::oidc::OidcValidator,
-    listen,
-    mask::{self, policy::MaskSet},
-    outbound::Outbound,
-    pipeline::Pipeline,
-    proxy::Proxy,
-    record::Recorder,
+    listen, mask,
     record::model,
     redirect::{
         self, ClientTable, Maps, Pins, cgroup, events, exempt,
@@ -29,13 +21,7 @@ use crate::{
         ranges,
         watch::{self, HeldMaps, Watch},
     },
-    relay::Relay,
     resolve::{HostSet, Resolver},
-    tls::{
-        ca::{self, Ca},
-        leaf::LeafCache,
-        upstream::UpstreamTls,
-    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -86,83 +72,6 @@ pub fn kernel_config(config: &Config) -> GatewayConfig {
     }
 }
 
-/// The interception CA, created on first start.
-fn load_or_create_ca(config: &Config) -> anyhow::Result<Ca> {
-    let dir = ca::dir(&config.state_dir);
-    if dir.join(ca::KEY_FILE).exists() {
-        return Ca::load(&dir);
-    }
-    let created = Ca::init(&dir, &config.tls.intercept, false)?;
-    info!(dir = %dir.display(), "created the interception CA; clients must trust it (`ghgate ca export`)");
-    Ok(created)
-}
-
-/// The gateway's own HTTPS client (JWKS, GitHub App tokens), its names resolved like the
-/// intercept set's (`[dns]`, overrides included).
-/// Shares the upstream pool's root store: loading the system's roots again would slow every
-/// (re)start, and a restart must be quick (connections are refused meanwhile).
-fn outbound(config: &Config, tls: UpstreamTls) -> anyhow::Result<Outbound> {
-    let resolver = Arc::new(Resolver::new(&config.dns, &config.dns_servers())?);
-    Ok(Outbound::new(
-        tls,
-        resolver,
-        Duration::from_secs(config.relay.connect_timeout_secs),
-    ))
-}
-
-fn proxy(
-    config: &Config,
-    ca: Ca,
-    recorder: Option<Arc<Recorder>>,
-    mask: MaskSet,
-    outbound: Outbound,
-    upstream_tls: UpstreamTls,
-) -> anyhow::Result<Proxy<Pipeline>> {
-    let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
-    // The static tokens are masked by exact value everywhere, from the start.
-    let statics: Vec<(String, Vec<u8>)> = broker
-        .static_tokens()
-        .iter()
-        .map(|t| ("brokered".to_owned(), t.expose().as_bytes().to_vec()))
-        .collect();
-    let mask = Arc::new(mask.with_exact(&statics));
-    mask::set_log_masker(mask.logs.clone());
-    if let Some(r) = &recorder {
-        r.set_masker(mask.records.clone());
-    }
-    let enforcer = Enforcer::start(config, outbound.clone(), recorder.clone())?;
-    let oidc =
-        (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
-    let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
-    let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
-    let github = Arc::new(config.github_hosts());
-    Ok(Proxy {
-        relay: Relay {
-            connect_timeout,
-            recorder: recorder.clone(),
-        },
-        tls: config.tls.clone(),
-        leaves: Arc::new(LeafCache::new(ca, capacity)),
-        pool: {
-            let pool = Arc::new(Pool::new(upstream_tls, connect_timeout));
-            pool.spawn_sweeper();
-            pool
-        },
-        phases: Arc::new(Pipeline {
-            recorder,
-            mask,
-            broker,
-            oidc,
-            enforcer,
-            github: github.clone(),
-        }),
-        settings: Settings {
-            limits: Limits::from(&config.http),
-            github: github.clone(),
-        },
-    })
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
     redirect::check_privileges("ghgate run")?;
     let pins = Pins::new(&config.redirect.pin_dir);
@@ -171,32 +80,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let takeover = pins.attached();
     let previous = watch::load(&config.state_dir);
     // Everything that can fail on bad files fails here, before anything is attached.
-    let recorder = if config.record.enabled {
-        Some(Recorder::start(&config)?)
-    } else {
-        warn!("[record] enabled = false: exchanges are NOT recorded");
-        None
-    };
-    let key = mask::key::load_or_create(&config.state_dir)?;
-    let mask = MaskSet::new(&config.mask, key).context("cannot compile the [mask] rules")?;
     let ranges = ranges::initial(&config.github, &config.state_dir)?;
-    let upstream_tls = UpstreamTls::new(&config.tls.upstream_extra_roots)?;
-    let outbound = outbound(&config, upstream_tls.clone())?;
-    let proxy = Arc::new(proxy(
-        &config,
-        load_or_create_ca(&config)?,
-        recorder.clone(),
-        mask,
-        outbound.clone(),
-        upstream_tls,
-    )?);
+    let Assembled {
+        proxy,
+        recorder,
+        outbound,
+    } = assemble::assemble(&config)?;
+    let proxy = Arc::new(proxy);
 
     if let Some(e) = &proxy.phases.enforcer {
         e.serve(&config).await?;
     }
 
-    let listener_v4 = listen::bind(config.listen.ipv4, config.redirect.listener_mark)?;
-    let listener_v6 = listen::bind(config.listen.ipv6, config.redirect.listener_mark)?;
+    let listener_v4 = listen::bind(config.listen.ipv4, Some(config.redirect.listener_mark))?;
+    let listener_v6 = listen::bind(config.listen.ipv6, Some(config.redirect.listener_mark))?;
 
     let mut ebpf = redirect::load(&pins)?;
     // From here on the gateway's own connections are exempt from the programs.

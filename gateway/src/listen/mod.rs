@@ -37,6 +37,16 @@ impl OrigDst for ClientTable {
     }
 }
 
+/// Every connection "was going" to one destination, for one caller: the seam's stand-in for the
+/// kernel in in-process tests and benchmarks, which dial the gateway's listener themselves.
+pub struct FixedOrigDst(pub Redirected);
+
+impl OrigDst for FixedOrigDst {
+    fn lookup(&self, _client: ClientAddr) -> Option<Redirected> {
+        Some(self.0.clone())
+    }
+}
+
 /// One accepted, attributed connection.
 pub struct Accepted {
     pub stream: TcpStream,
@@ -54,17 +64,19 @@ pub trait Handler: Send + Sync + 'static {
 /// Binds a listener with SO_REUSEADDR, so a restarted gateway can bind at once, and with the
 /// gateway's `mark`: the kernel programs redirect only to a listener that carries it (setting a
 /// mark needs CAP_NET_ADMIN, so a process that took the port while the gateway was away gets
-/// nothing).
-pub fn bind(addr: SocketAddr, mark: u32) -> anyhow::Result<TcpListener> {
+/// nothing). In-process tests, which the kernel does not redirect to, pass no mark.
+pub fn bind(addr: SocketAddr, mark: Option<u32>) -> anyhow::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket2::SockRef::from(&socket)
-        .set_mark(mark)
-        .with_context(|| format!("cannot mark the listener on {addr} (SO_MARK needs CAP_NET_ADMIN)"))?;
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&socket)
+            .set_mark(mark)
+            .with_context(|| format!("cannot mark the listener on {addr} (SO_MARK needs CAP_NET_ADMIN)"))?;
+    }
     socket.bind(addr).with_context(|| {
         format!("cannot listen on {addr} (another ghgate running? change [listen] in the config)")
     })?;

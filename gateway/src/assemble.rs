@@ -1,0 +1,145 @@
+//! From a config to the parts of a running gateway that need no kernel: the recorder, the
+//! maskers, the interception CA, the upstream pool, the credential broker, the policy enforcer
+//! and the pipeline, put together as the proxy that accepted connections enter. `ghgate run`
+//! serves it behind the kernel's redirect; in-process tests serve it behind a fixed original
+//! destination (`listen::FixedOrigDst`), with no root.
+//!
+//! This module only builds; it never binds, attaches or serves.
+use std::{num::NonZeroUsize, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    credentials::Broker,
+    enforce::Enforcer,
+    http::{Limits, Settings, pool::Pool},
+    identity::oidc::OidcValidator,
+    mask::{self, policy::MaskSet},
+    outbound::Outbound,
+    pipeline::Pipeline,
+    proxy::Proxy,
+    record::Recorder,
+    relay::Relay,
+    resolve::Resolver,
+    tls::{
+        ca::{self, Ca},
+        leaf::LeafCache,
+        upstream::UpstreamTls,
+    },
+};
+
+/// What [`assemble`] made.
+pub struct Assembled {
+    pub proxy: Proxy<Pipeline>,
+    /// `None` when `[record] enabled = false`.
+    pub recorder: Option<Arc<Recorder>>,
+    /// The gateway's own HTTPS client, for the tasks beside the proxy (the ranges' refresh).
+    pub outbound: Outbound,
+}
+
+/// Builds the proxy and what it needs from `config`, creating the CA, the mask key and the record
+/// store on first use. Must run inside a tokio runtime (the pool's sweeper is a task).
+pub fn assemble(config: &Config) -> anyhow::Result<Assembled> {
+    let recorder = if config.record.enabled {
+        Some(Recorder::start(config)?)
+    } else {
+        warn!("[record] enabled = false: exchanges are NOT recorded");
+        None
+    };
+    let key = mask::key::load_or_create(&config.state_dir)?;
+    let mask = MaskSet::new(&config.mask, key).context("cannot compile the [mask] rules")?;
+    let upstream_tls = UpstreamTls::new(&config.tls.upstream_extra_roots)?;
+    let outbound = outbound(config, upstream_tls.clone())?;
+    let proxy = proxy(
+        config,
+        load_or_create_ca(config)?,
+        recorder.clone(),
+        mask,
+        outbound.clone(),
+        upstream_tls,
+    )?;
+    Ok(Assembled {
+        proxy,
+        recorder,
+        outbound,
+    })
+}
+
+/// The interception CA, created on first start.
+fn load_or_create_ca(config: &Config) -> anyhow::Result<Ca> {
+    let dir = ca::dir(&config.state_dir);
+    if dir.join(ca::KEY_FILE).exists() {
+        return Ca::load(&dir);
+    }
+    let created = Ca::init(&dir, &config.tls.intercept, false)?;
+    info!(dir = %dir.display(), "created the interception CA; clients must trust it (`ghgate ca export`)");
+    Ok(created)
+}
+
+/// The gateway's own HTTPS client (JWKS, GitHub App tokens), its names resolved like the
+/// intercept set's (`[dns]`, overrides included).
+/// Shares the upstream pool's root store: loading the system's roots again would slow every
+/// (re)start, and a restart must be quick (connections are refused meanwhile).
+fn outbound(config: &Config, tls: UpstreamTls) -> anyhow::Result<Outbound> {
+    let resolver = Arc::new(Resolver::new(&config.dns, &config.dns_servers())?);
+    Ok(Outbound::new(
+        tls,
+        resolver,
+        Duration::from_secs(config.relay.connect_timeout_secs),
+    ))
+}
+
+fn proxy(
+    config: &Config,
+    ca: Ca,
+    recorder: Option<Arc<Recorder>>,
+    mask: MaskSet,
+    outbound: Outbound,
+    upstream_tls: UpstreamTls,
+) -> anyhow::Result<Proxy<Pipeline>> {
+    let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
+    // The static tokens are masked by exact value everywhere, from the start.
+    let statics: Vec<(String, Vec<u8>)> = broker
+        .static_tokens()
+        .iter()
+        .map(|t| ("brokered".to_owned(), t.expose().as_bytes().to_vec()))
+        .collect();
+    let mask = Arc::new(mask.with_exact(&statics));
+    mask::set_log_masker(mask.logs.clone());
+    if let Some(r) = &recorder {
+        r.set_masker(mask.records.clone());
+    }
+    let enforcer = Enforcer::start(config, outbound.clone(), recorder.clone())?;
+    let oidc =
+        (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
+    let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
+    let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
+    let github = Arc::new(config.github_hosts());
+    Ok(Proxy {
+        relay: Relay {
+            connect_timeout,
+            recorder: recorder.clone(),
+        },
+        tls: config.tls.clone(),
+        leaves: Arc::new(LeafCache::new(ca, capacity)),
+        pool: {
+            let pool = Arc::new(Pool::new(upstream_tls, connect_timeout));
+            pool.spawn_sweeper();
+            pool
+        },
+        phases: Arc::new(Pipeline {
+            recorder,
+            mask,
+            broker,
+            oidc,
+            enforcer,
+            github: github.clone(),
+        }),
+        settings: Settings {
+            limits: Limits::from(&config.http),
+            github: github.clone(),
+        },
+    })
+}
