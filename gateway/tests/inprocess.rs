@@ -31,7 +31,8 @@ use ghgate_test_support::{
 /// goes to.
 struct InProcess {
     /// The gateway's runtime (the test upstream runs one of its own).
-    _rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
+    recorder: Option<Arc<ghgate::record::Recorder>>,
     config: Config,
     /// ghgate's CA, for clients.
     ca_file: PathBuf,
@@ -65,7 +66,7 @@ impl InProcess {
             .build()
             .unwrap();
         let _entered = rt.enter();
-        let Assembled { proxy, .. } = assemble(&config).unwrap();
+        let Assembled { proxy, recorder, .. } = assemble(&config).unwrap();
         let listener = listen::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let listen = listener.local_addr().unwrap();
         // Every connection is this test process calling the upstream, as the kernel would say.
@@ -86,7 +87,8 @@ impl InProcess {
         let ca_file = ca::dir(&config.state_dir).join(ca::CERT_FILE);
         drop(_entered);
         Self {
-            _rt: rt,
+            rt,
+            recorder,
             config,
             ca_file,
             listen,
@@ -107,6 +109,14 @@ impl InProcess {
             .arg(format!("https://{name}:{port}{path}"))
             .output()
             .expect("run curl")
+    }
+
+    /// Stops recording in order: everything queued is written and the segment sealed.
+    fn stop_recording(&self) {
+        if let Some(r) = &self.recorder {
+            self.rt.block_on(r.flush()).unwrap();
+            r.stop();
+        }
     }
 
     /// The sessions the store's index lists, once it has caught up with `want` exchanges.
@@ -195,4 +205,132 @@ fn a_denied_api_write_never_reaches_the_upstream() {
     let ok = g.curl("api.github.com", "/repos/o/r", &[]);
     assert!(text(&ok).ends_with("\n200"), "{}", text(&ok));
     assert_eq!(g.upstream.served(), 1);
+}
+
+/// Where the store written by `write_the_compatibility_store` is kept: a store in today's
+/// on-disk format that every later version must still verify, list, show and export.
+fn compat_store() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-2026-12")
+}
+
+/// Writes the compatibility store (segments and the recorder's public key, no private key and no
+/// index) from real traffic through the in-process gateway. Run it only when the on-disk format
+/// changes on purpose: `cargo test -p ghgate --test inprocess -- --ignored write_the_compat`.
+#[test]
+#[ignore = "regenerates a committed fixture"]
+fn write_the_compatibility_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "default = \"allow\"\n[[rule]]\nname = \"no-deletes\"\naction = \"deny\"\nmethod = [\"DELETE\"]\nmessage = \"deletes are not allowed\"\n",
+    )
+    .unwrap();
+    let g = InProcess::start(
+        &["api.github.com", "api.githubcopilot.com"],
+        &format!("[policy]\nfile = {:?}\n", policy.display().to_string()),
+    );
+    for (name, path, args) in [
+        (
+            "api.github.com",
+            "/repos/o/r",
+            vec![
+                "-H",
+                "Authorization: Bearer ghp_C0mpatSt0reT0kenN0tRealAtAll012345678",
+            ],
+        ),
+        ("api.githubcopilot.com", "/sse?n=3", vec!["-N"]),
+        (
+            "api.github.com",
+            "/repos/o/r/git/refs/heads/main",
+            vec!["-X", "DELETE"],
+        ),
+        ("api.github.com", "/user", vec!["-H", "Host: evil.example"]),
+        ("elsewhere.example", "/", vec![]),
+    ] {
+        let _ = g.curl(name, path, &args);
+    }
+    g.sessions_with(4);
+    let record = g.config.record_dir();
+    let key =
+        ghgate::record::store::load_or_create_key(&ghgate::record::recorder::key_path(&record)).unwrap();
+    let out = compat_store();
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(out.join("segments")).unwrap();
+    g.stop_recording();
+    for e in std::fs::read_dir(record.join("segments")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), out.join("segments").join(e.file_name())).unwrap();
+    }
+    std::fs::write(
+        out.join("recorder.pub.pem"),
+        ghgate::record::store::public_key_pem(&key),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_store_written_by_an_earlier_version_verifies_and_reads_the_same() {
+    use ghgate::record::{export, model::Record, session::SessionView, store};
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record");
+    std::fs::create_dir_all(record.join("segments")).unwrap();
+    for e in std::fs::read_dir(compat_store().join("segments")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), record.join("segments").join(e.file_name())).unwrap();
+    }
+    let key = store::load_public_key(&compat_store().join("recorder.pub.pem")).unwrap();
+    let report = store::verify(&record, &key, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.records > 0, "{report:?}");
+    let index_file = index_path(&record);
+    Index::rebuild(&index_file, &record).unwrap();
+    let index = Index::open_read_only(&index_file).unwrap();
+    index.check(&record).unwrap();
+
+    // Every record reads back as the same JSON it was written as.
+    let records: Vec<Record> = store::read_records(&record)
+        .unwrap()
+        .map(|r| r.unwrap().1)
+        .collect();
+    let kinds: Vec<&str> = records.iter().map(ghgate::record::index::kind_name).collect();
+    for kind in [
+        "session_start",
+        "connection",
+        "request",
+        "exchange",
+        "stream_event",
+        "decision",
+        "refusal",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} record in {kinds:?}");
+    }
+    let sessions = index.sessions(&SessionFilter::default()).unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let view = SessionView::load(&record, &index, &sessions[0].id).unwrap();
+    let urls: Vec<String> = view
+        .exchanges
+        .iter()
+        .filter_map(|x| {
+            x.exchange
+                .as_ref()
+                .map(|e| format!("{} {} {}", e.method, e.url, e.status))
+        })
+        .collect();
+    for want in ["GET", "DELETE", "421"] {
+        assert!(urls.iter().any(|u| u.contains(want)), "{want} not in {urls:?}");
+    }
+    assert!(
+        view.exchanges.iter().any(|x| x.events.len() == 3),
+        "the SSE stream's three events"
+    );
+    assert_eq!(view.refusals.len(), 1, "the foreign name's refusal");
+    let har = export::to_har(&view);
+    assert!(har["log"]["entries"].as_array().unwrap().len() >= 3);
+    let html = export::to_html(&view);
+    assert!(html.contains("/repos/o/r"));
+    // No credential survives in the store.
+    for r in &records {
+        let json = serde_json::to_string(r).unwrap();
+        assert!(!json.contains("C0mpatSt0reT0ken"), "a token in a record: {json}");
+    }
 }
