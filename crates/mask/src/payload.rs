@@ -71,33 +71,7 @@ pub struct Text<'a> {
 /// The texts an event of a streamed completion carries (the JSON of one SSE event's data).
 pub fn event_texts(v: &Value) -> Vec<Text<'_>> {
     let mut out = Vec::new();
-    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-        for (j, c) in choices.iter().enumerate() {
-            let choice = index_or(c, j);
-            if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
-                out.push(text(
-                    Stream::Choice(choice),
-                    format!("/choices/{j}/delta/content"),
-                    t,
-                ));
-            } else if let Some(t) = c.get("text").and_then(Value::as_str) {
-                out.push(text(Stream::Choice(choice), format!("/choices/{j}/text"), t));
-            }
-            let calls = c.pointer("/delta/tool_calls").and_then(Value::as_array);
-            for (k, call) in calls.into_iter().flatten().enumerate() {
-                if let Some(t) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                    let stream = Stream::ToolArguments {
-                        choice,
-                        call: index_or(call, k),
-                    };
-                    out.push(text(
-                        stream,
-                        format!("/choices/{j}/delta/tool_calls/{k}/function/arguments"),
-                        t,
-                    ));
-                }
-            }
-        }
+    if choice_texts(v, "delta", &mut out) {
         return out;
     }
     let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
@@ -112,10 +86,7 @@ pub fn event_texts(v: &Value) -> Vec<Text<'_>> {
             ("partial_json", Stream::BlockJson(block)),
             ("thinking", Stream::BlockThinking(block)),
         ];
-        if let Some((name, stream, t)) = fields.into_iter().find_map(|(name, stream)| {
-            let t = v.get("delta")?.get(name)?.as_str()?;
-            Some((name, stream, t))
-        }) {
+        if let Some((name, stream, t)) = first_string(v.get("delta"), fields) {
             out.push(text(stream, format!("/delta/{name}"), t));
         }
     }
@@ -177,47 +148,18 @@ pub fn event_end(v: &Value) -> Option<End> {
 /// `message`, Responses API `output[]` of a `response`.
 pub fn body_texts(v: &Value) -> Vec<Text<'_>> {
     let mut out = Vec::new();
-    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-        for (j, c) in choices.iter().enumerate() {
-            let choice = index_or(c, j);
-            if let Some(t) = c.pointer("/message/content").and_then(Value::as_str) {
-                out.push(text(
-                    Stream::Choice(choice),
-                    format!("/choices/{j}/message/content"),
-                    t,
-                ));
-            } else if let Some(t) = c.get("text").and_then(Value::as_str) {
-                out.push(text(Stream::Choice(choice), format!("/choices/{j}/text"), t));
-            }
-            let calls = c.pointer("/message/tool_calls").and_then(Value::as_array);
-            for (k, call) in calls.into_iter().flatten().enumerate() {
-                if let Some(t) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                    let stream = Stream::ToolArguments {
-                        choice,
-                        call: index_or(call, k),
-                    };
-                    out.push(text(
-                        stream,
-                        format!("/choices/{j}/message/tool_calls/{k}/function/arguments"),
-                        t,
-                    ));
-                }
-            }
-        }
+    if choice_texts(v, "message", &mut out) {
         return out;
     }
     match v.get("type").or_else(|| v.get("object")).and_then(Value::as_str) {
         Some("message") => {
             let blocks = v.get("content").and_then(Value::as_array);
             for (n, block) in blocks.into_iter().flatten().enumerate() {
-                let n64 = n as u64;
-                let found = [
-                    ("text", Stream::BlockText(n64)),
-                    ("thinking", Stream::BlockThinking(n64)),
-                ]
-                .into_iter()
-                .find_map(|(name, stream)| Some((name, stream, block.get(name)?.as_str()?)));
-                if let Some((name, stream, t)) = found {
+                let fields = [
+                    ("text", Stream::BlockText(n as u64)),
+                    ("thinking", Stream::BlockThinking(n as u64)),
+                ];
+                if let Some((name, stream, t)) = first_string(Some(block), fields) {
                     out.push(text(stream, format!("/content/{n}/{name}"), t));
                 }
             }
@@ -258,6 +200,51 @@ pub fn body_texts(v: &Value) -> Vec<Text<'_>> {
         _ => {}
     }
     out
+}
+
+/// The texts of OpenAI `choices[]`, each choice's text and tool calls under `part` (`delta` in an
+/// event, `message` in a body) or, for legacy completions, its `text`. False when there are no
+/// `choices`.
+fn choice_texts<'a>(v: &'a Value, part: &str, out: &mut Vec<Text<'a>>) -> bool {
+    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+        return false;
+    };
+    for (j, c) in choices.iter().enumerate() {
+        let choice = index_or(c, j);
+        let inner = c.get(part);
+        if let Some(t) = inner.and_then(|d| d.get("content")).and_then(Value::as_str) {
+            out.push(text(
+                Stream::Choice(choice),
+                format!("/choices/{j}/{part}/content"),
+                t,
+            ));
+        } else if let Some(t) = c.get("text").and_then(Value::as_str) {
+            out.push(text(Stream::Choice(choice), format!("/choices/{j}/text"), t));
+        }
+        let calls = inner.and_then(|d| d.get("tool_calls")).and_then(Value::as_array);
+        for (k, call) in calls.into_iter().flatten().enumerate() {
+            if let Some(t) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                let stream = Stream::ToolArguments {
+                    choice,
+                    call: index_or(call, k),
+                };
+                let pointer = format!("/choices/{j}/{part}/tool_calls/{k}/function/arguments");
+                out.push(text(stream, pointer, t));
+            }
+        }
+    }
+    true
+}
+
+/// The first of `fields` that `obj` holds as a string: its name, its stream and the string.
+fn first_string<'a, const N: usize>(
+    obj: Option<&'a Value>,
+    fields: [(&'static str, Stream); N],
+) -> Option<(&'static str, Stream, &'a str)> {
+    let obj = obj?;
+    fields
+        .into_iter()
+        .find_map(|(name, stream)| Some((name, stream, obj.get(name)?.as_str()?)))
 }
 
 fn text(stream: Stream, pointer: String, text: &str) -> Text<'_> {

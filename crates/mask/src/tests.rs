@@ -284,11 +284,34 @@ fn expected_of(m: &Masker, parts: &[Part]) -> (String, Vec<Finding>) {
     (out, findings)
 }
 
-/// Streams `input` cut at `cuts` (positions, any order, duplicates allowed).
-fn stream_cuts(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Finding>) {
+/// A masker fed chunk by chunk: the streaming masker and the SSE masker alike.
+trait Feed {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Vec<Finding>;
+    fn finish(&mut self, out: &mut Vec<u8>) -> Vec<Finding>;
+}
+
+impl Feed for StreamMasker {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Vec<Finding> {
+        StreamMasker::push(self, chunk, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> Vec<Finding> {
+        StreamMasker::finish(self, out)
+    }
+}
+
+impl Feed for SseMasker {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Vec<Finding> {
+        SseMasker::push(self, chunk, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> Vec<Finding> {
+        SseMasker::finish(self, out)
+    }
+}
+
+/// Feeds `input` cut at `cuts` (positions, any order, duplicates allowed).
+fn feed_cuts(mut s: impl Feed, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Finding>) {
     let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
     cuts.sort_unstable();
-    let mut s = m.stream();
     let (mut out, mut findings, mut from) = (Vec::new(), Vec::new(), 0);
     for c in cuts.into_iter().chain([input.len()]) {
         findings.extend(s.push(&input[from..c], &mut out));
@@ -296,6 +319,11 @@ fn stream_cuts(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Findin
     }
     findings.extend(s.finish(&mut out));
     (out, findings)
+}
+
+/// Streams `input` cut at `cuts`.
+fn stream_cuts(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Finding>) {
+    feed_cuts(m.stream(), input, cuts)
 }
 
 /// Streams `input` in chunks of `size` bytes.

@@ -269,28 +269,32 @@ impl SseParser {
                     }
                     let end = line_end(input, i);
                     self.value_bytes(field, &input[i..end]);
-                    self.block_bytes += (end - i) as u64;
-                    i = end;
-                    if let Some(&eol) = input.get(end) {
-                        i += 1;
-                        self.block_bytes += 1;
-                        self.after_cr = eol == b'\r';
+                    if self.rest_of_line(input, &mut i, end) {
                         self.end_line();
                     }
                 }
                 Line::Comment => {
                     let end = line_end(input, i);
-                    self.block_bytes += (end - i) as u64;
-                    i = end;
-                    if let Some(&eol) = input.get(end) {
-                        i += 1;
-                        self.block_bytes += 1;
-                        self.after_cr = eol == b'\r';
+                    if self.rest_of_line(input, &mut i, end) {
                         self.line = Line::Start;
                     }
                 }
             }
         }
+    }
+
+    /// Moves `i` past the rest of its line (to `end`, where the line's ending is or `input`
+    /// ends) and past the line ending when `input` holds it: true when the line ended.
+    fn rest_of_line(&mut self, input: &[u8], i: &mut usize, end: usize) -> bool {
+        self.block_bytes += (end - *i) as u64;
+        *i = end;
+        let Some(&eol) = input.get(end) else {
+            return false;
+        };
+        *i += 1;
+        self.block_bytes += 1;
+        self.after_cr = eol == b'\r';
+        true
     }
 
     fn field(&self) -> Field {

@@ -262,16 +262,7 @@ fn texts_by_choice(events: &[Event]) -> BTreeMap<String, String> {
 
 /// Feeds `input` cut at `cuts`.
 fn sse_cuts(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Finding>) {
-    let mut cuts = cuts.to_vec();
-    cuts.sort_unstable();
-    let mut s = m.sse_stream();
-    let (mut out, mut findings, mut from) = (Vec::new(), Vec::new(), 0);
-    for c in cuts.into_iter().chain([input.len()]) {
-        findings.extend(s.push(&input[from..c], &mut out));
-        from = c;
-    }
-    findings.extend(s.finish(&mut out));
-    (out, findings)
+    feed_cuts(m.sse_stream(), input, cuts)
 }
 
 /// The output at 1-byte chunks, random chunks and whole, checked to be one and the same.
