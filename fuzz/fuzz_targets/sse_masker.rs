@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use ghgate::mask::{Masker, Rules};
+use ghgate_mask::{Masker, Rules};
 use ghgate_fuzz::{KEY, Plants, assert_same_output, chunk_sizes, chunks, self_check};
 use libfuzzer_sys::{arbitrary::Unstructured, fuzz_target};
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 //! (output bytes and findings).
 #![no_main]
 
-use ghgate::mask::{Masker, Rules};
+use ghgate_mask::{Masker, Rules};
 use ghgate_fuzz::{KEY, Plants, assert_same_output, chunk_sizes, chunks, key, self_check};
 use libfuzzer_sys::{arbitrary::Unstructured, fuzz_target};
 

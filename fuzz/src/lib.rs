@@ -3,12 +3,12 @@
 //!
 //! The planted secrets are assembled at run time, so no file of the repository holds one literally
 //! (secret scanners, ghgate's own included, would flag it). Nothing here may rely on the masker's
-//! internals: only on the public API of `ghgate::mask` and the documented replacement format.
+//! internals: only on the public API of `ghgate-mask` and the documented replacement format.
 #![forbid(unsafe_code)]
 
 use std::sync::LazyLock;
 
-use ghgate::mask::{Finding, Masker};
+use ghgate_mask::{Finding, Masker};
 use libfuzzer_sys::arbitrary::Unstructured;
 
 /// The fingerprint key of every masker built here: fixed, so a crash reproduces.

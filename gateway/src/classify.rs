@@ -38,7 +38,9 @@ use std::fmt;
 
 use http::{HeaderMap, Method, StatusCode, Version, header, request::Parts};
 
-use crate::{glob::glob, mask::encoding::Coding};
+use ghgate_pattern::glob;
+
+use crate::mask::encoding::Coding;
 
 /// Where GitHub serves what, from one setting (`policy.api_url`): the REST API and GraphQL
 /// host, the host git smart HTTP is served from, and the uploads host.

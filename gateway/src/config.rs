@@ -9,6 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use ghgate_pattern::name_matches;
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -57,7 +58,7 @@ pub struct Config {
     #[serde(default)]
     pub record: RecordConfig,
     #[serde(default)]
-    pub mask: MaskConfig,
+    pub mask: ghgate_mask::MaskConfig,
     #[serde(default)]
     pub oidc: OidcConfig,
     #[serde(default)]
@@ -254,85 +255,6 @@ pub struct CredentialRule {
     /// Claims of a validated OIDC token: claim name → glob (string claims) or member (arrays).
     #[serde(default)]
     pub oidc: BTreeMap<String, String>,
-}
-
-/// Secret masking. Records, logs and credential headers are always masked; `responses` says
-/// what clients receive.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct MaskConfig {
-    /// What happens to secrets in responses to clients, unless a `[[mask.route]]` says otherwise.
-    #[serde(default)]
-    pub responses: ResponseMasking,
-    /// Built-in rules to turn off, by id (`ghgate mask --list-rules` lists them).
-    #[serde(default)]
-    pub disable: Vec<String>,
-    /// Per host and path: first match wins.
-    #[serde(default, rename = "route")]
-    pub routes: Vec<MaskRoute>,
-    /// Rules of your own, after the built-in ones.
-    #[serde(default, rename = "rule")]
-    pub rules: Vec<CustomRule>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ResponseMasking {
-    /// Clients receive the masked body.
-    #[default]
-    Mask,
-    /// Clients receive the body as sent; each secret is recorded as an alert.
-    Alert,
-    /// Clients receive the body as sent; the record is still masked.
-    Off,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaskRoute {
-    /// Exact host name or `*.suffix`; `*` alone for any.
-    #[serde(default = "default_any")]
-    pub host: String,
-    /// Path glob (`*` matches any run of characters, `/` included); the query is not matched.
-    #[serde(default = "default_any")]
-    pub path: String,
-    pub responses: ResponseMasking,
-}
-
-fn default_any() -> String {
-    "*".into()
-}
-
-/// Where a custom rule applies.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum MaskPlace {
-    /// Response bodies to clients.
-    Responses,
-    /// Bodies, headers and URLs in session records.
-    Records,
-    /// The gateway's own log lines.
-    Logs,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CustomRule {
-    /// Short name, shown in replacements: letters, digits, `-`, `_`.
-    pub id: String,
-    /// Byte-oriented regex; a group named `secret` marks what is masked (default: the match).
-    pub regex: String,
-    /// Literal starts of a match (ASCII case-insensitive): every match must begin with one.
-    pub keywords: Vec<String>,
-    /// Minimum Shannon entropy of the secret, bits per byte (0 = no check).
-    #[serde(default)]
-    pub min_entropy: f64,
-    #[serde(default = "default_places")]
-    pub places: Vec<MaskPlace>,
-}
-
-fn default_places() -> Vec<MaskPlace> {
-    vec![MaskPlace::Responses, MaskPlace::Records, MaskPlace::Logs]
 }
 
 /// The session recorder (`ghgate sessions …` reads what it writes).
@@ -819,18 +741,6 @@ impl TlsConfig {
     }
 }
 
-/// `pattern` is a name or `*.suffix`.
-pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => {
-            name.len() > suffix.len()
-                && name.ends_with(suffix)
-                && name[..name.len() - suffix.len()].ends_with('.')
-        }
-        None => pattern.eq_ignore_ascii_case(name),
-    }
-}
-
 impl Config {
     /// Where GitHub serves what (from `policy.api_url`), for the classifier and credentials.
     pub fn github_hosts(&self) -> crate::classify::GitHub {
@@ -956,8 +866,8 @@ impl Config {
         if let Err((key, message)) = self.github.validate(&self.tls.ports) {
             return Err(invalid(key, message));
         }
-        if let Err((key, message)) = crate::mask::policy::check(&self.mask) {
-            return Err(invalid(key, message));
+        if let Err(e) = self.mask.validate() {
+            return Err(invalid(e.key, e.message));
         }
         for (name, p) in &self.credentials.profiles {
             let sources = [

@@ -14,7 +14,6 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod enforce;
-pub mod glob;
 pub mod http;
 pub mod identity;
 pub mod keyfile;

@@ -25,7 +25,7 @@ use http_body_util::BodyExt as _;
 
 use crate::{
     classify::GitHub,
-    config::{NoProfile, ResponseMasking},
+    config::NoProfile,
     credentials::{self, Broker, Scheme, Secret, Who},
     enforce::{
         self, Enforcer, Head,
@@ -34,7 +34,7 @@ use crate::{
     http::{self, BodyRefusal, ConnInfo, EndFuture, Exchange, Gate, Outcome, Phases, ProxyBody, websocket},
     identity::oidc::OidcValidator,
     mask::{
-        Finding, Masker, SseMasker, StreamMasker,
+        Finding, Masker, ResponseMasking, SseMasker, StreamMasker,
         encoding::{Coding, Decoder},
         policy::{self, MaskSet},
     },
@@ -542,7 +542,7 @@ impl Phases for Pipeline {
         // The caller's own credential and the brokered token are masked wherever they show up,
         // whatever their format.
         // Static tokens are in the maskers from the start (`MaskSet::with_exact` at load).
-        let mut creds = policy::caller_credentials(&req.headers);
+        let mut creds = crate::mask::caller_credentials(&req.headers);
         if let Some(Credential::Inject(t, _)) = &decision.credential
             && !self.broker.is_static(t)
         {

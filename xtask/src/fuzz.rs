@@ -146,7 +146,7 @@ impl<'a> Fuzz<'a> {
     /// Builds every target (one cargo build), so a build error is not mistaken for a crash.
     fn build(&self) -> Result<()> {
         process::run("building the fuzz targets", &mut self.cargo_fuzz("build"))
-            .context("the fuzz targets do not build (fuzz/ follows the ghgate::mask API)")
+            .context("the fuzz targets do not build (fuzz/ follows the ghgate-mask API)")
     }
 
     /// Fuzzes `target` for `seconds` from a fresh copy of its seeds; an error names the target and

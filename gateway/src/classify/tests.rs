@@ -792,13 +792,12 @@ struct Readings {
     recorded_as: &'static str,
     policy_denies: bool,
     credential: Option<(Scheme, Option<Repo>)>,
-    masking: crate::config::ResponseMasking,
+    masking: crate::mask::ResponseMasking,
 }
 
 fn readings(c: &Classified) -> Readings {
     use crate::{
-        config::MaskConfig,
-        mask::{FingerprintKey, policy::MaskSet},
+        mask::{FingerprintKey, MaskConfig, policy::MaskSet},
         policy::{Action, Policy, Subject, Target},
     };
     let policy = Policy::parse(
@@ -832,7 +831,7 @@ fn every_stage_reads_each_spelling_of_a_push_alike() {
             recorded_as: "push",
             policy_denies: true,
             credential: Some((Scheme::Basic, named("o", "r"))),
-            masking: crate::config::ResponseMasking::Off,
+            masking: crate::mask::ResponseMasking::Off,
         }
     );
     // Spellings GitHub reads as the same push: every stage sees the same push.

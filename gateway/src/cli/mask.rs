@@ -11,8 +11,8 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::{Config, DEFAULT_CONFIG_PATH, MaskConfig},
-    mask::{self, Finding, FingerprintKey, Masker, policy::MaskSet},
+    config::{Config, DEFAULT_CONFIG_PATH},
+    mask::{self, Finding, FingerprintKey, MaskConfig, Masker, policy::MaskSet},
 };
 
 #[derive(Debug, clap::Args)]

@@ -13,13 +13,13 @@ pub mod secret;
 use std::{collections::BTreeMap, sync::Arc};
 
 use base64::Engine as _;
+use ghgate_pattern::glob;
 use http::{HeaderMap, HeaderValue, header};
 
 pub use self::secret::Secret;
 use crate::{
     classify::{Classified, GitHub, Kind, Repo},
     config::{CredentialRule, CredentialsConfig, NoProfile},
-    glob::glob,
     identity::{Caller, ci},
     outbound::Outbound,
 };

@@ -474,7 +474,7 @@ mod tests {
     #[test]
     fn server_text_messages_reach_the_client_masked_at_every_chunking() {
         let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [1; 32]);
-        let tok = crate::mask::tests::github_token("ghp", "Zq8m2Kx4TnR7vB1cW9pL3sJ6hD0fGy");
+        let tok = crate::mask::rules::github_classic_token("ghp", "Zq8m2Kx4TnR7vB1cW9pL3sJ6hD0fGy");
         let text = format!("here: {tok} done");
         let (a, b) = text.as_bytes().split_at(12);
         let mut stream = frame(true, 1, text.as_bytes(), None);

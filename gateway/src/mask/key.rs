@@ -3,8 +3,8 @@
 //! cannot be tested against guessed secrets by anyone who holds only the records.
 use std::path::{Path, PathBuf};
 
-use super::FingerprintKey;
 use crate::keyfile::{self, KeyFileError};
+use ghgate_mask::FingerprintKey;
 
 /// Where the key lives under the state directory.
 pub fn path(state_dir: &Path) -> PathBuf {

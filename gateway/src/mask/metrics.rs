@@ -1,14 +1,11 @@
 //! What the gateway has masked since it started, per rule and place: the counters `ghgate
 //! status` shows. Process-wide, like the kernel's counters; never holds a secret or a
 //! fingerprint, only counts.
-use std::{
-    collections::BTreeMap,
-    sync::{LazyLock, Mutex},
-};
+use std::sync::{LazyLock, Mutex};
 
-use super::Finding;
+use ghgate_mask::{Finding, counts::Counts};
 
-static COUNTS: LazyLock<Mutex<BTreeMap<(String, &'static str), u64>>> = LazyLock::new(Mutex::default);
+static COUNTS: LazyLock<Mutex<Counts>> = LazyLock::new(Mutex::default);
 
 /// Counts secrets masked at `place`.
 pub fn count(found: &[Finding], place: &'static str) {
@@ -16,9 +13,7 @@ pub fn count(found: &[Finding], place: &'static str) {
         return;
     }
     if let Ok(mut counts) = COUNTS.lock() {
-        for f in found {
-            *counts.entry((f.rule.clone(), place)).or_default() += 1;
-        }
+        counts.add(found, place);
     }
 }
 
@@ -26,6 +21,6 @@ pub fn count(found: &[Finding], place: &'static str) {
 pub fn counts() -> Vec<(String, &'static str, u64)> {
     COUNTS
         .lock()
-        .map(|c| c.iter().map(|((r, p), n)| (r.clone(), *p, *n)).collect())
+        .map(|c| c.iter().map(|(r, p, n)| (r.to_owned(), p, n)).collect())
         .unwrap_or_default()
 }

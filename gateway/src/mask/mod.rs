@@ -1,35 +1,21 @@
-//! Streaming secret detection and masking: for what clients receive (where configured) and for
-//! everything the gateway records or logs.
+//! Masking in the daemon: the `ghgate-mask` crate (engine, rules, streams, SSE, content decoding,
+//! `[mask]` and its per-route policy, all re-exported here), plus what belongs to a running
+//! gateway: the fingerprint key's file ([`key`]), the process-wide counters ([`metrics`]), the
+//! masker of log lines ([`for_logs`]) and the caller's credentials in a request head
+//! ([`caller_credentials`]).
 //!
-//! A secret is replaced by `[MASKED:<rule>:<fingerprint>]`; the fingerprint is a short keyed
-//! hash (HMAC-SHA256 under a key local to this gateway), so one secret is recognisable across
-//! records and sessions without being revealed. This module must never write a secret anywhere,
-//! and must never let a body's output depend on how it was chunked.
-pub mod encoding;
-mod engine;
+//! Must never write a secret anywhere: log lines go through [`for_logs`].
 pub mod key;
 pub mod metrics;
-pub mod policy;
-pub mod rules;
-pub mod sse;
-pub mod stream;
-mod teddy;
 
-use std::{fmt, sync::Arc};
+use std::sync::OnceLock;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-pub use self::{
-    engine::{CompileError, MIN_EXACT_LEN},
-    rules::{Rule, Rules, Validator},
-    sse::SseMasker,
-    stream::{Piece, StreamMasker},
-};
+use base64::Engine as _;
+pub use ghgate_mask::*;
 
 /// The masker for the gateway's own log lines, set once at start (`ghgate run`); until then,
 /// and in tools that never set it, the built-in rules under a one-off key.
-static LOG_MASKER: std::sync::OnceLock<Masker> = std::sync::OnceLock::new();
+static LOG_MASKER: OnceLock<Masker> = OnceLock::new();
 
 /// Makes `masker` the one log lines go through. Only the first call counts.
 pub fn set_log_masker(masker: Masker) {
@@ -47,101 +33,46 @@ pub fn for_logs(text: &str) -> String {
     masker.mask_str(text).0
 }
 
-/// One masked secret: which rule found it, its fingerprint, and where it was in the input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub rule: String,
-    pub fingerprint: String,
-    /// Offset of the secret's first byte in the input stream.
-    pub offset: u64,
-    /// The secret's length in bytes.
-    pub len: usize,
-}
-
-impl Finding {
-    /// The text that stands in for the secret.
-    pub fn replacement(&self) -> String {
-        format!("[MASKED:{}:{}]", self.rule, self.fingerprint)
-    }
-}
-
-/// The key under which fingerprints are computed. Never printed, never exported.
-#[derive(Clone)]
-pub struct FingerprintKey(Arc<[u8; 32]>);
-
-impl FingerprintKey {
-    pub fn new(bytes: [u8; 32]) -> Self {
-        Self(Arc::new(bytes))
-    }
-}
-
-impl fmt::Debug for FingerprintKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FingerprintKey(***)")
-    }
-}
-
-/// A compiled rule set with its fingerprint key, and any exact values to mask besides. Cheap
-/// to clone; shared by every stream.
-#[derive(Clone)]
-pub struct Masker {
-    compiled: Arc<engine::Compiled>,
-    key: FingerprintKey,
-    exact: Option<Arc<engine::Exact>>,
-}
-
-impl fmt::Debug for Masker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Masker")
-            .field("rules", &self.compiled.rule_ids().collect::<Vec<_>>())
-            .field("exact_values", &self.exact.as_ref().map_or(0, |e| e.len()))
-            .finish()
-    }
-}
-
-impl Masker {
-    /// A masker for `rules`. Panics if they do not compile: for the built-in rules, which
-    /// tests compile; configured rules go through [`Masker::try_new`].
-    pub fn new(rules: Rules, key: [u8; 32]) -> Masker {
-        Masker::try_new(rules, FingerprintKey::new(key)).expect("the rules compile")
-    }
-
-    pub fn try_new(rules: Rules, key: FingerprintKey) -> Result<Masker, CompileError> {
-        Ok(Masker {
-            compiled: Arc::new(engine::Compiled::new(&rules)?),
-            key,
-            exact: None,
-        })
-    }
-
-    /// This masker, also masking each of `values` wherever it appears, under its label (the
-    /// rule name in the replacement). Values shorter than [`MIN_EXACT_LEN`] are ignored.
-    pub fn with_exact(&self, values: &[(String, Vec<u8>)]) -> Masker {
-        let mut all: Vec<(String, Vec<u8>)> = self.exact.as_ref().map(|e| e.entries()).unwrap_or_default();
-        all.extend(values.iter().cloned());
-        Masker {
-            compiled: self.compiled.clone(),
-            key: self.key.clone(),
-            exact: engine::Exact::new(&all).map(Arc::new),
+/// The caller's own credentials in a request head, to be masked by exact value wherever they
+/// appear: bearer/token values, and the password of basic auth (and the base64 form itself).
+pub fn caller_credentials(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    // `Proxy-Authorization` never gets this far: it is hop-by-hop, stripped before any stage.
+    for value in headers.get_all(http::header::AUTHORIZATION) {
+        let v = value.as_bytes();
+        let (scheme, rest) = match v.iter().position(|&b| b == b' ') {
+            Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
+            None => (&b""[..], v.trim_ascii()),
+        };
+        out.push(("credential".to_owned(), rest.to_vec()));
+        if scheme.eq_ignore_ascii_case(b"basic")
+            && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest)
+            && let Some(colon) = decoded.iter().position(|&b| b == b':')
+        {
+            out.push(("credential".to_owned(), decoded[colon + 1..].to_vec()));
         }
     }
-
-    /// The fingerprint of a secret: the first 12 hex digits of its HMAC-SHA256.
-    pub fn fingerprint(&self, secret: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key.0[..]).expect("HMAC takes any key length");
-        mac.update(secret);
-        hex::encode(&mac.finalize().into_bytes()[..6])
+    for name in ["x-github-token", "x-api-key", "api-key", "private-token"] {
+        for value in headers.get_all(name) {
+            out.push(("credential".to_owned(), value.as_bytes().trim_ascii().to_vec()));
+        }
     }
+    out.retain(|(_, v)| v.len() >= MIN_EXACT_LEN);
+    out
+}
 
-    /// The ids of the rules, in order.
-    pub fn rule_ids(&self) -> Vec<String> {
-        self.compiled.rule_ids().map(str::to_owned).collect()
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// An SSE-aware masker for one `text/event-stream` body.
-    pub fn sse_stream(&self) -> SseMasker {
-        SseMasker::new(self.clone())
+    #[test]
+    fn caller_credentials_from_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            "Basic eC1hY2Nlc3MtdG9rZW46c2VjcmV0dmFsdWUxMjM=".parse().unwrap(),
+        );
+        let creds = caller_credentials(&h);
+        assert!(creds.iter().any(|(_, v)| v == b"secretvalue123"), "{creds:?}");
     }
 }
-#[cfg(test)]
-pub(crate) mod tests;

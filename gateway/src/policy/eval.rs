@@ -10,13 +10,14 @@
 //! refs, file paths, executables, cgroups, CI workflow names and OIDC claims compare exactly.
 use std::fmt;
 
+use ghgate_pattern::glob;
 use serde::Deserialize;
 
 use super::{
     Action, Policy, Rule, RuleRef, Verdict,
     facts::{GitService, Paths, RefKind, RefUpdate, Subject, Target},
 };
-use crate::{classify::Repo, glob::glob};
+use crate::classify::Repo;
 
 /// A `ref_op` of a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

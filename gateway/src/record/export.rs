@@ -18,6 +18,7 @@ use super::{
         size,
     },
 };
+use crate::mask::payload;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -1171,39 +1172,19 @@ fn part_text(v: &Value) -> String {
     }
 }
 
-/// The text of a non-streamed LLM answer: OpenAI `choices[].message.content` / `choices[].text`,
-/// Anthropic `content[].text`.
+/// The model text of a non-streamed LLM answer, per choice, tool call or content block, in the
+/// shapes [`crate::mask::payload`] knows.
 fn answer(body: &[u8]) -> Vec<Completion> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
-        for (n, c) in choices.iter().enumerate() {
-            let text = c
-                .pointer("/message/content")
-                .and_then(|t| t.as_str())
-                .or_else(|| c.get("text").and_then(|t| t.as_str()));
-            if let Some(t) = text {
-                out.push(Completion {
-                    part: format!("choice {n}"),
-                    text: t.to_owned(),
-                });
-            }
-        }
-    } else if v.get("type").and_then(|t| t.as_str()) == Some("message")
-        && let Some(content) = v.get("content").and_then(|c| c.as_array())
-    {
-        for (n, block) in content.iter().enumerate() {
-            if let Some(t) = block.get("text").and_then(|t| t.as_str()) {
-                out.push(Completion {
-                    part: format!("content block {n}"),
-                    text: t.to_owned(),
-                });
-            }
-        }
-    }
-    out
+    payload::body_texts(&v)
+        .into_iter()
+        .map(|t| Completion {
+            part: t.stream.to_string(),
+            text: t.text.to_owned(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

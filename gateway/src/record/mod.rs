@@ -11,7 +11,6 @@ pub mod model;
 pub mod pack;
 pub mod recorder;
 pub mod session;
-pub mod sse;
 pub mod store;
 
 pub use recorder::Recorder;

@@ -30,14 +30,13 @@ use super::{
     git,
     index::Index,
     model::{self, BodySummary, Direction, Record, StreamKind},
-    sse,
     store::{self, Store, StoreOptions},
 };
 use crate::{
     config::{Config, FsyncPolicy, OnRecordFailure},
     http::{ConnInfo, EndFuture, Exchange, Outcome, websocket},
     identity::{self, Caller},
-    mask::{Finding, Masker},
+    mask::{Finding, Masker, sse},
 };
 
 /// What the writer thread is asked to do.

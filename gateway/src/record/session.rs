@@ -17,6 +17,7 @@ use super::{
         StreamEvent, StreamKind,
     },
 };
+use crate::mask::payload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -386,24 +387,11 @@ impl ExchangeView {
             .or(self.request.as_ref().map(|r| r.url.as_str()))
     }
 
-    /// The text streamed back in SSE events, per choice or content block, for the common LLM
-    /// streaming formats: OpenAI chat and completions (`choices[].delta.content`,
-    /// `choices[].text`), the OpenAI Responses API (`response.output_text.delta`) and Anthropic
-    /// messages (`content_block_delta`).
+    /// The model text streamed back in SSE events, per choice, tool call or content block, in
+    /// the shapes [`crate::mask::payload`] knows (OpenAI chat, completions and Responses API,
+    /// Anthropic messages), each stream's pieces joined, in order of first appearance.
     pub fn completions(&self) -> Vec<Completion> {
         let mut parts: Vec<Completion> = Vec::new();
-        let mut add = |part: String, text: &str| {
-            if text.is_empty() {
-                return;
-            }
-            match parts.iter_mut().find(|c| c.part == part) {
-                Some(c) => c.text.push_str(text),
-                None => parts.push(Completion {
-                    part,
-                    text: text.to_owned(),
-                }),
-            }
-        };
         for e in &self.events {
             if e.kind != StreamKind::Sse || e.dir != Direction::Response {
                 continue;
@@ -411,41 +399,17 @@ impl ExchangeView {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(e.data.trim()) else {
                 continue;
             };
-            let str_at = |v: &serde_json::Value, path: &[&str]| {
-                path.iter()
-                    .try_fold(v, |v, k| v.get(k))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            };
-            match v.get("type").and_then(|t| t.as_str()) {
-                Some("content_block_delta") => {
-                    let block = v.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
-                    if let Some(t) = str_at(&v, &["delta", "text"]) {
-                        add(format!("content block {block}"), &t);
-                    } else if let Some(t) = str_at(&v, &["delta", "thinking"]) {
-                        add(format!("thinking (block {block})"), &t);
-                    } else if let Some(t) = str_at(&v, &["delta", "partial_json"]) {
-                        add(format!("tool input (block {block})"), &t);
-                    }
-                    continue;
-                }
-                Some("response.output_text.delta") => {
-                    let out = v.get("output_index").and_then(|i| i.as_u64()).unwrap_or(0);
-                    if let Some(t) = str_at(&v, &["delta"]) {
-                        add(format!("output {out}"), &t);
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            if let Some(choices) = v.get("choices").and_then(|c| c.as_array()) {
-                for (n, choice) in choices.iter().enumerate() {
-                    let i = choice.get("index").and_then(|i| i.as_u64()).unwrap_or(n as u64);
-                    if let Some(t) =
-                        str_at(choice, &["delta", "content"]).or_else(|| str_at(choice, &["text"]))
-                    {
-                        add(format!("choice {i}"), &t);
-                    }
+            for t in payload::event_texts(&v)
+                .into_iter()
+                .filter(|t| !t.text.is_empty())
+            {
+                let part = t.stream.to_string();
+                match parts.iter_mut().find(|c| c.part == part) {
+                    Some(c) => c.text.push_str(t.text),
+                    None => parts.push(Completion {
+                        part,
+                        text: t.text.to_owned(),
+                    }),
                 }
             }
         }
@@ -1249,6 +1213,38 @@ pub(crate) mod tests {
         assert_eq!(cut.started_at(), T0 + 3_000_000);
         assert_eq!(cut.request_body, b"{\"prompt\":\"cut\"}");
         assert_eq!(cut.completions()[0].text, "par");
+    }
+
+    /// Every stream of model text the masker reassembles is shown, named: tool-call arguments
+    /// and the Responses API's other kinds of text included.
+    #[test]
+    fn completions_name_every_stream_of_model_text() {
+        let events = [
+            r#"{"choices":[{"index":0,"delta":{"content":"I'll look"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"ls","arguments":"{\"pa"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"th\":1}"}}]}}]}"#,
+            r#"{"type":"response.function_call_arguments.delta","output_index":1,"delta":"{}"}"#,
+            r#"{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":"ok"}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"thinking_delta","thinking":"hm"}}"#,
+        ];
+        let mut recs = vec![start("s1")];
+        for (i, e) in events.iter().enumerate() {
+            recs.push(sse(1, T0 + i as u64, i as u64, None, e));
+        }
+        let view = SessionView::from_records(recs).unwrap();
+        let got: Vec<(String, String)> = view.exchanges[0]
+            .completions()
+            .into_iter()
+            .map(|c| (c.part, c.text))
+            .collect();
+        let want = [
+            ("choice 0", "I'll look"),
+            ("tool call 0 (choice 0)", "{\"path\":1}"),
+            ("function_call_arguments (output 1)", "{}"),
+            ("output 0", "ok"),
+            ("thinking (block 2)", "hm"),
+        ];
+        assert_eq!(got, want.map(|(p, t)| (p.to_owned(), t.to_owned())));
     }
 
     #[test]

@@ -262,16 +262,7 @@ fn texts_by_choice(events: &[Event]) -> BTreeMap<String, String> {
 
 /// Feeds `input` cut at `cuts`.
 fn sse_cuts(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Finding>) {
-    let mut cuts = cuts.to_vec();
-    cuts.sort_unstable();
-    let mut s = m.sse_stream();
-    let (mut out, mut findings, mut from) = (Vec::new(), Vec::new(), 0);
-    for c in cuts.into_iter().chain([input.len()]) {
-        findings.extend(s.push(&input[from..c], &mut out));
-        from = c;
-    }
-    findings.extend(s.finish(&mut out));
-    (out, findings)
+    feed_cuts(m.sse_stream(), input, cuts)
 }
 
 /// The output at 1-byte chunks, random chunks and whole, checked to be one and the same.
@@ -412,6 +403,98 @@ fn crlf_streams_are_masked_and_keep_their_line_endings() {
         let input = stream_of(shape, &pieces, "\r\n");
         assert_sse_masked(&m, &input, "\r\n", &[&tok]);
     }
+}
+
+/// A lone CR ends a line, as the WHATWG rules (and browsers) read SSE. The masker used to keep a
+/// lone CR inside its line: a stream ended that way was one never-ending line to it, held whole
+/// until the end of the body and then masked as plain text, where a secret split across events
+/// is cut apart by JSON syntax and got through. Read as the client reads it, each event is
+/// reassembled and masked, and goes out once decided.
+#[test]
+fn lone_cr_streams_are_read_as_clients_read_them() {
+    let m = masker();
+    let mut rng = Rng::new(74);
+    for shape in [Shape::Chat, Shape::Completions, Shape::Anthropic] {
+        let tok = classic(&mut rng, "ghp");
+        let text = sentence(&tok);
+        let pieces: Vec<(u64, String)> = split(&text, &tok, 3).into_iter().map(|p| (0, p)).collect();
+        let input = stream_of(shape, &pieces, "\r");
+        assert_sse_masked(&m, &input, "\r", &[&tok]);
+
+        let mut s = m.sse_stream();
+        let mut out = Vec::new();
+        s.push(input.as_bytes(), &mut out);
+        assert!(
+            parse_sse(&out, "\r").len() >= pieces.len(),
+            "{shape:?}: events are held until the end of the body"
+        );
+    }
+    // The parser's reading of the same bytes: two data lines, not one holding a CR.
+    let mut p = crate::sse::SseParser::new();
+    let events = p.feed(b"data: a\rdata: b\r\r");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].data, "a\nb");
+}
+
+/// An event whose bytes exceed [`crate::sse::MAX_EVENT_DATA`] (the parser's cap on one event)
+/// is not held whole: the masker used to buffer an event until its blank line, without bound.
+/// Past the cap its bytes go out masked as plain text as they arrive, after every event
+/// before it, and a secret in it is still masked.
+#[test]
+fn an_event_past_the_cap_streams_through_masked() {
+    let m = masker();
+    let mut rng = Rng::new(75);
+    let tok = classic(&mut rng, "ghp");
+    let cap = crate::sse::MAX_EVENT_DATA;
+    let before = event(None, &chat_chunk(json!({"content": "held? "}), 0, None), "\n");
+    let mut input = before.clone().into_bytes();
+    input.extend_from_slice(b"data: ");
+    let filler = "lorem ipsum dolor sit amet ".repeat(cap / 27 * 3);
+    let (head, tail) = filler.split_at(filler.len() / 2);
+    input.extend_from_slice(head.as_bytes());
+    input.extend_from_slice(format!(" {tok} ").as_bytes());
+    input.extend_from_slice(tail.as_bytes());
+    input.extend_from_slice(b"\n\n");
+    let after = event(
+        None,
+        &chat_chunk(json!({"content": "after"}), 0, Some("stop")),
+        "\n",
+    );
+    input.extend_from_slice(after.as_bytes());
+
+    let mut s = m.sse_stream();
+    let mut out = Vec::new();
+    let mut findings = Vec::new();
+    let mut fed = 0;
+    for chunk in input.chunks(64 * 1024) {
+        findings.extend(s.push(chunk, &mut out));
+        fed += chunk.len();
+        if fed > before.len() + 2 * cap {
+            assert!(
+                out.len() + cap >= fed,
+                "{} bytes held after {fed} fed",
+                fed - out.len()
+            );
+        }
+    }
+    findings.extend(s.finish(&mut out));
+    let out = lossy(&out);
+    assert!(
+        out.starts_with(&before),
+        "the event before it goes out first, as it was"
+    );
+    assert!(!out.contains(&tok));
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(out.ends_with(&after));
+    assert_eq!(
+        out.len(),
+        input.len() - tok.len() + findings[0].replacement().len()
+    );
+    // The same whatever the chunking.
+    let (whole, _) = sse_cuts(&m, &input, &[]);
+    assert_eq!(lossy(&whole), out);
+    let (odd, _) = sse_cuts(&m, &input, &[before.len() + cap - 3, before.len() + cap + 5]);
+    assert_eq!(lossy(&odd), out);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 
 use super::*;
+use crate::rules::github_classic_token as github_token;
 
 mod exact;
 mod fingerprints;
@@ -23,19 +24,6 @@ fn masker() -> Masker {
     MASKER
         .get_or_init(|| Masker::new(Rules::builtin(), [7; 32]))
         .clone()
-}
-
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// A classic GitHub token with a valid checksum, assembled at run time.
-pub(crate) fn github_token(prefix: &str, random: &str) -> String {
-    let mut crc = crc32fast::hash(random.as_bytes());
-    let mut check = [b'0'; 6];
-    for d in check.iter_mut().rev() {
-        *d = BASE62[(crc % 62) as usize];
-        crc /= 62;
-    }
-    format!("{prefix}_{random}{}", std::str::from_utf8(&check).unwrap())
 }
 
 #[test]
@@ -296,11 +284,34 @@ fn expected_of(m: &Masker, parts: &[Part]) -> (String, Vec<Finding>) {
     (out, findings)
 }
 
-/// Streams `input` cut at `cuts` (positions, any order, duplicates allowed).
-fn stream_cuts(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Finding>) {
+/// A masker fed chunk by chunk: the streaming masker and the SSE masker alike.
+trait Feed {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Vec<Finding>;
+    fn finish(&mut self, out: &mut Vec<u8>) -> Vec<Finding>;
+}
+
+impl Feed for StreamMasker {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Vec<Finding> {
+        StreamMasker::push(self, chunk, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> Vec<Finding> {
+        StreamMasker::finish(self, out)
+    }
+}
+
+impl Feed for SseMasker {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Vec<Finding> {
+        SseMasker::push(self, chunk, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> Vec<Finding> {
+        SseMasker::finish(self, out)
+    }
+}
+
+/// Feeds `input` cut at `cuts` (positions, any order, duplicates allowed).
+fn feed_cuts(mut s: impl Feed, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Finding>) {
     let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
     cuts.sort_unstable();
-    let mut s = m.stream();
     let (mut out, mut findings, mut from) = (Vec::new(), Vec::new(), 0);
     for c in cuts.into_iter().chain([input.len()]) {
         findings.extend(s.push(&input[from..c], &mut out));
@@ -308,6 +319,11 @@ fn stream_cuts(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Findin
     }
     findings.extend(s.finish(&mut out));
     (out, findings)
+}
+
+/// Streams `input` cut at `cuts`.
+fn stream_cuts(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Finding>) {
+    feed_cuts(m.stream(), input, cuts)
 }
 
 /// Streams `input` in chunks of `size` bytes.
@@ -503,6 +519,8 @@ fn these_tests_hold_no_literal_secret() {
         ("tests/per_rule.rs", include_str!("tests/per_rule.rs")),
         ("tests/props.rs", include_str!("tests/props.rs")),
         ("tests/sse_streams.rs", include_str!("tests/sse_streams.rs")),
+        ("sse/parse.rs", include_str!("sse/parse.rs")),
+        ("payload.rs", include_str!("payload.rs")),
     ] {
         let (_, findings) = m.mask_str(source);
         assert!(findings.is_empty(), "{file}: {findings:?}");
@@ -513,12 +531,9 @@ fn these_tests_hold_no_literal_secret() {
 /// records and logs all mask them by exact value, whatever their format.
 #[test]
 fn static_credentials_are_masked_everywhere_from_the_start() {
-    let set = policy::MaskSet::new(
-        &crate::config::MaskConfig::default(),
-        FingerprintKey::new([7; 32]),
-    )
-    .unwrap()
-    .with_exact(&[("brokered".into(), b"plain-looking-static-value-42".to_vec())]);
+    let set = policy::MaskSet::new(&MaskConfig::default(), FingerprintKey::new([7; 32]))
+        .unwrap()
+        .with_exact(&[("brokered".into(), b"plain-looking-static-value-42".to_vec())]);
     let text = "it said plain-looking-static-value-42 and left";
     for (place, m) in [
         ("responses", &set.responses),

@@ -356,13 +356,27 @@ pub fn github_checksum_ok(token: &[u8]) -> bool {
         return false;
     }
     let (random, check) = body.split_at(30);
+    github_checksum(random) == check
+}
+
+/// The checksum of a classic GitHub token: the CRC32 of its random part as 6 base62 digits,
+/// most significant first.
+pub fn github_checksum(random: &[u8]) -> [u8; 6] {
     let mut crc = crc32fast::hash(random);
-    let mut want = [b'0'; 6];
-    for digit in want.iter_mut().rev() {
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
         *digit = BASE62[(crc % 62) as usize];
         crc /= 62;
     }
-    want == check
+    digits
+}
+
+/// A classic-format GitHub token, `<prefix>_<random>` and the checksum of `random` (valid when
+/// `random` is 30 base62 characters). For tests and fuzzing, which assemble tokens at run time
+/// so that no source file holds one.
+pub fn github_classic_token(prefix: &str, random: &str) -> String {
+    let check = github_checksum(random.as_bytes());
+    format!("{prefix}_{random}{}", String::from_utf8_lossy(&check))
 }
 
 /// Shannon entropy of `bytes`, in bits per byte.

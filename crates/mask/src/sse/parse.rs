@@ -1,9 +1,10 @@
-//! A streaming parser for Server-Sent Events (the WHATWG `text/event-stream` format), so the
-//! recorder can store each event of a streamed response as it passes.
+//! A streaming parser for Server-Sent Events (the WHATWG `text/event-stream` format): the
+//! recorder stores each event of a streamed response as it passes, the SSE masker masks each.
 //!
-//! It must never hold more than one event (its data capped at `MAX_EVENT_DATA`, longer data is
-//! cut and the event marked), never buffer a whole body, and never panic: every byte sequence is
-//! a valid event stream, and invalid UTF-8 becomes U+FFFD.
+//! Lines end with CRLF, LF or a lone CR. It must never hold more than one event (its data
+//! capped at `MAX_EVENT_DATA`, longer data is cut and the event marked), never buffer a whole
+//! body, and never panic: every byte sequence is a valid event stream, and invalid UTF-8 becomes
+//! U+FFFD.
 
 /// Data kept per event; the rest is counted in `truncated_from`.
 pub const MAX_EVENT_DATA: usize = 1 << 20;
@@ -11,7 +12,8 @@ pub const MAX_EVENT_DATA: usize = 1 << 20;
 pub const MAX_FIELD_VALUE: usize = 64 << 10;
 /// Longer field names are unknown fields, ignored.
 const MAX_FIELD_NAME: usize = 8;
-const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+/// The byte order mark a stream may start with, skipped once.
+pub(crate) const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 
 /// One dispatched event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +27,17 @@ pub struct SseEvent {
     pub id: Option<String>,
     /// Length in bytes of the whole data when `data` holds only its first `MAX_EVENT_DATA` bytes.
     pub truncated_from: Option<u64>,
+}
+
+/// What a blank line closed: a block of lines, which is an event when it held data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Offset in the chunk just fed of the first byte after the blank line's line ending (for a
+    /// CRLF, after its CR: the LF goes with the next block).
+    pub end: usize,
+    /// The event dispatched, or `None` for a block without data (comments, `event:` alone,
+    /// extra blank lines).
+    pub event: Option<SseEvent>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,23 +128,36 @@ impl SseParser {
     }
 
     /// Like `feed`, appending to `out`.
-    pub fn feed_into(&mut self, mut chunk: &[u8], out: &mut Vec<SseEvent>) {
+    pub fn feed_into(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) {
+        self.feed_with(chunk, &mut |block: Block| out.extend(block.event));
+    }
+
+    /// Like `feed`, but tells every block a blank line closes, event or not, and where in
+    /// `chunk` it ended: for a caller that passes the stream's bytes on block by block.
+    pub fn feed_blocks(&mut self, chunk: &[u8], out: &mut Vec<Block>) {
+        self.feed_with(chunk, &mut |block| out.push(block));
+    }
+
+    fn feed_with(&mut self, mut chunk: &[u8], sink: &mut impl FnMut(Block)) {
         if self.finished {
             return;
         }
+        let mut skipped = 0;
         while let Some(matched) = self.bom {
             let Some((&b, rest)) = chunk.split_first() else {
                 return;
             };
             if b == BOM[matched] {
                 chunk = rest;
+                skipped += 1;
                 self.bom = (matched + 1 < BOM.len()).then_some(matched + 1);
             } else {
                 self.bom = None;
-                self.consume(&BOM[..matched], out);
+                // A BOM's bytes end no line: these end no block, so their offsets never show.
+                self.consume(&BOM[..matched], 0, sink);
             }
         }
-        self.consume(chunk, out);
+        self.consume(chunk, skipped, sink);
     }
 
     /// Ends the stream. An unterminated last event is not dispatched (the spec discards it), but
@@ -141,9 +167,8 @@ impl SseParser {
         if self.finished {
             return None;
         }
-        let mut out = Vec::new();
         if let Some(matched) = self.bom.take() {
-            self.consume(&BOM[..matched], &mut out);
+            self.consume(&BOM[..matched], 0, &mut |_| {});
         }
         self.finished = true;
         if let Line::Name | Line::Value(_) = self.line {
@@ -189,7 +214,8 @@ impl SseParser {
         Some(self.last_id.as_str()).filter(|id| !id.is_empty())
     }
 
-    fn consume(&mut self, input: &[u8], out: &mut Vec<SseEvent>) {
+    /// Parses `input`, whose first byte is at offset `base` of the chunk fed.
+    fn consume(&mut self, input: &[u8], base: usize, sink: &mut impl FnMut(Block)) {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -202,7 +228,7 @@ impl SseParser {
                     b'\r' | b'\n' => {
                         self.after_cr = b == b'\r';
                         i += 1;
-                        self.dispatch(out);
+                        self.dispatch(base + i, sink);
                     }
                     b':' => {
                         self.line = Line::Comment;
@@ -243,28 +269,32 @@ impl SseParser {
                     }
                     let end = line_end(input, i);
                     self.value_bytes(field, &input[i..end]);
-                    self.block_bytes += (end - i) as u64;
-                    i = end;
-                    if let Some(&eol) = input.get(end) {
-                        i += 1;
-                        self.block_bytes += 1;
-                        self.after_cr = eol == b'\r';
+                    if self.rest_of_line(input, &mut i, end) {
                         self.end_line();
                     }
                 }
                 Line::Comment => {
                     let end = line_end(input, i);
-                    self.block_bytes += (end - i) as u64;
-                    i = end;
-                    if let Some(&eol) = input.get(end) {
-                        i += 1;
-                        self.block_bytes += 1;
-                        self.after_cr = eol == b'\r';
+                    if self.rest_of_line(input, &mut i, end) {
                         self.line = Line::Start;
                     }
                 }
             }
         }
+    }
+
+    /// Moves `i` past the rest of its line (to `end`, where the line's ending is or `input`
+    /// ends) and past the line ending when `input` holds it: true when the line ended.
+    fn rest_of_line(&mut self, input: &[u8], i: &mut usize, end: usize) -> bool {
+        self.block_bytes += (end - *i) as u64;
+        *i = end;
+        let Some(&eol) = input.get(end) else {
+            return false;
+        };
+        *i += 1;
+        self.block_bytes += 1;
+        self.after_cr = eol == b'\r';
+        true
     }
 
     fn field(&self) -> Field {
@@ -339,18 +369,21 @@ impl SseParser {
         }
     }
 
-    /// A blank line: the block so far becomes an event if it had data.
-    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
-        if self.data_len > 0 {
-            let event = self.take_event();
+    /// A blank line ending at `end`: the block so far becomes an event if it had data.
+    fn dispatch(&mut self, end: usize, sink: &mut impl FnMut(Block)) {
+        let event = if self.data_len > 0 {
             self.dispatched += 1;
-            out.push(event);
-        } else if self.block_fields {
-            self.undispatched += 1;
-        }
+            Some(self.take_event())
+        } else {
+            if self.block_fields {
+                self.undispatched += 1;
+            }
+            None
+        };
         self.event_type.clear();
         self.block_bytes = 0;
         self.block_fields = false;
+        sink(Block { end, event });
     }
 
     fn take_event(&mut self) -> SseEvent {
@@ -384,6 +417,33 @@ fn line_end(input: &[u8], from: usize) -> usize {
         .iter()
         .position(|&b| b == b'\r' || b == b'\n')
         .map_or(input.len(), |p| from + p)
+}
+
+/// The lines of `raw` (bytes of an event stream, from a line's start) as the parser reads them:
+/// each line's content and its line ending (CRLF, LF, a lone CR, or nothing for a last line
+/// without one). For a caller that rewrites some lines of a block and keeps the others.
+pub(crate) fn lines(raw: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = raw;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = line_end(rest, 0);
+        let eol = match &rest[end..] {
+            [b'\r', b'\n', ..] => 2,
+            [] => 0,
+            _ => 1,
+        };
+        let (line, tail) = rest.split_at(end + eol);
+        rest = tail;
+        Some(line.split_at(end))
+    })
+}
+
+/// The field a line sets (its name, before the first colon), as the parser reads it; empty for
+/// a comment.
+pub(crate) fn field_name(line: &[u8]) -> &[u8] {
+    line.split(|&b| b == b':').next().unwrap_or(line)
 }
 
 /// Drops a UTF-8 sequence cut in two by truncation, so the cut does not become U+FFFD.
@@ -678,6 +738,45 @@ mod tests {
         // Only a comment after the last event: bytes seen, no event.
         let s = assert_split_invariant(b"data: done\n\n: ping");
         assert_eq!((s.trailing, s.trailing_bytes), (None, 6));
+    }
+
+    #[test]
+    fn blocks_say_where_each_blank_line_ended() {
+        let input = b"\xEF\xBB\xBF: hi\n\ndata: a\r\n\r\nevent: x\n\n\ndata: b\rdata: c\r\r";
+        let mut p = SseParser::new();
+        let mut blocks = Vec::new();
+        p.feed_blocks(input, &mut blocks);
+        let ends: Vec<usize> = blocks.iter().map(|b| b.end).collect();
+        assert_eq!(ends, [9, 19, 30, 31, 48]);
+        let events: Vec<Option<&str>> = blocks
+            .iter()
+            .map(|b| b.event.as_ref().map(|e| e.data.as_str()))
+            .collect();
+        assert_eq!(events, [None, Some("a"), None, None, Some("b\nc")]);
+        assert_eq!(input[ends[1]], b'\n', "a CRLF's LF starts the next block");
+        // Offsets are in the chunk fed, a BOM split over chunks included.
+        let mut p = SseParser::new();
+        let mut blocks = Vec::new();
+        p.feed_blocks(b"\xEF\xBB", &mut blocks);
+        p.feed_blocks(b"\xBFdata: z\n\n", &mut blocks);
+        assert_eq!(blocks.iter().map(|b| b.end).collect::<Vec<_>>(), [10]);
+    }
+
+    #[test]
+    fn lines_end_as_the_parser_ends_them() {
+        let got: Vec<(&[u8], &[u8])> = lines(b"a\r\nb\rc\n\r\rd").collect();
+        let want: Vec<(&[u8], &[u8])> = vec![
+            (b"a", b"\r\n"),
+            (b"b", b"\r"),
+            (b"c", b"\n"),
+            (b"", b"\r"),
+            (b"", b"\r"),
+            (b"d", b""),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(field_name(b"data: x: y"), b"data");
+        assert_eq!(field_name(b"data"), b"data");
+        assert_eq!(field_name(b": comment"), b"");
     }
 
     #[test]
