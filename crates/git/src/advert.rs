@@ -272,7 +272,11 @@ fn first_ref(
             for word in caps.iter() {
                 let word = text(word);
                 if let Some((from, to)) = word.strip_prefix("symref=").and_then(|s| s.split_once(':')) {
-                    keep(&mut out.symrefs, &mut out.omitted, (from.to_owned(), to.to_owned()));
+                    keep(
+                        &mut out.symrefs,
+                        &mut out.omitted,
+                        (from.to_owned(), to.to_owned()),
+                    );
                 }
                 keep(&mut out.capabilities, &mut out.omitted, word);
             }
@@ -351,7 +355,11 @@ fn ls_ref(line: &[u8], out: &mut Advertised) -> Result<(), AdvertError> {
         _ => return Err(AdvertError::Malformed(preview(line))),
     };
     let parse = |hex: &[u8]| Oid::from_hex(hex).map_err(|e| AdvertError::Id(preview(line), e));
-    let id = if first == b"unborn" { None } else { Some(parse(first)?) };
+    let id = if first == b"unborn" {
+        None
+    } else {
+        Some(parse(first)?)
+    };
     let mut peeled = None;
     for attr in words {
         if let Some(target) = attr.strip_prefix(b"symref-target:") {
@@ -487,9 +495,15 @@ mod tests {
         );
         assert_eq!(a.symrefs, vec![("HEAD".to_owned(), "refs/heads/main".to_owned())]);
         // Capabilities on a later line are not read, as git ignores them (a copy took them).
-        assert_eq!(a.capabilities, vec!["multi_ack", "symref=HEAD:refs/heads/main", "agent=git/2"]);
+        assert_eq!(
+            a.capabilities,
+            vec!["multi_ack", "symref=HEAD:refs/heads/main", "agent=git/2"]
+        );
         let line = a.caps_line.unwrap();
-        assert_eq!(&body[line.at.start as usize..line.at.end as usize], &pkts(&[&body_line(&body)])[..]);
+        assert_eq!(
+            &body[line.at.start as usize..line.at.end as usize],
+            &pkts(&[&body_line(&body)])[..]
+        );
     }
 
     /// The third pkt-line of `body` (after the service line and its flush), as text.
@@ -536,22 +550,48 @@ mod tests {
     fn malformed_advertisements_stop_with_an_error() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (pkts(&["ERR access denied"]), "the server refused: access denied"),
-            (pkts(&["# service=git-upload-pack", "version 2"]), "expected a flush-pkt"),
+            (
+                pkts(&["# service=git-upload-pack", "version 2"]),
+                "expected a flush-pkt",
+            ),
             (pkts(&[A]), "unexpected line"),
             (pkts(&["nothex refs/heads/main"]), "malformed ref line"),
-            (pkts(&[format!("{A} refs/heads/main"), "0000".into(), "0000".into()]), "after the final flush"),
-            (pkts(&[format!("{A} refs/heads/main")]), "before its final flush-pkt"),
+            (
+                pkts(&[format!("{A} refs/heads/main"), "0000".into(), "0000".into()]),
+                "after the final flush",
+            ),
+            (
+                pkts(&[format!("{A} refs/heads/main")]),
+                "before its final flush-pkt",
+            ),
             (pkts(&["version 2", "0001"]), "unexpected delim-pkt"),
             // git: a ref after the shallow lines, a second placeholder, a placeholder with an id.
-            (pkts(&[format!("shallow {A}"), format!("{A} refs/heads/x")]), "unexpected line"),
-            (pkts(&[format!("{A} refs/heads/x"), format!("{Z} capabilities^{{}}")]), "unexpected line"),
-            (pkts(&[format!("{A} capabilities^{{}}\0report-status")]), "unexpected line"),
+            (
+                pkts(&[format!("shallow {A}"), format!("{A} refs/heads/x")]),
+                "unexpected line",
+            ),
+            (
+                pkts(&[format!("{A} refs/heads/x"), format!("{Z} capabilities^{{}}")]),
+                "unexpected line",
+            ),
+            (
+                pkts(&[format!("{A} capabilities^{{}}\0report-status")]),
+                "unexpected line",
+            ),
         ];
         for (body, want) in cases {
             let error = read(&body).error.map(|e| e.to_string()).unwrap_or_default();
-            assert!(error.contains(want), "{:?}: {error:?}", String::from_utf8_lossy(&body));
+            assert!(
+                error.contains(want),
+                "{:?}: {error:?}",
+                String::from_utf8_lossy(&body)
+            );
         }
-        let e = read_with(&pkts(&[format!("{B} refs/tags/v1 peeled:xyz")]), AdvertReader::ls_refs).error;
+        let e = read_with(
+            &pkts(&[format!("{B} refs/tags/v1 peeled:xyz")]),
+            AdvertReader::ls_refs,
+        )
+        .error;
         assert!(matches!(e, Some(AdvertError::Id(..))), "{e:?}");
     }
 
@@ -599,10 +639,19 @@ mod tests {
             "{A} refs/heads/main\0report-status delete-refs push-cert=1700000000-5f1a2b quiet atomic ofs-delta"
         ));
         let plain = |caps: &str| receive_advert(&format!("{A} refs/heads/main\0{caps}"));
-        assert_eq!(rewritten(&signed, false), plain("report-status delete-refs quiet atomic ofs-delta"));
-        assert_eq!(rewritten(&signed, true), plain("report-status delete-refs quiet atomic ofs-delta no-thin"));
+        assert_eq!(
+            rewritten(&signed, false),
+            plain("report-status delete-refs quiet atomic ofs-delta")
+        );
+        assert_eq!(
+            rewritten(&signed, true),
+            plain("report-status delete-refs quiet atomic ofs-delta no-thin")
+        );
         // An empty repository advertises its capabilities on a placeholder line.
-        let empty = pkts(&[format!("{Z} capabilities^{{}}\0report-status push-cert=abc\n"), "0000".into()]);
+        let empty = pkts(&[
+            format!("{Z} capabilities^{{}}\0report-status push-cert=abc\n"),
+            "0000".into(),
+        ]);
         let want = pkts(&[format!("{Z} capabilities^{{}}\0report-status\n"), "0000".into()]);
         assert_eq!(rewritten(&empty, false), want);
         let a = read(&want);

@@ -56,7 +56,9 @@ impl Capabilities {
 
     /// The words, as text (lossily).
     pub fn to_strings(&self) -> Vec<String> {
-        self.iter().map(|w| String::from_utf8_lossy(w).into_owned()).collect()
+        self.iter()
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect()
     }
 
     fn matches(word: &[u8], name: &str) -> bool {
@@ -71,12 +73,14 @@ impl Capabilities {
 
     /// The value of the first `name=value`.
     pub fn value(&self, name: &str) -> Option<&[u8]> {
-        self.iter().find_map(|w| w.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
+        self.iter()
+            .find_map(|w| w.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
     }
 
     /// Every value of `name=value` words, in order (`symref=` comes once per symbolic ref).
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter().filter_map(move |w| w.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
+        self.iter()
+            .filter_map(move |w| w.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
     }
 
     /// The `object-format` named, if any.

@@ -34,6 +34,8 @@ pub mod report;
 pub mod upload;
 pub mod walk;
 
+#[cfg(test)]
+mod real_git_tests;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testgit;
 #[cfg(test)]

@@ -193,14 +193,20 @@ pub fn parse_tree(raw: &[u8], format: ObjectFormat) -> Result<Vec<TreeEntry>, Ob
     let mut rest = raw;
     while !rest.is_empty() {
         let at = entries.len() + 1;
-        let space = rest.iter().position(|&b| b == b' ').ok_or(ObjectError::NoMode(at))?;
+        let space = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or(ObjectError::NoMode(at))?;
         let mode = &rest[..space];
         if mode.is_empty() || mode.len() > 7 || !mode.iter().all(|b| (b'0'..=b'7').contains(b)) {
             return Err(ObjectError::BadMode(at, mode.escape_ascii().to_string()));
         }
         let mode = mode.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0'));
         rest = &rest[space + 1..];
-        let nul = rest.iter().position(|&b| b == 0).ok_or(ObjectError::NoNameEnd(at))?;
+        let nul = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(ObjectError::NoNameEnd(at))?;
         let name = &rest[..nul];
         if matches!(name, b"" | b"." | b"..") || name.contains(&b'/') {
             return Err(ObjectError::BadName(at, name.escape_ascii().to_string()));
@@ -243,7 +249,8 @@ pub fn parse_tag(raw: &[u8], format: ObjectFormat) -> Result<Tag, ObjectError> {
             .ok_or(ObjectError::TagField(name))
     };
     let object = field("object")?;
-    let object = Oid::from_hex_in(format, object).map_err(|_| ObjectError::TagLine("object", preview(object)))?;
+    let object =
+        Oid::from_hex_in(format, object).map_err(|_| ObjectError::TagLine("object", preview(object)))?;
     let kind = field("type")?;
     let kind = ObjectKind::from_name(kind).ok_or_else(|| ObjectError::TagLine("type", preview(kind)))?;
     let name = field("tag")?;
@@ -264,18 +271,30 @@ mod tests {
         assert!(err(&entry("40000", b"..")).contains("invalid name"));
         assert!(err(&entry("40000", b"")).contains("invalid name"));
         assert!(err(&entry("10x644", b"a")).contains("invalid mode"));
-        assert!(err(&[entry("100644", b"a"), entry("40000", b"a")].concat()).contains("two entries named \"a\""));
+        assert!(
+            err(&[entry("100644", b"a"), entry("40000", b"a")].concat()).contains("two entries named \"a\"")
+        );
         assert!(err(&entry("100644", b"a")[..10]).contains("ends inside"));
-        let tree = parse_tree(&[entry("40000", b".github"), entry("100755", b"\xff")].concat(), sha1).unwrap();
+        let tree = parse_tree(
+            &[entry("40000", b".github"), entry("100755", b"\xff")].concat(),
+            sha1,
+        )
+        .unwrap();
         assert!(tree[0].is_tree() && !tree[1].is_tree() && tree[1].mode == 0o100755);
         // A SHA-256 tree's ids are 32 bytes.
         let long = [b"100644 a\0".as_slice(), &[9; 32]].concat();
-        assert_eq!(parse_tree(&long, ObjectFormat::Sha256).unwrap()[0].id.as_bytes(), &[9; 32]);
+        assert_eq!(
+            parse_tree(&long, ObjectFormat::Sha256).unwrap()[0].id.as_bytes(),
+            &[9; 32]
+        );
         assert!(parse_tree(&long, sha1).is_err());
 
         let tree = "tree 0123456789012345678901234567890123456789\n";
         assert_eq!(parse_commit(b"parent x\n", sha1), Err(ObjectError::NoTree));
-        let c = parse_commit(format!("{tree}parent {}\nauthor x\n\nparent no", "a".repeat(40)).as_bytes(), sha1);
+        let c = parse_commit(
+            format!("{tree}parent {}\nauthor x\n\nparent no", "a".repeat(40)).as_bytes(),
+            sha1,
+        );
         assert_eq!(c.unwrap().parents.len(), 1, "parents end at the first other line");
         assert_eq!(
             parse_commit(format!("{tree}parent {}\n", "a".repeat(39)).as_bytes(), sha1),
@@ -285,11 +304,18 @@ mod tests {
 
     #[test]
     fn tags_name_their_object() {
-        let raw = format!("object {}\ntype commit\ntag v1\ntagger A <a@b> 1 +0000\n\nmsg\n", "a".repeat(40));
+        let raw = format!(
+            "object {}\ntype commit\ntag v1\ntagger A <a@b> 1 +0000\n\nmsg\n",
+            "a".repeat(40)
+        );
         let tag = parse_tag(raw.as_bytes(), ObjectFormat::Sha1).unwrap();
         assert_eq!((tag.kind, tag.name.as_str()), (ObjectKind::Commit, "v1"));
         assert_eq!(tag.object.to_string(), "a".repeat(40));
-        for bad in ["type commit\n", "object x\ntype commit\ntag v\n", &raw.replace("type commit", "type thing")] {
+        for bad in [
+            "type commit\n",
+            "object x\ntype commit\ntag v\n",
+            &raw.replace("type commit", "type thing"),
+        ] {
             assert!(parse_tag(bad.as_bytes(), ObjectFormat::Sha1).is_err(), "{bad}");
         }
     }

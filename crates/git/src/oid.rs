@@ -136,7 +136,8 @@ impl Oid {
             });
         }
         let mut id = Oid::zero(format);
-        hex::decode_to_slice(hex, &mut id.bytes[..format.raw_len()]).map_err(|_| OidError::NotHex(preview(hex)))?;
+        hex::decode_to_slice(hex, &mut id.bytes[..format.raw_len()])
+            .map_err(|_| OidError::NotHex(preview(hex)))?;
         Ok(id)
     }
 
@@ -218,7 +219,10 @@ mod tests {
         let long = Oid::from_hex("cd".repeat(32).as_bytes()).unwrap();
         assert_eq!((long.format(), long.as_bytes().len()), (ObjectFormat::Sha256, 32));
         assert_eq!(long.to_string(), "cd".repeat(32));
-        assert_eq!(Oid::from_bytes(ObjectFormat::Sha1, &[7; 20]).unwrap(), Oid::sha1([7; 20]));
+        assert_eq!(
+            Oid::from_bytes(ObjectFormat::Sha1, &[7; 20]).unwrap(),
+            Oid::sha1([7; 20])
+        );
     }
 
     #[test]
@@ -229,18 +233,30 @@ mod tests {
         assert!(matches!(Oid::from_hex(b""), Err(OidError::NotHex(_))));
         assert!(Oid::zero(ObjectFormat::Sha1).is_zero());
         assert!(Oid::from_hex(&[b'0'; 64]).unwrap().is_zero());
-        assert!(!Oid::from_hex(format!("{}1", "0".repeat(39)).as_bytes()).unwrap().is_zero());
+        assert!(
+            !Oid::from_hex(format!("{}1", "0".repeat(39)).as_bytes())
+                .unwrap()
+                .is_zero()
+        );
         // Zero ids of the two formats are different ids.
         assert_ne!(Oid::zero(ObjectFormat::Sha1), Oid::zero(ObjectFormat::Sha256));
     }
 
     #[test]
     fn wrong_lengths_and_digits_are_refused() {
-        for bad in ["0".repeat(39), "0".repeat(41), "g".repeat(40), format!("+{}", "0".repeat(39))] {
+        for bad in [
+            "0".repeat(39),
+            "0".repeat(41),
+            "g".repeat(40),
+            format!("+{}", "0".repeat(39)),
+        ] {
             assert!(Oid::from_hex(bad.as_bytes()).is_err(), "{bad}");
         }
         let e = Oid::from_hex_in(ObjectFormat::Sha256, &[b'a'; 40]).unwrap_err();
-        assert_eq!(e.to_string(), format!("\"{}\" is not a sha256 object id (64 hex digits)", "a".repeat(40)));
+        assert_eq!(
+            e.to_string(),
+            format!("\"{}\" is not a sha256 object id (64 hex digits)", "a".repeat(40))
+        );
         assert!(Oid::from_bytes(ObjectFormat::Sha256, &[0; 20]).is_err());
     }
 }

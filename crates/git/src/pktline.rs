@@ -81,7 +81,7 @@ impl PktReader {
                     return Ok(Some(pkt));
                 }
                 if input.len() >= len {
-                    let whole: &'c [u8] = *input;
+                    let whole: &'c [u8] = input;
                     self.take(input, len);
                     return Ok(Some(Pkt::Data(&whole[4..len])));
                 }
@@ -239,8 +239,12 @@ pub fn write_sideband(out: &mut Vec<u8>, band: u8, data: &[u8], max: usize) {
 mod tests {
     use super::*;
 
+    /// A pkt-line as the tests see it: its payload (or the special packet's name), `None` for a
+    /// flush.
+    type Line = Result<Option<Vec<u8>>, PktError>;
+
     /// Every pkt-line of `input`, fed in pieces of `step` bytes, owned.
-    fn read(input: &[u8], step: usize) -> (Vec<Result<Option<Vec<u8>>, PktError>>, bool) {
+    fn read(input: &[u8], step: usize) -> (Vec<Line>, bool) {
         let mut r = PktReader::new();
         let mut out = Vec::new();
         'chunks: for mut chunk in input.chunks(step.max(1)) {
@@ -292,7 +296,10 @@ mod tests {
         // A sign or a space is not a digit (a general number parser would take "+fff").
         for bad in [&b"+fff"[..], b" 00a", b"00a ", b"zzzz", b"0x10"] {
             let (got, _) = read(bad, 100);
-            assert!(matches!(got[..], [Err(PktError::LengthDigits(_))]), "{bad:?}: {got:?}");
+            assert!(
+                matches!(got[..], [Err(PktError::LengthDigits(_))]),
+                "{bad:?}: {got:?}"
+            );
         }
         assert_eq!(read(b"0003", 1).0, vec![Err(PktError::Length(3))]);
         // git's reader takes payloads of up to 65519 bytes, one fewer than its buffer.
@@ -308,7 +315,9 @@ mod tests {
         let input = b"0008abcd";
         let mut r = PktReader::new();
         let mut rest = &input[..];
-        let Some(Pkt::Data(d)) = r.next(&mut rest).unwrap() else { panic!() };
+        let Some(Pkt::Data(d)) = r.next(&mut rest).unwrap() else {
+            panic!()
+        };
         assert_eq!(d.as_ptr(), input[4..].as_ptr());
         assert_eq!((rest.len(), r.position()), (0, 8));
     }
@@ -321,7 +330,10 @@ mod tests {
         delim(&mut out);
         response_end(&mut out);
         assert_eq!(out, b"000eunpack ok\n000000010002");
-        assert_eq!(write(&mut out, &vec![0; MAX_DATA_LEN + 1]), Err(PktError::TooLong(65517)));
+        assert_eq!(
+            write(&mut out, &vec![0; MAX_DATA_LEN + 1]),
+            Err(PktError::TooLong(65517))
+        );
         let mut out = Vec::new();
         write_text(&mut out, &"€".repeat(30_000));
         assert_eq!(out.len(), 4 + MAX_DATA_LEN - 2, "cut at a character boundary");

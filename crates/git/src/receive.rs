@@ -356,7 +356,12 @@ fn list_line(phase: &mut Phase, out: &mut Commands, line: &[u8]) -> Result<(), C
 }
 
 /// The list ended (at a packet that is not data, or a flush inside a certificate).
-fn end_list(phase: &mut Phase, out: &mut Commands, cert: &mut Certificate, at: u64) -> Result<(), CommandError> {
+fn end_list(
+    phase: &mut Phase,
+    out: &mut Commands,
+    cert: &mut Certificate,
+    at: u64,
+) -> Result<(), CommandError> {
     if out.certificate {
         cert.finish(out.format)?;
         out.omitted += std::mem::take(&mut cert.omitted);
@@ -524,7 +529,9 @@ mod tests {
     #[test]
     fn commands_capabilities_and_where_the_pack_starts() {
         let mut body = pkts(&[
-            format!("{Z} {A} refs/heads/new\0 report-status side-band-64k object-format=sha1 agent=git/2.47.3"),
+            format!(
+                "{Z} {A} refs/heads/new\0 report-status side-band-64k object-format=sha1 agent=git/2.47.3"
+            ),
             format!("{A} {B} refs/heads/main\n"),
             format!("{B} {Z} refs/heads/old"),
             "0000".into(),
@@ -545,7 +552,10 @@ mod tests {
             c.updates.iter().map(RefUpdate::op).collect::<Vec<_>>(),
             [RefOp::Create, RefOp::Update, RefOp::Delete]
         );
-        assert_eq!((c.end, c.options.clone(), c.format), (end, end..end, Some(ObjectFormat::Sha1)));
+        assert_eq!(
+            (c.end, c.options.clone(), c.format),
+            (end, end..end, Some(ObjectFormat::Sha1))
+        );
         assert_eq!(
             c.reply_style(),
             ReplyStyle {
@@ -554,7 +564,14 @@ mod tests {
             }
         );
         // git's probe before a large push: a bare flush.
-        assert_eq!(ok(b"0000"), Commands { end: 4, options: 4..4, ..Commands::default() });
+        assert_eq!(
+            ok(b"0000"),
+            Commands {
+                end: 4,
+                options: 4..4,
+                ..Commands::default()
+            }
+        );
         // An empty body is not an error: there was nothing to read.
         assert_eq!(read(b""), (Commands::default(), None, Vec::new()));
     }
@@ -571,14 +588,29 @@ mod tests {
             "0000".into(),
         ]));
         let lower = new.to_ascii_lowercase();
-        assert_eq!(c.updates, vec![update(&old, &lower, "refs/heads/main"), update(&zero, &lower, "refs/tags/v1")]);
+        assert_eq!(
+            c.updates,
+            vec![
+                update(&old, &lower, "refs/heads/main"),
+                update(&zero, &lower, "refs/tags/v1")
+            ]
+        );
         assert_eq!((c.format, c.shallow.len()), (Some(ObjectFormat::Sha256), 1));
         // A list that names no object-format means sha1 to git.
-        let (_, e, _) = read(&pkts(&[format!("{old} {new} refs/heads/main\0report-status"), "0000".into()]));
+        let (_, e, _) = read(&pkts(&[
+            format!("{old} {new} refs/heads/main\0report-status"),
+            "0000".into(),
+        ]));
         assert!(matches!(e, Some(CommandError::RefUpdate(_))), "{e:?}");
-        let (_, e, _) = read(&pkts(&[format!("{A} {B} refs/heads/main\0object-format=sha256"), "0000".into()]));
+        let (_, e, _) = read(&pkts(&[
+            format!("{A} {B} refs/heads/main\0object-format=sha256"),
+            "0000".into(),
+        ]));
         assert!(e.is_some());
-        let (_, e, _) = read(&pkts(&[format!("{A} {B} refs/heads/main\0object-format=md5"), "0000".into()]));
+        let (_, e, _) = read(&pkts(&[
+            format!("{A} {B} refs/heads/main\0object-format=md5"),
+            "0000".into(),
+        ]));
         assert_eq!(e.unwrap().to_string(), "unsupported object format \"md5\"");
     }
 
@@ -646,7 +678,11 @@ mod tests {
             let mut body = pkts(&[format!("{A} {B} refs/heads/main\0report-status"), special.into()]);
             body.extend_from_slice(b"PACK");
             let (c, e, pack) = read(&body);
-            assert_eq!((e, c.updates.len(), pack.as_slice()), (None, 1, &b"PACK"[..]), "{special}");
+            assert_eq!(
+                (e, c.updates.len(), pack.as_slice()),
+                (None, 1, &b"PACK"[..]),
+                "{special}"
+            );
         }
     }
 
@@ -675,7 +711,10 @@ mod tests {
         let (c, e, pack) = read(&body);
         assert_eq!((e, pack.as_slice()), (None, &b"PACK0123"[..]));
         assert!(c.certificate && c.signed());
-        assert_eq!(c.updates, vec![update(A, B, "refs/heads/main"), update(Z, A, "refs/heads/topic")]);
+        assert_eq!(
+            c.updates,
+            vec![update(A, B, "refs/heads/main"), update(Z, A, "refs/heads/topic")]
+        );
         assert_eq!(c.render(&[true, true], b""), Err(RenderError::Signed));
     }
 
@@ -692,7 +731,11 @@ mod tests {
     fn certificates_are_read_as_gits_text_not_as_packets() {
         let header = ["certificate version 0.1\n".to_owned(), "\n".into()];
         // A command split across two packets is one line to git (it concatenates the text).
-        let split = [header.to_vec(), vec![format!("{A} {B} refs/he"), "ads/main\n".into()]].concat();
+        let split = [
+            header.to_vec(),
+            vec![format!("{A} {B} refs/he"), "ads/main\n".into()],
+        ]
+        .concat();
         assert_eq!(ok(&cert(&split)).updates, vec![update(A, B, "refs/heads/main")]);
         // The header ends at the first "\n\n", however the packets fall.
         let odd = vec![
@@ -715,10 +758,19 @@ mod tests {
             ],
         ]
         .concat();
-        assert_eq!(read(&cert(&two)).1, Some(CommandError::Certificate("it holds two signatures")));
+        assert_eq!(
+            read(&cert(&two)).1,
+            Some(CommandError::Certificate("it holds two signatures"))
+        );
         // A certificate whose header never ends.
-        let open = vec!["certificate version 0.1\n".to_owned(), format!("{A} {B} refs/heads/main\n")];
-        assert_eq!(read(&cert(&open)).1, Some(CommandError::Certificate("its header does not end")));
+        let open = vec![
+            "certificate version 0.1\n".to_owned(),
+            format!("{A} {B} refs/heads/main\n"),
+        ];
+        assert_eq!(
+            read(&cert(&open)).1,
+            Some(CommandError::Certificate("its header does not end"))
+        );
         // Inside a certificate, only a flush ends the list.
         let (_, e, _) = read(&pkts(&["push-cert".to_owned(), "0001".into()]));
         assert_eq!(e, Some(CommandError::UnexpectedInCertificate("delim-pkt")));
@@ -738,13 +790,20 @@ mod tests {
             (b"00zz".to_vec(), "invalid pkt-line length"),
             (b"0003".to_vec(), "invalid pkt-line length"),
             (pkt(format!("{A} {B}")), "malformed ref update"),
-            (pkt(format!("{A} {} refs/heads/x", &B[..39])), "malformed ref update"),
+            (
+                pkt(format!("{A} {} refs/heads/x", &B[..39])),
+                "malformed ref update",
+            ),
             (pkt(format!("{A}  {B} refs/heads/x")), "malformed ref update"),
             ([good.clone(), b"00".to_vec()].concat(), "inside a pkt-line"),
             ([good.clone(), b"0040abc".to_vec()].concat(), "inside a pkt-line"),
             (good.clone(), "before the flush-pkt ending the command list"),
             (
-                pkts(&[format!("{A} {B} refs/heads/main\0push-options"), "0000".into(), "x".into()]),
+                pkts(&[
+                    format!("{A} {B} refs/heads/main\0push-options"),
+                    "0000".into(),
+                    "x".into(),
+                ]),
                 "ending the push options",
             ),
         ];
@@ -764,7 +823,10 @@ mod tests {
     fn many_updates_are_counted_beyond_the_cap() {
         let mut r = CommandReader::new();
         for i in 0..MAX_ITEMS + 5 {
-            assert!(!r.feed(&mut pkt(format!("{Z} {A} refs/heads/b{i}")).as_slice()).unwrap());
+            assert!(
+                !r.feed(&mut pkt(format!("{Z} {A} refs/heads/b{i}")).as_slice())
+                    .unwrap()
+            );
         }
         assert!(r.feed(&mut &b"0000"[..]).unwrap());
         let c = r.into_commands();
@@ -797,7 +859,10 @@ mod tests {
     fn side_band_alone_is_not_a_side_band_to_receive_pack() {
         // A copy answered "side-band" clients on a side-band; git's receive-pack knows only
         // side-band-64k and answers others plainly.
-        let c = ok(&pkts(&[format!("{A} {B} refs/heads/main\0report-status side-band"), "0000".into()]));
+        let c = ok(&pkts(&[
+            format!("{A} {B} refs/heads/main\0report-status side-band"),
+            "0000".into(),
+        ]));
         assert_eq!(
             c.reply_style(),
             ReplyStyle {

@@ -116,7 +116,14 @@ fn split_id(line: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
 impl fmt::Display for RefUpdate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let short = |id: &Oid| id.to_hex()[..7].to_owned();
-        write!(f, "{} {}..{} ({})", self.name, short(&self.old), short(&self.new), self.op())
+        write!(
+            f,
+            "{} {}..{} ({})",
+            self.name,
+            short(&self.old),
+            short(&self.new),
+            self.op()
+        )
     }
 }
 
@@ -169,12 +176,24 @@ mod tests {
 
     #[test]
     fn ops_are_derived_from_the_ids() {
-        assert_eq!(parse(&format!("{Z} {A} refs/heads/x")).unwrap().op(), RefOp::Create);
-        assert_eq!(parse(&format!("{A} {B} refs/heads/x")).unwrap().op(), RefOp::Update);
-        assert_eq!(parse(&format!("{A} {Z} refs/heads/x")).unwrap().op(), RefOp::Delete);
+        assert_eq!(
+            parse(&format!("{Z} {A} refs/heads/x")).unwrap().op(),
+            RefOp::Create
+        );
+        assert_eq!(
+            parse(&format!("{A} {B} refs/heads/x")).unwrap().op(),
+            RefOp::Update
+        );
+        assert_eq!(
+            parse(&format!("{A} {Z} refs/heads/x")).unwrap().op(),
+            RefOp::Delete
+        );
         // Copies disagreed on zero to zero: one said create (the old id was checked first),
         // another delete. git's receive-pack deletes whenever the new id is zero.
-        assert_eq!(parse(&format!("{Z} {Z} refs/heads/x")).unwrap().op(), RefOp::Delete);
+        assert_eq!(
+            parse(&format!("{Z} {Z} refs/heads/x")).unwrap().op(),
+            RefOp::Delete
+        );
     }
 
     #[test]
@@ -183,8 +202,14 @@ mod tests {
         assert_eq!(u.render(), format!("{A} {B} refs/heads/main").as_bytes());
         // The name is the rest of the line, spaces and CR included: git reads it so and
         // answers "funny refname" for the one ref (a copy refused the whole push instead).
-        assert_eq!(parse(&format!("{A} {B} refs/heads/a b")).unwrap().name, "refs/heads/a b");
-        assert_eq!(parse(&format!("{A} {B} refs/heads/main\r")).unwrap().name, "refs/heads/main\r");
+        assert_eq!(
+            parse(&format!("{A} {B} refs/heads/a b")).unwrap().name,
+            "refs/heads/a b"
+        );
+        assert_eq!(
+            parse(&format!("{A} {B} refs/heads/main\r")).unwrap().name,
+            "refs/heads/main\r"
+        );
         assert_eq!(parse(&format!("{A} {B} ")).unwrap().name, "");
         for bad in [
             format!("{A} {B}"),
@@ -199,7 +224,13 @@ mod tests {
         let long = "ab".repeat(32);
         let u = RefUpdate::parse(format!("{long} {long} refs/x").as_bytes(), None).unwrap();
         assert_eq!(u.old.format(), ObjectFormat::Sha256);
-        assert!(RefUpdate::parse(format!("{long} {long} refs/x").as_bytes(), Some(ObjectFormat::Sha1)).is_err());
+        assert!(
+            RefUpdate::parse(
+                format!("{long} {long} refs/x").as_bytes(),
+                Some(ObjectFormat::Sha1)
+            )
+            .is_err()
+        );
         assert!(matches!(
             RefUpdate::parse(&[A.as_bytes(), b" ", B.as_bytes(), b" refs/\xff"].concat(), None),
             Err(RefUpdateError::NotUtf8(_))

@@ -153,7 +153,12 @@ fn ref_lines(out: &mut Vec<u8>, r: &RefStatus) {
 /// Messages for the user's terminal (git prints them as `remote: …`), on band 2.
 fn notes_out(out: &mut Vec<u8>, notes: &[String]) {
     for n in notes {
-        pktline::write_sideband(out, 2, format!("{}\n", one_line(n)).as_bytes(), pktline::MAX_SIDEBAND_DATA);
+        pktline::write_sideband(
+            out,
+            2,
+            format!("{}\n", one_line(n)).as_bytes(),
+            pktline::MAX_SIDEBAND_DATA,
+        );
     }
 }
 
@@ -190,7 +195,12 @@ pub fn reply(style: ReplyStyle, refs: &[RefStatus], notes: &[String]) -> Vec<u8>
 
 /// The upstream's answer to a push that went up without some refs, with an `ng <ref> <why>` line
 /// for each `held` ref added to its report-status (and `notes` on the side-band).
-pub fn merge(style: ReplyStyle, upstream: &[u8], held: &[(String, String)], notes: &[String]) -> Result<Vec<u8>, ReportError> {
+pub fn merge(
+    style: ReplyStyle,
+    upstream: &[u8],
+    held: &[(String, String)],
+    notes: &[String],
+) -> Result<Vec<u8>, ReportError> {
     if !style.report_status {
         return Ok(upstream.to_vec());
     }
@@ -262,7 +272,10 @@ mod tests {
         );
         let (report, _, end) = Report::parse(&plain).unwrap();
         assert_eq!(end, plain.len());
-        assert_eq!(report.refs[1].status, Status::Rejected("held for approval id 7".into()));
+        assert_eq!(
+            report.refs[1].status,
+            Status::Rejected("held for approval id 7".into())
+        );
         let banded = reply(style(true, true), &refs(), &["ghgate: held".into()]);
         assert!(banded.starts_with(b"0012\x02ghgate: held\n"));
         assert!(banded.ends_with(b"0000"));
@@ -281,8 +294,14 @@ mod tests {
         let merged = merge(style(true, false), &upstream, &held, &notes).unwrap();
         assert_eq!(merged, reply(style(true, false), &refs(), &notes));
         // Without report-status there is nothing to add to.
-        assert_eq!(merge(style(false, true), b"junk", &held, &notes).unwrap(), b"junk");
-        assert!(matches!(merge(style(true, false), b"000eunpack ok\n", &held, &[]), Err(ReportError::Truncated)));
+        assert_eq!(
+            merge(style(false, true), b"junk", &held, &notes).unwrap(),
+            b"junk"
+        );
+        assert!(matches!(
+            merge(style(true, false), b"000eunpack ok\n", &held, &[]),
+            Err(ReportError::Truncated)
+        ));
     }
 
     #[test]
@@ -302,7 +321,10 @@ mod tests {
         assert_eq!(r.unpack_error.as_deref(), Some("index-pack abnormal exit"));
         assert_eq!(
             r.refs[0].options,
-            vec![("refname".to_owned(), Some("refs/heads/main".to_owned())), ("forced-update".to_owned(), None)]
+            vec![
+                ("refname".to_owned(), Some("refs/heads/main".to_owned())),
+                ("forced-update".to_owned(), None)
+            ]
         );
         // An ng without a reason is "failed" to git.
         assert_eq!(r.refs[1].status, Status::Rejected("failed".into()));
@@ -319,10 +341,19 @@ mod tests {
             Report::parse(&b).unwrap_err()
         };
         assert!(matches!(bad(&["ok refs/heads/x"]), ReportError::NoUnpack(_)));
-        assert!(matches!(bad(&["unpack ok", "option refname x"]), ReportError::Option));
-        assert!(matches!(bad(&["unpack ok", "maybe refs/heads/x"]), ReportError::Line(_)));
+        assert!(matches!(
+            bad(&["unpack ok", "option refname x"]),
+            ReportError::Option
+        ));
+        assert!(matches!(
+            bad(&["unpack ok", "maybe refs/heads/x"]),
+            ReportError::Line(_)
+        ));
         assert!(matches!(bad(&["unpack ok", "ok"]), ReportError::Line(_)));
-        assert!(matches!(Report::parse(b"0000"), Err(ReportError::Unexpected("flush-pkt"))));
+        assert!(matches!(
+            Report::parse(b"0000"),
+            Err(ReportError::Unexpected("flush-pkt"))
+        ));
     }
 
     proptest::proptest! {

@@ -122,7 +122,12 @@ impl UploadPackReader {
     }
 }
 
-fn step(phase: &mut Phase, at_boundary: &mut bool, pkt: Pkt<'_>, out: &mut UploadPack) -> Result<(), UploadPackError> {
+fn step(
+    phase: &mut Phase,
+    at_boundary: &mut bool,
+    pkt: Pkt<'_>,
+    out: &mut UploadPack,
+) -> Result<(), UploadPackError> {
     use Phase::*;
     if *phase == Start {
         if let Pkt::Data(line) = pkt
@@ -226,7 +231,9 @@ mod tests {
     #[test]
     fn v0_fetch_request() {
         let body = pkts(&[
-            format!("want {A} multi_ack_detailed no-done side-band-64k thin-pack ofs-delta agent=git/2.47.3\n"),
+            format!(
+                "want {A} multi_ack_detailed no-done side-band-64k thin-pack ofs-delta agent=git/2.47.3\n"
+            ),
             format!("want {B}\n"),
             format!("shallow {A}\n"),
             "deepen 1\n".into(),
@@ -265,7 +272,10 @@ mod tests {
         assert_eq!(r.error, None);
         assert_eq!((r.version, r.command.as_str()), (2, "fetch"));
         assert_eq!(r.wants, vec![oid(A)]);
-        assert_eq!(r.want_refs, vec!["refs/heads/main".to_owned(), "refs/pull/1/head".to_owned()]);
+        assert_eq!(
+            r.want_refs,
+            vec!["refs/heads/main".to_owned(), "refs/pull/1/head".to_owned()]
+        );
         assert_eq!((r.haves, r.done), (1, true));
     }
 
@@ -293,19 +303,32 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (pkt("want nothex"), "malformed want line"),
             (pkt(format!("want {}", &A[1..])), "malformed want line"),
-            (pkts(&["command=fetch", "0001", "want-ref", "0000"]), "malformed want-ref"),
+            (
+                pkts(&["command=fetch", "0001", "want-ref", "0000"]),
+                "malformed want-ref",
+            ),
             ([v2.clone(), pkt("done")].concat(), "data after the flush-pkt"),
             (pkts(&["command=fetch", "0001", "0001"]), "unexpected delim-pkt"),
-            (pkts(&[format!("want {A}"), "0001".into()]), "unexpected delim-pkt"),
+            (
+                pkts(&[format!("want {A}"), "0001".into()]),
+                "unexpected delim-pkt",
+            ),
             (pkts(&["command=fetch", "0002"]), "unexpected response-end-pkt"),
-            (pkts(&["command=fetch", "0001", "done"]), "before its final flush-pkt"),
+            (
+                pkts(&["command=fetch", "0001", "done"]),
+                "before its final flush-pkt",
+            ),
             (pkts(&[format!("want {A}")]), "before its final flush-pkt"),
             (v2[..v2.len() - 2].to_vec(), "inside a pkt-line"),
         ];
         for (body, want) in cases {
             let r = read(&body);
             let error = r.error.map(|e| e.to_string()).unwrap_or_default();
-            assert!(error.contains(want), "{:?}: {error:?}", String::from_utf8_lossy(&body));
+            assert!(
+                error.contains(want),
+                "{:?}: {error:?}",
+                String::from_utf8_lossy(&body)
+            );
         }
         assert_eq!(UploadPackReader::new().finish(), UploadPack::default());
     }

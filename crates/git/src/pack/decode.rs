@@ -12,8 +12,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Base, EntryError, EntryHeaderReader, HEADER_LEN, Header, InflateStop, Inflater, PackError, delta};
-use crate::object::{Checksum, Commit, ObjectHasher, ObjectKind, TreeEntry, object_id, parse_commit, parse_tree};
+use super::{
+    Base, EntryError, EntryHeaderReader, HEADER_LEN, Header, InflateStop, Inflater, PackError, delta,
+};
+use crate::object::{
+    Checksum, Commit, ObjectHasher, ObjectKind, TreeEntry, object_id, parse_commit, parse_tree,
+};
 use crate::oid::{ObjectFormat, Oid};
 
 /// Delta results and bases kept for the deltas that follow them (blob deltas are resolved only
@@ -392,10 +396,17 @@ impl<'p> Decoder<'p> {
     }
 
     /// Applies a delta whose base is a kept commit or tree.
-    fn resolve_kept(&mut self, index: usize, base: usize, kind: ObjectKind, delta: &[u8]) -> Result<(), PackError> {
+    fn resolve_kept(
+        &mut self,
+        index: usize,
+        base: usize,
+        kind: ObjectKind,
+        delta: &[u8],
+    ) -> Result<(), PackError> {
         self.entries[index].depth = self.depth(index, base)?;
         let source = Rc::clone(&self.kept[&base]);
-        let data = delta::apply(&source, delta, self.limits.max_object_bytes).map_err(|e| self.malformed(index, e))?;
+        let data = delta::apply(&source, delta, self.limits.max_object_bytes)
+            .map_err(|e| self.malformed(index, e))?;
         let id = object_id(self.format, kind, &data);
         self.keep(index, kind, id, data)
     }
@@ -484,8 +495,8 @@ impl<'p> Decoder<'p> {
         };
         for delta_index in chain.into_iter().rev() {
             let (delta, _) = self.inflate_whole(delta_index)?;
-            let next =
-                delta::apply(&data, &delta, self.limits.max_object_bytes).map_err(|e| self.malformed(delta_index, e))?;
+            let next = delta::apply(&data, &delta, self.limits.max_object_bytes)
+                .map_err(|e| self.malformed(delta_index, e))?;
             data = Rc::new(next);
             self.cache.put(delta_index, Rc::clone(&data));
         }
@@ -572,5 +583,463 @@ impl<'p> Decoder<'p> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::process::Command;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::testgit::git;
+    use crate::testutil::repo::{Repo, oid};
+    use crate::testutil::{big, xorshift};
+
+    const SHA1: ObjectFormat = ObjectFormat::Sha1;
+
+    pub(crate) fn limits() -> DecodeLimits {
+        DecodeLimits {
+            max_objects: 100_000,
+            max_inflated_bytes: 64 << 20,
+            max_object_bytes: 32 << 20,
+            deadline: Instant::now() + Duration::from_secs(300),
+        }
+    }
+
+    /// Recomputes the trailing checksum, so damage reaches the decoder instead of stopping at
+    /// the checksum.
+    pub(crate) fn reseal(pack: &mut [u8]) {
+        if pack.len() >= HEADER_LEN + 20 {
+            let body = pack.len() - 20;
+            let mut sum = Checksum::new(SHA1);
+            sum.update(&pack[..body]);
+            pack[body..].copy_from_slice(sum.finish().as_bytes());
+        }
+    }
+
+    /// Each pushed commit and tree `git rev-list --objects` lists, as git itself reads it.
+    pub(crate) fn check_against_git(r: &Repo, pack: &PackObjects, revs: &[&str]) {
+        let mut args = vec!["rev-list", "--objects"];
+        args.extend_from_slice(revs);
+        let listed = r.git(&args);
+        let (mut commits, mut trees) = (0, 0);
+        for line in listed.lines() {
+            let id = line.split(' ').next().unwrap();
+            match r.git(&["cat-file", "-t", id]).as_str() {
+                "commit" => {
+                    let commit = pack
+                        .commit(&oid(id))
+                        .unwrap_or_else(|| panic!("commit {id} decoded"));
+                    assert_eq!(
+                        commit.tree.to_string(),
+                        r.git(&["rev-parse", &format!("{id}^{{tree}}")])
+                    );
+                    let parents = r.git(&["rev-list", "--parents", "-n1", id]);
+                    let parents: Vec<Oid> = parents.split(' ').skip(1).map(oid).collect();
+                    assert_eq!(commit.parents, parents);
+                    commits += 1;
+                }
+                "tree" => {
+                    let tree = pack.tree(&oid(id)).unwrap_or_else(|| panic!("tree {id} decoded"));
+                    let names: Vec<String> = tree
+                        .iter()
+                        .map(|e| String::from_utf8(e.name.clone()).unwrap())
+                        .collect();
+                    let listed = r.git(&["ls-tree", "--name-only", id]);
+                    assert_eq!(names, listed.lines().collect::<Vec<_>>());
+                    trees += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(commits > 0 && trees > 0);
+    }
+
+    /// A history whose big file, big directory and trees change a little in each commit, so git
+    /// stores most versions as deltas (chains of them, for blobs).
+    fn history() -> (Repo, Vec<String>) {
+        let r = Repo::new();
+        let mut next = xorshift(7);
+        let mut lines: Vec<String> = (0..600)
+            .map(|i| format!("line {i}: filler text, worth a delta\n"))
+            .collect();
+        let mut commits = Vec::new();
+        for version in 0..5 {
+            // Each version rewrites its own stretch, so it is closest to the version before it
+            // and git chains the deltas.
+            for line in &mut lines[version * 100..version * 100 + 30] {
+                *line = format!("version {version}: {:016x}{:016x}\n", next(), next());
+            }
+            r.write("big.txt", &lines.concat());
+            for i in 0..120 {
+                r.write(&format!("many/file-{i:03}.txt"), &format!("file {i}\n"));
+            }
+            r.write(&format!("many/added-{version}.txt"), "more\n");
+            r.write(&format!("src/deep/nested/v{version}.rs"), "fn main() {}\n");
+            commits.push(r.commit(&format!("version {version}")));
+        }
+        (r, commits)
+    }
+
+    /// (type, depth) of each deltified object, as `git verify-pack -v` reports them.
+    fn delta_depths(r: &Repo, pack: &[u8]) -> Vec<(String, usize)> {
+        let file = r.work.join("check.pack");
+        std::fs::write(&file, pack).unwrap();
+        git(&r.work, &["index-pack", file.to_str().unwrap()]);
+        let verify = r.git(&["verify-pack", "-v", r.work.join("check.idx").to_str().unwrap()]);
+        verify
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f.len() == 7).then(|| (f[1].to_owned(), f[5].parse().unwrap()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ofs_and_ref_delta_packs_decode_to_what_git_reads() {
+        let (r, commits) = history();
+        let head = commits.last().unwrap();
+        for options in [&["--delta-base-offset"][..], &[]] {
+            let raw = r.pack(&format!("{head}\n"), options);
+            let depths = delta_depths(&r, &raw);
+            assert!(
+                depths.iter().any(|(t, _)| t == "tree"),
+                "trees are deltas: {options:?}"
+            );
+            assert!(
+                depths.iter().any(|(t, d)| t == "blob" && *d >= 2),
+                "blob delta chains: {options:?}"
+            );
+            let pack = decode(&raw, SHA1, &limits()).unwrap();
+            assert_eq!(
+                pack.objects(),
+                r.git(&["rev-list", "--objects", head]).lines().count()
+            );
+            assert_eq!(pack.deltas(), depths.len());
+            assert_eq!((pack.unresolved(), pack.missing_bases()), (0, &[][..]));
+            check_against_git(&r, &pack, &[head]);
+        }
+    }
+
+    #[test]
+    fn sha256_packs_decode_to_what_git_reads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        git(
+            tmp.path(),
+            &["init", "-q", "--object-format=sha256", work.to_str().unwrap()],
+        );
+        for version in 0..3 {
+            std::fs::write(work.join("big.txt"), big(300 + version, &format!("v{version}"))).unwrap();
+            git(&work, &["add", "-A"]);
+            git(&work, &["commit", "-q", "-m", "v"]);
+        }
+        let head = git(&work, &["rev-parse", "HEAD"]);
+        let raw = crate::testgit::git_in(
+            &work,
+            &["pack-objects", "--stdout", "-q", "--revs"],
+            b"HEAD\n",
+            &[],
+        );
+        let pack = decode(&raw, ObjectFormat::Sha256, &limits()).unwrap();
+        let commit = pack
+            .commit(&oid(&head))
+            .expect("the head commit, by its SHA-256 id");
+        assert_eq!(commit.tree.to_string(), git(&work, &["rev-parse", "HEAD^{tree}"]));
+        assert_eq!(commit.parents, vec![oid(&git(&work, &["rev-parse", "HEAD~1"]))]);
+        assert!(pack.deltas() > 0);
+        // Read as SHA-1 it is not a pack at all: its checksum is 32 bytes.
+        assert_eq!(decode(&raw, SHA1, &limits()).unwrap_err(), PackError::Checksum);
+    }
+
+    #[test]
+    fn empty_input_and_empty_pack_hold_nothing() {
+        let r = Repo::new();
+        let pack = decode(&[], SHA1, &limits()).unwrap();
+        assert_eq!((pack.objects(), pack.unresolved()), (0, 0));
+        let empty = r.pack("", &[]);
+        assert_eq!(decode(&empty, SHA1, &limits()).unwrap().objects(), 0);
+    }
+
+    #[test]
+    fn limits_are_errors_naming_the_limit() {
+        let (r, commits) = history();
+        let raw = r.pack(&format!("{}\n", commits[4]), &["--delta-base-offset"]);
+        let count = decode(&raw, SHA1, &limits()).unwrap().objects();
+
+        let few = DecodeLimits {
+            max_objects: count - 1,
+            ..limits()
+        };
+        let error = decode(&raw, SHA1, &few).unwrap_err();
+        assert!(error.is_limit());
+        let error = error.to_string();
+        assert!(
+            error.contains(&format!("holds {count} objects, more than the limit max_objects")),
+            "{error}"
+        );
+        let exact = DecodeLimits {
+            max_objects: count,
+            ..limits()
+        };
+        assert!(decode(&raw, SHA1, &exact).is_ok());
+
+        // The tree of `many/` is over 4 KiB.
+        let small = DecodeLimits {
+            max_object_bytes: 4096,
+            ..limits()
+        };
+        let error = decode(&raw, SHA1, &small).unwrap_err();
+        assert!(
+            matches!(error, PackError::ObjectTooLarge { max: 4096, .. }),
+            "{error}"
+        );
+
+        let little = DecodeLimits {
+            max_inflated_bytes: 10_000,
+            ..limits()
+        };
+        let error = decode(&raw, SHA1, &little).unwrap_err().to_string();
+        assert!(
+            error.contains("more than the limit max_inflated_bytes (10000)"),
+            "{error}"
+        );
+        // Blobs do not count: the commits and trees alone fit in what their sizes add up to.
+        let kept: u64 = r
+            .git(&["rev-list", "--objects", &commits[4]])
+            .lines()
+            .map(|l| l.split(' ').next().unwrap())
+            .filter(|id| r.git(&["cat-file", "-t", id]) != "blob")
+            .map(|id| r.git(&["cat-file", "-s", id]).parse::<u64>().unwrap())
+            .sum();
+        let enough = DecodeLimits {
+            max_inflated_bytes: kept,
+            ..limits()
+        };
+        assert!(decode(&raw, SHA1, &enough).is_ok());
+
+        let late = DecodeLimits {
+            deadline: Instant::now() - Duration::from_millis(1),
+            ..limits()
+        };
+        let error = decode(&raw, SHA1, &late).unwrap_err().to_string();
+        assert!(error.contains("longer than its deadline (0 of its"), "{error}");
+    }
+
+    #[test]
+    fn corrupt_packs_are_clean_errors() {
+        let (r, commits) = history();
+        let raw = r.pack(&format!("{}\n", commits[1]), &["--delta-base-offset"]);
+        let error = |pack: &[u8]| decode(pack, SHA1, &limits()).unwrap_err().to_string();
+
+        let mut magic = raw.clone();
+        magic[0] = b'K';
+        assert!(error(&magic).contains("found \"KACK\""));
+        let mut version = raw.clone();
+        version[7] = 7;
+        assert!(error(&version).contains("unsupported pack version 7"));
+        assert!(error(&raw[..raw.len() / 2]).contains("checksum does not match"));
+        assert!(error(&raw[..15]).contains("too short to hold its trailing checksum"));
+        assert!(error(&raw[..8]).contains("ended inside its 12-byte header, after 8 bytes"));
+        assert!(error(&[raw.clone(), b"x".to_vec()].concat()).contains("checksum does not match"));
+
+        // Any flipped byte is caught by the checksum.
+        for at in (0..raw.len()).step_by(7) {
+            let mut bad = raw.clone();
+            bad[at] ^= 0x10;
+            assert!(decode(&bad, SHA1, &limits()).is_err(), "flipped byte {at}");
+        }
+
+        // Past the checksum, the decoder itself names the object: in a zlib stream...
+        let mut zlib = raw.clone();
+        zlib[HEADER_LEN + 4] ^= 0xff;
+        reseal(&mut zlib);
+        let message = error(&zlib);
+        assert!(message.starts_with("pack: object 1 of"), "{message}");
+        // ...in a declared size (the first object is a commit of a few hundred bytes)...
+        let mut size = raw.clone();
+        size[HEADER_LEN] ^= 0x01;
+        reseal(&mut size);
+        let message = error(&size);
+        assert!(message.contains("its header declares"), "{message}");
+        // ...and an object count larger than the objects there.
+        let mut count = raw.clone();
+        count[11] += 1;
+        reseal(&mut count);
+        let message = error(&count);
+        assert!(message.contains("(at byte"), "{message}");
+    }
+
+    fn sample_packs() -> &'static [Vec<u8>] {
+        static PACKS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        PACKS.get_or_init(|| {
+            let r = Repo::new();
+            for version in 0..3 {
+                r.write("big.txt", &big(60 + 5 * version, &format!("v{version}")));
+                r.write("dir/a.txt", &format!("a{version}\n"));
+                r.commit("c");
+            }
+            let ofs = r.pack("HEAD\n", &["--delta-base-offset"]);
+            let refs = r.pack("HEAD\n", &[]);
+            let thin = r.pack("HEAD\n^HEAD~1\n", &["--thin"]);
+            vec![ofs, refs, thin]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..400),
+            pack in any::<bool>(),
+        ) {
+            if pack {
+                bytes.splice(0..0, *b"PACK\0\0\0\x02\0\0\0\x03");
+                bytes.extend_from_slice(&[0; 20]);
+                reseal(&mut bytes);
+            }
+            let _ = decode(&bytes, SHA1, &limits());
+        }
+
+        #[test]
+        fn damaged_real_packs_never_panic(
+            which in 0..3usize,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+            sealed in any::<bool>(),
+        ) {
+            let mut pack = sample_packs()[which].clone();
+            for (at, xor) in flips {
+                let at = at % pack.len();
+                pack[at] ^= xor;
+            }
+            if cut % 3 == 0 {
+                pack.truncate(cut % pack.len());
+            }
+            if sealed {
+                reseal(&mut pack);
+            }
+            let _ = decode(&pack, SHA1, &limits());
+        }
+
+        #[test]
+        fn arbitrary_deltas_never_panic(
+            base in proptest::collection::vec(any::<u8>(), 0..64),
+            delta in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            if let Ok(out) = delta::apply(&base, &delta, 1 << 16) {
+                prop_assert!(out.len() <= 1 << 16);
+            }
+        }
+    }
+
+    // ---- memory on a big pack ------------------------------------------------------------------
+
+    /// Decodes a ~50 MB pack of blobs (half of them deltas) in a child process, which reports how
+    /// far its resident set grew past the pack it had read; prints the decode speed against
+    /// `git index-pack` on the same pack.
+    #[test]
+    fn decoding_a_big_pack_of_blobs_keeps_memory_bounded() {
+        let r = Repo::new();
+        let mut next = xorshift(0x5EED);
+        let mut files = Vec::new();
+        for i in 0..64 {
+            // Half random bytes (stored as they are), half hex text (which deflates).
+            let mut data: Vec<u8> = (0..(1 << 19) / 8).flat_map(|_| next().to_le_bytes()).collect();
+            data.extend((0..(1 << 19) / 16).flat_map(|_| format!("{:016x}", next()).into_bytes()));
+            std::fs::create_dir_all(r.work.join("blobs")).unwrap();
+            std::fs::write(r.work.join(format!("blobs/{i}.bin")), &data).unwrap();
+            files.push(data);
+        }
+        r.commit("a");
+        for (i, data) in files.iter_mut().enumerate() {
+            data[1000..1016].copy_from_slice(b"changed in b....");
+            std::fs::write(r.work.join(format!("blobs/{i}.bin")), &data).unwrap();
+        }
+        let b = r.commit("b");
+        let raw = r.pack(&format!("{b}\n"), &["--delta-base-offset", "--window=2"]);
+        let file = r.work.join("big.pack");
+        std::fs::write(&file, &raw).unwrap();
+
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "pack::decode::tests::memory_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .args(["--test-threads=1"])
+            .env("PUSH_MEMORY_PACK", &file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The test harness prints the child test's name on the same line.
+        let report = stdout
+            .split_once("memory_child: ")
+            .expect("a report")
+            .1
+            .lines()
+            .next()
+            .unwrap();
+        let field = |name: &str| -> f64 {
+            let value = report.split(' ').find_map(|f| f.strip_prefix(name)).unwrap();
+            value.parse().unwrap()
+        };
+        assert!(field("pack_bytes=") > 48e6, "{report}");
+        assert!(field("deltas=") >= 32.0, "blob deltas too: {report}");
+        let growth = field("growth_bytes=");
+        // A few objects at a time (a delta's base and result, 1 MiB each here, and the inflater's
+        // buffers), never the pack's 60 MB.
+        assert!(growth < 16.0 * 1024.0 * 1024.0, "{report}");
+
+        let start = Instant::now();
+        r.git_in(&["index-pack", "--stdin"], &raw);
+        let git_secs = start.elapsed().as_secs_f64();
+        println!(
+            "{report} git_index_pack_secs={git_secs:.2} ratio={:.1}",
+            field("secs=") / git_secs
+        );
+    }
+
+    fn status_bytes(field: &str) -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    #[test]
+    #[ignore = "run in a child process by decoding_a_big_pack_of_blobs_keeps_memory_bounded"]
+    fn memory_child() {
+        let Some(path) = std::env::var_os("PUSH_MEMORY_PACK") else {
+            return;
+        };
+        let raw = std::fs::read(path).unwrap();
+        // Resets the peak resident set to the current one.
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let before = status_bytes("VmRSS:");
+        let start = Instant::now();
+        let pack = decode(&raw, SHA1, &limits()).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let growth = status_bytes("VmHWM:").saturating_sub(before);
+        println!(
+            "memory_child: pack_bytes={} objects={} deltas={} growth_bytes={growth} secs={secs:.2} \
+             mib_per_sec={:.1}",
+            raw.len(),
+            pack.objects(),
+            pack.deltas(),
+            raw.len() as f64 / (1 << 20) as f64 / secs
+        );
     }
 }

@@ -62,10 +62,14 @@ pub fn apply(base: &[u8], delta: &[u8], max: usize) -> Result<Vec<u8>, DeltaErro
             actual: base.len(),
         });
     }
-    let result_size = usize::try_from(result_size)
-        .ok()
-        .filter(|&s| s <= max)
-        .ok_or(DeltaError::TooLarge { size: result_size, max })?;
+    let result_size =
+        usize::try_from(result_size)
+            .ok()
+            .filter(|&s| s <= max)
+            .ok_or(DeltaError::TooLarge {
+                size: result_size,
+                max,
+            })?;
     let mut out = Vec::with_capacity(result_size);
     while let Some(&op) = delta.get(at) {
         at += 1;

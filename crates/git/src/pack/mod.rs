@@ -52,7 +52,9 @@ impl Header {
         {
             return Err(PackError::Version(version));
         }
-        Ok(word(4).zip(word(8)).map(|(version, count)| Header { version, count }))
+        Ok(word(4)
+            .zip(word(8))
+            .map(|(version, count)| Header { version, count }))
     }
 }
 
@@ -100,7 +102,10 @@ pub enum EntryError {
     Delta(#[from] delta::DeltaError),
     #[error("its base {0} is not in the pack")]
     MissingBase(Oid),
-    #[error("its delta chain is longer than {}, more than git ever writes", decode::MAX_DELTA_DEPTH)]
+    #[error(
+        "its delta chain is longer than {}, more than git ever writes",
+        decode::MAX_DELTA_DEPTH
+    )]
     ChainTooLong,
 }
 
@@ -127,7 +132,9 @@ pub enum PackError {
     EndedInChecksum,
     #[error("pack: the pack is too short to hold its trailing checksum")]
     TooShort,
-    #[error("pack: the pack's trailing checksum does not match its content: the pack is corrupt or truncated")]
+    #[error(
+        "pack: the pack's trailing checksum does not match its content: the pack is corrupt or truncated"
+    )]
     Checksum,
     #[error("pack: unexpected data after the trailing checksum, at byte {0}")]
     AfterChecksum(u64),
@@ -139,12 +146,23 @@ pub enum PackError {
         "pack: stopped inside object {} (at byte {offset}): the limit max_inflated_bytes ({max}) was reached",
         At(*.index, *.count)
     )]
-    InflateLimit { index: u64, count: u32, offset: u64, max: u64 },
+    InflateLimit {
+        index: u64,
+        count: u32,
+        offset: u64,
+        max: u64,
+    },
     #[error(
         "pack: object {} (at byte {offset}) needs {size} bytes in memory, more than the limit max_object_bytes ({max})",
         At(*.index, *.count)
     )]
-    ObjectTooLarge { index: u64, count: u32, offset: u64, size: u64, max: usize },
+    ObjectTooLarge {
+        index: u64,
+        count: u32,
+        offset: u64,
+        size: u64,
+        max: usize,
+    },
     #[error(
         "pack: the commits and trees of the pack inflate to more than the limit max_inflated_bytes ({max}), at object {}",
         At(*.index, *.count)
@@ -480,7 +498,10 @@ pub(crate) mod tests {
     fn headers_are_checked_field_by_field() {
         assert_eq!(Header::parse(b"PA"), Ok(None));
         assert_eq!(Header::parse(b"PACK\0\0\0\x02\0\0"), Ok(None));
-        assert_eq!(Header::parse(b"PACK\0\0\0\x02\0\0\0\x05"), Ok(Some(Header { version: 2, count: 5 })));
+        assert_eq!(
+            Header::parse(b"PACK\0\0\0\x02\0\0\0\x05"),
+            Ok(Some(Header { version: 2, count: 5 }))
+        );
         assert_eq!(Header::parse(b"PUCK"), Err(PackError::NotAPack("PUCK".into())));
         assert_eq!(Header::parse(b"PACK\0\0\0\x04"), Err(PackError::Version(4)));
     }
@@ -488,17 +509,36 @@ pub(crate) mod tests {
     #[test]
     fn entry_headers_decode_as_git_writes_them() {
         let h = header_of(&entry_header(1, 300), 12).unwrap().unwrap();
-        assert_eq!(h, EntryHeader { base: Base::Whole(ObjectKind::Commit), size: 300 });
+        assert_eq!(
+            h,
+            EntryHeader {
+                base: Base::Whole(ObjectKind::Commit),
+                size: 300
+            }
+        );
         for back in [1, 127, 128, 16511, 16512, 1 << 40] {
             let bytes = [entry_header(6, 4), ofs_varint(back)].concat();
-            assert_eq!(header_of(&bytes, back + 12).unwrap().unwrap().base, Base::Ofs(back), "{back}");
+            assert_eq!(
+                header_of(&bytes, back + 12).unwrap().unwrap().base,
+                Base::Ofs(back),
+                "{back}"
+            );
             assert_eq!(header_of(&bytes, back + 11), Err(EntryError::BadOffset(back)));
         }
         let bytes = [entry_header(7, 2), vec![0x22; 20]].concat();
-        assert_eq!(header_of(&bytes, 12).unwrap().unwrap().base, Base::Ref(Oid::sha1([0x22; 20])));
+        assert_eq!(
+            header_of(&bytes, 12).unwrap().unwrap().base,
+            Base::Ref(Oid::sha1([0x22; 20]))
+        );
         assert_eq!(header_of(&bytes[..10], 12), Ok(None));
-        assert_eq!(header_of(&entry_header(5, 5), 12), Err(EntryError::InvalidType(5)));
+        assert_eq!(
+            header_of(&entry_header(5, 5), 12),
+            Err(EntryError::InvalidType(5))
+        );
         assert_eq!(header_of(&[0x90; 11], 12), Err(EntryError::SizeOverflow));
-        assert_eq!(header_of(&[&[0x60][..], &[0xff; 10]].concat(), 1 << 62), Err(EntryError::OffsetOverflow));
+        assert_eq!(
+            header_of(&[&[0x60][..], &[0xff; 10]].concat(), 1 << 62),
+            Err(EntryError::OffsetOverflow)
+        );
     }
 }
