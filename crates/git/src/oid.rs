@@ -158,6 +158,11 @@ impl Oid {
     pub fn to_hex(&self) -> String {
         hex::encode(self.as_bytes())
     }
+
+    /// The first seven hex digits, as git abbreviates ids for people.
+    pub fn short(&self) -> String {
+        hex::encode(&self.as_bytes()[..4])[..7].to_owned()
+    }
 }
 
 impl fmt::Display for Oid {
