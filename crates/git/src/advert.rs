@@ -9,14 +9,14 @@
 //! `shallow <oid>` lines, then a flush-pkt. Capabilities on later lines are not read (git warns
 //! and ignores them). `ERR <message>` anywhere is the server refusing.
 //!
-//! It holds at most one pkt-line and [`MAX_ITEMS`] refs, symrefs and capabilities (more are
+//! It holds at most one pkt-line and [`crate::bounded::MAX_ITEMS`] refs, symrefs and capabilities (more are
 //! counted), and never panics: malformed input stops it with an error.
 use std::ops::Range;
 
+use crate::bounded::keep;
 use crate::caps::{Capabilities, UnknownObjectFormat};
 use crate::oid::{ObjectFormat, Oid, OidError, preview};
-use crate::pktline::{self, Pkt, PktError, PktReader, chomp};
-use crate::receive::MAX_ITEMS;
+use crate::pktline::{self, Pkt, PktError, PktReader, Truncated, chomp};
 
 /// What a ref advertisement or an `ls-refs` answer announced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct Advertised {
     pub capabilities: Vec<String>,
     /// v0/v1: where the line carrying the capabilities lies in the body.
     pub caps_line: Option<CapsLine>,
-    /// Items read beyond [`MAX_ITEMS`] and not kept.
+    /// Items read beyond [`crate::bounded::MAX_ITEMS`] and not kept.
     pub omitted: u64,
     pub error: Option<AdvertError>,
 }
@@ -70,10 +70,8 @@ pub enum AdvertError {
     UnexpectedPkt(&'static str),
     #[error("data after the final flush-pkt")]
     AfterEnd,
-    #[error("the body ended inside a pkt-line")]
-    EndedInsidePkt,
-    #[error("the body ended before its final flush-pkt")]
-    EndedEarly,
+    #[error(transparent)]
+    Truncated(#[from] Truncated),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,11 +163,7 @@ impl AdvertReader {
     /// The body ended.
     pub fn finish(mut self) -> Advertised {
         if self.out.error.is_none() && self.seen {
-            if self.pkts.mid_pkt() {
-                self.out.error = Some(AdvertError::EndedInsidePkt);
-            } else if self.phase != Phase::End {
-                self.out.error = Some(AdvertError::EndedEarly);
-            }
+            self.out.error = self.pkts.end(self.phase == Phase::End).err().map(Into::into);
         }
         self.out
     }
@@ -177,14 +171,6 @@ impl AdvertReader {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn keep<T>(list: &mut Vec<T>, omitted: &mut u64, item: T) {
-    if list.len() < MAX_ITEMS {
-        list.push(item);
-    } else {
-        *omitted += 1;
-    }
 }
 
 fn step(
@@ -440,13 +426,9 @@ impl PushAdvert {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::testutil::{pkt, pkts, split_all_ways};
-
-    const A: &str = "1111111111111111111111111111111111111111";
-    const B: &str = "2222222222222222222222222222222222222222";
-    const Z: &str = "0000000000000000000000000000000000000000";
+    use crate::testutil::{A, B, Z, pieces, pkts, split_all_ways};
 
     fn oid(hex: &str) -> Oid {
         hex.parse().unwrap()
@@ -455,11 +437,7 @@ mod tests {
     pub(crate) fn read_with(body: &[u8], new: fn() -> AdvertReader) -> Advertised {
         split_all_ways(body, |cuts| {
             let mut r = new();
-            let mut from = 0;
-            for &cut in cuts.iter().chain([body.len()].iter()) {
-                r.feed(&body[from..cut]);
-                from = cut;
-            }
+            pieces(body, cuts).for_each(|piece| r.feed(piece));
             r.finish()
         })
     }
@@ -596,16 +574,14 @@ mod tests {
     }
 
     /// An advertisement through `PushAdvert`, the same whatever the chunks.
-    fn rewritten(adv: &[u8], no_thin: bool) -> Vec<u8> {
+    pub(crate) fn rewritten(adv: &[u8], no_thin: bool) -> Vec<u8> {
         split_all_ways(adv, |cuts| {
             let mut n = PushAdvert::new(no_thin);
             let mut out = Vec::new();
-            let mut from = 0;
-            for &cut in cuts.iter() {
-                out.extend(n.push(&adv[from..cut], false));
-                from = cut;
+            let mut rest = pieces(adv, cuts).peekable();
+            while let Some(piece) = rest.next() {
+                out.extend(n.push(piece, rest.peek().is_none()));
             }
-            out.extend(n.push(&adv[from..], true));
             out
         })
     }
@@ -656,7 +632,6 @@ mod tests {
         assert_eq!(rewritten(&empty, false), want);
         let a = read(&want);
         assert_eq!((a.error, a.refs.len()), (None, 0));
-        let _ = pkt("");
     }
 
     proptest::proptest! {

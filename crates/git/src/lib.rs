@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod advert;
+pub mod bounded;
 pub mod caps;
 pub mod object;
 pub mod oid;

@@ -53,6 +53,15 @@ pub enum PktError {
     TooLong(usize),
 }
 
+/// Why a stream of pkt-lines ended where it should not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Truncated {
+    #[error("the body ended inside a pkt-line")]
+    InsidePkt,
+    #[error("the body ended before its final flush-pkt")]
+    BeforeFlush,
+}
+
 /// Splits a byte stream into pkt-lines as it arrives.
 #[derive(Debug, Default)]
 pub struct PktReader {
@@ -127,6 +136,18 @@ impl PktReader {
     /// Bytes consumed so far.
     pub fn position(&self) -> u64 {
         self.position
+    }
+
+    /// The stream ended, `complete` when what it carried was: an error if it ended inside a
+    /// pkt-line or before the end of what it carried.
+    pub fn end(&self, complete: bool) -> Result<(), Truncated> {
+        if self.mid_pkt() {
+            Err(Truncated::InsidePkt)
+        } else if !complete {
+            Err(Truncated::BeforeFlush)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -203,13 +224,50 @@ pub enum Band<'a> {
     Error(&'a [u8]),
 }
 
-/// Why a payload is not a side-band packet.
+/// Why bytes are not a side-band stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SidebandError {
     #[error("side-band: a packet has no band")]
     Missing,
     #[error("side-band: bad band #{0}")]
     BadBand(u8),
+    #[error("side-band: {0}")]
+    Pkt(#[from] PktError),
+    #[error("side-band: unexpected {0}")]
+    Unexpected(&'static str),
+    #[error("side-band: the stream ended before its flush-pkt")]
+    Truncated,
+}
+
+/// A side-band stream up to its flush-pkt, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demultiplexed<'a> {
+    /// Band 1's data, joined.
+    pub data: Vec<u8>,
+    /// The other bands' pkt-lines, whole and in order.
+    pub others: Vec<u8>,
+    /// What follows the flush-pkt.
+    pub rest: &'a [u8],
+}
+
+/// Takes a side-band stream apart up to its flush-pkt, as git's `demultiplex_sideband` reads it.
+pub fn demultiplex(stream: &[u8]) -> Result<Demultiplexed<'_>, SidebandError> {
+    let mut reader = PktReader::new();
+    let mut rest = stream;
+    let (mut data, mut others) = (Vec::new(), Vec::new());
+    loop {
+        let before = reader.position() as usize;
+        match reader.next(&mut rest)?.ok_or(SidebandError::Truncated)? {
+            Pkt::Flush => return Ok(Demultiplexed { data, others, rest }),
+            Pkt::Data(payload) => match band(payload)? {
+                Band::Data(d) => data.extend_from_slice(d),
+                Band::Progress(_) | Band::Error(_) => {
+                    others.extend_from_slice(&stream[before..reader.position() as usize])
+                }
+            },
+            other => return Err(SidebandError::Unexpected(other.name())),
+        }
+    }
 }
 
 /// Which band a side-band payload is on, as git's `demultiplex_sideband` reads it.
@@ -345,5 +403,16 @@ mod tests {
         assert_eq!(band(b"\x03fatal"), Ok(Band::Error(b"fatal")));
         assert_eq!(band(b""), Err(SidebandError::Missing));
         assert_eq!(band(b"\x05x"), Err(SidebandError::BadBand(5)));
+
+        let mut stream = Vec::new();
+        write_sideband(&mut stream, 2, b"progress\n", 4);
+        write_sideband(&mut stream, 1, b"0009done\n", 3);
+        flush(&mut stream);
+        stream.extend_from_slice(b"after");
+        let d = demultiplex(&stream).unwrap();
+        assert_eq!((d.data.as_slice(), d.rest), (&b"0009done\n"[..], &b"after"[..]));
+        assert_eq!(d.others, stream[..d.others.len()]);
+        assert_eq!(demultiplex(&stream[..20]), Err(SidebandError::Truncated));
+        assert_eq!(demultiplex(b"0001"), Err(SidebandError::Unexpected("delim-pkt")));
     }
 }

@@ -5,16 +5,17 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::advert::tests::{read_with as read_advert, rewritten};
 use crate::advert::{AdvertReader, PushAdvert};
 use crate::caps::Capabilities;
 use crate::oid::Oid;
 use crate::pack::decode::{DecodeLimits, decode};
-use crate::receive::{CommandReader, Commands};
+use crate::receive::Commands;
 use crate::refs::{RefOp, RefUpdate};
 use crate::report::{Report, Status};
 use crate::testgit::{git, git_in};
-use crate::testutil::{pkt, pkts, split_all_ways, xorshift};
-use crate::upload::UploadPackReader;
+use crate::testutil::{mutate, pkt, pkts, xorshift};
+use crate::upload::tests::read as read_fetch;
 
 /// A work repository with two commits on main, an annotated tag and a branch, and an empty bare
 /// repository; `format` is "sha1" or "sha256".
@@ -87,19 +88,9 @@ impl Repos {
 
 /// Reads a push body every way it can be split: its commands, and the pack after them.
 fn read_push(body: &[u8]) -> (Commands, Vec<u8>) {
-    split_all_ways(body, |cuts| {
-        let mut r = CommandReader::new();
-        let mut pack = Vec::new();
-        let mut from = 0;
-        for &cut in cuts.iter().chain([body.len()].iter()) {
-            let mut chunk = &body[from..cut];
-            assert!(r.feed(&mut chunk).is_ok(), "{:?}", r.error());
-            pack.extend_from_slice(chunk);
-            from = cut;
-        }
-        r.end().unwrap();
-        (r.into_commands(), pack)
-    })
+    let (commands, error, pack) = crate::receive::tests::read(body);
+    assert_eq!(error, None);
+    (commands, pack)
 }
 
 /// The pack a push carries is one git accepts.
@@ -211,8 +202,8 @@ fn real_signed_push_is_known_as_one() {
         reader.finish().caps_line.unwrap().caps
     };
     assert!(caps(&adv).has("push-cert"));
-    let rewritten = PushAdvert::new(true).push(&adv, true);
-    assert!(!caps(&rewritten).has("push-cert") && caps(&rewritten).has("no-thin"));
+    let passed = PushAdvert::new(true).push(&adv, true);
+    assert!(!caps(&passed).has("push-cert") && caps(&passed).has("no-thin"));
 }
 
 #[test]
@@ -287,21 +278,13 @@ fn real_report_status_in_every_form() {
         request.extend_from_slice(&pack);
         git(&r.bare, &["update-ref", "refs/heads/main", &r.rev("main~1")]);
         let answer = receive(&r, &request);
-        let status = if sideband {
-            let mut status = Vec::new();
-            let mut reader = crate::pktline::PktReader::new();
-            let mut rest = &answer[..];
-            while let Some(crate::pktline::Pkt::Data(d)) = reader.next(&mut rest).unwrap() {
-                if let crate::pktline::Band::Data(d) = crate::pktline::band(d).unwrap() {
-                    status.extend_from_slice(d);
-                }
-            }
-            status
-        } else {
-            answer.clone()
+        let status = |answer: &[u8]| match sideband {
+            true => crate::pktline::demultiplex(answer).unwrap().data,
+            false => answer.to_vec(),
         };
-        let (report, _, end) = Report::parse(&status).unwrap();
-        assert_eq!(end, status.len(), "v2 {v2}, side-band {sideband}");
+        let status_bytes = status(&answer);
+        let (report, _, end) = Report::parse(&status_bytes).unwrap();
+        assert_eq!(end, status_bytes.len(), "v2 {v2}, side-band {sideband}");
         assert_eq!(report.unpack_error, None);
         let by_name = |name: &str| report.refs.iter().find(|s| s.name == name).unwrap();
         assert_eq!(by_name("refs/heads/main").status, Status::Ok);
@@ -314,20 +297,10 @@ fn real_report_status_in_every_form() {
         let held = [("refs/heads/held".to_owned(), "held for approval 7".to_owned())];
         let style = c.reply_style();
         let merged = crate::report::merge(style, &answer, &held, &["ghgate: held".into()]).unwrap();
-        let merged_status = if sideband {
+        if sideband {
             assert!(merged.ends_with(b"0000") && merged.windows(13).any(|w| w == b"\x02ghgate: held"));
-            let mut status = Vec::new();
-            let mut reader = crate::pktline::PktReader::new();
-            let mut rest = &merged[..];
-            while let Some(crate::pktline::Pkt::Data(d)) = reader.next(&mut rest).unwrap() {
-                if let crate::pktline::Band::Data(d) = crate::pktline::band(d).unwrap() {
-                    status.extend_from_slice(d);
-                }
-            }
-            status
-        } else {
-            merged
-        };
+        }
+        let merged_status = status(&merged);
         let (merged, _, _) = Report::parse(&merged_status).unwrap();
         assert_eq!(merged.refs[..report.refs.len()], report.refs[..]);
         assert_eq!(
@@ -353,30 +326,6 @@ fn split_at_flushes(mut stream: &[u8]) -> Vec<Vec<u8>> {
     parts
 }
 
-fn read_fetch(body: &[u8]) -> crate::upload::UploadPack {
-    split_all_ways(body, |cuts| {
-        let mut r = UploadPackReader::new();
-        let mut from = 0;
-        for &cut in cuts.iter().chain([body.len()].iter()) {
-            r.feed(&body[from..cut]);
-            from = cut;
-        }
-        r.finish()
-    })
-}
-
-fn read_advert(body: &[u8], new: fn() -> AdvertReader) -> crate::advert::Advertised {
-    split_all_ways(body, |cuts| {
-        let mut r = new();
-        let mut from = 0;
-        for &cut in cuts.iter().chain([body.len()].iter()) {
-            r.feed(&body[from..cut]);
-            from = cut;
-        }
-        r.finish()
-    })
-}
-
 #[test]
 fn real_fetch_requests() {
     let r = repos("sha1");
@@ -384,21 +333,14 @@ fn real_fetch_requests() {
     r.push(&[url, "main", "topic", "v1"]);
     let script = r.capture.with_file_name("tee-upload-pack");
     let up = format!("--upload-pack={}", script.display());
-    let clone = r.capture.with_file_name("clone");
+    let clone = |name: &str, protocol: &str| {
+        let into = r.capture.with_file_name(name);
+        let args = ["-c", protocol, "clone", "-q", "--no-local", "--bare", &up, url];
+        git(&r.work, &[&args[..], &[into.to_str().unwrap()]].concat());
+    };
 
     // v0: the whole stateful conversation is one request body's worth of lines.
-    git(
-        &r.work,
-        &[
-            "clone",
-            "-q",
-            "--no-local",
-            "--bare",
-            &up,
-            url,
-            clone.to_str().unwrap(),
-        ],
-    );
+    clone("clone", "protocol.version=0");
     let body = std::fs::read(&r.capture).unwrap();
     let f = read_fetch(&body);
     assert_eq!(
@@ -415,21 +357,7 @@ fn real_fetch_requests() {
     assert_eq!(wants, expected);
 
     // v2: ls-refs, then fetch, each a request body of its own over HTTP.
-    let clone2 = r.capture.with_file_name("clone2");
-    git(
-        &r.work,
-        &[
-            "-c",
-            "protocol.version=2",
-            "clone",
-            "-q",
-            "--no-local",
-            "--bare",
-            &up,
-            url,
-            clone2.to_str().unwrap(),
-        ],
-    );
+    clone("clone2", "protocol.version=2");
     let stream = std::fs::read(&r.capture).unwrap();
     let bodies = split_at_flushes(&stream);
     assert_eq!(bodies.len(), 2, "{:?}", String::from_utf8_lossy(&stream));
@@ -513,18 +441,7 @@ fn real_advertisements() {
     let caps = a.caps_line.unwrap().caps;
     assert!(caps.has("report-status") && caps.has("report-status-v2") && caps.has("push-options"));
     // The push advertisement rewritten for a policy, whatever the chunks: no-thin added.
-    let adv = with_header("receive-pack", rp);
-    let out = split_all_ways(&adv, |cuts| {
-        let mut n = PushAdvert::new(true);
-        let mut out = Vec::new();
-        let mut from = 0;
-        for &cut in cuts {
-            out.extend(n.push(&adv[from..cut], false));
-            from = cut;
-        }
-        out.extend(n.push(&adv[from..], true));
-        out
-    });
+    let out = rewritten(&with_header("receive-pack", rp), true);
     let again = read_advert(&out, AdvertReader::new);
     let mut want = caps.clone();
     want.add("no-thin");
@@ -609,32 +526,8 @@ fn arbitrary_bytes_never_panic_and_split_the_same() {
     ]);
     let mut next = xorshift(0x2545_F491_4F6C_DD1D);
     for _ in 0..300 {
-        let mut input = seed.clone();
-        for _ in 0..(next() % 8) {
-            let at = (next() as usize) % input.len();
-            match next() % 3 {
-                0 => input[at] = next() as u8,
-                1 => {
-                    let end = (at + (next() % 60) as usize).min(input.len());
-                    input.drain(at..end);
-                }
-                _ => input.truncate(at.max(1)),
-            }
-            if input.is_empty() {
-                break;
-            }
-        }
-        split_all_ways(&input, |cuts| {
-            let mut r = CommandReader::new();
-            let mut from = 0;
-            let mut out = Ok(false);
-            for &cut in cuts.iter().chain([input.len()].iter()) {
-                let mut chunk = &input[from..cut];
-                out = r.feed(&mut chunk);
-                from = cut;
-            }
-            (out.is_ok(), r.into_commands())
-        });
+        let input = mutate(&seed, &mut next, 60);
+        crate::receive::tests::read(&input);
         read_fetch(&input);
         read_advert(&input, AdvertReader::new);
         read_advert(&input, AdvertReader::ls_refs);

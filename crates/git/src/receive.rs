@@ -19,13 +19,11 @@
 //! an error naming what was wrong, and it stops there.
 use std::ops::Range;
 
+use crate::bounded::{MAX_ITEMS, keep};
 use crate::caps::{Capabilities, UnknownObjectFormat};
 use crate::oid::{ObjectFormat, Oid, OidError, preview};
-use crate::pktline::{self, Pkt, PktError, PktReader};
+use crate::pktline::{self, Pkt, PktError, PktReader, Truncated};
 use crate::refs::{RefUpdate, RefUpdateError};
-
-/// How many ref updates (and, apart, shallow ids) a reader keeps; more are counted in `omitted`.
-pub const MAX_ITEMS: usize = 100_000;
 
 /// The longest line of a push certificate it reads (a command with SHA-256 ids and a long ref
 /// name fits many times over).
@@ -60,8 +58,8 @@ pub enum CommandError {
     UnexpectedInCertificate(&'static str),
     #[error("malformed push certificate: {0}")]
     Certificate(&'static str),
-    #[error("the body ended inside a pkt-line")]
-    EndedInsidePkt,
+    #[error(transparent)]
+    Truncated(#[from] Truncated),
     #[error("the body ended before the flush-pkt ending the command list")]
     EndedInList,
     #[error("the body ended before the flush-pkt ending the push options")]
@@ -267,16 +265,14 @@ impl CommandReader {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
-        let error = if self.pkts.position() == 0 {
+        if self.pkts.position() == 0 {
             return Ok(());
-        } else if self.pkts.mid_pkt() {
-            CommandError::EndedInsidePkt
-        } else {
-            match self.phase {
-                Phase::List | Phase::Certificate => CommandError::EndedInList,
-                Phase::Options => CommandError::EndedInOptions,
-                Phase::Done => return Ok(()),
-            }
+        }
+        let error = match (self.pkts.end(true), self.phase) {
+            (Err(e), _) => e.into(),
+            (Ok(()), Phase::List | Phase::Certificate) => CommandError::EndedInList,
+            (Ok(()), Phase::Options) => CommandError::EndedInOptions,
+            (Ok(()), Phase::Done) => return Ok(()),
         };
         self.error = Some(error.clone());
         Err(error)
@@ -390,14 +386,6 @@ fn settle_format(out: &mut Commands, format: ObjectFormat) -> Result<(), Command
     }
 }
 
-fn keep<T>(list: &mut Vec<T>, omitted: &mut u64, item: T) {
-    if list.len() < MAX_ITEMS {
-        list.push(item);
-    } else {
-        *omitted += 1;
-    }
-}
-
 impl Certificate {
     /// More certificate text (git concatenates every block's).
     fn text(&mut self, text: &[u8], format: Option<ObjectFormat>) -> Result<(), CommandError> {
@@ -480,31 +468,24 @@ impl Certificate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::refs::RefOp;
-    use crate::testutil::{pkt, pkts, split_all_ways};
-
-    const A: &str = "1111111111111111111111111111111111111111";
-    const B: &str = "2222222222222222222222222222222222222222";
-    const Z: &str = "0000000000000000000000000000000000000000";
+    use crate::testutil::{A, B, Z, pieces, pkt, pkts, split_all_ways};
 
     /// Reads `body` fed in the pieces `cuts` makes: the commands, the error, and what was left
     /// for the pack.
     fn read_split(body: &[u8], cuts: &[usize]) -> (Commands, Option<CommandError>, Vec<u8>) {
         let mut r = CommandReader::new();
         let mut pack = Vec::new();
-        let mut from = 0;
         let mut error = None;
-        for &cut in cuts.iter().chain([body.len()].iter()) {
-            let mut chunk = &body[from..cut];
+        for mut chunk in pieces(body, cuts) {
             match r.feed(&mut chunk) {
                 Ok(_) => pack.extend_from_slice(chunk),
                 Err(e) => {
                     error.get_or_insert(e);
                 }
             }
-            from = cut;
         }
         if let Err(e) = r.end() {
             error.get_or_insert(e);
@@ -512,7 +493,7 @@ mod tests {
         (r.into_commands(), error, pack)
     }
 
-    fn read(body: &[u8]) -> (Commands, Option<CommandError>, Vec<u8>) {
+    pub(crate) fn read(body: &[u8]) -> (Commands, Option<CommandError>, Vec<u8>) {
         split_all_ways(body, |cuts| read_split(body, cuts))
     }
 

@@ -165,10 +165,7 @@ mod serde_impl {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const A: &str = "1111111111111111111111111111111111111111";
-    const B: &str = "2222222222222222222222222222222222222222";
-    const Z: &str = "0000000000000000000000000000000000000000";
+    use crate::testutil::{A, B, Z};
 
     fn parse(line: &str) -> Result<RefUpdate, RefUpdateError> {
         RefUpdate::parse(line.as_bytes(), None)

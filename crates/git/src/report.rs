@@ -6,7 +6,7 @@
 //! ([`reply`], for a push the gateway answers itself), and [`merge`]d: the refs the gateway held
 //! back added to the upstream's answer to the rest.
 use crate::oid::preview;
-use crate::pktline::{self, Band, Pkt, PktError, PktReader, SidebandError, chomp};
+use crate::pktline::{self, Pkt, PktError, PktReader, SidebandError, chomp};
 use crate::receive::ReplyStyle;
 
 /// What became of one ref.
@@ -216,28 +216,12 @@ pub fn merge(
     if !style.sideband {
         return add(upstream);
     }
-    let mut reader = PktReader::new();
-    let mut rest = upstream;
-    let mut status = Vec::new();
-    let mut others = Vec::new();
-    loop {
-        let before = reader.position() as usize;
-        match reader.next(&mut rest)?.ok_or(ReportError::Truncated)? {
-            Pkt::Flush => break,
-            Pkt::Data(payload) => match pktline::band(payload)? {
-                Band::Data(d) => status.extend_from_slice(d),
-                Band::Progress(_) | Band::Error(_) => {
-                    others.extend_from_slice(&upstream[before..reader.position() as usize])
-                }
-            },
-            other => return Err(ReportError::Unexpected(other.name())),
-        }
-    }
-    let mut out = others;
+    let parts = pktline::demultiplex(upstream)?;
+    let mut out = parts.others;
     notes_out(&mut out, notes);
-    pktline::write_sideband(&mut out, 1, &add(&status)?, pktline::MAX_SIDEBAND_DATA);
+    pktline::write_sideband(&mut out, 1, &add(&parts.data)?, pktline::MAX_SIDEBAND_DATA);
     pktline::flush(&mut out);
-    out.extend_from_slice(rest);
+    out.extend_from_slice(parts.rest);
     Ok(out)
 }
 

@@ -1,6 +1,11 @@
 //! Helpers of this crate's unit tests: pkt-lines written by hand, and reading an input split
 //! every way.
 
+/// Ids for hand-made bodies.
+pub(crate) const A: &str = "1111111111111111111111111111111111111111";
+pub(crate) const B: &str = "2222222222222222222222222222222222222222";
+pub(crate) const Z: &str = "0000000000000000000000000000000000000000";
+
 /// `data` as one pkt-line (test-side framing, independent of the crate's writer).
 pub(crate) fn pkt(data: impl AsRef<[u8]>) -> Vec<u8> {
     let data = data.as_ref();
@@ -18,6 +23,37 @@ pub(crate) fn pkts<S: AsRef<[u8]>>(lines: &[S]) -> Vec<u8> {
             data => pkt(data),
         })
         .collect()
+}
+
+/// `input` cut at `cuts` (ascending): the pieces a reader is fed, in order.
+pub(crate) fn pieces<'a>(input: &'a [u8], cuts: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let mut from = 0;
+    cuts.iter().copied().chain([input.len()]).map(move |end| {
+        let piece = &input[from..end];
+        from = end;
+        piece
+    })
+}
+
+/// `seed` damaged a few random ways: bytes changed, runs of up to `max_run` bytes removed, the
+/// end cut off.
+pub(crate) fn mutate(seed: &[u8], next: &mut impl FnMut() -> u64, max_run: u64) -> Vec<u8> {
+    let mut input = seed.to_vec();
+    for _ in 0..(next() % 8) {
+        if input.is_empty() {
+            break;
+        }
+        let at = (next() as usize) % input.len();
+        match next() % 3 {
+            0 => input[at] = next() as u8,
+            1 => {
+                let end = (at + (next() % max_run) as usize).min(input.len());
+                input.drain(at..end);
+            }
+            _ => input.truncate(at.max(1)),
+        }
+    }
+    input
 }
 
 pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {

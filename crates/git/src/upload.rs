@@ -3,11 +3,11 @@
 //! flush-pkt), read as it streams. What it keeps: the command, the wanted ids and refs, how many
 //! haves, whether negotiation is done.
 //!
-//! It holds at most one pkt-line and [`MAX_ITEMS`] wants (more are counted), and never panics:
+//! It holds at most one pkt-line and [`crate::bounded::MAX_ITEMS`] wants (more are counted), and never panics:
 //! malformed input stops it with an error, and later bytes are ignored.
+use crate::bounded::keep;
 use crate::oid::{Oid, OidError, preview};
-use crate::pktline::{Pkt, PktError, PktReader, chomp};
-use crate::receive::MAX_ITEMS;
+use crate::pktline::{Pkt, PktError, PktReader, Truncated, chomp};
 
 /// What a fetch request body asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct UploadPack {
     pub haves: u64,
     /// Whether the client sent `done` (the last round of negotiation).
     pub done: bool,
-    /// Wants and want-refs read beyond [`MAX_ITEMS`] and not kept.
+    /// Wants and want-refs read beyond [`crate::bounded::MAX_ITEMS`] and not kept.
     pub omitted: u64,
     pub error: Option<UploadPackError>,
 }
@@ -43,10 +43,8 @@ pub enum UploadPackError {
     AfterEnd,
     #[error("unexpected {0}")]
     Unexpected(&'static str),
-    #[error("the body ended inside a pkt-line")]
-    EndedInsidePkt,
-    #[error("the body ended before its final flush-pkt")]
-    EndedEarly,
+    #[error(transparent)]
+    Truncated(#[from] Truncated),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,13 +108,9 @@ impl UploadPackReader {
     /// The body ended.
     pub fn finish(mut self) -> UploadPack {
         if self.out.error.is_none() {
-            if self.pkts.mid_pkt() {
-                self.out.error = Some(UploadPackError::EndedInsidePkt);
-            } else if matches!(self.phase, Phase::V2Capabilities | Phase::V2Arguments)
-                || (self.phase == Phase::V0 && !self.at_boundary)
-            {
-                self.out.error = Some(UploadPackError::EndedEarly);
-            }
+            let complete = !matches!(self.phase, Phase::V2Capabilities | Phase::V2Arguments)
+                && (self.phase != Phase::V0 || self.at_boundary);
+            self.out.error = self.pkts.end(complete).err().map(Into::into);
         }
         self.out
     }
@@ -195,31 +189,15 @@ fn argument(line: &[u8], out: &mut UploadPack) -> Result<(), UploadPackError> {
     Ok(())
 }
 
-fn keep<T>(list: &mut Vec<T>, omitted: &mut u64, item: T) {
-    if list.len() < MAX_ITEMS {
-        list.push(item);
-    } else {
-        *omitted += 1;
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::testutil::{pkt, pkts, split_all_ways};
-
-    const A: &str = "1111111111111111111111111111111111111111";
-    const B: &str = "2222222222222222222222222222222222222222";
-    const Z: &str = "0000000000000000000000000000000000000000";
+    use crate::testutil::{A, B, Z, pieces, pkt, pkts, split_all_ways};
 
     pub(crate) fn read(body: &[u8]) -> UploadPack {
         split_all_ways(body, |cuts| {
             let mut r = UploadPackReader::new();
-            let mut from = 0;
-            for &cut in cuts.iter().chain([body.len()].iter()) {
-                r.feed(&body[from..cut]);
-                from = cut;
-            }
+            pieces(body, cuts).for_each(|piece| r.feed(piece));
             r.finish()
         })
     }

@@ -542,8 +542,7 @@ mod tests {
     use super::*;
 
     fn pkt(out: &mut Vec<u8>, line: &str) {
-        out.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
-        out.extend_from_slice(line.as_bytes());
+        ghgate_git::pktline::write(out, line.as_bytes()).unwrap();
     }
 
     fn commands(body: &[u8]) -> Commands {

@@ -293,9 +293,8 @@ mod tests {
     use super::*;
 
     fn pkt(data: impl AsRef<[u8]>) -> Vec<u8> {
-        let data = data.as_ref();
-        let mut out = format!("{:04x}", data.len() + 4).into_bytes();
-        out.extend_from_slice(data);
+        let mut out = Vec::new();
+        ghgate_git::pktline::write(&mut out, data.as_ref()).unwrap();
         out
     }
 

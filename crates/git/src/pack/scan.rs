@@ -274,7 +274,7 @@ mod tests {
     use crate::object::ObjectKind;
     use crate::pack::tests::{blob, entry_header, ofs_varint, pack_of, zlib};
     use crate::testgit::{git, git_in};
-    use crate::testutil::xorshift;
+    use crate::testutil::{mutate, xorshift};
 
     const OUT_BUF: usize = 32 * 1024;
     const OID_LEN: usize = 20;
@@ -610,22 +610,7 @@ mod tests {
         );
         let mut next = xorshift(0xDEAD_BEEF);
         for _ in 0..300 {
-            let mut input = seed.clone();
-            for _ in 0..(next() % 6) {
-                let at = (next() as usize) % input.len();
-                match next() % 3 {
-                    0 => input[at] = next() as u8,
-                    1 => {
-                        let end = (at + (next() % 40) as usize).min(input.len());
-                        input.drain(at..end);
-                    }
-                    _ => input.truncate(at.max(1)),
-                }
-                if input.is_empty() {
-                    break;
-                }
-            }
-            scan_all_ways(&input, ScanLimits::default());
+            scan_all_ways(&mutate(&seed, &mut next, 40), ScanLimits::default());
         }
     }
 
@@ -835,12 +820,6 @@ mod tests {
             );
         }
 
-        let mut magic = pack.clone();
-        magic[0] = b'K';
-        assert!(error_of(&magic).contains("found \"KACK\""));
-        let mut version = pack.clone();
-        version[7] = 7;
-        assert!(error_of(&version).contains("unsupported pack version 7"));
         assert!(error_of(&pack[..pack.len() / 2]).contains("the pack ended inside"));
 
         // Flipping any byte never panics and is always caught, as git catches it: the trailing
