@@ -257,12 +257,6 @@ impl ReceivePackRequest {
     }
 }
 
-impl Feed for ReceivePackRequest {
-    fn feed(&mut self, chunk: &[u8]) {
-        ReceivePackRequest::feed(self, chunk);
-    }
-}
-
 /// The wanted ids (duplicates dropped), each with the advertised ref names pointing at it.
 pub fn wants_with_refs(wants: &[Oid], advertised: &[(Oid, String)]) -> Vec<Want> {
     let mut names: HashMap<&Oid, Vec<String>> = HashMap::new();
