@@ -27,6 +27,4 @@ pub mod record;
 pub mod redirect;
 pub mod relay;
 pub mod resolve;
-#[cfg(test)]
-mod testgit;
 pub mod tls;

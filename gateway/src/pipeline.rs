@@ -38,7 +38,7 @@ use crate::{
         encoding::{Coding, Decoder},
         policy::{self, MaskSet},
     },
-    policy::{Subject, Verdict, gitwire},
+    policy::{Subject, Verdict},
     record::{
         Recorder,
         model::{self, Direction},
@@ -132,7 +132,7 @@ pub struct Ctx {
     plan: Mutex<Option<Plan>>,
     push_answer: Mutex<Option<PushAnswer>>,
     /// Rewrites a push advertisement (no `push-cert`; `no-thin` with a policy).
-    advert: Mutex<Option<gitwire::PushAdvert>>,
+    advert: Mutex<Option<ghgate_git::advert::PushAdvert>>,
 }
 
 /// A refusal the gateway answers itself.
@@ -442,7 +442,7 @@ fn add_held_refs(a: &mut PushAnswer, chunk: &mut Bytes, end: bool) {
         return;
     }
     let upstream = std::mem::take(&mut a.buf);
-    *chunk = match gitwire::merge_report(a.reply.style, &upstream, &a.reply.held, &a.reply.notes) {
+    *chunk = match ghgate_git::report::merge(a.reply.style, &upstream, &a.reply.held, &a.reply.notes) {
         Ok(merged) => Bytes::from(merged),
         Err(e) => {
             tracing::warn!(error = %e, "could not add the held refs to a push's answer; passed on as it is");
@@ -572,7 +572,7 @@ impl Phases for Pipeline {
         if ex.req.is_push_advertisement()
             && let Ok(mut a) = ctx.advert.lock()
         {
-            *a = Some(gitwire::PushAdvert::new(self.enforcer.is_some()));
+            *a = Some(ghgate_git::advert::PushAdvert::new(self.enforcer.is_some()));
         }
         let head = self.enforcer.as_ref().map(|enforcer| {
             let subject = enforce::subject(&ex.conn.caller, decision.claims.as_ref());

@@ -6,6 +6,8 @@
 //! read as) are returned as `Invalid`.
 use std::{path::PathBuf, process::ExitCode};
 
+use ghgate_git::{ObjectFormat, Oid};
+
 use crate::{
     classify::GitHub,
     policy::{Paths, Policy, RefKind, RefUpdate, Subject, Target},
@@ -44,8 +46,8 @@ struct ExplainArgs {
     /// The request: "METHOD URL", e.g. "POST https://github.com/org/app.git/git-receive-pack".
     #[arg(long, value_name = "METHOD URL")]
     request: String,
-    /// A ref the push updates: "OLD NEW REF" (object ids in hex, 0 for none), e.g.
-    /// "0 1a2b3c refs/heads/topic" creates topic. Repeat for several.
+    /// A ref the push updates: "OLD NEW REF" (whole object ids in hex, 0 for none), e.g.
+    /// "0 <40 hex digits> refs/heads/topic" creates topic. Repeat for several.
     #[arg(long = "ref-update", value_name = "OLD NEW REF")]
     ref_updates: Vec<String>,
     /// The updates are fast-forwards. Without this or --non-fast-forward, an update is read
@@ -296,28 +298,34 @@ fn parse_request(text: &str) -> Result<(String, String), String> {
 
 fn parse_ref_update(text: &str) -> Result<RefUpdate, String> {
     let usage = |why: &str| {
-        format!("--ref-update \"{text}\": {why}; write \"OLD NEW REF\", e.g. \"0 1a2b3c refs/heads/topic\"")
+        format!(
+            "--ref-update \"{text}\": {why}; write \"OLD NEW REF\" with whole object ids (0 for none), \
+             e.g. \"0 1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b refs/heads/topic\""
+        )
     };
     let mut words = text.split_whitespace();
     let (Some(old), Some(new), Some(name), None) = (words.next(), words.next(), words.next(), words.next())
     else {
         return Err(usage("three words are needed"));
     };
-    for id in [old, new] {
-        if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(usage(&format!("\"{id}\" is not an object id in hex")));
-        }
+    // "0" (any run of zeros) names no object, in the format of the other id.
+    let id = |word: &str| match Oid::from_hex(word.as_bytes()) {
+        Ok(id) => Ok(Some(id)),
+        Err(_) if !word.is_empty() && word.bytes().all(|b| b == b'0') => Ok(None),
+        Err(e) => Err(usage(&e.to_string())),
+    };
+    let (old, new) = (id(old)?, id(new)?);
+    let format = old.or(new).map_or(ObjectFormat::Sha1, |id| id.format());
+    let (old, new) = (old.unwrap_or(Oid::zero(format)), new.unwrap_or(Oid::zero(format)));
+    if old.format() != new.format() {
+        return Err(usage("the two ids are of different object formats"));
     }
     if !name.starts_with("refs/") {
         return Err(usage(&format!(
             "\"{name}\" is not a full ref name (refs/heads/{name}?)"
         )));
     }
-    Ok(RefUpdate::new(
-        name,
-        old.to_ascii_lowercase(),
-        new.to_ascii_lowercase(),
-    ))
+    Ok(RefUpdate::new(ghgate_git::RefUpdate::new(old, new, name)))
 }
 
 #[cfg(test)]
@@ -346,7 +354,9 @@ mod tests {
     }
 
     const PUSH: &str = "POST https://github.com/org/app.git/git-receive-pack";
-    const UPDATE: &str = "1111111 2222222 refs/heads/main";
+    const UPDATE: &str =
+        "1111111111111111111111111111111111111111 2222222222222222222222222222222222222222 refs/heads/main";
+    const ABC: &str = "abcabcabcabcabcabcabcabcabcabcabcabcabca";
 
     fn explain(as_: &str, request: &str, refs: &[&str], ff: Option<bool>, changes: &[&str]) -> String {
         let refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
@@ -403,13 +413,20 @@ mod tests {
         let out = explain(
             "uid=1000",
             PUSH,
-            &[UPDATE, "0 abc refs/heads/topic", "abc 0 refs/heads/old"],
+            &[
+                UPDATE,
+                &format!("0 {ABC} refs/heads/topic"),
+                &format!("{ABC} 0 refs/heads/old"),
+            ],
             Some(false),
             &[],
         );
         assert_eq!(out.matches("\nverdict: ").count(), 3, "{out}");
-        assert!(out.contains("refs/heads/topic 0..abc (create)"), "{out}");
-        assert!(out.contains("refs/heads/old abc..0 (delete)"), "{out}");
+        assert!(
+            out.contains("refs/heads/topic 0000000..abcabca (create)"),
+            "{out}"
+        );
+        assert!(out.contains("refs/heads/old abcabca..0000000 (delete)"), "{out}");
         // A delete changes no files: nothing to say about --changes.
         assert_eq!(out.matches("changed files: none given").count(), 1, "{out}");
 
@@ -462,7 +479,14 @@ mod tests {
         }
         assert!(explain_err("uid=1", PUSH, &["1 2"]).contains("three words are needed"));
         assert!(explain_err("uid=1", PUSH, &["xyz 2 refs/heads/a"]).contains("\"xyz\" is not an object id"));
-        assert!(explain_err("uid=1", PUSH, &["1 2 main"]).contains("(refs/heads/main?)"));
+        // An abbreviated id names no one object: the whole id is needed (or 0).
+        assert!(explain_err("uid=1", PUSH, &["0 abc refs/heads/a"]).contains("\"abc\" is not an object id"));
+        let long = "ab".repeat(32);
+        assert!(
+            explain_err("uid=1", PUSH, &[&format!("{ABC} {long} refs/heads/a")])
+                .contains("different object formats")
+        );
+        assert!(explain_err("uid=1", PUSH, &[&format!("0 {ABC} main")]).contains("(refs/heads/main?)"));
         let e = explain_text(&policy(), &GitHub::default(), "uid=1", PUSH, &[], Some(true), &[]).unwrap_err();
         assert!(e.contains("give --ref-update too"), "{e}");
     }

@@ -269,9 +269,9 @@ pub fn decided_ref(r: &RefUpdate, kind_from: Option<String>) -> model::DecidedRe
         Paths::NotComputed => (Vec::new(), None),
     };
     model::DecidedRef {
-        name: r.name.clone(),
-        old: r.old.clone(),
-        new: r.new.clone(),
+        name: r.update.name.clone(),
+        old: r.update.old,
+        new: r.update.new,
         kind: r.kind.as_str().to_owned(),
         kind_from,
         paths,

@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
+use ghgate_git::{
+    pack::decode::{DecodeLimits, PackObjects, decode},
+    receive::{CommandReader, Commands, ReplyStyle},
+    report::{self, RefStatus, Status},
+    walk::{self, Budget},
+};
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, BodyStream, Full, StreamBody};
 
@@ -23,11 +29,7 @@ use crate::{
     credentials::Secret,
     http::{BoxError, Exchange, ProxyBody},
     identity::Caller,
-    policy::{
-        Action, Paths, RefKind, RefUpdate, Subject, Target,
-        gitwire::{self, Commands, ReplyStyle, Scan},
-        push::{self as pack, Budget, Limits, Oid, PackObjects},
-    },
+    policy::{Action, Paths, RefKind, RefUpdate, Subject, Target},
     record::model,
 };
 
@@ -142,8 +144,8 @@ impl Reader {
 }
 
 /// The answer to a push, in git's own words.
-fn answer(style: ReplyStyle, refs: &[(String, Result<(), String>)], notes: &[String]) -> Response<Bytes> {
-    let mut r = Response::new(Bytes::from(gitwire::report(style, refs, notes)));
+fn answer(style: ReplyStyle, refs: &[RefStatus], notes: &[String]) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from(report::reply(style, refs, notes)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-git-receive-pack-result"),
@@ -163,16 +165,23 @@ async fn read_commands(ex: &Exchange, reader: &mut Reader) -> Result<Commands, P
             "a compressed push body cannot be inspected; nothing was forwarded".into(),
         ));
     }
+    let mut commands = CommandReader::new();
+    // What of `reader.buf` the command reader has taken.
+    let mut fed = 0;
     loop {
-        match gitwire::scan_commands(&reader.buf) {
-            Ok(Scan::Done(c)) => return Ok(c),
-            Ok(Scan::Incomplete) if reader.buf.len() > MAX_COMMAND_BYTES => {
+        let mut rest = &reader.buf[fed..];
+        let before = rest.len();
+        let read = commands.feed(&mut rest);
+        fed += before - rest.len();
+        match read {
+            Ok(true) => return Ok(commands.into_commands()),
+            Ok(false) if reader.buf.len() > MAX_COMMAND_BYTES => {
                 return Err(refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("the push's command list is longer than {MAX_COMMAND_BYTES} bytes"),
                 ));
             }
-            Ok(Scan::Incomplete) => match reader.more().await {
+            Ok(false) => match reader.more().await {
                 Ok(true) => {}
                 Ok(false) => {
                     return Err(refuse(
@@ -199,22 +208,22 @@ pub const SIGNED_PUSH: &str = "push certificates are not supported through ghgat
 /// whole, in git's words: GitHub does not take push certificates, and the gateway, which strips
 /// `push-cert` from the advertisements it passes on, cannot rewrite a certificate's commands.
 fn refuse_signed(commands: &Commands) -> Option<PushGate> {
-    let asked = commands
-        .caps
-        .iter()
-        .any(|c| c == "push-cert" || c.starts_with("push-cert="));
-    if !(commands.certificate || asked) {
+    if !commands.signed() {
         return None;
     }
-    let refs: Vec<(String, Result<(), String>)> = commands
-        .commands
+    let refs: Vec<RefStatus> = commands
+        .updates
         .iter()
-        .map(|c| (c.name.clone(), Err(SIGNED_PUSH.to_owned())))
+        .map(|u| RefStatus {
+            name: u.name.clone(),
+            status: Status::Rejected(SIGNED_PUSH.to_owned()),
+            options: Vec::new(),
+        })
         .collect();
     let mut style = commands.reply_style();
     // A client that asked for no report still hears why on the side-band; one that asked for
     // neither gets the report (git prints it as an error).
-    style.report_status |= style.sideband.is_none();
+    style.report_status |= !style.sideband;
     let notes = vec![format!("ghgate: {SIGNED_PUSH}")];
     Some(PushGate::Refused {
         answer: answer(style, &refs, &notes),
@@ -270,17 +279,13 @@ impl Enforcer {
             reader.drain().await;
             return (answer, Vec::new());
         }
-        if commands.commands.is_empty() {
+        if commands.updates.is_empty() {
             // git's probe before a large push, or an empty push: nothing to decide.
             return (reader.pass(), Vec::new());
         }
 
         let deadline = Instant::now() + self.inspect_timeout();
-        let mut refs: Vec<RefUpdate> = commands
-            .commands
-            .iter()
-            .map(|c| RefUpdate::new(&c.name, &c.old, &c.new))
-            .collect();
+        let mut refs: Vec<RefUpdate> = commands.updates.iter().cloned().map(RefUpdate::new).collect();
         let needs: Vec<_> = refs
             .iter()
             .map(|r| policy.needs(subject, &target, Some(r)))
@@ -289,7 +294,8 @@ impl Enforcer {
         // The pack, read whole when a decision needs it.
         let mut pack_state: Result<Option<PackObjects>, String> = Ok(None);
         if carries_pack && needs.iter().any(|n| n.fast_forward || n.paths) {
-            let limit = commands.end + self.cfg.max_pack_bytes as usize;
+            let end = commands.end as usize;
+            let limit = end + self.cfg.max_pack_bytes as usize;
             // A client that stops sending mid-pack must not hold the push (and a task) forever:
             // past the inspection's deadline what is unread counts as unknown, the riskier way.
             let filled = tokio::time::timeout(
@@ -301,7 +307,7 @@ impl Enforcer {
                 Err(_elapsed) => {
                     let e = format!(
                         "the pushed pack did not arrive within the inspection time ({} bytes of it read)",
-                        reader.buf.len().saturating_sub(commands.end)
+                        reader.buf.len().saturating_sub(end)
                     );
                     tracing::warn!(exchange = ex.id, error = %e, "push inspection timed out reading the pack");
                     pack_state = Err(e);
@@ -314,10 +320,11 @@ impl Enforcer {
                     ));
                 }
                 Ok(Ok(false)) => {
-                    let pack_bytes = Bytes::copy_from_slice(&reader.buf[commands.end..]);
-                    let limits = Limits::with_deadline(deadline);
+                    let pack_bytes = Bytes::copy_from_slice(&reader.buf[end..]);
+                    let limits = DecodeLimits::with_deadline(deadline);
+                    let format = commands.format.unwrap_or_default();
                     let decoded =
-                        tokio::task::spawn_blocking(move || pack::decode(&pack_bytes, &limits)).await;
+                        tokio::task::spawn_blocking(move || decode(&pack_bytes, format, &limits)).await;
                     pack_state = match decoded {
                         Ok(Ok(p)) => Ok(Some(p)),
                         Ok(Err(e)) => Err(format!("the pushed pack could not be read: {e}")),
@@ -343,28 +350,23 @@ impl Enforcer {
 
         let mut kind_from: Vec<Option<String>> = vec![None; refs.len()];
         for (i, r) in refs.iter_mut().enumerate() {
-            let parse = |s: &str| s.parse::<Oid>().map_err(|e| format!("{s}: {e}"));
+            let (old, new) = (r.update.old, r.update.new);
             if needs[i].fast_forward && r.kind == RefKind::Update {
-                let key = format!(
-                    "{} {} {}",
-                    repository.map_or("?".into(), |r| r.to_string()),
-                    r.old,
-                    r.new
-                );
+                let key = format!("{} {old} {new}", repository.map_or("?".into(), |r| r.to_string()),);
                 let found = match self.cached_ff(&key) {
                     Some(ff) => Ok(ff),
                     None => {
-                        let answer = match (&pack_state, parse(&r.old), parse(&r.new)) {
-                            (Err(why), _, _) => Err(why.clone()),
-                            (_, Err(e), _) | (_, _, Err(e)) => Err(e),
-                            (Ok(p), Ok(old), Ok(new)) => {
+                        let answer = match &pack_state {
+                            Err(why) => Err(why.clone()),
+                            Ok(p) => {
                                 let p = p.as_ref().unwrap_or(&empty);
                                 tokio::time::timeout(
                                     left(),
-                                    pack::fast_forward(p, &old, &new, &remote, &budget),
+                                    walk::fast_forward(p, &old, &new, &remote, &budget),
                                 )
                                 .await
-                                .unwrap_or_else(|_| Err("the inspection ran out of time".into()))
+                                .map_err(|_| "the inspection ran out of time".to_owned())
+                                .and_then(|found| found.map_err(|e| e.to_string()))
                             }
                         };
                         if let Ok(ff) = answer {
@@ -390,22 +392,18 @@ impl Enforcer {
             }
             // With its kind known, the paths may no longer matter.
             if r.paths == Paths::NotComputed && policy.needs(subject, &target, Some(r)).paths {
-                let found = match (&pack_state, parse(&r.new)) {
-                    (Err(why), _) => Err(why.clone()),
-                    (_, Err(e)) => Err(e),
-                    (Ok(p), Ok(new)) => {
-                        let old = if r.kind == RefKind::Create {
-                            None
-                        } else {
-                            r.old.parse::<Oid>().ok()
-                        };
+                let found = match &pack_state {
+                    Err(why) => Err(why.clone()),
+                    Ok(p) => {
+                        let old = (r.kind != RefKind::Create).then_some(&old);
                         let p = p.as_ref().unwrap_or(&empty);
                         tokio::time::timeout(
                             left(),
-                            pack::changed_paths(p, old.as_ref(), &new, &remote, &interesting, &budget),
+                            walk::changed_paths(p, old, &new, &remote, &interesting, &budget),
                         )
                         .await
-                        .unwrap_or_else(|_| Err("the inspection ran out of time".into()))
+                        .map_err(|_| "the inspection ran out of time".to_owned())
+                        .and_then(|found| found.map_err(|e| e.to_string()))
                     }
                 };
                 r.paths = match found {
@@ -426,7 +424,7 @@ impl Enforcer {
             let (result, outcome, approval) = match &verdict.action {
                 Action::Allow => (Ok(()), "passed", None),
                 Action::RecordOnly => {
-                    tracing::warn!(exchange = ex.id, r#ref = %r.name, rule = %verdict.rule,
+                    tracing::warn!(exchange = ex.id, r#ref = %r.name(), rule = %verdict.rule,
                                    "record_only: a ref update the policy flags passed");
                     (Ok(()), "passed", None)
                 }
@@ -440,24 +438,24 @@ impl Enforcer {
                             .map(|m| format!(": {m}"))
                             .unwrap_or_default()
                     );
-                    notes.push(format!("ghgate: {}: {why}", r.name));
+                    notes.push(format!("ghgate: {}: {why}", r.name()));
                     (Err(why), "refused", None)
                 }
                 Action::RequireApproval(_) => {
                     let op = Operation::GitRef {
                         repository: repository.map(|r| r.to_string()).unwrap_or_default(),
-                        ref_name: r.name.clone(),
-                        old: r.old.clone(),
-                        new: r.new.clone(),
+                        ref_name: r.name().to_owned(),
+                        old: r.update.old.to_string(),
+                        new: r.update.new.to_string(),
                     };
                     match self.check(&op, &requester, &verdict) {
                         Err(e) => {
-                            notes.push(format!("ghgate: {}: {e}", r.name));
+                            notes.push(format!("ghgate: {}: {e}", r.name()));
                             (Err(e), "refused", None)
                         }
                         Ok(ApprovalGate::Approved { id }) => (Ok(()), "passed", Some(id)),
                         Ok(ApprovalGate::Pending { id, .. }) => {
-                            notes.push(format!("ghgate: {}: {}", r.name, held_text(&id, &verdict)));
+                            notes.push(format!("ghgate: {}: {}", r.name(), held_text(&id, &verdict)));
                             (Err(format!("held for approval {id}")), "held", Some(id))
                         }
                         Ok(ApprovalGate::Denied { id, by, reason }) => {
@@ -465,7 +463,7 @@ impl Enforcer {
                                 "approval {id} was denied by {by}{}",
                                 reason.map(|m| format!(": {m}")).unwrap_or_default()
                             );
-                            notes.push(format!("ghgate: {}: {why}", r.name));
+                            notes.push(format!("ghgate: {}: {why}", r.name()));
                             (Err(why), "refused", Some(id))
                         }
                     }
@@ -482,16 +480,21 @@ impl Enforcer {
         }
         let all_or_nothing = commands.atomic() || commands.certificate;
         if passing == 0 || all_or_nothing {
-            let report: Vec<(String, Result<(), String>)> = commands
-                .commands
+            let report: Vec<RefStatus> = commands
+                .updates
                 .iter()
                 .zip(&results)
-                .map(|(c, r)| {
-                    let r = match r {
-                        Ok(()) if all_or_nothing => Err("atomic push failed".to_owned()),
-                        other => other.clone(),
+                .map(|(u, r)| {
+                    let status = match r {
+                        Ok(()) if all_or_nothing => Status::Rejected("atomic push failed".to_owned()),
+                        Ok(()) => Status::Ok,
+                        Err(why) => Status::Rejected(why.clone()),
                     };
-                    (c.name.clone(), r)
+                    RefStatus {
+                        name: u.name.clone(),
+                        status,
+                        options: Vec::new(),
+                    }
                 })
                 .collect();
             for d in &mut decisions {
@@ -510,10 +513,10 @@ impl Enforcer {
             Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
         };
         let held = commands
-            .commands
+            .updates
             .iter()
             .zip(&results)
-            .filter_map(|(c, r)| r.as_ref().err().map(|why| (c.name.clone(), why.clone())))
+            .filter_map(|(u, r)| r.as_ref().err().map(|why| (u.name.clone(), why.clone())))
             .collect();
         let (body, length) = if needs_pack {
             reader.forward(front)
@@ -540,14 +543,11 @@ impl Enforcer {
 /// The command list without the held refs, then what was read of the pack. A pack no kept
 /// command needs (only deletes are left) is not sent.
 fn rewrite(commands: &Commands, buf: &[u8], keep: &[bool]) -> Result<(Bytes, bool), String> {
-    let mut out = commands.rewrite(buf, keep)?;
-    let needs_pack = commands
-        .commands
-        .iter()
-        .zip(keep)
-        .any(|(c, k)| *k && !gitwire::is_zero(&c.new));
+    let options = &buf[commands.options.start as usize..commands.options.end as usize];
+    let mut out = commands.render(keep, options).map_err(|e| e.to_string())?;
+    let needs_pack = commands.needs_pack(keep);
     if needs_pack {
-        out.extend_from_slice(&buf[commands.end..]);
+        out.extend_from_slice(&buf[commands.end as usize..]);
     }
     Ok((Bytes::from(out), needs_pack))
 }
@@ -557,15 +557,13 @@ mod tests {
     use super::*;
 
     fn pkt(out: &mut Vec<u8>, line: &str) {
-        out.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
-        out.extend_from_slice(line.as_bytes());
+        ghgate_git::pktline::write(out, line.as_bytes()).unwrap();
     }
 
     fn commands(body: &[u8]) -> Commands {
-        match gitwire::scan_commands(body).unwrap() {
-            Scan::Done(c) => c,
-            Scan::Incomplete => panic!("incomplete"),
-        }
+        let mut r = CommandReader::new();
+        assert!(r.feed(&mut &body[..]).unwrap(), "the whole command list");
+        r.into_commands()
     }
 
     fn refused_text(c: &Commands) -> Option<String> {

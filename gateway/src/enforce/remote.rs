@@ -3,14 +3,38 @@
 //!
 //! Never puts the credential in an error or a log line; an answer it cannot read is an error
 //! (the push's facts become undecidable), never a guess.
+use ghgate_git::{
+    Oid,
+    object::{Commit, TreeEntry},
+    walk::ObjectSource,
+};
 use http::{HeaderName, Method, StatusCode, header};
 
-use crate::{
-    classify::Repo,
-    credentials::Secret,
-    outbound::Outbound,
-    policy::push::{Commit, Oid, Remote, TreeEntry},
-};
+use crate::{classify::Repo, credentials::Secret, outbound::Outbound};
+
+/// Why the API could not say.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the push's repository cannot be told from its URL")]
+    NoRepository,
+    #[error("{0}")]
+    Request(String),
+    #[error("{path}: the API's answer is not JSON ({error})")]
+    NotJson { path: String, error: serde_json::Error },
+    #[error("{path}: the API answered {status}")]
+    Status { path: String, status: StatusCode },
+    #[error("the API's answer lacks {0}")]
+    Missing(&'static str),
+    #[error("{text:?} in the API's answer is not an object id: {error}")]
+    Id {
+        text: String,
+        error: ghgate_git::oid::OidError,
+    },
+    #[error("the API truncated tree {0}")]
+    Truncated(Oid),
+    #[error("the compare API answered status {0:?}")]
+    Compare(Option<String>),
+}
 
 /// The REST API of one repository.
 pub struct Api {
@@ -36,11 +60,8 @@ impl Api {
 
     /// GET `path` under the repository: `Ok(None)` for 404 (or 422: GitHub's answer for an
     /// object id it does not have).
-    async fn get(&self, path: &str) -> Result<Option<serde_json::Value>, String> {
-        let base = self
-            .base
-            .as_ref()
-            .ok_or("the push's repository cannot be told from its URL")?;
+    async fn get(&self, path: &str) -> Result<Option<serde_json::Value>, ApiError> {
+        let base = self.base.as_ref().ok_or(ApiError::NoRepository)?;
         let url = format!("{base}/{path}");
         let mut headers = vec![
             (header::ACCEPT, "application/vnd.github+json".to_owned()),
@@ -57,26 +78,37 @@ impl Api {
             .outbound
             .request(Method::GET, &url, &headers, None)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ApiError::Request(e.to_string()))?;
         match resp.status {
-            StatusCode::OK => serde_json::from_slice(&resp.body)
-                .map(Some)
-                .map_err(|e| format!("{path}: the API's answer is not JSON ({e})")),
+            StatusCode::OK => {
+                serde_json::from_slice(&resp.body)
+                    .map(Some)
+                    .map_err(|error| ApiError::NotJson {
+                        path: path.to_owned(),
+                        error,
+                    })
+            }
             StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => Ok(None),
-            s => Err(format!("{path}: the API answered {s}")),
+            status => Err(ApiError::Status {
+                path: path.to_owned(),
+                status,
+            }),
         }
     }
 }
 
-fn oid(v: &serde_json::Value) -> Result<Oid, String> {
-    let s = v
-        .as_str()
-        .ok_or("an object id is missing from the API's answer")?;
-    s.parse::<Oid>().map_err(|e| format!("{s}: {e}"))
+fn oid(v: &serde_json::Value) -> Result<Oid, ApiError> {
+    let s = v.as_str().ok_or(ApiError::Missing("an object id"))?;
+    s.parse::<Oid>().map_err(|error| ApiError::Id {
+        text: s.to_owned(),
+        error,
+    })
 }
 
-impl Remote for Api {
-    async fn commit(&self, id: &Oid) -> Result<Option<Commit>, String> {
+impl ObjectSource for Api {
+    type Error = ApiError;
+
+    async fn commit(&self, id: &Oid) -> Result<Option<Commit>, ApiError> {
         let Some(v) = self.get(&format!("git/commits/{id}")).await? else {
             return Ok(None);
         };
@@ -89,40 +121,44 @@ impl Remote for Api {
         Ok(Some(Commit { tree, parents }))
     }
 
-    async fn tree(&self, id: &Oid) -> Result<Option<Vec<TreeEntry>>, String> {
+    async fn tree(&self, id: &Oid) -> Result<Option<Vec<TreeEntry>>, ApiError> {
         let Some(v) = self.get(&format!("git/trees/{id}")).await? else {
             return Ok(None);
         };
         if v["truncated"].as_bool() == Some(true) {
-            return Err(format!("the API truncated tree {id}"));
+            return Err(ApiError::Truncated(*id));
         }
-        let entries = v["tree"].as_array().ok_or("a tree without entries")?;
+        let entries = v["tree"]
+            .as_array()
+            .ok_or(ApiError::Missing("a tree's entries"))?;
         entries
             .iter()
             .map(|e| {
                 let mode = e["mode"]
                     .as_str()
                     .and_then(|m| u32::from_str_radix(m, 8).ok())
-                    .ok_or("a tree entry without a mode")?;
-                let name = e["path"].as_str().ok_or("a tree entry without a name")?;
+                    .ok_or(ApiError::Missing("a tree entry's mode"))?;
+                let name = e["path"]
+                    .as_str()
+                    .ok_or(ApiError::Missing("a tree entry's name"))?;
                 Ok(TreeEntry {
                     mode,
                     name: name.as_bytes().to_vec(),
                     id: oid(&e["sha"])?,
                 })
             })
-            .collect::<Result<Vec<_>, String>>()
+            .collect::<Result<Vec<_>, ApiError>>()
             .map(Some)
     }
 
-    async fn is_ancestor(&self, ancestor: &Oid, descendant: &Oid) -> Result<Option<bool>, String> {
+    async fn is_ancestor(&self, ancestor: &Oid, descendant: &Oid) -> Result<Option<bool>, ApiError> {
         let Some(v) = self.get(&format!("compare/{ancestor}...{descendant}")).await? else {
             return Ok(None);
         };
         match v["status"].as_str() {
             Some("ahead" | "identical") => Ok(Some(true)),
             Some("behind" | "diverged") => Ok(Some(false)),
-            other => Err(format!("the compare API answered status {other:?}")),
+            other => Err(ApiError::Compare(other.map(str::to_owned))),
         }
     }
 }

@@ -11,37 +11,12 @@
 use std::fmt;
 
 use ghgate_pattern::glob;
-use serde::Deserialize;
 
 use super::{
     Action, Policy, Rule, RuleRef, Verdict,
     facts::{GitService, Paths, RefKind, RefUpdate, Subject, Target},
 };
 use crate::classify::Repo;
-
-/// A `ref_op` of a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RefOp {
-    Create,
-    /// Either kind of update.
-    Update,
-    FastForward,
-    NonFastForward,
-    Delete,
-}
-
-impl RefOp {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefOp::Create => "create",
-            RefOp::Update => "update",
-            RefOp::FastForward => "fast-forward",
-            RefOp::NonFastForward => "non-fast-forward",
-            RefOp::Delete => "delete",
-        }
-    }
-}
 
 /// Conditions compared as globs against one text fact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +91,8 @@ pub(crate) enum Condition {
     GitService(Vec<GitService>),
     Copilot(Vec<String>),
     Ref(Vec<String>),
-    RefOp(Vec<RefOp>),
+    /// `ref_op`: the kinds a rule names (`update` names every update, decided or not).
+    RefOp(Vec<RefKind>),
     Paths(Vec<String>),
 }
 
@@ -351,26 +327,26 @@ impl Condition {
                 None => Check::Fails("copilot: not a Copilot request".into()),
             },
             Condition::Ref(patterns) => match facts.ref_update {
-                Some(r) if any_glob(patterns, &r.name) => Check::Holds(None),
-                Some(r) => Check::Fails(format!("ref: {} matches none of {}", r.name, list(patterns))),
+                Some(r) if any_glob(patterns, r.name()) => Check::Holds(None),
+                Some(r) => Check::Fails(format!("ref: {} matches none of {}", r.name(), list(patterns))),
                 None => Check::Fails(no_ref("ref")),
             },
             Condition::RefOp(ops) => {
                 let Some(r) = facts.ref_update else {
                     return Check::Fails(no_ref("ref_op"));
                 };
-                let holds = |op: RefOp| match (op, r.kind) {
-                    (RefOp::Create, RefKind::Create) | (RefOp::Delete, RefKind::Delete) => Some(true),
-                    (RefOp::Update, RefKind::Update | RefKind::FastForward | RefKind::NonFastForward) => {
+                let holds = |op: RefKind| match (op, r.kind) {
+                    (RefKind::Create, RefKind::Create) | (RefKind::Delete, RefKind::Delete) => Some(true),
+                    (RefKind::Update, RefKind::Update | RefKind::FastForward | RefKind::NonFastForward) => {
                         Some(true)
                     }
-                    (RefOp::FastForward, RefKind::FastForward)
-                    | (RefOp::NonFastForward, RefKind::NonFastForward) => Some(true),
-                    (RefOp::FastForward | RefOp::NonFastForward, RefKind::Update) => None,
+                    (RefKind::FastForward, RefKind::FastForward)
+                    | (RefKind::NonFastForward, RefKind::NonFastForward) => Some(true),
+                    (RefKind::FastForward | RefKind::NonFastForward, RefKind::Update) => None,
                     _ => Some(false),
                 };
                 let answers: Vec<Option<bool>> = ops.iter().map(|op| holds(*op)).collect();
-                let both = ops.contains(&RefOp::FastForward) && ops.contains(&RefOp::NonFastForward);
+                let both = ops.contains(&RefKind::FastForward) && ops.contains(&RefKind::NonFastForward);
                 if answers.contains(&Some(true)) || (both && r.kind == RefKind::Update) {
                     Check::Holds(None)
                 } else if answers.contains(&None) {
@@ -397,7 +373,7 @@ impl Condition {
                     ))),
                     Paths::Known(files) if files.iter().any(|f| any_glob(patterns, f)) => Check::Holds(None),
                     Paths::Known(files) if files.is_empty() => {
-                        Check::Fails(format!("paths: {} changes no files", r.name))
+                        Check::Fails(format!("paths: {} changes no files", r.name()))
                     }
                     Paths::Known(files) => {
                         const SHOWN: usize = 5;
@@ -519,13 +495,13 @@ impl Policy {
                 notes.push(format!(
                     "{}: not known whether the update is a fast-forward; read as non-fast-forward (the \
                      riskier reading, as the gateway does when it cannot tell)",
-                    r.name
+                    r.name()
                 ));
             }
             if needs.paths {
                 notes.push(format!(
                     "{}: the changed files were not computed; every paths condition counts as a match",
-                    r.name
+                    r.name()
                 ));
             }
         }

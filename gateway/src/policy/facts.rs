@@ -88,8 +88,10 @@ impl fmt::Display for Target {
     }
 }
 
-/// How a pushed ref moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a pushed ref moves; also what a rule's `ref_op` names (there, `update` names every
+/// update, whether its ancestry was checked or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RefKind {
     Create,
     Delete,
@@ -128,41 +130,42 @@ pub enum Paths {
     Unknown(String),
 }
 
-/// One ref update of a push (one command of the receive-pack request).
+/// One ref update of a push, as the policy knows it: the update itself (its ids and ref, as the
+/// git crate read them), how the ref moves, and which files it changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefUpdate {
-    /// The full ref name ("refs/heads/main").
-    pub name: String,
-    /// Object ids in hex; all zeros means none (a create has no old, a delete no new).
-    pub old: String,
-    pub new: String,
+    pub update: ghgate_git::RefUpdate,
     pub kind: RefKind,
     pub paths: Paths,
 }
 
+impl From<ghgate_git::RefOp> for RefKind {
+    fn from(op: ghgate_git::RefOp) -> Self {
+        match op {
+            ghgate_git::RefOp::Create => RefKind::Create,
+            ghgate_git::RefOp::Update => RefKind::Update,
+            ghgate_git::RefOp::Delete => RefKind::Delete,
+        }
+    }
+}
+
 impl RefUpdate {
-    /// A ref update whose kind is told from its ids alone: `Create`, `Delete` or `Update`. A
-    /// delete pushes no commits, so its paths are known to be none; otherwise `NotComputed`.
-    pub fn new(name: impl Into<String>, old: impl Into<String>, new: impl Into<String>) -> Self {
-        let (old, new) = (old.into(), new.into());
-        let zero = |id: &str| id.bytes().all(|b| b == b'0');
-        let kind = match (zero(&old), zero(&new)) {
-            (true, _) => RefKind::Create,
-            (false, true) => RefKind::Delete,
-            (false, false) => RefKind::Update,
-        };
+    /// A ref update whose kind is what its ids say (`Create`, `Delete` or `Update`, as
+    /// `RefOp` tells them). A delete pushes no commits, so its paths are known to be none;
+    /// otherwise `NotComputed`.
+    pub fn new(update: ghgate_git::RefUpdate) -> Self {
+        let kind = RefKind::from(update.op());
         let paths = if kind == RefKind::Delete {
             Paths::Known(Vec::new())
         } else {
             Paths::NotComputed
         };
-        Self {
-            name: name.into(),
-            old,
-            new,
-            kind,
-            paths,
-        }
+        Self { update, kind, paths }
+    }
+
+    /// The ref's full name ("refs/heads/main").
+    pub fn name(&self) -> &str {
+        &self.update.name
     }
 
     pub fn with_kind(mut self, kind: RefKind) -> Self {
@@ -178,13 +181,13 @@ impl RefUpdate {
 
 impl fmt::Display for RefUpdate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let short = |id: &str| id.get(..7).unwrap_or(id).to_owned();
+        let u = &self.update;
         write!(
             f,
             "{} {}..{} ({})",
-            self.name,
-            short(&self.old),
-            short(&self.new),
+            u.name,
+            u.old.short(),
+            u.new.short(),
             self.kind
         )
     }
@@ -194,16 +197,27 @@ impl fmt::Display for RefUpdate {
 mod tests {
     use super::*;
 
+    fn update(old: &str, new: &str) -> RefUpdate {
+        RefUpdate::new(ghgate_git::RefUpdate::new(
+            old.parse().unwrap(),
+            new.parse().unwrap(),
+            "refs/heads/x",
+        ))
+    }
+
     #[test]
     fn ref_kinds_from_ids() {
         let z = "0".repeat(40);
         let a = "a".repeat(40);
-        assert_eq!(RefUpdate::new("refs/heads/x", &z, &a).kind, RefKind::Create);
-        let del = RefUpdate::new("refs/heads/x", &a, &z);
+        assert_eq!(update(&z, &a).kind, RefKind::Create);
+        let del = update(&a, &z);
         assert_eq!(del.kind, RefKind::Delete);
         assert_eq!(del.paths, Paths::Known(Vec::new()));
-        let upd = RefUpdate::new("refs/heads/x", &a, "b".repeat(40));
+        let upd = update(&a, &"b".repeat(40));
         assert_eq!(upd.kind, RefKind::Update);
         assert_eq!(upd.paths, Paths::NotComputed);
+        // Zero to zero deletes, as git's receive-pack reads it (this copy once said create).
+        assert_eq!(update(&z, &z).kind, RefKind::Delete);
+        assert_eq!(upd.to_string(), "refs/heads/x aaaaaaa..bbbbbbb (update)");
     }
 }

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::{
     Action, ApprovalSpec, ApproverGroup, Policy, Rule, RuleRef, duration,
-    eval::{Condition, RefOp, TextField},
+    eval::{Condition, TextField},
+    facts::RefKind,
     facts::{COPILOT_NAMES, GitService},
 };
 
@@ -167,7 +168,7 @@ struct RuleFile {
     #[serde(default, rename = "ref")]
     ref_: Option<Vec<String>>,
     #[serde(default)]
-    ref_op: Option<Vec<RefOp>>,
+    ref_op: Option<Vec<RefKind>>,
     #[serde(default)]
     paths: Option<Vec<String>>,
 }

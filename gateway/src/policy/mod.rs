@@ -14,13 +14,11 @@ mod duration;
 mod eval;
 pub mod facts;
 mod file;
-pub mod gitwire;
 pub mod live;
-pub mod push;
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
-pub use eval::{Explanation, Needs, RefOp, Step, StepOutcome};
+pub use eval::{Explanation, Needs, Step, StepOutcome};
 pub use facts::{COPILOT_NAMES, GitService, Paths, RefKind, RefUpdate, Subject, Target};
 pub use file::{PolicyError, SUBJECT_KEYS};
 

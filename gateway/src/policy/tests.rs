@@ -65,8 +65,17 @@ const A: &str = "1111111111111111111111111111111111111111";
 const B: &str = "2222222222222222222222222222222222222222";
 const Z: &str = "0000000000000000000000000000000000000000";
 
+/// A ref update from hex ids.
+fn ref_update(name: &str, old: &str, new: &str) -> RefUpdate {
+    RefUpdate::new(ghgate_git::RefUpdate::new(
+        old.parse().unwrap(),
+        new.parse().unwrap(),
+        name,
+    ))
+}
+
 fn update(name: &str) -> RefUpdate {
-    RefUpdate::new(name, A, B)
+    ref_update(name, A, B)
 }
 
 fn rule_of(policy: &Policy, s: &Subject, t: &Target, r: Option<&RefUpdate>) -> Option<usize> {
@@ -103,7 +112,7 @@ fn the_example_policy_parses() {
 
     // And it does what its comments say.
     let s = subject();
-    let del = RefUpdate::new("refs/heads/release/1.2", A, Z);
+    let del = ref_update("refs/heads/release/1.2", A, Z);
     assert_eq!(p.evaluate(&s, &push(), Some(&del)).action, Action::Deny);
     let force = update("refs/heads/main").with_kind(RefKind::NonFastForward);
     assert_eq!(p.evaluate(&s, &push(), Some(&force)).rule.index, Some(2));
@@ -541,8 +550,8 @@ fn ref_rules_never_match_without_a_ref_update() {
 
 #[test]
 fn ref_ops_follow_the_kind() {
-    let new = RefUpdate::new("refs/heads/x", Z, A);
-    let del = RefUpdate::new("refs/heads/x", A, Z);
+    let new = ref_update("refs/heads/x", Z, A);
+    let del = ref_update("refs/heads/x", A, Z);
     let ff = update("refs/heads/x").with_kind(RefKind::FastForward);
     let nff = update("refs/heads/x").with_kind(RefKind::NonFastForward);
     let p = |op: &str| policy(&format!("[[rule]]\naction = \"deny\"\nref_op = \"{op}\"\n"));
@@ -641,7 +650,7 @@ fn needs_asks_only_for_facts_that_could_change_the_verdict() {
         // A delete pushes no commits: its paths are known to be none.
         (
             workflows.into(),
-            RefUpdate::new("refs/heads/main", A, Z),
+            ref_update("refs/heads/main", A, Z),
             yes(false, false),
         ),
         // Asking for both kinds of update is no question.
@@ -784,7 +793,7 @@ fn explanations_read_as_a_report() {
              verdict: deny by rule #3 \"workflows\"\n",
         ),
         (
-            Some(RefUpdate::new("refs/heads/main", A, Z)),
+            Some(ref_update("refs/heads/main", A, Z)),
             "  rule #1 \"bots\": no match: comm: git matches none of [bot*]\n\
              \x20 rule #2 \"force-push-main\": no match: ref_op: delete is none of [non-fast-forward]\n\
              \x20 rule #3 \"workflows\": no match: paths: refs/heads/main changes no files\n\

@@ -13,10 +13,7 @@ use sha2::{Digest, Sha256};
 use super::{
     index::host_of,
     model::{BodySummary, Direction, Exchange, GitOp, Micros, Record, StreamEvent, StreamKind},
-    session::{
-        Completion, ExchangeView, Fact, SessionView, clock, datetime, duration, iso8601, ref_op, short_oid,
-        size,
-    },
+    session::{Completion, ExchangeView, Fact, SessionView, clock, datetime, duration, iso8601, size},
 };
 use crate::mask::payload;
 
@@ -976,9 +973,9 @@ fn git_html(h: &mut String, g: &GitOp) {
                 h,
                 "<tr><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{} → {}</td></tr>",
                 e(&u.name),
-                ref_op(u.op),
-                e(short_oid(&u.old)),
-                e(short_oid(&u.new))
+                u.op().as_str(),
+                u.old.short(),
+                u.new.short()
             );
         }
         h.push_str("</tbody></table>\n");
@@ -1003,7 +1000,7 @@ fn git_html(h: &mut String, g: &GitOp) {
             let _ = write!(
                 h,
                 "<tr><td class=\"mono\">{}</td><td class=\"mono\">{}</td></tr>",
-                e(&w.oid),
+                w.oid,
                 e(&w.refs.join(", "))
             );
         }

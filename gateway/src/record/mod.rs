@@ -8,7 +8,6 @@ pub mod export;
 pub mod git;
 pub mod index;
 pub mod model;
-pub mod pack;
 pub mod recorder;
 pub mod session;
 pub mod store;

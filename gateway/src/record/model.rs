@@ -5,6 +5,9 @@
 //! credential in clear: headers pass through `mask_headers` before they become a record, and
 //! bodies are recorded after the masking stage.
 use base64::Engine as _;
+/// The git types records hold are the git crate's own (their JSON is what these records always
+/// had: ids as lower-case hex, `op` as "create", "update" or "delete").
+pub use ghgate_git::{Oid, RefOp, RefUpdate};
 use serde::{Deserialize, Serialize};
 
 use crate::mask::{Finding, Masker};
@@ -330,8 +333,8 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecidedRef {
     pub name: String,
-    pub old: String,
-    pub new: String,
+    pub old: Oid,
+    pub new: Oid,
     /// create, delete, fast-forward, non-fast-forward.
     pub kind: String,
     /// How the kind was decided ("the pushed commits", "the compare API", or why it could not
@@ -388,24 +391,8 @@ pub struct GitOp {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefUpdate {
-    pub old: String,
-    pub new: String,
-    pub name: String,
-    pub op: RefOp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefOp {
-    Create,
-    Update,
-    Delete,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Want {
-    pub oid: String,
+    pub oid: Oid,
     /// Ref names advertised for this id in the same session, if any were seen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refs: Vec<String>,
@@ -774,12 +761,11 @@ mod tests {
             exchange: 7,
             at: 1,
             service: "git-receive-pack".into(),
-            updates: vec![RefUpdate {
-                old: "0".repeat(40),
-                new: "a".repeat(40),
-                name: "refs/heads/main".into(),
-                op: RefOp::Create,
-            }],
+            updates: vec![RefUpdate::new(
+                Oid::zero(ghgate_git::ObjectFormat::Sha1),
+                "a".repeat(40).parse().unwrap(),
+                "refs/heads/main",
+            )],
             pack_len: Some(10),
             pack_sha256: Some("00".into()),
             wants: vec![],
@@ -787,5 +773,31 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("\"type\":\"git\""), "{json}");
         assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), r);
+    }
+
+    /// Records as the code before the git crate wrote them (ids as `String`s, a record-only
+    /// `RefOp`), printed by that code: they read back as the same values and write back to the
+    /// same bytes, so old stores still read (and `sessions verify`).
+    const WRITTEN_BEFORE_THE_GIT_CRATE: [&str; 3] = [
+        r#"{"type":"git","session":"s1","exchange":7,"at":1700000000000001,"service":"git-receive-pack","updates":[{"old":"0000000000000000000000000000000000000000","new":"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1","name":"refs/heads/main","op":"create"},{"old":"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1","new":"b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2","name":"refs/heads/dev","op":"update"},{"old":"c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3","new":"0000000000000000000000000000000000000000","name":"refs/tags/v1","op":"delete"},{"old":"0000000000000000000000000000000000000000000000000000000000000000","new":"d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4","name":"refs/heads/sha256","op":"create"}],"pack_len":1234,"pack_sha256":"e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5"}"#,
+        r#"{"type":"git","session":"s1","exchange":8,"at":1700000000000002,"service":"git-upload-pack","pack_len":null,"pack_sha256":null,"wants":[{"oid":"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1","refs":["HEAD","refs/heads/main"]},{"oid":"f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6f6"}]}"#,
+        r#"{"type":"decision","session":"s1","exchange":7,"at":1700000000000003,"action":"require_approval","rule":"rule #2 \"force\"","message":"ask","ref_update":{"name":"refs/heads/main","old":"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1","new":"b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2","kind":"non-fast-forward","kind_from":"the pushed commits and the compare API","paths":[".github/workflows/ci.yml"]},"approval":"ap-1","outcome":"held"}"#,
+    ];
+
+    #[test]
+    fn git_records_of_old_stores_read_back_byte_for_byte() {
+        for json in WRITTEN_BEFORE_THE_GIT_CRATE {
+            let record: Record = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&record).unwrap(), json);
+        }
+        let Record::Git(push) = serde_json::from_str(WRITTEN_BEFORE_THE_GIT_CRATE[0]).unwrap() else {
+            panic!("a git record");
+        };
+        let ops: Vec<RefOp> = push.updates.iter().map(RefUpdate::op).collect();
+        assert_eq!(ops, [RefOp::Create, RefOp::Update, RefOp::Delete, RefOp::Create]);
+        assert_eq!(push.updates[3].new.format(), ghgate_git::ObjectFormat::Sha256);
+        // A stored id that is not one is refused, not read as something else.
+        let bad = WRITTEN_BEFORE_THE_GIT_CRATE[1].replace("f6f6f6f6", "not-hex!");
+        assert!(serde_json::from_str::<Record>(&bad).is_err());
     }
 }

@@ -134,7 +134,7 @@ pub struct Recorder {
 #[derive(Default)]
 struct SessionState {
     /// Refs the server advertised in this session, for naming the ids a fetch wants.
-    advertised: Vec<(String, String)>,
+    advertised: Vec<(ghgate_git::Oid, String)>,
 }
 
 /// Settings the writer thread needs.
@@ -962,8 +962,8 @@ struct BodyRecording {
     sse: Option<sse::SseParser>,
     sse_index: u64,
     push: Option<git::ReceivePackRequest>,
-    fetch: Option<git::UploadPackRequest>,
-    advertisement: Option<git::Advertisement>,
+    fetch: Option<git::Reading<ghgate_git::upload::UploadPackReader>>,
+    advertisement: Option<git::Reading<ghgate_git::advert::AdvertReader>>,
 }
 
 impl BodyRecording {
@@ -1180,7 +1180,9 @@ impl ExchangeRecording {
                 GitKind::Push => {
                     b.push = Some(git::ReceivePackRequest::new().scanning_secrets(self.masker()))
                 }
-                GitKind::Fetch => b.fetch = Some(git::UploadPackRequest::new()),
+                GitKind::Fetch => {
+                    b.fetch = Some(git::Reading::new(ghgate_git::upload::UploadPackReader::new()))
+                }
                 _ => {}
             }
         }
@@ -1203,7 +1205,7 @@ impl ExchangeRecording {
                 .request
                 .lock()
                 .ok()
-                .and_then(|b| b.fetch.as_ref().map(|f| f.command() == "ls-refs"))
+                .and_then(|b| b.fetch.as_ref().map(|f| f.parser().command() == "ls-refs"))
                 .unwrap_or(false);
         if let Ok(mut b) = self.response.lock() {
             if content_type
@@ -1212,8 +1214,10 @@ impl ExchangeRecording {
             {
                 b.sse = Some(sse::SseParser::new());
             }
-            if self.git == GitKind::Advertisement || ls_refs {
-                b.advertisement = Some(git::Advertisement::new());
+            if self.git == GitKind::Advertisement {
+                b.advertisement = Some(git::Reading::new(ghgate_git::advert::AdvertReader::new()));
+            } else if ls_refs {
+                b.advertisement = Some(git::Reading::new(ghgate_git::advert::AdvertReader::ls_refs()));
             }
             b.content_type = content_type;
         }
@@ -1438,7 +1442,7 @@ impl ExchangeRecording {
         };
         let at = model::now_micros();
         if let Some(adv) = advertisement {
-            let refs = adv.finish().into_refs();
+            let refs = adv.into_parts().0.finish().refs;
             if let Ok(mut s) = self.recorder.sessions.lock()
                 && let Some(state) = s.get_mut(&self.session)
             {
@@ -1463,7 +1467,7 @@ impl ExchangeRecording {
             }));
         }
         if let Some(fetch) = fetch {
-            let f = fetch.finish();
+            let f = fetch.into_parts().0.finish();
             if !f.wants.is_empty() {
                 let advertised = self
                     .recorder

@@ -13,8 +13,8 @@ use super::{
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
         ApprovalStep, Connection, Decision, Direction, Exchange, GitOp, Identity, Masked, Micros,
-        Passthrough, PassthroughStart, Record, RefOp, Refusal, RequestStart, SessionEnd, SessionStart,
-        StreamEvent, StreamKind,
+        Passthrough, PassthroughStart, Record, Refusal, RequestStart, SessionEnd, SessionStart, StreamEvent,
+        StreamKind,
     },
 };
 use crate::mask::payload;
@@ -452,8 +452,8 @@ pub fn decision_line(d: &Decision) -> String {
             "{} {} {} → {}",
             one_line(&r.name, 200),
             one_line(&r.kind, 40),
-            one_line(short_oid(&r.old), 7),
-            one_line(short_oid(&r.new), 7)
+            r.old.short(),
+            r.new.short()
         ),
         None => "request".into(),
     };
@@ -561,9 +561,9 @@ fn describe(fact: &Fact<'_>) -> String {
                     format!(
                         "push {} {} {} → {}",
                         one_line(&u.name, 200),
-                        ref_op(u.op),
-                        one_line(short_oid(&u.old), 7),
-                        one_line(short_oid(&u.new), 7)
+                        u.op().as_str(),
+                        u.old.short(),
+                        u.new.short()
                     )
                 })
                 .collect();
@@ -744,19 +744,6 @@ pub fn size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
-}
-
-/// The first seven characters of an object id.
-pub fn short_oid(oid: &str) -> &str {
-    oid.get(..7).unwrap_or(oid)
-}
-
-pub fn ref_op(op: RefOp) -> &'static str {
-    match op {
-        RefOp::Create => "create",
-        RefOp::Update => "update",
-        RefOp::Delete => "delete",
-    }
 }
 
 /// Recorded text made safe for one terminal line: control characters (escape sequences
@@ -955,9 +942,9 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
                 out,
                 "{pad}push {}  {} {} → {}",
                 one_line(&u.name, 200),
-                ref_op(u.op),
-                one_line(short_oid(&u.old), 7),
-                one_line(short_oid(&u.new), 7)
+                u.op().as_str(),
+                u.old.short(),
+                u.new.short()
             );
         }
         if let Some(len) = g.pack_len {
@@ -969,12 +956,7 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
             } else {
                 format!("  ({})", w.refs.join(", "))
             };
-            let _ = writeln!(
-                out,
-                "{pad}want {}{}",
-                one_line(short_oid(&w.oid), 7),
-                one_line(&refs, 200)
-            );
+            let _ = writeln!(out, "{pad}want {}{}", w.oid.short(), one_line(&refs, 200));
         }
     }
     if let Some(i) = &x.identity {
@@ -1092,12 +1074,11 @@ pub(crate) mod tests {
             exchange: ex,
             at,
             service: "git-receive-pack".into(),
-            updates: vec![RefUpdate {
-                old: "0".repeat(40),
-                new: format!("a1b2c3d{}", "e".repeat(33)),
-                name: "refs/heads/main".into(),
-                op: RefOp::Create,
-            }],
+            updates: vec![RefUpdate::new(
+                "0".repeat(40).parse().unwrap(),
+                format!("a1b2c3d{}", "e".repeat(33)).parse().unwrap(),
+                "refs/heads/main",
+            )],
             pack_len: Some(12_600),
             pack_sha256: Some("ab".repeat(32)),
             wants: vec![],

@@ -1,6 +1,7 @@
 //! Real git for unit tests: runs `git` with a configuration of its own (no user or system
 //! config, fixed author and committer, protocol v0, unquoted paths), so tests that build
-//! repositories and packs see the same git everywhere. Test-only.
+//! repositories and packs see the same git everywhere. For tests only (the `test-support`
+//! feature gives it to other crates).
 use std::{
     io::Write as _,
     path::Path,
