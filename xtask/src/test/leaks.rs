@@ -20,14 +20,8 @@ use crate::host;
 const CGROUP_PREFIX: &str = "ghgate-test-";
 const PIN_PREFIX: &str = "ghgate-test";
 const BPFFS: &str = "/sys/fs/bpf";
-/// Names of ghgate's eBPF programs as the kernel reports them.
-const PROGRAMS: [&str; 5] = [
-    "ghgate_connect4",
-    "ghgate_connect6",
-    "ghgate_peer4",
-    "ghgate_peer6",
-    "ghgate_sockops",
-];
+/// Names of ghgate's eBPF programs as the kernel reports them: the one list the loader uses.
+const PROGRAMS: [&str; gateway_common::prog_names::ALL.len()] = gateway_common::prog_names::ALL;
 /// Programs are freed asynchronously after the last link or fd goes away.
 const PROGRAM_GRACE: Duration = Duration::from_secs(5);
 
