@@ -129,7 +129,7 @@ impl Reader {
         if self.ended {
             let len = front.len() as u64;
             return (
-                Full::new(front).map_err(|never| match never {}).boxed(),
+                Full::new(front).map_err(|never| match never {}).boxed_unsync(),
                 Some(len),
             );
         }
@@ -137,7 +137,7 @@ impl Reader {
             futures_util::stream::once(async move { Ok::<_, BoxError>(http_body::Frame::data(front)) });
         let rest = BodyStream::new(self.body);
         (
-            http_body_util::BodyExt::boxed(StreamBody::new(head.chain(rest))),
+            http_body_util::BodyExt::boxed_unsync(StreamBody::new(head.chain(rest))),
             None,
         )
     }
@@ -524,7 +524,7 @@ impl Enforcer {
             reader.drain().await;
             let len = front.len() as u64;
             (
-                Full::new(front).map_err(|never| match never {}).boxed(),
+                Full::new(front).map_err(|never| match never {}).boxed_unsync(),
                 Some(len),
             )
         };

@@ -14,16 +14,21 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Sees each chunk, with whether it is the body's last; `Err` stops the body there (the peer
-/// sees it fail) and names why. A returned future holds the chunk back until it completes (the
-/// recorder has written what it took from it). When the body ends without a last data chunk
-/// (trailers, or a bare end), the hook is called once more with an empty chunk marked last, so a
-/// stage that holds bytes back (the masker) can release them; what it puts there is sent.
-pub type ChunkHook = Box<dyn FnMut(&mut Bytes, bool) -> Result<Option<EndFuture>, String> + Send + Sync>;
 /// What must complete before a body may end; `Err` names why it could not.
 pub type EndFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + Sync>>;
-/// Called once, when the body ends (`Ok`) or fails or is dropped early (`Err`).
-pub type EndHook = Box<dyn FnOnce(Result<(), String>) -> Option<EndFuture> + Send + Sync>;
+
+/// What watches a body go by. It owns whatever it needs for that (a stage's state for this one
+/// body), so it sees the body through `&mut self`: no locks.
+pub trait Observer: Send {
+    /// Each chunk, with whether it is the body's last; `Err` stops the body there (the peer sees
+    /// it fail) and names why. A returned future holds the chunk back until it completes (the
+    /// recorder has written what it took from it). When the body ends without a last data chunk
+    /// (trailers, or a bare end), this is called once more with an empty chunk marked last, so a
+    /// stage that holds bytes back (the masker) can release them; what it puts there is sent.
+    fn chunk(&mut self, data: &mut Bytes, last: bool) -> Result<Option<EndFuture>, String>;
+    /// Once, when the body ends (`Ok`) or fails or is dropped early (`Err`).
+    fn end(&mut self, result: Result<(), String>) -> Option<EndFuture>;
+}
 
 enum End {
     /// The end hook has not run.
@@ -34,10 +39,11 @@ enum End {
     Done,
 }
 
-pub struct Observed<B> {
+pub struct Observed<B, O: Observer> {
     inner: B,
-    on_chunk: ChunkHook,
-    on_end: Option<EndHook>,
+    observer: O,
+    /// The observer's `end` has run.
+    ended: bool,
     /// A frame (or nothing) waiting for its chunk hook's future.
     held: Option<(Option<Frame<Bytes>>, EndFuture)>,
     /// Trailers, sent after the last chunk and the end hook.
@@ -50,12 +56,12 @@ pub struct Observed<B> {
     same_size: bool,
 }
 
-impl<B> Observed<B> {
-    pub fn new(inner: B, on_chunk: ChunkHook, on_end: EndHook) -> Self {
+impl<B, O: Observer> Observed<B, O> {
+    pub fn new(inner: B, observer: O) -> Self {
         Self {
             inner,
-            on_chunk,
-            on_end: Some(on_end),
+            observer,
+            ended: false,
             held: None,
             trailers: None,
             inner_done: false,
@@ -72,7 +78,10 @@ impl<B> Observed<B> {
     }
 
     fn run_end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
-        self.on_end.take().and_then(|f| f(result))
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
+        self.observer.end(result)
     }
 
     /// The body fails with `why`: the end hook hears of it, and nothing more is sent.
@@ -90,7 +99,7 @@ impl<B> Observed<B> {
         if last {
             self.flushed = true;
         }
-        let wait = (self.on_chunk)(&mut data, last)?;
+        let wait = self.observer.chunk(&mut data, last)?;
         let frame = (!data.is_empty()).then(|| Frame::data(data));
         match wait {
             Some(wait) => {
@@ -106,7 +115,7 @@ impl<B> Observed<B> {
 #[error("{0}")]
 struct EndFailed(String);
 
-impl<B> Body for Observed<B>
+impl<B, O: Observer + Unpin> Body for Observed<B, O>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError> + std::fmt::Display,
@@ -199,7 +208,7 @@ where
     }
 }
 
-impl<B> Drop for Observed<B> {
+impl<B, O: Observer> Drop for Observed<B, O> {
     fn drop(&mut self) {
         // Dropped before the end: the peer went away mid-body.
         let _ = self.run_end(Err("body not finished: the connection closed".into()));
@@ -217,6 +226,29 @@ mod tests {
 
     use super::*;
 
+    /// An observer made of two closures, for these tests.
+    struct Hooks<C, E>(C, Option<E>);
+
+    impl<C, E> Observer for Hooks<C, E>
+    where
+        C: FnMut(&mut Bytes, bool) -> Result<Option<EndFuture>, String> + Send,
+        E: FnOnce(Result<(), String>) -> Option<EndFuture> + Send,
+    {
+        fn chunk(&mut self, data: &mut Bytes, last: bool) -> Result<Option<EndFuture>, String> {
+            (self.0)(data, last)
+        }
+        fn end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
+            self.1.take().and_then(|f| f(result))
+        }
+    }
+
+    type OnChunk = Box<dyn FnMut(&mut Bytes, bool) -> Result<Option<EndFuture>, String> + Send>;
+    type OnEnd = Box<dyn FnOnce(Result<(), String>) -> Option<EndFuture> + Send>;
+
+    fn observed<B>(inner: B, on_chunk: OnChunk, on_end: OnEnd) -> Observed<B, impl Observer + Unpin> {
+        Observed::new(inner, Hooks(on_chunk, Some(on_end)))
+    }
+
     fn chunks(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
             .iter()
@@ -230,7 +262,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let ended = Arc::new(Mutex::new(Vec::new()));
         let (s, e) = (seen.clone(), ended.clone());
-        let body = Observed::new(
+        let body = observed(
             chunks(&["ab", "cd"]),
             Box::new(move |c: &mut Bytes, last| {
                 s.lock().unwrap().push((c.clone(), last));
@@ -259,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_the_last_call_adds_is_sent_before_the_end() {
-        let body = Observed::new(
+        let body = observed(
             chunks(&["held "]),
             Box::new(|c: &mut Bytes, last| {
                 if last {
@@ -277,7 +309,7 @@ mod tests {
     async fn the_last_frame_waits_for_the_end_future() {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
         let released = Arc::new(AtomicBool::new(false));
-        let body = Observed::new(
+        let body = observed(
             Full::new(Bytes::from_static(b"last")).map_err(|n| match n {}),
             Box::new(|_, _| Ok(None)),
             Box::new(move |_| {
@@ -303,7 +335,7 @@ mod tests {
     async fn a_chunk_waits_for_its_hooks_future() {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
         let mut rx = Some(rx);
-        let body = Observed::new(
+        let body = observed(
             chunks(&["held", "next"]),
             Box::new(move |_, _| {
                 Ok(rx.take().map(|rx| {
@@ -322,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_chunk_hook_stops_the_body() {
-        let body = Observed::new(
+        let body = observed(
             chunks(&["ok", "refused", "never"]),
             Box::new(|c: &mut Bytes, _| {
                 if &c[..] == b"refused" {
@@ -339,7 +371,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_end_future_fails_the_body() {
-        let body = Observed::new(
+        let body = observed(
             Full::new(Bytes::from_static(b"x")).map_err(|n| match n {}),
             Box::new(|_, _| Ok(None)),
             Box::new(|_| Some(Box::pin(async { Err("disk full".to_string()) }) as EndFuture)),
@@ -352,7 +384,7 @@ mod tests {
     async fn an_empty_body_still_reports_its_end() {
         let ended = Arc::new(AtomicBool::new(false));
         let e = ended.clone();
-        let body = Observed::new(
+        let body = observed(
             Full::new(Bytes::new()).map_err(|n| match n {}),
             Box::new(|_, _| Ok(None)),
             Box::new(move |r| {

@@ -23,7 +23,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -42,7 +42,7 @@ use crate::{
 
 pub use self::body::{BoxError, EndFuture};
 
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Facts about one terminated client connection, shared by its exchanges.
 #[derive(Debug)]
@@ -96,6 +96,23 @@ pub enum Gate {
     Refuse(Response<Bytes>, String),
 }
 
+/// Who answered an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnsweredBy {
+    Upstream,
+    /// A hook, or the gateway itself (a limit, an unreachable upstream).
+    Gateway,
+}
+
+impl AnsweredBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnsweredBy::Upstream => "upstream",
+            AnsweredBy::Gateway => "gateway",
+        }
+    }
+}
+
 /// How an exchange ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -104,58 +121,84 @@ pub struct Outcome {
     /// Time to the response head.
     pub ttfb: Duration,
     pub error: Option<String>,
-    /// Who answered: "upstream", or "gateway" when a hook or the gateway answered itself.
-    pub answered_by: &'static str,
+    pub answered_by: AnsweredBy,
 }
 
-/// The pipeline's hooks. `Ctx` is per-exchange state, made by `new_ctx` before any hook runs and
-/// shared by the request and response sides (which may run at the same time, so it is `Sync`).
-pub trait Phases: Send + Sync + 'static {
-    type Ctx: Send + Sync + 'static;
+/// Where an exchange was when it ended, with the state its stages kept up to there.
+pub enum Ended<'a, P: Phases + ?Sized> {
+    /// Answered before anything went upstream (a refusal, a limit, a gate's answer).
+    BeforeUpstream(&'a mut P::Head),
+    /// The upstream answered (or failed mid-response).
+    AfterUpstream(&'a mut P::Down),
+}
 
-    fn new_ctx(&self, ex: &Exchange) -> Self::Ctx;
+/// The pipeline's hooks, called by the engine in this order for every exchange: `begin` →
+/// `request_filter` (may answer the client itself) → `request_gate` (may read the body first) →
+/// `upstream_request` → `request_body_filter` (each chunk, as it streams up) → upstream →
+/// `response_filter` → `response_body_filter` (each chunk, as it streams down) → `logging`
+/// (once, when the exchange ends). Every hook but `begin` and `upstream_request` is a no-op by
+/// default.
+///
+/// The stages' per-exchange state is owned by the exchange, never shared behind locks: `Head`
+/// while the request head is decided; at the upstream request it splits into `Up`, which the
+/// request body's stream owns, and `Down`, which the response side owns — the two bodies stream
+/// at the same time, each with its own half.
+pub trait Phases: Send + Sync + 'static {
+    type Head: Send + 'static;
+    type Up: Send + Unpin + 'static;
+    type Down: Send + Unpin + 'static;
+    /// What an upgraded (WebSocket) exchange's relay holds, shared by its two directions.
+    type Upgraded: Send + Sync + 'static;
+
+    fn begin(&self, ex: &Exchange) -> Self::Head;
     /// A client connection was terminated and will be served; before any of its exchanges.
     fn connection(&self, _conn: &ConnInfo) {}
-    /// Sees the request head first; returning a response answers the client and skips the
-    /// upstream. May wait (for an approver, or for the recorder to catch up).
+    /// Sees the request head first; a response answers the client and skips the upstream. May
+    /// wait (for an approver, or for the recorder to catch up).
     fn request_filter(
         &self,
         _ex: &Exchange,
-        _ctx: &Self::Ctx,
+        _head: &mut Self::Head,
         _req: &http::request::Parts,
     ) -> impl Future<Output = Option<Response<Bytes>>> + Send {
         async { None }
     }
-    /// Each request body chunk on its way up, `end_of_stream` on the last (which may be an
-    /// empty chunk the hook can fill); `Err` stops the body (the upstream sees it fail, and the
-    /// client gets the refusal's status unless the upstream answered first); a returned future
-    /// holds the chunk back until it completes.
-    fn request_body_filter(
-        &self,
-        _ex: &Exchange,
-        _ctx: &Self::Ctx,
-        _chunk: &mut Bytes,
-        _end_of_stream: bool,
-    ) -> Result<Option<EndFuture>, BodyRefusal> {
-        Ok(None)
-    }
     /// After `request_filter` let a request on, before anything of it goes upstream: a stage that
-    /// must see (part of) the body before deciding (a git push's commands, an API call held for
-    /// approval) reads it here and either hands back the body to forward (what it read, then
-    /// the rest, possibly rewritten; it fixes `Content-Length` if the length changes) or
+    /// must see (part of) the body before deciding (a git push's commands and pack, an API call
+    /// held for approval) reads it here and either hands back the body to forward (what it read,
+    /// then the rest, possibly rewritten; it fixes `Content-Length` if the length changes) or
     /// answers the client itself. Bodies pass through untouched by default.
     fn request_gate(
         &self,
         _ex: &Exchange,
-        _ctx: &Self::Ctx,
+        _head: &mut Self::Head,
         _req: &mut http::request::Parts,
         body: ProxyBody,
     ) -> impl Future<Output = Gate> + Send {
         async { Gate::Forward(body) }
     }
-    /// The request as it will be sent upstream (headers may be changed here).
-    fn upstream_request_filter(&self, _ex: &Exchange, _ctx: &Self::Ctx, _req: &mut http::request::Parts) {}
-    fn response_filter(&self, _ex: &Exchange, _ctx: &Self::Ctx, _resp: &mut http::response::Parts) {}
+    /// The request as it will be sent upstream (headers may be changed here); the exchange's
+    /// state splits into what streams up with the request body and what waits for the response.
+    fn upstream_request(
+        &self,
+        ex: &Exchange,
+        head: Self::Head,
+        req: &mut http::request::Parts,
+    ) -> (Self::Up, Self::Down);
+    /// Each request body chunk on its way up, `end_of_stream` on the last (which may be an empty
+    /// chunk the hook can fill); `Err` stops the body (the upstream sees it fail, and the client
+    /// gets the refusal's status unless the upstream answered first); a returned future holds the
+    /// chunk back until it completes.
+    fn request_body_filter(
+        &self,
+        _ex: &Exchange,
+        _up: &mut Self::Up,
+        _chunk: &mut Bytes,
+        _end_of_stream: bool,
+    ) -> Result<Option<EndFuture>, BodyRefusal> {
+        Ok(None)
+    }
+    fn response_filter(&self, _ex: &Exchange, _down: &mut Self::Down, _resp: &mut http::response::Parts) {}
     /// Each response body chunk on its way down, `end_of_stream` on the last (which may be an
     /// empty chunk the hook can fill: a stage that held bytes back releases them there); `Err`
     /// stops the body (the client sees it fail); a returned future holds the chunk back until it
@@ -163,29 +206,32 @@ pub trait Phases: Send + Sync + 'static {
     fn response_body_filter(
         &self,
         _ex: &Exchange,
-        _ctx: &Self::Ctx,
+        _down: &mut Self::Down,
         _chunk: &mut Bytes,
         _end_of_stream: bool,
-    ) -> Result<Option<EndFuture>, String> {
+    ) -> Result<Option<EndFuture>, BodyRefusal> {
         Ok(None)
     }
-    /// For an upgraded exchange: the masker the server's WebSocket text messages go through on
-    /// their way to the client, if any.
-    fn websocket_masker(&self, _ex: &Exchange, _ctx: &Self::Ctx) -> Option<crate::mask::Masker> {
+    /// For an exchange the upstream upgraded: what its relay holds (the masker for the server's
+    /// text messages, what records the messages).
+    fn upgraded(&self, ex: &Exchange, down: &mut Self::Down) -> Self::Upgraded;
+    /// The masker the server's WebSocket text messages go through on their way to the client.
+    fn websocket_masker(&self, _up: &Self::Upgraded) -> Option<crate::mask::Masker> {
         None
     }
     /// Each WebSocket message of an upgraded exchange, in either direction, as it passes.
     fn websocket_message(
         &self,
         _ex: &Exchange,
-        _ctx: &Self::Ctx,
+        _up: &Self::Upgraded,
         _dir: websocket::Direction,
         _msg: &websocket::Message,
     ) {
     }
-    /// Once per exchange, when its response body has ended (or failed). A returned future must
-    /// complete before the client sees the end of the response; if it fails, the response fails.
-    fn logging(&self, _ex: &Exchange, _ctx: &Self::Ctx, _outcome: &Outcome) -> Option<EndFuture> {
+    /// Once per exchange, when it has ended (the response body ended or failed, or the gateway
+    /// answered). A returned future must complete before the client sees the end of the
+    /// response; if it fails, the response fails.
+    fn logging(&self, _ex: &Exchange, _state: Ended<'_, Self>, _outcome: &Outcome) -> Option<EndFuture> {
         None
     }
 }
@@ -211,7 +257,7 @@ pub fn log_exchange(ex: &Exchange, o: &Outcome) {
         method = %ex.req.method,
         url = %url,
         status = o.status,
-        answered_by = o.answered_by,
+        answered_by = o.answered_by.as_str(),
         bytes_up = ex.bytes_up.load(Ordering::Relaxed),
         bytes_down = ex.bytes_down.load(Ordering::Relaxed),
         ttfb_ms = o.ttfb.as_millis() as u64,
@@ -501,7 +547,7 @@ fn full(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(text))
             .map_err(|never| match never {})
-            .boxed(),
+            .boxed_unsync(),
     );
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -514,7 +560,105 @@ fn full(status: StatusCode, text: String) -> Response<ProxyBody> {
 /// A response the gateway made whole, as a proxy body.
 fn boxed(resp: Response<Bytes>) -> Response<ProxyBody> {
     let (parts, bytes) = resp.into_parts();
-    Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed())
+    Response::from_parts(
+        parts,
+        Full::new(bytes).map_err(|never| match never {}).boxed_unsync(),
+    )
+}
+
+/// The gateway answered an exchange itself: it is logged now (waiting for its record), its body
+/// being already complete.
+async fn answered_here<P: Phases>(
+    phases: &P,
+    ex: &Exchange,
+    head: &mut P::Head,
+    response: Response<ProxyBody>,
+    error: Option<String>,
+) -> Response<ProxyBody> {
+    let elapsed = ex.started.elapsed();
+    let outcome = Outcome {
+        status: response.status().as_u16(),
+        duration: elapsed,
+        ttfb: elapsed,
+        error,
+        answered_by: AnsweredBy::Gateway,
+    };
+    if let Some(wait) = phases.logging(ex, Ended::BeforeUpstream(head), &outcome)
+        && let Err(why) = wait.await
+    {
+        warn!(exchange = ex.id, error = %why, "the gateway's own answer could not be recorded");
+    }
+    response
+}
+
+/// The request body on its way up: each chunk through `request_body_filter`, with the stages'
+/// `Up` state; a refusal is kept for the answer the client gets.
+struct UpObserver<P: Phases> {
+    phases: Arc<P>,
+    ex: Arc<Exchange>,
+    up: P::Up,
+    refused: Arc<std::sync::OnceLock<BodyRefusal>>,
+}
+
+impl<P: Phases> body::Observer for UpObserver<P> {
+    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, String> {
+        let wait = self
+            .phases
+            .request_body_filter(&self.ex, &mut self.up, chunk, end)
+            .map_err(|refusal| {
+                let cause = refusal.cause.clone();
+                let _ = self.refused.set(refusal);
+                cause
+            })?;
+        self.ex.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(wait)
+    }
+
+    fn end(&mut self, _result: Result<(), String>) -> Option<EndFuture> {
+        None
+    }
+}
+
+/// The response body on its way down: each chunk through `response_body_filter`, then
+/// `logging`, with the stages' `Down` state; an HTTP/1.1 upstream connection goes back to the
+/// pool once its response has ended cleanly.
+struct DownObserver<P: Phases> {
+    phases: Arc<P>,
+    ex: Arc<Exchange>,
+    down: P::Down,
+    status: u16,
+    ttfb: Duration,
+    back: Option<(Arc<Pool>, Key, pool::Http1Sender)>,
+}
+
+impl<P: Phases> body::Observer for DownObserver<P> {
+    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, String> {
+        let wait = self
+            .phases
+            .response_body_filter(&self.ex, &mut self.down, chunk, end)
+            .map_err(|refusal| refusal.cause)?;
+        self.ex
+            .bytes_down
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(wait)
+    }
+
+    fn end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
+        if let (Ok(()), Some((pool, key, send))) = (&result, self.back.take()) {
+            pool.put_back(&key, send);
+        }
+        self.phases.logging(
+            &self.ex,
+            Ended::AfterUpstream(&mut self.down),
+            &Outcome {
+                status: self.status,
+                duration: self.ex.started.elapsed(),
+                ttfb: self.ttfb,
+                error: result.err(),
+                answered_by: AnsweredBy::Upstream,
+            },
+        )
+    }
 }
 
 async fn forward<P: Phases>(
@@ -560,81 +704,65 @@ async fn forward<P: Phases>(
         bytes_down: AtomicU64::new(0),
     });
     let phases = state.phases.clone();
-    let ctx = Arc::new(phases.new_ctx(&ex));
-    // The gateway answered itself: log the exchange now (waiting for its record), its body is
-    // already complete.
-    let answered_here = async |response: Response<ProxyBody>, error: Option<String>| {
-        let elapsed = started.elapsed();
-        let status = response.status().as_u16();
-        let wait = phases.logging(
-            &ex,
-            &ctx,
-            &Outcome {
-                status,
-                duration: elapsed,
-                ttfb: elapsed,
-                error,
-                answered_by: "gateway",
-            },
-        );
-        if let Some(wait) = wait
-            && let Err(why) = wait.await
-        {
-            warn!(exchange = ex.id, error = %why, "the gateway's own answer could not be recorded");
-        }
-        response
-    };
-    let gateway_answer = async |status: StatusCode, text: String, error: Option<String>| {
-        answered_here(full(status, text), error).await
-    };
+    let mut head = phases.begin(&ex);
+    // Answers the gateway makes itself, before anything goes upstream.
+    macro_rules! answer {
+        ($response:expr, $error:expr) => {
+            return Ok(answered_here(&*phases, &ex, &mut head, $response, $error).await)
+        };
+    }
 
     if let Some(refusal) = refused {
         warn!(exchange = ex.id, client = %ex.conn.client, sni = %ex.conn.sni, tgid = ex.conn.caller.tgid,
               comm = %ex.conn.caller.comm, url = %crate::mask::for_logs(&ex.url), status = refusal.status().as_u16(),
               error = %crate::mask::for_logs(&refusal.to_string()), "request refused from its head; nothing was forwarded");
-        return Ok(gateway_answer(
-            refusal.status(),
-            format!("ghgate: {refusal}\n"),
-            Some(refusal.to_string()),
-        )
-        .await);
+        answer!(
+            full(refusal.status(), format!("ghgate: {refusal}\n")),
+            Some(refusal.to_string())
+        );
     }
     let allowed = state.rate.lock().map(|mut r| r.allow()).unwrap_or(true);
     if !allowed {
         warn!(exchange = ex.id, client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
               limit = state.max_rps, "request rate limit exceeded on one connection");
-        return Ok(gateway_answer(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "ghgate: more than {} requests per second on one connection\n",
-                state.max_rps
+        answer!(
+            full(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "ghgate: more than {} requests per second on one connection\n",
+                    state.max_rps
+                ),
             ),
-            Some("rate limited".into()),
-        )
-        .await);
+            Some("rate limited".into())
+        );
     }
-    if let Some(resp) = phases.request_filter(&ex, &ctx, &parts).await {
-        return Ok(answered_here(boxed(resp), None).await);
+    if let Some(resp) = phases.request_filter(&ex, &mut head, &parts).await {
+        answer!(boxed(resp), None);
     }
-
     if let Some(reason) = &state.route.failed {
-        return Ok(gateway_answer(
-            StatusCode::BAD_GATEWAY,
-            format!("ghgate: nothing was forwarded: {reason}\n"),
-            Some(reason.clone()),
-        )
-        .await);
+        answer!(
+            full(
+                StatusCode::BAD_GATEWAY,
+                format!("ghgate: nothing was forwarded: {reason}\n"),
+            ),
+            Some(reason.clone())
+        );
     }
     let body = match phases
-        .request_gate(&ex, &ctx, &mut parts, body.map_err(BoxError::from).boxed())
+        .request_gate(
+            &ex,
+            &mut head,
+            &mut parts,
+            body.map_err(BoxError::from).boxed_unsync(),
+        )
         .await
     {
         Gate::Forward(b) => b,
-        Gate::Answer(resp) => return Ok(answered_here(boxed(resp), None).await),
+        Gate::Answer(resp) => answer!(boxed(resp), None),
         Gate::Refuse(resp, why) => {
             warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %crate::mask::for_logs(&why),
                   "request refused from its body; nothing was forwarded");
-            return Ok(answered_here(boxed(resp), Some(why)).await);
+            answer!(boxed(resp), Some(why));
         }
     };
     let route = &state.route;
@@ -649,12 +777,13 @@ async fn forward<P: Phases>(
         Ok(s) => s,
         Err(e) => {
             warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream unavailable");
-            return Ok(gateway_answer(
-                StatusCode::BAD_GATEWAY,
-                format!("ghgate: nothing was forwarded: {e}\n"),
-                Some(e.to_string()),
-            )
-            .await);
+            answer!(
+                full(
+                    StatusCode::BAD_GATEWAY,
+                    format!("ghgate: nothing was forwarded: {e}\n"),
+                ),
+                Some(e.to_string())
+            );
         }
     };
     let upstream_proto = sender.proto();
@@ -680,29 +809,19 @@ async fn forward<P: Phases>(
             parts.headers.remove(header::UPGRADE);
         }
     }
-    phases.upstream_request_filter(&ex, &ctx, &mut parts);
+    let (up, mut down) = phases.upstream_request(&ex, head, &mut parts);
 
-    let up_ex = ex.clone();
-    let up_phases = phases.clone();
-    let up_ctx = ctx.clone();
     let body_refused = Arc::new(std::sync::OnceLock::<BodyRefusal>::new());
-    let up_refused = body_refused.clone();
     let req_body: ProxyBody = Observed::new(
         body,
-        Box::new(move |chunk: &mut Bytes, end| {
-            let wait = up_phases
-                .request_body_filter(&up_ex, &up_ctx, chunk, end)
-                .map_err(|refusal| {
-                    let cause = refusal.cause.clone();
-                    let _ = up_refused.set(refusal);
-                    cause
-                })?;
-            up_ex.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            Ok(wait)
-        }),
-        Box::new(|_| None),
+        UpObserver {
+            phases: phases.clone(),
+            ex: ex.clone(),
+            up,
+            refused: body_refused.clone(),
+        },
     )
-    .boxed();
+    .boxed_unsync();
     let upstream_req = Request::from_parts(parts, req_body);
 
     // An HTTP/1.1 connection goes back to the pool once its response has ended cleanly.
@@ -719,25 +838,46 @@ async fn forward<P: Phases>(
             Err(e) => (Err(e), None),
         },
     };
+    // A failure before the response head: the exchange ends answered by the gateway, with the
+    // response side's state (the request is already on its way).
+    let failed_here = async |down: &mut P::Down, status: StatusCode, text: String, error: String| {
+        let response = full(status, text);
+        let elapsed = ex.started.elapsed();
+        let outcome = Outcome {
+            status: status.as_u16(),
+            duration: elapsed,
+            ttfb: elapsed,
+            error: Some(error),
+            answered_by: AnsweredBy::Gateway,
+        };
+        if let Some(wait) = phases.logging(&ex, Ended::AfterUpstream(down), &outcome)
+            && let Err(why) = wait.await
+        {
+            warn!(exchange = ex.id, error = %why, "the gateway's own answer could not be recorded");
+        }
+        response
+    };
     let mut resp = match sent {
         Ok(r) => r,
         Err(_) if body_refused.get().is_some() => {
             let refusal = body_refused.get().expect("checked").clone();
             warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), status = refusal.status.as_u16(),
                   error = %crate::mask::for_logs(&refusal.cause), "request body refused; the upstream saw it fail");
-            return Ok(gateway_answer(
+            return Ok(failed_here(
+                &mut down,
                 refusal.status,
                 format!("ghgate: {}\n", refusal.cause),
-                Some(refusal.cause),
+                refusal.cause,
             )
             .await);
         }
         Err(e) => {
             warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream request failed");
-            return Ok(gateway_answer(
+            return Ok(failed_here(
+                &mut down,
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: the upstream request failed: {e}\n"),
-                Some(e.to_string()),
+                e.to_string(),
             )
             .await);
         }
@@ -747,13 +887,14 @@ async fn forward<P: Phases>(
     if let Some(client_upgrade) = client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let (ws_ex, ws_phases, ws_ctx) = (ex.clone(), phases.clone(), ctx.clone());
-        let mask_down = phases.websocket_masker(&ex, &ctx);
+        let upgraded = phases.upgraded(&ex, &mut down);
+        let (ws_ex, ws_phases) = (ex.clone(), phases.clone());
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
+                    let mask_down = ws_phases.websocket_masker(&upgraded);
                     let seen = |dir, msg: &websocket::Message| {
-                        ws_phases.websocket_message(&ws_ex, &ws_ctx, dir, msg)
+                        ws_phases.websocket_message(&ws_ex, &upgraded, dir, msg)
                     };
                     let relayed = websocket::relay(
                         TokioIo::new(client),
@@ -781,45 +922,27 @@ async fn forward<P: Phases>(
     hop::strip(&mut rparts.headers, upgraded);
     rparts.version = client_version;
     let had_length = rparts.headers.contains_key(header::CONTENT_LENGTH);
-    phases.response_filter(&ex, &ctx, &mut rparts);
+    phases.response_filter(&ex, &mut down, &mut rparts);
     // A filter that drops the length will change the body's (masking does).
     let resized = had_length && !rparts.headers.contains_key(header::CONTENT_LENGTH);
-    let status = rparts.status.as_u16();
-    let (down_ex, end_ex) = (ex.clone(), ex.clone());
-    let (down_phases, end_phases) = (phases.clone(), phases.clone());
-    let (down_ctx, end_ctx) = (ctx.clone(), ctx);
-    let (pool, key) = (route.pool.clone(), route.key.clone());
-    let h1_back = h1_back.filter(|_| !upgraded);
+    let back = h1_back
+        .filter(|_| !upgraded)
+        .map(|send| (route.pool.clone(), route.key.clone(), send));
     let observed = Observed::new(
         rbody,
-        Box::new(move |chunk: &mut Bytes, end| {
-            let wait = down_phases.response_body_filter(&down_ex, &down_ctx, chunk, end)?;
-            down_ex
-                .bytes_down
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            Ok(wait)
-        }),
-        Box::new(move |result| {
-            if let (Ok(()), Some(send)) = (&result, h1_back) {
-                pool.put_back(&key, send);
-            }
-            end_phases.logging(
-                &end_ex,
-                &end_ctx,
-                &Outcome {
-                    status,
-                    duration: started.elapsed(),
-                    ttfb,
-                    error: result.err(),
-                    answered_by: "upstream",
-                },
-            )
-        }),
+        DownObserver {
+            phases: phases.clone(),
+            ex: ex.clone(),
+            down,
+            status: rparts.status.as_u16(),
+            ttfb,
+            back,
+        },
     );
     let body: ProxyBody = if resized {
-        observed.resized().boxed()
+        observed.resized().boxed_unsync()
     } else {
-        observed.boxed()
+        observed.boxed_unsync()
     };
     Ok(Response::from_parts(rparts, body))
 }

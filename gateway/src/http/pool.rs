@@ -27,6 +27,9 @@ pub struct Key {
 }
 
 /// A sender for one request.
+/// An HTTP/1.1 upstream connection's sending half.
+pub type Http1Sender = http1::SendRequest<ProxyBody>;
+
 pub enum Sender {
     Http1(http1::SendRequest<ProxyBody>),
     Http2(http2::SendRequest<ProxyBody>),

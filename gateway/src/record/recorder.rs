@@ -1508,7 +1508,7 @@ impl ExchangeRecording {
             response_body,
             ttfb_us: outcome.ttfb.as_micros() as u64,
             duration_us: outcome.duration.as_micros() as u64,
-            answered_by: outcome.answered_by.into(),
+            answered_by: outcome.answered_by.as_str().into(),
             error: outcome.error.clone(),
         }));
         let ack = self.recorder.submit(records, true);
