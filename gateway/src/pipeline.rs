@@ -23,10 +23,11 @@ use ::http::{Response, header};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 
+use ghgate_policy::classify::GitHub;
+
 use crate::{
-    classify::GitHub,
     config::NoProfile,
-    credentials::{self, Broker, Scheme, Secret, Who},
+    credentials::{self, Broker, Scheme, Secret},
     enforce::{
         self, Enforcer, Head,
         push::{PushGate, PushReply},
@@ -216,11 +217,10 @@ impl Pipeline {
                 claims,
             };
         }
-        let who = Who {
-            caller: &ex.conn.caller,
-            oidc: claims.as_ref(),
-        };
-        match self.broker.profile_for(&who) {
+        match self
+            .broker
+            .profile_for(&crate::identity::subject(&ex.conn.caller, claims.as_ref()))
+        {
             Some(profile) => {
                 identity.profile = Some(profile.name.clone());
                 // No token where none belongs (user content, other hosts, WebSocket upgrades):
@@ -575,7 +575,7 @@ impl Phases for Pipeline {
             *a = Some(ghgate_git::advert::PushAdvert::new(self.enforcer.is_some()));
         }
         let head = self.enforcer.as_ref().map(|enforcer| {
-            let subject = enforce::subject(&ex.conn.caller, decision.claims.as_ref());
+            let subject = crate::identity::subject(&ex.conn.caller, decision.claims.as_ref());
             (enforcer.head(ex, &subject), subject)
         });
         // A decision from the head is written with the request's own record (a refusal, with
@@ -832,3 +832,6 @@ impl Phases for Pipeline {
         ctx.record.as_ref().map(|rec| rec.finish(ex, outcome))
     }
 }
+
+#[cfg(test)]
+mod readings;

@@ -27,7 +27,7 @@ use crate::{
     approval::{self, Approvals, Gate as ApprovalGate, Operation, Requester},
     config::PolicyConfig,
     http::{Exchange, ProxyBody},
-    identity::{self, Caller},
+    identity::Caller,
     outbound::Outbound,
     policy::{Action, RefUpdate, Subject, Target, Verdict, live::Live},
     record::model,
@@ -206,22 +206,6 @@ impl Enforcer {
     }
 }
 
-/// The facts the policy knows a caller by.
-pub fn subject(caller: &Caller, oidc: Option<&serde_json::Map<String, serde_json::Value>>) -> Subject {
-    let ci_var = |name: &str| caller.ci.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    Subject {
-        uid: caller.uid,
-        user: identity::user_name(caller.uid),
-        exe: caller.exe.as_ref().map(|p| p.display().to_string()),
-        comm: caller.comm.clone(),
-        cgroup: caller.cgroup.clone(),
-        ci_repository: ci_var("GITHUB_REPOSITORY"),
-        ci_workflow: ci_var("GITHUB_WORKFLOW"),
-        ci_ref: ci_var("GITHUB_REF"),
-        oidc: oidc.cloned(),
-    }
-}
-
 /// Who asked for an approval: what a retry by the same caller (a new process) still matches.
 pub fn requester(caller: &Caller, subject: &Subject, session: &str) -> Requester {
     Requester {
@@ -300,7 +284,10 @@ fn suffix(message: Option<&str>) -> String {
 /// prints it as `remote: …`), GitHub's JSON error shape for the API and Git LFS.
 pub fn refusal(ex: &Exchange, status: StatusCode, text: &str) -> Response<Bytes> {
     // Git LFS reads errors as JSON, like the API.
-    let git = ex.req.git.is_some_and(|g| g != crate::classify::GitEndpoint::Lfs);
+    let git = ex
+        .req
+        .git
+        .is_some_and(|g| g != ghgate_policy::classify::GitEndpoint::Lfs);
     let (body, ctype) = if git {
         (format!("ghgate: {text}\n"), "text/plain; charset=utf-8")
     } else {
