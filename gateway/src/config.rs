@@ -10,7 +10,7 @@ use std::{
 };
 
 use ghgate_pattern::name_matches;
-use ghgate_policy::caller::{CallerCondition, CallerField, CallerMatch, ConditionError};
+use ghgate_policy::caller::{CallerKeys, CallerMatch, ConditionError};
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -265,24 +265,15 @@ impl CredentialRule {
     /// `ci_repository` that is not owner/name, an empty `oidc` table, a claim pattern that is
     /// not a string, number or boolean).
     pub fn caller(&self) -> Result<CallerMatch, ConditionError> {
-        let mut conditions = Vec::new();
-        if let Some(uids) = &self.uid {
-            conditions.push(CallerCondition::uid(uids.clone())?);
+        CallerKeys {
+            uid: self.uid.clone(),
+            exe: self.exe.clone(),
+            cgroup: self.cgroup.clone(),
+            ci_repository: self.ci_repository.clone(),
+            oidc: self.oidc.clone(),
+            ..CallerKeys::default()
         }
-        let fields = [
-            (CallerField::Exe, &self.exe),
-            (CallerField::Cgroup, &self.cgroup),
-            (CallerField::CiRepository, &self.ci_repository),
-        ];
-        for (field, patterns) in fields {
-            if let Some(p) = patterns {
-                conditions.push(CallerCondition::text(field, p.clone())?);
-            }
-        }
-        if let Some(claims) = &self.oidc {
-            conditions.push(CallerCondition::oidc(claims.clone())?);
-        }
-        Ok(CallerMatch::new(conditions))
+        .matcher()
     }
 }
 

@@ -80,7 +80,7 @@ pub const SUBJECT_KEYS: &[&str] = &[
 
 /// A text fact of the caller, compared as globs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallerField {
+enum CallerField {
     User,
     Exe,
     Comm,
@@ -92,7 +92,7 @@ pub enum CallerField {
 
 impl CallerField {
     /// The key rules write.
-    pub fn key(self) -> &'static str {
+    fn key(self) -> &'static str {
         match self {
             CallerField::User => "user",
             CallerField::Exe => "exe",
@@ -190,6 +190,17 @@ pub(crate) fn owner_name_problem(pattern: &str) -> Option<&'static str> {
         .then_some("is not owner/name and would never match; write \"org/*\" for every repository of org")
 }
 
+/// `build` for each field a rule gives (`Some` patterns), in order.
+pub(crate) fn each_given<F, T, E>(
+    fields: impl IntoIterator<Item = (F, Option<Vec<String>>)>,
+    build: impl Fn(F, Vec<String>) -> Result<T, E>,
+) -> Result<Vec<T>, E> {
+    fields
+        .into_iter()
+        .filter_map(|(field, patterns)| patterns.map(|p| build(field, p)))
+        .collect()
+}
+
 /// Whether any of `patterns` matches `value`.
 pub(crate) fn any_glob(patterns: &[String], value: &str) -> bool {
     patterns.iter().any(|p| glob(p, value))
@@ -265,13 +276,13 @@ pub struct CallerCondition(Test);
 
 impl CallerCondition {
     /// `uid = [..]`: the caller's uid is one of them.
-    pub fn uid(uids: Vec<u32>) -> Result<Self, ConditionError> {
+    fn uid(uids: Vec<u32>) -> Result<Self, ConditionError> {
         non_empty("uid", &uids)?;
         Ok(Self(Test::Uid(uids)))
     }
 
     /// `user`, `exe`, `cgroup`, `ci_repository`, …: the fact matches one of the globs.
-    pub fn text(field: CallerField, patterns: Vec<String>) -> Result<Self, ConditionError> {
+    fn text(field: CallerField, patterns: Vec<String>) -> Result<Self, ConditionError> {
         let key = field.key();
         non_empty(key, &patterns)?;
         if field == CallerField::CiRepository
@@ -294,7 +305,7 @@ impl CallerCondition {
 
     /// `oidc = { claim = glob, … }`: every claim named matches its glob. A number or a boolean
     /// is written as the glob of its text (`run_attempt = 1`).
-    pub fn oidc(claims: BTreeMap<String, toml::Value>) -> Result<Self, ConditionError> {
+    fn oidc(claims: BTreeMap<String, toml::Value>) -> Result<Self, ConditionError> {
         if claims.is_empty() {
             return Err(ConditionError::EmptyClaims);
         }
@@ -317,7 +328,7 @@ impl CallerCondition {
     }
 
     /// `oidc_groups = [..]`: the token's `groups` claim has a member matching one of the globs.
-    pub fn oidc_groups(patterns: Vec<String>) -> Result<Self, ConditionError> {
+    fn oidc_groups(patterns: Vec<String>) -> Result<Self, ConditionError> {
         non_empty("oidc_groups", &patterns)?;
         Ok(Self(Test::OidcGroups(patterns)))
     }
@@ -384,16 +395,61 @@ impl CallerCondition {
     }
 }
 
+/// The caller conditions a rule gives, by the keys rules write (each optional). Policy rules
+/// and credential rules build their conditions here, so they are validated alike.
+#[derive(Debug, Clone, Default)]
+pub struct CallerKeys {
+    pub uid: Option<Vec<u32>>,
+    pub user: Option<Vec<String>>,
+    pub exe: Option<Vec<String>>,
+    pub comm: Option<Vec<String>>,
+    pub cgroup: Option<Vec<String>>,
+    pub ci_repository: Option<Vec<String>>,
+    pub ci_workflow: Option<Vec<String>>,
+    pub ci_ref: Option<Vec<String>>,
+    pub oidc: Option<BTreeMap<String, toml::Value>>,
+    pub oidc_groups: Option<Vec<String>>,
+}
+
+impl CallerKeys {
+    /// One condition per key given, in this order (the order rules check them in and
+    /// explanations name them); `Err` for one that could never match.
+    pub fn conditions(self) -> Result<Vec<CallerCondition>, ConditionError> {
+        let mut out = Vec::new();
+        if let Some(uids) = self.uid {
+            out.push(CallerCondition::uid(uids)?);
+        }
+        let texts = [
+            (CallerField::User, self.user),
+            (CallerField::Exe, self.exe),
+            (CallerField::Comm, self.comm),
+            (CallerField::Cgroup, self.cgroup),
+            (CallerField::CiRepository, self.ci_repository),
+            (CallerField::CiWorkflow, self.ci_workflow),
+            (CallerField::CiRef, self.ci_ref),
+        ];
+        out.extend(each_given(texts, CallerCondition::text)?);
+        if let Some(claims) = self.oidc {
+            out.push(CallerCondition::oidc(claims)?);
+        }
+        if let Some(groups) = self.oidc_groups {
+            out.push(CallerCondition::oidc_groups(groups)?);
+        }
+        Ok(out)
+    }
+
+    /// All the conditions, as one matcher.
+    pub fn matcher(self) -> Result<CallerMatch, ConditionError> {
+        self.conditions().map(CallerMatch)
+    }
+}
+
 /// Conditions on the caller, all of which must hold (a credential rule's); none matches every
 /// caller.
 #[derive(Debug, Clone, Default)]
 pub struct CallerMatch(Vec<CallerCondition>);
 
 impl CallerMatch {
-    pub fn new(conditions: Vec<CallerCondition>) -> Self {
-        Self(conditions)
-    }
-
     pub fn matches(&self, s: &Subject) -> bool {
         self.0.iter().all(|c| c.check(s).is_ok())
     }
@@ -555,7 +611,7 @@ mod tests {
         let uid = |u| CallerCondition::uid(vec![u]).unwrap();
         let cgroup = CallerCondition::text(CallerField::Cgroup, vec!["/runner/*".into()]).unwrap();
         assert!(CallerMatch::default().matches(&s));
-        assert!(CallerMatch::new(vec![uid(1000), cgroup.clone()]).matches(&s));
-        assert!(!CallerMatch::new(vec![uid(0), cgroup]).matches(&s));
+        assert!(CallerMatch(vec![uid(1000), cgroup.clone()]).matches(&s));
+        assert!(!CallerMatch(vec![uid(0), cgroup]).matches(&s));
     }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::{
     Action, ApprovalSpec, ApproverGroup, Policy, Rule, RuleRef,
     caller::{
-        CallerCondition, CallerField, ConditionError, SUBJECT_KEYS, full_refs, non_empty, owner_name_problem,
+        CallerKeys, ConditionError, SUBJECT_KEYS, each_given, full_refs, non_empty, owner_name_problem,
     },
     classify::{COPILOT_NAMES, GitService},
     duration::{self, DurationError},
@@ -412,45 +412,26 @@ fn rule_from_table(
         groups,
     )?;
 
-    let mut conditions = Vec::new();
-    let mut caller = |c: Result<CallerCondition, ConditionError>| -> Result<(), RuleError> {
-        conditions.push(Condition::Caller(c?));
-        Ok(())
+    let caller = CallerKeys {
+        uid: r.uid,
+        user: r.user,
+        exe: r.exe,
+        comm: r.comm,
+        cgroup: r.cgroup,
+        ci_repository: r.ci_repository,
+        ci_workflow: r.ci_workflow,
+        ci_ref: r.ci_ref,
+        oidc: r.oidc,
+        oidc_groups: r.oidc_groups,
     };
-    if let Some(uids) = r.uid {
-        caller(CallerCondition::uid(uids))?;
-    }
-    let caller_fields = [
-        (CallerField::User, r.user),
-        (CallerField::Exe, r.exe),
-        (CallerField::Comm, r.comm),
-        (CallerField::Cgroup, r.cgroup),
-        (CallerField::CiRepository, r.ci_repository),
-        (CallerField::CiWorkflow, r.ci_workflow),
-        (CallerField::CiRef, r.ci_ref),
-    ];
-    for (field, patterns) in caller_fields {
-        if let Some(p) = patterns {
-            caller(CallerCondition::text(field, p))?;
-        }
-    }
-    if let Some(claims) = r.oidc {
-        caller(CallerCondition::oidc(claims))?;
-    }
-    if let Some(groups) = r.oidc_groups {
-        caller(CallerCondition::oidc_groups(groups))?;
-    }
+    let mut conditions: Vec<Condition> = caller.conditions()?.into_iter().map(Condition::Caller).collect();
     let request_fields = [
         (RequestField::Host, r.host),
         (RequestField::Method, r.method),
         (RequestField::Path, r.path),
         (RequestField::Repository, r.repository),
     ];
-    for (field, patterns) in request_fields {
-        if let Some(p) = patterns {
-            conditions.push(request_condition(field, p)?);
-        }
-    }
+    conditions.extend(each_given(request_fields, request_condition)?);
     let ref_keys: Vec<&'static str> = [
         ("ref", r.ref_.is_some()),
         ("ref_op", r.ref_op.is_some()),
