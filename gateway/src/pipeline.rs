@@ -1,20 +1,21 @@
 //! The order in which the gateway's concerns see each exchange, in one place.
 //!
 //! Before any of them, the engine strips hop-by-hop headers and classifies the request once
-//! (`classify`: host checked against the SNI, canonical path, repository, git service, Copilot
-//! endpoint, body coding); every stage below reads that, never the raw head.
+//! (`ghgate_policy::classify`: host checked against the SNI, canonical path, repository, git
+//! service, Copilot endpoint, body coding); every stage below reads that, never the raw head.
 //!
 //! For every request: identity (an OIDC token the caller presents is validated; 401 if it is
-//! not good) → credentials (the first `[[credentials.rule]]` the caller matches gives a profile
-//! whose token replaces whatever the caller sent; 403 when none does and the default refuses) →
-//! the caller's own credential and the brokered token join the exchange's maskers → policy
-//! from the request head (a refusal answers now; the decision is written with the request's
-//! record) → recording admission (refuse while the store cannot write, wait while it is behind)
-//! → policy from the body where the head cannot decide (`request_gate`: a push's commands and
-//! pack, an API call held for approval), before anything goes upstream → the request is masked
-//! and recorded as it streams up → the response is masked (for the client where `[mask]
-//! responses` says so, always for the record) and recorded as it streams down → the exchange's
-//! record is written before the client sees its end → one log line, masked.
+//! not good) → credentials (the first `[[credentials.rule]]` the caller matches, by the caller
+//! matcher policy rules use, gives a profile whose token replaces whatever the caller sent; 403
+//! when none does and the default refuses) → the caller's own credential and the brokered
+//! token join the exchange's maskers → policy from the request head (a refusal answers now; the
+//! decision is written with the request's record) → recording admission (refuse while the
+//! store cannot write, wait while it is behind) → policy from the body where the head cannot
+//! decide (`request_gate`: a push's commands and pack, an API call held for approval), before
+//! anything goes upstream → the request is masked and recorded as it streams up → the response
+//! is masked (for the client where `[mask] responses` says so, always for the record) and
+//! recorded as it streams down → the exchange's record is written before the client sees its
+//! end → one log line, masked.
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ::http::StatusCode;

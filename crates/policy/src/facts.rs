@@ -1,6 +1,6 @@
-//! The facts a policy decides on: who calls (`Subject`), what it asks for (`Target`: the
-//! request as `classify` read it — host, canonical path, repository, git service, Copilot
-//! endpoint) and, for pushes, which ref it updates how (`RefUpdate`).
+//! The facts a policy decides on: who calls (`Subject`, matched by `crate::caller`), what it
+//! asks for (`Target`: the request as `classify` read it — host, canonical path, repository, git
+//! service, Copilot endpoint) and, for pushes, which ref it updates how (`RefUpdate`).
 //!
 //! Pure data: this module never reads a file, a socket or the clock, and never guesses a fact
 //! it was not given.

@@ -1,9 +1,9 @@
 //! The policy file: its serde model and the one validation that turns it into a `Policy`.
 //!
-//! Every mistake is refused here, at load, with an error that names the file and the rule (or
-//! `[approvers.X]`, or the default) and says what to write instead. A rule that could never
-//! match, a setting that would be silently ignored, or a name that means nothing to the gateway
-//! is a mistake: in a security policy, a rule that quietly does nothing is a hole.
+//! Every mistake is refused here, when the text is parsed, with an error that names the file and
+//! the rule (or `[approvers.X]`, or the default) and says what to write instead. A rule that
+//! could never match, a setting that would be silently ignored, or a name that means nothing to
+//! the gateway is a mistake: in a security policy, a rule that quietly does nothing is a hole.
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},

@@ -1,12 +1,13 @@
 //! The policy stage of the pipeline: applies the (hot-reloaded) policy to each request, holds
 //! risky operations for approvers, and inspects git pushes ref by ref.
 //!
-//! `policy/` is the pure rule model; this module is where it meets the traffic: it builds the
-//! facts (who is calling; what is asked is the request as `classify` read it, the reading every
-//! stage shares), reads what a decision needs from the request body (a push's commands and
-//! pack, an API call's body hash), asks GitHub's API what cannot be told from the bytes (is
-//! this push a fast-forward?), and turns verdicts into answers a client understands (`ng <ref>
-//! <why>` for git, a JSON message for the API). A signed push is refused whole, policy or not.
+//! `ghgate-policy` is the pure rule model; this module is where it meets the traffic: it builds
+//! the facts (who is calling, `identity::subject`; what is asked is the request as
+//! `ghgate_policy::classify` read it, the reading every stage shares), reads what a decision
+//! needs from the request body (a push's commands and pack, an API call's body hash), asks
+//! GitHub's API what cannot be told from the bytes (is this push a fast-forward?), and turns
+//! verdicts into answers a client understands (`ng <ref> <why>` for git, a JSON message for the
+//! API). A signed push is refused whole, policy or not.
 //!
 //! It must never forward an operation the policy refused or held, never let a decision go
 //! unrecorded, and never guess the safer answer when it could not tell: an undecidable push is
