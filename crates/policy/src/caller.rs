@@ -214,7 +214,7 @@ pub(crate) fn list<T: fmt::Display>(items: &[T]) -> String {
 
 /// Why a condition does not hold, for people: "uid: 1000 is none of [0]".
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mismatch(pub(crate) String);
+pub(crate) struct Mismatch(pub(crate) String);
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -254,7 +254,7 @@ fn claim_texts(v: &Value) -> Vec<Cow<'_, str>> {
 }
 
 /// Whether an OIDC claim's value matches a glob (the module doc says how).
-pub fn claim_matches(value: &Value, pattern: &str) -> bool {
+fn claim_matches(value: &Value, pattern: &str) -> bool {
     claim_texts(value).iter().any(|t| glob(pattern, t))
 }
 
@@ -272,7 +272,7 @@ enum Test {
 
 /// One condition on the caller, validated when built.
 #[derive(Debug, Clone)]
-pub struct CallerCondition(Test);
+pub(crate) struct CallerCondition(Test);
 
 impl CallerCondition {
     /// `uid = [..]`: the caller's uid is one of them.
@@ -334,7 +334,7 @@ impl CallerCondition {
     }
 
     /// The key rules write.
-    pub fn key(&self) -> &'static str {
+    pub(crate) fn key(&self) -> &'static str {
         match &self.0 {
             Test::Uid(_) => "uid",
             Test::Text { field, .. } => field.key(),
@@ -344,7 +344,7 @@ impl CallerCondition {
     }
 
     /// Whether the condition holds for `s`; `Err` says why not.
-    pub fn check(&self, s: &Subject) -> Result<(), Mismatch> {
+    pub(crate) fn check(&self, s: &Subject) -> Result<(), Mismatch> {
         match &self.0 {
             Test::Uid(uids) if uids.contains(&s.uid) => Ok(()),
             Test::Uid(uids) => Err(Mismatch(format!("uid: {} is none of {}", s.uid, list(uids)))),
@@ -414,7 +414,7 @@ pub struct CallerKeys {
 impl CallerKeys {
     /// One condition per key given, in this order (the order rules check them in and
     /// explanations name them); `Err` for one that could never match.
-    pub fn conditions(self) -> Result<Vec<CallerCondition>, ConditionError> {
+    pub(crate) fn conditions(self) -> Result<Vec<CallerCondition>, ConditionError> {
         let mut out = Vec::new();
         if let Some(uids) = self.uid {
             out.push(CallerCondition::uid(uids)?);
