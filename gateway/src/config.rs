@@ -10,6 +10,7 @@ use std::{
 };
 
 use ghgate_pattern::name_matches;
+use ghgate_policy::caller::{CallerKeys, CallerMatch, ConditionError};
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -233,28 +234,47 @@ fn api_url_ok(url: &str) -> bool {
 }
 
 fn default_github_api() -> String {
-    crate::classify::DEFAULT_API_URL.into()
+    ghgate_policy::classify::DEFAULT_API_URL.into()
 }
 
 /// Who gets a profile: every given condition must hold; lists match any of their entries;
-/// strings are globs (`*` any run).
+/// strings are globs (`*` any run). The conditions are the caller matcher's
+/// (`ghgate_policy::caller`), which policy rules use too: both read a caller alike.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRule {
     pub profile: String,
     #[serde(default)]
-    pub uid: Vec<u32>,
+    pub uid: Option<Vec<u32>>,
     #[serde(default)]
-    pub exe: Vec<String>,
+    pub exe: Option<Vec<String>>,
     /// cgroup path as /proc shows it (`/system.slice/actions.runner.service/*`).
     #[serde(default)]
-    pub cgroup: Vec<String>,
-    /// `GITHUB_REPOSITORY` of the caller's CI job.
+    pub cgroup: Option<Vec<String>>,
+    /// `GITHUB_REPOSITORY` of the caller's CI job (`owner/name`, ASCII case ignored).
     #[serde(default)]
-    pub ci_repository: Vec<String>,
-    /// Claims of a validated OIDC token: claim name → glob (string claims) or member (arrays).
+    pub ci_repository: Option<Vec<String>>,
+    /// Claims of a validated OIDC token: claim name → glob (string claims; a number or a
+    /// boolean as written) or member (arrays: any member matching).
     #[serde(default)]
-    pub oidc: BTreeMap<String, String>,
+    pub oidc: Option<BTreeMap<String, toml::Value>>,
+}
+
+impl CredentialRule {
+    /// The rule's conditions; `Err` for one that could never match (an empty list, a
+    /// `ci_repository` that is not owner/name, an empty `oidc` table, a claim pattern that is
+    /// not a string, number or boolean).
+    pub fn caller(&self) -> Result<CallerMatch, ConditionError> {
+        CallerKeys {
+            uid: self.uid.clone(),
+            exe: self.exe.clone(),
+            cgroup: self.cgroup.clone(),
+            ci_repository: self.ci_repository.clone(),
+            oidc: self.oidc.clone(),
+            ..CallerKeys::default()
+        }
+        .matcher()
+    }
 }
 
 /// The session recorder (`ghgate sessions …` reads what it writes).
@@ -743,8 +763,8 @@ impl TlsConfig {
 
 impl Config {
     /// Where GitHub serves what (from `policy.api_url`), for the classifier and credentials.
-    pub fn github_hosts(&self) -> crate::classify::GitHub {
-        crate::classify::GitHub::from_api_url(&self.policy.api_url).unwrap_or_default()
+    pub fn github_hosts(&self) -> ghgate_policy::classify::GitHub {
+        ghgate_policy::classify::GitHub::from_api_url(&self.policy.api_url).unwrap_or_default()
     }
 
     /// Reads, parses and validates a config file.
@@ -896,8 +916,8 @@ impl Config {
                 format!("{:?} must be an https:// URL", self.policy.api_url),
             ));
         }
-        if let Err(e) = crate::classify::GitHub::from_api_url(&self.policy.api_url) {
-            return Err(invalid("policy.api_url".into(), e));
+        if let Err(e) = ghgate_policy::classify::GitHub::from_api_url(&self.policy.api_url) {
+            return Err(invalid("policy.api_url".into(), e.to_string()));
         }
         if self.policy.reload_ms == 0 {
             return Err(invalid("policy.reload_ms".into(), "must be more than 0".into()));
@@ -921,7 +941,10 @@ impl Config {
                     ),
                 ));
             }
-            if !rule.oidc.is_empty() && self.oidc.issuers.is_empty() {
+            if let Err(e) = rule.caller() {
+                return Err(invalid(format!("credentials.rule[{i}]"), e.to_string()));
+            }
+            if rule.oidc.is_some() && self.oidc.issuers.is_empty() {
                 return Err(invalid(
                     format!("credentials.rule[{i}].oidc"),
                     "matches OIDC claims, but no [[oidc.issuer]] is configured".into(),
@@ -1170,7 +1193,7 @@ mod tests {
                     {
                         Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
                     } else {
-                        crate::policy::Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                        crate::policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
                     }
                     seen += 1;
                 }

@@ -3,13 +3,14 @@
 //! One connection travels through these stages, in order: `redirect` (kernel programs send it
 //! here) → `listen` (accept, recover the original destination and the caller) → `identity`
 //! (who is calling) → `relay` (forward it to where it was going). A terminated connection's
-//! requests go through the `http` phase engine, which `classify`s each request once (host
-//! checked against the SNI, canonical path, repository, git service, Copilot endpoint) before
-//! `credentials`, `enforce`, `mask` and `record` read it. `config` is validated once at
-//! load; `resolve` keeps the intercept set's names current; `cli` is the command line.
+//! requests go through the `http` phase engine, which classifies each request once with
+//! `ghgate_policy::classify` (host checked against the SNI, canonical path, repository, git
+//! service, Copilot endpoint) before `credentials`, `enforce`, `mask` and `record` read it.
+//! `policy` reads the policy file and keeps it current (its model is `ghgate-policy`'s).
+//! `config` is validated once at load; `resolve` keeps the intercept set's names current; `cli`
+//! is the command line.
 pub mod approval;
 pub mod assemble;
-pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod credentials;

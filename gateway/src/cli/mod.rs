@@ -105,7 +105,7 @@ pub fn main() -> ExitCode {
             eprintln!("ghgate: error: {}", one_line(&e));
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<policy::Invalid>().is_some()
-                || e.downcast_ref::<crate::policy::PolicyError>().is_some()
+                || e.downcast_ref::<crate::policy::LoadError>().is_some()
             {
                 ExitCode::from(2)
             } else {

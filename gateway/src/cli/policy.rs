@@ -4,13 +4,17 @@
 //!
 //! Errors that should exit with 2 (an invalid policy file, facts the command line cannot be
 //! read as) are returned as `Invalid`.
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use ghgate_git::{ObjectFormat, Oid};
+use ghgate_git::{ObjectFormat, Oid, oid::OidError};
+use ghgate_policy::classify::GitHub;
 
 use crate::{
-    classify::GitHub,
-    policy::{Paths, Policy, RefKind, RefUpdate, Subject, Target},
+    config::ConfigError,
+    policy::{self, LoadError, Paths, Policy, RefKind, RefUpdate, SUBJECT_KEYS as AS_KEYS, Subject, Target},
 };
 
 #[derive(Debug, clap::Args)]
@@ -64,13 +68,69 @@ struct ExplainArgs {
 
 /// A policy file or a command line that cannot be used: `ghgate` exits with 2.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Invalid(pub String);
+pub enum Invalid {
+    #[error(transparent)]
+    Policy(#[from] LoadError),
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{} is a gateway configuration without a [policy] file: nothing to explain", .0.display())]
+    NoPolicyFile(PathBuf),
+    #[error(transparent)]
+    As(#[from] AsError),
+    #[error(
+        "--request \"{0}\": write \"METHOD URL\", e.g. \"POST https://github.com/org/app.git/git-receive-pack\""
+    )]
+    Request(String),
+    #[error(
+        "--ref-update \"{text}\": {why}; write \"OLD NEW REF\" with whole object ids (0 for none), \
+         e.g. \"0 1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b refs/heads/topic\""
+    )]
+    RefUpdate { text: String, why: RefUpdateProblem },
+    #[error("--fast-forward and --non-fast-forward describe ref updates; give --ref-update too")]
+    FastForwardWithoutRefs,
+}
+
+/// What `--as` cannot be read as.
+#[derive(Debug, thiserror::Error)]
+pub enum AsError {
+    #[error("--as: \"{0}\" is not key=value; {accepted}", accepted = accepted())]
+    NotKeyValue(String),
+    #[error("--as: {0} is given twice")]
+    Twice(String),
+    #[error("--as: uid \"{0}\" is not a number")]
+    Uid(String),
+    #[error("--as: unknown key \"{0}\"; {accepted}", accepted = accepted())]
+    UnknownKey(String),
+    #[error("--as needs uid=N (e.g. --as uid=1000,user=alice); {accepted}", accepted = accepted())]
+    NoUid,
+}
+
+fn accepted() -> String {
+    format!(
+        "accepted keys: {}, oidc.CLAIM (oidc.groups=a|b for a list)",
+        AS_KEYS.join(", ")
+    )
+}
+
+/// What is wrong with one `--ref-update`.
+#[derive(Debug, thiserror::Error)]
+pub enum RefUpdateProblem {
+    #[error("three words are needed")]
+    Words,
+    #[error(transparent)]
+    Id(#[from] OidError),
+    #[error("the two ids are of different object formats")]
+    Formats,
+    #[error("\"{0}\" is not a full ref name (refs/heads/{0}?)")]
+    NotFullRef(String),
+}
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Check(a) => {
-            let policy = Policy::load(&a.file).map_err(|e| Invalid(e.to_string()))?;
+            let policy = policy::load(&a.file).map_err(Invalid::Policy)?;
             println!("{}: ok, {}", a.file.display(), policy.summary());
         }
         Command::Explain(a) => {
@@ -88,8 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &a.ref_updates,
                 ff,
                 &a.changes,
-            )
-            .map_err(Invalid)?;
+            )?;
             print!("{text}");
         }
     }
@@ -98,28 +157,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// A policy file, or a gateway configuration whose `[policy] file` is followed (and whose
 /// `policy.api_url` says where GitHub's API is; GitHub's own otherwise).
-fn load_policy_or_config(path: &std::path::Path) -> Result<(Policy, GitHub), Invalid> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Invalid(format!("cannot read {}: {e}", path.display())))?;
+fn load_policy_or_config(path: &Path) -> Result<(Policy, GitHub), Invalid> {
+    let text = std::fs::read_to_string(path).map_err(|source| Invalid::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let is_gateway_config = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("redirect"));
     if !is_gateway_config {
-        let policy = Policy::load(path).map_err(|e| Invalid(e.to_string()))?;
+        let policy = Policy::parse(&text, path).map_err(LoadError::from)?;
         return Ok((policy, GitHub::default()));
     }
-    let config = crate::config::Config::parse(&text, path).map_err(|e| Invalid(e.to_string()))?;
+    let config = crate::config::Config::parse(&text, path)?;
     let github = config.github_hosts();
-    let file = config.policy.file.ok_or_else(|| {
-        Invalid(format!(
-            "{} is a gateway configuration without a [policy] file: nothing to explain",
-            path.display()
-        ))
-    })?;
-    let policy = Policy::load(&file).map_err(|e| Invalid(e.to_string()))?;
-    Ok((policy, github))
+    let file = config
+        .policy
+        .file
+        .ok_or_else(|| Invalid::NoPolicyFile(path.to_owned()))?;
+    Ok((policy::load(&file)?, github))
 }
-
-/// The keys `--as` accepts (besides `oidc.CLAIM`).
-use crate::policy::SUBJECT_KEYS as AS_KEYS;
 
 /// The report `ghgate policy explain` prints: the caller and request, then one explanation per
 /// ref update (or one for the request when there is none). `ff` says whether updates are
@@ -132,13 +187,11 @@ pub fn explain_text(
     refs: &[String],
     ff: Option<bool>,
     changes: &[String],
-) -> Result<String, String> {
+) -> Result<String, Invalid> {
     let subject = parse_subject(as_)?;
     let (method, url) = parse_request(request)?;
     if ff.is_some() && refs.is_empty() {
-        return Err(
-            "--fast-forward and --non-fast-forward describe ref updates; give --ref-update too".into(),
-        );
+        return Err(Invalid::FastForwardWithoutRefs);
     }
     // Read as the gateway reads it: a request it refuses from its head never meets a rule.
     let target = match Target::parse(&method, &url, github) {
@@ -208,33 +261,21 @@ pub fn explain_text(
     Ok(out)
 }
 
-fn parse_subject(text: &str) -> Result<Subject, String> {
-    let accepted = || {
-        format!(
-            "accepted keys: {}, oidc.CLAIM (oidc.groups=a|b for a list)",
-            AS_KEYS.join(", ")
-        )
-    };
+fn parse_subject(text: &str) -> Result<Subject, AsError> {
     let mut s = Subject::default();
     let mut uid = None;
     let mut seen = Vec::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair
             .split_once('=')
-            .ok_or_else(|| format!("--as: \"{pair}\" is not key=value; {}", accepted()))?;
+            .ok_or_else(|| AsError::NotKeyValue(pair.to_owned()))?;
         if seen.contains(&key) {
-            return Err(format!("--as: {key} is given twice"));
+            return Err(AsError::Twice(key.to_owned()));
         }
         seen.push(key);
         let value = value.to_owned();
         match key {
-            "uid" => {
-                uid = Some(
-                    value
-                        .parse::<u32>()
-                        .map_err(|_| format!("--as: uid \"{value}\" is not a number"))?,
-                )
-            }
+            "uid" => uid = Some(value.parse::<u32>().map_err(|_| AsError::Uid(value))?),
             "user" => s.user = Some(value),
             "exe" => s.exe = Some(value),
             "comm" => s.comm = value,
@@ -253,21 +294,17 @@ fn parse_subject(text: &str) -> Result<Subject, String> {
                         .get_or_insert_with(Default::default)
                         .insert(claim.to_owned(), v);
                 }
-                None => return Err(format!("--as: unknown key \"{key}\"; {}", accepted())),
+                None => return Err(AsError::UnknownKey(key.to_owned())),
             },
         }
     }
-    s.uid = uid.ok_or_else(|| format!("--as needs uid=N (e.g. --as uid=1000,user=alice); {}", accepted()))?;
+    s.uid = uid.ok_or(AsError::NoUid)?;
     Ok(s)
 }
 
 /// "METHOD URL" (the scheme optional, user info ignored) as a method and an https URL.
-fn parse_request(text: &str) -> Result<(String, String), String> {
-    let usage = || {
-        format!(
-            "--request \"{text}\": write \"METHOD URL\", e.g. \"POST https://github.com/org/app.git/git-receive-pack\""
-        )
-    };
+fn parse_request(text: &str) -> Result<(String, String), Invalid> {
+    let usage = || Invalid::Request(text.to_owned());
     let mut words = text.split_whitespace();
     let (Some(method), Some(url), None) = (words.next(), words.next(), words.next()) else {
         return Err(usage());
@@ -296,42 +333,36 @@ fn parse_request(text: &str) -> Result<(String, String), String> {
     Ok((method.to_ascii_uppercase(), format!("https://{host}{path}")))
 }
 
-fn parse_ref_update(text: &str) -> Result<RefUpdate, String> {
-    let usage = |why: &str| {
-        format!(
-            "--ref-update \"{text}\": {why}; write \"OLD NEW REF\" with whole object ids (0 for none), \
-             e.g. \"0 1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b refs/heads/topic\""
-        )
+fn parse_ref_update(text: &str) -> Result<RefUpdate, Invalid> {
+    let usage = |why: RefUpdateProblem| Invalid::RefUpdate {
+        text: text.to_owned(),
+        why,
     };
     let mut words = text.split_whitespace();
     let (Some(old), Some(new), Some(name), None) = (words.next(), words.next(), words.next(), words.next())
     else {
-        return Err(usage("three words are needed"));
+        return Err(usage(RefUpdateProblem::Words));
     };
     // "0" (any run of zeros) names no object, in the format of the other id.
     let id = |word: &str| match Oid::from_hex(word.as_bytes()) {
         Ok(id) => Ok(Some(id)),
         Err(_) if !word.is_empty() && word.bytes().all(|b| b == b'0') => Ok(None),
-        Err(e) => Err(usage(&e.to_string())),
+        Err(e) => Err(usage(e.into())),
     };
     let (old, new) = (id(old)?, id(new)?);
     let format = old.or(new).map_or(ObjectFormat::Sha1, |id| id.format());
     let (old, new) = (old.unwrap_or(Oid::zero(format)), new.unwrap_or(Oid::zero(format)));
     if old.format() != new.format() {
-        return Err(usage("the two ids are of different object formats"));
+        return Err(usage(RefUpdateProblem::Formats));
     }
     if !name.starts_with("refs/") {
-        return Err(usage(&format!(
-            "\"{name}\" is not a full ref name (refs/heads/{name}?)"
-        )));
+        return Err(usage(RefUpdateProblem::NotFullRef(name.to_owned())));
     }
     Ok(RefUpdate::new(ghgate_git::RefUpdate::new(old, new, name)))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use clap::Parser as _;
 
     use super::*;
@@ -367,7 +398,9 @@ mod tests {
 
     fn explain_err(as_: &str, request: &str, refs: &[&str]) -> String {
         let refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
-        explain_text(&policy(), &GitHub::default(), as_, request, &refs, None, &[]).unwrap_err()
+        explain_text(&policy(), &GitHub::default(), as_, request, &refs, None, &[])
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -488,7 +521,8 @@ mod tests {
         );
         assert!(explain_err("uid=1", PUSH, &[&format!("0 {ABC} main")]).contains("(refs/heads/main?)"));
         let e = explain_text(&policy(), &GitHub::default(), "uid=1", PUSH, &[], Some(true), &[]).unwrap_err();
-        assert!(e.contains("give --ref-update too"), "{e}");
+        assert!(matches!(e, Invalid::FastForwardWithoutRefs), "{e}");
+        assert!(e.to_string().contains("give --ref-update too"), "{e}");
     }
 
     #[test]
@@ -555,7 +589,7 @@ mod tests {
         let invalid = e.downcast_ref::<Invalid>().expect("an Invalid error");
         assert!(
             invalid
-                .0
+                .to_string()
                 .contains("rule #1 \"force-push-main\": approvers \"admins\""),
             "{invalid}"
         );

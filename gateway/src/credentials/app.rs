@@ -16,8 +16,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
 use super::{CredentialError, Secret};
-use crate::classify::Repo;
 use crate::{config::GithubAppConfig, outbound::Outbound};
+use ghgate_policy::classify::Repo;
 
 /// Tokens are used until this long before they expire.
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);

@@ -13,14 +13,16 @@ pub mod secret;
 use std::{collections::BTreeMap, sync::Arc};
 
 use base64::Engine as _;
-use ghgate_pattern::glob;
+use ghgate_policy::{
+    Subject,
+    caller::{CallerMatch, ConditionError},
+    classify::{Classified, GitHub, Kind, Repo},
+};
 use http::{HeaderMap, HeaderValue, header};
 
 pub use self::secret::Secret;
 use crate::{
-    classify::{Classified, GitHub, Kind, Repo},
-    config::{CredentialRule, CredentialsConfig, NoProfile},
-    identity::{Caller, ci},
+    config::{CredentialsConfig, NoProfile},
     outbound::Outbound,
 };
 
@@ -28,6 +30,10 @@ use crate::{
 pub enum CredentialError {
     #[error("{0}")]
     Config(String),
+    /// A `[[credentials.rule]]` whose conditions could never match (`index` from 0, as
+    /// configuration errors count).
+    #[error("credentials.rule[{index}]: {source}")]
+    Rule { index: usize, source: ConditionError },
     #[error("cannot mint a GitHub App installation token: {0}")]
     Mint(String),
     #[error(
@@ -72,49 +78,9 @@ impl Profile {
 #[derive(Debug, Default)]
 pub struct Broker {
     profiles: BTreeMap<String, Arc<Profile>>,
-    rules: Vec<CredentialRule>,
+    /// Each rule's profile and its conditions, built by the caller matcher the policy uses.
+    rules: Vec<(String, CallerMatch)>,
     default: NoProfile,
-}
-
-/// What a rule can see of a caller.
-pub struct Who<'a> {
-    pub caller: &'a Caller,
-    /// Claims of the OIDC token the caller presented, once validated.
-    pub oidc: Option<&'a serde_json::Map<String, serde_json::Value>>,
-}
-
-fn claim_matches(value: Option<&serde_json::Value>, pattern: &str) -> bool {
-    match value {
-        Some(serde_json::Value::String(s)) => glob(pattern, s),
-        Some(serde_json::Value::Array(items)) => {
-            items.iter().any(|i| i.as_str().is_some_and(|s| glob(pattern, s)))
-        }
-        Some(serde_json::Value::Number(n)) => glob(pattern, &n.to_string()),
-        Some(serde_json::Value::Bool(b)) => glob(pattern, &b.to_string()),
-        _ => false,
-    }
-}
-
-/// Whether every condition a rule gives holds for `who`.
-fn rule_matches(rule: &CredentialRule, who: &Who<'_>) -> bool {
-    let c = who.caller;
-    let exe = c.exe.as_ref().map(|p| p.display().to_string());
-    (rule.uid.is_empty() || rule.uid.contains(&c.uid))
-        && (rule.exe.is_empty()
-            || exe
-                .as_deref()
-                .is_some_and(|e| rule.exe.iter().any(|p| glob(p, e))))
-        && (rule.cgroup.is_empty()
-            || c.cgroup
-                .as_deref()
-                .is_some_and(|g| rule.cgroup.iter().any(|p| glob(p, g))))
-        && (rule.ci_repository.is_empty()
-            || ci::get(&c.ci, "GITHUB_REPOSITORY")
-                .is_some_and(|r| rule.ci_repository.iter().any(|p| glob(p, r))))
-        && (rule.oidc.is_empty()
-            || who
-                .oidc
-                .is_some_and(|claims| rule.oidc.iter().all(|(k, p)| claim_matches(claims.get(k), p))))
 }
 
 impl Broker {
@@ -155,9 +121,20 @@ impl Broker {
                 }),
             );
         }
+        let rules = cfg
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let caller = r
+                    .caller()
+                    .map_err(|source| CredentialError::Rule { index, source })?;
+                Ok((r.profile.clone(), caller))
+            })
+            .collect::<Result<_, CredentialError>>()?;
         Ok(Broker {
             profiles,
-            rules: cfg.rules.clone(),
+            rules,
             default: cfg.default,
         })
     }
@@ -167,12 +144,12 @@ impl Broker {
         !self.profiles.is_empty() || self.default == NoProfile::Refuse
     }
 
-    /// The profile of the first rule `who` matches.
-    pub fn profile_for(&self, who: &Who<'_>) -> Option<Arc<Profile>> {
+    /// The profile of the first rule the caller matches.
+    pub fn profile_for(&self, subject: &Subject) -> Option<Arc<Profile>> {
         self.rules
             .iter()
-            .find(|r| rule_matches(r, who))
-            .and_then(|r| self.profiles.get(&r.profile).cloned())
+            .find(|(_, caller)| caller.matches(subject))
+            .and_then(|(profile, _)| self.profiles.get(profile).cloned())
     }
 
     pub fn default(&self) -> NoProfile {
@@ -261,6 +238,7 @@ pub fn inject(headers: &mut HeaderMap, scheme: Scheme, token: &Secret) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{config::CredentialRule, identity::Caller};
 
     fn classified(method: &str, url: &str) -> Classified {
         Classified::from_url(method, url, &GitHub::default()).unwrap()
@@ -356,6 +334,15 @@ mod tests {
         assert_eq!(presented(&h).unwrap().expose(), "secretpw");
     }
 
+    /// Whether a credential rule with `conditions` gives `subject` its profile.
+    fn credential_rule(conditions: &str, subject: &Subject) -> bool {
+        toml::from_str::<CredentialRule>(&format!("profile = \"p\"\n{conditions}"))
+            .unwrap_or_else(|e| panic!("{conditions}: {e}"))
+            .caller()
+            .unwrap_or_else(|e| panic!("{conditions}: {e}"))
+            .matches(subject)
+    }
+
     #[test]
     fn rules_match_on_every_condition_given() {
         let caller = Caller {
@@ -370,41 +357,107 @@ mod tests {
             cgroup: Some("/system.slice/actions.runner.service".into()),
             ci: vec![("GITHUB_REPOSITORY".into(), "org/app".into())],
         };
-        let rule = |toml: &str| toml::from_str::<CredentialRule>(toml).unwrap();
-        let who = Who {
-            caller: &caller,
-            oidc: None,
-        };
-        assert!(rule_matches(
-            &rule("profile = \"p\"\nuid = [1000]\nexe = [\"/usr/bin/*\"]"),
-            &who
-        ));
-        assert!(!rule_matches(&rule("profile = \"p\"\nuid = [0]"), &who));
-        assert!(rule_matches(
-            &rule("profile = \"p\"\nci_repository = [\"org/*\"]"),
-            &who
-        ));
-        assert!(rule_matches(
-            &rule("profile = \"p\"\ncgroup = [\"/system.slice/actions.runner.service\"]"),
-            &who
+        let s = crate::identity::subject(&caller, None);
+        assert!(credential_rule("uid = [1000]\nexe = [\"/usr/bin/*\"]", &s));
+        assert!(!credential_rule("uid = [0]", &s));
+        assert!(credential_rule("ci_repository = [\"org/*\"]", &s));
+        assert!(credential_rule(
+            "cgroup = [\"/system.slice/actions.runner.service\"]",
+            &s
         ));
         assert!(
-            !rule_matches(&rule("profile = \"p\"\noidc = { sub = \"*\" }"), &who),
+            !credential_rule("oidc = { sub = \"*\" }", &s),
             "no token, no OIDC match"
         );
+        assert!(credential_rule("", &s), "no conditions: every caller");
         let claims: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(r#"{"repository": "org/app", "groups": ["dev", "ops"]}"#).unwrap();
-        let who = Who {
-            caller: &caller,
-            oidc: Some(&claims),
+        let s = crate::identity::subject(&caller, Some(&claims));
+        assert!(credential_rule(
+            "oidc = { repository = \"org/*\", groups = \"ops\" }",
+            &s
+        ));
+        assert!(!credential_rule("oidc = { groups = \"admins\" }", &s));
+    }
+
+    #[test]
+    fn rules_that_could_never_match_are_refused() {
+        let rule = |conditions: &str| {
+            toml::from_str::<CredentialRule>(&format!("profile = \"p\"\n{conditions}"))
+                .unwrap()
+                .caller()
+                .unwrap_err()
+                .to_string()
         };
-        assert!(rule_matches(
-            &rule("profile = \"p\"\noidc = { repository = \"org/*\", groups = \"ops\" }"),
-            &who
-        ));
-        assert!(!rule_matches(
-            &rule("profile = \"p\"\noidc = { groups = \"admins\" }"),
-            &who
-        ));
+        // An empty list once matched every caller: a profile for everyone, by a typo.
+        assert!(rule("uid = []").contains("`uid` is an empty list"));
+        assert!(rule("oidc = {}").contains("`oidc` is an empty table"));
+        assert!(rule("ci_repository = [\"org\"]").contains("is not owner/name"));
+    }
+
+    /// Credential rules and policy rules match callers with one matcher (`ghgate_policy::caller`),
+    /// so a condition written alike in both matches the same callers. Before, they disagreed on
+    /// array claims (credential rules read only the string members of a list, so `[7]` never
+    /// matched "7"), on null and object claims (policy rules globbed their JSON text, so "*"
+    /// matched `null`), and on CI repositories (credential rules compared them with case).
+    #[test]
+    fn credential_rules_and_policy_rules_read_a_caller_alike() {
+        use std::path::Path;
+
+        use ghgate_policy::{Policy, Target};
+
+        let claims = serde_json::json!({
+            "sub": "repo:Org/App:ref:refs/heads/main",
+            "groups": ["dev", 7, true],
+            "none": null,
+            "object": {"role": "admin"},
+        });
+        let s = Subject {
+            uid: 1000,
+            exe: Some("/usr/bin/git".into()),
+            comm: "git".into(),
+            ci_repository: Some("Org/App".into()),
+            oidc: claims.as_object().cloned(),
+            ..Subject::default()
+        };
+        let cases = [
+            ("oidc = { groups = \"dev\" }", true),
+            ("oidc = { groups = \"d*\" }", true),
+            // Members that are numbers or booleans match as their text (credential rules: new).
+            ("oidc = { groups = \"7\" }", true),
+            ("oidc = { groups = 7 }", true),
+            ("oidc = { groups = true }", true),
+            ("oidc = { groups = \"ops\" }", false),
+            // Null and objects have no text (policy rules: new).
+            ("oidc = { none = \"*\" }", false),
+            ("oidc = { object = \"*admin*\" }", false),
+            ("oidc = { missing = \"*\" }", false),
+            // Claims compare exactly; CI repositories ignore case (credential rules: new).
+            ("oidc = { sub = \"repo:Org/App:*\" }", true),
+            ("oidc = { sub = \"repo:org/app:*\" }", false),
+            ("ci_repository = [\"org/app\"]", true),
+            ("ci_repository = [\"ORG/*\"]", true),
+            ("ci_repository = [\"other/*\"]", false),
+            ("exe = [\"/usr/bin/*\"]", true),
+            ("exe = [\"/USR/bin/*\"]", false),
+            ("uid = [1000]", true),
+            ("uid = [0, 1]", false),
+            ("cgroup = [\"*\"]", false),
+        ];
+        let target = Target::parse("GET", "https://api.github.com/user", &GitHub::default()).unwrap();
+        for (condition, want) in cases {
+            assert_eq!(
+                credential_rule(condition, &s),
+                want,
+                "credential rule: {condition}"
+            );
+            let policy = Policy::parse(
+                &format!("[[rule]]\naction = \"deny\"\n{condition}\n"),
+                Path::new("policy.toml"),
+            )
+            .unwrap();
+            let matched = policy.evaluate(&s, &target, None).rule.index == Some(1);
+            assert_eq!(matched, want, "policy rule: {condition}");
+        }
     }
 }

@@ -1,12 +1,13 @@
 //! The policy stage of the pipeline: applies the (hot-reloaded) policy to each request, holds
 //! risky operations for approvers, and inspects git pushes ref by ref.
 //!
-//! `policy/` is the pure rule model; this module is where it meets the traffic: it builds the
-//! facts (who is calling; what is asked is the request as `classify` read it, the reading every
-//! stage shares), reads what a decision needs from the request body (a push's commands and
-//! pack, an API call's body hash), asks GitHub's API what cannot be told from the bytes (is
-//! this push a fast-forward?), and turns verdicts into answers a client understands (`ng <ref>
-//! <why>` for git, a JSON message for the API). A signed push is refused whole, policy or not.
+//! `ghgate-policy` is the pure rule model; this module is where it meets the traffic: it builds
+//! the facts (who is calling, `identity::subject`; what is asked is the request as
+//! `ghgate_policy::classify` read it, the reading every stage shares), reads what a decision
+//! needs from the request body (a push's commands and pack, an API call's body hash), asks
+//! GitHub's API what cannot be told from the bytes (is this push a fast-forward?), and turns
+//! verdicts into answers a client understands (`ng <ref> <why>` for git, a JSON message for the
+//! API). A signed push is refused whole, policy or not.
 //!
 //! It must never forward an operation the policy refused or held, never let a decision go
 //! unrecorded, and never guess the safer answer when it could not tell: an undecidable push is
@@ -27,7 +28,7 @@ use crate::{
     approval::{self, Approvals, Gate as ApprovalGate, Operation, Requester},
     config::PolicyConfig,
     http::{Exchange, ProxyBody},
-    identity::{self, Caller},
+    identity::Caller,
     outbound::Outbound,
     policy::{Action, RefUpdate, Subject, Target, Verdict, live::Live},
     record::model,
@@ -206,22 +207,6 @@ impl Enforcer {
     }
 }
 
-/// The facts the policy knows a caller by.
-pub fn subject(caller: &Caller, oidc: Option<&serde_json::Map<String, serde_json::Value>>) -> Subject {
-    let ci_var = |name: &str| caller.ci.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    Subject {
-        uid: caller.uid,
-        user: identity::user_name(caller.uid),
-        exe: caller.exe.as_ref().map(|p| p.display().to_string()),
-        comm: caller.comm.clone(),
-        cgroup: caller.cgroup.clone(),
-        ci_repository: ci_var("GITHUB_REPOSITORY"),
-        ci_workflow: ci_var("GITHUB_WORKFLOW"),
-        ci_ref: ci_var("GITHUB_REF"),
-        oidc: oidc.cloned(),
-    }
-}
-
 /// Who asked for an approval: what a retry by the same caller (a new process) still matches.
 pub fn requester(caller: &Caller, subject: &Subject, session: &str) -> Requester {
     Requester {
@@ -300,7 +285,10 @@ fn suffix(message: Option<&str>) -> String {
 /// prints it as `remote: …`), GitHub's JSON error shape for the API and Git LFS.
 pub fn refusal(ex: &Exchange, status: StatusCode, text: &str) -> Response<Bytes> {
     // Git LFS reads errors as JSON, like the API.
-    let git = ex.req.git.is_some_and(|g| g != crate::classify::GitEndpoint::Lfs);
+    let git = ex
+        .req
+        .git
+        .is_some_and(|g| g != ghgate_policy::classify::GitEndpoint::Lfs);
     let (body, ctype) = if git {
         (format!("ghgate: {text}\n"), "text/plain; charset=utf-8")
     } else {

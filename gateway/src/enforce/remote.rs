@@ -10,7 +10,9 @@ use ghgate_git::{
 };
 use http::{HeaderName, Method, StatusCode, header};
 
-use crate::{classify::Repo, credentials::Secret, outbound::Outbound};
+use ghgate_policy::classify::Repo;
+
+use crate::{credentials::Secret, outbound::Outbound};
 
 /// Why the API could not say.
 #[derive(Debug, thiserror::Error)]

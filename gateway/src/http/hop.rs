@@ -4,8 +4,9 @@
 //! This is the one place they are removed: from a request before any stage sees its head (so
 //! what the stages decide on is what goes upstream), and from a response before the response
 //! hooks see it. Kept: `TE: trailers` (the one TE value HTTP/2 allows end to end) and, for a
-//! WebSocket handshake the engine relays, `Upgrade: websocket` with `Connection: upgrade`.
-use http::{HeaderMap, HeaderName, HeaderValue, Version, header};
+//! WebSocket handshake the engine relays (`ghgate_policy::classify::is_websocket`), `Upgrade:
+//! websocket` with `Connection: upgrade`.
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
@@ -18,16 +19,6 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-
-/// Whether a request head is a WebSocket handshake the engine relays (HTTP/1.1 `Upgrade:
-/// websocket`).
-pub fn is_websocket(version: Version, headers: &HeaderMap) -> bool {
-    version == Version::HTTP_11
-        && headers
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-}
 
 /// Removes hop-by-hop headers in place. `websocket`: a WebSocket handshake relayed over
 /// HTTP/1.1, which keeps `Upgrade: websocket` and `Connection: upgrade`.
@@ -62,6 +53,9 @@ pub fn strip(headers: &mut HeaderMap, websocket: bool) {
 
 #[cfg(test)]
 mod tests {
+    use ghgate_policy::classify::is_websocket;
+    use http::Version;
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -33,8 +33,9 @@ use self::{
     body::Observed,
     pool::{Key, Pool, Sender},
 };
+use ghgate_policy::classify::{self, Classified, GitHub};
+
 use crate::{
-    classify::{self, Classified, GitHub},
     identity::Caller,
     listen::{ClientAddr, OrigDstAddr},
     tls::upstream::Proto,
@@ -666,7 +667,7 @@ async fn forward<P: Phases>(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let websocket = hop::is_websocket(req.version(), req.headers());
+    let websocket = classify::is_websocket(req.version(), req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();

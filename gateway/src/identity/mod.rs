@@ -8,6 +8,8 @@ pub mod oidc;
 
 use std::{fmt, path::PathBuf};
 
+use ghgate_policy::Subject;
+
 use crate::redirect::Redirected;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -127,6 +129,23 @@ fn start_ticks(tgid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The facts rules (the policy's and the credentials') know a caller by: the kernel's and
+/// /proc's, the CI job's, and the claims of the OIDC token it proved.
+pub fn subject(caller: &Caller, oidc: Option<&serde_json::Map<String, serde_json::Value>>) -> Subject {
+    let ci_var = |name: &str| ci::get(&caller.ci, name).map(str::to_owned);
+    Subject {
+        uid: caller.uid,
+        user: user_name(caller.uid),
+        exe: caller.exe.as_ref().map(|p| p.display().to_string()),
+        comm: caller.comm.clone(),
+        cgroup: caller.cgroup.clone(),
+        ci_repository: ci_var("GITHUB_REPOSITORY"),
+        ci_workflow: ci_var("GITHUB_WORKFLOW"),
+        ci_ref: ci_var("GITHUB_REF"),
+        oidc: oidc.cloned(),
+    }
 }
 
 /// The user name of a uid, from /etc/passwd (no NSS: the gateway must not block on a directory

@@ -9,7 +9,7 @@ use ::http::StatusCode;
 use super::{Pipeline, refuse};
 use crate::{
     config::NoProfile,
-    credentials::{self, Scheme, Secret, Who},
+    credentials::{self, Scheme, Secret},
     http::Exchange,
     record::model,
 };
@@ -92,11 +92,10 @@ impl Pipeline {
                 claims,
             };
         }
-        let who = Who {
-            caller: &ex.conn.caller,
-            oidc: claims.as_ref(),
-        };
-        match self.broker.profile_for(&who) {
+        match self
+            .broker
+            .profile_for(&crate::identity::subject(&ex.conn.caller, claims.as_ref()))
+        {
             Some(profile) => {
                 identity.profile = Some(profile.name.clone());
                 // No token where none belongs (user content, other hosts, WebSocket upgrades):

@@ -6,9 +6,9 @@
 //! possible secret).
 use ::http::{Method, StatusCode, header};
 use bytes::Bytes;
+use ghgate_policy::classify::Classified;
 
 use crate::{
-    classify::Classified,
     http::{BodyRefusal, EndFuture},
     mask::{
         Finding, Masker, ResponseMasking, SseMasker, StreamMasker,

@@ -6,11 +6,12 @@
 //! the policy stage (`enforce`, through `policy_head` and `request_gate` here).
 //!
 //! Before any of them, the engine (`http`) strips hop-by-hop headers and classifies the request
-//! once (`classify`: host checked against the SNI, canonical path, repository, git service,
+//! once (`ghgate_policy::classify`: host checked against the SNI, canonical path, repository, git service,
 //! Copilot endpoint, body coding); every stage reads that, never the raw head.
 //!
 //! For every request: identity (an OIDC token is validated; 401 if it is not good) →
-//! credentials (a profile's token replaces whatever the caller sent, only where a token
+//! credentials (the first `[[credentials.rule]]` the caller matches, by the caller matcher
+//! policy rules use, gives a profile whose token replaces whatever the caller sent, only where a token
 //! belongs; 403 when no profile matches and the default refuses) → the caller's own credential
 //! and the brokered token join the exchange's maskers → the git push stage looks at the head →
 //! policy from the request head (a refusal answers now; the decision is written with the
@@ -30,6 +31,7 @@ use std::sync::Arc;
 
 use ::http::{Response, StatusCode, header};
 use bytes::Bytes;
+use ghgate_policy::classify::GitHub;
 use http_body_util::BodyExt as _;
 
 use self::{
@@ -38,9 +40,8 @@ use self::{
     masking::BodyMask,
 };
 use crate::{
-    classify::GitHub,
     credentials::{self, Broker},
-    enforce::{self, Enforcer, Head as PolicyHead},
+    enforce::{Enforcer, Head as PolicyHead},
     http::{
         self, BodyRefusal, ConnInfo, EndFuture, Ended, Exchange, Gate, Outcome, Phases, ProxyBody, websocket,
     },
@@ -181,7 +182,7 @@ impl Phases for Pipeline {
         // 4. Policy from the head. Its decision is written with the request's own record (a
         // refusal, with the exchange's end): no store round trip of its own.
         if let Some(enforcer) = &self.enforcer {
-            let subject = enforce::subject(&ex.conn.caller, claims.as_ref());
+            let subject = crate::identity::subject(&ex.conn.caller, claims.as_ref());
             let verdict = enforcer.head(ex, &subject);
             if let Some(refused) = policy_head(ex, head, verdict, subject) {
                 return Some(refused);
@@ -392,3 +393,6 @@ async fn record_decisions(
         )),
     }
 }
+
+#[cfg(test)]
+mod readings;

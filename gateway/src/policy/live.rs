@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{Policy, PolicyError};
+use super::{LoadError, Policy};
 
 /// The file's identity and change marks: any difference means "read it again".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub enum Reload {
         rules: usize,
     },
     /// The file changed but does not load; the previous policy stays in force.
-    Failed(PolicyError),
+    Failed(LoadError),
 }
 
 #[derive(Debug)]
@@ -71,12 +71,9 @@ fn hash(text: &str) -> u64 {
 impl Live {
     /// Loads the policy file, which must be valid now; later changes are picked up by
     /// `reload_if_changed` (or `watch`).
-    pub fn load(path: &Path) -> Result<Arc<Live>, PolicyError> {
+    pub fn load(path: &Path) -> Result<Arc<Live>, LoadError> {
         let stamp = Stamp::of(path);
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = super::read(path)?;
         let policy = Policy::parse(&text, path)?;
         Ok(Arc::new(Live {
             path: Some(path.to_owned()),
@@ -120,18 +117,15 @@ impl Live {
         if stamp.is_some() && stamp == seen.stamp {
             return Reload::Unchanged;
         }
-        let text = match std::fs::read_to_string(path) {
+        let text = match super::read(path) {
             Ok(t) => t,
-            Err(source) => {
+            Err(e) => {
                 if seen.stamp.is_none() && seen.hash.is_none() {
                     // Already reported as unreadable, and still is.
                     return Reload::Unchanged;
                 }
                 *seen = Seen::default();
-                return Reload::Failed(PolicyError::Read {
-                    path: path.clone(),
-                    source,
-                });
+                return Reload::Failed(e);
             }
         };
         seen.stamp = stamp;
@@ -146,7 +140,7 @@ impl Live {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
                 Reload::Reloaded { rules }
             }
-            Err(e) => Reload::Failed(e),
+            Err(e) => Reload::Failed(e.into()),
         }
     }
 
@@ -236,7 +230,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(
             live.reload_if_changed(),
-            Reload::Failed(PolicyError::Read { .. })
+            Reload::Failed(LoadError::Read { .. })
         ));
         assert!(matches!(live.reload_if_changed(), Reload::Unchanged));
         assert_eq!(live.current().rules().len(), 1);

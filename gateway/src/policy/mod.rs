@@ -1,243 +1,31 @@
-//! Policy: which requests and pushes pass, are refused, are only recorded, or wait for people to
-//! approve them. The rule model, its TOML file (validated once, at load), and evaluation.
-//!
-//! Evaluation is pure: it never reads a file, a socket or the clock, so the pipeline can call it
-//! per request and per pushed ref, and `ghgate policy explain` shows exactly what the gateway
-//! would decide. Only `Policy::load` and `live` touch the file system. A file that is not
-//! understood in full is refused, never half-applied.
-//!
-//! Rules are tried in order and the first that matches decides; when none does, the default
-//! decides. Facts that cost work to establish (whether an update is a fast-forward, which files
-//! a push changes) may be left undecided: `Policy::needs` says whether deciding them could
-//! change the outcome, and `Policy::evaluate` reads undecided facts the riskier way.
-mod duration;
-mod eval;
-pub mod facts;
-mod file;
+//! The policy in the daemon: the model, its validation and evaluation are `ghgate-policy`'s
+//! (pure, re-exported here); the daemon reads the file ([`load`]) and keeps it current
+//! ([`live`]). Enforcement is `enforce`'s, approvals `approval`'s.
 pub mod live;
 
-use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
+use std::path::{Path, PathBuf};
 
-pub use eval::{Explanation, Needs, Step, StepOutcome};
-pub use facts::{COPILOT_NAMES, GitService, Paths, RefKind, RefUpdate, Subject, Target};
-pub use file::{PolicyError, SUBJECT_KEYS};
+pub use ghgate_policy::*;
 
-use eval::Condition;
-
-/// What a held request waits for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApprovalSpec {
-    /// The approver group (a key of `[approvers]`).
-    pub group: String,
-    /// How many distinct members must approve.
-    pub approvals: u32,
-    /// How long a pending approval lives before it lapses (and the operation stays refused).
-    pub expires: Duration,
-    /// How long an API request may be held open waiting for the decision; `None`: refused at
-    /// once with a message saying how to get approval.
-    pub hold: Option<Duration>,
+/// Why a policy file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read policy {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Allow,
-    Deny,
-    RequireApproval(ApprovalSpec),
-    /// Passes, and is recorded in full.
-    RecordOnly,
+/// Reads and validates a policy file.
+pub fn load(path: &Path) -> Result<Policy, LoadError> {
+    let text = read(path)?;
+    Ok(Policy::parse(&text, path)?)
 }
 
-impl Action {
-    /// The name a policy file uses for it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-            Action::RequireApproval(_) => "require_approval",
-            Action::RecordOnly => "record_only",
-        }
-    }
+/// The file's text, or the error that names it.
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::RequireApproval(a) => {
-                let plural = if a.approvals == 1 { "" } else { "s" };
-                write!(
-                    f,
-                    "require_approval ({} approval{plural} from \"{}\", expires after {}",
-                    a.approvals,
-                    a.group,
-                    duration::format(a.expires)
-                )?;
-                if let Some(h) = a.hold {
-                    write!(f, ", held up to {}", duration::format(h))?;
-                }
-                f.write_str(")")
-            }
-            other => f.write_str(other.name()),
-        }
-    }
-}
-
-/// Which rule decided: a 1-based index and the rule's name, or the default (`index: None`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RuleRef {
-    pub index: Option<usize>,
-    pub name: Option<String>,
-}
-
-impl RuleRef {
-    pub const DEFAULT: RuleRef = RuleRef {
-        index: None,
-        name: None,
-    };
-}
-
-impl fmt::Display for RuleRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.index, &self.name) {
-            (None, _) => f.write_str("the default"),
-            (Some(i), None) => write!(f, "rule #{i}"),
-            (Some(i), Some(n)) => write!(f, "rule #{i} \"{n}\""),
-        }
-    }
-}
-
-/// The outcome of evaluating one request (or one ref update of a push).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub action: Action,
-    pub rule: RuleRef,
-    /// For the caller (deny and require_approval).
-    pub message: Option<String>,
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} by {}", self.action, self.rule)
-    }
-}
-
-/// Who may approve: users by name, or uids (for approvers without an entry in /etc/passwd).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ApproverGroup {
-    pub users: Vec<String>,
-    pub uids: Vec<u32>,
-}
-
-impl ApproverGroup {
-    pub fn contains(&self, user: Option<&str>, uid: Option<u32>) -> bool {
-        user.is_some_and(|u| self.users.iter().any(|m| m == u)) || uid.is_some_and(|u| self.uids.contains(&u))
-    }
-
-    /// How many approvers the group can supply at most.
-    pub fn size(&self) -> usize {
-        self.users.len() + self.uids.len()
-    }
-}
-
-impl fmt::Display for ApproverGroup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
-        if !self.users.is_empty() {
-            parts.push(format!("users {}", self.users.join(", ")));
-        }
-        if !self.uids.is_empty() {
-            let uids: Vec<String> = self.uids.iter().map(u32::to_string).collect();
-            parts.push(format!("uids {}", uids.join(", ")));
-        }
-        f.write_str(&parts.join("; "))
-    }
-}
-
-/// One `[[rule]]`: conditions (all must hold) and what happens when they do.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: Option<String>,
-    pub action: Action,
-    pub message: Option<String>,
-    conditions: Vec<Condition>,
-}
-
-impl Rule {
-    /// Whether the rule looks at ref updates (`ref`, `ref_op`, `paths`): it matches only those.
-    pub fn needs_ref(&self) -> bool {
-        self.conditions.iter().any(Condition::needs_ref)
-    }
-}
-
-/// A validated policy.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    default: Action,
-    default_message: Option<String>,
-    rules: Vec<Rule>,
-    groups: BTreeMap<String, ApproverGroup>,
-    /// Where it was read from, for messages; `None` for built-in policies.
-    source: Option<PathBuf>,
-}
-
-impl Policy {
-    /// What the gateway enforces without a policy file: everything passes.
-    pub fn allow_all() -> Policy {
-        Policy {
-            default: Action::Allow,
-            default_message: None,
-            rules: Vec::new(),
-            groups: BTreeMap::new(),
-            source: None,
-        }
-    }
-
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
-    pub fn group(&self, name: &str) -> Option<&ApproverGroup> {
-        self.groups.get(name)
-    }
-
-    pub fn groups(&self) -> impl Iterator<Item = (&str, &ApproverGroup)> {
-        self.groups.iter().map(|(k, v)| (k.as_str(), v))
-    }
-
-    pub fn default_action(&self) -> &Action {
-        &self.default
-    }
-
-    /// The file the policy came from, `None` for `allow_all`.
-    pub fn source(&self) -> Option<&std::path::Path> {
-        self.source.as_deref()
-    }
-
-    /// How a rule is named in messages: `rule #3 "force-push-main"`.
-    pub fn rule_ref(&self, index: usize) -> RuleRef {
-        RuleRef {
-            index: Some(index + 1),
-            name: self.rules.get(index).and_then(|r| r.name.clone()),
-        }
-    }
-
-    /// One line for `ghgate policy check` and the reload log: "3 rules, default allow, groups:
-    /// maintainers (users alice, bob)".
-    pub fn summary(&self) -> String {
-        let n = self.rules.len();
-        let mut s = format!(
-            "{n} rule{}, default {}",
-            if n == 1 { "" } else { "s" },
-            self.default
-        );
-        if self.groups.is_empty() {
-            s.push_str(", no approver groups");
-        } else {
-            let groups: Vec<String> = self.groups.iter().map(|(k, g)| format!("{k} ({g})")).collect();
-            s.push_str(&format!(", groups: {}", groups.join(", ")));
-        }
-        s
-    }
-}
-
-#[cfg(test)]
-mod tests;

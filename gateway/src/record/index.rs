@@ -1045,7 +1045,7 @@ pub fn host_of(url: &str) -> Option<String> {
     let (_, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    crate::classify::host_and_port(authority)
+    ghgate_policy::classify::host_and_port(authority)
         .ok()
         .map(|(host, _)| host)
 }

@@ -824,7 +824,7 @@ impl GitKind {
 
 /// What the recorder parses, as the classifier read the request: what the policy takes for a
 /// push is recorded as one.
-pub(crate) fn git_kind(req: &crate::classify::Classified) -> GitKind {
+pub(crate) fn git_kind(req: &ghgate_policy::classify::Classified) -> GitKind {
     if req.is_push() {
         GitKind::Push
     } else if req.is_fetch() {

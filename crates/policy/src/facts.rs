@@ -1,61 +1,13 @@
-//! The facts a policy decides on: who calls (`Subject`), what it asks for (`Target`: the
-//! request as `classify` read it — host, canonical path, repository, git service, Copilot
-//! endpoint) and, for pushes, which ref it updates how (`RefUpdate`).
+//! The facts a policy decides on: who calls (`Subject`, matched by `crate::caller`), what it
+//! asks for (`Target`: the request as `classify` read it — host, canonical path, repository, git
+//! service, Copilot endpoint) and, for pushes, which ref it updates how (`RefUpdate`).
 //!
 //! Pure data: this module never reads a file, a socket or the clock, and never guesses a fact
 //! it was not given.
 use std::fmt;
 
-pub use crate::classify::{COPILOT_NAMES, GitService};
+pub use crate::caller::Subject;
 use crate::classify::{Classified, GitHub, Refusal};
-
-/// Who is calling, as the identity stage established it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Subject {
-    pub uid: u32,
-    /// The user name of `uid` (from /etc/passwd), when it has one.
-    pub user: Option<String>,
-    /// The executable, when the process was still there to ask.
-    pub exe: Option<String>,
-    pub comm: String,
-    /// The cgroup v2 path ("/ghgate.clients/job-1").
-    pub cgroup: Option<String>,
-    /// `GITHUB_REPOSITORY`, `GITHUB_WORKFLOW` and `GITHUB_REF` of the caller's CI job.
-    pub ci_repository: Option<String>,
-    pub ci_workflow: Option<String>,
-    pub ci_ref: Option<String>,
-    /// Claims of an OIDC token the caller presented and the gateway validated.
-    pub oidc: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-impl fmt::Display for Subject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "uid={}", self.uid)?;
-        let fields = [
-            ("user", self.user.as_deref()),
-            ("comm", Some(self.comm.as_str()).filter(|c| !c.is_empty())),
-            ("exe", self.exe.as_deref()),
-            ("cgroup", self.cgroup.as_deref()),
-            ("ci_repository", self.ci_repository.as_deref()),
-            ("ci_workflow", self.ci_workflow.as_deref()),
-            ("ci_ref", self.ci_ref.as_deref()),
-        ];
-        for (k, v) in fields {
-            if let Some(v) = v {
-                write!(f, " {k}={v}")?;
-            }
-        }
-        if let Some(claims) = &self.oidc {
-            for (k, v) in claims {
-                match v {
-                    serde_json::Value::String(s) => write!(f, " oidc.{k}={s}")?,
-                    other => write!(f, " oidc.{k}={other}")?,
-                }
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What the caller asks for: one HTTP request, as the classifier read it (the same reading
 /// every other stage has).

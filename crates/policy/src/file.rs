@@ -1,9 +1,9 @@
 //! The policy file: its serde model and the one validation that turns it into a `Policy`.
 //!
-//! Every mistake is refused here, at load, with an error that names the file and the rule (or
-//! `[approvers.X]`, or the default) and says what to write instead. A rule that could never
-//! match, a setting that would be silently ignored, or a name that means nothing to the gateway
-//! is a mistake: in a security policy, a rule that quietly does nothing is a hole.
+//! Every mistake is refused here, when the text is parsed, with an error that names the file and
+//! the rule (or `[approvers.X]`, or the default) and says what to write instead. A rule that
+//! could never match, a setting that would be silently ignored, or a name that means nothing to
+//! the gateway is a mistake: in a security policy, a rule that quietly does nothing is a hole.
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
@@ -12,28 +12,131 @@ use std::{
 use serde::Deserialize;
 
 use super::{
-    Action, ApprovalSpec, ApproverGroup, Policy, Rule, RuleRef, duration,
-    eval::{Condition, TextField},
+    Action, ApprovalSpec, ApproverGroup, Policy, Rule, RuleRef,
+    caller::{
+        CallerKeys, ConditionError, SUBJECT_KEYS, each_given, full_refs, non_empty, owner_name_problem,
+    },
+    classify::{COPILOT_NAMES, GitService},
+    duration::{self, DurationError},
+    eval::{Condition, RequestField},
     facts::RefKind,
-    facts::{COPILOT_NAMES, GitService},
 };
 
 /// How long a pending approval lives unless the rule says otherwise.
 const DEFAULT_EXPIRES: &str = "24h";
 
+/// Why a policy text is refused. `path` only names the file in messages: nothing here reads it.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
     /// TOML syntax, or a key or value the file model does not know, outside any rule.
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     /// `at` names the place: `rule #3 "force-push-main"`, `[approvers.maintainers]`, `default`.
-    #[error("{}: {at}: {message}", path.display())]
+    #[error("{}: {at}: {source}", path.display())]
     Invalid {
         path: PathBuf,
         at: String,
-        message: String,
+        source: RuleError,
+    },
+}
+
+/// What is wrong with one rule, the default or an approver group. Each message says what to
+/// write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// A key or value the rule model does not know (toml's message, on one line).
+    #[error("{0}")]
+    Shape(String),
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
+    #[error(
+        "{keys} describe{s} pushed refs, which only receive-pack carries, but git_service also names \
+         {other}; use git_service = [\"receive-pack\"] or leave git_service out",
+        keys = keys.join(", "),
+        s = if keys.len() == 1 { "s" } else { "" }
+    )]
+    NotReceivePack {
+        keys: Vec<&'static str>,
+        other: GitService,
+    },
+    #[error(
+        "copilot \"{0}\" is not a Copilot endpoint name; use one of {names} (or \"*\" for any)",
+        names = COPILOT_NAMES.join(", ")
+    )]
+    UnknownCopilot(String),
+    #[error("paths: an empty pattern matches no file; use \"*\" for any file")]
+    EmptyPathPattern,
+    #[error("`name` is empty: give the rule a name or leave `name` out")]
+    EmptyName,
+    #[error("the name \"{name}\" is already used by rule #{first}; rule names must be unique")]
+    DuplicateName { name: String, first: usize },
+    /// A rule without conditions that is not the last (`next` is its successor's 1-based index).
+    #[error(
+        "the rule has no conditions, so it matches everything and {} never reached; make it the \
+         last rule, or set `default` instead",
+        if next < count { format!("rules #{next}..#{count} are") } else { format!("rule #{next} is") }
+    )]
+    Unreachable { next: usize, count: usize },
+    #[error("the group has no members: give users = [..] or uids = [..]")]
+    EmptyGroup,
+    #[error("user {0:?} is not a user name")]
+    BadUser(String),
+    /// `key` is the setting with its prefix (`approvers`, `default_hold`).
+    #[error(
+        "`{key}` only applies to {action_key} = \"require_approval\", not \"{action}\"; remove it or \
+         change the action"
+    )]
+    OnlyForApproval {
+        key: String,
+        action_key: &'static str,
+        action: &'static str,
+    },
+    #[error(
+        "`{key}` is shown only when a request is denied or held for approval, never for \
+         {action_key} = \"{action}\"; remove it"
+    )]
+    MessageNeverShown {
+        key: String,
+        action_key: &'static str,
+        action: &'static str,
+    },
+    /// `defined` lists the groups there are ("groups defined: a, b").
+    #[error("{action_key} = \"require_approval\" needs `{prefix}approvers = \"<group>\"` ({defined})")]
+    NoApprovers {
+        action_key: &'static str,
+        prefix: &'static str,
+        defined: String,
+    },
+    #[error("{prefix}approvers \"{group}\" is not a group defined under [approvers] ({defined})")]
+    UnknownGroup {
+        prefix: &'static str,
+        group: String,
+        defined: String,
+    },
+    #[error("{prefix}approvals = 0: at least one approval is needed (use \"allow\" to need none)")]
+    NoApprovals { prefix: &'static str },
+    #[error(
+        "{prefix}approvals = {approvals}, but group \"{group}\" has only {members} member{s}, so it could \
+         never be approved",
+        s = if *members == 1 { "" } else { "s" }
+    )]
+    TooFewApprovers {
+        prefix: &'static str,
+        approvals: u32,
+        group: String,
+        members: usize,
+    },
+    /// `key` is the setting with its prefix (`expires`, `default_hold`).
+    #[error("{key}: {source}")]
+    Duration { key: String, source: DurationError },
+    #[error(
+        "{prefix}hold = \"{hold}\" is longer than {prefix}expires = \"{expires}\": a request \
+         cannot wait for an approval that has lapsed"
+    )]
+    HoldOutlivesApproval {
+        prefix: &'static str,
+        hold: String,
+        expires: String,
     },
 }
 
@@ -89,18 +192,6 @@ struct GroupFile {
     #[serde(default)]
     uids: Vec<u32>,
 }
-
-/// The caller facts a rule can match on (also what `ghgate policy explain --as` takes).
-pub const SUBJECT_KEYS: &[&str] = &[
-    "uid",
-    "user",
-    "exe",
-    "comm",
-    "cgroup",
-    "ci_repository",
-    "ci_workflow",
-    "ci_ref",
-];
 
 /// The keys whose value is a list (with `SUBJECT_KEYS`); a single value is read as a list of one.
 const LIST_KEYS: &[&str] = &[
@@ -174,8 +265,8 @@ struct RuleFile {
 }
 
 /// The approval settings of a rule or of the default, with the key names the file uses.
-struct ApprovalKeys<'a> {
-    prefix: &'a str,
+struct ApprovalKeys {
+    prefix: &'static str,
     approvers: Option<String>,
     approvals: Option<u32>,
     expires: Option<String>,
@@ -184,38 +275,27 @@ struct ApprovalKeys<'a> {
 }
 
 impl Policy {
-    /// Reads and validates a policy file.
-    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Parses and validates policy text; `path` names the file in errors.
+    /// Parses and validates policy text; `path` names the file in errors and in
+    /// [`Policy::source`] (reading the file is the caller's business).
     pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
             path: path.to_owned(),
             message: toml_message(text, &e),
         })?;
-        let invalid = |at: String, message: String| PolicyError::Invalid {
+        let invalid = |at: String, source: RuleError| PolicyError::Invalid {
             path: path.to_owned(),
             at,
-            message,
+            source,
         };
 
         let mut groups = BTreeMap::new();
         for (name, g) in file.approvers {
             let at = format!("[approvers.{name}]");
             if g.users.is_empty() && g.uids.is_empty() {
-                return Err(invalid(
-                    at,
-                    "the group has no members: give users = [..] or uids = [..]".into(),
-                ));
+                return Err(invalid(at, RuleError::EmptyGroup));
             }
             if let Some(u) = g.users.iter().find(|u| u.trim().is_empty()) {
-                return Err(invalid(at, format!("user {u:?} is not a user name")));
+                return Err(invalid(at, RuleError::BadUser(u.clone())));
             }
             groups.insert(
                 name,
@@ -238,7 +318,7 @@ impl Policy {
             },
             &groups,
         )
-        .map_err(|m| invalid("default".into(), m))?;
+        .map_err(|e| invalid("default".into(), e))?;
 
         let mut rules: Vec<Rule> = Vec::with_capacity(file.rule.len());
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -249,38 +329,23 @@ impl Policy {
                 name: table.get("name").and_then(|n| n.as_str()).map(str::to_owned),
             };
             let at = label.to_string();
-            let rule = rule_from_table(table, &groups).map_err(|m| invalid(at.clone(), m))?;
+            let rule = rule_from_table(table, &groups).map_err(|e| invalid(at.clone(), e))?;
             if let Some(name) = &rule.name {
                 if name.trim().is_empty() {
-                    return Err(invalid(
-                        at,
-                        "`name` is empty: give the rule a name or leave `name` out".into(),
-                    ));
+                    return Err(invalid(at, RuleError::EmptyName));
                 }
                 if let Some(first) = names.insert(name.clone(), i + 1) {
                     return Err(invalid(
                         at,
-                        format!(
-                            "the name \"{name}\" is already used by rule #{first}; rule names must be unique"
-                        ),
+                        RuleError::DuplicateName {
+                            name: name.clone(),
+                            first,
+                        },
                     ));
                 }
             }
             if rule.conditions.is_empty() && i + 1 < count {
-                return Err(invalid(
-                    at,
-                    format!(
-                        "the rule has no conditions, so it matches everything and rule{} #{}{} never reached; \
-                         make it the last rule, or set `default` instead",
-                        if i + 2 < count { "s" } else { "" },
-                        i + 2,
-                        if i + 2 < count {
-                            format!("..#{count} are")
-                        } else {
-                            " is".into()
-                        },
-                    ),
-                ));
+                return Err(invalid(at, RuleError::Unreachable { next: i + 2, count }));
             }
             rules.push(rule);
         }
@@ -319,7 +384,10 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-fn rule_from_table(mut table: toml::Table, groups: &BTreeMap<String, ApproverGroup>) -> Result<Rule, String> {
+fn rule_from_table(
+    mut table: toml::Table,
+    groups: &BTreeMap<String, ApproverGroup>,
+) -> Result<Rule, RuleError> {
     for key in SUBJECT_KEYS.iter().chain(LIST_KEYS) {
         if let Some(v) = table.get_mut(*key)
             && !v.is_array()
@@ -329,7 +397,7 @@ fn rule_from_table(mut table: toml::Table, groups: &BTreeMap<String, ApproverGro
     }
     let r: RuleFile = toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| e.message().trim().replace('\n', "; "))?;
+        .map_err(|e: toml::de::Error| RuleError::Shape(e.message().trim().replace('\n', "; ")))?;
 
     let action = approval_action(
         r.action,
@@ -344,63 +412,27 @@ fn rule_from_table(mut table: toml::Table, groups: &BTreeMap<String, ApproverGro
         groups,
     )?;
 
-    let mut conditions = Vec::new();
-    if let Some(uids) = r.uid {
-        non_empty("uid", &uids)?;
-        conditions.push(Condition::Uid(uids));
-    }
-    let text_fields = [
-        (TextField::User, r.user),
-        (TextField::Exe, r.exe),
-        (TextField::Comm, r.comm),
-        (TextField::Cgroup, r.cgroup),
-        (TextField::CiRepository, r.ci_repository),
-        (TextField::CiWorkflow, r.ci_workflow),
-        (TextField::CiRef, r.ci_ref),
-    ];
+    let caller = CallerKeys {
+        uid: r.uid,
+        user: r.user,
+        exe: r.exe,
+        comm: r.comm,
+        cgroup: r.cgroup,
+        ci_repository: r.ci_repository,
+        ci_workflow: r.ci_workflow,
+        ci_ref: r.ci_ref,
+        oidc: r.oidc,
+        oidc_groups: r.oidc_groups,
+    };
+    let mut conditions: Vec<Condition> = caller.conditions()?.into_iter().map(Condition::Caller).collect();
     let request_fields = [
-        (TextField::Host, r.host),
-        (TextField::Method, r.method),
-        (TextField::Path, r.path),
-        (TextField::Repository, r.repository),
+        (RequestField::Host, r.host),
+        (RequestField::Method, r.method),
+        (RequestField::Path, r.path),
+        (RequestField::Repository, r.repository),
     ];
-    for (field, patterns) in text_fields {
-        if let Some(p) = patterns {
-            conditions.push(text_condition(field, p)?);
-        }
-    }
-    if let Some(claims) = r.oidc {
-        if claims.is_empty() {
-            return Err(
-                "`oidc` is an empty table, which matches nothing; remove it to match any caller".into(),
-            );
-        }
-        let mut pairs = Vec::new();
-        for (claim, v) in claims {
-            let pattern = match v {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                other => {
-                    return Err(format!(
-                        "oidc.{claim} = {other}: give a string (a glob), a number or a boolean"
-                    ));
-                }
-            };
-            pairs.push((claim, pattern));
-        }
-        conditions.push(Condition::Oidc(pairs));
-    }
-    if let Some(groups) = r.oidc_groups {
-        non_empty("oidc_groups", &groups)?;
-        conditions.push(Condition::OidcGroups(groups));
-    }
-    for (field, patterns) in request_fields {
-        if let Some(p) = patterns {
-            conditions.push(text_condition(field, p)?);
-        }
-    }
-    let ref_keys: Vec<&str> = [
+    conditions.extend(each_given(request_fields, request_condition)?);
+    let ref_keys: Vec<&'static str> = [
         ("ref", r.ref_.is_some()),
         ("ref_op", r.ref_op.is_some()),
         ("paths", r.paths.is_some()),
@@ -413,12 +445,10 @@ fn rule_from_table(mut table: toml::Table, groups: &BTreeMap<String, ApproverGro
         if let Some(other) = services.iter().find(|s| **s != GitService::ReceivePack)
             && !ref_keys.is_empty()
         {
-            return Err(format!(
-                "{} describe{} pushed refs, which only receive-pack carries, but git_service also names \
-                 {other}; use git_service = [\"receive-pack\"] or leave git_service out",
-                ref_keys.join(", "),
-                if ref_keys.len() == 1 { "s" } else { "" },
-            ));
+            return Err(RuleError::NotReceivePack {
+                keys: ref_keys,
+                other: *other,
+            });
         }
         conditions.push(Condition::GitService(services));
     }
@@ -428,10 +458,7 @@ fn rule_from_table(mut table: toml::Table, groups: &BTreeMap<String, ApproverGro
             .iter()
             .find(|n| *n != "*" && !COPILOT_NAMES.contains(&n.as_str()))
         {
-            return Err(format!(
-                "copilot \"{bad}\" is not a Copilot endpoint name; use one of {} (or \"*\" for any)",
-                COPILOT_NAMES.join(", ")
-            ));
+            return Err(RuleError::UnknownCopilot(bad.clone()));
         }
         conditions.push(Condition::Copilot(names));
     }
@@ -451,7 +478,7 @@ fn rule_from_table(mut table: toml::Table, groups: &BTreeMap<String, ApproverGro
             .map(|p| p.trim_start_matches('/').to_owned())
             .collect();
         if paths.iter().any(String::is_empty) {
-            return Err("paths: an empty pattern matches no file; use \"*\" for any file".into());
+            return Err(RuleError::EmptyPathPattern);
         }
         conditions.push(Condition::Paths(paths));
     }
@@ -463,59 +490,35 @@ fn rule_from_table(mut table: toml::Table, groups: &BTreeMap<String, ApproverGro
     })
 }
 
-fn non_empty<T>(key: &str, items: &[T]) -> Result<(), String> {
-    if items.is_empty() {
-        return Err(format!(
-            "`{key}` is an empty list, which matches nothing; leave `{key}` out to match any"
-        ));
-    }
-    Ok(())
-}
-
-/// Refs in a push are always full names; "main" would silently never match.
-fn full_refs(key: &str, patterns: &[String]) -> Result<(), String> {
-    if let Some(p) = patterns
-        .iter()
-        .find(|p| !p.starts_with("refs/") && !p.starts_with('*'))
-    {
-        return Err(format!(
-            "{key} \"{p}\" is not a full ref name and would never match; write \"refs/heads/{p}\" \
-             (or \"refs/tags/{p}\")"
-        ));
-    }
-    Ok(())
-}
-
-fn text_condition(field: TextField, patterns: Vec<String>) -> Result<Condition, String> {
+fn request_condition(field: RequestField, patterns: Vec<String>) -> Result<Condition, ConditionError> {
     let key = field.key();
     non_empty(key, &patterns)?;
     for p in &patterns {
         let problem = match field {
-            TextField::Host if p.contains("://") || p.contains('/') => Some(
+            RequestField::Host if p.contains("://") || p.contains('/') => Some(
                 "is not a host name; write the name alone, e.g. \"github.com\" or \"*.githubcopilot.com\"",
             ),
-            TextField::Path if !p.starts_with('/') && !p.starts_with('*') => {
+            RequestField::Path if !p.starts_with('/') && !p.starts_with('*') => {
                 Some("does not start with / and would never match; paths are written \"/repos/*\"")
             }
-            TextField::Path if p.contains('?') => {
+            RequestField::Path if p.contains('?') => {
                 Some("has a query; paths are matched without their query, so leave it out")
             }
-            TextField::Repository | TextField::CiRepository if p != "*" && !p.contains('/') => {
-                Some("is not owner/name and would never match; write \"org/*\" for every repository of org")
-            }
-            TextField::Method if p.is_empty() || p.contains(char::is_whitespace) => {
+            RequestField::Repository => owner_name_problem(p),
+            RequestField::Method if p.is_empty() || p.contains(char::is_whitespace) => {
                 Some("is not an HTTP method")
             }
             _ => None,
         };
         if let Some(problem) = problem {
-            return Err(format!("{key} \"{p}\" {problem}"));
+            return Err(ConditionError::BadPattern {
+                key,
+                pattern: p.clone(),
+                problem,
+            });
         }
     }
-    if field == TextField::CiRef {
-        full_refs(key, &patterns)?;
-    }
-    Ok(Condition::Text {
+    Ok(Condition::Request {
         field,
         patterns: patterns.iter().map(|p| field.fold(p)).collect(),
     })
@@ -525,9 +528,9 @@ fn text_condition(field: TextField, patterns: Vec<String>) -> Result<Condition, 
 /// a group that can supply the approvals asked for.
 fn approval_action(
     name: ActionName,
-    keys: ApprovalKeys<'_>,
+    keys: ApprovalKeys,
     groups: &BTreeMap<String, ApproverGroup>,
-) -> Result<Action, String> {
+) -> Result<Action, RuleError> {
     let p = keys.prefix;
     let action_key = if p.is_empty() { "action" } else { "default" };
     if name != ActionName::RequireApproval {
@@ -538,18 +541,18 @@ fn approval_action(
             ("hold", keys.hold.is_some()),
         ];
         if let Some((k, _)) = given.iter().find(|(_, set)| *set) {
-            return Err(format!(
-                "`{p}{k}` only applies to {action_key} = \"require_approval\", not \"{}\"; remove it or \
-                 change the action",
-                name.name()
-            ));
+            return Err(RuleError::OnlyForApproval {
+                key: format!("{p}{k}"),
+                action_key,
+                action: name.name(),
+            });
         }
         if keys.message.is_some() && matches!(name, ActionName::Allow | ActionName::RecordOnly) {
-            return Err(format!(
-                "`{p}message` is shown only when a request is denied or held for approval, never for \
-                 {action_key} = \"{}\"; remove it",
-                name.name()
-            ));
+            return Err(RuleError::MessageNeverShown {
+                key: format!("{p}message"),
+                action_key,
+                action: name.name(),
+            });
         }
     }
     Ok(match name {
@@ -563,37 +566,50 @@ fn approval_action(
                 let names: Vec<&str> = groups.keys().map(String::as_str).collect();
                 format!("groups defined: {}", names.join(", "))
             };
-            let group = keys.approvers.ok_or_else(|| {
-                format!("{action_key} = \"require_approval\" needs `{p}approvers = \"<group>\"` ({defined})")
-            })?;
-            let members = groups.get(&group).ok_or_else(|| {
-                format!("{p}approvers \"{group}\" is not a group defined under [approvers] ({defined})")
-            })?;
+            let Some(group) = keys.approvers else {
+                return Err(RuleError::NoApprovers {
+                    action_key,
+                    prefix: p,
+                    defined,
+                });
+            };
+            let Some(members) = groups.get(&group) else {
+                return Err(RuleError::UnknownGroup {
+                    prefix: p,
+                    group,
+                    defined,
+                });
+            };
             let approvals = keys.approvals.unwrap_or(1);
             if approvals == 0 {
-                return Err(format!(
-                    "{p}approvals = 0: at least one approval is needed (use \"allow\" to need none)"
-                ));
+                return Err(RuleError::NoApprovals { prefix: p });
             }
             if approvals as usize > members.size() {
-                return Err(format!(
-                    "{p}approvals = {approvals}, but group \"{group}\" has only {} member{}, so it could \
-                     never be approved",
-                    members.size(),
-                    if members.size() == 1 { "" } else { "s" }
-                ));
+                return Err(RuleError::TooFewApprovers {
+                    prefix: p,
+                    approvals,
+                    group,
+                    members: members.size(),
+                });
             }
+            let duration = |key: &str, text: &str| {
+                duration::parse(text).map_err(|source| RuleError::Duration {
+                    key: format!("{p}{key}"),
+                    source,
+                })
+            };
             let expires_text = keys.expires.as_deref().unwrap_or(DEFAULT_EXPIRES);
-            let expires = duration::parse(expires_text).map_err(|e| format!("{p}expires: {e}"))?;
+            let expires = duration("expires", expires_text)?;
             let hold = match keys.hold.as_deref() {
                 None => None,
                 Some(h) => {
-                    let hold = duration::parse(h).map_err(|e| format!("{p}hold: {e}"))?;
+                    let hold = duration("hold", h)?;
                     if hold > expires {
-                        return Err(format!(
-                            "{p}hold = \"{h}\" is longer than {p}expires = \"{expires_text}\": a request \
-                             cannot wait for an approval that has lapsed"
-                        ));
+                        return Err(RuleError::HoldOutlivesApproval {
+                            prefix: p,
+                            hold: h.to_owned(),
+                            expires: expires_text.to_owned(),
+                        });
                     }
                     Some(hold)
                 }

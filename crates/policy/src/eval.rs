@@ -7,87 +7,62 @@
 //! caller which of them to decide to get an exact answer.
 //!
 //! Hosts, methods, request paths and repositories are compared ignoring ASCII case (GitHub does);
-//! refs, file paths, executables, cgroups, CI workflow names and OIDC claims compare exactly.
+//! refs and file paths compare exactly. Conditions on the caller are the caller matcher's
+//! (`crate::caller`), which credential rules use too.
 use std::fmt;
-
-use ghgate_pattern::glob;
 
 use super::{
     Action, Policy, Rule, RuleRef, Verdict,
-    facts::{GitService, Paths, RefKind, RefUpdate, Subject, Target},
+    caller::{CallerCondition, any_glob, list, text_check},
+    classify::{GitService, Repo},
+    facts::{Paths, RefKind, RefUpdate, Subject, Target},
 };
-use crate::classify::Repo;
 
-/// Conditions compared as globs against one text fact.
+/// Conditions on the request compared as globs against one text fact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TextField {
-    User,
-    Exe,
-    Comm,
-    Cgroup,
-    CiRepository,
-    CiWorkflow,
-    CiRef,
+pub(crate) enum RequestField {
     Host,
     Method,
     Path,
     Repository,
 }
 
-impl TextField {
+impl RequestField {
     /// The key a policy file writes.
     pub(crate) fn key(self) -> &'static str {
         match self {
-            TextField::User => "user",
-            TextField::Exe => "exe",
-            TextField::Comm => "comm",
-            TextField::Cgroup => "cgroup",
-            TextField::CiRepository => "ci_repository",
-            TextField::CiWorkflow => "ci_workflow",
-            TextField::CiRef => "ci_ref",
-            TextField::Host => "host",
-            TextField::Method => "method",
-            TextField::Path => "path",
-            TextField::Repository => "repository",
+            RequestField::Host => "host",
+            RequestField::Method => "method",
+            RequestField::Path => "path",
+            RequestField::Repository => "repository",
         }
     }
 
     /// Patterns and values are folded alike: GitHub ignores case in these.
     pub(crate) fn fold(self, s: &str) -> String {
         match self {
-            TextField::Method => s.to_ascii_uppercase(),
-            TextField::Host | TextField::Path | TextField::Repository | TextField::CiRepository => {
-                s.to_ascii_lowercase()
-            }
-            _ => s.to_owned(),
+            RequestField::Method => s.to_ascii_uppercase(),
+            RequestField::Host | RequestField::Path | RequestField::Repository => s.to_ascii_lowercase(),
         }
     }
 
     /// Why the fact can be missing, for explanations.
     fn missing(self) -> &'static str {
         match self {
-            TextField::User => "uid has no user name",
-            TextField::Exe => "executable unknown (the process had exited)",
-            TextField::Cgroup => "cgroup unknown (the process had exited)",
-            TextField::CiRepository | TextField::CiWorkflow | TextField::CiRef => {
-                "the caller is not a CI job"
-            }
-            TextField::Repository => "the request names no repository",
-            TextField::Comm | TextField::Host | TextField::Method | TextField::Path => "empty",
+            RequestField::Repository => "the request names no repository",
+            RequestField::Host | RequestField::Method | RequestField::Path => "empty",
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum Condition {
-    Uid(Vec<u32>),
-    Text {
-        field: TextField,
+    /// Who calls: the caller matcher's.
+    Caller(CallerCondition),
+    Request {
+        field: RequestField,
         patterns: Vec<String>,
     },
-    /// (claim, glob) pairs, all of which must hold.
-    Oidc(Vec<(String, String)>),
-    OidcGroups(Vec<String>),
     GitService(Vec<GitService>),
     Copilot(Vec<String>),
     Ref(Vec<String>),
@@ -207,9 +182,9 @@ impl<'a> Facts<'a> {
         let req = &target.req;
         Facts {
             subject,
-            host: TextField::Host.fold(&req.host),
-            method: TextField::Method.fold(req.method.as_str()),
-            path: TextField::Path.fold(&req.path),
+            host: RequestField::Host.fold(&req.host),
+            method: RequestField::Method.fold(req.method.as_str()),
+            path: RequestField::Path.fold(&req.path),
             repository: req.repository.as_ref(),
             git_service: req.git_service,
             copilot: req.copilot.map(|c| c.as_str()),
@@ -217,103 +192,34 @@ impl<'a> Facts<'a> {
         }
     }
 
-    fn text(&self, field: TextField) -> Option<String> {
-        let s = self.subject;
-        let v = match field {
-            TextField::User => s.user.clone(),
-            TextField::Exe => s.exe.clone(),
-            TextField::Comm => Some(s.comm.clone()),
-            TextField::Cgroup => s.cgroup.clone(),
-            TextField::CiRepository => s.ci_repository.clone(),
-            TextField::CiWorkflow => s.ci_workflow.clone(),
-            TextField::CiRef => s.ci_ref.clone(),
-            TextField::Host => Some(self.host.clone()),
-            TextField::Method => Some(self.method.clone()),
-            TextField::Path => Some(self.path.clone()),
-            TextField::Repository => self.repository.and_then(Repo::full_name),
-        };
-        v.map(|v| field.fold(&v))
-    }
-}
-
-fn list<T: fmt::Display>(items: &[T]) -> String {
-    let items: Vec<String> = items.iter().map(ToString::to_string).collect();
-    format!("[{}]", items.join(", "))
-}
-
-fn any_glob(patterns: &[String], value: &str) -> bool {
-    patterns.iter().any(|p| glob(p, value))
-}
-
-/// A claim as a glob sees it: strings as they are, anything else as its JSON text.
-fn claim_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+    fn text(&self, field: RequestField) -> Option<String> {
+        match field {
+            RequestField::Host => Some(self.host.clone()),
+            RequestField::Method => Some(self.method.clone()),
+            RequestField::Path => Some(self.path.clone()),
+            RequestField::Repository => self.repository.and_then(Repo::full_name).map(|r| field.fold(&r)),
+        }
     }
 }
 
 impl Condition {
     fn check(&self, facts: &Facts<'_>) -> Check {
         match self {
-            Condition::Uid(uids) => {
-                let uid = facts.subject.uid;
-                if uids.contains(&uid) {
-                    Check::Holds(None)
-                } else {
-                    Check::Fails(format!("uid: {uid} is none of {}", list(uids)))
-                }
-            }
-            Condition::Text {
-                field: TextField::Repository,
+            Condition::Caller(c) => match c.check(facts.subject) {
+                Ok(()) => Check::Holds(None),
+                Err(why) => Check::Fails(why.to_string()),
+            },
+            Condition::Request {
+                field: RequestField::Repository,
                 ..
             } if matches!(facts.repository, Some(Repo::Id(_))) => Check::Holds(Some(format!(
                 "repository: the request names {}, whose name the gateway cannot tell, so this counts as a match",
                 facts.repository.expect("matched").describe()
             ))),
-            Condition::Text { field, patterns } => match facts.text(*field) {
-                Some(v) if any_glob(patterns, &v) => Check::Holds(None),
-                Some(v) => Check::Fails(format!("{}: {v} matches none of {}", field.key(), list(patterns))),
-                None => Check::Fails(format!("{}: {}", field.key(), field.missing())),
-            },
-            Condition::Oidc(pairs) => {
-                let Some(claims) = &facts.subject.oidc else {
-                    return Check::Fails("oidc: the caller presented no OIDC token".into());
-                };
-                for (claim, pattern) in pairs {
-                    let holds = match claims.get(claim) {
-                        None => return Check::Fails(format!("oidc.{claim}: the token has no such claim")),
-                        // An array claim holds when any member matches, as for `oidc_groups`.
-                        Some(serde_json::Value::Array(items)) => {
-                            items.iter().any(|i| glob(pattern, &claim_text(i)))
-                        }
-                        Some(v) => glob(pattern, &claim_text(v)),
-                    };
-                    if !holds {
-                        let v = &claims[claim.as_str()];
-                        return Check::Fails(format!("oidc.{claim}: {v} does not match \"{pattern}\""));
-                    }
-                }
-                Check::Holds(None)
-            }
-            Condition::OidcGroups(patterns) => {
-                let groups: Vec<String> = match facts.subject.oidc.as_ref().and_then(|c| c.get("groups")) {
-                    Some(serde_json::Value::Array(items)) => items.iter().map(claim_text).collect(),
-                    Some(serde_json::Value::String(s)) => vec![s.clone()],
-                    Some(other) => vec![other.to_string()],
-                    None if facts.subject.oidc.is_none() => {
-                        return Check::Fails("oidc_groups: the caller presented no OIDC token".into());
-                    }
-                    None => return Check::Fails("oidc_groups: the token has no groups claim".into()),
-                };
-                if groups.iter().any(|g| any_glob(patterns, g)) {
-                    Check::Holds(None)
-                } else {
-                    Check::Fails(format!(
-                        "oidc_groups: {} matches none of {}",
-                        list(&groups),
-                        list(patterns)
-                    ))
+            Condition::Request { field, patterns } => {
+                match text_check(field.key(), patterns, facts.text(*field), field.missing()) {
+                    Ok(()) => Check::Holds(None),
+                    Err(why) => Check::Fails(why.to_string()),
                 }
             }
             Condition::GitService(services) => match facts.git_service {
@@ -393,10 +299,8 @@ impl Condition {
 
     fn key(&self) -> &'static str {
         match self {
-            Condition::Uid(_) => "uid",
-            Condition::Text { field, .. } => field.key(),
-            Condition::Oidc(_) => "oidc",
-            Condition::OidcGroups(_) => "oidc_groups",
+            Condition::Caller(c) => c.key(),
+            Condition::Request { field, .. } => field.key(),
             Condition::GitService(_) => "git_service",
             Condition::Copilot(_) => "copilot",
             Condition::Ref(_) => "ref",

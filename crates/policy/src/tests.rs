@@ -86,7 +86,7 @@ fn rule_of(policy: &Policy, s: &Subject, t: &Target, r: Option<&RefUpdate>) -> O
 
 #[test]
 fn the_example_policy_parses() {
-    let text = include_str!("../../config/examples/policy.toml");
+    let text = include_str!("../../../gateway/config/examples/policy.toml");
     let p = policy(text);
     assert_eq!(p.rules().len(), 6);
     assert_eq!(p.default_action(), &Action::Allow);

@@ -1,7 +1,6 @@
 use http::{Request, Version};
 
 use super::*;
-use crate::credentials::{self, Scheme};
 
 /// A request head as hyper hands it over: `target` as sent (origin or absolute form), headers
 /// in order.
@@ -783,58 +782,52 @@ fn where_github_serves_what_comes_from_one_url() {
     assert!(GitHub::from_api_url("https://user@api.github.com").is_err());
 }
 
-/// Every stage's reading of one request, side by side: push detection (the policy's head
-/// decision), the recorder's git kind, the policy's facts (a rule by repository and service),
-/// the credentials' scheme and scope, and the masking route.
+/// What this crate reads of one request, side by side: push detection, the repository and
+/// service, and the policy's verdict under a rule naming them. The daemon's stages (the
+/// recorder's git kind, the credentials' scheme, the masking route) are compared alike in the
+/// daemon (`pipeline::readings`).
 #[derive(Debug, PartialEq)]
 struct Readings {
     push: bool,
-    recorded_as: &'static str,
+    kind: Kind,
+    repository: Option<Repo>,
+    service: Option<GitService>,
     policy_denies: bool,
-    credential: Option<(Scheme, Option<Repo>)>,
-    masking: crate::mask::ResponseMasking,
 }
 
 fn readings(c: &Classified) -> Readings {
-    use crate::{
-        mask::{FingerprintKey, MaskConfig, policy::MaskSet},
-        policy::{Action, Policy, Subject, Target},
-    };
+    use crate::{Action, Policy, Subject, Target};
     let policy = Policy::parse(
         "default = \"allow\"\n[[rule]]\nname = \"no-pushes-to-o-r\"\naction = \"deny\"\n\
          repository = \"o/r\"\ngit_service = \"receive-pack\"\n",
         std::path::Path::new("p.toml"),
     )
     .unwrap();
-    let mask: MaskConfig =
-        toml::from_str("[[route]]\nhost = \"github.com\"\npath = \"/o/r.git/*\"\nresponses = \"off\"\n")
-            .unwrap();
-    let mask = MaskSet::new(&mask, FingerprintKey::new([3; 32])).unwrap();
     let verdict = policy.evaluate(&Subject::default(), &Target::new(c.clone()), None);
     Readings {
         push: c.is_push(),
-        recorded_as: crate::record::recorder::git_kind(c).as_str(),
+        kind: c.kind,
+        repository: c.repository.clone(),
+        service: c.git_service,
         policy_denies: verdict.action == Action::Deny,
-        credential: credentials::scheme(c, &GitHub::default()).map(|s| (s, c.repository.clone())),
-        masking: mask.responses(&c.host, &c.path),
     }
 }
 
 #[test]
-fn every_stage_reads_each_spelling_of_a_push_alike() {
+fn every_reading_of_a_push_is_the_same_whatever_its_spelling() {
     let plain = ok("POST", "github.com", "/o/r.git/git-receive-pack");
     let want = readings(&plain);
     assert_eq!(
         want,
         Readings {
             push: true,
-            recorded_as: "push",
+            kind: Kind::Git,
+            repository: named("o", "r"),
+            service: Some(GitService::ReceivePack),
             policy_denies: true,
-            credential: Some((Scheme::Basic, named("o", "r"))),
-            masking: crate::mask::ResponseMasking::Off,
         }
     );
-    // Spellings GitHub reads as the same push: every stage sees the same push.
+    // Spellings GitHub reads as the same push: every reading is the same push.
     for (host, target) in [
         ("github.com", "/O/R.GIT/git-receive-pack"),
         ("github.com", "/o/r.git/GIT-RECEIVE-PACK"),
@@ -844,15 +837,9 @@ fn every_stage_reads_each_spelling_of_a_push_alike() {
         ("github.com:443", "/o/r.git/git-receive-pack"),
         ("github.com", "/o/r.git/git-receive-pack/"),
     ] {
-        let c = ok("POST", host, target);
-        let mut got = readings(&c);
-        if target == "/o/r/git-receive-pack" {
-            // No `.git`: the mask route for `/o/r.git/*` is a different path, as it is upstream.
-            got.masking = want.masking;
-        }
-        assert_eq!(got, want, "{host}{target}");
+        assert_eq!(readings(&ok("POST", host, target)), want, "{host}{target}");
     }
-    // Spellings that could hide a push from one reader: refused before any stage reads them.
+    // Spellings that could hide a push from one reader: refused before anything reads them.
     for (host, target) in [
         ("github.com", "/o%2Fr.git/git-receive-pack"),
         ("github.com", "/o/r.git%2Fgit-receive-pack"),
@@ -899,9 +886,9 @@ fn every_stage_reads_each_spelling_of_a_push_alike() {
 }
 
 #[test]
-fn every_stage_reads_each_spelling_of_an_api_call_alike() {
-    // The REST API: the repository a rule names and a token is scoped to is the one GitHub
-    // serves, whatever the case or escapes.
+fn every_reading_of_an_api_call_is_the_same_whatever_its_spelling() {
+    // The REST API: the repository a rule names is the one GitHub serves, whatever the case or
+    // escapes.
     let want = ok("GET", "api.github.com", "/repos/o/r/contents/x");
     for target in [
         "/repos/O/R/contents/x",
@@ -910,12 +897,7 @@ fn every_stage_reads_each_spelling_of_an_api_call_alike() {
         "/repos/o/r/contents/%78",
     ] {
         let c = ok("GET", "api.github.com", target);
-        assert_eq!(c.repository, want.repository, "{target}");
-        assert_eq!(
-            credentials::scheme(&c, &GitHub::default()),
-            Some(Scheme::Bearer),
-            "{target}"
-        );
+        assert_eq!(readings(&c), readings(&want), "{target}");
         assert_eq!(c.path.to_ascii_lowercase(), want.path, "{target}");
     }
 }

@@ -36,11 +36,9 @@
 //! an absent fact the riskier way.
 use std::fmt;
 
-use http::{HeaderMap, Method, StatusCode, Version, header, request::Parts};
-
+use ghgate_mask::encoding::Coding;
 use ghgate_pattern::glob;
-
-use crate::mask::encoding::Coding;
+use http::{HeaderMap, Method, StatusCode, Version, header, request::Parts};
 
 /// Where GitHub serves what, from one setting (`policy.api_url`): the REST API and GraphQL
 /// host, the host git smart HTTP is served from, and the uploads host.
@@ -67,14 +65,16 @@ pub const DEFAULT_API_URL: &str = "https://api.github.com";
 impl GitHub {
     /// From the REST API's URL: `https://api.github.com` (the web host is the API host without
     /// `api.`), or `https://ghes.example/api/v3` (one host for both).
-    pub fn from_api_url(url: &str) -> Result<GitHub, String> {
+    pub fn from_api_url(url: &str) -> Result<GitHub, ApiUrlError> {
         let rest = url
             .split_once("://")
             .map(|(_, r)| r)
-            .ok_or_else(|| format!("{url:?} is not an absolute URL"))?;
+            .ok_or_else(|| ApiUrlError::NotAbsolute(url.to_owned()))?;
         let (authority, path) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
-        let (api_host, _) =
-            host_and_port(authority).map_err(|e| format!("{url:?} does not name a host: {e}"))?;
+        let (api_host, _) = host_and_port(authority).map_err(|source| ApiUrlError::NoHost {
+            url: url.to_owned(),
+            source,
+        })?;
         let api_prefix = path.trim_end_matches('/').to_ascii_lowercase();
         let (web_host, uploads_host) = match api_host.strip_prefix("api.") {
             Some(web) if api_prefix.is_empty() && web.contains('.') => {
@@ -131,6 +131,15 @@ impl GitHub {
     fn shares_host_api_path(&self, path: &str) -> bool {
         !self.api_prefix.is_empty() && path.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("/api/"))
     }
+}
+
+/// A `policy.api_url` that names no API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiUrlError {
+    #[error("{0:?} is not an absolute URL")]
+    NotAbsolute(String),
+    #[error("{url:?} does not name a host: {source}")]
+    NoHost { url: String, source: Refusal },
 }
 
 /// Why the gateway answers a request itself, from its head, without forwarding it.
@@ -805,8 +814,18 @@ fn body_coding(headers: &HeaderMap) -> Result<Option<Coding>, Refusal> {
     Coding::parse(Some(&joined)).map_err(|_| Refusal::UnsupportedEncoding(joined))
 }
 
+/// Whether a request head is a WebSocket handshake the gateway relays (HTTP/1.1 `Upgrade:
+/// websocket`); hop-by-hop stripping keeps what this reads.
+pub fn is_websocket(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
 /// Classifies a request head arriving on a connection opened for `sni`. Hop-by-hop headers
-/// are already gone (`http::hop`).
+/// are already gone (the daemon strips them first).
 pub fn classify(head: &Parts, sni: &str, github: &GitHub) -> Result<Classified, Refusal> {
     let (host, port) = authority(head)?;
     let sni = normal_sni(sni);
@@ -877,7 +896,7 @@ pub fn classify(head: &Parts, sni: &str, github: &GitHub) -> Result<Classified, 
         git,
         git_service,
         copilot,
-        websocket: crate::http::hop::is_websocket(head.version, &head.headers),
+        websocket: is_websocket(head.version, &head.headers),
         body_coding: body_coding(&head.headers)?,
     })
 }

@@ -6,13 +6,22 @@ use std::time::Duration;
 /// typo, not a plan.
 const MAX: Duration = Duration::from_secs(366 * 24 * 3600);
 
-/// Parses "90s", "30m", "24h", "7d"; the error says what is accepted.
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "\"{text}\" is not a duration: write a whole number and s, m, h or d (\"90s\", \"30m\", \"24h\", \"7d\")"
-        )
-    };
+/// A duration a policy file cannot use; the message says what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error(
+        "\"{0}\" is not a duration: write a whole number and s, m, h or d (\"90s\", \"30m\", \"24h\", \"7d\")"
+    )]
+    Unreadable(String),
+    #[error("\"{0}\" is zero: give a positive duration")]
+    Zero(String),
+    #[error("\"{0}\" is longer than a year")]
+    TooLong(String),
+}
+
+/// Parses "90s", "30m", "24h", "7d".
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    let bad = || DurationError::Unreadable(text.to_owned());
     let t = text.trim();
     let unit_at = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = t.split_at(unit_at);
@@ -26,10 +35,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     };
     let d = Duration::from_secs(n.checked_mul(scale).ok_or_else(bad)?);
     if d.is_zero() {
-        return Err(format!("\"{text}\" is zero: give a positive duration"));
+        return Err(DurationError::Zero(text.to_owned()));
     }
     if d > MAX {
-        return Err(format!("\"{text}\" is longer than a year"));
+        return Err(DurationError::TooLong(text.to_owned()));
     }
     Ok(d)
 }
@@ -74,10 +83,16 @@ mod tests {
             "99999999999999999999d",
         ] {
             let e = parse(bad).unwrap_err();
-            assert!(e.contains("not a duration"), "{bad}: {e}");
+            assert_eq!(e, DurationError::Unreadable(bad.into()));
+            assert!(e.to_string().contains("not a duration"), "{bad}: {e}");
         }
-        assert!(parse("0s").unwrap_err().contains("zero"));
-        assert!(parse("400d").unwrap_err().contains("longer than a year"));
+        assert_eq!(parse("0s"), Err(DurationError::Zero("0s".into())));
+        assert!(
+            parse("400d")
+                .unwrap_err()
+                .to_string()
+                .contains("longer than a year")
+        );
     }
 
     #[test]
