@@ -762,6 +762,14 @@ impl TlsConfig {
 }
 
 impl Config {
+    /// The intercept rules the kernel is given: the configured ones, and the self-test's
+    /// loopback address (`ghgate doctor`, see [`crate::selftest`]).
+    pub fn intercept_rules(&self) -> Vec<InterceptRule> {
+        let mut rules = self.intercept.clone();
+        rules.push(crate::selftest::rule(&self.tls.ports));
+        rules
+    }
+
     /// Where GitHub serves what (from `policy.api_url`), for the classifier and credentials.
     pub fn github_hosts(&self) -> ghgate_policy::classify::GitHub {
         ghgate_policy::classify::GitHub::from_api_url(&self.policy.api_url).unwrap_or_default()
@@ -823,6 +831,15 @@ impl Config {
             return Err(invalid(
                 "listen.ipv4".into(),
                 format!("{v4} must be a 127.0.0.0/8 address with a non-zero port"),
+            ));
+        }
+        if v4.ip() == IpAddr::V4(crate::selftest::ADDR) {
+            return Err(invalid(
+                "listen.ipv4".into(),
+                format!(
+                    "{} is reserved for the self-test (`ghgate doctor`)",
+                    crate::selftest::ADDR
+                ),
             ));
         }
         let v6 = self.listen.ipv6;

@@ -28,4 +28,5 @@ pub mod record;
 pub mod redirect;
 pub mod relay;
 pub mod resolve;
+pub mod selftest;
 pub mod tls;

@@ -59,6 +59,8 @@ pub enum Peeked {
     /// The name, and the ALPN protocols the client offered.
     Terminate(String, Vec<Vec<u8>>),
     Passthrough(String),
+    /// `ghgate doctor`'s reserved name: answered by the gateway itself, never dialled.
+    SelfTest,
     Refuse {
         reason: RefusalReason,
         sni: Option<String>,
@@ -93,6 +95,7 @@ pub fn decide(tls: &TlsConfig, hello: Result<hello::Hello, HelloError>) -> Peeke
         Err(e @ (HelloError::Closed | HelloError::Io(_))) => return Peeked::Gone(e.to_string()),
     };
     match hello.server_name {
+        Some(name) if crate::selftest::is_name(&name) => Peeked::SelfTest,
         Some(name) if tls.passthrough_listed(&name) => Peeked::Passthrough(name),
         Some(name) if tls.terminates(&name) => Peeked::Terminate(name, hello.alpn),
         // An ECH hello names only its outer name; whatever it hides must not be relayed.
@@ -126,6 +129,7 @@ impl<P: Phases> Proxy<P> {
         let (name, alpn) = match decide(&self.tls, hello::peek(&conn.stream, HANDSHAKE_TIMEOUT).await) {
             Peeked::Terminate(name, alpn) => (name, alpn),
             Peeked::Passthrough(name) => return self.passthrough(conn, name).await,
+            Peeked::SelfTest => return self.selftest(conn).await,
             Peeked::Refuse {
                 reason,
                 sni,
@@ -232,6 +236,48 @@ impl<P: Phases> Proxy<P> {
 }
 
 impl<P: Phases> Proxy<P> {
+    /// `ghgate doctor`'s self-test name: terminated with a leaf from the CA and answered here
+    /// (see [`crate::selftest`]); nothing is dialled, forwarded or recorded.
+    async fn selftest(&self, conn: Accepted) {
+        let name = crate::selftest::NAME;
+        let config = match ServerConfig::builder_with_provider(self.pool.tls().provider())
+            .with_safe_default_protocol_versions()
+        {
+            Ok(b) => b.with_no_client_auth().with_cert_resolver(Arc::new(ForName {
+                cache: self.leaves.clone(),
+                name: name.to_owned(),
+            })),
+            Err(e) => {
+                warn!(error = %e, "cannot build the TLS server configuration");
+                return;
+            }
+        };
+        let mut config = config;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let Accepted {
+            stream,
+            client,
+            orig_dst,
+            caller,
+            ..
+        } = conn;
+        let answered = async {
+            let tls = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                TlsAcceptor::from(Arc::new(config)).accept(ReadAhead::new(stream)),
+            )
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            crate::selftest::answer(tls).await
+        };
+        match answered.await {
+            Ok(()) => info!(client = %client, orig_dst = %orig_dst, tgid = caller.tgid, uid = caller.uid,
+                            comm = %caller.comm, "self-test answered"),
+            Err(e) => warn!(client = %client, orig_dst = %orig_dst, tgid = caller.tgid, uid = caller.uid,
+                            comm = %caller.comm, error = %e, "self-test failed (does the client trust ghgate's CA?)"),
+        }
+    }
+
     /// A name on the passthrough list: recorded (and acknowledged) before the upstream is
     /// dialled, then relayed untouched; refused while the record cannot be written.
     async fn passthrough(&self, conn: Accepted, name: String) {
@@ -374,6 +420,16 @@ mod tests {
         assert_eq!(
             decide(&tls, hello(Some("octo.github.io"), false)),
             Peeked::Passthrough("octo.github.io".into())
+        );
+        // The self-test name is answered by the gateway whatever the lists say; it is never
+        // dialled, so a hostile caller gains nothing by sending it.
+        let all = TlsConfig {
+            passthrough: vec!["*.invalid".into()],
+            ..TlsConfig::default()
+        };
+        assert_eq!(
+            decide(&all, hello(Some("SelfTest.ghgate.invalid."), false)),
+            Peeked::SelfTest
         );
         // An ECH hello whose outer name is intercepted is terminated: the hidden name never
         // reaches anything (Chromium sends GREASE ECH on every connection).

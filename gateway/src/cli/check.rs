@@ -114,7 +114,7 @@ fn check_config(arg: &ConfigArg) -> anyhow::Result<()> {
         println!("github ranges: off (only the names and CIDRs of [[intercept]])");
     }
     let desired = crate::redirect::intercept::desired(
-        &config.intercept,
+        &config.intercept_rules(),
         hosts.resolved(),
         &ranges.prefixes,
         crate::redirect::intercept::RangePorts {

@@ -65,7 +65,7 @@ impl LiveSet {
         Self {
             inner: Mutex::new(Inner {
                 maps,
-                rules: config.intercept.clone(),
+                rules: config.intercept_rules(),
                 tls_ports: config.tls.ports.clone(),
                 allow_ports: if config.github.enabled() {
                     config.github.allow_ports.clone()
