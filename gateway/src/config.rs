@@ -460,6 +460,59 @@ pub struct RedirectConfig {
     /// gateway on its port). Change it only if the host's firewall gives this mark a meaning.
     #[serde(default = "default_listener_mark")]
     pub listener_mark: u32,
+    /// Container runtimes' scopes, attached to as they appear.
+    #[serde(default)]
+    pub containers: ContainersConfig,
+}
+
+/// `[redirect.containers]`: the Docker daemon and containerd start job and service containers in
+/// scopes of their own, outside a runner's cgroup; these are watched for and attached to as they
+/// appear. Whole-host mode needs none of this (and has no window before a scope is attached).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainersConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Cgroups (below the cgroup2 mount) whose child cgroups are watched.
+    #[serde(default = "default_container_parents")]
+    pub parents: Vec<PathBuf>,
+    /// Which children are attached to: names where `*` matches any run of characters.
+    #[serde(default = "default_container_names")]
+    pub names: Vec<String>,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            parents: default_container_parents(),
+            names: default_container_names(),
+        }
+    }
+}
+
+fn default_container_parents() -> Vec<PathBuf> {
+    // systemd's cgroup driver puts scopes in system.slice; Docker's cgroupfs driver in docker/.
+    vec!["system.slice".into(), "docker".into()]
+}
+fn default_container_names() -> Vec<String> {
+    [
+        "docker-*.scope",
+        "cri-containerd-*.scope",
+        "containerd-*.scope",
+        "nerdctl-*.scope",
+        "libpod-*.scope",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A relative path of plain components (no `..`, no root): a cgroup below the cgroup2 mount.
+fn is_plain_relative(p: &Path) -> bool {
+    !p.as_os_str().is_empty()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 fn default_listener_mark() -> u32 {
@@ -814,6 +867,31 @@ impl Config {
                 ));
             }
         }
+        let containers = &self.redirect.containers;
+        if let Some(p) = containers.parents.iter().find(|p| !is_plain_relative(p)) {
+            return Err(invalid(
+                "redirect.containers.parents".into(),
+                format!("{p:?} must be a relative path below the cgroup2 mount (e.g. \"system.slice\")"),
+            ));
+        }
+        if let Some(n) = containers
+            .names
+            .iter()
+            .find(|n| n.is_empty() || n.contains('/') || n.chars().all(|c| c == '*'))
+        {
+            return Err(invalid(
+                "redirect.containers.names".into(),
+                format!(
+                    "{n:?} must be one cgroup name, `*` matching any run of characters, and not only `*`"
+                ),
+            ));
+        }
+        if containers.enabled && self.redirect.cgroup == CgroupTarget::Host {
+            return Err(invalid(
+                "redirect.containers.enabled".into(),
+                "whole-host mode already covers every container: turn this off".into(),
+            ));
+        }
         if !self.redirect.pin_dir.is_absolute() {
             return Err(invalid(
                 "redirect.pin_dir".into(),
@@ -1152,6 +1230,22 @@ mod tests {
     }
 
     #[test]
+    fn containers_are_off_by_default_and_watch_the_runtimes_scopes() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(!c.redirect.containers.enabled);
+        assert!(c.redirect.containers.names.contains(&"docker-*.scope".to_owned()));
+        let c = parse(&format!(
+            "{MINIMAL}\n[redirect.containers]\nenabled = true\nparents = [\"t/system.slice\"]\n"
+        ))
+        .unwrap();
+        assert!(c.redirect.containers.enabled);
+        assert_eq!(
+            c.redirect.containers.parents,
+            vec![PathBuf::from("t/system.slice")]
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             (MINIMAL.replace("ghgate.clients", "../etc"), "redirect.cgroup"),
@@ -1173,6 +1267,21 @@ mod tests {
                 "tls.intercept[0]",
             ),
             (format!("state_dir = \"rel\"\n{MINIMAL}"), "state_dir"),
+            (
+                format!("{MINIMAL}\n[redirect.containers]\nparents = [\"/sys/fs/cgroup\"]\n"),
+                "redirect.containers.parents",
+            ),
+            (
+                format!("{MINIMAL}\n[redirect.containers]\nnames = [\"*\"]\n"),
+                "redirect.containers.names",
+            ),
+            (
+                format!(
+                    "{}\n[redirect.containers]\nenabled = true\n",
+                    MINIMAL.replace("\"ghgate.clients\"", "\"host\"")
+                ),
+                "redirect.containers.enabled",
+            ),
             (
                 format!("{MINIMAL}\n[[intercept]]\ncidrs = [\"127.0.0.0/8\"]\nports = [15443]\n"),
                 "intercept[1].cidrs[0]",

@@ -5,7 +5,9 @@ mod approvals;
 mod ca;
 mod check;
 mod detach;
+mod doctor;
 mod exec;
+mod install;
 mod logbuf;
 mod mask;
 pub mod policy;
@@ -51,6 +53,12 @@ enum Command {
     Policy(policy::Args),
     /// Operations held for approval: list, show, approve, deny (over the control socket).
     Approvals(ApprovalsArgs),
+    /// Is this host protected? One line per check; exit 1 if any fails.
+    Doctor(doctor::Args),
+    /// Install ghgate as a systemd service: unit, config, CA in the trust stores, runners' .env.
+    Install(install::Args),
+    /// Remove everything `ghgate install` added (the recordings stay unless --purge).
+    Uninstall(install::UninstallArgs),
 }
 
 /// `ghgate approvals`: the control socket comes from `--socket`, else the config's
@@ -92,6 +100,9 @@ pub fn main() -> ExitCode {
         Command::Record(a) => sessions::run_record(a),
         Command::Mask(a) => mask::run(a),
         Command::Policy(a) => policy::run(a),
+        Command::Doctor(a) => doctor::run(a),
+        Command::Install(a) => install::run(a),
+        Command::Uninstall(a) => install::run_uninstall(a),
         Command::Approvals(a) => {
             let socket = Config::load(&a.config)
                 .map(|c| c.approvals.socket)

@@ -19,6 +19,7 @@ use crate::{
         self, ClientTable, Maps, Pins, cgroup, events, exempt,
         live::{self, LiveSet},
         ranges,
+        scopes::Scopes,
         watch::{self, HeldMaps, Watch},
     },
     resolve::{HostSet, Resolver},
@@ -116,6 +117,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // The pinned links hold the programs now. Holding their fds too would keep them loaded after
     // `ghgate detach`, so that detaching would depend on this process exiting.
     drop(ebpf);
+    // Container scopes that exist already are attached before "ready"; new ones as they appear.
+    let scopes = if config.redirect.containers.enabled {
+        let scopes = Scopes {
+            pins: pins.clone(),
+            mount: cgroup::cgroup2_mount()?,
+            config: config.redirect.containers.clone(),
+        };
+        let synced = scopes.sync().context("cannot attach to the container scopes")?;
+        for rel in &synced.attached {
+            info!(scope = %rel.display(), "attached to a container scope");
+        }
+        Some(scopes)
+    } else {
+        None
+    };
 
     let now = model::now_micros();
     let boot_id = crate::identity::boot_id().to_owned();
@@ -175,6 +191,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "gateway ready"
     );
 
+    if let Some(scopes) = scopes {
+        tokio::spawn(scopes.run_forever());
+    }
     let clients = Arc::new(ClientTable::open(&pins)?);
     tokio::spawn(events::record_forever(events::open(&pins)?, recorder.clone()));
     tokio::spawn(live::names_forever(hosts, resolver, live.clone()));
@@ -239,7 +258,13 @@ fn metrics_json(live: &LiveSet) -> serde_json::Value {
         .into_iter()
         .map(|(rule, place, count)| serde_json::json!({ "rule": rule, "place": place, "count": count }))
         .collect();
-    serde_json::json!({ "pid": std::process::id(), "masked": masked, "github_ranges": live.summary() })
+    serde_json::json!({
+        "pid": std::process::id(),
+        "written_at": model::now_micros(),
+        "masked": masked,
+        "github_ranges": live.summary(),
+        "names": live.names_summary(),
+    })
 }
 
 fn write_metrics(path: &std::path::Path, live: &LiveSet) {

@@ -110,6 +110,18 @@ impl LiveSet {
         ranges::summary(&inner.ranges, inner.last_refresh_error.as_deref())
     }
 
+    /// For `ghgate doctor`: how many intercepted names there are, and which have no answer yet.
+    pub fn names_summary(&self) -> serde_json::Value {
+        let inner = self.lock();
+        let unresolved: Vec<&String> = inner
+            .resolved
+            .iter()
+            .filter(|(_, a)| a.as_ref().is_none_or(|a| a.is_empty()))
+            .map(|(n, _)| n)
+            .collect();
+        serde_json::json!({ "total": inner.resolved.len(), "unresolved": unresolved })
+    }
+
     /// The entries the kernel holds now (for the start-up log line).
     pub fn entries(&self) -> anyhow::Result<usize> {
         Ok(self.lock().maps.entries()?.len())

@@ -15,6 +15,7 @@ pub mod intercept;
 pub mod live;
 mod maps;
 pub mod ranges;
+pub mod scopes;
 pub mod watch;
 
 use std::{
@@ -62,31 +63,44 @@ impl Pins {
     }
     /// Pinned links, as (program name, path).
     pub fn links(&self) -> Vec<(String, PathBuf)> {
-        let Ok(rd) = fs::read_dir(self.links_dir()) else {
-            return Vec::new();
-        };
-        let mut out: Vec<_> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let prog = name
-                    .rsplit_once('-')
-                    .map(|(p, _)| p)
-                    .unwrap_or_default()
-                    .to_owned();
-                (prog, e.path())
-            })
-            .collect();
-        out.sort();
-        out
+        links_in(&self.links_dir())
     }
     /// True when every program has a pinned link, i.e. interception is in force.
     pub fn attached(&self) -> bool {
-        let links = self.links();
-        prog_names::ALL
-            .iter()
-            .all(|p| links.iter().any(|(name, _)| name == p))
+        complete(&self.links())
     }
+    /// The links of container scopes, one directory per scope (see [`scopes`]).
+    pub fn scopes_dir(&self) -> PathBuf {
+        self.root.join("scopes")
+    }
+}
+
+/// The links pinned in one links directory, as (program name, path).
+pub fn links_in(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let prog = name
+                .rsplit_once('-')
+                .map(|(p, _)| p)
+                .unwrap_or_default()
+                .to_owned();
+            (prog, e.path())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Does every program have a link among these?
+pub fn complete(links: &[(String, PathBuf)]) -> bool {
+    prog_names::ALL
+        .iter()
+        .all(|p| links.iter().any(|(name, _)| name == p))
 }
 
 /// Refuses early, in one line, when this process cannot load and attach programs.
@@ -225,9 +239,14 @@ fn error_chain(e: &anyhow::Error) -> String {
 /// Attaches a new generation of every program to `cgroup_dir`, pins its links, then unpins older
 /// generations. Returns the new generation's link paths.
 pub fn attach(ebpf: &mut Ebpf, cgroup_dir: &Path, pins: &Pins) -> anyhow::Result<Vec<PathBuf>> {
+    attach_in(ebpf, cgroup_dir, &pins.links_dir())
+}
+
+/// [`attach`], with the links pinned in `links_dir` (whose older generations are unpinned).
+pub fn attach_in(ebpf: &mut Ebpf, cgroup_dir: &Path, links_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let cgroup =
         fs::File::open(cgroup_dir).with_context(|| format!("cannot open cgroup {}", cgroup_dir.display()))?;
-    let links_dir = pins.links_dir();
+    let links_dir = links_dir.to_path_buf();
     fs::create_dir_all(&links_dir).with_context(|| format!("cannot create {}", links_dir.display()))?;
     let generation = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -267,7 +286,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_dir: &Path, pins: &Pins) -> anyhow::Result
             .with_context(|| format!("cannot pin {}", path.display()))?;
         pinned.push(path);
     }
-    for (_, path) in pins.links() {
+    for (_, path) in links_in(&links_dir) {
         if !pinned.contains(&path) {
             unpin_link(&path)?;
         }
@@ -282,7 +301,7 @@ fn attach_hint(name: &str, cgroup_dir: &Path) -> String {
     )
 }
 
-fn unpin_link(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn unpin_link(path: &Path) -> anyhow::Result<()> {
     match PinnedLink::from_pin(path) {
         // Dropping the last reference detaches the program.
         Ok(link) => drop(
@@ -309,6 +328,18 @@ pub fn detach(pins: &Pins) -> anyhow::Result<Detached> {
         done.links += 1;
     }
     let _ = fs::remove_dir(pins.links_dir());
+    if let Ok(rd) = fs::read_dir(pins.scopes_dir()) {
+        for scope in rd.filter_map(|e| e.ok()) {
+            for (_, path) in links_in(&scope.path()) {
+                unpin_link(&path)?;
+                done.links += 1;
+            }
+            fs::remove_dir(scope.path())
+                .with_context(|| format!("cannot remove {}", scope.path().display()))?;
+        }
+        fs::remove_dir(pins.scopes_dir())
+            .with_context(|| format!("cannot remove {}", pins.scopes_dir().display()))?;
+    }
     if let Ok(rd) = fs::read_dir(pins.root()) {
         for entry in rd.filter_map(|e| e.ok()) {
             let dir = entry.path();
