@@ -127,6 +127,14 @@ fn write_pin_only_config(pin_dir: &Path) -> PathBuf {
 }
 
 fn remove_cgroup(dir: &Path) {
+    // Children first (a cgroup with children cannot be removed).
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
     // Kill whatever is left inside (only our own processes can be there), then remove.
     let _ = fs::write(dir.join("cgroup.kill"), "1");
     for _ in 0..100 {
@@ -211,6 +219,9 @@ pub struct GatewaySpec {
     pub github: Option<GithubSpec>,
     /// Extra TOML appended to the config (e.g. an `[http]` section).
     pub extra_toml: String,
+    /// The governed cgroup is this child of the test's cgroup instead of the test cgroup
+    /// itself (so that its siblings, e.g. container scopes, are not governed by inheritance).
+    pub governed_child: Option<String>,
 }
 
 /// The `[github]` table: GitHub's published address ranges, mediated as a whole (every TCP port
@@ -317,6 +328,7 @@ impl Default for GatewaySpec {
             upstream_extra_roots: Vec::new(),
             github: None,
             extra_toml: String::new(),
+            governed_child: None,
         }
     }
 }
@@ -354,7 +366,14 @@ impl Gateway {
         let mut toml = format!(
             "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n",
             dir.path().join("state").display(),
-            if spec.host_mode { "host" } else { &cgroup.name },
+            if spec.host_mode {
+                "host".to_owned()
+            } else {
+                match &spec.governed_child {
+                    Some(child) => format!("{}/{child}", cgroup.name),
+                    None => cgroup.name.clone(),
+                }
+            },
             pin_dir.display(),
             spec.on_gateway_down
         );

@@ -475,12 +475,7 @@ fn run_client(
         Ok((status, stdout, stderr)) => {
             let stdout = String::from_utf8_lossy(&stdout);
             let stderr = String::from_utf8_lossy(&stderr);
-            let last = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim();
+            let last = reason(&stderr);
             if status.is_some_and(|s| s.success()) && !wrong_answer(&stdout) {
                 ok(
                     check,
@@ -499,6 +494,17 @@ fn run_client(
             }
         }
     }
+}
+
+/// What a failed client said: curl's `curl: (N) …` line (the lines after it are advice), else
+/// the last line (git's `fatal:`, a traceback's exception).
+fn reason(stderr: &str) -> &str {
+    let mut lines = stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    lines
+        .clone()
+        .find(|l| l.starts_with("curl: ("))
+        .or_else(|| lines.next_back())
+        .unwrap_or("")
 }
 
 /// A Go client, when Go is installed: a small program built and run like a job's.
@@ -650,7 +656,10 @@ fn store(config: &Config, min_free: u64) -> Check {
     }
     match nix::sys::statvfs::statvfs(&dir) {
         Err(e) => fail("store", format!("cannot stat {}: {e}", dir.display())),
-        #[allow(clippy::unnecessary_cast, reason = "fsblkcnt_t and c_ulong are not u64 on every target")]
+        #[allow(
+            clippy::unnecessary_cast,
+            reason = "fsblkcnt_t and c_ulong are not u64 on every target"
+        )]
         Ok(s) => {
             let free = s.blocks_available() as u64 * s.fragment_size() as u64;
             let total = s.blocks() as u64 * s.fragment_size() as u64;
@@ -796,6 +805,20 @@ fn gaps(state: Option<&watch::State>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_clients_reason_is_its_error_not_its_advice() {
+        let curl = "curl: (60) SSL certificate problem: self-signed certificate in certificate chain\nMore details here: https://curl.se/docs/sslcerts.html\n\ncurl failed to verify the legitimacy of the server and therefore could not\nestablish a secure connection to it. To learn more about this situation and\nhow to fix it, please visit the web page mentioned above.\n";
+        assert_eq!(
+            reason(curl),
+            "curl: (60) SSL certificate problem: self-signed certificate in certificate chain"
+        );
+        assert_eq!(
+            reason("Traceback (most recent call last):\n  ...\nssl.SSLCertVerificationError: x\n\n"),
+            "ssl.SSLCertVerificationError: x"
+        );
+        assert_eq!(reason(""), "");
+    }
 
     #[test]
     fn sizes_parse_with_suffixes() {

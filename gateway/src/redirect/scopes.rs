@@ -47,14 +47,18 @@ pub fn glob(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// The pin directory name of a scope at `rel` (below the cgroup2 mount).
+/// The pin directory name of a scope at `rel` (below the cgroup2 mount): `%`, `/` and `.`
+/// escaped, since bpffs refuses names with a dot.
 pub fn key(rel: &Path) -> String {
-    rel.to_string_lossy().replace('%', "%25").replace('/', "%2F")
+    rel.to_string_lossy()
+        .replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('.', "%2E")
 }
 
 /// The scope's path below the cgroup2 mount, from its key.
 pub fn rel_of(key: &str) -> PathBuf {
-    PathBuf::from(key.replace("%2F", "/").replace("%25", "%"))
+    PathBuf::from(key.replace("%2E", ".").replace("%2F", "/").replace("%25", "%"))
 }
 
 /// The scopes that should be attached now, as (path below the mount, directory), sorted.
@@ -235,9 +239,9 @@ mod tests {
 
     #[test]
     fn keys_round_trip_paths() {
-        for rel in ["system.slice/docker-1.scope", "a%2Fb/c", "docker/0123"] {
+        for rel in ["system.slice/docker-1.scope", "a%2Fb/c%2E.d", "docker/0123"] {
             let k = key(Path::new(rel));
-            assert!(!k.contains('/'), "{k}");
+            assert!(!k.contains('/') && !k.contains('.'), "{k}");
             assert_eq!(rel_of(&k), PathBuf::from(rel));
         }
     }

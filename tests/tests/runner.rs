@@ -1,0 +1,442 @@
+//! End-to-end: a runner host's coverage and health. Container scopes appearing beside the
+//! governed cgroup are attached to (and released when gone), and `ghgate doctor` tells a healthy
+//! host from one whose CA is not trusted, whose programs are detached, or whose store is full.
+//!
+//! Every cgroup here is a child of the test's own; every server and client is on loopback.
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use ghgate_e2e::{
+    Gateway, GatewaySpec, TestCgroup, bin, eventually, loopback_v4, privileged,
+    servers::{Kind, Server},
+};
+use serde_json::Value;
+
+/// The probe, started in the cgroup `dir` (which this test made).
+fn probe_in(dir: &Path, args: &[&str]) -> Value {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+        .arg(dir)
+        .arg(bin("ghgate-probe"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "probe failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().next().expect("one probe line")).unwrap()
+}
+
+fn scope_pins(gw: &Gateway) -> Vec<String> {
+    fs::read_dir(gw.pin_dir.join("scopes"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A gateway governing `<test cgroup>/runner` (as a runner's slice) that watches
+/// `<test cgroup>/system.slice` for container scopes; and that parent's path below the mount.
+fn containers_gateway(cg: &TestCgroup, spec: GatewaySpec) -> (Gateway, String) {
+    let slice = format!("{}/system.slice", cg.name);
+    let gw = Gateway::start(
+        cg,
+        &GatewaySpec {
+            governed_child: Some("runner".into()),
+            extra_toml: format!("[redirect.containers]\nenabled = true\nparents = [\"{slice}\"]\n"),
+            ..spec
+        },
+    );
+    (gw, slice)
+}
+
+/// The runtime makes the scope `name` (and starts the container's process in it after): the
+/// gateway attaches to it.
+fn new_scope(cg: &TestCgroup, gw: &Gateway, slice: &str, name: &str) -> PathBuf {
+    let scope = cg.child(&format!("system.slice/{name}"));
+    gw.wait_log("the scope attached", Duration::from_secs(10), |l| {
+        l.iter().any(|l| {
+            l["message"] == "attached to a container scope" && l["scope"] == format!("{slice}/{name}")
+        })
+    });
+    scope
+}
+
+#[test]
+fn a_container_scope_is_attached_as_it_appears_and_released_when_it_goes() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let (gw, slice) = containers_gateway(
+        &cg,
+        GatewaySpec {
+            intercept: vec![(
+                vec![],
+                vec![format!("{}/32", upstream.addr.ip())],
+                vec![upstream.addr.port()],
+            )],
+            ..Default::default()
+        },
+    );
+    // A sibling of the governed cgroup that no name matches: never attached.
+    let other = cg.child("system.slice/ssh.service");
+    let r = probe_in(&other, &["connect", &upstream.addr.to_string()]);
+    assert_eq!(r["proxied"], false, "a cgroup nobody governs was redirected: {r}");
+
+    // The runtime makes the scope, then starts the container's process in it.
+    let scope = new_scope(&cg, &gw, &slice, "docker-0123abcd.scope");
+    let r = probe_in(&scope, &["connect", &upstream.addr.to_string()]);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        r["proxied"], true,
+        "the container's connection went around the gateway: {r}"
+    );
+    assert_eq!(r["peer"], upstream.addr.to_string(), "{r}");
+    let relayed = gw.wait_log("the relay", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "connection relayed" && l["tgid"] == r["pid"])
+    });
+    let line = relayed
+        .iter()
+        .find(|l| l["message"] == "connection relayed" && l["tgid"] == r["pid"])
+        .unwrap();
+    assert_eq!(line["orig_dst"], upstream.addr.to_string(), "{line}");
+    assert_eq!(scope_pins(&gw).len(), 1, "{:?}", scope_pins(&gw));
+    let sibling = probe_in(&other, &["connect", &upstream.addr.to_string()]);
+    assert_eq!(
+        sibling["proxied"], false,
+        "attaching the scope governed its sibling: {sibling}"
+    );
+
+    // The container exits and its scope is removed: the links go with it.
+    fs::remove_dir(&scope).unwrap();
+    gw.wait_log("the scope released", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "container scope gone; its links are unpinned")
+    });
+    eventually("the scope's pins removed", Duration::from_secs(5), || {
+        scope_pins(&gw).is_empty().then_some(())
+    });
+}
+
+/// `ghgate doctor` with the gateway's config.
+fn doctor(gw: &Gateway, extra: &[&str]) -> (i32, String) {
+    let out: Output = Command::new(bin("ghgate"))
+        .arg("doctor")
+        .arg("--config")
+        .arg(&gw.config)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+/// The line of one check: (status word, the rest).
+fn check<'a>(out: &'a str, name: &str) -> (&'a str, &'a str) {
+    out.lines()
+        .find_map(|l| {
+            let (status, rest) = l.split_once(' ')?;
+            let rest = rest.trim_start();
+            rest.strip_prefix(name)
+                .filter(|r| r.starts_with(' '))
+                .map(|r| (status, r.trim()))
+        })
+        .unwrap_or_else(|| panic!("no {name:?} line in:\n{out}"))
+}
+
+/// The environment a runner's jobs get after install, pointing at a bundle that holds the
+/// system's roots and this gateway's CA (the host's own trust store is not touched).
+fn job_env(gw: &Gateway) -> PathBuf {
+    let ca = gw.ca_file();
+    let dir = gw.config.parent().unwrap();
+    let bundle = dir.join("bundle.pem");
+    let system = fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    fs::write(&bundle, system + &fs::read_to_string(&ca).unwrap()).unwrap();
+    let env = dir.join("runner.env");
+    let b = bundle.display();
+    fs::write(
+        &env,
+        format!(
+            "LANG=C.UTF-8\nNODE_EXTRA_CA_CERTS={}\nREQUESTS_CA_BUNDLE={b}\nSSL_CERT_FILE={b}\nGIT_SSL_CAINFO={b}\nCURL_CA_BUNDLE={b}\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    env
+}
+
+/// `ghgate doctor` with the job environment of [`job_env`], wanting `min_free` in the store.
+fn doctor_as_a_job(gw: &Gateway, min_free: &str) -> (i32, String) {
+    let env = job_env(gw);
+    doctor(gw, &["--env-file", env.to_str().unwrap(), "--min-free", min_free])
+}
+
+/// A gateway intercepting one name (answered by a loopback server), as a runner's would.
+fn named_spec() -> GatewaySpec {
+    let ip = loopback_v4();
+    GatewaySpec {
+        intercept: vec![(vec!["api.github.test".into()], vec![], vec![443])],
+        overrides: vec![("api.github.test".into(), vec![ip.to_string()])],
+        ..Default::default()
+    }
+}
+
+const CA_CLIENTS: [&str; 4] = ["ca: curl", "ca: git", "ca: node", "ca: python3"];
+
+#[test]
+fn doctor_passes_on_a_healthy_host() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let gw = Gateway::start(&cg, &named_spec());
+    let (code, out) = doctor_as_a_job(&gw, "1M");
+    for name in [
+        "programs",
+        "listener",
+        "github ranges",
+        "names",
+        "store",
+        "recorder key",
+        "gaps",
+    ] {
+        assert_eq!(check(&out, name).0, "ok", "{name}:\n{out}");
+    }
+    assert!(
+        check(&out, "listener")
+            .1
+            .contains(&format!("pid {}", gw.pid().unwrap())),
+        "{out}"
+    );
+    assert!(check(&out, "programs").1.contains(&cg.name), "{out}");
+    for name in CA_CLIENTS {
+        let (status, detail) = check(&out, name);
+        assert_eq!(status, "ok", "{name}: {detail}\n{out}");
+        assert!(detail.contains("selftest.ghgate.invalid"), "{out}");
+    }
+    let (status, detail) = check(&out, "ca: go");
+    if which("go") {
+        assert_eq!(status, "ok", "{out}");
+    } else {
+        assert_eq!(
+            (status, detail),
+            ("skip", "go is not installed: no Go client checked")
+        );
+    }
+    // The clock is the host's: synchronised or not, the line says which, and only it may fail.
+    let (clock, _) = check(&out, "clock");
+    let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    if clock == "ok" {
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("checks passed"), "{out}");
+    } else {
+        assert_eq!(failed.len(), 1, "only the host's clock may fail here:\n{out}");
+        assert!(failed[0].contains("clock"), "{out}");
+        assert_eq!(code, 1, "{out}");
+    }
+    // The self-test connections went through the kernel redirect and were answered there.
+    let answered = gw
+        .logs()
+        .iter()
+        .filter(|l| l["message"] == "self-test answered")
+        .count();
+    assert!(answered >= 4, "{answered} self-test answers:\n{}", gw.log_text());
+    // Doctor leaves no cgroup of its own behind.
+    let left: Vec<_> = fs::read_dir(&cg.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ghgate-doctor"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+#[test]
+fn doctor_fails_when_the_clients_do_not_trust_the_ca() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let gw = Gateway::start(&cg, &named_spec());
+    // The jobs' environment without the CA: only the system's roots.
+    let env = gw.config.with_file_name("plain.env");
+    fs::write(&env, "LANG=C.UTF-8\n").unwrap();
+    let (code, out) = doctor(&gw, &["--env-file", env.to_str().unwrap(), "--min-free", "1M"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(check(&out, "programs").0, "ok", "{out}");
+    for name in CA_CLIENTS {
+        let (status, detail) = check(&out, name);
+        assert_eq!(status, "FAIL", "{name}:\n{out}");
+        assert!(
+            detail.starts_with("handshake or request failed"),
+            "{name}: {detail}"
+        );
+    }
+    // What the clients said names the certificate, not something else going wrong.
+    let (_, curl) = check(&out, "ca: curl");
+    assert!(curl.contains("certificate") || curl.contains("issuer"), "{curl}");
+    let failed = gw
+        .logs()
+        .iter()
+        .filter(|l| l["message"] == "self-test failed (does the client trust ghgate's CA?)")
+        .count();
+    assert!(failed >= 1, "{}", gw.log_text());
+}
+
+#[test]
+fn doctor_fails_when_the_programs_are_detached() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let mut gw = Gateway::start(&cg, &named_spec());
+    gw.terminate();
+    gw.ghgate_ok(&["detach"]);
+    let (code, out) = doctor_as_a_job(&gw, "1M");
+    assert_eq!(code, 1, "{out}");
+    let (status, detail) = check(&out, "programs");
+    assert_eq!(status, "FAIL", "{out}");
+    assert!(detail.starts_with("not attached"), "{detail}");
+    assert_eq!(check(&out, "listener").0, "FAIL", "{out}");
+    // Not redirected, the clients reach nothing at the self-test address.
+    for name in CA_CLIENTS {
+        assert_eq!(check(&out, name).0, "FAIL", "{name}:\n{out}");
+    }
+}
+
+#[test]
+fn doctor_fails_when_the_store_is_nearly_full() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let gw = Gateway::start(&cg, &named_spec());
+    let (code, out) = doctor_as_a_job(&gw, "1024T");
+    assert_eq!(code, 1, "{out}");
+    let (status, detail) = check(&out, "store");
+    assert_eq!(status, "FAIL", "{out}");
+    assert!(detail.ends_with("nearly full"), "{detail}");
+    assert!(detail.contains("(at least 1048576.0 GiB wanted)"), "{detail}");
+    assert_eq!(check(&out, "programs").0, "ok", "{out}");
+}
+
+/// A job container's curl, run as the runtime would run it: in a `docker-<id>.scope` beside the
+/// governed cgroup, in a mount namespace of its own where `/etc/ssl/certs/ca-certificates.crt` is
+/// the image's (the public roots only), with an empty environment (the runner passes neither the
+/// host's store nor its `.env` into a container). `$1` is the image's bundle, `$2` the file
+/// mounted over it as `-v HOST:/etc/ssl/certs/ca-certificates.crt:ro` would ("" for none).
+const CONTAINER: &str = r#"set -e
+mount --bind "$1" /etc/ssl/certs/ca-certificates.crt
+if [ -n "$2" ]; then mount --bind "$2" /etc/ssl/certs/ca-certificates.crt; fi
+shift 2
+exec env -i PATH=/usr/local/bin:/usr/bin:/bin "$@"
+"#;
+
+fn in_container(scope: &Path, image: &Path, mounted: Option<&Path>) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+        .arg(scope)
+        .args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            CONTAINER,
+            "container",
+        ])
+        .arg(image)
+        .arg(mounted.map(|p| p.as_os_str()).unwrap_or_default())
+        .args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "15",
+            "--resolve",
+            "selftest.ghgate.invalid:443:127.254.71.71",
+            "https://selftest.ghgate.invalid/",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_job_container_trusts_the_ca_only_through_the_documented_mount() {
+    if !privileged() {
+        return;
+    }
+    let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if !system.is_file() {
+        panic!("this test needs the Debian system bundle at {}", system.display());
+    }
+    let cg = TestCgroup::new();
+    let (gw, slice) = containers_gateway(&cg, named_spec());
+    let dir = gw.config.parent().unwrap();
+    // The image's store: the public roots, as a stock image ships them.
+    let image = dir.join("image-bundle.pem");
+    fs::copy(system, &image).unwrap();
+    // The host's store after `ghgate install` (update-ca-certificates appended the CA).
+    let host = dir.join("host-bundle.pem");
+    fs::write(
+        &host,
+        fs::read_to_string(system).unwrap() + &fs::read_to_string(gw.ca_file()).unwrap(),
+    )
+    .unwrap();
+    let scope = new_scope(&cg, &gw, &slice, "docker-feedc0de.scope");
+
+    // Without the mount: intercepted all the same, and the client refuses the gateway's leaf.
+    let out = in_container(&scope, &image, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "curl trusted the gateway without the CA: {stderr}"
+    );
+    assert!(
+        stderr.contains("certificate") || stderr.contains("issuer"),
+        "not a certificate failure: {stderr}"
+    );
+    gw.wait_log("the refused handshake", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "self-test failed (does the client trust ghgate's CA?)")
+    });
+
+    // With the host's bundle mounted over the image's, as the README says.
+    let out = in_container(&scope, &image, Some(&host));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ghgate self-test: ok"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.wait_log("the answered handshake", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["message"] == "self-test answered" && l["comm"] == "curl")
+    });
+    // The mounts were the container's: the host's bundle is untouched.
+    assert!(
+        !fs::read_to_string(system)
+            .unwrap()
+            .contains(fs::read_to_string(gw.ca_file()).unwrap().trim()),
+        "the host's bundle changed"
+    );
+}
