@@ -14,6 +14,8 @@
 //! the riskier kind.
 pub mod push;
 pub mod remote;
+#[cfg(test)]
+mod tests;
 
 use std::{
     sync::{Arc, Mutex},

@@ -9,6 +9,8 @@
 mod body;
 pub mod hop;
 pub mod pool;
+#[cfg(test)]
+pub mod testing;
 pub mod websocket;
 
 use std::{
