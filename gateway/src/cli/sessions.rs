@@ -14,11 +14,10 @@ use clap::{Subcommand, ValueEnum};
 use super::ConfigArg;
 use crate::record::{
     export,
-    index::{Index, SessionFilter},
+    index::{Index, SessionFilter, index_path},
     model::{self, Micros},
-    recorder::{index_path, key_path},
     session::{self, SessionView},
-    store,
+    store::{self, key_path},
 };
 
 #[derive(Debug, clap::Args)]

@@ -28,9 +28,9 @@ use tracing::{error, info, warn};
 
 use super::{
     git,
-    index::Index,
+    index::{Index, index_path},
     model::{self, BodySummary, Direction, Record, StreamKind},
-    store::{self, Store, StoreOptions},
+    store::{self, Store, StoreOptions, key_path},
 };
 use crate::{
     config::{Config, FsyncPolicy, OnRecordFailure},
@@ -572,14 +572,6 @@ fn refusal(ex: &Exchange, cause: &str) -> Response<Bytes> {
     resp.headers_mut()
         .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
     resp
-}
-
-pub fn key_path(dir: &std::path::Path) -> PathBuf {
-    dir.join("recorder.key")
-}
-
-pub fn index_path(dir: &std::path::Path) -> PathBuf {
-    dir.join("index.sqlite")
 }
 
 fn alpn(p: crate::tls::upstream::Proto) -> &'static str {

@@ -9,7 +9,7 @@ use std::{collections::HashMap, fmt::Write as _, path::Path};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 
-use super::{
+use crate::{
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
         ApprovalStep, Connection, Decision, Direction, Exchange, GitOp, Identity, Masked, Micros,
@@ -17,7 +17,7 @@ use super::{
         StreamKind,
     },
 };
-use crate::mask::payload;
+use ghgate_mask::payload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -388,7 +388,7 @@ impl ExchangeView {
     }
 
     /// The model text streamed back in SSE events, per choice, tool call or content block, in
-    /// the shapes [`crate::mask::payload`] knows (OpenAI chat, completions and Responses API,
+    /// the shapes [`ghgate_mask::payload`] knows (OpenAI chat, completions and Responses API,
     /// Anthropic messages), each stream's pieces joined, in order of first appearance.
     pub fn completions(&self) -> Vec<Completion> {
         let mut parts: Vec<Completion> = Vec::new();
@@ -632,8 +632,8 @@ pub fn refusal_line(r: &Refusal) -> String {
     format!(
         "refused by the {} ({}): {} {}{}{}{}",
         match r.layer {
-            crate::record::model::RefusalLayer::Kernel => "kernel",
-            crate::record::model::RefusalLayer::Gateway => "gateway",
+            crate::model::RefusalLayer::Kernel => "kernel",
+            crate::model::RefusalLayer::Gateway => "gateway",
         },
         r.reason.as_str(),
         one_line(&r.transport, 40),
@@ -984,7 +984,7 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::record::model::*;
+    use crate::model::*;
 
     pub(crate) const T0: Micros = 1_779_271_200_000_000; // 2026-05-20T10:00:00Z
 
@@ -1368,7 +1368,7 @@ pub(crate) mod tests {
     /// segments), indexed as the recorder does, checked, and loaded back by id prefix.
     #[test]
     fn a_session_loads_back_from_the_store_through_the_index() {
-        use crate::record::store::{Store, StoreOptions, load_or_create_key};
+        use crate::store::{Store, StoreOptions, load_or_create_key};
         let dir = tempfile::tempdir().unwrap();
         let key = load_or_create_key(&dir.path().join("key.pem")).unwrap();
         let (mut store, _) = Store::open(dir.path(), key, StoreOptions { segment_bytes: 1024 }).unwrap();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::frame::{Hash, ScanOptions, ZERO_HASH, scan_segment};
 use super::keys::tombstone_message;
 use super::{Error, Result, list_segments, segment_path, sync_dir};
-use crate::record::model::{Micros, Tombstone, now_micros};
+use crate::model::{Micros, Tombstone, now_micros};
 
 /// What one `prune` removed.
 #[derive(Debug, Clone, PartialEq)]

@@ -57,9 +57,8 @@
 //! was written; durability against power loss comes from `sync`. When a segment would grow beyond
 //! `StoreOptions::segment_bytes` it is sealed and the next one begins with a header chained to the
 //! seal.
-#![forbid(unsafe_code)]
 
-pub use self::keys::{load_or_create_key, load_public_key, public_key_pem};
+pub use self::keys::{key_path, load_or_create_key, load_public_key, public_key_pem};
 pub use self::prune::{PruneReport, prune};
 pub use self::read::{Records, read_at, read_records};
 pub use self::verify::{PrunedRange, VerifyFailure, VerifyProgress, VerifyReport, verify};
@@ -85,7 +84,7 @@ use self::frame::{
     ZERO_HASH, begin_frame, finish_frame, good_frame_after, push_header_frame, push_signed_frame,
     scan_segment,
 };
-use crate::record::model::{Record, Recovery, now_micros};
+use crate::model::{Record, Recovery, now_micros};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

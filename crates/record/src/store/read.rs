@@ -11,7 +11,7 @@ use super::frame::{
     FrameReader, KIND_CHECKPOINT, KIND_HEADER, KIND_RECORD, KIND_SEAL, MAGIC, Next, read_full,
 };
 use super::{Error, Position, Result, list_segments, segment_path};
-use crate::record::model::Record;
+use crate::model::Record;
 
 /// Every record in the store, in order, across segments. Headers, checkpoints and seals are
 /// skipped. A frame being written at the very end of the newest segment ends the iteration

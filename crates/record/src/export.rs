@@ -10,12 +10,12 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{
+use crate::{
     index::host_of,
     model::{BodySummary, Direction, Exchange, GitOp, Micros, Record, StreamEvent, StreamKind},
     session::{Completion, ExchangeView, Fact, SessionView, clock, datetime, duration, iso8601, size},
 };
-use crate::mask::payload;
+use ghgate_mask::payload;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -511,7 +511,7 @@ pub fn to_html(view: &SessionView) -> String {
                 let _ = writeln!(
                     h,
                     "<li class=\"note refusal\">{when} {}</li>",
-                    e(&super::session::refusal_line(r))
+                    e(&crate::session::refusal_line(r))
                 );
             }
             Fact::PassthroughStart(p) => {
@@ -531,7 +531,7 @@ pub fn to_html(view: &SessionView) -> String {
                 let _ = writeln!(
                     h,
                     "<li class=\"note approval\">{when} {}</li>",
-                    e(&super::session::approval_line(a))
+                    e(&crate::session::approval_line(a))
                 );
             }
             Fact::ResponseHead(_)
@@ -780,14 +780,14 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
         let _ = writeln!(
             h,
             "<p class=\"identity\">Identity: {}</p>",
-            e(&super::session::identity_line(i))
+            e(&crate::session::identity_line(i))
         );
     }
     for d in &x.decisions {
         let _ = writeln!(
             h,
             "<p class=\"policy\">Policy: {}</p>",
-            e(&super::session::decision_line(d))
+            e(&crate::session::decision_line(d))
         );
     }
     // Secrets masked in this exchange: an auditor follows one secret by its fingerprint.
@@ -1170,7 +1170,7 @@ fn part_text(v: &Value) -> String {
 }
 
 /// The model text of a non-streamed LLM answer, per choice, tool call or content block, in the
-/// shapes [`crate::mask::payload`] knows.
+/// shapes [`ghgate_mask::payload`] knows.
 fn answer(body: &[u8]) -> Vec<Completion> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
@@ -1187,7 +1187,7 @@ fn answer(body: &[u8]) -> Vec<Completion> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{
+    use crate::{
         model::*,
         session::tests::{T0, chunk, exchange, sample_records, sse, start},
     };

@@ -10,7 +10,7 @@ use base64::Engine as _;
 pub use ghgate_git::{Oid, RefOp, RefUpdate};
 use serde::{Deserialize, Serialize};
 
-use crate::mask::{Finding, Masker};
+use ghgate_mask::{Finding, Masker};
 
 /// Milliseconds since the Unix epoch are too coarse for token-by-token replay: times are
 /// microseconds since the epoch.
@@ -731,7 +731,7 @@ mod tests {
         );
         h.insert("cookie", "session=abc".parse().unwrap());
         h.insert("accept", "application/json".parse().unwrap());
-        let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [3; 32]);
+        let masker = ghgate_mask::Masker::new(ghgate_mask::Rules::builtin(), [3; 32]);
         let (m, _) = mask_headers(&h, &masker);
         let get = |n: &str| m.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         let fp = masker.fingerprint(b"ghp_abcdefghijklmnopqrstuvwxyz0123456789");

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::frame::{KIND_HEADER, KIND_RECORD, KIND_SEAL, MAGIC, PREFIX};
 use super::*;
-use crate::record::model::{self, Direction};
+use crate::model::{self, Direction};
 
 /// Makes the next write to the active segment fail, and optionally the truncation after it.
 #[derive(Default)]
@@ -333,7 +333,7 @@ fn killed_writer_keeps_everything_it_acknowledged() {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "record::store::tests::child_writer",
+            "store::tests::child_writer",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

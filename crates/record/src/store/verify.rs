@@ -11,7 +11,7 @@ use ed25519_dalek::VerifyingKey;
 use super::frame::{MAGIC, ScanOptions, ZERO_HASH, scan_segment};
 use super::prune::{LoadedTombstone, load_tombstones};
 use super::{list_segments, segment_path};
-use crate::record::model::Micros;
+use crate::model::Micros;
 
 /// How far `verify` is, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

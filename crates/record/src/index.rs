@@ -14,7 +14,7 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params, types::Value};
 
-use super::{
+use crate::{
     model::{Micros, Record},
     store::{self, Position},
 };
@@ -22,6 +22,11 @@ use super::{
 /// Bumped whenever the tables change; an index with another version is rebuilt, never migrated
 /// in place (it is derived data).
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where a store directory keeps its index.
+pub fn index_path(store_dir: &Path) -> PathBuf {
+    store_dir.join("index.sqlite")
+}
 
 /// How long a reader or writer waits for the other side's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1045,15 +1050,13 @@ pub fn host_of(url: &str) -> Option<String> {
     let (_, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    crate::classify::host_and_port(authority)
-        .ok()
-        .map(|(host, _)| host)
+    ghgate_pattern::host_and_port(authority).map(|(host, _)| host)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::model::*;
+    use crate::model::*;
 
     pub(crate) fn pos(seq: u64) -> Position {
         Position {
@@ -1334,7 +1337,7 @@ mod tests {
     fn a_relative_url_takes_its_host_from_the_connection() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = Index::open(&dir.path().join("i.sqlite")).unwrap();
-        let conn = Record::Connection(crate::record::model::Connection {
+        let conn = Record::Connection(crate::model::Connection {
             session: "s".into(),
             conn: 1,
             at: 1,
