@@ -41,8 +41,8 @@ use crate::{
     policy::{Subject, Verdict},
     record::{
         Recorder,
-        model::{self, Direction},
-        recorder::{ExchangeRecording, Place},
+        model::{self, CredentialKind, Direction, Place},
+        recorder::ExchangeRecording,
     },
 };
 
@@ -159,18 +159,22 @@ impl Pipeline {
     /// Identity and credentials: who is calling, and what goes upstream for them.
     async fn decide(&self, ex: &Exchange, presented: Option<&Secret>) -> Decision {
         let mut identity = model::Identity {
-            session: String::new(),
-            exchange: 0,
+            session: ex.conn.session.clone(),
+            exchange: ex.id,
             at: model::now_micros(),
             oidc_issuer: None,
             oidc_subject: None,
             oidc_claims: None,
             profile: None,
-            credential: if presented.is_some() { "passed" } else { "none" }.into(),
+            credential: if presented.is_some() {
+                CredentialKind::Passed
+            } else {
+                CredentialKind::None
+            },
             refused: None,
         };
         let refused = |mut identity: model::Identity, status: StatusCode, why: String| {
-            identity.credential = "refused".into();
+            identity.credential = CredentialKind::Refused;
             identity.refused = Some(why.clone());
             Decision {
                 identity,
@@ -227,7 +231,7 @@ impl Pipeline {
                 // nothing is minted, and the caller's own credential goes nowhere either.
                 let Some(scheme) = credentials::scheme(&ex.req, &self.github) else {
                     if presented.is_some() {
-                        identity.credential = "stripped".into();
+                        identity.credential = CredentialKind::Stripped;
                     }
                     return Decision {
                         identity,
@@ -238,7 +242,7 @@ impl Pipeline {
                 };
                 match profile.token(ex.req.repository.as_ref()).await {
                     Ok(token) => {
-                        identity.credential = "brokered".into();
+                        identity.credential = CredentialKind::Brokered;
                         Decision {
                             identity,
                             credential: Some(Credential::Inject(token, scheme)),
@@ -456,7 +460,7 @@ fn add_held_refs(a: &mut PushAnswer, chunk: &mut Bytes, end: bool) {
 /// One log line per policy decision.
 fn log_decisions(ex: &Exchange, decisions: &[model::Decision]) {
     for d in decisions {
-        tracing::info!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
+        tracing::info!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
                        outcome = %d.outcome, r#ref = d.ref_update.as_ref().map(|r| crate::mask::for_logs(&r.name)),
                        approval = d.approval.as_deref(), "policy decision");
     }

@@ -15,9 +15,7 @@ use ghgate::{
     assemble::{Assembled, assemble},
     config::Config,
     listen::{self, FixedOrigDst},
-    record::{
-        index::{Index, SessionFilter, index_path},
-    },
+    record::index::{Index, SessionFilter, index_path},
     redirect::Redirected,
     tls::ca,
 };
@@ -252,8 +250,7 @@ fn write_the_compatibility_store() {
     }
     g.sessions_with(4);
     let record = g.config.record_dir();
-    let key =
-        ghgate::record::store::load_or_create_key(&ghgate::record::store::key_path(&record)).unwrap();
+    let key = ghgate::record::store::load_or_create_key(&ghgate::record::store::key_path(&record)).unwrap();
     let out = compat_store();
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(out.join("segments")).unwrap();

@@ -43,4 +43,4 @@ pub mod testgit;
 mod testutil;
 
 pub use oid::{ObjectFormat, Oid};
-pub use refs::{RefOp, RefUpdate};
+pub use refs::{RefKind, RefOp, RefUpdate};

@@ -123,7 +123,17 @@ mod tests {
         assert_eq!(hp("github.com:8443"), Some(("github.com".into(), Some(8443))));
         assert_eq!(hp("github.com:"), Some(("github.com".into(), None)));
         assert_eq!(hp("[::1]:443"), Some(("[::1]".into(), Some(443))));
-        for bad in ["", ".", "a..b", "user@github.com", "github.com:99999", "github.com:x", "[::1", "[]", "[::1]x"] {
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "user@github.com",
+            "github.com:99999",
+            "github.com:x",
+            "[::1",
+            "[]",
+            "[::1]x",
+        ] {
             assert_eq!(hp(bad), None, "{bad:?}");
         }
     }

@@ -22,7 +22,11 @@
 
 pub mod export;
 pub mod git;
+mod id;
 pub mod index;
 pub mod model;
 pub mod session;
 pub mod store;
+mod words;
+
+pub use id::{ExchangeId, SessionId};

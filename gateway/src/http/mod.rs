@@ -37,6 +37,7 @@ use crate::{
     classify::{self, Classified, GitHub},
     identity::Caller,
     listen::{ClientAddr, OrigDstAddr},
+    record::model::{AnsweredBy, ExchangeId, SessionId},
     tls::upstream::Proto,
 };
 
@@ -50,7 +51,7 @@ pub struct ConnInfo {
     /// Unique within this gateway run.
     pub id: u64,
     /// The caller's session (see `Caller::session_id`).
-    pub session: String,
+    pub session: SessionId,
     pub client: ClientAddr,
     pub orig_dst: OrigDstAddr,
     pub caller: Caller,
@@ -64,7 +65,7 @@ pub struct ConnInfo {
 /// One request/response exchange as the hooks see it.
 #[derive(Debug)]
 pub struct Exchange {
-    pub id: u64,
+    pub id: ExchangeId,
     pub conn: Arc<ConnInfo>,
     /// What the request is, computed once before any hook runs: every stage reads this, never
     /// the raw head.
@@ -104,8 +105,8 @@ pub struct Outcome {
     /// Time to the response head.
     pub ttfb: Duration,
     pub error: Option<String>,
-    /// Who answered: "upstream", or "gateway" when a hook or the gateway answered itself.
-    pub answered_by: &'static str,
+    /// Who answered: the upstream, or the gateway (a hook, or the gateway itself).
+    pub answered_by: AnsweredBy,
 }
 
 /// The pipeline's hooks. `Ctx` is per-exchange state, made by `new_ctx` before any hook runs and
@@ -191,7 +192,7 @@ pub trait Phases: Send + Sync + 'static {
 }
 
 pub fn log_websocket_message(ex: &Exchange, dir: websocket::Direction, msg: &websocket::Message) {
-    info!(exchange = ex.id, direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
+    info!(exchange = ex.id.get(), direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
 }
 
 /// The one log line of an exchange; its URL and error are masked first.
@@ -199,7 +200,7 @@ pub fn log_exchange(ex: &Exchange, o: &Outcome) {
     let url = crate::mask::for_logs(&ex.url);
     let error = o.error.as_deref().map(crate::mask::for_logs).unwrap_or_default();
     info!(
-        exchange = ex.id,
+        exchange = ex.id.get(),
         tgid = ex.conn.caller.tgid,
         uid = ex.conn.caller.uid,
         comm = %ex.conn.caller.comm,
@@ -211,7 +212,7 @@ pub fn log_exchange(ex: &Exchange, o: &Outcome) {
         method = %ex.req.method,
         url = %url,
         status = o.status,
-        answered_by = o.answered_by,
+        answered_by = o.answered_by.as_str(),
         bytes_up = ex.bytes_up.load(Ordering::Relaxed),
         bytes_down = ex.bytes_down.load(Ordering::Relaxed),
         ttfb_ms = o.ttfb.as_millis() as u64,
@@ -551,7 +552,7 @@ async fn forward<P: Phases>(
         None => classified.url(),
     };
     let ex = Arc::new(Exchange {
-        id: NEXT_EXCHANGE.fetch_add(1, Ordering::Relaxed),
+        id: ExchangeId::new(NEXT_EXCHANGE.fetch_add(1, Ordering::Relaxed)),
         conn: state.info.clone(),
         req: classified,
         url,
@@ -574,13 +575,13 @@ async fn forward<P: Phases>(
                 duration: elapsed,
                 ttfb: elapsed,
                 error,
-                answered_by: "gateway",
+                answered_by: AnsweredBy::Gateway,
             },
         );
         if let Some(wait) = wait
             && let Err(why) = wait.await
         {
-            warn!(exchange = ex.id, error = %why, "the gateway's own answer could not be recorded");
+            warn!(exchange = ex.id.get(), error = %why, "the gateway's own answer could not be recorded");
         }
         response
     };
@@ -589,7 +590,7 @@ async fn forward<P: Phases>(
     };
 
     if let Some(refusal) = refused {
-        warn!(exchange = ex.id, client = %ex.conn.client, sni = %ex.conn.sni, tgid = ex.conn.caller.tgid,
+        warn!(exchange = ex.id.get(), client = %ex.conn.client, sni = %ex.conn.sni, tgid = ex.conn.caller.tgid,
               comm = %ex.conn.caller.comm, url = %crate::mask::for_logs(&ex.url), status = refusal.status().as_u16(),
               error = %crate::mask::for_logs(&refusal.to_string()), "request refused from its head; nothing was forwarded");
         return Ok(gateway_answer(
@@ -601,7 +602,7 @@ async fn forward<P: Phases>(
     }
     let allowed = state.rate.lock().map(|mut r| r.allow()).unwrap_or(true);
     if !allowed {
-        warn!(exchange = ex.id, client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
+        warn!(exchange = ex.id.get(), client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
               limit = state.max_rps, "request rate limit exceeded on one connection");
         return Ok(gateway_answer(
             StatusCode::TOO_MANY_REQUESTS,
@@ -632,7 +633,7 @@ async fn forward<P: Phases>(
         Gate::Forward(b) => b,
         Gate::Answer(resp) => return Ok(answered_here(boxed(resp), None).await),
         Gate::Refuse(resp, why) => {
-            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %crate::mask::for_logs(&why),
+            warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), error = %crate::mask::for_logs(&why),
                   "request refused from its body; nothing was forwarded");
             return Ok(answered_here(boxed(resp), Some(why)).await);
         }
@@ -648,7 +649,7 @@ async fn forward<P: Phases>(
     let sender = match got {
         Ok(s) => s,
         Err(e) => {
-            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream unavailable");
+            warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), error = %e, "upstream unavailable");
             return Ok(gateway_answer(
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: nothing was forwarded: {e}\n"),
@@ -723,7 +724,7 @@ async fn forward<P: Phases>(
         Ok(r) => r,
         Err(_) if body_refused.get().is_some() => {
             let refusal = body_refused.get().expect("checked").clone();
-            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), status = refusal.status.as_u16(),
+            warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), status = refusal.status.as_u16(),
                   error = %crate::mask::for_logs(&refusal.cause), "request body refused; the upstream saw it fail");
             return Ok(gateway_answer(
                 refusal.status,
@@ -733,7 +734,7 @@ async fn forward<P: Phases>(
             .await);
         }
         Err(e) => {
-            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream request failed");
+            warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), error = %e, "upstream request failed");
             return Ok(gateway_answer(
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: the upstream request failed: {e}\n"),
@@ -771,7 +772,7 @@ async fn forward<P: Phases>(
                         Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
                     }
                 }
-                Err(e) => warn!(exchange = ws_ex.id, error = %e, "protocol upgrade failed"),
+                Err(e) => warn!(exchange = ws_ex.id.get(), error = %e, "protocol upgrade failed"),
             }
         });
     }
@@ -811,7 +812,7 @@ async fn forward<P: Phases>(
                     duration: started.elapsed(),
                     ttfb,
                     error: result.err(),
-                    answered_by: "upstream",
+                    answered_by: AnsweredBy::Upstream,
                 },
             )
         }),

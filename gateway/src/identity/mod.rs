@@ -8,7 +8,7 @@ pub mod oidc;
 
 use std::{fmt, path::PathBuf};
 
-use crate::redirect::Redirected;
+use crate::{record::model::SessionId, redirect::Redirected};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Caller {
@@ -71,7 +71,7 @@ impl Caller {
 
     /// The session this caller belongs to: one run of one process on this boot. The same
     /// process keeps its session across gateway restarts.
-    pub fn session_id(&self) -> String {
+    pub fn session_id(&self) -> SessionId {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(boot_id().as_bytes());
@@ -81,7 +81,7 @@ impl Caller {
             Some(t) => h.update(t.to_le_bytes()),
             None => h.update(format!("{}:{}:{}", self.comm, self.uid, self.cgroup_id).as_bytes()),
         }
-        hex::encode(&h.finalize()[..8])
+        SessionId::new(hex::encode(&h.finalize()[..8]))
     }
 
     /// The command line, from /proc while the process exists.
@@ -199,7 +199,7 @@ mod tests {
             ci: Vec::new(),
         };
         assert_eq!(caller.session_id(), caller.session_id());
-        assert_eq!(caller.session_id().len(), 16);
+        assert_eq!(caller.session_id().as_str().len(), 16);
         let other = Caller {
             start_ticks: caller.start_ticks.map(|t| t + 1),
             ..caller.clone()

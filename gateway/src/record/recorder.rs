@@ -29,7 +29,10 @@ use tracing::{error, info, warn};
 use super::{
     git,
     index::{Index, index_path},
-    model::{self, BodySummary, Direction, Record, StreamKind},
+    model::{
+        self, BodySummary, Direction, ExchangeId, GitService, Place, Record, SessionEndReason, SessionId,
+        StreamKind,
+    },
     store::{self, Store, StoreOptions, key_path},
 };
 use crate::{
@@ -125,7 +128,7 @@ pub struct Recorder {
     max_pending: u64,
     on_failure: OnRecordFailure,
     /// Sessions seen by this gateway run, with what later exchanges of the session need.
-    sessions: Mutex<HashMap<String, SessionState>>,
+    sessions: Mutex<HashMap<SessionId, SessionState>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     /// Masks what the recorder stores of callers (command lines), once the gateway has set it.
     masker: std::sync::OnceLock<Masker>,
@@ -423,13 +426,13 @@ impl Recorder {
         }
     }
 
-    fn ensure_session(self: &Arc<Self>, session: &str, caller: &Caller, records: &mut Vec<Record>) {
+    fn ensure_session(self: &Arc<Self>, session: &SessionId, caller: &Caller, records: &mut Vec<Record>) {
         let new = match self.sessions.lock() {
             Ok(mut s) => {
                 if s.contains_key(session) {
                     false
                 } else {
-                    s.insert(session.to_owned(), SessionState::default());
+                    s.insert(session.clone(), SessionState::default());
                     true
                 }
             }
@@ -439,7 +442,7 @@ impl Recorder {
             return;
         }
         records.push(Record::SessionStart(model::SessionStart {
-            session: session.to_owned(),
+            session: session.clone(),
             at: model::now_micros(),
             tgid: caller.tgid,
             uid: caller.uid,
@@ -461,11 +464,11 @@ impl Recorder {
                 .or_else(|| identity::cgroup_path(caller.tgid)),
             ci: caller.ci.clone(),
         }));
-        self.watch_exit(session.to_owned(), caller);
+        self.watch_exit(session.clone(), caller);
     }
 
     /// Records the session's end when its process exits (pidfd readability).
-    fn watch_exit(self: &Arc<Self>, session: String, caller: &Caller) {
+    fn watch_exit(self: &Arc<Self>, session: SessionId, caller: &Caller) {
         let Some(pidfd) = pidfd_open(caller.tgid) else {
             return;
         };
@@ -490,7 +493,7 @@ impl Recorder {
                 vec![Record::SessionEnd(model::SessionEnd {
                     session,
                     at: model::now_micros(),
-                    reason: "exited".into(),
+                    reason: SessionEndReason::Exited,
                 })],
                 false,
             );
@@ -560,7 +563,7 @@ impl Drop for Recorder {
 
 /// The answer to a request the store cannot record: 503, naming the cause.
 fn refusal(ex: &Exchange, cause: &str) -> Response<Bytes> {
-    warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), cause = %cause, "request refused: the session recorder cannot write");
+    warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), cause = %cause, "request refused: the session recorder cannot write");
     let mut resp = Response::new(Bytes::from(format!(
         "ghgate: this request was not forwarded because the session recorder cannot write: {cause}\n"
     )));
@@ -987,8 +990,8 @@ impl BodyRecording {
 /// What the recorder keeps for one exchange while it passes.
 pub struct ExchangeRecording {
     recorder: Arc<Recorder>,
-    session: String,
-    id: u64,
+    session: SessionId,
+    id: ExchangeId,
     started_at: model::Micros,
     git: GitKind,
     heads: Mutex<Heads>,
@@ -1003,32 +1006,6 @@ pub struct ExchangeRecording {
     identity: Mutex<Option<model::Identity>>,
     /// Policy decisions made from the request head, written with it (or at the end, if refused).
     decided: Mutex<Vec<Record>>,
-}
-
-/// Where a masked secret was, as records say it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
-    RequestBody,
-    ResponseBody,
-    RequestHeader,
-    ResponseHeader,
-    Url,
-    WebSocket,
-    GitPushPack,
-}
-
-impl Place {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Place::RequestBody => "request body",
-            Place::ResponseBody => "response body",
-            Place::RequestHeader => "request headers",
-            Place::ResponseHeader => "response headers",
-            Place::Url => "url",
-            Place::WebSocket => "websocket messages",
-            Place::GitPushPack => "git push pack",
-        }
-    }
 }
 
 fn header(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
@@ -1151,7 +1128,7 @@ impl ExchangeRecording {
                 OnRecordFailure::Refuse => Some(refusal(ex, &cause)),
                 OnRecordFailure::Allow => {
                     let n = self.recorder.shared.unrecorded.fetch_add(1, Ordering::Relaxed) + 1;
-                    warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), cause = %cause, unrecorded = n,
+                    warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), cause = %cause, unrecorded = n,
                           "request passes UNRECORDED: the session recorder cannot write (on_record_failure = \"allow\")");
                     None
                 }
@@ -1286,7 +1263,7 @@ impl ExchangeRecording {
                     at: model::now_micros(),
                     rule: f.rule.clone(),
                     fingerprint: f.fingerprint.clone(),
-                    place: place.as_str().into(),
+                    place,
                     client_masked,
                 })
             })
@@ -1445,13 +1422,13 @@ impl ExchangeRecording {
             let p = push.finish();
             records.extend(self.masked_records(&p.secrets, Place::GitPushPack, false));
             if let Some(why) = &p.scan_error {
-                warn!(exchange = self.id, error = %why, "a pushed pack could not be scanned for secrets whole");
+                warn!(exchange = self.id.get(), error = %why, "a pushed pack could not be scanned for secrets whole");
             }
             records.push(Record::Git(model::GitOp {
                 session: self.session.clone(),
                 exchange: self.id,
                 at,
-                service: "git-receive-pack".into(),
+                service: GitService::ReceivePack,
                 updates: p.updates,
                 pack_len: p.pack_len,
                 pack_sha256: p.pack_sha256,
@@ -1472,7 +1449,7 @@ impl ExchangeRecording {
                     session: self.session.clone(),
                     exchange: self.id,
                     at,
-                    service: "git-upload-pack".into(),
+                    service: GitService::UploadPack,
                     updates: Vec::new(),
                     pack_len: None,
                     pack_sha256: None,
@@ -1506,7 +1483,7 @@ impl ExchangeRecording {
         let ack = self.recorder.submit(records, true);
         let allow = self.recorder.on_failure == OnRecordFailure::Allow;
         let shared = self.recorder.shared.clone();
-        let (id, url) = (self.id, crate::mask::for_logs(&ex.url));
+        let (id, url) = (self.id.get(), crate::mask::for_logs(&ex.url));
         Box::pin(async move {
             let written = match ack {
                 Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
@@ -1548,11 +1525,11 @@ mod tests {
             dirty: AtomicBool::new(false),
         };
         let queue = IndexQueue::default();
-        let end = |reason: &str| {
+        let end = |session: &str| {
             vec![Record::SessionEnd(model::SessionEnd {
-                session: "s".into(),
+                session: session.into(),
                 at: model::now_micros(),
-                reason: reason.into(),
+                reason: SessionEndReason::Exited,
             })]
         };
         append_indexed(&mut store, &mut end("before"), &shared, &queue).unwrap();
@@ -1602,10 +1579,11 @@ mod tests {
                 let recorder = &recorder;
                 scope.spawn(move || {
                     for i in 0..per_thread {
+                        // Each record names its thread and its place in the thread's order.
                         let record = Record::SessionEnd(model::SessionEnd {
-                            session: format!("s{t}"),
+                            session: format!("{t}/{i}").into(),
                             at: model::now_micros(),
-                            reason: format!("{t}/{i}"),
+                            reason: SessionEndReason::Exited,
                         });
                         // Half want an acknowledgement (request heads), half do not.
                         if let Some(ack) = recorder.submit(vec![record], i % 2 == 0) {
@@ -1620,7 +1598,7 @@ mod tests {
         let reasons: Vec<String> = store::read_records(&record_dir)
             .unwrap()
             .filter_map(|r| match r.unwrap().1 {
-                Record::SessionEnd(e) => Some(e.reason),
+                Record::SessionEnd(e) => Some(e.session.as_str().to_owned()),
                 _ => None,
             })
             .collect();

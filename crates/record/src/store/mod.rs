@@ -60,7 +60,7 @@
 
 pub use self::keys::{key_path, load_or_create_key, load_public_key, public_key_pem};
 pub use self::prune::{PruneReport, prune};
-pub use self::read::{Records, read_at, read_records};
+pub use self::read::{Records, read_at, read_raw_at, read_records};
 pub use self::verify::{PrunedRange, VerifyFailure, VerifyProgress, VerifyReport, verify};
 
 mod frame;
