@@ -121,10 +121,14 @@ fn ticks_to_wall_micros(ticks: u64) -> Option<crate::record::model::Micros> {
     u64::try_from(boot + i128::from(ticks) * 1_000_000 / i128::from(hz)).ok()
 }
 
-/// Field 22 of /proc/<tgid>/stat; the command name (field 2) may hold spaces and parentheses,
-/// so fields are counted after its closing parenthesis.
-fn start_ticks(tgid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+/// A process's start time in clock ticks after boot: field 22 of /proc/<tgid>/stat (the one
+/// reader of it). The command name (field 2) may hold spaces and parentheses, so fields are
+/// counted after its closing parenthesis. `None` once the process is gone.
+pub fn start_ticks(tgid: u32) -> Option<u64> {
+    start_ticks_in(&std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?)
+}
+
+fn start_ticks_in(stat: &str) -> Option<u64> {
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
 }
@@ -210,5 +214,16 @@ mod tests {
             "a reused tgid is another session"
         );
         assert_eq!(user_name(0).as_deref(), Some("root"));
+    }
+
+    /// A command name may hold spaces and parentheses (a process names itself): the fields are
+    /// counted after the last closing parenthesis.
+    #[test]
+    fn the_start_time_is_read_past_a_hostile_command_name() {
+        let stat = "4242 (x) 1 2 3 4 5 (evil) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+                    1000 100 18446744073709551615";
+        assert_eq!(start_ticks_in(stat), Some(987654));
+        assert_eq!(start_ticks_in("4242 (no end"), None);
+        assert_eq!(start_ticks_in("4242 (short) S 1"), None);
     }
 }

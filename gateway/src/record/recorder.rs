@@ -473,7 +473,7 @@ impl Recorder {
             return;
         };
         // The tgid may have been reused since accept: only watch the same process.
-        if caller.start_ticks.is_none() || identity_start(caller.tgid) != caller.start_ticks {
+        if caller.start_ticks.is_none() || identity::start_ticks(caller.tgid) != caller.start_ticks {
             return;
         }
         // SAFETY: the AsyncFd owns the pidfd, so it stays open for as long as it is registered.
@@ -582,12 +582,6 @@ fn alpn(p: crate::tls::upstream::Proto) -> &'static str {
         crate::tls::upstream::Proto::Http1 => "http/1.1",
         crate::tls::upstream::Proto::Http2 => "h2",
     }
-}
-
-fn identity_start(tgid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn pidfd_open(tgid: u32) -> Option<OwnedFd> {
