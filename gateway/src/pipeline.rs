@@ -42,7 +42,7 @@ use crate::{
     record::{
         Recorder,
         model::{self, CredentialKind, Direction, Place},
-        recorder::ExchangeRecording,
+        recorder::{ExchangeRecording, RecordError},
     },
 };
 
@@ -344,9 +344,9 @@ impl Pipeline {
             cause,
         };
         // The store could not take the body: nothing passes unrecorded.
-        let unrecorded = |cause: String| BodyRefusal {
+        let unrecorded = |cause: RecordError| BodyRefusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            cause,
+            cause: format!("stopped: {cause}"),
         };
         let side = match dir {
             Direction::Request => &ctx.request,

@@ -154,7 +154,7 @@ pub fn verify(
             format!("cannot list {}: {e}", dir.join("segments").display()),
         )
     })?;
-    let tombstones = load_tombstones(dir, key).map_err(|(segment, what)| fail(segment, 0, what))?;
+    let tombstones = load_tombstones(dir, key).map_err(|bad| fail(bad.segment, 0, bad.what))?;
     let (Some(&first), Some(&last)) = (numbers.first(), numbers.last()) else {
         return Err(fail(
             0,
