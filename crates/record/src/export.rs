@@ -500,10 +500,7 @@ pub fn to_html(view: &SessionView) -> String {
                     p.reason.as_str(),
                     e(&p.client),
                     e(&p.orig_dst),
-                    p.sni
-                        .as_deref()
-                        .map(|s| format!(", SNI <span class=\"mono\">{}</span>", e(s)))
-                        .unwrap_or_default(),
+                    sni_html(p.sni.as_deref()),
                     size(p.bytes_up),
                     size(p.bytes_down),
                     duration(p.duration_us)
@@ -524,10 +521,7 @@ pub fn to_html(view: &SessionView) -> String {
                      <span class=\"mono\">{}</span> to <span class=\"mono\">{}</span>{}</li>",
                     e(&p.client),
                     e(&p.orig_dst),
-                    p.sni
-                        .as_deref()
-                        .map(|s| format!(", SNI <span class=\"mono\">{}</span>", e(s)))
-                        .unwrap_or_default(),
+                    sni_html(p.sni.as_deref()),
                 );
             }
             Fact::Approval(a) => {
@@ -553,6 +547,12 @@ pub fn to_html(view: &SessionView) -> String {
          exactly as stored.</footer>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
     );
     h
+}
+
+/// `, SNI <name>`, or nothing.
+fn sni_html(sni: Option<&str>) -> String {
+    sni.map(|s| format!(", SNI <span class=\"mono\">{}</span>", escape_html(s)))
+        .unwrap_or_default()
 }
 
 fn session_end(view: &SessionView) -> Micros {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{Hash, ScanOptions, ZERO_HASH, scan_segment};
 use super::keys::tombstone_message;
-use super::{Error, Result, list_segments, segment_path, sync_dir};
+use super::{Error, Result, list_segments, open_lock, segment_path, sync_dir};
 use crate::model::{Micros, Tombstone, now_micros};
 
 /// What one `prune` removed.
@@ -191,14 +191,7 @@ fn write_tombstone(dir: &Path, key: &SigningKey, t: &Tombstone, last_hash: &Hash
 /// `dir/prune.lock`. Refuses to delete anything that does not verify.
 pub fn prune(dir: &Path, key: &SigningKey, cutoff_micros: Micros, reason: &str) -> Result<PruneReport> {
     let lock_path = dir.join("prune.lock");
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| Error::io("open prune lock", &lock_path, e))?;
+    let lock = open_lock(&lock_path, "open prune lock")?;
     lock.lock().map_err(|e| Error::io("lock", &lock_path, e))?;
     let mut report = PruneReport {
         pruned: None,
