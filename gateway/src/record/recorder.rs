@@ -1476,7 +1476,7 @@ impl ExchangeRecording {
             response_body,
             ttfb_us: outcome.ttfb.as_micros() as u64,
             duration_us: outcome.duration.as_micros() as u64,
-            answered_by: outcome.answered_by.into(),
+            answered_by: outcome.answered_by,
             error: outcome.error.clone(),
         }));
         let ack = self.recorder.submit_acked(records);
