@@ -14,11 +14,10 @@ use clap::{Subcommand, ValueEnum};
 use super::ConfigArg;
 use crate::record::{
     export,
-    index::{Index, SessionFilter},
+    index::{Index, SessionFilter, index_path},
     model::{self, Micros},
-    recorder::{index_path, key_path},
     session::{self, SessionView},
-    store,
+    store::{self, key_path},
 };
 
 #[derive(Debug, clap::Args)]
@@ -199,7 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             out,
                             "{}  {:<7} {:<18} {} {}{}  {} (pid {}, uid {}) ×{}{}",
                             format_time(r.at),
-                            serde_json::to_value(r.layer)?.as_str().unwrap_or("?"),
+                            r.layer.as_str(),
                             r.reason.as_str(),
                             r.transport,
                             r.orig_dst,
@@ -214,7 +213,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             out,
                             "{}  gap     {:<18} {} → {} ({})  {}",
                             format_time(g.at),
-                            serde_json::to_value(g.kind)?.as_str().unwrap_or("?"),
+                            g.kind.as_str(),
                             format_time(g.since),
                             format_time(g.until),
                             crate::redirect::watch::span(&g),
@@ -247,15 +246,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => {
             let (dir, view) = load(&config, &id)?;
             let text = match format {
-                Format::Har => serde_json::to_string_pretty(&export::to_har(&view))?,
-                Format::Html => export::to_html(&view),
+                Format::Har => serde_json::to_vec_pretty(&export::to_har(&view))?,
+                Format::Html => export::to_html(&view).into_bytes(),
                 Format::Jsonl => {
                     let index = Index::open_read_only(&index_path(&dir))?;
-                    let mut lines = String::new();
-                    for (segment, offset) in index.session_records(&view.start.session)? {
-                        let (_, record) = store::read_at(&dir, segment, offset)?;
-                        lines.push_str(&serde_json::to_string(&record)?);
-                        lines.push('\n');
+                    // The records exactly as stored, not as this version would write them.
+                    let mut lines = Vec::new();
+                    for (segment, offset) in index.session_records(view.id().as_str())? {
+                        let (_, json) = store::read_raw_at(&dir, segment, offset)?;
+                        lines.extend_from_slice(&json);
+                        lines.push(b'\n');
                     }
                     lines
                 }
@@ -266,7 +266,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!("wrote {}", path.display());
                 }
-                None => std::io::stdout().lock().write_all(text.as_bytes())?,
+                None => std::io::stdout().lock().write_all(&text)?,
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -30,7 +30,7 @@ use crate::{
     http::{BoxError, Exchange, ProxyBody},
     identity::Caller,
     policy::{Action, Paths, RefKind, RefUpdate, Subject, Target},
-    record::model,
+    record::model::{self, DecisionOutcome as Outcome},
 };
 
 /// The most bytes a push's command list may take (tens of thousands of refs).
@@ -309,7 +309,7 @@ impl Enforcer {
                         "the pushed pack did not arrive within the inspection time ({} bytes of it read)",
                         reader.buf.len().saturating_sub(end)
                     );
-                    tracing::warn!(exchange = ex.id, error = %e, "push inspection timed out reading the pack");
+                    tracing::warn!(exchange = ex.id.get(), error = %e, "push inspection timed out reading the pack");
                     pack_state = Err(e);
                 }
                 Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, e),
@@ -422,11 +422,11 @@ impl Enforcer {
             let verdict = policy.evaluate(subject, &target, Some(r));
             let recorded = Some(decided_ref(r, kind_from[i].clone()));
             let (result, outcome, approval) = match &verdict.action {
-                Action::Allow => (Ok(()), "passed", None),
+                Action::Allow => (Ok(()), Outcome::Passed, None),
                 Action::RecordOnly => {
-                    tracing::warn!(exchange = ex.id, r#ref = %r.name(), rule = %verdict.rule,
+                    tracing::warn!(exchange = ex.id.get(), r#ref = %r.name(), rule = %verdict.rule,
                                    "record_only: a ref update the policy flags passed");
-                    (Ok(()), "passed", None)
+                    (Ok(()), Outcome::Passed, None)
                 }
                 Action::Deny => {
                     let why = format!(
@@ -439,7 +439,7 @@ impl Enforcer {
                             .unwrap_or_default()
                     );
                     notes.push(format!("ghgate: {}: {why}", r.name()));
-                    (Err(why), "refused", None)
+                    (Err(why), Outcome::Refused, None)
                 }
                 Action::RequireApproval(_) => {
                     let op = Operation::GitRef {
@@ -451,12 +451,12 @@ impl Enforcer {
                     match self.check(&op, &requester, &verdict) {
                         Err(e) => {
                             notes.push(format!("ghgate: {}: {e}", r.name()));
-                            (Err(e), "refused", None)
+                            (Err(e), Outcome::Refused, None)
                         }
-                        Ok(ApprovalGate::Approved { id }) => (Ok(()), "passed", Some(id)),
+                        Ok(ApprovalGate::Approved { id }) => (Ok(()), Outcome::Passed, Some(id)),
                         Ok(ApprovalGate::Pending { id, .. }) => {
                             notes.push(format!("ghgate: {}: {}", r.name(), held_text(&id, &verdict)));
-                            (Err(format!("held for approval {id}")), "held", Some(id))
+                            (Err(format!("held for approval {id}")), Outcome::Held, Some(id))
                         }
                         Ok(ApprovalGate::Denied { id, by, reason }) => {
                             let why = format!(
@@ -464,7 +464,7 @@ impl Enforcer {
                                 reason.map(|m| format!(": {m}")).unwrap_or_default()
                             );
                             notes.push(format!("ghgate: {}: {why}", r.name()));
-                            (Err(why), "refused", Some(id))
+                            (Err(why), Outcome::Refused, Some(id))
                         }
                     }
                 }
@@ -498,8 +498,8 @@ impl Enforcer {
                 })
                 .collect();
             for d in &mut decisions {
-                if d.outcome == "passed" && all_or_nothing {
-                    d.outcome = "refused (atomic push)".into();
+                if d.outcome == Outcome::Passed && all_or_nothing {
+                    d.outcome = Outcome::RefusedAtomicPush;
                 }
             }
             reader.drain().await;

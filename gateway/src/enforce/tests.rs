@@ -161,7 +161,7 @@ fn the_head_decides_what_it_can_and_hands_the_rest_on() {
         _ => panic!("an allowed call passes"),
     }
     match head("GET", "/repos/o/r/issues") {
-        Head::Pass(d) => assert_eq!(d.action, "record_only", "flagged, and passed"),
+        Head::Pass(d) => assert_eq!(d.action, model::DecisionAction::RecordOnly, "flagged, and passed"),
         _ => panic!("a record_only call passes"),
     }
     assert!(matches!(
@@ -190,8 +190,11 @@ async fn a_push_deleting_main_is_answered_in_gits_words_and_never_forwarded() {
     );
     assert!(text.contains("main cannot be deleted"), "{text:?}");
     assert_eq!(decisions.len(), 1);
-    assert_eq!(decisions[0].outcome, "refused");
-    assert_eq!(decisions[0].ref_update.as_ref().unwrap().kind, "delete");
+    assert_eq!(decisions[0].outcome, model::DecisionOutcome::Refused);
+    assert_eq!(
+        decisions[0].ref_update.as_ref().unwrap().kind,
+        model::RefKind::Delete
+    );
 }
 
 #[tokio::test]
@@ -260,7 +263,7 @@ async fn an_update_whose_kind_cannot_be_learned_counts_as_a_force_push() {
         "{text:?}"
     );
     let decided = decisions[0].ref_update.as_ref().unwrap();
-    assert_eq!(decided.kind, "non-fast-forward");
+    assert_eq!(decided.kind, model::RefKind::NonFastForward);
     assert!(
         decided
             .kind_from
@@ -271,7 +274,7 @@ async fn an_update_whose_kind_cannot_be_learned_counts_as_a_force_push() {
     // Another branch's update is nobody's business here: it passes untouched.
     let (gate, decisions) = push(&e, &[(A, B, "refs/heads/topic")], "report-status").await;
     assert!(matches!(gate, PushGate::Forward { rewritten: false, .. }));
-    assert_eq!(decisions[0].outcome, "passed");
+    assert_eq!(decisions[0].outcome, model::DecisionOutcome::Passed);
 }
 
 #[tokio::test]

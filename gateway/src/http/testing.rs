@@ -57,7 +57,7 @@ pub fn exchange(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) 
         client_tls: None,
     };
     Exchange {
-        id: 1,
+        id: 1.into(),
         conn: Arc::new(conn),
         url: req.url(),
         req,

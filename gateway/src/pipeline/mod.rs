@@ -399,7 +399,7 @@ fn policy_head(
 /// One log line per policy decision.
 fn log_decisions(ex: &Exchange, decisions: &[model::Decision]) {
     for d in decisions {
-        tracing::info!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
+        tracing::info!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
                        outcome = %d.outcome, r#ref = d.ref_update.as_ref().map(|r| crate::mask::for_logs(&r.name)),
                        approval = d.approval.as_deref(), "policy decision");
     }

@@ -16,7 +16,7 @@ use crate::{
     identity::Caller,
     record::{
         Recorder,
-        model::{self, Micros, RefusalLayer, RefusalReason},
+        model::{self, Micros, RefusalLayer, RefusalReason, Transport},
     },
 };
 
@@ -33,7 +33,7 @@ pub struct KernelRefusal {
     /// Wall-clock time of the refusal.
     pub at: Micros,
     pub reason: RefusalReason,
-    pub transport: String,
+    pub transport: Transport,
     pub caller: Redirected,
 }
 
@@ -72,15 +72,15 @@ fn parse_event(raw: &[u8]) -> Option<RefusalEvent> {
 }
 
 /// The transport a socket type and protocol make, as records name it.
-pub fn transport(sock_type: u32, protocol: u32) -> String {
+pub fn transport(sock_type: u32, protocol: u32) -> Transport {
     match (sock_type, protocol) {
-        (_, IPPROTO_TCP) => "tcp".into(),
-        (_, IPPROTO_MPTCP) => "mptcp".into(),
-        (_, IPPROTO_UDP) => "udp".into(),
-        (_, IPPROTO_SCTP) => "sctp".into(),
-        (SOCK_STREAM, 0) => "tcp".into(),
-        (SOCK_DGRAM, 0) => "udp".into(),
-        (t, p) => format!("type {t} protocol {p}"),
+        (_, IPPROTO_TCP) => Transport::Tcp,
+        (_, IPPROTO_MPTCP) => Transport::Mptcp,
+        (_, IPPROTO_UDP) => Transport::Udp,
+        (_, IPPROTO_SCTP) => Transport::Sctp,
+        (SOCK_STREAM, 0) => Transport::Tcp,
+        (SOCK_DGRAM, 0) => Transport::Udp,
+        (t, p) => Transport::Other(format!("type {t} protocol {p}")),
     }
 }
 
@@ -133,14 +133,10 @@ fn boot_offset_ns() -> i128 {
 
 /// Refusals merged by caller, destination, transport and reason: (first, count) each.
 pub fn merge(refusals: Vec<KernelRefusal>) -> Vec<(KernelRefusal, u64)> {
-    let mut merged: BTreeMap<(u32, SocketAddr, String, &'static str), (KernelRefusal, u64)> = BTreeMap::new();
+    let mut merged: BTreeMap<(u32, SocketAddr, Transport, RefusalReason), (KernelRefusal, u64)> =
+        BTreeMap::new();
     for r in refusals {
-        let key = (
-            r.caller.tgid,
-            r.caller.orig_dst,
-            r.transport.clone(),
-            r.reason.as_str(),
-        );
+        let key = (r.caller.tgid, r.caller.orig_dst, r.transport.clone(), r.reason);
         merged.entry(key).and_modify(|(_, n)| *n += 1).or_insert((r, 1));
     }
     let mut out: Vec<_> = merged.into_values().collect();
@@ -272,7 +268,7 @@ mod tests {
         assert_eq!(r.caller.orig_dst, "140.82.112.4:22".parse().unwrap());
         assert_eq!((r.caller.tgid, r.caller.pid, r.caller.uid), (42, 43, 1000));
         assert_eq!(r.caller.comm, "ssh");
-        assert_eq!(r.transport, "tcp");
+        assert_eq!(r.transport, Transport::Tcp);
         assert_eq!(r.at, 1_700_000_005_000_000);
         assert_eq!(
             decode(&event(99, 22, 42, 0), 0),
@@ -300,9 +296,9 @@ mod tests {
 
     #[test]
     fn transports_are_named() {
-        assert_eq!(transport(SOCK_DGRAM, IPPROTO_UDP), "udp");
-        assert_eq!(transport(SOCK_STREAM, IPPROTO_MPTCP), "mptcp");
-        assert_eq!(transport(SOCK_STREAM, IPPROTO_SCTP), "sctp");
-        assert_eq!(transport(3, 1), "type 3 protocol 1");
+        assert_eq!(transport(SOCK_DGRAM, IPPROTO_UDP), Transport::Udp);
+        assert_eq!(transport(SOCK_STREAM, IPPROTO_MPTCP), Transport::Mptcp);
+        assert_eq!(transport(SOCK_STREAM, IPPROTO_SCTP), Transport::Sctp);
+        assert_eq!(transport(3, 1).as_str(), "type 3 protocol 1");
     }
 }

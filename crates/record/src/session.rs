@@ -9,37 +9,39 @@ use std::{collections::HashMap, fmt::Write as _, path::Path};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 
-use super::{
+use crate::{
+    id::{ExchangeId, SessionId},
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
-        ApprovalStep, Connection, Decision, Direction, Exchange, GitOp, Identity, Masked, Micros,
+        AnsweredBy, ApprovalStep, Connection, Decision, Direction, Exchange, GitOp, Identity, Masked, Micros,
         Passthrough, PassthroughStart, Record, Refusal, RequestStart, SessionEnd, SessionStart, StreamEvent,
         StreamKind,
     },
+    store,
 };
-use crate::mask::payload;
+use ghgate_mask::payload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("no records were given for the session")]
     Empty,
     #[error("records of two sessions were mixed: {first:?} and {other:?}")]
-    Mixed { first: String, other: String },
+    Mixed { first: SessionId, other: SessionId },
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error("cannot read record at segment {segment} offset {offset} of session {session}: {cause}")]
     Store {
-        session: String,
+        session: SessionId,
         segment: u64,
         offset: u64,
-        cause: String,
+        cause: store::Error,
     },
     #[error(
         "the index says segment {segment} offset {offset} holds a record of session {session}, but the \
          record there belongs to {found}; the index is stale: run `ghgate sessions reindex`"
     )]
     Stale {
-        session: String,
+        session: SessionId,
         segment: u64,
         offset: u64,
         found: String,
@@ -69,7 +71,7 @@ pub struct SessionView {
 /// One exchange: its final record when it finished, and whatever was recorded while it ran.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeView {
-    pub id: u64,
+    pub id: ExchangeId,
     /// Written before the request was forwarded (None in stores older than that record).
     pub request: Option<RequestStart>,
     /// None when the exchange never finished (the gateway was stopped mid-stream): its request,
@@ -141,7 +143,7 @@ impl SessionView {
     /// Rebuilds a session from its records, in store order. Records that belong to no session
     /// (recovery, tombstones) are ignored; records of another session are an error.
     pub fn from_records(records: impl IntoIterator<Item = Record>) -> Result<SessionView, SessionError> {
-        let mut id: Option<String> = None;
+        let mut id: Option<SessionId> = None;
         let mut first_at = None;
         let mut start = None;
         let mut end = None;
@@ -150,16 +152,16 @@ impl SessionView {
         let mut passthrough_started = Vec::new();
         let mut refusals = Vec::new();
         let mut approvals = Vec::new();
-        let mut order: Vec<u64> = Vec::new();
-        let mut exchanges: HashMap<u64, Parts> = HashMap::new();
+        let mut order: Vec<ExchangeId> = Vec::new();
+        let mut exchanges: HashMap<ExchangeId, Parts> = HashMap::new();
         for record in records {
             let Some(session) = record.session() else { continue };
             match &id {
-                None => id = Some(session.to_owned()),
+                None => id = Some(session.clone()),
                 Some(first) if first != session => {
                     return Err(SessionError::Mixed {
                         first: first.clone(),
-                        other: session.to_owned(),
+                        other: session.clone(),
                     });
                 }
                 Some(_) => {}
@@ -277,7 +279,7 @@ impl SessionView {
     ) -> Result<SessionView, SessionError> {
         let session = index.resolve(id)?;
         let mut records = Vec::new();
-        for (segment, offset) in index.session_records(&session)? {
+        for (segment, offset) in index.session_records(session.as_str())? {
             let (_, record) = source
                 .read_at(segment, offset)
                 .map_err(|cause| SessionError::Store {
@@ -286,12 +288,15 @@ impl SessionView {
                     offset,
                     cause,
                 })?;
-            if record.session() != Some(session.as_str()) {
+            if record.session() != Some(&session) {
                 return Err(SessionError::Stale {
                     session,
                     segment,
                     offset,
-                    found: record.session().unwrap_or("no session").to_owned(),
+                    found: record
+                        .session()
+                        .map_or("no session", SessionId::as_str)
+                        .to_owned(),
                 });
             }
             records.push(record);
@@ -356,7 +361,7 @@ impl SessionView {
     }
 
     /// The session's id.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &SessionId {
         &self.start.session
     }
 }
@@ -388,7 +393,7 @@ impl ExchangeView {
     }
 
     /// The model text streamed back in SSE events, per choice, tool call or content block, in
-    /// the shapes [`crate::mask::payload`] knows (OpenAI chat, completions and Responses API,
+    /// the shapes [`ghgate_mask::payload`] knows (OpenAI chat, completions and Responses API,
     /// Anthropic messages), each stream's pieces joined, in order of first appearance.
     pub fn completions(&self) -> Vec<Completion> {
         let mut parts: Vec<Completion> = Vec::new();
@@ -420,9 +425,9 @@ impl ExchangeView {
 type Parts = (ExchangeView, Body, Body);
 
 fn exchange_entry<'m>(
-    exchanges: &'m mut HashMap<u64, Parts>,
-    order: &mut Vec<u64>,
-    ex: u64,
+    exchanges: &'m mut HashMap<ExchangeId, Parts>,
+    order: &mut Vec<ExchangeId>,
+    ex: ExchangeId,
     at: Micros,
 ) -> &'m mut Parts {
     exchanges.entry(ex).or_insert_with(|| {
@@ -451,7 +456,7 @@ pub fn decision_line(d: &Decision) -> String {
         Some(r) => format!(
             "{} {} {} → {}",
             one_line(&r.name, 200),
-            one_line(&r.kind, 40),
+            r.kind.as_str(),
             r.old.short(),
             r.new.short()
         ),
@@ -459,9 +464,9 @@ pub fn decision_line(d: &Decision) -> String {
     };
     let mut line = format!(
         "{what}: {} by {} → {}",
-        one_line(&d.action, 30),
+        d.action.as_str(),
         one_line(&d.rule, 120),
-        one_line(&d.outcome, 20)
+        d.outcome.as_str()
     );
     if let Some(a) = &d.approval {
         let _ = write!(line, " (approval {})", one_line(a, 40));
@@ -498,7 +503,7 @@ pub fn approval_line(a: &ApprovalStep) -> String {
     let mut line = format!(
         "approval {} {}: {} ({})",
         one_line(&a.id, 40),
-        one_line(&a.step, 20),
+        a.step.as_str(),
         one_line(&a.operation, 300),
         one_line(&a.rule, 120)
     );
@@ -528,7 +533,7 @@ fn describe(fact: &Fact<'_>) -> String {
             s.uid,
             one_line(&s.cmdline.join(" "), 200)
         ),
-        Fact::SessionEnd(e) => format!("session ended ({})", one_line(&e.reason, 80)),
+        Fact::SessionEnd(e) => format!("session ended ({})", e.reason),
         Fact::Connection(c) => format!(
             "connection {} → {} sni {} alpn {}",
             one_line(&c.client, 80),
@@ -571,7 +576,7 @@ fn describe(fact: &Fact<'_>) -> String {
                 parts.push(format!("fetch {} objects", g.wants.len()));
             }
             if parts.is_empty() {
-                parts.push(one_line(&g.service, 40));
+                parts.push(g.service.as_str().to_owned());
             }
             format!("  git {}", parts.join("; "))
         }
@@ -579,7 +584,7 @@ fn describe(fact: &Fact<'_>) -> String {
             "  masked {} [{}] in the {}{}",
             one_line(&m.rule, 60),
             one_line(&m.fingerprint, 24),
-            one_line(&m.place, 40),
+            m.place.as_str(),
             if m.client_masked {
                 ""
             } else {
@@ -602,7 +607,7 @@ fn describe(fact: &Fact<'_>) -> String {
             "passthrough {} → {} ({})  ↑{} ↓{}",
             one_line(&p.client, 80),
             one_line(&p.orig_dst, 80),
-            one_line(&p.reason, 80),
+            p.reason.as_str(),
             size(p.bytes_up),
             size(p.bytes_down)
         ),
@@ -623,7 +628,7 @@ fn passthrough_start_line(p: &PassthroughStart) -> String {
         one_line(&p.client, 80),
         one_line(&p.orig_dst, 80),
         sni_part(p.sni.as_deref()),
-        one_line(&p.reason, 80)
+        p.reason.as_str()
     )
 }
 
@@ -631,12 +636,9 @@ fn passthrough_start_line(p: &PassthroughStart) -> String {
 pub fn refusal_line(r: &Refusal) -> String {
     format!(
         "refused by the {} ({}): {} {}{}{}{}",
-        match r.layer {
-            crate::record::model::RefusalLayer::Kernel => "kernel",
-            crate::record::model::RefusalLayer::Gateway => "gateway",
-        },
+        r.layer.as_str(),
         r.reason.as_str(),
-        one_line(&r.transport, 40),
+        one_line(r.transport.as_str(), 40),
         one_line(&r.orig_dst, 80),
         sni_part(r.sni.as_deref()),
         if r.count > 1 {
@@ -777,7 +779,7 @@ pub fn render_text(view: &SessionView) -> String {
     let line = |out: &mut String, label: &str, value: &str| {
         let _ = writeln!(out, "  {label:<10}{}", one_line(value, 400));
     };
-    let _ = writeln!(out, "session {}", one_line(view.id(), 200));
+    let _ = writeln!(out, "session {}", one_line(view.id().as_str(), 200));
     if view.start_recorded {
         let user = s
             .user
@@ -839,7 +841,7 @@ pub fn render_text(view: &SessionView) -> String {
                     one_line(&p.client, 80),
                     one_line(&p.orig_dst, 80),
                     sni_part(p.sni.as_deref()),
-                    one_line(&p.reason, 80),
+                    p.reason.as_str(),
                     size(p.bytes_up),
                     size(p.bytes_down),
                     duration(p.duration_us)
@@ -870,7 +872,7 @@ pub fn identity_line(i: &Identity) -> String {
     if let Some(claims) = &i.oidc_claims {
         parts.push(claims.clone());
     }
-    match (&i.profile, i.credential.as_str()) {
+    match (&i.profile, i.credential) {
         (Some(p), c) => parts.push(format!("credential {c} from profile {p}")),
         (None, c) => parts.push(format!("credential {c}")),
     }
@@ -894,10 +896,9 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
                 size(e.response_body.len),
                 duration(e.ttfb_us),
                 duration(e.duration_us),
-                if e.answered_by == "upstream" {
-                    String::new()
-                } else {
-                    format!("  (answered by {})", one_line(&e.answered_by, 40))
+                match e.answered_by {
+                    AnsweredBy::Upstream => String::new(),
+                    other => format!("  (answered by {other})"),
                 }
             );
             if let Some(err) = &e.error {
@@ -971,7 +972,7 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
             "{pad}masked {} [{}] in the {}{}",
             one_line(&m.rule, 60),
             one_line(&m.fingerprint, 24),
-            one_line(&m.place, 40),
+            m.place.as_str(),
             if m.client_masked {
                 ""
             } else {
@@ -984,7 +985,7 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::record::model::*;
+    use crate::model::*;
 
     pub(crate) const T0: Micros = 1_779_271_200_000_000; // 2026-05-20T10:00:00Z
 
@@ -1008,7 +1009,7 @@ pub(crate) mod tests {
     pub(crate) fn chunk(ex: u64, dir: Direction, at: Micros, offset: u64, data: &[u8]) -> Record {
         Record::BodyChunk(BodyChunk {
             session: "s1".into(),
-            exchange: ex,
+            exchange: ex.into(),
             dir,
             at,
             offset,
@@ -1019,7 +1020,7 @@ pub(crate) mod tests {
     pub(crate) fn sse(ex: u64, at: Micros, index: u64, name: Option<&str>, data: &str) -> Record {
         Record::StreamEvent(StreamEvent {
             session: "s1".into(),
-            exchange: ex,
+            exchange: ex.into(),
             kind: StreamKind::Sse,
             dir: Direction::Response,
             at,
@@ -1040,7 +1041,7 @@ pub(crate) mod tests {
         Record::Exchange(Exchange {
             session: "s1".into(),
             conn: 1,
-            exchange: ex,
+            exchange: ex.into(),
             started_at: at,
             method: method.into(),
             url: url.into(),
@@ -1052,7 +1053,7 @@ pub(crate) mod tests {
             response_body: summary(resp, "text/event-stream"),
             ttfb_us: 120_000,
             duration_us: 900_000,
-            answered_by: "upstream".into(),
+            answered_by: AnsweredBy::Upstream,
             error: None,
         })
     }
@@ -1061,7 +1062,7 @@ pub(crate) mod tests {
         Record::Request(RequestStart {
             session: "s1".into(),
             conn: 1,
-            exchange: ex,
+            exchange: ex.into(),
             at,
             method: method.into(),
             url: url.into(),
@@ -1071,9 +1072,9 @@ pub(crate) mod tests {
     pub(crate) fn push(ex: u64, at: Micros) -> Record {
         Record::Git(GitOp {
             session: "s1".into(),
-            exchange: ex,
+            exchange: ex.into(),
             at,
-            service: "git-receive-pack".into(),
+            service: GitService::ReceivePack,
             updates: vec![RefUpdate::new(
                 "0".repeat(40).parse().unwrap(),
                 format!("a1b2c3d{}", "e".repeat(33)).parse().unwrap(),
@@ -1137,7 +1138,7 @@ pub(crate) mod tests {
                 client: "127.0.0.1:40002".into(),
                 orig_dst: "140.82.112.4:443".into(),
                 sni: Some("objects.githubusercontent.com".into()),
-                reason: "passthrough list".into(),
+                reason: PassthroughReason::PassthroughList,
                 bytes_up: 800,
                 bytes_down: 2_000_000,
                 duration_us: 2_500_000,
@@ -1154,7 +1155,7 @@ pub(crate) mod tests {
             Record::SessionEnd(SessionEnd {
                 session: "s1".into(),
                 at: T0 + 4_000_000,
-                reason: "exited".into(),
+                reason: SessionEndReason::Exited,
             }),
         ]
     }
@@ -1166,8 +1167,8 @@ pub(crate) mod tests {
         assert_eq!(view.id(), "s1");
         assert_eq!(view.connections.len(), 1);
         assert_eq!(view.passthrough.len(), 1);
-        assert_eq!(view.end.as_ref().unwrap().reason, "exited");
-        let ids: Vec<u64> = view.exchanges.iter().map(|x| x.id).collect();
+        assert_eq!(view.end.as_ref().unwrap().reason, SessionEndReason::Exited);
+        let ids: Vec<u64> = view.exchanges.iter().map(|x| x.id.get()).collect();
         assert_eq!(ids, [1, 2, 3]);
         let llm = &view.exchanges[0];
         assert!(llm.request_body.starts_with(b"{\"model\":\"claude-x\""));
@@ -1244,6 +1245,36 @@ pub(crate) mod tests {
         assert_eq!(x.request_body, b"abc");
         assert!(x.notes.iter().any(|n| n.contains("disagree")), "{:?}", x.notes);
         assert!(x.notes.iter().any(|n| n.contains("bytes 3..10")), "{:?}", x.notes);
+    }
+
+    /// A decision on one line, its words whole: the outcome "refused (atomic push)" was once cut
+    /// to 20 characters ("refused (atomic push…") like free text.
+    #[test]
+    fn a_decision_reads_on_one_line_whole() {
+        let d = Decision {
+            session: "s1".into(),
+            exchange: ExchangeId::new(7),
+            at: T0,
+            action: DecisionAction::Allow,
+            rule: "rule #1 \"ff\"".into(),
+            message: None,
+            ref_update: Some(DecidedRef {
+                name: "refs/heads/main".into(),
+                old: "a1".repeat(20).parse().unwrap(),
+                new: "b2".repeat(20).parse().unwrap(),
+                kind: RefKind::FastForward,
+                kind_from: Some("the pushed commits and the compare API".into()),
+                paths: Vec::new(),
+                paths_unknown: None,
+            }),
+            approval: None,
+            outcome: DecisionOutcome::RefusedAtomicPush,
+        };
+        assert_eq!(
+            decision_line(&d),
+            "refs/heads/main fast-forward a1a1a1a → b2b2b2b: allow by rule #1 \"ff\" → refused (atomic push) \
+             [kind: the pushed commits and the compare API]"
+        );
     }
 
     #[test]
@@ -1368,7 +1399,7 @@ pub(crate) mod tests {
     /// segments), indexed as the recorder does, checked, and loaded back by id prefix.
     #[test]
     fn a_session_loads_back_from_the_store_through_the_index() {
-        use crate::record::store::{Store, StoreOptions, load_or_create_key};
+        use crate::store::{Store, StoreOptions, load_or_create_key};
         let dir = tempfile::tempdir().unwrap();
         let key = load_or_create_key(&dir.path().join("key.pem")).unwrap();
         let (mut store, _) = Store::open(dir.path(), key, StoreOptions { segment_bytes: 1024 }).unwrap();

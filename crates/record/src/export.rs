@@ -10,12 +10,15 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{
+use crate::{
     index::host_of,
-    model::{BodySummary, Direction, Exchange, GitOp, Micros, Record, StreamEvent, StreamKind},
+    model::{
+        AnsweredBy, BodySummary, Direction, Exchange, GitOp, GitService, Micros, Record, StreamEvent,
+        StreamKind,
+    },
     session::{Completion, ExchangeView, Fact, SessionView, clock, datetime, duration, iso8601, size},
 };
-use crate::mask::payload;
+use ghgate_mask::payload;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -442,7 +445,7 @@ pub fn to_html(view: &SessionView) -> String {
          <title>ghgate session {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n",
         csp_hash(STYLE),
         csp_hash(SCRIPT),
-        e(view.id())
+        e(view.id().as_str())
     );
     header_html(&mut h, view);
     let t0 = view.start.at;
@@ -466,7 +469,7 @@ pub fn to_html(view: &SessionView) -> String {
                 let _ = writeln!(
                     h,
                     "<li class=\"note\">{when} session ended ({})</li>",
-                    e(&end.reason)
+                    end.reason.as_str()
                 );
             }
             Fact::Connection(c) => {
@@ -494,13 +497,10 @@ pub fn to_html(view: &SessionView) -> String {
                     h,
                     "<li class=\"note\">{when} passthrough (not intercepted: {}) from <span class=\"mono\">{}</span> \
                      to <span class=\"mono\">{}</span>{} — ↑ {} ↓ {} in {}</li>",
-                    e(&p.reason),
+                    p.reason.as_str(),
                     e(&p.client),
                     e(&p.orig_dst),
-                    p.sni
-                        .as_deref()
-                        .map(|s| format!(", SNI <span class=\"mono\">{}</span>", e(s)))
-                        .unwrap_or_default(),
+                    sni_html(p.sni.as_deref()),
                     size(p.bytes_up),
                     size(p.bytes_down),
                     duration(p.duration_us)
@@ -511,7 +511,7 @@ pub fn to_html(view: &SessionView) -> String {
                 let _ = writeln!(
                     h,
                     "<li class=\"note refusal\">{when} {}</li>",
-                    e(&super::session::refusal_line(r))
+                    e(&crate::session::refusal_line(r))
                 );
             }
             Fact::PassthroughStart(p) => {
@@ -521,17 +521,14 @@ pub fn to_html(view: &SessionView) -> String {
                      <span class=\"mono\">{}</span> to <span class=\"mono\">{}</span>{}</li>",
                     e(&p.client),
                     e(&p.orig_dst),
-                    p.sni
-                        .as_deref()
-                        .map(|s| format!(", SNI <span class=\"mono\">{}</span>", e(s)))
-                        .unwrap_or_default(),
+                    sni_html(p.sni.as_deref()),
                 );
             }
             Fact::Approval(a) => {
                 let _ = writeln!(
                     h,
                     "<li class=\"note approval\">{when} {}</li>",
-                    e(&super::session::approval_line(a))
+                    e(&crate::session::approval_line(a))
                 );
             }
             Fact::ResponseHead(_)
@@ -550,6 +547,12 @@ pub fn to_html(view: &SessionView) -> String {
          exactly as stored.</footer>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
     );
     h
+}
+
+/// `, SNI <name>`, or nothing.
+fn sni_html(sni: Option<&str>) -> String {
+    sni.map(|s| format!(", SNI <span class=\"mono\">{}</span>", escape_html(s)))
+        .unwrap_or_default()
 }
 
 fn session_end(view: &SessionView) -> Micros {
@@ -573,7 +576,7 @@ fn header_html(h: &mut String, view: &SessionView) {
     let _ = writeln!(
         h,
         "<header>\n<h1>Session <code>{}</code></h1>\n<p class=\"sub\">Recorded by ghgate. <span id=\"controls\"></span></p>",
-        e(view.id())
+        e(view.id().as_str())
     );
     h.push_str("<dl class=\"facts\">\n");
     let mut fact = |label: &str, value_html: String| {
@@ -642,7 +645,7 @@ fn header_html(h: &mut String, view: &SessionView) {
             format!(
                 "{} ({}), after {}",
                 e(&datetime(end.at)),
-                e(&end.reason),
+                end.reason.as_str(),
                 duration(end.at.saturating_sub(s.at))
             ),
         ),
@@ -662,13 +665,13 @@ fn header_html(h: &mut String, view: &SessionView) {
         .exchanges
         .iter()
         .flat_map(|x| &x.git)
-        .filter(|g| g.service == "git-receive-pack")
+        .filter(|g| g.service == GitService::ReceivePack)
         .count();
     let fetches = view
         .exchanges
         .iter()
         .flat_map(|x| &x.git)
-        .filter(|g| g.service == "git-upload-pack")
+        .filter(|g| g.service == GitService::UploadPack)
         .count();
     let unfinished = view.exchanges.iter().filter(|x| x.exchange.is_none()).count();
     let mut summary = format!(
@@ -740,10 +743,9 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                 size(ex.request_body.len),
                 size(ex.response_body.len),
                 e(&ex.http_version),
-                if ex.answered_by == "upstream" {
-                    String::new()
-                } else {
-                    format!(" · answered by {}", e(&ex.answered_by))
+                match ex.answered_by {
+                    AnsweredBy::Upstream => String::new(),
+                    other => format!(" · answered by {other}"),
                 }
             );
             let x0 = pos(ex.started_at);
@@ -780,14 +782,14 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
         let _ = writeln!(
             h,
             "<p class=\"identity\">Identity: {}</p>",
-            e(&super::session::identity_line(i))
+            e(&crate::session::identity_line(i))
         );
     }
     for d in &x.decisions {
         let _ = writeln!(
             h,
             "<p class=\"policy\">Policy: {}</p>",
-            e(&super::session::decision_line(d))
+            e(&crate::session::decision_line(d))
         );
     }
     // Secrets masked in this exchange: an auditor follows one secret by its fingerprint.
@@ -799,7 +801,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                 "<li><span class=\"mono\">{}</span> fingerprint <span class=\"mono\">{}</span> in the {}{}</li>",
                 e(&m.rule),
                 e(&m.fingerprint),
-                e(&m.place),
+                m.place.as_str(),
                 if m.client_masked {
                     ""
                 } else {
@@ -966,7 +968,7 @@ fn events_html(h: &mut String, x: &ExchangeView) {
 
 fn git_html(h: &mut String, g: &GitOp) {
     let e = escape_html;
-    if g.service == "git-receive-pack" || !g.updates.is_empty() {
+    if g.service == GitService::ReceivePack || !g.updates.is_empty() {
         h.push_str("<h3>Git push</h3>\n<table><thead><tr><th>ref</th><th>operation</th><th>old → new</th></tr></thead><tbody>");
         for u in &g.updates {
             let _ = write!(
@@ -991,7 +993,7 @@ fn git_html(h: &mut String, g: &GitOp) {
             );
         }
     }
-    if g.service == "git-upload-pack" || !g.wants.is_empty() {
+    if g.service == GitService::UploadPack || !g.wants.is_empty() {
         let _ = write!(
             h,
             "<h3>Git fetch</h3>\n<table><thead><tr><th>wanted object</th><th>advertised as</th></tr></thead><tbody>"
@@ -1170,7 +1172,7 @@ fn part_text(v: &Value) -> String {
 }
 
 /// The model text of a non-streamed LLM answer, per choice, tool call or content block, in the
-/// shapes [`crate::mask::payload`] knows.
+/// shapes [`ghgate_mask::payload`] knows.
 fn answer(body: &[u8]) -> Vec<Completion> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
@@ -1187,7 +1189,7 @@ fn answer(body: &[u8]) -> Vec<Completion> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{
+    use crate::{
         model::*,
         session::tests::{T0, chunk, exchange, sample_records, sse, start},
     };
@@ -1630,7 +1632,7 @@ mod tests {
                     s.cgroup = Some(HOSTILE.into());
                     s.ci.push((HOSTILE.into(), HOSTILE.into()));
                 }
-                Record::Exchange(x) if x.exchange == 1 => {
+                Record::Exchange(x) if x.exchange == ExchangeId::new(1) => {
                     x.url = format!("https://evil.example/{HOSTILE}");
                     x.method = HOSTILE.into();
                     x.request_headers.push((HOSTILE.into(), HOSTILE.into()));
@@ -1650,7 +1652,7 @@ mod tests {
         recs.push(sse(9, T0 + 7, 0, Some(HOSTILE), HOSTILE));
         recs.push(Record::StreamEvent(StreamEvent {
             session: "s1".into(),
-            exchange: 9,
+            exchange: ExchangeId::new(9),
             kind: StreamKind::WebSocket,
             dir: Direction::Request,
             at: T0 + 8,
