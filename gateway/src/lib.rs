@@ -28,4 +28,5 @@ pub mod record;
 pub mod redirect;
 pub mod relay;
 pub mod resolve;
+pub mod sys;
 pub mod tls;

@@ -8,7 +8,6 @@
 //! write, new requests are refused with 503 (or, opted in, counted as unrecorded).
 use std::{
     collections::HashMap,
-    os::fd::{FromRawFd, OwnedFd},
     path::PathBuf,
     sync::{
         Arc, Condvar, Mutex,
@@ -483,17 +482,14 @@ impl Recorder {
 
     /// Records the session's end when its process exits (pidfd readability).
     fn watch_exit(self: &Arc<Self>, session: SessionId, caller: &Caller) {
-        let Some(pidfd) = pidfd_open(caller.tgid) else {
+        let Some(pidfd) = crate::sys::pidfd_open(caller.tgid) else {
             return;
         };
         // The tgid may have been reused since accept: only watch the same process.
         if caller.start_ticks.is_none() || identity::start_ticks(caller.tgid) != caller.start_ticks {
             return;
         }
-        // SAFETY: the AsyncFd owns the pidfd, so it stays open for as long as it is registered.
-        let Ok(fd) = (unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
-        }) else {
+        let Ok(fd) = crate::sys::watch_pidfd(pidfd) else {
             return;
         };
         let me = Arc::downgrade(self);
@@ -595,13 +591,6 @@ fn alpn(p: crate::tls::upstream::Proto) -> &'static str {
         crate::tls::upstream::Proto::Http1 => "http/1.1",
         crate::tls::upstream::Proto::Http2 => "h2",
     }
-}
-
-fn pidfd_open(tgid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, libc::O_NONBLOCK) };
-    // SAFETY: a non-negative return is a descriptor this process now owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Roughly what a record costs in the queue (for backpressure, not for accounting).

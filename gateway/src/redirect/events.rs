@@ -8,7 +8,6 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use aya::maps::{Map, MapData, RingBuf};
 use gateway_common::{IPPROTO_MPTCP, IPPROTO_TCP, IPPROTO_UDP, RefusalEvent, map_names, reason};
-use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use super::{Pins, Redirected, comm, kernel_addr, maps};
@@ -154,9 +153,7 @@ pub fn open(pins: &Pins) -> anyhow::Result<RingBuf<MapData>> {
 
 /// Reads refusals forever: logs each (merged) and records it with its caller.
 pub async fn record_forever(ring: RingBuf<MapData>, recorder: Option<Arc<Recorder>>) {
-    // SAFETY: the ring owns its map's file descriptor, which stays open and the same for as long
-    // as the AsyncFd owns the ring.
-    let registered = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let registered = crate::sys::watch_ring(ring);
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {

@@ -355,6 +355,10 @@ mod seccomp {
         ];
         // SAFETY: between fork and exec only async-signal-safe calls are made (two prctls), on
         // a filter that outlives them (moved into the closure).
+        #[allow(
+            unsafe_code,
+            reason = "a seccomp filter installed between fork and exec, which only pre_exec allows"
+        )]
         unsafe {
             cmd.pre_exec(move || {
                 let prog = libc::sock_fprog {

@@ -1,0 +1,44 @@
+//! The daemon's only `unsafe` code: two system calls' worth of glue that no safe crate in the tree
+//! offers. Everything else in the daemon is built with `unsafe_code` denied (workspace lints).
+//!
+//! Each function here is safe to call: its `unsafe` block's conditions hold for every argument
+//! its (concrete) types admit.
+#![allow(
+    unsafe_code,
+    reason = "the daemon's one module of FFI glue; each block states its SAFETY"
+)]
+
+use std::{
+    io,
+    os::fd::{FromRawFd as _, OwnedFd},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{Interest, unix::AsyncFd};
+
+/// A pidfd for `tgid` (readable once the process exits), or `None` when it is gone or the
+/// kernel has no `pidfd_open` (before 5.3).
+pub fn pidfd_open(tgid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(tgid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory is
+    // passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::O_NONBLOCK) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a non-negative return is a new descriptor that this process now owns, and nothing
+    // else holds it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches a pidfd for readability (its process has exited).
+pub fn watch_pidfd(pidfd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open, and the same, for as
+    // long as it is registered.
+    unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// Watches a kernel ring buffer for readability (events to read).
+pub fn watch_ring(ring: RingBuf<MapData>) -> io::Result<AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the ring owns its map's file descriptor, which stays open and the same for as long
+    // as the AsyncFd owns the ring.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(io::Error::from)
+}
