@@ -27,7 +27,7 @@ use http::{Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 
 use crate::{
-    approval::{self, Approvals, Gate as ApprovalGate, Operation, Requester},
+    approval::{self, ApprovalError, Approvals, Gate as ApprovalGate, Operation, Requester},
     config::PolicyConfig,
     http::{Exchange, ProxyBody},
     identity::Caller,
@@ -147,7 +147,14 @@ impl Enforcer {
             body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
         };
         let requester = requester(caller, subject, &ex.conn.session);
-        let store_failed = |e: String| refused(StatusCode::SERVICE_UNAVAILABLE, e, Outcome::Refused, None);
+        let store_failed = |e: ApprovalError| {
+            refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the approval store failed: {e}"),
+                Outcome::Refused,
+                None,
+            )
+        };
         let mut gate = self.check(&op, &requester, verdict).map_err(store_failed)?;
         if let (ApprovalGate::Pending { id, .. }, Some(hold)) = (&gate, spec.hold) {
             tracing::info!(exchange = ex.id.get(), approval = %id, hold_secs = hold.as_secs(), "holding a request open for its approval");
@@ -178,19 +185,17 @@ impl Enforcer {
         op: &Operation,
         requester: &Requester,
         verdict: &Verdict,
-    ) -> Result<ApprovalGate, String> {
+    ) -> Result<ApprovalGate, ApprovalError> {
         let Action::RequireApproval(spec) = &verdict.action else {
             unreachable!("check is only called for require_approval verdicts")
         };
-        self.approvals
-            .check(
-                op,
-                requester,
-                spec,
-                &verdict.rule.to_string(),
-                verdict.message.as_deref(),
-            )
-            .map_err(|e| format!("the approval store failed: {e}"))
+        self.approvals.check(
+            op,
+            requester,
+            spec,
+            &verdict.rule.to_string(),
+            verdict.message.as_deref(),
+        )
     }
 
     /// How long a push's inspection may take.
@@ -364,21 +369,22 @@ impl approval::Poster for OutboundPoster {
         url: &'a str,
         headers: &'a [(String, String)],
         body: Vec<u8>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u16, String>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u16, crate::http::BoxError>> + Send + 'a>>
+    {
         Box::pin(async move {
             let headers = headers
                 .iter()
                 .map(|(k, v)| {
                     http::HeaderName::from_bytes(k.as_bytes())
                         .map(|n| (n, v.clone()))
-                        .map_err(|_| format!("{k:?} is not a header name"))
+                        .map_err(|_| crate::http::BoxError::from(format!("{k:?} is not a header name")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            self.0
+            Ok(self
+                .0
                 .request(http::Method::POST, url, &headers, Some(Bytes::from(body)))
                 .await
-                .map(|r| r.status.as_u16())
-                .map_err(|e| e.to_string())
+                .map(|r| r.status.as_u16())?)
         })
     }
 }

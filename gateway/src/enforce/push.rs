@@ -62,6 +62,11 @@ pub enum PushGate {
     },
 }
 
+/// The push's body failed while the gateway read it (the client's stream broke).
+#[derive(Debug, thiserror::Error)]
+#[error("the push body failed: {0}")]
+struct BodyFailed(crate::http::BoxError);
+
 /// A request body read from the front, whose unread rest can still be forwarded.
 struct Reader {
     body: ProxyBody,
@@ -71,7 +76,7 @@ struct Reader {
 
 impl Reader {
     /// Reads one more frame; `false` once the body has ended.
-    async fn more(&mut self) -> Result<bool, String> {
+    async fn more(&mut self) -> Result<bool, BodyFailed> {
         if self.ended {
             return Ok(false);
         }
@@ -80,7 +85,7 @@ impl Reader {
                 self.ended = true;
                 Ok(false)
             }
-            Some(Err(e)) => Err(format!("the push body failed: {e}")),
+            Some(Err(e)) => Err(BodyFailed(e)),
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     self.buf.extend_from_slice(d);
@@ -91,7 +96,7 @@ impl Reader {
     }
 
     /// Reads until `len` bytes are in or the body ends; `false` if it ended first.
-    async fn fill(&mut self, len: usize) -> Result<bool, String> {
+    async fn fill(&mut self, len: usize) -> Result<bool, BodyFailed> {
         while self.buf.len() < len {
             if !self.more().await? {
                 return Ok(false);
@@ -189,7 +194,7 @@ async fn read_commands(ex: &Exchange, reader: &mut Reader) -> Result<Commands, P
                         "the push body ended inside its command list; nothing was forwarded".into(),
                     ));
                 }
-                Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e)),
+                Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
             },
             Err(e) => {
                 return Err(refuse(
@@ -312,7 +317,7 @@ impl Enforcer {
                     tracing::warn!(exchange = ex.id.get(), error = %e, "push inspection timed out reading the pack");
                     pack_state = Err(e);
                 }
-                Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, e),
+                Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
                 Ok(Ok(true)) => {
                     pack_state = Err(format!(
                         "the pushed pack is larger than the {} bytes the gateway reads",
@@ -450,8 +455,9 @@ impl Enforcer {
                     };
                     match self.check(&op, &requester, &verdict) {
                         Err(e) => {
-                            notes.push(format!("ghgate: {}: {e}", r.name()));
-                            (Err(e), Outcome::Refused, None)
+                            let why = format!("the approval store failed: {e}");
+                            notes.push(format!("ghgate: {}: {why}", r.name()));
+                            (Err(why), Outcome::Refused, None)
                         }
                         Ok(ApprovalGate::Approved { id }) => (Ok(()), Outcome::Passed, Some(id)),
                         Ok(ApprovalGate::Pending { id, .. }) => {

@@ -44,7 +44,7 @@ use crate::{
     tls::upstream::Proto,
 };
 
-pub use self::body::{BoxError, EndFuture};
+pub use self::body::{BodyError, BoxError, EndFuture};
 
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -589,12 +589,12 @@ struct UpObserver<P: Phases> {
 }
 
 impl<P: Phases> body::Observer for UpObserver<P> {
-    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, String> {
+    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, BodyError> {
         let wait = self
             .phases
             .request_body_filter(&self.ex, &mut self.up, chunk, end)
             .map_err(|refusal| {
-                let cause = refusal.cause.clone();
+                let cause = BodyError::Refused(refusal.cause.clone());
                 let _ = self.refused.set(refusal);
                 cause
             })?;
@@ -602,7 +602,7 @@ impl<P: Phases> body::Observer for UpObserver<P> {
         Ok(wait)
     }
 
-    fn end(&mut self, _result: Result<(), String>) -> Option<EndFuture> {
+    fn end(&mut self, _result: Result<(), BodyError>) -> Option<EndFuture> {
         None
     }
 }
@@ -620,18 +620,18 @@ struct DownObserver<P: Phases> {
 }
 
 impl<P: Phases> body::Observer for DownObserver<P> {
-    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, String> {
+    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, BodyError> {
         let wait = self
             .phases
             .response_body_filter(&self.ex, &mut self.down, chunk, end)
-            .map_err(|refusal| refusal.cause)?;
+            .map_err(|refusal| BodyError::Refused(refusal.cause))?;
         self.ex
             .bytes_down
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok(wait)
     }
 
-    fn end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
+    fn end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture> {
         if let (Ok(()), Some((pool, key, send))) = (&result, self.back.take()) {
             pool.put_back(&key, send);
         }
@@ -642,7 +642,7 @@ impl<P: Phases> body::Observer for DownObserver<P> {
                 status: self.status,
                 duration: self.ex.started.elapsed(),
                 ttfb: self.ttfb,
-                error: result.err(),
+                error: result.err().map(|e| e.to_string()),
                 answered_by: AnsweredBy::Upstream,
             },
         )

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     config::{Config, FsyncPolicy, OnRecordFailure},
-    http::{ConnInfo, EndFuture, Exchange, Outcome, websocket},
+    http::{BodyError, ConnInfo, EndFuture, Exchange, Outcome, websocket},
     identity::{self, Caller},
     mask::{Finding, Masker, sse},
 };
@@ -1335,7 +1335,7 @@ impl ExchangeRecording {
                     warn!(cause = %why, "body bytes passed UNRECORDED (on_record_failure = \"allow\")");
                     Ok(())
                 }
-                other => other.map_err(|e| e.to_string()),
+                other => other.map_err(BodyError::unrecorded),
             }
         })
     }
@@ -1481,7 +1481,7 @@ impl ExchangeRecording {
                           "exchange completed UNRECORDED (on_record_failure = \"allow\")");
                     Ok(())
                 }
-                other => other.map_err(|e| e.to_string()),
+                other => other.map_err(BodyError::unrecorded),
             }
         })
     }
