@@ -718,7 +718,7 @@ mod tests {
             assert!(matches!(err, OidcError::WrongAudience { .. }), "{aud}: {err}");
             let msg = err.to_string();
             assert!(msg.contains(r#"["ghgate", "other-audience"]"#), "{msg}");
-            assert!(msg.contains(&issuer.url()), "{msg}");
+            assert!(msg.contains(issuer.url()), "{msg}");
         }
     }
 
