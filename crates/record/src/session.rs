@@ -806,7 +806,8 @@ pub fn one_line(text: &str, max: usize) -> String {
 /// How much of a session `ghgate sessions show` prints.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShowOptions {
-    /// Every stream event as recorded (SSE, WebSocket), besides the reassembled answers.
+    /// Every stream event as recorded (SSE, WebSocket), also for model calls whose answers are
+    /// shown reassembled; streams without model text list their events anyway.
     pub events: bool,
 }
 
@@ -1123,7 +1124,10 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView, opts: ShowOptio
         );
         text_block(out, &format!("{pad}    "), &a.text, MAX_SHOWN_CHARS);
     }
-    if !x.events.is_empty() && !opts.events {
+    // A model call's raw events hide behind --events (its answer is shown reassembled above);
+    // a stream that carries no model text (a WebSocket's messages, other SSE) is its content.
+    let list_events = opts.events || answers.is_empty();
+    if !x.events.is_empty() && !list_events {
         let _ = writeln!(
             out,
             "{pad}{} stream events (listed with --events)",
@@ -1131,7 +1135,7 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView, opts: ShowOptio
         );
     }
     let t0 = x.started_at();
-    for e in x.events.iter().filter(|_| opts.events) {
+    for e in x.events.iter().filter(|_| list_events) {
         let dir = match (&e.kind, e.dir) {
             (StreamKind::Sse, _) => "",
             (StreamKind::WebSocket, Direction::Request) => "→ ",
