@@ -37,10 +37,13 @@ use tracing::{info, warn};
 
 pub use self::config::{EgressConfig, EgressMode};
 use self::names::NameCache;
-use crate::redirect::{
-    Pins,
-    intercept::{Entry, key_v4, key_v6, unmap},
-    maps,
+use crate::{
+    redirect::{
+        Pins,
+        intercept::{Entry, key_v4, key_v6, unmap},
+        maps,
+    },
+    resolve::Failing,
 };
 
 /// How often learned addresses past their time are taken out of the kernel.
@@ -133,7 +136,7 @@ struct Inner {
     /// What the kernel holds, as this gateway put it there.
     in_kernel: BTreeSet<Entry>,
     /// A failing insert (a full trie) is logged once, until one succeeds again.
-    failing: bool,
+    failing: Failing<()>,
 }
 
 impl Egress {
@@ -144,7 +147,7 @@ impl Egress {
                 names: NameCache::new(config.name_cache),
                 learned: BTreeMap::new(),
                 in_kernel: BTreeSet::new(),
-                failing: false,
+                failing: Failing::default(),
             }),
             config,
         }
@@ -236,13 +239,13 @@ impl Egress {
                 match result {
                     Ok(()) => {
                         inner.in_kernel.insert(entry);
-                        if std::mem::take(&mut inner.failing) {
+                        if inner.failing.worked(&()) {
                             info!("egress allow-list accepts entries again");
                         }
                     }
                     Err(e) => {
                         // Not in the kernel means refused: block mode fails closed.
-                        if !std::mem::replace(&mut inner.failing, true) {
+                        if inner.failing.failed(()) {
                             warn!(error = %format!("{e:#}"), name = %name,
                                   "cannot allow a learned address (allow-list full?); connections to it are refused (logged again when inserts succeed)");
                         }
@@ -268,17 +271,20 @@ impl Egress {
 pub async fn sweep_forever(egress: Arc<Egress>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let mut failing = Failing::default();
     loop {
         tick.tick().await;
         match egress.sync() {
-            Ok(()) if std::mem::take(&mut failing) => info!("egress allow-list in sync again"),
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                warn!(error = %format!("{e:#}"), "cannot sync the egress allow-list (logged again when it recovers)");
+            Ok(()) => {
+                if failing.worked(&()) {
+                    info!("egress allow-list in sync again");
+                }
             }
-            Err(_) => {}
+            Err(e) => {
+                if failing.failed(()) {
+                    warn!(error = %format!("{e:#}"), "cannot sync the egress allow-list (logged again when it recovers)");
+                }
+            }
         }
     }
 }

@@ -346,6 +346,23 @@ mod tests {
     }
 
     #[test]
+    fn egress_events_are_seen_or_refused_and_merge_apart() {
+        let seen = decode(&event(reason::SEEN, 8080, 42, 10), 0).unwrap();
+        assert_eq!(seen.what, What::Seen);
+        let refused = decode(&event(reason::NOT_ALLOWED, 8080, 42, 11), 0).unwrap();
+        assert_eq!(refused.what, What::Refused(RefusalReason::NotAllowed));
+        let raw = decode(&event(reason::RAW_SOCKET, 0, 42, 12), 0).unwrap();
+        assert_eq!(raw.what, What::Refused(RefusalReason::RawSocket));
+        let merged = merge(vec![seen.clone(), refused, seen]);
+        let counts: Vec<(What, u64)> = merged.iter().map(|(e, n)| (e.what, *n)).collect();
+        assert_eq!(
+            counts,
+            [(What::Seen, 2), (What::Refused(RefusalReason::NotAllowed), 1)],
+            "a refusal is never folded into what was let through"
+        );
+    }
+
+    #[test]
     fn transports_are_named() {
         assert_eq!(transport(SOCK_DGRAM, IPPROTO_UDP), Transport::Udp);
         assert_eq!(transport(SOCK_STREAM, IPPROTO_MPTCP), Transport::Mptcp);
