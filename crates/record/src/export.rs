@@ -513,6 +513,13 @@ pub fn to_html(view: &SessionView) -> String {
                     e(&crate::session::refusal_line(r))
                 );
             }
+            Fact::Egress(x) => {
+                let _ = writeln!(
+                    h,
+                    "<li class=\"note\">{when} {}</li>",
+                    e(&crate::session::egress_line(x))
+                );
+            }
             Fact::PassthroughStart(p) => {
                 let _ = writeln!(
                     h,

@@ -17,9 +17,9 @@ use crate::{
     id::{ExchangeId, SessionId},
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
-        AnsweredBy, ApprovalStep, Connection, Decision, Direction, Exchange, GitOp, Identity, Masked, Micros,
-        Passthrough, PassthroughStart, Record, Refusal, RequestStart, SessionEnd, SessionStart, StreamEvent,
-        StreamKind,
+        AnsweredBy, ApprovalStep, Connection, Decision, Direction, EgressSeen, Exchange, GitOp, Identity,
+        Masked, Micros, Passthrough, PassthroughStart, Record, Refusal, RequestStart, SessionEnd,
+        SessionStart, StreamEvent, StreamKind,
     },
     store,
 };
@@ -68,6 +68,8 @@ pub struct SessionView {
     pub passthrough_started: Vec<PassthroughStart>,
     /// Connections of this session that were refused (kernel or gateway).
     pub refusals: Vec<Refusal>,
+    /// Connections of this session egress control saw and let through (not GitHub's).
+    pub egress: Vec<EgressSeen>,
     /// The steps of approvals this session asked for or used, in order.
     pub approvals: Vec<ApprovalStep>,
 }
@@ -134,6 +136,7 @@ pub enum Fact<'a> {
     Passthrough(&'a Passthrough),
     PassthroughStart(&'a PassthroughStart),
     Refusal(&'a Refusal),
+    Egress(&'a EgressSeen),
     SessionEnd(&'a SessionEnd),
 }
 
@@ -155,6 +158,7 @@ impl SessionView {
         let mut passthrough = Vec::new();
         let mut passthrough_started = Vec::new();
         let mut refusals = Vec::new();
+        let mut egress = Vec::new();
         let mut approvals = Vec::new();
         let mut order: Vec<ExchangeId> = Vec::new();
         let mut exchanges: HashMap<ExchangeId, Parts> = HashMap::new();
@@ -180,6 +184,7 @@ impl SessionView {
                 Record::Passthrough(p) => passthrough.push(p),
                 Record::PassthroughStart(p) => passthrough_started.push(p),
                 Record::Refusal(r) => refusals.push(r),
+                Record::Egress(e) => egress.push(e),
                 Record::Request(r) => {
                     let (view, _, _) = exchange_entry(&mut exchanges, &mut order, r.exchange, r.at);
                     view.first_at = view.first_at.min(r.at);
@@ -266,6 +271,7 @@ impl SessionView {
             passthrough,
             passthrough_started,
             refusals,
+            egress,
             approvals,
         })
     }
@@ -353,6 +359,9 @@ impl SessionView {
         }
         for r in &self.refusals {
             push(r.at, Fact::Refusal(r));
+        }
+        for e in &self.egress {
+            push(e.at, Fact::Egress(e));
         }
         for a in &self.approvals {
             push(a.at, Fact::Approval(a));
@@ -644,7 +653,26 @@ fn describe(fact: &Fact<'_>) -> String {
         ),
         Fact::PassthroughStart(p) => passthrough_start_line(p),
         Fact::Refusal(r) => refusal_line(r),
+        Fact::Egress(e) => egress_line(e),
     }
+}
+
+/// One connection egress control let through, as `show` prints it.
+pub fn egress_line(e: &EgressSeen) -> String {
+    format!(
+        "egress: {} {}{}{}",
+        one_line(e.transport.as_str(), 40),
+        one_line(&e.orig_dst, 80),
+        e.name
+            .as_deref()
+            .map(|n| format!("  name {}", one_line(n, 200)))
+            .unwrap_or_default(),
+        if e.count > 1 {
+            format!("  ×{}", e.count)
+        } else {
+            String::new()
+        },
+    )
 }
 
 /// `  sni NAME`, or nothing.
@@ -1028,6 +1056,9 @@ pub fn render_text(view: &SessionView, opts: ShowOptions) -> String {
             }
             Fact::Refusal(r) => {
                 let _ = writeln!(out, "{at}  {}", refusal_line(r));
+            }
+            Fact::Egress(e) => {
+                let _ = writeln!(out, "{at}  {}", egress_line(e));
             }
             Fact::SessionStart(_) | Fact::SessionEnd(_) | Fact::ResponseHead(_) | Fact::ExchangeEnd(_) => {}
             Fact::Event(..) | Fact::Git(..) | Fact::Masked(..) | Fact::Decision(..) => {}
@@ -1574,6 +1605,7 @@ pub(crate) mod tests {
                 Fact::Passthrough(_) => "pass",
                 Fact::PassthroughStart(_) => "pass-start",
                 Fact::Refusal(_) => "refused",
+                Fact::Egress(_) => "egress",
                 Fact::SessionEnd(_) => "end",
             })
             .collect();

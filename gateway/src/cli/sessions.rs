@@ -310,7 +310,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn record_dir(config: &ConfigArg) -> anyhow::Result<PathBuf> {
+pub(super) fn record_dir(config: &ConfigArg) -> anyhow::Result<PathBuf> {
     let config = config.load()?;
     let dir = config.record_dir();
     if !dir.join("segments").is_dir() {
