@@ -100,17 +100,6 @@ fn proxy(
     upstream_tls: UpstreamTls,
 ) -> anyhow::Result<Proxy<Pipeline>> {
     let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
-    // The static tokens are masked by exact value everywhere, from the start.
-    let statics: Vec<(String, Vec<u8>)> = broker
-        .static_tokens()
-        .iter()
-        .map(|t| ("brokered".to_owned(), t.expose().as_bytes().to_vec()))
-        .collect();
-    let mask = Arc::new(mask.with_exact(&statics));
-    mask::set_log_masker(mask.logs.clone());
-    if let Some(r) = &recorder {
-        r.set_masker(mask.records.clone());
-    }
     let enforcer = Enforcer::start(config, outbound.clone(), recorder.clone())?;
     let oidc =
         (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
@@ -129,13 +118,10 @@ fn proxy(
             pool.spawn_sweeper();
             pool
         },
-        phases: Arc::new(Pipeline {
-            recorder,
-            mask,
-            broker,
-            oidc,
-            enforcer,
-            github: github.clone(),
+        phases: Arc::new({
+            let pipeline = Pipeline::new(recorder, mask, broker, oidc, enforcer, github.clone());
+            mask::set_log_masker(pipeline.mask.logs.clone());
+            pipeline
         }),
         settings: Settings {
             limits: Limits::from(&config.http),

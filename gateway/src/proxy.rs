@@ -20,7 +20,7 @@ use crate::{
         pool::{Key, Pool, Sender},
     },
     listen::{Accepted, Handler},
-    record::model::{self, RefusalLayer, RefusalReason},
+    record::model::{self, PassthroughReason, RefusalLayer, RefusalReason, Transport},
     relay::Relay,
     tls::{
         hello::{self, HelloError},
@@ -124,7 +124,7 @@ pub fn decide(tls: &TlsConfig, hello: Result<hello::Hello, HelloError>) -> Peeke
 impl<P: Phases> Proxy<P> {
     async fn run(&self, conn: Accepted) {
         if !self.tls.ports.contains(&conn.orig_dst.0.port()) {
-            return self.relay.run(conn, None, "not a TLS port").await;
+            return self.relay.run(conn, None, PassthroughReason::NotATlsPort).await;
         }
         let (name, alpn) = match decide(&self.tls, hello::peek(&conn.stream, HANDSHAKE_TIMEOUT).await) {
             Peeked::Terminate(name, alpn) => (name, alpn),
@@ -281,7 +281,7 @@ impl<P: Phases> Proxy<P> {
     /// A name on the passthrough list: recorded (and acknowledged) before the upstream is
     /// dialled, then relayed untouched; refused while the record cannot be written.
     async fn passthrough(&self, conn: Accepted, name: String) {
-        const REASON: &str = "passthrough list";
+        const REASON: PassthroughReason = PassthroughReason::PassthroughList;
         if let Some(recorder) = &self.relay.recorder {
             let facts = model::PassthroughStart {
                 session: conn.caller.session_id(),
@@ -289,7 +289,7 @@ impl<P: Phases> Proxy<P> {
                 client: conn.client.to_string(),
                 orig_dst: conn.orig_dst.to_string(),
                 sni: Some(name.clone()),
-                reason: REASON.into(),
+                reason: REASON,
             };
             if let Err(cause) = recorder.passthrough_start(&conn.caller, facts).await {
                 let detail = format!("the relay could not be recorded before it began: {cause}");
@@ -332,7 +332,7 @@ impl<P: Phases> Proxy<P> {
                     layer: RefusalLayer::Gateway,
                     reason,
                     orig_dst: conn.orig_dst.to_string(),
-                    transport: "tcp".into(),
+                    transport: Transport::Tcp,
                     client: Some(conn.client.to_string()),
                     sni,
                     detail: Some(detail),

@@ -25,7 +25,10 @@ use tracing::{info, warn};
 
 use crate::{
     listen::{Accepted, Handler},
-    record::{Recorder, model},
+    record::{
+        Recorder,
+        model::{self, PassthroughReason},
+    },
 };
 
 /// Bytes moved per splice call; also the pipe's capacity.
@@ -40,13 +43,13 @@ pub struct Relay {
 
 impl Handler for Relay {
     fn handle(&self, conn: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(self.run(conn, None, "not a TLS port"))
+        Box::pin(self.run(conn, None, PassthroughReason::NotATlsPort))
     }
 }
 
 impl Relay {
     /// Relays `conn`; `sni` and `reason` say what was seen of it and why it was not terminated.
-    pub(crate) async fn run(&self, conn: Accepted, sni: Option<String>, reason: &'static str) {
+    pub(crate) async fn run(&self, conn: Accepted, sni: Option<String>, reason: PassthroughReason) {
         let Accepted {
             stream: client,
             client: client_addr,
@@ -108,7 +111,7 @@ impl Relay {
                     client: client_addr.to_string(),
                     orig_dst: orig_dst.to_string(),
                     sni,
-                    reason: reason.into(),
+                    reason,
                     bytes_up: up.load(Ordering::Relaxed),
                     bytes_down: down.load(Ordering::Relaxed),
                     duration_us: accepted_at.elapsed().as_micros() as u64,

@@ -51,10 +51,11 @@ impl TlsGateway {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
         let bind = SocketAddr::new(crate::loopback_v4().into(), 0);
-        let upstream = match auth {
-            Some(auth) => Upstream::start_with_auth(bind, &ca, names, git_root, auth),
-            None => Upstream::start_with_git(bind, &ca, names, git_root),
-        };
+        let upstream = Upstream::builder(&ca, names)
+            .bind(bind)
+            .git(git_root)
+            .auth(auth)
+            .start();
         let port = upstream.addr.port();
         let upstream_ca = ca.write_pem(dir.path());
         let spec = crate::GatewaySpec {

@@ -97,12 +97,9 @@ fn http2_clients_are_translated_to_an_http1_only_upstream() {
     let cg = TestCgroup::new();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
-    let upstream = Upstream::start_with_alpn(
-        SocketAddr::new(loopback_v4().into(), 0),
-        &ca,
-        &["api.github.com"],
-        &[b"http/1.1"],
-    );
+    let upstream = Upstream::builder(&ca, &["api.github.com"])
+        .alpn(&[b"http/1.1"])
+        .start();
     let port = upstream.addr.port();
     let gw = Gateway::start(
         &cg,

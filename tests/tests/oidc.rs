@@ -3,125 +3,16 @@
 //! the password of basic auth. A valid token gets the profile its claims match and its claims are
 //! recorded; expired, wrong audience, wrong issuer, bad signature, unknown kid and `alg: none`
 //! tokens are each refused with their reason; a key rotation is picked up.
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    os::unix::fs::PermissionsExt,
-    path::Path,
-    process::Command,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use base64::Engine as _;
-use bytes::Bytes;
 use ghgate_e2e::{
     eventually,
     https::{Auth, TlsGateway},
     privileged,
 };
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ghgate_test_support::oidc::{Issuer, SigningKey, now_secs as now};
 use serde_json::{Value, json};
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// An RSA key made by openssl: its PEM and its JWK (with `kid`).
-fn rsa_key(dir: &Path, kid: &str) -> (Vec<u8>, Value) {
-    let path = dir.join(format!("{kid}.pem"));
-    run(Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&path)
-        .arg("2048"));
-    let modulus = run(Command::new("openssl")
-        .args(["rsa", "-noout", "-modulus", "-in"])
-        .arg(&path));
-    let hex = modulus.trim_start_matches("Modulus=");
-    let n: Vec<u8> = (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let jwk =
-        json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64.encode(n), "e": "AQAB"});
-    (std::fs::read(&path).unwrap(), jwk)
-}
-
-/// A loopback OIDC issuer: discovery and a JWKS the test can change.
-struct Issuer {
-    url: String,
-    jwks: Arc<Mutex<Vec<Value>>>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Issuer {
-    fn start(keys: Vec<Value>) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(SocketAddr::new(
-                ghgate_e2e::loopback_v4().into(),
-                0,
-            )))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let jwks = Arc::new(Mutex::new(keys));
-        let (issuer, keys) = (url.clone(), jwks.clone());
-        runtime.spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (issuer, keys) = (issuer.clone(), keys.clone());
-                tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let body = match req.uri().path() {
-                                "/.well-known/openid-configuration" => {
-                                    json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")})
-                                }
-                                _ => json!({"keys": *keys.lock().unwrap()}),
-                            };
-                            async move {
-                                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                                    body.to_string(),
-                                ))))
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Self {
-            url,
-            jwks,
-            _runtime: runtime,
-        }
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn token(key: &[u8], kid: &str, claims: &Value) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
-}
 
 #[test]
 fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() {
@@ -129,15 +20,14 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (k1, jwk1) = rsa_key(tmp.path(), "k1");
-    let (k2, jwk2) = rsa_key(tmp.path(), "k2");
-    let issuer = Issuer::start(vec![jwk1]);
+    let (k1, k2) = (SigningKey::rs256("k1"), SigningKey::rs256("k2"));
+    let issuer = Issuer::start(ghgate_e2e::loopback_v4().into(), &[&k1]);
     let static_token = format!("ghs_static{}x{}", std::process::id(), now());
     let token_file = tmp.path().join("ci.token");
     std::fs::write(&token_file, &static_token).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let auth = Auth::new(1, 1, String::new(), vec![static_token.clone()]);
-    let iss = issuer.url.clone();
+    let iss = issuer.url().to_owned();
     let file = token_file.display().to_string();
     let s = TlsGateway::start_with(&["api.github.com"], true, None, Some(auth.clone()), &|_| {
         format!(
@@ -165,7 +55,7 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
     let bearer = |t: &str| call(&["-H", &format!("Authorization: Bearer {t}")]);
 
     // A valid token: the upstream sees the profile's token, the record the claims.
-    let good = token(&k1, "k1", &claims(json!({})));
+    let good = k1.sign(&claims(json!({})));
     let answer = bearer(&good);
     assert!(
         answer.ends_with("200") && answer.contains("path=/repos/octo/app"),
@@ -179,19 +69,12 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
     let served = s.upstream.served();
     let refused = [
         (
-            token(
-                &k1,
-                "k1",
-                &claims(json!({"exp": now() - 3600, "iat": now() - 7200})),
-            ),
+            k1.sign(&claims(json!({"exp": now() - 3600, "iat": now() - 7200}))),
             "expired",
         ),
-        (
-            token(&k1, "k1", &claims(json!({"aud": "someone-else"}))),
-            "audience",
-        ),
-        (token(&k2, "k1", &claims(json!({}))), "signature does not verify"),
-        (token(&k2, "k9", &claims(json!({}))), "no key with kid \"k9\""),
+        (k1.sign(&claims(json!({"aud": "someone-else"}))), "audience"),
+        (k2.sign_as("k1", &claims(json!({}))), "signature does not verify"),
+        (k2.sign_as("k9", &claims(json!({}))), "no key with kid \"k9\""),
         (
             {
                 let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -213,7 +96,7 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
     }
     // A token of an issuer ghgate does not know is not an OIDC token to it: it passes as the
     // caller's own credential, which the upstream refuses.
-    let other = token(&k1, "k1", &claims(json!({"iss": "https://elsewhere.example"})));
+    let other = k1.sign(&claims(json!({"iss": "https://elsewhere.example"})));
     assert!(bearer(&other).ends_with("401"));
     assert_eq!(
         s.upstream.served(),
@@ -222,20 +105,16 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
     );
 
     // Valid, but the claims match no rule.
-    let answer = bearer(&token(
-        &k1,
-        "k1",
-        &claims(json!({"repository": "other/x", "sub": "repo:other/x"})),
-    ));
+    let answer = bearer(&k1.sign(&claims(json!({"repository": "other/x", "sub": "repo:other/x"}))));
     assert!(
         answer.ends_with("403") && answer.contains("no credential profile matches this OIDC identity"),
         "{answer}"
     );
 
     // Key rotation: the issuer now signs with k2 only; after the refetch interval it validates.
-    *issuer.jwks.lock().unwrap() = vec![jwk2];
+    issuer.publish(&[&k2]);
     std::thread::sleep(Duration::from_millis(1100));
-    let rotated = token(&k2, "k2", &claims(json!({})));
+    let rotated = k2.sign(&claims(json!({})));
     assert!(
         bearer(&rotated).ends_with("200"),
         "a token signed with the rotated key is accepted"

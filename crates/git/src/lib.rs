@@ -5,7 +5,8 @@
 //! - [`oid`]: one object id type (SHA-1 and SHA-256), one notion of the zero id;
 //! - [`pktline`]: the pkt-line reader (incremental, bounded) and writers, side-band bands;
 //! - [`caps`]: capability lists, and the rewrite the gateway makes of a push advertisement's;
-//! - [`refs`]: a ref update and what it does ([`RefOp`]), decided in one place;
+//! - [`refs`]: a ref update and what it does ([`RefOp`]), decided in one place, and how a pushed
+//!   ref moves once its ancestry is known ([`RefKind`]);
 //! - [`receive`]: a push request's command list (shallow lines, commands, push certificates,
 //!   push options), and writing it again with fewer commands;
 //! - [`upload`]: a fetch request's wants and haves (protocol v0 and v2);
@@ -43,4 +44,4 @@ pub mod testgit;
 mod testutil;
 
 pub use oid::{ObjectFormat, Oid};
-pub use refs::{RefOp, RefUpdate};
+pub use refs::{RefKind, RefOp, RefUpdate};

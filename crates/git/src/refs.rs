@@ -44,6 +44,50 @@ impl fmt::Display for RefOp {
     }
 }
 
+/// How a pushed ref moves, as far as it was worked out: what a policy rule's `ref_op` names and
+/// what a recorded decision says of a ref. An update is `FastForward` or `NonFastForward` once its
+/// ancestry was checked (see [`crate::walk`]), `Update` until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
+pub enum RefKind {
+    Create,
+    Delete,
+    FastForward,
+    NonFastForward,
+    /// An update whose ancestry has not been checked yet.
+    Update,
+}
+
+impl RefKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefKind::Create => "create",
+            RefKind::Delete => "delete",
+            RefKind::FastForward => "fast-forward",
+            RefKind::NonFastForward => "non-fast-forward",
+            RefKind::Update => "update",
+        }
+    }
+}
+
+impl fmt::Display for RefKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the ids alone tell: an update stays `Update` until its ancestry is checked.
+impl From<RefOp> for RefKind {
+    fn from(op: RefOp) -> Self {
+        match op {
+            RefOp::Create => RefKind::Create,
+            RefOp::Update => RefKind::Update,
+            RefOp::Delete => RefKind::Delete,
+        }
+    }
+}
+
 /// One ref update a push asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RefUpdate {

@@ -1,6 +1,7 @@
 //! The patterns ghgate's configuration matches with, one copy of each for every section that
 //! uses them: host names (`tls.intercept`, `tls.passthrough`, `[[mask.route]] host`) and the one
-//! glob (paths, cgroups, executables, claims).
+//! glob (paths, cgroups, executables, claims); and the one normalisation of a host name that
+//! requests are classified by and records are indexed by ([`host_and_port`]).
 //!
 //! Pure string functions: no allocation beyond a glob's split, no I/O, never a panic.
 #![forbid(unsafe_code)]
@@ -40,6 +41,49 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// The normalised host and port of an authority (a `Host` value, a URL's authority): lower case,
+/// one trailing dot removed; `None` for user info, an empty or malformed name, or a port that is
+/// not a port.
+pub fn host_and_port(authority: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (h, rest) = authority.split_at(end + 1);
+        match rest {
+            "" => (h, None),
+            r => (h, Some(r.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse::<u16>().ok()?),
+        Some(_) => return None,
+    };
+    let mut host = host.to_ascii_lowercase();
+    if host.ends_with('.') {
+        host.pop();
+    }
+    let ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        !v6.is_empty()
+            && v6
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    } else {
+        !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    ok.then_some((host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +114,27 @@ mod tests {
             !name_matches("*.github.com", "evilgithub.com"),
             "a label boundary is needed"
         );
+    }
+
+    #[test]
+    fn authorities() {
+        let hp = |a: &str| host_and_port(a);
+        assert_eq!(hp("API.GitHub.com."), Some(("api.github.com".into(), None)));
+        assert_eq!(hp("github.com:8443"), Some(("github.com".into(), Some(8443))));
+        assert_eq!(hp("github.com:"), Some(("github.com".into(), None)));
+        assert_eq!(hp("[::1]:443"), Some(("[::1]".into(), Some(443))));
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "user@github.com",
+            "github.com:99999",
+            "github.com:x",
+            "[::1",
+            "[]",
+            "[::1]x",
+        ] {
+            assert_eq!(hp(bad), None, "{bad:?}");
+        }
     }
 }

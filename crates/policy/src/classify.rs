@@ -451,49 +451,10 @@ fn normal_sni(sni: &str) -> String {
     s.strip_suffix('.').map(str::to_owned).unwrap_or(s)
 }
 
-/// The normalised host and port of an authority (`Host` value): lower case, one trailing dot
-/// removed; `Err` for userinfo, an empty or malformed name, or a port that is not a port.
+/// The normalised host and port of an authority (`Host` value), as `ghgate_pattern` normalises
+/// every host name; `Err` for userinfo, an empty or malformed name, or a port that is not a port.
 pub fn host_and_port(authority: &str) -> Result<(String, Option<u16>), Refusal> {
-    let bad = || Refusal::BadHost(authority.to_owned());
-    let (host, port) = if authority.starts_with('[') {
-        let end = authority.find(']').ok_or_else(bad)?;
-        let (h, rest) = authority.split_at(end + 1);
-        match rest {
-            "" => (h, None),
-            r => (h, Some(r.strip_prefix(':').ok_or_else(bad)?)),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    let port = match port {
-        None | Some("") => None,
-        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(p.parse::<u16>().map_err(|_| bad())?)
-        }
-        Some(_) => return Err(bad()),
-    };
-    let mut host = host.to_ascii_lowercase();
-    if host.ends_with('.') {
-        host.pop();
-    }
-    let ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        !v6.is_empty()
-            && v6
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-    } else {
-        !host.is_empty()
-            && host.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
-    };
-    if ok { Ok((host, port)) } else { Err(bad()) }
+    ghgate_pattern::host_and_port(authority).ok_or_else(|| Refusal::BadHost(authority.to_owned()))
 }
 
 /// The port a scheme implies.

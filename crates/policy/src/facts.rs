@@ -41,35 +41,8 @@ impl fmt::Display for Target {
 }
 
 /// How a pushed ref moves; also what a rule's `ref_op` names (there, `update` names every
-/// update, whether its ancestry was checked or not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RefKind {
-    Create,
-    Delete,
-    FastForward,
-    NonFastForward,
-    /// An update whose ancestry has not been checked yet.
-    Update,
-}
-
-impl RefKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefKind::Create => "create",
-            RefKind::Delete => "delete",
-            RefKind::FastForward => "fast-forward",
-            RefKind::NonFastForward => "non-fast-forward",
-            RefKind::Update => "update",
-        }
-    }
-}
-
-impl fmt::Display for RefKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// update, whether its ancestry was checked or not). The git crate's, which records use too.
+pub use ghgate_git::RefKind;
 
 /// The files the pushed commits change, as far as the gateway worked them out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,16 +62,6 @@ pub struct RefUpdate {
     pub update: ghgate_git::RefUpdate,
     pub kind: RefKind,
     pub paths: Paths,
-}
-
-impl From<ghgate_git::RefOp> for RefKind {
-    fn from(op: ghgate_git::RefOp) -> Self {
-        match op {
-            ghgate_git::RefOp::Create => RefKind::Create,
-            ghgate_git::RefOp::Update => RefKind::Update,
-            ghgate_git::RefOp::Delete => RefKind::Delete,
-        }
-    }
 }
 
 impl RefUpdate {

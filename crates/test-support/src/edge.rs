@@ -340,7 +340,11 @@ fn start_node(ca: &TestCa, git_root: Option<PathBuf>) -> EdgeNode {
     let ip_name = ip.to_string();
     let mut names = EDGE_NAMES.to_vec();
     names.push(&ip_name);
-    let https = Upstream::start_edge(https_addr, ca, &names, git_root, role);
+    let https = Upstream::builder(ca, &names)
+        .bind(https_addr)
+        .git(git_root)
+        .edge(role)
+        .start();
     let ssh = Behaviour {
         banner: Some(SSH_BANNER),
         hold: None,

@@ -283,7 +283,12 @@ async fn handle(
             v.split(' ').next().unwrap_or_default().to_owned()
         });
     if path.ends_with("/completion") {
-        return Ok(completion(&query));
+        return Ok(completion(&query, Shape::Chat));
+    }
+    // Legacy completions, as the Copilot language server asks for inline code
+    // (`/v1/engines/<engine>/completions`): `choices[].text` events.
+    if path.ends_with("/completions") {
+        return Ok(completion(&query, Shape::Legacy));
     }
     match path.as_str() {
         "/ws" => Ok(websocket_echo(req)),
@@ -378,7 +383,16 @@ fn query_text(query: &str) -> String {
 
 /// An OpenAI-style streamed chat completion whose text (`text`, hex) arrives in `pieces` events,
 /// 50 ms apart, then a finishing event and `[DONE]`: what Copilot's completions look like.
-fn completion(query: &str) -> Response<Body> {
+/// The event shapes a fake completion streams in.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// OpenAI chat completion chunks (`choices[].delta.content`).
+    Chat,
+    /// Legacy completions (`choices[].text`), as Copilot's inline completions stream them.
+    Legacy,
+}
+
+fn completion(query: &str, shape: Shape) -> Response<Body> {
     let text = query_text(query);
     let pieces: usize = query
         .split('&')
@@ -388,21 +402,39 @@ fn completion(query: &str) -> Response<Body> {
         .max(1);
     let chars: Vec<char> = text.chars().collect();
     let per = chars.len().div_ceil(pieces).max(1);
-    let mut events = vec![
-        serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]}),
-    ];
-    for piece in chars.chunks(per) {
-        let piece: String = piece.iter().collect();
-        events.push(
-            serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
-        );
+    let mut events = Vec::new();
+    match shape {
+        Shape::Chat => {
+            events.push(
+                serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]}),
+            );
+            for piece in chars.chunks(per) {
+                let piece: String = piece.iter().collect();
+                events.push(
+                    serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
+                );
+            }
+            events.push(
+                serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            );
+        }
+        Shape::Legacy => {
+            for piece in chars.chunks(per) {
+                let piece: String = piece.iter().collect();
+                events.push(
+                    serde_json::json!({"id": "cmpl-test", "created": 1_765_000_000, "model": "copilot-codex",
+                    "choices": [{"text": piece, "index": 0, "finish_reason": null, "logprobs": null}]}),
+                );
+            }
+            events.push(
+                serde_json::json!({"id": "cmpl-test", "created": 1_765_000_000, "model": "copilot-codex",
+                "choices": [{"text": "", "index": 0, "finish_reason": "stop", "logprobs": null}]}),
+            );
+        }
     }
-    events.push(
-        serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     tokio::spawn(async move {
         let mut lines: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
@@ -636,58 +668,43 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// A plain upstream on `bind`: HTTP/2 and HTTP/1.1, answering every request itself.
     pub fn start(bind: SocketAddr, ca: &TestCa, names: &[&str]) -> Self {
-        Self::start_with_git(bind, ca, names, None)
+        Self::builder(ca, names).bind(bind).start()
     }
 
-    /// Also serves `<git_root>/<owner>/<repo>.git` over smart HTTP with `git http-backend`.
-    pub fn start_with_git(bind: SocketAddr, ca: &TestCa, names: &[&str], git_root: Option<PathBuf>) -> Self {
-        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], None, None)
+    /// An upstream presenting a leaf for `names` signed by `ca`, on a random loopback port
+    /// unless [`UpstreamBuilder::bind`] says otherwise.
+    pub fn builder<'a>(ca: &'a TestCa, names: &[&str]) -> UpstreamBuilder<'a> {
+        UpstreamBuilder {
+            ca,
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            bind: SocketAddr::new(crate::loopback_v4().into(), 0),
+            git_root: None,
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            auth: None,
+            edge: None,
+        }
     }
 
-    /// Also plays GitHub's side of credential brokering (see [`Auth`]).
-    pub fn start_with_auth(
-        bind: SocketAddr,
-        ca: &TestCa,
-        names: &[&str],
-        git_root: Option<PathBuf>,
-        auth: Arc<Auth>,
-    ) -> Self {
-        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], Some(auth), None)
-    }
-
-    /// An upstream that speaks only the ALPN protocols given (e.g. only `http/1.1`).
-    pub fn start_with_alpn(bind: SocketAddr, ca: &TestCa, names: &[&str], alpn: &[&[u8]]) -> Self {
-        Self::start_full(bind, ca, names, None, alpn, None, None)
-    }
-
-    /// An upstream playing one address of GitHub's edge (see [`EdgeRole`]).
-    pub fn start_edge(
-        bind: SocketAddr,
-        ca: &TestCa,
-        names: &[&str],
-        git_root: Option<PathBuf>,
-        role: EdgeRole,
-    ) -> Self {
-        Self::start_full(bind, ca, names, git_root, &[b"h2", b"http/1.1"], None, Some(role))
-    }
-
-    fn start_full(
-        bind: SocketAddr,
-        ca: &TestCa,
-        names: &[&str],
-        git_root: Option<PathBuf>,
-        alpn: &[&[u8]],
-        auth: Option<Arc<Auth>>,
-        edge: Option<EdgeRole>,
-    ) -> Self {
+    fn start_full(b: UpstreamBuilder<'_>) -> Self {
+        let UpstreamBuilder {
+            ca,
+            names,
+            bind,
+            git_root,
+            alpn,
+            auth,
+            edge,
+        } = b;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let git_root = git_root.map(Arc::new);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let (chain, key) = ca.leaf(names);
+        let (chain, key) = ca.leaf(&names);
         let mut config =
             rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
                 .with_safe_default_protocol_versions()
@@ -695,7 +712,7 @@ impl Upstream {
                 .with_no_client_auth()
                 .with_single_cert(chain, key)
                 .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = alpn;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = runtime.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -757,6 +774,53 @@ impl Upstream {
     /// Requests served so far.
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
+    }
+}
+
+/// How an [`Upstream`] is set up: `Upstream::builder(&ca, &["api.github.com"]).git(root).start()`.
+pub struct UpstreamBuilder<'a> {
+    ca: &'a TestCa,
+    names: Vec<String>,
+    bind: SocketAddr,
+    git_root: Option<PathBuf>,
+    alpn: Vec<Vec<u8>>,
+    auth: Option<Arc<Auth>>,
+    edge: Option<EdgeRole>,
+}
+
+impl UpstreamBuilder<'_> {
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// Also serves `<root>/<owner>/<repo>.git` over smart HTTP with `git http-backend`: the git
+    /// server.
+    pub fn git(mut self, root: Option<PathBuf>) -> Self {
+        self.git_root = root;
+        self
+    }
+
+    /// Speaks only these ALPN protocols (e.g. only `http/1.1`).
+    pub fn alpn(mut self, protocols: &[&[u8]]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.to_vec()).collect();
+        self
+    }
+
+    /// Also plays GitHub's side of credential brokering (see [`Auth`]).
+    pub fn auth(mut self, auth: Option<Arc<Auth>>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Plays one address of GitHub's edge (see [`EdgeRole`]).
+    pub fn edge(mut self, role: EdgeRole) -> Self {
+        self.edge = Some(role);
+        self
+    }
+
+    pub fn start(self) -> Upstream {
+        Upstream::start_full(self)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Test fakes that know nothing of ghgate: a TLS upstream impersonating GitHub (HTTP/1.1 and
 //! HTTP/2, git smart HTTP, SSE, WebSocket, token-checking), GitHub's edge and meta API, a DNS
-//! server, plain TCP/UDP servers, crafted ClientHellos, git fixtures, and loopback addresses of a
+//! server, an OIDC issuer, plain TCP/UDP servers, crafted ClientHellos, git fixtures, and loopback addresses of a
 //! test's own. Shared by the gateway's in-process tests and the end-to-end suite (`ghgate-e2e`).
 //!
 //! Everything here listens on loopback only and stops on drop. Nothing here may depend on the
@@ -10,6 +10,7 @@ pub mod edge;
 pub mod fixtures;
 pub mod hello;
 pub mod https;
+pub mod oidc;
 pub mod servers;
 
 use std::{

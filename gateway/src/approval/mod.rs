@@ -26,6 +26,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
+use crate::record::model::SessionId;
+
 pub use notify::{Poster, Webhook};
 
 /// Microseconds since the Unix epoch.
@@ -59,7 +61,7 @@ pub struct Requester {
     pub uid: u32,
     pub user: Option<String>,
     pub exe: Option<String>,
-    pub session: String,
+    pub session: SessionId,
     pub oidc_subject: Option<String>,
     pub ci_repository: Option<String>,
 }

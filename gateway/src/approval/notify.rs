@@ -28,7 +28,7 @@ pub trait Poster: Send + Sync {
         url: &'a str,
         headers: &'a [(String, String)],
         body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<u16, String>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<u16, crate::http::BoxError>> + Send + 'a>>;
 }
 
 pub struct Webhook {
@@ -91,7 +91,7 @@ impl Webhook {
                     };
                 }
                 Ok(Ok(status)) => format!("the receiver answered {status}"),
-                Ok(Err(e)) => self.scrub(&e),
+                Ok(Err(e)) => self.scrub(&e.to_string()),
                 Err(_) => format!("no answer within {}s", self.config.timeout_secs),
             };
             tracing::debug!(

@@ -107,7 +107,7 @@ impl Poster for HyperPoster {
         url: &'a str,
         headers: &'a [(String, String)],
         body: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<u16, String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<u16, crate::http::BoxError>> + Send + 'a>> {
         Box::pin(async move {
             let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
             let authority = uri.authority().ok_or("no host")?.to_string();

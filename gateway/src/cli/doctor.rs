@@ -706,7 +706,7 @@ fn clock() -> Check {
             ),
         };
     }
-    match kernel_clock_synced() {
+    match crate::sys::clock_synced() {
         Some(true) => ok("clock", "synchronised (adjtimex)"),
         Some(false) => fail(
             "clock",
@@ -714,17 +714,6 @@ fn clock() -> Check {
         ),
         None => fail("clock", "cannot tell whether the clock is synchronised"),
     }
-}
-
-/// The kernel's NTP status: false while `STA_UNSYNC` is set.
-fn kernel_clock_synced() -> Option<bool> {
-    // SAFETY: a zeroed timex with modes 0 only reads the kernel's state into it.
-    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    let state = unsafe { libc::adjtimex(&mut tx) };
-    if state < 0 {
-        return None;
-    }
-    Some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
 }
 
 /// The recorder's signing key exists and only root can read it.

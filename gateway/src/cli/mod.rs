@@ -6,6 +6,7 @@ mod ca;
 mod check;
 mod detach;
 mod doctor;
+mod egress;
 mod exec;
 mod install;
 mod logbuf;
@@ -59,6 +60,8 @@ enum Command {
     Install(install::Args),
     /// Remove everything `ghgate install` added (the recordings stay unless --purge).
     Uninstall(install::UninstallArgs),
+    /// Egress control: the allow-list that recorded traffic implies.
+    Egress(egress::Args),
 }
 
 /// `ghgate approvals`: the control socket comes from `--socket`, else the config's
@@ -103,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::Doctor(a) => doctor::run(a),
         Command::Install(a) => install::run(a),
         Command::Uninstall(a) => install::run_uninstall(a),
+        Command::Egress(a) => egress::run(a),
         Command::Approvals(a) => {
             let socket = Config::load(&a.config)
                 .map(|c| c.approvals.socket)

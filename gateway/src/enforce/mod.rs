@@ -14,6 +14,8 @@
 //! the riskier kind.
 pub mod push;
 pub mod remote;
+#[cfg(test)]
+mod tests;
 
 use std::{
     sync::{Arc, Mutex},
@@ -25,13 +27,13 @@ use http::{Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 
 use crate::{
-    approval::{self, Approvals, Gate as ApprovalGate, Operation, Requester},
+    approval::{self, ApprovalError, Approvals, Gate as ApprovalGate, Operation, Requester},
     config::PolicyConfig,
     http::{Exchange, ProxyBody},
     identity::Caller,
     outbound::Outbound,
     policy::{Action, RefUpdate, Subject, Target, Verdict, live::Live},
-    record::model,
+    record::model::{self, DecisionOutcome as Outcome},
 };
 
 /// The policy stage of a running gateway.
@@ -79,16 +81,16 @@ impl Enforcer {
         match &verdict.action {
             Action::Allow | Action::RecordOnly => {
                 if verdict.action == Action::RecordOnly {
-                    tracing::warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), rule = %verdict.rule,
+                    tracing::warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), rule = %verdict.rule,
                                    "record_only: a request the policy flags passed");
                 }
-                Head::Pass(decision(&verdict, None, "passed", None))
+                Head::Pass(decision(&verdict, None, Outcome::Passed, None))
             }
             Action::Deny => {
                 let text = format!("denied by {}{}", verdict.rule, suffix(verdict.message.as_deref()));
                 Head::Refuse(
                     refusal(ex, StatusCode::FORBIDDEN, &text),
-                    decision(&verdict, None, "refused", None),
+                    decision(&verdict, None, Outcome::Refused, None),
                 )
             }
             Action::RequireApproval(_) => Head::Approval(verdict),
@@ -109,7 +111,7 @@ impl Enforcer {
         let Action::RequireApproval(spec) = &verdict.action else {
             unreachable!("api_approval is only called for require_approval verdicts")
         };
-        let refused = |status, text: String, outcome: &str, approval: Option<String>| {
+        let refused = |status, text: String, outcome: Outcome, approval: Option<String>| {
             (
                 refusal(ex, status, &text),
                 decision(verdict, None, outcome, approval),
@@ -125,7 +127,7 @@ impl Enforcer {
                         "this request needs an approval ({}), and its body is larger than the {cap} bytes an approval can be bound to",
                         verdict.rule
                     ),
-                    "refused",
+                    Outcome::Refused,
                     None,
                 ));
             }
@@ -133,7 +135,7 @@ impl Enforcer {
                 return Err(refused(
                     StatusCode::BAD_REQUEST,
                     format!("the request body could not be read: {e}"),
-                    "refused",
+                    Outcome::Refused,
                     None,
                 ));
             }
@@ -145,25 +147,32 @@ impl Enforcer {
             body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
         };
         let requester = requester(caller, subject, &ex.conn.session);
-        let store_failed = |e: String| refused(StatusCode::SERVICE_UNAVAILABLE, e, "refused", None);
+        let store_failed = |e: ApprovalError| {
+            refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the approval store failed: {e}"),
+                Outcome::Refused,
+                None,
+            )
+        };
         let mut gate = self.check(&op, &requester, verdict).map_err(store_failed)?;
         if let (ApprovalGate::Pending { id, .. }, Some(hold)) = (&gate, spec.hold) {
-            tracing::info!(exchange = ex.id, approval = %id, hold_secs = hold.as_secs(), "holding a request open for its approval");
+            tracing::info!(exchange = ex.id.get(), approval = %id, hold_secs = hold.as_secs(), "holding a request open for its approval");
             let _ = self.approvals.wait(id, hold).await;
             gate = self.check(&op, &requester, verdict).map_err(store_failed)?;
         }
         match gate {
-            ApprovalGate::Approved { id } => Ok((body, decision(verdict, None, "passed", Some(id)))),
+            ApprovalGate::Approved { id } => Ok((body, decision(verdict, None, Outcome::Passed, Some(id)))),
             ApprovalGate::Pending { id, .. } => Err(refused(
                 StatusCode::FORBIDDEN,
                 held_text(&id, verdict),
-                "held",
+                Outcome::Held,
                 Some(id),
             )),
             ApprovalGate::Denied { id, by, reason } => Err(refused(
                 StatusCode::FORBIDDEN,
                 format!("approval {id} was denied by {by}{}", suffix(reason.as_deref())),
-                "refused",
+                Outcome::Refused,
                 Some(id),
             )),
         }
@@ -176,19 +185,17 @@ impl Enforcer {
         op: &Operation,
         requester: &Requester,
         verdict: &Verdict,
-    ) -> Result<ApprovalGate, String> {
+    ) -> Result<ApprovalGate, ApprovalError> {
         let Action::RequireApproval(spec) = &verdict.action else {
             unreachable!("check is only called for require_approval verdicts")
         };
-        self.approvals
-            .check(
-                op,
-                requester,
-                spec,
-                &verdict.rule.to_string(),
-                verdict.message.as_deref(),
-            )
-            .map_err(|e| format!("the approval store failed: {e}"))
+        self.approvals.check(
+            op,
+            requester,
+            spec,
+            &verdict.rule.to_string(),
+            verdict.message.as_deref(),
+        )
     }
 
     /// How long a push's inspection may take.
@@ -208,12 +215,12 @@ impl Enforcer {
 }
 
 /// Who asked for an approval: what a retry by the same caller (a new process) still matches.
-pub fn requester(caller: &Caller, subject: &Subject, session: &str) -> Requester {
+pub fn requester(caller: &Caller, subject: &Subject, session: &model::SessionId) -> Requester {
     Requester {
         uid: caller.uid,
         user: subject.user.clone(),
         exe: subject.exe.clone(),
-        session: session.to_owned(),
+        session: session.clone(),
         oidc_subject: subject
             .oidc
             .as_ref()
@@ -224,23 +231,28 @@ pub fn requester(caller: &Caller, subject: &Subject, session: &str) -> Requester
     }
 }
 
-/// The record of a verdict.
+/// The record of a verdict (the recorder fills in its session and exchange).
 pub fn decision(
     verdict: &Verdict,
     ref_update: Option<model::DecidedRef>,
-    outcome: &str,
+    outcome: Outcome,
     approval: Option<String>,
 ) -> model::Decision {
     model::Decision {
-        session: String::new(),
-        exchange: 0,
+        session: model::SessionId::default(),
+        exchange: model::ExchangeId::default(),
         at: model::now_micros(),
-        action: verdict.action.name().to_owned(),
+        action: match verdict.action {
+            Action::Allow => model::DecisionAction::Allow,
+            Action::Deny => model::DecisionAction::Deny,
+            Action::RequireApproval(_) => model::DecisionAction::RequireApproval,
+            Action::RecordOnly => model::DecisionAction::RecordOnly,
+        },
         rule: verdict.rule.to_string(),
         message: verdict.message.clone(),
         ref_update,
         approval,
-        outcome: outcome.to_owned(),
+        outcome,
     }
 }
 
@@ -257,7 +269,7 @@ pub fn decided_ref(r: &RefUpdate, kind_from: Option<String>) -> model::DecidedRe
         name: r.update.name.clone(),
         old: r.update.old,
         new: r.update.new,
-        kind: r.kind.as_str().to_owned(),
+        kind: r.kind,
         kind_from,
         paths,
         paths_unknown,
@@ -357,21 +369,22 @@ impl approval::Poster for OutboundPoster {
         url: &'a str,
         headers: &'a [(String, String)],
         body: Vec<u8>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u16, String>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u16, crate::http::BoxError>> + Send + 'a>>
+    {
         Box::pin(async move {
             let headers = headers
                 .iter()
                 .map(|(k, v)| {
                     http::HeaderName::from_bytes(k.as_bytes())
                         .map(|n| (n, v.clone()))
-                        .map_err(|_| format!("{k:?} is not a header name"))
+                        .map_err(|_| crate::http::BoxError::from(format!("{k:?} is not a header name")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            self.0
+            Ok(self
+                .0
                 .request(http::Method::POST, url, &headers, Some(Bytes::from(body)))
                 .await
-                .map(|r| r.status.as_u16())
-                .map_err(|e| e.to_string())
+                .map(|r| r.status.as_u16())?)
         })
     }
 }
@@ -379,33 +392,34 @@ impl approval::Poster for OutboundPoster {
 /// An approval step, for the session store: in the session that asked for the approval.
 fn step_record(a: &approval::Approval, step: &approval::Step) -> model::ApprovalStep {
     use approval::Step;
-    let (name, by, reason) = match step {
-        Step::Requested => ("requested", None, None),
+    use model::ApprovalStepKind as Kind;
+    let (kind, by, reason) = match step {
+        Step::Requested => (Kind::Requested, None, None),
         Step::Notified {
             ok: true, attempts, ..
-        } => ("notified", None, Some(format!("after {attempts} attempt(s)"))),
+        } => (Kind::Notified, None, Some(format!("after {attempts} attempt(s)"))),
         Step::Notified {
             ok: false,
             attempts,
             error,
         } => (
-            "notify_failed",
+            Kind::NotifyFailed,
             None,
             Some(format!(
                 "after {attempts} attempt(s): {}",
                 error.as_deref().unwrap_or("no answer")
             )),
         ),
-        Step::Approved { by, reason } => ("approved", Some(by.clone()), reason.clone()),
-        Step::Denied { by, reason } => ("denied", Some(by.clone()), reason.clone()),
-        Step::Used => ("used", None, None),
-        Step::Expired => ("expired", None, None),
+        Step::Approved { by, reason } => (Kind::Approved, Some(by.clone()), reason.clone()),
+        Step::Denied { by, reason } => (Kind::Denied, Some(by.clone()), reason.clone()),
+        Step::Used => (Kind::Used, None, None),
+        Step::Expired => (Kind::Expired, None, None),
     };
     model::ApprovalStep {
         session: a.requester.session.clone(),
         at: model::now_micros(),
         id: a.id.clone(),
-        step: name.to_owned(),
+        step: kind,
         exchange: None,
         operation: a.operation.to_string(),
         rule: a.rule.clone(),

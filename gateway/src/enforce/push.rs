@@ -30,7 +30,7 @@ use crate::{
     http::{BoxError, Exchange, ProxyBody},
     identity::Caller,
     policy::{Action, Paths, RefKind, RefUpdate, Subject, Target},
-    record::model,
+    record::model::{self, DecisionOutcome as Outcome},
 };
 
 /// The most bytes a push's command list may take (tens of thousands of refs).
@@ -62,6 +62,11 @@ pub enum PushGate {
     },
 }
 
+/// The push's body failed while the gateway read it (the client's stream broke).
+#[derive(Debug, thiserror::Error)]
+#[error("the push body failed: {0}")]
+struct BodyFailed(crate::http::BoxError);
+
 /// A request body read from the front, whose unread rest can still be forwarded.
 struct Reader {
     body: ProxyBody,
@@ -71,7 +76,7 @@ struct Reader {
 
 impl Reader {
     /// Reads one more frame; `false` once the body has ended.
-    async fn more(&mut self) -> Result<bool, String> {
+    async fn more(&mut self) -> Result<bool, BodyFailed> {
         if self.ended {
             return Ok(false);
         }
@@ -80,7 +85,7 @@ impl Reader {
                 self.ended = true;
                 Ok(false)
             }
-            Some(Err(e)) => Err(format!("the push body failed: {e}")),
+            Some(Err(e)) => Err(BodyFailed(e)),
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     self.buf.extend_from_slice(d);
@@ -91,7 +96,7 @@ impl Reader {
     }
 
     /// Reads until `len` bytes are in or the body ends; `false` if it ended first.
-    async fn fill(&mut self, len: usize) -> Result<bool, String> {
+    async fn fill(&mut self, len: usize) -> Result<bool, BodyFailed> {
         while self.buf.len() < len {
             if !self.more().await? {
                 return Ok(false);
@@ -189,7 +194,7 @@ async fn read_commands(ex: &Exchange, reader: &mut Reader) -> Result<Commands, P
                         "the push body ended inside its command list; nothing was forwarded".into(),
                     ));
                 }
-                Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e)),
+                Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
             },
             Err(e) => {
                 return Err(refuse(
@@ -309,10 +314,10 @@ impl Enforcer {
                         "the pushed pack did not arrive within the inspection time ({} bytes of it read)",
                         reader.buf.len().saturating_sub(end)
                     );
-                    tracing::warn!(exchange = ex.id, error = %e, "push inspection timed out reading the pack");
+                    tracing::warn!(exchange = ex.id.get(), error = %e, "push inspection timed out reading the pack");
                     pack_state = Err(e);
                 }
-                Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, e),
+                Ok(Err(e)) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
                 Ok(Ok(true)) => {
                     pack_state = Err(format!(
                         "the pushed pack is larger than the {} bytes the gateway reads",
@@ -422,11 +427,11 @@ impl Enforcer {
             let verdict = policy.evaluate(subject, &target, Some(r));
             let recorded = Some(decided_ref(r, kind_from[i].clone()));
             let (result, outcome, approval) = match &verdict.action {
-                Action::Allow => (Ok(()), "passed", None),
+                Action::Allow => (Ok(()), Outcome::Passed, None),
                 Action::RecordOnly => {
-                    tracing::warn!(exchange = ex.id, r#ref = %r.name(), rule = %verdict.rule,
+                    tracing::warn!(exchange = ex.id.get(), r#ref = %r.name(), rule = %verdict.rule,
                                    "record_only: a ref update the policy flags passed");
-                    (Ok(()), "passed", None)
+                    (Ok(()), Outcome::Passed, None)
                 }
                 Action::Deny => {
                     let why = format!(
@@ -439,7 +444,7 @@ impl Enforcer {
                             .unwrap_or_default()
                     );
                     notes.push(format!("ghgate: {}: {why}", r.name()));
-                    (Err(why), "refused", None)
+                    (Err(why), Outcome::Refused, None)
                 }
                 Action::RequireApproval(_) => {
                     let op = Operation::GitRef {
@@ -450,13 +455,14 @@ impl Enforcer {
                     };
                     match self.check(&op, &requester, &verdict) {
                         Err(e) => {
-                            notes.push(format!("ghgate: {}: {e}", r.name()));
-                            (Err(e), "refused", None)
+                            let why = format!("the approval store failed: {e}");
+                            notes.push(format!("ghgate: {}: {why}", r.name()));
+                            (Err(why), Outcome::Refused, None)
                         }
-                        Ok(ApprovalGate::Approved { id }) => (Ok(()), "passed", Some(id)),
+                        Ok(ApprovalGate::Approved { id }) => (Ok(()), Outcome::Passed, Some(id)),
                         Ok(ApprovalGate::Pending { id, .. }) => {
                             notes.push(format!("ghgate: {}: {}", r.name(), held_text(&id, &verdict)));
-                            (Err(format!("held for approval {id}")), "held", Some(id))
+                            (Err(format!("held for approval {id}")), Outcome::Held, Some(id))
                         }
                         Ok(ApprovalGate::Denied { id, by, reason }) => {
                             let why = format!(
@@ -464,7 +470,7 @@ impl Enforcer {
                                 reason.map(|m| format!(": {m}")).unwrap_or_default()
                             );
                             notes.push(format!("ghgate: {}: {why}", r.name()));
-                            (Err(why), "refused", Some(id))
+                            (Err(why), Outcome::Refused, Some(id))
                         }
                     }
                 }
@@ -498,8 +504,8 @@ impl Enforcer {
                 })
                 .collect();
             for d in &mut decisions {
-                if d.outcome == "passed" && all_or_nothing {
-                    d.outcome = "refused (atomic push)".into();
+                if d.outcome == Outcome::Passed && all_or_nothing {
+                    d.outcome = Outcome::RefusedAtomicPush;
                 }
             }
             reader.drain().await;

@@ -7,6 +7,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -15,7 +16,31 @@ use http_body::{Body, Frame, SizeHint};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What must complete before a body may end; `Err` names why it could not.
-pub type EndFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + Sync>>;
+pub type EndFuture = Pin<Box<dyn Future<Output = Result<(), BodyError>> + Send + Sync>>;
+
+/// Why a body stopped before its end: what the end hook hears and what the peer's stream fails
+/// with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyError {
+    /// The other side's stream failed (a reset, a protocol error); its own words.
+    #[error("{0}")]
+    Stream(String),
+    /// The connection went away before the body's end.
+    #[error("body not finished: the connection closed")]
+    Closed,
+    /// A stage stopped the body; the cause is what the peer may be told.
+    #[error("{0}")]
+    Refused(String),
+    /// What the body carried could not be made safe in the record, so it is not sent.
+    #[error("stopped: {0}")]
+    Unrecorded(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl BodyError {
+    pub fn unrecorded(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unrecorded(Arc::new(cause))
+    }
+}
 
 /// What watches a body go by. It owns whatever it needs for that (a stage's state for this one
 /// body), so it sees the body through `&mut self`: no locks.
@@ -25,9 +50,9 @@ pub trait Observer: Send {
     /// recorder has written what it took from it). When the body ends without a last data chunk
     /// (trailers, or a bare end), this is called once more with an empty chunk marked last, so a
     /// stage that holds bytes back (the masker) can release them; what it puts there is sent.
-    fn chunk(&mut self, data: &mut Bytes, last: bool) -> Result<Option<EndFuture>, String>;
+    fn chunk(&mut self, data: &mut Bytes, last: bool) -> Result<Option<EndFuture>, BodyError>;
     /// Once, when the body ends (`Ok`) or fails or is dropped early (`Err`).
-    fn end(&mut self, result: Result<(), String>) -> Option<EndFuture>;
+    fn end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture>;
 }
 
 enum End {
@@ -77,7 +102,7 @@ impl<B, O: Observer> Observed<B, O> {
         self
     }
 
-    fn run_end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
+    fn run_end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture> {
         if std::mem::replace(&mut self.ended, true) {
             return None;
         }
@@ -85,7 +110,7 @@ impl<B, O: Observer> Observed<B, O> {
     }
 
     /// The body fails with `why`: the end hook hears of it, and nothing more is sent.
-    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn fail(&mut self, why: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let _ = self.run_end(Err(why.clone()));
         self.end = End::Done;
         self.held = None;
@@ -95,7 +120,7 @@ impl<B, O: Observer> Observed<B, O> {
 
     /// Runs the chunk hook on `data`; `Ready(Some)` is a frame to send now, `Ready(None)` means
     /// nothing to send (an empty chunk, or one now held).
-    fn chunk(&mut self, mut data: Bytes, last: bool) -> Result<Option<Frame<Bytes>>, String> {
+    fn chunk(&mut self, mut data: Bytes, last: bool) -> Result<Option<Frame<Bytes>>, BodyError> {
         if last {
             self.flushed = true;
         }
@@ -113,7 +138,7 @@ impl<B, O: Observer> Observed<B, O> {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct EndFailed(String);
+struct EndFailed(BodyError);
 
 impl<B, O: Observer + Unpin> Body for Observed<B, O>
 where
@@ -184,7 +209,7 @@ where
                 },
                 Some(Err(e)) => {
                     // Nothing to wait for: the body failed, so the exchange is not acknowledged.
-                    let _ = this.run_end(Err(e.to_string()));
+                    let _ = this.run_end(Err(BodyError::Stream(e.to_string())));
                     this.end = End::Done;
                     return Poll::Ready(Some(Err(e.into())));
                 }
@@ -211,7 +236,7 @@ where
 impl<B, O: Observer> Drop for Observed<B, O> {
     fn drop(&mut self) {
         // Dropped before the end: the peer went away mid-body.
-        let _ = self.run_end(Err("body not finished: the connection closed".into()));
+        let _ = self.run_end(Err(BodyError::Closed));
     }
 }
 
@@ -231,19 +256,19 @@ mod tests {
 
     impl<C, E> Observer for Hooks<C, E>
     where
-        C: FnMut(&mut Bytes, bool) -> Result<Option<EndFuture>, String> + Send,
-        E: FnOnce(Result<(), String>) -> Option<EndFuture> + Send,
+        C: FnMut(&mut Bytes, bool) -> Result<Option<EndFuture>, BodyError> + Send,
+        E: FnOnce(Result<(), BodyError>) -> Option<EndFuture> + Send,
     {
-        fn chunk(&mut self, data: &mut Bytes, last: bool) -> Result<Option<EndFuture>, String> {
+        fn chunk(&mut self, data: &mut Bytes, last: bool) -> Result<Option<EndFuture>, BodyError> {
             (self.0)(data, last)
         }
-        fn end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
+        fn end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture> {
             self.1.take().and_then(|f| f(result))
         }
     }
 
-    type OnChunk = Box<dyn FnMut(&mut Bytes, bool) -> Result<Option<EndFuture>, String> + Send>;
-    type OnEnd = Box<dyn FnOnce(Result<(), String>) -> Option<EndFuture> + Send>;
+    type OnChunk = Box<dyn FnMut(&mut Bytes, bool) -> Result<Option<EndFuture>, BodyError> + Send>;
+    type OnEnd = Box<dyn FnOnce(Result<(), BodyError>) -> Option<EndFuture> + Send>;
 
     fn observed<B>(inner: B, on_chunk: OnChunk, on_end: OnEnd) -> Observed<B, impl Observer + Unpin> {
         Observed::new(inner, Hooks(on_chunk, Some(on_end)))
@@ -286,7 +311,8 @@ mod tests {
                 (Bytes::new(), true)
             ]
         );
-        assert_eq!(*ended.lock().unwrap(), vec![Ok(())]);
+        let ended = ended.lock().unwrap();
+        assert!(matches!(ended[..], [Ok(())]), "{ended:?}");
     }
 
     #[tokio::test]
@@ -307,13 +333,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_last_frame_waits_for_the_end_future() {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), BodyError>>();
         let released = Arc::new(AtomicBool::new(false));
         let body = observed(
             Full::new(Bytes::from_static(b"last")).map_err(|n| match n {}),
             Box::new(|_, _| Ok(None)),
             Box::new(move |_| {
-                Some(Box::pin(async move { rx.await.unwrap_or(Err("dropped".into())) }) as EndFuture)
+                Some(Box::pin(async move { rx.await.unwrap_or(Err(BodyError::Closed)) }) as EndFuture)
             }),
         );
         let r = released.clone();
@@ -333,13 +359,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_waits_for_its_hooks_future() {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), BodyError>>();
         let mut rx = Some(rx);
         let body = observed(
             chunks(&["held", "next"]),
             Box::new(move |_, _| {
                 Ok(rx.take().map(|rx| {
-                    Box::pin(async move { rx.await.unwrap_or(Err("dropped".into())) }) as EndFuture
+                    Box::pin(async move { rx.await.unwrap_or(Err(BodyError::Closed)) }) as EndFuture
                 }))
             }),
             Box::new(|_| None),
@@ -358,7 +384,7 @@ mod tests {
             chunks(&["ok", "refused", "never"]),
             Box::new(|c: &mut Bytes, _| {
                 if &c[..] == b"refused" {
-                    Err("store failed".into())
+                    Err(BodyError::Refused("store failed".into()))
                 } else {
                     Ok(None)
                 }
@@ -374,10 +400,52 @@ mod tests {
         let body = observed(
             Full::new(Bytes::from_static(b"x")).map_err(|n| match n {}),
             Box::new(|_, _| Ok(None)),
-            Box::new(|_| Some(Box::pin(async { Err("disk full".to_string()) }) as EndFuture)),
+            Box::new(|_| {
+                Some(
+                    Box::pin(async { Err(BodyError::unrecorded(std::io::Error::other("disk full"))) })
+                        as EndFuture,
+                )
+            }),
         );
         let err = body.collect().await.expect_err("the body must fail");
         assert!(err.to_string().contains("disk full"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_end_hook_hears_why_a_body_stopped() {
+        // Dropped mid-body: the peer went away.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut body = observed(
+            chunks(&["one", "two"]),
+            Box::new(|_, _| Ok(None)),
+            Box::new(move |r| {
+                tx.send(r).unwrap();
+                None
+            }),
+        );
+        assert!(body.frame().await.is_some());
+        drop(body);
+        assert!(matches!(rx.try_recv(), Ok(Err(BodyError::Closed))));
+
+        // The inner stream failed: its own words, and the peer's body fails too.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"a"))),
+            Err("stream reset by peer".into()),
+        ];
+        let body = observed(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            Box::new(|_, _| Ok(None)),
+            Box::new(move |r| {
+                tx.send(r).unwrap();
+                None
+            }),
+        );
+        assert!(body.collect().await.is_err());
+        match rx.try_recv() {
+            Ok(Err(BodyError::Stream(why))) => assert_eq!(why, "stream reset by peer"),
+            other => panic!("the end hook heard {other:?}"),
+        }
     }
 
     #[tokio::test]

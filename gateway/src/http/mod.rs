@@ -9,6 +9,8 @@
 mod body;
 pub mod hop;
 pub mod pool;
+#[cfg(test)]
+pub mod testing;
 pub mod websocket;
 
 use std::{
@@ -38,10 +40,11 @@ use ghgate_policy::classify::{self, Classified, GitHub};
 use crate::{
     identity::Caller,
     listen::{ClientAddr, OrigDstAddr},
+    record::model::{AnsweredBy, ExchangeId, SessionId},
     tls::upstream::Proto,
 };
 
-pub use self::body::{BoxError, EndFuture};
+pub use self::body::{BodyError, BoxError, EndFuture};
 
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -51,7 +54,7 @@ pub struct ConnInfo {
     /// Unique within this gateway run.
     pub id: u64,
     /// The caller's session (see `Caller::session_id`).
-    pub session: String,
+    pub session: SessionId,
     pub client: ClientAddr,
     pub orig_dst: OrigDstAddr,
     pub caller: Caller,
@@ -65,7 +68,7 @@ pub struct ConnInfo {
 /// One request/response exchange as the hooks see it.
 #[derive(Debug)]
 pub struct Exchange {
-    pub id: u64,
+    pub id: ExchangeId,
     pub conn: Arc<ConnInfo>,
     /// What the request is, computed once before any hook runs: every stage reads this, never
     /// the raw head.
@@ -97,23 +100,6 @@ pub enum Gate {
     Refuse(Response<Bytes>, String),
 }
 
-/// Who answered an exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnsweredBy {
-    Upstream,
-    /// A hook, or the gateway itself (a limit, an unreachable upstream).
-    Gateway,
-}
-
-impl AnsweredBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AnsweredBy::Upstream => "upstream",
-            AnsweredBy::Gateway => "gateway",
-        }
-    }
-}
-
 /// How an exchange ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -122,6 +108,7 @@ pub struct Outcome {
     /// Time to the response head.
     pub ttfb: Duration,
     pub error: Option<String>,
+    /// Who answered: the upstream, or the gateway (a hook, or the gateway itself).
     pub answered_by: AnsweredBy,
 }
 
@@ -238,7 +225,7 @@ pub trait Phases: Send + Sync + 'static {
 }
 
 pub fn log_websocket_message(ex: &Exchange, dir: websocket::Direction, msg: &websocket::Message) {
-    info!(exchange = ex.id, direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
+    info!(exchange = ex.id.get(), direction = ?dir, kind = msg.kind(), len = msg.len, "websocket message");
 }
 
 /// The one log line of an exchange; its URL and error are masked first.
@@ -246,7 +233,7 @@ pub fn log_exchange(ex: &Exchange, o: &Outcome) {
     let url = crate::mask::for_logs(&ex.url);
     let error = o.error.as_deref().map(crate::mask::for_logs).unwrap_or_default();
     info!(
-        exchange = ex.id,
+        exchange = ex.id.get(),
         tgid = ex.conn.caller.tgid,
         uid = ex.conn.caller.uid,
         comm = %ex.conn.caller.comm,
@@ -587,7 +574,7 @@ async fn answered_here<P: Phases>(
     if let Some(wait) = phases.logging(ex, Ended::BeforeUpstream(head), &outcome)
         && let Err(why) = wait.await
     {
-        warn!(exchange = ex.id, error = %why, "the gateway's own answer could not be recorded");
+        warn!(exchange = ex.id.get(), error = %why, "the gateway's own answer could not be recorded");
     }
     response
 }
@@ -602,12 +589,12 @@ struct UpObserver<P: Phases> {
 }
 
 impl<P: Phases> body::Observer for UpObserver<P> {
-    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, String> {
+    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, BodyError> {
         let wait = self
             .phases
             .request_body_filter(&self.ex, &mut self.up, chunk, end)
             .map_err(|refusal| {
-                let cause = refusal.cause.clone();
+                let cause = BodyError::Refused(refusal.cause.clone());
                 let _ = self.refused.set(refusal);
                 cause
             })?;
@@ -615,7 +602,7 @@ impl<P: Phases> body::Observer for UpObserver<P> {
         Ok(wait)
     }
 
-    fn end(&mut self, _result: Result<(), String>) -> Option<EndFuture> {
+    fn end(&mut self, _result: Result<(), BodyError>) -> Option<EndFuture> {
         None
     }
 }
@@ -633,18 +620,18 @@ struct DownObserver<P: Phases> {
 }
 
 impl<P: Phases> body::Observer for DownObserver<P> {
-    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, String> {
+    fn chunk(&mut self, chunk: &mut Bytes, end: bool) -> Result<Option<EndFuture>, BodyError> {
         let wait = self
             .phases
             .response_body_filter(&self.ex, &mut self.down, chunk, end)
-            .map_err(|refusal| refusal.cause)?;
+            .map_err(|refusal| BodyError::Refused(refusal.cause))?;
         self.ex
             .bytes_down
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok(wait)
     }
 
-    fn end(&mut self, result: Result<(), String>) -> Option<EndFuture> {
+    fn end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture> {
         if let (Ok(()), Some((pool, key, send))) = (&result, self.back.take()) {
             pool.put_back(&key, send);
         }
@@ -655,7 +642,7 @@ impl<P: Phases> body::Observer for DownObserver<P> {
                 status: self.status,
                 duration: self.ex.started.elapsed(),
                 ttfb: self.ttfb,
-                error: result.err(),
+                error: result.err().map(|e| e.to_string()),
                 answered_by: AnsweredBy::Upstream,
             },
         )
@@ -696,7 +683,7 @@ async fn forward<P: Phases>(
         None => classified.url(),
     };
     let ex = Arc::new(Exchange {
-        id: NEXT_EXCHANGE.fetch_add(1, Ordering::Relaxed),
+        id: ExchangeId::new(NEXT_EXCHANGE.fetch_add(1, Ordering::Relaxed)),
         conn: state.info.clone(),
         req: classified,
         url,
@@ -714,7 +701,7 @@ async fn forward<P: Phases>(
     }
 
     if let Some(refusal) = refused {
-        warn!(exchange = ex.id, client = %ex.conn.client, sni = %ex.conn.sni, tgid = ex.conn.caller.tgid,
+        warn!(exchange = ex.id.get(), client = %ex.conn.client, sni = %ex.conn.sni, tgid = ex.conn.caller.tgid,
               comm = %ex.conn.caller.comm, url = %crate::mask::for_logs(&ex.url), status = refusal.status().as_u16(),
               error = %crate::mask::for_logs(&refusal.to_string()), "request refused from its head; nothing was forwarded");
         answer!(
@@ -724,7 +711,7 @@ async fn forward<P: Phases>(
     }
     let allowed = state.rate.lock().map(|mut r| r.allow()).unwrap_or(true);
     if !allowed {
-        warn!(exchange = ex.id, client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
+        warn!(exchange = ex.id.get(), client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
               limit = state.max_rps, "request rate limit exceeded on one connection");
         answer!(
             full(
@@ -761,7 +748,7 @@ async fn forward<P: Phases>(
         Gate::Forward(b) => b,
         Gate::Answer(resp) => answer!(boxed(resp), None),
         Gate::Refuse(resp, why) => {
-            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %crate::mask::for_logs(&why),
+            warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), error = %crate::mask::for_logs(&why),
                   "request refused from its body; nothing was forwarded");
             answer!(boxed(resp), Some(why));
         }
@@ -777,7 +764,7 @@ async fn forward<P: Phases>(
     let sender = match got {
         Ok(s) => s,
         Err(e) => {
-            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream unavailable");
+            warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), error = %e, "upstream unavailable");
             answer!(
                 full(
                     StatusCode::BAD_GATEWAY,
@@ -854,7 +841,7 @@ async fn forward<P: Phases>(
         if let Some(wait) = phases.logging(&ex, Ended::AfterUpstream(down), &outcome)
             && let Err(why) = wait.await
         {
-            warn!(exchange = ex.id, error = %why, "the gateway's own answer could not be recorded");
+            warn!(exchange = ex.id.get(), error = %why, "the gateway's own answer could not be recorded");
         }
         response
     };
@@ -862,7 +849,7 @@ async fn forward<P: Phases>(
         Ok(r) => r,
         Err(_) if body_refused.get().is_some() => {
             let refusal = body_refused.get().expect("checked").clone();
-            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), status = refusal.status.as_u16(),
+            warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), status = refusal.status.as_u16(),
                   error = %crate::mask::for_logs(&refusal.cause), "request body refused; the upstream saw it fail");
             return Ok(failed_here(
                 &mut down,
@@ -873,7 +860,7 @@ async fn forward<P: Phases>(
             .await);
         }
         Err(e) => {
-            warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), error = %e, "upstream request failed");
+            warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), error = %e, "upstream request failed");
             return Ok(failed_here(
                 &mut down,
                 StatusCode::BAD_GATEWAY,
@@ -913,7 +900,7 @@ async fn forward<P: Phases>(
                         Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
                     }
                 }
-                Err(e) => warn!(exchange = ws_ex.id, error = %e, "protocol upgrade failed"),
+                Err(e) => warn!(exchange = ws_ex.id.get(), error = %e, "protocol upgrade failed"),
             }
         });
     }

@@ -10,7 +10,7 @@ use std::{fmt, path::PathBuf};
 
 use ghgate_policy::Subject;
 
-use crate::redirect::Redirected;
+use crate::{record::model::SessionId, redirect::Redirected};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Caller {
@@ -73,7 +73,7 @@ impl Caller {
 
     /// The session this caller belongs to: one run of one process on this boot. The same
     /// process keeps its session across gateway restarts.
-    pub fn session_id(&self) -> String {
+    pub fn session_id(&self) -> SessionId {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(boot_id().as_bytes());
@@ -83,7 +83,7 @@ impl Caller {
             Some(t) => h.update(t.to_le_bytes()),
             None => h.update(format!("{}:{}:{}", self.comm, self.uid, self.cgroup_id).as_bytes()),
         }
-        hex::encode(&h.finalize()[..8])
+        SessionId::new(hex::encode(&h.finalize()[..8]))
     }
 
     /// The command line, from /proc while the process exists.
@@ -123,10 +123,14 @@ fn ticks_to_wall_micros(ticks: u64) -> Option<crate::record::model::Micros> {
     u64::try_from(boot + i128::from(ticks) * 1_000_000 / i128::from(hz)).ok()
 }
 
-/// Field 22 of /proc/<tgid>/stat; the command name (field 2) may hold spaces and parentheses,
-/// so fields are counted after its closing parenthesis.
-fn start_ticks(tgid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+/// A process's start time in clock ticks after boot: field 22 of /proc/<tgid>/stat (the one
+/// reader of it). The command name (field 2) may hold spaces and parentheses, so fields are
+/// counted after its closing parenthesis. `None` once the process is gone.
+pub fn start_ticks(tgid: u32) -> Option<u64> {
+    start_ticks_in(&std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?)
+}
+
+fn start_ticks_in(stat: &str) -> Option<u64> {
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
 }
@@ -218,7 +222,7 @@ mod tests {
             ci: Vec::new(),
         };
         assert_eq!(caller.session_id(), caller.session_id());
-        assert_eq!(caller.session_id().len(), 16);
+        assert_eq!(caller.session_id().as_str().len(), 16);
         let other = Caller {
             start_ticks: caller.start_ticks.map(|t| t + 1),
             ..caller.clone()
@@ -229,5 +233,16 @@ mod tests {
             "a reused tgid is another session"
         );
         assert_eq!(user_name(0).as_deref(), Some("root"));
+    }
+
+    /// A command name may hold spaces and parentheses (a process names itself): the fields are
+    /// counted after the last closing parenthesis.
+    #[test]
+    fn the_start_time_is_read_past_a_hostile_command_name() {
+        let stat = "4242 (x) 1 2 3 4 5 (evil) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+                    1000 100 18446744073709551615";
+        assert_eq!(start_ticks_in(stat), Some(987654));
+        assert_eq!(start_ticks_in("4242 (no end"), None);
+        assert_eq!(start_ticks_in("4242 (short) S 1"), None);
     }
 }

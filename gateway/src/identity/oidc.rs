@@ -556,140 +556,27 @@ fn rfc3339(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        Mutex, OnceLock,
-        atomic::{AtomicU16, AtomicUsize, Ordering},
-    };
-
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
     use super::*;
-    use crate::outbound::tests::{full, outbound, serve};
+    use ghgate_test_support::oidc::{Issuer, SigningKey};
+
+    use crate::outbound::tests::outbound;
 
     const AUD: &str = "ghgate";
 
-    /// A signing key of the test issuer, and its public JWK.
-    struct SigningKey {
-        kid: String,
-        alg: Algorithm,
-        enc: EncodingKey,
-        jwk: Value,
+    /// The loopback issuer, seen from the gateway's side: its config, a validator for it.
+    trait Relying {
+        fn config(&self) -> OidcIssuer;
+        fn validator(&self) -> OidcValidator;
+        fn claims(&self) -> Value;
     }
 
-    impl SigningKey {
-        fn new(kid: &str, alg: Algorithm, enc: EncodingKey) -> Self {
-            let mut jwk = Jwk::from_encoding_key(&enc, alg).unwrap();
-            jwk.common.key_id = Some(kid.into());
-            Self {
-                kid: kid.into(),
-                alg,
-                enc,
-                jwk: serde_json::to_value(jwk).unwrap(),
-            }
-        }
-
-        fn es256(kid: &str) -> Self {
-            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            Self::new(
-                kid,
-                Algorithm::ES256,
-                EncodingKey::from_ec_der(&pair.serialize_der()),
-            )
-        }
-
-        /// One RSA key per test run: generating one is slow in a debug build.
-        fn rs256(kid: &str) -> Self {
-            static DER: OnceLock<Vec<u8>> = OnceLock::new();
-            let der = DER.get_or_init(|| {
-                use rsa::pkcs1::EncodeRsaPrivateKey as _;
-                let key = rsa::PrivateKey::new(&mut OsRng, 2048).unwrap();
-                key.to_pkcs1_der().unwrap().as_bytes().to_vec()
-            });
-            Self::new(kid, Algorithm::RS256, EncodingKey::from_rsa_der(der))
-        }
-
-        fn sign(&self, claims: &Value) -> String {
-            let mut header = Header::new(self.alg);
-            header.kid = Some(self.kid.clone());
-            jsonwebtoken::encode(&header, claims, &self.enc).unwrap()
-        }
-    }
-
-    /// rsa's key generation wants a rand_core 0.10 RNG; the OS one, through the crate's own.
-    struct OsRng;
-
-    impl rsa::rand_core::TryRng for OsRng {
-        type Error = std::convert::Infallible;
-        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-            Ok(rand_core::RngCore::next_u32(&mut rand_core::OsRng))
-        }
-        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-            Ok(rand_core::RngCore::next_u64(&mut rand_core::OsRng))
-        }
-        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, dst);
-            Ok(())
-        }
-    }
-
-    impl rsa::rand_core::TryCryptoRng for OsRng {}
-
-    /// An issuer on loopback: discovery at the usual place, its JWKS at /jwks.
-    struct TestIssuer {
-        url: String,
-        jwks: Arc<Mutex<Value>>,
-        jwks_status: Arc<AtomicU16>,
-        jwks_fetches: Arc<AtomicUsize>,
-    }
-
-    impl TestIssuer {
-        async fn start(keys: &[&SigningKey]) -> Self {
-            let jwks = Arc::new(Mutex::new(Value::Null));
-            let jwks_status = Arc::new(AtomicU16::new(200));
-            let jwks_fetches = Arc::new(AtomicUsize::new(0));
-            let (j, s, f) = (jwks.clone(), jwks_status.clone(), jwks_fetches.clone());
-            let addr = serve(None, move |req: http::Request<hyper::body::Incoming>| {
-                let (j, s, f) = (j.clone(), s.clone(), f.clone());
-                async move {
-                    let base = format!("http://{}", req.headers()[header::HOST].to_str().unwrap());
-                    match req.uri().path() {
-                        "/.well-known/openid-configuration" => full(
-                            StatusCode::OK,
-                            json!({ "issuer": base, "jwks_uri": format!("{base}/jwks") }).to_string(),
-                        ),
-                        "/jwks" => {
-                            f.fetch_add(1, Ordering::SeqCst);
-                            let status = StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
-                            full(status, j.lock().unwrap().to_string())
-                        }
-                        _ => full(StatusCode::NOT_FOUND, ""),
-                    }
-                }
-            })
-            .await;
-            let issuer = Self {
-                url: format!("http://{addr}"),
-                jwks,
-                jwks_status,
-                jwks_fetches,
-            };
-            issuer.publish(keys);
-            issuer
-        }
-
-        fn publish(&self, keys: &[&SigningKey]) {
-            let keys: Vec<Value> = keys.iter().map(|k| k.jwk.clone()).collect();
-            *self.jwks.lock().unwrap() = json!({ "keys": keys });
-        }
-
-        fn fetches(&self) -> usize {
-            self.jwks_fetches.load(Ordering::SeqCst)
-        }
-
+    impl Relying for Issuer {
         fn config(&self) -> OidcIssuer {
             OidcIssuer {
-                issuer: self.url.clone(),
+                issuer: self.url().to_owned(),
                 audiences: vec![AUD.into(), "other-audience".into()],
                 jwks_uri: None,
                 leeway_secs: 60,
@@ -704,19 +591,12 @@ mod tests {
 
         /// Claims of a GitHub Actions-like token from this issuer, valid now.
         fn claims(&self) -> Value {
-            let now = now_secs();
-            json!({
-                "iss": self.url,
-                "aud": AUD,
-                "sub": "repo:octo-org/app:ref:refs/heads/main",
-                "repository": "octo-org/app",
-                "workflow": "ci",
-                "groups": ["dev", "release"],
-                "iat": now - 10,
-                "nbf": now - 10,
-                "exp": now + 300,
-            })
+            self.actions_claims(AUD)
         }
+    }
+
+    fn start(keys: &[&SigningKey]) -> Issuer {
+        Issuer::start(std::net::Ipv4Addr::LOCALHOST.into(), keys)
     }
 
     /// Shared across connection tasks: must stay `Send + Sync`.
@@ -743,13 +623,13 @@ mod tests {
     #[tokio::test]
     async fn a_valid_token_is_accepted_with_its_claims() {
         let key = SigningKey::rs256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let v = issuer.validator();
         let claims = with(issuer.claims(), "aud", json!(["someone-else", AUD]));
         let token = key.sign(&claims);
         assert!(v.is_candidate(&token));
         let got = v.validate(&token).await.unwrap();
-        assert_eq!(got.issuer, issuer.url);
+        assert_eq!(got.issuer, issuer.url());
         assert_eq!(got.subject, "repo:octo-org/app:ref:refs/heads/main");
         assert_eq!(got.audience, vec!["someone-else".to_owned(), AUD.to_owned()]);
         assert_eq!(got.expires_at, claims["exp"].as_u64().unwrap());
@@ -764,7 +644,7 @@ mod tests {
     #[tokio::test]
     async fn es256_tokens_are_accepted_too() {
         let key = SigningKey::es256("ec-1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let got = issuer
             .validator()
             .validate(&key.sign(&issuer.claims()))
@@ -776,7 +656,7 @@ mod tests {
     #[tokio::test]
     async fn candidates_are_jwts_from_configured_issuers_only() {
         let key = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let v = issuer.validator();
         let other = with(issuer.claims(), "iss", json!("https://elsewhere.example"));
         assert!(v.is_candidate(&key.sign(&issuer.claims())));
@@ -789,7 +669,7 @@ mod tests {
     #[tokio::test]
     async fn time_claims_are_checked_with_leeway() {
         let key = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let v = issuer.validator();
         let now = now_secs();
 
@@ -828,7 +708,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_for_another_audience_is_refused() {
         let key = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let v = issuer.validator();
         for aud in [json!("sts.amazonaws.com"), json!(["a", "b"]), json!([])] {
             let err = v
@@ -838,14 +718,14 @@ mod tests {
             assert!(matches!(err, OidcError::WrongAudience { .. }), "{aud}: {err}");
             let msg = err.to_string();
             assert!(msg.contains(r#"["ghgate", "other-audience"]"#), "{msg}");
-            assert!(msg.contains(&issuer.url), "{msg}");
+            assert!(msg.contains(issuer.url()), "{msg}");
         }
     }
 
     #[tokio::test]
     async fn a_token_from_an_unknown_issuer_is_refused_without_fetching() {
         let key = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let v = issuer.validator();
         let token = key.sign(&with(issuer.claims(), "iss", json!("https://evil.example")));
         let err = v.validate(&token).await.unwrap_err();
@@ -857,7 +737,7 @@ mod tests {
     async fn a_token_signed_by_another_key_with_the_same_kid_is_refused() {
         let key = SigningKey::es256("k1");
         let forger = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let err = issuer
             .validator()
             .validate(&forger.sign(&issuer.claims()))
@@ -878,7 +758,7 @@ mod tests {
     async fn an_unknown_kid_names_the_kid_and_the_jwks() {
         let key = SigningKey::es256("k1");
         let stranger = SigningKey::es256("who-is-this");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let err = issuer
             .validator()
             .validate(&stranger.sign(&issuer.claims()))
@@ -889,7 +769,7 @@ mod tests {
             "{err}"
         );
         let msg = err.to_string();
-        assert!(msg.contains(&format!("{}/jwks", issuer.url)), "{msg}");
+        assert!(msg.contains(&format!("{}/jwks", issuer.url())), "{msg}");
         assert!(
             msg.contains("no key with kid \"who-is-this\" in the issuer's JWKS (fetched "),
             "{msg}"
@@ -899,7 +779,7 @@ mod tests {
     #[tokio::test]
     async fn alg_none_and_hmac_tokens_are_refused() {
         let key = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let v = issuer.validator();
         let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         for alg in ["none", "None"] {
@@ -921,7 +801,7 @@ mod tests {
         // HS256 with the issuer's public key as the secret: the classic algorithm confusion.
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k1".into());
-        let secret = EncodingKey::from_secret(key.jwk.to_string().as_bytes()).unwrap();
+        let secret = EncodingKey::from_secret(key.jwk().to_string().as_bytes()).unwrap();
         let token = jsonwebtoken::encode(&header, &issuer.claims(), &secret).unwrap();
         let err = v.validate(&token).await.unwrap_err();
         assert_eq!(err, OidcError::AlgorithmNotAllowed("HS256".into()));
@@ -933,7 +813,7 @@ mod tests {
     async fn key_rotation_is_picked_up_by_a_rate_limited_refetch() {
         let old = SigningKey::es256("2025");
         let new = SigningKey::es256("2026");
-        let issuer = TestIssuer::start(&[&old]).await;
+        let issuer = start(&[&old]);
         let v = Arc::new(issuer.validator());
         v.validate(&old.sign(&issuer.claims())).await.unwrap();
         assert_eq!(issuer.fetches(), 1);
@@ -974,7 +854,7 @@ mod tests {
     #[tokio::test]
     async fn stale_keys_are_refetched_after_the_ttl() {
         let key = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let v = validator(OidcIssuer {
             jwks_ttl_secs: 1,
             min_refetch_secs: 0,
@@ -986,7 +866,7 @@ mod tests {
         assert_eq!(issuer.fetches(), 1);
         tokio::time::sleep(Duration::from_millis(1100)).await;
         // The refetch fails: the keys already held keep serving.
-        issuer.jwks_status.store(503, Ordering::SeqCst);
+        issuer.set_jwks_status(503);
         v.validate(&token).await.unwrap();
         assert_eq!(issuer.fetches(), 2);
     }
@@ -994,12 +874,12 @@ mod tests {
     #[tokio::test]
     async fn a_jwks_that_cannot_be_fetched_names_the_url() {
         let key = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let token = key.sign(&issuer.claims());
 
-        issuer.jwks_status.store(500, Ordering::SeqCst);
+        issuer.set_jwks_status(500);
         let err = issuer.validator().validate(&token).await.unwrap_err();
-        let jwks_url = format!("{}/jwks", issuer.url);
+        let jwks_url = format!("{}/jwks", issuer.url());
         assert!(
             matches!(&err, OidcError::Jwks { url, .. } if *url == jwks_url),
             "{err}"
@@ -1053,7 +933,7 @@ mod tests {
     #[tokio::test]
     async fn malformed_tokens_are_refused_without_echoing_them() {
         let key = SigningKey::es256("k1");
-        let issuer = TestIssuer::start(&[&key]).await;
+        let issuer = start(&[&key]);
         let v = issuer.validator();
         let secretish = "eyJzZWNyZXQiOiJkbyBub3QgZWNobyJ9";
         for token in [

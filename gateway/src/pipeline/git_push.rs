@@ -164,3 +164,170 @@ fn add_held_refs(a: &mut PushAnswer, chunk: &mut Bytes, end: bool) {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use ::http::{HeaderValue, Response};
+    use ghgate_git::receive::ReplyStyle;
+
+    use super::*;
+    use crate::{enforce::push::PushReply, http::testing};
+
+    fn pkt(line: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        ghgate_git::pktline::write(&mut out, line.as_bytes()).unwrap();
+        out
+    }
+
+    /// What GitHub answers to `GET info/refs?service=git-receive-pack`.
+    fn advertisement() -> Vec<u8> {
+        let mut out = pkt("# service=git-receive-pack\n");
+        out.extend_from_slice(b"0000");
+        out.extend(pkt(&format!(
+            "{} refs/heads/main\0report-status side-band-64k push-cert=1700000000-abc atomic\n",
+            "1".repeat(40)
+        )));
+        out.extend_from_slice(b"0000");
+        out
+    }
+
+    fn response(status: u16, headers: &[(&'static str, &'static str)]) -> ::http::response::Parts {
+        let mut r = Response::new(());
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            r.headers_mut().insert(*k, HeaderValue::from_static(v));
+        }
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(10));
+        r.into_parts().0
+    }
+
+    /// The response body as the client gets it, cut in `cut`-byte chunks on its way down.
+    fn down(push: &mut Push, body: &[u8], cut: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let pieces: Vec<&[u8]> = body.chunks(cut).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            let mut chunk = Bytes::copy_from_slice(piece);
+            push.response_chunk(&mut chunk, i + 1 == pieces.len());
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    fn advert_exchange() -> Exchange {
+        testing::exchange(
+            "GET",
+            "github.com",
+            "/o/r.git/info/refs?service=git-receive-pack",
+            &[],
+        )
+    }
+
+    #[test]
+    fn the_push_advertisement_loses_push_cert_and_gains_no_thin_under_a_policy() {
+        for policy in [true, false] {
+            let mut push = Push::head(&advert_exchange(), policy);
+            let mut req = ::http::Request::new(()).into_parts().0;
+            req.headers
+                .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            push.upstream_request(&mut req);
+            assert!(
+                !req.headers.contains_key(header::ACCEPT_ENCODING),
+                "a rewritten answer must come back uncompressed"
+            );
+            let mut resp = response(200, &[]);
+            push.response_head(&mut resp);
+            assert!(
+                !resp.headers.contains_key(header::CONTENT_LENGTH),
+                "its length changes"
+            );
+            for cut in [1, 7, 4096] {
+                let mut push = Push::head(&advert_exchange(), policy);
+                push.response_head(&mut response(200, &[]));
+                let text = String::from_utf8_lossy(&down(&mut push, &advertisement(), cut)).into_owned();
+                assert!(!text.contains("push-cert"), "cut {cut}: {text:?}");
+                assert_eq!(text.contains("no-thin"), policy, "cut {cut}: {text:?}");
+                assert!(text.contains("report-status side-band-64k"), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_plain_ok_answer_is_rewritten() {
+        for (status, headers) in [(401, vec![]), (200, vec![("content-encoding", "gzip")])] {
+            let mut push = Push::head(&advert_exchange(), true);
+            let mut resp = response(status, &headers);
+            push.response_head(&mut resp);
+            assert!(resp.headers.contains_key(header::CONTENT_LENGTH));
+            let body = advertisement();
+            assert_eq!(down(&mut push, &body, 5), body, "passed on as it came");
+        }
+        // Other requests are none of this stage's business.
+        let other = testing::exchange(
+            "GET",
+            "github.com",
+            "/o/r.git/info/refs?service=git-upload-pack",
+            &[],
+        );
+        let mut push = Push::head(&other, true);
+        push.response_head(&mut response(200, &[]));
+        let body = advertisement();
+        assert_eq!(down(&mut push, &body, 5), body);
+    }
+
+    fn partly_sent() -> Push {
+        Push {
+            advert: None,
+            answer: Some(PushAnswer {
+                reply: PushReply {
+                    style: ReplyStyle {
+                        report_status: true,
+                        sideband: false,
+                    },
+                    held: vec![(
+                        "refs/heads/main".into(),
+                        "denied by ghgate rule #1 \"no-delete-main\"".into(),
+                    )],
+                    notes: vec![],
+                },
+                buf: Vec::new(),
+                given_up: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_answer_to_a_push_sent_in_part_names_the_refs_held_back() {
+        let mut upstream = pkt("unpack ok\n");
+        upstream.extend(pkt("ok refs/heads/topic\n"));
+        upstream.extend_from_slice(b"0000");
+        for cut in [1, 3, 1000] {
+            let mut push = partly_sent();
+            push.response_head(&mut response(200, &[]));
+            let text = String::from_utf8_lossy(&down(&mut push, &upstream, cut)).into_owned();
+            assert!(text.contains("ok refs/heads/topic"), "{text:?}");
+            assert!(
+                text.contains("ng refs/heads/main denied by ghgate rule #1"),
+                "cut {cut}: {text:?}"
+            );
+            assert!(text.ends_with("0000"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn an_answer_too_large_or_not_gits_is_passed_on_as_it_came() {
+        let mut push = partly_sent();
+        push.response_head(&mut response(200, &[]));
+        let junk = b"this is not a report-status".to_vec();
+        assert_eq!(down(&mut push, &junk, 4), junk);
+
+        let mut push = partly_sent();
+        push.response_head(&mut response(200, &[]));
+        let big = vec![b'x'; MAX_PUSH_ANSWER + 10];
+        assert_eq!(
+            down(&mut push, &big, 64 * 1024),
+            big,
+            "nothing lost past the bound"
+        );
+    }
+}

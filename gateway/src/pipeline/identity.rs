@@ -11,7 +11,7 @@ use crate::{
     config::NoProfile,
     credentials::{self, Scheme, Secret},
     http::Exchange,
-    record::model,
+    record::model::{self, CredentialKind},
 };
 
 /// What goes upstream as a request's credential, for a caller with a profile.
@@ -35,18 +35,22 @@ impl Pipeline {
     /// Identity and credentials: who is calling, and what goes upstream for them.
     pub(super) async fn decide(&self, ex: &Exchange, presented: Option<&Secret>) -> Decision {
         let mut identity = model::Identity {
-            session: String::new(),
-            exchange: 0,
+            session: ex.conn.session.clone(),
+            exchange: ex.id,
             at: model::now_micros(),
             oidc_issuer: None,
             oidc_subject: None,
             oidc_claims: None,
             profile: None,
-            credential: if presented.is_some() { "passed" } else { "none" }.into(),
+            credential: if presented.is_some() {
+                CredentialKind::Passed
+            } else {
+                CredentialKind::None
+            },
             refused: None,
         };
         let refused = |mut identity: model::Identity, status: StatusCode, why: String| {
-            identity.credential = "refused".into();
+            identity.credential = CredentialKind::Refused;
             identity.refused = Some(why.clone());
             Decision {
                 identity,
@@ -102,7 +106,7 @@ impl Pipeline {
                 // nothing is minted, and the caller's own credential goes nowhere either.
                 let Some(scheme) = credentials::scheme(&ex.req, &self.github) else {
                     if presented.is_some() {
-                        identity.credential = "stripped".into();
+                        identity.credential = CredentialKind::Stripped;
                     }
                     return Decision {
                         identity,
@@ -113,7 +117,7 @@ impl Pipeline {
                 };
                 match profile.token(ex.req.repository.as_ref()).await {
                     Ok(token) => {
-                        identity.credential = "brokered".into();
+                        identity.credential = CredentialKind::Brokered;
                         Decision {
                             identity,
                             credential: Some(Credential::Inject(token, scheme)),

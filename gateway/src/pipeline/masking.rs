@@ -16,8 +16,8 @@ use crate::{
         policy::{self, MaskSet},
     },
     record::{
-        model::Direction,
-        recorder::{ExchangeRecording, Place},
+        model::{Direction, Place},
+        recorder::{ExchangeRecording, RecordError},
     },
 };
 
@@ -151,9 +151,9 @@ impl BodyMask {
             cause,
         };
         // The store could not take the body: nothing passes unrecorded.
-        let unrecorded = |cause: String| BodyRefusal {
+        let unrecorded = |cause: RecordError| BodyRefusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            cause,
+            cause: format!("stopped: {cause}"),
         };
         if self.broken.is_some() {
             // Nothing more of this body is stored: it could not be decoded, so not masked.

@@ -64,6 +64,38 @@ pub struct Pipeline {
     pub github: Arc<GitHub>,
 }
 
+impl Pipeline {
+    /// The pipeline over these parts. The broker's static tokens join every masker from the
+    /// start (a brokered token is masked by its exact value, whatever its format), the
+    /// recorder's included.
+    pub fn new(
+        recorder: Option<Arc<Recorder>>,
+        mask: MaskSet,
+        broker: Arc<Broker>,
+        oidc: Option<Arc<OidcValidator>>,
+        enforcer: Option<Arc<Enforcer>>,
+        github: Arc<GitHub>,
+    ) -> Self {
+        let statics: Vec<(String, Vec<u8>)> = broker
+            .static_tokens()
+            .iter()
+            .map(|t| ("brokered".to_owned(), t.expose().as_bytes().to_vec()))
+            .collect();
+        let mask = Arc::new(mask.with_exact(&statics));
+        if let Some(r) = &recorder {
+            r.set_masker(mask.records.clone());
+        }
+        Self {
+            recorder,
+            mask,
+            broker,
+            oidc,
+            enforcer,
+            github,
+        }
+    }
+}
+
 /// What the policy stage still has to decide from a request's body.
 enum Plan {
     Push(Subject),
@@ -367,7 +399,7 @@ fn policy_head(
 /// One log line per policy decision.
 fn log_decisions(ex: &Exchange, decisions: &[model::Decision]) {
     for d in decisions {
-        tracing::info!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
+        tracing::info!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
                        outcome = %d.outcome, r#ref = d.ref_update.as_ref().map(|r| crate::mask::for_logs(&r.name)),
                        approval = d.approval.as_deref(), "policy decision");
     }
@@ -396,3 +428,6 @@ async fn record_decisions(
 
 #[cfg(test)]
 mod readings;
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,6 @@
 //! write, new requests are refused with 503 (or, opted in, counted as unrecorded).
 use std::{
     collections::HashMap,
-    os::fd::{FromRawFd, OwnedFd},
     path::PathBuf,
     sync::{
         Arc, Condvar, Mutex,
@@ -28,23 +27,46 @@ use tracing::{error, info, warn};
 
 use super::{
     git,
-    index::Index,
-    model::{self, BodySummary, Direction, Record, StreamKind},
-    store::{self, Store, StoreOptions},
+    index::{Index, index_path},
+    model::{
+        self, BodySummary, Direction, ExchangeId, GitService, Place, Record, SessionEndReason, SessionId,
+        StreamKind,
+    },
+    store::{self, Store, StoreOptions, key_path},
 };
 use crate::{
     config::{Config, FsyncPolicy, OnRecordFailure},
-    http::{ConnInfo, EndFuture, Exchange, Outcome, websocket},
+    http::{BodyError, ConnInfo, EndFuture, Exchange, Outcome, websocket},
     identity::{self, Caller},
     mask::{Finding, Masker, sse},
 };
+
+/// Why records were not written (and so why what they record did not go on, unless
+/// `on_record_failure = "allow"`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The store failed to write; until it writes again, new requests are refused.
+    #[error("the session recorder cannot write: {0}")]
+    CannotWrite(Arc<store::Error>),
+    /// The writer thread has stopped (the gateway is stopping).
+    #[error("the recorder stopped")]
+    Stopped,
+}
+
+/// Resolves once records are written, or with why they were not.
+type Ack = oneshot::Receiver<Result<(), RecordError>>;
+
+/// Waits for an acknowledgement.
+async fn acknowledged(ack: Ack) -> Result<(), RecordError> {
+    ack.await.unwrap_or(Err(RecordError::Stopped))
+}
 
 /// What the writer thread is asked to do.
 enum Msg {
     Records {
         records: Vec<Record>,
         bytes: u64,
-        ack: Option<oneshot::Sender<Result<(), String>>>,
+        ack: Option<oneshot::Sender<Result<(), RecordError>>>,
     },
 }
 
@@ -53,7 +75,7 @@ struct Shared {
     pending: AtomicU64,
     space: Notify,
     /// Why the store cannot write, while it cannot.
-    failed: Mutex<Option<String>>,
+    failed: Mutex<Option<Arc<store::Error>>>,
     /// Exchanges let through unrecorded (`on_record_failure = "allow"`) since the failure.
     unrecorded: AtomicU64,
     /// Written since the last sync.
@@ -125,7 +147,7 @@ pub struct Recorder {
     max_pending: u64,
     on_failure: OnRecordFailure,
     /// Sessions seen by this gateway run, with what later exchanges of the session need.
-    sessions: Mutex<HashMap<String, SessionState>>,
+    sessions: Mutex<HashMap<SessionId, SessionState>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     /// Masks what the recorder stores of callers (command lines), once the gateway has set it.
     masker: std::sync::OnceLock<Masker>,
@@ -233,45 +255,49 @@ impl Recorder {
         Ok(recorder)
     }
 
-    /// Writes or queues records; the returned receiver reports when they are written (or why
-    /// not).
+    /// Writes or queues records, without waiting for them.
+    fn submit(&self, records: Vec<Record>) {
+        self.send(records, None);
+    }
+
+    /// Writes or queues records; the acknowledgement says when they are written (or why not).
+    fn submit_acked(&self, records: Vec<Record>) -> Ack {
+        let (tx, rx) = oneshot::channel();
+        self.send(records, Some(tx));
+        rx
+    }
+
+    /// Writes or queues records, to be acknowledged through `ack`.
     ///
     /// When nothing is queued ahead of them and the store is free, the caller writes them itself
     /// (one write(2) into the page cache, as the writer thread would): a request then waits for
     /// no other thread to wake up, which on a busy host costs more than the write. Otherwise,
     /// and whenever something is wrong, they go to the writer thread, which keeps order, batches,
     /// and owns every failure.
-    fn submit(&self, records: Vec<Record>, want_ack: bool) -> Option<oneshot::Receiver<Result<(), String>>> {
-        if records.is_empty() && !want_ack {
-            return None;
+    fn send(&self, records: Vec<Record>, ack: Option<oneshot::Sender<Result<(), RecordError>>>) {
+        if records.is_empty() && ack.is_none() {
+            return;
         }
         let records = match self.write_through(records) {
             Ok(()) => {
-                return want_ack.then(|| {
-                    let (t, r) = oneshot::channel();
-                    let _ = t.send(Ok(()));
-                    r
-                });
+                if let Some(ack) = ack {
+                    let _ = ack.send(Ok(()));
+                }
+                return;
             }
             Err(records) => records,
         };
         let bytes: u64 = records.iter().map(approx_size).sum();
-        let (ack, rx) = if want_ack {
-            let (t, r) = oneshot::channel();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
         self.shared.pending.fetch_add(bytes, Ordering::Relaxed);
         let sent = self
             .tx
             .lock()
             .map(|tx| tx.send(Msg::Records { records, bytes, ack }).is_ok());
         if !matches!(sent, Ok(true)) {
+            // The acknowledgement, dropped with the message, says the recorder stopped.
             self.shared.pending.fetch_sub(bytes, Ordering::Relaxed);
             error!("the recorder thread is gone; records are not being written");
         }
-        rx
     }
 
     /// Writes `records` on the calling thread if that keeps the store's order and needs no
@@ -306,11 +332,8 @@ impl Recorder {
     }
 
     /// Waits until the store has written everything queued so far (used at shutdown).
-    pub async fn flush(&self) -> Result<(), String> {
-        match self.submit(Vec::new(), true) {
-            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
-            None => Ok(()),
-        }
+    pub async fn flush(&self) -> Result<(), RecordError> {
+        acknowledged(self.submit_acked(Vec::new())).await
     }
 
     /// Stops the writer after it has written everything queued, and seals the segment.
@@ -325,7 +348,7 @@ impl Recorder {
     }
 
     /// Why the store cannot write right now, if it cannot.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<Arc<store::Error>> {
         self.shared.failed.lock().ok().and_then(|f| f.clone())
     }
 
@@ -351,7 +374,7 @@ impl Recorder {
             client_tls: conn.client_tls.clone(),
             upstream_tls: None,
         }));
-        self.submit(records, false);
+        self.submit(records);
     }
 
     /// A step of an approval, in the session it belongs to.
@@ -360,7 +383,7 @@ impl Recorder {
             step.operation = m.mask_str(&step.operation).0;
             step.reason = step.reason.map(|r| m.mask_str(&r).0);
         }
-        self.submit(vec![Record::Approval(step)], false);
+        self.submit(vec![Record::Approval(step)]);
     }
 
     /// A connection relayed untouched (not terminated): its facts, once it has ended.
@@ -368,7 +391,7 @@ impl Recorder {
         let mut records = Vec::with_capacity(2);
         self.ensure_session(&facts.session, caller, &mut records);
         records.push(Record::Passthrough(facts));
-        self.submit(records, false);
+        self.submit(records);
     }
 
     /// A relay about to begin (its name is on the passthrough list): written and acknowledged
@@ -378,20 +401,16 @@ impl Recorder {
         self: &Arc<Self>,
         caller: &Caller,
         facts: model::PassthroughStart,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecordError> {
         if self.on_failure == OnRecordFailure::Refuse
             && let Some(cause) = self.failure()
         {
-            return Err(cause);
+            return Err(RecordError::CannotWrite(cause));
         }
         let mut records = Vec::with_capacity(2);
         self.ensure_session(&facts.session, caller, &mut records);
         records.push(Record::PassthroughStart(facts));
-        let written = match self.submit(records, true) {
-            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
-            None => Err("the recorder is not running".into()),
-        };
-        match (written, self.on_failure) {
+        match (acknowledged(self.submit_acked(records)).await, self.on_failure) {
             (Ok(()), _) => Ok(()),
             (Err(cause), OnRecordFailure::Refuse) => Err(cause),
             (Err(cause), OnRecordFailure::Allow) => {
@@ -412,24 +431,29 @@ impl Recorder {
         let mut records = Vec::with_capacity(2);
         self.ensure_session(&facts.session, caller, &mut records);
         records.push(Record::Refusal(facts));
-        self.submit(records, false);
+        self.submit(records);
+    }
+
+    /// A connection egress control let through.
+    pub fn egress(self: &Arc<Self>, caller: &Caller, facts: model::EgressSeen) {
+        let mut records = Vec::with_capacity(2);
+        self.ensure_session(&facts.session, caller, &mut records);
+        records.push(Record::Egress(facts));
+        self.submit(records);
     }
 
     /// A span in which the gateway did not mediate as configured; waits until it is written.
-    pub async fn enforcement_gap(&self, gap: model::EnforcementGap) -> Result<(), String> {
-        match self.submit(vec![Record::EnforcementGap(gap)], true) {
-            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
-            None => Err("the recorder is not running".into()),
-        }
+    pub async fn enforcement_gap(&self, gap: model::EnforcementGap) -> Result<(), RecordError> {
+        acknowledged(self.submit_acked(vec![Record::EnforcementGap(gap)])).await
     }
 
-    fn ensure_session(self: &Arc<Self>, session: &str, caller: &Caller, records: &mut Vec<Record>) {
+    fn ensure_session(self: &Arc<Self>, session: &SessionId, caller: &Caller, records: &mut Vec<Record>) {
         let new = match self.sessions.lock() {
             Ok(mut s) => {
                 if s.contains_key(session) {
                     false
                 } else {
-                    s.insert(session.to_owned(), SessionState::default());
+                    s.insert(session.clone(), SessionState::default());
                     true
                 }
             }
@@ -439,7 +463,7 @@ impl Recorder {
             return;
         }
         records.push(Record::SessionStart(model::SessionStart {
-            session: session.to_owned(),
+            session: session.clone(),
             at: model::now_micros(),
             tgid: caller.tgid,
             uid: caller.uid,
@@ -461,22 +485,19 @@ impl Recorder {
                 .or_else(|| identity::cgroup_path(caller.tgid)),
             ci: caller.ci.clone(),
         }));
-        self.watch_exit(session.to_owned(), caller);
+        self.watch_exit(session.clone(), caller);
     }
 
     /// Records the session's end when its process exits (pidfd readability).
-    fn watch_exit(self: &Arc<Self>, session: String, caller: &Caller) {
-        let Some(pidfd) = pidfd_open(caller.tgid) else {
+    fn watch_exit(self: &Arc<Self>, session: SessionId, caller: &Caller) {
+        let Some(pidfd) = crate::sys::pidfd_open(caller.tgid) else {
             return;
         };
         // The tgid may have been reused since accept: only watch the same process.
-        if caller.start_ticks.is_none() || identity_start(caller.tgid) != caller.start_ticks {
+        if caller.start_ticks.is_none() || identity::start_ticks(caller.tgid) != caller.start_ticks {
             return;
         }
-        // SAFETY: the AsyncFd owns the pidfd, so it stays open for as long as it is registered.
-        let Ok(fd) = (unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
-        }) else {
+        let Ok(fd) = crate::sys::watch_pidfd(pidfd) else {
             return;
         };
         let me = Arc::downgrade(self);
@@ -486,14 +507,11 @@ impl Recorder {
             if let Ok(mut s) = me.sessions.lock() {
                 s.remove(&session);
             }
-            me.submit(
-                vec![Record::SessionEnd(model::SessionEnd {
-                    session,
-                    at: model::now_micros(),
-                    reason: "exited".into(),
-                })],
-                false,
-            );
+            me.submit(vec![Record::SessionEnd(model::SessionEnd {
+                session,
+                at: model::now_micros(),
+                reason: SessionEndReason::Exited,
+            })]);
         });
     }
 
@@ -504,7 +522,7 @@ impl Recorder {
         if self.on_failure == OnRecordFailure::Refuse
             && let Some(cause) = self.failure()
         {
-            return Some(refusal(ex, &cause));
+            return Some(refusal(ex, &RecordError::CannotWrite(cause)));
         }
         let mut waited = None;
         while self.shared.pending.load(Ordering::Relaxed) > self.max_pending {
@@ -559,11 +577,13 @@ impl Drop for Recorder {
 }
 
 /// The answer to a request the store cannot record: 503, naming the cause.
-fn refusal(ex: &Exchange, cause: &str) -> Response<Bytes> {
-    warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), cause = %cause, "request refused: the session recorder cannot write");
-    let mut resp = Response::new(Bytes::from(format!(
-        "ghgate: this request was not forwarded because the session recorder cannot write: {cause}\n"
-    )));
+fn refusal_text(cause: &RecordError) -> String {
+    format!("ghgate: this request was not forwarded because {cause}\n")
+}
+
+fn refusal(ex: &Exchange, cause: &RecordError) -> Response<Bytes> {
+    warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), cause = %cause, "request refused: the session recorder cannot write");
+    let mut resp = Response::new(Bytes::from(refusal_text(cause)));
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -574,32 +594,11 @@ fn refusal(ex: &Exchange, cause: &str) -> Response<Bytes> {
     resp
 }
 
-pub fn key_path(dir: &std::path::Path) -> PathBuf {
-    dir.join("recorder.key")
-}
-
-pub fn index_path(dir: &std::path::Path) -> PathBuf {
-    dir.join("index.sqlite")
-}
-
 fn alpn(p: crate::tls::upstream::Proto) -> &'static str {
     match p {
         crate::tls::upstream::Proto::Http1 => "http/1.1",
         crate::tls::upstream::Proto::Http2 => "h2",
     }
-}
-
-fn identity_start(tgid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn pidfd_open(tgid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, libc::O_NONBLOCK) };
-    // SAFETY: a non-negative return is a descriptor this process now owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Roughly what a record costs in the queue (for backpressure, not for accounting).
@@ -674,7 +673,7 @@ fn write_forever(
                     }
                 }
                 Err(e) => {
-                    let cause = e.to_string();
+                    let cause = Arc::new(e);
                     if !failed {
                         error!(cause = %cause, "the session recorder cannot write; new requests are refused until it can");
                     }
@@ -683,7 +682,7 @@ fn write_forever(
                     }
                     batch.clear();
                     for ack in acks.drain(..) {
-                        let _ = ack.send(Err(format!("the session recorder cannot write: {cause}")));
+                        let _ = ack.send(Err(RecordError::CannotWrite(cause.clone())));
                     }
                 }
             }
@@ -752,7 +751,7 @@ fn retain_forever(
                         last_segment = last,
                         "pruned sessions past retention"
                     );
-                    me.submit(vec![Record::Tombstone(tombstone)], false);
+                    me.submit(vec![Record::Tombstone(tombstone)]);
                     match Index::open(&index_path(&dir)) {
                         Ok(mut index) => {
                             if let Err(e) = index.forget_segments(first, last) {
@@ -795,7 +794,7 @@ fn recovered(store: &mut Store, shared: &Shared, to_index: &IndexQueue) {
         let mut record = vec![Record::Unrecorded(model::Unrecorded {
             at: model::now_micros(),
             exchanges: passed,
-            cause: cause.unwrap_or_default(),
+            cause: cause.map(|c| c.to_string()).unwrap_or_default(),
         })];
         let _ = append_indexed(store, &mut record, shared, to_index);
     }
@@ -995,8 +994,8 @@ impl BodyRecording {
 /// What the recorder keeps for one exchange while it passes.
 pub struct ExchangeRecording {
     recorder: Arc<Recorder>,
-    session: String,
-    id: u64,
+    session: SessionId,
+    id: ExchangeId,
     started_at: model::Micros,
     git: GitKind,
     heads: Mutex<Heads>,
@@ -1011,32 +1010,6 @@ pub struct ExchangeRecording {
     identity: Mutex<Option<model::Identity>>,
     /// Policy decisions made from the request head, written with it (or at the end, if refused).
     decided: Mutex<Vec<Record>>,
-}
-
-/// Where a masked secret was, as records say it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
-    RequestBody,
-    ResponseBody,
-    RequestHeader,
-    ResponseHeader,
-    Url,
-    WebSocket,
-    GitPushPack,
-}
-
-impl Place {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Place::RequestBody => "request body",
-            Place::ResponseBody => "response body",
-            Place::RequestHeader => "request headers",
-            Place::ResponseHeader => "response headers",
-            Place::Url => "url",
-            Place::WebSocket => "websocket messages",
-            Place::GitPushPack => "git push pack",
-        }
-    }
 }
 
 fn header(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
@@ -1095,12 +1068,9 @@ impl ExchangeRecording {
     /// Records what the policy decided from the request body (one decision per ref of a push),
     /// and waits until it is written: `Err` names why it could not be (the caller refuses the
     /// request, as for its head).
-    pub async fn decisions(&self, decisions: Vec<model::Decision>) -> Result<(), String> {
+    pub async fn decisions(&self, decisions: Vec<model::Decision>) -> Result<(), RecordError> {
         let records = self.decision_records(decisions);
-        match self.recorder.submit(records, true) {
-            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
-            None => Ok(()),
-        }
+        acknowledged(self.recorder.submit_acked(records)).await
     }
 
     /// The identity and head decisions noted and not yet written.
@@ -1148,18 +1118,13 @@ impl ExchangeRecording {
             }),
         );
         records.extend(self.take_noted());
-        let ack = self.recorder.submit(records, true);
-        let written = match ack {
-            Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
-            None => Err("the recorder is not running".into()),
-        };
-        match written {
+        match acknowledged(self.recorder.submit_acked(records)).await {
             Ok(()) => None,
             Err(cause) => match self.recorder.on_failure {
                 OnRecordFailure::Refuse => Some(refusal(ex, &cause)),
                 OnRecordFailure::Allow => {
                     let n = self.recorder.shared.unrecorded.fetch_add(1, Ordering::Relaxed) + 1;
-                    warn!(exchange = ex.id, url = %crate::mask::for_logs(&ex.url), cause = %cause, unrecorded = n,
+                    warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), cause = %cause, unrecorded = n,
                           "request passes UNRECORDED: the session recorder cannot write (on_record_failure = \"allow\")");
                     None
                 }
@@ -1197,7 +1162,7 @@ impl ExchangeRecording {
         }
         let found = self.masked_records(&found, Place::ResponseHeader, false);
         if !found.is_empty() {
-            self.recorder.submit(found, false);
+            self.recorder.submit(found);
         }
         let content_type = header(&resp.headers, http::header::CONTENT_TYPE);
         let ls_refs = self.git == GitKind::Fetch
@@ -1294,7 +1259,7 @@ impl ExchangeRecording {
                     at: model::now_micros(),
                     rule: f.rule.clone(),
                     fingerprint: f.fingerprint.clone(),
-                    place: place.as_str().into(),
+                    place,
                     client_masked,
                 })
             })
@@ -1311,7 +1276,7 @@ impl ExchangeRecording {
         dir: Direction,
         chunk: &Bytes,
         masked: Vec<Record>,
-    ) -> Result<Option<EndFuture>, String> {
+    ) -> Result<Option<EndFuture>, RecordError> {
         if chunk.is_empty() && masked.is_empty() {
             // Nothing to record (the end-of-body call of an empty body): nothing to refuse either.
             return Ok(None);
@@ -1319,7 +1284,7 @@ impl ExchangeRecording {
         if self.recorder.on_failure == OnRecordFailure::Refuse
             && let Some(cause) = self.recorder.failure()
         {
-            return Err(format!("stopped: the session recorder cannot write: {cause}"));
+            return Err(RecordError::CannotWrite(cause));
         }
         let side = match dir {
             Direction::Request => &self.request,
@@ -1366,19 +1331,19 @@ impl ExchangeRecording {
         if records.is_empty() {
             return Ok(None);
         }
-        Ok(self.recorder.submit(records, true).map(|rx| self.written(rx)))
+        Ok(Some(self.written(self.recorder.submit_acked(records))))
     }
 
     /// Waits for an acknowledgement; with failures allowed, a failed write lets the bytes pass.
-    fn written(&self, rx: oneshot::Receiver<Result<(), String>>) -> EndFuture {
+    fn written(&self, ack: Ack) -> EndFuture {
         let allow = self.recorder.on_failure == OnRecordFailure::Allow;
         Box::pin(async move {
-            match rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())) {
+            match acknowledged(ack).await {
                 Err(why) if allow => {
                     warn!(cause = %why, "body bytes passed UNRECORDED (on_record_failure = \"allow\")");
                     Ok(())
                 }
-                other => other,
+                other => other.map_err(BodyError::unrecorded),
             }
         })
     }
@@ -1407,7 +1372,7 @@ impl ExchangeRecording {
             truncated_from: ((msg.payload.len() as u64) < msg.len).then_some(msg.len),
         });
         records.insert(0, record);
-        self.recorder.submit(records, false);
+        self.recorder.submit(records);
     }
 
     /// The exchange has ended: its record (and any git operation), acknowledged once written.
@@ -1453,13 +1418,13 @@ impl ExchangeRecording {
             let p = push.finish();
             records.extend(self.masked_records(&p.secrets, Place::GitPushPack, false));
             if let Some(why) = &p.scan_error {
-                warn!(exchange = self.id, error = %why, "a pushed pack could not be scanned for secrets whole");
+                warn!(exchange = self.id.get(), error = %why, "a pushed pack could not be scanned for secrets whole");
             }
             records.push(Record::Git(model::GitOp {
                 session: self.session.clone(),
                 exchange: self.id,
                 at,
-                service: "git-receive-pack".into(),
+                service: GitService::ReceivePack,
                 updates: p.updates,
                 pack_len: p.pack_len,
                 pack_sha256: p.pack_sha256,
@@ -1480,7 +1445,7 @@ impl ExchangeRecording {
                     session: self.session.clone(),
                     exchange: self.id,
                     at,
-                    service: "git-upload-pack".into(),
+                    service: GitService::UploadPack,
                     updates: Vec::new(),
                     pack_len: None,
                     pack_sha256: None,
@@ -1508,19 +1473,15 @@ impl ExchangeRecording {
             response_body,
             ttfb_us: outcome.ttfb.as_micros() as u64,
             duration_us: outcome.duration.as_micros() as u64,
-            answered_by: outcome.answered_by.as_str().into(),
+            answered_by: outcome.answered_by,
             error: outcome.error.clone(),
         }));
-        let ack = self.recorder.submit(records, true);
+        let ack = self.recorder.submit_acked(records);
         let allow = self.recorder.on_failure == OnRecordFailure::Allow;
         let shared = self.recorder.shared.clone();
-        let (id, url) = (self.id, crate::mask::for_logs(&ex.url));
+        let (id, url) = (self.id.get(), crate::mask::for_logs(&ex.url));
         Box::pin(async move {
-            let written = match ack {
-                Some(rx) => rx.await.unwrap_or_else(|_| Err("the recorder stopped".into())),
-                None => Err("the recorder is not running".into()),
-            };
-            match written {
+            match acknowledged(ack).await {
                 Err(why) if allow => {
                     // Counted once, when its request passed (or here, if the store failed since).
                     let n = shared.unrecorded.load(Ordering::Relaxed);
@@ -1528,7 +1489,7 @@ impl ExchangeRecording {
                           "exchange completed UNRECORDED (on_record_failure = \"allow\")");
                     Ok(())
                 }
-                other => other,
+                other => other.map_err(BodyError::unrecorded),
             }
         })
     }
@@ -1551,16 +1512,20 @@ mod tests {
         let shared = Shared {
             pending: AtomicU64::new(0),
             space: Notify::new(),
-            failed: Mutex::new(Some("disk full".into())),
+            failed: Mutex::new(Some(Arc::new(store::Error::Io {
+                action: "write record segment",
+                path: dir.path().join("segments/000000000001.seg"),
+                cause: std::io::Error::other("disk full"),
+            }))),
             unrecorded: AtomicU64::new(3),
             dirty: AtomicBool::new(false),
         };
         let queue = IndexQueue::default();
-        let end = |reason: &str| {
+        let end = |session: &str| {
             vec![Record::SessionEnd(model::SessionEnd {
-                session: "s".into(),
+                session: session.into(),
                 at: model::now_micros(),
-                reason: reason.into(),
+                reason: SessionEndReason::Exited,
             })]
         };
         append_indexed(&mut store, &mut end("before"), &shared, &queue).unwrap();
@@ -1589,6 +1554,30 @@ mod tests {
         assert!(store::verify(dir.path(), &verifying, &mut |_| {}).is_ok());
     }
 
+    /// The client's answer names the store's failure once, whether it is known at admission or
+    /// learnt from the request head's write (which once said "cannot write: … cannot write: …").
+    #[test]
+    fn a_refusal_names_the_cause_once() {
+        let full = RecordError::CannotWrite(Arc::new(store::Error::Io {
+            action: "write record segment",
+            path: "/r/segments/000000000001.seg".into(),
+            cause: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }));
+        let text = refusal_text(&full);
+        assert!(
+            text.starts_with(
+                "ghgate: this request was not forwarded because the session recorder cannot write: \
+                 cannot write record segment /r/segments/000000000001.seg: No space left on device"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("cannot write:").count(), 1, "{text}");
+        assert_eq!(
+            refusal_text(&RecordError::Stopped),
+            "ghgate: this request was not forwarded because the recorder stopped\n"
+        );
+    }
+
     /// Callers writing through and the writer thread's queue share one store: whatever the
     /// interleaving, every record is written once, in one chain, and indexed in store order —
     /// the index then holds a row for each (an out-of-order batch would leave holes).
@@ -1610,14 +1599,21 @@ mod tests {
                 let recorder = &recorder;
                 scope.spawn(move || {
                     for i in 0..per_thread {
+                        // Each record names its thread and its place in the thread's order.
                         let record = Record::SessionEnd(model::SessionEnd {
-                            session: format!("s{t}"),
+                            session: format!("{t}/{i}").into(),
                             at: model::now_micros(),
-                            reason: format!("{t}/{i}"),
+                            reason: SessionEndReason::Exited,
                         });
                         // Half want an acknowledgement (request heads), half do not.
-                        if let Some(ack) = recorder.submit(vec![record], i % 2 == 0) {
-                            ack.blocking_recv().unwrap().unwrap();
+                        if i % 2 == 0 {
+                            recorder
+                                .submit_acked(vec![record])
+                                .blocking_recv()
+                                .unwrap()
+                                .unwrap();
+                        } else {
+                            recorder.submit(vec![record]);
                         }
                     }
                 });
@@ -1628,7 +1624,7 @@ mod tests {
         let reasons: Vec<String> = store::read_records(&record_dir)
             .unwrap()
             .filter_map(|r| match r.unwrap().1 {
-                Record::SessionEnd(e) => Some(e.reason),
+                Record::SessionEnd(e) => Some(e.session.as_str().to_owned()),
                 _ => None,
             })
             .collect();

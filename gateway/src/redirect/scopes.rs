@@ -12,7 +12,6 @@
 //! the recommendation for dedicated runners. This module never attaches to a cgroup that is not
 //! a child of a configured parent matching a configured name.
 use std::{
-    os::fd::{AsFd as _, AsRawFd, RawFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -173,7 +172,12 @@ impl Scopes {
                 Some(fd) => {
                     if let Ok(Ok(mut guard)) = tokio::time::timeout(RESCAN, fd.readable()).await {
                         // Drain: one sync answers every event so far.
-                        while fd.get_ref().0.read_events().is_ok_and(|ev| !ev.is_empty()) {}
+                        while fd
+                            .get_ref()
+                            .inotify()
+                            .read_events()
+                            .is_ok_and(|ev| !ev.is_empty())
+                        {}
                         guard.clear_ready();
                     }
                 }
@@ -182,7 +186,7 @@ impl Scopes {
         }
     }
 
-    fn watch(&self) -> anyhow::Result<tokio::io::unix::AsyncFd<Watched>> {
+    fn watch(&self) -> anyhow::Result<tokio::io::unix::AsyncFd<crate::sys::Inotified>> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         for parent in &self.config.parents {
             let dir = self.mount.join(parent);
@@ -192,19 +196,7 @@ impl Scopes {
                     .with_context(|| format!("cannot watch {}", dir.display()))?;
             }
         }
-        // SAFETY: the descriptor is the Inotify's own, which the AsyncFd owns (inside Watched)
-        // and never closes or replaces while it lives.
-        unsafe { tokio::io::unix::AsyncFd::register(Watched(inotify)) }
-            .map_err(|e| anyhow::anyhow!("cannot register the inotify descriptor: {}", e.into_parts().1))
-    }
-}
-
-/// An inotify instance, for tokio's readiness.
-struct Watched(Inotify);
-
-impl AsRawFd for Watched {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
+        crate::sys::watch_inotify(inotify).context("cannot register the inotify descriptor")
     }
 }
 

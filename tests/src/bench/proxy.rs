@@ -372,7 +372,10 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     let hop_pid = hop.pid().context("relaying gateway pid")?;
     // label, the gateway the client is redirected to, the CA it trusts, the proxy it is told
     // about, the pid of the process in the middle.
-    #[allow(clippy::type_complexity)]
+    #[allow(
+        clippy::type_complexity,
+        reason = "a one-off tuple of the bench's own channels, named nowhere else"
+    )]
     let cases: Vec<(&str, Option<&Gateway>, PathBuf, Option<SocketAddr>, Option<u32>)> = {
         let mut v = vec![
             ("direct", None, upstream_ca.clone(), None, None),

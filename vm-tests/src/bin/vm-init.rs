@@ -4,6 +4,10 @@
 //! The host (`cargo xtask vm-test`) reads exactly one `GHGATE-VM-RESULT:` line from the serial
 //! console. This program must never return (PID 1 exiting panics the kernel) and must power off
 //! whatever happens, so a guest never outlives its test.
+#![allow(
+    unsafe_code,
+    reason = "PID 1 of a throwaway guest: sets its environment before any thread exists and brings up loopback with ioctls that nix does not wrap"
+)]
 use std::{
     fs,
     io::Write as _,

@@ -5,7 +5,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
@@ -85,6 +85,11 @@ pub(super) fn tombstone_message(
     m.extend_from_slice(&(reason.len() as u32).to_le_bytes());
     m.extend_from_slice(reason.as_bytes());
     m
+}
+
+/// Where a store directory keeps its signing key.
+pub fn key_path(dir: &Path) -> PathBuf {
+    dir.join("recorder.key")
 }
 
 /// Loads the store's signing key (PKCS#8 PEM), creating it with mode 0600 when it does not exist.

@@ -6,11 +6,14 @@
 //! bodies are recorded after the masking stage.
 use base64::Engine as _;
 /// The git types records hold are the git crate's own (their JSON is what these records always
-/// had: ids as lower-case hex, `op` as "create", "update" or "delete").
-pub use ghgate_git::{Oid, RefOp, RefUpdate};
+/// had: ids as lower-case hex, `op` as "create", "update" or "delete", a decided ref's `kind` as
+/// "create", "delete", "fast-forward", "non-fast-forward" or "update").
+pub use ghgate_git::{Oid, RefKind, RefOp, RefUpdate};
+use ghgate_mask::{Finding, Masker};
 use serde::{Deserialize, Serialize};
 
-use crate::mask::{Finding, Masker};
+pub use crate::id::{ExchangeId, SessionId};
+use crate::words::words;
 
 /// Milliseconds since the Unix epoch are too coarse for token-by-token replay: times are
 /// microseconds since the epoch.
@@ -63,6 +66,8 @@ pub enum Record {
     Passthrough(Passthrough),
     /// A connection or datagram refused because it would have gone around the gateway.
     Refusal(Refusal),
+    /// A connection or datagram egress control saw and let through (to somewhere not GitHub's).
+    Egress(EgressSeen),
     /// A span in which the gateway did not mediate as configured.
     EnforcementGap(EnforcementGap),
     /// Written by the store itself at start when the previous run left a torn tail.
@@ -75,7 +80,7 @@ pub enum Record {
 
 impl Record {
     /// The session a record belongs to, when it belongs to one.
-    pub fn session(&self) -> Option<&str> {
+    pub fn session(&self) -> Option<&SessionId> {
         match self {
             Record::SessionStart(r) => Some(&r.session),
             Record::SessionEnd(r) => Some(&r.session),
@@ -92,10 +97,27 @@ impl Record {
             Record::PassthroughStart(r) => Some(&r.session),
             Record::Passthrough(r) => Some(&r.session),
             Record::Refusal(r) => Some(&r.session),
+            Record::Egress(r) => Some(&r.session),
             Record::Recovery(_)
             | Record::Tombstone(_)
             | Record::Unrecorded(_)
             | Record::EnforcementGap(_) => None,
+        }
+    }
+
+    /// The exchange a record belongs to, when it belongs to one.
+    pub fn exchange(&self) -> Option<ExchangeId> {
+        match self {
+            Record::Request(r) => Some(r.exchange),
+            Record::Exchange(r) => Some(r.exchange),
+            Record::BodyChunk(r) => Some(r.exchange),
+            Record::StreamEvent(r) => Some(r.exchange),
+            Record::Git(r) => Some(r.exchange),
+            Record::Masked(r) => Some(r.exchange),
+            Record::Identity(r) => Some(r.exchange),
+            Record::Decision(r) => Some(r.exchange),
+            Record::Approval(r) => r.exchange,
+            _ => None,
         }
     }
 
@@ -117,6 +139,7 @@ impl Record {
             Record::PassthroughStart(r) => r.at,
             Record::Passthrough(r) => r.at,
             Record::Refusal(r) => r.at,
+            Record::Egress(r) => r.at,
             Record::EnforcementGap(r) => r.at,
             Record::Recovery(r) => r.at,
             Record::Tombstone(r) => r.at,
@@ -129,7 +152,7 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionStart {
     /// Stable id: derived from the boot id, the tgid and the process start time.
-    pub session: String,
+    pub session: SessionId,
     pub at: Micros,
     pub tgid: u32,
     pub uid: u32,
@@ -149,16 +172,23 @@ pub struct SessionStart {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEnd {
-    pub session: String,
+    pub session: SessionId,
     pub at: Micros,
-    /// "exited" when the process was seen to exit, "gateway stopped" at shutdown.
-    pub reason: String,
+    pub reason: SessionEndReason,
+}
+
+words! {
+    /// Why a session ended.
+    pub enum SessionEndReason {
+        /// The process was seen to exit (its pidfd became readable).
+        Exited = "exited",
+    }
 }
 
 /// One terminated client connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Connection {
-    pub session: String,
+    pub session: SessionId,
     pub conn: u64,
     pub at: Micros,
     pub client: String,
@@ -173,9 +203,9 @@ pub struct Connection {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestStart {
-    pub session: String,
+    pub session: SessionId,
     pub conn: u64,
-    pub exchange: u64,
+    pub exchange: ExchangeId,
     pub at: Micros,
     pub method: String,
     pub url: String,
@@ -184,9 +214,9 @@ pub struct RequestStart {
 /// One request/response exchange, written when it has ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exchange {
-    pub session: String,
+    pub session: SessionId,
     pub conn: u64,
-    pub exchange: u64,
+    pub exchange: ExchangeId,
     pub started_at: Micros,
     pub method: String,
     pub url: String,
@@ -200,9 +230,18 @@ pub struct Exchange {
     /// Microseconds from start to the response head, and to the end of the response body.
     pub ttfb_us: u64,
     pub duration_us: u64,
-    /// "upstream", or "gateway" when the gateway answered itself.
-    pub answered_by: String,
+    pub answered_by: AnsweredBy,
     pub error: Option<String>,
+}
+
+words! {
+    /// Who answered an exchange.
+    pub enum AnsweredBy {
+        Upstream = "upstream",
+        /// The gateway answered itself (a refusal, a held request, a 421, a 503 while the store
+        /// cannot write).
+        Gateway = "gateway",
+    }
 }
 
 /// A whole body's facts, whether or not all of it was stored.
@@ -228,8 +267,8 @@ pub enum Direction {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BodyChunk {
-    pub session: String,
-    pub exchange: u64,
+    pub session: SessionId,
+    pub exchange: ExchangeId,
     pub dir: Direction,
     pub at: Micros,
     /// Offset of this chunk in the body.
@@ -247,8 +286,8 @@ pub enum StreamKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamEvent {
-    pub session: String,
-    pub exchange: u64,
+    pub session: SessionId,
+    pub exchange: ExchangeId,
     pub kind: StreamKind,
     pub dir: Direction,
     pub at: Micros,
@@ -267,25 +306,37 @@ pub struct StreamEvent {
 /// fingerprint everywhere this gateway saw it), and where. Never the secret itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Masked {
-    pub session: String,
-    pub exchange: u64,
+    pub session: SessionId,
+    pub exchange: ExchangeId,
     pub at: Micros,
     pub rule: String,
     pub fingerprint: String,
-    /// Where it was: "request body", "response body", "request header", "url",
-    /// "websocket message", "git push pack".
-    pub place: String,
+    pub place: Place,
     /// Whether the client received it masked (`false`: `responses = "alert"` or `"off"`, or a
     /// request the client sent).
     pub client_masked: bool,
+}
+
+words! {
+    /// Where a masked secret was.
+    pub enum Place {
+        RequestBody = "request body",
+        ResponseBody = "response body",
+        RequestHeader = "request headers",
+        ResponseHeader = "response headers",
+        Url = "url",
+        WebSocket = "websocket messages",
+        /// Inside the objects of a pushed pack (inflated to be scanned; the pack is not stored).
+        GitPushPack = "git push pack",
+    }
 }
 
 /// The identity stage's view of one exchange: the OIDC identity the caller proved (if any) and
 /// what credential the request carried upstream. Never a token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
-    pub session: String,
-    pub exchange: u64,
+    pub session: SessionId,
+    pub exchange: ExchangeId,
     pub at: Micros,
     /// `iss` and `sub` of a validated OIDC token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,22 +349,35 @@ pub struct Identity {
     /// The credential profile whose token went upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
-    /// "brokered" (the profile's token), "passed" (the caller's own), "stripped" (a caller with
-    /// a profile, where no token belongs: its own removed, nothing sent), "none", or "refused".
-    pub credential: String,
+    pub credential: CredentialKind,
     /// Why the request was refused, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
 }
 
+words! {
+    /// What credential a request carried upstream.
+    pub enum CredentialKind {
+        /// The profile's token.
+        Brokered = "brokered",
+        /// The caller's own.
+        Passed = "passed",
+        /// A caller with a profile, where no token belongs: its own removed, nothing sent.
+        Stripped = "stripped",
+        /// The caller sent none, and none was added.
+        None = "none",
+        /// The request was refused before anything went upstream (`Identity::refused` says why).
+        Refused = "refused",
+    }
+}
+
 /// The policy's decision for an exchange, or for one ref update of a push.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
-    pub session: String,
-    pub exchange: u64,
+    pub session: SessionId,
+    pub exchange: ExchangeId,
     pub at: Micros,
-    /// "allow", "deny", "require_approval" or "record_only".
-    pub action: String,
+    pub action: DecisionAction,
     /// The rule that decided (`rule #2 "force-push-main"`, or `the default`).
     pub rule: String,
     /// What the caller was told.
@@ -325,8 +389,30 @@ pub struct Decision {
     /// The approval this decision waits on or used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
-    /// "passed", "refused", or "held" (waiting for an approver).
-    pub outcome: String,
+    pub outcome: DecisionOutcome,
+}
+
+words! {
+    /// The action of the rule that decided (as a policy file names it).
+    pub enum DecisionAction {
+        Allow = "allow",
+        Deny = "deny",
+        RequireApproval = "require_approval",
+        RecordOnly = "record_only",
+    }
+}
+
+words! {
+    /// What came of a decision.
+    pub enum DecisionOutcome {
+        /// The request (or ref update) went on.
+        Passed = "passed",
+        Refused = "refused",
+        /// Waiting for an approver.
+        Held = "held",
+        /// Allowed by its own rule, refused because another ref of the same atomic push was.
+        RefusedAtomicPush = "refused (atomic push)",
+    }
 }
 
 /// A push's ref update as the policy saw it.
@@ -335,8 +421,7 @@ pub struct DecidedRef {
     pub name: String,
     pub old: Oid,
     pub new: Oid,
-    /// create, delete, fast-forward, non-fast-forward.
-    pub kind: String,
+    pub kind: RefKind,
     /// How the kind was decided ("the pushed commits", "the compare API", or why it could not
     /// be and the riskier kind was assumed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -352,15 +437,14 @@ pub struct DecidedRef {
 /// One step of an approval, recorded in the session that asked for it (or used it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalStep {
-    pub session: String,
+    pub session: SessionId,
     pub at: Micros,
     /// The approval's id (`apr-…`).
     pub id: String,
-    /// requested, notified, notify_failed, approved, denied, used, expired.
-    pub step: String,
+    pub step: ApprovalStepKind,
     /// The exchange that asked for it or used it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exchange: Option<u64>,
+    pub exchange: Option<ExchangeId>,
     /// The operation, on one line ("push refs/heads/main 1a2b3c4 → 5d6e7f8 to o/r").
     pub operation: String,
     pub rule: String,
@@ -371,14 +455,29 @@ pub struct ApprovalStep {
     pub reason: Option<String>,
 }
 
+words! {
+    /// A step in the life of an approval.
+    pub enum ApprovalStepKind {
+        Requested = "requested",
+        /// The webhook was delivered (`reason` says after how many attempts).
+        Notified = "notified",
+        /// The webhook could not be delivered (`reason` says why).
+        NotifyFailed = "notify_failed",
+        Approved = "approved",
+        Denied = "denied",
+        /// An approved operation went through, using the approval up.
+        Used = "used",
+        Expired = "expired",
+    }
+}
+
 /// A git smart-HTTP operation, parsed from the streaming bodies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GitOp {
-    pub session: String,
-    pub exchange: u64,
+    pub session: SessionId,
+    pub exchange: ExchangeId,
     pub at: Micros,
-    /// "git-receive-pack" (push) or "git-upload-pack" (fetch/clone).
-    pub service: String,
+    pub service: GitService,
     /// Push: the ref updates the client asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub updates: Vec<RefUpdate>,
@@ -388,6 +487,16 @@ pub struct GitOp {
     /// Fetch: object ids the client wanted, with the ref names the server advertised for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wants: Vec<Want>,
+}
+
+words! {
+    /// The git smart-HTTP service of an operation, as git names it on the wire.
+    pub enum GitService {
+        /// A push.
+        ReceivePack = "git-receive-pack",
+        /// A fetch or clone.
+        UploadPack = "git-upload-pack",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,14 +509,14 @@ pub struct Want {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Passthrough {
-    pub session: String,
+    pub session: SessionId,
     pub at: Micros,
     pub client: String,
     pub orig_dst: String,
     /// The SNI the client sent, when it sent one.
     pub sni: Option<String>,
-    /// Why it was not terminated ("passthrough list", "not intercepted", "not TLS").
-    pub reason: String,
+    /// Why it was not terminated.
+    pub reason: PassthroughReason,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_us: u64,
@@ -415,13 +524,23 @@ pub struct Passthrough {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PassthroughStart {
-    pub session: String,
+    pub session: SessionId,
     pub at: Micros,
     pub client: String,
     pub orig_dst: String,
     pub sni: Option<String>,
-    /// Why it is not terminated ("passthrough list").
-    pub reason: String,
+    /// Why it is not terminated.
+    pub reason: PassthroughReason,
+}
+
+words! {
+    /// Why a connection is relayed as raw bytes instead of terminated.
+    pub enum PassthroughReason {
+        /// Its TLS name is on the passthrough list.
+        PassthroughList = "passthrough list",
+        /// It was redirected to a port the gateway does not speak TLS on.
+        NotATlsPort = "not a TLS port",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -457,78 +576,74 @@ pub struct Unrecorded {
     pub cause: String,
 }
 
-/// Which layer refused a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefusalLayer {
-    /// The cgroup programs: the caller's connect() or sendmsg() failed.
-    Kernel,
-    /// The gateway, after accepting a redirected connection (at the TLS peek).
-    Gateway,
-}
-
-/// Why a connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefusalReason {
-    /// A TCP port to GitHub's addresses that is neither intercepted nor allowed (ssh on 22, …).
-    PortNotAllowed,
-    /// UDP, SCTP or another non-TCP socket to GitHub's addresses.
-    NotTcp,
-    /// Something other than the gateway held the gateway's listening port.
-    ForeignListener,
-    /// The kernel could not remember the connection, so it refused it rather than let it pass.
-    MapError,
-    /// No gateway was listening (fail-closed): the connection was refused.
-    GatewayDown,
-    /// A TLS name that is neither intercepted nor on the passthrough list.
-    ForeignSni,
-    /// A ClientHello without a server name.
-    NoSni,
-    /// A ClientHello the gateway could not parse.
-    MalformedHello,
-    /// A ClientHello offering Encrypted Client Hello: its real name is hidden from the gateway.
-    Ech,
-    /// Bytes that are not TLS on a TLS port (ssh, plain HTTP, …).
-    NotTls,
-    /// A passthrough relay that could not be recorded before it began.
-    StoreUnavailable,
-    /// A packet to GitHub's addresses that no socket hook saw (a raw socket's hand-built
-    /// datagram, a connection older than the programs), dropped at egress.
-    EgressDropped,
-}
-
-impl RefusalReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefusalReason::PortNotAllowed => "port_not_allowed",
-            RefusalReason::NotTcp => "not_tcp",
-            RefusalReason::ForeignListener => "foreign_listener",
-            RefusalReason::MapError => "map_error",
-            RefusalReason::GatewayDown => "gateway_down",
-            RefusalReason::ForeignSni => "foreign_sni",
-            RefusalReason::NoSni => "no_sni",
-            RefusalReason::MalformedHello => "malformed_hello",
-            RefusalReason::Ech => "ech",
-            RefusalReason::NotTls => "not_tls",
-            RefusalReason::StoreUnavailable => "store_unavailable",
-            RefusalReason::EgressDropped => "egress_dropped",
-        }
+words! {
+    /// Which layer refused a connection.
+    pub enum RefusalLayer {
+        /// The cgroup programs: the caller's connect() or sendmsg() failed.
+        Kernel = "kernel",
+        /// The gateway, after accepting a redirected connection (at the TLS peek).
+        Gateway = "gateway",
     }
+}
+
+words! {
+    /// Why a connection was refused.
+    pub enum RefusalReason {
+        /// A TCP port to GitHub's addresses that is neither intercepted nor allowed (ssh on 22, …).
+        PortNotAllowed = "port_not_allowed",
+        /// UDP, SCTP or another non-TCP socket to GitHub's addresses.
+        NotTcp = "not_tcp",
+        /// Something other than the gateway held the gateway's listening port.
+        ForeignListener = "foreign_listener",
+        /// The kernel could not remember the connection, so it refused it rather than let it pass.
+        MapError = "map_error",
+        /// No gateway was listening (fail-closed): the connection was refused.
+        GatewayDown = "gateway_down",
+        /// A TLS name that is neither intercepted nor on the passthrough list.
+        ForeignSni = "foreign_sni",
+        /// A ClientHello without a server name.
+        NoSni = "no_sni",
+        /// A ClientHello the gateway could not parse.
+        MalformedHello = "malformed_hello",
+        /// A ClientHello offering Encrypted Client Hello: its real name is hidden from the gateway.
+        Ech = "ech",
+        /// Bytes that are not TLS on a TLS port (ssh, plain HTTP, …).
+        NotTls = "not_tls",
+        /// A passthrough relay that could not be recorded before it began.
+        StoreUnavailable = "store_unavailable",
+        /// A packet to GitHub's addresses that no socket hook saw (a raw socket's hand-built
+        /// datagram, a connection older than the programs), dropped at egress.
+        EgressDropped = "egress_dropped",
+        /// Egress control in block mode: the destination is not on the allow-list.
+        NotAllowed = "not_allowed",
+        /// Egress control in block mode: a raw or ICMP socket, which could reach any address
+        /// without a connect() or sendmsg() the kernel checks.
+        RawSocket = "raw_socket",
+    }
+}
+
+words! {
+    /// The transport of a refused connection or datagram: its protocol, or what the kernel said
+    /// of a socket no name covers ("type 3 protocol 1").
+    pub enum Transport {
+        Tcp = "tcp",
+        Udp = "udp",
+        Mptcp = "mptcp",
+        Sctp = "sctp",
+    } else Other
 }
 
 /// A connection (or datagram) that never reached its destination because it would have gone
 /// around the gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refusal {
-    pub session: String,
+    pub session: SessionId,
     pub at: Micros,
     pub layer: RefusalLayer,
     pub reason: RefusalReason,
     /// Where the caller was going, as it wrote it.
     pub orig_dst: String,
-    /// "tcp", "udp", "mptcp", "sctp" or the protocol number.
-    pub transport: String,
+    pub transport: Transport,
     /// The caller's end, for connections the gateway accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
@@ -544,20 +659,39 @@ pub struct Refusal {
     pub comm: String,
 }
 
-/// What kind of enforcement was lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GapKind {
-    /// The gateway stopped without an orderly stop (crash, kill -9); the programs stayed
-    /// attached, so connections were refused (or bypassed, in bypass mode) meanwhile.
-    GatewayDown,
-    /// The gateway stopped in an orderly way; the programs stayed attached meanwhile.
-    GatewayStopped,
-    /// The programs or their pins were removed: nothing was mediated until they came back.
-    Detached,
-    /// The host rebooted: the programs came back with the gateway (units order the gateway
-    /// before the runner, so nothing governed ran in between).
-    Reboot,
+/// A connection (or the first datagrams to one destination within a second) that egress control
+/// let through: audit mode records every one, block mode the allowed ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EgressSeen {
+    pub session: SessionId,
+    pub at: Micros,
+    /// Where the caller was going, as it wrote it (a v4-mapped address as the IPv4 one).
+    pub orig_dst: String,
+    pub transport: Transport,
+    /// The name the destination was looked up by through the gateway's resolver, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Identical events (same caller, destination and transport) this record stands for.
+    pub count: u64,
+    pub tgid: u32,
+    pub uid: u32,
+    pub comm: String,
+}
+
+words! {
+    /// What kind of enforcement was lost.
+    pub enum GapKind {
+        /// The gateway stopped without an orderly stop (crash, kill -9); the programs stayed
+        /// attached, so connections were refused (or bypassed, in bypass mode) meanwhile.
+        GatewayDown = "gateway_down",
+        /// The gateway stopped in an orderly way; the programs stayed attached meanwhile.
+        GatewayStopped = "gateway_stopped",
+        /// The programs or their pins were removed: nothing was mediated until they came back.
+        Detached = "detached",
+        /// The host rebooted: the programs came back with the gateway (units order the gateway
+        /// before the runner, so nothing governed ran in between).
+        Reboot = "reboot",
+    }
 }
 
 /// A span in which the gateway did not mediate as configured, written when it is noticed (at
@@ -731,7 +865,7 @@ mod tests {
         );
         h.insert("cookie", "session=abc".parse().unwrap());
         h.insert("accept", "application/json".parse().unwrap());
-        let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [3; 32]);
+        let masker = ghgate_mask::Masker::new(ghgate_mask::Rules::builtin(), [3; 32]);
         let (m, _) = mask_headers(&h, &masker);
         let get = |n: &str| m.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         let fp = masker.fingerprint(b"ghp_abcdefghijklmnopqrstuvwxyz0123456789");
@@ -758,9 +892,9 @@ mod tests {
     fn records_round_trip_through_json() {
         let r = Record::Git(GitOp {
             session: "s1".into(),
-            exchange: 7,
+            exchange: ExchangeId::new(7),
             at: 1,
-            service: "git-receive-pack".into(),
+            service: GitService::ReceivePack,
             updates: vec![RefUpdate::new(
                 Oid::zero(ghgate_git::ObjectFormat::Sha1),
                 "a".repeat(40).parse().unwrap(),
@@ -799,5 +933,136 @@ mod tests {
         // A stored id that is not one is refused, not read as something else.
         let bad = WRITTEN_BEFORE_THE_GIT_CRATE[1].replace("f6f6f6f6", "not-hex!");
         assert!(serde_json::from_str::<Record>(&bad).is_err());
+    }
+
+    /// The words each typed field holds are the strings the code before the types wrote (every
+    /// value it could write, from its writers at the time): a store holding them reads, and a
+    /// record written back holds them again.
+    #[test]
+    fn typed_fields_hold_the_words_earlier_versions_wrote() {
+        fn words<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(
+            all: &[T],
+        ) -> Vec<String> {
+            all.iter()
+                .map(|v| {
+                    let json = serde_json::to_string(v).unwrap();
+                    assert_eq!(&serde_json::from_str::<T>(&json).unwrap(), v, "{json} reads back");
+                    serde_json::from_str::<String>(&json).unwrap()
+                })
+                .collect()
+        }
+        use AnsweredBy as A;
+        assert_eq!(words(&[A::Upstream, A::Gateway]), ["upstream", "gateway"]);
+        use CredentialKind as C;
+        assert_eq!(
+            words(&[C::Brokered, C::Passed, C::Stripped, C::None, C::Refused]),
+            ["brokered", "passed", "stripped", "none", "refused"]
+        );
+        use DecisionAction as D;
+        assert_eq!(
+            words(&[D::Allow, D::Deny, D::RequireApproval, D::RecordOnly]),
+            ["allow", "deny", "require_approval", "record_only"]
+        );
+        use DecisionOutcome as O;
+        assert_eq!(
+            words(&[O::Passed, O::Refused, O::Held, O::RefusedAtomicPush]),
+            ["passed", "refused", "held", "refused (atomic push)"]
+        );
+        use ApprovalStepKind as S;
+        assert_eq!(
+            words(&[
+                S::Requested,
+                S::Notified,
+                S::NotifyFailed,
+                S::Approved,
+                S::Denied,
+                S::Used,
+                S::Expired
+            ]),
+            [
+                "requested",
+                "notified",
+                "notify_failed",
+                "approved",
+                "denied",
+                "used",
+                "expired"
+            ]
+        );
+        assert_eq!(words(&[SessionEndReason::Exited]), ["exited"]);
+        use PassthroughReason as P;
+        assert_eq!(
+            words(&[P::PassthroughList, P::NotATlsPort]),
+            ["passthrough list", "not a TLS port"]
+        );
+        assert_eq!(
+            words(&[GitService::ReceivePack, GitService::UploadPack]),
+            ["git-receive-pack", "git-upload-pack"]
+        );
+        use Place as M;
+        assert_eq!(
+            words(&[
+                M::RequestBody,
+                M::ResponseBody,
+                M::RequestHeader,
+                M::ResponseHeader,
+                M::Url,
+                M::WebSocket,
+                M::GitPushPack
+            ]),
+            [
+                "request body",
+                "response body",
+                "request headers",
+                "response headers",
+                "url",
+                "websocket messages",
+                "git push pack"
+            ]
+        );
+        use RefKind as K;
+        assert_eq!(
+            words(&[K::Create, K::Delete, K::FastForward, K::NonFastForward, K::Update]),
+            ["create", "delete", "fast-forward", "non-fast-forward", "update"]
+        );
+        use Transport as T;
+        assert_eq!(
+            words(&[
+                T::Tcp,
+                T::Udp,
+                T::Mptcp,
+                T::Sctp,
+                T::Other("type 3 protocol 1".into())
+            ]),
+            ["tcp", "udp", "mptcp", "sctp", "type 3 protocol 1"]
+        );
+        assert_eq!(
+            words(&[RefusalLayer::Kernel, RefusalLayer::Gateway]),
+            ["kernel", "gateway"]
+        );
+        use GapKind as G;
+        assert_eq!(
+            words(&[G::GatewayDown, G::GatewayStopped, G::Detached, G::Reboot]),
+            ["gateway_down", "gateway_stopped", "detached", "reboot"]
+        );
+        assert_eq!(RefusalReason::WORDS.len(), 12);
+        for w in RefusalReason::WORDS {
+            assert_eq!(words(&[RefusalReason::from_word(w).unwrap()]), [*w]);
+        }
+    }
+
+    /// A word no variant names is refused by a closed field (the record does not read, rather
+    /// than read as something it is not) and kept as written by an open one.
+    #[test]
+    fn unknown_words_are_refused_or_kept() {
+        let e = serde_json::from_str::<DecisionOutcome>(r#""maybe""#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `maybe`"), "{e}");
+        assert!(e.to_string().contains("`refused (atomic push)`"), "{e}");
+        let t: Transport = serde_json::from_str(r#""type 5 protocol 0""#).unwrap();
+        assert_eq!(t, Transport::Other("type 5 protocol 0".into()));
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#""type 5 protocol 0""#);
+        // A known word given as `Other` is that word all the same.
+        let tcp = Transport::from_word("tcp");
+        assert_eq!(tcp, Transport::Tcp);
     }
 }

@@ -57,11 +57,10 @@
 //! was written; durability against power loss comes from `sync`. When a segment would grow beyond
 //! `StoreOptions::segment_bytes` it is sealed and the next one begins with a header chained to the
 //! seal.
-#![forbid(unsafe_code)]
 
-pub use self::keys::{load_or_create_key, load_public_key, public_key_pem};
+pub use self::keys::{key_path, load_or_create_key, load_public_key, public_key_pem};
 pub use self::prune::{PruneReport, prune};
-pub use self::read::{Records, read_at, read_records};
+pub use self::read::{Records, read_at, read_raw_at, read_records};
 pub use self::verify::{PrunedRange, VerifyFailure, VerifyProgress, VerifyReport, verify};
 
 mod frame;
@@ -85,7 +84,7 @@ use self::frame::{
     ZERO_HASH, begin_frame, finish_frame, good_frame_after, push_header_frame, push_signed_frame,
     scan_segment,
 };
-use crate::record::model::{Record, Recovery, now_micros};
+use crate::model::{Record, Recovery, now_micros};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -194,6 +193,18 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(numbers)
 }
 
+/// Opens (creating it, mode 0600) a lock file; the caller takes the lock it needs.
+fn open_lock(path: &Path, action: &'static str) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(action, path, e))
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -285,14 +296,7 @@ impl Store {
         let seg_dir = dir.join("segments");
         fs::create_dir_all(&seg_dir).map_err(|e| Error::io("create record directory", &seg_dir, e))?;
         let lock_path = dir.join("store.lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open record store lock", &lock_path, e))?;
+        let lock = open_lock(&lock_path, "open record store lock")?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(Error::Locked { dir: dir.to_owned() }),
@@ -532,16 +536,22 @@ impl Store {
     /// altered or removed without the key, even before their segment is sealed.
     pub fn checkpoint(&mut self) -> Result<Position> {
         self.ensure_active()?;
+        self.write_signed(KIND_CHECKPOINT)
+    }
+
+    /// Appends a signed frame of `kind` (checkpoint or seal) over the current head to the active
+    /// segment, which must exist.
+    fn write_signed(&mut self, kind: u8) -> Result<Position> {
         let active = self
             .active
             .as_mut()
-            .expect("ensure_active leaves an active segment");
+            .expect("a signed frame goes to an active segment");
         self.ctl.clear();
         let seq = self.head.seq + 1;
         let hash = push_signed_frame(
             &mut self.ctl,
             &self.key,
-            KIND_CHECKPOINT,
+            kind,
             active.number,
             seq,
             &self.head.hash,
@@ -596,28 +606,10 @@ impl Store {
     /// Writes the seal of the active segment and makes it durable. Afterwards there is no active
     /// segment until the next one is created (which a failure there leaves for the next append).
     fn seal_active(&mut self) -> Result<()> {
-        let Some(active) = self.active.as_mut() else {
+        if self.active.is_none() {
             return Ok(());
-        };
-        self.ctl.clear();
-        let seq = self.head.seq + 1;
-        let hash = push_signed_frame(
-            &mut self.ctl,
-            &self.key,
-            KIND_SEAL,
-            active.number,
-            seq,
-            &self.head.hash,
-            active.records,
-        );
-        let pos = Position {
-            segment: active.number,
-            offset: active.len,
-            seq,
-            hash,
-        };
-        active.write_end(&self.ctl)?;
-        self.head = pos;
+        }
+        self.write_signed(KIND_SEAL)?;
         let active = self.active.take().expect("checked above");
         active
             .file

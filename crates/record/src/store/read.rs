@@ -11,7 +11,7 @@ use super::frame::{
     FrameReader, KIND_CHECKPOINT, KIND_HEADER, KIND_RECORD, KIND_SEAL, MAGIC, Next, read_full,
 };
 use super::{Error, Position, Result, list_segments, segment_path};
-use crate::record::model::Record;
+use crate::model::Record;
 
 /// Every record in the store, in order, across segments. Headers, checkpoints and seals are
 /// skipped. A frame being written at the very end of the newest segment ends the iteration
@@ -207,6 +207,18 @@ impl Records {
 /// Reads the record frame at `offset` of segment `segment` (a `Position` from the writer or
 /// from `read_records`).
 pub fn read_at(dir: &Path, segment: u64, offset: u64) -> Result<(Position, Record)> {
+    let (pos, json) = read_raw_at(dir, segment, offset)?;
+    let rec = serde_json::from_slice(&json).map_err(|e| Error::Corrupt {
+        segment,
+        offset,
+        what: format!("record does not parse: {e}"),
+    })?;
+    Ok((pos, rec))
+}
+
+/// `read_at`, the record as the JSON bytes it was stored as (checksum checked, not parsed): what
+/// the JSON-lines export writes, and what a record must serialise back to.
+pub fn read_raw_at(dir: &Path, segment: u64, offset: u64) -> Result<(Position, Vec<u8>)> {
     let path = segment_path(dir, segment);
     let io_err = |e| Error::io("read record segment", &path, e);
     let mut file = File::open(&path).map_err(io_err)?;
@@ -235,8 +247,6 @@ pub fn read_at(dir: &Path, segment: u64, offset: u64) -> Result<(Position, Recor
             super::frame::kind_name(reader.kind())
         )));
     }
-    let rec = serde_json::from_slice(reader.payload())
-        .map_err(|e| corrupt(format!("record does not parse: {e}")))?;
     Ok((
         Position {
             segment,
@@ -244,6 +254,6 @@ pub fn read_at(dir: &Path, segment: u64, offset: u64) -> Result<(Position, Recor
             seq: reader.seq(),
             hash: reader.hash(),
         },
-        rec,
+        reader.payload().to_vec(),
     ))
 }

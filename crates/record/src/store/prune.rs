@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{Hash, ScanOptions, ZERO_HASH, scan_segment};
 use super::keys::tombstone_message;
-use super::{Error, Result, list_segments, segment_path, sync_dir};
-use crate::record::model::{Micros, Tombstone, now_micros};
+use super::{Error, Result, list_segments, open_lock, segment_path, sync_dir};
+use crate::model::{Micros, Tombstone, now_micros};
 
 /// What one `prune` removed.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,23 +79,41 @@ fn parse_tombstone_name(name: &str) -> Option<(u64, u64)> {
     (digits(a) && digits(b)).then(|| (a.parse().unwrap_or(0), b.parse().unwrap_or(0)))
 }
 
-/// Every tombstone in `dir/tombstones`, signature-checked, sorted by first segment. An error
-/// names the segment the bad tombstone starts at, and what is wrong with it.
-pub(super) fn load_tombstones(dir: &Path, key: &VerifyingKey) -> Result<Vec<LoadedTombstone>, (u64, String)> {
+/// A tombstone that cannot be trusted (or the tombstone directory that cannot be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BadTombstone {
+    /// The first segment it accounts for (0 when the directory itself could not be read).
+    pub segment: u64,
+    pub what: String,
+}
+
+/// Every tombstone in `dir/tombstones`, signature-checked, sorted by first segment.
+pub(super) fn load_tombstones(dir: &Path, key: &VerifyingKey) -> Result<Vec<LoadedTombstone>, BadTombstone> {
     let tdir = dir.join("tombstones");
     let entries = match fs::read_dir(&tdir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err((0, format!("cannot list {}: {e}", tdir.display()))),
+        Err(e) => {
+            return Err(BadTombstone {
+                segment: 0,
+                what: format!("cannot list {}: {e}", tdir.display()),
+            });
+        }
     };
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| (0, format!("cannot list {}: {e}", tdir.display())))?;
+        let entry = entry.map_err(|e| BadTombstone {
+            segment: 0,
+            what: format!("cannot list {}: {e}", tdir.display()),
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some((first, last)) = parse_tombstone_name(&name) else {
             continue;
         };
-        let bad = |what: String| (first, format!("tombstone {name}: {what}"));
+        let bad = |what: String| BadTombstone {
+            segment: first,
+            what: format!("tombstone {name}: {what}"),
+        };
         let text = fs::read_to_string(entry.path()).map_err(|e| bad(format!("cannot read it: {e}")))?;
         let file: TombstoneFile =
             serde_json::from_str(&text).map_err(|e| bad(format!("does not parse ({e}) — it was altered")))?;
@@ -173,14 +191,7 @@ fn write_tombstone(dir: &Path, key: &SigningKey, t: &Tombstone, last_hash: &Hash
 /// `dir/prune.lock`. Refuses to delete anything that does not verify.
 pub fn prune(dir: &Path, key: &SigningKey, cutoff_micros: Micros, reason: &str) -> Result<PruneReport> {
     let lock_path = dir.join("prune.lock");
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| Error::io("open prune lock", &lock_path, e))?;
+    let lock = open_lock(&lock_path, "open prune lock")?;
     lock.lock().map_err(|e| Error::io("lock", &lock_path, e))?;
     let mut report = PruneReport {
         pruned: None,
@@ -195,10 +206,10 @@ pub fn prune(dir: &Path, key: &SigningKey, cutoff_micros: Micros, reason: &str) 
         return Ok(report);
     };
     let vkey = key.verifying_key();
-    let tombstones = load_tombstones(dir, &vkey).map_err(|(segment, what)| Error::Corrupt {
-        segment,
+    let tombstones = load_tombstones(dir, &vkey).map_err(|bad| Error::Corrupt {
+        segment: bad.segment,
         offset: 0,
-        what: format!("{what}; refusing to prune"),
+        what: format!("{}; refusing to prune", bad.what),
     })?;
     let mut expect = if first == 1 {
         Some((1, ZERO_HASH))

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::frame::{KIND_HEADER, KIND_RECORD, KIND_SEAL, MAGIC, PREFIX};
 use super::*;
-use crate::record::model::{self, Direction};
+use crate::model::{self, Direction, SessionEndReason};
 
 /// Makes the next write to the active segment fail, and optionally the truncation after it.
 #[derive(Default)]
@@ -55,16 +55,16 @@ fn small() -> StoreOptions {
 
 fn rec(i: u64) -> Record {
     Record::SessionEnd(model::SessionEnd {
-        session: format!("session-{i:04}"),
+        session: format!("session-{i:04}").into(),
         at: 1_000_000 + i,
-        reason: "exited".into(),
+        reason: SessionEndReason::Exited,
     })
 }
 
 fn chunk(i: u64, len: usize) -> Record {
     Record::BodyChunk(model::BodyChunk {
         session: "s".into(),
-        exchange: i,
+        exchange: i.into(),
         dir: Direction::Response,
         at: 1_000_000 + i,
         offset: 0,
@@ -333,7 +333,7 @@ fn killed_writer_keeps_everything_it_acknowledged() {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "record::store::tests::child_writer",
+            "store::tests::child_writer",
             "--ignored",
             "--nocapture",
             "--test-threads=1",

@@ -7,15 +7,17 @@
 use std::{borrow::Borrow, fmt::Write as _, io};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{
+use crate::{
     index::host_of,
-    model::{BodySummary, Direction, Exchange, GitOp, Micros, Record, StreamEvent, StreamKind},
-    session::{Completion, ExchangeView, Fact, SessionView, clock, datetime, duration, iso8601, size},
+    model::{
+        AnsweredBy, BodySummary, Direction, Exchange, GitOp, GitService, Micros, Record, StreamEvent,
+        StreamKind,
+    },
+    session::{ExchangeView, Fact, SessionView, clock, datetime, duration, iso8601, size},
 };
-use crate::mask::payload;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -442,7 +444,7 @@ pub fn to_html(view: &SessionView) -> String {
          <title>ghgate session {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n",
         csp_hash(STYLE),
         csp_hash(SCRIPT),
-        e(view.id())
+        e(view.id().as_str())
     );
     header_html(&mut h, view);
     let t0 = view.start.at;
@@ -466,7 +468,7 @@ pub fn to_html(view: &SessionView) -> String {
                 let _ = writeln!(
                     h,
                     "<li class=\"note\">{when} session ended ({})</li>",
-                    e(&end.reason)
+                    end.reason.as_str()
                 );
             }
             Fact::Connection(c) => {
@@ -494,13 +496,10 @@ pub fn to_html(view: &SessionView) -> String {
                     h,
                     "<li class=\"note\">{when} passthrough (not intercepted: {}) from <span class=\"mono\">{}</span> \
                      to <span class=\"mono\">{}</span>{} — ↑ {} ↓ {} in {}</li>",
-                    e(&p.reason),
+                    p.reason.as_str(),
                     e(&p.client),
                     e(&p.orig_dst),
-                    p.sni
-                        .as_deref()
-                        .map(|s| format!(", SNI <span class=\"mono\">{}</span>", e(s)))
-                        .unwrap_or_default(),
+                    sni_html(p.sni.as_deref()),
                     size(p.bytes_up),
                     size(p.bytes_down),
                     duration(p.duration_us)
@@ -511,7 +510,14 @@ pub fn to_html(view: &SessionView) -> String {
                 let _ = writeln!(
                     h,
                     "<li class=\"note refusal\">{when} {}</li>",
-                    e(&super::session::refusal_line(r))
+                    e(&crate::session::refusal_line(r))
+                );
+            }
+            Fact::Egress(x) => {
+                let _ = writeln!(
+                    h,
+                    "<li class=\"note\">{when} {}</li>",
+                    e(&crate::session::egress_line(x))
                 );
             }
             Fact::PassthroughStart(p) => {
@@ -521,17 +527,14 @@ pub fn to_html(view: &SessionView) -> String {
                      <span class=\"mono\">{}</span> to <span class=\"mono\">{}</span>{}</li>",
                     e(&p.client),
                     e(&p.orig_dst),
-                    p.sni
-                        .as_deref()
-                        .map(|s| format!(", SNI <span class=\"mono\">{}</span>", e(s)))
-                        .unwrap_or_default(),
+                    sni_html(p.sni.as_deref()),
                 );
             }
             Fact::Approval(a) => {
                 let _ = writeln!(
                     h,
                     "<li class=\"note approval\">{when} {}</li>",
-                    e(&super::session::approval_line(a))
+                    e(&crate::session::approval_line(a))
                 );
             }
             Fact::ResponseHead(_)
@@ -550,6 +553,12 @@ pub fn to_html(view: &SessionView) -> String {
          exactly as stored.</footer>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
     );
     h
+}
+
+/// `, SNI <name>`, or nothing.
+fn sni_html(sni: Option<&str>) -> String {
+    sni.map(|s| format!(", SNI <span class=\"mono\">{}</span>", escape_html(s)))
+        .unwrap_or_default()
 }
 
 fn session_end(view: &SessionView) -> Micros {
@@ -573,7 +582,7 @@ fn header_html(h: &mut String, view: &SessionView) {
     let _ = writeln!(
         h,
         "<header>\n<h1>Session <code>{}</code></h1>\n<p class=\"sub\">Recorded by ghgate. <span id=\"controls\"></span></p>",
-        e(view.id())
+        e(view.id().as_str())
     );
     h.push_str("<dl class=\"facts\">\n");
     let mut fact = |label: &str, value_html: String| {
@@ -642,7 +651,7 @@ fn header_html(h: &mut String, view: &SessionView) {
             format!(
                 "{} ({}), after {}",
                 e(&datetime(end.at)),
-                e(&end.reason),
+                end.reason.as_str(),
                 duration(end.at.saturating_sub(s.at))
             ),
         ),
@@ -662,13 +671,13 @@ fn header_html(h: &mut String, view: &SessionView) {
         .exchanges
         .iter()
         .flat_map(|x| &x.git)
-        .filter(|g| g.service == "git-receive-pack")
+        .filter(|g| g.service == GitService::ReceivePack)
         .count();
     let fetches = view
         .exchanges
         .iter()
         .flat_map(|x| &x.git)
-        .filter(|g| g.service == "git-upload-pack")
+        .filter(|g| g.service == GitService::UploadPack)
         .count();
     let unfinished = view.exchanges.iter().filter(|x| x.exchange.is_none()).count();
     let mut summary = format!(
@@ -740,10 +749,9 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                 size(ex.request_body.len),
                 size(ex.response_body.len),
                 e(&ex.http_version),
-                if ex.answered_by == "upstream" {
-                    String::new()
-                } else {
-                    format!(" · answered by {}", e(&ex.answered_by))
+                match ex.answered_by {
+                    AnsweredBy::Upstream => String::new(),
+                    other => format!(" · answered by {other}"),
                 }
             );
             let x0 = pos(ex.started_at);
@@ -780,14 +788,14 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
         let _ = writeln!(
             h,
             "<p class=\"identity\">Identity: {}</p>",
-            e(&super::session::identity_line(i))
+            e(&crate::session::identity_line(i))
         );
     }
     for d in &x.decisions {
         let _ = writeln!(
             h,
             "<p class=\"policy\">Policy: {}</p>",
-            e(&super::session::decision_line(d))
+            e(&crate::session::decision_line(d))
         );
     }
     // Secrets masked in this exchange: an auditor follows one secret by its fingerprint.
@@ -799,7 +807,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                 "<li><span class=\"mono\">{}</span> fingerprint <span class=\"mono\">{}</span> in the {}{}</li>",
                 e(&m.rule),
                 e(&m.fingerprint),
-                e(&m.place),
+                m.place.as_str(),
                 if m.client_masked {
                     ""
                 } else {
@@ -812,7 +820,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
     let summary = x.exchange.as_ref();
     // The request: a prompt shown as messages, else the body itself.
     if !x.request_body.is_empty() {
-        match prompt(&x.request_body) {
+        match x.prompt() {
             Some(p) => {
                 let _ = writeln!(
                     h,
@@ -827,6 +835,13 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                     text_block(h, text);
                     h.push_str("</div>\n");
                 }
+                if let Some(suffix) = &p.suffix {
+                    h.push_str(
+                        "<div class=\"msg\"><div class=\"role\">suffix (the answer leads into this)</div>",
+                    );
+                    text_block(h, suffix);
+                    h.push_str("</div>\n");
+                }
                 h.push_str("<details><summary>Request body as sent</summary>");
                 body_html(h, &x.request_body, summary.map(|s| &s.request_body));
                 h.push_str("</details>\n");
@@ -838,11 +853,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
         }
     }
     // The response: completions streamed or returned, events, git, the body.
-    let mut completions = x.completions();
-    if completions.is_empty() {
-        completions = answer(&x.response_body);
-    }
-    for c in &completions {
+    for c in &x.answers() {
         let _ = writeln!(h, "<h3>Completion: {}</h3>", e(&c.part));
         let _ = writeln!(h, "<pre class=\"completion\">{}</pre>", e(&capped(&c.text)));
     }
@@ -966,7 +977,7 @@ fn events_html(h: &mut String, x: &ExchangeView) {
 
 fn git_html(h: &mut String, g: &GitOp) {
     let e = escape_html;
-    if g.service == "git-receive-pack" || !g.updates.is_empty() {
+    if g.service == GitService::ReceivePack || !g.updates.is_empty() {
         h.push_str("<h3>Git push</h3>\n<table><thead><tr><th>ref</th><th>operation</th><th>old → new</th></tr></thead><tbody>");
         for u in &g.updates {
             let _ = write!(
@@ -991,7 +1002,7 @@ fn git_html(h: &mut String, g: &GitOp) {
             );
         }
     }
-    if g.service == "git-upload-pack" || !g.wants.is_empty() {
+    if g.service == GitService::UploadPack || !g.wants.is_empty() {
         let _ = write!(
             h,
             "<h3>Git fetch</h3>\n<table><thead><tr><th>wanted object</th><th>advertised as</th></tr></thead><tbody>"
@@ -1067,127 +1078,10 @@ fn capped(text: &str) -> String {
     }
 }
 
-/// A request body that carries an LLM prompt, as messages.
-struct Prompt {
-    model: Option<String>,
-    messages: Vec<(String, String)>,
-}
-
-fn prompt(body: &[u8]) -> Option<Prompt> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object()?;
-    let mut messages = Vec::new();
-    for key in ["system", "instructions", "systemInstruction"] {
-        if let Some(s) = obj.get(key) {
-            messages.push((key.to_owned(), part_text(s)));
-        }
-    }
-    for key in ["messages", "input", "contents"] {
-        match obj.get(key) {
-            Some(Value::String(s)) => messages.push((key.to_owned(), s.clone())),
-            Some(Value::Array(items)) => {
-                for m in items {
-                    messages.push(message(m));
-                }
-            }
-            _ => {}
-        }
-    }
-    match obj.get("prompt") {
-        Some(Value::String(s)) => messages.push(("prompt".into(), s.clone())),
-        Some(Value::Array(items)) => {
-            messages.extend(items.iter().map(|p| ("prompt".to_owned(), part_text(p))))
-        }
-        _ => {}
-    }
-    if messages.is_empty() {
-        return None;
-    }
-    let model = obj.get("model").and_then(|m| m.as_str()).map(String::from);
-    Some(Prompt { model, messages })
-}
-
-fn message(m: &Value) -> (String, String) {
-    let Some(obj) = m.as_object() else {
-        return ("message".into(), part_text(m));
-    };
-    let role = obj
-        .get("role")
-        .and_then(|r| r.as_str())
-        .or_else(|| obj.get("type").and_then(|t| t.as_str()))
-        .unwrap_or("message")
-        .to_owned();
-    let mut text = match obj.get("content").or_else(|| obj.get("parts")) {
-        Some(c) => part_text(c),
-        None => part_text(m),
-    };
-    if let Some(calls) = obj.get("tool_calls").and_then(|c| c.as_array()) {
-        for call in calls {
-            let f = call.get("function").unwrap_or(call);
-            let name = f.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-            let args = f
-                .get("arguments")
-                .map(|a| a.as_str().map_or_else(|| a.to_string(), String::from));
-            let _ = write!(text, "\n[tool call {name}] {}", args.unwrap_or_default());
-        }
-    }
-    (role, text)
-}
-
-/// The readable text of a message content: strings as they are, text parts joined, other parts
-/// named by their type with their JSON.
-fn part_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts.iter().map(part_text).collect::<Vec<_>>().join("\n\n"),
-        Value::Object(o) => {
-            if let Some(t) = o.get("text").and_then(|t| t.as_str()) {
-                return t.to_owned();
-            }
-            let kind = o.get("type").and_then(|t| t.as_str()).unwrap_or("part");
-            match kind {
-                "image" | "image_url" | "input_image" => "[image]".into(),
-                "tool_result" | "function_call_output" => {
-                    let inner = o
-                        .get("content")
-                        .or_else(|| o.get("output"))
-                        .map(part_text)
-                        .unwrap_or_default();
-                    format!("[{kind}] {inner}")
-                }
-                _ => {
-                    let rest: Map<String, Value> = o
-                        .iter()
-                        .filter(|(k, _)| k.as_str() != "type")
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    format!("[{kind}] {}", Value::Object(rest))
-                }
-            }
-        }
-        other => other.to_string(),
-    }
-}
-
-/// The model text of a non-streamed LLM answer, per choice, tool call or content block, in the
-/// shapes [`crate::mask::payload`] knows.
-fn answer(body: &[u8]) -> Vec<Completion> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    payload::body_texts(&v)
-        .into_iter()
-        .map(|t| Completion {
-            part: t.stream.to_string(),
-            text: t.text.to_owned(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{
+    use crate::{
         model::*,
         session::tests::{T0, chunk, exchange, sample_records, sse, start},
     };
@@ -1630,7 +1524,7 @@ mod tests {
                     s.cgroup = Some(HOSTILE.into());
                     s.ci.push((HOSTILE.into(), HOSTILE.into()));
                 }
-                Record::Exchange(x) if x.exchange == 1 => {
+                Record::Exchange(x) if x.exchange == ExchangeId::new(1) => {
                     x.url = format!("https://evil.example/{HOSTILE}");
                     x.method = HOSTILE.into();
                     x.request_headers.push((HOSTILE.into(), HOSTILE.into()));
@@ -1650,7 +1544,7 @@ mod tests {
         recs.push(sse(9, T0 + 7, 0, Some(HOSTILE), HOSTILE));
         recs.push(Record::StreamEvent(StreamEvent {
             session: "s1".into(),
-            exchange: 9,
+            exchange: ExchangeId::new(9),
             kind: StreamKind::WebSocket,
             dir: Direction::Request,
             at: T0 + 8,
@@ -1762,34 +1656,6 @@ mod tests {
         ] {
             assert!(html.contains(want), "missing {want:?}");
         }
-    }
-
-    #[test]
-    fn prompts_of_the_common_apis_are_found() {
-        let p = prompt(br#"{"model":"gpt","messages":[{"role":"system","content":"be brief"},
-            {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"x"}}]},
-            {"role":"assistant","content":null,"tool_calls":[{"function":{"name":"ls","arguments":"{}"}}]}]}"#)
-        .unwrap();
-        assert_eq!(p.model.as_deref(), Some("gpt"));
-        assert_eq!(p.messages[0], ("system".into(), "be brief".into()));
-        assert_eq!(p.messages[1], ("user".into(), "hi\n\n[image]".into()));
-        assert!(p.messages[2].1.contains("[tool call ls] {}"));
-        let a = prompt(
-            br#"{"system":[{"type":"text","text":"sys"}],"messages":[{"role":"user","content":"q"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            a.messages,
-            [("system".into(), "sys".into()), ("user".into(), "q".into())]
-        );
-        assert_eq!(
-            prompt(br#"{"prompt":"complete me"}"#).unwrap().messages[0].1,
-            "complete me"
-        );
-        assert!(prompt(br#"{"query":"graphql"}"#).is_none());
-        assert!(prompt(b"not json").is_none());
-        let answers = answer(br#"{"choices":[{"message":{"content":"done"}}]}"#);
-        assert_eq!(answers[0].text, "done");
     }
 
     #[test]

@@ -23,8 +23,8 @@ use ghgate_git::{
 };
 use sha2::{Digest, Sha256};
 
-use super::model::Want;
-use crate::mask::{Finding, Masker, Piece, StreamMasker};
+use crate::model::Want;
+use ghgate_mask::{Finding, Masker, Piece, StreamMasker};
 
 /// A reader of one body, fed its chunks in order.
 pub trait Feed {
@@ -303,8 +303,8 @@ mod tests {
     /// Reads `body` as the recorder does: decoded first from `encoding` (as the pipeline decodes
     /// it), in pieces of `step` bytes.
     fn read(body: &[u8], encoding: Option<&str>, step: usize) -> ReceivePack {
-        let coding = crate::mask::encoding::Coding::parse(encoding).unwrap();
-        let mut decoder = coding.map(crate::mask::encoding::Decoder::new);
+        let coding = ghgate_mask::encoding::Coding::parse(encoding).unwrap();
+        let mut decoder = coding.map(ghgate_mask::encoding::Decoder::new);
         let mut p = ReceivePackRequest::new();
         for chunk in body.chunks(step.max(1)) {
             match decoder.as_mut() {
@@ -467,7 +467,7 @@ mod tests {
         pack.push((size >> 4) as u8);
         pack.extend(z.finish().unwrap());
         pack.extend_from_slice(&<sha1::Sha1 as sha1::Digest>::digest(&pack));
-        let masker = Masker::new(crate::mask::Rules::builtin(), [3; 32]);
+        let masker = Masker::new(ghgate_mask::Rules::builtin(), [3; 32]);
         let mut p = ReceivePackRequest::new().scanning_secrets(masker);
         for chunk in push_body(&pack).chunks(7) {
             p.feed(chunk);

@@ -11,7 +11,7 @@ use ed25519_dalek::VerifyingKey;
 use super::frame::{MAGIC, ScanOptions, ZERO_HASH, scan_segment};
 use super::prune::{LoadedTombstone, load_tombstones};
 use super::{list_segments, segment_path};
-use crate::record::model::Micros;
+use crate::model::Micros;
 
 /// How far `verify` is, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +154,7 @@ pub fn verify(
             format!("cannot list {}: {e}", dir.join("segments").display()),
         )
     })?;
-    let tombstones = load_tombstones(dir, key).map_err(|(segment, what)| fail(segment, 0, what))?;
+    let tombstones = load_tombstones(dir, key).map_err(|bad| fail(bad.segment, 0, bad.what))?;
     let (Some(&first), Some(&last)) = (numbers.first(), numbers.last()) else {
         return Err(fail(
             0,

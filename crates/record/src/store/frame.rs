@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::keys;
-use crate::record::model::{Micros, Record};
+use crate::model::{Micros, Record};
 
 /// First bytes of every segment file: "ghgrec", NUL, format version 1.
 pub(super) const MAGIC: &[u8; 8] = b"ghgrec\0\x01";

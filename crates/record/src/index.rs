@@ -12,9 +12,13 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params, types::Value};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, ToSql, Transaction, params,
+    types::{FromSql, FromSqlResult, ToSqlOutput, Value, ValueRef},
+};
 
-use super::{
+use crate::{
+    id::{ExchangeId, SessionId},
     model::{Micros, Record},
     store::{self, Position},
 };
@@ -22,6 +26,11 @@ use super::{
 /// Bumped whenever the tables change; an index with another version is rebuilt, never migrated
 /// in place (it is derived data).
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where a store directory keeps its index.
+pub fn index_path(store_dir: &Path) -> PathBuf {
+    store_dir.join("index.sqlite")
+}
 
 /// How long a reader or writer waits for the other side's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,7 +111,7 @@ pub enum IndexError {
     #[error("session index database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("reading the record store for the session index: {0}")]
-    Store(String),
+    Store(#[from] store::Error),
     #[error("no session has the id or id prefix {0:?}; `ghgate sessions list` shows the recorded sessions")]
     UnknownSession(String),
     #[error("the session id prefix {prefix:?} matches several sessions ({}): give more characters", candidates.join(", "))]
@@ -142,48 +151,44 @@ pub struct CheckReport {
     pub unindexed_tail: u64,
 }
 
+/// Records in store order, each with where it is, as a source yields them.
+pub type SourceRecords<'a> = Box<dyn Iterator<Item = store::Result<(Position, Record)>> + 'a>;
+
 /// Where the index reads records from: the store (`StoreDir`), or records in memory.
 pub trait RecordSource {
     /// Every record, in store order.
-    #[allow(clippy::type_complexity)]
-    fn records(&self) -> Result<Box<dyn Iterator<Item = Result<(Position, Record), String>> + '_>, String>;
+    fn records(&self) -> store::Result<SourceRecords<'_>>;
     /// The record at this place.
-    fn read_at(&self, segment: u64, offset: u64) -> Result<(Position, Record), String>;
+    fn read_at(&self, segment: u64, offset: u64) -> store::Result<(Position, Record)>;
 }
 
 /// The store's segments in this directory.
 pub struct StoreDir<'a>(pub &'a Path);
 
 impl RecordSource for StoreDir<'_> {
-    fn records(&self) -> Result<Box<dyn Iterator<Item = Result<(Position, Record), String>> + '_>, String> {
-        let it = store::read_records(self.0).map_err(|e| e.to_string())?;
-        Ok(Box::new(it.map(|item| item.map_err(|e| e.to_string()))))
+    fn records(&self) -> store::Result<SourceRecords<'_>> {
+        Ok(Box::new(store::read_records(self.0)?))
     }
 
-    fn read_at(&self, segment: u64, offset: u64) -> Result<(Position, Record), String> {
-        store::read_at(self.0, segment, offset).map_err(|e| e.to_string())
+    fn read_at(&self, segment: u64, offset: u64) -> store::Result<(Position, Record)> {
+        store::read_at(self.0, segment, offset)
     }
 }
 
 impl RecordSource for Vec<(Position, Record)> {
-    fn records(&self) -> Result<Box<dyn Iterator<Item = Result<(Position, Record), String>> + '_>, String> {
-        Ok(Box::new(self.iter().map(|(p, r)| Ok((copy(p), r.clone())))))
+    fn records(&self) -> store::Result<SourceRecords<'_>> {
+        Ok(Box::new(self.iter().map(|(p, r)| Ok((*p, r.clone())))))
     }
 
-    fn read_at(&self, segment: u64, offset: u64) -> Result<(Position, Record), String> {
+    fn read_at(&self, segment: u64, offset: u64) -> store::Result<(Position, Record)> {
         self.iter()
             .find(|(p, _)| p.segment == segment && p.offset == offset)
-            .map(|(p, r)| (copy(p), r.clone()))
-            .ok_or_else(|| format!("no record starts at segment {segment} offset {offset}"))
-    }
-}
-
-fn copy(p: &Position) -> Position {
-    Position {
-        segment: p.segment,
-        offset: p.offset,
-        seq: p.seq,
-        hash: p.hash,
+            .map(|(p, r)| (*p, r.clone()))
+            .ok_or_else(|| store::Error::Corrupt {
+                segment,
+                offset,
+                what: "no record starts here".into(),
+            })
     }
 }
 
@@ -205,7 +210,7 @@ pub struct SessionFilter {
 /// was pruned (or has not been indexed).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SessionRow {
-    pub id: String,
+    pub id: SessionId,
     pub started_at: Option<Micros>,
     pub ended_at: Option<Micros>,
     pub end_reason: Option<String>,
@@ -550,7 +555,7 @@ impl Index {
     }
 
     /// The full id of the one session whose id is `prefix` or starts with it.
-    pub fn resolve(&self, prefix: &str) -> Result<String, IndexError> {
+    pub fn resolve(&self, prefix: &str) -> Result<SessionId, IndexError> {
         if prefix.is_empty() {
             return Err(IndexError::UnknownSession(prefix.into()));
         }
@@ -567,7 +572,7 @@ impl Index {
         let mut ids: Vec<String> = st.query_map([prefix], |r| r.get(0))?.collect::<Result<_, _>>()?;
         match ids.len() {
             0 => Err(IndexError::UnknownSession(prefix.into())),
-            1 => Ok(ids.remove(0)),
+            1 => Ok(SessionId::from(ids.remove(0))),
             _ => {
                 if ids.len() > 5 {
                     ids.truncate(5);
@@ -627,8 +632,8 @@ impl Index {
             })?
             .peekable();
         let mut report = CheckReport::default();
-        for item in source.records().map_err(IndexError::Store)? {
-            let (pos, _) = item.map_err(IndexError::Store)?;
+        for item in source.records()? {
+            let (pos, _) = item?;
             // Rows whose seq the store skipped over point at records that are not there.
             if let Some(row) = rows.next_if(|row| row.as_ref().is_ok_and(|row| row.0 < pos.seq)) {
                 let (seq, segment, offset, _): (u64, u64, u64, String) = row?;
@@ -702,8 +707,8 @@ impl Index {
         let last = last_seq_in(&tx)?;
         let mut batch = Vec::with_capacity(CATCH_UP_BATCH);
         let mut n = 0u64;
-        for item in source.records().map_err(IndexError::Store)? {
-            let (pos, record) = item.map_err(IndexError::Store)?;
+        for item in source.records()? {
+            let (pos, record) = item?;
             if last.is_some_and(|last| pos.seq <= last) {
                 continue;
             }
@@ -817,7 +822,7 @@ fn clear(tx: &Transaction<'_>) -> Result<(), IndexError> {
 fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, IndexError> {
     let mut last = last_seq_in(tx)?;
     // What this batch changed of each session's exchange count and host list.
-    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut counts: BTreeMap<SessionId, Counts> = BTreeMap::new();
     let mut n = 0;
     let mut insert_record = tx.prepare_cached(
         "INSERT INTO records (seq, segment, offset, hash, kind, at, session, exchange)
@@ -831,7 +836,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
     )?;
     // Each session's row is made when the batch first meets it (later statements update it);
     // its activity span is widened once, at the end, by what the whole batch saw of it.
-    let mut activity: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let mut activity: BTreeMap<SessionId, (u64, u64, u64)> = BTreeMap::new();
     for (pos, record) in items {
         if last.is_some_and(|l| pos.seq <= l) {
             continue;
@@ -845,7 +850,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
             kind_name(record),
             record.at(),
             session,
-            exchange_of(record),
+            record.exchange(),
         ])?;
         if let Some(session) = session {
             let at = record.at();
@@ -853,7 +858,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                 Some((_, first, last)) => (*first, *last) = ((*first).min(at), (*last).max(at)),
                 None => {
                     ensure_session.execute(params![session, at, at])?;
-                    activity.insert(session.to_owned(), (at, at, at));
+                    activity.insert(session.clone(), (at, at, at));
                 }
             }
         }
@@ -867,7 +872,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
             }
             Record::SessionEnd(e) => {
                 tx.prepare_cached("UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1")?
-                    .execute(params![e.session, e.at, e.reason])?;
+                    .execute(params![e.session, e.at, e.reason.as_str()])?;
             }
             Record::Connection(c) => {
                 tx.prepare_cached(
@@ -876,7 +881,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                 .execute(params![c.session, c.conn, c.sni.to_ascii_lowercase()])?;
             }
             Record::Request(r) => {
-                let host = exchange_host(tx, &r.session, r.conn, &r.url)?;
+                let host = exchange_host(tx, r.session.as_str(), r.conn, &r.url)?;
                 let added = tx
                     .prepare_cached(
                         "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status)
@@ -888,7 +893,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                 }
             }
             Record::Exchange(x) => {
-                let host = exchange_host(tx, &x.session, x.conn, &x.url)?;
+                let host = exchange_host(tx, x.session.as_str(), x.conn, &x.url)?;
                 let before: Option<String> = tx
                     .prepare_cached("SELECT host FROM exchanges WHERE session = ?1 AND exchange = ?2")?
                     .query_row(params![x.session, x.exchange], |r| r.get(0))
@@ -916,7 +921,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
         }
     }
     for (session, c) in &counts {
-        update_counts(tx, session, c)?;
+        update_counts(tx, session.as_str(), c)?;
     }
     if let Some(last) = last {
         tx.prepare_cached(
@@ -1017,6 +1022,7 @@ pub fn kind_name(record: &Record) -> &'static str {
         Record::PassthroughStart(_) => "passthrough_start",
         Record::Passthrough(_) => "passthrough",
         Record::Refusal(_) => "refusal",
+        Record::Egress(_) => "egress",
         Record::EnforcementGap(_) => "enforcement_gap",
         Record::Recovery(_) => "recovery",
         Record::Tombstone(_) => "tombstone",
@@ -1024,18 +1030,25 @@ pub fn kind_name(record: &Record) -> &'static str {
     }
 }
 
-fn exchange_of(record: &Record) -> Option<u64> {
-    match record {
-        Record::Request(r) => Some(r.exchange),
-        Record::Exchange(r) => Some(r.exchange),
-        Record::BodyChunk(r) => Some(r.exchange),
-        Record::StreamEvent(r) => Some(r.exchange),
-        Record::Git(r) => Some(r.exchange),
-        Record::Masked(r) => Some(r.exchange),
-        Record::Identity(r) => Some(r.exchange),
-        Record::Decision(r) => Some(r.exchange),
-        Record::Approval(r) => r.exchange,
-        _ => None,
+/// Session ids are stored as their text.
+impl ToSql for SessionId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        self.as_str().to_sql()
+    }
+}
+
+impl FromSql for SessionId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        String::column_result(value).map(SessionId::from)
+    }
+}
+
+/// Exchange ids are stored as their number.
+impl ToSql for ExchangeId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        i64::try_from(self.get())
+            .map(ToSqlOutput::from)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
     }
 }
 
@@ -1045,15 +1058,13 @@ pub fn host_of(url: &str) -> Option<String> {
     let (_, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    ghgate_policy::classify::host_and_port(authority)
-        .ok()
-        .map(|(host, _)| host)
+    ghgate_pattern::host_and_port(authority).map(|(host, _)| host)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::model::*;
+    use crate::model::*;
 
     pub(crate) fn pos(seq: u64) -> Position {
         Position {
@@ -1085,7 +1096,7 @@ mod tests {
         Record::Exchange(Exchange {
             session: session.into(),
             conn: 1,
-            exchange: id,
+            exchange: id.into(),
             started_at: at,
             method: "GET".into(),
             url: url.into(),
@@ -1097,7 +1108,7 @@ mod tests {
             response_body: BodySummary::default(),
             ttfb_us: 1,
             duration_us: 2,
-            answered_by: "upstream".into(),
+            answered_by: AnsweredBy::Upstream,
             error: None,
         })
     }
@@ -1106,7 +1117,7 @@ mod tests {
         Record::SessionEnd(SessionEnd {
             session: session.into(),
             at,
-            reason: "exited".into(),
+            reason: SessionEndReason::Exited,
         })
     }
 
@@ -1334,7 +1345,7 @@ mod tests {
     fn a_relative_url_takes_its_host_from_the_connection() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = Index::open(&dir.path().join("i.sqlite")).unwrap();
-        let conn = Record::Connection(crate::record::model::Connection {
+        let conn = Record::Connection(crate::model::Connection {
             session: "s".into(),
             conn: 1,
             at: 1,

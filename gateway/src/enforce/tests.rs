@@ -1,0 +1,304 @@
+//! The policy stage on its own: what it makes of a request head, and of a push's commands and
+//! pack, with a real policy, real approvals and an API that cannot be reached (so what the stage
+//! cannot learn counts as the riskier kind). No gateway, no kernel.
+use std::{path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use sha1::Digest as _;
+
+use super::{Enforcer, Head, push::PushGate};
+use crate::{
+    approval::testutil,
+    config::{DnsConfig, PolicyConfig},
+    http::{ProxyBody, testing},
+    outbound::Outbound,
+    policy::{Subject, live::Live},
+    record::model,
+    resolve::Resolver,
+    tls::upstream::UpstreamTls,
+};
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+const A: &str = "1111111111111111111111111111111111111111";
+const B: &str = "2222222222222222222222222222222222222222";
+
+const POLICY: &str = r#"
+default = "allow"
+[approvers.maintainers]
+users = ["nobody-here"]
+
+[[rule]]
+name = "no-delete-main"
+action = "deny"
+ref = "refs/heads/main"
+ref_op = "delete"
+message = "main cannot be deleted"
+
+[[rule]]
+name = "no-force-main"
+action = "deny"
+ref = "refs/heads/main"
+ref_op = "non-fast-forward"
+
+[[rule]]
+name = "no-api-deletes"
+action = "deny"
+host = "api.github.com"
+method = "DELETE"
+
+[[rule]]
+name = "secrets-api"
+action = "require_approval"
+approvers = "maintainers"
+host = "api.github.com"
+method = "PUT"
+path = "/repos/*/actions/secrets/*"
+
+[[rule]]
+name = "flag-issues"
+action = "record_only"
+host = "api.github.com"
+path = "/repos/*/issues"
+"#;
+
+fn enforcer(dir: &Path) -> Enforcer {
+    let policy = ghgate_policy::Policy::parse(POLICY, Path::new("unit.toml")).unwrap();
+    let (approvals, _, _) = testutil::open(dir, &[], &[]);
+    let resolver = Resolver::new(&DnsConfig::default(), &[]).unwrap();
+    let outbound = Outbound::new(
+        UpstreamTls::new(&[]).unwrap(),
+        Arc::new(resolver),
+        Duration::from_secs(2),
+    );
+    let cfg = PolicyConfig {
+        // Nothing listens there: the compare API never answers.
+        api_url: "http://127.0.0.1:1".into(),
+        inspect_timeout_ms: 3_000,
+        ..PolicyConfig::default()
+    };
+    Enforcer::new(Live::fixed(policy), approvals, outbound, cfg)
+}
+
+fn pkt(out: &mut Vec<u8>, line: &str) {
+    ghgate_git::pktline::write(out, line.as_bytes()).unwrap();
+}
+
+/// A receive-pack request body: the commands (capabilities on the first), then a pack with no
+/// objects when any command is not a delete.
+fn push_body(commands: &[(&str, &str, &str)], caps: &str) -> Bytes {
+    let mut body = Vec::new();
+    for (i, (old, new, name)) in commands.iter().enumerate() {
+        let line = if i == 0 {
+            format!("{old} {new} {name}\0{caps}\n")
+        } else {
+            format!("{old} {new} {name}\n")
+        };
+        pkt(&mut body, &line);
+    }
+    body.extend_from_slice(b"0000");
+    if commands.iter().any(|(_, new, _)| *new != ZERO) {
+        let mut pack = b"PACK\0\0\0\x02\0\0\0\0".to_vec();
+        let sum = sha1::Sha1::digest(&pack);
+        pack.extend_from_slice(&sum);
+        body.extend_from_slice(&pack);
+    }
+    Bytes::from(body)
+}
+
+fn body(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+async fn push(e: &Enforcer, commands: &[(&str, &str, &str)], caps: &str) -> (PushGate, Vec<model::Decision>) {
+    let ex = testing::exchange(
+        "POST",
+        "github.com",
+        "/o/r.git/git-receive-pack",
+        &[("content-type", "application/x-git-receive-pack-request")],
+    );
+    let subject = Subject::default();
+    e.push(
+        &ex,
+        &ex.conn.caller,
+        &subject,
+        None,
+        body(push_body(commands, caps)),
+    )
+    .await
+}
+
+fn answer_text(gate: &PushGate) -> String {
+    match gate {
+        PushGate::Answer(r) => String::from_utf8_lossy(r.body()).into_owned(),
+        PushGate::Refused { answer, .. } => String::from_utf8_lossy(answer.body()).into_owned(),
+        PushGate::Forward { .. } => panic!("the push went up"),
+    }
+}
+
+#[test]
+fn the_head_decides_what_it_can_and_hands_the_rest_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = enforcer(dir.path());
+    let subject = Subject::default();
+    let head = |method, path| e.head(&testing::exchange(method, "api.github.com", path, &[]), &subject);
+
+    match head("DELETE", "/repos/o/r/git/refs/heads/topic") {
+        Head::Refuse(resp, d) => {
+            assert_eq!(resp.status(), 403);
+            assert!(String::from_utf8_lossy(resp.body()).contains("no-api-deletes"));
+            assert_eq!((d.action.as_str(), d.outcome.as_str()), ("deny", "refused"));
+        }
+        _ => panic!("a denied call is refused from its head"),
+    }
+    // The same call spelled otherwise is the same call.
+    assert!(matches!(
+        head("DELETE", "/repos/o/r/git/refs/heads/%74opic"),
+        Head::Refuse(..)
+    ));
+    match head("GET", "/repos/o/r") {
+        Head::Pass(d) => assert_eq!((d.action.as_str(), d.outcome.as_str()), ("allow", "passed")),
+        _ => panic!("an allowed call passes"),
+    }
+    match head("GET", "/repos/o/r/issues") {
+        Head::Pass(d) => assert_eq!(d.action, model::DecisionAction::RecordOnly, "flagged, and passed"),
+        _ => panic!("a record_only call passes"),
+    }
+    assert!(matches!(
+        head("PUT", "/repos/o/r/actions/secrets/TOKEN"),
+        Head::Approval(_)
+    ));
+    // A push is decided from its commands, not its head.
+    let push = testing::exchange(
+        "POST",
+        "github.com",
+        "/o/r.git/git-receive-pack",
+        &[("content-type", "application/x-git-receive-pack-request")],
+    );
+    assert!(matches!(e.head(&push, &subject), Head::Push));
+}
+
+#[tokio::test]
+async fn a_push_deleting_main_is_answered_in_gits_words_and_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = enforcer(dir.path());
+    let (gate, decisions) = push(&e, &[(A, ZERO, "refs/heads/main")], "report-status side-band-64k").await;
+    let text = answer_text(&gate);
+    assert!(
+        text.contains("ng refs/heads/main denied by ghgate rule #1 \"no-delete-main\""),
+        "{text:?}"
+    );
+    assert!(text.contains("main cannot be deleted"), "{text:?}");
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].outcome, model::DecisionOutcome::Refused);
+    assert_eq!(
+        decisions[0].ref_update.as_ref().unwrap().kind,
+        model::RefKind::Delete
+    );
+}
+
+#[tokio::test]
+async fn a_push_with_one_ref_refused_goes_up_without_it_and_git_hears_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = enforcer(dir.path());
+    let (gate, decisions) = push(
+        &e,
+        &[(A, ZERO, "refs/heads/main"), (B, ZERO, "refs/heads/topic")],
+        "report-status",
+    )
+    .await;
+    let outcomes: Vec<&str> = decisions.iter().map(|d| d.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["refused", "passed"]);
+    let PushGate::Forward {
+        body,
+        length,
+        rewritten,
+        reply,
+    } = gate
+    else {
+        panic!("the allowed ref goes up")
+    };
+    assert!(rewritten);
+    let sent = body.collect().await.unwrap().to_bytes();
+    assert_eq!(length, Some(sent.len() as u64));
+    let sent = String::from_utf8_lossy(&sent);
+    assert!(sent.contains("refs/heads/topic"), "{sent:?}");
+    assert!(
+        !sent.contains("refs/heads/main"),
+        "the refused ref never goes up: {sent:?}"
+    );
+    let reply = reply.expect("git's answer gains the refused ref");
+    assert_eq!(reply.held.len(), 1);
+    assert_eq!(reply.held[0].0, "refs/heads/main");
+}
+
+#[tokio::test]
+async fn an_atomic_push_with_one_ref_refused_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = enforcer(dir.path());
+    let (gate, decisions) = push(
+        &e,
+        &[(A, ZERO, "refs/heads/main"), (B, ZERO, "refs/heads/topic")],
+        "report-status atomic",
+    )
+    .await;
+    let text = answer_text(&gate);
+    assert!(
+        text.contains("ng refs/heads/topic atomic push failed"),
+        "{text:?}"
+    );
+    let outcomes: Vec<&str> = decisions.iter().map(|d| d.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["refused", "refused (atomic push)"]);
+}
+
+#[tokio::test]
+async fn an_update_whose_kind_cannot_be_learned_counts_as_a_force_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = enforcer(dir.path());
+    // The pack carries neither commit and the compare API cannot be reached.
+    let (gate, decisions) = push(&e, &[(A, B, "refs/heads/main")], "report-status").await;
+    let text = answer_text(&gate);
+    assert!(
+        text.contains("ng refs/heads/main denied by ghgate rule #2"),
+        "{text:?}"
+    );
+    let decided = decisions[0].ref_update.as_ref().unwrap();
+    assert_eq!(decided.kind, model::RefKind::NonFastForward);
+    assert!(
+        decided
+            .kind_from
+            .as_deref()
+            .is_some_and(|k| k.starts_with("undecided, taken as non-fast-forward")),
+        "{decided:?}"
+    );
+    // Another branch's update is nobody's business here: it passes untouched.
+    let (gate, decisions) = push(&e, &[(A, B, "refs/heads/topic")], "report-status").await;
+    assert!(matches!(gate, PushGate::Forward { rewritten: false, .. }));
+    assert_eq!(decisions[0].outcome, model::DecisionOutcome::Passed);
+}
+
+#[tokio::test]
+async fn a_push_that_is_not_git_is_refused_before_anything_goes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = enforcer(dir.path());
+    let ex = testing::exchange(
+        "POST",
+        "github.com",
+        "/o/r.git/git-receive-pack",
+        &[("content-type", "application/x-git-receive-pack-request")],
+    );
+    let (gate, decisions) = e
+        .push(
+            &ex,
+            &ex.conn.caller,
+            &Subject::default(),
+            None,
+            body(Bytes::from_static(b"zzzz not a pkt-line")),
+        )
+        .await;
+    match gate {
+        PushGate::Answer(r) => assert_eq!(r.status(), 400),
+        _ => panic!("garbage is not forwarded"),
+    }
+    assert!(decisions.is_empty());
+}
