@@ -144,6 +144,28 @@ pub struct OidcConfig {
     pub issuers: Vec<OidcIssuer>,
 }
 
+impl OidcConfig {
+    /// Each issuer is an https URL with the audiences it is accepted for. `Err((key, message))`
+    /// names the offending key under `table` ("oidc", "approvals.http.oidc").
+    pub fn validate(&self, table: &str) -> Result<(), (String, String)> {
+        for (i, iss) in self.issuers.iter().enumerate() {
+            if !iss.issuer.starts_with("https://") && !iss.issuer.starts_with("http://127.") {
+                return Err((
+                    format!("{table}.issuer[{i}].issuer"),
+                    format!("{:?} must be an https:// URL", iss.issuer),
+                ));
+            }
+            if iss.audiences.is_empty() {
+                return Err((
+                    format!("{table}.issuer[{i}].audiences"),
+                    "list the audiences ghgate accepts (tokens for other audiences are refused)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcIssuer {
@@ -1058,19 +1080,8 @@ impl Config {
                 ));
             }
         }
-        for (i, iss) in self.oidc.issuers.iter().enumerate() {
-            if !iss.issuer.starts_with("https://") && !iss.issuer.starts_with("http://127.") {
-                return Err(invalid(
-                    format!("oidc.issuer[{i}].issuer"),
-                    format!("{:?} must be an https:// URL", iss.issuer),
-                ));
-            }
-            if iss.audiences.is_empty() {
-                return Err(invalid(
-                    format!("oidc.issuer[{i}].audiences"),
-                    "list the audiences ghgate accepts (tokens for other audiences are refused)".into(),
-                ));
-            }
+        if let Err((key, message)) = self.oidc.validate("oidc") {
+            return Err(invalid(key, message));
         }
         if self.dns.min_ttl_secs == 0 || self.dns.min_ttl_secs > self.dns.max_ttl_secs {
             return Err(invalid(

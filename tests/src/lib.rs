@@ -887,3 +887,27 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// `cmd` under the kernel login uid `login`, as if that user had logged in: a shell writes
+/// /proc/self/loginuid (root may; each write starts a new login session) and execs `cmd`, keeping
+/// its directory and environment. `sudo`, `su` and `setpriv` inside keep the login uid, as they
+/// keep a real login's.
+pub fn with_login(cmd: &Command, login: u32) -> Command {
+    let mut wrapped = Command::new("sh");
+    wrapped
+        .arg("-c")
+        .arg(r#"echo "$0" > /proc/self/loginuid && exec "$@""#)
+        .arg(login.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    wrapped
+}

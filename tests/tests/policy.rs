@@ -4,7 +4,8 @@
 //! as another user, and every decision and approval step lands in the session store.
 //!
 //! The git clients run as root inside the test's cgroup; approvers run as `nobody` (in the
-//! approver group) and `daemon` (not in it) through `setpriv`.
+//! approver group) and `daemon` (not in it) through `setpriv`, each under a login uid of its own
+//! (the kernel's, which `setpriv` keeps) unless a test gives it the requester's.
 use std::{
     io::{Read as _, Write as _},
     os::unix::fs::PermissionsExt as _,
@@ -26,8 +27,10 @@ const POLICY: &str = r#"
 default = "allow"
 
 [approvers.maintainers]
-# root is the pusher in these tests (so its own approval is refused); nobody approves.
+# root is the pusher in these tests (so its own approval is refused); nobody approves, and so
+# does alice, known by an OIDC ID token over HTTPS.
 uids = [0, 65534]
+users = ["alice@example.test"]
 
 [[rule]]
 name = "no-delete-protected"
@@ -143,8 +146,15 @@ impl Setup {
         self.s.git_output(&self.work, &all)
     }
 
-    /// `ghgate approvals ARGS… --socket S` as `uid` (root runs it directly).
+    /// `ghgate approvals ARGS… --socket S` as `uid` (root runs it directly), a person of its
+    /// own: logged in as `uid` (root keeps the harness's login).
     fn approvals(&self, uid: u32, args: &[&str]) -> Output {
+        self.approvals_as(uid, (uid != 0).then_some(uid), args)
+    }
+
+    /// `ghgate approvals ARGS… --socket S` as `uid`, under login uid `login` (else the
+    /// harness's).
+    fn approvals_as(&self, uid: u32, login: Option<u32>, args: &[&str]) -> Output {
         let mut cmd = if uid == 0 {
             Command::new(bin("ghgate"))
         } else {
@@ -161,9 +171,53 @@ impl Setup {
             .args(args)
             .arg("--socket")
             .arg(&self.socket)
-            .current_dir("/")
+            .current_dir("/");
+        match login {
+            Some(login) => ghgate_e2e::with_login(&cmd, login).output().unwrap(),
+            None => cmd.output().unwrap(),
+        }
+    }
+
+    /// `git push ARGS…` through the gateway by a person logged in as `login`.
+    fn push_as(&self, login: u32, args: &[&str]) -> Output {
+        let mut all = vec!["push", "origin"];
+        all.extend_from_slice(args);
+        ghgate_e2e::with_login(&self.s.git_command(&self.work, &all), login)
             .output()
             .unwrap()
+    }
+
+    /// A fast-forward of main, then a rewrite of it force-pushed and held, both pushed by a person
+    /// logged in as `login` (else by the harness): (the fast-forward, the rewrite, the approval id).
+    fn held_force_push(&self, login: Option<u32>) -> (String, String, String) {
+        let push = |args: &[&str]| match login {
+            Some(login) => self.push_as(login, args),
+            None => self.push(args),
+        };
+        let ff = fixtures::commit(&self.work, "one.txt");
+        let out = push(&["main"]);
+        assert!(out.status.success(), "fast-forward refused: {}", stderr(&out));
+        let forced = rewrite_last(&self.work, "forced");
+        let out = push(&["--force", "main"]);
+        assert!(!out.status.success(), "a held force push succeeded");
+        (ff, forced, approval_id(&stderr(&out)))
+    }
+
+    /// `out`, the retry of a force push to main approved under `id`, passed: main is `forced`
+    /// upstream, and the sessions show the approval approved by someone described as `approver`.
+    #[track_caller]
+    fn assert_approved(&self, out: &Output, forced: &str, id: &str, approver: &str) {
+        assert!(
+            out.status.success(),
+            "the approved push was refused: {}",
+            stderr(out)
+        );
+        assert_eq!(self.upstream_ref("refs/heads/main").as_deref(), Some(forced));
+        let shown = self.shown();
+        assert!(
+            shown.contains(&format!("approval {id} approved")) && shown.contains(approver),
+            "{shown}"
+        );
     }
 
     /// The upstream's value of a ref, if it has it.
@@ -798,4 +852,157 @@ fn a_push_spelled_otherwise_is_the_same_push_to_the_policy() {
             .all(|d| d["outcome"] == "refused" && d["ref_update"]["name"] == "refs/heads/frozen"),
         "{denied:?}"
     );
+}
+
+/// Approvers are people, not uids: root logged in as 1000 pushes; the same person through
+/// another uid (`setpriv --reuid=65534`, as `sudo -u nobody` does, keeping the login uid) cannot
+/// approve, with a message that says why; another person (login uid 1001) through that very uid
+/// can, and the record names the approver with its login.
+#[test]
+fn a_requester_cannot_approve_its_own_push_through_another_uid() {
+    if !privileged() {
+        return;
+    }
+    let t = Setup::start("");
+    let (ff, forced, id) = t.held_force_push(Some(1000));
+    let shown = stdout(&t.approvals(65534, &["show", &id]));
+    assert!(
+        shown.contains("login uid 1000"),
+        "the requester's login is recorded:\n{shown}"
+    );
+
+    let own = t.approvals_as(65534, Some(1000), &["approve", &id]);
+    assert!(
+        !own.status.success(),
+        "the requester approved its own push as nobody"
+    );
+    let err = stderr(&own);
+    assert!(
+        err.contains("login uid 1000 is the requester's") && err.contains("sudo"),
+        "{err}"
+    );
+    let own = t.approvals_as(65534, Some(1000), &["deny", &id]);
+    assert!(
+        !own.status.success(),
+        "the requester denied its own push as nobody"
+    );
+    assert_eq!(t.upstream_ref("refs/heads/main").as_deref(), Some(ff.as_str()));
+
+    let other = t.approvals_as(65534, Some(1001), &["approve", &id, "--reason", "reviewed"]);
+    assert!(
+        other.status.success(),
+        "another person was refused: {}",
+        stderr(&other)
+    );
+    t.assert_approved(
+        &t.push_as(1000, &["--force", "main"]),
+        &forced,
+        &id,
+        "login uid 1001",
+    );
+}
+
+/// Root with no login (the harness, a service) pushes; a child of root's that takes another
+/// uid (`setpriv --reuid=65534`, a setuid() call) has no login either and cannot approve; a
+/// person logged in (login uid 1001) through that very uid can. Root itself is refused as the
+/// requester, not as root.
+#[test]
+fn a_root_requester_without_a_login_cannot_approve_through_a_child_of_another_uid() {
+    if !privileged() {
+        return;
+    }
+    let t = Setup::start("");
+    let (ff, forced, id) = t.held_force_push(None);
+
+    let own = t.approvals(0, &["approve", &id]);
+    assert!(!own.status.success(), "root approved its own push");
+    assert!(stderr(&own).contains("cannot decide it"), "{}", stderr(&own));
+    let child = t.approvals_as(65534, None, &["approve", &id]);
+    assert!(
+        !child.status.success(),
+        "root's child under uid 65534 approved root's push"
+    );
+    let err = stderr(&child);
+    // The harness has no login uid in CI; under a developer's login the child keeps theirs.
+    assert!(
+        err.contains("the requester is root with none") || err.contains("is the requester's"),
+        "{err}"
+    );
+    assert_eq!(t.upstream_ref("refs/heads/main").as_deref(), Some(ff.as_str()));
+
+    let person = t.approvals_as(65534, Some(1001), &["approve", &id]);
+    assert!(person.status.success(), "{}", stderr(&person));
+    t.assert_approved(&t.push(&["--force", "main"]), &forced, &id, "login uid 1001");
+}
+
+/// The HTTPS control API takes an OIDC ID token of the approvers' issuer: a token for another
+/// audience or of another issuer is refused (401, the approval still pending), a valid one
+/// approves, recorded as the token's `email` with its issuer and subject.
+#[test]
+fn an_oidc_authenticated_approval_over_https_is_recorded_with_the_tokens_identity() {
+    use ghgate_test_support::oidc::{Issuer, SigningKey, now_secs};
+    if !privileged() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = SigningKey::rs256("approvers");
+    let idp = Issuer::start(ghgate_e2e::loopback_v4().into(), &[&key]);
+    let stranger_key = SigningKey::rs256("stranger");
+    let stranger = Issuer::start(ghgate_e2e::loopback_v4().into(), &[&stranger_key]);
+    let port = ghgate_e2e::free_port();
+    let t = Setup::start(&format!(
+        "\n[approvals.http]\nlisten = \"127.0.0.1:{port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
+         [approvals.http.oidc]\n[[approvals.http.oidc.issuer]]\nissuer = \"{}\"\naudiences = [\"ghgate-approvals\"]\n",
+        cert_file.display(),
+        key_file.display(),
+        idp.url()
+    ));
+    let (_, forced, id) = t.held_force_push(None);
+
+    let claims = |iss: &str, aud: &str| {
+        serde_json::json!({"iss": iss, "aud": aud, "sub": "user-4711", "email": "alice@example.test",
+                           "iat": now_secs() - 5, "exp": now_secs() + 300})
+    };
+    let approve = |token: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&cert_file)
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(["-X", "POST", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("https://localhost:{port}/v1/approvals/{id}/approve"))
+            .output()
+            .unwrap();
+        let text = stdout(&out);
+        let (body, status) = text.trim_end().rsplit_once('\n').unwrap_or(("", text.trim()));
+        (status.to_owned(), body.to_owned())
+    };
+    for (token, why) in [
+        (key.sign(&claims(idp.url(), "some-other-app")), "audience"),
+        (
+            stranger_key.sign(&claims(stranger.url(), "ghgate-approvals")),
+            "is not one of the configured",
+        ),
+    ] {
+        let (status, body) = approve(&token);
+        assert_eq!(status, "401", "{body}");
+        assert!(body.contains(why) && !body.contains(&token), "{body}");
+    }
+    let pending = stdout(&t.approvals(65534, &["show", &id, "--json"]));
+    assert!(pending.contains("\"pending\""), "{pending}");
+
+    let (status, body) = approve(&key.sign(&claims(idp.url(), "ghgate-approvals")));
+    assert_eq!(status, "200", "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["state"]["kind"], "approved");
+    assert_eq!(answer["approvals"][0]["by"], "alice@example.test");
+    let identity = format!("oidc {} subject user-4711, via http", idp.url());
+    assert_eq!(answer["approvals"][0]["identity"], identity.as_str());
+
+    t.assert_approved(&t.push(&["--force", "main"]), &forced, &id, &identity);
 }

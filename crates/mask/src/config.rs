@@ -137,7 +137,8 @@ impl MaskConfig {
 
     /// Checks everything a user can get wrong in `[mask]`, naming the key.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        let builtin: Vec<String> = Rules::builtin().iter().map(|r| r.id.clone()).collect();
+        let mut builtin: Vec<String> = Rules::builtin().iter().map(|r| r.id.clone()).collect();
+        builtin.dedup();
         for (i, id) in self.disable.iter().enumerate() {
             if !builtin.contains(id) {
                 return Err(invalid(

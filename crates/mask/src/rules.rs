@@ -126,6 +126,22 @@ impl Rules {
                 concat!(b!(), r"ghs_[A-Za-z0-9]{36}", b!()),
                 GithubChecksum,
             ),
+            // Installation tokens in GitHub's stateless format (rolled out from April 2026):
+            // `ghs_`, the app id, `_`, and a JWT signed by GitHub (about 520 characters, no
+            // checksum; GitHub says not to read the JWT, so only its shape is asked for). The
+            // whole token is masked: the app id alone is no secret, but without it the match
+            // would not be this rule's.
+            rule(
+                "github-app-token",
+                &["ghs_"],
+                concat!(
+                    b!(),
+                    r"(?P<secret>ghs_[0-9]{1,20}_[A-Za-z0-9_-]{16,4000}\.[A-Za-z0-9_-]{16,8000}",
+                    r"\.[A-Za-z0-9_-]{16,2000})",
+                    end_urlsafe!()
+                ),
+                None,
+            ),
             rule(
                 "github-refresh-token",
                 &["ghr_"],
@@ -135,7 +151,8 @@ impl Rules {
             rule(
                 "github-fine-grained-pat",
                 &["github_pat_"],
-                concat!(b!(), r"github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}", b!()),
+                // 22 and 59 today; GitHub tells integrators to expect longer tokens.
+                concat!(b!(), r"github_pat_[A-Za-z0-9]{22,80}_[A-Za-z0-9]{59,160}", b!()),
                 None,
             ),
             // PEM private keys of every kind (RSA, EC, DSA, OpenSSH, PKCS#8, encrypted PKCS#8,

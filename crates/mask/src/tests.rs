@@ -132,6 +132,25 @@ fn classic(rng: &mut Rng, prefix: &str) -> String {
     github_token(prefix, &rng.alnum(30))
 }
 
+/// An installation token in GitHub's stateless format: `ghs_`, the app id, and a JWT shaped as
+/// GitHub's (RS256 header, installation claims, a 2048-bit signature): about 600 characters.
+fn stateless_installation_token(rng: &mut Rng) -> String {
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": rng.alnum(12)});
+    let now = 1_780_000_000 + rng.below(1_000_000);
+    let payload = serde_json::json!({
+        "iss": "github.com", "iat": now, "exp": now + 3600, "jti": rng.alnum(22),
+        "installation_id": 10_000_000 + rng.below(90_000_000), "repository_selection": "selected",
+    });
+    format!(
+        "gh{}{}_{}.{}.{}",
+        "s_",
+        100_000 + rng.below(3_000_000),
+        b64url(header.to_string().as_bytes()),
+        b64url(payload.to_string().as_bytes()),
+        b64url(&rng.bytes(256))
+    )
+}
+
 fn fine_grained(rng: &mut Rng) -> String {
     format!("github{}{}_{}", "_pat_", rng.alnum(22), rng.alnum(59))
 }
@@ -394,6 +413,7 @@ fn samples(rng: &mut Rng) -> Vec<Vec<Part>> {
         vec![secret("github-oauth", classic(rng, "gho"))],
         vec![secret("github-user-token", classic(rng, "ghu"))],
         vec![secret("github-app-token", classic(rng, "ghs"))],
+        vec![secret("github-app-token", stateless_installation_token(rng))],
         vec![secret("github-refresh-token", classic(rng, "ghr"))],
         vec![secret("github-fine-grained-pat", fine_grained(rng))],
         vec![secret("private-key", pem(rng, "RSA ", 300))],

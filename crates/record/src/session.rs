@@ -548,7 +548,8 @@ pub fn approval_line(a: &ApprovalStep) -> String {
         one_line(&a.rule, 120)
     );
     if let Some(by) = &a.by {
-        let _ = write!(line, " by {}", one_line(by, 80));
+        // The approver and how it was known ("alice@example.com (oidc https://… subject …)").
+        let _ = write!(line, " by {}", one_line(by, 240));
     }
     if let Some(r) = &a.reason {
         let _ = write!(line, ": {}", one_line(r, 200));

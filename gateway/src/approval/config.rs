@@ -1,11 +1,14 @@
-//! `[approvals]` of the gateway config: where new approvals are announced (a webhook) and the
-//! optional HTTPS control listener for approvers elsewhere, with their tokens' SHA-256 hashes.
+//! `[approvals]` of the gateway config: where new approvals are announced (a webhook), whether
+//! root may decide on the control socket, and the optional HTTPS control listener for approvers
+//! elsewhere, with their tokens' SHA-256 hashes or the OIDC issuers whose ID tokens name them.
 //!
 //! Must never hold a token itself, nor print a webhook's URL path or header values (Slack
 //! webhook URLs and authorization headers are secrets): `Debug` shows them as `***`.
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
+
+use crate::config::OidcConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +23,11 @@ pub struct ApprovalsConfig {
     /// An HTTPS control listener (off unless given); the Unix socket always serves.
     #[serde(default)]
     pub http: Option<HttpControlConfig>,
+    /// Whether root with no other user's login behind it (uid 0 with login uid 0 or unset) may
+    /// decide approvals on the control socket. Off: such a process is nobody in particular
+    /// (any service, any `sudo -i` session), so it cannot stand for an approver.
+    #[serde(default)]
+    pub allow_root_socket: bool,
 }
 
 impl Default for ApprovalsConfig {
@@ -28,6 +36,7 @@ impl Default for ApprovalsConfig {
             socket: default_socket(),
             webhook: None,
             http: None,
+            allow_root_socket: false,
         }
     }
 }
@@ -125,6 +134,35 @@ pub struct HttpControlConfig {
     /// Approvers' bearer tokens, as SHA-256 hashes (`printf %s TOKEN | sha256sum`).
     #[serde(default, rename = "token")]
     pub tokens: Vec<TokenConfig>,
+    /// OIDC issuers whose ID tokens, sent as the bearer token, name approvers.
+    #[serde(default)]
+    pub oidc: Option<ApproverOidcConfig>,
+}
+
+/// `[approvals.http.oidc]`: ID tokens of these issuers authenticate approvers. Keep them apart
+/// from `[oidc]` (whose tokens callers present): a CI job's token must never approve.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverOidcConfig {
+    /// The claim that names the approver, as approver groups list it (`users`); a token
+    /// without it is refused. The issuer and subject are recorded beside it.
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<crate::config::OidcIssuer>,
+}
+
+impl ApproverOidcConfig {
+    /// The issuers, as the OIDC validator takes them.
+    pub fn issuers(&self) -> OidcConfig {
+        OidcConfig {
+            issuers: self.issuers.clone(),
+        }
+    }
+}
+
+fn default_name_claim() -> String {
+    "email".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,13 +231,30 @@ impl ApprovalsConfig {
                     return Err((key.into(), format!("{} must be an absolute path", path.display())));
                 }
             }
-            if h.tokens.is_empty() {
+            let oidc_issuers = h.oidc.as_ref().map_or(0, |o| o.issuers.len());
+            if h.tokens.is_empty() && oidc_issuers == 0 {
                 return Err((
                     "approvals.http.token".into(),
-                    "no [[approvals.http.token]]: nobody could authenticate; remove [approvals.http] \
-                     or add approvers' token hashes"
+                    "no [[approvals.http.token]] and no [[approvals.http.oidc.issuer]]: nobody could \
+                     authenticate; remove [approvals.http] or add approvers' token hashes or an issuer"
                         .into(),
                 ));
+            }
+            if let Some(o) = &h.oidc {
+                if o.issuers.is_empty() {
+                    return Err((
+                        "approvals.http.oidc.issuer".into(),
+                        "no [[approvals.http.oidc.issuer]]: name the issuer whose ID tokens approvers present"
+                            .into(),
+                    ));
+                }
+                if o.name_claim.trim().is_empty() {
+                    return Err((
+                        "approvals.http.oidc.name_claim".into(),
+                        "must name a claim (\"email\", \"preferred_username\", \"sub\")".into(),
+                    ));
+                }
+                o.issuers().validate("approvals.http.oidc")?;
             }
             for (i, t) in h.tokens.iter().enumerate() {
                 if t.name.trim().is_empty() {

@@ -1,13 +1,15 @@
 //! The control API approvers decide through: one HTTP/1.1 JSON router served on the Unix socket
-//! `<state_dir>/control.sock` (the approver is the socket peer's uid, from the kernel) and,
-//! when configured, on an HTTPS listener (the approver is named by a bearer token).
+//! `<state_dir>/control.sock` (the approver is the socket peer's uid, login uid and login
+//! session, from the kernel) and, when configured, on an HTTPS listener (the approver is named
+//! by a configured bearer token, or by an OIDC ID token of a configured issuer).
 //!
 //! Routes: `GET /v1/approvals[?all=1]`, `GET /v1/approvals/{id}`,
 //! `POST /v1/approvals/{id}/approve` and `POST /v1/approvals/{id}/deny` with an optional JSON
 //! body `{"reason": "…"}`. Errors are `{"error": "…"}`.
 //!
 //! Must never take an approver's identity from anything the client says (only the kernel's peer
-//! credentials or a configured token), never show an approval to someone who is neither an
+//! credentials, a configured token or a verified ID token), never let root that is nobody in
+//! particular decide on the socket unless configured to, never show an approval to someone who is neither an
 //! approver, root, nor its requester, and never log or echo a bearer token.
 use std::{
     convert::Infallible,
@@ -32,7 +34,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{ApprovalError, Approvals, Approver, config::HttpControlConfig};
+use super::{
+    ApprovalError, Approvals, Approver, OidcIdentity,
+    config::{ApproverOidcConfig, HttpControlConfig},
+};
+use crate::identity::oidc::OidcValidator;
 
 /// The socket's name in the state directory.
 pub const SOCKET_FILE: &str = "control.sock";
@@ -61,8 +67,13 @@ pub enum ControlError {
 }
 
 /// Serves the control API on a Unix socket at `path` (mode 0666: anyone may connect, the peer's
-/// uid decides what they may do). A stale socket is replaced; a live one is an error.
-pub async fn serve_unix(approvals: Arc<Approvals>, path: &Path) -> Result<JoinHandle<()>, ControlError> {
+/// uid and login decide what they may do). A stale socket is replaced; a live one is an error.
+/// `allow_root`: whether root with no other user's login behind it may decide.
+pub async fn serve_unix(
+    approvals: Arc<Approvals>,
+    path: &Path,
+    allow_root: bool,
+) -> Result<JoinHandle<()>, ControlError> {
     let io_err = |what| {
         move |source| ControlError::Io {
             what,
@@ -103,24 +114,21 @@ pub async fn serve_unix(approvals: Arc<Approvals>, path: &Path) -> Result<JoinHa
                     continue;
                 }
             };
+            let accepted_at = super::now_micros();
             let approvals = approvals.clone();
             tokio::spawn(async move {
-                let uid = match stream.peer_cred() {
-                    Ok(cred) => cred.uid(),
+                let (uid, login) = match crate::identity::peer_login(&stream, accepted_at) {
+                    Ok(peer) => peer,
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket: no peer credentials; closing");
                         return;
                     }
                 };
-                let who = Approver {
-                    name: crate::identity::user_name(uid).unwrap_or_else(|| format!("uid:{uid}")),
-                    uid: Some(uid),
-                    via: "socket",
-                };
+                let who = Approver::socket(uid, login);
                 let service = service_fn(move |req| {
                     let approvals = approvals.clone();
                     let who = who.clone();
-                    async move { Ok::<_, Infallible>(route(&approvals, &who, req).await) }
+                    async move { Ok::<_, Infallible>(route(&approvals, &who, req, allow_root).await) }
                 });
                 if let Err(e) = http1().serve_connection(TokioIo::new(stream), service).await {
                     tracing::debug!(error = %e, "control socket: connection ended with an error");
@@ -131,11 +139,22 @@ pub async fn serve_unix(approvals: Arc<Approvals>, path: &Path) -> Result<JoinHa
 }
 
 /// Serves the control API over HTTPS on `config.listen`; approvers authenticate with
-/// `Authorization: Bearer <token>`. Returns the bound address (the port may be 0 in config).
+/// `Authorization: Bearer <token>`: a configured token, or an ID token that `oidc` (built from
+/// `config.oidc`'s issuers) verifies. Returns the bound address (the port may be 0 in config).
 pub async fn serve_tls(
     approvals: Arc<Approvals>,
     config: &HttpControlConfig,
+    oidc: Option<Arc<OidcValidator>>,
 ) -> Result<(SocketAddr, JoinHandle<()>), ControlError> {
+    let oidc: Option<Arc<(Arc<OidcValidator>, ApproverOidcConfig)>> = match (oidc, &config.oidc) {
+        (Some(v), Some(c)) => Some(Arc::new((v, c.clone()))),
+        (None, None) => None,
+        _ => {
+            return Err(ControlError::Tls(
+                "[approvals.http.oidc] and the OIDC validator go together".into(),
+            ));
+        }
+    };
     let tokens: Arc<Vec<(String, [u8; 32])>> = Arc::new(
         config
             .tokens
@@ -171,7 +190,8 @@ pub async fn serve_tls(
                     continue;
                 }
             };
-            let (approvals, tokens, acceptor) = (approvals.clone(), tokens.clone(), acceptor.clone());
+            let (approvals, tokens, acceptor, oidc) =
+                (approvals.clone(), tokens.clone(), acceptor.clone(), oidc.clone());
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
@@ -182,24 +202,14 @@ pub async fn serve_tls(
                     Err(_) => return,
                 };
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let (approvals, tokens) = (approvals.clone(), tokens.clone());
+                    let (approvals, tokens, oidc) = (approvals.clone(), tokens.clone(), oidc.clone());
                     async move {
-                        let response = match authenticate(&tokens, req.headers()) {
-                            Some(name) => {
-                                let who = Approver {
-                                    name,
-                                    uid: None,
-                                    via: "http",
-                                };
-                                route(&approvals, &who, req).await
-                            }
-                            None => {
-                                tracing::warn!(%peer, "approvals control: missing or unknown bearer token");
-                                let mut r = error(
-                                    StatusCode::UNAUTHORIZED,
-                                    "missing or unknown bearer token: send `Authorization: Bearer <token>` \
-                                     with a token whose SHA-256 is in [[approvals.http.token]]",
-                                );
+                        let oidc = oidc.as_deref().map(|(v, c)| (&**v, c));
+                        let response = match authenticate(&tokens, oidc, req.headers()).await {
+                            Ok(who) => route(&approvals, &who, req, true).await,
+                            Err(why) => {
+                                tracing::warn!(%peer, why = %why, "approvals control: refused a bearer token");
+                                let mut r = error(StatusCode::UNAUTHORIZED, &why);
                                 r.headers_mut().insert(
                                     header::WWW_AUTHENTICATE,
                                     http::HeaderValue::from_static("Bearer"),
@@ -253,15 +263,25 @@ fn server_tls(config: &HttpControlConfig) -> Result<rustls::ServerConfig, Contro
     Ok(tls)
 }
 
-/// The name of the approver whose token the request bears. Every configured hash is compared,
-/// in constant time, whatever matched.
-fn authenticate(tokens: &[(String, [u8; 32])], headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+/// The approver whose token the request bears: a configured token's name (every configured hash
+/// is compared, in constant time, whatever matched), else the named claim of an ID token the
+/// approvers' OIDC issuers signed. `Err` says why not, without the token.
+async fn authenticate(
+    tokens: &[(String, [u8; 32])],
+    oidc: Option<(&OidcValidator, &ApproverOidcConfig)>,
+    headers: &http::HeaderMap,
+) -> Result<Approver, String> {
+    const MISSING: &str = "missing or unknown bearer token: send `Authorization: Bearer <token>` with a \
+                           token whose SHA-256 is in [[approvals.http.token]], or an ID token of an \
+                           [[approvals.http.oidc.issuer]]";
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or(MISSING)?;
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let mut found = None;
     for (name, expected) in tokens {
         let diff = hash.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b));
@@ -269,7 +289,36 @@ fn authenticate(tokens: &[(String, [u8; 32])], headers: &http::HeaderMap) -> Opt
             found = Some(name.clone());
         }
     }
-    found
+    if let Some(name) = found {
+        return Ok(Approver::http(name, None));
+    }
+    let Some((validator, config)) = oidc.filter(|_| token.split('.').count() == 3) else {
+        return Err(MISSING.into());
+    };
+    let claims = validator
+        .validate(token)
+        .await
+        .map_err(|e| format!("the ID token does not authenticate an approver: {e}"))?;
+    let claim = config.name_claim.as_str();
+    if claim == "email" && claims.all.get("email_verified") == Some(&serde_json::Value::Bool(false)) {
+        return Err("the ID token's `email` is not verified (`email_verified: false`)".into());
+    }
+    let name = match claims.all.get(claim) {
+        Some(serde_json::Value::String(name)) if !name.trim().is_empty() => name.clone(),
+        _ => {
+            return Err(format!(
+                "the ID token has no `{claim}` claim to name the approver by \
+                 ([approvals.http.oidc] name_claim)"
+            ));
+        }
+    };
+    Ok(Approver::http(
+        name,
+        Some(OidcIdentity {
+            issuer: claims.issuer,
+            subject: claims.subject,
+        }),
+    ))
 }
 
 /// HTTP/1.1 with a deadline for each request head (an idle or slow client is dropped).
@@ -286,8 +335,14 @@ struct DecisionBody {
     reason: Option<String>,
 }
 
-/// The router: `who` is already authenticated.
-pub async fn route(approvals: &Approvals, who: &Approver, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The router: `who` is already authenticated. `allow_root`: whether root with no other user's
+/// login behind it may decide.
+pub async fn route(
+    approvals: &Approvals,
+    who: &Approver,
+    req: Request<Incoming>,
+    allow_root: bool,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let Some(rest) = path.strip_prefix("/v1/approvals") else {
         return error(
@@ -352,6 +407,14 @@ pub async fn route(approvals: &Approvals, who: &Approver, req: Request<Incoming>
                     &format!("the reason is longer than {MAX_REASON} bytes"),
                 );
             }
+            // The requester's own attempt is refused as that, whoever it is.
+            let own = approvals.get(&id).is_some_and(|a| a.requester.is(who));
+            if who.is_anonymous_root() && !allow_root && !own {
+                return from_error(&ApprovalError::RootSocket {
+                    id,
+                    approver: who.to_string(),
+                });
+            }
             let decided = if approve {
                 approvals.approve(&id, who, reason)
             } else {
@@ -376,7 +439,9 @@ fn from_error(e: &ApprovalError) -> Response<Full<Bytes>> {
         ApprovalError::NotPending { .. } | ApprovalError::AlreadyApproved { .. } => StatusCode::CONFLICT,
         ApprovalError::NoGroup { .. }
         | ApprovalError::NotInGroup { .. }
-        | ApprovalError::SelfDecision { .. } => StatusCode::FORBIDDEN,
+        | ApprovalError::SelfDecision { .. }
+        | ApprovalError::SamePerson { .. }
+        | ApprovalError::RootSocket { .. } => StatusCode::FORBIDDEN,
         ApprovalError::Io { .. } | ApprovalError::Corrupt { .. } => {
             tracing::error!(error = %e, "approvals: cannot record a decision");
             StatusCode::INTERNAL_SERVER_ERROR

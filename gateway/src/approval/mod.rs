@@ -3,7 +3,8 @@
 //! requester's identity, until members of the rule's approver group decide it. The retried
 //! operation then passes once (approved) or is refused (denied).
 //!
-//! This module must never let a requester decide its own operation, count one approver twice,
+//! This module must never let a requester decide its own operation (under any uid: the kernel's
+//! login uid and session tell the person behind a `sudo -u`), count one approver twice,
 //! pass an operation other than the exact one approved, or pass it more than once — not even
 //! across a restart: a pass is on disk before it is answered.
 pub mod config;
@@ -26,7 +27,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::record::model::SessionId;
+use crate::{identity::Login, record::model::SessionId};
 
 pub use notify::{Poster, Webhook};
 
@@ -53,9 +54,9 @@ pub fn rfc3339(at: Micros) -> String {
         .unwrap_or_else(|| format!("@{}", at / 1_000_000))
 }
 
-/// Who asked. The identity an approval is bound to is `uid`, `exe`, `oidc_subject` and
-/// `ci_repository`; `session` (one process run) is recorded but not bound, since a retry is
-/// usually a new process.
+/// Who asked. The identity an approval is bound to is `uid`, the login uid, `exe`,
+/// `oidc_subject` and `ci_repository`; `session` (one process run) and the login session are
+/// recorded but not bound, since a retry is usually a new process, maybe from a new login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requester {
     pub uid: u32,
@@ -64,12 +65,17 @@ pub struct Requester {
     pub session: SessionId,
     pub oidc_subject: Option<String>,
     pub ci_repository: Option<String>,
+    /// The requesting process's login uid and login session (approvals older than this field
+    /// read as unset).
+    #[serde(default)]
+    pub login: Login,
 }
 
 impl Requester {
     /// Same bound identity: may this requester use an approval `other` asked for?
     fn binds(&self, other: &Requester) -> bool {
         self.uid == other.uid
+            && self.login.uid == other.login.uid
             && self.exe == other.exe
             && self.oidc_subject == other.oidc_subject
             && self.ci_repository == other.ci_repository
@@ -78,6 +84,34 @@ impl Requester {
     /// Is `approver` this requester (by uid, or by user name)?
     fn is(&self, approver: &Approver) -> bool {
         approver.uid == Some(self.uid) || self.user.as_deref() == Some(approver.name.as_str())
+    }
+
+    /// Why `approver`, under another uid, is still the person who asked: the same login uid
+    /// (or, where a side has none, the same uid behind it), or the same login session; or, for
+    /// a requester that is root with no login, an approver with no login either (any process
+    /// root starts may take any uid, and has no login unless it writes one). `None` for
+    /// approvers known by a token rather than a process.
+    fn same_person(&self, approver: &Approver) -> Option<String> {
+        let uid = approver.uid?;
+        if self.uid == 0 && self.login.uid.is_none() && approver.login.uid.is_none() {
+            return Some(
+                "it has no login uid, and the requester is root with none: any child of root's \
+                 under another uid looks just like it"
+                    .into(),
+            );
+        }
+        let (theirs, mine) = (approver.login.person(uid), self.login.person(self.uid));
+        if theirs == mine {
+            return Some(match (approver.login.uid, self.login.uid) {
+                (Some(_), Some(_)) => format!("its login uid {theirs} is the requester's"),
+                (Some(_), None) => format!("its login uid {theirs} is the requester's uid"),
+                (None, _) => format!("its uid {theirs} is the requester's login uid"),
+            });
+        }
+        match (approver.login.session, self.login.session) {
+            (Some(a), Some(b)) if a == b => Some(format!("it runs in the requester's login session {a}")),
+            _ => None,
+        }
     }
 }
 
@@ -95,6 +129,9 @@ impl fmt::Display for Requester {
         }
         if let Some(sub) = &self.oidc_subject {
             write!(f, " oidc:{sub}")?;
+        }
+        if self.login != Login::default() {
+            write!(f, " ({})", self.login)?;
         }
         Ok(())
     }
@@ -198,16 +235,68 @@ pub struct Approver {
     pub name: String,
     /// The peer's uid on the Unix socket; `None` over HTTP (tokens name users, not uids).
     pub uid: Option<u32>,
+    /// The socket peer's login uid and session, read from the kernel; unset over HTTP.
+    pub login: Login,
+    /// The OIDC ID token that authenticated this approver over HTTP, if one did.
+    pub oidc: Option<OidcIdentity>,
     /// "socket" or "http".
     pub via: &'static str,
 }
 
+/// An approver known by an OIDC ID token: its issuer and subject, as the verified token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcIdentity {
+    pub issuer: String,
+    pub subject: String,
+}
+
+impl Approver {
+    /// An approver on the control socket: the peer's uid and login, from the kernel.
+    pub fn socket(uid: u32, login: Login) -> Self {
+        Approver {
+            name: crate::identity::user_name(uid).unwrap_or_else(|| format!("uid:{uid}")),
+            uid: Some(uid),
+            login,
+            oidc: None,
+            via: "socket",
+        }
+    }
+
+    /// An approver over HTTPS, named by a configured token (`oidc: None`) or an OIDC token.
+    pub fn http(name: String, oidc: Option<OidcIdentity>) -> Self {
+        Approver {
+            name,
+            uid: None,
+            login: Login::default(),
+            oidc,
+            via: "http",
+        }
+    }
+
+    /// Root with no other person's login behind it (uid 0 logged in as root, or no login at
+    /// all: a service, a cron job): nobody in particular, refused on the socket unless
+    /// `[approvals] allow_root_socket`.
+    pub fn is_anonymous_root(&self) -> bool {
+        self.uid == Some(0) && self.login.uid.is_none_or(|l| l == 0)
+    }
+
+    /// How this approver was authenticated, for the record: "uid 65534, login uid 1000,
+    /// session 3, via socket" or "oidc https://idp.example subject 42, via http".
+    pub fn identity(&self) -> String {
+        let mut out = String::new();
+        if let Some(uid) = self.uid {
+            out += &format!("uid {uid}, {}, ", self.login);
+        }
+        if let Some(o) = &self.oidc {
+            out += &format!("oidc {} subject {}, ", o.issuer, o.subject);
+        }
+        out + "via " + self.via
+    }
+}
+
 impl fmt::Display for Approver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.uid {
-            Some(uid) => write!(f, "{} (uid {uid}, via {})", self.name, self.via),
-            None => write!(f, "{} (via {})", self.name, self.via),
-        }
+        write!(f, "{} ({})", self.name, self.identity())
     }
 }
 
@@ -220,6 +309,12 @@ pub struct Decision {
     pub via: String,
     pub reason: Option<String>,
     pub at: Micros,
+    /// The approver's login uid and session (socket approvers).
+    #[serde(default)]
+    pub login: Login,
+    /// How the approver was authenticated ([`Approver::identity`]).
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,12 +394,15 @@ pub enum Step {
         error: Option<String>,
     },
     /// One approver approved; the approval's state says whether that was the last one needed.
+    /// `identity` says how the approver was authenticated ([`Approver::identity`]).
     Approved {
         by: String,
+        identity: String,
         reason: Option<String>,
     },
     Denied {
         by: String,
+        identity: String,
         reason: Option<String>,
     },
     /// The approved operation passed.
@@ -355,6 +453,22 @@ pub enum ApprovalError {
         approver: String,
         group: String,
     },
+    #[error(
+        "{approver} cannot decide approval {id}: {why}, and another uid (sudo, su, setpriv) is still \
+         the same person; another member of group {group:?} must"
+    )]
+    SamePerson {
+        id: String,
+        approver: String,
+        why: String,
+        group: String,
+    },
+    #[error(
+        "{approver} cannot decide approval {id} through the control socket: root with no login of \
+         another user is nobody in particular. Run `ghgate approvals` as yourself (sudo keeps your \
+         login uid), or set `[approvals] allow_root_socket = true`"
+    )]
+    RootSocket { id: String, approver: String },
     #[error("{approver} already approved {id}; it needs {missing} more approver(s) of group {group:?}")]
     AlreadyApproved {
         id: String,
@@ -657,11 +771,21 @@ impl Approvals {
                     group: a.group.clone(),
                 });
             }
+            if let Some(why) = a.requester.same_person(approver) {
+                return Err(ApprovalError::SamePerson {
+                    id: a.id.clone(),
+                    approver: approver.to_string(),
+                    why,
+                    group: a.group.clone(),
+                });
+            }
+            let identity = approver.identity();
             let step = if approve {
-                let twice = a
-                    .approvals
-                    .iter()
-                    .any(|d| d.by == approver.name || (d.uid.is_some() && d.uid == approver.uid));
+                let twice = a.approvals.iter().any(|d| {
+                    d.by == approver.name
+                        || (d.uid.is_some() && d.uid == approver.uid)
+                        || (d.login.uid.is_some() && d.login.uid == approver.login.uid)
+                });
                 if twice {
                     return Err(ApprovalError::AlreadyApproved {
                         id: a.id.clone(),
@@ -676,6 +800,8 @@ impl Approvals {
                     via: approver.via.to_owned(),
                     reason: reason.clone(),
                     at: now,
+                    login: approver.login,
+                    identity: Some(identity.clone()),
                 });
                 if a.approvals.len() as u32 >= a.needed {
                     a.state = State::Approved;
@@ -683,6 +809,7 @@ impl Approvals {
                 }
                 Step::Approved {
                     by: approver.name.clone(),
+                    identity,
                     reason,
                 }
             } else {
@@ -692,6 +819,7 @@ impl Approvals {
                 };
                 Step::Denied {
                     by: approver.name.clone(),
+                    identity,
                     reason,
                 }
             };

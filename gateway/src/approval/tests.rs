@@ -14,16 +14,14 @@ fn alice() -> Approver {
     Approver {
         name: "alice".into(),
         uid: Some(1001),
+        login: Login::default(),
+        oidc: None,
         via: "socket",
     }
 }
 
 fn carol() -> Approver {
-    Approver {
-        name: "carol".into(),
-        uid: None,
-        via: "http",
-    }
+    Approver::http("carol".into(), None)
 }
 
 fn pending_id(gate: Gate) -> String {
@@ -75,7 +73,9 @@ async fn approved_over_the_socket_passes_once_and_only_that_operation() {
     assert_eq!(steps.of(&id), vec![Step::Requested]);
 
     let socket = dir.path().join("control.sock");
-    let server = control::serve_unix(approvals.clone(), &socket).await.unwrap();
+    let server = control::serve_unix(approvals.clone(), &socket, true)
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
         0o666
@@ -133,6 +133,7 @@ async fn approved_over_the_socket_passes_once_and_only_that_operation() {
             Step::Requested,
             Step::Approved {
                 by: me_name,
+                identity: format!("uid {me}, {}, via socket", my_login()),
                 reason: Some("release day".into())
             },
             Step::Used
@@ -147,7 +148,9 @@ async fn non_members_and_requesters_cannot_decide_and_membership_is_read_at_deci
     let me = my_uid();
     let (approvals, groups, _steps) = open(dir.path(), &["alice"], &[]);
     let socket = dir.path().join("control.sock");
-    let _server = control::serve_unix(approvals.clone(), &socket).await.unwrap();
+    let _server = control::serve_unix(approvals.clone(), &socket, true)
+        .await
+        .unwrap();
     let id = pending_id(
         approvals
             .check(&push("a"), &bob(), &spec(1, HOUR), "r", None)
@@ -252,11 +255,7 @@ fn two_of_three_need_two_distinct_approvers() {
         a.approvals.iter().map(|d| d.by.as_str()).collect::<Vec<_>>(),
         ["alice", "carol"]
     );
-    let dave = Approver {
-        name: "dave".into(),
-        uid: None,
-        via: "http",
-    };
+    let dave = Approver::http("dave".into(), None);
     assert!(matches!(
         approvals.approve(&id, &dave, None),
         Err(ApprovalError::NotPending {
@@ -314,6 +313,7 @@ async fn a_denial_stands_until_its_expiry_then_a_retry_asks_again() {
     assert_ne!(again, id);
     assert!(steps.of(&id).contains(&Step::Denied {
         by: "carol".into(),
+        identity: "via http".into(),
         reason: Some("not during the freeze".into())
     }));
 }
@@ -663,10 +663,7 @@ async fn the_https_listener_knows_approvers_by_their_tokens() {
             .check(&push("a"), &bob(), &spec(1, HOUR), "r", None)
             .unwrap(),
     );
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_file, key_file, der) = tls_files(dir.path());
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let token = |name: &str| TokenConfig {
         name: name.into(),
@@ -677,12 +674,16 @@ async fn the_https_listener_knows_approvers_by_their_tokens() {
         tls_cert_file: cert_file,
         tls_key_file: key_file.clone(),
         tokens: vec![token("alice"), token("mallory"), token("bob")],
+        oidc: None,
     };
-    let err = control::serve_tls(approvals.clone(), &config).await.unwrap_err();
+    let err = control::serve_tls(approvals.clone(), &config, None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (addr, server) = control::serve_tls(approvals.clone(), &config).await.unwrap();
-    let der = cert.cert.der().to_vec();
+    let (addr, server) = control::serve_tls(approvals.clone(), &config, None)
+        .await
+        .unwrap();
     let call = |token: Option<&'static str>, method: &'static str, path: String| {
         let der = der.clone();
         async move { over_tls(addr, &der, token, method, &path, "").await }
@@ -738,13 +739,369 @@ async fn a_live_socket_is_not_taken_over_and_a_stale_one_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let (approvals, _g, _s) = open(dir.path(), &[], &[]);
     let socket = dir.path().join("control.sock");
-    let server = control::serve_unix(approvals.clone(), &socket).await.unwrap();
-    let err = control::serve_unix(approvals.clone(), &socket).await.unwrap_err();
+    let server = control::serve_unix(approvals.clone(), &socket, true)
+        .await
+        .unwrap();
+    let err = control::serve_unix(approvals.clone(), &socket, true)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("already serves approvals"), "{err}");
     server.abort();
     let _ = server.await;
-    let server = control::serve_unix(approvals.clone(), &socket).await.unwrap();
+    let server = control::serve_unix(approvals.clone(), &socket, true)
+        .await
+        .unwrap();
     let (status, _) = over_unix(&socket, "GET", "/v1/approvals", "").await;
     assert_eq!(status, 200);
+    server.abort();
+}
+
+/// A self-signed certificate for "localhost" in `dir`: (cert file, key file, DER).
+fn tls_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (cert_file, key_file, cert.cert.der().to_vec())
+}
+
+/// An approver known by an OIDC ID token of the approvers' issuer decides, and is recorded by
+/// the name its `email` claim gives with the issuer and subject beside it; a token for another
+/// audience, of another issuer (even one the gateway knows for callers), or with no name is
+/// refused, and none of them is echoed.
+#[tokio::test]
+async fn the_https_listener_knows_approvers_by_oidc_id_tokens() {
+    use ghgate_test_support::oidc::{Issuer, SigningKey};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let (approvals, _g, steps) = open(dir.path(), &["alice@example.com"], &[]);
+    let id = pending_id(
+        approvals
+            .check(&push("a"), &bob(), &spec(1, HOUR), "r", None)
+            .unwrap(),
+    );
+    let key = SigningKey::rs256("approvers-1");
+    let idp = Issuer::start(std::net::Ipv4Addr::LOCALHOST.into(), &[&key]);
+    let other_key = SigningKey::rs256("ci-1");
+    let ci = Issuer::start(std::net::Ipv4Addr::LOCALHOST.into(), &[&other_key]);
+    let issuer = |url: &str| crate::config::OidcIssuer {
+        issuer: url.to_owned(),
+        audiences: vec!["ghgate-approvals".into()],
+        jwks_uri: None,
+        leeway_secs: 60,
+        jwks_ttl_secs: 3600,
+        min_refetch_secs: 1,
+    };
+    let oidc = config::ApproverOidcConfig {
+        name_claim: "email".into(),
+        issuers: vec![issuer(idp.url())],
+    };
+    let validator = Arc::new(crate::identity::oidc::OidcValidator::new(
+        &oidc.issuers(),
+        crate::outbound::tests::outbound(None, Duration::from_secs(5)),
+    ));
+    let (cert_file, key_file, der) = tls_files(dir.path());
+    let config = HttpControlConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert_file: cert_file,
+        tls_key_file: key_file,
+        tokens: Vec::new(),
+        oidc: Some(oidc),
+    };
+    let (addr, server) = control::serve_tls(approvals.clone(), &config, Some(validator))
+        .await
+        .unwrap();
+    let approve = format!("/v1/approvals/{id}/approve");
+    let claims = |iss: &str, aud: &str| {
+        let now = ghgate_test_support::oidc::now_secs();
+        json!({"iss": iss, "aud": aud, "sub": "user-4711", "email": "alice@example.com",
+               "iat": now - 5, "exp": now + 300})
+    };
+
+    let refused = [
+        (key.sign(&claims(idp.url(), "some-other-app")), "audience"),
+        (
+            other_key.sign(&claims(ci.url(), "ghgate-approvals")),
+            "is not one of the configured",
+        ),
+        (
+            key.sign(&{
+                let mut c = claims(idp.url(), "ghgate-approvals");
+                c.as_object_mut().unwrap().remove("email");
+                c
+            }),
+            "no `email` claim",
+        ),
+        (
+            key.sign(&{
+                let mut c = claims(idp.url(), "ghgate-approvals");
+                c["email_verified"] = json!(false);
+                c
+            }),
+            "not verified",
+        ),
+        // Signed by the approvers' issuer's key name, but not its key.
+        (
+            other_key.sign_as("approvers-1", &claims(idp.url(), "ghgate-approvals")),
+            "signature",
+        ),
+        (
+            key.sign(&{
+                let mut c = claims(idp.url(), "ghgate-approvals");
+                c["exp"] = json!(ghgate_test_support::oidc::now_secs() - 3600);
+                c
+            }),
+            "expired",
+        ),
+        // Unsigned: `alg: none` with the approvers' key id and an empty signature.
+        (
+            {
+                use base64::Engine as _;
+                let b64 = |v: &serde_json::Value| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+                };
+                let header = json!({"alg": "none", "typ": "JWT", "kid": "approvers-1"});
+                format!(
+                    "{}.{}.",
+                    b64(&header),
+                    b64(&claims(idp.url(), "ghgate-approvals"))
+                )
+            },
+            "`alg: none` tokens are refused",
+        ),
+    ];
+    for (token, why) in &refused {
+        let (status, body) = over_tls(addr, &der, Some(token), "POST", &approve, "").await;
+        assert_eq!(status, 401, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(why), "expected {why:?} in {error}");
+        assert!(!error.contains(token.as_str()), "{error}");
+    }
+    assert_eq!(approvals.get(&id).unwrap().state, State::Pending);
+
+    let token = key.sign(&claims(idp.url(), "ghgate-approvals"));
+    let (status, body) = over_tls(addr, &der, Some(&token), "POST", &approve, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"]["kind"], "approved");
+    let decision = &body["approvals"][0];
+    assert_eq!(decision["by"], "alice@example.com");
+    assert_eq!(decision["via"], "http");
+    let identity = format!("oidc {} subject user-4711, via http", idp.url());
+    assert_eq!(decision["identity"], identity.as_str());
+    assert!(steps.of(&id).contains(&Step::Approved {
+        by: "alice@example.com".into(),
+        identity,
+        reason: None,
+    }));
+    server.abort();
+}
+
+/// The person behind an approver is the login uid, which `sudo -u`, `su` and `setpriv` keep:
+/// the requester under another uid, or in its login session, is refused; another person passes.
+#[test]
+fn a_requester_under_another_uid_is_still_the_requester() {
+    let dir = tempfile::tempdir().unwrap();
+    let (approvals, _groups, steps) = open(dir.path(), &["nobody", "daemon", "alice", "eve"], &[]);
+    let login = |uid, session| Login {
+        uid: Some(uid),
+        session: Some(session),
+    };
+    // root, logged in as alice (1000), asks.
+    let requester = Requester {
+        uid: 0,
+        user: Some("root".into()),
+        login: login(1000, 7),
+        ..bob()
+    };
+    let id = pending_id(
+        approvals
+            .check(&push("a"), &requester, &spec(2, HOUR), "r", None)
+            .unwrap(),
+    );
+    let socket = |name: &str, uid, login| Approver {
+        name: name.into(),
+        uid: Some(uid),
+        login,
+        oidc: None,
+        via: "socket",
+    };
+    // `sudo -u nobody ghgate approvals approve`: alice's login uid, a new uid.
+    let sudo = socket("nobody", 65534, login(1000, 7));
+    let err = approvals.approve(&id, &sudo, None).unwrap_err();
+    assert!(matches!(err, ApprovalError::SamePerson { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("its login uid 1000 is the requester's") && text.contains("sudo"),
+        "{text}"
+    );
+    // The same login session under another login uid (root rewrote it): still refused.
+    let rewritten = socket("daemon", 1, login(1234, 7));
+    let err = approvals.deny(&id, &rewritten, None).unwrap_err().to_string();
+    assert!(err.contains("login session 7"), "{err}");
+    // A process with no login, whose uid is the requester's login uid.
+    let err = approvals
+        .approve(&id, &socket("alice", 1000, Login::default()), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("its uid 1000 is the requester's login uid"), "{err}");
+    assert_eq!(approvals.get(&id).unwrap().state, State::Pending);
+    assert!(steps.of(&id).iter().all(|s| matches!(s, Step::Requested)));
+
+    // eve (login uid 1001), through sudo -u nobody, is another person.
+    let eve = socket("nobody", 65534, login(1001, 9));
+    let a = approvals.approve(&id, &eve, None).unwrap();
+    assert_eq!(a.approvals[0].login, login(1001, 9));
+    assert_eq!(
+        a.approvals[0].identity.as_deref(),
+        Some("uid 65534, login uid 1001, session 9, via socket")
+    );
+    // eve again under her own uid counts once.
+    let err = approvals
+        .approve(&id, &socket("eve", 1001, login(1001, 12)), None)
+        .unwrap_err();
+    assert!(matches!(err, ApprovalError::AlreadyApproved { .. }), "{err}");
+    let daemon = socket("daemon", 1, login(1002, 10));
+    assert_eq!(
+        approvals.approve(&id, &daemon, None).unwrap().state,
+        State::Approved
+    );
+}
+
+/// Where neither side has a login (services, this test harness), the uids tell people apart as
+/// before; root without another user's login behind it is nobody in particular.
+#[test]
+fn without_logins_uids_decide_and_anonymous_root_is_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let (approvals, _groups, _steps) = open(dir.path(), &["nobody"], &[]);
+    let id = pending_id(
+        approvals
+            .check(&push("a"), &bob(), &spec(1, HOUR), "r", None)
+            .unwrap(),
+    );
+    // Logged in as bob's uid, through `sudo -u nobody`: that is bob.
+    let logged_in_bob = Approver::socket(
+        65534,
+        Login {
+            uid: Some(4242),
+            session: Some(4),
+        },
+    );
+    let err = approvals.approve(&id, &logged_in_bob, None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("its login uid 4242 is the requester's uid"),
+        "{err}"
+    );
+    let nobody = Approver::socket(65534, Login::default());
+    assert_eq!(
+        approvals.approve(&id, &nobody, None).unwrap().state,
+        State::Approved
+    );
+
+    let root = |login_uid| {
+        Approver::socket(
+            0,
+            Login {
+                uid: login_uid,
+                session: None,
+            },
+        )
+    };
+    assert!(root(None).is_anonymous_root());
+    assert!(root(Some(0)).is_anonymous_root());
+    assert!(
+        !root(Some(1000)).is_anonymous_root(),
+        "sudo by a person is that person"
+    );
+    assert!(!Approver::http("root".into(), None).is_anonymous_root());
+    assert!(!alice().is_anonymous_root());
+}
+
+/// A requester that is root with no login could start a child under any uid (setpriv
+/// --reuid, a setuid() call), which has no login either: such an approver is refused, a
+/// logged-in one passes.
+#[test]
+fn a_root_requester_without_a_login_needs_a_logged_in_approver() {
+    let dir = tempfile::tempdir().unwrap();
+    let (approvals, _groups, _steps) = open(dir.path(), &["nobody"], &[]);
+    let root = Requester {
+        uid: 0,
+        user: Some("root".into()),
+        ..bob()
+    };
+    let id = pending_id(
+        approvals
+            .check(&push("a"), &root, &spec(1, HOUR), "r", None)
+            .unwrap(),
+    );
+    let child = Approver::socket(65534, Login::default());
+    let err = approvals.approve(&id, &child, None).unwrap_err();
+    assert!(matches!(err, ApprovalError::SamePerson { .. }), "{err}");
+    assert!(
+        err.to_string().contains("the requester is root with none"),
+        "{err}"
+    );
+    assert_eq!(approvals.get(&id).unwrap().state, State::Pending);
+    let person = Approver::socket(
+        65534,
+        Login {
+            uid: Some(1001),
+            session: Some(3),
+        },
+    );
+    assert_eq!(
+        approvals.approve(&id, &person, None).unwrap().state,
+        State::Approved
+    );
+}
+
+/// Root without a login cannot decide on the socket unless `allow_root_socket`; it may still
+/// list. Needs to run as root with no login uid (as the test harness does).
+#[tokio::test]
+async fn anonymous_root_decides_on_the_socket_only_when_allowed() {
+    if my_uid() != 0 || my_login().uid.is_some() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs the unit tests as root"
+        );
+        eprintln!("skipped: needs uid 0 with no login uid");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (approvals, _g, _s) = open(dir.path(), &[], &[0]);
+    let id = pending_id(
+        approvals
+            .check(&push("a"), &bob(), &spec(1, HOUR), "r", None)
+            .unwrap(),
+    );
+    let socket = dir.path().join("control.sock");
+    let server = control::serve_unix(approvals.clone(), &socket, false)
+        .await
+        .unwrap();
+    let (status, list) = over_unix(&socket, "GET", "/v1/approvals", "").await;
+    assert_eq!(
+        (status, list["approvals"][0]["id"].as_str()),
+        (200, Some(id.as_str()))
+    );
+    let (status, body) = over_unix(&socket, "POST", &format!("/v1/approvals/{id}/approve"), "").await;
+    assert_eq!(status, 403, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("allow_root_socket = true") && error.contains("root (uid 0, no login uid"),
+        "{error}"
+    );
+    assert_eq!(approvals.get(&id).unwrap().state, State::Pending);
+    server.abort();
+    let _ = server.await;
+    let server = control::serve_unix(approvals.clone(), &socket, true)
+        .await
+        .unwrap();
+    let (status, body) = over_unix(&socket, "POST", &format!("/v1/approvals/{id}/approve"), "").await;
+    assert_eq!(
+        (status, body["state"]["kind"].as_str()),
+        (200, Some("approved")),
+        "{body}"
+    );
     server.abort();
 }

@@ -267,6 +267,7 @@ pub fn bob() -> Requester {
         session: "s1".into(),
         oidc_subject: None,
         ci_repository: Some("acme/app".into()),
+        login: crate::identity::Login::default(),
     }
 }
 
@@ -276,5 +277,19 @@ pub fn spec(approvals: u32, expires: Duration) -> ApprovalSpec {
         approvals,
         expires,
         hold: None,
+    }
+}
+
+/// This process's login uid and session, as the control socket will read them.
+pub fn my_login() -> crate::identity::Login {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/self/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|&id| id != u32::MAX)
+    };
+    crate::identity::Login {
+        uid: read("loginuid"),
+        session: read("sessionid"),
     }
 }

@@ -1,5 +1,6 @@
 //! `ghgate approvals list|show|approve|deny`: approvers decide pending operations through the
-//! gateway's control socket, which knows them by their uid (no token, no password).
+//! gateway's control socket, which knows them by their uid and the kernel's login uid and session
+//! (no token, no password).
 //!
 //! Never decides anything itself: every check (group membership, self-approval, expiry) is the
 //! gateway's, and its refusal is printed as it gave it.
@@ -47,8 +48,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Approve as yourself (the gateway takes your uid from the socket). The requester's next
-    /// identical attempt then passes, once.
+    /// Approve as yourself (the gateway takes your uid and login uid from the socket: another
+    /// uid through sudo is still you). The requester's next identical attempt then passes, once.
     Approve {
         id: String,
         /// Why, for the record.
@@ -355,6 +356,12 @@ fn details(out: &mut dyn Write, a: &Approval, now: Micros) -> io::Result<()> {
         ("ci repo", r.ci_repository.as_deref()),
         ("oidc sub", r.oidc_subject.as_deref()),
         ("session", Some(r.session.as_str())),
+        (
+            "login",
+            (r.login != Default::default())
+                .then(|| r.login.to_string())
+                .as_deref(),
+        ),
     ] {
         if let Some(v) = value {
             writeln!(out, "  {label:<10} {v}")?;
@@ -378,7 +385,8 @@ fn details(out: &mut dyn Write, a: &Approval, now: Micros) -> io::Result<()> {
         relative(a.expires_at, now)
     )?;
     for d in &a.approvals {
-        write!(out, "approved by  {} via {} at {}", d.by, d.via, rfc3339(d.at))?;
+        let how = d.identity.clone().unwrap_or_else(|| format!("via {}", d.via));
+        write!(out, "approved by  {} ({how}) at {}", d.by, rfc3339(d.at))?;
         match &d.reason {
             Some(reason) => writeln!(out, ": {reason}")?,
             None => writeln!(out)?,
@@ -434,7 +442,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (approvals, _g, _s) = open(dir.path(), &[], &[my_uid()]);
         let socket = dir.path().join("control.sock");
-        let server = control::serve_unix(approvals.clone(), &socket).await.unwrap();
+        let server = control::serve_unix(approvals.clone(), &socket, true)
+            .await
+            .unwrap();
         let Gate::Pending { id, .. } = approvals
             .check(
                 &push("a"),
@@ -486,6 +496,10 @@ mod tests {
             .await
             .unwrap();
         assert!(done.starts_with(&format!("approved {id}: ")), "{done}");
+        let show = ghgate(&socket, &["show", &id]).await.unwrap();
+        let me = my_uid();
+        let how = format!("(uid {me}, {}, via socket) at ", my_login());
+        assert!(show.contains(&how), "{how:?} not in:\n{show}");
         assert_eq!(
             approvals.get(&id).unwrap().approvals[0].reason.as_deref(),
             Some("ok by me")

@@ -221,6 +221,17 @@ mod tests {
     /// A loopback mint: counts requests, answers with `lifetime` seconds of validity (or 401
     /// when `fail`), after a pause so concurrent callers overlap.
     async fn mint_server(mints: Arc<AtomicUsize>, lifetime: i64, fail: bool) -> String {
+        mint_server_with(mints, lifetime, fail, |n, scope| format!("tok-{n}-{scope}")).await
+    }
+
+    /// A loopback mint whose `n`th token, for the repositories asked for (`scope`, as JSON), is
+    /// `token(n, scope)`.
+    async fn mint_server_with(
+        mints: Arc<AtomicUsize>,
+        lifetime: i64,
+        fail: bool,
+        token: fn(usize, &serde_json::Value) -> String,
+    ) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -254,7 +265,7 @@ mod tests {
                                     .unwrap();
                                 (
                                     201,
-                                    serde_json::json!({"token": format!("tok-{n}-{}", if asked["repositories"].is_null() { &asked["repository_ids"] } else { &asked["repositories"] }), "expires_at": expires}),
+                                    serde_json::json!({"token": token(n, if asked["repositories"].is_null() { &asked["repository_ids"] } else { &asked["repositories"] }), "expires_at": expires}),
                                 )
                             };
                             let mut r = http::Response::new(Full::new(Bytes::from(answer.to_string())));
@@ -348,5 +359,64 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("eyJ"), "the app JWT is never shown: {err}");
+    }
+
+    /// An installation token in GitHub's stateless format (`ghs_<app id>_<JWT>`, some 600
+    /// characters here), assembled at run time so no source file holds one.
+    pub(crate) fn stateless_token(n: usize) -> String {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+        let claims = serde_json::json!({
+            "iss": "github.com", "installation_id": 4_200_000 + n, "exp": 1_780_000_000,
+            "permissions": {"contents": "write", "metadata": "read", "pull_requests": "write"},
+        });
+        let signature: Vec<u8> = (0..256u32)
+            .map(|i| (i.wrapping_mul(97) ^ n as u32) as u8)
+            .collect();
+        format!(
+            "gh{}{}_{}.{}.{}",
+            "s_",
+            123_456,
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes()),
+            b64(&signature)
+        )
+    }
+
+    /// Nothing here assumes an installation token is 40 characters: a stateless one is kept
+    /// whole, cached, and goes on the wire whole in every scheme; the caller-credential reader
+    /// and the masker get it back whole too.
+    #[tokio::test]
+    async fn stateless_installation_tokens_of_any_length_pass_whole() {
+        let mints = Arc::new(AtomicUsize::new(0));
+        let url = mint_server_with(mints.clone(), 3600, false, |n, _| stateless_token(n)).await;
+        let m = minter(&url, false);
+        let token = m.token(Some(&repo("a"))).await.unwrap();
+        let expected = stateless_token(0);
+        assert!(expected.len() > 500, "{}", expected.len());
+        assert_eq!(token.expose(), expected);
+        assert_eq!(m.token(Some(&repo("a"))).await.unwrap(), token, "cached whole");
+        assert_eq!(mints.load(Ordering::SeqCst), 1);
+        for scheme in [
+            super::super::Scheme::Basic,
+            super::super::Scheme::Bearer,
+            super::super::Scheme::Token,
+        ] {
+            let mut headers = http::HeaderMap::new();
+            super::super::inject(&mut headers, scheme, &token);
+            assert_eq!(
+                super::super::presented(&headers).as_ref().map(Secret::expose),
+                Some(expected.as_str()),
+                "{scheme:?}"
+            );
+            let exact = crate::mask::caller_credentials(&headers);
+            assert!(exact.iter().any(|(_, v)| v == expected.as_bytes()), "{scheme:?}");
+        }
+        let logged = crate::mask::for_logs(&format!("minted {expected} for o/a"));
+        assert!(
+            !logged.contains(&expected) && logged.contains("[MASKED:github-app-token:"),
+            "{logged}"
+        );
     }
 }

@@ -356,6 +356,7 @@ mod tests {
             start_ticks: None,
             cgroup: Some("/system.slice/actions.runner.service".into()),
             ci: vec![("GITHUB_REPOSITORY".into(), "org/app".into())],
+            login: crate::identity::Login::default(),
         };
         let s = crate::identity::subject(&caller, None);
         assert!(credential_rule("uid = [1000]\nexe = [\"/usr/bin/*\"]", &s));

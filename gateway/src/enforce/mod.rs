@@ -228,6 +228,7 @@ pub fn requester(caller: &Caller, subject: &Subject, session: &model::SessionId)
             .and_then(|s| s.as_str())
             .map(str::to_owned),
         ci_repository: subject.ci_repository.clone(),
+        login: caller.login,
     }
 }
 
@@ -410,8 +411,12 @@ fn step_record(a: &approval::Approval, step: &approval::Step) -> model::Approval
                 error.as_deref().unwrap_or("no answer")
             )),
         ),
-        Step::Approved { by, reason } => (Kind::Approved, Some(by.clone()), reason.clone()),
-        Step::Denied { by, reason } => (Kind::Denied, Some(by.clone()), reason.clone()),
+        Step::Approved { by, identity, reason } => {
+            (Kind::Approved, Some(format!("{by} ({identity})")), reason.clone())
+        }
+        Step::Denied { by, identity, reason } => {
+            (Kind::Denied, Some(format!("{by} ({identity})")), reason.clone())
+        }
         Step::Used => (Kind::Used, None, None),
         Step::Expired => (Kind::Expired, None, None),
     };
@@ -481,11 +486,18 @@ impl Enforcer {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         }
-        approval::control::serve_unix(self.approvals.clone(), socket)
+        approval::control::serve_unix(self.approvals.clone(), socket, config.approvals.allow_root_socket)
             .await
             .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
         if let Some(http) = &config.approvals.http {
-            let (addr, _) = approval::control::serve_tls(self.approvals.clone(), http)
+            // Its own validator: approvers' issuers are not callers' (`[oidc]`).
+            let oidc = http.oidc.as_ref().map(|o| {
+                Arc::new(crate::identity::oidc::OidcValidator::new(
+                    &o.issuers(),
+                    self.outbound.clone(),
+                ))
+            });
+            let (addr, _) = approval::control::serve_tls(self.approvals.clone(), http, oidc)
                 .await
                 .context("cannot serve the approvals HTTPS listener")?;
             tracing::info!(listen = %addr, "approvals HTTPS listener ready");

@@ -28,6 +28,7 @@ pub fn caller() -> Caller {
         start_ticks: None,
         cgroup: None,
         ci: Vec::new(),
+        login: crate::identity::Login::default(),
     }
 }
 

@@ -29,14 +29,19 @@ pub struct Caller {
     pub cgroup: Option<String>,
     /// CI job facts (`ci::ALLOWED` variables only), empty outside CI.
     pub ci: Vec<(String, String)>,
+    /// Who logged in, and in which login session, from /proc at accept (unset when the process
+    /// was already gone, or is not descended from a login).
+    pub login: Login,
 }
 
 impl Caller {
     /// The kernel's facts, completed from /proc where the process still exists.
     pub fn from_kernel(r: &Redirected) -> Self {
+        let start_ticks = start_ticks(r.tgid);
         Self {
             exe: std::fs::read_link(format!("/proc/{}/exe", r.tgid)).ok(),
-            start_ticks: start_ticks(r.tgid),
+            login: start_ticks.map_or_else(Login::default, |t| Login::of_started(r.tgid, t)),
+            start_ticks,
             cgroup: cgroup_path(r.tgid),
             ci: ci::facts(r.tgid),
             ..Self::kernel_only(r)
@@ -56,6 +61,7 @@ impl Caller {
             start_ticks: None,
             cgroup: None,
             ci: Vec::new(),
+            login: Login::default(),
         }
     }
 
@@ -97,6 +103,128 @@ impl Caller {
             })
             .unwrap_or_default()
     }
+}
+
+/// The kernel's audit facts of a process: the uid that logged in (`/proc/<pid>/loginuid`, which
+/// su, sudo, setpriv and setuid programs do not change, so a person who switches uid is still
+/// known) and the login session (`/proc/<pid>/sessionid`, new at each login). `None` where the
+/// kernel says unset (4294967295): a process not descended from a login, such as a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Login {
+    pub uid: Option<u32>,
+    pub session: Option<u32>,
+}
+
+/// The kernel's "unset" for both the login uid and the session id.
+const AUDIT_UNSET: u32 = u32::MAX;
+
+impl Login {
+    /// Reads the login facts of `tgid` now, without asking whether it is the process the caller
+    /// means: use [`Login::of_started`] or [`peer_login`], which do.
+    fn read(tgid: u32) -> Self {
+        let field = |name: &str| {
+            std::fs::read_to_string(format!("/proc/{tgid}/{name}"))
+                .ok()
+                .and_then(|s| parse_audit_id(&s))
+        };
+        Login {
+            uid: field("loginuid"),
+            session: field("sessionid"),
+        }
+    }
+
+    /// The login facts of `tgid` if it is still the process that started at `start_ticks`: read
+    /// between two reads of its start time, so a reused pid yields nothing rather than another
+    /// process's login.
+    pub fn of_started(tgid: u32, started: u64) -> Self {
+        if start_ticks(tgid) != Some(started) {
+            return Login::default();
+        }
+        let login = Login::read(tgid);
+        if start_ticks(tgid) == Some(started) {
+            login
+        } else {
+            Login::default()
+        }
+    }
+
+    /// The person: the login uid, or `uid` (the process's own) where no login is recorded.
+    pub fn person(&self, uid: u32) -> u32 {
+        self.uid.unwrap_or(uid)
+    }
+}
+
+impl fmt::Display for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.uid {
+            Some(uid) => write!(f, "login uid {uid}")?,
+            None => f.write_str("no login uid")?,
+        }
+        if let Some(session) = self.session {
+            write!(f, ", session {session}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A login uid or session id as /proc writes it; `None` for unset or unreadable.
+fn parse_audit_id(text: &str) -> Option<u32> {
+    text.trim().parse::<u32>().ok().filter(|&id| id != AUDIT_UNSET)
+}
+
+/// The uid and login facts of the process at the other end of a Unix socket (its peer when it
+/// connected). The pid the kernel reports may be reused once that process is gone, so the facts
+/// are read through a pidfd (`SO_PEERPIDFD`) that holds the peer's pid: its pid is read from the
+/// pidfd before and after /proc is read, and if the process was reaped meanwhile (the pidfd
+/// then reports no pid) nothing is returned. Kernels before 6.5 have no `SO_PEERPIDFD`: there
+/// the process found under the pid must have started before `connected_at` (wall-clock micros).
+pub fn peer_login(
+    stream: &impl std::os::fd::AsFd,
+    connected_at: crate::record::model::Micros,
+) -> std::io::Result<(u32, Login)> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    use std::io::{Error, ErrorKind};
+    let cred = getsockopt(stream, sockopt::PeerCredentials)?;
+    let gone = || {
+        Error::new(
+            ErrorKind::NotFound,
+            "the peer process exited before its login could be read",
+        )
+    };
+    let uid = cred.uid();
+    match getsockopt(stream, sockopt::PeerPidfd) {
+        Ok(pidfd) => {
+            let pid = pidfd_pid(&pidfd).ok_or_else(gone)?;
+            let login = Login::read(pid);
+            if pidfd_pid(&pidfd) != Some(pid) {
+                return Err(gone());
+            }
+            Ok((uid, login))
+        }
+        Err(nix::errno::Errno::ENOPROTOOPT | nix::errno::Errno::EINVAL) => {
+            let pid = u32::try_from(cred.pid()).map_err(|_| gone())?;
+            let started = start_ticks(pid).ok_or_else(gone)?;
+            let before = ticks_to_wall_micros(started).is_some_and(|s| s <= connected_at);
+            if !before {
+                return Err(gone());
+            }
+            let login = Login::of_started(pid, started);
+            if start_ticks(pid) != Some(started) {
+                return Err(gone());
+            }
+            Ok((uid, login))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pid a pidfd stands for, in this pid namespace (`Pid:` of its fdinfo); `None` once the
+/// process has been reaped, after which its pid may be given to another process.
+fn pidfd_pid(pidfd: &std::os::fd::OwnedFd) -> Option<u32> {
+    use std::os::fd::AsRawFd as _;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let pid = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim();
+    pid.parse::<u32>().ok().filter(|&p| p > 0)
 }
 
 /// The kernel's id of this boot (tgids and start times repeat across boots).
@@ -220,6 +348,7 @@ mod tests {
             start_ticks: start_ticks(me),
             cgroup: None,
             ci: Vec::new(),
+            login: Login::default(),
         };
         assert_eq!(caller.session_id(), caller.session_id());
         assert_eq!(caller.session_id().as_str().len(), 16);
@@ -233,6 +362,60 @@ mod tests {
             "a reused tgid is another session"
         );
         assert_eq!(user_name(0).as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn login_facts_read_unset_as_none() {
+        assert_eq!(parse_audit_id("4294967295"), None);
+        assert_eq!(parse_audit_id("1000\n"), Some(1000));
+        assert_eq!(parse_audit_id("0"), Some(0));
+        assert_eq!(parse_audit_id("-1"), None);
+        assert_eq!(parse_audit_id(""), None);
+        let mine = Login::read(std::process::id());
+        let started = start_ticks(std::process::id()).unwrap();
+        assert_eq!(Login::of_started(std::process::id(), started), mine);
+        // Another start time: another process under a reused pid, whose login is not ours.
+        let unset = Login::default();
+        assert_eq!(Login::of_started(std::process::id(), started + 1), unset);
+        assert_eq!(
+            Login {
+                uid: Some(0),
+                session: Some(3)
+            }
+            .person(65534),
+            0
+        );
+        assert_eq!(unset.person(65534), 65534);
+        assert_eq!(
+            Login {
+                uid: Some(1000),
+                session: Some(3)
+            }
+            .to_string(),
+            "login uid 1000, session 3"
+        );
+        assert_eq!(unset.to_string(), "no login uid");
+    }
+
+    /// The peer of a socket is read through its pidfd: our own uid and login here.
+    #[test]
+    fn a_socket_peer_is_known_by_uid_and_login() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (uid, login) = peer_login(&a, u64::MAX).unwrap();
+        assert_eq!(uid, nix::unistd::getuid().as_raw());
+        assert_eq!(login, Login::read(std::process::id()));
+    }
+
+    /// Once a process is reaped its pid may be given to another; its pidfd then names no pid,
+    /// so nothing is read under it.
+    #[test]
+    fn a_reaped_process_pidfd_names_no_pid() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfd = crate::sys::pidfd_open(child.id()).unwrap();
+        assert_eq!(pidfd_pid(&pidfd), Some(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(pidfd_pid(&pidfd), None);
     }
 
     /// A command name may hold spaces and parentheses (a process names itself): the fields are

@@ -96,10 +96,87 @@ fn github_fine_grained_pat_and_near_misses() {
         &m,
         &[plain("x-access-token "), secret("github-fine-grained-pat", tok)],
     );
+    // GitHub tells integrators to expect longer tokens: a longer one is still masked.
+    let long = format!("github{}{}_{}", "_pat_", rng.alnum(30), rng.alnum(90));
+    assert_masked(
+        &m,
+        &[plain("pat="), secret("github-fine-grained-pat", long), plain(";")],
+    );
     let short = format!("github{}{}_{}", "_pat_", rng.alnum(21), rng.alnum(59));
-    let long = format!("github{}{}_{}", "_pat_", rng.alnum(22), rng.alnum(60));
-    assert_clean(&m, &format!("{short} and {long}"));
+    let short_tail = format!("github{}{}_{}", "_pat_", rng.alnum(22), rng.alnum(58));
+    assert_clean(&m, &format!("{short} and {short_tail}"));
     assert_clean(&m, "if t.starts_with(\"github_pat_\") {");
+}
+
+/// Installation tokens in the stateless format (`ghs_<app id>_<JWT>`, about 520 characters)
+/// where they occur: the access-token API's answer, an Authorization header, a clone URL (too
+/// long for the URL-credentials rule alone), an env line; masked whole at every chunking.
+#[test]
+fn github_installation_tokens_in_the_stateless_format() {
+    let m = masker();
+    let mut rng = Rng::new(14);
+    let tok = stateless_installation_token(&mut rng);
+    assert!(tok.len() > 500 && tok.matches('.').count() == 2, "{}", tok.len());
+    let rule = "github-app-token";
+    assert_masked(
+        &m,
+        &[
+            plain("{\"token\":\""),
+            secret(rule, tok.clone()),
+            plain("\",\"expires_at\":\"2026-05-01T12:00:00Z\",\"permissions\":{\"contents\":\"write\"}}"),
+        ],
+    );
+    assert_masked(
+        &m,
+        &[
+            plain("Authorization: token "),
+            secret(rule, tok.clone()),
+            plain("\r\n\r\n"),
+        ],
+    );
+    assert_masked(
+        &m,
+        &[
+            plain("https://x-access-token:"),
+            secret(rule, tok.clone()),
+            plain("@github.com/o/r.git"),
+        ],
+    );
+    assert_masked(&m, &[plain("GH_TOKEN="), secret(rule, tok.clone()), plain("\n")]);
+    // Two back to back, the second cut at its dots by the chunking.
+    let other = stateless_installation_token(&mut rng);
+    let (first_dot, second_dot) = (other.find('.').unwrap(), other.rfind('.').unwrap());
+    let input = format!("{tok} {other}");
+    let at = tok.len() + 1;
+    for cuts in [
+        vec![at + first_dot],
+        vec![at + 4, at + second_dot + 1],
+        vec![3, at + 10, at + other.len() - 1],
+    ] {
+        let (out, findings) = stream_cuts(&m, input.as_bytes(), &cuts);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(findings.len(), 2, "{out}");
+        assert!(findings.iter().all(|f| f.rule == rule), "{findings:?}");
+        assert_eq!((findings[1].offset as usize, findings[1].len), (at, other.len()));
+        assert!(!out.contains("eyJ") && !out.contains("ghs_"), "{out}");
+    }
+}
+
+#[test]
+fn stateless_installation_token_near_misses() {
+    let m = masker();
+    assert_clean(
+        &m,
+        "installation tokens now look like ghs_APPID_JWT (about 520 characters)",
+    );
+    assert_clean(&m, "let re = /ghs_[A-Za-z0-9._]{36,}/;");
+    assert_clean(&m, "ghs_12345_short.parts.only");
+    let mut rng = Rng::new(15);
+    let tok = stateless_installation_token(&mut rng);
+    // Glued to a word: not a token boundary (as for the classic form).
+    assert_clean(&m, &format!("x{tok}"));
+    // Without its signature, it is not a token.
+    assert_clean(&m, &format!("{} end", &tok[..tok.rfind('.').unwrap()]));
 }
 
 #[test]
