@@ -68,6 +68,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub approvals: crate::approval::config::ApprovalsConfig,
+    /// Egress control for everything that is not GitHub's: off, audit or block.
+    #[serde(default)]
+    pub egress: crate::egress::EgressConfig,
 }
 
 /// What callers may do: the policy file, and how pushes are inspected for it.
@@ -886,6 +889,15 @@ impl Config {
         if let Err((key, message)) = self.github.validate(&self.tls.ports) {
             return Err(invalid(key, message));
         }
+        if let Err((key, message)) = self.egress.validate() {
+            return Err(invalid(key, message));
+        }
+        if self.egress.enabled() && [v4.port(), v6.port()].contains(&self.egress.dns_port) {
+            return Err(invalid(
+                "egress.dns_port".into(),
+                format!("{} is the gateway's listen port", self.egress.dns_port),
+            ));
+        }
         if let Err(e) = self.mask.validate() {
             return Err(invalid(e.key, e.message));
         }
@@ -1036,6 +1048,14 @@ impl Config {
     }
 
     /// Parsed DNS servers (validated at load).
+    /// Where the egress resolver listens: `[listen]`'s two addresses on `[egress] dns_port`.
+    pub fn egress_resolver_addrs(&self) -> Vec<SocketAddr> {
+        vec![
+            SocketAddr::new(self.listen.ipv4.ip(), self.egress.dns_port),
+            SocketAddr::new(self.listen.ipv6.ip(), self.egress.dns_port),
+        ]
+    }
+
     pub fn dns_servers(&self) -> Vec<SocketAddr> {
         self.dns
             .servers
