@@ -523,6 +523,22 @@ impl Gateway {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Every policy decision recorded so far (from the HAR export of every session).
+    pub fn decisions(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        for line in self.ghgate_ok(&["sessions", "list", "--json"]).lines() {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let id = row["id"].as_str().unwrap();
+            let har: Value =
+                serde_json::from_str(&self.ghgate_ok(&["sessions", "export", id, "--format", "har"]))
+                    .unwrap();
+            for e in har["log"]["entries"].as_array().unwrap() {
+                all.extend(e["_ghgate"]["decisions"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        all
+    }
+
     /// kill -9, and wait until the process is gone.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -102,7 +102,7 @@ impl GitHub {
 
     /// The API path of a request to the API host (`/repos/o/r` of `/api/v3/repos/o/r` on GHES),
     /// `None` when the path is not the API's.
-    fn api_path<'a>(&self, path: &'a str) -> Option<&'a str> {
+    pub(crate) fn api_path<'a>(&self, path: &'a str) -> Option<&'a str> {
         if self.api_prefix.is_empty() {
             return Some(path);
         }
@@ -353,6 +353,10 @@ pub struct Classified {
     pub websocket: bool,
     /// The request body's Content-Encoding, when it has one ghgate decodes.
     pub body_coding: Option<Coding>,
+    /// The values of method-override headers (`X-HTTP-Method-Override` and its other
+    /// spellings, `crate::writes::METHOD_OVERRIDE_HEADERS`): a server may act on them instead of
+    /// the method, so what a request writes is read under each.
+    pub method_override: Vec<String>,
 }
 
 impl Classified {
@@ -413,12 +417,24 @@ impl Classified {
             copilot: None,
             websocket: false,
             body_coding: None,
+            method_override: Vec::new(),
         }
     }
 
     /// A request given as a URL (`ghgate policy explain --request`, tests): classified as if
     /// it came on a connection to its own host.
     pub fn from_url(method: &str, url: &str, github: &GitHub) -> Result<Classified, Refusal> {
+        Self::from_url_with_headers(method, url, &[], github)
+    }
+
+    /// `from_url`, with request headers (`Content-Encoding`, a method override); a header that
+    /// is not one is refused.
+    pub fn from_url_with_headers(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        github: &GitHub,
+    ) -> Result<Classified, Refusal> {
         let method = Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes()).map_err(|_| {
             Refusal::BadPath {
                 path: url.to_owned(),
@@ -431,14 +447,18 @@ impl Classified {
         })?;
         let authority = uri.authority().ok_or(Refusal::NoAuthority)?.to_string();
         let (host, _) = host_and_port(&authority)?;
-        let (head, ()) = http::Request::builder()
+        let mut builder = http::Request::builder()
             .method(method)
             .uri(uri)
-            .version(Version::HTTP_2)
+            .version(Version::HTTP_2);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let (head, ()) = builder
             .body(())
             .map_err(|_| Refusal::BadPath {
                 path: url.to_owned(),
-                why: "not a URL",
+                why: "not a URL, or a header that is not one",
             })?
             .into_parts();
         classify(&head, &host, github)
@@ -649,7 +669,7 @@ fn name_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn named(owner: &str, name: &str) -> Option<Repo> {
+pub(crate) fn named(owner: &str, name: &str) -> Option<Repo> {
     let name = match name.len().checked_sub(4) {
         Some(cut) if name[cut..].eq_ignore_ascii_case(".git") => &name[..cut],
         _ => name,
@@ -859,6 +879,11 @@ pub fn classify(head: &Parts, sni: &str, github: &GitHub) -> Result<Classified, 
         copilot,
         websocket: is_websocket(head.version, &head.headers),
         body_coding: body_coding(&head.headers)?,
+        method_override: crate::writes::METHOD_OVERRIDE_HEADERS
+            .iter()
+            .flat_map(|h| head.headers.get_all(*h))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect(),
     })
 }
 

@@ -16,6 +16,7 @@ use super::{
     caller::{CallerCondition, any_glob, list, text_check},
     classify::{GitService, Repo},
     facts::{Paths, RefKind, RefUpdate, Subject, Target},
+    writes::{ApiRef, Write},
 };
 
 /// Conditions on the request compared as globs against one text fact.
@@ -156,6 +157,10 @@ enum Check {
     Holds(Option<String>),
     Fails(String),
     Undecided(Needs),
+    /// The fact cannot be known (a ref or repository the request does not name): it holds for
+    /// a rule that refuses or holds, and fails for one that passes — the riskier reading either
+    /// way. The text says what is unknown.
+    Unknown(String),
 }
 
 /// One rule's answer.
@@ -186,7 +191,8 @@ impl<'a> Facts<'a> {
             method: RequestField::Method.fold(req.method.as_str()),
             path: RequestField::Path.fold(&req.path),
             repository: req.repository.as_ref(),
-            git_service: req.git_service,
+            // A write through the API moves refs as a push does, and is one to `git_service`.
+            git_service: req.git_service.or(ref_update.map(|_| GitService::ReceivePack)),
             copilot: req.copilot.map(|c| c.as_str()),
             ref_update,
         }
@@ -212,10 +218,20 @@ impl Condition {
             Condition::Request {
                 field: RequestField::Repository,
                 ..
-            } if matches!(facts.repository, Some(Repo::Id(_))) => Check::Holds(Some(format!(
-                "repository: the request names {}, whose name the gateway cannot tell, so this counts as a match",
+            } if facts.ref_update.is_some_and(|r| r.unknown_repository.is_some()) => Check::Unknown(format!(
+                "repository: the request names {}, whose name the gateway cannot tell",
+                facts
+                    .ref_update
+                    .and_then(|r| r.unknown_repository.as_deref())
+                    .unwrap_or_default()
+            )),
+            Condition::Request {
+                field: RequestField::Repository,
+                ..
+            } if matches!(facts.repository, Some(Repo::Id(_))) => Check::Unknown(format!(
+                "repository: the request names {}, whose name the gateway cannot tell",
                 facts.repository.expect("matched").describe()
-            ))),
+            )),
             Condition::Request { field, patterns } => {
                 match text_check(field.key(), patterns, facts.text(*field), field.missing()) {
                     Ok(()) => Check::Holds(None),
@@ -232,6 +248,15 @@ impl Condition {
                 Some(c) => Check::Fails(format!("copilot: {c} is none of {}", list(names))),
                 None => Check::Fails("copilot: not a Copilot request".into()),
             },
+            Condition::Ref(_) if facts.ref_update.is_some_and(|r| r.unknown_name.is_some()) => {
+                Check::Unknown(format!(
+                    "ref: the request does not name the ref ({})",
+                    facts
+                        .ref_update
+                        .and_then(|r| r.unknown_name.as_deref())
+                        .unwrap_or_default()
+                ))
+            }
             Condition::Ref(patterns) => match facts.ref_update {
                 Some(r) if any_glob(patterns, r.name()) => Check::Holds(None),
                 Some(r) => Check::Fails(format!("ref: {} matches none of {}", r.name(), list(patterns))),
@@ -323,6 +348,17 @@ impl Rule {
             match c.check(facts) {
                 Check::Holds(note) => notes.extend(note),
                 Check::Fails(why) => return RuleCheck::Fails(c.key(), why),
+                Check::Unknown(what) => match self.action {
+                    Action::Allow | Action::RecordOnly => {
+                        return RuleCheck::Fails(
+                            c.key(),
+                            format!("{what}, so a rule that lets it pass does not count it as a match"),
+                        );
+                    }
+                    Action::Deny | Action::RequireApproval(_) => {
+                        notes.push(format!("{what}, so this counts as a match"));
+                    }
+                },
                 Check::Undecided(n) => {
                     undecided.fast_forward |= n.fast_forward;
                     undecided.paths |= n.paths;
@@ -489,5 +525,107 @@ fn shown_message(action: &Action, message: &Option<String>) -> Option<String> {
     match action {
         Action::Deny | Action::RequireApproval(_) => message.clone(),
         Action::Allow | Action::RecordOnly => None,
+    }
+}
+
+/// How a write through the API is decided (`crate::writes`): each ref update it makes as a
+/// push's would be, or, for a write the gateway cannot read, by the rules that name the request
+/// and else `unknown_write`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteExplanation {
+    /// Each ref update: as the request gave it, the facts the rules saw, and its explanation.
+    pub refs: Vec<(ApiRef, RefUpdate, Explanation)>,
+    /// A write the gateway cannot read as ref updates: why, and how it was decided.
+    pub unknown: Option<(String, Explanation)>,
+    /// The request's verdict: the strictest of them (the first, among equals).
+    pub verdict: Verdict,
+}
+
+impl fmt::Display for WriteExplanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (api, r, e) in &self.refs {
+            writeln!(f, "ref update {api}")?;
+            writeln!(f, "  facts: {r}")?;
+            for line in e.to_string().lines() {
+                writeln!(f, "  {line}")?;
+            }
+        }
+        if let Some((why, e)) = &self.unknown {
+            writeln!(f, "unknown write: {why}")?;
+            for line in e.to_string().lines() {
+                writeln!(f, "  {line}")?;
+            }
+        }
+        writeln!(f, "request verdict: {}", self.verdict)?;
+        if let Some(m) = &self.verdict.message {
+            writeln!(f, "message: {m}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How far an action holds a request back: deny, then require_approval, record_only, allow.
+pub(crate) fn severity(a: &Action) -> u8 {
+    match a {
+        Action::Deny => 3,
+        Action::RequireApproval(_) => 2,
+        Action::RecordOnly => 1,
+        Action::Allow => 0,
+    }
+}
+
+impl Policy {
+    /// Decides a write through the API: `None` when the request writes nothing the policy
+    /// reads as a repository write (it is then an ordinary request, `evaluate` with no ref).
+    pub fn evaluate_write(&self, s: &Subject, t: &Target, w: &Write) -> Option<WriteExplanation> {
+        self.write_inner(s, t, w, false)
+    }
+
+    /// `evaluate_write`, with each rule's part explained.
+    pub fn explain_write(&self, s: &Subject, t: &Target, w: &Write) -> Option<WriteExplanation> {
+        self.write_inner(s, t, w, true)
+    }
+
+    fn write_inner(&self, s: &Subject, t: &Target, w: &Write, steps: bool) -> Option<WriteExplanation> {
+        if *w == Write::None {
+            return None;
+        }
+        let mut refs = Vec::with_capacity(w.refs().len());
+        for api in w.refs() {
+            let (target, r) = api.facts(t);
+            let e = self.explain_inner(s, &target, Some(&r), steps);
+            refs.push((api.clone(), r, e));
+        }
+        let unknown = w.unknown().map(|why| {
+            let mut e = self.explain_inner(s, t, None, steps);
+            if e.verdict.rule.index.is_none() && severity(&self.unknown_write) > severity(&self.default) {
+                e.verdict = Verdict {
+                    action: self.unknown_write.clone(),
+                    rule: RuleRef::unknown_write(),
+                    message: shown_message(&self.unknown_write, &self.unknown_write_message),
+                };
+            }
+            e.notes.push(format!(
+                "the gateway cannot read this write as ref updates; a rule naming the request \
+                 decides it, else unknown_write ({}) or the default, whichever is stricter",
+                self.unknown_write
+            ));
+            (why.to_owned(), e)
+        });
+        let mut verdicts = refs
+            .iter()
+            .map(|(_, _, e)| &e.verdict)
+            .chain(unknown.as_ref().map(|(_, e)| &e.verdict));
+        let mut verdict = verdicts.next()?.clone();
+        for v in verdicts {
+            if severity(&v.action) > severity(&verdict.action) {
+                verdict = v.clone();
+            }
+        }
+        Some(WriteExplanation {
+            refs,
+            unknown,
+            verdict,
+        })
     }
 }

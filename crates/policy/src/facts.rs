@@ -55,13 +55,20 @@ pub enum Paths {
     Unknown(String),
 }
 
-/// One ref update of a push, as the policy knows it: the update itself (its ids and ref, as the
-/// git crate read them), how the ref moves, and which files it changes.
+/// One ref update of a push (or of a write through the API), as the policy knows it: the update
+/// itself (its ids and ref, as the git crate read them), how the ref moves, and which files it
+/// changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefUpdate {
     pub update: ghgate_git::RefUpdate,
     pub kind: RefKind,
     pub paths: Paths,
+    /// What the request does not tell of the ref: `Some(what it is)` when the ref's name is
+    /// unknown ("the base branch of pull request #5"; `update.name` then only describes it). A
+    /// condition on it holds for a rule that refuses or holds, and fails for one that passes.
+    pub unknown_name: Option<String>,
+    /// The same for its repository (a GraphQL node id the gateway cannot name).
+    pub unknown_repository: Option<String>,
 }
 
 impl RefUpdate {
@@ -75,7 +82,13 @@ impl RefUpdate {
         } else {
             Paths::NotComputed
         };
-        Self { update, kind, paths }
+        Self {
+            update,
+            kind,
+            paths,
+            unknown_name: None,
+            unknown_repository: None,
+        }
     }
 
     /// The ref's full name ("refs/heads/main").
@@ -90,6 +103,19 @@ impl RefUpdate {
 
     pub fn with_paths(mut self, paths: Paths) -> Self {
         self.paths = paths;
+        self
+    }
+
+    /// A ref the request does not name: `what` describes it, and is what people see as its name.
+    pub fn with_unknown_name(mut self, what: impl Into<String>) -> Self {
+        let what = what.into();
+        self.update.name = format!("({what})");
+        self.unknown_name = Some(what);
+        self
+    }
+
+    pub fn with_unknown_repository(mut self, what: impl Into<String>) -> Self {
+        self.unknown_repository = Some(what.into());
         self
     }
 }

@@ -113,6 +113,13 @@ pub enum RuleError {
         group: String,
         defined: String,
     },
+    #[error(
+        "unknown_write = \"record_only\" is not a choice: use \"require_approval\", \"deny\" or \"allow\""
+    )]
+    UnknownWriteRecordOnly,
+    /// unknown_write_* settings without unknown_write.
+    #[error("`{0}` needs unknown_write = \"require_approval\" (or remove it)")]
+    UnknownWriteUnset(&'static str),
     #[error("{prefix}approvals = 0: at least one approval is needed (use \"allow\" to need none)")]
     NoApprovals { prefix: &'static str },
     #[error(
@@ -177,6 +184,19 @@ struct PolicyFile {
     default_expires: Option<String>,
     #[serde(default)]
     default_hold: Option<String>,
+    /// What decides a write the gateway cannot read as ref updates (and no rule names).
+    #[serde(default)]
+    unknown_write: Option<ActionName>,
+    #[serde(default)]
+    unknown_write_message: Option<String>,
+    #[serde(default)]
+    unknown_write_approvers: Option<String>,
+    #[serde(default)]
+    unknown_write_approvals: Option<u32>,
+    #[serde(default)]
+    unknown_write_expires: Option<String>,
+    #[serde(default)]
+    unknown_write_hold: Option<String>,
     #[serde(default)]
     approvers: BTreeMap<String, GroupFile>,
     /// Kept as tables so that an error inside a rule can name the rule.
@@ -350,14 +370,65 @@ impl Policy {
             rules.push(rule);
         }
 
+        let unknown_keys = ApprovalKeys {
+            prefix: "unknown_write_",
+            approvers: file.unknown_write_approvers,
+            approvals: file.unknown_write_approvals,
+            expires: file.unknown_write_expires,
+            hold: file.unknown_write_hold,
+            message: file.unknown_write_message.clone(),
+        };
+        let (unknown_write, unknown_write_set) = match file.unknown_write {
+            Some(ActionName::RecordOnly) => {
+                return Err(invalid("unknown_write".into(), RuleError::UnknownWriteRecordOnly));
+            }
+            Some(name) => (
+                approval_action(name, unknown_keys, &groups)
+                    .map_err(|e| invalid("unknown_write".into(), e))?,
+                true,
+            ),
+            None => {
+                let given = [
+                    ("unknown_write_message", unknown_keys.message.is_some()),
+                    ("unknown_write_approvers", unknown_keys.approvers.is_some()),
+                    ("unknown_write_approvals", unknown_keys.approvals.is_some()),
+                    ("unknown_write_expires", unknown_keys.expires.is_some()),
+                    ("unknown_write_hold", unknown_keys.hold.is_some()),
+                ];
+                if let Some((k, _)) = given.iter().find(|(_, set)| *set) {
+                    return Err(invalid("unknown_write".into(), RuleError::UnknownWriteUnset(k)));
+                }
+                (implied_unknown_write(&rules), false)
+            }
+        };
+
         Ok(Policy {
             default,
             default_message: file.default_message,
+            unknown_write,
+            unknown_write_message: file.unknown_write_message,
+            unknown_write_set,
             rules,
             groups,
             source: Some(path.to_owned()),
         })
     }
+}
+
+/// `unknown_write` when the file does not set it: where rules guard refs or paths, the approval
+/// of the first such rule that asks for one (deny when none does); else allow.
+fn implied_unknown_write(rules: &[Rule]) -> Action {
+    let guarded: Vec<&Rule> = rules.iter().filter(|r| r.needs_ref()).collect();
+    if guarded.is_empty() {
+        return Action::Allow;
+    }
+    guarded
+        .iter()
+        .find_map(|r| match &r.action {
+            a @ Action::RequireApproval(_) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap_or(Action::Deny)
 }
 
 fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
@@ -532,7 +603,11 @@ fn approval_action(
     groups: &BTreeMap<String, ApproverGroup>,
 ) -> Result<Action, RuleError> {
     let p = keys.prefix;
-    let action_key = if p.is_empty() { "action" } else { "default" };
+    let action_key = match p {
+        "" => "action",
+        "default_" => "default",
+        _ => "unknown_write",
+    };
     if name != ActionName::RequireApproval {
         let given = [
             ("approvers", keys.approvers.is_some()),

@@ -22,6 +22,7 @@ pub mod duration;
 mod eval;
 pub mod facts;
 mod file;
+pub mod writes;
 
 use std::{
     collections::BTreeMap,
@@ -31,7 +32,7 @@ use std::{
 };
 
 pub use caller::{SUBJECT_KEYS, Subject};
-pub use eval::{Explanation, Needs, Step, StepOutcome};
+pub use eval::{Explanation, Needs, Step, StepOutcome, WriteExplanation};
 pub use facts::{Paths, RefKind, RefUpdate, Target};
 pub use file::{PolicyError, RuleError};
 
@@ -106,12 +107,21 @@ impl RuleRef {
         index: None,
         name: None,
     };
+
+    /// `unknown_write`, which decides writes the gateway cannot read.
+    pub fn unknown_write() -> RuleRef {
+        RuleRef {
+            index: None,
+            name: Some("unknown_write".into()),
+        }
+    }
 }
 
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.index, &self.name) {
-            (None, _) => f.write_str("the default"),
+            (None, Some(setting)) => write!(f, "the {setting} setting"),
+            (None, None) => f.write_str("the default"),
             (Some(i), None) => write!(f, "rule #{i}"),
             (Some(i), Some(n)) => write!(f, "rule #{i} \"{n}\""),
         }
@@ -187,6 +197,11 @@ pub struct Policy {
     default: Action,
     default_message: Option<String>,
     rules: Vec<Rule>,
+    /// What decides a write the gateway cannot read as ref updates, when no rule names it.
+    unknown_write: Action,
+    unknown_write_message: Option<String>,
+    /// Whether the file sets `unknown_write` (else it is implied by the rules).
+    unknown_write_set: bool,
     groups: BTreeMap<String, ApproverGroup>,
     /// Where it was read from, for messages; `None` for built-in policies.
     source: Option<PathBuf>,
@@ -199,6 +214,9 @@ impl Policy {
             default: Action::Allow,
             default_message: None,
             rules: Vec::new(),
+            unknown_write: Action::Allow,
+            unknown_write_message: None,
+            unknown_write_set: false,
             groups: BTreeMap::new(),
             source: None,
         }
@@ -218,6 +236,12 @@ impl Policy {
 
     pub fn default_action(&self) -> &Action {
         &self.default
+    }
+
+    /// What decides a write through the API the gateway cannot read as ref updates, when no
+    /// rule names the request (the stricter of it and the default decides).
+    pub fn unknown_write(&self) -> &Action {
+        &self.unknown_write
     }
 
     /// The file the policy came from, `None` for `allow_all`.
@@ -248,6 +272,15 @@ impl Policy {
             let groups: Vec<String> = self.groups.iter().map(|(k, g)| format!("{k} ({g})")).collect();
             s.push_str(&format!(", groups: {}", groups.join(", ")));
         }
+        s.push_str(&format!(
+            ", unknown writes {}{}",
+            self.unknown_write,
+            if self.unknown_write_set {
+                ""
+            } else {
+                " (implied by the rules)"
+            }
+        ));
         s
     }
 }

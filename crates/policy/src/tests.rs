@@ -103,6 +103,7 @@ fn the_example_policy_parses() {
             hold: None,
         })
     );
+    assert!(matches!(p.unknown_write(), Action::RequireApproval(a) if a.group == "maintainers"));
     assert!(
         p.summary()
             .starts_with("6 rules, default allow, groups: maintainers"),
@@ -322,7 +323,10 @@ fn single_values_read_as_lists_and_defaults_apply() {
     );
     assert_eq!(p.evaluate(&subject(), &push(), None).rule.index, Some(1));
     assert_eq!(policy("").default_action(), &Action::Allow);
-    assert_eq!(policy("").summary(), "0 rules, default allow, no approver groups");
+    assert_eq!(
+        policy("").summary(),
+        "0 rules, default allow, no approver groups, unknown writes allow (implied by the rules)"
+    );
 }
 
 #[test]

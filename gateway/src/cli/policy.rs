@@ -1,5 +1,5 @@
 //! `ghgate policy`: checks a policy file, and explains which rule decides a request described on
-//! the command line, and why. Never sends or receives traffic and never writes a file: what it
+//! the command line, and why (for an API write, the ref updates it was read as first). Never sends or receives traffic and never writes a file: what it
 //! prints is what the gateway would decide, computed by the same `Policy::explain`.
 //!
 //! Errors that should exit with 2 (an invalid policy file, facts the command line cannot be
@@ -10,7 +10,10 @@ use std::{
 };
 
 use ghgate_git::{ObjectFormat, Oid, oid::OidError};
-use ghgate_policy::classify::GitHub;
+use ghgate_policy::{
+    classify::{Classified, GitHub},
+    writes::{self, FromHead},
+};
 
 use crate::{
     config::ConfigError,
@@ -64,6 +67,14 @@ struct ExplainArgs {
     /// A file the pushed commits change. Repeat for several; none given reads as no files.
     #[arg(long, value_name = "PATH")]
     changes: Vec<String>,
+    /// A request header, "Name: value" (Content-Encoding, X-HTTP-Method-Override, ...).
+    /// Repeat for several.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// The request's body, for a write through the API (a REST body, a GraphQL request): the
+    /// text itself, or @FILE. An API write without one is read as having an empty body.
+    #[arg(long, value_name = "TEXT|@FILE")]
+    body: Option<String>,
 }
 
 /// A policy file or a command line that cannot be used: `ghgate` exits with 2.
@@ -90,6 +101,10 @@ pub enum Invalid {
     RefUpdate { text: String, why: RefUpdateProblem },
     #[error("--fast-forward and --non-fast-forward describe ref updates; give --ref-update too")]
     FastForwardWithoutRefs,
+    #[error("--header \"{0}\": write \"Name: value\", e.g. \"X-HTTP-Method-Override: DELETE\"")]
+    Header(String),
+    #[error("--body and --header describe an API request; they do not go with --ref-update")]
+    BodyWithRefs,
 }
 
 /// What `--as` cannot be read as.
@@ -134,21 +149,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}: ok, {}", a.file.display(), policy.summary());
         }
         Command::Explain(a) => {
-            let (policy, github) = load_policy_or_config(&a.policy)?;
+            let (policy, github, body_cap) = load_policy_or_config(&a.policy)?;
             let ff = match (a.fast_forward, a.non_fast_forward) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
                 _ => None,
             };
-            let text = explain_text(
-                &policy,
-                &github,
-                &a.as_,
-                &a.request,
-                &a.ref_updates,
-                ff,
-                &a.changes,
-            )?;
+            let body = match a.body.as_deref() {
+                None => None,
+                Some(text) => Some(match text.strip_prefix('@') {
+                    Some(file) => std::fs::read(file).map_err(|source| Invalid::Read {
+                        path: file.into(),
+                        source,
+                    })?,
+                    None => text.as_bytes().to_vec(),
+                }),
+            };
+            let request = RequestInput {
+                line: &a.request,
+                headers: &a.headers,
+                body: body.as_deref(),
+                body_cap,
+            };
+            let text = explain_request(&policy, &github, &a.as_, &request, &a.ref_updates, ff, &a.changes)?;
             print!("{text}");
         }
     }
@@ -156,8 +179,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// A policy file, or a gateway configuration whose `[policy] file` is followed (and whose
-/// `policy.api_url` says where GitHub's API is; GitHub's own otherwise).
-fn load_policy_or_config(path: &Path) -> Result<(Policy, GitHub), Invalid> {
+/// `policy.api_url` says where GitHub's API is, and `policy.approval_body_cap_bytes` how much
+/// of an API write's body is read; the defaults otherwise).
+fn load_policy_or_config(path: &Path) -> Result<(Policy, GitHub, usize), Invalid> {
     let text = std::fs::read_to_string(path).map_err(|source| Invalid::Read {
         path: path.to_owned(),
         source,
@@ -165,15 +189,39 @@ fn load_policy_or_config(path: &Path) -> Result<(Policy, GitHub), Invalid> {
     let is_gateway_config = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("redirect"));
     if !is_gateway_config {
         let policy = Policy::parse(&text, path).map_err(LoadError::from)?;
-        return Ok((policy, GitHub::default()));
+        let cap = crate::config::PolicyConfig::default().approval_body_cap_bytes;
+        return Ok((policy, GitHub::default(), cap));
     }
     let config = crate::config::Config::parse(&text, path)?;
     let github = config.github_hosts();
+    let cap = config.policy.approval_body_cap_bytes;
     let file = config
         .policy
         .file
         .ok_or_else(|| Invalid::NoPolicyFile(path.to_owned()))?;
-    Ok((policy::load(&file)?, github))
+    Ok((policy::load(&file)?, github, cap))
+}
+
+/// The request `ghgate policy explain` is given: "METHOD URL", its headers and its body.
+pub struct RequestInput<'a> {
+    pub line: &'a str,
+    /// "Name: value" each.
+    pub headers: &'a [String],
+    pub body: Option<&'a [u8]>,
+    /// How much of an API write's body the gateway reads (`policy.approval_body_cap_bytes`).
+    pub body_cap: usize,
+}
+
+impl<'a> RequestInput<'a> {
+    /// A request without headers or body.
+    pub fn line(line: &'a str) -> Self {
+        RequestInput {
+            line,
+            headers: &[],
+            body: None,
+            body_cap: crate::config::PolicyConfig::default().approval_body_cap_bytes,
+        }
+    }
 }
 
 /// The report `ghgate policy explain` prints: the caller and request, then one explanation per
@@ -188,14 +236,47 @@ pub fn explain_text(
     ff: Option<bool>,
     changes: &[String],
 ) -> Result<String, Invalid> {
+    explain_request(
+        policy,
+        github,
+        as_,
+        &RequestInput::line(request),
+        refs,
+        ff,
+        changes,
+    )
+}
+
+/// `explain_text` of a request with headers and a body: a write through the API is read as the
+/// ref updates it makes (`ghgate_policy::writes`), each explained as a push's would be.
+pub fn explain_request(
+    policy: &Policy,
+    github: &GitHub,
+    as_: &str,
+    request: &RequestInput,
+    refs: &[String],
+    ff: Option<bool>,
+    changes: &[String],
+) -> Result<String, Invalid> {
     let subject = parse_subject(as_)?;
-    let (method, url) = parse_request(request)?;
+    let (method, url) = parse_request(request.line)?;
     if ff.is_some() && refs.is_empty() {
         return Err(Invalid::FastForwardWithoutRefs);
     }
+    if !refs.is_empty() && (request.body.is_some() || !request.headers.is_empty()) {
+        return Err(Invalid::BodyWithRefs);
+    }
+    let headers = request
+        .headers
+        .iter()
+        .map(|h| match h.split_once(':') {
+            Some((name, value)) if !name.trim().is_empty() => Ok((name.trim(), value.trim())),
+            _ => Err(Invalid::Header(h.clone())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     // Read as the gateway reads it: a request it refuses from its head never meets a rule.
-    let target = match Target::parse(&method, &url, github) {
-        Ok(t) => t,
+    let target = match Classified::from_url_with_headers(&method, &url, &headers, github) {
+        Ok(t) => Target::new(t),
         Err(refusal) => {
             return Ok(format!(
                 "caller: {subject}\nrequest: {method} {url}\n\nverdict: refused by the gateway itself with {}, before any rule: {refusal}\n",
@@ -219,7 +300,27 @@ pub fn explain_text(
     out.push('\n');
     if refs.is_empty() {
         out.push('\n');
-        out.push_str(&policy.explain(&subject, &target, None).to_string());
+        let write = match writes::from_head(req, github) {
+            FromHead::Decided(w) => w,
+            FromHead::NeedsBody => {
+                if request.body.is_none() {
+                    out.push_str("body: none given (--body), so it is read as empty\n");
+                }
+                let body = request.body.unwrap_or_default();
+                if body.len() > request.body_cap {
+                    writes::Write::too_big(request.body_cap)
+                } else {
+                    writes::from_body(req, github, body, request.body_cap)
+                }
+            }
+        };
+        match policy.explain_write(&subject, &target, &write) {
+            Some(e) => {
+                out.push_str(&format!("API write: {}\n", write.summary()));
+                out.push_str(&e.to_string());
+            }
+            None => out.push_str(&policy.explain(&subject, &target, None).to_string()),
+        }
         return Ok(out);
     }
     for text in refs {
@@ -473,6 +574,87 @@ mod tests {
         assert_eq!(out.matches("verdict: ").count(), 1);
         assert!(out.contains("request: GET api.github.com/repos/org/app/pulls?page=2 (repository org/app)"));
         assert!(out.contains("ref: not a pushed ref"), "{out}");
+    }
+
+    fn explain_api(request: &str, headers: &[&str], body: Option<&str>) -> String {
+        let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+        let input = RequestInput {
+            line: request,
+            headers: &headers,
+            body: body.map(str::as_bytes),
+            body_cap: 1 << 20,
+        };
+        explain_request(&policy(), &GitHub::default(), "uid=1000", &input, &[], None, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_api_write_is_explained_as_the_ref_updates_it_makes() {
+        let out = explain_api(
+            "PATCH https://api.github.com/repos/org/app/git/refs/heads/main",
+            &[],
+            Some(r#"{"sha": "1111111111111111111111111111111111111111", "force": true}"#),
+        );
+        assert!(out.contains("API write: 1 ref update\n"), "{out}");
+        assert!(
+            out.contains("ref update refs/heads/main non-fast-forward, changed files unknown"),
+            "{out}"
+        );
+        assert!(
+            out.contains("[PATCH git/refs]\n  facts: refs/heads/main 0000000..1111111 (non-fast-forward)\n"),
+            "{out}"
+        );
+        assert!(out.contains("request verdict: require_approval"), "{out}");
+        assert!(out.ends_with("by rule #1 \"force-push-main\"\n"), "{out}");
+        // GraphQL, with a method override and the body's facts.
+        let doc = r#"{"query": "mutation { a: createCommitOnBranch(input: {branch: {repositoryNameWithOwner: \"org/app\", branchName: \"dev\"}, fileChanges: {additions: [{path: \".github/workflows/x.yml\", contents: \"\"}]}, message: {headline: \"h\"}, expectedHeadOid: \"x\"}) { clientMutationId } }"}"#;
+        let out = explain_api("POST https://api.github.com/graphql", &[], Some(doc));
+        assert!(
+            out.contains("ref update refs/heads/dev fast-forward in org/app, changing .github/workflows/x.yml [GraphQL createCommitOnBranch]"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("request verdict: deny by rule #2 \"workflows\"\n"),
+            "{out}"
+        );
+        let out = explain_api(
+            "POST https://api.github.com/repos/org/app/git/refs/heads/topic",
+            &["X-HTTP-Method-Override: DELETE"],
+            None,
+        );
+        assert!(out.contains("refs/heads/topic delete"), "{out}");
+        // What it cannot read, and why.
+        let out = explain_api("POST https://api.github.com/graphql", &[], Some("not json"));
+        assert!(
+            out.contains("API write: a write the gateway cannot read as ref updates\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("unknown write: the GraphQL document is not read"),
+            "{out}"
+        );
+        let out = explain_api("POST https://api.github.com/graphql", &[], None);
+        assert!(
+            out.contains("body: none given (--body), so it is read as empty\n"),
+            "{out}"
+        );
+        // An ordinary request is explained as before.
+        let out = explain_api(
+            "POST https://api.github.com/repos/org/app/issues",
+            &[],
+            Some("{}"),
+        );
+        assert!(!out.contains("API write"), "{out}");
+        assert!(out.ends_with("verdict: allow by the default\n"), "{out}");
+        // Headers must be headers.
+        let input = RequestInput {
+            line: "GET api.github.com/x",
+            headers: &["no colon".to_owned()],
+            body: None,
+            body_cap: 10,
+        };
+        let e = explain_request(&policy(), &GitHub::default(), "uid=1", &input, &[], None, &[]).unwrap_err();
+        assert!(e.to_string().contains("write \"Name: value\""), "{e}");
     }
 
     #[test]

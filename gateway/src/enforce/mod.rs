@@ -12,6 +12,7 @@
 //! It must never forward an operation the policy refused or held, never let a decision go
 //! unrecorded, and never guess the safer answer when it could not tell: an undecidable push is
 //! the riskier kind.
+pub mod api_write;
 pub mod push;
 pub mod remote;
 #[cfg(test)]
@@ -32,7 +33,11 @@ use crate::{
     http::{Exchange, ProxyBody},
     identity::Caller,
     outbound::Outbound,
-    policy::{Action, RefUpdate, Subject, Target, Verdict, live::Live},
+    policy::{
+        Action, RefUpdate, Subject, Target, Verdict,
+        live::Live,
+        writes::{self, FromHead, Write},
+    },
     record::model::{self, DecisionOutcome as Outcome},
 };
 
@@ -42,20 +47,25 @@ pub struct Enforcer {
     pub approvals: Arc<Approvals>,
     outbound: Outbound,
     cfg: PolicyConfig,
+    /// Where GitHub serves what (`policy.api_url`): which requests are API writes.
+    github: ghgate_policy::classify::GitHub,
     /// Fast-forward answers per (repository, old, new): the same push retried asks once.
     ff_cache: Mutex<lru::LruCache<String, bool>>,
 }
 
 /// What the stage made of a request's head.
 pub enum Head {
-    /// It passes; the decision to record with it.
-    Pass(model::Decision),
+    /// It passes; the decisions to record with it (one per ref update of an API write).
+    Pass(Vec<model::Decision>),
     /// It is refused now, with this answer.
-    Refuse(Response<Bytes>, model::Decision),
+    Refuse(Response<Bytes>, Vec<model::Decision>),
     /// A push: its commands decide, ref by ref (`Enforcer::push`).
     Push,
     /// An API call the policy holds for approval: its body's hash binds the approval.
     Approval(Verdict),
+    /// A repository write through the API whose body is read to decide it, or to bind its
+    /// approval (`Enforcer::api_write`).
+    ApiWrite,
 }
 
 impl Enforcer {
@@ -64,6 +74,7 @@ impl Enforcer {
             live,
             approvals,
             outbound,
+            github: ghgate_policy::classify::GitHub::from_api_url(&cfg.api_url).unwrap_or_default(),
             cfg,
             ff_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
@@ -77,20 +88,41 @@ impl Enforcer {
             return Head::Push;
         }
         let target = Target::new(ex.req.clone());
-        let verdict = self.live.current().evaluate(subject, &target, None);
+        let policy = self.live.current();
+        match writes::from_head(&ex.req, &self.github) {
+            FromHead::NeedsBody => return Head::ApiWrite,
+            FromHead::Decided(Write::None) => {}
+            FromHead::Decided(w) => {
+                let Some(decided) = policy.evaluate_write(subject, &target, &w) else {
+                    unreachable!("a write that is not None is decided")
+                };
+                return match decided.verdict.action {
+                    Action::RequireApproval(_) => Head::ApiWrite,
+                    Action::Deny => Head::Refuse(
+                        refusal(ex, StatusCode::FORBIDDEN, &api_write::refused_text(&decided)),
+                        api_write::decisions(&decided, Outcome::Refused, None),
+                    ),
+                    Action::Allow | Action::RecordOnly => {
+                        api_write::warn_record_only(ex, &decided);
+                        Head::Pass(api_write::decisions(&decided, Outcome::Passed, None))
+                    }
+                };
+            }
+        }
+        let verdict = policy.evaluate(subject, &target, None);
         match &verdict.action {
             Action::Allow | Action::RecordOnly => {
                 if verdict.action == Action::RecordOnly {
                     tracing::warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), rule = %verdict.rule,
                                    "record_only: a request the policy flags passed");
                 }
-                Head::Pass(decision(&verdict, None, Outcome::Passed, None))
+                Head::Pass(vec![decision(&verdict, None, Outcome::Passed, None)])
             }
             Action::Deny => {
                 let text = format!("denied by {}{}", verdict.rule, suffix(verdict.message.as_deref()));
                 Head::Refuse(
                     refusal(ex, StatusCode::FORBIDDEN, &text),
-                    decision(&verdict, None, Outcome::Refused, None),
+                    vec![decision(&verdict, None, Outcome::Refused, None)],
                 )
             }
             Action::RequireApproval(_) => Head::Approval(verdict),
@@ -108,43 +140,56 @@ impl Enforcer {
         verdict: &Verdict,
         body: ProxyBody,
     ) -> Result<(Bytes, model::Decision), (Response<Bytes>, model::Decision)> {
-        let Action::RequireApproval(spec) = &verdict.action else {
-            unreachable!("api_approval is only called for require_approval verdicts")
-        };
-        let refused = |status, text: String, outcome: Outcome, approval: Option<String>| {
-            (
-                refusal(ex, status, &text),
-                decision(verdict, None, outcome, approval),
-            )
-        };
         let cap = self.cfg.approval_body_cap_bytes;
-        let body = match read_capped(body, cap).await {
-            Ok(b) => b,
-            Err(ReadError::TooBig) => {
-                return Err(refused(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "this request needs an approval ({}), and its body is larger than the {cap} bytes an approval can be bound to",
-                        verdict.rule
+        let body = match read_front(body, cap).await {
+            Ok(Front::Whole(b)) => b,
+            Ok(Front::Over(..)) => {
+                return Err((
+                    refusal(ex, StatusCode::PAYLOAD_TOO_LARGE, &too_big_text(verdict, cap)),
+                    decision(verdict, None, Outcome::Refused, None),
+                ));
+            }
+            Err(e) => {
+                return Err((
+                    refusal(
+                        ex,
+                        StatusCode::BAD_REQUEST,
+                        &format!("the request body could not be read: {e}"),
                     ),
-                    Outcome::Refused,
-                    None,
+                    decision(verdict, None, Outcome::Refused, None),
                 ));
             }
-            Err(ReadError::Failed(e)) => {
-                return Err(refused(
-                    StatusCode::BAD_REQUEST,
-                    format!("the request body could not be read: {e}"),
-                    Outcome::Refused,
-                    None,
-                ));
-            }
+        };
+        match self.approve(ex, caller, subject, verdict, &body).await {
+            Ok(id) => Ok((body, decision(verdict, None, Outcome::Passed, Some(id)))),
+            Err(held) => Err((held.answer, decision(verdict, None, held.outcome, held.approval))),
+        }
+    }
+
+    /// Whether an API call held for approval may go on: the approval's id when an approval for
+    /// exactly this call (its body included) exists, used up now; else the answer, after
+    /// holding the request open where the rule says so.
+    async fn approve(
+        &self,
+        ex: &Exchange,
+        caller: &Caller,
+        subject: &Subject,
+        verdict: &Verdict,
+        body: &[u8],
+    ) -> Result<String, Held> {
+        let Action::RequireApproval(spec) = &verdict.action else {
+            unreachable!("approve is only called for require_approval verdicts")
+        };
+        let refused = |status, text: String, outcome: Outcome, approval: Option<String>| Held {
+            answer: refusal(ex, status, &text),
+            outcome,
+            approval,
         };
         let op = Operation::Api {
             host: ex.req.host.clone(),
             method: ex.req.method.to_string(),
             path: ex.req.path_and_query(),
-            body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+            body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
         };
         let requester = requester(caller, subject, &ex.conn.session);
         let store_failed = |e: ApprovalError| {
@@ -162,7 +207,7 @@ impl Enforcer {
             gate = self.check(&op, &requester, verdict).map_err(store_failed)?;
         }
         match gate {
-            ApprovalGate::Approved { id } => Ok((body, decision(verdict, None, Outcome::Passed, Some(id)))),
+            ApprovalGate::Approved { id } => Ok(id),
             ApprovalGate::Pending { id, .. } => Err(refused(
                 StatusCode::FORBIDDEN,
                 held_text(&id, verdict),
@@ -317,24 +362,61 @@ pub fn refusal(ex: &Exchange, status: StatusCode, text: &str) -> Response<Bytes>
     r
 }
 
-enum ReadError {
-    TooBig,
-    Failed(String),
+/// An API call held for approval that may not go on: its answer, and what to record.
+struct Held {
+    answer: Response<Bytes>,
+    outcome: Outcome,
+    approval: Option<String>,
 }
 
-/// A whole body, if it is at most `cap` bytes.
-async fn read_capped(mut body: ProxyBody, cap: usize) -> Result<Bytes, ReadError> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
-        if let Some(d) = frame.data_ref() {
-            if buf.len() + d.len() > cap {
-                return Err(ReadError::TooBig);
+fn too_big_text(verdict: &Verdict, cap: usize) -> String {
+    format!(
+        "this request needs an approval ({}), and its body is larger than the {cap} bytes an approval can be bound to",
+        verdict.rule
+    )
+}
+
+/// The front of a request body, read up to a cap.
+enum Front {
+    /// The whole body: it is at most the cap.
+    Whole(Bytes),
+    /// What was read, past the cap, and the unread rest: forwarded together if it goes on.
+    Over(Bytes, ProxyBody),
+}
+
+impl Front {
+    /// The body as the client sent it.
+    fn into_body(self) -> ProxyBody {
+        match self {
+            Front::Whole(b) => http_body_util::Full::new(b)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Front::Over(front, rest) => {
+                use futures_util::StreamExt as _;
+                let head = futures_util::stream::once(async move {
+                    Ok::<_, crate::http::BoxError>(http_body::Frame::data(front))
+                });
+                http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+                    head.chain(http_body_util::BodyStream::new(rest)),
+                ))
             }
-            buf.extend_from_slice(d);
         }
     }
-    Ok(buf.freeze())
+}
+
+/// Reads a body until it ends or passes `cap` bytes.
+async fn read_front(mut body: ProxyBody, cap: usize) -> Result<Front, String> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(d) = frame.data_ref() {
+            buf.extend_from_slice(d);
+            if buf.len() > cap {
+                return Ok(Front::Over(buf.freeze(), body));
+            }
+        }
+    }
+    Ok(Front::Whole(buf.freeze()))
 }
 
 /// The approver groups of the current policy (reloads apply at once).

@@ -147,7 +147,13 @@ fn the_head_decides_what_it_can_and_hands_the_rest_on() {
         Head::Refuse(resp, d) => {
             assert_eq!(resp.status(), 403);
             assert!(String::from_utf8_lossy(resp.body()).contains("no-api-deletes"));
-            assert_eq!((d.action.as_str(), d.outcome.as_str()), ("deny", "refused"));
+            assert_eq!((d[0].action.as_str(), d[0].outcome.as_str()), ("deny", "refused"));
+            // Recorded as the ref update it is.
+            let r = d[0].ref_update.as_ref().expect("the ref update is recorded");
+            assert_eq!(
+                (r.name.as_str(), r.kind),
+                ("refs/heads/topic", model::RefKind::Delete)
+            );
         }
         _ => panic!("a denied call is refused from its head"),
     }
@@ -157,11 +163,15 @@ fn the_head_decides_what_it_can_and_hands_the_rest_on() {
         Head::Refuse(..)
     ));
     match head("GET", "/repos/o/r") {
-        Head::Pass(d) => assert_eq!((d.action.as_str(), d.outcome.as_str()), ("allow", "passed")),
+        Head::Pass(d) => assert_eq!((d[0].action.as_str(), d[0].outcome.as_str()), ("allow", "passed")),
         _ => panic!("an allowed call passes"),
     }
     match head("GET", "/repos/o/r/issues") {
-        Head::Pass(d) => assert_eq!(d.action, model::DecisionAction::RecordOnly, "flagged, and passed"),
+        Head::Pass(d) => assert_eq!(
+            d[0].action,
+            model::DecisionAction::RecordOnly,
+            "flagged, and passed"
+        ),
         _ => panic!("a record_only call passes"),
     }
     assert!(matches!(
@@ -301,4 +311,157 @@ async fn a_push_that_is_not_git_is_refused_before_anything_goes_up() {
         _ => panic!("garbage is not forwarded"),
     }
     assert!(decisions.is_empty());
+}
+
+async fn api_write(
+    e: &Enforcer,
+    method: &str,
+    path: &str,
+    payload: &'static [u8],
+) -> (Result<ProxyBody, http::Response<Bytes>>, Vec<model::Decision>) {
+    let ex = testing::exchange(method, "api.github.com", path, &[]);
+    assert!(
+        matches!(e.head(&ex, &Subject::default()), Head::ApiWrite),
+        "{method} {path} is decided from its body"
+    );
+    e.api_write(
+        &ex,
+        &ex.conn.caller,
+        &Subject::default(),
+        body(Bytes::from_static(payload)),
+    )
+    .await
+}
+
+fn refused(result: Result<ProxyBody, http::Response<Bytes>>) -> String {
+    match result {
+        Ok(_) => panic!("the write went up"),
+        Err(r) => {
+            assert_eq!(r.status(), 403);
+            String::from_utf8_lossy(r.body()).into_owned()
+        }
+    }
+}
+
+#[tokio::test]
+async fn api_writes_are_decided_as_the_ref_updates_they_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = enforcer(dir.path());
+    // A force update of main through REST: its body says force.
+    let (result, d) = api_write(
+        &e,
+        "PATCH",
+        "/repos/o/r/git/refs/heads/main",
+        br#"{"sha":"1111111111111111111111111111111111111111","force":true}"#,
+    )
+    .await;
+    let text = refused(result);
+    assert!(
+        text.contains(
+            "refs/heads/main (non-fast-forward, PATCH git/refs): denied by rule #2 \\\"no-force-main\\\""
+        ),
+        "{text}"
+    );
+    let r = d[0].ref_update.as_ref().unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.kind),
+        ("refs/heads/main", model::RefKind::NonFastForward)
+    );
+    assert_eq!(r.new.to_string(), A);
+    assert_eq!(r.kind_from.as_deref(), Some("the API request (PATCH git/refs)"));
+    assert_eq!(d[0].outcome, model::DecisionOutcome::Refused);
+
+    // GraphQL deleteRef names no ref: a rule refusing deletes of main counts it.
+    let (result, d) = api_write(
+        &e,
+        "POST",
+        "/graphql",
+        br#"{"query":"mutation($r: ID!) { x: deleteRef(input: {refId: $r}) { clientMutationId } }","variables":{"r":"REF_kwDO"}}"#,
+    )
+    .await;
+    let text = refused(result);
+    assert!(text.contains("no-delete-main"), "{text}");
+    let r = d[0].ref_update.as_ref().unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.kind),
+        ("(the ref with node id REF_kwDO)", model::RefKind::Delete)
+    );
+
+    // A write the gateway cannot read: no rule here asks for approval, so unknown_write denies,
+    // from the head.
+    let ex = testing::exchange("POST", "api.github.com", "/repos/o/r/hooks", &[]);
+    let Head::Refuse(resp, d) = e.head(&ex, &Subject::default()) else {
+        panic!("an unknown write passed")
+    };
+    let text = String::from_utf8_lossy(resp.body()).into_owned();
+    assert!(text.contains("denied by the unknown_write setting"), "{text}");
+    assert!(
+        d[0].message
+            .as_deref()
+            .unwrap()
+            .contains("not a repository write the gateway knows")
+    );
+    // Under a method override too.
+    let ex = testing::exchange(
+        "POST",
+        "api.github.com",
+        "/repos/o/r/issues",
+        &[("x-http-method-override", "PUT")],
+    );
+    assert!(
+        matches!(e.head(&ex, &Subject::default()), Head::Pass(_)),
+        "an issue write is plain"
+    );
+    let ex = testing::exchange(
+        "POST",
+        "api.github.com",
+        "/repos/o/r/git/refs/heads/main",
+        &[("x-http-method-override", "DELETE")],
+    );
+    let Head::Refuse(resp, _) = e.head(&ex, &Subject::default()) else {
+        panic!("a delete under an override passed")
+    };
+    assert!(String::from_utf8_lossy(resp.body()).contains("no-delete-main"));
+
+    // A GraphQL query passes, its body intact.
+    let query: &[u8] = br#"{"query":"query { viewer { login } }"}"#;
+    let (result, d) = api_write(&e, "POST", "/graphql", query).await;
+    let Ok(forwarded) = result else {
+        panic!("a query was refused")
+    };
+    assert_eq!(forwarded.collect().await.unwrap().to_bytes().as_ref(), query);
+    assert_eq!((d[0].action.as_str(), d[0].outcome.as_str()), ("allow", "passed"));
+
+    // An allowed write passes with its body, recorded with its ref and path.
+    let put: &[u8] = br#"{"message":"m","content":"eA==","branch":"dev"}"#;
+    let (result, d) = api_write(&e, "PUT", "/repos/o/r/contents/src/a.rs", put).await;
+    let Ok(forwarded) = result else {
+        panic!("an allowed write was refused")
+    };
+    assert_eq!(forwarded.collect().await.unwrap().to_bytes().as_ref(), put);
+    let r = d[0].ref_update.as_ref().unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.kind, r.paths.clone()),
+        (
+            "refs/heads/dev",
+            model::RefKind::FastForward,
+            vec!["src/a.rs".to_owned()]
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_api_write_past_the_body_cap_is_an_unknown_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = enforcer(dir.path());
+    e.cfg.approval_body_cap_bytes = 64;
+    let mut doc =
+        br#"{"query":"mutation { deleteRef(input: {refId: \"R\"}) { clientMutationId } }","pad":""#.to_vec();
+    doc.extend(std::iter::repeat_n(b'x', 200));
+    doc.extend_from_slice(b"\"}");
+    let doc: &'static [u8] = Box::leak(doc.into_boxed_slice());
+    let (result, d) = api_write(&e, "POST", "/graphql", doc).await;
+    let text = refused(result);
+    assert!(text.contains("larger than the 64 bytes"), "{text}");
+    assert_eq!(d[0].rule, "the unknown_write setting");
 }

@@ -18,7 +18,8 @@
 //! request's record) → recording admission (refuse while the store cannot write, wait while it
 //! is behind) → the request head is recorded (nothing goes upstream before the store holds it) →
 //! policy from the body where the head cannot decide (`request_gate`: a push's commands and
-//! pack, an API call held for approval), its decisions recorded before anything goes up → the
+//! pack, a repository write through the API read as its ref updates, an API call held for
+//! approval), its decisions recorded before anything goes up → the
 //! credential is put in (or stripped) → the request is masked and recorded as it streams up →
 //! the response is masked (for the client where `[mask] responses` says so, always for the
 //! record) and recorded as it streams down, git's answers completed → the exchange's record is
@@ -100,6 +101,8 @@ impl Pipeline {
 enum Plan {
     Push(Subject),
     Approval(Subject, Verdict),
+    /// A repository write through the API, decided from its body.
+    ApiWrite(Subject),
 }
 
 /// One exchange while its request head is decided.
@@ -270,6 +273,14 @@ impl Phases for Pipeline {
                     Err((resp, d)) => (Gate::Answer(resp), vec![d]),
                 }
             }
+            Plan::ApiWrite(subject) => {
+                let (gate, decisions) = enforcer.api_write(ex, caller, &subject, body).await;
+                let gate = match gate {
+                    Ok(body) => Gate::Forward(body),
+                    Err(resp) => Gate::Answer(resp),
+                };
+                (gate, decisions)
+            }
         };
         // Nothing goes upstream before its decisions are written.
         if let Some(refused) = record_decisions(ex, head.record.as_deref(), decisions).await {
@@ -377,7 +388,7 @@ fn policy_head(
     verdict: PolicyHead,
     subject: Subject,
 ) -> Option<Response<Bytes>> {
-    let (decision, answer) = match verdict {
+    let (decisions, answer) = match verdict {
         PolicyHead::Pass(d) => (d, None),
         PolicyHead::Refuse(resp, d) => (d, Some(resp)),
         PolicyHead::Push => {
@@ -388,10 +399,14 @@ fn policy_head(
             head.plan = Some(Plan::Approval(subject, v));
             return None;
         }
+        PolicyHead::ApiWrite => {
+            head.plan = Some(Plan::ApiWrite(subject));
+            return None;
+        }
     };
-    log_decisions(ex, std::slice::from_ref(&decision));
+    log_decisions(ex, &decisions);
     if let Some(rec) = &head.record {
-        rec.note_decisions(vec![decision]);
+        rec.note_decisions(decisions);
     }
     answer
 }
