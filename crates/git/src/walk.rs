@@ -1058,7 +1058,10 @@ mod tests {
         }
         fn end(&mut self, id: Oid) {
             let data = self.open.take().expect("started");
-            assert_eq!(crate::object::object_id(ObjectFormat::Sha1, ObjectKind::Blob, &data), id);
+            assert_eq!(
+                crate::object::object_id(ObjectFormat::Sha1, ObjectKind::Blob, &data),
+                id
+            );
             self.done.insert(id, data);
         }
     }
@@ -1120,7 +1123,11 @@ mod tests {
             assert_eq!(places[&secret], vec![(oid(&e), "secret.txt".to_owned())]);
             let first = oid(&r.git(&["rev-parse", &format!("{d}:src/config.rs")]));
             let places = blob_places(&pack, &oid(&e), &HashSet::from([first]));
-            assert_eq!(places[&first], vec![(oid(&d), "src/config.rs".to_owned())], "d brought it, e changed it");
+            assert_eq!(
+                places[&first],
+                vec![(oid(&d), "src/config.rs".to_owned())],
+                "d brought it, e changed it"
+            );
         }
     }
 }
