@@ -76,7 +76,8 @@ fn curl_sse_and_git_are_recorded_and_shown() {
             shown.contains("/sse?n=3")
         })
         .expect("a curl session with the SSE exchange");
-    let shown = s.gw.ghgate_ok(&["sessions", "show", "--events", sse["id"].as_str().unwrap()]);
+    let shown =
+        s.gw.ghgate_ok(&["sessions", "show", "--events", sse["id"].as_str().unwrap()]);
     assert!(shown.contains("curl"), "{shown}");
     assert!(shown.contains("https://api.github.com"), "{shown}");
     assert!(shown.contains("200"), "{shown}");
@@ -656,8 +657,14 @@ fn an_inline_completion_is_shown_as_prompt_and_code_and_replayed_as_it_streamed(
     ] {
         assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
     }
-    assert!(!shown.contains(&token), "the token is in `sessions show`:\n{shown}");
-    assert!(!shown.contains("cmpl-test"), "raw events shown without --events:\n{shown}");
+    assert!(
+        !shown.contains(&token),
+        "the token is in `sessions show`:\n{shown}"
+    );
+    assert!(
+        !shown.contains("cmpl-test"),
+        "raw events shown without --events:\n{shown}"
+    );
     let events = s.gw.ghgate_ok(&["sessions", "show", "--events", &id]);
     assert!(events.contains("cmpl-test"), "{events}");
 
@@ -671,5 +678,8 @@ fn an_inline_completion_is_shown_as_prompt_and_code_and_replayed_as_it_streamed(
         answer.starts_with("let token = \"[MASKED:") && answer.contains("\";\n    client.auth(token)\n"),
         "the code as it streamed, masked:\n{replayed}"
     );
-    assert!(!replayed.contains(&token) && !replayed.contains("cmpl-test"), "{replayed}");
+    assert!(
+        !replayed.contains(&token) && !replayed.contains("cmpl-test"),
+        "{replayed}"
+    );
 }

@@ -449,10 +449,22 @@ pub async fn peel<R: ObjectSource>(
     Err(WalkError::TagDepth { id: *id })
 }
 
+/// The place [`blob_places`] gives a secret in a commit's message (or its author lines).
+pub const COMMIT_MESSAGE: &str = "<commit message>";
+
+/// The place [`blob_places`] gives a secret in the message of the annotated tag `name`.
+pub fn tag_message(name: &str) -> String {
+    format!("<message of tag {name}>")
+}
+
 /// Where each of `blobs` is in the commits of the pack reachable from `new`: for each blob, the
 /// (commit, path) pairs where a commit brings it to a path that none of its parents in the pack
 /// has it at. Only the pack's trees are read (a tree the pack does not hold is upstream's, and
 /// cannot hold a blob upstream does not have); a blob found in no pushed tree is left out.
+///
+/// `blobs` may name commits and annotated tags too (a secret in a message): a commit of the pack
+/// reachable from `new` is placed at itself, path [`COMMIT_MESSAGE`]; a tag of the pack that
+/// `new` peels through at the commit it peels to, path [`tag_message`] of its name.
 pub fn blob_places(pack: &PackObjects, new: &Oid, blobs: &HashSet<Oid>) -> HashMap<Oid, Vec<(Oid, String)>> {
     fn contents(
         pack: &PackObjects,
@@ -483,14 +495,29 @@ pub fn blob_places(pack: &PackObjects, new: &Oid, blobs: &HashSet<Oid>) -> HashM
     }
     let mut memo = HashMap::new();
     let mut out: HashMap<Oid, Vec<(Oid, String)>> = HashMap::new();
-    let mut seen = HashSet::from([*new]);
-    let mut stack = vec![*new];
+    // Through the pack's tags to what they tag (a chain as long as git would follow).
+    let mut head = *new;
+    let mut tags = Vec::new();
+    while let Some(tag) = pack.tags.get(&head).filter(|_| tags.len() < MAX_TAG_DEPTH) {
+        tags.push((head, tag.name.clone()));
+        head = tag.object;
+    }
+    for (id, name) in tags {
+        if blobs.contains(&id) {
+            out.entry(id).or_default().push((head, tag_message(&name)));
+        }
+    }
+    let mut seen = HashSet::from([head]);
+    let mut stack = vec![head];
     let mut commits = Vec::new();
     while let Some(id) = stack.pop() {
         let Some(commit) = pack.commits.get(&id) else {
             continue;
         };
         commits.push(id);
+        if blobs.contains(&id) {
+            out.entry(id).or_default().push((id, COMMIT_MESSAGE.to_owned()));
+        }
         stack.extend(commit.parents.iter().filter(|p| seen.insert(**p)));
     }
     for id in commits {
@@ -1042,11 +1069,12 @@ mod tests {
         send(&changed_paths(&pack, None, &id, &remote, &everything, &budget));
     }
 
-    /// Collects every blob a scanning decode hands out, whole.
+    /// Collects every blob a scanning decode hands out, whole, and every commit and tag.
     #[derive(Default)]
     struct Blobs {
         open: Option<Vec<u8>>,
         done: HashMap<Oid, Vec<u8>>,
+        objects: HashMap<Oid, (ObjectKind, Vec<u8>)>,
     }
 
     impl crate::pack::decode::BlobSink for Blobs {
@@ -1063,6 +1091,10 @@ mod tests {
                 id
             );
             self.done.insert(id, data);
+        }
+        fn object(&mut self, kind: ObjectKind, id: Oid, raw: &[u8]) {
+            assert_eq!(crate::object::object_id(ObjectFormat::Sha1, kind, raw), id);
+            self.objects.insert(id, (kind, raw.to_vec()));
         }
     }
 
@@ -1128,6 +1160,49 @@ mod tests {
                 vec![(oid(&d), "src/config.rs".to_owned())],
                 "d brought it, e changed it"
             );
+        }
+    }
+    #[test]
+    fn commit_and_tag_messages_are_seen_and_placed_at_their_commit() {
+        let (r, a, _, c) = linear();
+        r.write("notes.txt", "nothing to see\n");
+        let d = r.commit("d: the token is AKIA-in-a-commit-message");
+        r.git(&["tag", "-a", "-m", "release: AKIA-in-a-tag-message", "v1", &d]);
+        r.git(&["tag", "-a", "-m", "a tag of a tag", "v1-again", "v1"]);
+        let (v1, again) = (r.git(&["rev-parse", "v1"]), r.git(&["rev-parse", "v1-again"]));
+        for options in [&["--delta-base-offset"][..], &[]] {
+            let raw = r.pack(&format!("{again}\n^{a}\n"), options);
+            let mut blobs = Blobs::default();
+            let pack = crate::pack::decode::decode_scanning(&raw, ObjectFormat::Sha1, &limits(), &mut blobs)
+                .unwrap();
+            let (kind, message) = &blobs.objects[&oid(&d)];
+            assert_eq!(*kind, ObjectKind::Commit);
+            assert!(String::from_utf8_lossy(message).contains("AKIA-in-a-commit-message"));
+            let (kind, message) = &blobs.objects[&oid(&v1)];
+            assert_eq!(*kind, ObjectKind::Tag);
+            assert!(String::from_utf8_lossy(message).contains("AKIA-in-a-tag-message"));
+            assert!(
+                blobs.objects.contains_key(&oid(&c)),
+                "every pushed commit is seen"
+            );
+            assert!(
+                !blobs.objects.contains_key(&oid(&a)),
+                "upstream's are not in the pack"
+            );
+
+            let wanted = HashSet::from([oid(&d), oid(&v1), oid(&c)]);
+            let places = blob_places(&pack, &oid(&again), &wanted);
+            assert_eq!(places[&oid(&d)], vec![(oid(&d), COMMIT_MESSAGE.to_owned())]);
+            assert_eq!(places[&oid(&c)], vec![(oid(&c), COMMIT_MESSAGE.to_owned())]);
+            assert_eq!(
+                places[&oid(&v1)],
+                vec![(oid(&d), tag_message("v1"))],
+                "placed at the commit it peels to"
+            );
+            // Pushed as the branch, the tags are not what the ref brings.
+            let places = blob_places(&pack, &oid(&d), &wanted);
+            assert!(!places.contains_key(&oid(&v1)));
+            assert_eq!(places[&oid(&d)], vec![(oid(&d), COMMIT_MESSAGE.to_owned())]);
         }
     }
 }

@@ -308,7 +308,9 @@ pub fn request_prompt(v: &Value) -> Option<Prompt> {
     }
     match obj.get("prompt") {
         Some(Value::String(s)) => messages.push(("prompt".into(), s.clone())),
-        Some(Value::Array(items)) => messages.extend(items.iter().map(|p| ("prompt".to_owned(), part_text(p)))),
+        Some(Value::Array(items)) => {
+            messages.extend(items.iter().map(|p| ("prompt".to_owned(), part_text(p))))
+        }
         _ => {}
     }
     if messages.is_empty() {
@@ -387,7 +389,6 @@ fn part_text(v: &Value) -> String {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -405,10 +406,18 @@ mod tests {
         assert_eq!(p.messages[0], ("system".into(), "be brief".into()));
         assert_eq!(p.messages[1], ("user".into(), "hi\n\n[image]".into()));
         assert!(p.messages[2].1.contains("[tool call ls] {}"));
-        let a = prompt(br#"{"system":[{"type":"text","text":"sys"}],"messages":[{"role":"user","content":"q"}]}"#)
-            .unwrap();
-        assert_eq!(a.messages, [("system".into(), "sys".into()), ("user".into(), "q".into())]);
-        assert_eq!(prompt(br#"{"prompt":"complete me"}"#).unwrap().messages[0].1, "complete me");
+        let a = prompt(
+            br#"{"system":[{"type":"text","text":"sys"}],"messages":[{"role":"user","content":"q"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.messages,
+            [("system".into(), "sys".into()), ("user".into(), "q".into())]
+        );
+        assert_eq!(
+            prompt(br#"{"prompt":"complete me"}"#).unwrap().messages[0].1,
+            "complete me"
+        );
         assert!(prompt(br#"{"query":"graphql"}"#).is_none());
         assert!(prompt(b"not json").is_none());
         // The Copilot language server's inline completion: a prompt and the suffix to lead into.
@@ -416,7 +425,13 @@ mod tests {
             br#"{"prompt":"// path: src/lib.rs\nfn add(a: i32, b: i32) -> i32 {\n    ","suffix":"\n}\n","max_tokens":500,"temperature":0,"n":1,"stream":true,"extra":{"language":"rust"}}"#,
         )
         .unwrap();
-        assert_eq!(fim.messages, [("prompt".into(), "// path: src/lib.rs\nfn add(a: i32, b: i32) -> i32 {\n    ".into())]);
+        assert_eq!(
+            fim.messages,
+            [(
+                "prompt".into(),
+                "// path: src/lib.rs\nfn add(a: i32, b: i32) -> i32 {\n    ".into()
+            )]
+        );
         assert_eq!(fim.suffix.as_deref(), Some("\n}\n"));
         assert_eq!(fim.model, None);
     }

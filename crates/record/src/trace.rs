@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
+use ghgate_mask::payload;
 
 use crate::{
     id::{ExchangeId, SessionId},
@@ -255,36 +256,18 @@ fn caller(s: &SessionStart) -> Caller {
     }
 }
 
-/// The prompt of a model call's request body: a legacy completion's `prompt` (with its `suffix`
-/// noted), the last user message of a chat, or a Responses API `input` text.
+/// The prompt of a model call's request body, as [`payload::request_prompt`] reads it: its last
+/// user message (or a completion's `prompt`, a Responses API `input`), else its last message.
 pub fn prompt(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let text_of = |c: &serde_json::Value| -> Option<String> {
-        match c {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(parts) => {
-                let texts: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
-                (!texts.is_empty()).then(|| texts.join(" "))
-            }
-            _ => None,
-        }
-    };
-    let text = if let Some(p) = v["prompt"].as_str() {
-        p.to_owned()
-    } else if let Some(messages) = v["messages"].as_array() {
-        messages
-            .iter()
-            .rev()
-            .find(|m| m["role"] == "user")
-            .and_then(|m| text_of(&m["content"]))?
-    } else if let Some(input) = v.get("input") {
-        match input {
-            serde_json::Value::Array(items) => items.iter().rev().find_map(|i| text_of(&i["content"]))?,
-            other => text_of(other)?,
-        }
-    } else {
-        return None;
-    };
+    let p = payload::request_prompt(&v)?;
+    let asked = |role: &str| matches!(role, "user" | "prompt" | "input" | "messages" | "contents");
+    let (_, text) = p
+        .messages
+        .iter()
+        .rev()
+        .find(|(role, _)| asked(role))
+        .or(p.messages.last())?;
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut cut: String = one_line.chars().take(MAX_PROMPT_CHARS).collect();
     if cut.len() < one_line.len() {

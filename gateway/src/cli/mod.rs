@@ -10,6 +10,7 @@ mod logbuf;
 mod mask;
 pub mod policy;
 mod run;
+mod secrets;
 mod sessions;
 mod status;
 
@@ -51,6 +52,8 @@ enum Command {
     Policy(policy::Args),
     /// Operations held for approval: list, show, approve, deny (over the control socket).
     Approvals(ApprovalsArgs),
+    /// Where a secret went: trace one fingerprint across the record, or list them all.
+    Secrets(secrets::Args),
 }
 
 /// `ghgate approvals`: the control socket comes from `--socket`, else the config's
@@ -92,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Record(a) => sessions::run_record(a),
         Command::Mask(a) => mask::run(a),
         Command::Policy(a) => policy::run(a),
+        Command::Secrets(a) => secrets::run(a),
         Command::Approvals(a) => {
             let socket = Config::load(&a.config)
                 .map(|c| c.approvals.socket)

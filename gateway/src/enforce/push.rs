@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 
 use ghgate_git::{
     Oid,
+    object::ObjectKind,
     pack::decode::{BlobSink, DecodeLimits, PackObjects, decode, decode_scanning},
     receive::{CommandReader, Commands, ReplyStyle},
     report::{self, RefStatus, Status},
@@ -97,6 +98,14 @@ impl BlobSink for BlobSecrets {
             self.kept += current.len();
             self.found.entry(id).or_default().append(current);
         }
+    }
+
+    /// A commit's or tag's message (and author lines) is scanned like a blob, and placed by
+    /// [`walk::blob_places`] at the commit (or the tag's commit).
+    fn object(&mut self, _kind: ObjectKind, id: Oid, raw: &[u8]) {
+        self.start(raw.len() as u64);
+        self.data(raw);
+        self.end(id);
     }
 }
 
@@ -482,11 +491,8 @@ impl Enforcer {
                 if r.kind == RefKind::Delete {
                     continue;
                 }
-                let new = match walk::peel(p, &r.update.new, &empty, &budget).await {
-                    Ok(Peeled::Commit(c)) => c,
-                    _ => r.update.new,
-                };
-                ref_places[i] = walk::blob_places(p, &new, &blobs);
+                // Peeled there through the pack's tags, whose messages are placed too.
+                ref_places[i] = walk::blob_places(p, &r.update.new, &blobs);
                 placed_anywhere.extend(ref_places[i].keys().copied());
             }
         }

@@ -65,10 +65,15 @@ impl DecodeLimits {
 
 /// Sees the content of every blob of a pack ([`decode_scanning`]): `start`, its bytes in
 /// order, then `end` with the id computed from them. A blob cut short by an error gets no `end`.
+/// Then each commit and annotated tag whole (headers and message), once the pack is read.
 pub trait BlobSink {
     fn start(&mut self, size: u64);
     fn data(&mut self, chunk: &[u8]);
     fn end(&mut self, id: Oid);
+    /// A commit's or tag's raw content: what a message could carry. Nothing by default.
+    fn object(&mut self, kind: ObjectKind, id: Oid, raw: &[u8]) {
+        let _ = (kind, id, raw);
+    }
 }
 
 /// The commits, trees and annotated tags a pack holds, by the ids computed from their content.
@@ -133,7 +138,8 @@ pub fn decode(pack: &[u8], format: ObjectFormat, limits: &DecodeLimits) -> Resul
 }
 
 /// [`decode`], handing every blob's content to `blobs` as well: whole blobs as they inflate,
-/// deltas that rebuild a blob once the pack is read (within the same limits and deadline). A blob
+/// deltas that rebuild a blob once the pack is read (within the same limits and deadline), then
+/// every commit and annotated tag whole ([`BlobSink::object`]). A blob
 /// whose delta cannot be resolved (a thin pack) is counted in [`PackObjects::unresolved`], never
 /// handed out, so a scanner that must see everything checks that it is zero.
 pub fn decode_scanning(
@@ -641,8 +647,10 @@ impl<'p, 's> Decoder<'p, 's> {
         Ok(())
     }
 
-    /// Parses what was kept and counts what could not be resolved.
-    fn finish(self) -> Result<PackObjects, PackError> {
+    /// Parses what was kept (showing commits and tags to the sink) and counts what could not be
+    /// resolved.
+    fn finish(mut self) -> Result<PackObjects, PackError> {
+        let mut sink = self.blobs.take();
         let mut out = PackObjects {
             format: self.format,
             objects: self.entries.len(),
@@ -665,6 +673,11 @@ impl<'p, 's> Decoder<'p, 's> {
                 continue;
             };
             let bad = |error| PackError::BadObject { kind, id, error };
+            if let Some(sink) = sink.as_mut()
+                && matches!(kind, ObjectKind::Commit | ObjectKind::Tag)
+            {
+                sink.object(kind, id, &raw);
+            }
             match kind {
                 ObjectKind::Commit => {
                     let commit = parse_commit(&raw, self.format).map_err(bad)?;
