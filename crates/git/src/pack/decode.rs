@@ -621,10 +621,10 @@ impl<'p, 's> Decoder<'p, 's> {
         }
         for index in 0..self.entries.len() {
             let e = &self.entries[index];
-            let blob = match e.state {
-                State::Typed(ObjectKind::Blob) | State::Known(ObjectKind::Blob, _) => true,
-                _ => false,
-            };
+            let blob = matches!(
+                e.state,
+                State::Typed(ObjectKind::Blob) | State::Known(ObjectKind::Blob, _)
+            );
             if !blob || matches!(e.base, EntryBase::Whole(_)) {
                 continue;
             }
