@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::{
     config::Config,
     credentials::Broker,
-    enforce::Enforcer,
+    enforce::{Enforcer, SecretScan},
     http::{Limits, Settings, pool::Pool},
     identity::oidc::OidcValidator,
     mask::{self, policy::MaskSet},
@@ -50,13 +50,27 @@ pub fn assemble(config: &Config) -> anyhow::Result<Assembled> {
     };
     let key = mask::key::load_or_create(&config.state_dir)?;
     let mask = MaskSet::new(&config.mask, key).context("cannot compile the [mask] rules")?;
+    let seen = Arc::new(mask::seen::SeenSecrets::default());
+    if let Some(r) = &recorder {
+        match seen.rebuild(&config.record_dir()) {
+            Ok(n) => info!(
+                fingerprints = seen.len(),
+                unreadable = n.unreadable,
+                "fingerprints of secrets seen in responses, from the record"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot rebuild the secrets seen in responses from the record index; starting empty")
+            }
+        }
+        r.set_seen(seen.clone());
+    }
     let upstream_tls = UpstreamTls::new(&config.tls.upstream_extra_roots)?;
     let outbound = outbound(config, upstream_tls.clone())?;
     let proxy = proxy(
         config,
         load_or_create_ca(config)?,
         recorder.clone(),
-        mask,
+        (mask, seen),
         outbound.clone(),
         upstream_tls,
     )?;
@@ -95,12 +109,16 @@ fn proxy(
     config: &Config,
     ca: Ca,
     recorder: Option<Arc<Recorder>>,
-    mask: MaskSet,
+    (mask, seen): (MaskSet, Arc<mask::seen::SeenSecrets>),
     outbound: Outbound,
     upstream_tls: UpstreamTls,
 ) -> anyhow::Result<Proxy<Pipeline>> {
     let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
-    let enforcer = Enforcer::start(config, outbound.clone(), recorder.clone())?;
+    let scan = SecretScan {
+        masker: mask.records.clone(),
+        seen,
+    };
+    let enforcer = Enforcer::start(config, outbound.clone(), recorder.clone(), scan)?;
     let oidc =
         (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
     let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::object::{Commit, TreeEntry};
+use crate::object::{Commit, ObjectKind, Tag, TreeEntry};
 use crate::oid::Oid;
 use crate::pack::decode::PackObjects;
 
@@ -33,6 +33,12 @@ pub trait ObjectSource: Sync {
         ancestor: &Oid,
         descendant: &Oid,
     ) -> impl Future<Output = Result<Option<bool>, Self::Error>> + Send;
+
+    /// The annotated tag `id`, if the source holds one by that id (`Ok(None)`: it has no such
+    /// tag, and `id` may be any other kind of object). A source that knows no tags says so.
+    fn tag(&self, _id: &Oid) -> impl Future<Output = Result<Option<Tag>, Self::Error>> + Send {
+        async { Ok(None) }
+    }
 }
 
 impl ObjectSource for PackObjects {
@@ -48,6 +54,10 @@ impl ObjectSource for PackObjects {
 
     /// Answered from the pack's commits alone: `None` when the walk leaves the pack (or the pack
     /// has unresolved deltas, any of which may be a commit on the way).
+    async fn tag(&self, id: &Oid) -> Result<Option<Tag>, Infallible> {
+        Ok(self.tags.get(id).cloned())
+    }
+
     async fn is_ancestor(&self, ancestor: &Oid, descendant: &Oid) -> Result<Option<bool>, Infallible> {
         let mut seen = HashSet::from([*descendant]);
         let mut stack = vec![*descendant];
@@ -103,6 +113,8 @@ pub enum WalkError {
     NoPath { new: Oid, thin: Thin },
     #[error("tree {id} has two entries named \"{name}\"")]
     Duplicate { id: String, name: String },
+    #[error("{id} is a tag of a tag of … more than {MAX_TAG_DEPTH} deep")]
+    TagDepth { id: Oid },
 }
 
 /// What a thin pack leaves unknown.
@@ -381,6 +393,152 @@ pub async fn changed_paths<R: ObjectSource>(
         }
     }
     Ok(paths.into_iter().collect())
+}
+
+/// Annotated tags nest at most this deep before peeling gives up (git's own limit is lower).
+const MAX_TAG_DEPTH: usize = 16;
+
+/// What a ref's new value is once its annotated tags are peeled: a ref may point at a tag that
+/// points at a tag that points at a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peeled {
+    /// A commit (or an object neither the pack nor the other source holds as a tag: taken to
+    /// be a commit, which the walks then read and fail on if it is not one).
+    Commit(Oid),
+    /// A tag of a tree or a blob: it changes no branch's files.
+    Other(ObjectKind, Oid),
+}
+
+/// Peels `id` through the annotated tags of the pack, then of the other source (each lookup
+/// counted against the budget).
+pub async fn peel<R: ObjectSource>(
+    pack: &PackObjects,
+    id: &Oid,
+    remote: &R,
+    budget: &Budget,
+) -> Result<Peeled, WalkError> {
+    let mut lookup = Lookup::new(pack, remote, budget);
+    let mut at = *id;
+    for _ in 0..MAX_TAG_DEPTH {
+        if pack.commits.contains_key(&at) {
+            return Ok(Peeled::Commit(at));
+        }
+        let tag = match pack.tags.get(&at) {
+            Some(t) => t.clone(),
+            None => {
+                lookup.spend(format_args!("reading tag {at}"))?;
+                match remote.tag(&at).await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => return Ok(Peeled::Commit(at)),
+                    Err(e) => {
+                        return Err(WalkError::Source {
+                            kind: "tag",
+                            id: at,
+                            source: Box::new(e),
+                        });
+                    }
+                }
+            }
+        };
+        match tag.kind {
+            ObjectKind::Tag => at = tag.object,
+            ObjectKind::Commit => return Ok(Peeled::Commit(tag.object)),
+            kind => return Ok(Peeled::Other(kind, tag.object)),
+        }
+    }
+    Err(WalkError::TagDepth { id: *id })
+}
+
+/// The place [`blob_places`] gives a secret in a commit's message (or its author lines).
+pub const COMMIT_MESSAGE: &str = "<commit message>";
+
+/// The place [`blob_places`] gives a secret in the message of the annotated tag `name`.
+pub fn tag_message(name: &str) -> String {
+    format!("<message of tag {name}>")
+}
+
+/// Where each of `blobs` is in the commits of the pack reachable from `new`: for each blob, the
+/// (commit, path) pairs where a commit brings it to a path that none of its parents in the pack
+/// has it at. Only the pack's trees are read (a tree the pack does not hold is upstream's, and
+/// cannot hold a blob upstream does not have); a blob found in no pushed tree is left out.
+///
+/// `blobs` may name commits and annotated tags too (a secret in a message): a commit of the pack
+/// reachable from `new` is placed at itself, path [`COMMIT_MESSAGE`]; a tag of the pack that
+/// `new` peels through at the commit it peels to, path [`tag_message`] of its name.
+pub fn blob_places(pack: &PackObjects, new: &Oid, blobs: &HashSet<Oid>) -> HashMap<Oid, Vec<(Oid, String)>> {
+    fn contents(
+        pack: &PackObjects,
+        tree: &Oid,
+        blobs: &HashSet<Oid>,
+        memo: &mut HashMap<Oid, Arc<BTreeSet<(String, Oid)>>>,
+        depth: usize,
+    ) -> Arc<BTreeSet<(String, Oid)>> {
+        if let Some(found) = memo.get(tree) {
+            return Arc::clone(found);
+        }
+        let mut found = BTreeSet::new();
+        if let Some(entries) = pack.trees.get(tree).filter(|_| depth < 4096) {
+            for e in entries.iter() {
+                let name = String::from_utf8_lossy(&e.name);
+                if e.is_tree() {
+                    for (path, id) in contents(pack, &e.id, blobs, memo, depth + 1).iter() {
+                        found.insert((format!("{name}/{path}"), *id));
+                    }
+                } else if blobs.contains(&e.id) {
+                    found.insert((name.into_owned(), e.id));
+                }
+            }
+        }
+        let found = Arc::new(found);
+        memo.insert(*tree, Arc::clone(&found));
+        found
+    }
+    let mut memo = HashMap::new();
+    let mut out: HashMap<Oid, Vec<(Oid, String)>> = HashMap::new();
+    // Through the pack's tags to what they tag (a chain as long as git would follow).
+    let mut head = *new;
+    let mut tags = Vec::new();
+    while let Some(tag) = pack.tags.get(&head).filter(|_| tags.len() < MAX_TAG_DEPTH) {
+        tags.push((head, tag.name.clone()));
+        head = tag.object;
+    }
+    for (id, name) in tags {
+        if blobs.contains(&id) {
+            out.entry(id).or_default().push((head, tag_message(&name)));
+        }
+    }
+    let mut seen = HashSet::from([head]);
+    let mut stack = vec![head];
+    let mut commits = Vec::new();
+    while let Some(id) = stack.pop() {
+        let Some(commit) = pack.commits.get(&id) else {
+            continue;
+        };
+        commits.push(id);
+        if blobs.contains(&id) {
+            out.entry(id).or_default().push((id, COMMIT_MESSAGE.to_owned()));
+        }
+        stack.extend(commit.parents.iter().filter(|p| seen.insert(**p)));
+    }
+    for id in commits {
+        let commit = &pack.commits[&id];
+        let here = contents(pack, &commit.tree, blobs, &mut memo, 0);
+        let parents: Vec<_> = commit
+            .parents
+            .iter()
+            .filter_map(|p| pack.commits.get(p))
+            .map(|p| contents(pack, &p.tree, blobs, &mut memo, 0))
+            .collect();
+        for (path, blob) in here.iter() {
+            if !parents.iter().any(|p| p.contains(&(path.clone(), *blob))) {
+                out.entry(*blob).or_default().push((id, path.clone()));
+            }
+        }
+    }
+    for places in out.values_mut() {
+        places.sort();
+    }
+    out
 }
 
 /// A tree's entries by name; two entries of one name make any diff of it ambiguous.
@@ -909,5 +1067,142 @@ mod tests {
         let id = Oid::zero(ObjectFormat::Sha1);
         send(&fast_forward(&pack, &id, &id, &remote, &budget));
         send(&changed_paths(&pack, None, &id, &remote, &everything, &budget));
+    }
+
+    /// Collects every blob a scanning decode hands out, whole, and every commit and tag.
+    #[derive(Default)]
+    struct Blobs {
+        open: Option<Vec<u8>>,
+        done: HashMap<Oid, Vec<u8>>,
+        objects: HashMap<Oid, (ObjectKind, Vec<u8>)>,
+    }
+
+    impl crate::pack::decode::BlobSink for Blobs {
+        fn start(&mut self, _size: u64) {
+            self.open = Some(Vec::new());
+        }
+        fn data(&mut self, chunk: &[u8]) {
+            self.open.as_mut().expect("started").extend_from_slice(chunk);
+        }
+        fn end(&mut self, id: Oid) {
+            let data = self.open.take().expect("started");
+            assert_eq!(
+                crate::object::object_id(ObjectFormat::Sha1, ObjectKind::Blob, &data),
+                id
+            );
+            self.done.insert(id, data);
+        }
+        fn object(&mut self, kind: ObjectKind, id: Oid, raw: &[u8]) {
+            assert_eq!(crate::object::object_id(ObjectFormat::Sha1, kind, raw), id);
+            self.objects.insert(id, (kind, raw.to_vec()));
+        }
+    }
+
+    #[test]
+    fn an_annotated_tag_peels_to_its_commit_and_its_paths_are_the_commits() {
+        let (r, a, _, c) = linear();
+        r.write(".github/workflows/ci.yml", "on: push\n");
+        let d = r.commit("d");
+        r.git(&["tag", "-a", "-m", "release", "v1", &d]);
+        r.git(&["tag", "-a", "-m", "of a tag", "v1-again", "v1"]);
+        let tag = r.git(&["rev-parse", "v1-again"]);
+        let pack = unpack(&r.pack(&format!("{tag}\n^{a}\n"), &[]));
+        let remote = r.remote();
+        let peeled = block_on(peel(&pack, &oid(&tag), &remote, &budget())).unwrap();
+        assert_eq!(peeled, Peeled::Commit(oid(&d)), "a tag of a tag of d");
+        // A commit peels to itself; neither asks upstream.
+        assert_eq!(
+            block_on(peel(&pack, &oid(&c), &remote, &budget())).unwrap(),
+            Peeled::Commit(oid(&c))
+        );
+        assert_eq!(remote.calls(), (0, 0, 0));
+        let found = paths(&pack, None, &d, &remote, everything).unwrap();
+        assert!(found.contains(".github/workflows/ci.yml"), "{found:?}");
+    }
+
+    #[test]
+    fn every_pushed_blob_is_seen_and_placed_in_the_commit_that_brings_it() {
+        let (r, a, _, _) = linear();
+        // A file changed a little (git stores it as a delta), and a new file.
+        let mut text = big(400, "base");
+        r.write("src/config.rs", &text);
+        let d = r.commit("d");
+        text.push_str("let token = \"AKIA-not-really\";\n");
+        r.write("src/config.rs", &text);
+        r.write("secret.txt", "sensitive\n");
+        let e = r.commit("e");
+        for options in [&["--delta-base-offset"][..], &[]] {
+            let raw = r.pack(&format!("{e}\n^{a}\n"), options);
+            let mut blobs = Blobs::default();
+            let pack = crate::pack::decode::decode_scanning(&raw, ObjectFormat::Sha1, &limits(), &mut blobs)
+                .unwrap();
+            assert!(pack.deltas() > 0, "the pack has deltas to rebuild");
+            let listed = r.git(&["rev-list", "--objects", &e, &format!("^{a}")]);
+            let mut want = HashSet::new();
+            for line in listed.lines() {
+                let id = line.split(' ').next().unwrap();
+                if r.git(&["cat-file", "-t", id]) == "blob" {
+                    let content = r.git_in(&["cat-file", "blob", id], b"");
+                    assert_eq!(blobs.done.get(&oid(id)), Some(&content), "blob {line}");
+                    want.insert(oid(id));
+                }
+            }
+            assert_eq!(blobs.done.len(), want.len(), "every blob once");
+            let changed = oid(&r.git(&["rev-parse", &format!("{e}:src/config.rs")]));
+            let secret = oid(&r.git(&["rev-parse", &format!("{e}:secret.txt")]));
+            let places = blob_places(&pack, &oid(&e), &HashSet::from([changed, secret]));
+            assert_eq!(places[&changed], vec![(oid(&e), "src/config.rs".to_owned())]);
+            assert_eq!(places[&secret], vec![(oid(&e), "secret.txt".to_owned())]);
+            let first = oid(&r.git(&["rev-parse", &format!("{d}:src/config.rs")]));
+            let places = blob_places(&pack, &oid(&e), &HashSet::from([first]));
+            assert_eq!(
+                places[&first],
+                vec![(oid(&d), "src/config.rs".to_owned())],
+                "d brought it, e changed it"
+            );
+        }
+    }
+    #[test]
+    fn commit_and_tag_messages_are_seen_and_placed_at_their_commit() {
+        let (r, a, _, c) = linear();
+        r.write("notes.txt", "nothing to see\n");
+        let d = r.commit("d: the token is AKIA-in-a-commit-message");
+        r.git(&["tag", "-a", "-m", "release: AKIA-in-a-tag-message", "v1", &d]);
+        r.git(&["tag", "-a", "-m", "a tag of a tag", "v1-again", "v1"]);
+        let (v1, again) = (r.git(&["rev-parse", "v1"]), r.git(&["rev-parse", "v1-again"]));
+        for options in [&["--delta-base-offset"][..], &[]] {
+            let raw = r.pack(&format!("{again}\n^{a}\n"), options);
+            let mut blobs = Blobs::default();
+            let pack = crate::pack::decode::decode_scanning(&raw, ObjectFormat::Sha1, &limits(), &mut blobs)
+                .unwrap();
+            let (kind, message) = &blobs.objects[&oid(&d)];
+            assert_eq!(*kind, ObjectKind::Commit);
+            assert!(String::from_utf8_lossy(message).contains("AKIA-in-a-commit-message"));
+            let (kind, message) = &blobs.objects[&oid(&v1)];
+            assert_eq!(*kind, ObjectKind::Tag);
+            assert!(String::from_utf8_lossy(message).contains("AKIA-in-a-tag-message"));
+            assert!(
+                blobs.objects.contains_key(&oid(&c)),
+                "every pushed commit is seen"
+            );
+            assert!(
+                !blobs.objects.contains_key(&oid(&a)),
+                "upstream's are not in the pack"
+            );
+
+            let wanted = HashSet::from([oid(&d), oid(&v1), oid(&c)]);
+            let places = blob_places(&pack, &oid(&again), &wanted);
+            assert_eq!(places[&oid(&d)], vec![(oid(&d), COMMIT_MESSAGE.to_owned())]);
+            assert_eq!(places[&oid(&c)], vec![(oid(&c), COMMIT_MESSAGE.to_owned())]);
+            assert_eq!(
+                places[&oid(&v1)],
+                vec![(oid(&d), tag_message("v1"))],
+                "placed at the commit it peels to"
+            );
+            // Pushed as the branch, the tags are not what the ref brings.
+            let places = blob_places(&pack, &oid(&d), &wanted);
+            assert!(!places.contains_key(&oid(&v1)));
+            assert_eq!(places[&oid(&d)], vec![(oid(&d), COMMIT_MESSAGE.to_owned())]);
+        }
     }
 }

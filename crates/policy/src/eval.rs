@@ -3,8 +3,14 @@
 //!
 //! Pure: no I/O, no clock. Undecided facts are read the riskier way by `evaluate` and
 //! `explain`: an `Update` whose ancestry is unknown counts as non-fast-forward, and changed files
-//! not computed (or not computable) count as matching every `paths` condition. `needs` tells the
-//! caller which of them to decide to get an exact answer.
+//! or pushed secrets not computed (or not computable) count as matching every `paths` or
+//! `secrets` condition of a rule that refuses or holds (`deny`, `require_approval`) and as
+//! matching none of a rule that lets through (`allow`, `record_only`): what is unknown never
+//! opens a door. `needs` tells the caller which of them to decide to get an exact answer.
+//!
+//! A `paths` condition holds when any changed file matches any of its patterns, for every action
+//! alike; a `secrets` condition when any pushed secret was found by a named rule (or any, `"*"`);
+//! `secret_seen` when any pushed secret's fingerprint was seen in a response.
 //!
 //! Hosts, methods, request paths and repositories are compared ignoring ASCII case (GitHub does);
 //! refs and file paths compare exactly. Conditions on the caller are the caller matcher's
@@ -15,7 +21,7 @@ use super::{
     Action, Policy, Rule, RuleRef, Verdict,
     caller::{CallerCondition, any_glob, list, text_check},
     classify::{GitService, Repo},
-    facts::{Paths, RefKind, RefUpdate, Subject, Target},
+    facts::{Paths, RefKind, RefUpdate, Secrets, Subject, Target},
     writes::{ApiRef, Write},
 };
 
@@ -70,13 +76,21 @@ pub(crate) enum Condition {
     /// `ref_op`: the kinds a rule names (`update` names every update, decided or not).
     RefOp(Vec<RefKind>),
     Paths(Vec<String>),
+    /// Masking rule ids (or `*`) of a secret the pushed content carries.
+    Secrets(Vec<String>),
+    /// A pushed secret whose fingerprint the gateway has seen in a response (`secret_seen`).
+    SecretSeen,
 }
 
 impl Condition {
     pub(crate) fn needs_ref(&self) -> bool {
         matches!(
             self,
-            Condition::Ref(_) | Condition::RefOp(_) | Condition::Paths(_)
+            Condition::Ref(_)
+                | Condition::RefOp(_)
+                | Condition::Paths(_)
+                | Condition::Secrets(_)
+                | Condition::SecretSeen
         )
     }
 }
@@ -89,11 +103,19 @@ pub struct Needs {
     pub fast_forward: bool,
     /// Which files the pushed commits change.
     pub paths: bool,
+    /// Which secrets the pushed content carries.
+    pub secrets: bool,
 }
 
 impl Needs {
     pub fn any(&self) -> bool {
-        self.fast_forward || self.paths
+        self.fast_forward || self.paths || self.secrets
+    }
+
+    fn add(&mut self, other: Needs) {
+        self.fast_forward |= other.fast_forward;
+        self.paths |= other.paths;
+        self.secrets |= other.secrets;
     }
 }
 
@@ -209,7 +231,9 @@ impl<'a> Facts<'a> {
 }
 
 impl Condition {
-    fn check(&self, facts: &Facts<'_>) -> Check {
+    /// `permissive`: the rule lets through (`allow`, `record_only`), so an unknown fact must
+    /// not satisfy it.
+    fn check(&self, facts: &Facts<'_>, permissive: bool) -> Check {
         match self {
             Condition::Caller(c) => match c.check(facts.subject) {
                 Ok(()) => Check::Holds(None),
@@ -283,7 +307,7 @@ impl Condition {
                 } else if answers.contains(&None) {
                     Check::Undecided(Needs {
                         fast_forward: true,
-                        paths: false,
+                        ..Needs::default()
                     })
                 } else {
                     let ops: Vec<&str> = ops.iter().map(|o| o.as_str()).collect();
@@ -296,9 +320,13 @@ impl Condition {
                 };
                 match &r.paths {
                     Paths::NotComputed => Check::Undecided(Needs {
-                        fast_forward: false,
                         paths: true,
+                        ..Needs::default()
                     }),
+                    Paths::Unknown(why) if permissive => Check::Fails(format!(
+                        "paths: the changed files are unknown ({why}), and unknown files never satisfy \
+                         a rule that lets through"
+                    )),
                     Paths::Unknown(why) => Check::Holds(Some(format!(
                         "paths: the changed files are unknown ({why}), so this counts as a match"
                     ))),
@@ -319,6 +347,40 @@ impl Condition {
                     }
                 }
             }
+            Condition::Secrets(rules) => {
+                let key = "secrets";
+                match secrets_of(facts, key, permissive) {
+                    Err(check) => check,
+                    Ok(found) => match found
+                        .iter()
+                        .find(|s| rules.iter().any(|r| r == "*" || *r == s.rule))
+                    {
+                        Some(s) => Check::Holds(Some(format!("secrets: {}", described(s)))),
+                        None if found.is_empty() => {
+                            Check::Fails("secrets: no secret found in what is pushed".into())
+                        }
+                        None => {
+                            Check::Fails(format!("secrets: {} found, none by {}", found.len(), list(rules)))
+                        }
+                    },
+                }
+            }
+            Condition::SecretSeen => {
+                let key = "secret_seen";
+                match secrets_of(facts, key, permissive) {
+                    Err(check) => check,
+                    Ok(found) => match found.iter().find(|s| s.seen_in_response) {
+                        Some(s) => Check::Holds(Some(format!(
+                            "secret_seen: {}, a fingerprint the gateway saw in a response",
+                            described(s)
+                        ))),
+                        None => Check::Fails(format!(
+                            "secret_seen: none of the {} secret(s) pushed was seen in a response",
+                            found.len()
+                        )),
+                    },
+                }
+            }
         }
     }
 
@@ -331,8 +393,48 @@ impl Condition {
             Condition::Ref(_) => "ref",
             Condition::RefOp(_) => "ref_op",
             Condition::Paths(_) => "paths",
+            Condition::Secrets(_) => "secrets",
+            Condition::SecretSeen => "secret_seen",
         }
     }
+}
+
+/// The pushed secrets a `secrets` or `secret_seen` condition reads, or its answer when they are
+/// not known.
+fn secrets_of<'a>(
+    facts: &Facts<'a>,
+    key: &str,
+    permissive: bool,
+) -> Result<&'a [crate::facts::PushedSecret], Check> {
+    let Some(r) = facts.ref_update else {
+        return Err(Check::Fails(no_ref(key)));
+    };
+    match &r.secrets {
+        Secrets::NotComputed => Err(Check::Undecided(Needs {
+            secrets: true,
+            ..Needs::default()
+        })),
+        Secrets::Unknown(why) if permissive => Err(Check::Fails(format!(
+            "{key}: what is pushed could not be scanned whole ({why}), and that never satisfies a \
+             rule that lets through"
+        ))),
+        Secrets::Unknown(why) => Err(Check::Holds(Some(format!(
+            "{key}: what is pushed could not be scanned whole ({why}), so this counts as a match"
+        )))),
+        Secrets::Known(found) => Ok(found),
+    }
+}
+
+/// A pushed secret as explanations and refusals name it: rule, fingerprint, file and commit.
+pub fn described(s: &crate::facts::PushedSecret) -> String {
+    let mut out = format!("a {} secret [{}]", s.rule, s.fingerprint);
+    if let Some(path) = &s.path {
+        out.push_str(&format!(" in {path}"));
+    }
+    if let Some(commit) = &s.commit {
+        out.push_str(&format!(" (commit {})", commit.short()));
+    }
+    out
 }
 
 fn no_ref(key: &str) -> String {
@@ -344,8 +446,9 @@ impl Rule {
     fn check(&self, facts: &Facts<'_>) -> RuleCheck {
         let mut notes = Vec::new();
         let mut undecided = Needs::default();
+        let permissive = matches!(self.action, Action::Allow | Action::RecordOnly);
         for c in &self.conditions {
-            match c.check(facts) {
+            match c.check(facts, permissive) {
                 Check::Holds(note) => notes.extend(note),
                 Check::Fails(why) => return RuleCheck::Fails(c.key(), why),
                 Check::Unknown(what) => match self.action {
@@ -359,10 +462,7 @@ impl Rule {
                         notes.push(format!("{what}, so this counts as a match"));
                     }
                 },
-                Check::Undecided(n) => {
-                    undecided.fast_forward |= n.fast_forward;
-                    undecided.paths |= n.paths;
-                }
+                Check::Undecided(n) => undecided.add(n),
             }
         }
         if undecided.any() {
@@ -382,6 +482,9 @@ fn conservative(r: &RefUpdate) -> RefUpdate {
     if r.paths == Paths::NotComputed {
         r.paths = Paths::Unknown("not computed".into());
     }
+    if r.secrets == Secrets::NotComputed {
+        r.secrets = Secrets::Unknown("not scanned".into());
+    }
     r
 }
 
@@ -399,7 +502,7 @@ impl Policy {
         let Some(r) = r else {
             return Needs::default();
         };
-        if r.kind != RefKind::Update && r.paths != Paths::NotComputed {
+        if r.kind != RefKind::Update && r.paths != Paths::NotComputed && r.secrets != Secrets::NotComputed {
             return Needs::default();
         }
         let facts = Facts::new(s, t, Some(r));
@@ -408,10 +511,7 @@ impl Policy {
             match rule.check(&facts) {
                 RuleCheck::Matches(_) => break,
                 RuleCheck::Fails(..) => {}
-                RuleCheck::Undecided(n) => {
-                    needs.fast_forward |= n.fast_forward;
-                    needs.paths |= n.paths;
-                }
+                RuleCheck::Undecided(n) => needs.add(n),
             }
         }
         needs
@@ -440,7 +540,15 @@ impl Policy {
             }
             if needs.paths {
                 notes.push(format!(
-                    "{}: the changed files were not computed; every paths condition counts as a match",
+                    "{}: the changed files were not computed; every paths condition of a deny or \
+                     require_approval rule counts as a match, none of an allow or record_only rule",
+                    r.name()
+                ));
+            }
+            if needs.secrets {
+                notes.push(format!(
+                    "{}: what is pushed was not scanned for secrets; every secrets condition of a deny \
+                     or require_approval rule counts as a match, none of an allow or record_only rule",
                     r.name()
                 ));
             }

@@ -55,9 +55,33 @@ pub enum Paths {
     Unknown(String),
 }
 
+/// One secret found in what a ref update carries (a pushed file): the masking rule that found
+/// it, its keyed fingerprint, whether the gateway has already seen that fingerprint in a response
+/// (a suggestion, say), and where it is. Never the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedSecret {
+    pub rule: String,
+    pub fingerprint: String,
+    pub seen_in_response: bool,
+    /// The commit that brings it, when the gateway could tell.
+    pub commit: Option<ghgate_git::Oid>,
+    /// The file it is in, when the gateway could tell.
+    pub path: Option<String>,
+}
+
+/// The secrets a ref update carries, as far as the gateway scanned them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secrets {
+    /// Not scanned yet (the caller scans only when `Policy::needs` says so).
+    NotComputed,
+    Known(Vec<PushedSecret>),
+    /// Could not be scanned whole; the reason is shown to people.
+    Unknown(String),
+}
+
 /// One ref update of a push (or of a write through the API), as the policy knows it: the update
-/// itself (its ids and ref, as the git crate read them), how the ref moves, and which files it
-/// changes.
+/// itself (its ids and ref, as the git crate read them), how the ref moves, which files it
+/// changes and which secrets it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefUpdate {
     pub update: ghgate_git::RefUpdate,
@@ -69,18 +93,19 @@ pub struct RefUpdate {
     pub unknown_name: Option<String>,
     /// The same for its repository (a GraphQL node id the gateway cannot name).
     pub unknown_repository: Option<String>,
+    pub secrets: Secrets,
 }
 
 impl RefUpdate {
     /// A ref update whose kind is what its ids say (`Create`, `Delete` or `Update`, as
-    /// `RefOp` tells them). A delete pushes no commits, so its paths are known to be none;
-    /// otherwise `NotComputed`.
+    /// `RefOp` tells them). A delete pushes no commits, so its paths and secrets are known to be
+    /// none; otherwise `NotComputed`.
     pub fn new(update: ghgate_git::RefUpdate) -> Self {
         let kind = RefKind::from(update.op());
-        let paths = if kind == RefKind::Delete {
-            Paths::Known(Vec::new())
+        let (paths, secrets) = if kind == RefKind::Delete {
+            (Paths::Known(Vec::new()), Secrets::Known(Vec::new()))
         } else {
-            Paths::NotComputed
+            (Paths::NotComputed, Secrets::NotComputed)
         };
         Self {
             update,
@@ -88,6 +113,7 @@ impl RefUpdate {
             paths,
             unknown_name: None,
             unknown_repository: None,
+            secrets,
         }
     }
 
@@ -116,6 +142,11 @@ impl RefUpdate {
 
     pub fn with_unknown_repository(mut self, what: impl Into<String>) -> Self {
         self.unknown_repository = Some(what.into());
+        self
+    }
+
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
         self
     }
 }

@@ -66,6 +66,13 @@ pub enum RuleError {
     UnknownCopilot(String),
     #[error("paths: an empty pattern matches no file; use \"*\" for any file")]
     EmptyPathPattern,
+    #[error(
+        "secrets: {0:?} is not a masking rule id; name rules as `ghgate mask --list-rules` lists them, \
+         or \"*\" for any"
+    )]
+    BadSecretRule(String),
+    #[error("secret_seen = false would match every push; write secret_seen = true, or leave it out")]
+    SecretSeenFalse,
     #[error("`name` is empty: give the rule a name or leave `name` out")]
     EmptyName,
     #[error("the name \"{name}\" is already used by rule #{first}; rule names must be unique")]
@@ -225,6 +232,7 @@ const LIST_KEYS: &[&str] = &[
     "ref",
     "ref_op",
     "paths",
+    "secrets",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +290,10 @@ struct RuleFile {
     ref_op: Option<Vec<RefKind>>,
     #[serde(default)]
     paths: Option<Vec<String>>,
+    #[serde(default)]
+    secrets: Option<Vec<String>>,
+    #[serde(default)]
+    secret_seen: Option<bool>,
 }
 
 /// The approval settings of a rule or of the default, with the key names the file uses.
@@ -507,6 +519,8 @@ fn rule_from_table(
         ("ref", r.ref_.is_some()),
         ("ref_op", r.ref_op.is_some()),
         ("paths", r.paths.is_some()),
+        ("secrets", r.secrets.is_some()),
+        ("secret_seen", r.secret_seen.is_some()),
     ]
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))
@@ -552,6 +566,21 @@ fn rule_from_table(
             return Err(RuleError::EmptyPathPattern);
         }
         conditions.push(Condition::Paths(paths));
+    }
+    if let Some(rules) = r.secrets {
+        non_empty("secrets", &rules)?;
+        if let Some(bad) = rules
+            .iter()
+            .find(|r| r.trim().is_empty() || (r.contains('*') && *r != "*"))
+        {
+            return Err(RuleError::BadSecretRule(bad.clone()));
+        }
+        conditions.push(Condition::Secrets(rules));
+    }
+    match r.secret_seen {
+        Some(true) => conditions.push(Condition::SecretSeen),
+        Some(false) => return Err(RuleError::SecretSeenFalse),
+        None => {}
     }
     Ok(Rule {
         name: r.name,

@@ -32,8 +32,8 @@ use std::{
 };
 
 pub use caller::{SUBJECT_KEYS, Subject};
-pub use eval::{Explanation, Needs, Step, StepOutcome, WriteExplanation};
-pub use facts::{Paths, RefKind, RefUpdate, Target};
+pub use eval::{Explanation, Needs, Step, StepOutcome, WriteExplanation, described};
+pub use facts::{Paths, PushedSecret, RefKind, RefUpdate, Secrets, Target};
 pub use file::{PolicyError, RuleError};
 
 use eval::Condition;
@@ -185,9 +185,32 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether the rule looks at ref updates (`ref`, `ref_op`, `paths`): it matches only those.
+    /// Whether the rule looks at ref updates (`ref`, `ref_op`, `paths`, `secrets`,
+    /// `secret_seen`): it matches only those.
     pub fn needs_ref(&self) -> bool {
         self.conditions.iter().any(Condition::needs_ref)
+    }
+
+    /// Whether it looks at the secrets a push carries (`secrets`, `secret_seen`): its refusals
+    /// then name them.
+    pub fn reads_secrets(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| matches!(c, Condition::Secrets(_) | Condition::SecretSeen))
+    }
+
+    /// The masking rule ids its `secrets` condition names (not `*`), for the gateway to check
+    /// against the rules it masks with.
+    pub fn secret_rules(&self) -> impl Iterator<Item = &str> {
+        self.conditions
+            .iter()
+            .filter_map(|c| match c {
+                Condition::Secrets(rules) => Some(rules),
+                _ => None,
+            })
+            .flatten()
+            .map(String::as_str)
+            .filter(|r| *r != "*")
     }
 }
 

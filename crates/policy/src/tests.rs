@@ -88,7 +88,7 @@ fn rule_of(policy: &Policy, s: &Subject, t: &Target, r: Option<&RefUpdate>) -> O
 fn the_example_policy_parses() {
     let text = include_str!("../../../gateway/config/examples/policy.toml");
     let p = policy(text);
-    assert_eq!(p.rules().len(), 6);
+    assert_eq!(p.rules().len(), 7);
     assert_eq!(p.default_action(), &Action::Allow);
     assert_eq!(p.group("maintainers").unwrap().size(), 3);
     let force = &p.rules()[1];
@@ -616,6 +616,7 @@ fn needs_asks_only_for_facts_that_could_change_the_verdict() {
     let yes = |ff, paths| Needs {
         fast_forward: ff,
         paths,
+        secrets: false,
     };
     let undecided = |name: &str| update(name);
     let cases: Vec<(String, RefUpdate, Needs)> = vec![
@@ -688,7 +689,8 @@ fn deciding_the_facts_changes_the_verdict_as_needs_said() {
         p.needs(&s, &t, Some(&r)),
         Needs {
             fast_forward: true,
-            paths: true
+            paths: true,
+            secrets: false,
         }
     );
     assert_eq!(p.evaluate(&s, &t, Some(&r)).action, Action::Deny);
@@ -697,10 +699,16 @@ fn deciding_the_facts_changes_the_verdict_as_needs_said() {
         p.needs(&s, &t, Some(&r)),
         Needs {
             fast_forward: false,
-            paths: true
+            paths: true,
+            secrets: false,
         }
     );
-    assert_eq!(p.evaluate(&s, &t, Some(&r)).action, Action::RecordOnly);
+    // Unknown files never satisfy a rule that lets through (record_only passes).
+    assert_eq!(p.evaluate(&s, &t, Some(&r)).action, Action::Allow);
+    let flagged = r
+        .clone()
+        .with_paths(Paths::Known(vec![".github/workflows/ci.yml".into()]));
+    assert_eq!(p.evaluate(&s, &t, Some(&flagged)).action, Action::RecordOnly);
     let r = r.with_paths(Paths::Known(vec!["README.md".into()]));
     assert_eq!(p.evaluate(&s, &t, Some(&r)).action, Action::Allow);
 }
@@ -778,7 +786,7 @@ fn explanations_read_as_a_report() {
             Some(update("refs/heads/main")),
             "note: refs/heads/main: not known whether the update is a fast-forward; read as non-fast-forward \
              (the riskier reading, as the gateway does when it cannot tell)\n\
-             note: refs/heads/main: the changed files were not computed; every paths condition counts as a match\n\
+             note: refs/heads/main: the changed files were not computed; every paths condition of a deny or require_approval rule counts as a match, none of an allow or record_only rule\n\
              \x20 rule #1 \"bots\": no match: comm: git matches none of [bot*]\n\
              \x20 rule #2 \"force-push-main\": matches\n\
              verdict: require_approval (1 approval from \"maintainers\", expires after 24h) by rule #2 \"force-push-main\"\n\
@@ -839,4 +847,127 @@ fn explanations_name_the_first_failing_condition() {
         e.to_string().contains("oidc: the caller presented no OIDC token"),
         "{e}"
     );
+}
+
+#[test]
+fn unknown_paths_never_satisfy_an_allow_rule() {
+    // The side door: an allow rule with paths ahead of a deny, and a push whose files are
+    // unknown. Unknown files must not reach the allow; they must reach the deny.
+    let p = policy(
+        "[[rule]]\nname = \"docs-anyone\"\naction = \"allow\"\npaths = \"docs/*\"\n\
+         [[rule]]\nname = \"main-held\"\naction = \"deny\"\nref = \"refs/heads/main\"\n",
+    );
+    let (s, t) = (subject(), push());
+    let unknown = update("refs/heads/main").with_paths(Paths::Unknown("the pack exceeded 64 MiB".into()));
+    assert_eq!(rule_of(&p, &s, &t, Some(&unknown)), Some(2));
+    let undecided = update("refs/heads/main");
+    assert_eq!(
+        rule_of(&p, &s, &t, Some(&undecided)),
+        Some(2),
+        "not computed reads as unknown"
+    );
+    let docs =
+        update("refs/heads/main").with_paths(Paths::Known(vec!["docs/a.md".into(), "src/x.rs".into()]));
+    assert_eq!(
+        rule_of(&p, &s, &t, Some(&docs)),
+        Some(1),
+        "any changed file matching is a match, for allow as for deny"
+    );
+    let why = p.explain(&s, &t, Some(&unknown)).to_string();
+    assert!(
+        why.contains("unknown files never satisfy a rule that lets through"),
+        "{why}"
+    );
+}
+
+fn found(rule: &str, fingerprint: &str, seen: bool) -> crate::PushedSecret {
+    crate::PushedSecret {
+        rule: rule.into(),
+        fingerprint: fingerprint.into(),
+        seen_in_response: seen,
+        commit: Some(B.parse().unwrap()),
+        path: Some("config/prod.env".into()),
+    }
+}
+
+#[test]
+fn secrets_conditions_by_rule_by_any_and_by_seen_fingerprint() {
+    use crate::Secrets;
+    let p = policy(&format!(
+        "{GROUPS}[[rule]]\nname = \"suggested\"\naction = \"deny\"\nsecret_seen = true\n\
+         [[rule]]\nname = \"cloud\"\naction = \"require_approval\"\napprovers = \"maintainers\"\nsecrets = [\"aws-access-key\", \"gcp-api-key\"]\n\
+         [[rule]]\nname = \"any\"\naction = \"record_only\"\nsecrets = \"*\"\n"
+    ));
+    let (s, t) = (subject(), push());
+    let with = |found: Vec<crate::PushedSecret>| update("refs/heads/dev").with_secrets(Secrets::Known(found));
+    assert_eq!(rule_of(&p, &s, &t, Some(&with(vec![]))), None);
+    assert_eq!(
+        rule_of(&p, &s, &t, Some(&with(vec![found("github-pat", "aa", true)]))),
+        Some(1)
+    );
+    assert_eq!(
+        rule_of(
+            &p,
+            &s,
+            &t,
+            Some(&with(vec![found("aws-access-key", "bb", false)]))
+        ),
+        Some(2)
+    );
+    assert_eq!(
+        rule_of(&p, &s, &t, Some(&with(vec![found("github-pat", "cc", false)]))),
+        Some(3)
+    );
+    // Not scanned: needed, and read as matching the refusing rule, not the permissive one.
+    let undecided = update("refs/heads/dev");
+    assert!(p.needs(&s, &t, Some(&undecided)).secrets);
+    assert_eq!(rule_of(&p, &s, &t, Some(&undecided)), Some(1));
+    let unknown =
+        update("refs/heads/dev").with_secrets(Secrets::Unknown("the pack is larger than 64 MiB".into()));
+    assert_eq!(rule_of(&p, &s, &t, Some(&unknown)), Some(1));
+    let only_any = policy("[[rule]]\naction = \"allow\"\nsecrets = \"*\"\n[[rule]]\naction = \"deny\"\n");
+    assert_eq!(
+        rule_of(&only_any, &s, &t, Some(&unknown)),
+        Some(2),
+        "unknown never satisfies an allow"
+    );
+    // The explanation names rule, fingerprint, file and commit: never a secret.
+    let why = p
+        .explain(
+            &s,
+            &t,
+            Some(&with(vec![found("github-pat", "0123456789ab", true)])),
+        )
+        .to_string();
+    assert!(
+        why.contains("a github-pat secret [0123456789ab] in config/prod.env (commit 2222222)"),
+        "{why}"
+    );
+    // A secrets condition is about pushed refs only.
+    assert_eq!(rule_of(&p, &s, &api("GET", "/user"), None), None);
+    assert_eq!(
+        p.rules()[1].secret_rules().collect::<Vec<_>>(),
+        ["aws-access-key", "gcp-api-key"]
+    );
+}
+
+#[test]
+fn secrets_conditions_are_validated() {
+    for (text, want) in [
+        ("secrets = []", "secrets"),
+        ("secrets = \"github-*\"", "not a masking rule id"),
+        ("secret_seen = false", "would match every push"),
+        (
+            "secrets = \"*\"\ngit_service = \"upload-pack\"",
+            "describes pushed refs",
+        ),
+    ] {
+        let err = Policy::parse(
+            &format!("[[rule]]\naction = \"deny\"\n{text}\n"),
+            Path::new("p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(want), "{text}: {err}");
+    }
 }

@@ -410,6 +410,25 @@ const SCRIPT: &str = r#"
 })();
 "#;
 
+/// The anchor of a pushed secret's line (pushes of other sessions link to it in their own page).
+fn push_anchor(p: &crate::model::PushSecret) -> String {
+    format!("push-{}-{}-{}", p.exchange, escape_html(&p.fingerprint), p.at)
+}
+
+/// A pushed secret on one line: where, and what came of the push.
+fn push_line(p: &crate::model::PushSecret) -> String {
+    format!(
+        "{} {} commit {} file {}: {} by {}",
+        p.repository.as_deref().unwrap_or("(repository unknown)"),
+        p.ref_name,
+        p.commit
+            .map_or_else(|| "(unknown)".to_owned(), |c| c.short().to_string()),
+        p.path.as_deref().unwrap_or("(unknown)"),
+        p.outcome.as_str(),
+        p.rule_decided
+    )
+}
+
 /// Text safe to place in HTML text or a quoted attribute value.
 pub fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
@@ -432,6 +451,16 @@ fn csp_hash(source: &str) -> String {
 
 /// The session as one self-contained HTML page.
 pub fn to_html(view: &SessionView) -> String {
+    to_html_with_pushes(view, &LaterPushes::new())
+}
+
+/// Pushes that carried a fingerprint, by fingerprint: found across the store by the caller, so
+/// that a secret suggested in this session links to the pushes that later carried it.
+pub type LaterPushes = std::collections::HashMap<String, Vec<crate::model::PushSecret>>;
+
+/// [`to_html`], with each secret received in a response followed by the later pushes that
+/// carried its fingerprint (from any session), and each push's secrets shown with an anchor.
+pub fn to_html_with_pushes(view: &SessionView, later: &LaterPushes) -> String {
     let e = escape_html;
     let mut h = String::with_capacity(64 * 1024);
     let _ = write!(
@@ -505,7 +534,7 @@ pub fn to_html(view: &SessionView) -> String {
                     duration(p.duration_us)
                 );
             }
-            Fact::Request(x) => exchange_html(&mut h, x, &when, t0, t1),
+            Fact::Request(x) => exchange_html(&mut h, x, &when, t0, t1, later),
             Fact::Refusal(r) => {
                 let _ = writeln!(
                     h,
@@ -723,7 +752,7 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: Micros) {
+fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: Micros, later: &LaterPushes) {
     let e = escape_html;
     let span = (t1 - t0) as f64;
     let pos = |at: Micros| (at.saturating_sub(t0) as f64 / span * 1000.0).clamp(0.0, 1000.0);
@@ -804,7 +833,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
         for m in &x.masked {
             let _ = write!(
                 h,
-                "<li><span class=\"mono\">{}</span> fingerprint <span class=\"mono\">{}</span> in the {}{}</li>",
+                "<li><span class=\"mono\">{}</span> fingerprint <span class=\"mono\">{}</span> in the {}{}",
                 e(&m.rule),
                 e(&m.fingerprint),
                 m.place.as_str(),
@@ -812,6 +841,46 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                     ""
                 } else {
                     " <span class=\"warn\">(the client received it unmasked)</span>"
+                }
+            );
+            let pushes: Vec<_> = later
+                .get(&m.fingerprint)
+                .into_iter()
+                .flatten()
+                .filter(|p| p.at >= m.at)
+                .collect();
+            if crate::trace::received(m.place) && !pushes.is_empty() {
+                h.push_str("<ul class=\"later\">");
+                for p in pushes {
+                    let _ = write!(
+                        h,
+                        "<li>later pushed: <a href=\"#{}\">{}</a> (session <span class=\"mono\">{}</span>, {})</li>",
+                        push_anchor(p),
+                        e(&push_line(p)),
+                        e(p.session.as_str()),
+                        clock(p.at)
+                    );
+                }
+                h.push_str("</ul>");
+            }
+            h.push_str("</li>");
+        }
+        h.push_str("</ul>\n");
+    }
+    if !x.push_secrets.is_empty() {
+        h.push_str("<h3>Secrets in the pushed files</h3><ul class=\"masked\">");
+        for p in &x.push_secrets {
+            let _ = write!(
+                h,
+                "<li id=\"{}\"><span class=\"mono\">{}</span> fingerprint <span class=\"mono\">{}</span>: {}{}</li>",
+                push_anchor(p),
+                e(&p.rule),
+                e(&p.fingerprint),
+                e(&push_line(p)),
+                if p.seen_in_response {
+                    " <span class=\"warn\">(seen in a response before)</span>"
+                } else {
+                    ""
                 }
             );
         }

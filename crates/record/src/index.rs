@@ -1027,6 +1027,7 @@ pub fn kind_name(record: &Record) -> &'static str {
         Record::Recovery(_) => "recovery",
         Record::Tombstone(_) => "tombstone",
         Record::Unrecorded(_) => "unrecorded",
+        Record::PushSecret(_) => "push_secret",
     }
 }
 

@@ -12,7 +12,9 @@
 //!   session's records;
 //! - [`session`]: one session rebuilt from its records, its timeline and its text rendering;
 //! - [`export`]: HAR 1.2, JSON lines and a self-contained HTML page;
-//! - [`git`]: what the recorder keeps of git smart-HTTP bodies (read with `ghgate-git`).
+//! - [`git`]: what the recorder keeps of git smart-HTTP bodies (read with `ghgate-git`);
+//! - [`trace`]: where one secret fingerprint appears across the store, and every fingerprint in
+//!   sum.
 //!
 //! The recorder at runtime (its writer and indexer threads, admission and backpressure, the
 //! processes it watches) is the daemon's. This crate must never store a credential in clear, and
@@ -27,6 +29,7 @@ pub mod index;
 pub mod model;
 pub mod session;
 pub mod store;
+pub mod trace;
 mod words;
 
 pub use id::{ExchangeId, SessionId};

@@ -76,6 +76,8 @@ pub enum Record {
     Tombstone(Tombstone),
     /// Exchanges the gateway let through while the store could not write (`on_record_failure = "allow"`).
     Unrecorded(Unrecorded),
+    /// A secret found in what a push carried, with the ref that carried it and what came of it.
+    PushSecret(PushSecret),
 }
 
 impl Record {
@@ -98,6 +100,7 @@ impl Record {
             Record::Passthrough(r) => Some(&r.session),
             Record::Refusal(r) => Some(&r.session),
             Record::Egress(r) => Some(&r.session),
+            Record::PushSecret(r) => Some(&r.session),
             Record::Recovery(_)
             | Record::Tombstone(_)
             | Record::Unrecorded(_)
@@ -117,6 +120,7 @@ impl Record {
             Record::Identity(r) => Some(r.exchange),
             Record::Decision(r) => Some(r.exchange),
             Record::Approval(r) => r.exchange,
+            Record::PushSecret(r) => Some(r.exchange),
             _ => None,
         }
     }
@@ -142,6 +146,7 @@ impl Record {
             Record::Egress(r) => r.at,
             Record::EnforcementGap(r) => r.at,
             Record::Recovery(r) => r.at,
+            Record::PushSecret(r) => r.at,
             Record::Tombstone(r) => r.at,
             Record::Unrecorded(r) => r.at,
         }
@@ -432,6 +437,36 @@ pub struct DecidedRef {
     /// Why the paths could not be told (then every path rule counted as matching).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paths_unknown: Option<String>,
+}
+
+/// A secret the policy stage found in what a push carried (a file of a pushed commit), before
+/// anything went upstream: one record per secret and place. Never the secret itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushSecret {
+    pub session: SessionId,
+    pub exchange: ExchangeId,
+    pub at: Micros,
+    /// The masking rule that found it.
+    pub rule: String,
+    /// Its keyed fingerprint: the same secret has the same fingerprint in every record.
+    pub fingerprint: String,
+    /// `owner/name`, when the push's URL names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The ref whose update carried it.
+    #[serde(rename = "ref")]
+    pub ref_name: String,
+    /// The commit that brings it, and the file, when the gateway could tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<Oid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Whether the gateway had seen this fingerprint in a response before the push.
+    pub seen_in_response: bool,
+    /// What came of the ref update (refused, held, passed).
+    pub outcome: DecisionOutcome,
+    /// The policy rule that decided the ref update.
+    pub rule_decided: String,
 }
 
 /// One step of an approval, recorded in the session that asked for it (or used it).

@@ -18,7 +18,7 @@ use crate::{
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
         AnsweredBy, ApprovalStep, Connection, Decision, Direction, EgressSeen, Exchange, GitOp, Identity,
-        Masked, Micros, Passthrough, PassthroughStart, Record, Refusal, RequestStart, SessionEnd,
+        Masked, Micros, Passthrough, PassthroughStart, PushSecret, Record, Refusal, RequestStart, SessionEnd,
         SessionStart, StreamEvent, StreamKind,
     },
     store,
@@ -91,6 +91,8 @@ pub struct ExchangeView {
     pub git: Vec<GitOp>,
     /// Secrets the masking stage found in it.
     pub masked: Vec<Masked>,
+    /// Secrets the policy stage found in what a push carried.
+    pub push_secrets: Vec<PushSecret>,
     /// Who the caller was taken to be, and which credential went upstream.
     pub identity: Option<Identity>,
     /// What the policy decided (one per ref for a push).
@@ -229,6 +231,10 @@ impl SessionView {
                     .decisions
                     .push(d),
                 Record::Approval(a) => approvals.push(a),
+                Record::PushSecret(p) => exchange_entry(&mut exchanges, &mut order, p.exchange, p.at)
+                    .0
+                    .push_secrets
+                    .push(p),
                 Record::Recovery(_)
                 | Record::Tombstone(_)
                 | Record::Unrecorded(_)
@@ -481,6 +487,7 @@ fn exchange_entry<'m>(
             events: Vec::new(),
             git: Vec::new(),
             masked: Vec::new(),
+            push_secrets: Vec::new(),
             identity: None,
             decisions: Vec::new(),
             first_at: at,

@@ -496,12 +496,15 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
 }
 
 /// The parts of GitHub's REST API that read a repository's objects, answered from the served
-/// repositories by real git: `GET /repos/{o}/{r}/compare/{base}...{head}`,
-/// `/repos/{o}/{r}/git/commits/{sha}` and `/repos/{o}/{r}/git/trees/{sha}`; `None` for other paths.
+/// repositories by real git: `GET /repos/{o}/{r}` (its default branch),
+/// `/repos/{o}/{r}/compare/{base}...{head}` (with the merge base),
+/// `/repos/{o}/{r}/git/commits/{sha}`, `/git/trees/{sha}`, `/git/tags/{sha}` and
+/// `/git/ref/{ref}`; `None` for other paths.
 async fn git_api(path: &str, root: &Path) -> Option<Response<Body>> {
     let rest = path.strip_prefix("/repos/")?;
     let mut parts = rest.splitn(4, '/');
-    let (owner, name, kind, arg) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (owner, name) = (parts.next()?, parts.next()?);
+    let (kind, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let repo = root.join(owner).join(format!("{name}.git"));
     if !repo.is_dir() {
         return Some(not_found());
@@ -524,6 +527,10 @@ async fn git_api(path: &str, root: &Path) -> Option<Response<Body>> {
     };
     let exists = |sha: &str, kind: &str| git(&["cat-file", "-t", sha]).is_some_and(|t| t == kind);
     let resp = match kind {
+        "" => {
+            let head = git(&["symbolic-ref", "--short", "HEAD"])?;
+            json(serde_json::json!({ "full_name": format!("{owner}/{name}"), "default_branch": head }))
+        }
         "compare" => {
             let (base, head) = arg.split_once("...")?;
             if !exists(base, "commit") || !exists(head, "commit") {
@@ -538,7 +545,11 @@ async fn git_api(path: &str, root: &Path) -> Option<Response<Body>> {
                 (0, _) => "behind",
                 _ => "diverged",
             };
-            json(serde_json::json!({ "status": status, "ahead_by": ahead, "behind_by": behind }))
+            let base_commit = git(&["merge-base", base, head]).map(|sha| serde_json::json!({ "sha": sha }));
+            json(
+                serde_json::json!({ "status": status, "ahead_by": ahead, "behind_by": behind,
+                                     "merge_base_commit": base_commit }),
+            )
         }
         "git" => {
             let (what, sha) = arg.split_once('/')?;
@@ -566,6 +577,25 @@ async fn git_api(path: &str, root: &Path) -> Option<Response<Body>> {
                         })
                         .collect();
                     json(serde_json::json!({ "sha": sha, "tree": entries, "truncated": false }))
+                }
+                "ref" => match git(&["rev-parse", "--verify", "-q", &format!("refs/{sha}")]) {
+                    Some(id) => {
+                        let kind = git(&["cat-file", "-t", &id])?;
+                        json(
+                            serde_json::json!({ "ref": format!("refs/{sha}"), "object": { "sha": id, "type": kind } }),
+                        )
+                    }
+                    None => not_found(),
+                },
+                "tags" if exists(sha, "tag") => {
+                    let raw = git(&["cat-file", "tag", sha])?;
+                    let field = |name: &str| {
+                        raw.lines()
+                            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+                            .map(str::to_owned)
+                    };
+                    json(serde_json::json!({ "sha": sha, "tag": field("tag")?,
+                                             "object": { "sha": field("object")?, "type": field("type")? } }))
                 }
                 _ => not_found(),
             }

@@ -726,7 +726,7 @@ fn recorder_key(config: &Config) -> Check {
             detail: "recording is off".into(),
         };
     }
-    let path = record::recorder::key_path(&config.record_dir());
+    let path = ghgate_record::store::key_path(&config.record_dir());
     match fs::metadata(&path) {
         Err(e) => fail("recorder key", format!("{}: {e}", path.display())),
         Ok(m) if m.uid() != 0 => fail(

@@ -13,6 +13,7 @@ mod logbuf;
 mod mask;
 pub mod policy;
 mod run;
+mod secrets;
 mod sessions;
 mod status;
 
@@ -62,6 +63,8 @@ enum Command {
     Uninstall(install::UninstallArgs),
     /// Egress control: the allow-list that recorded traffic implies.
     Egress(egress::Args),
+    /// Where a secret went: trace one fingerprint across the record, or list them all.
+    Secrets(secrets::Args),
 }
 
 /// `ghgate approvals`: the control socket comes from `--socket`, else the config's
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Install(a) => install::run(a),
         Command::Uninstall(a) => install::run_uninstall(a),
         Command::Egress(a) => egress::run(a),
+        Command::Secrets(a) => secrets::run(a),
         Command::Approvals(a) => {
             let socket = Config::load(&a.config)
                 .map(|c| c.approvals.socket)

@@ -252,7 +252,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let (dir, view) = load(&config, &id)?;
             let text = match format {
                 Format::Har => serde_json::to_vec_pretty(&export::to_har(&view))?,
-                Format::Html => export::to_html(&view).into_bytes(),
+                Format::Html => export::to_html_with_pushes(&view, &later_pushes(&dir, &view)?).into_bytes(),
                 Format::Jsonl => {
                     let index = Index::open_read_only(&index_path(&dir))?;
                     // The records exactly as stored, not as this version would write them.
@@ -320,6 +320,31 @@ pub(super) fn record_dir(config: &ConfigArg) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// The pushes (of any session, at or after this one began) that carried a fingerprint this
+/// session received in a response.
+fn later_pushes(dir: &Path, view: &SessionView) -> anyhow::Result<export::LaterPushes> {
+    let received: std::collections::HashSet<&str> = view
+        .exchanges
+        .iter()
+        .flat_map(|x| &x.masked)
+        .filter(|m| crate::record::trace::received(m.place))
+        .map(|m| m.fingerprint.as_str())
+        .collect();
+    let mut later = export::LaterPushes::new();
+    if received.is_empty() {
+        return Ok(later);
+    }
+    let index = Index::open_read_only(&index_path(dir))?;
+    for (segment, offset) in index.records_of_kind("push_secret", view.start.at)? {
+        if let (_, model::Record::PushSecret(p)) = store::read_at(dir, segment, offset)?
+            && received.contains(p.fingerprint.as_str())
+        {
+            later.entry(p.fingerprint.clone()).or_default().push(p);
+        }
+    }
+    Ok(later)
 }
 
 fn load(config: &ConfigArg, id: &str) -> anyhow::Result<(PathBuf, SessionView)> {

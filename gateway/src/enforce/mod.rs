@@ -51,6 +51,17 @@ pub struct Enforcer {
     github: ghgate_policy::classify::GitHub,
     /// Fast-forward answers per (repository, old, new): the same push retried asks once.
     ff_cache: Mutex<lru::LruCache<String, bool>>,
+    /// How pushed files are scanned for secrets (`secrets`, `secret_seen` rules); without it,
+    /// what a push carries counts as unscanned.
+    secret_scan: Option<SecretScan>,
+}
+
+/// What the policy stage scans pushed files with: the records' masker (the gateway's rules and
+/// fingerprint key, so fingerprints match the records) and the fingerprints seen in responses.
+#[derive(Clone)]
+pub struct SecretScan {
+    pub masker: crate::mask::Masker,
+    pub seen: Arc<crate::mask::seen::SeenSecrets>,
 }
 
 /// What the stage made of a request's head.
@@ -79,7 +90,14 @@ impl Enforcer {
             ff_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).expect("non-zero"),
             )),
+            secret_scan: None,
         }
+    }
+
+    /// Scan pushed files for secrets with `scan`.
+    pub fn with_secret_scan(mut self, scan: SecretScan) -> Self {
+        self.secret_scan = Some(scan);
+        self
     }
 
     /// Decides on a request from its head alone where it can.
@@ -523,11 +541,22 @@ impl Enforcer {
         config: &crate::config::Config,
         outbound: Outbound,
         recorder: Option<Arc<crate::record::Recorder>>,
+        secret_scan: SecretScan,
     ) -> anyhow::Result<Option<Arc<Enforcer>>> {
         let Some(file) = &config.policy.file else {
             return Ok(None);
         };
         let live = Live::load(file)?;
+        let known = secret_scan.masker.rule_ids();
+        for rule in live.current().rules() {
+            if let Some(bad) = rule.secret_rules().find(|r| !known.iter().any(|k| k == r)) {
+                anyhow::bail!(
+                    "{}: a rule's `secrets` names {bad:?}, which is not a masking rule of this gateway \
+                     (`ghgate mask --list-rules` lists them)",
+                    file.display()
+                );
+            }
+        }
         let on_step: approval::StepHook = Arc::new(move |a, step| {
             let record = step_record(a, step);
             tracing::info!(approval = %a.id, step = %record.step, operation = %crate::mask::for_logs(&record.operation),
@@ -544,12 +573,9 @@ impl Enforcer {
                 Duration::from_millis(hook.backoff_ms),
             )));
         }
-        Ok(Some(Arc::new(Enforcer::new(
-            live,
-            approvals,
-            outbound,
-            config.policy.clone(),
-        ))))
+        Ok(Some(Arc::new(
+            Enforcer::new(live, approvals, outbound, config.policy.clone()).with_secret_scan(secret_scan),
+        )))
     }
 
     /// Starts what runs beside the proxy: the policy file watcher, approval expiry, and the

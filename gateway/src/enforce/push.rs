@@ -3,9 +3,13 @@
 //! The push's commands are read from the start of its body before anything goes upstream. Each
 //! ref update is decided on its own; what a rule needs beyond the ids is found out only when
 //! `Policy::needs` says it could change the outcome: whether an update is a fast-forward (the
-//! pushed commits, then GitHub's compare API for the commits it already has) and which paths the
-//! pushed commits change (the pack, read whole up to `max_pack_bytes`, and the trees upstream).
-//! When that cannot be found out in bounds, the update counts as the riskier kind.
+//! pushed commits, then GitHub's compare API for the commits it already has), which paths the
+//! pushed commits change (the pack, read whole up to `max_pack_bytes`, and the trees upstream;
+//! annotated tags peeled to their commit; a new ref whose commit the pack does not carry compared
+//! with its merge base with the default branch) and which secrets the pushed files carry (every
+//! blob of the pack through the masker, each placed in the commit and file that bring it, and
+//! marked when the gateway has seen its fingerprint in a response). When that cannot be found
+//! out in bounds, the update counts as the riskier kind.
 //!
 //! Refused or held refs get `ng <ref> <why>` in the report-status git prints. The other refs go
 //! up without them, unless the client asked for an atomic push (or signed it), when nothing goes
@@ -14,11 +18,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
+use std::collections::{HashMap, HashSet};
+
 use ghgate_git::{
-    pack::decode::{DecodeLimits, PackObjects, decode},
+    Oid,
+    object::ObjectKind,
+    pack::decode::{BlobSink, DecodeLimits, PackObjects, decode, decode_scanning},
     receive::{CommandReader, Commands, ReplyStyle},
     report::{self, RefStatus, Status},
-    walk::{self, Budget},
+    walk::{self, Budget, Peeled},
 };
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, BodyStream, Full, StreamBody};
@@ -29,9 +37,77 @@ use crate::{
     credentials::Secret,
     http::{BoxError, Exchange, ProxyBody},
     identity::Caller,
-    policy::{Action, Paths, RefKind, RefUpdate, Subject, Target},
+    mask::{Masker, Piece, StreamMasker},
+    policy::{Action, Paths, PushedSecret, RefKind, RefUpdate, Secrets, Subject, Target},
     record::model::{self, DecisionOutcome as Outcome},
 };
+
+/// The most distinct (blob, rule, fingerprint) findings one push keeps.
+const MAX_PUSH_FINDINGS: usize = 1000;
+/// The most secrets one refused ref names in `remote:` lines.
+const MAX_NAMED: usize = 10;
+
+/// Runs the masker over each blob a scanning decode hands out, keeping what it finds by blob.
+struct BlobSecrets {
+    masker: Masker,
+    stream: Option<StreamMasker>,
+    current: Vec<(String, String)>,
+    found: HashMap<Oid, Vec<(String, String)>>,
+    kept: usize,
+}
+
+impl BlobSecrets {
+    fn new(masker: Masker) -> Self {
+        Self {
+            masker,
+            stream: None,
+            current: Vec::new(),
+            found: HashMap::new(),
+            kept: 0,
+        }
+    }
+}
+
+fn keep_finding(current: &mut Vec<(String, String)>, p: Piece<'_>) {
+    if let Piece::Masked { finding: f, .. } = p
+        && !current.iter().any(|(r, fp)| *r == f.rule && *fp == f.fingerprint)
+    {
+        current.push((f.rule.clone(), f.fingerprint.clone()));
+    }
+}
+
+impl BlobSink for BlobSecrets {
+    fn start(&mut self, _size: u64) {
+        self.stream = Some(self.masker.stream());
+        self.current.clear();
+    }
+
+    fn data(&mut self, chunk: &[u8]) {
+        let current = &mut self.current;
+        if let Some(s) = self.stream.as_mut() {
+            s.push_pieces(chunk, &mut |p| keep_finding(current, p));
+        }
+    }
+
+    fn end(&mut self, id: Oid) {
+        let current = &mut self.current;
+        if let Some(mut s) = self.stream.take() {
+            s.finish_pieces(&mut |p| keep_finding(current, p));
+        }
+        if !current.is_empty() && self.kept < MAX_PUSH_FINDINGS {
+            self.kept += current.len();
+            self.found.entry(id).or_default().append(current);
+        }
+    }
+
+    /// A commit's or tag's message (and author lines) is scanned like a blob, and placed by
+    /// [`walk::blob_places`] at the commit (or the tag's commit).
+    fn object(&mut self, _kind: ObjectKind, id: Oid, raw: &[u8]) {
+        self.start(raw.len() as u64);
+        self.data(raw);
+        self.end(id);
+    }
+}
 
 /// The most bytes a push's command list may take (tens of thousands of refs).
 const MAX_COMMAND_BYTES: usize = 4 << 20;
@@ -258,8 +334,8 @@ pub async fn unsigned_only(ex: &Exchange, body: ProxyBody) -> PushGate {
 }
 
 impl Enforcer {
-    /// Decides a push from its body; the decisions (one per ref) are returned for the record
-    /// in every case.
+    /// Decides a push from its body; the decisions (one per ref) and the secrets found in what
+    /// it carries are returned for the record in every case.
     pub async fn push(
         &self,
         ex: &Exchange,
@@ -267,10 +343,32 @@ impl Enforcer {
         subject: &Subject,
         token: Option<&Secret>,
         body: ProxyBody,
-    ) -> (PushGate, Vec<model::Decision>) {
+    ) -> PushDecided {
+        let (gate, decisions, secrets) = self.push_inner(ex, caller, subject, token, body).await;
+        PushDecided {
+            gate,
+            decisions,
+            secrets,
+        }
+    }
+
+    async fn push_inner(
+        &self,
+        ex: &Exchange,
+        caller: &Caller,
+        subject: &Subject,
+        token: Option<&Secret>,
+        body: ProxyBody,
+    ) -> (PushGate, Vec<model::Decision>, Vec<model::PushSecret>) {
         let target = Target::new(ex.req.clone());
         let policy = self.live.current();
-        let refuse = |status, text: String| (PushGate::Answer(refusal(ex, status, &text)), Vec::new());
+        let refuse = |status, text: String| {
+            (
+                PushGate::Answer(refusal(ex, status, &text)),
+                Vec::new(),
+                Vec::new(),
+            )
+        };
         let mut reader = Reader {
             body,
             buf: BytesMut::new(),
@@ -278,15 +376,15 @@ impl Enforcer {
         };
         let commands = match read_commands(ex, &mut reader).await {
             Ok(c) => c,
-            Err(answer) => return (answer, Vec::new()),
+            Err(answer) => return (answer, Vec::new(), Vec::new()),
         };
         if let Some(answer) = refuse_signed(&commands) {
             reader.drain().await;
-            return (answer, Vec::new());
+            return (answer, Vec::new(), Vec::new());
         }
         if commands.updates.is_empty() {
             // git's probe before a large push, or an empty push: nothing to decide.
-            return (reader.pass(), Vec::new());
+            return (reader.pass(), Vec::new(), Vec::new());
         }
 
         let deadline = Instant::now() + self.inspect_timeout();
@@ -296,9 +394,11 @@ impl Enforcer {
             .map(|r| policy.needs(subject, &target, Some(r)))
             .collect();
         let carries_pack = refs.iter().any(|r| r.kind != RefKind::Delete);
-        // The pack, read whole when a decision needs it.
+        let wants_secrets = needs.iter().any(|n| n.secrets);
+        // The pack, read whole when a decision needs it; and its blobs' secrets, when asked.
         let mut pack_state: Result<Option<PackObjects>, String> = Ok(None);
-        if carries_pack && needs.iter().any(|n| n.fast_forward || n.paths) {
+        let mut blob_secrets: Result<HashMap<Oid, Vec<(String, String)>>, String> = Ok(HashMap::new());
+        if carries_pack && needs.iter().any(|n| n.any()) {
             let end = commands.end as usize;
             let limit = end + self.cfg.max_pack_bytes as usize;
             // A client that stops sending mid-pack must not hold the push (and a task) forever:
@@ -328,10 +428,35 @@ impl Enforcer {
                     let pack_bytes = Bytes::copy_from_slice(&reader.buf[end..]);
                     let limits = DecodeLimits::with_deadline(deadline);
                     let format = commands.format.unwrap_or_default();
-                    let decoded =
-                        tokio::task::spawn_blocking(move || decode(&pack_bytes, format, &limits)).await;
+                    let scanner = wants_secrets
+                        .then(|| self.secret_scan.as_ref().map(|s| s.masker.clone()))
+                        .flatten();
+                    if wants_secrets && scanner.is_none() {
+                        blob_secrets = Err("the gateway has no masker to scan pushes with".into());
+                    }
+                    let decoded = tokio::task::spawn_blocking(move || match scanner {
+                        Some(masker) => {
+                            let mut sink = BlobSecrets::new(masker);
+                            decode_scanning(&pack_bytes, format, &limits, &mut sink)
+                                .map(|p| (p, Some(sink.found)))
+                        }
+                        None => decode(&pack_bytes, format, &limits).map(|p| (p, None)),
+                    })
+                    .await;
                     pack_state = match decoded {
-                        Ok(Ok(p)) => Ok(Some(p)),
+                        Ok(Ok((p, found))) => {
+                            if let Some(found) = found {
+                                blob_secrets = if p.unresolved() > 0 {
+                                    Err(format!(
+                                        "the pack holds {} deltas against objects it does not hold, which could not be scanned",
+                                        p.unresolved()
+                                    ))
+                                } else {
+                                    Ok(found)
+                                };
+                            }
+                            Ok(Some(p))
+                        }
                         Ok(Err(e)) => Err(format!("the pushed pack could not be read: {e}")),
                         Err(e) => Err(format!("reading the pushed pack failed: {e}")),
                     };
@@ -349,9 +474,28 @@ impl Enforcer {
             max_remote_calls: self.cfg.max_api_calls,
             deadline,
         };
+        if let Err(why) = &pack_state {
+            blob_secrets = Err(why.clone());
+        }
         let empty = PackObjects::default();
         let interesting = policy.paths_of_interest();
         let left = || deadline.saturating_duration_since(Instant::now());
+        // Blobs found in no pushed ref's commits are charged to every ref that pushes a pack.
+        let mut placed_anywhere: HashSet<Oid> = HashSet::new();
+        let mut ref_places: Vec<HashMap<Oid, Vec<(Oid, String)>>> = vec![HashMap::new(); refs.len()];
+        if let (Ok(found), Ok(Some(p))) = (&blob_secrets, &pack_state)
+            && !found.is_empty()
+        {
+            let blobs: HashSet<Oid> = found.keys().copied().collect();
+            for (i, r) in refs.iter().enumerate() {
+                if r.kind == RefKind::Delete {
+                    continue;
+                }
+                // Peeled there through the pack's tags, whose messages are placed too.
+                ref_places[i] = walk::blob_places(p, &r.update.new, &blobs);
+                placed_anywhere.extend(ref_places[i].keys().copied());
+            }
+        }
 
         let mut kind_from: Vec<Option<String>> = vec![None; refs.len()];
         for (i, r) in refs.iter_mut().enumerate() {
@@ -400,20 +544,51 @@ impl Enforcer {
                 let found = match &pack_state {
                     Err(why) => Err(why.clone()),
                     Ok(p) => {
-                        let old = (r.kind != RefKind::Create).then_some(&old);
                         let p = p.as_ref().unwrap_or(&empty);
                         tokio::time::timeout(
                             left(),
-                            walk::changed_paths(p, old, &new, &remote, &interesting, &budget),
+                            pushed_paths(p, r.kind, &old, &new, &remote, &interesting, &budget),
                         )
                         .await
-                        .map_err(|_| "the inspection ran out of time".to_owned())
-                        .and_then(|found| found.map_err(|e| e.to_string()))
+                        .unwrap_or_else(|_| Err("the inspection ran out of time".to_owned()))
                     }
                 };
                 r.paths = match found {
                     Ok(p) => Paths::Known(p),
                     Err(why) => Paths::Unknown(why),
+                };
+            }
+            if r.secrets == Secrets::NotComputed && policy.needs(subject, &target, Some(r)).secrets {
+                r.secrets = match &blob_secrets {
+                    Err(why) => Secrets::Unknown(why.clone()),
+                    Ok(found) => {
+                        let seen = |fp: &str| self.secret_scan.as_ref().is_some_and(|s| s.seen.contains(fp));
+                        let mut out = Vec::new();
+                        for (blob, findings) in found {
+                            let places: Vec<(Option<Oid>, Option<String>)> = match ref_places[i].get(blob) {
+                                Some(places) => {
+                                    places.iter().map(|(c, p)| (Some(*c), Some(p.clone()))).collect()
+                                }
+                                None if placed_anywhere.contains(blob) => continue,
+                                None => vec![(None, None)],
+                            };
+                            for (rule, fingerprint) in findings {
+                                for (commit, path) in &places {
+                                    out.push(PushedSecret {
+                                        rule: rule.clone(),
+                                        fingerprint: fingerprint.clone(),
+                                        seen_in_response: seen(fingerprint),
+                                        commit: *commit,
+                                        path: path.clone(),
+                                    });
+                                }
+                            }
+                        }
+                        out.sort_by(|a, b| {
+                            (&a.path, &a.rule, &a.fingerprint).cmp(&(&b.path, &b.rule, &b.fingerprint))
+                        });
+                        Secrets::Known(out)
+                    }
                 };
             }
         }
@@ -423,9 +598,37 @@ impl Enforcer {
         let mut decisions = Vec::with_capacity(refs.len());
         let mut notes = Vec::new();
         let requester = super::requester(caller, subject, &ex.conn.session);
+        let mut push_secrets = Vec::new();
         for (i, r) in refs.iter().enumerate() {
             let verdict = policy.evaluate(subject, &target, Some(r));
             let recorded = Some(decided_ref(r, kind_from[i].clone()));
+            // A rule on secrets names them (rule, file, commit; never the secret).
+            let named: Vec<&PushedSecret> = match &r.secrets {
+                Secrets::Known(found)
+                    if verdict
+                        .rule
+                        .index
+                        .and_then(|n| policy.rules().get(n - 1))
+                        .is_some_and(|rule| rule.reads_secrets()) =>
+                {
+                    found.iter().collect()
+                }
+                _ => Vec::new(),
+            };
+            let because = named
+                .first()
+                .map(|s| {
+                    format!(
+                        " ({}{})",
+                        crate::policy::described(s),
+                        if named.len() > 1 {
+                            format!(", and {} more", named.len() - 1)
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+                .unwrap_or_default();
             let (result, outcome, approval) = match &verdict.action {
                 Action::Allow => (Ok(()), Outcome::Passed, None),
                 Action::RecordOnly => {
@@ -435,7 +638,7 @@ impl Enforcer {
                 }
                 Action::Deny => {
                     let why = format!(
-                        "denied by ghgate {}{}",
+                        "denied by ghgate {}{}{because}",
                         verdict.rule,
                         verdict
                             .message
@@ -462,7 +665,11 @@ impl Enforcer {
                         Ok(ApprovalGate::Approved { id }) => (Ok(()), Outcome::Passed, Some(id)),
                         Ok(ApprovalGate::Pending { id, .. }) => {
                             notes.push(format!("ghgate: {}: {}", r.name(), held_text(&id, &verdict)));
-                            (Err(format!("held for approval {id}")), Outcome::Held, Some(id))
+                            (
+                                Err(format!("held for approval {id}{because}")),
+                                Outcome::Held,
+                                Some(id),
+                            )
                         }
                         Ok(ApprovalGate::Denied { id, by, reason }) => {
                             let why = format!(
@@ -475,6 +682,36 @@ impl Enforcer {
                     }
                 }
             };
+            if outcome != Outcome::Passed {
+                for s in named.iter().take(MAX_NAMED) {
+                    notes.push(format!(
+                        "ghgate: {}: {}{}",
+                        r.name(),
+                        crate::policy::described(s),
+                        if s.seen_in_response {
+                            ", a secret the gateway saw in a response"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+            if let Secrets::Known(found) = &r.secrets {
+                push_secrets.extend(found.iter().map(|s| model::PushSecret {
+                    session: model::SessionId::default(),
+                    exchange: model::ExchangeId::default(),
+                    at: model::now_micros(),
+                    rule: s.rule.clone(),
+                    fingerprint: s.fingerprint.clone(),
+                    repository: repository.and_then(|r| r.full_name()),
+                    ref_name: r.name().to_owned(),
+                    commit: s.commit,
+                    path: s.path.clone(),
+                    seen_in_response: s.seen_in_response,
+                    outcome,
+                    rule_decided: verdict.rule.to_string(),
+                }));
+            }
             decisions.push(decision(&verdict, recorded, outcome, approval));
             results.push(result);
         }
@@ -482,7 +719,7 @@ impl Enforcer {
         let style = commands.reply_style();
         let passing = results.iter().filter(|r| r.is_ok()).count();
         if passing == results.len() {
-            return (reader.pass(), decisions);
+            return (reader.pass(), decisions, push_secrets);
         }
         let all_or_nothing = commands.atomic() || commands.certificate;
         if passing == 0 || all_or_nothing {
@@ -508,8 +745,17 @@ impl Enforcer {
                     d.outcome = Outcome::RefusedAtomicPush;
                 }
             }
+            for s in &mut push_secrets {
+                if s.outcome == Outcome::Passed && all_or_nothing {
+                    s.outcome = Outcome::RefusedAtomicPush;
+                }
+            }
             reader.drain().await;
-            return (PushGate::Answer(answer(style, &report, &notes)), decisions);
+            return (
+                PushGate::Answer(answer(style, &report, &notes)),
+                decisions,
+                push_secrets,
+            );
         }
         // Some refs go up: the others are taken out of the command list, and put back as `ng`
         // lines in the answer.
@@ -542,8 +788,69 @@ impl Enforcer {
                 reply: Some(PushReply { style, held, notes }),
             },
             decisions,
+            push_secrets,
         )
     }
+}
+
+/// What the policy made of a push: the gate, and what to record before anything goes on.
+pub struct PushDecided {
+    pub gate: PushGate,
+    pub decisions: Vec<model::Decision>,
+    pub secrets: Vec<model::PushSecret>,
+}
+
+/// The files a ref update changes, its new value peeled through annotated tags. An update is
+/// compared with its old value; a new ref with what the pack brings, or — when the pack does not
+/// carry its commit (a new tag or branch at a commit upstream already has) — with its merge base
+/// with the default branch, so that a new ref never brings files unseen.
+async fn pushed_paths(
+    pack: &PackObjects,
+    kind: RefKind,
+    old: &Oid,
+    new: &Oid,
+    remote: &Api,
+    interesting: &(dyn Fn(&str) -> bool + Sync),
+    budget: &Budget,
+) -> Result<Vec<String>, String> {
+    let peel = |id| async move {
+        match walk::peel(pack, id, remote, budget).await {
+            Ok(Peeled::Commit(c)) => Ok(Some(c)),
+            Ok(Peeled::Other(..)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let Some(new) = peel(new).await? else {
+        // A tag of a tree or a blob changes no branch's files.
+        return Ok(Vec::new());
+    };
+    let old = if kind == RefKind::Create {
+        if pack.commit(&new).is_some() {
+            None
+        } else {
+            let head = remote
+                .default_head()
+                .await
+                .map_err(|e| format!("the default branch could not be read: {e}"))?;
+            match head {
+                None => None,
+                Some(head) => Some(
+                    remote
+                        .merge_base(&head, &new)
+                        .await
+                        .map_err(|e| {
+                            format!("the merge base with the default branch could not be read: {e}")
+                        })?
+                        .ok_or_else(|| format!("{new} shares no history with the default branch"))?,
+                ),
+            }
+        }
+    } else {
+        peel(old).await?
+    };
+    walk::changed_paths(pack, old.as_ref(), &new, remote, interesting, budget)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The command list without the held refs, then what was read of the pack. A pack no kept

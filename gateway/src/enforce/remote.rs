@@ -1,11 +1,12 @@
 //! What the upstream already has, asked through GitHub's REST API with the credential the push
-//! itself carries upstream: commits and trees by id, and the compare API for ancestry.
+//! itself carries upstream: commits, trees and annotated tags by id, the compare API for
+//! ancestry and merge bases, and the default branch's head (what a new ref is compared with).
 //!
 //! Never puts the credential in an error or a log line; an answer it cannot read is an error
 //! (the push's facts become undecidable), never a guess.
 use ghgate_git::{
     Oid,
-    object::{Commit, TreeEntry},
+    object::{Commit, ObjectKind, Tag, TreeEntry},
     walk::ObjectSource,
 };
 use http::{HeaderName, Method, StatusCode, header};
@@ -36,6 +37,8 @@ pub enum ApiError {
     Truncated(Oid),
     #[error("the compare API answered status {0:?}")]
     Compare(Option<String>),
+    #[error("the API names a tag's object of type {0:?}")]
+    TagType(String),
 }
 
 /// The REST API of one repository.
@@ -64,7 +67,11 @@ impl Api {
     /// object id it does not have).
     async fn get(&self, path: &str) -> Result<Option<serde_json::Value>, ApiError> {
         let base = self.base.as_ref().ok_or(ApiError::NoRepository)?;
-        let url = format!("{base}/{path}");
+        let url = if path.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}/{path}")
+        };
         let mut headers = vec![
             (header::ACCEPT, "application/vnd.github+json".to_owned()),
             (header::USER_AGENT, "ghgate".to_owned()),
@@ -95,6 +102,35 @@ impl Api {
                 path: path.to_owned(),
                 status,
             }),
+        }
+    }
+}
+
+impl Api {
+    /// The head of the repository's default branch: `Ok(None)` when the repository or the
+    /// branch is not there (an empty repository).
+    pub async fn default_head(&self) -> Result<Option<Oid>, ApiError> {
+        let Some(repo) = self.get("").await? else {
+            return Ok(None);
+        };
+        let branch = repo["default_branch"]
+            .as_str()
+            .ok_or(ApiError::Missing("the default branch"))?;
+        let Some(r) = self.get(&format!("git/ref/heads/{branch}")).await? else {
+            return Ok(None);
+        };
+        oid(&r["object"]["sha"]).map(Some)
+    }
+
+    /// The best common ancestor of two commits, as the compare API names it (`Ok(None)` when
+    /// they share none or one is unknown).
+    pub async fn merge_base(&self, a: &Oid, b: &Oid) -> Result<Option<Oid>, ApiError> {
+        let Some(v) = self.get(&format!("compare/{a}...{b}")).await? else {
+            return Ok(None);
+        };
+        match &v["merge_base_commit"]["sha"] {
+            serde_json::Value::Null => Ok(None),
+            sha => oid(sha).map(Some),
         }
     }
 }
@@ -151,6 +187,22 @@ impl ObjectSource for Api {
             })
             .collect::<Result<Vec<_>, ApiError>>()
             .map(Some)
+    }
+
+    async fn tag(&self, id: &Oid) -> Result<Option<Tag>, ApiError> {
+        let Some(v) = self.get(&format!("git/tags/{id}")).await? else {
+            return Ok(None);
+        };
+        let kind = v["object"]["type"]
+            .as_str()
+            .ok_or(ApiError::Missing("a tag's object type"))?;
+        let kind =
+            ObjectKind::from_name(kind.as_bytes()).ok_or_else(|| ApiError::TagType(kind.to_owned()))?;
+        Ok(Some(Tag {
+            object: oid(&v["object"]["sha"])?,
+            kind,
+            name: v["tag"].as_str().unwrap_or_default().to_owned(),
+        }))
     }
 
     async fn is_ancestor(&self, ancestor: &Oid, descendant: &Oid) -> Result<Option<bool>, ApiError> {

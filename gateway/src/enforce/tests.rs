@@ -118,14 +118,16 @@ async fn push(e: &Enforcer, commands: &[(&str, &str, &str)], caps: &str) -> (Pus
         &[("content-type", "application/x-git-receive-pack-request")],
     );
     let subject = Subject::default();
-    e.push(
-        &ex,
-        &ex.conn.caller,
-        &subject,
-        None,
-        body(push_body(commands, caps)),
-    )
-    .await
+    let decided = e
+        .push(
+            &ex,
+            &ex.conn.caller,
+            &subject,
+            None,
+            body(push_body(commands, caps)),
+        )
+        .await;
+    (decided.gate, decided.decisions)
 }
 
 fn answer_text(gate: &PushGate) -> String {
@@ -297,7 +299,7 @@ async fn a_push_that_is_not_git_is_refused_before_anything_goes_up() {
         "/o/r.git/git-receive-pack",
         &[("content-type", "application/x-git-receive-pack-request")],
     );
-    let (gate, decisions) = e
+    let super::push::PushDecided { gate, decisions, .. } = e
         .push(
             &ex,
             &ex.conn.caller,
@@ -464,4 +466,307 @@ async fn an_api_write_past_the_body_cap_is_an_unknown_write() {
     let text = refused(result);
     assert!(text.contains("larger than the 64 bytes"), "{text}");
     assert_eq!(d[0].rule, "the unknown_write setting");
+}
+
+/// A repository made by real git in a temporary directory: root commits only, so that a pack of
+/// them holds everything a walk needs (the API these tests point at never answers).
+struct Local(tempfile::TempDir);
+
+impl Local {
+    fn new() -> Self {
+        let l = Local(tempfile::tempdir().unwrap());
+        l.git(&["init", "-q", "-b", "main"]);
+        l
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .current_dir(self.0.path())
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+                "-c",
+                "tag.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        let p = self.0.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// A root commit of exactly these files, on an orphan branch of its own.
+    fn root_commit(&self, branch: &str, files: &[(&str, &str)]) -> String {
+        self.git(&["checkout", "-q", "--orphan", branch]);
+        let _ = std::process::Command::new("git")
+            .current_dir(self.0.path())
+            .args(["rm", "-rqf", "--ignore-unmatch", "."])
+            .output();
+        for (path, text) in files {
+            self.write(path, text);
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", branch]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn pack(&self, revs: &str) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("git")
+            .current_dir(self.0.path())
+            .args(["pack-objects", "--stdout", "--revs"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(revs.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+}
+
+fn push_with_pack(commands: &[(&str, &str, &str)], caps: &str, pack: &[u8]) -> Bytes {
+    let mut body = Vec::new();
+    for (i, (old, new, name)) in commands.iter().enumerate() {
+        let line = if i == 0 {
+            format!("{old} {new} {name}\0{caps}\n")
+        } else {
+            format!("{old} {new} {name}\n")
+        };
+        pkt(&mut body, &line);
+    }
+    body.extend_from_slice(b"0000");
+    body.extend_from_slice(pack);
+    Bytes::from(body)
+}
+
+fn enforcer_with(dir: &Path, policy: &str, scan: Option<super::SecretScan>) -> Enforcer {
+    let policy = ghgate_policy::Policy::parse(policy, Path::new("unit.toml")).unwrap();
+    let (approvals, _, _) = testutil::open(dir, &[], &[]);
+    let resolver = Resolver::new(&DnsConfig::default(), &[]).unwrap();
+    let outbound = Outbound::new(
+        UpstreamTls::new(&[]).unwrap(),
+        Arc::new(resolver),
+        Duration::from_secs(2),
+    );
+    let cfg = PolicyConfig {
+        api_url: "http://127.0.0.1:1".into(),
+        inspect_timeout_ms: 3_000,
+        ..PolicyConfig::default()
+    };
+    let e = Enforcer::new(Live::fixed(policy), approvals, outbound, cfg);
+    match scan {
+        Some(s) => e.with_secret_scan(s),
+        None => e,
+    }
+}
+
+async fn push_bytes(e: &Enforcer, bytes: Bytes) -> super::push::PushDecided {
+    let ex = testing::exchange(
+        "POST",
+        "github.com",
+        "/o/r.git/git-receive-pack",
+        &[("content-type", "application/x-git-receive-pack-request")],
+    );
+    e.push(&ex, &ex.conn.caller, &Subject::default(), None, body(bytes))
+        .await
+}
+
+#[tokio::test]
+async fn a_new_annotated_tag_is_peeled_to_its_commit_and_a_workflow_change_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = include_str!("../../config/examples/policy.toml");
+    let scan = super::SecretScan {
+        masker: crate::mask::Masker::new(crate::mask::Rules::builtin(), [7; 32]),
+        seen: Arc::default(),
+    };
+    let e = enforcer_with(dir.path(), example, Some(scan));
+    let repo = Local::new();
+    let workflow = repo.root_commit(
+        "wf",
+        &[(".github/workflows/ci.yml", "on: push\n"), ("README", "x\n")],
+    );
+    repo.git(&["tag", "-a", "-m", "release", "v1", &workflow]);
+    let tag = repo.git(&["rev-parse", "v1"]);
+    assert_ne!(tag, workflow, "an annotated tag is an object of its own");
+    let pack = repo.pack(&format!("{tag}\n"));
+    let decided = push_bytes(
+        &e,
+        push_with_pack(&[(ZERO, &tag, "refs/tags/v1")], "report-status", &pack),
+    )
+    .await;
+    let text = answer_text(&decided.gate);
+    assert!(text.contains("ng refs/tags/v1 held for approval"), "{text:?}");
+    let d = &decided.decisions[0];
+    assert_eq!(d.rule, "rule #3 \"workflow-changes\"");
+    assert_eq!(
+        d.ref_update.as_ref().unwrap().paths,
+        [".github/workflows/ci.yml", "README"],
+        "the tag's paths are its commit's, known (not unknown and read the riskier way)"
+    );
+
+    // A tag of a commit that changes no workflow passes: the paths were read, not guessed.
+    let docs = repo.root_commit("docs", &[("docs/a.md", "a\n")]);
+    repo.git(&["tag", "-a", "-m", "docs", "d1", &docs]);
+    let tag = repo.git(&["rev-parse", "d1"]);
+    let pack = repo.pack(&format!("{tag}\n"));
+    let decided = push_bytes(
+        &e,
+        push_with_pack(&[(ZERO, &tag, "refs/tags/d1")], "report-status", &pack),
+    )
+    .await;
+    assert!(matches!(decided.gate, PushGate::Forward { rewritten: false, .. }));
+    assert_eq!(decided.decisions[0].outcome, model::DecisionOutcome::Passed);
+}
+
+#[tokio::test]
+async fn an_allow_rule_with_paths_does_not_pass_a_push_whose_paths_are_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = "default = \"deny\"\n[[rule]]\nname = \"docs\"\naction = \"allow\"\npaths = \"docs/*\"\n";
+    let e = enforcer_with(dir.path(), policy, None);
+    // The pack carries neither commit and the API cannot be reached: the paths are unknown.
+    let (gate, decisions) = push(&e, &[(A, B, "refs/heads/main")], "report-status").await;
+    let text = answer_text(&gate);
+    assert!(
+        text.contains("ng refs/heads/main denied by ghgate the default"),
+        "{text:?}"
+    );
+    assert!(decisions[0].ref_update.as_ref().unwrap().paths_unknown.is_some());
+    // With the files known, the same rule lets a docs change through.
+    let repo = Local::new();
+    let c = repo.root_commit("docs", &[("docs/a.md", "a\n")]);
+    let pack = repo.pack(&format!("{c}\n"));
+    let decided = push_bytes(
+        &e,
+        push_with_pack(&[(ZERO, &c, "refs/heads/docs")], "report-status", &pack),
+    )
+    .await;
+    assert_eq!(decided.decisions[0].outcome, model::DecisionOutcome::Passed);
+}
+
+#[tokio::test]
+async fn a_push_carrying_a_secret_seen_in_a_response_is_refused_naming_rule_file_and_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [7; 32]);
+    let seen = Arc::new(crate::mask::seen::SeenSecrets::default());
+    let suggested = ghgate_test_support::fixtures::github_token("abcdefghijklmnopqrstuvwxyz0123");
+    let other = ghgate_test_support::fixtures::github_token("ZYXWVUTSRQPONMLKJIHGFEDCBA9876");
+    seen.insert(&masker.fingerprint(suggested.as_bytes()));
+    let policy = "[[rule]]\nname = \"suggested-secrets\"\naction = \"deny\"\nsecret_seen = true\n\
+                  message = \"this secret came from a suggestion\"\n";
+    let e = enforcer_with(
+        dir.path(),
+        policy,
+        Some(super::SecretScan {
+            masker: masker.clone(),
+            seen,
+        }),
+    );
+    let repo = Local::new();
+    let c = repo.root_commit(
+        "leak",
+        &[
+            ("deploy/prod.env", &format!("TOKEN={suggested}\n")),
+            ("README", "hello\n"),
+        ],
+    );
+    let pack = repo.pack(&format!("{c}\n"));
+    let decided = push_bytes(
+        &e,
+        push_with_pack(
+            &[(ZERO, &c, "refs/heads/leak")],
+            "report-status side-band-64k",
+            &pack,
+        ),
+    )
+    .await;
+    let text = answer_text(&decided.gate);
+    let fp = masker.fingerprint(suggested.as_bytes());
+    let short = &c[..7];
+    assert!(
+        text.contains(&format!(
+            "ng refs/heads/leak denied by ghgate rule #1 \"suggested-secrets\": this secret came from a suggestion (a github-pat secret [{fp}] in deploy/prod.env (commit {short}))"
+        )),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("a secret the gateway saw in a response"),
+        "{text:?}"
+    );
+    assert!(!text.contains(&suggested), "the secret itself is never told");
+    assert_eq!(decided.secrets.len(), 1);
+    let s = &decided.secrets[0];
+    assert_eq!(
+        (
+            s.fingerprint.as_str(),
+            s.path.as_deref(),
+            s.outcome,
+            s.seen_in_response
+        ),
+        (
+            fp.as_str(),
+            Some("deploy/prod.env"),
+            model::DecisionOutcome::Refused,
+            true
+        )
+    );
+    assert_eq!(s.commit.map(|c| c.to_string()), Some(c.clone()));
+
+    // A secret never seen in a response does not meet `secret_seen`; it is still recorded.
+    let c = repo.root_commit("other", &[("x.env", &format!("TOKEN={other}\n"))]);
+    let pack = repo.pack(&format!("{c}\n"));
+    let decided = push_bytes(
+        &e,
+        push_with_pack(&[(ZERO, &c, "refs/heads/other")], "report-status", &pack),
+    )
+    .await;
+    assert!(matches!(decided.gate, PushGate::Forward { .. }));
+    assert_eq!(decided.secrets.len(), 1);
+    assert!(!decided.secrets[0].seen_in_response);
+    assert_eq!(decided.secrets[0].outcome, model::DecisionOutcome::Passed);
+}
+
+#[tokio::test]
+async fn a_pack_larger_than_the_limit_is_decided_by_the_secrets_rule_not_let_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [7; 32]);
+    let policy = "[[rule]]\nname = \"clean-only\"\naction = \"allow\"\nsecrets = \"*\"\n\
+                  [[rule]]\nname = \"any-secret\"\naction = \"deny\"\nsecrets = \"*\"\n";
+    let mut e = enforcer_with(
+        dir.path(),
+        policy,
+        Some(super::SecretScan {
+            masker,
+            seen: Arc::default(),
+        }),
+    );
+    e.cfg.max_pack_bytes = 64;
+    let repo = Local::new();
+    let c = repo.root_commit("big", &[("big.txt", &"x".repeat(10_000))]);
+    let pack = repo.pack(&format!("{c}\n"));
+    let decided = push_bytes(
+        &e,
+        push_with_pack(&[(ZERO, &c, "refs/heads/big")], "report-status", &pack),
+    )
+    .await;
+    let text = answer_text(&decided.gate);
+    assert!(
+        text.contains("ng refs/heads/big denied by ghgate rule #2 \"any-secret\""),
+        "{text:?}"
+    );
 }

@@ -7,6 +7,7 @@
 //! Must never write a secret anywhere: log lines go through [`for_logs`].
 pub mod key;
 pub mod metrics;
+pub mod seen;
 
 use std::sync::OnceLock;
 

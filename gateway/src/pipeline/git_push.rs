@@ -85,7 +85,8 @@ impl Push {
     }
 
     /// A push under a policy: its commands and pack decided before anything goes upstream.
-    /// Returns the gate and the decisions to record (before the body is forwarded).
+    /// Returns the gate, the decisions and the secrets found, to record before the body is
+    /// forwarded.
     pub async fn decide(
         &mut self,
         enforcer: &Enforcer,
@@ -94,8 +95,9 @@ impl Push {
         token: Option<&Secret>,
         req: &mut ::http::request::Parts,
         body: ProxyBody,
-    ) -> (Gate, Vec<model::Decision>) {
-        let (gate, decisions) = enforcer.push(ex, &ex.conn.caller, subject, token, body).await;
+    ) -> (Gate, Vec<model::Decision>, Vec<model::PushSecret>) {
+        let decided = enforcer.push(ex, &ex.conn.caller, subject, token, body).await;
+        let (gate, decisions, secrets) = (decided.gate, decided.decisions, decided.secrets);
         let gate = match gate {
             PushGate::Answer(resp) => Gate::Answer(resp),
             PushGate::Refused { answer, why } => Gate::Refuse(answer, why),
@@ -123,7 +125,7 @@ impl Push {
                 Gate::Forward(body)
             }
         };
-        (gate, decisions)
+        (gate, decisions, secrets)
     }
 
     /// A push without a policy is read only as far as its commands, to refuse a signed one.

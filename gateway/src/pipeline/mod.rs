@@ -254,7 +254,7 @@ impl Phases for Pipeline {
             Some(Credential::Strip) => None,
             None => credentials::presented(&req.headers),
         };
-        let (gate, decisions) = match plan {
+        let (gate, decisions, secrets) = match plan {
             Plan::Push(subject) => {
                 head.push
                     .decide(enforcer, ex, &subject, token.as_ref(), req, body)
@@ -269,8 +269,9 @@ impl Phases for Pipeline {
                                 .boxed_unsync(),
                         ),
                         vec![d],
+                        Vec::new(),
                     ),
-                    Err((resp, d)) => (Gate::Answer(resp), vec![d]),
+                    Err((resp, d)) => (Gate::Answer(resp), vec![d], Vec::new()),
                 }
             }
             Plan::ApiWrite(subject) => {
@@ -279,11 +280,11 @@ impl Phases for Pipeline {
                     Ok(body) => Gate::Forward(body),
                     Err(resp) => Gate::Answer(resp),
                 };
-                (gate, decisions)
+                (gate, decisions, Vec::new())
             }
         };
         // Nothing goes upstream before its decisions are written.
-        if let Some(refused) = record_decisions(ex, head.record.as_deref(), decisions).await {
+        if let Some(refused) = record_decisions(ex, head.record.as_deref(), decisions, secrets).await {
             return Gate::Answer(refused);
         }
         gate
@@ -427,10 +428,17 @@ async fn record_decisions(
     ex: &Exchange,
     record: Option<&ExchangeRecording>,
     decisions: Vec<model::Decision>,
+    secrets: Vec<model::PushSecret>,
 ) -> Option<Response<Bytes>> {
     log_decisions(ex, &decisions);
+    for s in &secrets {
+        tracing::warn!(exchange = ex.id.get(), rule = %s.rule, fingerprint = %s.fingerprint,
+                       r#ref = %crate::mask::for_logs(&s.ref_name), commit = s.commit.map(|c| c.to_string()),
+                       path = s.path.as_deref().map(crate::mask::for_logs), seen_in_response = s.seen_in_response,
+                       outcome = %s.outcome, "a push carries a secret");
+    }
     let rec = record?;
-    match rec.decisions(decisions).await {
+    match rec.decisions_and_secrets(decisions, secrets).await {
         Ok(()) => None,
         Err(why) => Some(refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -5,7 +5,7 @@
 //!
 //! This module must never store a credential in clear, and never let an exchange pass unrecorded
 //! unless the configuration explicitly allows it.
-pub use ghgate_record::{export, git, index, model, session, store};
+pub use ghgate_record::{export, git, index, model, session, store, trace};
 
 pub mod recorder;
 

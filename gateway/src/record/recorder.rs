@@ -151,6 +151,8 @@ pub struct Recorder {
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     /// Masks what the recorder stores of callers (command lines), once the gateway has set it.
     masker: std::sync::OnceLock<Masker>,
+    /// Where the fingerprints of secrets found in responses go (the policy's `secret_seen`).
+    seen: std::sync::OnceLock<Arc<crate::mask::seen::SeenSecrets>>,
 }
 
 #[derive(Default)]
@@ -244,6 +246,7 @@ impl Recorder {
             sessions: Mutex::new(HashMap::new()),
             writer: Mutex::new(Some(writer)),
             masker: std::sync::OnceLock::new(),
+            seen: std::sync::OnceLock::new(),
         });
         if retention_days > 0 {
             let weak = Arc::downgrade(&recorder);
@@ -353,6 +356,11 @@ impl Recorder {
     }
 
     /// The masker for what the recorder stores of callers (set once, at start).
+    /// Feeds the fingerprints of secrets found in responses to `seen`. Only the first call counts.
+    pub fn set_seen(&self, seen: Arc<crate::mask::seen::SeenSecrets>) {
+        let _ = self.seen.set(seen);
+    }
+
     pub fn set_masker(&self, masker: Masker) {
         let _ = self.masker.set(masker);
     }
@@ -1069,7 +1077,26 @@ impl ExchangeRecording {
     /// and waits until it is written: `Err` names why it could not be (the caller refuses the
     /// request, as for its head).
     pub async fn decisions(&self, decisions: Vec<model::Decision>) -> Result<(), RecordError> {
-        let records = self.decision_records(decisions);
+        self.decisions_and_secrets(decisions, Vec::new()).await
+    }
+
+    /// `decisions`, with the secrets the policy stage found in what a push carried.
+    pub async fn decisions_and_secrets(
+        &self,
+        decisions: Vec<model::Decision>,
+        secrets: Vec<model::PushSecret>,
+    ) -> Result<(), RecordError> {
+        let mut records = self.decision_records(decisions);
+        let masker = self.masker();
+        records.extend(secrets.into_iter().map(|mut s| {
+            s.session.clone_from(&self.session);
+            s.exchange = self.id;
+            s.ref_name = masker.mask_str(&s.ref_name).0;
+            if let Some(p) = s.path.as_mut() {
+                *p = masker.mask_str(p).0;
+            }
+            Record::PushSecret(s)
+        }));
         acknowledged(self.recorder.submit_acked(records)).await
     }
 
@@ -1250,6 +1277,13 @@ impl ExchangeRecording {
     /// The records of secrets the masking stage found.
     pub fn masked_records(&self, found: &[Finding], place: Place, client_masked: bool) -> Vec<Record> {
         crate::mask::metrics::count(found, place.as_str());
+        if crate::mask::seen::SeenSecrets::from_response(place)
+            && let Some(seen) = self.recorder.seen.get()
+        {
+            for f in found {
+                seen.insert(&f.fingerprint);
+            }
+        }
         found
             .iter()
             .map(|f| {

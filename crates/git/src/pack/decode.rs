@@ -1,8 +1,10 @@
 //! Decodes a buffered pack (from `PACK` to its trailing checksum): inflates every object,
 //! resolves OFS_DELTA and REF_DELTA entries against objects of the same pack, computes every
 //! object's id itself (never trusting the client's word for which commit has which tree) and
-//! keeps the commits and trees. Blobs are inflated only to hash and skip them, and deltas whose
-//! result is a blob are resolved only when a REF_DELTA names them as its base.
+//! keeps the commits, trees and annotated tags. Blobs are inflated only to hash and skip them,
+//! and deltas whose result is a blob are resolved only when a REF_DELTA names them as its base —
+//! unless a [`BlobSink`] asks to see every blob ([`decode_scanning`]: a secret scanner), when each
+//! blob's content is handed to it, streamed for whole blobs and rebuilt for deltas.
 //!
 //! It never panics on hostile input, never exceeds its [`DecodeLimits`], and says what it could
 //! not resolve (a thin pack's deltas against bases it does not hold), so that the walks in
@@ -16,7 +18,8 @@ use super::{
     Base, EntryError, EntryHeaderReader, HEADER_LEN, Header, InflateStop, Inflater, PackError, delta,
 };
 use crate::object::{
-    Checksum, Commit, ObjectHasher, ObjectKind, TreeEntry, object_id, parse_commit, parse_tree,
+    Checksum, Commit, ObjectHasher, ObjectKind, Tag, TreeEntry, object_id, parse_commit, parse_tag,
+    parse_tree,
 };
 use crate::oid::{ObjectFormat, Oid};
 
@@ -60,12 +63,26 @@ impl DecodeLimits {
     }
 }
 
-/// The commits and trees a pack holds, by the ids computed from their content.
+/// Sees the content of every blob of a pack ([`decode_scanning`]): `start`, its bytes in
+/// order, then `end` with the id computed from them. A blob cut short by an error gets no `end`.
+/// Then each commit and annotated tag whole (headers and message), once the pack is read.
+pub trait BlobSink {
+    fn start(&mut self, size: u64);
+    fn data(&mut self, chunk: &[u8]);
+    fn end(&mut self, id: Oid);
+    /// A commit's or tag's raw content: what a message could carry. Nothing by default.
+    fn object(&mut self, kind: ObjectKind, id: Oid, raw: &[u8]) {
+        let _ = (kind, id, raw);
+    }
+}
+
+/// The commits, trees and annotated tags a pack holds, by the ids computed from their content.
 #[derive(Debug, Default, Clone)]
 pub struct PackObjects {
     pub(crate) format: ObjectFormat,
     pub(crate) commits: HashMap<Oid, Commit>,
     pub(crate) trees: HashMap<Oid, Arc<[TreeEntry]>>,
+    pub(crate) tags: HashMap<Oid, Tag>,
     objects: usize,
     deltas: usize,
     pub(crate) unresolved: usize,
@@ -83,6 +100,10 @@ impl PackObjects {
 
     pub fn tree(&self, id: &Oid) -> Option<&[TreeEntry]> {
         self.trees.get(id).map(|t| &**t)
+    }
+
+    pub fn tag(&self, id: &Oid) -> Option<&Tag> {
+        self.tags.get(id)
     }
 
     /// Objects in the pack, of every type.
@@ -113,6 +134,29 @@ impl PackObjects {
 /// empty input (a push that only deletes refs sends no pack) holds no objects. Synchronous and
 /// CPU-bound: run it where blocking is fine.
 pub fn decode(pack: &[u8], format: ObjectFormat, limits: &DecodeLimits) -> Result<PackObjects, PackError> {
+    decode_inner(pack, format, limits, None)
+}
+
+/// [`decode`], handing every blob's content to `blobs` as well: whole blobs as they inflate,
+/// deltas that rebuild a blob once the pack is read (within the same limits and deadline), then
+/// every commit and annotated tag whole ([`BlobSink::object`]). A blob
+/// whose delta cannot be resolved (a thin pack) is counted in [`PackObjects::unresolved`], never
+/// handed out, so a scanner that must see everything checks that it is zero.
+pub fn decode_scanning(
+    pack: &[u8],
+    format: ObjectFormat,
+    limits: &DecodeLimits,
+    blobs: &mut dyn BlobSink,
+) -> Result<PackObjects, PackError> {
+    decode_inner(pack, format, limits, Some(blobs))
+}
+
+fn decode_inner<'s>(
+    pack: &[u8],
+    format: ObjectFormat,
+    limits: &DecodeLimits,
+    blobs: Option<&'s mut (dyn BlobSink + 's)>,
+) -> Result<PackObjects, PackError> {
     if pack.is_empty() {
         return Ok(PackObjects {
             format,
@@ -144,13 +188,15 @@ pub fn decode(pack: &[u8], format: ObjectFormat, limits: &DecodeLimits) -> Resul
         return Err(PackError::Checksum);
     }
     let mut decoder = Decoder::new(&pack[..body_len], format, limits, count);
+    decoder.blobs = blobs;
     decoder.run()?;
+    decoder.scan_delta_blobs()?;
     decoder.finish()
 }
 
 /// Kept whole and resolved eagerly: what a policy reads.
 fn kept(kind: ObjectKind) -> bool {
-    matches!(kind, ObjectKind::Commit | ObjectKind::Tree)
+    matches!(kind, ObjectKind::Commit | ObjectKind::Tree | ObjectKind::Tag)
 }
 
 /// An entry's base, with an OFS_DELTA's resolved to the index of the entry it names.
@@ -216,7 +262,9 @@ impl Cache {
     }
 }
 
-struct Decoder<'p> {
+struct Decoder<'p, 's> {
+    /// Sees every blob, when a scanner asked.
+    blobs: Option<&'s mut (dyn BlobSink + 's)>,
     /// The pack without its trailing checksum.
     pack: &'p [u8],
     format: ObjectFormat,
@@ -236,9 +284,10 @@ struct Decoder<'p> {
     inflater: Inflater,
 }
 
-impl<'p> Decoder<'p> {
+impl<'p, 's> Decoder<'p, 's> {
     fn new(pack: &'p [u8], format: ObjectFormat, limits: &'p DecodeLimits, count: u32) -> Self {
         Self {
+            blobs: None,
             pack,
             format,
             limits,
@@ -349,9 +398,27 @@ impl<'p> Decoder<'p> {
                 return Ok(end);
             }
             EntryBase::Whole(kind) => {
-                let mut hasher = ObjectHasher::new(self.format, kind, self.entries[index].size);
-                let end = self.inflate(index, &mut |chunk| hasher.update(chunk))?;
-                self.known(index, kind, hasher.finish());
+                let size = self.entries[index].size;
+                let mut hasher = ObjectHasher::new(self.format, kind, size);
+                let mut blobs = self.blobs.take().filter(|_| kind == ObjectKind::Blob);
+                if let Some(b) = blobs.as_mut() {
+                    b.start(size);
+                }
+                let end = self.inflate(index, &mut |chunk| {
+                    hasher.update(chunk);
+                    if let Some(b) = blobs.as_mut() {
+                        b.data(chunk);
+                    }
+                });
+                let id = hasher.finish();
+                if let Some(b) = blobs {
+                    if end.is_ok() {
+                        b.end(id);
+                    }
+                    self.blobs = Some(b);
+                }
+                let end = end?;
+                self.known(index, kind, id);
                 self.wake(index)?;
                 return Ok(end);
             }
@@ -546,8 +613,44 @@ impl<'p> Decoder<'p> {
         }
     }
 
-    /// Parses what was kept and counts what could not be resolved.
-    fn finish(self) -> Result<PackObjects, PackError> {
+    /// Hands the blobs that deltas rebuild to the sink, if there is one (each is rebuilt from its
+    /// chain, within the limits and the deadline).
+    fn scan_delta_blobs(&mut self) -> Result<(), PackError> {
+        if self.blobs.is_none() {
+            return Ok(());
+        }
+        for index in 0..self.entries.len() {
+            let e = &self.entries[index];
+            let blob = matches!(
+                e.state,
+                State::Typed(ObjectKind::Blob) | State::Known(ObjectKind::Blob, _)
+            );
+            if !blob || matches!(e.base, EntryBase::Whole(_)) {
+                continue;
+            }
+            self.deadline(index)?;
+            let data = self.materialize(index)?;
+            let id = match self.entries[index].state {
+                State::Known(_, id) => id,
+                _ => {
+                    let id = object_id(self.format, ObjectKind::Blob, &data);
+                    self.known(index, ObjectKind::Blob, id);
+                    id
+                }
+            };
+            if let Some(b) = self.blobs.as_mut() {
+                b.start(data.len() as u64);
+                b.data(&data);
+                b.end(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses what was kept (showing commits and tags to the sink) and counts what could not be
+    /// resolved.
+    fn finish(mut self) -> Result<PackObjects, PackError> {
+        let mut sink = self.blobs.take();
         let mut out = PackObjects {
             format: self.format,
             objects: self.entries.len(),
@@ -570,6 +673,11 @@ impl<'p> Decoder<'p> {
                 continue;
             };
             let bad = |error| PackError::BadObject { kind, id, error };
+            if let Some(sink) = sink.as_mut()
+                && matches!(kind, ObjectKind::Commit | ObjectKind::Tag)
+            {
+                sink.object(kind, id, &raw);
+            }
             match kind {
                 ObjectKind::Commit => {
                     let commit = parse_commit(&raw, self.format).map_err(bad)?;
@@ -579,7 +687,11 @@ impl<'p> Decoder<'p> {
                     let tree = parse_tree(&raw, self.format).map_err(bad)?;
                     out.trees.entry(id).or_insert(tree.into());
                 }
-                ObjectKind::Blob | ObjectKind::Tag => {}
+                ObjectKind::Tag => {
+                    let tag = parse_tag(&raw, self.format).map_err(bad)?;
+                    out.tags.entry(id).or_insert(tag);
+                }
+                ObjectKind::Blob => {}
             }
         }
         Ok(out)
