@@ -658,22 +658,6 @@ pub fn unescape(s: &str) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dechunks_a_chunked_body() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
-    }
-
-    #[test]
-    fn unescapes_what_the_tests_pass() {
-        assert_eq!(unescape(r"SSH-2.0-x\r\n"), b"SSH-2.0-x\r\n");
-        assert_eq!(unescape(r"a\0b\x41\\"), b"a\0bA\\");
-    }
-}
-
 /// Asks `server` (any address on port 53: the kernel sends it to the gateway's resolver when
 /// egress control is on) for `name`'s A records, over UDP (sendto on an unconnected socket) or
 /// TCP; reports the addresses and where the answer came from. With `then_port`, connects at
@@ -769,4 +753,20 @@ pub fn dns(server: SocketAddr, name: &str, tcp: bool, then_port: Option<u16>) ->
         };
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunks_a_chunked_body() {
+        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+    }
+
+    #[test]
+    fn unescapes_what_the_tests_pass() {
+        assert_eq!(unescape(r"SSH-2.0-x\r\n"), b"SSH-2.0-x\r\n");
+        assert_eq!(unescape(r"a\0b\x41\\"), b"a\0bA\\");
+    }
 }

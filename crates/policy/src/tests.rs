@@ -106,7 +106,7 @@ fn the_example_policy_parses() {
     assert!(matches!(p.unknown_write(), Action::RequireApproval(a) if a.group == "maintainers"));
     assert!(
         p.summary()
-            .starts_with("6 rules, default allow, groups: maintainers"),
+            .starts_with("7 rules, default allow, groups: maintainers"),
         "{}",
         p.summary()
     );

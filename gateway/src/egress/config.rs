@@ -241,19 +241,19 @@ mod tests {
             r#"[egress]
 mode = "block"
 [[egress.allow]]
-hosts = ["a.test"]
+hosts = ["a.corp.test"]
 ports = [443]
 [[egress.allow]]
-hosts = ["*.test"]
+hosts = ["*.corp.test"]
 ports = [80, 443]
 [[egress.allow]]
-hosts = ["any.test"]
+hosts = ["any.corp.test"]
 "#,
         );
-        assert!(c.validate().is_ok());
-        assert_eq!(c.ports_for("a.test"), Some(vec![80, 443]));
-        assert_eq!(c.ports_for("b.test"), Some(vec![80, 443]));
-        assert_eq!(c.ports_for("ANY.test."), Some(vec![]), "every port");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.ports_for("a.corp.test"), Some(vec![80, 443]));
+        assert_eq!(c.ports_for("b.corp.test"), Some(vec![80, 443]));
+        assert_eq!(c.ports_for("ANY.corp.test."), Some(vec![]), "every port");
         assert_eq!(c.ports_for("other.example"), None);
     }
 

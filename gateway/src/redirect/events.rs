@@ -347,11 +347,12 @@ mod tests {
 
     #[test]
     fn egress_events_are_seen_or_refused_and_merge_apart() {
-        let seen = decode(&event(reason::SEEN, 8080, 42, 10), 0).unwrap();
+        // Microseconds apart: `at` is kept in microseconds.
+        let seen = decode(&event(reason::SEEN, 8080, 42, 10_000), 0).unwrap();
         assert_eq!(seen.what, What::Seen);
-        let refused = decode(&event(reason::NOT_ALLOWED, 8080, 42, 11), 0).unwrap();
+        let refused = decode(&event(reason::NOT_ALLOWED, 8080, 42, 11_000), 0).unwrap();
         assert_eq!(refused.what, What::Refused(RefusalReason::NotAllowed));
-        let raw = decode(&event(reason::RAW_SOCKET, 0, 42, 12), 0).unwrap();
+        let raw = decode(&event(reason::RAW_SOCKET, 0, 42, 12_000), 0).unwrap();
         assert_eq!(raw.what, What::Refused(RefusalReason::RawSocket));
         let merged = merge(vec![seen.clone(), refused, seen]);
         let counts: Vec<(What, u64)> = merged.iter().map(|(e, n)| (e.what, *n)).collect();
