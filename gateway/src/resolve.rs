@@ -97,6 +97,8 @@ pub struct HostSet {
     /// Names whose last lookup failed: a failure is logged when it starts and when it ends, not
     /// at every retry.
     failing: std::collections::BTreeSet<String>,
+    /// When each name last had a good answer (µs since the epoch), for the metrics' ages.
+    answered_at: BTreeMap<String, u64>,
 }
 
 impl HostSet {
@@ -113,6 +115,7 @@ impl HostSet {
             due,
             retry,
             failing: Default::default(),
+            answered_at: BTreeMap::new(),
         }
     }
 
@@ -152,6 +155,8 @@ impl HostSet {
                         *slot = Some(addrs);
                         changed = true;
                     }
+                    self.answered_at
+                        .insert(host.clone(), crate::record::model::now_micros());
                     self.due.insert(host, Instant::now() + ttl);
                 }
                 Err(e) => {
@@ -169,6 +174,12 @@ impl HostSet {
                 }
             }
         }
+        // The oldest answer in force counts only once every name has one.
+        let oldest = self
+            .complete()
+            .then(|| self.answered_at.values().min().copied())
+            .flatten();
+        crate::telemetry::metrics().names(oldest, self.failing.len());
         changed
     }
 }

@@ -193,6 +193,7 @@ fn note(r: &KernelRefusal, count: u64, recorder: Option<&Arc<Recorder>>) {
     info!(layer = "kernel", reason = r.reason.as_str(), orig_dst = %c.orig_dst, transport = %r.transport,
           tgid = c.tgid, pid = c.pid, uid = c.uid, comm = %c.comm, cgroup_id = c.cgroup_id, count,
           "connection refused");
+    crate::telemetry::metrics().refused(RefusalLayer::Kernel, r.reason, count);
     let Some(recorder) = recorder else { return };
     let caller = Caller::from_kernel_at(c, r.at);
     recorder.refusal(
