@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map key or value layout changes; part of the pin directory name so a new
 /// gateway never reuses maps pinned by an incompatible one.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -17,6 +17,8 @@ pub const IPPROTO_UDP: u32 = 17;
 /// Multipath TCP: a stream socket that falls back to plain TCP when the peer does not speak it,
 /// so it is redirected like TCP.
 pub const IPPROTO_MPTCP: u32 = 262;
+/// The DNS port, in host order.
+pub const DNS_PORT: u16 = 53;
 
 /// Names of the maps as they appear in the object file and in the pin directory.
 pub mod map_names {
@@ -30,6 +32,12 @@ pub mod map_names {
     pub const BY_CLIENT: &str = "GG_BY_CLIENT";
     pub const COUNTERS: &str = "GG_COUNTERS";
     pub const EVENTS: &str = "GG_EVENTS";
+    /// Egress control's allow-list (configured CIDRs, allowed names' addresses), keyed like the
+    /// intercept tries; port 0 stands for every port.
+    pub const ALLOW_V4: &str = "GG_ALLOW4";
+    pub const ALLOW_V6: &str = "GG_ALLOW6";
+    /// When each (caller, destination) was last reported as seen: one event a second at most.
+    pub const SEEN: &str = "GG_SEEN";
 }
 
 /// Names of the programs in the object file (kernel program names are at most 15 bytes).
@@ -42,7 +50,13 @@ pub mod prog_names {
     pub const GETPEERNAME6: &str = "ghgate_peer6";
     pub const SOCK_OPS: &str = "ghgate_sockops";
     pub const EGRESS: &str = "ghgate_egress";
-    pub const ALL: [&str; 8] = [
+    /// The source of a DNS answer from the gateway's resolver, rewritten back to the server the
+    /// caller asked.
+    pub const RECVMSG4: &str = "ghgate_recv4";
+    pub const RECVMSG6: &str = "ghgate_recv6";
+    /// Refuses raw and ICMP sockets when egress is blocked.
+    pub const SOCK_CREATE: &str = "ghgate_sockcr";
+    pub const ALL: [&str; 11] = [
         CONNECT4,
         CONNECT6,
         SENDMSG4,
@@ -51,6 +65,9 @@ pub mod prog_names {
         GETPEERNAME6,
         SOCK_OPS,
         EGRESS,
+        RECVMSG4,
+        RECVMSG6,
+        SOCK_CREATE,
     ];
 }
 
@@ -66,6 +83,25 @@ pub const MAX_EXEMPT_SOCKETS: u32 = 65_536;
 /// Bytes of the refusal event ring (a power of two, a multiple of the page size). A flood of
 /// refusals past it is counted ([`counter::EVENTS_LOST`]), never blocks anything.
 pub const EVENT_RING_BYTES: u32 = 1024 * 1024;
+
+/// Capacity of each egress allow trie ((port, prefix) entries). Full: what does not fit is not
+/// allowed (block mode refuses it; it never passes).
+pub const MAX_ALLOW_ENTRIES: u32 = 16_384;
+/// (caller, destination) pairs remembered to rate-limit "seen" events. LRU.
+pub const MAX_SEEN: u32 = 16_384;
+/// A (caller, destination) pair is reported as seen at most once in this many nanoseconds.
+pub const SEEN_EVERY_NS: u64 = 1_000_000_000;
+
+/// `GatewayConfig::egress_mode`: what happens to connections that are neither GitHub's nor the
+/// gateway's.
+pub const EGRESS_OFF: u32 = 0;
+/// Recorded (as seen events), never refused.
+pub const EGRESS_AUDIT: u32 = 1;
+/// Refused unless the allow tries hold the destination; raw and ICMP sockets refused.
+pub const EGRESS_BLOCK: u32 = 2;
+
+/// Value of an allow trie entry.
+pub const ALLOW_PASS: u32 = 1;
 
 /// What to do with a connection to a destination in the intercept set while no gateway listens.
 pub const ON_DOWN_REFUSE: u32 = 0;
@@ -93,6 +129,12 @@ pub struct GatewayConfig {
     pub on_gateway_down: u32,
     /// Non-zero once userspace has filled this entry; until then the programs pass everything.
     pub enabled: u32,
+    /// [`EGRESS_OFF`], [`EGRESS_AUDIT`] or [`EGRESS_BLOCK`].
+    pub egress_mode: u32,
+    /// Port of the gateway's DNS resolver on both listen addresses, network byte order in the
+    /// low 16 bits; 0: DNS is not redirected. With egress control on, every UDP and TCP packet
+    /// to port 53 goes there, whatever server the caller named.
+    pub dns_port: u32,
 }
 
 /// Key of the v4 intercept trie: destination port then address, so one prefix length covers
@@ -170,6 +212,13 @@ pub mod reason {
     /// A packet to a guarded address that no socket hook saw (a raw socket, a connection older
     /// than the programs): dropped at egress.
     pub const EGRESS_DROPPED: u32 = 6;
+    /// Egress control in block mode: the destination is not on the allow-list.
+    pub const NOT_ALLOWED: u32 = 7;
+    /// Egress control in block mode: a raw or ICMP socket (it could reach any address unseen).
+    pub const RAW_SOCKET: u32 = 8;
+    /// Not a refusal: egress control saw a connection or datagram to this destination and let it
+    /// through (audit mode, or allowed in block mode).
+    pub const SEEN: u32 = 9;
 }
 
 /// One refusal, written by the programs to the [`EVENTS`](map_names::EVENTS) ring and recorded
@@ -196,6 +245,17 @@ pub struct RefusalEvent {
     pub gid: u32,
     pub _pad: u32,
     pub comm: [u8; 16],
+}
+
+/// Key of [`SEEN`](map_names::SEEN): who went where, how.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeenKey {
+    pub addr: [u32; 4],
+    pub port: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub tgid: u32,
 }
 
 /// Indexes of the per-CPU counters.
@@ -226,7 +286,15 @@ pub mod counter {
     pub const PASSED_ALLOWED_PORT: u32 = 12;
     /// Packets to a guarded address dropped at egress (raw sockets, pre-existing connections).
     pub const DROPPED_EGRESS: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// Egress control: connections and datagrams let through (audit, or allowed).
+    pub const EGRESS_SEEN: u32 = 14;
+    /// Egress control: refused, not on the allow-list.
+    pub const REFUSED_NOT_ALLOWED: u32 = 15;
+    /// Egress control: DNS sent to the gateway's resolver instead of the server named.
+    pub const DNS_REDIRECTED: u32 = 16;
+    /// Egress control: raw or ICMP sockets refused.
+    pub const REFUSED_RAW_SOCKET: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const NAMES: [&str; COUNT as usize] = [
         "inspected",
         "redirected_v4",
@@ -242,6 +310,10 @@ pub mod counter {
         "events_lost",
         "passed_allowed_port",
         "dropped_egress",
+        "egress_seen",
+        "refused_not_allowed",
+        "dns_redirected",
+        "refused_raw_socket",
     ];
 }
 
@@ -259,12 +331,14 @@ mod pod {
     unsafe impl aya::Pod for super::ConnRecord {}
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::RefusalEvent {}
+    unsafe impl aya::Pod for super::SeenKey {}
 }
 
 // No padding anywhere: the kernel compares keys byte for byte.
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 4 * 10);
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 4 * 12);
 const _: () = assert!(core::mem::size_of::<InterceptKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<InterceptKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<ConnRecord>() == 4 * 10 + 8 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 24);
 const _: () = assert!(core::mem::size_of::<RefusalEvent>() == 8 + 8 + 4 * 4 + 16 + 4 * 6 + 16);
+const _: () = assert!(core::mem::size_of::<SeenKey>() == 4 * 8);

@@ -9,6 +9,12 @@
 //! - `sock_ops`: once the client side is established, the record is also filed under the client's
 //!   local address/port, which is what the gateway sees as the peer on accept.
 //! - `getpeername4`/`getpeername6`: the client sees the original destination as its peer.
+//! - egress control (`GatewayConfig::egress_mode`), for everything that is not GitHub's and not
+//!   the gateway's: every UDP or TCP packet to port 53 goes to the gateway's resolver whatever
+//!   server the caller named (`recvmsg4`/`recvmsg6` give the answer the source the caller
+//!   expects), other connections and datagrams are reported as seen (at most once a second per
+//!   caller and destination) and, in block mode, refused unless the allow tries hold the
+//!   destination; `sock_create` refuses raw and ICMP sockets in block mode.
 //! - `cgroup_skb/egress`: the backstop. A packet still headed for a guarded address after the
 //!   socket hooks (a raw socket's hand-built datagram, a connection opened before the programs
 //!   were attached) is dropped, unless it belongs to the gateway or to an allowed port.
@@ -33,15 +39,16 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns,
         generated::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_sk_lookup_tcp, bpf_sk_release},
     },
-    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use gateway_common::{
-    ACTION_PASS, ACTION_REDIRECT, AF_INET, AF_INET6, ClientKey, ConnRecord, EVENT_RING_BYTES, GUARD_REFUSE,
-    GatewayConfig, IPPROTO_MPTCP, IPPROTO_TCP, InterceptKeyV4, InterceptKeyV6, MAX_EXEMPT_SOCKETS,
-    MAX_GUARD_ENTRIES, MAX_INTERCEPT_ENTRIES, MAX_TRACKED_CONNECTIONS, ON_DOWN_BYPASS, PORT_PREFIX_BITS,
-    RefusalEvent, counter, reason,
+    ACTION_PASS, ACTION_REDIRECT, AF_INET, AF_INET6, ALLOW_PASS, ClientKey, ConnRecord, DNS_PORT,
+    EGRESS_BLOCK, EGRESS_OFF, EVENT_RING_BYTES, GUARD_REFUSE, GatewayConfig, IPPROTO_MPTCP, IPPROTO_TCP,
+    IPPROTO_UDP as IPPROTO_UDP_U32, InterceptKeyV4, InterceptKeyV6, MAX_ALLOW_ENTRIES, MAX_EXEMPT_SOCKETS,
+    MAX_GUARD_ENTRIES, MAX_INTERCEPT_ENTRIES, MAX_SEEN, MAX_TRACKED_CONNECTIONS, ON_DOWN_BYPASS,
+    PORT_PREFIX_BITS, RefusalEvent, SEEN_EVERY_NS, SeenKey, counter, reason,
 };
 
 /// Kernel return codes of cgroup sock_addr programs (0 makes the call fail with EPERM) and of
@@ -53,6 +60,10 @@ const ETH_P_IPV6: u32 = 0x86DD;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_TCP_U8: u8 = 6;
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
 const TCP_CLOSE: u32 = 7;
 const BPF_F_CURRENT_NETNS: u64 = u64::MAX; // (u64)-1
 /// `::ffff:0:0/96`, the v4-mapped prefix, as the third network-order word.
@@ -89,6 +100,15 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
 #[map(name = "GG_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
+
+#[map(name = "GG_ALLOW4")]
+static ALLOW_V4: LpmTrie<InterceptKeyV4, u32> = LpmTrie::pinned(MAX_ALLOW_ENTRIES, 0);
+
+#[map(name = "GG_ALLOW6")]
+static ALLOW_V6: LpmTrie<InterceptKeyV6, u32> = LpmTrie::pinned(MAX_ALLOW_ENTRIES, 0);
+
+#[map(name = "GG_SEEN")]
+static SEEN: LruHashMap<SeenKey, u64> = LruHashMap::pinned(MAX_SEEN, 0);
 
 #[inline(always)]
 fn bump(index: u32) {
@@ -200,6 +220,34 @@ impl Dest {
         found
     }
 
+    /// Does the egress allow-list hold this destination, on its port or on every port (0)?
+    #[inline(always)]
+    fn allowed(&self) -> bool {
+        let on = |port: u32| match self.v4 {
+            Some(addr) => ALLOW_V4
+                .get(Key::new(PORT_PREFIX_BITS + 32, InterceptKeyV4 { port, addr }))
+                .copied(),
+            None => ALLOW_V6
+                .get(Key::new(
+                    PORT_PREFIX_BITS + 128,
+                    InterceptKeyV6 {
+                        port,
+                        addr: self.addr,
+                    },
+                ))
+                .copied(),
+        };
+        on(self.port) == Some(ALLOW_PASS) || on(0) == Some(ALLOW_PASS)
+    }
+
+    /// A UDP or TCP packet to port 53: DNS, whatever server it names.
+    #[inline(always)]
+    fn is_dns(&self) -> bool {
+        self.port == u32::from(DNS_PORT.to_be())
+            && (self.is_tcp()
+                || (self.sock_type == SOCK_DGRAM && (self.protocol == IPPROTO_UDP_U32 || self.protocol == 0)))
+    }
+
     #[inline(always)]
     fn guarded(&self) -> bool {
         let found = match self.v4 {
@@ -269,7 +317,7 @@ fn on_connect(ctx: &SockAddrContext, dst: Dest) -> i32 {
             };
             refuse(&dst, why)
         }
-        None => ALLOW,
+        None => egress(ctx, cfg, &dst),
     }
 }
 
@@ -279,10 +327,189 @@ fn on_sendmsg(ctx: &SockAddrContext, dst: Dest) -> i32 {
         return ALLOW;
     };
     bump(counter::INSPECTED);
-    if dst.guarded() && !dst.is_listener(cfg) && !exempt(ctx) {
+    if dst.is_listener(cfg) {
+        return ALLOW;
+    }
+    if dst.guarded() {
+        if exempt(ctx) {
+            return ALLOW;
+        }
         return refuse(&dst, counter::REFUSED_NOT_TCP);
     }
+    egress(ctx, cfg, &dst)
+}
+
+/// Egress control for a connect() or sendmsg() that is neither GitHub's nor the gateway's.
+#[inline(always)]
+fn egress(ctx: &SockAddrContext, cfg: &GatewayConfig, dst: &Dest) -> i32 {
+    if cfg.egress_mode == EGRESS_OFF || exempt(ctx) {
+        return ALLOW;
+    }
+    if dst.is_dns() && cfg.dns_port != 0 {
+        return to_resolver(ctx, cfg, dst);
+    }
+    if cfg.egress_mode == EGRESS_BLOCK && !dst.allowed() {
+        bump(counter::REFUSED_NOT_ALLOWED);
+        report(dst, reason::NOT_ALLOWED);
+        return DENY;
+    }
+    bump(counter::EGRESS_SEEN);
+    seen(dst);
     ALLOW
+}
+
+/// Reports a connection or datagram egress control let through, at most once a second for one
+/// caller and destination (a chatty UDP socket is not an event per packet).
+#[inline(always)]
+fn seen(dst: &Dest) {
+    let key = SeenKey {
+        addr: dst.addr,
+        port: dst.port,
+        family: u32::from(dst.family),
+        protocol: dst.protocol,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+    };
+    // SAFETY: plain helper call valid in every program type.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the value is copied out at once, never kept.
+    if let Some(last) = unsafe { SEEN.get(&key) }.copied()
+        && now.wrapping_sub(last) < SEEN_EVERY_NS
+    {
+        return;
+    }
+    // A failed insert only costs a repeated event.
+    let _ = SEEN.insert(&key, &now, 0);
+    report(dst, reason::SEEN);
+}
+
+/// Sends DNS to the gateway's resolver (which learns the answers before the caller gets them),
+/// remembering the server the caller named so its answer can come from there.
+#[inline(always)]
+fn to_resolver(ctx: &SockAddrContext, cfg: &GatewayConfig, dst: &Dest) -> i32 {
+    let mapped = dst.family == AF_INET6 && dst.addr[2] == V4_MAPPED_WORD;
+    let to_v4 = dst.family == AF_INET || mapped;
+    let (family, orig) = if to_v4 {
+        (AF_INET, [dst.v4.unwrap_or(dst.addr[0]), 0, 0, 0])
+    } else {
+        (AF_INET6, dst.addr)
+    };
+    if remember(ctx, family, orig, dst.port).is_err() {
+        // The answer's source could not be put back: the caller would drop it. Refuse now.
+        bump(counter::MAP_ERRORS);
+        report(dst, reason::MAP_ERROR);
+        return DENY;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: connect and sendmsg programs may write the destination, in 32-bit stores.
+    unsafe {
+        if dst.family == AF_INET {
+            (*sa).user_ip4 = cfg.listen_v4_addr;
+        } else {
+            let addr = if mapped {
+                [0, 0, V4_MAPPED_WORD, cfg.listen_v4_addr]
+            } else {
+                cfg.listen_v6_addr
+            };
+            (*sa).user_ip6[0] = addr[0];
+            (*sa).user_ip6[1] = addr[1];
+            (*sa).user_ip6[2] = addr[2];
+            (*sa).user_ip6[3] = addr[3];
+        }
+        (*sa).user_port = cfg.dns_port;
+    }
+    bump(counter::DNS_REDIRECTED);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn ghgate_recv4(ctx: SockAddrContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    // SAFETY: recvmsg4 programs read and write the source address as 32-bit words.
+    unsafe {
+        let sa = ctx.sock_addr;
+        if cfg.dns_port == 0 || (*sa).user_port != cfg.dns_port || (*sa).user_ip4 != cfg.listen_v4_addr {
+            return ALLOW;
+        }
+        let cookie = bpf_get_socket_cookie(sa as *mut c_void);
+        if let Some(rec) = BY_COOKIE.get(&cookie)
+            && rec.family == AF_INET as u32
+        {
+            (*sa).user_ip4 = rec.orig_addr[0];
+            (*sa).user_port = rec.orig_port;
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn ghgate_recv6(ctx: SockAddrContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    // SAFETY: as above, with 32-bit accesses to user_ip6.
+    unsafe {
+        let sa = ctx.sock_addr;
+        let from = [
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+        ];
+        let mapped_listener = [0, 0, V4_MAPPED_WORD, cfg.listen_v4_addr];
+        if cfg.dns_port == 0
+            || (*sa).user_port != cfg.dns_port
+            || (from != cfg.listen_v6_addr && from != mapped_listener)
+        {
+            return ALLOW;
+        }
+        let cookie = bpf_get_socket_cookie(sa as *mut c_void);
+        if let Some(rec) = BY_COOKIE.get(&cookie) {
+            let addr = if rec.family == AF_INET as u32 {
+                [0, 0, V4_MAPPED_WORD, rec.orig_addr[0]]
+            } else {
+                rec.orig_addr
+            };
+            (*sa).user_ip6[0] = addr[0];
+            (*sa).user_ip6[1] = addr[1];
+            (*sa).user_ip6[2] = addr[2];
+            (*sa).user_ip6[3] = addr[3];
+            (*sa).user_port = rec.orig_port;
+        }
+    }
+    ALLOW
+}
+
+/// In block mode, a raw or ICMP socket could reach any address without a connect() or sendmsg()
+/// these programs see: it is refused at creation.
+#[cgroup_sock(sock_create)]
+pub fn ghgate_sockcr(ctx: SockContext) -> i32 {
+    let Some(cfg) = config() else {
+        return ALLOW;
+    };
+    if cfg.egress_mode != EGRESS_BLOCK {
+        return ALLOW;
+    }
+    // SAFETY: family, type and protocol are readable in sock_create programs.
+    let (family, sock_type, protocol) =
+        unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    let inet = family == u32::from(AF_INET) || family == u32::from(AF_INET6);
+    let icmp = protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6;
+    if !inet || (sock_type != SOCK_RAW && !icmp) {
+        return ALLOW;
+    }
+    bump(counter::REFUSED_RAW_SOCKET);
+    let dst = Dest {
+        family: family as u16,
+        addr: [0; 4],
+        v4: None,
+        port: 0,
+        sock_type,
+        protocol,
+    };
+    report(&dst, reason::RAW_SOCKET);
+    DENY
 }
 
 /// Is the calling socket the gateway's own (registered by cookie before its connect)?

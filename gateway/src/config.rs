@@ -71,6 +71,9 @@ pub struct Config {
     /// The Prometheus endpoint and the event sinks.
     #[serde(default)]
     pub telemetry: crate::telemetry::config::TelemetryConfig,
+    /// Egress control for everything that is not GitHub's: off, audit or block.
+    #[serde(default)]
+    pub egress: crate::egress::EgressConfig,
 }
 
 /// What callers may do: the policy file, and how pushes are inspected for it.
@@ -889,6 +892,15 @@ impl Config {
         if let Err((key, message)) = self.github.validate(&self.tls.ports) {
             return Err(invalid(key, message));
         }
+        if let Err((key, message)) = self.egress.validate() {
+            return Err(invalid(key, message));
+        }
+        if self.egress.enabled() && [v4.port(), v6.port()].contains(&self.egress.dns_port) {
+            return Err(invalid(
+                "egress.dns_port".into(),
+                format!("{} is the gateway's listen port", self.egress.dns_port),
+            ));
+        }
         if let Err(e) = self.mask.validate() {
             return Err(invalid(e.key, e.message));
         }
@@ -1042,6 +1054,14 @@ impl Config {
     }
 
     /// Parsed DNS servers (validated at load).
+    /// Where the egress resolver listens: `[listen]`'s two addresses on `[egress] dns_port`.
+    pub fn egress_resolver_addrs(&self) -> Vec<SocketAddr> {
+        vec![
+            SocketAddr::new(self.listen.ipv4.ip(), self.egress.dns_port),
+            SocketAddr::new(self.listen.ipv6.ip(), self.egress.dns_port),
+        ]
+    }
+
     pub fn dns_servers(&self) -> Vec<SocketAddr> {
         self.dns
             .servers

@@ -15,6 +15,7 @@ pub mod assemble;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod egress;
 pub mod enforce;
 pub mod http;
 pub mod identity;

@@ -89,14 +89,44 @@ impl Resolver {
     }
 }
 
+/// What is failing now, so that a failure is logged when it starts and when it ends, never at
+/// every retry in between (logs stay quiet while nothing changes).
+#[derive(Debug)]
+pub struct Failing<K: Ord> {
+    now: std::collections::BTreeSet<K>,
+}
+
+impl<K: Ord> Default for Failing<K> {
+    fn default() -> Self {
+        Self {
+            now: Default::default(),
+        }
+    }
+}
+
+impl<K: Ord> Failing<K> {
+    /// `key` failed: true if it was not failing already (log it).
+    pub fn failed(&mut self, key: K) -> bool {
+        self.now.insert(key)
+    }
+
+    /// `key` worked: true if it was failing (log the recovery).
+    pub fn worked(&mut self, key: &K) -> bool {
+        self.now.remove(key)
+    }
+
+    pub fn is_failing(&self, key: &K) -> bool {
+        self.now.contains(key)
+    }
+}
+
 /// The host names of the intercept set, their current answers and when each is due again.
 pub struct HostSet {
     resolved: Resolved,
     due: BTreeMap<String, Instant>,
     retry: Duration,
-    /// Names whose last lookup failed: a failure is logged when it starts and when it ends, not
-    /// at every retry.
-    failing: std::collections::BTreeSet<String>,
+    /// Names whose last lookup failed.
+    failing: Failing<String>,
     /// When each name last had a good answer (µs since the epoch), for the metrics' ages.
     answered_at: BTreeMap<String, u64>,
 }
@@ -146,7 +176,7 @@ impl HostSet {
         for (host, answer) in due.into_iter().zip(answers) {
             match answer {
                 Ok((addrs, ttl)) => {
-                    if self.failing.remove(&host) {
+                    if self.failing.worked(&host) {
                         info!(host = %host, "resolves again");
                     }
                     let slot = self.resolved.get_mut(&host).expect("host from the set");
@@ -166,7 +196,7 @@ impl HostSet {
                         .and_then(|a| a.as_ref())
                         .map(|a| a.len())
                         .unwrap_or(0);
-                    if self.failing.insert(host.clone()) {
+                    if self.failing.failed(host.clone()) {
                         warn!(host = %host, error = %e, retry_s = self.retry.as_secs(), kept_addresses = keeping,
                               "cannot resolve; keeping the last good answer and retrying (logged again when it resolves)");
                     }
@@ -181,5 +211,117 @@ impl HostSet {
             .flatten();
         crate::telemetry::metrics().names(oldest, self.failing.len());
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write,
+        sync::{Arc, Mutex},
+    };
+
+    use ghgate_test_support::dns::DnsServer;
+
+    use super::*;
+
+    #[test]
+    fn failing_reports_only_the_transitions() {
+        let mut f = Failing::default();
+        assert!(f.failed("a"), "starts failing: log");
+        assert!(!f.failed("a"), "still failing: quiet");
+        assert!(f.failed("b"), "another key is its own failure");
+        assert!(f.is_failing(&"a"));
+        assert!(f.worked(&"a"), "recovers: log");
+        assert!(!f.worked(&"a"), "still fine: quiet");
+        assert!(f.failed("a"), "fails again: log again");
+    }
+
+    /// Log lines, as a subscriber on this thread writes them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn take(&self) -> Vec<String> {
+            let text = String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap();
+            text.lines().map(str::to_owned).collect()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_name_that_keeps_failing_is_one_warning_and_its_recovery_one_line() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let server = DnsServer::start("flaky.test", vec!["192.0.2.7".parse().unwrap()], 1);
+        // A loopback port nobody answers on: every lookup fails at once (refused).
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let config = DnsConfig {
+            min_ttl_secs: 0,
+            ..Default::default()
+        };
+        let failing = Resolver::new(&config, &[dead_addr]).unwrap();
+        let working = Resolver::new(&config, &[server.addr]).unwrap();
+        let rule = InterceptRule {
+            hosts: vec!["flaky.test".into(), "other.test".into()],
+            cidrs: vec![],
+            ports: vec![443],
+        };
+        // Retry at once: every call finds both names due.
+        let mut hosts = HostSet::new(std::slice::from_ref(&rule), Duration::ZERO);
+
+        for _ in 0..4 {
+            hosts.refresh_due(&failing).await;
+        }
+        let logged = lines.take();
+        let warnings: Vec<&String> = logged.iter().filter(|l| l.contains("cannot resolve")).collect();
+        assert_eq!(
+            warnings.len(),
+            2,
+            "one warning per failing name, not per retry: {logged:#?}"
+        );
+        assert!(warnings.iter().any(|l| l.contains("flaky.test")));
+        assert!(warnings.iter().any(|l| l.contains("other.test")));
+        assert_eq!(logged.len(), 2, "nothing else: {logged:#?}");
+
+        // flaky.test resolves again (other.test is NXDOMAIN there: still failing, still quiet).
+        for _ in 0..3 {
+            hosts.refresh_due(&working).await;
+        }
+        let logged = lines.take();
+        let again: Vec<&String> = logged.iter().filter(|l| l.contains("resolves again")).collect();
+        assert_eq!(again.len(), 1, "one line when it recovers: {logged:#?}");
+        assert!(again[0].contains("flaky.test"));
+        assert_eq!(
+            logged.iter().filter(|l| l.contains("resolved")).count(),
+            1,
+            "its new answer once, not at every refresh: {logged:#?}"
+        );
+        assert!(
+            !logged.iter().any(|l| l.contains("other.test")),
+            "a name still failing stays quiet: {logged:#?}"
+        );
+        assert_eq!(
+            hosts.resolved().get("flaky.test"),
+            Some(&Some(vec!["192.0.2.7".parse().unwrap()]))
+        );
     }
 }

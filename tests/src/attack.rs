@@ -673,3 +673,100 @@ mod tests {
         assert_eq!(unescape(r"a\0b\x41\\"), b"a\0bA\\");
     }
 }
+
+/// Asks `server` (any address on port 53: the kernel sends it to the gateway's resolver when
+/// egress control is on) for `name`'s A records, over UDP (sendto on an unconnected socket) or
+/// TCP; reports the addresses and where the answer came from. With `then_port`, connects at
+/// once to the first address on that port: what a client does the moment it has an answer.
+pub fn dns(server: SocketAddr, name: &str, tcp: bool, then_port: Option<u16>) -> Value {
+    use hickory_proto::{
+        op::{Message, MessageType, Query},
+        rr::{Name, RData, RecordType},
+        serialize::binary::{BinDecodable, BinEncodable},
+    };
+    let mut out = start(server);
+    out["name"] = name.into();
+    let Ok(qname) = Name::from_ascii(format!("{}.", name.trim_end_matches('.'))) else {
+        out["ok"] = false.into();
+        out["error"] = "bad name".into();
+        return out;
+    };
+    let mut q = Message::new();
+    q.set_id((std::process::id() & 0xffff) as u16)
+        .set_message_type(MessageType::Query)
+        .set_recursion_desired(true);
+    q.add_query(Query::query(qname, RecordType::A));
+    let query = q.to_bytes().expect("encode query");
+    let reply = if tcp {
+        let mut s = match TcpStream::connect_timeout(&server, Duration::from_secs(3)) {
+            Ok(s) => s,
+            Err(e) => return fail(out, Failed("connect", e)),
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend(&query);
+        if let Err(e) = s.write_all(&framed) {
+            return fail(out, Failed("send", e));
+        }
+        let mut len = [0u8; 2];
+        if let Err(e) = s.read_exact(&mut len) {
+            return fail(out, Failed("recv", e));
+        }
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if let Err(e) = s.read_exact(&mut msg) {
+            return fail(out, Failed("recv", e));
+        }
+        out["from"] = s.peer_addr().map(|a| a.to_string()).unwrap_or_default().into();
+        msg
+    } else {
+        let bind: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let sock = match std::net::UdpSocket::bind(bind) {
+            Ok(s) => s,
+            Err(e) => return fail(out, Failed("socket", e)),
+        };
+        sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        if let Err(e) = sock.send_to(&query, server) {
+            return fail(out, Failed("sendto", e));
+        }
+        let mut buf = [0u8; 4096];
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                out["from"] = from.to_string().into();
+                buf[..n].to_vec()
+            }
+            Err(e) => return fail(out, Failed("recv", e)),
+        }
+    };
+    let Ok(msg) = Message::from_bytes(&reply) else {
+        out["ok"] = false.into();
+        out["error"] = "not a DNS answer".into();
+        return out;
+    };
+    let addrs: Vec<IpAddr> = msg
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    out["ok"] = true.into();
+    out["errno"] = 0.into();
+    out["rcode"] = msg.response_code().to_string().into();
+    out["answers"] = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().into();
+    if let (Some(port), Some(ip)) = (then_port, addrs.first()) {
+        let to = SocketAddr::new(*ip, port);
+        out["then"] = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+            Ok(_) => json!({"target": to.to_string(), "ok": true, "errno": 0}),
+            Err(e) => {
+                json!({"target": to.to_string(), "ok": false, "errno": errno(&e), "error": e.to_string()})
+            }
+        };
+    }
+    out
+}

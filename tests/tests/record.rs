@@ -4,7 +4,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use ghgate_e2e::{
     eventually,
-    fixtures::{SmallDisk, commit, files_under, served_repo},
+    fixtures::{SmallDisk, commit, files_under, github_token, served_repo},
     https::TlsGateway,
     privileged,
 };
@@ -76,7 +76,8 @@ fn curl_sse_and_git_are_recorded_and_shown() {
             shown.contains("/sse?n=3")
         })
         .expect("a curl session with the SSE exchange");
-    let shown = s.gw.ghgate_ok(&["sessions", "show", sse["id"].as_str().unwrap()]);
+    let shown =
+        s.gw.ghgate_ok(&["sessions", "show", "--events", sse["id"].as_str().unwrap()]);
     assert!(shown.contains("curl"), "{shown}");
     assert!(shown.contains("https://api.github.com"), "{shown}");
     assert!(shown.contains("200"), "{shown}");
@@ -589,5 +590,96 @@ fn websocket_messages_and_relayed_connections_are_recorded() {
     assert!(
         relayed.contains(&s.upstream.addr.to_string()),
         "the relayed connection's destination: {relayed}"
+    );
+}
+
+/// An inline code completion as the Copilot language server asks for one (a legacy completions
+/// request: the code before the cursor as `prompt`, the code after it as `suffix`, streamed
+/// `choices[].text` back), with a token in the code that came back: `sessions show` prints the
+/// prompt, the suffix and the reassembled code, masked; `sessions replay` plays the code back as
+/// it streamed, not the raw events.
+#[test]
+fn an_inline_completion_is_shown_as_prompt_and_code_and_replayed_as_it_streamed() {
+    if !privileged() {
+        return;
+    }
+    let s = TlsGateway::start(&["api.githubcopilot.com"], true, None, "");
+    // A token of a valid shape (its checksum right), which the masker's rules know.
+    let token = github_token("Cmpl3t10nL34kT0k3nXyZ012345678");
+    let code = format!("let token = \"{token}\";\n    client.auth(token)");
+    let hex: String = code.bytes().map(|b| format!("{b:02x}")).collect();
+    let request = serde_json::json!({
+        "prompt": "// Path: src/main.rs\nfn main() {\n    ",
+        "suffix": "\n}\n",
+        "max_tokens": 500, "temperature": 0, "top_p": 1, "n": 1, "stop": ["\n\n\n"],
+        "stream": true,
+        "extra": {"language": "rust", "next_indent": 0, "trim_by_indentation": true}
+    })
+    .to_string();
+    let out = s.curl(
+        "api.githubcopilot.com",
+        &format!("/v1/engines/copilot-codex/completions?pieces=6&text={hex}"),
+        &[
+            "-N",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "editor-version: vscode/1.96.0",
+            "-H",
+            "copilot-integration-id: vscode-chat",
+            "--data",
+            &request,
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let streamed = String::from_utf8_lossy(&out.stdout);
+    assert!(streamed.contains("\"text\""), "{streamed}");
+    assert!(!streamed.contains(&token), "the token reached the client");
+
+    let id = eventually("the completion's session", Duration::from_secs(10), || {
+        sessions(&s)
+            .into_iter()
+            .find(|r| r["exchanges"].as_u64() >= Some(1))
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+    });
+    let shown = eventually("the completion's record", Duration::from_secs(10), || {
+        let shown = s.gw.ghgate_ok(&["sessions", "show", &id]);
+        shown.contains("answer, choice 0").then_some(shown)
+    });
+    for want in [
+        "      // Path: src/main.rs\n",
+        "      fn main() {\n",
+        "  [suffix: the answer leads into this]\n",
+        "answer, choice 0 (masked as recorded):\n",
+        "      let token = \"[MASKED:",
+        "          client.auth(token)\n",
+        "stream events (listed with --events)",
+    ] {
+        assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
+    }
+    assert!(
+        !shown.contains(&token),
+        "the token is in `sessions show`:\n{shown}"
+    );
+    assert!(
+        !shown.contains("cmpl-test"),
+        "raw events shown without --events:\n{shown}"
+    );
+    let events = s.gw.ghgate_ok(&["sessions", "show", "--events", &id]);
+    assert!(events.contains("cmpl-test"), "{events}");
+
+    let replayed = s.gw.ghgate_ok(&["sessions", "replay", &id, "--speed", "0"]);
+    assert!(replayed.contains("prompt [suffix]"), "{replayed}");
+    let answer = replayed
+        .split_once("answer, choice 0:\n")
+        .unwrap_or_else(|| panic!("no answer in the replay:\n{replayed}"))
+        .1;
+    assert!(
+        answer.starts_with("let token = \"[MASKED:") && answer.contains("\";\n    client.auth(token)\n"),
+        "the code as it streamed, masked:\n{replayed}"
+    );
+    assert!(
+        !replayed.contains(&token) && !replayed.contains("cmpl-test"),
+        "{replayed}"
     );
 }

@@ -377,3 +377,72 @@ fn the_metrics_endpoint_answers_only_get_metrics() {
     assert!(!text.contains("ghgate_telemetry_buffered{"), "{text}");
     drop(s);
 }
+
+/// A webhook that accepts connections and never answers (a hung receiver): requests through
+/// the gateway take no longer for it, and its buffer holds no more than its bound, the rest
+/// counted dropped.
+#[test]
+fn a_hung_webhook_never_delays_traffic_and_its_buffer_is_bounded() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_port = hung.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for tcp in hung.incoming().flatten() {
+            keep.lock().unwrap().push(tcp); // read nothing, answer nothing, close nothing
+        }
+    });
+    let hook_ca = TestCa::new();
+    let hook_ca_file = tmp.path().join("siem-ca.pem");
+    std::fs::write(&hook_ca_file, hook_ca.pem()).unwrap();
+    let metrics_port = free_port();
+    let toml = |_: SocketAddr| {
+        format!(
+            "[telemetry]\nmetrics = \"127.0.0.1:{metrics_port}\"\n\
+             [telemetry.webhook]\nurl = \"https://siem.test:{hook_port}/ingest\"\nca = \"{}\"\n\
+             timeout_secs = 30\nbuffer = 2\nbatch = 1\n",
+            hook_ca_file.display(),
+        )
+    };
+    let s = TlsGateway::start_tweaked(&["api.github.com"], true, None, None, &toml, &|spec| {
+        spec.overrides
+            .push(("siem.test".into(), vec!["127.0.0.1".into()]))
+    });
+    // The first event's POST hangs from here on.
+    let warm = s.curl("evil.example", "/", &[]);
+    assert!(!warm.status.success());
+    eventually("the webhook's connection", Duration::from_secs(10), || {
+        (!held.lock().unwrap().is_empty()).then_some(())
+    });
+    let mut slowest = Duration::ZERO;
+    for _ in 0..6 {
+        let began = Instant::now();
+        let out = s.curl("evil.example", "/", &[]);
+        assert!(!out.status.success(), "a foreign name got through");
+        slowest = slowest.max(began.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a request took {slowest:?} while the webhook hung (its timeout is 30 s)"
+    );
+    let (text, m) = eventually("the refusals counted", Duration::from_secs(10), || {
+        let (text, m) = scrape(metrics_port);
+        (m["ghgate_connections_refused_total{layer=\"gateway\",reason=\"foreign_sni\"}"] >= 7.0)
+            .then_some((text, m))
+    });
+    // Seven refusals, at most two held (one of them in flight): five or more dropped.
+    let buffered = m["ghgate_telemetry_buffered{sink=\"webhook\"}"];
+    let dropped = m["ghgate_telemetry_events_total{sink=\"webhook\",result=\"dropped\"}"];
+    assert!(buffered <= 2.0, "{text}");
+    assert!(dropped >= 5.0, "{text}");
+    assert_eq!(
+        m["ghgate_telemetry_events_total{sink=\"webhook\",result=\"sent\"}"],
+        0.0
+    );
+    // Only labels from closed sets: no URL, path or name a client chose.
+    assert!(!text.contains("evil.example") && !text.contains("siem.test"), "{text}");
+}

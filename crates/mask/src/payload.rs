@@ -278,11 +278,163 @@ fn responses_stream(v: &Value, kind: &str) -> Stream {
     }
 }
 
+/// What a completion API request asks: the model and the prompt as a list of (role, text)
+/// messages — chat `messages`, Anthropic `system` and `messages`, Responses API `instructions`
+/// and `input`, Gemini-like `contents`, legacy completions' `prompt` — and, for a fill-in-the-
+/// middle completion (the Copilot language server's inline completions), the `suffix` the answer
+/// must lead into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub model: Option<String>,
+    pub messages: Vec<(String, String)>,
+    pub suffix: Option<String>,
+}
+
+/// The prompt a request body carries, if it is one of the shapes above.
+pub fn request_prompt(v: &Value) -> Option<Prompt> {
+    let obj = v.as_object()?;
+    let mut messages = Vec::new();
+    for key in ["system", "instructions", "systemInstruction"] {
+        if let Some(s) = obj.get(key) {
+            messages.push((key.to_owned(), part_text(s)));
+        }
+    }
+    for key in ["messages", "input", "contents"] {
+        match obj.get(key) {
+            Some(Value::String(s)) => messages.push((key.to_owned(), s.clone())),
+            Some(Value::Array(items)) => messages.extend(items.iter().map(message)),
+            _ => {}
+        }
+    }
+    match obj.get("prompt") {
+        Some(Value::String(s)) => messages.push(("prompt".into(), s.clone())),
+        Some(Value::Array(items)) => {
+            messages.extend(items.iter().map(|p| ("prompt".to_owned(), part_text(p))))
+        }
+        _ => {}
+    }
+    if messages.is_empty() {
+        return None;
+    }
+    Some(Prompt {
+        model: obj.get("model").and_then(Value::as_str).map(String::from),
+        messages,
+        suffix: obj
+            .get("suffix")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+    })
+}
+
+fn message(m: &Value) -> (String, String) {
+    let Some(obj) = m.as_object() else {
+        return ("message".into(), part_text(m));
+    };
+    let role = obj
+        .get("role")
+        .and_then(Value::as_str)
+        .or_else(|| obj.get("type").and_then(Value::as_str))
+        .unwrap_or("message")
+        .to_owned();
+    let mut text = match obj.get("content").or_else(|| obj.get("parts")) {
+        Some(c) => part_text(c),
+        None => part_text(m),
+    };
+    if let Some(calls) = obj.get("tool_calls").and_then(Value::as_array) {
+        for call in calls {
+            let f = call.get("function").unwrap_or(call);
+            let name = f.get("name").and_then(Value::as_str).unwrap_or("?");
+            let args = f
+                .get("arguments")
+                .map(|a| a.as_str().map_or_else(|| a.to_string(), String::from));
+            text.push_str(&format!("\n[tool call {name}] {}", args.unwrap_or_default()));
+        }
+    }
+    (role, text)
+}
+
+/// The readable text of a message content: strings as they are, text parts joined, other parts
+/// named by their type with their JSON.
+fn part_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().map(part_text).collect::<Vec<_>>().join("\n\n"),
+        Value::Object(o) => {
+            if let Some(t) = o.get("text").and_then(Value::as_str) {
+                return t.to_owned();
+            }
+            let kind = o.get("type").and_then(Value::as_str).unwrap_or("part");
+            match kind {
+                "image" | "image_url" | "input_image" => "[image]".into(),
+                "tool_result" | "function_call_output" => {
+                    let inner = o
+                        .get("content")
+                        .or_else(|| o.get("output"))
+                        .map(part_text)
+                        .unwrap_or_default();
+                    format!("[{kind}] {inner}")
+                }
+                _ => {
+                    let rest: serde_json::Map<String, Value> = o
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "type")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    format!("[{kind}] {}", Value::Object(rest))
+                }
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn prompts_of_the_common_apis_are_found() {
+        let prompt = |body: &[u8]| serde_json::from_slice(body).ok().and_then(|v| request_prompt(&v));
+        let p = prompt(br#"{"model":"gpt","messages":[{"role":"system","content":"be brief"},
+            {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"x"}}]},
+            {"role":"assistant","content":null,"tool_calls":[{"function":{"name":"ls","arguments":"{}"}}]}]}"#)
+        .unwrap();
+        assert_eq!(p.model.as_deref(), Some("gpt"));
+        assert_eq!(p.messages[0], ("system".into(), "be brief".into()));
+        assert_eq!(p.messages[1], ("user".into(), "hi\n\n[image]".into()));
+        assert!(p.messages[2].1.contains("[tool call ls] {}"));
+        let a = prompt(
+            br#"{"system":[{"type":"text","text":"sys"}],"messages":[{"role":"user","content":"q"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.messages,
+            [("system".into(), "sys".into()), ("user".into(), "q".into())]
+        );
+        assert_eq!(
+            prompt(br#"{"prompt":"complete me"}"#).unwrap().messages[0].1,
+            "complete me"
+        );
+        assert!(prompt(br#"{"query":"graphql"}"#).is_none());
+        assert!(prompt(b"not json").is_none());
+        // The Copilot language server's inline completion: a prompt and the suffix to lead into.
+        let fim = prompt(
+            br#"{"prompt":"// path: src/lib.rs\nfn add(a: i32, b: i32) -> i32 {\n    ","suffix":"\n}\n","max_tokens":500,"temperature":0,"n":1,"stream":true,"extra":{"language":"rust"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            fim.messages,
+            [(
+                "prompt".into(),
+                "// path: src/lib.rs\nfn add(a: i32, b: i32) -> i32 {\n    ".into()
+            )]
+        );
+        assert_eq!(fim.suffix.as_deref(), Some("\n}\n"));
+        assert_eq!(fim.model, None);
+    }
 
     /// (stream label, pointer, text) of each text, and that each pointer finds its text.
     fn seen(v: &Value, texts: Vec<Text<'_>>) -> Vec<(String, String, String)> {

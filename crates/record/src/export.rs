@@ -7,7 +7,7 @@
 use std::{borrow::Borrow, fmt::Write as _, io};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -16,9 +16,8 @@ use crate::{
         AnsweredBy, BodySummary, Direction, Exchange, GitOp, GitService, Micros, Record, StreamEvent,
         StreamKind,
     },
-    session::{Completion, ExchangeView, Fact, SessionView, clock, datetime, duration, iso8601, size},
+    session::{ExchangeView, Fact, SessionView, clock, datetime, duration, iso8601, size},
 };
-use ghgate_mask::payload;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -514,6 +513,13 @@ pub fn to_html(view: &SessionView) -> String {
                     e(&crate::session::refusal_line(r))
                 );
             }
+            Fact::Egress(x) => {
+                let _ = writeln!(
+                    h,
+                    "<li class=\"note\">{when} {}</li>",
+                    e(&crate::session::egress_line(x))
+                );
+            }
             Fact::PassthroughStart(p) => {
                 let _ = writeln!(
                     h,
@@ -814,7 +820,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
     let summary = x.exchange.as_ref();
     // The request: a prompt shown as messages, else the body itself.
     if !x.request_body.is_empty() {
-        match prompt(&x.request_body) {
+        match x.prompt() {
             Some(p) => {
                 let _ = writeln!(
                     h,
@@ -829,6 +835,13 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                     text_block(h, text);
                     h.push_str("</div>\n");
                 }
+                if let Some(suffix) = &p.suffix {
+                    h.push_str(
+                        "<div class=\"msg\"><div class=\"role\">suffix (the answer leads into this)</div>",
+                    );
+                    text_block(h, suffix);
+                    h.push_str("</div>\n");
+                }
                 h.push_str("<details><summary>Request body as sent</summary>");
                 body_html(h, &x.request_body, summary.map(|s| &s.request_body));
                 h.push_str("</details>\n");
@@ -840,11 +853,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
         }
     }
     // The response: completions streamed or returned, events, git, the body.
-    let mut completions = x.completions();
-    if completions.is_empty() {
-        completions = answer(&x.response_body);
-    }
-    for c in &completions {
+    for c in &x.answers() {
         let _ = writeln!(h, "<h3>Completion: {}</h3>", e(&c.part));
         let _ = writeln!(h, "<pre class=\"completion\">{}</pre>", e(&capped(&c.text)));
     }
@@ -1067,123 +1076,6 @@ fn capped(text: &str) -> String {
             text.len() - i
         ),
     }
-}
-
-/// A request body that carries an LLM prompt, as messages.
-struct Prompt {
-    model: Option<String>,
-    messages: Vec<(String, String)>,
-}
-
-fn prompt(body: &[u8]) -> Option<Prompt> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object()?;
-    let mut messages = Vec::new();
-    for key in ["system", "instructions", "systemInstruction"] {
-        if let Some(s) = obj.get(key) {
-            messages.push((key.to_owned(), part_text(s)));
-        }
-    }
-    for key in ["messages", "input", "contents"] {
-        match obj.get(key) {
-            Some(Value::String(s)) => messages.push((key.to_owned(), s.clone())),
-            Some(Value::Array(items)) => {
-                for m in items {
-                    messages.push(message(m));
-                }
-            }
-            _ => {}
-        }
-    }
-    match obj.get("prompt") {
-        Some(Value::String(s)) => messages.push(("prompt".into(), s.clone())),
-        Some(Value::Array(items)) => {
-            messages.extend(items.iter().map(|p| ("prompt".to_owned(), part_text(p))))
-        }
-        _ => {}
-    }
-    if messages.is_empty() {
-        return None;
-    }
-    let model = obj.get("model").and_then(|m| m.as_str()).map(String::from);
-    Some(Prompt { model, messages })
-}
-
-fn message(m: &Value) -> (String, String) {
-    let Some(obj) = m.as_object() else {
-        return ("message".into(), part_text(m));
-    };
-    let role = obj
-        .get("role")
-        .and_then(|r| r.as_str())
-        .or_else(|| obj.get("type").and_then(|t| t.as_str()))
-        .unwrap_or("message")
-        .to_owned();
-    let mut text = match obj.get("content").or_else(|| obj.get("parts")) {
-        Some(c) => part_text(c),
-        None => part_text(m),
-    };
-    if let Some(calls) = obj.get("tool_calls").and_then(|c| c.as_array()) {
-        for call in calls {
-            let f = call.get("function").unwrap_or(call);
-            let name = f.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-            let args = f
-                .get("arguments")
-                .map(|a| a.as_str().map_or_else(|| a.to_string(), String::from));
-            let _ = write!(text, "\n[tool call {name}] {}", args.unwrap_or_default());
-        }
-    }
-    (role, text)
-}
-
-/// The readable text of a message content: strings as they are, text parts joined, other parts
-/// named by their type with their JSON.
-fn part_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts.iter().map(part_text).collect::<Vec<_>>().join("\n\n"),
-        Value::Object(o) => {
-            if let Some(t) = o.get("text").and_then(|t| t.as_str()) {
-                return t.to_owned();
-            }
-            let kind = o.get("type").and_then(|t| t.as_str()).unwrap_or("part");
-            match kind {
-                "image" | "image_url" | "input_image" => "[image]".into(),
-                "tool_result" | "function_call_output" => {
-                    let inner = o
-                        .get("content")
-                        .or_else(|| o.get("output"))
-                        .map(part_text)
-                        .unwrap_or_default();
-                    format!("[{kind}] {inner}")
-                }
-                _ => {
-                    let rest: Map<String, Value> = o
-                        .iter()
-                        .filter(|(k, _)| k.as_str() != "type")
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    format!("[{kind}] {}", Value::Object(rest))
-                }
-            }
-        }
-        other => other.to_string(),
-    }
-}
-
-/// The model text of a non-streamed LLM answer, per choice, tool call or content block, in the
-/// shapes [`ghgate_mask::payload`] knows.
-fn answer(body: &[u8]) -> Vec<Completion> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    payload::body_texts(&v)
-        .into_iter()
-        .map(|t| Completion {
-            part: t.stream.to_string(),
-            text: t.text.to_owned(),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1764,34 +1656,6 @@ mod tests {
         ] {
             assert!(html.contains(want), "missing {want:?}");
         }
-    }
-
-    #[test]
-    fn prompts_of_the_common_apis_are_found() {
-        let p = prompt(br#"{"model":"gpt","messages":[{"role":"system","content":"be brief"},
-            {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"x"}}]},
-            {"role":"assistant","content":null,"tool_calls":[{"function":{"name":"ls","arguments":"{}"}}]}]}"#)
-        .unwrap();
-        assert_eq!(p.model.as_deref(), Some("gpt"));
-        assert_eq!(p.messages[0], ("system".into(), "be brief".into()));
-        assert_eq!(p.messages[1], ("user".into(), "hi\n\n[image]".into()));
-        assert!(p.messages[2].1.contains("[tool call ls] {}"));
-        let a = prompt(
-            br#"{"system":[{"type":"text","text":"sys"}],"messages":[{"role":"user","content":"q"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            a.messages,
-            [("system".into(), "sys".into()), ("user".into(), "q".into())]
-        );
-        assert_eq!(
-            prompt(br#"{"prompt":"complete me"}"#).unwrap().messages[0].1,
-            "complete me"
-        );
-        assert!(prompt(br#"{"query":"graphql"}"#).is_none());
-        assert!(prompt(b"not json").is_none());
-        let answers = answer(br#"{"choices":[{"message":{"content":"done"}}]}"#);
-        assert_eq!(answers[0].text, "done");
     }
 
     #[test]

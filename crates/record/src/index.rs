@@ -1022,6 +1022,7 @@ pub fn kind_name(record: &Record) -> &'static str {
         Record::PassthroughStart(_) => "passthrough_start",
         Record::Passthrough(_) => "passthrough",
         Record::Refusal(_) => "refusal",
+        Record::Egress(_) => "egress",
         Record::EnforcementGap(_) => "enforcement_gap",
         Record::Recovery(_) => "recovery",
         Record::Tombstone(_) => "tombstone",

@@ -66,6 +66,8 @@ pub enum Record {
     Passthrough(Passthrough),
     /// A connection or datagram refused because it would have gone around the gateway.
     Refusal(Refusal),
+    /// A connection or datagram egress control saw and let through (to somewhere not GitHub's).
+    Egress(EgressSeen),
     /// A span in which the gateway did not mediate as configured.
     EnforcementGap(EnforcementGap),
     /// Written by the store itself at start when the previous run left a torn tail.
@@ -95,6 +97,7 @@ impl Record {
             Record::PassthroughStart(r) => Some(&r.session),
             Record::Passthrough(r) => Some(&r.session),
             Record::Refusal(r) => Some(&r.session),
+            Record::Egress(r) => Some(&r.session),
             Record::Recovery(_)
             | Record::Tombstone(_)
             | Record::Unrecorded(_)
@@ -136,6 +139,7 @@ impl Record {
             Record::PassthroughStart(r) => r.at,
             Record::Passthrough(r) => r.at,
             Record::Refusal(r) => r.at,
+            Record::Egress(r) => r.at,
             Record::EnforcementGap(r) => r.at,
             Record::Recovery(r) => r.at,
             Record::Tombstone(r) => r.at,
@@ -610,6 +614,11 @@ words! {
         /// A packet to GitHub's addresses that no socket hook saw (a raw socket's hand-built
         /// datagram, a connection older than the programs), dropped at egress.
         EgressDropped = "egress_dropped",
+        /// Egress control in block mode: the destination is not on the allow-list.
+        NotAllowed = "not_allowed",
+        /// Egress control in block mode: a raw or ICMP socket, which could reach any address
+        /// without a connect() or sendmsg() the kernel checks.
+        RawSocket = "raw_socket",
     }
 }
 
@@ -644,6 +653,25 @@ pub struct Refusal {
     pub detail: Option<String>,
     /// Identical refusals (same caller, destination and reason, within a second) this record
     /// stands for.
+    pub count: u64,
+    pub tgid: u32,
+    pub uid: u32,
+    pub comm: String,
+}
+
+/// A connection (or the first datagrams to one destination within a second) that egress control
+/// let through: audit mode records every one, block mode the allowed ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EgressSeen {
+    pub session: SessionId,
+    pub at: Micros,
+    /// Where the caller was going, as it wrote it (a v4-mapped address as the IPv4 one).
+    pub orig_dst: String,
+    pub transport: Transport,
+    /// The name the destination was looked up by through the gateway's resolver, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Identical events (same caller, destination and transport) this record stands for.
     pub count: u64,
     pub tgid: u32,
     pub uid: u32,

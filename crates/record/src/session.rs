@@ -5,7 +5,11 @@
 //! It only reads what was recorded; it never invents a fact the records do not hold (an exchange
 //! that never finished stays visibly unfinished), and text rendered for a terminal never carries
 //! the recorded bytes' control characters through.
-use std::{collections::HashMap, fmt::Write as _, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    path::Path,
+};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 
@@ -13,9 +17,9 @@ use crate::{
     id::{ExchangeId, SessionId},
     index::{Index, IndexError, RecordSource, StoreDir},
     model::{
-        AnsweredBy, ApprovalStep, Connection, Decision, Direction, Exchange, GitOp, Identity, Masked, Micros,
-        Passthrough, PassthroughStart, Record, Refusal, RequestStart, SessionEnd, SessionStart, StreamEvent,
-        StreamKind,
+        AnsweredBy, ApprovalStep, Connection, Decision, Direction, EgressSeen, Exchange, GitOp, Identity,
+        Masked, Micros, Passthrough, PassthroughStart, Record, Refusal, RequestStart, SessionEnd,
+        SessionStart, StreamEvent, StreamKind,
     },
     store,
 };
@@ -64,6 +68,8 @@ pub struct SessionView {
     pub passthrough_started: Vec<PassthroughStart>,
     /// Connections of this session that were refused (kernel or gateway).
     pub refusals: Vec<Refusal>,
+    /// Connections of this session egress control saw and let through (not GitHub's).
+    pub egress: Vec<EgressSeen>,
     /// The steps of approvals this session asked for or used, in order.
     pub approvals: Vec<ApprovalStep>,
 }
@@ -130,6 +136,7 @@ pub enum Fact<'a> {
     Passthrough(&'a Passthrough),
     PassthroughStart(&'a PassthroughStart),
     Refusal(&'a Refusal),
+    Egress(&'a EgressSeen),
     SessionEnd(&'a SessionEnd),
 }
 
@@ -151,6 +158,7 @@ impl SessionView {
         let mut passthrough = Vec::new();
         let mut passthrough_started = Vec::new();
         let mut refusals = Vec::new();
+        let mut egress = Vec::new();
         let mut approvals = Vec::new();
         let mut order: Vec<ExchangeId> = Vec::new();
         let mut exchanges: HashMap<ExchangeId, Parts> = HashMap::new();
@@ -176,6 +184,7 @@ impl SessionView {
                 Record::Passthrough(p) => passthrough.push(p),
                 Record::PassthroughStart(p) => passthrough_started.push(p),
                 Record::Refusal(r) => refusals.push(r),
+                Record::Egress(e) => egress.push(e),
                 Record::Request(r) => {
                     let (view, _, _) = exchange_entry(&mut exchanges, &mut order, r.exchange, r.at);
                     view.first_at = view.first_at.min(r.at);
@@ -262,6 +271,7 @@ impl SessionView {
             passthrough,
             passthrough_started,
             refusals,
+            egress,
             approvals,
         })
     }
@@ -350,6 +360,9 @@ impl SessionView {
         for r in &self.refusals {
             push(r.at, Fact::Refusal(r));
         }
+        for e in &self.egress {
+            push(e.at, Fact::Egress(e));
+        }
         for a in &self.approvals {
             push(a.at, Fact::Approval(a));
         }
@@ -390,6 +403,33 @@ impl ExchangeView {
             .as_ref()
             .map(|e| e.url.as_str())
             .or(self.request.as_ref().map(|r| r.url.as_str()))
+    }
+
+    /// The prompt the request carried, when its body is a completion API request (as stored:
+    /// masked).
+    pub fn prompt(&self) -> Option<payload::Prompt> {
+        serde_json::from_slice(&self.request_body)
+            .ok()
+            .and_then(|v| payload::request_prompt(&v))
+    }
+
+    /// The model's answer, per choice, tool call or content block: reassembled from the SSE
+    /// events when it streamed, else read from the whole response body.
+    pub fn answers(&self) -> Vec<Completion> {
+        let streamed = self.completions();
+        if !streamed.is_empty() {
+            return streamed;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.response_body) else {
+            return Vec::new();
+        };
+        payload::body_texts(&v)
+            .into_iter()
+            .map(|t| Completion {
+                part: t.stream.to_string(),
+                text: t.text.to_owned(),
+            })
+            .collect()
     }
 
     /// The model text streamed back in SSE events, per choice, tool call or content block, in
@@ -613,7 +653,26 @@ fn describe(fact: &Fact<'_>) -> String {
         ),
         Fact::PassthroughStart(p) => passthrough_start_line(p),
         Fact::Refusal(r) => refusal_line(r),
+        Fact::Egress(e) => egress_line(e),
     }
+}
+
+/// One connection egress control let through, as `show` prints it.
+pub fn egress_line(e: &EgressSeen) -> String {
+    format!(
+        "egress: {} {}{}{}",
+        one_line(e.transport.as_str(), 40),
+        one_line(&e.orig_dst, 80),
+        e.name
+            .as_deref()
+            .map(|n| format!("  name {}", one_line(n, 200)))
+            .unwrap_or_default(),
+        if e.count > 1 {
+            format!("  ×{}", e.count)
+        } else {
+            String::new()
+        },
+    )
 }
 
 /// `  sni NAME`, or nothing.
@@ -772,8 +831,150 @@ pub fn one_line(text: &str, max: usize) -> String {
     out
 }
 
+/// How much of a session `ghgate sessions show` prints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShowOptions {
+    /// Every stream event as recorded (SSE, WebSocket), also for model calls whose answers are
+    /// shown reassembled; streams without model text list their events anyway.
+    pub events: bool,
+}
+
+/// At most this many characters of one prompt message or answer are printed; the exports hold
+/// everything.
+pub const MAX_SHOWN_CHARS: usize = 4000;
+
+/// Recorded text made safe for a terminal as a block of lines under `indent`: control
+/// characters other than newlines and tabs (escape sequences included) are shown as escapes,
+/// and at most `max` characters are kept (the rest counted).
+pub fn text_block(out: &mut String, indent: &str, text: &str, max: usize) {
+    let total = text.chars().count();
+    let kept: String = text.chars().take(max).collect();
+    for line in terminal_text(&kept).split('\n') {
+        let _ = writeln!(out, "{indent}{line}");
+    }
+    if total > max {
+        let _ = writeln!(
+            out,
+            "{indent}[… {} more characters; `ghgate sessions export` holds everything]",
+            total - max
+        );
+    }
+}
+
+/// Recorded text made safe for a terminal, keeping its lines: newlines and tabs stay, a CR
+/// before a newline goes, every other control character (escape sequences included) and the
+/// bidirectional overrides are shown as escapes.
+pub fn terminal_text(text: &str) -> String {
+    text.replace("\r\n", "\n")
+        .split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(|part| one_line(part, usize::MAX))
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One step of `ghgate sessions replay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayStep {
+    /// A fact, on a line of its own.
+    Line(String),
+    /// A piece of a model's answer as it streamed, safe for a terminal; pieces of one answer
+    /// (`exchange`, `part`) continue each other.
+    Text {
+        exchange: ExchangeId,
+        part: String,
+        text: String,
+    },
+}
+
+impl SessionView {
+    /// The session as it happened, for `replay`: each fact as a line, a model call's prompt
+    /// after its request, and its answer's text piece by piece as it streamed (not the raw
+    /// events; a stream that carries no model text, or a WebSocket message, is played event by
+    /// event). An answer that did not stream comes
+    /// whole, when its exchange ended.
+    pub fn replay_steps(&self) -> Vec<(Micros, ReplayStep)> {
+        // Exchanges whose events carry model text: those are played as text; any other stream
+        // (not a model's) is played event by event.
+        let models: HashSet<ExchangeId> = self
+            .exchanges
+            .iter()
+            .filter(|x| !x.completions().is_empty())
+            .map(|x| x.id)
+            .collect();
+        let mut steps = Vec::new();
+        for item in self.timeline() {
+            match item.fact {
+                Fact::Event(x, ev) if ev.kind == StreamKind::Sse && models.contains(&x.id) => {
+                    if ev.dir != Direction::Response {
+                        continue;
+                    }
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(ev.data.trim()) else {
+                        continue;
+                    };
+                    for t in payload::event_texts(&v)
+                        .into_iter()
+                        .filter(|t| !t.text.is_empty())
+                    {
+                        steps.push((
+                            item.at,
+                            ReplayStep::Text {
+                                exchange: x.id,
+                                part: t.stream.to_string(),
+                                text: terminal_text(t.text),
+                            },
+                        ));
+                    }
+                }
+                Fact::Request(x) => {
+                    steps.push((item.at, ReplayStep::Line(item.text)));
+                    if let Some(p) = x.prompt() {
+                        for (role, text) in &p.messages {
+                            steps.push((
+                                item.at,
+                                ReplayStep::Line(format!(
+                                    "  prompt [{}] {}",
+                                    one_line(role, 40),
+                                    one_line(text, 300)
+                                )),
+                            ));
+                        }
+                        if let Some(suffix) = &p.suffix {
+                            steps.push((
+                                item.at,
+                                ReplayStep::Line(format!("  prompt [suffix] {}", one_line(suffix, 300))),
+                            ));
+                        }
+                    }
+                }
+                Fact::ExchangeEnd(x) => {
+                    if x.completions().is_empty() {
+                        for a in x.answers() {
+                            steps.push((
+                                item.at,
+                                ReplayStep::Text {
+                                    exchange: x.id,
+                                    part: a.part,
+                                    text: terminal_text(&a.text),
+                                },
+                            ));
+                        }
+                    }
+                    steps.push((item.at, ReplayStep::Line(item.text)));
+                }
+                _ => steps.push((item.at, ReplayStep::Line(item.text))),
+            }
+        }
+        steps
+    }
+}
+
 /// The session as plain text, for `ghgate sessions show`.
-pub fn render_text(view: &SessionView) -> String {
+pub fn render_text(view: &SessionView, opts: ShowOptions) -> String {
     let s = &view.start;
     let mut out = String::new();
     let line = |out: &mut String, label: &str, value: &str| {
@@ -833,7 +1034,7 @@ pub fn render_text(view: &SessionView) -> String {
                         .unwrap_or_default()
                 );
             }
-            Fact::Request(x) => render_exchange(&mut out, &at, x),
+            Fact::Request(x) => render_exchange(&mut out, &at, x, opts),
             Fact::Passthrough(p) => {
                 let _ = writeln!(
                     out,
@@ -855,6 +1056,9 @@ pub fn render_text(view: &SessionView) -> String {
             }
             Fact::Refusal(r) => {
                 let _ = writeln!(out, "{at}  {}", refusal_line(r));
+            }
+            Fact::Egress(e) => {
+                let _ = writeln!(out, "{at}  {}", egress_line(e));
             }
             Fact::SessionStart(_) | Fact::SessionEnd(_) | Fact::ResponseHead(_) | Fact::ExchangeEnd(_) => {}
             Fact::Event(..) | Fact::Git(..) | Fact::Masked(..) | Fact::Decision(..) => {}
@@ -882,7 +1086,7 @@ pub fn identity_line(i: &Identity) -> String {
     parts.join("; ")
 }
 
-fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
+fn render_exchange(out: &mut String, at: &str, x: &ExchangeView, opts: ShowOptions) {
     let pad = " ".repeat(at.chars().count() + 2);
     match &x.exchange {
         Some(e) => {
@@ -919,8 +1123,50 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
     for note in &x.notes {
         let _ = writeln!(out, "{pad}note: {}", one_line(note, 300));
     }
+    if let Some(i) = &x.identity {
+        let _ = writeln!(out, "{pad}identity {}", one_line(&identity_line(i), 300));
+    }
+    // A model call: what was asked, and what came back, reassembled.
+    if let Some(p) = x.prompt() {
+        let _ = writeln!(
+            out,
+            "{pad}prompt{}:",
+            p.model
+                .as_deref()
+                .map(|m| format!(" to {}", one_line(m, 80)))
+                .unwrap_or_default()
+        );
+        let inner = format!("{pad}    ");
+        for (role, text) in &p.messages {
+            let _ = writeln!(out, "{pad}  [{}]", one_line(role, 40));
+            text_block(out, &inner, text, MAX_SHOWN_CHARS);
+        }
+        if let Some(suffix) = &p.suffix {
+            let _ = writeln!(out, "{pad}  [suffix: the answer leads into this]");
+            text_block(out, &inner, suffix, MAX_SHOWN_CHARS);
+        }
+    }
+    let answers = x.answers();
+    for a in &answers {
+        let _ = writeln!(
+            out,
+            "{pad}answer, {} (masked as recorded):",
+            one_line(&a.part, 60)
+        );
+        text_block(out, &format!("{pad}    "), &a.text, MAX_SHOWN_CHARS);
+    }
+    // A model call's raw events hide behind --events (its answer is shown reassembled above);
+    // a stream that carries no model text (a WebSocket's messages, other SSE) is its content.
+    let list_events = opts.events || answers.is_empty();
+    if !x.events.is_empty() && !list_events {
+        let _ = writeln!(
+            out,
+            "{pad}{} stream events (listed with --events)",
+            x.events.len()
+        );
+    }
     let t0 = x.started_at();
-    for e in &x.events {
+    for e in x.events.iter().filter(|_| list_events) {
         let dir = match (&e.kind, e.dir) {
             (StreamKind::Sse, _) => "",
             (StreamKind::WebSocket, Direction::Request) => "→ ",
@@ -939,14 +1185,29 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
     }
     for g in &x.git {
         for u in &g.updates {
+            // The kind the policy stage learnt (create, fast-forward, non-fast-forward, delete),
+            // else what the command alone says.
+            let decided = x
+                .decisions
+                .iter()
+                .filter_map(|d| d.ref_update.as_ref())
+                .find(|r| r.name == u.name && r.old == u.old && r.new == u.new);
+            let kind = decided.map_or_else(|| u.op().as_str(), |r| r.kind.as_str());
             let _ = writeln!(
                 out,
                 "{pad}push {}  {} {} → {}",
                 one_line(&u.name, 200),
-                u.op().as_str(),
+                kind,
                 u.old.short(),
                 u.new.short()
             );
+            for d in x.decisions.iter().filter(|d| {
+                d.ref_update
+                    .as_ref()
+                    .is_some_and(|r| r.name == u.name && r.old == u.old && r.new == u.new)
+            }) {
+                let _ = writeln!(out, "{pad}  policy {}", decision_line(d));
+            }
         }
         if let Some(len) = g.pack_len {
             let _ = writeln!(out, "{pad}pack {}", size(len));
@@ -960,10 +1221,16 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
             let _ = writeln!(out, "{pad}want {}{}", w.oid.short(), one_line(&refs, 200));
         }
     }
-    if let Some(i) = &x.identity {
-        let _ = writeln!(out, "{pad}identity {}", one_line(&identity_line(i), 300));
-    }
-    for d in &x.decisions {
+    // Decisions not shown beside a pushed ref above.
+    let pushed = |d: &Decision| {
+        d.ref_update.as_ref().is_some_and(|r| {
+            x.git
+                .iter()
+                .flat_map(|g| &g.updates)
+                .any(|u| r.name == u.name && r.old == u.old && r.new == u.new)
+        })
+    };
+    for d in x.decisions.iter().filter(|d| !pushed(d)) {
         let _ = writeln!(out, "{pad}policy {}", decision_line(d));
     }
     for m in &x.masked {
@@ -984,6 +1251,8 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView) {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::model::*;
 
@@ -1297,7 +1566,7 @@ pub(crate) mod tests {
         let view = SessionView::from_records(recs).unwrap();
         assert!(!view.start_recorded);
         assert_eq!(view.id(), "s1");
-        assert!(render_text(&view).contains("first record was pruned"));
+        assert!(render_text(&view, ShowOptions::default()).contains("first record was pruned"));
     }
 
     #[test]
@@ -1336,6 +1605,7 @@ pub(crate) mod tests {
                 Fact::Passthrough(_) => "pass",
                 Fact::PassthroughStart(_) => "pass-start",
                 Fact::Refusal(_) => "refused",
+                Fact::Egress(_) => "egress",
                 Fact::SessionEnd(_) => "end",
             })
             .collect();
@@ -1351,7 +1621,7 @@ pub(crate) mod tests {
     #[test]
     fn the_text_view_shows_the_facts_an_auditor_needs() {
         let view = SessionView::from_records(sample_records()).unwrap();
-        let text = render_text(&view);
+        let text = render_text(&view, ShowOptions { events: true });
         for want in [
             "session s1",
             "alice (uid 1000)",
@@ -1373,6 +1643,165 @@ pub(crate) mod tests {
         }
     }
 
+    /// A chat model call: the prompt by role and the answer reassembled, the raw events only
+    /// when asked for.
+    #[test]
+    fn show_prints_the_prompt_and_the_reassembled_answer() {
+        let view = SessionView::from_records(sample_records()).unwrap();
+        let text = render_text(&view, ShowOptions::default());
+        for want in [
+            "prompt to claude-x:",
+            "  [user]",
+            "      Say hi",
+            "answer, content block 0 (masked as recorded):",
+            "      Hello!",
+            "2 stream events (listed with --events)",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("content_block_delta  {"),
+            "raw events shown without --events:\n{text}"
+        );
+        let all = render_text(&view, ShowOptions { events: true });
+        assert!(all.contains("content_block_delta  {\"type\""), "{all}");
+    }
+
+    /// The Copilot language server's inline completion: a legacy completion request (prompt and
+    /// suffix) answered by `choices[].text` events, a multi-line answer kept on its lines.
+    fn inline_completion() -> Vec<Record> {
+        let req = br#"{"prompt":"// path: src/lib.rs\nfn add(a: i32, b: i32) -> i32 {\n","suffix":"\n}\n","max_tokens":500,"n":1,"stream":true}"#;
+        let url = "https://copilot-proxy.githubusercontent.com/v1/engines/copilot-codex/completions";
+        let piece = |t: &str, finish: bool| {
+            json!({"id":"cmpl-1","choices":[{"index":0,"text":t,"finish_reason": if finish { json!("stop") } else { json!(null) }}]})
+                .to_string()
+        };
+        let events = [
+            piece("    let sum", false),
+            piece(" = a + b;\n", false),
+            piece("    sum\u{1b}[31m", true),
+        ];
+        let resp: String = events
+            .iter()
+            .map(|e| format!("data: {e}\n\n"))
+            .collect::<String>()
+            + "data: [DONE]\n\n";
+        let mut recs = vec![
+            start("s1"),
+            request(1, T0 + 1_000, "POST", url),
+            chunk(1, Direction::Request, T0 + 1_100, 0, req),
+        ];
+        for (i, e) in events.iter().enumerate() {
+            recs.push(sse(1, T0 + 200_000 + 100_000 * i as u64, i as u64, None, e));
+        }
+        recs.push(sse(1, T0 + 600_000, 3, None, "[DONE]"));
+        recs.push(chunk(1, Direction::Response, T0 + 600_000, 0, resp.as_bytes()));
+        recs.push(exchange(1, T0 + 1_000, "POST", url, req, resp.as_bytes()));
+        recs
+    }
+
+    #[test]
+    fn an_inline_completion_shows_its_prompt_suffix_and_code() {
+        let view = SessionView::from_records(inline_completion()).unwrap();
+        let text = render_text(&view, ShowOptions::default());
+        for want in [
+            "prompt:\n",
+            "  [prompt]\n",
+            "      // path: src/lib.rs\n",
+            "      fn add(a: i32, b: i32) -> i32 {\n",
+            "  [suffix: the answer leads into this]\n",
+            "answer, choice 0 (masked as recorded):\n",
+            "          let sum = a + b;\n",
+            "          sum\\u{1b}[31m\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+    }
+
+    #[test]
+    fn replay_plays_the_answer_as_it_streamed_not_the_events() {
+        let view = SessionView::from_records(inline_completion()).unwrap();
+        let steps = view.replay_steps();
+        let pieces: Vec<(Micros, &str)> = steps
+            .iter()
+            .filter_map(|(at, s)| match s {
+                ReplayStep::Text { part, text, .. } => {
+                    assert_eq!(part, "choice 0");
+                    Some((*at - T0, text.as_str()))
+                }
+                ReplayStep::Line(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            pieces,
+            [
+                (200_000, "    let sum"),
+                (300_000, " = a + b;\n"),
+                (400_000, "    sum\\u{1b}[31m")
+            ]
+        );
+        let lines: Vec<&str> = steps
+            .iter()
+            .filter_map(|(_, s)| match s {
+                ReplayStep::Line(l) => Some(l.as_str()),
+                ReplayStep::Text { .. } => None,
+            })
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("  prompt [prompt] // path: src/lib.rs\\nfn add")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("  prompt [suffix]")),
+            "{lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("cmpl-1") || l.contains("[DONE]")),
+            "raw events replayed: {lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_pushed_ref_shows_the_kind_the_policy_learnt_and_its_decision_beside_it() {
+        let mut recs = sample_records();
+        let Some(Record::Git(g)) = recs.iter().find(|r| matches!(r, Record::Git(_))).cloned() else {
+            panic!("the sample has a push");
+        };
+        let u = &g.updates[0];
+        recs.push(Record::Decision(Decision {
+            session: "s1".into(),
+            exchange: g.exchange,
+            at: g.at,
+            action: DecisionAction::RequireApproval,
+            rule: "rule #2".into(),
+            message: None,
+            ref_update: Some(DecidedRef {
+                name: u.name.clone(),
+                old: u.old,
+                new: u.new,
+                kind: RefKind::Create,
+                kind_from: None,
+                paths: vec![".github/workflows/ci.yml".into()],
+                paths_unknown: None,
+            }),
+            approval: Some("ap-1".into()),
+            outcome: DecisionOutcome::Held,
+        }));
+        let text = render_text(&SessionView::from_records(recs).unwrap(), ShowOptions::default());
+        let at = text.find("push refs/heads/main  create").expect(&text);
+        let next = &text[at..];
+        let line2 = next.lines().nth(1).unwrap();
+        assert!(
+            line2.trim_start().starts_with("policy refs/heads/main create")
+                && line2.contains("require_approval by rule #2"),
+            "{text}"
+        );
+        assert_eq!(text.matches("require_approval by rule #2").count(), 1, "{text}");
+    }
+
     #[test]
     fn recorded_control_characters_never_reach_the_terminal() {
         let mut recs = sample_records();
@@ -1383,7 +1812,10 @@ pub(crate) mod tests {
             Some("x\u{1b}]0;pwned\u{7}"),
             "a\u{1b}[2Jb\r\nc\u{202e}d",
         ));
-        let text = render_text(&SessionView::from_records(recs).unwrap());
+        let text = render_text(
+            &SessionView::from_records(recs).unwrap(),
+            ShowOptions { events: true },
+        );
         assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
         assert!(text.contains("a\\u{1b}[2Jb\\r\\nc\\u{202e}d"), "{text}");
     }

@@ -283,7 +283,12 @@ async fn handle(
             v.split(' ').next().unwrap_or_default().to_owned()
         });
     if path.ends_with("/completion") {
-        return Ok(completion(&query));
+        return Ok(completion(&query, Shape::Chat));
+    }
+    // Legacy completions, as the Copilot language server asks for inline code
+    // (`/v1/engines/<engine>/completions`): `choices[].text` events.
+    if path.ends_with("/completions") {
+        return Ok(completion(&query, Shape::Legacy));
     }
     match path.as_str() {
         "/ws" => Ok(websocket_echo(req)),
@@ -378,7 +383,16 @@ fn query_text(query: &str) -> String {
 
 /// An OpenAI-style streamed chat completion whose text (`text`, hex) arrives in `pieces` events,
 /// 50 ms apart, then a finishing event and `[DONE]`: what Copilot's completions look like.
-fn completion(query: &str) -> Response<Body> {
+/// The event shapes a fake completion streams in.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// OpenAI chat completion chunks (`choices[].delta.content`).
+    Chat,
+    /// Legacy completions (`choices[].text`), as Copilot's inline completions stream them.
+    Legacy,
+}
+
+fn completion(query: &str, shape: Shape) -> Response<Body> {
     let text = query_text(query);
     let pieces: usize = query
         .split('&')
@@ -388,21 +402,39 @@ fn completion(query: &str) -> Response<Body> {
         .max(1);
     let chars: Vec<char> = text.chars().collect();
     let per = chars.len().div_ceil(pieces).max(1);
-    let mut events = vec![
-        serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]}),
-    ];
-    for piece in chars.chunks(per) {
-        let piece: String = piece.iter().collect();
-        events.push(
-            serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
-        );
+    let mut events = Vec::new();
+    match shape {
+        Shape::Chat => {
+            events.push(
+                serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]}),
+            );
+            for piece in chars.chunks(per) {
+                let piece: String = piece.iter().collect();
+                events.push(
+                    serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
+                );
+            }
+            events.push(
+                serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            );
+        }
+        Shape::Legacy => {
+            for piece in chars.chunks(per) {
+                let piece: String = piece.iter().collect();
+                events.push(
+                    serde_json::json!({"id": "cmpl-test", "created": 1_765_000_000, "model": "copilot-codex",
+                    "choices": [{"text": piece, "index": 0, "finish_reason": null, "logprobs": null}]}),
+                );
+            }
+            events.push(
+                serde_json::json!({"id": "cmpl-test", "created": 1_765_000_000, "model": "copilot-codex",
+                "choices": [{"text": "", "index": 0, "finish_reason": "stop", "logprobs": null}]}),
+            );
+        }
     }
-    events.push(
-        serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     tokio::spawn(async move {
         let mut lines: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();

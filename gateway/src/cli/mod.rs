@@ -5,6 +5,7 @@ mod approvals;
 mod ca;
 mod check;
 mod detach;
+mod egress;
 mod exec;
 mod logbuf;
 mod mask;
@@ -51,6 +52,8 @@ enum Command {
     Policy(policy::Args),
     /// Operations held for approval: list, show, approve, deny (over the control socket).
     Approvals(ApprovalsArgs),
+    /// Egress control: the allow-list that recorded traffic implies.
+    Egress(egress::Args),
 }
 
 /// `ghgate approvals`: the control socket comes from `--socket`, else the config's
@@ -92,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Record(a) => sessions::run_record(a),
         Command::Mask(a) => mask::run(a),
         Command::Policy(a) => policy::run(a),
+        Command::Egress(a) => egress::run(a),
         Command::Approvals(a) => {
             let socket = Config::load(&a.config)
                 .map(|c| c.approvals.socket)

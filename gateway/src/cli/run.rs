@@ -6,13 +6,14 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use gateway_common::{GatewayConfig, ON_DOWN_BYPASS, ON_DOWN_REFUSE};
+use gateway_common::{EGRESS_AUDIT, EGRESS_BLOCK, EGRESS_OFF, GatewayConfig, ON_DOWN_BYPASS, ON_DOWN_REFUSE};
 use tracing::{error, info, warn};
 
 use super::ConfigArg;
 use crate::{
     assemble::{self, Assembled},
     config::{Config, OnGatewayDown},
+    egress::{self, Egress, EgressMode},
     listen, mask,
     record::model,
     redirect::{
@@ -69,6 +70,16 @@ pub fn kernel_config(config: &Config) -> GatewayConfig {
             OnGatewayDown::Bypass => ON_DOWN_BYPASS,
         },
         enabled: 1,
+        egress_mode: match config.egress.mode {
+            EgressMode::Off => EGRESS_OFF,
+            EgressMode::Audit => EGRESS_AUDIT,
+            EgressMode::Block => EGRESS_BLOCK,
+        },
+        dns_port: if config.egress.enabled() {
+            u32::from(config.egress.dns_port.to_be())
+        } else {
+            0
+        },
     }
 }
 
@@ -96,6 +107,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let listener_v4 = listen::bind(config.listen.ipv4, Some(config.redirect.listener_mark))?;
     let listener_v6 = listen::bind(config.listen.ipv6, Some(config.redirect.listener_mark))?;
+    let dns_listeners = if config.egress.enabled() {
+        Some(egress::dns::bind(&config.egress_resolver_addrs())?)
+    } else {
+        None
+    };
 
     let mut ebpf = redirect::load(&pins)?;
     // From here on the gateway's own connections are exempt from the programs.
@@ -103,6 +119,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut maps = Maps::open(&pins)?;
     // What the kernel counted while no gateway ran (the maps outlive it while pinned).
     let (refused_down, bypassed_down) = watch::down_counters(&maps);
+    // The allow-list is in place before block mode is switched on (a running generation reads
+    // the same config map).
+    let egress = if config.egress.enabled() {
+        let e = Arc::new(Egress::new(
+            config.egress.clone(),
+            Some(egress::AllowMaps::open(&pins)?),
+        ));
+        e.sync().context("cannot fill the egress allow-list")?;
+        Some(e)
+    } else {
+        None
+    };
     maps.set_config(&kernel_config(&config))?;
     let ranges_source = ranges.source;
     let live = Arc::new(LiveSet::new(maps, &config, ranges));
@@ -167,6 +195,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         listen_v4 = %config.listen.ipv4,
         listen_v6 = %config.listen.ipv6,
         on_gateway_down = ?config.redirect.on_gateway_down,
+        egress = config.egress.mode.as_str(),
         intercept_entries = live.entries()?,
         github_ranges = live.ranges().prefixes.len(),
         github_ranges_from = %ranges_source,
@@ -178,7 +207,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     let clients = Arc::new(ClientTable::open(&pins)?);
-    tokio::spawn(events::record_forever(events::open(&pins)?, recorder.clone()));
+    tokio::spawn(events::record_forever(
+        events::open(&pins)?,
+        recorder.clone(),
+        egress.clone(),
+    ));
+    if let (Some(egress), Some(listeners)) = (&egress, dns_listeners) {
+        let upstreams = egress::dns::upstreams(&config.dns_servers(), &config.egress_resolver_addrs());
+        info!(upstreams = ?upstreams, addrs = ?config.egress_resolver_addrs(), "egress resolver serving");
+        tokio::spawn(egress::dns::serve(listeners, upstreams, egress.clone()));
+        tokio::spawn(egress::sweep_forever(egress.clone()));
+    }
     tokio::spawn(live::names_forever(hosts, resolver, live.clone()));
     tokio::spawn(live::refresh_forever(
         live.clone(),

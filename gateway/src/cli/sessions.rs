@@ -15,8 +15,8 @@ use super::ConfigArg;
 use crate::record::{
     export,
     index::{Index, SessionFilter, index_path},
-    model::{self, Micros},
-    session::{self, SessionView},
+    model::{self, ExchangeId, Micros},
+    session::{self, ReplayStep, SessionView},
     store::{self, key_path},
 };
 
@@ -51,14 +51,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a session's timeline: exchanges, stream events, git ref updates.
+    /// Show a session's timeline: who, each exchange, every model call's prompt and reassembled
+    /// answer, pushed refs with the policy's decisions beside them.
     Show {
         #[command(flatten)]
         config: ConfigArg,
         /// Session id (a unique prefix is enough).
         id: String,
+        /// Also list every stream event (SSE, WebSocket) as recorded.
+        #[arg(long)]
+        events: bool,
     },
-    /// Re-render a session in order, with its original pacing.
+    /// Play a session back in order, with its original pacing: each fact as a line, each model
+    /// answer's text as it streamed.
     Replay {
         #[command(flatten)]
         config: ConfigArg,
@@ -225,9 +230,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show { config, id } => {
+        Command::Show { config, id, events } => {
             let (_, view) = load(&config, &id)?;
-            print!("{}", session::render_text(&view));
+            print!("{}", session::render_text(&view, session::ShowOptions { events }));
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { config, id, speed } => {
@@ -305,7 +310,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn record_dir(config: &ConfigArg) -> anyhow::Result<PathBuf> {
+pub(super) fn record_dir(config: &ConfigArg) -> anyhow::Result<PathBuf> {
     let config = config.load()?;
     let dir = config.record_dir();
     if !dir.join("segments").is_dir() {
@@ -374,28 +379,50 @@ fn verify(config: &ConfigArg, id: Option<&str>, pubkey: Option<&Path>) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints each fact of the session when it happened, relative to the session's start.
+/// Plays the session back: each fact when it happened, relative to the session's start, and each
+/// model answer's text piece by piece, as it streamed.
 fn replay(view: &SessionView, speed: f64) -> anyhow::Result<()> {
-    let items = view.timeline();
-    let Some(first) = items.first().map(|i| i.at) else {
+    let steps = view.replay_steps();
+    let Some(first) = steps.first().map(|(at, _)| *at) else {
         return Ok(());
     };
     let mut out = std::io::stdout().lock();
     let mut previous = first;
-    for item in &items {
-        if speed > 0.0 && item.at > previous {
-            let pause = Duration::from_micros(((item.at - previous) as f64 / speed) as u64);
+    // The answer being written, and whether the cursor is mid-line in it.
+    let mut streaming: Option<(ExchangeId, String)> = None;
+    for (at, step) in &steps {
+        if speed > 0.0 && *at > previous {
+            let pause = Duration::from_micros(((at - previous) as f64 / speed) as u64);
             // Long idle stretches are shortened, so a day-long session still replays.
             std::thread::sleep(pause.min(Duration::from_secs(10)));
         }
-        previous = item.at.max(previous);
-        writeln!(
-            out,
-            "{:>10.3}s  {}",
-            (item.at.saturating_sub(first)) as f64 / 1e6,
-            item.text
-        )?;
+        previous = (*at).max(previous);
+        let when = format!("{:>10.3}s", at.saturating_sub(first) as f64 / 1e6);
+        match step {
+            ReplayStep::Line(text) => {
+                if streaming.take().is_some() {
+                    writeln!(out)?;
+                }
+                writeln!(out, "{when}  {text}")?;
+            }
+            ReplayStep::Text { exchange, part, text } => {
+                let same = streaming
+                    .as_ref()
+                    .is_some_and(|(x, p)| x == exchange && p == part);
+                if !same {
+                    if streaming.is_some() {
+                        writeln!(out)?;
+                    }
+                    writeln!(out, "{when}  answer, {part}:")?;
+                    streaming = Some((*exchange, part.clone()));
+                }
+                write!(out, "{text}")?;
+            }
+        }
         out.flush()?;
+    }
+    if streaming.is_some() {
+        writeln!(out)?;
     }
     Ok(())
 }

@@ -451,6 +451,14 @@ impl Recorder {
         self.submit(records);
     }
 
+    /// A connection egress control let through.
+    pub fn egress(self: &Arc<Self>, caller: &Caller, facts: model::EgressSeen) {
+        let mut records = Vec::with_capacity(2);
+        self.ensure_session(&facts.session, caller, &mut records);
+        records.push(Record::Egress(facts));
+        self.submit(records);
+    }
+
     /// A span in which the gateway did not mediate as configured; waits until it is written.
     pub async fn enforcement_gap(&self, gap: model::EnforcementGap) -> Result<(), RecordError> {
         acknowledged(self.submit_acked(vec![Record::EnforcementGap(gap)])).await

@@ -8,10 +8,11 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use aya::maps::{Map, MapData, RingBuf};
 use gateway_common::{IPPROTO_MPTCP, IPPROTO_TCP, IPPROTO_UDP, RefusalEvent, map_names, reason};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Pins, Redirected, comm, kernel_addr, maps};
 use crate::{
+    egress::Egress,
     identity::Caller,
     record::{
         Recorder,
@@ -26,14 +27,22 @@ const IPPROTO_SCTP: u32 = 132;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 
-/// One refusal as the kernel reported it.
+/// One event as the kernel reported it: a refusal, or a connection egress control let through.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelRefusal {
-    /// Wall-clock time of the refusal.
+pub struct KernelEvent {
+    /// Wall-clock time of the event.
     pub at: Micros,
-    pub reason: RefusalReason,
+    pub what: What,
     pub transport: Transport,
     pub caller: Redirected,
+}
+
+/// What the kernel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum What {
+    Refused(RefusalReason),
+    /// Egress control saw it and let it through.
+    Seen,
 }
 
 fn u32_at(raw: &[u8], offset: usize) -> u32 {
@@ -84,15 +93,18 @@ pub fn transport(sock_type: u32, protocol: u32) -> Transport {
 }
 
 /// Decodes one ring entry; `boot_offset_ns` turns boot-time nanoseconds into wall-clock ones.
-pub fn decode(raw: &[u8], boot_offset_ns: i128) -> Option<KernelRefusal> {
+pub fn decode(raw: &[u8], boot_offset_ns: i128) -> Option<KernelEvent> {
     let ev = parse_event(raw)?;
-    let reason = match ev.reason {
-        reason::PORT_NOT_ALLOWED => RefusalReason::PortNotAllowed,
-        reason::NOT_TCP => RefusalReason::NotTcp,
-        reason::FOREIGN_LISTENER => RefusalReason::ForeignListener,
-        reason::MAP_ERROR => RefusalReason::MapError,
-        reason::GATEWAY_DOWN => RefusalReason::GatewayDown,
-        reason::EGRESS_DROPPED => RefusalReason::EgressDropped,
+    let what = match ev.reason {
+        reason::PORT_NOT_ALLOWED => What::Refused(RefusalReason::PortNotAllowed),
+        reason::NOT_TCP => What::Refused(RefusalReason::NotTcp),
+        reason::FOREIGN_LISTENER => What::Refused(RefusalReason::ForeignListener),
+        reason::MAP_ERROR => What::Refused(RefusalReason::MapError),
+        reason::GATEWAY_DOWN => What::Refused(RefusalReason::GatewayDown),
+        reason::EGRESS_DROPPED => What::Refused(RefusalReason::EgressDropped),
+        reason::NOT_ALLOWED => What::Refused(RefusalReason::NotAllowed),
+        reason::RAW_SOCKET => What::Refused(RefusalReason::RawSocket),
+        reason::SEEN => What::Seen,
         _ => return None,
     };
     // A v4-mapped destination is the IPv4 address it spells (as redirect records store it).
@@ -104,9 +116,9 @@ pub fn decode(raw: &[u8], boot_offset_ns: i128) -> Option<KernelRefusal> {
         v4 => v4,
     };
     let at = ((i128::from(ev.boot_ns) + boot_offset_ns) / 1000).max(0);
-    Some(KernelRefusal {
+    Some(KernelEvent {
         at: at as Micros,
-        reason,
+        what,
         transport: transport(ev.sock_type, ev.protocol),
         caller: Redirected {
             orig_dst,
@@ -130,12 +142,11 @@ fn boot_offset_ns() -> i128 {
     now(nix::time::ClockId::CLOCK_REALTIME) - now(nix::time::ClockId::CLOCK_BOOTTIME)
 }
 
-/// Refusals merged by caller, destination, transport and reason: (first, count) each.
-pub fn merge(refusals: Vec<KernelRefusal>) -> Vec<(KernelRefusal, u64)> {
-    let mut merged: BTreeMap<(u32, SocketAddr, Transport, RefusalReason), (KernelRefusal, u64)> =
-        BTreeMap::new();
-    for r in refusals {
-        let key = (r.caller.tgid, r.caller.orig_dst, r.transport.clone(), r.reason);
+/// Events merged by caller, destination, transport and what was done: (first, count) each.
+pub fn merge(events: Vec<KernelEvent>) -> Vec<(KernelEvent, u64)> {
+    let mut merged: BTreeMap<(u32, SocketAddr, Transport, What), (KernelEvent, u64)> = BTreeMap::new();
+    for r in events {
+        let key = (r.caller.tgid, r.caller.orig_dst, r.transport.clone(), r.what);
         merged.entry(key).and_modify(|(_, n)| *n += 1).or_insert((r, 1));
     }
     let mut out: Vec<_> = merged.into_values().collect();
@@ -151,8 +162,14 @@ pub fn open(pins: &Pins) -> anyhow::Result<RingBuf<MapData>> {
     )?))?)
 }
 
-/// Reads refusals forever: logs each (merged) and records it with its caller.
-pub async fn record_forever(ring: RingBuf<MapData>, recorder: Option<Arc<Recorder>>) {
+/// Reads events forever: logs each refusal (merged) and records it with its caller; records
+/// each connection egress control let through with the name it was looked up by (logged only
+/// at debug: a quiet log for traffic that changes nothing).
+pub async fn record_forever(
+    ring: RingBuf<MapData>,
+    recorder: Option<Arc<Recorder>>,
+    egress: Option<Arc<Egress>>,
+) {
     let registered = crate::sys::watch_ring(ring);
     let mut fd = match registered {
         Ok(fd) => fd,
@@ -180,20 +197,57 @@ pub async fn record_forever(ring: RingBuf<MapData>, recorder: Option<Arc<Recorde
                 }
             },
             _ = flush.tick(), if !pending.is_empty() => {
-                for (refusal, count) in merge(std::mem::take(&mut pending)) {
-                    note(&refusal, count, recorder.as_ref());
+                for (event, count) in merge(std::mem::take(&mut pending)) {
+                    note(&event, count, recorder.as_ref(), egress.as_deref());
                 }
             }
         }
     }
 }
 
-fn note(r: &KernelRefusal, count: u64, recorder: Option<&Arc<Recorder>>) {
+fn note(r: &KernelEvent, count: u64, recorder: Option<&Arc<Recorder>>, egress: Option<&Egress>) {
     let c = &r.caller;
-    info!(layer = "kernel", reason = r.reason.as_str(), orig_dst = %c.orig_dst, transport = %r.transport,
+    let name = egress.and_then(|e| e.name_of(c.orig_dst.ip()));
+    let reason = match r.what {
+        What::Refused(reason) => reason,
+        What::Seen => {
+            debug!(orig_dst = %c.orig_dst, transport = %r.transport, name = name.as_deref().unwrap_or(""),
+                   tgid = c.tgid, comm = %c.comm, count, "egress seen");
+            let Some(recorder) = recorder else { return };
+            let caller = Caller::from_kernel_at(c, r.at);
+            recorder.egress(
+                &caller,
+                model::EgressSeen {
+                    session: caller.session_id(),
+                    at: r.at,
+                    orig_dst: c.orig_dst.to_string(),
+                    transport: r.transport.clone(),
+                    name,
+                    count,
+                    tgid: c.tgid,
+                    uid: c.uid,
+                    comm: c.comm.clone(),
+                },
+            );
+            return;
+        }
+    };
+    let detail = match (reason, &name) {
+        (RefusalReason::NotAllowed, Some(n)) => {
+            Some(format!("not on the egress allow-list (looked up as {n})"))
+        }
+        (RefusalReason::NotAllowed, None) => {
+            Some("not on the egress allow-list (never looked up through the gateway's resolver)".to_owned())
+        }
+        (RefusalReason::RawSocket, _) => {
+            Some("raw and ICMP sockets are refused while egress is blocked".to_owned())
+        }
+        _ => None,
+    };
+    info!(layer = "kernel", reason = reason.as_str(), orig_dst = %c.orig_dst, transport = %r.transport,
           tgid = c.tgid, pid = c.pid, uid = c.uid, comm = %c.comm, cgroup_id = c.cgroup_id, count,
-          "connection refused");
-    crate::telemetry::metrics().refused(RefusalLayer::Kernel, r.reason, count);
+          name = name.as_deref().unwrap_or(""), "connection refused");
+    crate::telemetry::metrics().refused(RefusalLayer::Kernel, reason, count);
     let Some(recorder) = recorder else { return };
     let caller = Caller::from_kernel_at(c, r.at);
     recorder.refusal(
@@ -202,12 +256,12 @@ fn note(r: &KernelRefusal, count: u64, recorder: Option<&Arc<Recorder>>) {
             session: caller.session_id(),
             at: r.at,
             layer: RefusalLayer::Kernel,
-            reason: r.reason,
+            reason,
             orig_dst: c.orig_dst.to_string(),
             transport: r.transport.clone(),
             client: None,
             sni: None,
-            detail: None,
+            detail,
             count,
             tgid: c.tgid,
             uid: c.uid,
@@ -262,7 +316,7 @@ mod tests {
             1_700_000_000_000_000_000,
         )
         .unwrap();
-        assert_eq!(r.reason, RefusalReason::PortNotAllowed);
+        assert_eq!(r.what, What::Refused(RefusalReason::PortNotAllowed));
         assert_eq!(r.caller.orig_dst, "140.82.112.4:22".parse().unwrap());
         assert_eq!((r.caller.tgid, r.caller.pid, r.caller.uid), (42, 43, 1000));
         assert_eq!(r.caller.comm, "ssh");
@@ -290,6 +344,23 @@ mod tests {
             .map(|(r, n)| (r.caller.orig_dst.port(), r.caller.tgid, *n))
             .collect();
         assert_eq!(counts, [(80, 42, 1), (22, 42, 5), (22, 77, 1)], "in time order");
+    }
+
+    #[test]
+    fn egress_events_are_seen_or_refused_and_merge_apart() {
+        let seen = decode(&event(reason::SEEN, 8080, 42, 10), 0).unwrap();
+        assert_eq!(seen.what, What::Seen);
+        let refused = decode(&event(reason::NOT_ALLOWED, 8080, 42, 11), 0).unwrap();
+        assert_eq!(refused.what, What::Refused(RefusalReason::NotAllowed));
+        let raw = decode(&event(reason::RAW_SOCKET, 0, 42, 12), 0).unwrap();
+        assert_eq!(raw.what, What::Refused(RefusalReason::RawSocket));
+        let merged = merge(vec![seen.clone(), refused, seen]);
+        let counts: Vec<(What, u64)> = merged.iter().map(|(e, n)| (e.what, *n)).collect();
+        assert_eq!(
+            counts,
+            [(What::Seen, 2), (What::Refused(RefusalReason::NotAllowed), 1)],
+            "a refusal is never folded into what was let through"
+        );
     }
 
     #[test]

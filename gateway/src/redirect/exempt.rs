@@ -48,3 +48,22 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     }
     socket.connect(addr).await
 }
+
+/// A UDP socket of the gateway's own bound to `local`, exempt from the programs (registered
+/// before anything is sent on it), when they are installed.
+pub fn udp(local: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(local)?;
+    if let Some(map) = EXEMPT.get() {
+        let cookie = socket2::SockRef::from(&socket).cookie()?;
+        map.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cookie, 1, 0)
+            .map_err(|e| {
+                io::Error::other(format!(
+                    "cannot exempt the gateway's own socket from the programs: {e}"
+                ))
+            })?;
+    }
+    socket.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(socket)
+}

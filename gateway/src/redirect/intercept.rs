@@ -116,7 +116,7 @@ pub fn desired(
 
 /// `::ffff:a.b.c.d/n` (n ≥ 96) is the IPv4 prefix `a.b.c.d/(n-96)`: the kernel looks v4-mapped
 /// destinations up in the v4 trie.
-fn unmap(net: IpNet) -> IpNet {
+pub fn unmap(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
             Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96)

@@ -23,7 +23,7 @@ use crate::{
     config::{Config, GithubConfig, InterceptRule},
     outbound::Outbound,
     record::model,
-    resolve::{HostSet, Resolver},
+    resolve::{Failing, HostSet, Resolver},
 };
 
 /// After a failed refresh, try again this soon (or at the regular interval, if sooner).
@@ -141,8 +141,11 @@ fn note_fetched(ranges: &Ranges) {
     crate::telemetry::metrics().ranges_fetched(fetched);
 }
 
-/// Re-resolves the intercept set's names as they fall due, forever, applying each change.
+
+/// Re-resolves the intercept set's names as they fall due, forever, applying each change. A
+/// kernel update that keeps failing is logged when it starts and when it works again.
 pub async fn names_forever(mut hosts: HostSet, resolver: Resolver, live: Arc<LiveSet>) {
+    let mut failing = Failing::default();
     loop {
         let Some(next) = hosts.next_due() else {
             return; // no names, nothing to refresh
@@ -150,14 +153,24 @@ pub async fn names_forever(mut hosts: HostSet, resolver: Resolver, live: Arc<Liv
         tokio::time::sleep_until(next).await;
         if hosts.refresh_due(&resolver).await || !hosts.complete() {
             match live.set_names(hosts.resolved(), hosts.complete()) {
-                Ok(s) if s.is_empty() => {}
-                Ok(s) => info!(
-                    added = s.added,
-                    changed = s.changed,
-                    removed = s.removed,
-                    "intercept set updated"
-                ),
-                Err(e) => warn!(error = %format!("{e:#}"), "cannot update the intercept set"),
+                Ok(s) => {
+                    if failing.worked(&()) {
+                        info!("the intercept set can be updated again");
+                    }
+                    if !s.is_empty() {
+                        info!(
+                            added = s.added,
+                            changed = s.changed,
+                            removed = s.removed,
+                            "intercept set updated"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if failing.failed(()) {
+                        warn!(error = %format!("{e:#}"), "cannot update the intercept set (logged again when it can)");
+                    }
+                }
             }
         }
     }

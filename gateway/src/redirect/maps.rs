@@ -24,7 +24,7 @@ use super::{
     },
 };
 
-pub(super) fn open(pins: &Pins, name: &str) -> anyhow::Result<MapData> {
+pub(crate) fn open(pins: &Pins, name: &str) -> anyhow::Result<MapData> {
     let path = pins.map(name);
     MapData::from_pin(&path)
         .with_context(|| format!("cannot open pinned map {} (is ghgate attached?)", path.display()))

@@ -13,7 +13,7 @@ pub mod events;
 pub mod exempt;
 pub mod intercept;
 pub mod live;
-mod maps;
+pub(crate) mod maps;
 pub mod ranges;
 pub mod watch;
 
@@ -27,7 +27,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -175,6 +175,7 @@ pub fn load(pins: &Pins) -> anyhow::Result<Ebpf> {
         let result = match name {
             prog_names::SOCK_OPS => <&mut SockOps>::try_from(prog).map(|p| p.load()),
             prog_names::EGRESS => <&mut CgroupSkb>::try_from(prog).map(|p| p.load()),
+            prog_names::SOCK_CREATE => <&mut CgroupSock>::try_from(prog).map(|p| p.load()),
             _ => <&mut CgroupSockAddr>::try_from(prog).map(|p| p.load()),
         };
         result
@@ -251,6 +252,13 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_dir: &Path, pins: &Pins) -> anyhow::Result
                 let p: &mut CgroupSkb = prog.try_into()?;
                 let id = p
                     .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                    .with_context(|| attach_hint(name, cgroup_dir))?;
+                p.take_link(id)?.try_into()?
+            }
+            prog_names::SOCK_CREATE => {
+                let p: &mut CgroupSock = prog.try_into()?;
+                let id = p
+                    .attach(&cgroup, CgroupAttachMode::Single)
                     .with_context(|| attach_hint(name, cgroup_dir))?;
                 p.take_link(id)?.try_into()?
             }

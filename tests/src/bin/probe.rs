@@ -14,7 +14,7 @@ use std::{
 fn usage() -> ! {
     eprintln!(
         "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N\n       ghgate-probe h2streams ADDR NAME CA_FILE PATH --streams N --wait-secs S\n\
-         attacks (one JSON line each; DIAL is connect, tfo or mptcp; TEXT takes \\r \\n \\0 \\xHH;\n         any mode takes --comm NAME (rename first) and --as-pid PID (run as a child with that pid)):\n       ghgate-probe talk ADDR [--dial DIAL] [--send TEXT] [--wait-ms MS] [--scope-id N]\n       ghgate-probe udp-send ADDR [--connect] [--lite] [--decoy ADDR] [--send TEXT]\n       ghgate-probe sctp ADDR\n       ghgate-probe raw-udp ADDR [--send TEXT]\n       ghgate-probe hello ADDR [--dial DIAL] [--sni NAME]... [--no-sni] [--ech] [--pad N] [--garbage] [--raw TEXT] [--fragment N] [--dribble-ms MS] [--stall-ms MS] [--then TEXT] [--wait-ms MS]\n       ghgate-probe fetch ADDR NAME [--dial DIAL] [--ca FILE|any]... [--host HOST] [--path PATH] [--dribble-ms MS]\n       ghgate-probe bind ADDR [--reuseport] [--hold-ms MS]\n       ghgate-probe flood ADDR --count N [--hold-ms MS]"
+         attacks (one JSON line each; DIAL is connect, tfo or mptcp; TEXT takes \\r \\n \\0 \\xHH;\n         any mode takes --comm NAME (rename first) and --as-pid PID (run as a child with that pid)):\n       ghgate-probe talk ADDR [--dial DIAL] [--send TEXT] [--wait-ms MS] [--scope-id N]\n       ghgate-probe udp-send ADDR [--connect] [--lite] [--decoy ADDR] [--send TEXT]\n       ghgate-probe sctp ADDR\n       ghgate-probe raw-udp ADDR [--send TEXT]\n       ghgate-probe hello ADDR [--dial DIAL] [--sni NAME]... [--no-sni] [--ech] [--pad N] [--garbage] [--raw TEXT] [--fragment N] [--dribble-ms MS] [--stall-ms MS] [--then TEXT] [--wait-ms MS]\n       ghgate-probe fetch ADDR NAME [--dial DIAL] [--ca FILE|any]... [--host HOST] [--path PATH] [--dribble-ms MS]\n       ghgate-probe bind ADDR [--reuseport] [--hold-ms MS]\n       ghgate-probe flood ADDR --count N [--hold-ms MS]\n       ghgate-probe dns SERVER NAME [--tcp] [--connect PORT]"
     );
     std::process::exit(2)
 }
@@ -105,6 +105,11 @@ fn attack(mode: &str, addr: SocketAddr, args: &[String]) -> Option<()> {
             return Some(());
         }
         "flood" => attack::flood(addr, num("--count", 100) as usize, ms("--hold-ms", 0)),
+        "dns" => {
+            let name = args.get(2).unwrap_or_else(|| usage());
+            let then = opt("--connect").map(|p| p.parse().unwrap_or_else(|_| usage()));
+            attack::dns(addr, name, flag("--tcp"), then)
+        }
         _ => return None,
     };
     println!("{result}");

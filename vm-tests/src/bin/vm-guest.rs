@@ -186,22 +186,21 @@ fn cgroup_mode_fails_closed_and_restarts_without_bypass() {
     std::thread::sleep(Duration::from_millis(800));
     gw.kill9();
     std::thread::sleep(Duration::from_millis(1200));
-    // The restart has about 3 s (under TCG, 8-20x slower than native) before the last attempt.
     gw.spawn();
     assert!(client.wait().unwrap().success());
     let results = reader.join().unwrap();
     assert_eq!(results.len(), 100);
+    // Every attempt went through the gateway or was refused while it was down: none bypassed it.
     Attempts::classify(&results).assert_fail_closed();
-    assert!(
-        results.last().unwrap()["proxied"] == true,
-        "interception did not resume: {:?}",
-        results.last()
-    );
-    assert!(
-        gw.logs()
-            .iter()
+    // The restarted gateway takes the pinned programs over, and interception resumes. How soon
+    // depends on the guest's speed (TCG on a loaded host is 8-50x slower than native), so this
+    // waits for the gateway to say it is ready rather than for a fixed time.
+    gw.wait_log("the restarted gateway ready", Duration::from_secs(60), |l| {
+        l.iter()
             .any(|l| l["message"] == "gateway ready" && l["took_over"] == true)
-    );
+    });
+    let after = one(gw.probe(&["connect", &upstream.addr.to_string()]));
+    assert_eq!(after["proxied"], true, "interception did not resume: {after}");
 }
 
 fn whole_host_mode_redirects_everyone_but_the_gateway() {
