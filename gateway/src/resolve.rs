@@ -118,6 +118,15 @@ impl<K: Ord> Failing<K> {
     pub fn is_failing(&self, key: &K) -> bool {
         self.now.contains(key)
     }
+
+    /// How many keys are failing now.
+    pub fn len(&self) -> usize {
+        self.now.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.now.is_empty()
+    }
 }
 
 /// The host names of the intercept set, their current answers and when each is due again.

@@ -444,5 +444,8 @@ fn a_hung_webhook_never_delays_traffic_and_its_buffer_is_bounded() {
         0.0
     );
     // Only labels from closed sets: no URL, path or name a client chose.
-    assert!(!text.contains("evil.example") && !text.contains("siem.test"), "{text}");
+    assert!(
+        !text.contains("evil.example") && !text.contains("siem.test"),
+        "{text}"
+    );
 }

@@ -141,7 +141,6 @@ fn note_fetched(ranges: &Ranges) {
     crate::telemetry::metrics().ranges_fetched(fetched);
 }
 
-
 /// Re-resolves the intercept set's names as they fall due, forever, applying each change. A
 /// kernel update that keeps failing is logged when it starts and when it works again.
 pub async fn names_forever(mut hosts: HostSet, resolver: Resolver, live: Arc<LiveSet>) {
