@@ -68,6 +68,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub approvals: crate::approval::config::ApprovalsConfig,
+    /// The Prometheus endpoint and the event sinks.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::config::TelemetryConfig,
     /// Egress control for everything that is not GitHub's: off, audit or block.
     #[serde(default)]
     pub egress: crate::egress::EgressConfig,
@@ -1052,6 +1055,9 @@ impl Config {
             return Err(invalid("policy.reload_ms".into(), "must be more than 0".into()));
         }
         if let Err((key, message)) = self.approvals.validate() {
+            return Err(invalid(key, message));
+        }
+        if let Err((key, message)) = self.telemetry.validate(self.record.enabled) {
             return Err(invalid(key, message));
         }
         for (i, rule) in self.credentials.rules.iter().enumerate() {

@@ -8,7 +8,8 @@
 //! service, Copilot endpoint) before `credentials`, `enforce`, `mask` and `record` read it.
 //! `policy` reads the policy file and keeps it current (its model is `ghgate-policy`'s).
 //! `config` is validated once at load; `resolve` keeps the intercept set's names current; `cli`
-//! is the command line.
+//! is the command line. `telemetry` counts for Prometheus and streams events to syslog or a
+//! webhook.
 pub mod approval;
 pub mod assemble;
 pub mod cli;
@@ -33,4 +34,5 @@ pub mod resolve;
 pub mod runner;
 pub mod selftest;
 pub mod sys;
+pub mod telemetry;
 pub mod tls;

@@ -323,6 +323,7 @@ impl<P: Phases> Proxy<P> {
         info!(layer = "gateway", reason = reason.as_str(), client = %conn.client, orig_dst = %conn.orig_dst,
               sni = sni.as_deref().unwrap_or(""), tgid = caller.tgid, pid = caller.pid, uid = caller.uid,
               comm = %caller.comm, detail = %detail, "connection refused");
+        crate::telemetry::metrics().refused(RefusalLayer::Gateway, reason, 1);
         if let Some(recorder) = &self.relay.recorder {
             recorder.refusal(
                 caller,

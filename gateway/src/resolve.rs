@@ -118,6 +118,15 @@ impl<K: Ord> Failing<K> {
     pub fn is_failing(&self, key: &K) -> bool {
         self.now.contains(key)
     }
+
+    /// How many keys are failing now.
+    pub fn len(&self) -> usize {
+        self.now.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.now.is_empty()
+    }
 }
 
 /// The host names of the intercept set, their current answers and when each is due again.
@@ -127,6 +136,8 @@ pub struct HostSet {
     retry: Duration,
     /// Names whose last lookup failed.
     failing: Failing<String>,
+    /// When each name last had a good answer (µs since the epoch), for the metrics' ages.
+    answered_at: BTreeMap<String, u64>,
 }
 
 impl HostSet {
@@ -143,6 +154,7 @@ impl HostSet {
             due,
             retry,
             failing: Default::default(),
+            answered_at: BTreeMap::new(),
         }
     }
 
@@ -182,6 +194,8 @@ impl HostSet {
                         *slot = Some(addrs);
                         changed = true;
                     }
+                    self.answered_at
+                        .insert(host.clone(), crate::record::model::now_micros());
                     self.due.insert(host, Instant::now() + ttl);
                 }
                 Err(e) => {
@@ -199,6 +213,12 @@ impl HostSet {
                 }
             }
         }
+        // The oldest answer in force counts only once every name has one.
+        let oldest = self
+            .complete()
+            .then(|| self.answered_at.values().min().copied())
+            .flatten();
+        crate::telemetry::metrics().names(oldest, self.failing.len());
         changed
     }
 }

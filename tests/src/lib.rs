@@ -927,3 +927,39 @@ pub fn with_login(cmd: &Command, login: u32) -> Command {
     }
     wrapped
 }
+
+/// One HTTP/1.1 request read from `conn`, for the tests' hand-made receivers: its head (as
+/// text) and its body (`Content-Length` bytes, as text); `None` if the peer closed first.
+pub fn read_request(conn: &mut impl std::io::Read) -> Option<(String, String)> {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = conn.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        req.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&req).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..end].to_owned();
+        let len: usize = header(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if req.len() >= end + 4 + len {
+            return Some((
+                head,
+                String::from_utf8_lossy(&req[end + 4..end + 4 + len]).into_owned(),
+            ));
+        }
+    }
+}
+
+/// The value of header `name` in a request head, if it has one.
+pub fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}

@@ -559,30 +559,7 @@ impl Hook {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 8192];
-                // Headers, then Content-Length bytes of body.
-                let body = loop {
-                    let n = conn.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        break None;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&req).into_owned();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len: usize = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse().ok())?
-                            })
-                            .unwrap_or(0);
-                        if req.len() >= end + 4 + len {
-                            break Some(String::from_utf8_lossy(&req[end + 4..end + 4 + len]).into_owned());
-                        }
-                    }
-                };
+                let body = ghgate_e2e::read_request(&mut conn).map(|(_, body)| body);
                 let Some(body) = body else { continue };
                 let n = {
                     let mut a = a.lock().unwrap();

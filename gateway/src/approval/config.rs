@@ -96,16 +96,14 @@ impl fmt::Debug for WebhookConfig {
             .field("format", &self.format)
             .field("retries", &self.retries)
             .field("timeout_secs", &self.timeout_secs)
-            .field(
-                "headers",
-                &self
-                    .headers
-                    .keys()
-                    .map(|k| (k, "***"))
-                    .collect::<BTreeMap<_, _>>(),
-            )
+            .field("headers", &shown_headers(&self.headers))
             .finish()
     }
+}
+
+/// A webhook's headers as `Debug` shows them: the names, each value `***`.
+pub fn shown_headers(headers: &BTreeMap<String, String>) -> BTreeMap<&str, &'static str> {
+    headers.keys().map(|k| (k.as_str(), "***")).collect()
 }
 
 /// A URL with everything after its authority (and any userinfo) shown as `***`.
@@ -120,6 +118,55 @@ pub fn shown_url(url: &str) -> String {
     } else {
         format!("{scheme}://{host}{tail}")
     }
+}
+
+/// The checks every webhook of the config passes (`key` is its table, e.g. "approvals.webhook"):
+/// https (plain http to loopback only), a valid URL, a timeout of 1 to 300 s, headers that are
+/// valid and leave the content type to ghgate. Never quotes a header value or the URL's path.
+pub fn check_webhook(
+    key: &str,
+    url: &str,
+    timeout_secs: u64,
+    headers: &BTreeMap<String, String>,
+) -> Result<(), (String, String)> {
+    let loopback = [
+        "http://127.",
+        "http://[::1]",
+        "http://localhost:",
+        "http://localhost/",
+    ];
+    if !(url.starts_with("https://") || loopback.iter().any(|p| url.starts_with(p))) {
+        return Err((
+            format!("{key}.url"),
+            format!(
+                "{:?} must be an https:// URL (plain http only to loopback addresses)",
+                shown_url(url)
+            ),
+        ));
+    }
+    if url.parse::<http::Uri>().is_err() {
+        return Err((
+            format!("{key}.url"),
+            format!("{:?} is not a valid URL", shown_url(url)),
+        ));
+    }
+    if !(1..=300).contains(&timeout_secs) {
+        return Err((format!("{key}.timeout_secs"), "must be between 1 and 300".into()));
+    }
+    for (name, value) in headers {
+        let key = format!("{key}.headers.{name:?}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err((key, "is not a valid header name".into()));
+        }
+        if name.eq_ignore_ascii_case("content-type") || name.eq_ignore_ascii_case("content-length") {
+            return Err((key, "is set by ghgate".into()));
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            // The value may be a secret: never quoted.
+            return Err((key, "has a value that is not a valid header value".into()));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,48 +225,9 @@ impl ApprovalsConfig {
     /// Validates `[approvals]`: `Err((key, message))` names the offending key.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if let Some(w) = &self.webhook {
-            let loopback = [
-                "http://127.",
-                "http://[::1]",
-                "http://localhost:",
-                "http://localhost/",
-            ];
-            if !(w.url.starts_with("https://") || loopback.iter().any(|p| w.url.starts_with(p))) {
-                return Err((
-                    "approvals.webhook.url".into(),
-                    format!(
-                        "{:?} must be an https:// URL (plain http only to loopback addresses)",
-                        shown_url(&w.url)
-                    ),
-                ));
-            }
-            if w.url.parse::<http::Uri>().is_err() {
-                return Err((
-                    "approvals.webhook.url".into(),
-                    format!("{:?} is not a valid URL", shown_url(&w.url)),
-                ));
-            }
+            check_webhook("approvals.webhook", &w.url, w.timeout_secs, &w.headers)?;
             if w.retries > 20 {
                 return Err(("approvals.webhook.retries".into(), "must be at most 20".into()));
-            }
-            if !(1..=300).contains(&w.timeout_secs) {
-                return Err((
-                    "approvals.webhook.timeout_secs".into(),
-                    "must be between 1 and 300".into(),
-                ));
-            }
-            for (name, value) in &w.headers {
-                let key = format!("approvals.webhook.headers.{name:?}");
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err((key, "is not a valid header name".into()));
-                }
-                if name.eq_ignore_ascii_case("content-type") || name.eq_ignore_ascii_case("content-length") {
-                    return Err((key, "is set by ghgate from `format`".into()));
-                }
-                if http::HeaderValue::from_str(value).is_err() {
-                    // The value may be a secret: never quoted.
-                    return Err((key, "has a value that is not a valid header value".into()));
-                }
             }
         }
         if let Some(h) = &self.http {

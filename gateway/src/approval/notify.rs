@@ -118,18 +118,23 @@ impl Webhook {
 
     /// A poster's error, with the URL and header values (secrets) replaced.
     fn scrub(&self, error: &str) -> String {
-        let mut e = error.replace(&self.config.url, &shown_url(&self.config.url));
-        if let Some((_, rest)) = self.config.url.split_once("://")
-            && let Some(slash) = rest.find('/')
-            && rest.len() > slash + 1
-        {
-            e = e.replace(&rest[slash..], "/***");
-        }
-        for v in self.config.headers.values().filter(|v| !v.is_empty()) {
-            e = e.replace(v.as_str(), "***");
-        }
-        e
+        scrub(error, &self.config.url, &self.config.headers)
     }
+}
+
+/// A webhook's error, with its URL's path and its header values (secrets) replaced.
+pub fn scrub(error: &str, url: &str, headers: &std::collections::BTreeMap<String, String>) -> String {
+    let mut e = error.replace(url, &shown_url(url));
+    if let Some((_, rest)) = url.split_once("://")
+        && let Some(slash) = rest.find('/')
+        && rest.len() > slash + 1
+    {
+        e = e.replace(&rest[slash..], "/***");
+    }
+    for v in headers.values().filter(|v| !v.is_empty()) {
+        e = e.replace(v.as_str(), "***");
+    }
+    e
 }
 
 /// The JSON format: the approval's facts and how to decide it.

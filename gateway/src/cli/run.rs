@@ -103,6 +103,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(e) = &proxy.phases.enforcer {
         e.serve(&config).await?;
     }
+    let approvals = proxy.phases.enforcer.as_ref().map(|e| e.approvals.clone());
+    crate::telemetry::start(&config, recorder.as_ref(), approvals).await?;
 
     let listener_v4 = listen::bind(config.listen.ipv4, Some(config.redirect.listener_mark))?;
     let listener_v6 = listen::bind(config.listen.ipv6, Some(config.redirect.listener_mark))?;

@@ -106,6 +106,7 @@ pub async fn serve<D: OrigDst, H: Handler>(
             continue;
         };
         debug!(client = %client, orig_dst = %redirected.orig_dst, "accepted");
+        crate::telemetry::metrics().redirected();
         let caller = Caller::from_kernel(&redirected);
         let conn = Accepted {
             stream,

@@ -373,6 +373,12 @@ impl Phases for Pipeline {
 
     fn logging(&self, ex: &Exchange, state: Ended<'_, Self>, outcome: &Outcome) -> Option<EndFuture> {
         http::log_exchange(ex, outcome);
+        crate::telemetry::metrics().exchange(
+            ex.req.kind,
+            outcome.answered_by,
+            outcome.status,
+            outcome.error.is_some(),
+        );
         let record = match state {
             Ended::BeforeUpstream(head) => head.record.as_deref(),
             Ended::AfterUpstream(down) => down.record.as_deref(),
@@ -412,9 +418,10 @@ fn policy_head(
     answer
 }
 
-/// One log line per policy decision.
+/// One log line and one count per policy decision.
 fn log_decisions(ex: &Exchange, decisions: &[model::Decision]) {
     for d in decisions {
+        crate::telemetry::metrics().decision(d);
         tracing::info!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
                        outcome = %d.outcome, r#ref = d.ref_update.as_ref().map(|r| crate::mask::for_logs(&r.name)),
                        approval = d.approval.as_deref(), "policy decision");

@@ -80,7 +80,12 @@ struct Shared {
     unrecorded: AtomicU64,
     /// Written since the last sync.
     dirty: AtomicBool,
+    /// Sees every record once it is written (the telemetry sinks); must never wait.
+    tap: std::sync::OnceLock<Tap>,
 }
+
+/// What [`Recorder::set_tap`] takes.
+pub type Tap = Box<dyn Fn(&[Record]) + Send + Sync>;
 
 /// Records written, with where they were written, on their way to the index.
 type Indexed = Vec<(store::Position, Record)>;
@@ -210,6 +215,7 @@ impl Recorder {
             failed: Mutex::new(None),
             unrecorded: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            tap: std::sync::OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel();
         let settings = WriterSettings {
@@ -353,6 +359,17 @@ impl Recorder {
     /// Why the store cannot write right now, if it cannot.
     pub fn failure(&self) -> Option<Arc<store::Error>> {
         self.shared.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Hands every record, once written, to `tap` (set once, at start; later calls are
+    /// ignored). It runs under the store's lock, possibly on the data path: it must not wait.
+    pub fn set_tap(&self, tap: Tap) {
+        let _ = self.shared.tap.set(tap);
+    }
+
+    /// Bytes queued for the writer and not yet written: how far the store is behind.
+    pub fn pending_bytes(&self) -> u64 {
+        self.shared.pending.load(Ordering::Relaxed)
     }
 
     /// The masker for what the recorder stores of callers (set once, at start).
@@ -788,6 +805,9 @@ fn append_indexed(
 ) -> store::Result<()> {
     let positions = store.append_batch(records)?;
     shared.dirty.store(true, Ordering::Release);
+    if let Some(tap) = shared.tap.get() {
+        tap(records);
+    }
     to_index.push(positions.into_iter().zip(records.drain(..)).collect());
     Ok(())
 }
@@ -1553,6 +1573,7 @@ mod tests {
             }))),
             unrecorded: AtomicU64::new(3),
             dirty: AtomicBool::new(false),
+            tap: std::sync::OnceLock::new(),
         };
         let queue = IndexQueue::default();
         let end = |session: &str| {

@@ -247,6 +247,7 @@ fn note(r: &KernelEvent, count: u64, recorder: Option<&Arc<Recorder>>, egress: O
     info!(layer = "kernel", reason = reason.as_str(), orig_dst = %c.orig_dst, transport = %r.transport,
           tgid = c.tgid, pid = c.pid, uid = c.uid, comm = %c.comm, cgroup_id = c.cgroup_id, count,
           name = name.as_deref().unwrap_or(""), "connection refused");
+    crate::telemetry::metrics().refused(RefusalLayer::Kernel, reason, count);
     let Some(recorder) = recorder else { return };
     let caller = Caller::from_kernel_at(c, r.at);
     recorder.refusal(

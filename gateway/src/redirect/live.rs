@@ -62,6 +62,7 @@ impl Inner {
 
 impl LiveSet {
     pub fn new(maps: Maps, config: &Config, ranges: Ranges) -> Self {
+        note_fetched(&ranges);
         Self {
             inner: Mutex::new(Inner {
                 maps,
@@ -94,6 +95,7 @@ impl LiveSet {
 
     /// A new set of GitHub's ranges.
     pub fn set_ranges(&self, ranges: Ranges) -> anyhow::Result<Synced> {
+        note_fetched(&ranges);
         let mut inner = self.lock();
         inner.ranges = ranges;
         inner.last_refresh_error = None;
@@ -138,6 +140,17 @@ impl LiveSet {
     fn had_failure(&self) -> bool {
         self.lock().last_refresh_error.is_some()
     }
+}
+
+/// Tells the metrics when the ranges in force were fetched from the meta API (never, for a
+/// snapshot).
+fn note_fetched(ranges: &Ranges) {
+    let fetched = matches!(ranges.source, Source::Refreshed | Source::Cached)
+        .then_some(ranges.as_of.as_deref())
+        .flatten()
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .map_or(0, |t| (t.unix_timestamp_nanos() / 1000) as u64);
+    crate::telemetry::metrics().ranges_fetched(fetched);
 }
 
 /// Re-resolves the intercept set's names as they fall due, forever, applying each change. A
