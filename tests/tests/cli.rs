@@ -162,7 +162,7 @@ fn exec_refuses_when_nothing_is_attached_and_detach_is_idempotent() {
     let out = gw.ghgate(&["detach"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("detached 8 program links"),
+        String::from_utf8_lossy(&out.stdout).contains("detached 11 program links"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

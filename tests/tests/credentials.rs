@@ -94,7 +94,7 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     // curl with a placeholder token: replaced upstream.
     let out = s.curl(
         "api.github.com",
-        "/repos/o/r",
+        "/repos/o/r/issues",
         &[
             "-H",
             "Authorization: Bearer placeholder-not-a-token",
@@ -104,7 +104,7 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.ends_with("200") && text.contains("path=/repos/o/r"),
+        text.ends_with("200") && text.contains("path=/repos/o/r/issues"),
         "{text}"
     );
 

@@ -774,7 +774,6 @@ fn a_push_spelled_otherwise_is_the_same_push_to_the_policy() {
     let zero = "0".repeat(40);
     let mut body = fixtures::pkt(format!("{zero} {head} refs/heads/frozen\0report-status\n"));
     body.extend_from_slice(b"0000");
-    let served = t.s.upstream.served();
     let answer = t.s.raw(
         "github.com",
         &fixtures::receive_pack_request(
@@ -787,7 +786,11 @@ fn a_push_spelled_otherwise_is_the_same_push_to_the_policy() {
         answer.contains("ng refs/heads/frozen denied by ghgate rule #8 \"frozen\""),
         "{answer}"
     );
-    // Spellings that would hide the push from a stage are refused from the head.
+    // (Deciding it, the gateway asked the API for the new ref's base: those reads reached the
+    // fake; the push did not, as the ref's absence upstream shows below.)
+    // Spellings that would hide the push from a stage are refused from the head: nothing of
+    // them reaches the upstream, not even an API read.
+    let served = t.s.upstream.served();
     for path in [
         "/o%2Fr.git/git-receive-pack",
         "/o/r.git%2Fgit-receive-pack",

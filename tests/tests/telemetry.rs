@@ -155,6 +155,7 @@ fn metrics_count_exactly_what_happened_and_the_sinks_get_every_event_without_the
     let toml = |addr: SocketAddr| {
         format!(
             "[policy]\nfile = \"{}\"\napi_url = \"https://api.github.com:{}\"\n\n\
+             [approvals]\nsocket = \"{}\"\n\
              [telemetry]\nmetrics = \"127.0.0.1:{metrics_port}\"\n\
              [telemetry.syslog]\nsocket = \"{}\"\n\
              [telemetry.webhook]\nurl = \"https://siem.test:{hook_port}/ingest/path-secret\"\nca = \"{}\"\n\
@@ -162,6 +163,7 @@ fn metrics_count_exactly_what_happened_and_the_sinks_get_every_event_without_the
              headers = {{ authorization = \"{sink_secret}\" }}\n",
             policy.display(),
             addr.port(),
+            tmp.path().join("control.sock").display(),
             syslog_path.display(),
             hook_ca_file.display(),
         )

@@ -1080,7 +1080,7 @@ mod tests {
             words(&[G::GatewayDown, G::GatewayStopped, G::Detached, G::Reboot]),
             ["gateway_down", "gateway_stopped", "detached", "reboot"]
         );
-        assert_eq!(RefusalReason::WORDS.len(), 12);
+        assert_eq!(RefusalReason::WORDS.len(), 14);
         for w in RefusalReason::WORDS {
             assert_eq!(words(&[RefusalReason::from_word(w).unwrap()]), [*w]);
         }
