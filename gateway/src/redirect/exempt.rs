@@ -35,17 +35,7 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     } else {
         TcpSocket::new_v6()?
     };
-    if let Some(map) = EXEMPT.get() {
-        let cookie = socket2::SockRef::from(&socket).cookie()?;
-        map.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cookie, 1, 0)
-            .map_err(|e| {
-                io::Error::other(format!(
-                    "cannot exempt the gateway's own socket from the redirect: {e}"
-                ))
-            })?;
-    }
+    exempt(socket2::SockRef::from(&socket))?;
     socket.connect(addr).await
 }
 
@@ -53,17 +43,24 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// before anything is sent on it), when they are installed.
 pub fn udp(local: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(local)?;
-    if let Some(map) = EXEMPT.get() {
-        let cookie = socket2::SockRef::from(&socket).cookie()?;
-        map.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cookie, 1, 0)
-            .map_err(|e| {
-                io::Error::other(format!(
-                    "cannot exempt the gateway's own socket from the programs: {e}"
-                ))
-            })?;
-    }
+    exempt(socket2::SockRef::from(&socket))?;
     socket.set_nonblocking(true)?;
     tokio::net::UdpSocket::from_std(socket)
+}
+
+/// Puts `socket` in the exempt map (by its cookie) when the programs are installed; a socket
+/// must be exempt before it connects or sends.
+fn exempt(socket: socket2::SockRef<'_>) -> io::Result<()> {
+    let Some(map) = EXEMPT.get() else {
+        return Ok(());
+    };
+    let cookie = socket.cookie()?;
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(cookie, 1, 0)
+        .map_err(|e| {
+            io::Error::other(format!(
+                "cannot exempt the gateway's own socket from the programs: {e}"
+            ))
+        })
 }
