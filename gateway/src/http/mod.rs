@@ -599,7 +599,23 @@ impl<P: Phases> body::Observer for UpObserver<P> {
                 cause
             })?;
         self.ex.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        Ok(wait)
+        // The chunk waits for its record: if that fails, the chunk never goes up and the client
+        // hears why (503, the recorder's cause), not the upstream's complaint about a cut stream.
+        Ok(wait.map(|wait| {
+            let refused = self.refused.clone();
+            Box::pin(async move {
+                let written = wait.await;
+                if let Err(BodyError::Unrecorded(why)) = &written {
+                    let _ = refused.set(BodyRefusal {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        cause: format!(
+                            "this request was not forwarded because its body could not be recorded: {why}"
+                        ),
+                    });
+                }
+                written
+            }) as EndFuture
+        }))
     }
 
     fn end(&mut self, _result: Result<(), BodyError>) -> Option<EndFuture> {
@@ -938,6 +954,67 @@ async fn forward<P: Phases>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Phases whose request body chunks wait for a record that then fails to be written.
+    struct FailingRecord;
+
+    impl Phases for FailingRecord {
+        type Head = ();
+        type Up = ();
+        type Down = ();
+        type Upgraded = ();
+
+        fn begin(&self, _ex: &Exchange) {}
+        fn upstream_request(&self, _ex: &Exchange, _head: (), _req: &mut http::request::Parts) -> ((), ()) {
+            ((), ())
+        }
+        fn request_body_filter(
+            &self,
+            _ex: &Exchange,
+            _up: &mut (),
+            _chunk: &mut Bytes,
+            _end: bool,
+        ) -> Result<Option<EndFuture>, BodyRefusal> {
+            Ok(Some(Box::pin(async {
+                tokio::task::yield_now().await;
+                Err(BodyError::unrecorded(std::io::Error::other(
+                    "the session recorder cannot write: No space left on device",
+                )))
+            })))
+        }
+        fn upgraded(&self, _ex: &Exchange, _down: &mut ()) {}
+    }
+
+    #[tokio::test]
+    async fn a_request_chunk_whose_record_fails_later_is_refused_with_503_naming_the_recorder() {
+        let refused = Arc::new(std::sync::OnceLock::<BodyRefusal>::new());
+        let ex = Arc::new(testing::exchange(
+            "POST",
+            "api.github.com",
+            "/repos/o/r/issues",
+            &[],
+        ));
+        let observer = UpObserver {
+            phases: Arc::new(FailingRecord),
+            ex,
+            up: (),
+            refused: refused.clone(),
+        };
+        let body = Observed::new(
+            Full::new(Bytes::from_static(b"{\"title\":\"x\"}")).map_err(|never| match never {}),
+            observer,
+        );
+        let sent = body.collect().await;
+        assert!(sent.is_err(), "the chunk never goes up");
+        let refusal = refused.get().expect("the client is told why");
+        assert_eq!(refusal.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            refusal.cause.contains("could not be recorded")
+                && refusal.cause.contains("No space left on device"),
+            "{}",
+            refusal.cause
+        );
+    }
 
     #[test]
     fn rate_limit_allows_a_burst_then_refuses() {
