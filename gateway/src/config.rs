@@ -338,6 +338,9 @@ pub struct RecordConfig {
     /// Whole segments older than this are pruned at start and daily (0 keeps everything).
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
+    /// Copies of sealed segments and signed chain heads in S3-compatible object storage.
+    #[serde(default)]
+    pub sink: Option<crate::record::sink::SinkConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -368,6 +371,7 @@ impl Default for RecordConfig {
             max_pending_bytes: default_max_pending(),
             segment_bytes: default_segment_bytes(),
             retention_days: default_retention_days(),
+            sink: None,
         }
     }
 }
@@ -1149,6 +1153,11 @@ impl Config {
                     "is too small (at least 1 ms, or 1 MiB for sizes)".into(),
                 ));
             }
+        }
+        if let Some(sink) = &r.sink
+            && let Err((key, message)) = sink.validate()
+        {
+            return Err(invalid(key.into(), message));
         }
         if self.relay.connect_timeout_secs == 0 {
             return Err(invalid(

@@ -7,6 +7,7 @@
 pub mod attack;
 pub mod chromium;
 pub mod https;
+pub mod s3;
 
 // The fakes that know nothing of the gateway (TLS upstreams, git, DNS, GitHub's edge, crafted
 // ClientHellos) live in ghgate-test-support, shared with the gateway's own in-process tests.

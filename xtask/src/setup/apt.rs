@@ -22,6 +22,8 @@ fn packages(ws: &Workspace) -> Vec<String> {
     packages.extend(["chromium", "fonts-dejavu-core"].map(String::from));
     // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
     packages.push("g++".to_owned());
+    // The record sink's tests run moto (PyPI) in a virtualenv of its own.
+    packages.extend(["python3", "python3-venv"].map(String::from));
     packages
 }
 

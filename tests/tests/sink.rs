@@ -1,0 +1,259 @@
+//! The record sink end to end: a real gateway recording real curl traffic copies its sealed
+//! segments and signed chain heads to a real S3-compatible server with Object Lock (moto), through
+//! crashes and an unreachable server; the bucket is then read with boto3, as an auditor — or an
+//! attacker holding the bucket's keys — would.
+use std::{path::Path, time::Duration};
+
+use ghgate_e2e::{
+    https::TlsGateway,
+    privileged,
+    s3::{ACCESS_KEY, Cut, S3Server, SECRET_KEY},
+};
+use serde_json::Value;
+
+const BUCKET: &str = "fleet-evidence";
+
+/// `[record.sink]` to `url`, with a 0600 credentials file in `dir`.
+fn sink_toml(dir: &Path, url: &str, runner: &str, extra: &str) -> String {
+    let creds = dir.join("s3.credentials");
+    std::fs::write(
+        &creds,
+        format!("access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "\n[record.sink]\nurl = \"{url}\"\nbucket = \"{BUCKET}\"\nprefix = \"{runner}\"\n\
+         credentials_file = \"{}\"\ninterval_ms = 200\n{extra}",
+        creds.display()
+    )
+}
+
+fn local_segments(record_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut segs: Vec<_> = std::fs::read_dir(record_dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs.iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `eventually`, failing with the gateway's log lines about the sink.
+fn until<T>(s: &TlsGateway, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = s.gw.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("sink")).collect();
+            panic!(
+                "timed out waiting for {what}; the gateway said:\n{}",
+                lines.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_no_secret_in_logs(s: &TlsGateway) {
+    let logs = s.gw.log_text();
+    assert!(
+        !logs.contains(SECRET_KEY) && !logs.contains(ACCESS_KEY),
+        "the sink's credentials reached the log"
+    );
+}
+
+#[test]
+fn sealed_segments_and_anchors_reach_a_locked_bucket_and_cannot_be_deleted() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = sink_toml(
+        tmp.path(),
+        &s3.url(),
+        "runner-a",
+        "[record.sink.object_lock]\nmode = \"compliance\"\ndays = 2\n",
+    );
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    for path in ["/one", "/two", "/three"] {
+        let out = s.curl("api.github.com", path, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // While running: the key is pinned, the active segment copied, its head anchored.
+    let keys = until(
+        &s,
+        "the partial segment and an anchor in the bucket",
+        Duration::from_secs(20),
+        || {
+            let keys = s3.keys(BUCKET, "runner-a/");
+            let ready = keys.iter().any(|k| k == "runner-a/runner.pub")
+                && keys.iter().any(|k| k.starts_with("runner-a/partial/"))
+                && keys.iter().any(|k| k.starts_with("runner-a/anchors/"));
+            ready.then_some(keys)
+        },
+    );
+    let record_dir = s.gw.state_dir.join("record");
+    let pinned = String::from_utf8(s3.get(BUCKET, "runner-a/runner.pub")).unwrap();
+    assert!(pinned.contains("BEGIN PUBLIC KEY"), "{pinned}");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("runner-a/segments/")),
+        "nothing sealed yet: {keys:?}"
+    );
+
+    // An orderly stop seals the segment; the sink copies it before the gateway exits.
+    s.gw.terminate();
+    let local = local_segments(&record_dir);
+    let (name, bytes) = &local[0];
+    let key = format!("runner-a/segments/{name}");
+    assert_eq!(
+        &s3.get(BUCKET, &key),
+        bytes,
+        "the remote segment is the local one, byte for byte"
+    );
+    let confirmed: Value =
+        serde_json::from_slice(&std::fs::read(record_dir.join("sink.json")).unwrap()).unwrap();
+    assert_eq!(confirmed["confirmed_through"], 1);
+
+    // The seal's anchor holds the chain head `verify` reports.
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    let head = verified
+        .split("head ")
+        .nth(1)
+        .and_then(|t| t.get(..64))
+        .unwrap_or_else(|| panic!("verify prints the head hash: {verified}"));
+    let anchors: Vec<Value> = s3
+        .keys(BUCKET, "runner-a/anchors/")
+        .iter()
+        .map(|k| serde_json::from_slice(&s3.get(BUCKET, k)).unwrap())
+        .collect();
+    assert!(
+        anchors
+            .iter()
+            .any(|a| a["sealed"] == true && a["hash"] == head && a["segment"] == 1),
+        "no anchor of the seal {head}: {anchors:?}"
+    );
+    assert!(
+        anchors
+            .iter()
+            .all(|a| a["signature"].as_str().is_some_and(|s| s.len() == 128))
+    );
+
+    // Every object is under compliance-mode retention of at least the configured days.
+    for k in [&key, &"runner-a/runner.pub".to_owned()] {
+        let (mode, until, version) = s3.retention(BUCKET, k);
+        assert_eq!(mode, "COMPLIANCE", "{k}");
+        let until = time::OffsetDateTime::parse(
+            &until.replacen(' ', "T", 1),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or_else(|e| panic!("{until}: {e}"));
+        assert!(
+            until > time::OffsetDateTime::now_utc() + time::Duration::hours(47),
+            "{k}: {until}"
+        );
+        // The attacker with the bucket's keys tries to erase the evidence: refused.
+        let refused = s3.delete_version(BUCKET, k, &version).unwrap_err();
+        assert!(refused.contains("AccessDenied"), "{refused}");
+        assert_eq!(
+            &s3.retention(BUCKET, k).2,
+            &version,
+            "the locked version is still there"
+        );
+    }
+    assert_no_secret_in_logs(&s);
+}
+
+#[test]
+fn a_sink_down_for_a_while_refuses_past_the_backlog_and_a_kill_9_loses_no_segment() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, true);
+    let mut cut = Cut::new(s3.port);
+    cut.cut();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "\n[record]\nsegment_bytes = 1048576\n".to_owned()
+        + &sink_toml(
+            tmp.path(),
+            &format!("http://127.0.0.1:{}", cut.port),
+            "runner-b",
+            "max_backlog_bytes = 1048576\non_sink_failure = \"refuse\"\n",
+        );
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    // 3 MiB of request bodies: sealed segments pile up while the server is unreachable.
+    let body = tmp.path().join("body");
+    std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
+    let mut refused = None;
+    for i in 0..8 {
+        let out = s.curl(
+            "api.github.com",
+            &format!("/upload/{i}"),
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+                &format!("@{}", body.display()),
+            ],
+        );
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "503" {
+            refused = Some(i);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        refused.is_some(),
+        "a backlog over max_backlog_bytes refuses new requests"
+    );
+    let why = s.curl("api.github.com", "/refused", &[]);
+    let text = String::from_utf8_lossy(&why.stdout);
+    assert!(text.contains("record sink") && text.contains("behind"), "{text}");
+
+    // kill -9 while the uploads fail; the restart resumes them once the server is back.
+    s.gw.kill9();
+    s.gw.spawn();
+    cut.restore();
+    let record_dir = s.gw.state_dir.join("record");
+    until(
+        &s,
+        "requests to pass again once the sink caught up",
+        Duration::from_secs(60),
+        || {
+            let out = s.curl(
+                "api.github.com",
+                "/after",
+                &["-o", "/dev/null", "-w", "%{http_code}"],
+            );
+            (String::from_utf8_lossy(&out.stdout) != "503").then_some(())
+        },
+    );
+    s.gw.terminate();
+    let local = local_segments(&record_dir);
+    assert!(local.len() >= 3, "several segments were sealed: {}", local.len());
+    let remote = s3.keys(BUCKET, "runner-b/segments/");
+    for (name, bytes) in &local {
+        let key = format!("runner-b/segments/{name}");
+        assert!(remote.contains(&key), "{key} missing from {remote:?}");
+        assert_eq!(&s3.get(BUCKET, &key), bytes, "{key} differs");
+    }
+    assert_no_secret_in_logs(&s);
+}
