@@ -12,7 +12,9 @@ use std::{
 };
 
 use ghgate_e2e::{
-    Gateway, GatewaySpec, TestCgroup, bin, eventually, loopback_v4, privileged,
+    Gateway, GatewaySpec, TestCgroup, bin, eventually,
+    fixtures::SmallDisk,
+    loopback_v4, privileged,
     servers::{Kind, Server},
 };
 use serde_json::Value;
@@ -327,15 +329,58 @@ fn doctor_fails_when_the_store_is_nearly_full() {
     if !privileged() {
         return;
     }
+    // The store on a real, small filesystem, filled from outside the gateway.
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(tmp.path(), "8m");
     let cg = TestCgroup::new();
-    let gw = Gateway::start(&cg, &named_spec());
-    let (code, out) = doctor_as_a_job(&gw, "1024T");
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            extra_toml: format!("[record]\ndir = \"{}\"\n", disk.dir.join("record").display()),
+            ..named_spec()
+        },
+    );
+    let (_, out) = doctor_as_a_job(&gw, "1M");
+    assert_eq!(check(&out, "store").0, "ok", "room to spare: {out}");
+
+    // Half a MiB left where one is wanted: nearly full.
+    let free = |dir: &Path| -> u64 {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut n = text.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+        n.next().unwrap() * n.next().unwrap()
+    };
+    let filler = disk.dir.join("filler");
+    let size = free(&disk.dir) - 512 * 1024;
+    let made = Command::new("fallocate")
+        .args(["-l", &size.to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (code, out) = doctor_as_a_job(&gw, "1M");
     assert_eq!(code, 1, "{out}");
     let (status, detail) = check(&out, "store");
     assert_eq!(status, "FAIL", "{out}");
     assert!(detail.ends_with("nearly full"), "{detail}");
-    assert!(detail.contains("(at least 1048576.0 GiB wanted)"), "{detail}");
+    assert!(detail.contains("(at least 1.0 MiB wanted)"), "{detail}");
     assert_eq!(check(&out, "programs").0, "ok", "{out}");
+
+    // Nothing left: the store cannot take a write at all, and doctor says so.
+    fs::remove_file(&filler).unwrap();
+    let _ = disk.fill();
+    let (code, out) = doctor_as_a_job(&gw, "1M");
+    assert_eq!(code, 1, "{out}");
+    let (status, detail) = check(&out, "store");
+    assert_eq!(status, "FAIL", "{out}");
+    assert!(
+        detail.starts_with("cannot write in") && detail.contains("No space left on device"),
+        "{detail}"
+    );
 }
 
 /// A job container's curl, run as the runtime would run it: in a `docker-<id>.scope` beside the
