@@ -198,7 +198,7 @@ fn named_spec() -> GatewaySpec {
     }
 }
 
-const CA_CLIENTS: [&str; 4] = ["ca: curl", "ca: git", "ca: node", "ca: python3"];
+const CA_CLIENTS: [&str; 5] = ["ca: curl", "ca: git", "ca: node", "ca: python3", "ca: go"];
 
 #[test]
 fn doctor_passes_on_a_healthy_host() {
