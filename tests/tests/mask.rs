@@ -175,17 +175,8 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     s.git(&work, &["push", "-q", "origin", "main"]);
 
     // The record: every session shown, masked lines with the one fingerprint.
-    let shown = eventually("the push's record", Duration::from_secs(10), || {
-        let text: String =
-            s.gw.ghgate_ok(&["sessions", "list", "--json"])
-                .lines()
-                .map(|l| {
-                    let r: Value = serde_json::from_str(l).unwrap();
-                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-                })
-                .collect();
-        text.contains("git push pack").then_some(text)
-    });
+    let shown =
+        s.gw.shown_when("the push's record", |text| text.contains("git push pack"));
     assert!(
         !shown.contains(&token),
         "sessions show prints the token:\n{shown}"
