@@ -66,17 +66,7 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     );
 
     // git with no credential at all: clone, commit, push.
-    let port = s.upstream.addr.port();
-    s.git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &format!("https://github.com:{port}/o/r.git"),
-            "work",
-        ],
-    );
-    let work = tmp.path().join("work");
+    let work = s.clone_o_r(tmp.path());
     commit_file(&work, "change.txt", "brokered\n");
     s.git(&work, &["push", "-q", "origin", "main"]);
     assert_eq!(

@@ -156,17 +156,7 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     );
 
     // The token, pushed in a file: the pushed pack's objects are scanned.
-    let port = s.upstream.addr.port();
-    s.git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &format!("https://github.com:{port}/o/r.git"),
-            "work",
-        ],
-    );
-    let work = tmp.path().join("work");
+    let work = s.clone_o_r(tmp.path());
     commit_file(
         &work,
         "deploy.sh",
