@@ -257,3 +257,143 @@ fn a_sink_down_for_a_while_refuses_past_the_backlog_and_a_kill_9_loses_no_segmen
     }
     assert_no_secret_in_logs(&s);
 }
+
+/// `ghgate sessions verify --remote` with this gateway's config, its output and success.
+fn verify_remote(s: &TlsGateway, s3: &S3Server, config: &Path, extra: &[&str]) -> (String, bool) {
+    let creds = s.dir.path().join("s3.credentials");
+    let url = format!("{}/{BUCKET}", s3.url());
+    let mut args = vec![
+        "sessions",
+        "verify",
+        "--remote",
+        &url,
+        "--require-lock",
+        "--credentials-file",
+    ];
+    let creds = creds.to_string_lossy().into_owned();
+    args.push(&creds);
+    args.extend_from_slice(extra);
+    let out = std::process::Command::new(ghgate_e2e::bin("ghgate"))
+        .args(&args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains(SECRET_KEY), "{text}");
+    (text, out.status.success())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn verify_remote_names_the_runner_whose_store_was_cut_short_or_re_signed() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, true);
+    let extra = |dir: &Path| {
+        sink_toml(
+            dir,
+            &s3.url(),
+            "runner-c",
+            "[record.sink.object_lock]\nmode = \"governance\"\ndays = 1\n",
+        )
+    };
+    let probe = tempfile::tempdir().unwrap();
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra(probe.path()));
+    // The credentials file beside the gateway's own files, for the auditor.
+    std::fs::copy(
+        probe.path().join("s3.credentials"),
+        s.dir.path().join("s3.credentials"),
+    )
+    .unwrap();
+    for round in 0..2 {
+        for path in ["/one", "/two"] {
+            let out = s.curl("api.github.com", &format!("{path}/{round}"), &[]);
+            assert!(out.status.success());
+        }
+        s.gw.terminate();
+        if round == 0 {
+            s.gw.spawn();
+        }
+    }
+    let config = s.gw.config.clone();
+    let (text, ok) = verify_remote(&s, &s3, &config, &[]);
+    assert!(ok && text.contains("OK: runner runner-c"), "{text}");
+    assert!(
+        text.contains("2 of 2 sealed segments under Object Lock"),
+        "{text}"
+    );
+
+    // The same store under another config whose record dir is a doctored copy.
+    let record_dir = s.gw.state_dir.join("record");
+    let doctored = |name: &str| {
+        let dir = s.dir.path().join(name);
+        copy_dir(&record_dir, &dir);
+        let cfg = s.dir.path().join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[record.sink]",
+            &format!("[record]\ndir = \"{}\"\n\n[record.sink]", dir.display()),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        (dir, cfg)
+    };
+
+    // Cut short: the newest segment deleted on the host. The local store still verifies alone.
+    let (cut, cut_cfg) = doctored("cut");
+    std::fs::remove_file(cut.join("segments/000000000002.seg")).unwrap();
+    let (text, ok) = verify_remote(&s, &s3, &cut_cfg, &["--runner", "runner-c"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAILED: runner runner-c segment 000000000001") && text.contains("cut short"),
+        "{text}"
+    );
+
+    // Re-signed: history rewritten into a new store with a new key (which verifies alone).
+    let (resigned, resigned_cfg) = doctored("resigned");
+    std::fs::remove_dir_all(&resigned).unwrap();
+    std::fs::create_dir_all(&resigned).unwrap();
+    {
+        use ghgate::record::store;
+        let key = store::load_or_create_key(&store::key_path(&resigned)).unwrap();
+        let (mut w, _) = store::Store::open(&resigned, key, store::StoreOptions::default()).unwrap();
+        for r in store::read_records(&record_dir).unwrap() {
+            w.append(&r.unwrap().1).unwrap();
+        }
+        w.close().unwrap();
+    }
+    let (text, ok) = verify_remote(&s, &s3, &resigned_cfg, &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("re-signed") && text.contains("FAILED: runner runner-c segment 000000000001"),
+        "{text}"
+    );
+
+    // A runner's bucket copy doctored: a sealed segment overwritten with other bytes (a new
+    // version on top of the locked one) fails with the runner and segment named.
+    let key = "runner-c/segments/000000000002.seg";
+    let mut bytes = s3.get(BUCKET, key);
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    s3.boto(
+        "s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=bytes.fromhex(sys.argv[3]))\nprint('null')",
+        &[BUCKET, key, &hex],
+    )
+    .unwrap();
+    let (text, ok) = verify_remote(&s, &s3, &config, &[]);
+    assert!(
+        !ok && text.contains("FAILED: runner runner-c segment 000000000002"),
+        "{text}"
+    );
+}

@@ -160,8 +160,16 @@ impl SinkConfig {
 
     /// Reads the credentials from the file or the environment. The error never holds them.
     pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        Credentials::load(self.credentials_file.as_deref())
+    }
+}
+
+impl Credentials {
+    /// From `file` (`access_key_id = "…"`, `secret_access_key = "…"`, mode 0600), else from
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. The error never holds them.
+    pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Credentials> {
         use anyhow::Context as _;
-        if let Some(path) = &self.credentials_file {
+        if let Some(path) = file {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(path)
                 .with_context(|| format!("cannot read the record sink credentials {}", path.display()))?

@@ -20,6 +20,7 @@
 //! <runner>/anchors/<seq, 20 digits>.json store::Anchor
 //! ```
 pub mod config;
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -239,54 +240,14 @@ impl Uploader {
     }
 
     fn client(&self, lock: Option<(config::LockMode, u32)>) -> Result<AmazonS3> {
-        let mut opts = ClientOptions::new()
-            .with_allow_http(true)
-            .with_timeout(Duration::from_secs(60))
-            .with_connect_timeout(Duration::from_secs(5));
-        if let Some((mode, days)) = lock {
-            // An hour more than asked: a client lives an hour before its date is renewed.
-            let until = time::OffsetDateTime::now_utc()
-                + time::Duration::days(days.into())
-                + time::Duration::hours(1);
-            let until = until
-                .replace_nanosecond(0)
-                .unwrap_or(until)
-                .format(&time::format_description::well_known::Rfc3339)
-                .context("cannot format the Object Lock date")?;
-            let mut headers = http::HeaderMap::new();
-            headers.insert(
-                "x-amz-object-lock-mode",
-                http::HeaderValue::from_static(mode.header_value()),
-            );
-            headers.insert(
-                "x-amz-object-lock-retain-until-date",
-                http::HeaderValue::from_str(&until).context("Object Lock date")?,
-            );
-            // S3 requires an integrity header with a lock: it names the SHA-256 checksum
-            // object_store sends (`x-amz-checksum-sha256`), as the AWS SDKs do.
-            headers.insert(
-                "x-amz-sdk-checksum-algorithm",
-                http::HeaderValue::from_static("SHA256"),
-            );
-            opts = opts.with_default_headers(headers);
-        }
-        AmazonS3Builder::new()
-            .with_endpoint(self.cfg.url.trim_end_matches('/'))
-            .with_bucket_name(&self.cfg.bucket)
-            .with_region(&self.cfg.region)
-            .with_access_key_id(self.creds.access_key_id.expose())
-            .with_secret_access_key(self.creds.secret_access_key.expose())
-            .with_allow_http(true)
-            .with_virtual_hosted_style_request(false)
-            .with_checksum_algorithm(Checksum::SHA256)
-            .with_retry(RetryConfig {
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(30),
-                ..RetryConfig::default()
-            })
-            .with_client_options(opts)
-            .build()
-            .context("cannot set up the record sink's S3 client")
+        let headers = lock.map(|(mode, days)| lock_headers(mode, days)).transpose()?;
+        s3_client(
+            &self.cfg.url,
+            &self.cfg.bucket,
+            &self.cfg.region,
+            &self.creds,
+            headers,
+        )
     }
 
     fn reader(&self) -> &AmazonS3 {
@@ -487,4 +448,67 @@ fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>> {
         .and_then(|f| f.take(len).read_to_end(&mut buf))
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(buf)
+}
+
+/// The Object Lock headers for an upload now: `mode`, and `days` (plus an hour: a client lives
+/// an hour before its date is renewed) from now.
+fn lock_headers(mode: config::LockMode, days: u32) -> Result<http::HeaderMap> {
+    let until =
+        time::OffsetDateTime::now_utc() + time::Duration::days(days.into()) + time::Duration::hours(1);
+    let until = until
+        .replace_nanosecond(0)
+        .unwrap_or(until)
+        .format(&time::format_description::well_known::Rfc3339)
+        .context("cannot format the Object Lock date")?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "x-amz-object-lock-mode",
+        http::HeaderValue::from_static(mode.header_value()),
+    );
+    headers.insert(
+        "x-amz-object-lock-retain-until-date",
+        http::HeaderValue::from_str(&until).context("Object Lock date")?,
+    );
+    // S3 requires an integrity header with a lock: it names the SHA-256 checksum object_store
+    // sends (`x-amz-checksum-sha256`), as the AWS SDKs do.
+    headers.insert(
+        "x-amz-sdk-checksum-algorithm",
+        http::HeaderValue::from_static("SHA256"),
+    );
+    Ok(headers)
+}
+
+/// An S3 client of `bucket` at `endpoint` (path-style), sending `headers` (signed) with every
+/// request.
+fn s3_client(
+    endpoint: &str,
+    bucket: &str,
+    region: &str,
+    creds: &config::Credentials,
+    headers: Option<http::HeaderMap>,
+) -> Result<AmazonS3> {
+    let mut opts = ClientOptions::new()
+        .with_allow_http(true)
+        .with_timeout(Duration::from_secs(60))
+        .with_connect_timeout(Duration::from_secs(5));
+    if let Some(headers) = headers {
+        opts = opts.with_default_headers(headers);
+    }
+    AmazonS3Builder::new()
+        .with_endpoint(endpoint.trim_end_matches('/'))
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_access_key_id(creds.access_key_id.expose())
+        .with_secret_access_key(creds.secret_access_key.expose())
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .with_checksum_algorithm(Checksum::SHA256)
+        .with_retry(RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+            ..RetryConfig::default()
+        })
+        .with_client_options(opts)
+        .build()
+        .context("cannot set up the S3 client")
 }
