@@ -259,19 +259,16 @@ fn a_sink_down_for_a_while_refuses_past_the_backlog_and_a_kill_9_loses_no_segmen
 }
 
 /// `ghgate sessions verify --remote` with this gateway's config, its output and success.
-fn verify_remote(s: &TlsGateway, s3: &S3Server, config: &Path, extra: &[&str]) -> (String, bool) {
+fn verify_remote(s: &TlsGateway, s3: &S3Server, config: &Path, extra: &[&str], lock: bool) -> (String, bool) {
     let creds = s.dir.path().join("s3.credentials");
     let url = format!("{}/{BUCKET}", s3.url());
-    let mut args = vec![
-        "sessions",
-        "verify",
-        "--remote",
-        &url,
-        "--require-lock",
-        "--credentials-file",
-    ];
+    let mut args = vec!["sessions", "verify", "--remote", &url, "--credentials-file"];
+
     let creds = creds.to_string_lossy().into_owned();
     args.push(&creds);
+    if lock {
+        args.push("--require-lock");
+    }
     args.extend_from_slice(extra);
     let out = std::process::Command::new(ghgate_e2e::bin("ghgate"))
         .args(&args)
@@ -328,7 +325,7 @@ fn verify_remote_names_the_runner_whose_store_was_cut_short_or_re_signed() {
         }
     }
     let config = s.gw.config.clone();
-    let (text, ok) = verify_remote(&s, &s3, &config, &[]);
+    let (text, ok) = verify_remote(&s, &s3, &config, &[], true);
     assert!(ok && text.contains("OK: runner runner-c"), "{text}");
     assert!(
         text.contains("2 of 2 sealed segments under Object Lock"),
@@ -352,7 +349,7 @@ fn verify_remote_names_the_runner_whose_store_was_cut_short_or_re_signed() {
     // Cut short: the newest segment deleted on the host. The local store still verifies alone.
     let (cut, cut_cfg) = doctored("cut");
     std::fs::remove_file(cut.join("segments/000000000002.seg")).unwrap();
-    let (text, ok) = verify_remote(&s, &s3, &cut_cfg, &["--runner", "runner-c"]);
+    let (text, ok) = verify_remote(&s, &s3, &cut_cfg, &["--runner", "runner-c"], true);
     assert!(!ok, "{text}");
     assert!(
         text.contains("FAILED: runner runner-c segment 000000000001") && text.contains("cut short"),
@@ -372,7 +369,7 @@ fn verify_remote_names_the_runner_whose_store_was_cut_short_or_re_signed() {
         }
         w.close().unwrap();
     }
-    let (text, ok) = verify_remote(&s, &s3, &resigned_cfg, &[]);
+    let (text, ok) = verify_remote(&s, &s3, &resigned_cfg, &[], true);
     assert!(!ok, "{text}");
     assert!(
         text.contains("re-signed") && text.contains("FAILED: runner runner-c segment 000000000001"),
@@ -391,9 +388,62 @@ fn verify_remote_names_the_runner_whose_store_was_cut_short_or_re_signed() {
         &[BUCKET, key, &hex],
     )
     .unwrap();
-    let (text, ok) = verify_remote(&s, &s3, &config, &[]);
+    let (text, ok) = verify_remote(&s, &s3, &config, &[], true);
     assert!(
         !ok && text.contains("FAILED: runner runner-c segment 000000000002"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_runner_that_comes_back_with_another_key_is_reported_against_the_pin() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let probe = tempfile::tempdir().unwrap();
+    let mut s = TlsGateway::start(
+        &["api.github.com"],
+        true,
+        None,
+        &sink_toml(probe.path(), &s3.url(), "runner-d", ""),
+    );
+    std::fs::copy(
+        probe.path().join("s3.credentials"),
+        s.dir.path().join("s3.credentials"),
+    )
+    .unwrap();
+    assert!(s.curl("api.github.com", "/one", &[]).status.success());
+    s.gw.terminate();
+    let pinned = s3.get(BUCKET, "runner-d/runner.pub");
+
+    // Root on the runner swaps the signing key (to re-sign what follows) and restarts.
+    let record_dir = s.gw.state_dir.join("record");
+    std::fs::remove_file(record_dir.join("recorder.key")).unwrap();
+    s.gw.spawn();
+    until(
+        &s,
+        "the new key reported under keys/",
+        Duration::from_secs(20),
+        || (!s3.keys(BUCKET, "runner-d/keys/").is_empty()).then_some(()),
+    );
+    assert!(
+        s.gw.log_text()
+            .contains("differs from the one pinned in the sink"),
+        "the gateway reports the changed key"
+    );
+    s.gw.terminate();
+    assert_eq!(
+        s3.get(BUCKET, "runner-d/runner.pub"),
+        pinned,
+        "the pin is never replaced"
+    );
+    let config = s.gw.config.clone();
+    let (text, ok) = verify_remote(&s, &s3, &config, &["--runner", "runner-d"], false);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAILED: runner runner-d") && text.contains("different signing key"),
         "{text}"
     );
 }
