@@ -578,6 +578,10 @@ impl Policy {
         }
         let mut facts = Facts::new(s, t, resolved.as_ref());
         facts.unread = unread;
+        if unread.is_some() {
+            // A write the gateway could not read may move refs: to `git_service`, a push.
+            facts.git_service = facts.git_service.or(Some(GitService::ReceivePack));
+        }
         let mut out = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let rule_ref = self.rule_ref(i);

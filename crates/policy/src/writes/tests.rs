@@ -1211,6 +1211,12 @@ fn a_write_the_gateway_cannot_read_counts_as_unscanned_for_secrets_rules() {
     assert!(matches!(w, Write::Unread(_)), "{w:?}");
     let v = p.evaluate_write(&agent(), &t, &w).unwrap().verdict;
     assert_eq!(v.action, Action::Deny);
+    // The example's rule (on pushes: `git_service = "receive-pack"`) refuses it too.
+    let v = example()
+        .evaluate_write(&agent(), &t, &Write::too_big(1024))
+        .unwrap()
+        .verdict;
+    assert_eq!(v.rule.name.as_deref(), Some("suggested-secrets"));
     // A rule that lets through never counts it as clean.
     let p = Policy::parse(
         "default = \"deny\"\n[[rule]]\naction = \"allow\"\nsecrets = \"*\"\n",
