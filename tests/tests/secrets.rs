@@ -402,7 +402,7 @@ fn a_suggested_secret_pushed_later_is_refused_and_traced_to_the_suggestion() {
         }
     }
     assert!(
-        log.contains("a push carries a secret"),
+        log.contains("a push or API write carries a secret"),
         "the finding is logged (by fingerprint)"
     );
 
