@@ -447,3 +447,61 @@ fn a_runner_that_comes_back_with_another_key_is_reported_against_the_pin() {
         "{text}"
     );
 }
+
+#[test]
+fn with_allow_traffic_goes_on_while_the_sink_is_behind_and_the_gap_is_recorded() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let mut cut = Cut::new(s3.port);
+    cut.cut();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "\n[record]\nsegment_bytes = 1048576\n".to_owned()
+        + &sink_toml(
+            tmp.path(),
+            &format!("http://127.0.0.1:{}", cut.port),
+            "runner-e",
+            "max_backlog_bytes = 1048576\non_sink_failure = \"allow\"\n",
+        );
+    let s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    let body = tmp.path().join("body");
+    std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
+    for i in 0..5 {
+        let out = s.curl(
+            "api.github.com",
+            &format!("/upload/{i}"),
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+                &format!("@{}", body.display()),
+            ],
+        );
+        assert_ne!(
+            String::from_utf8_lossy(&out.stdout),
+            "503",
+            "allow never refuses for the sink"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    until(&s, "the sink to fall behind", Duration::from_secs(20), || {
+        s.gw.log_text()
+            .contains("behind more than max_backlog_bytes")
+            .then_some(())
+    });
+    cut.restore();
+    let gaps = until(
+        &s,
+        "a sink_behind gap in the record",
+        Duration::from_secs(60),
+        || {
+            let out = s.gw.ghgate_ok(&["sessions", "refusals", "--json"]);
+            out.contains("sink_behind").then_some(out)
+        },
+    );
+    assert!(gaps.contains("on_sink_failure"), "{gaps}");
+}
