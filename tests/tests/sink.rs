@@ -281,6 +281,19 @@ fn verify_remote(s: &TlsGateway, s3: &S3Server, config: &Path, extra: &[&str], l
     (text, out.status.success())
 }
 
+/// Overwrites the object `key` with its bytes, one bit flipped in the middle (a new version).
+fn flip_a_byte(s3: &S3Server, key: &str) {
+    let mut bytes = s3.get(BUCKET, key);
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    s3.boto(
+        "s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=bytes.fromhex(sys.argv[3]))\nprint('null')",
+        &[BUCKET, key, &hex],
+    )
+    .unwrap();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     let out = std::process::Command::new("cp")
         .arg("-a")
@@ -379,15 +392,7 @@ fn verify_remote_names_the_runner_whose_store_was_cut_short_or_re_signed() {
     // A runner's bucket copy doctored: a sealed segment overwritten with other bytes (a new
     // version on top of the locked one) fails with the runner and segment named.
     let key = "runner-c/segments/000000000002.seg";
-    let mut bytes = s3.get(BUCKET, key);
-    let at = bytes.len() / 2;
-    bytes[at] ^= 1;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    s3.boto(
-        "s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=bytes.fromhex(sys.argv[3]))\nprint('null')",
-        &[BUCKET, key, &hex],
-    )
-    .unwrap();
+    flip_a_byte(&s3, key);
     let (text, ok) = verify_remote(&s, &s3, &config, &[], true);
     assert!(
         !ok && text.contains("FAILED: runner runner-c segment 000000000002"),
@@ -504,4 +509,173 @@ fn with_allow_traffic_goes_on_while_the_sink_is_behind_and_the_gap_is_recorded()
         },
     );
     assert!(gaps.contains("on_sink_failure"), "{gaps}");
+}
+
+/// `ghgate ARGS --remote <bucket> --credentials-file CREDS [--config CONFIG]`, with `stdin`;
+/// its output (stdout then stderr) and success.
+fn fleet_cmd(
+    s3: &S3Server,
+    creds: &Path,
+    args: &[&str],
+    config: Option<&Path>,
+    stdin: &str,
+) -> (String, bool) {
+    use std::io::Write as _;
+    let url = format!("{}/{BUCKET}", s3.url());
+    let mut cmd = std::process::Command::new(ghgate_e2e::bin("ghgate"));
+    cmd.args(args)
+        .args(["--remote", &url, "--credentials-file"])
+        .arg(creds);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains(SECRET_KEY), "{text}");
+    (text, out.status.success())
+}
+
+#[test]
+fn the_fleet_is_read_from_the_bucket_and_a_tampered_runner_is_refused_by_name() {
+    if !privileged() {
+        return;
+    }
+    let token = ghgate_e2e::fixtures::github_token("F1eetR3adM3N0tAnyw4yAtAll01234");
+    let token = token.as_str();
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let probe = tempfile::tempdir().unwrap();
+    let creds = probe.path().join("s3.credentials");
+    let mut g1 = TlsGateway::start(
+        &["api.github.com"],
+        true,
+        None,
+        &sink_toml(probe.path(), &s3.url(), "r1", ""),
+    );
+    let mut g2 = TlsGateway::start(
+        &["api.github.com"],
+        true,
+        None,
+        &sink_toml(probe.path(), &s3.url(), "r2", ""),
+    );
+    // r1 sends a secret (a token in the URL); r2 only reads.
+    let out = g1.curl("api.github.com", &format!("/fleet-one?access_token={token}"), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = g2.curl("api.github.com", "/fleet-two", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An orderly stop seals the segment and copies it before the gateway exits.
+    g1.gw.terminate();
+    g2.gw.terminate();
+    for r in ["r1", "r2"] {
+        assert!(
+            s3.keys(BUCKET, &format!("{r}/segments/")).len() == 1,
+            "{r}'s sealed segment is in the bucket"
+        );
+    }
+
+    // list: both runners' sessions, each row naming its runner; --runner: only that one.
+    let (text, ok) = fleet_cmd(&s3, &creds, &["sessions", "list", "--json"], None, "");
+    assert!(ok, "{text}");
+    let rows: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |r: &str| -> Vec<&Value> { rows.iter().filter(|v| v["runner"] == r).collect() };
+    assert!(!of("r1").is_empty() && !of("r2").is_empty(), "{text}");
+    assert_eq!(of("r1").len() + of("r2").len(), rows.len(), "{text}");
+    let id = of("r1")
+        .iter()
+        .find(|v| v["hosts"].to_string().contains("api.github.com"))
+        .unwrap_or_else(|| panic!("{text}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (text, ok) = fleet_cmd(&s3, &creds, &["sessions", "list", "--runner", "r1"], None, "");
+    assert!(ok, "{text}");
+    assert!(text.starts_with("RUNNER"), "{text}");
+    let data: Vec<&str> = text.lines().skip(1).collect();
+    assert!(
+        !data.is_empty() && data.iter().all(|l| l.starts_with("r1 ")),
+        "{text}"
+    );
+    assert!(text.contains(&id), "{text}");
+
+    // show and export read the session from the runner that has it.
+    let (text, ok) = fleet_cmd(&s3, &creds, &["sessions", "show", &id], None, "");
+    assert!(ok, "{text}");
+    assert!(
+        text.starts_with("runner r1\n") && text.contains("/fleet-one"),
+        "{text}"
+    );
+    assert!(!text.contains(token), "{text}");
+    let (text, ok) = fleet_cmd(
+        &s3,
+        &creds,
+        &["sessions", "export", &id, "--format", "jsonl"],
+        None,
+        "",
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("from runner r1"), "{text}");
+    let records: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records.len() >= 2, "{text}");
+    assert!(text.contains("/fleet-one") && !text.contains(token), "{text}");
+
+    // secrets trace --from-value (under r1's fingerprint key): found on r1, not on r2.
+    let (text, ok) = fleet_cmd(
+        &s3,
+        &creds,
+        &["secrets", "trace", "--from-value"],
+        Some(&g1.gw.config),
+        &format!("{token}\n"),
+    );
+    assert!(ok, "{text}");
+    eprintln!("{text}");
+    let (r1, r2) = text.split_once("runner r2:").unwrap_or_else(|| panic!("{text}"));
+    assert!(r1.contains("runner r1:") && r1.contains("SENT"), "{text}");
+    assert!(!r2.contains("SENT") && !r2.contains("RECEIVED"), "{text}");
+    assert!(!text.contains(token), "{text}");
+
+    // r2's copy tampered with in the bucket: nothing is answered over the fleet, r2 is named;
+    // r1 alone still reads.
+    let key = "r2/segments/000000000001.seg";
+    flip_a_byte(&s3, key);
+    let refused = |args: &[&str], config: Option<&Path>, stdin: &str| {
+        let (text, ok) = fleet_cmd(&s3, &creds, args, config, stdin);
+        assert!(!ok, "{args:?} answered over a tampered runner:\n{text}");
+        assert!(
+            text.contains("runner r2: its copy in the bucket does not verify")
+                && text.contains("segment 000000000001"),
+            "{args:?}:\n{text}"
+        );
+        assert!(!text.contains("/fleet-one"), "{text}");
+    };
+    refused(&["sessions", "list"], None, "");
+    refused(&["sessions", "show", &id], None, "");
+    refused(&["sessions", "export", &id, "--format", "jsonl"], None, "");
+    refused(
+        &["secrets", "trace", "--from-value"],
+        Some(&g1.gw.config),
+        &format!("{token}\n"),
+    );
+    let (text, ok) = fleet_cmd(
+        &s3,
+        &creds,
+        &["sessions", "show", &id, "--runner", "r1"],
+        None,
+        "",
+    );
+    assert!(ok && text.contains("/fleet-one"), "{text}");
 }

@@ -8,6 +8,7 @@ mod detach;
 mod doctor;
 mod egress;
 mod exec;
+mod fleet;
 mod install;
 mod logbuf;
 mod mask;

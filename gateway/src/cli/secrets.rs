@@ -9,7 +9,8 @@ use std::{io::Read as _, path::Path, process::ExitCode};
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
-use super::ConfigArg;
+use super::fleet;
+use super::{ConfigArg, fleet::FleetArgs};
 use crate::record::{
     index::{Index, StoreDir, index_path},
     model::{self, DecisionOutcome},
@@ -38,6 +39,11 @@ enum Command {
         /// key (the value is never shown or kept).
         #[arg(long)]
         from_value: bool,
+        /// Trace over every runner's copy in the bucket (`--runner`: one), each answered only
+        /// once it verifies as `sessions verify --remote` checks it. With --from-value the
+        /// fingerprint is taken under this host's key, so it matches the runners sharing it.
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Every fingerprint in the record, by first sighting: rules, first and last sighting, how
     /// often received, sent and pushed, and what came of the pushes.
@@ -53,12 +59,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             config,
             fingerprint,
             from_value,
+            fleet,
         } => {
-            let config = config.load()?;
             let fingerprint = match (fingerprint, from_value) {
                 (Some(f), false) => parse_fingerprint(&f)?,
-                _ => fingerprint_of_stdin(&config.state_dir)?,
+                _ => fingerprint_of_stdin(&config.load()?.state_dir)?,
             };
+            if let Some(url) = &fleet.remote {
+                // Every runner verifies before any is answered from (fleet::stores refuses otherwise).
+                for store in fleet::stores(url, &fleet)? {
+                    let t = trace::trace(&StoreDir(store.dir()), &fingerprint, store.report.last_seq)?;
+                    println!("runner {}:", store.runner);
+                    print!("{}", render_trace(&t, &store.report));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let config = config.load()?;
             let dir = store_dir(&config.record_dir())?;
             let report = match verified(&dir) {
                 Ok(r) => r,

@@ -11,10 +11,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Subcommand, ValueEnum};
 
-use super::ConfigArg;
+use super::{
+    ConfigArg,
+    fleet::{self, FleetArgs},
+};
 use crate::record::{
     export,
-    index::{Index, SessionFilter, index_path},
+    index::{Index, IndexError, SessionFilter, index_path},
     model::{self, ExchangeId, Micros},
     session::{self, ReplayStep, SessionView},
     store::{self, key_path},
@@ -50,6 +53,8 @@ enum Command {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Show a session's timeline: who, each exchange, every model call's prompt and reassembled
     /// answer, pushed refs with the policy's decisions beside them.
@@ -61,6 +66,8 @@ enum Command {
         /// Also list every stream event (SSE, WebSocket) as recorded.
         #[arg(long)]
         events: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Play a session back in order, with its original pacing: each fact as a line, each model
     /// answer's text as it streamed.
@@ -82,6 +89,8 @@ enum Command {
         /// Write here instead of standard output.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Check the store: framing, hash chain, signatures, and the index against the segments.
     Verify {
@@ -130,18 +139,8 @@ enum Command {
 /// The fleet's bucket, for `verify --remote`.
 #[derive(Debug, clap::Args)]
 struct RemoteArgs {
-    /// Verify every runner's copy in this bucket (`https://endpoint/bucket`): chain and seals
-    /// under the key pinned there, anchors, Object Lock retention, and this host's store against
-    /// its own copy. Credentials: --credentials-file, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
-    #[arg(long)]
-    remote: Option<String>,
-    /// Only this runner (its prefix in the bucket).
-    #[arg(long, requires = "remote")]
-    runner: Option<String>,
-    #[arg(long, requires = "remote", default_value = "us-east-1")]
-    region: String,
-    #[arg(long, requires = "remote")]
-    credentials_file: Option<PathBuf>,
+    #[command(flatten)]
+    fleet: FleetArgs,
     /// Fail for a sealed segment that is not under unexpired Object Lock retention.
     #[arg(long, requires = "remote")]
     require_lock: bool,
@@ -164,9 +163,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             uid,
             exe,
             json,
+            fleet,
         } => {
-            let dir = record_dir(&config)?;
-            let index = Index::open_read_only(&index_path(&dir))?;
             let filter = SessionFilter {
                 since: since.as_deref().map(parse_when).transpose()?,
                 until: until.as_deref().map(parse_when).transpose()?,
@@ -174,34 +172,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 uid,
                 exe,
             };
-            let rows = index.sessions(&filter)?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                for row in &rows {
-                    writeln!(out, "{}", serde_json::to_string(row)?)?;
+            // (runner, rows): one runner per store read; no runner for this host's store.
+            let mut all = Vec::new();
+            match &fleet.remote {
+                Some(url) => {
+                    for store in fleet::stores(url, &fleet)? {
+                        let rows = store.index()?.sessions(&filter)?;
+                        all.push((Some(store.runner), rows));
+                    }
                 }
-            } else {
-                writeln!(
-                    out,
-                    "{:<16}  {:<20}  {:<10}  {:>9}  {:<28}  HOSTS",
-                    "SESSION", "STARTED (UTC)", "USER", "EXCHANGES", "EXE"
-                )?;
-                for row in &rows {
-                    writeln!(
-                        out,
-                        "{:<16}  {:<20}  {:<10}  {:>9}  {:<28}  {}",
-                        row.id,
-                        format_time(row.started_at.unwrap_or(row.first_activity)),
-                        row.user
-                            .clone()
-                            .or_else(|| row.uid.map(|u| u.to_string()))
-                            .unwrap_or_else(|| "?".into()),
-                        row.exchanges,
-                        row.exe.clone().or_else(|| row.comm.clone()).unwrap_or_default(),
-                        row.hosts.join(",")
-                    )?;
+                None => {
+                    let dir = record_dir(&config)?;
+                    let index = Index::open_read_only(&index_path(&dir))?;
+                    all.push((None, index.sessions(&filter)?));
                 }
             }
+            print_sessions(&all, json, fleet.remote.is_some())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Refusals { config, since, json } => {
@@ -252,8 +238,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show { config, id, events } => {
-            let (_, view) = load(&config, &id)?;
+        Command::Show {
+            config,
+            id,
+            events,
+            fleet,
+        } => {
+            let (_, view, runner) = load_from(&config, &fleet, &id)?;
+            if let Some(runner) = runner {
+                println!("runner {runner}");
+            }
             print!("{}", session::render_text(&view, session::ShowOptions { events }));
             Ok(ExitCode::SUCCESS)
         }
@@ -270,17 +264,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             id,
             format,
             output,
+            fleet,
         } => {
-            let (dir, view) = load(&config, &id)?;
+            let (dir, view, runner) = load_from(&config, &fleet, &id)?;
+            let dir = dir.path();
+            if let Some(runner) = &runner {
+                eprintln!("session {} from runner {runner}", view.start.session);
+            }
             let text = match format {
                 Format::Har => serde_json::to_vec_pretty(&export::to_har(&view))?,
-                Format::Html => export::to_html_with_pushes(&view, &later_pushes(&dir, &view)?).into_bytes(),
+                Format::Html => export::to_html_with_pushes(&view, &later_pushes(dir, &view)?).into_bytes(),
                 Format::Jsonl => {
-                    let index = Index::open_read_only(&index_path(&dir))?;
+                    let index = Index::open_read_only(&index_path(dir))?;
                     // The records exactly as stored, not as this version would write them.
                     let mut lines = Vec::new();
                     for (segment, offset) in index.session_records(view.id().as_str())? {
-                        let (_, json) = store::read_raw_at(&dir, segment, offset)?;
+                        let (_, json) = store::read_raw_at(dir, segment, offset)?;
                         lines.extend_from_slice(&json);
                         lines.push(b'\n');
                     }
@@ -303,7 +302,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             all: _,
             pubkey,
             remote,
-        } => match &remote.remote {
+        } => match &remote.fleet.remote {
             Some(url) => verify_remote(&config, url, &remote),
             None => verify(&config, id.as_deref(), pubkey.as_deref()),
         },
@@ -373,6 +372,120 @@ fn later_pushes(dir: &Path, view: &SessionView) -> anyhow::Result<export::LaterP
     Ok(later)
 }
 
+/// The session `id` (or a unique prefix) from this host's store, or with `--remote` from the one
+/// runner whose verified copy has it (named).
+fn load_from(
+    config: &ConfigArg,
+    fleet: &FleetArgs,
+    id: &str,
+) -> anyhow::Result<(StoreRef, SessionView, Option<String>)> {
+    let Some(url) = &fleet.remote else {
+        let (dir, view) = load(config, id)?;
+        return Ok((StoreRef::Local(dir), view, None));
+    };
+    let mut found = Vec::new();
+    for store in fleet::stores(url, fleet)? {
+        let index = store.index()?;
+        match index.resolve(id) {
+            Ok(session) => found.push((store, index, session)),
+            Err(IndexError::UnknownSession(_)) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("runner {}", store.runner))),
+        }
+    }
+    match found.len() {
+        0 => bail!("no runner in the bucket has a session with the id or id prefix {id:?}"),
+        1 => {
+            let (store, index, session) = found.pop().expect("one");
+            let view = SessionView::load(store.dir(), &index, session.as_str())
+                .with_context(|| format!("runner {}", store.runner))?;
+            let runner = store.runner.clone();
+            Ok((StoreRef::Remote(store), view, Some(runner)))
+        }
+        _ => {
+            let names: Vec<String> = found
+                .iter()
+                .map(|(s, _, id)| format!("{id} on runner {}", s.runner))
+                .collect();
+            bail!(
+                "the session id prefix {id:?} matches sessions on several runners ({}): give more characters or --runner",
+                names.join(", ")
+            )
+        }
+    }
+}
+
+/// A store being read: this host's, or a runner's verified copy (kept while it is read).
+enum StoreRef {
+    Local(PathBuf),
+    Remote(fleet::RunnerStore),
+}
+
+impl StoreRef {
+    fn path(&self) -> &Path {
+        match self {
+            StoreRef::Local(p) => p,
+            StoreRef::Remote(s) => s.dir(),
+        }
+    }
+}
+
+/// `sessions list`'s table or JSON lines; with `runners`, each row names its runner.
+fn print_sessions(
+    all: &[(Option<String>, Vec<crate::record::index::SessionRow>)],
+    json: bool,
+    runners: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        for (runner, rows) in all {
+            for row in rows {
+                let mut value = serde_json::to_value(row)?;
+                if let (Some(r), Some(obj)) = (runner, value.as_object_mut()) {
+                    obj.insert("runner".into(), r.clone().into());
+                }
+                writeln!(out, "{value}")?;
+            }
+        }
+        return Ok(());
+    }
+    let runner_col = |r: &str| {
+        if runners {
+            format!("{r:<16}  ")
+        } else {
+            String::new()
+        }
+    };
+    writeln!(
+        out,
+        "{}{:<16}  {:<20}  {:<10}  {:>9}  {:<28}  HOSTS",
+        runner_col("RUNNER"),
+        "SESSION",
+        "STARTED (UTC)",
+        "USER",
+        "EXCHANGES",
+        "EXE"
+    )?;
+    for (runner, rows) in all {
+        for row in rows {
+            writeln!(
+                out,
+                "{}{:<16}  {:<20}  {:<10}  {:>9}  {:<28}  {}",
+                runner_col(runner.as_deref().unwrap_or_default()),
+                row.id,
+                format_time(row.started_at.unwrap_or(row.first_activity)),
+                row.user
+                    .clone()
+                    .or_else(|| row.uid.map(|u| u.to_string()))
+                    .unwrap_or_else(|| "?".into()),
+                row.exchanges,
+                row.exe.clone().or_else(|| row.comm.clone()).unwrap_or_default(),
+                row.hosts.join(",")
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn load(config: &ConfigArg, id: &str) -> anyhow::Result<(PathBuf, SessionView)> {
     let dir = record_dir(config)?;
     let index = Index::open_read_only(&index_path(&dir))?;
@@ -433,9 +546,8 @@ fn verify(config: &ConfigArg, id: Option<&str>, pubkey: Option<&Path>) -> anyhow
 /// `verify --remote`: every runner in the bucket (or `--runner`), and this host's store against
 /// its own runner's copy when the config has a sink and a store.
 fn verify_remote(config: &ConfigArg, url: &str, args: &RemoteArgs) -> anyhow::Result<ExitCode> {
-    use crate::record::sink::{config::Credentials, remote};
-    let creds = Credentials::load(args.credentials_file.as_deref())?;
-    let bucket = remote::Remote::open(url, &args.region, &creds)?;
+    use crate::record::sink::remote;
+    let bucket = fleet::open(url, &args.fleet)?;
     // This host's store, and the runner it is.
     let local = config.load().ok().and_then(|c| {
         let runner = c.record.sink.as_ref()?.runner();
@@ -447,16 +559,9 @@ fn verify_remote(config: &ConfigArg, url: &str, args: &RemoteArgs) -> anyhow::Re
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let runners = match &args.runner {
-            Some(r) => vec![r.clone()],
-            None => bucket.runners().await?,
-        };
-        if runners.is_empty() {
-            bail!("no runner has a copy in bucket {}", bucket.bucket);
-        }
         let mut failed = false;
-        for runner in runners {
-            let tmp = tempfile_dir()?;
+        for runner in fleet::runners(&bucket, &args.fleet).await? {
+            let tmp = fleet::scratch_dir()?;
             let mirror = bucket.mirror(&runner, tmp.path()).await?;
             let mine = local
                 .as_ref()
@@ -478,31 +583,6 @@ fn verify_remote(config: &ConfigArg, url: &str, args: &RemoteArgs) -> anyhow::Re
             ExitCode::SUCCESS
         })
     })
-}
-
-/// A private scratch directory, removed on drop.
-fn tempfile_dir() -> anyhow::Result<ScratchDir> {
-    let base = std::env::temp_dir().join(format!(
-        "ghgate-remote-{}-{}",
-        std::process::id(),
-        model::now_micros()
-    ));
-    std::fs::create_dir_all(&base)?;
-    Ok(ScratchDir(base))
-}
-
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Plays the session back: each fact when it happened, relative to the session's start, and each
