@@ -509,6 +509,19 @@ pub struct ContainersConfig {
     pub names: Vec<String>,
 }
 
+impl ContainersConfig {
+    /// Is the cgroup at `rel` (below the cgroup2 mount) a container scope: a child of a
+    /// configured parent with a configured name?
+    pub fn is_scope(&self, rel: &Path) -> bool {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return false;
+        };
+        let name = name.to_string_lossy();
+        self.parents.iter().any(|p| p == parent)
+            && self.names.iter().any(|p| crate::redirect::scopes::glob(p, &name))
+    }
+}
+
 impl Default for ContainersConfig {
     fn default() -> Self {
         Self {
@@ -1271,6 +1284,14 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert!(!c.redirect.containers.enabled);
         assert!(c.redirect.containers.names.contains(&"docker-*.scope".to_owned()));
+        let scopes = &c.redirect.containers;
+        assert!(scopes.is_scope(Path::new("system.slice/docker-0123.scope")));
+        assert!(scopes.is_scope(Path::new("docker/cri-containerd-ab.scope")));
+        // Not a child of a configured parent, not a configured name, or nested deeper.
+        assert!(!scopes.is_scope(Path::new("user.slice/docker-0123.scope")));
+        assert!(!scopes.is_scope(Path::new("system.slice/ssh.service")));
+        assert!(!scopes.is_scope(Path::new("system.slice/docker-0123.scope/init")));
+        assert!(!scopes.is_scope(Path::new("docker-0123.scope")));
         let c = parse(&format!(
             "{MINIMAL}\n[redirect.containers]\nenabled = true\nparents = [\"t/system.slice\"]\n"
         ))

@@ -107,6 +107,14 @@ impl TlsGateway {
         );
     }
 
+    /// `git clone https://github.com:<upstream port>/o/r.git DIR/work` through the gateway; the
+    /// clone's path.
+    pub fn clone_o_r(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let url = format!("https://github.com:{}/o/r.git", self.upstream.addr.port());
+        self.git(dir, &["clone", "-q", &url, "work"]);
+        dir.join("work")
+    }
+
     /// As [`TlsGateway::git`], for a command that may fail: its output.
     pub fn git_output(&self, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         self.git_command(dir, args).output().unwrap()
