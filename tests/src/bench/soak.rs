@@ -28,16 +28,19 @@ pub struct SoakArgs {
     /// Connections held through the gateway.
     #[arg(long, default_value_t = 10_000)]
     pub connections: u64,
-    /// Requests per second over all held connections (each is used every connections/rate s,
-    /// well inside the gateway's idle timeout).
-    #[arg(long, default_value_t = 100)]
-    pub rate: u64,
+    /// Requests per second over all held connections; each is used every connections/rate s.
+    /// Default: every connection every 20 s. The gateway closes an HTTP/1.1 connection that sends
+    /// no request head for `[http] header_read_timeout_secs` (30 s shipped): hyper starts that
+    /// timer as soon as a connection goes idle, so it, not `idle_timeout_secs`, bounds idleness.
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// Seconds between samples.
     #[arg(long, default_value_t = 30)]
     pub every: u64,
 }
 
 pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
+    let rate = args.rate.unwrap_or(args.connections.div_ceil(20)).max(1);
     let limit = crate::client::raise_nofile()?;
     anyhow::ensure!(
         limit > args.connections + 1000,
@@ -71,14 +74,14 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         count: args.connections,
         concurrency: 64,
         seconds: args.minutes * 60,
-        rate: args.rate,
+        rate,
         ..HttpClientArgs::base(upstream.addr, &gw.ca_file(), 0, 0, 0, 0)
     };
     let holder = Holder::start(Some(&gw), &client)?;
     let opened_in = start.elapsed();
     println!(
         "\nghgate-bench soak: {} connections through ghgate (shipped defaults: recording, masking, example policy), {} requests/s over them, {} min",
-        holder.held, args.rate, args.minutes
+        holder.held, rate, args.minutes
     );
     println!(
         "before: gateway RSS {rss0} KiB, {files0} open files; opened {} connections in {:.1} s",
