@@ -10,7 +10,7 @@
 //! refusal names the rule, the file and the fingerprint, never the secret; `secrets trace`
 //! finds the write. Without any rule, an atomic push creating, fast-forwarding, force-pushing
 //! and deleting refs is labelled each way in `sessions show`.
-use std::{io::Write as _, os::unix::fs::PermissionsExt as _, process::Stdio, time::Duration};
+use std::{io::Write as _, process::Stdio, time::Duration};
 
 use base64::Engine as _;
 use ghgate_e2e::{
@@ -35,19 +35,7 @@ struct Api {
 impl Api {
     fn start(policy_text: &str) -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-        let policy = tmp.path().join("policy.toml");
-        std::fs::write(&policy, policy_text).unwrap();
-        let socket = tmp.path().join("control.sock");
-        let toml = |addr: std::net::SocketAddr| {
-            format!(
-                "[policy]\nfile = \"{}\"\napi_url = \"https://api.github.com:{}\"\n\n[approvals]\nsocket = \"{}\"\n",
-                policy.display(),
-                addr.port(),
-                socket.display()
-            )
-        };
-        let s = TlsGateway::start_with(&["github.com", "api.github.com"], true, None, None, &toml);
+        let s = TlsGateway::with_policy(tmp.path(), policy_text, None);
         Api { s, tmp }
     }
 
@@ -327,19 +315,8 @@ fn every_ref_update_of_a_push_is_labelled_without_any_rule() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (root, bare, _) = served_repo(tmp.path());
-    let policy = tmp.path().join("policy.toml");
     // No rule at all: nothing asks whether an update is a fast-forward.
-    std::fs::write(&policy, "default = \"allow\"\n").unwrap();
-    let socket = tmp.path().join("control.sock");
-    let toml = |addr: std::net::SocketAddr| {
-        format!(
-            "[policy]\nfile = \"{}\"\napi_url = \"https://api.github.com:{}\"\n\n[approvals]\nsocket = \"{}\"\n",
-            policy.display(),
-            addr.port(),
-            socket.display()
-        )
-    };
-    let s = TlsGateway::start_with(&["github.com", "api.github.com"], true, Some(root), None, &toml);
+    let s = TlsGateway::with_policy(tmp.path(), "default = \"allow\"\n", Some(root));
     let port = s.upstream.addr.port();
     s.git(
         tmp.path(),

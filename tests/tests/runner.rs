@@ -66,6 +66,24 @@ fn containers_gateway(cg: &TestCgroup, spec: GatewaySpec) -> (Gateway, String) {
     (gw, slice)
 }
 
+/// [`containers_gateway`] intercepting a loopback echo server's address and port (relayed as
+/// TCP); the server.
+fn echo_containers_gateway(cg: &TestCgroup) -> (Gateway, String, Server) {
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let (gw, slice) = containers_gateway(
+        cg,
+        GatewaySpec {
+            intercept: vec![(
+                vec![],
+                vec![format!("{}/32", upstream.addr.ip())],
+                vec![upstream.addr.port()],
+            )],
+            ..Default::default()
+        },
+    );
+    (gw, slice, upstream)
+}
+
 /// The runtime makes the scope `name` (and starts the container's process in it after): the
 /// gateway attaches to it.
 fn new_scope(cg: &TestCgroup, gw: &Gateway, slice: &str, name: &str) -> PathBuf {
@@ -84,18 +102,7 @@ fn a_container_scope_is_attached_as_it_appears_and_released_when_it_goes() {
         return;
     }
     let cg = TestCgroup::new();
-    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
-    let (gw, slice) = containers_gateway(
-        &cg,
-        GatewaySpec {
-            intercept: vec![(
-                vec![],
-                vec![format!("{}/32", upstream.addr.ip())],
-                vec![upstream.addr.port()],
-            )],
-            ..Default::default()
-        },
-    );
+    let (gw, slice, upstream) = echo_containers_gateway(&cg);
     // A sibling of the governed cgroup that no name matches: never attached.
     let other = cg.child("system.slice/ssh.service");
     let r = probe_in(&other, &["connect", &upstream.addr.to_string()]);
@@ -190,18 +197,7 @@ fn a_container_connection_is_attributed_to_the_one_job_running() {
         return;
     }
     let cg = TestCgroup::new();
-    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
-    let (gw, slice) = containers_gateway(
-        &cg,
-        GatewaySpec {
-            intercept: vec![(
-                vec![],
-                vec![format!("{}/32", upstream.addr.ip())],
-                vec![upstream.addr.port()],
-            )],
-            ..Default::default()
-        },
-    );
+    let (gw, slice, upstream) = echo_containers_gateway(&cg);
     let governed = cg.dir.join("runner");
     let scope = new_scope(&cg, &gw, &slice, "docker-a77a77.scope");
     let connect = || {
