@@ -387,36 +387,11 @@ fn seen(dst: &Dest) {
 #[inline(always)]
 fn to_resolver(ctx: &SockAddrContext, cfg: &GatewayConfig, dst: &Dest) -> i32 {
     let mapped = dst.family == AF_INET6 && dst.addr[2] == V4_MAPPED_WORD;
-    let to_v4 = dst.family == AF_INET || mapped;
-    let (family, orig) = if to_v4 {
-        (AF_INET, [dst.v4.unwrap_or(dst.addr[0]), 0, 0, 0])
-    } else {
-        (AF_INET6, dst.addr)
-    };
-    if remember(ctx, family, orig, dst.port).is_err() {
-        // The answer's source could not be put back: the caller would drop it. Refuse now.
-        bump(counter::MAP_ERRORS);
-        report(dst, reason::MAP_ERROR);
+    // The answer's source could not be put back without the record: the caller would drop it.
+    if remember_dest(ctx, dst, dst.family == AF_INET || mapped).is_err() {
         return DENY;
     }
-    let sa = ctx.sock_addr;
-    // SAFETY: connect and sendmsg programs may write the destination, in 32-bit stores.
-    unsafe {
-        if dst.family == AF_INET {
-            (*sa).user_ip4 = cfg.listen_v4_addr;
-        } else {
-            let addr = if mapped {
-                [0, 0, V4_MAPPED_WORD, cfg.listen_v4_addr]
-            } else {
-                cfg.listen_v6_addr
-            };
-            (*sa).user_ip6[0] = addr[0];
-            (*sa).user_ip6[1] = addr[1];
-            (*sa).user_ip6[2] = addr[2];
-            (*sa).user_ip6[3] = addr[3];
-        }
-        (*sa).user_port = cfg.dns_port;
-    }
+    rewrite_dest(ctx, cfg, dst, mapped, cfg.dns_port);
     bump(counter::DNS_REDIRECTED);
     ALLOW
 }
@@ -704,26 +679,50 @@ fn redirect(ctx: &SockAddrContext, cfg: &GatewayConfig, dst: &Dest) -> i32 {
             report(dst, reason::GATEWAY_DOWN);
         }
     }
+    // Without a record the gateway could not tell where the connection was going; letting it
+    // through would bypass the gateway: refuse it.
+    if remember_dest(ctx, dst, to_v4).is_err() {
+        return DENY;
+    }
+    let port = if to_v4 {
+        cfg.listen_v4_port
+    } else {
+        cfg.listen_v6_port
+    };
+    rewrite_dest(ctx, cfg, dst, mapped, port);
+    bump(if to_v4 {
+        counter::REDIRECTED_V4
+    } else {
+        counter::REDIRECTED_V6
+    });
+    ALLOW
+}
+
+/// Remembers where the caller was going (a v4 or v4-mapped destination as v4) under the
+/// socket's cookie; a failure is counted and reported, and the caller must refuse.
+#[inline(always)]
+fn remember_dest(ctx: &SockAddrContext, dst: &Dest, to_v4: bool) -> Result<(), ()> {
     let (family, orig) = if to_v4 {
         (AF_INET, [dst.v4.unwrap_or(dst.addr[0]), 0, 0, 0])
     } else {
         (AF_INET6, dst.addr)
     };
-    if remember(ctx, family, orig, dst.port).is_err() {
-        // Without a record the gateway could not tell where the connection was going; letting
-        // it through would bypass the gateway: refuse it.
+    remember(ctx, family, orig, dst.port).inspect_err(|()| {
         bump(counter::MAP_ERRORS);
         report(dst, reason::MAP_ERROR);
-        return DENY;
-    }
+    })
+}
+
+/// Points the caller at the gateway's address in its own family (a v4-mapped destination at the
+/// mapped v4 listener), on `port`.
+#[inline(always)]
+fn rewrite_dest(ctx: &SockAddrContext, cfg: &GatewayConfig, dst: &Dest, mapped: bool, port: u32) {
     let sa = ctx.sock_addr;
-    // SAFETY: connect programs may write the destination; every store is 32 bits wide (the
-    // verifier rejects narrower writes to user_ip4/user_port).
+    // SAFETY: connect and sendmsg programs may write the destination; every store is 32 bits
+    // wide (the verifier rejects narrower writes to user_ip4/user_port).
     unsafe {
         if dst.family == AF_INET {
             (*sa).user_ip4 = cfg.listen_v4_addr;
-            (*sa).user_port = cfg.listen_v4_port;
-            bump(counter::REDIRECTED_V4);
         } else {
             let addr = if mapped {
                 [0, 0, V4_MAPPED_WORD, cfg.listen_v4_addr]
@@ -734,19 +733,9 @@ fn redirect(ctx: &SockAddrContext, cfg: &GatewayConfig, dst: &Dest) -> i32 {
             (*sa).user_ip6[1] = addr[1];
             (*sa).user_ip6[2] = addr[2];
             (*sa).user_ip6[3] = addr[3];
-            (*sa).user_port = if mapped {
-                cfg.listen_v4_port
-            } else {
-                cfg.listen_v6_port
-            };
-            bump(if mapped {
-                counter::REDIRECTED_V4
-            } else {
-                counter::REDIRECTED_V6
-            });
         }
+        (*sa).user_port = port;
     }
-    ALLOW
 }
 
 enum Listener {

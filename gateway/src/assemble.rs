@@ -131,6 +131,7 @@ fn proxy(
         },
         tls: config.tls.clone(),
         leaves: Arc::new(LeafCache::new(ca, capacity)),
+        tickets: rustls::crypto::ring::Ticketer::new().context("cannot make TLS session ticket keys")?,
         pool: {
             let pool = Arc::new(Pool::new(upstream_tls, connect_timeout));
             pool.spawn_sweeper();

@@ -338,6 +338,9 @@ pub struct RecordConfig {
     /// Whole segments older than this are pruned at start and daily (0 keeps everything).
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
+    /// Copies of sealed segments and signed chain heads in S3-compatible object storage.
+    #[serde(default)]
+    pub sink: Option<crate::record::sink::SinkConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -368,6 +371,7 @@ impl Default for RecordConfig {
             max_pending_bytes: default_max_pending(),
             segment_bytes: default_segment_bytes(),
             retention_days: default_retention_days(),
+            sink: None,
         }
     }
 }
@@ -507,6 +511,19 @@ pub struct ContainersConfig {
     /// Which children are attached to: names where `*` matches any run of characters.
     #[serde(default = "default_container_names")]
     pub names: Vec<String>,
+}
+
+impl ContainersConfig {
+    /// Is the cgroup at `rel` (below the cgroup2 mount) a container scope: a child of a
+    /// configured parent with a configured name?
+    pub fn is_scope(&self, rel: &Path) -> bool {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return false;
+        };
+        let name = name.to_string_lossy();
+        self.parents.iter().any(|p| p == parent)
+            && self.names.iter().any(|p| crate::redirect::scopes::glob(p, &name))
+    }
 }
 
 impl Default for ContainersConfig {
@@ -1150,6 +1167,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(sink) = &r.sink
+            && let Err((key, message)) = sink.validate()
+        {
+            return Err(invalid(key.into(), message));
+        }
         if self.relay.connect_timeout_secs == 0 {
             return Err(invalid(
                 "relay.connect_timeout_secs".into(),
@@ -1271,6 +1293,14 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert!(!c.redirect.containers.enabled);
         assert!(c.redirect.containers.names.contains(&"docker-*.scope".to_owned()));
+        let scopes = &c.redirect.containers;
+        assert!(scopes.is_scope(Path::new("system.slice/docker-0123.scope")));
+        assert!(scopes.is_scope(Path::new("docker/cri-containerd-ab.scope")));
+        // Not a child of a configured parent, not a configured name, or nested deeper.
+        assert!(!scopes.is_scope(Path::new("user.slice/docker-0123.scope")));
+        assert!(!scopes.is_scope(Path::new("system.slice/ssh.service")));
+        assert!(!scopes.is_scope(Path::new("system.slice/docker-0123.scope/init")));
+        assert!(!scopes.is_scope(Path::new("docker-0123.scope")));
         let c = parse(&format!(
             "{MINIMAL}\n[redirect.containers]\nenabled = true\nparents = [\"t/system.slice\"]\n"
         ))

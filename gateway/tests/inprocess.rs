@@ -80,6 +80,7 @@ impl InProcess {
             listener,
             Arc::new(FixedOrigDst(caller)),
             Arc::new(proxy),
+            None,
         ));
         let ca_file = ca::dir(&config.state_dir).join(ca::CERT_FILE);
         drop(_entered);

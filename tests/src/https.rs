@@ -27,6 +27,26 @@ impl TlsGateway {
     /// As `start`, with the upstream playing GitHub's side of credential brokering (`auth`),
     /// the config's extra TOML made once the upstream's address is known, and every name in
     /// `names` resolved to the upstream for the gateway's own requests (`[dns] overrides`).
+    /// A gateway for github.com and api.github.com under the policy `policy_text` (written in
+    /// `dir`, which is made traversable for approvers of other uids), asking the upstream's API
+    /// what the policy needs, with its approval socket in `dir`; `git_root` serves repositories.
+    pub fn with_policy(dir: &std::path::Path, policy_text: &str, git_root: Option<PathBuf>) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, policy_text).unwrap();
+        let socket = dir.join("control.sock");
+        let toml = |addr: SocketAddr| {
+            format!(
+                "[policy]\nfile = \"{}\"\napi_url = \"https://api.github.com:{}\"\n\n[approvals]\nsocket = \"{}\"\n",
+                policy.display(),
+                addr.port(),
+                socket.display()
+            )
+        };
+        Self::start_with(&["github.com", "api.github.com"], true, git_root, None, &toml)
+    }
+
     pub fn start_with(
         names: &[&str],
         trusted: bool,
@@ -105,6 +125,14 @@ impl TlsGateway {
             "git {args:?} through ghgate: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `git clone https://github.com:<upstream port>/o/r.git DIR/work` through the gateway; the
+    /// clone's path.
+    pub fn clone_o_r(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let url = format!("https://github.com:{}/o/r.git", self.upstream.addr.port());
+        self.git(dir, &["clone", "-q", &url, "work"]);
+        dir.join("work")
     }
 
     /// As [`TlsGateway::git`], for a command that may fail: its output.

@@ -7,6 +7,7 @@
 pub mod attack;
 pub mod chromium;
 pub mod https;
+pub mod s3;
 
 // The fakes that know nothing of the gateway (TLS upstreams, git, DNS, GitHub's edge, crafted
 // ClientHellos) live in ghgate-test-support, shared with the gateway's own in-process tests.
@@ -523,14 +524,36 @@ impl Gateway {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The ids of the sessions recorded so far, in `sessions list` order.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.ghgate_ok(&["sessions", "list", "--json"])
+            .lines()
+            .map(|l| {
+                let row: Value = serde_json::from_str(l).unwrap();
+                row["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// Every session's `sessions show`, joined, once `done` holds of it (waits up to 10 s, then
+    /// panics naming `what`).
+    pub fn shown_when(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        eventually(what, Duration::from_secs(10), || {
+            let text: String = self
+                .session_ids()
+                .iter()
+                .map(|id| self.ghgate_ok(&["sessions", "show", id]))
+                .collect();
+            done(&text).then_some(text)
+        })
+    }
+
     /// Every policy decision recorded so far (from the HAR export of every session).
     pub fn decisions(&self) -> Vec<Value> {
         let mut all = Vec::new();
-        for line in self.ghgate_ok(&["sessions", "list", "--json"]).lines() {
-            let row: Value = serde_json::from_str(line).unwrap();
-            let id = row["id"].as_str().unwrap();
+        for id in self.session_ids() {
             let har: Value =
-                serde_json::from_str(&self.ghgate_ok(&["sessions", "export", id, "--format", "har"]))
+                serde_json::from_str(&self.ghgate_ok(&["sessions", "export", &id, "--format", "har"]))
                     .unwrap();
             for e in har["log"]["entries"].as_array().unwrap() {
                 all.extend(e["_ghgate"]["decisions"].as_array().cloned().unwrap_or_default());

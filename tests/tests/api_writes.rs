@@ -6,7 +6,7 @@
 //! read is decided by `unknown_write` (implied: the example's first approval). The spellings a
 //! hostile client would try (method overrides, path spellings, GraphQL aliases, operation names,
 //! batches, the URL's query, gzip bodies, non-JSON bodies) are refused or held the same way.
-use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Output};
+use std::{path::PathBuf, process::Output};
 
 use ghgate_e2e::{https::TlsGateway, privileged};
 use serde_json::{Value, json};
@@ -22,19 +22,7 @@ struct Setup {
 impl Setup {
     fn start() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-        let policy = tmp.path().join("policy.toml");
-        std::fs::write(&policy, EXAMPLE).unwrap();
-        let socket = tmp.path().join("control.sock");
-        let toml = |addr: std::net::SocketAddr| {
-            format!(
-                "[policy]\nfile = \"{}\"\napi_url = \"https://api.github.com:{}\"\n\n[approvals]\nsocket = \"{}\"\n",
-                policy.display(),
-                addr.port(),
-                socket.display()
-            )
-        };
-        let s = TlsGateway::start_with(&["github.com", "api.github.com"], true, None, None, &toml);
+        let s = TlsGateway::with_policy(tmp.path(), EXAMPLE, None);
         Setup { s, tmp }
     }
 

@@ -2,10 +2,9 @@
 //! their own (or a placeholder) reach a test upstream that accepts only the installation tokens
 //! it minted for ghgate's GitHub App; a caller no rule covers is refused with the documented
 //! message; and no token or key shows up in any log, record, export or error body.
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use ghgate_e2e::{
-    eventually,
     fixtures::{commit_file, files_under, git, served_repo},
     https::{Auth, TlsGateway},
     privileged,
@@ -67,17 +66,7 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     );
 
     // git with no credential at all: clone, commit, push.
-    let port = s.upstream.addr.port();
-    s.git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &format!("https://github.com:{port}/o/r.git"),
-            "work",
-        ],
-    );
-    let work = tmp.path().join("work");
+    let work = s.clone_o_r(tmp.path());
     commit_file(&work, "change.txt", "brokered\n");
     s.git(&work, &["push", "-q", "origin", "main"]);
     assert_eq!(
@@ -148,16 +137,8 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     assert_eq!(s.upstream.served(), served, "a refused request is not forwarded");
 
     // The record says who got what: brokered from the profile, or refused.
-    let shown = eventually("the sessions' records", Duration::from_secs(10), || {
-        let text: String =
-            s.gw.ghgate_ok(&["sessions", "list", "--json"])
-                .lines()
-                .map(|l| {
-                    let r: Value = serde_json::from_str(l).unwrap();
-                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-                })
-                .collect();
-        text.contains("refused: no credential profile").then_some(text)
+    let shown = s.gw.shown_when("the sessions' records", |text| {
+        text.contains("refused: no credential profile")
     });
     assert!(
         shown.contains("identity credential brokered from profile ci"),
@@ -260,16 +241,8 @@ fn the_brokered_token_goes_only_where_it_belongs() {
         );
     }
     // The record says the caller's own credential was stripped where no token belongs.
-    let shown = eventually("the sessions' records", Duration::from_secs(10), || {
-        let text: String =
-            s.gw.ghgate_ok(&["sessions", "list", "--json"])
-                .lines()
-                .map(|l| {
-                    let r: Value = serde_json::from_str(l).unwrap();
-                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-                })
-                .collect();
-        (text.matches("credential stripped from profile ci").count() >= 4).then_some(text)
+    let shown = s.gw.shown_when("the sessions' records", |text| {
+        text.matches("credential stripped from profile ci").count() >= 4
     });
     assert!(shown.contains("credential brokered from profile ci"), "{shown}");
     for secret in [

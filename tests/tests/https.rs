@@ -691,7 +691,11 @@ fn a_request_whose_host_or_path_could_mean_two_things_is_answered_by_the_gateway
         &["-H", "Content-Encoding: x-unknown", "--data", "{}"],
     );
     let text = stdout(&out);
-    assert!(text.ends_with(" 415"), "{text}");
+    assert!(
+        text.ends_with(" 415"),
+        "{text}\ncurl said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("\"x-unknown\" cannot be decoded by ghgate"),
         "{text}"
@@ -711,7 +715,11 @@ fn a_request_whose_host_or_path_could_mean_two_things_is_answered_by_the_gateway
         ],
     );
     let text = stdout(&out);
-    assert!(text.ends_with(" 415"), "{text}");
+    assert!(
+        text.ends_with(" 415"),
+        "{text}\ncurl said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("cannot decode the request body"), "{text}");
     assert!(
         !text.contains("method=POST"),

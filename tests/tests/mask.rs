@@ -156,17 +156,7 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     );
 
     // The token, pushed in a file: the pushed pack's objects are scanned.
-    let port = s.upstream.addr.port();
-    s.git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &format!("https://github.com:{port}/o/r.git"),
-            "work",
-        ],
-    );
-    let work = tmp.path().join("work");
+    let work = s.clone_o_r(tmp.path());
     commit_file(
         &work,
         "deploy.sh",
@@ -175,17 +165,8 @@ fn secrets_are_masked_for_clients_and_in_records_with_stable_fingerprints() {
     s.git(&work, &["push", "-q", "origin", "main"]);
 
     // The record: every session shown, masked lines with the one fingerprint.
-    let shown = eventually("the push's record", Duration::from_secs(10), || {
-        let text: String =
-            s.gw.ghgate_ok(&["sessions", "list", "--json"])
-                .lines()
-                .map(|l| {
-                    let r: Value = serde_json::from_str(l).unwrap();
-                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-                })
-                .collect();
-        text.contains("git push pack").then_some(text)
-    });
+    let shown =
+        s.gw.shown_when("the push's record", |text| text.contains("git push pack"));
     assert!(
         !shown.contains(&token),
         "sessions show prints the token:\n{shown}"

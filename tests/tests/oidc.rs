@@ -7,7 +7,6 @@ use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use base64::Engine as _;
 use ghgate_e2e::{
-    eventually,
     https::{Auth, TlsGateway},
     privileged,
 };
@@ -121,17 +120,7 @@ fn oidc_tokens_are_validated_mapped_to_profiles_and_refused_with_their_reason() 
     );
 
     // The record: the OIDC identity and its claims, the profile; the reasons of the refusals.
-    let shown = eventually("the record", Duration::from_secs(10), || {
-        let text: String =
-            s.gw.ghgate_ok(&["sessions", "list", "--json"])
-                .lines()
-                .map(|l| {
-                    let r: Value = serde_json::from_str(l).unwrap();
-                    s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-                })
-                .collect();
-        text.contains("alg: none").then_some(text)
-    });
+    let shown = s.gw.shown_when("the record", |text| text.contains("alg: none"));
     assert!(
         shown.contains(&format!(
             "identity oidc repo:octo/app:ref:refs/heads/main ({iss})"

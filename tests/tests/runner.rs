@@ -12,14 +12,19 @@ use std::{
 };
 
 use ghgate_e2e::{
-    Gateway, GatewaySpec, TestCgroup, bin, eventually, loopback_v4, privileged,
+    Gateway, GatewaySpec, TestCgroup, bin, eventually,
+    fixtures::SmallDisk,
+    loopback_v4, privileged,
     servers::{Kind, Server},
 };
 use serde_json::Value;
 
-/// The probe, started in the cgroup `dir` (which this test made).
+/// The probe, started in the cgroup `dir` (which this test made), with an empty environment as
+/// a container's process has (the job's variables are not passed into a `docker run`).
 fn probe_in(dir: &Path, args: &[&str]) -> Value {
     let out = Command::new("sh")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
         .arg("-c")
         .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
         .arg(dir)
@@ -61,6 +66,24 @@ fn containers_gateway(cg: &TestCgroup, spec: GatewaySpec) -> (Gateway, String) {
     (gw, slice)
 }
 
+/// [`containers_gateway`] intercepting a loopback echo server's address and port (relayed as
+/// TCP); the server.
+fn echo_containers_gateway(cg: &TestCgroup) -> (Gateway, String, Server) {
+    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
+    let (gw, slice) = containers_gateway(
+        cg,
+        GatewaySpec {
+            intercept: vec![(
+                vec![],
+                vec![format!("{}/32", upstream.addr.ip())],
+                vec![upstream.addr.port()],
+            )],
+            ..Default::default()
+        },
+    );
+    (gw, slice, upstream)
+}
+
 /// The runtime makes the scope `name` (and starts the container's process in it after): the
 /// gateway attaches to it.
 fn new_scope(cg: &TestCgroup, gw: &Gateway, slice: &str, name: &str) -> PathBuf {
@@ -79,18 +102,7 @@ fn a_container_scope_is_attached_as_it_appears_and_released_when_it_goes() {
         return;
     }
     let cg = TestCgroup::new();
-    let upstream = Server::start(SocketAddr::new(loopback_v4().into(), 0), Kind::Echo);
-    let (gw, slice) = containers_gateway(
-        &cg,
-        GatewaySpec {
-            intercept: vec![(
-                vec![],
-                vec![format!("{}/32", upstream.addr.ip())],
-                vec![upstream.addr.port()],
-            )],
-            ..Default::default()
-        },
-    );
+    let (gw, slice, upstream) = echo_containers_gateway(&cg);
     // A sibling of the governed cgroup that no name matches: never attached.
     let other = cg.child("system.slice/ssh.service");
     let r = probe_in(&other, &["connect", &upstream.addr.to_string()]);
@@ -130,6 +142,109 @@ fn a_container_scope_is_attached_as_it_appears_and_released_when_it_goes() {
     eventually("the scope's pins removed", Duration::from_secs(5), || {
         scope_pins(&gw).is_empty().then_some(())
     });
+}
+
+/// A job's process in the governed runner cgroup, with the job's environment (as the runner's
+/// worker gives a step); killed on drop.
+struct Job(std::process::Child);
+
+impl Job {
+    fn start(governed: &Path, run_id: &str) -> Self {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec sleep 120")
+            .arg(governed)
+            .env("GITHUB_REPOSITORY", "octo/app")
+            .env("GITHUB_RUN_ID", run_id)
+            .env("GITHUB_JOB", "build")
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        eventually("the job in its cgroup", Duration::from_secs(5), || {
+            fs::read_to_string(governed.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == pid)
+                .then_some(())
+        });
+        Self(child)
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sessions show` of the session of process `pid`, once recorded.
+fn session_of(gw: &Gateway, pid: &Value) -> String {
+    let id = eventually("the container's session", Duration::from_secs(10), || {
+        gw.ghgate_ok(&["sessions", "list", "--json"])
+            .lines()
+            .find_map(|l| {
+                let row: Value = serde_json::from_str(l).unwrap();
+                (row["tgid"] == *pid).then(|| row["id"].as_str().unwrap().to_owned())
+            })
+    });
+    gw.ghgate_ok(&["sessions", "show", &id])
+}
+
+#[test]
+fn a_container_connection_is_attributed_to_the_one_job_running() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let (gw, slice, upstream) = echo_containers_gateway(&cg);
+    let governed = cg.dir.join("runner");
+    let scope = new_scope(&cg, &gw, &slice, "docker-a77a77.scope");
+    let connect = || {
+        let r = probe_in(&scope, &["connect", &upstream.addr.to_string()]);
+        assert_eq!(r["proxied"], true, "{r}");
+        r
+    };
+
+    // No job running: the container's connection is intercepted, recorded, and not attributed.
+    let r = connect();
+    let shown = session_of(&gw, &r["pid"]);
+    assert!(
+        shown.contains("attributed_by=container scope") && shown.contains("not attributed, 0 jobs running"),
+        "{shown}"
+    );
+    assert!(!shown.contains("GITHUB_RUN_ID"), "{shown}");
+
+    // One job on the runner: the container it started is its own, though no process of the
+    // container descends from it (its environment is empty).
+    let job = Job::start(&governed, "777");
+    let r = connect();
+    let shown = session_of(&gw, &r["pid"]);
+    for fact in [
+        "GITHUB_REPOSITORY=octo/app",
+        "GITHUB_RUN_ID=777",
+        "GITHUB_JOB=build",
+        "the one job running in",
+    ] {
+        assert!(shown.contains(fact), "{fact}:\n{shown}");
+    }
+    let environ = fs::read(format!("/proc/{}/environ", job.0.id())).unwrap();
+    assert!(!environ.is_empty(), "the job's process has its environment");
+
+    // Two jobs at once (two runners on the host): nobody's, said so, never a guess.
+    let second = Job::start(&governed, "778");
+    let r = connect();
+    let shown = session_of(&gw, &r["pid"]);
+    assert!(shown.contains("not attributed, 2 jobs running"), "{shown}");
+    assert!(!shown.contains("GITHUB_RUN_ID"), "{shown}");
+
+    // A process in the runner's own cgroup is never attributed by scope.
+    drop(second);
+    let r = probe_in(&governed, &["connect", &upstream.addr.to_string()]);
+    assert_eq!(r["proxied"], true, "{r}");
+    let shown = session_of(&gw, &r["pid"]);
+    assert!(!shown.contains("attributed_by"), "{shown}");
+    drop(job);
 }
 
 /// `ghgate doctor` with the gateway's config.
@@ -196,7 +311,7 @@ fn named_spec() -> GatewaySpec {
     }
 }
 
-const CA_CLIENTS: [&str; 4] = ["ca: curl", "ca: git", "ca: node", "ca: python3"];
+const CA_CLIENTS: [&str; 5] = ["ca: curl", "ca: git", "ca: node", "ca: python3", "ca: go"];
 
 #[test]
 fn doctor_passes_on_a_healthy_host() {
@@ -327,15 +442,58 @@ fn doctor_fails_when_the_store_is_nearly_full() {
     if !privileged() {
         return;
     }
+    // The store on a real, small filesystem, filled from outside the gateway.
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(tmp.path(), "8m");
     let cg = TestCgroup::new();
-    let gw = Gateway::start(&cg, &named_spec());
-    let (code, out) = doctor_as_a_job(&gw, "1024T");
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            extra_toml: format!("[record]\ndir = \"{}\"\n", disk.dir.join("record").display()),
+            ..named_spec()
+        },
+    );
+    let (_, out) = doctor_as_a_job(&gw, "1M");
+    assert_eq!(check(&out, "store").0, "ok", "room to spare: {out}");
+
+    // Half a MiB left where one is wanted: nearly full.
+    let free = |dir: &Path| -> u64 {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut n = text.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+        n.next().unwrap() * n.next().unwrap()
+    };
+    let filler = disk.dir.join("filler");
+    let size = free(&disk.dir) - 512 * 1024;
+    let made = Command::new("fallocate")
+        .args(["-l", &size.to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (code, out) = doctor_as_a_job(&gw, "1M");
     assert_eq!(code, 1, "{out}");
     let (status, detail) = check(&out, "store");
     assert_eq!(status, "FAIL", "{out}");
     assert!(detail.ends_with("nearly full"), "{detail}");
-    assert!(detail.contains("(at least 1048576.0 GiB wanted)"), "{detail}");
+    assert!(detail.contains("(at least 1.0 MiB wanted)"), "{detail}");
     assert_eq!(check(&out, "programs").0, "ok", "{out}");
+
+    // Nothing left: the store cannot take a write at all, and doctor says so.
+    fs::remove_file(&filler).unwrap();
+    let _ = disk.fill();
+    let (code, out) = doctor_as_a_job(&gw, "1M");
+    assert_eq!(code, 1, "{out}");
+    let (status, detail) = check(&out, "store");
+    assert_eq!(status, "FAIL", "{out}");
+    assert!(
+        detail.starts_with("cannot write in") && detail.contains("No space left on device"),
+        "{detail}"
+    );
 }
 
 /// A job container's curl, run as the runtime would run it: in a `docker-<id>.scope` beside the

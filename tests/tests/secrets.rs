@@ -92,17 +92,7 @@ fn a_suggested_secret_pushed_later_is_refused_and_traced_to_the_suggestion() {
     assert_ne!(fp, fp_never);
 
     // The suggested token, committed and pushed: refused before anything goes upstream.
-    let port = s.upstream.addr.port();
-    s.git(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &format!("https://github.com:{port}/o/r.git"),
-            "work",
-        ],
-    );
-    let work = tmp.path().join("work");
+    let work = s.clone_o_r(tmp.path());
     let before = git(&bare, &["rev-parse", "main"]);
     std::fs::create_dir_all(work.join("deploy")).unwrap();
     let commit = commit_file(&work, "deploy/prod.env", &format!("GITHUB_TOKEN={suggested}\n"));
@@ -412,7 +402,7 @@ fn a_suggested_secret_pushed_later_is_refused_and_traced_to_the_suggestion() {
         }
     }
     assert!(
-        log.contains("a push carries a secret"),
+        log.contains("a push or API write carries a secret"),
         "the finding is logged (by fingerprint)"
     );
 

@@ -17,8 +17,9 @@ const BENCH_BIN: &str = "ghgate-bench";
 pub struct Args {
     /// The benchmark to run (see `target/release/ghgate-bench --help`).
     pub name: String,
-    /// Extra arguments for the benchmark, after `--`.
-    #[arg(last = true, value_name = "ARGS")]
+    /// Arguments for the benchmark (`cargo xtask bench soak --minutes 2`; a `--` before them
+    /// is accepted too).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
     pub args: Vec<OsString>,
 }
 
@@ -39,7 +40,11 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
         );
     }
     let mut cmd = Command::new(&binary);
-    cmd.arg(&args.name).args(&args.args);
+    let rest = match args.args.first() {
+        Some(first) if first == "--" => &args.args[1..],
+        _ => &args.args[..],
+    };
+    cmd.arg(&args.name).args(rest);
     println!("$ {}", process::display(&cmd));
     let err = cmd.exec();
     bail!("could not start {}: {err}", binary.display())

@@ -28,6 +28,8 @@ pub struct Pins {
     pub bpf_linker: String,
     /// LLVM major version bpf-linker is built against.
     pub llvm_major: String,
+    /// moto (PyPI), the S3-compatible server with Object Lock the record sink's tests run.
+    pub moto: String,
 }
 
 #[derive(Deserialize)]

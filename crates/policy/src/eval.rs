@@ -202,6 +202,10 @@ struct Facts<'a> {
     git_service: Option<GitService>,
     copilot: Option<&'static str>,
     ref_update: Option<&'a RefUpdate>,
+    /// Why the gateway could not read a write through the API (its body past the cap, an
+    /// encoding it cannot decode): what that write carries is unscanned, so a `secrets` or
+    /// `secret_seen` condition counts it as a match for a rule that refuses or holds.
+    unread: Option<&'a str>,
 }
 
 impl<'a> Facts<'a> {
@@ -217,6 +221,7 @@ impl<'a> Facts<'a> {
             git_service: req.git_service.or(ref_update.map(|_| GitService::ReceivePack)),
             copilot: req.copilot.map(|c| c.as_str()),
             ref_update,
+            unread: None,
         }
     }
 
@@ -407,7 +412,17 @@ fn secrets_of<'a>(
     permissive: bool,
 ) -> Result<&'a [crate::facts::PushedSecret], Check> {
     let Some(r) = facts.ref_update else {
-        return Err(Check::Fails(no_ref(key)));
+        return Err(match facts.unread {
+            Some(why) if permissive => Check::Fails(format!(
+                "{key}: an API write the gateway could not read ({why}) was not scanned, and that \
+                 never satisfies a rule that lets through"
+            )),
+            Some(why) => Check::Holds(Some(format!(
+                "{key}: an API write the gateway could not read ({why}) was not scanned, so this \
+                 counts as a match"
+            ))),
+            None => Check::Fails(no_ref(key)),
+        });
     };
     match &r.secrets {
         Secrets::NotComputed => Err(Check::Undecided(Needs {
@@ -492,7 +507,7 @@ impl Policy {
     /// The verdict: the first rule that matches, else the default. Undecided facts are read the
     /// riskier way (see the module doc); ask `needs` first to avoid that.
     pub fn evaluate(&self, s: &Subject, t: &Target, r: Option<&RefUpdate>) -> Verdict {
-        self.explain_inner(s, t, r, false).verdict
+        self.explain_inner(s, t, r, None, false).verdict
     }
 
     /// Which undecided facts of `r` could change the verdict: the rules are walked in order, up
@@ -520,10 +535,18 @@ impl Policy {
     /// Each rule tried, why it did not match (its first failing condition), up to and including
     /// the one that did, and the verdict — which is always `evaluate`'s.
     pub fn explain(&self, s: &Subject, t: &Target, r: Option<&RefUpdate>) -> Explanation {
-        self.explain_inner(s, t, r, true)
+        self.explain_inner(s, t, r, None, true)
     }
 
-    fn explain_inner(&self, s: &Subject, t: &Target, r: Option<&RefUpdate>, steps: bool) -> Explanation {
+    /// `unread`: the request is an API write the gateway could not read, and why.
+    fn explain_inner(
+        &self,
+        s: &Subject,
+        t: &Target,
+        r: Option<&RefUpdate>,
+        unread: Option<&str>,
+        steps: bool,
+    ) -> Explanation {
         let resolved = r.map(conservative);
         let mut notes = Vec::new();
         // Only readings that could have changed the verdict are worth a note.
@@ -553,7 +576,12 @@ impl Policy {
                 ));
             }
         }
-        let facts = Facts::new(s, t, resolved.as_ref());
+        let mut facts = Facts::new(s, t, resolved.as_ref());
+        facts.unread = unread;
+        if unread.is_some() {
+            // A write the gateway could not read may move refs: to `git_service`, a push.
+            facts.git_service = facts.git_service.or(Some(GitService::ReceivePack));
+        }
         let mut out = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let rule_ref = self.rule_ref(i);
@@ -701,11 +729,12 @@ impl Policy {
         let mut refs = Vec::with_capacity(w.refs().len());
         for api in w.refs() {
             let (target, r) = api.facts(t);
-            let e = self.explain_inner(s, &target, Some(&r), steps);
+            let e = self.explain_inner(s, &target, Some(&r), None, steps);
             refs.push((api.clone(), r, e));
         }
         let unknown = w.unknown().map(|why| {
-            let mut e = self.explain_inner(s, t, None, steps);
+            let unread = matches!(w, Write::Unread(_)).then_some(why);
+            let mut e = self.explain_inner(s, t, None, unread, steps);
             if e.verdict.rule.index.is_none() && severity(&self.unknown_write) > severity(&self.default) {
                 e.verdict = Verdict {
                     action: self.unknown_write.clone(),

@@ -41,7 +41,7 @@ use http::Method;
 
 use crate::{
     classify::{Classified, GitHub, Kind, Repo},
-    facts::{Paths, RefKind, RefUpdate, Target},
+    facts::{Paths, RefKind, RefUpdate, Secrets, Target},
 };
 
 /// The headers a client may use to ask for another method than the one it sends.
@@ -76,6 +76,83 @@ pub struct ApiRef {
     /// The commit the ref moves to, when the request gives it.
     pub new: Option<Oid>,
     pub paths: Paths,
+    /// The files the request itself carries to the ref, decoded (a contents `PUT`'s
+    /// `content`, `createCommitOnBranch`'s additions): what the gateway scans for secrets.
+    pub contents: Vec<FileContent>,
+    /// The secrets those carry: `Known(none)` when the request carries no file contents (the
+    /// ref moves to commits upstream already has, as a push without a pack does), `NotComputed`
+    /// until the gateway scans `contents`, `Unknown` when they cannot be decoded.
+    pub secrets: Secrets,
+}
+
+/// One file a write through the API carries, decoded as GitHub would store it. A file whose
+/// encoding GitHub might read two ways is carried once per reading.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileContent {
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for FileContent {
+    // Never the contents: they may be the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileContent({:?}, {} bytes)", self.path, self.bytes.len())
+    }
+}
+
+/// File contents as GitHub's API carries them (base64), decoded every way GitHub might read
+/// them: line breaks and other whitespace dropped, padding optional; the URL-safe alphabet read
+/// both as itself and with its two characters dropped (as a lenient decoder does). Anything
+/// else (a character of neither alphabet, padding mid-text, both alphabets at once) is `Err`:
+/// the gateway cannot tell what would be stored, so it counts as unscanned.
+pub fn base64_readings(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    use base64::{
+        Engine as _, alphabet,
+        engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+    };
+    let config = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    let standard = GeneralPurpose::new(&alphabet::STANDARD, config);
+    let url_safe = GeneralPurpose::new(&alphabet::URL_SAFE, config);
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let not_base64 = || "its content is not base64 the gateway can read".to_owned();
+    let has = |set: &[char]| compact.contains(set);
+    match (has(&['+', '/']), has(&['-', '_'])) {
+        (true, true) => Err(not_base64()),
+        (_, false) => standard
+            .decode(&compact)
+            .map(|b| vec![b])
+            .map_err(|_| not_base64()),
+        (false, true) => {
+            let own = url_safe.decode(&compact).map_err(|_| not_base64())?;
+            let dropped: String = compact.chars().filter(|c| !matches!(c, '-' | '_')).collect();
+            let mut out = vec![own];
+            if let Ok(b) = standard.decode(&dropped) {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The files of `(path, base64 text)` pairs, decoded; `Err` when one cannot be.
+fn decoded_files<'a>(
+    files: impl IntoIterator<Item = (String, Option<&'a str>)>,
+) -> Result<Vec<FileContent>, String> {
+    let mut out = Vec::new();
+    for (path, text) in files {
+        let Some(text) = text else {
+            return Err(format!("the content of {path} is not a string"));
+        };
+        for bytes in base64_readings(text).map_err(|why| format!("{path}: {why}"))? {
+            out.push(FileContent {
+                path: path.clone(),
+                bytes,
+            });
+        }
+    }
+    Ok(out)
 }
 
 impl ApiRef {
@@ -92,7 +169,28 @@ impl ApiRef {
             kind,
             new: None,
             paths,
+            contents: Vec::new(),
+            secrets: Secrets::Known(Vec::new()),
         }
+    }
+
+    /// The files the request carries to the ref, decoded (`Err`: why they cannot be).
+    pub(crate) fn with_contents(mut self, files: Result<Vec<FileContent>, String>) -> Self {
+        match files {
+            Ok(files) => {
+                self.secrets = if files.is_empty() {
+                    Secrets::Known(Vec::new())
+                } else {
+                    Secrets::NotComputed
+                };
+                self.contents = files;
+            }
+            Err(why) => {
+                self.contents = Vec::new();
+                self.secrets = Secrets::Unknown(why);
+            }
+        }
+        self
     }
 
     fn in_repo(mut self, repository: RepoFact) -> Self {
@@ -130,7 +228,8 @@ impl ApiRef {
         };
         let mut r = RefUpdate::new(ghgate_git::RefUpdate::new(zero, new, name))
             .with_kind(self.kind)
-            .with_paths(self.paths.clone());
+            .with_paths(self.paths.clone())
+            .with_secrets(self.secrets.clone());
         if let RefName::Unknown(what) = &self.name {
             r = r.with_unknown_name(what.clone());
         }
@@ -180,6 +279,10 @@ pub enum Write {
     /// read (a method override it does not know, a batch with a part it cannot read): both
     /// are decided, the stricter counting.
     Partly(Vec<ApiRef>, String),
+    /// A write whose body the gateway could not read (past the cap it reads, or in a
+    /// content coding it cannot decode): decided as `Unknown`, and what it carries counts as
+    /// unscanned for `secrets` and `secret_seen` rules.
+    Unread(String),
 }
 
 impl Write {
@@ -191,7 +294,7 @@ impl Write {
             match w {
                 Write::None => {}
                 Write::Refs(r) => refs.extend(r),
-                Write::Unknown(why) => {
+                Write::Unknown(why) | Write::Unread(why) => {
                     if !unknown.contains(&why) {
                         unknown.push(why)
                     }
@@ -216,14 +319,22 @@ impl Write {
     pub fn refs(&self) -> &[ApiRef] {
         match self {
             Write::Refs(r) | Write::Partly(r, _) => r,
-            Write::None | Write::Unknown(_) => &[],
+            Write::None | Write::Unknown(_) | Write::Unread(_) => &[],
+        }
+    }
+
+    /// The ref updates, for the gateway to fill in what it scanned of their contents.
+    pub fn refs_mut(&mut self) -> &mut [ApiRef] {
+        match self {
+            Write::Refs(r) | Write::Partly(r, _) => r,
+            Write::None | Write::Unknown(_) | Write::Unread(_) => &mut [],
         }
     }
 
     /// What of it the gateway cannot read.
     pub fn unknown(&self) -> Option<&str> {
         match self {
-            Write::Unknown(why) | Write::Partly(_, why) => Some(why),
+            Write::Unknown(why) | Write::Partly(_, why) | Write::Unread(why) => Some(why),
             Write::None | Write::Refs(_) => None,
         }
     }
@@ -235,14 +346,14 @@ impl Write {
         match self {
             Write::None => "nothing the policy reads as a repository write".into(),
             Write::Refs(_) => refs,
-            Write::Unknown(_) => "a write the gateway cannot read as ref updates".into(),
+            Write::Unknown(_) | Write::Unread(_) => "a write the gateway cannot read as ref updates".into(),
             Write::Partly(..) => format!("{refs}, and a part the gateway cannot read"),
         }
     }
 
     /// A body larger than the gateway reads.
     pub fn too_big(cap: usize) -> Write {
-        Write::Unknown(format!(
+        Write::Unread(format!(
             "its body is larger than the {cap} bytes the gateway reads to tell what it writes"
         ))
     }
@@ -289,7 +400,7 @@ pub fn from_body(req: &Classified, github: &GitHub, body: &[u8], cap: usize) -> 
             let mut d = Decoder::new_with_limit(coding, cap as u64);
             let mut out = Vec::new();
             if d.push(body, &mut out).and_then(|()| d.finish(&mut out)).is_err() {
-                return Write::Unknown(format!(
+                return Write::Unread(format!(
                     "its {} body cannot be decoded within {cap} bytes",
                     coding.token()
                 ));
@@ -579,9 +690,15 @@ fn rest(method: &Method, path: &str, named: bool, body: Option<&[u8]>) -> Option
                 Some(_) => return unknown("its \"branch\" is not a string"),
             };
             let file = repo_path(&file.join("/"));
+            // A PUT's `content` is the file (base64); a DELETE carries none.
+            let contents = match (m, obj.get("content")) {
+                ("PUT", Some(c)) => decoded_files([(file.clone(), c.as_str())]),
+                _ => Ok(Vec::new()),
+            };
             Some(Write::Refs(vec![
                 ApiRef::new(format!("{m} contents"), name, RefKind::FastForward)
-                    .with_paths(Paths::Known(vec![file])),
+                    .with_paths(Paths::Known(vec![file]))
+                    .with_contents(contents),
             ]))
         }
         ("PUT", [_, n, verb]) if at(0, "pulls") && (at(2, "merge") || at(2, "update-branch")) => {

@@ -416,19 +416,6 @@ fn push_anchor(p: &crate::model::PushSecret) -> String {
 }
 
 /// A pushed secret on one line: where, and what came of the push.
-fn push_line(p: &crate::model::PushSecret) -> String {
-    format!(
-        "{} {} commit {} file {}: {} by {}",
-        p.repository.as_deref().unwrap_or("(repository unknown)"),
-        p.ref_name,
-        p.commit
-            .map_or_else(|| "(unknown)".to_owned(), |c| c.short().to_string()),
-        p.path.as_deref().unwrap_or("(unknown)"),
-        p.outcome.as_str(),
-        p.rule_decided
-    )
-}
-
 /// Text safe to place in HTML text or a quoted attribute value.
 pub fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8);
@@ -856,7 +843,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                         h,
                         "<li>later pushed: <a href=\"#{}\">{}</a> (session <span class=\"mono\">{}</span>, {})</li>",
                         push_anchor(p),
-                        e(&push_line(p)),
+                        e(&crate::session::push_line(p)),
                         e(p.session.as_str()),
                         clock(p.at)
                     );
@@ -876,7 +863,7 @@ fn exchange_html(h: &mut String, x: &ExchangeView, when: &str, t0: Micros, t1: M
                 push_anchor(p),
                 e(&p.rule),
                 e(&p.fingerprint),
-                e(&push_line(p)),
+                e(&crate::session::push_line(p)),
                 if p.seen_in_response {
                     " <span class=\"warn\">(seen in a response before)</span>"
                 } else {

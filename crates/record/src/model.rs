@@ -726,6 +726,9 @@ words! {
         /// The host rebooted: the programs came back with the gateway (units order the gateway
         /// before the runner, so nothing governed ran in between).
         Reboot = "reboot",
+        /// The record sink fell further behind than `max_backlog_bytes` and, with
+        /// `on_sink_failure = "allow"`, traffic went on while records were not leaving the host.
+        SinkBehind = "sink_behind",
     }
 }
 

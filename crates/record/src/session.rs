@@ -497,13 +497,36 @@ fn exchange_entry<'m>(
     })
 }
 
+/// How a ref moves, as people read it: an update whose ancestry could not be checked is
+/// `unknown`, never shown as either kind.
+pub fn kind_label(kind: crate::model::RefKind) -> &'static str {
+    match kind {
+        crate::model::RefKind::Update => "unknown",
+        k => k.as_str(),
+    }
+}
+
+/// A secret found in what a push or an API write carried, on one line (never the secret).
+pub fn push_line(p: &PushSecret) -> String {
+    format!(
+        "{} {} commit {} file {}: {} by {}",
+        p.repository.as_deref().unwrap_or("(repository unknown)"),
+        p.ref_name,
+        p.commit
+            .map_or_else(|| "(unknown)".to_owned(), |c| c.short().to_string()),
+        p.path.as_deref().unwrap_or("(unknown)"),
+        p.outcome.as_str(),
+        p.rule_decided
+    )
+}
+
 /// A policy decision on one line: what was decided, by which rule, and what came of it.
 pub fn decision_line(d: &Decision) -> String {
     let what = match &d.ref_update {
         Some(r) => format!(
             "{} {} {} → {}",
             one_line(&r.name, 200),
-            r.kind.as_str(),
+            kind_label(r.kind),
             r.old.short(),
             r.new.short()
         ),
@@ -1200,7 +1223,7 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView, opts: ShowOptio
                 .iter()
                 .filter_map(|d| d.ref_update.as_ref())
                 .find(|r| r.name == u.name && r.old == u.old && r.new == u.new);
-            let kind = decided.map_or_else(|| u.op().as_str(), |r| r.kind.as_str());
+            let kind = decided.map_or_else(|| u.op().as_str(), |r| kind_label(r.kind));
             let _ = writeln!(
                 out,
                 "{pad}push {}  {} {} → {}",
@@ -1240,6 +1263,20 @@ fn render_exchange(out: &mut String, at: &str, x: &ExchangeView, opts: ShowOptio
     };
     for d in x.decisions.iter().filter(|d| !pushed(d)) {
         let _ = writeln!(out, "{pad}policy {}", decision_line(d));
+    }
+    for p in &x.push_secrets {
+        let _ = writeln!(
+            out,
+            "{pad}secret {} [{}] carried to {}{}",
+            one_line(&p.rule, 60),
+            one_line(&p.fingerprint, 24),
+            one_line(&push_line(p), 400),
+            if p.seen_in_response {
+                "  (seen in a response before)"
+            } else {
+                ""
+            }
+        );
     }
     for m in &x.masked {
         let _ = writeln!(

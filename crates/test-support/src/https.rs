@@ -797,6 +797,9 @@ impl Upstream {
                 let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
+                // As real servers do: without it, a streamed event written after the response head
+                // waits for the client's delayed ACK (~40 ms), and so would every time-to-first-byte.
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, count, git_root, auth, edge) = (
                     acceptor.clone(),
                     count.clone(),

@@ -14,6 +14,7 @@ use crate::{
     assemble::{self, Assembled},
     config::{Config, OnGatewayDown},
     egress::{self, Egress, EgressMode},
+    identity::ci::JobAttribution,
     listen, mask,
     record::model,
     redirect::{
@@ -259,8 +260,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let metrics_path = config.state_dir.join(METRICS_FILE);
     tokio::spawn(write_metrics_forever(metrics_path.clone(), live.clone()));
-    let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), proxy.clone()));
-    let v6 = tokio::spawn(listen::serve(listener_v6, clients, proxy));
+    let jobs = config.redirect.containers.enabled.then(|| {
+        Arc::new(JobAttribution {
+            mount: cgroup::cgroup2_mount().unwrap_or_default(),
+            governed: cgroup_dir.clone(),
+            containers: config.redirect.containers.clone(),
+        })
+    });
+    let v4 = tokio::spawn(listen::serve(
+        listener_v4,
+        clients.clone(),
+        proxy.clone(),
+        jobs.clone(),
+    ));
+    let v6 = tokio::spawn(listen::serve(listener_v6, clients, proxy, jobs));
 
     tokio::select! {
         _ = interrupt.recv() => {}

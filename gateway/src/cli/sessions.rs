@@ -96,6 +96,8 @@ enum Command {
         /// the key in the store's directory.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Delete whole sealed segments older than an age, leaving a signed tombstone.
     Prune {
@@ -123,6 +125,26 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+}
+
+/// The fleet's bucket, for `verify --remote`.
+#[derive(Debug, clap::Args)]
+struct RemoteArgs {
+    /// Verify every runner's copy in this bucket (`https://endpoint/bucket`): chain and seals
+    /// under the key pinned there, anchors, Object Lock retention, and this host's store against
+    /// its own copy. Credentials: --credentials-file, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+    #[arg(long)]
+    remote: Option<String>,
+    /// Only this runner (its prefix in the bucket).
+    #[arg(long, requires = "remote")]
+    runner: Option<String>,
+    #[arg(long, requires = "remote", default_value = "us-east-1")]
+    region: String,
+    #[arg(long, requires = "remote")]
+    credentials_file: Option<PathBuf>,
+    /// Fail for a sealed segment that is not under unexpired Object Lock retention.
+    #[arg(long, requires = "remote")]
+    require_lock: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -280,7 +302,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             id,
             all: _,
             pubkey,
-        } => verify(&config, id.as_deref(), pubkey.as_deref()),
+            remote,
+        } => match &remote.remote {
+            Some(url) => verify_remote(&config, url, &remote),
+            None => verify(&config, id.as_deref(), pubkey.as_deref()),
+        },
         Command::Prune { config, older_than } => {
             let dir = record_dir(&config)?;
             let older_than = match older_than {
@@ -402,6 +428,81 @@ fn verify(config: &ConfigArg, id: Option<&str>, pubkey: Option<&Path>) -> anyhow
     }
     println!("OK: {report}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `verify --remote`: every runner in the bucket (or `--runner`), and this host's store against
+/// its own runner's copy when the config has a sink and a store.
+fn verify_remote(config: &ConfigArg, url: &str, args: &RemoteArgs) -> anyhow::Result<ExitCode> {
+    use crate::record::sink::{config::Credentials, remote};
+    let creds = Credentials::load(args.credentials_file.as_deref())?;
+    let bucket = remote::Remote::open(url, &args.region, &creds)?;
+    // This host's store, and the runner it is.
+    let local = config.load().ok().and_then(|c| {
+        let runner = c.record.sink.as_ref()?.runner();
+        let dir = c.record_dir();
+        let key = store::load_or_create_key(&key_path(&dir)).ok()?.verifying_key();
+        dir.join("segments").is_dir().then_some((runner, dir, key))
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let runners = match &args.runner {
+            Some(r) => vec![r.clone()],
+            None => bucket.runners().await?,
+        };
+        if runners.is_empty() {
+            bail!("no runner has a copy in bucket {}", bucket.bucket);
+        }
+        let mut failed = false;
+        for runner in runners {
+            let tmp = tempfile_dir()?;
+            let mirror = bucket.mirror(&runner, tmp.path()).await?;
+            let mine = local
+                .as_ref()
+                .filter(|(r, ..)| *r == runner)
+                .map(|(_, dir, key)| (dir.as_path(), *key));
+            match remote::verify_runner(&bucket, &mirror, args.require_lock, mine).await {
+                Ok(line) => println!("OK: {line}"),
+                Err(failures) => {
+                    failed = true;
+                    for f in failures {
+                        println!("FAILED: {f}");
+                    }
+                }
+            }
+        }
+        Ok(if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}
+
+/// A private scratch directory, removed on drop.
+fn tempfile_dir() -> anyhow::Result<ScratchDir> {
+    let base = std::env::temp_dir().join(format!(
+        "ghgate-remote-{}-{}",
+        std::process::id(),
+        model::now_micros()
+    ));
+    std::fs::create_dir_all(&base)?;
+    Ok(ScratchDir(base))
+}
+
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Plays the session back: each fact when it happened, relative to the session's start, and each

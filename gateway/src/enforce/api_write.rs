@@ -4,17 +4,26 @@
 //! request's. A write the gateway cannot read (or whose body is past the cap) is decided by the
 //! rules that name the request, else by `unknown_write`.
 //!
+//! The files a write carries (a contents `PUT`, `createCommitOnBranch`'s additions), decoded
+//! by the mapping, go through the masker that scans pushes, so that `secrets` and `secret_seen`
+//! rules decide them as they decide a push; what they carry is recorded as a push's is (rule,
+//! fingerprint, ref, file; never the secret). Contents that cannot be decoded, and a body past
+//! the cap, count as unscanned: a rule on secrets that refuses or holds matches them.
+//!
 //! Never forwards a write the policy refused or held; every ref update's decision is recorded,
 //! with its kind, like a push's.
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
-use super::{Enforcer, Front, decided_ref, decision, read_front, refusal, suffix, too_big_text};
+use super::{
+    Enforcer, Front, SecretScan, decided_ref, decision, push::keep_finding, read_front, refusal, suffix,
+    too_big_text,
+};
 use crate::{
     http::{Exchange, ProxyBody},
     identity::Caller,
     policy::{
-        Action, Subject, Target, WriteExplanation,
+        Action, PushedSecret, Secrets, Subject, Target, WriteExplanation,
         writes::{self, Write},
     },
     record::model::{self, DecisionOutcome as Outcome},
@@ -51,6 +60,77 @@ pub fn decisions(
     out
 }
 
+/// Scans the files each ref update of `write` carries with the masker pushes are scanned with,
+/// placing each secret in its file. Without a masker, what they carry counts as unscanned.
+pub fn scan(scan: Option<&SecretScan>, write: &mut Write) {
+    for api in write.refs_mut() {
+        if api.secrets != Secrets::NotComputed {
+            continue;
+        }
+        let Some(scan) = scan else {
+            api.secrets = Secrets::Unknown("the gateway has no masker to scan API writes with".into());
+            continue;
+        };
+        let mut out: Vec<PushedSecret> = Vec::new();
+        for file in &api.contents {
+            let mut found = Vec::new();
+            let mut stream = scan.masker.stream();
+            stream.push_pieces(&file.bytes, &mut |p| keep_finding(&mut found, p));
+            stream.finish_pieces(&mut |p| keep_finding(&mut found, p));
+            for (rule, fingerprint) in found {
+                let secret = PushedSecret {
+                    rule,
+                    seen_in_response: scan.seen.contains(&fingerprint),
+                    fingerprint,
+                    commit: None,
+                    path: Some(file.path.clone()),
+                };
+                if !out.contains(&secret) {
+                    out.push(secret);
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.path, &a.rule, &a.fingerprint).cmp(&(&b.path, &b.rule, &b.fingerprint)));
+        api.secrets = Secrets::Known(out);
+        // The decoded files are no longer needed; a held write keeps only its body.
+        api.contents = Vec::new();
+    }
+}
+
+/// The secrets the write's ref updates carry, for the record, each with what came of its ref.
+pub fn secrets(
+    ex: &Exchange,
+    decided: &WriteExplanation,
+    decisions: &[model::Decision],
+) -> Vec<model::PushSecret> {
+    let mut out = Vec::new();
+    for ((api, r, e), d) in decided.refs.iter().zip(decisions) {
+        let Secrets::Known(found) = &r.secrets else {
+            continue;
+        };
+        let repository = match &api.repository {
+            writes::RepoFact::Named(repo) => repo.full_name(),
+            writes::RepoFact::Request => ex.req.repository.as_ref().and_then(|r| r.full_name()),
+            writes::RepoFact::Node(_) => None,
+        };
+        out.extend(found.iter().map(|s| model::PushSecret {
+            session: model::SessionId::default(),
+            exchange: model::ExchangeId::default(),
+            at: model::now_micros(),
+            rule: s.rule.clone(),
+            fingerprint: s.fingerprint.clone(),
+            repository: repository.clone(),
+            ref_name: r.name().to_owned(),
+            commit: s.commit,
+            path: s.path.clone(),
+            seen_in_response: s.seen_in_response,
+            outcome: d.outcome,
+            rule_decided: e.verdict.rule.to_string(),
+        }));
+    }
+    out
+}
+
 /// What a refused write's caller is told: which ref update, and why.
 pub fn refused_text(decided: &WriteExplanation) -> String {
     let v = &decided.verdict;
@@ -58,7 +138,23 @@ pub fn refused_text(decided: &WriteExplanation) -> String {
         .refs
         .iter()
         .find(|(_, _, e)| e.verdict == *v)
-        .map(|(api, r, _)| format!("{} ({}, {})", r.name(), r.kind, api.via))
+        .map(|(api, r, _)| {
+            // A refusal over secrets names them (rule, fingerprint, file; never the secret).
+            let carried = match &r.secrets {
+                Secrets::Known(found) if !found.is_empty() => format!(
+                    ", carrying {}{}",
+                    crate::policy::described(&found[0]),
+                    if found.len() > 1 {
+                        format!(" and {} more", found.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+                Secrets::Unknown(why) => format!(", its files unscanned: {why}"),
+                _ => String::new(),
+            };
+            format!("{} ({}, {}{carried})", r.name(), r.kind, api.via)
+        })
         .or_else(|| {
             decided
                 .unknown
@@ -85,6 +181,27 @@ impl Enforcer {
         caller: &Caller,
         subject: &Subject,
         body: ProxyBody,
+    ) -> (
+        Result<ProxyBody, Response<Bytes>>,
+        Vec<model::Decision>,
+        Vec<model::PushSecret>,
+    ) {
+        let mut decided = None;
+        let (gate, decisions) = self
+            .api_write_inner(ex, caller, subject, body, &mut decided)
+            .await;
+        let secrets = decided.map_or_else(Vec::new, |d| secrets(ex, &d, &decisions));
+        (gate, decisions, secrets)
+    }
+
+    /// `api_write`, leaving what the policy made of the write in `decided_out`.
+    async fn api_write_inner(
+        &self,
+        ex: &Exchange,
+        caller: &Caller,
+        subject: &Subject,
+        body: ProxyBody,
+        decided_out: &mut Option<WriteExplanation>,
     ) -> (Result<ProxyBody, Response<Bytes>>, Vec<model::Decision>) {
         let cap = self.cfg.approval_body_cap_bytes;
         let front = match read_front(body, cap).await {
@@ -100,10 +217,30 @@ impl Enforcer {
                 );
             }
         };
-        let write = match &front {
+        let mut write = match &front {
             Front::Whole(b) => writes::from_body(&ex.req, &self.github, b, cap),
             Front::Over(..) => Write::too_big(cap),
         };
+        if write.refs().iter().any(|r| !r.contents.is_empty()) {
+            // The masker's work is bounded by the body cap, but is CPU work all the same.
+            let scanner = self.secret_scan.clone();
+            let unscanned = write.clone();
+            write = tokio::task::spawn_blocking(move || {
+                scan(scanner.as_ref(), &mut write);
+                write
+            })
+            .await
+            .unwrap_or_else(|e| {
+                let mut w = unscanned;
+                for r in w.refs_mut() {
+                    r.contents = Vec::new();
+                    r.secrets = Secrets::Unknown(format!("scanning failed: {e}"));
+                }
+                w
+            });
+        } else {
+            scan(self.secret_scan.as_ref(), &mut write);
+        }
         let target = Target::new(ex.req.clone());
         let policy = self.live.current();
         let Some(decided) = policy.evaluate_write(subject, &target, &write) else {
@@ -148,6 +285,7 @@ impl Enforcer {
         };
         tracing::info!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), refs = decided.refs.len(),
                        unknown = decided.unknown.is_some(), verdict = %decided.verdict, "API write");
+        *decided_out = Some(decided.clone());
         match &decided.verdict.action {
             Action::Allow | Action::RecordOnly => {
                 warn_record_only(ex, &decided);

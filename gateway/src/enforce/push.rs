@@ -1,9 +1,11 @@
 //! A git push through the policy, ref by ref.
 //!
 //! The push's commands are read from the start of its body before anything goes upstream. Each
-//! ref update is decided on its own; what a rule needs beyond the ids is found out only when
-//! `Policy::needs` says it could change the outcome: whether an update is a fast-forward (the
-//! pushed commits, then GitHub's compare API for the commits it already has), which paths the
+//! ref update is decided on its own. Whether an update is a fast-forward is worked out for every
+//! update, rule or not, so the record labels each (the pushed commits first, then GitHub's
+//! compare API for the commits it already has, within `max_api_calls` and the inspection time;
+//! `update`, shown as unknown, when that cannot tell). What else a rule needs beyond the ids is
+//! found out only when `Policy::needs` says it could change the outcome: which paths the
 //! pushed commits change (the pack, read whole up to `max_pack_bytes`, and the trees upstream;
 //! annotated tags peeled to their commit; a new ref whose commit the pack does not carry compared
 //! with its merge base with the default branch) and which secrets the pushed files carry (every
@@ -68,7 +70,7 @@ impl BlobSecrets {
     }
 }
 
-fn keep_finding(current: &mut Vec<(String, String)>, p: Piece<'_>) {
+pub(super) fn keep_finding(current: &mut Vec<(String, String)>, p: Piece<'_>) {
     if let Piece::Masked { finding: f, .. } = p
         && !current.iter().any(|(r, fp)| *r == f.rule && *fp == f.fingerprint)
     {
@@ -395,10 +397,13 @@ impl Enforcer {
             .collect();
         let carries_pack = refs.iter().any(|r| r.kind != RefKind::Delete);
         let wants_secrets = needs.iter().any(|n| n.secrets);
-        // The pack, read whole when a decision needs it; and its blobs' secrets, when asked.
+        // Every update is labelled fast-forward or not, whether a rule asks or not.
+        let labels_updates = refs.iter().any(|r| r.kind == RefKind::Update);
+        // The pack, read whole when a decision or a label needs it; and its blobs' secrets, when
+        // asked.
         let mut pack_state: Result<Option<PackObjects>, String> = Ok(None);
         let mut blob_secrets: Result<HashMap<Oid, Vec<(String, String)>>, String> = Ok(HashMap::new());
-        if carries_pack && needs.iter().any(|n| n.any()) {
+        if carries_pack && (labels_updates || needs.iter().any(|n| n.any())) {
             let end = commands.end as usize;
             let limit = end + self.cfg.max_pack_bytes as usize;
             // A client that stops sending mid-pack must not hold the push (and a task) forever:
@@ -500,7 +505,7 @@ impl Enforcer {
         let mut kind_from: Vec<Option<String>> = vec![None; refs.len()];
         for (i, r) in refs.iter_mut().enumerate() {
             let (old, new) = (r.update.old, r.update.new);
-            if needs[i].fast_forward && r.kind == RefKind::Update {
+            if r.kind == RefKind::Update {
                 let key = format!("{} {old} {new}", repository.map_or("?".into(), |r| r.to_string()),);
                 let found = match self.cached_ff(&key) {
                     Some(ff) => Ok(ff),
@@ -534,8 +539,16 @@ impl Enforcer {
                         kind_from[i] = Some("the pushed commits and the compare API".into());
                     }
                     Err(why) => {
-                        r.kind = RefKind::NonFastForward;
-                        kind_from[i] = Some(format!("undecided, taken as non-fast-forward: {why}"));
+                        // Never guessed: the record says unknown, and the policy reads an
+                        // `Update` as a non-fast-forward (the riskier kind).
+                        kind_from[i] = Some(format!(
+                            "unknown{}: {why}",
+                            if needs[i].fast_forward {
+                                ", read as non-fast-forward"
+                            } else {
+                                ""
+                            }
+                        ));
                     }
                 }
             }

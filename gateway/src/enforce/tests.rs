@@ -275,12 +275,13 @@ async fn an_update_whose_kind_cannot_be_learned_counts_as_a_force_push() {
         "{text:?}"
     );
     let decided = decisions[0].ref_update.as_ref().unwrap();
-    assert_eq!(decided.kind, model::RefKind::NonFastForward);
+    // Recorded as unknown (never guessed), read by the policy as the riskier kind.
+    assert_eq!(decided.kind, model::RefKind::Update);
     assert!(
         decided
             .kind_from
             .as_deref()
-            .is_some_and(|k| k.starts_with("undecided, taken as non-fast-forward")),
+            .is_some_and(|k| k.starts_with("unknown, read as non-fast-forward: ")),
         "{decided:?}"
     );
     // Another branch's update is nobody's business here: it passes untouched.
@@ -321,18 +322,27 @@ async fn api_write(
     path: &str,
     payload: &'static [u8],
 ) -> (Result<ProxyBody, http::Response<Bytes>>, Vec<model::Decision>) {
+    let (result, decisions, _) = api_write_owned(e, method, path, Bytes::from_static(payload)).await;
+    (result, decisions)
+}
+
+async fn api_write_owned(
+    e: &Enforcer,
+    method: &str,
+    path: &str,
+    payload: Bytes,
+) -> (
+    Result<ProxyBody, http::Response<Bytes>>,
+    Vec<model::Decision>,
+    Vec<model::PushSecret>,
+) {
     let ex = testing::exchange(method, "api.github.com", path, &[]);
     assert!(
         matches!(e.head(&ex, &Subject::default()), Head::ApiWrite),
         "{method} {path} is decided from its body"
     );
-    e.api_write(
-        &ex,
-        &ex.conn.caller,
-        &Subject::default(),
-        body(Bytes::from_static(payload)),
-    )
-    .await
+    e.api_write(&ex, &ex.conn.caller, &Subject::default(), body(payload))
+        .await
 }
 
 fn refused(result: Result<ProxyBody, http::Response<Bytes>>) -> String {
@@ -769,4 +779,94 @@ async fn a_pack_larger_than_the_limit_is_decided_by_the_secrets_rule_not_let_thr
         text.contains("ng refs/heads/big denied by ghgate rule #2 \"any-secret\""),
         "{text:?}"
     );
+}
+
+#[tokio::test]
+async fn api_writes_carry_their_files_through_the_push_scanner() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let masker = crate::mask::Masker::new(crate::mask::Rules::builtin(), [7; 32]);
+    let seen = Arc::new(crate::mask::seen::SeenSecrets::default());
+    let suggested = ghgate_test_support::fixtures::github_token("abcdefghijklmnopqrstuvwxyz0123");
+    let fp = masker.fingerprint(suggested.as_bytes());
+    seen.insert(&fp);
+    let policy = "[[rule]]\nname = \"suggested-secrets\"\naction = \"deny\"\nsecret_seen = true\n";
+    let e = enforcer_with(
+        dir.path(),
+        policy,
+        Some(super::SecretScan {
+            masker: masker.clone(),
+            seen,
+        }),
+    );
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    // The token across base64 groups and line breaks of a contents PUT.
+    let wrapped: Vec<String> = b64(format!("x\nTOKEN={suggested}\n").as_bytes())
+        .as_bytes()
+        .chunks(6)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let put = serde_json::json!({"message": "m", "content": wrapped.join("\n"), "branch": "dev"});
+    let (result, d, secrets) = api_write_owned(
+        &e,
+        "PUT",
+        "/repos/o/r/contents/deploy/prod.env",
+        Bytes::from(put.to_string()),
+    )
+    .await;
+    let text = refused(result);
+    assert!(
+        text.contains(&format!("a github-pat secret [{fp}] in deploy/prod.env")),
+        "{text}"
+    );
+    assert!(!text.contains(&suggested));
+    assert_eq!(d[0].outcome, model::DecisionOutcome::Refused);
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let s = &secrets[0];
+    assert_eq!(
+        (
+            s.fingerprint.as_str(),
+            s.path.as_deref(),
+            s.ref_name.as_str(),
+            s.repository.as_deref()
+        ),
+        (
+            fp.as_str(),
+            Some("deploy/prod.env"),
+            "refs/heads/dev",
+            Some("o/r")
+        )
+    );
+    assert!(s.seen_in_response);
+    assert_eq!(s.outcome, model::DecisionOutcome::Refused);
+    assert_eq!(s.rule_decided, "rule #1 \"suggested-secrets\"");
+
+    // A clean file, and a token never seen in a response, pass; the latter is still recorded.
+    let other = ghgate_test_support::fixtures::github_token("ZYXWVUTSRQPONMLKJIHGFEDCBA9876");
+    let commit = serde_json::json!({
+        "query": "mutation($i: CreateCommitOnBranchInput!) { createCommitOnBranch(input: $i) { commit { oid } } }",
+        "variables": {"i": {
+            "branch": {"repositoryNameWithOwner": "o/r", "branchName": "main"},
+            "message": {"headline": "h"},
+            "expectedHeadOid": A,
+            "fileChanges": {"additions": [
+                {"path": "a.txt", "contents": b64(b"fine\n")},
+                {"path": "b.env", "contents": b64(format!("T={other}\n").as_bytes())}
+            ]}
+        }}
+    });
+    let (result, d, secrets) = api_write_owned(&e, "POST", "/graphql", Bytes::from(commit.to_string())).await;
+    assert!(result.is_ok(), "{d:?}");
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    assert_eq!(secrets[0].path.as_deref(), Some("b.env"));
+    assert!(!secrets[0].seen_in_response);
+    assert_eq!(secrets[0].outcome, model::DecisionOutcome::Passed);
+
+    // Without a masker, what a write carries is unscanned: the rule refuses it.
+    let e = enforcer_with(dir.path(), policy, None);
+    let put = serde_json::json!({"message": "m", "content": b64(b"hello\n")});
+    let (result, _, secrets) =
+        api_write_owned(&e, "PUT", "/repos/o/r/contents/a", Bytes::from(put.to_string())).await;
+    assert!(refused(result).contains("no masker"));
+    assert!(secrets.is_empty());
 }

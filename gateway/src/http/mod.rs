@@ -479,6 +479,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 }
 
 /// Serves HTTP on a terminated client connection until it closes.
+/// The HTTP/2 flow-control windows clients get (hyper's default is 1 MiB each). A client that
+/// runs its send window down to zero must then read the WINDOW_UPDATE that reopens it, and curl
+/// 7.88 (Debian 12's, so git's on such a runner) does not read its socket while its upload is
+/// blocked: a `git push` of a few MiB hung for good, its last kilobyte unsent while 48 bytes (the
+/// update) sat unread in its socket. A body smaller than the window never runs it down, so an
+/// ordinary push is safe; a larger upload still depends on the client. The connection window is
+/// also what a client may have in flight that the gateway has not forwarded yet (memory per
+/// uploading connection), which is why it is not larger.
+const CLIENT_STREAM_WINDOW: u32 = 4 << 20;
+const CLIENT_CONNECTION_WINDOW: u32 = 8 << 20;
+
 pub async fn serve<T, P>(client: T, info: ConnInfo, route: UpstreamRoute, phases: Arc<P>, settings: &Settings)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -515,6 +526,8 @@ where
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 .max_header_list_size(limits.max_header_bytes as u32)
+                .initial_stream_window_size(CLIENT_STREAM_WINDOW)
+                .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
                 .serve_connection(io, svc);
             until_idle!(conn, activity, idle, info)
         }

@@ -2,8 +2,18 @@
 //! actor it works for — read from the environment of the process (or of the nearest ancestor
 //! that has them: the runner's job process).
 //!
+//! A container's processes descend from the container runtime, not from the job that started it,
+//! so a connection from a container scope has no job ancestor: [`JobAttribution`] attributes it
+//! to the job running in the governed cgroups when exactly one is (a runner runs one job at a
+//! time), and says so; with none or several it attributes nothing and says why.
+//!
 //! Only the variables in [`ALLOWED`] are ever kept; the environment is scanned in place and no
 //! other value (`GITHUB_TOKEN`, `ACTIONS_RUNTIME_TOKEN`, …) is copied, logged or stored.
+
+use std::path::{Path, PathBuf};
+
+use super::Caller;
+use crate::config::ContainersConfig;
 
 /// The variables kept, in the order they are reported.
 pub const ALLOWED: &[&str] = &[
@@ -63,6 +73,98 @@ pub fn facts(tgid: u32) -> Vec<(String, String)> {
         pid = parent(p);
     }
     Vec::new()
+}
+
+/// The fact that says how a container scope's connection was (or was not) attributed to a job.
+pub const ATTRIBUTED_BY: &str = "attributed_by";
+
+/// How many processes [`running_jobs`] reads at most, and how deep it walks.
+const MAX_JOB_PROCESSES: usize = 4096;
+const MAX_CGROUP_DEPTH: usize = 8;
+
+/// The distinct jobs (their facts) of the processes in the cgroup `dir` and below: a process
+/// counts when its own environment names a run (`GITHUB_RUN_ID`).
+pub fn running_jobs(dir: &Path) -> Vec<Vec<(String, String)>> {
+    let mut jobs: Vec<Vec<(String, String)>> = Vec::new();
+    let mut seen = 0;
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            seen += 1;
+            if seen > MAX_JOB_PROCESSES {
+                return jobs;
+            }
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let found = from_environ(&environ);
+            if get(&found, "GITHUB_RUN_ID").is_some() && !jobs.contains(&found) {
+                jobs.push(found);
+            }
+        }
+        if depth < MAX_CGROUP_DEPTH
+            && let Ok(rd) = std::fs::read_dir(&dir)
+        {
+            stack.extend(
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| (e.path(), depth + 1)),
+            );
+        }
+    }
+    jobs
+}
+
+/// Attributes connections from container scopes to the job running in the governed cgroups.
+#[derive(Debug, Clone)]
+pub struct JobAttribution {
+    /// The cgroup2 mount.
+    pub mount: PathBuf,
+    /// The governed cgroup (absolute), where the runners' jobs run.
+    pub governed: PathBuf,
+    pub containers: ContainersConfig,
+}
+
+impl JobAttribution {
+    /// A caller with no job facts of its own, in a container scope: the job running in the
+    /// governed cgroups when exactly one is, with an [`ATTRIBUTED_BY`] fact saying so (or saying
+    /// why nothing was attributed). Anyone else is left as they are.
+    pub fn attribute(&self, caller: &mut Caller) {
+        if !caller.ci.is_empty() {
+            return;
+        }
+        let Some(scope) = caller
+            .cgroup
+            .as_deref()
+            .map(|c| Path::new(c.trim_start_matches('/')))
+        else {
+            return;
+        };
+        if !self.containers.is_scope(scope) {
+            return;
+        }
+        let governed = self.governed.strip_prefix(&self.mount).unwrap_or(&self.governed);
+        let mut jobs = running_jobs(&self.governed);
+        let how = match jobs.len() {
+            1 => format!(
+                "container scope {}: the one job running in {} when it connected",
+                scope.display(),
+                governed.display()
+            ),
+            n => format!(
+                "container scope {}: not attributed, {n} jobs running in {} when it connected",
+                scope.display(),
+                governed.display()
+            ),
+        };
+        caller.ci = if jobs.len() == 1 {
+            jobs.remove(0)
+        } else {
+            Vec::new()
+        };
+        caller.ci.push((ATTRIBUTED_BY.to_owned(), how));
+    }
 }
 
 /// The value of one fact.

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 pub use addrs::{ClientAddr, ListenAddr, OrigDstAddr};
 
 use crate::{
-    identity::Caller,
+    identity::{Caller, ci::JobAttribution},
     redirect::{ClientTable, Redirected},
 };
 
@@ -84,10 +84,14 @@ pub fn bind(addr: SocketAddr, mark: Option<u32>) -> anyhow::Result<TcpListener> 
 }
 
 /// Accepts forever on `listener`, attributing and dispatching each connection on its own task.
+///
+/// `jobs`, when container scopes are governed, attributes their connections to the running job
+/// (on the connection's task: it reads /proc, which the accept loop must not wait for).
 pub async fn serve<D: OrigDst, H: Handler>(
     listener: TcpListener,
     orig_dst: Arc<D>,
     handler: Arc<H>,
+    jobs: Option<Arc<JobAttribution>>,
 ) -> io::Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -115,8 +119,14 @@ pub async fn serve<D: OrigDst, H: Handler>(
             caller,
             accepted_at,
         };
-        let handler = handler.clone();
-        tokio::spawn(async move { handler.handle(conn).await });
+        let (handler, jobs) = (handler.clone(), jobs.clone());
+        tokio::spawn(async move {
+            let mut conn = conn;
+            if let Some(jobs) = jobs {
+                jobs.attribute(&mut conn.caller);
+            }
+            handler.handle(conn).await
+        });
     }
 }
 

@@ -275,12 +275,12 @@ impl Phases for Pipeline {
                 }
             }
             Plan::ApiWrite(subject) => {
-                let (gate, decisions) = enforcer.api_write(ex, caller, &subject, body).await;
+                let (gate, decisions, secrets) = enforcer.api_write(ex, caller, &subject, body).await;
                 let gate = match gate {
                     Ok(body) => Gate::Forward(body),
                     Err(resp) => Gate::Answer(resp),
                 };
-                (gate, decisions, Vec::new())
+                (gate, decisions, secrets)
             }
         };
         // Nothing goes upstream before its decisions are written.
@@ -442,7 +442,7 @@ async fn record_decisions(
         tracing::warn!(exchange = ex.id.get(), rule = %s.rule, fingerprint = %s.fingerprint,
                        r#ref = %crate::mask::for_logs(&s.ref_name), commit = s.commit.map(|c| c.to_string()),
                        path = s.path.as_deref().map(crate::mask::for_logs), seen_in_response = s.seen_in_response,
-                       outcome = %s.outcome, "a push carries a secret");
+                       outcome = %s.outcome, "a push or API write carries a secret");
     }
     let rec = record?;
     match rec.decisions_and_secrets(decisions, secrets).await {

@@ -8,5 +8,6 @@
 pub use ghgate_record::{export, git, index, model, session, store, trace};
 
 pub mod recorder;
+pub mod sink;
 
 pub use recorder::Recorder;

@@ -51,6 +51,9 @@ pub enum RecordError {
     /// The writer thread has stopped (the gateway is stopping).
     #[error("the recorder stopped")]
     Stopped,
+    /// The record sink is further behind than `max_backlog_bytes` (`on_sink_failure = "refuse"`).
+    #[error("the record sink is {bytes} bytes behind (more than record.sink.max_backlog_bytes){}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    SinkBehind { bytes: u64, cause: Option<String> },
 }
 
 /// Resolves once records are written, or with why they were not.
@@ -158,6 +161,8 @@ pub struct Recorder {
     masker: std::sync::OnceLock<Masker>,
     /// Where the fingerprints of secrets found in responses go (the policy's `secret_seen`).
     seen: std::sync::OnceLock<Arc<crate::mask::seen::SeenSecrets>>,
+    /// The copy off the host, when `[record.sink]` is set.
+    sink: std::sync::OnceLock<super::sink::Sink>,
 }
 
 #[derive(Default)]
@@ -253,12 +258,20 @@ impl Recorder {
             writer: Mutex::new(Some(writer)),
             masker: std::sync::OnceLock::new(),
             seen: std::sync::OnceLock::new(),
+            sink: std::sync::OnceLock::new(),
         });
+        let sinking = config.record.sink.is_some();
+        if let Some(cfg) = &config.record.sink {
+            let sink =
+                super::sink::Sink::start(cfg, dir.clone(), prune_key.clone(), Arc::downgrade(&recorder))
+                    .context("cannot start the record sink")?;
+            let _ = recorder.sink.set(sink);
+        }
         if retention_days > 0 {
             let weak = Arc::downgrade(&recorder);
             thread::Builder::new()
                 .name("ghgate-retention".into())
-                .spawn(move || retain_forever(dir, prune_key, retention_days, weak))
+                .spawn(move || retain_forever(dir, prune_key, retention_days, sinking, weak))
                 .context("cannot start the retention thread")?;
         }
         Ok(recorder)
@@ -354,6 +367,20 @@ impl Recorder {
         if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = h.join();
         }
+        // The writer sealed the last segment: one more pass copies it, if the sink can.
+        if let Some(sink) = self.sink.get() {
+            sink.finish(Duration::from_secs(10));
+        }
+    }
+
+    /// A span in which the sink was behind and traffic went on (`on_sink_failure = "allow"`).
+    pub(super) fn submit_gap(&self, gap: model::EnforcementGap) {
+        self.submit(vec![Record::EnforcementGap(gap)]);
+    }
+
+    /// The record sink's state, when one is configured.
+    pub fn sink(&self) -> Option<&super::sink::SinkStatus> {
+        self.sink.get().map(|s| &*s.status)
     }
 
     /// Why the store cannot write right now, if it cannot.
@@ -548,6 +575,12 @@ impl Recorder {
             && let Some(cause) = self.failure()
         {
             return Some(refusal(ex, &RecordError::CannotWrite(cause)));
+        }
+        if let Some(status) = self.sink()
+            && status.on_failure == super::sink::OnSinkFailure::Refuse
+            && let Some((bytes, cause)) = status.behind()
+        {
+            return Some(refusal(ex, &RecordError::SinkBehind { bytes, cause }));
         }
         let mut waited = None;
         while self.shared.pending.load(Ordering::Relaxed) > self.max_pending {
@@ -763,12 +796,20 @@ fn retain_forever(
     dir: PathBuf,
     key: ed25519_dalek::SigningKey,
     days: u64,
+    sinking: bool,
     recorder: std::sync::Weak<Recorder>,
 ) {
     loop {
         let Some(me) = recorder.upgrade() else { return };
         let cutoff = model::now_micros().saturating_sub(days * 86_400_000_000);
-        match store::prune(&dir, &key, cutoff, &format!("retention: older than {days}d")) {
+        // With a sink, only segments whose remote copy is confirmed may go.
+        let through = if sinking {
+            super::sink::confirmed_through(&dir)
+        } else {
+            u64::MAX
+        };
+        let reason = format!("retention: older than {days}d");
+        match store::prune_through(&dir, &key, cutoff, &reason, through) {
             Ok(report) => {
                 if let (Some((first, last)), Some(tombstone)) = (report.pruned, report.tombstone) {
                     info!(

@@ -69,7 +69,7 @@ pub fn wanted(mount: &Path, config: &ContainersConfig) -> Vec<(PathBuf, PathBuf)
         };
         for e in rd.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
-            if e.file_type().is_ok_and(|t| t.is_dir()) && config.names.iter().any(|p| glob(p, &name)) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) && config.is_scope(&parent.join(&name)) {
                 out.push((parent.join(&name), e.path()));
             }
         }

@@ -163,7 +163,8 @@ fn while_down(mode: &str) -> &'static str {
 pub fn lost_mediation(gap: &EnforcementGap) -> bool {
     match gap.kind {
         GapKind::Detached => true,
-        GapKind::Reboot => false,
+        // Mediation went on; only the records' copy off the host fell behind.
+        GapKind::Reboot | GapKind::SinkBehind => false,
         GapKind::GatewayDown | GapKind::GatewayStopped => {
             gap.bypassed > 0 || gap.detail.contains("bypass mode")
         }

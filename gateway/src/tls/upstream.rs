@@ -55,11 +55,18 @@ pub enum UpstreamError {
     },
 }
 
-/// Cheap to clone: the root store is loaded once and shared.
+/// Cheap to clone: the root store is loaded once and shared, and so are the client
+/// configurations of the two ALPN offers the gateway makes, with their session stores: a new
+/// upstream connection resumes a TLS session of an earlier one for the same name (an abbreviated
+/// handshake; the server proves it holds the keys of a session that was verified for that name),
+/// instead of a full handshake and certificate verification.
 #[derive(Clone)]
 pub struct UpstreamTls {
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
+    /// Offering h2 and http/1.1, and http/1.1 alone.
+    both: Arc<ClientConfig>,
+    http1: Arc<ClientConfig>,
 }
 
 impl UpstreamTls {
@@ -85,10 +92,28 @@ impl UpstreamTls {
                     .with_context(|| format!("{} holds an unusable CA certificate", path.display()))?;
             }
         }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(roots);
         Ok(Self {
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-            roots: Arc::new(roots),
+            both: Self::config(&provider, &roots, &[Proto::Http2, Proto::Http1]),
+            http1: Self::config(&provider, &roots, &[Proto::Http1]),
+            provider,
+            roots,
         })
+    }
+
+    fn config(
+        provider: &Arc<CryptoProvider>,
+        roots: &Arc<RootCertStore>,
+        alpn: &[Proto],
+    ) -> Arc<ClientConfig> {
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.alpn().to_vec()).collect();
+        Arc::new(config)
     }
 
     pub fn provider(&self) -> Arc<CryptoProvider> {
@@ -104,12 +129,11 @@ impl UpstreamTls {
         alpn: &[Proto],
         timeout: Duration,
     ) -> Result<(TlsStream<ReadAhead<TcpStream>>, Proto), UpstreamError> {
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.alpn().to_vec()).collect();
+        let config = match alpn {
+            [Proto::Http2, Proto::Http1] => self.both.clone(),
+            [Proto::Http1] => self.http1.clone(),
+            other => Self::config(&self.provider, &self.roots, other),
+        };
         let server_name = ServerName::try_from(name.to_owned()).map_err(|e| UpstreamError::Handshake {
             name: name.into(),
             addr,
@@ -120,7 +144,7 @@ impl UpstreamTls {
                 .await
                 .map_err(|source| UpstreamError::Connect { addr, source })?;
             let _ = tcp.set_nodelay(true);
-            TlsConnector::from(Arc::new(config))
+            TlsConnector::from(config)
                 .connect(server_name, ReadAhead::new(tcp))
                 .await
                 .map_err(|e| classify(e, name, addr))

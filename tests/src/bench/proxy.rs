@@ -6,225 +6,81 @@
 //! and mitmproxy, inside the gateway's cgroup (`ghgate exec`) for ghgate. Benchmarks report; they
 //! never assert.
 //!
-//! A fourth case, "one hop", sends the same TLS through a second ghgate that relays it untouched
-//! (the name is not one it terminates): what any process in the path costs on this host, before
-//! any TLS or HTTP work. With client, upstream and proxy sharing few CPUs, the CPU table says how
-//! busy the host was and what the proxy itself spent per request and per GiB.
+//! The cases: "direct"; "one hop", the same TLS relayed untouched by a second ghgate (the name is
+//! not one it terminates): what any process in the path costs on this host, before any TLS or
+//! HTTP work; "ghgate, no record", the shipped defaults but for recording (masking on, the
+//! example policy); "ghgate defaults", recording on as well; and mitmproxy. Only the request
+//! rate limit is raised from its shipped 200/s, which would otherwise be the figure measured.
+//! With client, upstream and proxy sharing few CPUs, the CPU table says what each side spent per
+//! request.
 use std::{
+    io::BufRead as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
-use crate::cpu::{GIB, Meter};
-use anyhow::{Context as _, bail};
-use bytes::Bytes;
+use crate::cpu::{GIB, Meter, process_secs};
+use anyhow::Context as _;
 use ghgate_e2e::{
-    Gateway, GatewaySpec, TestCgroup, bin,
+    Gateway, GatewaySpec, TestCgroup, bin, fixtures,
     https::{TestCa, Upstream},
     loopback_v4, rss_kib,
 };
-use http_body_util::{BodyExt as _, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
 
-pub const NAME: &str = "api.github.com";
+pub use crate::client::{HttpClientArgs, NAME, Report};
 
 #[derive(clap::Args)]
 pub struct ProxyArgs {
     /// Sequential keep-alive GETs timed per case.
     #[arg(long, default_value_t = 2000)]
     pub requests: u64,
-    /// New connections (TCP + TLS + one GET) timed per case.
+    /// New connections (TCP + TLS resumed + one GET) timed per case.
     #[arg(long, default_value_t = 200)]
     pub new_connections: u64,
-    /// Connections in parallel for the requests/s figure.
-    #[arg(long, default_value_t = 8)]
+    /// New processes (curl: TCP + full TLS handshake + one GET) timed per case.
+    #[arg(long, default_value_t = 50)]
+    pub new_processes: u64,
+    /// HTTP/1.1 connections in parallel, and HTTP/2 streams on one connection, for requests/s.
+    #[arg(long, default_value_t = 16)]
     pub concurrency: u64,
-    /// Seconds of the requests/s run.
+    /// Seconds of each requests/s run.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
-    /// Bytes of the download run.
+    /// Bytes of each download run.
     #[arg(long, default_value_t = 1 << 30)]
     pub bytes: u64,
+    /// Streamed completions timed per case, with and without a secret.
+    #[arg(long, default_value_t = 10)]
+    pub completions: u64,
+    /// Idle keep-alive connections held through each gateway for the memory figure.
+    #[arg(long, default_value_t = 2000)]
+    pub idle: u64,
+    /// Small counts and short runs, for iterating (the figures are noisier).
+    #[arg(long)]
+    pub quick: bool,
     /// Skip mitmproxy (no PyPI install).
     #[arg(long)]
     pub no_mitmproxy: bool,
 }
 
-#[derive(clap::Args, Clone)]
-pub struct HttpClientArgs {
-    /// latency | newconn | rps | download
-    pub mode: String,
-    pub target: SocketAddr,
-    #[arg(long)]
-    pub ca: PathBuf,
-    #[arg(long)]
-    pub proxy: Option<SocketAddr>,
-    #[arg(long, default_value_t = 1000)]
-    pub count: u64,
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: u64,
-    #[arg(long, default_value_t = 5)]
-    pub seconds: u64,
-    #[arg(long, default_value_t = 1 << 30)]
-    pub bytes: u64,
-}
-
-impl HttpClientArgs {
-    /// The settings every case of a run shares; each case fills in `mode` (and `ca`, `proxy`).
-    pub fn base(
-        target: SocketAddr,
-        ca: &Path,
-        count: u64,
-        concurrency: u64,
-        seconds: u64,
-        bytes: u64,
-    ) -> Self {
+impl ProxyArgs {
+    fn effective(&self) -> Self {
+        let q = self.quick;
         Self {
-            mode: String::new(),
-            target,
-            ca: ca.to_path_buf(),
-            proxy: None,
-            count,
-            concurrency,
-            seconds,
-            bytes,
+            requests: if q { 300 } else { self.requests },
+            new_connections: if q { 50 } else { self.new_connections },
+            new_processes: if q { 10 } else { self.new_processes },
+            concurrency: self.concurrency,
+            seconds: if q { 2 } else { self.seconds },
+            bytes: if q { 256 << 20 } else { self.bytes },
+            completions: if q { 3 } else { self.completions },
+            idle: if q { 500 } else { self.idle },
+            quick: q,
+            no_mitmproxy: self.no_mitmproxy,
         }
     }
-}
-
-#[derive(Serialize, Deserialize, Default, Debug)]
-pub struct Report {
-    pub ns: Vec<u64>,
-    pub requests_per_s: f64,
-    pub mb_per_s: f64,
-}
-
-// ---------------------------------------------------------------------------------------------
-// The client.
-
-async fn connect(a: &HttpClientArgs) -> anyhow::Result<http1::SendRequest<Empty<Bytes>>> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut tcp = tokio::net::TcpStream::connect(a.proxy.unwrap_or(a.target)).await?;
-    tcp.set_nodelay(true)?;
-    if a.proxy.is_some() {
-        let req = format!("CONNECT {} HTTP/1.1\r\nHost: {}\r\n\r\n", a.target, a.target);
-        tcp.write_all(req.as_bytes()).await?;
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if tcp.read(&mut byte).await? == 0 {
-                bail!("the proxy closed during CONNECT");
-            }
-            head.push(byte[0]);
-        }
-        if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
-            bail!("CONNECT refused: {}", String::from_utf8_lossy(&head));
-        }
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
-    for c in CertificateDer::pem_file_iter(&a.ca)? {
-        roots.add(c?)?;
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(NAME)?, tcp)
-        .await?;
-    let (send, conn) = http1::handshake(TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    Ok(send)
-}
-
-async fn get(send: &mut http1::SendRequest<Empty<Bytes>>, path: &str, port: u16) -> anyhow::Result<u64> {
-    send.ready().await?;
-    let req = http::Request::get(path)
-        .header("host", format!("{NAME}:{port}"))
-        .body(Empty::new())?;
-    let resp = send.send_request(req).await?;
-    anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
-    let mut body = resp.into_body();
-    let mut n = 0u64;
-    while let Some(frame) = body.frame().await {
-        n += frame?.data_ref().map(|d| d.len() as u64).unwrap_or(0);
-    }
-    Ok(n)
-}
-
-pub fn client(a: &HttpClientArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let report = rt.block_on(async {
-        let port = a.target.port();
-        let mut r = Report::default();
-        match a.mode.as_str() {
-            "latency" => {
-                let mut send = connect(a).await?;
-                for _ in 0..50 {
-                    get(&mut send, "/warm", port).await?;
-                }
-                for _ in 0..a.count {
-                    let t = Instant::now();
-                    get(&mut send, "/x", port).await?;
-                    r.ns.push(t.elapsed().as_nanos() as u64);
-                }
-            }
-            "newconn" => {
-                for _ in 0..a.count {
-                    let t = Instant::now();
-                    let mut send = connect(a).await?;
-                    get(&mut send, "/x", port).await?;
-                    r.ns.push(t.elapsed().as_nanos() as u64);
-                }
-            }
-            "rps" => {
-                let done = Arc::new(AtomicU64::new(0));
-                let deadline = Instant::now() + Duration::from_secs(a.seconds);
-                let mut tasks = Vec::new();
-                for _ in 0..a.concurrency {
-                    let (a, done) = (a.clone(), done.clone());
-                    tasks.push(tokio::spawn(async move {
-                        let mut send = connect(&a).await?;
-                        while Instant::now() < deadline {
-                            get(&mut send, "/x", a.target.port()).await?;
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        anyhow::Ok(())
-                    }));
-                }
-                let start = Instant::now();
-                for t in tasks {
-                    t.await??;
-                }
-                r.requests_per_s = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-            }
-            "download" => {
-                let mut send = connect(a).await?;
-                let t = Instant::now();
-                let n = get(&mut send, &format!("/bytes?n={}", a.bytes), port).await?;
-                anyhow::ensure!(n == a.bytes, "downloaded {n} of {} bytes", a.bytes);
-                r.mb_per_s = n as f64 / 1e6 / t.elapsed().as_secs_f64();
-            }
-            other => bail!("unknown mode {other}"),
-        }
-        anyhow::Ok(r)
-    })?;
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,6 +140,18 @@ fn start_mitm(target_dir: &Path, upstream_ca: &Path, dir: &Path) -> anyhow::Resu
 // The benchmark.
 
 pub fn run_client(via_gateway: Option<&Gateway>, a: &HttpClientArgs) -> anyhow::Result<Report> {
+    let out = client_command(via_gateway, a)?.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "client {} failed: {}",
+        a.mode,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The client process for `a`, in the gateway's cgroup when one is given.
+pub fn client_command(via_gateway: Option<&Gateway>, a: &HttpClientArgs) -> anyhow::Result<Command> {
     let mut cmd = match via_gateway {
         Some(gw) => gw.exec(std::env::current_exe()?),
         None => Command::new(std::env::current_exe()?),
@@ -293,26 +161,16 @@ pub fn run_client(via_gateway: Option<&Gateway>, a: &HttpClientArgs) -> anyhow::
     if let Some(p) = a.proxy {
         cmd.args(["--proxy", &p.to_string()]);
     }
-    cmd.args([
-        "--count",
-        &a.count.to_string(),
-        "--concurrency",
-        &a.concurrency.to_string(),
-    ])
-    .args([
-        "--seconds",
-        &a.seconds.to_string(),
-        "--bytes",
-        &a.bytes.to_string(),
-    ]);
-    let out = cmd.output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "client {} failed: {}",
-        a.mode,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    cmd.args(["--count", &a.count.to_string()])
+        .args(["--concurrency", &a.concurrency.to_string()])
+        .args(["--seconds", &a.seconds.to_string()])
+        .args(["--bytes", &a.bytes.to_string()])
+        .args(["--pieces", &a.pieces.to_string()])
+        .args(["--rate", &a.rate.to_string()]);
+    if !a.text_hex.is_empty() {
+        cmd.args(["--text-hex", &a.text_hex]);
+    }
+    Ok(cmd)
 }
 
 pub fn pct(ns: &[u64], p: f64) -> f64 {
@@ -324,31 +182,171 @@ pub fn pct(ns: &[u64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
+/// Open file descriptors of a process.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A client process holding connections (modes `idle` and `soak`): started, and returned once it
+/// says how many it holds. Closing its stdin ends an `idle` client.
+pub struct Holder {
+    child: Option<Child>,
+    pub held: u64,
+}
+
+impl Holder {
+    pub fn start(via: Option<&Gateway>, a: &HttpClientArgs) -> anyhow::Result<Self> {
+        let mut child = client_command(via, a)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the holding client")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().context("client stdout")?).read_line(&mut line)?;
+        let held = line
+            .trim()
+            .parse()
+            .with_context(|| format!("the holding client failed (said {line:?})"))?;
+        Ok(Self {
+            child: Some(child),
+            held,
+        })
+    }
+
+    /// Lets the client go and reads its report.
+    pub fn finish(mut self) -> anyhow::Result<Report> {
+        let mut child = self.child.take().context("finished twice")?;
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(out.status.success(), "the holding client failed ({})", out.status);
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(serde_json::from_str(text.lines().last().unwrap_or("{}"))?)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Everything measured for one case; NaN (printed "-") where the case could not measure it.
+#[derive(Default)]
+struct Row {
+    label: &'static str,
+    p50: f64,
+    p99: f64,
+    newconn: f64,
+    newproc: f64,
+    rps1: f64,
+    rps2: f64,
+    dl1: f64,
+    dl2: f64,
+    ttfb: f64,
+    ttfb_secret: f64,
+    /// Per event index, the median arrival (µs) of the completion without and with a secret.
+    events: Vec<f64>,
+    events_secret: Vec<f64>,
+    event_bytes_secret: Vec<u64>,
+    secret_masked: Option<bool>,
+    /// CPU µs per request of the h1 requests/s run: the middle process, the client, the upstream.
+    cpu_mid: f64,
+    cpu_client: f64,
+    cpu_upstream: f64,
+    cpu_mid_h2: f64,
+    cpu_cu_h2: f64,
+    busy: f64,
+    /// Gateway CPU-s per GiB of the HTTP/1.1 and HTTP/2 downloads.
+    gib_cpu1: f64,
+    gib_cpu2: f64,
+    /// Idle connections: held, KiB of RSS each, files before/while.
+    idle: Option<(u64, f64, usize, usize)>,
+}
+
+/// The median, per event index, of when events arrived (µs).
+fn event_medians(runs: &[Vec<u64>]) -> Vec<f64> {
+    let n = runs.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let v: Vec<u64> = runs.iter().map(|r| r[i]).collect();
+            pct(&v, 0.5)
+        })
+        .collect()
+}
+
+/// One measurement that may fail for one case without ending the bench (mitmproxy and HTTP/2).
+fn attempt<T>(label: &str, what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> Option<T> {
+    match f() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            eprintln!("{label}: {what} failed: {e:#}");
+            None
+        }
+    }
+}
+
+/// The example policy shipped with ghgate.
+pub const EXAMPLE_POLICY: &str = include_str!("../../../gateway/config/examples/policy.toml");
+
+/// The config a bench gateway adds to the shipped defaults: the example policy (written to
+/// DIR/policy.toml by the caller), recording on or off, the rate limit raised so that it is not
+/// what requests/s measures, and approvals on a socket of its own, DIR/SOCKET.sock (the shipped
+/// path may be another gateway's on this host).
+pub fn shipped_defaults(dir: &Path, record: bool, socket: &str) -> String {
+    format!(
+        "[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = {record}\n[policy]\nfile = \"{}\"\n[approvals]\nsocket = \"{}\"\n",
+        dir.join("policy.toml").display(),
+        dir.join(format!("{socket}.sock")).display()
+    )
+}
+
 pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
+    let args = &args.effective();
+    let started = Instant::now();
+    let load_at_start = load_average();
+    crate::client::raise_nofile()?;
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new();
     let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &[NAME]);
     let upstream_ca = ca.write_pem(dir.path());
-    let (cg, cg_hop) = (TestCgroup::new(), TestCgroup::new());
+    let (cg, cg_def, cg_hop) = (TestCgroup::new(), TestCgroup::new(), TestCgroup::new());
     let port = upstream.addr.port();
+    std::fs::write(dir.path().join("policy.toml"), EXAMPLE_POLICY)?;
+    let defaults = |record: bool| shipped_defaults(dir.path(), record, &format!("control-{record}"));
     let spec = GatewaySpec {
         intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
         tls_ports: vec![port],
         upstream_extra_roots: vec![upstream_ca.clone()],
-        // The proxy alone: recording has its own benchmark (`record`).
-        extra_toml: "[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = false\n".into(),
+        extra_toml: defaults(false),
         ..Default::default()
     };
     let gw = Gateway::start(&cg, &spec);
-    // Terminates another name only, so it relays this one's TLS untouched (splice).
+    let gw_def = Gateway::start(
+        &cg_def,
+        &GatewaySpec {
+            extra_toml: defaults(true),
+            ..spec.clone()
+        },
+    );
+    // Terminates another name only and lists this one for passthrough, so it relays this one's
+    // TLS untouched (splice).
     let hop = Gateway::start(
         &cg_hop,
         &GatewaySpec {
             tls_intercept: Some(vec!["elsewhere.invalid".into()]),
+            tls_passthrough: vec![NAME.into()],
+            extra_toml: shipped_defaults(dir.path(), false, "control-hop"),
             ..spec.clone()
         },
     );
-    let gw_ca = gw.ca_file();
     let target_dir = bin("ghgate")
         .parent()
         .and_then(Path::parent)
@@ -368,29 +366,53 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         args.seconds,
         args.bytes,
     );
-    let pid = gw.pid().context("gateway pid")?;
-    let hop_pid = hop.pid().context("relaying gateway pid")?;
-    // label, the gateway the client is redirected to, the CA it trusts, the proxy it is told
-    // about, the pid of the process in the middle.
+    let token = fixtures::github_token("BenchSplitSecret0123456789abcd");
+    let plain_text =
+        "Here is the code you asked for: it reads the file, parses every line and returns the total.";
+    let secret_text = format!("Use this token: {token} and keep it out of the logs, please.");
+    // (label, the gateway the client is redirected to, the CA it trusts, the proxy it is told
+    // about, the pid of the process in the middle, whether it is a terminating ghgate).
     #[allow(
         clippy::type_complexity,
         reason = "a one-off tuple of the bench's own channels, named nowhere else"
     )]
-    let cases: Vec<(&str, Option<&Gateway>, PathBuf, Option<SocketAddr>, Option<u32>)> = {
+    let cases: Vec<(
+        &'static str,
+        Option<&Gateway>,
+        PathBuf,
+        Option<SocketAddr>,
+        Option<u32>,
+        bool,
+    )> = {
         let mut v = vec![
-            ("direct", None, upstream_ca.clone(), None, None),
-            ("one hop", Some(&hop), upstream_ca.clone(), None, Some(hop_pid)),
-            ("ghgate", Some(&gw), gw_ca.clone(), None, Some(pid)),
+            ("direct", None, upstream_ca.clone(), None, None, false),
+            ("one hop", Some(&hop), upstream_ca.clone(), None, hop.pid(), false),
+            ("ghgate, no record", Some(&gw), gw.ca_file(), None, gw.pid(), true),
+            (
+                "ghgate defaults",
+                Some(&gw_def),
+                gw_def.ca_file(),
+                None,
+                gw_def.pid(),
+                true,
+            ),
         ];
         if let Some(m) = &mitm {
-            v.push(("mitmproxy", None, m.ca.clone(), Some(m.addr), Some(m.child.id())));
+            v.push((
+                "mitmproxy",
+                None,
+                m.ca.clone(),
+                Some(m.addr),
+                Some(m.child.id()),
+                false,
+            ));
         }
         v
     };
-    let (rss_start, _) = rss_kib(pid);
+    let nan = f64::NAN;
     let mut rows = Vec::new();
-    let mut cpu_rows = Vec::new();
-    for (label, via, trust, proxy, middle) in &cases {
+    for (label, via, trust, proxy, middle, terminating) in &cases {
+        let (label, via, middle) = (*label, *via, *middle);
         let mk = |mode: &str, count: u64| HttpClientArgs {
             mode: mode.into(),
             ca: trust.clone(),
@@ -398,101 +420,370 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             count,
             ..base.clone()
         };
-        eprintln!("{label}: keep-alive latency, new connections, requests/s, download…");
-        let lat = run_client(*via, &mk("latency", args.requests))?;
-        let newc = run_client(*via, &mk("newconn", args.new_connections))?;
-        // Host busy fraction, and the middle process's CPU-seconds, over one client run.
-        let measured = |mode: &str| -> anyhow::Result<(Report, f64, Option<f64>)> {
-            let meter = Meter::start(*middle);
-            let report = run_client(*via, &mk(mode, 0))?;
-            let (host, spent) = meter.stop();
-            Ok((report, host.fraction, spent))
+        let mut row = Row {
+            label,
+            ..Row::default()
         };
-        let (rps, rps_busy, rps_cpu) = measured("rps")?;
-        let (dl, dl_busy, dl_cpu) = measured("download")?;
-        let requests = rps.requests_per_s * args.seconds as f64;
-        cpu_rows.push((
-            *label,
-            rps_busy,
-            rps_cpu.map(|s| s / requests.max(1.0) * 1e6),
-            dl_busy,
-            dl_cpu.map(|s| s / (args.bytes as f64 / GIB)),
-        ));
-        rows.push((
-            *label,
-            pct(&lat.ns, 0.5),
-            pct(&lat.ns, 0.99),
-            pct(&newc.ns, 0.5),
-            rps.requests_per_s,
-            dl.mb_per_s,
-        ));
+        eprintln!("{label}: keep-alive latency, new connections, new processes…");
+        let lat = run_client(via, &mk("latency", args.requests))?;
+        (row.p50, row.p99) = (pct(&lat.ns, 0.5), pct(&lat.ns, 0.99));
+        row.newconn = pct(&run_client(via, &mk("newconn", args.new_connections))?.ns, 0.5);
+        // curl is told about no proxy here: mitmproxy's case is left out.
+        row.newproc = if proxy.is_some() {
+            nan
+        } else {
+            pct(&run_client(via, &mk("newproc", args.new_processes))?.ns, 0.5)
+        };
+        eprintln!("{label}: requests/s (HTTP/1.1, HTTP/2), downloads (HTTP/1.1, HTTP/2)…");
+        // The process in the middle, the client and the upstream (this process), per request.
+        let measured = |mode: &str| -> anyhow::Result<(Report, f64, f64, f64)> {
+            let meter = Meter::start(middle);
+            let upstream_before = process_secs(std::process::id()).unwrap_or(0.0);
+            let report = run_client(via, &mk(mode, 0))?;
+            let upstream_cpu = process_secs(std::process::id()).unwrap_or(0.0) - upstream_before;
+            let (host, spent) = meter.stop();
+            Ok((report, host.fraction, spent.unwrap_or(nan), upstream_cpu))
+        };
+        let (r1, busy, mid, up) = measured("rps")?;
+        let per_req = |s: f64, r: &Report| s / r.requests.max(1) as f64 * 1e6;
+        row.rps1 = r1.requests_per_s;
+        row.busy = busy;
+        (row.cpu_mid, row.cpu_client, row.cpu_upstream) =
+            (per_req(mid, &r1), per_req(r1.cpu_s, &r1), per_req(up, &r1));
+        if let Some((r2, _, mid2, up2)) = attempt(label, "HTTP/2 requests/s", || measured("rps2")) {
+            row.rps2 = r2.requests_per_s;
+            row.cpu_mid_h2 = per_req(mid2, &r2);
+            row.cpu_cu_h2 = per_req(r2.cpu_s + up2, &r2);
+        } else {
+            (row.rps2, row.cpu_mid_h2, row.cpu_cu_h2) = (nan, nan, nan);
+        }
+        let gib = args.bytes as f64 / GIB;
+        let (d1, _, mid_dl1, _) = measured("download")?;
+        (row.dl1, row.gib_cpu1) = (d1.mb_per_s, mid_dl1 / gib);
+        (row.dl2, row.gib_cpu2) = attempt(label, "HTTP/2 download", || measured("download2"))
+            .map_or((nan, nan), |(d2, _, mid, _)| (d2.mb_per_s, mid / gib));
+        eprintln!("{label}: streamed completions, without and with a secret split across events…");
+        let completion = |text: &str| HttpClientArgs {
+            text_hex: hex(text),
+            pieces: 8,
+            ..mk("sse", args.completions)
+        };
+        let plain = run_client(via, &completion(plain_text))?;
+        let secret = run_client(via, &completion(&secret_text))?;
+        (row.ttfb, row.ttfb_secret) = (pct(&plain.ns, 0.5), pct(&secret.ns, 0.5));
+        row.events = event_medians(&plain.events_ns);
+        row.events_secret = event_medians(&secret.events_ns);
+        row.event_bytes_secret = secret.event_bytes.clone();
+        row.secret_masked = Some(!secret.body.contains(&token) && secret.body.contains("[MASKED:"));
+        if *terminating {
+            eprintln!("{label}: {} idle keep-alive connections…", args.idle);
+            let pid = middle.context("gateway pid")?;
+            let (before, _) = rss_kib(pid);
+            let files_before = open_files(pid);
+            let holder = Holder::start(
+                via,
+                &HttpClientArgs {
+                    concurrency: 32,
+                    ..mk("idle", args.idle)
+                },
+            )?;
+            std::thread::sleep(Duration::from_secs(1));
+            let (during, _) = rss_kib(pid);
+            let files = open_files(pid);
+            let held = holder.held;
+            holder.finish()?;
+            row.idle = Some((
+                held,
+                during.saturating_sub(before) as f64 / held.max(1) as f64,
+                files_before,
+                files,
+            ));
+        }
+        rows.push(row);
     }
-    let (rss_end, peak) = rss_kib(pid);
+    print_report(
+        args,
+        &rows,
+        &[("ghgate, no record", &gw), ("ghgate defaults", &gw_def)],
+    );
+    println!(
+        "\nthis run took {:.0} s{}; load average {load_at_start} at start, {} at end (figures taken on a busy host are noisy)",
+        started.elapsed().as_secs_f64(),
+        if args.quick { " (--quick)" } else { "" },
+        load_average()
+    );
+    Ok(())
+}
 
+/// The host's 1-minute load average, as /proc/loadavg says.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
+
+fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
+    let f = |v: f64, prec: usize| {
+        if v.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{v:.prec$}")
+        }
+    };
     println!(
-        "\nghgate-bench proxy (loopback, HTTP/1.1 keep-alive GETs of ~80-byte bodies; {} B download)",
-        args.bytes
+        "\nghgate-bench proxy (loopback test upstream; keep-alive GETs of ~80-byte bodies; {} B downloads; {} HTTP/1.1 connections or {} HTTP/2 streams on one connection for requests/s)",
+        args.bytes, args.concurrency, args.concurrency
     );
     println!(
-        "{:<10} {:>14} {:>14} {:>16} {:>14} {:>14}",
-        "", "GET p50 µs", "GET p99 µs", "new conn p50 µs", "requests/s", "download MB/s"
+        "{:<18} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "",
+        "GET p50",
+        "GET p99",
+        "new conn",
+        "new proc",
+        "req/s h1",
+        "req/s h2",
+        "dl h1",
+        "dl h2",
+        "TTFB",
+        "TTFB sec"
     );
-    for (label, p50, p99, nc, rps, mbs) in &rows {
-        println!("{label:<10} {p50:>14.1} {p99:>14.1} {nc:>16.1} {rps:>14.0} {mbs:>14.0}");
+    println!(
+        "{:<18} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "", "µs", "µs", "p50 µs", "p50 µs", "", "", "MB/s", "MB/s", "p50 µs", "p50 µs"
+    );
+    for r in rows {
+        println!(
+            "{:<18} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            r.label,
+            f(r.p50, 1),
+            f(r.p99, 1),
+            f(r.newconn, 0),
+            f(r.newproc, 0),
+            f(r.rps1, 0),
+            f(r.rps2, 0),
+            f(r.dl1, 0),
+            f(r.dl2, 0),
+            f(r.ttfb, 0),
+            f(r.ttfb_secret, 0),
+        );
     }
     println!(
-        "\nCPU, {} CPUs shared by client, upstream and proxy (busy: the whole host during the run):",
+        "(new conn: TCP + TLS resuming the client's session + one GET, in one client process; new proc: curl per"
+    );
+    println!(
+        " request, full handshake; TTFB: a streamed chat completion's first body byte, without / with a secret)"
+    );
+    println!(
+        "\nCPU per request (HTTP/1.1 requests/s run; {} CPUs shared by everything):",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "{:<10} {:>14} {:>20} {:>16} {:>18}",
-        "", "requests/s busy", "proxy CPU µs/request", "download busy", "proxy CPU s/GiB"
+        "{:<18} {:>8} {:>12} {:>12} {:>14} {:>10} {:>14} {:>14} {:>12} {:>12}",
+        "",
+        "busy",
+        "middle µs",
+        "client µs",
+        "upstream µs",
+        "middle /",
+        "h2 middle µs",
+        "h2 client+up",
+        "dl h1 mid",
+        "dl h2 mid"
     );
-    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
-    for (label, rps_busy, per_req, dl_busy, per_gib) in &cpu_rows {
+    println!(
+        "{:<18} {:>8} {:>12} {:>12} {:>14} {:>10} {:>14} {:>14} {:>12} {:>12}",
+        "", "", "", "", "", "cl+up", "", "µs", "CPU-s/GiB", "CPU-s/GiB"
+    );
+    for r in rows {
         println!(
-            "{label:<10} {:>13.0} % {:>20} {:>14.0} % {:>18}",
-            rps_busy * 100.0,
-            opt(*per_req, 1),
-            dl_busy * 100.0,
-            opt(*per_gib, 2)
+            "{:<18} {:>7.0}% {:>12} {:>12} {:>14} {:>9}× {:>14} {:>14} {:>12} {:>12}",
+            r.label,
+            r.busy * 100.0,
+            f(r.cpu_mid, 1),
+            f(r.cpu_client, 1),
+            f(r.cpu_upstream, 1),
+            f(r.cpu_mid / (r.cpu_client + r.cpu_upstream), 2),
+            f(r.cpu_mid_h2, 1),
+            f(r.cpu_cu_h2, 1),
+            f(r.gib_cpu1, 2),
+            f(r.gib_cpu2, 2),
         );
     }
+    println!("(CPU from /proc, 10 ms ticks; the upstream is this bench process, the client its own process)");
+
     let d = &rows[0];
     println!("\nagainst direct, measured in this run:");
-    for (label, p50, p99, nc, rps, mbs) in &rows[1..] {
-        let added = p50 - d.1;
-        let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
-        let ghgate = *label == "ghgate";
+    for r in &rows[1..] {
         println!(
-            "{label:<10} added p50 {added:+.1} µs (p99 {:+.1}){}; new connection {:+.1} µs; requests/s {:.2}×{}; download {:.2}×{}",
-            p99 - d.2,
-            if ghgate {
-                format!(" {} target ≤ 100 µs", verdict(added <= 100.0))
-            } else {
-                String::new()
-            },
-            nc - d.3,
-            rps / d.4,
-            if ghgate {
-                format!(" {} target ≥ 0.5×", verdict(rps / d.4 >= 0.5))
-            } else {
-                String::new()
-            },
-            mbs / d.5,
-            if ghgate {
-                format!(" {} target ≥ 0.8×", verdict(mbs / d.5 >= 0.8))
-            } else {
-                String::new()
-            },
+            "{:<18} p50 {:+.1} µs; new conn {:+.0} µs; new proc {}×; req/s h1 {:.2}×, h2 {}×; download h1 {:.2}×, h2 {}×; TTFB {:+.0} µs",
+            r.label,
+            r.p50 - d.p50,
+            r.newconn - d.newconn,
+            f(r.newproc / d.newproc, 2),
+            r.rps1 / d.rps1,
+            f(r.rps2 / d.rps2, 2),
+            r.dl1 / d.dl1,
+            f(r.dl2 / d.dl2, 2),
+            r.ttfb - d.ttfb,
         );
     }
     println!(
         "(one hop: the same TLS relayed untouched by a second ghgate; what a process in the path costs here before any TLS or HTTP work)"
     );
+
+    // The masker's hold: how much later each event of the completion with a secret arrived than
+    // through direct, beyond what every event is late by (the first event's lateness).
     println!(
-        "gateway RSS: {} KiB at start of the cases, {} KiB at the end, peak {} KiB",
-        rss_start, rss_end, peak
+        "\nmasking a secret split across events (completion of {} events, 50 ms apart upstream):",
+        d.events_secret.len()
     );
-    Ok(())
+    for r in &rows[1..] {
+        let late: Vec<f64> = r
+            .events_secret
+            .iter()
+            .zip(&d.events_secret)
+            .map(|(v, d)| v - d)
+            .collect();
+        let floor = late.first().copied().unwrap_or(0.0);
+        let held: Vec<usize> = (0..late.len()).filter(|&i| late[i] - floor > 5_000.0).collect();
+        let held_bytes: u64 = held.iter().filter_map(|&i| r.event_bytes_secret.get(i)).sum();
+        let longest = late.iter().map(|l| l - floor).fold(0.0, f64::max);
+        println!(
+            "{:<18} held {} of {} events ({held_bytes} B) for up to {:.1} ms; secret masked: {}",
+            r.label,
+            held.len(),
+            late.len(),
+            longest / 1000.0,
+            match r.secret_masked {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            }
+        );
+    }
+
+    println!("\ntargets (issue 20), ghgate with the shipped defaults unless said; baselines from this run:");
+    let (Some(norec), Some(def)) = (
+        rows.iter().find(|r| r.label == "ghgate, no record"),
+        rows.iter().find(|r| r.label == "ghgate defaults"),
+    ) else {
+        return;
+    };
+    let line =
+        |ok: bool, what: String, target: &str| println!("  {} {what:<62} target {target}", verdict(ok));
+    line(
+        def.rps1 / norec.rps1 >= 0.8,
+        format!("recorded req/s {:.2}× unrecorded (h1)", def.rps1 / norec.rps1),
+        "≥ 0.8×",
+    );
+    line(
+        1.0 - def.dl1 / norec.dl1 <= 0.10,
+        format!(
+            "recording costs {:.1} % of download throughput (h1)",
+            (1.0 - def.dl1 / norec.dl1) * 100.0
+        ),
+        "≤ 10 %",
+    );
+    line(
+        def.p50 - norec.p50 <= 30.0,
+        format!("recording adds {:+.1} µs GET p50", def.p50 - norec.p50),
+        "≤ 30 µs",
+    );
+    line(
+        def.dl2 >= def.dl1,
+        format!(
+            "HTTP/2 download {} MB/s vs HTTP/1.1 {:.0} MB/s",
+            f(def.dl2, 0),
+            def.dl1
+        ),
+        "h2 ≥ h1",
+    );
+    line(
+        def.dl1 / d.dl1 >= 0.8,
+        format!("HTTP/1.1 download {:.2}× direct", def.dl1 / d.dl1),
+        "≥ 0.8×",
+    );
+    line(
+        def.dl2 / d.dl2 >= 0.8,
+        format!("HTTP/2 download {}× direct", f(def.dl2 / d.dl2, 2)),
+        "≥ 0.8×",
+    );
+    line(
+        def.rps2 / d.rps2 >= def.rps1 / d.rps1,
+        format!(
+            "HTTP/2 req/s {}× direct vs HTTP/1.1 {:.2}×",
+            f(def.rps2 / d.rps2, 2),
+            def.rps1 / d.rps1
+        ),
+        "h2 ratio ≥ h1's",
+    );
+    line(
+        def.newconn - d.newconn <= 150.0,
+        format!(
+            "new connection (TLS resumed) adds {:+.0} µs p50",
+            def.newconn - d.newconn
+        ),
+        "≤ 150 µs",
+    );
+    line(
+        def.newproc / d.newproc <= 1.10,
+        format!(
+            "new process (curl, full handshake) {}× direct",
+            f(def.newproc / d.newproc, 2)
+        ),
+        "≤ 1.10×",
+    );
+    line(
+        def.cpu_mid <= def.cpu_client + def.cpu_upstream,
+        format!(
+            "gateway CPU {:.1} µs/request vs client+upstream {:.1} ({:.2}×)",
+            def.cpu_mid,
+            def.cpu_client + def.cpu_upstream,
+            def.cpu_mid / (def.cpu_client + def.cpu_upstream)
+        ),
+        "≤ 1×",
+    );
+    line(
+        def.ttfb - d.ttfb <= 1000.0,
+        format!(
+            "streamed completion TTFB adds {:+.0} µs (no secret)",
+            def.ttfb - d.ttfb
+        ),
+        "≤ 1 ms",
+    );
+    if let Some((held, kib, files_before, files)) = def.idle {
+        line(
+            kib <= 32.0,
+            format!(
+                "{kib:.1} KiB RSS per idle keep-alive connection ({held} held; files {files_before} → {files})"
+            ),
+            "≤ 32 KiB",
+        );
+    }
+    line(
+        def.p50 - d.p50 <= 100.0,
+        format!("keep-alive GET p50 adds {:+.1} µs", def.p50 - d.p50),
+        "≤ 100 µs",
+    );
+    line(
+        def.rps1 / d.rps1 >= 0.5,
+        format!("HTTP/1.1 req/s {:.2}× direct", def.rps1 / d.rps1),
+        "≥ 0.5×",
+    );
+    if let Some((held, kib, _, _)) = norec.idle {
+        println!("  (recording off: {kib:.1} KiB RSS per idle connection, {held} held)");
+    }
+    for (label, gw) in gateways {
+        if let Some(pid) = gw.pid() {
+            let (rss, peak) = rss_kib(pid);
+            println!("gateway RSS ({label}): {rss} KiB at the end, peak {peak} KiB");
+        }
+    }
+    println!("(10,000 connections held for minutes: `cargo xtask bench soak -- --minutes N`)");
 }

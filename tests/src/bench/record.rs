@@ -30,6 +30,10 @@ pub struct RecordArgs {
     /// Rounds; each reported figure is the median over rounds.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Both gateways record; the second also copies its store to a loopback S3 server (moto,
+    /// from `cargo xtask setup`): what the record sink costs.
+    #[arg(long)]
+    pub sink: bool,
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -91,13 +95,41 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let upstream = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &[NAME]);
     let upstream_ca = ca.write_pem(dir.path());
     let port = upstream.addr.port();
-    let spec = |record: bool| GatewaySpec {
-        intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
-        tls_ports: vec![port],
-        upstream_extra_roots: vec![upstream_ca.clone()],
-        extra_toml: format!("[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = {record}\n"),
-        ..Default::default()
+    let s3 = args.sink.then(|| {
+        let s3 = ghgate_e2e::s3::S3Server::start();
+        s3.create_bucket("bench-evidence", false);
+        s3
+    });
+    let creds = dir.path().join("s3.credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            ghgate_e2e::s3::ACCESS_KEY,
+            ghgate_e2e::s3::SECRET_KEY
+        ),
+    )?;
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let spec = |on: bool| {
+        // Without --sink: recording off vs on. With it: recording on, sink off vs on.
+        let record = on || args.sink;
+        let mut toml = format!("[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = {record}\n");
+        if let (true, Some(s3)) = (on, &s3) {
+            toml += &format!(
+                "[record.sink]\nurl = \"{}\"\nbucket = \"bench-evidence\"\nprefix = \"bench\"\ncredentials_file = \"{}\"\ninterval_ms = 1000\n",
+                s3.url(),
+                creds.display()
+            );
+        }
+        GatewaySpec {
+            intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
+            tls_ports: vec![port],
+            upstream_extra_roots: vec![upstream_ca.clone()],
+            extra_toml: toml,
+            ..Default::default()
+        }
     };
+    let what = if args.sink { "the record sink" } else { "recording" };
     let (cg_off, cg_on) = (TestCgroup::new(), TestCgroup::new());
     let off = Gateway::start(&cg_off, &spec(false));
     let on = Gateway::start(&cg_on, &spec(true));
@@ -128,7 +160,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
                 ..base.clone()
             };
             eprintln!(
-                "round {}/{}: recording {}: latency, requests/s, download…",
+                "round {}/{}: {what} {}: latency, requests/s, download…",
                 round + 1,
                 args.rounds,
                 if which == 1 { "on" } else { "off" }
@@ -180,12 +212,14 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         "{:<16} {:>12} {:>14} {:>14}",
         "", "GET p50 µs", "requests/s", "download MB/s"
     );
-    println!(
-        "{:<16} {p_off:>12.1} {r_off:>14.0} {m_off:>14.0}",
-        "recording off"
-    );
-    println!("{:<16} {p_on:>12.1} {r_on:>14.0} {m_on:>14.0}", "recording on");
-    println!("\nrecording on vs off, measured in this run:");
+    let (label_off, label_on) = if args.sink {
+        ("sink off", "sink on")
+    } else {
+        ("recording off", "recording on")
+    };
+    println!("{label_off:<16} {p_off:>12.1} {r_off:>14.0} {m_off:>14.0}");
+    println!("{label_on:<16} {p_on:>12.1} {r_on:>14.0} {m_on:>14.0}");
+    println!("\n{what} on vs off, measured in this run:");
     println!(
         "added GET p50 {:+.1} µs {} target ≤ 50 µs",
         p_on - p_off,
@@ -227,6 +261,14 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         args.seconds
     );
     println!("store size at the end: {total_disk} B; `sessions verify --all`: {verified}");
+    if let Some(s3) = &s3 {
+        // Exchanges/s of the two recording gateways: the sink's cost on the recorder.
+        println!(
+            "exchanges recorded per second, sink on vs off: {:.2}× target ≥ 0.95×; objects in the bucket: {}",
+            r_on / r_off,
+            s3.keys("bench-evidence", "bench/").len()
+        );
+    }
     let _ = on.pid().context("gateway pid")?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Debian packages: LLVM and libclang for building bpf-linker, bpftool for the leak check,
 //! iproute2, curl, git and pkg-config for the tests, QEMU and musl-gcc for the kernel-matrix tests
 //! (vm-test), headless Chromium and a font for rendering the HTML session export, g++ for the
-//! libFuzzer runtime of the fuzz targets.
+//! libFuzzer runtime of the fuzz targets, Go for doctor's Go client check.
 //!
 //! Only installs, never removes or upgrades. Without root it must not try `sudo` itself: it fails
 //! naming the exact command for the user to run.
@@ -25,6 +25,11 @@ fn packages(ws: &Workspace) -> Vec<String> {
     packages.extend(["chromium", "fonts-dejavu-core"].map(String::from));
     // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
     packages.push("g++".to_owned());
+    // The record sink's tests run moto (PyPI) in a virtualenv of its own.
+    packages.extend(["python3", "python3-venv"].map(String::from));
+    // `ghgate doctor` checks that Go programs (gh, and a job's own) trust the CA with a real Go
+    // client; its test needs the toolchain.
+    packages.push("golang-go".to_owned());
     packages
 }
 

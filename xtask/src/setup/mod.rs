@@ -4,6 +4,7 @@
 //! `cargo install`), then cargo-installed tools. Each step prints one line per thing it checks.
 //! Setup must never upgrade or remove something that already satisfies a pin.
 mod apt;
+mod moto;
 mod rustup;
 mod tools;
 
@@ -11,8 +12,8 @@ use anyhow::{Result, bail};
 
 use crate::{vm_test, workspace::Workspace};
 
-/// Install the pinned toolchains (with the musl target), bpf-linker, cargo-nextest, cargo-fuzz and
-/// the Debian packages ghgate needs (QEMU included).
+/// Install the pinned toolchains (with the musl target), bpf-linker, cargo-nextest, cargo-fuzz,
+/// the Debian packages ghgate needs (QEMU included) and moto, the S3 server the sink's tests run.
 ///
 /// Safe to run repeatedly: anything already present is reported as "ok" and left alone.
 /// Installing Debian packages needs root.
@@ -44,6 +45,7 @@ fn setup(ws: &Workspace) -> Result<()> {
     tools::ensure_bpf_linker(ws)?;
     tools::ensure_nextest(ws)?;
     tools::ensure_cargo_fuzz(ws)?;
+    moto::ensure(ws)?;
 
     let missing = missing(ws);
     if !missing.is_empty() {
@@ -59,6 +61,7 @@ fn missing(ws: &Workspace) -> Vec<String> {
         missing.extend(rustup::missing(&toolchain));
     }
     missing.extend(tools::missing(ws));
+    missing.extend(moto::missing(ws));
     missing
 }
 

@@ -30,7 +30,9 @@ use apollo_parser::{
 };
 use serde_json::{Map, Value};
 
-use super::{ApiRef, RefName, RepoFact, Write, branch_ref, full_ref, json, repo_path};
+use super::{
+    ApiRef, FileContent, RefName, RepoFact, Write, branch_ref, decoded_files, full_ref, json, repo_path,
+};
 use crate::{
     classify::named,
     facts::{Paths, RefKind},
@@ -405,7 +407,8 @@ pub(crate) fn mutation(name: &str, input: &Value) -> Write {
             let paths = file_changes(input.get("fileChanges"));
             one(ApiRef::new(via, name, RefKind::FastForward)
                 .in_repo(repository)
-                .with_paths(paths))
+                .with_paths(paths)
+                .with_contents(additions(input.get("fileChanges"))))
         }
         "createRef" => {
             let name = match str_at(input, &["name"]) {
@@ -516,6 +519,21 @@ pub(crate) fn mutation(name: &str, input: &Value) -> Write {
 /// `force`: only `false` and absence are no force (the riskier reading of anything else).
 fn force(v: Option<&Value>) -> bool {
     !matches!(v, None | Some(Value::Null) | Some(Value::Bool(false)))
+}
+
+/// The files `fileChanges.additions` carries (`contents` is base64), decoded.
+fn additions(v: Option<&Value>) -> Result<Vec<FileContent>, String> {
+    let items = match v.filter(|v| !v.is_null()).map(|v| v.get("additions")) {
+        None | Some(None) | Some(Some(Value::Null)) => return Ok(Vec::new()),
+        Some(Some(Value::Array(items))) => items,
+        Some(Some(_)) => return Err("fileChanges.additions is not a list".into()),
+    };
+    decoded_files(items.iter().map(|item| {
+        (
+            str_at(item, &["path"]).map_or_else(|| "(no path)".to_owned(), repo_path),
+            str_at(item, &["contents"]),
+        )
+    }))
 }
 
 /// The paths of `fileChanges`.

@@ -434,7 +434,7 @@ fn bodies_are_read_as_github_would_or_not_at_all() {
         b"not gzip",
         &github(),
     );
-    assert!(matches!(w, Write::Unknown(_)), "{w:?}");
+    assert!(matches!(w, Write::Unread(_)), "{w:?}");
 }
 
 // ---- GraphQL ---------------------------------------------------------------------------------
@@ -834,7 +834,13 @@ fn decide(method: &str, path: &str, body: &str) -> (&'static str, Option<String>
     let p = example();
     let url = format!("https://api.github.com{path}");
     let target = Target::parse(method, &url, &github()).unwrap();
-    let w = api(method, path, body);
+    let mut w = api(method, path, body);
+    // The files it carries scanned clean, as the gateway's masker finds "x".
+    for r in w.refs_mut() {
+        if r.secrets == Secrets::NotComputed {
+            r.secrets = Secrets::Known(Vec::new());
+        }
+    }
     let v = match p.evaluate_write(&agent(), &target, &w) {
         Some(e) => e.verdict,
         None => p.evaluate(&agent(), &target, None),
@@ -902,6 +908,27 @@ fn the_example_policy_decides_api_writes_as_pushes() {
             &json!({"message": "m", "content": "eA==", "branch": "dev"}).to_string()
         ),
         ("allow", None)
+    );
+    // Unscanned, the same write counts as carrying a secret seen in a response.
+    let w = api(
+        "PUT",
+        "/repos/o/r/contents/README.md",
+        &json!({"message": "m", "content": "eA==", "branch": "dev"}).to_string(),
+    );
+    let t = Target::parse(
+        "PUT",
+        "https://api.github.com/repos/o/r/contents/README.md",
+        &github(),
+    )
+    .unwrap();
+    assert_eq!(
+        p.evaluate_write(&agent(), &t, &w)
+            .unwrap()
+            .verdict
+            .rule
+            .name
+            .as_deref(),
+        Some("suggested-secrets")
     );
     // The merge's changes are not in the request: they may touch workflows.
     assert_eq!(
@@ -1003,4 +1030,216 @@ fn unknown_write_settings() {
         let e = p(text).unwrap_err().to_string();
         assert!(e.contains(want), "{text}: {e}");
     }
+}
+
+// ---- the files a write carries, decoded for the secret scan ----------------------------------
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// (path, decoded text) of each file the one ref update carries, and its secrets' state.
+fn carried(w: &Write) -> (Vec<(String, String)>, Secrets) {
+    assert_eq!(w.refs().len(), 1, "{w:?}");
+    let r = &w.refs()[0];
+    let files = r
+        .contents
+        .iter()
+        .map(|f| (f.path.clone(), String::from_utf8_lossy(&f.bytes).into_owned()))
+        .collect();
+    (files, r.secrets.clone())
+}
+
+#[test]
+fn base64_is_read_every_way_github_might_or_counts_as_unscanned() {
+    let text = b"token = ghp_0123456789abcdefghijklmnopqrstuvwxyzAB\n";
+    let plain = b64(text);
+    assert_eq!(base64_readings(&plain).unwrap(), vec![text.to_vec()]);
+    // Wrapped as `base64` wraps it, with JSON's \r\n, spaces and tabs, or without padding.
+    let wrapped: String = plain
+        .as_bytes()
+        .chunks(7)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\r\n \t");
+    assert_eq!(base64_readings(&wrapped).unwrap(), vec![text.to_vec()]);
+    assert_eq!(
+        base64_readings(plain.trim_end_matches('=')).unwrap(),
+        vec![text.to_vec()]
+    );
+    // The URL-safe alphabet: read as itself (and as a lenient decoder would, dropping it).
+    let bytes = [0xfbu8, 0xff, 0xbf, b'x', b'y', b'z'];
+    let url = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE.encode(bytes)
+    };
+    assert!(url.contains(['-', '_']), "{url}");
+    assert!(base64_readings(&url).unwrap().contains(&bytes.to_vec()));
+    // What no decoder agrees on is not guessed.
+    for bad in ["a+b-", "YWJj!ZA==", "YW=Jj", "Y", "ghp_not-base64!"] {
+        assert!(base64_readings(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn a_contents_put_carries_its_file_decoded_and_a_delete_carries_none() {
+    let content = b64(b"AKIA secret here\n");
+    let w = api(
+        "PUT",
+        "/repos/o/r/contents/src/app.env",
+        &json!({"message": "m", "content": content, "branch": "dev"}).to_string(),
+    );
+    let (files, secrets) = carried(&w);
+    assert_eq!(
+        files,
+        [("src/app.env".to_owned(), "AKIA secret here\n".to_owned())]
+    );
+    assert_eq!(secrets, Secrets::NotComputed);
+    // The facts carry the gateway's scan; an unscanned write reads the riskier way.
+    let t = Target::parse(
+        "PUT",
+        "https://api.github.com/repos/o/r/contents/src/app.env",
+        &github(),
+    )
+    .unwrap();
+    assert_eq!(w.refs()[0].facts(&t).1.secrets, Secrets::NotComputed);
+
+    let w = api(
+        "DELETE",
+        "/repos/o/r/contents/src/app.env",
+        &json!({"message": "m", "sha": SHA}).to_string(),
+    );
+    let (files, secrets) = carried(&w);
+    assert!(files.is_empty());
+    assert_eq!(secrets, Secrets::Known(Vec::new()));
+    // Nor does a ref moved to a commit upstream has (as a push without a pack).
+    let w = api(
+        "PATCH",
+        "/repos/o/r/git/refs/heads/main",
+        &json!({"sha": SHA, "force": true}).to_string(),
+    );
+    assert!(w.refs().iter().all(|r| r.secrets == Secrets::Known(Vec::new())));
+
+    // Content that cannot be decoded, or that is not a string, is unscanned.
+    for content in [json!("not base64!"), json!(12), json!(["YWJj"])] {
+        let w = api(
+            "PUT",
+            "/repos/o/r/contents/x",
+            &json!({"message": "m", "content": content}).to_string(),
+        );
+        let (files, secrets) = carried(&w);
+        assert!(files.is_empty());
+        assert!(matches!(secrets, Secrets::Unknown(_)), "{content}: {secrets:?}");
+    }
+}
+
+#[test]
+fn create_commit_on_branch_carries_every_addition_however_spelled() {
+    let first = b64(b"fine\n");
+    let second = b64(b"the second file\n");
+    let input = json!({
+        "branch": {"repositoryNameWithOwner": "o/r", "branchName": "main"},
+        "message": {"headline": "h"},
+        "expectedHeadOid": SHA,
+        "fileChanges": {
+            "additions": [{"path": "a.txt", "contents": first}, {"path": "b/c.txt", "contents": second}],
+            "deletions": [{"path": "old.txt"}]
+        }
+    });
+    let want = vec![
+        ("a.txt".to_owned(), "fine\n".to_owned()),
+        ("b/c.txt".to_owned(), "the second file\n".to_owned()),
+    ];
+    // Through variables, inline as a literal, under an alias, and as the second request of a
+    // batch: the same files.
+    let by_var = gql(json!({
+        "query": "mutation($i: CreateCommitOnBranchInput!) { createCommitOnBranch(input: $i) { commit { oid } } }",
+        "variables": {"i": input}
+    }));
+    let literal = gql(json!({"query": format!(
+        "mutation {{ x: createCommitOnBranch(input: {}) {{ commit {{ oid }} }} }}",
+        literal(&input)
+    )}));
+    let batch = api(
+        "POST",
+        "/graphql",
+        &json!([
+            {"query": "query { viewer { login } }"},
+            {"query": "mutation($i: CreateCommitOnBranchInput!) { createCommitOnBranch(input: $i) { commit { oid } } }",
+             "variables": {"i": input}}
+        ])
+        .to_string(),
+    );
+    for w in [&by_var, &literal, &batch] {
+        let (files, secrets) = carried(w);
+        assert_eq!(files, want, "{w:?}");
+        assert_eq!(secrets, Secrets::NotComputed);
+    }
+    // One undecodable addition makes the ref update's contents unscanned.
+    let mut bad = input.clone();
+    bad["fileChanges"]["additions"][1]["contents"] = json!("%%%");
+    let w = gql(json!({
+        "query": "mutation($i: CreateCommitOnBranchInput!) { createCommitOnBranch(input: $i) { commit { oid } } }",
+        "variables": {"i": bad}
+    }));
+    assert!(matches!(carried(&w).1, Secrets::Unknown(why) if why.contains("b/c.txt")));
+}
+
+#[test]
+fn a_write_the_gateway_cannot_read_counts_as_unscanned_for_secrets_rules() {
+    let p = Policy::parse(
+        "[[rule]]\nname = \"no-secrets\"\naction = \"deny\"\nsecrets = \"*\"\n",
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    let t = Target::parse("PUT", "https://api.github.com/repos/o/r/contents/x", &github()).unwrap();
+    let v = p
+        .evaluate_write(&agent(), &t, &Write::too_big(1024))
+        .unwrap()
+        .verdict;
+    assert_eq!(v.action, Action::Deny);
+    assert_eq!(v.rule.name.as_deref(), Some("no-secrets"));
+    // A gzip body that does not decode is as unread.
+    let w = write_in(
+        "PUT",
+        "https://api.github.com/repos/o/r/contents/x",
+        &[("content-encoding", "gzip")],
+        b"not gzip at all",
+        &github(),
+    );
+    assert!(matches!(w, Write::Unread(_)), "{w:?}");
+    let v = p.evaluate_write(&agent(), &t, &w).unwrap().verdict;
+    assert_eq!(v.action, Action::Deny);
+    // The example's rule (on pushes: `git_service = "receive-pack"`) refuses it too.
+    let v = example()
+        .evaluate_write(&agent(), &t, &Write::too_big(1024))
+        .unwrap()
+        .verdict;
+    assert_eq!(v.rule.name.as_deref(), Some("suggested-secrets"));
+    // A rule that lets through never counts it as clean.
+    let p = Policy::parse(
+        "default = \"deny\"\n[[rule]]\naction = \"allow\"\nsecrets = \"*\"\n",
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        p.evaluate_write(&agent(), &t, &Write::too_big(1024))
+            .unwrap()
+            .verdict
+            .action,
+        Action::Deny
+    );
+    // An unknown write that is not unread (it carries no contents) is not a secrets match.
+    let p = Policy::parse(
+        "unknown_write = \"allow\"\n[[rule]]\naction = \"deny\"\nsecrets = \"*\"\n",
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    let hooks = Target::parse("POST", "https://api.github.com/repos/o/r/hooks", &github()).unwrap();
+    let w = api("POST", "/repos/o/r/hooks", "{}");
+    assert_eq!(
+        p.evaluate_write(&agent(), &hooks, &w).unwrap().verdict.action,
+        Action::Allow
+    );
 }

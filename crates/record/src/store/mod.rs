@@ -58,11 +58,13 @@
 //! `StoreOptions::segment_bytes` it is sealed and the next one begins with a header chained to the
 //! seal.
 
+pub use self::anchor::{Anchor, SegmentState, frame_hash, segment_numbers, segment_state};
 pub use self::keys::{key_path, load_or_create_key, load_public_key, public_key_pem};
-pub use self::prune::{PruneReport, prune};
+pub use self::prune::{PruneReport, prune, prune_through};
 pub use self::read::{Records, read_at, read_raw_at, read_records};
 pub use self::verify::{PrunedRange, VerifyFailure, VerifyProgress, VerifyReport, verify};
 
+mod anchor;
 mod frame;
 mod keys;
 mod prune;

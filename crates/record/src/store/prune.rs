@@ -190,6 +190,18 @@ fn write_tombstone(dir: &Path, key: &SigningKey, t: &Tombstone, last_hash: &Hash
 /// tombstone for them. Safe while a gateway appends to the store; prunes are serialised by
 /// `dir/prune.lock`. Refuses to delete anything that does not verify.
 pub fn prune(dir: &Path, key: &SigningKey, cutoff_micros: Micros, reason: &str) -> Result<PruneReport> {
+    prune_through(dir, key, cutoff_micros, reason, u64::MAX)
+}
+
+/// `prune`, never touching a segment numbered above `through` (the record sink's last segment
+/// whose remote copy is confirmed: a local segment is removed only once it is kept elsewhere).
+pub fn prune_through(
+    dir: &Path,
+    key: &SigningKey,
+    cutoff_micros: Micros,
+    reason: &str,
+    through: u64,
+) -> Result<PruneReport> {
     let lock_path = dir.join("prune.lock");
     let lock = open_lock(&lock_path, "open prune lock")?;
     lock.lock().map_err(|e| Error::io("lock", &lock_path, e))?;
@@ -284,7 +296,7 @@ pub fn prune(dir: &Path, key: &SigningKey, cutoff_micros: Micros, reason: &str) 
             Some(h) if scan.records == 0 => h.created_at,
             _ => scan.newest,
         };
-        if !tombstoned && newest >= cutoff_micros {
+        if !tombstoned && (newest >= cutoff_micros || n > through) {
             break;
         }
         doomed.push((n, scan.file_len, tombstoned));

@@ -1151,3 +1151,55 @@ fn append_cost() {
     );
     assert_eq!(report.records, 2 * n);
 }
+
+#[test]
+fn prune_through_keeps_segments_without_a_confirmed_remote_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path(), 200);
+    let numbers = segment_numbers(dir.path()).unwrap();
+    assert!(numbers.len() > 4, "{numbers:?}");
+    let report = prune_through(dir.path(), &key(), u64::MAX, "test", 2).unwrap();
+    assert_eq!(
+        report.pruned,
+        Some((1, 2)),
+        "only segments up to the confirmed one go"
+    );
+    assert!(seg(dir.path(), 3).exists());
+    verify_ok(dir.path());
+}
+
+#[test]
+fn anchors_sign_the_chain_head_and_refuse_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    sample(dir.path(), 40);
+    let state = segment_state(dir.path(), 1).unwrap();
+    assert!(state.sealed);
+    let (seq, hash) = state.head.unwrap();
+    assert_eq!(frame_hash(dir.path(), 1, seq).unwrap(), Some(hash));
+    assert_eq!(frame_hash(dir.path(), 1, seq + 1).unwrap(), None);
+    let anchor = Anchor::sign(&key(), "runner-a", &state, 5).unwrap();
+    assert_eq!((anchor.segment, anchor.seq, anchor.sealed), (1, seq, true));
+    assert_eq!(anchor.verify(&key().verifying_key()), Some(hash));
+    let other = SigningKey::from_bytes(&[9; 32]);
+    assert_eq!(anchor.verify(&other.verifying_key()), None, "another key");
+    for tamper in [
+        Anchor {
+            seq: seq - 1,
+            ..anchor.clone()
+        },
+        Anchor {
+            runner: "runner-b".into(),
+            ..anchor.clone()
+        },
+        Anchor {
+            sealed: false,
+            ..anchor.clone()
+        },
+        Anchor {
+            hash: hex::encode([0u8; 32]),
+            ..anchor.clone()
+        },
+    ] {
+        assert_eq!(tamper.verify(&key().verifying_key()), None, "{tamper:?}");
+    }
+}

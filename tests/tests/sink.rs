@@ -1,0 +1,507 @@
+//! The record sink end to end: a real gateway recording real curl traffic copies its sealed
+//! segments and signed chain heads to a real S3-compatible server with Object Lock (moto), through
+//! crashes and an unreachable server; the bucket is then read with boto3, as an auditor — or an
+//! attacker holding the bucket's keys — would.
+use std::{path::Path, time::Duration};
+
+use ghgate_e2e::{
+    https::TlsGateway,
+    privileged,
+    s3::{ACCESS_KEY, Cut, S3Server, SECRET_KEY},
+};
+use serde_json::Value;
+
+const BUCKET: &str = "fleet-evidence";
+
+/// `[record.sink]` to `url`, with a 0600 credentials file in `dir`.
+fn sink_toml(dir: &Path, url: &str, runner: &str, extra: &str) -> String {
+    let creds = dir.join("s3.credentials");
+    std::fs::write(
+        &creds,
+        format!("access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "\n[record.sink]\nurl = \"{url}\"\nbucket = \"{BUCKET}\"\nprefix = \"{runner}\"\n\
+         credentials_file = \"{}\"\ninterval_ms = 200\n{extra}",
+        creds.display()
+    )
+}
+
+fn local_segments(record_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut segs: Vec<_> = std::fs::read_dir(record_dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs.iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `eventually`, failing with the gateway's log lines about the sink.
+fn until<T>(s: &TlsGateway, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = s.gw.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("sink")).collect();
+            panic!(
+                "timed out waiting for {what}; the gateway said:\n{}",
+                lines.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_no_secret_in_logs(s: &TlsGateway) {
+    let logs = s.gw.log_text();
+    assert!(
+        !logs.contains(SECRET_KEY) && !logs.contains(ACCESS_KEY),
+        "the sink's credentials reached the log"
+    );
+}
+
+#[test]
+fn sealed_segments_and_anchors_reach_a_locked_bucket_and_cannot_be_deleted() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = sink_toml(
+        tmp.path(),
+        &s3.url(),
+        "runner-a",
+        "[record.sink.object_lock]\nmode = \"compliance\"\ndays = 2\n",
+    );
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    for path in ["/one", "/two", "/three"] {
+        let out = s.curl("api.github.com", path, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // While running: the key is pinned, the active segment copied, its head anchored.
+    let keys = until(
+        &s,
+        "the partial segment and an anchor in the bucket",
+        Duration::from_secs(20),
+        || {
+            let keys = s3.keys(BUCKET, "runner-a/");
+            let ready = keys.iter().any(|k| k == "runner-a/runner.pub")
+                && keys.iter().any(|k| k.starts_with("runner-a/partial/"))
+                && keys.iter().any(|k| k.starts_with("runner-a/anchors/"));
+            ready.then_some(keys)
+        },
+    );
+    let record_dir = s.gw.state_dir.join("record");
+    let pinned = String::from_utf8(s3.get(BUCKET, "runner-a/runner.pub")).unwrap();
+    assert!(pinned.contains("BEGIN PUBLIC KEY"), "{pinned}");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("runner-a/segments/")),
+        "nothing sealed yet: {keys:?}"
+    );
+
+    // An orderly stop seals the segment; the sink copies it before the gateway exits.
+    s.gw.terminate();
+    let local = local_segments(&record_dir);
+    let (name, bytes) = &local[0];
+    let key = format!("runner-a/segments/{name}");
+    assert_eq!(
+        &s3.get(BUCKET, &key),
+        bytes,
+        "the remote segment is the local one, byte for byte"
+    );
+    let confirmed: Value =
+        serde_json::from_slice(&std::fs::read(record_dir.join("sink.json")).unwrap()).unwrap();
+    assert_eq!(confirmed["confirmed_through"], 1);
+
+    // The seal's anchor holds the chain head `verify` reports.
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    let head = verified
+        .split("head ")
+        .nth(1)
+        .and_then(|t| t.get(..64))
+        .unwrap_or_else(|| panic!("verify prints the head hash: {verified}"));
+    let anchors: Vec<Value> = s3
+        .keys(BUCKET, "runner-a/anchors/")
+        .iter()
+        .map(|k| serde_json::from_slice(&s3.get(BUCKET, k)).unwrap())
+        .collect();
+    assert!(
+        anchors
+            .iter()
+            .any(|a| a["sealed"] == true && a["hash"] == head && a["segment"] == 1),
+        "no anchor of the seal {head}: {anchors:?}"
+    );
+    assert!(
+        anchors
+            .iter()
+            .all(|a| a["signature"].as_str().is_some_and(|s| s.len() == 128))
+    );
+
+    // Every object is under compliance-mode retention of at least the configured days.
+    for k in [&key, &"runner-a/runner.pub".to_owned()] {
+        let (mode, until, version) = s3.retention(BUCKET, k);
+        assert_eq!(mode, "COMPLIANCE", "{k}");
+        let until = time::OffsetDateTime::parse(
+            &until.replacen(' ', "T", 1),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or_else(|e| panic!("{until}: {e}"));
+        assert!(
+            until > time::OffsetDateTime::now_utc() + time::Duration::hours(47),
+            "{k}: {until}"
+        );
+        // The attacker with the bucket's keys tries to erase the evidence: refused.
+        let refused = s3.delete_version(BUCKET, k, &version).unwrap_err();
+        assert!(refused.contains("AccessDenied"), "{refused}");
+        assert_eq!(
+            &s3.retention(BUCKET, k).2,
+            &version,
+            "the locked version is still there"
+        );
+    }
+    assert_no_secret_in_logs(&s);
+}
+
+#[test]
+fn a_sink_down_for_a_while_refuses_past_the_backlog_and_a_kill_9_loses_no_segment() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, true);
+    let mut cut = Cut::new(s3.port);
+    cut.cut();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "\n[record]\nsegment_bytes = 1048576\n".to_owned()
+        + &sink_toml(
+            tmp.path(),
+            &format!("http://127.0.0.1:{}", cut.port),
+            "runner-b",
+            "max_backlog_bytes = 1048576\non_sink_failure = \"refuse\"\n",
+        );
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    // 3 MiB of request bodies: sealed segments pile up while the server is unreachable.
+    let body = tmp.path().join("body");
+    std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
+    let mut refused = None;
+    for i in 0..8 {
+        let out = s.curl(
+            "api.github.com",
+            &format!("/upload/{i}"),
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+                &format!("@{}", body.display()),
+            ],
+        );
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "503" {
+            refused = Some(i);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        refused.is_some(),
+        "a backlog over max_backlog_bytes refuses new requests"
+    );
+    let why = s.curl("api.github.com", "/refused", &[]);
+    let text = String::from_utf8_lossy(&why.stdout);
+    assert!(text.contains("record sink") && text.contains("behind"), "{text}");
+
+    // kill -9 while the uploads fail; the restart resumes them once the server is back.
+    s.gw.kill9();
+    s.gw.spawn();
+    cut.restore();
+    let record_dir = s.gw.state_dir.join("record");
+    until(
+        &s,
+        "requests to pass again once the sink caught up",
+        Duration::from_secs(60),
+        || {
+            let out = s.curl(
+                "api.github.com",
+                "/after",
+                &["-o", "/dev/null", "-w", "%{http_code}"],
+            );
+            (String::from_utf8_lossy(&out.stdout) != "503").then_some(())
+        },
+    );
+    s.gw.terminate();
+    let local = local_segments(&record_dir);
+    assert!(local.len() >= 3, "several segments were sealed: {}", local.len());
+    let remote = s3.keys(BUCKET, "runner-b/segments/");
+    for (name, bytes) in &local {
+        let key = format!("runner-b/segments/{name}");
+        assert!(remote.contains(&key), "{key} missing from {remote:?}");
+        assert_eq!(&s3.get(BUCKET, &key), bytes, "{key} differs");
+    }
+    assert_no_secret_in_logs(&s);
+}
+
+/// `ghgate sessions verify --remote` with this gateway's config, its output and success.
+fn verify_remote(s: &TlsGateway, s3: &S3Server, config: &Path, extra: &[&str], lock: bool) -> (String, bool) {
+    let creds = s.dir.path().join("s3.credentials");
+    let url = format!("{}/{BUCKET}", s3.url());
+    let mut args = vec!["sessions", "verify", "--remote", &url, "--credentials-file"];
+
+    let creds = creds.to_string_lossy().into_owned();
+    args.push(&creds);
+    if lock {
+        args.push("--require-lock");
+    }
+    args.extend_from_slice(extra);
+    let out = std::process::Command::new(ghgate_e2e::bin("ghgate"))
+        .args(&args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains(SECRET_KEY), "{text}");
+    (text, out.status.success())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn verify_remote_names_the_runner_whose_store_was_cut_short_or_re_signed() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, true);
+    let extra = |dir: &Path| {
+        sink_toml(
+            dir,
+            &s3.url(),
+            "runner-c",
+            "[record.sink.object_lock]\nmode = \"governance\"\ndays = 1\n",
+        )
+    };
+    let probe = tempfile::tempdir().unwrap();
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra(probe.path()));
+    // The credentials file beside the gateway's own files, for the auditor.
+    std::fs::copy(
+        probe.path().join("s3.credentials"),
+        s.dir.path().join("s3.credentials"),
+    )
+    .unwrap();
+    for round in 0..2 {
+        for path in ["/one", "/two"] {
+            let out = s.curl("api.github.com", &format!("{path}/{round}"), &[]);
+            assert!(out.status.success());
+        }
+        s.gw.terminate();
+        if round == 0 {
+            s.gw.spawn();
+        }
+    }
+    let config = s.gw.config.clone();
+    let (text, ok) = verify_remote(&s, &s3, &config, &[], true);
+    assert!(ok && text.contains("OK: runner runner-c"), "{text}");
+    assert!(
+        text.contains("2 of 2 sealed segments under Object Lock"),
+        "{text}"
+    );
+
+    // The same store under another config whose record dir is a doctored copy.
+    let record_dir = s.gw.state_dir.join("record");
+    let doctored = |name: &str| {
+        let dir = s.dir.path().join(name);
+        copy_dir(&record_dir, &dir);
+        let cfg = s.dir.path().join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "[record.sink]",
+            &format!("[record]\ndir = \"{}\"\n\n[record.sink]", dir.display()),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        (dir, cfg)
+    };
+
+    // Cut short: the newest segment deleted on the host. The local store still verifies alone.
+    let (cut, cut_cfg) = doctored("cut");
+    std::fs::remove_file(cut.join("segments/000000000002.seg")).unwrap();
+    let (text, ok) = verify_remote(&s, &s3, &cut_cfg, &["--runner", "runner-c"], true);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAILED: runner runner-c segment 000000000001") && text.contains("cut short"),
+        "{text}"
+    );
+
+    // Re-signed: history rewritten into a new store with a new key (which verifies alone).
+    let (resigned, resigned_cfg) = doctored("resigned");
+    std::fs::remove_dir_all(&resigned).unwrap();
+    std::fs::create_dir_all(&resigned).unwrap();
+    {
+        use ghgate::record::store;
+        let key = store::load_or_create_key(&store::key_path(&resigned)).unwrap();
+        let (mut w, _) = store::Store::open(&resigned, key, store::StoreOptions::default()).unwrap();
+        for r in store::read_records(&record_dir).unwrap() {
+            w.append(&r.unwrap().1).unwrap();
+        }
+        w.close().unwrap();
+    }
+    let (text, ok) = verify_remote(&s, &s3, &resigned_cfg, &[], true);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("re-signed") && text.contains("FAILED: runner runner-c segment 000000000001"),
+        "{text}"
+    );
+
+    // A runner's bucket copy doctored: a sealed segment overwritten with other bytes (a new
+    // version on top of the locked one) fails with the runner and segment named.
+    let key = "runner-c/segments/000000000002.seg";
+    let mut bytes = s3.get(BUCKET, key);
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    s3.boto(
+        "s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=bytes.fromhex(sys.argv[3]))\nprint('null')",
+        &[BUCKET, key, &hex],
+    )
+    .unwrap();
+    let (text, ok) = verify_remote(&s, &s3, &config, &[], true);
+    assert!(
+        !ok && text.contains("FAILED: runner runner-c segment 000000000002"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_runner_that_comes_back_with_another_key_is_reported_against_the_pin() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let probe = tempfile::tempdir().unwrap();
+    let mut s = TlsGateway::start(
+        &["api.github.com"],
+        true,
+        None,
+        &sink_toml(probe.path(), &s3.url(), "runner-d", ""),
+    );
+    std::fs::copy(
+        probe.path().join("s3.credentials"),
+        s.dir.path().join("s3.credentials"),
+    )
+    .unwrap();
+    assert!(s.curl("api.github.com", "/one", &[]).status.success());
+    s.gw.terminate();
+    let pinned = s3.get(BUCKET, "runner-d/runner.pub");
+
+    // Root on the runner swaps the signing key (to re-sign what follows) and restarts.
+    let record_dir = s.gw.state_dir.join("record");
+    std::fs::remove_file(record_dir.join("recorder.key")).unwrap();
+    s.gw.spawn();
+    until(
+        &s,
+        "the new key reported under keys/",
+        Duration::from_secs(20),
+        || (!s3.keys(BUCKET, "runner-d/keys/").is_empty()).then_some(()),
+    );
+    assert!(
+        s.gw.log_text()
+            .contains("differs from the one pinned in the sink"),
+        "the gateway reports the changed key"
+    );
+    s.gw.terminate();
+    assert_eq!(
+        s3.get(BUCKET, "runner-d/runner.pub"),
+        pinned,
+        "the pin is never replaced"
+    );
+    let config = s.gw.config.clone();
+    let (text, ok) = verify_remote(&s, &s3, &config, &["--runner", "runner-d"], false);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAILED: runner runner-d") && text.contains("different signing key"),
+        "{text}"
+    );
+}
+
+#[test]
+fn with_allow_traffic_goes_on_while_the_sink_is_behind_and_the_gap_is_recorded() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, false);
+    let mut cut = Cut::new(s3.port);
+    cut.cut();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "\n[record]\nsegment_bytes = 1048576\n".to_owned()
+        + &sink_toml(
+            tmp.path(),
+            &format!("http://127.0.0.1:{}", cut.port),
+            "runner-e",
+            "max_backlog_bytes = 1048576\non_sink_failure = \"allow\"\n",
+        );
+    let s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    let body = tmp.path().join("body");
+    std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
+    for i in 0..5 {
+        let out = s.curl(
+            "api.github.com",
+            &format!("/upload/{i}"),
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+                &format!("@{}", body.display()),
+            ],
+        );
+        assert_ne!(
+            String::from_utf8_lossy(&out.stdout),
+            "503",
+            "allow never refuses for the sink"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    until(&s, "the sink to fall behind", Duration::from_secs(20), || {
+        s.gw.log_text()
+            .contains("behind more than max_backlog_bytes")
+            .then_some(())
+    });
+    cut.restore();
+    let gaps = until(
+        &s,
+        "a sink_behind gap in the record",
+        Duration::from_secs(60),
+        || {
+            let out = s.gw.ghgate_ok(&["sessions", "refusals", "--json"]);
+            out.contains("sink_behind").then_some(out)
+        },
+    );
+    assert!(gaps.contains("on_sink_failure"), "{gaps}");
+}
