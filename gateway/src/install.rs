@@ -200,6 +200,15 @@ impl Trust {
             Trust::Rhel => vec!["update-ca-trust".into(), "extract".into()],
         }
     }
+    /// The rebuild after the anchor is removed. Debian's plain `update-ca-certificates` leaves
+    /// the removed local anchor's link in /etc/ssl/certs (dangling, but left behind: seen in the
+    /// systemd guest test); `--fresh` rebuilds the directory from what is there.
+    fn update_after_removal(self) -> Vec<String> {
+        match self {
+            Trust::Debian => vec!["update-ca-certificates".into(), "--fresh".into()],
+            Trust::Rhel => self.update(),
+        }
+    }
 }
 
 /// The environment a runner's jobs get so that tools ignoring the system store trust the CA.
@@ -227,7 +236,16 @@ pub fn unit(binary: &str, config: &str, before: &[String]) -> String {
     }
     let _ = writeln!(s);
     let _ = writeln!(s, "[Service]");
-    let _ = writeln!(s, "Type=simple");
+    let _ = writeln!(
+        s,
+        "# notify: the gateway says READY once its programs are attached, so Before= holds the"
+    );
+    let _ = writeln!(
+        s,
+        "# runners back until their traffic is enforced (simple would release them at fork)."
+    );
+    let _ = writeln!(s, "Type=notify");
+    let _ = writeln!(s, "NotifyAccess=main");
     let _ = writeln!(s, "ExecStart={binary} run --config {config}");
     let _ = writeln!(s, "Environment=GHGATE_CONFIG={config}");
     let _ = writeln!(
@@ -635,7 +653,7 @@ pub fn uninstall_plan(root: &Path, purge: bool, keep_config: bool) -> anyhow::Re
         });
         if Trust::detect(root) == Some(t) {
             steps.push(Step::Run {
-                argv: t.update(),
+                argv: t.update_after_removal(),
                 after: vec![t.anchor().into()],
                 why: "rebuild the system trust store without the CA",
             });

@@ -36,16 +36,59 @@ impl Default for TestCa {
 impl TestCa {
     pub fn new() -> Self {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ghgate test upstream CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let params = Self::params();
         let cert = params.self_signed(&key).unwrap();
         Self {
             pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
+    }
+
+    fn params() -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ghgate test upstream CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+    }
+
+    /// The CA kept in `dir` (`upstream-ca.pem` and its key `upstream-ca.key`), made there first
+    /// if missing: a test upstream that outlives a reboot keeps the CA the gateway was told to
+    /// trust. Returns the CA and its certificate's path.
+    pub fn load_or_create(dir: &Path) -> std::io::Result<(Self, PathBuf)> {
+        let (cert_path, key_path) = (dir.join("upstream-ca.pem"), dir.join("upstream-ca.key"));
+        if let (Ok(pem), Ok(key)) = (
+            std::fs::read_to_string(&cert_path),
+            std::fs::read_to_string(&key_path),
+        ) {
+            let key = KeyPair::from_pem(&key).map_err(std::io::Error::other)?;
+            let ca = Self {
+                pem,
+                issuer: Issuer::new(Self::params(), key),
+            };
+            return Ok((ca, cert_path));
+        }
+        let key = KeyPair::generate().map_err(std::io::Error::other)?;
+        let params = Self::params();
+        let cert = params.self_signed(&key).map_err(std::io::Error::other)?;
+        std::fs::create_dir_all(dir)?;
+        {
+            use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&key_path)?;
+            file.write_all(key.serialize_pem().as_bytes())?;
+        }
+        std::fs::write(&cert_path, cert.pem())?;
+        let ca = Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        };
+        Ok((ca, cert_path))
     }
 
     /// Writes the CA certificate into `dir` and returns its path.

@@ -287,6 +287,12 @@ fn uninstall_takes_back_everything_install_added_and_keeps_the_recordings() {
         done.iter()
             .any(|(l, o)| l.starts_with("detach") && *o == Outcome::NotRun("not at root /"))
     );
+    // Debian's rebuild without --fresh leaves the removed anchor's link in /etc/ssl/certs.
+    assert!(
+        done.iter()
+            .any(|(l, _)| l == "run update-ca-certificates --fresh"),
+        "{done:?}"
+    );
     for gone in [
         paths::CONFIG,
         paths::CONFIG_DIR,

@@ -18,6 +18,9 @@ fn packages(ws: &Workspace) -> Vec<String> {
     // vm-test boots its guests with qemu-system-x86_64. Its guest binaries target musl, and C
     // code in dependencies (ring) needs x86_64-linux-musl-gcc for that target.
     packages.extend(["qemu-system-x86", "musl-tools"].map(String::from));
+    // The systemd guest's root filesystem: Debian built by mmdebstrap, made into an ext4 image
+    // (mke2fs -d) and given this run's binaries (debugfs), with no loop mount.
+    packages.extend(["mmdebstrap", "e2fsprogs"].map(String::from));
     // The HTML export is checked by rendering it in headless Chromium, which needs a font.
     packages.extend(["chromium", "fonts-dejavu-core"].map(String::from));
     // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.

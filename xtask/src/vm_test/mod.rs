@@ -3,12 +3,18 @@
 //!
 //! Build static binaries, fetch kernels, write one initramfs, boot a guest per kernel (several at
 //! once), read each verdict from the serial log. Everything lands under `<target>/vm-tests/`.
+//!
+//! Beside the kernel guests, the systemd guest boots a Debian root filesystem (built from Debian's
+//! packages and cached, see [`rootfs`]) with systemd as init on the 6.12 kernel, where
+//! `vm-systemd` installs ghgate as an admin would, runs a runner-like unit, reboots once and
+//! uninstalls.
 //! This module must never report a kernel as passed without its PASS line and a clean QEMU exit,
 //! and must never leave a QEMU running.
 mod apt;
 mod cpio;
 mod kernel;
 mod qemu;
+mod rootfs;
 
 use std::{
     fs::{self, File},
@@ -24,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 
 use self::{
     kernel::{Kernel, Series},
-    qemu::{Boot, Outcome, Verdict},
+    qemu::{Boot, Outcome, Root, Verdict},
 };
 use crate::{
     cargo::{self, Metadata},
@@ -40,6 +46,13 @@ const PROFILE: &str = "vm";
 const TAIL_LINES: usize = 60;
 /// How long a guest may run by default: boot takes 4-8 s under TCG, the tests the rest.
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// How long the systemd guest may run: two systemd boots under TCG, the install, the runner's
+/// jobs, doctor twice and the uninstall (measured: see the report).
+const SYSTEMD_TIMEOUT_SECS: u64 = 900;
+/// The kernel the systemd guest boots.
+const SYSTEMD_KERNEL: Series = Series::V6_12;
+/// The systemd guest's test driver, in the guest's [`rootfs::PAYLOAD_DIR`].
+const SYSTEMD_DRIVER: &str = "vm-systemd";
 
 /// Where each built binary goes in the initramfs, and which package builds it.
 const BINARIES: [(&str, &str, &str); 4] = [
@@ -66,6 +79,12 @@ pub struct Args {
     /// machines) QEMU with KVM hangs or aborts.
     #[arg(long)]
     pub kvm: bool,
+    /// Skip the systemd guest (install, runner unit, reboot, uninstall in a Debian guest).
+    #[arg(long, conflicts_with = "systemd_only")]
+    pub no_systemd: bool,
+    /// Boot only the systemd guest, no kernel guests.
+    #[arg(long)]
+    pub systemd_only: bool,
     /// Seconds each guest may run, boot included, before QEMU is killed.
     #[arg(
         long,
@@ -94,6 +113,8 @@ pub struct Options {
     pub filter: Option<String>,
     pub kvm: bool,
     pub timeout: Duration,
+    /// Boot the systemd guest too.
+    pub systemd: bool,
 }
 
 impl Options {
@@ -104,6 +125,7 @@ impl Options {
             filter: None,
             kvm: false,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            systemd: true,
         }
     }
 }
@@ -113,10 +135,15 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
     check(
         ws,
         &Options {
-            kernels: selection(&args.kernel),
+            kernels: if args.systemd_only {
+                Vec::new()
+            } else {
+                selection(&args.kernel)
+            },
             filter: args.filter,
             kvm: args.kvm,
             timeout: Duration::from_secs(args.timeout),
+            systemd: !args.no_systemd,
         },
     )
 }
@@ -172,29 +199,104 @@ pub fn check(ws: &Workspace, options: &Options) -> Result<()> {
         .collect::<Result<Vec<Kernel>>>()?;
 
     let initramfs = vm_dir.join("initramfs.cpio");
-    let size = write_initramfs(&initramfs, &bin_dir)?;
-    println!(
-        "vm-test: {} ({:.1} MiB)",
-        ws.display(&initramfs),
-        size as f64 / 1048576.0
-    );
+    if !kernels.is_empty() {
+        let size = write_initramfs(&initramfs, &bin_dir)?;
+        println!(
+            "vm-test: {} ({:.1} MiB)",
+            ws.display(&initramfs),
+            size as f64 / 1048576.0
+        );
+    }
 
     let logs = vm_dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let boots: Vec<Boot> = kernels
-        .iter()
-        .map(|kernel| Boot {
+    let mut guests: Vec<Guest> = Vec::new();
+    let mut boots: Vec<Boot> = Vec::new();
+    let systemd = if options.systemd {
+        Some(systemd_disk(&vm_dir, &bin_dir)?)
+    } else {
+        None
+    };
+    // The systemd guest first: it is the longest, so the kernel guests run beside it.
+    if let Some((kernel, disk)) = &systemd {
+        guests.push(Guest {
+            name: format!("systemd-{}", kernel.series.name()),
+            package: kernel.package.clone(),
+            version: kernel.version.clone(),
+        });
+        boots.push(Boot {
             vmlinuz: &kernel.vmlinuz,
-            initramfs: &initramfs,
+            root: Root::Disk(disk),
+            log: logs.join(format!("systemd-{}.log", kernel.series.name())),
+            filter: None,
+            kvm: options.kvm,
+            timeout: Duration::from_secs(SYSTEMD_TIMEOUT_SECS.max(options.timeout.as_secs())),
+        });
+    }
+    for kernel in &kernels {
+        guests.push(Guest {
+            name: kernel.series.name().to_owned(),
+            package: kernel.package.clone(),
+            version: kernel.version.clone(),
+        });
+        boots.push(Boot {
+            vmlinuz: &kernel.vmlinuz,
+            root: Root::Initramfs(&initramfs),
             log: logs.join(format!("{}.log", kernel.series.name())),
             filter: options.filter.as_deref(),
             kvm: options.kvm,
             timeout: options.timeout,
-        })
-        .collect();
-    let outcomes = boot_all(&boots, &kernels);
+        });
+    }
+    if boots.is_empty() {
+        bail!("vm-test: nothing to boot (no kernel, and the systemd guest skipped)");
+    }
+    let outcomes = boot_all(&boots, &guests);
 
-    report(ws, &kernels, &boots, &outcomes)
+    report(ws, &guests, &boots, &outcomes)
+}
+
+/// A guest booted: its name in the summary and the kernel package it runs.
+struct Guest {
+    name: String,
+    package: String,
+    version: String,
+}
+
+/// The systemd guest's kernel and this run's disk: the cached Debian image (built first if
+/// missing) with this run's ghgate and test driver written in. Prints what each step cost.
+fn systemd_disk(vm_dir: &Path, bin_dir: &Path) -> Result<(Kernel, std::path::PathBuf)> {
+    let kernel = kernel::fetch(vm_dir, SYSTEMD_KERNEL)?;
+    let base = rootfs::base(vm_dir)?;
+    match base.built_in {
+        Some(took) => println!(
+            "vm-test: systemd guest root filesystem built in {:.1} s (cold: mmdebstrap + mke2fs)",
+            took.as_secs_f64()
+        ),
+        None => println!("vm-test: systemd guest root filesystem cached (warm)"),
+    }
+    let dir = vm_dir.join("systemd");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let disk = dir.join("run.img");
+    let start = std::time::Instant::now();
+    let ghgate = bin_dir.join("ghgate");
+    let driver = bin_dir.join(SYSTEMD_DRIVER);
+    let probe = bin_dir.join("ghgate-probe");
+    rootfs::for_run(
+        &base.image,
+        &disk,
+        &[
+            (ghgate.as_path(), "ghgate"),
+            (driver.as_path(), SYSTEMD_DRIVER),
+            (probe.as_path(), "ghgate-probe"),
+        ],
+    )?;
+    println!(
+        "vm-test: systemd guest disk {} prepared in {:.1} s",
+        disk.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok((kernel, disk))
 }
 
 fn names(kernels: &[Series]) -> String {
@@ -239,7 +341,7 @@ fn entries(archive: &mut cpio::Writer<impl Write>, bin_dir: &Path) -> Result<()>
 }
 
 /// Boots every guest, at most one per available CPU at a time (each guest has one vCPU).
-fn boot_all(boots: &[Boot], kernels: &[Kernel]) -> Vec<Outcome> {
+fn boot_all(boots: &[Boot], guests: &[Guest]) -> Vec<Outcome> {
     let workers = thread::available_parallelism()
         .map_or(1, NonZero::get)
         .min(boots.len());
@@ -260,8 +362,8 @@ fn boot_all(boots: &[Boot], kernels: &[Kernel]) -> Vec<Outcome> {
                         let Some(boot) = boots.get(i) else {
                             return done;
                         };
-                        let name = kernels[i].series.name();
-                        println!("[{name}] booting {}", kernels[i].package);
+                        let name = &guests[i].name;
+                        println!("[{name}] booting {}", guests[i].package);
                         let outcome = qemu::boot(boot);
                         let secs = outcome.elapsed.as_secs_f64();
                         match &outcome.verdict {
@@ -286,21 +388,17 @@ fn boot_all(boots: &[Boot], kernels: &[Kernel]) -> Vec<Outcome> {
 }
 
 /// Prints the failed guests' log tails and a summary table; an error if any guest failed.
-fn report(ws: &Workspace, kernels: &[Kernel], boots: &[Boot], outcomes: &[Outcome]) -> Result<()> {
+fn report(ws: &Workspace, guests: &[Guest], boots: &[Boot], outcomes: &[Outcome]) -> Result<()> {
     let mut failed = Vec::new();
-    for ((kernel, boot), outcome) in kernels.iter().zip(boots).zip(outcomes) {
+    for ((guest, boot), outcome) in guests.iter().zip(boots).zip(outcomes) {
         if let Verdict::Fail(_) = outcome.verdict {
-            failed.push(format!(
-                "{} (log: {})",
-                kernel.series.name(),
-                ws.display(&boot.log)
-            ));
+            failed.push(format!("{} (log: {})", guest.name, ws.display(&boot.log)));
             let serial = fs::read(&boot.log).unwrap_or_default();
             let serial = String::from_utf8_lossy(&serial);
             println!(
                 "\n--- {} ({}), last {TAIL_LINES} lines of {} ---",
-                kernel.series.name(),
-                kernel.package,
+                guest.name,
+                guest.package,
                 ws.display(&boot.log)
             );
             for line in qemu::tail(&serial, TAIL_LINES) {
@@ -318,24 +416,24 @@ fn report(ws: &Workspace, kernels: &[Kernel], boots: &[Boot], outcomes: &[Outcom
         }
     }
 
-    let rows: Vec<[String; 5]> = kernels
+    let rows: Vec<[String; 5]> = guests
         .iter()
         .zip(outcomes)
-        .map(|(kernel, outcome)| {
+        .map(|(guest, outcome)| {
             let (result, reason) = match &outcome.verdict {
                 Verdict::Pass => ("PASS", ""),
                 Verdict::Fail(reason) => ("FAIL", reason.as_str()),
             };
             [
-                kernel.series.name().to_owned(),
-                kernel.version.clone(),
+                guest.name.clone(),
+                guest.version.clone(),
                 result.to_owned(),
                 format!("{:.1}", outcome.elapsed.as_secs_f64()),
                 reason.to_owned(),
             ]
         })
         .collect();
-    let header = ["kernel", "package version", "result", "seconds", "reason"];
+    let header = ["guest", "package version", "result", "seconds", "reason"];
     let width = |col: usize| {
         rows.iter()
             .map(|r| r[col].len())
@@ -355,7 +453,7 @@ fn report(ws: &Workspace, kernels: &[Kernel], boots: &[Boot], outcomes: &[Outcom
     }
 
     if !failed.is_empty() {
-        bail!("vm-test failed on kernel {}", failed.join(", "));
+        bail!("vm-test failed on guest {}", failed.join(", "));
     }
     Ok(())
 }

@@ -21,12 +21,22 @@ const POLL: Duration = Duration::from_millis(250);
 /// One guest to boot.
 pub struct Boot<'a> {
     pub vmlinuz: &'a Path,
-    pub initramfs: &'a Path,
+    pub root: Root<'a>,
     /// The serial console is written here; QEMU's own messages go to the same path + `.qemu`.
     pub log: PathBuf,
     pub filter: Option<&'a str>,
     pub kvm: bool,
     pub timeout: Duration,
+}
+
+/// What the guest runs from.
+#[derive(Clone, Copy)]
+pub enum Root<'a> {
+    /// An initramfs whose init runs the tests and powers off.
+    Initramfs(&'a Path),
+    /// A disk image (ext4, on NVMe: the cloud kernels build its driver in, so no initramfs is
+    /// needed) booting systemd. The guest may reboot: QEMU boots it again, from the same disk.
+    Disk(&'a Path),
 }
 
 pub enum Verdict {
@@ -42,6 +52,9 @@ pub struct Outcome {
 impl Boot<'_> {
     fn command(&self) -> Command {
         let mut append = String::from("console=ttyS0 panic=-1 loglevel=4");
+        if let Root::Disk(_) = self.root {
+            append.push_str(" root=/dev/nvme0n1 rootfstype=ext4 rw");
+        }
         if let Some(filter) = self.filter {
             append.push_str(" ghgate.filter=");
             append.push_str(filter);
@@ -49,14 +62,31 @@ impl Boot<'_> {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-machine", "pc", "-accel", if self.kvm { "kvm" } else { "tcg" }])
             .args(["-cpu", "max", "-smp", "1", "-m", "1024"])
-            .args(["-nographic", "-no-reboot", "-nodefaults", "-display", "none"])
+            .arg("-nographic");
+        if let Root::Initramfs(_) = self.root {
+            // An initramfs guest never reboots: if it tries, something is wrong, and QEMU exits.
+            cmd.arg("-no-reboot");
+        }
+        cmd.args(["-nodefaults", "-display", "none"])
             .arg("-serial")
             .arg(format!("file:{}", self.log.display()))
             .arg("-kernel")
-            .arg(self.vmlinuz)
-            .arg("-initrd")
-            .arg(self.initramfs)
-            .args(["-append", &append]);
+            .arg(self.vmlinuz);
+        match self.root {
+            Root::Initramfs(initramfs) => {
+                cmd.arg("-initrd").arg(initramfs);
+            }
+            Root::Disk(image) => {
+                // cache=unsafe: the image is this run's copy, thrown away after.
+                cmd.arg("-drive")
+                    .arg(format!(
+                        "file={},if=none,id=root,format=raw,cache=unsafe",
+                        image.display()
+                    ))
+                    .args(["-device", "nvme,drive=root,serial=ghgate-root"]);
+            }
+        }
+        cmd.args(["-append", &append]);
         cmd
     }
 
@@ -315,7 +345,7 @@ mod tests {
     fn command_line_follows_the_options() {
         let boot = Boot {
             vmlinuz: Path::new("/k/vmlinuz"),
-            initramfs: Path::new("/t/initramfs.cpio"),
+            root: Root::Initramfs(Path::new("/t/initramfs.cpio")),
             log: PathBuf::from("/t/logs/6.1.log"),
             filter: Some("redirect"),
             kvm: false,
@@ -341,6 +371,25 @@ mod tests {
             "{line}"
         );
         assert_eq!(plain.qemu_log(), Path::new("/t/logs/6.1.log.qemu"));
+        let systemd = Boot {
+            root: Root::Disk(Path::new("/t/systemd.img")),
+            filter: None,
+            ..plain
+        };
+        let line = process::display(&systemd.command());
+        assert!(!line.contains("-no-reboot"), "the guest reboots once: {line}");
+        assert!(!line.contains("-initrd"), "{line}");
+        assert!(
+            line.contains(
+                "-drive file=/t/systemd.img,if=none,id=root,format=raw,cache=unsafe \
+                 -device nvme,drive=root,serial=ghgate-root"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("'console=ttyS0 panic=-1 loglevel=4 root=/dev/nvme0n1 rootfstype=ext4 rw'"),
+            "{line}"
+        );
     }
 
     #[test]
