@@ -633,6 +633,12 @@ pub fn uninstall_plan(root: &Path, purge: bool, keep_config: bool) -> anyhow::Re
         after: vec![paths::UNIT.into()],
         why: "forget the unit files",
     });
+    if !units.is_empty() {
+        // Stopping the slice would stop the runners in it: they leave it when they restart.
+        steps.push(Step::Note(format!(
+            "the runners stay in {SLICE_NAME} until they restart (then they run in system.slice);              `systemctl stop {SLICE_NAME}` once it is empty unloads it"
+        )));
+    }
     for store in java_keystores(root) {
         let store = store.display().to_string();
         steps.push(Step::Run {

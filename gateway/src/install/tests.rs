@@ -287,6 +287,18 @@ fn uninstall_takes_back_everything_install_added_and_keeps_the_recordings() {
         done.iter()
             .any(|(l, o)| l.starts_with("detach") && *o == Outcome::NotRun("not at root /"))
     );
+    // The slice is left to the runners' next restart: stopping it would stop them.
+    assert!(
+        done.iter()
+            .any(|(l, _)| l.contains("stay in ghgate.slice until they restart")),
+        "{done:?}"
+    );
+    assert!(
+        !done
+            .iter()
+            .any(|(l, _)| l.contains("stop ghgate.slice") && l.starts_with("run")),
+        "{done:?}"
+    );
     // Debian's rebuild without --fresh leaves the removed anchor's link in /etc/ssl/certs.
     assert!(
         done.iter()
