@@ -30,6 +30,28 @@ fn sink_toml(dir: &Path, url: &str, runner: &str, extra: &str) -> String {
     )
 }
 
+/// A fresh bucket (with Object Lock or not) behind a relay that is cut: the config of a gateway
+/// (1 MiB segments, a 1 MiB backlog under `on_sink_failure`) whose sink cannot be reached yet.
+fn sink_unreachable(
+    lock: bool,
+    runner: &str,
+    on_failure: &str,
+) -> (S3Server, Cut, tempfile::TempDir, String) {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, lock);
+    let mut cut = Cut::new(s3.port);
+    cut.cut();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = "\n[record]\nsegment_bytes = 1048576\n".to_owned()
+        + &sink_toml(
+            tmp.path(),
+            &format!("http://127.0.0.1:{}", cut.port),
+            runner,
+            &format!("max_backlog_bytes = 1048576\non_sink_failure = \"{on_failure}\"\n"),
+        );
+    (s3, cut, tmp, extra)
+}
+
 fn local_segments(record_dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut segs: Vec<_> = std::fs::read_dir(record_dir.join("segments"))
         .unwrap()
@@ -183,18 +205,7 @@ fn a_sink_down_for_a_while_refuses_past_the_backlog_and_a_kill_9_loses_no_segmen
     if !privileged() {
         return;
     }
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET, true);
-    let mut cut = Cut::new(s3.port);
-    cut.cut();
-    let tmp = tempfile::tempdir().unwrap();
-    let extra = "\n[record]\nsegment_bytes = 1048576\n".to_owned()
-        + &sink_toml(
-            tmp.path(),
-            &format!("http://127.0.0.1:{}", cut.port),
-            "runner-b",
-            "max_backlog_bytes = 1048576\non_sink_failure = \"refuse\"\n",
-        );
+    let (s3, mut cut, tmp, extra) = sink_unreachable(true, "runner-b", "refuse");
     let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
     // 3 MiB of request bodies: sealed segments pile up while the server is unreachable.
     let body = tmp.path().join("body");
@@ -458,18 +469,7 @@ fn with_allow_traffic_goes_on_while_the_sink_is_behind_and_the_gap_is_recorded()
     if !privileged() {
         return;
     }
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET, false);
-    let mut cut = Cut::new(s3.port);
-    cut.cut();
-    let tmp = tempfile::tempdir().unwrap();
-    let extra = "\n[record]\nsegment_bytes = 1048576\n".to_owned()
-        + &sink_toml(
-            tmp.path(),
-            &format!("http://127.0.0.1:{}", cut.port),
-            "runner-e",
-            "max_backlog_bytes = 1048576\non_sink_failure = \"allow\"\n",
-        );
+    let (_s3, mut cut, tmp, extra) = sink_unreachable(false, "runner-e", "allow");
     let s = TlsGateway::start(&["api.github.com"], true, None, &extra);
     let body = tmp.path().join("body");
     std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
