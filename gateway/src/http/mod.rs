@@ -558,6 +558,27 @@ fn full(status: StatusCode, text: String) -> Response<ProxyBody> {
     resp
 }
 
+/// How much of a request body the gateway reads and drops before answering it itself, and for
+/// how long. curl 7.88 (Debian 12's) loses an HTTP/2 answer that comes with a reset of the
+/// stream it is still sending on (error 92, no response at all): reading a small body to its end
+/// first means no reset is needed. A larger or slower body is answered anyway.
+const DISCARD_LIMIT: usize = 64 << 10;
+const DISCARD_TIME: Duration = Duration::from_millis(500);
+
+/// Reads and drops the rest of a small request body (see [`DISCARD_LIMIT`]).
+async fn discard_small(body: &mut Incoming) {
+    let mut read = 0;
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while read <= DISCARD_LIMIT {
+            match body.frame().await {
+                Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
 /// A response the gateway made whole, as a proxy body.
 fn boxed(resp: Response<Bytes>) -> Response<ProxyBody> {
     let (parts, bytes) = resp.into_parts();
@@ -728,12 +749,21 @@ async fn forward<P: Phases>(
             return Ok(answered_here(&*phases, &ex, &mut head, $response, $error).await)
         };
     }
+    // Before the body is handed on: the rest of a small body is read first, so an HTTP/2 stream
+    // is ended by the client before the answer (no reset follows it).
+    macro_rules! answer_unread {
+        ($response:expr, $error:expr) => {{
+            let mut body = body;
+            discard_small(&mut body).await;
+            answer!($response, $error)
+        }};
+    }
 
     if let Some(refusal) = refused {
         warn!(exchange = ex.id.get(), client = %ex.conn.client, sni = %ex.conn.sni, tgid = ex.conn.caller.tgid,
               comm = %ex.conn.caller.comm, url = %crate::mask::for_logs(&ex.url), status = refusal.status().as_u16(),
               error = %crate::mask::for_logs(&refusal.to_string()), "request refused from its head; nothing was forwarded");
-        answer!(
+        answer_unread!(
             full(refusal.status(), format!("ghgate: {refusal}\n")),
             Some(refusal.to_string())
         );
@@ -742,7 +772,7 @@ async fn forward<P: Phases>(
     if !allowed {
         warn!(exchange = ex.id.get(), client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
               limit = state.max_rps, "request rate limit exceeded on one connection");
-        answer!(
+        answer_unread!(
             full(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -754,10 +784,10 @@ async fn forward<P: Phases>(
         );
     }
     if let Some(resp) = phases.request_filter(&ex, &mut head, &parts).await {
-        answer!(boxed(resp), None);
+        answer_unread!(boxed(resp), None);
     }
     if let Some(reason) = &state.route.failed {
-        answer!(
+        answer_unread!(
             full(
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: nothing was forwarded: {reason}\n"),
