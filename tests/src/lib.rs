@@ -6,6 +6,7 @@
 //! processes this harness started. Servers listen on loopback only.
 pub mod attack;
 pub mod chromium;
+pub mod hook;
 pub mod https;
 pub mod s3;
 

@@ -52,6 +52,23 @@ fn sink_unreachable(
     (s3, cut, tmp, extra)
 }
 
+/// POSTs the file `body` to `/upload/<i>` through the gateway; the status code.
+fn upload(s: &TlsGateway, body: &Path, i: usize) -> String {
+    let out = s.curl(
+        "api.github.com",
+        &format!("/upload/{i}"),
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            &format!("@{}", body.display()),
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn local_segments(record_dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut segs: Vec<_> = std::fs::read_dir(record_dir.join("segments"))
         .unwrap()
@@ -212,19 +229,7 @@ fn a_sink_down_for_a_while_refuses_past_the_backlog_and_a_kill_9_loses_no_segmen
     std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
     let mut refused = None;
     for i in 0..8 {
-        let out = s.curl(
-            "api.github.com",
-            &format!("/upload/{i}"),
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--data-binary",
-                &format!("@{}", body.display()),
-            ],
-        );
-        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        let code = upload(&s, &body, i);
         if code == "503" {
             refused = Some(i);
             break;
@@ -474,23 +479,8 @@ fn with_allow_traffic_goes_on_while_the_sink_is_behind_and_the_gap_is_recorded()
     let body = tmp.path().join("body");
     std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
     for i in 0..5 {
-        let out = s.curl(
-            "api.github.com",
-            &format!("/upload/{i}"),
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--data-binary",
-                &format!("@{}", body.display()),
-            ],
-        );
-        assert_ne!(
-            String::from_utf8_lossy(&out.stdout),
-            "503",
-            "allow never refuses for the sink"
-        );
+        let code = upload(&s, &body, i);
+        assert_ne!(code, "503", "allow never refuses for the sink");
         std::thread::sleep(Duration::from_millis(300));
     }
     until(&s, "the sink to fall behind", Duration::from_secs(20), || {
@@ -678,4 +668,176 @@ fn the_fleet_is_read_from_the_bucket_and_a_tampered_runner_is_refused_by_name() 
         "",
     );
     assert!(ok && text.contains("/fleet-one"), "{text}");
+}
+
+/// `[record.sink.webhook]` to `https://anchors.test:PORT/anchors/path-secret`, trusting `ca_file`,
+/// with the bearer token in a 0600 file in `dir`.
+fn webhook_toml(dir: &Path, port: u16, ca_file: &Path, token: &str) -> String {
+    let token_file = dir.join("anchor.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "\n[record.sink.webhook]\nurl = \"https://anchors.test:{port}/anchors/path-secret\"\nca = \"{}\"\n\
+         token_file = \"{}\"\nbackoff_ms = 100\nmax_backoff_ms = 400\ntimeout_secs = 2\n",
+        ca_file.display(),
+        token_file.display()
+    )
+}
+
+#[test]
+fn anchors_reach_a_webhook_that_was_down_while_the_bucket_was_cut_and_convict_a_store_cut_short_in_both() {
+    if !privileged() {
+        return;
+    }
+    // The bucket cannot be reached and the webhook is down: traffic goes on (allow).
+    let (s3, mut cut, tmp, extra) = sink_unreachable(false, "runner-w", "allow");
+    let hook_port = ghgate_e2e::free_port();
+    let hook_ca = ghgate_e2e::https::TestCa::new();
+    let hook_ca_file = tmp.path().join("anchors-ca.pem");
+    std::fs::write(&hook_ca_file, hook_ca.pem()).unwrap();
+    let token = "anchor-bearer-secret-7c1e9d";
+    let extra = extra + &webhook_toml(tmp.path(), hook_port, &hook_ca_file, token);
+    let mut s = TlsGateway::start_tweaked(
+        &["api.github.com"],
+        true,
+        None,
+        None,
+        &|_| extra.clone(),
+        &|spec| {
+            spec.overrides
+                .push(("anchors.test".into(), vec!["127.0.0.1".into()]))
+        },
+    );
+    std::fs::copy(
+        tmp.path().join("s3.credentials"),
+        s.dir.path().join("s3.credentials"),
+    )
+    .unwrap();
+    let body = tmp.path().join("body");
+    std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
+    let began = std::time::Instant::now();
+    for i in 0..4 {
+        let code = upload(&s, &body, i);
+        assert_eq!(code, "200");
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "traffic waited for the webhook or the bucket: {:?}",
+        began.elapsed()
+    );
+    until(&s, "the webhook to be failing", Duration::from_secs(20), || {
+        s.gw.log_text()
+            .contains("cannot send anchors to the webhook")
+            .then_some(())
+    });
+    let record_dir = s.gw.state_dir.join("record");
+    let sealed: Vec<u64> = local_segments(&record_dir)
+        .iter()
+        .map(|(n, _)| n.trim_end_matches(".seg").parse().unwrap())
+        .filter(|&n| n < local_segments(&record_dir).len() as u64)
+        .collect();
+    assert!(
+        sealed.len() >= 2,
+        "segments sealed while both were down: {sealed:?}"
+    );
+
+    // The webhook comes back: it gets every seal it missed, in order, and the head, each with
+    // the bearer token, though the bucket still cannot be reached.
+    let receiver = ghgate_e2e::hook::Receiver::start(hook_port, &hook_ca, &["anchors.test"]);
+    let got = until(
+        &s,
+        "the missed anchors at the webhook",
+        Duration::from_secs(30),
+        || {
+            let lines = receiver.lines();
+            let seals: Vec<u64> = lines
+                .iter()
+                .filter(|a| a["sealed"] == true)
+                .map(|a| a["segment"].as_u64().unwrap())
+                .collect();
+            (sealed.iter().all(|n| seals.contains(n)) && lines.iter().any(|a| a["sealed"] == false))
+                .then_some(lines)
+        },
+    );
+    let seqs: Vec<u64> = got.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "in order: {seqs:?}");
+    assert!(
+        got.iter()
+            .all(|a| a["runner"] == "runner-w" && a["signature"].as_str().unwrap().len() == 128)
+    );
+    for (_, auth) in receiver.bodies.lock().unwrap().iter() {
+        assert_eq!(auth, &format!("Bearer {token}"));
+    }
+    assert!(
+        s3.keys(BUCKET, "runner-w/").is_empty(),
+        "the bucket was unreachable all along"
+    );
+
+    // The bucket comes back; an orderly stop seals, copies, and anchors the seal at both.
+    cut.restore();
+    s.gw.terminate();
+    let local = local_segments(&record_dir);
+    let last = local.len() as u64;
+    assert!(
+        receiver
+            .lines()
+            .iter()
+            .any(|a| a["sealed"] == true && a["segment"] == last),
+        "the last seal reached the webhook before the gateway exited"
+    );
+    let kept = tmp.path().join("anchors.jsonl");
+    let export = |path: &Path| {
+        let text: String = receiver
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(b, _)| b.trim().to_owned() + "\n")
+            .collect();
+        std::fs::write(path, text).unwrap();
+    };
+    export(&kept);
+    let config = s.gw.config.clone();
+    let kept_arg = kept.to_string_lossy().into_owned();
+    let (text, ok) = verify_remote(&s, &s3, &config, &["--anchors", &kept_arg], false);
+    assert!(ok && text.contains("kept outside the bucket"), "{text}");
+
+    // Root on the runner, holding the runner's bucket keys, erases the newest segment here and
+    // in the (unlocked) bucket, with its anchors: the bucket alone no longer tells.
+    std::fs::remove_file(record_dir.join(format!("segments/{last:012}.seg"))).unwrap();
+    for key in s3.keys(BUCKET, "runner-w/") {
+        let doomed = key.ends_with(&format!("/{last:012}.seg"))
+            || (key.contains("/anchors/")
+                && serde_json::from_slice::<Value>(&s3.get(BUCKET, &key)).unwrap()["segment"] == last);
+        if doomed {
+            s3.boto(
+                "s3.delete_object(Bucket=sys.argv[1], Key=sys.argv[2])\nprint('null')",
+                &[BUCKET, &key],
+            )
+            .unwrap();
+        }
+    }
+    let (text, ok) = verify_remote(&s, &s3, &config, &[], false);
+    assert!(ok, "the bucket alone cannot tell: {text}");
+    // The webhook's copy does.
+    let (text, ok) = verify_remote(&s, &s3, &config, &["--anchors", &kept_arg], false);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("FAILED: runner runner-w segment {last:012}")) && text.contains("cut short"),
+        "{text}"
+    );
+    // An anchor forged into the auditor's file (another hash) is refused, not trusted.
+    let mut forged: Value = receiver.lines()[0].clone();
+    forged["hash"] = Value::String("00".repeat(32));
+    std::fs::write(&kept, format!("{forged}\n")).unwrap();
+    let (text, ok) = verify_remote(&s, &s3, &config, &["--anchors", &kept_arg], false);
+    assert!(!ok && text.contains("not signed by the pinned key"), "{text}");
+
+    let logs = s.gw.log_text();
+    assert!(
+        !logs.contains(token) && !logs.contains("path-secret"),
+        "the webhook's secrets reached the log"
+    );
+    assert_no_secret_in_logs(&s);
 }
