@@ -841,3 +841,184 @@ fn anchors_reach_a_webhook_that_was_down_while_the_bucket_was_cut_and_convict_a_
     );
     assert_no_secret_in_logs(&s);
 }
+
+/// The gaps the store holds of `kind`, from `sessions refusals --json`.
+fn gaps(s: &TlsGateway, kind: &str) -> Vec<Value> {
+    s.gw.ghgate_ok(&["sessions", "refusals", "--json"])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn with_allow_a_gateway_killed_while_the_sink_was_behind_records_the_span_across_the_restart() {
+    if !privileged() {
+        return;
+    }
+    let (_s3, mut cut, tmp, extra) = sink_unreachable(false, "runner-k", "allow");
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    let body = tmp.path().join("body");
+    std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
+    for i in 0..4 {
+        assert_ne!(upload(&s, &body, i), "503", "allow never refuses for the sink");
+    }
+    let record_dir = s.gw.state_dir.join("record");
+    let state = |dir: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("sink.json")).unwrap_or_default())
+            .unwrap_or(Value::Null)
+    };
+    let since = until(
+        &s,
+        "the sink to be behind, kept in sink.json",
+        Duration::from_secs(20),
+        || state(&record_dir)["behind_since"].as_u64(),
+    );
+
+    // kill -9 while behind: no orderly stop, no catch-up, nothing recorded yet.
+    s.gw.kill9();
+    let killed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(since < killed);
+    assert!(gaps(&s, "sink_behind").is_empty(), "no gap before the catch-up");
+    s.gw.spawn();
+    until(
+        &s,
+        "the restart to resume the span",
+        Duration::from_secs(20),
+        || {
+            s.gw.log_text()
+                .contains("was behind more than max_backlog_bytes when the gateway last stopped")
+                .then_some(())
+        },
+    );
+    // Still allowed, still behind, after the restart.
+    assert_ne!(upload(&s, &body, 9), "503");
+    cut.restore();
+    let gap = until(
+        &s,
+        "a sink_behind gap in the record",
+        Duration::from_secs(60),
+        || gaps(&s, "sink_behind").into_iter().next(),
+    );
+    assert_eq!(
+        gap["since"].as_u64(),
+        Some(since),
+        "the gap starts when the sink fell behind, before the kill: {gap}"
+    );
+    assert!(gap["until"].as_u64().unwrap() > killed, "{gap}");
+    assert!(
+        state(&record_dir).get("behind_since").is_none(),
+        "the span is closed once recorded"
+    );
+    s.gw.terminate();
+    assert_eq!(gaps(&s, "sink_behind").len(), 1, "recorded once");
+}
+
+/// `ghgate install --host --root ROOT [EXTRA…]` (a stand-in binary: it is only copied).
+fn install(root: &Path, extra: &[&str]) -> (String, bool) {
+    let stand_in = root.parent().unwrap().join("ghgate-stand-in");
+    std::fs::write(&stand_in, "#!/bin/sh\n").unwrap();
+    let out = std::process::Command::new(ghgate_e2e::bin("ghgate"))
+        .args(["install", "--host", "--root"])
+        .arg(root)
+        .arg("--binary")
+        .arg(&stand_in)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains(SECRET_KEY), "{text}");
+    (text, out.status.success())
+}
+
+#[test]
+fn install_pins_the_runners_key_so_a_key_swapped_before_the_first_upload_is_reported() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let (text, ok) = install(&root, &[]);
+    assert!(ok, "{text}");
+    assert!(!text.contains("record key pinned"), "no sink, no pin: {text}");
+
+    // The admin adds the sink (its credentials under /etc/ghgate) and installs again.
+    let etc = root.join("etc/ghgate");
+    sink_toml(&etc, "http://unused", "unused", "");
+    let mut config = std::fs::read_to_string(etc.join("ghgate.toml")).unwrap();
+    config += &format!(
+        "\n[record.sink]\nurl = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"runner-i\"\n\
+         credentials_file = \"/etc/ghgate/s3.credentials\"\n\
+         [record.sink.object_lock]\nmode = \"governance\"\ndays = 1\n",
+        s3.url()
+    );
+    std::fs::write(etc.join("ghgate.toml"), config).unwrap();
+    let (text, ok) = install(&root, &["--dry-run"]);
+    assert!(
+        ok && text.contains("pin its public key in the record sink as fleet-evidence/runner-i/runner.pub"),
+        "{text}"
+    );
+    assert!(s3.keys(BUCKET, "runner-i/").is_empty(), "a dry run pins nothing");
+    let (text, ok) = install(&root, &[]);
+    assert!(
+        ok && text.contains("done       record key pinned in the sink as fleet-evidence/runner-i/runner.pub"),
+        "{text}"
+    );
+    let record_dir = root.join("var/lib/ghgate/record");
+    let key =
+        ghgate::record::store::load_or_create_key(&ghgate::record::store::key_path(&record_dir)).unwrap();
+    let pinned = s3.get(BUCKET, "runner-i/runner.pub");
+    assert_eq!(
+        String::from_utf8(pinned.clone()).unwrap(),
+        ghgate::record::store::public_key_pem(&key),
+        "the pin is the key install made for the gateway"
+    );
+    assert_eq!(s3.retention(BUCKET, "runner-i/runner.pub").0, "GOVERNANCE");
+    let (text, ok) = install(&root, &[]);
+    assert!(ok && text.contains("unchanged  record key pinned"), "{text}");
+
+    // Root swaps the key before the gateway ever uploaded; the gateway starts on that store.
+    std::fs::remove_file(ghgate::record::store::key_path(&record_dir)).unwrap();
+    let extra = format!("\n[record]\ndir = \"{}\"\n", record_dir.display())
+        + &sink_toml(tmp.path(), &s3.url(), "runner-i", "");
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    std::fs::copy(
+        tmp.path().join("s3.credentials"),
+        s.dir.path().join("s3.credentials"),
+    )
+    .unwrap();
+    assert!(s.curl("api.github.com", "/one", &[]).status.success());
+    until(
+        &s,
+        "the swapped key reported under keys/",
+        Duration::from_secs(20),
+        || (!s3.keys(BUCKET, "runner-i/keys/").is_empty()).then_some(()),
+    );
+    assert!(
+        s.gw.log_text()
+            .contains("differs from the one pinned in the sink")
+    );
+    s.gw.terminate();
+    assert_eq!(
+        s3.get(BUCKET, "runner-i/runner.pub"),
+        pinned,
+        "the pin is never replaced"
+    );
+    let config = s.gw.config.clone();
+    let (text, ok) = verify_remote(&s, &s3, &config, &["--runner", "runner-i"], false);
+    assert!(!ok && text.contains("different signing key"), "{text}");
+
+    // Installing again now says so, and fails.
+    let (text, ok) = install(&root, &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("already pins another key for runner runner-i"),
+        "{text}"
+    );
+}
