@@ -1022,3 +1022,83 @@ fn install_pins_the_runners_key_so_a_key_swapped_before_the_first_upload_is_repo
         "{text}"
     );
 }
+
+/// How many versions of `key` the (versioned, locked) bucket holds: how often it was written.
+fn versions(s3: &S3Server, key: &str) -> usize {
+    s3.boto(
+        "v = s3.list_object_versions(Bucket=sys.argv[1], Prefix=sys.argv[2]).get('Versions', [])\n\
+         print(len([x for x in v if x['Key'] == sys.argv[2]]))",
+        &[BUCKET, key],
+    )
+    .unwrap()
+    .as_u64()
+    .unwrap() as usize
+}
+
+#[test]
+fn the_active_segment_is_copied_again_only_once_it_grew_enough_or_its_copy_aged() {
+    if !privileged() {
+        return;
+    }
+    let s3 = S3Server::start();
+    // Object Lock turns versioning on: every PUT of the partial copy stays countable.
+    s3.create_bucket(BUCKET, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = sink_toml(
+        tmp.path(),
+        &s3.url(),
+        "runner-p",
+        "partial_max_secs = 6\n[record.sink.object_lock]\nmode = \"governance\"\ndays = 1\n",
+    );
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    std::fs::copy(
+        tmp.path().join("s3.credentials"),
+        s.dir.path().join("s3.credentials"),
+    )
+    .unwrap();
+    let key = "runner-p/partial/000000000001.seg";
+    assert!(s.curl("api.github.com", "/first", &[]).status.success());
+    until(&s, "the first partial copy", Duration::from_secs(20), || {
+        s3.keys(BUCKET, key).contains(&key.to_owned()).then_some(())
+    });
+    let first = std::time::Instant::now();
+    // Small exchanges for a while, each growing the segment: at a 200 ms interval the old copy
+    // at every growth would have written the partial object again and again.
+    for i in 0..8 {
+        assert!(
+            s.curl("api.github.com", &format!("/small/{i}"), &[])
+                .status
+                .success()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let small = first.elapsed();
+    assert!(small < Duration::from_secs(5), "too slow to tell: {small:?}");
+    assert_eq!(
+        versions(&s3, key),
+        1,
+        "grown by little, copied {small:?} ago: not copied again"
+    );
+    // …until the copy is partial_max_secs old.
+    until(&s, "the aged copy replaced", Duration::from_secs(20), || {
+        (versions(&s3, key) == 2).then_some(())
+    });
+    assert!(first.elapsed() >= Duration::from_secs(5), "{:?}", first.elapsed());
+    // Grown by more than a quarter and 1 MiB: copied at the next interval, not 6 s later.
+    let body = tmp.path().join("body");
+    std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
+    let grown = std::time::Instant::now();
+    for i in 0..2 {
+        assert_eq!(upload(&s, &body, i), "200");
+    }
+    until(&s, "the grown copy", Duration::from_secs(20), || {
+        (versions(&s3, key) == 3).then_some(())
+    });
+    assert!(grown.elapsed() < Duration::from_secs(5), "{:?}", grown.elapsed());
+    assert!(s3.get(BUCKET, key).len() > 1 << 20);
+    // The anchors in the bucket are of what it holds: the running runner's copy verifies.
+    let config = s.gw.config.clone();
+    let (text, ok) = verify_remote(&s, &s3, &config, &["--runner", "runner-p"], false);
+    assert!(ok, "{text}");
+    s.gw.terminate();
+}
