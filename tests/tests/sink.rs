@@ -69,6 +69,24 @@ fn upload(s: &TlsGateway, body: &Path, i: usize) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A gateway copying its store as `runner` to a fresh Object Lock bucket (`extra` appended to
+/// its `[record.sink]`), the credentials shared with the auditor.
+fn locked_sink(runner: &str, extra: &str) -> (S3Server, tempfile::TempDir, TlsGateway) {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = sink_toml(tmp.path(), &s3.url(), runner, extra);
+    let s = TlsGateway::start(&["api.github.com"], true, None, &extra);
+    share_creds(tmp.path(), &s);
+    (s3, tmp, s)
+}
+
+/// The sink's credentials file written in `dir`, copied beside the gateway's own files, where
+/// `verify_remote` (the auditor) finds it.
+fn share_creds(dir: &Path, s: &TlsGateway) {
+    std::fs::copy(dir.join("s3.credentials"), s.dir.path().join("s3.credentials")).unwrap();
+}
+
 fn local_segments(record_dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut segs: Vec<_> = std::fs::read_dir(record_dir.join("segments"))
         .unwrap()
@@ -118,16 +136,10 @@ fn sealed_segments_and_anchors_reach_a_locked_bucket_and_cannot_be_deleted() {
     if !privileged() {
         return;
     }
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let extra = sink_toml(
-        tmp.path(),
-        &s3.url(),
+    let (s3, _tmp, mut s) = locked_sink(
         "runner-a",
         "[record.sink.object_lock]\nmode = \"compliance\"\ndays = 2\n",
     );
-    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
     for path in ["/one", "/two", "/three"] {
         let out = s.curl("api.github.com", path, &[]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -338,11 +350,7 @@ fn verify_remote_names_the_runner_whose_store_was_cut_short_or_re_signed() {
     let probe = tempfile::tempdir().unwrap();
     let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra(probe.path()));
     // The credentials file beside the gateway's own files, for the auditor.
-    std::fs::copy(
-        probe.path().join("s3.credentials"),
-        s.dir.path().join("s3.credentials"),
-    )
-    .unwrap();
+    share_creds(probe.path(), &s);
     for round in 0..2 {
         for path in ["/one", "/two"] {
             let out = s.curl("api.github.com", &format!("{path}/{round}"), &[]);
@@ -430,11 +438,7 @@ fn a_runner_that_comes_back_with_another_key_is_reported_against_the_pin() {
         None,
         &sink_toml(probe.path(), &s3.url(), "runner-d", ""),
     );
-    std::fs::copy(
-        probe.path().join("s3.credentials"),
-        s.dir.path().join("s3.credentials"),
-    )
-    .unwrap();
+    share_creds(probe.path(), &s);
     assert!(s.curl("api.github.com", "/one", &[]).status.success());
     s.gw.terminate();
     let pinned = s3.get(BUCKET, "runner-d/runner.pub");
@@ -709,11 +713,7 @@ fn anchors_reach_a_webhook_that_was_down_while_the_bucket_was_cut_and_convict_a_
                 .push(("anchors.test".into(), vec!["127.0.0.1".into()]))
         },
     );
-    std::fs::copy(
-        tmp.path().join("s3.credentials"),
-        s.dir.path().join("s3.credentials"),
-    )
-    .unwrap();
+    share_creds(tmp.path(), &s);
     let body = tmp.path().join("body");
     std::fs::write(&body, "x".repeat(768 << 10)).unwrap();
     let began = std::time::Instant::now();
@@ -988,11 +988,7 @@ fn install_pins_the_runners_key_so_a_key_swapped_before_the_first_upload_is_repo
     let extra = format!("\n[record]\ndir = \"{}\"\n", record_dir.display())
         + &sink_toml(tmp.path(), &s3.url(), "runner-i", "");
     let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
-    std::fs::copy(
-        tmp.path().join("s3.credentials"),
-        s.dir.path().join("s3.credentials"),
-    )
-    .unwrap();
+    share_creds(tmp.path(), &s);
     assert!(s.curl("api.github.com", "/one", &[]).status.success());
     until(
         &s,
@@ -1040,22 +1036,11 @@ fn the_active_segment_is_copied_again_only_once_it_grew_enough_or_its_copy_aged(
     if !privileged() {
         return;
     }
-    let s3 = S3Server::start();
     // Object Lock turns versioning on: every PUT of the partial copy stays countable.
-    s3.create_bucket(BUCKET, true);
-    let tmp = tempfile::tempdir().unwrap();
-    let extra = sink_toml(
-        tmp.path(),
-        &s3.url(),
+    let (s3, tmp, mut s) = locked_sink(
         "runner-p",
         "partial_max_secs = 6\n[record.sink.object_lock]\nmode = \"governance\"\ndays = 1\n",
     );
-    let mut s = TlsGateway::start(&["api.github.com"], true, None, &extra);
-    std::fs::copy(
-        tmp.path().join("s3.credentials"),
-        s.dir.path().join("s3.credentials"),
-    )
-    .unwrap();
     let key = "runner-p/partial/000000000001.seg";
     assert!(s.curl("api.github.com", "/first", &[]).status.success());
     until(&s, "the first partial copy", Duration::from_secs(20), || {
