@@ -409,7 +409,8 @@ impl Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// A client must send a whole request head within this time (slowloris), or is disconnected.
+    /// A client must send a whole HTTP/1.1 request head within this time of the head's first
+    /// byte (slowloris), or is disconnected; the quiet before a request is `idle_timeout_secs`'s.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout_secs: u64,
     /// Largest request head accepted; larger gets 431.

@@ -11,7 +11,10 @@ fn setup(http: &str) -> TlsGateway {
 
 trait Limits {
     fn codes(&self, extra: &[&str], path: &str) -> String;
+    fn python(&self, script: &str, args: &[&str]) -> String;
     fn raw_client(&self, payload: &str, pause: f64) -> String;
+    fn keep_alive(&self, steps: &[&str]) -> Vec<serde_json::Value>;
+    fn probe(&self, mode: &str, name: &str, args: &[&str]) -> serde_json::Value;
     fn limit_logged(&self) -> serde_json::Value;
 }
 
@@ -40,14 +43,18 @@ except (ConnectionError, ssl.SSLError, BrokenPipeError):
 except socket.timeout:
     print("TIMEOUT")
 "#;
+        self.python(script, &[payload, &pause.to_string()])
+    }
+
+    /// Runs `script` with the upstream's address and the CA file, then `args`: its stdout.
+    fn python(&self, script: &str, args: &[&str]) -> String {
         let out = self
             .gw
             .exec("python3")
             .args(["-c", script, &self.upstream.addr.ip().to_string()])
             .arg(self.upstream.addr.port().to_string())
             .arg(&self.ca_file)
-            .arg(payload)
-            .arg(pause.to_string())
+            .args(args)
             .output()
             .unwrap();
         assert!(
@@ -56,6 +63,28 @@ except socket.timeout:
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// One connection through `steps` (see [`KEEP_ALIVE_CLIENT`]): a JSON value a step.
+    fn keep_alive(&self, steps: &[&str]) -> Vec<serde_json::Value> {
+        self.python(KEEP_ALIVE_CLIENT, steps)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `ghgate-probe MODE upstream NAME ca ARGS…`: its JSON answer.
+    fn probe(&self, mode: &str, name: &str, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .gw
+            .exec(ghgate_e2e::bin("ghgate-probe"))
+            .args([mode, &self.upstream.addr.to_string(), name])
+            .arg(&self.ca_file)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn limit_logged(&self) -> serde_json::Value {
@@ -148,55 +177,221 @@ fn request_rate_per_connection_is_limited_with_429() {
     );
 }
 
-#[test]
-fn idle_keep_alive_connections_are_closed() {
-    if !privileged() {
-        return;
-    }
-    let s = setup("header_read_timeout_secs = 1");
-    // One request, then silence: the gateway closes the idle connection, as it would a slow head.
-    let script = r#"
-import socket, ssl, sys, time
+/// A raw HTTP/1.1 client over TLS (Python's ssl module) that keeps one connection through
+/// `steps` (`get PATH`, `sleep SECS`, `trickle HEAD_PREFIX` one byte every 0.25 s until the
+/// gateway closes, `post PATH N` whose N body bytes trickle over 3 s, `wait_close`), printing one
+/// JSON line per step with what it saw and how long it took.
+const KEEP_ALIVE_CLIENT: &str = r#"
+import json, socket, ssl, sys, time
 ctx = ssl.create_default_context(cafile=sys.argv[3])
 ctx.set_alpn_protocols(["http/1.1"])
 s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))), server_hostname="api.github.com")
-s.sendall(b"GET /first HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
-s.settimeout(10)
-first = b""
-# The whole response (head and body may arrive in separate reads), then only the close.
-while b"\r\n\r\n" not in first:
-    first += s.recv(4096)
-head, _, body = first.partition(b"\r\n\r\n")
-lengths = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
-if lengths:
-    while len(body) < lengths[0]:
-        body += s.recv(4096)
-else:
-    # Masked text bodies go out chunked (masking may change their length).
-    while not body.endswith(b"0\r\n\r\n"):
-        body += s.recv(4096)
-start = time.monotonic()
-try:
-    rest = s.recv(4096)
-    print(f"{first.split(b' ')[1].decode()} closed={not rest} after={time.monotonic() - start:.1f}")
-except socket.timeout:
-    print(f"{first.split(b' ')[1].decode()} still open after 10 s")
+s.settimeout(20)
+pending = b""
+
+def response():
+    # One whole response: its head, then its Content-Length or chunked body.
+    global pending
+    data = pending
+    while b"\r\n\r\n" not in data:
+        more = s.recv(65536)
+        if not more:
+            return None
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+    if lengths:
+        while len(body) < lengths[0]:
+            body += s.recv(65536)
+        pending = body[lengths[0]:]
+        body = body[:lengths[0]]
+    else:
+        while b"0\r\n\r\n" not in body:
+            body += s.recv(65536)
+        body, _, pending = body.partition(b"0\r\n\r\n")
+    return {"status": int(head.split(b" ")[1]), "body": body[-40:].decode(errors="replace")}
+
+def closed_after(start):
+    try:
+        rest = s.recv(4096)
+        return {"closed": not rest, "after": time.monotonic() - start}
+    except (ConnectionError, ssl.SSLError):
+        return {"closed": True, "after": time.monotonic() - start}
+    except socket.timeout:
+        return {"closed": False, "after": time.monotonic() - start}
+
+for step in sys.argv[4:]:
+    verb, _, arg = step.partition(" ")
+    start = time.monotonic()
+    out = {"step": step}
+    try:
+        if verb == "get":
+            s.sendall(f"GET {arg} HTTP/1.1\r\nHost: api.github.com\r\n\r\n".encode())
+            out["response"] = response()
+        elif verb == "post":
+            path, n = arg.split(" ")
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: api.github.com\r\nContent-Length: {n}\r\n\r\n".encode())
+            for _ in range(int(n)):
+                time.sleep(3.0 / int(n))
+                s.sendall(b"b")
+            out["response"] = response()
+        elif verb == "sleep":
+            time.sleep(float(arg))
+        elif verb == "trickle":
+            # A head that never ends, one byte at a time: bytes keep moving, so only a head
+            # deadline can end it.
+            head = arg.encode() + b"\r\nX-Slow: " + b"a" * 200
+            for i in range(len(head)):
+                s.settimeout(0.25)
+                try:
+                    s.sendall(head[i:i + 1])
+                    if not s.recv(4096):
+                        break
+                except socket.timeout:
+                    continue
+                except (ConnectionError, ssl.SSLError, BrokenPipeError):
+                    break
+            s.settimeout(20)
+            out.update(closed_after(start))
+        elif verb == "wait_close":
+            out.update(closed_after(start))
+    except (ConnectionError, ssl.SSLError, BrokenPipeError) as e:
+        out["error"] = str(e)
+        out["after"] = time.monotonic() - start
+    print(json.dumps(out), flush=True)
 "#;
-    let out =
-        s.gw.exec("python3")
-            .args(["-c", script, &s.upstream.addr.ip().to_string()])
-            .arg(s.upstream.addr.port().to_string())
-            .arg(&s.ca_file)
-            .output()
-            .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        text.starts_with("200 closed=True"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+
+#[test]
+fn keep_alive_connections_wait_for_the_idle_timeout_not_the_head_timeout() {
+    if !privileged() {
+        return;
+    }
+    // Head deadline 1 s, idle 4 s: quiet for 2.5 s between requests is idleness, not a slow head.
+    let s = setup("header_read_timeout_secs = 1\nidle_timeout_secs = 4");
+    let steps = s.keep_alive(&["get /first", "sleep 2.5", "get /second", "wait_close"]);
+    assert_eq!(steps[0]["response"]["status"], 200, "{steps:?}");
+    assert_eq!(
+        steps[2]["response"]["status"], 200,
+        "the second request on a connection quiet for 2.5 s: {steps:?}"
     );
-    let after: f64 = text.rsplit('=').next().unwrap().parse().unwrap();
-    assert!(after < 5.0, "closed only after {after} s: {text}");
+    // Then silence: closed by the idle timeout (4 s, checked each second), not the head timer.
+    let close = &steps[3];
+    assert_eq!(close["closed"], true, "{steps:?}");
+    let after = close["after"].as_f64().unwrap();
+    assert!(
+        (2.5..12.0).contains(&after),
+        "an idle connection closed after {after} s (idle timeout 4 s): {steps:?}"
+    );
+    s.gw.wait_log("the idle close", Duration::from_secs(5), |lines| {
+        lines
+            .iter()
+            .any(|l| l["message"] == "idle client connection closed")
+    });
+    assert_eq!(s.upstream.served(), 2);
+}
+
+#[test]
+fn a_slow_head_after_an_idle_pause_is_cut_at_the_head_deadline() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("header_read_timeout_secs = 1\nidle_timeout_secs = 30");
+    // A request, a pause longer than the head deadline, then a head that trickles in one byte
+    // every 0.25 s and never ends: bytes keep moving (so the idle timeout never fires), and the
+    // deadline runs from the head's first byte.
+    let steps = s.keep_alive(&[
+        "get /first",
+        "sleep 2.5",
+        "trickle GET /never HTTP/1.1\r\nHost: api.github.com",
+    ]);
+    assert_eq!(steps[0]["response"]["status"], 200, "{steps:?}");
+    let cut = &steps[2];
+    assert_eq!(cut["closed"], true, "the slowloris head was not cut: {steps:?}");
+    let after = cut["after"].as_f64().unwrap();
+    assert!(
+        (0.5..10.0).contains(&after),
+        "a trickled head cut after {after} s (deadline 1 s from its first byte): {steps:?}"
+    );
+    let line = s.limit_logged();
+    assert!(line["error"].as_str().unwrap().contains("in time"), "{line}");
+    assert_eq!(s.upstream.served(), 1, "the trickled head never went upstream");
+}
+
+#[test]
+fn a_slow_request_body_is_not_a_slow_head() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("header_read_timeout_secs = 1\nidle_timeout_secs = 30");
+    // The head arrives at once; its 12-byte body trickles over 3 s, past the head deadline.
+    let steps = s.keep_alive(&["post /sink 12", "get /after"]);
+    assert_eq!(steps[0]["response"]["status"], 200, "{steps:?}");
+    assert!(
+        steps[0]["response"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("received=12"),
+        "{steps:?}"
+    );
+    assert_eq!(steps[1]["response"]["status"], 200, "{steps:?}");
+}
+
+#[test]
+fn an_upgraded_connection_is_not_timed_as_a_head() {
+    if !privileged() {
+        return;
+    }
+    let s = TlsGateway::start(
+        &["api.githubcopilot.com"],
+        true,
+        None,
+        "[http]\nheader_read_timeout_secs = 1\nidle_timeout_secs = 30\n",
+    );
+    // Messages 2.5 s apart on a WebSocket: each is read by the upgraded connection, never as
+    // the first byte of a head.
+    let r = s.probe(
+        "ws",
+        "api.githubcopilot.com",
+        &["--pause-ms", "2500", "one", "two", "three"],
+    );
+    assert_eq!(r["status"], "HTTP/1.1 101 Switching Protocols", "{r}");
+    assert_eq!(
+        r["replies"],
+        serde_json::json!(["echo: one", "echo: two", "echo: three"]),
+        "{r}"
+    );
+}
+
+#[test]
+fn an_http2_connection_quiet_past_the_head_timeout_carries_on() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("header_read_timeout_secs = 1\nidle_timeout_secs = 4");
+    // A first stream, 2.5 s of quiet, a second stream on the same connection, then silence.
+    let r = s.probe(
+        "h2streams",
+        "api.github.com",
+        &[
+            "/user",
+            "--streams",
+            "1",
+            "--pause-ms",
+            "2500",
+            "--wait-secs",
+            "15",
+        ],
+    );
+    assert_eq!(r["alpn"], "h2", "{r}");
+    assert_eq!(r["first"], 200, "{r}");
+    assert_eq!(r["statuses"], serde_json::json!([200]), "{r}");
+    let closed = r["closed_after"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the idle connection was not closed: {r}"));
+    assert!(
+        (2.5..12.0).contains(&closed),
+        "closed after {closed} s idle (idle timeout 4 s): {r}"
+    );
 }
 
 #[test]
@@ -206,15 +401,11 @@ fn http2_streams_beyond_the_limit_wait_and_an_idle_connection_is_closed() {
     }
     let s = setup("max_concurrent_streams = 2\nidle_timeout_secs = 2");
     // Each /sse?n=2 stream takes about 1.4 s upstream.
-    let out =
-        s.gw.exec(ghgate_e2e::bin("ghgate-probe"))
-            .args(["h2streams", &s.upstream.addr.to_string(), "api.github.com"])
-            .arg(&s.ca_file)
-            .args(["/sse?n=2", "--streams", "4", "--wait-secs", "15"])
-            .output()
-            .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = s.probe(
+        "h2streams",
+        "api.github.com",
+        &["/sse?n=2", "--streams", "4", "--wait-secs", "15"],
+    );
     assert_eq!(r["alpn"], "h2", "{r}");
     assert_eq!(r["statuses"], serde_json::json!([200, 200, 200, 200]), "{r}");
     // Two at a time: the last two start only when the first two have ended.

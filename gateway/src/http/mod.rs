@@ -7,6 +7,7 @@
 //! a no-op by default; identity, policy, masking and recording plug in here. Bodies stream: no
 //! hook ever sees a whole body, and nothing here buffers one.
 mod body;
+mod head;
 pub mod hop;
 pub mod pool;
 #[cfg(test)]
@@ -507,34 +508,46 @@ where
         rate: std::sync::Mutex::new(RateLimit::new(limits.max_requests_per_second)),
         max_rps: limits.max_requests_per_second,
     });
-    let svc = service_fn(move |req| forward(state.clone(), req));
     let activity = Activity::default();
-    let io = TokioIo::new(activity.track(client));
     let idle = limits.idle_timeout;
     let result = match proto {
         Proto::Http1 => {
+            // hyper's head timer would also time the quiet between requests (see `head`).
+            let heads = Arc::new(head::Heads::default());
+            let io =
+                head::HeadDeadline::new(activity.track(client), heads.clone(), limits.header_read_timeout);
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let turn = heads.parsed();
+                let method = req.method().clone();
+                let answer = forward(state.clone(), req);
+                async move {
+                    let resp = answer.await?;
+                    Ok::<_, Infallible>(turn.attach(&method, resp))
+                }
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
+                .header_read_timeout(None)
                 .max_buf_size(limits.max_header_bytes.max(8192))
-                .serve_connection(io, svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             until_idle!(conn, activity, idle, info)
         }
         Proto::Http2 => {
+            let svc = service_fn(move |req| forward(state.clone(), req));
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .initial_stream_window_size(CLIENT_STREAM_WINDOW)
                 .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
-                .serve_connection(io, svc);
+                .serve_connection(TokioIo::new(activity.track(client)), svc);
             until_idle!(conn, activity, idle, info)
         }
     };
     if let Err(e) = result {
         // Oversized heads (431), malformed requests (400) and slow heads end up here.
-        let why = if e.is_timeout() {
+        let why = if e.is_timeout() || head::HeadTimedOut::caused(&e) {
             "the client did not send a request head in time".to_string()
         } else {
             e.to_string()

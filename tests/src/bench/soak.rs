@@ -29,9 +29,8 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 10_000)]
     pub connections: u64,
     /// Requests per second over all held connections; each is used every connections/rate s.
-    /// Default: every connection every 20 s. The gateway closes an HTTP/1.1 connection that sends
-    /// no request head for `[http] header_read_timeout_secs` (30 s shipped): hyper starts that
-    /// timer as soon as a connection goes idle, so it, not `idle_timeout_secs`, bounds idleness.
+    /// Default: every connection every 20 s (the gateway closes a connection quiet for
+    /// `[http] idle_timeout_secs`, 300 s shipped).
     #[arg(long)]
     pub rate: Option<u64>,
     /// Seconds between samples.

@@ -209,13 +209,22 @@ fn main() {
             };
             let streams = opt("--streams").unwrap_or(1) as usize;
             let wait = Duration::from_secs(opt("--wait-secs").unwrap_or(10));
-            println!("{}", h2_streams(addr, name, ca, path, streams, wait));
+            let pause = Duration::from_millis(opt("--pause-ms").unwrap_or(0));
+            println!("{}", h2_streams(addr, name, ca, path, streams, pause, wait));
         }
         "ws" => {
             let (Some(name), Some(ca)) = (args.get(2), args.get(3)) else {
                 usage()
             };
-            println!("{}", websocket(addr, name, ca, &args[4..]));
+            // `--pause-ms N` first: N ms of quiet before each message after the first.
+            let (pause, messages) = match args.get(4).map(String::as_str) {
+                Some("--pause-ms") => (opt("--pause-ms").unwrap_or(0), &args[6..]),
+                _ => (0, &args[4..]),
+            };
+            println!(
+                "{}",
+                websocket(addr, name, ca, Duration::from_millis(pause), messages)
+            );
         }
         _ => usage(),
     }
@@ -239,7 +248,13 @@ fn tls_config(ca: &str, alpn: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
 }
 
 /// A WebSocket client over TLS (trusting only `ca`): the upgrade by hand, then tungstenite.
-fn websocket(addr: SocketAddr, name: &str, ca: &str, messages: &[String]) -> serde_json::Value {
+fn websocket(
+    addr: SocketAddr,
+    name: &str,
+    ca: &str,
+    pause: Duration,
+    messages: &[String],
+) -> serde_json::Value {
     use rustls::pki_types::ServerName;
     let conn = rustls::ClientConnection::new(
         tls_config(ca, b"http/1.1"),
@@ -269,7 +284,10 @@ fn websocket(addr: SocketAddr, name: &str, ca: &str, messages: &[String]) -> ser
     let mut replies = Vec::new();
     if status.contains(" 101 ") {
         let mut ws = tungstenite::WebSocket::from_raw_socket(tls, tungstenite::protocol::Role::Client, None);
-        for m in messages {
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(pause);
+            }
             ws.send(tungstenite::Message::text(m.clone())).expect("send");
             match ws.read() {
                 Ok(tungstenite::Message::Text(t)) => replies.push(t.to_string()),
@@ -380,6 +398,7 @@ fn h2_streams(
     ca: &str,
     path: &str,
     streams: usize,
+    pause: Duration,
     wait: Duration,
 ) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -391,6 +410,7 @@ fn h2_streams(
         let url = format!("https://{name}:{}{path}", addr.port());
         // One request first, so the server's SETTINGS (its stream limit) are known.
         let first = h2_get(send.clone(), url.clone()).await;
+        tokio::time::sleep(pause).await;
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..streams {
