@@ -31,7 +31,7 @@ pub const NAME: &str = "api.github.com";
 
 #[derive(clap::Args, Clone)]
 pub struct HttpClientArgs {
-    /// latency | newconn | newproc | rps | rps2 | download | download2 | sse | idle | soak
+    /// latency | newconn | newproc | rps | rps2 | download | download2 | sse | idle | idle2 | soak
     pub mode: String,
     pub target: SocketAddr,
     #[arg(long)]
@@ -329,8 +329,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `count` connections, `concurrency` opening at a time, each with one GET done.
+/// `count` connections, `concurrency` opening at a time, each with one GET done; HTTP/2 in mode
+/// `idle2`, HTTP/1.1 otherwise.
 async fn hold(a: &HttpClientArgs) -> anyhow::Result<Vec<Conn>> {
+    let h2 = a.mode == "idle2";
     let port = a.target.port();
     let mut conns = Vec::with_capacity(a.count as usize);
     let mut opening = tokio::task::JoinSet::new();
@@ -340,7 +342,7 @@ async fn hold(a: &HttpClientArgs) -> anyhow::Result<Vec<Conn>> {
             left -= 1;
             let a = a.clone();
             opening.spawn(async move {
-                let conn = Conn::open(&a, false).await?;
+                let conn = Conn::open(&a, h2).await?;
                 conn.get("/x", port).await?;
                 anyhow::Ok(conn)
             });
@@ -432,7 +434,7 @@ pub fn client(a: &HttpClientArgs) -> anyhow::Result<()> {
                 r.cpu_s = own_cpu() - cpu;
             }
             "sse" => r = sse(a).await?,
-            "idle" => {
+            "idle" | "idle2" => {
                 let conns = hold(a).await?;
                 println!("{}", conns.len());
                 tokio::task::spawn_blocking(wait_for_stdin).await?;

@@ -20,6 +20,9 @@ use crate::{
     proxy::{Holder, open_files},
 };
 
+/// How often the default rate uses each held connection, in seconds.
+const EVERY_CONNECTION_SECS: u64 = 20;
+
 #[derive(clap::Args)]
 pub struct SoakArgs {
     /// Minutes to hold the connections for.
@@ -29,8 +32,11 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 10_000)]
     pub connections: u64,
     /// Requests per second over all held connections; each is used every connections/rate s.
-    /// Default: every connection every 20 s (the gateway closes a connection quiet for
-    /// `[http] idle_timeout_secs`, 300 s shipped).
+    /// Default: every connection every 20 s. The gateway should keep a quiet keep-alive
+    /// connection for `[http] idle_timeout_secs` (300 s shipped), but a trickle of one request
+    /// per connection every 100 s (`--rate 100` for 10,000) still has every HTTP/1.1 connection
+    /// closed 30 s (`header_read_timeout_secs`) after its last request, "did not send a request
+    /// head in time"; 20 s stays under that.
     #[arg(long)]
     pub rate: Option<u64>,
     /// Seconds between samples.
@@ -39,7 +45,10 @@ pub struct SoakArgs {
 }
 
 pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
-    let rate = args.rate.unwrap_or(args.connections.div_ceil(20)).max(1);
+    let rate = args
+        .rate
+        .unwrap_or(args.connections.div_ceil(EVERY_CONNECTION_SECS))
+        .max(1);
     let limit = crate::client::raise_nofile()?;
     anyhow::ensure!(
         limit > args.connections + 1000,
