@@ -266,3 +266,70 @@ fn write_the_compatibility_store() {
     )
     .unwrap();
 }
+
+/// A hyper HTTP/1.1 client over rustls (as git's, gh's and the bench's stacks hold connections),
+/// quiet for longer than the head deadline between requests on one keep-alive connection: the
+/// quiet is the idle timeout's, so the next request is answered on the same connection.
+#[test]
+fn a_keep_alive_connection_quiet_past_the_head_deadline_serves_its_next_request() {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+
+    let g = InProcess::start(
+        &["api.github.com"],
+        "[http]\nheader_read_timeout_secs = 1\nidle_timeout_secs = 30\n",
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&g.ca_file).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (listen, port) = (g.listen, g.upstream.addr.port());
+    let tls = Arc::new(tls);
+    let statuses = g.rt.block_on(async move {
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+            let name = ServerName::try_from("api.github.com").unwrap();
+            tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .unwrap()
+        };
+        // A first connection, so that the second resumes its TLS session (as the bench's do).
+        drop(connect().await);
+        let stream = connect().await;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let mut statuses = Vec::new();
+        for i in 0..2 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                assert!(
+                    !conn.is_finished(),
+                    "the connection closed while quiet: {:?}",
+                    conn.await
+                );
+            }
+            send.ready().await.unwrap();
+            let req = hyper::Request::get("/x")
+                .header("host", format!("api.github.com:{port}"))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            statuses.push(resp.status().as_u16());
+            resp.into_body().collect().await.unwrap();
+        }
+        statuses
+    });
+    assert_eq!(statuses, [200, 200]);
+    assert_eq!(g.upstream.served(), 2);
+}

@@ -220,3 +220,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt as _, Empty, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    /// A hyper client on a keep-alive connection, quiet for longer than the head deadline between
+    /// requests: the second request is answered (the quiet is not a head being read).
+    #[tokio::test]
+    async fn a_keep_alive_connection_quiet_past_the_head_deadline_is_still_served() {
+        let (client, server) = tokio::io::duplex(64 << 10);
+        let heads = Arc::new(Heads::default());
+        let io = HeadDeadline::new(server, heads.clone(), Duration::from_millis(200));
+        let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+            let turn = heads.parsed();
+            async move {
+                let resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                Ok::<_, std::convert::Infallible>(turn.attach(&Method::GET, resp))
+            }
+        });
+        let served = tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .serve_connection(TokioIo::new(io), svc),
+        );
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for i in 0..3 {
+            send.ready().await.unwrap();
+            let req = hyper::Request::get("/x")
+                .header("host", "api.github.com")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send
+                .send_request(req)
+                .await
+                .unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            assert!(
+                !served.is_finished(),
+                "closed after request {i}: {:?}",
+                served.await
+            );
+        }
+    }
+}
