@@ -126,24 +126,52 @@ pub fn decide(tls: &TlsConfig, hello: Result<hello::Hello, HelloError>) -> Peeke
     }
 }
 
+/// A terminated client connection, ready to be served: its TLS stream, facts and upstream.
+type Terminated = (
+    tokio_rustls::server::TlsStream<ReadAhead<tokio::net::TcpStream>>,
+    ConnInfo,
+    UpstreamRoute,
+);
+
 impl<P: Phases> Proxy<P> {
     async fn run(&self, conn: Accepted) {
+        // A connection's future is as large as its largest state for as long as it lives, and
+        // the set-up's (peek, upstream, handshake) is over twice serving's: 11,872 bytes against
+        // 4,640 (release build). Boxed, the set-up is freed before serving starts.
+        if let Some((tls, info, route)) = Box::pin(self.terminate(conn)).await {
+            http::serve(tls, info, route, self.phases.clone(), &self.settings).await;
+        }
+    }
+
+    /// Everything before serving: the peek's decision (relaying, refusing or self-testing here
+    /// and returning `None`), the upstream's protocol, the client's handshake.
+    async fn terminate(&self, conn: Accepted) -> Option<Terminated> {
         if !self.tls.ports.contains(&conn.orig_dst.0.port()) {
-            return self.relay.run(conn, None, PassthroughReason::NotATlsPort).await;
+            self.relay.run(conn, None, PassthroughReason::NotATlsPort).await;
+            return None;
         }
         let (name, alpn) = match decide(&self.tls, hello::peek(&conn.stream, HANDSHAKE_TIMEOUT).await) {
             Peeked::Terminate(name, alpn) => (name, alpn),
-            Peeked::Passthrough(name) => return self.passthrough(conn, name).await,
-            Peeked::SelfTest => return self.selftest(conn).await,
+            Peeked::Passthrough(name) => {
+                self.passthrough(conn, name).await;
+                return None;
+            }
+            Peeked::SelfTest => {
+                self.selftest(conn).await;
+                return None;
+            }
             Peeked::Refuse {
                 reason,
                 sni,
                 detail,
                 alert,
-            } => return self.refuse(conn, reason, sni, detail, alert).await,
+            } => {
+                self.refuse(conn, reason, sni, detail, alert).await;
+                return None;
+            }
             Peeked::Gone(why) => {
                 debug!(client = %conn.client, orig_dst = %conn.orig_dst, why, "client left before its ClientHello");
-                return;
+                return None;
             }
         };
         // Reach the upstream first (or find it in the pool) to learn its protocol.
@@ -172,9 +200,7 @@ impl<P: Phases> Proxy<P> {
             }
         };
         let (client_proto, client_alpn) = choose_client_protocol(&alpn, upstream_proto);
-        let Some(mut config) = self.server_config(&name) else {
-            return;
-        };
+        let mut config = self.server_config(&name)?;
         config.alpn_protocols = client_alpn.into_iter().collect();
         let Accepted {
             stream,
@@ -195,11 +221,11 @@ impl<P: Phases> Proxy<P> {
             Ok(Err(e)) => {
                 warn!(client = %client, sni = %name, tgid = caller.tgid, uid = caller.uid, comm = %caller.comm, error = %e,
                       "client TLS handshake failed (does the client trust ghgate's CA?)");
-                return;
+                return None;
             }
             Err(_) => {
                 warn!(client = %client, sni = %name, tgid = caller.tgid, comm = %caller.comm, "client TLS handshake timed out");
-                return;
+                return None;
             }
         };
         tls.get_mut()
@@ -227,7 +253,7 @@ impl<P: Phases> Proxy<P> {
             key,
             failed,
         };
-        http::serve(tls, info, route, self.phases.clone(), &self.settings).await;
+        Some((tls, info, route))
     }
 }
 
