@@ -1171,7 +1171,7 @@ impl Config {
         if let Some(sink) = &r.sink
             && let Err((key, message)) = sink.validate()
         {
-            return Err(invalid(key.into(), message));
+            return Err(invalid(key, message));
         }
         if self.relay.connect_timeout_secs == 0 {
             return Err(invalid(

@@ -133,6 +133,12 @@ pub enum Step {
     Detach {
         pin_dir: PathBuf,
     },
+    /// Make the recorder's key in `record_dir` (unless it exists) and pin its public key in
+    /// the record sink, so that a key changed before the gateway's first upload is reported.
+    PinKey {
+        record_dir: PathBuf,
+        sink: Box<crate::record::sink::SinkConfig>,
+    },
     /// Something the admin must do or know; printed, never done.
     Note(String),
 }
@@ -378,6 +384,12 @@ pub fn install_plan(req: &Request) -> anyhow::Result<Plan> {
             mode: 0o600,
             content: config_text(req.mode, req.containers).into_bytes(),
             what: "the config",
+        });
+    }
+    if let Some(sink) = config.record.sink.as_ref().filter(|_| config.record.enabled) {
+        steps.push(Step::PinKey {
+            record_dir: config.record_dir(),
+            sink: Box::new(sink.clone()),
         });
     }
     let ca_dir = crate::tls::ca::dir(&config.state_dir);
@@ -814,6 +826,15 @@ impl Plan {
                         pin_dir.display()
                     );
                 }
+                Step::PinKey { record_dir, sink } => {
+                    let _ = writeln!(
+                        out,
+                        "create the recorder's key in {}{root_note} unless one exists (mode 0600), and pin its public key in the record sink as {}/{}/runner.pub (a different key already pinned there fails the install)",
+                        record_dir.display(),
+                        sink.bucket,
+                        sink.runner()
+                    );
+                }
                 Step::Note(n) => {
                     let _ = writeln!(out, "note: {n}");
                 }
@@ -975,6 +996,29 @@ impl Plan {
                 } else {
                     crate::redirect::detach(&crate::redirect::Pins::new(pin_dir))?;
                     (line, Outcome::Changed)
+                }
+            }
+            Step::PinKey { record_dir, sink } => {
+                use crate::record::sink::{Pin, pin_now};
+                let dir = under(root, record_dir);
+                fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+                let key = crate::record::store::load_or_create_key(&crate::record::store::key_path(&dir))?;
+                let line = format!(
+                    "record key pinned in the sink as {}/{}/runner.pub",
+                    sink.bucket,
+                    sink.runner()
+                );
+                match pin_now(sink, root, &key)? {
+                    Pin::Pinned => (line, Outcome::Changed),
+                    Pin::Same => (line, Outcome::Unchanged),
+                    Pin::Differs => bail!(
+                        "the record sink already pins another key for runner {} ({}/{}/runner.pub), not this host's recorder key in {}: the pin is never replaced, this key was kept under keys/ and `ghgate sessions verify --remote` reports it. A rebuilt runner needs a prefix of its own",
+                        sink.runner(),
+                        sink.bucket,
+                        sink.runner(),
+                        record_dir.display()
+                    ),
                 }
             }
             Step::Note(n) => (format!("note: {n}"), Outcome::Noted),

@@ -6,6 +6,7 @@
 //! processes this harness started. Servers listen on loopback only.
 pub mod attack;
 pub mod chromium;
+pub mod hook;
 pub mod https;
 pub mod s3;
 
@@ -15,7 +16,7 @@ pub use ghgate_test_support::{dns, edge, fixtures, free_port, hello, loopback_v4
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -620,6 +621,29 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `ghgate secrets trace --from-value --config <this config>`, the secret given on standard
+    /// input as a caller would (never on the command line): what it printed, and whether it
+    /// succeeded.
+    pub fn trace_value(&self, secret: &str) -> (String, bool) {
+        let mut child = Command::new(bin("ghgate"))
+            .args(["secrets", "trace", "--from-value", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ghgate");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(format!("{secret}\n").as_bytes())
+            .expect("write the secret");
+        let out = child.wait_with_output().expect("wait for ghgate");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (text, out.status.success())
     }
 
     /// `ghgate <args…> --config <this config>`.

@@ -10,11 +10,11 @@
 //! refusal names the rule, the file and the fingerprint, never the secret; `secrets trace`
 //! finds the write. Without any rule, an atomic push creating, fast-forwarding, force-pushing
 //! and deleting refs is labelled each way in `sessions show`.
-use std::{io::Write as _, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use base64::Engine as _;
 use ghgate_e2e::{
-    bin, eventually,
+    eventually,
     fixtures::{commit_file, git, github_token, served_repo},
     https::TlsGateway,
     privileged,
@@ -263,22 +263,7 @@ fn api_writes_carrying_a_secret_are_refused_however_they_encode_it() {
     // The record: the writes, each refused, traced by the token's fingerprint (given by value
     // on standard input, never stored), never the token itself.
     let trace = eventually("the writes' records", Duration::from_secs(10), || {
-        let mut child = std::process::Command::new(bin("ghgate"))
-            .args(["secrets", "trace", "--from-value", "--config"])
-            .arg(&t.s.gw.config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{token}\n").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (text, _) = t.s.gw.trace_value(&token);
         (text.matches("REFUSED").count() >= 9).then_some(text)
     });
     eprintln!("{trace}");
@@ -385,4 +370,112 @@ fn every_ref_update_of_a_push_is_labelled_without_any_rule() {
         );
     }
     assert!(!shown.contains(" unknown "), "{shown}");
+}
+
+/// Git objects written through the git database API (`POST git/blobs`, `git/trees` with inline
+/// content, `git/commits`, `git/tags`) move no ref, but once created they are on GitHub, and the
+/// ref update that later points at them carries nothing to scan: they are scanned when written.
+/// Rules on secrets decide them, however the content is spelled; rules on refs alone do not hold
+/// them.
+#[test]
+fn git_objects_written_through_the_api_are_scanned_when_written() {
+    if !privileged() {
+        return;
+    }
+    let t = Api::start(NO_SECRETS);
+    let token = github_token("Gq2Wr4Et6Yu8Io0Pa1Sd3Fg5Hj7Kl9");
+    let sha = "aa218f56b14c9653891f9e74264a383fa43fefbd";
+
+    let clean = json!({"content": "hello\n", "encoding": "utf-8"}).to_string();
+    let (answer, went_up) = t.send("POST", "/repos/o/r/git/blobs", &[], clean.as_bytes());
+    assert!(went_up && answer.ends_with("200"), "a clean blob: {answer}");
+
+    let wrapped: String = b64(format!("export TOKEN={token}\n").as_bytes())
+        .as_bytes()
+        .chunks(7)
+        .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
+        .collect();
+    let tree = json!({"base_tree": sha, "tree": [
+        {"path": "README.md", "mode": "100644", "type": "blob", "sha": sha},
+        {"path": "deploy/prod.env", "mode": "100644", "type": "blob", "content": format!("TOKEN={token}\n")},
+    ]});
+    let commit = json!({"message": format!("deploy with {token}"), "tree": sha, "parents": [sha]});
+    let tag = json!({"tag": "v1", "message": format!("token {token}"), "object": sha, "type": "commit",
+                     "tagger": {"name": "t", "email": "t@t"}});
+    for (what, path, body, place) in [
+        (
+            "a UTF-8 blob",
+            "/repos/o/r/git/blobs",
+            json!({"content": token}),
+            "(the blob)",
+        ),
+        (
+            "a base64 blob wrapped every 7 characters",
+            "/repos/o/r/git/Blobs",
+            json!({"content": wrapped, "encoding": "base64"}),
+            "(the blob)",
+        ),
+        (
+            "a tree's second entry",
+            "/repos/o/r/git/trees",
+            tree,
+            "deploy/prod.env",
+        ),
+        (
+            "a commit's message",
+            "/repos/o/r/git/commits",
+            commit,
+            "(the commit object)",
+        ),
+        ("a tag's message", "/repos/o/r/git/tags", tag, "(the tag object)"),
+    ] {
+        let a = t.refused(what, "POST", path, &[], body.to_string().as_bytes(), &token);
+        assert!(a.contains(place), "{what}: {a}");
+    }
+    // A blob past the 1 MiB the gateway reads is not scanned: refused by the rule on secrets.
+    let big = json!({"content": "a".repeat(1 << 20)}).to_string();
+    let a = t.refused(
+        "a blob too big to scan",
+        "POST",
+        "/repos/o/r/git/blobs",
+        &[],
+        big.as_bytes(),
+        &token,
+    );
+    assert!(a.contains("larger than"), "{a}");
+
+    let trace = eventually("the writes' records", Duration::from_secs(10), || {
+        let (text, _) = t.s.gw.trace_value(&token);
+        (text.matches("REFUSED").count() >= 5).then_some(text)
+    });
+    eprintln!("{trace}");
+    for place in [
+        "(the blob)",
+        "deploy/prod.env",
+        "(the commit object)",
+        "(the tag object)",
+    ] {
+        assert!(trace.contains(place), "{place}: {trace}");
+    }
+    assert!(!trace.contains(&token), "{trace}");
+
+    // Under a policy whose rules are on refs alone, git objects are ordinary writes: a blob
+    // carrying a secret and one too big to scan both go up.
+    let t = Api::start(
+        "[[rule]]\nname = \"main\"\naction = \"deny\"\nref = \"refs/heads/main\"\nref_op = [\"delete\", \"non-fast-forward\", \"create\"]\n\
+         [[rule]]\nname = \"workflows\"\naction = \"deny\"\npaths = \".github/*\"\n",
+    );
+    let body = json!({"content": token}).to_string();
+    let (answer, went_up) = t.send("POST", "/repos/o/r/git/blobs", &[], body.as_bytes());
+    assert!(went_up && answer.ends_with("200"), "{answer}");
+    let tree = json!({"tree": [{"path": ".github/workflows/x.yml", "mode": "100644", "type": "blob", "content": "on: push\n"}]});
+    let (answer, went_up) = t.send("POST", "/repos/o/r/git/trees", &[], tree.to_string().as_bytes());
+    assert!(went_up && answer.ends_with("200"), "{answer}");
+    let (answer, went_up) = t.send("POST", "/repos/o/r/git/blobs", &[], big.as_bytes());
+    assert!(went_up && answer.ends_with("200"), "{answer}");
+    assert!(
+        answer.contains(&format!("body_bytes={}", big.len())),
+        "the big blob went up whole: {}",
+        &answer[answer.len().saturating_sub(200)..]
+    );
 }

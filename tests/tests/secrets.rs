@@ -9,7 +9,7 @@
 use std::{io::Write as _, process::Stdio, time::Duration};
 
 use ghgate_e2e::{
-    bin, eventually,
+    eventually,
     fixtures::{commit_file, files_under, git, github_token, served_repo},
     https::TlsGateway,
     privileged,
@@ -90,6 +90,36 @@ fn a_suggested_secret_pushed_later_is_refused_and_traced_to_the_suggestion() {
     let fp = ask("write the production deploy config", &suggested);
     let fp_never = ask("show me an example env file", &never_pushed);
     assert_ne!(fp, fp_never);
+
+    // `policy explain`, given the gateway's configuration, scans a blob with its rules and key
+    // and knows the fingerprints its record saw in responses: the suggested token is refused.
+    let body = tmp.path().join("blob.json");
+    std::fs::write(&body, serde_json::json!({ "content": suggested }).to_string()).unwrap();
+    let explained = eventually("the suggestion in the record", Duration::from_secs(10), || {
+        let out = s.gw.ghgate_ok(&[
+            // (`ghgate_ok` adds `--config`, which `--policy` also answers to.)
+            "policy",
+            "explain",
+            "--as",
+            "uid=0",
+            "--request",
+            "POST https://api.github.com/repos/o/r/git/blobs",
+            "--body",
+            &format!("@{}", body.display()),
+        ]);
+        out.contains("request verdict: deny").then_some(out)
+    });
+    eprintln!("{explained}");
+    assert!(
+        explained.contains("scanned with the gateway's masking rules and fingerprint key"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains(&format!("secret_seen: a github-pat secret [{fp}] in (the blob)")),
+        "{explained}"
+    );
+    assert!(explained.contains("\"suggested-secrets\""), "{explained}");
+    assert!(!explained.contains(&suggested), "explain printed the token");
 
     // The suggested token, committed and pushed: refused before anything goes upstream.
     let work = s.clone_o_r(tmp.path());
@@ -195,27 +225,8 @@ fn a_suggested_secret_pushed_later_is_refused_and_traced_to_the_suggestion() {
     assert!(!trace.contains("never pushed"), "{trace}");
 
     // The other token, by value on standard input: suggested, never pushed.
-    let mut child = std::process::Command::new(bin("ghgate"))
-        .args(["secrets", "trace", "--from-value", "--config"])
-        .arg(&s.gw.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{never_pushed}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (text, ok) = s.gw.trace_value(&never_pushed);
+    assert!(ok, "{text}");
     eprintln!("{text}");
     assert!(text.contains(&format!("fingerprint {fp_never}")), "{text}");
     assert!(text.contains("prompt: show me an example env file"), "{text}");

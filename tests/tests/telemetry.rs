@@ -5,7 +5,6 @@
 //! (which neither failed nor waited for it), and the token is in none of them, nor in /metrics.
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::{SocketAddr, TcpListener},
     os::unix::net::UnixDatagram,
     process::Command,
@@ -17,6 +16,7 @@ use ghgate_e2e::{
     eventually,
     fixtures::github_token,
     free_port,
+    hook::Receiver,
     https::{TestCa, TlsGateway},
     privileged,
 };
@@ -69,54 +69,6 @@ fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, series: 
         .copied()
         .unwrap_or_else(|| panic!("{series} not exposed"));
     a - before.get(series).copied().unwrap_or(0.0)
-}
-
-/// A loopback HTTPS receiver of webhook POSTs on `port` (started late: it is "down" until
-/// then), keeping each request's body and its `authorization` header.
-struct Receiver {
-    bodies: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Receiver {
-    fn start(port: u16, ca: &TestCa) -> Self {
-        let config = Arc::new(ca.server_config(&["siem.test"]));
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let kept = bodies.clone();
-        std::thread::spawn(move || {
-            for tcp in listener.incoming() {
-                let Ok(tcp) = tcp else { continue };
-                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, tcp);
-                let got = ghgate_e2e::read_request(&mut tls).map(|(head, body)| {
-                    (
-                        body,
-                        ghgate_e2e::header(&head, "authorization").unwrap_or_default(),
-                    )
-                });
-                let Some(got) = got else { continue };
-                kept.lock().unwrap().push(got);
-                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
-            }
-        });
-        Self { bodies }
-    }
-
-    /// Every JSON line received so far.
-    fn lines(&self) -> Vec<Value> {
-        self.bodies
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|(b, _)| {
-                b.lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
 }
 
 /// Whether `events` hold a decision, a refusal and a masking as the traffic made them.
@@ -313,7 +265,7 @@ fn metrics_count_exactly_what_happened_and_the_sinks_get_every_event_without_the
         "the webhook holds what syslog sent"
     );
     // It comes back: the buffered lines arrive, the same events syslog got, none dropped.
-    let receiver = Receiver::start(hook_port, &hook_ca);
+    let receiver = Receiver::start(hook_port, &hook_ca, &["siem.test"]);
     let received = eventually("the webhook's lines", Duration::from_secs(15), || {
         let lines = receiver.lines();
         (lines.len() >= syslog_events.len()).then_some(lines)

@@ -12,6 +12,11 @@
 //! alike; a `secrets` condition when any pushed secret was found by a named rule (or any, `"*"`);
 //! `secret_seen` when any pushed secret's fingerprint was seen in a response.
 //!
+//! Git objects written through the API without a ref (`RefUpdate::objects_only`) are decided by
+//! rules on secrets only: a rule with a ref condition (`ref`, `ref_op`, `paths`) but none on
+//! secrets does not apply to them, and in one that does, `ref` and `ref_op` read as unknown
+//! (the objects may land on any ref), so a rule that refuses or holds counts them as a match.
+//!
 //! Hosts, methods, request paths and repositories are compared ignoring ASCII case (GitHub does);
 //! refs and file paths compare exactly. Conditions on the caller are the caller matcher's
 //! (`crate::caller`), which credential rules use too.
@@ -291,6 +296,9 @@ impl Condition {
                 Some(r) => Check::Fails(format!("ref: {} matches none of {}", r.name(), list(patterns))),
                 None => Check::Fails(no_ref("ref")),
             },
+            Condition::RefOp(_) if facts.ref_update.is_some_and(|r| r.objects_only) => {
+                Check::Unknown("ref_op: the request creates git objects and moves no ref yet".into())
+            }
             Condition::RefOp(ops) => {
                 let Some(r) = facts.ref_update else {
                     return Check::Fails(no_ref("ref_op"));
@@ -459,6 +467,22 @@ fn no_ref(key: &str) -> String {
 impl Rule {
     /// All conditions must hold; one that fails decides, even when another is undecided.
     fn check(&self, facts: &Facts<'_>) -> RuleCheck {
+        if facts.ref_update.is_some_and(|r| r.objects_only)
+            && !self
+                .conditions
+                .iter()
+                .any(|c| matches!(c, Condition::Secrets(_) | Condition::SecretSeen))
+            && let Some(c) = self.conditions.iter().find(|c| c.needs_ref())
+        {
+            return RuleCheck::Fails(
+                c.key(),
+                format!(
+                    "{}: the request creates git objects and moves no ref; of the rules on refs only \
+                     those on secrets decide them",
+                    c.key()
+                ),
+            );
+        }
         let mut notes = Vec::new();
         let mut undecided = Needs::default();
         let permissive = matches!(self.action, Action::Allow | Action::RecordOnly);
@@ -680,8 +704,21 @@ pub struct WriteExplanation {
 impl fmt::Display for WriteExplanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (api, r, e) in &self.refs {
-            writeln!(f, "ref update {api}")?;
+            if api.objects {
+                writeln!(f, "git objects {api}")?;
+            } else {
+                writeln!(f, "ref update {api}")?;
+            }
             writeln!(f, "  facts: {r}")?;
+            match &r.secrets {
+                Secrets::Known(found) if found.is_empty() => {}
+                Secrets::Known(found) => {
+                    let found: Vec<String> = found.iter().map(described).collect();
+                    writeln!(f, "  secrets: {}", found.join("; "))?;
+                }
+                Secrets::NotComputed => {}
+                Secrets::Unknown(why) => writeln!(f, "  secrets: not scanned ({why})")?,
+            }
             for line in e.to_string().lines() {
                 writeln!(f, "  {line}")?;
             }

@@ -94,6 +94,10 @@ pub struct RefUpdate {
     /// The same for its repository (a GraphQL node id the gateway cannot name).
     pub unknown_repository: Option<String>,
     pub secrets: Secrets,
+    /// Not a ref update but git objects written through the API that no ref points at yet
+    /// (`crate::writes::ApiRef::objects`): only rules with a `secrets` or `secret_seen` condition
+    /// decide them, their ref conditions read as unknown.
+    pub objects_only: bool,
 }
 
 impl RefUpdate {
@@ -114,6 +118,7 @@ impl RefUpdate {
             unknown_name: None,
             unknown_repository: None,
             secrets,
+            objects_only: false,
         }
     }
 
@@ -142,6 +147,12 @@ impl RefUpdate {
 
     pub fn with_unknown_repository(mut self, what: impl Into<String>) -> Self {
         self.unknown_repository = Some(what.into());
+        self
+    }
+
+    /// Git objects no ref points at yet (see `objects_only`).
+    pub fn objects_only(mut self) -> Self {
+        self.objects_only = true;
         self
     }
 

@@ -16,12 +16,13 @@
 //! | `POST branches/{b}/rename` `{new_name}` | delete `b`, create `new_name` |
 //! | `POST releases` `{tag_name}`, `PATCH releases/{id}` `{tag_name}` | create `refs/tags/{tag_name}` |
 //! | `DELETE` the repository, `POST transfer` | delete of every ref (unnamed) |
+//! | `POST git/blobs`, `git/trees`, `git/commits`, `git/tags` | none: the git objects they create (`ApiRef::objects`), carrying the blob, each tree entry's inline `content`, a commit's or tag's text; rules on secrets decide them |
 //!
 //! Writes that change what protects the refs (branch and tag protection, rulesets, the
 //! repository's name, visibility, default branch or archiving) and every write this module does
 //! not know are *unknown writes*: the policy's `unknown_write` decides them unless a rule names
 //! the request. Writes that touch neither refs nor their protection (issues, comments, reviews,
-//! labels, statuses, checks, git objects without a ref, …) are ordinary requests.
+//! labels, statuses, checks, …) are ordinary requests.
 //!
 //! GraphQL: see [`graphql`]. `X-HTTP-Method-Override` (and its two other spellings) is read
 //! as well as the method: a request is read under each, and what any reading writes counts.
@@ -83,6 +84,12 @@ pub struct ApiRef {
     /// ref moves to commits upstream already has, as a push without a pack does), `NotComputed`
     /// until the gateway scans `contents`, `Unknown` when they cannot be decoded.
     pub secrets: Secrets,
+    /// Not a ref update but the git objects a request creates without moving a ref (`POST
+    /// git/blobs`, `git/trees` with inline content, `git/commits`, `git/tags`): once created they
+    /// are on GitHub, reachable by id, and the ref update that later points at them carries
+    /// nothing the gateway can scan. Only rules on secrets decide them (`crate::eval`), with
+    /// the ref they may land on read as unknown.
+    pub objects: bool,
 }
 
 /// One file a write through the API carries, decoded as GitHub would store it. A file whose
@@ -171,7 +178,21 @@ impl ApiRef {
             paths,
             contents: Vec::new(),
             secrets: Secrets::Known(Vec::new()),
+            objects: false,
         }
+    }
+
+    /// The git objects a request creates (see `objects`), carrying `files`.
+    fn objects(via: impl Into<String>, paths: Paths, files: Result<Vec<FileContent>, String>) -> Self {
+        let mut out = ApiRef::new(
+            via,
+            RefName::Unknown("no ref yet: the git objects it creates".into()),
+            RefKind::Create,
+        )
+        .with_paths(paths)
+        .with_contents(files);
+        out.objects = true;
+        out
     }
 
     /// The files the request carries to the ref, decoded (`Err`: why they cannot be).
@@ -233,6 +254,9 @@ impl ApiRef {
         if let RefName::Unknown(what) = &self.name {
             r = r.with_unknown_name(what.clone());
         }
+        if self.objects {
+            r = r.objects_only();
+        }
         match &self.repository {
             RepoFact::Node(id) => r = r.with_unknown_repository(format!("node id {id}")),
             RepoFact::Request if req.repository.is_none() => {
@@ -290,7 +314,10 @@ impl Write {
     fn union(parts: impl IntoIterator<Item = Write>) -> Write {
         let mut refs = Vec::new();
         let mut unknown: Vec<String> = Vec::new();
+        // Whether every part that cannot be read is unread (a body past the cap), not unknown.
+        let mut unread = true;
         for w in parts {
+            unread &= !matches!(w, Write::Unknown(_) | Write::Partly(..));
             match w {
                 Write::None => {}
                 Write::Refs(r) => refs.extend(r),
@@ -310,6 +337,7 @@ impl Write {
         match (refs.is_empty(), unknown.is_empty()) {
             (true, true) => Write::None,
             (false, true) => Write::Refs(refs),
+            (true, false) if unread => Write::Unread(unknown.join("; ")),
             (true, false) => Write::Unknown(unknown.join("; ")),
             (false, false) => Write::Partly(refs, unknown.join("; ")),
         }
@@ -341,8 +369,15 @@ impl Write {
 
     /// What it was read as, for people ("2 ref updates").
     pub fn summary(&self) -> String {
-        let n = self.refs().len();
-        let refs = format!("{n} ref update{}", if n == 1 { "" } else { "s" });
+        let n = self.refs().iter().filter(|r| !r.objects).count();
+        let mut refs = format!("{n} ref update{}", if n == 1 { "" } else { "s" });
+        if self.refs().iter().any(|r| r.objects) {
+            refs = if n == 0 {
+                "git objects that no ref points at yet".into()
+            } else {
+                format!("{refs} and git objects")
+            };
+        }
         match self {
             Write::None => "nothing the policy reads as a repository write".into(),
             Write::Refs(_) => refs,
@@ -386,9 +421,26 @@ fn reads(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// A request's body as the mapping is given it.
+#[derive(Debug, Clone, Copy)]
+enum Body<'a> {
+    Whole(&'a [u8]),
+    /// Larger than the gateway reads (the cap).
+    PastCap(usize),
+}
+
 /// What a request's head tells of what it writes.
 pub fn from_head(req: &Classified, github: &GitHub) -> FromHead {
     read(req, github, None)
+}
+
+/// What a request writes whose body is larger than `cap`, the most the gateway reads: for most
+/// writes, [`Write::too_big`]; git objects are still read as the objects they are, unscanned.
+pub fn past_cap(req: &Classified, github: &GitHub, cap: usize) -> Write {
+    match read(req, github, Some(Body::PastCap(cap))) {
+        FromHead::Decided(w) => w,
+        FromHead::NeedsBody => unreachable!("a body was given"),
+    }
 }
 
 /// What a request writes, from its head and its whole (possibly content-encoded) body.
@@ -409,13 +461,13 @@ pub fn from_body(req: &Classified, github: &GitHub, body: &[u8], cap: usize) -> 
             &decoded[..]
         }
     };
-    match read(req, github, Some(body)) {
+    match read(req, github, Some(Body::Whole(body))) {
         FromHead::Decided(w) => w,
         FromHead::NeedsBody => unreachable!("a body was given"),
     }
 }
 
-fn read(req: &Classified, github: &GitHub, body: Option<&[u8]>) -> FromHead {
+fn read(req: &Classified, github: &GitHub, body: Option<Body<'_>>) -> FromHead {
     let methods = match methods(req) {
         Ok(m) => m,
         Err(why) => return FromHead::Decided(Write::Unknown(why)),
@@ -430,7 +482,8 @@ fn read(req: &Classified, github: &GitHub, body: Option<&[u8]>) -> FromHead {
             }
             match body {
                 None => FromHead::NeedsBody,
-                Some(body) => FromHead::Decided(graphql::read(req.query.as_deref(), body)),
+                Some(Body::Whole(body)) => FromHead::Decided(graphql::read(req.query.as_deref(), body)),
+                Some(Body::PastCap(cap)) => FromHead::Decided(Write::too_big(cap)),
             }
         }
         Kind::RestApi => {
@@ -507,6 +560,119 @@ pub(crate) fn repo_path(p: &str) -> String {
         .join("/")
 }
 
+/// The git database's object endpoints (`POST git/{kind}`): objects without a ref.
+const GIT_OBJECTS: &[&str] = &["blobs", "trees", "commits", "tags"];
+
+/// The git objects `POST git/{blobs,trees,commits,tags}` creates, with what they carry as GitHub
+/// would store it: a blob's content (UTF-8, or base64 read every way GitHub might), each tree
+/// entry's inline `content` at its path, every string of a commit or tag (message, names,
+/// emails), one after another as git's object has them.
+fn git_objects(via: &str, body: &[u8]) -> Write {
+    let obj = match json::object(body) {
+        Ok(o) => o,
+        Err(e) => {
+            return Write::Refs(vec![ApiRef::objects(
+                via,
+                Paths::Unknown("its body is not read".into()),
+                Err(format!("its body is not read ({e})")),
+            )]);
+        }
+    };
+    let (paths, files) = match via.rsplit('/').next().unwrap_or_default() {
+        "blobs" => (
+            Paths::Unknown("a blob has no path until a tree names it".into()),
+            blob_content(&obj),
+        ),
+        "trees" => match tree_contents(&obj) {
+            Ok((paths, files)) => (Paths::Known(paths), Ok(files)),
+            Err(why) => (Paths::Unknown(why.clone()), Err(why)),
+        },
+        kind => {
+            let mut text = String::new();
+            strings(&serde_json::Value::Object(obj), &mut text);
+            let what = if kind == "tags" {
+                "(the tag object)"
+            } else {
+                "(the commit object)"
+            };
+            (
+                Paths::Unknown("a commit or tag names its files through a tree, not in the request".into()),
+                Ok(vec![FileContent {
+                    path: what.into(),
+                    bytes: text.into_bytes(),
+                }]),
+            )
+        }
+    };
+    Write::Refs(vec![ApiRef::objects(via, paths, files)])
+}
+
+/// A blob's content, read as its `encoding` says; an encoding other than `utf-8` and `base64`
+/// is read both ways (GitHub refuses it, but what it would take is not the gateway's guess).
+fn blob_content(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<FileContent>, String> {
+    let path = "(the blob)".to_owned();
+    let Some(serde_json::Value::String(content)) = obj.get("content") else {
+        return Err("its \"content\" is not a string".into());
+    };
+    let raw = || FileContent {
+        path: path.clone(),
+        bytes: content.clone().into_bytes(),
+    };
+    match obj.get("encoding") {
+        None | Some(serde_json::Value::Null) => Ok(vec![raw()]),
+        Some(serde_json::Value::String(e)) => match e.trim().to_ascii_lowercase().as_str() {
+            "utf-8" | "utf8" => Ok(vec![raw()]),
+            "base64" => decoded_files([(path.clone(), Some(content.as_str()))]),
+            _ => {
+                let mut out = vec![raw()];
+                out.extend(decoded_files([(path.clone(), Some(content.as_str()))]).unwrap_or_default());
+                Ok(out)
+            }
+        },
+        Some(_) => Err("its \"encoding\" is not a string".into()),
+    }
+}
+
+/// A tree's entry paths, and the inline `content` of those that carry one.
+fn tree_contents(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(Vec<String>, Vec<FileContent>), String> {
+    let Some(serde_json::Value::Array(entries)) = obj.get("tree") else {
+        return Err("its \"tree\" is not an array".into());
+    };
+    let mut paths = Vec::new();
+    let mut files = Vec::new();
+    for e in entries {
+        let Some(path) = e.get("path").and_then(|p| p.as_str()) else {
+            return Err("a tree entry has no \"path\" string".into());
+        };
+        let path = repo_path(path);
+        match e.get("content") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(c)) => files.push(FileContent {
+                path: path.clone(),
+                bytes: c.clone().into_bytes(),
+            }),
+            Some(_) => return Err(format!("the content of {path} is not a string")),
+        }
+        paths.push(path);
+    }
+    Ok((paths, files))
+}
+
+/// Every string in a JSON value, in order, each on its own line.
+fn strings(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
 /// Families of `/repos/{o}/{r}/…` whose writes touch neither refs nor their protection.
 const PLAIN_FAMILIES: &[&str] = &[
     "issues",
@@ -561,7 +727,7 @@ const PLAIN_SETTINGS: &[&str] = &[
 ];
 
 /// A REST write under one method: `None` when the body is needed and not given.
-fn rest(method: &Method, path: &str, named: bool, body: Option<&[u8]>) -> Option<Write> {
+fn rest(method: &Method, path: &str, named: bool, body: Option<Body<'_>>) -> Option<Write> {
     let segs = decoded_segments(path);
     let lit = |i: usize, s: &str| segs.get(i).is_some_and(|x| x.eq_ignore_ascii_case(s));
     let skip = if lit(0, "repos") {
@@ -590,6 +756,27 @@ fn rest(method: &Method, path: &str, named: bool, body: Option<&[u8]>) -> Option
             RefName::Unknown("every ref of the repository".into()),
             RefKind::Delete,
         )]))
+    };
+    if m == "POST" && rest.len() == 2 && at(0, "git") {
+        let kind = rest[1].to_ascii_lowercase();
+        if let Some(via) = GIT_OBJECTS.iter().find(|k| **k == kind) {
+            let via = format!("POST git/{via}");
+            return match body? {
+                Body::Whole(b) => Some(git_objects(&via, b)),
+                Body::PastCap(cap) => Some(Write::Refs(vec![ApiRef::objects(
+                    via,
+                    Paths::Unknown("its body was not read".into()),
+                    Err(format!(
+                        "its body is larger than the {cap} bytes the gateway reads"
+                    )),
+                )])),
+            };
+        }
+    }
+    let body = match body {
+        Some(Body::PastCap(cap)) => return Some(Write::too_big(cap)),
+        Some(Body::Whole(b)) => Some(b),
+        None => None,
     };
     let body_json = || body.map(json::object);
     match (m, rest.as_slice()) {
@@ -666,12 +853,8 @@ fn rest(method: &Method, path: &str, named: bool, body: Option<&[u8]>) -> Option
                     .collect(),
             ))
         }
-        (_, [g, kind, ..]) if at(0, "git") && !g.is_empty() && m == "POST" => {
-            match kind.to_ascii_lowercase().as_str() {
-                // Objects without a ref: nothing moves until a ref does.
-                "blobs" | "trees" | "commits" | "tags" if rest.len() == 2 => Some(Write::None),
-                _ => unknown("not a git database endpoint the gateway knows"),
-            }
+        (_, [g, _, ..]) if at(0, "git") && !g.is_empty() && m == "POST" => {
+            unknown("not a git database endpoint the gateway knows")
         }
         ("PUT" | "DELETE", [_, file @ ..]) if at(0, "contents") && !file.is_empty() => {
             let obj = match body_json()? {

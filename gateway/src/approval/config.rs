@@ -195,6 +195,11 @@ pub struct ApproverOidcConfig {
     /// without it is refused. The issuer and subject are recorded beside it.
     #[serde(default = "default_name_claim")]
     pub name_claim: String,
+    /// The claim that holds the approver's Unix user on the runners (`preferred_username`, a
+    /// custom claim), when groups list approvers by e-mail: a requester who is, or logged in as,
+    /// that user cannot approve through its ID token. Unset: the name is compared as it is.
+    #[serde(default)]
+    pub user_claim: Option<String>,
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<crate::config::OidcIssuer>,
 }
@@ -217,6 +222,10 @@ fn default_name_claim() -> String {
 pub struct TokenConfig {
     /// The approver's user name, as approver groups list it.
     pub name: String,
+    /// The Unix user the token's holder logs in as on the runners, when it is not `name`: a
+    /// requester who is, or logged in as, that user cannot approve with this token.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Hex SHA-256 of the token.
     pub sha256: String,
 }

@@ -155,7 +155,7 @@ pub async fn serve_tls(
             ));
         }
     };
-    let tokens: Arc<Vec<(String, [u8; 32])>> = Arc::new(
+    let tokens: Arc<Vec<Token>> = Arc::new(
         config
             .tokens
             .iter()
@@ -164,7 +164,11 @@ pub async fn serve_tls(
                 hex::decode_to_slice(&t.sha256, &mut hash).map_err(|_| {
                     ControlError::Tls(format!("the token hash of {:?} is not 64 hex digits", t.name))
                 })?;
-                Ok((t.name.clone(), hash))
+                Ok(Token {
+                    name: t.name.clone(),
+                    hash,
+                    user: t.user.clone(),
+                })
             })
             .collect::<Result<_, ControlError>>()?,
     );
@@ -267,7 +271,7 @@ fn server_tls(config: &HttpControlConfig) -> Result<rustls::ServerConfig, Contro
 /// is compared, in constant time, whatever matched), else the named claim of an ID token the
 /// approvers' OIDC issuers signed. `Err` says why not, without the token.
 async fn authenticate(
-    tokens: &[(String, [u8; 32])],
+    tokens: &[Token],
     oidc: Option<(&OidcValidator, &ApproverOidcConfig)>,
     headers: &http::HeaderMap,
 ) -> Result<Approver, String> {
@@ -283,14 +287,14 @@ async fn authenticate(
         .ok_or(MISSING)?;
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let mut found = None;
-    for (name, expected) in tokens {
-        let diff = hash.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    for t in tokens {
+        let diff = hash.iter().zip(&t.hash).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 && found.is_none() {
-            found = Some(name.clone());
+            found = Some(t);
         }
     }
-    if let Some(name) = found {
-        return Ok(Approver::http(name, None));
+    if let Some(t) = found {
+        return Ok(Approver::http(t.name.clone(), None).with_unix_user(t.user.clone()));
     }
     let Some((validator, config)) = oidc.filter(|_| token.split('.').count() == 3) else {
         return Err(MISSING.into());
@@ -312,13 +316,34 @@ async fn authenticate(
             ));
         }
     };
+    let unix_user = match &config.user_claim {
+        None => None,
+        Some(c) => match claims.all.get(c) {
+            Some(serde_json::Value::String(u)) if !u.trim().is_empty() => Some(u.clone()),
+            _ => {
+                return Err(format!(
+                    "the ID token has no `{c}` claim to tell the approver's Unix user by \
+                     ([approvals.http.oidc] user_claim)"
+                ));
+            }
+        },
+    };
     Ok(Approver::http(
         name,
         Some(OidcIdentity {
             issuer: claims.issuer,
             subject: claims.subject,
         }),
-    ))
+    )
+    .with_unix_user(unix_user))
+}
+
+/// A configured approver token: its holder's name, the token's SHA-256, and the Unix user
+/// behind it where that is not the name.
+struct Token {
+    name: String,
+    hash: [u8; 32],
+    user: Option<String>,
 }
 
 /// HTTP/1.1 with a deadline for each request head (an idle or slow client is dropped).

@@ -90,9 +90,33 @@ impl Requester {
     /// (or, where a side has none, the same uid behind it), or the same login session; or, for
     /// a requester that is root with no login, an approver with no login either (any process
     /// root starts may take any uid, and has no login unless it writes one). `None` for
-    /// approvers known by a token rather than a process.
+    /// An approver over HTTPS has no process to read: it is the requester when its name or
+    /// Unix user is the user the requester logged in as (`sudo` to root keeps that login), or
+    /// its OIDC subject is the one the requester presented.
     fn same_person(&self, approver: &Approver) -> Option<String> {
-        let uid = approver.uid?;
+        let Some(uid) = approver.uid else {
+            if let (Some(o), Some(sub)) = (&approver.oidc, &self.oidc_subject)
+                && o.subject == *sub
+            {
+                return Some(format!(
+                    "its OIDC subject {sub} is the one the requester presented"
+                ));
+            }
+            let login_user = self.login.uid.and_then(crate::identity::user_name);
+            let theirs = [Some(&approver.name), approver.unix_user.as_ref()];
+            return theirs.into_iter().flatten().find_map(|n| {
+                if self.user.as_ref() == Some(n) {
+                    Some(format!("its user {n} is the requester's"))
+                } else if login_user.as_ref() == Some(n) {
+                    Some(format!(
+                        "its user {n} is the one the requester logged in as (login uid {})",
+                        self.login.uid.unwrap_or_default()
+                    ))
+                } else {
+                    None
+                }
+            });
+        };
         if self.uid == 0 && self.login.uid.is_none() && approver.login.uid.is_none() {
             return Some(
                 "it has no login uid, and the requester is root with none: any child of root's \
@@ -239,6 +263,10 @@ pub struct Approver {
     pub login: Login,
     /// The OIDC ID token that authenticated this approver over HTTP, if one did.
     pub oidc: Option<OidcIdentity>,
+    /// The Unix user behind an approver known over HTTPS, where the control API is told it (a
+    /// token's `user`, the claim `[approvals.http.oidc] user_claim` names); compared with the
+    /// requester's user and login user as its name is.
+    pub unix_user: Option<String>,
     /// "socket" or "http".
     pub via: &'static str,
 }
@@ -258,6 +286,7 @@ impl Approver {
             uid: Some(uid),
             login,
             oidc: None,
+            unix_user: None,
             via: "socket",
         }
     }
@@ -269,8 +298,15 @@ impl Approver {
             uid: None,
             login: Login::default(),
             oidc,
+            unix_user: None,
             via: "http",
         }
+    }
+
+    /// The Unix user behind an approver over HTTPS (see `unix_user`).
+    pub fn with_unix_user(mut self, user: Option<String>) -> Self {
+        self.unix_user = user.filter(|u| !u.trim().is_empty());
+        self
     }
 
     /// Root with no other person's login behind it (uid 0 logged in as root, or no login at
@@ -289,6 +325,9 @@ impl Approver {
         }
         if let Some(o) = &self.oidc {
             out += &format!("oidc {} subject {}, ", o.issuer, o.subject);
+        }
+        if let Some(u) = &self.unix_user {
+            out += &format!("unix user {u}, ");
         }
         out + "via " + self.via
     }
@@ -454,8 +493,9 @@ pub enum ApprovalError {
         group: String,
     },
     #[error(
-        "{approver} cannot decide approval {id}: {why}, and another uid (sudo, su, setpriv) is still \
-         the same person; another member of group {group:?} must"
+        "{approver} cannot decide approval {id}: {why}, and another uid (sudo, su, setpriv) or \
+         another way in (the HTTPS control API) is still the same person; another member of group \
+         {group:?} must"
     )]
     SamePerson {
         id: String,

@@ -16,6 +16,7 @@ fn alice() -> Approver {
         uid: Some(1001),
         login: Login::default(),
         oidc: None,
+        unix_user: None,
         via: "socket",
     }
 }
@@ -657,7 +658,7 @@ fn sha256_hex(token: &str) -> String {
 #[tokio::test]
 async fn the_https_listener_knows_approvers_by_their_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let (approvals, _g, _s) = open(dir.path(), &["alice", "bob"], &[]);
+    let (approvals, _g, _s) = open(dir.path(), &["alice", "bob", "ops"], &[]);
     let id = pending_id(
         approvals
             .check(&push("a"), &bob(), &spec(1, HOUR), "r", None)
@@ -668,12 +669,18 @@ async fn the_https_listener_knows_approvers_by_their_tokens() {
     let token = |name: &str| TokenConfig {
         name: name.into(),
         sha256: sha256_hex(&format!("{name}-secret-token")),
+        user: None,
+    };
+    // A shared "ops" token held by bob, who is the Unix user bob on the runners.
+    let ops = TokenConfig {
+        user: Some("bob".into()),
+        ..token("ops")
     };
     let config = HttpControlConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert_file: cert_file,
         tls_key_file: key_file.clone(),
-        tokens: vec![token("alice"), token("mallory"), token("bob")],
+        tokens: vec![token("alice"), token("mallory"), token("bob"), ops],
         oidc: None,
     };
     let err = control::serve_tls(approvals.clone(), &config, None)
@@ -722,6 +729,16 @@ async fn the_https_listener_knows_approvers_by_their_tokens() {
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("cannot decide it"),
+        "{body}"
+    );
+    // Nor through a token of another name whose Unix user is bob.
+    let (status, body) = call(Some("ops-secret-token"), "POST", approve.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("its user bob is the requester's"),
         "{body}"
     );
 
@@ -795,6 +812,7 @@ async fn the_https_listener_knows_approvers_by_oidc_id_tokens() {
     };
     let oidc = config::ApproverOidcConfig {
         name_claim: "email".into(),
+        user_claim: Some("preferred_username".into()),
         issuers: vec![issuer(idp.url())],
     };
     let validator = Arc::new(crate::identity::oidc::OidcValidator::new(
@@ -816,7 +834,7 @@ async fn the_https_listener_knows_approvers_by_oidc_id_tokens() {
     let claims = |iss: &str, aud: &str| {
         let now = ghgate_test_support::oidc::now_secs();
         json!({"iss": iss, "aud": aud, "sub": "user-4711", "email": "alice@example.com",
-               "iat": now - 5, "exp": now + 300})
+               "preferred_username": "alice", "iat": now - 5, "exp": now + 300})
     };
 
     let refused = [
@@ -832,6 +850,14 @@ async fn the_https_listener_knows_approvers_by_oidc_id_tokens() {
                 c
             }),
             "no `email` claim",
+        ),
+        (
+            key.sign(&{
+                let mut c = claims(idp.url(), "ghgate-approvals");
+                c.as_object_mut().unwrap().remove("preferred_username");
+                c
+            }),
+            "no `preferred_username` claim",
         ),
         (
             key.sign(&{
@@ -887,14 +913,92 @@ async fn the_https_listener_knows_approvers_by_oidc_id_tokens() {
     let decision = &body["approvals"][0];
     assert_eq!(decision["by"], "alice@example.com");
     assert_eq!(decision["via"], "http");
-    let identity = format!("oidc {} subject user-4711, via http", idp.url());
+    let identity = format!("oidc {} subject user-4711, unix user alice, via http", idp.url());
     assert_eq!(decision["identity"], identity.as_str());
     assert!(steps.of(&id).contains(&Step::Approved {
         by: "alice@example.com".into(),
         identity,
         reason: None,
     }));
+
+    // Root, logged in as nobody, asks: an ID token whose Unix user is nobody is that person,
+    // and so is one whose subject is the one the requester presented.
+    let id = root_asks(&approvals, "b", Some("user-9"));
+    let approve = format!("/v1/approvals/{id}/approve");
+    let as_nobody = key.sign(&{
+        let mut c = claims(idp.url(), "ghgate-approvals");
+        c["preferred_username"] = json!("nobody");
+        c
+    });
+    let (status, body) = over_tls(addr, &der, Some(&as_nobody), "POST", &approve, "").await;
+    assert_eq!(status, 403, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("its user nobody is the one the requester logged in as (login uid 65534)"),
+        "{error}"
+    );
+    let same_subject = key.sign(&{
+        let mut c = claims(idp.url(), "ghgate-approvals");
+        c["sub"] = json!("user-9");
+        c
+    });
+    let (status, body) = over_tls(addr, &der, Some(&same_subject), "POST", &approve, "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("its OIDC subject user-9 is the one the requester presented"),
+        "{body}"
+    );
+    assert_eq!(approvals.get(&id).unwrap().state, State::Pending);
+    let (status, body) = over_tls(addr, &der, Some(&token), "POST", &approve, "").await;
+    assert_eq!(status, 200, "another person approves: {body}");
     server.abort();
+}
+
+/// Root, logged in as nobody (login uid 65534), presenting `oidc_subject`, asks to push `r`:
+/// the approval's id.
+fn root_asks(approvals: &Approvals, r: &str, oidc_subject: Option<&str>) -> String {
+    let root = Requester {
+        uid: 0,
+        user: Some("root".into()),
+        oidc_subject: oidc_subject.map(str::to_owned),
+        login: Login {
+            uid: Some(65534),
+            session: Some(3),
+        },
+        ..bob()
+    };
+    pending_id(
+        approvals
+            .check(&push(r), &root, &spec(1, HOUR), "r", None)
+            .unwrap(),
+    )
+}
+
+/// Over HTTPS an approver is a name (and maybe a Unix user): one that is the user the requester
+/// logged in as is refused, whichever uid the requester runs under (sudo to root keeps the login).
+#[test]
+fn an_https_approver_who_is_the_requester_s_login_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (approvals, _groups, _steps) = open(dir.path(), &["nobody", "carol", "root", "ops@example.com"], &[]);
+    let id = root_asks(&approvals, "a", None);
+    for who in [
+        Approver::http("nobody".into(), None),
+        Approver::http("ops@example.com".into(), None).with_unix_user(Some("nobody".into())),
+    ] {
+        let err = approvals.approve(&id, &who, None).unwrap_err();
+        assert!(matches!(err, ApprovalError::SamePerson { .. }), "{who}: {err}");
+        assert!(err.to_string().contains("login uid 65534"), "{err}");
+    }
+    let err = approvals
+        .approve(&id, &Approver::http("root".into(), None), None)
+        .unwrap_err();
+    assert!(matches!(err, ApprovalError::SelfDecision { .. }), "{err}");
+    assert_eq!(approvals.get(&id).unwrap().state, State::Pending);
+    let a = approvals.approve(&id, &carol(), None).unwrap();
+    assert_eq!(a.state, State::Approved);
 }
 
 /// The person behind an approver is the login uid, which `sudo -u`, `su` and `setpriv` keep:
@@ -924,6 +1028,7 @@ fn a_requester_under_another_uid_is_still_the_requester() {
         uid: Some(uid),
         login,
         oidc: None,
+        unix_user: None,
         via: "socket",
     };
     // `sudo -u nobody ghgate approvals approve`: alice's login uid, a new uid.

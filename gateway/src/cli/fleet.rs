@@ -78,7 +78,7 @@ pub(super) fn stores(url: &str, args: &FleetArgs) -> anyhow::Result<Vec<RunnerSt
         for runner in runners(&bucket, args).await? {
             let dir = scratch_dir()?;
             let mirror = bucket.mirror(&runner, dir.path()).await?;
-            if let Err(failures) = remote::verify_runner(&bucket, &mirror, false, None).await {
+            if let Err(failures) = remote::verify_runner(&bucket, &mirror, false, None, &[]).await {
                 let lines: Vec<String> = failures.iter().map(|f| format!("  FAILED: {f}")).collect();
                 bail!(
                     "runner {runner}: its copy in the bucket does not verify, so nothing is answered from it \

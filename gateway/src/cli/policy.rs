@@ -17,6 +17,7 @@ use ghgate_policy::{
 
 use crate::{
     config::ConfigError,
+    enforce::SecretScan,
     policy::{self, LoadError, Paths, Policy, RefKind, RefUpdate, SUBJECT_KEYS as AS_KEYS, Subject, Target},
 };
 
@@ -149,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}: ok, {}", a.file.display(), policy.summary());
         }
         Command::Explain(a) => {
-            let (policy, github, body_cap) = load_policy_or_config(&a.policy)?;
+            let (policy, github, body_cap, gateway) = load_policy_or_config(&a.policy)?;
             let ff = match (a.fast_forward, a.non_fast_forward) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
@@ -165,11 +166,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     None => text.as_bytes().to_vec(),
                 }),
             };
+            let scan = Scan::for_explain(gateway.as_ref())?;
             let request = RequestInput {
                 line: &a.request,
                 headers: &a.headers,
                 body: body.as_deref(),
                 body_cap,
+                scan: Some(&scan),
             };
             let text = explain_request(&policy, &github, &a.as_, &request, &a.ref_updates, ff, &a.changes)?;
             print!("{text}");
@@ -181,7 +184,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// A policy file, or a gateway configuration whose `[policy] file` is followed (and whose
 /// `policy.api_url` says where GitHub's API is, and `policy.approval_body_cap_bytes` how much
 /// of an API write's body is read; the defaults otherwise).
-fn load_policy_or_config(path: &Path) -> Result<(Policy, GitHub, usize), Invalid> {
+/// The gateway's configuration comes back too, when that is what `path` is.
+fn load_policy_or_config(
+    path: &Path,
+) -> Result<(Policy, GitHub, usize, Option<crate::config::Config>), Invalid> {
     let text = std::fs::read_to_string(path).map_err(|source| Invalid::Read {
         path: path.to_owned(),
         source,
@@ -190,7 +196,7 @@ fn load_policy_or_config(path: &Path) -> Result<(Policy, GitHub, usize), Invalid
     if !is_gateway_config {
         let policy = Policy::parse(&text, path).map_err(LoadError::from)?;
         let cap = crate::config::PolicyConfig::default().approval_body_cap_bytes;
-        return Ok((policy, GitHub::default(), cap));
+        return Ok((policy, GitHub::default(), cap, None));
     }
     let config = crate::config::Config::parse(&text, path)?;
     let github = config.github_hosts();
@@ -198,8 +204,76 @@ fn load_policy_or_config(path: &Path) -> Result<(Policy, GitHub, usize), Invalid
     let file = config
         .policy
         .file
+        .clone()
         .ok_or_else(|| Invalid::NoPolicyFile(path.to_owned()))?;
-    Ok((policy::load(&file)?, github, cap))
+    Ok((policy::load(&file)?, github, cap, Some(config)))
+}
+
+/// What `explain` scans the files an API write carries with, as the gateway would, and what
+/// to tell people of it.
+pub struct Scan {
+    pub scan: SecretScan,
+    pub note: String,
+}
+
+impl Scan {
+    /// The gateway's masking rules, its fingerprint key and the fingerprints its record saw in
+    /// responses, when `gateway` is its configuration and it has them (the key is never made
+    /// here); else the built-in rules under a key of this run's own, and nothing seen.
+    pub fn for_explain(gateway: Option<&crate::config::Config>) -> anyhow::Result<Scan> {
+        let throwaway = || {
+            let mut key = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+            ghgate_mask::FingerprintKey::new(key)
+        };
+        let seen = std::sync::Arc::new(crate::mask::seen::SeenSecrets::default());
+        let Some(config) = gateway else {
+            let masks = crate::mask::policy::MaskSet::new(&Default::default(), throwaway())?;
+            return Ok(Scan {
+                scan: SecretScan {
+                    masker: masks.records,
+                    seen,
+                },
+                note: "contents are scanned with the built-in masking rules under a key of this run's own: \
+                       fingerprints will not match the record, and none counts as seen in a response \
+                       (give the gateway's configuration as --policy to use its rules, key and record)"
+                    .into(),
+            });
+        };
+        let key_file = crate::mask::key::path(&config.state_dir);
+        let (key, mut note) = if key_file.exists() {
+            (
+                crate::mask::key::load_or_create(&config.state_dir)?,
+                "contents are scanned with the gateway's masking rules and fingerprint key".to_owned(),
+            )
+        } else {
+            (
+                throwaway(),
+                format!(
+                    "contents are scanned with the gateway's masking rules under a key of this run's own \
+                     (no fingerprint key at {} yet)",
+                    key_file.display()
+                ),
+            )
+        };
+        let masks = crate::mask::policy::MaskSet::new(&config.mask, key)?;
+        match seen.rebuild(&config.record_dir()) {
+            Ok(_) => note.push_str(&format!(
+                "; {} fingerprint(s) the gateway saw in responses, from its record",
+                seen.len()
+            )),
+            Err(e) => note.push_str(&format!(
+                "; no fingerprint counts as seen in a response (the record cannot be read: {e})"
+            )),
+        }
+        Ok(Scan {
+            scan: SecretScan {
+                masker: masks.records,
+                seen,
+            },
+            note,
+        })
+    }
 }
 
 /// The request `ghgate policy explain` is given: "METHOD URL", its headers and its body.
@@ -210,6 +284,8 @@ pub struct RequestInput<'a> {
     pub body: Option<&'a [u8]>,
     /// How much of an API write's body the gateway reads (`policy.approval_body_cap_bytes`).
     pub body_cap: usize,
+    /// What the files an API write carries are scanned with (`None`: they count as unscanned).
+    pub scan: Option<&'a Scan>,
 }
 
 impl<'a> RequestInput<'a> {
@@ -220,6 +296,7 @@ impl<'a> RequestInput<'a> {
             headers: &[],
             body: None,
             body_cap: crate::config::PolicyConfig::default().approval_body_cap_bytes,
+            scan: None,
         }
     }
 }
@@ -300,7 +377,7 @@ pub fn explain_request(
     out.push('\n');
     if refs.is_empty() {
         out.push('\n');
-        let write = match writes::from_head(req, github) {
+        let mut write = match writes::from_head(req, github) {
             FromHead::Decided(w) => w,
             FromHead::NeedsBody => {
                 if request.body.is_none() {
@@ -308,12 +385,18 @@ pub fn explain_request(
                 }
                 let body = request.body.unwrap_or_default();
                 if body.len() > request.body_cap {
-                    writes::Write::too_big(request.body_cap)
+                    writes::past_cap(req, github, request.body_cap)
                 } else {
                     writes::from_body(req, github, body, request.body_cap)
                 }
             }
         };
+        if write.refs().iter().any(|r| !r.contents.is_empty())
+            && let Some(scan) = request.scan
+        {
+            out.push_str(&format!("note: {}\n", scan.note));
+        }
+        crate::enforce::api_write::scan(request.scan.map(|s| &s.scan), &mut write);
         match policy.explain_write(&subject, &target, &write) {
             Some(e) => {
                 out.push_str(&format!("API write: {}\n", write.summary()));
@@ -583,9 +666,65 @@ mod tests {
             headers: &headers,
             body: body.map(str::as_bytes),
             body_cap: 1 << 20,
+            scan: Some(&Scan::for_explain(None).unwrap()),
         };
         explain_request(&policy(), &GitHub::default(), "uid=1000", &input, &[], None, &[])
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn what_an_api_write_carries_is_scanned_and_shown_never_the_secret() {
+        let token = &ghgate_test_support::fixtures::github_token("Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0");
+        let b64 = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(format!("key = {token}\n"))
+        };
+        let put = format!(r#"{{"message": "m", "content": "{b64}", "branch": "dev"}}"#);
+        let out = explain_api(
+            "PUT https://api.github.com/repos/org/app/contents/conf.txt",
+            &[],
+            Some(&put),
+        );
+        assert!(
+            out.contains("note: contents are scanned with the built-in masking rules"),
+            "{out}"
+        );
+        assert!(out.contains("  secrets: a github-pat secret ["), "{out}");
+        assert!(out.contains("] in conf.txt\n"), "{out}");
+        assert!(!out.contains(token.as_str()) && !out.contains(&b64), "{out}");
+        // A blob: git objects no ref points at yet, decided by rules on secrets only.
+        let blob = format!(r#"{{"content": "{token}"}}"#);
+        let out = explain_api(
+            "POST https://api.github.com/repos/org/app/git/blobs",
+            &[],
+            Some(&blob),
+        );
+        assert!(
+            out.contains("API write: git objects that no ref points at yet\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("git objects (no ref yet: the git objects it creates) create"),
+            "{out}"
+        );
+        assert!(out.contains("] in (the blob)\n"), "{out}");
+        assert!(!out.contains(token.as_str()), "{out}");
+        // The test policy has no rule on secrets: its ref rules do not hold the blob.
+        assert!(
+            out.contains("force-push-main\": no match: ref: the request creates git objects"),
+            "{out}"
+        );
+        assert!(out.ends_with("request verdict: allow by the default\n"), "{out}");
+        // Unscanned is said so.
+        let out = explain_api(
+            "POST https://api.github.com/repos/org/app/git/blobs",
+            &[],
+            Some(r#"{"content": "!!", "encoding": "base64"}"#),
+        );
+        assert!(
+            out.contains("  secrets: not scanned ((the blob): its content is not base64"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -652,6 +791,7 @@ mod tests {
             headers: &["no colon".to_owned()],
             body: None,
             body_cap: 10,
+            scan: None,
         };
         let e = explain_request(&policy(), &GitHub::default(), "uid=1", &input, &[], None, &[]).unwrap_err();
         assert!(e.to_string().contains("write \"Name: value\""), "{e}");

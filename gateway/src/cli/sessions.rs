@@ -144,6 +144,11 @@ struct RemoteArgs {
     /// Fail for a sealed segment that is not under unexpired Object Lock retention.
     #[arg(long, requires = "remote")]
     require_lock: bool,
+    /// Anchors kept outside the bucket (what the `[record.sink.webhook]` receiver got, one JSON
+    /// object per line): each must be signed by its runner's pinned key, and the runner's copy
+    /// (and this host's store, for its runner) must pass through it.
+    #[arg(long, value_name = "FILE", requires = "remote")]
+    anchors: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -555,19 +560,34 @@ fn verify_remote(config: &ConfigArg, url: &str, args: &RemoteArgs) -> anyhow::Re
         let key = store::load_or_create_key(&key_path(&dir)).ok()?.verifying_key();
         dir.join("segments").is_dir().then_some((runner, dir, key))
     });
+    let kept = match &args.anchors {
+        Some(path) => remote::read_anchors(path)?,
+        None => Vec::new(),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let mut failed = false;
-        for runner in fleet::runners(&bucket, &args.fleet).await? {
+        let runners = fleet::runners(&bucket, &args.fleet).await?;
+        if args.fleet.runner.is_none() {
+            for a in kept.iter().filter(|a| !runners.contains(&a.runner)) {
+                failed = true;
+                println!(
+                    "FAILED: runner {}: anchored seq {} (segment {:012}) outside the bucket, but the bucket has no copy of this runner",
+                    a.runner, a.seq, a.segment
+                );
+            }
+        }
+        for runner in runners {
             let tmp = fleet::scratch_dir()?;
             let mirror = bucket.mirror(&runner, tmp.path()).await?;
             let mine = local
                 .as_ref()
                 .filter(|(r, ..)| *r == runner)
                 .map(|(_, dir, key)| (dir.as_path(), *key));
-            match remote::verify_runner(&bucket, &mirror, args.require_lock, mine).await {
+            let theirs: Vec<_> = kept.iter().filter(|a| a.runner == runner).cloned().collect();
+            match remote::verify_runner(&bucket, &mirror, args.require_lock, mine, &theirs).await {
                 Ok(line) => println!("OK: {line}"),
                 Err(failures) => {
                     failed = true;

@@ -219,7 +219,7 @@ impl Enforcer {
         };
         let mut write = match &front {
             Front::Whole(b) => writes::from_body(&ex.req, &self.github, b, cap),
-            Front::Over(..) => Write::too_big(cap),
+            Front::Over(..) => writes::past_cap(&ex.req, &self.github, cap),
         };
         if write.refs().iter().any(|r| !r.contents.is_empty()) {
             // The masker's work is bounded by the body cap, but is CPU work all the same.

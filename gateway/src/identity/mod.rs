@@ -263,6 +263,14 @@ fn start_ticks_in(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// A process's parent and start time, from one read of /proc/<pid>/stat.
+pub(crate) fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+    Some((ppid, start_ticks_in(&stat)?))
+}
+
 /// The facts rules (the policy's and the credentials') know a caller by: the kernel's and
 /// /proc's, the CI job's, and the claims of the OIDC token it proved.
 pub fn subject(caller: &Caller, oidc: Option<&serde_json::Map<String, serde_json::Value>>) -> Subject {

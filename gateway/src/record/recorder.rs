@@ -262,9 +262,14 @@ impl Recorder {
         });
         let sinking = config.record.sink.is_some();
         if let Some(cfg) = &config.record.sink {
-            let sink =
-                super::sink::Sink::start(cfg, dir.clone(), prune_key.clone(), Arc::downgrade(&recorder))
-                    .context("cannot start the record sink")?;
+            let sink = super::sink::Sink::start(
+                cfg,
+                config,
+                dir.clone(),
+                prune_key.clone(),
+                Arc::downgrade(&recorder),
+            )
+            .context("cannot start the record sink")?;
             let _ = recorder.sink.set(sink);
         }
         if retention_days > 0 {

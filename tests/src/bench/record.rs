@@ -114,6 +114,10 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         // Without --sink: recording off vs on. With it: recording on, sink off vs on.
         let record = on || args.sink;
         let mut toml = format!("[http]\nmax_requests_per_second = 1000000\n[record]\nenabled = {record}\n");
+        if args.sink {
+            // Segments small enough to seal under the load, for the upload lag (both gateways).
+            toml += "segment_bytes = 4194304\n";
+        }
         if let (true, Some(s3)) = (on, &s3) {
             toml += &format!(
                 "[record.sink]\nurl = \"{}\"\nbucket = \"bench-evidence\"\nprefix = \"bench\"\ncredentials_file = \"{}\"\ninterval_ms = 1000\n",
@@ -264,10 +268,28 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     if let Some(s3) = &s3 {
         // Exchanges/s of the two recording gateways: the sink's cost on the recorder.
         println!(
-            "exchanges recorded per second, sink on vs off: {:.2}× target ≥ 0.95×; objects in the bucket: {}",
+            "exchanges recorded per second, sink on vs off: {:.2}× {} target ≥ 0.95×; objects in the bucket: {}",
             r_on / r_off,
+            verdict(r_on / r_off >= 0.95),
             s3.keys("bench-evidence", "bench/").len()
         );
+        // From a segment's seal (its file's last write) to its remote copy read back and
+        // confirmed, as the gateway logged each, under this run's load.
+        let mut lags: Vec<f64> = on
+            .logs()
+            .iter()
+            .filter(|l| l["message"] == "record segment copied to the sink and confirmed")
+            .filter_map(|l| l["lag_ms"].as_f64())
+            .collect();
+        lags.sort_by(f64::total_cmp);
+        match lags.last() {
+            Some(max) => println!(
+                "upload lag, seal to confirmed remote copy (interval_ms = 1000): p50 {:.0} ms, max {max:.0} ms over {} sealed segments of 4 MiB",
+                median(lags.clone()),
+                lags.len()
+            ),
+            None => println!("upload lag: no segment sealed during the run (raise --seconds or --rounds)"),
+        }
     }
     let _ = on.pid().context("gateway pid")?;
     Ok(())

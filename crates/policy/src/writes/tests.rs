@@ -142,13 +142,10 @@ fn git_refs_create_update_and_delete() {
         json!({"query": "mutation { createRef(input: {repositoryId: \"R\", name: \"main\", oid: \"x\"}) { clientMutationId } }"}),
     );
     assert!(one(&w).0.starts_with("?the ref \"main\""), "{w:?}");
-    // The object database without refs writes nothing.
+    // The object database moves no ref: its objects are read for what they carry (below).
     for kind in ["blobs", "trees", "commits", "tags"] {
-        assert_eq!(
-            api("POST", &format!("/repos/o/r/git/{kind}"), "{}"),
-            Write::None,
-            "{kind}"
-        );
+        let w = api("POST", &format!("/repos/o/r/git/{kind}"), "{}");
+        assert!(w.refs().iter().all(|r| r.objects), "{kind}: {w:?}");
     }
 }
 
@@ -1241,5 +1238,230 @@ fn a_write_the_gateway_cannot_read_counts_as_unscanned_for_secrets_rules() {
     assert_eq!(
         p.evaluate_write(&agent(), &hooks, &w).unwrap().verdict.action,
         Action::Allow
+    );
+}
+
+// ---- git objects written without a ref ---------------------------------------------------------
+
+/// (path, text) of each file the objects carry, and their secrets' state.
+fn objects_carried(w: &Write) -> (Vec<(String, String)>, Secrets) {
+    assert!(w.refs().iter().all(|r| r.objects), "{w:?}");
+    carried(w)
+}
+
+#[test]
+fn git_objects_carry_what_github_would_store() {
+    let token = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+    // A blob, UTF-8 by default or by name, any case of the encoding's name.
+    for body in [
+        json!({ "content": token }),
+        json!({ "content": token, "encoding": "utf-8" }),
+        json!({ "content": token, "encoding": "UTF-8" }),
+    ] {
+        let (files, secrets) = objects_carried(&api("POST", "/repos/o/r/git/blobs", &body.to_string()));
+        assert_eq!(files, vec![("(the blob)".to_owned(), token.to_owned())], "{body}");
+        assert_eq!(secrets, Secrets::NotComputed);
+    }
+    // Base64, read every way GitHub might; an encoding it does not know is read both ways.
+    let w = api(
+        "POST",
+        "/Repos/o/r/GIT/Blobs/",
+        &json!({ "content": b64(token.as_bytes()), "encoding": "Base64" }).to_string(),
+    );
+    assert_eq!(
+        objects_carried(&w).0,
+        vec![("(the blob)".to_owned(), token.to_owned())]
+    );
+    let w = api(
+        "POST",
+        "/repos/o/r/git/blobs",
+        &json!({ "content": b64(token.as_bytes()), "encoding": "latin-1" }).to_string(),
+    );
+    let texts: Vec<String> = objects_carried(&w).0.into_iter().map(|f| f.1).collect();
+    assert_eq!(texts, vec![b64(token.as_bytes()), token.to_owned()]);
+    // What cannot be read counts as unscanned, never as clean.
+    for body in [
+        json!({ "content": 5 }).to_string(),
+        json!({ "encoding": "utf-8" }).to_string(),
+        json!({ "content": "eA==", "encoding": ["base64"] }).to_string(),
+        json!({ "content": "not base64 !", "encoding": "base64" }).to_string(),
+        r#"{"content": "x", "content": "y"}"#.to_owned(),
+        "not json".to_owned(),
+    ] {
+        let (_, secrets) = objects_carried(&api("POST", "/repos/o/r/git/blobs", &body));
+        assert!(matches!(secrets, Secrets::Unknown(_)), "{body}: {secrets:?}");
+    }
+    // A tree: each entry's inline content at its path; entries by sha carry nothing.
+    let tree = json!({ "base_tree": SHA, "tree": [
+        { "path": "a/ok.txt", "mode": "100644", "type": "blob", "sha": SHA },
+        { "path": "/b//.env", "mode": "100644", "type": "blob", "content": format!("KEY={token}") },
+    ]});
+    let w = api("POST", "/repos/o/r/git/trees", &tree.to_string());
+    assert_eq!(
+        objects_carried(&w).0,
+        vec![("b/.env".to_owned(), format!("KEY={token}"))]
+    );
+    assert_eq!(
+        w.refs()[0].paths,
+        Paths::Known(vec!["a/ok.txt".into(), "b/.env".into()])
+    );
+    let bad = json!({ "tree": [{ "path": "x", "content": { "a": 1 } }] });
+    let (_, secrets) = objects_carried(&api("POST", "/repos/o/r/git/trees", &bad.to_string()));
+    assert!(matches!(secrets, Secrets::Unknown(_)), "{secrets:?}");
+    let (_, secrets) = objects_carried(&api("POST", "/repos/o/r/git/trees", r#"{"tree": 1}"#));
+    assert!(matches!(secrets, Secrets::Unknown(_)), "{secrets:?}");
+    // A commit or a tag: every string it carries (message, names, emails).
+    let commit = json!({ "message": "fix", "tree": SHA, "parents": [SHA],
+                         "author": { "name": token, "email": "a@example.com" } });
+    let (files, _) = objects_carried(&api("POST", "/repos/o/r/git/commits", &commit.to_string()));
+    assert_eq!(files.len(), 1);
+    assert!(
+        files[0].1.contains(token) && files[0].1.contains("fix"),
+        "{files:?}"
+    );
+    let tag = json!({ "tag": "v1", "message": format!("release {token}"), "object": SHA, "type": "commit" });
+    let (files, _) = objects_carried(&api("POST", "/repos/o/r/git/tags", &tag.to_string()));
+    assert_eq!(files[0].0, "(the tag object)");
+    assert!(files[0].1.contains(token));
+    // Read under a method override too.
+    let w = write_in(
+        "GET",
+        "https://api.github.com/repos/o/r/git/blobs",
+        &[("x-http-method-override", "POST")],
+        json!({ "content": token }).to_string().as_bytes(),
+        &github(),
+    );
+    assert_eq!(objects_carried(&w).0.len(), 1);
+    // A body past the cap: the objects, unscanned; any other write past the cap is unread.
+    let req = classified_with(
+        "POST",
+        "https://api.github.com/repos/o/r/git/blobs",
+        &[],
+        &github(),
+    );
+    let w = past_cap(&req, &github(), 1024);
+    assert!(matches!(objects_carried(&w).1, Secrets::Unknown(why) if why.contains("1024")));
+    let req = classified_with(
+        "PUT",
+        "https://api.github.com/repos/o/r/contents/x",
+        &[],
+        &github(),
+    );
+    let w = past_cap(&req, &github(), 1024);
+    assert!(matches!(w, Write::Unread(_)), "{w:?}");
+    let req = classified_with("POST", "https://api.github.com/graphql", &[], &github());
+    let w = past_cap(&req, &github(), 1024);
+    assert!(matches!(w, Write::Unread(_)), "{w:?} {req:?}");
+    // Other git database endpoints are not known.
+    assert!(matches!(
+        api("POST", "/repos/o/r/git/notes", "{}"),
+        Write::Unknown(_)
+    ));
+    assert!(matches!(
+        api("POST", "/repos/o/r/git/blobs/x", "{}"),
+        Write::Unknown(_)
+    ));
+}
+
+fn found(fingerprint: &str, seen: bool) -> Secrets {
+    Secrets::Known(vec![crate::PushedSecret {
+        rule: "github-token".into(),
+        fingerprint: fingerprint.into(),
+        seen_in_response: seen,
+        commit: None,
+        path: Some("(the blob)".into()),
+    }])
+}
+
+/// The verdict a policy gives a blob write whose scan found `secrets`.
+fn blob_verdict(p: &Policy, secrets: Secrets) -> crate::Verdict {
+    let t = Target::parse("POST", "https://api.github.com/repos/o/r/git/blobs", &github()).unwrap();
+    let mut w = api("POST", "/repos/o/r/git/blobs", r#"{"content": "x"}"#);
+    w.refs_mut()[0].secrets = secrets;
+    p.evaluate_write(&agent(), &t, &w).unwrap().verdict
+}
+
+#[test]
+fn git_objects_are_decided_by_rules_on_secrets_only() {
+    // The example policy: a clean blob passes (no ref rule holds it, not even those on main or
+    // on workflows), a blob carrying a suggested secret is refused.
+    let p = example();
+    let v = blob_verdict(&p, Secrets::Known(Vec::new()));
+    assert_eq!((v.action.name(), v.rule.name.as_deref()), ("allow", None));
+    let v = blob_verdict(&p, found("fp1", false));
+    assert_eq!(v.action, Action::Allow);
+    let v = blob_verdict(&p, found("fp1", true));
+    assert_eq!(
+        (v.action.name(), v.rule.name.as_deref()),
+        ("deny", Some("suggested-secrets"))
+    );
+    // Unscanned counts as a match for a rule that refuses, and never for one that lets through.
+    let v = blob_verdict(&p, Secrets::Unknown("past the cap".into()));
+    assert_eq!(v.action, Action::Deny);
+    let allow = Policy::parse(
+        "default = \"deny\"\n[[rule]]\naction = \"allow\"\nsecrets = \"*\"\nref = \"refs/heads/dev\"\n",
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    assert_eq!(blob_verdict(&allow, found("fp", false)).action, Action::Deny);
+    // A rule on secrets that names a ref counts the objects (they may land on it); one on refs
+    // alone does not apply to them; one on the request alone does.
+    let p = Policy::parse(
+        r#"
+[[rule]]
+name = "main-ops"
+action = "deny"
+ref = "refs/heads/main"
+ref_op = ["delete", "non-fast-forward", "create"]
+
+[[rule]]
+name = "workflows"
+action = "require_approval"
+approvers = "x"
+paths = ".github/*"
+
+[[rule]]
+name = "main-secrets"
+action = "require_approval"
+approvers = "x"
+ref = "refs/heads/main"
+ref_op = "non-fast-forward"
+secrets = ["github-token"]
+
+[approvers.x]
+users = ["alice"]
+"#,
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    let v = blob_verdict(&p, Secrets::Known(Vec::new()));
+    assert_eq!(v.action, Action::Allow, "{v:?}");
+    let v = blob_verdict(&p, found("fp", false));
+    assert_eq!(v.rule.name.as_deref(), Some("main-secrets"));
+    let e = p
+        .explain_write(
+            &agent(),
+            &Target::parse("POST", "https://api.github.com/repos/o/r/git/blobs", &github()).unwrap(),
+            &{
+                let mut w = api("POST", "/repos/o/r/git/blobs", r#"{"content": "x"}"#);
+                w.refs_mut()[0].secrets = found("fp", false);
+                w
+            },
+        )
+        .unwrap()
+        .to_string();
+    assert!(e.contains("moves no ref"), "{e}");
+    assert!(
+        e.contains("git objects that no ref points at yet") || e.contains("no ref yet"),
+        "{e}"
+    );
+    let p = Policy::parse(
+        "[[rule]]\nname = \"no-git-db\"\naction = \"deny\"\npath = \"/repos/*/git/*\"\n",
+        Path::new("p.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        blob_verdict(&p, Secrets::Known(Vec::new())).rule.name.as_deref(),
+        Some("no-git-db")
     );
 }

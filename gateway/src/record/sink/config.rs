@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::approval::config::{check_webhook, shown_url};
 use crate::credentials::Secret;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// The S3-compatible endpoint, e.g. `https://s3.eu-west-1.amazonaws.com` or
@@ -28,14 +29,161 @@ pub struct SinkConfig {
     /// Object Lock retention put on every object (the bucket must have Object Lock enabled).
     #[serde(default)]
     pub object_lock: Option<ObjectLock>,
-    /// How often the active segment is copied and an anchor written (at most 60 000).
+    /// How often the store is looked at: sealed segments copied, the active one copied when
+    /// due, anchors written (at most 60 000).
     #[serde(default = "default_interval")]
     pub interval_ms: u64,
+    /// The active segment is copied again once it grew by a quarter of its last copy, and at
+    /// least this much.
+    #[serde(default = "default_partial_min")]
+    pub partial_min_bytes: u64,
+    /// …or once it grew at all and its last copy is this old.
+    #[serde(default = "default_partial_max_secs")]
+    pub partial_max_secs: u64,
     /// Sealed segments not yet confirmed remotely beyond which `on_sink_failure` applies.
     #[serde(default = "default_backlog")]
     pub max_backlog_bytes: u64,
     #[serde(default)]
     pub on_sink_failure: OnSinkFailure,
+    /// A second copy of every anchor, POSTed to an HTTPS receiver the runner cannot rewrite.
+    #[serde(default)]
+    pub webhook: Option<AnchorWebhookConfig>,
+}
+
+/// `[record.sink.webhook]`: each anchor, as the JSON object the bucket holds, POSTed to `url`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorWebhookConfig {
+    /// `https://…` (plain `http://` only to loopback addresses).
+    pub url: String,
+    /// A PEM file of CA certificates trusted for the receiver, besides the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// A file (mode 0600) holding the bearer token sent as `Authorization: Bearer …`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The environment variable holding the bearer token (instead of `token_file`).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Per POST.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_secs: u64,
+    /// Anchors waiting for the receiver; past it the oldest head (never a seal while a head is
+    /// left) makes way.
+    #[serde(default = "default_hook_queue")]
+    pub queue: usize,
+    /// The wait after a failed POST, doubling on each failure up to `max_backoff_ms`.
+    #[serde(default = "default_hook_backoff")]
+    pub backoff_ms: u64,
+    #[serde(default = "default_hook_max_backoff")]
+    pub max_backoff_ms: u64,
+}
+
+impl std::fmt::Debug for AnchorWebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnchorWebhookConfig")
+            .field("url", &shown_url(&self.url))
+            .field("ca", &self.ca)
+            .field("token_file", &self.token_file)
+            .field("token_env", &self.token_env)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_hook_timeout() -> u64 {
+    10
+}
+fn default_hook_queue() -> usize {
+    10_000
+}
+fn default_hook_backoff() -> u64 {
+    1000
+}
+fn default_hook_max_backoff() -> u64 {
+    60_000
+}
+
+impl AnchorWebhookConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        const KEY: &str = "record.sink.webhook";
+        check_webhook(KEY, &self.url, self.timeout_secs, &Default::default())?;
+        if self.token_file.is_some() && self.token_env.is_some() {
+            return Err((
+                format!("{KEY}.token_file"),
+                "give token_file or token_env, not both".into(),
+            ));
+        }
+        if let Some(ca) = &self.ca
+            && !ca.is_absolute()
+        {
+            return Err((format!("{KEY}.ca"), "must be an absolute path".into()));
+        }
+        if self.queue == 0 {
+            return Err((format!("{KEY}.queue"), "must be more than 0".into()));
+        }
+        if self.backoff_ms == 0 || self.max_backoff_ms < self.backoff_ms {
+            return Err((
+                format!("{KEY}.backoff_ms"),
+                "must be more than 0 and at most max_backoff_ms".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bearer token, from `token_file` (mode 0600) or `token_env`; the error never holds it.
+    pub fn token(&self) -> anyhow::Result<Option<Secret>> {
+        use anyhow::Context as _;
+        if let Some(path) = &self.token_file {
+            let text = read_private(path, "the anchor webhook token")?;
+            let token = text.trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the anchor webhook token {} is empty",
+                path.display()
+            );
+            anyhow::ensure!(
+                http::HeaderValue::from_str(&format!("Bearer {token}")).is_ok(),
+                "the anchor webhook token {} is not usable in a header",
+                path.display()
+            );
+            return Ok(Some(Secret::new(token)));
+        }
+        let Some(var) = &self.token_env else {
+            return Ok(None);
+        };
+        let token = std::env::var(var)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .with_context(|| format!("record.sink.webhook.token_env names {var}, which is not set"))?;
+        anyhow::ensure!(
+            http::HeaderValue::from_str(&format!("Bearer {token}")).is_ok(),
+            "{var} is not usable in a header"
+        );
+        Ok(Some(Secret::new(token)))
+    }
+}
+
+/// Reads a file of secrets, refusing one that group or others may read. Errors name the file,
+/// never its content.
+fn read_private(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use anyhow::Context as _;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{what} {} is readable by group or others (mode {:04o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -79,6 +227,12 @@ fn default_region() -> String {
 fn default_interval() -> u64 {
     10_000
 }
+fn default_partial_min() -> u64 {
+    1 << 20
+}
+fn default_partial_max_secs() -> u64 {
+    60
+}
 fn default_backlog() -> u64 {
     1 << 30
 }
@@ -99,7 +253,14 @@ struct CredentialsFile {
 
 impl SinkConfig {
     /// The key and message of the first invalid setting.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_own().map_err(|(k, m)| (k.to_owned(), m))?;
+        self.webhook
+            .as_ref()
+            .map_or(Ok(()), AnchorWebhookConfig::validate)
+    }
+
+    fn validate_own(&self) -> Result<(), (&'static str, String)> {
         let url = self.url.trim_end_matches('/');
         let loopback = ["http://127.0.0.1", "http://[::1]", "http://localhost"]
             .iter()
@@ -132,6 +293,12 @@ impl SinkConfig {
         }
         if !(100..=60_000).contains(&self.interval_ms) {
             return Err(("record.sink.interval_ms", "must be between 100 and 60000".into()));
+        }
+        if !(1..=3600).contains(&self.partial_max_secs) {
+            return Err((
+                "record.sink.partial_max_secs",
+                "must be between 1 and 3600".into(),
+            ));
         }
         if self.max_backlog_bytes < 1 << 20 {
             return Err(("record.sink.max_backlog_bytes", "must be at least 1 MiB".into()));
@@ -170,20 +337,7 @@ impl Credentials {
     pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Credentials> {
         use anyhow::Context as _;
         if let Some(path) = file {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(path)
-                .with_context(|| format!("cannot read the record sink credentials {}", path.display()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                anyhow::bail!(
-                    "the record sink credentials {} are readable by group or others (mode {:04o}); chmod 600 it",
-                    path.display(),
-                    mode & 0o777
-                );
-            }
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the record sink credentials {}", path.display()))?;
+            let text = read_private(path, "the record sink credentials")?;
             // The parser's message could quote the file: name the file only.
             let file: CredentialsFile = toml::from_str(&text).map_err(|_| {
                 anyhow::anyhow!(
@@ -279,5 +433,50 @@ mod tests {
         .unwrap();
         let err = s.credentials().unwrap_err().to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn the_anchor_webhook_is_https_its_token_private_and_neither_ever_shown() {
+        let hook = |extra: &str| {
+            sink(&format!(
+                "[webhook]\nurl = \"https://anchors.example/in/PATHSECRET\"\n{extra}"
+            ))
+        };
+        assert!(hook("").validate().is_ok());
+        let mut plain = hook("");
+        plain.webhook.as_mut().unwrap().url = "http://anchors.example/in".into();
+        assert_eq!(plain.validate().unwrap_err().0, "record.sink.webhook.url");
+        let both = hook("token_file = \"/etc/t\"\ntoken_env = \"T\"");
+        assert_eq!(both.validate().unwrap_err().0, "record.sink.webhook.token_file");
+        assert_eq!(
+            hook("queue = 0").validate().unwrap_err().0,
+            "record.sink.webhook.queue"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "hook-t0ken-very-secret\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut s = hook("");
+        let w = s.webhook.as_mut().unwrap();
+        w.token_file = Some(path.clone());
+        let err = w.token().unwrap_err().to_string();
+        assert!(err.contains("chmod 600") && !err.contains("hook-t0ken"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let token = w.token().unwrap().unwrap();
+        assert_eq!(token.expose(), "hook-t0ken-very-secret");
+        std::fs::write(&path, "hook-t0ken\nsecond line\n").unwrap();
+        let err = w.token().unwrap_err().to_string();
+        assert!(!err.contains("hook-t0ken"), "{err}");
+        w.token_file = None;
+        w.token_env = Some("GHGATE_TEST_UNSET_ANCHOR_TOKEN".into());
+        let err = w.token().unwrap_err().to_string();
+        assert!(err.contains("GHGATE_TEST_UNSET_ANCHOR_TOKEN"), "{err}");
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("PATHSECRET") && shown.contains("anchors.example"),
+            "{shown}"
+        );
     }
 }

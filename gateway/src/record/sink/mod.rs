@@ -4,11 +4,22 @@
 //!
 //! One thread with its own runtime reads the segment files (never the writer's lock) on a timer:
 //! each sealed segment is uploaded once, read back and compared (size and SHA-256) before it
-//! counts as confirmed; the active segment is copied as a partial object; an anchor is written at
-//! every seal and at least every minute. Failures retry with backoff. It must never hold up
-//! traffic: the recorder only asks it how far behind it is (`SinkStatus`), and
-//! `on_sink_failure` decides what a backlog over the limit means. It must never overwrite a
-//! sealed segment's object, and never print the credentials.
+//! counts as confirmed; the active segment is copied as a partial object when it has grown by a
+//! quarter since its last copy (at least `partial_min_bytes`), or at all for `partial_max_secs`;
+//! an anchor of what the bucket holds is written at every seal and copy and at least every
+//! minute. With `[record.sink.webhook]`, every anchor of the live store (each seal, and the head
+//! each interval it moved, or a minute) also goes to an HTTPS receiver ([`webhook`]), whether or
+//! not the bucket can be reached. Failures retry with backoff. It must never hold up traffic: the
+//! recorder only asks it how far behind it is (`SinkStatus`), and `on_sink_failure` decides what
+//! a backlog over the limit means; a span of being behind is kept in `sink.json`, so one that a
+//! stop or crash interrupted is still recorded. It must never overwrite a sealed segment's
+//! object, and never print the credentials.
+//!
+//! Why whole partial copies rather than S3 multipart: each object is at every moment a prefix of
+//! the segment that verifies on its own, a PUT replaces it atomically, and a crash leaves nothing
+//! half-done to resume or abort (an unfinished multipart upload is invisible to readers, is
+//! billed until aborted, and needs parts of 5 MiB). Growth by a quarter bounds what one segment
+//! costs to about five times its size.
 //!
 //! Layout in the bucket, under the runner's prefix:
 //!
@@ -21,7 +32,9 @@
 //! ```
 pub mod config;
 pub mod remote;
+pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -51,6 +64,9 @@ pub fn state_path(dir: &Path) -> PathBuf {
 struct SinkState {
     /// Every sealed segment up to this one has a confirmed remote copy.
     confirmed_through: u64,
+    /// Over `max_backlog_bytes` since this moment (µs), across stops; absent when not behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    behind_since: Option<u64>,
 }
 
 fn load_state(dir: &Path) -> SinkState {
@@ -101,13 +117,25 @@ impl SinkStatus {
 pub struct Sink {
     pub status: Arc<SinkStatus>,
     stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Mutex<Option<thread::JoinHandle<()>>>,
+    thread: Mutex<Option<thread::JoinHandle<Uploader>>>,
 }
 
 impl Sink {
-    /// Reads the credentials and starts the uploading thread. Nothing is sent before it runs.
-    pub fn start(cfg: &SinkConfig, dir: PathBuf, key: SigningKey, recorder: Weak<Recorder>) -> Result<Sink> {
+    /// Reads the credentials and starts the uploading thread (and the anchor webhook's, with
+    /// its DNS from `config`). Nothing is sent before it runs.
+    pub fn start(
+        cfg: &SinkConfig,
+        config: &crate::config::Config,
+        dir: PathBuf,
+        key: SigningKey,
+        recorder: Weak<Recorder>,
+    ) -> Result<Sink> {
         let creds = cfg.credentials()?;
+        let hook = cfg
+            .webhook
+            .as_ref()
+            .map(|w| webhook::AnchorHook::start(w, config))
+            .transpose()?;
         // reqwest is built without a bundled provider: ring, as everywhere in ghgate.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let status = Arc::new(SinkStatus {
@@ -131,9 +159,20 @@ impl Sink {
             pinned: false,
             partial: None,
             last_anchor: None,
+            scanned: BTreeMap::new(),
+            active: None,
+            hook,
+            hook_sealed_through: 0,
+            hook_head: None,
             recorder,
         };
         uploader.state = load_state(&uploader.dir);
+        uploader.hook_sealed_through = uploader.state.confirmed_through;
+        if let Some(since) = uploader.state.behind_since {
+            // Behind when the last run stopped: the span goes on (and refuses, with "refuse").
+            uploader.status.behind_since.store(since, Ordering::Release);
+            warn!(since_us = since, on_sink_failure = ?cfg.on_sink_failure, "the record sink was behind more than max_backlog_bytes when the gateway last stopped");
+        }
         let reader = uploader.client(None)?;
         uploader.reader = Some(reader);
         let (stop2, interval) = (stop.clone(), Duration::from_millis(cfg.interval_ms));
@@ -165,7 +204,12 @@ impl Sink {
             thread::sleep(Duration::from_millis(20));
         }
         if handle.is_finished() {
-            let _ = handle.join();
+            if let Ok(uploader) = handle.join()
+                && let Some(hook) = &uploader.hook
+            {
+                // What is left of the limit, at most 5 s: the seal's anchor for the webhook.
+                hook.drain(deadline.min(Instant::now() + Duration::from_secs(5)));
+            }
         } else {
             warn!("the record sink did not finish its last upload in time; the next start resumes it");
         }
@@ -185,12 +229,24 @@ struct Uploader {
     /// For segments and anchors: carries the Object Lock headers, renewed hourly.
     writer: Option<(AmazonS3, Instant)>,
     pinned: bool,
-    /// The active segment's number and the length last copied.
-    partial: Option<(u64, u64)>,
-    /// The last anchor's (seq, when).
+    /// The active segment as last copied, and when.
+    partial: Option<(SegmentState, Instant)>,
+    /// The last anchor in the bucket: (seq, when).
     last_anchor: Option<(u64, Instant)>,
+    /// Sealed segments read and not yet confirmed (they never change).
+    scanned: BTreeMap<u64, SegmentState>,
+    /// The active segment as last read, with the file's length then.
+    active: Option<(u64, SegmentState)>,
+    hook: Option<webhook::AnchorHook>,
+    /// Every sealed segment up to this one has had its seal anchor offered to the webhook.
+    hook_sealed_through: u64,
+    /// The last head anchor offered to the webhook: (seq, when).
+    hook_head: Option<(u64, Instant)>,
     recorder: Weak<Recorder>,
 }
+
+/// An anchor is due after this long even when the head has not moved.
+const ANCHOR_EVERY: Duration = Duration::from_secs(55);
 
 /// Why a pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -202,40 +258,54 @@ enum PassError {
 }
 
 impl Uploader {
-    fn run(mut self, stop: &(Mutex<bool>, Condvar), interval: Duration) {
+    /// Passes until stopped; gives itself back (its webhook to drain).
+    fn run(mut self, stop: &(Mutex<bool>, Condvar), interval: Duration) -> Uploader {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
                 error!(error = %e, "cannot start the record sink's runtime; records are not leaving the host");
-                return;
+                return self;
             }
         };
+        // Backoff for the bucket: doubling from the interval, at most a minute. The store is
+        // still read every interval, so that the webhook gets its anchors meanwhile.
         let mut wait = interval;
+        let mut next_upload = Instant::now();
         loop {
             let stopping = stop.0.lock().map(|s| *s).unwrap_or(true);
-            match rt.block_on(self.pass()) {
-                Ok(()) => {
-                    wait = interval;
-                    if let Ok(mut e) = self.status.last_error.lock() {
-                        *e = None;
+            let states = self.scan().map_err(PassError::from);
+            if stopping || Instant::now() >= next_upload {
+                let uploaded = match &states {
+                    Ok(states) => rt.block_on(self.upload(states)),
+                    Err(e) => Err(PassError::Other(anyhow::anyhow!("{e}"))),
+                };
+                match uploaded {
+                    Ok(()) => {
+                        wait = interval;
+                        if let Ok(mut e) = self.status.last_error.lock() {
+                            *e = None;
+                        }
+                    }
+                    Err(e) => {
+                        wait = (wait * 2).min(Duration::from_secs(60)).max(interval);
+                        warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the record sink cannot upload; will retry");
+                        if let Ok(mut last) = self.status.last_error.lock() {
+                            *last = Some(e.to_string());
+                        }
                     }
                 }
-                Err(e) => {
-                    // Backoff: doubling from the interval, at most a minute.
-                    wait = (wait * 2).min(Duration::from_secs(60)).max(interval);
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the record sink cannot upload; will retry");
-                    if let Ok(mut last) = self.status.last_error.lock() {
-                        *last = Some(e.to_string());
-                    }
-                }
+                next_upload = Instant::now() + wait;
+            }
+            if let Ok(states) = &states {
+                self.offer_hook(states);
             }
             self.update_backlog();
             if stopping {
-                return;
+                return self;
             }
             let (lock, cv) = stop;
-            let Ok(guard) = lock.lock() else { return };
-            let _ = cv.wait_timeout_while(guard, wait, |s| !*s);
+            let Ok(guard) = lock.lock() else { return self };
+            let _ = cv.wait_timeout_while(guard, interval, |s| !*s);
         }
     }
 
@@ -272,49 +342,111 @@ impl Uploader {
         ObjPath::from(format!("{}/{rest}", self.runner))
     }
 
-    async fn pass(&mut self) -> Result<(), PassError> {
-        if !self.pinned {
-            self.pin_key().await?;
-        }
+    /// The states of the segments after the last confirmed one, in order: sealed ones, then the
+    /// active one (a crash's unsealed segment stops the list: the next start seals it). Sealed
+    /// segments are read once; the active one again only when its file grew.
+    fn scan(&mut self) -> Result<Vec<SegmentState>> {
         let numbers = store::segment_numbers(&self.dir).context("cannot list the record segments")?;
         let Some(&newest) = numbers.last() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
-        let mut head = None;
         let from = self.state.confirmed_through;
+        self.scanned.retain(|&n, _| n > from);
+        let mut states = Vec::new();
         for &n in numbers.iter().filter(|&&n| n > from) {
-            let state = store::segment_state(&self.dir, n)
-                .with_context(|| format!("cannot read record segment {n:012}"))?;
+            if let Some(s) = self.scanned.get(&n) {
+                states.push(s.clone());
+                continue;
+            }
+            let path = store::segment_path(&self.dir, n);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let state = match &self.active {
+                Some((l, s)) if s.number == n && *l == len => s.clone(),
+                _ => store::segment_state(&self.dir, n)
+                    .with_context(|| format!("cannot read record segment {n:012}"))?,
+            };
             if state.sealed {
-                self.upload_sealed(&state).await?;
-                self.state.confirmed_through = n;
-                save_state(&self.dir, &self.state).context("cannot save the sink's progress")?;
-                self.anchor(&state).await?;
+                self.scanned.insert(n, state.clone());
+                states.push(state);
             } else if n == newest {
-                if self.partial.is_none_or(|p| p != (n, state.good_len)) && state.good_len > 0 {
-                    let bytes = read_prefix(&store::segment_path(&self.dir, n), state.good_len)?;
-                    let path = self.path(&format!("partial/{n:012}.seg"));
-                    self.writer()?.put(&path, PutPayload::from(bytes)).await?;
-                    self.partial = Some((n, state.good_len));
-                }
-                head = Some(state);
+                self.active = Some((len, state.clone()));
+                states.push(state);
             } else {
-                // A crash left it unsealed; the next start seals it.
                 break;
             }
         }
-        if let Some(state) = head {
-            let due = match self.last_anchor {
-                None => true,
-                Some((seq, at)) => {
-                    state.head.is_some_and(|(s, _)| s != seq) || at.elapsed() >= Duration::from_secs(55)
-                }
-            };
-            if due {
-                self.anchor(&state).await?;
+        Ok(states)
+    }
+
+    async fn upload(&mut self, states: &[SegmentState]) -> Result<(), PassError> {
+        if !self.pinned {
+            self.pin_key().await?;
+        }
+        for state in states {
+            let n = state.number;
+            if state.sealed {
+                self.upload_sealed(state).await?;
+                self.state.confirmed_through = n;
+                save_state(&self.dir, &self.state).context("cannot save the sink's progress")?;
+                self.anchor(state).await?;
+            } else if state.good_len > 0 && self.partial_due(state) {
+                let bytes = read_prefix(&store::segment_path(&self.dir, n), state.good_len)?;
+                let path = self.path(&format!("partial/{n:012}.seg"));
+                self.writer()?.put(&path, PutPayload::from(bytes)).await?;
+                self.partial = Some((state.clone(), Instant::now()));
+                self.anchor(state).await?;
             }
         }
+        // At least every minute, the head of what the bucket holds, anchored again.
+        if let Some((copied, _)) = &self.partial
+            && self
+                .last_anchor
+                .is_none_or(|(_, at)| at.elapsed() >= ANCHOR_EVERY)
+            && states.iter().any(|s| s.number == copied.number)
+        {
+            let copied = copied.clone();
+            self.anchor(&copied).await?;
+        }
         Ok(())
+    }
+
+    /// Whether the active segment's copy is worth replacing: it has none yet, or it grew by a
+    /// quarter of the last copy (at least `partial_min_bytes`), or it grew at all and the copy
+    /// is `partial_max_secs` old.
+    fn partial_due(&self, state: &SegmentState) -> bool {
+        let Some((last, at)) = self.partial.as_ref().filter(|(p, _)| p.number == state.number) else {
+            return true;
+        };
+        let grown = state.good_len.saturating_sub(last.good_len);
+        grown > 0
+            && (grown >= (last.good_len / 4).max(self.cfg.partial_min_bytes)
+                || at.elapsed() >= Duration::from_secs(self.cfg.partial_max_secs))
+    }
+
+    /// Offers the webhook the seal of every segment sealed since the last pass, and the head
+    /// when it moved (or a minute passed).
+    fn offer_hook(&mut self, states: &[SegmentState]) {
+        let Some(hook) = &self.hook else { return };
+        let now = model::now_micros();
+        for state in states {
+            if state.sealed {
+                if state.number <= self.hook_sealed_through {
+                    continue;
+                }
+                if let Some(a) = Anchor::sign(&self.key, &self.runner, state, now) {
+                    hook.offer(a);
+                }
+                self.hook_sealed_through = state.number;
+            } else if let Some((seq, _)) = state.head {
+                let due = self
+                    .hook_head
+                    .is_none_or(|(last, at)| last != seq || at.elapsed() >= ANCHOR_EVERY);
+                if due && let Some(a) = Anchor::sign(&self.key, &self.runner, state, now) {
+                    hook.offer(a);
+                    self.hook_head = Some((seq, Instant::now()));
+                }
+            }
+        }
     }
 
     /// Uploads a sealed segment unless an identical copy is already there, then reads it back.
@@ -348,9 +480,16 @@ impl Uploader {
             )
             .into());
         }
+        // The seal is the segment file's last write: how long it waited for its remote copy.
+        let lag_ms = std::fs::metadata(store::segment_path(&self.dir, n))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_millis() as u64);
         info!(
             segment = n,
             bytes = len,
+            lag_ms,
             "record segment copied to the sink and confirmed"
         );
         Ok(())
@@ -367,32 +506,21 @@ impl Uploader {
         Ok(())
     }
 
-    /// Pins the store's public key in the sink at first upload; reports a key that differs.
+    /// Pins the store's public key in the sink unless `ghgate install` (or an earlier run) did;
+    /// reports a key that differs.
     async fn pin_key(&mut self) -> Result<(), PassError> {
         let pem = store::public_key_pem(&self.key);
-        let path = self.path("runner.pub");
-        match self.reader().get(&path).await {
-            Ok(got) => {
-                let pinned = got.bytes().await?;
-                if pinned.as_ref() != pem.as_bytes() {
-                    self.status.key_changed.store(true, Ordering::Release);
-                    error!(
-                        runner = %self.runner,
-                        "the record signing key differs from the one pinned in the sink at first upload; records signed with it will not verify against the pin (the new key is kept under keys/)"
-                    );
-                    let changed = self.path(&format!("keys/{}.pub", model::now_micros()));
-                    self.writer()?
-                        .put(&changed, PutPayload::from(pem.into_bytes()))
-                        .await?;
-                }
+        let writer = self.writer()?.clone();
+        match pin(self.reader(), &writer, &self.runner, &pem).await? {
+            Pin::Differs => {
+                self.status.key_changed.store(true, Ordering::Release);
+                error!(
+                    runner = %self.runner,
+                    "the record signing key differs from the one pinned in the sink; records signed with it will not verify against the pin (the new key is kept under keys/)"
+                );
             }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.writer()?
-                    .put(&path, PutPayload::from(pem.into_bytes()))
-                    .await?;
-                info!(runner = %self.runner, "record key pinned in the sink");
-            }
-            Err(e) => return Err(e.into()),
+            Pin::Pinned => info!(runner = %self.runner, "record key pinned in the sink"),
+            Pin::Same => {}
         }
         self.pinned = true;
         Ok(())
@@ -417,6 +545,7 @@ impl Uploader {
             let now = model::now_micros();
             self.status.behind_since.store(now, Ordering::Release);
             warn!(backlog_bytes = backlog, on_sink_failure = ?self.cfg.on_sink_failure, "the record sink is behind more than max_backlog_bytes");
+            self.keep_behind(Some(now));
         } else if !over && since != 0 {
             self.status.behind_since.store(0, Ordering::Release);
             info!("the record sink caught up");
@@ -437,8 +566,90 @@ impl Uploader {
                     bypassed: 0,
                 });
             }
+            // After the gap is handed over: a crash in between records it twice, never not at all.
+            self.keep_behind(None);
         }
     }
+
+    /// Saves the start of a span of being behind (or its end), so that a stop does not lose it.
+    fn keep_behind(&mut self, since: Option<u64>) {
+        self.state.behind_since = since;
+        if let Err(e) = save_state(&self.dir, &self.state) {
+            warn!(error = %e, "cannot save the sink's progress");
+        }
+    }
+}
+
+/// What pinning a runner's key found in the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// No key was pinned: this one now is.
+    Pinned,
+    /// This key was already pinned.
+    Same,
+    /// Another key is pinned (never replaced); this one was kept under `keys/`, where
+    /// `sessions verify --remote` reports it.
+    Differs,
+}
+
+/// Pins `pem` as `runner`'s key (`<runner>/runner.pub`) unless one is pinned already.
+async fn pin(reader: &AmazonS3, writer: &AmazonS3, runner: &str, pem: &str) -> object_store::Result<Pin> {
+    let path = ObjPath::from(format!("{runner}/runner.pub"));
+    match reader.get(&path).await {
+        Ok(got) => {
+            if got.bytes().await?.as_ref() == pem.as_bytes() {
+                return Ok(Pin::Same);
+            }
+            let changed = ObjPath::from(format!("{runner}/keys/{}.pub", model::now_micros()));
+            writer
+                .put(&changed, PutPayload::from(pem.as_bytes().to_vec()))
+                .await?;
+            Ok(Pin::Differs)
+        }
+        Err(object_store::Error::NotFound { .. }) => {
+            writer
+                .put(&path, PutPayload::from(pem.as_bytes().to_vec()))
+                .await?;
+            Ok(Pin::Pinned)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Pins `key` for this host's runner in the sink `cfg` describes, from outside the gateway
+/// (`ghgate install`): `credentials_file` is read under `root`. Blocks; never prints the
+/// credentials.
+pub fn pin_now(cfg: &SinkConfig, root: &Path, key: &SigningKey) -> Result<Pin> {
+    let creds = config::Credentials::load(
+        cfg.credentials_file
+            .as_ref()
+            .map(|f| root.join(f.strip_prefix("/").unwrap_or(f)))
+            .as_deref(),
+    )?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let reader = s3_client(&cfg.url, &cfg.bucket, &cfg.region, &creds, None)?;
+    let writer = match cfg.object_lock {
+        Some(l) => s3_client(
+            &cfg.url,
+            &cfg.bucket,
+            &cfg.region,
+            &creds,
+            Some(lock_headers(l.mode, l.days)?),
+        )?,
+        None => reader.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pem = store::public_key_pem(key);
+    rt.block_on(pin(&reader, &writer, &cfg.runner(), &pem))
+        .with_context(|| {
+            format!(
+                "cannot pin the record key in the sink {}/{}",
+                cfg.bucket,
+                cfg.runner()
+            )
+        })
 }
 
 fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>> {

@@ -196,14 +196,35 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Checks a mirrored runner: its chain and seals under the pinned key, its anchors, its objects'
-/// retention (`require_lock`: missing retention fails), and, when given, the local store that
-/// claims to be this runner. What passed, or every failure found.
+/// Anchors kept outside the bucket (the anchor webhook's receiver): one JSON object per line, or
+/// one JSON array.
+pub fn read_anchors(path: &Path) -> Result<Vec<Anchor>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the anchors {}", path.display()))?;
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON array of anchors", path.display()));
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}: not an anchor", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Checks a mirrored runner: its chain and seals under the pinned key, its anchors and those
+/// `kept` outside the bucket, its objects' retention (`require_lock`: missing retention fails),
+/// and, when given, the local store that claims to be this runner. What passed, or every failure
+/// found.
 pub async fn verify_runner(
     remote: &Remote,
     m: &Mirror,
     require_lock: bool,
     local: Option<(&Path, VerifyingKey)>,
+    kept: &[Anchor],
 ) -> Result<String, Vec<Failure>> {
     let fail = |segment: Option<u64>, what: String| Failure {
         runner: m.runner.clone(),
@@ -257,6 +278,43 @@ pub async fn verify_runner(
             )),
         }
     }
+    // The bucket's newest frame: a kept anchor past it was taken while the sink was behind, or
+    // the bucket's copy was cut short since.
+    let bucket_head = report.as_ref().map_or(0, |r| r.last_seq);
+    for a in kept {
+        let Some(hash) = a.verify(&pinned) else {
+            failures.push(fail(
+                Some(a.segment),
+                format!("the kept anchor of seq {} is not signed by the pinned key", a.seq),
+            ));
+            continue;
+        };
+        max_anchored = max_anchored.max(a.seq);
+        match store::frame_hash(&m.dir, a.segment, a.seq) {
+            Ok(Some(h)) if h == hash => {}
+            Ok(Some(_)) => failures.push(fail(
+                Some(a.segment),
+                format!(
+                    "the bucket's chain does not pass through kept anchor seq {} ({}): rewritten",
+                    a.seq, a.hash
+                ),
+            )),
+            _ if a.seq > bucket_head => failures.push(fail(
+                Some(a.segment),
+                format!(
+                    "the bucket's copy ends at seq {bucket_head}, before kept anchor seq {}: cut short (or the runner's sink is still behind)",
+                    a.seq
+                ),
+            )),
+            _ => failures.push(fail(
+                Some(a.segment),
+                format!(
+                    "the bucket's copy lacks the frame of kept anchor seq {}: cut short or rewritten",
+                    a.seq
+                ),
+            )),
+        }
+    }
     let mut locked = 0;
     for (n, path) in &m.sealed {
         match remote.retention(path).await {
@@ -300,6 +358,20 @@ pub async fn verify_runner(
                 Err(e) => failures.push(fail(Some(*n), format!("cannot read the local copy: {e}"))),
             }
         }
+        for a in kept {
+            let Some(hash) = a.verify(&pinned) else { continue };
+            if let Ok(Some(h)) = store::frame_hash(dir, a.segment, a.seq)
+                && h != hash
+            {
+                failures.push(fail(
+                    Some(a.segment),
+                    format!(
+                        "the local store does not pass through kept anchor seq {} ({}): rewritten",
+                        a.seq, a.hash
+                    ),
+                ));
+            }
+        }
         match store::verify(dir, &key, &mut |_| {}) {
             Ok(r) if r.last_seq < max_anchored => failures.push(fail(
                 Some(r.last_segment),
@@ -320,9 +392,14 @@ pub async fn verify_runner(
     }
     let report = report.expect("no failure");
     Ok(format!(
-        "runner {}: {report}; {} anchors up to seq {max_anchored}; {locked} of {} sealed segments under Object Lock",
+        "runner {}: {report}; {} anchors{} up to seq {max_anchored}; {locked} of {} sealed segments under Object Lock",
         m.runner,
         m.anchors.len(),
+        if kept.is_empty() {
+            String::new()
+        } else {
+            format!(" (and {} kept outside the bucket)", kept.len())
+        },
         m.sealed.len()
     ))
 }
