@@ -267,7 +267,8 @@ struct Row {
     /// Gateway CPU-s per GiB of the HTTP/1.1 and HTTP/2 downloads.
     gib_cpu1: f64,
     gib_cpu2: f64,
-    /// The whole host's CPU-s per GiB of the same downloads (client, upstream, middle, the rest).
+    /// CPU-s per GiB of the same downloads spent by client, upstream and middle together (not
+    /// the host's: other work on a busy host is not the download's).
     host_gib1: f64,
     host_gib2: f64,
     /// Idle connections: held, KiB of RSS each, files before/while.
@@ -445,13 +446,8 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             let report = run_client(via, &mk(mode, 0))?;
             let upstream_cpu = process_secs(std::process::id()).unwrap_or(0.0) - upstream_before;
             let (host, spent) = meter.stop();
-            Ok((
-                report,
-                host.fraction,
-                spent.unwrap_or(nan),
-                upstream_cpu,
-                host.cpu_secs,
-            ))
+            let all = report.cpu_s + upstream_cpu + spent.unwrap_or(0.0);
+            Ok((report, host.fraction, spent.unwrap_or(nan), upstream_cpu, all))
         };
         let (r1, busy, mid, up, _) = measured("rps")?;
         let per_req = |s: f64, r: &Report| s / r.requests.max(1) as f64 * 1e6;
@@ -739,7 +735,7 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         ("HTTP/2", d.host_gib2, def.host_gib2, def.gib_cpu2, norec.gib_cpu2),
     ] {
         println!(
-            "    ({what} download: the host spent {} CPU-s/GiB direct and {} through ghgate defaults \
+            "    ({what} download: client, upstream and gateway spent {} CPU-s/GiB direct and {} through ghgate defaults \
              (the gateway {}, {} unrecorded): {} CPUs allow at most {}× direct at these costs)",
             f(direct, 2),
             f(via, 2),
