@@ -35,12 +35,17 @@ impl HostCpu {
     pub fn since(&self) -> HostBusy {
         let now = Self::now();
         let fraction = (now.busy - self.busy) as f64 / (now.total - self.total).max(1) as f64;
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let cpus = cpus() as f64;
         HostBusy {
             fraction,
             cpu_secs: fraction * cpus * self.at.elapsed().as_secs_f64(),
         }
     }
+}
+
+/// The CPUs this host has for everything (client, upstream, gateway).
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// The host's CPU use over an interval.

@@ -278,6 +278,10 @@ struct Row {
     /// Gateway CPU-s per GiB of the HTTP/1.1 and HTTP/2 downloads.
     gib_cpu1: f64,
     gib_cpu2: f64,
+    /// CPU-s per GiB of the same downloads spent by client, upstream and middle together (not
+    /// the host's: other work on a busy host is not the download's).
+    host_gib1: f64,
+    host_gib2: f64,
     /// Idle connections, HTTP/1.1 and HTTP/2.
     idle: Option<Idle>,
     idle2: Option<Idle>,
@@ -511,21 +515,22 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         };
         eprintln!("{label}: requests/s (HTTP/1.1, HTTP/2), downloads (HTTP/1.1, HTTP/2)…");
         // The process in the middle, the client and the upstream (this process), per request.
-        let measured = |mode: &str| -> anyhow::Result<(Report, f64, f64, f64)> {
+        let measured = |mode: &str| -> anyhow::Result<(Report, f64, f64, f64, f64)> {
             let meter = Meter::start(middle);
             let upstream_before = process_secs(std::process::id()).unwrap_or(0.0);
             let report = run_client(via, &mk(mode, 0))?;
             let upstream_cpu = process_secs(std::process::id()).unwrap_or(0.0) - upstream_before;
             let (host, spent) = meter.stop();
-            Ok((report, host.fraction, spent.unwrap_or(nan), upstream_cpu))
+            let all = report.cpu_s + upstream_cpu + spent.unwrap_or(0.0);
+            Ok((report, host.fraction, spent.unwrap_or(nan), upstream_cpu, all))
         };
-        let (r1, busy, mid, up) = measured("rps")?;
+        let (r1, busy, mid, up, _) = measured("rps")?;
         let per_req = |s: f64, r: &Report| s / r.requests.max(1) as f64 * 1e6;
         row.rps1 = r1.requests_per_s;
         row.busy = busy;
         (row.cpu_mid, row.cpu_client, row.cpu_upstream) =
             (per_req(mid, &r1), per_req(r1.cpu_s, &r1), per_req(up, &r1));
-        if let Some((r2, _, mid2, up2)) = attempt(label, "HTTP/2 requests/s", || measured("rps2")) {
+        if let Some((r2, _, mid2, up2, _)) = attempt(label, "HTTP/2 requests/s", || measured("rps2")) {
             row.rps2 = r2.requests_per_s;
             row.cpu_mid_h2 = per_req(mid2, &r2);
             row.cpu_cu_h2 = per_req(r2.cpu_s + up2, &r2);
@@ -533,10 +538,12 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             (row.rps2, row.cpu_mid_h2, row.cpu_cu_h2) = (nan, nan, nan);
         }
         let gib = args.bytes as f64 / GIB;
-        let (d1, _, mid_dl1, _) = measured("download")?;
-        (row.dl1, row.gib_cpu1) = (d1.mb_per_s, mid_dl1 / gib);
-        (row.dl2, row.gib_cpu2) = attempt(label, "HTTP/2 download", || measured("download2"))
-            .map_or((nan, nan), |(d2, _, mid, _)| (d2.mb_per_s, mid / gib));
+        let (d1, _, mid_dl1, _, host_dl1) = measured("download")?;
+        (row.dl1, row.gib_cpu1, row.host_gib1) = (d1.mb_per_s, mid_dl1 / gib, host_dl1 / gib);
+        (row.dl2, row.gib_cpu2, row.host_gib2) = attempt(label, "HTTP/2 download", || measured("download2"))
+            .map_or((nan, nan, nan), |(d2, _, mid, _, host)| {
+                (d2.mb_per_s, mid / gib, host / gib)
+            });
         eprintln!("{label}: streamed completions, without and with a secret split across events…");
         let completion = |text: &str| HttpClientArgs {
             text_hex: hex(text),
@@ -636,7 +643,7 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
     );
     println!(
         "\nCPU per request (HTTP/1.1 requests/s run; {} CPUs shared by everything):",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        crate::cpu::cpus()
     );
     println!(
         "{:<18} {:>8} {:>12} {:>12} {:>14} {:>10} {:>14} {:>14} {:>12} {:>12}",
@@ -745,6 +752,14 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         ),
         "≤ 10 %",
     );
+    println!(
+        "    (recording's share on CPUs the three processes share: {} CPU-s/GiB recorded vs {} unrecorded \
+         for client, upstream and gateway, so at least {} % slower when CPU-bound; every body byte is \
+         hashed with SHA-256 for the record)",
+        f(def.host_gib1, 2),
+        f(norec.host_gib1, 2),
+        f((1.0 - norec.host_gib1 / def.host_gib1) * 100.0, 1)
+    );
     line(
         def.p50 - norec.p50 <= 30.0,
         format!("recording adds {:+.1} µs GET p50", def.p50 - norec.p50),
@@ -769,6 +784,30 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         format!("HTTP/2 download {}× direct", f(def.dl2 / d.dl2, 2)),
         "≥ 0.8×",
     );
+    // On a host whose CPUs all three processes share, a download is CPU-bound: its rate is at
+    // most the host's CPUs over the CPU-seconds each GiB costs the host, so the ratio to direct
+    // cannot pass the ratio of their costs per GiB, however the gateway spends its share.
+    for (what, direct, via, gw, gw_norec) in [
+        (
+            "HTTP/1.1",
+            d.host_gib1,
+            def.host_gib1,
+            def.gib_cpu1,
+            norec.gib_cpu1,
+        ),
+        ("HTTP/2", d.host_gib2, def.host_gib2, def.gib_cpu2, norec.gib_cpu2),
+    ] {
+        println!(
+            "    ({what} download: client, upstream and gateway spent {} CPU-s/GiB direct and {} through ghgate defaults \
+             (the gateway {}, {} unrecorded): {} CPUs allow at most {}× direct at these costs)",
+            f(direct, 2),
+            f(via, 2),
+            f(gw, 2),
+            f(gw_norec, 2),
+            crate::cpu::cpus(),
+            f(direct / via, 2)
+        );
+    }
     line(
         def.rps2 / d.rps2 >= def.rps1 / d.rps1,
         format!(
