@@ -567,7 +567,7 @@ const GIT_OBJECTS: &[&str] = &["blobs", "trees", "commits", "tags"];
 /// would store it: a blob's content (UTF-8, or base64 read every way GitHub might), each tree
 /// entry's inline `content` at its path, every string of a commit or tag (message, names,
 /// emails), one after another as git's object has them.
-fn git_objects(via: &str, body: &[u8]) -> Write {
+fn git_objects(kind: &str, via: &str, body: &[u8]) -> Write {
     let obj = match json::object(body) {
         Ok(o) => o,
         Err(e) => {
@@ -578,7 +578,7 @@ fn git_objects(via: &str, body: &[u8]) -> Write {
             )]);
         }
     };
-    let (paths, files) = match via.rsplit('/').next().unwrap_or_default() {
+    let (paths, files) = match kind {
         "blobs" => (
             Paths::Unknown("a blob has no path until a tree names it".into()),
             blob_content(&obj),
@@ -762,7 +762,7 @@ fn rest(method: &Method, path: &str, named: bool, body: Option<Body<'_>>) -> Opt
         if let Some(via) = GIT_OBJECTS.iter().find(|k| **k == kind) {
             let via = format!("POST git/{via}");
             return match body? {
-                Body::Whole(b) => Some(git_objects(&via, b)),
+                Body::Whole(b) => Some(git_objects(&kind, &via, b)),
                 Body::PastCap(cap) => Some(Write::Refs(vec![ApiRef::objects(
                     via,
                     Paths::Unknown("its body was not read".into()),

@@ -1352,6 +1352,13 @@ fn git_objects_carry_what_github_would_store() {
     let req = classified_with("POST", "https://api.github.com/graphql", &[], &github());
     let w = past_cap(&req, &github(), 1024);
     assert!(matches!(w, Write::Unread(_)), "{w:?} {req:?}");
+    // A repository by id, and GHES's prefix, are the same endpoint.
+    let w = api(
+        "POST",
+        "/repositories/42/git/blobs",
+        &json!({ "content": token }).to_string(),
+    );
+    assert_eq!(objects_carried(&w).0.len(), 1);
     // Other git database endpoints are not known.
     assert!(matches!(
         api("POST", "/repos/o/r/git/notes", "{}"),
