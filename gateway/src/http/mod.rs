@@ -520,10 +520,13 @@ where
                 let turn = heads.parsed();
                 let method = req.method().clone();
                 let answer = forward(state.clone(), req);
-                async move {
+                // Boxed: hyper keeps the slot for a request's future for the connection's whole
+                // life, so an unboxed one (tens of KiB: the whole pipeline's state) would stay
+                // allocated and touched on every idle keep-alive connection.
+                Box::pin(async move {
                     let resp = answer.await?;
                     Ok::<_, Infallible>(turn.attach(&method, resp))
-                }
+                })
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

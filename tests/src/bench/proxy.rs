@@ -498,7 +498,36 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         };
         if args.only == Some(Only::Idle) {
             if *terminating {
-                idle(&mut row)?;
+                // Each figure on a gateway of its own: memory the first figure's connections left
+                // free would otherwise be reused by the second's and not show as RSS.
+                let pid = middle.context("gateway pid")?;
+                eprintln!("{label}: {} idle keep-alive connections (HTTP/1.1)…", args.idle);
+                row.idle = Some(idle_figure(via, pid, &mk("idle", args.idle))?);
+                let cg = TestCgroup::new();
+                let fresh = Gateway::start(
+                    &cg,
+                    &GatewaySpec {
+                        extra_toml: {
+                            let record = label == "ghgate defaults";
+                            shipped_defaults(dir.path(), record, &format!("control-fresh-{record}"))
+                        },
+                        ..spec.clone()
+                    },
+                );
+                eprintln!(
+                    "{label} (a fresh gateway): {} idle connections (HTTP/2)…",
+                    args.idle
+                );
+                row.idle2 = attempt(label, "HTTP/2 idle connections", || {
+                    idle_figure(
+                        Some(&fresh),
+                        fresh.pid().context("gateway pid")?,
+                        &HttpClientArgs {
+                            ca: fresh.ca_file(),
+                            ..mk("idle2", args.idle)
+                        },
+                    )
+                });
                 rows.push(row);
             }
             continue;
