@@ -7,7 +7,7 @@
 //! hold a fact the records do not, and a record it points to is always read back from the store
 //! (and the store's hash chain) before anything is shown from it.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -841,7 +841,18 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
     // Each session's row is made when the batch first meets it (later statements update it);
     // its activity span is widened once, at the end, by what the whole batch saw of it.
     let mut activity: BTreeMap<SessionId, (u64, u64, u64)> = BTreeMap::new();
-    for (pos, record) in items {
+    // An exchange whose request and end are both in this batch (the usual case) gets its row
+    // once, from its end: the request's row would only be looked up and updated again.
+    let ends: HashMap<(&SessionId, ExchangeId), usize> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, r))| match r {
+            Record::Exchange(x) => Some(((&x.session, x.exchange), i)),
+            _ => None,
+        })
+        .collect();
+    let mut deferred: HashSet<(&SessionId, ExchangeId)> = HashSet::new();
+    for (i, (pos, record)) in items.iter().enumerate() {
         if last.is_some_and(|l| pos.seq <= l) {
             continue;
         }
@@ -886,6 +897,9 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                 )?
                 .execute(params![c.session, c.conn, c.sni.to_ascii_lowercase()])?;
             }
+            Record::Request(r) if ends.get(&(&r.session, r.exchange)).is_some_and(|&end| end > i) => {
+                deferred.insert((&r.session, r.exchange));
+            }
             Record::Request(r) => {
                 let host = exchange_host(tx, r.session.as_str(), r.conn, &r.url)?;
                 let added = tx
@@ -900,28 +914,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
             }
             Record::Exchange(x) => {
                 let host = exchange_host(tx, x.session.as_str(), x.conn, &x.url)?;
-                let before: Option<String> = tx
-                    .prepare_cached("SELECT host FROM exchanges WHERE session = ?1 AND exchange = ?2")?
-                    .query_row(params![x.session, x.exchange], |r| r.get(0))
-                    .optional()?;
-                // The usual case: the row its request made gets its status. An UPDATE that
-                // leaves `host` alone leaves `exchanges_host` alone too (a REPLACE deleted and
-                // reinserted the row and both its index entries, once per exchange).
-                let sql = match &before {
-                    Some(old) if *old == host => {
-                        "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, status = ?7
-                         WHERE session = ?1 AND exchange = ?2 AND host = ?6"
-                    }
-                    Some(_) => {
-                        "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, host = ?6, status = ?7
-                         WHERE session = ?1 AND exchange = ?2"
-                    }
-                    None => {
-                        "INSERT INTO exchanges (session, exchange, started_at, method, url, host, status)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                    }
-                };
-                tx.prepare_cached(sql)?.execute(params![
+                let values = params![
                     x.session,
                     x.exchange,
                     x.started_at,
@@ -929,12 +922,48 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                     x.url,
                     host,
                     x.status
-                ])?;
-                let c = counts.entry(x.session.clone()).or_default();
-                match before {
-                    None => c.add(host),
-                    Some(old) if old != host => c.recount = true,
-                    Some(_) => {}
+                ];
+                // Its request was deferred above: the row is made here, whole (unless one exists
+                // already, which ids unique across runs rule out; then as below).
+                let made = deferred.remove(&(&x.session, x.exchange))
+                    && tx
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )?
+                        .execute(values)?
+                        > 0;
+                if made {
+                    counts.entry(x.session.clone()).or_default().add(host);
+                } else {
+                    let before: Option<String> = tx
+                        .prepare_cached("SELECT host FROM exchanges WHERE session = ?1 AND exchange = ?2")?
+                        .query_row(params![x.session, x.exchange], |r| r.get(0))
+                        .optional()?;
+                    // The usual case: the row its request made gets its status. An UPDATE that
+                    // leaves `host` alone leaves `exchanges_host` alone too (a REPLACE deleted and
+                    // reinserted the row and both its index entries, once per exchange).
+                    let sql = match &before {
+                        Some(old) if *old == host => {
+                            "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, status = ?7
+                             WHERE session = ?1 AND exchange = ?2 AND host = ?6"
+                        }
+                        Some(_) => {
+                            "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, host = ?6, status = ?7
+                             WHERE session = ?1 AND exchange = ?2"
+                        }
+                        None => {
+                            "INSERT INTO exchanges (session, exchange, started_at, method, url, host, status)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                        }
+                    };
+                    tx.prepare_cached(sql)?.execute(values)?;
+                    let c = counts.entry(x.session.clone()).or_default();
+                    match before {
+                        None => c.add(host),
+                        Some(old) if old != host => c.recount = true,
+                        Some(_) => {}
+                    }
                 }
             }
             _ => {}
@@ -1415,6 +1444,92 @@ mod tests {
                 (1, Some(200), "api.github.com".to_owned()),
                 (2, Some(200), "uploads.github.com".to_owned()),
                 (3, Some(200), "github.com".to_owned()),
+            ]
+        );
+    }
+
+    /// A request and its end in one batch make the exchange's row once, from the end: the
+    /// tables come out as when each record is indexed on its own, for every mix (an exchange in
+    /// flight, one ending on another host, an end without its request, and an id met again in a
+    /// later batch).
+    #[test]
+    fn a_request_and_its_end_in_one_batch_index_as_when_apart() {
+        let request = |id: u64, url: &str| {
+            Record::Request(crate::model::RequestStart {
+                session: "s".into(),
+                conn: 1,
+                exchange: id.into(),
+                at: 1,
+                method: "GET".into(),
+                url: url.into(),
+            })
+        };
+        let batches = [
+            vec![
+                request(1, "https://api.github.com/a"),
+                request(2, "https://api.github.com/b"),
+                exchange("s", 1, 2, "https://api.github.com/a"),
+                request(3, "https://github.com/in-flight"),
+                exchange("s", 2, 3, "https://uploads.github.com/b"),
+                exchange("s", 4, 4, "https://codeload.github.com/no-request"),
+            ],
+            vec![
+                request(1, "https://api.github.com/again"),
+                exchange("s", 1, 5, "https://raw.githubusercontent.com/again"),
+                exchange("s", 3, 6, "https://github.com/in-flight"),
+            ],
+        ];
+        let tables = |index: &Index| -> (Vec<String>, Vec<String>) {
+            let rows = |sql: &str| -> Vec<String> {
+                index
+                    .conn
+                    .prepare(sql)
+                    .unwrap()
+                    .query_map([], |r| {
+                        let n = r.as_ref().column_count();
+                        let v: Vec<String> = (0..n)
+                            .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                            .collect();
+                        Ok(v.join("|"))
+                    })
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            };
+            (
+                rows("SELECT * FROM exchanges ORDER BY session, exchange"),
+                rows("SELECT * FROM sessions ORDER BY id"),
+            )
+        };
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut together = Index::open(&dir_a.path().join("i.sqlite")).unwrap();
+        let mut apart = Index::open(&dir_b.path().join("i.sqlite")).unwrap();
+        let mut seq = 0;
+        for batch in &batches {
+            let items: Vec<(Position, Record)> = batch
+                .iter()
+                .map(|r| {
+                    seq += 1;
+                    (pos(seq), r.clone())
+                })
+                .collect();
+            together.add_batch(&items).unwrap();
+            for item in &items {
+                apart.add_batch(std::slice::from_ref(item)).unwrap();
+            }
+        }
+        let (a, b) = (tables(&together), tables(&apart));
+        assert_eq!(a, b);
+        assert_eq!(a.0.len(), 4, "{:?}", a.0);
+        let row = &together.sessions(&SessionFilter::default()).unwrap()[0];
+        assert_eq!(row.exchanges, 4);
+        assert_eq!(
+            row.hosts,
+            [
+                "codeload.github.com",
+                "github.com",
+                "raw.githubusercontent.com",
+                "uploads.github.com"
             ]
         );
     }
