@@ -444,12 +444,15 @@ fn websocket_echo_through_the_gateway() {
             )
         })
         .collect();
-    let ups: Vec<u64> = texts.iter().filter(|(d, _)| d == "Up").map(|(_, n)| *n).collect();
-    let downs: Vec<u64> = texts
-        .iter()
-        .filter(|(d, _)| d == "Down")
-        .map(|(_, n)| *n)
-        .collect();
+    // Each worker thread writes its log lines in bursts (see `cli::logbuf`), so lines logged on
+    // two threads may come out of order: the lengths are compared sorted (the replies above show
+    // the order the messages went in).
+    let lengths = |dir: &str| -> Vec<u64> {
+        let mut v: Vec<u64> = texts.iter().filter(|(d, _)| d == dir).map(|(_, n)| *n).collect();
+        v.sort_unstable();
+        v
+    };
+    let (ups, downs) = (lengths("Up"), lengths("Down"));
     assert_eq!(
         ups,
         ["first prompt".len() as u64, "second prompt".len() as u64],

@@ -53,6 +53,13 @@ pub trait Observer: Send {
     fn chunk(&mut self, data: &mut Bytes, last: bool) -> Result<Option<EndFuture>, BodyError>;
     /// Once, when the body ends (`Ok`) or fails or is dropped early (`Err`).
     fn end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture>;
+    /// Whether `end` runs as soon as the last chunk has been seen, before that chunk is sent,
+    /// which then waits for both futures: a stage may then write the last chunk's record with
+    /// the end's (the recorder does, for responses). Otherwise `end` runs once the last chunk
+    /// has gone.
+    fn ends_with_last_chunk(&self) -> bool {
+        false
+    }
 }
 
 enum End {
@@ -124,7 +131,20 @@ impl<B, O: Observer> Observed<B, O> {
         if last {
             self.flushed = true;
         }
-        let wait = self.observer.chunk(&mut data, last)?;
+        let mut wait = self.observer.chunk(&mut data, last)?;
+        if last && self.observer.ends_with_last_chunk() {
+            // The body is over (the inner body has ended): the end hook runs now, and the
+            // chunk waits for what both hooks wait for.
+            let end = self.run_end(Ok(()));
+            self.end = End::Done;
+            wait = match (wait, end) {
+                (Some(w), Some(e)) => Some(Box::pin(async move {
+                    w.await?;
+                    e.await
+                })),
+                (w, e) => w.or(e),
+            };
+        }
         let frame = (!data.is_empty()).then(|| Frame::data(data));
         match wait {
             Some(wait) => {
@@ -393,6 +413,89 @@ mod tests {
         );
         let err = body.collect().await.expect_err("the body must fail");
         assert!(err.to_string().contains("store failed"), "{err}");
+    }
+
+    /// Hooks that ask for the end with the last chunk (the recorder's responses).
+    struct EndsWithLast(Hooks<OnChunk, OnEnd>);
+
+    impl Observer for EndsWithLast {
+        fn chunk(&mut self, data: &mut Bytes, last: bool) -> Result<Option<EndFuture>, BodyError> {
+            self.0.chunk(data, last)
+        }
+        fn end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture> {
+            self.0.end(result)
+        }
+        fn ends_with_last_chunk(&self) -> bool {
+            true
+        }
+    }
+
+    /// With `ends_with_last_chunk`, the end hook runs as the last chunk is seen, and that chunk
+    /// is not sent before the end's future (a write of the chunk's record and the exchange's)
+    /// completes; earlier chunks pass as before, and a failed end fails the body before its last
+    /// chunk is sent.
+    #[tokio::test]
+    async fn the_last_chunk_waits_for_an_end_that_runs_with_it() {
+        for fails in [false, true] {
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
+            let ended = Arc::new(AtomicBool::new(false));
+            let e = ended.clone();
+            let mut body = Observed::new(
+                Full::new(Bytes::from_static(b"whole")).map_err(|n| match n {}),
+                EndsWithLast(Hooks(
+                    Box::new(|_: &mut Bytes, _: bool| Ok(None)) as OnChunk,
+                    Some(Box::new(move |r: Result<(), BodyError>| {
+                        assert!(r.is_ok());
+                        e.store(true, Ordering::SeqCst);
+                        Some(Box::pin(async move {
+                            let _ = released.await;
+                            if fails {
+                                Err(BodyError::unrecorded(std::io::Error::other("disk full")))
+                            } else {
+                                Ok(())
+                            }
+                        }) as EndFuture)
+                    }) as OnEnd),
+                )),
+            );
+            let pending = tokio::time::timeout(std::time::Duration::from_millis(100), body.frame()).await;
+            assert!(pending.is_err(), "the last chunk went before its end was written");
+            assert!(
+                ended.load(Ordering::SeqCst),
+                "the end hook ran with the last chunk"
+            );
+            release.send(()).unwrap();
+            let frame = body.frame().await.expect("a frame or an error");
+            if fails {
+                assert!(
+                    frame
+                        .expect_err("the body fails")
+                        .to_string()
+                        .contains("disk full")
+                );
+            } else {
+                let data = frame.unwrap().into_data().unwrap();
+                assert_eq!(&data[..], b"whole");
+                assert!(body.frame().await.is_none());
+                assert!(body.is_end_stream());
+            }
+        }
+
+        // Several chunks: only the last waits, the end runs once.
+        let count = Arc::new(Mutex::new(0));
+        let c = count.clone();
+        let body = Observed::new(
+            chunks(&["ab", "cd"]),
+            EndsWithLast(Hooks(
+                Box::new(|_: &mut Bytes, _: bool| Ok(None)) as OnChunk,
+                Some(Box::new(move |_| {
+                    *c.lock().unwrap() += 1;
+                    None
+                }) as OnEnd),
+            )),
+        );
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcd");
+        assert_eq!(*count.lock().unwrap(), 1);
     }
 
     #[tokio::test]

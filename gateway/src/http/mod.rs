@@ -697,6 +697,10 @@ impl<P: Phases> body::Observer for DownObserver<P> {
         Ok(wait)
     }
 
+    fn ends_with_last_chunk(&self) -> bool {
+        true
+    }
+
     fn end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture> {
         if let (Ok(()), Some((pool, key, send))) = (&result, self.back.take()) {
             pool.put_back(&key, send);

@@ -199,7 +199,7 @@ impl BodyMask {
             // Nothing is masked for the client, and the record keeps at most the length and
             // hash of this body (a git pack), or recording is off: it passes as it is.
             return match record {
-                Some(rec) => rec.chunk(dir, chunk, Vec::new()).map_err(unrecorded),
+                Some(rec) => rec.chunk(dir, chunk, Vec::new(), end).map_err(unrecorded),
                 None => Ok(None),
             };
         };
@@ -213,7 +213,7 @@ impl BodyMask {
         match record {
             Some(rec) => {
                 let records = rec.masked_records(&found, place(dir), self.for_client);
-                rec.chunk(dir, &masked, records).map_err(unrecorded)
+                rec.chunk(dir, &masked, records, end).map_err(unrecorded)
             }
             None => {
                 crate::mask::metrics::count(&found, place(dir).as_str());

@@ -625,7 +625,8 @@ impl Recorder {
                 if git == GitKind::Fetch { 0 } else { self.body_cap },
             )),
             ws_index: AtomicU64::new(0),
-            url: Mutex::new(masker.mask_str(&ex.url).0),
+            url: Mutex::new(None),
+            last_chunk: Mutex::new(Vec::new()),
             masker: Mutex::new(masker),
             identity: Mutex::new(None),
             decided: Mutex::new(Vec::new()),
@@ -1078,8 +1079,11 @@ pub struct ExchangeRecording {
     ws_index: AtomicU64,
     /// Masks headers, the URL, WebSocket messages and pushed packs (bodies arrive masked).
     masker: Mutex<Masker>,
-    /// The URL as recorded (masked).
-    url: Mutex<String>,
+    /// The URL as recorded (masked), once the request head is recorded.
+    url: Mutex<Option<String>>,
+    /// The records of a response's last chunk, written with the exchange's end (the chunk is
+    /// held until then: see `chunk`).
+    last_chunk: Mutex<Vec<Record>>,
     /// The identity stage's record, written with the request (or at the end, if refused).
     identity: Mutex<Option<model::Identity>>,
     /// Policy decisions made from the request head, written with it (or at the end, if refused).
@@ -1197,7 +1201,7 @@ impl ExchangeRecording {
         let (url, found) = self.masker().mask_str(&ex.url);
         records.extend(self.masked_records(&found, Place::Url, false));
         if let Ok(mut u) = self.url.lock() {
-            u.clone_from(&url);
+            *u = Some(url.clone());
         }
         records.insert(
             0,
@@ -1371,11 +1375,16 @@ impl ExchangeRecording {
     /// stops rather than pass unrecorded. When the chunk made records (stored body bytes, SSE
     /// events, masking), the returned future completes once they are written: the peer never
     /// receives bytes the record does not hold.
+    ///
+    /// The records of a response's last chunk (`last`) are not written on their own: they go
+    /// with the exchange's end, which the engine runs with that chunk and which holds it back
+    /// until written (one write instead of two for a body that comes in one piece).
     pub fn chunk(
         &self,
         dir: Direction,
         chunk: &Bytes,
         masked: Vec<Record>,
+        last: bool,
     ) -> Result<Option<EndFuture>, RecordError> {
         if chunk.is_empty() && masked.is_empty() {
             // Nothing to record (the end-of-body call of an empty body): nothing to refuse either.
@@ -1431,6 +1440,13 @@ impl ExchangeRecording {
         if records.is_empty() {
             return Ok(None);
         }
+        if last
+            && dir == Direction::Response
+            && let Ok(mut held) = self.last_chunk.lock()
+        {
+            held.append(&mut records);
+            return Ok(None);
+        }
         Ok(Some(self.written(self.recorder.submit_acked(records))))
     }
 
@@ -1479,6 +1495,9 @@ impl ExchangeRecording {
     pub fn finish(&self, ex: &Exchange, outcome: &Outcome) -> EndFuture {
         let mut records = Vec::with_capacity(2);
         records.extend(self.take_noted());
+        if let Ok(mut last) = self.last_chunk.lock() {
+            records.append(&mut last);
+        }
         let (request_body, push, fetch) = match self.request.lock() {
             Ok(mut b) => (b.summary(), b.push.take(), b.fetch.take()),
             Err(_) => (BodySummary::default(), None, None),
@@ -1564,7 +1583,11 @@ impl ExchangeRecording {
             exchange: self.id,
             started_at: self.started_at,
             method: ex.req.method.to_string(),
-            url: self.url.lock().map(|u| u.clone()).unwrap_or_default(),
+            // Masked when its head was recorded; an exchange refused before that is masked now.
+            url: match self.url.lock().ok().and_then(|u| u.clone()) {
+                Some(url) => url,
+                None => self.masker().mask_str(&ex.url).0,
+            },
             http_version: heads.http_version,
             status: outcome.status,
             request_headers: heads.request_headers,
