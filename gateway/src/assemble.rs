@@ -146,5 +146,6 @@ fn proxy(
             limits: Limits::from(&config.http),
             github: github.clone(),
         },
+        configs: Default::default(),
     })
 }

@@ -50,6 +50,27 @@ pub struct Proxy<P> {
     pub pool: Arc<Pool>,
     pub phases: Arc<P>,
     pub settings: Settings,
+    /// The TLS server configurations made so far, per name and ALPN list.
+    pub configs: ServerConfigs,
+}
+
+/// TLS server configurations per (name, ALPN protocols), made once and shared by the connections
+/// terminated for them. Made per connection, each came with its own session cache (a table for
+/// 256 sessions) that the connection kept for its life, and cost a build on every accept.
+pub struct ServerConfigs(std::sync::Mutex<lru::LruCache<(String, Vec<Vec<u8>>), Arc<ServerConfig>>>);
+
+impl ServerConfigs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<(String, Vec<Vec<u8>>), Arc<ServerConfig>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Default for ServerConfigs {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(1024).expect("non-zero"),
+        )))
+    }
 }
 
 impl<P: Phases> Handler for Proxy<P> {
@@ -200,8 +221,7 @@ impl<P: Phases> Proxy<P> {
             }
         };
         let (client_proto, client_alpn) = choose_client_protocol(&alpn, upstream_proto);
-        let mut config = self.server_config(&name)?;
-        config.alpn_protocols = client_alpn.into_iter().collect();
+        let config = self.server_config(&name, client_alpn.into_iter().collect())?;
         let Accepted {
             stream,
             client,
@@ -213,7 +233,7 @@ impl<P: Phases> Proxy<P> {
         let _ = stream.set_nodelay(true);
         let mut tls = match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            TlsAcceptor::from(Arc::new(config)).accept(ReadAhead::new(stream)),
+            TlsAcceptor::from(config).accept(ReadAhead::new(stream)),
         )
         .await
         {
@@ -258,9 +278,14 @@ impl<P: Phases> Proxy<P> {
 }
 
 impl<P: Phases> Proxy<P> {
-    /// The TLS server configuration of a connection terminated for `name`: a leaf for that name
-    /// (cached), and the shared session tickets.
-    fn server_config(&self, name: &str) -> Option<ServerConfig> {
+    /// The TLS server configuration of a connection terminated for `name` offering `alpn`: a
+    /// leaf for that name (cached), and the shared session tickets. Made once per name and ALPN
+    /// list (see [`ServerConfigs`]).
+    fn server_config(&self, name: &str, alpn: Vec<Vec<u8>>) -> Option<Arc<ServerConfig>> {
+        let key = (name.to_owned(), alpn);
+        if let Some(config) = self.configs.lock().get(&key) {
+            return Some(config.clone());
+        }
         match ServerConfig::builder_with_provider(self.pool.tls().provider())
             .with_safe_default_protocol_versions()
         {
@@ -270,6 +295,9 @@ impl<P: Phases> Proxy<P> {
                     name: name.to_owned(),
                 }));
                 config.ticketer = self.tickets.clone();
+                config.alpn_protocols = key.1.clone();
+                let config = Arc::new(config);
+                self.configs.lock().put(key, config.clone());
                 Some(config)
             }
             Err(e) => {
@@ -283,10 +311,9 @@ impl<P: Phases> Proxy<P> {
     /// (see [`crate::selftest`]); nothing is dialled, forwarded or recorded.
     async fn selftest(&self, conn: Accepted) {
         let name = crate::selftest::NAME;
-        let Some(mut config) = self.server_config(name) else {
+        let Some(config) = self.server_config(name, vec![b"http/1.1".to_vec()]) else {
             return;
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let Accepted {
             stream,
             client,
@@ -297,7 +324,7 @@ impl<P: Phases> Proxy<P> {
         let answered = async {
             let tls = tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
-                TlsAcceptor::from(Arc::new(config)).accept(ReadAhead::new(stream)),
+                TlsAcceptor::from(config).accept(ReadAhead::new(stream)),
             )
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
