@@ -299,11 +299,23 @@ struct Idle {
 
 /// Holds `a.count` idle connections (mode `idle` or `idle2`) through `via` and measures what the
 /// gateway `pid` holds for each: the RSS the second half of them adds, while the first half is
-/// still held. What a gateway grows once whatever its connections (the masker's lazy DFA caches,
-/// one per thread scanning at once; the index's page cache: about 7 MB with recording on, by
-/// heaptrack) and memory an earlier workload left free both go to the first half; the second
-/// half's is what one more idle connection costs.
+/// still held: what one more idle connection costs a gateway that has been serving.
+///
+/// First, 2 s of requests on 32 connections at once fill what a gateway grows to a bound
+/// whatever its connections, but grows with the requests it sees until then (the index's page
+/// cache, 2 MB, gains a page every few exchanges; the masker's lazy DFA caches): without it the
+/// 2,000 exchanges of the held connections charged each about 3 KiB of it (heaptrack, recording
+/// on). Memory that leaves free goes to the first half.
 fn idle_figure(via: Option<&Gateway>, pid: u32, a: &HttpClientArgs) -> anyhow::Result<Idle> {
+    run_client(
+        via,
+        &HttpClientArgs {
+            mode: "rps".into(),
+            concurrency: 32,
+            seconds: 2,
+            ..a.clone()
+        },
+    )?;
     // Connections an earlier holder left may still be closing: wait until they are (at most 5 s).
     let settle = Instant::now() + Duration::from_secs(5);
     let mut files = open_files(pid);
