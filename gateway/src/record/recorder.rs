@@ -1602,12 +1602,14 @@ impl ExchangeRecording {
         let ack = self.recorder.submit_acked(records);
         let allow = self.recorder.on_failure == OnRecordFailure::Allow;
         let shared = self.recorder.shared.clone();
-        let (id, url) = (self.id.get(), crate::mask::for_logs(&ex.url));
+        // Masked for the log only if it is logged (a failed write): masking costs a scan.
+        let (id, url) = (self.id.get(), ex.url.clone());
         Box::pin(async move {
             match acknowledged(ack).await {
                 Err(why) if allow => {
                     // Counted once, when its request passed (or here, if the store failed since).
                     let n = shared.unrecorded.load(Ordering::Relaxed);
+                    let url = crate::mask::for_logs(&url);
                     warn!(exchange = id, url = %url, cause = %why, unrecorded = n,
                           "exchange completed UNRECORDED (on_record_failure = \"allow\")");
                     Ok(())
