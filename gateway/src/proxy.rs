@@ -57,10 +57,13 @@ pub struct Proxy<P> {
 /// TLS server configurations per (name, ALPN protocols), made once and shared by the connections
 /// terminated for them. Made per connection, each came with its own session cache (a table for
 /// 256 sessions) that the connection kept for its life, and cost a build on every accept.
-pub struct ServerConfigs(std::sync::Mutex<lru::LruCache<(String, Vec<Vec<u8>>), Arc<ServerConfig>>>);
+pub struct ServerConfigs(std::sync::Mutex<ConfigCache>);
+
+/// (name, ALPN protocols) → configuration.
+type ConfigCache = lru::LruCache<(String, Vec<Vec<u8>>), Arc<ServerConfig>>;
 
 impl ServerConfigs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<(String, Vec<Vec<u8>>), Arc<ServerConfig>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConfigCache> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
