@@ -1080,10 +1080,19 @@ fn the_active_segment_is_copied_again_only_once_it_grew_enough_or_its_copy_aged(
     for i in 0..2 {
         assert_eq!(upload(&s, &body, i), "200");
     }
+    // Each upload grows the segment by more than a quarter and 1 MiB: one copy each, or one for
+    // both when they land within one interval.
     until(&s, "the grown copy", Duration::from_secs(20), || {
-        (versions(&s3, key) == 3).then_some(())
+        (versions(&s3, key) >= 3).then_some(())
     });
     assert!(grown.elapsed() < Duration::from_secs(12), "{:?}", grown.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let v = versions(&s3, key);
+    eprintln!(
+        "versions after the uploads: {v}, {:?} after them",
+        grown.elapsed()
+    );
+    assert!((3..=4).contains(&v), "{v} versions");
     assert!(s3.get(BUCKET, key).len() > 1 << 20);
     // The anchors in the bucket are of what it holds: the running runner's copy verifies.
     let config = s.gw.config.clone();

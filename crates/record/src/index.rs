@@ -1170,6 +1170,18 @@ mod tests {
         })
     }
 
+    /// The request of exchange `id` of session "s" on connection 1.
+    fn request(id: u64, url: &str) -> Record {
+        Record::Request(crate::model::RequestStart {
+            session: "s".into(),
+            conn: 1,
+            exchange: id.into(),
+            at: 1,
+            method: "GET".into(),
+            url: url.into(),
+        })
+    }
+
     fn end(session: &str, at: Micros) -> Record {
         Record::SessionEnd(SessionEnd {
             session: session.into(),
@@ -1402,16 +1414,6 @@ mod tests {
     fn an_exchange_completes_the_row_its_request_made() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = Index::open(&dir.path().join("i.sqlite")).unwrap();
-        let request = |id: u64, url: &str| {
-            Record::Request(crate::model::RequestStart {
-                session: "s".into(),
-                conn: 1,
-                exchange: id.into(),
-                at: 1,
-                method: "GET".into(),
-                url: url.into(),
-            })
-        };
         index
             .add_batch(&[
                 (pos(1), request(1, "https://api.github.com/a")),
@@ -1454,16 +1456,6 @@ mod tests {
     /// later batch).
     #[test]
     fn a_request_and_its_end_in_one_batch_index_as_when_apart() {
-        let request = |id: u64, url: &str| {
-            Record::Request(crate::model::RequestStart {
-                session: "s".into(),
-                conn: 1,
-                exchange: id.into(),
-                at: 1,
-                method: "GET".into(),
-                url: url.into(),
-            })
-        };
         let batches = [
             vec![
                 request(1, "https://api.github.com/a"),
