@@ -505,48 +505,40 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             label,
             ..Row::default()
         };
+        // Each idle figure on a fresh gateway of its own (the same settings as this case's): on
+        // the case's gateway, memory the other figures' work left free would be reused by the
+        // held connections and not show as RSS.
         let idle = |row: &mut Row| -> anyhow::Result<()> {
-            let pid = middle.context("gateway pid")?;
-            eprintln!("{label}: {} idle keep-alive connections (HTTP/1.1)…", args.idle);
-            row.idle = Some(idle_figure(via, pid, &mk("idle", args.idle))?);
-            eprintln!("{label}: {} idle connections (HTTP/2)…", args.idle);
-            row.idle2 = attempt(label, "HTTP/2 idle connections", || {
-                idle_figure(via, pid, &mk("idle2", args.idle))
-            });
-            Ok(())
-        };
-        if args.only == Some(Only::Idle) {
-            if *terminating {
-                // Each figure on a gateway of its own: memory the first figure's connections left
-                // free would otherwise be reused by the second's and not show as RSS.
-                let pid = middle.context("gateway pid")?;
-                eprintln!("{label}: {} idle keep-alive connections (HTTP/1.1)…", args.idle);
-                row.idle = Some(idle_figure(via, pid, &mk("idle", args.idle))?);
+            let record = label == "ghgate defaults";
+            let figure = |mode: &str, proto: &str| -> anyhow::Result<Idle> {
                 let cg = TestCgroup::new();
                 let fresh = Gateway::start(
                     &cg,
                     &GatewaySpec {
-                        extra_toml: {
-                            let record = label == "ghgate defaults";
-                            shipped_defaults(dir.path(), record, &format!("control-fresh-{record}"))
-                        },
+                        extra_toml: shipped_defaults(dir.path(), record, &format!("control-{mode}-{record}")),
                         ..spec.clone()
                     },
                 );
                 eprintln!(
-                    "{label} (a fresh gateway): {} idle connections (HTTP/2)…",
+                    "{label} (a fresh gateway): {} idle connections ({proto})…",
                     args.idle
                 );
-                row.idle2 = attempt(label, "HTTP/2 idle connections", || {
-                    idle_figure(
-                        Some(&fresh),
-                        fresh.pid().context("gateway pid")?,
-                        &HttpClientArgs {
-                            ca: fresh.ca_file(),
-                            ..mk("idle2", args.idle)
-                        },
-                    )
-                });
+                idle_figure(
+                    Some(&fresh),
+                    fresh.pid().context("gateway pid")?,
+                    &HttpClientArgs {
+                        ca: fresh.ca_file(),
+                        ..mk(mode, args.idle)
+                    },
+                )
+            };
+            row.idle = Some(figure("idle", "HTTP/1.1")?);
+            row.idle2 = attempt(label, "HTTP/2 idle connections", || figure("idle2", "HTTP/2"));
+            Ok(())
+        };
+        if args.only == Some(Only::Idle) {
+            if *terminating {
+                idle(&mut row)?;
                 rows.push(row);
             }
             continue;
@@ -612,7 +604,7 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     }
     let gateways = [("ghgate, no record", &gw), ("ghgate defaults", &gw_def)];
     if args.only == Some(Only::Idle) {
-        print_idle(&rows, &gateways);
+        print_idle(&rows);
     } else {
         print_report(args, &rows, &gateways);
     }
@@ -951,10 +943,8 @@ fn gateway_rss(gateways: &[(&str, &Gateway)]) {
     }
 }
 
-/// `--only idle`: the memory figure alone, on fresh gateways (only the warm-up of `idle_figure`
-/// before it, so the allocator has little freed memory to reuse: it errs high against the full
-/// run's figure).
-fn print_idle(rows: &[Row], gateways: &[(&str, &Gateway)]) {
+/// `--only idle`: the memory figure alone (each on a fresh gateway, as in the full run).
+fn print_idle(rows: &[Row]) {
     let (Some(norec), Some(def)) = (
         rows.iter().find(|r| r.label == "ghgate, no record"),
         rows.iter().find(|r| r.label == "ghgate defaults"),
@@ -963,5 +953,4 @@ fn print_idle(rows: &[Row], gateways: &[(&str, &Gateway)]) {
     };
     println!("\nghgate-bench proxy --only idle (fresh gateways; target of issue 20):");
     idle_lines(def, norec);
-    gateway_rss(gateways);
 }
