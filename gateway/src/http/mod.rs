@@ -414,6 +414,11 @@ impl Activity {
     }
 }
 
+/// A response's end hook runs as its last chunk is seen, and that chunk waits for it (see
+/// [`body::Observer::ends_with_last_chunk`]). The recorder relies on this to write a response's
+/// last chunk with the exchange's end instead of on its own: both read this one constant.
+pub const RESPONSE_ENDS_WITH_LAST_CHUNK: bool = true;
+
 /// A connection whose reads and writes are noted in its `Activity`.
 struct Tracked<T> {
     io: T,
@@ -698,7 +703,7 @@ impl<P: Phases> body::Observer for DownObserver<P> {
     }
 
     fn ends_with_last_chunk(&self) -> bool {
-        true
+        RESPONSE_ENDS_WITH_LAST_CHUNK
     }
 
     fn end(&mut self, result: Result<(), BodyError>) -> Option<EndFuture> {

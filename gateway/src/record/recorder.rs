@@ -1442,6 +1442,7 @@ impl ExchangeRecording {
         }
         if last
             && dir == Direction::Response
+            && crate::http::RESPONSE_ENDS_WITH_LAST_CHUNK
             && let Ok(mut held) = self.last_chunk.lock()
         {
             held.append(&mut records);
@@ -1704,20 +1705,25 @@ mod tests {
         );
     }
 
+    /// A gateway configuration whose state (and so record) directory is `dir`.
+    fn config_in(dir: &std::path::Path) -> Config {
+        Config::parse(
+            &format!(
+                "state_dir = {:?}\n[redirect]\ncgroup = \"ghgate.clients\"\n[[intercept]]\nhosts = [\"github.com\"]\nports = [443]\n",
+                dir.display().to_string()
+            ),
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap()
+    }
+
     /// Callers writing through and the writer thread's queue share one store: whatever the
     /// interleaving, every record is written once, in one chain, and indexed in store order —
     /// the index then holds a row for each (an out-of-order batch would leave holes).
     #[test]
     fn writing_through_and_queueing_keep_one_order() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(
-            &format!(
-                "state_dir = {:?}\n[redirect]\ncgroup = \"ghgate.clients\"\n[[intercept]]\nhosts = [\"github.com\"]\nports = [443]\n",
-                dir.path().display().to_string()
-            ),
-            std::path::Path::new("test.toml"),
-        )
-        .unwrap();
+        let config = config_in(dir.path());
         let recorder = Recorder::start(&config).unwrap();
         let (threads, per_thread) = (4, 500);
         std::thread::scope(|scope| {
@@ -1776,6 +1782,75 @@ mod tests {
         let key = store::load_or_create_key(&key_path(&record_dir)).unwrap();
         let verified = store::verify(&record_dir, &key.verifying_key(), &mut |_| {});
         assert!(verified.is_ok(), "{verified:?}");
+    }
+
+    /// A response's last chunk is not written on its own: its record goes with the exchange's
+    /// end, in the same write, before the exchange record; earlier chunks and a request's last
+    /// chunk are written (and waited for) on their own.
+    #[tokio::test]
+    async fn a_responses_last_chunk_is_written_with_the_exchange_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path());
+        let recorder = Recorder::start(&config).unwrap();
+        let ex = crate::http::testing::exchange("POST", "api.github.com", "/repos/o/r/issues", &[]);
+        let rec = recorder.exchange(
+            &ex,
+            crate::mask::Masker::new(crate::mask::Rules::builtin(), [7; 32]),
+        );
+        let (head, ()) = http::Request::post("/repos/o/r/issues")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(rec.request_head(&ex, &head).await.is_none());
+        let chunks =
+            |dir, data: &'static [u8], last| rec.chunk(dir, &Bytes::from_static(data), Vec::new(), last);
+        let written = |found: &[&[u8]]| -> Vec<String> {
+            store::read_records(&config.record_dir())
+                .unwrap()
+                .filter_map(|r| match r.unwrap().1 {
+                    Record::BodyChunk(c) => Some(c.data),
+                    Record::Exchange(_) => Some("end".into()),
+                    _ => None,
+                })
+                .filter(|d| d == "end" || found.iter().any(|f| B64.encode(f) == *d))
+                .collect()
+        };
+        for w in [
+            chunks(Direction::Request, b"the request, last", true),
+            chunks(Direction::Response, b"first piece", false),
+        ] {
+            w.unwrap().expect("written on their own").await.unwrap();
+        }
+        assert!(
+            chunks(Direction::Response, b"last piece", true)
+                .unwrap()
+                .is_none(),
+            "the last piece waits for the end"
+        );
+        let all: [&[u8]; 3] = [b"the request, last", b"first piece", b"last piece"];
+        assert_eq!(
+            written(&all),
+            [B64.encode("the request, last"), B64.encode("first piece")],
+            "the last piece is not written before the end"
+        );
+        let outcome = crate::http::Outcome {
+            status: 201,
+            duration: Duration::from_millis(1),
+            ttfb: Duration::from_millis(1),
+            error: None,
+            answered_by: model::AnsweredBy::Upstream,
+        };
+        rec.finish(&ex, &outcome).await.unwrap();
+        assert_eq!(
+            written(&all),
+            [
+                B64.encode("the request, last"),
+                B64.encode("first piece"),
+                B64.encode("last piece"),
+                "end".to_owned()
+            ]
+        );
+        recorder.stop();
     }
 
     /// A body past the threshold is hashed on a thread of its own from then on; the digest is

@@ -292,6 +292,8 @@ struct Row {
 #[derive(Clone, Copy)]
 struct Idle {
     held: u64,
+    /// How many of them the figure is of (the second half).
+    measured: u64,
     kib: f64,
     files_before: usize,
     files: usize,
@@ -346,6 +348,7 @@ fn idle_figure(via: Option<&Gateway>, pid: u32, a: &HttpClientArgs) -> anyhow::R
     first.finish()?;
     Ok(Idle {
         held: all,
+        measured: held,
         kib: during.saturating_sub(before) as f64 / held.max(1) as f64,
         files_before,
         files,
@@ -912,6 +915,7 @@ fn idle_lines(def: &Row, norec: &Row) {
     for (idle, proto) in [(def.idle, "HTTP/1.1"), (def.idle2, "HTTP/2")] {
         if let Some(Idle {
             held,
+            measured,
             kib,
             files_before,
             files,
@@ -921,8 +925,7 @@ fn idle_lines(def: &Row, norec: &Row) {
                 "  {} {:<62} target ≤ 32 KiB",
                 verdict(kib <= 32.0),
                 format!(
-                    "{kib:.1} KiB RSS per idle {proto} connection (the second {} of {held} held; files {files_before} → {files})",
-                    held - held / 2
+                    "{kib:.1} KiB RSS per idle {proto} connection (the second {measured} of {held} held; files {files_before} → {files})"
                 )
             );
         }
