@@ -91,49 +91,15 @@ impl StreamMasker {
     }
 
     fn scan(&mut self, final_: bool, sink: &mut dyn FnMut(Piece<'_>)) {
-        let exact = self.masker.exact.clone();
-        let compiled = self.masker.compiled.clone();
-        loop {
-            let mut scan = Scan {
-                compiled: &compiled,
-                exact: exact.as_deref(),
-                scratch: &mut self.scratch,
-                base: self.base,
-                final_,
-            };
-            match scan.step(&self.buf, self.pos) {
-                Step::Release(safe) => {
-                    self.plain(self.pos, safe, sink);
-                    self.pos = safe;
-                    break;
-                }
-                Step::Hold(at) => {
-                    self.plain(self.pos, at, sink);
-                    self.pos = at;
-                    break;
-                }
-                Step::Secret(hits) => {
-                    for hit in hits {
-                        self.plain(self.pos, hit.start, sink);
-                        let secret = &self.buf[hit.start..hit.end];
-                        let finding = Finding {
-                            rule: hit.rule.to_string(),
-                            fingerprint: self.masker.fingerprint(secret),
-                            offset: self.base + hit.start as u64,
-                            len: secret.len(),
-                        };
-                        let replacement = finding.replacement();
-                        sink(Piece::Masked {
-                            offset: finding.offset,
-                            len: finding.len,
-                            replacement: &replacement,
-                            finding: &finding,
-                        });
-                        self.pos = hit.end;
-                    }
-                }
-            }
-        }
+        self.pos = scan_from(
+            &self.masker,
+            &mut self.scratch,
+            &self.buf,
+            self.pos,
+            self.base,
+            final_,
+            sink,
+        );
         // Keep only what is undecided, plus the context byte before it.
         let keep_from = self.pos.saturating_sub(CONTEXT);
         if keep_from > 0 {
@@ -145,13 +111,61 @@ impl StreamMasker {
             debug_assert_eq!(self.pos, self.buf.len());
         }
     }
+}
 
-    fn plain(&self, from: usize, to: usize, sink: &mut dyn FnMut(Piece<'_>)) {
+/// Scans `buf` (whose first byte is stream offset `base`) from `pos` until what is left must
+/// wait for more input, or, when `final_`, to its end; hands each decided piece to `sink` and
+/// returns the position up to which everything is decided.
+fn scan_from(
+    masker: &Masker,
+    scratch: &mut Scratch,
+    buf: &[u8],
+    mut pos: usize,
+    base: u64,
+    final_: bool,
+    sink: &mut dyn FnMut(Piece<'_>),
+) -> usize {
+    let plain = |from: usize, to: usize, sink: &mut dyn FnMut(Piece<'_>)| {
         if to > from {
             sink(Piece::Plain {
-                offset: self.base + from as u64,
-                bytes: &self.buf[from..to],
+                offset: base + from as u64,
+                bytes: &buf[from..to],
             });
+        }
+    };
+    loop {
+        let mut scan = Scan {
+            compiled: &masker.compiled,
+            exact: masker.exact.as_deref(),
+            scratch: &mut *scratch,
+            base,
+            final_,
+        };
+        match scan.step(buf, pos) {
+            Step::Release(to) | Step::Hold(to) => {
+                plain(pos, to, sink);
+                return to;
+            }
+            Step::Secret(hits) => {
+                for hit in hits {
+                    plain(pos, hit.start, sink);
+                    let secret = &buf[hit.start..hit.end];
+                    let finding = Finding {
+                        rule: hit.rule.to_string(),
+                        fingerprint: masker.fingerprint(secret),
+                        offset: base + hit.start as u64,
+                        len: secret.len(),
+                    };
+                    let replacement = finding.replacement();
+                    sink(Piece::Masked {
+                        offset: finding.offset,
+                        len: finding.len,
+                        replacement: &replacement,
+                        finding: &finding,
+                    });
+                    pos = hit.end;
+                }
+            }
         }
     }
 }
@@ -182,11 +196,18 @@ impl Masker {
     }
 
     /// Masks a whole input at once: the same output and findings as streaming it.
+    ///
+    /// One scan of `input` in place, as the end of a stream: nothing is copied aside or held,
+    /// and no tail is checked for a keyword still to come.
     pub fn mask_all(&self, input: &[u8]) -> (Vec<u8>, Vec<Finding>) {
-        let mut s = self.stream();
+        let mut scratch = self.compiled.take_scratch();
         let mut out = Vec::with_capacity(input.len());
-        let mut findings = s.push(input, &mut out);
-        findings.extend(s.finish(&mut out));
+        let mut findings = Vec::new();
+        let end = scan_from(self, &mut scratch, input, 0, 0, true, &mut |p| {
+            collect(p, &mut out, &mut findings)
+        });
+        debug_assert_eq!(end, input.len());
+        self.compiled.give_back(scratch);
         (out, findings)
     }
 
