@@ -83,6 +83,13 @@ struct Shared {
     unrecorded: AtomicU64,
     /// Written since the last sync.
     dirty: AtomicBool,
+    /// Set while the writer thread holds the store's lock (it may sync, for milliseconds). A
+    /// caller finding the lock held otherwise, by another caller writing through (one write, a
+    /// few µs), waits for it rather than hand its records to the writer thread, whose wake-up
+    /// (and the acknowledgement's) costs more than that write.
+    writer_holds: AtomicBool,
+    /// Tries at the lock that found it held by another caller writing through.
+    lock_waits: AtomicU64,
     /// Sees every record once it is written (the telemetry sinks); must never wait.
     tap: std::sync::OnceLock<Tap>,
 }
@@ -220,6 +227,8 @@ impl Recorder {
             failed: Mutex::new(None),
             unrecorded: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
+            writer_holds: AtomicBool::new(false),
+            lock_waits: AtomicU64::new(0),
             tap: std::sync::OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel();
@@ -328,7 +337,8 @@ impl Recorder {
     }
 
     /// Writes `records` on the calling thread if that keeps the store's order and needs no
-    /// waiting: nothing queued or being written, the store's lock free, no failure, no sync per
+    /// waiting on the writer thread: nothing queued or being written, the store's lock free (or
+    /// held by another write-through, see `lock_for_write_through`), no failure, no sync per
     /// exchange, no segment to seal. Gives them back otherwise (or if the write fails: the
     /// writer thread then retries and reports).
     fn write_through(&self, records: Vec<Record>) -> Result<(), Vec<Record>> {
@@ -339,7 +349,7 @@ impl Recorder {
         {
             return Err(records);
         }
-        let Ok(mut guard) = self.store.try_lock() else {
+        let Some(mut guard) = self.lock_for_write_through() else {
             return Err(records);
         };
         let estimate: u64 = records.iter().map(approx_size).sum::<u64>() * 2 + 4096;
@@ -356,6 +366,31 @@ impl Recorder {
             return Err(records);
         }
         Ok(())
+    }
+
+    /// The store's lock, if it is free, or held by another caller writing through (then it is
+    /// waited for, briefly: a write-through holds it for one write). None while the writer
+    /// thread holds it: it may be syncing, which takes milliseconds.
+    fn lock_for_write_through(&self) -> Option<std::sync::MutexGuard<'_, Option<Store>>> {
+        /// Tries before giving up; every 32nd yields the CPU, in case the holder is waiting for it.
+        const TRIES: u32 = 1024;
+        for i in 0..TRIES {
+            match self.store.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(std::sync::TryLockError::WouldBlock)
+                    if !self.shared.writer_holds.load(Ordering::Acquire) =>
+                {
+                    self.shared.lock_waits.fetch_add(1, Ordering::Relaxed);
+                    if i % 32 == 31 {
+                        thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// Waits until the store has written everything queued so far (used at shutdown).
@@ -724,6 +759,8 @@ fn write_forever(
             }
         }
         let mut guard = store.lock().unwrap_or_else(|e| e.into_inner());
+        // Declared after the lock's guard, so cleared before it is released.
+        let _holding = Holding::new(&shared.writer_holds);
         let Some(store) = guard.as_mut() else { break };
         if failed && batch.is_empty() {
             // Probe: once a signed checkpoint can be written again, the store is back.
@@ -764,6 +801,7 @@ fn write_forever(
             }
             last_sync = Instant::now();
         }
+        drop(_holding);
         drop(guard);
         // Written (and synced, where the policy says so): the exchanges may complete.
         for ack in acks.drain(..) {
@@ -778,6 +816,22 @@ fn write_forever(
         && let Err(e) = store.close()
     {
         warn!(error = %e, "cannot seal the record store at shutdown");
+    }
+}
+
+/// Sets a flag for as long as it lives.
+struct Holding<'a>(&'a AtomicBool);
+
+impl<'a> Holding<'a> {
+    fn new(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        Holding(flag)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -1648,6 +1702,8 @@ mod tests {
             }))),
             unrecorded: AtomicU64::new(3),
             dirty: AtomicBool::new(false),
+            writer_holds: AtomicBool::new(false),
+            lock_waits: AtomicU64::new(0),
             tap: std::sync::OnceLock::new(),
         };
         let queue = IndexQueue::default();
@@ -1785,6 +1841,52 @@ mod tests {
         let key = store::load_or_create_key(&key_path(&record_dir)).unwrap();
         let verified = store::verify(&record_dir, &key.verifying_key(), &mut |_| {});
         assert!(verified.is_ok(), "{verified:?}");
+    }
+
+    /// A caller finding the store's lock held by another caller's write-through waits for it
+    /// and writes through itself; held by the writer thread (which may be syncing for
+    /// milliseconds), it gives up at once and queues.
+    #[test]
+    fn a_write_through_waits_for_another_but_not_for_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::start(&config_in(dir.path())).unwrap();
+        // The writer thread's hold: the caller gives up while it is still held.
+        let guard = recorder.store.lock().unwrap();
+        let holding = Holding::new(&recorder.shared.writer_holds);
+        let queued = std::thread::scope(|scope| {
+            scope
+                .spawn(|| recorder.lock_for_write_through().is_none())
+                .join()
+                .unwrap()
+        });
+        assert!(queued, "never waits for the writer thread");
+        drop(holding);
+        drop(guard);
+        // Another caller's write-through: the caller waits, and has the lock once released.
+        // Released only once the caller has found it held; a caller kept off the CPU past its
+        // budget meanwhile gives up, so the scene is played up to three times.
+        let waited = (0..3).any(|_| {
+            let released = AtomicBool::new(false);
+            let guard = recorder.store.lock().unwrap();
+            let before = recorder.shared.lock_waits.load(Ordering::Relaxed);
+            std::thread::scope(|scope| {
+                let waiter = scope.spawn(|| {
+                    let got = recorder.lock_for_write_through().is_some();
+                    if got {
+                        assert!(released.load(Ordering::Acquire), "had only once released");
+                    }
+                    got
+                });
+                while recorder.shared.lock_waits.load(Ordering::Relaxed) == before {
+                    std::hint::spin_loop();
+                }
+                released.store(true, Ordering::Release);
+                drop(guard);
+                waiter.join().unwrap()
+            })
+        });
+        assert!(waited, "waits for another caller's write-through");
+        recorder.stop();
     }
 
     /// A response's last chunk is not written on its own: its record goes with the exchange's
