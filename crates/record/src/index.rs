@@ -25,7 +25,7 @@ use crate::{
 
 /// Bumped whenever the tables change; an index with another version is rebuilt, never migrated
 /// in place (it is derived data).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Where a store directory keeps its index.
 pub fn index_path(store_dir: &Path) -> PathBuf {
@@ -78,14 +78,14 @@ CREATE TABLE records (
     seq INTEGER PRIMARY KEY,
     segment INTEGER NOT NULL,
     offset INTEGER NOT NULL,
-    hash TEXT NOT NULL,
+    -- SHA-256 of the record's frame, 32 bytes
+    hash BLOB NOT NULL,
     kind TEXT NOT NULL,
     at INTEGER NOT NULL,
     session TEXT,
     exchange INTEGER
 );
 CREATE INDEX records_session ON records (session, seq);
-CREATE INDEX records_segment ON records (segment);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -412,7 +412,7 @@ impl Index {
     pub fn catch_up_from(&mut self, source: &dyn RecordSource) -> Result<u64, IndexError> {
         let diverged = match self.last_row()? {
             Some((seq, segment, offset, hash)) => match source.read_at(segment, offset) {
-                Ok((pos, _)) => pos.seq != seq || hex::encode(pos.hash) != hash,
+                Ok((pos, _)) => pos.seq != seq || pos.hash[..] != hash[..],
                 Err(_) => true,
             },
             // Nothing indexed (or everything pruned): index whatever the store holds.
@@ -425,16 +425,21 @@ impl Index {
     /// the sessions and exchanges that no longer have records. Returns the record rows removed.
     pub fn forget_segments(&mut self, first: u64, last: u64) -> Result<u64, IndexError> {
         let tx = self.conn.transaction()?;
+        // Rows are in store order, so the segments' rows are one range of seqs.
+        let (from, to) = (
+            first_seq_in_segment_or_later(&tx, first)?,
+            first_seq_in_segment_or_later(&tx, last.saturating_add(1))?,
+        );
         let affected: Vec<String> = {
             let mut st = tx.prepare(
-                "SELECT DISTINCT session FROM records WHERE segment BETWEEN ?1 AND ?2 AND session IS NOT NULL",
+                "SELECT DISTINCT session FROM records WHERE seq >= ?1 AND seq < ?2 AND session IS NOT NULL",
             )?;
-            st.query_map(params![first, last], |r| r.get(0))?
+            st.query_map(params![from, to], |r| r.get(0))?
                 .collect::<Result<_, _>>()?
         };
         let removed = tx.execute(
-            "DELETE FROM records WHERE segment BETWEEN ?1 AND ?2",
-            params![first, last],
+            "DELETE FROM records WHERE seq >= ?1 AND seq < ?2",
+            params![from, to],
         )?;
         for session in &affected {
             let left: u64 = tx.query_row(
@@ -631,7 +636,7 @@ impl Index {
                     r.get::<_, u64>(0)?,
                     r.get::<_, u64>(1)?,
                     r.get::<_, u64>(2)?,
-                    r.get(3)?,
+                    hash_bytes(r, 3)?,
                 ))
             })?
             .peekable();
@@ -640,7 +645,7 @@ impl Index {
             let (pos, _) = item?;
             // Rows whose seq the store skipped over point at records that are not there.
             if let Some(row) = rows.next_if(|row| row.as_ref().is_ok_and(|row| row.0 < pos.seq)) {
-                let (seq, segment, offset, _): (u64, u64, u64, String) = row?;
+                let (seq, segment, offset, _): RowPlace = row?;
                 return Err(absent(source, seq, segment, offset).into());
             }
             match rows.next_if(|row| row.as_ref().is_ok_and(|row| row.0 == pos.seq)) {
@@ -651,7 +656,7 @@ impl Index {
                             "the store has that record at segment {} offset {}",
                             pos.segment, pos.offset
                         ))
-                    } else if hash != hex::encode(pos.hash) {
+                    } else if hash[..] != pos.hash[..] {
                         Some("that record's hash differs".to_owned())
                     } else {
                         None
@@ -690,13 +695,13 @@ impl Index {
         Ok(report)
     }
 
-    fn last_row(&self) -> Result<Option<(u64, u64, u64, String)>, IndexError> {
+    fn last_row(&self) -> Result<Option<RowPlace>, IndexError> {
         Ok(self
             .conn
             .query_row(
                 "SELECT seq, segment, offset, hash FROM records ORDER BY seq DESC LIMIT 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, hash_bytes(r, 3)?)),
             )
             .optional()?)
     }
@@ -802,6 +807,47 @@ fn is_not_a_database(e: &IndexError) -> bool {
     )
 }
 
+/// A seq that splits the rows in segments before `segment` from those in it or later: the
+/// first row at or after it is in `segment` or later (it is one past the last row when none is).
+/// Rows are in store order, so their segments never decrease as their seqs grow: the split is
+/// found by bisecting seqs, each step one lookup by seq. An index on segments, kept for this
+/// daily query alone, cost a tenth of indexing's time.
+fn first_seq_in_segment_or_later(tx: &Transaction<'_>, segment: u64) -> Result<i64, IndexError> {
+    let (min, max): (Option<i64>, Option<i64>) =
+        tx.query_row("SELECT min(seq), max(seq) FROM records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(max)) = (min, max) else {
+        return Ok(0);
+    };
+    let mut at_or_after =
+        tx.prepare_cached("SELECT segment FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 1")?;
+    // The smallest seq from which every row is in `segment` or later (max + 1: none is).
+    let mut hi = max + 1;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let seg: u64 = at_or_after.query_row([mid], |r| r.get(0))?;
+        if seg >= segment {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// A records row's seq, segment, offset and hash.
+type RowPlace = (u64, u64, u64, Vec<u8>);
+
+/// A row's hash as bytes, whatever an edit of the file made its type (it then differs from
+/// every record's: `check` reports it, rather than failing on the type).
+fn hash_bytes(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
+    Ok(match row.get_ref(i)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+        _ => Vec::new(),
+    })
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -857,13 +903,11 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
             continue;
         }
         let session = record.session();
-        let mut hash = [0u8; 64];
-        hex::encode_to_slice(pos.hash, &mut hash).expect("64 hex digits for 32 bytes");
         insert_record.execute(params![
             pos.seq,
             pos.segment,
             pos.offset,
-            std::str::from_utf8(&hash).expect("hex is ASCII"),
+            &pos.hash[..],
             kind_name(record),
             record.at(),
             session,
@@ -1632,6 +1676,45 @@ mod tests {
         assert_eq!(index.last_seq().unwrap(), Some(10));
     }
 
+    /// Segments are forgotten by the range of seqs their rows hold, found without an index on
+    /// segments: exactly their rows go, wherever the range lies and however seqs skip.
+    #[test]
+    fn forgetting_segments_removes_exactly_their_rows() {
+        let segments_left = |index: &Index| -> Vec<u64> {
+            let mut st = index
+                .conn
+                .prepare("SELECT segment FROM records ORDER BY seq")
+                .unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        // Forty records, four to a segment (0 to 9), seqs 1, 4, 7, …
+        let items: Vec<(Position, Record)> = (0..40u64)
+            .map(|i| {
+                let mut p = pos(3 * i + 1);
+                p.segment = i / 4;
+                (p, end("s", i))
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        assert_eq!(index.forget_segments(0, 3).unwrap(), 0, "nothing indexed yet");
+        index.add_batch(&items).unwrap();
+        let mut want: Vec<u64> = (0..40).map(|i| i / 4).collect();
+        for (first, last, removed) in [(4, 5, 8), (0, 0, 4), (20, 30, 0), (9, 9, 4), (3, 6, 8), (0, 2, 8)] {
+            assert_eq!(
+                index.forget_segments(first, last).unwrap(),
+                removed,
+                "{first}..={last}"
+            );
+            want.retain(|s| !(first..=last).contains(s));
+            assert_eq!(segments_left(&index), want, "after {first}..={last}");
+        }
+        assert_eq!(segments_left(&index), [7, 7, 7, 7, 8, 8, 8, 8]);
+    }
+
     /// The sample as a store would hold it: seqs with holes (headers, checkpoints and seals are
     /// frames too), positions spread over two segments.
     fn store() -> Vec<(Position, Record)> {
@@ -1739,7 +1822,7 @@ mod tests {
 
     #[test]
     fn check_finds_an_edited_hash() {
-        let m = edited("UPDATE records SET hash = '00' || substr(hash, 3) WHERE seq = 11");
+        let m = edited("UPDATE records SET hash = x'ee' || substr(hash, 2) WHERE seq = 11");
         assert_eq!(
             m.to_string(),
             "index row seq 11 says segment 1 offset 3008, but that record's hash differs — the index was \
