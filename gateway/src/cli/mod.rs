@@ -10,6 +10,7 @@ mod egress;
 mod exec;
 mod fleet;
 mod install;
+mod jsonlog;
 mod logbuf;
 mod mask;
 pub mod policy;
@@ -161,6 +162,6 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(logbuf::Gathering);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder.event_format(jsonlog::JsonLines).init(),
     }
 }
