@@ -94,7 +94,7 @@ pub fn facts(tgid: u32) -> Vec<(String, String)> {
             break;
         }
         visited.push((p, start));
-        if let Ok(environ) = std::fs::read(format!("/proc/{p}/environ")) {
+        if let Some(environ) = super::proc_bytes(&format!("/proc/{p}/environ")) {
             let own = from_environ(&environ);
             if own.iter().any(|(n, _)| n == "GITHUB_REPOSITORY") {
                 found = own;
@@ -132,7 +132,7 @@ pub fn running_jobs(dir: &Path) -> Vec<Vec<(String, String)>> {
             if seen > MAX_JOB_PROCESSES {
                 return jobs;
             }
-            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            let Some(environ) = super::proc_bytes(&format!("/proc/{pid}/environ")) else {
                 continue;
             };
             let found = from_environ(&environ);
