@@ -94,7 +94,7 @@ pub fn facts(tgid: u32) -> Vec<(String, String)> {
             break;
         }
         visited.push((p, start));
-        if let Some(environ) = super::proc_bytes(&format!("/proc/{p}/environ")) {
+        if let Some(environ) = super::proc_bytes(format!("/proc/{p}/environ")) {
             let own = from_environ(&environ);
             if own.iter().any(|(n, _)| n == "GITHUB_REPOSITORY") {
                 found = own;
@@ -126,13 +126,13 @@ pub fn running_jobs(dir: &Path) -> Vec<Vec<(String, String)>> {
     let mut seen = 0;
     let mut stack = vec![(dir.to_path_buf(), 0)];
     while let Some((dir, depth)) = stack.pop() {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let procs = super::proc_text(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
             seen += 1;
             if seen > MAX_JOB_PROCESSES {
                 return jobs;
             }
-            let Some(environ) = super::proc_bytes(&format!("/proc/{pid}/environ")) else {
+            let Some(environ) = super::proc_bytes(format!("/proc/{pid}/environ")) else {
                 continue;
             };
             let found = from_environ(&environ);

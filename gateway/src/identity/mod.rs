@@ -94,7 +94,7 @@ impl Caller {
 
     /// The command line, from /proc while the process exists.
     pub fn cmdline(&self) -> Vec<String> {
-        std::fs::read(format!("/proc/{}/cmdline", self.tgid))
+        proc_bytes(format!("/proc/{}/cmdline", self.tgid))
             .map(|raw| {
                 raw.split(|b| *b == 0)
                     .filter(|a| !a.is_empty())
@@ -122,7 +122,7 @@ impl Login {
     /// Reads the login facts of `tgid` now, without asking whether it is the process the caller
     /// means: use [`Login::of_started`] or [`peer_login`], which do.
     fn read(tgid: u32) -> Self {
-        let field = |name: &str| proc_text(&format!("/proc/{tgid}/{name}")).and_then(|s| parse_audit_id(&s));
+        let field = |name: &str| proc_text(format!("/proc/{tgid}/{name}")).and_then(|s| parse_audit_id(&s));
         Login {
             uid: field("loginuid"),
             session: field("sessionid"),
@@ -218,7 +218,7 @@ pub fn peer_login(
 /// process has been reaped, after which its pid may be given to another process.
 fn pidfd_pid(pidfd: &std::os::fd::OwnedFd) -> Option<u32> {
     use std::os::fd::AsRawFd as _;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let info = proc_text(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
     let pid = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim();
     pid.parse::<u32>().ok().filter(|&p| p > 0)
 }
@@ -251,15 +251,15 @@ fn ticks_to_wall_micros(ticks: u64) -> Option<crate::record::model::Micros> {
 /// reader of it). The command name (field 2) may hold spaces and parentheses, so fields are
 /// counted after its closing parenthesis. `None` once the process is gone.
 pub fn start_ticks(tgid: u32) -> Option<u64> {
-    start_ticks_in(&proc_text(&format!("/proc/{tgid}/stat"))?)
+    start_ticks_in(&proc_text(format!("/proc/{tgid}/stat"))?)
 }
 
-/// A /proc file's bytes (`None` once the process is gone). A connection's caller is read from
-/// several such files on the accept path: `fs::read` asks each for its size (always 0 here) and
+/// A kernel pseudo-file's bytes (/proc, cgroupfs; `None` once the process or cgroup is gone).
+/// A connection's caller is read from several /proc files on the accept path: `fs::read` asks each for its size (always 0 here) and
 /// then reads it 32, 32, 64, 128… bytes at a time, about nine system calls a file. Here: open,
 /// one read into a page-sized buffer (grown only for a longer file), one that finds the end,
 /// close.
-pub(crate) fn proc_bytes(path: &str) -> Option<Vec<u8>> {
+pub(crate) fn proc_bytes(path: impl AsRef<std::path::Path>) -> Option<Vec<u8>> {
     use std::io::Read as _;
     let mut file = std::fs::File::open(path).ok()?;
     let mut bytes = vec![0; 4096];
@@ -279,8 +279,8 @@ pub(crate) fn proc_bytes(path: &str) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// A /proc file's text, as [`proc_bytes`] reads it.
-fn proc_text(path: &str) -> Option<String> {
+/// A kernel pseudo-file's text, as [`proc_bytes`] reads it.
+pub(crate) fn proc_text(path: impl AsRef<std::path::Path>) -> Option<String> {
     String::from_utf8(proc_bytes(path)?).ok()
 }
 
@@ -291,7 +291,7 @@ fn start_ticks_in(stat: &str) -> Option<u64> {
 
 /// A process's parent and start time, from one read of /proc/<pid>/stat.
 pub(crate) fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
-    let stat = proc_text(&format!("/proc/{pid}/stat"))?;
+    let stat = proc_text(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')')? + 1..];
     let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
     Some((ppid, start_ticks_in(&stat)?))
@@ -352,7 +352,7 @@ fn read_user_name(uid: u32) -> Option<String> {
 
 /// The cgroup v2 path of a live process ("/ghgate.clients"), from /proc/<tgid>/cgroup.
 pub fn cgroup_path(tgid: u32) -> Option<String> {
-    let text = proc_text(&format!("/proc/{tgid}/cgroup"))?;
+    let text = proc_text(format!("/proc/{tgid}/cgroup"))?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }

@@ -764,7 +764,7 @@ fn write_forever(
         }
         let mut guard = store.lock().unwrap_or_else(|e| e.into_inner());
         // Declared after the lock's guard, so cleared before it is released.
-        let _holding = Holding::new(&shared.writer_holds);
+        let holding = Holding::new(&shared.writer_holds);
         let Some(store) = guard.as_mut() else { break };
         if failed && batch.is_empty() {
             // Probe: once a signed checkpoint can be written again, the store is back.
@@ -805,7 +805,7 @@ fn write_forever(
             }
             last_sync = Instant::now();
         }
-        drop(_holding);
+        drop(holding);
         drop(guard);
         // Written (and synced, where the policy says so): the exchanges may complete.
         for ack in acks.drain(..) {
