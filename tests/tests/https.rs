@@ -90,6 +90,46 @@ fn curl_http1_and_http2_through_the_gateway() {
 }
 
 #[test]
+fn concurrent_http1_clients_keep_their_upstream_connections_pooled() {
+    if !privileged() {
+        return;
+    }
+    // Sixteen HTTP/1.1 requests at once hold sixteen upstream connections (each request's
+    // stream lasts over a second upstream); when they end, all sixteen stay pooled, so a second
+    // burst of sixteen dials nothing. With eight kept per host, the second burst dialled and
+    // handshook eight anew.
+    let s = setup(&["api.github.com"], true);
+    let (url, _) = s.url("api.github.com", "/sse?n=2");
+    let mut args = vec![
+        "--http1.1",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "16",
+    ];
+    let mut urls = Vec::new();
+    for _ in 0..15 {
+        urls.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    args.extend(urls.iter().copied());
+    args.extend(["-o", "/dev/null"]);
+    for burst in 1..=2 {
+        let out = curl(&s, "api.github.com", "/sse?n=2", &args);
+        assert!(
+            out.status.success(),
+            "burst {burst}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(s.upstream.served(), 16 * burst, "burst {burst}");
+    }
+    assert_eq!(
+        s.upstream.connections(),
+        16,
+        "the second burst reused the first burst's upstream connections"
+    );
+}
+
+#[test]
 fn http2_clients_are_translated_to_an_http1_only_upstream() {
     if !privileged() {
         return;

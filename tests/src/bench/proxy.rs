@@ -63,8 +63,9 @@ pub struct ProxyArgs {
     /// Skip mitmproxy (no PyPI install).
     #[arg(long)]
     pub no_mitmproxy: bool,
-    /// Measure one figure only, through the two ghgate cases: `idle`, the RSS per idle
-    /// keep-alive connection (HTTP/1.1 and HTTP/2), for iterating on memory.
+    /// Measure one figure only, for iterating: `idle`, the RSS per idle keep-alive connection
+    /// (HTTP/1.1 and HTTP/2) through the two ghgate cases; `newconn`, keep-alive GET and new
+    /// connection latency of every case.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
 }
@@ -73,6 +74,7 @@ pub struct ProxyArgs {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
     Idle,
+    Newconn,
 }
 
 impl ProxyArgs {
@@ -275,6 +277,9 @@ struct Row {
     cpu_mid_h2: f64,
     cpu_cu_h2: f64,
     busy: f64,
+    /// TLS connections the upstream accepted per 1,000 requests of the h1 requests/s run (the
+    /// clients' own connections included).
+    upstream_handshakes: f64,
     /// Gateway CPU-s per GiB of the HTTP/1.1 and HTTP/2 downloads.
     gib_cpu1: f64,
     gib_cpu2: f64,
@@ -500,25 +505,36 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     // drift (another process waking, a CPU's frequency) falls on all of them alike: the figures
     // are differences between cases, and "recording adds" swung from -69 to +92 µs between runs
     // when each case was measured in one stretch.
+    // New connections likewise.
     let mut latency: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
+    let mut newconn: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
     if args.only != Some(Only::Idle) {
-        eprintln!("keep-alive latency, every case in turn, {LATENCY_ROUNDS} rounds…");
+        eprintln!("keep-alive latency and new connections, every case in turn, {LATENCY_ROUNDS} rounds…");
         for _ in 0..LATENCY_ROUNDS {
-            for ((_, via, trust, proxy, ..), ns) in cases.iter().zip(&mut latency) {
-                let a = HttpClientArgs {
-                    mode: "latency".into(),
+            for ((_, via, trust, proxy, ..), (ns, nc)) in
+                cases.iter().zip(latency.iter_mut().zip(&mut newconn))
+            {
+                let a = |mode: &str, count: u64| HttpClientArgs {
+                    mode: mode.into(),
                     ca: trust.clone(),
                     proxy: *proxy,
-                    count: (args.requests / LATENCY_ROUNDS).max(1),
+                    count: (count / LATENCY_ROUNDS).max(1),
                     ..base.clone()
                 };
-                ns.extend(run_client(*via, &a)?.ns);
+                ns.extend(run_client(*via, &a("latency", args.requests))?.ns);
+                nc.extend(run_client(*via, &a("newconn", args.new_connections))?.ns);
             }
         }
     }
+    if args.only == Some(Only::Newconn) {
+        print_newconn(&cases.iter().map(|c| c.0).collect::<Vec<_>>(), &latency, &newconn);
+        return Ok(());
+    }
     let nan = f64::NAN;
     let mut rows = Vec::new();
-    for ((label, via, trust, proxy, middle, terminating), lat) in cases.iter().zip(&latency) {
+    for ((label, via, trust, proxy, middle, terminating), (lat, nc)) in
+        cases.iter().zip(latency.iter().zip(&newconn))
+    {
         let (label, via, middle) = (*label, *via, *middle);
         let mk = |mode: &str, count: u64| HttpClientArgs {
             mode: mode.into(),
@@ -569,9 +585,9 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             }
             continue;
         }
-        eprintln!("{label}: new connections, new processes…");
+        eprintln!("{label}: new processes…");
         (row.p50, row.p99) = (pct(lat, 0.5), pct(lat, 0.99));
-        row.newconn = pct(&run_client(via, &mk("newconn", args.new_connections))?.ns, 0.5);
+        row.newconn = pct(nc, 0.5);
         // curl is told about no proxy here: mitmproxy's case is left out.
         row.newproc = if proxy.is_some() {
             nan
@@ -589,7 +605,10 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             let all = report.cpu_s + upstream_cpu + spent.unwrap_or(0.0);
             Ok((report, host.fraction, spent.unwrap_or(nan), upstream_cpu, all))
         };
+        let conns_before = upstream.connections();
         let (r1, busy, mid, up, _) = measured("rps")?;
+        row.upstream_handshakes =
+            (upstream.connections() - conns_before) as f64 * 1000.0 / r1.requests.max(1) as f64;
         let per_req = |s: f64, r: &Report| s / r.requests.max(1) as f64 * 1e6;
         row.rps1 = r1.requests_per_s;
         row.busy = busy;
@@ -640,6 +659,24 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         load_average()
     );
     Ok(())
+}
+
+/// `--only newconn`: keep-alive GET and new-connection p50 of every case, and each against
+/// direct.
+fn print_newconn(labels: &[&str], latency: &[Vec<u64>], newconn: &[Vec<u64>]) {
+    println!(
+        "\n{:<18} {:>12} {:>14} {:>12} {:>14}",
+        "", "GET p50 µs", "new conn µs", "GET vs dir", "new conn vs dir"
+    );
+    let (d_get, d_new) = (pct(&latency[0], 0.5), pct(&newconn[0], 0.5));
+    for ((label, lat), nc) in labels.iter().zip(latency).zip(newconn) {
+        let (get, new) = (pct(lat, 0.5), pct(nc, 0.5));
+        println!(
+            "{label:<18} {get:>12.1} {new:>14.0} {:>+12.1} {:>+14.0}",
+            get - d_get,
+            new - d_new
+        );
+    }
 }
 
 /// The host's 1-minute load average, as /proc/loadavg says.
@@ -711,7 +748,7 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         crate::cpu::cpus()
     );
     println!(
-        "{:<18} {:>8} {:>12} {:>12} {:>14} {:>10} {:>14} {:>14} {:>12} {:>12}",
+        "{:<18} {:>8} {:>12} {:>12} {:>14} {:>10} {:>14} {:>14} {:>12} {:>12} {:>10}",
         "",
         "busy",
         "middle µs",
@@ -721,15 +758,16 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         "h2 middle µs",
         "h2 client+up",
         "dl h1 mid",
-        "dl h2 mid"
+        "dl h2 mid",
+        "up TLS"
     );
     println!(
-        "{:<18} {:>8} {:>12} {:>12} {:>14} {:>10} {:>14} {:>14} {:>12} {:>12}",
-        "", "", "", "", "", "cl+up", "", "µs", "CPU-s/GiB", "CPU-s/GiB"
+        "{:<18} {:>8} {:>12} {:>12} {:>14} {:>10} {:>14} {:>14} {:>12} {:>12} {:>10}",
+        "", "", "", "", "", "cl+up", "", "µs", "CPU-s/GiB", "CPU-s/GiB", "/1k req"
     );
     for r in rows {
         println!(
-            "{:<18} {:>7.0}% {:>12} {:>12} {:>14} {:>9}× {:>14} {:>14} {:>12} {:>12}",
+            "{:<18} {:>7.0}% {:>12} {:>12} {:>14} {:>9}× {:>14} {:>14} {:>12} {:>12} {:>10}",
             r.label,
             r.busy * 100.0,
             f(r.cpu_mid, 1),
@@ -740,9 +778,11 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
             f(r.cpu_cu_h2, 1),
             f(r.gib_cpu1, 2),
             f(r.gib_cpu2, 2),
+            f(r.upstream_handshakes, 2),
         );
     }
-    println!("(CPU from /proc, 10 ms ticks; the upstream is this bench process, the client its own process)");
+    println!("(CPU from /proc, 10 ms ticks; the upstream is this bench process, the client its own process;");
+    println!(" up TLS: connections the upstream accepted per 1,000 requests, the clients' own included)");
 
     let d = &rows[0];
     println!("\nagainst direct, measured in this run:");
