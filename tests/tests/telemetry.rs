@@ -196,6 +196,22 @@ fn metrics_count_exactly_what_happened_and_the_sinks_get_every_event_without_the
     }
     assert!(after["ghgate_record_store_bytes"] > 0.0, "{text}");
     assert_eq!(after["ghgate_record_failing"], 0.0);
+    // The gateway's own log: a line per exchange, and a decision line only where it says more
+    // than the exchange line (the refusal by rule); the two allowed by the default are counted
+    // above and recorded, not logged twice.
+    let logs =
+        s.gw.wait_log("three exchange lines", Duration::from_secs(10), |l| {
+            l.iter().filter(|l| l["message"] == "exchange").count() >= 3
+        });
+    let decisions: Vec<_> = logs
+        .iter()
+        .filter(|l| l["message"] == "policy decision")
+        .collect();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(
+        (decisions[0]["action"].as_str(), decisions[0]["rule"].as_str()),
+        (Some("deny"), Some("rule #1 \"no-admin\""))
+    );
     assert!(!text.contains(&token), "the token is in /metrics");
 
     // Syslog got each event as an RFC 5424 datagram whose message is the record's JSON.

@@ -102,6 +102,9 @@ pub struct RuleRef {
     pub name: Option<String>,
 }
 
+/// How the default rule is named in decisions and logs.
+pub const DEFAULT_RULE_NAME: &str = "the default";
+
 impl RuleRef {
     pub const DEFAULT: RuleRef = RuleRef {
         index: None,
@@ -121,7 +124,7 @@ impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.index, &self.name) {
             (None, Some(setting)) => write!(f, "the {setting} setting"),
-            (None, None) => f.write_str("the default"),
+            (None, None) => f.write_str(DEFAULT_RULE_NAME),
             (Some(i), None) => write!(f, "rule #{i}"),
             (Some(i), Some(n)) => write!(f, "rule #{i} \"{n}\""),
         }

@@ -85,8 +85,10 @@ pub fn bind(addr: SocketAddr, mark: Option<u32>) -> anyhow::Result<TcpListener> 
 
 /// Accepts forever on `listener`, attributing and dispatching each connection on its own task.
 ///
-/// `jobs`, when container scopes are governed, attributes their connections to the running job
-/// (on the connection's task: it reads /proc, which the accept loop must not wait for).
+/// The caller's facts are completed from /proc on the connection's own task, as is `jobs`' (when
+/// container scopes are governed, it attributes their connections to the running job): the
+/// accept loop takes nothing but the kernel's record, so a burst of connections is not accepted
+/// one /proc walk at a time.
 pub async fn serve<D: OrigDst, H: Handler>(
     listener: TcpListener,
     orig_dst: Arc<D>,
@@ -111,17 +113,15 @@ pub async fn serve<D: OrigDst, H: Handler>(
         };
         debug!(client = %client, orig_dst = %redirected.orig_dst, "accepted");
         crate::telemetry::metrics().redirected();
-        let caller = Caller::from_kernel(&redirected);
-        let conn = Accepted {
-            stream,
-            client,
-            orig_dst: OrigDstAddr(redirected.orig_dst),
-            caller,
-            accepted_at,
-        };
         let (handler, jobs) = (handler.clone(), jobs.clone());
         tokio::spawn(async move {
-            let mut conn = conn;
+            let mut conn = Accepted {
+                stream,
+                client,
+                orig_dst: OrigDstAddr(redirected.orig_dst),
+                caller: Caller::from_kernel(&redirected),
+                accepted_at,
+            };
             if let Some(jobs) = jobs {
                 jobs.attribute(&mut conn.caller);
             }

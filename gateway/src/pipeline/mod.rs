@@ -418,10 +418,22 @@ fn policy_head(
     answer
 }
 
-/// One log line and one count per policy decision.
+/// One count per policy decision, and one log line for each that says more than the exchange's
+/// own line will: a request the default rule let through plainly (no ref update, no approval)
+/// is logged at debug, since its exchange line follows and the record keeps the decision. On a
+/// busy gateway that was a second info line for nearly every request.
 fn log_decisions(ex: &Exchange, decisions: &[model::Decision]) {
     for d in decisions {
         crate::telemetry::metrics().decision(d);
+        let routine = d.action == model::DecisionAction::Allow
+            && d.outcome == model::DecisionOutcome::Passed
+            && d.ref_update.is_none()
+            && d.approval.is_none()
+            && d.rule == ghgate_policy::DEFAULT_RULE_NAME;
+        if routine {
+            tracing::debug!(exchange = ex.id.get(), action = %d.action, rule = %d.rule, "policy decision");
+            continue;
+        }
         tracing::info!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), action = %d.action, rule = %d.rule,
                        outcome = %d.outcome, r#ref = d.ref_update.as_ref().map(|r| crate::mask::for_logs(&r.name)),
                        approval = d.approval.as_deref(), "policy decision");
