@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     credentials::Broker,
     enforce::{Enforcer, SecretScan},
-    http::{Limits, Settings, pool::Pool},
+    http::{Limits, Settings, pool::Pools},
     identity::oidc::OidcValidator,
     mask::{self, policy::MaskSet},
     outbound::Outbound,
@@ -133,9 +133,13 @@ fn proxy(
         leaves: Arc::new(LeafCache::new(ca, capacity)),
         tickets: rustls::crypto::ring::Ticketer::new().context("cannot make TLS session ticket keys")?,
         pool: {
-            let pool = Arc::new(Pool::new(upstream_tls, connect_timeout));
-            pool.spawn_sweeper();
-            pool
+            let pools = Pools::new(
+                crate::listen::shards::default_count(),
+                upstream_tls,
+                connect_timeout,
+            );
+            pools.spawn_sweepers();
+            pools
         },
         phases: Arc::new({
             let pipeline = Pipeline::new(recorder, mask, broker, oidc, enforcer, github.clone());

@@ -17,7 +17,7 @@ use crate::{
     config::TlsConfig,
     http::{
         self, ConnInfo, Phases, Settings, UpstreamRoute,
-        pool::{Key, Pool, Sender},
+        pool::{Key, Pools, Sender},
     },
     listen::{Accepted, Handler},
     record::model::{self, PassthroughReason, RefusalLayer, RefusalReason, Transport},
@@ -47,7 +47,8 @@ pub struct Proxy<P> {
     /// for the name it was issued under (rustls checks the SNI), and only in this process: its
     /// keys are random, rotated every 6 hours and never written anywhere.
     pub tickets: Arc<dyn rustls::server::ProducesTickets>,
-    pub pool: Arc<Pool>,
+    /// Upstream connections, one pool per shard.
+    pub pool: Pools,
     pub phases: Arc<P>,
     pub settings: Settings,
     /// The TLS server configurations made so far, per name and ALPN list.
@@ -206,14 +207,14 @@ impl<P: Phases> Proxy<P> {
         // Each client is served in its own protocol where the upstream speaks it (an HTTP/1.1
         // client gets pooled HTTP/1.1 connections, not a share of one HTTP/2 connection).
         let reached = match choose_client_protocol(&alpn, None).0 {
-            Proto::Http2 => self.pool.get(&key).await,
-            Proto::Http1 => self.pool.get_http1(&key).await,
+            Proto::Http2 => self.pool.here().get(&key).await,
+            Proto::Http1 => self.pool.here().get_http1(&key).await,
         };
         let (upstream_proto, failed) = match reached {
             Ok(sender) => {
                 let proto = sender.proto();
                 if let Sender::Http1(send) = sender {
-                    self.pool.put_back(&key, send);
+                    self.pool.here().put_back(&key, send);
                 }
                 (Some(proto), None)
             }
@@ -272,7 +273,7 @@ impl<P: Phases> Proxy<P> {
             client_tls,
         };
         let route = UpstreamRoute {
-            pool: self.pool.clone(),
+            pool: self.pool.here().clone(),
             key,
             failed,
         };

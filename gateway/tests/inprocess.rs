@@ -76,11 +76,11 @@ impl InProcess {
             cgroup_id: 0,
             comm: "inprocess".into(),
         };
+        let shards = listen::Shards::start(2, Arc::new(proxy), None, &|_| {}).unwrap();
         tokio::spawn(listen::serve(
             listener,
             Arc::new(FixedOrigDst(caller)),
-            Arc::new(proxy),
-            None,
+            Arc::new(shards),
         ));
         let ca_file = ca::dir(&config.state_dir).join(ca::CERT_FILE);
         drop(_entered);

@@ -36,15 +36,20 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     super::init_logging(config.log.format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // Worker threads write their log lines in bursts, when they run out of work.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    gather_logs(&mut runtime);
+    runtime.build()?.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Worker threads (the main runtime's and the shards') write their log lines in bursts, when
+/// they run out of work.
+fn gather_logs(runtime: &mut tokio::runtime::Builder) {
+    runtime
         .on_thread_unpark(super::logbuf::gather_on_this_thread)
         .on_thread_park(super::logbuf::flush_this_thread)
-        .on_thread_stop(super::logbuf::flush_this_thread)
-        .build()?;
-    runtime.block_on(serve(config))?;
-    Ok(ExitCode::SUCCESS)
+        .on_thread_stop(super::logbuf::flush_this_thread);
 }
 
 /// The kernel's view of the gateway, from the config.
@@ -267,13 +272,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             containers: config.redirect.containers.clone(),
         })
     });
-    let v4 = tokio::spawn(listen::serve(
-        listener_v4,
-        clients.clone(),
-        proxy.clone(),
-        jobs.clone(),
-    ));
-    let v6 = tokio::spawn(listen::serve(listener_v6, clients, proxy, jobs));
+    let shards = Arc::new(listen::Shards::start(
+        listen::shards::default_count(),
+        proxy,
+        jobs,
+        &gather_logs,
+    )?);
+    info!(
+        shards = shards.count(),
+        "serving connections on one thread per CPU"
+    );
+    let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), shards.clone()));
+    let v6 = tokio::spawn(listen::serve(listener_v6, clients, shards));
 
     tokio::select! {
         _ = interrupt.recv() => {}

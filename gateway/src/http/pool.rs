@@ -258,6 +258,38 @@ impl Pool {
     }
 }
 
+/// One pool per shard (see [`crate::listen::shards`]): a connection borrows from the pool of
+/// the thread it is served on, so the upstream connections it uses, whose tasks were spawned
+/// where they were dialled, run on that thread too.
+pub struct Pools(Vec<Arc<Pool>>);
+
+impl Pools {
+    /// `count` pools (at least one), each as [`Pool::new`] makes it.
+    pub fn new(count: usize, tls: UpstreamTls, connect_timeout: Duration) -> Self {
+        Self(
+            (0..count.max(1))
+                .map(|_| Arc::new(Pool::new(tls.clone(), connect_timeout)))
+                .collect(),
+        )
+    }
+
+    /// This thread's shard's pool.
+    pub fn here(&self) -> &Arc<Pool> {
+        &self.0[crate::listen::shards::current() % self.0.len()]
+    }
+
+    pub fn tls(&self) -> &UpstreamTls {
+        self.0[0].tls()
+    }
+
+    /// Sweeps every pool (see [`Pool::spawn_sweeper`]).
+    pub fn spawn_sweepers(&self) {
+        for pool in &self.0 {
+            pool.spawn_sweeper();
+        }
+    }
+}
+
 /// HTTP handshake over an established upstream TLS stream; the connection task is spawned.
 async fn handshake<T>(io: T, proto: Proto) -> Result<Sender, String>
 where

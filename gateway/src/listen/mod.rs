@@ -5,6 +5,7 @@
 //! in-process without the kernel. A connection nobody redirected (someone dialling the listener
 //! directly) is closed here: it has no destination, and must never be forwarded anywhere.
 pub mod addrs;
+pub mod shards;
 
 use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
@@ -14,8 +15,10 @@ use tracing::{debug, warn};
 
 pub use addrs::{ClientAddr, ListenAddr, OrigDstAddr};
 
+pub use shards::Shards;
+
 use crate::{
-    identity::{Caller, ci::JobAttribution},
+    identity::Caller,
     redirect::{ClientTable, Redirected},
 };
 
@@ -83,17 +86,15 @@ pub fn bind(addr: SocketAddr, mark: Option<u32>) -> anyhow::Result<TcpListener> 
     Ok(socket.listen(1024)?)
 }
 
-/// Accepts forever on `listener`, attributing and dispatching each connection on its own task.
+/// Accepts forever on `listener`, handing each redirected connection to the next of `shards`.
 ///
-/// The caller's facts are completed from /proc on the connection's own task, as is `jobs`' (when
-/// container scopes are governed, it attributes their connections to the running job): the
-/// accept loop takes nothing but the kernel's record, so a burst of connections is not accepted
-/// one /proc walk at a time.
-pub async fn serve<D: OrigDst, H: Handler>(
+/// The accept loop takes nothing but the kernel's record: the caller's facts are completed
+/// from /proc on the connection's shard, so a burst of connections is not accepted one /proc
+/// walk at a time.
+pub async fn serve<D: OrigDst>(
     listener: TcpListener,
     orig_dst: Arc<D>,
-    handler: Arc<H>,
-    jobs: Option<Arc<JobAttribution>>,
+    shards: Arc<Shards>,
 ) -> io::Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -113,20 +114,7 @@ pub async fn serve<D: OrigDst, H: Handler>(
         };
         debug!(client = %client, orig_dst = %redirected.orig_dst, "accepted");
         crate::telemetry::metrics().redirected();
-        let (handler, jobs) = (handler.clone(), jobs.clone());
-        tokio::spawn(async move {
-            let mut conn = Accepted {
-                stream,
-                client,
-                orig_dst: OrigDstAddr(redirected.orig_dst),
-                caller: Caller::from_kernel(&redirected),
-                accepted_at,
-            };
-            if let Some(jobs) = jobs {
-                jobs.attribute(&mut conn.caller);
-            }
-            handler.handle(conn).await
-        });
+        shards.dispatch(stream, client, redirected, accepted_at);
     }
 }
 
