@@ -95,6 +95,19 @@ impl Default for IdleLimits {
     }
 }
 
+impl IdleLimits {
+    /// The share of these limits each of `pools` pools gets, so that together they keep no
+    /// more than one pool would (at least 8 each).
+    pub fn shared_by(self, pools: usize) -> Self {
+        let total = (self.total / pools.max(1)).max(8);
+        Self {
+            per_key: self.per_key.min(total),
+            total,
+            ..self
+        }
+    }
+}
+
 pub struct Pool {
     tls: UpstreamTls,
     entries: Mutex<Entries>,
@@ -264,11 +277,12 @@ impl Pool {
 pub struct Pools(Vec<Arc<Pool>>);
 
 impl Pools {
-    /// `count` pools (at least one), each as [`Pool::new`] makes it.
+    /// `count` pools (at least one), sharing the default limits.
     pub fn new(count: usize, tls: UpstreamTls, connect_timeout: Duration) -> Self {
+        let limits = IdleLimits::default().shared_by(count);
         Self(
             (0..count.max(1))
-                .map(|_| Arc::new(Pool::new(tls.clone(), connect_timeout)))
+                .map(|_| Arc::new(Pool::with_limits(tls.clone(), connect_timeout, limits)))
                 .collect(),
         )
     }
@@ -336,6 +350,16 @@ mod tests {
         let (send, conn) = http1::handshake(TokioIo::new(near)).await.unwrap();
         tokio::spawn(conn);
         send
+    }
+
+    #[test]
+    fn pools_share_the_limits_of_one() {
+        let one = IdleLimits::default();
+        let two = one.shared_by(2);
+        assert_eq!((two.per_key, two.total), (64, 256));
+        let many = one.shared_by(64);
+        assert_eq!((many.per_key, many.total), (8, 8));
+        assert_eq!(one.shared_by(0).total, one.total);
     }
 
     #[tokio::test]
