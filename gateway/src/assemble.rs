@@ -133,11 +133,7 @@ fn proxy(
         leaves: Arc::new(LeafCache::new(ca, capacity)),
         tickets: rustls::crypto::ring::Ticketer::new().context("cannot make TLS session ticket keys")?,
         pool: {
-            let pools = Pools::new(
-                crate::listen::shards::default_count(),
-                upstream_tls,
-                connect_timeout,
-            );
+            let pools = Pools::new(config.listen.shard_count(), upstream_tls, connect_timeout);
             pools.spawn_sweepers();
             pools
         },

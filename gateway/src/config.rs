@@ -612,6 +612,20 @@ pub struct ListenConfig {
     /// Listener for IPv6 destinations; must be `[::1]`.
     #[serde(default = "default_listen_v6")]
     pub ipv6: SocketAddr,
+    /// Threads that accept and serve connections, each with its own listeners and upstream
+    /// connections; 0 (the default) is one per CPU the gateway may use.
+    #[serde(default)]
+    pub shards: usize,
+}
+
+impl ListenConfig {
+    /// How many shards serve: `shards`, or one per CPU.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => crate::listen::shards::default_count(),
+            n => n,
+        }
+    }
 }
 
 impl Default for ListenConfig {
@@ -619,6 +633,7 @@ impl Default for ListenConfig {
         Self {
             ipv4: default_listen_v4(),
             ipv6: default_listen_v6(),
+            shards: 0,
         }
     }
 }

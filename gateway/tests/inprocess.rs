@@ -64,8 +64,8 @@ impl InProcess {
             .unwrap();
         let _entered = rt.enter();
         let Assembled { proxy, recorder, .. } = assemble(&config).unwrap();
-        let listener = listen::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
-        let listen = listener.local_addr().unwrap();
+        let listeners = listen::bind("127.0.0.1:0".parse().unwrap(), None, 2).unwrap();
+        let listen = listeners[0].local_addr().unwrap();
         // Every connection is this test process calling the upstream, as the kernel would say.
         let caller = Redirected {
             orig_dst: upstream.addr,
@@ -76,12 +76,14 @@ impl InProcess {
             cgroup_id: 0,
             comm: "inprocess".into(),
         };
-        let shards = listen::Shards::start(2, Arc::new(proxy), None, &|_| {}).unwrap();
-        tokio::spawn(listen::serve(
-            listener,
+        let _shards = listen::Shards::start(
+            listeners.into_iter().map(|l| vec![l]).collect(),
             Arc::new(FixedOrigDst(caller)),
-            Arc::new(shards),
-        ));
+            Arc::new(proxy),
+            None,
+            &|_| {},
+        )
+        .unwrap();
         let ca_file = ca::dir(&config.state_dir).join(ca::CERT_FILE);
         drop(_entered);
         Self {

@@ -224,6 +224,9 @@ pub struct GatewaySpec {
     /// The governed cgroup is this child of the test's cgroup instead of the test cgroup
     /// itself (so that its siblings, e.g. container scopes, are not governed by inheritance).
     pub governed_child: Option<String>,
+    /// `[listen] shards`: None leaves the default (one per CPU). One shard makes the upstream
+    /// connections a test counts independent of which shard the kernel gave each connection.
+    pub shards: Option<usize>,
 }
 
 /// The `[github]` table: GitHub's published address ranges, mediated as a whole (every TCP port
@@ -331,6 +334,7 @@ impl Default for GatewaySpec {
             github: None,
             extra_toml: String::new(),
             governed_child: None,
+            shards: None,
         }
     }
 }
@@ -365,8 +369,9 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&cgroup.name);
         let listen_port = free_port();
+        let shards = spec.shards.map(|n| format!("shards = {n}\n")).unwrap_or_default();
         let mut toml = format!(
-            "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n\n[log]\nformat = \"json\"\n\n",
+            "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n{shards}\n[log]\nformat = \"json\"\n\n",
             dir.path().join("state").display(),
             if spec.host_mode {
                 "host".to_owned()

@@ -26,32 +26,11 @@ fn curl(s: &TlsGateway, host: &str, path: &str, extra: &[&str]) -> Output {
     s.curl(host, path, &args)
 }
 
-/// How many shards the gateway serves connections on (its start-up line says): each has its own
-/// upstream pool, and connections go to them in turn.
-fn shards(gw: &ghgate_e2e::Gateway) -> usize {
-    let logs = gw.wait_log("the shards line", Duration::from_secs(10), |l| {
-        l.iter().any(|l| l["shards"].is_u64())
-    });
-    logs.iter().find_map(|l| l["shards"].as_u64()).unwrap() as usize
-}
-
-/// Upstream connections that bursts of `bursts[i]` concurrent connections, one after another,
-/// leave behind when each shard keeps what its own burst share needed: per shard, the largest
-/// share of any burst.
-fn pooled_after(bursts: &[usize], shards: usize) -> usize {
-    let mut most = vec![0; shards];
-    let mut next = 0;
-    for &n in bursts {
-        let mut share = vec![0; shards];
-        for _ in 0..n {
-            share[next % shards] += 1;
-            next += 1;
-        }
-        for (m, s) in most.iter_mut().zip(share) {
-            *m = (*m).max(s);
-        }
-    }
-    most.iter().sum()
+/// As `setup`, on one shard: the tests that count upstream connections count one pool's.
+fn setup_one_shard(names: &[&str]) -> TlsGateway {
+    TlsGateway::start_tweaked(names, true, None, None, &|_| String::new(), &|spec| {
+        spec.shards = Some(1)
+    })
 }
 
 fn stdout(o: &Output) -> String {
@@ -65,7 +44,7 @@ fn curl_http1_and_http2_through_the_gateway() {
     }
     // The upstream speaks both: each client is served in its own protocol, end to end, and the
     // second run of each reuses the pooled upstream connection.
-    let s = setup(&["api.github.com"], true);
+    let s = setup_one_shard(&["api.github.com"]);
     for (flag, version, wire) in [
         ("--http1.1", "1.1", "HTTP/1.1"),
         ("--http2", "2", "HTTP/2.0"),
@@ -110,17 +89,10 @@ fn curl_http1_and_http2_through_the_gateway() {
         (Some("Http2"), Some("Some(Http2)"))
     );
     assert_eq!(s.upstream.served(), 4);
-    // The four clients were served on the shards in turn, each shard with its own pool.
-    let shards = shards(&s.gw);
-    let per_shard: std::collections::BTreeSet<(usize, &str)> = ["h1", "h2", "h1", "h2"]
-        .into_iter()
-        .enumerate()
-        .map(|(i, proto)| (i % shards, proto))
-        .collect();
     assert_eq!(
         s.upstream.connections(),
-        per_shard.len(),
-        "one HTTP/1.1 and one HTTP/2 upstream connection per shard that served them, each reused"
+        2,
+        "one HTTP/1.1 and one HTTP/2 upstream connection, each reused"
     );
 }
 
@@ -130,11 +102,10 @@ fn concurrent_http1_clients_keep_their_upstream_connections_pooled() {
         return;
     }
     // Sixteen HTTP/1.1 requests at once hold sixteen upstream connections (each request's
-    // stream lasts over a second upstream); when they end, all sixteen stay pooled (in the
-    // pools of the shards the connections were served on), so a second burst of sixteen dials
-    // nothing more than a shard's larger share. With eight kept per host, the second burst
-    // dialled and handshook eight anew.
-    let s = setup(&["api.github.com"], true);
+    // stream lasts over a second upstream); when they end, all sixteen stay pooled, so a second
+    // burst of sixteen dials nothing. With eight kept per host, the second burst dialled and
+    // handshook eight anew.
+    let s = setup_one_shard(&["api.github.com"]);
     let (url, _) = s.url("api.github.com", "/sse?n=2");
     let mut args = vec![
         "--http1.1",
@@ -160,7 +131,7 @@ fn concurrent_http1_clients_keep_their_upstream_connections_pooled() {
     }
     assert_eq!(
         s.upstream.connections(),
-        pooled_after(&[16, 16], shards(&s.gw)),
+        16,
         "the second burst reused the first burst's upstream connections"
     );
 }
@@ -183,14 +154,14 @@ fn http2_clients_are_translated_to_an_http1_only_upstream() {
             intercept: vec![(vec![], vec![format!("{}/32", upstream.addr.ip())], vec![port])],
             tls_ports: vec![port],
             upstream_extra_roots: vec![ca.write_pem(dir.path())],
+            // One pool: the count below is of its connections.
+            shards: Some(1),
             ..Default::default()
         },
     );
     let ghgate_ca = gw.ca_file();
-    // A client offering h2 alone, once more than there are shards: translated to HTTP/1.1
-    // upstream, then pooled (each shard dials once, then reuses its own).
-    let shards = shards(&gw);
-    for _ in 0..shards + 1 {
+    // A client offering h2 alone, twice: translated to HTTP/1.1 upstream, then pooled.
+    for _ in 0..2 {
         let out = gw
             .exec(bin("ghgate-probe"))
             .args(["h2post", &upstream.addr.to_string(), "api.github.com"])
@@ -217,7 +188,7 @@ fn http2_clients_are_translated_to_an_http1_only_upstream() {
     }
     assert_eq!(
         upstream.connections(),
-        pooled_after(&vec![1; shards + 1], shards),
+        1,
         "the idle HTTP/1.1 upstream connection was reused"
     );
 }

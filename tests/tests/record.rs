@@ -333,9 +333,17 @@ fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if text.ends_with("503") {
-            assert_eq!(
-                s.upstream.served(),
-                served_before,
+            // Refused at its head (its first record could not be written): the upstream saw
+            // nothing. Refused at its body (the head's record fit in the last page, the body's
+            // did not): the head had gone up, the upstream saw the request fail before its
+            // first body byte, and nothing of the body reached it.
+            let at_most = if text.contains("its body could not be recorded") {
+                served_before + 1
+            } else {
+                served_before
+            };
+            assert!(
+                s.upstream.served() <= at_most,
                 "a refused request was forwarded: {text}"
             );
             refused = Some(text);

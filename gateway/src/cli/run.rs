@@ -112,8 +112,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let approvals = proxy.phases.enforcer.as_ref().map(|e| e.approvals.clone());
     crate::telemetry::start(&config, recorder.as_ref(), approvals).await?;
 
-    let listener_v4 = listen::bind(config.listen.ipv4, Some(config.redirect.listener_mark))?;
-    let listener_v6 = listen::bind(config.listen.ipv6, Some(config.redirect.listener_mark))?;
+    let shard_count = config.listen.shard_count();
+    let mark = Some(config.redirect.listener_mark);
+    let listeners_v4 = listen::bind(config.listen.ipv4, mark, shard_count)?;
+    let listeners_v6 = listen::bind(config.listen.ipv6, mark, shard_count)?;
     let dns_listeners = if config.egress.enabled() {
         Some(egress::dns::bind(&config.egress_resolver_addrs())?)
     } else {
@@ -272,24 +274,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             containers: config.redirect.containers.clone(),
         })
     });
-    let shards = Arc::new(listen::Shards::start(
-        listen::shards::default_count(),
-        proxy,
-        jobs,
-        &gather_logs,
-    )?);
+    let listeners = listeners_v4
+        .into_iter()
+        .zip(listeners_v6)
+        .map(|(v4, v6)| vec![v4, v6])
+        .collect();
+    let mut shards = listen::Shards::start(listeners, clients, proxy, jobs, &gather_logs)?;
     info!(
         shards = shards.count(),
         "serving connections on one thread per CPU"
     );
-    let v4 = tokio::spawn(listen::serve(listener_v4, clients.clone(), shards.clone()));
-    let v6 = tokio::spawn(listen::serve(listener_v6, clients, shards));
 
     tokio::select! {
         _ = interrupt.recv() => {}
         _ = term.recv() => {}
-        r = v4 => { error!(result = ?r, "IPv4 listener stopped"); }
-        r = v6 => { error!(result = ?r, "IPv6 listener stopped"); }
+        (shard, e) = shards.stopped() => { error!(shard, error = %e, "a shard's listener stopped"); }
     }
     let while_down = match config.redirect.on_gateway_down {
         OnGatewayDown::Refuse => "intercepted connections are refused",

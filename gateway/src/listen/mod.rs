@@ -10,7 +10,7 @@ pub mod shards;
 use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use anyhow::Context as _;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 pub use addrs::{ClientAddr, ListenAddr, OrigDstAddr};
@@ -18,7 +18,7 @@ pub use addrs::{ClientAddr, ListenAddr, OrigDstAddr};
 pub use shards::Shards;
 
 use crate::{
-    identity::Caller,
+    identity::{Caller, ci::JobAttribution},
     redirect::{ClientTable, Redirected},
 };
 
@@ -64,37 +64,50 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, conn: Accepted) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
-/// Binds a listener with SO_REUSEADDR, so a restarted gateway can bind at once, and with the
-/// gateway's `mark`: the kernel programs redirect only to a listener that carries it (setting a
-/// mark needs CAP_NET_ADMIN, so a process that took the port while the gateway was away gets
-/// nothing). In-process tests, which the kernel does not redirect to, pass no mark.
-pub fn bind(addr: SocketAddr, mark: Option<u32>) -> anyhow::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
+/// Binds `count` listeners on `addr` (at least one), one per shard, with SO_REUSEPORT: the
+/// kernel spreads incoming connections over them, and each shard accepts its own on its own
+/// thread. Each also has SO_REUSEADDR, so a restarted gateway can bind at once, and the
+/// gateway's `mark`: the kernel programs redirect only to a listener that carries it (setting
+/// a mark needs CAP_NET_ADMIN, and joining another uid's SO_REUSEPORT group is refused, so a
+/// process that took the port while the gateway was away gets nothing). In-process tests,
+/// which the kernel does not redirect to, pass no mark. Port 0 picks one port for all.
+pub fn bind(addr: SocketAddr, mark: Option<u32>, count: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let mut bound: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        let at = bound.first().map_or(Ok(addr), |l| l.local_addr())?;
+        bound.push(bind_one(at, mark)?);
+    }
+    Ok(bound)
+}
+
+fn bind_one(addr: SocketAddr, mark: Option<u32>) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if let Some(mark) = mark {
-        socket2::SockRef::from(&socket)
+        socket
             .set_mark(mark)
             .with_context(|| format!("cannot mark the listener on {addr} (SO_MARK needs CAP_NET_ADMIN)"))?;
     }
-    socket.bind(addr).with_context(|| {
+    socket.bind(&addr.into()).with_context(|| {
         format!("cannot listen on {addr} (another ghgate running? change [listen] in the config)")
     })?;
-    Ok(socket.listen(1024)?)
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
-/// Accepts forever on `listener`, handing each redirected connection to the next of `shards`.
-///
-/// The accept loop takes nothing but the kernel's record: the caller's facts are completed
-/// from /proc on the connection's shard, so a burst of connections is not accepted one /proc
-/// walk at a time.
-pub async fn serve<D: OrigDst>(
+/// Accepts forever on `listener`, serving each redirected connection on a task of this thread's
+/// runtime (a shard's: see [`shards`]).
+pub async fn serve<D: OrigDst, H: Handler>(
     listener: TcpListener,
     orig_dst: Arc<D>,
-    shards: Arc<Shards>,
+    handler: Arc<H>,
+    jobs: Option<Arc<JobAttribution>>,
 ) -> io::Result<()> {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -114,7 +127,20 @@ pub async fn serve<D: OrigDst>(
         };
         debug!(client = %client, orig_dst = %redirected.orig_dst, "accepted");
         crate::telemetry::metrics().redirected();
-        shards.dispatch(stream, client, redirected, accepted_at);
+        let (handler, jobs) = (handler.clone(), jobs.clone());
+        tokio::spawn(async move {
+            let mut conn = Accepted {
+                stream,
+                client,
+                orig_dst: OrigDstAddr(redirected.orig_dst),
+                caller: Caller::from_kernel(&redirected),
+                accepted_at,
+            };
+            if let Some(jobs) = jobs {
+                jobs.attribute(&mut conn.caller);
+            }
+            handler.handle(conn).await
+        });
     }
 }
 
