@@ -60,6 +60,9 @@ pub struct ProxyArgs {
     /// Small counts and short runs, for iterating (the figures are noisier).
     #[arg(long)]
     pub quick: bool,
+    /// `[listen] shards` of the bench's gateways (default: the gateway's own, one per CPU).
+    #[arg(long)]
+    pub shards: Option<usize>,
     /// Skip mitmproxy (no PyPI install).
     #[arg(long)]
     pub no_mitmproxy: bool,
@@ -90,6 +93,7 @@ impl ProxyArgs {
             completions: if q { 3 } else { self.completions },
             idle: if q { 500 } else { self.idle },
             quick: q,
+            shards: self.shards,
             no_mitmproxy: self.no_mitmproxy || self.only.is_some(),
             only: self.only,
         }
@@ -418,6 +422,7 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         tls_ports: vec![port],
         upstream_extra_roots: vec![upstream_ca.clone()],
         extra_toml: defaults(false),
+        shards: args.shards,
         ..Default::default()
     };
     let gw = Gateway::start(&cg, &spec);
@@ -505,14 +510,19 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     // drift (another process waking, a CPU's frequency) falls on all of them alike: the figures
     // are differences between cases, and "recording adds" swung from -69 to +92 µs between runs
     // when each case was measured in one stretch.
-    // New connections likewise.
+    // New connections and new processes likewise.
     let mut latency: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
     let mut newconn: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
+    // And new processes.
+    let mut newproc: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
     if args.only != Some(Only::Idle) {
-        eprintln!("keep-alive latency and new connections, every case in turn, {LATENCY_ROUNDS} rounds…");
+        eprintln!(
+            "keep-alive latency, new connections and new processes, every case in turn, {LATENCY_ROUNDS} rounds…"
+        );
         for _ in 0..LATENCY_ROUNDS {
-            for ((_, via, trust, proxy, ..), (ns, nc)) in
-                cases.iter().zip(latency.iter_mut().zip(&mut newconn))
+            for ((_, via, trust, proxy, ..), ((ns, nc), np)) in cases
+                .iter()
+                .zip(latency.iter_mut().zip(&mut newconn).zip(&mut newproc))
             {
                 let a = |mode: &str, count: u64| HttpClientArgs {
                     mode: mode.into(),
@@ -523,17 +533,26 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
                 };
                 ns.extend(run_client(*via, &a("latency", args.requests))?.ns);
                 nc.extend(run_client(*via, &a("newconn", args.new_connections))?.ns);
+                // curl is told about no proxy: mitmproxy's case is left out.
+                if proxy.is_none() {
+                    np.extend(run_client(*via, &a("newproc", args.new_processes))?.ns);
+                }
             }
         }
     }
     if args.only == Some(Only::Newconn) {
-        print_newconn(&cases.iter().map(|c| c.0).collect::<Vec<_>>(), &latency, &newconn);
+        print_newconn(
+            &cases.iter().map(|c| c.0).collect::<Vec<_>>(),
+            &latency,
+            &newconn,
+            &newproc,
+        );
         return Ok(());
     }
     let nan = f64::NAN;
     let mut rows = Vec::new();
-    for ((label, via, trust, proxy, middle, terminating), (lat, nc)) in
-        cases.iter().zip(latency.iter().zip(&newconn))
+    for ((label, via, trust, proxy, middle, terminating), ((lat, nc), np)) in
+        cases.iter().zip(latency.iter().zip(&newconn).zip(&newproc))
     {
         let (label, via, middle) = (*label, *via, *middle);
         let mk = |mode: &str, count: u64| HttpClientArgs {
@@ -585,15 +604,9 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             }
             continue;
         }
-        eprintln!("{label}: new processes…");
         (row.p50, row.p99) = (pct(lat, 0.5), pct(lat, 0.99));
         row.newconn = pct(nc, 0.5);
-        // curl is told about no proxy here: mitmproxy's case is left out.
-        row.newproc = if proxy.is_some() {
-            nan
-        } else {
-            pct(&run_client(via, &mk("newproc", args.new_processes))?.ns, 0.5)
-        };
+        row.newproc = pct(np, 0.5);
         eprintln!("{label}: requests/s (HTTP/1.1, HTTP/2), downloads (HTTP/1.1, HTTP/2)…");
         // The process in the middle, the client and the upstream (this process), per request.
         let measured = |mode: &str| -> anyhow::Result<(Report, f64, f64, f64, f64)> {
@@ -661,20 +674,25 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--only newconn`: keep-alive GET and new-connection p50 of every case, and each against
-/// direct.
-fn print_newconn(labels: &[&str], latency: &[Vec<u64>], newconn: &[Vec<u64>]) {
+/// `--only newconn`: keep-alive GET, new-connection and new-process p50 of every case, and
+/// each against direct.
+fn print_newconn(labels: &[&str], latency: &[Vec<u64>], newconn: &[Vec<u64>], newproc: &[Vec<u64>]) {
     println!(
-        "\n{:<18} {:>12} {:>14} {:>12} {:>14}",
-        "", "GET p50 µs", "new conn µs", "GET vs dir", "new conn vs dir"
+        "\n{:<18} {:>12} {:>14} {:>14} {:>12} {:>14} {:>14}",
+        "", "GET p50 µs", "new conn µs", "new proc µs", "GET vs dir", "new conn vs dir", "new proc / dir"
     );
-    let (d_get, d_new) = (pct(&latency[0], 0.5), pct(&newconn[0], 0.5));
-    for ((label, lat), nc) in labels.iter().zip(latency).zip(newconn) {
-        let (get, new) = (pct(lat, 0.5), pct(nc, 0.5));
+    let (d_get, d_new, d_proc) = (
+        pct(&latency[0], 0.5),
+        pct(&newconn[0], 0.5),
+        pct(&newproc[0], 0.5),
+    );
+    for (((label, lat), nc), np) in labels.iter().zip(latency).zip(newconn).zip(newproc) {
+        let (get, new, proc_) = (pct(lat, 0.5), pct(nc, 0.5), pct(np, 0.5));
         println!(
-            "{label:<18} {get:>12.1} {new:>14.0} {:>+12.1} {:>+14.0}",
+            "{label:<18} {get:>12.1} {new:>14.0} {proc_:>14.0} {:>+12.1} {:>+14.0} {:>13.2}×",
             get - d_get,
-            new - d_new
+            new - d_new,
+            proc_ / d_proc
         );
     }
 }
