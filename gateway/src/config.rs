@@ -618,6 +618,9 @@ pub struct ListenConfig {
     pub shards: usize,
 }
 
+/// The most shards a config may ask for.
+const MAX_SHARDS: usize = 256;
+
 impl ListenConfig {
     /// How many shards serve: `shards`, or one per CPU.
     pub fn shard_count(&self) -> usize {
@@ -988,6 +991,15 @@ impl Config {
                 format!("{v6} must be [::1] with a non-zero port"),
             ));
         }
+        if self.listen.shards > MAX_SHARDS {
+            return Err(invalid(
+                "listen.shards".into(),
+                format!(
+                    "{} threads is more than {MAX_SHARDS}: 0 (one per CPU) is the usual choice",
+                    self.listen.shards
+                ),
+            ));
+        }
         if self.intercept.is_empty() {
             return Err(invalid(
                 "intercept".into(),
@@ -1341,6 +1353,7 @@ mod tests {
                 format!("{MINIMAL}\n[listen]\nipv4 = \"10.0.0.1:15443\"\n"),
                 "listen.ipv4",
             ),
+            (format!("{MINIMAL}\n[listen]\nshards = 100000\n"), "listen.shards"),
             (
                 format!("{MINIMAL}\n[dns]\nservers = [\"nope\"]\n"),
                 "dns.servers[0]",
