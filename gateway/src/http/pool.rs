@@ -116,10 +116,6 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(tls: UpstreamTls, connect_timeout: Duration) -> Self {
-        Self::with_limits(tls, connect_timeout, IdleLimits::default())
-    }
-
     /// Idle HTTP/1.1 connections kept as `limits` says.
     pub fn with_limits(tls: UpstreamTls, connect_timeout: Duration, limits: IdleLimits) -> Self {
         Self {
