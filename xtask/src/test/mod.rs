@@ -4,6 +4,7 @@
 //! vm-test and the kernel leak check all run once the build is done: a failed test is exactly when
 //! leftovers are likely, and one suite's failure says nothing about the others'.
 //! This module must never skip a kernel step silently: skips are printed, and under CI they fail.
+mod junit;
 mod leaks;
 
 use std::ffi::OsString;
@@ -85,7 +86,11 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
     .map(OsString::from)
     .into();
     nextest.extend(args.nextest_args);
+    let report = ws.root.join(junit::REPORT);
+    // A report left by an earlier run must not be read as this one's.
+    let _ = std::fs::remove_file(&report);
     let tests = cargo::run(ws, "nextest", nextest);
+    let failed_tests = junit::read(&report);
 
     // Needs no privileges, so it runs the same as root or not.
     header(6, "fuzz");
@@ -106,6 +111,7 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
             failures.push("nextest failed".to_owned());
         }
     }
+    print_failed_tests(ws, &failed_tests);
     match &fuzzing {
         Ok(()) => println!("fuzz: passed ({FUZZ_SECONDS} s per target)"),
         Err(err) => {
@@ -134,6 +140,37 @@ pub fn run(ws: &Workspace, args: Args) -> Result<()> {
         bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// Each failed or flaky test of the nextest run, with the end of its output.
+fn print_failed_tests(ws: &Workspace, report: &Result<Vec<junit::Failed>>) {
+    let failed = match report {
+        Ok(failed) => failed,
+        Err(err) => {
+            println!("  (no test report: {err:#})");
+            return;
+        }
+    };
+    for test in failed {
+        let what = if test.failed {
+            "FAILED"
+        } else {
+            "FLAKY (passed on retry)"
+        };
+        println!("  {what}: {} ({})", test.name, test.how);
+        for line in &test.panic {
+            println!("    ! {line}");
+        }
+        if !test.tail.is_empty() {
+            println!("    what it printed last:");
+        }
+        for line in &test.tail {
+            println!("    | {line}");
+        }
+    }
+    if !failed.is_empty() {
+        println!("  (whole report: {})", ws.display(&ws.root.join(junit::REPORT)));
+    }
 }
 
 /// The guest tests on the CI kernels, or `None` when skipped (not root, not CI).
