@@ -924,6 +924,18 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         ),
         "h2 ≥ h1",
     );
+    // Which side the difference is on: the gateway's CPU per GiB, or the client's and upstream's
+    // (this bench's own hyper stacks), which share the same CPUs.
+    println!(
+        "    (per GiB, the gateway spent {} CPU-s on HTTP/2 and {} on HTTP/1.1; the client and upstream \
+         {} and {}, and {} and {} direct)",
+        f(def.gib_cpu2, 2),
+        f(def.gib_cpu1, 2),
+        f(def.host_gib2 - def.gib_cpu2, 2),
+        f(def.host_gib1 - def.gib_cpu1, 2),
+        f(d.host_gib2, 2),
+        f(d.host_gib1, 2),
+    );
     line(
         def.dl1 / d.dl1 >= 0.8,
         format!("HTTP/1.1 download {:.2}× direct", def.dl1 / d.dl1),

@@ -53,6 +53,12 @@ struct Outcome {
     kind: Option<String>,
     #[serde(rename = "$text")]
     text: Option<String>,
+    /// A retried attempt's own output (a flaky test's failed try); the final attempt's is the
+    /// test case's.
+    #[serde(rename = "system-out")]
+    stdout: Option<String>,
+    #[serde(rename = "system-err")]
+    stderr: Option<String>,
 }
 
 /// One test that did not simply pass.
@@ -101,7 +107,12 @@ fn parse(xml: &str) -> Result<Vec<Failed>> {
                 .map(str::to_owned)
                 .collect();
             // The panic (and its backtrace) ends stderr; what the test logged comes before it.
-            let printed: Vec<&str> = [case.stdout.as_deref(), case.stderr.as_deref()]
+            let (stdout, stderr) = if failed {
+                (&case.stdout, &case.stderr)
+            } else {
+                (&outcome.stdout, &outcome.stderr)
+            };
+            let printed: Vec<&str> = [stdout.as_deref(), stderr.as_deref()]
                 .into_iter()
                 .flatten()
                 .flat_map(str::lines)
@@ -150,7 +161,11 @@ stack backtrace:
    0: __rustc::rust_begin_unwind</system-err>
     </testcase>
     <testcase name="wobbles" classname="ghgate-e2e::https">
-      <flakyFailure type="test failure" message="timed out"><system-err>slow</system-err></flakyFailure>
+      <flakyFailure type="test failure" message="timed out">thread &apos;wobbles&apos; panicked at tests/https.rs:20:1:
+waited 10 s
+stack backtrace:<system-err>slow
+thread &apos;wobbles&apos; panicked at tests/https.rs:20:1:</system-err></flakyFailure>
+      <system-out>the passing try</system-out>
     </testcase>
   </testsuite>
 </testsuites>"#;
@@ -176,8 +191,11 @@ stack backtrace:
                     name: "ghgate-e2e::https::wobbles".into(),
                     failed: false,
                     how: "test failure".into(),
-                    panic: vec![],
-                    tail: vec![],
+                    panic: vec![
+                        "thread 'wobbles' panicked at tests/https.rs:20:1:".into(),
+                        "waited 10 s".into(),
+                    ],
+                    tail: vec!["slow".into()],
                 },
             ]
         );
