@@ -121,6 +121,18 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         last = sample(t0);
     }
     let report = holder.finish()?;
+    // The gateway closes 10,000 connections as their clients go: give it until its open files
+    // stop falling (at most 10 s) before saying what it kept.
+    let settle = Instant::now();
+    let mut files_after = open_files(pid);
+    while settle.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = open_files(pid);
+        if now >= files_after {
+            break;
+        }
+        files_after = now;
+    }
     let (rss_after, peak) = rss_kib(pid);
     println!(
         "requests: {} answered, {} failed; RSS last/first {:.3}× ({:+} KiB over the soak); open files {} → {}",
@@ -132,8 +144,9 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         last.1
     );
     println!(
-        "after the client left: RSS {rss_after} KiB, {} open files; peak RSS {peak} KiB",
-        open_files(pid)
+        "after the client left ({:.1} s later): RSS {rss_after} KiB, {files_after} open files (before: {files0}); \
+         peak RSS {peak} KiB",
+        settle.elapsed().as_secs_f64()
     );
     Ok(())
 }
