@@ -656,6 +656,8 @@ impl<P: Phases> body::Observer for UpObserver<P> {
         self.ex.bytes_up.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         // The chunk waits for its record: if that fails, the chunk never goes up and the client
         // hears why (503, the recorder's cause), not the upstream's complaint about a cut stream.
+        // The head has gone up by then (its record was written), so the answer says only the
+        // body was held back.
         Ok(wait.map(|wait| {
             let refused = self.refused.clone();
             Box::pin(async move {
@@ -664,7 +666,8 @@ impl<P: Phases> body::Observer for UpObserver<P> {
                     let _ = refused.set(BodyRefusal {
                         status: StatusCode::SERVICE_UNAVAILABLE,
                         cause: format!(
-                            "this request was not forwarded because its body could not be recorded: {why}"
+                            "this request's body was not forwarded (the upstream may have seen its head, \
+                             then the request cut short) because its body could not be recorded: {why}"
                         ),
                     });
                 }
@@ -1079,6 +1082,14 @@ mod tests {
         assert!(
             refusal.cause.contains("could not be recorded")
                 && refusal.cause.contains("No space left on device"),
+            "{}",
+            refusal.cause
+        );
+        // The head went up before its body (its record was written): the answer must not say
+        // the request never reached the upstream.
+        assert!(
+            refusal.cause.starts_with("this request's body was not forwarded")
+                && refusal.cause.contains("may have seen its head"),
             "{}",
             refusal.cause
         );
