@@ -616,7 +616,18 @@ pub struct ListenConfig {
     /// connections; 0 (the default) is one per CPU the gateway may use.
     #[serde(default)]
     pub shards: usize,
+    /// At a stop, how long connections in flight may take to end before they are cut (new
+    /// connections are refused meanwhile).
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
 }
+
+fn default_drain_secs() -> u64 {
+    10
+}
+
+/// The longest drain a config may ask for.
+const MAX_DRAIN_SECS: u64 = 600;
 
 /// The most shards a config may ask for.
 const MAX_SHARDS: usize = 256;
@@ -637,6 +648,7 @@ impl Default for ListenConfig {
             ipv4: default_listen_v4(),
             ipv6: default_listen_v6(),
             shards: 0,
+            drain_secs: default_drain_secs(),
         }
     }
 }
@@ -989,6 +1001,15 @@ impl Config {
             return Err(invalid(
                 "listen.ipv6".into(),
                 format!("{v6} must be [::1] with a non-zero port"),
+            ));
+        }
+        if self.listen.drain_secs > MAX_DRAIN_SECS {
+            return Err(invalid(
+                "listen.drain_secs".into(),
+                format!(
+                    "{} s is more than {MAX_DRAIN_SECS} s; the installed service allows 30 s to stop",
+                    self.listen.drain_secs
+                ),
             ));
         }
         if self.listen.shards > MAX_SHARDS {
@@ -1354,6 +1375,10 @@ mod tests {
                 "listen.ipv4",
             ),
             (format!("{MINIMAL}\n[listen]\nshards = 100000\n"), "listen.shards"),
+            (
+                format!("{MINIMAL}\n[listen]\ndrain_secs = 86400\n"),
+                "listen.drain_secs",
+            ),
             (
                 format!("{MINIMAL}\n[dns]\nservers = [\"nope\"]\n"),
                 "dns.servers[0]",

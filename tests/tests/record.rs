@@ -231,6 +231,22 @@ fn last_segment(record_dir: &Path) -> std::path::PathBuf {
     segs.pop().expect("a segment")
 }
 
+/// curl reading `path` of api.github.com as a stream, in the background: the process and its
+/// output's lines as they come.
+fn stream(s: &TlsGateway, path: &str) -> (std::process::Child, impl Iterator<Item = String> + use<>) {
+    let (url, resolve) = s.url("api.github.com", path);
+    let mut curl =
+        s.gw.exec("curl")
+            .args(["-sSN", "--max-time", "60", "--cacert"])
+            .arg(&s.ca_file)
+            .args(["--resolve", &resolve, &url])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let lines = ghgate_e2e::lines_of(&mut curl);
+    (curl, lines)
+}
+
 #[test]
 fn kill_9_mid_stream_loses_no_completed_exchange_and_the_torn_tail_is_reported() {
     if !privileged() {
@@ -241,16 +257,7 @@ fn kill_9_mid_stream_loses_no_completed_exchange_and_the_torn_tail_is_reported()
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
 
     // A long SSE stream (an event every 0.7 s), killed in the middle.
-    let (url, resolve) = s.url("api.github.com", "/sse?n=30");
-    let mut streaming =
-        s.gw.exec("curl")
-            .args(["-sSN", "--max-time", "60", "--cacert"])
-            .arg(&s.ca_file)
-            .args(["--resolve", &resolve, &url])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-    let mut lines = ghgate_e2e::lines_of(&mut streaming);
+    let (mut streaming, mut lines) = stream(&s, "/sse?n=30");
     for want in ["{\"event\":0}", "{\"event\":1}"] {
         let got = lines.find(|l| l.contains(want));
         assert!(got.is_some(), "the stream did not deliver {want}");
@@ -294,6 +301,74 @@ fn kill_9_mid_stream_loses_no_completed_exchange_and_the_torn_tail_is_reported()
     assert!(
         cut.contains("{\"event\":1}"),
         "events delivered before the kill are recorded:\n{cut}"
+    );
+}
+
+#[test]
+fn a_stop_lets_the_exchange_in_flight_end_and_records_it_whole_while_refusing_new_ones() {
+    if !privileged() {
+        return;
+    }
+    let mut s = TlsGateway::start(&["api.github.com"], true, None, "");
+    // A stream of 4 events 0.7 s apart, stopped (SIGTERM, as `systemctl restart` would) after its
+    // first event.
+    let (mut streaming, mut lines) = stream(&s, "/sse?n=4");
+    assert!(
+        lines.any(|l| l.contains("{\"event\":0}")),
+        "the stream did not start"
+    );
+    let pid = s.gw.pid().expect("the gateway runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+
+    // While it drains, a new connection is refused, not served and not sent around it.
+    std::thread::sleep(Duration::from_millis(300));
+    let served = s.upstream.served();
+    let late = s.curl("api.github.com", "/after-the-stop", &["--max-time", "10"]);
+    assert!(
+        !late.status.success(),
+        "a connection made while the gateway stops was served: {}",
+        String::from_utf8_lossy(&late.stdout)
+    );
+    assert_eq!(
+        s.upstream.served(),
+        served,
+        "a connection made while the gateway stops reached the upstream"
+    );
+
+    // The stream in flight ends whole.
+    let rest: Vec<String> = lines.collect();
+    let status = streaming.wait().unwrap();
+    assert!(status.success(), "the stream was cut: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("{\"event\":3}")),
+        "the stream's last event is missing: {rest:?}"
+    );
+    // The gateway stops on its own once the stream's connection has closed (a second SIGTERM
+    // would cut what is still open, so none is sent before).
+    s.gw.wait_log("the drain", Duration::from_secs(15), |l| {
+        l.iter()
+            .any(|l| l["message"] == "every connection in flight ended")
+    });
+    s.gw.terminate();
+
+    // And its record is whole: the exchange's end, with the last event.
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    assert!(verified.starts_with("OK"), "{verified}");
+    let shown: Vec<String> = sessions(&s)
+        .iter()
+        .map(|r| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]))
+        .collect();
+    let stream = shown
+        .iter()
+        .find(|t| t.contains("/sse?n=4"))
+        .unwrap_or_else(|| panic!("the stream is not recorded: {shown:?}"));
+    assert!(
+        stream.contains("{\"event\":3}") && stream.contains("200"),
+        "the stream is recorded whole, with its end:\n{stream}"
     );
 }
 

@@ -290,6 +290,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ = term.recv() => {}
         (shard, e) = shards.stopped() => { error!(shard, error = %e, "a shard's listener stopped"); }
     }
+    // Accepting ends; the connections in flight get `drain_secs` to end (a second signal cuts
+    // them at once), so their exchanges are recorded whole before the store is sealed.
+    listen::drain::begin();
+    let grace = Duration::from_secs(config.listen.drain_secs);
+    let open = listen::drain::live();
+    if open > 0 {
+        info!(
+            connections = open,
+            drain_secs = grace.as_secs(),
+            "stopping: no new connections; waiting for those in flight"
+        );
+    }
+    let cut = tokio::select! {
+        left = listen::drain::until_drained(grace) => left,
+        _ = interrupt.recv() => listen::drain::live(),
+        _ = term.recv() => listen::drain::live(),
+    };
+    if cut > 0 {
+        warn!(
+            connections = cut,
+            "stopping with connections still open: they are cut"
+        );
+    } else if open > 0 {
+        info!(connections = open, "every connection in flight ended");
+    }
     let while_down = match config.redirect.on_gateway_down {
         OnGatewayDown::Refuse => "intercepted connections are refused",
         OnGatewayDown::Bypass => "intercepted connections go direct (bypass mode)",

@@ -364,6 +364,10 @@ macro_rules! until_idle {
         loop {
             tokio::select! {
                 r = conn.as_mut() => break r,
+                () = crate::listen::drain::stopping(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
                 _ = tokio::time::sleep(check), if !closing => {
                     if $activity.quiet_for() >= $idle {
                         info!(client = %$info.client, sni = %$info.sni, tgid = $info.caller.tgid,

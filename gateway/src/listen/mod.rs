@@ -5,6 +5,7 @@
 //! in-process without the kernel. A connection nobody redirected (someone dialling the listener
 //! directly) is closed here: it has no destination, and must never be forwarded anywhere.
 pub mod addrs;
+pub mod drain;
 pub mod shards;
 
 use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
@@ -110,7 +111,13 @@ pub async fn serve<D: OrigDst, H: Handler>(
     jobs: Option<Arc<JobAttribution>>,
 ) -> io::Result<()> {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            // The gateway is stopping: the listener closes (new connections are refused, as
+            // while the gateway is down) and the connections already accepted carry on.
+            () = drain::stopping() => return Ok(()),
+        };
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) if is_transient(&e) => {
                 warn!(error = %e, "accept failed; continuing");
@@ -129,6 +136,7 @@ pub async fn serve<D: OrigDst, H: Handler>(
         crate::telemetry::metrics().redirected();
         let (handler, jobs) = (handler.clone(), jobs.clone());
         tokio::spawn(async move {
+            let _live = drain::Live::enter();
             let mut conn = Accepted {
                 stream,
                 client,

@@ -78,7 +78,12 @@ impl Shards {
                         match serving.join_next().await {
                             Some(Ok(Err(e))) => Err(e),
                             Some(Err(e)) => Err(std::io::Error::other(e)),
-                            Some(Ok(Ok(()))) | None => Ok(()),
+                            Some(Ok(Ok(()))) | None => {
+                                // Stopping: this runtime runs the shard's connections, so it
+                                // lives until they end (or the gateway exits at its deadline).
+                                super::drain::until_drained(std::time::Duration::MAX).await;
+                                Ok(())
+                            }
                         }
                     });
                     if let Err(e) = failed {
