@@ -227,6 +227,8 @@ pub struct GatewaySpec {
     /// `[listen] shards`: None leaves the default (one per CPU). One shard makes the upstream
     /// connections a test counts independent of which shard the kernel gave each connection.
     pub shards: Option<usize>,
+    /// `[listen] drain_secs`: None leaves the default.
+    pub drain_secs: Option<u64>,
 }
 
 /// The `[github]` table: GitHub's published address ranges, mediated as a whole (every TCP port
@@ -335,6 +337,7 @@ impl Default for GatewaySpec {
             extra_toml: String::new(),
             governed_child: None,
             shards: None,
+            drain_secs: None,
         }
     }
 }
@@ -369,7 +372,11 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&cgroup.name);
         let listen_port = free_port();
-        let shards = spec.shards.map(|n| format!("shards = {n}\n")).unwrap_or_default();
+        let shards = spec.shards.map(|n| format!("shards = {n}\n")).unwrap_or_default()
+            + &spec
+                .drain_secs
+                .map(|n| format!("drain_secs = {n}\n"))
+                .unwrap_or_default();
         let mut toml = format!(
             "state_dir = \"{}\"\n\n[redirect]\ncgroup = \"{}\"\npin_dir = \"{}\"\non_gateway_down = \"{}\"\n\n[listen]\nipv4 = \"127.0.0.1:{listen_port}\"\nipv6 = \"[::1]:{listen_port}\"\n{shards}\n[log]\nformat = \"json\"\n\n",
             dir.path().join("state").display(),
@@ -498,14 +505,23 @@ impl Gateway {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// SIGTERM without waiting: the gateway begins its orderly stop (a drain, then the record
+    /// sealed) while the test watches.
+    /// (Nothing when it is not running; a child not yet waited for still takes the signal.)
+    pub fn begin_stop(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+
     /// SIGTERM (an orderly stop: queued records are written and the segment sealed), and wait
     /// until the process is gone.
     pub fn terminate(&mut self) {
+        self.begin_stop();
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
             let deadline = Instant::now() + Duration::from_secs(15);
             while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {

@@ -19,6 +19,25 @@ fn sessions(s: &TlsGateway) -> Vec<Value> {
         .collect()
 }
 
+/// Once the gateway has stopped: the whole store verifies, and the session that `text` appears
+/// in (as `ghgate sessions show` prints it).
+fn verified_session_with(s: &TlsGateway, text: &str) -> String {
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    assert!(verified.starts_with("OK"), "{verified}");
+    let shown = shown_sessions(s, &sessions(s));
+    shown
+        .into_iter()
+        .find(|t| t.contains(text))
+        .unwrap_or_else(|| panic!("no recorded session shows {text}"))
+}
+
+/// `ghgate sessions show` of each of `rows` (from `sessions`).
+fn shown_sessions(s: &TlsGateway, rows: &[Value]) -> Vec<String> {
+    rows.iter()
+        .map(|r| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]))
+        .collect()
+}
+
 #[test]
 fn curl_sse_and_git_are_recorded_and_shown() {
     if !privileged() {
@@ -285,10 +304,7 @@ fn kill_9_mid_stream_loses_no_completed_exchange_and_the_torn_tail_is_reported()
 
     // Both curl runs are there: the completed exchange whole, the streamed one up to the kill.
     let all = sessions(&s);
-    let shown: Vec<String> = all
-        .iter()
-        .map(|r| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]))
-        .collect();
+    let shown = shown_sessions(&s, &all);
     let before = shown
         .iter()
         .find(|t| t.contains("/before-the-kill"))
@@ -317,12 +333,7 @@ fn a_stop_lets_the_exchange_in_flight_end_and_records_it_whole_while_refusing_ne
         lines.any(|l| l.contains("{\"event\":0}")),
         "the stream did not start"
     );
-    let pid = s.gw.pid().expect("the gateway runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    s.gw.begin_stop();
 
     // While it drains, a new connection is refused, not served and not sent around it.
     std::thread::sleep(Duration::from_millis(300));
@@ -356,20 +367,58 @@ fn a_stop_lets_the_exchange_in_flight_end_and_records_it_whole_while_refusing_ne
     s.gw.terminate();
 
     // And its record is whole: the exchange's end, with the last event.
-    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
-    assert!(verified.starts_with("OK"), "{verified}");
-    let shown: Vec<String> = sessions(&s)
-        .iter()
-        .map(|r| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]))
-        .collect();
-    let stream = shown
-        .iter()
-        .find(|t| t.contains("/sse?n=4"))
-        .unwrap_or_else(|| panic!("the stream is not recorded: {shown:?}"));
+    let stream = verified_session_with(&s, "/sse?n=4");
     assert!(
         stream.contains("{\"event\":3}") && stream.contains("200"),
         "the stream is recorded whole, with its end:\n{stream}"
     );
+}
+
+#[test]
+fn a_client_that_never_ends_holds_a_stop_only_until_the_drain_deadline() {
+    if !privileged() {
+        return;
+    }
+    // A stream of 30 events 0.7 s apart (21 s): a client that would keep the gateway from
+    // stopping, were the drain not bounded.
+    let mut s = TlsGateway::start_tweaked(
+        &["api.github.com"],
+        true,
+        None,
+        None,
+        &|_| String::new(),
+        &|spec| spec.drain_secs = Some(1),
+    );
+    let (mut streaming, mut lines) = stream(&s, "/sse?n=30");
+    assert!(
+        lines.any(|l| l.contains("{\"event\":1}")),
+        "the stream did not start"
+    );
+    let stop = std::time::Instant::now();
+    s.gw.begin_stop();
+    let logs = s.gw.wait_log("the stop", Duration::from_secs(10), |l| {
+        l.iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("stopping; the redirect stays"))
+        })
+    });
+    let took = stop.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the stop waited {took:?} for a stream that does not end (drain_secs = 1)"
+    );
+    let cut = logs
+        .iter()
+        .find(|l| l["message"] == "stopping with connections still open: they are cut")
+        .unwrap_or_else(|| panic!("the cut is not logged:\n{}", s.gw.log_text()));
+    assert_eq!(cut["connections"], 1, "{cut}");
+    let _ = streaming.wait();
+    s.gw.terminate();
+
+    // The record seals: the cut stream is there up to the events it delivered.
+    let stream = verified_session_with(&s, "/sse?n=30");
+    assert!(stream.contains("{\"event\":1}"), "{stream}");
 }
 
 #[test]
