@@ -69,7 +69,8 @@ pub struct ProxyArgs {
     /// Measure one figure only, for iterating: `idle`, the RSS per idle keep-alive connection
     /// (HTTP/1.1 and HTTP/2) through the two ghgate cases; `newconn`, keep-alive GET, new
     /// connection and new process latency of every case; `ttfb`, a streamed completion's time
-    /// to first byte, every case.
+    /// to first byte, every case; `rps`, HTTP/1.1 requests/s and gateway CPU per request of the
+    /// two ghgate cases (recording off and on), in alternating rounds.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
 }
@@ -80,6 +81,7 @@ pub enum Only {
     Idle,
     Newconn,
     Ttfb,
+    Rps,
 }
 
 impl ProxyArgs {
@@ -520,6 +522,9 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     // +856 µs in rounds).
     let mut newproc: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
     let mut ttfb: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
+    if args.only == Some(Only::Rps) {
+        return only_rps(&[("ghgate, no record", &gw), ("ghgate defaults", &gw_def)], &base);
+    }
     if args.only != Some(Only::Idle) {
         eprintln!(
             "keep-alive latency, new connections, new processes and completions' first bytes, every case in turn, {LATENCY_ROUNDS} rounds…"
@@ -697,6 +702,58 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         if args.quick { " (--quick)" } else { "" },
         load_average()
+    );
+    Ok(())
+}
+
+/// Rounds of `--only rps`; each visits both ghgate cases.
+const RPS_ROUNDS: usize = 3;
+
+/// `--only rps`: HTTP/1.1 requests/s through each gateway and its CPU per request, in rounds
+/// that alternate the gateways (the host's drift falls on both alike); medians, and the ratio
+/// of the second to the first.
+fn only_rps(gateways: &[(&str, &Gateway); 2], base: &HttpClientArgs) -> anyhow::Result<()> {
+    let mut runs: [Vec<(f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=RPS_ROUNDS {
+        for ((label, gw), runs) in gateways.iter().zip(&mut runs) {
+            eprintln!("round {round}/{RPS_ROUNDS}: {label} requests/s…");
+            let meter = Meter::start(gw.pid());
+            let report = run_client(
+                Some(gw),
+                &HttpClientArgs {
+                    mode: "rps".into(),
+                    ca: gw.ca_file(),
+                    count: 0,
+                    ..base.clone()
+                },
+            )?;
+            let (host, spent) = meter.stop();
+            let per_req = spent.unwrap_or(f64::NAN) / report.requests.max(1) as f64 * 1e6;
+            runs.push((report.requests_per_s, per_req, host.fraction * 100.0));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\n{:<18} {:>12} {:>18} {:>14}",
+        "", "requests/s", "gateway CPU µs/req", "host busy %"
+    );
+    let mut medians = Vec::new();
+    for ((label, _), runs) in gateways.iter().zip(&runs) {
+        let rps = median(&mut runs.iter().map(|r| r.0).collect());
+        let cpu = median(&mut runs.iter().map(|r| r.1).collect());
+        let busy = median(&mut runs.iter().map(|r| r.2).collect());
+        println!("{label:<18} {rps:>12.0} {cpu:>18.1} {busy:>14.0}");
+        medians.push((rps, cpu));
+    }
+    println!(
+        "{} / {}: {:.2}× requests/s, {:+.1} µs CPU per request (target ≥ 0.80×)",
+        gateways[1].0,
+        gateways[0].0,
+        medians[1].0 / medians[0].0,
+        medians[1].1 - medians[0].1
     );
     Ok(())
 }
