@@ -7,7 +7,7 @@
 //! hold a fact the records do not, and a record it points to is always read back from the store
 //! (and the store's hash chain) before anything is shown from it.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -25,7 +25,7 @@ use crate::{
 
 /// Bumped whenever the tables change; an index with another version is rebuilt, never migrated
 /// in place (it is derived data).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Where a store directory keeps its index.
 pub fn index_path(store_dir: &Path) -> PathBuf {
@@ -71,19 +71,26 @@ CREATE TABLE exchanges (
     host TEXT NOT NULL,
     -- NULL while the exchange has not finished
     status INTEGER,
+    -- the seqs of its request and of its end, while the store holds them
+    request_seq INTEGER,
+    end_seq INTEGER,
     PRIMARY KEY (session, exchange)
 );
 CREATE INDEX exchanges_host ON exchanges (host);
+-- A row is a run: the records seq..=last_seq, consecutive frames of one segment, all of one
+-- session and of the kinds an exchange writes (`in_runs`), or one record of another kind.
 CREATE TABLE records (
     seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
     segment INTEGER NOT NULL,
     offset INTEGER NOT NULL,
-    -- SHA-256 of the record's frame, 32 bytes
+    -- SHA-256 of the run's last frame, 32 bytes (the chain fixes every frame before it)
     hash BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    session TEXT,
-    exchange INTEGER
+    -- the record's kind; NULL for a run
+    kind TEXT,
+    first_at INTEGER NOT NULL,
+    last_at INTEGER NOT NULL,
+    session TEXT
 );
 CREATE INDEX records_session ON records (session, seq);
 ";
@@ -118,6 +125,18 @@ pub enum IndexError {
     AmbiguousSession { prefix: String, candidates: Vec<String> },
     #[error(transparent)]
     Mismatch(#[from] IndexMismatch),
+    #[error("records of kind {0:?} are indexed in runs by session, not by kind")]
+    KindInRuns(String),
+}
+
+/// Records the index lists in one row: `records` consecutive record frames (by seq) of one
+/// segment, from `offset`; read them back with [`RecordSource::read_run`] or
+/// [`store::read_raw_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub segment: u64,
+    pub offset: u64,
+    pub records: u64,
 }
 
 /// The first place where the index and the store disagree.
@@ -143,7 +162,7 @@ pub enum IndexMismatch {
 /// What `Index::check` found when the index agrees with the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckReport {
-    /// Index rows verified against the record they point to.
+    /// Records verified against the index rows that list them.
     pub verified: u64,
     /// Records at the end of the store beyond the last indexed one. Not a failure: the gateway
     /// indexes shortly after it writes, so a running gateway always has a small tail, and one that
@@ -160,6 +179,32 @@ pub trait RecordSource {
     fn records(&self) -> store::Result<SourceRecords<'_>>;
     /// The record at this place.
     fn read_at(&self, segment: u64, offset: u64) -> store::Result<(Position, Record)>;
+    /// The run of `records` records from this place (see [`Run`]). By default found by reading
+    /// the records in order; a source that can seek overrides it.
+    fn read_run(&self, segment: u64, offset: u64, records: u64) -> store::Result<Vec<(Position, Record)>> {
+        let mut run: Vec<(Position, Record)> = Vec::new();
+        for item in self.records()? {
+            let (pos, record) = item?;
+            if run.is_empty() && (pos.segment, pos.offset) != (segment, offset) {
+                continue;
+            }
+            if run
+                .last()
+                .is_some_and(|(last, _)| last.seq + 1 != pos.seq || last.segment != pos.segment)
+            {
+                break;
+            }
+            run.push((pos, record));
+            if run.len() as u64 == records {
+                return Ok(run);
+            }
+        }
+        Err(store::Error::Corrupt {
+            segment,
+            offset,
+            what: format!("no run of {records} records starts here"),
+        })
+    }
 }
 
 /// The store's segments in this directory.
@@ -172,6 +217,10 @@ impl RecordSource for StoreDir<'_> {
 
     fn read_at(&self, segment: u64, offset: u64) -> store::Result<(Position, Record)> {
         store::read_at(self.0, segment, offset)
+    }
+
+    fn read_run(&self, segment: u64, offset: u64, records: u64) -> store::Result<Vec<(Position, Record)>> {
+        store::read_run(self.0, segment, offset, records)
     }
 }
 
@@ -411,8 +460,10 @@ impl Index {
     /// `catch_up`, from any source of records.
     pub fn catch_up_from(&mut self, source: &dyn RecordSource) -> Result<u64, IndexError> {
         let diverged = match self.last_row()? {
-            Some((seq, segment, offset, hash)) => match source.read_at(segment, offset) {
-                Ok((pos, _)) => pos.seq != seq || pos.hash[..] != hash[..],
+            Some(row) => match source.read_run(row.segment, row.offset, row.records()) {
+                Ok(run) => run.first().zip(run.last()).is_none_or(|(first, (last, _))| {
+                    first.0.seq != row.seq || last.seq != row.last_seq || last.hash[..] != row.hash[..]
+                }),
                 Err(_) => true,
             },
             // Nothing indexed (or everything pruned): index whatever the store holds.
@@ -457,23 +508,27 @@ impl Index {
                 tx.execute("DELETE FROM connections WHERE session = ?1", [session])?;
                 continue;
             }
+            // An exchange whose final record was pruned (its request kept) is unfinished again;
+            // one with neither left goes.
             tx.execute(
-                "DELETE FROM exchanges WHERE session = ?1 AND NOT EXISTS (SELECT 1 FROM records r \
-                 WHERE r.session = exchanges.session AND r.exchange = exchanges.exchange \
-                 AND r.kind IN ('request', 'exchange'))",
-                [session],
+                "UPDATE exchanges SET request_seq = NULL
+                 WHERE session = ?1 AND request_seq >= ?2 AND request_seq < ?3",
+                params![session, from, to],
             )?;
-            // An exchange whose final record was pruned (its request kept) is unfinished again.
             tx.execute(
-                "UPDATE exchanges SET status = NULL WHERE session = ?1 AND NOT EXISTS (SELECT 1 FROM records r \
-                 WHERE r.session = exchanges.session AND r.exchange = exchanges.exchange AND r.kind = 'exchange')",
+                "UPDATE exchanges SET end_seq = NULL, status = NULL
+                 WHERE session = ?1 AND end_seq >= ?2 AND end_seq < ?3",
+                params![session, from, to],
+            )?;
+            tx.execute(
+                "DELETE FROM exchanges WHERE session = ?1 AND request_seq IS NULL AND end_seq IS NULL",
                 [session],
             )?;
             // What remains must be exactly what a rebuild from the remaining segments would give.
             tx.execute(
                 "UPDATE sessions SET
-                    first_activity = (SELECT min(at) FROM records WHERE session = ?1),
-                    last_activity = (SELECT max(at) FROM records WHERE session = ?1)
+                    first_activity = (SELECT min(first_at) FROM records WHERE session = ?1),
+                    last_activity = (SELECT max(last_at) FROM records WHERE session = ?1)
                  WHERE id = ?1",
                 [session],
             )?;
@@ -595,22 +650,31 @@ impl Index {
         }
     }
 
-    /// Where the records of the session `id` (or unique id prefix) are, in store order.
-    pub fn session_records(&self, id: &str) -> Result<Vec<(u64, u64)>, IndexError> {
+    /// Where the records of the session `id` (or unique id prefix) are: runs, in store order.
+    pub fn session_records(&self, id: &str) -> Result<Vec<Run>, IndexError> {
         let id = self.resolve(id)?;
-        let mut st = self
-            .conn
-            .prepare("SELECT segment, offset FROM records WHERE session = ?1 ORDER BY seq")?;
-        let rows = st.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut st = self.conn.prepare(
+            "SELECT segment, offset, last_seq - seq + 1 FROM records WHERE session = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([&id], |r| {
+            Ok(Run {
+                segment: r.get(0)?,
+                offset: r.get(1)?,
+                records: r.get(2)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Where the records of one kind (as [`kind_name`] names it) at or after `since` are, in
-    /// store order.
+    /// store order. Not for the kinds indexed in runs (`in_runs`): they are found by session.
     pub fn records_of_kind(&self, kind: &str, since: Micros) -> Result<Vec<(u64, u64)>, IndexError> {
+        if RUN_KINDS.contains(&kind) {
+            return Err(IndexError::KindInRuns(kind.to_owned()));
+        }
         let mut st = self
             .conn
-            .prepare("SELECT segment, offset FROM records WHERE kind = ?1 AND at >= ?2 ORDER BY seq")?;
+            .prepare("SELECT segment, offset FROM records WHERE kind = ?1 AND last_at >= ?2 ORDER BY seq")?;
         let rows = st.query_map(rusqlite::params![kind, since as i64], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
@@ -629,48 +693,62 @@ impl Index {
         // One snapshot of the index, while the gateway may be adding to it.
         let snapshot = self.conn.unchecked_transaction()?;
         let last_seq = last_seq_in(&snapshot)?;
-        let mut st = snapshot.prepare("SELECT seq, segment, offset, hash FROM records ORDER BY seq")?;
-        let mut rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, u64>(0)?,
-                    r.get::<_, u64>(1)?,
-                    r.get::<_, u64>(2)?,
-                    hash_bytes(r, 3)?,
-                ))
-            })?
-            .peekable();
+        let mut st = snapshot.prepare(&format!("SELECT {ROW_PLACE} FROM records ORDER BY seq"))?;
+        let mut rows = st.query_map([], RowPlace::from_row)?.peekable();
         let mut report = CheckReport::default();
+        // The row whose run the store is in the middle of, and the seq it needs next.
+        let mut open: Option<(RowPlace, u64)> = None;
         for item in source.records()? {
             let (pos, _) = item?;
-            // Rows whose seq the store skipped over point at records that are not there.
-            if let Some(row) = rows.next_if(|row| row.as_ref().is_ok_and(|row| row.0 < pos.seq)) {
-                let (seq, segment, offset, _): RowPlace = row?;
-                return Err(absent(source, seq, segment, offset).into());
-            }
-            match rows.next_if(|row| row.as_ref().is_ok_and(|row| row.0 == pos.seq)) {
-                Some(row) => {
-                    let (seq, segment, offset, hash) = row?;
-                    let problem = if (segment, offset) != (pos.segment, pos.offset) {
-                        Some(format!(
-                            "the store has that record at segment {} offset {}",
-                            pos.segment, pos.offset
+            if let Some((row, expect)) = open.take() {
+                // A run is consecutive seqs in one segment: the store's next record is its next.
+                if pos.seq != expect || pos.segment != row.segment {
+                    return Err(row
+                        .mismatch(format!(
+                            "its run goes on to seq {}, and the store's record after seq {} is seq {} in segment {}",
+                            row.last_seq,
+                            expect - 1,
+                            pos.seq,
+                            pos.segment
                         ))
-                    } else if hash[..] != pos.hash[..] {
-                        Some("that record's hash differs".to_owned())
-                    } else {
-                        None
-                    };
-                    if let Some(problem) = problem {
-                        return Err(IndexMismatch::Row {
-                            seq,
-                            segment,
-                            offset,
-                            problem,
-                        }
                         .into());
+                }
+                report.verified += 1;
+                if pos.seq < row.last_seq {
+                    open = Some((row, expect + 1));
+                } else if pos.hash[..] != row.hash[..] {
+                    return Err(row
+                        .mismatch(format!(
+                            "the hash of the run's last record, seq {}, differs",
+                            row.last_seq
+                        ))
+                        .into());
+                }
+                continue;
+            }
+            // Rows whose seq the store skipped over point at records that are not there.
+            if let Some(row) = rows.next_if(|row| row.as_ref().is_ok_and(|row| row.seq < pos.seq)) {
+                let row = row?;
+                return Err(absent(source, row.seq, row.segment, row.offset).into());
+            }
+            match rows.next_if(|row| row.as_ref().is_ok_and(|row| row.seq == pos.seq)) {
+                Some(row) => {
+                    let row = row?;
+                    if (row.segment, row.offset) != (pos.segment, pos.offset) {
+                        return Err(row
+                            .mismatch(format!(
+                                "the store has that record at segment {} offset {}",
+                                pos.segment, pos.offset
+                            ))
+                            .into());
                     }
                     report.verified += 1;
+                    if row.last_seq > row.seq {
+                        let next = row.seq + 1;
+                        open = Some((row, next));
+                    } else if row.hash[..] != pos.hash[..] {
+                        return Err(row.mismatch("that record's hash differs".to_owned()).into());
+                    }
                 }
                 None => {
                     if let Some(Err(_)) = rows.peek() {
@@ -688,9 +766,17 @@ impl Index {
                 }
             }
         }
+        if let Some((row, _)) = open {
+            return Err(row
+                .mismatch(format!(
+                    "the store ends before the run's last record, seq {}",
+                    row.last_seq
+                ))
+                .into());
+        }
         if let Some(row) = rows.next() {
-            let (seq, segment, offset, _) = row?;
-            return Err(absent(source, seq, segment, offset).into());
+            let row = row?;
+            return Err(absent(source, row.seq, row.segment, row.offset).into());
         }
         Ok(report)
     }
@@ -699,9 +785,9 @@ impl Index {
         Ok(self
             .conn
             .query_row(
-                "SELECT seq, segment, offset, hash FROM records ORDER BY seq DESC LIMIT 1",
+                &format!("SELECT {ROW_PLACE} FROM records ORDER BY seq DESC LIMIT 1"),
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, hash_bytes(r, 3)?)),
+                RowPlace::from_row,
             )
             .optional()?)
     }
@@ -836,8 +922,43 @@ fn first_seq_in_segment_or_later(tx: &Transaction<'_>, segment: u64) -> Result<i
     Ok(lo)
 }
 
-/// A records row's seq, segment, offset and hash.
-type RowPlace = (u64, u64, u64, Vec<u8>);
+/// Where a records row says its records are.
+struct RowPlace {
+    seq: u64,
+    last_seq: u64,
+    segment: u64,
+    offset: u64,
+    /// The last record's.
+    hash: Vec<u8>,
+}
+
+/// The columns `RowPlace::from_row` reads.
+const ROW_PLACE: &str = "seq, last_seq, segment, offset, hash";
+
+impl RowPlace {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RowPlace {
+            seq: r.get(0)?,
+            last_seq: r.get(1)?,
+            segment: r.get(2)?,
+            offset: r.get(3)?,
+            hash: hash_bytes(r, 4)?,
+        })
+    }
+
+    fn records(&self) -> u64 {
+        self.last_seq.saturating_sub(self.seq) + 1
+    }
+
+    fn mismatch(&self, problem: String) -> IndexMismatch {
+        IndexMismatch::Row {
+            seq: self.seq,
+            segment: self.segment,
+            offset: self.offset,
+            problem,
+        }
+    }
+}
 
 /// A row's hash as bytes, whatever an edit of the file made its type (it then differs from
 /// every record's: `check` reports it, rather than failing on the type).
@@ -874,10 +995,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
     // What this batch changed of each session's exchange count and host list.
     let mut counts: BTreeMap<SessionId, Counts> = BTreeMap::new();
     let mut n = 0;
-    let mut insert_record = tx.prepare_cached(
-        "INSERT INTO records (seq, segment, offset, hash, kind, at, session, exchange)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
+    let mut rows = Rows::continuing(tx)?;
     let mut ensure_session = tx.prepare_cached(
         "INSERT INTO sessions (id, first_activity, last_activity) VALUES (?1, ?2, ?3)
          ON CONFLICT (id) DO UPDATE SET
@@ -897,22 +1015,14 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
             _ => None,
         })
         .collect();
-    let mut deferred: HashSet<(&SessionId, ExchangeId)> = HashSet::new();
+    // Deferred requests, with their seqs.
+    let mut deferred: HashMap<(&SessionId, ExchangeId), u64> = HashMap::new();
     for (i, (pos, record)) in items.iter().enumerate() {
         if last.is_some_and(|l| pos.seq <= l) {
             continue;
         }
         let session = record.session();
-        insert_record.execute(params![
-            pos.seq,
-            pos.segment,
-            pos.offset,
-            &pos.hash[..],
-            kind_name(record),
-            record.at(),
-            session,
-            record.exchange(),
-        ])?;
+        rows.add(tx, pos, record)?;
         if let Some(session) = session {
             let at = record.at();
             match activity.get_mut(session) {
@@ -942,18 +1052,24 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                 .execute(params![c.session, c.conn, c.sni.to_ascii_lowercase()])?;
             }
             Record::Request(r) if ends.get(&(&r.session, r.exchange)).is_some_and(|&end| end > i) => {
-                deferred.insert((&r.session, r.exchange));
+                deferred.insert((&r.session, r.exchange), pos.seq);
             }
             Record::Request(r) => {
                 let host = exchange_host(tx, r.session.as_str(), r.conn, &r.url)?;
                 let added = tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                        "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status,
+                            request_seq, end_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, NULL)",
                     )?
-                    .execute(params![r.session, r.exchange, r.at, r.method, r.url, host])?;
+                    .execute(params![r.session, r.exchange, r.at, r.method, r.url, host, pos.seq])?;
                 if added > 0 {
                     counts.entry(r.session.clone()).or_default().add(host);
+                } else {
+                    tx.prepare_cached(
+                        "UPDATE exchanges SET request_seq = ?3 WHERE session = ?1 AND exchange = ?2",
+                    )?
+                    .execute(params![r.session, r.exchange, pos.seq])?;
                 }
             }
             Record::Exchange(x) => {
@@ -965,18 +1081,33 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                     x.method,
                     x.url,
                     host,
-                    x.status
+                    x.status,
+                    pos.seq
                 ];
                 // Its request was deferred above: the row is made here, whole (unless one exists
                 // already, which ids unique across runs rule out; then as below).
-                let made = deferred.remove(&(&x.session, x.exchange))
-                    && tx
-                        .prepare_cached(
-                            "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                let request_seq = deferred.remove(&(&x.session, x.exchange));
+                let made = match request_seq {
+                    Some(request_seq) => {
+                        tx.prepare_cached(
+                            "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status,
+                                request_seq, end_seq)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8)",
                         )?
-                        .execute(values)?
-                        > 0;
+                        .execute(params![
+                            x.session,
+                            x.exchange,
+                            x.started_at,
+                            x.method,
+                            x.url,
+                            host,
+                            x.status,
+                            pos.seq,
+                            request_seq
+                        ])? > 0
+                    }
+                    None => false,
+                };
                 if made {
                     counts.entry(x.session.clone()).or_default().add(host);
                 } else {
@@ -989,19 +1120,26 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                     // reinserted the row and both its index entries, once per exchange).
                     let sql = match &before {
                         Some(old) if *old == host => {
-                            "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, status = ?7
+                            "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, status = ?7, end_seq = ?8
                              WHERE session = ?1 AND exchange = ?2 AND host = ?6"
                         }
                         Some(_) => {
-                            "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, host = ?6, status = ?7
+                            "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, host = ?6, status = ?7,
+                                end_seq = ?8
                              WHERE session = ?1 AND exchange = ?2"
                         }
                         None => {
-                            "INSERT INTO exchanges (session, exchange, started_at, method, url, host, status)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                            "INSERT INTO exchanges (session, exchange, started_at, method, url, host, status, end_seq)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                         }
                     };
                     tx.prepare_cached(sql)?.execute(values)?;
+                    if let Some(request_seq) = request_seq {
+                        tx.prepare_cached(
+                            "UPDATE exchanges SET request_seq = ?3 WHERE session = ?1 AND exchange = ?2",
+                        )?
+                        .execute(params![x.session, x.exchange, request_seq])?;
+                    }
                     let c = counts.entry(x.session.clone()).or_default();
                     match before {
                         None => c.add(host),
@@ -1015,6 +1153,7 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
         last = Some(pos.seq);
         n += 1;
     }
+    rows.finish(tx)?;
     for (session, (seen, first, last)) in &activity {
         if (first, last) != (seen, seen) {
             ensure_session.execute(params![session, first, last])?;
@@ -1031,6 +1170,160 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
         .execute([last.to_string()])?;
     }
     Ok(n)
+}
+
+/// The kinds indexed in runs: what an exchange writes, read back by session and never asked
+/// for by kind. Every other kind gets a row of its own, with its kind.
+const RUN_KINDS: [&str; 7] = [
+    "request",
+    "exchange",
+    "identity",
+    "decision",
+    "body_chunk",
+    "stream_event",
+    "git",
+];
+
+fn in_runs(record: &Record) -> bool {
+    record.session().is_some() && RUN_KINDS.contains(&kind_name(record))
+}
+
+/// A run being gathered: its row is written when a record does not continue it.
+struct OpenRun {
+    row: RowPlace,
+    session: SessionId,
+    first_at: Micros,
+    last_at: Micros,
+    /// Its row is in the table already (it is being extended) or not (it is new).
+    stored: bool,
+    /// Grown since it was read from the table.
+    grown: bool,
+}
+
+/// The records rows a batch writes. Records of the kinds in `RUN_KINDS` that follow each other
+/// in the store (consecutive seqs in one segment, one session) share one row, across batches:
+/// an exchange writes five records or more, and one row each made indexing cost more than the
+/// rest of the index together.
+struct Rows {
+    open: Option<OpenRun>,
+}
+
+impl Rows {
+    /// Continues the last row of the table if it is a run.
+    fn continuing(tx: &Transaction<'_>) -> Result<Self, IndexError> {
+        let open = tx
+            .prepare_cached(&format!(
+                "SELECT {ROW_PLACE}, session, first_at, last_at FROM records
+                 WHERE seq = (SELECT max(seq) FROM records) AND kind IS NULL AND session IS NOT NULL"
+            ))?
+            .query_row([], |r| {
+                Ok(OpenRun {
+                    row: RowPlace::from_row(r)?,
+                    session: r.get(5)?,
+                    first_at: r.get(6)?,
+                    last_at: r.get(7)?,
+                    stored: true,
+                    grown: false,
+                })
+            })
+            .optional()?;
+        Ok(Rows { open })
+    }
+
+    fn add(&mut self, tx: &Transaction<'_>, pos: &Position, record: &Record) -> Result<(), IndexError> {
+        let at = record.at();
+        if in_runs(record)
+            && let Some(open) = &mut self.open
+            && open.row.segment == pos.segment
+            && open.row.last_seq + 1 == pos.seq
+            && record.session() == Some(&open.session)
+        {
+            open.row.last_seq = pos.seq;
+            open.row.hash = pos.hash.to_vec();
+            (open.first_at, open.last_at) = (open.first_at.min(at), open.last_at.max(at));
+            open.grown = true;
+            return Ok(());
+        }
+        self.finish(tx)?;
+        let row = RowPlace {
+            seq: pos.seq,
+            last_seq: pos.seq,
+            segment: pos.segment,
+            offset: pos.offset,
+            hash: pos.hash.to_vec(),
+        };
+        match record.session() {
+            Some(session) if in_runs(record) => {
+                self.open = Some(OpenRun {
+                    row,
+                    session: session.clone(),
+                    first_at: at,
+                    last_at: at,
+                    stored: false,
+                    grown: true,
+                });
+            }
+            session => insert_row(tx, &row, Some(kind_name(record)), at, at, session)?,
+        }
+        Ok(())
+    }
+
+    /// Writes the open run's row, if it changed.
+    fn finish(&mut self, tx: &Transaction<'_>) -> Result<(), IndexError> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        match (open.stored, open.grown) {
+            (_, false) => {}
+            (true, true) => {
+                tx.prepare_cached(
+                    "UPDATE records SET last_seq = ?2, hash = ?3, first_at = ?4, last_at = ?5 WHERE seq = ?1",
+                )?
+                .execute(params![
+                    open.row.seq,
+                    open.row.last_seq,
+                    &open.row.hash[..],
+                    open.first_at,
+                    open.last_at
+                ])?;
+            }
+            (false, true) => insert_row(
+                tx,
+                &open.row,
+                None,
+                open.first_at,
+                open.last_at,
+                Some(&open.session),
+            )?,
+        }
+        Ok(())
+    }
+}
+
+fn insert_row(
+    tx: &Transaction<'_>,
+    row: &RowPlace,
+    kind: Option<&str>,
+    first_at: Micros,
+    last_at: Micros,
+    session: Option<&SessionId>,
+) -> Result<(), IndexError> {
+    tx.prepare_cached(
+        "INSERT INTO records (seq, last_seq, segment, offset, hash, kind, first_at, last_at, session)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        row.seq,
+        row.last_seq,
+        row.segment,
+        row.offset,
+        &row.hash[..],
+        kind,
+        first_at,
+        last_at,
+        session
+    ])?;
+    Ok(())
 }
 
 /// The host an exchange went to: from its URL, or, for a request line in origin form (no host),
@@ -1166,6 +1459,14 @@ pub fn host_of(url: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::model::*;
+
+    fn run(segment: u64, offset: u64, records: u64) -> Run {
+        Run {
+            segment,
+            offset,
+            records,
+        }
+    }
 
     pub(crate) fn pos(seq: u64) -> Position {
         Position {
@@ -1433,10 +1734,11 @@ mod tests {
             index.resolve("").unwrap_err(),
             IndexError::UnknownSession(_)
         ));
-        // Records of a session, in store order, by prefix.
+        // Records of a session, in store order, by prefix: its start, its two exchanges in one
+        // run, its end.
         assert_eq!(
             index.session_records("bbbb").unwrap(),
-            [(0, 600), (0, 700), (0, 800), (0, 900)]
+            [run(0, 600, 1), run(0, 700, 2), run(0, 900, 1)]
         );
     }
 
@@ -1669,7 +1971,7 @@ mod tests {
         assert_eq!(a[1].ended_at, Some(3_000));
         assert_eq!(a[0].exchanges, 1);
         assert_eq!(a[0].first_activity, 2_500);
-        assert_eq!(index.session_records("aaaa1111").unwrap(), [(1, 500)]);
+        assert_eq!(index.session_records("aaaa1111").unwrap(), [run(1, 500, 1)]);
         // All of a session gone: so is the session.
         index.forget_segments(1, 1).unwrap();
         assert!(index.sessions(&Default::default()).unwrap().is_empty());
@@ -1732,6 +2034,161 @@ mod tests {
                 (pos, r)
             })
             .collect()
+    }
+
+    /// Records of two segments whose exchange records make runs, and what breaks them: a kind
+    /// listed alone (a session's start and end), a seq taken by a checkpoint (5), another
+    /// session, a new segment.
+    fn runs_store() -> Vec<(Position, Record)> {
+        let recs = [
+            (1, start("s", 1, 1000, "/usr/bin/git")),
+            (1, request(1, "https://api.github.com/a")),
+            (1, exchange("s", 1, 3, "https://api.github.com/a")),
+            (1, request(2, "https://api.github.com/b")),
+            (1, exchange("s", 2, 6, "https://api.github.com/b")),
+            (1, exchange("t", 3, 7, "https://api.github.com/c")),
+            (1, exchange("s", 4, 8, "https://api.github.com/d")),
+            (2, exchange("s", 5, 9, "https://api.github.com/e")),
+            (2, end("s", 10)),
+        ];
+        let mut offsets = BTreeMap::new();
+        recs.into_iter()
+            .enumerate()
+            .map(|(i, (segment, r))| {
+                let offset = offsets.entry(segment).or_insert(0u64);
+                let seq = if i < 4 { i as u64 + 1 } else { i as u64 + 2 };
+                let pos = Position {
+                    segment,
+                    offset: *offset,
+                    seq,
+                    hash: [seq as u8; 32],
+                };
+                *offset += 100;
+                (pos, r)
+            })
+            .collect()
+    }
+
+    /// The records rows, as (seq, last_seq, kind) in order.
+    fn record_rows(index: &Index) -> Vec<(u64, u64, Option<String>)> {
+        index
+            .conn
+            .prepare("SELECT seq, last_seq, kind FROM records ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// An exchange's records share a row with the records that follow them in the store, across
+    /// batches; the row ends where the store's order does, and a session reads back whole.
+    #[test]
+    fn an_exchanges_records_are_indexed_in_runs() {
+        let store = runs_store();
+        let dir = tempfile::tempdir().unwrap();
+        let mut together = Index::open(&dir.path().join("a.sqlite")).unwrap();
+        let mut apart = Index::open(&dir.path().join("b.sqlite")).unwrap();
+        // Run 2..=4 is made in one batch and continued in the next.
+        together.add_batch(&store[..3]).unwrap();
+        together.add_batch(&store[3..]).unwrap();
+        for item in &store {
+            apart.add_batch(std::slice::from_ref(item)).unwrap();
+        }
+        let rows = record_rows(&together);
+        assert_eq!(rows, record_rows(&apart));
+        let kind = |k: &str| Some(k.to_owned());
+        assert_eq!(
+            rows,
+            [
+                (1, 1, kind("session_start")),
+                (2, 4, None),
+                (6, 6, None),
+                (7, 7, None),
+                (8, 8, None),
+                (9, 9, None),
+                (10, 10, kind("session_end")),
+            ]
+        );
+        assert_eq!(
+            together.session_records("s").unwrap(),
+            [
+                run(1, 0, 1),
+                run(1, 100, 3),
+                run(1, 400, 1),
+                run(1, 600, 1),
+                run(2, 0, 1),
+                run(2, 100, 1)
+            ]
+        );
+        let read: Vec<u64> = together
+            .session_records("s")
+            .unwrap()
+            .iter()
+            .flat_map(|r| store.read_run(r.segment, r.offset, r.records).unwrap())
+            .map(|(p, _)| p.seq)
+            .collect();
+        assert_eq!(read, [1, 2, 3, 4, 6, 8, 9, 10]);
+        assert_eq!(
+            together.check_against(&store).unwrap(),
+            CheckReport {
+                verified: 9,
+                unindexed_tail: 0
+            }
+        );
+        // Nothing new to catch up with, the run's last record found where the row says.
+        assert_eq!(together.catch_up_from(&store).unwrap(), 0);
+        assert_eq!(record_rows(&together), rows);
+        // The kinds in runs are found by session, never by kind.
+        assert!(matches!(
+            together.records_of_kind("exchange", 0),
+            Err(IndexError::KindInRuns(_))
+        ));
+        assert_eq!(together.records_of_kind("session_end", 0).unwrap(), [(2, 100)]);
+    }
+
+    /// `check` proves a run: an index edited to lengthen, shorten or re-hash one, or a store
+    /// that lost the end of one, is found out.
+    #[test]
+    fn check_finds_an_edited_or_cut_run() {
+        let store = runs_store();
+        let edited = |sql: &str| {
+            let (_dir, path, index) = open_with(&store);
+            let changed = rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute(sql, [])
+                .unwrap();
+            assert_eq!(changed, 1, "{sql}");
+            match index.check_against(&store) {
+                Err(IndexError::Mismatch(m)) => m,
+                other => panic!("{sql}: expected a mismatch, got {other:?}"),
+            }
+        };
+        // Over the checkpoint's seq: the store's next record is 6.
+        let m = edited("UPDATE records SET last_seq = 5 WHERE seq = 2");
+        assert!(
+            m.to_string().contains("goes on to seq 5") && m.to_string().contains("is seq 6"),
+            "{m}"
+        );
+        // Shortened: its hash is the last record's, seq 4's.
+        let m = edited("UPDATE records SET last_seq = 3 WHERE seq = 2");
+        assert!(m.to_string().contains("last record, seq 3, differs"), "{m}");
+        let m = edited("UPDATE records SET hash = zeroblob(32) WHERE seq = 2");
+        assert!(m.to_string().contains("last record, seq 4, differs"), "{m}");
+        // A run that goes on into the next segment.
+        let m = edited("UPDATE records SET last_seq = 9 WHERE seq = 8");
+        assert!(m.to_string().contains("in segment 2"), "{m}");
+        // The store lost the run's last record.
+        let (_dir, _path, index) = open_with(&store);
+        match index.check_against(&store[..3].to_vec()) {
+            Err(IndexError::Mismatch(m)) => {
+                assert!(
+                    m.to_string().contains("ends before the run's last record, seq 4"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
     }
 
     fn open_with(items: &[(Position, Record)]) -> (tempfile::TempDir, PathBuf, Index) {
@@ -1876,7 +2333,8 @@ mod tests {
             "{m:?}"
         );
         let m = edited(
-            "INSERT INTO records (seq, segment, offset, hash, kind, at) VALUES (40, 7, 8, 'ab', 'git', 0)",
+            "INSERT INTO records (seq, last_seq, segment, offset, hash, kind, first_at, last_at) \
+             VALUES (40, 40, 7, 8, 'ab', 'git', 0, 0)",
         );
         assert!(
             m.to_string()

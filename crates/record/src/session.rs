@@ -295,27 +295,29 @@ impl SessionView {
     ) -> Result<SessionView, SessionError> {
         let session = index.resolve(id)?;
         let mut records = Vec::new();
-        for (segment, offset) in index.session_records(session.as_str())? {
-            let (_, record) = source
-                .read_at(segment, offset)
+        for run in index.session_records(session.as_str())? {
+            let read = source
+                .read_run(run.segment, run.offset, run.records)
                 .map_err(|cause| SessionError::Store {
                     session: session.clone(),
-                    segment,
-                    offset,
+                    segment: run.segment,
+                    offset: run.offset,
                     cause,
                 })?;
-            if record.session() != Some(&session) {
-                return Err(SessionError::Stale {
-                    session,
-                    segment,
-                    offset,
-                    found: record
-                        .session()
-                        .map_or("no session", SessionId::as_str)
-                        .to_owned(),
-                });
+            for (pos, record) in read {
+                if record.session() != Some(&session) {
+                    return Err(SessionError::Stale {
+                        session,
+                        segment: pos.segment,
+                        offset: pos.offset,
+                        found: record
+                            .session()
+                            .map_or("no session", SessionId::as_str)
+                            .to_owned(),
+                    });
+                }
+                records.push(record);
             }
-            records.push(record);
         }
         SessionView::from_records(records)
     }
@@ -1898,7 +1900,7 @@ pub(crate) mod tests {
             .session_records("s1")
             .unwrap()
             .iter()
-            .map(|(s, _)| *s)
+            .map(|run| run.segment)
             .collect();
         assert!(
             segments.len() > 1,

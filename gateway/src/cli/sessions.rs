@@ -283,10 +283,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     let index = Index::open_read_only(&index_path(dir))?;
                     // The records exactly as stored, not as this version would write them.
                     let mut lines = Vec::new();
-                    for (segment, offset) in index.session_records(view.id().as_str())? {
-                        let (_, json) = store::read_raw_at(dir, segment, offset)?;
-                        lines.extend_from_slice(&json);
-                        lines.push(b'\n');
+                    for run in index.session_records(view.id().as_str())? {
+                        for (_, json) in store::read_raw_run(dir, run.segment, run.offset, run.records)? {
+                            lines.extend_from_slice(&json);
+                            lines.push(b'\n');
+                        }
                     }
                     lines
                 }

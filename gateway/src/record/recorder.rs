@@ -349,43 +349,49 @@ impl Recorder {
         {
             return Err(records);
         }
+        // Serialised before the lock is taken: the other shards wait for a shorter write.
+        let Ok(mut framed) = store::Framed::new(&records) else {
+            return Err(records);
+        };
         let Some(mut guard) = self.lock_for_write_through() else {
             return Err(records);
         };
-        let estimate: u64 = records.iter().map(approx_size).sum::<u64>() * 2 + 4096;
         // Checked again under the lock: the writer thread holds it while it writes what was
         // queued, and only counts it written after.
         let Some(store) = guard
             .as_mut()
-            .filter(|s| s.has_room(estimate) && self.shared.pending.load(Ordering::Acquire) == 0)
+            .filter(|s| s.has_room(framed.bytes()) && self.shared.pending.load(Ordering::Acquire) == 0)
         else {
             return Err(records);
         };
         let mut records = records;
-        if append_indexed(store, &mut records, &self.shared, &self.to_index).is_err() {
+        if append_framed_indexed(store, &mut records, &mut framed, &self.shared, &self.to_index).is_err() {
             return Err(records);
         }
         Ok(())
     }
 
     /// The store's lock, if it is free, or held by another caller writing through (then it is
-    /// waited for, briefly: a write-through holds it for one write). None while the writer
-    /// thread holds it: it may be syncing, which takes milliseconds.
+    /// waited for: a write-through holds it for one write). None while the writer thread holds
+    /// it: it may be writing a large batch.
     fn lock_for_write_through(&self) -> Option<std::sync::MutexGuard<'_, Option<Store>>> {
-        /// Tries before giving up; every 32nd yields the CPU, in case the holder is waiting for it.
-        const TRIES: u32 = 1024;
-        for i in 0..TRIES {
+        /// Tries before sleeping on the lock: most holds end within them.
+        const SPINS: u32 = 64;
+        for i in 0..=SPINS {
             match self.store.try_lock() {
                 Ok(guard) => return Some(guard),
                 Err(std::sync::TryLockError::WouldBlock)
                     if !self.shared.writer_holds.load(Ordering::Acquire) =>
                 {
-                    self.shared.lock_waits.fetch_add(1, Ordering::Relaxed);
-                    if i % 32 == 31 {
-                        thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
+                    if i == 0 {
+                        self.shared.lock_waits.fetch_add(1, Ordering::Relaxed);
                     }
+                    if i == SPINS {
+                        // Sleeps until it is released. Yielding the CPU in a loop instead cost a
+                        // context switch for most exchanges with two shards writing through.
+                        return self.store.lock().ok();
+                    }
+                    std::hint::spin_loop();
                 }
                 Err(_) => return None,
             }
@@ -762,6 +768,8 @@ fn write_forever(
                 next = rx.try_recv().ok();
             }
         }
+        // Serialised before the lock is taken, like a write-through.
+        let framed = store::Framed::new(&batch);
         let mut guard = store.lock().unwrap_or_else(|e| e.into_inner());
         // Declared after the lock's guard, so cleared before it is released.
         let holding = Holding::new(&shared.writer_holds);
@@ -774,7 +782,9 @@ fn write_forever(
             continue;
         }
         if !batch.is_empty() {
-            match append_indexed(store, &mut batch, &shared, &to_index) {
+            match framed.and_then(|mut framed| {
+                append_framed_indexed(store, &mut batch, &mut framed, &shared, &to_index)
+            }) {
                 Ok(()) => {
                     if failed {
                         recovered(store, &shared, &to_index);
@@ -799,20 +809,37 @@ fn write_forever(
             FsyncPolicy::Exchange => !acks.is_empty(),
             FsyncPolicy::Interval => last_sync.elapsed() >= settings.fsync_interval,
         };
-        if due && shared.dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = store.sync() {
-                warn!(error = %e, "cannot sync the record store");
-            }
+        // The sync itself runs after the store's lock is released: it takes milliseconds, in
+        // which callers writing through would otherwise fall back to this thread and wait.
+        let to_sync = if due && shared.dirty.swap(false, Ordering::AcqRel) {
             last_sync = Instant::now();
-        }
+            store.sync_later().unwrap_or_else(|e| {
+                warn!(error = %e, "cannot sync the record store");
+                None
+            })
+        } else {
+            None
+        };
         drop(holding);
         drop(guard);
         // Written (and synced, where the policy says so): the exchanges may complete.
-        for ack in acks.drain(..) {
-            let _ = ack.send(Ok(()));
+        let complete = |acks: &mut Vec<oneshot::Sender<Result<(), RecordError>>>| {
+            for ack in acks.drain(..) {
+                let _ = ack.send(Ok(()));
+            }
+            shared.pending.fetch_sub(bytes, Ordering::AcqRel);
+            shared.space.notify_waiters();
+        };
+        let acked_after_sync = settings.fsync == FsyncPolicy::Exchange;
+        if !acked_after_sync {
+            complete(&mut acks);
         }
-        shared.pending.fetch_sub(bytes, Ordering::AcqRel);
-        shared.space.notify_waiters();
+        if let Some(Err(e)) = to_sync.map(store::PendingSync::sync) {
+            warn!(error = %e, "cannot sync the record store");
+        }
+        if acked_after_sync {
+            complete(&mut acks);
+        }
     }
     to_index.close();
     let taken = store.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -915,7 +942,19 @@ fn append_indexed(
     shared: &Shared,
     to_index: &IndexQueue,
 ) -> store::Result<()> {
-    let positions = store.append_batch(records)?;
+    let mut framed = store::Framed::new(records)?;
+    append_framed_indexed(store, records, &mut framed, shared, to_index)
+}
+
+/// `append_indexed`, of `records` framed beforehand (`store::Framed::new`).
+fn append_framed_indexed(
+    store: &mut Store,
+    records: &mut Vec<Record>,
+    framed: &mut store::Framed,
+    shared: &Shared,
+    to_index: &IndexQueue,
+) -> store::Result<()> {
+    let positions = store.append_framed(framed)?;
     shared.dirty.store(true, Ordering::Release);
     if let Some(tap) = shared.tap.get() {
         tap(records);
@@ -1871,27 +1910,26 @@ mod tests {
         drop(holding);
         drop(guard);
         // Another caller's write-through: the caller waits, and has the lock once released.
-        // Released only once the caller has found it held; a caller kept off the CPU past its
-        // budget meanwhile gives up, so the scene is played up to three times.
-        let waited = (0..3).any(|_| {
-            let released = AtomicBool::new(false);
-            let guard = recorder.store.lock().unwrap();
-            let before = recorder.shared.lock_waits.load(Ordering::Relaxed);
-            std::thread::scope(|scope| {
-                let waiter = scope.spawn(|| {
-                    let got = recorder.lock_for_write_through().is_some();
-                    if got {
-                        assert!(released.load(Ordering::Acquire), "had only once released");
-                    }
-                    got
-                });
-                while recorder.shared.lock_waits.load(Ordering::Relaxed) == before {
-                    std::hint::spin_loop();
+        // Released only once the caller has found it held.
+        let released = AtomicBool::new(false);
+        let guard = recorder.store.lock().unwrap();
+        let before = recorder.shared.lock_waits.load(Ordering::Relaxed);
+        let waited = std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let got = recorder.lock_for_write_through().is_some();
+                if got {
+                    assert!(released.load(Ordering::Acquire), "had only once released");
                 }
-                released.store(true, Ordering::Release);
-                drop(guard);
-                waiter.join().unwrap()
-            })
+                got
+            });
+            while recorder.shared.lock_waits.load(Ordering::Relaxed) == before {
+                std::hint::spin_loop();
+            }
+            // Held well past the spins: the caller sleeps on the lock rather than give up.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            released.store(true, Ordering::Release);
+            drop(guard);
+            waiter.join().unwrap()
         });
         assert!(waited, "waits for another caller's write-through");
         recorder.stop();

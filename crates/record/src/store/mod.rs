@@ -61,7 +61,7 @@
 pub use self::anchor::{Anchor, SegmentState, frame_hash, segment_numbers, segment_state};
 pub use self::keys::{key_path, load_or_create_key, load_public_key, public_key_pem};
 pub use self::prune::{PruneReport, prune, prune_through};
-pub use self::read::{Records, read_at, read_raw_at, read_records};
+pub use self::read::{Records, read_at, read_raw_at, read_raw_run, read_records, read_run};
 pub use self::verify::{PrunedRange, VerifyFailure, VerifyProgress, VerifyReport, verify};
 
 mod anchor;
@@ -213,6 +213,23 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("sync directory", dir, e))
 }
 
+/// A sync taken out of the store (`Store::sync_later`).
+#[derive(Debug)]
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+}
+
+impl PendingSync {
+    /// Makes durable what the segment held when this was taken. A segment sealed meanwhile was
+    /// synced by its seal; syncing it again is harmless.
+    pub fn sync(self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("sync record segment", &self.path, e))
+    }
+}
+
 /// The segment being appended to.
 struct Active {
     number: u64,
@@ -278,6 +295,49 @@ pub struct Store {
     starts: Vec<usize>,
     positions: Vec<Position>,
     _lock: File,
+}
+
+/// Records serialised into frames that are not yet numbered or chained: the part of an append
+/// that needs no store, and so no lock around it.
+#[derive(Debug, Default)]
+pub struct Framed {
+    buf: Vec<u8>,
+    starts: Vec<usize>,
+}
+
+impl Framed {
+    pub fn new(recs: &[Record]) -> Result<Self> {
+        let mut framed = Framed {
+            buf: Vec::with_capacity(recs.len() * 512),
+            starts: Vec::with_capacity(recs.len()),
+        };
+        framed.fill(recs)?;
+        Ok(framed)
+    }
+
+    /// Bytes the frames take in a segment.
+    pub fn bytes(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    fn fill(&mut self, recs: &[Record]) -> Result<()> {
+        self.buf.clear();
+        // One huge batch should not pin its buffer for the life of the gateway.
+        if self.buf.capacity() > 8 << 20 {
+            self.buf.shrink_to(64 << 10);
+        }
+        self.starts.clear();
+        for rec in recs {
+            let start = begin_frame(&mut self.buf);
+            serde_json::to_writer(&mut self.buf, rec)?;
+            let len = self.buf.len() - start - PREFIX;
+            if len > MAX_BODY {
+                return Err(Error::TooLarge { len, max: MAX_BODY });
+            }
+            self.starts.push(start);
+        }
+        Ok(())
+    }
 }
 
 /// Shows where the store is, never its key.
@@ -489,37 +549,44 @@ impl Store {
         Ok(self.positions.clone())
     }
 
+    /// `append_batch`, of records the caller framed beforehand (`Framed::new`, which needs no
+    /// store): what is left to do is to number and chain the frames and write them, so a caller
+    /// holding a lock around the store holds it for less.
+    pub fn append_framed(&mut self, framed: &mut Framed) -> Result<Vec<Position>> {
+        if framed.starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_framed(framed)?;
+        Ok(self.positions.clone())
+    }
+
     fn append_records(&mut self, recs: &[Record]) -> Result<()> {
-        self.buf.clear();
-        // One huge batch should not pin its buffer for the life of the gateway.
-        if self.buf.capacity() > 8 << 20 {
-            self.buf.shrink_to(64 << 10);
-        }
-        self.starts.clear();
+        // The store's own buffers, reused for every batch.
+        let mut framed = Framed {
+            buf: std::mem::take(&mut self.buf),
+            starts: std::mem::take(&mut self.starts),
+        };
+        let result = framed.fill(recs).and_then(|()| self.write_framed(&mut framed));
+        (self.buf, self.starts) = (framed.buf, framed.starts);
+        result
+    }
+
+    fn write_framed(&mut self, framed: &mut Framed) -> Result<()> {
         self.positions.clear();
-        for rec in recs {
-            let start = begin_frame(&mut self.buf);
-            serde_json::to_writer(&mut self.buf, rec)?;
-            let len = self.buf.len() - start - PREFIX;
-            if len > MAX_BODY {
-                return Err(Error::TooLarge { len, max: MAX_BODY });
-            }
-            self.starts.push(start);
-        }
         self.ensure_active()?;
         let active = self
             .active
             .as_ref()
             .expect("ensure_active leaves an active segment");
-        if active.frames > 1 && active.len + self.buf.len() as u64 > self.opts.segment_bytes {
+        if active.frames > 1 && active.len + framed.buf.len() as u64 > self.opts.segment_bytes {
             self.rotate()?;
         }
         let active = self.active.as_mut().expect("rotate leaves an active segment");
         let (mut seq, mut prev) = (self.head.seq, self.head.hash);
-        for (i, &start) in self.starts.iter().enumerate() {
-            let end = self.starts.get(i + 1).copied().unwrap_or(self.buf.len());
+        for (i, &start) in framed.starts.iter().enumerate() {
+            let end = framed.starts.get(i + 1).copied().unwrap_or(framed.buf.len());
             seq += 1;
-            prev = finish_frame(&mut self.buf[start..end], seq, &prev, KIND_RECORD);
+            prev = finish_frame(&mut framed.buf[start..end], seq, &prev, KIND_RECORD);
             self.positions.push(Position {
                 segment: active.number,
                 offset: active.len + start as u64,
@@ -527,9 +594,10 @@ impl Store {
                 hash: prev,
             });
         }
-        active.write_end(&self.buf)?;
-        active.frames += recs.len() as u64;
-        active.records += recs.len() as u64;
+        active.write_end(&framed.buf)?;
+        let n = framed.starts.len() as u64;
+        active.frames += n;
+        active.records += n;
         self.head = *self.positions.last().expect("at least one record");
         Ok(())
     }
@@ -573,6 +641,27 @@ impl Store {
 
     /// Makes everything appended so far durable (fdatasync, and the directory after a new
     /// segment was created).
+    /// `sync`, with the active segment's data left to `PendingSync::sync`, which needs no
+    /// store: a sync takes milliseconds, and appends may go on meanwhile (they are not covered
+    /// by it). A new segment's directory entry, once per segment, is synced here.
+    pub fn sync_later(&mut self) -> Result<Option<PendingSync>> {
+        if self.dir_dirty {
+            sync_dir(&self.dir.join("segments"))?;
+            self.dir_dirty = false;
+        }
+        let Some(active) = &self.active else {
+            return Ok(None);
+        };
+        let file = active
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("open record segment to sync", &active.path, e))?;
+        Ok(Some(PendingSync {
+            file,
+            path: active.path.clone(),
+        }))
+    }
+
     pub fn sync(&mut self) -> Result<()> {
         if let Some(active) = &self.active {
             active

@@ -207,53 +207,88 @@ impl Records {
 /// Reads the record frame at `offset` of segment `segment` (a `Position` from the writer or
 /// from `read_records`).
 pub fn read_at(dir: &Path, segment: u64, offset: u64) -> Result<(Position, Record)> {
-    let (pos, json) = read_raw_at(dir, segment, offset)?;
-    let rec = serde_json::from_slice(&json).map_err(|e| Error::Corrupt {
-        segment,
-        offset,
-        what: format!("record does not parse: {e}"),
-    })?;
-    Ok((pos, rec))
+    let mut run = read_run(dir, segment, offset, 1)?;
+    Ok(run.pop().expect("a run of one record"))
 }
 
 /// `read_at`, the record as the JSON bytes it was stored as (checksum checked, not parsed): what
 /// the JSON-lines export writes, and what a record must serialise back to.
 pub fn read_raw_at(dir: &Path, segment: u64, offset: u64) -> Result<(Position, Vec<u8>)> {
+    let mut run = read_raw_run(dir, segment, offset, 1)?;
+    Ok(run.pop().expect("a run of one record"))
+}
+
+/// The `records` records whose seqs follow on from the one at `offset` of segment `segment`:
+/// consecutive frames of that segment (no checkpoint between them, which would take a seq), as
+/// the index lists a run of them. One open and one buffered read for the whole run.
+pub fn read_run(dir: &Path, segment: u64, offset: u64, records: u64) -> Result<Vec<(Position, Record)>> {
+    read_raw_run(dir, segment, offset, records)?
+        .into_iter()
+        .map(|(pos, json)| {
+            let rec = serde_json::from_slice(&json).map_err(|e| Error::Corrupt {
+                segment,
+                offset: pos.offset,
+                what: format!("record does not parse: {e}"),
+            })?;
+            Ok((pos, rec))
+        })
+        .collect()
+}
+
+/// `read_run`, each record as the JSON bytes it was stored as.
+pub fn read_raw_run(dir: &Path, segment: u64, offset: u64, records: u64) -> Result<Vec<(Position, Vec<u8>)>> {
     let path = segment_path(dir, segment);
     let io_err = |e| Error::io("read record segment", &path, e);
     let mut file = File::open(&path).map_err(io_err)?;
     file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
     let mut reader = FrameReader::with_capacity(file, offset, 8 << 10);
-    let corrupt = |what: String| Error::Corrupt {
-        segment,
-        offset,
-        what,
-    };
-    match reader.next_frame().map_err(io_err)? {
-        Next::Frame { .. } => {}
-        Next::End | Next::Partial { .. } => {
-            return Err(corrupt("no whole frame here (past the end?)".into()));
+    let mut run = Vec::with_capacity(usize::try_from(records).unwrap_or(0).min(4096));
+    let mut want_seq = None;
+    for _ in 0..records {
+        let at = reader.offset;
+        let corrupt = |what: String| Error::Corrupt {
+            segment,
+            offset: at,
+            what,
+        };
+        match reader.next_frame().map_err(io_err)? {
+            Next::Frame { .. } => {}
+            Next::End | Next::Partial { .. } => {
+                return Err(corrupt("no whole frame here (past the end?)".into()));
+            }
+            Next::BadLength { len, .. } => {
+                return Err(corrupt(format!("no frame starts here (length {len})")));
+            }
         }
-        Next::BadLength { len, .. } => return Err(corrupt(format!("no frame starts here (length {len})"))),
-    }
-    if !reader.crc_ok() {
-        return Err(corrupt(
-            "checksum mismatch — the frame was altered or damaged".into(),
+        if !reader.crc_ok() {
+            return Err(corrupt(
+                "checksum mismatch — the frame was altered or damaged".into(),
+            ));
+        }
+        if reader.kind() != KIND_RECORD {
+            return Err(corrupt(format!(
+                "the frame here is a {}, not a record",
+                super::frame::kind_name(reader.kind())
+            )));
+        }
+        let seq = reader.seq();
+        if let Some(want) = want_seq
+            && want != seq
+        {
+            return Err(corrupt(format!(
+                "the record here has seq {seq}, the run needs {want}"
+            )));
+        }
+        want_seq = Some(seq + 1);
+        run.push((
+            Position {
+                segment,
+                offset: at,
+                seq,
+                hash: reader.hash(),
+            },
+            reader.payload().to_vec(),
         ));
     }
-    if reader.kind() != KIND_RECORD {
-        return Err(corrupt(format!(
-            "the frame here is a {}, not a record",
-            super::frame::kind_name(reader.kind())
-        )));
-    }
-    Ok((
-        Position {
-            segment,
-            offset,
-            seq: reader.seq(),
-            hash: reader.hash(),
-        },
-        reader.payload().to_vec(),
-    ))
+    Ok(run)
 }

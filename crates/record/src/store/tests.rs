@@ -225,6 +225,35 @@ fn read_at_refuses_what_is_not_a_record() {
     assert!(e.contains("record segment 000000000001 offset"), "{e}");
 }
 
+/// A run is read in one pass, as written, and never across a frame that is not the run's next
+/// record (a checkpoint takes a seq), nor past the end.
+#[test]
+fn read_run_reads_consecutive_records_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(tmp.path());
+    let first: Vec<Position> = (0..3).map(|i| s.append(&rec(i)).unwrap()).collect();
+    s.checkpoint().unwrap();
+    let after = s.append(&rec(3)).unwrap();
+    s.close().unwrap();
+    let run = read_run(tmp.path(), first[0].segment, first[0].offset, 3).unwrap();
+    assert_eq!(
+        run,
+        (0..3).map(|i| (first[i as usize], rec(i))).collect::<Vec<_>>()
+    );
+    let raw = read_raw_run(tmp.path(), first[1].segment, first[1].offset, 2).unwrap();
+    assert_eq!(raw.iter().map(|(p, _)| *p).collect::<Vec<_>>(), first[1..]);
+    assert_eq!(raw[0].1, serde_json::to_vec(&rec(1)).unwrap());
+    let e = read_run(tmp.path(), first[0].segment, first[0].offset, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checkpoint, not a record"), "{e}");
+    assert_eq!(after.seq, first[2].seq + 2);
+    let e = read_run(tmp.path(), after.segment, after.offset, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a record") || e.contains("past the end"), "{e}");
+}
+
 #[test]
 fn reopen_after_close_continues_the_chain() {
     let tmp = tempfile::tempdir().unwrap();
