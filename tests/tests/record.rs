@@ -421,6 +421,60 @@ fn a_client_that_never_ends_holds_a_stop_only_until_the_drain_deadline() {
     assert!(stream.contains("{\"event\":1}"), "{stream}");
 }
 
+/// A WebSocket outlives the HTTP handler it was upgraded from: a stop still counts it, waits for
+/// it up to the drain deadline, and then cuts it; what it carried before is recorded.
+#[test]
+fn a_websocket_open_at_a_stop_is_waited_for_until_the_drain_deadline() {
+    if !privileged() {
+        return;
+    }
+    let mut s = TlsGateway::start_tweaked(
+        &["api.githubcopilot.com"],
+        true,
+        None,
+        None,
+        &|_| String::new(),
+        &|spec| spec.drain_secs = Some(2),
+    );
+    // Eight messages 1.5 s apart: open for about 10 s.
+    let mut probe =
+        s.gw.exec(ghgate_e2e::bin("ghgate-probe"))
+            .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
+            .arg(&s.ca_file)
+            .args(["--pause-ms", "1500"])
+            .args((1..=8).map(|i| format!("message {i}")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    // The first message and its echo pass at once; the second comes 1.5 s later.
+    std::thread::sleep(Duration::from_millis(800));
+    let stop = std::time::Instant::now();
+    s.gw.begin_stop();
+    let logs = s.gw.wait_log("the stop", Duration::from_secs(10), |l| {
+        l.iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("stopping; the redirect stays"))
+        })
+    });
+    let took = stop.elapsed();
+    let cut = logs
+        .iter()
+        .find(|l| l["message"] == "stopping with connections still open: they are cut")
+        .unwrap_or_else(|| panic!("the WebSocket was not waited for:\n{}", s.gw.log_text()));
+    assert_eq!(cut["connections"], 1, "{cut}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "the stop took {took:?} with drain_secs = 2"
+    );
+    let _ = probe.kill();
+    let _ = probe.wait();
+    s.gw.terminate();
+    let shown = verified_session_with(&s, "message 1");
+    assert!(shown.contains("echo: message 1"), "{shown}");
+}
+
 #[test]
 fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
     if !privileged() {

@@ -968,7 +968,11 @@ async fn forward<P: Phases>(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let upgraded = phases.upgraded(&ex, &mut down);
         let (ws_ex, ws_phases) = (ex.clone(), phases.clone());
+        // Live until the relay ends: a stop waits for it (up to `listen.drain_secs`) like for
+        // the connection it came from, whose handler returns at the upgrade.
+        let live = crate::listen::drain::Live::enter();
         tokio::spawn(async move {
+            let _live = live;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let mask_down = ws_phases.websocket_masker(&upgraded);
