@@ -300,6 +300,8 @@ pub struct Index {
     store_dir: Option<PathBuf>,
     /// A batch failed to be indexed: the next one first catches up from `store_dir`.
     behind: bool,
+    /// `open` found an index of an older schema version and emptied it.
+    upgraded_from: Option<String>,
 }
 
 impl Index {
@@ -348,6 +350,7 @@ impl Index {
             conn,
             store_dir: None,
             behind: false,
+            upgraded_from: None,
         };
         match index.schema_version()? {
             None => index.create_schema()?,
@@ -359,12 +362,19 @@ impl Index {
                     expected: SCHEMA_VERSION,
                 });
             }
-            Some(_) => {
+            Some(v) => {
                 index.drop_all()?;
                 index.create_schema()?;
+                index.upgraded_from = Some(v);
             }
         }
         Ok(index)
+    }
+
+    /// The schema version of the index `open` emptied because this ghgate uses another (its
+    /// `catch_up` then rebuilds it from the whole store).
+    pub fn upgraded_from(&self) -> Option<&str> {
+        self.upgraded_from.as_deref()
     }
 
     /// Opens an existing index for reading only, while the gateway may be writing it.
@@ -387,6 +397,7 @@ impl Index {
             conn,
             store_dir: None,
             behind: false,
+            upgraded_from: None,
         };
         match index.schema_version()? {
             Some(v) if v == SCHEMA_VERSION.to_string() => Ok(index),
@@ -1939,7 +1950,9 @@ mod tests {
         let index = Index::open(&path).unwrap();
         assert_eq!(index.last_seq().unwrap(), None);
         assert!(index.sessions(&SessionFilter::default()).unwrap().is_empty());
+        assert_eq!(index.upgraded_from(), Some("0"));
         drop(index);
+        assert_eq!(Index::open(&path).unwrap().upgraded_from(), None);
         set("99");
         assert!(matches!(Index::open(&path), Err(IndexError::Schema { .. })));
     }

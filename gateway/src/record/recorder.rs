@@ -212,10 +212,18 @@ impl Recorder {
         }
         let mut index = Index::open(&index_path(&dir))
             .with_context(|| format!("cannot open the record index in {}", dir.display()))?;
+        let began = std::time::Instant::now();
         let caught_up = index
             .catch_up(&dir)
             .context("cannot bring the record index up to date with the store")?;
-        if caught_up > 0 {
+        if let Some(version) = index.upgraded_from() {
+            info!(
+                records = caught_up,
+                from_schema = version,
+                secs = format!("{:.1}", began.elapsed().as_secs_f64()),
+                "the record index was made by another version of ghgate: rebuilt it from the store"
+            );
+        } else if caught_up > 0 {
             info!(
                 records = caught_up,
                 "indexed records the previous run had not indexed"
