@@ -300,6 +300,11 @@ impl Pools {
     }
 }
 
+/// The largest HTTP/2 frame an upstream may send (SETTINGS_MAX_FRAME_SIZE; 16 KiB when unsaid).
+/// A download comes in fewer frames, each decoded and flow-controlled once; the read buffer of a
+/// pooled upstream connection may grow to it.
+const UPSTREAM_MAX_FRAME: u32 = 256 << 10;
+
 /// HTTP handshake over an established upstream TLS stream; the connection task is spawned.
 async fn handshake<T>(io: T, proto: Proto) -> Result<Sender, String>
 where
@@ -319,6 +324,7 @@ where
         Proto::Http2 => {
             let (send, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_frame_size(UPSTREAM_MAX_FRAME)
                 .handshake(io)
                 .await
                 .map_err(|e| e.to_string())?;
