@@ -374,6 +374,26 @@ fn a_stop_lets_the_exchange_in_flight_end_and_records_it_whole_while_refusing_ne
     );
 }
 
+/// Sends SIGTERM and waits for the gateway to stop; how long that took, and its log line of the
+/// connections the drain deadline cut (the test fails if there is none).
+fn stop_and_cut(s: &mut TlsGateway) -> (Duration, Value) {
+    let stop = std::time::Instant::now();
+    s.gw.begin_stop();
+    let logs = s.gw.wait_log("the stop", Duration::from_secs(10), |l| {
+        l.iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("stopping; the redirect stays"))
+        })
+    });
+    let took = stop.elapsed();
+    let cut = logs
+        .into_iter()
+        .find(|l| l["message"] == "stopping with connections still open: they are cut")
+        .unwrap_or_else(|| panic!("no connection was cut at the stop:\n{}", s.gw.log_text()));
+    (took, cut)
+}
+
 #[test]
 fn a_client_that_never_ends_holds_a_stop_only_until_the_drain_deadline() {
     if !privileged() {
@@ -394,24 +414,11 @@ fn a_client_that_never_ends_holds_a_stop_only_until_the_drain_deadline() {
         lines.any(|l| l.contains("{\"event\":1}")),
         "the stream did not start"
     );
-    let stop = std::time::Instant::now();
-    s.gw.begin_stop();
-    let logs = s.gw.wait_log("the stop", Duration::from_secs(10), |l| {
-        l.iter().any(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("stopping; the redirect stays"))
-        })
-    });
-    let took = stop.elapsed();
+    let (took, cut) = stop_and_cut(&mut s);
     assert!(
         took < Duration::from_secs(5),
         "the stop waited {took:?} for a stream that does not end (drain_secs = 1)"
     );
-    let cut = logs
-        .iter()
-        .find(|l| l["message"] == "stopping with connections still open: they are cut")
-        .unwrap_or_else(|| panic!("the cut is not logged:\n{}", s.gw.log_text()));
     assert_eq!(cut["connections"], 1, "{cut}");
     let _ = streaming.wait();
     s.gw.terminate();
@@ -449,20 +456,7 @@ fn a_websocket_open_at_a_stop_is_waited_for_until_the_drain_deadline() {
             .unwrap();
     // The first message and its echo pass at once; the second comes 1.5 s later.
     std::thread::sleep(Duration::from_millis(800));
-    let stop = std::time::Instant::now();
-    s.gw.begin_stop();
-    let logs = s.gw.wait_log("the stop", Duration::from_secs(10), |l| {
-        l.iter().any(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("stopping; the redirect stays"))
-        })
-    });
-    let took = stop.elapsed();
-    let cut = logs
-        .iter()
-        .find(|l| l["message"] == "stopping with connections still open: they are cut")
-        .unwrap_or_else(|| panic!("the WebSocket was not waited for:\n{}", s.gw.log_text()));
+    let (took, cut) = stop_and_cut(&mut s);
     assert_eq!(cut["connections"], 1, "{cut}");
     assert!(
         took >= Duration::from_millis(1500) && took < Duration::from_secs(6),

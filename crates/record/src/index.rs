@@ -2165,18 +2165,7 @@ mod tests {
     #[test]
     fn check_finds_an_edited_or_cut_run() {
         let store = runs_store();
-        let edited = |sql: &str| {
-            let (_dir, path, index) = open_with(&store);
-            let changed = rusqlite::Connection::open(&path)
-                .unwrap()
-                .execute(sql, [])
-                .unwrap();
-            assert_eq!(changed, 1, "{sql}");
-            match index.check_against(&store) {
-                Err(IndexError::Mismatch(m)) => m,
-                other => panic!("{sql}: expected a mismatch, got {other:?}"),
-            }
-        };
+        let edited = |sql: &str| edited_in(&store, sql);
         // Over the checkpoint's seq: the store's next record is 6.
         let m = edited("UPDATE records SET last_seq = 5 WHERE seq = 2");
         assert!(
@@ -2277,7 +2266,12 @@ mod tests {
     }
 
     fn edited(sql: &str) -> IndexMismatch {
-        let store = store();
+        edited_in(&store(), sql)
+    }
+
+    /// What `check` finds once `sql` changed one row of an index of `store`.
+    fn edited_in(store: &[(Position, Record)], sql: &str) -> IndexMismatch {
+        let store = store.to_vec();
         let (_dir, path, index) = open_with(&store);
         let changed = rusqlite::Connection::open(&path)
             .unwrap()
