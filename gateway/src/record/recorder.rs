@@ -56,12 +56,20 @@ pub enum RecordError {
     SinkBehind { bytes: u64, cause: Option<String> },
 }
 
-/// Resolves once records are written, or with why they were not.
-type Ack = oneshot::Receiver<Result<(), RecordError>>;
+/// Says when records are written, or why they were not.
+enum Ack {
+    /// Written by the caller itself (see `Recorder::submit_acked`).
+    Written,
+    /// Queued for the writer thread, which answers here.
+    Queued(oneshot::Receiver<Result<(), RecordError>>),
+}
 
 /// Waits for an acknowledgement.
 async fn acknowledged(ack: Ack) -> Result<(), RecordError> {
-    ack.await.unwrap_or(Err(RecordError::Stopped))
+    match ack {
+        Ack::Written => Ok(()),
+        Ack::Queued(rx) => rx.await.unwrap_or(Err(RecordError::Stopped)),
+    }
 }
 
 /// What the writer thread is asked to do.
@@ -301,36 +309,34 @@ impl Recorder {
 
     /// Writes or queues records, without waiting for them.
     fn submit(&self, records: Vec<Record>) {
-        self.send(records, None);
+        if records.is_empty() {
+            return;
+        }
+        if let Err(records) = self.write_through(records) {
+            self.queue(records, None);
+        }
     }
 
     /// Writes or queues records; the acknowledgement says when they are written (or why not).
-    fn submit_acked(&self, records: Vec<Record>) -> Ack {
-        let (tx, rx) = oneshot::channel();
-        self.send(records, Some(tx));
-        rx
-    }
-
-    /// Writes or queues records, to be acknowledged through `ack`.
     ///
     /// When nothing is queued ahead of them and the store is free, the caller writes them itself
     /// (one write(2) into the page cache, as the writer thread would): a request then waits for
-    /// no other thread to wake up, which on a busy host costs more than the write. Otherwise,
-    /// and whenever something is wrong, they go to the writer thread, which keeps order, batches,
-    /// and owns every failure.
-    fn send(&self, records: Vec<Record>, ack: Option<oneshot::Sender<Result<(), RecordError>>>) {
-        if records.is_empty() && ack.is_none() {
-            return;
-        }
-        let records = match self.write_through(records) {
-            Ok(()) => {
-                if let Some(ack) = ack {
-                    let _ = ack.send(Ok(()));
-                }
-                return;
+    /// no other thread to wake up, which on a busy host costs more than the write, and needs no
+    /// channel. Otherwise, and whenever something is wrong, they go to the writer thread, which
+    /// keeps order, batches, and owns every failure. No records: waits for what is queued.
+    fn submit_acked(&self, records: Vec<Record>) -> Ack {
+        match self.write_through(records) {
+            Ok(()) => Ack::Written,
+            Err(records) => {
+                let (tx, rx) = oneshot::channel();
+                self.queue(records, Some(tx));
+                Ack::Queued(rx)
             }
-            Err(records) => records,
-        };
+        }
+    }
+
+    /// Hands records to the writer thread, to be acknowledged through `ack`.
+    fn queue(&self, records: Vec<Record>, ack: Option<oneshot::Sender<Result<(), RecordError>>>) {
         let bytes: u64 = records.iter().map(approx_size).sum();
         self.shared.pending.fetch_add(bytes, Ordering::Relaxed);
         let sent = self
@@ -1853,11 +1859,10 @@ mod tests {
                         });
                         // Half want an acknowledgement (request heads), half do not.
                         if i % 2 == 0 {
-                            recorder
-                                .submit_acked(vec![record])
-                                .blocking_recv()
-                                .unwrap()
-                                .unwrap();
+                            match recorder.submit_acked(vec![record]) {
+                                Ack::Written => {}
+                                Ack::Queued(rx) => rx.blocking_recv().unwrap().unwrap(),
+                            }
                         } else {
                             recorder.submit(vec![record]);
                         }
