@@ -1085,7 +1085,9 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
             }
             Record::Exchange(x) => {
                 let host = exchange_host(tx, x.session.as_str(), x.conn, &x.url)?;
-                let values = params![
+                let request_seq = deferred.remove(&(&x.session, x.exchange));
+                // ?1 to ?8; ?9, the request's seq, only for the statement that names it.
+                let all = params![
                     x.session,
                     x.exchange,
                     x.started_at,
@@ -1093,32 +1095,21 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                     x.url,
                     host,
                     x.status,
-                    pos.seq
+                    pos.seq,
+                    request_seq
                 ];
+                let values = &all[..8];
                 // Its request was deferred above: the row is made here, whole (unless one exists
                 // already, which ids unique across runs rule out; then as below).
-                let request_seq = deferred.remove(&(&x.session, x.exchange));
-                let made = match request_seq {
-                    Some(request_seq) => {
-                        tx.prepare_cached(
+                let made = request_seq.is_some()
+                    && tx
+                        .prepare_cached(
                             "INSERT OR IGNORE INTO exchanges (session, exchange, started_at, method, url, host, status,
                                 request_seq, end_seq)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8)",
                         )?
-                        .execute(params![
-                            x.session,
-                            x.exchange,
-                            x.started_at,
-                            x.method,
-                            x.url,
-                            host,
-                            x.status,
-                            pos.seq,
-                            request_seq
-                        ])? > 0
-                    }
-                    None => false,
-                };
+                        .execute(all)?
+                        > 0;
                 if made {
                     counts.entry(x.session.clone()).or_default().add(host);
                 } else {
@@ -2180,6 +2171,18 @@ mod tests {
         // A run that goes on into the next segment.
         let m = edited("UPDATE records SET last_seq = 9 WHERE seq = 8");
         assert!(m.to_string().contains("in segment 2"), "{m}");
+        // A run stretched over the next record, another session's: reading the session through
+        // it refuses what is not the session's.
+        let (_dir, path, index) = open_with(&store);
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE records SET last_seq = 7 WHERE seq = 6", [])
+            .unwrap();
+        let err = crate::session::SessionView::load_from(&store, &index, "s").unwrap_err();
+        assert!(
+            matches!(err, crate::session::SessionError::Stale { ref found, .. } if found == "t"),
+            "{err}"
+        );
         // The store lost the run's last record.
         let (_dir, _path, index) = open_with(&store);
         match index.check_against(&store[..3].to_vec()) {

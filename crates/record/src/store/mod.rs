@@ -639,8 +639,6 @@ impl Store {
         Ok(pos)
     }
 
-    /// Makes everything appended so far durable (fdatasync, and the directory after a new
-    /// segment was created).
     /// `sync`, with the active segment's data left to `PendingSync::sync`, which needs no
     /// store: a sync takes milliseconds, and appends may go on meanwhile (they are not covered
     /// by it). A new segment's directory entry, once per segment, is synced here.
@@ -662,6 +660,8 @@ impl Store {
         }))
     }
 
+    /// Makes everything appended so far durable (fdatasync, and the directory after a new
+    /// segment was created).
     pub fn sync(&mut self) -> Result<()> {
         if let Some(active) = &self.active {
             active
