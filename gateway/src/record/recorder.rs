@@ -190,11 +190,22 @@ struct SessionState {
 struct WriterSettings {
     fsync: FsyncPolicy,
     fsync_interval: Duration,
+    /// Makes a segment's writes durable: `PendingSync::sync` (fdatasync), but for tests that
+    /// hold or fail it.
+    sync: Syncer,
 }
+
+/// What [`WriterSettings::sync`] is.
+type Syncer = Box<dyn Fn(store::PendingSync) -> store::Result<()> + Send>;
 
 impl Recorder {
     /// Opens the store (recovering a torn tail) and the index, and starts the writer thread.
     pub fn start(config: &Config) -> anyhow::Result<Arc<Self>> {
+        Self::start_syncing(config, Box::new(store::PendingSync::sync))
+    }
+
+    /// `start`, with `sync` making the store's writes durable.
+    fn start_syncing(config: &Config, sync: Syncer) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context as _;
         let dir = config.record_dir();
         std::fs::create_dir_all(&dir)
@@ -251,6 +262,7 @@ impl Recorder {
         let settings = WriterSettings {
             fsync: config.record.fsync,
             fsync_interval: Duration::from_millis(config.record.fsync_interval_ms),
+            sync,
         };
         let to_index = Arc::new(IndexQueue::default());
         let indexed = to_index.clone();
@@ -789,8 +801,9 @@ fn write_forever(
         let holding = Holding::new(&shared.writer_holds);
         let Some(store) = guard.as_mut() else { break };
         if failed && batch.is_empty() {
-            // Probe: once a signed checkpoint can be written again, the store is back.
-            if store.checkpoint().is_ok() {
+            // Probe: once a signed checkpoint can be written again, and made durable (the
+            // failure may have been a sync's), the store is back.
+            if store.checkpoint().is_ok() && durable(store, &settings.sync).is_ok() {
                 recovered(store, &shared, &to_index);
             }
             continue;
@@ -800,18 +813,12 @@ fn write_forever(
                 append_framed_indexed(store, &mut batch, &mut framed, &shared, &to_index)
             }) {
                 Ok(()) => {
-                    if failed {
+                    if failed && durable(store, &settings.sync).is_ok() {
                         recovered(store, &shared, &to_index);
                     }
                 }
                 Err(e) => {
-                    let cause = Arc::new(e);
-                    if !failed {
-                        error!(cause = %cause, "the session recorder cannot write; new requests are refused until it can");
-                    }
-                    if let Ok(mut f) = shared.failed.lock() {
-                        *f = Some(cause.clone());
-                    }
+                    let cause = fail(&shared, e);
                     batch.clear();
                     for ack in acks.drain(..) {
                         let _ = ack.send(Err(RecordError::CannotWrite(cause.clone())));
@@ -827,32 +834,40 @@ fn write_forever(
         // which callers writing through would otherwise fall back to this thread and wait.
         let to_sync = if due && shared.dirty.swap(false, Ordering::AcqRel) {
             last_sync = Instant::now();
-            store.sync_later().unwrap_or_else(|e| {
-                warn!(error = %e, "cannot sync the record store");
-                None
-            })
+            Some(store.sync_later())
         } else {
             None
         };
         drop(holding);
         drop(guard);
-        // Written (and synced, where the policy says so): the exchanges may complete.
-        let complete = |acks: &mut Vec<oneshot::Sender<Result<(), RecordError>>>| {
+        // Written (and synced, where the policy says so): the exchanges may complete. A failed
+        // sync fails them where they waited for it.
+        let complete = |acks: &mut Vec<oneshot::Sender<Result<(), RecordError>>>,
+                        failure: Option<&Arc<store::Error>>| {
             for ack in acks.drain(..) {
-                let _ = ack.send(Ok(()));
+                let _ = ack.send(match failure {
+                    None => Ok(()),
+                    Some(cause) => Err(RecordError::CannotWrite(cause.clone())),
+                });
             }
             shared.pending.fetch_sub(bytes, Ordering::AcqRel);
             shared.space.notify_waiters();
         };
         let acked_after_sync = settings.fsync == FsyncPolicy::Exchange;
         if !acked_after_sync {
-            complete(&mut acks);
+            complete(&mut acks, None);
         }
-        if let Some(Err(e)) = to_sync.map(store::PendingSync::sync) {
-            warn!(error = %e, "cannot sync the record store");
+        // Not durable: what was written since the last sync may not survive a crash of the
+        // host, and the page cache may no longer say so if asked again (a later sync can
+        // succeed over lost pages). New requests are refused until a sync succeeds again.
+        let unsynced = match to_sync {
+            Some(Ok(Some(pending))) => (settings.sync)(pending).err(),
+            Some(Err(e)) => Some(e),
+            _ => None,
         }
+        .map(|e| fail(&shared, e));
         if acked_after_sync {
-            complete(&mut acks);
+            complete(&mut acks, unsynced.as_ref());
         }
     }
     to_index.close();
@@ -862,6 +877,26 @@ fn write_forever(
     {
         warn!(error = %e, "cannot seal the record store at shutdown");
     }
+}
+
+/// Makes what the store holds durable, through `sync`.
+fn durable(store: &mut Store, sync: &Syncer) -> store::Result<()> {
+    match store.sync_later()? {
+        Some(pending) => sync(pending),
+        None => Ok(()),
+    }
+}
+
+/// The store failed (a write or a sync): new requests are refused until it works again.
+/// Logged once per failure, not at every retry.
+fn fail(shared: &Shared, e: store::Error) -> Arc<store::Error> {
+    let cause = Arc::new(e);
+    let mut failed = shared.failed.lock().unwrap_or_else(|e| e.into_inner());
+    if failed.is_none() {
+        error!(cause = %cause, "the session recorder cannot write; new requests are refused until it can");
+    }
+    *failed = Some(cause.clone());
+    cause
 }
 
 /// Sets a flag for as long as it lives.
@@ -1768,16 +1803,9 @@ mod tests {
             tap: std::sync::OnceLock::new(),
         };
         let queue = IndexQueue::default();
-        let end = |session: &str| {
-            vec![Record::SessionEnd(model::SessionEnd {
-                session: session.into(),
-                at: model::now_micros(),
-                reason: SessionEndReason::Exited,
-            })]
-        };
-        append_indexed(&mut store, &mut end("before"), &shared, &queue).unwrap();
+        append_indexed(&mut store, &mut ended("before"), &shared, &queue).unwrap();
         recovered(&mut store, &shared, &queue);
-        append_indexed(&mut store, &mut end("after"), &shared, &queue).unwrap();
+        append_indexed(&mut store, &mut ended("after"), &shared, &queue).unwrap();
         assert!(shared.failed.lock().unwrap().is_none(), "the failure is cleared");
         queue.close();
         while let Some(items) = queue.take() {
@@ -1837,6 +1865,130 @@ mod tests {
         .unwrap()
     }
 
+    /// An I/O error as a failed fdatasync reports it.
+    fn sync_failed() -> store::Error {
+        store::Error::Io {
+            action: "sync record segment",
+            path: "/r/segments/000000000001.seg".into(),
+            cause: std::io::Error::from_raw_os_error(libc::EIO),
+        }
+    }
+
+    fn ended(session: &str) -> Vec<Record> {
+        vec![Record::SessionEnd(model::SessionEnd {
+            session: session.into(),
+            at: model::now_micros(),
+            reason: SessionEndReason::Exited,
+        })]
+    }
+
+    /// Waits up to 10 s for `done`.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `fsync = "exchange"`: records are never written through (the writer thread syncs), and
+    /// their acknowledgement waits for the sync that makes them durable. A failed sync fails
+    /// the acknowledgement, as a failed write does, and new requests are refused until a sync
+    /// succeeds again; then the store is back.
+    #[test]
+    fn under_fsync_exchange_an_acknowledgement_waits_for_the_sync_and_fails_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(dir.path());
+        config.record.fsync = FsyncPolicy::Exchange;
+        // Each sync says it began, then does what it is told: sync (true) or fail (false).
+        let (began, syncing) = std::sync::mpsc::channel::<()>();
+        let (told, told_rx) = std::sync::mpsc::channel::<bool>();
+        let told_rx = Mutex::new(told_rx);
+        let sync: Syncer = Box::new(move |pending| {
+            let _ = began.send(());
+            match told_rx.lock().unwrap().recv() {
+                Ok(false) => Err(sync_failed()),
+                _ => pending.sync(),
+            }
+        });
+        let recorder = Recorder::start_syncing(&config, sync).unwrap();
+        let began = || {
+            syncing
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the writer thread syncs")
+        };
+
+        let Ack::Queued(mut ack) = recorder.submit_acked(ended("a")) else {
+            panic!("written through under fsync = \"exchange\"");
+        };
+        began();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            matches!(ack.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "acknowledged before its sync returned"
+        );
+        told.send(true).unwrap();
+        ack.blocking_recv().unwrap().expect("synced");
+        assert!(recorder.failure().is_none());
+
+        let Ack::Queued(ack) = recorder.submit_acked(ended("b")) else {
+            panic!("written through under fsync = \"exchange\"");
+        };
+        began();
+        told.send(false).unwrap();
+        let refused = ack.blocking_recv().unwrap().expect_err("acknowledged though not durable");
+        assert!(
+            refused.to_string().contains("cannot sync record segment"),
+            "{refused}"
+        );
+        assert!(recorder.failure().is_some(), "new requests are refused");
+
+        // The writer thread probes (a checkpoint, then a sync) until the store is back.
+        began();
+        told.send(false).unwrap();
+        began();
+        assert!(recorder.failure().is_some(), "back only once a sync succeeds");
+        told.send(true).unwrap();
+        eventually("the store is back", || recorder.failure().is_none());
+        drop(told);
+        recorder.stop();
+        let sessions: Vec<String> = store::read_records(&config.record_dir())
+            .unwrap()
+            .filter_map(|r| match r.unwrap().1 {
+                Record::SessionEnd(e) => Some(e.session.as_str().to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sessions, ["a", "b"], "written, though b was not known durable");
+    }
+
+    /// `fsync = "interval"`: exchanges do not wait for the sync, but a failed one still means
+    /// what was written since the last may be lost with the host: new requests are refused
+    /// until a sync succeeds again.
+    #[test]
+    fn under_fsync_interval_a_failed_sync_refuses_new_requests_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(dir.path());
+        config.record.fsync_interval_ms = 20;
+        let failing = Arc::new(AtomicBool::new(true));
+        let fails = failing.clone();
+        let sync: Syncer = Box::new(move |pending| {
+            if fails.load(Ordering::Acquire) {
+                Err(sync_failed())
+            } else {
+                pending.sync()
+            }
+        });
+        let recorder = Recorder::start_syncing(&config, sync).unwrap();
+        recorder.submit(ended("a"));
+        eventually("the failed sync is noticed", || recorder.failure().is_some());
+        let cause = recorder.failure().unwrap().to_string();
+        assert!(cause.contains("cannot sync record segment"), "{cause}");
+        failing.store(false, Ordering::Release);
+        eventually("the store is back", || recorder.failure().is_none());
+        recorder.stop();
+    }
+
     /// Callers writing through and the writer thread's queue share one store: whatever the
     /// interleaving, every record is written once, in one chain, and indexed in store order —
     /// the index then holds a row for each (an out-of-order batch would leave holes).
@@ -1852,19 +2004,15 @@ mod tests {
                 scope.spawn(move || {
                     for i in 0..per_thread {
                         // Each record names its thread and its place in the thread's order.
-                        let record = Record::SessionEnd(model::SessionEnd {
-                            session: format!("{t}/{i}").into(),
-                            at: model::now_micros(),
-                            reason: SessionEndReason::Exited,
-                        });
+                        let records = ended(&format!("{t}/{i}"));
                         // Half want an acknowledgement (request heads), half do not.
                         if i % 2 == 0 {
-                            match recorder.submit_acked(vec![record]) {
+                            match recorder.submit_acked(records) {
                                 Ack::Written => {}
                                 Ack::Queued(rx) => rx.blocking_recv().unwrap().unwrap(),
                             }
                         } else {
-                            recorder.submit(vec![record]);
+                            recorder.submit(records);
                         }
                     }
                 });
