@@ -996,6 +996,39 @@ pub fn with_login(cmd: &Command, login: u32) -> Command {
     wrapped
 }
 
+/// A GitHub Actions runner's worker, as the gateway knows one: a process whose executable is
+/// named `Runner.Worker` (here a copy of `sh`, in a directory removed on drop). A step is its
+/// child, started with the job's environment; the gateway takes a job's facts from there only.
+pub struct RunnerWorker {
+    dir: tempfile::TempDir,
+}
+
+impl Default for RunnerWorker {
+    fn default() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::copy("/bin/sh", dir.path().join("Runner.Worker")).expect("copy sh");
+        Self { dir }
+    }
+}
+
+impl RunnerWorker {
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("Runner.Worker")
+    }
+
+    /// A command that runs `sh` with the arguments given to it as a step of this worker (its
+    /// child, inheriting the environment set on the command, as a job's), and exits as it does;
+    /// with `via`, in the gateway's cgroup (`ghgate exec`).
+    pub fn sh(&self, via: Option<&Gateway>) -> Command {
+        let mut cmd = match via {
+            Some(gw) => gw.exec(self.path()),
+            None => Command::new(self.path()),
+        };
+        cmd.arg("-c").arg(r#"sh "$@" & wait $!"#).arg("worker");
+        cmd
+    }
+}
+
 /// One HTTP/1.1 request read from `conn`, for the tests' hand-made receivers: its head (as
 /// text) and its body (`Content-Length` bytes, as text); `None` if the peer closed first.
 pub fn read_request(conn: &mut impl std::io::Read) -> Option<(String, String)> {

@@ -3,7 +3,7 @@
 //! the job's facts — and the token variables of their environments are never read.
 use std::{os::unix::fs::PermissionsExt, time::Duration};
 
-use ghgate_e2e::{eventually, fixtures::files_under, https::TlsGateway, privileged};
+use ghgate_e2e::{RunnerWorker, eventually, fixtures::files_under, https::TlsGateway, privileged};
 use serde_json::Value;
 
 #[test]
@@ -19,27 +19,33 @@ fn callers_are_recorded_with_uid_executable_cgroup_and_ci_job() {
     std::fs::copy(&s.ca_file, &ca).unwrap();
     std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    // A CI step: the runner's job process (a shell with the job's environment) runs curl with
-    // a cleared environment, as some steps do.
-    let script = format!(
-        "env -i /usr/bin/curl -sS -o /dev/null --cacert {} --resolve {resolve} {url}",
+    // A CI step: the runner's worker starts the step's shell with the job's environment; the
+    // step runs curl with a cleared environment, as some steps do, and again with a made-up
+    // one that claims another repository, workflow and ref (a hostile step passing for a
+    // release job): both are the job's.
+    let curl = format!(
+        "/usr/bin/curl -sS -o /dev/null --cacert {} --resolve {resolve} {url}",
         ca.display()
     );
-    let out =
-        s.gw.exec("sh")
-            .args(["-c", &script])
-            .env("GITHUB_REPOSITORY", "octo/app")
-            .env("GITHUB_RUN_ID", "9001")
-            .env("GITHUB_RUN_ATTEMPT", "2")
-            .env("GITHUB_WORKFLOW", "release")
-            .env("GITHUB_JOB", "publish")
-            .env("GITHUB_ACTOR", "mona")
-            .env("GITHUB_REF", "refs/heads/main")
-            .env("GITHUB_TOKEN", &job_token)
-            .env("ACTIONS_RUNTIME_TOKEN", &job_token)
-            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", &job_token)
-            .output()
-            .unwrap();
+    let script = format!(
+        "env -i {curl} && env GITHUB_REPOSITORY=octo/other GITHUB_WORKFLOW=deploy GITHUB_REF=refs/heads/prod {curl}"
+    );
+    let worker = RunnerWorker::default();
+    let out = worker
+        .sh(Some(&s.gw))
+        .args(["-c", &script])
+        .env("GITHUB_REPOSITORY", "octo/app")
+        .env("GITHUB_RUN_ID", "9001")
+        .env("GITHUB_RUN_ATTEMPT", "2")
+        .env("GITHUB_WORKFLOW", "release")
+        .env("GITHUB_JOB", "publish")
+        .env("GITHUB_ACTOR", "mona")
+        .env("GITHUB_REF", "refs/heads/main")
+        .env("GITHUB_TOKEN", &job_token)
+        .env("ACTIONS_RUNTIME_TOKEN", &job_token)
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", &job_token)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Another user, no CI.
@@ -62,39 +68,43 @@ fn callers_are_recorded_with_uid_executable_cgroup_and_ci_job() {
     let _ = std::fs::remove_file(&ca);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let list: Vec<Value> = eventually("both sessions", Duration::from_secs(10), || {
+    let list: Vec<Value> = eventually("the three sessions", Duration::from_secs(10), || {
         let l: Vec<Value> =
             s.gw.ghgate_ok(&["sessions", "list", "--json"])
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
-        (l.len() >= 2).then_some(l)
+        (l.len() >= 3).then_some(l)
     });
-    let by_uid = |uid: u64| {
-        let r = list
-            .iter()
-            .find(|r| r["uid"] == uid)
-            .unwrap_or_else(|| panic!("no session of uid {uid}: {list:?}"));
-        s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()])
-    };
-    let ci = by_uid(0);
-    for fact in [
-        "GITHUB_REPOSITORY=octo/app",
-        "GITHUB_RUN_ID=9001",
-        "GITHUB_RUN_ATTEMPT=2",
-        "GITHUB_WORKFLOW=release",
-        "GITHUB_JOB=publish",
-        "GITHUB_ACTOR=mona",
-        "GITHUB_REF=refs/heads/main",
-    ] {
-        assert!(ci.contains(fact), "{fact} missing:\n{ci}");
+    let shown = |r: &Value| s.gw.ghgate_ok(&["sessions", "show", r["id"].as_str().unwrap()]);
+    let by_uid = |uid: u64| -> Vec<String> { list.iter().filter(|r| r["uid"] == uid).map(shown).collect() };
+    let steps = by_uid(0);
+    assert_eq!(steps.len(), 2, "both curls of the step: {list:?}");
+    for ci in &steps {
+        for fact in [
+            "GITHUB_REPOSITORY=octo/app",
+            "GITHUB_RUN_ID=9001",
+            "GITHUB_RUN_ATTEMPT=2",
+            "GITHUB_WORKFLOW=release",
+            "GITHUB_JOB=publish",
+            "GITHUB_ACTOR=mona",
+            "GITHUB_REF=refs/heads/main",
+        ] {
+            assert!(ci.contains(fact), "{fact} missing:\n{ci}");
+        }
+        for made_up in ["octo/other", "deploy", "refs/heads/prod"] {
+            assert!(
+                !ci.contains(made_up),
+                "the step's own claim {made_up} was taken:\n{ci}"
+            );
+        }
+        assert!(
+            ci.contains("/usr/bin/curl") && ci.contains("root (uid 0)"),
+            "{ci}"
+        );
+        assert!(ci.contains(&s.cg.name), "the caller's cgroup is recorded:\n{ci}");
     }
-    assert!(
-        ci.contains("/usr/bin/curl") && ci.contains("root (uid 0)"),
-        "{ci}"
-    );
-    assert!(ci.contains(&s.cg.name), "the caller's cgroup is recorded:\n{ci}");
-    let nobody = by_uid(65534);
+    let nobody = by_uid(65534).remove(0);
     assert!(
         nobody.contains("uid 65534") && !nobody.contains("GITHUB_"),
         "{nobody}"

@@ -12,7 +12,7 @@ use std::{
 };
 
 use ghgate_e2e::{
-    Gateway, GatewaySpec, TestCgroup, bin, eventually,
+    Gateway, GatewaySpec, RunnerWorker, TestCgroup, bin, eventually,
     fixtures::SmallDisk,
     loopback_v4, privileged,
     servers::{Kind, Server},
@@ -144,37 +144,57 @@ fn a_container_scope_is_attached_as_it_appears_and_released_when_it_goes() {
     });
 }
 
-/// A job's process in the governed runner cgroup, with the job's environment (as the runner's
-/// worker gives a step); killed on drop.
-struct Job(std::process::Child);
+/// A job's step in the governed runner cgroup: a runner's worker starts it with the job's
+/// environment (as a runner gives a step); killed on drop.
+struct Job {
+    _worker: RunnerWorker,
+    process: std::process::Child,
+    step: u32,
+}
 
 impl Job {
     fn start(governed: &Path, run_id: &str) -> Self {
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg("echo $$ > \"$0/cgroup.procs\" && exec sleep 120")
+        let worker = RunnerWorker::default();
+        let process = worker
+            .sh(None)
+            .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec sleep 120"])
             .arg(governed)
             .env("GITHUB_REPOSITORY", "octo/app")
             .env("GITHUB_RUN_ID", run_id)
             .env("GITHUB_JOB", "build")
             .spawn()
             .unwrap();
-        let pid = child.id().to_string();
-        eventually("the job in its cgroup", Duration::from_secs(5), || {
-            fs::read_to_string(governed.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l == pid)
-                .then_some(())
-        });
-        Self(child)
+        let step = in_cgroup_from(governed, process.id());
+        Self {
+            _worker: worker,
+            process,
+            step,
+        }
     }
+}
+
+/// The pid of the child of `parent` that has moved itself into the cgroup `dir`, once it has.
+fn in_cgroup_from(dir: &Path, parent: u32) -> u32 {
+    eventually("the process in its cgroup", Duration::from_secs(5), || {
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse::<u32>().ok())
+            .find(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, after)| after.split_whitespace().nth(1)?.parse::<u32>().ok())
+                        == Some(parent)
+                })
+            })
+    })
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = Command::new("kill").arg(self.step.to_string()).status();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
 }
 
@@ -228,8 +248,35 @@ fn a_container_connection_is_attributed_to_the_one_job_running() {
     ] {
         assert!(shown.contains(fact), "{fact}:\n{shown}");
     }
-    let environ = fs::read(format!("/proc/{}/environ", job.0.id())).unwrap();
-    assert!(!environ.is_empty(), "the job's process has its environment");
+    let environ = fs::read(format!("/proc/{}/environ", job.step)).unwrap();
+    assert!(!environ.is_empty(), "the job's step has its environment");
+
+    // A process in the runner's cgroup that names a job of its own, not started by a worker:
+    // no second job (which would stop the attribution), and not the job attributed.
+    let mut rogue = Command::new("sh")
+        .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec sleep 120"])
+        .arg(&governed)
+        .env("GITHUB_REPOSITORY", "evil/other")
+        .env("GITHUB_RUN_ID", "666")
+        .spawn()
+        .unwrap();
+    let rogue_pid = rogue.id();
+    eventually("the rogue in the runner's cgroup", Duration::from_secs(5), || {
+        fs::read_to_string(governed.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == rogue_pid.to_string())
+            .then_some(())
+    });
+    let r = connect();
+    let shown = session_of(&gw, &r["pid"]);
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+    assert!(
+        shown.contains("GITHUB_RUN_ID=777") && shown.contains("the one job running in"),
+        "{shown}"
+    );
+    assert!(!shown.contains("666") && !shown.contains("evil/other"), "{shown}");
 
     // Two jobs at once (two runners on the host): nobody's, said so, never a guess.
     let second = Job::start(&governed, "778");

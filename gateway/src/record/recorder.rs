@@ -1936,7 +1936,10 @@ mod tests {
         };
         began();
         told.send(false).unwrap();
-        let refused = ack.blocking_recv().unwrap().expect_err("acknowledged though not durable");
+        let refused = ack
+            .blocking_recv()
+            .unwrap()
+            .expect_err("acknowledged though not durable");
         assert!(
             refused.to_string().contains("cannot sync record segment"),
             "{refused}"
