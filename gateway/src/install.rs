@@ -264,6 +264,11 @@ pub fn unit(binary: &str, config: &str, before: &[String]) -> String {
     let _ = writeln!(s, "TimeoutStopSec=30s");
     let _ = writeln!(
         s,
+        "# One open file per intercepted connection: the gateway raises its soft limit to this."
+    );
+    let _ = writeln!(s, "LimitNOFILE=524288");
+    let _ = writeln!(
+        s,
         "# CAP_BPF, CAP_PERFMON: load the programs and maps. CAP_NET_ADMIN: attach them to cgroups, mark"
     );
     let _ = writeln!(

@@ -229,6 +229,9 @@ pub struct GatewaySpec {
     pub shards: Option<usize>,
     /// `[listen] drain_secs`: None leaves the default.
     pub drain_secs: Option<u64>,
+    /// The open files limit (soft, hard) the gateway is started with (`prlimit`); None: the
+    /// test's own.
+    pub open_files: Option<(u64, u64)>,
 }
 
 /// The `[github]` table: GitHub's published address ranges, mediated as a whole (every TCP port
@@ -338,6 +341,7 @@ impl Default for GatewaySpec {
             governed_child: None,
             shards: None,
             drain_secs: None,
+            open_files: None,
         }
     }
 }
@@ -353,6 +357,7 @@ pub struct Gateway {
     child: Option<Child>,
     /// Cgroup the gateway process itself is started in (None: the test's own).
     run_in: Option<PathBuf>,
+    open_files: Option<(u64, u64)>,
     _dir: tempfile::TempDir,
 }
 
@@ -439,6 +444,7 @@ impl Gateway {
             listen_port,
             child: None,
             run_in,
+            open_files: spec.open_files,
             _dir: dir,
         };
         gw.spawn();
@@ -452,15 +458,30 @@ impl Gateway {
             .append(true)
             .open(&self.log)
             .expect("log file");
+        // The program and arguments that become the gateway: `prlimit … -- ghgate` execs it,
+        // with the limit set.
+        let mut gateway: Vec<std::ffi::OsString> = Vec::new();
+        if let Some((soft, hard)) = self.open_files {
+            gateway.extend([
+                "prlimit".into(),
+                format!("--nofile={soft}:{hard}").into(),
+                "--".into(),
+            ]);
+        }
+        gateway.push(bin("ghgate").into());
         let mut cmd = match &self.run_in {
-            None => Command::new(bin("ghgate")),
+            None => {
+                let mut c = Command::new(&gateway[0]);
+                c.args(&gateway[1..]);
+                c
+            }
             Some(cg) => {
                 // Enter the cgroup first, then become the gateway.
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
                     .arg(cg)
-                    .arg(bin("ghgate"));
+                    .args(&gateway);
                 c
             }
         };

@@ -430,3 +430,64 @@ fn http2_streams_beyond_the_limit_wait_and_an_idle_connection_is_closed() {
             .any(|l| l["message"] == "idle client connection closed")
     });
 }
+
+/// Started as a systemd service starts by default (a soft limit of open files far below the
+/// hard one; here 256 of 8,192), the gateway raises its own limit to the hard one: 400 clients
+/// holding a connection each are all served (their TLS handshakes complete), and one more
+/// request gets through after. Left at 256, the gateway handshook 199 and the rest waited.
+#[test]
+fn many_held_connections_do_not_run_the_gateway_out_of_open_files() {
+    if !privileged() {
+        return;
+    }
+    let s = TlsGateway::start_tweaked(
+        &["api.github.com"],
+        true,
+        None,
+        None,
+        &|_| String::new(),
+        &|spec| {
+            spec.open_files = Some((256, 8192));
+        },
+    );
+    let pid = s.gw.pid().expect("the gateway's pid");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open files limit")
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3..5], ["8192", "8192"], "{limits}");
+    let raised =
+        s.gw.logs()
+            .into_iter()
+            .find(|l| l["message"] == "raised the open files limit to the hard limit")
+            .expect("the raise is logged");
+    assert_eq!(
+        (raised["from"].as_u64(), raised["to"].as_u64()),
+        (Some(256), Some(8192))
+    );
+
+    let held = s.python(
+        r#"
+import socket, ssl, sys
+host, port, ca, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+held, failed = [], 0
+for _ in range(n):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        held.append(ctx.wrap_socket(s, server_hostname="api.github.com"))
+    except (OSError, ssl.SSLError):
+        failed += 1
+        if failed >= 3:
+            break
+print(len(held))
+"#,
+        &["400"],
+    );
+    assert_eq!(held, "400", "connections handshaken while the others were held");
+    assert_eq!(s.codes(&[], "/after").trim(), "200");
+}

@@ -36,11 +36,44 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     super::init_logging(config.log.format);
+    raise_open_files_limit();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     gather_logs(&mut runtime);
     runtime.build()?.block_on(serve(config))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Below this many open files the gateway warns: each intercepted connection holds one (and
+/// one more while its upstream connection is dialled or pooled).
+const FEW_OPEN_FILES: u64 = 8192;
+
+/// Raises the soft limit on open files to the hard limit, as servers that hold many sockets do:
+/// a systemd service starts at 1,024 (of 524,288 allowed), which a runner's parallel clients, or
+/// one process opening connections in a loop, would exhaust; every connection after that
+/// waits in the listen queue until one closes.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(
+                from = soft,
+                to = hard,
+                "raised the open files limit to the hard limit"
+            ),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        }
+    }
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+    if now < FEW_OPEN_FILES {
+        warn!(
+            open_files = now,
+            "the gateway may open only this many files, one per intercepted connection: raise LimitNOFILE (systemd) or the hard limit"
+        );
+    }
 }
 
 /// Worker threads (the main runtime's and the shards') write their log lines in bursts, when
