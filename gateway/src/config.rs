@@ -426,6 +426,14 @@ pub struct HttpConfig {
     /// (HTTP/2: GOAWAY, streams in flight finish; HTTP/1.1: after the response in flight).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
+    /// Connections one process may hold through the gateway at once; more are closed at once
+    /// (logged), so that one process cannot take every open file and byte the gateway has.
+    #[serde(default = "default_max_connections_per_process")]
+    pub max_connections_per_process: u32,
+}
+
+fn default_max_connections_per_process() -> u32 {
+    4096
 }
 
 fn default_idle_timeout() -> u64 {
@@ -440,6 +448,7 @@ impl Default for HttpConfig {
             max_requests_per_second: default_max_rps(),
             max_concurrent_streams: default_max_streams(),
             idle_timeout_secs: default_idle_timeout(),
+            max_connections_per_process: default_max_connections_per_process(),
         }
     }
 }
@@ -1186,6 +1195,10 @@ impl Config {
             ("http.max_requests_per_second", h.max_requests_per_second == 0),
             ("http.max_concurrent_streams", h.max_concurrent_streams == 0),
             ("http.idle_timeout_secs", h.idle_timeout_secs == 0),
+            (
+                "http.max_connections_per_process",
+                h.max_connections_per_process == 0,
+            ),
         ] {
             if zero {
                 return Err(invalid(key.into(), "must be at least 1".into()));

@@ -53,6 +53,8 @@ pub struct Proxy<P> {
     pub settings: Settings,
     /// The TLS server configurations made so far, per name and ALPN list.
     pub configs: ServerConfigs,
+    /// The connections each process holds, capped.
+    pub per_process: Arc<crate::listen::per_process::PerProcess>,
 }
 
 /// TLS server configurations per (name, ALPN protocols), made once and shared by the connections
@@ -160,6 +162,10 @@ type Terminated = (
 
 impl<P: Phases> Proxy<P> {
     async fn run(&self, conn: Accepted) {
+        // Held for the connection's life; over the cap, the connection is closed unread.
+        let Some(_slot) = self.per_process.enter(conn.caller.tgid, &conn.caller.comm) else {
+            return;
+        };
         // A connection's future is as large as its largest state for as long as it lives, and
         // the set-up's (peek, upstream, handshake) is over twice serving's: 11,872 bytes against
         // 4,640 (release build). Boxed, the set-up is freed before serving starts.

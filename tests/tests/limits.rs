@@ -491,3 +491,61 @@ print(len(held))
     assert_eq!(held, "400", "connections handshaken while the others were held");
     assert_eq!(s.codes(&[], "/after").trim(), "200");
 }
+
+/// One process holding as many connections as `[http] max_connections_per_process` allows gets
+/// its further connections closed at once, logged once; another process is served meanwhile,
+/// and the first is served again once it has closed some.
+#[test]
+fn one_process_cannot_hold_more_connections_than_its_cap() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("max_connections_per_process = 50");
+    let out = s.python(
+        r#"
+import socket, ssl, subprocess, sys, time
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+def connect():
+    s = socket.create_connection((host, port), timeout=5)
+    try:
+        t = ctx.wrap_socket(s, server_hostname="api.github.com")
+        t.sendall(b"GET /held HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
+        if not t.recv(64).startswith(b"HTTP/1.1 200"):
+            raise OSError("no answer")
+        return t
+    except (OSError, ssl.SSLError):
+        s.close()
+        return None
+held, refused = [], 0
+for _ in range(60):
+    t = connect()
+    if t: held.append(t)
+    else: refused += 1
+other = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
+    "--resolve", f"api.github.com:{port}:{host}", f"https://api.github.com:{port}/other"],
+    capture_output=True, text=True).stdout
+for t in held[:10]: t.close()
+time.sleep(0.5)
+again = connect() is not None
+print(len(held), refused, other, again)
+"#,
+        &[],
+    );
+    assert_eq!(
+        out, "50 10 200 True",
+        "held, refused, another process's status, served again"
+    );
+    let logged: Vec<_> =
+        s.gw.logs()
+            .into_iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("max_connections_per_process"))
+            })
+            .collect();
+    assert_eq!(logged.len(), 1, "logged once, not per refusal: {logged:?}");
+    assert_eq!(logged[0]["held"], 50);
+}

@@ -6,6 +6,7 @@
 //! directly) is closed here: it has no destination, and must never be forwarded anywhere.
 pub mod addrs;
 pub mod drain;
+pub mod per_process;
 pub mod shards;
 
 use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
