@@ -23,6 +23,7 @@ pub mod install;
 pub mod keyfile;
 pub mod listen;
 pub mod mask;
+pub mod notify;
 pub mod outbound;
 pub mod pipeline;
 pub mod policy;

@@ -262,7 +262,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         pid = std::process::id(),
         "gateway ready"
     );
-    notify_ready();
+    crate::notify::ready();
 
     if let Some(scopes) = scopes {
         tokio::spawn(scopes.run_forever());
@@ -402,54 +402,5 @@ async fn write_metrics_forever(path: std::path::PathBuf, live: Arc<LiveSet>) {
     loop {
         tick.tick().await;
         write_metrics(&path, &live);
-    }
-}
-
-/// Tells systemd the gateway is ready (`Type=notify`), so that units ordered after it (the
-/// runners) start only once the programs are attached and the listeners bound: with
-/// `Type=simple` they would start as soon as the process is forked, before anything is enforced.
-/// Nothing is sent when not started by systemd (no `NOTIFY_SOCKET`).
-fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    if let Err(e) = send_notify(&path, b"READY=1") {
-        warn!(error = %e, "cannot tell systemd the gateway is ready");
-    }
-}
-
-fn send_notify(path: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
-    use std::os::{linux::net::SocketAddrExt as _, unix::ffi::OsStrExt as _};
-    let socket = std::os::unix::net::UnixDatagram::unbound()?;
-    let bytes = path.as_bytes();
-    // A leading `@` names a socket in the abstract namespace.
-    let addr = match bytes.strip_prefix(b"@") {
-        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
-        None => std::os::unix::net::SocketAddr::from_pathname(path)?,
-    };
-    socket.send_to_addr(message, &addr)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod notify_tests {
-    /// The message reaches a socket bound where `NOTIFY_SOCKET` says, path or abstract name.
-    #[test]
-    fn ready_reaches_the_notify_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        super::send_notify(path.as_os_str(), b"READY=1").unwrap();
-        let mut buf = [0u8; 16];
-        let n = listener.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
-
-        use std::os::linux::net::SocketAddrExt as _;
-        let name = format!("ghgate-notify-test-{}", std::process::id());
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let abstract_listener = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
-        super::send_notify(std::ffi::OsStr::new(&format!("@{name}")), b"READY=1").unwrap();
-        let n = abstract_listener.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
     }
 }

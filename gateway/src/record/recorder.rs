@@ -232,9 +232,13 @@ impl Recorder {
         let mut index = Index::open(&index_path(&dir))
             .with_context(|| format!("cannot open the record index in {}", dir.display()))?;
         let began = std::time::Instant::now();
+        // Rebuilding after an upgrade reads the whole store (about 25 s per ten million
+        // records): longer than systemd gives a start by default.
+        let extending = crate::notify::Extending::start("indexing the record store");
         let caught_up = index
             .catch_up(&dir)
             .context("cannot bring the record index up to date with the store")?;
+        drop(extending);
         if let Some(version) = index.upgraded_from() {
             info!(
                 records = caught_up,
