@@ -37,8 +37,9 @@ pub const ALLOWED: &[&str] = &[
 /// started with the job's environment.
 pub const WORKER: &str = "Runner.Worker";
 
-/// How many ancestors are looked at before giving up: a process deeper than this from init gets
-/// no facts (its outermost worker cannot be told).
+/// How many processes one walk reads before giving up: then the outermost worker above them
+/// cannot be told, and the caller gets no facts. (A walk stops earlier at an ancestor whose
+/// answer is remembered, which was itself found from init.)
 const MAX_ANCESTORS: usize = 64;
 
 /// The allowed variables of `environ` (NUL-separated `NAME=value`), in [`ALLOWED`] order.
@@ -97,8 +98,9 @@ fn is_worker(pid: u32) -> bool {
 /// Never the caller's own environment, nor any other descendant's: a step's code can run
 /// anything with any environment (`GITHUB_WORKFLOW=release git push`), or start a worker of its
 /// own to run children with a made-up job, and must not be able to pass for another job. The
-/// outermost worker is the runner's: one a step starts is below it. A process more than
-/// [`MAX_ANCESTORS`] from init gets nothing. What remains trusted is the step process's
+/// outermost worker is the runner's: one a step starts is below it. A walk that reads
+/// [`MAX_ANCESTORS`] processes without reaching init (or an ancestor's remembered answer) gives
+/// nothing. What remains trusted is the step process's
 /// environment as the runner set it at exec; code running inside that very process (a shell
 /// builtin loaded into the step's shell) could rewrite it in place, so grants that must hold
 /// against the job's own code belong on OIDC claims, which GitHub signs.
