@@ -371,6 +371,7 @@ fn doctor_passes_on_a_healthy_host() {
     for name in [
         "programs",
         "listener",
+        "open files",
         "github ranges",
         "names",
         "store",
@@ -386,6 +387,7 @@ fn doctor_passes_on_a_healthy_host() {
         "{out}"
     );
     assert!(check(&out, "programs").1.contains(&cg.name), "{out}");
+    assert!(check(&out, "open files").1.contains(" open (pid "), "{out}");
     for name in CA_CLIENTS {
         let (status, detail) = check(&out, name);
         assert_eq!(status, "ok", "{name}: {detail}\n{out}");
@@ -461,6 +463,34 @@ fn doctor_fails_when_the_clients_do_not_trust_the_ca() {
         .filter(|l| l["message"] == "self-test failed (does the client trust ghgate's CA?)")
         .count();
     assert!(failed >= 1, "{}", gw.log_text());
+}
+
+/// A gateway whose hard limit of open files is low (512 here: it raises its soft limit to that
+/// and no further) warns at start, and doctor fails the check naming the limit.
+#[test]
+fn doctor_fails_when_the_gateway_may_open_too_few_files() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let gw = Gateway::start(
+        &cg,
+        &GatewaySpec {
+            open_files: Some((256, 512)),
+            ..named_spec()
+        },
+    );
+    let warned = gw
+        .logs()
+        .into_iter()
+        .find(|l| l["open_files"] == 512)
+        .unwrap_or_else(|| panic!("no warning of the low limit:\n{}", gw.log_text()));
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    let (code, out) = doctor_as_a_job(&gw, "1M");
+    assert_eq!(code, 1, "{out}");
+    let (status, detail) = check(&out, "open files");
+    assert_eq!(status, "FAIL", "{out}");
+    assert!(detail.contains("may open only 512 files"), "{detail}");
 }
 
 #[test]

@@ -93,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     checks.extend(programs(&config, &pins));
     let state = watch::load(&config.state_dir);
     checks.push(listener(&config, state.as_ref()));
+    checks.push(open_files(state.as_ref()));
     let metrics = fs::read_to_string(config.state_dir.join(super::run::METRICS_FILE))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
@@ -239,6 +240,50 @@ fn listener(config: &Config, state: Option<&watch::State>) -> Check {
                 "{} is held by another process than the gateway (pid {})",
                 config.listen.ipv4, s.pid
             ),
+        ),
+    }
+}
+
+/// Below this limit of open files the gateway's is too low: one per intercepted connection.
+const MIN_OPEN_FILES: u64 = 8192;
+
+/// The running gateway's open files against its limit (one per intercepted connection): a low
+/// limit, or one nearly reached, leaves new connections waiting in the listen queue.
+fn open_files(state: Option<&watch::State>) -> Check {
+    const NAME: &str = "open files";
+    let Some(s) = state.filter(|s| s.stopped_at.is_none()) else {
+        return Check {
+            name: NAME,
+            status: Status::Skip,
+            detail: "no gateway is running".into(),
+        };
+    };
+    let limit = fs::read_to_string(format!("/proc/{}/limits", s.pid))
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("Max open files"))?.to_owned();
+            line.split_whitespace().nth(3)?.parse::<u64>().ok()
+        });
+    let open = fs::read_dir(format!("/proc/{}/fd", s.pid)).map(|d| d.count() as u64);
+    match (open, limit) {
+        (Ok(open), Some(limit)) if limit < MIN_OPEN_FILES => fail(
+            NAME,
+            format!(
+                "the gateway (pid {}) may open only {limit} files, one per intercepted connection ({open} open): raise the hard limit (LimitNOFILE) to {MIN_OPEN_FILES} or more",
+                s.pid
+            ),
+        ),
+        (Ok(open), Some(limit)) if open.saturating_mul(10) >= limit.saturating_mul(9) => fail(
+            NAME,
+            format!(
+                "the gateway (pid {}) has {open} of its {limit} files open: new connections will wait",
+                s.pid
+            ),
+        ),
+        (Ok(open), Some(limit)) => ok(NAME, format!("{open} of {limit} open (pid {})", s.pid)),
+        _ => fail(
+            NAME,
+            format!("cannot read the gateway's (pid {}) limits and open files", s.pid),
         ),
     }
 }
