@@ -1,7 +1,11 @@
 //! False positives of the built-in mask rules on real code: the masker runs over the Rust sources
-//! of the local cargo registry (up to 60 MB, spread over every crate there), prints what each rule
-//! found, and holds the rules to a budget. Needs no root; the registry is where cargo fetched this
-//! workspace's dependencies, so it is there wherever this test was built.
+//! of this workspace's dependencies (the crates `Cargo.lock` names, as the local cargo registry
+//! holds them; up to 60 MB, spread over every crate), prints what each rule found, and holds the
+//! rules to a budget. Needs no root; the registry is where cargo fetched those dependencies, so
+//! they are there wherever this test was built. Only the locked crates count: what else the
+//! registry holds (the tools `cargo install` fetched, at whatever versions were newest then)
+//! differs from one machine to the next, and once moved another crate's test vectors into the
+//! sample.
 //!
 //! Only rule names, file names and offsets are printed: never the bytes a rule matched.
 use std::{
@@ -26,6 +30,32 @@ fn registry_src() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
     let src = home.join("registry").join("src");
     src.is_dir().then_some(src)
+}
+
+/// The registry crates `Cargo.lock` locks, as their directories are named (`name-version`).
+fn locked_crates() -> std::collections::BTreeSet<String> {
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+    let text = std::fs::read_to_string(&lock).expect("the workspace's Cargo.lock");
+    let mut crates = std::collections::BTreeSet::new();
+    for package in text.split("[[package]]") {
+        let field = |name: &str| {
+            package.lines().find_map(|l| {
+                l.strip_prefix(name)?
+                    .trim_start()
+                    .strip_prefix('=')?
+                    .trim()
+                    .strip_prefix('"')?
+                    .strip_suffix('"')
+                    .map(str::to_owned)
+            })
+        };
+        if let (Some(name), Some(version), Some(source)) = (field("name"), field("version"), field("source"))
+            && source.starts_with("registry+")
+        {
+            crates.insert(format!("{name}-{version}"));
+        }
+    }
+    crates
 }
 
 /// Every `*.rs` file under `dir` (symbolic links are not followed).
@@ -60,8 +90,17 @@ fn builtin_rules_on_registry_sources() {
         eprintln!("skipping: no cargo registry at $CARGO_HOME/registry/src or ~/.cargo/registry/src");
         return;
     };
+    let locked = locked_crates();
+    assert!(!locked.is_empty(), "no registry crate in Cargo.lock");
     let mut files = Vec::new();
-    rust_files(&src, &mut files);
+    // `src/<index>/<name-version>/…`: the locked crates' directories only.
+    for index in std::fs::read_dir(&src).into_iter().flatten().flatten() {
+        for krate in std::fs::read_dir(index.path()).into_iter().flatten().flatten() {
+            if locked.contains(krate.file_name().to_string_lossy().as_ref()) {
+                rust_files(&krate.path(), &mut files);
+            }
+        }
+    }
     // A fixed order that is not alphabetical, so the cap takes files from every crate rather
     // than all of the first few.
     let mut files: Vec<(u32, String, PathBuf)> = files

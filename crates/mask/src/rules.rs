@@ -23,6 +23,10 @@ pub enum Validator {
     Generic,
     /// The password of a URL: not a placeholder (`user:password@`, `user:pass@`).
     UrlPassword,
+    /// An AWS access key id other than the examples AWS documents (`AKIAIOSFODNN7EXAMPLE`),
+    /// which docs and SDK tests quote everywhere. A real id ends in `EXAMPLE` with odds of one
+    /// in 32⁷.
+    AwsKeyId,
 }
 
 /// How far a match may extend past what its regex matched.
@@ -171,7 +175,7 @@ impl Rules {
                 "aws-access-key-id",
                 &["AKIA", "ASIA", "ABIA", "ACCA", "A3T"],
                 concat!(b!(), r"(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16}", b!()),
-                None,
+                AwsKeyId,
             ),
             Rule {
                 min_entropy: 3.5,
@@ -624,6 +628,7 @@ impl Validator {
             Validator::SasSignature => sas_signature_ok(secret),
             Validator::Generic => generic_ok(secret),
             Validator::UrlPassword => url_password_ok(secret),
+            Validator::AwsKeyId => !secret.ends_with(b"EXAMPLE"),
         }
     }
 }
