@@ -92,7 +92,11 @@ fn callers_are_recorded_with_uid_executable_cgroup_and_ci_job() {
         ] {
             assert!(ci.contains(fact), "{fact} missing:\n{ci}");
         }
-        for made_up in ["octo/other", "deploy", "refs/heads/prod"] {
+        for made_up in [
+            "GITHUB_REPOSITORY=octo/other",
+            "GITHUB_WORKFLOW=deploy",
+            "GITHUB_REF=refs/heads/prod",
+        ] {
             assert!(
                 !ci.contains(made_up),
                 "the step's own claim {made_up} was taken:\n{ci}"

@@ -276,7 +276,10 @@ fn a_container_connection_is_attributed_to_the_one_job_running() {
         shown.contains("GITHUB_RUN_ID=777") && shown.contains("the one job running in"),
         "{shown}"
     );
-    assert!(!shown.contains("666") && !shown.contains("evil/other"), "{shown}");
+    assert!(
+        !shown.contains("GITHUB_RUN_ID=666") && !shown.contains("evil/other"),
+        "{shown}"
+    );
 
     // Two jobs at once (two runners on the host): nobody's, said so, never a guess.
     let second = Job::start(&governed, "778");
