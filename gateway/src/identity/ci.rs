@@ -95,15 +95,15 @@ fn is_worker(pid: u32) -> bool {
 /// read from the environment of that step's process (the child of the outermost
 /// [`WORKER`] among its ancestors). Empty outside a job.
 ///
-/// Never the caller's own environment, nor any other descendant's: a step's code can run
-/// anything with any environment (`GITHUB_WORKFLOW=release git push`), or start a worker of its
-/// own to run children with a made-up job, and must not be able to pass for another job. The
+/// Never the caller's own environment, nor any other descendant's: what a step runs can have
+/// any environment (`GITHUB_WORKFLOW=release git push`), or start a worker of its own to run
+/// children with a made-up job, and must not pass for another job by it. The
 /// outermost worker is the runner's: one a step starts is below it. A walk that reads
 /// [`MAX_ANCESTORS`] processes without reaching init (or an ancestor's remembered answer) gives
-/// nothing. What remains trusted is the step process's
-/// environment as the runner set it at exec; code running inside that very process (a shell
-/// builtin loaded into the step's shell) could rewrite it in place, so grants that must hold
-/// against the job's own code belong on OIDC claims, which GitHub signs.
+/// nothing. The step's own process remains trusted, and the step controls it: a script that
+/// replaces itself (`exec env GITHUB_WORKFLOW=release …`) or rewrites its environment in place
+/// chooses what its descendants get. Grants that must hold against the job's own code belong
+/// on OIDC claims, which GitHub signs.
 ///
 /// A process is known by its pid and start time, so a reused pid is never given another
 /// process's answer; an answer is reused for [`WALK_TTL`].

@@ -663,17 +663,7 @@ impl Store {
     /// Makes everything appended so far durable (fdatasync, and the directory after a new
     /// segment was created).
     pub fn sync(&mut self) -> Result<()> {
-        if let Some(active) = &self.active {
-            active
-                .file
-                .sync_data()
-                .map_err(|e| Error::io("sync record segment", &active.path, e))?;
-        }
-        if self.dir_dirty {
-            sync_dir(&self.dir.join("segments"))?;
-            self.dir_dirty = false;
-        }
-        Ok(())
+        self.sync_later()?.map_or(Ok(()), PendingSync::sync)
     }
 
     /// Orderly shutdown: seals the active segment and makes everything durable.
