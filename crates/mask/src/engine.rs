@@ -2,9 +2,11 @@
 //!
 //! A keyword prefilter (aho-corasick, ASCII case-insensitive) finds the only places where a
 //! secret can begin: every rule's match begins with one of its keywords. At such a place, a lazy
-//! DFA of all rules, anchored there, says whether a match begins there and — the point of using
+//! DFA of the rules, anchored there, says whether a match begins there and — the point of using
 //! it — whether the bytes seen so far *decide* that: once the DFA is dead (or the stream has
-//! ended) no later byte can change the answer. Only then does the meta regex run, anchored, for
+//! ended) no later byte can change the answer. (A rule whose bounded repetitions would make the
+//! shared DFA large gets a DFA of its own, run only where one of its keywords begins: see
+//! [`Group`].) Only then does the meta regex run, anchored, for
 //! the rule and its `secret` group. Bytes before an undecided place are released; the place and
 //! what follows are held until more bytes (or the end) decide it. So the output never depends on
 //! how the stream was chunked, and what is held is bounded by the longest possible secret.
@@ -143,15 +145,79 @@ pub(crate) struct Compiled {
     /// For each byte, the keywords of `keyword_list` that can begin with it (in either case).
     keyword_first: Box<[Vec<usize>; 256]>,
     regex: Option<meta::Regex>,
-    dfa: Option<hybrid::dfa::DFA>,
+    /// The lazy DFAs: the first is every rule's that is small enough to share one.
+    groups: Vec<Group>,
     /// Scratch of streams that have ended, for the next ones: a fresh DFA cache costs more to
     /// set up (zeroed sparse sets, the start states) than masking a URL or a log field does.
-    spare: Mutex<Vec<Scratch>>,
+    spare: Mutex<Spare>,
 }
 
-/// The most spare scratches kept (about one per stream masked at once; each holds a DFA cache
-/// of at most the configured capacity, most far less).
-const MAX_SPARE: usize = 16;
+/// A lazy DFA over some of the rules.
+///
+/// A DFA cache's sparse sets are sized by the DFA's NFA, and every fresh cache zeroes them.
+/// Bounded repetitions make NFA states: the `jwt` rule's `{8,4000}…{8,8000}` alone compiles to
+/// about 26,000 states, against about 6,000 for all the ordinary rules together. So a rule over
+/// [`OWN_DFA_POSITIONS`] gets a DFA (and, in each stream's scratch, a cache) of its own, which
+/// is only started where one of its keywords begins; the ordinary rules share the first DFA.
+///
+/// The DFAs decide together what the one DFA of every rule would: a match begins at a place if
+/// one of them matches there, and the bytes decide it once every DFA started there is dead.
+/// Which rule matched is still the meta regex's to say, in rule order.
+struct Group {
+    dfa: hybrid::dfa::DFA,
+    /// The keywords, lowercased, one of which begins every match of the group's rules; `None`
+    /// for the shared group, which is started at every keyword.
+    gate: Option<Vec<Vec<u8>>>,
+}
+
+impl Group {
+    /// Whether a match of this group's rules may begin at the start of `rest`.
+    fn may_begin(&self, rest: &[u8]) -> bool {
+        let Some(keywords) = &self.gate else {
+            return true;
+        };
+        keywords.iter().any(|k| {
+            let n = k.len().min(rest.len());
+            // Cut by the end of what has arrived: more bytes will tell.
+            rest[..n].eq_ignore_ascii_case(&k[..n])
+        })
+    }
+}
+
+/// A rule whose regex spans more positions than this (a bounded repetition counts its body
+/// that many times) gets a DFA of its own.
+const OWN_DFA_POSITIONS: u64 = 2048;
+
+/// About how many NFA states a regex compiles to: its literal bytes and classes, a bounded
+/// repetition's body counted as many times as it may repeat.
+fn positions(hir: &regex_syntax::hir::Hir) -> u64 {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) => 1,
+        HirKind::Literal(l) => l.0.len() as u64,
+        HirKind::Repetition(r) => positions(&r.sub).saturating_mul(u64::from(r.max.unwrap_or(r.min).max(1))),
+        HirKind::Capture(c) => positions(&c.sub),
+        HirKind::Concat(v) | HirKind::Alternation(v) => v.iter().map(positions).fold(0, u64::saturating_add),
+    }
+}
+
+/// Scratches kept for the next streams, and what their DFA caches hold.
+struct Spare {
+    scratches: Vec<Scratch>,
+    bytes: usize,
+    /// [`MAX_SPARE_BYTES`] (tests lower it).
+    max_bytes: usize,
+}
+
+/// The most spare scratches kept: about one per stream masked at once. Past it, every further
+/// stream builds its DFA caches again, which costs ten times what masking a small body does
+/// (`ghgate-bench mask`, case (d)).
+const MAX_SPARE: usize = 128;
+/// The most memory the spare scratches' DFA caches may hold together. A cache of the shared
+/// DFA holds about 110 KiB after ordinary use (most of it the sparse sets, 16 bytes per NFA
+/// state); one that a long scan grew may hold up to the
+/// configured capacity, and is dropped rather than kept past this.
+const MAX_SPARE_BYTES: usize = 16 << 20;
 
 /// For each byte, the indices of the (lowercase) `keywords` that begin with it in either case.
 fn index_by_first(keywords: &[Vec<u8>]) -> Box<[Vec<usize>; 256]> {
@@ -183,8 +249,8 @@ impl Compiled {
             .flat_map(|r| r.keywords.iter().map(String::as_str))
             .collect();
         let max_keyword = keywords.iter().map(|k| k.len()).max().unwrap_or(0);
-        let (keywords, regex, dfa) = if patterns.is_empty() {
-            (None, None, None)
+        let (keywords, regex, groups) = if patterns.is_empty() {
+            (None, None, Vec::new())
         } else {
             let ac = Keywords::new(rules)?;
             let regex = meta::Regex::builder()
@@ -194,13 +260,7 @@ impl Compiled {
                 .configure(meta::Config::new().utf8_empty(false).auto_prefilter(false))
                 .build_many(&patterns)
                 .map_err(|e| CompileError::Set(e.to_string()))?;
-            let dfa = hybrid::dfa::Builder::new()
-                .syntax(syntax_config())
-                .thompson(regex_automata::nfa::thompson::Config::new().utf8(false))
-                .configure(hybrid::dfa::Config::new().cache_capacity(8 << 20))
-                .build_many(&patterns)
-                .map_err(|e| CompileError::Set(e.to_string()))?;
-            (Some(ac), Some(regex), Some(dfa))
+            (Some(ac), Some(regex), groups(rules)?)
         };
         let keyword_list: Vec<Vec<u8>> = rules
             .iter()
@@ -221,8 +281,12 @@ impl Compiled {
             keywords,
             max_keyword,
             regex,
-            dfa,
-            spare: Mutex::new(Vec::new()),
+            groups,
+            spare: Mutex::new(Spare {
+                scratches: Vec::new(),
+                bytes: 0,
+                max_bytes: MAX_SPARE_BYTES,
+            }),
         })
     }
 
@@ -232,24 +296,83 @@ impl Compiled {
         self.spare
             .lock()
             .ok()
-            .and_then(|mut s| s.pop())
+            .and_then(|mut s| {
+                let scratch = s.scratches.pop()?;
+                s.bytes -= scratch.bytes;
+                Some(scratch)
+            })
             .unwrap_or_else(Scratch::new)
     }
 
-    /// A stream has ended: its scratch serves the next one.
+    /// A stream has ended: its scratch serves the next one, if the spares have room for it.
     pub(crate) fn give_back(&self, mut scratch: Scratch) {
         // A run belongs to its stream's offsets: never resumed by another.
         scratch.run = None;
+        scratch.bytes = scratch.caches.iter().flatten().map(|c| c.memory_usage()).sum();
         if let Ok(mut s) = self.spare.lock()
-            && s.len() < MAX_SPARE
+            && s.scratches.len() < MAX_SPARE
+            && s.bytes + scratch.bytes <= s.max_bytes
         {
-            s.push(scratch);
+            s.bytes += scratch.bytes;
+            s.scratches.push(scratch);
         }
+    }
+
+    /// The lazy DFAs' NFA sizes, shared group first (for tests).
+    #[cfg(test)]
+    fn nfa_states(&self) -> Vec<usize> {
+        self.groups
+            .iter()
+            .map(|g| g.dfa.get_nfa().states().len())
+            .collect()
     }
 
     pub(crate) fn rule_ids(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| &*r.id)
     }
+}
+
+/// The rules' lazy DFAs: the shared one first, then one per rule too large to share it.
+fn groups(rules: &Rules) -> Result<Vec<Group>, CompileError> {
+    let build = |patterns: &[&str]| {
+        hybrid::dfa::Builder::new()
+            .syntax(syntax_config())
+            .thompson(regex_automata::nfa::thompson::Config::new().utf8(false))
+            .configure(hybrid::dfa::Config::new().cache_capacity(8 << 20))
+            .build_many(patterns)
+            .map_err(|e| CompileError::Set(e.to_string()))
+    };
+    let (mut shared, mut own) = (Vec::new(), Vec::new());
+    for r in rules.iter() {
+        let hir = syntax::parse_with(&r.regex, &syntax_config()).map_err(|e| CompileError::Regex {
+            rule: r.id.clone(),
+            error: e.to_string(),
+        })?;
+        if positions(&hir) > OWN_DFA_POSITIONS {
+            own.push(r);
+        } else {
+            shared.push(r.regex.as_str());
+        }
+    }
+    let mut groups = Vec::with_capacity(1 + own.len());
+    if !shared.is_empty() {
+        groups.push(Group {
+            dfa: build(&shared)?,
+            gate: None,
+        });
+    }
+    for r in own {
+        groups.push(Group {
+            dfa: build(&[r.regex.as_str()])?,
+            gate: Some(
+                r.keywords
+                    .iter()
+                    .map(|k| k.to_ascii_lowercase().into_bytes())
+                    .collect(),
+            ),
+        });
+    }
+    Ok(groups)
 }
 
 /// A rule's own checks: its regex compiles, its id and keywords are usable, and its keywords
@@ -378,30 +501,50 @@ enum Decision {
     Secret(Vec<Hit>),
 }
 
-/// A lazy-DFA run anchored at one place, kept so the next push continues it instead of
+/// Lazy-DFA runs anchored at one place, kept so the next push continues them instead of
 /// starting over.
 struct Run {
     at: u64,
-    sid: LazyStateID,
+    /// Every group's DFA that is not dead yet has been fed the bytes up to here.
     fed_to: u64,
     matched: bool,
+    live: Vec<Live>,
+}
+
+/// A group's DFA still running.
+struct Live {
+    group: usize,
+    sid: LazyStateID,
+    /// Its cache's clear count when `sid` was taken: a cleared cache forgets its states.
     clears: usize,
 }
 
-/// Per-stream scratch: the DFA cache, captures, a resumable run.
+/// Per-stream scratch: a DFA cache per group (built when first needed), captures, a resumable
+/// run.
 pub(crate) struct Scratch {
-    cache: Option<hybrid::dfa::Cache>,
+    caches: Vec<Option<hybrid::dfa::Cache>>,
     caps: Option<Captures>,
     run: Option<Run>,
+    /// What the caches held when the scratch was last given back.
+    bytes: usize,
 }
 
 impl Scratch {
     pub(crate) fn new() -> Scratch {
         Scratch {
-            cache: None,
+            caches: Vec::new(),
             caps: None,
             run: None,
+            bytes: 0,
         }
+    }
+
+    /// The cache of group `g`, built on first use.
+    fn cache(&mut self, g: usize, dfa: &hybrid::dfa::DFA) -> &mut hybrid::dfa::Cache {
+        if self.caches.len() <= g {
+            self.caches.resize_with(g + 1, || None);
+        }
+        self.caches[g].get_or_insert_with(|| dfa.create_cache())
     }
 }
 
@@ -528,56 +671,88 @@ impl Scan<'_> {
     }
 
     fn decide_rules(&mut self, buf: &[u8], t: usize) -> Decision {
-        let (Some(dfa), Some(regex)) = (&self.compiled.dfa, &self.compiled.regex) else {
+        let Some(regex) = &self.compiled.regex else {
             return Decision::NoSecret;
         };
-        let cache = self.scratch.cache.get_or_insert_with(|| dfa.create_cache());
+        let groups = &self.compiled.groups;
         let at = self.base + t as u64;
-        let resumed = self
-            .scratch
-            .run
-            .take()
-            .filter(|r| r.at == at && r.clears == cache.clear_count() && r.fed_to >= at);
-        let (mut sid, mut i, mut matched) = match resumed {
-            Some(r) => (r.sid, (r.fed_to - self.base) as usize, r.matched),
+        let caches = &self.scratch.caches;
+        let resumed = self.scratch.run.take().filter(|r| {
+            r.at == at
+                && r.fed_to >= at
+                && r.live.iter().all(|l| {
+                    caches
+                        .get(l.group)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|c| c.clear_count() == l.clears)
+                })
+        });
+        let (from, mut matched, mut live) = match resumed {
+            Some(r) => ((r.fed_to - self.base) as usize, r.matched, r.live),
             None => {
-                let input = Input::new(buf).range(t..).anchored(Anchored::Yes);
-                match dfa.start_state_forward(cache, &input) {
-                    Ok(sid) => (sid, t, false),
-                    Err(_) => return self.decide_by_regex(regex, buf, t),
+                let mut live = Vec::new();
+                for (g, group) in groups.iter().enumerate() {
+                    if !group.may_begin(&buf[t..]) {
+                        continue;
+                    }
+                    let cache = self.scratch.cache(g, &group.dfa);
+                    let input = Input::new(buf).range(t..).anchored(Anchored::Yes);
+                    match group.dfa.start_state_forward(cache, &input) {
+                        Ok(sid) => live.push(Live {
+                            group: g,
+                            sid,
+                            clears: 0,
+                        }),
+                        Err(_) => return self.decide_by_regex(regex, buf, t),
+                    }
                 }
+                (t, false, live)
             }
         };
-        let mut decided = false;
-        while i < buf.len() {
-            sid = match dfa.next_state(cache, sid, buf[i]) {
-                Ok(s) => s,
-                Err(_) => return self.decide_by_regex(regex, buf, t),
-            };
-            i += 1;
-            if sid.is_match() {
-                matched = true;
+        // Each DFA in turn, up to the end of what has arrived or its death.
+        let mut k = 0;
+        while k < live.len() {
+            let l = &mut live[k];
+            let dfa = &groups[l.group].dfa;
+            let cache = self.scratch.cache(l.group, dfa);
+            let mut dead = false;
+            for &b in &buf[from..] {
+                l.sid = match dfa.next_state(cache, l.sid, b) {
+                    Ok(s) => s,
+                    Err(_) => return self.decide_by_regex(regex, buf, t),
+                };
+                if l.sid.is_match() {
+                    matched = true;
+                }
+                if l.sid.is_dead() || l.sid.is_quit() {
+                    dead = true;
+                    break;
+                }
             }
-            if sid.is_dead() || sid.is_quit() {
-                decided = true;
-                break;
+            if dead {
+                live.swap_remove(k);
+            } else {
+                l.clears = cache.clear_count();
+                k += 1;
             }
         }
-        if !decided {
+        if !live.is_empty() {
             if !self.final_ {
                 self.scratch.run = Some(Run {
                     at,
-                    sid,
-                    fed_to: self.base + i as u64,
+                    fed_to: self.base + buf.len() as u64,
                     matched,
-                    clears: cache.clear_count(),
+                    live,
                 });
                 return Decision::Undecided;
             }
-            match dfa.next_eoi_state(cache, sid) {
-                Ok(s) if s.is_match() => matched = true,
-                Ok(_) => {}
-                Err(_) => return self.decide_by_regex(regex, buf, t),
+            for l in &live {
+                let dfa = &groups[l.group].dfa;
+                match dfa.next_eoi_state(self.scratch.cache(l.group, dfa), l.sid) {
+                    Ok(s) if s.is_match() => matched = true,
+                    Ok(_) => {}
+                    Err(_) => return self.decide_by_regex(regex, buf, t),
+                }
             }
         }
         if !matched {
@@ -715,6 +890,92 @@ mod tests {
         for r in Rules::builtin().iter() {
             check_rule(r).unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    #[test]
+    fn long_rules_get_dfas_of_their_own_and_the_shared_one_stays_small() {
+        let c = Compiled::new(&Rules::builtin()).unwrap();
+        let own: Vec<&str> = c
+            .groups
+            .iter()
+            .filter_map(|g| g.gate.as_ref())
+            .map(|gate| std::str::from_utf8(&gate[0]).unwrap())
+            .collect();
+        assert_eq!(own, ["ghs_", "eyj"]);
+        let states = c.nfa_states();
+        // Every fresh cache zeroes four sparse sets of 4 bytes per state of its NFA.
+        assert!(states[0] < 8_000, "{states:?}");
+        assert!(states[1..].iter().all(|&n| n > 20_000), "{states:?}");
+    }
+
+    /// Scans `text` (whole) with `scratch`.
+    fn scan(c: &Compiled, scratch: &mut Scratch, text: &[u8]) {
+        Scan {
+            compiled: c,
+            exact: None,
+            scratch,
+            base: 0,
+            final_: true,
+        }
+        .step(text, 0);
+    }
+
+    #[test]
+    fn only_a_rules_keyword_starts_its_own_dfa() {
+        let c = Compiled::new(&Rules::builtin()).unwrap();
+        let mut scratch = Scratch::new();
+        scan(&c, &mut scratch, b"let token = config.lookup(name);");
+        assert!(scratch.caches.len() == 1 && scratch.caches[0].is_some());
+        scan(&c, &mut scratch, b"let token = eyJhbGciOi.x;");
+        assert!(scratch.caches.len() == 3 && scratch.caches[1].is_none() && scratch.caches[2].is_some());
+        // A keyword cut by the end of what has arrived may still be the rule's.
+        assert!(c.groups[2].may_begin(b"ey") && c.groups[2].may_begin(b"EYJhbG"));
+        assert!(!c.groups[2].may_begin(b"token"));
+    }
+
+    #[test]
+    fn spare_scratches_are_kept_for_many_streams_within_their_memory() {
+        let c = Compiled::new(&Rules::builtin()).unwrap();
+        let text = b"password = lookup(name); token = next(); apiKey: 12";
+        let used = |n: usize| -> Vec<Scratch> {
+            (0..n)
+                .map(|_| {
+                    let mut scratch = c.take_scratch();
+                    scan(&c, &mut scratch, text);
+                    scratch
+                })
+                .collect()
+        };
+        let taken = used(64);
+        let per_scratch: usize = taken[0].caches.iter().flatten().map(|c| c.memory_usage()).sum();
+        eprintln!("a scratch that masked a line holds {per_scratch} bytes");
+        assert!(per_scratch > 0);
+        for s in taken {
+            c.give_back(s);
+        }
+        // All 64 are kept, and the next 64 streams build no cache.
+        assert_eq!(c.spare.lock().unwrap().scratches.len(), 64);
+        assert_eq!(c.spare.lock().unwrap().bytes, 64 * per_scratch);
+        let again: Vec<Scratch> = (0..64).map(|_| c.take_scratch()).collect();
+        assert!(again.iter().all(|s| s.caches.iter().flatten().count() == 1));
+        assert_eq!(c.spare.lock().unwrap().bytes, 0);
+        // Past the count or the memory budget, a scratch is dropped.
+        drop(again);
+        for s in used(MAX_SPARE + 10) {
+            c.give_back(s);
+        }
+        let spare = c.spare.lock().unwrap();
+        let kept = MAX_SPARE.min(MAX_SPARE_BYTES / per_scratch);
+        assert_eq!((spare.scratches.len(), spare.bytes), (kept, kept * per_scratch));
+        // However many fit in the memory budget.
+        drop(spare);
+        c.spare.lock().unwrap().max_bytes = 3 * per_scratch + per_scratch / 2;
+        let all: Vec<Scratch> = (0..kept).map(|_| c.take_scratch()).collect();
+        for s in all {
+            c.give_back(s);
+        }
+        let spare = c.spare.lock().unwrap();
+        assert_eq!((spare.scratches.len(), spare.bytes), (3, 3 * per_scratch));
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub struct MaskArgs {
 
 /// What the gateway's body hooks see at a time, about.
 const CHUNK: usize = 16 * 1024;
+/// Size of each body of (d): a small API response or source file.
+const SMALL_BODY: usize = 2048;
+/// Bodies of (d) per pass.
+const SMALL_BODIES: usize = 8192;
+/// Streams open at once in (d)'s other cases: as many as a busy runner's exchanges hold, and
+/// more than a masker keeps spare scratch for (128).
+const IN_FLIGHT: [usize; 2] = [64, 512];
 /// One planted secret per this many bytes of (a).
 const PLANT_EVERY: usize = 10_000;
 const MB: f64 = 1e6;
@@ -157,6 +164,25 @@ fn mask_sse(masker: &Masker, completions: &[Completion]) -> anyhow::Result<Vec<V
         all.push(found);
     }
     Ok(all)
+}
+
+/// Masks `bodies` as one stream each, `in_flight` streams open at a time (as an exchange holds
+/// its streams while it runs); returns the findings.
+fn mask_small(masker: &Masker, bodies: &[&[u8]], in_flight: usize) -> usize {
+    let mut out = Vec::with_capacity(2 * SMALL_BODY);
+    let mut found = 0;
+    for group in bodies.chunks(in_flight) {
+        let mut streams: Vec<_> = group.iter().map(|_| masker.stream()).collect();
+        for (stream, body) in streams.iter_mut().zip(group) {
+            found += stream.push(body, &mut out).len();
+            out.clear();
+        }
+        for stream in &mut streams {
+            found += stream.finish(&mut out).len();
+            out.clear();
+        }
+    }
+    found
 }
 
 /// `runs` timed passes of `scan`; the findings are those of the last pass.
@@ -661,6 +687,24 @@ pub fn run(args: &MaskArgs) -> anyhow::Result<()> {
                 .any(|f| f.rule == c.kind.rule() && f.fingerprint == fp)
         })
         .count();
+    // (d): the corpus cut into small bodies, one stream each; bodies with a keyword in them
+    // run the DFA, which is where a stream's scratch (its DFA caches) comes in.
+    let bodies: Vec<&[u8]> = source.bytes.chunks(SMALL_BODY).take(SMALL_BODIES).collect();
+    let small_bytes: usize = bodies.iter().map(|b| b.len()).sum();
+    eprintln!(
+        "(d) small bodies, 1, {} and {} streams at once…",
+        IN_FLIGHT[0], IN_FLIGHT[1]
+    );
+    let (d1, found_d1) = measure(args.runs, small_bytes, || Ok(mask_small(&masker, &bodies, 1)))?;
+    let mut dn = Vec::new();
+    for n in IN_FLIGHT {
+        let (d, found) = measure(args.runs, small_bytes, || Ok(mask_small(&masker, &bodies, n)))?;
+        ensure!(
+            found == found_d1,
+            "(d) found {found_d1} one at a time and {found} {n} at once"
+        );
+        dn.push((n, d));
+    }
     let sse_other: usize = found_c.iter().map(Vec::len).sum::<usize>() - sse_found;
     let spread = (
         completions.iter().map(|c| c.spread).min().unwrap_or(0),
@@ -750,6 +794,10 @@ pub fn run(args: &MaskArgs) -> anyhow::Result<()> {
         &c,
         found_c.iter().map(Vec::len).sum(),
     );
+    row("(d) 2 KB bodies, 1 stream at a time", &d1, found_d1);
+    for (n, d) in &dn {
+        row(&format!("(d) 2 KB bodies, {n} streams at once"), d, found_d1);
+    }
     println!("(a) found the corpus's own: {}", per_rule(&found_a));
     println!(
         "(b) planted {} (github-pat, aws-access-key-id, EC private-key in turn): {} found by the rule planted, \
@@ -759,6 +807,20 @@ pub fn run(args: &MaskArgs) -> anyhow::Result<()> {
         covered,
         plants.len() - right - covered,
         found_b.len() - right
+    );
+    let per_stream = |s: &Speed| 1e6 / (s.per_core() * MB / SMALL_BODY as f64);
+    println!(
+        "(d) {} bodies of {} bytes per pass, µs per stream: {:.1} one at a time{}",
+        bodies.len(),
+        SMALL_BODY,
+        per_stream(&d1),
+        dn.iter()
+            .map(|(n, d)| format!(
+                ", {:.1} {n} at once ({:.2}×)",
+                per_stream(d),
+                d1.per_core() / d.per_core()
+            ))
+            .collect::<String>()
     );
     println!(
         "(c) {} completions, {} events; planted {} secrets (GitHub token, AWS key id in turn), each split over \
