@@ -430,10 +430,26 @@ pub struct HttpConfig {
     /// (logged), so that one process cannot take every open file and byte the gateway has.
     #[serde(default = "default_max_connections_per_process")]
     pub max_connections_per_process: u32,
+    /// Connections the processes of one cgroup may hold at once, together (a process that forks
+    /// gets a process cap per child; a job's or a container's processes share their cgroup's).
+    #[serde(default = "default_max_connections_per_cgroup")]
+    pub max_connections_per_cgroup: u32,
+    /// Connections held through the gateway at once, by every cgroup together: below what its
+    /// open files (two per connection at most) and memory allow.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
 }
 
 fn default_max_connections_per_process() -> u32 {
     4096
+}
+
+fn default_max_connections_per_cgroup() -> u32 {
+    16384
+}
+
+fn default_max_connections() -> u32 {
+    65536
 }
 
 fn default_idle_timeout() -> u64 {
@@ -449,6 +465,8 @@ impl Default for HttpConfig {
             max_concurrent_streams: default_max_streams(),
             idle_timeout_secs: default_idle_timeout(),
             max_connections_per_process: default_max_connections_per_process(),
+            max_connections_per_cgroup: default_max_connections_per_cgroup(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -1199,6 +1217,11 @@ impl Config {
                 "http.max_connections_per_process",
                 h.max_connections_per_process == 0,
             ),
+            (
+                "http.max_connections_per_cgroup",
+                h.max_connections_per_cgroup == 0,
+            ),
+            ("http.max_connections", h.max_connections == 0),
         ] {
             if zero {
                 return Err(invalid(key.into(), "must be at least 1".into()));

@@ -53,8 +53,8 @@ pub struct Proxy<P> {
     pub settings: Settings,
     /// The TLS server configurations made so far, per name and ALPN list.
     pub configs: ServerConfigs,
-    /// The connections each process holds, capped.
-    pub per_process: Arc<crate::listen::per_process::PerProcess>,
+    /// The connections each process and cgroup holds, and all of them, capped.
+    pub caps: Arc<crate::listen::caps::Caps>,
 }
 
 /// TLS server configurations per (name, ALPN protocols), made once and shared by the connections
@@ -163,7 +163,7 @@ type Terminated = (
 impl<P: Phases> Proxy<P> {
     async fn run(&self, conn: Accepted) {
         // Held for the connection's life; over the cap, the connection is closed unread.
-        let Some(_slot) = self.per_process.enter(conn.caller.tgid, &conn.caller.comm) else {
+        let Some(_slot) = self.caps.enter(&conn.caller) else {
             return;
         };
         // A connection's future is as large as its largest state for as long as it lives, and

@@ -549,3 +549,89 @@ print(len(held), refused, other, again)
     assert_eq!(logged.len(), 1, "logged once, not per refusal: {logged:?}");
     assert_eq!(logged[0]["held"], 50);
 }
+
+/// A process that forks gets a process cap per child, so the processes of one cgroup share
+/// `[http] max_connections_per_cgroup`: three children of 20 connections each, under a process
+/// cap of 50, hold 40 together and the rest are closed, logged once. A process in a cgroup
+/// nested below (as a container's is) has a cap of its own and is served meanwhile; and once the
+/// children close theirs, the cgroup is served again.
+#[test]
+fn forked_processes_cannot_hold_more_connections_than_their_cgroup_s_cap() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("max_connections_per_process = 50\nmax_connections_per_cgroup = 40");
+    let nested = s.cg.child("container");
+    let out = s.python(
+        r#"
+import os, socket, ssl, subprocess, sys, time
+host, port, ca, nested = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+def connect():
+    s = socket.create_connection((host, port), timeout=5)
+    try:
+        t = ctx.wrap_socket(s, server_hostname="api.github.com")
+        t.sendall(b"GET /held HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
+        if not t.recv(64).startswith(b"HTTP/1.1 200"):
+            raise OSError("no answer")
+        return t
+    except (OSError, ssl.SSLError):
+        s.close()
+        return None
+children = []
+for _ in range(3):
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r); os.close(go_w)
+        held = [t for t in (connect() for _ in range(20)) if t]
+        os.write(w, f"{len(held)}\n".encode())
+        os.read(go_r, 1)
+        for t in held: t.close()
+        os.write(w, b"closed\n")
+        os._exit(0)
+    os.close(w); os.close(go_r)
+    f = os.fdopen(r)
+    children.append((pid, f, go_w, int(f.readline())))
+held = sum(c[3] for c in children)
+curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca,
+    "--resolve", f"api.github.com:{port}:{host}", f"https://api.github.com:{port}/other"]
+mine = subprocess.run(curl, capture_output=True, text=True).stdout
+def in_nested():
+    with open(os.path.join(nested, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+other = subprocess.run(curl, capture_output=True, text=True, preexec_fn=in_nested).stdout
+for pid, f, go_w, _ in children:
+    os.write(go_w, b"x")
+    f.readline()
+    os.waitpid(pid, 0)
+time.sleep(0.5)
+again = connect() is not None
+print(held, mine, other, again)
+"#,
+        &[nested.to_str().unwrap()],
+    );
+    assert_eq!(
+        out, "40 000 200 True",
+        "held by the children together, the cgroup's next process (000: closed), a nested cgroup's, served again"
+    );
+    let logged: Vec<_> =
+        s.gw.logs()
+            .into_iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("max_connections_per_cgroup"))
+            })
+            .collect();
+    assert_eq!(logged.len(), 1, "logged once, not per refusal: {logged:?}");
+    assert_eq!(logged[0]["held"], 40);
+    assert!(
+        !s.gw.logs().iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_connections_per_process"))),
+        "no process reached its own cap"
+    );
+}

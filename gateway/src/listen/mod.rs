@@ -5,8 +5,8 @@
 //! in-process without the kernel. A connection nobody redirected (someone dialling the listener
 //! directly) is closed here: it has no destination, and must never be forwarded anywhere.
 pub mod addrs;
+pub mod caps;
 pub mod drain;
-pub mod per_process;
 pub mod shards;
 
 use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};

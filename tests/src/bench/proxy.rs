@@ -400,7 +400,7 @@ pub const EXAMPLE_POLICY: &str = include_str!("../../../gateway/config/examples/
 /// path may be another gateway's on this host).
 pub fn shipped_defaults(dir: &Path, record: bool, socket: &str) -> String {
     format!(
-        "[http]\nmax_requests_per_second = 1000000\nmax_connections_per_process = 1000000\n[record]\nenabled = {record}\n[policy]\nfile = \"{}\"\n[approvals]\nsocket = \"{}\"\n",
+        "[http]\nmax_requests_per_second = 1000000\nmax_connections_per_process = 1000000\nmax_connections_per_cgroup = 1000000\nmax_connections = 1000000\n[record]\nenabled = {record}\n[policy]\nfile = \"{}\"\n[approvals]\nsocket = \"{}\"\n",
         dir.join("policy.toml").display(),
         dir.join(format!("{socket}.sock")).display()
     )

@@ -114,7 +114,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         // Without --sink: recording off vs on. With it: recording on, sink off vs on.
         let record = on || args.sink;
         let mut toml = format!(
-            "[http]\nmax_requests_per_second = 1000000\nmax_connections_per_process = 1000000\n[record]\nenabled = {record}\n"
+            "[http]\nmax_requests_per_second = 1000000\nmax_connections_per_process = 1000000\nmax_connections_per_cgroup = 1000000\nmax_connections = 1000000\n[record]\nenabled = {record}\n"
         );
         if args.sink {
             // Segments small enough to seal under the load, for the upload lag (both gateways).
