@@ -170,7 +170,7 @@ pub struct Recorder {
     max_pending: u64,
     on_failure: OnRecordFailure,
     /// Sessions seen by this gateway run, with what later exchanges of the session need.
-    sessions: Mutex<HashMap<SessionId, SessionState>>,
+    sessions: Mutex<Sessions>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     /// Masks what the recorder stores of callers (command lines), once the gateway has set it.
     masker: std::sync::OnceLock<Masker>,
@@ -178,6 +178,30 @@ pub struct Recorder {
     seen: std::sync::OnceLock<Arc<crate::mask::seen::SeenSecrets>>,
     /// The copy off the host, when `[record.sink]` is set.
     sink: std::sync::OnceLock<super::sink::Sink>,
+}
+
+/// The sessions seen by this gateway run: one entry each, removed when its process exits.
+#[derive(Default)]
+struct Sessions {
+    live: HashMap<SessionId, SessionState>,
+    /// Sessions whose process could not be watched (gone before the gateway saw it, or its pid
+    /// reused since), oldest first: no exit will remove them, so only the newest
+    /// [`MAX_UNWATCHED`] are kept, enough that the connections such a process had in flight
+    /// share its session. A process in a loop of connecting and exiting leaves no more.
+    unwatched: std::collections::VecDeque<SessionId>,
+}
+
+const MAX_UNWATCHED: usize = 1024;
+
+impl Sessions {
+    fn unwatched(&mut self, session: SessionId) {
+        self.unwatched.push_back(session);
+        if self.unwatched.len() > MAX_UNWATCHED
+            && let Some(oldest) = self.unwatched.pop_front()
+        {
+            self.live.remove(&oldest);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -295,7 +319,7 @@ impl Recorder {
             body_cap: config.record.body_cap_bytes,
             max_pending: config.record.max_pending_bytes,
             on_failure: config.record.on_record_failure,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             writer: Mutex::new(Some(writer)),
             masker: std::sync::OnceLock::new(),
             seen: std::sync::OnceLock::new(),
@@ -578,10 +602,10 @@ impl Recorder {
     fn ensure_session(self: &Arc<Self>, session: &SessionId, caller: &Caller, records: &mut Vec<Record>) {
         let new = match self.sessions.lock() {
             Ok(mut s) => {
-                if s.contains_key(session) {
+                if s.live.contains_key(session) {
                     false
                 } else {
-                    s.insert(session.clone(), SessionState::default());
+                    s.live.insert(session.clone(), SessionState::default());
                     true
                 }
             }
@@ -618,14 +642,16 @@ impl Recorder {
 
     /// Records the session's end when its process exits (pidfd readability).
     fn watch_exit(self: &Arc<Self>, session: SessionId, caller: &Caller) {
-        let Some(pidfd) = crate::sys::pidfd_open(caller.tgid) else {
-            return;
-        };
-        // The tgid may have been reused since accept: only watch the same process.
-        if caller.start_ticks.is_none() || identity::start_ticks(caller.tgid) != caller.start_ticks {
-            return;
-        }
-        let Ok(fd) = crate::sys::watch_pidfd(pidfd) else {
+        let watched = crate::sys::pidfd_open(caller.tgid)
+            // The tgid may have been reused since accept: only watch the same process.
+            .filter(|_| {
+                caller.start_ticks.is_some() && identity::start_ticks(caller.tgid) == caller.start_ticks
+            })
+            .and_then(|pidfd| crate::sys::watch_pidfd(pidfd).ok());
+        let Some(fd) = watched else {
+            if let Ok(mut s) = self.sessions.lock() {
+                s.unwatched(session);
+            }
             return;
         };
         let me = Arc::downgrade(self);
@@ -633,7 +659,7 @@ impl Recorder {
             let _ = fd.readable().await;
             let Some(me) = me.upgrade() else { return };
             if let Ok(mut s) = me.sessions.lock() {
-                s.remove(&session);
+                s.live.remove(&session);
             }
             me.submit(vec![Record::SessionEnd(model::SessionEnd {
                 session,
@@ -1686,7 +1712,7 @@ impl ExchangeRecording {
         if let Some(adv) = advertisement {
             let refs = adv.into_parts().0.finish().refs;
             if let Ok(mut s) = self.recorder.sessions.lock()
-                && let Some(state) = s.get_mut(&self.session)
+                && let Some(state) = s.live.get_mut(&self.session)
             {
                 state.advertised = refs;
             }
@@ -1716,7 +1742,7 @@ impl ExchangeRecording {
                     .sessions
                     .lock()
                     .ok()
-                    .and_then(|s| s.get(&self.session).map(|st| st.advertised.clone()))
+                    .and_then(|s| s.live.get(&self.session).map(|st| st.advertised.clone()))
                     .unwrap_or_default();
                 records.push(Record::Git(model::GitOp {
                     session: self.session.clone(),
@@ -2100,6 +2126,48 @@ mod tests {
             waiter.join().unwrap()
         });
         assert!(waited, "waits for another caller's write-through");
+        recorder.stop();
+    }
+
+    /// A process gone before the gateway could watch it for its exit (a process connecting and
+    /// exiting in a loop) leaves no session entry behind for good: only the newest
+    /// `MAX_UNWATCHED` are kept, and a further connection of one of those shares its session.
+    #[tokio::test]
+    async fn sessions_that_cannot_be_watched_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::start(&config_in(dir.path())).unwrap();
+        // Above the kernel's largest pid: no such process can exist.
+        let gone = |n: usize| Caller {
+            tgid: (1 << 22) + n as u32,
+            comm: format!("gone-{n}"),
+            ..crate::http::testing::caller()
+        };
+        let start = |c: &Caller| {
+            let mut records = Vec::new();
+            recorder.ensure_session(&c.session_id(), c, &mut records);
+            records.len()
+        };
+        for n in 0..MAX_UNWATCHED + 500 {
+            assert_eq!(start(&gone(n)), 1, "a session start");
+        }
+        let held = |r: &Recorder| {
+            let s = r.sessions.lock().unwrap();
+            (s.live.len(), s.unwatched.len())
+        };
+        assert_eq!(held(&recorder), (MAX_UNWATCHED, MAX_UNWATCHED));
+        assert_eq!(
+            start(&gone(MAX_UNWATCHED + 499)),
+            0,
+            "the newest share their session"
+        );
+        assert_eq!(start(&gone(0)), 1, "the oldest were forgotten");
+        // A live process is watched, and not one of them.
+        let me = Caller {
+            start_ticks: identity::start_ticks(std::process::id()),
+            ..crate::http::testing::caller()
+        };
+        assert_eq!(start(&me), 1);
+        assert_eq!(held(&recorder), (MAX_UNWATCHED + 1, MAX_UNWATCHED));
         recorder.stop();
     }
 
