@@ -253,3 +253,99 @@ fn the_brokered_token_goes_only_where_it_belongs() {
         assert!(!s.gw.log_text().contains(secret), "a credential shows in the log");
     }
 }
+
+/// A hostile process names a new repository with every request, each one the GitHub App is not
+/// installed on: every name would cost a mint against the app's rate limit, which every runner
+/// using the app shares. Its cgroup gets its budget of mints (60 at once) and no more; GitHub's
+/// refusal of each stands, so asking again costs nothing; a process in another cgroup still
+/// gets its token; one log line says so, and no error shows a JWT.
+#[test]
+fn a_process_naming_new_repositories_cannot_spend_the_apps_mints() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_file, public) = app_key(tmp.path());
+    let auth = Auth::new(APP_ID, INSTALLATION, public, Vec::new());
+    *auth.installed.lock().unwrap() = Some(vec!["r".into()]);
+    let (root, _, _) = served_repo(tmp.path());
+    let key = key_file.display().to_string();
+    let s = TlsGateway::start_with(
+        &["github.com", "api.github.com"],
+        true,
+        Some(root),
+        Some(auth.clone()),
+        &|addr| {
+            format!(
+                "[credentials]\ndefault = \"refuse\"\n\
+                 [credentials.profile.ci]\ngithub_app = {{ app_id = {APP_ID}, installation_id = {INSTALLATION}, \
+                 private_key_file = \"{key}\", permissions = {{ contents = \"read\" }}, \
+                 api_url = \"https://api.github.com:{}\" }}\n\
+                 [[credentials.rule]]\nprofile = \"ci\"\nuid = [0]\n",
+                addr.port()
+            )
+        },
+    );
+    let names: Vec<String> = (0..70).map(|i| format!("/repos/o/x{i}/issues")).collect();
+    let urls: Vec<String> = names.iter().map(|p| s.url("api.github.com", p).0).collect();
+    let hostile = |pass: usize| -> Vec<String> {
+        // In order: x0 … x68 here, x69 as the curl helper's own URL, last.
+        let mut args = vec!["-w", "%{http_code}\n"];
+        for u in &urls[..69] {
+            args.extend(["-o", "/dev/null", u.as_str()]);
+        }
+        args.extend(["-o", "/dev/null"]);
+        let out = s.curl("api.github.com", &names[69], &args);
+        let codes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(codes.len(), 70, "pass {pass}: {codes:?}");
+        codes
+    };
+    let first = hostile(1);
+    assert!(first.iter().all(|c| c == "502"), "{first:?}");
+    let asked = auth.mint_requests.load(std::sync::atomic::Ordering::SeqCst);
+    // 60 at once, and the budget refills at 30 a minute while the pass runs.
+    assert!((60..=63).contains(&asked), "{asked} mints asked of GitHub");
+    let second = hostile(2);
+    assert!(second.iter().all(|c| c == "502"), "{second:?}");
+    let again = auth.mint_requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(again - asked <= 3, "the refusals stand: {asked} then {again}");
+    // Why, as the client reads it: GitHub's refusal, standing; then the budget.
+    for (path, why) in [
+        (&names[0], "GitHub answered 422"),
+        (
+            &names[69],
+            "installation tokens a minute for the callers of one cgroup",
+        ),
+    ] {
+        let out = s.curl("api.github.com", path, &[]);
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains(why), "{path}: {body}");
+        assert!(!body.contains("eyJ"), "no JWT in an error: {body}");
+    }
+    // Another cgroup (a container's, nested below) has its own budget.
+    let nested = s.cg.child("other-job");
+    let (url, resolve) = s.url("api.github.com", "/repos/o/r/issues");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+        .arg(&nested)
+        .args(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&s.ca_file)
+        .args(["--resolve", &resolve, &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let warned: Vec<Value> =
+        s.gw.logs()
+            .into_iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("than the gateway mints"))
+            })
+            .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+}

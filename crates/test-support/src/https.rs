@@ -147,6 +147,11 @@ pub struct Auth {
     pub minted: std::sync::Mutex<Vec<(String, serde_json::Value, serde_json::Value)>>,
     /// Every Authorization header refused, for the no-leak checks.
     pub refused: AtomicUsize,
+    /// Every installation token request, minted or refused.
+    pub mint_requests: AtomicUsize,
+    /// The installation's repositories, when not all: a token asked for another is refused
+    /// (422), as GitHub refuses it.
+    pub installed: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 impl Auth {
@@ -163,6 +168,8 @@ impl Auth {
             accepted,
             minted: std::sync::Mutex::new(Vec::new()),
             refused: AtomicUsize::new(0),
+            mint_requests: AtomicUsize::new(0),
+            installed: std::sync::Mutex::new(None),
         })
     }
 
@@ -199,6 +206,7 @@ impl Auth {
 
     /// `POST /app/installations/<id>/access_tokens`, as GitHub answers it.
     async fn mint(&self, req: Request<Incoming>) -> Response<Body> {
+        self.mint_requests.fetch_add(1, Ordering::SeqCst);
         let jwt = req
             .headers()
             .get("authorization")
@@ -249,6 +257,19 @@ impl Auth {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if let Some(installed) = &*self.installed.lock().unwrap()
+            && let Some(names) = asked["repositories"].as_array()
+            && names.iter().any(|n| {
+                !installed
+                    .iter()
+                    .any(|i| n.as_str().is_some_and(|n| n.eq_ignore_ascii_case(i)))
+            })
+        {
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{\"message\":\"There is at least one repository that does not exist or is not accessible to the parent installation.\",\"status\":\"422\"}".into(),
+            );
+        }
         let token = format!("ghs_{:032x}{:04}", rand_u128(), self.minted.lock().unwrap().len());
         self.minted.lock().unwrap().push((
             token.clone(),

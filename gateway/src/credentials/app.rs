@@ -3,17 +3,26 @@
 //! repository and the profile's permissions. Tokens are cached until shortly before they expire
 //! and minted once under concurrency (single flight per repository).
 //!
+//! Requests name their repository, and a hostile process can name a new one with every
+//! request, before the policy has looked at it: each would cost a mint against the app's rate
+//! limit, which every runner using the app shares. So a mint GitHub refused is the answer for
+//! that repository for [`REFUSED_FOR`], mints are budgeted per cgroup of callers and in all
+//! ([`PER_CGROUP`], [`IN_ALL`]; past a budget, requests that need a new token get 502 and
+//! nothing is asked of GitHub, and one cgroup emptying its own leaves the others theirs), and
+//! at most [`MAX_SCOPES`] repositories are kept.
+//!
 //! Must never log, record or return in an error the private key, the app JWT or a token.
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
 use http::{HeaderName, Method, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::{CredentialError, Secret};
 use crate::{config::GithubAppConfig, outbound::Outbound};
@@ -35,7 +44,159 @@ struct Minted {
     expires_at: String,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<(Secret, SystemTime)>>>;
+/// What a repository's slot holds.
+enum Held {
+    /// A token, and when it expires.
+    Token(Secret, SystemTime),
+    /// GitHub refused the mint (a 4xx answer: a repository not in the installation, a bad app
+    /// key, its rate limit): why, and until when that stands.
+    Refused(String, Instant),
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Held>>>;
+
+/// How long a refused mint stays the answer for its repository.
+pub const REFUSED_FOR: Duration = Duration::from_secs(60);
+/// Mints a minute on average, and the most at once, for the callers of one cgroup (a job, a
+/// container, a service): a job working on a few repositories mints a few tokens an hour, each
+/// valid for an hour.
+pub const PER_CGROUP: Rate = Rate {
+    per_minute: 30.0,
+    burst: 60.0,
+};
+/// … and for every cgroup together.
+pub const IN_ALL: Rate = Rate {
+    per_minute: 120.0,
+    burst: 240.0,
+};
+/// Cgroups whose budgets are kept; past it, full budgets (as good as new ones) are dropped.
+const MAX_BUDGETS: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    pub per_minute: f64,
+    pub burst: f64,
+}
+/// Repositories whose slots are kept; past it, slots not in use are dropped (a valid token
+/// dropped is minted again when next needed).
+pub const MAX_SCOPES: usize = 4096;
+
+/// A token bucket of mints.
+struct Budget {
+    rate: Rate,
+    left: f64,
+    at: Instant,
+    /// Refusing since the bucket ran dry (logged at the first).
+    refusing: bool,
+}
+
+impl Budget {
+    fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            left: rate.burst,
+            at: Instant::now(),
+            refusing: false,
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        self.left = (self.left + now.duration_since(self.at).as_secs_f64() * self.rate.per_minute / 60.0)
+            .min(self.rate.burst);
+        self.at = now;
+    }
+
+    /// Takes one mint, if there is one left; false for the first refusal of a run of them too.
+    fn take(&mut self) -> Result<(), bool> {
+        self.refill();
+        if self.left >= 1.0 {
+            self.left -= 1.0;
+            self.refusing = false;
+            return Ok(());
+        }
+        Err(!std::mem::replace(&mut self.refusing, true))
+    }
+}
+
+/// The budgets of mints: each cgroup's, and all cgroups'.
+struct Budgets {
+    per_cgroup: HashMap<u64, Budget>,
+    cgroup_rate: Rate,
+    in_all: Budget,
+}
+
+impl Budgets {
+    fn new(cgroup_rate: Rate, in_all: Rate) -> Self {
+        Self {
+            per_cgroup: HashMap::new(),
+            cgroup_rate,
+            in_all: Budget::new(in_all),
+        }
+    }
+
+    /// Takes one mint for a caller in `cgroup`; or says which budget has none left.
+    fn take(&mut self, cgroup: u64) -> Result<(), String> {
+        if self.per_cgroup.len() >= MAX_BUDGETS && !self.per_cgroup.contains_key(&cgroup) {
+            self.per_cgroup.retain(|_, b| {
+                b.refill();
+                b.left < b.rate.burst
+            });
+        }
+        let rate = self.cgroup_rate;
+        let own = self.per_cgroup.entry(cgroup).or_insert_with(|| Budget::new(rate));
+        let refused = match own.take() {
+            Err(first) => Some((first, "for the callers of one cgroup", rate)),
+            Ok(()) => match self.in_all.take() {
+                Ok(()) => None,
+                Err(first) => {
+                    // Not spent after all.
+                    own.left += 1.0;
+                    Some((first, "in all", self.in_all.rate))
+                }
+            },
+        };
+        let Some((first, which, rate)) = refused else {
+            return Ok(());
+        };
+        if first {
+            warn!(
+                cgroup_id = cgroup,
+                per_minute = rate.per_minute,
+                burst = rate.burst,
+                "more installation tokens were asked for than the gateway mints {which}; requests that need a new one get 502 until the budget refills"
+            );
+        }
+        Err(format!(
+            "the gateway mints at most {} installation tokens a minute {which} (at most {} at once) and has none left",
+            rate.per_minute, rate.burst
+        ))
+    }
+}
+
+/// Drops slots not in use (and, first, those holding nothing still good) until `cache` has
+/// room for one more under `max`.
+fn make_room(cache: &mut HashMap<Option<Repo>, Slot>, max: usize) {
+    let now = (SystemTime::now(), Instant::now());
+    let stale = |slot: &Slot| {
+        slot.try_lock().is_ok_and(|held| match &*held {
+            None => true,
+            Some(Held::Token(_, expires)) => *expires <= now.0 + REFRESH_BEFORE,
+            Some(Held::Refused(_, until)) => *until <= now.1,
+        })
+    };
+    cache.retain(|_, slot| !stale(slot));
+    while cache.len() >= max {
+        let Some(unused) = cache
+            .iter()
+            .find(|(_, slot)| slot.try_lock().is_ok())
+            .map(|(scope, _)| scope.clone())
+        else {
+            return;
+        };
+        cache.remove(&unused);
+    }
+}
 
 pub struct AppMinter {
     app_id: u64,
@@ -47,6 +208,8 @@ pub struct AppMinter {
     outbound: Outbound,
     /// One slot per repository (`None`: the fallback, all repositories).
     cache: Mutex<HashMap<Option<Repo>, Slot>>,
+    max_scopes: usize,
+    budgets: Mutex<Budgets>,
 }
 
 impl std::fmt::Debug for AppMinter {
@@ -81,6 +244,8 @@ impl AppMinter {
             api_url: cfg.api_url.trim_end_matches('/').to_owned(),
             outbound,
             cache: Mutex::new(HashMap::new()),
+            max_scopes: MAX_SCOPES,
+            budgets: Mutex::new(Budgets::new(PER_CGROUP, IN_ALL)),
         })
     }
 
@@ -98,8 +263,9 @@ impl AppMinter {
     }
 
     /// An installation token for `repo` (by name, or by id for `/repositories/{id}/…`), or,
-    /// without one, for every repository with the fallback permissions.
-    pub async fn token(&self, repo: Option<&Repo>) -> Result<Secret, CredentialError> {
+    /// without one, for every repository with the fallback permissions; a new one is minted
+    /// from the budgets of the caller's `cgroup` and of all.
+    pub async fn token(&self, repo: Option<&Repo>, cgroup: u64) -> Result<Secret, CredentialError> {
         let (scope, permissions) = match repo {
             Some(r) => (Some(r.clone()), &self.permissions),
             None => match &self.fallback {
@@ -112,25 +278,57 @@ impl AppMinter {
                 .cache
                 .lock()
                 .map_err(|_| CredentialError::Mint("the token cache failed earlier".into()))?;
+            if !cache.contains_key(&scope) && cache.len() >= self.max_scopes {
+                make_room(&mut cache, self.max_scopes);
+            }
             cache.entry(scope.clone()).or_default().clone()
         };
         // Single flight: whoever holds the slot mints; the others wait and reuse.
         let mut held = slot.lock().await;
-        if let Some((token, expires)) = held.as_ref()
-            && SystemTime::now() + REFRESH_BEFORE < *expires
-        {
-            return Ok(token.clone());
+        match held.as_ref() {
+            Some(Held::Token(token, expires)) if SystemTime::now() + REFRESH_BEFORE < *expires => {
+                return Ok(token.clone());
+            }
+            Some(Held::Refused(why, until)) if Instant::now() < *until => {
+                return Err(CredentialError::Mint(why.clone()));
+            }
+            _ => {}
         }
-        let (token, expires) = self.mint(scope.as_ref(), permissions).await?;
-        *held = Some((token.clone(), expires));
-        Ok(token)
+        let budgeted = self
+            .budgets
+            .lock()
+            .map_err(|_| "the mint budgets failed earlier".to_owned())
+            .and_then(|mut b| b.take(cgroup));
+        if let Err(why) = budgeted {
+            return Err(CredentialError::Mint(format!(
+                "{why}; none was asked for{}",
+                scope
+                    .as_ref()
+                    .map(|r| format!(" ({})", r.describe()))
+                    .unwrap_or_default()
+            )));
+        }
+        match self.mint(scope.as_ref(), permissions).await {
+            Ok((token, expires)) => {
+                *held = Some(Held::Token(token.clone(), expires));
+                Ok(token)
+            }
+            Err((why, refused)) => {
+                if refused {
+                    *held = Some(Held::Refused(why.to_string(), Instant::now() + REFUSED_FOR));
+                }
+                Err(CredentialError::Mint(why))
+            }
+        }
     }
 
+    /// A token and when it expires; or why not, and whether GitHub refused (a 4xx answer, which
+    /// asking again at once would get again).
     async fn mint(
         &self,
         repo: Option<&Repo>,
         permissions: &BTreeMap<String, String>,
-    ) -> Result<(Secret, SystemTime), CredentialError> {
+    ) -> Result<(Secret, SystemTime), (String, bool)> {
         let url = format!(
             "{}/app/installations/{}/access_tokens",
             self.api_url, self.installation_id
@@ -142,7 +340,10 @@ impl AppMinter {
             Some(Repo::Id(id)) => body["repository_ids"] = serde_json::json!([id]),
             None => {}
         }
-        let jwt = self.app_jwt()?;
+        let jwt = self.app_jwt().map_err(|e| match e {
+            CredentialError::Mint(why) => (why, false),
+            other => (other.to_string(), false),
+        })?;
         let headers = [
             (header::AUTHORIZATION, format!("Bearer {}", jwt.expose())),
             (header::ACCEPT, "application/vnd.github+json".to_owned()),
@@ -160,7 +361,7 @@ impl AppMinter {
             .outbound
             .request(Method::POST, &url, &headers, Some(Bytes::from(body.to_string())))
             .await
-            .map_err(|e| CredentialError::Mint(e.to_string()))?;
+            .map_err(|e| (e.to_string(), false))?;
         if !resp.status.is_success() {
             // GitHub's error message says what is wrong with the app or the request; it never
             // holds the JWT.
@@ -168,25 +369,32 @@ impl AppMinter {
                 .ok()
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
                 .unwrap_or_default();
-            return Err(CredentialError::Mint(format!(
-                "GitHub answered {} to the installation token request for app {} installation {}{}: {}",
-                resp.status,
-                self.app_id,
-                self.installation_id,
-                repo.map(|r| format!(" ({})", r.describe())).unwrap_or_default(),
-                crate::mask::for_logs(&message)
-            )));
+            return Err((
+                format!(
+                    "GitHub answered {} to the installation token request for app {} installation {}{}: {}",
+                    resp.status,
+                    self.app_id,
+                    self.installation_id,
+                    repo.map(|r| format!(" ({})", r.describe())).unwrap_or_default(),
+                    crate::mask::for_logs(&message)
+                ),
+                resp.status.is_client_error(),
+            ));
         }
         let minted: Minted = serde_json::from_slice(&resp.body).map_err(|e| {
-            CredentialError::Mint(format!(
-                "the installation token answer is not what GitHub sends ({e})"
-            ))
+            (
+                format!("the installation token answer is not what GitHub sends ({e})"),
+                false,
+            )
         })?;
         let expires =
             time::OffsetDateTime::parse(&minted.expires_at, &time::format_description::well_known::Rfc3339)
                 .map(SystemTime::from)
                 .map_err(|e| {
-                    CredentialError::Mint(format!("the installation token's expires_at is not a time ({e})"))
+                    (
+                        format!("the installation token's expires_at is not a time ({e})"),
+                        false,
+                    )
                 })?;
         Ok((Secret::new(minted.token), expires))
     }
@@ -310,7 +518,7 @@ mod tests {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let m = m.clone();
-                tokio::spawn(async move { m.token(Some(&repo("a"))).await.unwrap() })
+                tokio::spawn(async move { m.token(Some(&repo("a")), 1).await.unwrap() })
             })
             .collect();
         let mut got = Vec::new();
@@ -322,17 +530,20 @@ mod tests {
             got.iter().all(|t| t == &got[0]) && got[0].contains("[\"a\"]"),
             "{got:?}"
         );
-        m.token(Some(&repo("a"))).await.unwrap();
+        m.token(Some(&repo("a")), 1).await.unwrap();
         assert_eq!(mints.load(Ordering::SeqCst), 1, "cached");
-        m.token(Some(&repo("b"))).await.unwrap();
+        m.token(Some(&repo("b")), 1).await.unwrap();
         assert_eq!(
             mints.load(Ordering::SeqCst),
             2,
             "another repository, another token"
         );
-        assert!(matches!(m.token(None).await, Err(CredentialError::NoRepository)));
+        assert!(matches!(
+            m.token(None, 1).await,
+            Err(CredentialError::NoRepository)
+        ));
         // `/repositories/{id}/…`: the token is scoped by id.
-        let by_id = m.token(Some(&Repo::Id(4711))).await.unwrap();
+        let by_id = m.token(Some(&Repo::Id(4711)), 1).await.unwrap();
         assert_eq!(mints.load(Ordering::SeqCst), 3);
         assert!(by_id.expose().ends_with("-[4711]"), "{}", by_id.expose());
     }
@@ -343,8 +554,8 @@ mod tests {
         // Valid for 2 minutes: inside the 5-minute refresh margin, so never reused.
         let url = mint_server(mints.clone(), 120, false).await;
         let m = minter(&url, true);
-        m.token(None).await.unwrap();
-        m.token(None).await.unwrap();
+        m.token(None, 1).await.unwrap();
+        m.token(None, 1).await.unwrap();
         assert_eq!(mints.load(Ordering::SeqCst), 2);
     }
 
@@ -353,12 +564,103 @@ mod tests {
         let mints = Arc::new(AtomicUsize::new(0));
         let url = mint_server(mints, 3600, true).await;
         let m = minter(&url, false);
-        let err = m.token(Some(&repo("a"))).await.unwrap_err().to_string();
+        let err = m.token(Some(&repo("a")), 1).await.unwrap_err().to_string();
         assert!(
             err.contains("401") && err.contains("could not be decoded") && err.contains("repository o/a"),
             "{err}"
         );
         assert!(!err.contains("eyJ"), "the app JWT is never shown: {err}");
+    }
+
+    /// A mint GitHub refused is the answer for that repository for a while: a process naming the
+    /// same repository again, or in a loop, costs no further mint until it has stood its time.
+    #[tokio::test]
+    async fn a_refused_mint_is_the_answer_for_a_while() {
+        let mints = Arc::new(AtomicUsize::new(0));
+        let url = mint_server(mints.clone(), 3600, true).await;
+        let m = minter(&url, false);
+        let first = m.token(Some(&repo("a")), 1).await.unwrap_err().to_string();
+        for _ in 0..5 {
+            assert_eq!(m.token(Some(&repo("a")), 1).await.unwrap_err().to_string(), first);
+        }
+        assert_eq!(mints.load(Ordering::SeqCst), 1);
+        m.token(Some(&repo("b")), 1).await.unwrap_err();
+        assert_eq!(mints.load(Ordering::SeqCst), 2, "another repository is asked for");
+        let slot = m.cache.lock().unwrap()[&Some(repo("a"))].clone();
+        match &mut *slot.try_lock().unwrap() {
+            Some(Held::Refused(_, until)) => *until = Instant::now(),
+            _ => panic!("the refusal is held"),
+        }
+        m.token(Some(&repo("a")), 1).await.unwrap_err();
+        assert_eq!(mints.load(Ordering::SeqCst), 3, "asked again once it has stood");
+    }
+
+    /// A process naming a new repository with every request gets at most its cgroup's budget of
+    /// mints; past it nothing is asked of GitHub, tokens already minted still serve, another
+    /// cgroup still gets tokens, the budget refills with time, and all cgroups together are
+    /// bounded too.
+    #[tokio::test]
+    async fn mints_are_budgeted_per_cgroup_and_in_all() {
+        let mints = Arc::new(AtomicUsize::new(0));
+        let url = mint_server(mints.clone(), 3600, false).await;
+        let mut m = minter(&url, false);
+        // One a ten seconds, five at once per cgroup; eight at once in all.
+        let rate = |burst| Rate {
+            per_minute: 6.0,
+            burst,
+        };
+        m.budgets = Mutex::new(Budgets::new(rate(5.0), rate(8.0)));
+        let mut answers = Vec::new();
+        for i in 0..12 {
+            answers.push(m.token(Some(&repo(&format!("r{i}"))), 1).await);
+        }
+        assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 5);
+        assert_eq!(mints.load(Ordering::SeqCst), 5);
+        let refused = answers[11].as_ref().unwrap_err().to_string();
+        assert!(
+            refused.contains("a minute for the callers of one cgroup")
+                && refused.contains("repository o/r11"),
+            "{refused}"
+        );
+        m.token(Some(&repo("r0")), 1)
+            .await
+            .expect("a token minted before still serves");
+        // Another cgroup has its own budget, up to what is left in all.
+        let mut other = Vec::new();
+        for i in 0..5 {
+            other.push(m.token(Some(&repo(&format!("t{i}"))), 2).await.is_ok());
+        }
+        assert_eq!(other, [true, true, true, false, false], "three left in all");
+        let refused = m.token(Some(&repo("t9")), 3).await.unwrap_err().to_string();
+        assert!(refused.contains("a minute in all"), "{refused}");
+        assert_eq!(mints.load(Ordering::SeqCst), 8);
+        // Twenty seconds later: two more in all.
+        {
+            let mut b = m.budgets.lock().unwrap();
+            b.in_all.at -= Duration::from_secs(20);
+            for own in b.per_cgroup.values_mut() {
+                own.at -= Duration::from_secs(20);
+            }
+        }
+        for i in 0..3 {
+            let _ = m.token(Some(&repo(&format!("s{i}"))), 1).await;
+        }
+        assert_eq!(mints.load(Ordering::SeqCst), 10);
+    }
+
+    /// Past `max_scopes` repositories, slots not in use are dropped.
+    #[tokio::test]
+    async fn at_most_max_scopes_repositories_are_kept() {
+        let mints = Arc::new(AtomicUsize::new(0));
+        let url = mint_server(mints.clone(), 3600, false).await;
+        let mut m = minter(&url, false);
+        m.max_scopes = 3;
+        for i in 0..6 {
+            m.token(Some(&repo(&format!("r{i}"))), 1).await.unwrap();
+            assert!(m.cache.lock().unwrap().len() <= 3);
+        }
+        assert!(m.cache.lock().unwrap().contains_key(&Some(repo("r5"))));
+        assert_eq!(mints.load(Ordering::SeqCst), 6);
     }
 
     /// An installation token in GitHub's stateless format (`ghs_<app id>_<JWT>`, some 600
@@ -392,11 +694,11 @@ mod tests {
         let mints = Arc::new(AtomicUsize::new(0));
         let url = mint_server_with(mints.clone(), 3600, false, |n, _| stateless_token(n)).await;
         let m = minter(&url, false);
-        let token = m.token(Some(&repo("a"))).await.unwrap();
+        let token = m.token(Some(&repo("a")), 1).await.unwrap();
         let expected = stateless_token(0);
         assert!(expected.len() > 500, "{}", expected.len());
         assert_eq!(token.expose(), expected);
-        assert_eq!(m.token(Some(&repo("a"))).await.unwrap(), token, "cached whole");
+        assert_eq!(m.token(Some(&repo("a")), 1).await.unwrap(), token, "cached whole");
         assert_eq!(mints.load(Ordering::SeqCst), 1);
         for scheme in [
             super::super::Scheme::Basic,

@@ -57,11 +57,12 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// The token for a request to `repo` (a static token whatever the repository).
-    pub async fn token(&self, repo: Option<&Repo>) -> Result<Secret, CredentialError> {
+    /// The token for a request to `repo` by a caller in `cgroup` (a static token whatever
+    /// the repository).
+    pub async fn token(&self, repo: Option<&Repo>, cgroup: u64) -> Result<Secret, CredentialError> {
         match &self.source {
             Source::Static(t) => Ok(t.clone()),
-            Source::App(a) => a.token(repo).await,
+            Source::App(a) => a.token(repo, cgroup).await,
         }
     }
 

@@ -115,7 +115,10 @@ impl Pipeline {
                         claims,
                     };
                 };
-                match profile.token(ex.req.repository.as_ref()).await {
+                match profile
+                    .token(ex.req.repository.as_ref(), ex.conn.caller.cgroup_id)
+                    .await
+                {
                     Ok(token) => {
                         identity.credential = CredentialKind::Brokered;
                         Decision {
