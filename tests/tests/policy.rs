@@ -975,3 +975,53 @@ fn an_oidc_authenticated_approval_over_https_is_recorded_with_the_tokens_identit
 
     t.assert_approved(&t.push(&["--force", "main"]), &forced, &id, &identity);
 }
+
+/// A process asking for approval of a new operation with every request (a new body each time)
+/// gets 16 approvals pending, each one asked of the approvers, and then 429 with why, and no
+/// further approval: the approvers' queue and the approvals file stay bounded. Once one is
+/// decided, the process may ask again.
+#[test]
+fn a_process_cannot_flood_the_approvers() {
+    if !privileged() {
+        return;
+    }
+    let t = Setup::start("");
+    let served = t.s.upstream.served();
+    let mut answers = Vec::new();
+    for n in 0..20 {
+        let body = format!("{{\"n\":{n}}}");
+        let out = t.s.curl(
+            "api.github.com",
+            "/repos/o/r/issues/comments/7",
+            &["-X", "DELETE", "--data", &body, "-w", "\n%{http_code}"],
+        );
+        answers.push(stdout(&out));
+    }
+    let held: Vec<&String> = answers.iter().filter(|a| a.ends_with("403")).collect();
+    let refused: Vec<&String> = answers.iter().filter(|a| a.ends_with("429")).collect();
+    assert_eq!((held.len(), refused.len()), (16, 4), "{answers:#?}");
+    assert!(
+        refused[0].contains("16 approvals you asked for are pending"),
+        "{}",
+        refused[0]
+    );
+    assert_eq!(t.s.upstream.served(), served, "nothing reached the upstream");
+    let listed = t.approvals(65534, &["list", "--json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert_eq!(
+        stdout(&listed)
+            .lines()
+            .filter(|l| l.contains("\"pending\""))
+            .count(),
+        16
+    );
+    // One decided makes room for one more.
+    let no = t.approvals(65534, &["deny", &approval_id(held[0]), "--reason", "no"]);
+    assert!(no.status.success(), "{}", stderr(&no));
+    let out = t.s.curl(
+        "api.github.com",
+        "/repos/o/r/issues/comments/7",
+        &["-X", "DELETE", "--data", "{\"n\":99}", "-w", "\n%{http_code}"],
+    );
+    assert!(stdout(&out).ends_with("403"), "{}", stdout(&out));
+}

@@ -37,6 +37,15 @@ pub type Micros = u64;
 /// Finished approvals (used, denied, expired) are kept this long for `list --all`, then dropped.
 pub const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Pending approvals one requester (its bound identity) may have at once: a process asking for
+/// approval of a new operation with every request would otherwise post every one of them to
+/// the approvers and grow the approvals file without bound. Past it, new operations are
+/// refused (429) until some are decided or expire.
+pub const MAX_PENDING_PER_REQUESTER: usize = 16;
+/// Pending approvals in all (a requester can vary its executable's path, which is part of its
+/// bound identity).
+pub const MAX_PENDING: usize = 256;
+
 /// The file, in the approvals directory, that holds every approval.
 pub const STATE_FILE: &str = "approvals.json";
 
@@ -466,6 +475,24 @@ pub enum Gate {
         by: String,
         reason: Option<String>,
     },
+    /// Not asked for: this requester (`mine`), or everyone, has `pending` approvals waiting,
+    /// the most allowed ([`MAX_PENDING_PER_REQUESTER`], [`MAX_PENDING`]).
+    TooMany { pending: usize, mine: bool },
+}
+
+impl Gate {
+    /// Why an operation was not asked for, for the requester.
+    pub fn too_many_text(pending: usize, mine: bool) -> String {
+        if mine {
+            format!(
+                "not asked for approval: {pending} approvals you asked for are pending, the most one requester may have; wait for them to be decided or to expire"
+            )
+        } else {
+            format!(
+                "not asked for approval: {pending} approvals are pending on this gateway, the most it holds; wait for some to be decided or to expire"
+            )
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -669,6 +696,22 @@ impl Approvals {
                         reason: reason.clone(),
                     },
                     State::Used { .. } | State::Expired => unreachable!("filtered above"),
+                };
+                return Ok(((gate, None), Vec::new()));
+            }
+            let pending = list
+                .iter()
+                .filter(|a| a.state == State::Pending && now < a.expires_at);
+            let mine = pending.clone().filter(|a| a.requester.binds(requester)).count();
+            let all = pending.count();
+            if mine >= MAX_PENDING_PER_REQUESTER || all >= MAX_PENDING {
+                let gate = Gate::TooMany {
+                    pending: if mine >= MAX_PENDING_PER_REQUESTER {
+                        mine
+                    } else {
+                        all
+                    },
+                    mine: mine >= MAX_PENDING_PER_REQUESTER,
                 };
                 return Ok(((gate, None), Vec::new()));
             }

@@ -227,6 +227,65 @@ async fn non_members_and_requesters_cannot_decide_and_membership_is_read_at_deci
     assert_eq!(status, 404);
 }
 
+/// A requester asking for approval of a new operation with every request gets at most
+/// `MAX_PENDING_PER_REQUESTER` pending (each posted to the approvers), then is refused without
+/// a new approval; asking again for one already pending still finds it; another requester is not
+/// affected, until `MAX_PENDING` are pending in all; a decided or expired one makes room.
+#[test]
+fn pending_approvals_are_capped_per_requester_and_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (approvals, _groups, steps) = open(dir.path(), &["alice"], &[]);
+    let op = |n: usize| push(&format!("{n:040x}"));
+    let ask = |n: usize, who: &Requester| approvals.check(&op(n), who, &spec(1, HOUR), "r", None).unwrap();
+    let ids: Vec<String> = (0..MAX_PENDING_PER_REQUESTER)
+        .map(|n| pending_id(ask(n, &bob())))
+        .collect();
+    assert_eq!(
+        ask(MAX_PENDING_PER_REQUESTER, &bob()),
+        Gate::TooMany {
+            pending: MAX_PENDING_PER_REQUESTER,
+            mine: true
+        }
+    );
+    assert!(matches!(ask(3, &bob()), Gate::Pending { new: false, .. }));
+    // Each pending one was requested (and posted) once; the refused one made no approval.
+    assert!(ids.iter().all(|id| steps.of(id) == [Step::Requested]));
+    assert_eq!(approvals.list(true).len(), MAX_PENDING_PER_REQUESTER);
+    // A decision makes room.
+    approvals.deny(&ids[0], &alice(), None).unwrap();
+    assert!(matches!(ask(100, &bob()), Gate::Pending { new: true, .. }));
+    // Other requesters (each exe is another bound identity) fill up to the total.
+    let mut n = 1000;
+    let mut other = 0;
+    let gate = loop {
+        let who = Requester {
+            exe: Some(format!("/tmp/copy-{}/git", other / MAX_PENDING_PER_REQUESTER)),
+            ..bob()
+        };
+        let gate = ask(n, &who);
+        n += 1;
+        other += 1;
+        if !matches!(gate, Gate::Pending { new: true, .. }) {
+            break gate;
+        }
+    };
+    assert_eq!(
+        gate,
+        Gate::TooMany {
+            pending: MAX_PENDING,
+            mine: false
+        }
+    );
+    assert_eq!(
+        approvals
+            .list(false)
+            .iter()
+            .filter(|a| a.state == State::Pending)
+            .count(),
+        MAX_PENDING
+    );
+}
+
 #[test]
 fn two_of_three_need_two_distinct_approvers() {
     let dir = tempfile::tempdir().unwrap();

@@ -238,6 +238,12 @@ impl Enforcer {
                 Outcome::Refused,
                 Some(id),
             )),
+            ApprovalGate::TooMany { pending, mine } => Err(refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                ApprovalGate::too_many_text(pending, mine),
+                Outcome::Refused,
+                None,
+            )),
         }
     }
 

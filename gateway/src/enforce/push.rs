@@ -684,6 +684,11 @@ impl Enforcer {
                                 Some(id),
                             )
                         }
+                        Ok(ApprovalGate::TooMany { pending, mine }) => {
+                            let why = ApprovalGate::too_many_text(pending, mine);
+                            notes.push(format!("ghgate: {}: {why}", r.name()));
+                            (Err(why), Outcome::Refused, None)
+                        }
                         Ok(ApprovalGate::Denied { id, by, reason }) => {
                             let why = format!(
                                 "approval {id} was denied by {by}{}",
