@@ -635,3 +635,41 @@ print(held, mine, other, again)
         "no process reached its own cap"
     );
 }
+
+/// The HTTP/2 "rapid reset" attack (CVE-2023-44487): one connection opens stream after stream
+/// and resets each right after its HEADERS, so no stream counts against the concurrent-stream
+/// limit while each may still start work. What reaches the upstream stays within the
+/// connection's request rate, and another client is served meanwhile and after.
+#[test]
+fn http2_rapid_reset_does_not_reach_past_the_request_rate() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("max_requests_per_second = 50");
+    let served = s.upstream.served();
+    // Reset at once: the streams are reset before the server has accepted them, and past a
+    // few of those the server ends the connection (GOAWAY, ENHANCE_YOUR_CALM).
+    let r = s.probe("h2reset", "api.github.com", &["/user", "--streams", "5000"]);
+    let reached = s.upstream.served() - served;
+    assert!(r["sent"].as_u64().unwrap() < 5000, "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("too_many_resets")),
+        "{r}"
+    );
+    assert!(reached <= 50, "{reached} reached the upstream: {r}");
+    // Reset 2 ms after each stream's HEADERS, once the server has taken it: each stream is a
+    // request, and the connection's request rate (50 a second, 50 at once) bounds them.
+    let r = s.probe(
+        "h2reset",
+        "api.github.com",
+        &["/user", "--streams", "400", "--reset-after-ms", "2"],
+    );
+    let reached = s.upstream.served() - served - reached;
+    let secs = r["secs"].as_f64().unwrap();
+    assert_eq!(r["sent"], 400, "{r}");
+    assert!(
+        (reached as f64) <= 50.0 + 50.0 * secs + 5.0,
+        "{reached} reached the upstream in {secs} s: {r}"
+    );
+    assert_eq!(s.codes(&[], "/after").trim(), "200");
+}

