@@ -36,6 +36,33 @@ fn app_key(dir: &Path) -> (std::path::PathBuf, String) {
     (key, public + "\n")
 }
 
+/// A gateway whose one credential profile is a GitHub App (`permissions`, as TOML) for root,
+/// in front of the test upstream playing GitHub with `auth`, serving `root`'s repositories.
+fn app_gateway(
+    key_file: &Path,
+    auth: &std::sync::Arc<Auth>,
+    root: std::path::PathBuf,
+    permissions: &str,
+) -> TlsGateway {
+    let key = key_file.display().to_string();
+    TlsGateway::start_with(
+        &["github.com", "api.github.com"],
+        true,
+        Some(root),
+        Some(auth.clone()),
+        &|addr| {
+            format!(
+                "[credentials]\ndefault = \"refuse\"\n\
+                 [credentials.profile.ci]\ngithub_app = {{ app_id = {APP_ID}, installation_id = {INSTALLATION}, \
+                 private_key_file = \"{key}\", permissions = {permissions}, \
+                 api_url = \"https://api.github.com:{}\" }}\n\
+                 [[credentials.rule]]\nprofile = \"ci\"\nuid = [0]\n",
+                addr.port()
+            )
+        },
+    )
+}
+
 #[test]
 fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
     if !privileged() {
@@ -47,23 +74,7 @@ fn git_and_curl_get_minted_app_tokens_and_never_see_them() {
 
     let (root, bare, _) = served_repo(tmp.path());
 
-    let key = key_file.display().to_string();
-    let s = TlsGateway::start_with(
-        &["github.com", "api.github.com"],
-        true,
-        Some(root),
-        Some(auth.clone()),
-        &|addr| {
-            format!(
-                "[credentials]\ndefault = \"refuse\"\n\
-                 [credentials.profile.ci]\ngithub_app = {{ app_id = {APP_ID}, installation_id = {INSTALLATION}, \
-                 private_key_file = \"{key}\", permissions = {{ contents = \"write\" }}, \
-                 api_url = \"https://api.github.com:{}\" }}\n\
-                 [[credentials.rule]]\nprofile = \"ci\"\nuid = [0]\n",
-                addr.port()
-            )
-        },
-    );
+    let s = app_gateway(&key_file, &auth, root, "{ contents = \"write\" }");
 
     // git with no credential at all: clone, commit, push.
     let work = s.clone_o_r(tmp.path());
@@ -269,23 +280,7 @@ fn a_process_naming_new_repositories_cannot_spend_the_apps_mints() {
     let auth = Auth::new(APP_ID, INSTALLATION, public, Vec::new());
     *auth.installed.lock().unwrap() = Some(vec!["r".into()]);
     let (root, _, _) = served_repo(tmp.path());
-    let key = key_file.display().to_string();
-    let s = TlsGateway::start_with(
-        &["github.com", "api.github.com"],
-        true,
-        Some(root),
-        Some(auth.clone()),
-        &|addr| {
-            format!(
-                "[credentials]\ndefault = \"refuse\"\n\
-                 [credentials.profile.ci]\ngithub_app = {{ app_id = {APP_ID}, installation_id = {INSTALLATION}, \
-                 private_key_file = \"{key}\", permissions = {{ contents = \"read\" }}, \
-                 api_url = \"https://api.github.com:{}\" }}\n\
-                 [[credentials.rule]]\nprofile = \"ci\"\nuid = [0]\n",
-                addr.port()
-            )
-        },
-    );
+    let s = app_gateway(&key_file, &auth, root, "{ contents = \"read\" }");
     let names: Vec<String> = (0..70).map(|i| format!("/repos/o/x{i}/issues")).collect();
     let urls: Vec<String> = names.iter().map(|p| s.url("api.github.com", p).0).collect();
     let hostile = |pass: usize| -> Vec<String> {

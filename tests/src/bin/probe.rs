@@ -358,17 +358,26 @@ type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Full<byt
 
 /// An HTTP/2-only TLS connection (ALPN offers h2 alone, trusting only `ca`): its sender, the
 /// negotiated ALPN, and the connection's task (which ends when the connection closes).
+/// A TLS connection to `addr` as `name`, trusting only `ca`, offering HTTP/2 alone.
+async fn h2_tls(
+    addr: SocketAddr,
+    name: &str,
+    ca: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::ServerName;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(tls_config(ca, b"h2"))
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS")
+}
+
 async fn h2_connect(
     addr: SocketAddr,
     name: &str,
     ca: &str,
 ) -> (H2Sender, Option<String>, tokio::task::JoinHandle<()>) {
-    use rustls::pki_types::ServerName;
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(tls_config(ca, b"h2"))
-        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
-        .await
-        .expect("TLS");
+    let tls = h2_tls(addr, name, ca).await;
     let alpn = tls
         .get_ref()
         .1
@@ -463,17 +472,12 @@ fn h2_rapid_reset(
     streams: usize,
     after: Duration,
 ) -> serde_json::Value {
-    use rustls::pki_types::ServerName;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let tls = tokio_rustls::TlsConnector::from(tls_config(ca, b"h2"))
-            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
-            .await
-            .expect("TLS");
+        let tls = h2_tls(addr, name, ca).await;
         let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
         let conn = tokio::spawn(conn);
         let url = format!("https://{name}:{}{path}", addr.port());
