@@ -625,6 +625,14 @@ impl Gateway {
             .collect()
     }
 
+    /// Log lines whose message mentions `text`.
+    pub fn logs_mentioning(&self, text: &str) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
+            .collect()
+    }
+
     /// Log lines of relayed connections.
     pub fn relayed(&self) -> Vec<Value> {
         self.logs()

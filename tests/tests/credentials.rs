@@ -333,14 +333,6 @@ fn a_process_naming_new_repositories_cannot_spend_the_apps_mints() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
-    let warned: Vec<Value> =
-        s.gw.logs()
-            .into_iter()
-            .filter(|l| {
-                l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("than the gateway mints"))
-            })
-            .collect();
+    let warned = s.gw.logs_mentioning("than the gateway mints");
     assert_eq!(warned.len(), 1, "{warned:?}");
 }

@@ -537,15 +537,7 @@ print(len(held), refused, other, again)
         out, "50 10 200 True",
         "held, refused, another process's status, served again"
     );
-    let logged: Vec<_> =
-        s.gw.logs()
-            .into_iter()
-            .filter(|l| {
-                l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("max_connections_per_process"))
-            })
-            .collect();
+    let logged = s.gw.logs_mentioning("max_connections_per_process");
     assert_eq!(logged.len(), 1, "logged once, not per refusal: {logged:?}");
     assert_eq!(logged[0]["held"], 50);
 }
@@ -617,21 +609,11 @@ print(held, mine, other, again)
         out, "40 000 200 True",
         "held by the children together, the cgroup's next process (000: closed), a nested cgroup's, served again"
     );
-    let logged: Vec<_> =
-        s.gw.logs()
-            .into_iter()
-            .filter(|l| {
-                l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("max_connections_per_cgroup"))
-            })
-            .collect();
+    let logged = s.gw.logs_mentioning("max_connections_per_cgroup");
     assert_eq!(logged.len(), 1, "logged once, not per refusal: {logged:?}");
     assert_eq!(logged[0]["held"], 40);
     assert!(
-        !s.gw.logs().iter().any(|l| l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("max_connections_per_process"))),
+        s.gw.logs_mentioning("max_connections_per_process").is_empty(),
         "no process reached its own cap"
     );
 }
