@@ -655,3 +655,66 @@ fn http2_rapid_reset_does_not_reach_past_the_request_rate() {
     );
     assert_eq!(s.codes(&[], "/after").trim(), "200");
 }
+
+/// The HTTP/2 CONTINUATION flood (CVE-2024-27316 and kin): a HEADERS frame without
+/// END_HEADERS, then CONTINUATION frames without end, each a header field. The gateway must not
+/// buffer them without bound: it ends the connection once the header list passes
+/// `max_header_bytes`, long before the client runs out of frames, and serves others meanwhile.
+#[test]
+fn http2_continuation_flood_is_cut_off() {
+    if !privileged() {
+        return;
+    }
+    let s = setup("max_header_bytes = 8192");
+    let out = s.python(
+        r#"
+import socket, ssl, struct, sys, time
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["h2"])
+t = ctx.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname="api.github.com")
+assert t.selected_alpn_protocol() == "h2"
+def frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+def literal(name, value):
+    return bytes([0, len(name)]) + name + bytes([len(value)]) + value
+t.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+head = b"\x82\x87\x84" + bytes([0x41, 14]) + b"api.github.com"
+t.sendall(frame(1, 0, 1, head))
+sent, closed = 0, None
+field = literal(b"x-flood", b"a" * 100)
+t.settimeout(0.5)
+for i in range(100000):
+    try:
+        t.sendall(frame(9, 0, 1, field * 10))
+        sent += 1
+    except (OSError, ssl.SSLError) as e:
+        closed = type(e).__name__
+        break
+    if i % 50 == 0:
+        try:
+            data = t.recv(65536)
+            if not data:
+                closed = "eof"
+                break
+            # A GOAWAY (type 7) among the frames the server sent.
+            if b"\x07\x00\x00\x00\x00\x00" in data:
+                closed = "goaway"
+                break
+        except socket.timeout:
+            pass
+        except (OSError, ssl.SSLError) as e:
+            closed = type(e).__name__
+            break
+print(sent, closed)
+"#,
+        &[],
+    );
+    eprintln!("continuation flood: {out}");
+    let (sent, closed) = out.split_once(' ').unwrap();
+    let sent: u64 = sent.parse().unwrap();
+    // Each CONTINUATION frame carries over 1 KB of header fields: 8 KiB are a few frames.
+    assert!(sent < 1000, "{out}: the gateway took {sent} CONTINUATION frames");
+    assert_ne!(closed, "None", "{out}");
+    assert_eq!(s.codes(&[], "/after").trim(), "200");
+}
