@@ -552,7 +552,11 @@ fn forked_processes_cannot_hold_more_connections_than_their_cgroup_s_cap() {
     if !privileged() {
         return;
     }
-    let s = setup("max_connections_per_process = 50\nmax_connections_per_cgroup = 40");
+    let metrics = ghgate_e2e::free_port();
+    let s = setup(&format!(
+        "max_connections_per_process = 50\nmax_connections_per_cgroup = 40\n\
+         [telemetry]\nmetrics = \"127.0.0.1:{metrics}\""
+    ));
     let nested = s.cg.child("container");
     let out = s.python(
         r#"
@@ -616,6 +620,28 @@ print(held, mine, other, again)
         s.gw.logs_mentioning("max_connections_per_process").is_empty(),
         "no process reached its own cap"
     );
+    // Counted: the 20 connections the children were refused, and the cgroup's curl; once the
+    // script has exited, none held.
+    let scrape = || -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{metrics}/metrics"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = ghgate_e2e::eventually("no connection held", Duration::from_secs(10), || {
+        let text = scrape();
+        text.lines()
+            .any(|l| l == "ghgate_connections_held 0.0")
+            .then_some(text)
+    });
+    for line in [
+        "ghgate_connections_capped_total{cap=\"cgroup\"} 21",
+        "ghgate_connections_capped_total{cap=\"process\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
 }
 
 /// The HTTP/2 "rapid reset" attack (CVE-2023-44487): one connection opens stream after stream

@@ -93,6 +93,7 @@ impl Caps {
         let mut guard = self.lock();
         let held = &mut *guard;
         if held.total.count >= self.max.total {
+            crate::telemetry::metrics().capped("total");
             if held.total.refuse() {
                 warn!(
                     tgid,
@@ -107,6 +108,7 @@ impl Caps {
         if let Some(c) = held.cgroups.get_mut(&cgroup)
             && c.count >= self.max.per_cgroup
         {
+            crate::telemetry::metrics().capped("cgroup");
             if c.refuse() {
                 warn!(
                     tgid,
@@ -122,6 +124,7 @@ impl Caps {
         if let Some(p) = held.processes.get_mut(&tgid)
             && p.count >= self.max.per_process
         {
+            crate::telemetry::metrics().capped("process");
             if p.refuse() {
                 warn!(
                     tgid,
@@ -135,6 +138,7 @@ impl Caps {
         held.processes.entry(tgid).or_default().count += 1;
         held.cgroups.entry(cgroup).or_default().count += 1;
         held.total.count += 1;
+        crate::telemetry::metrics().held(held.total.count);
         Some(Slot {
             of: self.clone(),
             tgid,
@@ -172,6 +176,7 @@ impl Drop for Slot {
         }
         // The total's run of refusals ends when a connection closes: there is room again.
         held.total.count = held.total.count.saturating_sub(1);
+        crate::telemetry::metrics().held(held.total.count);
         if held.total.refused > 0 {
             info!(
                 refused = held.total.refused,

@@ -91,6 +91,10 @@ const KINDS: [Kind; 6] = [
 /// An exchange's status as a label: its class, or "error" when it ended without an answer.
 const STATUSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
+/// The connection caps, as the `cap` label names them (`[http] max_connections_per_process`,
+/// `_per_cgroup`, `max_connections`).
+pub const CAPS: [&str; 3] = ["process", "cgroup", "total"];
+
 /// The event sinks, as the `sink` label names them.
 pub const SINKS: [&str; 2] = ["syslog", "webhook"];
 
@@ -98,6 +102,9 @@ pub const SINKS: [&str; 2] = ["syslog", "webhook"];
 #[derive(Debug)]
 pub struct Metrics {
     redirected: Counter,
+    capped: Labeled<1>,
+    /// Connections held through the gateway now (under the caps).
+    held: AtomicU64,
     refused: Labeled<2>,
     exchanges: Labeled<3>,
     decisions: Labeled<2>,
@@ -128,6 +135,8 @@ impl Default for Metrics {
             .collect::<Vec<_>>();
         Self {
             redirected: Counter::default(),
+            capped: Labeled::new(["cap"], CAPS.map(|c| [c])),
+            held: AtomicU64::new(0),
             refused: Labeled::new(["layer", "reason"], product2(layers, reasons)),
             exchanges: Labeled::new(["kind", "answered_by", "status"], exchanges),
             decisions: Labeled::new(
@@ -162,6 +171,16 @@ impl Metrics {
     }
 
     /// `count` connections (or datagrams) refused.
+    /// A connection closed at once because it would have passed `cap` (one of [`CAPS`]).
+    pub fn capped(&self, cap: &'static str) {
+        self.capped.inc_by([cap], 1);
+    }
+
+    /// Connections held through the gateway now.
+    pub fn held(&self, connections: u32) {
+        self.held.store(connections.into(), Ordering::Relaxed);
+    }
+
     pub fn refused(&self, layer: RefusalLayer, reason: RefusalReason, count: u64) {
         self.refused.inc_by([layer.as_str(), reason.as_str()], count);
     }
@@ -232,6 +251,11 @@ impl Metrics {
             "ghgate_connections_redirected",
             "Connections the kernel redirected to the gateway and the gateway accepted",
             self.redirected.clone(),
+        );
+        r.register(
+            "ghgate_connections_capped",
+            "Connections closed at once over a connection cap, by cap (process, cgroup, total)",
+            self.capped.family.clone(),
         );
         r.register(
             "ghgate_connections_refused",
@@ -382,6 +406,12 @@ impl Collector for Scraped {
         }
         gauge(
             &mut e,
+            "ghgate_connections_held",
+            "Connections held through the gateway now (under the connection caps)",
+            m.held.load(Ordering::Relaxed) as f64,
+        )?;
+        gauge(
+            &mut e,
             "ghgate_intercept_names_failing",
             "Names of the intercept set whose last lookup failed (their last good answer stays)",
             m.names_failing.load(Ordering::Relaxed) as f64,
@@ -432,6 +462,9 @@ mod tests {
         for line in [
             "# TYPE ghgate_connections_redirected_total counter",
             "ghgate_connections_redirected_total 0",
+            "# TYPE ghgate_connections_capped_total counter",
+            "ghgate_connections_capped_total{cap=\"cgroup\"} 0",
+            "ghgate_connections_held 0.0",
             "# TYPE ghgate_connections_refused_total counter",
             "ghgate_connections_refused_total{layer=\"kernel\",reason=\"port_not_allowed\"} 0",
             "ghgate_connections_refused_total{layer=\"gateway\",reason=\"foreign_sni\"} 0",
@@ -460,6 +493,8 @@ mod tests {
         m.exchange(Kind::RestApi, AnsweredBy::Gateway, 403, false);
         m.exchange(Kind::RestApi, AnsweredBy::Upstream, 0, true);
         m.sink_event("webhook", false, 2);
+        m.capped("process");
+        m.held(3);
         assert_eq!(m.refused.get(["kernel", "not_tcp"]), 3);
         assert_eq!(m.exchanges.get(["rest-api", "upstream", "error"]), 1);
         let text = exposition(m);
@@ -470,6 +505,9 @@ mod tests {
             "ghgate_exchanges_total{kind=\"git\",answered_by=\"upstream\",status=\"2xx\"} 1",
             "ghgate_exchanges_total{kind=\"rest-api\",answered_by=\"gateway\",status=\"4xx\"} 1",
             "ghgate_telemetry_events_total{sink=\"webhook\",result=\"dropped\"} 2",
+            "ghgate_connections_capped_total{cap=\"process\"} 1",
+            "ghgate_connections_capped_total{cap=\"total\"} 0",
+            "ghgate_connections_held 3.0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }
