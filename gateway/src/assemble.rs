@@ -132,11 +132,11 @@ fn proxy(
         tls: config.tls.clone(),
         leaves: Arc::new(LeafCache::new(ca, capacity)),
         tickets: rustls::crypto::ring::Ticketer::new().context("cannot make TLS session ticket keys")?,
-        caps: crate::listen::caps::Caps::new(crate::listen::caps::Limits {
-            per_process: config.http.max_connections_per_process,
-            per_cgroup: config.http.max_connections_per_cgroup,
-            total: config.http.max_connections,
-        }),
+        caps: crate::listen::caps::Caps::new(crate::listen::caps::limits(
+            config.http.max_connections_per_process,
+            config.http.max_connections_per_cgroup,
+            config.http.max_connections,
+        )),
         pool: {
             let pools = Pools::new(config.listen.shard_count(), upstream_tls, connect_timeout);
             pools.spawn_sweepers();

@@ -435,7 +435,7 @@ pub struct HttpConfig {
     #[serde(default = "default_max_connections_per_cgroup")]
     pub max_connections_per_cgroup: u32,
     /// Connections held through the gateway at once, by every cgroup together: below what its
-    /// open files (two per connection at most) and memory allow.
+    /// memory allows; lowered at start to what its open files allow (two per connection).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }

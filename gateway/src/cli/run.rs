@@ -36,7 +36,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     super::init_logging(config.log.format);
-    raise_open_files_limit(config.http.max_connections);
+    raise_open_files_limit();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     gather_logs(&mut runtime);
@@ -52,7 +52,7 @@ const FEW_OPEN_FILES: u64 = 8192;
 /// a systemd service starts at 1,024 (of 524,288 allowed), which a runner's parallel clients, or
 /// one process opening connections in a loop, would exhaust; every connection after that
 /// waits in the listen queue until one closes.
-fn raise_open_files_limit(max_connections: u32) {
+fn raise_open_files_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
@@ -74,21 +74,7 @@ fn raise_open_files_limit(max_connections: u32) {
             "the gateway may open only this many files, one per intercepted connection: raise LimitNOFILE (systemd) or the hard limit"
         );
     }
-    // Past the limit, connections are not closed (as over a cap) but wait in the listen queue.
-    let needed = 2 * u64::from(max_connections) + FILES_BESIDES_CONNECTIONS;
-    if now < needed {
-        warn!(
-            open_files = now,
-            max_connections,
-            needed,
-            "[http] max_connections allows more connections than the open files limit (two files per connection at most): past the limit they wait in the listen queue instead of being closed; raise LimitNOFILE or lower max_connections"
-        );
-    }
 }
-
-/// Open files the gateway needs besides its connections' (record segments, index, listeners,
-/// BPF maps, logs), with room to spare.
-const FILES_BESIDES_CONNECTIONS: u64 = 1024;
 
 /// Worker threads (the main runtime's and the shards') write their log lines in bursts, when
 /// they run out of work.

@@ -67,6 +67,41 @@ fn leave<K: Hash + Eq>(map: &mut HashMap<K, Count>, key: &K) -> Option<u64> {
     Some(refused)
 }
 
+/// Open files the gateway needs besides its connections' (record segments, index, listeners,
+/// BPF maps, logs), with room to spare.
+const FILES_BESIDES_CONNECTIONS: u64 = 1024;
+
+/// `max_connections`, lowered to what `open_files` allow (two files per connection at most):
+/// past the open files limit, connections would not be closed, as over a cap, but wait in the
+/// listen queue. `None` when it fits.
+fn fitted(total: u32, open_files: u64) -> Option<u32> {
+    let room = open_files.saturating_sub(FILES_BESIDES_CONNECTIONS) / 2;
+    (u64::from(total) > room).then(|| u32::try_from(room.max(1)).unwrap_or(u32::MAX))
+}
+
+/// The caps as configured, `total` fitted to the open files limit (logged when lowered).
+pub fn limits(per_process: u32, per_cgroup: u32, total: u32) -> Limits {
+    let open_files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft);
+    let total = match fitted(total, open_files) {
+        Some(fit) => {
+            info!(
+                max_connections = total,
+                open_files,
+                now = fit,
+                "[http] max_connections lowered to fit the open files limit (two files per connection at most); raise LimitNOFILE to hold more"
+            );
+            fit
+        }
+        None => total,
+    };
+    Limits {
+        per_process,
+        per_cgroup,
+        total,
+    }
+}
+
 /// One connection held; given back when dropped.
 pub struct Slot {
     of: Arc<Caps>,
@@ -256,6 +291,13 @@ mod tests {
         drop(job);
         assert_eq!(caps.held(100, 7), (0, 0, 1));
         drop(other);
+    }
+
+    #[test]
+    fn the_total_fits_the_open_files() {
+        assert_eq!(fitted(65536, 524_288), None);
+        assert_eq!(fitted(65536, 20_000), Some(9488));
+        assert_eq!(fitted(100, 1024), Some(1), "never zero");
     }
 
     #[test]
