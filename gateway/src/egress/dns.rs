@@ -6,6 +6,12 @@
 //!
 //! It never answers from anything but an upstream's answer to that very query (same id), never
 //! changes an answer, and never logs per query.
+//!
+//! Bounded: each query in flight holds a socket to an upstream for up to [`UPSTREAM_TIMEOUT`],
+//! so a process flooding it with queries (to an upstream that is slow, or a name that never
+//! answers) would take every open file the gateway has. At most [`MAX_IN_FLIGHT`] queries go
+//! upstream at once, and at most [`MAX_TCP_CLIENTS`] TCP clients are served at once; past that
+//! a UDP query gets SERVFAIL at once and a TCP client is closed (logged once per run).
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
@@ -21,6 +27,7 @@ use hickory_resolver::proto::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, UdpSocket},
+    sync::Semaphore,
 };
 use tracing::{debug, warn};
 
@@ -33,6 +40,49 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_UDP: usize = 4096;
 /// A TCP client gets this long for each query.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Queries forwarded upstream at once, from every client together.
+const MAX_IN_FLIGHT: usize = 1024;
+/// TCP clients served at once.
+const MAX_TCP_CLIENTS: usize = 256;
+
+/// The resolver's bounds, shared by its listeners.
+struct Bounds {
+    in_flight: Arc<Semaphore>,
+    tcp_clients: Arc<Semaphore>,
+    /// Refusing since a bound was reached (logged at the first of a run).
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl Bounds {
+    fn new(in_flight: usize, tcp_clients: usize) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: Arc::new(Semaphore::new(in_flight)),
+            tcp_clients: Arc::new(Semaphore::new(tcp_clients)),
+            refusing: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// A permit of `of`, or `None` (the first refusal of a run is logged).
+    fn take(&self, of: &Arc<Semaphore>, what: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering;
+        match of.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.refusing.store(false, Ordering::Relaxed);
+                Some(permit)
+            }
+            Err(_) => {
+                if !self.refusing.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        max_in_flight = MAX_IN_FLIGHT,
+                        max_tcp_clients = MAX_TCP_CLIENTS,
+                        "egress resolver: too many {what} at once; further ones are refused (SERVFAIL, or the TCP connection closed) until some end"
+                    );
+                }
+                None
+            }
+        }
+    }
+}
 
 /// The resolver's sockets, bound before the programs are attached (so the first redirected query
 /// finds them).
@@ -85,18 +135,48 @@ pub fn upstreams(configured: &[SocketAddr], own: &[SocketAddr]) -> Vec<SocketAdd
 
 /// Serves forever.
 pub async fn serve(listeners: Listeners, upstreams: Vec<SocketAddr>, egress: Arc<Egress>) {
+    serve_bounded(
+        listeners,
+        upstreams,
+        egress,
+        Bounds::new(MAX_IN_FLIGHT, MAX_TCP_CLIENTS),
+    )
+    .await;
+}
+
+async fn serve_bounded(
+    listeners: Listeners,
+    upstreams: Vec<SocketAddr>,
+    egress: Arc<Egress>,
+    bounds: Arc<Bounds>,
+) {
     let upstreams = Arc::new(upstreams);
     let mut tasks = tokio::task::JoinSet::new();
     for sock in listeners.udp {
-        tasks.spawn(serve_udp(Arc::new(sock), upstreams.clone(), egress.clone()));
+        tasks.spawn(serve_udp(
+            Arc::new(sock),
+            upstreams.clone(),
+            egress.clone(),
+            bounds.clone(),
+        ));
     }
     for listener in listeners.tcp {
-        tasks.spawn(serve_tcp(listener, upstreams.clone(), egress.clone()));
+        tasks.spawn(serve_tcp(
+            listener,
+            upstreams.clone(),
+            egress.clone(),
+            bounds.clone(),
+        ));
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn serve_udp(sock: Arc<UdpSocket>, upstreams: Arc<Vec<SocketAddr>>, egress: Arc<Egress>) {
+async fn serve_udp(
+    sock: Arc<UdpSocket>,
+    upstreams: Arc<Vec<SocketAddr>>,
+    egress: Arc<Egress>,
+    bounds: Arc<Bounds>,
+) {
     let mut buf = vec![0u8; MAX_UDP];
     loop {
         let (n, client) = match sock.recv_from(&mut buf).await {
@@ -107,24 +187,48 @@ async fn serve_udp(sock: Arc<UdpSocket>, upstreams: Arc<Vec<SocketAddr>>, egress
             }
         };
         let query = buf[..n].to_vec();
+        let Some(permit) = bounds.take(&bounds.in_flight, "queries") else {
+            if let Some(reply) = Message::from_bytes(&query)
+                .ok()
+                .filter(|m| m.message_type() == MessageType::Query)
+                .and_then(|m| servfail(&m))
+            {
+                let _ = sock.try_send_to(&reply, client);
+            }
+            continue;
+        };
         let (sock, upstreams, egress) = (sock.clone(), upstreams.clone(), egress.clone());
         tokio::spawn(async move {
-            if let Some(reply) = resolve(&query, &upstreams, &egress, false).await {
+            let reply = resolve(&query, &upstreams, &egress, false).await;
+            drop(permit);
+            if let Some(reply) = reply {
                 let _ = sock.send_to(&reply, client).await;
             }
         });
     }
 }
 
-async fn serve_tcp(listener: TcpListener, upstreams: Arc<Vec<SocketAddr>>, egress: Arc<Egress>) {
+async fn serve_tcp(
+    listener: TcpListener,
+    upstreams: Arc<Vec<SocketAddr>>,
+    egress: Arc<Egress>,
+    bounds: Arc<Bounds>,
+) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
-        let (upstreams, egress) = (upstreams.clone(), egress.clone());
+        let Some(client) = bounds.take(&bounds.tcp_clients, "TCP clients") else {
+            continue;
+        };
+        let (upstreams, egress, bounds) = (upstreams.clone(), egress.clone(), bounds.clone());
         tokio::spawn(async move {
+            let _client = client;
             loop {
                 let Ok(Ok(query)) = tokio::time::timeout(TCP_IDLE, read_framed(&mut stream)).await else {
+                    return;
+                };
+                let Some(_query) = bounds.take(&bounds.in_flight, "queries") else {
                     return;
                 };
                 let Some(reply) = resolve(&query, &upstreams, &egress, true).await else {
@@ -262,6 +366,85 @@ mod tests {
     use hickory_resolver::proto::rr::{Name, Record, rdata};
 
     use super::*;
+
+    /// A query for `name` with `id`, as a client sends it.
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut msg = Message::new();
+        msg.set_id(id).set_message_type(MessageType::Query);
+        msg.add_query(hickory_resolver::proto::op::Query::query(
+            Name::from_ascii(name).unwrap(),
+            hickory_resolver::proto::rr::RecordType::A,
+        ));
+        msg.to_bytes().unwrap()
+    }
+
+    /// A flood of queries to an upstream that never answers holds at most the bound's upstream
+    /// sockets; past it, each query gets SERVFAIL at once; and once the queries in flight have
+    /// timed out, queries go upstream again. TCP clients past their bound are closed.
+    #[tokio::test]
+    async fn a_query_flood_is_bounded_and_answered_servfail_past_it() {
+        #[derive(serde::Deserialize)]
+        struct Wrap {
+            egress: super::super::EgressConfig,
+        }
+        let config = toml::from_str::<Wrap>("[egress]\n").unwrap().egress;
+        let egress = Arc::new(Egress::new(config, None));
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let listeners = bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let (addr, tcp_addr) = (
+            listeners.udp[0].local_addr().unwrap(),
+            listeners.tcp[0].local_addr().unwrap(),
+        );
+        tokio::spawn(serve_bounded(
+            listeners,
+            vec![silent.local_addr().unwrap()],
+            egress,
+            Bounds::new(8, 2),
+        ));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let started = tokio::time::Instant::now();
+        for id in 0..20 {
+            client.send_to(&query(id, "flood.example."), addr).await.unwrap();
+        }
+        let mut buf = vec![0u8; MAX_UDP];
+        let mut servfails = Vec::new();
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await
+        {
+            let reply = Message::from_bytes(&buf[..n]).unwrap();
+            assert_eq!(reply.response_code(), ResponseCode::ServFail);
+            servfails.push(reply.id());
+        }
+        assert_eq!(servfails.len(), 12, "{servfails:?}");
+        assert!(started.elapsed() < UPSTREAM_TIMEOUT, "answered at once");
+        let mut upstream_got = 0;
+        while tokio::time::timeout(Duration::from_millis(100), silent.recv_from(&mut buf))
+            .await
+            .is_ok()
+        {
+            upstream_got += 1;
+        }
+        assert_eq!(upstream_got, 8, "the bound's worth went upstream");
+        // Two TCP clients are served (waiting for a query); a third is closed at once.
+        let _a = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+        let _b = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(1), c.read(&mut byte)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+        // The 8 in flight time out (and get SERVFAIL); then queries go upstream again.
+        tokio::time::sleep(UPSTREAM_TIMEOUT).await;
+        while tokio::time::timeout(Duration::from_millis(100), client.recv_from(&mut buf))
+            .await
+            .is_ok()
+        {}
+        client.send_to(&query(99, "again.example."), addr).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(1), silent.recv_from(&mut buf))
+            .await
+            .expect("the query went upstream")
+            .unwrap();
+        assert_eq!(Message::from_bytes(&buf[..n]).unwrap().id(), 99);
+    }
 
     #[test]
     fn answers_give_the_name_asked_and_each_address_with_its_ttl() {
