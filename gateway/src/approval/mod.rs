@@ -42,9 +42,22 @@ pub const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 /// the approvers and grow the approvals file without bound. Past it, new operations are
 /// refused (429) until some are decided or expire.
 pub const MAX_PENDING_PER_REQUESTER: usize = 16;
-/// Pending approvals in all (a requester can vary its executable's path, which is part of its
-/// bound identity).
-pub const MAX_PENDING: usize = 256;
+/// Pending approvals of one uid: a requester can vary its executable's path, which is part of
+/// its bound identity, but not its uid, so one user cannot fill the gateway's total for others.
+pub const MAX_PENDING_PER_UID: usize = 64;
+/// Pending approvals in all.
+pub const MAX_PENDING: usize = 1024;
+
+/// Whose pending approvals reached their cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whose {
+    /// The requester's (its bound identity).
+    Requester,
+    /// Its uid's.
+    Uid,
+    /// Everyone's.
+    All,
+}
 
 /// The file, in the approvals directory, that holds every approval.
 pub const STATE_FILE: &str = "approvals.json";
@@ -475,23 +488,21 @@ pub enum Gate {
         by: String,
         reason: Option<String>,
     },
-    /// Not asked for: this requester (`mine`), or everyone, has `pending` approvals waiting,
-    /// the most allowed ([`MAX_PENDING_PER_REQUESTER`], [`MAX_PENDING`]).
-    TooMany { pending: usize, mine: bool },
+    /// Not asked for: the requester, its uid, or everyone (`whose`) has `pending` approvals
+    /// waiting, the most allowed ([`MAX_PENDING_PER_REQUESTER`], [`MAX_PENDING_PER_UID`],
+    /// [`MAX_PENDING`]).
+    TooMany { pending: usize, whose: Whose },
 }
 
 impl Gate {
     /// Why an operation was not asked for, for the requester.
-    pub fn too_many_text(pending: usize, mine: bool) -> String {
-        if mine {
-            format!(
-                "not asked for approval: {pending} approvals you asked for are pending, the most one requester may have; wait for them to be decided or to expire"
-            )
-        } else {
-            format!(
-                "not asked for approval: {pending} approvals are pending on this gateway, the most it holds; wait for some to be decided or to expire"
-            )
-        }
+    pub fn too_many_text(pending: usize, whose: Whose) -> String {
+        let of = match whose {
+            Whose::Requester => "approvals you asked for are pending, the most one requester may have",
+            Whose::Uid => "approvals of your uid are pending, the most one uid may have",
+            Whose::All => "approvals are pending on this gateway, the most it holds",
+        };
+        format!("not asked for approval: {pending} {of}; wait for some to be decided or to expire")
     }
 }
 
@@ -703,17 +714,20 @@ impl Approvals {
                 .iter()
                 .filter(|a| a.state == State::Pending && now < a.expires_at);
             let mine = pending.clone().filter(|a| a.requester.binds(requester)).count();
+            let uid = pending
+                .clone()
+                .filter(|a| a.requester.uid == requester.uid)
+                .count();
             let all = pending.count();
-            if mine >= MAX_PENDING_PER_REQUESTER || all >= MAX_PENDING {
-                let gate = Gate::TooMany {
-                    pending: if mine >= MAX_PENDING_PER_REQUESTER {
-                        mine
-                    } else {
-                        all
-                    },
-                    mine: mine >= MAX_PENDING_PER_REQUESTER,
-                };
-                return Ok(((gate, None), Vec::new()));
+            let full = [
+                (mine, MAX_PENDING_PER_REQUESTER, Whose::Requester),
+                (uid, MAX_PENDING_PER_UID, Whose::Uid),
+                (all, MAX_PENDING, Whose::All),
+            ]
+            .into_iter()
+            .find(|(n, max, _)| n >= max);
+            if let Some((pending, _, whose)) = full {
+                return Ok(((Gate::TooMany { pending, whose }, None), Vec::new()));
             }
             let approval = Approval {
                 id: new_id(),

@@ -229,10 +229,12 @@ async fn non_members_and_requesters_cannot_decide_and_membership_is_read_at_deci
 
 /// A requester asking for approval of a new operation with every request gets at most
 /// `MAX_PENDING_PER_REQUESTER` pending (each posted to the approvers), then is refused without
-/// a new approval; asking again for one already pending still finds it; another requester is not
-/// affected, until `MAX_PENDING` are pending in all; a decided or expired one makes room.
+/// a new approval; asking again for one already pending still finds it; varying its
+/// executable (part of its bound identity) reaches its uid's cap and no further, so another
+/// uid is still asked for; past `MAX_PENDING` in all, everyone is refused; a decided one makes
+/// room.
 #[test]
-fn pending_approvals_are_capped_per_requester_and_in_all() {
+fn pending_approvals_are_capped_per_requester_per_uid_and_in_all() {
     let dir = tempfile::tempdir().unwrap();
     let (approvals, _groups, steps) = open(dir.path(), &["alice"], &[]);
     let op = |n: usize| push(&format!("{n:040x}"));
@@ -244,7 +246,7 @@ fn pending_approvals_are_capped_per_requester_and_in_all() {
         ask(MAX_PENDING_PER_REQUESTER, &bob()),
         Gate::TooMany {
             pending: MAX_PENDING_PER_REQUESTER,
-            mine: true
+            whose: Whose::Requester
         }
     );
     assert!(matches!(ask(3, &bob()), Gate::Pending { new: false, .. }));
@@ -254,26 +256,40 @@ fn pending_approvals_are_capped_per_requester_and_in_all() {
     // A decision makes room.
     approvals.deny(&ids[0], &alice(), None).unwrap();
     assert!(matches!(ask(100, &bob()), Gate::Pending { new: true, .. }));
-    // Other requesters (each exe is another bound identity) fill up to the total.
+    // Asks until refused, as `who(i)` for the i-th ask; the refusal.
     let mut n = 1000;
-    let mut other = 0;
-    let gate = loop {
-        let who = Requester {
-            exe: Some(format!("/tmp/copy-{}/git", other / MAX_PENDING_PER_REQUESTER)),
+    let mut fill = |who: &dyn Fn(usize) -> Requester| {
+        for i in 0.. {
+            let gate = ask(n, &who(i));
+            n += 1;
+            if !matches!(gate, Gate::Pending { new: true, .. }) {
+                return gate;
+            }
+        }
+        unreachable!()
+    };
+    // The same uid under copies of its executable: the uid's cap.
+    let copy = |uid: u32| {
+        move |i: usize| Requester {
+            uid,
+            exe: Some(format!("/tmp/copy-{}/git", i / MAX_PENDING_PER_REQUESTER)),
             ..bob()
-        };
-        let gate = ask(n, &who);
-        n += 1;
-        other += 1;
-        if !matches!(gate, Gate::Pending { new: true, .. }) {
-            break gate;
         }
     };
+    assert_eq!(
+        fill(&copy(4242)),
+        Gate::TooMany {
+            pending: MAX_PENDING_PER_UID,
+            whose: Whose::Uid
+        }
+    );
+    // Other uids, each to its own cap, until the total.
+    let gate = fill(&|i: usize| copy(5000 + (i / MAX_PENDING_PER_UID) as u32)(i));
     assert_eq!(
         gate,
         Gate::TooMany {
             pending: MAX_PENDING,
-            mine: false
+            whose: Whose::All
         }
     );
     assert_eq!(

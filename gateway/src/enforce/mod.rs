@@ -238,9 +238,9 @@ impl Enforcer {
                 Outcome::Refused,
                 Some(id),
             )),
-            ApprovalGate::TooMany { pending, mine } => Err(refused(
+            ApprovalGate::TooMany { pending, whose } => Err(refused(
                 StatusCode::TOO_MANY_REQUESTS,
-                ApprovalGate::too_many_text(pending, mine),
+                ApprovalGate::too_many_text(pending, whose),
                 Outcome::Refused,
                 None,
             )),

@@ -684,8 +684,8 @@ impl Enforcer {
                                 Some(id),
                             )
                         }
-                        Ok(ApprovalGate::TooMany { pending, mine }) => {
-                            let why = ApprovalGate::too_many_text(pending, mine);
+                        Ok(ApprovalGate::TooMany { pending, whose }) => {
+                            let why = ApprovalGate::too_many_text(pending, whose);
                             notes.push(format!("ghgate: {}: {why}", r.name()));
                             (Err(why), Outcome::Refused, None)
                         }
