@@ -12,6 +12,7 @@
 //! webhook.
 pub mod approval;
 pub mod assemble;
+pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -81,11 +81,10 @@ pub struct Rate {
 /// dropped is minted again when next needed).
 pub const MAX_SCOPES: usize = 4096;
 
-/// A token bucket of mints.
+/// A budget of mints.
 struct Budget {
     rate: Rate,
-    left: f64,
-    at: Instant,
+    bucket: crate::bucket::TokenBucket,
     /// Refusing since the bucket ran dry (logged at the first).
     refusing: bool,
 }
@@ -94,24 +93,14 @@ impl Budget {
     fn new(rate: Rate) -> Self {
         Self {
             rate,
-            left: rate.burst,
-            at: Instant::now(),
+            bucket: crate::bucket::TokenBucket::new(rate.per_minute / 60.0, rate.burst),
             refusing: false,
         }
     }
 
-    fn refill(&mut self) {
-        let now = Instant::now();
-        self.left = (self.left + now.duration_since(self.at).as_secs_f64() * self.rate.per_minute / 60.0)
-            .min(self.rate.burst);
-        self.at = now;
-    }
-
-    /// Takes one mint, if there is one left; false for the first refusal of a run of them too.
+    /// Takes one mint, if there is one left; else whether this is the first refusal of a run.
     fn take(&mut self) -> Result<(), bool> {
-        self.refill();
-        if self.left >= 1.0 {
-            self.left -= 1.0;
+        if self.bucket.take() {
             self.refusing = false;
             return Ok(());
         }
@@ -138,10 +127,7 @@ impl Budgets {
     /// Takes one mint for a caller in `cgroup`; or says which budget has none left.
     fn take(&mut self, cgroup: u64) -> Result<(), String> {
         if self.per_cgroup.len() >= MAX_BUDGETS && !self.per_cgroup.contains_key(&cgroup) {
-            self.per_cgroup.retain(|_, b| {
-                b.refill();
-                b.left < b.rate.burst
-            });
+            self.per_cgroup.retain(|_, b| !b.bucket.is_full());
         }
         let rate = self.cgroup_rate;
         let own = self.per_cgroup.entry(cgroup).or_insert_with(|| Budget::new(rate));
@@ -151,7 +137,7 @@ impl Budgets {
                 Ok(()) => None,
                 Err(first) => {
                     // Not spent after all.
-                    own.left += 1.0;
+                    own.bucket.give_back();
                     Some((first, "in all", self.in_all.rate))
                 }
             },
@@ -637,9 +623,9 @@ mod tests {
         // Twenty seconds later: two more in all.
         {
             let mut b = m.budgets.lock().unwrap();
-            b.in_all.at -= Duration::from_secs(20);
+            b.in_all.bucket.age(Duration::from_secs(20));
             for own in b.per_cgroup.values_mut() {
-                own.at -= Duration::from_secs(20);
+                own.bucket.age(Duration::from_secs(20));
             }
         }
         for i in 0..3 {

@@ -286,35 +286,6 @@ pub struct Settings {
     pub github: Arc<GitHub>,
 }
 
-/// A token bucket: `rate` requests per second, bursts of up to `rate`.
-struct RateLimit {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(rate: u32) -> Self {
-        Self {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Where a terminated connection's requests go.
 pub struct UpstreamRoute {
     pub pool: Arc<Pool>,
@@ -328,7 +299,7 @@ struct ConnState<P> {
     route: UpstreamRoute,
     phases: Arc<P>,
     github: Arc<GitHub>,
-    rate: std::sync::Mutex<RateLimit>,
+    rate: std::sync::Mutex<crate::bucket::TokenBucket>,
     max_rps: u32,
 }
 
@@ -514,7 +485,10 @@ where
         route,
         phases,
         github: settings.github.clone(),
-        rate: std::sync::Mutex::new(RateLimit::new(limits.max_requests_per_second)),
+        rate: std::sync::Mutex::new(crate::bucket::TokenBucket::new(
+            f64::from(limits.max_requests_per_second),
+            f64::from(limits.max_requests_per_second),
+        )),
         max_rps: limits.max_requests_per_second,
     });
     let activity = Activity::default();
@@ -800,7 +774,7 @@ async fn forward<P: Phases>(
             Some(refusal.to_string())
         );
     }
-    let allowed = state.rate.lock().map(|mut r| r.allow()).unwrap_or(true);
+    let allowed = state.rate.lock().map(|mut r| r.take()).unwrap_or(true);
     if !allowed {
         warn!(exchange = ex.id.get(), client = %ex.conn.client, tgid = ex.conn.caller.tgid, comm = %ex.conn.caller.comm,
               limit = state.max_rps, "request rate limit exceeded on one connection");
@@ -1101,18 +1075,5 @@ mod tests {
             "{}",
             refusal.cause
         );
-    }
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_refuses() {
-        let mut r = RateLimit::new(5);
-        assert!((0..5).all(|_| r.allow()));
-        assert!(
-            !r.allow(),
-            "the sixth request within the same instant is over the limit"
-        );
-        r.last -= Duration::from_millis(400); // two tokens' worth of time passes
-        assert!(r.allow() && r.allow());
-        assert!(!r.allow());
     }
 }

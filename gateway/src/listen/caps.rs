@@ -46,10 +46,14 @@ struct Count {
 }
 
 impl Count {
-    /// Counts a refusal; true for the first of a run of them.
-    fn refuse(&mut self) -> bool {
-        self.refused += 1;
-        self.refused == 1
+    /// Whether this count is at its cap `max`: then a refusal is counted (in the metrics under
+    /// `cap`), and the answer says whether it is the first of a run (to be logged).
+    fn full(&mut self, max: u32, cap: &'static str) -> Option<bool> {
+        (self.count >= max).then(|| {
+            crate::telemetry::metrics().capped(cap);
+            self.refused += 1;
+            self.refused == 1
+        })
     }
 
     /// Gives one back; the refusals of the run that ended, if this was the last one held.
@@ -127,9 +131,8 @@ impl Caps {
         let (tgid, cgroup) = (caller.tgid, caller.cgroup_id);
         let mut guard = self.lock();
         let held = &mut *guard;
-        if held.total.count >= self.max.total {
-            crate::telemetry::metrics().capped("total");
-            if held.total.refuse() {
+        if let Some(first) = held.total.full(self.max.total, "total") {
+            if first {
                 warn!(
                     tgid,
                     comm = %caller.comm,
@@ -140,31 +143,33 @@ impl Caps {
             return None;
         }
         // Entries are made only for a connection let in: a refused one leaves none behind.
-        if let Some(c) = held.cgroups.get_mut(&cgroup)
-            && c.count >= self.max.per_cgroup
+        if let Some(first) = held
+            .cgroups
+            .get_mut(&cgroup)
+            .and_then(|c| c.full(self.max.per_cgroup, "cgroup"))
         {
-            crate::telemetry::metrics().capped("cgroup");
-            if c.refuse() {
+            if first {
                 warn!(
                     tgid,
                     comm = %caller.comm,
                     cgroup = caller.cgroup.as_deref().unwrap_or("?"),
                     cgroup_id = cgroup,
-                    held = c.count,
+                    held = self.max.per_cgroup,
                     "a cgroup's processes hold as many connections as [http] max_connections_per_cgroup allows; its further connections are closed at once until it closes some"
                 );
             }
             return None;
         }
-        if let Some(p) = held.processes.get_mut(&tgid)
-            && p.count >= self.max.per_process
+        if let Some(first) = held
+            .processes
+            .get_mut(&tgid)
+            .and_then(|p| p.full(self.max.per_process, "process"))
         {
-            crate::telemetry::metrics().capped("process");
-            if p.refuse() {
+            if first {
                 warn!(
                     tgid,
                     comm = %caller.comm,
-                    held = p.count,
+                    held = self.max.per_process,
                     "a process holds as many connections as [http] max_connections_per_process allows; its further connections are closed at once until it closes some"
                 );
             }
