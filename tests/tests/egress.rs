@@ -26,15 +26,15 @@ fn one(mut v: Vec<Value>) -> Value {
     v.remove(0)
 }
 
-/// A gateway with egress control in `mode`, its resolver asking `dns`, and `allow` (TOML
-/// `[[egress.allow]]` tables) appended.
-fn gateway(cg: &TestCgroup, dns: &DnsServer, mode: &str, allow: &str) -> Gateway {
+/// A gateway with egress control in `mode`, its resolver asking the server at `dns`, and
+/// `allow` (TOML `[[egress.allow]]` tables) appended.
+fn gateway(cg: &TestCgroup, dns: SocketAddr, mode: &str, allow: &str) -> Gateway {
     Gateway::start(
         cg,
         &GatewaySpec {
             // The config needs one intercept rule; this one is never used.
             intercept: vec![(vec![], vec!["127.254.254.0/24".into()], vec![443])],
-            dns_servers: vec![dns.addr.to_string()],
+            dns_servers: vec![dns.to_string()],
             extra_toml: format!(
                 "\n[egress]\nmode = \"{mode}\"\ndns_port = {}\nlearned_min_secs = 1\n{allow}",
                 free_port()
@@ -75,7 +75,7 @@ fn audit_records_every_destination_with_its_caller_and_the_name_it_was_looked_up
     let tcp = Server::start(SocketAddr::new(host.into(), 0), Kind::Echo);
     let udp = UdpEcho::start(SocketAddr::new(host.into(), 0));
     let dns = DnsServer::start(NAME, vec![IpAddr::V4(host)], 60);
-    let gw = gateway(&cg, &dns, "audit", "");
+    let gw = gateway(&cg, dns.addr, "audit", "");
 
     // Looked up through "some resolver" on port 53: the gateway's resolver answers, from the
     // address the process asked (so resolvers that check the source accept it).
@@ -175,7 +175,7 @@ fn block_lets_allowed_names_and_cidrs_through_and_refuses_the_rest_in_the_kernel
     let dns = DnsServer::start(NAME, vec![IpAddr::V4(host)], 60);
     let gw = gateway(
         &cg,
-        &dns,
+        dns.addr,
         "block",
         &format!(
             "[[egress.allow]]\nhosts = [\"{NAME}\"]\nports = [{}]\n[[egress.allow]]\ncidrs = [\"{udp_host}/32\"]\n",
@@ -293,7 +293,7 @@ fn a_hostile_process_cannot_get_around_block_mode() {
     let dns = DnsServer::start(NAME, vec![IpAddr::V4(host)], 1);
     let gw = gateway(
         &cg,
-        &dns,
+        dns.addr,
         "block",
         &format!(
             "[[egress.allow]]\nhosts = [\"{NAME}\"]\nports = [{}]\n",
@@ -385,4 +385,81 @@ fn a_hostile_process_cannot_get_around_block_mode() {
         .unwrap();
     let v: Value = serde_json::from_slice(&outside.stdout).unwrap();
     assert_eq!(v["ok"], true, "outside the governed cgroup nothing changes: {v}");
+}
+
+/// A process in the cgroup floods the gateway's resolver with queries that the upstream never
+/// answers: each one forwarded holds a socket for up to 2 s, so without a bound the flood takes
+/// every open file the gateway has. At most 1,024 go upstream at once; the rest get SERVFAIL at
+/// once, and the gateway's open files stay within that bound.
+#[test]
+fn a_query_flood_cannot_take_the_resolvers_open_files() {
+    if !privileged() {
+        return;
+    }
+    let cg = TestCgroup::new();
+    // An upstream that takes queries and never answers.
+    let silent = std::net::UdpSocket::bind((loopback_v4(), 0)).unwrap();
+    silent.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let gw = gateway(&cg, silent.local_addr().unwrap(), "audit", "");
+    let pid = gw.pid().expect("the gateway runs");
+    let open_files = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let before = open_files();
+    let out = gw
+        .exec("python3")
+        .args([
+            "-c",
+            r#"
+import socket, struct, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+def query(i):
+    name = b"".join(bytes([len(p)]) + p for p in [b"q%d" % i, b"flood", b"test"]) + b"\0"
+    return struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
+# In bursts the resolver's receive buffer holds, reading answers between them; all within the
+# 2 s an upstream gets, so every SERVFAIL counted is one given at once.
+servfail, received = 0, 0
+def drain():
+    global servfail, received
+    while True:
+        try:
+            data = s.recv(4096)
+        except BlockingIOError:
+            return
+        received += 1
+        if data[3] & 0x0f == 2:
+            servfail += 1
+start = time.time()
+for i in range(3000):
+    s.sendto(query(i), ("192.0.2.53", 53))
+    if i % 50 == 49:
+        time.sleep(0.01)
+        drain()
+while time.time() < start + 1.8:
+    time.sleep(0.01)
+    drain()
+print(servfail, received)
+"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let during = open_files();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (servfail, received) = text.trim().split_once(' ').unwrap();
+    let (servfail, received): (usize, usize) = (servfail.parse().unwrap(), received.parse().unwrap());
+    let mut upstream_got = 0;
+    let mut buf = [0u8; 512];
+    while silent.recv_from(&mut buf).is_ok() {
+        upstream_got += 1;
+    }
+    // The silent upstream's own receive buffer holds a few hundred queries: what it got is
+    // shown, not judged.
+    assert!(
+        during <= before + 1024 + 64,
+        "the gateway's open files went from {before} to {during} ({upstream_got} queries reached the upstream)"
+    );
+    assert!(
+        servfail >= 3000 - 1024,
+        "{servfail} SERVFAIL answers of 3,000 ({received} answers; {upstream_got} reached the upstream)"
+    );
 }
