@@ -25,6 +25,7 @@ use crate::{
     resolve::Resolver,
     tls::{
         ca::{self, Ca},
+        fronting::Fronting,
         leaf::LeafCache,
         upstream::UpstreamTls,
     },
@@ -81,6 +82,19 @@ pub fn assemble(config: &Config) -> anyhow::Result<Assembled> {
     })
 }
 
+/// The intercepted names a passthrough destination is asked about (`tls::fronting`): the API's
+/// host, then the exact names of `[tls] intercept`, the hosts of `[[intercept]]` and `[tls]
+/// fronting_check`, those that are terminated.
+fn intercepted_names(config: &Config, github: &ghgate_policy::classify::GitHub) -> Vec<String> {
+    let tls = &config.tls;
+    std::iter::once(github.api_host().to_owned())
+        .chain(tls.intercept.iter().cloned())
+        .chain(config.intercept.iter().flat_map(|r| r.hosts.iter().cloned()))
+        .chain(tls.fronting_check.iter().cloned())
+        .filter(|n| tls.terminates(n))
+        .collect()
+}
+
 /// The interception CA, created on first start.
 fn load_or_create_ca(config: &Config) -> anyhow::Result<Ca> {
     let dir = ca::dir(&config.state_dir);
@@ -114,16 +128,24 @@ fn proxy(
     upstream_tls: UpstreamTls,
 ) -> anyhow::Result<Proxy<Pipeline>> {
     let broker = Arc::new(Broker::load(&config.credentials, &outbound)?);
+    let github = Arc::new(config.github_hosts());
     let scan = SecretScan {
         masker: mask.records.clone(),
         seen,
     };
+    let fronting = Arc::new(Fronting::new(
+        outbound.resolver(),
+        upstream_tls.clone(),
+        intercepted_names(config, &github),
+    ));
+    if !config.tls.passthrough.is_empty() {
+        info!(names = ?fronting.names(), "a passthrough destination that serves one of these intercepted names is refused (domain fronting)");
+    }
     let enforcer = Enforcer::start(config, outbound.clone(), recorder.clone(), scan)?;
     let oidc =
         (!config.oidc.issuers.is_empty()).then(|| Arc::new(OidcValidator::new(&config.oidc, outbound)));
     let capacity = NonZeroUsize::new(config.tls.leaf_cache_size).context("tls.leaf_cache_size is zero")?;
     let connect_timeout = Duration::from_secs(config.relay.connect_timeout_secs);
-    let github = Arc::new(config.github_hosts());
     Ok(Proxy {
         relay: Relay {
             connect_timeout,
@@ -137,6 +159,7 @@ fn proxy(
             config.http.max_connections_per_cgroup,
             config.http.max_connections,
         )),
+        fronting,
         pool: {
             let pools = Pools::new(config.listen.shard_count(), upstream_tls, connect_timeout);
             pools.spawn_sweepers();

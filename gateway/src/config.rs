@@ -481,6 +481,10 @@ pub struct TlsConfig {
     /// Names never terminated even if `intercept` matches (clients that pin certificates).
     #[serde(default)]
     pub passthrough: Vec<String>,
+    /// Intercepted names a passthrough destination must not serve (`tls::fronting`), besides
+    /// the API's host, the exact names of `intercept` and the hosts of `[[intercept]]`.
+    #[serde(default = "default_fronting_check")]
+    pub fronting_check: Vec<String>,
     /// Extra PEM files of CAs trusted for upstream connections, besides the system's.
     #[serde(default)]
     pub upstream_extra_roots: Vec<PathBuf>,
@@ -498,6 +502,7 @@ impl Default for TlsConfig {
         Self {
             intercept: default_tls_intercept(),
             passthrough: Vec::new(),
+            fronting_check: default_fronting_check(),
             upstream_extra_roots: Vec::new(),
             leaf_cache_size: default_leaf_cache(),
             ports: default_tls_ports(),
@@ -876,6 +881,22 @@ fn default_tls_intercept() -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+/// GitHub's hosts for the API, git, uploads and Copilot, which the default `intercept` covers
+/// by wildcard only.
+fn default_fronting_check() -> Vec<String> {
+    [
+        "api.github.com",
+        "codeload.github.com",
+        "uploads.github.com",
+        "api.githubcopilot.com",
+        "copilot-proxy.githubusercontent.com",
+        "origin-tracker.githubusercontent.com",
+        "raw.githubusercontent.com",
+        "objects.githubusercontent.com",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 fn default_tls_ports() -> Vec<u16> {
     vec![443]
 }
@@ -1197,8 +1218,16 @@ impl Config {
         for (key, names) in [
             ("tls.intercept", &self.tls.intercept),
             ("tls.passthrough", &self.tls.passthrough),
+            ("tls.fronting_check", &self.tls.fronting_check),
         ] {
             for (j, name) in names.iter().enumerate() {
+                let exact_only = key == "tls.fronting_check";
+                if exact_only && name.contains('*') {
+                    return Err(invalid(
+                        format!("{key}[{j}]"),
+                        format!("{name:?}: give exact names (each is asked for by its name)"),
+                    ));
+                }
                 if let Err(why) = check_host_name(name.strip_prefix("*.").unwrap_or(name)) {
                     return Err(invalid(
                         format!("{key}[{j}]"),

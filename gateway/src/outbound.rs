@@ -122,6 +122,11 @@ impl Outbound {
         }
     }
 
+    /// The resolver its names go through (`[dns]`, overrides included).
+    pub fn resolver(&self) -> Arc<Resolver> {
+        self.resolver.clone()
+    }
+
     /// One request; follows no redirects. `Err` names the URL (with any userinfo/query secrets
     /// masked via crate::mask::for_logs) and what failed (resolve, connect, TLS, timeout, status read).
     pub async fn request(

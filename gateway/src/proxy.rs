@@ -23,6 +23,7 @@ use crate::{
     record::model::{self, PassthroughReason, RefusalLayer, RefusalReason, Transport},
     relay::Relay,
     tls::{
+        fronting::{Fronting, Refused},
         hello::{self, HelloError},
         leaf::{ForName, LeafCache},
         readahead::ReadAhead,
@@ -55,6 +56,8 @@ pub struct Proxy<P> {
     pub configs: ServerConfigs,
     /// The connections each process and cgroup holds, and all of them, capped.
     pub caps: Arc<crate::listen::caps::Caps>,
+    /// Decides whether a passthrough connection could front for an intercepted name.
+    pub fronting: Arc<Fronting>,
 }
 
 /// TLS server configurations per (name, ALPN protocols), made once and shared by the connections
@@ -348,10 +351,20 @@ impl<P: Phases> Proxy<P> {
         }
     }
 
-    /// A name on the passthrough list: recorded (and acknowledged) before the upstream is
-    /// dialled, then relayed untouched; refused while the record cannot be written.
+    /// A name on the passthrough list: checked (its own address, no intercepted name served
+    /// there: `tls::fronting`), recorded (and acknowledged) before the upstream is dialled, then
+    /// relayed untouched; refused while the record cannot be written.
     async fn passthrough(&self, conn: Accepted, name: String) {
         const REASON: PassthroughReason = PassthroughReason::PassthroughList;
+        if let Err(refused) = self.fronting.check(&name, conn.orig_dst.0).await {
+            let (reason, detail) = match refused {
+                Refused::Elsewhere(d) => (RefusalReason::PassthroughElsewhere, d),
+                Refused::Fronts(d) => (RefusalReason::PassthroughFronts, d),
+            };
+            return self
+                .refuse(conn, reason, Some(name), detail, Some(ALERT_HANDSHAKE_FAILURE))
+                .await;
+        }
         if let Some(recorder) = &self.relay.recorder {
             let facts = model::PassthroughStart {
                 session: conn.caller.session_id(),

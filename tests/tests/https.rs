@@ -598,6 +598,8 @@ fn an_intercept_set_of_every_address_is_decided_by_sni_and_cannot_be_escaped_by_
             intercept: vec![(vec![], vec!["0.0.0.0/0".into()], vec![port])],
             tls_ports: vec![port],
             tls_passthrough: vec!["example.org".into()],
+            // A passthrough name is relayed only to an address it resolves to.
+            overrides: vec![("example.org".into(), vec![other.addr.ip().to_string()])],
             upstream_extra_roots: vec![ca.write_pem(dir.path())],
             ..Default::default()
         },

@@ -8,7 +8,7 @@
 //! Every test runs real kernel programs on its own child cgroup and loopback servers; each needs
 //! root (under CI=true its absence fails the test). Nothing is ever sent to a real GitHub address.
 use std::{
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -17,7 +17,8 @@ use std::{
 use ghgate_e2e::{
     AS_NOBODY, Gateway, GatewaySpec, GithubSpec, TestCgroup, bin,
     edge::{
-        Behaviour, Contacts, Edge, EdgeNode, Listener, MetaAnswer, MetaServer, SSH_BANNER, meta_document,
+        Behaviour, Contact, Contacts, Edge, EdgeNode, Listener, MetaAnswer, MetaServer, SSH_BANNER,
+        meta_document,
     },
     eventually,
     fixtures::SmallDisk,
@@ -29,6 +30,34 @@ use serde_json::{Value, json};
 /// The names the gateway is configured with; they resolve to the edge's first address.
 const NAMES: &[&str] = &["github.com", "api.github.com", "codeload.github.com"];
 const PASSTHROUGH: &str = "pinned.github.test";
+
+/// The edge node that presents a certificate for `PASSTHROUGH` only, as a separate site would.
+const SITE: usize = 1;
+
+/// GitHub's node (every name) and the site's.
+fn pinned_site_edge() -> Edge {
+    Edge::builder().nodes(2).serving(SITE, &[PASSTHROUGH]).start()
+}
+
+/// The gateway resolves `PASSTHROUGH` to `ips`, and their port 443 is intercepted.
+fn resolve_pinned(spec: &mut GatewaySpec, ips: &[Ipv4Addr]) {
+    let ips: Vec<String> = ips.iter().map(Ipv4Addr::to_string).collect();
+    spec.intercept.push((
+        vec![],
+        ips.iter().map(|ip| format!("{ip}/32")).collect(),
+        vec![443],
+    ));
+    spec.overrides.push((PASSTHROUGH.into(), ips));
+}
+
+/// The connections that reached `node` for `PASSTHROUGH` (the gateway's fronting probes, which
+/// ask for intercepted names, are left out).
+fn relayed_to(node: &EdgeNode) -> Vec<Contact> {
+    node.contacts()
+        .into_iter()
+        .filter(|c| c.sni.as_deref() == Some(PASSTHROUGH))
+        .collect()
+}
 
 fn one(mut v: Vec<Value>) -> Value {
     assert_eq!(v.len(), 1, "expected one probe result: {v:?}");
@@ -946,7 +975,9 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
     }
     let holder_ip = loopback_v4();
     let held: Contacts = Default::default();
-    let hold = Duration::from_secs(5);
+    // Long enough for the gateway's fronting probes of the silent holder to give up (3 s) and
+    // the relay to be recorded while the holder still holds.
+    let hold = Duration::from_secs(8);
     let _holder = Listener::start(
         SocketAddr::new(holder_ip.into(), 443),
         Behaviour {
@@ -955,12 +986,13 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
         },
         held.clone(),
     );
-    let m = Mediated::start(Edge::builder().nodes(1).start(), None, |spec| {
+    let edge = pinned_site_edge();
+    let site_ip = edge.node(SITE).ip;
+    let m = Mediated::start(edge, None, |spec| {
         spec.tls_passthrough = vec![PASSTHROUGH.into()];
-        spec.intercept
-            .push((vec![], vec![format!("{holder_ip}/32")], vec![443]));
+        resolve_pinned(spec, &[site_ip, holder_ip]);
     });
-    let a = m.node(0).at(443);
+    let a = m.node(SITE).at(443);
     let edge_ca = m.edge.ca_file.display().to_string();
     let r = m.probe(&[
         "fetch",
@@ -976,16 +1008,15 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
         "the edge's own certificate reached the client: {r}"
     );
     assert_eq!(r["status"], 200, "{r}");
-    let contacts = m.node(0).contacts();
+    let contacts = relayed_to(m.node(SITE));
     assert_eq!(contacts.len(), 1, "{contacts:?}");
-    assert_eq!(contacts[0].sni.as_deref(), Some(PASSTHROUGH), "relayed as sent");
     m.assert_mediated();
 
     // Now an upstream that accepts and then holds the connection silent: the record must be
     // there while it does.
     let held_at = SocketAddr::new(holder_ip.into(), 443).to_string();
     let (client, results) =
-        m.gw.probe_in_background(&["hello", &held_at, "--sni", PASSTHROUGH, "--wait-ms", "8000"]);
+        m.gw.probe_in_background(&["hello", &held_at, "--sni", PASSTHROUGH, "--wait-ms", "12000"]);
     eventually(
         "the gateway to dial the held upstream",
         Duration::from_secs(10),
@@ -1023,16 +1054,19 @@ fn a_passthrough_name_is_refused_while_the_store_cannot_write() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(tmp.path(), "8m");
     let record_dir = disk.dir.join("record");
-    let m = Mediated::start(Edge::builder().nodes(1).start(), None, |spec| {
+    let edge = pinned_site_edge();
+    let site_ip = edge.node(SITE).ip;
+    let m = Mediated::start(edge, None, |spec| {
         spec.tls_passthrough = vec![PASSTHROUGH.into()];
         spec.extra_toml = format!("[record]\ndir = \"{}\"\n", record_dir.display());
+        resolve_pinned(spec, &[site_ip]);
     });
-    let at = m.node(0).at(443).to_string();
+    let at = m.node(SITE).at(443).to_string();
     let attempt = || {
-        let before = m.node(0).contacts().len();
+        let before = relayed_to(m.node(SITE)).len();
         let r = m.probe(&["hello", &at, "--sni", PASSTHROUGH, "--wait-ms", "500"]);
         std::thread::sleep(Duration::from_millis(100));
-        (r, m.node(0).contacts().len() > before)
+        (r, relayed_to(m.node(SITE)).len() > before)
     };
     let (r, dialled) = attempt();
     assert!(
@@ -1550,36 +1584,130 @@ fn a_process_named_ghgate_is_still_intercepted() {
     );
 }
 
-/// Domain fronting through a passthrough name: GitHub's edge serves every name on the same
-/// addresses, so a client that sends a passthrough SNI and then, inside the untouched TLS, asks
-/// for `Host: api.github.com` talks to the API with its content neither recorded nor masked.
-/// The passthrough list as specified cannot stop this (the gateway never sees inside); kept as a
-/// record of the gap, to run once the defence decides what passthrough may reach.
+/// Domain fronting through a passthrough name: an edge serves many names on one address and
+/// routes by the `Host` inside the TLS, so a client that sends a passthrough name and then asks
+/// for `Host: api.github.com` would talk to the API unrecorded and unmasked. Before a
+/// passthrough connection is dialled, the gateway checks that the destination is an address of
+/// the passthrough name (as the gateway resolves it) and that no intercepted name is served
+/// there (it handshakes for each, verifying the certificate); either failing refuses it.
 #[test]
-#[ignore = "design gap: a passthrough name fronts for every GitHub host on the same edge"]
 fn a_passthrough_name_cannot_front_for_the_api() {
     if !privileged() {
         return;
     }
-    let edge = Edge::builder().nodes(1).start();
-    let ranges = GithubSpec::ranges(&[edge.node(0).cidr()]);
-    let m = Mediated::start(edge, Some(ranges), |spec| {
-        spec.tls_passthrough = vec![PASSTHROUGH.into()]
+    // The site's name resolves to its own node; GitHub's node serves the API.
+    let edge = pinned_site_edge();
+    let site_ip = edge.node(SITE).ip;
+    let m = Mediated::start(edge, None, |spec| {
+        spec.tls_passthrough = vec![PASSTHROUGH.into()];
+        resolve_pinned(spec, &[site_ip]);
     });
     let edge_ca = m.edge.ca_file.display().to_string();
-    let r = m.probe(&[
-        "fetch",
-        &m.node(0).at(443).to_string(),
-        PASSTHROUGH,
-        "--ca",
-        &edge_ca,
-        "--host",
-        "api.github.com",
-        "--path",
-        "/user",
-    ]);
+    let front = |at: SocketAddr, host: &str| {
+        m.probe(&[
+            "fetch",
+            &at.to_string(),
+            PASSTHROUGH,
+            "--ca",
+            &edge_ca,
+            "--host",
+            host,
+            "--path",
+            "/user",
+        ])
+    };
+    // 1. The passthrough name taken to the API's address.
+    let r = front(m.node(0).at(443), "api.github.com");
     assert_ne!(
         r["status"], 200,
         "the API answered through a passthrough connection: {r}"
+    );
+    assert_ne!(r["handshake"], "ok", "{r}");
+    let refused = m.gw.wait_log("the refusal", Duration::from_secs(10), |l| {
+        l.iter()
+            .any(|l| l["reason"] == "passthrough_elsewhere" && l["tgid"] == r["pid"])
+    });
+    let line = refused
+        .iter()
+        .find(|l| l["reason"] == "passthrough_elsewhere")
+        .unwrap();
+    assert_eq!(line["sni"], PASSTHROUGH, "{line}");
+    assert!(
+        line["detail"].as_str().unwrap().contains(&site_ip.to_string()),
+        "the detail says where the name lives: {line}"
+    );
+    assert!(relayed_to(m.node(0)).is_empty(), "{:?}", m.node(0).contacts());
+
+    // 2. At its own address the site is relayed untouched (its own certificate), and the
+    // gateway's probes asked it only for intercepted names.
+    let r = front(m.node(SITE).at(443), PASSTHROUGH);
+    assert_eq!(r["handshake"], "ok", "{r}");
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(relayed_to(m.node(SITE)).len(), 1);
+    let probes: Vec<_> = m
+        .node(SITE)
+        .contacts()
+        .into_iter()
+        .filter(|c| c.sni.as_deref() != Some(PASSTHROUGH))
+        .collect();
+    assert!(
+        probes.iter().any(|c| c.sni.as_deref() == Some("api.github.com")),
+        "the site was asked whether it serves the API: {probes:?}"
+    );
+    assert!(probes.iter().all(|c| c.pid == m.gw.pid()), "{probes:?}");
+    m.assert_mediated();
+    let recorded = m.recorded();
+    assert!(
+        recorded.contains("passthrough_elsewhere"),
+        "the refusal is recorded:\n{recorded}"
+    );
+}
+
+/// The same attack when the passthrough name really lives on an address that also serves the
+/// API (the edge hosts both): the name's own address is no defence, the probe is.
+#[test]
+fn a_passthrough_name_on_the_apis_edge_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let edge = Edge::builder().nodes(1).start();
+    let api_ip = edge.node(0).ip;
+    let m = Mediated::start(edge, None, |spec| {
+        spec.tls_passthrough = vec![PASSTHROUGH.into()];
+        resolve_pinned(spec, &[api_ip]);
+    });
+    let edge_ca = m.edge.ca_file.display().to_string();
+    let at = m.node(0).at(443).to_string();
+    for attempt in 0..2 {
+        let r = m.probe(&[
+            "fetch",
+            &at,
+            PASSTHROUGH,
+            "--ca",
+            &edge_ca,
+            "--host",
+            "api.github.com",
+            "--path",
+            "/user",
+        ]);
+        assert_ne!(r["status"], 200, "attempt {attempt}: the API answered: {r}");
+        let logs = m.gw.wait_log("the refusal", Duration::from_secs(10), |l| {
+            l.iter()
+                .any(|l| l["reason"] == "passthrough_fronts" && l["tgid"] == r["pid"])
+        });
+        let line = logs
+            .iter()
+            .find(|l| l["reason"] == "passthrough_fronts" && l["tgid"] == r["pid"])
+            .unwrap();
+        assert!(
+            line["detail"].as_str().unwrap().contains("github.com"),
+            "the detail names the intercepted name served there: {line}"
+        );
+    }
+    assert!(relayed_to(m.node(0)).is_empty(), "{:?}", m.node(0).contacts());
+    let recorded = m.recorded();
+    assert!(
+        recorded.contains("passthrough_fronts"),
+        "the refusal is recorded:\n{recorded}"
     );
 }

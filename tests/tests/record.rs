@@ -1,12 +1,12 @@
 //! Session recording end to end: real curl and git through the real redirect and proxy, then the
 //! record read back with `ghgate sessions …` — what an auditor would run.
-use std::{path::Path, process::Command, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use ghgate_e2e::{
     eventually,
     fixtures::{SmallDisk, commit, files_under, github_token, served_repo},
-    https::TlsGateway,
-    privileged,
+    https::{TestCa, TlsGateway, Upstream},
+    loopback_v4, privileged,
 };
 use serde_json::Value;
 
@@ -724,14 +724,30 @@ fn websocket_messages_and_relayed_connections_are_recorded() {
     if !privileged() {
         return;
     }
+    // The passthrough name is a site of its own (its own CA, address and certificate): on
+    // Copilot's server it would be refused, as it could front for it.
+    let site_ca = TestCa::new();
+    let site = Upstream::start(
+        SocketAddr::new(loopback_v4().into(), 0),
+        &site_ca,
+        &["pinned.example"],
+    );
     let s = TlsGateway::start_tweaked(
-        &["api.githubcopilot.com", "pinned.example"],
+        &["api.githubcopilot.com"],
         true,
         None,
         None,
         &|_| String::new(),
-        &|spec| spec.tls_passthrough = vec!["pinned.example".into()],
+        &|spec| {
+            spec.tls_passthrough = vec!["pinned.example".into()];
+            let (ip, port) = (site.addr.ip().to_string(), site.addr.port());
+            spec.intercept
+                .push((vec![], vec![format!("{ip}/32")], vec![port]));
+            spec.tls_ports.push(port);
+            spec.overrides.push(("pinned.example".into(), vec![ip]));
+        },
     );
+    let site_ca_file = site_ca.write_pem(s.dir.path());
     let out =
         s.gw.exec(ghgate_e2e::bin("ghgate-probe"))
             .args(["ws", &s.upstream.addr.to_string(), "api.githubcopilot.com"])
@@ -742,11 +758,13 @@ fn websocket_messages_and_relayed_connections_are_recorded() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A name ghgate does not terminate: relayed untouched, recorded as a connection.
-    let (url, resolve) = s.url("pinned.example", "/");
+    let port = site.addr.port();
+    let url = format!("https://pinned.example:{port}/");
+    let resolve = format!("pinned.example:{port}:{}", site.addr.ip());
     let out =
         s.gw.exec("curl")
             .args(["-sS", "-o", "/dev/null", "--cacert"])
-            .arg(&s.upstream_ca)
+            .arg(&site_ca_file)
             .args(["--resolve", &resolve, &url])
             .output()
             .unwrap();
@@ -769,7 +787,7 @@ fn websocket_messages_and_relayed_connections_are_recorded() {
         .find(|l| l.contains("passthrough") && l.contains("pinned.example"))
         .unwrap_or_else(|| panic!("no passthrough line:\n{shown}"));
     assert!(
-        relayed.contains(&s.upstream.addr.to_string()),
+        relayed.contains(&site.addr.to_string()),
         "the relayed connection's destination: {relayed}"
     );
 }

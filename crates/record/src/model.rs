@@ -646,6 +646,11 @@ words! {
         NotTls = "not_tls",
         /// A passthrough relay that could not be recorded before it began.
         StoreUnavailable = "store_unavailable",
+        /// A passthrough name sent to an address the gateway does not resolve it to.
+        PassthroughElsewhere = "passthrough_elsewhere",
+        /// A passthrough name sent to an address that also serves an intercepted name (domain
+        /// fronting: the relay could carry that name's requests unseen).
+        PassthroughFronts = "passthrough_fronts",
         /// A packet to GitHub's addresses that no socket hook saw (a raw socket's hand-built
         /// datagram, a connection older than the programs), dropped at egress.
         EgressDropped = "egress_dropped",
@@ -1083,7 +1088,7 @@ mod tests {
             words(&[G::GatewayDown, G::GatewayStopped, G::Detached, G::Reboot]),
             ["gateway_down", "gateway_stopped", "detached", "reboot"]
         );
-        assert_eq!(RefusalReason::WORDS.len(), 14);
+        assert_eq!(RefusalReason::WORDS.len(), 16);
         for w in RefusalReason::WORDS {
             assert_eq!(words(&[RefusalReason::from_word(w).unwrap()]), [*w]);
         }

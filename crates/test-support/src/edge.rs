@@ -287,12 +287,22 @@ pub struct Edge {
 pub struct EdgeBuilder {
     nodes: usize,
     git_root: Option<PathBuf>,
+    /// Nodes that present a certificate for these names only, instead of [`EDGE_NAMES`].
+    serving: Vec<(usize, Vec<String>)>,
 }
 
 impl EdgeBuilder {
     /// How many edge addresses (default 3).
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
+        self
+    }
+
+    /// Node `i` presents a certificate for `names` only (as a separate site on the same
+    /// network would), instead of every name of [`EDGE_NAMES`]. It still answers by `Host`.
+    pub fn serving(mut self, i: usize, names: &[&str]) -> Self {
+        self.serving
+            .push((i, names.iter().map(|n| n.to_string()).collect()));
         self
     }
 
@@ -307,7 +317,15 @@ impl EdgeBuilder {
         let ca = TestCa::new();
         let ca_file = ca.write_pem(dir.path());
         let nodes = (0..self.nodes.max(1))
-            .map(|_| start_node(&ca, self.git_root.clone()))
+            .map(|i| {
+                let names = self
+                    .serving
+                    .iter()
+                    .find(|(n, _)| *n == i)
+                    .map(|(_, names)| names.clone())
+                    .unwrap_or_else(|| EDGE_NAMES.iter().map(|n| n.to_string()).collect());
+                start_node(&ca, self.git_root.clone(), &names)
+            })
             .collect();
         Edge {
             nodes,
@@ -318,7 +336,7 @@ impl EdgeBuilder {
     }
 }
 
-fn start_node(ca: &TestCa, git_root: Option<PathBuf>) -> EdgeNode {
+fn start_node(ca: &TestCa, git_root: Option<PathBuf>, names: &[String]) -> EdgeNode {
     let ip = loopback_v4();
     let contacts: Contacts = Arc::default();
     let kept = contacts.clone();
@@ -338,7 +356,7 @@ fn start_node(ca: &TestCa, git_root: Option<PathBuf>) -> EdgeNode {
         }),
     };
     let ip_name = ip.to_string();
-    let mut names = EDGE_NAMES.to_vec();
+    let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
     names.push(&ip_name);
     let https = Upstream::builder(ca, &names)
         .bind(https_addr)
@@ -372,7 +390,7 @@ impl Edge {
     pub fn builder() -> EdgeBuilder {
         EdgeBuilder {
             nodes: 3,
-            git_root: None,
+            ..Default::default()
         }
     }
 

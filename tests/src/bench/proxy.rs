@@ -445,6 +445,8 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         &GatewaySpec {
             tls_intercept: Some(vec!["elsewhere.invalid".into()]),
             tls_passthrough: vec![NAME.into()],
+            // A passthrough name is relayed only to an address it resolves to.
+            overrides: vec![(NAME.into(), vec![upstream.addr.ip().to_string()])],
             extra_toml: shipped_defaults(dir.path(), false, "control-hop"),
             ..spec.clone()
         },

@@ -1,0 +1,312 @@
+//! A passthrough name may not front for an intercepted one.
+//!
+//! A relayed connection is never looked inside: what the client sends after its ClientHello
+//! reaches the upstream unrecorded and unmasked. An edge that serves many names on one address
+//! routes by the `Host` inside the TLS, so a client could send a passthrough name in its hello
+//! and then ask for `Host: api.github.com` (domain fronting). Two checks run before a
+//! passthrough connection is dialled, and either refuses it:
+//!
+//! - **The name's own address.** The client's destination must be an address the gateway itself
+//!   resolves the passthrough name to (`[dns]`, overrides included). A client cannot take a
+//!   passthrough name to the API's address.
+//! - **No intercepted name there.** The gateway handshakes with that address for each
+//!   intercepted name it knows exactly (the API's host, the exact names of `[tls] intercept`, the
+//!   hosts of `[[intercept]]`, and `[tls] fronting_check`: GitHub's own API, git and Copilot
+//!   hosts by default, which the shipped config's wildcards cover), verifying the certificate as
+//!   it does for its own upstream connections. If the address proves it serves one of them,
+//!   passthrough there could carry that name's requests unseen, and is refused. Verdicts are
+//!   kept per address for [`VERDICT_TTL`]; an address that cannot be reached within
+//!   [`PROBE_TIMEOUT`] is left to the relay (whose dial fails the same way) and asked again next
+//!   time.
+//!
+//! The list is fixed at start: names learned from traffic could be crowded out by a process
+//! that makes up names under an intercepted wildcard. What neither check sees: an intercepted
+//! name on no list that is served at the passthrough name's address, and an edge that would
+//! route a `Host` it presents no certificate for.
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use lru::LruCache;
+use tokio::sync::OnceCell;
+
+use super::upstream::{Proto, UpstreamError, UpstreamTls};
+use crate::resolve::Resolver;
+
+/// How long a verdict on an address stands.
+pub const VERDICT_TTL: Duration = Duration::from_secs(600);
+/// How long the handshakes with one address may take together.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Addresses whose verdicts are kept.
+const VERDICTS: usize = 4096;
+/// Intercepted names asked of an address at most.
+pub const MAX_NAMES: usize = 16;
+
+/// Why a passthrough connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The destination is not an address of the passthrough name (or the name did not resolve).
+    Elsewhere(String),
+    /// The destination serves an intercepted name.
+    Fronts(String),
+}
+
+/// What an address proved about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// It presented a valid certificate for this intercepted name.
+    Serves(String),
+    /// It presented none for any of them.
+    Clean,
+    /// It could not be asked (no connection, no answer in time): not kept.
+    Unreachable,
+}
+
+/// A verdict and when it was reached.
+type Slot = Arc<OnceCell<(Verdict, Instant)>>;
+
+pub struct Fronting {
+    resolver: Arc<Resolver>,
+    tls: UpstreamTls,
+    names: Vec<String>,
+    verdicts: Mutex<LruCache<SocketAddr, Slot>>,
+}
+
+impl Fronting {
+    /// `names`: the intercepted names to ask each address about (deduplicated, first
+    /// [`MAX_NAMES`] kept).
+    pub fn new(resolver: Arc<Resolver>, tls: UpstreamTls, names: impl IntoIterator<Item = String>) -> Self {
+        let mut kept: Vec<String> = Vec::new();
+        for n in names {
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            if !n.is_empty() && !n.contains('*') && !kept.contains(&n) && kept.len() < MAX_NAMES {
+                kept.push(n);
+            }
+        }
+        Self {
+            resolver,
+            tls,
+            names: kept,
+            verdicts: Mutex::new(LruCache::new(NonZeroUsize::new(VERDICTS).expect("non-zero"))),
+        }
+    }
+
+    /// The intercepted names each address is asked about.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// May a connection for passthrough `name` go to `dst`?
+    pub async fn check(&self, name: &str, dst: SocketAddr) -> Result<(), Refused> {
+        let ip = dst.ip().to_canonical();
+        let (addrs, _ttl) = self.resolver.lookup(name).await.map_err(|e| {
+            Refused::Elsewhere(format!(
+                "the gateway cannot resolve the passthrough name to check the destination: {e}"
+            ))
+        })?;
+        if !addrs.iter().any(|a| a.to_canonical() == ip) {
+            return Err(Refused::Elsewhere(format!(
+                "{ip} is not an address of {name} (the gateway resolves it to {})",
+                list(&addrs)
+            )));
+        }
+        let dst = SocketAddr::new(ip, dst.port());
+        match self.verdict(dst).await {
+            Verdict::Serves(other) => Err(Refused::Fronts(format!(
+                "{dst} also serves {other}, which is intercepted: a passthrough connection there could carry its requests unseen"
+            ))),
+            Verdict::Clean | Verdict::Unreachable => Ok(()),
+        }
+    }
+
+    /// The kept verdict on `dst`, or a new one (concurrent callers share one probe).
+    async fn verdict(&self, dst: SocketAddr) -> Verdict {
+        let slot = {
+            let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = v
+                .get(&dst)
+                .and_then(|s| s.get())
+                .is_some_and(|(_, at)| at.elapsed() >= VERDICT_TTL);
+            if stale {
+                v.pop(&dst);
+            }
+            v.get_or_insert(dst, Slot::default).clone()
+        };
+        let (verdict, _) = slot
+            .get_or_init(|| async { (self.probe(dst).await, Instant::now()) })
+            .await
+            .clone();
+        if verdict == Verdict::Unreachable {
+            let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+            if v.peek(&dst).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                v.pop(&dst);
+            }
+        }
+        verdict
+    }
+
+    /// Handshakes with `dst` for each intercepted name at once.
+    async fn probe(&self, dst: SocketAddr) -> Verdict {
+        let asks = self.names.iter().map(|name| async move {
+            let r = self.tls.connect(dst, name, &[Proto::Http1], PROBE_TIMEOUT).await;
+            (name, r.map(drop))
+        });
+        let mut unreachable = false;
+        for (name, r) in join_all(asks).await {
+            match r {
+                Ok(()) => return Verdict::Serves(name.clone()),
+                Err(UpstreamError::Connect { .. } | UpstreamError::Timeout { .. }) => unreachable = true,
+                Err(_) => {}
+            }
+        }
+        if unreachable {
+            Verdict::Unreachable
+        } else {
+            Verdict::Clean
+        }
+    }
+}
+
+fn list(addrs: &[IpAddr]) -> String {
+    if addrs.is_empty() {
+        return "no address".into();
+    }
+    addrs.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use ghgate_test_support::{
+        https::{TestCa, Upstream},
+        loopback_v4,
+    };
+
+    use super::*;
+    use crate::config::DnsConfig;
+
+    const SITE: &str = "pinned.site.test";
+    const API: &str = "api.github.com";
+
+    /// The API's edge (presenting a certificate for `API` and `SITE`, as an edge that serves
+    /// many names does), a separate site (for `SITE` only), and a checker trusting their CA,
+    /// with `SITE` resolved to `site_ips`.
+    struct World {
+        edge: Upstream,
+        site: Upstream,
+        fronting: Fronting,
+        _dir: tempfile::TempDir,
+    }
+
+    fn world(site_ips: impl FnOnce(&Upstream, &Upstream) -> Vec<IpAddr>) -> World {
+        let ca = TestCa::new();
+        let dir = tempfile::tempdir().unwrap();
+        let edge = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &[API, SITE]);
+        let site = Upstream::start(SocketAddr::new(loopback_v4().into(), 0), &ca, &[SITE]);
+        let dns = DnsConfig {
+            overrides: [(SITE.to_owned(), site_ips(&edge, &site))].into(),
+            ..DnsConfig::default()
+        };
+        let tls = UpstreamTls::new(&[ca.write_pem(dir.path())]).unwrap();
+        let resolver = Arc::new(Resolver::new(&dns, &[]).unwrap());
+        let fronting = Fronting::new(
+            resolver,
+            tls,
+            [API.to_owned(), "*.github.com".to_owned(), API.to_owned()],
+        );
+        World {
+            edge,
+            site,
+            fronting,
+            _dir: dir,
+        }
+    }
+
+    /// The fakes run runtimes of their own: each test's world is made outside its runtime.
+    fn run<F: std::future::Future<Output = ()>>(f: F) {
+        tokio::runtime::Runtime::new().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn a_passthrough_name_goes_only_to_its_own_address_where_nothing_intercepted_is_served() {
+        let w = world(|_, site| vec![site.addr.ip()]);
+        run(async {
+            assert_eq!(w.fronting.names(), [API], "exact names, once each");
+            // At its own address, which presents no certificate for the API: relayed.
+            assert_eq!(w.fronting.check(SITE, w.site.addr).await, Ok(()));
+            // The verdict is kept (the site completes no handshake: its certificate is not
+            // the API's).
+            let kept = w.fronting.verdicts.lock().unwrap().peek(&w.site.addr).cloned();
+            assert_eq!(
+                kept.and_then(|s| s.get().map(|(v, _)| v.clone())),
+                Some(Verdict::Clean)
+            );
+            assert_eq!(w.site.connections(), 0);
+            // Spelled as a v4-mapped address, the same address.
+            let ip = match w.site.addr.ip() {
+                IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                v6 => v6,
+            };
+            assert_eq!(
+                w.fronting
+                    .check(SITE, SocketAddr::new(ip, w.site.addr.port()))
+                    .await,
+                Ok(())
+            );
+
+            // Taken to the API's address instead: refused, and nothing is dialled there.
+            let r = w.fronting.check(SITE, w.edge.addr).await;
+            assert!(
+                matches!(&r, Err(Refused::Elsewhere(d)) if d.contains(&w.site.addr.ip().to_string())),
+                "{r:?}"
+            );
+            assert!(
+                w.fronting.verdicts.lock().unwrap().peek(&w.edge.addr).is_none(),
+                "the API's address was never asked"
+            );
+            // Another name's spelling of the same site: the name must resolve.
+            let r = w.fronting.check("unknown.site.test", w.site.addr).await;
+            assert!(matches!(&r, Err(Refused::Elsewhere(_))), "{r:?}");
+        });
+    }
+
+    #[test]
+    fn a_passthrough_name_that_lives_where_the_api_is_served_is_refused() {
+        // The site's name resolves to the API's edge: what a client sends inside the relayed
+        // TLS could be `Host: api.github.com`.
+        let w = world(|edge, _| vec![edge.addr.ip()]);
+        run(async {
+            let r = w.fronting.check(SITE, w.edge.addr).await;
+            assert!(matches!(&r, Err(Refused::Fronts(d)) if d.contains(API)), "{r:?}");
+            // Kept: refused again without asking.
+            let asked = w.edge.connections();
+            assert!(matches!(
+                w.fronting.check(SITE, w.edge.addr).await,
+                Err(Refused::Fronts(_))
+            ));
+            assert_eq!(w.edge.connections(), asked);
+        });
+    }
+
+    #[test]
+    fn an_address_that_cannot_be_asked_is_left_to_the_relay_and_asked_again() {
+        // Nothing listens on this port: the probe cannot connect, and neither will the relay.
+        let closed = TcpListener::bind((loopback_v4(), 0)).unwrap();
+        let ip = closed.local_addr().unwrap().ip();
+        let at = closed.local_addr().unwrap();
+        drop(closed);
+        let w = world(|_, _| vec![ip]);
+        run(async {
+            assert_eq!(w.fronting.check(SITE, at).await, Ok(()));
+        });
+        assert!(
+            w.fronting.verdicts.lock().unwrap().peek(&at).is_none(),
+            "an unreachable address's verdict is not kept"
+        );
+    }
+}
