@@ -281,14 +281,28 @@ mod tests {
         // TLS could be `Host: api.github.com`.
         let w = world(|edge, _| vec![edge.addr.ip()]);
         run(async {
-            let r = w.fronting.check(SITE, w.edge.addr).await;
-            assert!(matches!(&r, Err(Refused::Fronts(d)) if d.contains(API)), "{r:?}");
-            // Kept: refused again without asking.
+            // A flood of connections at once shares one probe: one handshake in all.
+            let all = join_all((0..32).map(|_| w.fronting.check(SITE, w.edge.addr))).await;
+            for r in &all {
+                assert!(matches!(r, Err(Refused::Fronts(d)) if d.contains(API)), "{r:?}");
+            }
+            // The edge counts a handshake once the client's last flight arrives: after the
+            // probe has its answer.
+            for _ in 0..100 {
+                if w.edge.connections() > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
             let asked = w.edge.connections();
+            assert_eq!(asked, 1, "one probe for 32 connections");
+            // Kept: refused again without asking.
             assert!(matches!(
                 w.fronting.check(SITE, w.edge.addr).await,
                 Err(Refused::Fronts(_))
             ));
+            tokio::time::sleep(Duration::from_millis(200)).await;
             assert_eq!(w.edge.connections(), asked);
         });
     }
