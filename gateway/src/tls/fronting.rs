@@ -103,7 +103,9 @@ impl Fronting {
     /// May a connection for passthrough `name` go to `dst`?
     pub async fn check(&self, name: &str, dst: SocketAddr) -> Result<(), Refused> {
         let ip = dst.ip().to_canonical();
-        let (addrs, _ttl) = self.resolver.lookup(name).await.map_err(|e| {
+        // As the passthrough list compares it: without case and one trailing dot.
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let (addrs, _ttl) = self.resolver.lookup(&name).await.map_err(|e| {
             Refused::Elsewhere(format!(
                 "the gateway cannot resolve the passthrough name to check the destination: {e}"
             ))
@@ -247,6 +249,8 @@ mod tests {
                 Some(Verdict::Clean)
             );
             assert_eq!(w.site.connections(), 0);
+            // The name as the passthrough list reads it: without case or a trailing dot.
+            assert_eq!(w.fronting.check("PINNED.Site.test.", w.site.addr).await, Ok(()));
             // Spelled as a v4-mapped address, the same address.
             let ip = match w.site.addr.ip() {
                 IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
