@@ -1472,6 +1472,18 @@ mod tests {
                 format!("{MINIMAL}\n[[intercept]]\ncidrs = [\"127.0.0.0/8\"]\nports = [15443]\n"),
                 "intercept[1].cidrs[0]",
             ),
+            (
+                format!("{MINIMAL}\n[approvals]\nmax_pending = 0\n"),
+                "approvals.max_pending",
+            ),
+            (
+                format!("{MINIMAL}\n[approvals]\nmax_pending_per_uid = 0\n"),
+                "approvals.max_pending_per_uid",
+            ),
+            (
+                format!("{MINIMAL}\n[tls]\nfronting_check = [\"*.github.com\"]\n"),
+                "tls.fronting_check[0]",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -28,6 +28,26 @@ pub struct ApprovalsConfig {
     /// (any service, any `sudo -i` session), so it cannot stand for an approver.
     #[serde(default)]
     pub allow_root_socket: bool,
+    /// Approvals one requester (its bound identity) may have pending at once; past it, new
+    /// operations are refused (429) until some are decided or expire.
+    #[serde(default = "default_per_requester")]
+    pub max_pending_per_requester: usize,
+    /// Approvals one uid may have pending at once, whatever executables it runs.
+    #[serde(default = "default_per_uid")]
+    pub max_pending_per_uid: usize,
+    /// Approvals pending at once in all.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+}
+
+fn default_per_requester() -> usize {
+    super::MAX_PENDING_PER_REQUESTER
+}
+fn default_per_uid() -> usize {
+    super::MAX_PENDING_PER_UID
+}
+fn default_max_pending() -> usize {
+    super::MAX_PENDING
 }
 
 impl Default for ApprovalsConfig {
@@ -37,6 +57,20 @@ impl Default for ApprovalsConfig {
             webhook: None,
             http: None,
             allow_root_socket: false,
+            max_pending_per_requester: default_per_requester(),
+            max_pending_per_uid: default_per_uid(),
+            max_pending: default_max_pending(),
+        }
+    }
+}
+
+impl ApprovalsConfig {
+    /// The caps on pending approvals.
+    pub fn pending_caps(&self) -> super::PendingCaps {
+        super::PendingCaps {
+            per_requester: self.max_pending_per_requester,
+            per_uid: self.max_pending_per_uid,
+            total: self.max_pending,
         }
     }
 }
@@ -233,6 +267,21 @@ pub struct TokenConfig {
 impl ApprovalsConfig {
     /// Validates `[approvals]`: `Err((key, message))` names the offending key.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        for (key, n) in [
+            (
+                "approvals.max_pending_per_requester",
+                self.max_pending_per_requester,
+            ),
+            ("approvals.max_pending_per_uid", self.max_pending_per_uid),
+            ("approvals.max_pending", self.max_pending),
+        ] {
+            if n == 0 {
+                return Err((
+                    key.into(),
+                    "must be at least 1 (0 would refuse every approval)".into(),
+                ));
+            }
+        }
         if let Some(w) = &self.webhook {
             check_webhook("approvals.webhook", &w.url, w.timeout_secs, &w.headers)?;
             if w.retries > 20 {

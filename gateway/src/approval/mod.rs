@@ -48,6 +48,25 @@ pub const MAX_PENDING_PER_UID: usize = 64;
 /// Pending approvals in all.
 pub const MAX_PENDING: usize = 1024;
 
+/// How many approvals may be pending at once (`[approvals] max_pending_per_requester`,
+/// `max_pending_per_uid`, `max_pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingCaps {
+    pub per_requester: usize,
+    pub per_uid: usize,
+    pub total: usize,
+}
+
+impl Default for PendingCaps {
+    fn default() -> Self {
+        Self {
+            per_requester: MAX_PENDING_PER_REQUESTER,
+            per_uid: MAX_PENDING_PER_UID,
+            total: MAX_PENDING,
+        }
+    }
+}
+
 /// Whose pending approvals reached their cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Whose {
@@ -489,8 +508,7 @@ pub enum Gate {
         reason: Option<String>,
     },
     /// Not asked for: the requester, its uid, or everyone (`whose`) has `pending` approvals
-    /// waiting, the most allowed ([`MAX_PENDING_PER_REQUESTER`], [`MAX_PENDING_PER_UID`],
-    /// [`MAX_PENDING`]).
+    /// waiting, the most allowed ([`PendingCaps`]).
     TooMany { pending: usize, whose: Whose },
 }
 
@@ -575,6 +593,7 @@ pub struct Approvals {
     /// Bumped on every change, for [`Approvals::wait`].
     changed: watch::Sender<u64>,
     webhook: Mutex<Option<Arc<Webhook>>>,
+    caps: Mutex<PendingCaps>,
     me: Weak<Approvals>,
 }
 
@@ -603,6 +622,7 @@ impl Approvals {
             on_step,
             changed: watch::Sender::new(0),
             webhook: Mutex::new(None),
+            caps: Mutex::new(PendingCaps::default()),
             me: me.clone(),
         }))
     }
@@ -611,6 +631,11 @@ impl Approvals {
     /// `None` stops notifying.
     pub fn set_webhook(&self, webhook: Option<Webhook>) {
         *self.webhook.lock().unwrap_or_else(|e| e.into_inner()) = webhook.map(Arc::new);
+    }
+
+    /// From now on, new approvals are refused past these caps (approvals already pending stay).
+    pub fn set_pending_caps(&self, caps: PendingCaps) {
+        *self.caps.lock().unwrap_or_else(|e| e.into_inner()) = caps;
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Approval>> {
@@ -675,6 +700,7 @@ impl Approvals {
         message: Option<&str>,
     ) -> Result<Gate, ApprovalError> {
         let needed = spec.approvals.max(1);
+        let caps = *self.caps.lock().unwrap_or_else(|e| e.into_inner());
         let (gate, created) = self.transact(|list, now, _| {
             let found = list.iter_mut().rev().find(|a| {
                 a.operation == *op
@@ -720,9 +746,9 @@ impl Approvals {
                 .count();
             let all = pending.count();
             let full = [
-                (mine, MAX_PENDING_PER_REQUESTER, Whose::Requester),
-                (uid, MAX_PENDING_PER_UID, Whose::Uid),
-                (all, MAX_PENDING, Whose::All),
+                (mine, caps.per_requester, Whose::Requester),
+                (uid, caps.per_uid, Whose::Uid),
+                (all, caps.total, Whose::All),
             ]
             .into_iter()
             .find(|(n, max, _)| n >= max);

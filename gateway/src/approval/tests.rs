@@ -302,6 +302,65 @@ fn pending_approvals_are_capped_per_requester_per_uid_and_in_all() {
     );
 }
 
+/// The caps are settings: an admin's smaller (or larger) caps bind where the defaults would not.
+#[test]
+fn pending_caps_are_the_configured_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (approvals, _groups, _steps) = open(dir.path(), &["alice"], &[]);
+    approvals.set_pending_caps(PendingCaps {
+        per_requester: 2,
+        per_uid: 3,
+        total: 5,
+    });
+    let op = |n: usize| push(&format!("{n:040x}"));
+    let ask = |n: usize, who: &Requester| approvals.check(&op(n), who, &spec(1, HOUR), "r", None).unwrap();
+    let as_exe = |uid: u32, exe: &str| Requester {
+        uid,
+        exe: Some(exe.into()),
+        ..bob()
+    };
+    let gates: Vec<Gate> = [
+        as_exe(1, "/a"),
+        as_exe(1, "/a"),
+        as_exe(1, "/a"),
+        as_exe(1, "/b"),
+        as_exe(1, "/c"),
+        as_exe(2, "/a"),
+        as_exe(3, "/a"),
+        as_exe(4, "/a"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(n, who)| ask(n, who))
+    .collect();
+    let refused: Vec<(usize, Option<(usize, Whose)>)> = gates
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            (
+                i,
+                match g {
+                    Gate::TooMany { pending, whose } => Some((*pending, *whose)),
+                    _ => None,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (0, None),
+            (1, None),
+            (2, Some((2, Whose::Requester))),
+            (3, None),
+            (4, Some((3, Whose::Uid))),
+            (5, None),
+            (6, None),
+            (7, Some((5, Whose::All))),
+        ]
+    );
+}
+
 #[test]
 fn two_of_three_need_two_distinct_approvers() {
     let dir = tempfile::tempdir().unwrap();

@@ -572,6 +572,7 @@ impl Enforcer {
             }
         });
         let approvals = Approvals::open(&config.state_dir, Arc::new(PolicyGroups(live.clone())), on_step)?;
+        approvals.set_pending_caps(config.approvals.pending_caps());
         if let Some(hook) = &config.approvals.webhook {
             approvals.set_webhook(Some(approval::Webhook::new(
                 hook.clone(),
