@@ -254,6 +254,20 @@ pub struct GithubAppConfig {
     /// The REST API the tokens are minted from.
     #[serde(default = "default_github_api")]
     pub api_url: String,
+    /// Mints a minute on average for the callers of one cgroup (a job, a container, a
+    /// service), twice as many at once; past it, requests that need a new token get 429.
+    #[serde(default = "default_mints_per_cgroup")]
+    pub mints_per_minute_per_cgroup: u32,
+    /// … and for every cgroup together.
+    #[serde(default = "default_mints")]
+    pub mints_per_minute: u32,
+}
+
+fn default_mints_per_cgroup() -> u32 {
+    crate::credentials::app::PER_CGROUP.per_minute as u32
+}
+fn default_mints() -> u32 {
+    crate::credentials::app::IN_ALL.per_minute as u32
 }
 
 /// An API the gateway calls with a credential: https, or plain http to loopback (tests).
@@ -1147,13 +1161,24 @@ impl Config {
                     "give exactly one of token_file, token_env or github_app".into(),
                 ));
             }
-            if let Some(app) = &p.github_app
-                && !api_url_ok(&app.api_url)
-            {
-                return Err(invalid(
-                    format!("credentials.profile.{name}.github_app.api_url"),
-                    format!("{:?} must be an https:// URL", app.api_url),
-                ));
+            if let Some(app) = &p.github_app {
+                if !api_url_ok(&app.api_url) {
+                    return Err(invalid(
+                        format!("credentials.profile.{name}.github_app.api_url"),
+                        format!("{:?} must be an https:// URL", app.api_url),
+                    ));
+                }
+                for (key, n) in [
+                    ("mints_per_minute_per_cgroup", app.mints_per_minute_per_cgroup),
+                    ("mints_per_minute", app.mints_per_minute),
+                ] {
+                    if n == 0 {
+                        return Err(invalid(
+                            format!("credentials.profile.{name}.github_app.{key}"),
+                            "must be at least 1 (0 would refuse every token)".into(),
+                        ));
+                    }
+                }
             }
         }
         if !api_url_ok(&self.policy.api_url) {
@@ -1483,6 +1508,13 @@ mod tests {
             (
                 format!("{MINIMAL}\n[tls]\nfronting_check = [\"*.github.com\"]\n"),
                 "tls.fronting_check[0]",
+            ),
+            (
+                format!(
+                    "{MINIMAL}\n[credentials.profile.ci]\ngithub_app = {{ app_id = 1, installation_id = 2, \
+                     private_key_file = \"/k.pem\", mints_per_minute = 0 }}\n"
+                ),
+                "credentials.profile.ci.github_app.mints_per_minute",
             ),
         ];
         for (text, key) in cases {

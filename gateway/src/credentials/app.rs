@@ -60,6 +60,8 @@ pub const REFUSED_FOR: Duration = Duration::from_secs(60);
 /// Mints a minute on average, and the most at once, for the callers of one cgroup (a job, a
 /// container, a service): a job working on a few repositories mints a few tokens an hour, each
 /// valid for an hour.
+/// The defaults of `[credentials.…github_app] mints_per_minute_per_cgroup` and
+/// `mints_per_minute`.
 pub const PER_CGROUP: Rate = Rate {
     per_minute: 30.0,
     burst: 60.0,
@@ -76,6 +78,17 @@ const MAX_BUDGETS: usize = 4096;
 pub struct Rate {
     pub per_minute: f64,
     pub burst: f64,
+}
+
+impl Rate {
+    /// `n` a minute on average, twice as many at once (a job's first minute mints for every
+    /// repository it touches).
+    pub fn per_minute(n: u32) -> Self {
+        Self {
+            per_minute: f64::from(n),
+            burst: 2.0 * f64::from(n),
+        }
+    }
 }
 /// Repositories whose slots are kept; past it, slots not in use are dropped (a valid token
 /// dropped is minted again when next needed).
@@ -231,7 +244,10 @@ impl AppMinter {
             outbound,
             cache: Mutex::new(HashMap::new()),
             max_scopes: MAX_SCOPES,
-            budgets: Mutex::new(Budgets::new(PER_CGROUP, IN_ALL)),
+            budgets: Mutex::new(Budgets::new(
+                Rate::per_minute(cfg.mints_per_minute_per_cgroup),
+                Rate::per_minute(cfg.mints_per_minute),
+            )),
         })
     }
 
@@ -477,6 +493,11 @@ mod tests {
     }
 
     fn minter(url: &str, fallback: bool) -> AppMinter {
+        minter_with(url, fallback, (30, 120))
+    }
+
+    /// A minter whose budgets are `(per cgroup, in all)` mints a minute, as configured.
+    fn minter_with(url: &str, fallback: bool, (per_cgroup, in_all): (u32, u32)) -> AppMinter {
         let cfg = GithubAppConfig {
             app_id: 1,
             installation_id: 2,
@@ -484,6 +505,8 @@ mod tests {
             permissions: [("contents".to_owned(), "read".to_owned())].into(),
             fallback_permissions: fallback.then(|| [("metadata".to_owned(), "read".to_owned())].into()),
             api_url: url.to_owned(),
+            mints_per_minute_per_cgroup: per_cgroup,
+            mints_per_minute: in_all,
         };
         let outbound = crate::outbound::tests::outbound(None, Duration::from_secs(5));
         AppMinter::new(&cfg, &rsa_pem(), outbound).unwrap()
@@ -632,6 +655,31 @@ mod tests {
             let _ = m.token(Some(&repo(&format!("s{i}"))), 1).await;
         }
         assert_eq!(mints.load(Ordering::SeqCst), 10);
+    }
+
+    /// The budgets are the configured ones: 2 a minute per cgroup allows 4 at once, 3 a minute
+    /// in all allows 6 at once.
+    #[tokio::test]
+    async fn mint_budgets_are_the_configured_ones() {
+        let mints = Arc::new(AtomicUsize::new(0));
+        let url = mint_server(mints.clone(), 3600, false).await;
+        let m = minter_with(&url, false, (2, 3));
+        let mut got = Vec::new();
+        for (cgroup, n) in [(1, 5), (2, 5)] {
+            for i in 0..n {
+                got.push(
+                    m.token(Some(&repo(&format!("c{cgroup}r{i}"))), cgroup)
+                        .await
+                        .is_ok(),
+                );
+            }
+        }
+        assert_eq!(
+            got,
+            [true, true, true, true, false, true, true, false, false, false],
+            "four for the first cgroup, then two more in all"
+        );
+        assert_eq!(mints.load(Ordering::SeqCst), 6);
     }
 
     /// Past `max_scopes` repositories, slots not in use are dropped.
