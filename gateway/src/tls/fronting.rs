@@ -45,6 +45,12 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const VERDICTS: usize = 4096;
 /// Intercepted names asked of an address at most.
 pub const MAX_NAMES: usize = 16;
+/// New addresses asked a minute on average, and at most at once: a passthrough name whose DNS
+/// a process controls (under a wildcard) could otherwise point at a new GitHub address with
+/// every connection and have the gateway handshake with GitHub for each intercepted name each
+/// time. Past it, a passthrough connection to an address not yet asked is refused.
+pub const PROBES_PER_MINUTE: f64 = 30.0;
+pub const PROBES_AT_ONCE: f64 = 30.0;
 
 /// Why a passthrough connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +70,8 @@ enum Verdict {
     Clean,
     /// It could not be asked (no connection, no answer in time): not kept.
     Unreachable,
+    /// Not asked: too many new addresses lately ([`PROBES_PER_MINUTE`]).
+    Unasked,
 }
 
 /// A verdict and when it was reached.
@@ -74,6 +82,7 @@ pub struct Fronting {
     tls: UpstreamTls,
     names: Vec<String>,
     verdicts: Mutex<LruCache<SocketAddr, Slot>>,
+    probes: Mutex<crate::bucket::TokenBucket>,
 }
 
 impl Fronting {
@@ -92,6 +101,10 @@ impl Fronting {
             tls,
             names: kept,
             verdicts: Mutex::new(LruCache::new(NonZeroUsize::new(VERDICTS).expect("non-zero"))),
+            probes: Mutex::new(crate::bucket::TokenBucket::new(
+                PROBES_PER_MINUTE / 60.0,
+                PROBES_AT_ONCE,
+            )),
         }
     }
 
@@ -121,6 +134,9 @@ impl Fronting {
             Verdict::Serves(other) => Err(Refused::Fronts(format!(
                 "{dst} also serves {other}, which is intercepted: a passthrough connection there could carry its requests unseen"
             ))),
+            Verdict::Unasked => Err(Refused::Fronts(format!(
+                "{dst} was not checked for intercepted names: more than {PROBES_PER_MINUTE} new passthrough addresses a minute"
+            ))),
             Verdict::Clean | Verdict::Unreachable => Ok(()),
         }
     }
@@ -136,7 +152,15 @@ impl Fronting {
             if stale {
                 v.pop(&dst);
             }
-            v.get_or_insert(dst, Slot::default).clone()
+            match v.get(&dst) {
+                Some(slot) => slot.clone(),
+                None => {
+                    if !self.probes.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        return Verdict::Unasked;
+                    }
+                    v.get_or_insert(dst, Slot::default).clone()
+                }
+            }
         };
         let (verdict, _) = slot
             .get_or_init(|| async { (self.probe(dst).await, Instant::now()) })
@@ -308,6 +332,32 @@ mod tests {
             ));
             tokio::time::sleep(Duration::from_millis(200)).await;
             assert_eq!(w.edge.connections(), asked);
+        });
+    }
+
+    /// A passthrough name whose DNS a process controls, pointed at a new address each time:
+    /// the gateway asks at most `PROBES_AT_ONCE` new addresses at once, then refuses the
+    /// connections it could not check.
+    #[test]
+    fn new_addresses_are_asked_within_a_budget() {
+        let ips: Vec<IpAddr> = (0..PROBES_AT_ONCE as usize + 5)
+            .map(|_| IpAddr::V4(loopback_v4()))
+            .collect();
+        let first = ips[0];
+        let w = world(|_, _| ips.clone());
+        run(async {
+            let mut refused = Vec::new();
+            for ip in &ips {
+                // Nothing listens on port 9 of these addresses: each is asked (and, as it
+                // cannot be reached, left to the relay) until the budget is spent.
+                match w.fronting.check(SITE, SocketAddr::new(*ip, 9)).await {
+                    Ok(()) => {}
+                    Err(Refused::Fronts(d)) if d.contains("not checked") => refused.push(*ip),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(refused.len(), 5, "{refused:?}");
+            assert!(!refused.contains(&first));
         });
     }
 
