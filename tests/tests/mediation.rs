@@ -1636,6 +1636,34 @@ fn a_passthrough_name_cannot_front_for_the_api() {
         line["detail"].as_str().unwrap().contains(&site_ip.to_string()),
         "the detail says where the name lives: {line}"
     );
+    // The same with curl, as a hostile job would write it: the site's name resolved to the
+    // API's address, the API's name in the Host header.
+    let out =
+        m.gw.exec("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                &edge_ca,
+            ])
+            .args(["--resolve", &format!("{PASSTHROUGH}:443:{}", m.node(0).ip)])
+            .args(["-H", "Host: api.github.com"])
+            .arg(format!("https://{PASSTHROUGH}/user"))
+            .output()
+            .unwrap();
+    assert!(
+        !out.status.success(),
+        "curl reached the API through a passthrough name: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("handshake failure"),
+        "curl names the TLS alert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(relayed_to(m.node(0)).is_empty(), "{:?}", m.node(0).contacts());
 
     // 2. At its own address the site is relayed untouched (its own certificate), and the
