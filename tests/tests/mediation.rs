@@ -16,10 +16,7 @@ use std::{
 
 use ghgate_e2e::{
     AS_NOBODY, Gateway, GatewaySpec, GithubSpec, TestCgroup, bin,
-    edge::{
-        Behaviour, Contact, Contacts, Edge, EdgeNode, Listener, MetaAnswer, MetaServer, SSH_BANNER,
-        meta_document,
-    },
+    edge::{Contact, Edge, EdgeNode, MetaAnswer, MetaServer, SSH_BANNER, meta_document},
     eventually,
     fixtures::SmallDisk,
     https::TestCa,
@@ -973,21 +970,17 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
     if !privileged() {
         return;
     }
-    let holder_ip = loopback_v4();
-    let held: Contacts = Default::default();
-    // Long enough for the gateway's fronting probes of the silent holder to give up (3 s) and
-    // the relay to be recorded while the holder still holds.
-    let hold = Duration::from_secs(8);
-    let _holder = Listener::start(
-        SocketAddr::new(holder_ip.into(), 443),
-        Behaviour {
-            banner: None,
-            hold: Some(hold),
-        },
-        held.clone(),
-    );
-    let edge = pinned_site_edge();
-    let site_ip = edge.node(SITE).ip;
+    // A second site node holds the passthrough name's connections silent before answering
+    // (the gateway's fronting probes, for other names, are answered at once).
+    const HOLDER: usize = 2;
+    let hold = Duration::from_secs(5);
+    let edge = Edge::builder()
+        .nodes(3)
+        .serving(SITE, &[PASSTHROUGH])
+        .serving(HOLDER, &[PASSTHROUGH])
+        .holding(HOLDER, PASSTHROUGH, hold)
+        .start();
+    let (site_ip, holder_ip) = (edge.node(SITE).ip, edge.node(HOLDER).ip);
     let m = Mediated::start(edge, None, |spec| {
         spec.tls_passthrough = vec![PASSTHROUGH.into()];
         resolve_pinned(spec, &[site_ip, holder_ip]);
@@ -1014,13 +1007,13 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
 
     // Now an upstream that accepts and then holds the connection silent: the record must be
     // there while it does.
-    let held_at = SocketAddr::new(holder_ip.into(), 443).to_string();
+    let held_at = m.node(HOLDER).at(443).to_string();
     let (client, results) =
-        m.gw.probe_in_background(&["hello", &held_at, "--sni", PASSTHROUGH, "--wait-ms", "12000"]);
-    eventually(
+        m.gw.probe_in_background(&["hello", &held_at, "--sni", PASSTHROUGH, "--wait-ms", "8000"]);
+    let contact = eventually(
         "the gateway to dial the held upstream",
         Duration::from_secs(10),
-        || (!held.lock().unwrap().is_empty()).then_some(()),
+        || relayed_to(m.node(HOLDER)).first().cloned(),
     );
     let dialled = Instant::now();
     let shown = eventually(
@@ -1040,7 +1033,6 @@ fn a_passthrough_name_is_relayed_untouched_and_recorded_before_the_dial() {
     client.wait().unwrap();
     let r = one(results.join().unwrap());
     assert_eq!(r["ok"], true, "{r}");
-    let contact = held.lock().unwrap()[0].clone();
     assert_eq!(contact.pid, m.gw.pid(), "dialled by the gateway: {contact:?}");
 }
 

@@ -289,6 +289,8 @@ pub struct EdgeBuilder {
     git_root: Option<PathBuf>,
     /// Nodes that present a certificate for these names only, instead of [`EDGE_NAMES`].
     serving: Vec<(usize, Vec<String>)>,
+    /// Nodes that hold a connection for this name silent for a while before its handshake.
+    holding: Vec<(usize, String, Duration)>,
 }
 
 impl EdgeBuilder {
@@ -303,6 +305,14 @@ impl EdgeBuilder {
     pub fn serving(mut self, i: usize, names: &[&str]) -> Self {
         self.serving
             .push((i, names.iter().map(|n| n.to_string()).collect()));
+        self
+    }
+
+    /// Node `i` holds each connection whose hello names `name` silent for `hold` before its
+    /// handshake (an upstream slow to answer); connections for other names are answered at
+    /// once.
+    pub fn holding(mut self, i: usize, name: &str, hold: Duration) -> Self {
+        self.holding.push((i, name.to_owned(), hold));
         self
     }
 
@@ -324,7 +334,12 @@ impl EdgeBuilder {
                     .find(|(n, _)| *n == i)
                     .map(|(_, names)| names.clone())
                     .unwrap_or_else(|| EDGE_NAMES.iter().map(|n| n.to_string()).collect());
-                start_node(&ca, self.git_root.clone(), &names)
+                let hold = self
+                    .holding
+                    .iter()
+                    .find(|(n, ..)| *n == i)
+                    .map(|(_, name, hold)| (name.clone(), *hold));
+                start_node(&ca, self.git_root.clone(), &names, hold)
             })
             .collect();
         Edge {
@@ -336,7 +351,12 @@ impl EdgeBuilder {
     }
 }
 
-fn start_node(ca: &TestCa, git_root: Option<PathBuf>, names: &[String]) -> EdgeNode {
+fn start_node(
+    ca: &TestCa,
+    git_root: Option<PathBuf>,
+    names: &[String],
+    hold: Option<(String, Duration)>,
+) -> EdgeNode {
     let ip = loopback_v4();
     let contacts: Contacts = Arc::default();
     let kept = contacts.clone();
@@ -354,6 +374,7 @@ fn start_node(ca: &TestCa, git_root: Option<PathBuf>, names: &[String]) -> EdgeN
                 received: first.to_vec(),
             });
         }),
+        hold,
     };
     let ip_name = ip.to_string();
     let mut names: Vec<&str> = names.iter().map(String::as_str).collect();

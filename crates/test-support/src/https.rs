@@ -833,6 +833,11 @@ impl Upstream {
                     if let Some(edge) = &edge {
                         let first = first_bytes(&tcp).await;
                         (edge.on_accept)(peer, &first);
+                        if let Some((name, hold)) = &edge.hold
+                            && crate::edge::sni_of(&first).as_deref() == Some(name.as_str())
+                        {
+                            tokio::time::sleep(*hold).await;
+                        }
                     }
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -928,6 +933,9 @@ pub struct EdgeRole {
     /// Called for every accepted TCP connection, before TLS, with its peer and the first bytes
     /// it sent (peeked, so the handshake still reads them; empty when nothing came within 2 s).
     pub on_accept: OnAccept,
+    /// A connection whose hello names this server name waits this long, silent, before its
+    /// handshake (an upstream slow to answer one name); others are answered at once.
+    pub hold: Option<(String, Duration)>,
 }
 
 /// What an edge upstream calls for each accepted connection: its peer and its first bytes.

@@ -15,9 +15,10 @@
 //!   hosts by default, which the shipped config's wildcards cover), verifying the certificate as
 //!   it does for its own upstream connections. If the address proves it serves one of them,
 //!   passthrough there could carry that name's requests unseen, and is refused. Verdicts are
-//!   kept per address for [`VERDICT_TTL`]; an address that cannot be reached within
-//!   [`PROBE_TIMEOUT`] is left to the relay (whose dial fails the same way) and asked again next
-//!   time.
+//!   kept per address for [`VERDICT_TTL`]. An address that cannot be asked (no connection, or
+//!   no answer within [`PROBE_TIMEOUT`]) is refused too, failing closed: a relay there could
+//!   not have been checked (and a dead address's relay would fail anyway); that verdict is kept
+//!   for [`UNASKED_TTL`].
 //!
 //! The list is fixed at start: names learned from traffic could be crowded out by a process
 //! that makes up names under an intercepted wildcard. What neither check sees: an intercepted
@@ -41,6 +42,8 @@ use crate::resolve::Resolver;
 pub const VERDICT_TTL: Duration = Duration::from_secs(600);
 /// How long the handshakes with one address may take together.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a verdict that an address could not be asked stands.
+pub const UNASKED_TTL: Duration = Duration::from_secs(10);
 /// Addresses whose verdicts are kept.
 const VERDICTS: usize = 4096;
 /// Intercepted names asked of an address at most.
@@ -68,8 +71,8 @@ enum Verdict {
     Serves(String),
     /// It presented none for any of them.
     Clean,
-    /// It could not be asked (no connection, no answer in time): not kept.
-    Unreachable,
+    /// It could not be asked (no connection, no answer in time): kept for [`UNASKED_TTL`].
+    Unreachable(String),
     /// Not asked: too many new addresses lately ([`PROBES_PER_MINUTE`]).
     Unasked,
 }
@@ -137,7 +140,10 @@ impl Fronting {
             Verdict::Unasked => Err(Refused::Fronts(format!(
                 "{dst} was not checked for intercepted names: more than {PROBES_PER_MINUTE} new passthrough addresses a minute"
             ))),
-            Verdict::Clean | Verdict::Unreachable => Ok(()),
+            Verdict::Unreachable(why) => Err(Refused::Fronts(format!(
+                "{dst} could not be checked for intercepted names ({why})"
+            ))),
+            Verdict::Clean => Ok(()),
         }
     }
 
@@ -145,10 +151,13 @@ impl Fronting {
     async fn verdict(&self, dst: SocketAddr) -> Verdict {
         let slot = {
             let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
-            let stale = v
-                .get(&dst)
-                .and_then(|s| s.get())
-                .is_some_and(|(_, at)| at.elapsed() >= VERDICT_TTL);
+            let stale = v.get(&dst).and_then(|s| s.get()).is_some_and(|(v, at)| {
+                at.elapsed()
+                    >= match v {
+                        Verdict::Unreachable(_) => UNASKED_TTL,
+                        _ => VERDICT_TTL,
+                    }
+            });
             if stale {
                 v.pop(&dst);
             }
@@ -166,12 +175,6 @@ impl Fronting {
             .get_or_init(|| async { (self.probe(dst).await, Instant::now()) })
             .await
             .clone();
-        if verdict == Verdict::Unreachable {
-            let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
-            if v.peek(&dst).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                v.pop(&dst);
-            }
-        }
         verdict
     }
 
@@ -181,18 +184,19 @@ impl Fronting {
             let r = self.tls.connect(dst, name, &[Proto::Http1], PROBE_TIMEOUT).await;
             (name, r.map(drop))
         });
-        let mut unreachable = false;
+        let mut unreachable = None;
         for (name, r) in join_all(asks).await {
             match r {
                 Ok(()) => return Verdict::Serves(name.clone()),
-                Err(UpstreamError::Connect { .. } | UpstreamError::Timeout { .. }) => unreachable = true,
+                Err(e @ (UpstreamError::Connect { .. } | UpstreamError::Timeout { .. })) => {
+                    unreachable = Some(e.to_string())
+                }
                 Err(_) => {}
             }
         }
-        if unreachable {
-            Verdict::Unreachable
-        } else {
-            Verdict::Clean
+        match unreachable {
+            Some(why) => Verdict::Unreachable(why),
+            None => Verdict::Clean,
         }
     }
 }
@@ -343,38 +347,68 @@ mod tests {
         let ips: Vec<IpAddr> = (0..PROBES_AT_ONCE as usize + 5)
             .map(|_| IpAddr::V4(loopback_v4()))
             .collect();
-        let first = ips[0];
         let w = world(|_, _| ips.clone());
         run(async {
-            let mut refused = Vec::new();
+            let (mut asked, mut unasked) = (0, 0);
             for ip in &ips {
-                // Nothing listens on port 9 of these addresses: each is asked (and, as it
-                // cannot be reached, left to the relay) until the budget is spent.
+                // Nothing listens on port 9 of these addresses: each one asked is refused as
+                // one that could not be checked, until the budget is spent.
                 match w.fronting.check(SITE, SocketAddr::new(*ip, 9)).await {
-                    Ok(()) => {}
-                    Err(Refused::Fronts(d)) if d.contains("not checked") => refused.push(*ip),
+                    Err(Refused::Fronts(d)) if d.contains("could not be checked") => asked += 1,
+                    Err(Refused::Fronts(d)) if d.contains("not checked") => unasked += 1,
                     other => panic!("{other:?}"),
                 }
             }
-            assert_eq!(refused.len(), 5, "{refused:?}");
-            assert!(!refused.contains(&first));
+            assert_eq!((asked, unasked), (PROBES_AT_ONCE as usize, 5));
         });
     }
 
+    /// An address that cannot be asked (here nothing listens) is refused, failing closed, and
+    /// the verdict stands a while: connecting again does not spend the budget again.
     #[test]
-    fn an_address_that_cannot_be_asked_is_left_to_the_relay_and_asked_again() {
-        // Nothing listens on this port: the probe cannot connect, and neither will the relay.
+    fn an_address_that_cannot_be_asked_is_refused_for_a_while() {
         let closed = TcpListener::bind((loopback_v4(), 0)).unwrap();
         let ip = closed.local_addr().unwrap().ip();
         let at = closed.local_addr().unwrap();
         drop(closed);
         let w = world(|_, _| vec![ip]);
         run(async {
-            assert_eq!(w.fronting.check(SITE, at).await, Ok(()));
+            for _ in 0..3 {
+                let r = w.fronting.check(SITE, at).await;
+                assert!(
+                    matches!(&r, Err(Refused::Fronts(d)) if d.contains("could not be checked") && d.contains("connect")),
+                    "{r:?}"
+                );
+            }
         });
+        let kept = w.fronting.verdicts.lock().unwrap().peek(&at).cloned();
         assert!(
-            w.fronting.verdicts.lock().unwrap().peek(&at).is_none(),
-            "an unreachable address's verdict is not kept"
+            matches!(
+                kept.and_then(|s| s.get().cloned()),
+                Some((Verdict::Unreachable(_), _))
+            ),
+            "kept"
         );
+        // One ask was spent for the three connections.
+        let mut probes = w.fronting.probes.lock().unwrap();
+        let left = (0..100).take_while(|_| probes.take()).count();
+        assert_eq!(left, PROBES_AT_ONCE as usize - 1);
+    }
+
+    /// An address that accepts and never answers (a hostile process would like the probe to
+    /// time out and the relay to pass): refused once the probe gives up.
+    #[test]
+    fn an_address_that_does_not_answer_in_time_is_refused() {
+        let silent = TcpListener::bind((loopback_v4(), 0)).unwrap();
+        let at = silent.local_addr().unwrap();
+        let w = world(|_, _| vec![at.ip()]);
+        run(async {
+            let r = w.fronting.check(SITE, at).await;
+            assert!(
+                matches!(&r, Err(Refused::Fronts(d)) if d.contains("could not be checked") && d.contains("within")),
+                "{r:?}"
+            );
+        });
+        drop(silent);
     }
 }
