@@ -1692,9 +1692,11 @@ fn a_passthrough_name_on_the_apis_edge_is_refused() {
     }
     let edge = Edge::builder().nodes(1).start();
     let api_ip = edge.node(0).ip;
+    let metrics = ghgate_e2e::free_port();
     let m = Mediated::start(edge, None, |spec| {
         spec.tls_passthrough = vec![PASSTHROUGH.into()];
         resolve_pinned(spec, &[api_ip]);
+        spec.extra_toml = format!("[telemetry]\nmetrics = \"127.0.0.1:{metrics}\"\n");
     });
     let edge_ca = m.edge.ca_file.display().to_string();
     let at = m.node(0).at(443).to_string();
@@ -1730,4 +1732,18 @@ fn a_passthrough_name_on_the_apis_edge_is_refused() {
         recorded.contains("passthrough_fronts"),
         "the refusal is recorded:\n{recorded}"
     );
+    // One probe for both connections, counted; both refusals counted.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{metrics}/metrics"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "ghgate_passthrough_probes_total{verdict=\"serves\"} 1",
+        "ghgate_passthrough_probes_total{verdict=\"clean\"} 0",
+        "ghgate_connections_refused_total{layer=\"gateway\",reason=\"passthrough_fronts\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
 }

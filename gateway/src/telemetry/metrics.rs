@@ -95,6 +95,10 @@ const STATUSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 /// `_per_cgroup`, `max_connections`).
 pub const CAPS: [&str; 3] = ["process", "cgroup", "total"];
 
+/// What asking a passthrough destination found (`tls::fronting`), as the `verdict` label names
+/// it; `unasked`: not asked, over the budget of new addresses.
+pub const PROBE_VERDICTS: [&str; 4] = ["clean", "serves", "unreachable", "unasked"];
+
 /// The event sinks, as the `sink` label names them.
 pub const SINKS: [&str; 2] = ["syslog", "webhook"];
 
@@ -103,6 +107,7 @@ pub const SINKS: [&str; 2] = ["syslog", "webhook"];
 pub struct Metrics {
     redirected: Counter,
     capped: Labeled<1>,
+    passthrough_probes: Labeled<1>,
     /// Connections held through the gateway now (under the caps).
     held: AtomicU64,
     refused: Labeled<2>,
@@ -136,6 +141,7 @@ impl Default for Metrics {
         Self {
             redirected: Counter::default(),
             capped: Labeled::new(["cap"], CAPS.map(|c| [c])),
+            passthrough_probes: Labeled::new(["verdict"], PROBE_VERDICTS.map(|v| [v])),
             held: AtomicU64::new(0),
             refused: Labeled::new(["layer", "reason"], product2(layers, reasons)),
             exchanges: Labeled::new(["kind", "answered_by", "status"], exchanges),
@@ -174,6 +180,12 @@ impl Metrics {
     /// A connection closed at once because it would have passed `cap` (one of [`CAPS`]).
     pub fn capped(&self, cap: &'static str) {
         self.capped.inc_by([cap], 1);
+    }
+
+    /// A passthrough destination was asked (or not, over the budget): `verdict` is one of
+    /// [`PROBE_VERDICTS`].
+    pub fn passthrough_probe(&self, verdict: &'static str) {
+        self.passthrough_probes.inc_by([verdict], 1);
     }
 
     /// Connections held through the gateway now.
@@ -256,6 +268,12 @@ impl Metrics {
             "ghgate_connections_capped",
             "Connections closed at once over a connection cap, by cap (process, cgroup, total)",
             self.capped.family.clone(),
+        );
+        r.register(
+            "ghgate_passthrough_probes",
+            "Passthrough destinations asked whether they serve an intercepted name, by verdict \
+             (clean, serves, unreachable), and those not asked over the budget (unasked)",
+            self.passthrough_probes.family.clone(),
         );
         r.register(
             "ghgate_connections_refused",
@@ -494,6 +512,7 @@ mod tests {
         m.exchange(Kind::RestApi, AnsweredBy::Upstream, 0, true);
         m.sink_event("webhook", false, 2);
         m.capped("process");
+        m.passthrough_probe("serves");
         m.held(3);
         assert_eq!(m.refused.get(["kernel", "not_tcp"]), 3);
         assert_eq!(m.exchanges.get(["rest-api", "upstream", "error"]), 1);
@@ -507,6 +526,8 @@ mod tests {
             "ghgate_telemetry_events_total{sink=\"webhook\",result=\"dropped\"} 2",
             "ghgate_connections_capped_total{cap=\"process\"} 1",
             "ghgate_connections_capped_total{cap=\"total\"} 0",
+            "ghgate_passthrough_probes_total{verdict=\"serves\"} 1",
+            "ghgate_passthrough_probes_total{verdict=\"clean\"} 0",
             "ghgate_connections_held 3.0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");

@@ -165,6 +165,7 @@ impl Fronting {
                 Some(slot) => slot.clone(),
                 None => {
                     if !self.probes.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        crate::telemetry::metrics().passthrough_probe("unasked");
                         return Verdict::Unasked;
                     }
                     v.get_or_insert(dst, Slot::default).clone()
@@ -172,7 +173,15 @@ impl Fronting {
             }
         };
         let (verdict, _) = slot
-            .get_or_init(|| async { (self.probe(dst).await, Instant::now()) })
+            .get_or_init(|| async {
+                let verdict = self.probe(dst).await;
+                crate::telemetry::metrics().passthrough_probe(match verdict {
+                    Verdict::Serves(_) => "serves",
+                    Verdict::Clean => "clean",
+                    Verdict::Unreachable(_) | Verdict::Unasked => "unreachable",
+                });
+                (verdict, Instant::now())
+            })
             .await
             .clone();
         verdict
