@@ -255,7 +255,7 @@ pub struct GithubAppConfig {
     #[serde(default = "default_github_api")]
     pub api_url: String,
     /// Mints a minute on average for the callers of one cgroup (a job, a container, a
-    /// service), twice as many at once; past it, requests that need a new token get 429.
+    /// service), twice as many at once; past it, requests that need a new token get 502.
     #[serde(default = "default_mints_per_cgroup")]
     pub mints_per_minute_per_cgroup: u32,
     /// … and for every cgroup together.
@@ -264,10 +264,10 @@ pub struct GithubAppConfig {
 }
 
 fn default_mints_per_cgroup() -> u32 {
-    crate::credentials::app::PER_CGROUP.per_minute as u32
+    crate::credentials::app::MINTS_PER_CGROUP
 }
 fn default_mints() -> u32 {
-    crate::credentials::app::IN_ALL.per_minute as u32
+    crate::credentials::app::MINTS_IN_ALL
 }
 
 /// An API the gateway calls with a credential: https, or plain http to loopback (tests).

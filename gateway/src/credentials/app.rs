@@ -7,7 +7,7 @@
 //! request, before the policy has looked at it: each would cost a mint against the app's rate
 //! limit, which every runner using the app shares. So a mint GitHub refused is the answer for
 //! that repository for [`REFUSED_FOR`], mints are budgeted per cgroup of callers and in all
-//! ([`PER_CGROUP`], [`IN_ALL`]; past a budget, requests that need a new token get 502 and
+//! (`mints_per_minute_per_cgroup`, `mints_per_minute`; past a budget, requests that need a new token get 502 and
 //! nothing is asked of GitHub, and one cgroup emptying its own leaves the others theirs), and
 //! at most [`MAX_SCOPES`] repositories are kept.
 //!
@@ -57,20 +57,12 @@ type Slot = Arc<tokio::sync::Mutex<Option<Held>>>;
 
 /// How long a refused mint stays the answer for its repository.
 pub const REFUSED_FOR: Duration = Duration::from_secs(60);
-/// Mints a minute on average, and the most at once, for the callers of one cgroup (a job, a
-/// container, a service): a job working on a few repositories mints a few tokens an hour, each
-/// valid for an hour.
-/// The defaults of `[credentials.…github_app] mints_per_minute_per_cgroup` and
-/// `mints_per_minute`.
-pub const PER_CGROUP: Rate = Rate {
-    per_minute: 30.0,
-    burst: 60.0,
-};
-/// … and for every cgroup together.
-pub const IN_ALL: Rate = Rate {
-    per_minute: 120.0,
-    burst: 240.0,
-};
+/// The default of `github_app.mints_per_minute_per_cgroup`: mints a minute on average for the
+/// callers of one cgroup (a job, a container, a service); a job working on a few repositories
+/// mints a few tokens an hour, each valid for an hour.
+pub const MINTS_PER_CGROUP: u32 = 30;
+/// The default of `github_app.mints_per_minute`: for every cgroup together.
+pub const MINTS_IN_ALL: u32 = 120;
 /// Cgroups whose budgets are kept; past it, full budgets (as good as new ones) are dropped.
 const MAX_BUDGETS: usize = 4096;
 
@@ -493,7 +485,7 @@ mod tests {
     }
 
     fn minter(url: &str, fallback: bool) -> AppMinter {
-        minter_with(url, fallback, (30, 120))
+        minter_with(url, fallback, (MINTS_PER_CGROUP, MINTS_IN_ALL))
     }
 
     /// A minter whose budgets are `(per cgroup, in all)` mints a minute, as configured.
