@@ -177,3 +177,40 @@ fn proxy(
         configs: Default::default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The names a passthrough destination is asked about: every exact name the gateway
+    /// terminates, from each place a config names one, once each; never a passthrough name, a
+    /// name it does not terminate, or a wildcard.
+    #[test]
+    fn passthrough_destinations_are_asked_about_every_exact_intercepted_name() {
+        let text = r#"
+            [redirect]
+            cgroup = "ghgate.clients"
+            [[intercept]]
+            hosts = ["github.com", "ghe.example.com", "pinned.github.com"]
+            ports = [443]
+            [tls]
+            passthrough = ["pinned.github.com"]
+            fronting_check = ["api.githubcopilot.com", "api.github.com"]
+        "#;
+        let config = Config::parse(text, Path::new("test.toml")).unwrap();
+        let names = intercepted_names(&config, &config.github_hosts());
+        let fronting = Fronting::new(
+            Arc::new(Resolver::new(&config.dns, &[]).unwrap()),
+            UpstreamTls::new(&[]).unwrap(),
+            names,
+        );
+        assert_eq!(
+            fronting.names(),
+            ["api.github.com", "github.com", "api.githubcopilot.com"],
+            "the API's host, the exact intercept names and [[intercept]] hosts that are \
+             terminated, then fronting_check"
+        );
+    }
+}

@@ -77,6 +77,18 @@ enum Verdict {
     Unasked,
 }
 
+impl Verdict {
+    /// As `ghgate_passthrough_probes_total` names it.
+    fn label(&self) -> &'static str {
+        match self {
+            Verdict::Serves(_) => "serves",
+            Verdict::Clean => "clean",
+            Verdict::Unreachable(_) => "unreachable",
+            Verdict::Unasked => "unasked",
+        }
+    }
+}
+
 /// A verdict and when it was reached.
 type Slot = Arc<OnceCell<(Verdict, Instant)>>;
 
@@ -165,7 +177,7 @@ impl Fronting {
                 Some(slot) => slot.clone(),
                 None => {
                     if !self.probes.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        crate::telemetry::metrics().passthrough_probe("unasked");
+                        crate::telemetry::metrics().passthrough_probe(Verdict::Unasked.label());
                         return Verdict::Unasked;
                     }
                     v.get_or_insert(dst, Slot::default).clone()
@@ -175,11 +187,7 @@ impl Fronting {
         let (verdict, _) = slot
             .get_or_init(|| async {
                 let verdict = self.probe(dst).await;
-                crate::telemetry::metrics().passthrough_probe(match verdict {
-                    Verdict::Serves(_) => "serves",
-                    Verdict::Clean => "clean",
-                    Verdict::Unreachable(_) | Verdict::Unasked => "unreachable",
-                });
+                crate::telemetry::metrics().passthrough_probe(verdict.label());
                 (verdict, Instant::now())
             })
             .await
