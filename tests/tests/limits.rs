@@ -28,10 +28,8 @@ impl Limits for TlsGateway {
 
     fn raw_client(&self, payload: &str, pause: f64) -> String {
         let script = r#"
-import socket, ssl, sys, time
-host, port, ca, payload, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].encode(), float(sys.argv[5])
-ctx = ssl.create_default_context(cafile=ca)
-ctx.set_alpn_protocols(["http/1.1"])
+payload, pause = sys.argv[4].encode(), float(sys.argv[5])
+ctx = tls_context("http/1.1")
 s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="api.github.com")
 s.settimeout(20)
 try:
@@ -51,7 +49,11 @@ except socket.timeout:
         let out = self
             .gw
             .exec("python3")
-            .args(["-c", script, &self.upstream.addr.ip().to_string()])
+            .args([
+                "-c",
+                &format!("{PROLOGUE}{script}"),
+                &self.upstream.addr.ip().to_string(),
+            ])
             .arg(self.upstream.addr.port().to_string())
             .arg(&self.ca_file)
             .args(args)
@@ -181,11 +183,38 @@ fn request_rate_per_connection_is_limited_with_429() {
 /// `steps` (`get PATH`, `sleep SECS`, `trickle HEAD_PREFIX` one byte every 0.25 s until the
 /// gateway closes, `post PATH N` whose N body bytes trickle over 3 s, `wait_close`), printing one
 /// JSON line per step with what it saw and how long it took.
+/// What every script [`Limits::python`] runs starts with: the modules the scripts use, the
+/// upstream's address and the CA file from the arguments, and a TLS context offering one
+/// protocol.
+const PROLOGUE: &str = r#"
+import json, os, socket, ssl, struct, subprocess, sys, time
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def tls_context(alpn):
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.set_alpn_protocols([alpn])
+    return ctx
+"#;
+
+/// `connect()`: an HTTP/1.1 connection through the gateway, answered 200 and held open; None
+/// if it was refused or not answered.
+const HELD_CONNECTION: &str = r#"
+ctx = tls_context("http/1.1")
+def connect():
+    s = socket.create_connection((host, port), timeout=5)
+    try:
+        t = ctx.wrap_socket(s, server_hostname="api.github.com")
+        t.sendall(b"GET /held HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
+        if not t.recv(64).startswith(b"HTTP/1.1 200"):
+            raise OSError("no answer")
+        return t
+    except (OSError, ssl.SSLError):
+        s.close()
+        return None
+"#;
+
 const KEEP_ALIVE_CLIENT: &str = r#"
-import json, socket, ssl, sys, time
-ctx = ssl.create_default_context(cafile=sys.argv[3])
-ctx.set_alpn_protocols(["http/1.1"])
-s = ctx.wrap_socket(socket.create_connection((sys.argv[1], int(sys.argv[2]))), server_hostname="api.github.com")
+ctx = tls_context("http/1.1")
+s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="api.github.com")
 s.settimeout(20)
 pending = b""
 
@@ -471,10 +500,8 @@ fn many_held_connections_do_not_run_the_gateway_out_of_open_files() {
 
     let held = s.python(
         r#"
-import socket, ssl, sys
-host, port, ca, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-ctx = ssl.create_default_context(cafile=ca)
-ctx.set_alpn_protocols(["http/1.1"])
+n = int(sys.argv[4])
+ctx = tls_context("http/1.1")
 held, failed = [], 0
 for _ in range(n):
     try:
@@ -502,22 +529,9 @@ fn one_process_cannot_hold_more_connections_than_its_cap() {
     }
     let s = setup("max_connections_per_process = 50");
     let out = s.python(
-        r#"
-import socket, ssl, subprocess, sys, time
-host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-ctx = ssl.create_default_context(cafile=ca)
-ctx.set_alpn_protocols(["http/1.1"])
-def connect():
-    s = socket.create_connection((host, port), timeout=5)
-    try:
-        t = ctx.wrap_socket(s, server_hostname="api.github.com")
-        t.sendall(b"GET /held HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
-        if not t.recv(64).startswith(b"HTTP/1.1 200"):
-            raise OSError("no answer")
-        return t
-    except (OSError, ssl.SSLError):
-        s.close()
-        return None
+        &format!(
+            "{HELD_CONNECTION}{}",
+            r#"
 held, refused = [], 0
 for _ in range(60):
     t = connect()
@@ -530,7 +544,8 @@ for t in held[:10]: t.close()
 time.sleep(0.5)
 again = connect() is not None
 print(len(held), refused, other, again)
-"#,
+"#
+        ),
         &[],
     );
     assert_eq!(
@@ -559,22 +574,10 @@ fn forked_processes_cannot_hold_more_connections_than_their_cgroup_s_cap() {
     ));
     let nested = s.cg.child("container");
     let out = s.python(
-        r#"
-import os, socket, ssl, subprocess, sys, time
-host, port, ca, nested = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-ctx = ssl.create_default_context(cafile=ca)
-ctx.set_alpn_protocols(["http/1.1"])
-def connect():
-    s = socket.create_connection((host, port), timeout=5)
-    try:
-        t = ctx.wrap_socket(s, server_hostname="api.github.com")
-        t.sendall(b"GET /held HTTP/1.1\r\nHost: api.github.com\r\n\r\n")
-        if not t.recv(64).startswith(b"HTTP/1.1 200"):
-            raise OSError("no answer")
-        return t
-    except (OSError, ssl.SSLError):
-        s.close()
-        return None
+        &format!(
+            "{HELD_CONNECTION}{}",
+            r#"
+nested = sys.argv[4]
 children = []
 for _ in range(3):
     r, w = os.pipe()
@@ -606,7 +609,8 @@ for pid, f, go_w, _ in children:
 time.sleep(0.5)
 again = connect() is not None
 print(held, mine, other, again)
-"#,
+"#
+        ),
         &[nested.to_str().unwrap()],
     );
     assert_eq!(
@@ -694,10 +698,7 @@ fn http2_continuation_flood_is_cut_off() {
     let s = setup("max_header_bytes = 8192");
     let out = s.python(
         r#"
-import socket, ssl, struct, sys, time
-host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-ctx = ssl.create_default_context(cafile=ca)
-ctx.set_alpn_protocols(["h2"])
+ctx = tls_context("h2")
 t = ctx.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname="api.github.com")
 assert t.selected_alpn_protocol() == "h2"
 def frame(kind, flags, stream, payload):

@@ -413,6 +413,15 @@ async fn h2_get(mut send: H2Sender, url: String) -> u16 {
     }
 }
 
+/// Runs `work` on a single-threaded runtime of its own (each HTTP/2 mode is one client).
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work)
+}
+
 fn h2_streams(
     addr: SocketAddr,
     name: &str,
@@ -422,11 +431,7 @@ fn h2_streams(
     pause: Duration,
     wait: Duration,
 ) -> serde_json::Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let (send, alpn, conn) = h2_connect(addr, name, ca).await;
         let url = format!("https://{name}:{}{path}", addr.port());
         // One request first, so the server's SETTINGS (its stream limit) are known.
@@ -472,11 +477,7 @@ fn h2_rapid_reset(
     streams: usize,
     after: Duration,
 ) -> serde_json::Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let tls = h2_tls(addr, name, ca).await;
         let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
         let conn = tokio::spawn(conn);
@@ -528,18 +529,20 @@ fn h2_rapid_reset(
 
 fn h2_post(addr: SocketAddr, name: &str, ca: &str, path: &str, bytes: u64) -> serde_json::Value {
     use http_body_util::{BodyExt as _, Full};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let (mut send, alpn, _conn) = h2_connect(addr, name, ca).await;
         let body = Full::new(bytes::Bytes::from(vec![b'p'; bytes as usize]));
-        let req = http::Request::post(format!("https://{name}:{}{path}", addr.port())).body(body).unwrap();
+        let req = http::Request::post(format!("https://{name}:{}{path}", addr.port()))
+            .body(body)
+            .unwrap();
         let resp = send.send_request(req).await.expect("request");
         let status = resp.status().as_u16();
         let version = format!("{:?}", resp.version());
-        let text = resp.into_body().collect().await.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned());
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned());
         serde_json::json!({"alpn": alpn, "status": status, "version": version, "body": text.unwrap_or_default()})
     })
 }
