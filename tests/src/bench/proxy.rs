@@ -749,7 +749,7 @@ fn only_rps(gateways: &[(&str, &Gateway); 2], base: &HttpClientArgs) -> anyhow::
         let cpu = median(&mut runs.iter().map(|r| r.1).collect());
         let busy = median(&mut runs.iter().map(|r| r.2).collect());
         println!("{label:<18} {rps:>12.0} {cpu:>18.1} {busy:>14.0}");
-        medians.push((rps, cpu));
+        medians.push((rps, cpu, busy));
     }
     println!(
         "{} / {}: {:.2}× requests/s, {:+.1} µs CPU per request (target ≥ 0.80×)",
@@ -757,6 +757,11 @@ fn only_rps(gateways: &[(&str, &Gateway); 2], base: &HttpClientArgs) -> anyhow::
         gateways[0].0,
         medians[1].0 / medians[0].0,
         medians[1].1 - medians[0].1
+    );
+    crate::store_path::explain(
+        &gateways[1].1.state_dir.join("record"),
+        medians[0].2 / 100.0 * crate::cpu::cpus() as f64 / medians[0].0 * 1e6,
+        medians[1].1 - medians[0].1,
     );
     Ok(())
 }
@@ -954,6 +959,13 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         format!("recorded req/s {:.2}× unrecorded (h1)", def.rps1 / norec.rps1),
         "≥ 0.8×",
     );
+    if let Some((_, gw)) = gateways.iter().find(|(label, _)| *label == "ghgate defaults") {
+        crate::store_path::explain(
+            &gw.state_dir.join("record"),
+            norec.busy * crate::cpu::cpus() as f64 / norec.rps1 * 1e6,
+            def.cpu_mid - norec.cpu_mid,
+        );
+    }
     line(
         1.0 - def.dl1 / norec.dl1 <= 0.10,
         format!(

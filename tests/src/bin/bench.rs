@@ -170,6 +170,8 @@ mod pypi;
 mod record;
 #[path = "../bench/soak.rs"]
 mod soak;
+#[path = "../bench/store_path.rs"]
+mod store_path;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,0 +1,254 @@
+//! What the recorder's own work costs per exchange on this machine: the records a recording
+//! gateway wrote during this run, read back, then framed, appended to a new store and indexed in
+//! this process, through the same `ghgate-record` code and in the same writes the gateway made,
+//! each step timed on this thread's CPU clock. The proxy bench prints it under its recorded
+//! req/s target, beside the CPU that target allows.
+use std::path::Path;
+
+use anyhow::Context as _;
+use ghgate_record::{
+    index::Index,
+    model::Record,
+    store::{self, Framed, Position, Store, StoreOptions},
+};
+use nix::time::{ClockId, clock_gettime};
+
+/// Records handed to the index at once: about what the gateway's indexer takes per batch at
+/// ten thousand exchanges a second (it runs every 50 ms under load).
+const INDEX_BATCH: usize = 1024;
+
+/// Per exchange, in µs of CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct StorePath {
+    pub exchanges: u64,
+    pub writes_per_exchange: f64,
+    pub bytes_per_exchange: f64,
+    /// JSON encoding into frames (`Framed::new`).
+    pub framing_us: f64,
+    /// Chaining (SHA-256, CRC) and the write into the segment (`Store::append_framed`).
+    pub append_us: f64,
+    /// The SQLite index (`Index::add_batch`).
+    pub index_us: f64,
+}
+
+impl StorePath {
+    pub fn total_us(&self) -> f64 {
+        self.framing_us + self.append_us + self.index_us
+    }
+}
+
+fn thread_cpu_us() -> f64 {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as f64 * 1e6 + t.tv_nsec() as f64 / 1e3)
+        .unwrap_or(f64::NAN)
+}
+
+/// Splits records, in store order, into the writes that put them there: an exchange's request
+/// and what was noted with it in one, its end (with the held last chunk, stream events and git
+/// operations) in another, any other body chunk in one of its own, and a record of no exchange
+/// alone. The writes of concurrent exchanges interleave in the store, but each write is
+/// contiguous.
+pub fn writes(records: Vec<Record>) -> Vec<Vec<Record>> {
+    let mut out: Vec<Vec<Record>> = Vec::new();
+    for rec in records {
+        let starts_write = match (out.last().and_then(|w| w.last()), &rec) {
+            (None, _) | (_, Record::Request(_)) => true,
+            (Some(prev), _) if prev.exchange().is_none() || rec.exchange() != prev.exchange() => true,
+            // After an exchange's end, or a body chunk that was not held for it.
+            (Some(Record::Exchange(_)), _) => true,
+            (Some(Record::BodyChunk(_)), Record::BodyChunk(_)) => true,
+            // The end's write opens with the held chunk, a stream event or a git operation.
+            (
+                Some(prev),
+                Record::BodyChunk(_) | Record::StreamEvent(_) | Record::Git(_) | Record::Exchange(_),
+            ) => !matches!(
+                prev,
+                Record::BodyChunk(_) | Record::StreamEvent(_) | Record::Git(_)
+            ),
+            _ => false,
+        };
+        if starts_write {
+            out.push(Vec::new());
+        }
+        out.last_mut().expect("a write was just begun").push(rec);
+    }
+    out
+}
+
+/// Replays up to `max_exchanges` of the records in the store at `record_dir` into a new store
+/// and index under `scratch` (which should be on the same filesystem as the gateway's).
+pub fn measure(record_dir: &Path, scratch: &Path, max_exchanges: u64) -> anyhow::Result<StorePath> {
+    let mut records = Vec::new();
+    let mut exchanges = 0;
+    for item in store::read_records(record_dir).context("read the gateway's record store")? {
+        let (_, rec) = item.context("read a record")?;
+        exchanges += u64::from(matches!(rec, Record::Exchange(_)));
+        records.push(rec);
+        if exchanges >= max_exchanges {
+            break;
+        }
+    }
+    anyhow::ensure!(exchanges > 0, "the gateway recorded no exchange to replay");
+    let writes = writes(records);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let (mut store, _) = Store::open(&scratch.join("store"), key, StoreOptions::default())
+        .context("open a scratch record store")?;
+    let mut index = Index::open(&scratch.join("index.sqlite")).context("open a scratch index")?;
+
+    let mut framing = 0.0;
+    let mut append = 0.0;
+    let mut bytes = 0;
+    let mut written: Vec<(Position, Record)> = Vec::new();
+    for batch in writes.iter() {
+        let t0 = thread_cpu_us();
+        let mut framed = Framed::new(batch).context("frame records")?;
+        let t1 = thread_cpu_us();
+        let positions = store
+            .append_framed(&mut framed)
+            .context("append to the scratch store")?;
+        let t2 = thread_cpu_us();
+        (framing, append, bytes) = (framing + t1 - t0, append + t2 - t1, bytes + framed.bytes());
+        written.extend(positions.into_iter().zip(batch.iter().cloned()));
+    }
+    let mut indexing = 0.0;
+    for chunk in written.chunks(INDEX_BATCH) {
+        let t0 = thread_cpu_us();
+        index.add_batch(chunk).context("index the scratch store")?;
+        indexing += thread_cpu_us() - t0;
+    }
+    let n = exchanges as f64;
+    Ok(StorePath {
+        exchanges,
+        writes_per_exchange: writes.len() as f64 / n,
+        bytes_per_exchange: bytes as f64 / n,
+        framing_us: framing / n,
+        append_us: append / n,
+        index_us: indexing / n,
+    })
+}
+
+/// The lines the proxy bench prints under its recorded req/s target. `host_us` is the CPU the
+/// host spent per unrecorded request (client, upstream and gateway together) and `added_us` what
+/// the recording gateway spent more than the unrecorded one.
+pub fn explain(record_dir: &Path, host_us: f64, added_us: f64) {
+    // When CPU-bound, requests/s go as the inverse of the host's CPU per request.
+    let budget = host_us * (1.0 / 0.8 - 1.0);
+    println!(
+        "    (0.8× allows recording {budget:.1} µs of CPU a request, a quarter of the {host_us:.1} µs the host \
+         spends on an unrecorded one; the recording gateway spent {added_us:+.1} µs)"
+    );
+    // Beside the gateway's store: on the same filesystem.
+    let scratch = tempfile::tempdir_in(record_dir.parent().unwrap_or(record_dir));
+    match scratch
+        .map_err(anyhow::Error::from)
+        .and_then(|scratch| measure(record_dir, scratch.path(), 20_000))
+    {
+        Ok(p) => println!(
+            "    (the store path alone, replayed in this process from {} exchanges this run recorded, {:.1} writes \
+             and {:.0} B an exchange: {:.1} µs = JSON framing {:.1} + chaining and appending {:.1} + indexing {:.1}; \
+             masking heads, building records and handing them over are the rest)",
+            p.exchanges,
+            p.writes_per_exchange,
+            p.bytes_per_exchange,
+            p.total_us(),
+            p.framing_us,
+            p.append_us,
+            p.index_us
+        ),
+        Err(e) => println!("    (the store path could not be replayed: {e:#})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ghgate_record::model::{AnsweredBy, BodyChunk, BodySummary, Direction, Exchange, RequestStart};
+
+    fn request(x: u64) -> Record {
+        Record::Request(RequestStart {
+            session: "s".into(),
+            conn: 1,
+            exchange: x.into(),
+            at: 1,
+            method: "GET".into(),
+            url: "https://api.github.com/".into(),
+        })
+    }
+
+    fn chunk(x: u64) -> Record {
+        Record::BodyChunk(BodyChunk {
+            session: "s".into(),
+            exchange: x.into(),
+            dir: Direction::Response,
+            at: 2,
+            offset: 0,
+            data: "{}".into(),
+        })
+    }
+
+    fn end(x: u64) -> Record {
+        Record::Exchange(Exchange {
+            session: "s".into(),
+            conn: 1,
+            exchange: x.into(),
+            started_at: 1,
+            method: "GET".into(),
+            url: "https://api.github.com/".into(),
+            http_version: "HTTP/1.1".into(),
+            status: 200,
+            request_headers: vec![],
+            response_headers: vec![],
+            request_body: BodySummary::default(),
+            response_body: BodySummary::default(),
+            ttfb_us: 1,
+            duration_us: 2,
+            answered_by: AnsweredBy::Upstream,
+            error: None,
+        })
+    }
+
+    /// Which exchange and kind each write holds, in order.
+    fn shape(writes: &[Vec<Record>]) -> Vec<Vec<(u64, &'static str)>> {
+        writes
+            .iter()
+            .map(|w| {
+                w.iter()
+                    .map(|r| {
+                        (
+                            r.exchange().map_or(0, |x| x.get()),
+                            ghgate_record::index::kind_name(r),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_split_into_the_writes_that_made_them() {
+        // Exchange 1's request; exchange 2's request written while 1 waits upstream; 1's
+        // streamed chunk, then its end with the held last chunk; 2's end alone.
+        let records = vec![
+            request(1),
+            request(2),
+            chunk(1),
+            chunk(1),
+            end(1),
+            end(2),
+            request(3),
+            end(3),
+        ];
+        assert_eq!(
+            shape(&writes(records)),
+            vec![
+                vec![(1, "request")],
+                vec![(2, "request")],
+                vec![(1, "body_chunk")],
+                vec![(1, "body_chunk"), (1, "exchange")],
+                vec![(2, "exchange")],
+                vec![(3, "request")],
+                vec![(3, "exchange")],
+            ]
+        );
+    }
+}
