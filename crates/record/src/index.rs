@@ -76,7 +76,6 @@ CREATE TABLE exchanges (
     end_seq INTEGER,
     PRIMARY KEY (session, exchange)
 );
-CREATE INDEX exchanges_host ON exchanges (host);
 -- A row is a run: the records seq..=last_seq, consecutive frames of one segment, all of one
 -- session and of the kinds an exchange writes (`in_runs`), or one record of another kind.
 CREATE TABLE records (
@@ -354,7 +353,19 @@ impl Index {
         };
         match index.schema_version()? {
             None => index.create_schema()?,
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) if v == SCHEMA_VERSION.to_string() => {
+                // An index on exchanges' hosts, made by earlier versions of this schema: no query
+                // uses it (the host filter looks a session's exchanges up by session), and it
+                // cost every indexed exchange a second b-tree insert, about a quarter of indexing.
+                // Readers of any version work without it, so it goes without a rebuild.
+                index
+                    .conn
+                    .execute_batch("DROP INDEX IF EXISTS exchanges_host")
+                    .map_err(|source| IndexError::Open {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+            }
             Some(v) if v.parse::<u32>().is_ok_and(|v| v > SCHEMA_VERSION) => {
                 return Err(IndexError::Schema {
                     path: path.to_owned(),
@@ -1117,9 +1128,8 @@ fn add_in(tx: &Transaction<'_>, items: &[(Position, Record)]) -> Result<u64, Ind
                         .prepare_cached("SELECT host FROM exchanges WHERE session = ?1 AND exchange = ?2")?
                         .query_row(params![x.session, x.exchange], |r| r.get(0))
                         .optional()?;
-                    // The usual case: the row its request made gets its status. An UPDATE that
-                    // leaves `host` alone leaves `exchanges_host` alone too (a REPLACE deleted and
-                    // reinserted the row and both its index entries, once per exchange).
+                    // The usual case: the row its request made gets its status, in place (a
+                    // REPLACE deleted and reinserted the row, once per exchange).
                     let sql = match &before {
                         Some(old) if *old == host => {
                             "UPDATE exchanges SET started_at = ?3, method = ?4, url = ?5, status = ?7, end_seq = ?8
@@ -1716,6 +1726,50 @@ mod tests {
             }),
             ["aaaa1111"]
         );
+    }
+
+    /// An index made while the schema still had an index on exchanges' hosts loses it when a
+    /// writer opens it (a reader leaves it), and answers the host filter the same.
+    #[test]
+    fn the_unused_host_index_is_dropped_and_the_host_filter_does_without_it() {
+        let (dir, index) = indexed();
+        let path = dir.path().join("index.sqlite");
+        let host = |index: &Index| {
+            let f = SessionFilter {
+                host: Some("github.com".into()),
+                ..Default::default()
+            };
+            ids(&index.sessions(&f).unwrap())
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let named = |index: &Index| -> Vec<String> {
+            let mut st = index
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges'")
+                .unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert!(!named(&index).contains(&"exchanges_host".to_string()));
+        index
+            .conn
+            .execute_batch("CREATE INDEX exchanges_host ON exchanges (host)")
+            .unwrap();
+        assert_eq!(host(&index), ["aaaa1111", "bbbb0000"]);
+        drop(index);
+        // A reader leaves the file alone.
+        assert!(named(&Index::open_read_only(&path).unwrap()).contains(&"exchanges_host".to_string()));
+        let index = Index::open(&path).unwrap();
+        assert!(
+            !named(&index).contains(&"exchanges_host".to_string()),
+            "{:?}",
+            named(&index)
+        );
+        assert_eq!(host(&index), ["aaaa1111", "bbbb0000"]);
     }
 
     #[test]
