@@ -982,6 +982,17 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         f(norec.host_gib1, 2),
         f((1.0 - norec.host_gib1 / def.host_gib1) * 100.0, 1)
     );
+    // The hash alone, added to the unrecorded download's CPU, bounds what recording can cost.
+    let sha = crate::record::sha256_secs_per_gib();
+    println!(
+        "    (SHA-256 alone takes {} CPU-s/GiB here: added to the unrecorded {}, {} % slower when CPU-bound \
+         before anything else recording does, which here is {} CPU-s/GiB more; the hash runs on a thread \
+         of its own, so a CPU to spare, or a hash that costs less per byte, is what would reach 10 %)",
+        f(sha, 2),
+        f(norec.host_gib1, 2),
+        f(sha / (norec.host_gib1 + sha) * 100.0, 1),
+        f(def.host_gib1 - norec.host_gib1 - sha, 2)
+    );
     line(
         def.p50 - norec.p50 <= 30.0,
         format!("recording adds {:+.1} µs GET p50", def.p50 - norec.p50),

@@ -72,7 +72,7 @@ fn wait_idle(gw: &Gateway) -> anyhow::Result<std::time::Duration> {
 }
 
 /// CPU-seconds per GiB of SHA-256 on this machine (the same implementation the recorder uses).
-fn sha256_secs_per_gib() -> f64 {
+pub fn sha256_secs_per_gib() -> f64 {
     use sha2::Digest as _;
     let chunk = vec![0x5au8; 1 << 20];
     let mut h = sha2::Sha256::new();
