@@ -1038,6 +1038,7 @@ fn append_framed_indexed(
     if let Some(tap) = shared.tap.get() {
         tap(records);
     }
+    records.iter_mut().for_each(ghgate_record::index::lighten);
     to_index.push(positions.into_iter().zip(records.drain(..)).collect());
     Ok(())
 }
