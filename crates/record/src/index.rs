@@ -1598,6 +1598,15 @@ mod tests {
         rows.iter().map(|r| r.id.as_str()).collect()
     }
 
+    /// The first column of every row `sql` selects.
+    fn column<T: rusqlite::types::FromSql>(index: &Index, sql: &str) -> Vec<T> {
+        let mut st = index.conn.prepare(sql).unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     fn indexed() -> (tempfile::TempDir, Index) {
         let dir = tempfile::tempdir().unwrap();
         let mut index = Index::open(&dir.path().join("index.sqlite")).unwrap();
@@ -1809,14 +1818,10 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let named = |index: &Index| -> Vec<String> {
-            let mut st = index
-                .conn
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges'")
-                .unwrap();
-            st.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
+            column(
+                index,
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exchanges'",
+            )
         };
         assert!(!named(&index).contains(&"exchanges_host".to_string()));
         index
@@ -2104,16 +2109,8 @@ mod tests {
     /// segments: exactly their rows go, wherever the range lies and however seqs skip.
     #[test]
     fn forgetting_segments_removes_exactly_their_rows() {
-        let segments_left = |index: &Index| -> Vec<u64> {
-            let mut st = index
-                .conn
-                .prepare("SELECT segment FROM records ORDER BY seq")
-                .unwrap();
-            st.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
+        let segments_left =
+            |index: &Index| -> Vec<u64> { column(index, "SELECT segment FROM records ORDER BY seq") };
         // Forty records, four to a segment (0 to 9), seqs 1, 4, 7, …
         let items: Vec<(Position, Record)> = (0..40u64)
             .map(|i| {
