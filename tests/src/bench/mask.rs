@@ -646,6 +646,56 @@ fn per_rule(found: &[Finding]) -> String {
         .join(", ")
 }
 
+/// Lengths of (e)'s texts: a header value, a URL, a log field.
+const SHORT_TEXT: std::ops::RangeInclusive<usize> = 8..=160;
+/// Passes over (e)'s texts per thread.
+const SHORT_PASSES: usize = 20;
+
+/// (e)'s texts: the corpus's lines of a header value's length, up to 10,000.
+fn short_texts(corpus: &[u8]) -> Vec<String> {
+    corpus
+        .split(|&b| b == b'\n')
+        .filter(|l| SHORT_TEXT.contains(&l.len()))
+        .take(10_000)
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect()
+}
+
+/// Wall-clock ns per `mask_str` call, one thread pinned to each of `cpus`, all at once; the
+/// slowest thread's. Wall-clock: a thread waiting for a lock another holds spends no CPU.
+fn one_shot_ns(masker: &Masker, texts: &[String], cpus: &[usize]) -> anyhow::Result<f64> {
+    let start = std::sync::Barrier::new(cpus.len());
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = cpus
+            .iter()
+            .map(|&cpu| {
+                let start = &start;
+                scope.spawn(move || -> anyhow::Result<f64> {
+                    super::pin_to(cpu)?;
+                    // One pass to warm, as a serving gateway is.
+                    texts
+                        .iter()
+                        .for_each(|t| drop(std::hint::black_box(masker.mask_str(t))));
+                    start.wait();
+                    let t0 = Instant::now();
+                    for _ in 0..SHORT_PASSES {
+                        texts
+                            .iter()
+                            .for_each(|t| drop(std::hint::black_box(masker.mask_str(t))));
+                    }
+                    Ok(t0.elapsed().as_nanos() as f64 / (SHORT_PASSES * texts.len().max(1)) as f64)
+                })
+            })
+            .collect();
+        threads.into_iter().try_fold(0.0_f64, |slowest, t| {
+            let ns = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("a masking thread panicked"))??;
+            Ok(slowest.max(ns))
+        })
+    })
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "missed" }
 }
@@ -654,7 +704,8 @@ pub fn run(args: &MaskArgs) -> anyhow::Result<()> {
     let header = super::Header::now();
     // One core: the figures are per core, and detect-secrets (started from this thread)
     // inherits the same one.
-    let cpu = super::allowed_cpus().last().copied();
+    let cpus = super::allowed_cpus();
+    let cpu = cpus.last().copied();
     if let Some(cpu) = cpu {
         super::pin_to(cpu)?;
     }
@@ -705,6 +756,13 @@ pub fn run(args: &MaskArgs) -> anyhow::Result<()> {
         );
         dn.push((n, d));
     }
+    eprintln!("(e) short texts one at a time, on one thread and on two at once…");
+    let texts = short_texts(&source.bytes);
+    let e1 = one_shot_ns(&masker, &texts, &cpus[cpus.len() - 1..])?;
+    let e2 = match cpus.as_slice() {
+        [first, .., last] => Some(one_shot_ns(&masker, &texts, &[*first, *last])?),
+        _ => None,
+    };
     let sse_other: usize = found_c.iter().map(Vec::len).sum::<usize>() - sse_found;
     let spread = (
         completions.iter().map(|c| c.spread).min().unwrap_or(0),
@@ -821,6 +879,18 @@ pub fn run(args: &MaskArgs) -> anyhow::Result<()> {
                 d1.per_core() / d.per_core()
             ))
             .collect::<String>()
+    );
+    println!(
+        "(e) {} short texts (lines of the corpus, {}–{} bytes) masked one at a time (mask_str), as header values, \
+         URLs and log fields are: {:.0} ns a call on one thread{}",
+        texts.len(),
+        SHORT_TEXT.start(),
+        SHORT_TEXT.end(),
+        e1,
+        e2.map_or(" (one CPU: no second thread)".into(), |e2| format!(
+            ", {e2:.0} ns on each of two threads at once, on two CPUs ({:.2}×)",
+            e2 / e1
+        ))
     );
     println!(
         "(c) {} completions, {} events; planted {} secrets (GitHub token, AWS key id in turn), each split over \
