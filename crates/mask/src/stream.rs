@@ -200,14 +200,14 @@ impl Masker {
     /// One scan of `input` in place, as the end of a stream: nothing is copied aside or held,
     /// and no tail is checked for a keyword still to come.
     pub fn mask_all(&self, input: &[u8]) -> (Vec<u8>, Vec<Finding>) {
-        let mut scratch = self.compiled.take_scratch();
         let mut out = Vec::with_capacity(input.len());
         let mut findings = Vec::new();
-        let end = scan_from(self, &mut scratch, input, 0, 0, true, &mut |p| {
-            collect(p, &mut out, &mut findings)
+        let end = self.compiled.with_scratch(|scratch| {
+            scan_from(self, scratch, input, 0, 0, true, &mut |p| {
+                collect(p, &mut out, &mut findings)
+            })
         });
         debug_assert_eq!(end, input.len());
-        self.compiled.give_back(scratch);
         (out, findings)
     }
 
