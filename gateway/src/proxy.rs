@@ -356,7 +356,11 @@ impl<P: Phases> Proxy<P> {
     /// relayed untouched; refused while the record cannot be written.
     async fn passthrough(&self, conn: Accepted, name: String) {
         const REASON: PassthroughReason = PassthroughReason::PassthroughList;
-        if let Err(refused) = self.fronting.check(&name, conn.orig_dst.0).await {
+        if let Err(refused) = self
+            .fronting
+            .check(conn.caller.cgroup_id, &name, conn.orig_dst.0)
+            .await
+        {
             let (reason, detail) = match refused {
                 Refused::Elsewhere(d) => (RefusalReason::PassthroughElsewhere, d),
                 Refused::Fronts(d) => (RefusalReason::PassthroughFronts, d),

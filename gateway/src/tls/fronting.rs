@@ -54,6 +54,11 @@ pub const MAX_NAMES: usize = 16;
 /// time. Past it, a passthrough connection to an address not yet asked is refused.
 pub const PROBES_PER_MINUTE: f64 = 30.0;
 pub const PROBES_AT_ONCE: f64 = 30.0;
+/// Of that budget, what one cgroup may spend a minute, and at once: a process that spends it
+/// leaves the rest to the host's other cgroups (a runner's job, another service).
+pub const PROBES_PER_CGROUP: f64 = 10.0;
+/// Cgroups whose budgets are kept (the least recently seen is forgotten, and starts afresh).
+const CGROUPS: usize = 1024;
 
 /// Why a passthrough connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +78,9 @@ enum Verdict {
     Clean,
     /// It could not be asked (no connection, no answer in time): kept for [`UNASKED_TTL`].
     Unreachable(String),
-    /// Not asked: too many new addresses lately ([`PROBES_PER_MINUTE`]).
-    Unasked,
+    /// Not asked: too many new addresses lately, from the caller's cgroup
+    /// ([`PROBES_PER_CGROUP`]) or from all ([`PROBES_PER_MINUTE`]); says which.
+    Unasked(String),
 }
 
 impl Verdict {
@@ -84,7 +90,7 @@ impl Verdict {
             Verdict::Serves(_) => "serves",
             Verdict::Clean => "clean",
             Verdict::Unreachable(_) => "unreachable",
-            Verdict::Unasked => "unasked",
+            Verdict::Unasked(_) => "unasked",
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct Fronting {
     names: Vec<String>,
     verdicts: Mutex<LruCache<SocketAddr, Slot>>,
     probes: Mutex<crate::bucket::TokenBucket>,
+    /// Each cgroup's share of `probes`.
+    per_cgroup: Mutex<LruCache<u64, crate::bucket::TokenBucket>>,
 }
 
 impl Fronting {
@@ -120,6 +128,7 @@ impl Fronting {
                 PROBES_PER_MINUTE / 60.0,
                 PROBES_AT_ONCE,
             )),
+            per_cgroup: Mutex::new(LruCache::new(NonZeroUsize::new(CGROUPS).expect("non-zero"))),
         }
     }
 
@@ -128,8 +137,8 @@ impl Fronting {
         &self.names
     }
 
-    /// May a connection for passthrough `name` go to `dst`?
-    pub async fn check(&self, name: &str, dst: SocketAddr) -> Result<(), Refused> {
+    /// May a connection for passthrough `name` go to `dst`, from a process in `cgroup`?
+    pub async fn check(&self, cgroup: u64, name: &str, dst: SocketAddr) -> Result<(), Refused> {
         let ip = dst.ip().to_canonical();
         // As the passthrough list compares it: without case and one trailing dot.
         let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
@@ -145,12 +154,12 @@ impl Fronting {
             )));
         }
         let dst = SocketAddr::new(ip, dst.port());
-        match self.verdict(dst).await {
+        match self.verdict(cgroup, dst).await {
             Verdict::Serves(other) => Err(Refused::Fronts(format!(
                 "{dst} also serves {other}, which is intercepted: a passthrough connection there could carry its requests unseen"
             ))),
-            Verdict::Unasked => Err(Refused::Fronts(format!(
-                "{dst} was not checked for intercepted names: more than {PROBES_PER_MINUTE} new passthrough addresses a minute"
+            Verdict::Unasked(why) => Err(Refused::Fronts(format!(
+                "{dst} was not checked for intercepted names: {why}"
             ))),
             Verdict::Unreachable(why) => Err(Refused::Fronts(format!(
                 "{dst} could not be checked for intercepted names ({why})"
@@ -159,8 +168,32 @@ impl Fronting {
         }
     }
 
+    /// Whether a new address may be asked about for `cgroup`: its share first, then the whole
+    /// budget; or why not.
+    fn may_ask(&self, cgroup: u64) -> Result<(), String> {
+        let mine = self
+            .per_cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_mut(cgroup, || {
+                crate::bucket::TokenBucket::new(PROBES_PER_CGROUP / 60.0, PROBES_PER_CGROUP)
+            })
+            .take();
+        if !mine {
+            return Err(format!(
+                "this cgroup asked for more than {PROBES_PER_CGROUP} new passthrough addresses a minute"
+            ));
+        }
+        if !self.probes.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(format!(
+                "more than {PROBES_PER_MINUTE} new passthrough addresses a minute in all"
+            ));
+        }
+        Ok(())
+    }
+
     /// The kept verdict on `dst`, or a new one (concurrent callers share one probe).
-    async fn verdict(&self, dst: SocketAddr) -> Verdict {
+    async fn verdict(&self, cgroup: u64, dst: SocketAddr) -> Verdict {
         let slot = {
             let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
             let stale = v.get(&dst).and_then(|s| s.get()).is_some_and(|(v, at)| {
@@ -176,9 +209,10 @@ impl Fronting {
             match v.get(&dst) {
                 Some(slot) => slot.clone(),
                 None => {
-                    if !self.probes.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        crate::telemetry::metrics().passthrough_probe(Verdict::Unasked.label());
-                        return Verdict::Unasked;
+                    if let Err(why) = self.may_ask(cgroup) {
+                        let unasked = Verdict::Unasked(why);
+                        crate::telemetry::metrics().passthrough_probe(unasked.label());
+                        return unasked;
                     }
                     v.get_or_insert(dst, Slot::default).clone()
                 }
@@ -239,6 +273,8 @@ mod tests {
 
     const SITE: &str = "pinned.site.test";
     const API: &str = "api.github.com";
+    /// The cgroup the tests' connections come from.
+    const CG: u64 = 1;
 
     /// The API's edge (presenting a certificate for `API` and `SITE`, as an edge that serves
     /// many names does), a separate site (for `SITE` only), and a checker trusting their CA,
@@ -285,7 +321,7 @@ mod tests {
         run(async {
             assert_eq!(w.fronting.names(), [API], "exact names, once each");
             // At its own address, which presents no certificate for the API: relayed.
-            assert_eq!(w.fronting.check(SITE, w.site.addr).await, Ok(()));
+            assert_eq!(w.fronting.check(CG, SITE, w.site.addr).await, Ok(()));
             // The verdict is kept (the site completes no handshake: its certificate is not
             // the API's).
             let kept = w.fronting.verdicts.lock().unwrap().peek(&w.site.addr).cloned();
@@ -295,7 +331,10 @@ mod tests {
             );
             assert_eq!(w.site.connections(), 0);
             // The name as the passthrough list reads it: without case or a trailing dot.
-            assert_eq!(w.fronting.check("PINNED.Site.test.", w.site.addr).await, Ok(()));
+            assert_eq!(
+                w.fronting.check(CG, "PINNED.Site.test.", w.site.addr).await,
+                Ok(())
+            );
             // Spelled as a v4-mapped address, the same address.
             let ip = match w.site.addr.ip() {
                 IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
@@ -303,13 +342,13 @@ mod tests {
             };
             assert_eq!(
                 w.fronting
-                    .check(SITE, SocketAddr::new(ip, w.site.addr.port()))
+                    .check(CG, SITE, SocketAddr::new(ip, w.site.addr.port()))
                     .await,
                 Ok(())
             );
 
             // Taken to the API's address instead: refused, and nothing is dialled there.
-            let r = w.fronting.check(SITE, w.edge.addr).await;
+            let r = w.fronting.check(CG, SITE, w.edge.addr).await;
             assert!(
                 matches!(&r, Err(Refused::Elsewhere(d)) if d.contains(&w.site.addr.ip().to_string())),
                 "{r:?}"
@@ -319,7 +358,7 @@ mod tests {
                 "the API's address was never asked"
             );
             // Another name's spelling of the same site: the name must resolve.
-            let r = w.fronting.check("unknown.site.test", w.site.addr).await;
+            let r = w.fronting.check(CG, "unknown.site.test", w.site.addr).await;
             assert!(matches!(&r, Err(Refused::Elsewhere(_))), "{r:?}");
         });
     }
@@ -331,7 +370,7 @@ mod tests {
         let w = world(|edge, _| vec![edge.addr.ip()]);
         run(async {
             // A flood of connections at once shares one probe: one handshake in all.
-            let all = join_all((0..32).map(|_| w.fronting.check(SITE, w.edge.addr))).await;
+            let all = join_all((0..32).map(|_| w.fronting.check(CG, SITE, w.edge.addr))).await;
             for r in &all {
                 assert!(matches!(r, Err(Refused::Fronts(d)) if d.contains(API)), "{r:?}");
             }
@@ -348,7 +387,7 @@ mod tests {
             assert_eq!(asked, 1, "one probe for 32 connections");
             // Kept: refused again without asking.
             assert!(matches!(
-                w.fronting.check(SITE, w.edge.addr).await,
+                w.fronting.check(CG, SITE, w.edge.addr).await,
                 Err(Refused::Fronts(_))
             ));
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -356,27 +395,50 @@ mod tests {
         });
     }
 
+    /// What `cgroup`'s connections for `SITE` to port 9 of `ips` got: asked (nothing listens
+    /// there, so each one asked is refused as one that could not be checked), refused for the
+    /// cgroup's share, refused for the whole budget.
+    async fn tally(f: &Fronting, cgroup: u64, ips: &[IpAddr]) -> (usize, usize, usize) {
+        let mut seen = (0, 0, 0);
+        for ip in ips {
+            match f.check(cgroup, SITE, SocketAddr::new(*ip, 9)).await {
+                Err(Refused::Fronts(d)) if d.contains("could not be checked") => seen.0 += 1,
+                Err(Refused::Fronts(d)) if d.contains("this cgroup asked") => seen.1 += 1,
+                Err(Refused::Fronts(d)) if d.contains("in all") => seen.2 += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        seen
+    }
+
     /// A passthrough name whose DNS a process controls, pointed at a new address each time:
-    /// the gateway asks at most `PROBES_AT_ONCE` new addresses at once, then refuses the
-    /// connections it could not check.
+    /// the gateway asks at most `PROBES_PER_CGROUP` new addresses at once for the process's
+    /// cgroup and `PROBES_AT_ONCE` for all, then refuses the connections it could not check.
     #[test]
-    fn new_addresses_are_asked_within_a_budget() {
-        let ips: Vec<IpAddr> = (0..PROBES_AT_ONCE as usize + 5)
-            .map(|_| IpAddr::V4(loopback_v4()))
-            .collect();
+    fn new_addresses_are_asked_within_a_budget_that_one_cgroup_cannot_spend_alone() {
+        let (share, all) = (PROBES_PER_CGROUP as usize, PROBES_AT_ONCE as usize);
+        // The last is kept for a cgroup that comes after the budget is spent.
+        let ips: Vec<IpAddr> = (0..all + share + 1).map(|_| IpAddr::V4(loopback_v4())).collect();
         let w = world(|_, _| ips.clone());
         run(async {
-            let (mut asked, mut unasked) = (0, 0);
-            for ip in &ips {
-                // Nothing listens on port 9 of these addresses: each one asked is refused as
-                // one that could not be checked, until the budget is spent.
-                match w.fronting.check(SITE, SocketAddr::new(*ip, 9)).await {
-                    Err(Refused::Fronts(d)) if d.contains("could not be checked") => asked += 1,
-                    Err(Refused::Fronts(d)) if d.contains("not checked") => unasked += 1,
-                    other => panic!("{other:?}"),
-                }
+            let (ips, fresh) = (&ips[..all + share], ips[all + share]);
+            // One cgroup tries them all: its share is asked, the rest refused as its own doing.
+            assert_eq!(tally(&w.fronting, 7, ips).await, (share, all, 0));
+            // Other cgroups are still asked, each its share, until the whole budget is spent.
+            let mut asked = share;
+            for (cgroup, part) in (8..).zip(ips[share..].chunks(share)) {
+                let (a, mine, in_all) = tally(&w.fronting, cgroup, part).await;
+                assert_eq!(mine, 0);
+                assert_eq!(a + in_all, part.len());
+                asked += a;
             }
-            assert_eq!((asked, unasked), (PROBES_AT_ONCE as usize, 5));
+            assert_eq!(asked, all);
+            // Spent: a cgroup that has asked nothing yet is refused for the whole budget.
+            let r = w.fronting.check(99, SITE, SocketAddr::new(fresh, 9)).await;
+            assert!(
+                matches!(&r, Err(Refused::Fronts(d)) if d.contains("in all")),
+                "{r:?}"
+            );
         });
     }
 
@@ -391,7 +453,7 @@ mod tests {
         let w = world(|_, _| vec![ip]);
         run(async {
             for _ in 0..3 {
-                let r = w.fronting.check(SITE, at).await;
+                let r = w.fronting.check(CG, SITE, at).await;
                 assert!(
                     matches!(&r, Err(Refused::Fronts(d)) if d.contains("could not be checked") && d.contains("connect")),
                     "{r:?}"
@@ -420,7 +482,7 @@ mod tests {
         let at = silent.local_addr().unwrap();
         let w = world(|_, _| vec![at.ip()]);
         run(async {
-            let r = w.fronting.check(SITE, at).await;
+            let r = w.fronting.check(CG, SITE, at).await;
             assert!(
                 matches!(&r, Err(Refused::Fronts(d)) if d.contains("could not be checked") && d.contains("within")),
                 "{r:?}"
