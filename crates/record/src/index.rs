@@ -357,14 +357,24 @@ impl Index {
                 // An index on exchanges' hosts, made by earlier versions of this schema: no query
                 // uses it (the host filter looks a session's exchanges up by session), and it
                 // cost every indexed exchange a second b-tree insert, about a quarter of indexing.
-                // Readers of any version work without it, so it goes without a rebuild.
-                index
-                    .conn
-                    .execute_batch("DROP INDEX IF EXISTS exchanges_host")
-                    .map_err(|source| IndexError::Open {
-                        path: path.to_owned(),
-                        source,
-                    })?;
+                // Readers of any version work without it, so it goes without a rebuild. Looked
+                // for first: every writer opens the index (the retention thread daily, too), and
+                // only the first after an upgrade has it to drop.
+                let drop_it = || -> rusqlite::Result<()> {
+                    let present: bool = index.conn.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'exchanges_host')",
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    if present {
+                        index.conn.execute_batch("DROP INDEX exchanges_host")?;
+                    }
+                    Ok(())
+                };
+                drop_it().map_err(|source| IndexError::Open {
+                    path: path.to_owned(),
+                    source,
+                })?;
             }
             Some(v) if v.parse::<u32>().is_ok_and(|v| v > SCHEMA_VERSION) => {
                 return Err(IndexError::Schema {
