@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::cpu::{GIB, Meter, process_secs};
+use crate::cpu::{GIB, Meter, process_secs, thread_ns};
 use anyhow::Context as _;
 use ghgate_e2e::{
     Gateway, GatewaySpec, TestCgroup, bin, fixtures,
@@ -71,7 +71,8 @@ pub struct ProxyArgs {
     /// (HTTP/1.1 and HTTP/2) through the two ghgate cases; `newconn`, keep-alive GET, new
     /// connection and new process latency of every case; `ttfb`, a streamed completion's time
     /// to first byte, every case; `rps`, HTTP/1.1 requests/s and gateway CPU per request of the
-    /// two ghgate cases (recording off and on), in alternating rounds.
+    /// two ghgate cases (recording off and on), in alternating rounds; `download`, HTTP/1.1 and
+    /// HTTP/2 downloads (`--bytes`) of every case in rounds, with the middle's CPU-s/GiB.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
 }
@@ -83,6 +84,7 @@ pub enum Only {
     Newconn,
     Ttfb,
     Rps,
+    Download,
 }
 
 impl ProxyArgs {
@@ -279,6 +281,10 @@ struct Row {
     events_secret: Vec<f64>,
     event_bytes_secret: Vec<u64>,
     secret_masked: Option<bool>,
+    /// CPU µs per keep-alive GET of the latency runs (one request at a time): the middle
+    /// process's threads that a request's work runs on, and its other threads.
+    get_cpu_path: f64,
+    get_cpu_other: f64,
     /// CPU µs per request of the h1 requests/s run: the middle process, the client, the upstream.
     cpu_mid: f64,
     cpu_client: f64,
@@ -525,21 +531,31 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     // +856 µs in rounds).
     let mut newproc: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
     let mut ttfb: Vec<Vec<u64>> = vec![Vec::new(); cases.len()];
+    // Per case, the CPU the process in the middle spent during the keep-alive latency runs, on
+    // the threads a request's work runs on and on its others (ns), and the GETs it served.
+    let mut get_cpu: Vec<(u64, u64, u64)> = vec![(0, 0, 0); cases.len()];
     if args.only == Some(Only::Rps) {
         return only_rps(&[("ghgate, no record", &gw), ("ghgate defaults", &gw_def)], &base);
+    }
+    if args.only == Some(Only::Download) {
+        return only_download(&cases, &base);
     }
     if args.only != Some(Only::Idle) {
         eprintln!(
             "keep-alive latency, new connections, new processes and completions' first bytes, every case in turn, {LATENCY_ROUNDS} rounds…"
         );
         for _ in 0..LATENCY_ROUNDS {
-            for ((_, via, trust, proxy, ..), (((ns, nc), np), tt)) in cases.iter().zip(
-                latency
-                    .iter_mut()
-                    .zip(&mut newconn)
-                    .zip(&mut newproc)
-                    .zip(&mut ttfb),
-            ) {
+            for (i, ((_, via, trust, proxy, pid, _), (((ns, nc), np), tt))) in cases
+                .iter()
+                .zip(
+                    latency
+                        .iter_mut()
+                        .zip(&mut newconn)
+                        .zip(&mut newproc)
+                        .zip(&mut ttfb),
+                )
+                .enumerate()
+            {
                 let a = |mode: &str, count: u64| HttpClientArgs {
                     mode: mode.into(),
                     ca: trust.clone(),
@@ -556,7 +572,13 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
                 if args.only == Some(Only::Ttfb) {
                     continue;
                 }
-                ns.extend(run_client(*via, &a("latency", args.requests))?.ns);
+                let before = pid.and_then(|p| thread_ns(p, SHARD_THREADS));
+                let got = run_client(*via, &a("latency", args.requests))?.ns;
+                if let (Some(b), Some(a)) = (before, pid.and_then(|p| thread_ns(p, SHARD_THREADS))) {
+                    let c = &mut get_cpu[i];
+                    (c.0, c.1, c.2) = (c.0 + a.0 - b.0, c.1 + a.1 - b.1, c.2 + got.len() as u64);
+                }
+                ns.extend(got);
                 nc.extend(run_client(*via, &a("newconn", args.new_connections))?.ns);
                 // curl is told about no proxy: mitmproxy's case is left out.
                 if proxy.is_none() {
@@ -580,14 +602,16 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             &latency,
             &newconn,
             &newproc,
+            &get_cpu,
         );
         return Ok(());
     }
     let nan = f64::NAN;
     let mut rows = Vec::new();
-    for ((label, via, trust, proxy, middle, terminating), (((lat, nc), np), tt)) in cases
+    for (((label, via, trust, proxy, middle, terminating), (((lat, nc), np), tt)), cpu) in cases
         .iter()
         .zip(latency.iter().zip(&newconn).zip(&newproc).zip(&ttfb))
+        .zip(&get_cpu)
     {
         let (label, via, middle) = (*label, *via, *middle);
         let mk = |mode: &str, count: u64| HttpClientArgs {
@@ -597,8 +621,11 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             count,
             ..base.clone()
         };
+        let (get_cpu_path, get_cpu_other) = per_get(cpu);
         let mut row = Row {
             label,
+            get_cpu_path,
+            get_cpu_other,
             ..Row::default()
         };
         // Each idle figure on a fresh gateway of its own (the same settings as this case's): on
@@ -766,9 +793,115 @@ fn only_rps(gateways: &[(&str, &Gateway); 2], base: &HttpClientArgs) -> anyhow::
     Ok(())
 }
 
+/// `--only download`: HTTP/1.1 and HTTP/2 downloads through every case, in rounds that visit
+/// the cases in turn; median MB/s, the middle process's CPU-s/GiB, and each rate against
+/// direct and the defaults against the unrecorded gateway.
+#[allow(
+    clippy::type_complexity,
+    reason = "the cases tuple of `run`, named nowhere else"
+)]
+fn only_download(
+    cases: &[(
+        &'static str,
+        Option<&Gateway>,
+        PathBuf,
+        Option<SocketAddr>,
+        Option<u32>,
+        bool,
+    )],
+    base: &HttpClientArgs,
+) -> anyhow::Result<()> {
+    let gib = base.bytes as f64 / GIB;
+    // Per case, per protocol: (MB/s, middle CPU-s/GiB) of each round.
+    let mut runs = vec![[Vec::new(), Vec::new()]; cases.len()];
+    for round in 1..=RPS_ROUNDS {
+        for ((label, via, trust, proxy, pid, _), runs) in cases.iter().zip(&mut runs) {
+            eprintln!("round {round}/{RPS_ROUNDS}: {label} downloads…");
+            for (mode, runs) in ["download", "download2"].into_iter().zip(runs.iter_mut()) {
+                let meter = Meter::start(*pid);
+                let report = run_client(
+                    *via,
+                    &HttpClientArgs {
+                        mode: mode.into(),
+                        ca: trust.clone(),
+                        proxy: *proxy,
+                        count: 0,
+                        ..base.clone()
+                    },
+                )?;
+                let (_, spent) = meter.stop();
+                runs.push((report.mb_per_s, spent.map_or(f64::NAN, |s| s / gib)));
+            }
+        }
+    }
+    let median = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<[(f64, f64); 2]> = runs
+        .iter()
+        .map(|per| {
+            per.clone().map(|r| {
+                (
+                    median(r.iter().map(|x| x.0).collect()),
+                    median(r.iter().map(|x| x.1).collect()),
+                )
+            })
+        })
+        .collect();
+    println!(
+        "\n{:<18} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}",
+        "", "dl h1", "dl h2", "mid h1", "mid h2", "h1 vs", "h2 vs"
+    );
+    println!(
+        "{:<18} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}",
+        "", "MB/s", "MB/s", "CPU-s/GiB", "CPU-s/GiB", "direct", "direct"
+    );
+    for ((label, ..), m) in cases.iter().zip(&medians) {
+        println!(
+            "{label:<18} {:>10.0} {:>10.0} {:>12.2} {:>12.2} {:>9.2}× {:>9.2}×",
+            m[0].0,
+            m[1].0,
+            m[0].1,
+            m[1].1,
+            m[0].0 / medians[0][0].0,
+            m[1].0 / medians[0][1].0
+        );
+    }
+    let find = |name: &str| cases.iter().position(|c| c.0 == name);
+    if let (Some(unrec), Some(def)) = (find("ghgate, no record"), find("ghgate defaults")) {
+        let (u, d) = (medians[unrec], medians[def]);
+        println!(
+            "ghgate defaults / ghgate, no record: recording costs {:.1} % (h1) and {:.1} % (h2) of download throughput (target ≤ 10 %); HTTP/2 {:.2}× HTTP/1.1 (target ≥ 1×)",
+            (1.0 - d[0].0 / u[0].0) * 100.0,
+            (1.0 - d[1].0 / u[1].0) * 100.0,
+            d[1].0 / d[0].0
+        );
+    }
+    Ok(())
+}
+
 /// `--only newconn`: keep-alive GET, new-connection and new-process p50 of every case, and
 /// each against direct.
-fn print_newconn(labels: &[&str], latency: &[Vec<u64>], newconn: &[Vec<u64>], newproc: &[Vec<u64>]) {
+/// Names of the gateway's threads that run a connection's work (and so a request's path).
+const SHARD_THREADS: &str = "ghgate-shard";
+
+/// CPU µs per GET on the path's threads and on the others, from the latency runs' sums.
+fn per_get(&(path, other, gets): &(u64, u64, u64)) -> (f64, f64) {
+    if gets == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    (path as f64 / gets as f64 / 1e3, other as f64 / gets as f64 / 1e3)
+}
+
+fn print_newconn(
+    labels: &[&str],
+    latency: &[Vec<u64>],
+    newconn: &[Vec<u64>],
+    newproc: &[Vec<u64>],
+    get_cpu: &[(u64, u64, u64)],
+) {
     println!(
         "\n{:<18} {:>12} {:>14} {:>14} {:>12} {:>14} {:>14}",
         "", "GET p50 µs", "new conn µs", "new proc µs", "GET vs dir", "new conn vs dir", "new proc / dir"
@@ -786,6 +919,15 @@ fn print_newconn(labels: &[&str], latency: &[Vec<u64>], newconn: &[Vec<u64>], ne
             new - d_new,
             proc_ / d_proc
         );
+    }
+    println!("(CPU per keep-alive GET of the process in the middle, one request at a time:)");
+    for (label, cpu) in labels.iter().zip(get_cpu) {
+        let (path, other) = per_get(cpu);
+        if !path.is_nan() {
+            println!(
+                "{label:<18} {path:>8.1} µs on its shards (the request's path), {other:>6.1} µs on its other threads"
+            );
+        }
     }
 }
 
@@ -998,6 +1140,13 @@ fn print_report(args: &ProxyArgs, rows: &[Row], gateways: &[(&str, &Gateway)]) {
         format!("recording adds {:+.1} µs GET p50", def.p50 - norec.p50),
         "≤ 30 µs",
     );
+    if !def.get_cpu_path.is_nan() && !norec.get_cpu_path.is_nan() {
+        println!(
+            "    (one GET at a time, recording added {:+.1} µs of CPU on the gateway's shards, where the request waits for it, and {:+.1} µs on its other threads)",
+            def.get_cpu_path - norec.get_cpu_path,
+            def.get_cpu_other - norec.get_cpu_other
+        );
+    }
     line(
         def.dl2 >= def.dl1,
         format!(
