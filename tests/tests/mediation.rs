@@ -1747,3 +1747,117 @@ fn a_passthrough_name_on_the_apis_edge_is_refused() {
         assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
     }
 }
+
+/// A hostile process spends the passthrough probe budget: its passthrough name (under a
+/// wildcard whose DNS it controls, here pinned) resolves to ever-new addresses, and each new
+/// address costs the gateway handshakes to check it. One cgroup may have at most
+/// `PROBES_PER_CGROUP` of them checked a minute; past that its connections are refused as not
+/// checked, and a process in another cgroup (a nested one, as a container's would be) still
+/// has its own share.
+#[test]
+fn one_cgroup_cannot_spend_the_passthrough_probes_of_another() {
+    if !privileged() {
+        return;
+    }
+    const SHARE: usize = 10;
+    const MINE: usize = 12;
+    const OTHERS: usize = 2;
+    let mut builder = Edge::builder().nodes(1 + MINE + OTHERS);
+    for i in 1..=MINE + OTHERS {
+        builder = builder.serving(i, &[PASSTHROUGH]);
+    }
+    let edge = builder.start();
+    let sites: Vec<Ipv4Addr> = (1..=MINE + OTHERS).map(|i| edge.node(i).ip).collect();
+    let m = Mediated::start(edge, None, |spec| {
+        spec.tls_passthrough = vec![PASSTHROUGH.into()];
+        resolve_pinned(spec, &sites);
+    });
+    let edge_ca = m.edge.ca_file.display().to_string();
+    let fetch_args = |i: usize| -> Vec<String> {
+        [
+            "fetch",
+            &m.node(i).at(443).to_string(),
+            PASSTHROUGH,
+            "--ca",
+            &edge_ca,
+            "--host",
+            PASSTHROUGH,
+            "--path",
+            "/user",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    // The hostile process's cgroup: one new address after another, as fast as it can.
+    let started = Instant::now();
+    let mine: Vec<Value> = (1..=MINE)
+        .map(|i| {
+            let args = fetch_args(i);
+            m.probe(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    let elapsed = started.elapsed();
+    let relayed: Vec<usize> = (1..=MINE)
+        .filter(|&i| !relayed_to(m.node(i)).is_empty())
+        .collect();
+    let answered = mine.iter().filter(|r| r["status"] == 200).count();
+    assert_eq!(
+        answered,
+        relayed.len(),
+        "answered exactly where relayed: {mine:?}"
+    );
+    // The share refills at SHARE a minute: what the attempts' own duration lets back in.
+    let refilled = (elapsed.as_secs_f64() * SHARE as f64 / 60.0).floor() as usize;
+    assert!(
+        relayed.len() >= SHARE && relayed.len() <= SHARE + refilled,
+        "{} of {MINE} new addresses relayed in {elapsed:?}, share {SHARE} (+{refilled} refilled): {mine:?}",
+        relayed.len()
+    );
+    assert!(relayed.len() < MINE, "every new address was relayed: {mine:?}");
+    let refused: Vec<&Value> = mine.iter().filter(|r| r["status"] != 200).collect();
+    for r in &refused {
+        assert_ne!(
+            r["handshake"], "ok",
+            "a refused connection completed its handshake: {r}"
+        );
+    }
+    let logs = m.gw.wait_log("the refusals", Duration::from_secs(10), |l| {
+        refused.iter().all(|r| {
+            l.iter()
+                .any(|l| l["reason"] == "passthrough_fronts" && l["tgid"] == r["pid"])
+        })
+    });
+    for r in &refused {
+        let line = logs
+            .iter()
+            .find(|l| l["reason"] == "passthrough_fronts" && l["tgid"] == r["pid"])
+            .unwrap();
+        assert!(
+            line["detail"].as_str().unwrap().contains(&format!(
+                "this cgroup asked for more than {SHARE} new passthrough addresses"
+            )),
+            "the refusal says whose budget ran out: {line}"
+        );
+    }
+    // Another cgroup's process, right after: its own share is whole.
+    let nested = m.cg.child("other-job");
+    for i in MINE + 1..=MINE + OTHERS {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&nested)
+            .arg(bin("ghgate-probe"))
+            .args(fetch_args(i))
+            .output()
+            .unwrap();
+        let r: Value = serde_json::from_slice(&out.stdout).expect("probe json");
+        assert_eq!(r["status"], 200, "the other cgroup was refused: {r}");
+        assert_eq!(relayed_to(m.node(i)).len(), 1, "{:?}", m.node(i).contacts());
+    }
+    m.assert_mediated();
+    let recorded = m.recorded();
+    assert!(
+        recorded.contains("this cgroup asked for more than"),
+        "the refusals are recorded with their cause:\n{recorded}"
+    );
+}
