@@ -480,20 +480,7 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     let plain_text =
         "Here is the code you asked for: it reads the file, parses every line and returns the total.";
     let secret_text = format!("Use this token: {token} and keep it out of the logs, please.");
-    // (label, the gateway the client is redirected to, the CA it trusts, the proxy it is told
-    // about, the pid of the process in the middle, whether it is a terminating ghgate).
-    #[allow(
-        clippy::type_complexity,
-        reason = "a one-off tuple of the bench's own channels, named nowhere else"
-    )]
-    let cases: Vec<(
-        &'static str,
-        Option<&Gateway>,
-        PathBuf,
-        Option<SocketAddr>,
-        Option<u32>,
-        bool,
-    )> = {
+    let cases: Vec<Case> = {
         let mut v = vec![
             ("direct", None, upstream_ca.clone(), None, None, false),
             ("one hop", Some(&hop), upstream_ca.clone(), None, hop.pid(), false),
@@ -736,6 +723,18 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One case of the bench: its label, the gateway the client is redirected to, the CA it trusts,
+/// the proxy it is told about, the pid of the process in the middle, and whether that is a
+/// terminating ghgate.
+type Case<'a> = (
+    &'static str,
+    Option<&'a Gateway>,
+    PathBuf,
+    Option<SocketAddr>,
+    Option<u32>,
+    bool,
+);
+
 /// Rounds of `--only rps`; each visits both ghgate cases.
 const RPS_ROUNDS: usize = 3;
 
@@ -796,21 +795,7 @@ fn only_rps(gateways: &[(&str, &Gateway); 2], base: &HttpClientArgs) -> anyhow::
 /// `--only download`: HTTP/1.1 and HTTP/2 downloads through every case, in rounds that visit
 /// the cases in turn; median MB/s, the middle process's CPU-s/GiB, and each rate against
 /// direct and the defaults against the unrecorded gateway.
-#[allow(
-    clippy::type_complexity,
-    reason = "the cases tuple of `run`, named nowhere else"
-)]
-fn only_download(
-    cases: &[(
-        &'static str,
-        Option<&Gateway>,
-        PathBuf,
-        Option<SocketAddr>,
-        Option<u32>,
-        bool,
-    )],
-    base: &HttpClientArgs,
-) -> anyhow::Result<()> {
+fn only_download(cases: &[Case], base: &HttpClientArgs) -> anyhow::Result<()> {
     let gib = base.bytes as f64 / GIB;
     // Per case, per protocol: (MB/s, middle CPU-s/GiB) of each round.
     let mut runs = vec![[Vec::new(), Vec::new()]; cases.len()];
