@@ -122,3 +122,47 @@ pub fn process_ticks(pid: u32) -> Option<u64> {
     let f: Vec<&str> = after.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::thread_ns;
+
+    /// CPU a thread named like a shard burns is counted on the path's side, while it lives.
+    #[test]
+    fn a_threads_cpu_is_counted_by_its_name() {
+        let pid = std::process::id();
+        let before = thread_ns(pid, "ghgate-shard").expect("read this process's threads");
+        let (done, release) = std::sync::mpsc::channel::<()>();
+        let (burnt, wait) = std::sync::mpsc::channel::<()>();
+        let shard = std::thread::Builder::new()
+            .name("ghgate-shard-9".into())
+            .spawn(move || {
+                // 60 ms on the CPU, however long a busy host takes to give it.
+                let cpu = || {
+                    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+                    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+                };
+                let start = cpu();
+                let mut x = 0u64;
+                while cpu() - start < Duration::from_millis(60) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                burnt.send(()).unwrap();
+                // Alive until read: an ended thread is no longer counted.
+                let _ = release.recv();
+            })
+            .unwrap();
+        wait.recv().unwrap();
+        let after = thread_ns(pid, "ghgate-shard").expect("read this process's threads");
+        done.send(()).unwrap();
+        shard.join().unwrap();
+        let (path, other) = (after.0 - before.0, after.1 - before.1);
+        assert!(path >= 50_000_000, "the shard's 60 ms of CPU: {path} ns counted");
+        assert!(
+            other < path,
+            "the waiting thread's share is small: {other} ns vs {path}"
+        );
+    }
+}
