@@ -141,6 +141,31 @@ impl Mediated {
         self.probe(&args)
     }
 
+    /// The probe's arguments to fetch `/user` at `at` with `PASSTHROUGH` in its hello and `host`
+    /// in its request, trusting the edge's own CA (what a relayed connection meets).
+    fn passthrough_fetch_args(&self, at: SocketAddr, host: &str) -> Vec<String> {
+        let (at, ca) = (at.to_string(), self.edge.ca_file.display().to_string());
+        [
+            "fetch",
+            &at,
+            PASSTHROUGH,
+            "--ca",
+            &ca,
+            "--host",
+            host,
+            "--path",
+            "/user",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// That fetch, from a process in the intercepted cgroup.
+    fn fetch_passthrough(&self, at: SocketAddr, host: &str) -> Value {
+        let args = self.passthrough_fetch_args(at, host);
+        self.probe(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// The invariant: whatever reached the edge came from the gateway.
     fn assert_mediated(&self) {
         self.edge
@@ -1595,19 +1620,7 @@ fn a_passthrough_name_cannot_front_for_the_api() {
         resolve_pinned(spec, &[site_ip]);
     });
     let edge_ca = m.edge.ca_file.display().to_string();
-    let front = |at: SocketAddr, host: &str| {
-        m.probe(&[
-            "fetch",
-            &at.to_string(),
-            PASSTHROUGH,
-            "--ca",
-            &edge_ca,
-            "--host",
-            host,
-            "--path",
-            "/user",
-        ])
-    };
+    let front = |at: SocketAddr, host: &str| m.fetch_passthrough(at, host);
     // 1. The passthrough name taken to the API's address.
     let r = front(m.node(0).at(443), "api.github.com");
     assert_ne!(
@@ -1698,20 +1711,8 @@ fn a_passthrough_name_on_the_apis_edge_is_refused() {
         resolve_pinned(spec, &[api_ip]);
         spec.extra_toml = format!("[telemetry]\nmetrics = \"127.0.0.1:{metrics}\"\n");
     });
-    let edge_ca = m.edge.ca_file.display().to_string();
-    let at = m.node(0).at(443).to_string();
     for attempt in 0..2 {
-        let r = m.probe(&[
-            "fetch",
-            &at,
-            PASSTHROUGH,
-            "--ca",
-            &edge_ca,
-            "--host",
-            "api.github.com",
-            "--path",
-            "/user",
-        ]);
+        let r = m.fetch_passthrough(m.node(0).at(443), "api.github.com");
         assert_ne!(r["status"], 200, "attempt {attempt}: the API answered: {r}");
         let logs = m.gw.wait_log("the refusal", Duration::from_secs(10), |l| {
             l.iter()
@@ -1772,29 +1773,10 @@ fn one_cgroup_cannot_spend_the_passthrough_probes_of_another() {
         spec.tls_passthrough = vec![PASSTHROUGH.into()];
         resolve_pinned(spec, &sites);
     });
-    let edge_ca = m.edge.ca_file.display().to_string();
-    let fetch_args = |i: usize| -> Vec<String> {
-        [
-            "fetch",
-            &m.node(i).at(443).to_string(),
-            PASSTHROUGH,
-            "--ca",
-            &edge_ca,
-            "--host",
-            PASSTHROUGH,
-            "--path",
-            "/user",
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    };
     // The hostile process's cgroup: one new address after another, as fast as it can.
     let started = Instant::now();
     let mine: Vec<Value> = (1..=MINE)
-        .map(|i| {
-            let args = fetch_args(i);
-            m.probe(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
+        .map(|i| m.fetch_passthrough(m.node(i).at(443), PASSTHROUGH))
         .collect();
     let elapsed = started.elapsed();
     let relayed: Vec<usize> = (1..=MINE)
@@ -1847,7 +1829,7 @@ fn one_cgroup_cannot_spend_the_passthrough_probes_of_another() {
             .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
             .arg(&nested)
             .arg(bin("ghgate-probe"))
-            .args(fetch_args(i))
+            .args(m.passthrough_fetch_args(m.node(i).at(443), PASSTHROUGH))
             .output()
             .unwrap();
         let r: Value = serde_json::from_slice(&out.stdout).expect("probe json");

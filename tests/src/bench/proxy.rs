@@ -197,6 +197,12 @@ pub fn client_command(via_gateway: Option<&Gateway>, a: &HttpClientArgs) -> anyh
     Ok(cmd)
 }
 
+/// The median of the figures of several runs (NaN for none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
 pub fn pct(ns: &[u64], p: f64) -> f64 {
     let mut v = ns.to_vec();
     v.sort_unstable();
@@ -735,7 +741,8 @@ type Case<'a> = (
     bool,
 );
 
-/// Rounds of `--only rps`; each visits both ghgate cases.
+/// Rounds of `--only rps` (each visits both ghgate cases) and of `--only download` (each
+/// visits every case).
 const RPS_ROUNDS: usize = 3;
 
 /// `--only rps`: HTTP/1.1 requests/s through each gateway and its CPU per request, in rounds
@@ -761,19 +768,15 @@ fn only_rps(gateways: &[(&str, &Gateway); 2], base: &HttpClientArgs) -> anyhow::
             runs.push((report.requests_per_s, per_req, host.fraction * 100.0));
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     println!(
         "\n{:<18} {:>12} {:>18} {:>14}",
         "", "requests/s", "gateway CPU µs/req", "host busy %"
     );
     let mut medians = Vec::new();
     for ((label, _), runs) in gateways.iter().zip(&runs) {
-        let rps = median(&mut runs.iter().map(|r| r.0).collect());
-        let cpu = median(&mut runs.iter().map(|r| r.1).collect());
-        let busy = median(&mut runs.iter().map(|r| r.2).collect());
+        let rps = median(runs.iter().map(|r| r.0).collect());
+        let cpu = median(runs.iter().map(|r| r.1).collect());
+        let busy = median(runs.iter().map(|r| r.2).collect());
         println!("{label:<18} {rps:>12.0} {cpu:>18.1} {busy:>14.0}");
         medians.push((rps, cpu, busy));
     }
@@ -819,11 +822,6 @@ fn only_download(cases: &[Case], base: &HttpClientArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let median = |v: Vec<f64>| {
-        let mut v = v;
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let medians: Vec<[(f64, f64); 2]> = runs
         .iter()
         .map(|per| {
@@ -867,8 +865,6 @@ fn only_download(cases: &[Case], base: &HttpClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--only newconn`: keep-alive GET, new-connection and new-process p50 of every case, and
-/// each against direct.
 /// Names of the gateway's threads that run a connection's work (and so a request's path).
 const SHARD_THREADS: &str = "ghgate-shard";
 
@@ -880,6 +876,8 @@ fn per_get(&(path, other, gets): &(u64, u64, u64)) -> (f64, f64) {
     (path as f64 / gets as f64 / 1e3, other as f64 / gets as f64 / 1e3)
 }
 
+/// `--only newconn`: keep-alive GET, new-connection and new-process p50 of every case, and
+/// each against direct, and the middle's CPU per GET.
 fn print_newconn(
     labels: &[&str],
     latency: &[Vec<u64>],

@@ -11,7 +11,7 @@ use ghgate_e2e::{
     loopback_v4,
 };
 
-use crate::proxy::{HttpClientArgs, NAME, Report, pct, run_client};
+use crate::proxy::{HttpClientArgs, NAME, Report, median, pct, run_client};
 
 #[derive(clap::Args)]
 pub struct RecordArgs {
@@ -82,11 +82,6 @@ pub fn sha256_secs_per_gib() -> f64 {
     }
     std::hint::black_box(h.finalize());
     start.elapsed().as_secs_f64() * 4.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<()> {

@@ -80,15 +80,9 @@ pub fn writes(records: Vec<Record>) -> Vec<Vec<Record>> {
 /// request's TLS and HTTP work runs between two writes of the store.
 const EVICT: usize = 4 << 20;
 
-/// Replays up to `max_exchanges` of the records in the store at `record_dir` into a new store
-/// and index under `scratch` (which should be on the same filesystem as the gateway's). `cold`:
-/// the data caches are cleared (outside the timed part) before each write.
-pub fn measure(
-    record_dir: &Path,
-    scratch: &Path,
-    max_exchanges: u64,
-    cold: bool,
-) -> anyhow::Result<StorePath> {
+/// Up to `max_exchanges` exchanges' records from the store at `record_dir`, split into the
+/// writes that made them, and how many exchanges that is.
+pub fn sample(record_dir: &Path, max_exchanges: u64) -> anyhow::Result<(Vec<Vec<Record>>, u64)> {
     let mut records = Vec::new();
     let mut exchanges = 0;
     for item in store::read_records(record_dir).context("read the gateway's record store")? {
@@ -100,18 +94,29 @@ pub fn measure(
         }
     }
     anyhow::ensure!(exchanges > 0, "the gateway recorded no exchange to replay");
-    let writes = writes(records);
+    Ok((writes(records), exchanges))
+}
+
+/// Replays `writes` (of `exchanges` exchanges) into a new store and index under `scratch`
+/// (which should be on the same filesystem as the gateway's). `cold`: the data caches are
+/// cleared (outside the timed part) before each write, and nothing is indexed (`index_us` is
+/// NaN): the indexer takes records in batches, away from requests.
+pub fn measure(
+    writes: &[Vec<Record>],
+    exchanges: u64,
+    scratch: &Path,
+    cold: bool,
+) -> anyhow::Result<StorePath> {
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let (mut store, _) = Store::open(&scratch.join("store"), key, StoreOptions::default())
         .context("open a scratch record store")?;
-    let mut index = Index::open(&scratch.join("index.sqlite")).context("open a scratch index")?;
 
     let mut framing = 0.0;
     let mut append = 0.0;
     let mut bytes = 0;
     let mut written: Vec<(Position, Record)> = Vec::new();
     let mut evict = if cold { vec![1u8; EVICT] } else { Vec::new() };
-    for batch in writes.iter() {
+    for batch in writes {
         for line in evict.chunks_mut(64) {
             line[0] = line[0].wrapping_add(1);
         }
@@ -124,13 +129,18 @@ pub fn measure(
             .context("append to the scratch store")?;
         let t2 = thread_cpu_us();
         (framing, append, bytes) = (framing + t1 - t0, append + t2 - t1, bytes + framed.bytes());
-        written.extend(positions.into_iter().zip(batch.iter().cloned()));
+        if !cold {
+            written.extend(positions.into_iter().zip(batch.iter().cloned()));
+        }
     }
-    let mut indexing = 0.0;
-    for chunk in written.chunks(INDEX_BATCH) {
-        let t0 = thread_cpu_us();
-        index.add_batch(chunk).context("index the scratch store")?;
-        indexing += thread_cpu_us() - t0;
+    let mut indexing = if cold { f64::NAN } else { 0.0 };
+    if !cold {
+        let mut index = Index::open(&scratch.join("index.sqlite")).context("open a scratch index")?;
+        for chunk in written.chunks(INDEX_BATCH) {
+            let t0 = thread_cpu_us();
+            index.add_batch(chunk).context("index the scratch store")?;
+            indexing += thread_cpu_us() - t0;
+        }
     }
     let n = exchanges as f64;
     Ok(StorePath {
@@ -153,11 +163,18 @@ pub fn explain(record_dir: &Path, host_us: f64, added_us: f64) {
         "    (0.8× allows recording {budget:.1} µs of CPU a request, a quarter of the {host_us:.1} µs the host \
          spends on an unrecorded one; the recording gateway spent {added_us:+.1} µs)"
     );
+    let (writes, exchanges) = match sample(record_dir, 20_000) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("    (the store path could not be replayed: {e:#})");
+            return;
+        }
+    };
     // Beside the gateway's store: on the same filesystem.
     let replay = |cold| {
         tempfile::tempdir_in(record_dir.parent().unwrap_or(record_dir))
             .map_err(anyhow::Error::from)
-            .and_then(|scratch| measure(record_dir, scratch.path(), 20_000, cold))
+            .and_then(|scratch| measure(&writes, exchanges, scratch.path(), cold))
     };
     match replay(false) {
         Ok(p) => println!(
