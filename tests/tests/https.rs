@@ -819,3 +819,38 @@ fn a_request_whose_host_or_path_could_mean_two_things_is_answered_by_the_gateway
         );
     }
 }
+
+/// A HEAD gets the head a GET would and no body, over both protocols, whether the upstream
+/// answers (200) or the gateway does (502: an upstream it does not trust). Over HTTP/2 a body
+/// on a HEAD's stream made curl fail with "PROTOCOL_ERROR" (error 92).
+#[test]
+fn a_head_gets_a_head_and_no_body_over_http1_and_http2() {
+    if !privileged() {
+        return;
+    }
+    for (trusted, status) in [(true, "200"), (false, "502")] {
+        let s = setup(&["api.github.com"], trusted);
+        for proto in ["--http1.1", "--http2"] {
+            let out = curl(&s, "api.github.com", "/head", &["-I", proto]);
+            let text = stdout(&out);
+            assert!(
+                out.status.success(),
+                "{proto}, {status}: curl failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.trim_end().ends_with(status), "{proto}: {text}");
+            let len = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .unwrap_or_else(|| panic!("{proto}, {status}: no Content-Length: {text}"));
+            assert!(
+                len.parse::<u64>().is_ok_and(|n| n > 0),
+                "{proto}, {status}: {text}"
+            );
+        }
+    }
+}

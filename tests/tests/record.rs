@@ -882,3 +882,148 @@ fn an_inline_completion_is_shown_as_prompt_and_code_and_replayed_as_it_streamed(
         "{replayed}"
     );
 }
+
+/// Request records in the store so far, in store order: (exchange, URL). A frame being written
+/// as it is read ends the list there (the next read sees it whole).
+fn requests_so_far(record_dir: &Path) -> Vec<(u64, String)> {
+    use ghgate::record::{model::Record, store};
+    let Ok(records) = store::read_records(record_dir) else {
+        return Vec::new();
+    };
+    records
+        .map_while(Result::ok)
+        .filter_map(|(_, r)| match r {
+            Record::Request(r) => Some((r.exchange.get(), r.url)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a hostile client would try to get a write past the store unrecorded: each shape of a
+/// request that can change anything is written before it goes upstream, and only a plain read
+/// (GET or HEAD, no body, no override) waits to be written with its answer, before the client
+/// sees that answer.
+#[test]
+fn a_request_that_can_write_is_recorded_before_it_goes_upstream_and_a_read_with_its_answer() {
+    if !privileged() {
+        return;
+    }
+    let s = TlsGateway::start(&["api.github.com"], true, None, "");
+    // Each answer is held 3 s upstream.
+    let cases: &[(&str, &[&str], bool)] = &[
+        ("read", &[], false),
+        ("head", &["-I"], false),
+        ("override", &["-H", "X-HTTP-Method-Override: DELETE"], true),
+        ("override-lower", &["-H", "x-http-method: PATCH"], true),
+        ("get-with-body", &["-X", "GET", "--data", "x=1"], true),
+        (
+            "get-with-body-h1",
+            &["--http1.1", "-X", "GET", "--data", "x=1"],
+            true,
+        ),
+        (
+            "get-chunked",
+            &["-X", "GET", "-H", "Transfer-Encoding: chunked", "--data", "x=1"],
+            true,
+        ),
+        // A body that has not come yet (stdin, held open below): its head is on its way up.
+        ("get-body-to-come", &["-X", "GET", "-T", "-"], true),
+        ("post", &["--data", "x=1"], true),
+        ("graphql", &[], true),
+    ];
+    let url_of = |name: &str| match name {
+        "graphql" => "/graphql?hold_ms=3000".to_owned(),
+        _ => format!("/held/{name}?hold_ms=3000"),
+    };
+    let clients: Vec<_> = cases
+        .iter()
+        .map(|(name, args, _)| {
+            let (url, resolve) = s.url("api.github.com", &url_of(name));
+            s.gw.exec("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "30",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                ])
+                .arg(&s.ca_file)
+                .args(["--resolve", &resolve])
+                .args(*args)
+                .arg(&url)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let record_dir = s.gw.state_dir.join("record");
+    let recorded = |name: &str, requests: &[(u64, String)]| {
+        let want = url_of(name);
+        requests.iter().any(|(_, url)| url.ends_with(&want))
+    };
+    // Every request that can write is in the store while its answer is still held upstream.
+    let early = eventually("the writing requests' records", Duration::from_secs(10), || {
+        let now = requests_so_far(&record_dir);
+        cases
+            .iter()
+            .filter(|(_, _, ahead)| *ahead)
+            .all(|(name, _, _)| recorded(name, &now))
+            .then_some(now)
+    });
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the writing requests were recorded only {:?} after they were sent: the test cannot tell \
+         them from answered ones",
+        started.elapsed()
+    );
+    for (name, _, ahead) in cases {
+        if !ahead {
+            assert!(
+                !recorded(name, &early),
+                "the read {name} was written before its answer came: {early:?}"
+            );
+        }
+    }
+    for (mut client, (name, _, _)) in clients.into_iter().zip(cases) {
+        let mut stdin = client.stdin.take().unwrap();
+        if *name == "get-body-to-come" {
+            std::io::Write::write_all(&mut stdin, b"x=1").unwrap();
+        }
+        drop(stdin);
+        let out = std::io::read_to_string(client.stdout.take().unwrap()).unwrap();
+        assert!(client.wait().unwrap().success(), "{name}: curl failed");
+        assert!(out.starts_with('2'), "{name}: status {out}");
+    }
+    // Once answered, every request is recorded; a read's request record is written together
+    // with the rest of its exchange, in one contiguous write.
+    use ghgate::record::{model::Record, store};
+    let all: Vec<Record> = store::read_records(&record_dir)
+        .unwrap()
+        .map(|r| r.unwrap().1)
+        .collect();
+    for (name, _, ahead) in cases {
+        let want = url_of(name);
+        let at = all
+            .iter()
+            .position(|r| matches!(r, Record::Request(q) if q.url.ends_with(&want)))
+            .unwrap_or_else(|| panic!("{name}: no request record"));
+        let exchange = all[at].exchange();
+        if !ahead {
+            let rest: Vec<_> = all[at..]
+                .iter()
+                .take_while(|r| r.exchange() == exchange)
+                .collect();
+            assert!(
+                rest.iter().any(|r| matches!(r, Record::Exchange(_))),
+                "{name}: its request record is not written with its end: {rest:?}"
+            );
+        }
+    }
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    assert!(verified.starts_with("OK"), "{verified}");
+}

@@ -421,6 +421,13 @@ fn reads(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// Whether a request only reads, whatever host it is for: a read method under every method it
+/// may be taken for (its own and any override), and not GraphQL (whose reads and writes share
+/// methods). Its body is not looked at: a caller that relies on this checks there is none.
+pub fn only_reads(req: &Classified) -> bool {
+    req.kind != Kind::GraphQl && methods(req).is_ok_and(|m| m.iter().all(reads))
+}
+
 /// A request's body as the mapping is given it.
 #[derive(Debug, Clone, Copy)]
 enum Body<'a> {

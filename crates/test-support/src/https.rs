@@ -298,7 +298,27 @@ fn rand_u128() -> u128 {
     u128::from_le_bytes(b)
 }
 
+/// As a real edge answers: a `HEAD` gets the head a `GET` would, with no body (hyper leaves
+/// that out over HTTP/1.1 itself, not over HTTP/2, where DATA on a HEAD's stream is an error).
 async fn handle(
+    req: Request<Incoming>,
+    served: Arc<AtomicUsize>,
+    git_root: Option<Arc<PathBuf>>,
+    auth: Option<Arc<Auth>>,
+) -> Result<Response<Body>, Infallible> {
+    let head = req.method() == http::Method::HEAD;
+    let resp = answer(req, served, git_root, auth).await?;
+    if !head {
+        return Ok(resp);
+    }
+    let (mut parts, body) = resp.into_parts();
+    if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
+        parts.headers.insert(http::header::CONTENT_LENGTH, len.into());
+    }
+    Ok(Response::from_parts(parts, Full::new(Bytes::new()).boxed()))
+}
+
+async fn answer(
     req: Request<Incoming>,
     served: Arc<AtomicUsize>,
     git_root: Option<Arc<PathBuf>>,
@@ -346,6 +366,14 @@ async fn handle(
         .map_or("none".to_owned(), |v| {
             v.split(' ').next().unwrap_or_default().to_owned()
         });
+    // `hold_ms=N` on any path: the answer waits N ms, as a slow API's would.
+    if let Some(ms) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("hold_ms="))
+        .and_then(|v| v.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if path.ends_with("/completion") {
         return Ok(completion(&query, Shape::Chat));
     }

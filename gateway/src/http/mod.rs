@@ -25,7 +25,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -77,6 +77,8 @@ pub struct Exchange {
     /// `https://authority/path?query` of the request as it goes upstream (`Classified::url`).
     pub url: String,
     pub started: Instant,
+    /// The request's head ended it: it has no body.
+    pub bodyless: bool,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
 }
@@ -609,7 +611,26 @@ async fn answered_here<P: Phases>(
     {
         warn!(exchange = ex.id.get(), error = %why, "the gateway's own answer could not be recorded");
     }
+    if ex.req.method == Method::HEAD {
+        return headless(response);
+    }
     response
+}
+
+/// The answer to a `HEAD`: the head a `GET` would get, its `Content-Length` included, and no
+/// body. hyper leaves the body out over HTTP/1.1; over HTTP/2 it would send it, and a client
+/// resets a HEAD's stream that carries DATA (curl: "PROTOCOL_ERROR").
+fn headless(response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
+        parts.headers.insert(header::CONTENT_LENGTH, len.into());
+    }
+    Response::from_parts(
+        parts,
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
 }
 
 /// The request body on its way up: each chunk through `request_body_filter`, with the stages'
@@ -744,6 +765,7 @@ async fn forward<P: Phases>(
         req: classified,
         url,
         started,
+        bodyless: hyper::body::Body::is_end_stream(&body),
         bytes_up: AtomicU64::new(0),
         bytes_down: AtomicU64::new(0),
     });

@@ -63,6 +63,9 @@ pub fn exchange(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) 
         url: req.url(),
         req,
         started: Instant::now(),
+        bodyless: !headers.iter().any(|(k, _)| {
+            k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+        }),
         bytes_up: AtomicU64::new(0),
         bytes_down: AtomicU64::new(0),
     }

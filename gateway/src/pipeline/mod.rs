@@ -223,14 +223,21 @@ impl Phases for Pipeline {
                 return Some(refused);
             }
         }
-        // 5. Recording: admission, then the request head, before anything goes upstream.
+        // 5. Recording: admission, then the request head. Before anything goes upstream, unless
+        // the request only reads (a read method under any override, no body, no upgrade, nothing
+        // for the policy to read or approve): its record then goes with the first of its answer
+        // that is recorded, still before the client sees the answer's end (one write, not two).
         let (Some(rec), Some(recorder)) = (&head.record, &self.recorder) else {
             return None;
         };
         if let Some(refused) = recorder.admit(ex).await {
             return Some(refused);
         }
-        rec.request_head(ex, req).await
+        let read = ex.bodyless
+            && !ex.req.websocket
+            && head.plan.is_none()
+            && ghgate_policy::writes::only_reads(&ex.req);
+        rec.request_head(ex, req, read).await
     }
 
     async fn request_gate(

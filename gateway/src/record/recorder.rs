@@ -726,7 +726,7 @@ impl Recorder {
             last_chunk: Mutex::new(Vec::new()),
             masker: Mutex::new(masker),
             identity: Mutex::new(None),
-            decided: Mutex::new(Vec::new()),
+            noted: Mutex::new(Vec::new()),
         }
     }
 }
@@ -1270,8 +1270,10 @@ pub struct ExchangeRecording {
     last_chunk: Mutex<Vec<Record>>,
     /// The identity stage's record, written with the request (or at the end, if refused).
     identity: Mutex<Option<model::Identity>>,
-    /// Policy decisions made from the request head, written with it (or at the end, if refused).
-    decided: Mutex<Vec<Record>>,
+    /// Records of this exchange not written yet, to go first with the next of its records that
+    /// is: policy decisions made from the request head (written with it, or at the end if it
+    /// is refused), and a read's own request records (see `request_head`).
+    noted: Mutex<Vec<Record>>,
 }
 
 fn header(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<String> {
@@ -1322,7 +1324,7 @@ impl ExchangeRecording {
     /// record (or with the exchange's end, when the request is refused before that).
     pub fn note_decisions(&self, decisions: Vec<model::Decision>) {
         let records = self.decision_records(decisions);
-        if let Ok(mut d) = self.decided.lock() {
+        if let Ok(mut d) = self.noted.lock() {
             d.extend(records);
         }
     }
@@ -1351,13 +1353,23 @@ impl ExchangeRecording {
             }
             Record::PushSecret(s)
         }));
-        acknowledged(self.recorder.submit_acked(records)).await
+        acknowledged(self.recorder.submit_acked(self.noted_then(records))).await
     }
 
-    /// The identity and head decisions noted and not yet written.
+    /// `records`, after what was noted and not yet written.
+    fn noted_then(&self, records: Vec<Record>) -> Vec<Record> {
+        let mut all = self.take_noted();
+        if all.is_empty() {
+            return records;
+        }
+        all.extend(records);
+        all
+    }
+
+    /// The identity and the records noted and not yet written.
     fn take_noted(&self) -> Vec<Record> {
         let mut records: Vec<Record> = self.take_identity().into_iter().collect();
-        if let Ok(mut d) = self.decided.lock() {
+        if let Ok(mut d) = self.noted.lock() {
             records.append(&mut d);
         }
         records
@@ -1380,7 +1392,16 @@ impl ExchangeRecording {
 
     /// Records the request head and waits until it is written: `Some` answers the client
     /// instead (503) when it cannot be.
-    pub async fn request_head(&self, ex: &Exchange, req: &http::request::Parts) -> Option<Response<Bytes>> {
+    ///
+    /// A request that only `read`s is noted instead, to be written with the first record of its
+    /// exchange that is (see `noted_then`): before the client sees the end of its answer, as
+    /// every exchange's record is. While the store is failing it is written now, as any other.
+    pub async fn request_head(
+        &self,
+        ex: &Exchange,
+        req: &http::request::Parts,
+        read: bool,
+    ) -> Option<Response<Bytes>> {
         let mut records = self.note_request_head(req);
         let (url, found) = self.masker().mask_str(&ex.url);
         records.extend(self.masked_records(&found, Place::Url, false));
@@ -1399,6 +1420,14 @@ impl ExchangeRecording {
             }),
         );
         records.extend(self.take_noted());
+        if read
+            && self.recorder.failure().is_none()
+            && let Ok(mut noted) = self.noted.lock()
+        {
+            records.append(&mut noted);
+            *noted = records;
+            return None;
+        }
         match acknowledged(self.recorder.submit_acked(records)).await {
             Ok(()) => None,
             Err(cause) => match self.recorder.on_failure {
@@ -1443,7 +1472,7 @@ impl ExchangeRecording {
         }
         let found = self.masked_records(&found, Place::ResponseHeader, false);
         if !found.is_empty() {
-            self.recorder.submit(found);
+            self.recorder.submit(self.noted_then(found));
         }
         let content_type = header(&resp.headers, http::header::CONTENT_TYPE);
         let ls_refs = self.git == GitKind::Fetch
@@ -1624,6 +1653,7 @@ impl ExchangeRecording {
         if records.is_empty() {
             return Ok(None);
         }
+        let mut records = self.noted_then(records);
         if last
             && dir == Direction::Response
             && crate::http::RESPONSE_ENDS_WITH_LAST_CHUNK
@@ -1673,7 +1703,7 @@ impl ExchangeRecording {
             truncated_from: ((msg.payload.len() as u64) < msg.len).then_some(msg.len),
         });
         records.insert(0, record);
-        self.recorder.submit(records);
+        self.recorder.submit(self.noted_then(records));
     }
 
     /// The exchange has ended: its record (and any git operation), acknowledged once written.
@@ -2189,7 +2219,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        assert!(rec.request_head(&ex, &head).await.is_none());
+        assert!(rec.request_head(&ex, &head, false).await.is_none());
         let chunks =
             |dir, data: &'static [u8], last| rec.chunk(dir, &Bytes::from_static(data), Vec::new(), last);
         let written = |found: &[&[u8]]| -> Vec<String> {

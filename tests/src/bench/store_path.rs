@@ -46,14 +46,22 @@ fn thread_cpu_us() -> f64 {
 /// Splits records, in store order, into the writes that put them there: an exchange's request
 /// and what was noted with it in one, its end (with the held last chunk, stream events and git
 /// operations) in another, any other body chunk in one of its own, and a record of no exchange
-/// alone. The writes of concurrent exchanges interleave in the store, but each write is
-/// contiguous.
+/// alone. A read's request (GET, HEAD or OPTIONS, not GraphQL: the store does not say whether
+/// it had a body) is in the write of its exchange's next records instead, as the gateway writes
+/// it. The writes of concurrent exchanges interleave in the store, but each write is contiguous.
 pub fn writes(records: Vec<Record>) -> Vec<Vec<Record>> {
     let mut out: Vec<Vec<Record>> = Vec::new();
     for rec in records {
+        // The write so far is a read's request and what was noted with it.
+        let read_waiting = out.last().is_some_and(|w| {
+            matches!(w.first(), Some(Record::Request(r)) if is_read(&r.method, &r.url))
+                && w.iter()
+                    .all(|r| !matches!(r, Record::BodyChunk(_) | Record::Exchange(_)))
+        });
         let starts_write = match (out.last().and_then(|w| w.last()), &rec) {
             (None, _) | (_, Record::Request(_)) => true,
             (Some(prev), _) if prev.exchange().is_none() || rec.exchange() != prev.exchange() => true,
+            _ if read_waiting => false,
             // After an exchange's end, or a body chunk that was not held for it.
             (Some(Record::Exchange(_)), _) => true,
             (Some(Record::BodyChunk(_)), Record::BodyChunk(_)) => true,
@@ -73,6 +81,10 @@ pub fn writes(records: Vec<Record>) -> Vec<Vec<Record>> {
         out.last_mut().expect("a write was just begun").push(rec);
     }
     out
+}
+
+fn is_read(method: &str, url: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS") && !url.ends_with("/graphql")
 }
 
 /// Bytes read and written between two writes of a cold replay: twice a core's L2 here (2 MiB),
@@ -209,13 +221,13 @@ mod tests {
     use super::*;
     use ghgate_record::model::{AnsweredBy, BodyChunk, BodySummary, Direction, Exchange, RequestStart};
 
-    fn request(x: u64) -> Record {
+    fn request(x: u64, method: &str) -> Record {
         Record::Request(RequestStart {
             session: "s".into(),
             conn: 1,
             exchange: x.into(),
             at: 1,
-            method: "GET".into(),
+            method: method.into(),
             url: "https://api.github.com/".into(),
         })
     }
@@ -271,28 +283,34 @@ mod tests {
 
     #[test]
     fn records_split_into_the_writes_that_made_them() {
-        // Exchange 1's request; exchange 2's request written while 1 waits upstream; 1's
-        // streamed chunk, then its end with the held last chunk; 2's end alone.
+        // Exchange 1's request (a POST: written before it goes upstream) and a streamed chunk;
+        // exchange 2, a GET, written with its first chunk while 1 streams; 1's end with its held
+        // last chunk; 2's end with its; 3, a GET, in one write; 4, a POST, in two.
         let records = vec![
-            request(1),
-            request(2),
+            request(1, "POST"),
             chunk(1),
+            request(2, "GET"),
+            chunk(2),
             chunk(1),
             end(1),
+            chunk(2),
             end(2),
-            request(3),
+            request(3, "GET"),
             end(3),
+            request(4, "POST"),
+            end(4),
         ];
         assert_eq!(
             shape(&writes(records)),
             vec![
                 vec![(1, "request")],
-                vec![(2, "request")],
                 vec![(1, "body_chunk")],
+                vec![(2, "request"), (2, "body_chunk")],
                 vec![(1, "body_chunk"), (1, "exchange")],
-                vec![(2, "exchange")],
-                vec![(3, "request")],
-                vec![(3, "exchange")],
+                vec![(2, "body_chunk"), (2, "exchange")],
+                vec![(3, "request"), (3, "exchange")],
+                vec![(4, "request")],
+                vec![(4, "exchange")],
             ]
         );
     }

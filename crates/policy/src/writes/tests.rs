@@ -1472,3 +1472,55 @@ users = ["alice"]
         Some("no-git-db")
     );
 }
+
+/// What may be recorded with its answer instead of before it goes upstream: a read under every
+/// method it may be taken for, on any host but GraphQL's endpoint.
+#[test]
+fn only_reads_takes_every_method_a_request_may_be_read_under() {
+    let gh = github();
+    let reads = |method: &str, url: &str, headers: &[(&str, &str)]| {
+        only_reads(&classified_with(method, url, headers, &gh))
+    };
+    for (method, url) in [
+        ("GET", "https://api.github.com/repos/o/r"),
+        ("HEAD", "https://api.github.com/repos/o/r"),
+        ("OPTIONS", "https://api.github.com/repos/o/r"),
+        (
+            "GET",
+            "https://github.com/o/r.git/info/refs?service=git-upload-pack",
+        ),
+        ("GET", "https://raw.githubusercontent.com/o/r/main/x"),
+    ] {
+        assert!(reads(method, url, &[]), "{method} {url}");
+    }
+    for (method, url, headers) in [
+        ("POST", "https://api.github.com/repos/o/r/issues", &[][..]),
+        ("PUT", "https://api.github.com/repos/o/r/contents/x", &[][..]),
+        ("DELETE", "https://api.github.com/repos/o/r", &[][..]),
+        (
+            "GET",
+            "https://api.github.com/repos/o/r",
+            &[("X-HTTP-Method-Override", "DELETE")][..],
+        ),
+        (
+            "GET",
+            "https://api.github.com/repos/o/r",
+            &[("x-method-override", " patch ")][..],
+        ),
+        (
+            "GET",
+            "https://api.github.com/repos/o/r",
+            &[("X-HTTP-Method", "not a method")][..],
+        ),
+        (
+            "HEAD",
+            "https://api.github.com/repos/o/r",
+            &[("X-HTTP-Method", "POST")][..],
+        ),
+        ("GET", "https://api.github.com/graphql?query=mutation", &[][..]),
+        ("HEAD", "https://api.github.com/graphql", &[][..]),
+        ("POST", "https://github.com/o/r.git/git-upload-pack", &[][..]),
+    ] {
+        assert!(!reads(method, url, headers), "{method} {url} {headers:?}");
+    }
+}
