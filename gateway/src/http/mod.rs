@@ -611,16 +611,17 @@ async fn answered_here<P: Phases>(
     {
         warn!(exchange = ex.id.get(), error = %why, "the gateway's own answer could not be recorded");
     }
-    if ex.req.method == Method::HEAD {
-        return headless(response);
-    }
-    response
+    own_answer(ex, response)
 }
 
-/// The answer to a `HEAD`: the head a `GET` would get, its `Content-Length` included, and no
-/// body. hyper leaves the body out over HTTP/1.1; over HTTP/2 it would send it, and a client
-/// resets a HEAD's stream that carries DATA (curl: "PROTOCOL_ERROR").
-fn headless(response: Response<ProxyBody>) -> Response<ProxyBody> {
+/// An answer the gateway made itself, as the request gets it: a `HEAD` gets the head a `GET`
+/// would, its `Content-Length` included, and no body. hyper leaves the body out over HTTP/1.1;
+/// over HTTP/2 it would send it, and a client resets a HEAD's stream that carries DATA (curl:
+/// "PROTOCOL_ERROR").
+fn own_answer(ex: &Exchange, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    if ex.req.method != Method::HEAD {
+        return response;
+    }
     let (mut parts, body) = response.into_parts();
     if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
         parts.headers.insert(header::CONTENT_LENGTH, len.into());
@@ -930,7 +931,7 @@ async fn forward<P: Phases>(
         {
             warn!(exchange = ex.id.get(), error = %why, "the gateway's own answer could not be recorded");
         }
-        response
+        own_answer(&ex, response)
     };
     let mut resp = match sent {
         Ok(r) => r,
@@ -1029,6 +1030,26 @@ async fn forward<P: Phases>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gateway's own answer to a HEAD keeps its head, `Content-Length` included, and loses
+    /// its body; to a GET it is left whole.
+    #[tokio::test]
+    async fn the_gateways_own_answer_to_a_head_has_no_body() {
+        let text = "ghgate: the upstream request failed\n";
+        for (method, body) in [("HEAD", ""), ("GET", text)] {
+            let ex = testing::exchange(method, "api.github.com", "/", &[]);
+            let answer = own_answer(&ex, full(StatusCode::BAD_GATEWAY, text.into()));
+            assert_eq!(answer.status(), StatusCode::BAD_GATEWAY);
+            if method == "HEAD" {
+                assert_eq!(
+                    answer.headers()[header::CONTENT_LENGTH],
+                    text.len().to_string().as_str()
+                );
+            }
+            let got = answer.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(got, body.as_bytes(), "{method}");
+        }
+    }
 
     /// Phases whose request body chunks wait for a record that then fails to be written.
     struct FailingRecord;
