@@ -16,7 +16,8 @@
 //! and the brokered token join the exchange's maskers → the git push stage looks at the head →
 //! policy from the request head (a refusal answers now; the decision is written with the
 //! request's record) → recording admission (refuse while the store cannot write, wait while it
-//! is behind) → the request head is recorded (nothing goes upstream before the store holds it) →
+//! is behind) → the request head is recorded (nothing that can write goes upstream before the
+//! store holds it; a plain read's record goes with the first recorded of its answer) →
 //! policy from the body where the head cannot decide (`request_gate`: a push's commands and
 //! pack, a repository write through the API read as its ref updates, an API call held for
 //! approval), its decisions recorded before anything goes up → the
