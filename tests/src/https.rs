@@ -67,15 +67,40 @@ impl TlsGateway {
         extra_toml: &dyn Fn(SocketAddr) -> String,
         tweak: &dyn Fn(&mut crate::GatewaySpec),
     ) -> Self {
+        Self::build(names, trusted, git_root, auth, extra_toml, tweak, None)
+    }
+
+    /// As `start`, trusted, to an upstream that offers only HTTP/1.1 in ALPN.
+    pub fn start_h1_upstream(names: &[&str]) -> Self {
+        Self::build(
+            names,
+            true,
+            None,
+            None,
+            &|_| String::new(),
+            &|_| {},
+            Some(&[b"http/1.1"]),
+        )
+    }
+
+    fn build(
+        names: &[&str],
+        trusted: bool,
+        git_root: Option<PathBuf>,
+        auth: Option<Arc<Auth>>,
+        extra_toml: &dyn Fn(SocketAddr) -> String,
+        tweak: &dyn Fn(&mut crate::GatewaySpec),
+        alpn: Option<&[&[u8]]>,
+    ) -> Self {
         let cg = crate::TestCgroup::new();
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
         let bind = SocketAddr::new(crate::loopback_v4().into(), 0);
-        let upstream = Upstream::builder(&ca, names)
-            .bind(bind)
-            .git(git_root)
-            .auth(auth)
-            .start();
+        let mut builder = Upstream::builder(&ca, names).bind(bind).git(git_root).auth(auth);
+        if let Some(alpn) = alpn {
+            builder = builder.alpn(alpn);
+        }
+        let upstream = builder.start();
         let port = upstream.addr.port();
         let upstream_ca = ca.write_pem(dir.path());
         let spec = crate::GatewaySpec {

@@ -821,15 +821,20 @@ fn a_request_whose_host_or_path_could_mean_two_things_is_answered_by_the_gateway
 }
 
 /// A HEAD gets the head a GET would and no body, over both protocols, whether the upstream
-/// answers (200) or the gateway does (502: an upstream it does not trust). Over HTTP/2 a body
-/// on a HEAD's stream made curl fail with "PROTOCOL_ERROR" (error 92).
+/// answers (200; over HTTP/2, and over HTTP/1.1 to an upstream that speaks nothing else) or the
+/// gateway does (502: an upstream it does not trust). Over HTTP/2 a body on a HEAD's stream made
+/// curl fail with "PROTOCOL_ERROR" (error 92).
 #[test]
 fn a_head_gets_a_head_and_no_body_over_http1_and_http2() {
     if !privileged() {
         return;
     }
-    for (trusted, status) in [(true, "200"), (false, "502")] {
-        let s = setup(&["api.github.com"], trusted);
+    for (trusted, h1_upstream, status) in [(true, false, "200"), (true, true, "200"), (false, false, "502")] {
+        let s = if h1_upstream {
+            TlsGateway::start_h1_upstream(&["api.github.com"])
+        } else {
+            setup(&["api.github.com"], trusted)
+        };
         for proto in ["--http1.1", "--http2"] {
             let out = curl(&s, "api.github.com", "/head", &["-I", proto]);
             let text = stdout(&out);
