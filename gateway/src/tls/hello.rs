@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 
 /// The largest ClientHello we wait for: one full TLS record plus header, times four records.
 const MAX_HELLO: usize = 4 * (16 * 1024 + 5);
+/// What the first peek at a ClientHello reads: a page.
+const FIRST_PEEK: usize = 4096;
 
 /// TLS extension type of Encrypted Client Hello (draft-ietf-tls-esni).
 const EXT_ECH: u16 = 0xfe0d;
@@ -129,7 +131,11 @@ fn extension_types(bytes: &[u8]) -> Option<Vec<u16>> {
 /// Peeks at `stream` until a whole ClientHello has arrived, within `timeout`.
 pub async fn peek(stream: &TcpStream, timeout: Duration) -> Result<Hello, HelloError> {
     let work = async {
-        let mut buf = vec![0u8; MAX_HELLO];
+        // Grown only for a hello that fills it: most fit in the first page. A buffer of the
+        // largest size for every connection was zeroed (all 16 pages touched) at each
+        // handshake, and the long-lived buffers later placed in those pages were resident
+        // whole: about 10 KiB more per idle HTTP/2 connection.
+        let mut buf = vec![0u8; FIRST_PEEK];
         let mut seen = 0;
         loop {
             let n = stream
@@ -143,7 +149,11 @@ pub async fn peek(stream: &TcpStream, timeout: Duration) -> Result<Hello, HelloE
                 return Ok(hello);
             }
             if n == buf.len() {
-                return Err(HelloError::TooLarge);
+                if buf.len() == MAX_HELLO {
+                    return Err(HelloError::TooLarge);
+                }
+                buf.resize((buf.len() * 4).min(MAX_HELLO), 0);
+                continue;
             }
             if n == seen {
                 // peek returns at once while old data sits unread: wait for more to arrive.
@@ -292,6 +302,32 @@ mod tests {
         let mut got = vec![0u8; bytes.len()];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(got, bytes, "peek consumed nothing");
+        drop(client.await.unwrap());
+    }
+
+    /// A hello larger than the first peek (here about 10 KiB of ALPN names, in one record,
+    /// dribbled in pieces) is read whole: the buffer grows.
+    #[tokio::test]
+    async fn a_hello_larger_than_the_first_peek_is_read_whole() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let names: Vec<Vec<u8>> = (0..50u8).map(|i| vec![b'a' + i % 26; 200]).collect();
+        let alpn: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        let bytes = client_hello("github.com", &alpn);
+        assert!(bytes.len() > 2 * FIRST_PEEK, "{} bytes", bytes.len());
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            for piece in bytes.chunks(3000) {
+                s.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            s
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let hello = peek(&server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(hello.server_name.as_deref(), Some("github.com"));
+        assert_eq!(hello.alpn, names);
         drop(client.await.unwrap());
     }
 
