@@ -164,16 +164,27 @@ type Terminated = (
 );
 
 impl<P: Phases> Proxy<P> {
-    async fn run(&self, conn: Accepted) {
+    fn run(&self, conn: Accepted) -> impl Future<Output = ()> + Send + '_ {
         // Held for the connection's life; over the cap, the connection is closed unread.
-        let Some(_slot) = self.caps.enter(&conn.caller) else {
-            return;
-        };
+        let slot = self.caps.enter(&conn.caller);
         // A connection's future is as large as its largest state for as long as it lives, and
-        // the set-up's (peek, upstream, handshake) is over twice serving's: 11,872 bytes against
-        // 4,640 (release build). Boxed, the set-up is freed before serving starts.
-        if let Some((tls, info, route)) = Box::pin(self.terminate(conn)).await {
-            http::serve(tls, info, route, self.phases.clone(), &self.settings).await;
+        // is copied whole into its box: the set-up's state (peek, upstream, handshake) is over
+        // twice serving's. Boxed apart, it is freed before serving starts; made here and not in
+        // an `async fn`, the connection (and its caller) is not kept as an argument beside it,
+        // and the set-up's result is handed to `serve` before anything waits: 888 bytes for the
+        // whole connection's future (release build), against 7,032 before.
+        let setup = slot.is_some().then(|| Box::pin(self.terminate(conn)));
+        async move {
+            let (Some(_slot), Some(setup)) = (slot, setup) else {
+                return;
+            };
+            let serving = match setup.await {
+                Some((tls, info, route)) => {
+                    http::serve(tls, info, route, self.phases.clone(), &self.settings)
+                }
+                None => return,
+            };
+            serving.await;
         }
     }
 

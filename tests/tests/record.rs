@@ -528,6 +528,10 @@ fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
         text.contains("recorder cannot write") && text.contains("No space left on device"),
         "the answer names the cause: {text}"
     );
+    // Past the writer's probes (one a second): a probe's checkpoint may fit in what the cut-back
+    // write left free and clear the failure, while a request's records still do not fit. A
+    // read (a GET, which may otherwise be written with its answer) is refused all the same.
+    std::thread::sleep(Duration::from_millis(2500));
     let served_before = s.upstream.served();
     let again = s.curl(
         "api.github.com",

@@ -331,7 +331,7 @@ const WS_PAYLOAD_CAP: usize = 1 << 20;
 /// `idle` (hyper's two connection types share no trait for `graceful_shutdown`).
 macro_rules! until_idle {
     ($conn:expr, $activity:expr, $idle:expr, $info:expr) => {{
-        let mut conn = std::pin::pin!($conn);
+        let mut conn: std::pin::Pin<Box<_>> = $conn;
         let check = ($idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut closing = false;
         loop {
@@ -461,7 +461,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// Serves HTTP on a terminated client connection until it closes.
 /// The HTTP/2 flow-control windows clients get (hyper's default is 1 MiB each). A client that
 /// runs its send window down to zero must then read the WINDOW_UPDATE that reopens it, and curl
 /// 7.88 (Debian 12's, so git's on such a runner) does not read its socket while its upload is
@@ -473,7 +472,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 const CLIENT_STREAM_WINDOW: u32 = 4 << 20;
 const CLIENT_CONNECTION_WINDOW: u32 = 8 << 20;
 
-pub async fn serve<T, P>(client: T, info: ConnInfo, route: UpstreamRoute, phases: Arc<P>, settings: &Settings)
+/// Serves HTTP on a terminated client connection until it closes.
+pub fn serve<T, P>(
+    client: T,
+    info: ConnInfo,
+    route: UpstreamRoute,
+    phases: Arc<P>,
+    settings: &Settings,
+) -> impl Future<Output = ()> + Send + use<T, P>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: Phases,
@@ -495,7 +501,12 @@ where
     });
     let activity = Activity::default();
     let idle = limits.idle_timeout;
-    let result = match proto {
+    // Built here, not in an `async fn`: a future keeps its arguments for its whole life, so the
+    // client's TLS stream sat in it twice (as the argument, and inside hyper's connection),
+    // with the rest of the set-up, all copied (touched) when the connection's future is boxed.
+    // hyper's connection is boxed apart: moved into the future that pins it, it would be kept
+    // twice again.
+    let served = match proto {
         Proto::Http1 => {
             // hyper's head timer would also time the quiet between requests (see `head`).
             let heads = Arc::new(head::Heads::default());
@@ -519,7 +530,8 @@ where
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
-            until_idle!(conn, activity, idle, info)
+            let (conn, info) = (Box::pin(conn), info.clone());
+            futures_util::future::Either::Left(async move { until_idle!(conn, activity, idle, info) })
         }
         Proto::Http2 => {
             let svc = service_fn(move |req| forward(state.clone(), req));
@@ -530,18 +542,21 @@ where
                 .initial_stream_window_size(CLIENT_STREAM_WINDOW)
                 .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
                 .serve_connection(TokioIo::new(activity.track(client)), svc);
-            until_idle!(conn, activity, idle, info)
+            let (conn, info) = (Box::pin(conn), info.clone());
+            futures_util::future::Either::Right(async move { until_idle!(conn, activity, idle, info) })
         }
     };
-    if let Err(e) = result {
-        // Oversized heads (431), malformed requests (400) and slow heads end up here.
-        let why = if e.is_timeout() || head::HeadTimedOut::caused(&e) {
-            "the client did not send a request head in time".to_string()
-        } else {
-            e.to_string()
-        };
-        warn!(client = %info.client, sni = %info.sni, tgid = info.caller.tgid, uid = info.caller.uid,
-              comm = %info.caller.comm, error = %why, "client connection closed on a protocol error or limit");
+    async move {
+        if let Err(e) = served.await {
+            // Oversized heads (431), malformed requests (400) and slow heads end up here.
+            let why = if e.is_timeout() || head::HeadTimedOut::caused(&e) {
+                "the client did not send a request head in time".to_string()
+            } else {
+                e.to_string()
+            };
+            warn!(client = %info.client, sni = %info.sni, tgid = info.caller.tgid, uid = info.caller.uid,
+                  comm = %info.caller.comm, error = %why, "client connection closed on a protocol error or limit");
+        }
     }
 }
 

@@ -87,6 +87,10 @@ struct Shared {
     space: Notify,
     /// Why the store cannot write, while it cannot.
     failed: Mutex<Option<Arc<store::Error>>>,
+    /// Set when the store fails, cleared when records are next written: until then a read's
+    /// request is written before it goes upstream too (the probe that clears a failure writes a
+    /// checkpoint, which may fit on a full disk where a request's records do not).
+    unproven: AtomicBool,
     /// Exchanges let through unrecorded (`on_record_failure = "allow"`) since the failure.
     unrecorded: AtomicU64,
     /// Written since the last sync.
@@ -280,6 +284,7 @@ impl Recorder {
             pending: AtomicU64::new(0),
             space: Notify::new(),
             failed: Mutex::new(None),
+            unproven: AtomicBool::new(false),
             unrecorded: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             writer_holds: AtomicBool::new(false),
@@ -921,6 +926,7 @@ fn durable(store: &mut Store, sync: &Syncer) -> store::Result<()> {
 /// Logged once per failure, not at every retry.
 fn fail(shared: &Shared, e: store::Error) -> Arc<store::Error> {
     let cause = Arc::new(e);
+    shared.unproven.store(true, Ordering::Release);
     let mut failed = shared.failed.lock().unwrap_or_else(|e| e.into_inner());
     if failed.is_none() {
         error!(cause = %cause, "the session recorder cannot write; new requests are refused until it can");
@@ -1035,6 +1041,7 @@ fn append_framed_indexed(
 ) -> store::Result<()> {
     let positions = store.append_framed(framed)?;
     shared.dirty.store(true, Ordering::Release);
+    shared.unproven.store(false, Ordering::Release);
     if let Some(tap) = shared.tap.get() {
         tap(records);
     }
@@ -1395,7 +1402,8 @@ impl ExchangeRecording {
     ///
     /// A request that only `read`s is noted instead, to be written with the first record of its
     /// exchange that is (see `noted_then`): before the client sees the end of its answer, as
-    /// every exchange's record is. While the store is failing it is written now, as any other.
+    /// every exchange's record is. While the store is failing, or has not written records since
+    /// it last failed, it is written now, as any other.
     pub async fn request_head(
         &self,
         ex: &Exchange,
@@ -1421,6 +1429,7 @@ impl ExchangeRecording {
         );
         records.extend(self.take_noted());
         if read
+            && !self.recorder.shared.unproven.load(Ordering::Acquire)
             && self.recorder.failure().is_none()
             && let Ok(mut noted) = self.noted.lock()
         {
@@ -1858,6 +1867,7 @@ mod tests {
                 cause: std::io::Error::other("disk full"),
             }))),
             unrecorded: AtomicU64::new(3),
+            unproven: AtomicBool::new(true),
             dirty: AtomicBool::new(false),
             writer_holds: AtomicBool::new(false),
             lock_waits: AtomicU64::new(0),
