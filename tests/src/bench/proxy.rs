@@ -1291,7 +1291,7 @@ fn idle_lines(def: &Row, norec: &Row) {
         && h2.kib > 32.0
     {
         println!(
-            "    (HTTP/2 holds {:.1} KiB more per idle connection than HTTP/1.1 here. The h2 crate allocates its codec's buffers when a connection is made and keeps them for its life: 16 KiB to write, 8 KiB to read, 4 KiB for HPACK strings, 28 of the 32 KiB; its per-stream slabs keep about 2.5 KiB more once a stream has been used. No setting of hyper or h2 shrinks them: what would reach the target is an h2 that takes buffers only while a connection has frames to move)",
+            "    (HTTP/2 holds {:.1} KiB more per idle connection than HTTP/1.1 here. The h2 crate allocates its codec's buffers when a connection is made and keeps them for its life: 16 KiB to write, 8 KiB to read, 4 KiB for HPACK strings; its per-stream slabs keep about 2.5 KiB more once a stream has been used. Only their pages that were written are resident, so what makes them resident is what else touched those pages first; no setting of hyper or h2 shrinks them)",
             h2.kib - h1.kib
         );
     }
