@@ -302,7 +302,9 @@ impl AppMinter {
                     .unwrap_or_default()
             )));
         }
-        match self.mint(scope.as_ref(), permissions).await {
+        // Boxed: a mint (an HTTPS request) is rare, and its state inline would be carried, and
+        // copied, by every request's future (see `http::forward`).
+        match Box::pin(self.mint(scope.as_ref(), permissions)).await {
             Ok((token, expires)) => {
                 *held = Some(Held::Token(token.clone(), expires));
                 Ok(token)

@@ -787,10 +787,11 @@ async fn forward<P: Phases>(
     });
     let phases = state.phases.clone();
     let mut head = phases.begin(&ex);
-    // Answers the gateway makes itself, before anything goes upstream.
+    // Answers the gateway makes itself, before anything goes upstream: boxed, as every path
+    // of a request's future that a plain exchange does not take (see `serve`).
     macro_rules! answer {
         ($response:expr, $error:expr) => {
-            return Ok(answered_here(&*phases, &ex, &mut head, $response, $error).await)
+            return Ok(Box::pin(answered_here(&*phases, &ex, &mut head, $response, $error)).await)
         };
     }
     // Before the body is handed on: the rest of a small body is read first, so an HTTP/2 stream
@@ -954,22 +955,22 @@ async fn forward<P: Phases>(
             let refusal = body_refused.get().expect("checked").clone();
             warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), status = refusal.status.as_u16(),
                   error = %crate::mask::for_logs(&refusal.cause), "request body refused; the upstream saw it fail");
-            return Ok(failed_here(
+            return Ok(Box::pin(failed_here(
                 &mut down,
                 refusal.status,
                 format!("ghgate: {}\n", refusal.cause),
                 refusal.cause,
-            )
+            ))
             .await);
         }
         Err(e) => {
             warn!(exchange = ex.id.get(), url = %crate::mask::for_logs(&ex.url), error = %e, "upstream request failed");
-            return Ok(failed_here(
+            return Ok(Box::pin(failed_here(
                 &mut down,
                 StatusCode::BAD_GATEWAY,
                 format!("ghgate: the upstream request failed: {e}\n"),
                 e.to_string(),
-            )
+            ))
             .await);
         }
     };

@@ -163,19 +163,25 @@ impl Pool {
     /// A sender for `key`: a shared HTTP/2 connection, an idle HTTP/1.1 one, or a new connection
     /// offering both (the upstream chooses; the pipeline translates if the client speaks the other).
     pub async fn get(&self, key: &Key) -> Result<Sender, UpstreamError> {
-        self.get_with(key, false).await
+        match self.pooled(key, false) {
+            Some(sender) => Ok(sender),
+            None => Box::pin(self.dial(key, false)).await,
+        }
     }
 
     /// An HTTP/1.1 sender for `key`: for HTTP/1.1 clients (one upstream connection per request in
     /// flight, as the client itself does) and WebSocket handshakes, which HTTP/2 cannot carry here.
     pub async fn get_http1(&self, key: &Key) -> Result<Sender, UpstreamError> {
-        self.get_with(key, true).await
+        match self.pooled(key, true) {
+            Some(sender) => Ok(sender),
+            None => Box::pin(self.dial(key, true)).await,
+        }
     }
 
-    async fn get_with(&self, key: &Key, http1_only: bool) -> Result<Sender, UpstreamError> {
-        if let Some(sender) = self.pooled(key, http1_only) {
-            return Ok(sender);
-        }
+    /// A new upstream connection. Its future (a TCP connect, a TLS and an HTTP handshake) is
+    /// boxed by the callers, so that it is allocated only when a connection is dialled: inline,
+    /// every request's future would carry its 6.7 KB, and copy it each time it is moved.
+    async fn dial(&self, key: &Key, http1_only: bool) -> Result<Sender, UpstreamError> {
         let offer: &[Proto] = if http1_only {
             &[Proto::Http1]
         } else {

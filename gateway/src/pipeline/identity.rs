@@ -64,7 +64,9 @@ impl Pipeline {
         if let (Some(oidc), Some(token)) = (&self.oidc, presented)
             && oidc.is_candidate(token.expose())
         {
-            match oidc.validate(token.expose()).await {
+            // Boxed: a validation may fetch the issuer's keys, state every request's future
+            // would otherwise carry (see `http::forward`).
+            match Box::pin(oidc.validate(token.expose())).await {
                 Ok(c) => {
                     identity.oidc_issuer = Some(c.issuer.clone());
                     identity.oidc_subject = Some(c.subject.clone());

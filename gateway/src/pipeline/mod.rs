@@ -248,54 +248,16 @@ impl Phases for Pipeline {
         req: &mut ::http::request::Parts,
         body: ProxyBody,
     ) -> Gate {
+        // What reads a body before deciding is boxed, allocated only for the requests that need
+        // it: inline, its state (10 KB) would be in every request's future (see `http::forward`).
         let (Some(plan), Some(enforcer)) = (head.plan.take(), &self.enforcer) else {
             return if ex.req.is_push() {
-                Push::unsigned_only(ex, body).await
+                Box::pin(Push::unsigned_only(ex, body)).await
             } else {
                 Gate::Forward(body)
             };
         };
-        let caller = &ex.conn.caller;
-        // The API is asked with what goes upstream: the brokered token, else the caller's own.
-        let token = match &head.credential {
-            Some(Credential::Inject(t, _)) => Some(t.clone()),
-            Some(Credential::Strip) => None,
-            None => credentials::presented(&req.headers),
-        };
-        let (gate, decisions, secrets) = match plan {
-            Plan::Push(subject) => {
-                head.push
-                    .decide(enforcer, ex, &subject, token.as_ref(), req, body)
-                    .await
-            }
-            Plan::Approval(subject, verdict) => {
-                match enforcer.api_approval(ex, caller, &subject, &verdict, body).await {
-                    Ok((bytes, d)) => (
-                        Gate::Forward(
-                            http_body_util::Full::new(bytes)
-                                .map_err(|never| match never {})
-                                .boxed_unsync(),
-                        ),
-                        vec![d],
-                        Vec::new(),
-                    ),
-                    Err((resp, d)) => (Gate::Answer(resp), vec![d], Vec::new()),
-                }
-            }
-            Plan::ApiWrite(subject) => {
-                let (gate, decisions, secrets) = enforcer.api_write(ex, caller, &subject, body).await;
-                let gate = match gate {
-                    Ok(body) => Gate::Forward(body),
-                    Err(resp) => Gate::Answer(resp),
-                };
-                (gate, decisions, secrets)
-            }
-        };
-        // Nothing goes upstream before its decisions are written.
-        if let Some(refused) = record_decisions(ex, head.record.as_deref(), decisions, secrets).await {
-            return Gate::Answer(refused);
-        }
-        gate
+        Box::pin(self.gate_planned(ex, head, req, body, plan, enforcer)).await
     }
 
     fn upstream_request(&self, ex: &Exchange, head: Head, req: &mut ::http::request::Parts) -> (Up, Down) {
@@ -392,6 +354,61 @@ impl Phases for Pipeline {
             Ended::AfterUpstream(down) => down.record.as_deref(),
         };
         record.map(|rec| rec.finish(ex, outcome))
+    }
+}
+
+impl Pipeline {
+    /// `request_gate` for a request the policy must read the body of, or hold for approval.
+    async fn gate_planned(
+        &self,
+        ex: &Exchange,
+        head: &mut Head,
+        req: &mut ::http::request::Parts,
+        body: ProxyBody,
+        plan: Plan,
+        enforcer: &Enforcer,
+    ) -> Gate {
+        let caller = &ex.conn.caller;
+        // The API is asked with what goes upstream: the brokered token, else the caller's own.
+        let token = match &head.credential {
+            Some(Credential::Inject(t, _)) => Some(t.clone()),
+            Some(Credential::Strip) => None,
+            None => credentials::presented(&req.headers),
+        };
+        let (gate, decisions, secrets) = match plan {
+            Plan::Push(subject) => {
+                head.push
+                    .decide(enforcer, ex, &subject, token.as_ref(), req, body)
+                    .await
+            }
+            Plan::Approval(subject, verdict) => {
+                match enforcer.api_approval(ex, caller, &subject, &verdict, body).await {
+                    Ok((bytes, d)) => (
+                        Gate::Forward(
+                            http_body_util::Full::new(bytes)
+                                .map_err(|never| match never {})
+                                .boxed_unsync(),
+                        ),
+                        vec![d],
+                        Vec::new(),
+                    ),
+                    Err((resp, d)) => (Gate::Answer(resp), vec![d], Vec::new()),
+                }
+            }
+            Plan::ApiWrite(subject) => {
+                let (gate, decisions, secrets) = enforcer.api_write(ex, caller, &subject, body).await;
+                let gate = match gate {
+                    Ok(body) => Gate::Forward(body),
+                    Err(resp) => Gate::Answer(resp),
+                };
+                (gate, decisions, secrets)
+            }
+        };
+        // Nothing goes upstream before its decisions are written.
+        if let Some(refused) = record_decisions(ex, head.record.as_deref(), decisions, secrets).await {
+            return Gate::Answer(refused);
+        }
+        gate
     }
 }
 
