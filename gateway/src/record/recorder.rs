@@ -8,7 +8,7 @@
 //! write, new requests are refused with 503 (or, opted in, counted as unrecorded).
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -87,9 +87,11 @@ struct Shared {
     space: Notify,
     /// Why the store cannot write, while it cannot.
     failed: Mutex<Option<Arc<store::Error>>>,
-    /// Set when the store fails, cleared when records are next written: until then a read's
-    /// request is written before it goes upstream too (the probe that clears a failure writes a
-    /// checkpoint, which may fit on a full disk where a request's records do not).
+    /// Set when the store fails; cleared by the writer thread once the store's filesystem has
+    /// [`READ_AHEAD_ROOM`] free again. Until then a read's request is written before it goes
+    /// upstream too. A write that succeeds proves nothing on a full disk: the probe's checkpoint,
+    /// or a refused exchange's end, may fit in a segment's last page where a read's answer then
+    /// does not, and the read would have gone upstream with no record at all.
     unproven: AtomicBool,
     /// Exchanges let through unrecorded (`on_record_failure = "allow"`) since the failure.
     unrecorded: AtomicU64,
@@ -235,6 +237,8 @@ struct SessionState {
 
 /// Settings the writer thread needs.
 struct WriterSettings {
+    /// The store's directory, whose filesystem's free space ends `Shared::unproven`.
+    dir: PathBuf,
     fsync: FsyncPolicy,
     fsync_interval: Duration,
     /// Makes a segment's writes durable: `PendingSync::sync` (fdatasync), but for tests that
@@ -312,6 +316,7 @@ impl Recorder {
         });
         let (tx, rx) = mpsc::channel();
         let settings = WriterSettings {
+            dir: dir.clone(),
             fsync: config.record.fsync,
             fsync_interval: Duration::from_millis(config.record.fsync_interval_ms),
             sync,
@@ -832,6 +837,9 @@ fn write_forever(
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
+        if !failed && shared.unproven.load(Ordering::Acquire) && roomy(&settings.dir) {
+            shared.unproven.store(false, Ordering::Release);
+        }
         let mut bytes = 0;
         if let Some(first) = first {
             let mut next = Some(first);
@@ -942,6 +950,20 @@ fn durable(store: &mut Store, sync: &Syncer) -> store::Result<()> {
         Some(pending) => sync(pending),
         None => Ok(()),
     }
+}
+
+/// Free space on the store's filesystem past which reads are written with their answers again
+/// after a failure (see `Shared::unproven`): room for a read's end, with a large margin.
+const READ_AHEAD_ROOM: u64 = 1 << 20;
+
+/// Whether the filesystem holding `dir` has `READ_AHEAD_ROOM` free (no, if it cannot be asked).
+fn roomy(dir: &Path) -> bool {
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "fsblkcnt_t and c_ulong are not u64 on every target"
+    )]
+    nix::sys::statvfs::statvfs(dir)
+        .is_ok_and(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >= READ_AHEAD_ROOM)
 }
 
 /// The store failed (a write or a sync): new requests are refused until it works again.
@@ -1061,7 +1083,6 @@ fn append_framed_indexed(
 ) -> store::Result<()> {
     let positions = store.append_framed(framed)?;
     shared.dirty.store(true, Ordering::Release);
-    shared.unproven.store(false, Ordering::Release);
     if let Some(tap) = shared.tap.get() {
         tap(records);
     }
@@ -1424,8 +1445,8 @@ impl ExchangeRecording {
     ///
     /// A request that only `read`s is noted instead, to be written with the first record of its
     /// exchange that is (see `noted_then`): before the client sees the end of its answer, as
-    /// every exchange's record is. While the store is failing, or has not written records since
-    /// it last failed, it is written now, as any other.
+    /// every exchange's record is. While the store is failing, or since it last failed its
+    /// filesystem has not had room again (`Shared::unproven`), it is written now, as any other.
     pub async fn request_head(
         &self,
         ex: &Exchange,
