@@ -80,3 +80,17 @@ pub fn clock_synced() -> Option<bool> {
     }
     Some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
 }
+
+/// Bytes free to unprivileged writers, and the size, of the filesystem holding `dir` (statvfs):
+/// what `doctor` reports of the store, and what ends the recorder's writing reads ahead after a
+/// failure.
+pub fn disk_space(dir: &std::path::Path) -> nix::Result<(u64, u64)> {
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "fsblkcnt_t and c_ulong are not u64 on every target"
+    )]
+    nix::sys::statvfs::statvfs(dir).map(|s| {
+        let block = s.fragment_size() as u64;
+        (s.blocks_available() as u64 * block, s.blocks() as u64 * block)
+    })
+}

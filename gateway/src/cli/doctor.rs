@@ -699,15 +699,9 @@ fn store(config: &Config, min_free: u64) -> Check {
         let _ = fs::remove_file(&probe);
         return fail("store", format!("cannot write in {}: {e}", dir.display()));
     }
-    match nix::sys::statvfs::statvfs(&dir) {
+    match crate::sys::disk_space(&dir) {
         Err(e) => fail("store", format!("cannot stat {}: {e}", dir.display())),
-        #[allow(
-            clippy::unnecessary_cast,
-            reason = "fsblkcnt_t and c_ulong are not u64 on every target"
-        )]
-        Ok(s) => {
-            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
-            let total = s.blocks() as u64 * s.fragment_size() as u64;
+        Ok((free, total)) => {
             let line = format!(
                 "{} writable, {} free of {} (at least {} wanted)",
                 dir.display(),

@@ -958,12 +958,7 @@ const READ_AHEAD_ROOM: u64 = 1 << 20;
 
 /// Whether the filesystem holding `dir` has `READ_AHEAD_ROOM` free (no, if it cannot be asked).
 fn roomy(dir: &Path) -> bool {
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "fsblkcnt_t and c_ulong are not u64 on every target"
-    )]
-    nix::sys::statvfs::statvfs(dir)
-        .is_ok_and(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >= READ_AHEAD_ROOM)
+    crate::sys::disk_space(dir).is_ok_and(|(free, _)| free >= READ_AHEAD_ROOM)
 }
 
 /// The store failed (a write or a sync): new requests are refused until it works again.
