@@ -629,17 +629,25 @@ pub(crate) enum Step {
     Secret(Vec<Hit>),
 }
 
+/// The first place at or after `pos` in `buf` where a keyword of `compiled` (or an exact value)
+/// begins. Nothing is a secret that does not begin at one.
+pub(crate) fn next_keyword(
+    compiled: &Compiled,
+    exact: Option<&Exact>,
+    buf: &[u8],
+    pos: usize,
+) -> Option<usize> {
+    let rules = compiled.keywords.as_ref().and_then(|k| k.find(buf, pos));
+    let exact = exact.and_then(|e| e.ac.find(AcInput::new(buf).range(pos..)).map(|m| m.start()));
+    match (rules, exact) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl Scan<'_> {
-    /// The first place at or after `pos` where a keyword (or an exact value) begins.
     fn next_keyword(&self, buf: &[u8], pos: usize) -> Option<usize> {
-        let rules = self.compiled.keywords.as_ref().and_then(|k| k.find(buf, pos));
-        let exact = self
-            .exact
-            .and_then(|e| e.ac.find(AcInput::new(buf).range(pos..)).map(|m| m.start()));
-        match (rules, exact) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        next_keyword(self.compiled, self.exact, buf, pos)
     }
 
     /// The next step from `pos`.

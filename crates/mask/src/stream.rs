@@ -5,7 +5,7 @@
 //! never emit a byte of a secret it finds, and its output must not depend on the chunking.
 use super::{
     Finding, Masker,
-    engine::{Scan, Scratch, Step},
+    engine::{self, Scan, Scratch, Step},
 };
 
 /// One decided piece of the output, with the stream offset of the input it stands for.
@@ -200,6 +200,11 @@ impl Masker {
     /// One scan of `input` in place, as the end of a stream: nothing is copied aside or held,
     /// and no tail is checked for a keyword still to come.
     pub fn mask_all(&self, input: &[u8]) -> (Vec<u8>, Vec<Finding>) {
+        // Where no keyword (or exact value) begins, nothing is masked: no scratch is needed.
+        // Most header values and log fields are such.
+        if engine::next_keyword(&self.compiled, self.exact.as_deref(), input, 0).is_none() {
+            return (input.to_vec(), Vec::new());
+        }
         let mut out = Vec::with_capacity(input.len());
         let mut findings = Vec::new();
         let end = self.compiled.with_scratch(|scratch| {
