@@ -585,6 +585,86 @@ fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
     });
 }
 
+/// A gateway started on a filesystem with less than 1 MiB free writes a plain read before it
+/// goes upstream, as after a store failure: its answer's end may not fit, and the read would
+/// then have gone up with no record at all. Once the filesystem has room, reads are written
+/// with their answers again.
+#[test]
+fn a_gateway_started_on_a_nearly_full_disk_writes_reads_ahead_until_there_is_room() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(tmp.path(), "8m");
+    // 7.5 of the 8 MiB: half a MiB left, room for the store's start and a few exchanges.
+    let filler = disk.dir.join("filler");
+    let out = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", filler.display()),
+            "bs=64k",
+            "count=120",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record_dir = disk.dir.join("record");
+    let s = TlsGateway::start(
+        &["api.github.com"],
+        true,
+        None,
+        &format!("\n[record]\ndir = \"{}\"\n", record_dir.display()),
+    );
+    // A GET whose answer the upstream holds 3 s; whether its request is in the store 1.5 s in.
+    let held_read = |name: &str| -> bool {
+        let path = format!("/held/{name}?hold_ms=3000");
+        let (url, resolve) = s.url("api.github.com", &path);
+        let client =
+            s.gw.exec("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "30",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                ])
+                .arg(&s.ca_file)
+                .args(["--resolve", &resolve, &url])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let early = requests_so_far(&record_dir)
+            .iter()
+            .any(|(_, u)| u.ends_with(&path));
+        let out = client.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{name}");
+        assert!(
+            requests_so_far(&record_dir)
+                .iter()
+                .any(|(_, u)| u.ends_with(&path)),
+            "{name}: answered, and not in the store"
+        );
+        early
+    };
+    assert!(
+        held_read("nearly-full"),
+        "a read was held upstream with no record of it, on a disk with less than 1 MiB free"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    // The writer looks at the free space at least once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !held_read("roomy"),
+        "with room again, a read is still written before its answer"
+    );
+    let verified = s.gw.ghgate_ok(&["sessions", "verify", "--all"]);
+    assert!(verified.starts_with("OK"), "{verified}");
+}
+
 #[test]
 fn tampering_with_a_real_store_is_detected_and_named() {
     if !privileged() {

@@ -87,7 +87,8 @@ struct Shared {
     space: Notify,
     /// Why the store cannot write, while it cannot.
     failed: Mutex<Option<Arc<store::Error>>>,
-    /// Set when the store fails; cleared by the writer thread once the store's filesystem has
+    /// Set when the store fails, and at start when its filesystem has less than
+    /// [`READ_AHEAD_ROOM`] free; cleared by the writer thread once the store's filesystem has
     /// [`READ_AHEAD_ROOM`] free again. Until then a read's request is written before it goes
     /// upstream too. A write that succeeds proves nothing on a full disk: the probe's checkpoint,
     /// or a refused exchange's end, may fit in a segment's last page where a read's answer then
@@ -307,7 +308,9 @@ impl Recorder {
             pending: AtomicU64::new(0),
             space: Notify::new(),
             failed: Mutex::new(None),
-            unproven: AtomicBool::new(false),
+            // Started on a filesystem without room for a read's end: reads are written ahead
+            // until the writer thread sees room, as after a failure.
+            unproven: AtomicBool::new(!roomy(&dir)),
             unrecorded: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             writer_holds: AtomicBool::new(false),
