@@ -1,6 +1,11 @@
 //! Session recording end to end: real curl and git through the real redirect and proxy, then the
 //! record read back with `ghgate sessions …` — what an auditor would run.
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use ghgate_e2e::{
     eventually,
@@ -469,13 +474,13 @@ fn a_websocket_open_at_a_stop_is_waited_for_until_the_drain_deadline() {
     assert!(shown.contains("echo: message 1"), "{shown}");
 }
 
-#[test]
-fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
-    if !privileged() {
-        return;
-    }
+/// A gateway for api.github.com whose record store is on an 8 MiB tmpfs of its own, started
+/// after `prepare` has run on that disk; with the store's directory, and the temporary directory
+/// the disk is mounted in (dropped last).
+fn on_small_disk(prepare: impl FnOnce(&SmallDisk)) -> (TlsGateway, SmallDisk, PathBuf, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(tmp.path(), "8m");
+    prepare(&disk);
     let record_dir = disk.dir.join("record");
     let s = TlsGateway::start(
         &["api.github.com"],
@@ -483,6 +488,15 @@ fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
         None,
         &format!("\n[record]\ndir = \"{}\"\n", record_dir.display()),
     );
+    (s, disk, record_dir, tmp)
+}
+
+#[test]
+fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
+    if !privileged() {
+        return;
+    }
+    let (s, disk, record_dir, _tmp) = on_small_disk(|_| ());
     let ok = s.curl(
         "api.github.com",
         "/first",
@@ -594,48 +608,15 @@ fn a_gateway_started_on_a_nearly_full_disk_writes_reads_ahead_until_there_is_roo
     if !privileged() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = SmallDisk::mount(tmp.path(), "8m");
     // 7.5 of the 8 MiB: half a MiB left, room for the store's start and a few exchanges.
+    let (s, disk, record_dir, _tmp) = on_small_disk(|disk| {
+        disk.fill_with(15 << 19);
+    });
     let filler = disk.dir.join("filler");
-    let out = Command::new("dd")
-        .args([
-            "if=/dev/zero",
-            &format!("of={}", filler.display()),
-            "bs=64k",
-            "count=120",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let record_dir = disk.dir.join("record");
-    let s = TlsGateway::start(
-        &["api.github.com"],
-        true,
-        None,
-        &format!("\n[record]\ndir = \"{}\"\n", record_dir.display()),
-    );
     // A GET whose answer the upstream holds 3 s; whether its request is in the store 1.5 s in.
     let held_read = |name: &str| -> bool {
         let path = format!("/held/{name}?hold_ms=3000");
-        let (url, resolve) = s.url("api.github.com", &path);
-        let client =
-            s.gw.exec("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "30",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--cacert",
-                ])
-                .arg(&s.ca_file)
-                .args(["--resolve", &resolve, &url])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
+        let client = status_curl(&s, &path, &[]);
         std::thread::sleep(Duration::from_millis(1500));
         let early = requests_so_far(&record_dir)
             .iter()
@@ -982,6 +963,31 @@ fn an_inline_completion_is_shown_as_prompt_and_code_and_replayed_as_it_streamed(
 
 /// Request records in the store so far, in store order: (exchange, URL). A frame being written
 /// as it is read ends the list there (the next read sees it whole).
+/// curl in the gateway's cgroup asking api.github.com for `path` with `args`, started and left
+/// running: its stdout is the answer's status, its stdin is open (a body may be written to it).
+fn status_curl(s: &TlsGateway, path: &str, args: &[&str]) -> std::process::Child {
+    let (url, resolve) = s.url("api.github.com", path);
+    s.gw.exec("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(&s.ca_file)
+        .args(["--resolve", &resolve])
+        .args(args)
+        .arg(&url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn requests_so_far(record_dir: &Path) -> Vec<(u64, String)> {
     use ghgate::record::{model::Record, store};
     let Ok(records) = store::read_records(record_dir) else {
@@ -1034,28 +1040,7 @@ fn a_request_that_can_write_is_recorded_before_it_goes_upstream_and_a_read_with_
     };
     let clients: Vec<_> = cases
         .iter()
-        .map(|(name, args, _)| {
-            let (url, resolve) = s.url("api.github.com", &url_of(name));
-            s.gw.exec("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "30",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--cacert",
-                ])
-                .arg(&s.ca_file)
-                .args(["--resolve", &resolve])
-                .args(*args)
-                .arg(&url)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|(name, args, _)| status_curl(&s, &url_of(name), args))
         .collect();
     let started = std::time::Instant::now();
     let record_dir = s.gw.state_dir.join("record");

@@ -113,6 +113,14 @@ impl SmallDisk {
         Self { dir }
     }
 
+    /// Writes a file of `bytes` zeros on the filesystem (to leave only so much free); returns
+    /// the file.
+    pub fn fill_with(&self, bytes: usize) -> PathBuf {
+        let filler = self.dir.join("filler");
+        std::fs::write(&filler, vec![0u8; bytes]).unwrap();
+        filler
+    }
+
     /// Fills the filesystem with a file, leaving nothing free; returns the file.
     pub fn fill(&self) -> PathBuf {
         let filler = self.dir.join("filler");
