@@ -475,12 +475,14 @@ fn a_websocket_open_at_a_stop_is_waited_for_until_the_drain_deadline() {
 }
 
 /// A gateway for api.github.com whose record store is on an 8 MiB tmpfs of its own, started
-/// after `prepare` has run on that disk; with the store's directory, and the temporary directory
-/// the disk is mounted in (dropped last).
-fn on_small_disk(prepare: impl FnOnce(&SmallDisk)) -> (TlsGateway, SmallDisk, PathBuf, tempfile::TempDir) {
+/// after `prepare` has run on that disk. Bound in the order returned, they drop in reverse:
+/// the gateway first, the temporary directory the disk is mounted in last.
+fn on_small_disk<R>(
+    prepare: impl FnOnce(&SmallDisk) -> R,
+) -> (tempfile::TempDir, SmallDisk, PathBuf, R, TlsGateway) {
     let tmp = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(tmp.path(), "8m");
-    prepare(&disk);
+    let prepared = prepare(&disk);
     let record_dir = disk.dir.join("record");
     let s = TlsGateway::start(
         &["api.github.com"],
@@ -488,7 +490,7 @@ fn on_small_disk(prepare: impl FnOnce(&SmallDisk)) -> (TlsGateway, SmallDisk, Pa
         None,
         &format!("\n[record]\ndir = \"{}\"\n", record_dir.display()),
     );
-    (s, disk, record_dir, tmp)
+    (tmp, disk, record_dir, prepared, s)
 }
 
 #[test]
@@ -496,7 +498,7 @@ fn a_full_disk_refuses_requests_with_503_and_recovers_when_space_returns() {
     if !privileged() {
         return;
     }
-    let (s, disk, record_dir, _tmp) = on_small_disk(|_| ());
+    let (_tmp, disk, record_dir, (), s) = on_small_disk(|_| ());
     let ok = s.curl(
         "api.github.com",
         "/first",
@@ -609,10 +611,7 @@ fn a_gateway_started_on_a_nearly_full_disk_writes_reads_ahead_until_there_is_roo
         return;
     }
     // 7.5 of the 8 MiB: half a MiB left, room for the store's start and a few exchanges.
-    let (s, disk, record_dir, _tmp) = on_small_disk(|disk| {
-        disk.fill_with(15 << 19);
-    });
-    let filler = disk.dir.join("filler");
+    let (_tmp, _disk, record_dir, filler, s) = on_small_disk(|disk| disk.fill_with(15 << 19));
     // A GET whose answer the upstream holds 3 s; whether its request is in the store 1.5 s in.
     let held_read = |name: &str| -> bool {
         let path = format!("/held/{name}?hold_ms=3000");

@@ -201,14 +201,16 @@ impl Masker {
     /// and no tail is checked for a keyword still to come.
     pub fn mask_all(&self, input: &[u8]) -> (Vec<u8>, Vec<Finding>) {
         // Where no keyword (or exact value) begins, nothing is masked: no scratch is needed.
-        // Most header values and log fields are such.
-        if engine::next_keyword(&self.compiled, self.exact.as_deref(), input, 0).is_none() {
+        // Most header values and log fields are such. Where one does, everything before it is
+        // clean, and the scan starts there (the byte before it stays in view as context).
+        let Some(first) = engine::next_keyword(&self.compiled, self.exact.as_deref(), input, 0) else {
             return (input.to_vec(), Vec::new());
-        }
+        };
         let mut out = Vec::with_capacity(input.len());
+        out.extend_from_slice(&input[..first]);
         let mut findings = Vec::new();
         let end = self.compiled.with_scratch(|scratch| {
-            scan_from(self, scratch, input, 0, 0, true, &mut |p| {
+            scan_from(self, scratch, input, first, 0, true, &mut |p| {
                 collect(p, &mut out, &mut findings)
             })
         });
